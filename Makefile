@@ -1,0 +1,123 @@
+# hookbridge build.
+#
+#   make            build every program into bin/ (debug symbols, -O2)
+#   make run        install missing packages, build, start the local stack
+#   make test       install missing packages, build, run unit + end-to-end tests,
+#                   then the same suite under AddressSanitizer+UBSan
+#   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
+#   make SANITIZER=address,undefined   sanitizer build (into build-asan/ and bin-asan/)
+#   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
+
+CC      ?= cc
+PKGS    := rdkafka avro-c jansson libcurl libpq openssl libmicrohttpd
+WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+           -Wmissing-prototypes -Wno-unused-parameter
+OPT     ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -Ilib -Ibuild/gen \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+
+ifdef SANITIZER
+B       ?= build-san
+BIN     ?= bin-san
+CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZER)
+else
+B       ?= build
+BIN     ?= bin
+endif
+
+LIB_SRC  := $(sort $(wildcard lib/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o) $(B)/gen/schemas.o
+LIBHB    := $(B)/libhookbridge.a
+
+PROGRAMS := hookbridge-producer hookbridge-dispatcher hookbridge-migrate \
+            hookbridge-devbroker hookbridge-receiver
+hookbridge-producer_SRC   := $(wildcard producer/*.c)
+hookbridge-dispatcher_SRC := $(wildcard dispatcher/*.c)
+hookbridge-retrier_SRC    := $(wildcard retrier/*.c)
+hookbridge-migrate_SRC    := $(wildcard migrations/*.c)
+hookbridge-devbroker_SRC  := $(wildcard deploy/local/*.c)
+hookbridge-receiver_SRC   := $(wildcard examples/receiver/*.c)
+ifneq ($(hookbridge-retrier_SRC),)
+PROGRAMS += hookbridge-retrier
+endif
+
+UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+
+SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
+
+.PHONY: all deps run test test-unit test-e2e test-asan bench clean format format-check
+all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS)
+
+deps:
+	@scripts/deps.sh
+
+# Schemas are compiled into the library so a binary never depends on files at run time.
+$(B)/gen/schemas.c: $(SCHEMAS) scripts/embed-schemas.sh
+	@mkdir -p $(@D)
+	scripts/embed-schemas.sh $(SCHEMAS) > $@.tmp && mv $@.tmp $@
+
+$(B)/gen/schemas.o: $(B)/gen/schemas.c
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(B)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIBHB): $(LIB_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+define program_rule
+$(BIN)/$(1): $$($(1)_SRC:%.c=$(B)/%.o) $(LIBHB)
+	@mkdir -p $$(@D)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
+
+$(B)/tests/%: $(B)/tests/unit/%.o $(LIBHB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@deploy/local/run.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-e2e
+	@$(MAKE) --no-print-directory test-asan
+
+test-unit: $(UNIT_BINS)
+	@scripts/run-unit.sh $(UNIT_BINS)
+
+test-e2e: all
+	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+# The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer;
+# LeakSanitizer reports leaks at exit of every program and test.
+test-asan:
+	@$(MAKE) --no-print-directory SANITIZER=address,undefined all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) --no-print-directory SANITIZER=address,undefined test-unit
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  HOOKBRIDGE_TEST_SLOW=3 HOOKBRIDGE_BIN=$(CURDIR)/bin-san \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/bench.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+format-check:
+	@clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-san bin bin-san
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)

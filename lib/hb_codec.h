@@ -1,0 +1,52 @@
+/*
+ * Avro codec with the single-object encoding (Avro spec): 0xC3 0x01, the
+ * 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing
+ * Canonical Form, then the Avro binary body.
+ *
+ * A codec holds one reader schema (the current one) and the writer schemas
+ * it can resolve from (the reader itself plus older versions registered with
+ * hb_codec_add_writer), looked up by fingerprint.
+ *
+ * JSON mapping (both ways) is the natural one people write, not Avro's JSON
+ * encoding: a record is an object; a union ["null", T] is null/absent or the
+ * T value itself; map is an object; array is an array; long/int are integers;
+ * double is a number; enum is its symbol string. Unknown object members are
+ * ignored on encode. Errors name the path: "actor.id: expected a string".
+ *
+ * A codec is not thread-safe; each thread that decodes owns one.
+ */
+#ifndef HB_CODEC_H
+#define HB_CODEC_H
+
+#include <jansson.h>
+
+#include "hb_common.h"
+
+typedef struct hb_codec_s hb_codec_t;
+
+hb_codec_t *hb_codec_new(const char *reader_schema_json, char *errstr,
+                         size_t errstr_size) HB_MUSTCHECK;
+void hb_codec_free(hb_codec_t *c);
+
+/* Registers an older writer schema that decode can resolve into the reader. */
+int hb_codec_add_writer(hb_codec_t *c, const char *writer_schema_json, char *errstr,
+                        size_t errstr_size) HB_MUSTCHECK;
+
+/* Fingerprint (CRC-64-AVRO of the canonical form) of the reader schema. */
+uint64_t hb_codec_fingerprint(const hb_codec_t *c);
+
+/* CRC-64-AVRO of raw bytes (the spec's Rabin fingerprint). */
+uint64_t hb_crc64_avro(const void *buf, size_t len);
+
+/* JSON -> single-object-encoded bytes; *buf is malloc'd, caller frees. */
+int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, char *errstr,
+                    size_t errstr_size) HB_MUSTCHECK;
+
+/* Single-object-encoded bytes -> new JSON object (caller json_decref's).
+ * Errors say what is wrong: "not single-object encoded (bad magic)",
+ * "unknown writer schema fingerprint 0x...", "truncated or corrupt Avro data",
+ * "N trailing bytes". */
+int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
+                    size_t errstr_size) HB_MUSTCHECK;
+
+#endif

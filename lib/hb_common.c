@@ -1,0 +1,72 @@
+/*
+ * Small primitives every module needs: error strings, clocks, allocation.
+ * Any thread may call these.
+ */
+#include "hb_common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) {
+    va_list ap;
+    if (!errstr || errstr_size == 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(errstr, errstr_size, fmt, ap);
+    va_end(ap);
+}
+
+int64_t hb_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t hb_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void hb_format_time(int64_t wall_ms, char *out, size_t outsz) {
+    time_t secs = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    char base[32];
+    gmtime_r(&secs, &tm);
+    strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, outsz, "%s.%03dZ", base, (int)(wall_ms % 1000));
+}
+
+static void *hb_oom(size_t n) {
+    fprintf(stderr, "hookbridge: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *hb_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    return p ? p : hb_oom(n);
+}
+
+void *hb_calloc(size_t n, size_t sz) {
+    void *p = calloc(n ? n : 1, sz ? sz : 1);
+    return p ? p : hb_oom(n * sz);
+}
+
+void *hb_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    return q ? q : hb_oom(n);
+}
+
+char *hb_strdup(const char *s) {
+    return hb_strndup(s, strlen(s));
+}
+
+char *hb_strndup(const char *s, size_t n) {
+    char *p = hb_malloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}

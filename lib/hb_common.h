@@ -1,0 +1,42 @@
+/*
+ * Conventions shared by every module of libhookbridge.
+ *
+ * Error contract: a function that can fail returns 0 on success and a
+ * negative value on failure, and writes a one-line, secret-free reason into
+ * the caller's (errstr, errstr_size). Such functions are HB_MUSTCHECK; a result
+ * ignored on purpose is cast to (void). Only a program's main() decides to exit.
+ */
+#ifndef HB_COMMON_H
+#define HB_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HB_MUSTCHECK __attribute__((warn_unused_result))
+#define HB_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#define HB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#ifndef HB_VERSION
+#define HB_VERSION "0.1.0"
+#endif
+
+/* Writes a formatted reason into errstr (always NUL-terminated, truncated). */
+void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) HB_PRINTF(3, 4);
+
+/* Monotonic and wall clocks, in milliseconds. */
+int64_t hb_mono_ms(void);
+int64_t hb_wall_ms(void);
+
+/* RFC 3339 UTC timestamp with milliseconds ("2026-11-29T02:50:00.123Z").
+ * out must hold at least 25 bytes. */
+void hb_format_time(int64_t wall_ms, char *out, size_t outsz);
+
+/* Allocation that never returns NULL: aborts the process on exhaustion,
+ * because no caller could do better than crash-and-restart at that point. */
+void *hb_malloc(size_t n);
+void *hb_calloc(size_t n, size_t sz);
+void *hb_realloc(void *p, size_t n);
+char *hb_strdup(const char *s);
+char *hb_strndup(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,374 @@
+/*
+ * The settings table and its parser.
+ *
+ * Each row names a setting once: its environment variable, its flag, its type,
+ * where it lands in hb_config_t, its default, its bounds, which programs read
+ * it, and its help text. Parsing, --help and the Markdown reference all walk
+ * this table. Secret settings are parsed like the others but their values are
+ * never printed, not even in an error about them.
+ */
+#include "hb_config.h"
+#include "hb_log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+extern char **environ;
+
+typedef enum { CF_STR, CF_INT, CF_BOOL, CF_MS } cf_type_t;
+
+typedef struct {
+    const char *name; /* env var is HOOKBRIDGE_<NAME upper>, flag is --<name with -> */
+    cf_type_t type;
+    size_t off;
+    const char *def;
+    long long min, max;
+    unsigned programs;
+    int secret;
+    const char *help;
+} cf_row_t;
+
+#define OFF(f) offsetof(hb_config_t, f)
+#define LL_MAX 9223372036854775807LL
+
+static const cf_row_t cf_table[] = {
+    {"database_url", CF_STR, OFF(database_url), "", 0, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, 1,
+     "PostgreSQL connection string (libpq URI or key=value)."},
+    {"kafka_brokers", CF_STR, OFF(kafka_brokers), "localhost:9092", 0, 0, HB_PROG_KAFKA, 0,
+     "Kafka bootstrap servers, comma-separated host:port."},
+    {"events_topic", CF_STR, OFF(events_topic), "identity.events", 0, 0, HB_PROG_KAFKA, 0,
+     "Topic of IdentityEvent messages."},
+    {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0, HB_PROG_SERVICES, 0,
+     "Dead-letter topic for poison messages and deliveries out of attempts."},
+    {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
+     HB_PROG_SERVICES, 0, "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},
+    {"retry_schedule", CF_STR, OFF(retry_schedule), "5s,30s,2m,10m,1h,6h,12h", 0, 0,
+     HB_PROG_SERVICES, 0, "Delays before each retry attempt, comma-separated durations."},
+    {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
+     "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
+    {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0, HB_PROG_SERVICES, 0,
+     "Address of /healthz, /readyz and /metrics (host:port; port 0 picks one)."},
+    {"log_level", CF_STR, OFF(log_level), "info", 0, 0, HB_PROG_ALL, 0,
+     "debug, info, warn or error."},
+    {"source", CF_STR, OFF(source), "urn:hookbridge", 0, 0, HB_PROG_SERVICES, 0,
+     "Value of \"source\" in Okta and CloudEvents envelopes."},
+    {"allow_http", CF_BOOL, OFF(allow_http), "0", 0, 1, HB_PROG_SERVICES, 0,
+     "Allow plain http:// endpoint URLs (default: https only)."},
+    {"allow_private_networks", CF_BOOL, OFF(allow_private_networks), "0", 0, 1,
+     HB_PROG_SERVICES, 0,
+     "Allow endpoints on loopback, private and link-local addresses (checked after DNS)."},
+    {"max_in_flight", CF_INT, OFF(max_in_flight), "512", 1, 100000, HB_PROG_SERVICES, 0,
+     "Concurrent HTTP requests across all endpoints."},
+    {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000,
+     HB_PROG_SERVICES, 0, "Concurrent connections to one endpoint host."},
+    {"request_timeout", CF_MS, OFF(request_timeout_ms), "10s", 100, 300000, HB_PROG_SERVICES, 0,
+     "Total time one delivery attempt may take (per-subscription timeout_ms overrides)."},
+    {"connect_timeout", CF_MS, OFF(connect_timeout_ms), "5s", 100, 60000, HB_PROG_SERVICES, 0,
+     "Time to establish a connection to an endpoint."},
+    {"verify_timeout", CF_MS, OFF(verify_timeout_ms), "5s", 100, 60000, HB_PROG_DISPATCHER, 0,
+     "Time an endpoint has to answer the verification challenge."},
+    {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000,
+     HB_PROG_SERVICES, 0,
+     "Consumed messages whose deliveries are unfinished before consumption pauses."},
+    {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
+     "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
+     "(their events are redelivered after restart)."},
+    {"log_flush_interval", CF_MS, OFF(log_flush_ms), "200ms", 10, 60000, HB_PROG_SERVICES, 0,
+     "How often attempts are written to the delivery log."},
+    {"response_snippet_bytes", CF_INT, OFF(response_snippet_bytes), "512", 0, 65536,
+     HB_PROG_SERVICES, 0, "Bytes of each response body kept in the delivery log."},
+};
+
+static void env_name(const cf_row_t *r, char *out, size_t outsz) {
+    size_t n = (size_t)snprintf(out, outsz, "HOOKBRIDGE_");
+    for (const char *p = r->name; *p && n + 1 < outsz; p++)
+        out[n++] = (char)toupper((unsigned char)*p);
+    out[n] = '\0';
+}
+
+static void flag_name(const cf_row_t *r, char *out, size_t outsz) {
+    size_t n = (size_t)snprintf(out, outsz, "--");
+    for (const char *p = r->name; *p && n + 1 < outsz; p++)
+        out[n++] = *p == '_' ? '-' : *p;
+    out[n] = '\0';
+}
+
+int hb_duration_parse_ms(const char *s, long long *out_ms) {
+    char *end;
+    double v;
+    errno = 0;
+    if (!s || !*s || isspace((unsigned char)*s))
+        return -1;
+    v = strtod(s, &end);
+    if (errno || end == s || v < 0)
+        return -1;
+    if (!*end || !strcmp(end, "ms"))
+        ;
+    else if (!strcmp(end, "s"))
+        v *= 1000;
+    else if (!strcmp(end, "m"))
+        v *= 60 * 1000;
+    else if (!strcmp(end, "h"))
+        v *= 3600 * 1000;
+    else if (!strcmp(end, "d"))
+        v *= 86400 * 1000;
+    else
+        return -1;
+    if (v > 9.0e15)
+        return -1;
+    *out_ms = (long long)v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int *out) {
+    if (!strcmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on"))
+        *out = 1;
+    else if (!strcmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") ||
+             !strcasecmp(s, "off"))
+        *out = 0;
+    else
+        return -1;
+    return 0;
+}
+
+/* Sets one row from text; `origin` names the variable or flag in errors. */
+static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const char *origin,
+                  char *errstr, size_t errstr_size) {
+    void *dst = (char *)cfg + r->off;
+    long long ll = 0;
+    char *end;
+    const char *shown = r->secret ? "(hidden)" : val;
+
+    switch (r->type) {
+    case CF_STR:
+        free(*(char **)dst);
+        *(char **)dst = hb_strdup(val);
+        return 0;
+    case CF_BOOL:
+        if (parse_bool(val, (int *)dst) == 0)
+            return 0;
+        hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a boolean (use 1/0, true/false)",
+                  origin, shown);
+        return -1;
+    case CF_INT:
+        errno = 0;
+        ll = strtoll(val, &end, 10);
+        if (errno || end == val || *end) {
+            hb_seterr(errstr, errstr_size, "%s: \"%s\" is not an integer", origin, shown);
+            return -1;
+        }
+        break;
+    case CF_MS:
+        if (hb_duration_parse_ms(val, &ll) < 0) {
+            hb_seterr(errstr, errstr_size,
+                      "%s: \"%s\" is not a duration (e.g. 250ms, 5s, 2m, 1h)", origin, shown);
+            return -1;
+        }
+        break;
+    }
+    if (ll < r->min || ll > r->max) {
+        hb_seterr(errstr, errstr_size, "%s: %lld is out of range [%lld, %lld]%s", origin, ll,
+                  r->min, r->max, r->type == CF_MS ? " milliseconds" : "");
+        return -1;
+    }
+    *(long long *)dst = ll;
+    return 0;
+}
+
+static const cf_row_t *cf_find_flag(const char *flag, size_t len) {
+    char name[64];
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
+        flag_name(&cf_table[i], name, sizeof(name));
+        if (strlen(name) == len && !strncmp(name, flag, len))
+            return &cf_table[i];
+    }
+    return NULL;
+}
+
+static int cf_is_setting_env(const char *var, size_t len) {
+    char name[64];
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
+        env_name(&cf_table[i], name, sizeof(name));
+        if (strlen(name) == len && !strncmp(name, var, len))
+            return 1;
+    }
+    return 0;
+}
+
+static void kafka_prop_add(hb_config_t *cfg, const char *name, size_t name_len, const char *val) {
+    cfg->kafka_props = hb_realloc(cfg->kafka_props, (cfg->kafka_props_cnt + 1) * 2 * sizeof(char *));
+    cfg->kafka_props[cfg->kafka_props_cnt * 2] = hb_strndup(name, name_len);
+    cfg->kafka_props[cfg->kafka_props_cnt * 2 + 1] = hb_strdup(val);
+    cfg->kafka_props_cnt++;
+}
+
+/* HOOKBRIDGE_KAFKA_SASL_MECHANISM=PLAIN -> sasl.mechanism=PLAIN */
+static void load_kafka_env(hb_config_t *cfg) {
+    static const char pfx[] = "HOOKBRIDGE_KAFKA_";
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        char prop[256];
+        size_t n = 0;
+        if (!eq || strncmp(*e, pfx, sizeof(pfx) - 1) || !eq[1])
+            continue;
+        if (cf_is_setting_env(*e, (size_t)(eq - *e)))
+            continue;
+        for (const char *p = *e + sizeof(pfx) - 1; p < eq && n + 1 < sizeof(prop); p++)
+            prop[n++] = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
+        if (n == 0)
+            continue;
+        kafka_prop_add(cfg, prop, n, eq + 1);
+    }
+}
+
+int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                   char **argv, char *errstr, size_t errstr_size) {
+    char name[64];
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->program = program;
+    cfg->args = hb_calloc((size_t)argc + 1, sizeof(char *));
+
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
+        const cf_row_t *r = &cf_table[i];
+        const char *v;
+        if (cf_set(cfg, r, r->def, "default", errstr, errstr_size) < 0)
+            return -1;
+        if (!(r->programs & program))
+            continue;
+        env_name(r, name, sizeof(name));
+        v = getenv(name);
+        if (v && *v && cf_set(cfg, r, v, name, errstr, errstr_size) < 0)
+            return -1;
+    }
+    load_kafka_env(cfg);
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val, *eq;
+        const cf_row_t *r;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            hb_config_usage(stdout, program, program_name);
+            return 1;
+        }
+        if (!strcmp(a, "--config-reference")) {
+            hb_config_reference(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "-X")) {
+            if (i + 1 >= argc || !(eq = strchr(argv[i + 1], '=')) || eq == argv[i + 1]) {
+                hb_seterr(errstr, errstr_size, "-X wants property=value");
+                return -1;
+            }
+            kafka_prop_add(cfg, argv[i + 1], (size_t)(eq - argv[i + 1]), eq + 1);
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--")) {
+            while (++i < argc)
+                cfg->args[cfg->args_cnt++] = argv[i];
+            break;
+        }
+        if (strncmp(a, "--", 2) || !a[2]) {
+            cfg->args[cfg->args_cnt++] = argv[i];
+            continue;
+        }
+        eq = strchr(a, '=');
+        r = cf_find_flag(a, eq ? (size_t)(eq - a) : strlen(a));
+        if (!r || !(r->programs & program)) {
+            /* Unknown to the table: a program-specific flag, left for main(). */
+            cfg->args[cfg->args_cnt++] = argv[i];
+            continue;
+        }
+        if (eq) {
+            val = eq + 1;
+        } else if (r->type == CF_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0 ||
+                                          parse_bool(argv[i + 1], &(int){0}) < 0)) {
+            val = "1";
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+        } else {
+            hb_seterr(errstr, errstr_size, "%s needs a value", a);
+            return -1;
+        }
+        flag_name(r, name, sizeof(name));
+        if (cf_set(cfg, r, val, name, errstr, errstr_size) < 0)
+            return -1;
+    }
+
+    hb_log_level_t lvl;
+    if (hb_log_level_parse(cfg->log_level, &lvl) < 0) {
+        hb_seterr(errstr, errstr_size,
+                  "HOOKBRIDGE_LOG_LEVEL: \"%s\" is not one of debug, info, warn, error",
+                  cfg->log_level);
+        return -1;
+    }
+    return 0;
+}
+
+void hb_config_free(hb_config_t *cfg) {
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++)
+        if (cf_table[i].type == CF_STR)
+            free(*(char **)((char *)cfg + cf_table[i].off));
+    for (size_t i = 0; i < cfg->kafka_props_cnt * 2; i++)
+        free(cfg->kafka_props[i]);
+    free(cfg->kafka_props);
+    free(cfg->args);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+static const char *type_name(cf_type_t t) {
+    switch (t) {
+    case CF_STR: return "string";
+    case CF_INT: return "integer";
+    case CF_BOOL: return "boolean";
+    case CF_MS: return "duration";
+    }
+    return "?";
+}
+
+void hb_config_usage(FILE *fp, unsigned program, const char *program_name) {
+    char env[64], flag[64];
+    fprintf(fp, "\nSettings of %s (flag, environment variable, default):\n\n", program_name);
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
+        const cf_row_t *r = &cf_table[i];
+        if (!(r->programs & program))
+            continue;
+        env_name(r, env, sizeof(env));
+        flag_name(r, flag, sizeof(flag));
+        fprintf(fp, "  %s, %s (%s, default \"%s\")\n      %s\n", flag, env, type_name(r->type),
+                r->def, r->help);
+    }
+    fprintf(fp, "\n  -X property=value, HOOKBRIDGE_KAFKA_<PROPERTY>=value\n"
+                "      Any librdkafka property (HOOKBRIDGE_KAFKA_SASL_MECHANISM=PLAIN sets "
+                "sasl.mechanism).\n"
+                "  --config-reference   print the configuration reference in Markdown\n");
+}
+
+void hb_config_reference(FILE *fp) {
+    static const struct { unsigned bit; const char *name; } progs[] = {
+        {HB_PROG_PRODUCER, "producer"}, {HB_PROG_DISPATCHER, "dispatcher"},
+        {HB_PROG_RETRIER, "retrier"}, {HB_PROG_MIGRATE, "migrate"}};
+    char env[64], flag[64];
+    fprintf(fp, "| variable | flag | type | default | programs | description |\n"
+                "| --- | --- | --- | --- | --- | --- |\n");
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
+        const cf_row_t *r = &cf_table[i];
+        int first = 1;
+        env_name(r, env, sizeof(env));
+        flag_name(r, flag, sizeof(flag));
+        fprintf(fp, "| `%s` | `%s` | %s | `%s` | ", env, flag, type_name(r->type),
+                *r->def ? r->def : "(empty)");
+        for (size_t p = 0; p < HB_ARRAY_SIZE(progs); p++)
+            if (r->programs & progs[p].bit) {
+                fprintf(fp, "%s%s", first ? "" : ", ", progs[p].name);
+                first = 0;
+            }
+        fprintf(fp, " | %s |\n", r->help);
+    }
+    fprintf(fp, "| `HOOKBRIDGE_KAFKA_<PROPERTY>` | `-X property=value` | string | | producer, "
+                "dispatcher, retrier | Passed to librdkafka as `<property>` lowercased, `_` "
+                "read as `.`. |\n");
+}

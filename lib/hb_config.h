@@ -1,0 +1,82 @@
+/*
+ * Configuration: one table of settings, read from defaults, then environment
+ * variables (12-factor; an empty variable counts as unset, as in kcat), then
+ * command-line flags. The same table produces --help and the configuration
+ * reference (`<program> --config-reference`), so the docs cannot drift from the
+ * code.
+ *
+ * Every HOOKBRIDGE_KAFKA_<PROPERTY> variable that is not itself a setting is
+ * passed to librdkafka as <property> lowercased with '_' read as '.'; the flag
+ * `-X property=value` does the same. librdkafka validates them (hb_kafka).
+ *
+ * Call from main() before any thread starts; the result is read-only after.
+ */
+#ifndef HB_CONFIG_H
+#define HB_CONFIG_H
+
+#include <stdio.h>
+
+#include "hb_common.h"
+
+/* Which programs read a setting. */
+#define HB_PROG_PRODUCER 0x01u
+#define HB_PROG_DISPATCHER 0x02u
+#define HB_PROG_RETRIER 0x04u
+#define HB_PROG_MIGRATE 0x08u
+#define HB_PROG_SERVICES (HB_PROG_DISPATCHER | HB_PROG_RETRIER)
+#define HB_PROG_KAFKA (HB_PROG_PRODUCER | HB_PROG_SERVICES)
+#define HB_PROG_ALL 0xffu
+
+typedef struct hb_config_s {
+    char *database_url;       /* secret: never printed */
+    char *kafka_brokers;
+    char *events_topic;
+    char *dlq_topic;
+    char *retry_topic_prefix;
+    char *retry_schedule;
+    char *consumer_group;
+    char *http_listen;        /* health, readiness, metrics */
+    char *log_level;
+    char *source;             /* "source" of the Okta envelope */
+    int allow_http;
+    int allow_private_networks;
+    long long max_in_flight;          /* concurrent HTTP requests */
+    long long max_host_connections;   /* per endpoint host */
+    long long request_timeout_ms;     /* default per attempt */
+    long long connect_timeout_ms;
+    long long verify_timeout_ms;
+    long long max_pending_events;     /* consumed but unfinished, then pause */
+    long long shutdown_timeout_ms;    /* SIGTERM drain bound */
+    long long log_flush_ms;           /* delivery log batching */
+    long long response_snippet_bytes; /* kept from each response */
+
+    /* librdkafka passthrough: props[2*i] = name, props[2*i+1] = value. */
+    char **kafka_props;
+    size_t kafka_props_cnt;
+
+    /* Positional arguments left after the flags (not owned). */
+    char **args;
+    int args_cnt;
+
+    unsigned program;
+} hb_config_t;
+
+/* Loads defaults, environment and argv for `program` (one HB_PROG_*).
+ * Returns 0; 1 when --help or --config-reference was printed (exit 0);
+ * -1 on a bad value or unknown flag, with the reason in errstr (which names
+ * the variable or flag and never echoes a secret's value). */
+int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
+                   int argc, char **argv, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+void hb_config_free(hb_config_t *cfg);
+
+/* Prints the settings of `program` (HB_PROG_ALL: all) as --help text. */
+void hb_config_usage(FILE *fp, unsigned program, const char *program_name);
+
+/* Prints the Markdown configuration reference (docs/CONFIGURATION.md). */
+void hb_config_reference(FILE *fp);
+
+/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds. */
+int hb_duration_parse_ms(const char *s, long long *out_ms) HB_MUSTCHECK;
+
+#endif

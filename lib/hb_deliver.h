@@ -1,0 +1,60 @@
+/*
+ * The delivery path, written once for the dispatcher and the retrier:
+ * render -> sign -> send -> classify. The two programs differ only in where
+ * work comes from and where failures go.
+ *
+ *   body = hb_deliver_render(sub, events, n, delivery_id, source, now)
+ *   hb_deliver_send(http, sub, delivery_id, attempt, body, ...)   (signs with
+ *       the subscription's current secrets at send time, fresh timestamp)
+ *   ... done callback ... hb_deliver_classify(result) -> outcome + reason
+ */
+#ifndef HB_DELIVER_H
+#define HB_DELIVER_H
+
+#include <jansson.h>
+
+#include "hb_common.h"
+#include "hb_dlog.h"
+#include "hb_http.h"
+#include "hb_sub.h"
+
+typedef struct hb_payload_s {
+    char *body;               /* malloc'd */
+    size_t len;
+    const char *content_type; /* static string */
+} hb_payload_t;
+
+/* Renders the subscription's payload format for n events (n >= 1):
+ * okta (default): {"eventType":"com.okta.event_hook","eventTypeVersion":"1.0",
+ *   "cloudEventsVersion":"0.1","source":..,"eventId":<delivery id>,
+ *   "eventTime":<now>,"contentType":"application/json","data":{"events":[..]}}
+ * cloudevents, event: see DESIGN.md. */
+int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *delivery_id, const char *source, int64_t now_ms,
+                      hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
+ * webhook-timestamp, webhook-signature (all unexpired secrets), the auth
+ * header when configured. Takes ownership of payload->body. The timeout is
+ * the subscription's timeout_ms, else default_timeout_ms. */
+void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                     hb_payload_t *payload, long long default_timeout_ms,
+                     size_t max_response_bytes, hb_http_done_cb *done, void *opaque);
+
+/* 2xx delivered; timeouts, connection errors, 408, 429 and 5xx retryable;
+ * 3xx (redirects are not followed), other 4xx and refused addresses final.
+ * Writes the reason ("HTTP 503", "timeout after 10000 ms", "redirect (HTTP 302)
+ * not followed") into reason; empty on success. */
+hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size_t reason_size);
+
+/* Verification challenge: GET url with X-Okta-Verification-Challenge: <random>
+ * (plus the auth header). The check of the answer is hb_deliver_check_challenge. */
+void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
+                            long long timeout_ms, hb_http_done_cb *done, void *opaque);
+/* 0 when the response is 200 with JSON {"verification": challenge};
+ * else -1 with reason "HTTP 404", "timeout after 5000 ms", "wrong echo",
+ * "response is not JSON". */
+int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challenge, char *reason,
+                               size_t reason_size);
+
+#endif

@@ -1,0 +1,90 @@
+/*
+ * HTTP delivery engine on libcurl's multi interface.
+ *
+ * Many requests in flight from one thread, never a thread per request:
+ * transfers are added up to max_in_flight (the rest wait in a FIFO), at most
+ * max_host_connections per endpoint host (a slow host's extra requests wait in
+ * that host's own queue and never take the global slots from other hosts),
+ * connections are reused, redirects are never followed, only http/https are
+ * allowed (http only with allow_http), and every connection's *resolved*
+ * address is checked before connecting (CURLOPT_OPENSOCKETFUNCTION): loopback,
+ * private, link-local, multicast, unspecified and their IPv6 equivalents are
+ * refused unless allow_private_networks.
+ *
+ * Each request carries its own context (CURLOPT_PRIVATE), error buffer and
+ * response buffer (bounded by max_response_bytes; the rest is discarded).
+ * Finished transfers are collected in exactly one place and reported through
+ * the request's done callback, called from hb_http_run() on the calling
+ * thread. All functions: the owning (main loop) thread only, except
+ * hb_http_wakeup().
+ */
+#ifndef HB_HTTP_H
+#define HB_HTTP_H
+
+#include "hb_common.h"
+
+typedef struct hb_http_s hb_http_t;
+
+typedef struct hb_http_conf_s {
+    long max_in_flight;
+    long max_host_connections;
+    long long connect_timeout_ms;
+    int allow_http;
+    int allow_private_networks;
+    const char *user_agent; /* "hookbridge/<version>" when NULL */
+} hb_http_conf_t;
+
+typedef enum { HB_HTTP_POST = 0, HB_HTTP_GET } hb_http_method_t;
+
+typedef struct hb_http_result_s {
+    int http_status;        /* 0 when no response was received */
+    int transport_error;    /* 0, or the CURLcode */
+    int timed_out;          /* the request hit its timeout */
+    int refused;            /* refused before sending: scheme or address policy */
+    char error[256];        /* reason when no 2xx: "connection refused",
+                               "timeout after 10000 ms", "address 10.0.0.1 is
+                               private (refused; HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS)" */
+    const char *body;       /* response body, NUL-terminated, bounded */
+    size_t body_len;
+    long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
+    int64_t started_ms;     /* wall clock */
+    int64_t duration_ms;
+} hb_http_result_t;
+
+typedef void(hb_http_done_cb)(const hb_http_result_t *res, void *opaque);
+
+typedef struct hb_http_req_s {
+    hb_http_method_t method;
+    const char *url;                 /* copied */
+    const char *const *headers;      /* "Name: value", NULL-terminated, copied */
+    char *body;                      /* POST body; ownership taken by submit */
+    size_t body_len;
+    long long timeout_ms;            /* total, per attempt */
+    size_t max_response_bytes;       /* response body bytes kept */
+    hb_http_done_cb *done;
+    void *opaque;
+} hb_http_req_t;
+
+hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* Aborts whatever is still queued or in flight: each gets its done callback
+ * with error "aborted at shutdown", then frees everything. */
+void hb_http_free(hb_http_t *h);
+
+/* Queues a request. Takes ownership of req->body in every case. A request
+ * that can be refused up front (bad URL, scheme not allowed) still completes
+ * through its done callback on the next hb_http_run(), never re-entrantly. */
+void hb_http_submit(hb_http_t *h, hb_http_req_t *req);
+
+/* Waits up to timeout_ms for network activity or extra_fd (readable; -1 =
+ * none), drives transfers, starts queued ones, and runs done callbacks of the
+ * finished ones. Returns the number of callbacks run. */
+int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd);
+
+/* Makes a concurrent hb_http_run() return early. Any thread. */
+void hb_http_wakeup(hb_http_t *h);
+
+size_t hb_http_in_flight(const hb_http_t *h); /* started transfers */
+size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
+
+#endif

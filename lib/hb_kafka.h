@@ -1,0 +1,47 @@
+/*
+ * Kafka plumbing shared by the programs: configuration from hb_config (with
+ * the HOOKBRIDGE_KAFKA_* passthrough applied last, so an operator can override
+ * anything), librdkafka's log lines routed into our JSON log, and a produce
+ * call that waits out a full queue instead of failing.
+ */
+#ifndef HB_KAFKA_H
+#define HB_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "hb_common.h"
+#include "hb_config.h"
+
+/* bootstrap.servers, client.id, logging, then every passthrough property.
+ * A property librdkafka rejects fails with its own words, naming the
+ * variable: "HOOKBRIDGE_KAFKA_SASL_MECHANSIM (sasl.mechansim): No such
+ * configuration property". Values are never echoed (they may be passwords). */
+rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id, char *errstr,
+                                   size_t errstr_size) HB_MUSTCHECK;
+
+/* Sets one property (before the passthrough is applied). */
+int hb_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errstr,
+                      size_t errstr_size) HB_MUSTCHECK;
+
+/* Applies the passthrough; hb_kafka_conf_new calls it last. Programs that set
+ * their own properties after hb_kafka_conf_new call it again at the end. */
+int hb_kafka_conf_passthrough(rd_kafka_conf_t *conf, const hb_config_t *cfg, char *errstr,
+                              size_t errstr_size) HB_MUSTCHECK;
+
+/* Idempotent producer (enable.idempotence=true, acks=all). Takes ownership of
+ * conf in every case. dr_cb may be NULL. */
+rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
+                                  void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
+                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* rd_kafka_producev with copied key and value; while the local queue is full
+ * it serves delivery reports (rd_kafka_poll) and tries again, for at most
+ * block_ms. msg_opaque comes back in the delivery report. */
+int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
+                     const void *val, size_t val_len, void *msg_opaque, int block_ms,
+                     char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* Flushes with a deadline; returns the number of messages left unsent. */
+int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);
+
+#endif

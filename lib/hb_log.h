@@ -1,0 +1,57 @@
+/*
+ * Structured logging: one JSON object per line on stdout.
+ *
+ *   hb_log(HB_LOG_WARN, HB_KV("delivery_id", did, "subscription_id", sid),
+ *          "attempt failed: %s", reason);
+ *
+ * prints {"time":"...","level":"warn","component":"dispatcher",
+ *         "msg":"attempt failed: ...","delivery_id":"...","subscription_id":"..."}
+ *
+ * Below the configured level nothing is formatted. Each line is written with
+ * one write(2), so lines from librdkafka's and curl's threads never interleave.
+ * Any thread may log. Never pass a secret (auth value, signing secret,
+ * database password) as a field or in the message.
+ */
+#ifndef HB_LOG_H
+#define HB_LOG_H
+
+#include "hb_common.h"
+
+typedef enum {
+    HB_LOG_DEBUG = 0,
+    HB_LOG_INFO = 1,
+    HB_LOG_WARN = 2,
+    HB_LOG_ERROR = 3,
+} hb_log_level_t;
+
+extern volatile hb_log_level_t hb_log_level;
+
+/* NULL-terminated key, value, key, value ... list built in place. */
+#define HB_KV(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+#define hb_log(lvl, kv, ...)                                                   \
+    do {                                                                       \
+        if ((lvl) >= hb_log_level)                                             \
+            hb_log_emit((lvl), (kv), __VA_ARGS__);                             \
+    } while (0)
+
+#define hb_debug(...) hb_log(HB_LOG_DEBUG, NULL, __VA_ARGS__)
+#define hb_info(...) hb_log(HB_LOG_INFO, NULL, __VA_ARGS__)
+#define hb_warn(...) hb_log(HB_LOG_WARN, NULL, __VA_ARGS__)
+#define hb_error(...) hb_log(HB_LOG_ERROR, NULL, __VA_ARGS__)
+
+/* Sets the component name on every line ("dispatcher") and the level. */
+void hb_log_init(const char *component, hb_log_level_t level);
+
+/* "debug" | "info" | "warn" | "error" (also "warning"). */
+int hb_log_level_parse(const char *s, hb_log_level_t *out) HB_MUSTCHECK;
+
+void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...)
+    HB_PRINTF(3, 4);
+
+/* Appends s to buf as a JSON string body (no quotes), escaping as needed.
+ * Returns the new length; never writes past bufsz-1. Shared with the
+ * metrics and payload code that need JSON escaping without jansson. */
+size_t hb_json_escape(char *buf, size_t len, size_t bufsz, const char *s);
+
+#endif

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Installs the Debian packages hookbridge needs to build, run and test, when
+# any is missing. Needs root (or sudo) only when something must be installed.
+set -eu
+PKGS="build-essential pkg-config clang
+librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
+libssl-dev libmicrohttpd-dev libcmocka-dev
+postgresql postgresql-contrib
+python3 python3-pytest python3-psycopg2
+nginx-light wrk kcat curl"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing:$missing"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q >/dev/null
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null
+# The nginx package starts a system nginx on port 80; hookbridge runs its own.
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+echo "deps: done"
