@@ -1,0 +1,44 @@
+/*
+ * The in-memory subscription index: event type -> deliverable subscriptions,
+ * and id -> subscription (deliverable or not).
+ *
+ * Matching costs one hash lookup and returns the subscribers of that type:
+ * the cost grows with the number of matches, not with all subscriptions. A
+ * change is applied incrementally (one subscription upserted or removed),
+ * never by a rebuild. The index holds one reference to each snapshot; a
+ * replaced snapshot lives on while deliveries in flight hold references.
+ * Main loop thread only.
+ */
+#ifndef HB_INDEX_H
+#define HB_INDEX_H
+
+#include "hb_common.h"
+#include "hb_sub.h"
+
+typedef struct hb_index_s hb_index_t;
+
+hb_index_t *hb_index_new(void);
+void hb_index_free(hb_index_t *ix);
+
+/* Inserts or replaces the subscription with sub->id. Takes ownership of the
+ * caller's reference. Only a deliverable snapshot (active and verified) is
+ * listed under its event types. */
+void hb_index_upsert(hb_index_t *ix, hb_sub_t *sub);
+
+/* Removes the subscription (deregistered); no-op when absent. */
+void hb_index_remove(hb_index_t *ix, const char *id);
+
+/* Drops everything (before a reload). */
+void hb_index_clear(hb_index_t *ix);
+
+/* The current snapshot of id, or NULL; no reference is taken. */
+hb_sub_t *hb_index_get(const hb_index_t *ix, const char *id);
+
+/* Deliverable subscriptions for event_type. *subs stays valid until the next
+ * change to the index; take a reference to keep one longer. */
+size_t hb_index_match(const hb_index_t *ix, const char *event_type, hb_sub_t *const **subs);
+
+size_t hb_index_count(const hb_index_t *ix);             /* all known */
+size_t hb_index_deliverable_count(const hb_index_t *ix); /* active and verified */
+
+#endif

@@ -1,0 +1,93 @@
+/* Subscription index: what matches an event type, after every kind of change. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "hb_index.h"
+
+static hb_sub_t *mk(const char *id, int active, int verified, const char *t1, const char *t2) {
+    hb_sub_t *s = hb_sub_new();
+    snprintf(s->id, sizeof(s->id), "%s", id);
+    s->active = active;
+    s->verified = verified;
+    s->event_types = hb_calloc(2, sizeof(char *));
+    s->event_types[s->event_types_cnt++] = hb_strdup(t1);
+    if (t2)
+        s->event_types[s->event_types_cnt++] = hb_strdup(t2);
+    return s;
+}
+
+static int matches(hb_index_t *ix, const char *type, const char *id) {
+    hb_sub_t *const *subs;
+    size_t n = hb_index_match(ix, type, &subs);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(subs[i]->id, id))
+            return 1;
+    return 0;
+}
+
+static void only_deliverable_subscriptions_match(void **state) {
+    hb_index_t *ix = hb_index_new();
+    hb_index_upsert(ix, mk("a", 1, 1, "user.session.start", "user.lifecycle.create"));
+    hb_index_upsert(ix, mk("b", 0, 1, "user.session.start", NULL)); /* inactive */
+    hb_index_upsert(ix, mk("c", 1, 0, "user.session.start", NULL)); /* unverified */
+    assert_true(matches(ix, "user.session.start", "a"));
+    assert_false(matches(ix, "user.session.start", "b"));
+    assert_false(matches(ix, "user.session.start", "c"));
+    assert_true(matches(ix, "user.lifecycle.create", "a"));
+    assert_false(matches(ix, "user.session.end", "a"));
+    assert_int_equal(hb_index_count(ix), 3);
+    assert_int_equal(hb_index_deliverable_count(ix), 1);
+    hb_index_free(ix);
+}
+
+static void upsert_replaces_types_and_status(void **state) {
+    hb_index_t *ix = hb_index_new();
+    hb_sub_t *kept;
+    hb_index_upsert(ix, mk("a", 1, 1, "user.session.start", NULL));
+    kept = hb_sub_ref(hb_index_get(ix, "a")); /* an in-flight delivery's reference */
+    hb_index_upsert(ix, mk("a", 1, 1, "user.session.end", NULL));
+    assert_false(matches(ix, "user.session.start", "a"));
+    assert_true(matches(ix, "user.session.end", "a"));
+    assert_string_equal(kept->event_types[0], "user.session.start"); /* old snapshot alive */
+    hb_sub_unref(kept);
+    hb_index_upsert(ix, mk("a", 0, 1, "user.session.end", NULL)); /* deactivated */
+    assert_false(matches(ix, "user.session.end", "a"));
+    assert_non_null(hb_index_get(ix, "a"));
+    hb_index_remove(ix, "a");
+    assert_null(hb_index_get(ix, "a"));
+    assert_int_equal(hb_index_count(ix), 0);
+    hb_index_free(ix);
+}
+
+static void many_subscriptions_match_by_type_only(void **state) {
+    hb_index_t *ix = hb_index_new();
+    char id[40];
+    hb_sub_t *const *subs;
+    for (int i = 0; i < 20000; i++) {
+        snprintf(id, sizeof(id), "sub-%d", i);
+        hb_index_upsert(ix, mk(id, 1, 1, i % 100 == 0 ? "user.account.lock" : "user.session.start",
+                               NULL));
+    }
+    assert_int_equal(hb_index_match(ix, "user.account.lock", &subs), 200);
+    for (int i = 0; i < 20000; i += 2) {
+        snprintf(id, sizeof(id), "sub-%d", i);
+        hb_index_remove(ix, id);
+    }
+    assert_int_equal(hb_index_match(ix, "user.account.lock", &subs), 0);
+    assert_int_equal(hb_index_match(ix, "user.session.start", &subs), 10000);
+    assert_int_equal(hb_index_count(ix), 10000);
+    hb_index_free(ix);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(only_deliverable_subscriptions_match),
+        cmocka_unit_test(upsert_replaces_types_and_status),
+        cmocka_unit_test(many_subscriptions_match_by_type_only),
+    };
+    return cmocka_run_group_tests_name("index", tests, NULL, NULL);
+}
