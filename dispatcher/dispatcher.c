@@ -17,6 +17,11 @@
  * derived from the event uuid and the subscription id, so a redelivery carries
  * the same one.
  *
+ * A message that cannot be decoded (a poison message) is copied, bytes
+ * unchanged, to the dead-letter topic with the reason and its origin in Kafka
+ * headers; its offset counts as done only when the broker acknowledged that
+ * copy, so nothing that was accepted onto the events topic is lost.
+ *
  * Nothing is consumed before the subscription index is loaded, so no event is
  * matched against an empty index. When too many events are unfinished
  * (max_pending_events) the assigned partitions are paused, not the loop.
@@ -86,8 +91,9 @@ struct hb_dispatcher_s {
     hb_dlog_t *dlog;
     hb_index_t *index;
     hb_offsets_t *offsets;
-    rd_kafka_t *rk;
+    rd_kafka_t *rk;       /* consumer */
     rd_kafka_queue_t *rkq;
+    rd_kafka_t *producer; /* dead letters */
     int wake[2];          /* Kafka queue and signals write here */
     int index_loaded;
     int assigned;         /* the group assigned us (possibly zero partitions) */
@@ -197,6 +203,50 @@ static void start_delivery(hb_dispatcher_t *d, event_t *ev, hb_sub_t *sub) {
                     (size_t)d->cfg->response_snippet_bytes, on_delivery_done, dl);
 }
 
+/* Delivery report of a dead-lettered poison message (main loop thread, from
+ * rd_kafka_poll). Only an acknowledged copy lets the offset move. */
+static void on_dead_letter_report(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    event_t *ev = rkm->_private;
+    if (rkm->err) {
+        /* The offset stays uncommitted: after a restart the message is read
+         * and dead-lettered again rather than lost. */
+        hb_metric_inc(d->m_kafka_errors);
+        hb_error("dead-lettering a poison message failed: %s; its offset stays uncommitted",
+                 rd_kafka_err2str(rkm->err));
+        json_decref(ev->json);
+        free(ev);
+        return;
+    }
+    event_finish_one(d, ev);
+}
+
+static void dead_letter_poison(hb_dispatcher_t *d, const rd_kafka_message_t *rkm,
+                               hb_offref_t ref, const char *reason) {
+    char part[16], off[24], errstr[256];
+    rd_kafka_resp_err_t err;
+    event_t *ev = hb_calloc(1, sizeof(*ev));
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+
+    ev->ref = ref;
+    ev->remaining = 1;
+    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
+    err = rd_kafka_producev(
+        d->producer, RD_KAFKA_V_TOPIC(d->cfg->dlq_topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_KEY(rkm->key, rkm->key_len), RD_KAFKA_V_VALUE(rkm->payload, rkm->len),
+        RD_KAFKA_V_HEADER("hookbridge-reason", reason, -1),
+        RD_KAFKA_V_HEADER("hookbridge-source-topic", topic, -1),
+        RD_KAFKA_V_HEADER("hookbridge-source-partition", part, -1),
+        RD_KAFKA_V_HEADER("hookbridge-source-offset", off, -1), RD_KAFKA_V_OPAQUE(ev),
+        RD_KAFKA_V_END);
+    if (err) {
+        hb_seterr(errstr, sizeof(errstr), "%s", rd_kafka_err2str(err));
+        hb_error("cannot dead-letter a poison message (offset stays uncommitted): %s", errstr);
+        free(ev);
+    }
+}
+
 static void handle_message(hb_dispatcher_t *d, rd_kafka_message_t *rkm) {
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     char errstr[512];
@@ -222,8 +272,8 @@ static void handle_message(hb_dispatcher_t *d, rd_kafka_message_t *rkm) {
         snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
         hb_metric_inc(d->m_poison);
         hb_log(HB_LOG_ERROR, HB_KV("topic", topic, "partition", part, "offset", off),
-               "poison message skipped: %s", errstr);
-        hb_offsets_done(d->offsets, ref);
+               "poison message sent to %s: %s", d->cfg->dlq_topic, errstr);
+        dead_letter_poison(d, rkm, ref, errstr);
         return;
     }
     n = hb_index_match(d->index, hb_event_type(json), &subs);
@@ -534,6 +584,8 @@ static void one_pass(hb_dispatcher_t *d, int wait_ms) {
         hb_metric_inc(d->m_db_errors);
         hb_warn("database: %s", errstr);
     }
+    if (d->producer)
+        rd_kafka_poll(d->producer, 0); /* dead-letter reports */
     take_flushed(d);
     if (d->rk) {
         store_offsets(d);
@@ -579,6 +631,8 @@ int hb_dispatcher_run(hb_dispatcher_t *d) {
                 d->deliveries_in_flight);
         d->abandoning = 1;
     }
+    if (d->producer && hb_kafka_flush(d->producer, 5000) > 0)
+        hb_warn("dead letters left unsent; their messages will be read again after restart");
     unwritten = hb_dlog_close(d->dlog, 5000);
     if (unwritten)
         hb_warn("%zu delivery log rows were not written", unwritten);
@@ -671,6 +725,17 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
                           errstr_size);
     if (!d->dlog)
         goto fail;
+    {
+        rd_kafka_conf_t *pconf = hb_kafka_conf_new(cfg, "hookbridge-dispatcher", errstr,
+                                                   errstr_size);
+        if (!pconf)
+            goto fail;
+        rd_kafka_conf_set_opaque(pconf, d);
+        d->producer = hb_kafka_producer_new(pconf, on_dead_letter_report, errstr, errstr_size);
+        pconf = NULL; /* owned by the producer, or destroyed on failure */
+        if (!d->producer)
+            goto fail;
+    }
     d->index = hb_index_new();
     d->offsets = hb_offsets_new();
     hb_info("hookbridge-dispatcher %s: health on port %d", HB_VERSION, hb_httpd_port(d->httpd));
@@ -691,6 +756,8 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         rd_kafka_queue_destroy(d->rkq);
     if (d->rk)
         rd_kafka_destroy(d->rk);
+    if (d->producer)
+        rd_kafka_destroy(d->producer);
     if (d->dlog) {
         (void)hb_dlog_close(d->dlog, 0);
         hb_dlog_free(d->dlog);

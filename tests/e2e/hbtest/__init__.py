@@ -1,0 +1,1 @@
+"""Helpers for hookbridge's end-to-end tests: real processes on loopback."""

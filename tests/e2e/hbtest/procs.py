@@ -1,0 +1,104 @@
+"""Starting and stopping the programs under test.
+
+Every process a test starts is registered with a ProcessGroup that stops it
+(SIGTERM, then SIGKILL after a grace period) when the test ends, also when the
+test fails. Output goes to a log file per process, printed when a test fails.
+"""
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(os.environ.get("HOOKBRIDGE_BIN", REPO / "bin"))
+# Sanitizer builds are slower: stretch every timeout.
+SLOW = float(os.environ.get("HOOKBRIDGE_TEST_SLOW", "1"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout, what, interval=0.05):
+    """Polls pred() until it returns a truthy value; fails naming `what`."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    def __init__(self, name, argv, env, log_path):
+        self.name = name
+        self.argv = argv
+        self.log_path = Path(log_path)
+        self.log = open(self.log_path, "ab")
+        self.p = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def output(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, sig):
+        if self.alive():
+            self.p.send_signal(sig)
+
+    def stop(self, timeout=15):
+        """SIGTERM and wait; SIGKILL if it does not exit. Returns the exit code."""
+        if self.alive():
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout * SLOW)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+    def kill(self):
+        if self.alive():
+            self.p.kill()
+        self.p.wait()
+        self.log.close()
+
+
+class ProcessGroup:
+    def __init__(self, workdir):
+        self.workdir = Path(workdir)
+        self.procs = []
+
+    def start(self, name, argv, env=None, **kw):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        p = Proc(name, [str(a) for a in argv], full_env, self.workdir / f"{name}.log")
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            if p.alive():
+                p.stop()
+
+    def dump(self):
+        out = []
+        for p in self.procs:
+            out.append(f"----- {p.name} ({' '.join(p.argv[:1])}) -----\n{p.output()[-6000:]}")
+        return "\n".join(out)

@@ -1,0 +1,132 @@
+"""The hookbridge stack for end-to-end tests: broker, receiver, dispatcher,
+producer, each a real process of ours talking real protocols on loopback."""
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from .procs import BIN, SLOW, free_port, wait_until
+
+
+class Broker:
+    """hookbridge-devbroker: the embedded Kafka-protocol broker."""
+
+    def __init__(self, group, workdir, topics=()):
+        self.bootstrap_file = Path(workdir) / "bootstrap"
+        argv = [BIN / "hookbridge-devbroker", "--bootstrap-file", self.bootstrap_file]
+        for t in topics:
+            argv += ["--topic", t]
+        self.proc = group.start("devbroker", argv)
+        self.bootstrap = wait_until(
+            lambda: self.bootstrap_file.exists() and self.bootstrap_file.read_text().strip(),
+            10, "the devbroker's bootstrap file")
+
+
+class Receiver:
+    """hookbridge-receiver recording every request it gets to a JSON-lines file."""
+
+    def __init__(self, group, workdir, secret=None, auth=None, status=None, name="receiver"):
+        self.port = free_port()
+        self.record = Path(workdir) / f"{name}.jsonl"
+        argv = [BIN / "hookbridge-receiver", "--listen", f"127.0.0.1:{self.port}",
+                "--record", self.record]
+        if secret:
+            argv += ["--secret", secret]
+        if auth:
+            argv += ["--auth", auth]
+        if status:
+            argv += ["--status", str(status)]
+        self.proc = group.start(name, argv)
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        wait_until(self._up, 10, "the receiver to listen")
+
+    def _up(self):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def requests(self):
+        if not self.record.exists():
+            return []
+        out = []
+        for line in self.record.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+    def posts(self):
+        return [r for r in self.requests() if r["method"] == "POST"]
+
+    def events(self):
+        """Every event delivered in an acknowledged POST, as (request, event)."""
+        out = []
+        for r in self.posts():
+            if not 200 <= r["status"] < 300:
+                continue
+            body = json.loads(r["body"])
+            if isinstance(body, dict) and "data" in body and "events" in body.get("data", {}):
+                evs = body["data"]["events"]
+            elif isinstance(body, list):
+                evs = body
+            else:
+                evs = [body]
+            out += [(r, e) for e in evs]
+        return out
+
+
+class Dispatcher:
+    def __init__(self, group, database_url, brokers, topic="identity.events", group_id=None,
+                 extra_env=None, name="dispatcher"):
+        self.health_port = free_port()
+        env = {
+            "HOOKBRIDGE_DATABASE_URL": database_url,
+            "HOOKBRIDGE_KAFKA_BROKERS": brokers,
+            "HOOKBRIDGE_EVENTS_TOPIC": topic,
+            "HOOKBRIDGE_CONSUMER_GROUP": group_id or "hookbridge-dispatcher",
+            "HOOKBRIDGE_HTTP_LISTEN": f"127.0.0.1:{self.health_port}",
+            "HOOKBRIDGE_ALLOW_HTTP": "1",
+            "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS": "1",
+            "HOOKBRIDGE_LOG_LEVEL": "debug",
+            "HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "HOOKBRIDGE_LOG_FLUSH_INTERVAL": "100ms",
+        }
+        env.update(extra_env or {})
+        self.env = env
+        self.group = group
+        self.name = name
+        self.proc = group.start(name, [BIN / "hookbridge-dispatcher"], env)
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}",
+                                        timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return None, ""
+
+    def wait_ready(self, timeout=30):
+        wait_until(lambda: self.get("/readyz")[0] == 200 or self._died(), timeout,
+                   "the dispatcher to be ready")
+        assert self.proc.alive(), "dispatcher exited:\n" + self.proc.output()[-3000:]
+
+    def _died(self):
+        return not self.proc.alive()
+
+
+def produce(brokers, lines, topic="identity.events", args=(), check=True):
+    """Runs hookbridge-producer with JSON lines on stdin; returns the CompletedProcess."""
+    env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=brokers, HOOKBRIDGE_EVENTS_TOPIC=topic)
+    data = "".join(json.dumps(l) + "\n" if not isinstance(l, str) else l + "\n" for l in lines)
+    r = subprocess.run([str(BIN / "hookbridge-producer"), *args, "-"], input=data.encode(),
+                       env=env, capture_output=True, timeout=60 * SLOW)
+    if check:
+        assert r.returncode == 0, f"producer failed: {r.stdout.decode()} {r.stderr.decode()}"
+    return r
