@@ -38,6 +38,11 @@ def procs(request, workdir):
     request.node._hb_procs = group
     yield group
     group.stop_all()
+    # Under ASan/UBSan (make test-asan) a report in any process fails the test.
+    for p in group.procs:
+        out = p.output()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in out, f"{p.name}: sanitizer report\n{out[-8000:]}"
 
 
 @pytest.fixture
