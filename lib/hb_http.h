@@ -43,7 +43,8 @@ typedef struct hb_http_result_s {
     int refused;            /* refused before sending: scheme or address policy */
     char error[256];        /* reason when no 2xx: "connection refused",
                                "timeout after 10000 ms", "address 10.0.0.1 is
-                               private (refused; HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS)" */
+                               loopback/private (refused; set
+                               HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)" */
     const char *body;       /* response body, NUL-terminated, bounded */
     size_t body_len;
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
@@ -51,6 +52,8 @@ typedef struct hb_http_result_s {
     int64_t duration_ms;
 } hb_http_result_t;
 
+/* res and res->body are valid only during the call. The callback may
+ * hb_http_submit() (e.g. the next attempt) but must not hb_http_free(). */
 typedef void(hb_http_done_cb)(const hb_http_result_t *res, void *opaque);
 
 typedef struct hb_http_req_s {
@@ -84,7 +87,21 @@ int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd);
 /* Makes a concurrent hb_http_run() return early. Any thread. */
 void hb_http_wakeup(hb_http_t *h);
 
+/* Completes req through its done callback on the next hb_http_run() with
+ * refused=1 and error = reason, without sending anything: for a request its
+ * caller cannot build (e.g. no signing secret). Takes ownership of req->body. */
+void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason);
+
 size_t hb_http_in_flight(const hb_http_t *h); /* started transfers */
 size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
+
+/* The address policy, exposed for tests and config checks: 1 when the
+ * numeric IPv4/IPv6 address is one refused without allow_private_networks,
+ * 0 when public, -1 when not a numeric address. */
+int hb_http_address_is_private(const char *ip);
+
+/* Retry-After value (delta seconds or HTTP date) as seconds from now_s,
+ * bounded to [0, 86400]; -1 when unparsable. */
+long long hb_http_parse_retry_after(const char *value, int64_t now_s);
 
 #endif

@@ -1,0 +1,335 @@
+/*
+ * The delivery path, written once: render -> sign -> send -> classify.
+ *
+ * The dispatcher and the retrier both call these; they differ only in where
+ * work comes from and where failures go. Rendering builds the subscription's
+ * payload format with jansson (compact, keys in contract order) from events
+ * it only borrows. Sending signs the exact body bytes at send time with the
+ * subscription's unexpired secrets and a fresh timestamp, so a retry carries
+ * the same webhook-id with a new timestamp and signature. Classification maps
+ * one hb_http_result_t to an outcome and a secret-free reason; it is the only
+ * place that decides what is retried.
+ *
+ * Thread: the main loop thread (the one owning the hb_http_t). Render,
+ * classify and the challenge check are pure and may run anywhere.
+ */
+#include "hb_deliver.h"
+
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_sign.h"
+
+#define HB_CT_JSON "application/json"
+#define HB_CT_CE "application/cloudevents+json"
+#define HB_CT_CE_BATCH "application/cloudevents-batch+json"
+#define HB_VERIFY_MAX_RESPONSE 16384
+
+/* ------------------------------------------------------------------ */
+/* Render                                                              */
+
+static const char *hb_deliver_str(const json_t *ev, const char *key) {
+    return json_string_value(json_object_get(ev, key));
+}
+
+/* One CloudEvents 1.0 structured-mode event wrapping an identity event. */
+static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const char *source,
+                                     char *errstr, size_t errstr_size) {
+    const char *type = hb_deliver_str(ev, "eventType");
+    const char *id = hb_deliver_str(ev, "uuid");
+    const char *time = hb_deliver_str(ev, "published");
+    if (!type || !*type) {
+        hb_seterr(errstr, errstr_size, "event has no eventType");
+        return NULL;
+    }
+    json_t *ce = json_object();
+    int rc = 0;
+    rc |= json_object_set_new(ce, "specversion", json_string("1.0"));
+    rc |= json_object_set_new(ce, "id", json_string(id && *id ? id : fallback_id));
+    rc |= json_object_set_new(ce, "source", json_string(source));
+    rc |= json_object_set_new(ce, "type", json_string(type));
+    if (time && *time)
+        rc |= json_object_set_new(ce, "time", json_string(time));
+    rc |= json_object_set_new(ce, "datacontenttype", json_string(HB_CT_JSON));
+    rc |= json_object_set(ce, "data", ev);
+    if (rc) {
+        json_decref(ce);
+        hb_seterr(errstr, errstr_size, "cannot build CloudEvent (invalid UTF-8?)");
+        return NULL;
+    }
+    return ce;
+}
+
+static json_t *hb_deliver_okta(json_t *const *events, size_t n, const char *delivery_id,
+                               const char *source, int64_t now_ms) {
+    char now[40];
+    hb_format_time(now_ms, now, sizeof(now));
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++)
+        if (json_array_append(list, events[i])) {
+            json_decref(list);
+            return NULL;
+        }
+    json_t *data = json_object();
+    int rc = json_object_set_new(data, "events", list);
+    json_t *env = json_object();
+    rc |= json_object_set_new(env, "eventType", json_string("com.okta.event_hook"));
+    rc |= json_object_set_new(env, "eventTypeVersion", json_string("1.0"));
+    rc |= json_object_set_new(env, "cloudEventsVersion", json_string("0.1"));
+    rc |= json_object_set_new(env, "source", json_string(source));
+    rc |= json_object_set_new(env, "eventId", json_string(delivery_id));
+    rc |= json_object_set_new(env, "eventTime", json_string(now));
+    rc |= json_object_set_new(env, "contentType", json_string(HB_CT_JSON));
+    rc |= json_object_set_new(env, "data", data);
+    if (rc) {
+        json_decref(env);
+        return NULL;
+    }
+    return env;
+}
+
+int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *delivery_id, const char *source, int64_t now_ms,
+                      hb_payload_t *out, char *errstr, size_t errstr_size) {
+    json_t *doc = NULL;
+    const char *content_type = HB_CT_JSON;
+    memset(out, 0, sizeof(*out));
+    if (n == 0 || !events || !delivery_id) {
+        hb_seterr(errstr, errstr_size, "nothing to render");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!json_is_object(events[i])) {
+            hb_seterr(errstr, errstr_size, "event %zu is not a JSON object", i);
+            return -1;
+        }
+    }
+    if (!source || !*source)
+        source = "hookbridge";
+
+    switch (sub->format) {
+    case HB_FORMAT_CLOUDEVENTS:
+        if (n == 1) {
+            doc = hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
+            content_type = HB_CT_CE;
+        } else {
+            doc = json_array();
+            content_type = HB_CT_CE_BATCH;
+            for (size_t i = 0; i < n; i++) {
+                char fallback[HB_UUID_LEN + 24];
+                hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
+                json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr,
+                                                   errstr_size);
+                if (!ce || json_array_append_new(doc, ce)) {
+                    json_decref(doc);
+                    return -1;
+                }
+            }
+        }
+        if (!doc)
+            return -1;
+        break;
+    case HB_FORMAT_EVENT:
+        if (n == 1) {
+            doc = json_incref(events[0]);
+        } else {
+            doc = json_array();
+            for (size_t i = 0; i < n; i++)
+                (void)json_array_append(doc, events[i]);
+        }
+        break;
+    case HB_FORMAT_OKTA:
+    default:
+        doc = hb_deliver_okta(events, n, delivery_id, source, now_ms);
+        if (!doc) {
+            hb_seterr(errstr, errstr_size, "cannot build the event-hook envelope");
+            return -1;
+        }
+        break;
+    }
+
+    char *body = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    if (!body) {
+        hb_seterr(errstr, errstr_size, "cannot serialize payload");
+        return -1;
+    }
+    /* jansson allocates with malloc by default; hand out our own copy anyway
+     * so the caller frees with free() whatever allocator jansson was given. */
+    out->len = strlen(body);
+    out->body = hb_strndup(body, out->len);
+    free(body);
+    out->content_type = content_type;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Send                                                                */
+
+/* "Name: value" for the subscription's auth header into buf; 0 when none,
+ * 1 when written, -1 when the configured header is unusable. */
+static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
+    if (!sub->auth_header || !*sub->auth_header)
+        return 0;
+    const char *value = sub->auth_value ? sub->auth_value : "";
+    if (strpbrk(sub->auth_header, "\r\n: ") || strpbrk(value, "\r\n"))
+        return -1;
+    int len = snprintf(buf, bufsz, "%s: %s", sub->auth_header, value);
+    if (len < 0 || (size_t)len >= bufsz)
+        return -1;
+    return 1;
+}
+
+void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                     hb_payload_t *payload, long long default_timeout_ms,
+                     size_t max_response_bytes, hb_http_done_cb *done, void *opaque) {
+    int64_t now_ms = hb_wall_ms();
+    int64_t ts = now_ms / 1000;
+    char h_ct[128], h_ua[64], h_id[128], h_ts[48], h_sig[512], h_auth[4096];
+    char sig[480];
+    const char *headers[8];
+    size_t nh = 0;
+    hb_http_req_t req = {
+        .method = HB_HTTP_POST,
+        .url = sub->url,
+        .headers = headers,
+        .body = payload->body,
+        .body_len = payload->len,
+        .timeout_ms = sub->timeout_ms > 0 ? sub->timeout_ms : default_timeout_ms,
+        .max_response_bytes = max_response_bytes,
+        .done = done,
+        .opaque = opaque,
+    };
+    payload->body = NULL; /* now owned by the request */
+
+    if (hb_sign_header(sub->secrets, sub->secrets_cnt, now_ms, delivery_id, ts, req.body,
+                       req.body_len, sig, sizeof(sig)) != 0) {
+        hb_http_fail(http, &req, "cannot sign: no unexpired signing secret");
+        return;
+    }
+    int auth = hb_deliver_auth_line(sub, h_auth, sizeof(h_auth));
+    if (auth < 0) {
+        hb_http_fail(http, &req, "auth header is malformed or too long");
+        return;
+    }
+    hb_seterr(h_ct, sizeof(h_ct), "Content-Type: %s",
+             payload->content_type ? payload->content_type : HB_CT_JSON);
+    hb_seterr(h_ua, sizeof(h_ua), "User-Agent: hookbridge/%s", HB_VERSION);
+    hb_seterr(h_id, sizeof(h_id), "webhook-id: %s", delivery_id);
+    hb_seterr(h_ts, sizeof(h_ts), "webhook-timestamp: %lld", (long long)ts);
+    hb_seterr(h_sig, sizeof(h_sig), "webhook-signature: %s", sig);
+    headers[nh++] = h_ct;
+    headers[nh++] = h_ua;
+    headers[nh++] = h_id;
+    headers[nh++] = h_ts;
+    headers[nh++] = h_sig;
+    if (auth > 0)
+        headers[nh++] = h_auth;
+    headers[nh++] = "Expect:"; /* no 100-continue round trip */
+    headers[nh] = NULL;
+
+    hb_http_submit(http, &req);
+    if (auth > 0)
+        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+}
+
+/* ------------------------------------------------------------------ */
+/* Classify                                                            */
+
+hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size_t reason_size) {
+    int status = res->http_status;
+    if (reason_size > 0)
+        reason[0] = '\0';
+    if (res->refused) {
+        hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "refused");
+        return HB_OUTCOME_FAILED;
+    }
+    if (res->timed_out || res->transport_error) {
+        /* An incomplete exchange is retried even if a status line arrived:
+         * the receiver de-duplicates by webhook-id. */
+        hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "transport error");
+        return HB_OUTCOME_RETRY;
+    }
+    if (status >= 200 && status <= 299)
+        return HB_OUTCOME_DELIVERED;
+    if (status == 408 || status == 429 || (status >= 500 && status <= 599)) {
+        hb_seterr(reason, reason_size, "HTTP %d", status);
+        return HB_OUTCOME_RETRY;
+    }
+    if (status >= 300 && status <= 399) {
+        hb_seterr(reason, reason_size, "redirect (HTTP %d) not followed", status);
+        return HB_OUTCOME_FAILED;
+    }
+    if (status >= 400 && status <= 499) {
+        hb_seterr(reason, reason_size, "HTTP %d", status);
+        return HB_OUTCOME_FAILED;
+    }
+    hb_seterr(reason, reason_size, "unexpected HTTP status %d", status);
+    return HB_OUTCOME_FAILED;
+}
+
+/* ------------------------------------------------------------------ */
+/* Verification                                                        */
+
+void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
+                            long long timeout_ms, hb_http_done_cb *done, void *opaque) {
+    char h_ch[512], h_ua[64], h_auth[4096];
+    const char *headers[6];
+    size_t nh = 0;
+    hb_http_req_t req = {
+        .method = HB_HTTP_GET,
+        .url = sub->url,
+        .headers = headers,
+        .timeout_ms = timeout_ms,
+        .max_response_bytes = HB_VERIFY_MAX_RESPONSE,
+        .done = done,
+        .opaque = opaque,
+    };
+    int auth = hb_deliver_auth_line(sub, h_auth, sizeof(h_auth));
+    if (auth < 0) {
+        hb_http_fail(http, &req, "auth header is malformed or too long");
+        return;
+    }
+    hb_seterr(h_ch, sizeof(h_ch), "X-Okta-Verification-Challenge: %s", challenge);
+    hb_seterr(h_ua, sizeof(h_ua), "User-Agent: hookbridge/%s", HB_VERSION);
+    headers[nh++] = h_ch;
+    headers[nh++] = "Accept: application/json";
+    headers[nh++] = h_ua;
+    if (auth > 0)
+        headers[nh++] = h_auth;
+    headers[nh] = NULL;
+    hb_http_submit(http, &req);
+    if (auth > 0)
+        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+}
+
+int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challenge, char *reason,
+                               size_t reason_size) {
+    if (reason_size > 0)
+        reason[0] = '\0';
+    if (res->refused || res->timed_out || res->transport_error) {
+        hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "no response");
+        return -1;
+    }
+    if (res->http_status != 200) {
+        hb_seterr(reason, reason_size, "HTTP %d", res->http_status);
+        return -1;
+    }
+    json_error_t jerr;
+    json_t *doc = res->body ? json_loadb(res->body, res->body_len, 0, &jerr) : NULL;
+    if (!doc || !json_is_object(doc)) {
+        json_decref(doc);
+        hb_seterr(reason, reason_size, "response is not JSON");
+        return -1;
+    }
+    const char *echo = json_string_value(json_object_get(doc, "verification"));
+    int ok = echo && challenge && !strcmp(echo, challenge);
+    json_decref(doc);
+    if (!ok) {
+        hb_seterr(reason, reason_size, "wrong echo");
+        return -1;
+    }
+    return 0;
+}

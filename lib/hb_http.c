@@ -1,0 +1,841 @@
+/*
+ * HTTP delivery engine: many webhook requests in flight from one thread on
+ * libcurl's multi interface.
+ *
+ * The design is simple: a request becomes a transfer (hb_http_xfer_t) that
+ * owns everything curl is handed for it (URL, header list, body, error buffer,
+ * response buffer), attached to its easy handle with CURLOPT_PRIVATE. A
+ * transfer moves through named places and nowhere else:
+ *
+ *   early list  refused up front (bad URL, scheme) or set-up failure;
+ *               completed on the next hb_http_run(), never inside submit
+ *   host queue  waiting for a slot; one FIFO per host key (scheme://host:port)
+ *   running     added to the multi handle
+ *
+ * A host with waiting transfers and a free per-host slot sits in the global
+ * ready FIFO; refill pops hosts from it round-robin while fewer than
+ * max_in_flight transfers run. A slow host holds at most max_host_connections
+ * slots; its backlog waits in its own queue and never takes a global slot.
+ *
+ * Every finished transfer goes through hb_http_complete(): fill the result,
+ * call done, curl_easy_reset() the easy handle (so it keeps no pointer into
+ * the freed transfer), free the transfer, return the handle to the free
+ * list, refill; a reused handle gets every option set again. Connections
+ * live in the multi handle's pool and are reused across easy handles.
+ *
+ * The resolved address of every new connection is checked in the
+ * CURLOPT_OPENSOCKETFUNCTION callback (loopback, private, link-local,
+ * multicast, ... refused unless allow_private_networks); curl only reports
+ * "couldn't connect", so the callback records the refusal on the transfer.
+ * Proxies from the environment are disabled, since the check is meaningless
+ * behind a proxy. Header values are never logged (auth values are secrets).
+ *
+ * Thread: the owning main loop thread only, except hb_http_wakeup().
+ */
+#include "hb_http.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "hb_log.h"
+
+#define HB_HTTP_BUCKETS 1024
+#define HB_HTTP_DEFAULT_TIMEOUT_MS 10000
+#define HB_HTTP_RETRY_AFTER_MAX_S 86400 /* Retry-After is bounded to one day */
+
+typedef struct hb_http_host_s hb_http_host_t;
+typedef struct hb_http_xfer_s hb_http_xfer_t;
+
+struct hb_http_host_s {
+    hb_http_host_t *hash_next;
+    hb_http_host_t *ready_next;
+    char *key;                     /* "scheme://host:port" */
+    size_t in_flight;              /* running transfers to this host */
+    hb_http_xfer_t *wait_head, *wait_tail;
+    int on_ready;                  /* in h->ready list */
+};
+
+struct hb_http_xfer_s {
+    hb_http_xfer_t *next;          /* host queue or early list */
+    hb_http_xfer_t *run_prev, *run_next; /* running list */
+    hb_http_t *h;
+    hb_http_host_t *host;          /* NULL on the early list */
+    CURL *easy;                    /* set while running */
+    hb_http_method_t method;
+    char *url;
+    char *host_name;               /* for error texts */
+    struct curl_slist *headers;
+    char *body;
+    size_t body_len;
+    long long timeout_ms;
+    size_t max_response_bytes;
+    hb_http_done_cb *done;
+    void *opaque;
+
+    char *resp;
+    size_t resp_len, resp_cap;
+    long long retry_after_s;
+    int addr_refused;              /* set by the opensocket callback */
+    char addr_text[INET6_ADDRSTRLEN];
+    int aborted;
+    int early_refused;             /* early list: refused by policy */
+    int early_code;                /* early list: CURLcode when not a refusal */
+    char early_error[200];
+    int64_t started_ms, started_mono;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct hb_http_s {
+    CURLM *multi;
+    hb_http_conf_t conf;
+    char *user_agent;
+    CURL **free_easy;
+    size_t free_cnt, free_cap;
+    hb_http_host_t *buckets[HB_HTTP_BUCKETS];
+    hb_http_host_t *ready_head, *ready_tail;
+    hb_http_xfer_t *early_head, *early_tail;
+    hb_http_xfer_t *running;
+    size_t in_flight, queued;
+    int closing;
+};
+
+static void hb_http_refill(hb_http_t *h);
+
+/* ------------------------------------------------------------------ */
+/* Address policy                                                      */
+
+static int hb_http_v4_private(const uint8_t a[4]) {
+    if (a[0] == 0 || a[0] == 10 || a[0] == 127)
+        return 1;                                  /* 0/8, 10/8, 127/8 */
+    if (a[0] == 100 && (a[1] & 0xc0) == 64)
+        return 1;                                  /* 100.64/10 shared CGN */
+    if (a[0] == 169 && a[1] == 254)
+        return 1;                                  /* link-local */
+    if (a[0] == 172 && (a[1] & 0xf0) == 16)
+        return 1;                                  /* 172.16/12 */
+    if (a[0] == 192 && a[1] == 168)
+        return 1;                                  /* 192.168/16 */
+    if (a[0] >= 224)
+        return 1;                                  /* 224/4 multicast, 240/4, broadcast */
+    return 0;
+}
+
+static int hb_http_v6_private(const uint8_t a[16]) {
+    static const uint8_t zero[16];
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+    if (!memcmp(a, zero, 15) && (a[15] == 0 || a[15] == 1))
+        return 1;                                  /* :: and ::1 */
+    if (!memcmp(a, mapped, 12) || !memcmp(a, nat64, 12))
+        return hb_http_v4_private(a + 12);         /* ::ffff:0:0/96, 64:ff9b::/96 */
+    if ((a[0] & 0xfe) == 0xfc)
+        return 1;                                  /* fc00::/7 unique local */
+    if (a[0] == 0xfe && (a[1] & 0x80) == 0x80)
+        return 1;                                  /* fe80::/10 link-local, fec0::/10 site-local */
+    if (a[0] == 0xff)
+        return 1;                                  /* ff00::/8 multicast */
+    return 0;
+}
+
+/* 1 when the socket address is one we refuse, filling text with it. */
+static int hb_http_sockaddr_private(const struct sockaddr *sa, size_t salen, char *text,
+                                    size_t textsz) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, sa, salen < sizeof(ss) ? salen : sizeof(ss));
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        if (!inet_ntop(AF_INET, &in->sin_addr, text, (socklen_t)textsz))
+            hb_seterr(text, textsz, "?");
+        return hb_http_v4_private((const uint8_t *)&in->sin_addr);
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        if (!inet_ntop(AF_INET6, &in6->sin6_addr, text, (socklen_t)textsz))
+            hb_seterr(text, textsz, "?");
+        return hb_http_v6_private(in6->sin6_addr.s6_addr);
+    }
+    hb_seterr(text, textsz, "(family %d)", (int)ss.ss_family);
+    return 1; /* not an IP connection: nothing a webhook needs */
+}
+
+int hb_http_address_is_private(const char *ip) {
+    uint8_t a[16];
+    if (inet_pton(AF_INET, ip, a) == 1)
+        return hb_http_v4_private(a);
+    if (inet_pton(AF_INET6, ip, a) == 1)
+        return hb_http_v6_private(a);
+    return -1;
+}
+
+static curl_socket_t hb_http_opensocket(void *clientp, curlsocktype purpose,
+                                        struct curl_sockaddr *address) {
+    hb_http_xfer_t *x = clientp;
+    if (!x->h->conf.allow_private_networks) {
+        char text[INET6_ADDRSTRLEN];
+        if (hb_http_sockaddr_private(&address->addr, address->addrlen, text, sizeof(text))) {
+            x->addr_refused = 1;
+            hb_seterr(x->addr_text, sizeof(x->addr_text), "%s", text);
+            return CURL_SOCKET_BAD;
+        }
+    }
+    (void)purpose;
+    return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+/* ------------------------------------------------------------------ */
+/* Response callbacks                                                  */
+
+long long hb_http_parse_retry_after(const char *value, int64_t now_s) {
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (!*value)
+        return -1;
+    if (*value >= '0' && *value <= '9') {
+        long long s = 0;
+        const char *p = value;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            s = s * 10 + (*p - '0');
+            if (s > HB_HTTP_RETRY_AFTER_MAX_S)
+                s = HB_HTTP_RETRY_AFTER_MAX_S; /* saturate, keep scanning */
+        }
+        while (*p == ' ' || *p == '\t')
+            p++;
+        return *p ? -1 : s;
+    }
+    time_t t = curl_getdate(value, NULL);
+    if (t == (time_t)-1)
+        return -1;
+    long long d = (long long)t - (long long)now_s;
+    if (d < 0)
+        d = 0;
+    if (d > HB_HTTP_RETRY_AFTER_MAX_S)
+        d = HB_HTTP_RETRY_AFTER_MAX_S;
+    return d;
+}
+
+static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *userdata) {
+    hb_http_xfer_t *x = userdata;
+    size_t n = size * nitems;
+    static const char name[] = "retry-after:";
+    if (n >= 5 && !memcmp(data, "HTTP/", 5)) {
+        x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
+    } else if (n > sizeof(name) - 1 && !strncasecmp(data, name, sizeof(name) - 1)) {
+        char value[128];
+        size_t len = n - (sizeof(name) - 1);
+        if (len >= sizeof(value))
+            len = sizeof(value) - 1;
+        memcpy(value, data + sizeof(name) - 1, len);
+        value[len] = '\0';
+        while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' ||
+                           value[len - 1] == ' ' || value[len - 1] == '\t'))
+            value[--len] = '\0';
+        x->retry_after_s = hb_http_parse_retry_after(value, hb_wall_ms() / 1000);
+    }
+    return n;
+}
+
+static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userdata) {
+    hb_http_xfer_t *x = userdata;
+    size_t n = size * nmemb;
+    size_t take = 0;
+    if (x->resp_len < x->max_response_bytes)
+        take = x->max_response_bytes - x->resp_len;
+    if (take > n)
+        take = n;
+    if (take > 0) {
+        if (x->resp_len + take + 1 > x->resp_cap) {
+            size_t cap = x->resp_cap ? x->resp_cap * 2 : 1024;
+            if (cap < x->resp_len + take + 1)
+                cap = x->resp_len + take + 1;
+            if (cap > x->max_response_bytes + 1)
+                cap = x->max_response_bytes + 1;
+            x->resp = hb_realloc(x->resp, cap);
+            x->resp_cap = cap;
+        }
+        memcpy(x->resp + x->resp_len, data, take);
+        x->resp_len += take;
+        x->resp[x->resp_len] = '\0';
+    }
+    return n; /* the rest is discarded, never an error */
+}
+
+/* ------------------------------------------------------------------ */
+/* Hosts                                                               */
+
+static size_t hb_http_hash(const char *s) {
+    uint32_t hash = 2166136261u;
+    for (; *s; s++)
+        hash = (hash ^ (uint8_t)*s) * 16777619u;
+    return hash % HB_HTTP_BUCKETS;
+}
+
+static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key) {
+    size_t b = hb_http_hash(key);
+    for (hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next)
+        if (!strcmp(host->key, key))
+            return host;
+    hb_http_host_t *host = hb_calloc(1, sizeof(*host));
+    host->key = hb_strdup(key);
+    host->hash_next = h->buckets[b];
+    h->buckets[b] = host;
+    return host;
+}
+
+/* Frees the host once nothing refers to it. */
+static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
+    if (host->in_flight || host->wait_head || host->on_ready)
+        return;
+    hb_http_host_t **pp = &h->buckets[hb_http_hash(host->key)];
+    while (*pp != host)
+        pp = &(*pp)->hash_next;
+    *pp = host->hash_next;
+    free(host->key);
+    free(host);
+}
+
+static void hb_http_ready_push(hb_http_t *h, hb_http_host_t *host) {
+    if (host->on_ready || !host->wait_head ||
+        host->in_flight >= (size_t)h->conf.max_host_connections)
+        return;
+    host->on_ready = 1;
+    host->ready_next = NULL;
+    if (h->ready_tail)
+        h->ready_tail->ready_next = host;
+    else
+        h->ready_head = host;
+    h->ready_tail = host;
+}
+
+static hb_http_host_t *hb_http_ready_pop(hb_http_t *h) {
+    hb_http_host_t *host = h->ready_head;
+    if (!host)
+        return NULL;
+    h->ready_head = host->ready_next;
+    if (!h->ready_head)
+        h->ready_tail = NULL;
+    host->ready_next = NULL;
+    host->on_ready = 0;
+    return host;
+}
+
+static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
+    hb_http_xfer_t *x = host->wait_head;
+    if (!x)
+        return NULL;
+    host->wait_head = x->next;
+    if (!host->wait_head)
+        host->wait_tail = NULL;
+    x->next = NULL;
+    h->queued--;
+    return x;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transfers                                                           */
+
+static void hb_http_xfer_free(hb_http_xfer_t *x) {
+    for (struct curl_slist *l = x->headers; l; l = l->next)
+        memset(l->data, 0, strlen(l->data)); /* auth values are secrets */
+    curl_slist_free_all(x->headers);
+    free(x->url);
+    free(x->host_name);
+    free(x->body);
+    free(x->resp);
+    free(x);
+}
+
+static void hb_http_early_push(hb_http_t *h, hb_http_xfer_t *x) {
+    x->next = NULL;
+    if (h->early_tail)
+        h->early_tail->next = x;
+    else
+        h->early_head = x;
+    h->early_tail = x;
+}
+
+static void hb_http_refuse(hb_http_t *h, hb_http_xfer_t *x, const char *fmt, ...) HB_PRINTF(3, 4);
+static void hb_http_refuse(hb_http_t *h, hb_http_xfer_t *x, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->early_error, sizeof(x->early_error), fmt, ap);
+    va_end(ap);
+    x->early_refused = 1;
+    hb_http_early_push(h, x);
+}
+
+/* Fills the error text of a transfer that ended with a curl error. */
+static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t duration_ms,
+                             hb_http_result_t *res) {
+    long os_errno = 0;
+    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT: {
+        long long cto = x->h->conf.connect_timeout_ms;
+        res->timed_out = 1;
+        if (cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms)
+            hb_seterr(res->error, sizeof(res->error), "connect timeout after %lld ms", cto);
+        else
+            hb_seterr(res->error, sizeof(res->error), "timeout after %lld ms", x->timeout_ms);
+        break;
+    }
+    case CURLE_COULDNT_RESOLVE_HOST:
+        hb_seterr(res->error, sizeof(res->error), "could not resolve host %s",
+                 x->host_name ? x->host_name : "?");
+        break;
+    case CURLE_COULDNT_CONNECT:
+        if (x->addr_refused) {
+            res->refused = 1;
+            hb_seterr(res->error, sizeof(res->error),
+                     "address %s is loopback/private (refused; set "
+                     "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)",
+                     x->addr_text);
+            break;
+        }
+        (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
+        if (os_errno == ECONNREFUSED)
+            hb_seterr(res->error, sizeof(res->error), "connection refused");
+        else if (os_errno == ENETUNREACH)
+            hb_seterr(res->error, sizeof(res->error), "network unreachable");
+        else if (os_errno == EHOSTUNREACH)
+            hb_seterr(res->error, sizeof(res->error), "host unreachable");
+        else
+            hb_seterr(res->error, sizeof(res->error), "could not connect: %s", detail);
+        break;
+    case CURLE_GOT_NOTHING:
+        hb_seterr(res->error, sizeof(res->error), "empty reply from server");
+        break;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+        hb_seterr(res->error, sizeof(res->error), "connection error: %s", detail);
+        break;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+        hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
+        break;
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        hb_seterr(res->error, sizeof(res->error), "protocol not allowed: %s", detail);
+        break;
+    default:
+        hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
+        break;
+    }
+}
+
+/*
+ * The one completion function: every transfer ends here exactly once, be it
+ * finished by curl (rc), refused up front (early list) or aborted at shutdown.
+ */
+static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
+    hb_http_result_t res;
+    memset(&res, 0, sizeof(res));
+    res.retry_after_s = x->retry_after_s;
+    res.started_ms = x->started_ms;
+    if (x->easy)
+        res.duration_ms = hb_mono_ms() - x->started_mono;
+
+    if (x->aborted) {
+        res.transport_error = CURLE_ABORTED_BY_CALLBACK;
+        hb_seterr(res.error, sizeof(res.error), "aborted at shutdown");
+    } else if (!x->easy) {
+        res.refused = x->early_refused;
+        res.transport_error = x->early_refused ? 0 : x->early_code;
+        hb_seterr(res.error, sizeof(res.error), "%s", x->early_error);
+    } else {
+        long status = 0;
+        (void)curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        res.http_status = (int)status;
+        if (rc != CURLE_OK) {
+            res.transport_error = (int)rc;
+            hb_http_describe(x, rc, res.duration_ms, &res);
+        } else if (status < 200 || status > 299) {
+            hb_seterr(res.error, sizeof(res.error), "HTTP %ld", status);
+        }
+    }
+    res.body = x->resp ? x->resp : "";
+    res.body_len = x->resp_len;
+
+    /* Out of the multi handle first: its connection goes back to the pool
+     * and a request the callback submits to the same host can reuse it. */
+    CURL *easy = x->easy;
+    if (easy) {
+        (void)curl_multi_remove_handle(h->multi, easy);
+        if (x->run_prev)
+            x->run_prev->run_next = x->run_next;
+        else
+            h->running = x->run_next;
+        if (x->run_next)
+            x->run_next->run_prev = x->run_prev;
+    }
+
+    if (x->done)
+        x->done(&res, x->opaque);
+
+    hb_http_host_t *host = x->host;
+    if (easy)
+        curl_easy_reset(easy); /* drop its pointers into x before x goes */
+    hb_http_xfer_free(x);
+    if (easy) {
+        if (h->free_cnt == h->free_cap) {
+            h->free_cap = h->free_cap ? h->free_cap * 2 : 16;
+            h->free_easy = hb_realloc(h->free_easy, h->free_cap * sizeof(*h->free_easy));
+        }
+        h->free_easy[h->free_cnt++] = easy;
+        h->in_flight--;
+        host->in_flight--;
+    }
+    if (host) {
+        hb_http_ready_push(h, host);
+        hb_http_host_release(h, host);
+    }
+    hb_http_refill(h);
+}
+
+static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
+    CURLcode rc = CURLE_OK;
+    const char *protocols = h->conf.allow_http ? "http,https" : "https";
+#define HB_SET(opt, val)                                                                   \
+    do {                                                                                   \
+        if (rc == CURLE_OK)                                                                \
+            rc = curl_easy_setopt(easy, opt, val);                                         \
+    } while (0)
+    HB_SET(CURLOPT_URL, x->url);
+    HB_SET(CURLOPT_PRIVATE, (void *)x);
+    HB_SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    HB_SET(CURLOPT_NOSIGNAL, 1L);
+    HB_SET(CURLOPT_FOLLOWLOCATION, 0L);
+    HB_SET(CURLOPT_PROTOCOLS_STR, protocols);
+    HB_SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);
+    HB_SET(CURLOPT_PROXY, ""); /* no proxy from the environment: see the address check */
+    HB_SET(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
+    if (h->conf.connect_timeout_ms > 0)
+        HB_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)h->conf.connect_timeout_ms);
+    HB_SET(CURLOPT_OPENSOCKETFUNCTION, hb_http_opensocket);
+    HB_SET(CURLOPT_OPENSOCKETDATA, (void *)x);
+    HB_SET(CURLOPT_HEADERFUNCTION, hb_http_on_header);
+    HB_SET(CURLOPT_HEADERDATA, (void *)x);
+    HB_SET(CURLOPT_WRITEFUNCTION, hb_http_on_body);
+    HB_SET(CURLOPT_WRITEDATA, (void *)x);
+    HB_SET(CURLOPT_USERAGENT, h->user_agent);
+    HB_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    if (x->headers)
+        HB_SET(CURLOPT_HTTPHEADER, x->headers);
+    if (x->method == HB_HTTP_POST) {
+        HB_SET(CURLOPT_POST, 1L);
+        HB_SET(CURLOPT_POSTFIELDS, x->body ? x->body : "");
+        HB_SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(x->body ? x->body_len : 0));
+    } else {
+        HB_SET(CURLOPT_HTTPGET, 1L);
+    }
+#undef HB_SET
+    return rc;
+}
+
+/* Moves one waiting transfer into the multi handle. */
+static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
+    CURL *easy;
+    if (h->free_cnt > 0) {
+        easy = h->free_easy[--h->free_cnt]; /* reset when it came back */
+    } else {
+        easy = curl_easy_init();
+    }
+    CURLcode rc = easy ? hb_http_setup(h, x, easy) : CURLE_FAILED_INIT;
+    CURLMcode mrc = CURLM_OK;
+    if (rc == CURLE_OK)
+        mrc = curl_multi_add_handle(h->multi, easy);
+    if (rc != CURLE_OK || mrc != CURLM_OK) {
+        if (easy)
+            curl_easy_cleanup(easy);
+        hb_seterr(x->early_error, sizeof(x->early_error), "could not start transfer: %s",
+                 rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
+        x->early_code = rc != CURLE_OK ? (int)rc : (int)CURLE_FAILED_INIT;
+        hb_http_host_t *host = x->host;
+        x->host = NULL;
+        hb_http_early_push(h, x);
+        hb_http_host_release(h, host);
+        return;
+    }
+    x->easy = easy;
+    x->started_ms = hb_wall_ms();
+    x->started_mono = hb_mono_ms();
+    x->run_prev = NULL;
+    x->run_next = h->running;
+    if (h->running)
+        h->running->run_prev = x;
+    h->running = x;
+    h->in_flight++;
+    x->host->in_flight++;
+}
+
+static void hb_http_refill(hb_http_t *h) {
+    if (h->closing)
+        return;
+    while (h->in_flight < (size_t)h->conf.max_in_flight) {
+        hb_http_host_t *host = hb_http_ready_pop(h);
+        if (!host)
+            break;
+        hb_http_xfer_t *x = hb_http_wait_pop(h, host);
+        if (x)
+            hb_http_start(h, x);
+        hb_http_ready_push(h, host); /* round-robin: back to the tail if more wait */
+        hb_http_host_release(h, host);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Public API                                                          */
+
+hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_size) {
+    if (conf->max_in_flight < 1 || conf->max_host_connections < 1) {
+        hb_seterr(errstr, errstr_size, "max_in_flight and max_host_connections must be >= 1");
+        return NULL;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        hb_seterr(errstr, errstr_size, "curl_global_init failed");
+        return NULL;
+    }
+    hb_http_t *h = hb_calloc(1, sizeof(*h));
+    h->conf = *conf;
+    h->user_agent = hb_strdup(conf->user_agent ? conf->user_agent : "hookbridge/" HB_VERSION);
+    h->conf.user_agent = h->user_agent;
+    h->multi = curl_multi_init();
+    if (!h->multi) {
+        hb_seterr(errstr, errstr_size, "curl_multi_init failed");
+        goto fail;
+    }
+    long maxconnects = conf->max_in_flight * 2;
+    if (maxconnects < 16)
+        maxconnects = 16;
+    if (curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, conf->max_host_connections) !=
+            CURLM_OK ||
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, maxconnects) != CURLM_OK) {
+        hb_seterr(errstr, errstr_size, "curl_multi_setopt failed");
+        goto fail;
+    }
+    return h;
+fail:
+    if (h->multi)
+        curl_multi_cleanup(h->multi);
+    free(h->user_agent);
+    free(h);
+    curl_global_cleanup();
+    return NULL;
+}
+
+/* Any transfer not yet finished, detached from its place; NULL when none. */
+static hb_http_xfer_t *hb_http_take_unfinished(hb_http_t *h) {
+    if (h->running)
+        return h->running; /* hb_http_complete unlinks it */
+    for (size_t b = 0; b < HB_HTTP_BUCKETS; b++) {
+        for (hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next) {
+            hb_http_xfer_t *x = hb_http_wait_pop(h, host);
+            if (x)
+                return x;
+        }
+    }
+    hb_http_xfer_t *x = h->early_head;
+    if (x) {
+        h->early_head = x->next;
+        if (!h->early_head)
+            h->early_tail = NULL;
+    }
+    return x;
+}
+
+void hb_http_free(hb_http_t *h) {
+    if (!h)
+        return;
+    h->closing = 1;
+    hb_http_xfer_t *x;
+    while ((x = hb_http_take_unfinished(h)) != NULL) {
+        if (x->easy || x->host)
+            x->aborted = 1; /* refused ones keep their own reason */
+        hb_http_complete(h, x, CURLE_OK);
+    }
+    while (h->ready_head) {
+        hb_http_host_t *host = hb_http_ready_pop(h);
+        hb_http_host_release(h, host);
+    }
+    for (size_t i = 0; i < h->free_cnt; i++)
+        curl_easy_cleanup(h->free_easy[i]);
+    free(h->free_easy);
+    curl_multi_cleanup(h->multi);
+    free(h->user_agent);
+    free(h);
+    curl_global_cleanup();
+}
+
+/* Refusal reason for a header line that could smuggle another header. */
+static int hb_http_header_ok(const char *line) {
+    return !strpbrk(line, "\r\n");
+}
+
+/* A transfer for req, taking ownership of its body. */
+static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
+    hb_http_xfer_t *x = hb_calloc(1, sizeof(*x));
+    x->h = h;
+    x->method = req->method;
+    x->body = req->body;
+    x->body_len = req->body_len;
+    req->body = NULL; /* now owned by the transfer */
+    x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : HB_HTTP_DEFAULT_TIMEOUT_MS;
+    x->max_response_bytes = req->max_response_bytes;
+    x->done = req->done;
+    x->opaque = req->opaque;
+    x->retry_after_s = -1;
+    x->started_ms = hb_wall_ms();
+    return x;
+}
+
+void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason) {
+    hb_http_xfer_t *x = hb_http_xfer_new(h, req);
+    if (h->closing)
+        x->aborted = 1;
+    hb_http_refuse(h, x, "%s", reason);
+}
+
+void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
+    hb_http_xfer_t *x = hb_http_xfer_new(h, req);
+    if (h->closing) {
+        x->aborted = 1;
+        hb_http_early_push(h, x);
+        return;
+    }
+    if (!req->url || !*req->url) {
+        hb_http_refuse(h, x, "no URL");
+        return;
+    }
+    x->url = hb_strdup(req->url);
+    for (const char *const *hp = req->headers; hp && *hp; hp++) {
+        if (!hb_http_header_ok(*hp)) {
+            hb_http_refuse(h, x, "header line contains a line break");
+            return;
+        }
+        struct curl_slist *l = curl_slist_append(x->headers, *hp);
+        if (!l) {
+            hb_http_refuse(h, x, "out of memory building headers");
+            return;
+        }
+        x->headers = l;
+    }
+
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    CURLUcode uc = u ? curl_url_set(u, CURLUPART_URL, x->url, CURLU_NON_SUPPORT_SCHEME)
+                     : CURLUE_OUT_OF_MEMORY;
+    if (uc == CURLUE_OK)
+        uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (uc == CURLUE_OK)
+        uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+    if (uc != CURLUE_OK) {
+        hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
+    } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
+        hb_http_refuse(h, x, "URL scheme %.32s is not allowed (https only)", scheme);
+    } else if (!strcasecmp(scheme, "http") && !h->conf.allow_http) {
+        hb_http_refuse(h, x,
+                       "http:// URLs are refused (https only; set HOOKBRIDGE_ALLOW_HTTP=1 "
+                       "to allow)");
+    } else if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+        hb_http_refuse(h, x, "invalid URL: no port");
+    } else {
+        char key[512];
+        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
+        x->host_name = hb_strdup(host);
+        hb_http_host_t *hh = hb_http_host_get(h, key);
+        x->host = hh;
+        if (hh->wait_tail)
+            hh->wait_tail->next = x;
+        else
+            hh->wait_head = x;
+        hh->wait_tail = x;
+        h->queued++;
+        hb_http_ready_push(h, hh);
+        hb_http_refill(h);
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+}
+
+/* Completes the transfers curl reports finished; returns how many. */
+static int hb_http_collect(hb_http_t *h) {
+    int n = 0;
+    int left;
+    CURLMsg *msg;
+    while ((msg = curl_multi_info_read(h->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURLcode rc = msg->data.result;
+        char *priv = NULL;
+        (void)curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        hb_http_complete(h, (hb_http_xfer_t *)(void *)priv, rc);
+        n++;
+    }
+    return n;
+}
+
+/* Completes the early list as it stands now (not what callbacks add to it). */
+static int hb_http_run_early(hb_http_t *h) {
+    int n = 0;
+    hb_http_xfer_t *x = h->early_head;
+    h->early_head = h->early_tail = NULL;
+    while (x) {
+        hb_http_xfer_t *next = x->next;
+        hb_http_complete(h, x, CURLE_OK);
+        x = next;
+        n++;
+    }
+    return n;
+}
+
+int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd) {
+    struct curl_waitfd wfd;
+    unsigned int nfds = 0;
+    int running = 0;
+    int n = 0;
+    if (h->early_head)
+        timeout_ms = 0;
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    if (extra_fd >= 0) {
+        wfd.fd = extra_fd;
+        wfd.events = CURL_WAIT_POLLIN;
+        wfd.revents = 0;
+        nfds = 1;
+    }
+    CURLMcode mrc = curl_multi_poll(h->multi, nfds ? &wfd : NULL, nfds, timeout_ms, NULL);
+    if (mrc != CURLM_OK)
+        hb_warn("curl_multi_poll: %s", curl_multi_strerror(mrc));
+    mrc = curl_multi_perform(h->multi, &running);
+    if (mrc != CURLM_OK)
+        hb_warn("curl_multi_perform: %s", curl_multi_strerror(mrc));
+    n += hb_http_collect(h);
+    n += hb_http_run_early(h);
+    hb_http_refill(h);
+    return n;
+}
+
+void hb_http_wakeup(hb_http_t *h) {
+    (void)curl_multi_wakeup(h->multi);
+}
+
+size_t hb_http_in_flight(const hb_http_t *h) {
+    return h->in_flight;
+}
+
+size_t hb_http_queued(const hb_http_t *h) {
+    return h->queued;
+}

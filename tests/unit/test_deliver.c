@@ -1,0 +1,678 @@
+/*
+ * Tests of the delivery path: classification (table-driven), rendering of
+ * every payload format (parsed back and checked field by field), the request
+ * a subscriber receives (captured by a libmicrohttpd server inside the test,
+ * its signature verified with hb_sign_verify), and the verification
+ * challenge, both its request and the check of the answer.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_deliver.h"
+#include "hb_sign.h"
+
+/* ------------------------------------------------------------------ */
+/* Classification                                                      */
+
+static void test_classify(void **state) {
+    (void)state;
+    static const struct {
+        int status, transport_error, timed_out, refused;
+        const char *error;
+        hb_outcome_t want;
+        const char *reason;
+    } cases[] = {
+        {200, 0, 0, 0, "", HB_OUTCOME_DELIVERED, ""},
+        {201, 0, 0, 0, "", HB_OUTCOME_DELIVERED, ""},
+        {204, 0, 0, 0, "", HB_OUTCOME_DELIVERED, ""},
+        {299, 0, 0, 0, "", HB_OUTCOME_DELIVERED, ""},
+        {0, CURLE_OPERATION_TIMEDOUT, 1, 0, "timeout after 10000 ms", HB_OUTCOME_RETRY,
+         "timeout after 10000 ms"},
+        {0, CURLE_COULDNT_CONNECT, 0, 0, "connection refused", HB_OUTCOME_RETRY,
+         "connection refused"},
+        {0, CURLE_COULDNT_RESOLVE_HOST, 0, 0, "could not resolve host x.invalid",
+         HB_OUTCOME_RETRY, "could not resolve host x.invalid"},
+        {0, CURLE_ABORTED_BY_CALLBACK, 0, 0, "aborted at shutdown", HB_OUTCOME_RETRY,
+         "aborted at shutdown"},
+        {200, CURLE_OPERATION_TIMEDOUT, 1, 0, "timeout after 500 ms", HB_OUTCOME_RETRY,
+         "timeout after 500 ms"}, /* status line seen, body never finished */
+        {408, 0, 0, 0, "HTTP 408", HB_OUTCOME_RETRY, "HTTP 408"},
+        {429, 0, 0, 0, "HTTP 429", HB_OUTCOME_RETRY, "HTTP 429"},
+        {500, 0, 0, 0, "HTTP 500", HB_OUTCOME_RETRY, "HTTP 500"},
+        {502, 0, 0, 0, "HTTP 502", HB_OUTCOME_RETRY, "HTTP 502"},
+        {503, 0, 0, 0, "HTTP 503", HB_OUTCOME_RETRY, "HTTP 503"},
+        {599, 0, 0, 0, "HTTP 599", HB_OUTCOME_RETRY, "HTTP 599"},
+        {301, 0, 0, 0, "HTTP 301", HB_OUTCOME_FAILED, "redirect (HTTP 301) not followed"},
+        {302, 0, 0, 0, "HTTP 302", HB_OUTCOME_FAILED, "redirect (HTTP 302) not followed"},
+        {307, 0, 0, 0, "HTTP 307", HB_OUTCOME_FAILED, "redirect (HTTP 307) not followed"},
+        {400, 0, 0, 0, "HTTP 400", HB_OUTCOME_FAILED, "HTTP 400"},
+        {401, 0, 0, 0, "HTTP 401", HB_OUTCOME_FAILED, "HTTP 401"},
+        {404, 0, 0, 0, "HTTP 404", HB_OUTCOME_FAILED, "HTTP 404"},
+        {410, 0, 0, 0, "HTTP 410", HB_OUTCOME_FAILED, "HTTP 410"},
+        {0, CURLE_COULDNT_CONNECT, 0, 1,
+         "address 10.0.0.1 is loopback/private (refused; set "
+         "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)",
+         HB_OUTCOME_FAILED,
+         "address 10.0.0.1 is loopback/private (refused; set "
+         "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)"},
+        {0, 0, 0, 1, "http:// URLs are refused", HB_OUTCOME_FAILED, "http:// URLs are refused"},
+        {600, 0, 0, 0, "HTTP 600", HB_OUTCOME_FAILED, "unexpected HTTP status 600"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_http_result_t res;
+        char reason[256];
+        memset(&res, 0, sizeof(res));
+        res.http_status = cases[i].status;
+        res.transport_error = cases[i].transport_error;
+        res.timed_out = cases[i].timed_out;
+        res.refused = cases[i].refused;
+        res.retry_after_s = -1;
+        snprintf(res.error, sizeof(res.error), "%s", cases[i].error);
+        hb_outcome_t got = hb_deliver_classify(&res, reason, sizeof(reason));
+        if (got != cases[i].want || strcmp(reason, cases[i].reason))
+            fail_msg("case %zu (status %d): got %d \"%s\", want %d \"%s\"", i, cases[i].status,
+                     (int)got, reason, (int)cases[i].want, cases[i].reason);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Rendering                                                           */
+
+#define DID "0f8b6a1e-3c2d-8e4f-9a0b-1c2d3e4f5a6b"
+#define NOW_MS 1764384600123LL /* 2025-11-29T02:50:00.123Z */
+
+static json_t *event_new(const char *uuid, const char *type) {
+    json_error_t jerr;
+    json_t *ev = json_pack_ex(&jerr, 0,
+                              "{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}]}", "uuid",
+                              uuid, "published", "2025-11-29T02:49:59.000Z", "eventType", type,
+                              "version", "0", "severity", "INFO", "actor", "id", "00u1",
+                              "type", "User", "target", "id", "00u2", "type", "User");
+    if (!ev)
+        fail_msg("json_pack: %s", jerr.text);
+    return ev;
+}
+
+static json_t *parse(const hb_payload_t *p) {
+    json_error_t jerr;
+    json_t *doc = json_loadb(p->body, p->len, 0, &jerr);
+    if (!doc)
+        fail_msg("rendered payload is not JSON: %s", jerr.text);
+    assert_int_equal(strlen(p->body), p->len);
+    return doc;
+}
+
+static const char *str_at(const json_t *obj, const char *key) {
+    const char *s = json_string_value(json_object_get(obj, key));
+    if (!s)
+        fail_msg("missing string field %s", key);
+    return s;
+}
+
+static void test_render_okta(void **state) {
+    (void)state;
+    hb_sub_t *sub = hb_sub_new();
+    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
+                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    hb_payload_t p;
+    char err[256];
+    for (size_t n = 1; n <= 2; n++) {
+        assert_int_equal(
+            hb_deliver_render(sub, ev, n, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)),
+            0);
+        assert_string_equal(p.content_type, "application/json");
+        /* keys in the contract's order, compact */
+        const char *prefix = "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","
+                             "\"cloudEventsVersion\":\"0.1\",\"source\":\"urn:hookbridge:test\","
+                             "\"eventId\":\"" DID "\",\"eventTime\":\"2025-11-29T02:50:00.123Z\","
+                             "\"contentType\":\"application/json\",\"data\":{\"events\":[";
+        assert_memory_equal(p.body, prefix, strlen(prefix));
+        json_t *doc = parse(&p);
+        json_t *events = json_object_get(json_object_get(doc, "data"), "events");
+        assert_true(json_is_array(events));
+        assert_int_equal(json_array_size(events), n);
+        for (size_t i = 0; i < n; i++)
+            assert_true(json_equal(json_array_get(events, i), ev[i]));
+        json_decref(doc);
+        free(p.body);
+    }
+    /* render borrows the events */
+    assert_int_equal(ev[0]->refcount, 1);
+    assert_int_equal(ev[1]->refcount, 1);
+    json_decref(ev[0]);
+    json_decref(ev[1]);
+    hb_sub_unref(sub);
+}
+
+static void test_render_cloudevents(void **state) {
+    (void)state;
+    hb_sub_t *sub = hb_sub_new();
+    sub->format = HB_FORMAT_CLOUDEVENTS;
+    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
+                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    hb_payload_t p;
+    char err[256];
+
+    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                       sizeof(err)),
+                     0);
+    assert_string_equal(p.content_type, "application/cloudevents+json");
+    json_t *doc = parse(&p);
+    assert_true(json_is_object(doc));
+    assert_string_equal(str_at(doc, "specversion"), "1.0");
+    assert_string_equal(str_at(doc, "id"), "11111111-1111-4111-8111-111111111111");
+    assert_string_equal(str_at(doc, "source"), "urn:hookbridge:test");
+    assert_string_equal(str_at(doc, "type"), "user.lifecycle.create");
+    assert_string_equal(str_at(doc, "time"), "2025-11-29T02:49:59.000Z");
+    assert_string_equal(str_at(doc, "datacontenttype"), "application/json");
+    assert_true(json_equal(json_object_get(doc, "data"), ev[0]));
+    json_decref(doc);
+    free(p.body);
+
+    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                       sizeof(err)),
+                     0);
+    assert_string_equal(p.content_type, "application/cloudevents-batch+json");
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *ce = json_array_get(doc, i);
+        assert_string_equal(str_at(ce, "specversion"), "1.0");
+        assert_string_equal(str_at(ce, "id"), str_at(ev[i], "uuid"));
+        assert_string_equal(str_at(ce, "type"), str_at(ev[i], "eventType"));
+        assert_true(json_equal(json_object_get(ce, "data"), ev[i]));
+    }
+    json_decref(doc);
+    free(p.body);
+
+    /* CloudEvents needs a type */
+    json_object_del(ev[1], "eventType");
+    assert_int_equal(
+        hb_deliver_render(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
+    assert_string_equal(err, "event has no eventType");
+    assert_null(p.body);
+    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
+                     -1);
+    assert_null(p.body);
+
+    assert_int_equal(ev[0]->refcount, 1);
+    assert_int_equal(ev[1]->refcount, 1);
+    json_decref(ev[0]);
+    json_decref(ev[1]);
+    hb_sub_unref(sub);
+}
+
+static void test_render_event(void **state) {
+    (void)state;
+    hb_sub_t *sub = hb_sub_new();
+    sub->format = HB_FORMAT_EVENT;
+    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
+                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    hb_payload_t p;
+    char err[256];
+    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_string_equal(p.content_type, "application/json");
+    json_t *doc = parse(&p);
+    assert_true(json_equal(doc, ev[0]));
+    assert_null(strchr(p.body, '\n'));
+    json_decref(doc);
+    free(p.body);
+
+    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 2);
+    assert_true(json_equal(json_array_get(doc, 0), ev[0]));
+    assert_true(json_equal(json_array_get(doc, 1), ev[1]));
+    json_decref(doc);
+    free(p.body);
+
+    assert_int_equal(hb_deliver_render(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)), -1);
+    json_t *notobj = json_string("x");
+    assert_int_equal(hb_deliver_render(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     -1);
+    json_decref(notobj);
+    json_decref(ev[0]);
+    json_decref(ev[1]);
+    hb_sub_unref(sub);
+}
+
+/* ------------------------------------------------------------------ */
+/* A receiver that records the last request                            */
+
+typedef struct rx_s {
+    struct MHD_Daemon *d;
+    uint16_t port;
+    pthread_mutex_t mu;
+    int requests;
+    char method[8];
+    char content_type[128], user_agent[64], id[64], ts[32], sig[512], auth[128], expect[32];
+    char challenge[128], accept[64];
+    int has_expect;
+    char *body;
+    size_t body_len;
+} rx_t;
+
+typedef struct rx_conn_s {
+    char *body;
+    size_t len;
+} rx_conn_t;
+
+static void rx_copy(struct MHD_Connection *c, const char *name, char *out, size_t outsz) {
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+    snprintf(out, outsz, "%s", v ? v : "");
+}
+
+static enum MHD_Result rx_reply(struct MHD_Connection *c, unsigned status, const char *body) {
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result rx_handle(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls) {
+    rx_t *rx = cls;
+    (void)version;
+    if (*con_cls == NULL) {
+        *con_cls = calloc(1, sizeof(rx_conn_t));
+        return *con_cls ? MHD_YES : MHD_NO;
+    }
+    rx_conn_t *cc = *con_cls;
+    if (*upload_data_size) {
+        char *nb = realloc(cc->body, cc->len + *upload_data_size + 1);
+        if (!nb)
+            return MHD_NO;
+        cc->body = nb;
+        memcpy(cc->body + cc->len, upload_data, *upload_data_size);
+        cc->len += *upload_data_size;
+        cc->body[cc->len] = '\0';
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    pthread_mutex_lock(&rx->mu);
+    rx->requests++;
+    snprintf(rx->method, sizeof(rx->method), "%s", method);
+    rx_copy(c, "Content-Type", rx->content_type, sizeof(rx->content_type));
+    rx_copy(c, "User-Agent", rx->user_agent, sizeof(rx->user_agent));
+    rx_copy(c, "webhook-id", rx->id, sizeof(rx->id));
+    rx_copy(c, "webhook-timestamp", rx->ts, sizeof(rx->ts));
+    rx_copy(c, "webhook-signature", rx->sig, sizeof(rx->sig));
+    rx_copy(c, "Authorization", rx->auth, sizeof(rx->auth));
+    rx_copy(c, "X-Okta-Verification-Challenge", rx->challenge, sizeof(rx->challenge));
+    rx_copy(c, "Accept", rx->accept, sizeof(rx->accept));
+    rx->has_expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect") != NULL;
+    free(rx->body);
+    rx->body = cc->body;
+    rx->body_len = cc->len;
+    cc->body = NULL;
+    pthread_mutex_unlock(&rx->mu);
+
+    char reply[256];
+    if (!strcmp(url, "/verify")) {
+        snprintf(reply, sizeof(reply), "{\"verification\":\"%s\"}", rx->challenge);
+        return rx_reply(c, 200, reply);
+    }
+    if (!strcmp(url, "/verify-wrong"))
+        return rx_reply(c, 200, "{\"verification\":\"something else\"}");
+    if (!strcmp(url, "/verify-html"))
+        return rx_reply(c, 200, "<html>hello</html>");
+    if (!strcmp(url, "/gone"))
+        return rx_reply(c, 410, "gone");
+    return rx_reply(c, 204, "");
+}
+
+static void rx_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)c;
+    (void)toe;
+    rx_conn_t *cc = *con_cls;
+    if (cc) {
+        free(cc->body);
+        free(cc);
+        *con_cls = NULL;
+    }
+}
+
+static rx_t *rx_start(void) {
+    rx_t *rx = calloc(1, sizeof(*rx));
+    assert_non_null(rx);
+    pthread_mutex_init(&rx->mu, NULL);
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    rx->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
+                             NULL, NULL, rx_handle, rx, MHD_OPTION_SOCK_ADDR, &sin,
+                             MHD_OPTION_NOTIFY_COMPLETED, rx_completed, rx, MHD_OPTION_END);
+    assert_non_null(rx->d);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(rx->d, MHD_DAEMON_INFO_BIND_PORT);
+    assert_non_null(info);
+    rx->port = info->port;
+    return rx;
+}
+
+static void rx_stop(rx_t *rx) {
+    MHD_stop_daemon(rx->d);
+    pthread_mutex_destroy(&rx->mu);
+    free(rx->body);
+    free(rx);
+}
+
+typedef struct got_s {
+    int done;
+    hb_http_result_t res;
+    char body[512];
+} got_t;
+
+static void on_done(const hb_http_result_t *res, void *opaque) {
+    got_t *g = opaque;
+    g->done++;
+    g->res = *res;
+    snprintf(g->body, sizeof(g->body), "%.*s", (int)res->body_len, res->body);
+    g->res.body = g->body;
+}
+
+static void run_until(hb_http_t *h, const got_t *g) {
+    int64_t until = hb_mono_ms() + 10000;
+    while (!g->done && hb_mono_ms() < until)
+        (void)hb_http_run(h, 100, -1);
+    assert_int_equal(g->done, 1);
+}
+
+static hb_http_t *http_new(void) {
+    char err[256];
+    hb_http_conf_t conf = {.max_in_flight = 4,
+                           .max_host_connections = 2,
+                           .connect_timeout_ms = 2000,
+                           .allow_http = 1,
+                           .allow_private_networks = 1};
+    hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
+    if (!h)
+        fail_msg("hb_http_new: %s", err);
+    return h;
+}
+
+static hb_sub_t *sub_new(const rx_t *rx, const char *path) {
+    char url[128];
+    char err[256];
+    hb_sub_t *sub = hb_sub_new();
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u%s", (unsigned)rx->port, path);
+    sub->url = strdup(url);
+    snprintf(sub->id, sizeof(sub->id), "%s", "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee");
+    assert_int_equal(hb_secret_parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", &sub->secrets[0],
+                                     err, sizeof(err)),
+                     0);
+    sub->secrets_cnt = 1;
+    sub->active = sub->verified = 1;
+    return sub;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sending                                                             */
+
+static void render_one(const hb_sub_t *sub, hb_payload_t *p) {
+    char err[256];
+    json_t *ev = event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create");
+    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "urn:hookbridge:test", hb_wall_ms(), p,
+                                       err, sizeof(err)),
+                     0);
+    json_decref(ev);
+}
+
+static void test_send_signed_request(void **state) {
+    (void)state;
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    hb_sub_t *sub = sub_new(rx, "/hook");
+    sub->auth_header = strdup("Authorization");
+    sub->auth_value = strdup("Bearer s3cr3t");
+    hb_payload_t p;
+    got_t g;
+    char err[256];
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    char *sent = strdup(p.body);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    assert_null(p.body); /* ownership taken */
+    assert_int_equal(g.done, 0);
+    run_until(h, &g);
+    assert_int_equal(g.res.http_status, 204);
+    char reason[256];
+    assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_DELIVERED);
+
+    pthread_mutex_lock(&rx->mu);
+    assert_int_equal(rx->requests, 1);
+    assert_string_equal(rx->method, "POST");
+    assert_string_equal(rx->content_type, "application/json");
+    assert_string_equal(rx->user_agent, "hookbridge/" HB_VERSION);
+    assert_string_equal(rx->id, DID);
+    assert_string_equal(rx->auth, "Bearer s3cr3t");
+    assert_int_equal(rx->has_expect, 0);
+    assert_int_equal(rx->body_len, strlen(sent));
+    assert_memory_equal(rx->body, sent, rx->body_len);
+    long long ts = strtoll(rx->ts, NULL, 10);
+    assert_true(llabs(ts - hb_wall_ms() / 1000) <= 5);
+    assert_memory_equal(rx->sig, "v1,", 3);
+    assert_null(strchr(rx->sig, ' ')); /* one secret, one signature */
+    if (hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
+                       hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+        fail_msg("signature does not verify: %s", err);
+    /* tampered body fails */
+    assert_int_equal(hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, "{}", 2, rx->sig,
+                                    hb_wall_ms() / 1000, 300, err, sizeof(err)),
+                     -1);
+    pthread_mutex_unlock(&rx->mu);
+
+    free(sent);
+    hb_sub_unref(sub);
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
+static void test_send_during_rotation(void **state) {
+    (void)state;
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    hb_sub_t *sub = sub_new(rx, "/gone");
+    char err[256];
+    /* the old secret keeps signing during its grace period */
+    assert_int_equal(hb_secret_parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD", &sub->secrets[1],
+                                     err, sizeof(err)),
+                     0);
+    sub->secrets[1].expires_ms = hb_wall_ms() + 3600 * 1000;
+    sub->secrets_cnt = 2;
+    sub->format = HB_FORMAT_CLOUDEVENTS;
+    hb_payload_t p;
+    got_t g;
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    run_until(h, &g);
+    char reason[256];
+    assert_int_equal(g.res.http_status, 410);
+    assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_FAILED);
+    assert_string_equal(reason, "HTTP 410");
+
+    pthread_mutex_lock(&rx->mu);
+    assert_string_equal(rx->content_type, "application/cloudevents+json");
+    assert_non_null(strchr(rx->sig, ' ')); /* two signatures */
+    assert_string_equal(rx->auth, "");     /* no auth header configured */
+    for (int i = 0; i < 2; i++)
+        if (hb_sign_verify(&sub->secrets[i], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
+                           hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+            fail_msg("secret %d does not verify: %s", i, err);
+    pthread_mutex_unlock(&rx->mu);
+
+    /* once the old secret expired, only the current one signs */
+    sub->secrets[1].expires_ms = hb_wall_ms() - 1;
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    run_until(h, &g);
+    pthread_mutex_lock(&rx->mu);
+    assert_null(strchr(rx->sig, ' '));
+    assert_int_equal(hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len,
+                                    rx->sig, hb_wall_ms() / 1000, 300, err, sizeof(err)),
+                     0);
+    assert_int_equal(hb_sign_verify(&sub->secrets[1], rx->id, rx->ts, rx->body, rx->body_len,
+                                    rx->sig, hb_wall_ms() / 1000, 300, err, sizeof(err)),
+                     -1);
+    pthread_mutex_unlock(&rx->mu);
+
+    hb_sub_unref(sub);
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
+static void test_send_refusals(void **state) {
+    (void)state;
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    hb_sub_t *sub = sub_new(rx, "/hook");
+    hb_payload_t p;
+    got_t g;
+    char reason[256];
+
+    /* no unexpired secret: nothing is sent, the delivery fails with a reason */
+    sub->secrets[0].expires_ms = 1;
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    assert_int_equal(g.done, 0);
+    run_until(h, &g);
+    assert_int_equal(g.res.refused, 1);
+    assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_FAILED);
+    assert_non_null(strstr(reason, "cannot sign"));
+    sub->secrets[0].expires_ms = 0;
+
+    /* a header value that would smuggle another header */
+    sub->auth_header = strdup("Authorization");
+    sub->auth_value = strdup("x\r\nX-Evil: 1");
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    run_until(h, &g);
+    assert_int_equal(g.res.refused, 1);
+    assert_null(strstr(g.res.error, "X-Evil")); /* the value never shows */
+
+    pthread_mutex_lock(&rx->mu);
+    assert_int_equal(rx->requests, 0);
+    pthread_mutex_unlock(&rx->mu);
+    hb_sub_unref(sub);
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
+/* ------------------------------------------------------------------ */
+/* Verification                                                        */
+
+static void verify_against(const char *path, int want_rc, const char *want_reason) {
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    hb_sub_t *sub = sub_new(rx, path);
+    sub->auth_header = strdup("Authorization");
+    sub->auth_value = strdup("Basic abc");
+    got_t g;
+    char reason[256];
+    const char *challenge = "Zm9vYmFyYmF6cXV4LWNoYWxsZW5nZQ";
+    memset(&g, 0, sizeof(g));
+    hb_deliver_verify_send(h, sub, challenge, 5000, on_done, &g);
+    run_until(h, &g);
+    pthread_mutex_lock(&rx->mu);
+    assert_string_equal(rx->method, "GET");
+    assert_string_equal(rx->challenge, challenge);
+    assert_string_equal(rx->accept, "application/json");
+    assert_string_equal(rx->auth, "Basic abc");
+    assert_int_equal(rx->body_len, 0);
+    pthread_mutex_unlock(&rx->mu);
+    assert_int_equal(hb_deliver_check_challenge(&g.res, challenge, reason, sizeof(reason)),
+                     want_rc);
+    assert_string_equal(reason, want_reason);
+    hb_sub_unref(sub);
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
+static void test_verify_roundtrip(void **state) {
+    (void)state;
+    verify_against("/verify", 0, "");
+    verify_against("/verify-wrong", -1, "wrong echo");
+    verify_against("/verify-html", -1, "response is not JSON");
+    verify_against("/gone", -1, "HTTP 410");
+}
+
+static void test_check_challenge(void **state) {
+    (void)state;
+    static const struct {
+        int status, transport_error, timed_out, refused;
+        const char *error;
+        const char *body;
+        int want;
+        const char *reason;
+    } cases[] = {
+        {200, 0, 0, 0, "", "{\"verification\":\"abc\"}", 0, ""},
+        {200, 0, 0, 0, "", "{\"verification\":\"abc\",\"extra\":1}", 0, ""},
+        {200, 0, 0, 0, "", "{\"verification\":\"abd\"}", -1, "wrong echo"},
+        {200, 0, 0, 0, "", "{\"verification\":1}", -1, "wrong echo"},
+        {200, 0, 0, 0, "", "{}", -1, "wrong echo"},
+        {200, 0, 0, 0, "", "[\"abc\"]", -1, "response is not JSON"},
+        {200, 0, 0, 0, "", "abc", -1, "response is not JSON"},
+        {200, 0, 0, 0, "", "", -1, "response is not JSON"},
+        {204, 0, 0, 0, "", "", -1, "HTTP 204"},
+        {404, 0, 0, 0, "HTTP 404", "{\"verification\":\"abc\"}", -1, "HTTP 404"},
+        {0, CURLE_OPERATION_TIMEDOUT, 1, 0, "timeout after 5000 ms", "", -1,
+         "timeout after 5000 ms"},
+        {0, CURLE_COULDNT_CONNECT, 0, 0, "connection refused", "", -1, "connection refused"},
+        {0, 0, 0, 1, "http:// URLs are refused", "", -1, "http:// URLs are refused"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_http_result_t res;
+        char reason[256];
+        memset(&res, 0, sizeof(res));
+        res.http_status = cases[i].status;
+        res.transport_error = cases[i].transport_error;
+        res.timed_out = cases[i].timed_out;
+        res.refused = cases[i].refused;
+        snprintf(res.error, sizeof(res.error), "%s", cases[i].error);
+        res.body = cases[i].body;
+        res.body_len = strlen(cases[i].body);
+        int got = hb_deliver_check_challenge(&res, "abc", reason, sizeof(reason));
+        if (got != cases[i].want || strcmp(reason, cases[i].reason))
+            fail_msg("case %zu: got %d \"%s\", want %d \"%s\"", i, got, reason, cases[i].want,
+                     cases[i].reason);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_classify),
+        cmocka_unit_test(test_render_okta),
+        cmocka_unit_test(test_render_cloudevents),
+        cmocka_unit_test(test_render_event),
+        cmocka_unit_test(test_send_signed_request),
+        cmocka_unit_test(test_send_during_rotation),
+        cmocka_unit_test(test_send_refusals),
+        cmocka_unit_test(test_verify_roundtrip),
+        cmocka_unit_test(test_check_challenge),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

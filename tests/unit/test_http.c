@@ -1,0 +1,711 @@
+/*
+ * Tests of the HTTP delivery engine against real libmicrohttpd servers
+ * started inside the test on 127.0.0.1 (thread per connection), each path a
+ * behaviour: /ok, /nocontent, /busy (503 + Retry-After), /busydate, /redirect,
+ * /missing, /slow (held until the test releases it), /big. The servers count
+ * connections (MHD_OPTION_NOTIFY_CONNECTION) and concurrent requests, so the
+ * tests can check connection reuse and the per-host cap from the far side.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hb_http.h"
+
+/* ------------------------------------------------------------------ */
+/* Test server                                                         */
+
+#define BIG_BODY_LEN 100000
+
+typedef struct srv_s {
+    struct MHD_Daemon *d;
+    uint16_t port;
+    atomic_int connections;  /* ever opened */
+    atomic_int requests;     /* completed handler calls */
+    atomic_int active;       /* requests inside the handler right now */
+    atomic_int max_active;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int release;             /* /slow returns once set */
+    char *big;
+} srv_t;
+
+static void srv_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                       enum MHD_ConnectionNotificationCode toe) {
+    srv_t *s = cls;
+    (void)c;
+    (void)socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&s->connections, 1);
+}
+
+static enum MHD_Result srv_reply(struct MHD_Connection *c, unsigned status, const char *body,
+                                 size_t len, const char *hname, const char *hvalue) {
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (hname)
+        MHD_add_response_header(r, hname, hvalue);
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void srv_wait_release(srv_t *s, int max_ms) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += max_ms / 1000;
+    until.tv_nsec += (long)(max_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (!s->release)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &until) != 0)
+            break;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static enum MHD_Result srv_handle(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    static int marker;
+    srv_t *s = cls;
+    (void)method;
+    (void)version;
+    (void)upload_data;
+    if (*con_cls == NULL) {
+        *con_cls = &marker; /* headers seen; the body (if any) follows */
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    int now_active = atomic_fetch_add(&s->active, 1) + 1;
+    int prev = atomic_load(&s->max_active);
+    while (now_active > prev && !atomic_compare_exchange_weak(&s->max_active, &prev, now_active))
+        ;
+    enum MHD_Result ret;
+    if (!strcmp(url, "/ok")) {
+        ret = srv_reply(c, 200, "ok", 2, NULL, NULL);
+    } else if (!strcmp(url, "/nocontent")) {
+        ret = srv_reply(c, 204, "", 0, NULL, NULL);
+    } else if (!strcmp(url, "/busy")) {
+        ret = srv_reply(c, 503, "busy", 4, MHD_HTTP_HEADER_RETRY_AFTER, "120");
+    } else if (!strcmp(url, "/busydate")) {
+        char date[64];
+        time_t t = time(NULL) + 60;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        ret = srv_reply(c, 429, "slow down", 9, MHD_HTTP_HEADER_RETRY_AFTER, date);
+    } else if (!strcmp(url, "/redirect")) {
+        ret = srv_reply(c, 302, "", 0, MHD_HTTP_HEADER_LOCATION, "/ok");
+    } else if (!strcmp(url, "/slow")) {
+        srv_wait_release(s, 10000);
+        ret = srv_reply(c, 200, "slow", 4, NULL, NULL);
+    } else if (!strcmp(url, "/big")) {
+        ret = srv_reply(c, 200, s->big, BIG_BODY_LEN, NULL, NULL);
+    } else {
+        ret = srv_reply(c, 404, "not found", 9, NULL, NULL);
+    }
+    atomic_fetch_sub(&s->active, 1);
+    atomic_fetch_add(&s->requests, 1);
+    return ret;
+}
+
+static srv_t *srv_start(void) {
+    srv_t *s = calloc(1, sizeof(*s));
+    assert_non_null(s);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->big = malloc(BIG_BODY_LEN);
+    assert_non_null(s->big);
+    memset(s->big, 'x', BIG_BODY_LEN);
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = 0;
+    s->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
+                            NULL, NULL, srv_handle, s, MHD_OPTION_SOCK_ADDR, &sin,
+                            MHD_OPTION_NOTIFY_CONNECTION, srv_notify, s, MHD_OPTION_END);
+    assert_non_null(s->d);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    assert_non_null(info);
+    s->port = info->port;
+    assert_true(s->port > 0);
+    return s;
+}
+
+static void srv_release(srv_t *s) {
+    pthread_mutex_lock(&s->mu);
+    s->release = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void srv_stop(srv_t *s) {
+    srv_release(s);
+    MHD_stop_daemon(s->d);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s->big);
+    free(s);
+}
+
+/* ------------------------------------------------------------------ */
+/* Client side helpers                                                 */
+
+typedef struct rec_s {
+    int done;           /* callbacks received (must end at exactly 1) */
+    int order;          /* completion rank across a test */
+    hb_http_result_t res;
+    char *body;         /* copy of res.body */
+    int64_t done_mono;
+} rec_t;
+
+static int completions;
+
+static void on_done(const hb_http_result_t *res, void *opaque) {
+    rec_t *r = opaque;
+    r->done++;
+    r->order = ++completions;
+    r->res = *res;
+    r->body = malloc(res->body_len + 1);
+    assert_non_null(r->body);
+    memcpy(r->body, res->body, res->body_len);
+    r->body[res->body_len] = '\0';
+    r->res.body = r->body;
+    r->done_mono = hb_mono_ms();
+}
+
+static void rec_clear(rec_t *r, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        free(r[i].body);
+        memset(&r[i], 0, sizeof(r[i]));
+    }
+}
+
+static hb_http_t *http_new(long max_in_flight, long max_host, int allow_http, int allow_private) {
+    char err[256];
+    hb_http_conf_t conf = {
+        .max_in_flight = max_in_flight,
+        .max_host_connections = max_host,
+        .connect_timeout_ms = 2000,
+        .allow_http = allow_http,
+        .allow_private_networks = allow_private,
+    };
+    hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
+    if (!h)
+        fail_msg("hb_http_new: %s", err);
+    return h;
+}
+
+static void submit(hb_http_t *h, hb_http_method_t method, const char *url, long long timeout_ms,
+                   size_t max_resp, rec_t *r) {
+    static const char *const headers[] = {"Content-Type: application/json", "Expect:", NULL};
+    hb_http_req_t req = {
+        .method = method,
+        .url = url,
+        .headers = headers,
+        .body = method == HB_HTTP_POST ? strdup("{\"hello\":1}") : NULL,
+        .body_len = method == HB_HTTP_POST ? 11 : 0,
+        .timeout_ms = timeout_ms,
+        .max_response_bytes = max_resp,
+        .done = on_done,
+        .opaque = r,
+    };
+    hb_http_submit(h, &req);
+    assert_null(req.body); /* ownership taken */
+}
+
+static void url_for(char *buf, size_t bufsz, const srv_t *s, const char *path) {
+    snprintf(buf, bufsz, "http://127.0.0.1:%u%s", (unsigned)s->port, path);
+}
+
+static int all_done(const rec_t *r, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!r[i].done)
+            return 0;
+    return 1;
+}
+
+/* Runs the engine until every record has completed or deadline_ms passes. */
+static void run_until_done(hb_http_t *h, rec_t *r, size_t n, int deadline_ms) {
+    int64_t until = hb_mono_ms() + deadline_ms;
+    while (!all_done(r, n) && hb_mono_ms() < until) {
+        (void)hb_http_run(h, 100, -1);
+        assert_true(hb_http_in_flight(h) <= 1000);
+    }
+    assert_true(all_done(r, n));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(r[i].done, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+static void test_statuses(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(8, 8, 1, 1);
+    const char *paths[] = {"/ok", "/nocontent", "/busy", "/redirect", "/missing", "/big"};
+    rec_t r[6];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    for (size_t i = 0; i < HB_ARRAY_SIZE(paths); i++) {
+        url_for(url, sizeof(url), s, paths[i]);
+        submit(h, HB_HTTP_POST, url, 5000, 1000, &r[i]);
+    }
+    run_until_done(h, r, 6, 10000);
+
+    assert_int_equal(r[0].res.http_status, 200);
+    assert_int_equal(r[0].res.transport_error, 0);
+    assert_string_equal(r[0].body, "ok");
+    assert_string_equal(r[0].res.error, "");
+    assert_int_equal(r[0].res.retry_after_s, -1);
+    assert_true(r[0].res.started_ms > 0);
+    assert_true(r[0].res.duration_ms >= 0 && r[0].res.duration_ms < 5000);
+
+    assert_int_equal(r[1].res.http_status, 204);
+    assert_int_equal(r[1].res.body_len, 0);
+
+    assert_int_equal(r[2].res.http_status, 503);
+    assert_int_equal(r[2].res.retry_after_s, 120);
+    assert_string_equal(r[2].res.error, "HTTP 503");
+
+    assert_int_equal(r[3].res.http_status, 302); /* not followed */
+    assert_int_equal(r[3].res.transport_error, 0);
+
+    assert_int_equal(r[4].res.http_status, 404);
+    assert_string_equal(r[4].body, "not found");
+
+    assert_int_equal(r[5].res.http_status, 200); /* truncated, not failed */
+    assert_int_equal(r[5].res.body_len, 1000);
+    assert_int_equal(strlen(r[5].body), 1000);
+    assert_int_equal(r[5].res.transport_error, 0);
+
+    assert_int_equal(atomic_load(&s->requests), 6);
+    assert_int_equal(hb_http_in_flight(h), 0);
+    assert_int_equal(hb_http_queued(h), 0);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 6);
+}
+
+static void test_get_and_zero_body_limit(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 1, 1);
+    rec_t r[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/ok");
+    submit(h, HB_HTTP_GET, url, 5000, 0, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 200);
+    assert_int_equal(r[0].res.body_len, 0);
+    assert_non_null(r[0].res.body);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 1);
+}
+
+static void test_retry_after_date(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 1, 1);
+    rec_t r[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/busydate");
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 429);
+    assert_in_range(r[0].res.retry_after_s, 55, 61);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 1);
+}
+
+static void test_parse_retry_after(void **state) {
+    (void)state;
+    const int64_t now = 1700000000; /* Tue, 14 Nov 2023 22:13:20 GMT */
+    static const struct {
+        const char *in;
+        long long want;
+    } cases[] = {
+        {"0", 0},
+        {"120", 120},
+        {" 30 ", 30},
+        {"86400", 86400},
+        {"999999999999999999999", 86400},
+        {"Tue, 14 Nov 2023 22:14:20 GMT", 60},
+        {"Tue, 14 Nov 2023 22:13:00 GMT", 0},    /* in the past */
+        {"Wed, 15 Nov 2023 22:13:21 GMT", 86400}, /* bounded to a day */
+        {"", -1},
+        {"soon", -1},
+        {"12abc", -1},
+        {"-5", -1},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        long long got = hb_http_parse_retry_after(cases[i].in, now);
+        if (got != cases[i].want)
+            fail_msg("Retry-After \"%s\": got %lld want %lld", cases[i].in, got, cases[i].want);
+    }
+}
+
+static void test_address_policy(void **state) {
+    (void)state;
+    static const struct {
+        const char *ip;
+        int want;
+    } cases[] = {
+        {"0.0.0.0", 1},         {"0.1.2.3", 1},         {"10.0.0.1", 1},
+        {"10.255.255.255", 1},  {"100.64.0.1", 1},      {"100.127.255.255", 1},
+        {"100.63.255.255", 0},  {"100.128.0.0", 0},     {"127.0.0.1", 1},
+        {"127.5.6.7", 1},       {"169.254.169.254", 1}, {"169.253.1.1", 0},
+        {"172.16.0.1", 1},      {"172.31.255.255", 1},  {"172.15.255.255", 0},
+        {"172.32.0.0", 0},      {"192.168.1.1", 1},     {"192.169.0.1", 0},
+        {"224.0.0.1", 1},       {"239.255.255.255", 1}, {"240.0.0.1", 1},
+        {"255.255.255.255", 1}, {"8.8.8.8", 0},         {"93.184.216.34", 0},
+        {"1.1.1.1", 0},         {"::", 1},              {"::1", 1},
+        {"::2", 0},             {"fc00::1", 1},         {"fd12:3456::1", 1},
+        {"fe80::1", 1},         {"febf::1", 1},         {"ff02::1", 1},
+        {"2001:db8::1", 0},     {"2606:4700::1111", 0}, {"::ffff:127.0.0.1", 1},
+        {"::ffff:10.1.2.3", 1}, {"::ffff:8.8.8.8", 0},  {"64:ff9b::a00:1", 1},
+        {"64:ff9b::808:808", 0}, {"64:ff9b::7f00:1", 1}, {"not-an-ip", -1},
+        {"example.com", -1},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        int got = hb_http_address_is_private(cases[i].ip);
+        if (got != cases[i].want)
+            fail_msg("%s: got %d want %d", cases[i].ip, got, cases[i].want);
+    }
+}
+
+static void test_timeout(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 1, 1);
+    rec_t r[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/slow");
+    int64_t t0 = hb_mono_ms();
+    submit(h, HB_HTTP_POST, url, 300, 100, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    int64_t took = hb_mono_ms() - t0;
+    assert_int_equal(r[0].res.timed_out, 1);
+    assert_int_equal(r[0].res.transport_error, CURLE_OPERATION_TIMEDOUT);
+    assert_int_equal(r[0].res.http_status, 0);
+    assert_int_equal(r[0].res.refused, 0);
+    assert_string_equal(r[0].res.error, "timeout after 300 ms");
+    assert_true(r[0].res.duration_ms >= 300);
+    assert_true(took < 5000);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 1);
+}
+
+static void test_private_refused(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 1, 0);
+    rec_t r[2];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/ok");
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    /* A name resolving to loopback is refused too: the check is on the
+     * resolved address, not on the name. */
+    snprintf(url, sizeof(url), "http://localhost:%u/ok", (unsigned)s->port);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
+    run_until_done(h, r, 2, 10000);
+
+    assert_int_equal(r[0].res.refused, 1);
+    assert_int_equal(r[0].res.http_status, 0);
+    assert_string_equal(r[0].res.error, "address 127.0.0.1 is loopback/private (refused; set "
+                                        "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)");
+    assert_int_equal(r[1].res.refused, 1);
+    assert_non_null(strstr(r[1].res.error, "is loopback/private"));
+    assert_int_equal(atomic_load(&s->connections), 0); /* never connected */
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 2);
+}
+
+static void test_scheme_refused_up_front(void **state) {
+    (void)state;
+    hb_http_t *h = http_new(4, 4, 0, 1);
+    rec_t r[4];
+    memset(r, 0, sizeof(r));
+    submit(h, HB_HTTP_POST, "http://127.0.0.1:1/ok", 5000, 100, &r[0]);
+    submit(h, HB_HTTP_POST, "ftp://example.com/x", 5000, 100, &r[1]);
+    submit(h, HB_HTTP_POST, "https://exa mple.com/", 5000, 100, &r[2]);
+    hb_http_req_t req = {.url = "https://example.com/", .body = strdup("x"), .body_len = 1,
+                         .done = on_done, .opaque = &r[3]};
+    hb_http_fail(h, &req, "cannot sign: no unexpired signing secret");
+    assert_null(req.body);
+    /* never completed re-entrantly inside submit */
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(r[i].done, 0);
+    assert_int_equal(hb_http_in_flight(h), 0);
+    int64_t t0 = hb_mono_ms();
+    int n = hb_http_run(h, 5000, -1);
+    assert_int_equal(n, 4);
+    assert_true(hb_mono_ms() - t0 < 1000); /* did not sit out the timeout */
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(r[i].done, 1);
+        assert_int_equal(r[i].res.refused, 1);
+        assert_int_equal(r[i].res.http_status, 0);
+    }
+    assert_non_null(strstr(r[0].res.error, "HOOKBRIDGE_ALLOW_HTTP"));
+    assert_non_null(strstr(r[1].res.error, "scheme ftp is not allowed"));
+    assert_non_null(strstr(r[2].res.error, "invalid URL"));
+    assert_string_equal(r[3].res.error, "cannot sign: no unexpired signing secret");
+    hb_http_free(h);
+    rec_clear(r, 4);
+}
+
+static void test_connection_refused(void **state) {
+    (void)state;
+    /* A port nobody listens on: bind, read the port, close. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+
+    hb_http_t *h = http_new(4, 4, 1, 1);
+    rec_t r[2];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/ok", (unsigned)ntohs(sin.sin_port));
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    submit(h, HB_HTTP_POST, "http://example.invalid/hook", 5000, 100, &r[1]);
+    run_until_done(h, r, 2, 10000);
+    assert_int_equal(r[0].res.transport_error, CURLE_COULDNT_CONNECT);
+    assert_int_equal(r[0].res.refused, 0);
+    assert_int_equal(r[0].res.timed_out, 0);
+    assert_string_equal(r[0].res.error, "connection refused");
+    assert_int_equal(r[1].res.transport_error, CURLE_COULDNT_RESOLVE_HOST);
+    assert_string_equal(r[1].res.error, "could not resolve host example.invalid");
+    hb_http_free(h);
+    rec_clear(r, 2);
+}
+
+#define MANY 200
+
+static void test_many_concurrent(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(16, 16, 1, 1);
+    rec_t *r = calloc(MANY, sizeof(*r));
+    char url[128];
+    assert_non_null(r);
+    url_for(url, sizeof(url), s, "/ok");
+    for (size_t i = 0; i < MANY; i++)
+        submit(h, HB_HTTP_POST, url, 10000, 100, &r[i]);
+    assert_int_equal(hb_http_in_flight(h), 16);
+    assert_int_equal(hb_http_queued(h), MANY - 16);
+    int64_t until = hb_mono_ms() + 30000;
+    while (!all_done(r, MANY) && hb_mono_ms() < until) {
+        (void)hb_http_run(h, 100, -1);
+        assert_true(hb_http_in_flight(h) <= 16);
+    }
+    for (size_t i = 0; i < MANY; i++) {
+        assert_int_equal(r[i].done, 1);
+        assert_int_equal(r[i].res.http_status, 200);
+    }
+    assert_int_equal(atomic_load(&s->requests), MANY);
+    assert_true(atomic_load(&s->max_active) <= 16);
+    assert_true(atomic_load(&s->connections) <= 16); /* connections were reused */
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, MANY);
+    free(r);
+}
+
+#define SLOW_N 6
+#define FAST_N 10
+
+static void test_slow_host_isolated(void **state) {
+    (void)state;
+    srv_t *slow = srv_start();
+    srv_t *fast = srv_start();
+    hb_http_t *h = http_new(4, 2, 1, 1);
+    rec_t rs[SLOW_N], rf[FAST_N];
+    char url[128];
+    memset(rs, 0, sizeof(rs));
+    memset(rf, 0, sizeof(rf));
+    url_for(url, sizeof(url), slow, "/slow");
+    for (size_t i = 0; i < SLOW_N; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &rs[i]);
+    /* the slow host holds only its 2 slots; its backlog waits in its queue */
+    assert_int_equal(hb_http_in_flight(h), 2);
+    assert_int_equal(hb_http_queued(h), SLOW_N - 2);
+    url_for(url, sizeof(url), fast, "/ok");
+    for (size_t i = 0; i < FAST_N; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &rf[i]);
+    assert_int_equal(hb_http_in_flight(h), 4);
+
+    int64_t t0 = hb_mono_ms();
+    while (!all_done(rf, FAST_N) && hb_mono_ms() - t0 < 8000)
+        (void)hb_http_run(h, 100, -1);
+    /* every fast request finished while all slow ones are still pending */
+    for (size_t i = 0; i < FAST_N; i++) {
+        assert_int_equal(rf[i].done, 1);
+        assert_int_equal(rf[i].res.http_status, 200);
+    }
+    for (size_t i = 0; i < SLOW_N; i++)
+        assert_int_equal(rs[i].done, 0);
+    assert_true(hb_mono_ms() - t0 < 5000);
+    assert_int_equal(hb_http_in_flight(h), 2);
+    assert_int_equal(hb_http_queued(h), SLOW_N - 2);
+    /* the slow server sees exactly its 2 (they may still be on their way) */
+    while (atomic_load(&slow->max_active) < 2 && hb_mono_ms() - t0 < 8000)
+        (void)hb_http_run(h, 50, -1);
+    assert_int_equal(atomic_load(&slow->max_active), 2);
+
+    srv_release(slow);
+    run_until_done(h, rs, SLOW_N, 10000);
+    for (size_t i = 0; i < SLOW_N; i++)
+        assert_int_equal(rs[i].res.http_status, 200);
+    assert_true(atomic_load(&slow->max_active) <= 2);
+    hb_http_free(h);
+    srv_stop(slow);
+    srv_stop(fast);
+    rec_clear(rs, SLOW_N);
+    rec_clear(rf, FAST_N);
+}
+
+static void test_connection_reuse(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(8, 1, 1, 1);
+    rec_t r[20];
+    completions = 0;
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/ok");
+    for (size_t i = 0; i < 20; i++) { /* one after another */
+        submit(h, HB_HTTP_POST, url, 5000, 100, &r[i]);
+        run_until_done(h, &r[i], 1, 5000);
+        assert_int_equal(r[i].res.http_status, 200);
+    }
+    assert_int_equal(atomic_load(&s->connections), 1);
+    rec_clear(r, 20);
+    for (size_t i = 0; i < 20; i++) /* all at once, one connection per host */
+        submit(h, HB_HTTP_POST, url, 5000, 100, &r[i]);
+    assert_int_equal(hb_http_in_flight(h), 1);
+    run_until_done(h, r, 20, 10000);
+    for (size_t i = 0; i < 20; i++) /* FIFO within a host */
+        assert_int_equal(r[i].order, (int)(20 + i + 1));
+    assert_int_equal(atomic_load(&s->connections), 1);
+    assert_int_equal(atomic_load(&s->max_active), 1);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 20);
+}
+
+static void test_free_aborts_pending(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(2, 2, 1, 1);
+    rec_t r[5];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/slow");
+    for (size_t i = 0; i < 4; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
+    submit(h, HB_HTTP_POST, "gopher://x/", 20000, 100, &r[4]);
+    for (int i = 0; i < 3; i++)
+        (void)hb_http_run(h, 50, -1); /* refused one completes, slow ones start */
+    assert_int_equal(r[4].done, 1);
+    assert_int_equal(hb_http_in_flight(h), 2);
+    assert_int_equal(hb_http_queued(h), 2);
+    hb_http_free(h);
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(r[i].done, 1);
+        assert_string_equal(r[i].res.error, "aborted at shutdown");
+        assert_int_not_equal(r[i].res.transport_error, 0);
+    }
+    srv_stop(s);
+    rec_clear(r, 5);
+}
+
+static void *wake_later(void *arg) {
+    usleep(100 * 1000);
+    hb_http_wakeup(arg);
+    return NULL;
+}
+
+static void test_wakeup_and_extra_fd(void **state) {
+    (void)state;
+    hb_http_t *h = http_new(2, 2, 1, 1);
+    pthread_t t;
+    int64_t t0 = hb_mono_ms();
+    assert_int_equal(pthread_create(&t, NULL, wake_later, h), 0);
+    assert_int_equal(hb_http_run(h, 5000, -1), 0);
+    assert_true(hb_mono_ms() - t0 < 3000);
+    pthread_join(t, NULL);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(write(p[1], "x", 1), 1);
+    t0 = hb_mono_ms();
+    assert_int_equal(hb_http_run(h, 5000, p[0]), 0);
+    assert_true(hb_mono_ms() - t0 < 3000);
+    close(p[0]);
+    close(p[1]);
+
+    t0 = hb_mono_ms();
+    (void)hb_http_run(h, 200, -1);
+    assert_true(hb_mono_ms() - t0 >= 150); /* and it does wait when idle */
+    hb_http_free(h);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_retry_after),
+        cmocka_unit_test(test_address_policy),
+        cmocka_unit_test(test_statuses),
+        cmocka_unit_test(test_get_and_zero_body_limit),
+        cmocka_unit_test(test_retry_after_date),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_private_refused),
+        cmocka_unit_test(test_scheme_refused_up_front),
+        cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_many_concurrent),
+        cmocka_unit_test(test_slow_host_isolated),
+        cmocka_unit_test(test_connection_reuse),
+        cmocka_unit_test(test_free_aborts_pending),
+        cmocka_unit_test(test_wakeup_and_extra_fd),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
