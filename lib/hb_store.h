@@ -53,7 +53,10 @@ int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errs
 int hb_store_fd(hb_store_t *st);
 int hb_store_connected(hb_store_t *st);
 
-/* Reads pending notifications and dispatches them; reconnects when due. */
+/* Reads pending notifications and dispatches them; reconnects when due.
+ * -1 reports a lost connection or a failed reconnect attempt (at most one per
+ * backoff step, 1 s doubling to 30 s): worth a log line, never fatal; the
+ * store keeps trying and calls on_reload once it is back. */
 int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;
 
@@ -70,5 +73,28 @@ int hb_store_record_verification(hb_store_t *st, const char *id, int ok, const c
  * *ids is an array of *cnt malloc'd strings; caller frees each and the array. */
 int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
                                    size_t errstr_size) HB_MUSTCHECK;
+
+/* PostgreSQL connection helpers shared by the store, the delivery log writer
+ * and hookbridge-migrate (libpq types stay out of this header).
+ *
+ * hb_store_pg_connect: blocking connect with defaults the conninfo may
+ * override (connect_timeout 10 s, TCP keepalives, tcp_user_timeout 15 s) and
+ * ones it may not (client_encoding UTF8, application_name). On failure returns
+ * NULL and a one-line reason naming host and port, e.g.
+ * "database: connection refused (host 127.0.0.1 port 5432)"; never the
+ * conninfo or the password. Caller PQfinish()es the result. Any thread. */
+struct pg_conn;
+struct pg_result;
+struct pg_conn *hb_store_pg_connect(const char *conninfo, const char *application_name,
+                                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* One-line reason for a failed command: the server's message with its SQLSTATE
+ * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
+ * trimmed to its first line. res may be NULL. */
+void hb_store_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+                       size_t errstr_size);
+
+/* "host H port P" of conn, for messages (never the password). */
+void hb_store_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
 
 #endif

@@ -1,0 +1,678 @@
+/*
+ * Delivery log writer: attempts go to PostgreSQL off the hot path.
+ *
+ * The design is simple: a queue of copied rows behind one mutex, and one writer
+ * thread with its own connection. hb_dlog_add() (any thread) copies the
+ * attempt, appends it and returns; it wakes the writer early when the queue is
+ * half full. The writer wakes every flush_ms, takes up to DLOG_BATCH_MAX rows
+ * from the front, and writes them in one transaction of two statements whose
+ * parameters are whole columns as arrays (unnest): an upsert of
+ * hookbridge.deliveries (one row per delivery: attempts = greatest, status and
+ * last_* from the latest attempt, first_attempt_at = least, the body kept when
+ * given) and an insert into hookbridge.delivery_attempts. Only after COMMIT do
+ * the rows' tokens move to the flushed list that hb_dlog_take_flushed() drains.
+ *
+ * What must hold:
+ *  - a token is returned only once its row is committed, or (logged as an
+ *    error) when the row itself is rejected by the database as invalid and
+ *    could never be written: one poisoned row must not stall the offsets of
+ *    everything behind it;
+ *  - while the database is down (connection lost, server shutting down, schema
+ *    missing ...) the batch goes back to the front of the queue and the writer
+ *    retries with backoff (250 ms doubling to 30 s), reconnecting as needed;
+ *  - the queue is bounded by max_queue for untokened rows: past the bound the
+ *    oldest untokened row (a successful or dropped attempt) is discarded and
+ *    counted; tokened rows are never discarded (their number is bounded by the
+ *    caller, which stops consuming while deliveries are unfinished);
+ *  - text is made valid UTF-8 on the way in (response snippets are arbitrary
+ *    bytes), so no row is rejected for its encoding.
+ * hb_dlog_close() flushes until the queue is empty or its deadline passes.
+ */
+#include "hb_dlog.h"
+
+#include <errno.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hb_log.h"
+#include "hb_store.h"
+
+#define DLOG_BATCH_MAX 2000
+#define DLOG_BACKOFF_MIN_MS 250
+#define DLOG_BACKOFF_MAX_MS 30000
+#define DLOG_WARN_EVERY_MS 30000
+
+typedef struct dlog_row_s {
+    char *delivery_id;
+    char *subscription_id;
+    char *event_ids;
+    char *event_type;
+    int attempt;
+    int64_t started_ms;
+    int64_t duration_ms;
+    int http_status;
+    hb_outcome_t outcome;
+    char *error;
+    char *snippet;
+    char *body;
+    void *token;
+    int rejected; /* refused by the database as invalid: never written */
+} dlog_row_t;
+
+typedef struct {
+    dlog_row_t **v;
+    size_t n, cap;
+} dlog_vec_t;
+
+struct hb_dlog_s {
+    char *conninfo; /* may hold a password: never printed, cleansed on free */
+    long long flush_ms;
+    size_t max_queue;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int thread_started;
+
+    /* Under mu. */
+    dlog_vec_t queue;
+    size_t queue_untokened;
+    void **flushed;
+    size_t flushed_n, flushed_cap;
+    uint64_t dropped, written;
+    int closing;
+    int64_t deadline_ms; /* monotonic, once closing */
+    int closed;          /* hb_dlog_close ran */
+    size_t left;
+
+    /* Writer thread only. */
+    PGconn *conn;
+    int failing;
+    int64_t warned_ms;
+};
+
+const char *hb_outcome_name(hb_outcome_t o) {
+    switch (o) {
+    case HB_OUTCOME_DELIVERED: return "delivered";
+    case HB_OUTCOME_RETRY: return "retry";
+    case HB_OUTCOME_FAILED: return "failed";
+    case HB_OUTCOME_DROPPED: return "dropped";
+    }
+    return "failed";
+}
+
+/* ------------------------------------------------------------------------ */
+/* Rows                                                                     */
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 when invalid. */
+static size_t utf8_seq(const unsigned char *p) {
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
+            return 0; /* overlong, surrogate */
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* Copy of s with every invalid UTF-8 byte replaced by '?'. NULL stays NULL. */
+static char *dup_utf8(const char *s) {
+    size_t n, i = 0;
+    char *out;
+    if (!s)
+        return NULL;
+    n = strlen(s);
+    out = hb_malloc(n + 1);
+    while (i < n) {
+        size_t k = utf8_seq((const unsigned char *)s + i);
+        if (k == 0) {
+            out[i++] = '?';
+            continue;
+        }
+        memcpy(out + i, s + i, k);
+        i += k;
+    }
+    out[n] = '\0';
+    return out;
+}
+
+static void row_free(dlog_row_t *r) {
+    if (!r)
+        return;
+    free(r->delivery_id);
+    free(r->subscription_id);
+    free(r->event_ids);
+    free(r->event_type);
+    free(r->error);
+    free(r->snippet);
+    free(r->body);
+    free(r);
+}
+
+static void vec_push(dlog_vec_t *v, dlog_row_t *r) {
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 256;
+        v->v = hb_realloc(v->v, v->cap * sizeof(*v->v));
+    }
+    v->v[v->n++] = r;
+}
+
+/* Puts rows[0..n) back in front of the queue (a batch that was not written). */
+static void queue_unshift_locked(hb_dlog_t *dl, dlog_row_t **rows, size_t n) {
+    if (n == 0)
+        return;
+    if (dl->queue.n + n > dl->queue.cap) {
+        dl->queue.cap = dl->queue.n + n + 256;
+        dl->queue.v = hb_realloc(dl->queue.v, dl->queue.cap * sizeof(*dl->queue.v));
+    }
+    memmove(dl->queue.v + n, dl->queue.v, dl->queue.n * sizeof(*dl->queue.v));
+    memcpy(dl->queue.v, rows, n * sizeof(*rows));
+    dl->queue.n += n;
+    for (size_t i = 0; i < n; i++)
+        dl->queue_untokened += rows[i]->token == NULL;
+}
+
+/* Enforces the bound: discards the oldest untokened rows past max_queue. */
+static void queue_trim_locked(hb_dlog_t *dl) {
+    size_t i = 0, dropped = 0;
+    while (dl->queue.n > dl->max_queue && dl->queue_untokened > 0) {
+        while (i < dl->queue.n && dl->queue.v[i]->token)
+            i++;
+        if (i == dl->queue.n)
+            break;
+        row_free(dl->queue.v[i]);
+        memmove(dl->queue.v + i, dl->queue.v + i + 1, (dl->queue.n - i - 1) * sizeof(*dl->queue.v));
+        dl->queue.n--;
+        dl->queue_untokened--;
+        dropped++;
+    }
+    dl->dropped += dropped;
+}
+
+void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
+    dlog_row_t *r = hb_calloc(1, sizeof(*r));
+    size_t wake_at;
+    r->delivery_id = hb_strdup(a->delivery_id ? a->delivery_id : "");
+    r->subscription_id = hb_strdup(a->subscription_id ? a->subscription_id : "");
+    r->event_ids = dup_utf8(a->event_ids ? a->event_ids : "");
+    r->event_type = dup_utf8(a->event_type ? a->event_type : "");
+    r->attempt = a->attempt < 0 ? 0 : a->attempt;
+    r->started_ms = a->started_ms;
+    r->duration_ms = a->duration_ms < 0 ? 0 : a->duration_ms;
+    r->http_status = a->http_status;
+    r->outcome = a->outcome;
+    r->error = dup_utf8(a->error);
+    r->snippet = dup_utf8(a->response_snippet);
+    r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
+    r->token = token;
+
+    pthread_mutex_lock(&dl->mu);
+    vec_push(&dl->queue, r);
+    dl->queue_untokened += token == NULL;
+    queue_trim_locked(dl);
+    wake_at = dl->max_queue / 2 < DLOG_BATCH_MAX ? dl->max_queue / 2 : DLOG_BATCH_MAX;
+    if (dl->queue.n >= (wake_at ? wake_at : 1))
+        pthread_cond_signal(&dl->cv);
+    pthread_mutex_unlock(&dl->mu);
+}
+
+size_t hb_dlog_take_flushed(hb_dlog_t *dl, void **tokens, size_t max) {
+    size_t n;
+    pthread_mutex_lock(&dl->mu);
+    n = dl->flushed_n < max ? dl->flushed_n : max;
+    if (n > 0) {
+        memcpy(tokens, dl->flushed, n * sizeof(*tokens));
+        memmove(dl->flushed, dl->flushed + n, (dl->flushed_n - n) * sizeof(*dl->flushed));
+        dl->flushed_n -= n;
+    }
+    pthread_mutex_unlock(&dl->mu);
+    return n;
+}
+
+uint64_t hb_dlog_dropped(hb_dlog_t *dl) {
+    uint64_t v;
+    pthread_mutex_lock(&dl->mu);
+    v = dl->dropped;
+    pthread_mutex_unlock(&dl->mu);
+    return v;
+}
+
+uint64_t hb_dlog_written(hb_dlog_t *dl) {
+    uint64_t v;
+    pthread_mutex_lock(&dl->mu);
+    v = dl->written;
+    pthread_mutex_unlock(&dl->mu);
+    return v;
+}
+
+size_t hb_dlog_queued(hb_dlog_t *dl) {
+    size_t v;
+    pthread_mutex_lock(&dl->mu);
+    v = dl->queue.n;
+    pthread_mutex_unlock(&dl->mu);
+    return v;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Writing (writer thread)                                                  */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} dlog_buf_t;
+
+static void buf_put(dlog_buf_t *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->p = hb_realloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+/* Appends one element of a PostgreSQL array literal: NULL, or a quoted string
+ * with '"' and '\' escaped. */
+static void buf_elem_text(dlog_buf_t *b, const char *s) {
+    if (b->len > 1)
+        buf_put(b, ",", 1);
+    if (!s) {
+        buf_put(b, "NULL", 4);
+        return;
+    }
+    buf_put(b, "\"", 1);
+    for (const char *p = s; *p;) {
+        size_t run = strcspn(p, "\"\\");
+        buf_put(b, p, run);
+        p += run;
+        if (*p) {
+            buf_put(b, "\\", 1);
+            buf_put(b, p, 1);
+            p++;
+        }
+    }
+    buf_put(b, "\"", 1);
+}
+
+static void buf_elem_int(dlog_buf_t *b, long long v) {
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", v);
+    if (b->len > 1)
+        buf_put(b, ",", 1);
+    buf_put(b, num, (size_t)n);
+}
+
+enum {
+    A_DID,
+    A_SID,
+    A_EIDS,
+    A_ETYPE,
+    A_ATTEMPT,
+    A_STARTED,
+    A_DURATION,
+    A_HTTP,
+    A_OUTCOME,
+    A_ERROR,
+    A_SNIPPET,
+    A_BODY,
+    A_COUNT
+};
+
+static const char DLOG_UPSERT_DELIVERIES[] =
+    "INSERT INTO hookbridge.deliveries AS d"
+    "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
+    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body)"
+    " SELECT DISTINCT ON (r.did) r.did, r.sid, r.eids, r.etype, r.outcome, r.attempt,"
+    "        to_timestamp(min(r.started) OVER (PARTITION BY r.did) / 1000.0),"
+    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body"
+    "   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[],"
+    "               $7::bigint[], $8::int[], $9::text[], $10::text[])"
+    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body)"
+    "  ORDER BY r.did, r.attempt DESC, r.started DESC"
+    " ON CONFLICT (delivery_id) DO UPDATE SET"
+    "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
+    "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"
+    "   status = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
+    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
+    "            THEN EXCLUDED.status ELSE d.status END,"
+    "   last_http_status = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
+    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
+    "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"
+    "   last_error = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
+    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
+    "            THEN EXCLUDED.last_error ELSE d.last_error END,"
+    "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"
+    "   body = coalesce(EXCLUDED.body, d.body)";
+
+static const char DLOG_INSERT_ATTEMPTS[] =
+    "INSERT INTO hookbridge.delivery_attempts"
+    "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"
+    "   response_snippet)"
+    " SELECT r.did, r.attempt, to_timestamp(r.started / 1000.0), r.dur, nullif(r.http, 0),"
+    "        r.outcome, r.err, r.snip"
+    "   FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],"
+    "               $7::text[], $8::text[])"
+    "        AS r(did, attempt, started, dur, http, outcome, err, snip)";
+
+typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
+
+/* Data that can never be written (class 22 data exception, 23 integrity
+ * constraint violation) versus everything else (retry). */
+static int sqlstate_invalid(const PGresult *res) {
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2));
+}
+
+static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *const *params,
+                            char *why, size_t whysz) {
+    PGresult *res = PQexecParams(dl->conn, sql, n, NULL, params, NULL, NULL, 0);
+    dlog_wrc_t rc = W_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        hb_store_pg_error(dl->conn, res, why, whysz);
+        rc = sqlstate_invalid(res) ? W_INVALID : W_RETRY;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Writes rows[0..n) in one transaction. */
+static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
+    dlog_buf_t arr[A_COUNT];
+    const char *p1[10], *p2[8];
+    dlog_wrc_t rc;
+
+    if (!dl->conn) {
+        dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        if (!dl->conn)
+            return W_RETRY;
+    }
+    memset(arr, 0, sizeof(arr));
+    for (int c = 0; c < A_COUNT; c++)
+        buf_put(&arr[c], "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        const dlog_row_t *r = rows[i];
+        buf_elem_text(&arr[A_DID], r->delivery_id);
+        buf_elem_text(&arr[A_SID], r->subscription_id);
+        buf_elem_text(&arr[A_EIDS], r->event_ids);
+        buf_elem_text(&arr[A_ETYPE], r->event_type);
+        buf_elem_int(&arr[A_ATTEMPT], r->attempt);
+        buf_elem_int(&arr[A_STARTED], (long long)r->started_ms);
+        buf_elem_int(&arr[A_DURATION], (long long)r->duration_ms);
+        buf_elem_int(&arr[A_HTTP], r->http_status);
+        buf_elem_text(&arr[A_OUTCOME], hb_outcome_name(r->outcome));
+        buf_elem_text(&arr[A_ERROR], r->error);
+        buf_elem_text(&arr[A_SNIPPET], r->snippet);
+        buf_elem_text(&arr[A_BODY], r->body);
+    }
+    for (int c = 0; c < A_COUNT; c++)
+        buf_put(&arr[c], "}", 1);
+
+    p1[0] = arr[A_DID].p, p1[1] = arr[A_SID].p, p1[2] = arr[A_EIDS].p, p1[3] = arr[A_ETYPE].p;
+    p1[4] = arr[A_OUTCOME].p, p1[5] = arr[A_ATTEMPT].p, p1[6] = arr[A_STARTED].p;
+    p1[7] = arr[A_HTTP].p, p1[8] = arr[A_ERROR].p, p1[9] = arr[A_BODY].p;
+    p2[0] = arr[A_DID].p, p2[1] = arr[A_ATTEMPT].p, p2[2] = arr[A_STARTED].p;
+    p2[3] = arr[A_DURATION].p, p2[4] = arr[A_HTTP].p, p2[5] = arr[A_OUTCOME].p;
+    p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p;
+
+    if ((rc = dlog_exec(dl, "BEGIN", 0, NULL, why, whysz)) != W_OK)
+        goto fail;
+    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 10, p1, why, whysz)) != W_OK)
+        goto fail;
+    if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 8, p2, why, whysz)) != W_OK)
+        goto fail;
+    rc = dlog_exec(dl, "COMMIT", 0, NULL, why, whysz);
+    if (rc != W_OK)
+        goto fail;
+    goto out;
+fail:
+    if (PQstatus(dl->conn) == CONNECTION_BAD) {
+        PQfinish(dl->conn);
+        dl->conn = NULL;
+        rc = W_RETRY;
+    } else {
+        PQclear(PQexec(dl->conn, "ROLLBACK"));
+    }
+out:
+    for (int c = 0; c < A_COUNT; c++)
+        free(arr[c].p);
+    return rc;
+}
+
+/* Under mu: a written (or hopeless) row's token becomes takeable. */
+static void flushed_push_locked(hb_dlog_t *dl, void *token) {
+    if (!token)
+        return;
+    if (dl->flushed_n == dl->flushed_cap) {
+        dl->flushed_cap = dl->flushed_cap ? dl->flushed_cap * 2 : 256;
+        dl->flushed = hb_realloc(dl->flushed, dl->flushed_cap * sizeof(*dl->flushed));
+    }
+    dl->flushed[dl->flushed_n++] = token;
+}
+
+/* Writes a batch the database refused as a whole one row at a time, so only
+ * the rows it rejects are lost. Returns how many leading rows are finished
+ * (written or rejected); the rest stay for a retry. */
+static size_t dlog_write_singly(hb_dlog_t *dl, dlog_row_t **rows, size_t n, size_t *written) {
+    char why[512];
+    size_t i;
+    *written = 0;
+    for (i = 0; i < n; i++) {
+        dlog_wrc_t rc = dlog_write(dl, &rows[i], 1, why, sizeof(why));
+        if (rc == W_RETRY)
+            break;
+        if (rc == W_INVALID) {
+            hb_log(HB_LOG_ERROR,
+                   HB_KV("delivery_id", rows[i]->delivery_id, "subscription_id",
+                         rows[i]->subscription_id),
+                   "delivery log: attempt rejected by the database and not recorded: %s", why);
+            rows[i]->rejected = 1;
+        } else {
+            (*written)++;
+        }
+    }
+    return i;
+}
+
+static void dlog_warn_down(hb_dlog_t *dl, const char *why, size_t queued) {
+    int64_t now = hb_mono_ms();
+    if (!dl->failing || now - dl->warned_ms >= DLOG_WARN_EVERY_MS) {
+        char q[24];
+        snprintf(q, sizeof(q), "%zu", queued);
+        hb_log(HB_LOG_WARN, HB_KV("queued", q), "delivery log: cannot write, will retry: %s", why);
+        dl->warned_ms = now;
+    }
+    dl->failing = 1;
+}
+
+static void timed_wait_locked(hb_dlog_t *dl, int64_t until_mono_ms) {
+    struct timespec ts;
+    int64_t wait = until_mono_ms - hb_mono_ms();
+    if (wait <= 0)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += wait / 1000;
+    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    (void)pthread_cond_timedwait(&dl->cv, &dl->mu, &ts);
+}
+
+static void *dlog_main(void *arg) {
+    hb_dlog_t *dl = arg;
+    dlog_row_t **batch = hb_malloc(DLOG_BATCH_MAX * sizeof(*batch));
+    int64_t next_flush = hb_mono_ms() + dl->flush_ms, backoff = DLOG_BACKOFF_MIN_MS;
+    char why[512];
+
+    pthread_mutex_lock(&dl->mu);
+    for (;;) {
+        size_t n, done, written = 0;
+        dlog_wrc_t rc;
+        size_t wake_at = dl->max_queue / 2 < DLOG_BATCH_MAX ? dl->max_queue / 2 : DLOG_BATCH_MAX;
+
+        if (dl->closing && (dl->queue.n == 0 || hb_mono_ms() >= dl->deadline_ms))
+            break;
+        if (!dl->closing && hb_mono_ms() < next_flush && dl->queue.n < (wake_at ? wake_at : 1)) {
+            timed_wait_locked(dl, next_flush);
+            continue;
+        }
+        if (dl->queue.n == 0) {
+            next_flush = hb_mono_ms() + dl->flush_ms;
+            continue;
+        }
+        n = dl->queue.n < DLOG_BATCH_MAX ? dl->queue.n : DLOG_BATCH_MAX;
+        memcpy(batch, dl->queue.v, n * sizeof(*batch));
+        memmove(dl->queue.v, dl->queue.v + n, (dl->queue.n - n) * sizeof(*dl->queue.v));
+        dl->queue.n -= n;
+        for (size_t i = 0; i < n; i++)
+            dl->queue_untokened -= batch[i]->token == NULL;
+        pthread_mutex_unlock(&dl->mu);
+
+        rc = dlog_write(dl, batch, n, why, sizeof(why));
+        if (rc == W_OK) {
+            done = written = n;
+        } else if (rc == W_INVALID) {
+            done = dlog_write_singly(dl, batch, n, &written);
+        } else {
+            done = 0;
+        }
+
+        pthread_mutex_lock(&dl->mu);
+        for (size_t i = 0; i < done; i++) {
+            dl->dropped += batch[i]->rejected != 0;
+            flushed_push_locked(dl, batch[i]->token);
+            row_free(batch[i]);
+        }
+        dl->written += written;
+        if (done < n) {
+            queue_unshift_locked(dl, batch + done, n - done);
+            queue_trim_locked(dl);
+            dlog_warn_down(dl, rc == W_RETRY ? why : "database unavailable", dl->queue.n);
+            next_flush = hb_mono_ms() + backoff;
+            if (dl->closing && next_flush > dl->deadline_ms)
+                next_flush = dl->deadline_ms;
+            backoff = backoff * 2 > DLOG_BACKOFF_MAX_MS ? DLOG_BACKOFF_MAX_MS : backoff * 2;
+            /* Back off even when woken early by a full queue or by close. */
+            while (hb_mono_ms() < next_flush && !(dl->closing && hb_mono_ms() >= dl->deadline_ms))
+                timed_wait_locked(dl, next_flush);
+            continue;
+        }
+        if (dl->failing) {
+            hb_info("delivery log: writing again");
+            dl->failing = 0;
+        }
+        backoff = DLOG_BACKOFF_MIN_MS;
+        next_flush = dl->queue.n > 0 ? hb_mono_ms() : hb_mono_ms() + dl->flush_ms;
+    }
+    dl->left = dl->queue.n;
+    pthread_mutex_unlock(&dl->mu);
+    free(batch);
+    if (dl->conn) {
+        PQfinish(dl->conn);
+        dl->conn = NULL;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Life cycle                                                               */
+
+hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queue, char *errstr,
+                       size_t errstr_size) {
+    hb_dlog_t *dl = hb_calloc(1, sizeof(*dl));
+    pthread_condattr_t ca;
+    int err;
+
+    dl->conninfo = hb_strdup(conninfo ? conninfo : "");
+    dl->flush_ms = flush_ms > 0 ? flush_ms : 200;
+    dl->max_queue = max_queue > 0 ? max_queue : 100000;
+    pthread_mutex_init(&dl->mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&dl->cv, &ca);
+    pthread_condattr_destroy(&ca);
+
+    /* Connect now so a wrong URL or a down database is reported at start. */
+    dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
+    if (!dl->conn)
+        goto fail;
+    err = pthread_create(&dl->thread, NULL, dlog_main, dl);
+    if (err) {
+        hb_seterr(errstr, errstr_size, "delivery log: cannot start its thread: %s", strerror(err));
+        goto fail;
+    }
+    dl->thread_started = 1;
+    return dl;
+fail:
+    hb_dlog_free(dl);
+    return NULL;
+}
+
+size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
+    size_t left;
+    pthread_mutex_lock(&dl->mu);
+    if (dl->closed) {
+        left = dl->left;
+        pthread_mutex_unlock(&dl->mu);
+        return left;
+    }
+    dl->closing = 1;
+    dl->deadline_ms = hb_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0);
+    pthread_cond_broadcast(&dl->cv);
+    pthread_mutex_unlock(&dl->mu);
+
+    if (dl->thread_started) {
+        pthread_join(dl->thread, NULL);
+        dl->thread_started = 0;
+    } else {
+        dl->left = dl->queue.n;
+    }
+    pthread_mutex_lock(&dl->mu);
+    dl->closed = 1;
+    left = dl->left;
+    pthread_mutex_unlock(&dl->mu);
+    if (left > 0) {
+        char q[24];
+        snprintf(q, sizeof(q), "%zu", left);
+        hb_log(HB_LOG_WARN, HB_KV("unwritten", q),
+               "delivery log: closed with rows unwritten (database unavailable until the "
+               "deadline)");
+    }
+    return left;
+}
+
+void hb_dlog_free(hb_dlog_t *dl) {
+    if (!dl)
+        return;
+    if (dl->thread_started)
+        (void)hb_dlog_close(dl, 0);
+    if (dl->conn)
+        PQfinish(dl->conn);
+    for (size_t i = 0; i < dl->queue.n; i++)
+        row_free(dl->queue.v[i]);
+    free(dl->queue.v);
+    free(dl->flushed);
+    pthread_cond_destroy(&dl->cv);
+    pthread_mutex_destroy(&dl->mu);
+    OPENSSL_cleanse(dl->conninfo, strlen(dl->conninfo));
+    free(dl->conninfo);
+    free(dl);
+}

@@ -1,0 +1,749 @@
+/*
+ * Subscription store: snapshots of hookbridge.subscriptions, kept fresh by
+ * LISTEN/NOTIFY.
+ *
+ * The design is simple: one blocking libpq connection, owned by the main loop
+ * thread, LISTENs on the two channels the SQL triggers notify. The loop polls
+ * hb_store_fd() and calls hb_store_process(), which drains libpq's
+ * notification queue, de-duplicates it, reloads each changed subscription by
+ * id with one parameterised query and hands the fresh snapshot to on_change.
+ * A snapshot is built in one place (store_row_to_sub) from one query shape
+ * (STORE_SELECT), so load_all and load_one cannot disagree.
+ *
+ * When the connection drops, the store forgets it and reconnects from later
+ * hb_store_process() calls with backoff (1 s doubling to 30 s). It LISTENs
+ * again before calling on_reload, so a change made while the caller reloads is
+ * notified, not lost. What must hold: no error string ever carries the
+ * conninfo or the password (messages name host and port only), and no SQL is
+ * built by string concatenation.
+ *
+ * The connection helpers at the end (hb_store_pg_*) are shared with the
+ * delivery log writer and hookbridge-migrate.
+ */
+#include "hb_store.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_log.h"
+#include "hb_sign.h"
+
+#define STORE_BACKOFF_MIN_MS 1000
+#define STORE_BACKOFF_MAX_MS 30000
+#define STORE_NOTIFY_ROUNDS 16 /* bound on re-draining per hb_store_process call */
+
+struct hb_store_s {
+    char *conninfo;      /* may hold a password: cleansed on free, never printed */
+    PGconn *conn;        /* NULL while disconnected */
+    int64_t retry_at_ms; /* monotonic; next reconnect attempt */
+    int64_t backoff_ms;
+};
+
+/* One query shape for every snapshot: $1 NULL loads all live subscriptions.
+ * Event types come space-separated (catalogue names have no spaces); secrets
+ * as "secret expires_ms" pairs, current first, at most two unexpired. */
+static const char STORE_SELECT[] =
+    "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
+    "       s.auth_value, s.options->>'format', s.options->>'timeout_ms',"
+    "       s.options->>'batch_max', s.options->>'batch_window_ms',"
+    "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"
+    "          FROM hookbridge.subscription_event_types st"
+    "         WHERE st.subscription_id = s.id),"
+    "       (SELECT string_agg(x.secret || ' ' || x.exp_ms, ' ' ORDER BY x.ord)"
+    "          FROM (SELECT sec.secret,"
+    "                       coalesce((extract(epoch FROM sec.expires_at) * 1000)::bigint, 0)::text"
+    "                           AS exp_ms,"
+    "                       row_number() OVER (ORDER BY sec.expires_at DESC NULLS FIRST,"
+    "                                                   sec.id DESC) AS ord"
+    "                  FROM hookbridge.subscription_secrets sec"
+    "                 WHERE sec.subscription_id = s.id"
+    "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
+    "         WHERE x.ord <= 2)"
+    "  FROM hookbridge.subscriptions s"
+    " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
+    " ORDER BY s.created_at, s.id";
+
+static void pg_first_line(const char *msg, char *out, size_t outsz);
+static void pg_last_line(const char *msg, char *out, size_t outsz);
+
+enum {
+    COL_ID,
+    COL_NAME,
+    COL_URL,
+    COL_STATUS,
+    COL_VERIFICATION,
+    COL_AUTH_HEADER,
+    COL_AUTH_VALUE,
+    COL_FORMAT,
+    COL_TIMEOUT,
+    COL_BATCH_MAX,
+    COL_BATCH_WINDOW,
+    COL_EVENT_TYPES,
+    COL_SECRETS,
+    COL_COUNT
+};
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots                                                                */
+
+static int is_uuid(const char *s) {
+    size_t i;
+    if (!s)
+        return 0;
+    for (i = 0; s[i]; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return 0;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return 0;
+        }
+    }
+    return i == HB_UUID_LEN;
+}
+
+static const char *col(const PGresult *res, int row, int c) {
+    return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+}
+
+/* Parses an optional non-negative integer option; NULL keeps *out. */
+static int parse_ll(const char *s, long long *out) {
+    char *end;
+    long long v;
+    if (!s)
+        return 0;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_event_types(hb_sub_t *sub, const char *list) {
+    char *copy, *save = NULL, *tok;
+    int cap = 0;
+    if (!list || !*list)
+        return 0;
+    for (const char *p = list; *p; p++)
+        cap += *p == ' ';
+    cap++;
+    sub->event_types = hb_calloc((size_t)cap, sizeof(char *));
+    copy = hb_strdup(list);
+    for (tok = strtok_r(copy, " ", &save); tok && sub->event_types_cnt < cap;
+         tok = strtok_r(NULL, " ", &save))
+        sub->event_types[sub->event_types_cnt++] = hb_strdup(tok);
+    free(copy);
+    return 0;
+}
+
+static int parse_secrets(hb_sub_t *sub, const char *list, char *errstr, size_t errstr_size) {
+    char *copy, *save = NULL, *secret, *exp;
+    char why[128];
+    int rc = -1;
+    long long exp_ms;
+    if (!list || !*list) {
+        hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
+        return -1;
+    }
+    copy = hb_strdup(list);
+    while (sub->secrets_cnt < (int)HB_ARRAY_SIZE(sub->secrets)) {
+        secret = strtok_r(sub->secrets_cnt == 0 ? copy : NULL, " ", &save);
+        if (!secret)
+            break;
+        exp = strtok_r(NULL, " ", &save);
+        exp_ms = 0;
+        if (!exp || parse_ll(exp, &exp_ms) < 0) {
+            hb_seterr(errstr, errstr_size, "subscription %s: malformed secret expiry", sub->id);
+            goto fail;
+        }
+        if (hb_secret_parse(secret, &sub->secrets[sub->secrets_cnt], why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "subscription %s: unusable signing secret: %s", sub->id,
+                      why);
+            goto fail;
+        }
+        sub->secrets[sub->secrets_cnt].expires_ms = (int64_t)exp_ms;
+        sub->secrets_cnt++;
+    }
+    rc = sub->secrets_cnt > 0 ? 0 : -1;
+    if (rc < 0)
+        hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
+fail:
+    OPENSSL_cleanse(copy, strlen(list));
+    free(copy);
+    return rc;
+}
+
+/* Builds the snapshot of one STORE_SELECT row. */
+static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *errstr,
+                            size_t errstr_size) {
+    hb_sub_t *sub = hb_sub_new();
+    const char *id = col(res, row, COL_ID), *v;
+    long long ll;
+
+    *out = NULL;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "subscription row without a valid id");
+        goto fail;
+    }
+    memcpy(sub->id, id, HB_UUID_LEN + 1);
+    sub->name = hb_strdup(col(res, row, COL_NAME) ? col(res, row, COL_NAME) : "");
+    sub->url = hb_strdup(col(res, row, COL_URL) ? col(res, row, COL_URL) : "");
+    v = col(res, row, COL_STATUS);
+    sub->active = v && !strcmp(v, "active");
+    v = col(res, row, COL_VERIFICATION);
+    sub->verified = v && !strcmp(v, "verified");
+    if ((v = col(res, row, COL_AUTH_HEADER)) != NULL)
+        sub->auth_header = hb_strdup(v);
+    if ((v = col(res, row, COL_AUTH_VALUE)) != NULL)
+        sub->auth_value = hb_strdup(v);
+
+    v = col(res, row, COL_FORMAT);
+    if (!v || !strcmp(v, "okta"))
+        sub->format = HB_FORMAT_OKTA;
+    else if (!strcmp(v, "cloudevents"))
+        sub->format = HB_FORMAT_CLOUDEVENTS;
+    else if (!strcmp(v, "event"))
+        sub->format = HB_FORMAT_EVENT;
+    else {
+        hb_seterr(errstr, errstr_size, "subscription %s: unknown format \"%s\"", sub->id, v);
+        goto fail;
+    }
+    sub->timeout_ms = 0;
+    if (parse_ll(col(res, row, COL_TIMEOUT), &sub->timeout_ms) < 0)
+        goto bad_option;
+    ll = 1;
+    if (parse_ll(col(res, row, COL_BATCH_MAX), &ll) < 0 || ll < 1 || ll > 100000)
+        goto bad_option;
+    sub->batch_max = (int)ll;
+    sub->batch_window_ms = 0;
+    if (parse_ll(col(res, row, COL_BATCH_WINDOW), &sub->batch_window_ms) < 0)
+        goto bad_option;
+
+    if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
+        goto fail;
+    if (parse_secrets(sub, col(res, row, COL_SECRETS), errstr, errstr_size) < 0)
+        goto fail;
+    *out = sub;
+    return 0;
+
+bad_option:
+    hb_seterr(errstr, errstr_size, "subscription %s: malformed options", sub->id);
+fail:
+    hb_sub_unref(sub);
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection state                                                         */
+
+/* Forgets a broken connection; the next attempt is due after the backoff. */
+static void store_drop(hb_store_t *st) {
+    if (st->conn)
+        PQfinish(st->conn);
+    st->conn = NULL;
+    st->backoff_ms = STORE_BACKOFF_MIN_MS;
+    st->retry_at_ms = hb_mono_ms() + st->backoff_ms;
+}
+
+/* After a failed command: drop the connection if it is gone, and say why. */
+static int store_fail(hb_store_t *st, PGresult *res, const char *what, char *errstr,
+                      size_t errstr_size) {
+    char why[512];
+    hb_store_pg_error(st->conn, res, why, sizeof(why));
+    PQclear(res);
+    if (PQstatus(st->conn) == CONNECTION_BAD) {
+        store_drop(st);
+        hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
+                  why);
+    } else {
+        hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
+    }
+    return -1;
+}
+
+static int store_ready(hb_store_t *st, char *errstr, size_t errstr_size) {
+    if (st->conn)
+        return 0;
+    hb_seterr(errstr, errstr_size, "database: not connected (reconnecting)");
+    return -1;
+}
+
+static int store_listen(hb_store_t *st, char *errstr, size_t errstr_size) {
+    static const char *const channels[] = {"LISTEN hookbridge_subscriptions",
+                                           "LISTEN hookbridge_verify"};
+    for (size_t i = 0; i < HB_ARRAY_SIZE(channels); i++) {
+        PGresult *res = PQexecParams(st->conn, channels[i], 0, NULL, NULL, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            return store_fail(st, res, "LISTEN", errstr, errstr_size);
+        PQclear(res);
+    }
+    return 0;
+}
+
+hb_store_t *hb_store_new(const char *conninfo, char *errstr, size_t errstr_size) {
+    hb_store_t *st = hb_calloc(1, sizeof(*st));
+    st->conninfo = hb_strdup(conninfo ? conninfo : "");
+    st->backoff_ms = STORE_BACKOFF_MIN_MS;
+    st->conn = hb_store_pg_connect(st->conninfo, "hookbridge", errstr, errstr_size);
+    if (!st->conn)
+        goto fail;
+    if (store_listen(st, errstr, errstr_size) < 0)
+        goto fail;
+    return st;
+fail:
+    hb_store_free(st);
+    return NULL;
+}
+
+void hb_store_free(hb_store_t *st) {
+    if (!st)
+        return;
+    if (st->conn)
+        PQfinish(st->conn);
+    OPENSSL_cleanse(st->conninfo, strlen(st->conninfo));
+    free(st->conninfo);
+    free(st);
+}
+
+int hb_store_fd(hb_store_t *st) {
+    return st->conn ? PQsocket(st->conn) : -1;
+}
+
+int hb_store_connected(hb_store_t *st) {
+    return st->conn != NULL && PQstatus(st->conn) == CONNECTION_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loading                                                                  */
+
+static PGresult *store_select(hb_store_t *st, const char *id) {
+    const char *params[1] = {id};
+    return PQexecParams(st->conn, STORE_SELECT, 1, NULL, params, NULL, NULL, 0);
+}
+
+int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,
+                      char *errstr, size_t errstr_size) {
+    PGresult *res;
+    char why[256];
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = store_select(st, NULL);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "loading subscriptions", errstr, errstr_size);
+    for (int row = 0; row < PQntuples(res); row++) {
+        hb_sub_t *sub;
+        if (store_row_to_sub(res, row, &sub, why, sizeof(why)) < 0) {
+            /* One bad row must not keep the others from being served. */
+            hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, row, COL_ID)),
+                   "subscription skipped: %s", why);
+            continue;
+        }
+        cb(sub, opaque);
+    }
+    PQclear(res);
+    return 0;
+}
+
+int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
+                      size_t errstr_size) {
+    PGresult *res;
+    int rc = 0;
+    *out = NULL;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"", id ? id : "");
+        return -1;
+    }
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = store_select(st, id);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "loading a subscription", errstr, errstr_size);
+    if (PQntuples(res) > 0)
+        rc = store_row_to_sub(res, 0, out, errstr, errstr_size);
+    PQclear(res);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Notifications and reconnection                                           */
+
+typedef struct {
+    char id[HB_UUID_LEN + 1];
+    int verify; /* hookbridge_verify, else hookbridge_subscriptions */
+} store_note_t;
+
+/* Moves libpq's queued notifications into notes[], without duplicates. */
+static size_t store_drain(hb_store_t *st, store_note_t **notes, size_t *cap) {
+    size_t n = 0;
+    PGnotify *nf;
+    while ((nf = PQnotifies(st->conn)) != NULL) {
+        int verify = !strcmp(nf->relname, "hookbridge_verify");
+        int dup = 0;
+        if (!verify && strcmp(nf->relname, "hookbridge_subscriptions")) {
+            PQfreemem(nf);
+            continue;
+        }
+        if (!is_uuid(nf->extra)) {
+            hb_log(HB_LOG_WARN, HB_KV("channel", nf->relname),
+                   "ignoring a notification whose payload is not a subscription id");
+            PQfreemem(nf);
+            continue;
+        }
+        for (size_t i = 0; i < n && !dup; i++)
+            dup = (*notes)[i].verify == verify && !strcmp((*notes)[i].id, nf->extra);
+        if (!dup) {
+            if (n == *cap) {
+                *cap = *cap ? *cap * 2 : 16;
+                *notes = hb_realloc(*notes, *cap * sizeof(**notes));
+            }
+            memcpy((*notes)[n].id, nf->extra, HB_UUID_LEN + 1);
+            (*notes)[n].verify = verify;
+            n++;
+        }
+        PQfreemem(nf);
+    }
+    return n;
+}
+
+/* Changes first, then verification requests (which may want the new row). */
+static int store_dispatch(hb_store_t *st, const store_note_t *notes, size_t n,
+                          const hb_store_handlers_t *h, void *opaque, char *errstr,
+                          size_t errstr_size) {
+    char why[256];
+    for (size_t i = 0; i < n; i++) {
+        hb_sub_t *sub = NULL;
+        if (notes[i].verify)
+            continue;
+        if (hb_store_load_one(st, notes[i].id, &sub, why, sizeof(why)) < 0) {
+            if (!st->conn) {
+                /* Lost mid-way: the reconnect's on_reload covers the rest. */
+                hb_seterr(errstr, errstr_size, "%s", why);
+                return -1;
+            }
+            hb_log(HB_LOG_WARN, HB_KV("subscription_id", notes[i].id),
+                   "subscription change not applied: %s", why);
+            continue;
+        }
+        if (h && h->on_change)
+            h->on_change(notes[i].id, sub, opaque);
+        else
+            hb_sub_unref(sub);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (notes[i].verify && h && h->on_verify)
+            h->on_verify(notes[i].id, opaque);
+    return 0;
+}
+
+static int store_reconnect(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
+                           size_t errstr_size) {
+    char why[512];
+    st->conn = hb_store_pg_connect(st->conninfo, "hookbridge", why, sizeof(why));
+    if (st->conn && store_listen(st, why, sizeof(why)) == 0) {
+        st->backoff_ms = STORE_BACKOFF_MIN_MS;
+        hb_info("database: reconnected; reloading subscriptions");
+        if (h && h->on_reload)
+            h->on_reload(opaque);
+        return 0;
+    }
+    if (st->conn)
+        PQfinish(st->conn);
+    st->conn = NULL;
+    st->retry_at_ms = hb_mono_ms() + st->backoff_ms;
+    hb_seterr(errstr, errstr_size, "%s; next attempt in %lld s", why,
+              (long long)(st->backoff_ms / 1000));
+    st->backoff_ms =
+        st->backoff_ms * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : st->backoff_ms * 2;
+    return -1;
+}
+
+int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
+                     size_t errstr_size) {
+    store_note_t *notes = NULL;
+    size_t cap = 0, n;
+    int rc = 0;
+
+    if (!st->conn) {
+        if (hb_mono_ms() < st->retry_at_ms)
+            return 0;
+        return store_reconnect(st, h, opaque, errstr, errstr_size);
+    }
+    if (!PQconsumeInput(st->conn) || PQstatus(st->conn) == CONNECTION_BAD) {
+        char why[512];
+        /* libpq appends to the last command's message: the newest line that
+         * is not an indented hint is this failure's. */
+        pg_last_line(PQerrorMessage(st->conn), why, sizeof(why));
+        store_drop(st);
+        hb_seterr(errstr, errstr_size, "database: connection lost (%s); reconnecting", why);
+        return -1;
+    }
+    /* Handlers run queries, and libpq queues notifications that arrive
+     * meanwhile without the socket turning readable again: drain until empty. */
+    for (int round = 0; round < STORE_NOTIFY_ROUNDS && st->conn; round++) {
+        n = store_drain(st, &notes, &cap);
+        if (n == 0)
+            break;
+        if ((rc = store_dispatch(st, notes, n, h, opaque, errstr, errstr_size)) < 0)
+            break;
+    }
+    free(notes);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Verification                                                             */
+
+int hb_store_claim_verification(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
+                                size_t errstr_size) {
+    const char *params[1] = {id};
+    PGresult *res;
+    int claimed;
+    *out = NULL;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "not a subscription id");
+        return -1;
+    }
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = PQexecParams(st->conn, "SELECT hookbridge.claim_verification($1::uuid)", 1, NULL, params,
+                       NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "claiming a verification", errstr, errstr_size);
+    claimed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0);
+    PQclear(res);
+    if (!claimed)
+        return 0;
+    if (hb_store_load_one(st, id, out, errstr, errstr_size) < 0)
+        return -1;
+    return *out ? 1 : 0;
+}
+
+int hb_store_record_verification(hb_store_t *st, const char *id, int ok, const char *reason,
+                                 char *errstr, size_t errstr_size) {
+    const char *params[3] = {id, ok ? "true" : "false", ok ? NULL : reason};
+    PGresult *res;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "not a subscription id");
+        return -1;
+    }
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = PQexecParams(st->conn,
+                       "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text)", 3,
+                       NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "recording a verification", errstr, errstr_size);
+    PQclear(res);
+    return 0;
+}
+
+int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
+                                   size_t errstr_size) {
+    PGresult *res;
+    int n;
+    *ids = NULL;
+    *cnt = 0;
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = PQexecParams(st->conn,
+                       "SELECT s.id::text FROM hookbridge.subscriptions s"
+                       " WHERE s.verification_requested_at IS NOT NULL"
+                       "   AND s.deregistered_at IS NULL"
+                       " ORDER BY s.verification_requested_at",
+                       0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "listing pending verifications", errstr, errstr_size);
+    n = PQntuples(res);
+    *ids = hb_calloc((size_t)n + 1, sizeof(char *));
+    for (int i = 0; i < n; i++)
+        (*ids)[i] = hb_strdup(PQgetvalue(res, i, 0));
+    *cnt = n;
+    PQclear(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection helpers (shared)                                              */
+
+/* Copies the first line of msg, skipping libpq's "connection to server ...
+ * failed: " and the server's "FATAL:  " prefixes, and lower-casing the first
+ * letter of a sentence ("Connection refused" -> "connection refused"). */
+static void pg_first_line(const char *msg, char *out, size_t outsz) {
+    const char *p = msg ? msg : "", *q;
+    size_t n;
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+        p++;
+    n = strcspn(p, "\n");
+    if ((q = strstr(p, "failed: ")) != NULL && (size_t)(q - p) < n) {
+        n -= (size_t)(q + 8 - p);
+        p = q + 8;
+    }
+    for (size_t i = 0; i < 3; i++) {
+        static const char *const prefixes[] = {"FATAL:  ", "ERROR:  ", "error: "};
+        size_t pl = strlen(prefixes[i]);
+        if (n >= pl && !strncmp(p, prefixes[i], pl)) {
+            p += pl;
+            n -= pl;
+        }
+    }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\r'))
+        n--;
+    if (n == 0) {
+        p = "unknown error";
+        n = strlen(p);
+    }
+    if (n >= outsz)
+        n = outsz - 1;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    if (isupper((unsigned char)out[0]) && islower((unsigned char)out[1]))
+        out[0] = (char)tolower((unsigned char)out[0]);
+}
+
+/* Like pg_first_line, for the last line that is not an indented hint. */
+static void pg_last_line(const char *msg, char *out, size_t outsz) {
+    const char *line = msg ? msg : "", *p;
+    for (p = line; p && *p; p = strchr(p, '\n')) {
+        if (*p == '\n')
+            p++;
+        if (*p && *p != '\t' && *p != ' ' && *p != '\n')
+            line = p;
+    }
+    pg_first_line(line, out, outsz);
+}
+
+/* Replaces every occurrence of secret in buf with "***" (in place; never grows). */
+static void pg_scrub(char *buf, const char *secret) {
+    size_t sl = secret ? strlen(secret) : 0;
+    char *p = buf;
+    if (sl < 3)
+        return;
+    while ((p = strstr(p, secret)) != NULL) {
+        memcpy(p, "***", 3);
+        memmove(p + 3, p + sl, strlen(p + sl) + 1);
+        p += 3;
+    }
+}
+
+void hb_store_pg_describe(const struct pg_conn *conn, char *out, size_t outsz) {
+    const char *host = conn ? PQhost(conn) : NULL, *port = conn ? PQport(conn) : NULL;
+    hb_seterr(out, outsz, "host %s port %s", host && *host ? host : "(default)",
+              port && *port ? port : "5432");
+}
+
+void hb_store_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+                       size_t errstr_size) {
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    char line[512];
+    if (primary) {
+        pg_first_line(primary, line, sizeof(line));
+        if (state)
+            hb_seterr(errstr, errstr_size, "%s (SQLSTATE %s)", line, state);
+        else
+            hb_seterr(errstr, errstr_size, "%s", line);
+        return;
+    }
+    pg_first_line(conn ? PQerrorMessage(conn) : "no connection", line, sizeof(line));
+    hb_seterr(errstr, errstr_size, "%s", line);
+}
+
+/* The password in conninfo, if any (caller frees). Only conninfo strings that
+ * parse are looked at; a bare database name has none. */
+static char *pg_password(const char *conninfo) {
+    PQconninfoOption *opts, *o;
+    char *perr = NULL, *pw = NULL;
+    opts = PQconninfoParse(conninfo, &perr);
+    if (!opts) {
+        PQfreemem(perr);
+        return NULL;
+    }
+    for (o = opts; o->keyword; o++)
+        if (!strcmp(o->keyword, "password") && o->val && *o->val)
+            pw = hb_strdup(o->val);
+    PQconninfoFree(opts);
+    return pw;
+}
+
+/* Server notices and warnings (and a FATAL sent before the server closes the
+ * connection) go to the log instead of libpq's default stderr printer. */
+static void pg_notice(void *arg, const char *message) {
+    char line[512];
+    (void)arg;
+    pg_first_line(message, line, sizeof(line));
+    if (!strncmp(message, "NOTICE", 6) || !strncmp(message, "DEBUG", 5) ||
+        !strncmp(message, "INFO", 4) || !strncmp(message, "LOG", 3))
+        hb_log(HB_LOG_DEBUG, NULL, "database: %s", line);
+    else
+        hb_log(HB_LOG_WARN, NULL, "database: %s", line);
+}
+
+static int looks_like_conninfo(const char *s) {
+    return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
+}
+
+struct pg_conn *hb_store_pg_connect(const char *conninfo, const char *application_name,
+                                    char *errstr, size_t errstr_size) {
+    /* Keywords before dbname are defaults the conninfo may override; the ones
+     * after it are not negotiable. */
+    const char *keys[] = {"connect_timeout",  "keepalives",
+                          "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout",
+                          "dbname",           "client_encoding",
+                          "application_name", NULL};
+    const char *vals[] = {"10",
+                          "1",
+                          "30",
+                          "10",
+                          "3",
+                          "15000",
+                          conninfo ? conninfo : "",
+                          "UTF8",
+                          application_name ? application_name : "hookbridge",
+                          NULL};
+    char why[512], where[300];
+    char *pw = NULL, *perr = NULL;
+    PGconn *conn;
+
+    if (!conninfo)
+        conninfo = "";
+    if (looks_like_conninfo(conninfo)) {
+        PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+        if (!opts) {
+            /* libpq's message may quote part of the string: do not repeat it. */
+            PQfreemem(perr);
+            hb_seterr(errstr, errstr_size,
+                      "database: the connection string is not valid "
+                      "(check HOOKBRIDGE_DATABASE_URL)");
+            return NULL;
+        }
+        PQconninfoFree(opts);
+        pw = pg_password(conninfo);
+    }
+    conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn) {
+        hb_seterr(errstr, errstr_size, "database: out of memory");
+        goto fail;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        pg_first_line(PQerrorMessage(conn), why, sizeof(why));
+        pg_scrub(why, pw);
+        hb_store_pg_describe(conn, where, sizeof(where));
+        pg_scrub(where, pw);
+        hb_seterr(errstr, errstr_size, "database: %s (%s)", why, where);
+        PQfinish(conn);
+        conn = NULL;
+    } else {
+        PQsetNoticeProcessor(conn, pg_notice, NULL);
+    }
+fail:
+    if (pw) {
+        OPENSSL_cleanse(pw, strlen(pw));
+        free(pw);
+    }
+    return conn;
+}
