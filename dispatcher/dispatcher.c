@@ -382,10 +382,14 @@ static void on_verify(const char *id, void *opaque) {
     run_verification(opaque, id);
 }
 
+static void run_pending_verifications(hb_dispatcher_t *d);
+
 static void on_reload(void *opaque) {
     hb_dispatcher_t *d = opaque;
     hb_info("database connection restored: reloading subscriptions");
     d->index_loaded = load_index(d) == 0;
+    if (d->index_loaded)
+        run_pending_verifications(d); /* requests made while we were away */
 }
 
 static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload};
@@ -411,6 +415,14 @@ static void ensure_store(hb_dispatcher_t *d) {
     if (d->store || hb_mono_ms() < d->next_store_attempt)
         return;
     d->store = hb_store_new(d->cfg->database_url, errstr, sizeof(errstr));
+    if (d->store && !d->dlog) {
+        d->dlog = hb_dlog_new(d->cfg->database_url, d->cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
+                              sizeof(errstr));
+        if (!d->dlog) {
+            hb_store_free(d->store);
+            d->store = NULL;
+        }
+    }
     if (!d->store) {
         hb_metric_inc(d->m_db_errors);
         hb_error("database unavailable, retrying in 2 s: %s", errstr);
@@ -453,6 +465,8 @@ static void store_offsets(hb_dispatcher_t *d) {
 static void take_flushed(hb_dispatcher_t *d) {
     void *tokens[256];
     size_t n;
+    if (!d->dlog)
+        return;
     while ((n = hb_dlog_take_flushed(d->dlog, tokens, HB_ARRAY_SIZE(tokens))) > 0)
         for (size_t i = 0; i < n; i++)
             event_finish_one(d, tokens[i]);
@@ -633,7 +647,7 @@ int hb_dispatcher_run(hb_dispatcher_t *d) {
     }
     if (d->producer && hb_kafka_flush(d->producer, 5000) > 0)
         hb_warn("dead letters left unsent; their messages will be read again after restart");
-    unwritten = hb_dlog_close(d->dlog, 5000);
+    unwritten = d->dlog ? hb_dlog_close(d->dlog, 5000) : 0;
     if (unwritten)
         hb_warn("%zu delivery log rows were not written", unwritten);
     take_flushed(d);
@@ -720,10 +734,6 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         goto fail;
     d->httpd = hb_httpd_start(cfg->http_listen, 30000, errstr, errstr_size);
     if (!d->httpd)
-        goto fail;
-    d->dlog = hb_dlog_new(cfg->database_url, cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
-                          errstr_size);
-    if (!d->dlog)
         goto fail;
     {
         rd_kafka_conf_t *pconf = hb_kafka_conf_new(cfg, "hookbridge-dispatcher", errstr,

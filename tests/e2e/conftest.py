@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from hbtest.pg import db_url, pg_cluster  # noqa: E402,F401
 from hbtest.procs import ProcessGroup  # noqa: E402
 from hbtest.stack import Broker  # noqa: E402
 

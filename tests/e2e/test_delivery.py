@@ -103,24 +103,30 @@ def test_subscription_applies_without_restart_and_inactive_gets_nothing(db_url, 
     wait_until(lambda: len(receiver.events()) == 1, 20, "the delivery after activation")
 
 
-def test_verification_fails_for_wrong_echo_and_activation_is_refused(db_url, broker, procs,
-                                                                      workdir):
-    # A receiver that answers 500 to everything cannot prove control.
-    receiver = Receiver(procs, workdir, status=500)
+@pytest.mark.parametrize("endpoint,reason", [
+    ("health", "not JSON"),        # answers 200 "ok": no echo of the challenge
+    ("closed", "refused"),         # nothing listens there
+])
+def test_failed_verification_is_recorded_and_activation_refused(db_url, broker, procs, workdir,
+                                                                endpoint, reason):
+    from hbtest.procs import free_port
     d = Dispatcher(procs, db_url, broker.bootstrap)
     d.wait_ready()
+    url = (f"http://127.0.0.1:{d.health_port}/healthz" if endpoint == "health"
+           else f"http://127.0.0.1:{free_port()}/hook")
     sub = sql(db_url, "SELECT hookbridge.register('bad', %s, ARRAY['user.session.start'])",
-              receiver.url.replace("/hook", "/nothing-here"))[0][0]
+              url)[0][0]
     sql(db_url, "SELECT hookbridge.verify(%s)", sub)
-    state = wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
-                                   "WHERE id=%s", sub)[0][0] != "unverified" or None, 15,
-                       "the verification outcome")
-    row = sql(db_url, "SELECT verification, verification_error FROM hookbridge.subscriptions "
-              "WHERE id=%s", sub)[0]
-    assert row[0] == "failed", row
+    wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
+                           "WHERE id=%s", sub)[0][0] != "unverified" or None, 15,
+               "the verification outcome")
+    state, why = sql(db_url, "SELECT verification, verification_error "
+                     "FROM hookbridge.subscriptions WHERE id=%s", sub)[0]
+    assert state == "failed"
+    assert reason in why
     with pytest.raises(psycopg2.Error) as e:
         sql(db_url, "SELECT hookbridge.activate(%s)", sub)
-    assert "verif" in str(e.value)
+    assert e.value.pgcode == "HB011"
 
 
 def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, procs, workdir):
