@@ -38,6 +38,12 @@ uint64_t hb_codec_fingerprint(const hb_codec_t *c);
 /* CRC-64-AVRO of raw bytes (the spec's Rabin fingerprint). */
 uint64_t hb_crc64_avro(const void *buf, size_t len);
 
+/* The Parsing Canonical Form (Avro spec) of a schema given as JSON text:
+ * full names, only the attributes that matter, fixed order, no whitespace.
+ * *out is malloc'd, caller frees. */
+int hb_codec_canonical_form(const char *schema_json, char **out, char *errstr,
+                            size_t errstr_size) HB_MUSTCHECK;
+
 /* JSON -> single-object-encoded bytes; *buf is malloc'd, caller frees. */
 int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, char *errstr,
                     size_t errstr_size) HB_MUSTCHECK;

@@ -1,0 +1,1257 @@
+/*
+ * Avro codec: JSON <-> single-object-encoded Avro. See hb_codec.h.
+ *
+ * The design: avro-c does the binary work (generic values, the memory reader
+ * and writer, and avro_resolved_writer for schema resolution); this file adds
+ * what avro-c lacks or gets wrong for us:
+ *
+ *  - the Parsing Canonical Form and its CRC-64-AVRO fingerprint, computed from
+ *    the schema's JSON text (avro_schema_to_json is not canonical: it keeps
+ *    namespaces, short names and whitespace);
+ *  - a structural check of the binary body against the writer schema before
+ *    avro-c reads it. avro-c trusts the lengths it reads (a string length of
+ *    2^40 becomes a malloc of 2^40, a negative one writes before a buffer, an
+ *    array count of 2^62 nulls loops for ever), so every length, count, union
+ *    branch and enum index is checked here against the bytes that are really
+ *    there; after the check avro-c only ever sees well-formed data, and the
+ *    check also yields the exact body length, so trailing bytes are caught;
+ *  - reader fields that an older writer lacks: avro-c 1.11 refuses to resolve
+ *    them ("Reader field x doesn't appear in writer", defaults are a TODO), so
+ *    each registered writer resolves into a *projection* of the reader schema
+ *    without those fields, and the fields' defaults are put back when the
+ *    value becomes JSON (a null default simply leaves the member out);
+ *  - the natural JSON mapping in both directions, with errors that name the
+ *    path ("target[0].id: expected null or a string").
+ *
+ * Threads: a codec is used by one thread at a time (it reuses one value per
+ * schema). The fingerprint helpers are pure and callable from anywhere.
+ *
+ * What must hold: every decode either returns a JSON object or an error; no
+ * input bytes can make it crash, allocate more than the input's size in
+ * strings, or loop without consuming input.
+ */
+#include "hb_codec.h"
+
+#include <avro.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HB_SO_MAGIC0 0xC3
+#define HB_SO_MAGIC1 0x01
+#define HB_SO_HEADER 10
+#define HB_CODEC_MAX_DEPTH 64
+/* Arrays and maps whose items may take zero bytes (nulls, empty records) are
+ * capped, since their length cannot be checked against the input size. */
+#define HB_CODEC_MAX_EMPTY_ITEMS 65536
+#define HB_PATH_MAX 256
+
+/* One writer schema the codec can read, other than the reader itself. */
+typedef struct {
+    uint64_t fp;
+    avro_schema_t schema; /* the writer schema */
+    avro_schema_t proj;   /* the reader without fields the writer lacks */
+    avro_value_iface_t *proj_iface;
+    avro_value_t proj_value;
+    avro_value_iface_t *resolver; /* avro_resolved_writer: writer -> proj */
+    avro_value_t resolved;
+    json_t *defaults; /* {record fullname: {field: non-null default}} */
+} hb_writer_t;
+
+struct hb_codec_s {
+    avro_schema_t reader;
+    json_t *reader_json;
+    uint64_t fp;
+    avro_value_iface_t *iface;
+    avro_value_t value;
+    json_t *field_defaults; /* {record fullname: {field: default}} of the reader */
+    avro_reader_t rd;
+    hb_writer_t *writers;
+    size_t writers_cnt;
+};
+
+/* ------------------------------------------------------------ CRC-64-AVRO */
+
+#define HB_CRC64_EMPTY 0xc15d213aa4d7a795ULL
+
+static uint64_t hb_crc64_table[256];
+static pthread_once_t hb_crc64_once = PTHREAD_ONCE_INIT;
+
+static void crc64_table_init(void) {
+    for (int i = 0; i < 256; i++) {
+        uint64_t f = (uint64_t)i;
+        for (int j = 0; j < 8; j++)
+            f = (f >> 1) ^ (HB_CRC64_EMPTY & (0 - (f & 1)));
+        hb_crc64_table[i] = f;
+    }
+}
+
+uint64_t hb_crc64_avro(const void *buf, size_t len) {
+    const unsigned char *p = buf;
+    uint64_t fp = HB_CRC64_EMPTY;
+    (void)pthread_once(&hb_crc64_once, crc64_table_init);
+    for (size_t i = 0; i < len; i++)
+        fp = (fp >> 8) ^ hb_crc64_table[(fp ^ p[i]) & 0xff];
+    return fp;
+}
+
+/* --------------------------------------------------- growing text buffer */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} hb_buf_t;
+
+static void buf_put(hb_buf_t *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        b->p = hb_realloc(b->p, cap);
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_puts(hb_buf_t *b, const char *s) {
+    buf_put(b, s, strlen(s));
+}
+
+/* A JSON string literal with the minimal escaping the canonical form wants:
+ * UTF-8 stays as is, only quote, backslash and control characters escape. */
+static void buf_put_jstr(hb_buf_t *b, const char *s) {
+    buf_put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char esc[8];
+        if (ch == '"' || ch == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)ch;
+            buf_put(b, esc, 2);
+        } else if (ch < 0x20) {
+            snprintf(esc, sizeof(esc), "\\u%04x", ch);
+            buf_put(b, esc, 6);
+        } else {
+            buf_put(b, s, 1);
+        }
+    }
+    buf_put(b, "\"", 1);
+}
+
+/* ------------------------------------------------ schema JSON: full names */
+
+static const char *const hb_primitives[] = {"null",  "boolean", "int",   "long",
+                                            "float", "double",  "bytes", "string"};
+
+static int is_primitive(const char *s) {
+    for (size_t i = 0; i < HB_ARRAY_SIZE(hb_primitives); i++)
+        if (!strcmp(s, hb_primitives[i]))
+            return 1;
+    return 0;
+}
+
+/* Full name of a named type definition and the namespace its children
+ * inherit. Returns -1 when "name" is missing. */
+static int named_fullname(const json_t *def, const char *ns, char *full, size_t fullsz,
+                          char *child_ns, size_t child_nssz) {
+    const char *name = json_string_value(json_object_get(def, "name"));
+    const char *space = json_string_value(json_object_get(def, "namespace"));
+    const char *dot;
+    if (!name || !*name)
+        return -1;
+    if (strchr(name, '.')) {
+        snprintf(full, fullsz, "%s", name);
+    } else {
+        if (space)
+            ns = space; /* "" means the null namespace */
+        if (ns && *ns)
+            snprintf(full, fullsz, "%s.%s", ns, name);
+        else
+            snprintf(full, fullsz, "%s", name);
+    }
+    dot = strrchr(full, '.');
+    snprintf(child_ns, child_nssz, "%.*s", dot ? (int)(dot - full) : 0, full);
+    return 0;
+}
+
+/* A reference to a named type, as a full name: ns.name when that was
+ * defined (or nothing by that bare name was), else the bare name. */
+static void ref_fullname(const char *ref, const char *ns, const json_t *defined, char *full,
+                         size_t fullsz) {
+    if (strchr(ref, '.') || !ns || !*ns) {
+        snprintf(full, fullsz, "%s", ref);
+        return;
+    }
+    snprintf(full, fullsz, "%s.%s", ns, ref);
+    if (!json_object_get(defined, full) && json_object_get(defined, ref))
+        snprintf(full, fullsz, "%s", ref);
+}
+
+/* ------------------------------------------------ Parsing Canonical Form */
+
+static int pcf_write(hb_buf_t *b, const json_t *s, const char *ns, json_t *defined, int depth,
+                     char *errstr, size_t errstr_size);
+
+static int pcf_write_named(hb_buf_t *b, const json_t *s, const char *type, const char *ns,
+                           json_t *defined, int depth, char *errstr, size_t errstr_size) {
+    char full[512], cns[512];
+    if (named_fullname(s, ns, full, sizeof(full), cns, sizeof(cns)) < 0) {
+        hb_seterr(errstr, errstr_size, "schema: a %s without a name", type);
+        return -1;
+    }
+    (void)json_object_set_new(defined, full, json_true());
+    buf_puts(b, "{\"name\":");
+    buf_put_jstr(b, full);
+    buf_puts(b, ",\"type\":");
+    buf_put_jstr(b, type);
+    if (!strcmp(type, "record") || !strcmp(type, "error")) {
+        const json_t *fields = json_object_get(s, "fields"), *f;
+        size_t i;
+        if (!json_is_array(fields)) {
+            hb_seterr(errstr, errstr_size, "schema: record %s without fields", full);
+            return -1;
+        }
+        buf_puts(b, ",\"fields\":[");
+        json_array_foreach(fields, i, f) {
+            const char *fname = json_string_value(json_object_get(f, "name"));
+            if (!fname) {
+                hb_seterr(errstr, errstr_size, "schema: a field of %s without a name", full);
+                return -1;
+            }
+            buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
+            buf_put_jstr(b, fname);
+            buf_puts(b, ",\"type\":");
+            if (pcf_write(b, json_object_get(f, "type"), cns, defined, depth + 1, errstr,
+                          errstr_size) < 0)
+                return -1;
+            buf_puts(b, "}");
+        }
+        buf_puts(b, "]}");
+    } else if (!strcmp(type, "enum")) {
+        const json_t *syms = json_object_get(s, "symbols"), *sym;
+        size_t i;
+        buf_puts(b, ",\"symbols\":[");
+        json_array_foreach(syms, i, sym) {
+            if (i)
+                buf_puts(b, ",");
+            buf_put_jstr(b, json_string_value(sym) ? json_string_value(sym) : "");
+        }
+        buf_puts(b, "]}");
+    } else { /* fixed */
+        char num[32];
+        snprintf(num, sizeof(num), ",\"size\":%" JSON_INTEGER_FORMAT "}",
+                 json_integer_value(json_object_get(s, "size")));
+        buf_puts(b, num);
+    }
+    return 0;
+}
+
+static int pcf_write(hb_buf_t *b, const json_t *s, const char *ns, json_t *defined, int depth,
+                     char *errstr, size_t errstr_size) {
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(errstr, errstr_size, "schema: nested too deeply");
+        return -1;
+    }
+    if (json_is_string(s)) {
+        const char *name = json_string_value(s);
+        char full[512];
+        if (is_primitive(name)) {
+            buf_put_jstr(b, name);
+        } else {
+            ref_fullname(name, ns, defined, full, sizeof(full));
+            buf_put_jstr(b, full);
+        }
+        return 0;
+    }
+    if (json_is_array(s)) {
+        const json_t *branch;
+        size_t i;
+        buf_puts(b, "[");
+        json_array_foreach(s, i, branch) {
+            if (i)
+                buf_puts(b, ",");
+            if (pcf_write(b, branch, ns, defined, depth + 1, errstr, errstr_size) < 0)
+                return -1;
+        }
+        buf_puts(b, "]");
+        return 0;
+    }
+    if (json_is_object(s)) {
+        const json_t *type = json_object_get(s, "type");
+        const char *t = json_string_value(type);
+        if (!t) /* {"type": {...}} or {"type": [...]} */
+            return pcf_write(b, type, ns, defined, depth + 1, errstr, errstr_size);
+        if (is_primitive(t)) {
+            buf_put_jstr(b, t);
+            return 0;
+        }
+        if (!strcmp(t, "record") || !strcmp(t, "error") || !strcmp(t, "enum") ||
+            !strcmp(t, "fixed"))
+            return pcf_write_named(b, s, t, ns, defined, depth, errstr, errstr_size);
+        if (!strcmp(t, "array") || !strcmp(t, "map")) {
+            int arr = !strcmp(t, "array");
+            buf_puts(b, arr ? "{\"type\":\"array\",\"items\":" : "{\"type\":\"map\",\"values\":");
+            if (pcf_write(b, json_object_get(s, arr ? "items" : "values"), ns, defined, depth + 1,
+                          errstr, errstr_size) < 0)
+                return -1;
+            buf_puts(b, "}");
+            return 0;
+        }
+        /* A reference written as {"type": "Name"}. */
+        return pcf_write(b, type, ns, defined, depth + 1, errstr, errstr_size);
+    }
+    hb_seterr(errstr, errstr_size, "schema: unexpected JSON where a type belongs");
+    return -1;
+}
+
+/* Canonical form of a parsed schema; caller frees *out. */
+static int schema_canonical(const json_t *schema, char **out, char *errstr, size_t errstr_size) {
+    hb_buf_t b = {0};
+    json_t *defined = json_object();
+    int r = pcf_write(&b, schema, NULL, defined, 0, errstr, errstr_size);
+    json_decref(defined);
+    if (r < 0) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    return 0;
+}
+
+int hb_codec_canonical_form(const char *schema_json, char **out, char *errstr, size_t errstr_size) {
+    json_error_t jerr;
+    json_t *s = json_loads(schema_json, JSON_DECODE_ANY, &jerr);
+    int r;
+    if (!s) {
+        hb_seterr(errstr, errstr_size, "schema: invalid JSON at line %d column %d: %s", jerr.line,
+                  jerr.column, jerr.text);
+        return -1;
+    }
+    r = schema_canonical(s, out, errstr, errstr_size);
+    json_decref(s);
+    return r;
+}
+
+/* ------------------------------------------ walking record definitions */
+
+typedef int (*record_visit_fn)(json_t *record, const char *fullname, void *ctx, char *errstr,
+                               size_t errstr_size);
+
+/* Calls visit for every record definition in a parsed schema (parents first;
+ * the visitor may remove fields, which are then not walked). */
+static int records_walk(json_t *s, const char *ns, record_visit_fn visit, void *ctx, int depth,
+                        char *errstr, size_t errstr_size) {
+    json_t *child;
+    size_t i;
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(errstr, errstr_size, "schema: nested too deeply");
+        return -1;
+    }
+    if (json_is_array(s)) {
+        json_array_foreach(s, i, child) if (records_walk(child, ns, visit, ctx, depth + 1, errstr,
+                                                         errstr_size) < 0) return -1;
+        return 0;
+    }
+    if (!json_is_object(s))
+        return 0;
+    const char *t = json_string_value(json_object_get(s, "type"));
+    if (!t)
+        return records_walk(json_object_get(s, "type"), ns, visit, ctx, depth + 1, errstr,
+                            errstr_size);
+    if (!strcmp(t, "array"))
+        return records_walk(json_object_get(s, "items"), ns, visit, ctx, depth + 1, errstr,
+                            errstr_size);
+    if (!strcmp(t, "map"))
+        return records_walk(json_object_get(s, "values"), ns, visit, ctx, depth + 1, errstr,
+                            errstr_size);
+    if (strcmp(t, "record") && strcmp(t, "error"))
+        return 0;
+    char full[512], cns[512];
+    if (named_fullname(s, ns, full, sizeof(full), cns, sizeof(cns)) < 0) {
+        hb_seterr(errstr, errstr_size, "schema: a record without a name");
+        return -1;
+    }
+    if (visit(s, full, ctx, errstr, errstr_size) < 0)
+        return -1;
+    json_array_foreach(json_object_get(s, "fields"), i,
+                       child) if (records_walk(json_object_get(child, "type"), cns, visit, ctx,
+                                               depth + 1, errstr, errstr_size) < 0) return -1;
+    return 0;
+}
+
+/* Collects {fullname: {field: default}} of every field with a default. */
+static int collect_defaults(json_t *record, const char *fullname, void *ctx, char *errstr,
+                            size_t errstr_size) {
+    json_t *all = ctx, *mine = json_object(), *f;
+    size_t i;
+    (void)errstr;
+    (void)errstr_size;
+    json_array_foreach(json_object_get(record, "fields"), i, f) {
+        const char *fname = json_string_value(json_object_get(f, "name"));
+        json_t *def = json_object_get(f, "default");
+        if (fname && def)
+            (void)json_object_set(mine, fname, def);
+    }
+    (void)json_object_set_new(all, fullname, mine);
+    return 0;
+}
+
+/* Collects {fullname: {field: true}} and {shortname: {field: true}}. */
+static int collect_fields(json_t *record, const char *fullname, void *ctx, char *errstr,
+                          size_t errstr_size) {
+    json_t *all = ctx, *names = json_object(), *f;
+    const char *dot = strrchr(fullname, '.');
+    size_t i;
+    (void)errstr;
+    (void)errstr_size;
+    json_array_foreach(json_object_get(record, "fields"), i, f) {
+        const char *fname = json_string_value(json_object_get(f, "name"));
+        if (fname)
+            (void)json_object_set_new(names, fname, json_true());
+    }
+    (void)json_object_set(all, fullname, names);
+    if (dot && !json_object_get(all, dot + 1))
+        (void)json_object_set(all, dot + 1, names);
+    json_decref(names);
+    return 0;
+}
+
+typedef struct {
+    json_t *writer_fields; /* from collect_fields over the writer */
+    json_t *defaults;      /* out: {fullname: {field: non-null default}} */
+} project_ctx_t;
+
+/* Drops the reader fields the writer's same-named record lacks. */
+static int project_record(json_t *record, const char *fullname, void *ctx, char *errstr,
+                          size_t errstr_size) {
+    project_ctx_t *pc = ctx;
+    const char *dot = strrchr(fullname, '.');
+    json_t *wf = json_object_get(pc->writer_fields, fullname), *fields, *f;
+    if (!wf && dot)
+        wf = json_object_get(pc->writer_fields, dot + 1);
+    if (!wf)
+        return 0; /* not in the writer: avro-c judges the resolution */
+    fields = json_object_get(record, "fields");
+    for (size_t i = 0; i < json_array_size(fields);) {
+        const char *fname;
+        json_t *def;
+        f = json_array_get(fields, i);
+        fname = json_string_value(json_object_get(f, "name"));
+        if (!fname || json_object_get(wf, fname)) {
+            i++;
+            continue;
+        }
+        def = json_object_get(f, "default");
+        if (!def) {
+            hb_seterr(errstr, errstr_size,
+                      "reader field %s.%s is missing from the writer schema and has no default",
+                      fullname, fname);
+            return -1;
+        }
+        if (!json_is_null(def)) {
+            json_t *mine = json_object_get(pc->defaults, fullname);
+            if (!mine) {
+                mine = json_object();
+                (void)json_object_set_new(pc->defaults, fullname, mine);
+            }
+            (void)json_object_set(mine, fname, def);
+        }
+        (void)json_array_remove(fields, i);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------ hostile-bytes check */
+
+typedef struct {
+    const unsigned char *p, *end;
+} hb_cursor_t;
+
+static int cur_long(hb_cursor_t *c, int64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        unsigned char b;
+        if (c->p >= c->end)
+            return -1;
+        b = *c->p++;
+        if (shift == 63 && (b & 0x7e))
+            return -1; /* more than 64 bits */
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int cur_skip(hb_cursor_t *c, int64_t n) {
+    if (n < 0 || n > c->end - c->p)
+        return -1;
+    c->p += n;
+    return 0;
+}
+
+static avro_schema_t deref(avro_schema_t s) {
+    while (s && is_avro_link(s))
+        s = avro_schema_link_target(s);
+    return s;
+}
+
+/* Fewest bytes one value of s takes (0 when it may take none). */
+static int64_t min_size(avro_schema_t s, int depth) {
+    s = deref(s);
+    if (!s || depth > 16)
+        return 0;
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: return 0;
+    case AVRO_FLOAT: return 4;
+    case AVRO_DOUBLE: return 8;
+    case AVRO_FIXED: return avro_schema_fixed_size(s);
+    case AVRO_RECORD: {
+        int64_t n = 0;
+        for (size_t i = 0; i < avro_schema_record_size(s); i++)
+            n += min_size(avro_schema_record_field_get_by_index(s, (int)i), depth + 1);
+        return n;
+    }
+    default: /* every other type starts with at least one byte */ return 1;
+    }
+}
+
+static int check_value(avro_schema_t s, hb_cursor_t *c, int depth);
+
+static int check_blocks(avro_schema_t items, int is_map, hb_cursor_t *c, int depth) {
+    int64_t per = min_size(items, 0) + (is_map ? 1 : 0), total = 0;
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            return -1;
+        if (count == 0)
+            return 0;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
+                return -1;
+            count = -count;
+        }
+        if (per > 0 ? count > (c->end - c->p) / per : (total += count) > HB_CODEC_MAX_EMPTY_ITEMS)
+            return -1;
+        for (int64_t i = 0; i < count; i++) {
+            int64_t klen;
+            if (is_map && (cur_long(c, &klen) < 0 || cur_skip(c, klen) < 0))
+                return -1;
+            if (check_value(items, c, depth + 1) < 0)
+                return -1;
+        }
+    }
+}
+
+static int check_value(avro_schema_t s, hb_cursor_t *c, int depth) {
+    int64_t n;
+    s = deref(s);
+    if (!s || depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: return 0;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end || *c->p > 1)
+            return -1;
+        c->p++;
+        return 0;
+    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
+    case AVRO_INT64: return cur_long(c, &n);
+    case AVRO_FLOAT: return cur_skip(c, 4);
+    case AVRO_DOUBLE: return cur_skip(c, 8);
+    case AVRO_STRING:
+    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
+    case AVRO_FIXED: return cur_skip(c, avro_schema_fixed_size(s));
+    case AVRO_ENUM:
+        return cur_long(c, &n) < 0 || n < 0 || n >= avro_schema_enum_number_of_symbols(s) ? -1 : 0;
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= avro_schema_union_size(s))
+            return -1;
+        return check_value(avro_schema_union_branch(s, (int)n), c, depth + 1);
+    case AVRO_RECORD:
+        for (size_t i = 0; i < avro_schema_record_size(s); i++)
+            if (check_value(avro_schema_record_field_get_by_index(s, (int)i), c, depth + 1) < 0)
+                return -1;
+        return 0;
+    case AVRO_ARRAY: return check_blocks(avro_schema_array_items(s), 0, c, depth);
+    case AVRO_MAP: return check_blocks(avro_schema_map_values(s), 1, c, depth);
+    default: return -1;
+    }
+}
+
+/* ------------------------------------------------------ JSON -> Avro */
+
+static void path_push(char *path, size_t plen, const char *name) {
+    snprintf(path + plen, HB_PATH_MAX - plen, "%s%s", plen ? "." : "", name);
+}
+
+static void path_index(char *path, size_t plen, size_t i) {
+    snprintf(path + plen, HB_PATH_MAX - plen, "[%zu]", i);
+}
+
+static const char *at(const char *path) {
+    return *path ? path : "(root)";
+}
+
+static const char *type_desc(avro_schema_t s) {
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: return "null";
+    case AVRO_BOOLEAN: return "a boolean";
+    case AVRO_INT32:
+    case AVRO_INT64: return "an integer";
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: return "a number";
+    case AVRO_STRING:
+    case AVRO_BYTES: return "a string";
+    case AVRO_ENUM: return "a symbol string";
+    case AVRO_FIXED: return "a fixed-size string";
+    case AVRO_RECORD:
+    case AVRO_MAP: return "an object";
+    case AVRO_ARRAY: return "an array";
+    default: return "a value";
+    }
+}
+
+static void union_desc(avro_schema_t u, char *out, size_t outsz) {
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < avro_schema_union_size(u) && n < outsz; i++) {
+        int w = snprintf(out + n, outsz - n, "%s%s", i ? " or " : "",
+                         type_desc(deref(avro_schema_union_branch(u, (int)i))));
+        if (w < 0)
+            break;
+        n += (size_t)w;
+    }
+}
+
+/* Does the JSON value's kind fit schema s (for picking a union branch)? */
+static int kind_fits(const json_t *j, avro_schema_t s) {
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: return json_is_null(j);
+    case AVRO_BOOLEAN: return json_is_boolean(j);
+    case AVRO_INT32: {
+        json_int_t v = json_integer_value(j);
+        return json_is_integer(j) && v >= INT32_MIN && v <= INT32_MAX;
+    }
+    case AVRO_INT64: return json_is_integer(j);
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: return json_is_number(j);
+    case AVRO_STRING:
+    case AVRO_BYTES: return json_is_string(j);
+    case AVRO_ENUM:
+        return json_is_string(j) && avro_schema_enum_get_by_name(s, json_string_value(j)) >= 0;
+    case AVRO_FIXED:
+        return json_is_string(j) && (int64_t)json_string_length(j) == avro_schema_fixed_size(s);
+    case AVRO_RECORD:
+    case AVRO_MAP: return json_is_object(j);
+    case AVRO_ARRAY: return json_is_array(j);
+    default: return 0;
+    }
+}
+
+static int accepts_null(avro_schema_t s) {
+    s = deref(s);
+    if (is_avro_null(s))
+        return 1;
+    if (is_avro_union(s))
+        for (size_t i = 0; i < avro_schema_union_size(s); i++)
+            if (is_avro_null(deref(avro_schema_union_branch(s, (int)i))))
+                return 1;
+    return 0;
+}
+
+static int json_to_value(hb_codec_t *c, const json_t *j, avro_value_t *v, char *path, int depth,
+                         char *errstr, size_t errstr_size);
+
+static int record_from_json(hb_codec_t *c, const json_t *j, avro_value_t *v, avro_schema_t s,
+                            char *path, int depth, char *errstr, size_t errstr_size) {
+    size_t plen = strlen(path);
+    char full[512];
+    const char *space = avro_schema_namespace(s);
+    json_t *defaults;
+    if (space && *space)
+        snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
+    else
+        snprintf(full, sizeof(full), "%s", avro_schema_name(s));
+    defaults = json_object_get(c->field_defaults, full);
+    for (size_t i = 0; i < avro_schema_record_size(s); i++) {
+        const char *fname = avro_schema_record_field_name(s, (int)i);
+        const json_t *member = json_object_get(j, fname);
+        avro_value_t child;
+        int r;
+        path_push(path, plen, fname);
+        if (!member || json_is_null(member)) {
+            const json_t *def = json_object_get(defaults, fname);
+            avro_schema_t fs = avro_schema_record_field_get_by_index(s, (int)i);
+            if (!accepts_null(fs)) {
+                if (!def || json_is_null(def)) {
+                    hb_seterr(errstr, errstr_size, "%s: %s", path,
+                              member ? "must not be null" : "missing");
+                    return -1;
+                }
+                member = def;
+            }
+            if (!member)
+                member = json_null();
+        }
+        if (avro_value_get_by_index(v, i, &child, NULL) != 0) {
+            hb_seterr(errstr, errstr_size, "%s: %s", path, avro_strerror());
+            return -1;
+        }
+        r = json_to_value(c, member, &child, path, depth + 1, errstr, errstr_size);
+        path[plen] = '\0';
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int json_to_value(hb_codec_t *c, const json_t *j, avro_value_t *v, char *path, int depth,
+                         char *errstr, size_t errstr_size) {
+    avro_schema_t s = deref(avro_value_get_schema(v));
+    size_t plen = strlen(path);
+    int r = 0;
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(errstr, errstr_size, "%s: nested too deeply", at(path));
+        return -1;
+    }
+    if (!is_avro_union(s) && !kind_fits(j, s)) {
+        if (is_avro_enum(s) && json_is_string(j))
+            hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a symbol of %s", at(path),
+                      json_string_value(j), avro_schema_name(s));
+        else if (avro_typeof(s) == AVRO_INT32 && json_is_integer(j))
+            hb_seterr(errstr, errstr_size, "%s: %" JSON_INTEGER_FORMAT " is out of range", at(path),
+                      json_integer_value(j));
+        else
+            hb_seterr(errstr, errstr_size, "%s: expected %s", at(path), type_desc(s));
+        return -1;
+    }
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: r = avro_value_set_null(v); break;
+    case AVRO_BOOLEAN: r = avro_value_set_boolean(v, json_is_true(j)); break;
+    case AVRO_INT32: r = avro_value_set_int(v, (int32_t)json_integer_value(j)); break;
+    case AVRO_INT64: r = avro_value_set_long(v, (int64_t)json_integer_value(j)); break;
+    case AVRO_FLOAT: r = avro_value_set_float(v, (float)json_number_value(j)); break;
+    case AVRO_DOUBLE: r = avro_value_set_double(v, json_number_value(j)); break;
+    case AVRO_STRING:
+        /* the size avro-c wants counts the terminating NUL */
+        r = avro_value_set_string_len(v, json_string_value(j), json_string_length(j) + 1);
+        break;
+    case AVRO_BYTES:
+        r = avro_value_set_bytes(v, (void *)json_string_value(j), json_string_length(j));
+        break;
+    case AVRO_FIXED:
+        r = avro_value_set_fixed(v, (void *)json_string_value(j), json_string_length(j));
+        break;
+    case AVRO_ENUM:
+        r = avro_value_set_enum(v, avro_schema_enum_get_by_name(s, json_string_value(j)));
+        break;
+    case AVRO_UNION: {
+        size_t n = avro_schema_union_size(s), i;
+        avro_value_t branch;
+        for (i = 0; i < n; i++)
+            if (kind_fits(j, deref(avro_schema_union_branch(s, (int)i))))
+                break;
+        if (i == n) {
+            char want[256];
+            union_desc(s, want, sizeof(want));
+            hb_seterr(errstr, errstr_size, "%s: expected %s", at(path), want);
+            return -1;
+        }
+        if (avro_value_set_branch(v, (int)i, &branch) != 0) {
+            r = -1;
+            break;
+        }
+        return json_to_value(c, j, &branch, path, depth + 1, errstr, errstr_size);
+    }
+    case AVRO_RECORD: return record_from_json(c, j, v, s, path, depth, errstr, errstr_size);
+    case AVRO_MAP: {
+        const char *key;
+        json_t *item;
+        json_object_foreach((json_t *)j, key, item) {
+            avro_value_t child;
+            if (avro_value_add(v, key, &child, NULL, NULL) != 0) {
+                r = -1;
+                break;
+            }
+            path_push(path, plen, key);
+            r = json_to_value(c, item, &child, path, depth + 1, errstr, errstr_size);
+            path[plen] = '\0';
+            if (r < 0)
+                return -1;
+        }
+        break;
+    }
+    case AVRO_ARRAY: {
+        size_t i;
+        json_t *item;
+        json_array_foreach(j, i, item) {
+            avro_value_t child;
+            if (avro_value_append(v, &child, NULL) != 0) {
+                r = -1;
+                break;
+            }
+            path_index(path, plen, i);
+            r = json_to_value(c, item, &child, path, depth + 1, errstr, errstr_size);
+            path[plen] = '\0';
+            if (r < 0)
+                return -1;
+        }
+        break;
+    }
+    default: hb_seterr(errstr, errstr_size, "%s: unsupported Avro type", at(path)); return -1;
+    }
+    if (r != 0) {
+        hb_seterr(errstr, errstr_size, "%s: %s", at(path), avro_strerror());
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------ Avro -> JSON */
+
+static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, int depth,
+                         json_t **out, char *errstr, size_t errstr_size);
+
+static int record_to_json(const json_t *defaults, avro_value_t *v, avro_schema_t s, char *path,
+                          int depth, json_t **out, char *errstr, size_t errstr_size) {
+    size_t plen = strlen(path), n = 0;
+    json_t *obj = json_object(), *extra;
+    char full[512];
+    const char *space = avro_schema_namespace(s);
+    if (avro_value_get_size(v, &n) != 0)
+        goto fail_avro;
+    for (size_t i = 0; i < n; i++) {
+        avro_value_t child;
+        const char *name = NULL;
+        json_t *cj = NULL;
+        if (avro_value_get_by_index(v, i, &child, &name) != 0)
+            goto fail_avro;
+        path_push(path, plen, name);
+        if (value_to_json(defaults, &child, path, depth + 1, &cj, errstr, errstr_size) < 0)
+            goto fail;
+        path[plen] = '\0';
+        if (json_is_null(cj))
+            json_decref(cj); /* null is absent in the natural mapping */
+        else
+            (void)json_object_set_new(obj, name, cj);
+    }
+    /* Defaults of reader fields this writer did not have. */
+    if (space && *space)
+        snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
+    else
+        snprintf(full, sizeof(full), "%s", avro_schema_name(s));
+    extra = json_object_get(defaults, full);
+    if (extra)
+        (void)json_object_update_missing(obj, extra);
+    *out = obj;
+    return 0;
+fail_avro:
+    hb_seterr(errstr, errstr_size, "%s: %s", at(path), avro_strerror());
+fail:
+    json_decref(obj);
+    return -1;
+}
+
+static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, int depth,
+                         json_t **out, char *errstr, size_t errstr_size) {
+    avro_schema_t s = deref(avro_value_get_schema(v));
+    size_t plen = strlen(path);
+    json_t *j = NULL;
+    int r = 0;
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(errstr, errstr_size, "%s: nested too deeply", at(path));
+        return -1;
+    }
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: j = json_null(); break;
+    case AVRO_BOOLEAN: {
+        int b = 0;
+        r = avro_value_get_boolean(v, &b);
+        j = json_boolean(b);
+        break;
+    }
+    case AVRO_INT32: {
+        int32_t i = 0;
+        r = avro_value_get_int(v, &i);
+        j = json_integer(i);
+        break;
+    }
+    case AVRO_INT64: {
+        int64_t l = 0;
+        r = avro_value_get_long(v, &l);
+        j = json_integer((json_int_t)l);
+        break;
+    }
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: {
+        double d = 0;
+        float f = 0;
+        r = avro_typeof(s) == AVRO_FLOAT ? avro_value_get_float(v, &f)
+                                         : avro_value_get_double(v, &d);
+        if (avro_typeof(s) == AVRO_FLOAT)
+            d = f;
+        if (!r && !isfinite(d)) {
+            hb_seterr(errstr, errstr_size, "%s: not a finite number", at(path));
+            return -1;
+        }
+        j = json_real(d);
+        break;
+    }
+    case AVRO_STRING: {
+        const char *str = NULL;
+        size_t size = 0;
+        r = avro_value_get_string(v, &str, &size);
+        if (!r) {
+            j = json_stringn(str ? str : "", size ? size - 1 : 0);
+            if (!j) {
+                hb_seterr(errstr, errstr_size, "%s: not valid UTF-8", at(path));
+                return -1;
+            }
+        }
+        break;
+    }
+    case AVRO_BYTES:
+    case AVRO_FIXED: {
+        const void *bytes = NULL;
+        size_t size = 0;
+        r = avro_typeof(s) == AVRO_BYTES ? avro_value_get_bytes(v, &bytes, &size)
+                                         : avro_value_get_fixed(v, &bytes, &size);
+        if (!r) {
+            j = json_stringn(bytes ? bytes : "", size);
+            if (!j) {
+                hb_seterr(errstr, errstr_size, "%s: bytes are not valid UTF-8", at(path));
+                return -1;
+            }
+        }
+        break;
+    }
+    case AVRO_ENUM: {
+        int e = 0;
+        const char *sym;
+        r = avro_value_get_enum(v, &e);
+        if (!r) {
+            sym = avro_schema_enum_get(s, e);
+            if (!sym) {
+                hb_seterr(errstr, errstr_size, "%s: enum index %d out of range", at(path), e);
+                return -1;
+            }
+            j = json_string(sym);
+        }
+        break;
+    }
+    case AVRO_UNION: {
+        avro_value_t branch;
+        if (avro_value_get_current_branch(v, &branch) != 0) {
+            r = -1;
+            break;
+        }
+        return value_to_json(defaults, &branch, path, depth + 1, out, errstr, errstr_size);
+    }
+    case AVRO_RECORD: return record_to_json(defaults, v, s, path, depth, out, errstr, errstr_size);
+    case AVRO_MAP:
+    case AVRO_ARRAY: {
+        int is_map = avro_typeof(s) == AVRO_MAP;
+        size_t n = 0;
+        j = is_map ? json_object() : json_array();
+        if (avro_value_get_size(v, &n) != 0) {
+            r = -1;
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            avro_value_t child;
+            const char *key = NULL;
+            json_t *cj = NULL;
+            if (avro_value_get_by_index(v, i, &child, &key) != 0) {
+                r = -1;
+                break;
+            }
+            if (is_map)
+                path_push(path, plen, key);
+            else
+                path_index(path, plen, i);
+            if (value_to_json(defaults, &child, path, depth + 1, &cj, errstr, errstr_size) < 0) {
+                json_decref(j);
+                return -1;
+            }
+            path[plen] = '\0';
+            if (is_map)
+                (void)json_object_set_new(j, key, cj);
+            else
+                (void)json_array_append_new(j, cj);
+        }
+        break;
+    }
+    default: hb_seterr(errstr, errstr_size, "%s: unsupported Avro type", at(path)); return -1;
+    }
+    if (r != 0 || !j) {
+        hb_seterr(errstr, errstr_size, "%s: %s", at(path), r ? avro_strerror() : "out of memory");
+        json_decref(j);
+        return -1;
+    }
+    *out = j;
+    return 0;
+}
+
+/* ------------------------------------------------------------- the codec */
+
+static int parse_schema(const char *text, const char *what, json_t **json, avro_schema_t *schema,
+                        uint64_t *fp, char *errstr, size_t errstr_size) {
+    json_error_t jerr;
+    char *canon = NULL, *dumped = NULL;
+    *json = json_loads(text, JSON_DECODE_ANY, &jerr);
+    *schema = NULL;
+    if (!*json) {
+        hb_seterr(errstr, errstr_size, "%s schema: invalid JSON at line %d column %d: %s", what,
+                  jerr.line, jerr.column, jerr.text);
+        return -1;
+    }
+    if (schema_canonical(*json, &canon, errstr, errstr_size) < 0)
+        goto fail;
+    *fp = hb_crc64_avro(canon, strlen(canon));
+    free(canon);
+    dumped = json_dumps(*json, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!dumped || avro_schema_from_json_length(dumped, strlen(dumped), schema) != 0) {
+        hb_seterr(errstr, errstr_size, "%s schema: %s", what,
+                  dumped ? avro_strerror() : "out of memory");
+        *schema = NULL;
+        goto fail;
+    }
+    free(dumped);
+    return 0;
+fail:
+    free(dumped);
+    json_decref(*json);
+    *json = NULL;
+    return -1;
+}
+
+hb_codec_t *hb_codec_new(const char *reader_schema_json, char *errstr, size_t errstr_size) {
+    hb_codec_t *c = hb_calloc(1, sizeof(*c));
+    if (parse_schema(reader_schema_json, "reader", &c->reader_json, &c->reader, &c->fp, errstr,
+                     errstr_size) < 0)
+        goto fail;
+    c->field_defaults = json_object();
+    if (records_walk(c->reader_json, NULL, collect_defaults, c->field_defaults, 0, errstr,
+                     errstr_size) < 0)
+        goto fail;
+    c->iface = avro_generic_class_from_schema(c->reader);
+    if (!c->iface || avro_generic_value_new(c->iface, &c->value) != 0) {
+        hb_seterr(errstr, errstr_size, "reader schema: %s", avro_strerror());
+        goto fail;
+    }
+    c->rd = avro_reader_memory("", 0);
+    if (!c->rd) {
+        hb_seterr(errstr, errstr_size, "avro reader: %s", avro_strerror());
+        goto fail;
+    }
+    return c;
+fail:
+    hb_codec_free(c);
+    return NULL;
+}
+
+static void writer_free(hb_writer_t *w) {
+    if (w->resolved.self)
+        avro_value_decref(&w->resolved);
+    if (w->resolver)
+        avro_value_iface_decref(w->resolver);
+    if (w->proj_value.self)
+        avro_value_decref(&w->proj_value);
+    if (w->proj_iface)
+        avro_value_iface_decref(w->proj_iface);
+    if (w->proj)
+        avro_schema_decref(w->proj);
+    if (w->schema)
+        avro_schema_decref(w->schema);
+    json_decref(w->defaults);
+    memset(w, 0, sizeof(*w));
+}
+
+void hb_codec_free(hb_codec_t *c) {
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->writers_cnt; i++)
+        writer_free(&c->writers[i]);
+    free(c->writers);
+    if (c->rd)
+        avro_reader_free(c->rd);
+    if (c->value.self)
+        avro_value_decref(&c->value);
+    if (c->iface)
+        avro_value_iface_decref(c->iface);
+    if (c->reader)
+        avro_schema_decref(c->reader);
+    json_decref(c->reader_json);
+    json_decref(c->field_defaults);
+    free(c);
+}
+
+int hb_codec_add_writer(hb_codec_t *c, const char *writer_schema_json, char *errstr,
+                        size_t errstr_size) {
+    hb_writer_t w;
+    json_t *wjson = NULL, *wfields = NULL, *proj_json = NULL;
+    char *proj_text = NULL;
+    project_ctx_t pc;
+    int r = -1;
+    memset(&w, 0, sizeof(w));
+    if (parse_schema(writer_schema_json, "writer", &wjson, &w.schema, &w.fp, errstr, errstr_size) <
+        0)
+        return -1;
+    if (w.fp == c->fp)
+        goto done; /* the reader itself */
+    for (size_t i = 0; i < c->writers_cnt; i++)
+        if (c->writers[i].fp == w.fp)
+            goto done;
+
+    /* The reader, minus the fields this writer does not have. */
+    wfields = json_object();
+    w.defaults = json_object();
+    if (records_walk(wjson, NULL, collect_fields, wfields, 0, errstr, errstr_size) < 0)
+        goto fail;
+    proj_json = json_deep_copy(c->reader_json);
+    pc.writer_fields = wfields;
+    pc.defaults = w.defaults;
+    if (records_walk(proj_json, NULL, project_record, &pc, 0, errstr, errstr_size) < 0)
+        goto fail;
+    proj_text = json_dumps(proj_json, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!proj_text || avro_schema_from_json_length(proj_text, strlen(proj_text), &w.proj) != 0) {
+        w.proj = NULL;
+        hb_seterr(errstr, errstr_size, "writer schema: cannot project the reader: %s",
+                  avro_strerror());
+        goto fail;
+    }
+    w.proj_iface = avro_generic_class_from_schema(w.proj);
+    if (!w.proj_iface || avro_generic_value_new(w.proj_iface, &w.proj_value) != 0) {
+        hb_seterr(errstr, errstr_size, "writer schema: %s", avro_strerror());
+        goto fail;
+    }
+    w.resolver = avro_resolved_writer_new(w.schema, w.proj);
+    if (!w.resolver) {
+        hb_seterr(errstr, errstr_size, "writer schema does not resolve into the reader: %s",
+                  avro_strerror());
+        goto fail;
+    }
+    if (avro_resolved_writer_new_value(w.resolver, &w.resolved) != 0) {
+        hb_seterr(errstr, errstr_size, "writer schema: %s", avro_strerror());
+        goto fail;
+    }
+    avro_resolved_writer_set_dest(&w.resolved, &w.proj_value);
+    c->writers = hb_realloc(c->writers, (c->writers_cnt + 1) * sizeof(*c->writers));
+    c->writers[c->writers_cnt++] = w;
+    memset(&w, 0, sizeof(w)); /* now owned by the codec */
+done:
+    r = 0;
+fail:
+    writer_free(&w);
+    free(proj_text);
+    json_decref(proj_json);
+    json_decref(wfields);
+    json_decref(wjson);
+    return r;
+}
+
+uint64_t hb_codec_fingerprint(const hb_codec_t *c) {
+    return c->fp;
+}
+
+int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, char *errstr,
+                    size_t errstr_size) {
+    char path[HB_PATH_MAX] = "";
+    size_t size = 0;
+    unsigned char *out = NULL;
+    avro_writer_t wr = NULL;
+    *buf = NULL;
+    *len = 0;
+    if (!json_is_object(obj)) {
+        hb_seterr(errstr, errstr_size, "(root): expected an object");
+        return -1;
+    }
+    avro_value_reset(&c->value);
+    if (json_to_value(c, obj, &c->value, path, 0, errstr, errstr_size) < 0)
+        return -1;
+    if (avro_value_sizeof(&c->value, &size) != 0) {
+        hb_seterr(errstr, errstr_size, "encode: %s", avro_strerror());
+        return -1;
+    }
+    out = hb_malloc(HB_SO_HEADER + size + 1);
+    out[0] = HB_SO_MAGIC0;
+    out[1] = HB_SO_MAGIC1;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (unsigned char)(c->fp >> (8 * i));
+    wr = avro_writer_memory((const char *)out + HB_SO_HEADER, (int64_t)size);
+    if (!wr || avro_value_write(wr, &c->value) != 0) {
+        hb_seterr(errstr, errstr_size, "encode: %s", avro_strerror());
+        goto fail;
+    }
+    *len = HB_SO_HEADER + (size_t)avro_writer_tell(wr);
+    *buf = out;
+    avro_writer_free(wr);
+    return 0;
+fail:
+    if (wr)
+        avro_writer_free(wr);
+    free(out);
+    return -1;
+}
+
+int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
+                    size_t errstr_size) {
+    const unsigned char *p = buf;
+    uint64_t fp = 0;
+    hb_writer_t *w = NULL;
+    avro_schema_t wschema = c->reader;
+    avro_value_t *dest = &c->value, *top = &c->value;
+    const json_t *defaults = NULL;
+    hb_cursor_t cur;
+    char path[HB_PATH_MAX] = "";
+    *out = NULL;
+    if (len < 2 || p[0] != HB_SO_MAGIC0 || p[1] != HB_SO_MAGIC1) {
+        hb_seterr(errstr, errstr_size, "not single-object encoded (bad magic)");
+        return -1;
+    }
+    if (len < HB_SO_HEADER) {
+        hb_seterr(errstr, errstr_size, "truncated single-object header (%zu bytes)", len);
+        return -1;
+    }
+    for (int i = 0; i < 8; i++)
+        fp |= (uint64_t)p[2 + i] << (8 * i);
+    if (fp != c->fp) {
+        for (size_t i = 0; i < c->writers_cnt && !w; i++)
+            if (c->writers[i].fp == fp)
+                w = &c->writers[i];
+        if (!w) {
+            hb_seterr(errstr, errstr_size, "unknown writer schema fingerprint 0x%016" PRIx64, fp);
+            return -1;
+        }
+        wschema = w->schema;
+        dest = &w->resolved;
+        top = &w->proj_value;
+        defaults = w->defaults;
+    }
+    cur.p = p + HB_SO_HEADER;
+    cur.end = p + len;
+    if (check_value(wschema, &cur, 0) < 0) {
+        hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data");
+        return -1;
+    }
+    if (cur.p != cur.end) {
+        hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
+        return -1;
+    }
+    avro_reader_memory_set_source(c->rd, (const char *)p + HB_SO_HEADER,
+                                  (int64_t)(len - HB_SO_HEADER));
+    avro_value_reset(top);
+    if (avro_value_read(c->rd, dest) != 0) {
+        hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data: %s", avro_strerror());
+        return -1;
+    }
+    return value_to_json(defaults, top, path, 0, out, errstr, errstr_size);
+}

@@ -1,0 +1,225 @@
+/*
+ * Identity events as JSON: the catalogue of known event types, the rules an
+ * event must meet before it is encoded (hb_event_normalize), and the accessors
+ * the producer and dispatcher use (key, uuid, type). See hb_event.h.
+ *
+ * The catalogue is the compiled-in schema/event_types.txt, parsed once on
+ * first use (pthread_once) into a table that lives for the process, so any
+ * thread may ask. Normalization mutates the event it is given and is meant
+ * for the producer's thread; the accessors only read.
+ *
+ * What must hold: a normalized event has string uuid, published and
+ * eventType members, so the codec can encode it and hb_event_key never
+ * returns NULL for it.
+ */
+#include "hb_event.h"
+
+#include <ctype.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hb_schemas.h"
+
+static char *hb_catalogue_text;   /* a private copy of the catalogue, cut in place */
+static const char **hb_catalogue; /* the type names, in file order */
+static size_t hb_catalogue_cnt;
+static pthread_once_t hb_catalogue_once = PTHREAD_ONCE_INIT;
+
+/* "# comment" lines are skipped; "<type>\t<description>" lines keep <type>. */
+static void catalogue_load(void) {
+    size_t cap = 0;
+    char *line, *next;
+    hb_catalogue_text = hb_strdup(hb_event_types_catalogue);
+    for (line = hb_catalogue_text; line && *line; line = next) {
+        char *end;
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        end = line + strcspn(line, "\t \r");
+        *end = '\0';
+        if (*line == '#' || *line == '\0')
+            continue;
+        if (hb_catalogue_cnt == cap) {
+            cap = cap ? cap * 2 : 32;
+            hb_catalogue = hb_realloc(hb_catalogue, cap * sizeof(*hb_catalogue));
+        }
+        hb_catalogue[hb_catalogue_cnt++] = line;
+    }
+}
+
+static void catalogue_ready(void) {
+    (void)pthread_once(&hb_catalogue_once, catalogue_load);
+}
+
+int hb_event_type_known(const char *type) {
+    catalogue_ready();
+    if (!type)
+        return 0;
+    for (size_t i = 0; i < hb_catalogue_cnt; i++)
+        if (!strcmp(hb_catalogue[i], type))
+            return 1;
+    return 0;
+}
+
+size_t hb_event_types_count(void) {
+    catalogue_ready();
+    return hb_catalogue_cnt;
+}
+
+const char *hb_event_type_at(size_t i) {
+    catalogue_ready();
+    return i < hb_catalogue_cnt ? hb_catalogue[i] : NULL;
+}
+
+/* A random (version 4) UUID, lowercase. hb_sign.h has hb_uuid_random too;
+ * this private copy keeps hb_event free of a dependency on the signing code. */
+static int event_uuid_v4(char out[37]) {
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof(b)) != 1)
+        return -1;
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+    return 0;
+}
+
+static int digits(const char **p, int n) {
+    for (int i = 0; i < n; i++, (*p)++)
+        if (!isdigit((unsigned char)**p))
+            return -1;
+    return 0;
+}
+
+/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). */
+static int rfc3339_valid(const char *s) {
+    const char *p = s;
+    if (digits(&p, 4) || *p++ != '-' || digits(&p, 2) || *p++ != '-' || digits(&p, 2))
+        return 0;
+    if (*p != 'T' && *p != 't' && *p != ' ')
+        return 0;
+    p++;
+    if (digits(&p, 2) || *p++ != ':' || digits(&p, 2) || *p++ != ':' || digits(&p, 2))
+        return 0;
+    if (*p == '.') {
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return 0;
+        while (isdigit((unsigned char)*p))
+            p++;
+    }
+    if (*p == 'Z' || *p == 'z')
+        return p[1] == '\0';
+    if (*p != '+' && *p != '-')
+        return 0;
+    p++;
+    return !digits(&p, 2) && *p++ == ':' && !digits(&p, 2) && *p == '\0';
+}
+
+static const char *const hb_severities[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+
+/* A member that must be a string when present; absent or null -> *out NULL. */
+static int optional_string(json_t *ev, const char *name, const char **out, char *errstr,
+                           size_t errstr_size) {
+    json_t *m = json_object_get(ev, name);
+    *out = NULL;
+    if (!m || json_is_null(m))
+        return 0;
+    if (!json_is_string(m)) {
+        hb_seterr(errstr, errstr_size, "%s: expected a string", name);
+        return -1;
+    }
+    *out = json_string_value(m);
+    return 0;
+}
+
+int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr, size_t errstr_size) {
+    const char *type, *uuid, *published, *version, *severity;
+    size_t i;
+    if (!json_is_object(ev)) {
+        hb_seterr(errstr, errstr_size, "event: expected a JSON object");
+        return -1;
+    }
+    if (optional_string(ev, "eventType", &type, errstr, errstr_size) < 0 ||
+        optional_string(ev, "uuid", &uuid, errstr, errstr_size) < 0 ||
+        optional_string(ev, "published", &published, errstr, errstr_size) < 0 ||
+        optional_string(ev, "version", &version, errstr, errstr_size) < 0 ||
+        optional_string(ev, "severity", &severity, errstr, errstr_size) < 0)
+        return -1;
+    if (!type || !*type) {
+        hb_seterr(errstr, errstr_size, "eventType: missing");
+        return -1;
+    }
+    if (!allow_unknown_types && !hb_event_type_known(type)) {
+        hb_seterr(errstr, errstr_size, "eventType: \"%s\" is not a known event type", type);
+        return -1;
+    }
+    if (uuid && !*uuid) {
+        hb_seterr(errstr, errstr_size, "uuid: empty");
+        return -1;
+    }
+    if (published && !rfc3339_valid(published)) {
+        hb_seterr(errstr, errstr_size,
+                  "published: \"%s\" is not an RFC 3339 time (2024-05-01T12:00:00.000Z)",
+                  published);
+        return -1;
+    }
+    if (severity) {
+        for (i = 0; i < HB_ARRAY_SIZE(hb_severities); i++)
+            if (!strcmp(severity, hb_severities[i]))
+                break;
+        if (i == HB_ARRAY_SIZE(hb_severities)) {
+            hb_seterr(errstr, errstr_size,
+                      "severity: \"%s\" is not one of DEBUG, INFO, WARN, ERROR", severity);
+            return -1;
+        }
+    }
+    if (!uuid) {
+        char id[37];
+        if (event_uuid_v4(id) < 0) {
+            hb_seterr(errstr, errstr_size, "uuid: no random bytes from OpenSSL");
+            return -1;
+        }
+        (void)json_object_set_new(ev, "uuid", json_string(id));
+    }
+    if (!published) {
+        char now[32];
+        hb_format_time(hb_wall_ms(), now, sizeof(now));
+        (void)json_object_set_new(ev, "published", json_string(now));
+    }
+    if (!version)
+        (void)json_object_set_new(ev, "version", json_string("0"));
+    if (!severity)
+        (void)json_object_set_new(ev, "severity", json_string("INFO"));
+    return 0;
+}
+
+static const char *string_member(const json_t *obj, const char *name) {
+    const char *s = json_string_value(json_object_get(obj, name));
+    return s && *s ? s : NULL;
+}
+
+const char *hb_event_key(const json_t *ev) {
+    const json_t *targets = json_object_get(ev, "target"), *t;
+    const char *id;
+    size_t i;
+    json_array_foreach(targets, i, t) {
+        const char *type = json_string_value(json_object_get(t, "type"));
+        if (type && !strcmp(type, "User") && (id = string_member(t, "id")))
+            return id;
+    }
+    if ((id = string_member(json_object_get(ev, "actor"), "id")))
+        return id;
+    return hb_event_uuid(ev);
+}
+
+const char *hb_event_uuid(const json_t *ev) {
+    return string_member(ev, "uuid");
+}
+
+const char *hb_event_type(const json_t *ev) {
+    return string_member(ev, "eventType");
+}

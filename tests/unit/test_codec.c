@@ -1,0 +1,551 @@
+/* Avro codec: fingerprints and canonical form (known answers from the Avro
+ * spec and from Apache's Python Avro), round trips of Okta-shaped events, the
+ * natural JSON mapping and its path-naming errors, resolution of an older
+ * writer schema, and hostile bytes (every one must fail cleanly or decode). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "hb_codec.h"
+#include "hb_schemas.h"
+
+/* A full Okta System Log event as Okta sends it (nulls left out). */
+static const char full_event[] =
+    "{\"uuid\":\"f1c9b0b4-6c59-11ee-9f1a-0b5d4c1e2a77\","
+    "\"published\":\"2024-05-01T12:34:56.789Z\",\"eventType\":\"user.session.start\","
+    "\"version\":\"0\",\"severity\":\"INFO\",\"legacyEventType\":\"core.user_auth.login_success\","
+    "\"displayMessage\":\"User login to Okta\","
+    "\"actor\":{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
+    "\"alternateId\":\"grace@example.com\",\"displayName\":\"Grace Hopper\","
+    "\"detailEntry\":{\"methodTypeUsed\":\"Password\"}},"
+    "\"client\":{\"userAgent\":{\"rawUserAgent\":\"Mozilla/5.0 (Macintosh) Firefox/125.0\","
+    "\"os\":\"Mac OS X\",\"browser\":\"FIREFOX\"},\"zone\":\"null\",\"device\":\"Computer\","
+    "\"id\":\"cli1\",\"ipAddress\":\"198.51.100.7\",\"geographicalContext\":{\"city\":\"Zürich\","
+    "\"state\":\"Zurich\",\"country\":\"Switzerland\",\"postalCode\":\"8001\","
+    "\"geolocation\":{\"lat\":47.3769,\"lon\":8.5417}}},"
+    "\"outcome\":{\"result\":\"SUCCESS\"},"
+    "\"target\":[{\"id\":\"0oa1app\",\"type\":\"AppInstance\",\"alternateId\":\"Slack\","
+    "\"displayName\":\"Slack\"},{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
+    "\"detailEntry\":{}}],"
+    "\"transaction\":{\"type\":\"WEB\",\"id\":\"Zc3Vq1f\",\"detail\":{}},"
+    "\"debugContext\":{\"debugData\":{\"requestId\":\"Zc3Vq1f\",\"requestUri\":\"/api/v1/authn\","
+    "\"url\":\"/api/v1/authn?\"}},"
+    "\"authenticationContext\":{\"authenticationProvider\":\"OKTA_AUTHENTICATION_PROVIDER\","
+    "\"credentialProvider\":\"OKTA_CREDENTIAL_PROVIDER\",\"credentialType\":\"PASSWORD\","
+    "\"issuer\":{\"id\":\"iss1\",\"type\":\"OKTA\"},\"externalSessionId\":\"102abc\","
+    "\"interface\":\"Okta Dashboard\",\"authenticationStep\":0},"
+    "\"securityContext\":{\"asNumber\":3303,\"asOrg\":\"swisscom\",\"isp\":\"swisscom ag\","
+    "\"domain\":\"swisscom.ch\",\"isProxy\":false},"
+    "\"request\":{\"ipChain\":[{\"ip\":\"198.51.100.7\",\"version\":\"V4\",\"source\":\"x\","
+    "\"geographicalContext\":{\"city\":\"Zürich\",\"country\":\"Switzerland\","
+    "\"geolocation\":{\"lat\":47.0,\"lon\":8.0}}},{\"ip\":\"203.0.113.9\",\"version\":\"V4\"}]}}";
+
+static const char minimal_event[] =
+    "{\"uuid\":\"u-1\",\"published\":\"2024-05-01T00:00:00Z\",\"eventType\":\"user.account.lock\"}";
+
+static json_t *parse(const char *text) {
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    if (!j)
+        fail_msg("test JSON at column %d: %s", jerr.column, jerr.text);
+    return j;
+}
+
+static hb_codec_t *event_codec(void) {
+    char err[256];
+    hb_codec_t *c = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+    if (!c)
+        fail_msg("codec: %s", err);
+    return c;
+}
+
+/* Encodes text with c; returns the bytes (caller frees). */
+static void *encode_text(hb_codec_t *c, const char *text, size_t *len) {
+    json_t *j = parse(text);
+    void *buf = NULL;
+    char err[256];
+    if (hb_codec_encode(c, j, &buf, len, err, sizeof(err)) < 0)
+        fail_msg("encode: %s", err);
+    json_decref(j);
+    return buf;
+}
+
+static void assert_json_equal(const json_t *a, const json_t *b) {
+    if (!json_equal(a, b)) {
+        char *sa = json_dumps(a, JSON_SORT_KEYS), *sb = json_dumps(b, JSON_SORT_KEYS);
+        print_error("expected %s\n     got %s\n", sa, sb);
+        free(sa);
+        free(sb);
+        fail();
+    }
+}
+
+/* ------------------------------------------------------------ fingerprints */
+
+static void crc64_spec_vector(void **state) {
+    char err[128];
+    hb_codec_t *c;
+    (void)state;
+    assert_true(hb_crc64_avro("\"int\"", 5) == 8247732601305521295ULL);
+    assert_true(hb_crc64_avro("", 0) == 0xc15d213aa4d7a795ULL);
+    c = hb_codec_new("{\"type\": \"int\"}", err, sizeof(err));
+    assert_non_null(c);
+    assert_true(hb_codec_fingerprint(c) == 8247732601305521295ULL);
+    hb_codec_free(c);
+}
+
+static const struct {
+    const char *schema, *canonical;
+    uint64_t fp; /* 0: not checked */
+} pcf_cases[] = {
+    {"\"string\"", "\"string\"", 10304597078529344455ULL},
+    {"{\"type\":\"long\"}", "\"long\"", 15011871142588980663ULL},
+    {"[\"null\", {\"type\": \"string\"}]", "[\"null\",\"string\"]", 10972442280899560605ULL},
+    {"{\"type\":\"long\",\"logicalType\":\"timestamp-millis\"}", "\"long\"", 0},
+    /* Apache's Python Avro gives the same form and fingerprint. */
+    {"{\"type\":\"record\",\"name\":\"R\",\"namespace\":\"a.b\",\"doc\":\"x\",\"aliases\":[\"Q\"],"
+     "\"fields\":[{\"name\":\"e\",\"doc\":\"d\",\"type\":{\"type\":\"enum\",\"name\":\"E\","
+     "\"symbols\":[\"A\",\"B\"]},\"default\":\"A\"},{\"type\":{\"size\":4,\"type\":\"fixed\","
+     "\"name\":\"F\"},\"name\":\"f\"},{\"name\":\"g\",\"type\":[\"null\",\"E\",{\"type\":\"map\","
+     "\"values\":{\"type\":\"long\"}}],\"default\":null},{\"name\":\"h\",\"type\":{\"type\":"
+     "\"array\",\"items\":\"int\"}},{\"name\":\"i\",\"type\":{\"type\":\"record\",\"name\":"
+     "\"x.y.S\",\"fields\":[{\"name\":\"j\",\"type\":\"int\"},{\"name\":\"k\",\"type\":{\"type\":"
+     "\"enum\",\"name\":\"T\",\"symbols\":[\"Z\"]}}]}}]}",
+     "{\"name\":\"a.b.R\",\"type\":\"record\",\"fields\":[{\"name\":\"e\",\"type\":{\"name\":"
+     "\"a.b.E\",\"type\":\"enum\",\"symbols\":[\"A\",\"B\"]}},{\"name\":\"f\",\"type\":{\"name\":"
+     "\"a.b.F\",\"type\":\"fixed\",\"size\":4}},{\"name\":\"g\",\"type\":[\"null\",\"a.b.E\","
+     "{\"type\":\"map\",\"values\":\"long\"}]},{\"name\":\"h\",\"type\":{\"type\":\"array\","
+     "\"items\":\"int\"}},{\"name\":\"i\",\"type\":{\"name\":\"x.y.S\",\"type\":\"record\","
+     "\"fields\":[{\"name\":\"j\",\"type\":\"int\"},{\"name\":\"k\",\"type\":{\"name\":\"x.y.T\","
+     "\"type\":\"enum\",\"symbols\":[\"Z\"]}}]}}]}",
+     5996949906637452256ULL},
+    /* A second use of a named type is its full name (as Java's SchemaNormalization). */
+    {"{\"type\":\"record\",\"name\":\"P\",\"namespace\":\"n\",\"fields\":[{\"name\":\"a\","
+     "\"type\":{\"type\":\"fixed\",\"name\":\"F\",\"size\":2}},{\"name\":\"b\",\"type\":{"
+     "\"type\":\"array\",\"items\":\"F\"}},{\"name\":\"c\",\"type\":\"n.F\"},"
+     "{\"name\":\"d\",\"type\":{\"type\":\"record\",\"name\":\"Q\",\"namespace\":\"\","
+     "\"fields\":[{\"name\":\"z\",\"type\":\"F\"}]}}]}",
+     "{\"name\":\"n.P\",\"type\":\"record\",\"fields\":[{\"name\":\"a\",\"type\":{\"name\":"
+     "\"n.F\",\"type\":\"fixed\",\"size\":2}},{\"name\":\"b\",\"type\":{\"type\":\"array\","
+     "\"items\":\"n.F\"}},{\"name\":\"c\",\"type\":\"n.F\"},{\"name\":\"d\",\"type\":{\"name\":"
+     "\"Q\",\"type\":\"record\",\"fields\":[{\"name\":\"z\",\"type\":\"F\"}]}}]}",
+     0},
+};
+
+static void canonical_form_table(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof(pcf_cases) / sizeof(pcf_cases[0]); i++) {
+        char *out = NULL, err[128];
+        assert_int_equal(hb_codec_canonical_form(pcf_cases[i].schema, &out, err, sizeof(err)), 0);
+        if (strcmp(out, pcf_cases[i].canonical))
+            fail_msg("case %zu:\nexpected %s\n     got %s", i, pcf_cases[i].canonical, out);
+        if (pcf_cases[i].fp)
+            assert_true(hb_crc64_avro(out, strlen(out)) == pcf_cases[i].fp);
+        free(out);
+    }
+}
+
+static void event_schema_fingerprint_in_header(void **state) {
+    hb_codec_t *c = event_codec();
+    char *canon = NULL, err[128];
+    size_t len;
+    unsigned char *buf;
+    uint64_t fp = 0;
+    (void)state;
+    assert_int_equal(hb_codec_canonical_form(hb_schema_identity_event, &canon, err, sizeof(err)),
+                     0);
+    assert_true(hb_codec_fingerprint(c) == hb_crc64_avro(canon, strlen(canon)));
+    buf = encode_text(c, minimal_event, &len);
+    assert_true(len > 10);
+    assert_int_equal(buf[0], 0xC3);
+    assert_int_equal(buf[1], 0x01);
+    for (int i = 0; i < 8; i++)
+        fp |= (uint64_t)buf[2 + i] << (8 * i);
+    assert_true(fp == hb_codec_fingerprint(c));
+    free(buf);
+    free(canon);
+    hb_codec_free(c);
+}
+
+/* ------------------------------------------------------------ round trips */
+
+static void roundtrip(hb_codec_t *c, const char *in_text, const char *want_text) {
+    json_t *want = parse(want_text), *out = NULL;
+    size_t len;
+    void *buf = encode_text(c, in_text, &len);
+    char err[256];
+    if (hb_codec_decode(c, buf, len, &out, err, sizeof(err)) < 0)
+        fail_msg("decode: %s", err);
+    assert_json_equal(want, out);
+    json_decref(out);
+    json_decref(want);
+    free(buf);
+}
+
+static void roundtrip_full_okta_event(void **state) {
+    hb_codec_t *c = event_codec();
+    (void)state;
+    roundtrip(c, full_event, full_event);
+    roundtrip(c, minimal_event, minimal_event); /* the same codec, reused */
+    roundtrip(c, full_event, full_event);
+    hb_codec_free(c);
+}
+
+static void roundtrip_minimal_event(void **state) {
+    hb_codec_t *c = event_codec();
+    (void)state;
+    roundtrip(c, minimal_event, minimal_event);
+    /* explicit nulls are the same as absent members */
+    roundtrip(c,
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"actor\":null,"
+              "\"target\":null,\"client\":{\"zone\":null,\"id\":\"c\"}}",
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"client\":{\"id\":\"c\"}}");
+    /* an integer is a fine double; an empty array stays an empty array */
+    roundtrip(c,
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"target\":[],"
+              "\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":1,\"lon\":-2}}}}",
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"target\":[],"
+              "\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":1.0,\"lon\":-2.0}}}}");
+    hb_codec_free(c);
+}
+
+static void unknown_members_ignored(void **state) {
+    hb_codec_t *c = event_codec();
+    (void)state;
+    roundtrip(c,
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"extra\":{\"deep\":[1,2]},"
+              "\"actor\":{\"id\":\"a\",\"changeDetails\":{\"x\":1}},"
+              "\"target\":[{\"id\":\"t1\",\"unknown\":true}]}",
+              "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\",\"actor\":{\"id\":\"a\"},"
+              "\"target\":[{\"id\":\"t1\"}]}");
+    hb_codec_free(c);
+}
+
+#define BASE "\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\""
+static const struct {
+    const char *json, *error;
+} bad_cases[] = {
+    {"[1,2]", "(root): expected an object"},
+    {"{\"published\":\"p\",\"eventType\":\"t\"}", "uuid: missing"},
+    {"{\"uuid\":null,\"published\":\"p\",\"eventType\":\"t\"}", "uuid: must not be null"},
+    {"{\"uuid\":7,\"published\":\"p\",\"eventType\":\"t\"}", "uuid: expected a string"},
+    {"{" BASE ",\"severity\":3}", "severity: expected null or a string"},
+    {"{" BASE ",\"actor\":\"00u1\"}", "actor: expected null or an object"},
+    {"{" BASE ",\"actor\":{\"id\":5}}", "actor.id: expected null or a string"},
+    {"{" BASE ",\"actor\":{\"detailEntry\":{\"k\":1}}}", "actor.detailEntry.k: expected a string"},
+    {"{" BASE ",\"target\":{\"id\":\"x\"}}", "target: expected null or an array"},
+    {"{" BASE ",\"target\":[{\"id\":\"x\"},{\"id\":[]}]}",
+     "target[1].id: expected null or a string"},
+    {"{" BASE ",\"target\":[{\"id\":\"x\"},7]}", "target[1]: expected an object"},
+    {"{" BASE ",\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":\"47\",\"lon\":8}}}}",
+     "client.geographicalContext.geolocation.lat: expected a number"},
+    {"{" BASE ",\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":47}}}}",
+     "client.geographicalContext.geolocation.lon: missing"},
+    {"{" BASE ",\"securityContext\":{\"isProxy\":\"no\"}}",
+     "securityContext.isProxy: expected null or a boolean"},
+    {"{" BASE ",\"securityContext\":{\"asNumber\":1.5}}",
+     "securityContext.asNumber: expected null or an integer"},
+    {"{" BASE ",\"securityContext\":{\"asNumber\":4294967296}}",
+     "securityContext.asNumber: expected null or an integer"},
+    {"{" BASE ",\"request\":{\"ipChain\":[{\"geographicalContext\":{\"city\":1}}]}}",
+     "request.ipChain[0].geographicalContext.city: expected null or a string"},
+    {"{" BASE ",\"debugContext\":{\"debugData\":{\"risk\":{\"level\":\"LOW\"}}}}",
+     "debugContext.debugData.risk: expected a string"},
+};
+
+static void wrong_types_name_the_path(void **state) {
+    hb_codec_t *c = event_codec();
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
+        json_t *j = parse(bad_cases[i].json);
+        void *buf = (void *)1;
+        size_t len = 1;
+        char err[256] = "";
+        if (hb_codec_encode(c, j, &buf, &len, err, sizeof(err)) == 0)
+            fail_msg("case %zu encoded: %s", i, bad_cases[i].json);
+        if (strcmp(err, bad_cases[i].error))
+            fail_msg("case %zu:\nexpected %s\n     got %s", i, bad_cases[i].error, err);
+        assert_null(buf);
+        json_decref(j);
+    }
+    /* a failed encode leaves the codec usable */
+    roundtrip(c, full_event, full_event);
+    hb_codec_free(c);
+}
+
+/* --------------------------------------------------- schema resolution */
+
+/* The event schema with some optional fields removed: an "older" version. */
+static char *schema_without(const char *const *paths, size_t n) {
+    json_t *s = parse(hb_schema_identity_event);
+    char *out;
+    for (size_t i = 0; i < n; i++) {
+        /* "actor.detailEntry": field detailEntry of the record in field actor */
+        char buf[128], *dot;
+        json_t *rec = s, *fields;
+        snprintf(buf, sizeof(buf), "%s", paths[i]);
+        for (char *part = buf;; part = dot + 1) {
+            size_t k;
+            json_t *f = NULL;
+            dot = strchr(part, '.');
+            if (dot)
+                *dot = '\0';
+            fields = json_object_get(rec, "fields");
+            for (k = 0; k < json_array_size(fields); k++) {
+                f = json_array_get(fields, k);
+                if (!strcmp(json_string_value(json_object_get(f, "name")), part))
+                    break;
+            }
+            assert_true(k < json_array_size(fields));
+            if (!dot) {
+                assert_int_equal(json_array_remove(fields, k), 0);
+                break;
+            }
+            rec = json_array_get(json_object_get(f, "type"), 1); /* ["null", {record}] */
+        }
+    }
+    out = json_dumps(s, JSON_COMPACT);
+    json_decref(s);
+    return out;
+}
+
+static void older_writer_resolves_into_reader(void **state) {
+    static const char *const removed[] = {"securityContext", "request", "actor.detailEntry",
+                                          "client.geographicalContext"};
+    char *v0 = schema_without(removed, 4), err[256];
+    hb_codec_t *old = NULL, *cur = event_codec();
+    const char *v0_event =
+        "{\"uuid\":\"u0\",\"published\":\"2023-01-01T00:00:00Z\",\"eventType\":"
+        "\"user.lifecycle.create\",\"actor\":{\"id\":\"00uadmin\",\"type\":\"User\"},"
+        "\"client\":{\"ipAddress\":\"192.0.2.1\"},"
+        "\"target\":[{\"id\":\"a\",\"type\":\"User\"},{\"id\":\"b\"},{\"id\":\"c\"}]}";
+    const char *v0_small = "{\"uuid\":\"u1\",\"published\":\"p\",\"eventType\":\"t\","
+                           "\"target\":[{\"id\":\"z\"}]}";
+    void *buf, *buf2;
+    size_t len, len2;
+    json_t *out = NULL, *want;
+    (void)state;
+    old = hb_codec_new(v0, err, sizeof(err));
+    assert_non_null(old);
+    assert_true(hb_codec_fingerprint(old) != hb_codec_fingerprint(cur));
+    buf = encode_text(old, v0_event, &len);
+    buf2 = encode_text(old, v0_small, &len2);
+
+    /* not registered: the reader says which fingerprint it does not know */
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "unknown writer schema fingerprint 0x"));
+
+    assert_int_equal(hb_codec_add_writer(cur, v0, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_add_writer(cur, v0, err, sizeof(err)), 0); /* idempotent */
+    assert_int_equal(hb_codec_add_writer(cur, hb_schema_identity_event, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), 0);
+    want = parse(v0_event);
+    assert_json_equal(want, out);
+    json_decref(want);
+    json_decref(out);
+    /* the resolved value is reused: no targets left over from the last one */
+    assert_int_equal(hb_codec_decode(cur, buf2, len2, &out, err, sizeof(err)), 0);
+    want = parse(v0_small);
+    assert_json_equal(want, out);
+    json_decref(want);
+    json_decref(out);
+    /* the reader's own messages still decode */
+    roundtrip(cur, full_event, full_event);
+
+    free(buf);
+    free(buf2);
+    free(v0);
+    hb_codec_free(old);
+    hb_codec_free(cur);
+}
+
+static void resolution_defaults_and_errors(void **state) {
+    const char *writer = "{\"type\":\"record\",\"name\":\"E\",\"fields\":["
+                         "{\"name\":\"a\",\"type\":\"string\"},{\"name\":\"n\",\"type\":\"int\"},"
+                         "{\"name\":\"gone\",\"type\":\"string\"}]}";
+    /* reader: n promoted to long, "gone" dropped, two fields added with defaults */
+    const char *reader = "{\"type\":\"record\",\"name\":\"E\",\"fields\":["
+                         "{\"name\":\"a\",\"type\":\"string\"},{\"name\":\"n\",\"type\":\"long\"},"
+                         "{\"name\":\"lvl\",\"type\":\"string\",\"default\":\"INFO\"},"
+                         "{\"name\":\"opt\",\"type\":[\"null\",\"string\"],\"default\":null}]}";
+    const char *no_default =
+        "{\"type\":\"record\",\"name\":\"E\",\"fields\":["
+        "{\"name\":\"a\",\"type\":\"string\"},{\"name\":\"z\",\"type\":\"int\"}]}";
+    const char *incompatible = "{\"type\":\"record\",\"name\":\"E\",\"fields\":["
+                               "{\"name\":\"a\",\"type\":\"int\"}]}";
+    char err[256];
+    hb_codec_t *w = hb_codec_new(writer, err, sizeof(err)),
+               *r = hb_codec_new(reader, err, sizeof(err));
+    hb_codec_t *r2 = hb_codec_new(no_default, err, sizeof(err));
+    hb_codec_t *r3 = hb_codec_new("{\"type\":\"record\",\"name\":\"E\",\"fields\":["
+                                  "{\"name\":\"a\",\"type\":\"string\"}]}",
+                                  err, sizeof(err));
+    void *buf;
+    size_t len;
+    json_t *out = NULL, *want;
+    (void)state;
+    assert_non_null(w);
+    assert_non_null(r);
+    assert_non_null(r2);
+    assert_non_null(r3);
+    buf = encode_text(w, "{\"a\":\"x\",\"n\":-7,\"gone\":\"bye\"}", &len);
+    assert_int_equal(hb_codec_add_writer(r, writer, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(r, buf, len, &out, err, sizeof(err)), 0);
+    want = parse("{\"a\":\"x\",\"n\":-7,\"lvl\":\"INFO\"}");
+    assert_json_equal(want, out);
+    json_decref(want);
+    json_decref(out);
+    /* encoding with the reader fills a missing defaulted member too */
+    roundtrip(r, "{\"a\":\"x\",\"n\":1}", "{\"a\":\"x\",\"n\":1,\"lvl\":\"INFO\"}");
+
+    assert_int_equal(hb_codec_add_writer(r2, writer, err, sizeof(err)), -1);
+    assert_string_equal(err,
+                        "reader field E.z is missing from the writer schema and has no default");
+    assert_int_equal(hb_codec_add_writer(r3, incompatible, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "does not resolve"));
+    assert_int_equal(hb_codec_add_writer(r3, "{not json", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "writer schema: invalid JSON"));
+    assert_null(hb_codec_new("{\"type\":\"record\"}", err, sizeof(err)));
+    free(buf);
+    hb_codec_free(w);
+    hb_codec_free(r);
+    hb_codec_free(r2);
+    hb_codec_free(r3);
+}
+
+/* ------------------------------------------------------------ hostile bytes */
+
+/* Decodes; returns the result. A success must be a JSON object. */
+static int try_decode(hb_codec_t *c, const void *buf, size_t len, char *err, size_t errsz) {
+    json_t *out = NULL;
+    int r = hb_codec_decode(c, buf, len, &out, err, errsz);
+    if (r == 0) {
+        assert_true(json_is_object(out));
+        json_decref(out);
+    } else {
+        assert_null(out);
+        assert_true(err[0] != '\0');
+    }
+    return r;
+}
+
+static void poison_messages_fail_cleanly(void **state) {
+    hb_codec_t *c = event_codec();
+    size_t len;
+    unsigned char *good = encode_text(c, full_event, &len), *buf = malloc(len + 64);
+    char err[256];
+    uint64_t fp = hb_codec_fingerprint(c);
+    (void)state;
+
+    assert_int_equal(try_decode(c, "", 0, err, sizeof(err)), -1);
+    assert_string_equal(err, "not single-object encoded (bad magic)");
+    assert_int_equal(try_decode(c, "{\"uuid\":1}", 10, err, sizeof(err)), -1);
+    assert_string_equal(err, "not single-object encoded (bad magic)");
+    assert_int_equal(try_decode(c, "\xC3\x01\x00", 3, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "truncated single-object header"));
+    memcpy(buf, good, len);
+    buf[5] ^= 0x40;
+    assert_int_equal(try_decode(c, buf, len, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "unknown writer schema fingerprint"));
+
+    /* every truncation fails */
+    for (size_t n = 0; n < len; n++) {
+        assert_int_equal(try_decode(c, good, n, err, sizeof(err)), -1);
+    }
+    /* trailing bytes */
+    memcpy(buf, good, len);
+    memcpy(buf + len, "junk", 4);
+    assert_int_equal(try_decode(c, buf, len + 4, err, sizeof(err)), -1);
+    assert_string_equal(err, "4 trailing bytes");
+
+    /* crafted lengths: uuid of 2^40 bytes, negative, and a varint that never ends */
+    static const unsigned char bodies[][12] = {
+        {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02}, /* +2^48 */
+        {0x03, 'a'},                                      /* -2 */
+        {0x01},                                           /* -1 */
+        {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+    };
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
+        buf[0] = 0xC3;
+        buf[1] = 0x01;
+        for (int k = 0; k < 8; k++)
+            buf[2 + k] = (unsigned char)(fp >> (8 * k));
+        memcpy(buf + 10, bodies[i], sizeof(bodies[i]));
+        assert_int_equal(try_decode(c, buf, 10 + sizeof(bodies[i]), err, sizeof(err)), -1);
+    }
+
+    /* random bodies behind a valid header, and random mutations of a good message */
+    srand(12345);
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t n;
+        if (iter % 2) {
+            n = 10 + (size_t)(rand() % 64);
+            memcpy(buf, good, 10);
+            for (size_t k = 10; k < n; k++)
+                buf[k] = (unsigned char)rand();
+        } else {
+            n = len;
+            memcpy(buf, good, len);
+            for (int k = 0; k < 1 + rand() % 4; k++)
+                buf[10 + (size_t)rand() % (len - 10)] = (unsigned char)rand();
+        }
+        (void)try_decode(c, buf, n, err, sizeof(err));
+    }
+    /* the codec still works afterwards */
+    roundtrip(c, full_event, full_event);
+    free(buf);
+    free(good);
+    hb_codec_free(c);
+}
+
+/* A schema whose arrays hold nulls: counts cannot be checked against the size. */
+static void array_of_nulls_is_capped(void **state) {
+    char err[256];
+    hb_codec_t *c = hb_codec_new("{\"type\":\"record\",\"name\":\"N\",\"fields\":[{\"name\":\"x\","
+                                 "\"type\":{\"type\":\"array\",\"items\":\"null\"}}]}",
+                                 err, sizeof(err));
+    unsigned char buf[32];
+    uint64_t fp;
+    json_t *out = NULL;
+    size_t n = 0;
+    (void)state;
+    assert_non_null(c);
+    fp = hb_codec_fingerprint(c);
+    buf[n++] = 0xC3;
+    buf[n++] = 0x01;
+    for (int k = 0; k < 8; k++)
+        buf[n++] = (unsigned char)(fp >> (8 * k));
+    /* count 2^61, then the end marker */
+    memcpy(buf + n, "\x80\x80\x80\x80\x80\x80\x80\x80\x40\x00", 10);
+    assert_int_equal(hb_codec_decode(c, buf, n + 10, &out, err, sizeof(err)), -1);
+    /* a small count is fine */
+    buf[n] = 0x06; /* 3 */
+    buf[n + 1] = 0x00;
+    assert_int_equal(hb_codec_decode(c, buf, n + 2, &out, err, sizeof(err)), 0);
+    assert_int_equal(json_array_size(json_object_get(out, "x")), 3);
+    json_decref(out);
+    hb_codec_free(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(crc64_spec_vector),
+        cmocka_unit_test(canonical_form_table),
+        cmocka_unit_test(event_schema_fingerprint_in_header),
+        cmocka_unit_test(roundtrip_full_okta_event),
+        cmocka_unit_test(roundtrip_minimal_event),
+        cmocka_unit_test(unknown_members_ignored),
+        cmocka_unit_test(wrong_types_name_the_path),
+        cmocka_unit_test(older_writer_resolves_into_reader),
+        cmocka_unit_test(resolution_defaults_and_errors),
+        cmocka_unit_test(poison_messages_fail_cleanly),
+        cmocka_unit_test(array_of_nulls_is_capped),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
