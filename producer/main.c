@@ -1,0 +1,245 @@
+/*
+ * hookbridge-producer: publishes identity events to the events topic.
+ *
+ *   hookbridge-producer [FILE|-]             one JSON event per line (stdin by default)
+ *   hookbridge-producer --generate N [--rate R]   N synthetic events, at most R per second
+ *
+ * Read configuration, build the sender, feed it lines or generated events
+ * until the input ends or SIGINT/SIGTERM, wait for every delivery report
+ * (bounded once a stop was requested), print "produced N, failed M" and exit
+ * non-zero if anything failed. A bad line is reported on stderr by number and
+ * does not stop the others. Everything else is in producer.c and generate.c.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hb_config.h"
+#include "hb_event.h"
+#include "hb_log.h"
+#include "hb_signal.h"
+#include "producer.h"
+
+#define PROG "hookbridge-producer"
+/* After SIGINT/SIGTERM, how long queued events may still be delivered. */
+#define HB_PRODUCER_DRAIN_MS 5000
+
+typedef struct {
+    const char *file;   /* NULL or "-": stdin */
+    long long generate; /* > 0: synthetic mode */
+    double rate;        /* events per second, 0: unlimited */
+    int allow_unknown_types;
+    int print_only;
+    int list_types;
+} opts_t;
+
+static void usage(FILE *fp) {
+    fprintf(fp, "Usage: " PROG " [options] [FILE|-]\n"
+                "       " PROG " [options] --generate N [--rate R]\n\n"
+                "Publishes identity events (Okta System Log LogEvent JSON, one per line) to the\n"
+                "events topic as single-object-encoded Avro, keyed by the target user's id.\n"
+                "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
+                "and exits 1 if any event failed.\n\n"
+                "  --generate N           produce N synthetic events instead of reading input\n"
+                "  --rate R               at most R events per second (with --generate)\n"
+                "  --allow-unknown-types  accept event types missing from the catalogue\n"
+                "  --print                write the normalized events to stdout, produce nothing\n"
+                "  --list-types           print the event type catalogue and exit\n");
+}
+
+/* A whole-string number: no trailing junk, no overflow. */
+static int parse_count(const char *s, long long *out) {
+    char *end;
+    errno = 0;
+    *out = strtoll(s, &end, 10);
+    return errno || end == s || *end || *out < 0 ? -1 : 0;
+}
+
+static int parse_rate(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    return errno || end == s || *end || !isfinite(*out) || *out <= 0 ? -1 : 0;
+}
+
+/* Flags left in cfg->args by hb_config_load: "--flag value" or "--flag=value". */
+static int parse_args(const hb_config_t *cfg, opts_t *o) {
+    memset(o, 0, sizeof(*o));
+    for (int i = 0; i < cfg->args_cnt; i++) {
+        const char *a = cfg->args[i], *val = NULL, *eq = strchr(a, '=');
+        size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
+        int is_generate = nlen == 10 && !strncmp(a, "--generate", 10);
+        int is_rate = nlen == 6 && !strncmp(a, "--rate", 6);
+        if (is_generate || is_rate) {
+            if (eq) {
+                val = eq + 1;
+            } else if (i + 1 < cfg->args_cnt) {
+                val = cfg->args[++i];
+            } else {
+                fprintf(stderr, PROG ": %s needs a value\n", a);
+                return -1;
+            }
+        }
+        if (is_generate) {
+            if (parse_count(val, &o->generate) < 0 || o->generate == 0) {
+                fprintf(stderr, PROG ": --generate wants a positive number, not \"%s\"\n", val);
+                return -1;
+            }
+        } else if (is_rate) {
+            if (parse_rate(val, &o->rate) < 0) {
+                fprintf(stderr, PROG ": --rate wants events per second > 0, not \"%s\"\n", val);
+                return -1;
+            }
+        } else if (!strcmp(a, "--allow-unknown-types")) {
+            o->allow_unknown_types = 1;
+        } else if (!strcmp(a, "--print")) {
+            o->print_only = 1;
+        } else if (!strcmp(a, "--list-types")) {
+            o->list_types = 1;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fprintf(stderr, PROG ": unknown option \"%s\" (see --help)\n", a);
+            return -1;
+        } else if (o->file) {
+            fprintf(stderr, PROG ": one input file at most (got \"%s\" and \"%s\")\n", o->file, a);
+            return -1;
+        } else {
+            o->file = a;
+        }
+    }
+    if (o->file && o->generate) {
+        fprintf(stderr, PROG ": --generate reads no input file\n");
+        return -1;
+    }
+    if (o->rate > 0 && !o->generate) {
+        fprintf(stderr, PROG ": --rate goes with --generate\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int only_space(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+            return 0;
+    return 1;
+}
+
+/* One JSON event per line; empty lines are skipped but still counted. */
+static void run_lines(hb_producer_t *p, FILE *in) {
+    char *line = NULL;
+    size_t cap = 0;
+    long long lineno = 0;
+    ssize_t n;
+    while (!hb_stop_requested && (n = getline(&line, &cap, in)) >= 0) {
+        json_error_t jerr;
+        json_t *ev;
+        lineno++;
+        if (only_space(line, (size_t)n))
+            continue;
+        ev = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+        if (!ev) {
+            char reason[300];
+            snprintf(reason, sizeof(reason), "invalid JSON at column %d: %s", jerr.column,
+                     jerr.text);
+            hb_producer_reject(p, lineno, reason);
+            continue;
+        }
+        (void)hb_producer_send(p, ev, lineno);
+        json_decref(ev);
+    }
+    if (ferror(in) && !hb_stop_requested)
+        hb_error("reading input: %s", strerror(errno));
+    free(line);
+}
+
+/* N synthetic events; with a rate, event i is due at start + i/rate and the
+ * wait in between serves delivery reports (no busy loop). */
+static void run_generate(hb_producer_t *p, long long count, double rate) {
+    hb_gen_t g;
+    int64_t start = hb_mono_ms();
+    hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)getpid() << 32));
+    for (long long i = 0; i < count && !hb_stop_requested; i++) {
+        json_t *ev;
+        if (rate > 0) {
+            int64_t due = start + (int64_t)((double)i * 1000.0 / rate), now;
+            while (!hb_stop_requested && (now = hb_mono_ms()) < due) {
+                int64_t wait = due - now;
+                hb_producer_poll(p, wait > 100 ? 100 : (int)wait);
+            }
+            if (hb_stop_requested)
+                break;
+        }
+        ev = hb_gen_event(&g);
+        (void)hb_producer_send(p, ev, i + 1);
+        json_decref(ev);
+    }
+}
+
+int main(int argc, char **argv) {
+    hb_config_t cfg;
+    hb_log_level_t lvl = HB_LOG_INFO;
+    hb_producer_t *p = NULL;
+    FILE *in = NULL;
+    opts_t o;
+    char errstr[512];
+    int r, rc = 1;
+
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            usage(stdout);
+    r = hb_config_load(&cfg, HB_PROG_PRODUCER, PROG, argc, argv, errstr, sizeof(errstr));
+    if (r != 0) {
+        if (r < 0)
+            fprintf(stderr, PROG ": %s\n", errstr);
+        hb_config_free(&cfg);
+        return r < 0 ? 2 : 0;
+    }
+    if (parse_args(&cfg, &o) < 0) {
+        hb_config_free(&cfg);
+        return 2;
+    }
+    if (o.list_types) {
+        for (size_t i = 0; i < hb_event_types_count(); i++)
+            printf("%s\n", hb_event_type_at(i));
+        hb_config_free(&cfg);
+        return 0;
+    }
+    if (hb_log_level_parse(cfg.log_level, &lvl) < 0) /* validated by hb_config_load */
+        lvl = HB_LOG_INFO;
+    hb_log_init("producer", lvl);
+    hb_signal_install(-1);
+
+    if (!o.generate) {
+        in = !o.file || !strcmp(o.file, "-") ? stdin : fopen(o.file, "r");
+        if (!in) {
+            fprintf(stderr, PROG ": %s: %s\n", o.file, strerror(errno));
+            rc = 2;
+            goto done;
+        }
+    }
+    p = hb_producer_new(&cfg, o.allow_unknown_types, o.print_only, o.generate ? "event" : "line",
+                        errstr, sizeof(errstr));
+    if (!p) {
+        fprintf(stderr, PROG ": %s\n", errstr);
+        goto done;
+    }
+    if (o.generate)
+        run_generate(p, o.generate, o.rate);
+    else
+        run_lines(p, in);
+    hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
+    fflush(stdout);
+    fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
+            o.print_only ? "printed" : "produced", hb_producer_delivered(p), hb_producer_failed(p));
+    rc = hb_producer_failed(p) > 0 || hb_stop_requested ? 1 : 0;
+done:
+    hb_producer_free(p);
+    if (in && in != stdin)
+        fclose(in);
+    hb_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,170 @@
+/*
+ * The sender: every input event goes normalize -> encode (single-object Avro
+ * with the embedded IdentityEvent schema) -> produce to the events topic,
+ * keyed by hb_event_key. The librdkafka producer is idempotent with
+ * acks=all, so a retried send never duplicates.
+ *
+ * One thread: main's. Delivery reports arrive through rd_kafka_poll and
+ * rd_kafka_flush on that same thread, so the counters are plain integers.
+ *
+ * What must hold: every input ends up counted exactly once, as delivered or
+ * as failed (a bad line, an encode error, a produce error, a failed delivery
+ * report, or still unsent when a stop cut the drain short), so
+ * "produced N, failed M" adds up to the inputs that were read.
+ */
+#include "producer.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_codec.h"
+#include "hb_event.h"
+#include "hb_kafka.h"
+#include "hb_log.h"
+#include "hb_schemas.h"
+#include "hb_signal.h"
+
+/* How long a produce call may wait for room in a full local queue. */
+#define HB_PRODUCE_BLOCK_MS 30000
+
+struct hb_producer_s {
+    const hb_config_t *cfg;
+    rd_kafka_t *rk; /* NULL when print_only */
+    hb_codec_t *codec;
+    const char *unit;
+    int allow_unknown_types;
+    long long queued;   /* handed to librdkafka, report pending or received */
+    long long reported; /* delivery reports received */
+    long long delivered;
+    long long failed;
+};
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
+    hb_producer_t *p = opaque;
+    (void)rk;
+    p->reported++;
+    if (!rkm->err) {
+        p->delivered++;
+        return;
+    }
+    p->failed++;
+    /* purged messages are summed up once by hb_producer_finish */
+    if (rkm->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && rkm->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+        fprintf(stderr, "%s %lld: delivery failed: %s\n", p->unit,
+                (long long)(intptr_t)rkm->_private, rd_kafka_err2str(rkm->err));
+}
+
+hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
+                               const char *unit, char *errstr, size_t errstr_size) {
+    hb_producer_t *p = hb_calloc(1, sizeof(*p));
+    rd_kafka_conf_t *conf;
+    p->cfg = cfg;
+    p->unit = unit;
+    p->allow_unknown_types = allow_unknown_types;
+    p->codec = hb_codec_new(hb_schema_identity_event, errstr, errstr_size);
+    if (!p->codec)
+        goto fail;
+    if (print_only)
+        return p;
+    conf = hb_kafka_conf_new(cfg, "hookbridge-producer", errstr, errstr_size);
+    if (!conf)
+        goto fail;
+    rd_kafka_conf_set_opaque(conf, p);
+    p->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
+    conf = NULL; /* owned by the producer, or destroyed on failure */
+    if (!p->rk)
+        goto fail;
+    return p;
+fail:
+    hb_producer_free(p);
+    return NULL;
+}
+
+void hb_producer_reject(hb_producer_t *p, long long seq, const char *reason) {
+    p->failed++;
+    fprintf(stderr, "%s %lld: %s\n", p->unit, seq, reason);
+}
+
+int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
+    char errstr[512];
+    void *buf = NULL;
+    size_t len = 0;
+    const char *key;
+    if (hb_event_normalize(ev, p->allow_unknown_types, errstr, sizeof(errstr)) < 0 ||
+        hb_codec_encode(p->codec, ev, &buf, &len, errstr, sizeof(errstr)) < 0)
+        goto fail;
+    key = hb_event_key(ev);
+    if (!p->rk) {
+        char *line = json_dumps(ev, JSON_COMPACT);
+        if (line)
+            printf("%s\n", line);
+        free(line);
+        free(buf);
+        p->delivered++;
+        return 0;
+    }
+    if (hb_kafka_produce(p->rk, p->cfg->events_topic, key, strlen(key), buf, len,
+                         (void *)(intptr_t)seq, HB_PRODUCE_BLOCK_MS, errstr, sizeof(errstr)) < 0)
+        goto fail;
+    free(buf);
+    p->queued++;
+    rd_kafka_poll(p->rk, 0); /* serve delivery reports as we go */
+    return 0;
+fail:
+    free(buf);
+    hb_producer_reject(p, seq, errstr);
+    return -1;
+}
+
+void hb_producer_poll(hb_producer_t *p, int timeout_ms) {
+    if (p->rk)
+        rd_kafka_poll(p->rk, timeout_ms);
+}
+
+void hb_producer_finish(hb_producer_t *p, int drain_ms) {
+    int64_t deadline = -1;
+    long long unsent;
+    if (!p->rk)
+        return;
+    for (;;) {
+        if (p->reported >= p->queued)
+            return;
+        if (hb_stop_requested && deadline < 0) {
+            deadline = hb_mono_ms() + drain_ms;
+            hb_warn("stopping: waiting up to %d ms for %lld delivery reports", drain_ms,
+                    p->queued - p->reported);
+        }
+        if (deadline >= 0 && hb_mono_ms() >= deadline)
+            break;
+        (void)rd_kafka_flush(p->rk, 100);
+    }
+    unsent = p->queued - p->reported;
+    fprintf(stderr, "%lld %ss left unsent\n", unsent, p->unit);
+    rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    /* the purged messages report here, as failed */
+    for (int64_t until = hb_mono_ms() + 1000; p->reported < p->queued && hb_mono_ms() < until;)
+        rd_kafka_poll(p->rk, 100);
+    if (p->reported < p->queued) {
+        /* a report that never comes still counts as a failure */
+        p->failed += p->queued - p->reported;
+        p->reported = p->queued;
+    }
+}
+
+long long hb_producer_delivered(const hb_producer_t *p) {
+    return p->delivered;
+}
+long long hb_producer_failed(const hb_producer_t *p) {
+    return p->failed;
+}
+
+void hb_producer_free(hb_producer_t *p) {
+    if (!p)
+        return;
+    if (p->rk)
+        rd_kafka_destroy(p->rk);
+    hb_codec_free(p->codec);
+    free(p);
+}

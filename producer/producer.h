@@ -1,0 +1,51 @@
+/*
+ * hookbridge-producer's parts: the sender (normalize -> encode -> produce,
+ * with delivery reports counted) and the synthetic event generator.
+ */
+#ifndef HB_PRODUCER_H
+#define HB_PRODUCER_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "hb_config.h"
+
+typedef struct hb_producer_s hb_producer_t;
+
+/* print_only: write each normalized event as a JSON line to stdout instead
+ * of producing (no Kafka connection is made). unit names an input in
+ * messages: "line" or "event". */
+hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
+                               const char *unit, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* Normalizes, encodes and queues one event (not consumed). On failure the
+ * input counts as failed and "<unit> <seq>: <reason>" goes to stderr. */
+int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq);
+
+/* Counts an input that never became an event (bad JSON), with its reason. */
+void hb_producer_reject(hb_producer_t *p, long long seq, const char *reason);
+
+/* Serves delivery reports, waiting at most timeout_ms. */
+void hb_producer_poll(hb_producer_t *p, int timeout_ms);
+
+/* Waits for every delivery report; once stop is requested, for at most
+ * drain_ms more, then gives up on what is still queued. */
+void hb_producer_finish(hb_producer_t *p, int drain_ms);
+
+/* Delivered (or printed) and failed inputs, once finished. */
+long long hb_producer_delivered(const hb_producer_t *p);
+long long hb_producer_failed(const hb_producer_t *p);
+
+void hb_producer_free(hb_producer_t *p);
+
+/* Synthetic identity events: a mix of the catalogue's types with realistic
+ * actors, targets, clients and outcomes (a few hundred bytes each). The
+ * generator is deterministic for a seed; uuid is left to normalization. */
+typedef struct {
+    uint64_t state;
+} hb_gen_t;
+
+void hb_gen_init(hb_gen_t *g, uint64_t seed);
+json_t *hb_gen_event(hb_gen_t *g);
+
+#endif
