@@ -50,8 +50,9 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
     d.wait_ready()
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     # The verification challenge reached the receiver as a GET with the auth header.
-    gets = [r for r in receiver.requests() if r["method"] == "GET"]
-    assert gets and "x-okta-verification-challenge" in gets[0]["headers"]
+    gets = [r for r in receiver.requests()
+            if r["method"] == "GET" and "x-okta-verification-challenge" in r["headers"]]
+    assert len(gets) == 1 and gets[0]["headers"]["authorization"] == AUTH_VALUE
 
     wanted = [event("user.session.start") for _ in range(10)]
     others = [event(t) for t in ("user.lifecycle.create", "user.account.lock",
@@ -160,12 +161,19 @@ def test_sigkill_mid_stream_loses_nothing(db_url, broker, procs, workdir):
     d = Dispatcher(procs, db_url, broker.bootstrap)
     d.wait_ready()
     register_verified(db_url, receiver.url, ["user.session.start"])
-    events = [event("user.session.start") for _ in range(300)]
-    produce(broker.bootstrap, events)
-    wait_until(lambda: len(receiver.events()) >= 30, 30, "the stream to start arriving")
+    events = [event("user.session.start") for _ in range(400)]
+    # Keep producing while the dispatcher is killed: 8 batches, 0.4 s apart.
+    import threading
+    producer = threading.Thread(target=lambda: [
+        (produce(broker.bootstrap, events[i:i + 50]), time.sleep(0.4))
+        for i in range(0, len(events), 50)])
+    producer.start()
+    wait_until(lambda: len(receiver.events()) >= 60, 30, "the stream to start arriving")
     d.proc.kill()  # SIGKILL: no drain, no commit
     before = len(receiver.events())
     d2 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher2")
+    producer.join()
+    assert before < len(events), "the kill came after the whole stream: nothing was tested"
     d2.wait_ready(60)
     want = {e["uuid"] for e in events}
     wait_until(lambda: want <= {e["uuid"] for _, e in receiver.events()}, 60,
