@@ -194,3 +194,45 @@ def test_dispatcher_waits_for_unreachable_database(broker, procs, workdir):
     assert d.get("/readyz")[0] == 503
     assert "s3cret-pw" not in d.proc.output(), "the password leaked into the log"
     assert d.proc.stop() == 0
+
+
+def test_endpoint_that_closes_the_connection_fails_with_a_reason(db_url, broker, procs, workdir):
+    """A receiver that answers the challenge but drops every POST: the delivery
+    is logged as failed with the reason, the dispatcher carries on."""
+    import http.server
+    import threading
+
+    class Rude(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            v = self.headers.get("X-Okta-Verification-Challenge", "")
+            body = json.dumps({"verification": v}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.close_connection = True
+            self.connection.shutdown(2)  # no status line at all
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rude)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        sub = register_verified(db_url, f"http://127.0.0.1:{srv.server_address[1]}/hook",
+                                ["user.account.lock"])
+        produce(broker.bootstrap, [event("user.account.lock")])
+        row = wait_until(lambda: sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
+                                     "WHERE subscription_id=%s", sub) or None, 20,
+                         "the failed delivery in the log")[0]
+        assert row[0] == "failed"
+        assert row[1], "the failure carries a reason"
+        assert d.proc.alive()
+        assert "delivery failed" in d.proc.output()
+    finally:
+        srv.shutdown()

@@ -125,7 +125,8 @@ def produce(brokers, lines, topic="identity.events", args=(), check=True):
     """Runs hookbridge-producer with JSON lines on stdin; returns the CompletedProcess."""
     env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=brokers, HOOKBRIDGE_EVENTS_TOPIC=topic)
     data = "".join(json.dumps(l) + "\n" if not isinstance(l, str) else l + "\n" for l in lines)
-    r = subprocess.run([str(BIN / "hookbridge-producer"), *args, "-"], input=data.encode(),
+    src = [] if "--generate" in args else ["-"]
+    r = subprocess.run([str(BIN / "hookbridge-producer"), *args, *src], input=data.encode(),
                        env=env, capture_output=True, timeout=60 * SLOW)
     if check:
         assert r.returncode == 0, f"producer failed: {r.stdout.decode()} {r.stderr.decode()}"

@@ -1,0 +1,44 @@
+"""hookbridge-producer: what a user sees for good and bad input."""
+import json
+
+from kafka import KafkaConsumer
+
+from hbtest.stack import produce
+
+
+def consume_all(bootstrap, topic="identity.events", timeout_ms=5000):
+    kc = KafkaConsumer(topic, bootstrap_servers=bootstrap.split(","),
+                       auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms)
+    msgs = list(kc)
+    kc.close()
+    return msgs
+
+
+def test_bad_lines_are_reported_by_number_and_the_rest_is_produced(broker):
+    lines = [
+        json.dumps({"eventType": "user.session.start", "actor": {"id": "00u1", "type": "User"}}),
+        json.dumps({"eventType": "no.such.type"}),
+        "{not json",
+        "",
+        json.dumps({"displayMessage": "no type"}),
+        json.dumps({"eventType": "user.lifecycle.create", "target": [{"id": "00u2", "type": "User"}]}),
+    ]
+    r = produce(broker.bootstrap, lines, check=False)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode != 0
+    assert "produced 2, failed 3" in out
+    assert "line 2:" in err and "no.such.type" in err
+    assert "line 3:" in err
+    assert "line 5:" in err and "eventType" in err
+    msgs = consume_all(broker.bootstrap)
+    assert len(msgs) == 2
+    # Avro single-object encoding: the 0xC3 0x01 marker, then the fingerprint.
+    assert all(m.value[:2] == b"\xc3\x01" for m in msgs)
+    # Keyed by the target user's id, else the actor's.
+    assert sorted(m.key for m in msgs) == [b"00u1", b"00u2"]
+
+
+def test_generate_produces_the_requested_number(broker):
+    r = produce(broker.bootstrap, [], args=("--generate", "250"))
+    assert "produced 250, failed 0" in r.stdout.decode()
+    assert len(consume_all(broker.bootstrap)) == 250
