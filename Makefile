@@ -5,14 +5,19 @@
 #   make test       install missing packages, build, run unit + end-to-end tests,
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
-#   make SANITIZER=address,undefined   sanitizer build (into build-asan/ and bin-asan/)
+#   make DEBUG=1    unoptimised debug build (-O0 -g3)
+#   make SANITIZER=address,undefined   sanitizer build (into build-san/ and bin-san/)
 #   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
 
 CC      ?= cc
 PKGS    := rdkafka avro-c jansson libcurl libpq openssl libmicrohttpd
 WARN    := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
            -Wmissing-prototypes -Wno-unused-parameter
+ifdef DEBUG
+OPT     ?= -O0 -g3
+else
 OPT     ?= -O2 -g
+endif
 CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP -Ilib -Ibuild/gen \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
