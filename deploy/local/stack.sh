@@ -1,0 +1,235 @@
+# shellcheck shell=bash
+# The local hookbridge stack as bash functions, for deploy/local/run.sh
+# (make run) and scripts/bench.sh (make bench). Source it, then:
+#
+#   stack_init NAME              state dir STACK_DIR=/tmp/NAME.XXXXXX, and the
+#                                traps: stack_cleanup runs at exit, also on
+#                                failure and on Ctrl-C / SIGTERM
+#   stack_start_postgres         throwaway cluster on a free loopback port (as the
+#                                postgres user when root); sets STACK_PGPORT and
+#                                exports HOOKBRIDGE_DATABASE_URL
+#   stack_start_devbroker [ARG]  embedded Kafka-protocol broker (local use only);
+#                                exports HOOKBRIDGE_KAFKA_BROKERS
+#   stack_migrate                hookbridge-migrate up
+#   stack_start_dispatcher [VAR=VALUE]...
+#                                loopback endpoints allowed; sets STACK_DISPATCHER_PID
+#                                and STACK_DISPATCHER_HTTP (host:port of /metrics)
+#   stack_spawn NAME CMD [ARG]...  any other process, in the background, output to
+#                                $STACK_DIR/NAME.log; stopped by stack_cleanup
+#   stack_track PID [NAME]       have stack_cleanup stop a process started otherwise
+#   stack_wait_dispatcher_ready [SECONDS]
+#   stack_register NAME URL TYPES OPTIONS_JSON   prints the new subscription id
+#                                (TYPES: comma-separated event types)
+#   stack_verify SUB             runs the challenge, waits (10 s at most); 0 when
+#                                verified; STACK_VERIFICATION is the outcome
+#   stack_activate SUB
+#   stack_psql [PSQL ARG]...     psql on the stack's database, stops on errors
+#
+# stack_cleanup stops every process stack_spawn started (SIGTERM in reverse
+# order, SIGKILL after STACK_STOP_TIMEOUT seconds), stops PostgreSQL and
+# removes STACK_DIR unless HOOKBRIDGE_KEEP_RUN=1. A script that needs more at
+# exit defines stack_on_exit, which runs first.
+#
+# Settings: HOOKBRIDGE_BIN (default <repo>/bin), HOOKBRIDGE_KEEP_RUN=1.
+
+STACK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STACK_BIN=${HOOKBRIDGE_BIN:-$STACK_ROOT/bin}
+STACK_DIR=""
+STACK_PIDS=()
+STACK_NAMES=()
+STACK_LAST_PID=""
+STACK_PG_DATA=""
+STACK_STOP_TIMEOUT=${STACK_STOP_TIMEOUT:-25}
+STACK_DISPATCHER_PID=""
+STACK_DISPATCHER_HTTP=""
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+die() {
+  echo "error: $*" >&2
+  exit 1
+}
+
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Runs a command as the postgres user when root (initdb refuses root).
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+stack_pgbin() {
+  local d
+  if d=$(command -v pg_ctl 2>/dev/null); then
+    dirname "$(readlink -f "$d")"
+    return
+  fi
+  d=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -1)
+  if [ -z "$d" ] || [ ! -x "$d/pg_ctl" ]; then
+    die "PostgreSQL server binaries (initdb, pg_ctl) not found"
+  fi
+  echo "$d"
+}
+
+stack_init() {
+  local name=${1:-hookbridge-run}
+  STACK_DIR=$(mktemp -d "/tmp/$name.XXXXXX")
+  chmod 755 "$STACK_DIR" # postgres (and nginx workers) must traverse it
+  trap stack_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# Logs of a spawned process, for error messages.
+stack_log_tail() { tail -n "${2:-20}" "$STACK_DIR/$1.log" 2>/dev/null; }
+
+# Registers a background process started by the caller, to be stopped by stack_cleanup.
+stack_track() {
+  STACK_PIDS+=("$1")
+  STACK_NAMES+=("${2:-pid $1}")
+}
+
+stack_spawn() {
+  local name=$1
+  shift
+  "$@" >"$STACK_DIR/$name.log" 2>&1 &
+  STACK_LAST_PID=$!
+  STACK_PIDS+=("$STACK_LAST_PID")
+  STACK_NAMES+=("$name")
+}
+
+# Waits up to $2 tenths of a second for process $1 to exit; 0 when it did.
+stack_wait_gone() {
+  local pid=$1 n=$2
+  while [ "$n" -gt 0 ] && kill -0 "$pid" 2>/dev/null; do
+    sleep 0.1
+    n=$((n - 1))
+  done
+  ! kill -0 "$pid" 2>/dev/null
+}
+
+stack_cleanup() {
+  local rc=$? i pid
+  set +e
+  trap - EXIT INT TERM
+  if declare -F stack_on_exit >/dev/null; then stack_on_exit; fi
+  [ -n "$STACK_DIR" ] || exit "$rc"
+  say "stopping"
+  for ((i = ${#STACK_PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${STACK_PIDS[i]}
+    kill -0 "$pid" 2>/dev/null || continue
+    kill -TERM "$pid" 2>/dev/null
+    if ! stack_wait_gone "$pid" $((STACK_STOP_TIMEOUT * 10)); then
+      echo "${STACK_NAMES[i]} (pid $pid) did not stop on SIGTERM; killing it" >&2
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+  done
+  if [ -n "$STACK_PG_DATA" ] && [ -f "$STACK_PG_DATA/postmaster.pid" ]; then
+    (cd "$STACK_DIR" && as_pg "$(stack_pgbin)/pg_ctl" -D "$STACK_PG_DATA" -m fast -w stop >/dev/null) ||
+      (cd "$STACK_DIR" && as_pg "$(stack_pgbin)/pg_ctl" -D "$STACK_PG_DATA" -m immediate -w stop >/dev/null)
+  fi
+  if [ "${HOOKBRIDGE_KEEP_RUN:-0}" = 1 ]; then
+    echo "state kept in $STACK_DIR"
+  else
+    rm -rf "$STACK_DIR"
+  fi
+  exit "$rc"
+}
+
+stack_start_postgres() {
+  local pgbin port pg=$STACK_DIR/pg try
+  pgbin=$(stack_pgbin)
+  mkdir -p "$pg/data" "$pg/run"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres "$pg"; fi
+  (cd "$STACK_DIR" && as_pg "$pgbin/initdb" --no-sync -D "$pg/data" -A trust -U postgres \
+    -E UTF8 --locale=C >"$pg/run/initdb.log" 2>&1) ||
+    { cat "$pg/run/initdb.log"; die "initdb failed"; }
+  STACK_PG_DATA=$pg/data
+  for try in 1 2 3; do # the free port may be taken between probe and bind
+    port=$(free_port)
+    if (cd "$STACK_DIR" && as_pg "$pgbin/pg_ctl" -D "$pg/data" -l "$pg/run/pg.log" -w -t 60 \
+      -o "-p $port -k $pg/run -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+      start >/dev/null); then
+      # shellcheck disable=SC2034 # for the scripts that source this file
+      STACK_PGPORT=$port
+      export HOOKBRIDGE_DATABASE_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+      return 0
+    fi
+    [ "$try" = 3 ] || sleep 0.2
+  done
+  tail -20 "$pg/run/pg.log"
+  die "PostgreSQL did not start"
+}
+
+stack_psql() {
+  psql -X -q -v ON_ERROR_STOP=1 "$HOOKBRIDGE_DATABASE_URL" "$@"
+}
+
+stack_start_devbroker() {
+  local f=$STACK_DIR/bootstrap
+  stack_spawn devbroker "$STACK_BIN/hookbridge-devbroker" --bootstrap-file "$f" "$@"
+  for _ in $(seq 100); do
+    [ -s "$f" ] && break
+    kill -0 "$STACK_LAST_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -s "$f" ] || { echo "devbroker did not start:"; stack_log_tail devbroker; exit 1; }
+  HOOKBRIDGE_KAFKA_BROKERS=$(cat "$f")
+  export HOOKBRIDGE_KAFKA_BROKERS
+}
+
+stack_migrate() {
+  "$STACK_BIN/hookbridge-migrate" up --dir "$STACK_ROOT/migrations"
+}
+
+# Extra arguments are VAR=VALUE settings for the dispatcher's environment.
+stack_start_dispatcher() {
+  STACK_DISPATCHER_HTTP="127.0.0.1:$(free_port)"
+  stack_spawn dispatcher env HOOKBRIDGE_ALLOW_HTTP=1 HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 \
+    HOOKBRIDGE_HTTP_LISTEN="$STACK_DISPATCHER_HTTP" \
+    HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS=6000 \
+    "$@" "$STACK_BIN/hookbridge-dispatcher"
+  STACK_DISPATCHER_PID=$STACK_LAST_PID
+}
+
+# Waits until the dispatcher answers /readyz with 200 (at most $1 seconds, default 30).
+stack_wait_dispatcher_ready() {
+  local n=$((${1:-30} * 10))
+  while [ "$n" -gt 0 ]; do
+    kill -0 "$STACK_DISPATCHER_PID" 2>/dev/null ||
+      { echo "the dispatcher exited:"; stack_log_tail dispatcher; return 1; }
+    curl -fs -o /dev/null "http://$STACK_DISPATCHER_HTTP/readyz" && return 0
+    sleep 0.1
+    n=$((n - 1))
+  done
+  echo "the dispatcher is not ready after ${1:-30}s:"
+  stack_log_tail dispatcher
+  return 1
+}
+
+stack_register() {
+  local name=$1 url=$2 types=$3 options=${4:-"{}"}
+  stack_psql -At -v name="$name" -v url="$url" -v types="$types" -v options="$options" <<'SQL'
+SELECT hookbridge.register(:'name', :'url', string_to_array(:'types', ','), :'options'::jsonb);
+SQL
+}
+
+# Sets STACK_VERIFICATION to the outcome (verified, failed, unverified).
+stack_verify() {
+  local sub=$1 v=unverified
+  stack_psql -c "SELECT hookbridge.verify('$sub')" >/dev/null
+  for _ in $(seq 100); do
+    v=$(stack_psql -At -c "SELECT verification FROM hookbridge.subscriptions WHERE id='$sub'")
+    [ "$v" != unverified ] && break
+    sleep 0.1
+  done
+  # shellcheck disable=SC2034 # for the scripts that source this file
+  STACK_VERIFICATION=$v
+  [ "$v" = verified ]
+}
+
+stack_activate() {
+  stack_psql -c "SELECT hookbridge.activate('$1')" >/dev/null
+}
