@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config clang
 librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
 libssl-dev libmicrohttpd-dev libcmocka-dev
 postgresql postgresql-contrib
-python3 python3-pytest python3-psycopg2
+python3 python3-pytest python3-psycopg2 python3-kafka jq openssl
 nginx-light wrk kcat curl"
 missing=""
 for p in $PKGS; do
