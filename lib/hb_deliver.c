@@ -150,7 +150,9 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
         break;
     }
 
-    char *body = json_dumps(doc, JSON_COMPACT);
+    /* 15 significant digits: a coordinate sent as 52.517 comes out as 52.517,
+     * not as the 17-digit 52.517000000000003 of the nearest double. */
+    char *body = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(doc);
     if (!body) {
         hb_seterr(errstr, errstr_size, "cannot serialize payload");

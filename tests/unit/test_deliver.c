@@ -272,6 +272,23 @@ typedef struct rx_conn_s {
     size_t len;
 } rx_conn_t;
 
+/* Coordinates keep the digits they were sent with. */
+static void test_render_real_precision(void **state) {
+    (void)state;
+    hb_sub_t *sub = hb_sub_new();
+    json_t *ev = event_new("33333333-3333-4333-8333-333333333333", "user.session.start");
+    hb_payload_t p;
+    char err[256];
+    sub->format = HB_FORMAT_EVENT;
+    json_object_set_new(ev, "lat", json_real(52.517));
+    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_non_null(strstr(p.body, "\"lat\":52.517"));
+    assert_null(strstr(p.body, "52.51700"));
+    free(p.body);
+    json_decref(ev);
+    hb_sub_unref(sub);
+}
+
 static void rx_copy(struct MHD_Connection *c, const char *name, char *out, size_t outsz) {
     const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
     snprintf(out, outsz, "%s", v ? v : "");
@@ -668,6 +685,7 @@ int main(void) {
         cmocka_unit_test(test_render_okta),
         cmocka_unit_test(test_render_cloudevents),
         cmocka_unit_test(test_render_event),
+        cmocka_unit_test(test_render_real_precision),
         cmocka_unit_test(test_send_signed_request),
         cmocka_unit_test(test_send_during_rotation),
         cmocka_unit_test(test_send_refusals),
