@@ -79,6 +79,16 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
     # Distinct events get distinct webhook-ids.
     assert len({r["headers"]["webhook-id"] for r, _ in got}) == len(wanted)
 
+    # The operator sees the same numbers on /metrics.
+    import re
+    status, metrics = d.get("/metrics")
+    assert status == 200
+    consumed = re.search(r"^hookbridge_events_consumed_total (\d+)", metrics, re.M)
+    delivered = re.search(r'^hookbridge_deliveries_total\{outcome="delivered"\} (\d+)',
+                          metrics, re.M)
+    assert consumed and int(consumed.group(1)) == len(mixed)
+    assert delivered and int(delivered.group(1)) == len(wanted)
+
     # Every attempt is in the delivery log.
     rows = wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.delivery_attempts a "
                                   "JOIN hookbridge.deliveries d USING (delivery_id) "
