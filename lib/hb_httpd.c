@@ -15,11 +15,7 @@
  */
 #include "hb_httpd.h"
 
-#include <errno.h>
 #include <microhttpd.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -28,6 +24,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_metrics.h"
 
@@ -43,62 +40,24 @@ struct hb_httpd_s {
     char reason[HB_HTTPD_REASON_MAX];
 };
 
-/* "host:port", "[v6]:port" or ":port" -> a passive address to bind. */
+/* hb_listen_resolve() with this module's wording of its refusals. */
 static int resolve_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *sslen,
                           char *errstr, size_t errstr_size) {
-    char host[256];
-    const char *colon, *port;
-    char *end = NULL;
-    long portnum;
-    struct addrinfo hints, *res = NULL;
-    int rc;
-
-    if (!listen || !(colon = strrchr(listen, ':'))) {
+    char why[128];
+    switch (hb_listen_resolve(listen, HB_LISTEN_STAR_ANY, ss, sslen, why, sizeof(why))) {
+    case HB_LISTEN_OK:
+        return 0;
+    case HB_LISTEN_ESYNTAX:
         hb_seterr(errstr, errstr_size, "listen address \"%s\" is not host:port",
                   listen ? listen : "");
         return -1;
-    }
-    port = colon + 1;
-    errno = 0;
-    portnum = strtol(port, &end, 10);
-    if (!*port || *end || errno || portnum < 0 || portnum > 65535) {
-        hb_seterr(errstr, errstr_size, "listen address \"%s\": bad port", listen);
-        return -1;
-    }
-    size_t hlen = (size_t)(colon - listen);
-    if (hlen >= 2 && listen[0] == '[' && listen[hlen - 1] == ']') {
-        listen++;
-        hlen -= 2;
-    }
-    if (hlen >= sizeof(host)) {
+    case HB_LISTEN_EHOST:
         hb_seterr(errstr, errstr_size, "listen address: host name too long");
         return -1;
-    }
-    memcpy(host, listen, hlen);
-    host[hlen] = '\0';
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    rc = getaddrinfo(hlen && strcmp(host, "*") ? host : NULL, port, &hints, &res);
-    if (rc != 0 || !res) {
-        hb_seterr(errstr, errstr_size, "listen address \"%s\": %s", listen,
-                  rc ? gai_strerror(rc) : "no address");
-        if (res)
-            freeaddrinfo(res);
+    default: /* HB_LISTEN_EPORT, HB_LISTEN_ERESOLVE */
+        hb_seterr(errstr, errstr_size, "listen address \"%s\": %s", listen, why);
         return -1;
     }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *sslen = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
-}
-
-static uint16_t sockaddr_port(const struct sockaddr_storage *ss) {
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
@@ -201,7 +160,7 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     snprintf(h->reason, sizeof(h->reason), "starting");
 
     /* The logger goes first so that even option errors reach hb_log. */
-    h->mhd = MHD_start_daemon(flags, sockaddr_port(&ss), NULL, NULL, on_request, h,
+    h->mhd = MHD_start_daemon(flags, hb_listen_port(&ss), NULL, NULL, on_request, h,
                               MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
                               MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10,

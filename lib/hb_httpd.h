@@ -15,7 +15,8 @@
 
 typedef struct hb_httpd_s hb_httpd_t;
 
-/* listen: "host:port" ("0.0.0.0:8080", "127.0.0.1:0" picks a free port). */
+/* listen: "host:port" ("0.0.0.0:8080", "127.0.0.1:0" picks a free port); the
+ * forms accepted are hb_listen_resolve()'s, with "*" as the wildcard host. */
 hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
                            size_t errstr_size) HB_MUSTCHECK;
 int hb_httpd_port(const hb_httpd_t *h); /* the bound port */

@@ -22,8 +22,6 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <microhttpd.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <pthread.h>
@@ -35,6 +33,7 @@
 #include <unistd.h>
 
 #include "hb_common.h"
+#include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_sign.h"
 #include "hb_signal.h"
@@ -187,41 +186,26 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
     return 0;
 }
 
-/* "host:port", "[v6]:port" or ":port" -> an address to bind. */
+/* hb_listen_resolve() with the command line's wording of its refusals; "*"
+ * is not the wildcard here (":PORT" is). */
 static int resolve_listen(const char *listen, struct sockaddr_storage *ss, uint16_t *port_out,
                           char *errstr, size_t errstr_size) {
-    char host[256];
-    const char *colon = strrchr(listen, ':'), *h = listen;
-    struct addrinfo hints, *res = NULL;
-    int port, rc;
-    size_t hlen;
-    if (!colon || parse_int(colon + 1, 0, 65535, &port) != 0) {
+    char why[128];
+    socklen_t sslen;
+    switch (hb_listen_resolve(listen, 0, ss, &sslen, why, sizeof(why))) {
+    case HB_LISTEN_OK:
+        *port_out = hb_listen_port(ss);
+        return 0;
+    case HB_LISTEN_EHOST:
+        hb_seterr(errstr, errstr_size, "--listen: host too long");
+        return -1;
+    case HB_LISTEN_ERESOLVE:
+        hb_seterr(errstr, errstr_size, "--listen %s: %s", listen, why);
+        return -1;
+    default: /* HB_LISTEN_ESYNTAX, HB_LISTEN_EPORT */
         hb_seterr(errstr, errstr_size, "--listen %s: want HOST:PORT", listen);
         return -1;
     }
-    hlen = (size_t)(colon - listen);
-    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-        h++;
-        hlen -= 2;
-    }
-    if (hlen >= sizeof(host)) {
-        hb_seterr(errstr, errstr_size, "--listen: host too long");
-        return -1;
-    }
-    memcpy(host, h, hlen);
-    host[hlen] = '\0';
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    rc = getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res);
-    if (rc != 0) {
-        hb_seterr(errstr, errstr_size, "--listen %s: %s", listen, gai_strerror(rc));
-        return -1;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    freeaddrinfo(res);
-    *port_out = (uint16_t)port;
-    return 0;
 }
 
 /* ---- events ------------------------------------------------------------ */

@@ -10,7 +10,10 @@
 #include <curl/curl.h>
 #include <time.h>
 
+#include <netinet/in.h>
+
 #include "hb_httpd.h"
+#include "hb_listen.h"
 #include "hb_metrics.h"
 
 typedef struct {
@@ -134,6 +137,84 @@ static void bad_listen_addresses_fail_with_a_reason(void **state) {
     hb_httpd_stop(NULL);
 }
 
+/* hb_listen_resolve(): what each form resolves to, or why it is refused. */
+static void listen_addresses_resolve_or_say_why(void **state) {
+    static char long_host[300 + sizeof(":80")];
+    memset(long_host, 'a', 300);
+    memcpy(long_host + 300, ":80", sizeof(":80"));
+    static const struct {
+        const char *listen;
+        unsigned flags;
+        int rc;
+        int family; /* 0: either */
+        int port;
+        const char *why; /* NULL: any non-empty reason */
+    } cases[] = {
+        {"127.0.0.1:0", 0, HB_LISTEN_OK, AF_INET, 0, ""},
+        {"0.0.0.0:8080", 0, HB_LISTEN_OK, AF_INET, 8080, ""},
+        {"[::1]:9000", 0, HB_LISTEN_OK, AF_INET6, 9000, ""},
+        {":8080", 0, HB_LISTEN_OK, 0, 8080, ""},
+        {"[]:8081", 0, HB_LISTEN_OK, 0, 8081, ""},
+        {"*:8082", HB_LISTEN_STAR_ANY, HB_LISTEN_OK, 0, 8082, ""},
+        {"127.0.0.1:65535", 0, HB_LISTEN_OK, AF_INET, 65535, ""},
+        {NULL, 0, HB_LISTEN_ESYNTAX, 0, 0, "not host:port"},
+        {"nocolon", 0, HB_LISTEN_ESYNTAX, 0, 0, "not host:port"},
+        {"", 0, HB_LISTEN_ESYNTAX, 0, 0, "not host:port"},
+        {"127.0.0.1:", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"127.0.0.1:70000", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"127.0.0.1:65536", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"127.0.0.1:-1", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"127.0.0.1:8x", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"127.0.0.1:99999999999999999999", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {"[::1]", 0, HB_LISTEN_EPORT, 0, 0, "bad port"},
+        {long_host, 0, HB_LISTEN_EHOST, 0, 0, "host name too long"},
+        {"no.such.host.invalid:0", 0, HB_LISTEN_ERESOLVE, 0, 0, NULL},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = 0;
+        char why[128] = "";
+        memset(&ss, 0, sizeof(ss));
+        int rc = hb_listen_resolve(cases[i].listen, cases[i].flags, &ss, &len, why, sizeof(why));
+        if (rc != cases[i].rc)
+            fail_msg("%s: rc %d, want %d (%s)", cases[i].listen ? cases[i].listen : "(null)",
+                     rc, cases[i].rc, why);
+        if (rc != HB_LISTEN_OK) {
+            if (cases[i].why)
+                assert_string_equal(why, cases[i].why);
+            else
+                assert_true(why[0] != '\0');
+            continue;
+        }
+        if (cases[i].family)
+            assert_int_equal(ss.ss_family, cases[i].family);
+        else
+            assert_true(ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+        assert_int_equal(len, ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                       : sizeof(struct sockaddr_in));
+        assert_int_equal(hb_listen_port(&ss), cases[i].port);
+    }
+}
+
+/* hb_httpd_start() words the refusals as "listen address ...". */
+static void httpd_words_listen_refusals(void **state) {
+    static const struct {
+        const char *listen, *err;
+    } cases[] = {
+        {"nocolon", "listen address \"nocolon\" is not host:port"},
+        {"127.0.0.1:8x", "listen address \"127.0.0.1:8x\": bad port"},
+        {"[::1]", "listen address \"[::1]\": bad port"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        char err[256] = "";
+        assert_null(hb_httpd_start(cases[i].listen, 0, err, sizeof(err)));
+        assert_string_equal(err, cases[i].err);
+    }
+    char err[256] = "";
+    assert_null(hb_httpd_start(NULL, 0, err, sizeof(err)));
+    assert_string_equal(err, "listen address \"\" is not host:port");
+}
+
 static void listens_on_ipv6_loopback(void **state) {
     char err[256] = "";
     hb_httpd_t *h = hb_httpd_start("[::1]:0", 0, err, sizeof(err));
@@ -149,6 +230,8 @@ int main(void) {
         cmocka_unit_test(healthz_fails_when_the_loop_stops_beating),
         cmocka_unit_test(bad_listen_addresses_fail_with_a_reason),
         cmocka_unit_test(listens_on_ipv6_loopback),
+        cmocka_unit_test(listen_addresses_resolve_or_say_why),
+        cmocka_unit_test(httpd_words_listen_refusals),
     };
     int rc;
     curl_global_init(CURL_GLOBAL_DEFAULT);
