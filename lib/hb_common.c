@@ -4,6 +4,7 @@
  */
 #include "hb_common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,17 @@ void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(errstr, errstr_size, fmt, ap);
     va_end(ap);
+}
+
+int hb_parse_int(const char *s, int min, int max, int *out) {
+    char *end = NULL;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < min || v > max)
+        return -1;
+    *out = (int)v;
+    return 0;
 }
 
 int64_t hb_mono_ms(void) {

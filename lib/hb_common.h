@@ -23,6 +23,9 @@
 /* Writes a formatted reason into errstr (always NUL-terminated, truncated). */
 void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) HB_PRINTF(3, 4);
 
+/* Whole decimal number in [min, max], nothing else in s; 0 or -1. */
+int hb_parse_int(const char *s, int min, int max, int *out) HB_MUSTCHECK;
+
 /* Monotonic and wall clocks, in milliseconds. */
 int64_t hb_mono_ms(void);
 int64_t hb_wall_ms(void);

@@ -93,17 +93,6 @@ static void usage(FILE *fp) {
             "all brokers down, SIGUSR2 brings them back up (fault-injection tests).\n");
 }
 
-static int parse_int(const char *s, int min, int max, int *out) {
-    char *end = NULL;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > max)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 static int add_topic(devbroker_opts_t *o, const char *spec, char *errstr, size_t errstr_size) {
     const char *colon = strrchr(spec, ':');
     devbroker_topic_t *t;
@@ -114,7 +103,7 @@ static int add_topic(devbroker_opts_t *o, const char *spec, char *errstr, size_t
     t = &o->topics[o->topics_cnt];
     t->partitions = 0;
     if (colon) {
-        if (parse_int(colon + 1, 1, 10000, &t->partitions) != 0 || colon == spec) {
+        if (hb_parse_int(colon + 1, 1, 10000, &t->partitions) != 0 || colon == spec) {
             hb_seterr(errstr, errstr_size, "--topic %s: want NAME or NAME:PARTITIONS", spec);
             return -1;
         }
@@ -152,12 +141,12 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
         if (!strcmp(a, "--bootstrap-file")) {
             o->bootstrap_file = v;
         } else if (!strcmp(a, "--brokers")) {
-            if (parse_int(v, 1, 16, &o->brokers) != 0) {
+            if (hb_parse_int(v, 1, 16, &o->brokers) != 0) {
                 hb_seterr(errstr, errstr_size, "--brokers: want 1..16");
                 return -1;
             }
         } else if (!strcmp(a, "--partitions")) {
-            if (parse_int(v, 1, 10000, &o->partitions) != 0) {
+            if (hb_parse_int(v, 1, 10000, &o->partitions) != 0) {
                 hb_seterr(errstr, errstr_size, "--partitions: want 1..10000");
                 return -1;
             }

@@ -86,17 +86,6 @@ static void usage(FILE *fp) {
             "  --log-level LEVEL     debug, info, warn, error (default info)\n");
 }
 
-static int parse_int(const char *s, int min, int max, int *out) {
-    char *end = NULL;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > max)
-        return -1;
-    *out = (int)v;
-    return 0;
-}
-
 /* "Name: value" -> name, value (both trimmed, both non-empty). */
 static int parse_auth(receiver_t *r, const char *spec, char *errstr, size_t errstr_size) {
     const char *colon = strchr(spec, ':'), *v, *name_end;
@@ -153,19 +142,19 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
                 return -1;
             }
         } else if (!strcmp(a, "--status")) {
-            if (parse_int(v, 100, 599, &r->status) != 0) {
+            if (hb_parse_int(v, 100, 599, &r->status) != 0) {
                 hb_seterr(errstr, errstr_size, "--status: want an HTTP status 100..599");
                 return -1;
             }
         } else if (!strcmp(a, "--retry-after")) {
-            if (parse_int(v, 0, 86400, &r->retry_after) != 0) {
+            if (hb_parse_int(v, 0, 86400, &r->retry_after) != 0) {
                 hb_seterr(errstr, errstr_size, "--retry-after: want 0..86400 seconds");
                 return -1;
             }
         } else if (!strcmp(a, "--record")) {
             r->record_path = v;
         } else if (!strcmp(a, "--threads")) {
-            if (parse_int(v, 1, 64, &r->threads) != 0) {
+            if (hb_parse_int(v, 1, 64, &r->threads) != 0) {
                 hb_seterr(errstr, errstr_size, "--threads: want 1..64");
                 return -1;
             }
