@@ -58,22 +58,22 @@
 #include "hb_signal.h"
 #include "hb_store.h"
 
-#define POLL_BATCH 1000     /* messages taken from Kafka per loop pass */
-#define LOOP_WAIT_MS 100    /* longest sleep of one pass */
+#define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
+#define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
 
 typedef struct event_s {
     hb_offref_t ref;
-    int remaining;   /* deliveries not yet durable */
+    int remaining; /* deliveries not yet durable */
     json_t *json;
 } event_t;
 
 typedef struct delivery_s {
     struct hb_dispatcher_s *d;
     event_t *ev;
-    hb_sub_t *sub;   /* reference held while in flight */
+    hb_sub_t *sub; /* reference held while in flight */
     char id[HB_UUID_LEN + 1];
-    char *body;      /* copy, kept for the failure log (replay) */
+    char *body; /* copy, kept for the failure log (replay) */
 } delivery_t;
 
 typedef struct verify_s {
@@ -91,14 +91,14 @@ struct hb_dispatcher_s {
     hb_dlog_t *dlog;
     hb_index_t *index;
     hb_offsets_t *offsets;
-    rd_kafka_t *rk;       /* consumer */
+    rd_kafka_t *rk; /* consumer */
     rd_kafka_queue_t *rkq;
     rd_kafka_t *producer; /* dead letters */
     int wake[2];          /* Kafka queue and signals write here */
     int index_loaded;
-    int assigned;         /* the group assigned us (possibly zero partitions) */
+    int assigned; /* the group assigned us (possibly zero partitions) */
     int paused;
-    int abandoning;       /* shutdown deadline passed: completions record nothing */
+    int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t deliveries_in_flight;
     int64_t next_store_attempt;
 
@@ -221,8 +221,8 @@ static void on_dead_letter_report(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
     event_finish_one(d, ev);
 }
 
-static void dead_letter_poison(hb_dispatcher_t *d, const rd_kafka_message_t *rkm,
-                               hb_offref_t ref, const char *reason) {
+static void dead_letter_poison(hb_dispatcher_t *d, const rd_kafka_message_t *rkm, hb_offref_t ref,
+                               const char *reason) {
     char part[16], off[24], errstr[256];
     rd_kafka_resp_err_t err;
     event_t *ev = hb_calloc(1, sizeof(*ev));
@@ -325,8 +325,7 @@ static void run_verification(hb_dispatcher_t *d, const char *id) {
 
     if (hb_store_claim_verification(d->store, id, &sub, errstr, sizeof(errstr)) < 0) {
         hb_metric_inc(d->m_db_errors);
-        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s",
-               errstr);
+        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", errstr);
         return;
     }
     if (!sub)
@@ -517,8 +516,8 @@ static int start_consumer(hb_dispatcher_t *d, char *errstr, size_t errstr_size) 
 
     if (!conf)
         return -1;
-    if (hb_kafka_conf_set(conf, "group.id", *cfg->consumer_group ? cfg->consumer_group
-                                                                  : "hookbridge-dispatcher",
+    if (hb_kafka_conf_set(conf, "group.id",
+                          *cfg->consumer_group ? cfg->consumer_group : "hookbridge-dispatcher",
                           errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
@@ -593,8 +592,7 @@ static void update_readiness(hb_dispatcher_t *d) {
 static void one_pass(hb_dispatcher_t *d, int wait_ms) {
     char errstr[512];
     hb_httpd_beat(d->httpd);
-    if (d->store &&
-        hb_store_process(d->store, &store_handlers, d, errstr, sizeof(errstr)) < 0) {
+    if (d->store && hb_store_process(d->store, &store_handlers, d, errstr, sizeof(errstr)) < 0) {
         hb_metric_inc(d->m_db_errors);
         hb_warn("database: %s", errstr);
     }
@@ -689,18 +687,17 @@ static void register_metrics(hb_dispatcher_t *d) {
     d->m_latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
                                         "Duration of delivery attempts.", latency_bounds,
                                         HB_ARRAY_SIZE(latency_bounds));
-    d->m_in_flight = hb_metrics_gauge("hookbridge_requests_in_flight", NULL,
-                                      "Delivery requests in flight.");
+    d->m_in_flight =
+        hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
     d->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
                                  "Deliverable (active and verified) subscriptions.");
-    d->m_db_errors = hb_metrics_counter("hookbridge_database_errors_total", NULL,
-                                        "PostgreSQL errors.");
-    d->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL,
-                                           "Kafka consumer errors.");
+    d->m_db_errors =
+        hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
+    d->m_kafka_errors =
+        hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka consumer errors.");
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
-    d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total",
-                                            "result=\"failed\"",
+    d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",
                                             "Verification challenges by result.");
 }
 
@@ -736,8 +733,8 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
     if (!d->httpd)
         goto fail;
     {
-        rd_kafka_conf_t *pconf = hb_kafka_conf_new(cfg, "hookbridge-dispatcher", errstr,
-                                                   errstr_size);
+        rd_kafka_conf_t *pconf =
+            hb_kafka_conf_new(cfg, "hookbridge-dispatcher", errstr, errstr_size);
         if (!pconf)
             goto fail;
         rd_kafka_conf_set_opaque(pconf, d);

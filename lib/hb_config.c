@@ -35,8 +35,7 @@ typedef struct {
 #define LL_MAX 9223372036854775807LL
 
 static const cf_row_t cf_table[] = {
-    {"database_url", CF_STR, OFF(database_url), "", 0, 0,
-     HB_PROG_SERVICES | HB_PROG_MIGRATE, 1,
+    {"database_url", CF_STR, OFF(database_url), "", 0, 0, HB_PROG_SERVICES | HB_PROG_MIGRATE, 1,
      "PostgreSQL connection string (libpq URI or key=value)."},
     {"kafka_brokers", CF_STR, OFF(kafka_brokers), "localhost:9092", 0, 0, HB_PROG_KAFKA, 0,
      "Kafka bootstrap servers, comma-separated host:port."},
@@ -58,22 +57,20 @@ static const cf_row_t cf_table[] = {
      "Value of \"source\" in Okta and CloudEvents envelopes."},
     {"allow_http", CF_BOOL, OFF(allow_http), "0", 0, 1, HB_PROG_SERVICES, 0,
      "Allow plain http:// endpoint URLs (default: https only)."},
-    {"allow_private_networks", CF_BOOL, OFF(allow_private_networks), "0", 0, 1,
-     HB_PROG_SERVICES, 0,
+    {"allow_private_networks", CF_BOOL, OFF(allow_private_networks), "0", 0, 1, HB_PROG_SERVICES, 0,
      "Allow endpoints on loopback, private and link-local addresses (checked after DNS)."},
     {"max_in_flight", CF_INT, OFF(max_in_flight), "512", 1, 100000, HB_PROG_SERVICES, 0,
      "Concurrent HTTP requests across all endpoints."},
-    {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000,
-     HB_PROG_SERVICES, 0, "Concurrent connections to one endpoint host."},
+    {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
+     "Concurrent connections to one endpoint host."},
     {"request_timeout", CF_MS, OFF(request_timeout_ms), "10s", 100, 300000, HB_PROG_SERVICES, 0,
      "Total time one delivery attempt may take (per-subscription timeout_ms overrides)."},
     {"connect_timeout", CF_MS, OFF(connect_timeout_ms), "5s", 100, 60000, HB_PROG_SERVICES, 0,
      "Time to establish a connection to an endpoint."},
     {"verify_timeout", CF_MS, OFF(verify_timeout_ms), "5s", 100, 60000, HB_PROG_DISPATCHER, 0,
      "Time an endpoint has to answer the verification challenge."},
-    {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000,
-     HB_PROG_SERVICES, 0,
-     "Consumed messages whose deliveries are unfinished before consumption pauses."},
+    {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000, HB_PROG_SERVICES,
+     0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
      "(their events are redelivered after restart)."},
@@ -151,8 +148,8 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
     case CF_BOOL:
         if (parse_bool(val, (int *)dst) == 0)
             return 0;
-        hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a boolean (use 1/0, true/false)",
-                  origin, shown);
+        hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a boolean (use 1/0, true/false)", origin,
+                  shown);
         return -1;
     case CF_INT:
         errno = 0;
@@ -164,8 +161,8 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
         break;
     case CF_MS:
         if (hb_duration_parse_ms(val, &ll) < 0) {
-            hb_seterr(errstr, errstr_size,
-                      "%s: \"%s\" is not a duration (e.g. 250ms, 5s, 2m, 1h)", origin, shown);
+            hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a duration (e.g. 250ms, 5s, 2m, 1h)",
+                      origin, shown);
             return -1;
         }
         break;
@@ -200,7 +197,8 @@ static int cf_is_setting_env(const char *var, size_t len) {
 }
 
 static void kafka_prop_add(hb_config_t *cfg, const char *name, size_t name_len, const char *val) {
-    cfg->kafka_props = hb_realloc(cfg->kafka_props, (cfg->kafka_props_cnt + 1) * 2 * sizeof(char *));
+    cfg->kafka_props =
+        hb_realloc(cfg->kafka_props, (cfg->kafka_props_cnt + 1) * 2 * sizeof(char *));
     cfg->kafka_props[cfg->kafka_props_cnt * 2] = hb_strndup(name, name_len);
     cfg->kafka_props[cfg->kafka_props_cnt * 2 + 1] = hb_strdup(val);
     cfg->kafka_props_cnt++;
@@ -348,9 +346,13 @@ void hb_config_usage(FILE *fp, unsigned program, const char *program_name) {
 }
 
 void hb_config_reference(FILE *fp) {
-    static const struct { unsigned bit; const char *name; } progs[] = {
-        {HB_PROG_PRODUCER, "producer"}, {HB_PROG_DISPATCHER, "dispatcher"},
-        {HB_PROG_RETRIER, "retrier"}, {HB_PROG_MIGRATE, "migrate"}};
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } progs[] = {{HB_PROG_PRODUCER, "producer"},
+                 {HB_PROG_DISPATCHER, "dispatcher"},
+                 {HB_PROG_RETRIER, "retrier"},
+                 {HB_PROG_MIGRATE, "migrate"}};
     char env[64], flag[64];
     fprintf(fp, "| variable | flag | type | default | programs | description |\n"
                 "| --- | --- | --- | --- | --- | --- |\n");

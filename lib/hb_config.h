@@ -28,21 +28,21 @@
 #define HB_PROG_ALL 0xffu
 
 typedef struct hb_config_s {
-    char *database_url;       /* secret: never printed */
+    char *database_url; /* secret: never printed */
     char *kafka_brokers;
     char *events_topic;
     char *dlq_topic;
     char *retry_topic_prefix;
     char *retry_schedule;
     char *consumer_group;
-    char *http_listen;        /* health, readiness, metrics */
+    char *http_listen; /* health, readiness, metrics */
     char *log_level;
-    char *source;             /* "source" of the Okta envelope */
+    char *source; /* "source" of the Okta envelope */
     int allow_http;
     int allow_private_networks;
-    long long max_in_flight;          /* concurrent HTTP requests */
-    long long max_host_connections;   /* per endpoint host */
-    long long request_timeout_ms;     /* default per attempt */
+    long long max_in_flight;        /* concurrent HTTP requests */
+    long long max_host_connections; /* per endpoint host */
+    long long request_timeout_ms;   /* default per attempt */
     long long connect_timeout_ms;
     long long verify_timeout_ms;
     long long max_pending_events;     /* consumed but unfinished, then pause */
@@ -65,8 +65,8 @@ typedef struct hb_config_s {
  * Returns 0; 1 when --help or --config-reference was printed (exit 0);
  * -1 on a bad value or unknown flag, with the reason in errstr (which names
  * the variable or flag and never echoes a secret's value). */
-int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
-                   int argc, char **argv, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                   char **argv, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 void hb_config_free(hb_config_t *cfg);
 

@@ -90,9 +90,9 @@ static json_t *hb_deliver_okta(json_t *const *events, size_t n, const char *deli
     return env;
 }
 
-int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
-                      const char *delivery_id, const char *source, int64_t now_ms,
-                      hb_payload_t *out, char *errstr, size_t errstr_size) {
+int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
+                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
+                      size_t errstr_size) {
     json_t *doc = NULL;
     const char *content_type = HB_CT_JSON;
     memset(out, 0, sizeof(*out));
@@ -120,8 +120,8 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
             for (size_t i = 0; i < n; i++) {
                 char fallback[HB_UUID_LEN + 24];
                 hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
-                json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr,
-                                                   errstr_size);
+                json_t *ce =
+                    hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
                 if (!ce || json_array_append_new(doc, ce)) {
                     json_decref(doc);
                     return -1;
@@ -185,8 +185,8 @@ static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
 }
 
 void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
-                     hb_payload_t *payload, long long default_timeout_ms,
-                     size_t max_response_bytes, hb_http_done_cb *done, void *opaque) {
+                     hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
+                     hb_http_done_cb *done, void *opaque) {
     int64_t now_ms = hb_wall_ms();
     int64_t ts = now_ms / 1000;
     char h_ct[128], h_ua[64], h_id[128], h_ts[48], h_sig[512], h_auth[4096];
@@ -217,7 +217,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
         return;
     }
     hb_seterr(h_ct, sizeof(h_ct), "Content-Type: %s",
-             payload->content_type ? payload->content_type : HB_CT_JSON);
+              payload->content_type ? payload->content_type : HB_CT_JSON);
     hb_seterr(h_ua, sizeof(h_ua), "User-Agent: hookbridge/%s", HB_VERSION);
     hb_seterr(h_id, sizeof(h_id), "webhook-id: %s", delivery_id);
     hb_seterr(h_ts, sizeof(h_ts), "webhook-timestamp: %lld", (long long)ts);

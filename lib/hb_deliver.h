@@ -19,7 +19,7 @@
 #include "hb_sub.h"
 
 typedef struct hb_payload_s {
-    char *body;               /* malloc'd */
+    char *body; /* malloc'd */
     size_t len;
     const char *content_type; /* static string */
 } hb_payload_t;
@@ -29,17 +29,17 @@ typedef struct hb_payload_s {
  *   "cloudEventsVersion":"0.1","source":..,"eventId":<delivery id>,
  *   "eventTime":<now>,"contentType":"application/json","data":{"events":[..]}}
  * cloudevents, event: see DESIGN.md. */
-int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n,
-                      const char *delivery_id, const char *source, int64_t now_ms,
-                      hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
+                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
+                      size_t errstr_size) HB_MUSTCHECK;
 
 /* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
  * webhook-timestamp, webhook-signature (all unexpired secrets), the auth
  * header when configured. Takes ownership of payload->body. The timeout is
  * the subscription's timeout_ms, else default_timeout_ms. */
 void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
-                     hb_payload_t *payload, long long default_timeout_ms,
-                     size_t max_response_bytes, hb_http_done_cb *done, void *opaque);
+                     hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
+                     hb_http_done_cb *done, void *opaque);
 
 /* 2xx delivered; timeouts, connection errors, 408, 429 and 5xx retryable;
  * 3xx (redirects are not followed), other 4xx and refused addresses final.

@@ -32,16 +32,16 @@ const char *hb_outcome_name(hb_outcome_t o); /* "delivered", "retry", "failed", 
 typedef struct hb_attempt_s {
     const char *delivery_id;
     const char *subscription_id;
-    const char *event_ids;    /* comma-separated event uuids (a batch has several) */
+    const char *event_ids; /* comma-separated event uuids (a batch has several) */
     const char *event_type;
-    int attempt;              /* 1 = first */
-    int64_t started_ms;       /* wall clock */
+    int attempt;        /* 1 = first */
+    int64_t started_ms; /* wall clock */
     int64_t duration_ms;
-    int http_status;          /* 0 = no response */
+    int http_status; /* 0 = no response */
     hb_outcome_t outcome;
-    const char *error;        /* NULL on success; never contains a secret */
+    const char *error;            /* NULL on success; never contains a secret */
     const char *response_snippet; /* bounded, may be NULL */
-    const char *body;         /* rendered payload; stored only when outcome is FAILED (for replay) */
+    const char *body; /* rendered payload; stored only when outcome is FAILED (for replay) */
 } hb_attempt_t;
 
 typedef struct hb_dlog_s hb_dlog_t;

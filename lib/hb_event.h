@@ -26,7 +26,7 @@ int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr,
  * actor's id, else the event uuid. Never NULL for a normalized event. */
 const char *hb_event_key(const json_t *ev);
 
-const char *hb_event_uuid(const json_t *ev);      /* NULL when absent */
-const char *hb_event_type(const json_t *ev);      /* NULL when absent */
+const char *hb_event_uuid(const json_t *ev); /* NULL when absent */
+const char *hb_event_type(const json_t *ev); /* NULL when absent */
 
 #endif

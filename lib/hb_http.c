@@ -58,21 +58,21 @@ typedef struct hb_http_xfer_s hb_http_xfer_t;
 struct hb_http_host_s {
     hb_http_host_t *hash_next;
     hb_http_host_t *ready_next;
-    char *key;                     /* "scheme://host:port" */
-    size_t in_flight;              /* running transfers to this host */
+    char *key;        /* "scheme://host:port" */
+    size_t in_flight; /* running transfers to this host */
     hb_http_xfer_t *wait_head, *wait_tail;
-    int on_ready;                  /* in h->ready list */
+    int on_ready; /* in h->ready list */
 };
 
 struct hb_http_xfer_s {
-    hb_http_xfer_t *next;          /* host queue or early list */
+    hb_http_xfer_t *next;                /* host queue or early list */
     hb_http_xfer_t *run_prev, *run_next; /* running list */
     hb_http_t *h;
-    hb_http_host_t *host;          /* NULL on the early list */
-    CURL *easy;                    /* set while running */
+    hb_http_host_t *host; /* NULL on the early list */
+    CURL *easy;           /* set while running */
     hb_http_method_t method;
     char *url;
-    char *host_name;               /* for error texts */
+    char *host_name; /* for error texts */
     struct curl_slist *headers;
     char *body;
     size_t body_len;
@@ -84,11 +84,11 @@ struct hb_http_xfer_s {
     char *resp;
     size_t resp_len, resp_cap;
     long long retry_after_s;
-    int addr_refused;              /* set by the opensocket callback */
+    int addr_refused; /* set by the opensocket callback */
     char addr_text[INET6_ADDRSTRLEN];
     int aborted;
-    int early_refused;             /* early list: refused by policy */
-    int early_code;                /* early list: CURLcode when not a refusal */
+    int early_refused; /* early list: refused by policy */
+    int early_code;    /* early list: CURLcode when not a refusal */
     char early_error[200];
     int64_t started_ms, started_mono;
     char errbuf[CURL_ERROR_SIZE];
@@ -115,17 +115,17 @@ static void hb_http_refill(hb_http_t *h);
 
 static int hb_http_v4_private(const uint8_t a[4]) {
     if (a[0] == 0 || a[0] == 10 || a[0] == 127)
-        return 1;                                  /* 0/8, 10/8, 127/8 */
+        return 1; /* 0/8, 10/8, 127/8 */
     if (a[0] == 100 && (a[1] & 0xc0) == 64)
-        return 1;                                  /* 100.64/10 shared CGN */
+        return 1; /* 100.64/10 shared CGN */
     if (a[0] == 169 && a[1] == 254)
-        return 1;                                  /* link-local */
+        return 1; /* link-local */
     if (a[0] == 172 && (a[1] & 0xf0) == 16)
-        return 1;                                  /* 172.16/12 */
+        return 1; /* 172.16/12 */
     if (a[0] == 192 && a[1] == 168)
-        return 1;                                  /* 192.168/16 */
+        return 1; /* 192.168/16 */
     if (a[0] >= 224)
-        return 1;                                  /* 224/4 multicast, 240/4, broadcast */
+        return 1; /* 224/4 multicast, 240/4, broadcast */
     return 0;
 }
 
@@ -134,15 +134,15 @@ static int hb_http_v6_private(const uint8_t a[16]) {
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
     if (!memcmp(a, zero, 15) && (a[15] == 0 || a[15] == 1))
-        return 1;                                  /* :: and ::1 */
+        return 1; /* :: and ::1 */
     if (!memcmp(a, mapped, 12) || !memcmp(a, nat64, 12))
-        return hb_http_v4_private(a + 12);         /* ::ffff:0:0/96, 64:ff9b::/96 */
+        return hb_http_v4_private(a + 12); /* ::ffff:0:0/96, 64:ff9b::/96 */
     if ((a[0] & 0xfe) == 0xfc)
-        return 1;                                  /* fc00::/7 unique local */
+        return 1; /* fc00::/7 unique local */
     if (a[0] == 0xfe && (a[1] & 0x80) == 0x80)
-        return 1;                                  /* fe80::/10 link-local, fec0::/10 site-local */
+        return 1; /* fe80::/10 link-local, fec0::/10 site-local */
     if (a[0] == 0xff)
-        return 1;                                  /* ff00::/8 multicast */
+        return 1; /* ff00::/8 multicast */
     return 0;
 }
 
@@ -390,15 +390,15 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
     }
     case CURLE_COULDNT_RESOLVE_HOST:
         hb_seterr(res->error, sizeof(res->error), "could not resolve host %s",
-                 x->host_name ? x->host_name : "?");
+                  x->host_name ? x->host_name : "?");
         break;
     case CURLE_COULDNT_CONNECT:
         if (x->addr_refused) {
             res->refused = 1;
             hb_seterr(res->error, sizeof(res->error),
-                     "address %s is loopback/private (refused; set "
-                     "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)",
-                     x->addr_text);
+                      "address %s is loopback/private (refused; set "
+                      "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)",
+                      x->addr_text);
             break;
         }
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
@@ -506,10 +506,10 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
 static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     CURLcode rc = CURLE_OK;
     const char *protocols = h->conf.allow_http ? "http,https" : "https";
-#define HB_SET(opt, val)                                                                   \
-    do {                                                                                   \
-        if (rc == CURLE_OK)                                                                \
-            rc = curl_easy_setopt(easy, opt, val);                                         \
+#define HB_SET(opt, val)                                                                           \
+    do {                                                                                           \
+        if (rc == CURLE_OK)                                                                        \
+            rc = curl_easy_setopt(easy, opt, val);                                                 \
     } while (0)
     HB_SET(CURLOPT_URL, x->url);
     HB_SET(CURLOPT_PRIVATE, (void *)x);
@@ -559,7 +559,7 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
         if (easy)
             curl_easy_cleanup(easy);
         hb_seterr(x->early_error, sizeof(x->early_error), "could not start transfer: %s",
-                 rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
+                  rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
         x->early_code = rc != CURLE_OK ? (int)rc : (int)CURLE_FAILED_INIT;
         hb_http_host_t *host = x->host;
         x->host = NULL;
@@ -733,8 +733,8 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
 
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
-    CURLUcode uc = u ? curl_url_set(u, CURLUPART_URL, x->url, CURLU_NON_SUPPORT_SCHEME)
-                     : CURLUE_OUT_OF_MEMORY;
+    CURLUcode uc =
+        u ? curl_url_set(u, CURLUPART_URL, x->url, CURLU_NON_SUPPORT_SCHEME) : CURLUE_OUT_OF_MEMORY;
     if (uc == CURLUE_OK)
         uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
     if (uc == CURLUE_OK)

@@ -37,18 +37,18 @@ typedef struct hb_http_conf_s {
 typedef enum { HB_HTTP_POST = 0, HB_HTTP_GET } hb_http_method_t;
 
 typedef struct hb_http_result_s {
-    int http_status;        /* 0 when no response was received */
-    int transport_error;    /* 0, or the CURLcode */
-    int timed_out;          /* the request hit its timeout */
-    int refused;            /* refused before sending: scheme or address policy */
-    char error[256];        /* reason when no 2xx: "connection refused",
-                               "timeout after 10000 ms", "address 10.0.0.1 is
-                               loopback/private (refused; set
-                               HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)" */
-    const char *body;       /* response body, NUL-terminated, bounded */
+    int http_status;     /* 0 when no response was received */
+    int transport_error; /* 0, or the CURLcode */
+    int timed_out;       /* the request hit its timeout */
+    int refused;         /* refused before sending: scheme or address policy */
+    char error[256];     /* reason when no 2xx: "connection refused",
+                            "timeout after 10000 ms", "address 10.0.0.1 is
+                            loopback/private (refused; set
+                            HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)" */
+    const char *body;    /* response body, NUL-terminated, bounded */
     size_t body_len;
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
-    int64_t started_ms;     /* wall clock */
+    int64_t started_ms;      /* wall clock */
     int64_t duration_ms;
 } hb_http_result_t;
 
@@ -58,12 +58,12 @@ typedef void(hb_http_done_cb)(const hb_http_result_t *res, void *opaque);
 
 typedef struct hb_http_req_s {
     hb_http_method_t method;
-    const char *url;                 /* copied */
-    const char *const *headers;      /* "Name: value", NULL-terminated, copied */
-    char *body;                      /* POST body; ownership taken by submit */
+    const char *url;            /* copied */
+    const char *const *headers; /* "Name: value", NULL-terminated, copied */
+    char *body;                 /* POST body; ownership taken by submit */
     size_t body_len;
-    long long timeout_ms;            /* total, per attempt */
-    size_t max_response_bytes;       /* response body bytes kept */
+    long long timeout_ms;      /* total, per attempt */
+    size_t max_response_bytes; /* response body bytes kept */
     hb_http_done_cb *done;
     void *opaque;
 } hb_http_req_t;

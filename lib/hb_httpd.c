@@ -33,9 +33,9 @@
 struct hb_httpd_s {
     struct MHD_Daemon *mhd;
     int port;
-    long long stall_ms;              /* <= 0: never stalled */
-    _Atomic int64_t last_beat_ms;    /* hb_mono_ms() of the last beat */
-    pthread_mutex_t lock;            /* guards ready and reason */
+    long long stall_ms;           /* <= 0: never stalled */
+    _Atomic int64_t last_beat_ms; /* hb_mono_ms() of the last beat */
+    pthread_mutex_t lock;         /* guards ready and reason */
     int ready;
     char reason[HB_HTTPD_REASON_MAX];
 };
@@ -45,8 +45,7 @@ static int resolve_listen(const char *listen, struct sockaddr_storage *ss, sockl
                           char *errstr, size_t errstr_size) {
     char why[128];
     switch (hb_listen_resolve(listen, HB_LISTEN_STAR_ANY, ss, sslen, why, sizeof(why))) {
-    case HB_LISTEN_OK:
-        return 0;
+    case HB_LISTEN_OK: return 0;
     case HB_LISTEN_ESYNTAX:
         hb_seterr(errstr, errstr_size, "listen address \"%s\" is not host:port",
                   listen ? listen : "");
@@ -120,9 +119,8 @@ static enum MHD_Result serve_readyz(hb_httpd_t *h, struct MHD_Connection *conn) 
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     hb_httpd_t *h = cls;
     int known = !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics");
 
@@ -160,12 +158,10 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     snprintf(h->reason, sizeof(h->reason), "starting");
 
     /* The logger goes first so that even option errors reach hb_log. */
-    h->mhd = MHD_start_daemon(flags, hb_listen_port(&ss), NULL, NULL, on_request, h,
-                              MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-                              MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10,
-                              MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-                              MHD_OPTION_END);
+    h->mhd = MHD_start_daemon(
+        flags, hb_listen_port(&ss), NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)10, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64, MHD_OPTION_END);
     if (!h->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);

@@ -15,14 +15,14 @@
 #include <string.h>
 
 typedef struct slot_s {
-    char *key;  /* NULL empty; TOMBSTONE removed */
+    char *key; /* NULL empty; TOMBSTONE removed */
     void *val;
 } slot_t;
 
 typedef struct strmap_s {
     slot_t *slots;
-    size_t cap;   /* power of two */
-    size_t used;  /* live + tombstones */
+    size_t cap;  /* power of two */
+    size_t used; /* live + tombstones */
     size_t live;
 } strmap_t;
 

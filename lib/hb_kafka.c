@@ -13,8 +13,10 @@
 #include "hb_log.h"
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    hb_log_level_t lvl = level <= 3 ? HB_LOG_ERROR : level <= 4 ? HB_LOG_WARN
-                         : level <= 6 ? HB_LOG_INFO : HB_LOG_DEBUG;
+    hb_log_level_t lvl = level <= 3   ? HB_LOG_ERROR
+                         : level <= 4 ? HB_LOG_WARN
+                         : level <= 6 ? HB_LOG_INFO
+                                      : HB_LOG_DEBUG;
     hb_log(lvl, HB_KV("source", "librdkafka", "facility", fac), "%s", buf);
 }
 
@@ -83,8 +85,8 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
 }
 
 int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
-                     const void *val, size_t val_len, void *msg_opaque, int block_ms,
-                     char *errstr, size_t errstr_size) {
+                     const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
+                     size_t errstr_size) {
     int64_t deadline = hb_mono_ms() + block_ms;
     for (;;) {
         rd_kafka_resp_err_t err = rd_kafka_producev(

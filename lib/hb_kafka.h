@@ -38,8 +38,8 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
  * it serves delivery reports (rd_kafka_poll) and tries again, for at most
  * block_ms. msg_opaque comes back in the delivery report. */
 int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
-                     const void *val, size_t val_len, void *msg_opaque, int block_ms,
-                     char *errstr, size_t errstr_size) HB_MUSTCHECK;
+                     const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
+                     size_t errstr_size) HB_MUSTCHECK;
 
 /* Flushes with a deadline; returns the number of messages left unsent. */
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);

@@ -44,11 +44,26 @@ size_t hb_json_escape(char *buf, size_t len, size_t bufsz, const char *s) {
     for (; *s && len + 7 < bufsz; s++) {
         unsigned char c = (unsigned char)*s;
         switch (c) {
-        case '"': buf[len++] = '\\'; buf[len++] = '"'; break;
-        case '\\': buf[len++] = '\\'; buf[len++] = '\\'; break;
-        case '\n': buf[len++] = '\\'; buf[len++] = 'n'; break;
-        case '\r': buf[len++] = '\\'; buf[len++] = 'r'; break;
-        case '\t': buf[len++] = '\\'; buf[len++] = 't'; break;
+        case '"':
+            buf[len++] = '\\';
+            buf[len++] = '"';
+            break;
+        case '\\':
+            buf[len++] = '\\';
+            buf[len++] = '\\';
+            break;
+        case '\n':
+            buf[len++] = '\\';
+            buf[len++] = 'n';
+            break;
+        case '\r':
+            buf[len++] = '\\';
+            buf[len++] = 'r';
+            break;
+        case '\t':
+            buf[len++] = '\\';
+            buf[len++] = 't';
+            break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 memcpy(buf + len, "\\u00", 4);

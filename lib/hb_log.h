@@ -29,10 +29,10 @@ extern volatile hb_log_level_t hb_log_level;
 /* NULL-terminated key, value, key, value ... list built in place. */
 #define HB_KV(...) ((const char *const[]){__VA_ARGS__, NULL})
 
-#define hb_log(lvl, kv, ...)                                                   \
-    do {                                                                       \
-        if ((lvl) >= hb_log_level)                                             \
-            hb_log_emit((lvl), (kv), __VA_ARGS__);                             \
+#define hb_log(lvl, kv, ...)                                                                       \
+    do {                                                                                           \
+        if ((lvl) >= hb_log_level)                                                                 \
+            hb_log_emit((lvl), (kv), __VA_ARGS__);                                                 \
     } while (0)
 
 #define hb_debug(...) hb_log(HB_LOG_DEBUG, NULL, __VA_ARGS__)
@@ -46,8 +46,7 @@ void hb_log_init(const char *component, hb_log_level_t level);
 /* "debug" | "info" | "warn" | "error" (also "warning"). */
 int hb_log_level_parse(const char *s, hb_log_level_t *out) HB_MUSTCHECK;
 
-void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...)
-    HB_PRINTF(3, 4);
+void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...) HB_PRINTF(3, 4);
 
 /* Appends s to buf as a JSON string body (no quotes), escaping as needed.
  * Returns the new length; never writes past bufsz-1. Shared with the

@@ -36,9 +36,9 @@ typedef struct hb_family_s hb_family_t;
 
 struct hb_metric_s {
     hb_family_t *family;
-    char *labels;               /* label-set body, "" when none */
-    _Atomic uint64_t value;     /* counter/gauge value; histogram sum (double bits) */
-    _Atomic uint64_t *buckets;  /* histogram: nbounds + 1 (last is +Inf), not cumulative */
+    char *labels;              /* label-set body, "" when none */
+    _Atomic uint64_t value;    /* counter/gauge value; histogram sum (double bits) */
+    _Atomic uint64_t *buckets; /* histogram: nbounds + 1 (last is +Inf), not cumulative */
     hb_metric_t *next;
 };
 
@@ -79,8 +79,8 @@ static int valid_name(const char *s) {
     if (!s || !*s || (*s >= '0' && *s <= '9'))
         return 0;
     for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-              (*s >= '0' && *s <= '9') || *s == '_' || *s == ':'))
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == ':'))
             return 0;
     return 1;
 }
@@ -101,9 +101,8 @@ static int same_bounds(const hb_family_t *f, const double *bounds, size_t nbound
     return 1;
 }
 
-static hb_metric_t *metric_register(hb_metric_type_t type, const char *name,
-                                    const char *labels, const char *help,
-                                    const double *bounds, size_t nbounds) {
+static hb_metric_t *metric_register(hb_metric_type_t type, const char *name, const char *labels,
+                                    const char *help, const double *bounds, size_t nbounds) {
     hb_family_t *f;
     hb_metric_t *m = NULL;
 
@@ -123,8 +122,8 @@ static hb_metric_t *metric_register(hb_metric_type_t type, const char *name,
 
     pthread_mutex_lock(&hb_metrics_lock);
     f = family_find(name);
-    if (f && (f->type != type ||
-              (type == HB_METRIC_HISTOGRAM && !same_bounds(f, bounds, nbounds)))) {
+    if (f &&
+        (f->type != type || (type == HB_METRIC_HISTOGRAM && !same_bounds(f, bounds, nbounds)))) {
         pthread_mutex_unlock(&hb_metrics_lock);
         hb_error("metrics: %s registered again with another type or buckets", name);
         return NULL;

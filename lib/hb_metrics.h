@@ -22,11 +22,11 @@ hb_metric_t *hb_metrics_gauge(const char *name, const char *labels, const char *
 hb_metric_t *hb_metrics_histogram(const char *name, const char *labels, const char *help,
                                   const double *bounds, size_t nbounds);
 
-void hb_metric_inc(hb_metric_t *m);                /* counter += 1 */
-void hb_metric_add(hb_metric_t *m, double v);      /* counter/gauge += v */
-void hb_metric_set(hb_metric_t *m, double v);      /* gauge = v */
-void hb_metric_observe(hb_metric_t *m, double v);  /* histogram */
-double hb_metric_value(const hb_metric_t *m);      /* counter/gauge, for tests */
+void hb_metric_inc(hb_metric_t *m);               /* counter += 1 */
+void hb_metric_add(hb_metric_t *m, double v);     /* counter/gauge += v */
+void hb_metric_set(hb_metric_t *m, double v);     /* gauge = v */
+void hb_metric_observe(hb_metric_t *m, double v); /* histogram */
+double hb_metric_value(const hb_metric_t *m);     /* counter/gauge, for tests */
 
 /* Text exposition of everything registered; malloc'd, caller frees. */
 char *hb_metrics_render(size_t *len);

@@ -28,8 +28,8 @@ struct hb_offpart_s {
     size_t cap, head, cnt; /* ring storage */
     uint64_t base_seq;     /* seq of ring[head] */
     size_t undone;
-    int64_t position;      /* next offset to consume; -1 unknown */
-    int64_t reported;      /* last position collected */
+    int64_t position; /* next offset to consume; -1 unknown */
+    int64_t reported; /* last position collected */
 };
 
 struct hb_offsets_s {

@@ -30,8 +30,7 @@ void hb_offsets_free(hb_offsets_t *o);
 
 /* A message was consumed. Offsets of one partition must be tracked in
  * increasing order (as a consumer sees them). */
-hb_offref_t hb_offsets_track(hb_offsets_t *o, const char *topic, int32_t partition,
-                             int64_t offset);
+hb_offref_t hb_offsets_track(hb_offsets_t *o, const char *topic, int32_t partition, int64_t offset);
 
 /* All work caused by the message is durable. Exactly once per ref. */
 void hb_offsets_done(hb_offsets_t *o, hb_offref_t ref);

@@ -31,8 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HB_MAC_LEN 32                  /* SHA-256 */
-#define HB_MAC_B64_LEN 44              /* 4 * ceil(32 / 3) */
+#define HB_MAC_LEN 32     /* SHA-256 */
+#define HB_MAC_B64_LEN 44 /* 4 * ceil(32 / 3) */
 #define HB_SECRET_PREFIX "whsec_"
 
 /* ---- base64 ---------------------------------------------------------- */
@@ -84,8 +84,7 @@ static int b64_value(char c) {
 }
 
 /* Decodes exactly n characters (a multiple of 4, padded). */
-static int b64_decode_n(const char *in, size_t n, uint8_t *out, size_t outsz,
-                        size_t *out_len) {
+static int b64_decode_n(const char *in, size_t n, uint8_t *out, size_t outsz, size_t *out_len) {
     size_t o = 0;
     if (n % 4 != 0)
         return -1;
@@ -104,8 +103,8 @@ static int b64_decode_n(const char *in, size_t n, uint8_t *out, size_t outsz,
             if (v[k] < 0)
                 return -1;
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         size_t nbytes = 3 - (size_t)pad;
         if (o + nbytes > outsz)
             return -1;
@@ -137,8 +136,7 @@ int hb_secret_parse(const char *text, hb_secret_t *out, char *errstr, size_t err
     if (hb_base64_decode(text, out->key, sizeof(out->key), &len) != 0) {
         OPENSSL_cleanse(out, sizeof(*out));
         hb_seterr(errstr, errstr_size,
-                  "secret is not whsec_ followed by base64 of at most %d bytes",
-                  HB_SECRET_MAX);
+                  "secret is not whsec_ followed by base64 of at most %d bytes", HB_SECRET_MAX);
         return -1;
     }
     if (len == 0) {
@@ -190,9 +188,9 @@ done:
     return rc;
 }
 
-int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms,
-                   const char *msg_id, int64_t timestamp_s, const void *body, size_t body_len,
-                   char *out, size_t outsz) {
+int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms, const char *msg_id,
+                   int64_t timestamp_s, const void *body, size_t body_len, char *out,
+                   size_t outsz) {
     char ts[24];
     size_t len = 0;
     int signed_cnt = 0;
@@ -236,8 +234,8 @@ static int parse_timestamp(const char *s, int64_t *out) {
 }
 
 int hb_sign_verify(const hb_secret_t *secret, const char *msg_id, const char *timestamp,
-                   const void *body, size_t body_len, const char *signature_header,
-                   int64_t now_s, int64_t tolerance_s, char *errstr, size_t errstr_size) {
+                   const void *body, size_t body_len, const char *signature_header, int64_t now_s,
+                   int64_t tolerance_s, char *errstr, size_t errstr_size) {
     uint8_t expected[HB_MAC_LEN];
     int64_t ts;
     int match = 0;

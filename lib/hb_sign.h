@@ -18,18 +18,17 @@ int hb_secret_parse(const char *text, hb_secret_t *out, char *errstr,
                     size_t errstr_size) HB_MUSTCHECK;
 
 /* Header value for the unexpired secrets (expires_ms == 0 or > now_ms). */
-int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms,
-                   const char *msg_id, int64_t timestamp_s, const void *body, size_t body_len,
-                   char *out, size_t outsz) HB_MUSTCHECK;
+int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms, const char *msg_id,
+                   int64_t timestamp_s, const void *body, size_t body_len, char *out,
+                   size_t outsz) HB_MUSTCHECK;
 
 /* Checks a received request (the example receiver, tests): 0 when one of the
  * space-separated v1 signatures matches (constant-time compare) and the
  * timestamp is within tolerance_s of now_s; -1 with a reason otherwise
  * ("no matching signature", "timestamp too old", "malformed timestamp"). */
 int hb_sign_verify(const hb_secret_t *secret, const char *msg_id, const char *timestamp,
-                   const void *body, size_t body_len, const char *signature_header,
-                   int64_t now_s, int64_t tolerance_s, char *errstr,
-                   size_t errstr_size) HB_MUSTCHECK;
+                   const void *body, size_t body_len, const char *signature_header, int64_t now_s,
+                   int64_t tolerance_s, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* Base64 (standard alphabet, padded). out must hold 4*ceil(len/3)+1. */
 size_t hb_base64_encode(const void *in, size_t len, char *out, size_t outsz);

@@ -17,9 +17,9 @@
 #define HB_SECRET_MAX 64 /* decoded signing-key bytes */
 
 typedef enum {
-    HB_FORMAT_OKTA = 0,   /* Okta event-hook envelope (default) */
+    HB_FORMAT_OKTA = 0, /* Okta event-hook envelope (default) */
     HB_FORMAT_CLOUDEVENTS,
-    HB_FORMAT_EVENT,      /* the bare event */
+    HB_FORMAT_EVENT, /* the bare event */
 } hb_format_t;
 
 typedef struct hb_secret_s {
@@ -33,23 +33,23 @@ typedef struct hb_sub_s {
     char id[HB_UUID_LEN + 1];
     char *name;
     char *url;
-    char *auth_header;  /* NULL when not configured */
-    char *auth_value;   /* secret: never logged */
+    char *auth_header; /* NULL when not configured */
+    char *auth_value;  /* secret: never logged */
     hb_secret_t secrets[2];
-    int secrets_cnt;    /* 1, or 2 during a rotation's grace period */
+    int secrets_cnt; /* 1, or 2 during a rotation's grace period */
     char **event_types;
     int event_types_cnt;
-    int active;         /* status = 'active' */
-    int verified;       /* verification = 'verified' */
+    int active;   /* status = 'active' */
+    int verified; /* verification = 'verified' */
     hb_format_t format;
     long long timeout_ms; /* 0 = service default */
     int batch_max;        /* events per request, >= 1 */
     long long batch_window_ms;
 } hb_sub_t;
 
-hb_sub_t *hb_sub_new(void);                 /* refcnt 1, zeroed */
-hb_sub_t *hb_sub_ref(hb_sub_t *sub);        /* returns sub */
-void hb_sub_unref(hb_sub_t *sub);           /* frees at zero; NULL ok */
+hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */
+hb_sub_t *hb_sub_ref(hb_sub_t *sub); /* returns sub */
+void hb_sub_unref(hb_sub_t *sub);    /* frees at zero; NULL ok */
 
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);

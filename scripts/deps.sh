@@ -2,7 +2,7 @@
 # Installs the Debian packages hookbridge needs to build, run and test, when
 # any is missing. Needs root (or sudo) only when something must be installed.
 set -eu
-PKGS="build-essential pkg-config clang
+PKGS="build-essential pkg-config clang clang-format
 librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
 libssl-dev libmicrohttpd-dev libcmocka-dev
 postgresql postgresql-contrib

@@ -56,9 +56,9 @@ typedef struct {
 } devbroker_opts_t;
 
 static const char *const default_topics[] = {
-    "identity.events",       "hookbridge.retry.5s",  "hookbridge.retry.30s",
-    "hookbridge.retry.2m",   "hookbridge.retry.10m", "hookbridge.retry.1h",
-    "hookbridge.retry.6h",   "hookbridge.retry.12h", "hookbridge.dlq",
+    "identity.events",     "hookbridge.retry.5s",  "hookbridge.retry.30s",
+    "hookbridge.retry.2m", "hookbridge.retry.10m", "hookbridge.retry.1h",
+    "hookbridge.retry.6h", "hookbridge.retry.12h", "hookbridge.dlq",
 };
 
 static volatile sig_atomic_t want_down = 0, want_up = 0;
@@ -173,8 +173,9 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
 /* librdkafka's log lines (its own threads) as ours, one level quieter: the
  * mock cluster is chatty about connections coming and going. */
 static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    hb_log_level_t lvl = level <= LOG_ERR ? HB_LOG_WARN : level <= LOG_NOTICE ? HB_LOG_INFO
-                                                                             : HB_LOG_DEBUG;
+    hb_log_level_t lvl = level <= LOG_ERR      ? HB_LOG_WARN
+                         : level <= LOG_NOTICE ? HB_LOG_INFO
+                                               : HB_LOG_DEBUG;
     /* The handle exists only to host the cluster; it is not meant to connect. */
     if (!strcmp(fac, "CONFWARN") && strstr(buf, "bootstrap.servers"))
         lvl = HB_LOG_DEBUG;
@@ -228,8 +229,7 @@ done:
 }
 
 /* path.tmp.<pid>, written and fsynced, then renamed over path. */
-static int write_atomically(const char *path, const char *text, char *errstr,
-                            size_t errstr_size) {
+static int write_atomically(const char *path, const char *text, char *errstr, size_t errstr_size) {
     char tmp[4096];
     size_t len = strlen(text), off = 0;
     int fd, n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
@@ -270,16 +270,15 @@ fail:
     return -1;
 }
 
-static int create_topics(rd_kafka_mock_cluster_t *mc, const devbroker_opts_t *o,
-                         char *errstr, size_t errstr_size) {
+static int create_topics(rd_kafka_mock_cluster_t *mc, const devbroker_opts_t *o, char *errstr,
+                         size_t errstr_size) {
     int rf = o->brokers < 3 ? o->brokers : 3;
     for (int i = 0; i < o->topics_cnt; i++) {
         const devbroker_topic_t *t = &o->topics[i];
         int parts = t->partitions ? t->partitions : o->partitions;
         rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, t->name, parts, rf);
         if (err) {
-            hb_seterr(errstr, errstr_size, "create topic %s: %s", t->name,
-                      rd_kafka_err2str(err));
+            hb_seterr(errstr, errstr_size, "create topic %s: %s", t->name, rd_kafka_err2str(err));
             return -1;
         }
         hb_debug("topic %s created with %d partitions", t->name, parts);
@@ -289,8 +288,8 @@ static int create_topics(rd_kafka_mock_cluster_t *mc, const devbroker_opts_t *o,
 
 static void set_brokers(rd_kafka_mock_cluster_t *mc, int brokers, int up) {
     for (int id = 1; id <= brokers; id++) {
-        rd_kafka_resp_err_t err = up ? rd_kafka_mock_broker_set_up(mc, id)
-                                     : rd_kafka_mock_broker_set_down(mc, id);
+        rd_kafka_resp_err_t err =
+            up ? rd_kafka_mock_broker_set_up(mc, id) : rd_kafka_mock_broker_set_down(mc, id);
         if (err)
             hb_warn("broker %d: set %s: %s", id, up ? "up" : "down", rd_kafka_err2str(err));
     }

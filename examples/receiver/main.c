@@ -109,8 +109,8 @@ static int parse_auth(receiver_t *r, const char *spec, char *errstr, size_t errs
 }
 
 /* Returns 0, 1 after --help, -1 on a bad flag (errstr never holds a secret). */
-static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *level,
-                      char *errstr, size_t errstr_size) {
+static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *level, char *errstr,
+                      size_t errstr_size) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -182,12 +182,8 @@ static int resolve_listen(const char *listen, struct sockaddr_storage *ss, uint1
     char why[128];
     socklen_t sslen;
     switch (hb_listen_resolve(listen, 0, ss, &sslen, why, sizeof(why))) {
-    case HB_LISTEN_OK:
-        *port_out = hb_listen_port(ss);
-        return 0;
-    case HB_LISTEN_EHOST:
-        hb_seterr(errstr, errstr_size, "--listen: host too long");
-        return -1;
+    case HB_LISTEN_OK: *port_out = hb_listen_port(ss); return 0;
+    case HB_LISTEN_EHOST: hb_seterr(errstr, errstr_size, "--listen: host too long"); return -1;
     case HB_LISTEN_ERESOLVE:
         hb_seterr(errstr, errstr_size, "--listen %s: %s", listen, why);
         return -1;
@@ -261,8 +257,8 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
     return MHD_YES;
 }
 
-static void record(receiver_t *r, struct MHD_Connection *conn, const char *method,
-                   const char *url, const request_t *req, int verified, unsigned status) {
+static void record(receiver_t *r, struct MHD_Connection *conn, const char *method, const char *url,
+                   const request_t *req, int verified, unsigned status) {
     json_t *line, *headers, *body;
     char *text;
     if (r->record_fd < 0)
@@ -345,8 +341,8 @@ static int auth_ok(const receiver_t *r, struct MHD_Connection *conn) {
 }
 
 /* Verifies the signature: 1 valid, 0 invalid (reason filled), -1 not configured. */
-static int check_signature(const receiver_t *r, struct MHD_Connection *conn,
-                           const request_t *req, char *why, size_t whysz) {
+static int check_signature(const receiver_t *r, struct MHD_Connection *conn, const request_t *req,
+                           char *why, size_t whysz) {
     if (!r->have_secret)
         return -1;
     const char *id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "webhook-id");
@@ -410,15 +406,14 @@ static enum MHD_Result handle_post(receiver_t *r, struct MHD_Connection *conn, c
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     receiver_t *r = cls;
     request_t *req = *con_cls;
 
     if (!req) { /* headers complete; the body (if any) follows */
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         req = hb_calloc(1, sizeof(*req));
         *con_cls = req;
         if (cl && strtoull(cl, NULL, 10) > RECEIVER_MAX_BODY) {
@@ -530,14 +525,14 @@ int main(int argc, char **argv) {
     }
     hb_signal_install(pipefd[1]);
 
-    mhd = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-            (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-        port, NULL, NULL, on_request, &r, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned int)r.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)1000, MHD_OPTION_END);
+    mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+                               (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+                           port, NULL, NULL, on_request, &r, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+                           NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                           MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)r.threads,
+                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
+                           MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1000, MHD_OPTION_END);
     if (!mhd) {
         hb_error("cannot listen on %s", r.listen);
         goto done;

@@ -75,7 +75,8 @@ static void bad_values_name_the_setting(void **state) {
     static const struct {
         const char *var, *val, *expect;
     } cases[] = {
-        {"HOOKBRIDGE_MAX_IN_FLIGHT", "lots", "HOOKBRIDGE_MAX_IN_FLIGHT: \"lots\" is not an integer"},
+        {"HOOKBRIDGE_MAX_IN_FLIGHT", "lots",
+         "HOOKBRIDGE_MAX_IN_FLIGHT: \"lots\" is not an integer"},
         {"HOOKBRIDGE_MAX_IN_FLIGHT", "0", "HOOKBRIDGE_MAX_IN_FLIGHT: 0 is out of range"},
         {"HOOKBRIDGE_REQUEST_TIMEOUT", "5 parsecs", "is not a duration"},
     };

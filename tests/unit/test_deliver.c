@@ -43,8 +43,8 @@ static void test_classify(void **state) {
          "timeout after 10000 ms"},
         {0, CURLE_COULDNT_CONNECT, 0, 0, "connection refused", HB_OUTCOME_RETRY,
          "connection refused"},
-        {0, CURLE_COULDNT_RESOLVE_HOST, 0, 0, "could not resolve host x.invalid",
-         HB_OUTCOME_RETRY, "could not resolve host x.invalid"},
+        {0, CURLE_COULDNT_RESOLVE_HOST, 0, 0, "could not resolve host x.invalid", HB_OUTCOME_RETRY,
+         "could not resolve host x.invalid"},
         {0, CURLE_ABORTED_BY_CALLBACK, 0, 0, "aborted at shutdown", HB_OUTCOME_RETRY,
          "aborted at shutdown"},
         {200, CURLE_OPERATION_TIMEDOUT, 1, 0, "timeout after 500 ms", HB_OUTCOME_RETRY,
@@ -96,10 +96,9 @@ static void test_classify(void **state) {
 
 static json_t *event_new(const char *uuid, const char *type) {
     json_error_t jerr;
-    json_t *ev = json_pack_ex(&jerr, 0,
-                              "{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}]}", "uuid",
-                              uuid, "published", "2025-11-29T02:49:59.000Z", "eventType", type,
-                              "version", "0", "severity", "INFO", "actor", "id", "00u1",
+    json_t *ev = json_pack_ex(&jerr, 0, "{s:s, s:s, s:s, s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}]}",
+                              "uuid", uuid, "published", "2025-11-29T02:49:59.000Z", "eventType",
+                              type, "version", "0", "severity", "INFO", "actor", "id", "00u1",
                               "type", "User", "target", "id", "00u2", "type", "User");
     if (!ev)
         fail_msg("json_pack: %s", jerr.text);
@@ -166,9 +165,8 @@ static void test_render_cloudevents(void **state) {
     hb_payload_t p;
     char err[256];
 
-    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
-                                       sizeof(err)),
-                     0);
+    assert_int_equal(
+        hb_deliver_render(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
     assert_string_equal(p.content_type, "application/cloudevents+json");
     json_t *doc = parse(&p);
     assert_true(json_is_object(doc));
@@ -182,9 +180,8 @@ static void test_render_cloudevents(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err,
-                                       sizeof(err)),
-                     0);
+    assert_int_equal(
+        hb_deliver_render(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
     assert_string_equal(p.content_type, "application/cloudevents-batch+json");
     doc = parse(&p);
     assert_true(json_is_array(doc));
@@ -201,12 +198,11 @@ static void test_render_cloudevents(void **state) {
 
     /* CloudEvents needs a type */
     json_object_del(ev[1], "eventType");
-    assert_int_equal(
-        hb_deliver_render(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
+    assert_int_equal(hb_deliver_render(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
+                     -1);
     assert_string_equal(err, "event has no eventType");
     assert_null(p.body);
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
-                     -1);
+    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
     assert_null(p.body);
 
     assert_int_equal(ev[0]->refcount, 1);
@@ -303,9 +299,8 @@ static enum MHD_Result rx_reply(struct MHD_Connection *c, unsigned status, const
 }
 
 static enum MHD_Result rx_handle(void *cls, struct MHD_Connection *c, const char *url,
-                                 const char *method, const char *version,
-                                 const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls) {
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls) {
     rx_t *rx = cls;
     (void)version;
     if (*con_cls == NULL) {

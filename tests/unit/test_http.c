@@ -36,13 +36,13 @@
 typedef struct srv_s {
     struct MHD_Daemon *d;
     uint16_t port;
-    atomic_int connections;  /* ever opened */
-    atomic_int requests;     /* completed handler calls */
-    atomic_int active;       /* requests inside the handler right now */
+    atomic_int connections; /* ever opened */
+    atomic_int requests;    /* completed handler calls */
+    atomic_int active;      /* requests inside the handler right now */
     atomic_int max_active;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int release;             /* /slow returns once set */
+    int release; /* /slow returns once set */
     char *big;
 } srv_t;
 
@@ -83,9 +83,8 @@ static void srv_wait_release(srv_t *s, int max_ms) {
 }
 
 static enum MHD_Result srv_handle(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls) {
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
     static int marker;
     srv_t *s = cls;
     (void)method;
@@ -176,10 +175,10 @@ static void srv_stop(srv_t *s) {
 /* Client side helpers                                                 */
 
 typedef struct rec_s {
-    int done;           /* callbacks received (must end at exactly 1) */
-    int order;          /* completion rank across a test */
+    int done;  /* callbacks received (must end at exactly 1) */
+    int order; /* completion rank across a test */
     hb_http_result_t res;
-    char *body;         /* copy of res.body */
+    char *body; /* copy of res.body */
     int64_t done_mono;
 } rec_t;
 
@@ -360,7 +359,7 @@ static void test_parse_retry_after(void **state) {
         {"86400", 86400},
         {"999999999999999999999", 86400},
         {"Tue, 14 Nov 2023 22:14:20 GMT", 60},
-        {"Tue, 14 Nov 2023 22:13:00 GMT", 0},    /* in the past */
+        {"Tue, 14 Nov 2023 22:13:00 GMT", 0},     /* in the past */
         {"Wed, 15 Nov 2023 22:13:21 GMT", 86400}, /* bounded to a day */
         {"", -1},
         {"soon", -1},
@@ -380,20 +379,48 @@ static void test_address_policy(void **state) {
         const char *ip;
         int want;
     } cases[] = {
-        {"0.0.0.0", 1},         {"0.1.2.3", 1},         {"10.0.0.1", 1},
-        {"10.255.255.255", 1},  {"100.64.0.1", 1},      {"100.127.255.255", 1},
-        {"100.63.255.255", 0},  {"100.128.0.0", 0},     {"127.0.0.1", 1},
-        {"127.5.6.7", 1},       {"169.254.169.254", 1}, {"169.253.1.1", 0},
-        {"172.16.0.1", 1},      {"172.31.255.255", 1},  {"172.15.255.255", 0},
-        {"172.32.0.0", 0},      {"192.168.1.1", 1},     {"192.169.0.1", 0},
-        {"224.0.0.1", 1},       {"239.255.255.255", 1}, {"240.0.0.1", 1},
-        {"255.255.255.255", 1}, {"8.8.8.8", 0},         {"93.184.216.34", 0},
-        {"1.1.1.1", 0},         {"::", 1},              {"::1", 1},
-        {"::2", 0},             {"fc00::1", 1},         {"fd12:3456::1", 1},
-        {"fe80::1", 1},         {"febf::1", 1},         {"ff02::1", 1},
-        {"2001:db8::1", 0},     {"2606:4700::1111", 0}, {"::ffff:127.0.0.1", 1},
-        {"::ffff:10.1.2.3", 1}, {"::ffff:8.8.8.8", 0},  {"64:ff9b::a00:1", 1},
-        {"64:ff9b::808:808", 0}, {"64:ff9b::7f00:1", 1}, {"not-an-ip", -1},
+        {"0.0.0.0", 1},
+        {"0.1.2.3", 1},
+        {"10.0.0.1", 1},
+        {"10.255.255.255", 1},
+        {"100.64.0.1", 1},
+        {"100.127.255.255", 1},
+        {"100.63.255.255", 0},
+        {"100.128.0.0", 0},
+        {"127.0.0.1", 1},
+        {"127.5.6.7", 1},
+        {"169.254.169.254", 1},
+        {"169.253.1.1", 0},
+        {"172.16.0.1", 1},
+        {"172.31.255.255", 1},
+        {"172.15.255.255", 0},
+        {"172.32.0.0", 0},
+        {"192.168.1.1", 1},
+        {"192.169.0.1", 0},
+        {"224.0.0.1", 1},
+        {"239.255.255.255", 1},
+        {"240.0.0.1", 1},
+        {"255.255.255.255", 1},
+        {"8.8.8.8", 0},
+        {"93.184.216.34", 0},
+        {"1.1.1.1", 0},
+        {"::", 1},
+        {"::1", 1},
+        {"::2", 0},
+        {"fc00::1", 1},
+        {"fd12:3456::1", 1},
+        {"fe80::1", 1},
+        {"febf::1", 1},
+        {"ff02::1", 1},
+        {"2001:db8::1", 0},
+        {"2606:4700::1111", 0},
+        {"::ffff:127.0.0.1", 1},
+        {"::ffff:10.1.2.3", 1},
+        {"::ffff:8.8.8.8", 0},
+        {"64:ff9b::a00:1", 1},
+        {"64:ff9b::808:808", 0},
+        {"64:ff9b::7f00:1", 1},
+        {"not-an-ip", -1},
         {"example.com", -1},
     };
     for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
@@ -462,8 +489,11 @@ static void test_scheme_refused_up_front(void **state) {
     submit(h, HB_HTTP_POST, "http://127.0.0.1:1/ok", 5000, 100, &r[0]);
     submit(h, HB_HTTP_POST, "ftp://example.com/x", 5000, 100, &r[1]);
     submit(h, HB_HTTP_POST, "https://exa mple.com/", 5000, 100, &r[2]);
-    hb_http_req_t req = {.url = "https://example.com/", .body = strdup("x"), .body_len = 1,
-                         .done = on_done, .opaque = &r[3]};
+    hb_http_req_t req = {.url = "https://example.com/",
+                         .body = strdup("x"),
+                         .body_len = 1,
+                         .done = on_done,
+                         .opaque = &r[3]};
     hb_http_fail(h, &req, "cannot sign: no unexpired signing secret");
     assert_null(req.body);
     /* never completed re-entrantly inside submit */

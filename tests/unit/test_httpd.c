@@ -119,8 +119,8 @@ static void healthz_fails_when_the_loop_stops_beating(void **state) {
 }
 
 static void bad_listen_addresses_fail_with_a_reason(void **state) {
-    static const char *const bad[] = {"nocolon", "127.0.0.1:", "127.0.0.1:70000",
-                                      "127.0.0.1:8x", "no.such.host.invalid:0"};
+    static const char *const bad[] = {"nocolon", "127.0.0.1:", "127.0.0.1:70000", "127.0.0.1:8x",
+                                      "no.such.host.invalid:0"};
     for (size_t i = 0; i < HB_ARRAY_SIZE(bad); i++) {
         char err[256] = "";
         assert_null(hb_httpd_start(bad[i], 0, err, sizeof(err)));
@@ -177,8 +177,8 @@ static void listen_addresses_resolve_or_say_why(void **state) {
         memset(&ss, 0, sizeof(ss));
         int rc = hb_listen_resolve(cases[i].listen, cases[i].flags, &ss, &len, why, sizeof(why));
         if (rc != cases[i].rc)
-            fail_msg("%s: rc %d, want %d (%s)", cases[i].listen ? cases[i].listen : "(null)",
-                     rc, cases[i].rc, why);
+            fail_msg("%s: rc %d, want %d (%s)", cases[i].listen ? cases[i].listen : "(null)", rc,
+                     cases[i].rc, why);
         if (rc != HB_LISTEN_OK) {
             if (cases[i].why)
                 assert_string_equal(why, cases[i].why);

@@ -69,8 +69,8 @@ static void many_subscriptions_match_by_type_only(void **state) {
     hb_sub_t *const *subs;
     for (int i = 0; i < 20000; i++) {
         snprintf(id, sizeof(id), "sub-%d", i);
-        hb_index_upsert(ix, mk(id, 1, 1, i % 100 == 0 ? "user.account.lock" : "user.session.start",
-                               NULL));
+        hb_index_upsert(
+            ix, mk(id, 1, 1, i % 100 == 0 ? "user.account.lock" : "user.session.start", NULL));
     }
     assert_int_equal(hb_index_match(ix, "user.account.lock", &subs), 200);
     for (int i = 0; i < 20000; i += 2) {

@@ -49,8 +49,8 @@ static void counters_and_gauges_render_exactly(void **state) {
     assert_non_null(bad);
     assert_ptr_not_equal(ok, bad);
     /* the same series again is the same object */
-    assert_ptr_equal(ok, hb_metrics_counter("hookbridge_deliveries_total",
-                                            "outcome=\"delivered\"", "ignored"));
+    assert_ptr_equal(
+        ok, hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", "ignored"));
     hb_metric_inc(ok);
     hb_metric_inc(ok);
     hb_metric_add(bad, 3);
@@ -61,14 +61,14 @@ static void counters_and_gauges_render_exactly(void **state) {
     assert_true(hb_metric_value(bad) == 3.0);
     assert_true(hb_metric_value(inflight) == 4.5);
     char *text = render();
-    assert_string_equal(text,
-                        "# HELP hookbridge_deliveries_total Deliveries by final outcome.\n"
-                        "# TYPE hookbridge_deliveries_total counter\n"
-                        "hookbridge_deliveries_total{outcome=\"delivered\"} 2\n"
-                        "hookbridge_deliveries_total{outcome=\"failed\"} 3\n"
-                        "# HELP hookbridge_in_flight HTTP requests in flight.\\nBackslash \\\\ too.\n"
-                        "# TYPE hookbridge_in_flight gauge\n"
-                        "hookbridge_in_flight 4.5\n");
+    assert_string_equal(
+        text, "# HELP hookbridge_deliveries_total Deliveries by final outcome.\n"
+              "# TYPE hookbridge_deliveries_total counter\n"
+              "hookbridge_deliveries_total{outcome=\"delivered\"} 2\n"
+              "hookbridge_deliveries_total{outcome=\"failed\"} 3\n"
+              "# HELP hookbridge_in_flight HTTP requests in flight.\\nBackslash \\\\ too.\n"
+              "# TYPE hookbridge_in_flight gauge\n"
+              "hookbridge_in_flight 4.5\n");
     free(text);
 }
 
@@ -90,28 +90,27 @@ static void histogram_renders_cumulative_buckets(void **state) {
     hb_metric_observe(plain, 4);
     assert_true(hb_metric_value(h) == 4.0);
     char *text = render();
-    assert_string_equal(text,
-                        "# HELP hookbridge_attempt_seconds Delivery attempt duration.\n"
-                        "# TYPE hookbridge_attempt_seconds histogram\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"0.005\"} 1\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"0.1\"} 2\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"1\"} 3\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"+Inf\"} 4\n"
-                        "hookbridge_attempt_seconds_sum{kind=\"http\"} 30.601\n"
-                        "hookbridge_attempt_seconds_count{kind=\"http\"} 4\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"0.005\"} 0\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"0.1\"} 0\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"1\"} 0\n"
-                        "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"+Inf\"} 0\n"
-                        "hookbridge_attempt_seconds_sum{kind=\"verify\"} 0\n"
-                        "hookbridge_attempt_seconds_count{kind=\"verify\"} 0\n"
-                        "# HELP hookbridge_batch_size Events per request.\n"
-                        "# TYPE hookbridge_batch_size histogram\n"
-                        "hookbridge_batch_size_bucket{le=\"1\"} 0\n"
-                        "hookbridge_batch_size_bucket{le=\"10\"} 1\n"
-                        "hookbridge_batch_size_bucket{le=\"+Inf\"} 1\n"
-                        "hookbridge_batch_size_sum 4\n"
-                        "hookbridge_batch_size_count 1\n");
+    assert_string_equal(text, "# HELP hookbridge_attempt_seconds Delivery attempt duration.\n"
+                              "# TYPE hookbridge_attempt_seconds histogram\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"0.005\"} 1\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"0.1\"} 2\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"1\"} 3\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"http\",le=\"+Inf\"} 4\n"
+                              "hookbridge_attempt_seconds_sum{kind=\"http\"} 30.601\n"
+                              "hookbridge_attempt_seconds_count{kind=\"http\"} 4\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"0.005\"} 0\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"0.1\"} 0\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"1\"} 0\n"
+                              "hookbridge_attempt_seconds_bucket{kind=\"verify\",le=\"+Inf\"} 0\n"
+                              "hookbridge_attempt_seconds_sum{kind=\"verify\"} 0\n"
+                              "hookbridge_attempt_seconds_count{kind=\"verify\"} 0\n"
+                              "# HELP hookbridge_batch_size Events per request.\n"
+                              "# TYPE hookbridge_batch_size histogram\n"
+                              "hookbridge_batch_size_bucket{le=\"1\"} 0\n"
+                              "hookbridge_batch_size_bucket{le=\"10\"} 1\n"
+                              "hookbridge_batch_size_bucket{le=\"+Inf\"} 1\n"
+                              "hookbridge_batch_size_sum 4\n"
+                              "hookbridge_batch_size_count 1\n");
     free(text);
 }
 

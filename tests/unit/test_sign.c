@@ -29,8 +29,8 @@ static void reference_sig(const hb_secret_t *s, const char *id, long long ts, co
     unsigned char b64[64];
     int n = snprintf(msg, sizeof(msg), "%s.%lld.%s", id, ts, body);
     assert_true(n > 0 && (size_t)n < sizeof(msg));
-    assert_non_null(HMAC(EVP_sha256(), s->key, (int)s->key_len, (unsigned char *)msg,
-                         (size_t)n, mac, &maclen));
+    assert_non_null(
+        HMAC(EVP_sha256(), s->key, (int)s->key_len, (unsigned char *)msg, (size_t)n, mac, &maclen));
     assert_int_equal(maclen, 32);
     assert_int_equal(EVP_EncodeBlock(b64, mac, (int)maclen), 44);
     snprintf(out, outsz, "v1,%s", (char *)b64);
@@ -48,9 +48,9 @@ static void spec_example_signs_and_verifies(void **state) {
     char hdr[256], ref[128], err[128];
     assert_int_equal(s.key_len, 24);
     assert_int_equal(s.expires_ms, 0);
-    assert_int_equal(hb_sign_header(&s, 1, 0, SPEC_ID, SPEC_TS, SPEC_BODY, strlen(SPEC_BODY),
-                                    hdr, sizeof(hdr)),
-                     0);
+    assert_int_equal(
+        hb_sign_header(&s, 1, 0, SPEC_ID, SPEC_TS, SPEC_BODY, strlen(SPEC_BODY), hdr, sizeof(hdr)),
+        0);
     assert_string_equal(hdr, SPEC_SIG);
     reference_sig(&s, SPEC_ID, SPEC_TS, SPEC_BODY, ref, sizeof(ref));
     assert_string_equal(hdr, ref);
@@ -68,9 +68,16 @@ static void prefix_is_optional(void **state) {
 
 static void bad_secrets_are_rejected(void **state) {
     static const char *const bad[] = {
-        "", "whsec_", "whsec_not base64!", "whsec_abc", "whsec_YWJj=", "whsec_YQ==YQ==",
+        "",
+        "whsec_",
+        "whsec_not base64!",
+        "whsec_abc",
+        "whsec_YWJj=",
+        "whsec_YQ==YQ==",
         /* 65 bytes decoded: one more than HB_SECRET_MAX */
-        "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=",
+        ("whsec_"
+         "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE"
+         "="),
     };
     for (size_t i = 0; i < HB_ARRAY_SIZE(bad); i++) {
         hb_secret_t s;
@@ -83,13 +90,13 @@ static void bad_secrets_are_rejected(void **state) {
 }
 
 static void two_secrets_give_two_signatures(void **state) {
-    hb_secret_t s[2] = {secret_of(SPEC_SECRET), secret_of("whsec_c2Vjb25kLXNlY3JldC1rZXktYnl0ZXMhIQ==")};
+    hb_secret_t s[2] = {secret_of(SPEC_SECRET),
+                        secret_of("whsec_c2Vjb25kLXNlY3JldC1rZXktYnl0ZXMhIQ==")};
     char hdr[256], r0[128], r1[128], want[300], err[128];
     const char *body = "{\"data\":{\"events\":[]}}";
     s[0].expires_ms = 2000; /* old secret, still in its grace period at now=1000 */
-    assert_int_equal(hb_sign_header(s, 2, 1000, "d-1", 1700000000, body, strlen(body), hdr,
-                                    sizeof(hdr)),
-                     0);
+    assert_int_equal(
+        hb_sign_header(s, 2, 1000, "d-1", 1700000000, body, strlen(body), hdr, sizeof(hdr)), 0);
     reference_sig(&s[0], "d-1", 1700000000, body, r0, sizeof(r0));
     reference_sig(&s[1], "d-1", 1700000000, body, r1, sizeof(r1));
     snprintf(want, sizeof(want), "%s %s", r0, r1);
@@ -102,7 +109,8 @@ static void two_secrets_give_two_signatures(void **state) {
 }
 
 static void expired_secret_is_omitted(void **state) {
-    hb_secret_t s[2] = {secret_of(SPEC_SECRET), secret_of("whsec_c2Vjb25kLXNlY3JldC1rZXktYnl0ZXMhIQ==")};
+    hb_secret_t s[2] = {secret_of(SPEC_SECRET),
+                        secret_of("whsec_c2Vjb25kLXNlY3JldC1rZXktYnl0ZXMhIQ==")};
     char hdr[256], r1[128];
     s[0].expires_ms = 5000;
     assert_int_equal(hb_sign_header(s, 2, 5000, "d-2", 42, "x", 1, hdr, sizeof(hdr)), 0);
@@ -116,9 +124,9 @@ static void expired_secret_is_omitted(void **state) {
 static void short_output_buffer_fails(void **state) {
     hb_secret_t s = secret_of(SPEC_SECRET);
     char hdr[40];
-    assert_int_equal(hb_sign_header(&s, 1, 0, SPEC_ID, SPEC_TS, SPEC_BODY, strlen(SPEC_BODY),
-                                    hdr, sizeof(hdr)),
-                     -1);
+    assert_int_equal(
+        hb_sign_header(&s, 1, 0, SPEC_ID, SPEC_TS, SPEC_BODY, strlen(SPEC_BODY), hdr, sizeof(hdr)),
+        -1);
     assert_string_equal(hdr, "");
 }
 
@@ -132,9 +140,8 @@ static void verify_accepts_any_one_of_several(void **state) {
         "v2,zzz   " SPEC_SIG "  ",
     };
     for (size_t i = 0; i < HB_ARRAY_SIZE(headers); i++)
-        assert_int_equal(hb_sign_verify(&s, SPEC_ID, "1614265330", SPEC_BODY,
-                                        strlen(SPEC_BODY), headers[i], SPEC_TS, 300, err,
-                                        sizeof(err)),
+        assert_int_equal(hb_sign_verify(&s, SPEC_ID, "1614265330", SPEC_BODY, strlen(SPEC_BODY),
+                                        headers[i], SPEC_TS, 300, err, sizeof(err)),
                          0);
 }
 
@@ -155,8 +162,8 @@ static void verify_rejects_with_reason(void **state) {
         {&other, SPEC_ID, "1614265330", SPEC_BODY, SPEC_SIG, SPEC_TS, "no matching signature"},
         {&s, SPEC_ID, "1614265330", SPEC_BODY, "v1,g0hM9SsE+OTPJTGt", SPEC_TS,
          "no matching signature"},
-        {&s, SPEC_ID, "1614265330", SPEC_BODY, "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
-         SPEC_TS, "no matching signature"},
+        {&s, SPEC_ID, "1614265330", SPEC_BODY,
+         "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", SPEC_TS, "no matching signature"},
         {&s, SPEC_ID, "1614265330", SPEC_BODY, SPEC_SIG, SPEC_TS + 301, "timestamp too old"},
         {&s, SPEC_ID, "1614265330", SPEC_BODY, SPEC_SIG, SPEC_TS - 301, "timestamp too new"},
         {&s, SPEC_ID, "16142653x0", SPEC_BODY, SPEC_SIG, SPEC_TS, "malformed timestamp"},
@@ -168,9 +175,9 @@ static void verify_rejects_with_reason(void **state) {
     };
     for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
         err[0] = '\0';
-        assert_int_equal(hb_sign_verify(cases[i].secret, cases[i].id, cases[i].ts,
-                                        cases[i].body, strlen(cases[i].body), cases[i].sig,
-                                        cases[i].now, 300, err, sizeof(err)),
+        assert_int_equal(hb_sign_verify(cases[i].secret, cases[i].id, cases[i].ts, cases[i].body,
+                                        strlen(cases[i].body), cases[i].sig, cases[i].now, 300, err,
+                                        sizeof(err)),
                          -1);
         assert_string_equal(err, cases[i].reason);
     }
@@ -196,9 +203,12 @@ static void base64_round_trips(void **state) {
         assert_memory_equal(in, out, len);
     }
     /* RFC 4648 test vectors */
-    static const char *const rfc[][2] = {{"", ""},         {"f", "Zg=="},
-                                         {"fo", "Zm8="},   {"foo", "Zm9v"},
-                                         {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="},
+    static const char *const rfc[][2] = {{"", ""},
+                                         {"f", "Zg=="},
+                                         {"fo", "Zm8="},
+                                         {"foo", "Zm9v"},
+                                         {"foob", "Zm9vYg=="},
+                                         {"fooba", "Zm9vYmE="},
                                          {"foobar", "Zm9vYmFy"}};
     for (size_t i = 0; i < HB_ARRAY_SIZE(rfc); i++) {
         hb_base64_encode(rfc[i][0], strlen(rfc[i][0]), enc, sizeof(enc));
