@@ -8,6 +8,7 @@
  * never printed, not even in an error about them.
  */
 #include "hb_config.h"
+#include "hb_retry.h"
 #include "hb_log.h"
 
 #include <ctype.h>
@@ -45,8 +46,10 @@ static const cf_row_t cf_table[] = {
      "Dead-letter topic for poison messages and deliveries out of attempts."},
     {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
      HB_PROG_SERVICES, 0, "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},
-    {"retry_schedule", CF_STR, OFF(retry_schedule), "5s,30s,2m,10m,1h,6h,12h", 0, 0,
-     HB_PROG_SERVICES, 0, "Delays before each retry attempt, comma-separated durations."},
+    {"retry_schedule", CF_STR, OFF(retry_schedule), HB_RETRY_SCHEDULE_DEFAULT, 0, 0,
+     HB_PROG_SERVICES, 0,
+     "Delays before each retry attempt, comma-separated durations; one topic per distinct delay "
+     "(retry_topic_prefix + delay). The default spreads 8 attempts over about 28 hours."},
     {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
      "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
     {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0, HB_PROG_SERVICES, 0,
@@ -78,6 +81,20 @@ static const cf_row_t cf_table[] = {
      "How often attempts are written to the delivery log."},
     {"response_snippet_bytes", CF_INT, OFF(response_snippet_bytes), "512", 0, 65536,
      HB_PROG_SERVICES, 0, "Bytes of each response body kept in the delivery log."},
+    {"retry_jitter", CF_INT, OFF(retry_jitter_percent), "20", 0, 100, HB_PROG_SERVICES, 0,
+     "Each retry delay is lengthened by a random 0..N percent (never shortened), so an "
+     "endpoint coming back from an outage is not hit by every retry at once."},
+    {"retry_after_max", CF_MS, OFF(retry_after_max_ms), "1h", 0, 86400000, HB_PROG_SERVICES, 0,
+     "Longest Retry-After (from a 429 or 503) that is honoured."},
+    {"circuit_failures", CF_INT, OFF(circuit_failures), "20", 0, 1000000, HB_PROG_DISPATCHER, 0,
+     "Consecutive failed attempts after which an endpoint's new deliveries go straight to "
+     "the first delay tier for a cool-down instead of being attempted (0: never)."},
+    {"circuit_cooldown", CF_MS, OFF(circuit_cooldown_ms), "1m", 1000, 86400000, HB_PROG_DISPATCHER,
+     0, "How long an open circuit skips an endpoint before one attempt probes it again."},
+    {"auto_deactivate_after", CF_MS, OFF(auto_deactivate_ms), "5d", 0, 365LL * 86400000,
+     HB_PROG_RETRIER, 0,
+     "An endpoint that has failed every attempt for this long is deactivated, with the "
+     "reason recorded (0: never)."},
 };
 
 static void env_name(const cf_row_t *r, char *out, size_t outsz) {

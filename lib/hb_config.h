@@ -49,6 +49,11 @@ typedef struct hb_config_s {
     long long shutdown_timeout_ms;    /* SIGTERM drain bound */
     long long log_flush_ms;           /* delivery log batching */
     long long response_snippet_bytes; /* kept from each response */
+    long long retry_jitter_percent;   /* each retry delay lengthened by 0..N % */
+    long long retry_after_max_ms;     /* bound on an endpoint's Retry-After */
+    long long circuit_failures;       /* consecutive failures that open the breaker; 0 off */
+    long long circuit_cooldown_ms;    /* how long new deliveries skip an open endpoint */
+    long long auto_deactivate_ms;     /* failing this long: deactivated; 0 never */
 
     /* librdkafka passthrough: props[2*i] = name, props[2*i+1] = value. */
     char **kafka_props;

@@ -6,6 +6,7 @@
 #define HB_SCHEMAS_H
 
 extern const char hb_schema_identity_event[]; /* schema/identity_event.avsc */
+extern const char hb_schema_delivery_retry[]; /* schema/delivery_retry.avsc */
 /* schema/event_types.txt: "#" comment lines, then "<type>\t<description>" lines. */
 extern const char hb_event_types_catalogue[];
 

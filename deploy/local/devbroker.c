@@ -36,6 +36,7 @@
 
 #include "hb_common.h"
 #include "hb_log.h"
+#include "hb_retry.h"
 #include "hb_signal.h"
 
 #define DEVBROKER_MAX_TOPICS 64
@@ -55,11 +56,7 @@ typedef struct {
     int owned_cnt;
 } devbroker_opts_t;
 
-static const char *const default_topics[] = {
-    "identity.events",     "hookbridge.retry.5s",  "hookbridge.retry.30s",
-    "hookbridge.retry.2m", "hookbridge.retry.10m", "hookbridge.retry.1h",
-    "hookbridge.retry.6h", "hookbridge.retry.12h", "hookbridge.dlq",
-};
+static const char *const default_topics[] = {"identity.events", "hookbridge.dlq"};
 
 static volatile sig_atomic_t want_down = 0, want_up = 0;
 static int wake_fd = -1;
@@ -86,10 +83,14 @@ static void usage(FILE *fp) {
             "  --brokers N             brokers in the cluster (default 3)\n"
             "  --partitions N          partitions per created topic (default 6)\n"
             "  --topic NAME[:P]        create another topic (repeatable)\n"
+            "  --retry-schedule S      create the delay-tier topics of this schedule\n"
+            "                          (default: $HOOKBRIDGE_RETRY_SCHEDULE, "
+            "else " HB_RETRY_SCHEDULE_DEFAULT ")\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "\n"
-            "Topics created: identity.events, hookbridge.retry.{5s,30s,2m,10m,1h,6h,12h},\n"
-            "hookbridge.dlq, and every --topic. Signals: SIGTERM/SIGINT stop; SIGUSR1 takes\n"
+            "Topics created: identity.events, hookbridge.dlq, hookbridge.retry.<delay> for\n"
+            "each distinct delay of the retry schedule, and every --topic. Signals: SIGTERM/SIGINT "
+            "stop; SIGUSR1 takes\n"
             "all brokers down, SIGUSR2 brings them back up (fault-injection tests).\n");
 }
 
@@ -123,6 +124,8 @@ static int add_topic(devbroker_opts_t *o, const char *spec, char *errstr, size_t
 /* Returns 0, 1 after --help, -1 on a bad argument. */
 static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t *level,
                       char *errstr, size_t errstr_size) {
+    const char *schedule = getenv("HOOKBRIDGE_RETRY_SCHEDULE");
+    hb_schedule_t sch;
     o->brokers = 3;
     o->partitions = 6;
     for (size_t i = 0; i < HB_ARRAY_SIZE(default_topics); i++)
@@ -153,6 +156,8 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
         } else if (!strcmp(a, "--topic")) {
             if (add_topic(o, v, errstr, errstr_size) != 0)
                 return -1;
+        } else if (!strcmp(a, "--retry-schedule")) {
+            schedule = v;
         } else if (!strcmp(a, "--log-level")) {
             if (hb_log_level_parse(v, level) != 0) {
                 hb_seterr(errstr, errstr_size, "--log-level: want debug, info, warn or error");
@@ -167,6 +172,14 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
         hb_seterr(errstr, errstr_size, "--bootstrap-file is required");
         return -1;
     }
+    if (hb_schedule_parse(&sch, schedule && *schedule ? schedule : HB_RETRY_SCHEDULE_DEFAULT,
+                          "hookbridge.retry.", errstr, errstr_size) < 0)
+        return -1;
+    for (int t = 0; t < sch.tiers && o->topics_cnt < DEVBROKER_MAX_TOPICS; t++) {
+        o->owned[o->owned_cnt] = hb_strdup(sch.tier_topics[t]);
+        o->topics[o->topics_cnt++] = (devbroker_topic_t){o->owned[o->owned_cnt++], 0};
+    }
+    hb_schedule_free(&sch);
     return 0;
 }
 

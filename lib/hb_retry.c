@@ -1,0 +1,221 @@
+/* The retry schedule and the DeliveryRetry message (see hb_retry.h). */
+#include "hb_retry.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_config.h"
+
+#define MIN_DELAY_MS 100LL
+#define MAX_DELAY_MS (30LL * 86400 * 1000)
+
+void hb_delay_format(long long ms, char *out, size_t outsz) {
+    static const struct {
+        long long ms;
+        const char *unit;
+    } units[] = {{86400000LL, "d"}, {3600000LL, "h"}, {60000LL, "m"}, {1000LL, "s"}};
+    for (size_t i = 0; i < HB_ARRAY_SIZE(units); i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(out, outsz, "%lld%s", ms / units[i].ms, units[i].unit);
+            return;
+        }
+    snprintf(out, outsz, "%lldms", ms);
+}
+
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *topic_prefix, char *errstr,
+                      size_t errstr_size) {
+    const char *p = spec ? spec : "";
+    memset(s, 0, sizeof(*s));
+    while (*p) {
+        char item[64];
+        size_t n = strcspn(p, ",");
+        long long ms;
+        while (n > 0 && (*p == ' ')) {
+            p++;
+            n--;
+        }
+        if (n == 0 || n >= sizeof(item)) {
+            hb_seterr(errstr, errstr_size, "retry schedule \"%s\": empty or over-long element",
+                      spec);
+            return -1;
+        }
+        memcpy(item, p, n);
+        item[n] = '\0';
+        while (n > 0 && item[n - 1] == ' ')
+            item[--n] = '\0';
+        if (hb_duration_parse_ms(item, &ms) < 0 || ms < MIN_DELAY_MS || ms > MAX_DELAY_MS) {
+            hb_seterr(errstr, errstr_size,
+                      "retry schedule: \"%s\" is not a delay between 100ms and 30d (write e.g. "
+                      "5s, 2m, 1h)",
+                      item);
+            return -1;
+        }
+        if (s->steps == HB_RETRY_MAX_STEPS) {
+            hb_seterr(errstr, errstr_size, "retry schedule: more than %d delays",
+                      HB_RETRY_MAX_STEPS);
+            return -1;
+        }
+        s->delays_ms[s->steps++] = ms;
+        p += strcspn(p, ",");
+        if (*p == ',') {
+            p++;
+            if (!*p) {
+                hb_seterr(errstr, errstr_size, "retry schedule \"%s\" ends with a comma", spec);
+                return -1;
+            }
+        }
+    }
+    if (s->steps == 0) {
+        hb_seterr(errstr, errstr_size, "retry schedule is empty (give e.g. 5s,5m,30m,2h)");
+        return -1;
+    }
+    for (int i = 0; i < s->steps; i++) {
+        int seen = 0;
+        for (int j = 0; j < s->tiers; j++)
+            seen |= s->tiers_ms[j] == s->delays_ms[i];
+        if (!seen)
+            s->tiers_ms[s->tiers++] = s->delays_ms[i];
+    }
+    qsort(s->tiers_ms, (size_t)s->tiers, sizeof(s->tiers_ms[0]), cmp_ll);
+    for (int j = 0; j < s->tiers; j++) {
+        char d[32], *t;
+        size_t len;
+        hb_delay_format(s->tiers_ms[j], d, sizeof(d));
+        len = strlen(topic_prefix) + strlen(d) + 1;
+        t = hb_malloc(len);
+        snprintf(t, len, "%s%s", topic_prefix, d);
+        s->tier_topics[j] = t;
+    }
+    return 0;
+}
+
+void hb_schedule_free(hb_schedule_t *s) {
+    for (int j = 0; j < s->tiers; j++)
+        free(s->tier_topics[j]);
+    memset(s, 0, sizeof(*s));
+}
+
+int hb_schedule_max_attempts(const hb_schedule_t *s) {
+    return s->steps + 1;
+}
+
+const char *hb_schedule_topic_for(const hb_schedule_t *s, long long delay_ms) {
+    for (int j = 0; j < s->tiers; j++)
+        if (s->tiers_ms[j] >= delay_ms)
+            return s->tier_topics[j];
+    return s->tier_topics[s->tiers - 1];
+}
+
+int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry_after_ms,
+                     long long retry_after_max_ms, int jitter_percent, double rnd, int64_t now_ms,
+                     const char **topic, int64_t *not_before_ms) {
+    long long delay, tier_delay;
+    if (failed_attempt < 1 || failed_attempt > s->steps)
+        return 1;
+    tier_delay = s->delays_ms[failed_attempt - 1];
+    delay = tier_delay + (long long)((double)tier_delay * (double)jitter_percent / 100.0 * rnd);
+    if (retry_after_ms > 0) {
+        if (retry_after_ms > retry_after_max_ms)
+            retry_after_ms = retry_after_max_ms;
+        if (retry_after_ms > delay)
+            delay = retry_after_ms;
+    }
+    /* The scheduled tier, unless Retry-After asks for longer than it. */
+    *topic = hb_schedule_topic_for(s, delay > tier_delay ? delay : tier_delay);
+    *not_before_ms = now_ms + delay;
+    return 0;
+}
+
+/* ------------------------------------------------------------- messages */
+
+static char *get_str(const json_t *obj, const char *key, const char *what, char *errstr,
+                     size_t errstr_size) {
+    const json_t *v = json_object_get(obj, key);
+    if (!json_is_string(v)) {
+        hb_seterr(errstr, errstr_size, "DeliveryRetry without %s", what);
+        return NULL;
+    }
+    return hb_strndup(json_string_value(v), json_string_length(v));
+}
+
+int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr,
+                           size_t errstr_size) {
+    const json_t *ids = json_object_get(obj, "event_ids");
+    size_t i, total = 0;
+    json_t *v;
+    memset(m, 0, sizeof(*m));
+    if (!(m->delivery_id = get_str(obj, "delivery_id", "delivery_id", errstr, errstr_size)) ||
+        !(m->subscription_id =
+              get_str(obj, "subscription_id", "subscription_id", errstr, errstr_size)) ||
+        !(m->event_type = get_str(obj, "event_type", "event_type", errstr, errstr_size)) ||
+        !(m->content_type = get_str(obj, "content_type", "content_type", errstr, errstr_size)) ||
+        !(m->body = get_str(obj, "body", "body", errstr, errstr_size)) ||
+        !(m->last_error = get_str(obj, "last_error", "last_error", errstr, errstr_size)))
+        goto fail;
+    m->body_len = strlen(m->body);
+    if (strlen(m->delivery_id) != 36 || strlen(m->subscription_id) != 36) {
+        hb_seterr(errstr, errstr_size, "DeliveryRetry with a malformed delivery or subscription id");
+        goto fail;
+    }
+    if (!json_is_array(ids)) {
+        hb_seterr(errstr, errstr_size, "DeliveryRetry without event_ids");
+        goto fail;
+    }
+    json_array_foreach(ids, i, v) total += json_string_length(v) + 1;
+    m->event_ids = hb_calloc(1, total + 1);
+    json_array_foreach(ids, i, v) {
+        if (i)
+            strcat(m->event_ids, ",");
+        strcat(m->event_ids, json_string_value(v) ? json_string_value(v) : "");
+    }
+    m->attempt = (int)json_integer_value(json_object_get(obj, "attempt"));
+    m->not_before_ms = json_integer_value(json_object_get(obj, "not_before_ms"));
+    m->first_attempt_ms = json_integer_value(json_object_get(obj, "first_attempt_ms"));
+    m->last_status = (int)json_integer_value(json_object_get(obj, "last_status"));
+    m->schedule_offset = (int)json_integer_value(json_object_get(obj, "schedule_offset"));
+    if (m->attempt < 1 || m->attempt > 1000 || m->schedule_offset < 0 ||
+        m->schedule_offset >= m->attempt) {
+        hb_seterr(errstr, errstr_size, "DeliveryRetry with attempt %d", m->attempt);
+        goto fail;
+    }
+    return 0;
+fail:
+    hb_retry_msg_clear(m);
+    return -1;
+}
+
+json_t *hb_retry_msg_to_json(const hb_retry_msg_t *m) {
+    json_t *ids = json_array();
+    const char *p = m->event_ids ? m->event_ids : "";
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        json_array_append_new(ids, json_stringn(p, n));
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return json_pack("{s:s, s:s, s:o, s:s, s:s, s:s%, s:i, s:I, s:I, s:i, s:s, s:i}", "delivery_id",
+                     m->delivery_id, "subscription_id", m->subscription_id, "event_ids", ids,
+                     "event_type", m->event_type ? m->event_type : "", "content_type",
+                     m->content_type ? m->content_type : "application/json", "body", m->body,
+                     m->body_len, "attempt", m->attempt, "not_before_ms",
+                     (json_int_t)m->not_before_ms, "first_attempt_ms",
+                     (json_int_t)m->first_attempt_ms, "last_status", m->last_status, "last_error",
+                     m->last_error ? m->last_error : "", "schedule_offset", m->schedule_offset);
+}
+
+void hb_retry_msg_clear(hb_retry_msg_t *m) {
+    free(m->delivery_id);
+    free(m->subscription_id);
+    free(m->event_ids);
+    free(m->event_type);
+    free(m->content_type);
+    free(m->body);
+    free(m->last_error);
+    memset(m, 0, sizeof(*m));
+}
