@@ -59,6 +59,7 @@ typedef struct dlog_row_s {
     char *error;
     char *snippet;
     char *body;
+    char *content_type;
     void *token;
     int rejected; /* refused by the database as invalid: never written */
 } dlog_row_t;
@@ -163,6 +164,7 @@ static void row_free(dlog_row_t *r) {
     free(r->error);
     free(r->snippet);
     free(r->body);
+    free(r->content_type);
     free(r);
 }
 
@@ -221,6 +223,8 @@ void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
     r->error = dup_utf8(a->error);
     r->snippet = dup_utf8(a->response_snippet);
     r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
+    r->content_type =
+        a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
     r->token = token;
 
     pthread_mutex_lock(&dl->mu);
@@ -332,19 +336,20 @@ enum {
     A_ERROR,
     A_SNIPPET,
     A_BODY,
+    A_CTYPE,
     A_COUNT
 };
 
 static const char DLOG_UPSERT_DELIVERIES[] =
     "INSERT INTO hookbridge.deliveries AS d"
     "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
-    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body)"
+    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type)"
     " SELECT DISTINCT ON (r.did) r.did, r.sid, r.eids, r.etype, r.outcome, r.attempt,"
     "        to_timestamp(min(r.started) OVER (PARTITION BY r.did) / 1000.0),"
-    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body"
+    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body, r.ctype"
     "   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[],"
-    "               $7::bigint[], $8::int[], $9::text[], $10::text[])"
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body)"
+    "               $7::bigint[], $8::int[], $9::text[], $10::text[], $11::text[])"
+    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype)"
     "  ORDER BY r.did, r.attempt DESC, r.started DESC"
     " ON CONFLICT (delivery_id) DO UPDATE SET"
     "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
@@ -359,7 +364,8 @@ static const char DLOG_UPSERT_DELIVERIES[] =
     "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
     "            THEN EXCLUDED.last_error ELSE d.last_error END,"
     "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"
-    "   body = coalesce(EXCLUDED.body, d.body)";
+    "   body = coalesce(EXCLUDED.body, d.body),"
+    "   content_type = coalesce(EXCLUDED.content_type, d.content_type)";
 
 static const char DLOG_INSERT_ATTEMPTS[] =
     "INSERT INTO hookbridge.delivery_attempts"
@@ -395,7 +401,7 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *c
 /* Writes rows[0..n) in one transaction. */
 static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
     dlog_buf_t arr[A_COUNT];
-    const char *p1[10], *p2[8];
+    const char *p1[11], *p2[8];
     dlog_wrc_t rc;
 
     if (!dl->conn) {
@@ -420,6 +426,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         buf_elem_text(&arr[A_ERROR], r->error);
         buf_elem_text(&arr[A_SNIPPET], r->snippet);
         buf_elem_text(&arr[A_BODY], r->body);
+        buf_elem_text(&arr[A_CTYPE], r->content_type);
     }
     for (int c = 0; c < A_COUNT; c++)
         buf_put(&arr[c], "}", 1);
@@ -427,13 +434,14 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
     p1[0] = arr[A_DID].p, p1[1] = arr[A_SID].p, p1[2] = arr[A_EIDS].p, p1[3] = arr[A_ETYPE].p;
     p1[4] = arr[A_OUTCOME].p, p1[5] = arr[A_ATTEMPT].p, p1[6] = arr[A_STARTED].p;
     p1[7] = arr[A_HTTP].p, p1[8] = arr[A_ERROR].p, p1[9] = arr[A_BODY].p;
+    p1[10] = arr[A_CTYPE].p;
     p2[0] = arr[A_DID].p, p2[1] = arr[A_ATTEMPT].p, p2[2] = arr[A_STARTED].p;
     p2[3] = arr[A_DURATION].p, p2[4] = arr[A_HTTP].p, p2[5] = arr[A_OUTCOME].p;
     p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p;
 
     if ((rc = dlog_exec(dl, "BEGIN", 0, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 10, p1, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 11, p1, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 8, p2, why, whysz)) != W_OK)
         goto fail;

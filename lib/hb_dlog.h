@@ -42,6 +42,7 @@ typedef struct hb_attempt_s {
     const char *error;            /* NULL on success; never contains a secret */
     const char *response_snippet; /* bounded, may be NULL */
     const char *body; /* rendered payload; stored only when outcome is FAILED (for replay) */
+    const char *content_type; /* of body; stored with it */
 } hb_attempt_t;
 
 typedef struct hb_dlog_s hb_dlog_t;

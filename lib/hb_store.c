@@ -747,3 +747,16 @@ fail:
     }
     return conn;
 }
+
+int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,
+                   struct pg_result **out, const char *what, char *errstr, size_t errstr_size) {
+    PGresult *res;
+    *out = NULL;
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    res = PQexecParams(st->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, what, errstr, errstr_size);
+    *out = res;
+    return 0;
+}

@@ -97,4 +97,10 @@ void hb_store_pg_error(const struct pg_conn *conn, const struct pg_result *res, 
 /* "host H port P" of conn, for messages (never the password). */
 void hb_store_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
 
+/* Runs one parameterised statement that returns rows (a function call);
+ * *out is the result (PQclear it). what names it in the error. */
+int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,
+                   struct pg_result **out, const char *what, char *errstr,
+                   size_t errstr_size) HB_MUSTCHECK;
+
 #endif

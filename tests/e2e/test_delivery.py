@@ -83,7 +83,7 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
     import re
     status, metrics = d.get("/metrics")
     assert status == 200
-    consumed = re.search(r"^hookbridge_events_consumed_total (\d+)", metrics, re.M)
+    consumed = re.search(r"^hookbridge_messages_consumed_total (\d+)", metrics, re.M)
     delivered = re.search(r'^hookbridge_deliveries_total\{outcome="delivered"\} (\d+)',
                           metrics, re.M)
     assert consumed and int(consumed.group(1)) == len(mixed)
@@ -207,8 +207,9 @@ def test_dispatcher_waits_for_unreachable_database(broker, procs, workdir):
 
 
 def test_endpoint_that_closes_the_connection_fails_with_a_reason(db_url, broker, procs, workdir):
-    """A receiver that answers the challenge but drops every POST: the delivery
-    is logged as failed with the reason, the dispatcher carries on."""
+    """A receiver that answers the challenge but drops every POST: a connection
+    error is retryable, so the delivery is logged as waiting for a retry, with
+    the reason, and the dispatcher carries on."""
     import http.server
     import threading
 
@@ -240,9 +241,9 @@ def test_endpoint_that_closes_the_connection_fails_with_a_reason(db_url, broker,
         row = wait_until(lambda: sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
                                      "WHERE subscription_id=%s", sub) or None, 20,
                          "the failed delivery in the log")[0]
-        assert row[0] == "failed"
+        assert row[0] == "retry"
         assert row[1], "the failure carries a reason"
         assert d.proc.alive()
-        assert "delivery failed" in d.proc.output()
+        assert "attempt 1 failed" in d.proc.output()
     finally:
         srv.shutdown()

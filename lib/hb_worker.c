@@ -1,0 +1,1247 @@
+/* The consuming service shared by the dispatcher and the retrier (see hb_worker.h). */
+#include "hb_worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hb_codec.h"
+#include "hb_dlog.h"
+#include "hb_httpd.h"
+#include "hb_kafka.h"
+#include "hb_log.h"
+#include "hb_offsets.h"
+#include "hb_schemas.h"
+#include "hb_signal.h"
+
+#define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
+#define LOOP_WAIT_MS 100 /* longest sleep of one pass */
+#define DLOG_MAX_QUEUE 200000
+#define RESEND_DELAY_MS 1000
+#define CIRCUIT_BUCKETS 1024
+
+struct hb_job_s {
+    hb_offref_t ref;
+    int holds;
+    hb_job_t *prev, *next; /* live jobs, freed at exit if unfinished */
+};
+
+/* Work that must become durable (a broker ack, a delivery-log commit) before
+ * the jobs it holds are released. */
+typedef struct gate_s {
+    hb_job_t **jobs;
+    size_t jobs_cnt;
+    int pending;
+    struct gate_s *prev, *next; /* live gates, freed at exit if unfinished */
+} gate_t;
+
+/* A message for the delay tiers or the dead-letter topic, kept until acked. */
+typedef struct pmsg_s {
+    char *topic;
+    char *key;
+    void *val;
+    size_t len;
+    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
+    gate_t *gate;
+    int64_t resend_at;
+    struct pmsg_s *next;
+} pmsg_t;
+
+typedef struct deferred_s {
+    char *topic;
+    int32_t partition;
+    int64_t due_ms;
+    struct deferred_s *next;
+} deferred_t;
+
+typedef struct circuit_s {
+    char id[HB_UUID_LEN + 1];
+    long long failures;
+    int64_t open_until; /* monotonic; 0 = closed */
+    struct circuit_s *next;
+} circuit_t;
+
+struct hb_worker_s {
+    const hb_config_t *cfg;
+    hb_worker_spec_t spec;
+    char **topics; /* owned copies of spec.topics */
+    int topics_cnt;
+    char client_id[64];
+    const char *group;
+    hb_schedule_t schedule;
+    hb_codec_t *codec;       /* consumed messages */
+    hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    hb_http_t *http;
+    hb_httpd_t *httpd;
+    hb_store_t *store;
+    hb_dlog_t *dlog;
+    hb_index_t *index;
+    hb_offsets_t *offsets;
+    rd_kafka_t *rk; /* consumer */
+    rd_kafka_queue_t *rkq;
+    rd_kafka_t *producer; /* delay tiers and dead letters */
+    rd_kafka_queue_t *pq;
+    int wake[2]; /* Kafka queues and signals write here */
+    int index_loaded;
+    int assigned;
+    int paused;
+    int abandoning; /* shutdown deadline passed: completions record nothing */
+    size_t in_flight;
+    size_t unacked; /* produced, not yet acknowledged */
+    int64_t next_store_attempt;
+    hb_job_t *jobs;
+    gate_t *gates;
+    pmsg_t *resend; /* refused by the broker, produced again later */
+    deferred_t *deferred;
+    circuit_t *circuits[CIRCUIT_BUCKETS];
+
+    hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
+    hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
+    hb_metric_t *m_dlq, *m_circuit_skips, *m_deferred;
+    hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
+};
+
+/* ----------------------------------------------------------------- jobs */
+
+hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm) {
+    hb_job_t *j = hb_calloc(1, sizeof(*j));
+    j->ref = hb_offsets_track(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
+                              rkm->offset);
+    j->holds = 1;
+    j->next = w->jobs;
+    if (w->jobs)
+        w->jobs->prev = j;
+    w->jobs = j;
+    return j;
+}
+
+void hb_job_hold(hb_job_t *j) {
+    j->holds++;
+}
+
+static void job_unlink_free(hb_worker_t *w, hb_job_t *j) {
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        w->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    free(j);
+}
+
+void hb_job_release(hb_worker_t *w, hb_job_t *j) {
+    if (--j->holds > 0)
+        return;
+    hb_offsets_done(w->offsets, j->ref);
+    job_unlink_free(w, j);
+}
+
+static gate_t *gate_new(hb_worker_t *w, hb_job_t *const *jobs, size_t n, int pending) {
+    gate_t *g = hb_calloc(1, sizeof(*g));
+    g->next = w->gates;
+    if (w->gates)
+        w->gates->prev = g;
+    w->gates = g;
+    g->jobs_cnt = n;
+    if (n) {
+        g->jobs = hb_malloc(n * sizeof(*g->jobs));
+        for (size_t i = 0; i < n; i++) {
+            g->jobs[i] = jobs[i];
+            hb_job_hold(jobs[i]);
+        }
+    }
+    g->pending = pending;
+    return g;
+}
+
+static void gate_unlink_free(hb_worker_t *w, gate_t *g) {
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        w->gates = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    free(g->jobs);
+    free(g);
+}
+
+static void gate_done(hb_worker_t *w, gate_t *g) {
+    if (--g->pending > 0)
+        return;
+    for (size_t i = 0; i < g->jobs_cnt; i++)
+        hb_job_release(w, g->jobs[i]);
+    gate_unlink_free(w, g);
+}
+
+/* ------------------------------------------------------------- producing */
+
+static void pmsg_free(pmsg_t *m) {
+    free(m->topic);
+    free(m->key);
+    free(m->val);
+    for (int i = 0; m->hdr[i]; i++)
+        free(m->hdr[i]);
+    free(m);
+}
+
+static void pmsg_send(hb_worker_t *w, pmsg_t *m) {
+    rd_kafka_headers_t *hdrs = NULL;
+    rd_kafka_resp_err_t err;
+    if (m->hdr[0]) {
+        hdrs = rd_kafka_headers_new(4);
+        for (int i = 0; m->hdr[i]; i += 2)
+            (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
+    }
+    if (hdrs)
+        err = rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(m->topic),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0),
+                                RD_KAFKA_V_VALUE(m->val, m->len), RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+    else
+        err = rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(m->topic),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0),
+                                RD_KAFKA_V_VALUE(m->val, m->len), RD_KAFKA_V_OPAQUE(m),
+                                RD_KAFKA_V_END);
+    if (!err) {
+        w->unacked++;
+        return; /* headers now owned by the message */
+    }
+    if (hdrs)
+        rd_kafka_headers_destroy(hdrs);
+    hb_metric_inc(w->m_kafka_errors);
+    hb_warn("cannot produce to %s (%s): trying again in 1 s", m->topic, rd_kafka_err2str(err));
+    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
+    m->next = w->resend;
+    w->resend = m;
+}
+
+/* Delivery report (main loop thread, from rd_kafka_poll). */
+static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
+    hb_worker_t *w = opaque;
+    pmsg_t *m = rkm->_private;
+    (void)rk;
+    w->unacked--;
+    if (rkm->err) {
+        hb_metric_inc(w->m_kafka_errors);
+        hb_warn("the broker did not take a message for %s (%s): trying again in 1 s", m->topic,
+                rd_kafka_err2str(rkm->err));
+        m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
+        m->next = w->resend;
+        w->resend = m;
+        return;
+    }
+    if (m->gate)
+        gate_done(w, m->gate);
+    pmsg_free(m);
+}
+
+static void resend_due(hb_worker_t *w) {
+    pmsg_t **pp = &w->resend;
+    int64_t now = hb_mono_ms();
+    while (*pp) {
+        pmsg_t *m = *pp;
+        if (m->resend_at > now) {
+            pp = &m->next;
+            continue;
+        }
+        *pp = m->next;
+        m->next = NULL;
+        pmsg_send(w, m);
+    }
+}
+
+static pmsg_t *pmsg_new(const char *topic, const char *key, const void *val, size_t len,
+                        gate_t *gate) {
+    pmsg_t *m = hb_calloc(1, sizeof(*m));
+    m->topic = hb_strdup(topic);
+    m->key = key ? hb_strdup(key) : NULL;
+    m->val = hb_malloc(len ? len : 1);
+    memcpy(m->val, val, len);
+    m->len = len;
+    m->gate = gate;
+    return m;
+}
+
+void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,
+                       size_t len, hb_job_t *job) {
+    gate_t *g = gate_new(w, job ? &job : NULL, job ? 1 : 0, 1);
+    pmsg_send(w, pmsg_new(topic, key, val, len, g));
+}
+
+/* Poison: the bytes go to the dead-letter topic unchanged, with why and
+ * where from in headers; the job is released when the broker has them. */
+static void dead_letter_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_job_t *job,
+                               const char *reason) {
+    char part[16], off[24];
+    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
+    pmsg_t *m = pmsg_new(w->cfg->dlq_topic, key, rkm->payload ? rkm->payload : "", rkm->len,
+                         gate_new(w, &job, 1, 1));
+    free(key);
+    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
+    m->hdr[0] = hb_strdup("hookbridge-reason");
+    m->hdr[1] = hb_strdup(reason);
+    m->hdr[2] = hb_strdup("hookbridge-source-topic");
+    m->hdr[3] = hb_strdup(rd_kafka_topic_name(rkm->rkt));
+    m->hdr[4] = hb_strdup("hookbridge-source-partition");
+    m->hdr[5] = hb_strdup(part);
+    m->hdr[6] = hb_strdup("hookbridge-source-offset");
+    m->hdr[7] = hb_strdup(off);
+    pmsg_send(w, m);
+}
+
+/* ------------------------------------------------------- circuit breaker */
+
+static circuit_t **circuit_slot(hb_worker_t *w, const char *id) {
+    unsigned h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    circuit_t **pp = &w->circuits[h % CIRCUIT_BUCKETS];
+    while (*pp && strcmp((*pp)->id, id) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* 1 when new deliveries to this subscription must skip the attempt. */
+static int circuit_open(hb_worker_t *w, const char *id) {
+    circuit_t *c = *circuit_slot(w, id);
+    if (!c || !c->open_until)
+        return 0;
+    if (hb_mono_ms() < c->open_until)
+        return 1;
+    /* Half open: let one attempt through; its failure re-opens. */
+    c->open_until = 0;
+    c->failures = w->cfg->circuit_failures - 1;
+    return 0;
+}
+
+static void circuit_result(hb_worker_t *w, const char *id, int ok) {
+    circuit_t **pp, *c;
+    if (w->cfg->circuit_failures <= 0)
+        return;
+    pp = circuit_slot(w, id);
+    c = *pp;
+    if (ok) {
+        if (c) { /* healthy again: forget it */
+            *pp = c->next;
+            if (c->open_until || c->failures >= w->cfg->circuit_failures)
+                hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "circuit closed");
+            free(c);
+        }
+        return;
+    }
+    if (!c) {
+        c = hb_calloc(1, sizeof(*c));
+        snprintf(c->id, sizeof(c->id), "%s", id);
+        *pp = c;
+    }
+    if (++c->failures >= w->cfg->circuit_failures && !c->open_until) {
+        c->open_until = hb_mono_ms() + w->cfg->circuit_cooldown_ms;
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+               "circuit open after %lld consecutive failures: new deliveries wait in the first "
+               "delay tier for %lld ms",
+               c->failures, w->cfg->circuit_cooldown_ms);
+    }
+}
+
+/* ------------------------------------------------------------ deliveries */
+
+hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
+                               const char *content_type, const char *event_ids,
+                               const char *event_type, hb_job_t *const *jobs, size_t n) {
+    hb_delivery_t *dl = hb_calloc(1, sizeof(*dl));
+    dl->sub = hb_sub_ref(sub);
+    snprintf(dl->id, sizeof(dl->id), "%s", id);
+    dl->body = body;
+    dl->body_len = body_len;
+    dl->content_type = hb_strdup(content_type ? content_type : "application/json");
+    dl->event_ids = hb_strdup(event_ids ? event_ids : "");
+    dl->event_type = hb_strdup(event_type ? event_type : "");
+    dl->attempt = 1;
+    dl->jobs_cnt = n;
+    dl->jobs = hb_malloc((n ? n : 1) * sizeof(*dl->jobs));
+    for (size_t i = 0; i < n; i++) {
+        dl->jobs[i] = jobs[i];
+        hb_job_hold(jobs[i]);
+    }
+    return dl;
+}
+
+/* Releases the delivery's holds (its work is now held by gates, or done). */
+static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        hb_job_release(w, dl->jobs[i]);
+    hb_sub_unref(dl->sub);
+    free(dl->jobs);
+    free(dl->body);
+    free(dl->content_type);
+    free(dl->event_ids);
+    free(dl->event_type);
+    free(dl);
+}
+
+static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                   hb_outcome_t outcome, const char *reason, gate_t *gate) {
+    hb_attempt_t a = {
+        .delivery_id = dl->id,
+        .subscription_id = dl->sub->id,
+        .event_ids = dl->event_ids,
+        .event_type = dl->event_type,
+        .attempt = attempt,
+        .started_ms = res ? res->started_ms : hb_wall_ms(),
+        .duration_ms = res ? res->duration_ms : 0,
+        .http_status = res ? res->http_status : 0,
+        .outcome = outcome,
+        .error = reason && *reason ? reason : NULL,
+        .response_snippet = res && res->body_len ? res->body : NULL,
+        .body = outcome == HB_OUTCOME_FAILED ? dl->body : NULL,
+        .content_type = dl->content_type,
+    };
+    hb_dlog_add(w->dlog, &a, gate);
+}
+
+/* A DeliveryRetry for dl, produced to topic; the gate counts its ack. */
+static int produce_retry(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
+                         int64_t not_before_ms, int last_status, const char *reason,
+                         gate_t *gate) {
+    hb_retry_msg_t m = {
+        .delivery_id = dl->id,
+        .subscription_id = dl->sub->id,
+        .event_ids = dl->event_ids,
+        .event_type = dl->event_type,
+        .content_type = dl->content_type,
+        .body = dl->body,
+        .body_len = dl->body_len,
+        .attempt = next_attempt,
+        .not_before_ms = not_before_ms,
+        .first_attempt_ms = dl->first_attempt_ms,
+        .last_status = last_status,
+        .last_error = (char *)(reason ? reason : ""),
+    };
+    json_t *obj = hb_retry_msg_to_json(&m);
+    void *buf = NULL;
+    size_t len = 0;
+    char errstr[256];
+    if (!obj || hb_codec_encode(w->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
+        json_decref(obj);
+        hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
+               obj ? errstr : "out of memory");
+        return -1;
+    }
+    json_decref(obj);
+    pmsg_send(w, pmsg_new(topic, dl->sub->id, buf, len, gate));
+    free(buf);
+    return 0;
+}
+
+/* Final failure: dead-letter and log; the jobs wait for both. */
+static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
+                         const hb_http_result_t *res, const char *reason) {
+    gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 2);
+    hb_metric_inc(w->m_failed);
+    hb_metric_inc(w->m_dlq);
+    hb_log(HB_LOG_WARN,
+           HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type",
+                 dl->event_type),
+           "delivery failed after %d attempt(s), dead-lettered: %s", attempt, reason);
+    if (produce_retry(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
+                      reason, g) < 0)
+        gate_done(w, g); /* cannot happen with a valid schema; the log still gates */
+    record(w, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
+}
+
+static double random_unit(void) {
+    uint32_t r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        return 0.5;
+    return (double)r / 4294967296.0;
+}
+
+/* Retryable failure of attempt dl->attempt (or a skipped one when res is
+ * NULL): the next tier, or the dead-letter topic when attempts are used up. */
+static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_http_result_t *res,
+                        const char *reason, int schedule_offset) {
+    const char *topic = NULL;
+    int64_t not_before = 0;
+    long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
+    int step = made - schedule_offset; /* attempts made in this schedule */
+    gate_t *g;
+    char why[320];
+
+    if (step < 1)
+        step = 1;
+    if (hb_schedule_next(&w->schedule, step, retry_after, w->cfg->retry_after_max_ms,
+                         (int)w->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
+                         &not_before) != 0) {
+        snprintf(why, sizeof(why), "%s (attempts used up)", reason);
+        route_failed(w, dl, made, res, why);
+        return;
+    }
+    g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+    hb_metric_inc(w->m_retry);
+    for (int t = 0; t < w->schedule.tiers; t++)
+        if (!strcmp(w->schedule.tier_topics[t], topic))
+            hb_metric_inc(w->m_tier[t]);
+    hb_log(HB_LOG_INFO,
+           HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type",
+                 dl->event_type),
+           "attempt %d failed (%s): next attempt in %lld ms via %s", made, reason,
+           (long long)(not_before - hb_wall_ms()), topic);
+    if (produce_retry(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g) <
+        0) {
+        gate_done(w, g);
+        return;
+    }
+    /* Informational: the broker's ack, not this row, lets the offset move. */
+    record(w, dl, made, res, HB_OUTCOME_RETRY, reason, NULL);
+}
+
+static void on_attempt_done(const hb_http_result_t *res, void *opaque);
+
+void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason) {
+    int made = dl->attempt - 1;
+    if (outcome == HB_OUTCOME_FAILED) {
+        route_failed(w, dl, made, NULL, reason);
+    } else {
+        gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+        hb_metric_inc(w->m_dropped);
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "delivery dropped: %s", reason);
+        record(w, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
+    }
+    delivery_finish(w, dl);
+}
+
+typedef struct attempt_ctx_s {
+    hb_worker_t *w;
+    hb_delivery_t *dl;
+} attempt_ctx_t;
+
+void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
+    attempt_ctx_t *ctx;
+    hb_payload_t payload;
+
+    if (!dl->first_attempt_ms)
+        dl->first_attempt_ms = hb_wall_ms();
+    if (dl->attempt == 1 && w->cfg->circuit_failures > 0 && circuit_open(w, dl->sub->id)) {
+        hb_metric_inc(w->m_circuit_skips);
+        route_retry(w, dl, 1, NULL, "circuit open: endpoint failing, attempt skipped", 0);
+        delivery_finish(w, dl);
+        return;
+    }
+    ctx = hb_calloc(1, sizeof(*ctx));
+    ctx->w = w;
+    ctx->dl = dl;
+    payload.body = hb_strndup(dl->body, dl->body_len);
+    payload.len = dl->body_len;
+    payload.content_type = dl->content_type;
+    w->in_flight++;
+    hb_deliver_send(w->http, dl->sub, dl->id, &payload, w->cfg->request_timeout_ms,
+                    (size_t)w->cfg->response_snippet_bytes, on_attempt_done, ctx);
+}
+
+static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
+    attempt_ctx_t *ctx = opaque;
+    hb_worker_t *w = ctx->w;
+    hb_delivery_t *dl = ctx->dl;
+    char reason[256];
+    hb_outcome_t outcome;
+
+    free(ctx);
+    w->in_flight--;
+    if (w->abandoning) { /* shutdown: the message will be consumed again */
+        hb_sub_unref(dl->sub);
+        free(dl->jobs);
+        free(dl->body);
+        free(dl->content_type);
+        free(dl->event_ids);
+        free(dl->event_type);
+        free(dl);
+        return;
+    }
+    outcome = hb_deliver_classify(res, reason, sizeof(reason));
+    hb_metric_observe(w->m_latency, (double)res->duration_ms / 1000.0);
+    circuit_result(w, dl->sub->id, outcome == HB_OUTCOME_DELIVERED);
+    switch (outcome) {
+    case HB_OUTCOME_DELIVERED:
+        hb_metric_inc(w->m_delivered);
+        hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "delivered on attempt %d (HTTP %d, %lld ms)", dl->attempt, res->http_status,
+               (long long)res->duration_ms);
+        record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "", NULL);
+        break;
+    case HB_OUTCOME_RETRY:
+        route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset);
+        break;
+    default:
+        route_failed(w, dl, dl->attempt, res, reason);
+        break;
+    }
+    delivery_finish(w, dl);
+}
+
+size_t hb_worker_in_flight(const hb_worker_t *w) {
+    return w->in_flight;
+}
+
+/* ---------------------------------------------------------- subscriptions */
+
+static void on_sub_loaded(hb_sub_t *sub, void *opaque) {
+    hb_index_upsert(((hb_worker_t *)opaque)->index, sub);
+}
+
+static int load_index(hb_worker_t *w) {
+    char errstr[512];
+    hb_index_clear(w->index);
+    if (hb_store_load_all(w->store, on_sub_loaded, w, errstr, sizeof(errstr)) < 0) {
+        hb_metric_inc(w->m_db_errors);
+        hb_error("cannot load subscriptions: %s", errstr);
+        return -1;
+    }
+    hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
+    hb_info("subscription index loaded: %zu subscriptions, %zu deliverable",
+            hb_index_count(w->index), hb_index_deliverable_count(w->index));
+    return 0;
+}
+
+static void index_loaded(hb_worker_t *w) {
+    w->index_loaded = load_index(w) == 0;
+    if (w->index_loaded && w->spec.hooks->on_index_loaded)
+        w->spec.hooks->on_index_loaded(w, w->spec.opaque);
+}
+
+static void on_change(const char *id, hb_sub_t *sub, void *opaque) {
+    hb_worker_t *w = opaque;
+    if (sub) {
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "subscription changed: %s, %s",
+               sub->active ? "active" : "inactive", sub->verified ? "verified" : "not verified");
+        hb_index_upsert(w->index, sub);
+    } else {
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "subscription removed");
+        hb_index_remove(w->index, id);
+    }
+    hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
+}
+
+static void on_verify(const char *id, void *opaque) {
+    hb_worker_t *w = opaque;
+    if (w->spec.hooks->on_verify)
+        w->spec.hooks->on_verify(w, id, w->spec.opaque);
+}
+
+static void on_reload(void *opaque) {
+    hb_info("database connection restored: reloading subscriptions");
+    index_loaded(opaque);
+}
+
+static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload};
+
+/* Connects to PostgreSQL and loads the index; retried by the loop while the
+ * database is unreachable (the service stays up, not ready). */
+static void ensure_store(hb_worker_t *w) {
+    char errstr[512];
+    if (w->store || hb_mono_ms() < w->next_store_attempt)
+        return;
+    w->store = hb_store_new(w->cfg->database_url, errstr, sizeof(errstr));
+    if (w->store && !w->dlog) {
+        w->dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
+                              sizeof(errstr));
+        if (!w->dlog) {
+            hb_store_free(w->store);
+            w->store = NULL;
+        }
+    }
+    if (!w->store) {
+        hb_metric_inc(w->m_db_errors);
+        hb_error("database unavailable, retrying in 2 s: %s", errstr);
+        w->next_store_attempt = hb_mono_ms() + 2000;
+        return;
+    }
+    index_loaded(w);
+}
+
+/* ------------------------------------------------------------------ kafka */
+
+static int is_deferred(const hb_worker_t *w, const char *topic, int32_t partition) {
+    for (const deferred_t *d = w->deferred; d; d = d->next)
+        if (d->partition == partition && !strcmp(d->topic, topic))
+            return 1;
+    return 0;
+}
+
+static void pause_or_resume(hb_worker_t *w, rd_kafka_topic_partition_list_t *parts, int pause) {
+    rd_kafka_resp_err_t err = pause ? rd_kafka_pause_partitions(w->rk, parts)
+                                    : rd_kafka_resume_partitions(w->rk, parts);
+    if (err)
+        hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
+}
+
+static void set_paused(hb_worker_t *w, int pause) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (w->paused == pause || !w->rk)
+        return;
+    if (rd_kafka_assignment(w->rk, &parts) == RD_KAFKA_RESP_ERR_NO_ERROR && parts) {
+        if (!pause) { /* deferred partitions stay paused until due */
+            rd_kafka_topic_partition_list_t *live = rd_kafka_topic_partition_list_new(parts->cnt);
+            for (int i = 0; i < parts->cnt; i++)
+                if (!is_deferred(w, parts->elems[i].topic, parts->elems[i].partition))
+                    rd_kafka_topic_partition_list_add(live, parts->elems[i].topic,
+                                                      parts->elems[i].partition);
+            rd_kafka_topic_partition_list_destroy(parts);
+            parts = live;
+        }
+        if (parts->cnt)
+            pause_or_resume(w, parts, pause);
+        rd_kafka_topic_partition_list_destroy(parts);
+    }
+    w->paused = pause;
+    hb_debug("consumption %s (%zu messages unfinished)", pause ? "paused" : "resumed",
+             hb_offsets_pending(w->offsets));
+}
+
+void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_error_t *err;
+    deferred_t *d;
+
+    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
+    pause_or_resume(w, one, 1);
+    /* Asynchronous: messages already fetched behind this one are discarded
+     * (and ignored meanwhile: the partition is deferred). */
+    err = rd_kafka_seek_partitions(w->rk, one, 0);
+    if (err) {
+        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+    }
+    rd_kafka_topic_partition_list_destroy(one);
+    d = hb_calloc(1, sizeof(*d));
+    d->topic = hb_strdup(topic);
+    d->partition = rkm->partition;
+    d->due_ms = due_ms;
+    d->next = w->deferred;
+    w->deferred = d;
+    hb_metric_inc(w->m_deferred);
+    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic,
+             (int)rkm->partition, (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
+}
+
+static void deferred_free(deferred_t *d) {
+    free(d->topic);
+    free(d);
+}
+
+/* Resumes deferred partitions that are due; returns ms until the next one. */
+static long long resume_due(hb_worker_t *w) {
+    deferred_t **pp = &w->deferred;
+    int64_t now = hb_wall_ms();
+    long long next = LOOP_WAIT_MS;
+    while (*pp) {
+        deferred_t *d = *pp;
+        if (d->due_ms > now) {
+            if (d->due_ms - now < next)
+                next = d->due_ms - now;
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        if (!w->paused) {
+            rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+            rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
+            pause_or_resume(w, one, 0);
+            rd_kafka_topic_partition_list_destroy(one);
+        }
+        deferred_free(d);
+    }
+    return next;
+}
+
+static void forget_deferred(hb_worker_t *w, const char *topic, int32_t partition) {
+    deferred_t **pp = &w->deferred;
+    while (*pp) {
+        deferred_t *d = *pp;
+        if (d->partition == partition && !strcmp(d->topic, topic)) {
+            *pp = d->next;
+            deferred_free(d);
+        } else {
+            pp = &d->next;
+        }
+    }
+}
+
+static void store_offsets(hb_worker_t *w) {
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
+    if (hb_offsets_collect(w->offsets, list) > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->rk, list);
+        if (err)
+            hb_warn("storing offsets: %s", rd_kafka_err2str(err));
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+static void take_flushed(hb_worker_t *w) {
+    void *tokens[256];
+    size_t n;
+    if (!w->dlog)
+        return;
+    while ((n = hb_dlog_take_flushed(w->dlog, tokens, HB_ARRAY_SIZE(tokens))) > 0)
+        for (size_t i = 0; i < n; i++)
+            gate_done(w, tokens[i]);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    hb_worker_t *w = opaque;
+    int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    rd_kafka_error_t *kerr = NULL;
+
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        hb_info("assigned %d partition(s)", parts->cnt);
+        if (cooperative)
+            kerr = rd_kafka_incremental_assign(rk, parts);
+        else
+            (void)rd_kafka_assign(rk, parts);
+        if (w->paused)
+            (void)rd_kafka_pause_partitions(rk, parts);
+        w->assigned = 1;
+    } else {
+        hb_info("revoking %d partition(s)", parts->cnt);
+        /* Commit what is finished before the new owner starts from it. */
+        take_flushed(w);
+        store_offsets(w);
+        (void)rd_kafka_commit(rk, NULL, 0);
+        for (int i = 0; i < parts->cnt; i++) {
+            hb_offsets_forget(w->offsets, parts->elems[i].topic, parts->elems[i].partition);
+            forget_deferred(w, parts->elems[i].topic, parts->elems[i].partition);
+        }
+        if (cooperative)
+            kerr = rd_kafka_incremental_unassign(rk, parts);
+        else
+            (void)rd_kafka_assign(rk, NULL);
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            hb_warn("rebalance: %s", rd_kafka_err2str(err));
+    }
+    if (kerr) {
+        hb_error("rebalance: %s", rd_kafka_error_string(kerr));
+        rd_kafka_error_destroy(kerr);
+    }
+}
+
+static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
+    const hb_config_t *cfg = w->cfg;
+    rd_kafka_conf_t *conf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
+    rd_kafka_topic_partition_list_t *topics;
+    rd_kafka_resp_err_t err;
+    char kerr[512];
+
+    if (!conf)
+        return -1;
+    if (hb_kafka_conf_set(conf, "group.id", w->group, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "partition.assignment.strategy", "range", errstr, errstr_size) <
+            0 ||
+        /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
+        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, w);
+    w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
+    if (!w->rk) {
+        rd_kafka_conf_destroy(conf);
+        hb_seterr(errstr, errstr_size, "kafka consumer: %s", kerr);
+        return -1;
+    }
+    conf = NULL; /* now owned by the rd_kafka_t */
+    rd_kafka_poll_set_consumer(w->rk);
+    w->rkq = rd_kafka_queue_get_consumer(w->rk);
+    rd_kafka_queue_io_event_enable(w->rkq, w->wake[1], "k", 1);
+
+    topics = rd_kafka_topic_partition_list_new(w->topics_cnt);
+    for (int i = 0; i < w->topics_cnt; i++)
+        rd_kafka_topic_partition_list_add(topics, w->topics[i], RD_KAFKA_PARTITION_UA);
+    err = rd_kafka_subscribe(w->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (err) {
+        hb_seterr(errstr, errstr_size, "subscribe: %s", rd_kafka_err2str(err));
+        return -1;
+    }
+    for (int i = 0; i < w->topics_cnt; i++)
+        hb_info("consuming %s in group %s", w->topics[i], w->group);
+    return 0;
+}
+
+void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char *reason) {
+    char part[16], off[24];
+    hb_job_t *job;
+    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
+    hb_metric_inc(w->m_poison);
+    hb_log(HB_LOG_ERROR,
+           HB_KV("topic", rd_kafka_topic_name(rkm->rkt), "partition", part, "offset", off),
+           "poison message sent to %s: %s", w->cfg->dlq_topic, reason);
+    job = hb_worker_track(w, rkm);
+    dead_letter_poison(w, rkm, job, reason);
+    hb_job_release(w, job);
+}
+
+static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
+    const char *topic;
+    char errstr[512];
+    json_t *json = NULL;
+
+    if (rkm->err) {
+        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            return;
+        /* Informational: the consumer recovers by itself. */
+        hb_metric_inc(w->m_kafka_errors);
+        hb_warn("kafka: %s", rd_kafka_message_errstr(rkm));
+        return;
+    }
+    topic = rd_kafka_topic_name(rkm->rkt);
+    if (w->deferred && is_deferred(w, topic, rkm->partition))
+        return; /* fetched before the rewind; read again when due */
+    hb_metric_inc(w->m_consumed);
+    if (hb_codec_decode(w->codec, rkm->payload, rkm->len, &json, errstr, sizeof(errstr)) < 0) {
+        hb_worker_poison(w, rkm, errstr);
+        return;
+    }
+    w->spec.hooks->on_message(w, rkm, json, w->spec.opaque);
+    json_decref(json);
+}
+
+static void poll_kafka(hb_worker_t *w) {
+    for (int i = 0; i < POLL_BATCH && !w->paused; i++) {
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 0);
+        if (!rkm)
+            return;
+        handle_message(w, rkm);
+        rd_kafka_message_destroy(rkm);
+    }
+}
+
+/* ------------------------------------------------------------------- loop */
+
+static void drain_wake_pipe(hb_worker_t *w) {
+    char buf[256];
+    while (read(w->wake[0], buf, sizeof(buf)) > 0)
+        ;
+}
+
+static void update_readiness(hb_worker_t *w) {
+    const char *why = NULL;
+    if (hb_stop_requested)
+        why = "shutting down";
+    else if (!w->store || !hb_store_connected(w->store))
+        why = "database not connected";
+    else if (!w->index_loaded)
+        why = "subscription index not loaded";
+    else if (!w->assigned)
+        why = "waiting for the consumer group assignment";
+    hb_httpd_set_ready(w->httpd, why == NULL, why);
+    hb_metric_set(w->m_in_flight, (double)w->in_flight);
+}
+
+static void one_pass(hb_worker_t *w, long long wait_ms) {
+    char errstr[512];
+    long long next;
+    hb_httpd_beat(w->httpd);
+    if (w->store && hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
+        hb_metric_inc(w->m_db_errors);
+        hb_warn("database: %s", errstr);
+    }
+    rd_kafka_poll(w->producer, 0); /* delivery reports */
+    if (w->resend)
+        resend_due(w);
+    take_flushed(w);
+    if (w->rk) {
+        store_offsets(w);
+        if (!hb_stop_requested) {
+            size_t pending = hb_offsets_pending(w->offsets);
+            if (pending >= (size_t)w->cfg->max_pending_events)
+                set_paused(w, 1);
+            else if (pending <= (size_t)w->cfg->max_pending_events * 3 / 4)
+                set_paused(w, 0);
+        }
+    }
+    next = resume_due(w);
+    if (next < wait_ms)
+        wait_ms = next;
+    if (w->spec.hooks->on_pass && !hb_stop_requested) {
+        next = w->spec.hooks->on_pass(w, w->spec.opaque);
+        if (next < wait_ms)
+            wait_ms = next;
+    }
+    if (w->resend && wait_ms > 100)
+        wait_ms = 100;
+    update_readiness(w);
+    (void)hb_http_run(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), w->wake[0]);
+    drain_wake_pipe(w);
+}
+
+int hb_worker_run(hb_worker_t *w) {
+    char errstr[512];
+    int64_t deadline;
+    size_t unwritten;
+
+    while (!hb_stop_requested) {
+        ensure_store(w);
+        if (w->store && w->index_loaded && !w->rk) {
+            if (start_consumer(w, errstr, sizeof(errstr)) < 0) {
+                hb_error("cannot start the Kafka consumer: %s", errstr);
+                return -1;
+            }
+        }
+        if (w->rk && !w->paused)
+            poll_kafka(w);
+        one_pass(w, LOOP_WAIT_MS);
+    }
+
+    hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms", w->in_flight,
+            w->cfg->shutdown_timeout_ms);
+    set_paused(w, 1);
+    if (w->spec.hooks->on_stop)
+        w->spec.hooks->on_stop(w, w->spec.opaque);
+    deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
+    while ((w->in_flight > 0 || w->resend) && hb_mono_ms() < deadline)
+        one_pass(w, 50);
+    if (w->in_flight > 0) {
+        hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
+                "again",
+                w->in_flight);
+        w->abandoning = 1;
+    }
+    if (hb_kafka_flush(w->producer, 5000) > 0)
+        hb_warn("retry or dead-letter messages left unsent; their sources will be read again");
+    rd_kafka_poll(w->producer, 0);
+    unwritten = w->dlog ? hb_dlog_close(w->dlog, 5000) : 0;
+    if (unwritten)
+        hb_warn("%zu delivery log rows were not written", unwritten);
+    take_flushed(w);
+    if (w->rk) {
+        rd_kafka_resp_err_t err;
+        store_offsets(w);
+        err = rd_kafka_commit(w->rk, NULL, 0);
+        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            hb_warn("final offset commit: %s", rd_kafka_err2str(err));
+        if (w->rkq) {
+            rd_kafka_queue_destroy(w->rkq);
+            w->rkq = NULL;
+        }
+        err = rd_kafka_consumer_close(w->rk);
+        if (err)
+            hb_warn("leaving the consumer group: %s", rd_kafka_err2str(err));
+    }
+    hb_info("stopped");
+    return 0;
+}
+
+/* ------------------------------------------------------------ build/free */
+
+static void register_metrics(hb_worker_t *w) {
+    static const double latency_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                            0.5,   1,    2.5,   5,    10,  30};
+    static const char by_outcome[] = "Delivery attempts by outcome (dropped and circuit-open "
+                                     "skips are not attempted).";
+    w->m_consumed = hb_metrics_counter("hookbridge_messages_consumed_total", NULL,
+                                       "Messages consumed from the input topics.");
+    w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,
+                                     "Messages that could not be decoded (dead-lettered).");
+    w->m_delivered =
+        hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", by_outcome);
+    w->m_retry = hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"retry\"", by_outcome);
+    w->m_failed =
+        hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"failed\"", by_outcome);
+    w->m_dropped =
+        hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"dropped\"", by_outcome);
+    w->m_latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
+                                        "Duration of delivery attempts.", latency_bounds,
+                                        HB_ARRAY_SIZE(latency_bounds));
+    w->m_in_flight =
+        hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
+    w->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
+                                 "Deliverable (active and verified) subscriptions.");
+    w->m_db_errors =
+        hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
+    w->m_kafka_errors =
+        hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
+    w->m_dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
+                                  "Deliveries sent to the dead-letter topic.");
+    w->m_circuit_skips =
+        hb_metrics_counter("hookbridge_circuit_skips_total", NULL,
+                           "First attempts skipped because the endpoint's circuit was open.");
+    w->m_deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
+                                       "Times a delay-tier partition was paused until due.");
+    for (int t = 0; t < w->schedule.tiers; t++) {
+        char label[96], d[32];
+        hb_delay_format(w->schedule.tiers_ms[t], d, sizeof(d));
+        snprintf(label, sizeof(label), "tier=\"%s\"", d);
+        w->m_tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
+                                          "Deliveries handed to a delay tier.");
+    }
+}
+
+hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec, char *errstr,
+                           size_t errstr_size) {
+    hb_worker_t *w = hb_calloc(1, sizeof(*w));
+    hb_http_conf_t hconf = {
+        .max_in_flight = (long)cfg->max_in_flight,
+        .max_host_connections = (long)cfg->max_host_connections,
+        .connect_timeout_ms = cfg->connect_timeout_ms,
+        .allow_http = cfg->allow_http,
+        .allow_private_networks = cfg->allow_private_networks,
+    };
+    rd_kafka_conf_t *pconf;
+
+    w->cfg = cfg;
+    w->spec = *spec;
+    w->wake[0] = w->wake[1] = -1;
+    snprintf(w->client_id, sizeof(w->client_id), "hookbridge-%s", spec->name);
+    w->group = *cfg->consumer_group ? cfg->consumer_group : w->client_id;
+    if (!*cfg->database_url) {
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_DATABASE_URL is not set");
+        goto fail;
+    }
+    if (hb_schedule_parse(&w->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, errstr,
+                          errstr_size) < 0)
+        goto fail;
+    if (spec->topics) {
+        w->topics_cnt = spec->topics_cnt;
+        w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
+        for (int i = 0; i < w->topics_cnt; i++)
+            w->topics[i] = hb_strdup(spec->topics[i]);
+    } else { /* the delay tiers */
+        w->topics_cnt = w->schedule.tiers;
+        w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
+        for (int i = 0; i < w->topics_cnt; i++)
+            w->topics[i] = hb_strdup(w->schedule.tier_topics[i]);
+    }
+    w->spec.topics = NULL;
+    if (pipe2(w->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
+        hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    hb_signal_install(w->wake[1]);
+    register_metrics(w);
+    w->codec = hb_codec_new(spec->schema, errstr, errstr_size);
+    if (!w->codec)
+        goto fail;
+    w->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
+    if (!w->retry_codec)
+        goto fail;
+    w->http = hb_http_new(&hconf, errstr, errstr_size);
+    if (!w->http)
+        goto fail;
+    w->httpd = hb_httpd_start(cfg->http_listen, 30000, errstr, errstr_size);
+    if (!w->httpd)
+        goto fail;
+    pconf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
+    if (!pconf)
+        goto fail;
+    rd_kafka_conf_set_opaque(pconf, w);
+    w->producer = hb_kafka_producer_new(pconf, on_produced, errstr, errstr_size);
+    if (!w->producer)
+        goto fail;
+    /* Delivery reports wake the loop, so acknowledged work frees offsets soon. */
+    w->pq = rd_kafka_queue_get_main(w->producer);
+    rd_kafka_queue_io_event_enable(w->pq, w->wake[1], "p", 1);
+    w->index = hb_index_new();
+    w->offsets = hb_offsets_new();
+    hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION,
+            hb_httpd_port(w->httpd));
+    return w;
+fail:
+    hb_worker_free(w);
+    return NULL;
+}
+
+void hb_worker_free(hb_worker_t *w) {
+    if (!w)
+        return;
+    if (w->http) {
+        w->abandoning = 1; /* completions from the abort record nothing */
+        hb_http_free(w->http);
+    }
+    if (w->rkq)
+        rd_kafka_queue_destroy(w->rkq);
+    if (w->rk)
+        rd_kafka_destroy(w->rk);
+    if (w->pq)
+        rd_kafka_queue_destroy(w->pq);
+    if (w->producer) {
+        rd_kafka_purge(w->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(w->producer, 0); /* purged reports land in the resend list */
+        rd_kafka_destroy(w->producer);
+    }
+    while (w->resend) {
+        pmsg_t *m = w->resend;
+        w->resend = m->next;
+        pmsg_free(m);
+    }
+    if (w->dlog) {
+        (void)hb_dlog_close(w->dlog, 0);
+        hb_dlog_free(w->dlog);
+    }
+    hb_store_free(w->store);
+    hb_httpd_stop(w->httpd);
+    hb_index_free(w->index);
+    hb_offsets_free(w->offsets);
+    hb_codec_free(w->codec);
+    hb_codec_free(w->retry_codec);
+    while (w->deferred) {
+        deferred_t *d = w->deferred;
+        w->deferred = d->next;
+        deferred_free(d);
+    }
+    for (int i = 0; i < CIRCUIT_BUCKETS; i++)
+        while (w->circuits[i]) {
+            circuit_t *c = w->circuits[i];
+            w->circuits[i] = c->next;
+            free(c);
+        }
+    while (w->gates)
+        gate_unlink_free(w, w->gates);
+    while (w->jobs)
+        job_unlink_free(w, w->jobs);
+    hb_schedule_free(&w->schedule);
+    for (int i = 0; i < w->topics_cnt; i++)
+        free(w->topics[i]);
+    free(w->topics);
+    if (w->wake[0] >= 0) {
+        close(w->wake[0]);
+        close(w->wake[1]);
+    }
+    hb_metrics_reset();
+    free(w);
+}
+
+const hb_config_t *hb_worker_config(const hb_worker_t *w) {
+    return w->cfg;
+}
+const hb_schedule_t *hb_worker_schedule(const hb_worker_t *w) {
+    return &w->schedule;
+}
+hb_index_t *hb_worker_index(hb_worker_t *w) {
+    return w->index;
+}
+hb_store_t *hb_worker_store(hb_worker_t *w) {
+    return w->store;
+}
+hb_http_t *hb_worker_http(hb_worker_t *w) {
+    return w->http;
+}
+int hb_worker_stopping(const hb_worker_t *w) {
+    return w->abandoning;
+}
+void hb_worker_db_error(hb_worker_t *w) {
+    hb_metric_inc(w->m_db_errors);
+}
