@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -54,7 +55,36 @@ typedef struct {
     pthread_mutex_t record_lock;
     int quiet;
     int threads;
+    int fail_first; /* answer the first N POSTs of each webhook-id with 503 */
+    int delay_ms;   /* wait this long before answering a POST */
+    pthread_mutex_t seen_lock;
+    struct seen_s {
+        char id[40];
+        int count;
+    } * seen; /* POSTs per webhook-id (open addressing, SEEN_SLOTS) */
 } receiver_t;
+
+#define SEEN_SLOTS 65536
+
+/* How many POSTs with this webhook-id came before this one. */
+static int seen_before(receiver_t *r, const char *id) {
+    unsigned h = 2166136261u;
+    int before = 0;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    pthread_mutex_lock(&r->seen_lock);
+    for (unsigned i = 0; i < SEEN_SLOTS; i++) {
+        struct seen_s *e = &r->seen[(h + i) % SEEN_SLOTS];
+        if (!e->id[0])
+            snprintf(e->id, sizeof(e->id), "%s", id);
+        if (!strcmp(e->id, id)) {
+            before = e->count++;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->seen_lock);
+    return before;
+}
 
 typedef struct {
     char *body;
@@ -80,6 +110,9 @@ static void usage(FILE *fp) {
             "  --auth 'Name: value'  require this request header (401 otherwise)\n"
             "  --status CODE         answer POSTs that pass the checks with CODE (default 204)\n"
             "  --retry-after SECS    add Retry-After to non-2xx answers (with --status)\n"
+            "  --fail-first N        answer the first N POSTs of each webhook-id with 503\n"
+            "                        (then --status); for retry tests\n"
+            "  --delay-ms MS         wait MS before answering each POST (a slow endpoint)\n"
             "  --record FILE         append one JSON line per request to FILE\n"
             "  --quiet               do not log each event and request\n"
             "  --threads N           server threads (default 2)\n"
@@ -139,6 +172,16 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
             if (r->auth_name || parse_auth(r, v, errstr, errstr_size) != 0) {
                 if (r->auth_name)
                     hb_seterr(errstr, errstr_size, "--auth given twice");
+                return -1;
+            }
+        } else if (!strcmp(a, "--fail-first")) {
+            if (hb_parse_int(v, 0, 1000, &r->fail_first) != 0) {
+                hb_seterr(errstr, errstr_size, "--fail-first: want 0..1000");
+                return -1;
+            }
+        } else if (!strcmp(a, "--delay-ms")) {
+            if (hb_parse_int(v, 0, 600000, &r->delay_ms) != 0) {
+                hb_seterr(errstr, errstr_size, "--delay-ms: want 0..600000");
                 return -1;
             }
         } else if (!strcmp(a, "--status")) {
@@ -398,6 +441,12 @@ static enum MHD_Result handle_post(receiver_t *r, struct MHD_Connection *conn, c
     if (!r->quiet)
         log_events(req->body ? req->body : "", req->len, id ? id : "");
     status = (unsigned)r->status;
+    if (r->fail_first > 0 && seen_before(r, id ? id : "") < r->fail_first)
+        status = 503;
+    if (r->delay_ms > 0) {
+        struct timespec ts = {r->delay_ms / 1000, (long)(r->delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     record(r, conn, "POST", url, req, verified, status);
     if (status == 204 || status == 304 || status < 200)
         return reply(r, conn, status, NULL, NULL);
@@ -495,6 +544,8 @@ int main(int argc, char **argv) {
     r.threads = 2;
     r.record_fd = -1;
     pthread_mutex_init(&r.record_lock, NULL);
+    pthread_mutex_init(&r.seen_lock, NULL);
+    r.seen = hb_calloc(SEEN_SLOTS, sizeof(*r.seen));
     hb_log_init("receiver", HB_LOG_INFO);
 
     prc = parse_args(&r, argc, argv, &level, errstr, sizeof(errstr));
@@ -569,5 +620,7 @@ done:
     free(r.auth_name);
     free(r.auth_value);
     pthread_mutex_destroy(&r.record_lock);
+    pthread_mutex_destroy(&r.seen_lock);
+    free(r.seen);
     return rc;
 }

@@ -13,11 +13,13 @@ from .procs import BIN, SLOW, free_port, wait_until
 class Broker:
     """hookbridge-devbroker: the embedded Kafka-protocol broker."""
 
-    def __init__(self, group, workdir, topics=()):
+    def __init__(self, group, workdir, topics=(), retry_schedule=None):
         self.bootstrap_file = Path(workdir) / "bootstrap"
         argv = [BIN / "hookbridge-devbroker", "--bootstrap-file", self.bootstrap_file]
         for t in topics:
             argv += ["--topic", t]
+        if retry_schedule:
+            argv += ["--retry-schedule", retry_schedule]
         self.proc = group.start("devbroker", argv)
         self.bootstrap = wait_until(
             lambda: self.bootstrap_file.exists() and self.bootstrap_file.read_text().strip(),
@@ -27,7 +29,8 @@ class Broker:
 class Receiver:
     """hookbridge-receiver recording every request it gets to a JSON-lines file."""
 
-    def __init__(self, group, workdir, secret=None, auth=None, status=None, name="receiver"):
+    def __init__(self, group, workdir, secret=None, auth=None, status=None, name="receiver",
+                 fail_first=None, delay_ms=None, retry_after=None):
         self.port = free_port()
         self.record = Path(workdir) / f"{name}.jsonl"
         argv = [BIN / "hookbridge-receiver", "--listen", f"127.0.0.1:{self.port}",
@@ -38,6 +41,15 @@ class Receiver:
             argv += ["--auth", auth]
         if status:
             argv += ["--status", str(status)]
+        if fail_first:
+            argv += ["--fail-first", str(fail_first)]
+        if delay_ms:
+            argv += ["--delay-ms", str(delay_ms)]
+        if retry_after:
+            argv += ["--retry-after", str(retry_after)]
+        self.name = name
+        self.argv = argv
+        self.group = group
         self.proc = group.start(name, argv)
         self.url = f"http://127.0.0.1:{self.port}/hook"
         wait_until(self._up, 10, "the receiver to listen")
@@ -80,15 +92,19 @@ class Receiver:
         return out
 
 
-class Dispatcher:
+class Service:
+    """A hookbridge service process (dispatcher or retrier) with its health port."""
+    program = None
+
     def __init__(self, group, database_url, brokers, topic="identity.events", group_id=None,
-                 extra_env=None, name="dispatcher"):
+                 extra_env=None, name=None):
+        name = name or self.program
         self.health_port = free_port()
         env = {
             "HOOKBRIDGE_DATABASE_URL": database_url,
             "HOOKBRIDGE_KAFKA_BROKERS": brokers,
             "HOOKBRIDGE_EVENTS_TOPIC": topic,
-            "HOOKBRIDGE_CONSUMER_GROUP": group_id or "hookbridge-dispatcher",
+            "HOOKBRIDGE_CONSUMER_GROUP": group_id or f"hookbridge-{self.program}",
             "HOOKBRIDGE_HTTP_LISTEN": f"127.0.0.1:{self.health_port}",
             "HOOKBRIDGE_ALLOW_HTTP": "1",
             "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS": "1",
@@ -100,7 +116,12 @@ class Dispatcher:
         self.env = env
         self.group = group
         self.name = name
-        self.proc = group.start(name, [BIN / "hookbridge-dispatcher"], env)
+        self.proc = group.start(name, [BIN / f"hookbridge-{self.program}"], env)
+
+    def restart(self):
+        """Starts the same program again with the same settings (after a kill)."""
+        self.proc = self.group.start(self.name + "-again", [BIN / f"hookbridge-{self.program}"],
+                                     self.env)
 
     def get(self, path):
         try:
@@ -114,11 +135,19 @@ class Dispatcher:
 
     def wait_ready(self, timeout=30):
         wait_until(lambda: self.get("/readyz")[0] == 200 or self._died(), timeout,
-                   "the dispatcher to be ready")
-        assert self.proc.alive(), "dispatcher exited:\n" + self.proc.output()[-3000:]
+                   f"the {self.program} to be ready")
+        assert self.proc.alive(), f"{self.program} exited:\n" + self.proc.output()[-3000:]
 
     def _died(self):
         return not self.proc.alive()
+
+
+class Dispatcher(Service):
+    program = "dispatcher"
+
+
+class Retrier(Service):
+    program = "retrier"
 
 
 def produce(brokers, lines, topic="identity.events", args=(), check=True):

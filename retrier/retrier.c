@@ -1,0 +1,247 @@
+/*
+ * The retrier: the delay tiers in, second and later attempts out.
+ *
+ * It consumes every tier topic of the retry schedule (hb_retry.h) in its own
+ * consumer group, on the same machinery as the dispatcher (hb_worker). For
+ * each DeliveryRetry:
+ *
+ *   - not yet due: the partition is paused and rewound to the message, and
+ *     resumed when the message is due. Nothing is kept in memory and nothing
+ *     polls; the loop just sleeps until the earliest due partition. Within a
+ *     tier messages are in due order (up to the jitter), so waiting for the
+ *     head of a partition is waiting for the earliest message in it;
+ *   - due: re-delivered with the same webhook-id, a fresh timestamp and
+ *     signature, to the subscription's current URL and secrets. A failure
+ *     goes to the next tier, or after the last attempt to the dead-letter
+ *     topic, exactly as in the dispatcher (hb_worker routes both);
+ *   - its subscription deactivated, unverified or deregistered: dropped and
+ *     recorded as dropped.
+ *
+ * Offsets move only over finished messages, so a retrier killed at any point
+ * resumes at the first unfinished one and re-checks its due time: nothing is
+ * lost and nothing is attempted early.
+ *
+ * Every second it claims replay requests (hookbridge.replay) and puts them on
+ * the first tier, due at once; every minute it asks PostgreSQL to deactivate
+ * endpoints that have failed every attempt for auto_deactivate_after.
+ */
+#include "retrier.h"
+
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_codec.h"
+#include "hb_log.h"
+#include "hb_retry.h"
+#include "hb_schemas.h"
+#include "hb_worker.h"
+
+#define REPLAY_POLL_MS 1000
+#define REPLAY_BATCH "100"
+#define SWEEP_MS 60000
+
+struct hb_retrier_s {
+    const hb_config_t *cfg;
+    hb_worker_t *w;
+    hb_codec_t *codec; /* DeliveryRetry, for replays */
+    int64_t next_replay_poll;
+    int64_t next_sweep;
+    hb_metric_t *m_replayed, *m_auto_deactivated;
+};
+
+/* A stand-in for a subscription that no longer exists, so its pending
+ * attempts can be recorded as dropped under its id. */
+static hb_sub_t *gone_sub(const char *id) {
+    hb_sub_t *s = hb_sub_new();
+    snprintf(s->id, sizeof(s->id), "%s", id);
+    return s;
+}
+
+static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *msg, void *opaque) {
+    hb_retrier_t *r = opaque;
+    hb_retry_msg_t m;
+    hb_sub_t *sub, *gone = NULL;
+    hb_delivery_t *dl;
+    hb_job_t *job;
+    char errstr[256];
+
+    (void)r;
+    if (hb_retry_msg_from_json(&m, msg, errstr, sizeof(errstr)) < 0) {
+        hb_worker_poison(w, rkm, errstr);
+        return;
+    }
+    if (m.not_before_ms > hb_wall_ms()) {
+        hb_worker_defer(w, rkm, m.not_before_ms);
+        hb_retry_msg_clear(&m);
+        return;
+    }
+    job = hb_worker_track(w, rkm);
+    sub = hb_index_get(hb_worker_index(w), m.subscription_id);
+    if (!sub)
+        sub = gone = gone_sub(m.subscription_id);
+    dl = hb_delivery_new(sub, m.delivery_id, m.body, m.body_len, m.content_type, m.event_ids,
+                         m.event_type, &job, 1);
+    m.body = NULL; /* now the delivery's */
+    dl->attempt = m.attempt;
+    dl->first_attempt_ms = m.first_attempt_ms;
+    dl->schedule_offset = m.schedule_offset;
+    if (gone)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription deregistered");
+    else if (!sub->active)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
+    else if (!sub->verified)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription not verified");
+    else
+        hb_worker_deliver(w, dl);
+    hb_sub_unref(gone);
+    hb_job_release(w, job);
+    hb_retry_msg_clear(&m);
+}
+
+/* ----------------------------------------------------------------- replay */
+
+static int64_t parse_ms(const char *s) {
+    return s && *s ? strtoll(s, NULL, 10) : 0;
+}
+
+static void poll_replays(hb_retrier_t *r) {
+    hb_store_t *store = hb_worker_store(r->w);
+    const hb_schedule_t *sch = hb_worker_schedule(r->w);
+    const char *params[1] = {REPLAY_BATCH};
+    PGresult *res = NULL;
+    char errstr[512];
+
+    if (!store || !hb_store_connected(store))
+        return;
+    if (hb_store_query(store,
+                       "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
+                       "       body, attempts,"
+                       "       (extract(epoch FROM first_attempt_at) * 1000)::bigint"
+                       "  FROM hookbridge.claim_replays($1::int)",
+                       1, params, &res, "claiming replays", errstr, sizeof(errstr)) < 0) {
+        hb_worker_db_error(r->w);
+        hb_warn("%s", errstr);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        int attempts = atoi(PQgetvalue(res, i, 6));
+        hb_retry_msg_t m = {
+            .delivery_id = PQgetvalue(res, i, 0),
+            .subscription_id = PQgetvalue(res, i, 1),
+            .event_ids = PQgetvalue(res, i, 2),
+            .event_type = PQgetvalue(res, i, 3),
+            .content_type = PQgetvalue(res, i, 4),
+            .body = PQgetvalue(res, i, 5),
+            .body_len = (size_t)PQgetlength(res, i, 5),
+            .attempt = attempts + 1,
+            .not_before_ms = hb_wall_ms(),
+            .first_attempt_ms = parse_ms(PQgetvalue(res, i, 7)),
+            .last_status = 0,
+            .last_error = (char *)"replay requested",
+            .schedule_offset = attempts,
+        };
+        json_t *obj = hb_retry_msg_to_json(&m);
+        void *buf = NULL;
+        size_t len = 0;
+        if (!obj || hb_codec_encode(r->codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
+            hb_log(HB_LOG_ERROR, HB_KV("delivery_id", m.delivery_id), "cannot replay: %s",
+                   obj ? errstr : "out of memory");
+        } else {
+            hb_worker_produce(r->w, sch->tier_topics[0], m.subscription_id, buf, len, NULL);
+            hb_metric_inc(r->m_replayed);
+            hb_log(HB_LOG_INFO,
+                   HB_KV("delivery_id", m.delivery_id, "subscription_id", m.subscription_id),
+                   "replay requested: attempt %d queued on %s", m.attempt, sch->tier_topics[0]);
+        }
+        json_decref(obj);
+        free(buf);
+    }
+    PQclear(res);
+}
+
+static void sweep_failing(hb_retrier_t *r) {
+    hb_store_t *store = hb_worker_store(r->w);
+    PGresult *res = NULL;
+    char after[32], errstr[512];
+    const char *params[1] = {after};
+
+    if (r->cfg->auto_deactivate_ms <= 0 || !store || !hb_store_connected(store))
+        return;
+    snprintf(after, sizeof(after), "%lld milliseconds", r->cfg->auto_deactivate_ms);
+    if (hb_store_query(store,
+                       "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)",
+                       1, params, &res, "deactivating failing endpoints", errstr,
+                       sizeof(errstr)) < 0) {
+        hb_worker_db_error(r->w);
+        hb_warn("%s", errstr);
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        hb_metric_inc(r->m_auto_deactivated);
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
+               PQgetvalue(res, i, 1));
+    }
+    PQclear(res);
+}
+
+static long long on_pass(hb_worker_t *w, void *opaque) {
+    hb_retrier_t *r = opaque;
+    int64_t now = hb_mono_ms();
+    (void)w;
+    if (now >= r->next_replay_poll) {
+        r->next_replay_poll = now + REPLAY_POLL_MS;
+        poll_replays(r);
+    }
+    if (now >= r->next_sweep) {
+        r->next_sweep = now + SWEEP_MS;
+        sweep_failing(r);
+    }
+    return r->next_replay_poll - now;
+}
+
+static const hb_worker_hooks_t hooks = {
+    .on_message = on_message,
+    .on_pass = on_pass,
+};
+
+/* ------------------------------------------------------------ build/free */
+
+hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr_size) {
+    hb_retrier_t *r = hb_calloc(1, sizeof(*r));
+    hb_worker_spec_t spec = {
+        .name = "retrier",
+        .schema = hb_schema_delivery_retry,
+        .hooks = &hooks,
+        .opaque = r,
+    };
+    r->cfg = cfg;
+    r->w = hb_worker_new(cfg, &spec, errstr, errstr_size); /* topics: the delay tiers */
+    if (!r->w) {
+        free(r);
+        return NULL;
+    }
+    r->codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
+    if (!r->codec) {
+        hb_retrier_free(r);
+        return NULL;
+    }
+    r->m_replayed = hb_metrics_counter("hookbridge_replays_total", NULL,
+                                       "Replay requests put back on the first delay tier.");
+    r->m_auto_deactivated =
+        hb_metrics_counter("hookbridge_auto_deactivations_total", NULL,
+                           "Subscriptions deactivated because every attempt kept failing.");
+    return r;
+}
+
+int hb_retrier_run(hb_retrier_t *r) {
+    return hb_worker_run(r->w);
+}
+
+void hb_retrier_free(hb_retrier_t *r) {
+    if (!r)
+        return;
+    hb_worker_free(r->w);
+    hb_codec_free(r->codec);
+    free(r);
+}

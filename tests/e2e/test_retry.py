@@ -1,0 +1,209 @@
+"""Retries end to end with the real retrier: delay tiers on the broker, the
+schedule kept, Retry-After honoured, final failures dead-lettered, replay,
+crash safety, deactivation, and a slow endpoint kept from the others.
+
+Schedules here are seconds long and jitter is off (HOOKBRIDGE_RETRY_JITTER=0)
+so times can be checked: an attempt may come late by the tolerance, never
+early."""
+import json
+import signal
+import time
+
+import psycopg2
+
+from hbtest.avro import decode
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from hbtest.webhooks import signature_valid
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+
+LATE_TOLERANCE_S = 2.5 * SLOW  # how late an attempt may fire on a loaded 2-core machine
+
+
+def stack(procs, workdir, db_url, schedule, receiver_args=None, retrier=True, env=None):
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    env = dict({"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"},
+               **(env or {}))
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                        **(receiver_args or {}))
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env) if retrier else None
+    d.wait_ready()
+    if r:
+        r.wait_ready()
+    return broker, receiver, d, r
+
+
+def attempts(db_url, delivery_id):
+    return sql(db_url, "SELECT attempt, outcome, http_status, error FROM hookbridge.delivery_attempts "
+               "WHERE delivery_id=%s ORDER BY attempt, started_at", delivery_id)
+
+
+def delivery(db_url, sub):
+    rows = sql(db_url, "SELECT delivery_id, status, attempts, last_error FROM hookbridge.deliveries "
+               "WHERE subscription_id=%s", sub)
+    return rows[0] if rows else None
+
+
+def dlq_messages(broker, timeout_ms=8000):
+    from kafka import KafkaConsumer
+    kc = KafkaConsumer("hookbridge.dlq", bootstrap_servers=broker.bootstrap.split(","),
+                       auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms)
+    msgs = list(kc)
+    kc.close()
+    return msgs
+
+
+def test_fails_twice_then_arrives_on_schedule(db_url, procs, workdir):
+    """503, 503, then 204: the receiver sees the same delivery three times,
+    1 s and then 2 s apart (the schedule), each freshly signed."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s,2s,3s",
+                                   receiver_args={"fail_first": 2})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    ev = event("user.session.start")
+    produce(broker.bootstrap, [ev])
+    wait_until(lambda: len(receiver.events()) == 1, 30 * SLOW, "the event after two failures")
+    posts = receiver.posts()
+    assert [p["status"] for p in posts] == [503, 503, 204]
+    assert len({p["headers"]["webhook-id"] for p in posts}) == 1, "same webhook-id every attempt"
+    assert all(signature_valid(SECRET, p) for p in posts)
+    stamps = [int(p["headers"]["webhook-timestamp"]) for p in posts]
+    assert stamps == sorted(stamps)
+    t = [p["time_ms"] / 1000 for p in posts]
+    for gap, want in ((t[1] - t[0], 1.0), (t[2] - t[1], 2.0)):
+        assert want - 0.05 <= gap <= want + LATE_TOLERANCE_S, f"gap {gap:.2f}s, schedule {want}s"
+    did, status, n, _ = wait_until(
+        lambda: (row := delivery(db_url, sub)) and row[1] == "delivered" and row, 10, "the log")
+    assert n == 3
+    assert [(a[0], a[1], a[2]) for a in attempts(db_url, did)] == [
+        (1, "retry", 503), (2, "retry", 503), (3, "delivered", 204)]
+
+
+def test_always_failing_ends_in_the_dlq_with_every_attempt_logged(db_url, procs, workdir):
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s,1s",
+                                   receiver_args={"status": 500})
+    sub = register_verified(db_url, receiver.url, ["user.account.lock"])
+    produce(broker.bootstrap, [event("user.account.lock")])
+    did, status, n, err = wait_until(
+        lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row, 30 * SLOW,
+        "the delivery to fail finally")
+    assert n == 3, "the first attempt plus one per schedule step"
+    assert "HTTP 500" in err and "attempts used up" in err
+    assert [(a[0], a[1], a[2]) for a in attempts(db_url, did)] == [
+        (1, "retry", 500), (2, "retry", 500), (3, "failed", 500)]
+    assert len(receiver.posts()) == 3
+    # On the dead-letter topic: a DeliveryRetry with the body and the final error.
+    msgs = [m for m in dlq_messages(broker)]
+    assert len(msgs) == 1
+    assert msgs[0].key.decode() == sub
+    dr = decode("delivery_retry", msgs[0].value)
+    assert dr["delivery_id"] == did and dr["subscription_id"] == sub
+    assert dr["attempt"] == 3 and dr["last_status"] == 500
+    assert json.loads(dr["body"])["data"]["events"][0]["eventType"] == "user.account.lock"
+
+
+def test_retry_after_is_honoured(db_url, procs, workdir):
+    """A 503 with Retry-After: 3 waits 3 s although the schedule says 1 s."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s",
+                                   receiver_args={"fail_first": 1, "retry_after": 3})
+    register_verified(db_url, receiver.url, ["user.session.end"])
+    produce(broker.bootstrap, [event("user.session.end")])
+    wait_until(lambda: len(receiver.events()) == 1, 30 * SLOW, "the retried event")
+    t = [p["time_ms"] / 1000 for p in receiver.posts()]
+    assert len(t) == 2
+    assert 3.0 - 0.05 <= t[1] - t[0] <= 3.0 + LATE_TOLERANCE_S
+
+
+def test_4xx_is_final_no_retry(db_url, procs, workdir):
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s,1s",
+                                   receiver_args={"status": 410})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    did, status, n, err = wait_until(
+        lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row, 20 * SLOW,
+        "the final failure")
+    assert n == 1 and "HTTP 410" in err
+    time.sleep(3)  # longer than the whole schedule
+    assert len(receiver.posts()) == 1, "a 4xx is not retried"
+    assert len(dlq_messages(broker)) == 1
+
+
+def test_replay_sends_a_dead_lettered_delivery_again(db_url, procs, workdir):
+    """Fails its two attempts, is dead-lettered; replay() delivers it with
+    the same webhook-id and the log ends 'delivered'."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s",
+                                   receiver_args={"fail_first": 2})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    did, *_ = wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row,
+                         30 * SLOW, "the dead-lettered delivery")
+    assert sql(db_url, "SELECT hookbridge.replay(%s)", did)[0][0] == did
+    wait_until(lambda: len(receiver.events()) == 1, 20 * SLOW, "the replayed delivery")
+    assert {p["headers"]["webhook-id"] for p in receiver.posts()} == {did}
+    wait_until(lambda: delivery(db_url, sub)[1] == "delivered", 10, "the log to say delivered")
+    # Replaying something that is not failed is refused with its own SQLSTATE.
+    try:
+        sql(db_url, "SELECT hookbridge.replay(%s)", did)
+        raise AssertionError("replay of a delivered delivery was accepted")
+    except psycopg2.Error as e:
+        assert e.pgcode == "HB021" and "only failed deliveries" in e.pgerror
+
+
+def test_retrier_killed_while_retries_wait_loses_nothing_and_sends_nothing_early(
+        db_url, procs, workdir):
+    broker, receiver, d, r = stack(procs, workdir, db_url, "5s",
+                                   receiver_args={"fail_first": 1},
+                                   env={"HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000"})
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    n = 30
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
+    wait_until(lambda: len(receiver.posts()) >= n, 20 * SLOW, "every first attempt")
+    time.sleep(1)  # the retrier has read the waiting retries and paused on them
+    r.proc.kill()
+    r.restart()
+    wait_until(lambda: len(receiver.events()) == n, 60 * SLOW, "every retried event")
+    by_id = {}
+    for p in receiver.posts():
+        by_id.setdefault(p["headers"]["webhook-id"], []).append(p)
+    assert len(by_id) == n
+    for posts in by_id.values():
+        assert posts[0]["status"] == 503
+        ok = [p for p in posts if p["status"] == 204]
+        assert ok, "delivered after the restart"
+        assert ok[0]["time_ms"] - posts[0]["time_ms"] >= 5000 - 50, "never early"
+
+
+def test_deactivation_drops_pending_retries(db_url, procs, workdir):
+    broker, receiver, d, r = stack(procs, workdir, db_url, "3s",
+                                   receiver_args={"status": 503})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+    wait_until(lambda: len(receiver.posts()) == 3, 20 * SLOW, "the first attempts")
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    rows = wait_until(
+        lambda: (rs := sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
+                           "WHERE subscription_id=%s", sub)) and
+        all(s == "dropped" for s, _ in rs) and rs, 20 * SLOW, "the retries to be dropped")
+    assert len(rows) == 3 and all("inactive" in e for _, e in rows)
+    assert len(receiver.posts()) == 3, "no attempt after deactivation"
+    assert r.proc.alive()
+
+
+def test_a_slow_endpoint_does_not_delay_a_healthy_one(db_url, procs, workdir):
+    """The slow endpoint may hold only max_host_connections requests; the
+    healthy one gets its events at once."""
+    broker = Broker(procs, workdir)
+    slow = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                    name="slow", delay_ms=3000)
+    fast = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                    name="fast")
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "4",
+                              "HOOKBRIDGE_MAX_IN_FLIGHT": "16"})
+    d.wait_ready()
+    register_verified(db_url, slow.url, ["user.session.start"])
+    register_verified(db_url, fast.url, ["user.session.start"])
+    n = 40
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
+    wait_until(lambda: len(fast.events()) == n, 10 * SLOW, "all events at the healthy endpoint")
+    assert len(slow.posts()) < n, "the healthy endpoint did not wait for the slow one"
