@@ -5,6 +5,7 @@
 #   make test       install missing packages, build, run unit + end-to-end tests,
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
+#                   then retry timeliness with 10,000 pending retries
 #   make DEBUG=1    unoptimised debug build (-O0 -g3)
 #   make SANITIZER=address,undefined   sanitizer build (into build-san/ and bin-san/)
 #   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
@@ -116,6 +117,7 @@ test-asan:
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/bench.sh
+	@scripts/bench_retry.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -114,19 +114,24 @@ const char *hb_schedule_topic_for(const hb_schedule_t *s, long long delay_ms) {
 int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry_after_ms,
                      long long retry_after_max_ms, int jitter_percent, double rnd, int64_t now_ms,
                      const char **topic, int64_t *not_before_ms) {
-    long long delay, tier_delay;
+    long long delay, tier_delay, basis;
     if (failed_attempt < 1 || failed_attempt > s->steps)
         return 1;
     tier_delay = s->delays_ms[failed_attempt - 1];
     delay = tier_delay + (long long)((double)tier_delay * (double)jitter_percent / 100.0 * rnd);
+    basis = tier_delay;
     if (retry_after_ms > 0) {
         if (retry_after_ms > retry_after_max_ms)
             retry_after_ms = retry_after_max_ms;
         if (retry_after_ms > delay)
             delay = retry_after_ms;
+        if (retry_after_ms > basis)
+            basis = retry_after_ms;
     }
-    /* The scheduled tier, unless Retry-After asks for longer than it. */
-    *topic = hb_schedule_topic_for(s, delay > tier_delay ? delay : tier_delay);
+    /* The scheduled tier (jitter never moves a message up a tier), unless
+     * Retry-After asks for longer than it: then the tier that fits, so the
+     * message never waits behind others due later than itself. */
+    *topic = hb_schedule_topic_for(s, basis);
     *not_before_ms = now_ms + delay;
     return 0;
 }
@@ -143,8 +148,7 @@ static char *get_str(const json_t *obj, const char *key, const char *what, char 
     return hb_strndup(json_string_value(v), json_string_length(v));
 }
 
-int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr,
-                           size_t errstr_size) {
+int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr, size_t errstr_size) {
     const json_t *ids = json_object_get(obj, "event_ids");
     size_t i, total = 0;
     json_t *v;
@@ -159,7 +163,8 @@ int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr,
         goto fail;
     m->body_len = strlen(m->body);
     if (strlen(m->delivery_id) != 36 || strlen(m->subscription_id) != 36) {
-        hb_seterr(errstr, errstr_size, "DeliveryRetry with a malformed delivery or subscription id");
+        hb_seterr(errstr, errstr_size,
+                  "DeliveryRetry with a malformed delivery or subscription id");
         goto fail;
     }
     if (!json_is_array(ids)) {

@@ -108,8 +108,8 @@ struct hb_worker_s {
 
 hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm) {
     hb_job_t *j = hb_calloc(1, sizeof(*j));
-    j->ref = hb_offsets_track(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition,
-                              rkm->offset);
+    j->ref =
+        hb_offsets_track(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition, rkm->offset);
     j->holds = 1;
     j->next = w->jobs;
     if (w->jobs)
@@ -196,17 +196,15 @@ static void pmsg_send(hb_worker_t *w, pmsg_t *m) {
             (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
     }
     if (hdrs)
-        err = rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(m->topic),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0),
-                                RD_KAFKA_V_VALUE(m->val, m->len), RD_KAFKA_V_HEADERS(hdrs),
-                                RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+        err = rd_kafka_producev(
+            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     else
-        err = rd_kafka_producev(w->producer, RD_KAFKA_V_TOPIC(m->topic),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0),
-                                RD_KAFKA_V_VALUE(m->val, m->len), RD_KAFKA_V_OPAQUE(m),
-                                RD_KAFKA_V_END);
+        err = rd_kafka_producev(
+            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     if (!err) {
         w->unacked++;
         return; /* headers now owned by the message */
@@ -407,8 +405,7 @@ static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http
 
 /* A DeliveryRetry for dl, produced to topic; the gate counts its ack. */
 static int produce_retry(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
-                         int64_t not_before_ms, int last_status, const char *reason,
-                         gate_t *gate) {
+                         int64_t not_before_ms, int last_status, const char *reason, gate_t *gate) {
     hb_retry_msg_t m = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -445,10 +442,10 @@ static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
     gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 2);
     hb_metric_inc(w->m_failed);
     hb_metric_inc(w->m_dlq);
-    hb_log(HB_LOG_WARN,
-           HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type",
-                 dl->event_type),
-           "delivery failed after %d attempt(s), dead-lettered: %s", attempt, reason);
+    hb_log(
+        HB_LOG_WARN,
+        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
+        "delivery failed after %d attempt(s), dead-lettered: %s", attempt, reason);
     if (produce_retry(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
                       reason, g) < 0)
         gate_done(w, g); /* cannot happen with a valid schema; the log still gates */
@@ -473,7 +470,7 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
     gate_t *g;
     char why[320];
 
-    if (step < 1)
+    if (step < 1) /* a skipped first attempt waits the first delay */
         step = 1;
     if (hb_schedule_next(&w->schedule, step, retry_after, w->cfg->retry_after_max_ms,
                          (int)w->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
@@ -487,11 +484,12 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
     for (int t = 0; t < w->schedule.tiers; t++)
         if (!strcmp(w->schedule.tier_topics[t], topic))
             hb_metric_inc(w->m_tier[t]);
-    hb_log(HB_LOG_INFO,
-           HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type",
-                 dl->event_type),
-           "attempt %d failed (%s): next attempt in %lld ms via %s", made, reason,
-           (long long)(not_before - hb_wall_ms()), topic);
+    hb_log(
+        HB_LOG_INFO,
+        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
+        res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
+            : "attempt %d not made (%s): it waits %lld ms in %s",
+        res ? made : made + 1, reason, (long long)(not_before - hb_wall_ms()), topic);
     if (produce_retry(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g) <
         0) {
         gate_done(w, g);
@@ -530,7 +528,7 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
         dl->first_attempt_ms = hb_wall_ms();
     if (dl->attempt == 1 && w->cfg->circuit_failures > 0 && circuit_open(w, dl->sub->id)) {
         hb_metric_inc(w->m_circuit_skips);
-        route_retry(w, dl, 1, NULL, "circuit open: endpoint failing, attempt skipped", 0);
+        route_retry(w, dl, 0, NULL, "circuit open: endpoint failing, attempt skipped", 0);
         delivery_finish(w, dl);
         return;
     }
@@ -575,12 +573,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
                (long long)res->duration_ms);
         record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "", NULL);
         break;
-    case HB_OUTCOME_RETRY:
-        route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset);
-        break;
-    default:
-        route_failed(w, dl, dl->attempt, res, reason);
-        break;
+    case HB_OUTCOME_RETRY: route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset); break;
+    default: route_failed(w, dl, dl->attempt, res, reason); break;
     }
     delivery_finish(w, dl);
 }
@@ -675,8 +669,8 @@ static int is_deferred(const hb_worker_t *w, const char *topic, int32_t partitio
 }
 
 static void pause_or_resume(hb_worker_t *w, rd_kafka_topic_partition_list_t *parts, int pause) {
-    rd_kafka_resp_err_t err = pause ? rd_kafka_pause_partitions(w->rk, parts)
-                                    : rd_kafka_resume_partitions(w->rk, parts);
+    rd_kafka_resp_err_t err =
+        pause ? rd_kafka_pause_partitions(w->rk, parts) : rd_kafka_resume_partitions(w->rk, parts);
     if (err)
         hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
 }
@@ -727,8 +721,8 @@ void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_
     d->next = w->deferred;
     w->deferred = d;
     hb_metric_inc(w->m_deferred);
-    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic,
-             (int)rkm->partition, (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
+    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic, (int)rkm->partition,
+             (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
 }
 
 static void deferred_free(deferred_t *d) {
@@ -1072,8 +1066,7 @@ static void register_metrics(hb_worker_t *w) {
                                  "Deliverable (active and verified) subscriptions.");
     w->m_db_errors =
         hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
-    w->m_kafka_errors =
-        hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
+    w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
     w->m_dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
                                   "Deliveries sent to the dead-letter topic.");
     w->m_circuit_skips =
@@ -1156,8 +1149,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     rd_kafka_queue_io_event_enable(w->pq, w->wake[1], "p", 1);
     w->index = hb_index_new();
     w->offsets = hb_offsets_new();
-    hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION,
-            hb_httpd_port(w->httpd));
+    hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
     return w;
 fail:
     hb_worker_free(w);

@@ -76,8 +76,8 @@ typedef struct hb_worker_hooks_s {
 } hb_worker_hooks_t;
 
 typedef struct hb_worker_spec_s {
-    const char *name;   /* "dispatcher": client id hookbridge-dispatcher, default group */
-    const char *schema; /* reader schema of the consumed messages */
+    const char *name;          /* "dispatcher": client id hookbridge-dispatcher, default group */
+    const char *schema;        /* reader schema of the consumed messages */
     const char *const *topics; /* copied; NULL: every delay tier of the schedule */
     int topics_cnt;
     const hb_worker_hooks_t *hooks;
@@ -127,13 +127,13 @@ typedef struct hb_delivery_s {
     char id[HB_UUID_LEN + 1];
     char *body; /* rendered payload, owned */
     size_t body_len;
-    char *content_type; /* owned */
-    char *event_ids;    /* comma-separated uuids, owned */
-    char *event_type;   /* owned */
-    int attempt;        /* this attempt: 1 = first */
+    char *content_type;       /* owned */
+    char *event_ids;          /* comma-separated uuids, owned */
+    char *event_type;         /* owned */
+    int attempt;              /* this attempt: 1 = first */
     int64_t first_attempt_ms; /* 0: set when the first attempt starts */
     int schedule_offset;      /* attempts made before the current schedule (replay) */
-    hb_job_t **jobs; /* each held once by the delivery */
+    hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;
 } hb_delivery_t;
 

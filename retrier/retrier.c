@@ -22,8 +22,8 @@
  * lost and nothing is attempted early.
  *
  * Every second it claims replay requests (hookbridge.replay) and puts them on
- * the first tier, due at once; every minute it asks PostgreSQL to deactivate
- * endpoints that have failed every attempt for auto_deactivate_after.
+ * the first tier, due at once; every minute (or a quarter of the period, if shorter) it asks
+ * PostgreSQL to deactivate endpoints that have failed every attempt for auto_deactivate_after.
  */
 #include "retrier.h"
 
@@ -169,10 +169,10 @@ static void sweep_failing(hb_retrier_t *r) {
     if (r->cfg->auto_deactivate_ms <= 0 || !store || !hb_store_connected(store))
         return;
     snprintf(after, sizeof(after), "%lld milliseconds", r->cfg->auto_deactivate_ms);
-    if (hb_store_query(store,
-                       "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)",
-                       1, params, &res, "deactivating failing endpoints", errstr,
-                       sizeof(errstr)) < 0) {
+    if (hb_store_query(
+            store,
+            "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)", 1,
+            params, &res, "deactivating failing endpoints", errstr, sizeof(errstr)) < 0) {
         hb_worker_db_error(r->w);
         hb_warn("%s", errstr);
         return;
@@ -194,7 +194,9 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
         poll_replays(r);
     }
     if (now >= r->next_sweep) {
-        r->next_sweep = now + SWEEP_MS;
+        /* every minute, or sooner when the period itself is short */
+        long long every = r->cfg->auto_deactivate_ms / 4;
+        r->next_sweep = now + (every < 1000 ? 1000 : every > SWEEP_MS ? SWEEP_MS : every);
         sweep_failing(r);
     }
     return r->next_replay_poll - now;

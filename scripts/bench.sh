@@ -39,7 +39,6 @@ STALL_SECONDS=20 # a phase gives up when no delivery completes for this long
 for tool in nginx wrk kcat curl jq psql; do
   command -v "$tool" >/dev/null || die "$tool is missing (make deps installs it)"
 done
-NGINX=$(command -v nginx)
 for p in hookbridge-devbroker hookbridge-migrate hookbridge-dispatcher hookbridge-producer; do
   [ -x "$BIN/$p" ] || die "$BIN/$p is missing (run make)"
 done
@@ -64,45 +63,9 @@ say "applying migrations"
 stack_migrate >/dev/null
 
 say "starting nginx"
-NPORT=$(free_port)
-mkdir -p "$B/nginx/tmp"
-NGINX_USER=""
-[ "$(id -u)" -ne 0 ] || NGINX_USER="user nobody nogroup;"
-cat >"$B/nginx/nginx.conf" <<EOF
-$NGINX_USER
-worker_processes 1;
-daemon off;
-pid $B/nginx/nginx.pid;
-error_log $B/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    log_format bench '\$msec \$request_method \$status \$http_webhook_id';
-    access_log $B/nginx/access.log bench;
-    client_body_temp_path $B/nginx/tmp/body;
-    proxy_temp_path $B/nginx/tmp/proxy;
-    fastcgi_temp_path $B/nginx/tmp/fastcgi;
-    uwsgi_temp_path $B/nginx/tmp/uwsgi;
-    scgi_temp_path $B/nginx/tmp/scgi;
-    server {
-        listen 127.0.0.1:$NPORT;
-        location = /hook {
-            if (\$request_method = POST) { return 204; }
-            default_type application/json;
-            return 200 '{"verification":"\$http_x_okta_verification_challenge"}';
-        }
-    }
-}
-EOF
-stack_spawn nginx "$NGINX" -p "$B/nginx" -e "$B/nginx/error.log" -c "$B/nginx/nginx.conf"
-NGINX_PID=$STACK_LAST_PID
-URL="http://127.0.0.1:$NPORT/hook"
-for _ in $(seq 100); do
-  curl -fs -o /dev/null -H 'X-Okta-Verification-Challenge: ping' "$URL" && break
-  kill -0 "$NGINX_PID" 2>/dev/null || break
-  sleep 0.1
-done
-[ "$(curl -fs -H 'X-Okta-Verification-Challenge: ping' "$URL")" = '{"verification":"ping"}' ] ||
-  { stack_log_tail nginx; cat "$B/nginx/error.log"; die "nginx did not start"; }
+stack_start_nginx 204 || die "nginx did not start"
+URL=$STACK_NGINX_URL
+NGINX_LOG=$STACK_NGINX_LOG
 
 # The dev broker holds a Fetch that finds no data for the whole fetch.wait.max.ms
 # (librdkafka default 500 ms) even when data arrives meanwhile; a real broker
@@ -155,7 +118,7 @@ produce() { # produce ARGS... -> runs the producer, prints its summary line
     { cat "$B/producer.out"; die "hookbridge-producer $* failed"; }
   echo "producer: $(grep -E 'produced [0-9]+' "$B/producer.out" | tail -1)"
 }
-log_size() { stat -c %s "$B/nginx/access.log"; }
+log_size() { stat -c %s "$NGINX_LOG"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$STACK_DISPATCHER_PID/stat"; }
 
 say "warm-up: $WARMUP events (consumer group join, connections)"
@@ -177,7 +140,7 @@ wait_finished $((BASE + EVENTS)) || TP_OK=0
 T2=$(now_ms)
 CPU2=$(cpu_ticks)
 OFF2=$(log_size)
-read -r TP_POSTS TP_SPAN TP_RATE < <(tail -c +$((OFF1 + 1)) "$B/nginx/access.log" | head -c $((OFF2 - OFF1)) |
+read -r TP_POSTS TP_SPAN TP_RATE < <(tail -c +$((OFF1 + 1)) "$NGINX_LOG" | head -c $((OFF2 - OFF1)) |
   awk '$2 == "POST" { n++; if (!f || $1 < f) f = $1; if ($1 > l) l = $1 }
        END { s = l - f; printf "%d %.3f %.0f\n", n, s, (s > 0 ? (n - 1) / s : 0) }')
 E2E_RATE=$(awk -v n="$TP_POSTS" -v ms=$((T2 - T1)) 'BEGIN { printf "%.0f", n * 1000 / ms }')
@@ -214,7 +177,7 @@ wait_finished $((BASE + LAT_EVENTS)) || LAT_OK=0
 [ "$LAT_OK" = 1 ] || echo "warning: not every delivery finished" >&2
 timeout 60 kcat -C -q -e -o beginning -b "$HOOKBRIDGE_KAFKA_BROKERS" -t identity.events \
   -f '%p %o %T %S\n%s\n' >"$B/events.dump" || die "kcat could not read identity.events back"
-"$PY" scripts/bench_latency.py "$B/events.dump" "$B/nginx/access.log" "$OFF3" "$SUB" "$T3" \
+"$PY" scripts/bench_latency.py "$B/events.dump" "$NGINX_LOG" "$OFF3" "$SUB" "$T3" \
   "$((T4 + 1))" >"$B/latency.out" 2>"$B/latency.check" ||
   { cat "$B/latency.check"; die "the latency computation failed"; }
 read -r LAT_N LAT_MISSING P50 P90 P99 PMAX PMEAN <"$B/latency.out"

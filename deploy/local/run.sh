@@ -4,9 +4,12 @@
 #   throwaway PostgreSQL  ->  hookbridge-migrate up
 #   hookbridge-devbroker (embedded Kafka-protocol broker, for local use only)
 #   hookbridge-receiver (the example receiver, checks signature and auth header)
-#   hookbridge-dispatcher
-# then registers a demo subscription for the receiver, verifies it, activates
-# it, produces sample events, and follows the receiver's output. Ctrl-C stops
+#   hookbridge-dispatcher, hookbridge-retrier
+# then registers two demo subscriptions, verifies and activates them, produces
+# sample events, and follows the receivers' output: the first receiver takes
+# everything at once; the second ("flaky") fails each delivery twice, so its
+# events arrive on the retry schedule (shortened to 2s,5s,10s for the demo),
+# and the delivery log in PostgreSQL shows every attempt. Ctrl-C stops
 # everything and leaves nothing running. State lives in a temporary directory
 # /tmp/hookbridge-run.XXXXXX (deleted at exit unless HOOKBRIDGE_KEEP_RUN=1).
 # The start/stop functions are in deploy/local/stack.sh.
@@ -22,6 +25,9 @@ stack_init hookbridge-run
 say "starting PostgreSQL"
 stack_start_postgres
 
+# A short schedule, so the demo shows retries within seconds.
+export HOOKBRIDGE_RETRY_SCHEDULE=${HOOKBRIDGE_RETRY_SCHEDULE:-2s,5s,10s}
+
 say "starting the embedded Kafka broker (local use only)"
 stack_start_devbroker
 
@@ -36,8 +42,14 @@ stack_spawn receiver "$BIN/hookbridge-receiver" --listen "127.0.0.1:$RPORT" --se
   --auth "Authorization: $AUTH_VALUE"
 RECEIVER_PID=$STACK_LAST_PID
 
-say "starting the dispatcher (loopback endpoints allowed for the demo)"
+FPORT=$(free_port)
+say "starting a flaky receiver on 127.0.0.1:$FPORT (fails each delivery twice)"
+stack_spawn flaky "$BIN/hookbridge-receiver" --listen "127.0.0.1:$FPORT" --secret "$SECRET" \
+  --auth "Authorization: $AUTH_VALUE" --fail-first 2
+
+say "starting the dispatcher and the retrier (loopback endpoints allowed for the demo)"
 stack_start_dispatcher
+stack_start_retrier
 
 say "registering a demo subscription (user.session.start, user.lifecycle.create)"
 OPTIONS=$(jq -nc --arg auth "$AUTH_VALUE" --arg secret "$SECRET" \
@@ -56,11 +68,30 @@ fi
 stack_activate "$SUB"
 echo "activated"
 
+say "registering the flaky receiver (user.lifecycle.create)"
+FSUB=$(stack_register 'flaky receiver' "http://127.0.0.1:$FPORT/hook" user.lifecycle.create \
+  "$OPTIONS")
+stack_verify "$FSUB" || { echo "verification: $STACK_VERIFICATION"; exit 1; }
+stack_activate "$FSUB"
+echo "subscription $FSUB verified and activated"
+
 say "producing sample events (only user.session.start and user.lifecycle.create are subscribed)"
 "$BIN/hookbridge-producer" deploy/local/sample-events.jsonl
 "$BIN/hookbridge-producer" --generate 20
 
-say "the receiver's output (Ctrl-C stops everything)"
-tail -n +1 -f "$STACK_DIR/receiver.log" &
+say "waiting for the flaky receiver's retries (schedule $HOOKBRIDGE_RETRY_SCHEDULE)"
+sleep 10
+say "the delivery log (hookbridge.deliveries)"
+stack_psql -c "SELECT s.name AS subscription, d.status, d.attempts, count(*) AS deliveries
+                 FROM hookbridge.deliveries d JOIN hookbridge.subscriptions s ON s.id = d.subscription_id
+                GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+stack_psql -c "SELECT a.attempt, a.outcome, a.http_status, a.started_at::time(0) AS at, a.error
+                 FROM hookbridge.delivery_attempts a
+                WHERE a.delivery_id = (SELECT delivery_id FROM hookbridge.deliveries
+                                        WHERE subscription_id = '$FSUB' LIMIT 1)
+                ORDER BY a.attempt"
+
+say "the receivers' output (Ctrl-C stops everything)"
+tail -n +1 -f "$STACK_DIR/receiver.log" "$STACK_DIR/flaky.log" &
 stack_track $! "tail"
 wait "$RECEIVER_PID"

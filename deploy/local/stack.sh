@@ -194,6 +194,16 @@ stack_start_dispatcher() {
   STACK_DISPATCHER_PID=$STACK_LAST_PID
 }
 
+# Extra arguments are VAR=VALUE settings for the retrier's environment.
+stack_start_retrier() {
+  STACK_RETRIER_HTTP="127.0.0.1:$(free_port)"
+  stack_spawn retrier env HOOKBRIDGE_ALLOW_HTTP=1 HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 \
+    HOOKBRIDGE_HTTP_LISTEN="$STACK_RETRIER_HTTP" \
+    HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS=6000 \
+    "$@" "$STACK_BIN/hookbridge-retrier"
+  STACK_RETRIER_PID=$STACK_LAST_PID
+}
+
 # Waits until the dispatcher answers /readyz with 200 (at most $1 seconds, default 30).
 stack_wait_dispatcher_ready() {
   local n=$((${1:-30} * 10))
@@ -232,4 +242,49 @@ stack_verify() {
 
 stack_activate() {
   stack_psql -c "SELECT hookbridge.activate('$1')" >/dev/null
+}
+
+# nginx as a fast endpoint: answers the verification challenge, and every POST
+# with $1 (default 204), logging "$msec $request_method $status $http_webhook_id"
+# per request to $STACK_NGINX_LOG. Sets STACK_NGINX_URL.
+stack_start_nginx() {
+  local status=${1:-204} port dir=$STACK_DIR/nginx user=""
+  port=$(free_port)
+  mkdir -p "$dir/tmp"
+  [ "$(id -u)" -ne 0 ] || user="user nobody nogroup;"
+  cat >"$dir/nginx.conf" <<EOF
+$user
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+    log_format bench '\$msec \$request_method \$status \$http_webhook_id';
+    access_log $dir/access.log bench;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    server {
+        listen 127.0.0.1:$port;
+        location = /hook {
+            if (\$request_method = POST) { return $status; }
+            default_type application/json;
+            return 200 '{"verification":"\$http_x_okta_verification_challenge"}';
+        }
+    }
+}
+EOF
+  stack_spawn nginx "$(command -v nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+  STACK_NGINX_URL="http://127.0.0.1:$port/hook"
+  STACK_NGINX_LOG=$dir/access.log
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null -H 'X-Okta-Verification-Challenge: ping' "$STACK_NGINX_URL" && break
+    kill -0 "$STACK_LAST_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ "$(curl -fs -H 'X-Okta-Verification-Challenge: ping' "$STACK_NGINX_URL")" = '{"verification":"ping"}' ] ||
+    { stack_log_tail nginx; cat "$dir/error.log"; return 1; }
 }

@@ -207,3 +207,68 @@ def test_a_slow_endpoint_does_not_delay_a_healthy_one(db_url, procs, workdir):
     produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
     wait_until(lambda: len(fast.events()) == n, 10 * SLOW, "all events at the healthy endpoint")
     assert len(slow.posts()) < n, "the healthy endpoint did not wait for the slow one"
+
+
+def test_circuit_breaker_skips_a_failing_endpoint_then_probes_it(db_url, procs, workdir):
+    """After 3 consecutive failures, new deliveries to that endpoint are not
+    attempted but wait in the first delay tier (logged 'circuit open');
+    after the cool-down one attempt probes it again."""
+    broker, receiver, d, r = stack(
+        procs, workdir, db_url, "30s", receiver_args={"status": 503}, retrier=False,
+        env={"HOOKBRIDGE_CIRCUIT_FAILURES": "3", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "4s"})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+    wait_until(lambda: len(receiver.posts()) == 3, 20 * SLOW, "three failed attempts")
+    opened = time.time()
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(5)])
+    rows = wait_until(
+        lambda: (rs := sql(db_url, "SELECT status, attempts, last_error FROM hookbridge.deliveries "
+                           "WHERE subscription_id=%s AND last_error LIKE 'circuit open%%'", sub))
+        and len(rs) == 5 and rs, 20 * SLOW, "five skipped deliveries")
+    assert all(s == "retry" and n == 0 for s, n, _ in rows), rows
+    assert len(receiver.posts()) == 3, "no attempt while the circuit is open"
+    assert "circuit open after 3 consecutive failures" in d.proc.output()
+    # After the cool-down, the next new delivery is attempted (the probe).
+    time.sleep(max(0, 4.5 - (time.time() - opened)))
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(receiver.posts()) == 4, 20 * SLOW, "the probe attempt")
+
+
+def test_endpoint_failing_for_the_period_is_deactivated_with_the_reason(db_url, procs, workdir):
+    broker, receiver, d, r = stack(
+        procs, workdir, db_url, "1s,1s,1s,1s,1s,1s,1s,1s", receiver_args={"status": 500},
+        env={"HOOKBRIDGE_AUTO_DEACTIVATE_AFTER": "3s"})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    status, reason = wait_until(
+        lambda: (row := sql(db_url, "SELECT status, deactivation_reason FROM hookbridge.subscriptions "
+                            "WHERE id=%s", sub)[0]) and row[0] == "inactive" and row,
+        30 * SLOW, "the automatic deactivation")
+    assert reason.startswith("deactivated automatically: every attempt failed since")
+    assert "HTTP 500" in reason
+    assert "deactivated automatically" in r.proc.output()
+    # Its remaining retries are dropped, and activate() clears the reason.
+    wait_until(lambda: delivery(db_url, sub)[1] == "dropped", 20 * SLOW, "the retry to be dropped")
+    sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+    assert sql(db_url, "SELECT deactivation_reason FROM hookbridge.subscriptions WHERE id=%s",
+               sub)[0][0] is None
+
+
+def test_poison_on_a_delay_tier_is_dead_lettered_and_the_tier_moves_on(db_url, procs, workdir):
+    from kafka import KafkaProducer
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s",
+                                   receiver_args={"fail_first": 1})
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
+    for p in range(6):  # one on every partition of the tier
+        kp.send("hookbridge.retry.1s", b"\xc3\x01not really avro", partition=p)
+    kp.flush()
+    kp.close()
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(receiver.events()) == 1, 20 * SLOW, "the retry behind the poison")
+    msgs = dlq_messages(broker)
+    assert len(msgs) == 6
+    h = dict(msgs[0].headers)
+    assert h["hookbridge-source-topic"] == b"hookbridge.retry.1s"
+    assert h["hookbridge-reason"]
+    assert "poison message" in r.proc.output()
