@@ -34,6 +34,7 @@ struct hb_offpart_s {
 
 struct hb_offsets_s {
     hb_offpart_t *parts;
+    hb_offpart_t *revoked; /* forgotten while work was unfinished */
     size_t pending;
 };
 
@@ -53,6 +54,11 @@ void hb_offsets_free(hb_offsets_t *o) {
     while (o->parts) {
         hb_offpart_t *p = o->parts;
         o->parts = p->next;
+        part_free(p);
+    }
+    while (o->revoked) { /* revoked with work abandoned at shutdown */
+        hb_offpart_t *p = o->revoked;
+        o->revoked = p->next;
         part_free(p);
     }
     free(o);
@@ -108,8 +114,14 @@ void hb_offsets_done(hb_offsets_t *o, hb_offref_t ref) {
     e->done = 1;
     p->undone--;
     if (p->revoked) {
-        if (p->undone == 0)
+        if (p->undone == 0) {
+            for (hb_offpart_t **pp = &o->revoked; *pp; pp = &(*pp)->next)
+                if (*pp == p) {
+                    *pp = p->next;
+                    break;
+                }
             part_free(p);
+        }
         return;
     }
     o->pending--;
@@ -140,10 +152,13 @@ void hb_offsets_forget(hb_offsets_t *o, const char *topic, int32_t partition) {
             continue;
         *pp = p->next;
         o->pending -= p->undone;
-        if (p->undone == 0)
+        if (p->undone == 0) {
             part_free(p);
-        else
+        } else {
             p->revoked = 1;
+            p->next = o->revoked;
+            o->revoked = p;
+        }
         return;
     }
 }

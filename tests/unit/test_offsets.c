@@ -66,11 +66,24 @@ static void forgotten_partition_ignores_late_completions(void **state) {
     hb_offsets_free(o);
 }
 
+/* Work abandoned at shutdown: the revoked partition is freed with the
+ * tracker (LeakSanitizer checks under make test-asan). */
+static void revoked_partition_with_abandoned_work_is_freed(void **state) {
+    hb_offsets_t *o = hb_offsets_new();
+    (void)state;
+    (void)hb_offsets_track(o, "t", 1, 1);
+    (void)hb_offsets_track(o, "t", 2, 1);
+    hb_offsets_forget(o, "t", 1);
+    hb_offsets_forget(o, "t", 2);
+    hb_offsets_free(o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(out_of_order_completion_waits_for_lowest),
         cmocka_unit_test(partitions_are_independent_and_ring_grows),
         cmocka_unit_test(forgotten_partition_ignores_late_completions),
+        cmocka_unit_test(revoked_partition_with_abandoned_work_is_freed),
     };
     return cmocka_run_group_tests_name("offsets", tests, NULL, NULL);
 }
