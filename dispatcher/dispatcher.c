@@ -11,6 +11,14 @@
  *     deliverable subscription, rendered in the subscription's format; the
  *     delivery id (the webhook-id) is derived from the event uuid and the
  *     subscription id, so a redelivered event carries the same one;
+ *   - batch events for subscriptions with batch_max > 1: a batch collects
+ *     one subscription's events until it holds batch_max of them or its
+ *     first event has waited batch_window_ms, and is delivered as one
+ *     request; each event's offset is held until the batch is durable. The
+ *     batch's delivery id is derived from the subscription and its events'
+ *     uuids, so the same batch re-sent after a crash has the same webhook-id
+ *     (a batch put together differently gets another one: receivers
+ *     de-duplicate batches on the event uuids inside);
  *   - run endpoint verification challenges (hookbridge.verify(), and requests
  *     pending at start-up); claiming a request is atomic in SQL, so with
  *     several replicas exactly one sends the challenge.
@@ -35,35 +43,145 @@ typedef struct verify_s {
     char challenge[HB_UUID_LEN + 1];
 } verify_t;
 
+#define BATCH_BUCKETS 1024
+
+/* Events waiting for company, for one subscription. */
+typedef struct batch_s {
+    hb_sub_t *sub; /* reference */
+    json_t **events;
+    hb_job_t **jobs;
+    size_t cnt, cap;
+    int64_t due; /* monotonic: flush at the latest then */
+    struct batch_s *next;
+} batch_t;
+
 struct hb_dispatcher_s {
     const hb_config_t *cfg;
     hb_worker_t *w;
+    batch_t *batches[BATCH_BUCKETS];
+    size_t open_batches;
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
 
 /* ---------------------------------------------------------------- events */
 
-static void start_delivery(hb_dispatcher_t *d, hb_job_t *job, json_t *event, hb_sub_t *sub) {
-    const char *uuid = hb_event_uuid(event), *type = hb_event_type(event);
-    const char *parts[3] = {"delivery", uuid ? uuid : "", sub->id};
-    json_t *events[1] = {event};
+/* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
+ * the delivery until it is durable. */
+static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
+                           hb_job_t *const *jobs, size_t n) {
+    const char *type = hb_event_type(events[0]);
+    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
+    size_t ids_len = 1;
+    char *ids, id[HB_UUID_LEN + 1], errstr[256];
     hb_payload_t payload;
     hb_delivery_t *dl;
-    char id[HB_UUID_LEN + 1], errstr[256];
 
-    hb_uuid_derive(parts, 3, id);
-    if (hb_deliver_render(sub, events, 1, id, d->cfg->source, hb_wall_ms(), &payload, errstr,
+    parts[0] = n == 1 ? "delivery" : "batch";
+    for (size_t i = 0; i < n; i++) {
+        const char *u = hb_event_uuid(events[i]);
+        parts[i + 1] = u ? u : "";
+        ids_len += strlen(parts[i + 1]) + 1;
+    }
+    parts[n + 1] = sub->id;
+    hb_uuid_derive(parts, n + 2, id);
+    ids = hb_calloc(1, ids_len);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(ids, ",");
+        strcat(ids, parts[i + 1]);
+    }
+    free(parts);
+    if (hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &payload, errstr,
                           sizeof(errstr)) < 0) {
         char reason[300];
         snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, uuid, type, &job, 1);
-        dl->attempt = 1; /* not attempted: recorded as 0 attempts */
+        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, type, jobs, n);
         hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
-        return;
+    } else {
+        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, ids, type,
+                             jobs, n);
+        hb_worker_deliver(d->w, dl);
     }
-    dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, uuid, type, &job,
-                         1);
-    hb_worker_deliver(d->w, dl);
+    free(ids);
+}
+
+/* ---------------------------------------------------------------- batches */
+
+static batch_t **batch_slot(hb_dispatcher_t *d, const char *id) {
+    unsigned h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    batch_t **pp = &d->batches[h % BATCH_BUCKETS];
+    while (*pp && strcmp((*pp)->sub->id, id) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+/* Delivers the batch at *pp and removes it. */
+static void batch_flush(hb_dispatcher_t *d, batch_t **pp) {
+    batch_t *b = *pp;
+    *pp = b->next;
+    d->open_batches--;
+    start_delivery(d, b->sub, b->events, b->jobs, b->cnt);
+    for (size_t i = 0; i < b->cnt; i++) {
+        json_decref(b->events[i]);
+        hb_job_release(d->w, b->jobs[i]);
+    }
+    hb_sub_unref(b->sub);
+    free(b->events);
+    free(b->jobs);
+    free(b);
+}
+
+static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event, hb_job_t *job) {
+    batch_t **pp = batch_slot(d, sub->id), *b = *pp;
+    if (!b) {
+        b = hb_calloc(1, sizeof(*b));
+        b->sub = hb_sub_ref(sub);
+        b->cap = (size_t)sub->batch_max;
+        b->events = hb_malloc(b->cap * sizeof(*b->events));
+        b->jobs = hb_malloc(b->cap * sizeof(*b->jobs));
+        b->due = hb_mono_ms() + sub->batch_window_ms;
+        *pp = b;
+        d->open_batches++;
+    }
+    b->events[b->cnt] = json_incref(event);
+    b->jobs[b->cnt] = job;
+    hb_job_hold(job);
+    if (++b->cnt >= b->cap)
+        batch_flush(d, pp);
+}
+
+/* Flushes batches whose window closed (all of them when `all`); returns the
+ * ms until the next one closes. */
+static long long batch_flush_due(hb_dispatcher_t *d, int all) {
+    int64_t now = hb_mono_ms();
+    long long next = 1000;
+    if (!d->open_batches)
+        return next;
+    for (size_t i = 0; i < BATCH_BUCKETS; i++) {
+        batch_t **pp = &d->batches[i];
+        while (*pp) {
+            if (all || (*pp)->due <= now) {
+                batch_flush(d, pp);
+                continue;
+            }
+            if ((*pp)->due - now < next)
+                next = (*pp)->due - now;
+            pp = &(*pp)->next;
+        }
+    }
+    return next;
+}
+
+static long long on_pass(hb_worker_t *w, void *opaque) {
+    (void)w;
+    return batch_flush_due(opaque, 0);
+}
+
+static void on_stop(hb_worker_t *w, void *opaque) {
+    (void)w;
+    (void)batch_flush_due(opaque, 1); /* what waits for company goes now */
 }
 
 static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *event, void *opaque) {
@@ -74,8 +192,12 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ev
 
     if (n > 0) {
         hb_metric_add(d->m_matched, (double)n);
-        for (size_t i = 0; i < n; i++)
-            start_delivery(d, job, event, subs[i]);
+        for (size_t i = 0; i < n; i++) {
+            if (subs[i]->batch_max > 1)
+                batch_add(d, subs[i], event, job);
+            else
+                start_delivery(d, subs[i], &event, &job, 1);
+        }
     }
     hb_job_release(w, job);
 }
@@ -157,6 +279,8 @@ static void on_index_loaded(hb_worker_t *w, void *opaque) {
 
 static const hb_worker_hooks_t hooks = {
     .on_message = on_message,
+    .on_pass = on_pass,
+    .on_stop = on_stop,
     .on_verify = on_verify,
     .on_index_loaded = on_index_loaded,
 };
@@ -196,6 +320,17 @@ int hb_dispatcher_run(hb_dispatcher_t *d) {
 void hb_dispatcher_free(hb_dispatcher_t *d) {
     if (!d)
         return;
+    for (size_t i = 0; i < BATCH_BUCKETS; i++) /* never started: their events come again */
+        while (d->batches[i]) {
+            batch_t *b = d->batches[i];
+            d->batches[i] = b->next;
+            for (size_t j = 0; j < b->cnt; j++)
+                json_decref(b->events[j]);
+            hb_sub_unref(b->sub);
+            free(b->events);
+            free(b->jobs);
+            free(b);
+        }
     hb_worker_free(d->w);
     free(d);
 }
