@@ -51,11 +51,13 @@ endif
 
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
+BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(B)/tests/bench/%)
 
 SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
 
 .PHONY: all deps run test test-unit test-e2e test-asan bench clean format format-check
-all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS)
+all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS)
 
 deps:
 	@scripts/deps.sh
@@ -86,6 +88,10 @@ $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
 $(B)/tests/%: $(B)/tests/unit/%.o $(LIBHB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(B)/tests/bench/%: $(B)/tests/bench/%.o $(LIBHB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -118,6 +124,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/bench.sh
 	@scripts/bench_retry.sh
+	@echo; echo 'subscription index (tests/bench/bench_index.c):'; $(B)/tests/bench/bench_index
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

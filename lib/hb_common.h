@@ -28,6 +28,7 @@ int hb_parse_int(const char *s, int min, int max, int *out) HB_MUSTCHECK;
 
 /* Monotonic and wall clocks, in milliseconds. */
 int64_t hb_mono_ms(void);
+int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
 int64_t hb_wall_ms(void);
 
 /* RFC 3339 UTC timestamp with milliseconds ("2026-11-29T02:50:00.123Z").
