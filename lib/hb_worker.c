@@ -22,6 +22,7 @@
 #define DLOG_MAX_QUEUE 200000
 #define RESEND_DELAY_MS 1000
 #define CIRCUIT_BUCKETS 1024
+#define LAG_EVERY_MS 5000
 
 struct hb_job_s {
     hb_offref_t ref;
@@ -92,6 +93,7 @@ struct hb_worker_s {
     size_t in_flight;
     size_t unacked; /* produced, not yet acknowledged */
     int64_t next_store_attempt;
+    int64_t next_lag;
     hb_job_t *jobs;
     gate_t *gates;
     pmsg_t *resend; /* refused by the broker, produced again later */
@@ -788,6 +790,8 @@ static void take_flushed(hb_worker_t *w) {
             gate_done(w, tokens[i]);
 }
 
+static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero);
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     hb_worker_t *w = opaque;
@@ -809,6 +813,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         take_flushed(w);
         store_offsets(w);
         (void)rd_kafka_commit(rk, NULL, 0);
+        update_lag(w, parts, 1);
         for (int i = 0; i < parts->cnt; i++) {
             hb_offsets_forget(w->offsets, parts->elems[i].topic, parts->elems[i].partition);
             forget_deferred(w, parts->elems[i].topic, parts->elems[i].partition);
@@ -931,6 +936,42 @@ static void drain_wake_pipe(hb_worker_t *w) {
         ;
 }
 
+/* hookbridge_consumer_lag{topic,partition}: messages between the consumer's
+ * position and the partition's end, from librdkafka's cached watermarks (no
+ * broker round trip). A partition revoked from this process reads 0 here. */
+static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero) {
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        char labels[300];
+        int64_t lo = -1, hi = -1, lag = 0;
+        snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", p->topic,
+                 (int)p->partition);
+        if (!zero &&
+            rd_kafka_get_watermark_offsets(w->rk, p->topic, p->partition, &lo, &hi) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            hi >= 0) {
+            int64_t pos = p->offset >= 0 ? p->offset : lo;
+            lag = hi > pos && pos >= 0 ? hi - pos : 0;
+        }
+        hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
+                                       "Messages between the consumer position and the end of "
+                                       "the partition."),
+                      (double)lag);
+    }
+}
+
+static void lag_tick(hb_worker_t *w) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (!w->rk || hb_mono_ms() < w->next_lag)
+        return;
+    w->next_lag = hb_mono_ms() + LAG_EVERY_MS;
+    if (rd_kafka_assignment(w->rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
+        return;
+    (void)rd_kafka_position(w->rk, parts);
+    update_lag(w, parts, 0);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
     if (hb_stop_requested)
@@ -977,6 +1018,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms) {
     }
     if (w->resend && wait_ms > 100)
         wait_ms = 100;
+    lag_tick(w);
     update_readiness(w);
     (void)hb_http_run(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), w->wake[0]);
     drain_wake_pipe(w);

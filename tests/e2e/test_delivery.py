@@ -88,6 +88,13 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
                           metrics, re.M)
     assert consumed and int(consumed.group(1)) == len(mixed)
     assert delivered and int(delivered.group(1)) == len(wanted)
+    # Consumer lag per partition: a series for each of the 6 partitions, all
+    # caught up (refreshed every 5 s).
+    def lag():
+        series = re.findall(r'^hookbridge_consumer_lag\{topic="identity.events",'
+                            r'partition="(\d+)"\} (\d+)', d.get("/metrics")[1], re.M)
+        return len(series) == 6 and all(v == "0" for _, v in series)
+    wait_until(lag, 15, "per-partition consumer lag at 0")
 
     # Every attempt is in the delivery log.
     rows = wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.delivery_attempts a "
