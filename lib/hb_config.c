@@ -320,6 +320,16 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                   cfg->log_level);
         return -1;
     }
+    if (program & HB_PROG_SERVICES) {
+        hb_schedule_t sch;
+        char why[256];
+        if (hb_schedule_parse(&sch, cfg->retry_schedule, cfg->retry_topic_prefix, why,
+                              sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+            return -1;
+        }
+        hb_schedule_free(&sch);
+    }
     return 0;
 }
 

@@ -94,6 +94,9 @@ struct hb_worker_s {
     size_t unacked; /* produced, not yet acknowledged */
     int64_t next_store_attempt;
     int64_t next_lag;
+    char missing_topic[256]; /* a subscribed topic the broker does not have */
+    char missing_why[300];
+    int64_t next_topic_check;
     hb_job_t *jobs;
     gate_t *gates;
     pmsg_t *resend; /* refused by the broker, produced again later */
@@ -901,6 +904,18 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
     if (rkm->err) {
         if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
             return;
+        if ((rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+             rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) &&
+            rkm->rkt) {
+            const char *t = rd_kafka_topic_name(rkm->rkt);
+            if (strcmp(w->missing_topic, t) != 0) {
+                hb_error("topic %s does not exist: create it (not ready until it exists)", t);
+                snprintf(w->missing_topic, sizeof(w->missing_topic), "%s", t);
+                snprintf(w->missing_why, sizeof(w->missing_why), "topic %s does not exist", t);
+            }
+            w->next_topic_check = hb_mono_ms() + 5000;
+            return;
+        }
         /* Informational: the consumer recovers by itself. */
         hb_metric_inc(w->m_kafka_errors);
         hb_warn("kafka: %s", rd_kafka_message_errstr(rkm));
@@ -972,10 +987,37 @@ static void lag_tick(hb_worker_t *w) {
     rd_kafka_topic_partition_list_destroy(parts);
 }
 
+/* While a subscribed topic is missing, look it up every 5 s (a metadata
+ * request of up to 1 s) and become ready again once it exists. */
+static void topic_check(hb_worker_t *w) {
+    rd_kafka_topic_t *rkt;
+    const struct rd_kafka_metadata *md = NULL;
+    int exists = 0;
+    if (!w->missing_topic[0] || !w->rk || hb_mono_ms() < w->next_topic_check)
+        return;
+    w->next_topic_check = hb_mono_ms() + 5000;
+    rkt = rd_kafka_topic_new(w->rk, w->missing_topic, NULL);
+    if (!rkt)
+        return;
+    if (rd_kafka_metadata(w->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+        exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                 md->topics[0].partition_cnt > 0;
+        rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    if (exists) {
+        hb_info("topic %s exists now", w->missing_topic);
+        w->missing_topic[0] = '\0';
+    }
+}
+
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
+    topic_check(w);
     if (hb_stop_requested)
         why = "shutting down";
+    else if (w->missing_topic[0])
+        why = w->missing_why;
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (!w->index_loaded)

@@ -1,0 +1,30 @@
+"""Start-up troubles an operator meets: each is one clear line, and a bad
+setting stops the program before it does anything.
+
+(A missing topic is reported once and keeps /readyz at 503 until the topic
+exists; that path is not tested here because the embedded broker, like a
+Kafka cluster with auto.create.topics.enable, creates any topic asked for.)"""
+from hbtest.procs import BIN, SLOW, wait_until
+
+
+def start(procs, db_url, broker, env):
+    base = {"HOOKBRIDGE_DATABASE_URL": db_url, "HOOKBRIDGE_KAFKA_BROKERS": broker.bootstrap,
+            "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0"}
+    base.update(env)
+    return procs.start("retrier", [BIN / "hookbridge-retrier"], base)
+
+
+def test_a_bad_retry_schedule_names_the_bad_delay_and_exits_2(db_url, broker, procs):
+    r = start(procs, db_url, broker, {"HOOKBRIDGE_RETRY_SCHEDULE": "5s,soon"})
+    wait_until(lambda: not r.alive(), 10 * SLOW, "the retrier to exit")
+    out = r.output()
+    assert r.p.returncode == 2
+    assert out.count("\n") == 1, "one line"
+    assert 'HOOKBRIDGE_RETRY_SCHEDULE: retry schedule: "soon" is not a delay' in out
+
+
+def test_a_bad_number_names_the_variable_and_exits_2(db_url, broker, procs):
+    r = start(procs, db_url, broker, {"HOOKBRIDGE_RETRY_JITTER": "150"})
+    wait_until(lambda: not r.alive(), 10 * SLOW, "the retrier to exit")
+    assert r.p.returncode == 2
+    assert "HOOKBRIDGE_RETRY_JITTER" in r.output()
