@@ -10,6 +10,7 @@ import signal
 import time
 
 import psycopg2
+import pytest
 
 from hbtest.avro import decode
 from hbtest.procs import SLOW, wait_until
@@ -173,18 +174,19 @@ def test_retrier_killed_while_retries_wait_loses_nothing_and_sends_nothing_early
         assert ok[0]["time_ms"] - posts[0]["time_ms"] >= 5000 - 50, "never early"
 
 
-def test_deactivation_drops_pending_retries(db_url, procs, workdir):
+@pytest.mark.parametrize("how,why", [("deactivate", "inactive"), ("deregister", "deregistered")])
+def test_pending_retries_of_a_stopped_subscription_are_dropped(db_url, procs, workdir, how, why):
     broker, receiver, d, r = stack(procs, workdir, db_url, "3s",
                                    receiver_args={"status": 503})
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
     wait_until(lambda: len(receiver.posts()) == 3, 20 * SLOW, "the first attempts")
-    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    sql(db_url, f"SELECT hookbridge.{how}(%s)", sub)
     rows = wait_until(
         lambda: (rs := sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
                            "WHERE subscription_id=%s", sub)) and
         all(s == "dropped" for s, _ in rs) and rs, 20 * SLOW, "the retries to be dropped")
-    assert len(rows) == 3 and all("inactive" in e for _, e in rows)
+    assert len(rows) == 3 and all(why in e for _, e in rows)
     assert len(receiver.posts()) == 3, "no attempt after deactivation"
     assert r.proc.alive()
 
