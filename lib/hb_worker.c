@@ -106,6 +106,7 @@ struct hb_worker_s {
     hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
     hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
     hb_metric_t *m_dlq, *m_circuit_skips, *m_deferred;
+    hb_metric_t *m_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
 };
 
@@ -569,6 +570,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     }
     outcome = hb_deliver_classify(res, reason, sizeof(reason));
     hb_metric_observe(w->m_latency, (double)res->duration_ms / 1000.0);
+    hb_metric_inc(
+        w->m_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100 : 0]);
     circuit_result(w, dl->sub->id, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
@@ -1158,6 +1161,16 @@ static void register_metrics(hb_worker_t *w) {
                            "First attempts skipped because the endpoint's circuit was open.");
     w->m_deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
                                        "Times a delay-tier partition was paused until due.");
+    for (int c = 0; c < 6; c++) {
+        char label[32];
+        if (c == 0)
+            snprintf(label, sizeof(label), "class=\"none\"");
+        else
+            snprintf(label, sizeof(label), "class=\"%dxx\"", c);
+        w->m_class[c] = hb_metrics_counter("hookbridge_responses_total", label,
+                                           "Delivery attempts by HTTP status class of the answer "
+                                           "(none: timeout, connection error, refused).");
+    }
     for (int t = 0; t < w->schedule.tiers; t++) {
         char label[96], d[32];
         hb_delay_format(w->schedule.tiers_ms[t], d, sizeof(d));
