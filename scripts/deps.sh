@@ -7,7 +7,12 @@ librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
 libssl-dev libmicrohttpd-dev libcmocka-dev
 postgresql postgresql-contrib
 python3 python3-pytest python3-psycopg2 python3-kafka jq openssl
-nginx-light wrk kcat curl"
+nginx-light wrk kcat curl
+python3-yaml yamllint"
+# `kubectl kustomize` renders deploy/k8s in the tests. Debian's
+# kubernetes-client (kubectl 1.20) does; a kubectl already installed (any
+# newer one) does too, and is not replaced.
+command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
