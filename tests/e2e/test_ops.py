@@ -113,6 +113,228 @@ def test_every_variable_the_doc_names_is_real(tmp_path):
     assert r.returncode != 0 and str(missing) in r.stdout + r.stderr
 
 
+# ------------------------------------------------------- running services
+# (imports here so that the --write-config-doc script needs no test deps)
+
+import base64  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from hbtest.procs import SLOW, free_port, wait_until  # noqa: E402
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce  # noqa: E402
+from hbtest.tcpproxy import TcpProxy  # noqa: E402
+
+LOG_SECRET = "whsec_" + base64.b64encode(b"ops-test signing key 0123456789!").decode()
+LOG_AUTH_VALUE = "Bearer ops-auth-9d1c4e77a2"
+DB_PASSWORD = "pg-Pa55-ops-4417"
+SASL_PASSWORD = "sasl-pw-ops-8c2f"
+
+
+class SlowReceiver(Receiver):
+    """hookbridge-receiver answering each POST after delay_ms, with enough
+    server threads (one request per thread at a time) for `threads`
+    concurrent requests."""
+
+    def __init__(self, group, workdir, secret, auth, delay_ms, threads, name="slow-receiver"):
+        self.port = free_port()
+        self.record = Path(workdir) / f"{name}.jsonl"
+        self.name = name
+        self.group = group
+        self.argv = [BIN / "hookbridge-receiver", "--listen", f"127.0.0.1:{self.port}",
+                     "--record", self.record, "--secret", secret, "--auth", auth,
+                     "--delay-ms", str(delay_ms), "--threads", str(threads)]
+        self.proc = group.start(name, self.argv)
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        wait_until(self._up, 10, "the receiver to listen")
+
+
+def metric(svc, name, labels=""):
+    status, text = svc.get("/metrics")
+    if status != 200:
+        return None
+    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def assert_json_lines(proc, component):
+    """Every line a service writes is one JSON object with time, level,
+    component and msg."""
+    lines = [l for l in proc.output().splitlines() if l.strip()]
+    assert lines, f"{proc.name} wrote nothing"
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{proc.name}: not a JSON line: {line[:300]}")
+        assert obj.get("level") in ("debug", "info", "warn", "error"), line
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", obj.get("time", "")), line
+        assert obj.get("component") == component, line
+        assert isinstance(obj.get("msg"), str), line
+
+
+def test_secrets_never_reach_the_logs(pg_cluster, db_url, procs, workdir):
+    """Deliveries that succeed, fail and are retried, and a verification that
+    fails, all at debug level: the dispatcher's and the retrier's output never
+    contain the auth value, the signing secret (whsec_ form, raw base64, or
+    the key's bytes in hex), the database password or the Kafka SASL password,
+    and every line is JSON with time, level and component."""
+    from test_delivery import event, register_verified, sql
+
+    # The database URL carries a password (the test cluster trusts loopback,
+    # so any password is accepted and the URL works).
+    url = db_url.replace("postgresql://postgres@", f"postgresql://postgres:{DB_PASSWORD}@")
+    assert DB_PASSWORD in url
+    schedule = "1s,1s"
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0",
+           # Passed through to librdkafka (unused without SASL, but parsed).
+           "HOOKBRIDGE_KAFKA_SASL_USERNAME": "hookbridge",
+           "HOOKBRIDGE_KAFKA_SASL_PASSWORD": SASL_PASSWORD}
+    ok = Receiver(procs, workdir, secret=LOG_SECRET, auth=f"Authorization: {LOG_AUTH_VALUE}",
+                  name="receiver-ok")
+    failing = Receiver(procs, workdir, secret=LOG_SECRET,
+                       auth=f"Authorization: {LOG_AUTH_VALUE}", status=500,
+                       name="receiver-500")
+    d = Dispatcher(procs, url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    opts = {"auth_header": "Authorization", "auth_value": LOG_AUTH_VALUE, "secret": LOG_SECRET}
+    register_verified(url, ok.url, ["user.session.start"], opts)
+    bad = register_verified(url, failing.url, ["user.session.start"], opts)
+    # A verification that fails: the endpoint does not echo the challenge.
+    unverifiable = sql(url, "SELECT hookbridge.register('nope', %s, ARRAY['user.session.start'],"
+                       " %s::jsonb)", f"http://127.0.0.1:{d.health_port}/healthz",
+                       json.dumps(opts))[0][0]
+    sql(url, "SELECT hookbridge.verify(%s)", unverifiable)
+
+    events = [event("user.session.start") for _ in range(3)]
+    produce(broker.bootstrap, events)
+    wait_until(lambda: len(ok.events()) == 3, 30, "the deliveries to the healthy endpoint")
+    # The failing endpoint: first attempt, two retries, then the dead-letter topic.
+    wait_until(lambda: sql(url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                           "subscription_id=%s AND status='failed'", bad)[0][0] == 3 or None,
+               60, "the failing deliveries to be dead-lettered")
+    wait_until(lambda: sql(url, "SELECT verification FROM hookbridge.subscriptions WHERE id=%s",
+                           unverifiable)[0][0] == "failed" or None, 20, "the failed verification")
+    assert len(failing.posts()) == 9
+    assert all(p["verified"] for p in ok.posts() + failing.posts()), "signed with our secret"
+    # The failures were logged, with the ids an operator searches by.
+    lines = [json.loads(l) for p in (d.proc, r.proc) for l in p.output().splitlines()
+             if l.startswith("{")]
+    failures = [l for l in lines if re.match(r"attempt \d+ failed|delivery failed", l["msg"])]
+    assert any("HTTP 500" in f["msg"] for f in failures), "no failed attempt was logged"
+    for f in failures:
+        assert f.get("delivery_id") and f.get("subscription_id") == bad, f
+    assert "endpoint verification failed" in d.proc.output()
+    assert d.proc.stop() == 0 and r.proc.stop() == 0
+
+    raw = LOG_SECRET.removeprefix("whsec_")
+    key = base64.b64decode(raw)
+    needles = {
+        "auth value": LOG_AUTH_VALUE,
+        "auth token": LOG_AUTH_VALUE.split()[1],
+        "whsec_ secret": LOG_SECRET,
+        "secret (base64)": raw,
+        "secret (url-safe base64)": base64.urlsafe_b64encode(key).decode().rstrip("="),
+        "secret (hex)": key.hex(),
+        "database password": DB_PASSWORD,
+        "Kafka SASL password": SASL_PASSWORD,
+    }
+    for svc, component in ((d, "dispatcher"), (r, "retrier")):
+        out = svc.proc.output()
+        for what, value in needles.items():
+            assert value not in out and value.lower() not in out.lower(), \
+                f"the {what} appears in the {component}'s log"
+        assert_json_lines(svc.proc, component)
+
+
+def test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_acknowledged(
+        db_url, broker, procs, workdir):
+    """A slow endpoint (1 s per request), a stream of events, SIGTERM while
+    requests are in flight: the dispatcher takes no new events, lets the
+    requests it started finish, writes them to the delivery log, commits and
+    exits 0 within the drain bound. Restarted, it delivers the rest, and no
+    delivery the endpoint acknowledged is sent a second time."""
+    from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+
+    receiver = SlowReceiver(procs, workdir, SECRET, f"Authorization: {AUTH_VALUE}",
+                            delay_ms=1000, threads=8)
+    drain_s = int(20 * SLOW)
+    env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain_s}s"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+
+    before = [event("user.session.start") for _ in range(14)]
+    after = [event("user.session.start") for _ in range(16)]
+    produce(broker.bootstrap, before)
+    wait_until(lambda: len(receiver.events()) >= 2 and (metric(d, "hookbridge_requests_in_flight")
+                                                         or 0) >= 1,
+               30, "acknowledged deliveries and more in flight")
+    t0 = time.monotonic()
+    d.proc.signal(signal.SIGTERM)
+    # The stream goes on: these arrive after the signal and must wait for the restart.
+    produce(broker.bootstrap, after)
+    rc = d.proc.p.wait(60 * SLOW)
+    took = time.monotonic() - t0
+    out = d.proc.output()
+    assert rc == 0, out[-3000:]
+    assert took < drain_s + 10 * SLOW, f"stopping took {took:.1f}s"
+    m = re.search(r"stopping: (\d+) deliveries in flight", out)
+    assert m and int(m.group(1)) > 0, "SIGTERM came while deliveries were in flight"
+    assert "abandoning" not in out, "in-flight deliveries were abandoned within the bound"
+
+    first = receiver.posts()
+    acked = {p["headers"]["webhook-id"] for p in first if 200 <= p["status"] < 300}
+    first_events = {e["uuid"] for _, e in receiver.events()}
+    assert not first_events & {e["uuid"] for e in after}, \
+        "events produced after SIGTERM were consumed by the stopping dispatcher"
+    # What the endpoint acknowledged, the dispatcher saw and logged before exiting.
+    logged = {row[0] for row in sql(db_url, "SELECT a.delivery_id::text FROM "
+                                    "hookbridge.delivery_attempts a JOIN hookbridge.deliveries "
+                                    "d USING (delivery_id) WHERE d.subscription_id=%s AND "
+                                    "a.outcome='delivered'", sub)}
+    assert acked <= logged, f"{len(acked - logged)} acknowledged deliveries not in the log"
+
+    d2 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher-restarted")
+    want = {e["uuid"] for e in before + after}
+    wait_until(lambda: want <= {e["uuid"] for _, e in receiver.events()}, 60,
+               "every event after the restart")
+    time.sleep(2)  # a resend would show up by now
+    resent = [p for p in receiver.posts()[len(first):] if p["headers"]["webhook-id"] in acked]
+    assert not resent, f"{len(resent)} acknowledged deliveries were sent again after the restart"
+    assert d2.proc.stop() == 0
+
+
+def test_readyz_follows_the_database_and_recovers(pg_cluster, db_url, broker, procs):
+    """Database unreachable at start: alive, not ready. It comes up: ready.
+    It goes away: not ready (still alive, no restart needed). Back: ready."""
+    proxy = TcpProxy(pg_cluster.port)
+    url = db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+    d = Dispatcher(procs, url, broker.bootstrap)
+    try:
+        wait_until(lambda: "database unavailable" in d.proc.output(), 15, "the database error")
+        assert d.get("/healthz")[0] == 200
+        assert d.get("/readyz")[0] == 503
+        proxy.start()
+        d.wait_ready(30)
+        proxy.cut()
+        wait_until(lambda: d.get("/readyz")[0] == 503, 20, "readiness to drop with the database")
+        status, body = d.get("/readyz")
+        assert "database" in body, body
+        assert d.get("/healthz")[0] == 200, "liveness must not fail for a database outage"
+        time.sleep(3)
+        assert d.proc.alive()
+        proxy.start()
+        wait_until(lambda: d.get("/readyz")[0] == 200, 30, "readiness to come back")
+        assert d.proc.stop() == 0
+    finally:
+        proxy.close()
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "--write-config-doc":
         sys.exit("usage: test_ops.py --write-config-doc [BIN_DIR]")

@@ -1,0 +1,85 @@
+"""A loopback TCP proxy a test can cut and restore, to take a dependency
+(PostgreSQL) away from a running program and give it back, without touching
+the dependency itself.
+
+    proxy = TcpProxy(upstream_port)     # not listening yet: connections are refused
+    proxy.start()                       # forwards 127.0.0.1:proxy.port -> upstream
+    proxy.cut()                         # stops listening and resets every connection
+    proxy.start()                       # same port again
+    proxy.close()
+"""
+import socket
+import struct
+import threading
+
+from .procs import free_port
+
+
+class TcpProxy:
+    def __init__(self, upstream_port, upstream_host="127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns = []
+        self._listener = None
+        self._thread = None
+
+    def start(self):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self._listener = s
+        self._thread = threading.Thread(target=self._accept, args=(s,), daemon=True)
+        self._thread.start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.upstream, timeout=5)
+                up.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, up]
+            for a, b in ((client, up), (up, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        """Refuse new connections and reset the open ones (as a dead host would)."""
+        if self._listener:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.cut()
