@@ -20,10 +20,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from hbtest.opscheck import (config_reference, default_http_port, duration_seconds,
-                             rendered, KUBECTL)
+from hbtest.opscheck import config_reference, default_http_port, duration_seconds, rendered
 from hbtest.procs import BIN, REPO
 
 K8S = REPO / "deploy" / "k8s"

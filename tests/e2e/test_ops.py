@@ -120,8 +120,6 @@ import base64  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 
-import pytest  # noqa: E402
-
 from hbtest.procs import SLOW, free_port, wait_until  # noqa: E402
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce  # noqa: E402
 from hbtest.tcpproxy import TcpProxy  # noqa: E402
@@ -335,12 +333,28 @@ def test_readyz_follows_the_database_and_recovers(pg_cluster, db_url, broker, pr
         proxy.close()
 
 
+def test_operations_doc_lists_exactly_the_exported_metrics(procs):
+    """docs/operations.md's metric table names every metric family the
+    dispatcher and the retrier export, and nothing they do not."""
+    exported = set()
+    for cls in (Dispatcher, Retrier):
+        svc = cls(procs, "postgresql://nobody@127.0.0.1:1/none", "127.0.0.1:1")
+        text = wait_until(lambda: (r := svc.get("/metrics"))[0] == 200 and r[1], 15,
+                          f"{cls.program} /metrics")
+        exported |= set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+        assert svc.proc.stop() == 0
+    doc = (REPO / "docs" / "operations.md").read_text()
+    table = set(re.findall(r"^\| `(hookbridge_[a-z_]+)(?:\{[^}]*\})?` \|", doc, re.M))
+    assert exported, "no metric families exported"
+    assert not exported - table, f"exported but not documented: {sorted(exported - table)}"
+    assert not table - exported, f"documented but not exported: {sorted(table - exported)}"
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "--write-config-doc":
         sys.exit("usage: test_ops.py --write-config-doc [BIN_DIR]")
-    if len(sys.argv) > 2:
-        BIN = Path(sys.argv[2])
-    r = subprocess.run([str(BIN / "hookbridge-dispatcher"), "--config-reference"],
-                       capture_output=True, text=True, check=True)
+    program = (Path(sys.argv[2]) if len(sys.argv) > 2 else BIN) / "hookbridge-dispatcher"
+    r = subprocess.run([str(program), "--config-reference"], capture_output=True, text=True,
+                       check=True)
     write_config_doc(r.stdout)
-    print(f"{DOC}: configuration table rewritten from {BIN / 'hookbridge-dispatcher'}")
+    print(f"{DOC}: configuration table rewritten from {program}")
