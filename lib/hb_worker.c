@@ -94,6 +94,7 @@ struct hb_worker_s {
     size_t unacked; /* produced, not yet acknowledged */
     int64_t next_store_attempt;
     int64_t next_lag;
+    int brokers_up;          /* from librdkafka statistics: -1 until the first report */
     char missing_topic[256]; /* a subscribed topic the broker does not have */
     char missing_why[300];
     int64_t next_topic_check;
@@ -837,6 +838,31 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+/* librdkafka statistics (every 5 s, on the loop thread through the consumer
+ * poll): how many brokers of the cluster the consumer is connected to. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    hb_worker_t *w = opaque;
+    json_t *root = json_loadb(json, len, 0, NULL), *brokers, *b;
+    const char *name;
+    int up = 0;
+    (void)rk;
+    brokers = json_object_get(root, "brokers");
+    json_object_foreach(brokers, name, b) {
+        const char *state = json_string_value(json_object_get(b, "state"));
+        if (json_integer_value(json_object_get(b, "nodeid")) >= 0 && state && !strcmp(state, "UP"))
+            up++;
+    }
+    if (root) {
+        if (up == 0 && w->brokers_up != 0)
+            hb_error("no Kafka broker reachable (not ready until one is)");
+        else if (up > 0 && w->brokers_up == 0)
+            hb_info("Kafka reachable again: connected to %d broker(s)", up);
+        w->brokers_up = up;
+    }
+    json_decref(root);
+    return 0; /* librdkafka frees json */
+}
+
 static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
     const hb_config_t *cfg = w->cfg;
     rd_kafka_conf_t *conf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
@@ -853,12 +879,14 @@ static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
         hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "partition.assignment.strategy", "range", errstr, errstr_size) <
             0 ||
+        hb_kafka_conf_set(conf, "statistics.interval.ms", "5000", errstr, errstr_size) < 0 ||
         /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
         hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_opaque(conf, w);
     w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (!w->rk) {
@@ -1021,6 +1049,8 @@ static void update_readiness(hb_worker_t *w) {
         why = "shutting down";
     else if (w->missing_topic[0])
         why = w->missing_why;
+    else if (w->brokers_up == 0)
+        why = "no Kafka broker reachable";
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (!w->index_loaded)
@@ -1195,6 +1225,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->cfg = cfg;
     w->spec = *spec;
     w->wake[0] = w->wake[1] = -1;
+    w->brokers_up = -1;
     snprintf(w->client_id, sizeof(w->client_id), "hookbridge-%s", spec->name);
     w->group = *cfg->consumer_group ? cfg->consumer_group : w->client_id;
     if (!*cfg->database_url) {

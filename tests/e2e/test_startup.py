@@ -28,3 +28,19 @@ def test_a_bad_number_names_the_variable_and_exits_2(db_url, broker, procs):
     wait_until(lambda: not r.alive(), 10 * SLOW, "the retrier to exit")
     assert r.p.returncode == 2
     assert "HOOKBRIDGE_RETRY_JITTER" in r.output()
+
+
+def test_readyz_follows_the_kafka_brokers(db_url, broker, procs):
+    """All brokers down: /readyz turns 503 with the reason (the process stays
+    alive, /healthz 200); brokers back: ready again by itself."""
+    import signal
+    from hbtest.stack import Dispatcher
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    broker.proc.signal(signal.SIGUSR1)  # the devbroker takes every broker down
+    wait_until(lambda: d.get("/readyz")[0] == 503, 40 * SLOW, "not ready without brokers")
+    assert "no Kafka broker reachable" in d.get("/readyz")[1]
+    assert d.get("/healthz")[0] == 200 and d.proc.alive()
+    broker.proc.signal(signal.SIGUSR2)
+    wait_until(lambda: d.get("/readyz")[0] == 200, 40 * SLOW, "ready again")
+    assert "Kafka reachable again" in d.proc.output()
