@@ -56,7 +56,7 @@ BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(B)/tests/bench/%)
 
 SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
 
-.PHONY: all deps run test test-unit test-e2e test-asan bench clean format format-check
+.PHONY: all deps run test test-unit test-e2e test-asan bench docs clean format format-check
 all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS)
 
 deps:
@@ -125,6 +125,11 @@ bench: deps
 	@scripts/bench.sh
 	@scripts/bench_retry.sh
 	@echo; echo 'subscription index (tests/bench/bench_index.c):'; $(B)/tests/bench/bench_index
+
+# Regenerates docs/configuration.md from the binaries' --config-reference
+# (tests/e2e/test_ops.py fails when they differ).
+docs: all
+	@/usr/bin/python3 tests/e2e/test_ops.py --write-config-doc $(BIN)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

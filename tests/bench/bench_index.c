@@ -87,8 +87,8 @@ int main(void) {
         hb_index_upsert(ix, make_sub(i, ntypes));
     t1 = hb_mono_us();
     rss1 = rss_kib();
-    printf("index: %zu subscriptions over %zu event types built in %.0f ms\n",
-           hb_index_count(ix), ntypes, (double)(t1 - t0) / 1000.0);
+    printf("index: %zu subscriptions over %zu event types built in %.0f ms\n", hb_index_count(ix),
+           ntypes, (double)(t1 - t0) / 1000.0);
 
     for (size_t i = 0; i < nevents; i++)
         types[i] = pick_type(ntypes);

@@ -77,8 +77,9 @@ def test_migrate_up_applies_then_is_a_noop_and_status_shows_applied(pg_cluster):
 
     rows = sql(pg_cluster.url(db), "SELECT version, name, checksum "
                "FROM hookbridge.hookbridge_migrations ORDER BY version")
-    digest = hashlib.sha256((MIGRATIONS / "0001_init.sql").read_bytes()).hexdigest()
-    assert rows == [(1, "init", digest)]
+    want = [(int(f.name[:4]), f.stem[5:], hashlib.sha256(f.read_bytes()).hexdigest())
+            for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+    assert rows == want and rows[0][:2] == (1, "init")
 
 
 def test_migrate_refuses_an_edited_applied_file(pg_cluster, tmp_path):
