@@ -34,12 +34,63 @@ static const char *hb_deliver_str(const json_t *ev, const char *key) {
     return json_string_value(json_object_get(ev, key));
 }
 
+/* Members every delivered event keeps, whatever options.fields says:
+ * receivers de-duplicate on uuid, route on eventType, order on published,
+ * and the CloudEvents attributes id, type and time come from them. */
+static const char *const hb_deliver_always[] = {"uuid", "published", "eventType"};
+
+static int hb_deliver_field_wanted(const hb_sub_t *sub, const char *key) {
+    for (size_t i = 0; i < HB_ARRAY_SIZE(hb_deliver_always); i++)
+        if (!strcmp(key, hb_deliver_always[i]))
+            return 1;
+    for (int i = 0; i < sub->fields_cnt; i++)
+        if (!strcmp(key, sub->fields[i]))
+            return 1;
+    return 0;
+}
+
+/* A new reference to the event as this subscription receives it: the event
+ * itself without a field selection, else a shallow copy holding only the
+ * selected top-level members, in the event's own order. NULL on failure. */
+static json_t *hb_deliver_select(const hb_sub_t *sub, json_t *ev) {
+    const char *key;
+    json_t *val;
+    if (!sub->fields)
+        return json_incref(ev);
+    json_t *out = json_object();
+    if (!out)
+        return NULL;
+    json_object_foreach(ev, key, val) {
+        if (hb_deliver_field_wanted(sub, key) && json_object_set(out, key, val)) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* CloudEvents subject: the id of the event's first target of type "User"
+ * (the user the event is about), as delivered: a subscription that does not
+ * receive `target` gets no subject either. NULL when there is none. */
+static const char *hb_deliver_subject(const json_t *ev) {
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(ev, "target"), i, t) {
+        const char *type = json_string_value(json_object_get(t, "type"));
+        const char *id = json_string_value(json_object_get(t, "id"));
+        if (type && !strcmp(type, "User") && id && *id)
+            return id;
+    }
+    return NULL;
+}
+
 /* One CloudEvents 1.0 structured-mode event wrapping an identity event. */
 static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const char *source,
                                      char *errstr, size_t errstr_size) {
     const char *type = hb_deliver_str(ev, "eventType");
     const char *id = hb_deliver_str(ev, "uuid");
     const char *time = hb_deliver_str(ev, "published");
+    const char *subject = hb_deliver_subject(ev);
     if (!type || !*type) {
         hb_seterr(errstr, errstr_size, "event has no eventType");
         return NULL;
@@ -50,6 +101,8 @@ static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const 
     rc |= json_object_set_new(ce, "id", json_string(id && *id ? id : fallback_id));
     rc |= json_object_set_new(ce, "source", json_string(source));
     rc |= json_object_set_new(ce, "type", json_string(type));
+    if (subject)
+        rc |= json_object_set_new(ce, "subject", json_string(subject));
     if (time && *time)
         rc |= json_object_set_new(ce, "time", json_string(time));
     rc |= json_object_set_new(ce, "datacontenttype", json_string(HB_CT_JSON));
@@ -90,9 +143,59 @@ static json_t *hb_deliver_okta(json_t *const *events, size_t n, const char *deli
     return env;
 }
 
+/* The document of the subscription's format for n already-selected events;
+ * sets *content_type. NULL (errstr set) on failure. */
+static json_t *hb_deliver_doc(const hb_sub_t *sub, json_t *const *events, size_t n,
+                              const char *delivery_id, const char *source, int64_t now_ms,
+                              const char **content_type, char *errstr, size_t errstr_size) {
+    json_t *doc = NULL;
+    *content_type = HB_CT_JSON;
+    switch (sub->format) {
+    case HB_FORMAT_CLOUDEVENTS:
+        if (n == 1) {
+            *content_type = HB_CT_CE;
+            return hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
+        }
+        *content_type = HB_CT_CE_BATCH;
+        doc = json_array();
+        for (size_t i = 0; i < n; i++) {
+            char fallback[HB_UUID_LEN + 24];
+            hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
+            json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
+            if (!ce || json_array_append_new(doc, ce)) {
+                json_decref(doc);
+                return NULL;
+            }
+        }
+        return doc;
+    case HB_FORMAT_EVENT:
+        if (n == 1)
+            return json_incref(events[0]);
+        /* A batch of bare events is a JSON array of them. */
+        doc = json_array();
+        for (size_t i = 0; i < n; i++)
+            if (json_array_append(doc, events[i])) {
+                json_decref(doc);
+                doc = NULL;
+                break;
+            }
+        break;
+    case HB_FORMAT_OKTA:
+    default:
+        doc = hb_deliver_okta(events, n, delivery_id, source, now_ms);
+        if (!doc)
+            hb_seterr(errstr, errstr_size, "cannot build the event-hook envelope");
+        return doc;
+    }
+    if (!doc)
+        hb_seterr(errstr, errstr_size, "cannot build the event array");
+    return doc;
+}
+
 int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
                       const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
                       size_t errstr_size) {
+    json_t **sel;
     json_t *doc = NULL;
     const char *content_type = HB_CT_JSON;
     memset(out, 0, sizeof(*out));
@@ -109,46 +212,24 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
     if (!source || !*source)
         source = "hookbridge";
 
-    switch (sub->format) {
-    case HB_FORMAT_CLOUDEVENTS:
-        if (n == 1) {
-            doc = hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
-            content_type = HB_CT_CE;
-        } else {
-            doc = json_array();
-            content_type = HB_CT_CE_BATCH;
-            for (size_t i = 0; i < n; i++) {
-                char fallback[HB_UUID_LEN + 24];
-                hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
-                json_t *ce =
-                    hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
-                if (!ce || json_array_append_new(doc, ce)) {
-                    json_decref(doc);
-                    return -1;
-                }
-            }
+    /* The field selection applies to every event, in every format (for
+     * CloudEvents to `data`), before anything else looks at the event. */
+    sel = hb_calloc(n, sizeof(*sel));
+    for (size_t i = 0; i < n; i++) {
+        sel[i] = hb_deliver_select(sub, events[i]);
+        if (!sel[i]) {
+            hb_seterr(errstr, errstr_size, "cannot select the fields of event %zu", i);
+            goto done;
         }
-        if (!doc)
-            return -1;
-        break;
-    case HB_FORMAT_EVENT:
-        if (n == 1) {
-            doc = json_incref(events[0]);
-        } else {
-            doc = json_array();
-            for (size_t i = 0; i < n; i++)
-                (void)json_array_append(doc, events[i]);
-        }
-        break;
-    case HB_FORMAT_OKTA:
-    default:
-        doc = hb_deliver_okta(events, n, delivery_id, source, now_ms);
-        if (!doc) {
-            hb_seterr(errstr, errstr_size, "cannot build the event-hook envelope");
-            return -1;
-        }
-        break;
     }
+    doc = hb_deliver_doc(sub, sel, n, delivery_id, source, now_ms, &content_type, errstr,
+                         errstr_size);
+done:
+    for (size_t i = 0; i < n; i++)
+        json_decref(sel[i]);
+    free(sel);
+    if (!doc)
+        return -1;
 
     /* 15 significant digits: a coordinate sent as 52.517 comes out as 52.517,
      * not as the 17-digit 52.517000000000003 of the nearest double. */
@@ -184,6 +265,16 @@ static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
     return 1;
 }
 
+/* Appends the subscription's custom header lines after headers[nh];
+ * returns the new count. They come after ours and can neither replace nor
+ * repeat them: hb_sub_add_header refused reserved names and the auth header
+ * when the snapshot was built. */
+static size_t hb_deliver_custom_headers(const hb_sub_t *sub, const char **headers, size_t nh) {
+    for (int i = 0; i < sub->headers_cnt; i++)
+        headers[nh++] = sub->headers[i];
+    return nh;
+}
+
 void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
                      hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
                      hb_http_done_cb *done, void *opaque) {
@@ -191,7 +282,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
     int64_t ts = now_ms / 1000;
     char h_ct[128], h_ua[64], h_id[128], h_ts[48], h_sig[512], h_auth[4096];
     char sig[480];
-    const char *headers[8];
+    const char **headers = hb_calloc(8 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
     hb_http_req_t req = {
         .method = HB_HTTP_POST,
@@ -209,11 +300,13 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
     if (hb_sign_header(sub->secrets, sub->secrets_cnt, now_ms, delivery_id, ts, req.body,
                        req.body_len, sig, sizeof(sig)) != 0) {
         hb_http_fail(http, &req, "cannot sign: no unexpired signing secret");
+        free(headers);
         return;
     }
     int auth = hb_deliver_auth_line(sub, h_auth, sizeof(h_auth));
     if (auth < 0) {
         hb_http_fail(http, &req, "auth header is malformed or too long");
+        free(headers);
         return;
     }
     hb_seterr(h_ct, sizeof(h_ct), "Content-Type: %s",
@@ -229,12 +322,14 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
     headers[nh++] = h_sig;
     if (auth > 0)
         headers[nh++] = h_auth;
+    nh = hb_deliver_custom_headers(sub, headers, nh);
     headers[nh++] = "Expect:"; /* no 100-continue round trip */
     headers[nh] = NULL;
 
-    hb_http_submit(http, &req);
+    hb_http_submit(http, &req); /* copies the header lines */
     if (auth > 0)
         OPENSSL_cleanse(h_auth, sizeof(h_auth));
+    free(headers);
 }
 
 /* ------------------------------------------------------------------ */
@@ -278,7 +373,7 @@ hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque) {
     char h_ch[512], h_ua[64], h_auth[4096];
-    const char *headers[6];
+    const char **headers = hb_calloc(6 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
     hb_http_req_t req = {
         .method = HB_HTTP_GET,
@@ -292,6 +387,7 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
     int auth = hb_deliver_auth_line(sub, h_auth, sizeof(h_auth));
     if (auth < 0) {
         hb_http_fail(http, &req, "auth header is malformed or too long");
+        free(headers);
         return;
     }
     hb_seterr(h_ch, sizeof(h_ch), "X-Okta-Verification-Challenge: %s", challenge);
@@ -301,10 +397,14 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
     headers[nh++] = h_ua;
     if (auth > 0)
         headers[nh++] = h_auth;
+    /* The custom headers too: receivers may route on them (a gateway keyed on
+     * X-Team must let the challenge through to the right backend). */
+    nh = hb_deliver_custom_headers(sub, headers, nh);
     headers[nh] = NULL;
     hb_http_submit(http, &req);
     if (auth > 0)
         OPENSSL_cleanse(h_auth, sizeof(h_auth));
+    free(headers);
 }
 
 int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challenge, char *reason,

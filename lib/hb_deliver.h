@@ -24,19 +24,28 @@ typedef struct hb_payload_s {
     const char *content_type; /* static string */
 } hb_payload_t;
 
-/* Renders the subscription's payload format for n events (n >= 1):
- * okta (default): {"eventType":"com.okta.event_hook","eventTypeVersion":"1.0",
- *   "cloudEventsVersion":"0.1","source":..,"eventId":<delivery id>,
- *   "eventTime":<now>,"contentType":"application/json","data":{"events":[..]}}
- * cloudevents, event: see DESIGN.md. */
+/* Renders the subscription's payload format for n events (n >= 1), each
+ * reduced first to the subscription's field selection (sub->fields plus
+ * uuid, published and eventType, which are always kept):
+ * okta (default), application/json: {"eventType":"com.okta.event_hook",
+ *   "eventTypeVersion":"1.0","cloudEventsVersion":"0.1","source":..,
+ *   "eventId":<delivery id>,"eventTime":<now>,"contentType":"application/json",
+ *   "data":{"events":[..]}}
+ * cloudevents: one event: application/cloudevents+json {"specversion":"1.0",
+ *   "id":<uuid>,"source":..,"type":<eventType>,"subject":<first User
+ *   target's id, when delivered>,"time":<published>,
+ *   "datacontenttype":"application/json","data":<event>}; a batch:
+ *   application/cloudevents-batch+json, a JSON array of those.
+ * event, application/json: the event itself; a batch: a JSON array of them.
+ * The events are borrowed. */
 int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
                       const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
                       size_t errstr_size) HB_MUSTCHECK;
 
 /* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
  * webhook-timestamp, webhook-signature (all unexpired secrets), the auth
- * header when configured. Takes ownership of payload->body. The timeout is
- * the subscription's timeout_ms, else default_timeout_ms. */
+ * header when configured, then the subscription's custom headers. Takes ownership of payload->body.
+ * The timeout is the subscription's timeout_ms, else default_timeout_ms. */
 void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
                      hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
                      hb_http_done_cb *done, void *opaque);
@@ -48,7 +57,8 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
 hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size_t reason_size);
 
 /* Verification challenge: GET url with X-Okta-Verification-Challenge: <random>
- * (plus the auth header). The check of the answer is hb_deliver_check_challenge. */
+ * (plus the auth header and the custom headers). The check of the answer is
+ * hb_deliver_check_challenge. */
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque);
 /* 0 when the response is 200 with JSON {"verification": challenge};

@@ -50,6 +50,7 @@ static const char STORE_SELECT[] =
     "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
     "       s.auth_value, s.options->>'format', s.options->>'timeout_ms',"
     "       s.options->>'batch_max', s.options->>'batch_window_ms',"
+    "       s.options->'fields', s.options->'headers', s.options->'filter',"
     "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"
     "          FROM hookbridge.subscription_event_types st"
     "         WHERE st.subscription_id = s.id),"
@@ -82,6 +83,9 @@ enum {
     COL_TIMEOUT,
     COL_BATCH_MAX,
     COL_BATCH_WINDOW,
+    COL_FIELDS,
+    COL_HEADERS,
+    COL_FILTER,
     COL_EVENT_TYPES,
     COL_SECRETS,
     COL_COUNT
@@ -177,6 +181,60 @@ fail:
     return rc;
 }
 
+/* A JSON option column; NULL when SQL NULL (the key is absent). */
+static json_t *col_json(const PGresult *res, int row, int c) {
+    const char *v = col(res, row, c);
+    return v ? json_loads(v, JSON_DECODE_ANY, NULL) : NULL;
+}
+
+/* options.fields, options.headers and options.filter. A field selection
+ * that cannot be read fails the snapshot: delivering every field instead
+ * would send what the subscriber chose not to receive (IP addresses ...).
+ * One unusable custom header is skipped with a warning naming it (never its
+ * value), so the others and the deliveries go on. */
+static int store_payload_options(hb_sub_t *sub, const PGresult *res, int row, char *errstr,
+                                 size_t errstr_size) {
+    char why[256];
+    const char *name;
+    json_t *val;
+    json_t *fields = col_json(res, row, COL_FIELDS);
+    json_t *headers = col_json(res, row, COL_HEADERS);
+    int rc = -1;
+
+    if (col(res, row, COL_FIELDS) && hb_sub_set_fields(sub, fields, why, sizeof(why)) < 0) {
+        hb_seterr(errstr, errstr_size, "subscription %s: malformed options.fields: %s", sub->id,
+                  why);
+        goto done;
+    }
+    if (col(res, row, COL_HEADERS)) {
+        if (!json_is_object(headers)) {
+            hb_seterr(errstr, errstr_size, "subscription %s: options.headers is not an object",
+                      sub->id);
+            goto done;
+        }
+        json_object_foreach(headers, name, val) {
+            const char *value = json_string_value(val);
+            if (hb_sub_add_header(sub, name, value ? value : "", why, sizeof(why)) < 0)
+                hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub->id), "custom header skipped: %s",
+                       why);
+        }
+    }
+    sub->filter_spec = col_json(res, row, COL_FILTER);
+    if (col(res, row, COL_FILTER) && !sub->filter_spec) {
+        hb_seterr(errstr, errstr_size, "subscription %s: malformed options.filter", sub->id);
+        goto done;
+    }
+    if (json_is_null(sub->filter_spec)) {
+        json_decref(sub->filter_spec);
+        sub->filter_spec = NULL;
+    }
+    rc = 0;
+done:
+    json_decref(fields);
+    json_decref(headers);
+    return rc;
+}
+
 /* Builds the snapshot of one STORE_SELECT row. */
 static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *errstr,
                             size_t errstr_size) {
@@ -222,6 +280,9 @@ static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *
     sub->batch_window_ms = 0;
     if (parse_ll(col(res, row, COL_BATCH_WINDOW), &sub->batch_window_ms) < 0)
         goto bad_option;
+
+    if (store_payload_options(sub, res, row, errstr, errstr_size) < 0)
+        goto fail;
 
     if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
         goto fail;

@@ -7,6 +7,9 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#define HB_SUB_HEADER_NAME_MAX 256
 
 hb_sub_t *hb_sub_new(void) {
     hb_sub_t *sub = hb_calloc(1, sizeof(*sub));
@@ -34,9 +37,131 @@ void hb_sub_unref(hb_sub_t *sub) {
     for (int i = 0; i < sub->event_types_cnt; i++)
         free(sub->event_types[i]);
     free(sub->event_types);
+    for (int i = 0; i < sub->fields_cnt; i++)
+        free(sub->fields[i]);
+    free(sub->fields);
+    for (int i = 0; i < sub->headers_cnt; i++)
+        free(sub->headers[i]);
+    free(sub->headers);
+    json_decref(sub->filter_spec);
     free(sub);
 }
 
 int hb_sub_deliverable(const hb_sub_t *sub) {
     return sub->active && sub->verified;
+}
+
+/* ------------------------------------------------------------------ */
+/* Payload options                                                     */
+
+int hb_sub_header_reserved(const char *name) {
+    static const char *const reserved[] = {
+        "host",
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "user-agent",
+        "expect",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-okta-verification-challenge",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+    };
+    if (!strncasecmp(name, "webhook-", 8))
+        return 1;
+    for (size_t i = 0; i < HB_ARRAY_SIZE(reserved); i++)
+        if (!strcasecmp(name, reserved[i]))
+            return 1;
+    return 0;
+}
+
+/* RFC 9110 token characters. */
+static int hb_sub_tchar(unsigned char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* Printable ASCII and tabs, not empty, no whitespace at either end. */
+static int hb_sub_header_value_ok(const char *value) {
+    size_t len = strlen(value);
+    if (len == 0 || value[0] == ' ' || value[0] == '\t' || value[len - 1] == ' ' ||
+        value[len - 1] == '\t')
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++)
+        if (*p != '\t' && (*p < 0x20 || *p > 0x7e))
+            return 0;
+    return 1;
+}
+
+int hb_sub_add_header(hb_sub_t *sub, const char *name, const char *value, char *errstr,
+                      size_t errstr_size) {
+    size_t nlen = name ? strlen(name) : 0;
+    if (nlen == 0 || nlen > HB_SUB_HEADER_NAME_MAX) {
+        hb_seterr(errstr, errstr_size, "header name is empty or longer than %d characters",
+                  HB_SUB_HEADER_NAME_MAX);
+        return -1;
+    }
+    for (size_t i = 0; i < nlen; i++)
+        if (!hb_sub_tchar((unsigned char)name[i])) {
+            hb_seterr(errstr, errstr_size, "header name is not an HTTP token");
+            return -1;
+        }
+    if (hb_sub_header_reserved(name)) {
+        hb_seterr(errstr, errstr_size, "header \"%s\" is reserved", name);
+        return -1;
+    }
+    if (sub->auth_header && !strcasecmp(sub->auth_header, name)) {
+        hb_seterr(errstr, errstr_size, "header \"%s\" is the auth header", name);
+        return -1;
+    }
+    for (int i = 0; i < sub->headers_cnt; i++)
+        if (!strncasecmp(sub->headers[i], name, nlen) && sub->headers[i][nlen] == ':') {
+            hb_seterr(errstr, errstr_size, "header \"%s\" is given twice", name);
+            return -1;
+        }
+    if (!value || !hb_sub_header_value_ok(value)) {
+        hb_seterr(errstr, errstr_size,
+                  "the value of header \"%s\" is empty, has whitespace at an end, or is not "
+                  "printable ASCII",
+                  name);
+        return -1;
+    }
+    size_t vlen = strlen(value);
+    char *line = hb_malloc(nlen + 2 + vlen + 1);
+    memcpy(line, name, nlen);
+    memcpy(line + nlen, ": ", 2);
+    memcpy(line + nlen + 2, value, vlen + 1);
+    sub->headers = hb_realloc(sub->headers, (size_t)(sub->headers_cnt + 1) * sizeof(char *));
+    sub->headers[sub->headers_cnt++] = line;
+    return 0;
+}
+
+int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr, size_t errstr_size) {
+    size_t n = json_array_size(fields);
+    if (!json_is_array(fields) || n == 0) {
+        hb_seterr(errstr, errstr_size, "fields is not a non-empty array");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *f = json_string_value(json_array_get(fields, i));
+        if (!f || !*f) {
+            hb_seterr(errstr, errstr_size, "fields[%zu] is not a field name", i);
+            return -1;
+        }
+    }
+    for (int i = 0; i < sub->fields_cnt; i++)
+        free(sub->fields[i]);
+    free(sub->fields);
+    sub->fields = hb_calloc(n, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        sub->fields[i] = hb_strdup(json_string_value(json_array_get(fields, i)));
+    sub->fields_cnt = (int)n;
+    return 0;
 }

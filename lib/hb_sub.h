@@ -5,10 +5,19 @@
  * deliveries in flight. When a row changes, the store builds a new snapshot
  * and the index swaps it in; deliveries already in flight keep the old one
  * until they finish. Only the main loop thread touches reference counts.
+ *
+ * Payload options live here in the shape delivery wants them: the selected
+ * event fields as a list of names, custom request headers as ready-made
+ * "Name: value" lines, the content filter as the stored JSON. The SQL side
+ * (hookbridge._check_options) validates them on the way in; hb_sub_add_header
+ * checks them again so that a header smuggled into the table by hand (a
+ * reserved name, a line break) never reaches the wire: the snapshot only ever
+ * holds headers that are safe to send.
  */
 #ifndef HB_SUB_H
 #define HB_SUB_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 #include "hb_common.h"
@@ -45,11 +54,43 @@ typedef struct hb_sub_s {
     long long timeout_ms; /* 0 = service default */
     int batch_max;        /* events per request, >= 1 */
     long long batch_window_ms;
+    /* options.fields: the top-level event fields delivered, besides uuid,
+     * published and eventType, which always are; NULL = every field. */
+    char **fields;
+    int fields_cnt;
+    /* options.headers as "Name: value" lines, each checked by
+     * hb_sub_add_header; sent on every attempt and on the verification GET.
+     * Values are not secrets but are never logged. */
+    char **headers;
+    int headers_cnt;
+    json_t *filter_spec; /* options.filter as stored; NULL = none; owned */
 } hb_sub_t;
 
 hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */
 hb_sub_t *hb_sub_ref(hb_sub_t *sub); /* returns sub */
 void hb_sub_unref(hb_sub_t *sub);    /* frees at zero; NULL ok */
+
+/* 1 when a subscription may not set header `name` (any case): one the
+ * delivery sets itself (Content-Type, User-Agent, webhook-*, the verification
+ * challenge), one describing the connection or framing (Host, Content-Length,
+ * Transfer-Encoding, Connection, Expect ...), or a credential header
+ * (Authorization, Proxy-Authorization, Cookie: use auth_header/auth_value).
+ * The same list as hookbridge._reserved_header plus the credential names. */
+int hb_sub_header_reserved(const char *name);
+
+/* Adds a custom request header. Refused (-1, nothing added, errstr names the
+ * header but never shows the value): a name that is not an HTTP token of at
+ * most 256 characters, a reserved name, the subscription's auth_header (so
+ * set auth_header first), a name already added (ignoring case), or a value
+ * that is empty, has leading or trailing whitespace, or anything but
+ * printable ASCII and tabs. */
+int hb_sub_add_header(hb_sub_t *sub, const char *name, const char *value, char *errstr,
+                      size_t errstr_size) HB_MUSTCHECK;
+
+/* Sets the field selection from a JSON array of strings (copied; the array is
+ * borrowed). -1 when it is not a non-empty array of non-empty strings. */
+int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr,
+                      size_t errstr_size) HB_MUSTCHECK;
 
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hb_deliver.h"
 #include "hb_sign.h"
@@ -247,6 +248,256 @@ static void test_render_event(void **state) {
     hb_sub_unref(sub);
 }
 
+/* An event with every kind of member a field selection must handle. */
+static json_t *event_full(const char *uuid, const char *type) {
+    json_t *ev = event_new(uuid, type);
+    json_error_t jerr;
+    json_t *extra = json_pack_ex(
+        &jerr, 0, "{s:s, s:{s:s, s:s}, s:{s:{s:s}}, s:{s:s}, s:{s:s}, s:{s:[s]}, s:{s:s}}",
+        "displayMessage", "User login to Okta", "client", "ipAddress", "198.51.100.7", "userAgent",
+        "curl", "debugContext", "debugData", "requestUri", "/login", "outcome", "result", "SUCCESS",
+        "transaction", "id", "tx1", "request", "ipChain", "198.51.100.7", "securityContext", "isp",
+        "example");
+    if (!extra)
+        fail_msg("json_pack: %s", jerr.text);
+    assert_int_equal(json_object_update(ev, extra), 0);
+    json_decref(extra);
+    return ev;
+}
+
+/* The member names of obj, sorted, joined with ','. */
+static void keys_of(const json_t *obj, char *out, size_t outsz) {
+    const char *names[64];
+    size_t n = 0, len = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        (void)val;
+        assert_true(n < HB_ARRAY_SIZE(names));
+        names[n++] = key;
+    }
+    for (size_t i = 1; i < n; i++) /* insertion sort: a handful of names */
+        for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            const char *t = names[j];
+            names[j] = names[j - 1];
+            names[j - 1] = t;
+        }
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(out + len, outsz - len, "%s%s", i ? "," : "", names[i]);
+}
+
+static void set_fields(hb_sub_t *sub, const char *json) {
+    char err[256];
+    json_t *f = json_loads(json, 0, NULL);
+    assert_non_null(f);
+    if (hb_sub_set_fields(sub, f, err, sizeof(err)) != 0)
+        fail_msg("hb_sub_set_fields(%s): %s", json, err);
+    json_decref(f);
+}
+
+/* A subscriber that must not receive IP addresses drops client, debugContext,
+ * request and securityContext: in every format, for every event of a batch,
+ * only the chosen fields and uuid/published/eventType arrive. */
+static void test_render_fields(void **state) {
+    (void)state;
+    static const hb_format_t formats[] = {HB_FORMAT_OKTA, HB_FORMAT_CLOUDEVENTS, HB_FORMAT_EVENT};
+    const char *want = "actor,displayMessage,eventType,outcome,published,target,uuid";
+    hb_sub_t *sub = hb_sub_new();
+    json_t *ev[2] = {event_full("11111111-1111-4111-8111-111111111111", "user.session.start"),
+                     event_full("22222222-2222-4222-8222-222222222222", "user.session.end")};
+    char all[512];
+    keys_of(ev[0], all, sizeof(all));
+    set_fields(sub, "[\"actor\", \"target\", \"outcome\", \"displayMessage\"]");
+    for (size_t f = 0; f < HB_ARRAY_SIZE(formats); f++) {
+        sub->format = formats[f];
+        for (size_t n = 1; n <= 2; n++) {
+            hb_payload_t p;
+            char err[256], keys[512];
+            json_t *got[2] = {NULL, NULL};
+            assert_int_equal(
+                hb_deliver_render(sub, ev, n, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), 0);
+            assert_null(strstr(p.body, "198.51.100.7")); /* no IP address anywhere */
+            assert_null(strstr(p.body, "debugData"));
+            json_t *doc = parse(&p);
+            for (size_t i = 0; i < n; i++) {
+                if (formats[f] == HB_FORMAT_OKTA)
+                    got[i] =
+                        json_array_get(json_object_get(json_object_get(doc, "data"), "events"), i);
+                else if (formats[f] == HB_FORMAT_CLOUDEVENTS)
+                    got[i] = json_object_get(n == 1 ? doc : json_array_get(doc, i), "data");
+                else
+                    got[i] = n == 1 ? doc : json_array_get(doc, i);
+                assert_non_null(got[i]);
+                keys_of(got[i], keys, sizeof(keys));
+                if (strcmp(keys, want))
+                    fail_msg("format %d, batch of %zu, event %zu: fields %s, want %s",
+                             (int)formats[f], n, i, keys, want);
+                /* the members that are kept are the event's own */
+                assert_true(
+                    json_equal(json_object_get(got[i], "actor"), json_object_get(ev[i], "actor")));
+                assert_string_equal(str_at(got[i], "uuid"), str_at(ev[i], "uuid"));
+            }
+            json_decref(doc);
+            free(p.body);
+        }
+    }
+    /* the events themselves are untouched and still borrowed */
+    char after[512];
+    keys_of(ev[0], after, sizeof(after));
+    assert_string_equal(after, all);
+    assert_int_equal(ev[0]->refcount, 1);
+    assert_int_equal(ev[1]->refcount, 1);
+
+    /* uuid, published and eventType cannot be selected away */
+    set_fields(sub, "[\"severity\"]");
+    sub->format = HB_FORMAT_EVENT;
+    hb_payload_t p;
+    char err[256], keys[512];
+    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    json_t *doc = parse(&p);
+    keys_of(doc, keys, sizeof(keys));
+    assert_string_equal(keys, "eventType,published,severity,uuid");
+    json_decref(doc);
+    free(p.body);
+
+    json_decref(ev[0]);
+    json_decref(ev[1]);
+    hb_sub_unref(sub);
+}
+
+/* CloudEvents subject: the user the event is about, when target is delivered. */
+static void test_render_cloudevents_subject(void **state) {
+    (void)state;
+    hb_sub_t *sub = hb_sub_new();
+    sub->format = HB_FORMAT_CLOUDEVENTS;
+    json_t *ev =
+        event_new("11111111-1111-4111-8111-111111111111", "application.user_membership.add");
+    hb_payload_t p;
+    char err[256];
+    /* the first target of type User, not the first target */
+    json_t *targets =
+        json_pack("[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}]", "id", "0oa9", "type", "AppInstance", "id",
+                  "00u7", "type", "User", "id", "00u8", "type", "User");
+    assert_int_equal(json_object_set_new(ev, "target", targets), 0);
+    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    json_t *doc = parse(&p);
+    assert_string_equal(str_at(doc, "subject"), "00u7");
+    json_decref(doc);
+    free(p.body);
+
+    /* target not delivered: no subject either (it would leak the user id) */
+    set_fields(sub, "[\"actor\"]");
+    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    doc = parse(&p);
+    assert_null(json_object_get(doc, "subject"));
+    json_decref(doc);
+    free(p.body);
+
+    /* no User among the targets: no subject */
+    set_fields(sub, "[\"target\"]");
+    json_object_del(json_array_get(targets, 1), "type");
+    json_object_set_new(json_array_get(targets, 2), "type", json_string("Group"));
+    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    doc = parse(&p);
+    assert_null(json_object_get(doc, "subject"));
+    assert_int_equal(json_array_size(json_object_get(json_object_get(doc, "data"), "target")), 3);
+    json_decref(doc);
+    free(p.body);
+
+    json_decref(ev);
+    hb_sub_unref(sub);
+}
+
+static void test_sub_set_fields_refuses(void **state) {
+    (void)state;
+    static const char *const bad[] = {"{}",       "[]", "[1]", "[\"\"]", "[\"actor\", null]",
+                                      "\"actor\""};
+    hb_sub_t *sub = hb_sub_new();
+    char err[256];
+    for (size_t i = 0; i < HB_ARRAY_SIZE(bad); i++) {
+        json_t *f = json_loads(bad[i], JSON_DECODE_ANY, NULL);
+        assert_non_null(f);
+        if (hb_sub_set_fields(sub, f, err, sizeof(err)) != -1)
+            fail_msg("fields %s accepted", bad[i]);
+        json_decref(f);
+    }
+    assert_null(sub->fields);
+    hb_sub_unref(sub);
+}
+
+/* Custom headers: table-driven, the same rules as hookbridge._check_headers. */
+static void test_sub_add_header(void **state) {
+    (void)state;
+    static const struct {
+        const char *name, *value;
+        int ok;
+        const char *why; /* substring of the error */
+    } cases[] = {
+        {"X-Team", "iam", 1, NULL},
+        {"x-trace", "a b\tc", 1, NULL},
+        {"X-Weird!#$%&'*+.^_`|~", "v", 1, NULL},
+        {"X-Tilde", "~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}", 1, NULL},
+        {"X-TEAM", "again", 0, "given twice"}, /* after X-Team: case-insensitive */
+        {"Content-Type", "text/plain", 0, "reserved"},
+        {"content-length", "1", 0, "reserved"},
+        {"HOST", "evil.example", 0, "reserved"},
+        {"User-Agent", "me", 0, "reserved"},
+        {"Transfer-Encoding", "chunked", 0, "reserved"},
+        {"Connection", "close", 0, "reserved"},
+        {"Expect", "100-continue", 0, "reserved"},
+        {"webhook-id", "x", 0, "reserved"},
+        {"Webhook-Signature", "v1,x", 0, "reserved"},
+        {"webhook-anything", "x", 0, "reserved"},
+        {"X-Okta-Verification-Challenge", "x", 0, "reserved"},
+        {"Authorization", "Bearer x", 0, "reserved"},
+        {"Cookie", "a=b", 0, "reserved"},
+        {"X-Api-Key", "x", 0, "auth header"}, /* the subscription's auth_header */
+        {"x-api-key", "x", 0, "auth header"},
+        {"Bad Name", "x", 0, "token"},
+        {"X-Colon:", "x", 0, "token"},
+        {"X-Ünicode", "x", 0, "token"},
+        {"", "x", 0, "empty"},
+        {"X-Crlf", "a\r\nX-Evil: 1", 0, "printable ASCII"},
+        {"X-Lf", "a\nb", 0, "printable ASCII"},
+        {"X-Bell", "a\ab", 0, "printable ASCII"},
+        {"X-Del", "a\x7f", 0, "printable ASCII"},
+        {"X-Utf8", "Z\xc3\xbcrich", 0, "printable ASCII"},
+        {"X-Empty", "", 0, "empty"},
+        {"X-Lead", " a", 0, "whitespace"},
+        {"X-Trail", "a\t", 0, "whitespace"},
+    };
+    char long_name[300];
+    memset(long_name, 'x', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    hb_sub_t *sub = hb_sub_new();
+    char err[256];
+    int added = 0;
+    sub->auth_header = strdup("X-Api-Key");
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        err[0] = '\0';
+        int rc = hb_sub_add_header(sub, cases[i].name, cases[i].value, err, sizeof(err));
+        if ((rc == 0) != cases[i].ok)
+            fail_msg("case %zu (%s): got %d \"%s\"", i, cases[i].name, rc, err);
+        if (cases[i].ok) {
+            added++;
+        } else {
+            if (!strstr(err, cases[i].why))
+                fail_msg("case %zu (%s): error \"%s\" lacks \"%s\"", i, cases[i].name, err,
+                         cases[i].why);
+            /* the value is never echoed */
+            if (strlen(cases[i].value) > 2 && strstr(err, cases[i].value))
+                fail_msg("case %zu: error shows the value: %s", i, err);
+        }
+        assert_int_equal(sub->headers_cnt, added);
+    }
+    assert_int_equal(hb_sub_add_header(sub, long_name, "x", err, sizeof(err)), -1);
+    assert_int_equal(hb_sub_add_header(sub, "X-Null", NULL, err, sizeof(err)), -1);
+    assert_string_equal(sub->headers[0], "X-Team: iam");
+    assert_string_equal(sub->headers[1], "x-trace: a b\tc");
+    hb_sub_unref(sub);
+}
+
 /* ------------------------------------------------------------------ */
 /* A receiver that records the last request                            */
 
@@ -258,6 +509,7 @@ typedef struct rx_s {
     char method[8];
     char content_type[128], user_agent[64], id[64], ts[32], sig[512], auth[128], expect[32];
     char challenge[128], accept[64];
+    char team[64], trace[64];
     int has_expect;
     char *body;
     size_t body_len;
@@ -330,6 +582,8 @@ static enum MHD_Result rx_handle(void *cls, struct MHD_Connection *c, const char
     rx_copy(c, "Authorization", rx->auth, sizeof(rx->auth));
     rx_copy(c, "X-Okta-Verification-Challenge", rx->challenge, sizeof(rx->challenge));
     rx_copy(c, "Accept", rx->accept, sizeof(rx->accept));
+    rx_copy(c, "X-Team", rx->team, sizeof(rx->team));
+    rx_copy(c, "X-Trace", rx->trace, sizeof(rx->trace));
     rx->has_expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect") != NULL;
     free(rx->body);
     rx->body = cc->body;
@@ -348,6 +602,10 @@ static enum MHD_Result rx_handle(void *cls, struct MHD_Connection *c, const char
         return rx_reply(c, 200, "<html>hello</html>");
     if (!strcmp(url, "/gone"))
         return rx_reply(c, 410, "gone");
+    if (!strcmp(url, "/slow")) {
+        struct timespec ts = {1, 0}; /* longer than the timeouts the tests set */
+        nanosleep(&ts, NULL);
+    }
     return rx_reply(c, 204, "");
 }
 
@@ -594,6 +852,92 @@ static void test_send_refusals(void **state) {
     rx_stop(rx);
 }
 
+/* Custom headers arrive on the POST next to ours, which they cannot replace,
+ * and on the verification GET. */
+static void test_send_custom_headers(void **state) {
+    (void)state;
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    hb_sub_t *sub = sub_new(rx, "/verify");
+    hb_payload_t p;
+    got_t g;
+    char err[256];
+    sub->auth_header = strdup("Authorization");
+    sub->auth_value = strdup("Bearer s3cr3t");
+    assert_int_equal(hb_sub_add_header(sub, "X-Team", "iam", err, sizeof(err)), 0);
+    assert_int_equal(hb_sub_add_header(sub, "x-trace", "route 7", err, sizeof(err)), 0);
+    assert_int_equal(hb_sub_add_header(sub, "Content-Type", "text/plain", err, sizeof(err)), -1);
+
+    memset(&g, 0, sizeof(g));
+    render_one(sub, &p);
+    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
+    run_until(h, &g);
+    assert_int_equal(g.res.http_status, 200);
+    pthread_mutex_lock(&rx->mu);
+    assert_string_equal(rx->method, "POST");
+    assert_string_equal(rx->team, "iam");
+    assert_string_equal(rx->trace, "route 7");
+    assert_string_equal(rx->content_type, "application/json");
+    assert_string_equal(rx->auth, "Bearer s3cr3t");
+    assert_string_equal(rx->id, DID);
+    assert_int_equal(rx->has_expect, 0);
+    if (hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
+                       hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+        fail_msg("signature does not verify: %s", err);
+    memset(rx->team, 0, sizeof(rx->team));
+    memset(rx->trace, 0, sizeof(rx->trace));
+    pthread_mutex_unlock(&rx->mu);
+
+    memset(&g, 0, sizeof(g));
+    hb_deliver_verify_send(h, sub, "Y2hhbGxlbmdl", 5000, on_done, &g);
+    run_until(h, &g);
+    assert_int_equal(hb_deliver_check_challenge(&g.res, "Y2hhbGxlbmdl", err, sizeof(err)), 0);
+    pthread_mutex_lock(&rx->mu);
+    assert_string_equal(rx->method, "GET");
+    assert_string_equal(rx->team, "iam");
+    assert_string_equal(rx->trace, "route 7");
+    assert_string_equal(rx->challenge, "Y2hhbGxlbmdl");
+    pthread_mutex_unlock(&rx->mu);
+
+    hb_sub_unref(sub);
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
+/* The subscription's timeout_ms bounds each attempt; without one, the
+ * service default applies. */
+static void test_send_timeout(void **state) {
+    (void)state;
+    static const struct {
+        long long sub_ms, default_ms;
+        const char *reason;
+    } cases[] = {
+        {250, 5000, "timeout after 250 ms"},
+        {0, 300, "timeout after 300 ms"},
+    };
+    rx_t *rx = rx_start();
+    hb_http_t *h = http_new();
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_sub_t *sub = sub_new(rx, "/slow");
+        hb_payload_t p;
+        got_t g;
+        char reason[256];
+        sub->timeout_ms = cases[i].sub_ms;
+        memset(&g, 0, sizeof(g));
+        render_one(sub, &p);
+        hb_deliver_send(h, sub, DID, &p, cases[i].default_ms, 1024, on_done, &g);
+        run_until(h, &g);
+        assert_int_equal(g.res.timed_out, 1);
+        assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_RETRY);
+        assert_string_equal(reason, cases[i].reason);
+        /* it gave up at the timeout, not when the endpoint answered (1 s) */
+        assert_true(g.res.duration_ms < 900);
+        hb_sub_unref(sub);
+    }
+    hb_http_free(h);
+    rx_stop(rx);
+}
+
 /* ------------------------------------------------------------------ */
 /* Verification                                                        */
 
@@ -681,9 +1025,15 @@ int main(void) {
         cmocka_unit_test(test_render_cloudevents),
         cmocka_unit_test(test_render_event),
         cmocka_unit_test(test_render_real_precision),
+        cmocka_unit_test(test_render_fields),
+        cmocka_unit_test(test_render_cloudevents_subject),
+        cmocka_unit_test(test_sub_set_fields_refuses),
+        cmocka_unit_test(test_sub_add_header),
         cmocka_unit_test(test_send_signed_request),
         cmocka_unit_test(test_send_during_rotation),
         cmocka_unit_test(test_send_refusals),
+        cmocka_unit_test(test_send_custom_headers),
+        cmocka_unit_test(test_send_timeout),
         cmocka_unit_test(test_verify_roundtrip),
         cmocka_unit_test(test_check_challenge),
     };
