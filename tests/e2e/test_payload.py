@@ -249,6 +249,28 @@ def test_reserved_header_written_into_the_table_by_hand_is_not_sent(db_url, brok
     assert "text/evil" not in log and "forged" not in log
 
 
+def test_unreadable_field_list_written_by_hand_never_widens_the_selection(db_url, broker, stack):
+    """A field list the dispatcher cannot read (plain SQL past register())
+    is not taken to mean "every field": the change is refused with a
+    warning and the subscriber keeps receiving only what it chose."""
+    receiver, d = stack
+    sub = register(db_url, receiver.url, ["user.session.start"], {"fields": ["actor"]})
+    verify_and_activate(db_url, sub)
+    # The activation must be applied first: the bad row would block it too.
+    wait_until(lambda: "subscription changed: active, verified" in d.proc.output(), 10,
+               "the dispatcher to apply the activation")
+    sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb WHERE id=%s",
+        json.dumps({"fields": "actor"}), sub)
+    wait_until(lambda: "malformed options.fields" in d.proc.output(), 10,
+               "the dispatcher to refuse the change")
+    produce(broker.bootstrap, [full_event()])
+    wait_until(lambda: receiver.posts(), 30, "the delivery")
+    req = receiver.posts()[0]
+    assert IP not in req["body"]
+    assert sorted(json.loads(req["body"])["data"]["events"][0]) == \
+        ["actor", "eventType", "published", "uuid"]
+
+
 # --- timeout_ms -------------------------------------------------------------------
 
 
