@@ -7,9 +7,9 @@
  * the circuit breaker, graceful shutdown) is hb_worker, shared with the
  * retrier. This file is what only the dispatcher does:
  *
- *   - match each event against the index and start one delivery per
- *     deliverable subscription, rendered in the subscription's format; the
- *     delivery id (the webhook-id) is derived from the event uuid and the
+ *   - match each event against the index (by type) and each subscription's
+ *     content filter, and start one delivery per deliverable subscription, rendered in the
+ * subscription's format; the delivery id (the webhook-id) is derived from the event uuid and the
  *     subscription id, so a redelivered event carries the same one;
  *   - batch events for subscriptions with batch_max > 1: a batch collects
  *     one subscription's events until it holds batch_max of them or its
@@ -191,8 +191,10 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ev
     hb_job_t *job = hb_worker_track(w, rkm);
 
     if (n > 0) {
-        hb_metric_add(d->m_matched, (double)n);
         for (size_t i = 0; i < n; i++) {
+            if (!hb_sub_wants(subs[i], event))
+                continue; /* its content filter says no */
+            hb_metric_inc(d->m_matched);
             if (subs[i]->batch_max > 1)
                 batch_add(d, subs[i], event, job);
             else

@@ -22,6 +22,8 @@
  */
 #include "hb_store.h"
 
+#include "hb_filter.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <libpq-fe.h>
@@ -227,6 +229,15 @@ static int store_payload_options(hb_sub_t *sub, const PGresult *res, int row, ch
     if (json_is_null(sub->filter_spec)) {
         json_decref(sub->filter_spec);
         sub->filter_spec = NULL;
+    }
+    if (sub->filter_spec) {
+        /* register() validated it; one the SQL side let through is refused
+         * here rather than matched wrongly */
+        sub->filter = hb_filter_compile(sub->filter_spec, why, sizeof(why));
+        if (!sub->filter) {
+            hb_seterr(errstr, errstr_size, "subscription %s: %s", sub->id, why);
+            goto done;
+        }
     }
     rc = 0;
 done:

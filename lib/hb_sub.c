@@ -4,6 +4,8 @@
  */
 #include "hb_sub.h"
 
+#include "hb_filter.h"
+
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +46,16 @@ void hb_sub_unref(hb_sub_t *sub) {
         free(sub->headers[i]);
     free(sub->headers);
     json_decref(sub->filter_spec);
+    hb_filter_free(sub->filter);
     free(sub);
 }
 
 int hb_sub_deliverable(const hb_sub_t *sub) {
     return sub->active && sub->verified;
+}
+
+int hb_sub_wants(const hb_sub_t *sub, const json_t *event) {
+    return hb_filter_match(sub->filter, event);
 }
 
 /* ------------------------------------------------------------------ */

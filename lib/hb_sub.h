@@ -63,7 +63,8 @@ typedef struct hb_sub_s {
      * Values are not secrets but are never logged. */
     char **headers;
     int headers_cnt;
-    json_t *filter_spec; /* options.filter as stored; NULL = none; owned */
+    json_t *filter_spec;        /* options.filter as stored; NULL = none; owned */
+    struct hb_filter_s *filter; /* filter_spec compiled (hb_filter.h); NULL = all */
 } hb_sub_t;
 
 hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */
@@ -94,5 +95,8 @@ int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr,
 
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);
+
+/* The subscription's content filter accepts the event (no filter: yes). */
+int hb_sub_wants(const hb_sub_t *sub, const json_t *event);
 
 #endif
