@@ -26,24 +26,11 @@ percentiles measured from the Kafka message timestamp on stderr as a check.
 """
 import datetime
 import hashlib
+import os
 import sys
 
-
-def read_varint(buf, pos):
-    shift = result = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-    return (result >> 1) ^ -(result & 1), pos  # zigzag
-
-
-def read_string(buf, pos):
-    n, pos = read_varint(buf, pos)
-    return buf[pos:pos + n].decode(), pos + n
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "e2e"))
+from hbtest.avro import read_string  # noqa: E402  (the tests' independent Avro reader)
 
 
 def messages(path):

@@ -7,7 +7,8 @@ from pathlib import Path
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
 
 
-def _varint(buf, pos):
+def read_varint(buf, pos):
+    """A zigzag varint (Avro int/long) at pos: (value, next pos)."""
     shift = result = 0
     while True:
         b = buf[pos]
@@ -19,21 +20,26 @@ def _varint(buf, pos):
     return (result >> 1) ^ -(result & 1), pos
 
 
+def read_string(buf, pos):
+    """An Avro string at pos: (text, next pos)."""
+    n, pos = read_varint(buf, pos)
+    return buf[pos:pos + n].decode(), pos + n
+
+
 def _read(buf, pos, typ):
     if typ in ("int", "long"):
-        return _varint(buf, pos)
+        return read_varint(buf, pos)
     if typ == "string":
-        n, pos = _varint(buf, pos)
-        return buf[pos:pos + n].decode(), pos + n
+        return read_string(buf, pos)
     if isinstance(typ, dict) and typ["type"] == "array":
         out = []
         while True:
-            n, pos = _varint(buf, pos)
+            n, pos = read_varint(buf, pos)
             if n == 0:
                 return out, pos
             if n < 0:
                 n = -n
-                _, pos = _varint(buf, pos)  # block size in bytes
+                _, pos = read_varint(buf, pos)  # block size in bytes
             for _ in range(n):
                 v, pos = _read(buf, pos, typ["items"])
                 out.append(v)
