@@ -387,3 +387,364 @@ def test_active_implies_verified_is_enforced_by_the_table(db_url):
     code, _ = sqlstate_of(db_url, "UPDATE hookbridge.subscriptions SET status = 'active' "
                           "WHERE id = %s", sub)
     assert code == "23514"
+
+
+# --- 0003: update(), limits, validation everywhere, views ---------------------
+
+SNAPSHOT = """
+SELECT (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id) FROM hookbridge.subscriptions s),
+       (SELECT jsonb_agg(to_jsonb(t) ORDER BY t.subscription_id, t.event_type)
+          FROM hookbridge.subscription_event_types t),
+       (SELECT jsonb_agg(to_jsonb(x) ORDER BY x.id) FROM hookbridge.subscription_secrets x),
+       (SELECT jsonb_agg(to_jsonb(l) ORDER BY l.name) FROM hookbridge.limits l)
+"""
+
+AUTH = {"auth_header": "X-Api-Key", "auth_value": "k3y-value"}
+
+
+def verified_active(url, **kw):
+    sub = register(url, **kw)
+    sql(url, "SELECT hookbridge.record_verification(%s, true)", sub)
+    sql(url, "SELECT hookbridge.activate(%s)", sub)
+    return sub
+
+
+def row(url, sub, cols):
+    return sql(url, f"SELECT {cols} FROM hookbridge.subscriptions WHERE id = %s", sub)[0]
+
+
+# Every way a call can be refused, with its SQLSTATE and a word the message
+# must contain. SUB: a live subscription (types user.session.start, auth
+# header X-Api-Key); GONE: a deregistered one; NOID: an id never registered.
+# The limit max_event_types_per_subscription is 3 in these cases.
+VALIDATION_CASES = [
+    # unknown, deregistered and NULL ids, for every function taking one
+    *[(f"SELECT hookbridge.{fn}(%s{extra})", [who], code, needle)
+      for fn, extra in [("verify", ""), ("activate", ""), ("deactivate", ""),
+                        ("deregister", ""), ("signing_secret", ""), ("rotate_secret", ""),
+                        ("update", ""), ("subscribe", ", ARRAY['user.session.end']"),
+                        ("unsubscribe", ", ARRAY['user.session.start']")]
+      for who, code, needle in [("NOID", "HB010", "not found"), ("GONE", "HB010", "deregistered"),
+                                (None, "HB015", "NULL")]],
+    ("SELECT hookbridge.record_verification(%s, true)", [None], "HB015", "NULL"),
+    ("SELECT hookbridge.record_verification(%s, NULL)", ["SUB"], "HB012", "ok"),
+    # update: url
+    ("SELECT hookbridge.update(%s, url => %s)", ["SUB", "ftp://example.com/x"], "HB002", "ftp"),
+    ("SELECT hookbridge.update(%s, url => %s)", ["SUB", "https://u:p@example.com/"], "HB002",
+     "credentials"),
+    ("SELECT hookbridge.update(%s, url => %s)", ["SUB", ""], "HB002", "empty"),
+    ("SELECT hookbridge.update(%s, url => %s)", ["SUB", "https://example.com:0/"], "HB002",
+     "port"),
+    ("SELECT hookbridge.update(%s, url => %s)", ["SUB", LONG_URL], "HB002", "2048"),
+    # update: name
+    ("SELECT hookbridge.update(%s, name => %s)", ["SUB", "  "], "HB001", "empty"),
+    ("SELECT hookbridge.update(%s, name => %s)", ["SUB", "n" * 201], "HB001", "200"),
+    # update: options (a valid url in the same call must not be applied either)
+    ("SELECT hookbridge.update(%s, url => 'https://new.example.com/', options => %s::jsonb)",
+     ["SUB", '{"colour": "red"}'], "HB005", "colour"),
+    ("SELECT hookbridge.update(%s, options => %s::jsonb)", ["SUB", '[1]'], "HB006", "object"),
+    ("SELECT hookbridge.update(%s, options => %s::jsonb)", ["SUB", '{"format": "xml"}'],
+     "HB006", "format"),
+    ("SELECT hookbridge.update(%s, options => %s::jsonb)", ["SUB", '{"timeout_ms": 1}'],
+     "HB006", "timeout_ms"),
+    ("SELECT hookbridge.update(%s, options => %s::jsonb)", ["SUB", '{"auth_value": "x"}'],
+     "HB006", "together"),
+    ("SELECT hookbridge.update(%s, options => %s::jsonb)", ["SUB", '{"auth_header": null}'],
+     "HB006", "auth_header"),
+    ("SELECT hookbridge.update(%s, name => 'renamed', options => %s::jsonb)",
+     ["SUB", '{"secret": "whsec_c2hvcnQ="}'], "HB007", "whsec_"),
+    # event types
+    ("SELECT hookbridge.subscribe(%s, %s)", ["SUB", ["user.session.end", "no.such.type"]],
+     "HB003", "no.such.type"),
+    ("SELECT hookbridge.subscribe(%s, %s)", ["SUB", None], "HB004", "empty"),
+    ("SELECT hookbridge.subscribe(%s, %s)", ["SUB", ["user.session.end", None]], "HB004", "NULL"),
+    ("SELECT hookbridge.subscribe(%s, %s)",
+     ["SUB", ["user.session.end", "user.account.lock", "user.account.unlock"]], "HB014",
+     "at most 3"),
+    ("SELECT hookbridge.register('big', %s, %s)",
+     [URL, ["user.session.end", "user.account.lock", "user.account.unlock",
+            "user.lifecycle.create"]], "HB014", "max_event_types"),
+    ("SELECT hookbridge.unsubscribe(%s, %s)", ["SUB", ["user.session.start"]], "HB004",
+     "at least one"),
+    ("SELECT hookbridge.unsubscribe(%s, %s)", ["SUB", ["no.such.type"]], "HB003", "no.such"),
+    ("SELECT hookbridge.unsubscribe(%s, %s)", ["SUB", []], "HB004", "empty"),
+    # rotate_secret
+    ("SELECT hookbridge.rotate_secret(%s, interval '8 days')", ["SUB"], "HB006", "grace"),
+    ("SELECT hookbridge.rotate_secret(%s, interval '-1 second')", ["SUB"], "HB006", "grace"),
+    ("SELECT hookbridge.rotate_secret(%s, NULL)", ["SUB"], "HB006", "grace"),
+    ("SELECT hookbridge.rotate_secret(%s, interval '1 hour', 'whsec_!!')", ["SUB"], "HB007",
+     "whsec_"),
+    # activate needs verification
+    ("SELECT hookbridge.activate(%s)", ["SUB"], "HB011", "not verified"),
+    # limits
+    ("SELECT hookbridge.limit(%s)", ["max_nothing"], "HB012", "max_nothing"),
+    ("UPDATE hookbridge.limits SET value = 0 WHERE name = %s", ["max_headers"], "23514",
+     "limits"),
+    # plain SQL on the table follows the same rules
+    ("UPDATE hookbridge.subscriptions SET url = 'gopher://x/' WHERE id = %s", ["SUB"], "HB002",
+     "gopher"),
+    ("UPDATE hookbridge.subscriptions SET name = '' WHERE id = %s", ["SUB"], "HB001", "empty"),
+    ("UPDATE hookbridge.subscriptions SET status = 'active' WHERE id = %s", ["SUB"], "23514",
+     "not verified"),
+    ("INSERT INTO hookbridge.subscriptions (name, url) VALUES ('raw', %s)",
+     ["https://a:b@example.com/"], "HB002", "credentials"),
+]
+
+
+@pytest.mark.parametrize("query,args,state,needle", VALIDATION_CASES,
+                         ids=[f"{c[2]}-{i}-{c[0].split('(')[0].split('.')[-1][:20]}"
+                              for i, c in enumerate(VALIDATION_CASES)])
+def test_every_refusal_has_its_sqlstate_and_changes_nothing(db_url, query, args, state, needle):
+    sub = register(db_url, options=AUTH)
+    gone = register(db_url, name="gone")
+    sql(db_url, "SELECT hookbridge.deregister(%s)", gone)
+    sql(db_url, "UPDATE hookbridge.limits SET value = 3 "
+        "WHERE name = 'max_event_types_per_subscription'")
+    names = {"SUB": sub, "GONE": gone, "NOID": str(uuid.uuid4())}
+    real = [names.get(a, a) if isinstance(a, str) else a for a in args]
+    before = sql(db_url, SNAPSHOT)
+    code, msg = sqlstate_of(db_url, query, *real)
+    assert code == state, msg
+    assert needle in msg, msg
+    assert "k3y-value" not in msg  # the auth value is never echoed
+    # Nothing half-applied: every subscription, event type, secret and limit as before.
+    assert sql(db_url, SNAPSHOT) == before
+
+
+def test_limits_have_documented_defaults_and_apply_at_once(db_url):
+    got = dict(sql(db_url, "SELECT name, value FROM hookbridge.limits"))
+    assert got == {"max_event_types_per_subscription": 50, "max_headers": 20,
+                   "max_header_bytes": 8192, "max_name_length": 200,
+                   "recent_deliveries_days": 7}
+    assert sql(db_url, "SELECT hookbridge.limit('max_headers')") == [(20,)]
+    sql(db_url, "UPDATE hookbridge.limits SET value = 10 WHERE name = 'max_name_length'")
+    code, msg = sqlstate_of(db_url, "SELECT hookbridge.register(%s, %s, %s)",
+                            "eleven-char", URL, ["user.session.start"])
+    assert code == "HB001" and "longer than 10" in msg
+    sql(db_url, "UPDATE hookbridge.limits SET value = 300 WHERE name = 'max_name_length'")
+    assert register(db_url, name="x" * 300)
+
+
+def test_subscriptions_per_event_type_are_unlimited(db_url):
+    sql(db_url, "UPDATE hookbridge.limits SET value = 1 "
+        "WHERE name = 'max_event_types_per_subscription'")
+    for i in range(120):
+        register(db_url, name=f"s{i}", types=["user.session.start"])
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_event_types "
+               "WHERE event_type = 'user.session.start'") == [(120,)]
+    # The whole catalogue fits in one subscription under the default limit.
+    sql(db_url, "UPDATE hookbridge.limits SET value = 50 "
+        "WHERE name = 'max_event_types_per_subscription'")
+    sub = register(db_url)
+    sql(db_url, "SELECT hookbridge.subscribe(%s, ARRAY(SELECT name FROM hookbridge.event_types))",
+        sub)
+
+
+def test_update_url_requires_verification_again_and_active_stays_active(db_url):
+    sub = verified_active(db_url)
+    conn = listen(db_url, "hookbridge_subscriptions", "hookbridge_verify")
+    try:
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub,
+            "https://moved.example.com/okta")
+        got = notifications(conn, want=2)
+        assert sorted(got) == [("hookbridge_subscriptions", sub), ("hookbridge_verify", sub)]
+        assert row(db_url, sub, "url, status, verification, verified_at, "
+                   "verification_requested_at IS NOT NULL") == (
+            "https://moved.example.com/okta", "active", "unverified", None, True)
+        # Not deliverable now; activate() says why.
+        code, msg = sqlstate_of(db_url, "SELECT hookbridge.activate(%s)", sub)
+        assert code == "HB011" and "resume" in msg
+        # The new URL answers the challenge: deliveries resume without activate().
+        assert sql(db_url, "SELECT hookbridge.claim_verification(%s)", sub) == [(sub,)]
+        sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub,
+            "https://moved.example.com/okta")
+        assert row(db_url, sub, "status, verification") == ("active", "verified")
+
+        # The same URL again: nothing to verify, nothing notified.
+        notifications(conn, want=99, timeout=0.3)
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub,
+            "https://moved.example.com/okta")
+        assert notifications(conn, want=1, timeout=0.5) == []
+        assert row(db_url, sub, "verification, verification_requested_at") == ("verified", None)
+    finally:
+        conn.close()
+
+
+def test_a_plain_sql_url_change_also_requires_verification(db_url):
+    sub = verified_active(db_url)
+    sql(db_url, "UPDATE hookbridge.subscriptions SET url = 'https://other.example.com/' "
+        "WHERE id = %s", sub)
+    assert row(db_url, sub, "status, verification, verification_requested_at IS NOT NULL") == (
+        "active", "unverified", True)
+
+
+def test_failed_verification_of_a_new_url_deactivates_and_says_why(db_url):
+    sub = verified_active(db_url)
+    sql(db_url, "SELECT hookbridge.update(%s, url => 'https://broken.example.com/')", sub)
+    sql(db_url, "SELECT hookbridge.record_verification(%s, false, 'timeout after 10000 ms')", sub)
+    assert row(db_url, sub, "status, verification, verification_error, "
+               "verification_failed_at IS NOT NULL") == (
+        "inactive", "failed", "timeout after 10000 ms", True)
+    ov = sql(db_url, "SELECT verification, verification_at IS NOT NULL, verification_error, "
+             "health FROM hookbridge.subscription_overview WHERE id = %s", sub)
+    assert ov == [("failed", True, "timeout after 10000 ms", "inactive")]
+
+
+def test_an_outcome_for_the_old_url_is_ignored(db_url):
+    """The URL changes while the old one's challenge is in flight: its answer
+    must not verify the new URL."""
+    sub = verified_active(db_url, endpoint="https://old.example.com/")
+    sql(db_url, "SELECT hookbridge.update(%s, url => 'https://new.example.com/')", sub)
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, 'https://old.example.com/')",
+        sub)
+    assert row(db_url, sub, "verification") == ("unverified",)
+    sql(db_url, "SELECT hookbridge.record_verification(%s, false, 'HTTP 500', "
+        "'https://old.example.com/')", sub)
+    assert row(db_url, sub, "status, verification") == ("active", "unverified")
+
+
+def test_update_name_and_options(db_url):
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    sub = register(db_url, options={**AUTH, "format": "event", "secret": secret})
+    old_secret = secret
+    # options replace the stored options; the auth header is kept when not given.
+    sql(db_url, "SELECT hookbridge.update(%s, name => 'renamed', options => %s::jsonb)", sub,
+        json.dumps({"format": "cloudevents", "batch_max": 5}))
+    assert row(db_url, sub, "name, options, auth_header, auth_value, verification") == (
+        "renamed", {"format": "cloudevents", "batch_max": 5}, "X-Api-Key", "k3y-value",
+        "unverified")
+    # Given: replaced.
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"auth_header": "Authorization", "auth_value": "Bearer new"}))
+    assert row(db_url, sub, "options, auth_header, auth_value") == (
+        {}, "Authorization", "Bearer new")
+    # Both JSON null: removed.
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"auth_header": None, "auth_value": None, "timeout_ms": 5000}))
+    assert row(db_url, sub, "options, auth_header, auth_value") == ({"timeout_ms": 5000}, None,
+                                                                   None)
+    # A secret in options becomes the only signing secret at once.
+    new_secret = "whsec_" + base64.b64encode(b"n" * 32).decode()
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"secret": new_secret}))
+    assert sql(db_url, "SELECT hookbridge.signing_secret(%s)", sub) == [(new_secret,)]
+    live = sql(db_url, "SELECT secret FROM hookbridge.subscription_secrets WHERE subscription_id "
+               "= %s AND (expires_at IS NULL OR expires_at > now())", sub)
+    assert live == [(new_secret,)] and old_secret != new_secret
+    assert row(db_url, sub, "options") == ({},)  # the secret is never in options
+
+
+def test_update_with_nothing_to_change_changes_nothing(db_url):
+    sub = register(db_url, options={"format": "okta"})
+    before = sql(db_url, SNAPSHOT)
+    conn = listen(db_url, "hookbridge_subscriptions", "hookbridge_verify")
+    try:
+        sql(db_url, "SELECT hookbridge.update(%s)", sub)
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s, name => 'sub', "
+            "options => '{\"format\": \"okta\"}')", sub, URL)
+        assert notifications(conn, want=1, timeout=0.5) == []
+    finally:
+        conn.close()
+    after = sql(db_url, SNAPSHOT)
+    for sub_row in before[0][0] + after[0][0]:
+        sub_row.pop("updated_at")
+    assert after == before
+
+
+def test_deregistered_is_gone_from_views_history_stays_and_same_url_is_new(db_url):
+    sub = verified_active(db_url, endpoint="https://again.example.com/hook")
+    insert_delivery(db_url, sub, "delivered", hours_ago=1)
+    sql(db_url, "SELECT hookbridge.deregister(%s)", sub)
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_overview") == [(0,)]
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.recent_deliveries") == [(0,)]
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE subscription_id = %s",
+               sub) == [(1,)]
+    again = register(db_url, endpoint="https://again.example.com/hook")
+    assert again != sub
+    assert sql(db_url, "SELECT id, status, verification FROM hookbridge.subscription_overview") == [
+        (again, "inactive", "unverified")]
+    sql(db_url, "SELECT hookbridge.verify(%s)", again)  # the new one is live; the old one is not
+    code, _ = sqlstate_of(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert code == "HB010"
+
+
+def insert_delivery(url, sub, status, hours_ago, attempts=1, etype="user.session.start",
+                    http=200, error=None):
+    did = str(uuid.uuid4())
+    sql(url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, attempts, first_attempt_at, last_attempt_at, last_http_status, "
+        "last_error, created_at) VALUES (%s, %s, %s, %s, %s, %s, now() - %s * interval '1 hour', "
+        "now() - %s * interval '1 hour', %s, %s, now() - %s * interval '1 hour')",
+        did, sub, str(uuid.uuid4()), etype, status, attempts, hours_ago, hours_ago, http, error,
+        hours_ago)
+    return did
+
+
+def test_subscription_overview_counts_and_health(db_url):
+    a = verified_active(db_url, name="a", types=["user.session.start", "user.account.lock"],
+                        options={"format": "cloudevents"})
+    for h in (30, 5, 4):
+        insert_delivery(db_url, a, "delivered", h)
+    insert_delivery(db_url, a, "failed", 26, http=500, error="HTTP 500")  # older than 24 h
+    insert_delivery(db_url, a, "dropped", 3, attempts=0, http=None)
+    ov = sql(db_url, "SELECT name, event_types, status, verification, format, delivered_24h, "
+             "failed_24h, dropped_24h, consecutive_failures, health, "
+             "last_delivered_at > now() - interval '4 hours 1 minute' "
+             "FROM hookbridge.subscription_overview WHERE id = %s", a)
+    assert ov == [("a", ["user.account.lock", "user.session.start"], "active", "verified",
+                   "cloudevents", 2, 0, 1, 0, "healthy", True)]
+
+    # Two deliveries fail after the last success: failing, with the count.
+    insert_delivery(db_url, a, "failed", 2, http=503, error="HTTP 503")
+    insert_delivery(db_url, a, "failed", 1, http=None, error="timeout after 10000 ms")
+    assert sql(db_url, "SELECT failed_24h, consecutive_failures, health, "
+               "last_failed_at > now() - interval '61 minutes' "
+               "FROM hookbridge.subscription_overview WHERE id = %s", a) == [
+        (2, 2, "failing", True)]
+    # A success ends the streak.
+    insert_delivery(db_url, a, "delivered", 0)
+    assert sql(db_url, "SELECT consecutive_failures, health FROM hookbridge.subscription_overview "
+               "WHERE id = %s", a) == [(0, "healthy")]
+
+    b = register(db_url, name="b")
+    assert sql(db_url, "SELECT format, delivered_24h, last_delivered_at, health, verification_at "
+               "FROM hookbridge.subscription_overview WHERE id = %s", b) == [
+        ("okta", 0, None, "inactive", None)]
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", a)
+    assert sql(db_url, "SELECT health FROM hookbridge.subscription_overview WHERE id = %s",
+               a) == [("inactive",)]
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true)", a)
+    sql(db_url, "SELECT hookbridge.activate(%s)", a)
+    sql(db_url, "SELECT hookbridge.update(%s, url => 'https://elsewhere.example.com/')", a)
+    assert sql(db_url, "SELECT status, health FROM hookbridge.subscription_overview "
+               "WHERE id = %s", a) == [("active", "unverified")]
+
+
+def test_recent_deliveries_shows_the_last_days_with_the_subscription_name(db_url):
+    a = register(db_url, name="alpha")
+    new = insert_delivery(db_url, a, "failed", 2, attempts=4, http=502, error="HTTP 502")
+    insert_delivery(db_url, a, "delivered", 24 * 8)  # older than the 7 days shown
+    rows = sql(db_url, "SELECT delivery_id, subscription_name, status, attempts, "
+               "last_http_status, last_error FROM hookbridge.recent_deliveries")
+    assert rows == [(new, "alpha", "failed", 4, 502, "HTTP 502")]
+    sql(db_url, "UPDATE hookbridge.limits SET value = 9 WHERE name = 'recent_deliveries_days'")
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.recent_deliveries") == [(2,)]
+
+
+def test_the_views_use_indexes(db_url):
+    """With many subscriptions and deliveries, one subscription's overview row
+    is found through indexes, not by scanning the delivery log."""
+    sql(db_url, """
+        INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, event_type,
+                                           status, attempts, last_attempt_at, created_at)
+        SELECT gen_random_uuid(),
+               ('00000000-0000-0000-0000-' || lpad(mod(g, 500)::text, 12, '0'))::uuid,
+               'e', 'user.session.start',
+               (ARRAY['delivered', 'failed', 'dropped'])[1 + mod(g, 3)], 1,
+               now() - g * interval '1 minute', now() - g * interval '1 minute'
+          FROM generate_series(1, 20000) g""")
+    sub = register(db_url)
+    sql(db_url, "ANALYZE hookbridge.deliveries")
+    plan = "\n".join(r[0] for r in sql(
+        db_url, "EXPLAIN SELECT * FROM hookbridge.subscription_overview WHERE id = %s", sub))
+    assert "Seq Scan on deliveries" not in plan, plan
