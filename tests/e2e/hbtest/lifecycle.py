@@ -1,0 +1,90 @@
+"""Helpers for driving the subscription lifecycle through SQL and seeing the
+running dispatcher take each change.
+
+The dispatcher logs one JSON line per subscription change it applies
+("subscription changed: ..." or "subscription removed", with the
+subscription_id), so a test can wait for a change to be in effect before it
+produces the next event, instead of sleeping and hoping.
+"""
+import json
+import uuid
+
+import psycopg2
+
+from .procs import wait_until
+
+
+def sql(db_url, query, *args):
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(query, args)
+        return cur.fetchall() if cur.description else None
+
+
+def event(etype, user=None):
+    user = user or "00u" + uuid.uuid4().hex[:10]
+    return {"uuid": str(uuid.uuid4()), "eventType": etype, "displayMessage": "lifecycle e2e",
+            "severity": "INFO",
+            "actor": {"id": user, "type": "User", "alternateId": f"{user}@example.com"},
+            "target": [{"id": user, "type": "User"}], "outcome": {"result": "SUCCESS"}}
+
+
+ACTIVE = "subscription changed: active, verified"
+ACTIVE_UNVERIFIED = "subscription changed: active, not verified"
+INACTIVE = "subscription changed: inactive, verified"
+REMOVED = "subscription removed"
+
+
+def changes_applied(dispatcher, sub, msg):
+    """How many times the dispatcher has applied a change of `sub` that it
+    logged as `msg` (one of the constants above)."""
+    n = 0
+    for line in dispatcher.proc.output().splitlines():
+        if sub not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("subscription_id") == sub and rec.get("msg") == msg:
+            n += 1
+    return n
+
+
+def apply(dispatcher, db_url, sub, expect, query, *args, timeout=15):
+    """Runs one SQL statement that changes `sub` and waits until the dispatcher
+    has applied it, logging `expect`. Returns the statement's rows."""
+    before = changes_applied(dispatcher, sub, expect)
+    rows = sql(db_url, query, *args)
+    wait_until(lambda: changes_applied(dispatcher, sub, expect) > before, timeout,
+               f"the dispatcher to apply {query!r} ({expect})")
+    return rows
+
+
+def verification(db_url, sub):
+    return sql(db_url, "SELECT verification FROM hookbridge.subscriptions WHERE id = %s",
+               sub)[0][0]
+
+
+def wait_verification_outcome(db_url, sub, timeout=20):
+    return wait_until(lambda: (v := verification(db_url, sub)) != "unverified" and v, timeout,
+                      "the verification outcome")
+
+
+def register_active(dispatcher, db_url, url, types, options=None, name="lifecycle"):
+    """register -> verify (the dispatcher runs the challenge) -> activate, and
+    waits until the dispatcher delivers to it."""
+    sub = sql(db_url, "SELECT hookbridge.register(%s, %s, %s, %s::jsonb)", name, url,
+              list(types), json.dumps(options or {}))[0][0]
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert wait_verification_outcome(db_url, sub) == "verified"
+    apply(dispatcher, db_url, sub, ACTIVE, "SELECT hookbridge.activate(%s)", sub)
+    return sub
+
+
+def challenges(receiver):
+    return [r for r in receiver.requests()
+            if r["method"] == "GET" and "x-okta-verification-challenge" in r["headers"]]
+
+
+def uuids(receiver):
+    return [e["uuid"] for _, e in receiver.events()]

@@ -1,0 +1,189 @@
+"""The subscription lifecycle end to end: each step is made in SQL while the
+dispatcher runs, and observed where a subscriber would notice it - at the
+receiver. (The SQL-only rules and every refusal are in test_sql.py.)"""
+import time
+
+from hbtest.lifecycle import (ACTIVE, ACTIVE_UNVERIFIED, INACTIVE, REMOVED, apply, challenges,
+                              event, register_active, sql, uuids, verification,
+                              wait_verification_outcome)
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Dispatcher, Receiver, produce
+from hbtest.webhooks import expected_signature
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# How long to keep watching for a request that must NOT come. Events are
+# matched within milliseconds of being produced; this is generous for a
+# loaded 2-core machine.
+QUIET = 2.0 * SLOW
+
+
+def start(procs, workdir, broker, db_url, receivers=("receiver",)):
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    rs = [Receiver(procs, workdir, name=n) for n in receivers]
+    d.wait_ready()
+    return d, rs
+
+
+def deliver(broker, receiver, etype, timeout=30):
+    """Produces one event and waits until the receiver has it; returns its uuid."""
+    ev = event(etype)
+    produce(broker.bootstrap, [ev])
+    wait_until(lambda: ev["uuid"] in uuids(receiver), timeout, f"the {etype} event to arrive")
+    return ev["uuid"]
+
+
+def test_activate_starts_deactivate_stops_activate_resumes(db_url, broker, procs, workdir):
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+
+    first = deliver(broker, rcv, "user.session.start")
+
+    apply(d, db_url, sub, INACTIVE, "SELECT hookbridge.deactivate(%s)", sub)
+    while_stopped = [event("user.session.start") for _ in range(3)]
+    produce(broker.bootstrap, while_stopped)
+    time.sleep(QUIET)
+    assert uuids(rcv) == [first], "a deactivated subscription must receive nothing"
+
+    apply(d, db_url, sub, ACTIVE, "SELECT hookbridge.activate(%s)", sub)
+    resumed = deliver(broker, rcv, "user.session.start")
+    time.sleep(QUIET / 2)
+    # Events of the stopped period are not delivered late: stopped means skipped.
+    assert uuids(rcv) == [first, resumed]
+
+
+def test_subscribe_adds_a_type_and_unsubscribe_removes_one(db_url, broker, procs, workdir):
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+
+    # Not subscribed yet: a lock event is not delivered.
+    early = event("user.account.lock")
+    produce(broker.bootstrap, [early])
+    deliver(broker, rcv, "user.session.start")  # the dispatcher is past `early` by now
+    time.sleep(QUIET / 2)
+    assert early["uuid"] not in uuids(rcv)
+
+    apply(d, db_url, sub, ACTIVE, "SELECT hookbridge.subscribe(%s, ARRAY['user.account.lock'])",
+          sub)
+    deliver(broker, rcv, "user.account.lock")
+
+    apply(d, db_url, sub, ACTIVE,
+          "SELECT hookbridge.unsubscribe(%s, ARRAY['user.session.start'])", sub)
+    gone = event("user.session.start")
+    produce(broker.bootstrap, [gone])
+    deliver(broker, rcv, "user.account.lock")  # still subscribed
+    time.sleep(QUIET)
+    assert gone["uuid"] not in uuids(rcv), "an unsubscribed type must not arrive"
+    assert sql(db_url, "SELECT event_types FROM hookbridge.subscription_overview WHERE id = %s",
+               sub) == [(["user.account.lock"],)]
+
+
+def test_new_url_is_verified_then_receives_and_the_old_one_gets_nothing(db_url, broker, procs,
+                                                                        workdir):
+    d, (old, new) = start(procs, workdir, broker, db_url, receivers=("old", "new"))
+    sub = register_active(d, db_url, old.url, ["user.session.start"])
+    deliver(broker, old, "user.session.start")
+    old_count = len(old.requests())
+    assert challenges(new) == []
+
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, new.url)
+    # The new endpoint is challenged at once, without hookbridge.verify().
+    wait_until(lambda: challenges(new), 20, "the challenge at the new URL")
+    assert wait_verification_outcome(db_url, sub) == "verified"
+    # Deliveries resume by themselves: the subscription stayed active.
+    wait_until(lambda: sql(db_url, "SELECT status, health FROM hookbridge.subscription_overview "
+                           "WHERE id = %s", sub) == [("active", "healthy")], 5, "health")
+    uuid_new = deliver(broker, new, "user.session.start")
+    more = [event("user.session.start") for _ in range(3)]
+    produce(broker.bootstrap, more)
+    wait_until(lambda: {e["uuid"] for e in more} <= set(uuids(new)), 30,
+               "the next events at the new URL")
+    time.sleep(QUIET / 2)
+    assert len(old.requests()) == old_count, "the old URL must get nothing after the change"
+    assert uuid_new in uuids(new)
+    # The dispatcher applied the change in two steps: paused, then resumed.
+    log = d.proc.output()
+    assert ACTIVE_UNVERIFIED in log
+
+
+def test_new_url_that_fails_verification_gets_nothing_and_says_why(db_url, broker, procs,
+                                                                  workdir):
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+    # The dispatcher's own health endpoint answers 200 "ok": not the echo.
+    bad = f"http://127.0.0.1:{d.health_port}/healthz"
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, bad)
+    assert wait_verification_outcome(db_url, sub) == "failed"
+    assert sql(db_url, "SELECT status, verification, verification_error, health, "
+               "verification_at IS NOT NULL FROM hookbridge.subscription_overview "
+               "WHERE id = %s", sub) == [("inactive", "failed", "response is not JSON",
+                                          "inactive", True)]
+    before = len(rcv.requests())
+    produce(broker.bootstrap, [event("user.session.start")])
+    time.sleep(QUIET)
+    assert len(rcv.requests()) == before
+
+
+def test_deregister_stops_deliveries_and_keeps_history(db_url, broker, procs, workdir):
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+    delivered = deliver(broker, rcv, "user.session.start")
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                           "WHERE subscription_id = %s AND status = 'delivered'", sub)[0][0] == 1,
+               15, "the delivery in the log")
+
+    apply(d, db_url, sub, REMOVED, "SELECT hookbridge.deregister(%s)", sub)
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+    time.sleep(QUIET)
+    assert uuids(rcv) == [delivered], "a deregistered subscription must receive nothing"
+    # Gone from the live views, history still in the delivery log.
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_overview") == [(0,)]
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.recent_deliveries") == [(0,)]
+    assert sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
+               "WHERE subscription_id = %s", sub) == [("delivered", delivered)]
+
+    # The same URL registered again is a new subscription, with its own verification.
+    again = register_active(d, db_url, rcv.url, ["user.session.start"], name="again")
+    assert again != sub
+    deliver(broker, rcv, "user.session.start")
+    assert sql(db_url, "SELECT id FROM hookbridge.subscription_overview") == [(again,)]
+
+
+def signatures(req):
+    return req["headers"]["webhook-signature"].split(" ")
+
+
+def signed_with(secret, req):
+    h = req["headers"]
+    return expected_signature(secret, h["webhook-id"], h["webhook-timestamp"], req["body"])
+
+
+def test_rotation_sends_both_signatures_during_the_grace_then_only_the_new(db_url, broker, procs,
+                                                                          workdir):
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"], options={"secret": SECRET})
+    before = deliver(broker, rcv, "user.session.start")
+    req = next(r for r, e in rcv.events() if e["uuid"] == before)
+    assert signatures(req) == [signed_with(SECRET, req)]
+
+    # Rotation with a grace of an hour: two signatures, one for each secret.
+    new = apply(d, db_url, sub, ACTIVE, "SELECT hookbridge.rotate_secret(%s, interval '1 hour')",
+                sub)[0][0]
+    during = deliver(broker, rcv, "user.session.start")
+    req = next(r for r, e in rcv.events() if e["uuid"] == during)
+    sigs = signatures(req)
+    assert len(sigs) == 2, req["headers"]["webhook-signature"]
+    assert sorted(sigs) == sorted([signed_with(SECRET, req), signed_with(new, req)])
+
+    # Rotation with a short grace: once it has passed, only the newest secret signs.
+    newest = apply(d, db_url, sub, ACTIVE,
+                   "SELECT hookbridge.rotate_secret(%s, interval '2 seconds')", sub)[0][0]
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.subscription_secrets "
+                           "WHERE subscription_id = %s AND expires_at > now()", sub)[0][0] == 0,
+               10, "the grace period to pass")
+    time.sleep(0.2)  # the dispatcher's clock, not only the database's, is past it
+    after = deliver(broker, rcv, "user.session.start")
+    req = next(r for r, e in rcv.events() if e["uuid"] == after)
+    assert signatures(req) == [signed_with(newest, req)]
+    assert signed_with(new, req) not in signatures(req)
+    assert verification(db_url, sub) == "verified"
