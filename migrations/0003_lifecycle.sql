@@ -300,6 +300,7 @@ RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v       hookbridge.subscriptions;
+    v_new   hookbridge.subscriptions;
     v_opts  jsonb := update.options;
     v_store jsonb;
     v_secret text;
@@ -327,15 +328,22 @@ BEGIN
         v_secret := v_opts ->> 'secret';
     END IF;
 
-    UPDATE hookbridge.subscriptions s
-       SET name = coalesce(update.name, s.name),
-           url = coalesce(update.url, s.url),
-           options = CASE WHEN v_opts IS NULL THEN s.options ELSE v_store END,
-           auth_header = CASE WHEN v_opts IS NULL THEN s.auth_header
-                              ELSE v_opts ->> 'auth_header' END,
-           auth_value = CASE WHEN v_opts IS NULL THEN s.auth_value
-                             ELSE v_opts ->> 'auth_value' END
-     WHERE s.id = update.id;
+    v_new := v;
+    v_new.name := coalesce(update.name, v.name);
+    v_new.url := coalesce(update.url, v.url);
+    IF v_opts IS NOT NULL THEN
+        v_new.options := v_store;
+        v_new.auth_header := v_opts ->> 'auth_header';
+        v_new.auth_value := v_opts ->> 'auth_value';
+    END IF;
+    -- Nothing to change: nothing written, nothing notified, updated_at kept.
+    IF (v_new.name, v_new.url, v_new.options, v_new.auth_header, v_new.auth_value)
+       IS DISTINCT FROM (v.name, v.url, v.options, v.auth_header, v.auth_value) THEN
+        UPDATE hookbridge.subscriptions s
+           SET name = v_new.name, url = v_new.url, options = v_new.options,
+               auth_header = v_new.auth_header, auth_value = v_new.auth_value
+         WHERE s.id = update.id;
+    END IF;
 
     IF v_secret IS NOT NULL
        AND v_secret IS DISTINCT FROM (SELECT sec.secret FROM hookbridge.subscription_secrets sec
