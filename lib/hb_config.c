@@ -62,6 +62,17 @@ static const cf_row_t cf_table[] = {
      "Allow plain http:// endpoint URLs (default: https only)."},
     {"allow_private_networks", CF_BOOL, OFF(allow_private_networks), "0", 0, 1, HB_PROG_SERVICES, 0,
      "Allow endpoints on loopback, private and link-local addresses (checked after DNS)."},
+    {"allowed_cidrs", CF_STR, OFF(allowed_cidrs), "", 0, 0, HB_PROG_SERVICES, 0,
+     "Comma-separated IPv4/IPv6 CIDRs (e.g. 10.20.0.0/16,fd00::/8) whose addresses are allowed "
+     "although private, loopback or link-local; checked on the address connected to."},
+    {"ca_file", CF_STR, OFF(ca_file), "", 0, 0, HB_PROG_SERVICES, 0,
+     "PEM bundle of CA certificates trusted for HTTPS endpoints, replacing the system CAs "
+     "(default: the system CAs)."},
+    {"tls_client_cert", CF_STR, OFF(tls_client_cert), "", 0, 0, HB_PROG_SERVICES, 0,
+     "PEM client certificate (chain) presented to endpoints that ask for one (mTLS)."},
+    {"tls_client_key", CF_STR, OFF(tls_client_key), "", 0, 0, HB_PROG_SERVICES, 0,
+     "PEM private key of the client certificate, unencrypted (default: read from "
+     "tls_client_cert). Only its path is ever printed."},
     {"max_in_flight", CF_INT, OFF(max_in_flight), "512", 1, 100000, HB_PROG_SERVICES, 0,
      "Concurrent HTTP requests across all endpoints."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,

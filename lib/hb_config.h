@@ -40,7 +40,11 @@ typedef struct hb_config_s {
     char *source; /* "source" of the Okta envelope */
     int allow_http;
     int allow_private_networks;
-    long long max_in_flight;        /* concurrent HTTP requests */
+    char *allowed_cidrs;     /* private addresses allowed anyway, hb_http_cidrs_parse() */
+    char *ca_file;           /* PEM CA bundle replacing the system one; "" = system */
+    char *tls_client_cert;   /* mTLS client certificate; "" = none */
+    char *tls_client_key;    /* its key (the path; the content is secret); "" = in the cert */
+    long long max_in_flight; /* concurrent HTTP requests */
     long long max_host_connections; /* per endpoint host */
     long long request_timeout_ms;   /* default per attempt */
     long long connect_timeout_ms;

@@ -25,10 +25,17 @@
  *
  * The resolved address of every new connection is checked in the
  * CURLOPT_OPENSOCKETFUNCTION callback (loopback, private, link-local,
- * multicast, ... refused unless allow_private_networks); curl only reports
- * "couldn't connect", so the callback records the refusal on the transfer.
- * Proxies from the environment are disabled, since the check is meaningless
- * behind a proxy. Header values are never logged (auth values are secrets).
+ * multicast, ... refused unless allow_private_networks or inside an allowed
+ * CIDR); the check is on the address actually connected to, so a name that
+ * resolves to a public address once and a private one later (DNS rebinding)
+ * is still caught. curl only reports "couldn't connect", so the callback
+ * records the refusal (address and kind) on the transfer. Proxies from the
+ * environment are disabled, since the check is meaningless behind a proxy.
+ * Header values are never logged (auth values are secrets).
+ *
+ * TLS options are set on every transfer, never left to curl's defaults:
+ * peer and host verification on, TLS 1.2 at least, the CA file (replacing
+ * the system bundle and CA path) and the client certificate when configured.
  *
  * Thread: the owning main loop thread only, except hb_http_wakeup().
  */
@@ -37,6 +44,8 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -84,7 +93,9 @@ struct hb_http_xfer_s {
     char *resp;
     size_t resp_len, resp_cap;
     long long retry_after_s;
-    int addr_refused; /* set by the opensocket callback */
+    int addr_refused;      /* set by the opensocket callback */
+    const char *addr_kind; /* "loopback", "private", ... (static text) */
+    int addr_family;
     char addr_text[INET6_ADDRSTRLEN];
     int aborted;
     int early_refused; /* early list: refused by policy */
@@ -96,8 +107,11 @@ struct hb_http_xfer_s {
 
 struct hb_http_s {
     CURLM *multi;
-    hb_http_conf_t conf;
+    hb_http_conf_t conf; /* its strings point at the copies below */
     char *user_agent;
+    char *ca_file, *tls_client_cert, *tls_client_key;
+    hb_http_cidr_t *cidrs; /* HOOKBRIDGE_ALLOWED_CIDRS */
+    size_t cidrs_cnt;
     CURL **free_easy;
     size_t free_cnt, free_cap;
     hb_http_host_t *buckets[HB_HTTP_BUCKETS];
@@ -113,80 +127,253 @@ static void hb_http_refill(hb_http_t *h);
 /* ------------------------------------------------------------------ */
 /* Address policy                                                      */
 
-static int hb_http_v4_private(const uint8_t a[4]) {
-    if (a[0] == 0 || a[0] == 10 || a[0] == 127)
-        return 1; /* 0/8, 10/8, 127/8 */
+/* What kind of non-public IPv4 address a is, or NULL when public. */
+static const char *hb_http_v4_kind(const uint8_t a[4]) {
+    if (a[0] == 0)
+        return "unspecified"; /* 0/8 "this network" */
+    if (a[0] == 127)
+        return "loopback";
+    if (a[0] == 10 || (a[0] == 172 && (a[1] & 0xf0) == 16) || (a[0] == 192 && a[1] == 168))
+        return "private"; /* 10/8, 172.16/12, 192.168/16 */
     if (a[0] == 100 && (a[1] & 0xc0) == 64)
-        return 1; /* 100.64/10 shared CGN */
+        return "shared (carrier-grade NAT)"; /* 100.64/10 */
     if (a[0] == 169 && a[1] == 254)
-        return 1; /* link-local */
-    if (a[0] == 172 && (a[1] & 0xf0) == 16)
-        return 1; /* 172.16/12 */
-    if (a[0] == 192 && a[1] == 168)
-        return 1; /* 192.168/16 */
-    if (a[0] >= 224)
-        return 1; /* 224/4 multicast, 240/4, broadcast */
-    return 0;
+        return "link-local"; /* 169.254/16, cloud metadata among them */
+    if (a[0] >= 224 && a[0] <= 239)
+        return "multicast"; /* 224/4 */
+    if (a[0] >= 240)
+        return "reserved"; /* 240/4 and broadcast */
+    return NULL;
 }
 
-static int hb_http_v6_private(const uint8_t a[16]) {
-    static const uint8_t zero[16];
+/* The IPv4 address inside an IPv4-mapped (::ffff:0:0/96) or NAT64
+ * (64:ff9b::/96) IPv6 address, or NULL: a connection to it reaches that
+ * IPv4 address, so both the refusal and the allowlist look at it. */
+static const uint8_t *hb_http_v6_embedded_v4(const uint8_t a[16]) {
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
-    if (!memcmp(a, zero, 15) && (a[15] == 0 || a[15] == 1))
-        return 1; /* :: and ::1 */
     if (!memcmp(a, mapped, 12) || !memcmp(a, nat64, 12))
-        return hb_http_v4_private(a + 12); /* ::ffff:0:0/96, 64:ff9b::/96 */
-    if ((a[0] & 0xfe) == 0xfc)
-        return 1; /* fc00::/7 unique local */
-    if (a[0] == 0xfe && (a[1] & 0x80) == 0x80)
-        return 1; /* fe80::/10 link-local, fec0::/10 site-local */
-    if (a[0] == 0xff)
-        return 1; /* ff00::/8 multicast */
-    return 0;
+        return a + 12;
+    return NULL;
 }
 
-/* 1 when the socket address is one we refuse, filling text with it. */
-static int hb_http_sockaddr_private(const struct sockaddr *sa, size_t salen, char *text,
-                                    size_t textsz) {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    memcpy(&ss, sa, salen < sizeof(ss) ? salen : sizeof(ss));
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-        if (!inet_ntop(AF_INET, &in->sin_addr, text, (socklen_t)textsz))
-            hb_seterr(text, textsz, "?");
-        return hb_http_v4_private((const uint8_t *)&in->sin_addr);
-    }
-    if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-        if (!inet_ntop(AF_INET6, &in6->sin6_addr, text, (socklen_t)textsz))
-            hb_seterr(text, textsz, "?");
-        return hb_http_v6_private(in6->sin6_addr.s6_addr);
-    }
-    hb_seterr(text, textsz, "(family %d)", (int)ss.ss_family);
-    return 1; /* not an IP connection: nothing a webhook needs */
+static const char *hb_http_v6_kind(const uint8_t a[16]) {
+    static const uint8_t zero[16];
+    const uint8_t *v4 = hb_http_v6_embedded_v4(a);
+    if (!memcmp(a, zero, 15) && a[15] == 0)
+        return "unspecified"; /* :: */
+    if (!memcmp(a, zero, 15) && a[15] == 1)
+        return "loopback"; /* ::1 */
+    if (v4)
+        return hb_http_v4_kind(v4);
+    if ((a[0] & 0xfe) == 0xfc)
+        return "unique local"; /* fc00::/7 */
+    if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+        return "link-local"; /* fe80::/10 */
+    if (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0)
+        return "site-local"; /* fec0::/10, deprecated */
+    if (a[0] == 0xff)
+        return "multicast"; /* ff00::/8 */
+    return NULL;
 }
 
 int hb_http_address_is_private(const char *ip) {
     uint8_t a[16];
     if (inet_pton(AF_INET, ip, a) == 1)
-        return hb_http_v4_private(a);
+        return hb_http_v4_kind(a) != NULL;
     if (inet_pton(AF_INET6, ip, a) == 1)
-        return hb_http_v6_private(a);
+        return hb_http_v6_kind(a) != NULL;
     return -1;
+}
+
+/* Does the first `bits` bits of a equal those of b? */
+static int hb_http_prefix_eq(const uint8_t *a, const uint8_t *b, unsigned bits) {
+    size_t bytes = bits / 8;
+    unsigned rest = bits % 8;
+    if (bytes && memcmp(a, b, bytes))
+        return 0;
+    if (rest) {
+        uint8_t mask = (uint8_t)(0xffu << (8 - rest));
+        if ((a[bytes] & mask) != (b[bytes] & mask))
+            return 0;
+    }
+    return 1;
+}
+
+static int hb_http_cidrs_match(const hb_http_cidr_t *cidrs, size_t cnt, int family,
+                               const uint8_t *a) {
+    for (size_t i = 0; i < cnt; i++)
+        if (cidrs[i].family == family && hb_http_prefix_eq(a, cidrs[i].addr, cidrs[i].prefix))
+            return 1;
+    return 0;
+}
+
+/* One element of the allowlist ("10.20.0.0/16", "fd00::/8", "192.0.2.7"),
+ * trimmed; its text is quoted in every error. */
+static int hb_http_cidr_parse_one(const char *elem, hb_http_cidr_t *c, char *errstr,
+                                  size_t errstr_size) {
+    char addr[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(elem, '/');
+    size_t alen = slash ? (size_t)(slash - elem) : strlen(elem);
+    unsigned max, prefix;
+    memset(c, 0, sizeof(*c));
+    if (alen == 0 || alen >= sizeof(addr)) {
+        hb_seterr(errstr, errstr_size, "\"%.64s\" is not an IPv4 or IPv6 address/prefix", elem);
+        return -1;
+    }
+    memcpy(addr, elem, alen);
+    addr[alen] = '\0';
+    if (inet_pton(AF_INET, addr, c->addr) == 1) {
+        c->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, addr, c->addr) == 1) {
+        c->family = AF_INET6;
+        max = 128;
+    } else {
+        hb_seterr(errstr, errstr_size, "\"%.64s\": \"%s\" is not an IPv4 or IPv6 address", elem,
+                  addr);
+        return -1;
+    }
+    prefix = max; /* a bare address is that one host */
+    if (slash) {
+        const char *p = slash + 1;
+        if (!*p || strlen(p) > 3 || strspn(p, "0123456789") != strlen(p)) {
+            hb_seterr(errstr, errstr_size, "\"%.64s\": prefix length must be a number 0..%u", elem,
+                      max);
+            return -1;
+        }
+        prefix = 0;
+        for (; *p; p++)
+            prefix = prefix * 10 + (unsigned)(*p - '0');
+        if (prefix > max) {
+            hb_seterr(errstr, errstr_size, "\"%.64s\": prefix length must be a number 0..%u", elem,
+                      max);
+            return -1;
+        }
+    }
+    c->prefix = prefix;
+    /* Host bits set usually means a typo (10.20.1.0/16); say what was meant. */
+    uint8_t net[16];
+    memset(net, 0, sizeof(net));
+    memcpy(net, c->addr, prefix / 8);
+    if (prefix % 8)
+        net[prefix / 8] = (uint8_t)(c->addr[prefix / 8] & (0xffu << (8 - prefix % 8)));
+    if (memcmp(net, c->addr, max / 8)) {
+        char want[INET6_ADDRSTRLEN];
+        if (!inet_ntop(c->family, net, want, sizeof(want)))
+            hb_seterr(want, sizeof(want), "?");
+        hb_seterr(errstr, errstr_size,
+                  "\"%.64s\" has bits set after the prefix (did you mean %s/%u?)", elem, want,
+                  prefix);
+        return -1;
+    }
+    return 0;
+}
+
+int hb_http_cidrs_parse(const char *text, hb_http_cidr_t **out, size_t *cnt, char *errstr,
+                        size_t errstr_size) {
+    hb_http_cidr_t *cidrs = NULL;
+    size_t n = 0;
+    const char *p = text ? text : "";
+    *out = NULL;
+    *cnt = 0;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (!*p)
+        return 0; /* empty: no allowlist */
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char elem[128];
+        while (len && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == 0) {
+            hb_seterr(errstr, errstr_size, "element %zu is empty", n + 1);
+            goto fail;
+        }
+        if (len >= sizeof(elem)) {
+            hb_seterr(errstr, errstr_size, "\"%.64s...\" is not an IPv4 or IPv6 address/prefix", p);
+            goto fail;
+        }
+        memcpy(elem, p, len);
+        elem[len] = '\0';
+        cidrs = hb_realloc(cidrs, (n + 1) * sizeof(*cidrs));
+        if (hb_http_cidr_parse_one(elem, &cidrs[n], errstr, errstr_size) < 0)
+            goto fail;
+        n++;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    *out = cidrs;
+    *cnt = n;
+    return 0;
+fail:
+    free(cidrs);
+    return -1;
+}
+
+/* The policy for one address: NULL when it may be connected to, else the
+ * kind of address that is refused ("loopback", "private", ...). */
+static const char *hb_http_policy(const hb_http_t *h, int family, const uint8_t *a) {
+    const char *kind;
+    const uint8_t *v4 = NULL;
+    if (family == AF_INET) {
+        kind = hb_http_v4_kind(a);
+    } else if (family == AF_INET6) {
+        kind = hb_http_v6_kind(a);
+        v4 = hb_http_v6_embedded_v4(a);
+    } else {
+        return "not an IP address"; /* nothing a webhook needs */
+    }
+    if (!kind || h->conf.allow_private_networks)
+        return NULL;
+    if (hb_http_cidrs_match(h->cidrs, h->cidrs_cnt, family, a) ||
+        (v4 && hb_http_cidrs_match(h->cidrs, h->cidrs_cnt, AF_INET, v4)))
+        return NULL;
+    return kind;
+}
+
+int hb_http_address_check(const hb_http_t *h, const char *ip, char *why, size_t why_size) {
+    uint8_t a[16];
+    int family;
+    if (inet_pton(AF_INET, ip, a) == 1)
+        family = AF_INET;
+    else if (inet_pton(AF_INET6, ip, a) == 1)
+        family = AF_INET6;
+    else
+        return -1;
+    const char *kind = hb_http_policy(h, family, a);
+    if (kind)
+        hb_seterr(why, why_size, "%s", kind);
+    return kind != NULL;
 }
 
 static curl_socket_t hb_http_opensocket(void *clientp, curlsocktype purpose,
                                         struct curl_sockaddr *address) {
     hb_http_xfer_t *x = clientp;
-    if (!x->h->conf.allow_private_networks) {
-        char text[INET6_ADDRSTRLEN];
-        if (hb_http_sockaddr_private(&address->addr, address->addrlen, text, sizeof(text))) {
-            x->addr_refused = 1;
-            hb_seterr(x->addr_text, sizeof(x->addr_text), "%s", text);
-            return CURL_SOCKET_BAD;
-        }
+    struct sockaddr_storage ss;
+    const uint8_t *a = NULL;
+    const char *kind;
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, &address->addr,
+           address->addrlen < sizeof(ss) ? (size_t)address->addrlen : sizeof(ss));
+    if (ss.ss_family == AF_INET)
+        a = (const uint8_t *)&((const struct sockaddr_in *)&ss)->sin_addr;
+    else if (ss.ss_family == AF_INET6)
+        a = ((const struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+    kind = hb_http_policy(x->h, ss.ss_family, a);
+    if (kind) {
+        x->addr_refused = 1;
+        x->addr_kind = kind;
+        if (!a || !inet_ntop(ss.ss_family, a, x->addr_text, sizeof(x->addr_text)))
+            hb_seterr(x->addr_text, sizeof(x->addr_text), "(family %d)", (int)ss.ss_family);
+        x->addr_family = ss.ss_family;
+        return CURL_SOCKET_BAD;
     }
     (void)purpose;
     return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
@@ -395,10 +582,15 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
     case CURLE_COULDNT_CONNECT:
         if (x->addr_refused) {
             res->refused = 1;
-            hb_seterr(res->error, sizeof(res->error),
-                      "address %s is loopback/private (refused; set "
-                      "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)",
-                      x->addr_text);
+            if (x->addr_family == AF_INET || x->addr_family == AF_INET6)
+                hb_seterr(res->error, sizeof(res->error),
+                          "address %s is %s (refused; allow it with "
+                          "HOOKBRIDGE_ALLOWED_CIDRS=%s/%d or HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)",
+                          x->addr_text, x->addr_kind, x->addr_text,
+                          x->addr_family == AF_INET ? 32 : 128);
+            else
+                hb_seterr(res->error, sizeof(res->error), "address %s is %s (refused)",
+                          x->addr_text, x->addr_kind);
             break;
         }
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
@@ -416,13 +608,27 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         break;
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
-        hb_seterr(res->error, sizeof(res->error), "connection error: %s", detail);
+        /* With TLS 1.3 a server refusing our client certificate says so
+         * in an alert read after the handshake: still a TLS failure. */
+        if (strstr(detail, "SSL") || strstr(detail, "TLS"))
+            hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
+        else
+            hb_seterr(res->error, sizeof(res->error), "connection error: %s", detail);
         break;
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER:
     case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
         hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
         break;
     case CURLE_UNSUPPORTED_PROTOCOL:
@@ -530,6 +736,19 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     HB_SET(CURLOPT_WRITEDATA, (void *)x);
     HB_SET(CURLOPT_USERAGENT, h->user_agent);
     HB_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    HB_SET(CURLOPT_SSL_VERIFYPEER, 1L);
+    HB_SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    HB_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    if (h->ca_file) {
+        HB_SET(CURLOPT_CAINFO, h->ca_file);
+        HB_SET(CURLOPT_CAPATH, (char *)NULL); /* the file replaces the system CAs */
+    }
+    if (h->tls_client_cert) {
+        HB_SET(CURLOPT_SSLCERT, h->tls_client_cert);
+        HB_SET(CURLOPT_SSLCERTTYPE, "PEM");
+        HB_SET(CURLOPT_SSLKEY, h->tls_client_key ? h->tls_client_key : h->tls_client_cert);
+        HB_SET(CURLOPT_SSLKEYTYPE, "PEM");
+    }
     if (x->headers)
         HB_SET(CURLOPT_HTTPHEADER, x->headers);
     if (x->method == HB_HTTP_POST) {
@@ -597,7 +816,132 @@ static void hb_http_refill(hb_http_t *h) {
 /* ------------------------------------------------------------------ */
 /* Public API                                                          */
 
+static void hb_http_conf_free(hb_http_t *h) {
+    free(h->user_agent);
+    free(h->ca_file);
+    free(h->tls_client_cert);
+    free(h->tls_client_key);
+    free(h->cidrs);
+}
+
+/* OpenSSL's oldest queued error, for errstr; the queue is cleared. */
+static void hb_http_ssl_error(char *buf, size_t bufsz) {
+    unsigned long e = ERR_peek_error();
+    if (e)
+        ERR_error_string_n(e, buf, bufsz);
+    else
+        hb_seterr(buf, bufsz, "unknown error");
+    ERR_clear_error();
+}
+
+/* Private keys with a passphrase are refused: nobody is there to type it. */
+static int hb_http_no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(int *)u = 1;
+    return -1;
+}
+
+/* Is path a readable regular file? Fills errstr naming the setting if not. */
+static int hb_http_file_ok(const char *setting, const char *path, char *errstr,
+                           size_t errstr_size) {
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        hb_seterr(errstr, errstr_size, "%s=%s: cannot read: %s", setting, path, strerror(errno));
+        return -1;
+    }
+    char c;
+    size_t n = fread(&c, 1, 1, fp);
+    int err = ferror(fp) ? errno : 0;
+    fclose(fp);
+    if (n != 1) {
+        hb_seterr(errstr, errstr_size, "%s=%s: cannot read: %s", setting, path,
+                  err ? strerror(err) : "file is empty");
+        return -1;
+    }
+    return 0;
+}
+
+/* Loads the configured TLS files the way curl will, so a bad one fails now. */
+static int hb_http_tls_check(const hb_http_t *h, char *errstr, size_t errstr_size) {
+    char why[256];
+    int asked = 0, rc = -1;
+    SSL_CTX *ctx = NULL;
+    if (h->tls_client_key && !h->tls_client_cert) {
+        hb_seterr(errstr, errstr_size,
+                  "HOOKBRIDGE_TLS_CLIENT_KEY is set without HOOKBRIDGE_TLS_CLIENT_CERT");
+        return -1;
+    }
+    if (h->ca_file && hb_http_file_ok("HOOKBRIDGE_CA_FILE", h->ca_file, errstr, errstr_size) < 0)
+        return -1;
+    if (h->tls_client_cert &&
+        hb_http_file_ok("HOOKBRIDGE_TLS_CLIENT_CERT", h->tls_client_cert, errstr, errstr_size) < 0)
+        return -1;
+    if (h->tls_client_key &&
+        hb_http_file_ok("HOOKBRIDGE_TLS_CLIENT_KEY", h->tls_client_key, errstr, errstr_size) < 0)
+        return -1;
+    if (!h->ca_file && !h->tls_client_cert)
+        return 0;
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        hb_http_ssl_error(why, sizeof(why));
+        hb_seterr(errstr, errstr_size, "TLS set-up failed: %s", why);
+        return -1;
+    }
+    SSL_CTX_set_default_passwd_cb(ctx, hb_http_no_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
+    if (h->ca_file && SSL_CTX_load_verify_locations(ctx, h->ca_file, NULL) != 1) {
+        hb_http_ssl_error(why, sizeof(why));
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_CA_FILE=%s: no usable PEM certificates: %s",
+                  h->ca_file, why);
+        goto done;
+    }
+    if (h->tls_client_cert) {
+        const char *key = h->tls_client_key ? h->tls_client_key : h->tls_client_cert;
+        const char *key_setting =
+            h->tls_client_key ? "HOOKBRIDGE_TLS_CLIENT_KEY" : "HOOKBRIDGE_TLS_CLIENT_CERT";
+        if (SSL_CTX_use_certificate_chain_file(ctx, h->tls_client_cert) != 1) {
+            hb_http_ssl_error(why, sizeof(why));
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_TLS_CLIENT_CERT=%s: not a PEM certificate: %s",
+                      h->tls_client_cert, why);
+            goto done;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            hb_http_ssl_error(why, sizeof(why));
+            if (asked)
+                hb_seterr(errstr, errstr_size,
+                          "%s=%s: the private key is encrypted (a passphrase-protected key is "
+                          "not supported)",
+                          key_setting, key);
+            else
+                hb_seterr(errstr, errstr_size, "%s=%s: no usable PEM private key: %s", key_setting,
+                          key, why);
+            goto done;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            ERR_clear_error();
+            hb_seterr(errstr, errstr_size,
+                      "%s=%s: the private key does not match the certificate in "
+                      "HOOKBRIDGE_TLS_CLIENT_CERT=%s",
+                      key_setting, key, h->tls_client_cert);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    SSL_CTX_free(ctx); /* also cleanses the key it held */
+    return rc;
+}
+
+static char *hb_http_opt_strdup(const char *s) {
+    return s && *s ? hb_strdup(s) : NULL;
+}
+
 hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_size) {
+    char why[200];
     if (conf->max_in_flight < 1 || conf->max_host_connections < 1) {
         hb_seterr(errstr, errstr_size, "max_in_flight and max_host_connections must be >= 1");
         return NULL;
@@ -610,6 +954,19 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
     h->conf = *conf;
     h->user_agent = hb_strdup(conf->user_agent ? conf->user_agent : "hookbridge/" HB_VERSION);
     h->conf.user_agent = h->user_agent;
+    h->ca_file = hb_http_opt_strdup(conf->ca_file);
+    h->tls_client_cert = hb_http_opt_strdup(conf->tls_client_cert);
+    h->tls_client_key = hb_http_opt_strdup(conf->tls_client_key);
+    h->conf.ca_file = h->ca_file;
+    h->conf.tls_client_cert = h->tls_client_cert;
+    h->conf.tls_client_key = h->tls_client_key;
+    h->conf.allowed_cidrs = NULL; /* parsed into h->cidrs */
+    if (hb_http_cidrs_parse(conf->allowed_cidrs, &h->cidrs, &h->cidrs_cnt, why, sizeof(why)) < 0) {
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_ALLOWED_CIDRS: %s", why);
+        goto fail;
+    }
+    if (hb_http_tls_check(h, errstr, errstr_size) < 0)
+        goto fail;
     h->multi = curl_multi_init();
     if (!h->multi) {
         hb_seterr(errstr, errstr_size, "curl_multi_init failed");
@@ -628,7 +985,7 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
 fail:
     if (h->multi)
         curl_multi_cleanup(h->multi);
-    free(h->user_agent);
+    hb_http_conf_free(h);
     free(h);
     curl_global_cleanup();
     return NULL;
@@ -672,7 +1029,7 @@ void hb_http_free(hb_http_t *h) {
         curl_easy_cleanup(h->free_easy[i]);
     free(h->free_easy);
     curl_multi_cleanup(h->multi);
-    free(h->user_agent);
+    hb_http_conf_free(h);
     free(h);
     curl_global_cleanup();
 }

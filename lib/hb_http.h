@@ -8,8 +8,17 @@
  * connections are reused, redirects are never followed, only http/https are
  * allowed (http only with allow_http), and every connection's *resolved*
  * address is checked before connecting (CURLOPT_OPENSOCKETFUNCTION): loopback,
- * private, link-local, multicast, unspecified and their IPv6 equivalents are
- * refused unless allow_private_networks.
+ * private, link-local, multicast, unspecified and their IPv6 equivalents
+ * (IPv4-mapped and NAT64 addresses judged by the IPv4 address inside) are
+ * refused unless allow_private_networks or the address is inside one of the
+ * allowed_cidrs.
+ *
+ * TLS: certificates and host names are always verified, TLS 1.2 at least;
+ * ca_file replaces the system CA bundle, tls_client_cert/tls_client_key
+ * present a client certificate (mTLS). hb_http_new() loads the files once
+ * with OpenSSL so a missing, unreadable or mismatched file fails at startup,
+ * not at the first delivery; curl reads them again for each new connection.
+ * The key's content is a secret: only its path ever appears in errors.
  *
  * Each request carries its own context (CURLOPT_PRIVATE), error buffer and
  * response buffer (bounded by max_response_bytes; the rest is discarded).
@@ -31,8 +40,12 @@ typedef struct hb_http_conf_s {
     long long connect_timeout_ms;
     int allow_http;
     int allow_private_networks;
-    const char *user_agent; /* "hookbridge/<version>" when NULL */
-} hb_http_conf_t;
+    const char *user_agent;      /* "hookbridge/<version>" when NULL */
+    const char *allowed_cidrs;   /* "10.20.0.0/16,fd00::/8": allowed though private */
+    const char *ca_file;         /* PEM CA bundle replacing the system one */
+    const char *tls_client_cert; /* PEM client certificate (chain) for mTLS */
+    const char *tls_client_key;  /* its PEM private key (default: in the cert file) */
+} hb_http_conf_t;                /* strings: NULL or "" = not set; all copied by hb_http_new */
 
 typedef enum { HB_HTTP_POST = 0, HB_HTTP_GET } hb_http_method_t;
 
@@ -43,8 +56,10 @@ typedef struct hb_http_result_s {
     int refused;         /* refused before sending: scheme or address policy */
     char error[256];     /* reason when no 2xx: "connection refused",
                             "timeout after 10000 ms", "address 10.0.0.1 is
-                            loopback/private (refused; set
-                            HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)" */
+                            private (refused; allow it with
+                            HOOKBRIDGE_ALLOWED_CIDRS=10.0.0.1/32 or
+                            HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)",
+                            "TLS error: SSL certificate problem: ..." */
     const char *body;    /* response body, NUL-terminated, bounded */
     size_t body_len;
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
@@ -68,6 +83,8 @@ typedef struct hb_http_req_s {
     void *opaque;
 } hb_http_req_t;
 
+/* Fails (errstr names the setting) on a bad allowed_cidrs element or a TLS
+ * file that cannot be read or used. */
 hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* Aborts whatever is still queued or in flight: each gets its done callback
@@ -99,6 +116,27 @@ size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
  * numeric IPv4/IPv6 address is one refused without allow_private_networks,
  * 0 when public, -1 when not a numeric address. */
 int hb_http_address_is_private(const char *ip);
+
+/* One allowlist entry: family AF_INET or AF_INET6, network address, prefix. */
+typedef struct hb_http_cidr_s {
+    int family;
+    uint8_t addr[16];
+    unsigned prefix;
+} hb_http_cidr_t;
+
+/* Parses "10.20.0.0/16, fd00::/8, 192.0.2.7" (a bare address is one host;
+ * spaces around elements are ignored; NULL or blank: none). A bad element is
+ * quoted in errstr: "\"10.0.0.0/33\": prefix length must be a number 0..32".
+ * Bits set after the prefix (10.20.1.0/16) are refused as a likely typo.
+ * On success *out (caller frees; NULL when none) holds *cnt entries. */
+int hb_http_cidrs_parse(const char *text, hb_http_cidr_t **out, size_t *cnt, char *errstr,
+                        size_t errstr_size) HB_MUSTCHECK;
+
+/* h's policy for a numeric address, as applied to every connection: 0 when
+ * it may be connected to, 1 when refused (why: "loopback", "private", ...),
+ * -1 when ip is not a numeric address. */
+int hb_http_address_check(const hb_http_t *h, const char *ip, char *why,
+                          size_t why_size) HB_MUSTCHECK;
 
 /* Retry-After value (delta seconds or HTTP date) as seconds from now_s,
  * bounded to [0, 86400]; -1 when unparsable. */

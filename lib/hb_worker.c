@@ -1219,6 +1219,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .allow_http = cfg->allow_http,
         .allow_private_networks = cfg->allow_private_networks,
+        .allowed_cidrs = cfg->allowed_cidrs,
+        .ca_file = cfg->ca_file,
+        .tls_client_cert = cfg->tls_client_cert,
+        .tls_client_key = cfg->tls_client_key,
     };
     rd_kafka_conf_t *pconf;
 

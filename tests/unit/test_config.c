@@ -2,6 +2,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -18,6 +19,10 @@ static void clear_env(void) {
     unsetenv("HOOKBRIDGE_KAFKA_SASL_MECHANISM");
     unsetenv("HOOKBRIDGE_DATABASE_URL");
     unsetenv("HOOKBRIDGE_REQUEST_TIMEOUT");
+    unsetenv("HOOKBRIDGE_ALLOWED_CIDRS");
+    unsetenv("HOOKBRIDGE_CA_FILE");
+    unsetenv("HOOKBRIDGE_TLS_CLIENT_CERT");
+    unsetenv("HOOKBRIDGE_TLS_CLIENT_KEY");
 }
 
 static void defaults_env_then_flags(void **state) {
@@ -92,6 +97,56 @@ static void bad_values_name_the_setting(void **state) {
     }
 }
 
+/* The outbound security settings: unset by default, read from the
+ * environment and flags, none of them a secret (the key's path is shown; its
+ * content is read by hb_http only). */
+static void outbound_security_settings(void **state) {
+    hb_config_t cfg;
+    char err[256];
+    char *argv[] = {"prog", "--tls-client-key", "/etc/hb/client.key", NULL};
+    clear_env();
+    char *argv0[] = {"prog", NULL};
+    assert_int_equal(load(&cfg, 1, argv0, err, sizeof(err)), 0);
+    assert_string_equal(cfg.allowed_cidrs, "");
+    assert_string_equal(cfg.ca_file, "");
+    assert_string_equal(cfg.tls_client_cert, "");
+    assert_string_equal(cfg.tls_client_key, "");
+    assert_int_equal(cfg.allow_private_networks, 0);
+    hb_config_free(&cfg);
+
+    setenv("HOOKBRIDGE_ALLOWED_CIDRS", "10.20.0.0/16,fd00::/8", 1);
+    setenv("HOOKBRIDGE_CA_FILE", "/etc/hb/ca.pem", 1);
+    setenv("HOOKBRIDGE_TLS_CLIENT_CERT", "/etc/hb/client.pem", 1);
+    assert_int_equal(load(&cfg, 3, argv, err, sizeof(err)), 0);
+    assert_string_equal(cfg.allowed_cidrs, "10.20.0.0/16,fd00::/8");
+    assert_string_equal(cfg.ca_file, "/etc/hb/ca.pem");
+    assert_string_equal(cfg.tls_client_cert, "/etc/hb/client.pem");
+    assert_string_equal(cfg.tls_client_key, "/etc/hb/client.key");
+    assert_int_equal(cfg.args_cnt, 0);
+    hb_config_free(&cfg);
+
+    /* Not for the producer, which makes no HTTP requests. */
+    assert_int_equal(hb_config_load(&cfg, HB_PROG_PRODUCER, "test", 1, argv0, err, sizeof(err)), 0);
+    assert_string_equal(cfg.ca_file, "");
+    hb_config_free(&cfg);
+    clear_env();
+}
+
+/* --help lists them under the programs that read them. */
+static void outbound_security_in_help(void **state) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&text, &len);
+    assert_non_null(fp);
+    hb_config_usage(fp, HB_PROG_DISPATCHER, "hookbridge-dispatcher");
+    fclose(fp);
+    assert_non_null(strstr(text, "--allowed-cidrs, HOOKBRIDGE_ALLOWED_CIDRS"));
+    assert_non_null(strstr(text, "--ca-file, HOOKBRIDGE_CA_FILE"));
+    assert_non_null(strstr(text, "--tls-client-cert, HOOKBRIDGE_TLS_CLIENT_CERT"));
+    assert_non_null(strstr(text, "--tls-client-key, HOOKBRIDGE_TLS_CLIENT_KEY"));
+    free(text);
+}
+
 static void durations(void **state) {
     long long ms;
     assert_int_equal(hb_duration_parse_ms("250ms", &ms), 0);
@@ -113,6 +168,8 @@ int main(void) {
         cmocka_unit_test(empty_variable_is_unset),
         cmocka_unit_test(kafka_passthrough_names),
         cmocka_unit_test(bad_values_name_the_setting),
+        cmocka_unit_test(outbound_security_settings),
+        cmocka_unit_test(outbound_security_in_help),
         cmocka_unit_test(durations),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

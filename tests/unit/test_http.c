@@ -219,6 +219,14 @@ static hb_http_t *http_new(long max_in_flight, long max_host, int allow_http, in
     return h;
 }
 
+static hb_http_t *http_new_conf(const hb_http_conf_t *conf) {
+    char err[256];
+    hb_http_t *h = hb_http_new(conf, err, sizeof(err));
+    if (!h)
+        fail_msg("hb_http_new: %s", err);
+    return h;
+}
+
 static void submit(hb_http_t *h, hb_http_method_t method, const char *url, long long timeout_ms,
                    size_t max_resp, rec_t *r) {
     static const char *const headers[] = {"Content-Type: application/json", "Expect:", NULL};
@@ -430,6 +438,280 @@ static void test_address_policy(void **state) {
     }
 }
 
+/* The allowlist parser: what an operator may write, and what each mistake
+ * is told. */
+static void test_cidrs_parse(void **state) {
+    (void)state;
+    static const struct {
+        const char *text;
+        int cnt;           /* entries, or -1 for an error */
+        const char *error; /* substring of the error */
+    } cases[] = {
+        {NULL, 0, NULL},
+        {"", 0, NULL},
+        {"   ", 0, NULL},
+        {"10.20.0.0/16", 1, NULL},
+        {"10.20.0.0/16,fd00::/8", 2, NULL},
+        {" 10.20.0.0/16 , fd00::/8 ,127.0.0.1", 3, NULL},
+        {"0.0.0.0/0", 1, NULL},
+        {"::/0", 1, NULL},
+        {"192.0.2.7", 1, NULL},
+        {"::ffff:10.0.0.0/104", 1, NULL},
+        {"10.20.0.0/33", -1, "\"10.20.0.0/33\": prefix length must be a number 0..32"},
+        {"fd00::/129", -1, "\"fd00::/129\": prefix length must be a number 0..128"},
+        {"10.20.0.0/", -1, "\"10.20.0.0/\": prefix length must be a number 0..32"},
+        {"10.20.0.0/+8", -1, "prefix length must be a number"},
+        {"10.20.0.0/16x", -1, "prefix length must be a number"},
+        {"10.20.1.0/16", -1,
+         "\"10.20.1.0/16\" has bits set after the prefix (did you mean "
+         "10.20.0.0/16?)"},
+        {"fd00::1/8", -1, "did you mean fd00::/8?"},
+        {"10.20/16", -1, "\"10.20/16\": \"10.20\" is not an IPv4 or IPv6 address"},
+        {"example.com/24", -1, "\"example.com/24\": \"example.com\" is not an IPv4 or IPv6"},
+        {"fe80::1%eth0", -1, "is not an IPv4 or IPv6 address"},
+        {"/8", -1, "\"/8\" is not an IPv4 or IPv6 address/prefix"},
+        {"10.0.0.0/8,,fd00::/8", -1, "element 2 is empty"},
+        {"10.0.0.0/8,", -1, "element 2 is empty"},
+        {"10.0.0.0/8,300.1.1.1/32", -1, "\"300.1.1.1/32\": \"300.1.1.1\" is not an IPv4"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_http_cidr_t *c = NULL;
+        size_t cnt = 99;
+        char err[256] = "";
+        int rc = hb_http_cidrs_parse(cases[i].text, &c, &cnt, err, sizeof(err));
+        if (cases[i].cnt >= 0) {
+            if (rc != 0 || cnt != (size_t)cases[i].cnt)
+                fail_msg("\"%s\": rc %d cnt %zu err %s", cases[i].text ? cases[i].text : "(null)",
+                         rc, cnt, err);
+        } else {
+            if (rc != -1 || c != NULL || cnt != 0 || !strstr(err, cases[i].error))
+                fail_msg("\"%s\": rc %d, error \"%s\", want \"%s\"", cases[i].text, rc, err,
+                         cases[i].error);
+        }
+        free(c);
+    }
+    hb_http_cidr_t *c;
+    size_t cnt;
+    char err[256];
+    assert_int_equal(hb_http_cidrs_parse("10.20.0.0/16, fd00::/8", &c, &cnt, err, sizeof(err)), 0);
+    assert_int_equal(c[0].family, AF_INET);
+    assert_int_equal(c[0].prefix, 16);
+    assert_int_equal(c[0].addr[0], 10);
+    assert_int_equal(c[0].addr[1], 20);
+    assert_int_equal(c[1].family, AF_INET6);
+    assert_int_equal(c[1].prefix, 8);
+    assert_int_equal(c[1].addr[0], 0xfd);
+    free(c);
+}
+
+/* The policy with an allowlist: which connected addresses pass. */
+static void test_allowlist_policy(void **state) {
+    (void)state;
+    static const struct {
+        const char *cidrs, *ip;
+        int want; /* 0 allowed, 1 refused */
+        const char *kind;
+    } cases[] = {
+        {"", "127.0.0.1", 1, "loopback"},
+        {"", "10.1.2.3", 1, "private"},
+        {"", "169.254.169.254", 1, "link-local"},
+        {"", "100.64.0.1", 1, "shared (carrier-grade NAT)"},
+        {"", "224.0.0.1", 1, "multicast"},
+        {"", "0.0.0.0", 1, "unspecified"},
+        {"", "255.255.255.255", 1, "reserved"},
+        {"", "::1", 1, "loopback"},
+        {"", "::", 1, "unspecified"},
+        {"", "fd00::1", 1, "unique local"},
+        {"", "fe80::1", 1, "link-local"},
+        {"", "fec0::1", 1, "site-local"},
+        {"", "ff02::1", 1, "multicast"},
+        {"", "::ffff:169.254.169.254", 1, "link-local"},
+        {"", "8.8.8.8", 0, NULL},
+        {"", "2606:4700::1111", 0, NULL},
+        {"10.20.0.0/16", "10.20.255.1", 0, NULL},
+        {"10.20.0.0/16", "10.21.0.1", 1, "private"},
+        {"10.20.0.0/16", "::ffff:10.20.3.4", 0, NULL}, /* IPv4-mapped: the IPv4 inside */
+        {"10.20.0.0/16", "::ffff:10.21.3.4", 1, "private"},
+        {"10.20.0.0/16", "64:ff9b::a14:304", 0, NULL}, /* NAT64 of 10.20.3.4 */
+        {"10.20.0.0/16", "fd00::1", 1, "unique local"},
+        {"127.0.0.0/8", "127.0.0.1", 0, NULL},
+        {"127.0.0.0/8", "::1", 1, "loopback"}, /* IPv6 loopback is another address */
+        {"::1/128", "::1", 0, NULL},
+        {"fd00::/8", "fd12:3456::1", 0, NULL},
+        {"fd00::/8", "fc00::1", 1, "unique local"},
+        {"fd00::/8", "10.0.0.1", 1, "private"},
+        {"::ffff:10.0.0.0/104", "::ffff:10.9.9.9", 0, NULL},
+        {"172.16.5.0/28", "172.16.5.15", 0, NULL},
+        {"172.16.5.0/28", "172.16.5.16", 1, "private"},
+        {"10.0.0.0/8,169.254.169.254/32", "169.254.169.254", 0, NULL},
+        {"10.0.0.0/8,169.254.169.254/32", "169.254.169.253", 1, "link-local"},
+        {"192.168.1.10", "192.168.1.10", 0, NULL},
+        {"192.168.1.10", "192.168.1.11", 1, "private"},
+        {"0.0.0.0/0", "127.0.0.1", 0, NULL},
+        {"10.0.0.0/8", "8.8.8.8", 0, NULL}, /* public stays allowed */
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_http_conf_t conf = {
+            .max_in_flight = 1, .max_host_connections = 1, .allowed_cidrs = cases[i].cidrs};
+        hb_http_t *h = http_new_conf(&conf);
+        char why[64] = "";
+        int got = hb_http_address_check(h, cases[i].ip, why, sizeof(why));
+        if (got != cases[i].want || (cases[i].kind && strcmp(why, cases[i].kind)))
+            fail_msg("[%s] %s: got %d (%s), want %d (%s)", cases[i].cidrs, cases[i].ip, got, why,
+                     cases[i].want, cases[i].kind ? cases[i].kind : "");
+        assert_int_equal(hb_http_address_check(h, "localhost", why, sizeof(why)), -1);
+        hb_http_free(h);
+    }
+    /* allow_private_networks allows everything the allowlist would. */
+    hb_http_conf_t conf = {
+        .max_in_flight = 1, .max_host_connections = 1, .allow_private_networks = 1};
+    hb_http_t *h = http_new_conf(&conf);
+    char why[64];
+    assert_int_equal(hb_http_address_check(h, "169.254.169.254", why, sizeof(why)), 0);
+    assert_int_equal(hb_http_address_check(h, "::1", why, sizeof(why)), 0);
+    hb_http_free(h);
+}
+
+/* A bad allowlist stops hb_http_new (and so the service) with the element. */
+static void test_allowlist_bad_setting(void **state) {
+    (void)state;
+    hb_http_conf_t conf = {
+        .max_in_flight = 1, .max_host_connections = 1, .allowed_cidrs = "10.0.0.0/8,10.20.0.0/33"};
+    char err[256] = "";
+    hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
+    assert_null(h);
+    assert_string_equal(err, "HOOKBRIDGE_ALLOWED_CIDRS: \"10.20.0.0/33\": prefix length must be "
+                             "a number 0..32");
+}
+
+/* A loopback endpoint inside the allowlist is delivered to; outside it is
+ * refused with a reason naming the address and both settings. */
+static void test_allowlist_connects(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    rec_t r[2];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/ok");
+
+    hb_http_conf_t conf = {.max_in_flight = 4,
+                           .max_host_connections = 4,
+                           .connect_timeout_ms = 2000,
+                           .allow_http = 1,
+                           .allowed_cidrs = "127.0.0.0/8"};
+    hb_http_t *h = http_new_conf(&conf);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 200);
+    assert_int_equal(r[0].res.refused, 0);
+    hb_http_free(h);
+
+    conf.allowed_cidrs = "10.0.0.0/8, fd00::/8";
+    h = http_new_conf(&conf);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
+    run_until_done(h, &r[1], 1, 10000);
+    assert_int_equal(r[1].res.refused, 1);
+    assert_int_equal(r[1].res.http_status, 0);
+    assert_string_equal(r[1].res.error, "address 127.0.0.1 is loopback (refused; allow it with "
+                                        "HOOKBRIDGE_ALLOWED_CIDRS=127.0.0.1/32 or "
+                                        "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)");
+    hb_http_free(h);
+    assert_int_equal(atomic_load(&s->requests), 1); /* only the allowed one arrived */
+    srv_stop(s);
+    rec_clear(r, 2);
+}
+
+static void write_file(const char *path, const char *content) {
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(content, fp);
+    fclose(fp);
+}
+
+/* TLS files that cannot be used stop hb_http_new with the setting and path. */
+static void test_tls_files_checked(void **state) {
+    (void)state;
+    char dir[] = "/tmp/hb_test_http_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char junk[128], empty[128], missing[128];
+    snprintf(junk, sizeof(junk), "%s/junk.pem", dir);
+    snprintf(empty, sizeof(empty), "%s/empty.pem", dir);
+    snprintf(missing, sizeof(missing), "%s/missing.pem", dir);
+    write_file(junk, "not a certificate\n");
+    write_file(empty, "");
+    static const struct {
+        int which; /* 0 ca_file, 1 cert, 2 key only, 3 cert + key */
+        const char *path_kind;
+        const char *setting; /* the error starts "<setting>=<path>: <error>" */
+        const char *error;
+    } cases[] = {
+        {0, "missing", "HOOKBRIDGE_CA_FILE", "cannot read: No such file or directory"},
+        {0, "empty", "HOOKBRIDGE_CA_FILE", "cannot read: file is empty"},
+        {0, "dir", "HOOKBRIDGE_CA_FILE", "cannot read: Is a directory"},
+        {0, "junk", "HOOKBRIDGE_CA_FILE", "no usable PEM certificates: "},
+        {1, "missing", "HOOKBRIDGE_TLS_CLIENT_CERT", "cannot read: No such file or directory"},
+        {1, "junk", "HOOKBRIDGE_TLS_CLIENT_CERT", "not a PEM certificate: "},
+        {2, "junk", NULL, "HOOKBRIDGE_TLS_CLIENT_KEY is set without HOOKBRIDGE_TLS_CLIENT_CERT"},
+        {3, "missing", "HOOKBRIDGE_TLS_CLIENT_KEY", "cannot read: No such file or directory"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        const char *path = !strcmp(cases[i].path_kind, "missing") ? missing
+                           : !strcmp(cases[i].path_kind, "empty") ? empty
+                           : !strcmp(cases[i].path_kind, "dir")   ? dir
+                                                                  : junk;
+        hb_http_conf_t conf = {.max_in_flight = 1, .max_host_connections = 1};
+        if (cases[i].which == 0)
+            conf.ca_file = path;
+        else if (cases[i].which == 1)
+            conf.tls_client_cert = path;
+        else if (cases[i].which == 2)
+            conf.tls_client_key = path;
+        else {
+            conf.tls_client_cert = junk;
+            conf.tls_client_key = path;
+        }
+        char err[512] = "", want[512];
+        if (cases[i].setting)
+            snprintf(want, sizeof(want), "%s=%s: %s", cases[i].setting, path, cases[i].error);
+        else
+            snprintf(want, sizeof(want), "%s", cases[i].error);
+        hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
+        if (h || strncmp(err, want, strlen(want)))
+            fail_msg("case %zu: got \"%s\", want \"%s\"", i, err, want);
+    }
+    /* Empty strings mean "not set", as for every setting. */
+    hb_http_conf_t conf = {.max_in_flight = 1,
+                           .max_host_connections = 1,
+                           .ca_file = "",
+                           .tls_client_cert = "",
+                           .tls_client_key = "",
+                           .allowed_cidrs = ""};
+    hb_http_free(http_new_conf(&conf));
+    unlink(junk);
+    unlink(empty);
+    rmdir(dir);
+}
+
+/* https:// to a server that speaks plain HTTP fails as a TLS error. */
+static void test_tls_error_reason(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 0, 1);
+    rec_t r[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/ok", (unsigned)s->port);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 0);
+    assert_int_not_equal(r[0].res.transport_error, 0);
+    if (strncmp(r[0].res.error, "TLS error: ", 11))
+        fail_msg("error: %s", r[0].res.error);
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 1);
+}
+
 static void test_timeout(void **state) {
     (void)state;
     srv_t *s = srv_start();
@@ -471,10 +753,11 @@ static void test_private_refused(void **state) {
 
     assert_int_equal(r[0].res.refused, 1);
     assert_int_equal(r[0].res.http_status, 0);
-    assert_string_equal(r[0].res.error, "address 127.0.0.1 is loopback/private (refused; set "
-                                        "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 to allow)");
+    assert_string_equal(r[0].res.error, "address 127.0.0.1 is loopback (refused; allow it with "
+                                        "HOOKBRIDGE_ALLOWED_CIDRS=127.0.0.1/32 or "
+                                        "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)");
     assert_int_equal(r[1].res.refused, 1);
-    assert_non_null(strstr(r[1].res.error, "is loopback/private"));
+    assert_non_null(strstr(r[1].res.error, "is loopback (refused; allow it with"));
     assert_int_equal(atomic_load(&s->connections), 0); /* never connected */
     hb_http_free(h);
     srv_stop(s);
@@ -724,6 +1007,12 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_retry_after),
         cmocka_unit_test(test_address_policy),
+        cmocka_unit_test(test_cidrs_parse),
+        cmocka_unit_test(test_allowlist_policy),
+        cmocka_unit_test(test_allowlist_bad_setting),
+        cmocka_unit_test(test_allowlist_connects),
+        cmocka_unit_test(test_tls_files_checked),
+        cmocka_unit_test(test_tls_error_reason),
         cmocka_unit_test(test_statuses),
         cmocka_unit_test(test_get_and_zero_body_limit),
         cmocka_unit_test(test_retry_after_date),
