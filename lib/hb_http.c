@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -604,17 +605,28 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
             hb_seterr(res->error, sizeof(res->error), "could not connect: %s", detail);
         break;
     case CURLE_GOT_NOTHING:
-        hb_seterr(res->error, sizeof(res->error), "empty reply from server");
-        break;
     case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-        /* With TLS 1.3 a server refusing our client certificate says so
-         * in an alert read after the handshake: still a TLS failure. */
-        if (strstr(detail, "SSL") || strstr(detail, "TLS"))
+    case CURLE_RECV_ERROR: {
+        /* Under TLS 1.3 the client's handshake is over before the server
+         * has checked our certificate; a server refusing it (or wanting one)
+         * closes the connection, often before curl reads its alert. */
+        curl_off_t tls_us = 0;
+        (void)curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
+        if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
+            hb_seterr(res->error, sizeof(res->error), "empty reply from server");
+        else if (rc != CURLE_GOT_NOTHING && (strstr(detail, "SSL") || strstr(detail, "TLS")))
             hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
+        else if (tls_us > 0 && res->http_status == 0)
+            hb_seterr(res->error, sizeof(res->error),
+                      "TLS error: the endpoint closed the connection after the handshake without "
+                      "a response (%s): %s",
+                      x->h->tls_client_cert ? "does it accept our client certificate?"
+                                            : "does it require a client certificate?",
+                      detail);
         else
             hb_seterr(res->error, sizeof(res->error), "connection error: %s", detail);
         break;
+    }
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -910,8 +922,16 @@ static int hb_http_tls_check(const hb_http_t *h, char *errstr, size_t errstr_siz
             goto done;
         }
         if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            unsigned long e = ERR_peek_last_error();
+            int mismatch =
+                ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
             hb_http_ssl_error(why, sizeof(why));
-            if (asked)
+            if (mismatch)
+                hb_seterr(errstr, errstr_size,
+                          "%s=%s: the private key does not match the certificate in "
+                          "HOOKBRIDGE_TLS_CLIENT_CERT=%s",
+                          key_setting, key, h->tls_client_cert);
+            else if (asked)
                 hb_seterr(errstr, errstr_size,
                           "%s=%s: the private key is encrypted (a passphrase-protected key is "
                           "not supported)",
