@@ -45,6 +45,8 @@ hookbridge-retrier_SRC    := $(wildcard retrier/*.c)
 hookbridge-migrate_SRC    := $(wildcard migrations/*.c)
 hookbridge-devbroker_SRC  := $(wildcard deploy/local/*.c)
 hookbridge-receiver_SRC   := $(wildcard examples/receiver/*.c)
+# The receiver enforces client certificates (mTLS) on libmicrohttpd's GnuTLS sessions.
+hookbridge-receiver_LDLIBS := $(shell pkg-config --libs gnutls 2>/dev/null)
 ifneq ($(hookbridge-retrier_SRC),)
 PROGRAMS += hookbridge-retrier
 endif
@@ -81,7 +83,7 @@ $(LIBHB): $(LIB_OBJ)
 define program_rule
 $(BIN)/$(1): $$($(1)_SRC:%.c=$(B)/%.o) $(LIBHB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(LDLIBS)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$($(1)_LDLIBS) $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
 

@@ -12,6 +12,13 @@
  * status sent), written with one write(2) per line under a mutex, so a test
  * can read the file while the receiver runs.
  *
+ * With --tls-cert and --tls-key it serves HTTPS (libmicrohttpd over GnuTLS,
+ * TLS 1.2 and 1.3 only); with --tls-client-ca as well it requires every
+ * client to present a certificate issued by that CA (mTLS) and refuses the
+ * TLS handshake otherwise. Auth values, signing secrets and the signature
+ * are compared in constant time (CRYPTO_memcmp) and a signature whose
+ * timestamp is more than 300 s away from now is refused (replay protection).
+ *
  * Threads: libmicrohttpd's pool runs the request callbacks; main() only
  * parses flags, starts the daemon and sleeps on a self-pipe until SIGTERM or
  * SIGINT (hb_signal). Per-request state lives in the connection's con_cls and
@@ -20,6 +27,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <gnutls/gnutls.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
@@ -42,6 +50,7 @@
 #define RECEIVER_MAX_BODY (10u * 1024 * 1024)
 #define RECEIVER_TOLERANCE_S 300
 #define CHALLENGE_HEADER "X-Okta-Verification-Challenge"
+#define TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 
 typedef struct {
     const char *listen;
@@ -57,6 +66,9 @@ typedef struct {
     int threads;
     int fail_first; /* answer the first N POSTs of each webhook-id with 503 */
     int delay_ms;   /* wait this long before answering a POST */
+    const char *tls_cert_path, *tls_key_path, *tls_client_ca_path;
+    char *tls_cert, *tls_key, *tls_client_ca; /* PEM contents; the key is a secret */
+    size_t tls_key_len;
     pthread_mutex_t seen_lock;
     struct seen_s {
         char id[40];
@@ -100,6 +112,7 @@ static void usage(FILE *fp) {
             "                           [--auth 'Header: value'] [--status CODE]\n"
             "                           [--retry-after SECONDS] [--record FILE] [--quiet]\n"
             "                           [--threads N] [--log-level LEVEL]\n"
+            "                           [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
             "\n"
             "The reference hookbridge webhook receiver. Answers the verification\n"
             "challenge, checks the auth header and the Standard Webhooks signature,\n"
@@ -116,7 +129,10 @@ static void usage(FILE *fp) {
             "  --record FILE         append one JSON line per request to FILE\n"
             "  --quiet               do not log each event and request\n"
             "  --threads N           server threads (default 2)\n"
-            "  --log-level LEVEL     debug, info, warn, error (default info)\n");
+            "  --log-level LEVEL     debug, info, warn, error (default info)\n"
+            "  --tls-cert FILE       serve HTTPS with this PEM certificate (chain)\n"
+            "  --tls-key FILE        and this PEM private key (unencrypted)\n"
+            "  --tls-client-ca FILE  require a client certificate issued by this PEM CA (mTLS)\n");
 }
 
 /* "Name: value" -> name, value (both trimmed, both non-empty). */
@@ -194,6 +210,12 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
                 hb_seterr(errstr, errstr_size, "--retry-after: want 0..86400 seconds");
                 return -1;
             }
+        } else if (!strcmp(a, "--tls-cert")) {
+            r->tls_cert_path = v;
+        } else if (!strcmp(a, "--tls-key")) {
+            r->tls_key_path = v;
+        } else if (!strcmp(a, "--tls-client-ca")) {
+            r->tls_client_ca_path = v;
         } else if (!strcmp(a, "--record")) {
             r->record_path = v;
         } else if (!strcmp(a, "--threads")) {
@@ -215,7 +237,50 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
         hb_seterr(errstr, errstr_size, "--listen HOST:PORT is required");
         return -1;
     }
+    if (!r->tls_cert_path != !r->tls_key_path) {
+        hb_seterr(errstr, errstr_size, "--tls-cert and --tls-key go together");
+        return -1;
+    }
+    if (r->tls_client_ca_path && !r->tls_cert_path) {
+        hb_seterr(errstr, errstr_size, "--tls-client-ca needs --tls-cert and --tls-key");
+        return -1;
+    }
     return 0;
+}
+
+/* Reads a whole PEM file into a NUL-terminated buffer (caller frees). */
+static char *read_pem(const char *flag, const char *path, size_t *len_out, char *errstr,
+                      size_t errstr_size) {
+    FILE *fp = fopen(path, "r");
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (!fp) {
+        hb_seterr(errstr, errstr_size, "%s %s: %s", flag, path, strerror(errno));
+        return NULL;
+    }
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = (len + 4096 + 1) * 2;
+            buf = hb_realloc(buf, cap);
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, fp);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    int err = ferror(fp) ? errno : 0;
+    fclose(fp);
+    buf[len] = '\0';
+    if (err || !strstr(buf, "-----BEGIN ")) {
+        hb_seterr(errstr, errstr_size, "%s %s: %s", flag, path,
+                  err ? strerror(err) : "not a PEM file");
+        OPENSSL_cleanse(buf, len);
+        free(buf);
+        return NULL;
+    }
+    if (len_out)
+        *len_out = len;
+    return buf;
 }
 
 /* hb_listen_resolve() with the command line's wording of its refusals; "*"
@@ -518,6 +583,54 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/*
+ * libmicrohttpd with MHD_OPTION_HTTPS_MEM_TRUST only *asks* for a client
+ * certificate and lets a client without one (or with one from another CA)
+ * in. With --tls-client-ca each new TLS session gets, before its handshake,
+ * a verify callback that fails the handshake unless the client presented a
+ * certificate that verifies against the trusted CA. libmicrohttpd closes a
+ * failed handshake without a TLS alert, which leaves the client guessing, so
+ * the callback sends the alert that says why (certificate_required or
+ * bad_certificate) and logs it.
+ */
+static int verify_client(gnutls_session_t session) {
+    unsigned int listed = 0, status = 0;
+    if (!gnutls_certificate_get_peers(session, &listed) || listed == 0) {
+        hb_warn("TLS handshake refused: the client sent no certificate");
+        (void)gnutls_alert_send(session, GNUTLS_AL_FATAL, GNUTLS_A_CERTIFICATE_REQUIRED);
+        return GNUTLS_E_CERTIFICATE_REQUIRED;
+    }
+    if (gnutls_certificate_verify_peers2(session, &status) < 0 || status != 0) {
+        gnutls_datum_t text = {NULL, 0};
+        if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &text, 0) < 0)
+            text.data = NULL;
+        while (text.data && text.size > 0 && text.data[text.size - 1] == ' ')
+            text.data[--text.size] = '\0';
+        hb_warn("TLS handshake refused: client certificate: %s",
+                text.data ? (const char *)text.data : "does not verify");
+        gnutls_free(text.data);
+        (void)gnutls_alert_send(session, GNUTLS_AL_FATAL, GNUTLS_A_BAD_CERTIFICATE);
+        return GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR;
+    }
+    return 0;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    const receiver_t *r = cls;
+    const union MHD_ConnectionInfo *info;
+    if (toe != MHD_CONNECTION_NOTIFY_STARTED || !r->tls_client_ca)
+        return;
+    info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!info || !info->tls_session) {
+        hb_warn("client certificate check: no TLS session");
+        return;
+    }
+    gnutls_session_t session = (gnutls_session_t)info->tls_session;
+    gnutls_certificate_server_set_request(session, GNUTLS_CERT_REQUEST);
+    gnutls_session_set_verify_function(session, verify_client);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
@@ -576,14 +689,38 @@ int main(int argc, char **argv) {
     }
     hb_signal_install(pipefd[1]);
 
-    mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-                               (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-                           port, NULL, NULL, on_request, &r, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-                           NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                           MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)r.threads,
-                           MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                           MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1000, MHD_OPTION_END);
+    if (r.tls_cert_path) {
+        r.tls_cert = read_pem("--tls-cert", r.tls_cert_path, NULL, errstr, sizeof(errstr));
+        r.tls_key = r.tls_cert ? read_pem("--tls-key", r.tls_key_path, &r.tls_key_len, errstr,
+                                          sizeof(errstr))
+                               : NULL;
+        r.tls_client_ca =
+            r.tls_key && r.tls_client_ca_path
+                ? read_pem("--tls-client-ca", r.tls_client_ca_path, NULL, errstr, sizeof(errstr))
+                : NULL;
+        if (!r.tls_cert || !r.tls_key || (r.tls_client_ca_path && !r.tls_client_ca)) {
+            hb_error("%s", errstr);
+            rc = 2;
+            goto done;
+        }
+    }
+    /* TLS options only when serving HTTPS; the array ends at the first END. */
+    struct MHD_OptionItem tls_opts[] = {
+        {r.tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, r.tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, r.tls_key},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
+        {r.tls_client_ca ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0, r.tls_client_ca},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    mhd = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+            (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0) | (r.tls_cert ? MHD_USE_TLS : 0),
+        port, NULL, NULL, on_request, &r, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)r.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, &r, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)30, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1000, MHD_OPTION_ARRAY,
+        tls_opts, MHD_OPTION_END);
     if (!mhd) {
         hb_error("cannot listen on %s", r.listen);
         goto done;
@@ -592,7 +729,10 @@ int main(int argc, char **argv) {
     char port_text[8];
     snprintf(port_text, sizeof(port_text), "%u", info ? (unsigned)info->port : 0u);
     hb_log(HB_LOG_INFO, HB_KV("listen", r.listen, "port", port_text),
-           "receiver listening (signature check %s, auth header %s, status %d)",
+           "receiver listening (%s, signature check %s, auth header %s, status %d)",
+           !r.tls_cert       ? "plain HTTP"
+           : r.tls_client_ca ? "HTTPS, client certificate required"
+                             : "HTTPS",
            r.have_secret ? "on" : "off", r.auth_name ? r.auth_name : "none", r.status);
 
     while (!hb_stop_requested) {
@@ -619,6 +759,11 @@ done:
         OPENSSL_cleanse(r.auth_value, strlen(r.auth_value));
     free(r.auth_name);
     free(r.auth_value);
+    if (r.tls_key)
+        OPENSSL_cleanse(r.tls_key, r.tls_key_len);
+    free(r.tls_key);
+    free(r.tls_cert);
+    free(r.tls_client_ca);
     pthread_mutex_destroy(&r.record_lock);
     pthread_mutex_destroy(&r.seen_lock);
     free(r.seen);
