@@ -218,8 +218,9 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
         hb_log(ok ? HB_LOG_INFO : HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                ok ? "endpoint verified" : "endpoint verification failed: %s", ok ? "" : reason);
-        if (!store || hb_store_record_verification(store, v->sub->id, ok, ok ? NULL : reason,
-                                                   errstr, sizeof(errstr)) < 0) {
+        if (!store ||
+            hb_store_record_verification(store, v->sub->id, v->sub->url, ok, ok ? NULL : reason,
+                                         errstr, sizeof(errstr)) < 0) {
             hb_worker_db_error(d->w);
             hb_log(HB_LOG_ERROR, HB_KV("subscription_id", v->sub->id),
                    "cannot record verification: %s", store ? errstr : "database not connected");

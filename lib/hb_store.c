@@ -594,9 +594,9 @@ int hb_store_claim_verification(hb_store_t *st, const char *id, hb_sub_t **out, 
     return *out ? 1 : 0;
 }
 
-int hb_store_record_verification(hb_store_t *st, const char *id, int ok, const char *reason,
-                                 char *errstr, size_t errstr_size) {
-    const char *params[3] = {id, ok ? "true" : "false", ok ? NULL : reason};
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
+                                 const char *reason, char *errstr, size_t errstr_size) {
+    const char *params[4] = {id, ok ? "true" : "false", ok ? NULL : reason, url};
     PGresult *res;
     if (!is_uuid(id)) {
         hb_seterr(errstr, errstr_size, "not a subscription id");
@@ -604,9 +604,10 @@ int hb_store_record_verification(hb_store_t *st, const char *id, int ok, const c
     }
     if (store_ready(st, errstr, errstr_size) < 0)
         return -1;
-    res = PQexecParams(st->conn,
-                       "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text)", 3,
-                       NULL, params, NULL, NULL, 0);
+    res = PQexecParams(
+        st->conn,
+        "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text, $4::text)", 4, NULL,
+        params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(st, res, "recording a verification", errstr, errstr_size);
     PQclear(res);

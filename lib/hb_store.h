@@ -64,11 +64,12 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
  * replica runs the challenge); returns 1 claimed (with a snapshot in *out,
  * caller unrefs), 0 nothing pending. record: store the outcome; ok=1 marks the
  * subscription verified, ok=0 failed with `reason` (e.g. "timeout",
- * "wrong echo", "HTTP 404"). */
+ * "wrong echo", "HTTP 404"); `url` is the URL that was challenged: an outcome
+ * for a URL the subscription no longer has is ignored. */
 int hb_store_claim_verification(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
                                 size_t errstr_size) HB_MUSTCHECK;
-int hb_store_record_verification(hb_store_t *st, const char *id, int ok, const char *reason,
-                                 char *errstr, size_t errstr_size) HB_MUSTCHECK;
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
+                                 const char *reason, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 /* Ids with a pending verification request (for start-up and reconnects).
  * *ids is an array of *cnt malloc'd strings; caller frees each and the array. */
 int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,

@@ -286,3 +286,35 @@ def test_poison_on_a_delay_tier_is_dead_lettered_and_the_tier_moves_on(db_url, p
     assert h["hookbridge-source-topic"] == b"hookbridge.retry.1s"
     assert h["hookbridge-reason"]
     assert "poison message" in r.proc.output()
+
+
+def test_replay_failed_sends_every_failure_of_a_subscription_since_a_time(db_url, procs, workdir):
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s",
+                                   receiver_args={"fail_first": 2})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+    wait_until(lambda: (rs := sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                                  "subscription_id=%s AND status='failed'", sub)) and
+               rs[0][0] == 3, 30 * SLOW, "three failed deliveries")
+    # Nothing failed after now: nothing to replay.
+    assert sql(db_url, "SELECT hookbridge.replay_failed(%s, now())", sub)[0][0] == 0
+    assert sql(db_url, "SELECT hookbridge.replay_failed(%s, now() - interval '1 hour')",
+               sub)[0][0] == 3
+    wait_until(lambda: len(receiver.events()) == 3, 20 * SLOW, "the three replayed deliveries")
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                           "subscription_id=%s AND status='delivered'", sub)[0][0] == 3,
+               10 * SLOW, "the log to say delivered")
+    assert "replay requested" in r.proc.output()
+
+
+@pytest.mark.parametrize("call,code,msg", [
+    ("SELECT hookbridge.replay('00000000-0000-4000-8000-000000000000')", "HB020", "not found"),
+    ("SELECT hookbridge.replay(NULL)", "HB020", "must not be NULL"),
+    ("SELECT hookbridge.replay_failed('00000000-0000-4000-8000-000000000000', now())", "HB010",
+     "not found"),
+    ("SELECT hookbridge.replay_failed(NULL, now())", "HB012", "must not be NULL"),
+])
+def test_replay_errors(db_url, call, code, msg):
+    with pytest.raises(psycopg2.Error) as e:
+        sql(db_url, call)
+    assert e.value.pgcode == code and msg in e.value.pgerror

@@ -1,0 +1,119 @@
+-- 0006_roles: least privilege for the services and for operators.
+--
+-- Two group roles (NOLOGIN); grant them to the login roles you use:
+--
+--   hookbridge_service   the dispatcher and the retrier: read subscriptions
+--                        (with their secrets, to sign), write the delivery log,
+--                        claim and record verifications and replays, and
+--                        deactivate endpoints that keep failing. Nothing else:
+--                        no subscription can be created or changed with it.
+--   hookbridge_operator  people and programs managing subscriptions: every
+--                        hookbridge.* API function, the views and the delivery
+--                        log read-only. No direct writes to the tables (so
+--                        every change goes through a validating function) and
+--                        no read of subscription_secrets or auth values
+--                        (signing_secret() hands the secret out on purpose).
+--
+--   CREATE ROLE hookbridge_app LOGIN PASSWORD '...' IN ROLE hookbridge_service;
+--   CREATE ROLE alice LOGIN IN ROLE hookbridge_operator;
+--
+-- The API functions are SECURITY DEFINER (they run with the rights of the
+-- schema owner, who applied the migrations) and every hookbridge function
+-- has a fixed search_path (pg_catalog, hookbridge, public), so a caller cannot
+-- substitute objects. EXECUTE is revoked from PUBLIC.
+--
+-- Creating roles needs CREATEROLE: when the migrating user lacks it and the
+-- roles do not exist yet, this migration says so (NOTICE) and skips the
+-- grants; create the two roles as above and run the GRANTs at the end of
+-- this file by hand (docs/sql.md).
+
+DO $$
+DECLARE
+    can_create boolean := (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service') THEN
+        IF can_create THEN
+            CREATE ROLE hookbridge_service NOLOGIN;
+        ELSE
+            RAISE NOTICE 'hookbridge_service does not exist and % may not create roles: skipped', current_user;
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
+        IF can_create THEN
+            CREATE ROLE hookbridge_operator NOLOGIN;
+        ELSE
+            RAISE NOTICE 'hookbridge_operator does not exist and % may not create roles: skipped', current_user;
+        END IF;
+    END IF;
+END
+$$;
+
+-- Our functions: every one in the schema that is not part of an extension
+-- (pgcrypto lives here too and is left as it is).
+CREATE FUNCTION hookbridge._own_functions()
+RETURNS TABLE (fn regprocedure, name name)
+LANGUAGE sql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT p.oid::regprocedure, p.proname FROM pg_proc p
+     WHERE p.pronamespace = 'hookbridge'::regnamespace AND p.prokind = 'f'
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                        WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                          AND d.deptype = 'e')
+$$;
+
+-- Every API function (no leading underscore) runs as its owner; nobody but
+-- the roles below may call any of ours.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM hookbridge._own_functions() LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', r.fn);
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, hookbridge, public', r.fn);
+        IF left(r.name, 1) <> '_' THEN
+            EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', r.fn);
+        END IF;
+    END LOOP;
+END
+$$;
+
+DO $$
+DECLARE
+    r record;
+    service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
+                                'deactivate_failing'];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
+       OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
+        RETURN;
+    END IF;
+    GRANT USAGE ON SCHEMA hookbridge TO hookbridge_service, hookbridge_operator;
+
+    -- services: read what they deliver, write the delivery log
+    GRANT SELECT ON hookbridge.subscriptions, hookbridge.subscription_event_types,
+                    hookbridge.subscription_secrets, hookbridge.event_types, hookbridge.limits
+        TO hookbridge_service;
+    GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
+                                   hookbridge.endpoint_health
+        TO hookbridge_service;
+
+    -- operators: the views and the log, read-only; changes through the API
+    GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,
+                    hookbridge.deliveries, hookbridge.delivery_attempts,
+                    hookbridge.endpoint_health, hookbridge.event_types, hookbridge.limits,
+                    hookbridge.subscription_event_types
+        TO hookbridge_operator;
+    GRANT SELECT (id, name, url, status, verification, verification_requested_at, verified_at,
+                  verification_failed_at, verification_error, auth_header, options, created_at,
+                  updated_at, deregistered_at, deactivation_reason)
+        ON hookbridge.subscriptions TO hookbridge_operator;
+
+    FOR r IN SELECT * FROM hookbridge._own_functions() LOOP
+        IF r.name = ANY (service_fns) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_service', r.fn);
+        END IF;
+        IF left(r.name, 1) <> '_' AND r.name <> ALL (service_fns) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_operator', r.fn);
+        END IF;
+    END LOOP;
+END
+$$;
