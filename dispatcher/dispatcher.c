@@ -97,6 +97,15 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *eve
         snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
         dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, type, jobs, n);
         hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
+    } else if (payload.len > (size_t)d->cfg->max_payload_bytes) {
+        /* Not sent, and not copied anywhere: the reason says what to change. */
+        char reason[300];
+        snprintf(reason, sizeof(reason),
+                 "payload of %zu bytes exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld)%s", payload.len,
+                 d->cfg->max_payload_bytes, n > 1 ? ": lower the subscription's batch_max" : "");
+        free(payload.body);
+        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, ids, type, jobs, n);
+        hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
     } else {
         dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, ids, type,
                              jobs, n);

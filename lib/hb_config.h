@@ -53,6 +53,7 @@ typedef struct hb_config_s {
     long long shutdown_timeout_ms;    /* SIGTERM drain bound */
     long long log_flush_ms;           /* delivery log batching */
     long long response_snippet_bytes; /* kept from each response */
+    long long max_payload_bytes;      /* larger rendered bodies are dead-lettered */
     long long retry_jitter_percent;   /* each retry delay lengthened by 0..N % */
     long long retry_after_max_ms;     /* bound on an endpoint's Retry-After */
     long long circuit_failures;       /* consecutive failures that open the breaker; 0 off */

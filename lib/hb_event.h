@@ -5,6 +5,10 @@
 #ifndef HB_EVENT_H
 #define HB_EVENT_H
 
+/* Largest encoded event the producer publishes: under Kafka's default
+ * message.max.bytes (1 MB), with room for the envelope a delivery adds. */
+#define HB_EVENT_MAX_BYTES (256 * 1024)
+
 #include <jansson.h>
 
 #include "hb_common.h"

@@ -404,7 +404,9 @@ static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http
         .outcome = outcome,
         .error = reason && *reason ? reason : NULL,
         .response_snippet = res && res->body_len ? res->body : NULL,
-        .body = outcome == HB_OUTCOME_FAILED ? dl->body : NULL,
+        /* kept for replay; an empty one (never rendered, or too large to
+         * send) is not: replay() then says there is nothing to replay */
+        .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
         .content_type = dl->content_type,
     };
     hb_dlog_add(w->dlog, &a, gate);

@@ -95,6 +95,13 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     if (hb_event_normalize(ev, p->allow_unknown_types, errstr, sizeof(errstr)) < 0 ||
         hb_codec_encode(p->codec, ev, &buf, &len, errstr, sizeof(errstr)) < 0)
         goto fail;
+    if (len > HB_EVENT_MAX_BYTES) {
+        hb_seterr(errstr, sizeof(errstr), "event of %zu bytes (encoded) is larger than %d bytes",
+                  len, HB_EVENT_MAX_BYTES);
+        free(buf);
+        buf = NULL;
+        goto fail;
+    }
     key = hb_event_key(ev);
     if (!p->rk) {
         char *line = json_dumps(ev, JSON_COMPACT);

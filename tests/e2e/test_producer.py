@@ -42,3 +42,29 @@ def test_generate_produces_the_requested_number(broker):
     r = produce(broker.bootstrap, [], args=("--generate", "250"))
     assert "produced 250, failed 0" in r.stdout.decode()
     assert len(consume_all(broker.bootstrap)) == 250
+
+
+def test_hostile_json_lines_get_a_clear_error_each_and_lose_nothing_else():
+    """Invalid UTF-8, deep nesting, a huge string, wrong types, not JSON: one
+    error line each naming the line; the good lines still go out."""
+    import subprocess
+    from hbtest.procs import BIN
+    good = json.dumps({"eventType": "user.session.start"}).encode()
+    lines = [
+        b'{"eventType":"user.session.start","displayMessage":"\xff\xfe"}',
+        b'{"eventType":"user.session.start","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        json.dumps({"eventType": "user.session.start", "displayMessage": "y" * 300000}).encode(),
+        json.dumps({"eventType": "user.session.start", "actor": "not an object"}).encode(),
+        json.dumps({"eventType": 123}).encode(),
+        b"not json at all",
+        good,
+    ]
+    r = subprocess.run([str(BIN / "hookbridge-producer"), "--print", "-"],
+                       input=b"\n".join(lines) + b"\n", capture_output=True, timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 1
+    assert "printed 1, failed 6" in r.stdout.decode() + err
+    for n, what in ((1, "unable to decode byte 0xff"), (2, "maximum parsing depth"),
+                    (3, "is larger than 262144 bytes"), (4, "actor: expected null or an object"),
+                    (5, "eventType: expected a string"), (6, "invalid JSON")):
+        assert any(l.startswith(f"line {n}:") and what in l for l in err.splitlines()), (n, err)

@@ -98,24 +98,21 @@ def test_untrusted_self_signed_certificate_is_refused(db_url, broker, procs, wor
     assert why.startswith("TLS error: ") and "self-signed certificate" in why, why
 
     # A verified subscription whose endpoint later presents an untrusted
-    # certificate (the URL changed behind our back): its deliveries fail
-    # with the same reason in the delivery log, and nothing is sent.
+    # certificate (the server behind the URL was replaced): its deliveries
+    # fail with the same reason in the delivery log, and nothing is sent.
     sub = register_verified(db_url, trusted.url, ["user.session.start"])
-    sql(db_url, "UPDATE hookbridge.subscriptions SET url=%s WHERE id=%s", untrusted.url, sub)
+    trusted.proc.stop()
+    impostor = TlsReceiver(procs, workdir, bad_cert, bad_key, name="impostor", port=trusted.port)
+    produce(broker.bootstrap, [event("user.session.start")])
 
     def tls_failure():
-        # The URL change reaches the dispatcher by NOTIFY; an event produced
-        # before that may still go to the trusted endpoint, so keep producing.
-        produce(broker.bootstrap, [event("user.session.start")])
-        time.sleep(0.5)
         return [a for a in attempts(db_url, sub) if a[2] and a[2].startswith("TLS error: ")]
 
-    failed = wait_until(tls_failure, 30, "a delivery attempt failing with a TLS error",
-                        interval=0.5)
+    failed = wait_until(tls_failure, 30, "a delivery attempt failing with a TLS error")
     outcome, status, error = failed[0]
     assert outcome in ("retry", "failed") and status is None
     assert "self-signed certificate" in error
-    assert untrusted.requests() == []
+    assert impostor.requests() == [] and untrusted.requests() == []
     assert "self-signed certificate" in d.proc.output()
 
 

@@ -69,8 +69,8 @@ class TlsReceiver(Receiver):
     requires a client certificate issued by that CA. Records like Receiver."""
 
     def __init__(self, group, workdir, cert, key, client_ca=None, secret=None, auth=None,
-                 name="tls-receiver"):
-        self.port = free_port()
+                 name="tls-receiver", port=None):
+        self.port = port or free_port()
         self.record = Path(workdir) / f"{name}.jsonl"
         argv = [BIN / "hookbridge-receiver", "--listen", f"127.0.0.1:{self.port}",
                 "--record", self.record, "--tls-cert", cert, "--tls-key", key]
