@@ -58,8 +58,14 @@ BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(B)/tests/bench/%)
 
 SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
 
+# Fuzz targets: tests/fuzz/fuzz_<name>.c, seeds in tests/fuzz/corpus/<name>/.
+# replay_<name> (normal compiler) feeds the whole corpus to a target in test-unit.
+FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_NAMES   := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
+FUZZ_REPLAY  := $(FUZZ_NAMES:%=$(B)/tests/fuzz/replay_%)
+
 .PHONY: all deps run test test-unit test-e2e test-asan bench docs clean format format-check
-all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS)
+all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS) $(FUZZ_REPLAY) $(B)/tests/fuzz/gen_seeds
 
 deps:
 	@scripts/deps.sh
@@ -95,6 +101,16 @@ $(B)/tests/bench/%: $(B)/tests/bench/%.o $(LIBHB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(FUZZ_REPLAY): $(B)/tests/fuzz/replay_%: $(B)/tests/fuzz/fuzz_%.o $(B)/tests/fuzz/replay.o $(LIBHB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/fuzz/replay.o: CFLAGS += -DHB_FUZZ_CORPUS='"$(CURDIR)/tests/fuzz/corpus"'
+
+$(B)/tests/fuzz/gen_seeds: $(B)/tests/fuzz/gen_seeds.o $(LIBHB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@deploy/local/run.sh
@@ -106,8 +122,8 @@ test: deps
 	@$(MAKE) --no-print-directory test-e2e
 	@$(MAKE) --no-print-directory test-asan
 
-test-unit: $(UNIT_BINS)
-	@scripts/run-unit.sh $(UNIT_BINS)
+test-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
+	@scripts/run-unit.sh $(UNIT_BINS) $(FUZZ_REPLAY)
 
 test-e2e: all
 	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)

@@ -1,0 +1,392 @@
+/*
+ * Writes the seed corpus: tests/fuzz/corpus/<target>/<name>. Run once when
+ * the seeds change (the bytes are committed; the fuzz targets and the replay
+ * only read them):
+ *
+ *   make B=/tmp/b BIN=/tmp/b/bin /tmp/b/tests/fuzz/gen_seeds
+ *   /tmp/b/tests/fuzz/gen_seeds tests/fuzz/corpus
+ *
+ * Avro seeds are real messages made with the codec (current and older writer
+ * schemas), plus hostile variants cut from them: truncated, trailing bytes,
+ * bad magic, unknown fingerprint, huge or negative lengths, a bad union
+ * branch, a non-finite double, invalid UTF-8. JSON seeds are producer lines,
+ * good and bad. Files named regress-* are not written here: each was found by
+ * a fuzzer and is kept as it was found.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fuzz.h"
+#include "hb_codec.h"
+#include "hb_schemas.h"
+
+static const char *root;
+
+static void put(const char *target, const char *name, const void *data, size_t len) {
+    char path[512];
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/%s", root, target);
+    if (mkdir(path, 0755) < 0 && errno != EEXIST)
+        hb_fuzz_fail("mkdir", path);
+    snprintf(path, sizeof(path), "%s/%s/%s", root, target, name);
+    f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, len, f) != len || fclose(f) != 0)
+        hb_fuzz_fail("write", path);
+}
+
+static void put_text(const char *target, const char *name, const char *text) {
+    put(target, name, text, strlen(text));
+}
+
+/* A growing byte string, for hand-made Avro bodies. */
+typedef struct {
+    unsigned char b[256];
+    size_t n;
+} bytes_t;
+
+static void add(bytes_t *o, const void *p, size_t n) {
+    if (o->n + n > sizeof(o->b))
+        hb_fuzz_fail("seed too long", NULL);
+    memcpy(o->b + o->n, p, n);
+    o->n += n;
+}
+
+static void add_long(bytes_t *o, int64_t v) {
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    do {
+        unsigned char c = (unsigned char)(z & 0x7f);
+        z >>= 7;
+        if (z)
+            c |= 0x80;
+        add(o, &c, 1);
+    } while (z);
+}
+
+static void add_str(bytes_t *o, const char *s) {
+    add_long(o, (int64_t)strlen(s));
+    add(o, s, strlen(s));
+}
+
+static void add_header(bytes_t *o, uint64_t fp) {
+    unsigned char h[10] = {0xC3, 0x01};
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (unsigned char)(fp >> (8 * i));
+    add(o, h, sizeof(h));
+}
+
+static void put_bytes(const char *target, const char *name, const bytes_t *o) {
+    put(target, name, o->b, o->n);
+}
+
+/* Encodes JSON text with c and writes it; returns the bytes (caller frees). */
+static unsigned char *put_encoded(const char *target, const char *name, hb_codec_t *c,
+                                  const char *text, size_t *len) {
+    json_error_t jerr;
+    json_t *j = json_loads(text, JSON_ALLOW_NUL, &jerr);
+    void *buf = NULL;
+    char err[256];
+    if (!j)
+        hb_fuzz_fail("seed JSON", jerr.text);
+    if (hb_codec_encode(c, j, &buf, len, err, sizeof(err)) < 0)
+        hb_fuzz_fail("seed encodes", err);
+    json_decref(j);
+    put(target, name, buf, *len);
+    return buf;
+}
+
+static hb_codec_t *codec(const char *schema) {
+    char err[256];
+    hb_codec_t *c = hb_codec_new(schema, err, sizeof(err));
+    if (!c)
+        hb_fuzz_fail("codec", err);
+    return c;
+}
+
+static const char full_event[] =
+    "{\"uuid\":\"f1c9b0b4-6c59-11ee-9f1a-0b5d4c1e2a77\","
+    "\"published\":\"2024-05-01T12:34:56.789Z\",\"eventType\":\"user.session.start\","
+    "\"version\":\"0\",\"severity\":\"INFO\",\"legacyEventType\":\"core.user_auth.login_success\","
+    "\"displayMessage\":\"User login to Okta\","
+    "\"actor\":{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
+    "\"alternateId\":\"grace@example.com\",\"displayName\":\"Grace Hopper\","
+    "\"detailEntry\":{\"methodTypeUsed\":\"Password\"}},"
+    "\"client\":{\"userAgent\":{\"rawUserAgent\":\"Mozilla/5.0 (Macintosh) Firefox/125.0\","
+    "\"os\":\"Mac OS X\",\"browser\":\"FIREFOX\"},\"zone\":\"null\",\"device\":\"Computer\","
+    "\"id\":\"cli1\",\"ipAddress\":\"198.51.100.7\",\"geographicalContext\":{\"city\":"
+    "\"Z\\u00fcrich\",\"state\":\"Zurich\",\"country\":\"Switzerland\",\"postalCode\":\"8001\","
+    "\"geolocation\":{\"lat\":47.3769,\"lon\":8.5417}}},"
+    "\"outcome\":{\"result\":\"SUCCESS\"},"
+    "\"target\":[{\"id\":\"0oa1app\",\"type\":\"AppInstance\",\"alternateId\":\"Slack\","
+    "\"displayName\":\"Slack\"},{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
+    "\"detailEntry\":{}}],"
+    "\"transaction\":{\"type\":\"WEB\",\"id\":\"Zc3Vq1f\",\"detail\":{}},"
+    "\"debugContext\":{\"debugData\":{\"requestId\":\"Zc3Vq1f\",\"requestUri\":\"/api/v1/authn\","
+    "\"url\":\"/api/v1/authn?\"}},"
+    "\"authenticationContext\":{\"authenticationProvider\":\"OKTA_AUTHENTICATION_PROVIDER\","
+    "\"credentialProvider\":\"OKTA_CREDENTIAL_PROVIDER\",\"credentialType\":\"PASSWORD\","
+    "\"issuer\":{\"id\":\"iss1\",\"type\":\"OKTA\"},\"externalSessionId\":\"102abc\","
+    "\"interface\":\"Okta Dashboard\",\"authenticationStep\":0},"
+    "\"securityContext\":{\"asNumber\":3303,\"asOrg\":\"swisscom\",\"isp\":\"swisscom ag\","
+    "\"domain\":\"swisscom.ch\",\"isProxy\":false},"
+    "\"request\":{\"ipChain\":[{\"ip\":\"198.51.100.7\",\"version\":\"V4\",\"source\":\"x\","
+    "\"geographicalContext\":{\"city\":\"Z\\u00fcrich\",\"country\":\"Switzerland\","
+    "\"geolocation\":{\"lat\":47.0,\"lon\":8.0}}},{\"ip\":\"203.0.113.9\",\"version\":\"V4\"}]}}";
+
+#define MIN_UUID "u-1"
+#define MIN_PUBLISHED "2024-05-01T00:00:00Z"
+#define MIN_TYPE "user.account.lock"
+static const char minimal_event[] = "{\"uuid\":\"" MIN_UUID "\",\"published\":\"" MIN_PUBLISHED
+                                    "\",\"eventType\":\"" MIN_TYPE "\"}";
+
+static void identity_seeds(void) {
+    static const char t[] = "avro_identity";
+    hb_codec_t *cur = codec(hb_schema_identity_event);
+    char *v0_schema = hb_fuzz_schema_without(hb_schema_identity_event, hb_fuzz_identity_v0_drop,
+                                             HB_ARRAY_SIZE(hb_fuzz_identity_v0_drop));
+    hb_codec_t *v0 = codec(v0_schema);
+    uint64_t fp = hb_codec_fingerprint(cur);
+    unsigned char *full, *min;
+    size_t full_len, min_len, len, strings_end;
+    bytes_t o;
+
+    full = put_encoded(t, "full-event", cur, full_event, &full_len);
+    min = put_encoded(t, "minimal-event", cur, minimal_event, &min_len);
+    free(put_encoded(t, "targets-and-maps", cur,
+                     "{\"uuid\":\"u-2\",\"published\":\"2024-05-01T00:00:00.5+02:00\","
+                     "\"eventType\":\"group.user_membership.add\",\"target\":[{\"id\":\"00g1\","
+                     "\"type\":\"UserGroup\",\"detailEntry\":{\"a\":\"1\",\"b\":\"\"}},{\"id\":"
+                     "\"00u2\",\"type\":\"User\"},{}],\"transaction\":{\"detail\":{\"k\":\"v\"}}}",
+                     &len));
+    free(put_encoded(t, "unicode-and-escapes", cur,
+                     "{\"uuid\":\"\\u00e9\\u4e2d\\ud83d\\ude00\",\"published\":\"p\",\"eventType\":"
+                     "\"t\\n\\\"x\\\"\",\"displayMessage\":\"nul\\u0000inside\",\"actor\":{\"id\":"
+                     "\"\"}}",
+                     &len));
+    free(put_encoded(t, "v0-writer", v0,
+                     "{\"uuid\":\"u-0\",\"published\":\"2023-01-01T00:00:00Z\",\"eventType\":"
+                     "\"user.lifecycle.create\",\"actor\":{\"id\":\"00uadmin\",\"type\":\"User\"},"
+                     "\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":-1.5,\"lon\":"
+                     "1e300}}}}",
+                     &len));
+
+    put(t, "empty", "", 0);
+    put(t, "truncated-full-event", full, full_len - 5);
+    put(t, "header-only", full, 10);
+    put(t, "half-header", full, 6);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, min_len);
+    add(&o, "\0\0\0", 3);
+    put_bytes(t, "trailing-bytes", &o);
+    memset(&o, 0, sizeof(o));
+    add(&o, "\xC3\x02", 2);
+    add(&o, min + 2, min_len - 2);
+    put_bytes(t, "bad-magic", &o);
+    memset(&o, 0, sizeof(o));
+    add_header(&o, fp ^ 1);
+    add(&o, min + 10, min_len - 10);
+    put_bytes(t, "unknown-fingerprint", &o);
+    memset(&o, 0, sizeof(o));
+    add_header(&o, fp);
+    add_long(&o, 1LL << 40);
+    add(&o, "abc", 3);
+    put_bytes(t, "huge-string-length", &o);
+    memset(&o, 0, sizeof(o));
+    add_header(&o, fp);
+    add_long(&o, -5);
+    put_bytes(t, "negative-string-length", &o);
+    memset(&o, 0, sizeof(o));
+    add_header(&o, fp);
+    add(&o, "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11); /* over 64 bits */
+    put_bytes(t, "overlong-varint", &o);
+
+    /* After the three required strings come the 13 optional unions. */
+    strings_end = 10 + 3 + strlen(MIN_UUID) + strlen(MIN_PUBLISHED) + strlen(MIN_TYPE);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, min_len);
+    o.b[strings_end] = 0x0a; /* branch 5 of ["null", "string"] */
+    put_bytes(t, "bad-union-branch", &o);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, strings_end);
+    add(&o, "\x02\x06\xff\xfe\x80", 5); /* version: a 3-byte string that is not UTF-8 */
+    add(&o, min + strings_end + 1, min_len - strings_end - 1);
+    put_bytes(t, "invalid-utf8", &o);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, strings_end + 7); /* up to target: ["null", array of Target] */
+    add(&o, "\x02", 1);
+    add_long(&o, 1LL << 61); /* items */
+    add(&o, "\0\0\0\0\0", 5);
+    add_long(&o, 0);
+    add(&o, "\0\0\0\0\0", 5);
+    put_bytes(t, "huge-array-count", &o);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, strings_end + 7);
+    add(&o, "\x02", 1);
+    add_long(&o, -1); /* one item, in a block with a byte size */
+    add_long(&o, 5);
+    add(&o, "\0\0\0\0\0", 5);
+    add_long(&o, -1);
+    add_long(&o, 7);
+    add(&o, "\x02\x02x\0\0\0\0", 7);
+    add_long(&o, 0);
+    add(&o, "\0\0\0\0\0", 5);
+    put_bytes(t, "array-blocks-with-sizes", &o);
+    memset(&o, 0, sizeof(o));
+    add(&o, min, strings_end + 5);                 /* up to client */
+    add(&o, "\x02\0\0\0\0\0\x02\0\0\0\0\x02", 12); /* .. geographicalContext.geolocation */
+    add(&o, "\0\0\0\0\0\0\xf8\x7f", 8);            /* lat: NaN */
+    add(&o, "\0\0\0\0\0\0\xf0\x7f", 8);            /* lon: +inf */
+    add(&o, "\0\0\0\0\0\0\0", 7);                  /* outcome .. request */
+    put_bytes(t, "non-finite-double", &o);
+
+    free(full);
+    free(min);
+    free(v0_schema);
+    hb_codec_free(v0);
+    hb_codec_free(cur);
+}
+
+#define RETRY_IDS                                                                                  \
+    "\"delivery_id\":\"6a1e3c1e-1111-4222-8333-944455556666\",\"subscription_id\":"                \
+    "\"0f9d3c1e-1111-4222-8333-944455556666\""
+
+static void retry_seeds(void) {
+    static const char t[] = "avro_retry";
+    hb_codec_t *cur = codec(hb_schema_delivery_retry);
+    hb_codec_t *events = codec(hb_schema_identity_event);
+    char *v0_schema = hb_fuzz_schema_without(hb_schema_delivery_retry, hb_fuzz_retry_v0_drop,
+                                             HB_ARRAY_SIZE(hb_fuzz_retry_v0_drop));
+    hb_codec_t *v0 = codec(v0_schema);
+    unsigned char *good;
+    size_t good_len, len;
+    bytes_t o;
+
+    good = put_encoded(t, "first-retry", cur,
+                       "{" RETRY_IDS ",\"event_ids\":[\"f1c9b0b4-6c59-11ee-9f1a-0b5d4c1e2a77\"],"
+                       "\"event_type\":\"user.session.start\",\"content_type\":"
+                       "\"application/json\",\"body\":\"{\\\"data\\\":{\\\"events\\\":[]}}\","
+                       "\"attempt\":2,\"not_before_ms\":1714567895123,\"first_attempt_ms\":"
+                       "1714567890123,\"last_status\":503,\"last_error\":\"HTTP 503\","
+                       "\"schedule_offset\":0}",
+                       &good_len);
+    free(put_encoded(t, "batch-replay", cur,
+                     "{" RETRY_IDS ",\"event_ids\":[\"a\",\"b\",\"c\"],\"event_type\":\"t\","
+                     "\"content_type\":\"application/cloudevents-batch+json\",\"body\":\"[]\","
+                     "\"attempt\":5,\"not_before_ms\":0,\"first_attempt_ms\":0,\"last_status\":0,"
+                     "\"last_error\":\"timeout after 10000 ms\",\"schedule_offset\":3}",
+                     &len));
+    free(put_encoded(t, "v0-writer", v0,
+                     "{" RETRY_IDS ",\"event_ids\":[],\"event_type\":\"t\",\"content_type\":\"c\","
+                     "\"body\":\"\",\"attempt\":8,\"not_before_ms\":-1,\"first_attempt_ms\":"
+                     "9223372036854775807,\"last_status\":-1,\"last_error\":\"\"}",
+                     &len));
+    free(put_encoded(t, "poison-attempt-zero", cur,
+                     "{" RETRY_IDS ",\"event_ids\":[\"x\"],\"event_type\":\"t\",\"content_type\":"
+                     "\"c\",\"body\":\"b\",\"attempt\":0,\"not_before_ms\":0,\"first_attempt_ms\":"
+                     "0,\"last_status\":0,\"last_error\":\"\"}",
+                     &len));
+    free(put_encoded(t, "poison-offset-not-below-attempt", cur,
+                     "{" RETRY_IDS ",\"event_ids\":[\"x\"],\"event_type\":\"t\",\"content_type\":"
+                     "\"c\",\"body\":\"b\",\"attempt\":3,\"not_before_ms\":0,\"first_attempt_ms\":"
+                     "0,\"last_status\":0,\"last_error\":\"\",\"schedule_offset\":3}",
+                     &len));
+    free(put_encoded(t, "poison-short-ids", cur,
+                     "{\"delivery_id\":\"d\",\"subscription_id\":\"s\",\"event_ids\":[\"x\"],"
+                     "\"event_type\":\"t\",\"content_type\":\"c\",\"body\":\"b\",\"attempt\":2,"
+                     "\"not_before_ms\":0,\"first_attempt_ms\":0,\"last_status\":0,"
+                     "\"last_error\":\"\"}",
+                     &len));
+    free(put_encoded(t, "odd-strings", cur,
+                     "{" RETRY_IDS ",\"event_ids\":[\"a,b\",\"\",\"\\u00e9\"],\"event_type\":\"\","
+                     "\"content_type\":\"\",\"body\":\"nul\\u0000inside\",\"attempt\":1000,"
+                     "\"not_before_ms\":0,\"first_attempt_ms\":0,\"last_status\":2147483647,"
+                     "\"last_error\":\"\\n\",\"schedule_offset\":999}",
+                     &len));
+    /* an identity event on a delay topic: a fingerprint the reader does not know */
+    free(put_encoded(t, "identity-event-on-delay-topic", events, minimal_event, &len));
+    put(t, "truncated", good, good_len - 1);
+    memset(&o, 0, sizeof(o));
+    add(&o, good, good_len);
+    add(&o, "\x02", 1);
+    put_bytes(t, "trailing-byte", &o);
+    memset(&o, 0, sizeof(o));
+    add_header(&o, hb_codec_fingerprint(cur));
+    add_str(&o, "6a1e3c1e-1111-4222-8333-944455556666");
+    add_str(&o, "0f9d3c1e-1111-4222-8333-944455556666");
+    add_long(&o, 1LL << 60); /* event_ids count */
+    add_str(&o, "x");
+    put_bytes(t, "huge-event-ids-count", &o);
+    put(t, "not-single-object", good + 10, good_len - 10);
+
+    free(good);
+    free(v0_schema);
+    hb_codec_free(v0);
+    hb_codec_free(events);
+    hb_codec_free(cur);
+}
+
+#define BAD_UTF8_LINE "{\"eventType\":\"user.session.start\",\"displayMessage\":\"\xff\xfe\"}\n"
+#define NUL_LINE "{\"eventType\":\"user.session.start\"}\0\n"
+
+static void json_seeds(void) {
+    static const char t[] = "event_json";
+    char deep[4200];
+    size_t n = 0;
+    put_text(t, "full-event", full_event);
+    put_text(t, "minimal-event", minimal_event);
+    put_text(t, "several-lines",
+             "{\"eventType\":\"user.session.start\",\"actor\":{\"id\":\"00u1\"}}\n"
+             "\n  \t\r\n"
+             "{\"eventType\":\"user.session.end\",\"target\":[{\"type\":\"User\",\"id\":\"00u2\"}],"
+             "\"severity\":\"WARN\",\"published\":\"2024-05-01T12:00:00.000+02:00\"}\n"
+             "not json\n");
+    put_text(t, "missing-event-type", "{\"uuid\":\"u\"}\n");
+    put_text(t, "unknown-event-type", "{\"eventType\":\"made.up.type\"}\n");
+    put_text(t, "bad-published",
+             "{\"eventType\":\"user.session.start\",\"published\":"
+             "\"2024-05-01 12:00\"}\n");
+    put_text(t, "bad-severity", "{\"eventType\":\"user.session.start\",\"severity\":\"LOUD\"}\n");
+    put_text(t, "empty-uuid", "{\"eventType\":\"user.session.start\",\"uuid\":\"\"}\n");
+    put_text(t, "wrong-types",
+             "{\"eventType\":\"user.session.start\",\"actor\":\"root\",\"target\":{},"
+             "\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":\"x\"}}}}\n");
+    put_text(t, "wrong-type-event-type", "{\"eventType\":7}\n");
+    put_text(t, "int-out-of-range",
+             "{\"eventType\":\"user.session.start\",\"securityContext\":{\"asNumber\":4294967296}}"
+             "\n");
+    put_text(t, "nulls",
+             "{\"eventType\":\"user.session.start\",\"uuid\":null,\"actor\":null,"
+             "\"target\":[null],\"version\":null}\n");
+    put_text(t, "duplicate-keys", "{\"eventType\":\"user.session.start\",\"eventType\":\"x\"}\n");
+    put_text(t, "not-an-object", "[\"eventType\",\"user.session.start\"]\n");
+    put_text(t, "trailing-garbage", "{\"eventType\":\"user.session.start\"} {}\n");
+    put(t, "invalid-utf8", BAD_UTF8_LINE, sizeof(BAD_UTF8_LINE) - 1);
+    put(t, "nul-byte", NUL_LINE, sizeof(NUL_LINE) - 1);
+    put_text(t, "escaped-nul", "{\"eventType\":\"user.session.start\\u0000x\"}\n");
+    while (n < 2100)
+        deep[n++] = '[';
+    while (n < 4200)
+        deep[n++] = ']';
+    put(t, "deep-nesting", deep, sizeof(deep));
+    n = 0;
+    n += (size_t)snprintf(deep, sizeof(deep), "{\"eventType\":\"user.session.start\",\"actor\":");
+    while (n < 4000)
+        n += (size_t)snprintf(deep + n, sizeof(deep) - n, "{\"a\":");
+    put(t, "deep-object-unterminated", deep, n);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CORPUS_DIR (tests/fuzz/corpus)\n", argv[0]);
+        return 2;
+    }
+    root = argv[1];
+    if (mkdir(root, 0755) < 0 && errno != EEXIST)
+        hb_fuzz_fail("mkdir", root);
+    identity_seeds();
+    retry_seeds();
+    json_seeds();
+    return 0;
+}
