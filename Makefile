@@ -6,6 +6,8 @@
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
 #                   then retry timeliness with 10,000 pending retries
+#   make fuzz       build the libFuzzer targets (tests/fuzz) with clang and run each for
+#                   FUZZ_SECONDS (60); see docs/fuzzing.md
 #   make DEBUG=1    unoptimised debug build (-O0 -g3)
 #   make SANITIZER=address,undefined   sanitizer build (into build-san/ and bin-san/)
 #   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
@@ -59,12 +61,18 @@ BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(B)/tests/bench/%)
 SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
 
 # Fuzz targets: tests/fuzz/fuzz_<name>.c, seeds in tests/fuzz/corpus/<name>/.
-# replay_<name> (normal compiler) feeds the whole corpus to a target in test-unit.
+# replay_<name> (normal compiler) feeds the whole corpus to a target in test-unit;
+# <name>_fuzzer is the libFuzzer build `make fuzz` runs (in $(FUZZ_B), clang).
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_NAMES   := $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
 FUZZ_REPLAY  := $(FUZZ_NAMES:%=$(B)/tests/fuzz/replay_%)
+FUZZ_BINS    := $(FUZZ_NAMES:%=$(B)/tests/fuzz/%_fuzzer)
+FUZZ_B       ?= $(B)/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
 
-.PHONY: all deps run test test-unit test-e2e test-asan bench docs clean format format-check
+.PHONY: all deps run test test-unit test-e2e test-asan bench docs clean format format-check \
+        fuzz fuzz-build
 all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS) $(FUZZ_REPLAY) $(B)/tests/fuzz/gen_seeds
 
 deps:
@@ -110,6 +118,20 @@ $(B)/tests/fuzz/replay.o: CFLAGS += -DHB_FUZZ_CORPUS='"$(CURDIR)/tests/fuzz/corp
 $(B)/tests/fuzz/gen_seeds: $(B)/tests/fuzz/gen_seeds.o $(LIBHB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(FUZZ_BINS): $(B)/tests/fuzz/%_fuzzer: $(B)/tests/fuzz/fuzz_%.o $(LIBHB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+# Everything, library included, is rebuilt with clang's coverage instrumentation
+# and ASan+UBSan in $(FUZZ_B); tests/fuzz/run.sh runs each target, keeps what it
+# finds in $(FUZZ_B)/findings and fails if anything was found.
+fuzz:
+	@$(MAKE) --no-print-directory CC=clang SANITIZER=fuzzer-no-link,address,undefined \
+	  B=$(FUZZ_B) BIN=$(FUZZ_B)/bin fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_B) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 run: deps
 	@$(MAKE) --no-print-directory all
