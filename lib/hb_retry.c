@@ -197,12 +197,14 @@ fail:
 json_t *hb_retry_msg_to_json(const hb_retry_msg_t *m) {
     json_t *ids = json_array();
     const char *p = m->event_ids ? m->event_ids : "";
+    /* every comma separates two ids, so "a," is ["a", ""] and a message
+     * keeps its event_ids from one tier to the next */
     while (*p) {
         size_t n = strcspn(p, ",");
         json_array_append_new(ids, json_stringn(p, n));
         p += n;
-        if (*p == ',')
-            p++;
+        if (*p == ',' && !*++p)
+            json_array_append_new(ids, json_string(""));
     }
     return json_pack("{s:s, s:s, s:o, s:s, s:s, s:s%, s:i, s:I, s:I, s:i, s:s, s:i}", "delivery_id",
                      m->delivery_id, "subscription_id", m->subscription_id, "event_ids", ids,
