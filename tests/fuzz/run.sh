@@ -8,8 +8,9 @@
 # (FUZZ_BUILD_DIR/corpus/TARGET, kept between runs, never committed). A crash,
 # leak, sanitizer report, timeout (FUZZ_TIMEOUT, 10 s per input) or out-of-memory
 # is a finding: libFuzzer writes the input to FUZZ_BUILD_DIR/findings/ and the
-# target fails. Extra libFuzzer flags can be given in FUZZ_ARGS. Prints one line
-# per target (executions, new inputs, findings) and fails if any target did.
+# target fails. tests/fuzz/TARGET.dict, when there is one, is the dictionary.
+# Extra libFuzzer flags can be given in FUZZ_ARGS. Prints one line per target
+# (executions, coverage, new inputs, findings) and fails if any target did.
 set -u
 dir=$1; seconds=$2; shift 2
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,12 +22,14 @@ for t in "$@"; do
   seeds="$here/corpus/$t"
   work="$dir/corpus/$t"
   log="$dir/$t.log"
+  dict=""
+  [ -f "$here/$t.dict" ] && dict="-dict=$here/$t.dict"
   mkdir -p "$work" "$seeds"
   before=$(ls "$findings" | wc -l)
   echo "fuzz $t: running for ${seconds}s (log: $log)"
   # shellcheck disable=SC2086
   "$bin" -max_total_time="$seconds" -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=2048 \
-    -print_final_stats=1 -artifact_prefix="$findings/$t-" ${FUZZ_ARGS:-} \
+    -print_final_stats=1 -artifact_prefix="$findings/$t-" $dict ${FUZZ_ARGS:-} \
     "$work" "$seeds" >"$log" 2>&1
   rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
