@@ -234,6 +234,12 @@ static void identity_seeds(void) {
     add(&o, "\0\0\0\0\0", 5);
     put_bytes(t, "array-blocks-with-sizes", &o);
     memset(&o, 0, sizeof(o));
+    add(&o, min, strings_end + 4);                /* up to actor */
+    add(&o, "\x02\0\0\0\0\x02", 6);               /* actor.detailEntry: a map of two, */
+    add(&o, "\x04\x02\xff\x02v\x02k\x02w\0", 10); /* "\xff" (not UTF-8): "v", "k": "w" */
+    add(&o, "\0\0\0\0\0\0\0\0", 8);               /* client .. request */
+    put_bytes(t, "map-key-invalid-utf8", &o);
+    memset(&o, 0, sizeof(o));
     add(&o, min, strings_end + 5);                 /* up to client */
     add(&o, "\x02\0\0\0\0\0\x02\0\0\0\0\x02", 12); /* .. geographicalContext.geolocation */
     add(&o, "\0\0\0\0\0\0\xf8\x7f", 8);            /* lat: NaN */
