@@ -981,10 +981,15 @@ static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, in
                 json_decref(j);
                 return -1;
             }
-            path[plen] = '\0';
-            if (is_map)
-                (void)json_object_set_new(j, key, cj);
-            else
+            path[plen] = '\0'; /* the key itself may not be printable */
+            if (is_map && json_object_set_new(j, key, cj) != 0) {
+                /* jansson refuses keys that are not UTF-8: the message is
+                 * poison, like a string value that is not UTF-8 */
+                hb_seterr(errstr, errstr_size, "%s: a map key is not valid UTF-8", at(path));
+                json_decref(j);
+                return -1;
+            }
+            if (!is_map)
                 (void)json_array_append_new(j, cj);
         }
         break;

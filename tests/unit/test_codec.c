@@ -454,6 +454,18 @@ static void poison_messages_fail_cleanly(void **state) {
     assert_int_equal(try_decode(c, buf, len, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "unknown writer schema fingerprint"));
 
+    /* a map key that is not UTF-8 (found by reading what the fuzzer reached):
+     * refused like a string value that is not UTF-8, not silently dropped */
+    {
+        unsigned char *p = memmem(good, len, "methodTypeUsed", 14);
+        assert_non_null(p);
+        memcpy(buf, good, len);
+        buf[p - good] = 0xff;
+        buf[p - good + 1] = 0xfe;
+        assert_int_equal(try_decode(c, buf, len, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "a map key is not valid UTF-8"));
+    }
+
     /* every truncation fails */
     for (size_t n = 0; n < len; n++) {
         assert_int_equal(try_decode(c, good, n, err, sizeof(err)), -1);
