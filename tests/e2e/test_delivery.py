@@ -37,6 +37,22 @@ def register_verified(db_url, receiver_url, types, options=None):
     return sub
 
 
+def verify_once(db_url, url, name="e2e", options=None):
+    """Registers a subscription for url and runs its verification; returns
+    (subscription id, verification state, verification_error)."""
+    opts = {"auth_header": "Authorization", "auth_value": AUTH_VALUE, "secret": SECRET}
+    opts.update(options or {})
+    sub = sql(db_url, "SELECT hookbridge.register(%s, %s, %s, %s::jsonb)", name, url,
+              ["user.session.start"], json.dumps(opts))[0][0]
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
+                           "WHERE id=%s", sub)[0][0] != "unverified" or None, 15,
+               "the verification outcome")
+    state, why = sql(db_url, "SELECT verification, verification_error "
+                     "FROM hookbridge.subscriptions WHERE id=%s", sub)[0]
+    return sub, state, why
+
+
 def event(etype, user="00u" + uuid.uuid4().hex[:10]):
     return {"uuid": str(uuid.uuid4()), "eventType": etype, "displayMessage": "e2e",
             "severity": "INFO",
@@ -217,33 +233,18 @@ def test_endpoint_that_closes_the_connection_fails_with_a_reason(db_url, broker,
     """A receiver that answers the challenge but drops every POST: a connection
     error is retryable, so the delivery is logged as waiting for a retry, with
     the reason, and the dispatcher carries on."""
-    import http.server
-    import threading
+    from hbtest.endpoints import ChallengeAnswering, serve
 
-    class Rude(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            v = self.headers.get("X-Okta-Verification-Challenge", "")
-            body = json.dumps({"verification": v}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Rude(ChallengeAnswering):
         def do_POST(self):
             self.close_connection = True
             self.connection.shutdown(2)  # no status line at all
 
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rude)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = serve(Rude)
     try:
         d = Dispatcher(procs, db_url, broker.bootstrap)
         d.wait_ready()
-        sub = register_verified(db_url, f"http://127.0.0.1:{srv.server_address[1]}/hook",
-                                ["user.account.lock"])
+        sub = register_verified(db_url, srv.url, ["user.account.lock"])
         produce(broker.bootstrap, [event("user.account.lock")])
         row = wait_until(lambda: sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
                                      "WHERE subscription_id=%s", sub) or None, 20,

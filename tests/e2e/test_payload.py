@@ -278,20 +278,11 @@ def test_timeout_ms_bounds_each_request(db_url, broker, procs, workdir):
     """An endpoint slower than the subscription's timeout_ms (500 ms here; the
     service default is 10 s): the attempt is cut off at 500 ms and the
     delivery log says "timeout after 500 ms"."""
-    import http.server
+    from hbtest.endpoints import ChallengeAnswering, serve
 
     seen = []
 
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            v = self.headers.get("X-Okta-Verification-Challenge", "")
-            body = json.dumps({"verification": v}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Slow(ChallengeAnswering):
         def do_POST(self):
             seen.append(time.monotonic())
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -302,17 +293,12 @@ def test_timeout_ms_bounds_each_request(db_url, broker, procs, workdir):
             except OSError:
                 pass  # the client gave up long ago
 
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    srv = serve(Slow)
     srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         d = Dispatcher(procs, db_url, broker.bootstrap)
         d.wait_ready()
-        sub = register(db_url, f"http://127.0.0.1:{srv.server_address[1]}/hook",
-                       ["user.session.start"], {"timeout_ms": 500})
+        sub = register(db_url, srv.url, ["user.session.start"], {"timeout_ms": 500})
         verify_and_activate(db_url, sub)
         produce(broker.bootstrap, [full_event()])
         row = wait_until(

@@ -1,0 +1,33 @@
+"""Hand-made endpoints for behaviour the example receiver does not have
+(dropping the connection, answering late): a Python HTTP server that answers
+the verification challenge like any receiver, and whatever a test wants to
+POSTs."""
+import http.server
+import json
+import threading
+
+
+class ChallengeAnswering(http.server.BaseHTTPRequestHandler):
+    """Answers GET with the echo of X-Okta-Verification-Challenge; subclasses
+    define do_POST."""
+
+    def do_GET(self):
+        v = self.headers.get("X-Okta-Verification-Challenge", "")
+        body = json.dumps({"verification": v}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def serve(handler):
+    """Starts a threaded server for handler on a free loopback port; returns it
+    (its url attribute is http://127.0.0.1:PORT/hook). Call .shutdown()."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
