@@ -382,10 +382,11 @@ void hb_config_usage(FILE *fp, unsigned program, const char *program_name) {
         fprintf(fp, "  %s, %s (%s, default \"%s\")\n      %s\n", flag, env, type_name(r->type),
                 r->def, r->help);
     }
-    fprintf(fp, "\n  -X property=value, HOOKBRIDGE_KAFKA_<PROPERTY>=value\n"
-                "      Any librdkafka property (HOOKBRIDGE_KAFKA_SASL_MECHANISM=PLAIN sets "
-                "sasl.mechanism).\n"
-                "  --config-reference   print the configuration reference in Markdown\n");
+    if (program & HB_PROG_KAFKA)
+        fprintf(fp, "\n  -X property=value, HOOKBRIDGE_KAFKA_<PROPERTY>=value\n"
+                    "      Any librdkafka property (HOOKBRIDGE_KAFKA_SASL_MECHANISM=PLAIN sets "
+                    "sasl.mechanism).\n");
+    fprintf(fp, "  --config-reference   print the configuration reference in Markdown\n");
 }
 
 void hb_config_reference(FILE *fp) {

@@ -446,8 +446,10 @@ int main(int argc, char **argv) {
     int rc, status = 1;
 
     rc = hb_config_load(&cfg, HB_PROG_MIGRATE, PROG, argc, argv, errstr, sizeof(errstr));
-    if (rc == 1) {
-        usage(stdout);
+    if (rc == 1) { /* --help (settings printed by hb_config) or --config-reference */
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+                usage(stdout);
         hb_config_free(&cfg);
         return 0;
     }
