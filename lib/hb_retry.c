@@ -161,7 +161,7 @@ int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr, s
         !(m->body = get_str(obj, "body", "body", errstr, errstr_size)) ||
         !(m->last_error = get_str(obj, "last_error", "last_error", errstr, errstr_size)))
         goto fail;
-    m->body_len = strlen(m->body);
+    m->body_len = json_string_length(json_object_get(obj, "body")); /* may hold \u0000 */
     if (strlen(m->delivery_id) != 36 || strlen(m->subscription_id) != 36) {
         hb_seterr(errstr, errstr_size,
                   "DeliveryRetry with a malformed delivery or subscription id");
