@@ -496,8 +496,14 @@ static int store_dispatch(hb_store_t *st, const store_note_t *notes, size_t n,
                 hb_seterr(errstr, errstr_size, "%s", why);
                 return -1;
             }
-            hb_log(HB_LOG_WARN, HB_KV("subscription_id", notes[i].id),
-                   "subscription change not applied: %s", why);
+            /* Fail closed: a row we cannot read (only plain SQL past the
+             * validating functions can make one) receives nothing, rather
+             * than keep an outdated snapshot that may miss a deactivation. */
+            hb_log(HB_LOG_ERROR, HB_KV("subscription_id", notes[i].id),
+                   "subscription cannot be loaded, deliveries to it stop until it is fixed: %s",
+                   why);
+            if (h && h->on_change)
+                h->on_change(notes[i].id, NULL, opaque);
             continue;
         }
         if (h && h->on_change)

@@ -87,7 +87,8 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     dl->first_attempt_ms = m.first_attempt_ms;
     dl->schedule_offset = m.schedule_offset;
     if (gone)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription deregistered");
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
+                       "subscription deregistered (or its row cannot be read)");
     else if (!sub->active)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
     else if (!sub->verified)

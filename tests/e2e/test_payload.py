@@ -249,20 +249,29 @@ def test_reserved_header_written_into_the_table_by_hand_is_not_sent(db_url, brok
     assert "text/evil" not in log and "forged" not in log
 
 
-def test_unreadable_field_list_written_by_hand_never_widens_the_selection(db_url, broker, stack):
-    """A field list the dispatcher cannot read (plain SQL past register())
-    is not taken to mean "every field": the change is refused with a
-    warning and the subscriber keeps receiving only what it chose."""
+def test_unreadable_field_list_written_by_hand_stops_deliveries_until_fixed(db_url, broker,
+                                                                            stack):
+    """A field list the dispatcher cannot read (plain SQL past register()) is
+    not taken to mean "every field", nor is an outdated snapshot kept: the
+    subscription receives nothing, with an error naming the problem, until
+    the row is fixed; then it gets only what it chose."""
     receiver, d = stack
     sub = register(db_url, receiver.url, ["user.session.start"], {"fields": ["actor"]})
     verify_and_activate(db_url, sub)
-    # The activation must be applied first: the bad row would block it too.
     wait_until(lambda: "subscription changed: active, verified" in d.proc.output(), 10,
                "the dispatcher to apply the activation")
     sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb WHERE id=%s",
         json.dumps({"fields": "actor"}), sub)
     wait_until(lambda: "malformed options.fields" in d.proc.output(), 10,
-               "the dispatcher to refuse the change")
+               "the dispatcher to refuse the row")
+    assert "deliveries to it stop until it is fixed" in d.proc.output()
+    produce(broker.bootstrap, [full_event()])
+    time.sleep(2)
+    assert receiver.posts() == [], "nothing is sent to a row that cannot be read"
+    sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb WHERE id=%s",
+        json.dumps({"fields": ["actor"]}), sub)
+    wait_until(lambda: d.proc.output().count("subscription changed: active, verified") >= 2, 10,
+               "the fixed row to be loaded")
     produce(broker.bootstrap, [full_event()])
     wait_until(lambda: receiver.posts(), 30, "the delivery")
     req = receiver.posts()[0]
