@@ -1179,7 +1179,11 @@ static int hb_http_run_early(hb_http_t *h) {
 }
 
 int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd) {
-    struct curl_waitfd wfd;
+    return hb_http_run_fds(h, timeout_ms, &extra_fd, 1);
+}
+
+int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t nextra) {
+    struct curl_waitfd wfd[4];
     unsigned int nfds = 0;
     int running = 0;
     int n = 0;
@@ -1187,13 +1191,15 @@ int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd) {
         timeout_ms = 0;
     if (timeout_ms < 0)
         timeout_ms = 0;
-    if (extra_fd >= 0) {
-        wfd.fd = extra_fd;
-        wfd.events = CURL_WAIT_POLLIN;
-        wfd.revents = 0;
-        nfds = 1;
+    for (size_t i = 0; i < nextra && nfds < HB_ARRAY_SIZE(wfd); i++) {
+        if (extra_fds[i] < 0)
+            continue;
+        wfd[nfds].fd = extra_fds[i];
+        wfd[nfds].events = CURL_WAIT_POLLIN;
+        wfd[nfds].revents = 0;
+        nfds++;
     }
-    CURLMcode mrc = curl_multi_poll(h->multi, nfds ? &wfd : NULL, nfds, timeout_ms, NULL);
+    CURLMcode mrc = curl_multi_poll(h->multi, nfds ? wfd : NULL, nfds, timeout_ms, NULL);
     if (mrc != CURLM_OK)
         hb_warn("curl_multi_poll: %s", curl_multi_strerror(mrc));
     mrc = curl_multi_perform(h->multi, &running);

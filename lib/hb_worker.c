@@ -1097,7 +1097,11 @@ static void one_pass(hb_worker_t *w, long long wait_ms) {
         wait_ms = 100;
     lag_tick(w);
     update_readiness(w);
-    (void)hb_http_run(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), w->wake[0]);
+    {
+        /* Subscription changes (LISTEN/NOTIFY) wake the loop as Kafka does. */
+        int fds[2] = {w->wake[0], w->store ? hb_store_fd(w->store) : -1};
+        (void)hb_http_run_fds(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), fds, 2);
+    }
     drain_wake_pipe(w);
 }
 
@@ -1113,6 +1117,13 @@ int hb_worker_run(hb_worker_t *w) {
                 hb_error("cannot start the Kafka consumer: %s", errstr);
                 return -1;
             }
+        }
+        /* Subscription changes first: a NOTIFY committed before an event was
+         * produced is applied before that event is matched. */
+        if (w->store &&
+            hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
+            hb_metric_inc(w->m_db_errors);
+            hb_warn("database: %s", errstr);
         }
         if (w->rk && !w->paused)
             poll_kafka(w);
