@@ -93,6 +93,8 @@ struct hb_http_xfer_s {
 
     char *resp;
     size_t resp_len, resp_cap;
+    size_t hdr_count, hdr_bytes; /* of the current response */
+    int hdr_overflow;            /* too many or too large: transfer aborted */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
@@ -417,6 +419,11 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
     static const char name[] = "retry-after:";
     if (n >= 5 && !memcmp(data, "HTTP/", 5)) {
         x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
+        x->hdr_count = x->hdr_bytes = 0;
+    } else if (++x->hdr_count > HB_HTTP_MAX_RESPONSE_HEADERS ||
+               (x->hdr_bytes += n) > HB_HTTP_MAX_RESPONSE_HEADER_BYTES) {
+        x->hdr_overflow = 1;
+        return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
     } else if (n > sizeof(name) - 1 && !strncasecmp(data, name, sizeof(name) - 1)) {
         char value[128];
         size_t len = n - (sizeof(name) - 1);
@@ -566,6 +573,12 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                              hb_http_result_t *res) {
     long os_errno = 0;
     const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    if (x->hdr_overflow) {
+        hb_seterr(res->error, sizeof(res->error),
+                  "response headers over the limit (%d headers, %d bytes): not read",
+                  HB_HTTP_MAX_RESPONSE_HEADERS, HB_HTTP_MAX_RESPONSE_HEADER_BYTES);
+        return;
+    }
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT: {
         long long cto = x->h->conf.connect_timeout_ms;

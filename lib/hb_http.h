@@ -34,6 +34,11 @@
 
 typedef struct hb_http_s hb_http_t;
 
+/* What is read of a response: its headers are bounded (a transfer over
+ * either bound is aborted with the reason); its body by max_response_bytes. */
+#define HB_HTTP_MAX_RESPONSE_HEADERS 100
+#define HB_HTTP_MAX_RESPONSE_HEADER_BYTES (32 * 1024)
+
 typedef struct hb_http_conf_s {
     long max_in_flight;
     long max_host_connections;

@@ -123,6 +123,15 @@ static enum MHD_Result srv_handle(void *cls, struct MHD_Connection *c, const cha
         ret = srv_reply(c, 200, "slow", 4, NULL, NULL);
     } else if (!strcmp(url, "/big")) {
         ret = srv_reply(c, 200, s->big, BIG_BODY_LEN, NULL, NULL);
+    } else if (!strcmp(url, "/manyheaders")) {
+        struct MHD_Response *r = MHD_create_response_from_buffer(2, "ok", MHD_RESPMEM_PERSISTENT);
+        for (int i = 0; i < 150; i++) {
+            char name[32];
+            snprintf(name, sizeof(name), "X-Noise-%d", i);
+            MHD_add_response_header(r, name, "v");
+        }
+        ret = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r);
     } else {
         ret = srv_reply(c, 404, "not found", 9, NULL, NULL);
     }
@@ -335,6 +344,29 @@ static void test_get_and_zero_body_limit(void **state) {
     hb_http_free(h);
     srv_stop(s);
     rec_clear(r, 1);
+}
+
+/* A hostile endpoint cannot make us read unbounded headers. */
+static void test_response_headers_bounded(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new(4, 4, 1, 1);
+    rec_t r[2];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/manyheaders");
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    url_for(url, sizeof(url), s, "/ok");
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
+    run_until_done(h, r, 2, 10000);
+    /* the status line arrived, the exchange did not complete: a transport
+     * error with the reason (hb_deliver_classify retries those) */
+    assert_int_not_equal(r[0].res.transport_error, 0);
+    assert_non_null(strstr(r[0].res.error, "response headers over the limit"));
+    assert_int_equal(r[1].res.http_status, 200); /* the next one is unaffected */
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 2);
 }
 
 static void test_retry_after_date(void **state) {
@@ -1016,6 +1048,7 @@ int main(void) {
         cmocka_unit_test(test_statuses),
         cmocka_unit_test(test_get_and_zero_body_limit),
         cmocka_unit_test(test_retry_after_date),
+        cmocka_unit_test(test_response_headers_bounded),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_private_refused),
         cmocka_unit_test(test_scheme_refused_up_front),
