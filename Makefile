@@ -147,8 +147,14 @@ test: deps
 test-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
 	@scripts/run-unit.sh $(UNIT_BINS) $(FUZZ_REPLAY)
 
+# The end-to-end tests mostly wait on real processes, so they run in
+# PYTEST_JOBS parallel workers (pytest-xdist); each worker has its own
+# PostgreSQL cluster, and every test its own broker and free ports.
+PYTEST_JOBS ?= 3
+PYTEST := /usr/bin/python3 -m pytest -q -p no:cacheprovider -n $(PYTEST_JOBS)
+
 test-e2e: all
-	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) $(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer;
 # LeakSanitizer reports leaks at exit of every program and test.
@@ -158,7 +164,7 @@ test-asan:
 	  $(MAKE) --no-print-directory SANITIZER=address,undefined test-unit
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  HOOKBRIDGE_TEST_SLOW=3 HOOKBRIDGE_BIN=$(CURDIR)/bin-san \
-	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+	  $(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 bench: deps
 	@$(MAKE) --no-print-directory all

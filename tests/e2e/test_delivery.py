@@ -180,7 +180,7 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     assert "poison message" in d.proc.output()
     # The poison message is not lost: its bytes are on the dead-letter topic with the reason.
     kc = KafkaConsumer("hookbridge.dlq", bootstrap_servers=broker.bootstrap.split(","),
-                       auto_offset_reset="earliest", consumer_timeout_ms=int(10000))
+                       auto_offset_reset="earliest", consumer_timeout_ms=4000)
     msgs = [m for m in kc]
     kc.close()
     assert [m.value for m in msgs] == [poison]
