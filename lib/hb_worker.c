@@ -94,7 +94,8 @@ struct hb_worker_s {
     size_t unacked; /* produced, not yet acknowledged */
     int64_t next_store_attempt;
     int64_t next_lag;
-    int brokers_up;          /* from librdkafka statistics: -1 until the first report */
+    int brokers_up; /* 0 after "all brokers down" until metadata works again */
+    int64_t next_broker_check;
     char missing_topic[256]; /* a subscribed topic the broker does not have */
     char missing_why[300];
     int64_t next_topic_check;
@@ -327,7 +328,7 @@ static int circuit_open(hb_worker_t *w, const char *id) {
 
 static void circuit_result(hb_worker_t *w, const char *id, int ok) {
     circuit_t **pp, *c;
-    if (w->cfg->circuit_failures <= 0)
+    if (!w->spec.circuit_breaker || w->cfg->circuit_failures <= 0)
         return;
     pp = circuit_slot(w, id);
     c = *pp;
@@ -535,7 +536,8 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
 
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
-    if (dl->attempt == 1 && w->cfg->circuit_failures > 0 && circuit_open(w, dl->sub->id)) {
+    if (dl->attempt == 1 && w->spec.circuit_breaker && w->cfg->circuit_failures > 0 &&
+        circuit_open(w, dl->sub->id)) {
         hb_metric_inc(w->m_circuit_skips);
         route_retry(w, dl, 0, NULL, "circuit open: endpoint failing, attempt skipped", 0);
         delivery_finish(w, dl);
@@ -840,29 +842,37 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
-/* librdkafka statistics (every 5 s, on the loop thread through the consumer
- * poll): how many brokers of the cluster the consumer is connected to. */
-static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+/* librdkafka's error events (loop thread, through the consumer poll). All
+ * brokers down makes the service not ready until a metadata request succeeds
+ * again (broker_check). Statistics would tell the same but enabling them
+ * delayed fetches by hundreds of milliseconds with librdkafka 2.0.2. */
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     hb_worker_t *w = opaque;
-    json_t *root = json_loadb(json, len, 0, NULL), *brokers, *b;
-    const char *name;
-    int up = 0;
     (void)rk;
-    brokers = json_object_get(root, "brokers");
-    json_object_foreach(brokers, name, b) {
-        const char *state = json_string_value(json_object_get(b, "state"));
-        if (json_integer_value(json_object_get(b, "nodeid")) >= 0 && state && !strcmp(state, "UP"))
-            up++;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        if (w->brokers_up != 0)
+            hb_error("no Kafka broker reachable (not ready until one is): %s", reason);
+        w->brokers_up = 0;
+        w->next_broker_check = hb_mono_ms() + 2000;
+        return;
     }
-    if (root) {
-        if (up == 0 && w->brokers_up != 0)
-            hb_error("no Kafka broker reachable (not ready until one is)");
-        else if (up > 0 && w->brokers_up == 0)
-            hb_info("Kafka reachable again: connected to %d broker(s)", up);
-        w->brokers_up = up;
+    hb_metric_inc(w->m_kafka_errors);
+    hb_log(HB_LOG_DEBUG, HB_KV("source", "librdkafka"), "kafka error: %s", reason);
+}
+
+/* While no broker is reachable, ask for metadata every 2 s (up to 1 s). */
+static void broker_check(hb_worker_t *w) {
+    const struct rd_kafka_metadata *md = NULL;
+    if (w->brokers_up != 0 || !w->rk || hb_mono_ms() < w->next_broker_check)
+        return;
+    w->next_broker_check = hb_mono_ms() + 2000;
+    if (rd_kafka_metadata(w->rk, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+        if (md->broker_cnt > 0) {
+            hb_info("Kafka reachable again: %d broker(s)", md->broker_cnt);
+            w->brokers_up = md->broker_cnt;
+        }
+        rd_kafka_metadata_destroy(md);
     }
-    json_decref(root);
-    return 0; /* librdkafka frees json */
 }
 
 static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
@@ -881,14 +891,14 @@ static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
         hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "partition.assignment.strategy", "range", errstr, errstr_size) <
             0 ||
-        hb_kafka_conf_set(conf, "statistics.interval.ms", "5000", errstr, errstr_size) < 0 ||
+
         /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
         hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_stats_cb(conf, on_stats);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     rd_kafka_conf_set_opaque(conf, w);
     w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (!w->rk) {
@@ -1047,6 +1057,7 @@ static void topic_check(hb_worker_t *w) {
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
     topic_check(w);
+    broker_check(w);
     if (hb_stop_requested)
         why = "shutting down";
     else if (w->missing_topic[0])

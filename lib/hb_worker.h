@@ -82,6 +82,7 @@ typedef struct hb_worker_spec_s {
     int topics_cnt;
     const hb_worker_hooks_t *hooks;
     void *opaque;
+    int circuit_breaker; /* skip first attempts to failing endpoints (dispatcher) */
 } hb_worker_spec_t;
 
 hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec, char *errstr,

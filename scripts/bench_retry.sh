@@ -3,9 +3,13 @@
 #
 # A throwaway PostgreSQL, the embedded broker, nginx answering 503 to every
 # POST, the dispatcher and the retrier with the schedule "$BENCH_RETRY_DELAY"
-# (default 20s) and no jitter. BENCH_RETRIES events (default 10000) are
-# produced at once: every first attempt fails, so that many retries wait in
+# (default 20s) and no jitter. BENCH_SUBS subscriptions (default 20) share the
+# endpoint, and BENCH_RETRIES / BENCH_SUBS events (default 10000 / 20) are
+# produced at once: every first attempt fails, so BENCH_RETRIES retries wait in
 # the delay tier together, and the retrier must fire each when it is due.
+# (Retries are keyed by subscription, so one subscription's retries share a
+# partition: several subscriptions spread them, and keep each partition under
+# the dev broker's ~5 MiB.)
 #
 #   lateness   second POST time - (first POST time + delay), per webhook-id,
 #              from nginx's log (p50, p99, max); the first POST's answer takes
@@ -21,6 +25,7 @@ cd "$(dirname "$0")/.."
 BIN=$STACK_BIN
 
 N=${BENCH_RETRIES:-10000}
+SUBS=${BENCH_SUBS:-20}
 DELAY=${BENCH_RETRY_DELAY:-20s}
 for p in hookbridge-devbroker hookbridge-migrate hookbridge-dispatcher hookbridge-retrier \
   hookbridge-producer; do
@@ -35,7 +40,7 @@ export HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS=10
 say "retry bench: starting PostgreSQL, the embedded broker, nginx (503 to every POST)"
 stack_start_postgres
 # ~1.5 KB per retry message; each dev-broker partition keeps ~5 MiB
-stack_start_devbroker --partitions $(((N + 1999) / 2000 + 6))
+stack_start_devbroker --partitions 12
 stack_migrate >/dev/null
 stack_start_nginx 503 || die "nginx did not start"
 
@@ -43,13 +48,15 @@ stack_start_dispatcher
 stack_wait_dispatcher_ready 30 || die "the dispatcher did not become ready"
 stack_start_retrier
 TYPES=$(grep -v '^#' schema/event_types.txt | cut -f1 | grep -v '^$' | paste -sd,)
-SUB=$(stack_register bench-retry "$STACK_NGINX_URL" "$TYPES" '{}')
-stack_verify "$SUB" || die "verification: $STACK_VERIFICATION"
-stack_activate "$SUB"
+for i in $(seq "$SUBS"); do
+  SUB=$(stack_register "bench-retry-$i" "$STACK_NGINX_URL?s=$i" "$TYPES" '{}')
+  stack_verify "$SUB" || die "verification: $STACK_VERIFICATION"
+  stack_activate "$SUB"
+done
 sleep 1
 
-say "producing $N events; each first attempt fails and waits $DELAY in the delay tier"
-"$BIN/hookbridge-producer" --generate "$N" >/dev/null
+say "producing $((N / SUBS)) events for $SUBS subscriptions; each first attempt fails and waits $DELAY"
+"$BIN/hookbridge-producer" --generate $((N / SUBS)) >/dev/null
 posts() { awk '$2 == "POST"' "$STACK_NGINX_LOG" | wc -l; }
 for _ in $(seq 1200); do
   [ "$(posts)" -ge $((2 * N)) ] && break
