@@ -166,3 +166,10 @@ void hb_offsets_forget(hb_offsets_t *o, const char *topic, int32_t partition) {
 size_t hb_offsets_pending(const hb_offsets_t *o) {
     return o->pending;
 }
+
+int64_t hb_offsets_position(const hb_offsets_t *o, const char *topic, int32_t partition) {
+    for (const hb_offpart_t *p = o->parts; p; p = p->next)
+        if (p->partition == partition && !strcmp(p->topic, topic))
+            return p->position;
+    return -1;
+}

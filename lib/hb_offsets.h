@@ -45,4 +45,7 @@ void hb_offsets_forget(hb_offsets_t *o, const char *topic, int32_t partition);
 /* Messages tracked and not done, over all live partitions. */
 size_t hb_offsets_pending(const hb_offsets_t *o);
 
+/* The committable position of a partition (next offset), -1 when unknown. */
+int64_t hb_offsets_position(const hb_offsets_t *o, const char *topic, int32_t partition);
+
 #endif

@@ -94,6 +94,10 @@ struct hb_worker_s {
     size_t unacked; /* produced, not yet acknowledged */
     int64_t next_store_attempt;
     int64_t next_lag;
+    /* our own copy of the assignment, kept by the rebalance callback:
+     * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
+     * the loop for up to a second under load */
+    rd_kafka_topic_partition_list_t *assignment;
     int brokers_up; /* 0 after "all brokers down" until metadata works again */
     int64_t next_broker_check;
     char missing_topic[256]; /* a subscribed topic the broker does not have */
@@ -692,7 +696,7 @@ static void set_paused(hb_worker_t *w, int pause) {
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (w->paused == pause || !w->rk)
         return;
-    if (rd_kafka_assignment(w->rk, &parts) == RD_KAFKA_RESP_ERR_NO_ERROR && parts) {
+    if (w->assignment && (parts = rd_kafka_topic_partition_list_copy(w->assignment)) != NULL) {
         if (!pause) { /* deferred partitions stay paused until due */
             rd_kafka_topic_partition_list_t *live = rd_kafka_topic_partition_list_new(parts->cnt);
             for (int i = 0; i < parts->cnt; i++)
@@ -818,6 +822,14 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (w->paused)
             (void)rd_kafka_pause_partitions(rk, parts);
         w->assigned = 1;
+        if (!cooperative || !w->assignment) {
+            if (w->assignment)
+                rd_kafka_topic_partition_list_destroy(w->assignment);
+            w->assignment = rd_kafka_topic_partition_list_new(parts->cnt);
+        }
+        for (int i = 0; i < parts->cnt; i++)
+            rd_kafka_topic_partition_list_add(w->assignment, parts->elems[i].topic,
+                                              parts->elems[i].partition);
     } else {
         hb_info("revoking %d partition(s)", parts->cnt);
         /* Commit what is finished before the new owner starts from it. */
@@ -833,6 +845,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             kerr = rd_kafka_incremental_unassign(rk, parts);
         else
             (void)rd_kafka_assign(rk, NULL);
+        for (int i = 0; w->assignment && i < parts->cnt; i++)
+            (void)rd_kafka_topic_partition_list_del(w->assignment, parts->elems[i].topic,
+                                                    parts->elems[i].partition);
         if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
             hb_warn("rebalance: %s", rd_kafka_err2str(err));
     }
@@ -994,9 +1009,9 @@ static void drain_wake_pipe(hb_worker_t *w) {
         ;
 }
 
-/* hookbridge_consumer_lag{topic,partition}: messages between the consumer's
- * position and the partition's end, from librdkafka's cached watermarks (no
- * broker round trip). A partition revoked from this process reads 0 here. */
+/* hookbridge_consumer_lag{topic,partition}: messages between the committable
+ * position (everything before it is done) and the partition's end, from librdkafka's cached
+ * watermarks (no broker round trip). A partition revoked from this process reads 0 here. */
 static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero) {
     for (int i = 0; i < parts->cnt; i++) {
         const rd_kafka_topic_partition_t *p = &parts->elems[i];
@@ -1019,13 +1034,11 @@ static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *pa
 }
 
 static void lag_tick(hb_worker_t *w) {
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (!w->rk || hb_mono_ms() < w->next_lag)
+    rd_kafka_topic_partition_list_t *parts;
+    if (!w->rk || !w->assignment || hb_mono_ms() < w->next_lag)
         return;
     w->next_lag = hb_mono_ms() + LAG_EVERY_MS;
-    if (rd_kafka_assignment(w->rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
-        return;
-    (void)rd_kafka_position(w->rk, parts);
+    parts = rd_kafka_topic_partition_list_copy(w->assignment);
     update_lag(w, parts, 0);
     rd_kafka_topic_partition_list_destroy(parts);
 }
@@ -1323,6 +1336,8 @@ void hb_worker_free(hb_worker_t *w) {
         rd_kafka_queue_destroy(w->rkq);
     if (w->rk)
         rd_kafka_destroy(w->rk);
+    if (w->assignment)
+        rd_kafka_topic_partition_list_destroy(w->assignment);
     if (w->pq)
         rd_kafka_queue_destroy(w->pq);
     if (w->producer) {
