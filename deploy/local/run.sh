@@ -80,7 +80,12 @@ say "producing sample events (only user.session.start and user.lifecycle.create 
 "$BIN/hookbridge-producer" --generate 20
 
 say "waiting for the flaky receiver's retries (schedule $HOOKBRIDGE_RETRY_SCHEDULE)"
-sleep 10
+for _ in $(seq 300); do # at most 30 s
+  DONE=$(stack_psql -At -c "SELECT count(*) FROM hookbridge.deliveries
+                             WHERE subscription_id = '$FSUB' AND status = 'delivered'")
+  [ "$DONE" -ge 1 ] && break
+  sleep 0.1
+done
 say "the delivery log (hookbridge.deliveries)"
 stack_psql -c "SELECT s.name AS subscription, d.status, d.attempts, count(*) AS deliveries
                  FROM hookbridge.deliveries d JOIN hookbridge.subscriptions s ON s.id = d.subscription_id
