@@ -444,16 +444,12 @@ def test_valid_payload_options_are_stored(db_url):
                "WHERE id=%s", sub)[0][0] == 60000
 
 
-def test_limit_function_bounds_headers_when_installed(db_url):
-    """With hookbridge.limit() (migration 0003) in place its bounds apply;
-    until then, 20 headers and 8192 bytes. A stand-in shows the lookup."""
-    if sql(db_url, "SELECT to_regprocedure('hookbridge.limit(text)') IS NOT NULL")[0][0]:
-        pytest.skip("hookbridge.limit is installed; its own tests set its bounds")
-    sql(db_url, "CREATE FUNCTION hookbridge.limit(name text) RETURNS bigint LANGUAGE sql AS "
-        "$$ SELECT CASE name WHEN 'max_headers' THEN 2 WHEN 'max_header_bytes' THEN 20 END $$")
-    opts = {"headers": {"X-A": "1", "X-B": "2", "X-C": "3"}}
+def test_header_bounds_follow_the_limits_table(db_url):
+    """max_headers and max_header_bytes in hookbridge.limits apply at once."""
+    sql(db_url, "UPDATE hookbridge.limits SET value = 2 WHERE name = 'max_headers'")
+    sql(db_url, "UPDATE hookbridge.limits SET value = 20 WHERE name = 'max_header_bytes'")
     code, text = sqlstate(db_url, "SELECT hookbridge._check_options(%s::jsonb)",
-                          json.dumps(opts))
+                          json.dumps({"headers": {"X-A": "1", "X-B": "2", "X-C": "3"}}))
     assert code == "HB016" and "at most 2" in text
     code, text = sqlstate(db_url, "SELECT hookbridge._check_options(%s::jsonb)",
                           json.dumps({"headers": {"X-Abcdefgh": "0123456789a"}}))
