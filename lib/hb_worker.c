@@ -382,10 +382,7 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
     return dl;
 }
 
-/* Releases the delivery's holds (its work is now held by gates, or done). */
-static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
-    for (size_t i = 0; i < dl->jobs_cnt; i++)
-        hb_job_release(w, dl->jobs[i]);
+static void delivery_free(hb_delivery_t *dl) {
     hb_sub_unref(dl->sub);
     free(dl->jobs);
     free(dl->body);
@@ -393,6 +390,13 @@ static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
     free(dl->event_ids);
     free(dl->event_type);
     free(dl);
+}
+
+/* Releases the delivery's holds (its work is now held by gates, or done). */
+static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        hb_job_release(w, dl->jobs[i]);
+    delivery_free(dl);
 }
 
 static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
@@ -567,14 +571,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
 
     free(ctx);
     w->in_flight--;
-    if (w->abandoning) { /* shutdown: the message will be consumed again */
-        hb_sub_unref(dl->sub);
-        free(dl->jobs);
-        free(dl->body);
-        free(dl->content_type);
-        free(dl->event_ids);
-        free(dl->event_type);
-        free(dl);
+    if (w->abandoning) {   /* shutdown: the message will be consumed again */
+        delivery_free(dl); /* its jobs stay unfinished, freed with the worker */
         return;
     }
     outcome = hb_deliver_classify(res, reason, sizeof(reason));
@@ -1087,7 +1085,10 @@ static void update_readiness(hb_worker_t *w) {
     hb_metric_set(w->m_in_flight, (double)w->in_flight);
 }
 
-static void one_pass(hb_worker_t *w, long long wait_ms) {
+/* One turn of the loop; consume: take messages from Kafka (not while
+ * draining). Subscription changes are applied first, so a NOTIFY committed
+ * before an event was produced is applied before that event is matched. */
+static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     char errstr[512];
     long long next;
     hb_httpd_beat(w->httpd);
@@ -1095,6 +1096,8 @@ static void one_pass(hb_worker_t *w, long long wait_ms) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
+    if (consume && w->rk && !w->paused)
+        poll_kafka(w);
     rd_kafka_poll(w->producer, 0); /* delivery reports */
     if (w->resend)
         resend_due(w);
@@ -1142,16 +1145,7 @@ int hb_worker_run(hb_worker_t *w) {
                 return -1;
             }
         }
-        /* Subscription changes first: a NOTIFY committed before an event was
-         * produced is applied before that event is matched. */
-        if (w->store &&
-            hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
-            hb_metric_inc(w->m_db_errors);
-            hb_warn("database: %s", errstr);
-        }
-        if (w->rk && !w->paused)
-            poll_kafka(w);
-        one_pass(w, LOOP_WAIT_MS);
+        one_pass(w, LOOP_WAIT_MS, 1);
     }
 
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms", w->in_flight,
@@ -1161,7 +1155,7 @@ int hb_worker_run(hb_worker_t *w) {
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
     while ((w->in_flight > 0 || w->resend) && hb_mono_ms() < deadline)
-        one_pass(w, 50);
+        one_pass(w, 50, 0);
     if (w->in_flight > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
                 "again",
