@@ -5,14 +5,18 @@
  * where it lands in hb_config_t, its default, its bounds, which programs read
  * it, and its help text. Parsing, --help and the Markdown reference all walk
  * this table. Secret settings are parsed like the others but their values are
- * never printed, not even in an error about them.
+ * never printed, not even in an error about them, and are wiped when freed.
+ * The services' sealing key (HOOKBRIDGE_SECRET_KEY) is checked here with
+ * hb_keyring_new, so a service without a usable key never starts.
  */
 #include "hb_config.h"
 #include "hb_retry.h"
 #include "hb_log.h"
+#include "hb_seal.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -36,8 +40,21 @@ typedef struct {
 #define LL_MAX 9223372036854775807LL
 
 static const cf_row_t cf_table[] = {
-    {"database_url", CF_STR, OFF(database_url), "", 0, 0, HB_PROG_SERVICES | HB_PROG_MIGRATE, 1,
+    {"database_url", CF_STR, OFF(database_url), "", 0, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE | HB_PROG_SECRET, 1,
      "PostgreSQL connection string (libpq URI or key=value)."},
+    {"secret_key", CF_STR, OFF(secret_key), "", 0, 0, HB_PROG_SERVICES | HB_PROG_SECRET, 1,
+     "Required. The key that seals signing secrets and auth header values in the database "
+     "(AES-256-GCM; the key itself is never stored there): 32 random bytes as base64, or 64 "
+     "hex digits. Generate one with `hookbridge-secret generate-key`; every dispatcher and "
+     "retrier needs the same key. To rotate, add the current key to secret_keys_old and set "
+     "a new one here: new values are sealed with the new key and the services re-seal older "
+     "ones."},
+    {"secret_keys_old", CF_STR, OFF(secret_keys_old), "", 0, 0, HB_PROG_SERVICES | HB_PROG_SECRET,
+     1,
+     "Previous secret keys (same format), separated by commas or spaces, used only to open "
+     "values sealed before a rotation. Remove a key once no stored value names its key id "
+     "(`hookbridge-secret key-id` prints the ids)."},
     {"kafka_brokers", CF_STR, OFF(kafka_brokers), "localhost:9092", 0, 0, HB_PROG_KAFKA, 0,
      "Kafka bootstrap servers, comma-separated host:port."},
     {"events_topic", CF_STR, OFF(events_topic), "identity.events", 0, 0, HB_PROG_KAFKA, 0,
@@ -175,6 +192,8 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
 
     switch (r->type) {
     case CF_STR:
+        if (r->secret && *(char **)dst)
+            OPENSSL_cleanse(*(char **)dst, strlen(*(char **)dst));
         free(*(char **)dst);
         *(char **)dst = hb_strdup(val);
         return 0;
@@ -346,13 +365,41 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
         }
         hb_schedule_free(&sch);
     }
+    if (program & HB_PROG_SERVICES) {
+        /* A service without its key could not deliver to any endpoint: refuse
+         * now, naming the variable, rather than fail on every subscription. */
+        static const char hint[] = "generate one with: hookbridge-secret generate-key";
+        char why[256];
+        hb_keyring_t *kr;
+        if (!*cfg->secret_key) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_SECRET_KEY is not set: it is the key that seals signing "
+                      "secrets and auth values in the database; %s",
+                      hint);
+            return -1;
+        }
+        kr = hb_keyring_new(cfg->secret_key, NULL, why, sizeof(why));
+        if (!kr) {
+            hb_seterr(errstr, errstr_size, "%s; %s", why, hint);
+            return -1;
+        }
+        hb_keyring_free(kr);
+        kr = hb_keyring_new(cfg->secret_key, cfg->secret_keys_old, errstr, errstr_size);
+        if (!kr)
+            return -1;
+        hb_keyring_free(kr);
+    }
     return 0;
 }
 
 void hb_config_free(hb_config_t *cfg) {
     for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++)
-        if (cf_table[i].type == CF_STR)
-            free(*(char **)((char *)cfg + cf_table[i].off));
+        if (cf_table[i].type == CF_STR) {
+            char *v = *(char **)((char *)cfg + cf_table[i].off);
+            if (v && cf_table[i].secret)
+                OPENSSL_cleanse(v, strlen(v));
+            free(v);
+        }
     for (size_t i = 0; i < cfg->kafka_props_cnt * 2; i++)
         free(cfg->kafka_props[i]);
     free(cfg->kafka_props);
@@ -396,7 +443,8 @@ void hb_config_reference(FILE *fp) {
     } progs[] = {{HB_PROG_PRODUCER, "producer"},
                  {HB_PROG_DISPATCHER, "dispatcher"},
                  {HB_PROG_RETRIER, "retrier"},
-                 {HB_PROG_MIGRATE, "migrate"}};
+                 {HB_PROG_MIGRATE, "migrate"},
+                 {HB_PROG_SECRET, "secret"}};
     char env[64], flag[64];
     fprintf(fp, "| variable | flag | type | default | programs | description |\n"
                 "| --- | --- | --- | --- | --- | --- |\n");

@@ -23,12 +23,15 @@
 #define HB_PROG_DISPATCHER 0x02u
 #define HB_PROG_RETRIER 0x04u
 #define HB_PROG_MIGRATE 0x08u
+#define HB_PROG_SECRET 0x10u /* hookbridge-secret */
 #define HB_PROG_SERVICES (HB_PROG_DISPATCHER | HB_PROG_RETRIER)
 #define HB_PROG_KAFKA (HB_PROG_PRODUCER | HB_PROG_SERVICES)
 #define HB_PROG_ALL 0xffu
 
 typedef struct hb_config_s {
-    char *database_url; /* secret: never printed */
+    char *database_url;    /* secret: never printed */
+    char *secret_key;      /* secret: sealing key (hb_seal), validated at load by services */
+    char *secret_keys_old; /* secret: old keys, for opening only */
     char *kafka_brokers;
     char *events_topic;
     char *dlq_topic;

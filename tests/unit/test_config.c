@@ -9,6 +9,10 @@
 
 #include "hb_config.h"
 
+/* Sealing keys for the services: 32 bytes in base64, and another in hex. */
+#define TEST_KEY "c2VhbGluZy1rZXktZm9yLXRoZS1jb25maWctdGVzdHM="
+#define OLD_KEY "0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20"
+
 static int load(hb_config_t *cfg, int argc, char **argv, char *err, size_t errsz) {
     return hb_config_load(cfg, HB_PROG_DISPATCHER, "test", argc, argv, err, errsz);
 }
@@ -23,6 +27,9 @@ static void clear_env(void) {
     unsetenv("HOOKBRIDGE_CA_FILE");
     unsetenv("HOOKBRIDGE_TLS_CLIENT_CERT");
     unsetenv("HOOKBRIDGE_TLS_CLIENT_KEY");
+    unsetenv("HOOKBRIDGE_SECRET_KEYS_OLD");
+    /* The services refuse to start without a sealing key (see secret_key_required). */
+    setenv("HOOKBRIDGE_SECRET_KEY", TEST_KEY, 1);
 }
 
 static void defaults_env_then_flags(void **state) {
@@ -147,6 +154,84 @@ static void outbound_security_in_help(void **state) {
     free(text);
 }
 
+/* The services need HOOKBRIDGE_SECRET_KEY; a missing or unusable one stops
+ * them at start with the variable and how to make a key, never its value. */
+static void secret_key_required(void **state) {
+    static const struct {
+        const char *key, *old, *expect;
+    } cases[] = {
+        {NULL, NULL,
+         "HOOKBRIDGE_SECRET_KEY is not set: it is the key that seals signing secrets and auth "
+         "values in the database; generate one with: hookbridge-secret generate-key"},
+        {"", NULL, "HOOKBRIDGE_SECRET_KEY is not set"},
+        {"c2VhbGluZy1rZXktZm9yLXRoZS1jb25maWctdGVzdA==", NULL,
+         "HOOKBRIDGE_SECRET_KEY: 31 bytes, want 32; generate one with: hookbridge-secret "
+         "generate-key"},
+        {"not-a-key-at-all!", NULL, "HOOKBRIDGE_SECRET_KEY: neither base64 nor hex"},
+        {TEST_KEY, OLD_KEY " 0102030405",
+         "key 2 of HOOKBRIDGE_SECRET_KEYS_OLD: 10 hex digits, "
+         "want 64"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        hb_config_t cfg;
+        char err[512] = "";
+        char *argv[] = {"prog", NULL};
+        clear_env();
+        if (cases[i].key)
+            setenv("HOOKBRIDGE_SECRET_KEY", cases[i].key, 1);
+        else
+            unsetenv("HOOKBRIDGE_SECRET_KEY");
+        if (cases[i].old)
+            setenv("HOOKBRIDGE_SECRET_KEYS_OLD", cases[i].old, 1);
+        assert_int_equal(load(&cfg, 1, argv, err, sizeof(err)), -1);
+        if (!strstr(err, cases[i].expect))
+            fail_msg("got \"%s\", want \"%s\"", err, cases[i].expect);
+        if (cases[i].key && *cases[i].key)
+            assert_null(strstr(err, cases[i].key));
+        assert_null(strstr(err, "0102030405"));
+        hb_config_free(&cfg);
+        /* The retrier too; the producer and migrate do not read it. */
+        assert_int_equal(hb_config_load(&cfg, HB_PROG_RETRIER, "t", 1, argv, err, sizeof(err)), -1);
+        hb_config_free(&cfg);
+        assert_int_equal(hb_config_load(&cfg, HB_PROG_PRODUCER, "t", 1, argv, err, sizeof(err)), 0);
+        assert_string_equal(cfg.secret_key, "");
+        hb_config_free(&cfg);
+        assert_int_equal(hb_config_load(&cfg, HB_PROG_MIGRATE, "t", 1, argv, err, sizeof(err)), 0);
+        hb_config_free(&cfg);
+        /* hookbridge-secret reads it but checks it per command (generate-key needs none). */
+        assert_int_equal(hb_config_load(&cfg, HB_PROG_SECRET, "t", 1, argv, err, sizeof(err)), 0);
+        hb_config_free(&cfg);
+    }
+    {
+        hb_config_t cfg;
+        char err[512] = "";
+        char *argv[] = {"prog", NULL};
+        clear_env();
+        setenv("HOOKBRIDGE_SECRET_KEYS_OLD", " " OLD_KEY ", ", 1);
+        assert_int_equal(load(&cfg, 1, argv, err, sizeof(err)), 0);
+        assert_string_equal(cfg.secret_key, TEST_KEY);
+        assert_string_equal(cfg.secret_keys_old, " " OLD_KEY ", ");
+        hb_config_free(&cfg);
+        clear_env();
+    }
+}
+
+/* --help shows the key settings, hidden like every secret: no default shown. */
+static void secret_key_in_help(void **state) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *fp = open_memstream(&text, &len);
+    assert_non_null(fp);
+    hb_config_usage(fp, HB_PROG_RETRIER, "hookbridge-retrier");
+    hb_config_usage(fp, HB_PROG_SECRET, "hookbridge-secret");
+    fclose(fp);
+    assert_non_null(strstr(text, "--secret-key, HOOKBRIDGE_SECRET_KEY"));
+    assert_non_null(strstr(text, "--secret-keys-old, HOOKBRIDGE_SECRET_KEYS_OLD"));
+    assert_non_null(strstr(text, "hookbridge-secret generate-key"));
+    assert_null(strstr(text, TEST_KEY));
+    free(text);
+}
+
 static void durations(void **state) {
     long long ms;
     assert_int_equal(hb_duration_parse_ms("250ms", &ms), 0);
@@ -170,6 +255,8 @@ int main(void) {
         cmocka_unit_test(bad_values_name_the_setting),
         cmocka_unit_test(outbound_security_settings),
         cmocka_unit_test(outbound_security_in_help),
+        cmocka_unit_test(secret_key_required),
+        cmocka_unit_test(secret_key_in_help),
         cmocka_unit_test(durations),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
