@@ -40,11 +40,12 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o) $(B)/gen/schemas.o
 LIBHB    := $(B)/libhookbridge.a
 
 PROGRAMS := hookbridge-producer hookbridge-dispatcher hookbridge-migrate \
-            hookbridge-devbroker hookbridge-receiver
+            hookbridge-devbroker hookbridge-receiver hookbridge-secret
 hookbridge-producer_SRC   := $(wildcard producer/*.c)
 hookbridge-dispatcher_SRC := $(wildcard dispatcher/*.c)
 hookbridge-retrier_SRC    := $(wildcard retrier/*.c)
 hookbridge-migrate_SRC    := $(wildcard migrations/*.c)
+hookbridge-secret_SRC     := $(wildcard secret/*.c)
 hookbridge-devbroker_SRC  := $(wildcard deploy/local/*.c)
 hookbridge-receiver_SRC   := $(wildcard examples/receiver/*.c)
 # The receiver enforces client certificates (mTLS) on libmicrohttpd's GnuTLS sessions.
