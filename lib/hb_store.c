@@ -32,32 +32,41 @@
 #include <string.h>
 
 #include "hb_log.h"
+#include "hb_seal.h"
 #include "hb_sign.h"
 
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 30000
 #define STORE_NOTIFY_ROUNDS 16 /* bound on re-draining per hb_store_process call */
+#define STORE_SEAL_BATCH 100   /* inbox rows (or values to re-seal) per transaction */
+#define STORE_SEAL_BATCH_STR "100"
 
 struct hb_store_s {
     char *conninfo;      /* may hold a password: cleansed on free, never printed */
     PGconn *conn;        /* NULL while disconnected */
     int64_t retry_at_ms; /* monotonic; next reconnect attempt */
     int64_t backoff_ms;
+    const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
+    int seal_due;                /* hookbridge_seal was notified */
 };
 
 /* One query shape for every snapshot: $1 NULL loads all live subscriptions.
- * Event types come space-separated (catalogue names have no spaces); secrets
- * as "secret expires_ms" pairs, current first, at most two unexpired. */
+ * Event types come space-separated (catalogue names have no spaces); signing
+ * secrets as "row_id sealed_hex key_id expires_ms" quadruples ("-" for a
+ * value not sealed yet), current first, at most two unexpired. The auth value
+ * comes sealed too, with auth_pending true while a service has yet to seal it. */
 static const char STORE_SELECT[] =
     "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
-    "       s.auth_value, s.options->>'format', s.options->>'timeout_ms',"
+    "       encode(s.auth_sealed, 'hex'), s.auth_key_id, s.auth_pending IS NOT NULL,"
+    "       s.options->>'format', s.options->>'timeout_ms',"
     "       s.options->>'batch_max', s.options->>'batch_window_ms',"
     "       s.options->'fields', s.options->'headers', s.options->'filter',"
     "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"
     "          FROM hookbridge.subscription_event_types st"
     "         WHERE st.subscription_id = s.id),"
     "       (SELECT string_agg(x.secret || ' ' || x.exp_ms, ' ' ORDER BY x.ord)"
-    "          FROM (SELECT sec.secret,"
+    "          FROM (SELECT sec.id || ' ' || coalesce(encode(sec.sealed, 'hex'), '-') || ' '"
+    "                           || coalesce(sec.key_id, '-') AS secret,"
     "                       coalesce((extract(epoch FROM sec.expires_at) * 1000)::bigint, 0)::text"
     "                           AS exp_ms,"
     "                       row_number() OVER (ORDER BY sec.expires_at DESC NULLS FIRST,"
@@ -80,7 +89,9 @@ enum {
     COL_STATUS,
     COL_VERIFICATION,
     COL_AUTH_HEADER,
-    COL_AUTH_VALUE,
+    COL_AUTH_SEALED,
+    COL_AUTH_KEY_ID,
+    COL_AUTH_PENDING,
     COL_FORMAT,
     COL_TIMEOUT,
     COL_BATCH_MAX,
@@ -146,31 +157,78 @@ static int parse_event_types(hb_sub_t *sub, const char *list) {
     return 0;
 }
 
-static int parse_secrets(hb_sub_t *sub, const char *list, char *errstr, size_t errstr_size) {
-    char *copy, *save = NULL, *secret, *exp;
-    char why[128];
+/* The AAD that binds a sealed value to its row (lib/hb_seal.h): a signing
+ * secret (secret_id > 0) or the auth value of subscription sub_id. */
+static int row_aad(char *aad, size_t n, const char *sub_id, long long secret_id, char *errstr,
+                   size_t errstr_size) {
+    int rc = secret_id > 0 ? hb_seal_aad_signing(aad, n, sub_id, secret_id)
+                           : hb_seal_aad_auth(aad, n, sub_id);
+    if (rc < 0)
+        hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"", sub_id);
+    return rc;
+}
+
+/* Opens one sealed value of subscription `sub_id`; aad names its row. */
+static int open_sealed(const hb_keyring_t *kr, const char *sub_id, const char *what,
+                       const char *aad, const char *hex, const char *key_id, char **out,
+                       char *errstr, size_t errstr_size) {
+    char why[256];
+    size_t len;
+    if (!kr) {
+        hb_seterr(errstr, errstr_size, "subscription %s: no key to open its %s", sub_id, what);
+        return -1;
+    }
+    if (hb_unseal_hex(kr, key_id, aad, hex, out, &len, why, sizeof(why)) < 0) {
+        hb_seterr(errstr, errstr_size, "subscription %s: cannot open its %s: %s", sub_id, what,
+                  why);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_secrets(const hb_keyring_t *kr, hb_sub_t *sub, const char *list, char *errstr,
+                         size_t errstr_size) {
+    char *copy, *save = NULL, *row_id, *hex, *key_id, *exp, *secret = NULL;
+    char why[128], aad[128];
     int rc = -1;
-    long long exp_ms;
+    long long exp_ms, secret_id;
     if (!list || !*list) {
         hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
         return -1;
     }
     copy = hb_strdup(list);
     while (sub->secrets_cnt < (int)HB_ARRAY_SIZE(sub->secrets)) {
-        secret = strtok_r(sub->secrets_cnt == 0 ? copy : NULL, " ", &save);
-        if (!secret)
+        row_id = strtok_r(sub->secrets_cnt == 0 ? copy : NULL, " ", &save);
+        if (!row_id)
             break;
+        hex = strtok_r(NULL, " ", &save);
+        key_id = strtok_r(NULL, " ", &save);
         exp = strtok_r(NULL, " ", &save);
         exp_ms = 0;
-        if (!exp || parse_ll(exp, &exp_ms) < 0) {
-            hb_seterr(errstr, errstr_size, "subscription %s: malformed secret expiry", sub->id);
+        if (!exp || parse_ll(exp, &exp_ms) < 0 || parse_ll(row_id, &secret_id) < 0) {
+            hb_seterr(errstr, errstr_size, "subscription %s: malformed signing secret row",
+                      sub->id);
             goto fail;
         }
+        if (!strcmp(hex, "-")) {
+            hb_seterr(errstr, errstr_size,
+                      "subscription %s: its signing secret is not sealed yet (pending, or lost "
+                      "in a database crash: see hookbridge.secret_status)",
+                      sub->id);
+            goto fail;
+        }
+        if (row_aad(aad, sizeof(aad), sub->id, secret_id, errstr, errstr_size) < 0)
+            goto fail;
+        if (open_sealed(kr, sub->id, "signing secret", aad, hex, key_id, &secret, errstr,
+                        errstr_size) < 0)
+            goto fail;
         if (hb_secret_parse(secret, &sub->secrets[sub->secrets_cnt], why, sizeof(why)) < 0) {
             hb_seterr(errstr, errstr_size, "subscription %s: unusable signing secret: %s", sub->id,
                       why);
             goto fail;
         }
+        hb_secret_free(secret);
+        secret = NULL;
         sub->secrets[sub->secrets_cnt].expires_ms = (int64_t)exp_ms;
         sub->secrets_cnt++;
     }
@@ -178,9 +236,28 @@ static int parse_secrets(hb_sub_t *sub, const char *list, char *errstr, size_t e
     if (rc < 0)
         hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
 fail:
-    OPENSSL_cleanse(copy, strlen(list));
+    hb_secret_free(secret);
     free(copy);
     return rc;
+}
+
+static int parse_auth(const hb_keyring_t *kr, hb_sub_t *sub, const PGresult *res, int row,
+                      char *errstr, size_t errstr_size) {
+    const char *hex = col(res, row, COL_AUTH_SEALED), *pending = col(res, row, COL_AUTH_PENDING);
+    char aad[128];
+    if (!sub->auth_header)
+        return 0;
+    if ((pending && !strcmp(pending, "t")) || !hex) {
+        hb_seterr(errstr, errstr_size,
+                  "subscription %s: its auth value is not sealed yet (pending, or lost in a "
+                  "database crash: see hookbridge.secret_status)",
+                  sub->id);
+        return -1;
+    }
+    if (row_aad(aad, sizeof(aad), sub->id, 0, errstr, errstr_size) < 0)
+        return -1;
+    return open_sealed(kr, sub->id, "auth value", aad, hex, col(res, row, COL_AUTH_KEY_ID),
+                       &sub->auth_value, errstr, errstr_size);
 }
 
 /* A JSON option column; NULL when SQL NULL (the key is absent). */
@@ -247,8 +324,8 @@ done:
 }
 
 /* Builds the snapshot of one STORE_SELECT row. */
-static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *errstr,
-                            size_t errstr_size) {
+static int store_row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_sub_t **out,
+                            char *errstr, size_t errstr_size) {
     hb_sub_t *sub = hb_sub_new();
     const char *id = col(res, row, COL_ID), *v;
     long long ll;
@@ -267,8 +344,8 @@ static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *
     sub->verified = v && !strcmp(v, "verified");
     if ((v = col(res, row, COL_AUTH_HEADER)) != NULL)
         sub->auth_header = hb_strdup(v);
-    if ((v = col(res, row, COL_AUTH_VALUE)) != NULL)
-        sub->auth_value = hb_strdup(v);
+    if (parse_auth(kr, sub, res, row, errstr, errstr_size) < 0)
+        goto fail;
 
     v = col(res, row, COL_FORMAT);
     if (!v || !strcmp(v, "okta"))
@@ -297,7 +374,7 @@ static int store_row_to_sub(const PGresult *res, int row, hb_sub_t **out, char *
 
     if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
         goto fail;
-    if (parse_secrets(sub, col(res, row, COL_SECRETS), errstr, errstr_size) < 0)
+    if (parse_secrets(kr, sub, col(res, row, COL_SECRETS), errstr, errstr_size) < 0)
         goto fail;
     *out = sub;
     return 0;
@@ -346,7 +423,7 @@ static int store_ready(hb_store_t *st, char *errstr, size_t errstr_size) {
 
 static int store_listen(hb_store_t *st, char *errstr, size_t errstr_size) {
     static const char *const channels[] = {"LISTEN hookbridge_subscriptions",
-                                           "LISTEN hookbridge_verify"};
+                                           "LISTEN hookbridge_verify", "LISTEN hookbridge_seal"};
     for (size_t i = 0; i < HB_ARRAY_SIZE(channels); i++) {
         PGresult *res = PQexecParams(st->conn, channels[i], 0, NULL, NULL, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -356,9 +433,11 @@ static int store_listen(hb_store_t *st, char *errstr, size_t errstr_size) {
     return 0;
 }
 
-hb_store_t *hb_store_new(const char *conninfo, char *errstr, size_t errstr_size) {
+hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
+                         size_t errstr_size) {
     hb_store_t *st = hb_calloc(1, sizeof(*st));
     st->conninfo = hb_strdup(conninfo ? conninfo : "");
+    st->keyring = keyring;
     st->backoff_ms = STORE_BACKOFF_MIN_MS;
     st->conn = hb_store_pg_connect(st->conninfo, "hookbridge", errstr, errstr_size);
     if (!st->conn)
@@ -390,6 +469,168 @@ int hb_store_connected(hb_store_t *st) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Sealing                                                                  */
+
+static int store_command(hb_store_t *st, const char *sql, char *errstr, size_t errstr_size) {
+    PGresult *res = PQexecParams(st->conn, sql, 0, NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return store_fail(st, res, sql, errstr, errstr_size);
+    PQclear(res);
+    return 0;
+}
+
+/* Ends the transaction of a failed pass (the connection may be gone). */
+static int store_abort(hb_store_t *st, int rc) {
+    char ignored[64];
+    if (st->conn && PQtransactionStatus(st->conn) != PQTRANS_IDLE)
+        (void)store_command(st, "ROLLBACK", ignored, sizeof(ignored));
+    return rc;
+}
+
+/* Seals one batch of hookbridge.secret_inbox in one transaction; returns the
+ * number of rows taken, -1 on a database error. */
+static int seal_batch(hb_store_t *st, char *errstr, size_t errstr_size) {
+    static const char batch[] = STORE_SEAL_BATCH_STR;
+    const char *params[3];
+    char aad[128], ignored[256], *hex = NULL;
+    PGresult *res, *r2;
+    int n, failed = 0;
+
+    if (store_command(st, "BEGIN", errstr, errstr_size) < 0)
+        return -1;
+    params[0] = batch;
+    res = PQexecParams(st->conn,
+                       "SELECT inbox_id::text, subscription_id::text, kind, secret_id::text, value"
+                       "  FROM hookbridge.secrets_to_seal($1::integer)",
+                       1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_abort(st, store_fail(st, res, "taking secrets to seal", errstr, errstr_size));
+    n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
+        long long secret_id = 0;
+        if (!strcmp(PQgetvalue(res, i, 2), "signing") &&
+            (parse_ll(PQgetvalue(res, i, 3), &secret_id) < 0 || secret_id <= 0)) {
+            hb_seterr(errstr, errstr_size, "inbox row without a secret row id");
+            failed = 1;
+            break;
+        }
+        if (row_aad(aad, sizeof(aad), sub_id, secret_id, errstr, errstr_size) < 0 ||
+            hb_seal_hex(st->keyring, aad, value, strlen(value), &hex, errstr, errstr_size) < 0) {
+            failed = 1;
+            break;
+        }
+        params[0] = PQgetvalue(res, i, 0);
+        params[1] = hex;
+        params[2] = hb_keyring_current_id(st->keyring);
+        r2 = PQexecParams(st->conn, "SELECT hookbridge.seal_store($1::bigint, $2::text, $3::text)",
+                          3, NULL, params, NULL, NULL, 0);
+        free(hex);
+        hex = NULL;
+        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
+            PQclear(res);
+            return store_abort(st,
+                               store_fail(st, r2, "storing a sealed secret", errstr, errstr_size));
+        }
+        PQclear(r2);
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub_id), "sealed its %s",
+               secret_id ? "signing secret" : "auth value");
+    }
+    PQclear(res);
+    /* What was sealed before a failure is kept. */
+    if (store_command(st, "COMMIT", failed ? ignored : errstr,
+                      failed ? sizeof(ignored) : errstr_size) < 0)
+        return store_abort(st, -1);
+    return failed ? -1 : n;
+}
+
+/* Seals every plaintext value the SQL functions left in the inbox, so that
+ * what the store loads next is sealed. */
+static int store_seal(hb_store_t *st, char *errstr, size_t errstr_size) {
+    int n;
+    st->seal_due = 0;
+    if (!st->keyring)
+        return 0;
+    do {
+        n = seal_batch(st, errstr, errstr_size);
+    } while (n == STORE_SEAL_BATCH);
+    return n < 0 ? -1 : 0;
+}
+
+/* Moves values sealed under an older key to the current one: one pass over
+ * what is there, values under a key this service lacks are left (and said). */
+static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
+    static const char batch[] = STORE_SEAL_BATCH_STR;
+    const char *current, *params[6];
+    char aad[128], why[256], *plain = NULL, *hex = NULL;
+    PGresult *res, *r2;
+    int n, moved = 0, lacking = 0;
+
+    if (!st->keyring)
+        return 0;
+    current = hb_keyring_current_id(st->keyring);
+    if (store_command(st, "BEGIN", errstr, errstr_size) < 0)
+        return -1;
+    params[0] = current;
+    params[1] = batch;
+    res = PQexecParams(st->conn,
+                       "SELECT kind, subscription_id::text, secret_id::text, sealed, key_id"
+                       "  FROM hookbridge.sealed_under_other_keys($1::text, $2::integer)",
+                       2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_abort(
+            st, store_fail(st, res, "finding secrets under old keys", errstr, errstr_size));
+    n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        const char *kind = PQgetvalue(res, i, 0), *sub_id = PQgetvalue(res, i, 1);
+        const char *key_id = PQgetvalue(res, i, 4);
+        size_t len;
+        long long secret_id = 0;
+        if (!strcmp(kind, "signing") && parse_ll(PQgetvalue(res, i, 2), &secret_id) < 0)
+            secret_id = 0; /* cannot be (a row id); the AAD then does not match */
+        if (row_aad(aad, sizeof(aad), sub_id, secret_id, why, sizeof(why)) < 0 ||
+            hb_unseal_hex(st->keyring, key_id, aad, PQgetvalue(res, i, 3), &plain, &len, why,
+                          sizeof(why)) < 0) {
+            lacking++;
+            hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub_id),
+                   "cannot move its %s to the current key: %s",
+                   secret_id ? "signing secret" : "auth value", why);
+            continue;
+        }
+        if (hb_seal_hex(st->keyring, aad, plain, len, &hex, errstr, errstr_size) < 0) {
+            hb_secret_free(plain);
+            PQclear(res);
+            return store_abort(st, -1);
+        }
+        hb_secret_free(plain);
+        params[0] = kind;
+        params[1] = sub_id;
+        params[2] = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
+        params[3] = key_id;
+        params[4] = hex;
+        params[5] = current;
+        r2 = PQexecParams(st->conn,
+                          "SELECT hookbridge.reseal($1::text, $2::uuid, $3::bigint, $4::text,"
+                          " $5::text, $6::text)",
+                          6, NULL, params, NULL, NULL, 0);
+        free(hex);
+        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
+            PQclear(res);
+            return store_abort(st, store_fail(st, r2, "re-sealing a secret", errstr, errstr_size));
+        }
+        PQclear(r2);
+        moved++;
+    }
+    PQclear(res);
+    if (store_command(st, "COMMIT", errstr, errstr_size) < 0)
+        return store_abort(st, -1);
+    if (moved || lacking)
+        hb_info("secrets under older keys: %d moved to key %s, %d left", moved, current, lacking);
+    /* A full batch may have more behind it; the next start takes them. */
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Loading                                                                  */
 
 static PGresult *store_select(hb_store_t *st, const char *id) {
@@ -403,12 +644,21 @@ int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), v
     char why[256];
     if (store_ready(st, errstr, errstr_size) < 0)
         return -1;
+    /* Seal what waits first, so that what is loaded is complete; a failure
+     * here costs only the subscriptions it concerns (they fail closed). */
+    if (store_seal(st, why, sizeof(why)) < 0 || store_reseal(st, why, sizeof(why)) < 0) {
+        if (!st->conn) {
+            hb_seterr(errstr, errstr_size, "%s", why);
+            return -1;
+        }
+        hb_error("sealing secrets: %s", why);
+    }
     res = store_select(st, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(st, res, "loading subscriptions", errstr, errstr_size);
     for (int row = 0; row < PQntuples(res); row++) {
         hb_sub_t *sub;
-        if (store_row_to_sub(res, row, &sub, why, sizeof(why)) < 0) {
+        if (store_row_to_sub(st->keyring, res, row, &sub, why, sizeof(why)) < 0) {
             /* One bad row must not keep the others from being served. */
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, row, COL_ID)),
                    "subscription skipped: %s", why);
@@ -435,7 +685,7 @@ int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errs
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(st, res, "loading a subscription", errstr, errstr_size);
     if (PQntuples(res) > 0)
-        rc = store_row_to_sub(res, 0, out, errstr, errstr_size);
+        rc = store_row_to_sub(st->keyring, res, 0, out, errstr, errstr_size);
     PQclear(res);
     return rc;
 }
@@ -455,6 +705,11 @@ static size_t store_drain(hb_store_t *st, store_note_t **notes, size_t *cap) {
     while ((nf = PQnotifies(st->conn)) != NULL) {
         int verify = !strcmp(nf->relname, "hookbridge_verify");
         int dup = 0;
+        if (!strcmp(nf->relname, "hookbridge_seal")) {
+            st->seal_due = 1;
+            PQfreemem(nf);
+            continue;
+        }
         if (!verify && strcmp(nf->relname, "hookbridge_subscriptions")) {
             PQfreemem(nf);
             continue;
@@ -563,6 +818,17 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
      * meanwhile without the socket turning readable again: drain until empty. */
     for (int round = 0; round < STORE_NOTIFY_ROUNDS && st->conn; round++) {
         n = store_drain(st, &notes, &cap);
+        if (st->seal_due) {
+            if (store_seal(st, errstr, errstr_size) < 0) {
+                if (!st->conn) {
+                    rc = -1;
+                    break;
+                }
+                hb_error("sealing secrets: %s", errstr);
+            }
+            if (n == 0)
+                continue; /* what sealing notified is drained next round */
+        }
         if (n == 0)
             break;
         if ((rc = store_dispatch(st, notes, n, h, opaque, errstr, errstr_size)) < 0)

@@ -5,6 +5,11 @@
  * channels the SQL triggers notify:
  *   hookbridge_subscriptions  payload: subscription id (row or its event types changed)
  *   hookbridge_verify         payload: subscription id (hookbridge.verify() was called)
+ *   hookbridge_seal           a plaintext secret waits in hookbridge.secret_inbox: the
+ *                             store seals it (AES-256-GCM, lib/hb_seal.h) before it
+ *                             loads anything, so snapshots only ever come from sealed
+ *                             values; at load_all it also moves values sealed under an
+ *                             older key to the current one
  * hb_store_process() is called when hb_store_fd() is readable (and once per
  * loop pass anyway); it reads notifications and calls the handlers with fresh
  * snapshots loaded by id: one changed row costs one query, never a reload.
@@ -19,6 +24,7 @@
 #define HB_STORE_H
 
 #include "hb_common.h"
+#include "hb_seal.h"
 #include "hb_sub.h"
 
 typedef struct hb_store_s hb_store_t;
@@ -35,8 +41,11 @@ typedef struct hb_store_handlers_s {
 
 /* Connects (blocking, bounded by connect_timeout in conninfo or 10 s) and
  * LISTENs. Fails with a clear reason, e.g. "database: connection refused
- * (host 127.0.0.1 port 5432)" when PostgreSQL is unreachable. */
-hb_store_t *hb_store_new(const char *conninfo, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+ * (host 127.0.0.1 port 5432)" when PostgreSQL is unreachable. keyring
+ * (borrowed, outlives the store) seals what hookbridge.secret_inbox holds and
+ * opens the sealed signing secrets and auth values of the snapshots. */
+hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
+                         size_t errstr_size) HB_MUSTCHECK;
 void hb_store_free(hb_store_t *st);
 
 /* Calls cb for every subscription that is not deregistered (deliverable or

@@ -4,7 +4,8 @@
 #
 #   stack_init NAME              state dir STACK_DIR=/tmp/NAME.XXXXXX, and the
 #                                traps: stack_cleanup runs at exit, also on
-#                                failure and on Ctrl-C / SIGTERM
+#                                failure and on Ctrl-C / SIGTERM; exports a
+#                                throwaway HOOKBRIDGE_SECRET_KEY unless one is set
 #   stack_start_postgres         throwaway cluster on a free loopback port (as the
 #                                postgres user when root); sets STACK_PGPORT and
 #                                exports HOOKBRIDGE_DATABASE_URL
@@ -79,6 +80,12 @@ stack_init() {
   trap stack_cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  # The key that seals subscription secrets in the database: one per run here,
+  # like the database itself. In production it comes from a Kubernetes Secret.
+  if [ -z "${HOOKBRIDGE_SECRET_KEY:-}" ]; then
+    HOOKBRIDGE_SECRET_KEY=$(head -c 32 /dev/urandom | base64)
+    export HOOKBRIDGE_SECRET_KEY
+  fi
 }
 
 # Logs of a spawned process, for error messages.

@@ -49,6 +49,11 @@ def test_the_dispatcher_runs_as_hookbridge_service(db_url, broker, procs, workdi
     wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.delivery_attempts")[0][0] == 1,
                10 * SLOW, "the delivery log written by the service role")
     assert "permission denied" not in d.proc.output()
+    # It sealed the secrets through the functions made for it, and reads no
+    # plaintext directly.
+    assert sql(db_url, "SELECT signing_secret, auth_value FROM hookbridge.secret_status "
+               "WHERE id = %s", sub) == [("sealed", "sealed")]
+    refused(svc, "SELECT * FROM hookbridge.secret_inbox")
     # ... and it can do nothing else
     refused(svc, "SELECT hookbridge.register('x', 'https://example.com/h', "
             "ARRAY['user.session.start'])")
@@ -73,6 +78,12 @@ def test_an_operator_manages_subscriptions_only_through_the_api(db_url):
     # secrets and direct writes are out of reach
     refused(ops, "SELECT auth_value FROM hookbridge.subscriptions")
     refused(ops, "SELECT * FROM hookbridge.subscription_secrets")
+    refused(ops, "SELECT auth_sealed FROM hookbridge.subscriptions")
+    refused(ops, "SELECT * FROM hookbridge.secret_inbox")
+    refused(ops, "SELECT * FROM hookbridge.sealed_signing_secret(%s)", sub)
+    refused(ops, "SELECT * FROM hookbridge.secrets_to_seal()")
+    assert sql(ops, "SELECT signing_secret, auth_value FROM hookbridge.secret_status "
+               "WHERE id = %s", sub) == [("pending", "pending")]  # no service runs here
     refused(ops, "UPDATE hookbridge.subscriptions SET status = 'active'")
     refused(ops, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
             "event_type) VALUES (gen_random_uuid(), gen_random_uuid(), '', '')")

@@ -226,6 +226,14 @@ def test_register_defaults(db_url):
     assert sql(db_url, "SELECT hookbridge.signing_secret(%s)", other)[0][0] != secret
 
 
+def pending(db_url, sub, kind="auth"):
+    """The plaintext a SQL function handed over for sealing (migration 0007):
+    with no service running in these tests, it waits in the unlogged inbox."""
+    rows = sql(db_url, "SELECT value FROM hookbridge.secret_inbox WHERE subscription_id = %s "
+               "AND kind = %s AND sealed_at IS NULL ORDER BY id DESC LIMIT 1", sub, kind)
+    return rows[0][0] if rows else None
+
+
 def test_register_options_are_stored_without_credentials(db_url):
     secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
     sub = register(db_url, options={"format": "cloudevents", "batch_max": 10,
@@ -235,7 +243,9 @@ def test_register_options_are_stored_without_credentials(db_url):
     row = sql(db_url, "SELECT options, auth_header, auth_value FROM hookbridge.subscriptions "
               "WHERE id = %s", sub)[0]
     assert row == ({"format": "cloudevents", "batch_max": 10, "batch_window_ms": 500,
-                    "timeout_ms": 2000}, "Authorization", "Bearer t")
+                    "timeout_ms": 2000}, "Authorization", None)
+    # The value is not in the table but handed over for sealing.
+    assert pending(db_url, sub) == "Bearer t"
     assert sql(db_url, "SELECT hookbridge.signing_secret(%s)", sub)[0][0] == secret
 
 
@@ -349,6 +359,8 @@ def test_unknown_and_deregistered_ids_are_not_found(db_url):
     assert row == [("inactive", None, True)]
     assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_secrets "
                "WHERE subscription_id = %s", sub) == [(0,)]
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.secret_inbox "
+               "WHERE subscription_id = %s", sub) == [(0,)]
 
 
 def test_subscribe_unsubscribe(db_url):
@@ -371,9 +383,11 @@ def test_rotate_secret_keeps_the_previous_one_for_the_grace_period(db_url):
     new = sql(db_url, "SELECT hookbridge.rotate_secret(%s, interval '1 hour')", sub)[0][0]
     assert new != old and new.startswith("whsec_")
     assert sql(db_url, "SELECT hookbridge.signing_secret(%s)", sub)[0][0] == new
-    rows = sql(db_url, "SELECT secret, expires_at > now() + interval '50 minutes' "
-               "FROM hookbridge.subscription_secrets WHERE subscription_id = %s "
-               "AND (expires_at IS NULL OR expires_at > now()) ORDER BY id", sub)
+    rows = sql(db_url, "SELECT i.value, sec.expires_at > now() + interval '50 minutes' "
+               "FROM hookbridge.subscription_secrets sec "
+               "JOIN hookbridge.secret_inbox i ON i.secret_id = sec.id "
+               "WHERE sec.subscription_id = %s "
+               "AND (sec.expires_at IS NULL OR sec.expires_at > now()) ORDER BY sec.id", sub)
     assert rows == [(old, True), (new, None)]
     # A second rotation retires the oldest at once: at most two secrets sign.
     sql(db_url, "SELECT hookbridge.rotate_secret(%s)", sub)
@@ -515,7 +529,7 @@ def test_limits_have_documented_defaults_and_apply_at_once(db_url):
     got = dict(sql(db_url, "SELECT name, value FROM hookbridge.limits"))
     assert got == {"max_event_types_per_subscription": 50, "max_headers": 20,
                    "max_header_bytes": 8192, "max_name_length": 200,
-                   "recent_deliveries_days": 7}
+                   "recent_deliveries_days": 7, "secret_reveal_seconds": 900}
     assert sql(db_url, "SELECT hookbridge.limit('max_headers')") == [(20,)]
     sql(db_url, "UPDATE hookbridge.limits SET value = 10 WHERE name = 'max_name_length'")
     code, msg = sqlstate_of(db_url, "SELECT hookbridge.register(%s, %s, %s)",
@@ -610,26 +624,31 @@ def test_update_name_and_options(db_url):
     # options replace the stored options; the auth header is kept when not given.
     sql(db_url, "SELECT hookbridge.update(%s, name => 'renamed', options => %s::jsonb)", sub,
         json.dumps({"format": "cloudevents", "batch_max": 5}))
-    assert row(db_url, sub, "name, options, auth_header, auth_value, verification") == (
-        "renamed", {"format": "cloudevents", "batch_max": 5}, "X-Api-Key", "k3y-value",
-        "unverified")
+    assert row(db_url, sub, "name, options, auth_header, auth_pending IS NOT NULL, verification") \
+        == ("renamed", {"format": "cloudevents", "batch_max": 5}, "X-Api-Key", True, "unverified")
+    assert pending(db_url, sub) == "k3y-value"  # kept as it was handed over
     # Given: replaced.
     sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
         json.dumps({"auth_header": "Authorization", "auth_value": "Bearer new"}))
-    assert row(db_url, sub, "options, auth_header, auth_value") == (
-        {}, "Authorization", "Bearer new")
+    assert row(db_url, sub, "options, auth_header, auth_value") == ({}, "Authorization", None)
+    assert pending(db_url, sub) == "Bearer new"
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.secret_inbox WHERE subscription_id = %s "
+               "AND kind = 'auth'", sub) == [(1,)]  # the superseded one is gone
     # Both JSON null: removed.
     sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
         json.dumps({"auth_header": None, "auth_value": None, "timeout_ms": 5000}))
-    assert row(db_url, sub, "options, auth_header, auth_value") == ({"timeout_ms": 5000}, None,
-                                                                   None)
+    assert row(db_url, sub, "options, auth_header, auth_pending") == ({"timeout_ms": 5000}, None,
+                                                                     None)
+    assert pending(db_url, sub) is None
     # A secret in options becomes the only signing secret at once.
     new_secret = "whsec_" + base64.b64encode(b"n" * 32).decode()
     sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
         json.dumps({"secret": new_secret}))
     assert sql(db_url, "SELECT hookbridge.signing_secret(%s)", sub) == [(new_secret,)]
-    live = sql(db_url, "SELECT secret FROM hookbridge.subscription_secrets WHERE subscription_id "
-               "= %s AND (expires_at IS NULL OR expires_at > now())", sub)
+    live = sql(db_url, "SELECT i.value FROM hookbridge.subscription_secrets sec "
+               "JOIN hookbridge.secret_inbox i ON i.secret_id = sec.id "
+               "WHERE sec.subscription_id = %s "
+               "AND (sec.expires_at IS NULL OR sec.expires_at > now())", sub)
     assert live == [(new_secret,)] and old_secret != new_secret
     assert row(db_url, sub, "options") == ({},)  # the secret is never in options
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.procs import BIN, SECRET_KEY, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.tls import Pki, TlsReceiver
 from hbtest.webhooks import signature_valid
@@ -165,7 +165,8 @@ def test_allowed_cidrs_let_a_private_endpoint_through(db_url, broker, procs, wor
 
 def _start_fails(db_url, env):
     full = {"HOOKBRIDGE_DATABASE_URL": db_url, "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
-            "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0", "PATH": "/usr/bin:/bin"}
+            "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0", "PATH": "/usr/bin:/bin",
+            "HOOKBRIDGE_SECRET_KEY": SECRET_KEY}
     full.update(env)
     r = subprocess.run([str(BIN / "hookbridge-dispatcher")], env=full, capture_output=True,
                        timeout=30 * SLOW)

@@ -90,9 +90,9 @@ static void round_trip(void **state) {
         snprintf(bytea, strlen(hex) + 3, "\\x%s", hex);
         for (char *p = bytea + 2; *p; p++)
             *p = (char)toupper((unsigned char)*p);
-        assert_int_equal(hb_unseal_hex(kr, hb_keyring_current_id(kr), aad, bytea, &out, &len, err,
-                                       sizeof(err)),
-                         0);
+        assert_int_equal(
+            hb_unseal_hex(kr, hb_keyring_current_id(kr), aad, bytea, &out, &len, err, sizeof(err)),
+            0);
         assert_string_equal(out, PLAIN);
         hb_secret_free(out);
         free(bytea);
@@ -167,8 +167,10 @@ static void value_moved_to_another_row_fails(void **state) {
     aad_signing(other, SUB2, 1); /* another subscription */
     open_fails(kr, id, other, hex, "copied from another row");
     aad_signing(other, SUB1, 2); /* another secret row of the same subscription */
-    snprintf(want, sizeof(want), "sealed value does not authenticate under key %s (wrong key, "
-             "altered, or copied from another row)", id);
+    snprintf(want, sizeof(want),
+             "sealed value does not authenticate under key %s (wrong key, "
+             "altered, or copied from another row)",
+             id);
     open_fails(kr, id, other, hex, want);
     assert_int_equal(hb_seal_aad_auth(other, sizeof(other), SUB1), 0); /* the auth column */
     open_fails(kr, id, other, hex, "does not authenticate");
@@ -272,7 +274,8 @@ static void key_parsing_errors(void **state) {
     static const char key_a[] = KEY_A;
     bad_key(NULL, NULL, "HOOKBRIDGE_SECRET_KEY: empty (want 32 bytes as base64, or 64 hex digits)");
     bad_key("", NULL, "HOOKBRIDGE_SECRET_KEY: empty (want 32 bytes as base64, or 64 hex digits)");
-    bad_key(" \n", NULL, "HOOKBRIDGE_SECRET_KEY: empty (want 32 bytes as base64, or 64 hex digits)");
+    bad_key(" \n", NULL,
+            "HOOKBRIDGE_SECRET_KEY: empty (want 32 bytes as base64, or 64 hex digits)");
     /* base64 of 31 and 33 bytes */
     bad_key("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", NULL,
             "HOOKBRIDGE_SECRET_KEY: 31 bytes, want 32");
@@ -298,8 +301,9 @@ static void key_parsing_errors(void **state) {
             "digits)");
     /* old keys are numbered from 1 */
     bad_key(KEY_A, ZERO_HEX ", c2hvcnQ=", "key 2 of HOOKBRIDGE_SECRET_KEYS_OLD: 5 bytes, want 32");
-    bad_key(KEY_A, "\tjunk!", "key 1 of HOOKBRIDGE_SECRET_KEYS_OLD: neither base64 nor hex (want "
-                              "32 bytes as base64, or 64 hex digits)");
+    bad_key(KEY_A, "\tjunk!",
+            "key 1 of HOOKBRIDGE_SECRET_KEYS_OLD: neither base64 nor hex (want "
+            "32 bytes as base64, or 64 hex digits)");
     bad_key(KEY_A, KEY_B " " KEY_A "00",
             "key 2 of HOOKBRIDGE_SECRET_KEYS_OLD: 66 hex digits, want 64");
 }
@@ -329,8 +333,8 @@ static void key_forms_and_ids(void **state) {
     }
     /* The same key twice, in any spelling, is one key; separators are free. */
     {
-        hb_keyring_t *kr = ring(ZERO_HEX, " ," ZERO_B64 ",\n" ZERO_B64_NOPAD " " KEY_A ",, " KEY_A
-                                          " ");
+        hb_keyring_t *kr =
+            ring(ZERO_HEX, " ," ZERO_B64 ",\n" ZERO_B64_NOPAD " " KEY_A ",, " KEY_A " ");
         assert_int_equal(hb_keyring_count(kr), 2);
         assert_string_equal(hb_keyring_id(kr, 0), ZERO_ID);
         hb_keyring_free(kr);

@@ -4,6 +4,7 @@ Every process a test starts is registered with a ProcessGroup that stops it
 (SIGTERM, then SIGKILL after a grace period) when the test ends, also when the
 test fails. Output goes to a log file per process, printed when a test fails.
 """
+import base64
 import os
 import signal
 import socket
@@ -15,6 +16,13 @@ REPO = Path(__file__).resolve().parents[3]
 BIN = Path(os.environ.get("HOOKBRIDGE_BIN", REPO / "bin"))
 # Sanitizer builds are slower: stretch every timeout.
 SLOW = float(os.environ.get("HOOKBRIDGE_TEST_SLOW", "1"))
+
+
+# The key that seals subscription secrets (HOOKBRIDGE_SECRET_KEY): one per test
+# run, in the environment, so that every service a test starts (also with an
+# environment built from os.environ) opens what another one sealed.
+SECRET_KEY = os.environ.setdefault("HOOKBRIDGE_SECRET_KEY",
+                                   base64.b64encode(os.urandom(32)).decode())
 
 
 def free_port():

@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .procs import BIN, SLOW, free_port, wait_until
+from .procs import BIN, SECRET_KEY, SLOW, free_port, wait_until
 
 
 class Broker:
@@ -102,6 +102,7 @@ class Service:
         self.health_port = free_port()
         env = {
             "HOOKBRIDGE_DATABASE_URL": database_url,
+            "HOOKBRIDGE_SECRET_KEY": SECRET_KEY,
             "HOOKBRIDGE_KAFKA_BROKERS": brokers,
             "HOOKBRIDGE_EVENTS_TOPIC": topic,
             "HOOKBRIDGE_CONSUMER_GROUP": group_id or f"hookbridge-{self.program}",

@@ -2,8 +2,7 @@
 shows key ids without ever printing a key it was given, and the services
 refuse to start without a usable HOOKBRIDGE_SECRET_KEY.
 
-(`hookbridge-secret show` reads hookbridge.sealed_signing_secret(), which the
-migrations provide; its end-to-end test lives with them.)"""
+(`hookbridge-secret show` is tested with sealed secrets in test_secrets.py.)"""
 import base64
 import os
 import re
