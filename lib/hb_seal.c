@@ -360,8 +360,8 @@ static const char *shown_id(const char *id) {
     return id[n] ? "(not a key id)" : id;
 }
 
-int hb_unseal_hex(const hb_keyring_t *kr, const char *key_id_text, const char *aad,
-                  const char *hex, char **out, size_t *outlen, char *errstr, size_t errstr_size) {
+int hb_unseal_hex(const hb_keyring_t *kr, const char *key_id_text, const char *aad, const char *hex,
+                  char **out, size_t *outlen, char *errstr, size_t errstr_size) {
     size_t aadlen = aad ? strlen(aad) : 0, hexlen, total, ctlen;
     const seal_key_t *k;
     uint8_t *buf = NULL, *pt = NULL;

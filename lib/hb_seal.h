@@ -53,7 +53,7 @@ hb_keyring_t *hb_keyring_new(const char *current, const char *old, char *errstr,
                              size_t errstr_size) HB_MUSTCHECK;
 void hb_keyring_free(hb_keyring_t *kr); /* wipes the keys; NULL ok */
 
-const char *hb_keyring_current_id(const hb_keyring_t *kr); /* 16 lowercase hex chars */
+const char *hb_keyring_current_id(const hb_keyring_t *kr);      /* 16 lowercase hex chars */
 int hb_keyring_has(const hb_keyring_t *kr, const char *key_id); /* 1 or 0 */
 /* Distinct keys, the current one first (index 0), then the old ones in the
  * order given. */
@@ -83,8 +83,7 @@ void hb_secret_free(char *p);
 
 /* 32 random bytes (RAND_bytes) as standard padded base64: 44 chars and a NUL,
  * so outsz >= 45. A new HOOKBRIDGE_SECRET_KEY. */
-int hb_keyring_generate_key(char *out, size_t outsz, char *errstr,
-                            size_t errstr_size) HB_MUSTCHECK;
+int hb_keyring_generate_key(char *out, size_t outsz, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* The AAD strings, shared by the store and hookbridge-secret. sub_id must be a
  * UUID in 8-4-4-4-12 form (either case; written lowercase). 0, or -1 when

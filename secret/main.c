@@ -124,19 +124,17 @@ static int cmd_show(const hb_config_t *cfg, const char *sub_id) {
     }
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 1) ||
         PQgetisnull(res, 0, 2)) {
-        fprintf(stderr, "%s: error: subscription %s has no current signing secret\n", PROG,
-                sub_id);
+        fprintf(stderr, "%s: error: subscription %s has no current signing secret\n", PROG, sub_id);
         goto out;
     }
     secret_id = strtoll(PQgetvalue(res, 0, 0), &end, 10);
     /* The AAD names the subscription as PostgreSQL writes the uuid. */
     if (*end || hb_seal_aad_signing(aad, sizeof(aad), PQgetvalue(res, 0, 3), secret_id) < 0) {
-        fprintf(stderr, "%s: error: unexpected row from hookbridge.sealed_signing_secret\n",
-                PROG);
+        fprintf(stderr, "%s: error: unexpected row from hookbridge.sealed_signing_secret\n", PROG);
         goto out;
     }
-    if (hb_unseal_hex(kr, PQgetvalue(res, 0, 2), aad, PQgetvalue(res, 0, 1), &secret, NULL,
-                      errstr, sizeof(errstr)) < 0) {
+    if (hb_unseal_hex(kr, PQgetvalue(res, 0, 2), aad, PQgetvalue(res, 0, 1), &secret, NULL, errstr,
+                      sizeof(errstr)) < 0) {
         fprintf(stderr, "%s: error: subscription %s, signing secret %lld: %s\n", PROG,
                 PQgetvalue(res, 0, 3), secret_id, errstr);
         goto out;
@@ -182,8 +180,7 @@ int main(int argc, char **argv) {
         if (cfg.args_cnt < want_args)
             fprintf(stderr, "%s: error: %s needs a subscription id\n", PROG, cmd);
         else
-            fprintf(stderr, "%s: error: unexpected argument \"%s\"\n", PROG,
-                    cfg.args[want_args]);
+            fprintf(stderr, "%s: error: unexpected argument \"%s\"\n", PROG, cfg.args[want_args]);
         usage(stderr);
         rc = 2;
     } else if (!strcmp(cmd, "generate-key")) {

@@ -75,6 +75,9 @@ stack_verify "$FSUB" || { echo "verification: $STACK_VERIFICATION"; exit 1; }
 stack_activate "$FSUB"
 echo "subscription $FSUB verified and activated"
 
+say "secrets at rest: sealed by the services with HOOKBRIDGE_SECRET_KEY (hookbridge.secret_status)"
+stack_psql -c "SELECT name, signing_secret, auth_value, signing_key_id FROM hookbridge.secret_status"
+
 say "producing sample events (only user.session.start and user.lifecycle.create are subscribed)"
 "$BIN/hookbridge-producer" deploy/local/sample-events.jsonl
 "$BIN/hookbridge-producer" --generate 20
