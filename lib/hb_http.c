@@ -626,7 +626,8 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         curl_off_t tls_us = 0;
         (void)curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
         if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
-            hb_seterr(res->error, sizeof(res->error), "empty reply from server");
+            hb_seterr(res->error, sizeof(res->error),
+                      "the endpoint closed the connection without a response (empty reply)");
         else if (rc != CURLE_GOT_NOTHING && (strstr(detail, "SSL") || strstr(detail, "TLS")))
             hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
         else if (tls_us > 0 && res->http_status == 0)

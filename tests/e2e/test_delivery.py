@@ -250,7 +250,8 @@ def test_endpoint_that_closes_the_connection_fails_with_a_reason(db_url, broker,
                                      "WHERE subscription_id=%s", sub) or None, 20,
                          "the failed delivery in the log")[0]
         assert row[0] == "retry"
-        assert row[1], "the failure carries a reason"
+        # The delivery log says what happened, not just that something did.
+        assert "closed the connection without a response" in row[1], row[1]
         assert d.proc.alive()
         assert "attempt 1 failed" in d.proc.output()
     finally:
