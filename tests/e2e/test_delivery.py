@@ -185,7 +185,9 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     kc.close()
     assert [m.value for m in msgs] == [poison]
     headers = dict(msgs[0].headers)
-    assert b"magic" in headers["hookbridge-reason"] or headers["hookbridge-reason"]
+    # The reason names the problem, on the copy and in the dispatcher's log.
+    assert headers["hookbridge-reason"] == b"not single-object encoded (bad magic)"
+    assert "poison message sent to hookbridge.dlq: not single-object encoded" in d.proc.output()
     assert headers["hookbridge-source-topic"] == b"identity.events"
 
 
@@ -223,6 +225,8 @@ def test_sigkill_mid_stream_loses_nothing(db_url, broker, procs, workdir):
 def test_dispatcher_waits_for_unreachable_database(broker, procs, workdir):
     d = Dispatcher(procs, "postgresql://hookbridge:s3cret-pw@127.0.0.1:1/none", broker.bootstrap)
     wait_until(lambda: "database unavailable" in d.proc.output(), 15, "the database error")
+    # The operator is told which server could not be reached, and why.
+    assert "connection refused (host 127.0.0.1 port 1)" in d.proc.output()
     assert d.proc.alive(), "must keep retrying, not exit"
     assert d.get("/readyz")[0] == 503
     assert "s3cret-pw" not in d.proc.output(), "the password leaked into the log"
