@@ -102,6 +102,10 @@ $(BIN)/$(1): $$($(1)_SRC:%.c=$(B)/%.o) $(LIBHB)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
 
+# Without this, make treats the test objects as intermediate, deletes them after
+# linking, and the next `make` compiles and links every unit test again.
+.SECONDARY: $(UNIT_SRC:%.c=$(B)/%.o) $(BENCH_SRC:%.c=$(B)/%.o)
+
 $(B)/tests/%: $(B)/tests/unit/%.o $(LIBHB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
