@@ -119,7 +119,10 @@ stack_wait_gone() {
 stack_cleanup() {
   local rc=$? i pid
   set +e
-  trap - EXIT INT TERM
+  # Another Ctrl-C while stopping must not cut this short and leave PostgreSQL
+  # running: ignore it (every wait below is bounded).
+  trap - EXIT
+  trap '' INT TERM
   if declare -F stack_on_exit >/dev/null; then stack_on_exit; fi
   [ -n "$STACK_DIR" ] || exit "$rc"
   say "stopping"
