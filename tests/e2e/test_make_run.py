@@ -1,0 +1,63 @@
+"""`make run` (deploy/local/run.sh) as issue 2 describes it: the demo
+subscriptions are registered, verified and activated, events are produced
+and visibly delivered, retried and acknowledged; Ctrl-C stops everything and
+leaves nothing running and nothing behind."""
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from hbtest.procs import BIN, REPO, SLOW, wait_until
+
+
+def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path):
+    out_path = tmp_path / "run.out"
+    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN))
+    env.pop("HOOKBRIDGE_KEEP_RUN", None)
+    with open(out_path, "w") as out:
+        p = subprocess.Popen(["bash", "deploy/local/run.sh"], cwd=REPO, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+    text = out_path.read_text
+    state_dir = None
+    try:
+        wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
+                   120, "the demo to reach the receivers' output")
+        assert p.poll() is None, "run.sh ended by itself:\n" + text()
+        wait_until(lambda: text().count('"msg":"event ') >= 4, 20, "the receivers' output")
+        out = text()
+        state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
+
+        # What the user watches: both demo subscriptions verified and active ...
+        assert "verification: verified" in out and "verified and activated" in out
+        assert "produced 5, failed 0" in out and "produced 20, failed 0" in out
+        # ... the flaky receiver's deliveries all got through on their third attempt ...
+        assert re.search(r"flaky receiver \| delivered \| +3 \|", out), out
+        assert not re.search(r"flaky receiver \| (retry|failed|pending)", out), out
+        assert re.search(r"1 \| retry +\| +503 .*\n +2 \| retry +\| +503 .*\n +3 \| delivered \| +204",
+                         out), out
+        # ... and the example receiver printing each event it acknowledged.
+        assert '"msg":"event user.session.start ' in out
+
+        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
+        p.wait(60 * SLOW)
+        time.sleep(0.5)
+        ps = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True,
+                            text=True).stdout.splitlines()
+        left = [l for l in ps if str(state_dir) in l or l.split()[1] == str(p.pid)]
+        assert left == [], "left running after Ctrl-C:\n" + "\n".join(left)
+        assert not state_dir.exists(), "the state directory was left behind"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        if state_dir and (state_dir / "pg/data/postmaster.pid").exists():
+            subprocess.run(["bash", "-c", '. deploy/local/stack.sh; cd /tmp; '
+                            'as_pg "$(stack_pgbin)/pg_ctl" -D "$1" -m immediate -w stop',
+                            "-", str(state_dir / "pg/data")], cwd=REPO, capture_output=True)
+        if state_dir and state_dir.exists():
+            subprocess.run(["rm", "-rf", str(state_dir)])
