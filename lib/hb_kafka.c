@@ -103,6 +103,30 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
     }
 }
 
+rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                                         char *errstr, size_t errstr_size) {
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err;
+    if (!rkt) {
+        hb_seterr(errstr, errstr_size, "topic %s: %s", topic,
+                  rd_kafka_err2str(rd_kafka_last_error()));
+        return NULL;
+    }
+    err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    if (!err && md->topic_cnt == 1 && md->topics[0].err)
+        err = md->topics[0].err;
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (err) {
+        hb_seterr(errstr, errstr_size, "topic %s: no metadata yet: %s", topic,
+                  rd_kafka_err2str(err));
+        rd_kafka_topic_destroy(rkt);
+        return NULL;
+    }
+    return rkt;
+}
+
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms) {
     (void)rd_kafka_flush(rk, timeout_ms);
     return rd_kafka_outq_len(rk);

@@ -41,6 +41,16 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
                      const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;
 
+/* Learns topic's partition leaders before the first message is produced:
+ * asks the brokers for its metadata and waits up to timeout_ms. Without it,
+ * librdkafka 2.0 may learn them only from its once-a-second topic scan (when
+ * the bootstrap connection comes up before the first produce call), which
+ * held a fresh producer's first second of messages. Returns the topic handle
+ * (keep it while producing, then rd_kafka_topic_destroy), or NULL with the
+ * reason in errstr; producing works either way, only later. */
+rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                                         char *errstr, size_t errstr_size);
+
 /* Flushes with a deadline; returns the number of messages left unsent. */
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 

@@ -26,12 +26,15 @@
 #include "hb_schemas.h"
 #include "hb_signal.h"
 
+/* How long start-up waits for the events topic's metadata (hb_kafka_topic_prepare). */
+#define HB_PREPARE_MS 5000
 /* How long a produce call may wait for room in a full local queue. */
 #define HB_PRODUCE_BLOCK_MS 30000
 
 struct hb_producer_s {
     const hb_config_t *cfg;
-    rd_kafka_t *rk; /* NULL when print_only */
+    rd_kafka_t *rk;          /* NULL when print_only */
+    rd_kafka_topic_t *topic; /* the events topic, its leaders known before the first send */
     hb_codec_t *codec;
     const char *unit;
     int allow_unknown_types;
@@ -76,6 +79,9 @@ hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, 
     conf = NULL; /* owned by the producer, or destroyed on failure */
     if (!p->rk)
         goto fail;
+    p->topic = hb_kafka_topic_prepare(p->rk, cfg->events_topic, HB_PREPARE_MS, errstr, errstr_size);
+    if (!p->topic) /* the events wait in librdkafka's queue for the brokers */
+        hb_log(HB_LOG_WARN, NULL, "kafka: %s; producing anyway", errstr);
     return p;
 fail:
     hb_producer_free(p);
@@ -170,6 +176,8 @@ long long hb_producer_failed(const hb_producer_t *p) {
 void hb_producer_free(hb_producer_t *p) {
     if (!p)
         return;
+    if (p->topic)
+        rd_kafka_topic_destroy(p->topic);
     if (p->rk)
         rd_kafka_destroy(p->rk);
     hb_codec_free(p->codec);

@@ -14,7 +14,9 @@
 #               the events are read back from identity.events with kcat, and each
 #               event's `published` time (set by the producer) is matched with the
 #               $msec of its POST through its webhook-id, which is derived from the
-#               event uuid and subscription id (scripts/bench_latency.py)
+#               event uuid and subscription id (scripts/bench_latency.py);
+#               BENCH_TIMELINE=FILE also writes "produced kafka-timestamp posted"
+#               (ms) per event, to see when a slow one was slow
 #   ceiling     wrk -t1 -c32 -d5s POSTing a 900-byte body to the same endpoint
 #   memory      the dispatcher's VmHWM / VmRSS after the run
 #

@@ -105,7 +105,7 @@ def main(argv):
                 continue
             posted.setdefault(parts[3], float(parts[0]) * 1000.0)
 
-    lat, lat_kafka, missing = [], [], 0
+    lat, lat_kafka, missing, timeline = [], [], 0, []
     for ts, payload in messages(dump):
         if ts < since or (until is not None and ts >= until):
             continue
@@ -116,9 +116,14 @@ def main(argv):
             continue
         lat.append(at - rfc3339_ms(published))
         lat_kafka.append(at - ts)
+        timeline.append((rfc3339_ms(published), ts, at))
     if not lat:
         sys.exit(f"no delivery matched: {missing} events in the window, {len(posted)} POSTs "
                  "in the log (is the delivery id derivation still hb_uuid_derive's?)")
+    if os.environ.get("BENCH_TIMELINE"):  # per event: produced, Kafka timestamp, POSTed (ms)
+        with open(os.environ["BENCH_TIMELINE"], "w") as f:
+            for row in sorted(timeline):
+                f.write("%.1f %d %.1f\n" % row)
     print(len(lat), missing, *(f"{v:.1f}" for v in summary(lat)))
     print("check, from the Kafka message timestamp: p50 %.1f p90 %.1f p99 %.1f max %.1f "
           "mean %.1f ms" % tuple(summary(lat_kafka)), file=sys.stderr)
