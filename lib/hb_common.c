@@ -31,6 +31,15 @@ int hb_parse_int(const char *s, int min, int max, int *out) {
     return 0;
 }
 
+int hb_parse_int_flag(const char *flag, const char *value, int min, int max, const char *unit,
+                      int *out, char *errstr, size_t errstr_size) {
+    if (hb_parse_int(value, min, max, out) == 0)
+        return 0;
+    hb_seterr(errstr, errstr_size, "%s: want %d..%d%s%s", flag, min, max, unit ? " " : "",
+              unit ? unit : "");
+    return -1;
+}
+
 int64_t hb_mono_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -26,6 +26,13 @@ void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) HB_PRINTF
 /* Whole decimal number in [min, max], nothing else in s; 0 or -1. */
 int hb_parse_int(const char *s, int min, int max, int *out) HB_MUSTCHECK;
 
+/* hb_parse_int() of a command-line flag's value, with the programs' one
+ * wording of a refusal: "<flag>: want <min>..<max>", followed by " <unit>"
+ * when unit is not NULL ("seconds"). The value itself is not repeated.
+ * *out is left alone on failure. */
+int hb_parse_int_flag(const char *flag, const char *value, int min, int max, const char *unit,
+                      int *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* Monotonic and wall clocks, in milliseconds. */
 int64_t hb_mono_ms(void);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */

@@ -144,15 +144,11 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
         if (!strcmp(a, "--bootstrap-file")) {
             o->bootstrap_file = v;
         } else if (!strcmp(a, "--brokers")) {
-            if (hb_parse_int(v, 1, 16, &o->brokers) != 0) {
-                hb_seterr(errstr, errstr_size, "--brokers: want 1..16");
+            if (hb_parse_int_flag(a, v, 1, 16, NULL, &o->brokers, errstr, errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--partitions")) {
-            if (hb_parse_int(v, 1, 10000, &o->partitions) != 0) {
-                hb_seterr(errstr, errstr_size, "--partitions: want 1..10000");
+            if (hb_parse_int_flag(a, v, 1, 10000, NULL, &o->partitions, errstr, errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--topic")) {
             if (add_topic(o, v, errstr, errstr_size) != 0)
                 return -1;

@@ -191,25 +191,19 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
                 return -1;
             }
         } else if (!strcmp(a, "--fail-first")) {
-            if (hb_parse_int(v, 0, 1000, &r->fail_first) != 0) {
-                hb_seterr(errstr, errstr_size, "--fail-first: want 0..1000");
+            if (hb_parse_int_flag(a, v, 0, 1000, NULL, &r->fail_first, errstr, errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--delay-ms")) {
-            if (hb_parse_int(v, 0, 600000, &r->delay_ms) != 0) {
-                hb_seterr(errstr, errstr_size, "--delay-ms: want 0..600000");
+            if (hb_parse_int_flag(a, v, 0, 600000, NULL, &r->delay_ms, errstr, errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--status")) {
-            if (hb_parse_int(v, 100, 599, &r->status) != 0) {
-                hb_seterr(errstr, errstr_size, "--status: want an HTTP status 100..599");
+            if (hb_parse_int_flag(a, v, 100, 599, "(an HTTP status)", &r->status, errstr,
+                                  errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--retry-after")) {
-            if (hb_parse_int(v, 0, 86400, &r->retry_after) != 0) {
-                hb_seterr(errstr, errstr_size, "--retry-after: want 0..86400 seconds");
+            if (hb_parse_int_flag(a, v, 0, 86400, "seconds", &r->retry_after, errstr,
+                                  errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--tls-cert")) {
             r->tls_cert_path = v;
         } else if (!strcmp(a, "--tls-key")) {
@@ -219,10 +213,8 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
         } else if (!strcmp(a, "--record")) {
             r->record_path = v;
         } else if (!strcmp(a, "--threads")) {
-            if (hb_parse_int(v, 1, 64, &r->threads) != 0) {
-                hb_seterr(errstr, errstr_size, "--threads: want 1..64");
+            if (hb_parse_int_flag(a, v, 1, 64, NULL, &r->threads, errstr, errstr_size) != 0)
                 return -1;
-            }
         } else if (!strcmp(a, "--log-level")) {
             if (hb_log_level_parse(v, level) != 0) {
                 hb_seterr(errstr, errstr_size, "--log-level: want debug, info, warn or error");
