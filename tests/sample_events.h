@@ -43,7 +43,8 @@ static const char full_event[] =
 #define MINIMAL_EVENT_UUID "u-1"
 #define MINIMAL_EVENT_PUBLISHED "2024-05-01T00:00:00Z"
 #define MINIMAL_EVENT_TYPE "user.account.lock"
-static const char minimal_event[] = "{\"uuid\":\"" MINIMAL_EVENT_UUID "\",\"published\":\"" MINIMAL_EVENT_PUBLISHED
-                                    "\",\"eventType\":\"" MINIMAL_EVENT_TYPE "\"}";
+static const char minimal_event[] =
+    "{\"uuid\":\"" MINIMAL_EVENT_UUID "\",\"published\":\"" MINIMAL_EVENT_PUBLISHED
+    "\",\"eventType\":\"" MINIMAL_EVENT_TYPE "\"}";
 
 #endif

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../sample_events.h"
 #include "fuzz.h"
 #include "hb_codec.h"
 #include "hb_schemas.h"
@@ -105,42 +106,6 @@ static hb_codec_t *codec(const char *schema) {
     return c;
 }
 
-static const char full_event[] =
-    "{\"uuid\":\"f1c9b0b4-6c59-11ee-9f1a-0b5d4c1e2a77\","
-    "\"published\":\"2024-05-01T12:34:56.789Z\",\"eventType\":\"user.session.start\","
-    "\"version\":\"0\",\"severity\":\"INFO\",\"legacyEventType\":\"core.user_auth.login_success\","
-    "\"displayMessage\":\"User login to Okta\","
-    "\"actor\":{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
-    "\"alternateId\":\"grace@example.com\",\"displayName\":\"Grace Hopper\","
-    "\"detailEntry\":{\"methodTypeUsed\":\"Password\"}},"
-    "\"client\":{\"userAgent\":{\"rawUserAgent\":\"Mozilla/5.0 (Macintosh) Firefox/125.0\","
-    "\"os\":\"Mac OS X\",\"browser\":\"FIREFOX\"},\"zone\":\"null\",\"device\":\"Computer\","
-    "\"id\":\"cli1\",\"ipAddress\":\"198.51.100.7\",\"geographicalContext\":{\"city\":"
-    "\"Z\\u00fcrich\",\"state\":\"Zurich\",\"country\":\"Switzerland\",\"postalCode\":\"8001\","
-    "\"geolocation\":{\"lat\":47.3769,\"lon\":8.5417}}},"
-    "\"outcome\":{\"result\":\"SUCCESS\"},"
-    "\"target\":[{\"id\":\"0oa1app\",\"type\":\"AppInstance\",\"alternateId\":\"Slack\","
-    "\"displayName\":\"Slack\"},{\"id\":\"00u1abcdEFGHijkl0h7\",\"type\":\"User\","
-    "\"detailEntry\":{}}],"
-    "\"transaction\":{\"type\":\"WEB\",\"id\":\"Zc3Vq1f\",\"detail\":{}},"
-    "\"debugContext\":{\"debugData\":{\"requestId\":\"Zc3Vq1f\",\"requestUri\":\"/api/v1/authn\","
-    "\"url\":\"/api/v1/authn?\"}},"
-    "\"authenticationContext\":{\"authenticationProvider\":\"OKTA_AUTHENTICATION_PROVIDER\","
-    "\"credentialProvider\":\"OKTA_CREDENTIAL_PROVIDER\",\"credentialType\":\"PASSWORD\","
-    "\"issuer\":{\"id\":\"iss1\",\"type\":\"OKTA\"},\"externalSessionId\":\"102abc\","
-    "\"interface\":\"Okta Dashboard\",\"authenticationStep\":0},"
-    "\"securityContext\":{\"asNumber\":3303,\"asOrg\":\"swisscom\",\"isp\":\"swisscom ag\","
-    "\"domain\":\"swisscom.ch\",\"isProxy\":false},"
-    "\"request\":{\"ipChain\":[{\"ip\":\"198.51.100.7\",\"version\":\"V4\",\"source\":\"x\","
-    "\"geographicalContext\":{\"city\":\"Z\\u00fcrich\",\"country\":\"Switzerland\","
-    "\"geolocation\":{\"lat\":47.0,\"lon\":8.0}}},{\"ip\":\"203.0.113.9\",\"version\":\"V4\"}]}}";
-
-#define MIN_UUID "u-1"
-#define MIN_PUBLISHED "2024-05-01T00:00:00Z"
-#define MIN_TYPE "user.account.lock"
-static const char minimal_event[] = "{\"uuid\":\"" MIN_UUID "\",\"published\":\"" MIN_PUBLISHED
-                                    "\",\"eventType\":\"" MIN_TYPE "\"}";
-
 static void identity_seeds(void) {
     static const char t[] = "avro_identity";
     hb_codec_t *cur = codec(hb_schema_identity_event);
@@ -203,7 +168,8 @@ static void identity_seeds(void) {
     put_bytes(t, "overlong-varint", &o);
 
     /* After the three required strings come the 13 optional unions. */
-    strings_end = 10 + 3 + strlen(MIN_UUID) + strlen(MIN_PUBLISHED) + strlen(MIN_TYPE);
+    strings_end = 10 + 3 + strlen(MINIMAL_EVENT_UUID) + strlen(MINIMAL_EVENT_PUBLISHED) +
+                  strlen(MINIMAL_EVENT_TYPE);
     memset(&o, 0, sizeof(o));
     add(&o, min, min_len);
     o.b[strings_end] = 0x0a; /* branch 5 of ["null", "string"] */
