@@ -12,10 +12,8 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <microhttpd.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +22,7 @@
 
 #include "hb_deliver.h"
 #include "hb_sign.h"
+#include "http_fixture.h"
 
 /* ------------------------------------------------------------------ */
 /* Classification                                                      */
@@ -106,6 +105,21 @@ static json_t *event_new(const char *uuid, const char *type) {
     return ev;
 }
 
+/* The batch of two the rendering tests render. */
+static void two_events(json_t *ev[2]) {
+    ev[0] = event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create");
+    ev[1] = event_new("22222222-2222-4222-8222-222222222222", "user.session.start");
+}
+
+/* Rendering borrows the events: each still holds only our reference, which
+ * this drops. */
+static void release_events(json_t **ev, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(ev[i]->refcount, 1);
+        json_decref(ev[i]);
+    }
+}
+
 static json_t *parse(const hb_payload_t *p) {
     json_error_t jerr;
     json_t *doc = json_loadb(p->body, p->len, 0, &jerr);
@@ -125,8 +139,8 @@ static const char *str_at(const json_t *obj, const char *key) {
 static void test_render_okta(void **state) {
     (void)state;
     hb_sub_t *sub = hb_sub_new();
-    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
-                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    json_t *ev[2];
+    two_events(ev);
     hb_payload_t p;
     char err[256];
     for (size_t n = 1; n <= 2; n++) {
@@ -149,11 +163,7 @@ static void test_render_okta(void **state) {
         json_decref(doc);
         free(p.body);
     }
-    /* render borrows the events */
-    assert_int_equal(ev[0]->refcount, 1);
-    assert_int_equal(ev[1]->refcount, 1);
-    json_decref(ev[0]);
-    json_decref(ev[1]);
+    release_events(ev, 2); /* render borrows the events */
     hb_sub_unref(sub);
 }
 
@@ -161,8 +171,8 @@ static void test_render_cloudevents(void **state) {
     (void)state;
     hb_sub_t *sub = hb_sub_new();
     sub->format = HB_FORMAT_CLOUDEVENTS;
-    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
-                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    json_t *ev[2];
+    two_events(ev);
     hb_payload_t p;
     char err[256];
 
@@ -206,10 +216,7 @@ static void test_render_cloudevents(void **state) {
     assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
     assert_null(p.body);
 
-    assert_int_equal(ev[0]->refcount, 1);
-    assert_int_equal(ev[1]->refcount, 1);
-    json_decref(ev[0]);
-    json_decref(ev[1]);
+    release_events(ev, 2);
     hb_sub_unref(sub);
 }
 
@@ -217,8 +224,8 @@ static void test_render_event(void **state) {
     (void)state;
     hb_sub_t *sub = hb_sub_new();
     sub->format = HB_FORMAT_EVENT;
-    json_t *ev[2] = {event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create"),
-                     event_new("22222222-2222-4222-8222-222222222222", "user.session.start")};
+    json_t *ev[2];
+    two_events(ev);
     hb_payload_t p;
     char err[256];
     assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
@@ -243,8 +250,7 @@ static void test_render_event(void **state) {
     assert_int_equal(hb_deliver_render(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
                      -1);
     json_decref(notobj);
-    json_decref(ev[0]);
-    json_decref(ev[1]);
+    release_events(ev, 2);
     hb_sub_unref(sub);
 }
 
@@ -543,11 +549,7 @@ static void rx_copy(struct MHD_Connection *c, const char *name, char *out, size_
 }
 
 static enum MHD_Result rx_reply(struct MHD_Connection *c, unsigned status, const char *body) {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_MUST_COPY);
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return ret;
+    return test_server_reply(c, status, body, strlen(body), NULL, NULL);
 }
 
 static enum MHD_Result rx_handle(void *cls, struct MHD_Connection *c, const char *url,
@@ -626,17 +628,11 @@ static rx_t *rx_start(void) {
     rx_t *rx = calloc(1, sizeof(*rx));
     assert_non_null(rx);
     pthread_mutex_init(&rx->mu, NULL);
-    struct sockaddr_in sin;
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    rx->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
-                             NULL, NULL, rx_handle, rx, MHD_OPTION_SOCK_ADDR, &sin,
-                             MHD_OPTION_NOTIFY_COMPLETED, rx_completed, rx, MHD_OPTION_END);
-    assert_non_null(rx->d);
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(rx->d, MHD_DAEMON_INFO_BIND_PORT);
-    assert_non_null(info);
-    rx->port = info->port;
+    const struct MHD_OptionItem notify[] = {
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)rx_completed, rx},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    rx->d = test_server_start(rx_handle, rx, notify, &rx->port);
     return rx;
 }
 
@@ -651,6 +647,7 @@ typedef struct got_s {
     int done;
     hb_http_result_t res;
     char body[512];
+    char sent[4096]; /* the payload deliver_one sent */
 } got_t;
 
 static void on_done(const hb_http_result_t *res, void *opaque) {
@@ -668,17 +665,9 @@ static void run_until(hb_http_t *h, const got_t *g) {
     assert_int_equal(g->done, 1);
 }
 
+/* 4 in flight, 2 per host, plain HTTP and loopback allowed. */
 static hb_http_t *http_new(void) {
-    char err[256];
-    hb_http_conf_t conf = {.max_in_flight = 4,
-                           .max_host_connections = 2,
-                           .connect_timeout_ms = 2000,
-                           .allow_http = 1,
-                           .allow_private_networks = 1};
-    hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
-    if (!h)
-        fail_msg("hb_http_new: %s", err);
-    return h;
+    return test_http_new(4, 2, 1, 1);
 }
 
 static hb_sub_t *sub_new(const rx_t *rx, const char *path) {
@@ -708,6 +697,26 @@ static void render_one(const hb_sub_t *sub, hb_payload_t *p) {
     json_decref(ev);
 }
 
+/* Renders the sample event for sub, sends it (default_timeout_ms unless the
+ * subscription sets its own) and waits for the answer in *g. */
+static void deliver_one(hb_http_t *h, const hb_sub_t *sub, long long default_timeout_ms, got_t *g) {
+    hb_payload_t p;
+    memset(g, 0, sizeof(*g));
+    render_one(sub, &p);
+    assert_true(p.len < sizeof(g->sent));
+    memcpy(g->sent, p.body, p.len + 1);
+    hb_deliver_send(h, sub, DID, &p, default_timeout_ms, 1024, on_done, g);
+    assert_null(p.body);          /* ownership taken */
+    assert_int_equal(g->done, 0); /* completes in hb_http_run, never inside send */
+    run_until(h, g);
+}
+
+/* hb_sign_verify of the last request rx received, with secret, now. */
+static int rx_verify(const rx_t *rx, const hb_secret_t *secret, char *err, size_t err_size) {
+    return hb_sign_verify(secret, rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
+                          hb_wall_ms() / 1000, 300, err, err_size);
+}
+
 static void test_send_signed_request(void **state) {
     (void)state;
     rx_t *rx = rx_start();
@@ -715,16 +724,9 @@ static void test_send_signed_request(void **state) {
     hb_sub_t *sub = sub_new(rx, "/hook");
     sub->auth_header = strdup("Authorization");
     sub->auth_value = strdup("Bearer s3cr3t");
-    hb_payload_t p;
     got_t g;
     char err[256];
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    char *sent = strdup(p.body);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    assert_null(p.body); /* ownership taken */
-    assert_int_equal(g.done, 0);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     assert_int_equal(g.res.http_status, 204);
     char reason[256];
     assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_DELIVERED);
@@ -737,14 +739,13 @@ static void test_send_signed_request(void **state) {
     assert_string_equal(rx->id, DID);
     assert_string_equal(rx->auth, "Bearer s3cr3t");
     assert_int_equal(rx->has_expect, 0);
-    assert_int_equal(rx->body_len, strlen(sent));
-    assert_memory_equal(rx->body, sent, rx->body_len);
+    assert_int_equal(rx->body_len, strlen(g.sent));
+    assert_memory_equal(rx->body, g.sent, rx->body_len);
     long long ts = strtoll(rx->ts, NULL, 10);
     assert_true(llabs(ts - hb_wall_ms() / 1000) <= 5);
     assert_memory_equal(rx->sig, "v1,", 3);
     assert_null(strchr(rx->sig, ' ')); /* one secret, one signature */
-    if (hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
-                       hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+    if (rx_verify(rx, &sub->secrets[0], err, sizeof(err)) != 0)
         fail_msg("signature does not verify: %s", err);
     /* tampered body fails */
     assert_int_equal(hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, "{}", 2, rx->sig,
@@ -752,7 +753,6 @@ static void test_send_signed_request(void **state) {
                      -1);
     pthread_mutex_unlock(&rx->mu);
 
-    free(sent);
     hb_sub_unref(sub);
     hb_http_free(h);
     rx_stop(rx);
@@ -771,12 +771,8 @@ static void test_send_during_rotation(void **state) {
     sub->secrets[1].expires_ms = hb_wall_ms() + 3600 * 1000;
     sub->secrets_cnt = 2;
     sub->format = HB_FORMAT_CLOUDEVENTS;
-    hb_payload_t p;
     got_t g;
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     char reason[256];
     assert_int_equal(g.res.http_status, 410);
     assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_FAILED);
@@ -787,25 +783,17 @@ static void test_send_during_rotation(void **state) {
     assert_non_null(strchr(rx->sig, ' ')); /* two signatures */
     assert_string_equal(rx->auth, "");     /* no auth header configured */
     for (int i = 0; i < 2; i++)
-        if (hb_sign_verify(&sub->secrets[i], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
-                           hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+        if (rx_verify(rx, &sub->secrets[i], err, sizeof(err)) != 0)
             fail_msg("secret %d does not verify: %s", i, err);
     pthread_mutex_unlock(&rx->mu);
 
     /* once the old secret expired, only the current one signs */
     sub->secrets[1].expires_ms = hb_wall_ms() - 1;
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     pthread_mutex_lock(&rx->mu);
     assert_null(strchr(rx->sig, ' '));
-    assert_int_equal(hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len,
-                                    rx->sig, hb_wall_ms() / 1000, 300, err, sizeof(err)),
-                     0);
-    assert_int_equal(hb_sign_verify(&sub->secrets[1], rx->id, rx->ts, rx->body, rx->body_len,
-                                    rx->sig, hb_wall_ms() / 1000, 300, err, sizeof(err)),
-                     -1);
+    assert_int_equal(rx_verify(rx, &sub->secrets[0], err, sizeof(err)), 0);
+    assert_int_equal(rx_verify(rx, &sub->secrets[1], err, sizeof(err)), -1);
     pthread_mutex_unlock(&rx->mu);
 
     hb_sub_unref(sub);
@@ -818,17 +806,12 @@ static void test_send_refusals(void **state) {
     rx_t *rx = rx_start();
     hb_http_t *h = http_new();
     hb_sub_t *sub = sub_new(rx, "/hook");
-    hb_payload_t p;
     got_t g;
     char reason[256];
 
     /* no unexpired secret: nothing is sent, the delivery fails with a reason */
     sub->secrets[0].expires_ms = 1;
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    assert_int_equal(g.done, 0);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     assert_int_equal(g.res.refused, 1);
     assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_FAILED);
     assert_non_null(strstr(reason, "cannot sign"));
@@ -837,10 +820,7 @@ static void test_send_refusals(void **state) {
     /* a header value that would smuggle another header */
     sub->auth_header = strdup("Authorization");
     sub->auth_value = strdup("x\r\nX-Evil: 1");
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     assert_int_equal(g.res.refused, 1);
     assert_null(strstr(g.res.error, "X-Evil")); /* the value never shows */
 
@@ -859,7 +839,6 @@ static void test_send_custom_headers(void **state) {
     rx_t *rx = rx_start();
     hb_http_t *h = http_new();
     hb_sub_t *sub = sub_new(rx, "/verify");
-    hb_payload_t p;
     got_t g;
     char err[256];
     sub->auth_header = strdup("Authorization");
@@ -868,10 +847,7 @@ static void test_send_custom_headers(void **state) {
     assert_int_equal(hb_sub_add_header(sub, "x-trace", "route 7", err, sizeof(err)), 0);
     assert_int_equal(hb_sub_add_header(sub, "Content-Type", "text/plain", err, sizeof(err)), -1);
 
-    memset(&g, 0, sizeof(g));
-    render_one(sub, &p);
-    hb_deliver_send(h, sub, DID, &p, 5000, 1024, on_done, &g);
-    run_until(h, &g);
+    deliver_one(h, sub, 5000, &g);
     assert_int_equal(g.res.http_status, 200);
     pthread_mutex_lock(&rx->mu);
     assert_string_equal(rx->method, "POST");
@@ -881,8 +857,7 @@ static void test_send_custom_headers(void **state) {
     assert_string_equal(rx->auth, "Bearer s3cr3t");
     assert_string_equal(rx->id, DID);
     assert_int_equal(rx->has_expect, 0);
-    if (hb_sign_verify(&sub->secrets[0], rx->id, rx->ts, rx->body, rx->body_len, rx->sig,
-                       hb_wall_ms() / 1000, 300, err, sizeof(err)) != 0)
+    if (rx_verify(rx, &sub->secrets[0], err, sizeof(err)) != 0)
         fail_msg("signature does not verify: %s", err);
     memset(rx->team, 0, sizeof(rx->team));
     memset(rx->trace, 0, sizeof(rx->trace));
@@ -919,14 +894,10 @@ static void test_send_timeout(void **state) {
     hb_http_t *h = http_new();
     for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
         hb_sub_t *sub = sub_new(rx, "/slow");
-        hb_payload_t p;
         got_t g;
         char reason[256];
         sub->timeout_ms = cases[i].sub_ms;
-        memset(&g, 0, sizeof(g));
-        render_one(sub, &p);
-        hb_deliver_send(h, sub, DID, &p, cases[i].default_ms, 1024, on_done, &g);
-        run_until(h, &g);
+        deliver_one(h, sub, cases[i].default_ms, &g);
         assert_int_equal(g.res.timed_out, 1);
         assert_int_equal(hb_deliver_classify(&g.res, reason, sizeof(reason)), HB_OUTCOME_RETRY);
         assert_string_equal(reason, cases[i].reason);

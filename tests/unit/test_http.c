@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "hb_http.h"
+#include "http_fixture.h"
 
 /* ------------------------------------------------------------------ */
 /* Test server                                                         */
@@ -53,17 +54,6 @@ static void srv_notify(void *cls, struct MHD_Connection *c, void **socket_contex
     (void)socket_context;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED)
         atomic_fetch_add(&s->connections, 1);
-}
-
-static enum MHD_Result srv_reply(struct MHD_Connection *c, unsigned status, const char *body,
-                                 size_t len, const char *hname, const char *hvalue) {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
-    if (hname)
-        MHD_add_response_header(r, hname, hvalue);
-    enum MHD_Result ret = MHD_queue_response(c, status, r);
-    MHD_destroy_response(r);
-    return ret;
 }
 
 static void srv_wait_release(srv_t *s, int max_ms) {
@@ -104,25 +94,25 @@ static enum MHD_Result srv_handle(void *cls, struct MHD_Connection *c, const cha
         ;
     enum MHD_Result ret;
     if (!strcmp(url, "/ok")) {
-        ret = srv_reply(c, 200, "ok", 2, NULL, NULL);
+        ret = test_server_reply(c, 200, "ok", 2, NULL, NULL);
     } else if (!strcmp(url, "/nocontent")) {
-        ret = srv_reply(c, 204, "", 0, NULL, NULL);
+        ret = test_server_reply(c, 204, "", 0, NULL, NULL);
     } else if (!strcmp(url, "/busy")) {
-        ret = srv_reply(c, 503, "busy", 4, MHD_HTTP_HEADER_RETRY_AFTER, "120");
+        ret = test_server_reply(c, 503, "busy", 4, MHD_HTTP_HEADER_RETRY_AFTER, "120");
     } else if (!strcmp(url, "/busydate")) {
         char date[64];
         time_t t = time(NULL) + 60;
         struct tm tm;
         gmtime_r(&t, &tm);
         strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        ret = srv_reply(c, 429, "slow down", 9, MHD_HTTP_HEADER_RETRY_AFTER, date);
+        ret = test_server_reply(c, 429, "slow down", 9, MHD_HTTP_HEADER_RETRY_AFTER, date);
     } else if (!strcmp(url, "/redirect")) {
-        ret = srv_reply(c, 302, "", 0, MHD_HTTP_HEADER_LOCATION, "/ok");
+        ret = test_server_reply(c, 302, "", 0, MHD_HTTP_HEADER_LOCATION, "/ok");
     } else if (!strcmp(url, "/slow")) {
         srv_wait_release(s, 10000);
-        ret = srv_reply(c, 200, "slow", 4, NULL, NULL);
+        ret = test_server_reply(c, 200, "slow", 4, NULL, NULL);
     } else if (!strcmp(url, "/big")) {
-        ret = srv_reply(c, 200, s->big, BIG_BODY_LEN, NULL, NULL);
+        ret = test_server_reply(c, 200, s->big, BIG_BODY_LEN, NULL, NULL);
     } else if (!strcmp(url, "/manyheaders")) {
         struct MHD_Response *r = MHD_create_response_from_buffer(2, "ok", MHD_RESPMEM_PERSISTENT);
         for (int i = 0; i < 150; i++) {
@@ -133,7 +123,7 @@ static enum MHD_Result srv_handle(void *cls, struct MHD_Connection *c, const cha
         ret = MHD_queue_response(c, 200, r);
         MHD_destroy_response(r);
     } else {
-        ret = srv_reply(c, 404, "not found", 9, NULL, NULL);
+        ret = test_server_reply(c, 404, "not found", 9, NULL, NULL);
     }
     atomic_fetch_sub(&s->active, 1);
     atomic_fetch_add(&s->requests, 1);
@@ -148,19 +138,11 @@ static srv_t *srv_start(void) {
     s->big = malloc(BIG_BODY_LEN);
     assert_non_null(s->big);
     memset(s->big, 'x', BIG_BODY_LEN);
-    struct sockaddr_in sin;
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sin.sin_port = 0;
-    s->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
-                            NULL, NULL, srv_handle, s, MHD_OPTION_SOCK_ADDR, &sin,
-                            MHD_OPTION_NOTIFY_CONNECTION, srv_notify, s, MHD_OPTION_END);
-    assert_non_null(s->d);
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    assert_non_null(info);
-    s->port = info->port;
-    assert_true(s->port > 0);
+    const struct MHD_OptionItem notify[] = {
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)srv_notify, s},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    s->d = test_server_start(srv_handle, s, notify, &s->port);
     return s;
 }
 
@@ -213,21 +195,6 @@ static void rec_clear(rec_t *r, size_t n) {
     }
 }
 
-static hb_http_t *http_new(long max_in_flight, long max_host, int allow_http, int allow_private) {
-    char err[256];
-    hb_http_conf_t conf = {
-        .max_in_flight = max_in_flight,
-        .max_host_connections = max_host,
-        .connect_timeout_ms = 2000,
-        .allow_http = allow_http,
-        .allow_private_networks = allow_private,
-    };
-    hb_http_t *h = hb_http_new(&conf, err, sizeof(err));
-    if (!h)
-        fail_msg("hb_http_new: %s", err);
-    return h;
-}
-
 static hb_http_t *http_new_conf(const hb_http_conf_t *conf) {
     char err[256];
     hb_http_t *h = hb_http_new(conf, err, sizeof(err));
@@ -277,22 +244,53 @@ static void run_until_done(hb_http_t *h, rec_t *r, size_t n, int deadline_ms) {
         assert_int_equal(r[i].done, 1);
 }
 
+/* What most tests start from: a test server, an engine (see test_http_new) and
+ * nrec zeroed records for the requests; fx_stop tears all three down. */
+typedef struct fx_s {
+    srv_t *s;
+    hb_http_t *h; /* set to NULL by a test that frees the engine itself */
+    rec_t *r;
+    size_t nrec;
+} fx_t;
+
+static fx_t *fx_start(size_t nrec, long max_in_flight, long max_host, int allow_http,
+                      int allow_private) {
+    fx_t *fx = calloc(1, sizeof(*fx));
+    assert_non_null(fx);
+    fx->s = srv_start();
+    fx->h = test_http_new(max_in_flight, max_host, allow_http, allow_private);
+    fx->r = calloc(nrec, sizeof(*fx->r));
+    assert_non_null(fx->r);
+    fx->nrec = nrec;
+    return fx;
+}
+
+/* POSTs to path on the test server (see submit); the answer lands in *r. */
+static void fx_post(fx_t *fx, const char *path, long long timeout_ms, size_t max_resp, rec_t *r) {
+    char url[128];
+    url_for(url, sizeof(url), fx->s, path);
+    submit(fx->h, HB_HTTP_POST, url, timeout_ms, max_resp, r);
+}
+
+static void fx_stop(fx_t *fx) {
+    hb_http_free(fx->h);
+    srv_stop(fx->s);
+    rec_clear(fx->r, fx->nrec);
+    free(fx->r);
+    free(fx);
+}
+
 /* ------------------------------------------------------------------ */
 /* Tests                                                               */
 
 static void test_statuses(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(8, 8, 1, 1);
     const char *paths[] = {"/ok", "/nocontent", "/busy", "/redirect", "/missing", "/big"};
-    rec_t r[6];
-    char url[128];
-    memset(r, 0, sizeof(r));
-    for (size_t i = 0; i < HB_ARRAY_SIZE(paths); i++) {
-        url_for(url, sizeof(url), s, paths[i]);
-        submit(h, HB_HTTP_POST, url, 5000, 1000, &r[i]);
-    }
-    run_until_done(h, r, 6, 10000);
+    fx_t *fx = fx_start(HB_ARRAY_SIZE(paths), 8, 8, 1, 1);
+    rec_t *r = fx->r;
+    for (size_t i = 0; i < HB_ARRAY_SIZE(paths); i++)
+        fx_post(fx, paths[i], 5000, 1000, &r[i]);
+    run_until_done(fx->h, r, 6, 10000);
 
     assert_int_equal(r[0].res.http_status, 200);
     assert_int_equal(r[0].res.transport_error, 0);
@@ -320,70 +318,51 @@ static void test_statuses(void **state) {
     assert_int_equal(strlen(r[5].body), 1000);
     assert_int_equal(r[5].res.transport_error, 0);
 
-    assert_int_equal(atomic_load(&s->requests), 6);
-    assert_int_equal(hb_http_in_flight(h), 0);
-    assert_int_equal(hb_http_queued(h), 0);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 6);
+    assert_int_equal(atomic_load(&fx->s->requests), 6);
+    assert_int_equal(hb_http_in_flight(fx->h), 0);
+    assert_int_equal(hb_http_queued(fx->h), 0);
+    fx_stop(fx);
 }
 
 static void test_get_and_zero_body_limit(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 1, 1);
-    rec_t r[1];
+    fx_t *fx = fx_start(1, 4, 4, 1, 1);
+    rec_t *r = fx->r;
     char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/ok");
-    submit(h, HB_HTTP_GET, url, 5000, 0, &r[0]);
-    run_until_done(h, r, 1, 10000);
+    url_for(url, sizeof(url), fx->s, "/ok");
+    submit(fx->h, HB_HTTP_GET, url, 5000, 0, &r[0]);
+    run_until_done(fx->h, r, 1, 10000);
     assert_int_equal(r[0].res.http_status, 200);
     assert_int_equal(r[0].res.body_len, 0);
     assert_non_null(r[0].res.body);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 1);
+    fx_stop(fx);
 }
 
 /* A hostile endpoint cannot make us read unbounded headers. */
 static void test_response_headers_bounded(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 1, 1);
-    rec_t r[2];
-    char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/manyheaders");
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
-    url_for(url, sizeof(url), s, "/ok");
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
-    run_until_done(h, r, 2, 10000);
+    fx_t *fx = fx_start(2, 4, 4, 1, 1);
+    rec_t *r = fx->r;
+    fx_post(fx, "/manyheaders", 5000, 100, &r[0]);
+    fx_post(fx, "/ok", 5000, 100, &r[1]);
+    run_until_done(fx->h, r, 2, 10000);
     /* the status line arrived, the exchange did not complete: a transport
      * error with the reason (hb_deliver_classify retries those) */
     assert_int_not_equal(r[0].res.transport_error, 0);
     assert_non_null(strstr(r[0].res.error, "response headers over the limit"));
     assert_int_equal(r[1].res.http_status, 200); /* the next one is unaffected */
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 2);
+    fx_stop(fx);
 }
 
 static void test_retry_after_date(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 1, 1);
-    rec_t r[1];
-    char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/busydate");
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
-    run_until_done(h, r, 1, 10000);
+    fx_t *fx = fx_start(1, 4, 4, 1, 1);
+    rec_t *r = fx->r;
+    fx_post(fx, "/busydate", 5000, 100, &r[0]);
+    run_until_done(fx->h, r, 1, 10000);
     assert_int_equal(r[0].res.http_status, 429);
     assert_in_range(r[0].res.retry_after_s, 55, 61);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 1);
+    fx_stop(fx);
 }
 
 static void test_parse_retry_after(void **state) {
@@ -727,34 +706,26 @@ static void test_tls_files_checked(void **state) {
 /* https:// to a server that speaks plain HTTP fails as a TLS error. */
 static void test_tls_error_reason(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 0, 1);
-    rec_t r[1];
+    fx_t *fx = fx_start(1, 4, 4, 0, 1);
+    rec_t *r = fx->r;
     char url[128];
-    memset(r, 0, sizeof(r));
-    snprintf(url, sizeof(url), "https://127.0.0.1:%u/ok", (unsigned)s->port);
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
-    run_until_done(h, r, 1, 10000);
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/ok", (unsigned)fx->s->port);
+    submit(fx->h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(fx->h, r, 1, 10000);
     assert_int_equal(r[0].res.http_status, 0);
     assert_int_not_equal(r[0].res.transport_error, 0);
     if (strncmp(r[0].res.error, "TLS error: ", 11))
         fail_msg("error: %s", r[0].res.error);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 1);
+    fx_stop(fx);
 }
 
 static void test_timeout(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 1, 1);
-    rec_t r[1];
-    char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/slow");
+    fx_t *fx = fx_start(1, 4, 4, 1, 1);
+    rec_t *r = fx->r;
     int64_t t0 = hb_mono_ms();
-    submit(h, HB_HTTP_POST, url, 300, 100, &r[0]);
-    run_until_done(h, r, 1, 10000);
+    fx_post(fx, "/slow", 300, 100, &r[0]);
+    run_until_done(fx->h, r, 1, 10000);
     int64_t took = hb_mono_ms() - t0;
     assert_int_equal(r[0].res.timed_out, 1);
     assert_int_equal(r[0].res.transport_error, CURLE_OPERATION_TIMEDOUT);
@@ -763,25 +734,20 @@ static void test_timeout(void **state) {
     assert_string_equal(r[0].res.error, "timeout after 300 ms");
     assert_true(r[0].res.duration_ms >= 250); /* curl rounds its clock; never far early */
     assert_true(took < 5000);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 1);
+    fx_stop(fx);
 }
 
 static void test_private_refused(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(4, 4, 1, 0);
-    rec_t r[2];
+    fx_t *fx = fx_start(2, 4, 4, 1, 0);
+    rec_t *r = fx->r;
     char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/ok");
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    fx_post(fx, "/ok", 5000, 100, &r[0]);
     /* A name resolving to loopback is refused too: the check is on the
      * resolved address, not on the name. */
-    snprintf(url, sizeof(url), "http://localhost:%u/ok", (unsigned)s->port);
-    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
-    run_until_done(h, r, 2, 10000);
+    snprintf(url, sizeof(url), "http://localhost:%u/ok", (unsigned)fx->s->port);
+    submit(fx->h, HB_HTTP_POST, url, 5000, 100, &r[1]);
+    run_until_done(fx->h, r, 2, 10000);
 
     assert_int_equal(r[0].res.refused, 1);
     assert_int_equal(r[0].res.http_status, 0);
@@ -790,15 +756,13 @@ static void test_private_refused(void **state) {
                                         "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)");
     assert_int_equal(r[1].res.refused, 1);
     assert_non_null(strstr(r[1].res.error, "is loopback (refused; allow it with"));
-    assert_int_equal(atomic_load(&s->connections), 0); /* never connected */
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 2);
+    assert_int_equal(atomic_load(&fx->s->connections), 0); /* never connected */
+    fx_stop(fx);
 }
 
 static void test_scheme_refused_up_front(void **state) {
     (void)state;
-    hb_http_t *h = http_new(4, 4, 0, 1);
+    hb_http_t *h = test_http_new(4, 4, 0, 1);
     rec_t r[4];
     memset(r, 0, sizeof(r));
     submit(h, HB_HTTP_POST, "http://127.0.0.1:1/ok", 5000, 100, &r[0]);
@@ -846,7 +810,7 @@ static void test_connection_refused(void **state) {
     assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
     close(fd);
 
-    hb_http_t *h = http_new(4, 4, 1, 1);
+    hb_http_t *h = test_http_new(4, 4, 1, 1);
     rec_t r[2];
     char url[128];
     memset(r, 0, sizeof(r));
@@ -868,32 +832,25 @@ static void test_connection_refused(void **state) {
 
 static void test_many_concurrent(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(16, 16, 1, 1);
-    rec_t *r = calloc(MANY, sizeof(*r));
-    char url[128];
-    assert_non_null(r);
-    url_for(url, sizeof(url), s, "/ok");
+    fx_t *fx = fx_start(MANY, 16, 16, 1, 1);
+    rec_t *r = fx->r;
     for (size_t i = 0; i < MANY; i++)
-        submit(h, HB_HTTP_POST, url, 10000, 100, &r[i]);
-    assert_int_equal(hb_http_in_flight(h), 16);
-    assert_int_equal(hb_http_queued(h), MANY - 16);
+        fx_post(fx, "/ok", 10000, 100, &r[i]);
+    assert_int_equal(hb_http_in_flight(fx->h), 16);
+    assert_int_equal(hb_http_queued(fx->h), MANY - 16);
     int64_t until = hb_mono_ms() + 30000;
     while (!all_done(r, MANY) && hb_mono_ms() < until) {
-        (void)hb_http_run(h, 100, -1);
-        assert_true(hb_http_in_flight(h) <= 16);
+        (void)hb_http_run(fx->h, 100, -1);
+        assert_true(hb_http_in_flight(fx->h) <= 16);
     }
     for (size_t i = 0; i < MANY; i++) {
         assert_int_equal(r[i].done, 1);
         assert_int_equal(r[i].res.http_status, 200);
     }
-    assert_int_equal(atomic_load(&s->requests), MANY);
-    assert_true(atomic_load(&s->max_active) <= 16);
-    assert_true(atomic_load(&s->connections) <= 16); /* connections were reused */
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, MANY);
-    free(r);
+    assert_int_equal(atomic_load(&fx->s->requests), MANY);
+    assert_true(atomic_load(&fx->s->max_active) <= 16);
+    assert_true(atomic_load(&fx->s->connections) <= 16); /* connections were reused */
+    fx_stop(fx);
 }
 
 #define SLOW_N 6
@@ -903,7 +860,7 @@ static void test_slow_host_isolated(void **state) {
     (void)state;
     srv_t *slow = srv_start();
     srv_t *fast = srv_start();
-    hb_http_t *h = http_new(4, 2, 1, 1);
+    hb_http_t *h = test_http_new(4, 2, 1, 1);
     rec_t rs[SLOW_N], rf[FAST_N];
     char url[128];
     memset(rs, 0, sizeof(rs));
@@ -951,57 +908,47 @@ static void test_slow_host_isolated(void **state) {
 
 static void test_connection_reuse(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(8, 1, 1, 1);
-    rec_t r[20];
+    fx_t *fx = fx_start(20, 8, 1, 1, 1);
+    rec_t *r = fx->r;
     completions = 0;
-    char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/ok");
     for (size_t i = 0; i < 20; i++) { /* one after another */
-        submit(h, HB_HTTP_POST, url, 5000, 100, &r[i]);
-        run_until_done(h, &r[i], 1, 5000);
+        fx_post(fx, "/ok", 5000, 100, &r[i]);
+        run_until_done(fx->h, &r[i], 1, 5000);
         assert_int_equal(r[i].res.http_status, 200);
     }
-    assert_int_equal(atomic_load(&s->connections), 1);
+    assert_int_equal(atomic_load(&fx->s->connections), 1);
     rec_clear(r, 20);
     for (size_t i = 0; i < 20; i++) /* all at once, one connection per host */
-        submit(h, HB_HTTP_POST, url, 5000, 100, &r[i]);
-    assert_int_equal(hb_http_in_flight(h), 1);
-    run_until_done(h, r, 20, 10000);
+        fx_post(fx, "/ok", 5000, 100, &r[i]);
+    assert_int_equal(hb_http_in_flight(fx->h), 1);
+    run_until_done(fx->h, r, 20, 10000);
     for (size_t i = 0; i < 20; i++) /* FIFO within a host */
         assert_int_equal(r[i].order, (int)(20 + i + 1));
-    assert_int_equal(atomic_load(&s->connections), 1);
-    assert_int_equal(atomic_load(&s->max_active), 1);
-    hb_http_free(h);
-    srv_stop(s);
-    rec_clear(r, 20);
+    assert_int_equal(atomic_load(&fx->s->connections), 1);
+    assert_int_equal(atomic_load(&fx->s->max_active), 1);
+    fx_stop(fx);
 }
 
 static void test_free_aborts_pending(void **state) {
     (void)state;
-    srv_t *s = srv_start();
-    hb_http_t *h = http_new(2, 2, 1, 1);
-    rec_t r[5];
-    char url[128];
-    memset(r, 0, sizeof(r));
-    url_for(url, sizeof(url), s, "/slow");
+    fx_t *fx = fx_start(5, 2, 2, 1, 1);
+    rec_t *r = fx->r;
     for (size_t i = 0; i < 4; i++)
-        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
-    submit(h, HB_HTTP_POST, "gopher://x/", 20000, 100, &r[4]);
+        fx_post(fx, "/slow", 20000, 100, &r[i]);
+    submit(fx->h, HB_HTTP_POST, "gopher://x/", 20000, 100, &r[4]);
     for (int i = 0; i < 3; i++)
-        (void)hb_http_run(h, 50, -1); /* refused one completes, slow ones start */
+        (void)hb_http_run(fx->h, 50, -1); /* refused one completes, slow ones start */
     assert_int_equal(r[4].done, 1);
-    assert_int_equal(hb_http_in_flight(h), 2);
-    assert_int_equal(hb_http_queued(h), 2);
-    hb_http_free(h);
+    assert_int_equal(hb_http_in_flight(fx->h), 2);
+    assert_int_equal(hb_http_queued(fx->h), 2);
+    hb_http_free(fx->h);
+    fx->h = NULL;
     for (size_t i = 0; i < 4; i++) {
         assert_int_equal(r[i].done, 1);
         assert_string_equal(r[i].res.error, "aborted at shutdown");
         assert_int_not_equal(r[i].res.transport_error, 0);
     }
-    srv_stop(s);
-    rec_clear(r, 5);
+    fx_stop(fx);
 }
 
 static void *wake_later(void *arg) {
@@ -1012,7 +959,7 @@ static void *wake_later(void *arg) {
 
 static void test_wakeup_and_extra_fd(void **state) {
     (void)state;
-    hb_http_t *h = http_new(2, 2, 1, 1);
+    hb_http_t *h = test_http_new(2, 2, 1, 1);
     pthread_t t;
     int64_t t0 = hb_mono_ms();
     assert_int_equal(pthread_create(&t, NULL, wake_later, h), 0);
