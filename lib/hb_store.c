@@ -40,6 +40,7 @@
 #define STORE_NOTIFY_ROUNDS 16 /* bound on re-draining per hb_store_process call */
 #define STORE_SEAL_BATCH 100   /* inbox rows (or values to re-seal) per transaction */
 #define STORE_SEAL_BATCH_STR "100"
+#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
 
 struct hb_store_s {
     char *conninfo;      /* may hold a password: cleansed on free, never printed */
@@ -48,6 +49,7 @@ struct hb_store_s {
     int64_t backoff_ms;
     const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
     int seal_due;                /* hookbridge_seal was notified */
+    int64_t next_seal_ms;        /* monotonic; the inbox is swept at least this often */
 };
 
 /* One query shape for every snapshot: $1 NULL loads all live subscriptions.
@@ -549,6 +551,7 @@ static int seal_batch(hb_store_t *st, char *errstr, size_t errstr_size) {
 static int store_seal(hb_store_t *st, char *errstr, size_t errstr_size) {
     int n;
     st->seal_due = 0;
+    st->next_seal_ms = hb_mono_ms() + STORE_SWEEP_MS;
     if (!st->keyring)
         return 0;
     do {
@@ -557,25 +560,23 @@ static int store_seal(hb_store_t *st, char *errstr, size_t errstr_size) {
     return n < 0 ? -1 : 0;
 }
 
-/* Moves values sealed under an older key to the current one: one pass over
- * what is there, values under a key this service lacks are left (and said). */
-static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
+/* Moves one batch of values sealed under an older key this service holds
+ * to the current key; returns how many it moved (-1 on a database error).
+ * A value that does not open (altered, or from another row) is left, and said. */
+static int reseal_batch(hb_store_t *st, const char *old_ids, char *errstr, size_t errstr_size) {
     static const char batch[] = STORE_SEAL_BATCH_STR;
-    const char *current, *params[6];
+    const char *current = hb_keyring_current_id(st->keyring), *params[6];
     char aad[128], why[256], *plain = NULL, *hex = NULL;
     PGresult *res, *r2;
-    int n, moved = 0, lacking = 0;
+    int n, moved = 0;
 
-    if (!st->keyring)
-        return 0;
-    current = hb_keyring_current_id(st->keyring);
     if (store_command(st, "BEGIN", errstr, errstr_size) < 0)
         return -1;
-    params[0] = current;
+    params[0] = old_ids;
     params[1] = batch;
     res = PQexecParams(st->conn,
                        "SELECT kind, subscription_id::text, secret_id::text, sealed, key_id"
-                       "  FROM hookbridge.sealed_under_other_keys($1::text, $2::integer)",
+                       "  FROM hookbridge.sealed_under_other_keys($1::text[], $2::integer)",
                        2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_abort(
@@ -591,7 +592,6 @@ static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
         if (row_aad(aad, sizeof(aad), sub_id, secret_id, why, sizeof(why)) < 0 ||
             hb_unseal_hex(st->keyring, key_id, aad, PQgetvalue(res, i, 3), &plain, &len, why,
                           sizeof(why)) < 0) {
-            lacking++;
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub_id),
                    "cannot move its %s to the current key: %s",
                    secret_id ? "signing secret" : "auth value", why);
@@ -624,9 +624,32 @@ static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
     PQclear(res);
     if (store_command(st, "COMMIT", errstr, errstr_size) < 0)
         return store_abort(st, -1);
-    if (moved || lacking)
-        hb_info("secrets under older keys: %d moved to key %s, %d left", moved, current, lacking);
-    /* A full batch may have more behind it; the next start takes them. */
+    return moved;
+}
+
+/* Moves every value sealed under an older key this service holds
+ * (HOOKBRIDGE_SECRET_KEYS_OLD) to the current key. */
+static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
+    char old_ids[1024];
+    size_t len = 0, cnt;
+    int moved, total = 0;
+
+    if (!st->keyring || (cnt = hb_keyring_count(st->keyring)) < 2)
+        return 0;
+    /* A text[] literal of key ids (16 hex digits each: nothing to quote). */
+    old_ids[len++] = '{';
+    for (size_t i = 1; i < cnt && len + HB_SEAL_KEY_ID_LEN + 3 < sizeof(old_ids); i++)
+        len += (size_t)snprintf(old_ids + len, sizeof(old_ids) - len, "%s%s", i > 1 ? "," : "",
+                                hb_keyring_id(st->keyring, i));
+    snprintf(old_ids + len, sizeof(old_ids) - len, "}");
+    do {
+        if ((moved = reseal_batch(st, old_ids, errstr, errstr_size)) < 0)
+            return -1;
+        total += moved;
+    } while (moved > 0);
+    if (total)
+        hb_info("secrets moved to the current key %s: %d", hb_keyring_current_id(st->keyring),
+                total);
     return 0;
 }
 
@@ -814,6 +837,8 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
         hb_seterr(errstr, errstr_size, "database: connection lost (%s); reconnecting", why);
         return -1;
     }
+    if (hb_mono_ms() >= st->next_seal_ms)
+        st->seal_due = 1; /* a sweep: revealable secrets past their window leave the inbox */
     /* Handlers run queries, and libpq queues notifications that arrive
      * meanwhile without the socket turning readable again: drain until empty. */
     for (int round = 0; round < STORE_NOTIFY_ROUNDS && st->conn; round++) {

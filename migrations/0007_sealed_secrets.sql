@@ -327,8 +327,9 @@ BEGIN
 END
 $$;
 
--- Sealed values under any key but current_key_id, locked like secrets_to_seal.
-CREATE FUNCTION hookbridge.sealed_under_other_keys(current_key_id text, max_rows integer DEFAULT 100)
+-- Sealed values under one of old_key_ids (the older keys a service holds),
+-- locked like secrets_to_seal.
+CREATE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
 RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
@@ -337,14 +338,14 @@ BEGIN
     RETURN QUERY
         SELECT 'signing'::text, sec.subscription_id, sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec
-         WHERE sec.key_id <> current_key_id
+         WHERE sec.key_id = ANY (old_key_ids)
            AND (sec.expires_at IS NULL OR sec.expires_at > now())
          ORDER BY sec.id LIMIT v_max
            FOR UPDATE;
     RETURN QUERY
         SELECT 'auth'::text, s.id, NULL::bigint, encode(s.auth_sealed, 'hex'), s.auth_key_id
           FROM hookbridge.subscriptions s
-         WHERE s.auth_key_id <> current_key_id AND s.deregistered_at IS NULL
+         WHERE s.auth_key_id = ANY (old_key_ids) AND s.deregistered_at IS NULL
          ORDER BY s.id LIMIT v_max
            FOR UPDATE;
 END

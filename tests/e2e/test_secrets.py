@@ -157,16 +157,22 @@ def test_key_rotation_moves_values_to_the_new_key(db_url, broker, procs, workdir
     d.wait_ready()
     sub = register_verified(db_url, receiver.url, ["user.session.start"],
                             {"auth_value": auth, "secret": secret})
+    # More than one batch (100) of values to seal, and later to move.
+    sql(db_url, "SELECT hookbridge.register('bulk ' || i, 'https://example.com/' || i, "
+        "ARRAY['user.session.start'], '{\"auth_header\": \"X-Key\", \"auth_value\": \"k\"}') "
+        "FROM generate_series(1, 150) i")
     wait_sealed(db_url, sub)
-    assert sql(db_url, "SELECT key_id, signing_secrets, auth_values FROM hookbridge.secret_keys") \
-        == [(key_id(old), 1, 1)]
+    wait_until(lambda: sql(db_url, "SELECT key_id, signing_secrets, auth_values "
+                           "FROM hookbridge.secret_keys") == [(key_id(old), 151, 151)], 30,
+               "every value sealed under the first key")
     d.proc.stop()
 
     d2 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-newkey",
                     extra_env={"HOOKBRIDGE_SECRET_KEY": new, "HOOKBRIDGE_SECRET_KEYS_OLD": old})
     d2.wait_ready()
-    wait_until(lambda: sql(db_url, "SELECT key_id FROM hookbridge.secret_keys")
-               == [(key_id(new),)], 15, "every value under the new key")
+    wait_until(lambda: sql(db_url, "SELECT key_id, signing_secrets, auth_values "
+                           "FROM hookbridge.secret_keys") == [(key_id(new), 151, 151)], 30,
+               "every value under the new key")
     d2.proc.stop()
 
     # The old key is gone from the configuration: still delivered, signed.
