@@ -392,6 +392,23 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
     return 0;
 }
 
+int hb_config_load_tool(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                        char **argv, void (*usage)(FILE *fp), int bad_status) {
+    char errstr[1024];
+    int rc = hb_config_load(cfg, program, program_name, argc, argv, errstr, sizeof(errstr));
+    if (rc == 0)
+        return -1;
+    if (rc == 1) { /* --help (settings printed by hb_config) or --config-reference */
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+                usage(stdout);
+    } else {
+        fprintf(stderr, "%s: error: %s\n", program_name, errstr);
+    }
+    hb_config_free(cfg);
+    return rc == 1 ? 0 : bad_status;
+}
+
 void hb_config_free(hb_config_t *cfg) {
     for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++)
         if (cf_table[i].type == CF_STR) {

@@ -83,6 +83,14 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
 
 void hb_config_free(hb_config_t *cfg);
 
+/* hb_config_load for a command-line tool: after --help's settings it prints
+ * usage(stdout); an error goes to stderr as "<name>: error: <reason>".
+ * Returns -1 when the tool goes on with cfg loaded, else the status to exit
+ * with (0 after --help or --config-reference, bad_status after an error),
+ * cfg then freed. */
+int hb_config_load_tool(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                        char **argv, void (*usage)(FILE *fp), int bad_status) HB_MUSTCHECK;
+
 /* Prints the settings of `program` (HB_PROG_ALL: all) as --help text. */
 void hb_config_usage(FILE *fp, unsigned program, const char *program_name);
 

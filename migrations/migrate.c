@@ -445,19 +445,8 @@ int main(int argc, char **argv) {
     PGconn *conn = NULL;
     int rc, status = 1;
 
-    rc = hb_config_load(&cfg, HB_PROG_MIGRATE, PROG, argc, argv, errstr, sizeof(errstr));
-    if (rc == 1) { /* --help (settings printed by hb_config) or --config-reference */
-        for (int i = 1; i < argc; i++)
-            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-                usage(stdout);
-        hb_config_free(&cfg);
-        return 0;
-    }
-    if (rc < 0) {
-        fprintf(stderr, "%s: error: %s\n", PROG, errstr);
-        hb_config_free(&cfg);
-        return 1;
-    }
+    if ((rc = hb_config_load_tool(&cfg, HB_PROG_MIGRATE, PROG, argc, argv, usage, 1)) >= 0)
+        return rc;
     for (int i = 0; i < cfg.args_cnt; i++) {
         const char *a = cfg.args[i];
         if (!strcmp(a, "--dir") && i + 1 < cfg.args_cnt) {

@@ -152,23 +152,11 @@ out:
 
 int main(int argc, char **argv) {
     hb_config_t cfg;
-    char errstr[1024];
     const char *cmd;
     int rc, want_args;
 
-    rc = hb_config_load(&cfg, HB_PROG_SECRET, PROG, argc, argv, errstr, sizeof(errstr));
-    if (rc == 1) { /* --help (settings printed by hb_config) or --config-reference */
-        for (int i = 1; i < argc; i++)
-            if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-                usage(stdout);
-        hb_config_free(&cfg);
-        return 0;
-    }
-    if (rc < 0) {
-        fprintf(stderr, "%s: error: %s\n", PROG, errstr);
-        hb_config_free(&cfg);
-        return 2;
-    }
+    if ((rc = hb_config_load_tool(&cfg, HB_PROG_SECRET, PROG, argc, argv, usage, 2)) >= 0)
+        return rc;
     cmd = cfg.args_cnt > 0 ? cfg.args[0] : NULL;
     want_args = cmd && !strcmp(cmd, "show") ? 2 : 1;
     if (!cmd || (strcmp(cmd, "generate-key") && strcmp(cmd, "key-id") && strcmp(cmd, "show"))) {
