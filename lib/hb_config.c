@@ -69,8 +69,10 @@ static const cf_row_t cf_table[] = {
      "(retry_topic_prefix + delay). The default spreads 8 attempts over about 28 hours."},
     {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
      "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
-    {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0, HB_PROG_SERVICES, 0,
-     "Address of /healthz, /readyz and /metrics (host:port; port 0 picks one)."},
+    {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0,
+     HB_PROG_SERVICES | HB_PROG_PRODUCER, 0,
+     "Address of /healthz, /readyz and /metrics (host:port; port 0 picks one). The producer "
+     "serves them only as the ingest endpoint (ingest_listen)."},
     {"log_level", CF_STR, OFF(log_level), "info", 0, 0, HB_PROG_ALL, 0,
      "debug, info, warn or error."},
     {"source", CF_STR, OFF(source), "urn:hookbridge", 0, 0, HB_PROG_SERVICES, 0,
@@ -128,6 +130,30 @@ static const cf_row_t cf_table[] = {
      HB_PROG_RETRIER, 0,
      "An endpoint that has failed every attempt for this long is deactivated, with the "
      "reason recorded (0: never)."},
+    {"ingest_listen", CF_STR, OFF(ingest_listen), "", 0, 0, HB_PROG_PRODUCER, 0,
+     "host:port of the Okta event-hook ingest endpoint (also `--listen`). When set, the "
+     "producer runs as a service that accepts Okta's deliveries on /okta/events instead of "
+     "reading input (docs/ingest.md)."},
+    {"ingest_auth_header", CF_STR, OFF(ingest_auth_header), "Authorization", 0, 0, HB_PROG_PRODUCER,
+     0, "Header that carries the ingest secret (Okta's event hook \"Authentication field\")."},
+    {"ingest_auth_value", CF_STR, OFF(ingest_auth_value), "", 0, 0, HB_PROG_PRODUCER, 1,
+     "Required with ingest_listen. The exact value of ingest_auth_header every request must "
+     "carry (Okta's \"Authentication secret\"); others get 401."},
+    {"ingest_allow_unauthenticated", CF_BOOL, OFF(ingest_allow_unauthenticated), "0", 0, 1,
+     HB_PROG_PRODUCER, 0,
+     "Run the ingest endpoint without ingest_auth_value: anyone who reaches it can publish "
+     "events. For local use only."},
+    {"ingest_max_body_bytes", CF_INT, OFF(ingest_max_body_bytes), "4194304", 1024, 67108864,
+     HB_PROG_PRODUCER, 0,
+     "Largest ingest request body; a larger one is refused with 413 (announced by "
+     "Content-Length: without reading it)."},
+    {"ingest_timeout", CF_MS, OFF(ingest_timeout_ms), "10s", 100, 300000, HB_PROG_PRODUCER, 0,
+     "How long an ingest request waits for the brokers to acknowledge its events (librdkafka "
+     "message.timeout.ms); then it is answered 503 with Retry-After."},
+    {"ingest_max_connections", CF_INT, OFF(ingest_max_connections), "64", 1, 10000,
+     HB_PROG_PRODUCER, 0,
+     "Concurrent connections to the ingest endpoint (one thread each); further ones are "
+     "not served until one closes."},
 };
 
 static void env_name(const cf_row_t *r, char *out, size_t outsz) {

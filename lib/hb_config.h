@@ -63,6 +63,15 @@ typedef struct hb_config_s {
     long long circuit_cooldown_ms;    /* how long new deliveries skip an open endpoint */
     long long auto_deactivate_ms;     /* failing this long: deactivated; 0 never */
 
+    /* The producer's Okta event-hook ingest endpoint (hookbridge-producer --listen). */
+    char *ingest_listen;              /* "" = no endpoint: the CLI */
+    char *ingest_auth_header;         /* the header Okta sends the secret in */
+    char *ingest_auth_value;          /* secret: never printed */
+    int ingest_allow_unauthenticated; /* no auth value needed (local use) */
+    long long ingest_max_body_bytes;  /* larger requests: 413 */
+    long long ingest_timeout_ms;      /* broker ack wait, librdkafka message.timeout.ms */
+    long long ingest_max_connections; /* concurrent connections (one thread each) */
+
     /* librdkafka passthrough: props[2*i] = name, props[2*i+1] = value. */
     char **kafka_props;
     size_t kafka_props_cnt;
