@@ -1,0 +1,116 @@
+/*
+ * Okta event-hook bodies into encoded events. See hb_ingest.h.
+ *
+ * Every event is normalized, encoded and bounded before any is handed back,
+ * so a caller that produces only after a successful parse never writes part
+ * of a refused request.
+ */
+#include "hb_ingest.h"
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_event.h"
+
+void hb_ingest_batch_free(hb_ingest_batch_t *b) {
+    if (!b)
+        return;
+    for (size_t i = 0; i < b->cnt; i++) {
+        free(b->msgs[i].key);
+        free(b->msgs[i].value);
+    }
+    free(b->msgs);
+    b->msgs = NULL;
+    b->cnt = 0;
+}
+
+/* The envelope's data.events, or NULL with the reason. */
+static json_t *envelope_events(json_t *root, char *errstr, size_t errstr_size) {
+    json_t *type, *data, *events;
+    if (!json_is_object(root)) {
+        hb_seterr(errstr, errstr_size, "not an Okta event hook: expected a JSON object");
+        return NULL;
+    }
+    type = json_object_get(root, "eventType");
+    if (!json_is_string(type)) {
+        hb_seterr(errstr, errstr_size,
+                  "not an Okta event hook: eventType missing (want \"" HB_INGEST_ENVELOPE_TYPE
+                  "\")");
+        return NULL;
+    }
+    if (strcmp(json_string_value(type), HB_INGEST_ENVELOPE_TYPE) != 0) {
+        char shown[80];
+        snprintf(shown, sizeof(shown), "%s", json_string_value(type));
+        hb_seterr(errstr, errstr_size,
+                  "not an Okta event hook: eventType is \"%s\", want \"" HB_INGEST_ENVELOPE_TYPE
+                  "\" (send the envelope, not a bare event)",
+                  shown);
+        return NULL;
+    }
+    data = json_object_get(root, "data");
+    if (!json_is_object(data)) {
+        hb_seterr(errstr, errstr_size, "data: expected an object with an events array");
+        return NULL;
+    }
+    events = json_object_get(data, "events");
+    if (!json_is_array(events)) {
+        hb_seterr(errstr, errstr_size, "data.events: expected an array of events");
+        return NULL;
+    }
+    return events;
+}
+
+int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
+                    long *bad_event, char *errstr, size_t errstr_size) {
+    json_error_t jerr;
+    json_t *root, *events;
+    size_t n;
+    char why[400];
+
+    memset(out, 0, sizeof(*out));
+    *bad_event = -1;
+    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        hb_seterr(errstr, errstr_size, "invalid JSON at line %d, column %d: %s", jerr.line,
+                  jerr.column, jerr.text);
+        return -1;
+    }
+    events = envelope_events(root, errstr, errstr_size);
+    if (!events) {
+        json_decref(root);
+        return -1;
+    }
+    n = json_array_size(events);
+    out->msgs = n ? hb_calloc(n, sizeof(*out->msgs)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *ev = json_array_get(events, i);
+        hb_ingest_msg_t *m = &out->msgs[i];
+        if (hb_event_normalize(ev, 1, why, sizeof(why)) < 0 ||
+            hb_codec_encode(codec, ev, &m->value, &m->value_len, why, sizeof(why)) < 0)
+            goto bad;
+        out->cnt = i + 1; /* value owned by the batch from here */
+        if (m->value_len > HB_EVENT_MAX_BYTES) {
+            hb_seterr(why, sizeof(why), "event of %zu bytes (encoded) is larger than %d bytes",
+                      m->value_len, HB_EVENT_MAX_BYTES);
+            goto bad;
+        }
+        m->key = hb_strdup(hb_event_key(ev));
+        continue;
+    bad:
+        hb_seterr(errstr, errstr_size, "data.events[%zu]: %s", i, why);
+        *bad_event = (long)i;
+        json_decref(root);
+        hb_ingest_batch_free(out);
+        return -1;
+    }
+    json_decref(root);
+    return 0;
+}
+
+int hb_ingest_auth_ok(const char *got, const char *want) {
+    size_t n = strlen(want);
+    return got && strlen(got) == n && CRYPTO_memcmp(got, want, n) == 0;
+}
