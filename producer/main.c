@@ -3,6 +3,7 @@
  *
  *   hookbridge-producer [FILE|-]             one JSON event per line (stdin by default)
  *   hookbridge-producer --generate N [--rate R]   N synthetic events, at most R per second
+ *   hookbridge-producer --listen HOST:PORT   the Okta event-hook endpoint (ingest.c)
  *
  * Read configuration, build the sender, feed it lines or generated events
  * until the input ends or SIGINT/SIGTERM, wait for every delivery report
@@ -20,6 +21,7 @@
 
 #include "hb_config.h"
 #include "hb_event.h"
+#include "hb_ingest.h"
 #include "hb_log.h"
 #include "hb_signal.h"
 #include "producer.h"
@@ -30,6 +32,7 @@
 
 typedef struct {
     const char *file;   /* NULL or "-": stdin */
+    const char *listen; /* --listen: the ingest endpoint (overrides ingest_listen) */
     long long generate; /* > 0: synthetic mode */
     double rate;        /* events per second, 0: unlimited */
     int allow_unknown_types;
@@ -39,7 +42,8 @@ typedef struct {
 
 static void usage(FILE *fp) {
     fprintf(fp, "Usage: " PROG " [options] [FILE|-]\n"
-                "       " PROG " [options] --generate N [--rate R]\n\n"
+                "       " PROG " [options] --generate N [--rate R]\n"
+                "       " PROG " [options] --listen HOST:PORT\n\n"
                 "Publishes identity events (Okta System Log LogEvent JSON, one per line) to the\n"
                 "events topic as single-object-encoded Avro, keyed by the target user's id.\n"
                 "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
@@ -48,7 +52,9 @@ static void usage(FILE *fp) {
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"
                 "  --print                write the normalized events to stdout, produce nothing\n"
-                "  --list-types           print the event type catalogue and exit\n");
+                "  --list-types           print the event type catalogue and exit\n"
+                "  --listen HOST:PORT     serve Okta event hooks (POST/GET " HB_INGEST_PATH ")\n"
+                "                         until SIGTERM; see ingest_listen and docs/ingest.md\n");
 }
 
 /* A whole-string number: no trailing junk, no overflow. */
@@ -74,7 +80,8 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         int is_generate = nlen == 10 && !strncmp(a, "--generate", 10);
         int is_rate = nlen == 6 && !strncmp(a, "--rate", 6);
-        if (is_generate || is_rate) {
+        int is_listen = nlen == 8 && !strncmp(a, "--listen", 8);
+        if (is_generate || is_rate || is_listen) {
             if (eq) {
                 val = eq + 1;
             } else if (i + 1 < cfg->args_cnt) {
@@ -84,7 +91,9 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
                 return -1;
             }
         }
-        if (is_generate) {
+        if (is_listen) {
+            o->listen = val;
+        } else if (is_generate) {
             if (parse_count(val, &o->generate) < 0 || o->generate == 0) {
                 fprintf(stderr, PROG ": --generate wants a positive number, not \"%s\"\n", val);
                 return -1;
@@ -116,6 +125,26 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
     }
     if (o->rate > 0 && !o->generate) {
         fprintf(stderr, PROG ": --rate goes with --generate\n");
+        return -1;
+    }
+    if (!o->listen && *cfg->ingest_listen)
+        o->listen = cfg->ingest_listen;
+    if (o->listen && (o->file || o->generate || o->print_only)) {
+        fprintf(stderr, PROG ": --listen (ingest_listen) serves Okta event hooks; it reads no "
+                             "input file and goes with neither --generate nor --print\n");
+        return -1;
+    }
+    if (o->listen && !*cfg->ingest_auth_value && !cfg->ingest_allow_unauthenticated) {
+        fprintf(stderr,
+                PROG ": --listen needs HOOKBRIDGE_INGEST_AUTH_VALUE, the secret every request "
+                     "must carry in the %s header (Okta's \"Authentication secret\"); for local "
+                     "use without one set HOOKBRIDGE_INGEST_ALLOW_UNAUTHENTICATED=1\n",
+                cfg->ingest_auth_header);
+        return -1;
+    }
+    if (o->listen && !*cfg->ingest_auth_header) {
+        fprintf(stderr, PROG ": HOOKBRIDGE_INGEST_AUTH_HEADER is empty: name the header that "
+                             "carries the ingest secret\n");
         return -1;
     }
     return 0;
@@ -212,6 +241,11 @@ int main(int argc, char **argv) {
         lvl = HB_LOG_INFO;
     hb_log_init("producer", lvl);
     hb_signal_install(-1);
+    if (o.listen) {
+        rc = hb_ingest_serve(&cfg, o.listen);
+        hb_config_free(&cfg);
+        return rc;
+    }
 
     if (!o.generate) {
         in = !o.file || !strcmp(o.file, "-") ? stdin : fopen(o.file, "r");

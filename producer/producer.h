@@ -1,6 +1,7 @@
 /*
  * hookbridge-producer's parts: the sender (normalize -> encode -> produce,
- * with delivery reports counted) and the synthetic event generator.
+ * with delivery reports counted), the synthetic event generator and the
+ * Okta event-hook ingest endpoint.
  */
 #ifndef HB_PRODUCER_H
 #define HB_PRODUCER_H
@@ -37,6 +38,11 @@ long long hb_producer_delivered(const hb_producer_t *p);
 long long hb_producer_failed(const hb_producer_t *p);
 
 void hb_producer_free(hb_producer_t *p);
+
+/* The Okta event-hook ingest endpoint (ingest.c): serves on listen until
+ * SIGTERM/SIGINT, then drains. Returns the exit status: 0 after a clean
+ * stop, 1 when it could not start. */
+int hb_ingest_serve(const hb_config_t *cfg, const char *listen);
 
 /* Synthetic identity events: a mix of the catalogue's types with realistic
  * actors, targets, clients and outcomes (a few hundred bytes each). The

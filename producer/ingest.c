@@ -1,0 +1,605 @@
+/*
+ * The Okta event-hook ingest endpoint: `hookbridge-producer --listen HOST:PORT`.
+ * What a client sees is in docs/ingest.md; the validation is hb_ingest.
+ *
+ * Threads. libmicrohttpd runs one thread per connection (at most
+ * ingest_max_connections) and calls on_request there. main's thread runs
+ * ingest_loop: it serves librdkafka's delivery reports (rd_kafka_poll, the
+ * only place on_delivery runs), beats the health endpoint and learns the
+ * events topic's metadata, which is what readiness means. A POST handler
+ * validates the whole body first (hb_ingest_parse under codec_lock: a codec
+ * is not thread-safe), then produces every event with its request as the
+ * message opaque, then waits on `cond` until each event has its delivery
+ * report, the ingest timeout passes, or a stop aborts the wait. Only after
+ * every report says "written" is the answer 200.
+ *
+ * Lifetime. A request is referenced by its connection and by each of its
+ * messages still inside librdkafka; whoever drops the last reference frees
+ * it. So a handler that stops waiting (503) leaves its request to the
+ * reports still to come, and a late report never touches freed memory.
+ * Every request field two threads touch (refs and the counters) is guarded
+ * by `lock`, as are the server's in_flight, outstanding and aborting.
+ *
+ * Memory is bounded by connections x ingest_max_body_bytes (each body is
+ * freed once parsed) plus librdkafka's queue; slow clients are cut off by
+ * the connection timeout.
+ */
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hb_codec.h"
+#include "hb_httpd.h"
+#include "hb_ingest.h"
+#include "hb_kafka.h"
+#include "hb_listen.h"
+#include "hb_log.h"
+#include "hb_metrics.h"
+#include "hb_schemas.h"
+#include "hb_signal.h"
+#include "producer.h"
+
+/* A stop waits this long for requests in flight before cutting them off. */
+#define INGEST_DRAIN_MS 20000
+/* Idle (or slow) connections are closed after this many seconds. */
+#define INGEST_CONN_TIMEOUT_S 30
+/* How long one attempt to learn the topic's metadata may hold the loop. */
+#define INGEST_PREPARE_MS 500
+#define INGEST_PREPARE_EVERY_MS 2000
+/* A handler waits this much longer than librdkafka's message timeout, whose
+ * expiry scan runs once a second, so a timed-out event reports first. */
+#define INGEST_WAIT_MARGIN_MS 2000
+/* What a 503 asks the client to wait before sending again, in seconds. */
+#define INGEST_RETRY_AFTER "5"
+
+typedef struct ingest_s ingest_t;
+
+typedef struct {
+    ingest_t *in;
+    char *body; /* the handler's thread only */
+    size_t len, cap;
+    int too_large;
+    int64_t started_ms;
+    /* guarded by in->lock */
+    int refs;
+    size_t queued, reported, failed;
+    rd_kafka_resp_err_t first_err;
+} req_t;
+
+struct ingest_s {
+    const hb_config_t *cfg;
+    const char *auth_value; /* NULL: unauthenticated (allowed explicitly) */
+    rd_kafka_t *rk;
+    rd_kafka_topic_t *topic; /* the main thread's; NULL until the metadata came */
+    hb_codec_t *codec;
+    pthread_mutex_t codec_lock;
+    struct MHD_Daemon *mhd;
+    hb_httpd_t *ops;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* broadcast on every report and every request's end */
+    long in_flight;      /* POSTs begun and not completed */
+    long outstanding;    /* messages queued and not reported */
+    int aborting;        /* waits end at once: the drain is over */
+
+    hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
+    hb_metric_t *m_produced, *m_failed, *m_rejected;
+    hb_metric_t *m_duration;
+};
+
+static void req_unref_locked(req_t *r, int *last) {
+    *last = --r->refs == 0;
+}
+
+static void req_free(req_t *r) {
+    free(r->body);
+    free(r);
+}
+
+/* librdkafka's delivery report, on main's thread (rd_kafka_poll). */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
+    ingest_t *in = opaque;
+    req_t *r = rkm->_private;
+    int last;
+    (void)rk;
+    hb_metric_inc(rkm->err ? in->m_failed : in->m_produced);
+    pthread_mutex_lock(&in->lock);
+    r->reported++;
+    if (rkm->err && r->failed++ == 0)
+        r->first_err = rkm->err;
+    in->outstanding--;
+    req_unref_locked(r, &last);
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    if (last)
+        req_free(r);
+}
+
+static void client_address(struct MHD_Connection *conn, char *out, size_t outsz) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(out, outsz, "?");
+    if (ci && ci->client_addr) {
+        socklen_t len = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                               : sizeof(struct sockaddr_in);
+        if (getnameinfo(ci->client_addr, len, out, (socklen_t)outsz, NULL, 0, NI_NUMERICHOST))
+            snprintf(out, outsz, "?");
+    }
+}
+
+/* Answers with a JSON body (taken over); logs 4xx at info, 5xx at warn. */
+static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned status,
+                             json_t *body, const char *what) {
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+    char code[8], remote[NI_MAXHOST];
+    json_decref(body);
+    if (!text)
+        text = hb_strdup("{}");
+    resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
+        (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, POST");
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE)
+        (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, INGEST_RETRY_AFTER);
+    ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    if (status >= 200 && status < 600 && status / 100 != 3)
+        hb_metric_inc(in->m_class[status < 300 ? 0 : status < 500 ? 1 : 2]);
+    snprintf(code, sizeof(code), "%u", status);
+    client_address(conn, remote, sizeof(remote));
+    hb_log(status >= 500   ? HB_LOG_WARN
+           : status >= 400 ? HB_LOG_INFO
+                           : HB_LOG_DEBUG,
+           HB_KV("status", code, "remote", remote), "ingest: %s", what);
+    return ret;
+}
+
+/* {"error": why} and, when the fault is one event's, its index. */
+static enum MHD_Result reply_error(ingest_t *in, struct MHD_Connection *conn, unsigned status,
+                                   const char *why, long event) {
+    json_t *body = json_object();
+    (void)json_object_set_new(body, "error", json_string(why));
+    if (event >= 0)
+        (void)json_object_set_new(body, "event", json_integer(event));
+    return reply(in, conn, status, body, why);
+}
+
+/* Okta's one-time verification: echo the challenge header. */
+static enum MHD_Result verification(ingest_t *in, struct MHD_Connection *conn) {
+    const char *v =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Okta-Verification-Challenge");
+    json_t *body;
+    if (!v)
+        return reply_error(in, conn, MHD_HTTP_BAD_REQUEST,
+                           "GET is Okta's verification request: the "
+                           "X-Okta-Verification-Challenge header is missing",
+                           -1);
+    body = json_pack("{s:s}", "verification", v);
+    if (!body)
+        return reply_error(in, conn, MHD_HTTP_BAD_REQUEST,
+                           "X-Okta-Verification-Challenge is not valid UTF-8", -1);
+    return reply(in, conn, MHD_HTTP_OK, body, "verification challenge answered");
+}
+
+/* Content-Length over the limit? (Absent: the body is counted as it comes.) */
+static int announced_too_large(struct MHD_Connection *conn, long long max) {
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    char *end;
+    unsigned long long n;
+    if (!cl)
+        return 0;
+    n = strtoull(cl, &end, 10);
+    return end != cl && n > (unsigned long long)max;
+}
+
+static void append_body(req_t *r, const char *data, size_t n, long long max) {
+    if (r->too_large)
+        return;
+    if (r->len + n > (size_t)max) { /* keep reading, keep nothing: 413 at the end */
+        r->too_large = 1;
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+        return;
+    }
+    if (r->len + n > r->cap) {
+        size_t cap = r->cap ? r->cap : 16384;
+        while (cap < r->len + n)
+            cap *= 2;
+        if (cap > (size_t)max)
+            cap = (size_t)max;
+        r->body = hb_realloc(r->body, cap);
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+}
+
+static void abs_deadline(struct timespec *ts, int64_t in_ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(in_ms / 1000);
+    ts->tv_nsec += (long)(in_ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* The whole body is in: validate it all, produce it all, wait for the acks. */
+static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, req_t *r) {
+    hb_ingest_batch_t b;
+    char why[600], perr[300], what[700];
+    size_t queued = 0, reported, failed, n;
+    rd_kafka_resp_err_t first_err;
+    long bad;
+    int rc, produce_failed = 0, aborted;
+    struct timespec until;
+    json_t *body;
+
+    pthread_mutex_lock(&in->codec_lock);
+    rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, &bad, why, sizeof(why));
+    pthread_mutex_unlock(&in->codec_lock);
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
+    if (rc < 0) {
+        hb_ingest_batch_free(&b);
+        hb_metric_inc(in->m_rejected);
+        return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, bad);
+    }
+    n = b.cnt;
+    for (size_t i = 0; i < n; i++) {
+        const hb_ingest_msg_t *m = &b.msgs[i];
+        pthread_mutex_lock(&in->lock);
+        if (in->aborting) {
+            pthread_mutex_unlock(&in->lock);
+            break;
+        }
+        /* The report may come before producev returns: count it in first. */
+        r->refs++;
+        r->queued++;
+        in->outstanding++;
+        pthread_mutex_unlock(&in->lock);
+        if (hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key), m->value,
+                             m->value_len, r, 0, perr, sizeof(perr)) < 0) {
+            int last;
+            pthread_mutex_lock(&in->lock);
+            r->queued--;
+            in->outstanding--;
+            req_unref_locked(r, &last); /* the connection still holds one */
+            pthread_mutex_unlock(&in->lock);
+            hb_metric_inc(in->m_failed);
+            produce_failed = 1;
+            break;
+        }
+        queued++;
+    }
+    hb_ingest_batch_free(&b);
+
+    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
+    pthread_mutex_lock(&in->lock);
+    while (r->reported < r->queued && !in->aborting)
+        if (pthread_cond_timedwait(&in->cond, &in->lock, &until) != 0)
+            break; /* ETIMEDOUT */
+    reported = r->reported;
+    failed = r->failed;
+    first_err = r->first_err;
+    aborted = in->aborting;
+    pthread_mutex_unlock(&in->lock);
+
+    hb_metric_observe(in->m_duration, (double)(hb_mono_ms() - r->started_ms) / 1000.0);
+    if (!produce_failed && queued == n && reported == queued && failed == 0) {
+        snprintf(what, sizeof(what), "%zu events produced", n);
+        body = json_pack("{s:I}", "produced", (json_int_t)n);
+        return reply(in, conn, MHD_HTTP_OK, body, what);
+    }
+    if (produce_failed)
+        snprintf(why, sizeof(why), "event %zu could not be queued (%s)", queued, perr);
+    else if (failed)
+        snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events (%s)", failed,
+                 n, rd_kafka_err2str(first_err));
+    else if (aborted || queued < n)
+        snprintf(why, sizeof(why), "the producer is stopping: %zu of %zu events acknowledged",
+                 reported, n);
+    else
+        snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events in %lld ms",
+                 queued - reported, n, in->cfg->ingest_timeout_ms);
+    snprintf(what, sizeof(what),
+             "%s; some events of this request may already be written: send it again "
+             "(at least once, nothing is lost)",
+             why);
+    body = json_pack("{s:s, s:I, s:I}", "error", what, "events", (json_int_t)n, "acknowledged",
+                     (json_int_t)(reported - failed));
+    return reply(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
+    ingest_t *in = cls;
+    req_t *r = *con_cls;
+    (void)version;
+    if (!r) {
+        int is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
+        int is_post = !strcmp(method, MHD_HTTP_METHOD_POST);
+        if (strcmp(url, HB_INGEST_PATH) != 0)
+            return reply_error(in, conn, MHD_HTTP_NOT_FOUND,
+                               "not found: Okta event hooks are delivered to " HB_INGEST_PATH, -1);
+        if (!is_get && !is_post)
+            return reply_error(in, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                               "method not allowed: POST delivers events, GET verifies", -1);
+        if (in->auth_value &&
+            !hb_ingest_auth_ok(
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, in->cfg->ingest_auth_header),
+                in->auth_value))
+            return reply_error(in, conn, MHD_HTTP_UNAUTHORIZED, "unauthorized", -1);
+        if (is_get)
+            return verification(in, conn);
+        if (announced_too_large(conn, in->cfg->ingest_max_body_bytes)) {
+            char why[160];
+            snprintf(why, sizeof(why), "request body larger than %lld bytes",
+                     in->cfg->ingest_max_body_bytes);
+            return reply_error(in, conn, MHD_HTTP_CONTENT_TOO_LARGE, why, -1);
+        }
+        r = hb_calloc(1, sizeof(*r));
+        r->in = in;
+        r->refs = 1;
+        r->started_ms = hb_mono_ms();
+        pthread_mutex_lock(&in->lock);
+        in->in_flight++;
+        pthread_mutex_unlock(&in->lock);
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        append_body(r, upload_data, *upload_data_size, in->cfg->ingest_max_body_bytes);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->too_large) {
+        char why[160];
+        snprintf(why, sizeof(why), "request body larger than %lld bytes",
+                 in->cfg->ingest_max_body_bytes);
+        return reply_error(in, conn, MHD_HTTP_CONTENT_TOO_LARGE, why, -1);
+    }
+    return handle_post(in, conn, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    ingest_t *in = cls;
+    req_t *r = *con_cls;
+    int last;
+    (void)conn;
+    (void)toe;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&in->lock);
+    in->in_flight--;
+    req_unref_locked(r, &last);
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    if (last)
+        req_free(r);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    char msg[512];
+    size_t n;
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    hb_warn("ingest httpd: %s", msg);
+}
+
+static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t errstr_size) {
+    struct sockaddr_storage ss;
+    socklen_t sslen = 0;
+    char why[128];
+    const union MHD_DaemonInfo *info;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                     MHD_USE_ERROR_LOG;
+    if (hb_listen_resolve(listen, HB_LISTEN_STAR_ANY, &ss, &sslen, why, sizeof(why)) !=
+        HB_LISTEN_OK) {
+        hb_seterr(errstr, errstr_size, "ingest_listen \"%s\": %s", listen, why);
+        return -1;
+    }
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    in->mhd = MHD_start_daemon(
+        flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, in, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)in->cfg->ingest_max_connections, MHD_OPTION_END);
+    if (!in->mhd) {
+        hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
+                  listen);
+        return -1;
+    }
+    info = MHD_get_daemon_info(in->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    if (!info || !info->port) {
+        hb_seterr(errstr, errstr_size, "cannot learn the port bound for %s", listen);
+        return -1;
+    }
+    return info->port;
+}
+
+static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size_t errstr_size) {
+    rd_kafka_conf_t *conf;
+    char ms[32];
+    in->codec = hb_codec_new(hb_schema_identity_event, errstr, errstr_size);
+    if (!in->codec)
+        return -1;
+    conf = hb_kafka_conf_new(in->cfg, "hookbridge-producer", errstr, errstr_size);
+    if (!conf)
+        return -1;
+    /* The request's wait is the message's lifetime; an operator's own
+     * HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS still wins (passthrough last). */
+    snprintf(ms, sizeof(ms), "%lld", in->cfg->ingest_timeout_ms);
+    if (hb_kafka_conf_set(conf, "message.timeout.ms", ms, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_passthrough(conf, in->cfg, errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, in);
+    in->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
+    if (!in->rk)
+        return -1;
+    in->ops = hb_httpd_start(in->cfg->http_listen, 30000, errstr, errstr_size);
+    if (!in->ops)
+        return -1;
+    hb_httpd_set_ready(in->ops, 0, "waiting for the events topic's metadata");
+    *port = start_listener(in, listen, errstr, errstr_size);
+    return *port < 0 ? -1 : 0;
+}
+
+static void register_metrics(ingest_t *in) {
+    static const char *const classes[] = {"class=\"2xx\"", "class=\"4xx\"", "class=\"5xx\""};
+    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    for (int c = 0; c < 3; c++)
+        in->m_class[c] = hb_metrics_counter("hookbridge_ingest_requests_total", classes[c],
+                                            "Ingest requests answered, by HTTP status class.");
+    in->m_produced = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"produced\"",
+                                        "Ingested events by outcome: produced (acknowledged by "
+                                        "the brokers) or failed (not acknowledged).");
+    in->m_failed = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"failed\"",
+                                      "Ingested events by outcome: produced (acknowledged by "
+                                      "the brokers) or failed (not acknowledged).");
+    in->m_rejected = hb_metrics_counter("hookbridge_ingest_rejected_requests_total", NULL,
+                                        "Ingest requests refused as invalid (400): nothing of "
+                                        "them was produced.");
+    in->m_duration = hb_metrics_histogram("hookbridge_ingest_request_duration_seconds", NULL,
+                                          "Time from a delivery's headers to its answer.", bounds,
+                                          HB_ARRAY_SIZE(bounds));
+}
+
+/* Runs until SIGTERM/SIGINT; then stops accepting, lets requests in flight
+ * finish (bounded), flushes, and returns. */
+static void ingest_loop(ingest_t *in) {
+    int64_t next_prepare = 0, deadline;
+    long left;
+    MHD_socket ls;
+    char errstr[512];
+
+    while (!hb_stop_requested) {
+        if (!in->topic && hb_mono_ms() >= next_prepare) {
+            in->topic = hb_kafka_topic_prepare(in->rk, in->cfg->events_topic, INGEST_PREPARE_MS,
+                                               errstr, sizeof(errstr));
+            if (in->topic) {
+                hb_httpd_set_ready(in->ops, 1, NULL);
+                hb_info("ingest: ready (events topic %s known)", in->cfg->events_topic);
+            } else {
+                hb_httpd_set_ready(in->ops, 0, errstr);
+                hb_debug("ingest: not ready: %s", errstr);
+            }
+            next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
+        }
+        rd_kafka_poll(in->rk, 100);
+        hb_httpd_beat(in->ops);
+    }
+
+    hb_httpd_set_ready(in->ops, 0, "stopping");
+    ls = MHD_quiesce_daemon(in->mhd); /* no new connections from here */
+    if (ls != MHD_INVALID_SOCKET)
+        close(ls);
+    deadline = hb_mono_ms() + INGEST_DRAIN_MS;
+    for (;;) {
+        pthread_mutex_lock(&in->lock);
+        left = in->in_flight;
+        pthread_mutex_unlock(&in->lock);
+        if (!left || hb_mono_ms() >= deadline)
+            break;
+        rd_kafka_poll(in->rk, 100);
+        hb_httpd_beat(in->ops);
+    }
+    if (left)
+        hb_warn("stopping: %ld ingest requests still in flight after %d ms are answered 503", left,
+                INGEST_DRAIN_MS);
+    pthread_mutex_lock(&in->lock);
+    in->aborting = 1;
+    pthread_cond_broadcast(&in->cond);
+    pthread_mutex_unlock(&in->lock);
+    MHD_stop_daemon(in->mhd); /* joins every connection's thread */
+    in->mhd = NULL;
+
+    /* Whatever an aborted request left queued still gets its chance. */
+    if (hb_kafka_flush(in->rk, 5000) > 0) {
+        rd_kafka_purge(in->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        for (int64_t until = hb_mono_ms() + 2000; hb_mono_ms() < until;) {
+            pthread_mutex_lock(&in->lock);
+            left = in->outstanding;
+            pthread_mutex_unlock(&in->lock);
+            if (!left)
+                break;
+            rd_kafka_poll(in->rk, 100);
+        }
+    }
+    rd_kafka_poll(in->rk, 0); /* the last reports, so every request is freed */
+}
+
+int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
+    ingest_t in;
+    pthread_condattr_t ca;
+    char errstr[512];
+    int port = -1, rc = 0;
+
+    memset(&in, 0, sizeof(in));
+    in.cfg = cfg;
+    in.auth_value = *cfg->ingest_auth_value ? cfg->ingest_auth_value : NULL;
+    pthread_mutex_init(&in.lock, NULL);
+    pthread_mutex_init(&in.codec_lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&in.cond, &ca);
+    pthread_condattr_destroy(&ca);
+    register_metrics(&in);
+
+    if (setup(&in, listen, &port, errstr, sizeof(errstr)) < 0) {
+        hb_error("cannot start: %s", errstr);
+        rc = 1;
+    } else {
+        char p[16];
+        snprintf(p, sizeof(p), "%d", port);
+        hb_log(HB_LOG_INFO, HB_KV("ingest_port", p),
+               "hookbridge-producer %s: Okta event hooks on %s (port %d, path " HB_INGEST_PATH
+               "), health on port %d%s",
+               HB_VERSION, listen, port, hb_httpd_port(in.ops),
+               in.auth_value ? "" : "; WARNING: no authentication (ingest_allow_unauthenticated)");
+        ingest_loop(&in);
+        hb_info("stopped");
+    }
+    if (in.mhd)
+        MHD_stop_daemon(in.mhd);
+    hb_httpd_stop(in.ops);
+    if (in.topic)
+        rd_kafka_topic_destroy(in.topic);
+    if (in.rk)
+        rd_kafka_destroy(in.rk);
+    hb_codec_free(in.codec);
+    hb_metrics_reset();
+    pthread_cond_destroy(&in.cond);
+    pthread_mutex_destroy(&in.codec_lock);
+    pthread_mutex_destroy(&in.lock);
+    return rc;
+}

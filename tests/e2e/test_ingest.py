@@ -1,0 +1,243 @@
+"""The producer's Okta event-hook endpoint (hookbridge-producer --listen):
+what Okta, and the operator, see. Real parts on loopback: the devbroker,
+PostgreSQL, the dispatcher and the example receiver; the topic is read back
+with a Kafka client."""
+import signal
+import socket
+import time
+import uuid
+
+from hbtest.ingest import AUTH_VALUE, PATH, Ingest, envelope, topic_messages
+from hbtest.procs import BIN, SLOW, free_port, wait_until
+from hbtest.stack import Dispatcher, Receiver
+from hbtest.webhooks import signature_valid
+from test_delivery import SECRET, event, register_verified
+
+PRODUCED = 'hookbridge_ingest_events_total{outcome="produced"}'
+
+
+def marker_is_all_there_is(ing, bootstrap):
+    """Posts one good event and reads the whole topic back: exactly that event
+    is there. (So the read really saw the topic, and nothing else was on it.)"""
+    marker = event("user.session.start")
+    status, _, body = ing.post([marker])
+    assert status == 200, body
+    msgs = topic_messages(bootstrap)
+    assert len(msgs) == 1, f"{len(msgs)} messages on the topic, want only the marker"
+    assert msgs[0].key.decode() == marker["actor"]["id"]
+
+
+def test_okta_delivery_reaches_the_subscriber_once_signed(db_url, broker, procs, workdir):
+    """Okta verifies the hook, then delivers three events: the subscribed
+    one arrives at the receiver signed, once; the other known type and the
+    type outside the catalogue are produced but match no subscription."""
+    receiver = Receiver(procs, workdir, secret=SECRET)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    ing = Ingest(procs, broker.bootstrap)
+    d.wait_ready()
+    ing.wait_ready()
+    register_verified(db_url, receiver.url, ["user.session.start"])
+
+    # Okta's one-time verification (after the auth check).
+    status, hdrs, body = ing.request("GET", headers={"X-Okta-Verification-Challenge": "Y2hhbGxlbmdl"})
+    assert status == 200 and hdrs["content-type"] == "application/json"
+    assert body == {"verification": "Y2hhbGxlbmdl"}
+
+    wanted = event("user.session.start")
+    other = event("user.lifecycle.create")
+    unknown = event("policy.evaluate_sign_on")  # not in our catalogue: accepted anyway
+    status, hdrs, body = ing.post([wanted, other, unknown])
+    assert status == 200, body
+    assert body == {"produced": 3}
+
+    wait_until(lambda: receiver.events(), 30, "the subscribed event at the receiver")
+    time.sleep(1.5 * SLOW)  # a duplicate or another event would show up by now
+    got = receiver.events()
+    assert [e["uuid"] for _, e in got] == [wanted["uuid"]]
+    req = got[0][0]
+    assert signature_valid(SECRET, req) and req["verified"] is True
+    # All three are on the topic, keyed by the user as the CLI keys them.
+    msgs = topic_messages(broker.bootstrap)
+    assert sorted(m.key.decode() for m in msgs) == sorted(
+        e["actor"]["id"] for e in (wanted, other, unknown))
+    assert all(m.value[:2] == b"\xc3\x01" for m in msgs)
+    assert ing.metric(PRODUCED) == 3
+    assert ing.metric('hookbridge_ingest_requests_total{class="2xx"}') == 2
+
+
+def test_missing_or_wrong_auth_is_401_and_nothing_is_produced(broker, procs):
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    events = [event("user.session.start")]
+    for auth in (False, "Bearer wrong", AUTH_VALUE + "x", AUTH_VALUE[:-1], ""):
+        status, _, body = ing.post(events, auth=auth)
+        assert status == 401, (auth, body)
+        assert body == {"error": "unauthorized"}
+    # The verification challenge is not answered without the secret either.
+    status, _, body = ing.request("GET", auth="Bearer wrong",
+                                  headers={"X-Okta-Verification-Challenge": "abc"})
+    assert status == 401 and "abc" not in str(body)
+    assert ing.metric(PRODUCED) == 0
+    assert ing.metric('hookbridge_ingest_requests_total{class="4xx"}') == 6
+    marker_is_all_there_is(ing, broker.bootstrap)
+
+
+def test_a_bad_request_is_400_naming_the_problem_and_nothing_of_it_is_produced(broker, procs):
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    cases = [
+        ("{\"eventType\": \"com.okta.event_hook\", ", None, "invalid JSON"),
+        ({"eventType": "com.okta.event_hook", "data": {"events": {}}}, None,
+         "data.events: expected an array"),
+        # A bare LogEvent instead of Okta's envelope.
+        (event("user.session.start"), None, "want \"com.okta.event_hook\""),
+        # One bad event among good ones: the good ones are not produced either.
+        (envelope([event("user.session.start"), event("user.lifecycle.create"),
+                   {"displayMessage": "no type"}, event("user.session.end")]), 2,
+         "data.events[2]: eventType: missing"),
+        (envelope([event("user.session.start"),
+                   dict(event("user.session.start"), published="last tuesday")]), 1,
+         "data.events[1]: published"),
+    ]
+    for body, index, says in cases:
+        status, hdrs, answer = ing.post(body)
+        assert status == 400, (body, answer)
+        assert hdrs["content-type"] == "application/json"
+        assert says in answer["error"], answer
+        assert answer.get("event") == index, answer
+    assert ing.metric(PRODUCED) == 0
+    marker_is_all_there_is(ing, broker.bootstrap)
+
+
+def test_wrong_method_is_405_and_other_paths_404(broker, procs):
+    ing = Ingest(procs, broker.bootstrap)
+    status, hdrs, _ = ing.request("PUT", envelope([]))
+    assert status == 405 and hdrs["allow"] == "GET, POST"
+    assert ing.request("POST", envelope([]), path="/")[0] == 404
+    assert ing.request("GET", path="/metrics")[0] == 404  # operations live on their own port
+    # GET without the challenge header says what is missing.
+    status, _, body = ing.request("GET")
+    assert status == 400 and "X-Okta-Verification-Challenge" in body["error"]
+
+
+def test_an_oversized_body_is_413_without_being_read(broker, procs):
+    limit = 65536
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env={"HOOKBRIDGE_INGEST_MAX_BODY_BYTES": str(limit)})
+    ing.wait_ready()
+    # Announced by Content-Length: answered from the headers alone (no body sent).
+    with socket.create_connection(("127.0.0.1", ing.port), timeout=10 * SLOW) as s:
+        s.sendall((f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH_VALUE}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n\r\n")
+                  .encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    # Chunked (no length): counted as it comes, nothing kept, 413 at the end.
+    big = envelope([dict(event("user.session.start"), displayMessage="x" * 40000)
+                    for _ in range(2)])
+    import json
+
+    def chunks():
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 8192):
+            yield data[i:i + 8192]
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", ing.port, timeout=10 * SLOW)
+    conn.request("POST", PATH, body=chunks(), encode_chunked=True,
+                 headers={"Authorization": AUTH_VALUE, "Transfer-Encoding": "chunked"})
+    r = conn.getresponse()
+    assert r.status == 413, r.read()
+    conn.close()
+    # Just under the limit is fine.
+    status, _, body = ing.post([dict(event("user.session.start"), displayMessage="x" * 60000)])
+    assert status == 200, body
+    assert ing.metric(PRODUCED) == 1
+
+
+def test_brokers_unreachable_is_503_with_retry_after_in_bounded_time(procs):
+    closed = f"127.0.0.1:{free_port()}"
+    ing = Ingest(procs, closed, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "1s"})
+    # Not ready: the events topic's metadata never comes.
+    time.sleep(1)
+    status, text = ing.ops("/readyz")
+    assert status == 503 and "identity.events" in text
+    t0 = time.monotonic()
+    status, hdrs, body = ing.post([event("user.session.start"), event("user.session.end")])
+    took = time.monotonic() - t0
+    assert status == 503, body
+    assert hdrs["retry-after"].isdigit()
+    assert "may already be written" in body["error"] and "send it again" in body["error"]
+    assert body["acknowledged"] == 0 and body["events"] == 2
+    assert took < 6 * SLOW, f"answered after {took:.1f}s"
+    assert ing.metric('hookbridge_ingest_requests_total{class="5xx"}') == 1
+    wait_until(lambda: ing.metric('hookbridge_ingest_events_total{outcome="failed"}') == 2, 5,
+               "both events counted as failed")
+    # Still healthy (the loop runs), and a stop is prompt and clean.
+    assert ing.ops("/healthz")[0] == 200
+    assert ing.proc.stop(timeout=15) == 0
+
+
+def test_sigterm_while_idle_exits_0_promptly_and_never_prints_the_secret(broker, procs):
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    assert ing.post([event("user.session.start")])[0] == 200
+    assert ing.post([event("user.session.start")], auth="Bearer guess")[0] == 401
+    # An idle keep-alive connection does not hold the stop up.
+    idle = socket.create_connection(("127.0.0.1", ing.port))
+    t0 = time.monotonic()
+    ing.proc.signal(signal.SIGTERM)
+    ing.proc.p.wait(10 * SLOW)
+    took = time.monotonic() - t0
+    idle.close()
+    assert ing.proc.p.returncode == 0
+    assert took < 5 * SLOW, f"stopped after {took:.1f}s"
+    out = ing.proc.output()
+    assert "stopped" in out
+    assert AUTH_VALUE not in out and "okta-hook-secret" not in out
+    # --help and the configuration reference never show it either.
+    import subprocess
+    import os
+    env = dict(os.environ, HOOKBRIDGE_INGEST_AUTH_VALUE=AUTH_VALUE)
+    for args in (["--help"], ["--config-reference"]):
+        r = subprocess.run([str(BIN / "hookbridge-producer"), *args], env=env,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and AUTH_VALUE not in r.stdout + r.stderr
+
+
+def test_listen_without_an_auth_value_refuses_to_start(broker, procs):
+    ing = Ingest(procs, broker.bootstrap, auth_value=None, wait=False)
+    wait_until(lambda: not ing.proc.alive(), 10, "the producer to refuse")
+    assert ing.proc.p.returncode == 2
+    out = ing.proc.output()
+    assert "HOOKBRIDGE_INGEST_AUTH_VALUE" in out
+    assert "HOOKBRIDGE_INGEST_ALLOW_UNAUTHENTICATED=1" in out
+    # Explicitly unauthenticated (local use): it serves without a header.
+    ing = Ingest(procs, broker.bootstrap, auth_value=None, name="ingest-open",
+                 extra_env={"HOOKBRIDGE_INGEST_ALLOW_UNAUTHENTICATED": "1"})
+    ing.wait_ready()
+    assert ing.post([event("user.session.start")], auth=False)[0] == 200
+    assert "no authentication" in ing.proc.output()
+
+
+def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
+    """Ready, then every broker goes down: the request is answered 503 after
+    the ingest timeout, not 200; brokers back, the same request sent again
+    is 200 and its events are on the topic (at least once)."""
+    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "2s"})
+    ing.wait_ready()
+    events = [event("user.session.start") for _ in range(3)]
+    broker.proc.signal(signal.SIGUSR1)  # the devbroker takes every broker down
+    time.sleep(0.5)
+    status, hdrs, body = ing.post(events)
+    assert status == 503 and "retry-after" in hdrs, body
+    broker.proc.signal(signal.SIGUSR2)
+    status, _, body = wait_until(lambda: (r := ing.post(events))[0] == 200 and r, 40,
+                                 "a 200 once the brokers are back")
+    assert body == {"produced": 3}
+    keys = {m.key.decode() for m in topic_messages(broker.bootstrap)}
+    assert {e["actor"]["id"] for e in events} <= keys
