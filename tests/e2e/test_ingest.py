@@ -241,3 +241,55 @@ def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
     assert body == {"produced": 3}
     keys = {m.key.decode() for m in topic_messages(broker.bootstrap)}
     assert {e["actor"]["id"] for e in events} <= keys
+
+
+def test_sigterm_lets_a_request_in_flight_finish_and_takes_no_new_ones(broker, procs):
+    """A delivery is waiting for the brokers when SIGTERM arrives: it still
+    gets its answer (here 503, the brokers being down: Okta sends it again),
+    new connections are refused at once, and the producer exits 0."""
+    import threading
+    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "3s"})
+    ing.wait_ready()
+    broker.proc.signal(signal.SIGUSR1)  # every broker down: the request waits its timeout
+    time.sleep(0.5)
+    answer = {}
+    t = threading.Thread(target=lambda: answer.update(r=ing.post([event("user.session.start")])))
+    t.start()
+    time.sleep(0.5 * SLOW)  # the request is in, waiting for its acknowledgements
+    ing.proc.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    try:
+        socket.create_connection(("127.0.0.1", ing.port), timeout=2).close()
+        refused = False
+    except OSError:
+        refused = True
+    t.join(30 * SLOW)
+    assert answer["r"][0] == 503, answer
+    assert ing.proc.p.wait(25 * SLOW) == 0
+    assert refused, "a new connection was accepted while stopping"
+
+
+def test_the_kubernetes_manifests_run_what_this_file_tests():
+    """deploy/k8s/optional/ingest: the producer with --listen's setting on the
+    port the container, the Service and nothing else name; probes on the
+    operations port; the secret from a Secret; a grace period longer than the
+    stop takes (preStop + 20 s drain + 5 s flush + 2 s purge)."""
+    from hbtest.opscheck import default_http_port, rendered
+    objs = rendered("deploy/k8s/optional/ingest")
+    cm = next(o for o in objs if o["kind"] == "ConfigMap")["data"]
+    dep = next(o for o in objs if o["kind"] == "Deployment")
+    svc = next(o for o in objs if o["kind"] == "Service")
+    spec = dep["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["command"] == ["/usr/local/bin/hookbridge-producer"]
+    ingest_port = int(cm["HOOKBRIDGE_INGEST_LISTEN"].rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"ingest": ingest_port, "metrics": default_http_port()}
+    assert svc["spec"]["ports"][0]["targetPort"] == "ingest"
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}
+    auth = next(e for e in c["env"] if e["name"] == "HOOKBRIDGE_INGEST_AUTH_VALUE")
+    assert "secretKeyRef" in auth["valueFrom"]
+    prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] > prestop + 20 + 5 + 2
