@@ -29,7 +29,7 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # Every kustomization an operator may build: the base (deploy/k8s), the
 # production overlay and the optional pieces.
 TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/optional/servicemonitor",
-         "deploy/k8s/optional/migrate-job"]
+         "deploy/k8s/optional/migrate-job", "deploy/k8s/optional/ingest"]
 SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
 # delivery-log close 5 s.
