@@ -6,7 +6,9 @@
 #   hookbridge-receiver (the example receiver, checks signature and auth header)
 #   hookbridge-dispatcher, hookbridge-retrier
 # then registers two demo subscriptions, verifies and activates them, produces
-# sample events, and follows the receivers' output: the first receiver takes
+# sample events (with the CLI, and one through the Okta event-hook endpoint,
+# hookbridge-producer --listen, as Okta would post it), and follows the
+# receivers' output: the first receiver takes
 # everything at once; the second ("flaky") fails each delivery twice, so its
 # events arrive on the retry schedule (shortened to 2s,5s,10s for the demo),
 # and the delivery log in PostgreSQL shows every attempt. Ctrl-C stops
@@ -81,6 +83,24 @@ stack_psql -c "SELECT name, signing_secret, auth_value, signing_key_id FROM hook
 say "producing sample events (only user.session.start and user.lifecycle.create are subscribed)"
 "$BIN/hookbridge-producer" deploy/local/sample-events.jsonl
 "$BIN/hookbridge-producer" --generate 20
+
+IPORT=$(free_port)
+say "starting the Okta event-hook endpoint on 127.0.0.1:$IPORT/okta/events, and posting to it as Okta would"
+stack_spawn ingest env HOOKBRIDGE_INGEST_AUTH_VALUE="Bearer demo-okta-hook" \
+  HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:$(free_port)" \
+  "$BIN/hookbridge-producer" --listen "127.0.0.1:$IPORT"
+for _ in $(seq 100); do # at most 10 s for it to listen (Okta's verification GET)
+  curl -fsS -o /dev/null -H "Authorization: Bearer demo-okta-hook" \
+    -H "X-Okta-Verification-Challenge: demo" "http://127.0.0.1:$IPORT/okta/events" 2>/dev/null && break
+  sleep 0.1
+done
+OKTA_HOOK=$(jq -nc --argjson ev "$(sed -n 2p deploy/local/sample-events.jsonl)" \
+  --arg id "$(cat /proc/sys/kernel/random/uuid)" --arg at "$(date -u +%FT%TZ)" \
+  '{eventType: "com.okta.event_hook", eventTypeVersion: "1.0", cloudEventsVersion: "0.1",
+    source: "https://example.okta.com/api/v1/eventHooks/demo", eventId: $id, eventTime: $at,
+    contentType: "application/json", data: {events: [$ev]}}')
+echo "POST /okta/events -> $(curl -sS -w ' (HTTP %{http_code})' -H 'Authorization: Bearer demo-okta-hook' \
+  -H 'Content-Type: application/json' --data-binary "$OKTA_HOOK" "http://127.0.0.1:$IPORT/okta/events")"
 
 say "waiting for the flaky receiver's retries (schedule $HOOKBRIDGE_RETRY_SCHEDULE)"
 for _ in $(seq 300); do # at most 30 s, until every flaky delivery got through

@@ -33,6 +33,8 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path):
         # What the user watches: both demo subscriptions verified and active ...
         assert "verification: verified" in out and "verified and activated" in out
         assert "produced 5, failed 0" in out and "produced 20, failed 0" in out
+        # ... an Okta event-hook delivery taken by the ingest endpoint ...
+        assert 'POST /okta/events -> {"produced":1} (HTTP 200)' in out, out
         # Both subscriptions' secrets are stored sealed, under the run's key.
         assert re.search(r"demo receiver +\| sealed +\| sealed +\| [0-9a-f]{16}", out), out
         assert re.search(r"flaky receiver +\| sealed +\| sealed +\| [0-9a-f]{16}", out), out
