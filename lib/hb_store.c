@@ -76,7 +76,8 @@ static const char STORE_SELECT[] =
     "                  FROM hookbridge.subscription_secrets sec"
     "                 WHERE sec.subscription_id = s.id"
     "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
-    "         WHERE x.ord <= 2)"
+    "         WHERE x.ord <= 2),"
+    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0)"
     "  FROM hookbridge.subscriptions s"
     " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
     " ORDER BY s.created_at, s.id";
@@ -103,6 +104,7 @@ enum {
     COL_FILTER,
     COL_EVENT_TYPES,
     COL_SECRETS,
+    COL_DEACTIVATED,
     COL_COUNT
 };
 
@@ -370,6 +372,13 @@ static int store_row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row
     sub->batch_window_ms = 0;
     if (parse_ll(col(res, row, COL_BATCH_WINDOW), &sub->batch_window_ms) < 0)
         goto bad_option;
+
+    ll = 0;
+    if (parse_ll(col(res, row, COL_DEACTIVATED), &ll) < 0) {
+        hb_seterr(errstr, errstr_size, "subscription %s: malformed deactivated_at", sub->id);
+        goto fail;
+    }
+    sub->deactivated_ms = ll;
 
     if (store_payload_options(sub, res, row, errstr, errstr_size) < 0)
         goto fail;

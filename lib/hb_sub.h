@@ -50,6 +50,9 @@ typedef struct hb_sub_s {
     int event_types_cnt;
     int active;   /* status = 'active' */
     int verified; /* verification = 'verified' */
+    /* When it last went from active to inactive (subscriptions.deactivated_at,
+     * the database's clock, Unix ms); 0 = never. */
+    int64_t deactivated_ms;
     hb_format_t format;
     long long timeout_ms; /* 0 = service default */
     int batch_max;        /* events per request, >= 1 */
@@ -95,6 +98,12 @@ int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr,
 
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);
+
+/* 1 when the subscription was deactivated after began_ms (Unix ms),
+ * the start of a delivery's attempts: the deactivation dropped the
+ * delivery's pending retries, even if the subscription is active again.
+ * 0 when it never was deactivated, or began_ms is 0 (unknown). */
+int hb_sub_deactivated_since(const hb_sub_t *sub, int64_t began_ms);
 
 /* The subscription's content filter accepts the event (no filter: yes). */
 int hb_sub_wants(const hb_sub_t *sub, const json_t *event);
