@@ -15,7 +15,13 @@
  *     goes to the next tier, or after the last attempt to the dead-letter
  *     topic, exactly as in the dispatcher (hb_worker routes both);
  *   - its subscription deactivated, unverified or deregistered: dropped and
- *     recorded as dropped.
+ *     recorded as dropped. So is an attempt whose delivery began before the
+ *     subscription's last deactivation, though it is active again: a
+ *     deactivation drops the retries pending at that moment, and
+ *     reactivating does not bring them back (hb_sub_deactivated_since).
+ *     "Began" is the first attempt's time (the dispatcher's clock, which
+ *     must agree with the database's, as NTP keeps them), or for a replay
+ *     the database's clock when the retrier took the request up.
  *
  * Offsets move only over finished messages, so a retrier killed at any point
  * resumes at the first unfinished one and re-checks its due time: nothing is
@@ -93,6 +99,9 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
     else if (!sub->verified)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription not verified");
+    else if (hb_sub_deactivated_since(sub, m.first_attempt_ms))
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
+                       "subscription was deactivated after this delivery began");
     else
         hb_worker_deliver(w, dl);
     hb_sub_unref(gone);
@@ -117,8 +126,7 @@ static void poll_replays(hb_retrier_t *r) {
         return;
     if (hb_store_query(store,
                        "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
-                       "       body, attempts,"
-                       "       (extract(epoch FROM first_attempt_at) * 1000)::bigint"
+                       "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
                        "  FROM hookbridge.claim_replays($1::int)",
                        1, params, &res, "claiming replays", errstr, sizeof(errstr)) < 0) {
         hb_worker_db_error(r->w);
@@ -137,6 +145,10 @@ static void poll_replays(hb_retrier_t *r) {
             .body_len = (size_t)PQgetlength(res, i, 5),
             .attempt = attempts + 1,
             .not_before_ms = hb_wall_ms(),
+            /* The replay's attempts begin now, on the database's clock:
+             * it was requested while the subscription was active, so a
+             * deactivation before it does not drop it, one after does
+             * (on_message), with no clock skew between the two. */
             .first_attempt_ms = parse_ms(PQgetvalue(res, i, 7)),
             .last_status = 0,
             .last_error = (char *)"replay requested",
