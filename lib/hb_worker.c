@@ -436,6 +436,7 @@ static int produce_retry(hb_worker_t *w, hb_delivery_t *dl, const char *topic, i
         .attempt = next_attempt,
         .not_before_ms = not_before_ms,
         .first_attempt_ms = dl->first_attempt_ms,
+        .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
         .last_status = last_status,
         .last_error = (char *)(reason ? reason : ""),
     };

@@ -163,6 +163,23 @@ def test_replay_sends_a_dead_lettered_delivery_again(db_url, procs, workdir):
         assert e.pgcode == "HB021" and "only failed deliveries" in e.pgerror
 
 
+def test_a_replay_gets_the_whole_schedule_again(db_url, procs, workdir):
+    """A replay is a fresh start: when its first attempt fails, it is retried
+    on the whole schedule again (two retries here), not dead-lettered at once
+    because the original attempts used the schedule up."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s,1s",
+                                   receiver_args={"fail_first": 5})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    did, *_ = wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row,
+                         30 * SLOW, "the dead-lettered delivery (3 attempts)")
+    sql(db_url, "SELECT hookbridge.replay(%s)", did)
+    # replay attempt fails (4), its first retry fails (5), its second is taken (6)
+    wait_until(lambda: len(receiver.events()) == 1, 30 * SLOW, "the replay's last retry")
+    assert [p["status"] for p in receiver.posts()] == [503] * 5 + [204]
+    wait_until(lambda: delivery(db_url, sub)[1] == "delivered", 10, "the log to say delivered")
+
+
 def test_retrier_killed_while_retries_wait_loses_nothing_and_sends_nothing_early(
         db_url, procs, workdir):
     broker, receiver, d, r = stack(procs, workdir, db_url, "5s",
