@@ -80,6 +80,7 @@ struct ingest_s {
     const char *auth_value; /* NULL: unauthenticated (allowed explicitly) */
     rd_kafka_t *rk;
     rd_kafka_topic_t *topic; /* the main thread's; NULL until the metadata came */
+    int brokers_down;        /* main thread: librdkafka said all brokers are down */
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
     struct MHD_Daemon *mhd;
@@ -445,6 +446,20 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     return info->port;
 }
 
+/* librdkafka's error events, served by rd_kafka_poll on the main thread.
+ * "All brokers down" makes the endpoint not ready until a metadata request
+ * answers again (ingest_loop), so a load balancer stops sending deliveries
+ * that could only time out. */
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    ingest_t *in = opaque;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && !in->brokers_down) {
+        in->brokers_down = 1;
+        hb_httpd_set_ready(in->ops, 0, "all Kafka brokers are down");
+        hb_warn("ingest: not ready: all Kafka brokers are down (%s)", reason);
+    }
+}
+
 static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size_t errstr_size) {
     rd_kafka_conf_t *conf;
     char ms[32];
@@ -463,6 +478,7 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
         return -1;
     }
     rd_kafka_conf_set_opaque(conf, in);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     in->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
     if (!in->rk)
         return -1;
@@ -513,6 +529,16 @@ static void ingest_loop(ingest_t *in) {
                 hb_httpd_set_ready(in->ops, 0, errstr);
                 hb_debug("ingest: not ready: %s", errstr);
             }
+            next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
+        } else if (in->topic && in->brokers_down && hb_mono_ms() >= next_prepare) {
+            const struct rd_kafka_metadata *md = NULL;
+            if (!rd_kafka_metadata(in->rk, 0, in->topic, &md, INGEST_PREPARE_MS)) {
+                in->brokers_down = 0;
+                hb_httpd_set_ready(in->ops, 1, NULL);
+                hb_info("ingest: ready again (the brokers answer)");
+            }
+            if (md)
+                rd_kafka_metadata_destroy(md);
             next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
         }
         rd_kafka_poll(in->rk, 100);
