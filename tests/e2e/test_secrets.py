@@ -259,3 +259,46 @@ def test_a_value_lost_before_sealing_is_reported_and_can_be_set_again(db_url, br
     req, _ = receiver.events()[0]
     assert req["headers"]["authorization"] == "Bearer again" and signature_valid(secret, req)
 
+
+
+def test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext(pg_cluster, broker, procs,
+                                                                    workdir, tmp_path):
+    """A database from before 0007 holds plaintext secrets. Migrating moves
+    them out of the tables, the first service seals them, and deliveries go
+    on with the same secret and auth value."""
+    import shutil
+    from hbtest.pg import MIGRATIONS
+    old = tmp_path / "migrations-0006"
+    old.mkdir()
+    for f in sorted(MIGRATIONS.glob("000[1-6]_*.sql")):
+        shutil.copy(f, old)
+    name = pg_cluster.create_database("upgrade")
+    try:
+        pg_cluster.migrate(name, "up", migrations_dir=old)
+        db_url = pg_cluster.url(name)
+        secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        auth = "Bearer before-0007-" + os.urandom(4).hex()
+        receiver = Receiver(procs, workdir, secret=secret, auth=f"Authorization: {auth}")
+        sub = sql(db_url, "SELECT hookbridge.register('old', %s, ARRAY['user.session.start'], "
+                  "%s::jsonb)", receiver.url, json.dumps({"auth_header": "Authorization",
+                                                         "auth_value": auth,
+                                                         "secret": secret}))[0][0]
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+            "status = 'active' WHERE id = %s", sub)
+        assert sql(db_url, "SELECT auth_value FROM hookbridge.subscriptions") == [(auth,)]
+
+        pg_cluster.migrate(name, "up")
+        assert sql(db_url, "SELECT auth_value FROM hookbridge.subscriptions") == [(None,)]
+        assert sql(db_url, "SELECT secret FROM hookbridge.subscription_secrets") == [(None,)]
+        assert sealed_state(db_url, sub) == ("pending", "pending")
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        wait_sealed(db_url, sub)
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: receiver.events(), 30, "the delivery")
+        req, _ = receiver.events()[0]
+        assert req["headers"]["authorization"] == auth and signature_valid(secret, req)
+    finally:
+        for p in procs.procs:
+            p.stop()
+        pg_cluster.drop_database(name)
