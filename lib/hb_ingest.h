@@ -45,7 +45,8 @@ typedef struct {
  * the reason in errstr and *bad_event set to the index of the event at
  * fault, or -1 when the envelope itself is wrong (not JSON, not an object,
  * another eventType, no data.events array). Error text names the place:
- * "data.events[2]: eventType: missing". */
+ * "data.events[2]: eventType: missing", and is valid UTF-8 (it quotes the
+ * body; a character cut short by a buffer's end becomes '?'). */
 int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
                     long *bad_event, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 

@@ -34,11 +34,13 @@ static int parse(const char *body, hb_ingest_batch_t *b, long *bad, char *err, s
     return hb_ingest_parse(codec, body, strlen(body), b, bad, err, errsz);
 }
 
-#define ENVELOPE(events)                                                                           \
+#define ENVELOPE_HEAD                                                                              \
     "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","                         \
     "\"cloudEventsVersion\":\"0.1\",\"source\":\"https://example.okta.com/api/v1/eventHooks/x\","  \
     "\"eventId\":\"b5a188b9\",\"eventTime\":\"2024-05-01T12:34:56.000Z\","                         \
-    "\"contentType\":\"application/json\",\"data\":{\"events\":[" events "]}}"
+    "\"contentType\":\"application/json\",\"data\":{\"events\":["
+#define ENVELOPE_TAIL "]}}"
+#define ENVELOPE(events) ENVELOPE_HEAD events ENVELOPE_TAIL
 
 static void every_event_is_encoded_and_keyed(void **state) {
     hb_ingest_batch_t b;
@@ -145,6 +147,45 @@ static void an_event_over_the_bound_is_refused(void **state) {
     free(body);
 }
 
+/* A refusal's text goes into the JSON answer: quoting a long value of the
+ * body must not cut a character in two (jansson refuses invalid UTF-8, and
+ * the answer lost its "error"). Found by tests/fuzz/fuzz_ingest.c. */
+static void refusals_quoting_long_values_stay_utf8(void **state) {
+    char e300[601], body[2048], err[600];
+    static const char *const shapes[][2] = {
+        /* the body around the long value */
+        {"{\"eventType\":\"", "\",\"data\":{\"events\":[]}}"},
+        {ENVELOPE_HEAD "{\"eventType\":\"x\"},{\"eventType\":\"x\",\"published\":\"",
+         "\"}" ENVELOPE_TAIL},
+        {ENVELOPE_HEAD "{\"eventType\":\"x\",\"severity\":\"", "\"}" ENVELOPE_TAIL},
+    };
+    static const size_t sizes[] = {600, 512, 101, 100, 31};
+    hb_ingest_batch_t b;
+    long bad;
+    (void)state;
+    for (size_t i = 0; i < 300; i++)
+        memcpy(e300 + 2 * i, "\xc3\xa9", 2); /* é */
+    e300[600] = '\0';
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+        for (size_t z = 0; z < sizeof(sizes) / sizeof(sizes[0]); z++) {
+            json_t *j;
+            snprintf(body, sizeof(body), "%s%s%s", shapes[s][0], e300, shapes[s][1]);
+            assert_int_equal(hb_ingest_parse(codec, body, strlen(body), &b, &bad, err, sizes[z]),
+                             -1);
+            j = json_string(err);
+            if (!j)
+                fail_msg("shape %zu, errstr %zu bytes: not UTF-8: \"%s\"", s, sizes[z], err);
+            json_decref(j);
+            assert_non_null(strstr(err, s == 0 ? "not an Okta event hook" : "data.events["));
+            hb_ingest_batch_free(&b);
+        }
+    /* Whole characters are kept as they are. */
+    snprintf(body, sizeof(body), "%s%s%s", shapes[0][0], "\xc3\xa9t\xc3\xa9", shapes[0][1]);
+    assert_int_equal(hb_ingest_parse(codec, body, strlen(body), &b, &bad, err, sizeof(err)), -1);
+    hb_ingest_batch_free(&b);
+    assert_non_null(strstr(err, "eventType is \"\xc3\xa9t\xc3\xa9\", want"));
+}
+
 static void auth_compares_whole_values(void **state) {
     (void)state;
     assert_true(hb_ingest_auth_ok("Bearer abc", "Bearer abc"));
@@ -161,6 +202,7 @@ int main(void) {
         cmocka_unit_test(an_empty_delivery_is_fine),
         cmocka_unit_test(refusals_name_the_place),
         cmocka_unit_test(an_event_over_the_bound_is_refused),
+        cmocka_unit_test(refusals_quoting_long_values_stay_utf8),
         cmocka_unit_test(auth_compares_whole_values),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
