@@ -10,8 +10,12 @@
  * schemas), plus hostile variants cut from them: truncated, trailing bytes,
  * bad magic, unknown fingerprint, huge or negative lengths, a bad union
  * branch, a non-finite double, invalid UTF-8. JSON seeds are producer lines,
- * good and bad. Files named regress-* are not written here: each was found by
- * a fuzzer and is kept as it was found.
+ * good and bad. Ingest seeds are Okta event-hook bodies: envelopes with
+ * one, several and no events, a refused event among good ones, the wrong
+ * envelope, a bare LogEvent, wrong member types, invalid UTF-8, NUL bytes,
+ * strings longer than any error buffer, deep nesting. Files named regress-*
+ * are not written here: each was found by a fuzzer and is kept as it was
+ * found.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -349,6 +353,140 @@ static void json_seeds(void) {
     put(t, "deep-object-unterminated", deep, n);
 }
 
+/* An Okta event-hook envelope around the given events (as Okta sends it). */
+#define ENVELOPE_HEAD                                                                              \
+    "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","                         \
+    "\"cloudEventsVersion\":\"0.1\",\"source\":\"https://example.okta.com/api/v1/eventHooks/"      \
+    "who8sy0SomeHook\",\"eventId\":\"b5a188b9-5ece-4636-b041-482ffda96311\","                      \
+    "\"eventTime\":\"2024-05-01T12:34:57.000Z\",\"contentType\":\"application/json\","             \
+    "\"data\":{\"events\":["
+#define ENVELOPE_TAIL "]}}"
+#define ENVELOPE(events) ENVELOPE_HEAD events ENVELOPE_TAIL
+#define INVALID_UTF8_EVENTS                                                                        \
+    ENVELOPE("{\"eventType\":\"user.session.start\",\"displayMessage\":\"\xc3\x28\"}")
+#define NUL_AFTER_BODY ENVELOPE("{\"eventType\":\"x\"}") "\0"
+#define NUL_IN_STRING_BODY ENVELOPE("{\"eventType\":\"x\0y\"}")
+
+/* A string of n copies of c (n < size). */
+static char *fill(char *buf, size_t size, char c, size_t n) {
+    if (n >= size)
+        hb_fuzz_fail("fill too long", NULL);
+    memset(buf, c, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void ingest_seeds(void) {
+    static const char t[] = "ingest";
+    static char big[20000], body[40000];
+    char deep[4800];
+    size_t n = 0;
+    int len;
+
+    len = snprintf(body, sizeof(body), ENVELOPE_HEAD "%s" ENVELOPE_TAIL, full_event);
+    put(t, "one-event", body, (size_t)len);
+    len = snprintf(body, sizeof(body), ENVELOPE_HEAD "%s,%s,%s" ENVELOPE_TAIL, full_event,
+                   minimal_event,
+                   "{\"eventType\":\"policy.evaluate_sign_on\",\"actor\":{\"id\":\"00uA\","
+                   "\"type\":\"User\"},\"target\":[{\"id\":\"0oaX\",\"type\":\"AppInstance\"},"
+                   "{\"id\":\"00uB\",\"type\":\"User\"}],\"severity\":\"WARN\"}");
+    put(t, "several-events", body, (size_t)len);
+    put_text(t, "no-events", ENVELOPE(""));
+    put_text(t, "bare-envelope",
+             "{\"eventType\":\"com.okta.event_hook\",\"data\":{\"events\":[]}}");
+    put_text(t, "second-event-bad",
+             ENVELOPE("{\"eventType\":\"user.session.start\"},{\"uuid\":\"u\"},"
+                      "{\"eventType\":\"user.session.end\"}"));
+    put_text(t, "last-event-not-object",
+             ENVELOPE("{\"eventType\":\"user.session.start\"},[],\"x\",7,null"));
+    put_text(t, "wrong-envelope-type",
+             "{\"eventType\":\"com.okta.inline_hook\",\"data\":{\"events\":[]}}");
+    put_text(t, "envelope-type-not-string", "{\"eventType\":[\"com.okta.event_hook\"]}");
+    put_text(t, "bare-log-event", full_event);
+    put_text(t, "no-data", "{\"eventType\":\"com.okta.event_hook\"}");
+    put_text(t, "data-not-object", "{\"eventType\":\"com.okta.event_hook\",\"data\":[]}");
+    put_text(t, "events-not-array",
+             "{\"eventType\":\"com.okta.event_hook\",\"data\":{\"events\":{\"0\":{}}}}");
+    put_text(t, "duplicate-envelope-keys",
+             "{\"eventType\":\"com.okta.event_hook\",\"data\":{\"events\":[]},\"data\":{}}");
+    put_text(t, "duplicate-event-keys",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"uuid\":\"a\",\"uuid\":\"b\"}"));
+    put_text(t, "numbers-where-strings-go",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"uuid\":7,\"published\":1.5e9,"
+                      "\"actor\":{\"id\":123,\"type\":\"User\"},\"target\":[{\"id\":-1,"
+                      "\"type\":\"User\"}]}"));
+    put_text(t, "strings-where-numbers-go",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"securityContext\":{\"asNumber\":"
+                      "\"3303\",\"isProxy\":\"false\"},\"client\":{\"geographicalContext\":{"
+                      "\"geolocation\":{\"lat\":\"47.3\",\"lon\":null}}}}"));
+    put_text(t, "out-of-range-numbers",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"securityContext\":{\"asNumber\":"
+                      "4294967296}},{\"eventType\":\"x\",\"authenticationContext\":{"
+                      "\"authenticationStep\":-9223372036854775808}}"));
+    put_text(
+        t, "bad-published-and-severity",
+        ENVELOPE("{\"eventType\":\"user.session.start\"},{\"eventType\":\"user.session.start\","
+                 "\"published\":\"yesterday\"},{\"eventType\":\"x\",\"severity\":\"LOUD\"}"));
+    put_text(
+        t, "empty-strings",
+        ENVELOPE("{\"eventType\":\"\"},{\"eventType\":\"x\",\"uuid\":\"\"},{\"eventType\":"
+                 "\"x\",\"actor\":{\"id\":\"\"},\"target\":[{\"type\":\"User\",\"id\":\"\"}]}"));
+    put_text(t, "nulls",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"uuid\":null,\"published\":null,"
+                      "\"actor\":null,\"target\":[null],\"severity\":null}"));
+    put_text(t, "unicode-and-escapes",
+             ENVELOPE("{\"eventType\":\"user.session.start\",\"uuid\":\"\\u00e9\\ud83d\\ude00\","
+                      "\"actor\":{\"id\":\"\\u4e2d\\u0000x\",\"type\":\"User\"},"
+                      "\"displayMessage\":\"nul\\u0000inside\"}"));
+    put(t, "invalid-utf8", INVALID_UTF8_EVENTS, sizeof(INVALID_UTF8_EVENTS) - 1);
+    put(t, "nul-byte-after", NUL_AFTER_BODY, sizeof(NUL_AFTER_BODY) - 1);
+    put(t, "nul-byte-in-string", NUL_IN_STRING_BODY, sizeof(NUL_IN_STRING_BODY) - 1);
+    put_text(t, "trailing-garbage", ENVELOPE("") " {}");
+    put_text(t, "not-json", "eventType=com.okta.event_hook");
+    put(t, "empty", "", 0);
+
+    /* Huge strings: over every buffer an error message is built in. */
+    fill(big, sizeof(big), 'a', 16384);
+    len =
+        snprintf(body, sizeof(body), ENVELOPE("{\"eventType\":\"%s\",\"uuid\":\"%s\"}"), big, big);
+    put(t, "huge-strings", body, (size_t)len);
+    len = snprintf(body, sizeof(body), "{\"eventType\":\"%s\",\"data\":{\"events\":[]}}", big);
+    put(t, "huge-envelope-type", body, (size_t)len);
+    for (n = 0; n < 300; n++) /* "é" 300 times: cut in a character by any short buffer */
+        memcpy(big + 2 * n, "\xc3\xa9", 2);
+    big[2 * n] = '\0';
+    len = snprintf(body, sizeof(body),
+                   ENVELOPE("{\"eventType\":\"x\",\"published\":\"%s\"},{\"eventType\":\"x\","
+                            "\"severity\":\"%s\"}"),
+                   big, big);
+    put(t, "huge-multibyte-published", body, (size_t)len);
+    len = snprintf(body, sizeof(body), "{\"eventType\":\"%s\",\"data\":{\"events\":[]}}", big);
+    put(t, "multibyte-envelope-type", body, (size_t)len);
+
+    /* Deep nesting: in an event, and deeper than jansson allows. */
+    n = (size_t)snprintf(deep, sizeof(deep), ENVELOPE_HEAD "{\"eventType\":\"x\",\"actor\":");
+    while (n < 4000)
+        n += (size_t)snprintf(deep + n, sizeof(deep) - n, "{\"a\":");
+    put(t, "deep-object-unterminated", deep, n);
+    n = (size_t)snprintf(deep, sizeof(deep),
+                         ENVELOPE_HEAD "{\"eventType\":\"x\",\"debugContext\":"
+                                       "{\"debugData\":");
+    for (int d = 0; d < 40; d++)
+        n += (size_t)snprintf(deep + n, sizeof(deep) - n, "{\"a\":[");
+    n += (size_t)snprintf(deep + n, sizeof(deep) - n, "1");
+    for (int d = 0; d < 40; d++)
+        n += (size_t)snprintf(deep + n, sizeof(deep) - n, "]}");
+    n += (size_t)snprintf(deep + n, sizeof(deep) - n, "}}" ENVELOPE_TAIL);
+    put(t, "deep-debug-data", deep, n);
+    n = (size_t)snprintf(deep, sizeof(deep), ENVELOPE_HEAD "{\"eventType\":\"x\",\"extra\":");
+    for (int d = 0; d < 2000; d++)
+        deep[n++] = '[';
+    for (int d = 0; d < 2000; d++)
+        deep[n++] = ']';
+    n += (size_t)snprintf(deep + n, sizeof(deep) - n, "}" ENVELOPE_TAIL);
+    put(t, "deep-unknown-member", deep, n);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s CORPUS_DIR (tests/fuzz/corpus)\n", argv[0]);
@@ -360,5 +498,6 @@ int main(int argc, char **argv) {
     identity_seeds();
     retry_seeds();
     json_seeds();
+    ingest_seeds();
     return 0;
 }
