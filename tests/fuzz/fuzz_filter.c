@@ -6,11 +6,8 @@
  *   - a refused filter has a message starting with "filter";
  *   - {"$not": f}, when it compiles, gives the opposite verdict of f.
  *
- * Build (not part of the Makefile):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Ilib $(pkg-config --cflags jansson) \
- *     tests/fuzz/fuzz_filter.c lib/hb_filter.c lib/hb_common.c $(pkg-config --libs jansson) \
- *     -o /tmp/fuzz_filter
- *   /tmp/fuzz_filter -max_len=4096 tests/fuzz/corpus/filter
+ * Run with `make fuzz FUZZ_TARGETS=filter`; `make test-unit` replays its
+ * corpus (tests/fuzz/corpus/filter) like every target's.
  */
 #include <stdint.h>
 #include <stdlib.h>
