@@ -66,8 +66,7 @@ static int parse_slice(json_t *events, size_t from, size_t to, hb_ingest_batch_t
     int rc;
     for (size_t i = from; i < to; i++)
         (void)json_array_append(slice, json_array_get(events, i));
-    env = json_pack("{s:s,s:{s:o}}", "eventType", HB_INGEST_ENVELOPE_TYPE, "data", "events",
-                    slice);
+    env = json_pack("{s:s,s:{s:o}}", "eventType", HB_INGEST_ENVELOPE_TYPE, "data", "events", slice);
     text = env ? json_dumps(env, JSON_COMPACT) : NULL;
     if (!text)
         hb_fuzz_fail("a slice of the events serializes", NULL);
