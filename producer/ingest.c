@@ -453,7 +453,8 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     ingest_t *in = opaque;
     (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && !in->brokers_down) {
+    /* Before the topic is known, ingest_loop's reason (naming it) stands. */
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && in->topic && !in->brokers_down) {
         in->brokers_down = 1;
         hb_httpd_set_ready(in->ops, 0, "all Kafka brokers are down");
         hb_warn("ingest: not ready: all Kafka brokers are down (%s)", reason);

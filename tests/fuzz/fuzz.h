@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_codec.h"
+#include "hb_schemas.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* A broken property: say which and abort, so the input becomes a finding. */
@@ -25,6 +28,30 @@ static inline void hb_fuzz_fail(const char *what, const char *detail) {
     fprintf(stderr, "fuzz: property broken: %s%s%s\n", what, detail ? ": " : "",
             detail ? detail : "");
     abort();
+}
+
+/* The IdentityEvent codec of a target, made on first use and freed at exit,
+ * so that LeakSanitizer sees only what an input leaked. */
+static inline hb_codec_t **hb_fuzz_identity_codec_slot(void) {
+    static hb_codec_t *codec;
+    return &codec;
+}
+
+static inline void hb_fuzz_identity_codec_free(void) {
+    hb_codec_free(*hb_fuzz_identity_codec_slot());
+    *hb_fuzz_identity_codec_slot() = NULL;
+}
+
+static inline hb_codec_t *hb_fuzz_identity_codec(void) {
+    hb_codec_t **slot = hb_fuzz_identity_codec_slot();
+    char err[256];
+    if (!*slot) {
+        *slot = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+        if (!*slot)
+            hb_fuzz_fail("IdentityEvent codec", err);
+        atexit(hb_fuzz_identity_codec_free);
+    }
+    return *slot;
 }
 
 /* The schema text with the named top-level fields removed: an older writer

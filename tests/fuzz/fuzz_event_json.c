@@ -20,20 +20,6 @@
 
 static hb_codec_t *codec;
 
-/* At exit, so LeakSanitizer sees only what an input leaked. */
-static void cleanup(void) {
-    hb_codec_free(codec);
-    codec = NULL;
-}
-
-static void init(void) {
-    char err[256];
-    codec = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
-    if (!codec)
-        hb_fuzz_fail("IdentityEvent codec", err);
-    atexit(cleanup);
-}
-
 static int only_space(const uint8_t *s, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
@@ -90,8 +76,7 @@ done:
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t start = 0;
-    if (!codec)
-        init();
+    codec = hb_fuzz_identity_codec();
     while (start < size) {
         const uint8_t *nl = memchr(data + start, '\n', size - start);
         size_t end = nl ? (size_t)(nl - data) + 1 : size; /* getline keeps the newline */

@@ -34,21 +34,6 @@
 static hb_codec_t *codec;
 static uint64_t fingerprint;
 
-/* At exit, so LeakSanitizer sees only what an input leaked. */
-static void cleanup(void) {
-    hb_codec_free(codec);
-    codec = NULL;
-}
-
-static void init(void) {
-    char err[256];
-    codec = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
-    if (!codec)
-        hb_fuzz_fail("IdentityEvent codec", err);
-    fingerprint = hb_codec_fingerprint(codec);
-    atexit(cleanup);
-}
-
 /* data.events when root is an envelope as docs/ingest.md specifies it. */
 static json_t *envelope_events(json_t *root) {
     const char *type = json_string_value(json_object_get(root, "eventType"));
@@ -194,8 +179,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     long bad = -2;
     json_t *root;
     int rc;
-    if (!codec)
-        init();
+    codec = hb_fuzz_identity_codec();
+    fingerprint = hb_codec_fingerprint(codec);
     rc = hb_ingest_parse(codec, (const char *)data, size, &b, &bad, why, sizeof(why));
     root = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
     if (rc == 0)

@@ -3,9 +3,8 @@
 events topic back."""
 import http.client
 import json
-import urllib.request
 
-from .procs import BIN, SLOW, free_port, wait_until
+from .procs import BIN, SLOW, free_port, http_get, wait_until
 
 AUTH_HEADER = "Authorization"
 AUTH_VALUE = "Bearer okta-hook-secret-51c2e8"
@@ -49,14 +48,7 @@ class Ingest:
 
     def ops(self, path):
         """GET on the operations port: (status, body)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}",
-                                        timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return None, ""
+        return http_get(self.health_port, path)
 
     def metric(self, series):
         """The value of one metrics series (name and labels as rendered), or None."""

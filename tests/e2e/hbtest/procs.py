@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -23,6 +25,17 @@ SLOW = float(os.environ.get("HOOKBRIDGE_TEST_SLOW", "1"))
 # environment built from os.environ) opens what another one sealed.
 SECRET_KEY = os.environ.setdefault("HOOKBRIDGE_SECRET_KEY",
                                    base64.b64encode(os.urandom(32)).decode())
+
+
+def http_get(port, path):
+    """GET http://127.0.0.1:port/path: (status, body); (None, "") when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
 
 
 def free_port():

@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .procs import BIN, SECRET_KEY, SLOW, free_port, wait_until
+from .procs import BIN, SECRET_KEY, SLOW, free_port, http_get, wait_until
 
 
 class Broker:
@@ -125,14 +125,7 @@ class Service:
                                      self.env)
 
     def get(self, path):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}",
-                                        timeout=2) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return None, ""
+        return http_get(self.health_port, path)
 
     def wait_ready(self, timeout=30):
         wait_until(lambda: self.get("/readyz")[0] == 200 or self._died(), timeout,
