@@ -4,6 +4,7 @@
  */
 #include "hb_common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,9 +24,12 @@ void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) {
 int hb_parse_int(const char *s, int min, int max, int *out) {
     char *end = NULL;
     long v;
+    /* digits, with a '-' at most: strtol alone would take " 5" and "+5" */
+    if (!isdigit((unsigned char)s[s[0] == '-']))
+        return -1;
     errno = 0;
     v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > max)
+    if (*end || errno || v < min || v > max)
         return -1;
     *out = (int)v;
     return 0;
