@@ -410,10 +410,9 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             return -1;
         }
         hb_keyring_free(kr);
-        kr = hb_keyring_new(cfg->secret_key, cfg->secret_keys_old, errstr, errstr_size);
-        if (!kr)
+        cfg->keyring = hb_keyring_new(cfg->secret_key, cfg->secret_keys_old, errstr, errstr_size);
+        if (!cfg->keyring)
             return -1;
-        hb_keyring_free(kr);
     }
     return 0;
 }
@@ -447,6 +446,7 @@ void hb_config_free(hb_config_t *cfg) {
         free(cfg->kafka_props[i]);
     free(cfg->kafka_props);
     free(cfg->args);
+    hb_keyring_free(cfg->keyring);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include "hb_common.h"
+#include "hb_seal.h"
 
 /* Which programs read a setting. */
 #define HB_PROG_PRODUCER 0x01u
@@ -32,6 +33,7 @@ typedef struct hb_config_s {
     char *database_url;    /* secret: never printed */
     char *secret_key;      /* secret: sealing key (hb_seal), validated at load by services */
     char *secret_keys_old; /* secret: old keys, for opening only */
+    hb_keyring_t *keyring; /* the services': both of the above, made at load; owned */
     char *kafka_brokers;
     char *events_topic;
     char *dlq_topic;

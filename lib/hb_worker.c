@@ -78,7 +78,6 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    hb_keyring_t *keyring; /* opens and seals subscription secrets */
     hb_dlog_t *dlog;
     hb_index_t *index;
     hb_offsets_t *offsets;
@@ -658,7 +657,7 @@ static void ensure_store(hb_worker_t *w) {
     char errstr[512];
     if (w->store || hb_mono_ms() < w->next_store_attempt)
         return;
-    w->store = hb_store_new(w->cfg->database_url, w->keyring, errstr, sizeof(errstr));
+    w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, errstr, sizeof(errstr));
     if (w->store && !w->dlog) {
         w->dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
                               sizeof(errstr));
@@ -1272,10 +1271,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     if (hb_schedule_parse(&w->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, errstr,
                           errstr_size) < 0)
         goto fail;
-    w->keyring = hb_keyring_new(cfg->secret_key, cfg->secret_keys_old, errstr, errstr_size);
-    if (!w->keyring)
-        goto fail;
-    hb_info("secrets are sealed with key %s", hb_keyring_current_id(w->keyring));
+    hb_info("secrets are sealed with key %s", hb_keyring_current_id(cfg->keyring));
     if (spec->topics) {
         w->topics_cnt = spec->topics_cnt;
         w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
@@ -1355,7 +1351,6 @@ void hb_worker_free(hb_worker_t *w) {
         hb_dlog_free(w->dlog);
     }
     hb_store_free(w->store);
-    hb_keyring_free(w->keyring);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);
