@@ -44,13 +44,17 @@ def verify_once(db_url, url, name="e2e", options=None):
     opts.update(options or {})
     sub = sql(db_url, "SELECT hookbridge.register(%s, %s, %s, %s::jsonb)", name, url,
               ["user.session.start"], json.dumps(opts))[0][0]
+    return (sub, *verification_outcome(db_url, sub))
+
+
+def verification_outcome(db_url, sub):
+    """Asks for sub's verification and waits for it: (state, verification_error)."""
     sql(db_url, "SELECT hookbridge.verify(%s)", sub)
     wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
                            "WHERE id=%s", sub)[0][0] != "unverified" or None, 15,
                "the verification outcome")
-    state, why = sql(db_url, "SELECT verification, verification_error "
-                     "FROM hookbridge.subscriptions WHERE id=%s", sub)[0]
-    return sub, state, why
+    return sql(db_url, "SELECT verification, verification_error "
+               "FROM hookbridge.subscriptions WHERE id=%s", sub)[0]
 
 
 def event(etype, user="00u" + uuid.uuid4().hex[:10]):
@@ -150,12 +154,7 @@ def test_failed_verification_is_recorded_and_activation_refused(db_url, broker, 
            else f"http://127.0.0.1:{free_port()}/hook")
     sub = sql(db_url, "SELECT hookbridge.register('bad', %s, ARRAY['user.session.start'])",
               url)[0][0]
-    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
-    wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
-                           "WHERE id=%s", sub)[0][0] != "unverified" or None, 15,
-               "the verification outcome")
-    state, why = sql(db_url, "SELECT verification, verification_error "
-                     "FROM hookbridge.subscriptions WHERE id=%s", sub)[0]
+    state, why = verification_outcome(db_url, sub)
     assert state == "failed"
     assert reason in why
     with pytest.raises(psycopg2.Error) as e:

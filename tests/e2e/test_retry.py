@@ -46,6 +46,12 @@ def delivery(db_url, sub):
     return rows[0] if rows else None
 
 
+def failed_delivery(db_url, sub, timeout, what):
+    """Waits until sub's delivery has failed finally; its delivery() row."""
+    return wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row,
+                      timeout, what)
+
+
 def dlq_messages(broker, timeout_ms=4000):
     """Everything on hookbridge.dlq (read until nothing came for timeout_ms)."""
     from kafka import KafkaConsumer
@@ -98,9 +104,7 @@ def test_always_failing_ends_in_the_dlq_with_every_attempt_logged(db_url, procs,
                                    receiver_args={"status": 500})
     sub = register_verified(db_url, receiver.url, ["user.account.lock"])
     produce(broker.bootstrap, [event("user.account.lock")])
-    did, status, n, err = wait_until(
-        lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row, 30 * SLOW,
-        "the delivery to fail finally")
+    did, status, n, err = failed_delivery(db_url, sub, 30 * SLOW, "the delivery to fail finally")
     assert n == 3, "the first attempt plus one per schedule step"
     assert "HTTP 500" in err and "attempts used up" in err
     assert [(a[0], a[1], a[2]) for a in attempts(db_url, did)] == [
@@ -133,9 +137,7 @@ def test_4xx_is_final_no_retry(db_url, procs, workdir):
                                    receiver_args={"status": 410})
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start")])
-    did, status, n, err = wait_until(
-        lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row, 20 * SLOW,
-        "the final failure")
+    did, status, n, err = failed_delivery(db_url, sub, 20 * SLOW, "the final failure")
     assert n == 1 and "HTTP 410" in err
     time.sleep(3)  # longer than the whole schedule
     assert len(receiver.posts()) == 1, "a 4xx is not retried"
@@ -149,8 +151,7 @@ def test_replay_sends_a_dead_lettered_delivery_again(db_url, procs, workdir):
                                    receiver_args={"fail_first": 2})
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start")])
-    did, *_ = wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row,
-                         30 * SLOW, "the dead-lettered delivery")
+    did, *_ = failed_delivery(db_url, sub, 30 * SLOW, "the dead-lettered delivery")
     assert sql(db_url, "SELECT hookbridge.replay(%s)", did)[0][0] == did
     wait_until(lambda: len(receiver.events()) == 1, 20 * SLOW, "the replayed delivery")
     assert {p["headers"]["webhook-id"] for p in receiver.posts()} == {did}
@@ -171,8 +172,7 @@ def test_a_replay_gets_the_whole_schedule_again(db_url, procs, workdir):
                                    receiver_args={"fail_first": 5})
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start")])
-    did, *_ = wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "failed" and row,
-                         30 * SLOW, "the dead-lettered delivery (3 attempts)")
+    did, *_ = failed_delivery(db_url, sub, 30 * SLOW, "the dead-lettered delivery (3 attempts)")
     sql(db_url, "SELECT hookbridge.replay(%s)", did)
     # replay attempt fails (4), its first retry fails (5), its second is taken (6)
     wait_until(lambda: len(receiver.events()) == 1, 30 * SLOW, "the replay's last retry")
