@@ -44,6 +44,42 @@ int hb_parse_int_flag(const char *flag, const char *value, int min, int max, con
     return -1;
 }
 
+/* Length of the valid UTF-8 character at p (1..4), or 0 when invalid. A NUL
+ * is no continuation byte, so nothing is read past the end of the string. */
+static size_t utf8_char_len(const unsigned char *p) {
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
+            return 0; /* overlong, surrogate */
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
+            return 0; /* overlong, over U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+void hb_utf8_scrub(char *s) {
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = utf8_char_len(p);
+        if (n)
+            p += n;
+        else
+            *p++ = '?';
+    }
+}
+
 int64_t hb_mono_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

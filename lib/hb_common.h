@@ -33,6 +33,11 @@ int hb_parse_int(const char *s, int min, int max, int *out) HB_MUSTCHECK;
 int hb_parse_int_flag(const char *flag, const char *value, int min, int max, const char *unit,
                       int *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* Replaces, in place, every byte of s that is not part of a valid UTF-8
+ * character (RFC 3629: no overlong forms, surrogates or code points over
+ * U+10FFFF) with '?', so that s can go into a JSON string or a text column. */
+void hb_utf8_scrub(char *s);
+
 /* Monotonic and wall clocks, in milliseconds. */
 int64_t hb_mono_ms(void);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */

@@ -109,48 +109,13 @@ const char *hb_outcome_name(hb_outcome_t o) {
 /* ------------------------------------------------------------------------ */
 /* Rows                                                                     */
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p) {
-    unsigned char c = p[0];
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (c >= 0xe0 && c <= 0xef) {
-        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0))
-            return 0; /* overlong, surrogate */
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80 || (p[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90))
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
 /* Copy of s with every invalid UTF-8 byte replaced by '?'. NULL stays NULL. */
 static char *dup_utf8(const char *s) {
-    size_t n, i = 0;
     char *out;
     if (!s)
         return NULL;
-    n = strlen(s);
-    out = hb_malloc(n + 1);
-    while (i < n) {
-        size_t k = utf8_seq((const unsigned char *)s + i);
-        if (k == 0) {
-            out[i++] = '?';
-            continue;
-        }
-        memcpy(out + i, s + i, k);
-        i += k;
-    }
-    out[n] = '\0';
+    out = hb_strdup(s);
+    hb_utf8_scrub(out);
     return out;
 }
 

@@ -63,38 +63,6 @@ static json_t *envelope_events(json_t *root, char *errstr, size_t errstr_size) {
     return events;
 }
 
-/* Length of the valid UTF-8 character at s (RFC 3629: no overlong forms,
- * surrogates or code points over U+10FFFF, as jansson checks), or 0. */
-static size_t utf8_char_len(const unsigned char *s) {
-    unsigned char c = s[0];
-    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : (c & 0xF0) == 0xE0 ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
-    unsigned long cp = c & (0x7F >> n);
-    static const unsigned long min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (c < 0x80)
-        return 1;
-    for (size_t i = 1; i < n; i++) { /* stops at the NUL: 0 is no continuation byte */
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    return n && cp >= min[n] && cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF) ? n : 0;
-}
-
-/* The error text ends up in a JSON answer (producer/ingest.c) and quotes
- * the body: a long eventType, published or severity is cut where a buffer
- * ends, possibly inside a character, and a JSON string cannot carry the
- * invalid UTF-8 left (the answer lost its "error"). Such bytes become '?'. */
-static void utf8_scrub(char *s) {
-    unsigned char *p = (unsigned char *)s;
-    while (*p) {
-        size_t n = utf8_char_len(p);
-        if (n)
-            p += n;
-        else
-            *p++ = '?';
-    }
-}
-
 static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
                  long *bad_event, char *errstr, size_t errstr_size) {
     json_error_t jerr;
@@ -146,8 +114,12 @@ int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_b
                     long *bad_event, char *errstr, size_t errstr_size) {
     if (parse(codec, body, len, out, bad_event, errstr, errstr_size) == 0)
         return 0;
+    /* The error text ends up in a JSON answer (producer/ingest.c) and quotes
+     * the body: a long eventType, published or severity is cut where a
+     * buffer ends, possibly inside a character, and a JSON string cannot
+     * carry the invalid UTF-8 left (the answer lost its "error"). */
     if (errstr && errstr_size)
-        utf8_scrub(errstr);
+        hb_utf8_scrub(errstr);
     return -1;
 }
 

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "hb_common.h"
@@ -90,10 +91,36 @@ static void test_parse_int_flag(void **state) {
     assert_string_equal(small, "--threa");
 }
 
+static void test_utf8_scrub(void **state) {
+    (void)state;
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"plain ascii", "plain ascii"},
+        {"\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+         "\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"},
+        {"cut \xe2\x82", "cut ??"},   /* a character cut at the end */
+        {"\xc0\xaf", "??"},           /* overlong '/' */
+        {"\xe0\x80\xaf", "???"},      /* overlong, 3 bytes */
+        {"\xed\xa0\x80", "???"},      /* a UTF-16 surrogate */
+        {"\xf4\x90\x80\x80", "????"}, /* over U+10FFFF */
+        {"\xff a \x80", "? a ?"},     /* never valid, a lone continuation */
+        {"\xc3\xa9\xc3", "\xc3\xa9?"},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%s", cases[i].in);
+        hb_utf8_scrub(buf);
+        if (strcmp(buf, cases[i].want) != 0)
+            fail_msg("case %zu: got \"%s\"", i, buf);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_int),
         cmocka_unit_test(test_parse_int_flag),
+        cmocka_unit_test(test_utf8_scrub),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
