@@ -8,7 +8,6 @@
 #include "hb_ingest.h"
 
 #include <jansson.h>
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,9 +120,4 @@ int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_b
     if (errstr && errstr_size)
         hb_utf8_scrub(errstr);
     return -1;
-}
-
-int hb_ingest_auth_ok(const char *got, const char *want) {
-    size_t n = strlen(want);
-    return got && strlen(got) == n && CRYPTO_memcmp(got, want, n) == 0;
 }

@@ -52,9 +52,4 @@ int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_b
 
 void hb_ingest_batch_free(hb_ingest_batch_t *b);
 
-/* Constant-time comparison of a received header value with the expected
- * one (CRYPTO_memcmp on equal lengths; only the length can leak). NULL got
- * never matches. */
-int hb_ingest_auth_ok(const char *got, const char *want);
-
 #endif

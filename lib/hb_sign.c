@@ -342,3 +342,8 @@ void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LE
     md[8] = (uint8_t)((md[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     uuid_format(md, out);
 }
+
+int hb_secret_equal(const char *got, const char *want) {
+    size_t n = strlen(want);
+    return got && strlen(got) == n && CRYPTO_memcmp(got, want, n) == 0;
+}

@@ -30,6 +30,11 @@ int hb_sign_verify(const hb_secret_t *secret, const char *msg_id, const char *ti
                    const void *body, size_t body_len, const char *signature_header, int64_t now_s,
                    int64_t tolerance_s, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* Whether a received credential (a header value; NULL when absent) is exactly
+ * want, compared in constant time (CRYPTO_memcmp on equal lengths; only the
+ * length can show in the timing). The example receiver, the ingest endpoint. */
+int hb_secret_equal(const char *got, const char *want);
+
 /* Base64 (standard alphabet, padded). out must hold 4*ceil(len/3)+1. */
 size_t hb_base64_encode(const void *in, size_t len, char *out, size_t outsz);
 int hb_base64_decode(const char *in, uint8_t *out, size_t outsz, size_t *out_len) HB_MUSTCHECK;

@@ -45,6 +45,7 @@
 #include "hb_log.h"
 #include "hb_metrics.h"
 #include "hb_schemas.h"
+#include "hb_sign.h"
 #include "hb_signal.h"
 #include "producer.h"
 
@@ -347,7 +348,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return reply_error(in, conn, MHD_HTTP_METHOD_NOT_ALLOWED,
                                "method not allowed: POST delivers events, GET verifies", -1);
         if (in->auth_value &&
-            !hb_ingest_auth_ok(
+            !hb_secret_equal(
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, in->cfg->ingest_auth_header),
                 in->auth_value))
             return reply_error(in, conn, MHD_HTTP_UNAUTHORIZED, "unauthorized", -1);

@@ -431,13 +431,10 @@ static enum MHD_Result reply(receiver_t *r, struct MHD_Connection *conn, unsigne
 
 /* Constant-time check of the configured auth header. */
 static int auth_ok(const receiver_t *r, struct MHD_Connection *conn) {
-    const char *got;
-    size_t want_len;
     if (!r->auth_name)
         return 1;
-    got = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, r->auth_name);
-    want_len = strlen(r->auth_value);
-    return got && strlen(got) == want_len && CRYPTO_memcmp(got, r->auth_value, want_len) == 0;
+    return hb_secret_equal(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, r->auth_name),
+                           r->auth_value);
 }
 
 /* Verifies the signature: 1 valid, 0 invalid (reason filled), -1 not configured. */

@@ -261,9 +261,20 @@ static void derived_uuids_are_stable_v8(void **state) {
     assert_string_equal(a, c);
 }
 
+static void secret_equal_compares_whole_values(void **state) {
+    (void)state;
+    assert_true(hb_secret_equal("Bearer abc", "Bearer abc"));
+    assert_false(hb_secret_equal("Bearer abd", "Bearer abc"));
+    assert_false(hb_secret_equal("Bearer ab", "Bearer abc"));
+    assert_false(hb_secret_equal("Bearer abcd", "Bearer abc"));
+    assert_false(hb_secret_equal("", "Bearer abc"));
+    assert_false(hb_secret_equal(NULL, "Bearer abc"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(spec_example_signs_and_verifies),
+        cmocka_unit_test(secret_equal_compares_whole_values),
         cmocka_unit_test(prefix_is_optional),
         cmocka_unit_test(bad_secrets_are_rejected),
         cmocka_unit_test(two_secrets_give_two_signatures),
