@@ -127,6 +127,34 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
     return rkt;
 }
 
+#define HB_KAFKA_PROBE_EVERY_MS 2000
+
+int hb_kafka_reach_down(hb_kafka_reach_t *r, int err) {
+    int was_down = r->down;
+    if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        return 0;
+    r->down = 1;
+    r->next_probe_ms = hb_mono_ms() + HB_KAFKA_PROBE_EVERY_MS;
+    return !was_down;
+}
+
+int hb_kafka_reach_probe(hb_kafka_reach_t *r, rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                         int timeout_ms) {
+    const struct rd_kafka_metadata *md = NULL;
+    int up = 0;
+    if (!r->down || !rk || hb_mono_ms() < r->next_probe_ms)
+        return 0;
+    r->next_probe_ms = hb_mono_ms() + HB_KAFKA_PROBE_EVERY_MS;
+    if (rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR && md &&
+        md->broker_cnt > 0) {
+        up = md->broker_cnt;
+        r->down = 0;
+    }
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    return up;
+}
+
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms) {
     (void)rd_kafka_flush(rk, timeout_ms);
     return rd_kafka_outq_len(rk);

@@ -51,6 +51,26 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
 rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int timeout_ms,
                                          char *errstr, size_t errstr_size);
 
+/* Broker reachability without librdkafka's statistics (enabling them delayed
+ * fetches by hundreds of milliseconds with librdkafka 2.0.2): "all brokers
+ * down", from the error callback, marks the brokers down; while they are, a
+ * metadata request every 2 s tells when they answer again. Used only from
+ * the thread that polls the handle (the callback runs in its poll). */
+typedef struct {
+    int down;
+    int64_t next_probe_ms;
+} hb_kafka_reach_t;
+
+/* For the error callback: 1 when err is "all brokers down" and the brokers
+ * were not already down, else 0. */
+int hb_kafka_reach_down(hb_kafka_reach_t *r, int err);
+
+/* While down and due, asks for rkt's metadata (NULL: the brokers') for up to
+ * timeout_ms; returns the number of brokers when they answered (no longer
+ * down), else 0. */
+int hb_kafka_reach_probe(hb_kafka_reach_t *r, rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                         int timeout_ms);
+
 /* Flushes with a deadline; returns the number of messages left unsent. */
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 

@@ -98,9 +98,8 @@ struct hb_worker_s {
      * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
      * the loop for up to a second under load */
     rd_kafka_topic_partition_list_t *assignment;
-    int brokers_up; /* 0 after "all brokers down" until metadata works again */
-    int64_t next_broker_check;
-    char missing_topic[256]; /* a subscribed topic the broker does not have */
+    hb_kafka_reach_t brokers; /* down after "all brokers down" until metadata works again */
+    char missing_topic[256];  /* a subscribed topic the broker does not have */
     char missing_why[300];
     int64_t next_topic_check;
     hb_job_t *jobs;
@@ -858,16 +857,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* librdkafka's error events (loop thread, through the consumer poll). All
  * brokers down makes the service not ready until a metadata request succeeds
- * again (broker_check). Statistics would tell the same but enabling them
- * delayed fetches by hundreds of milliseconds with librdkafka 2.0.2. */
+ * again (broker_check, hb_kafka_reach_t). */
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     hb_worker_t *w = opaque;
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        if (w->brokers_up != 0)
+        if (hb_kafka_reach_down(&w->brokers, err))
             hb_error("no Kafka broker reachable (not ready until one is): %s", reason);
-        w->brokers_up = 0;
-        w->next_broker_check = hb_mono_ms() + 2000;
         return;
     }
     hb_metric_inc(w->m_kafka_errors);
@@ -876,17 +872,9 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
 
 /* While no broker is reachable, ask for metadata every 2 s (up to 1 s). */
 static void broker_check(hb_worker_t *w) {
-    const struct rd_kafka_metadata *md = NULL;
-    if (w->brokers_up != 0 || !w->rk || hb_mono_ms() < w->next_broker_check)
-        return;
-    w->next_broker_check = hb_mono_ms() + 2000;
-    if (rd_kafka_metadata(w->rk, 0, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
-        if (md->broker_cnt > 0) {
-            hb_info("Kafka reachable again: %d broker(s)", md->broker_cnt);
-            w->brokers_up = md->broker_cnt;
-        }
-        rd_kafka_metadata_destroy(md);
-    }
+    int n = hb_kafka_reach_probe(&w->brokers, w->rk, NULL, 1000);
+    if (n > 0)
+        hb_info("Kafka reachable again: %d broker(s)", n);
 }
 
 static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
@@ -1074,7 +1062,7 @@ static void update_readiness(hb_worker_t *w) {
         why = "shutting down";
     else if (w->missing_topic[0])
         why = w->missing_why;
-    else if (w->brokers_up == 0)
+    else if (w->brokers.down)
         why = "no Kafka broker reachable";
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
@@ -1261,7 +1249,6 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->cfg = cfg;
     w->spec = *spec;
     w->wake[0] = w->wake[1] = -1;
-    w->brokers_up = -1;
     snprintf(w->client_id, sizeof(w->client_id), "hookbridge-%s", spec->name);
     w->group = *cfg->consumer_group ? cfg->consumer_group : w->client_id;
     if (!*cfg->database_url) {

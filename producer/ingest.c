@@ -80,8 +80,8 @@ struct ingest_s {
     const hb_config_t *cfg;
     const char *auth_value; /* NULL: unauthenticated (allowed explicitly) */
     rd_kafka_t *rk;
-    rd_kafka_topic_t *topic; /* the main thread's; NULL until the metadata came */
-    int brokers_down;        /* main thread: librdkafka said all brokers are down */
+    rd_kafka_topic_t *topic;  /* the main thread's; NULL until the metadata came */
+    hb_kafka_reach_t brokers; /* main thread: down after librdkafka's "all brokers down" */
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
     struct MHD_Daemon *mhd;
@@ -455,8 +455,7 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     ingest_t *in = opaque;
     (void)rk;
     /* Before the topic is known, ingest_loop's reason (naming it) stands. */
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && in->topic && !in->brokers_down) {
-        in->brokers_down = 1;
+    if (in->topic && hb_kafka_reach_down(&in->brokers, err)) {
         hb_httpd_set_ready(in->ops, 0, "all Kafka brokers are down");
         hb_warn("ingest: not ready: all Kafka brokers are down (%s)", reason);
     }
@@ -532,16 +531,10 @@ static void ingest_loop(ingest_t *in) {
                 hb_debug("ingest: not ready: %s", errstr);
             }
             next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
-        } else if (in->topic && in->brokers_down && hb_mono_ms() >= next_prepare) {
-            const struct rd_kafka_metadata *md = NULL;
-            if (!rd_kafka_metadata(in->rk, 0, in->topic, &md, INGEST_PREPARE_MS)) {
-                in->brokers_down = 0;
-                hb_httpd_set_ready(in->ops, 1, NULL);
-                hb_info("ingest: ready again (the brokers answer)");
-            }
-            if (md)
-                rd_kafka_metadata_destroy(md);
-            next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
+        } else if (in->topic &&
+                   hb_kafka_reach_probe(&in->brokers, in->rk, in->topic, INGEST_PREPARE_MS) > 0) {
+            hb_httpd_set_ready(in->ops, 1, NULL);
+            hb_info("ingest: ready again (the brokers answer)");
         }
         rd_kafka_poll(in->rk, 100);
         hb_httpd_beat(in->ops);
