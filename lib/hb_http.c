@@ -9,13 +9,21 @@
  *
  *   early list  refused up front (bad URL, scheme) or set-up failure;
  *               completed on the next hb_http_run(), never inside submit
- *   host queue  waiting for a slot; one FIFO per host key (scheme://host:port)
+ *   host queue  waiting for a slot; one FIFO per host key (scheme://host:port),
+ *               and the same transfers in one global FIFO in arrival order
  *   running     added to the multi handle
  *
  * A host with waiting transfers and a free per-host slot sits in the global
  * ready FIFO; refill pops hosts from it round-robin while fewer than
  * max_in_flight transfers run. A slow host holds at most max_host_connections
  * slots; its backlog waits in its own queue and never takes a global slot.
+ *
+ * The host queues are bounded (max_host_queue) and so is the time spent in
+ * them (max_queue_wait_ms). Since every transfer gets the same wait bound,
+ * the global arrival-order FIFO's head is always the next to expire, and
+ * that head is also the head of its own host's queue: expiry pops heads and
+ * never searches. A transfer over either bound goes to the early list with
+ * not_sent set and completes like a refused one; the caller re-routes it.
  *
  * Every finished transfer goes through hb_http_complete(): fill the result,
  * call done, curl_easy_reset() the easy handle (so it keeps no pointer into
@@ -70,13 +78,19 @@ struct hb_http_host_s {
     hb_http_host_t *ready_next;
     char *key;        /* "scheme://host:port" */
     size_t in_flight; /* running transfers to this host */
+    size_t waiting;   /* transfers in its queue */
     hb_http_xfer_t *wait_head, *wait_tail;
-    int on_ready; /* in h->ready list */
+    int on_ready;          /* in h->ready list */
+    int64_t progress_mono; /* last completion, or the start of its first running transfer */
+    int64_t slow_until;    /* a request gave up waiting: known slow until then */
 };
 
 struct hb_http_xfer_s {
     hb_http_xfer_t *next;                /* host queue or early list */
     hb_http_xfer_t *run_prev, *run_next; /* running list */
+    hb_http_xfer_t *wq_prev, *wq_next;   /* global wait FIFO (while in a host queue) */
+    int64_t queued_mono;                 /* when it entered its host queue */
+    hb_http_not_sent_t not_sent;         /* early list: why it was never sent */
     hb_http_t *h;
     hb_http_host_t *host; /* NULL on the early list */
     CURL *easy;           /* set while running */
@@ -120,6 +134,7 @@ struct hb_http_s {
     hb_http_host_t *buckets[HB_HTTP_BUCKETS];
     hb_http_host_t *ready_head, *ready_tail;
     hb_http_xfer_t *early_head, *early_tail;
+    hb_http_xfer_t *wq_head, *wq_tail; /* every waiting transfer, oldest first */
     hb_http_xfer_t *running;
     size_t in_flight, queued;
     int closing;
@@ -523,6 +538,25 @@ static hb_http_host_t *hb_http_ready_pop(hb_http_t *h) {
     return host;
 }
 
+static void hb_http_wait_push(hb_http_t *h, hb_http_host_t *host, hb_http_xfer_t *x) {
+    x->next = NULL;
+    if (host->wait_tail)
+        host->wait_tail->next = x;
+    else
+        host->wait_head = x;
+    host->wait_tail = x;
+    host->waiting++;
+    x->queued_mono = hb_mono_ms();
+    x->wq_next = NULL;
+    x->wq_prev = h->wq_tail;
+    if (h->wq_tail)
+        h->wq_tail->wq_next = x;
+    else
+        h->wq_head = x;
+    h->wq_tail = x;
+    h->queued++;
+}
+
 static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
     hb_http_xfer_t *x = host->wait_head;
     if (!x)
@@ -530,7 +564,17 @@ static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
     host->wait_head = x->next;
     if (!host->wait_head)
         host->wait_tail = NULL;
+    host->waiting--;
     x->next = NULL;
+    if (x->wq_prev)
+        x->wq_prev->wq_next = x->wq_next;
+    else
+        h->wq_head = x->wq_next;
+    if (x->wq_next)
+        x->wq_next->wq_prev = x->wq_prev;
+    else
+        h->wq_tail = x->wq_prev;
+    x->wq_prev = x->wq_next = NULL;
     h->queued--;
     return x;
 }
@@ -565,6 +609,19 @@ static void hb_http_refuse(hb_http_t *h, hb_http_xfer_t *x, const char *fmt, ...
     vsnprintf(x->early_error, sizeof(x->early_error), fmt, ap);
     va_end(ap);
     x->early_refused = 1;
+    hb_http_early_push(h, x);
+}
+
+/* Sends x (detached from any host) to the early list as never sent. */
+static void hb_http_not_sent(hb_http_t *h, hb_http_xfer_t *x, hb_http_not_sent_t why,
+                             const char *fmt, ...) HB_PRINTF(4, 5);
+static void hb_http_not_sent(hb_http_t *h, hb_http_xfer_t *x, hb_http_not_sent_t why,
+                             const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->early_error, sizeof(x->early_error), fmt, ap);
+    va_end(ap);
+    x->not_sent = why;
     hb_http_early_push(h, x);
 }
 
@@ -683,7 +740,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         hb_seterr(res.error, sizeof(res.error), "aborted at shutdown");
     } else if (!x->easy) {
         res.refused = x->early_refused;
-        res.transport_error = x->early_refused ? 0 : x->early_code;
+        res.not_sent = x->not_sent;
+        res.transport_error = x->early_refused || x->not_sent ? 0 : x->early_code;
         hb_seterr(res.error, sizeof(res.error), "%s", x->early_error);
     } else {
         long status = 0;
@@ -727,6 +785,7 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->free_easy[h->free_cnt++] = easy;
         h->in_flight--;
         host->in_flight--;
+        host->progress_mono = hb_mono_ms();
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -821,7 +880,8 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
         h->running->run_prev = x;
     h->running = x;
     h->in_flight++;
-    x->host->in_flight++;
+    if (x->host->in_flight++ == 0)
+        x->host->progress_mono = x->started_mono;
 }
 
 static void hb_http_refill(hb_http_t *h) {
@@ -1097,6 +1157,104 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason) {
     hb_http_refuse(h, x, "%s", reason);
 }
 
+/* Queues x for the host of key, unless a bound says it must not wait. */
+static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
+    hb_http_host_t *hh = hb_http_host_get(h, key);
+    int no_slot = hh->in_flight >= (size_t)h->conf.max_host_connections;
+    if (h->conf.max_host_queue > 0 && hh->waiting >= (size_t)h->conf.max_host_queue) {
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL,
+                         "endpoint busy: %zu requests already waiting for %s (max_host_queue)",
+                         hh->waiting, x->host_name);
+    } else if (no_slot && hh->slow_until > hb_mono_ms()) {
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                         "endpoint slow: requests to %s recently waited %lld ms for a connection "
+                         "(max_queue_wait)",
+                         x->host_name, h->conf.max_queue_wait_ms);
+    } else {
+        x->host = hh;
+        hb_http_wait_push(h, hh, x);
+        hb_http_ready_push(h, hh);
+        hb_http_refill(h);
+        return;
+    }
+    hb_http_host_release(h, hh);
+}
+
+/* Requests that waited max_queue_wait_ms leave their queue as not sent, and
+ * their host is known slow for as long again. Returns ms until the next
+ * expiry (-1: none waiting, or no bound). */
+static long long hb_http_expire(hb_http_t *h) {
+    long long wait = h->conf.max_queue_wait_ms;
+    int64_t now;
+    if (wait <= 0 || !h->wq_head)
+        return -1;
+    now = hb_mono_ms();
+    while (h->wq_head && now - h->wq_head->queued_mono >= wait) {
+        hb_http_host_t *host = h->wq_head->host;
+        hb_http_xfer_t *x = hb_http_wait_pop(h, host); /* the oldest is its host's head */
+        x->host = NULL;
+        host->slow_until = now + wait;
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                         "endpoint slow: waited %lld ms for a connection to %s (max_queue_wait)",
+                         (long long)(now - x->queued_mono), x->host_name);
+        hb_http_host_release(h, host);
+    }
+    return h->wq_head ? h->wq_head->queued_mono + wait - now : -1;
+}
+
+static hb_http_host_t *hb_http_host_find(const hb_http_t *h, const char *key) {
+    for (hb_http_host_t *host = h->buckets[hb_http_hash(key)]; host; host = host->hash_next)
+        if (!strcmp(host->key, key))
+            return host;
+    return NULL;
+}
+
+size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason) {
+    hb_http_host_t *host = hb_http_host_find(h, key);
+    hb_http_xfer_t *x;
+    size_t n = 0;
+    if (!host)
+        return 0;
+    while ((x = hb_http_wait_pop(h, host)) != NULL) {
+        x->host = NULL;
+        hb_http_not_sent(h, x, HB_HTTP_DIVERTED, "%s", reason);
+        n++;
+    }
+    hb_http_host_release(h, host);
+    return n;
+}
+
+size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
+    size_t n = 0;
+    int64_t now;
+    if (!h->queued)
+        return 0;
+    now = hb_mono_ms();
+    for (size_t b = 0; b < HB_HTTP_BUCKETS; b++)
+        for (const hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next)
+            if (host->waiting && !(host->in_flight && now - host->progress_mono > stall_ms))
+                n += host->waiting;
+    return n;
+}
+
+int hb_http_host_key(const char *url, char *buf, size_t size) {
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    int rc = -1;
+    if (u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+        hb_seterr(buf, size, "%s://%s:%s", scheme, host, port);
+        rc = 0;
+    }
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return rc;
+}
+
 void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
     hb_http_xfer_t *x = hb_http_xfer_new(h, req);
     if (h->closing) {
@@ -1144,16 +1302,7 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         char key[512];
         hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
         x->host_name = hb_strdup(host);
-        hb_http_host_t *hh = hb_http_host_get(h, key);
-        x->host = hh;
-        if (hh->wait_tail)
-            hh->wait_tail->next = x;
-        else
-            hh->wait_head = x;
-        hh->wait_tail = x;
-        h->queued++;
-        hb_http_ready_push(h, hh);
-        hb_http_refill(h);
+        hb_http_enqueue(h, x, key);
     }
     curl_free(scheme);
     curl_free(host);
@@ -1201,6 +1350,9 @@ int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t n
     unsigned int nfds = 0;
     int running = 0;
     int n = 0;
+    long long expiry = hb_http_expire(h);
+    if (expiry >= 0 && expiry < timeout_ms)
+        timeout_ms = (int)expiry;
     if (h->early_head)
         timeout_ms = 0;
     if (timeout_ms < 0)

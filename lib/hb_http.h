@@ -5,6 +5,15 @@
  * transfers are added up to max_in_flight (the rest wait in a FIFO), at most
  * max_host_connections per endpoint host (a slow host's extra requests wait in
  * that host's own queue and never take the global slots from other hosts),
+ * and that queue is bounded twice: at most max_host_queue requests wait for
+ * one host, and none waits longer than max_queue_wait_ms. A request over
+ * either bound is not sent: it completes with not_sent set, and its caller
+ * hands it elsewhere (the delay tier) instead of holding it in memory. A
+ * host whose requests have had to give up waiting is "known slow" for
+ * max_queue_wait_ms: while none of its connections is free, new requests to
+ * it are not queued at all. So one hung endpoint holds at most its own
+ * connections and max_queue_wait_ms worth of requests, never everyone's
+ * memory or time.
  * connections are reused, redirects are never followed, only http/https are
  * allowed (http only with allow_http), and every connection's *resolved*
  * address is checked before connecting (CURLOPT_OPENSOCKETFUNCTION): loopback,
@@ -42,6 +51,8 @@ typedef struct hb_http_s hb_http_t;
 typedef struct hb_http_conf_s {
     long max_in_flight;
     long max_host_connections;
+    long max_host_queue;         /* requests waiting for one host; 0: unbounded */
+    long long max_queue_wait_ms; /* longest wait for a connection; 0: unbounded */
     long long connect_timeout_ms;
     int allow_http;
     int allow_private_networks;
@@ -54,18 +65,27 @@ typedef struct hb_http_conf_s {
 
 typedef enum { HB_HTTP_POST = 0, HB_HTTP_GET } hb_http_method_t;
 
+/* Why a request was never sent (0: it was, or it was refused by policy). */
+typedef enum {
+    HB_HTTP_SENT = 0,
+    HB_HTTP_QUEUE_FULL, /* max_host_queue requests already waited for its host */
+    HB_HTTP_QUEUE_WAIT, /* waited max_queue_wait_ms, or its host is known slow */
+    HB_HTTP_DIVERTED,   /* taken out of its host's queue by hb_http_divert() */
+} hb_http_not_sent_t;
+
 typedef struct hb_http_result_s {
-    int http_status;     /* 0 when no response was received */
-    int transport_error; /* 0, or the CURLcode */
-    int timed_out;       /* the request hit its timeout */
-    int refused;         /* refused before sending: scheme or address policy */
-    char error[256];     /* reason when no 2xx: "connection refused",
-                            "timeout after 10000 ms", "address 10.0.0.1 is
-                            private (refused; allow it with
-                            HOOKBRIDGE_ALLOWED_CIDRS=10.0.0.1/32 or
-                            HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)",
-                            "TLS error: SSL certificate problem: ..." */
-    const char *body;    /* response body, NUL-terminated, bounded */
+    int http_status;             /* 0 when no response was received */
+    int transport_error;         /* 0, or the CURLcode */
+    int timed_out;               /* the request hit its timeout */
+    int refused;                 /* refused before sending: scheme or address policy */
+    hb_http_not_sent_t not_sent; /* never sent because of the queue bounds; error says why */
+    char error[256];             /* reason when no 2xx: "connection refused",
+                                    "timeout after 10000 ms", "address 10.0.0.1 is
+                                    private (refused; allow it with
+                                    HOOKBRIDGE_ALLOWED_CIDRS=10.0.0.1/32 or
+                                    HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1)",
+                                    "TLS error: SSL certificate problem: ..." */
+    const char *body;            /* response body, NUL-terminated, bounded */
     size_t body_len;
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
     int64_t started_ms;      /* wall clock */
@@ -118,6 +138,21 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason);
 
 size_t hb_http_in_flight(const hb_http_t *h); /* started transfers */
 size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
+
+/* Requests waiting for hosts that are making progress: every host except
+ * those with requests running and none finished for stall_ms. A caller
+ * that stops taking new work while this is high throttles itself to the
+ * pace of healthy endpoints, and a hung endpoint's queue never stops it. */
+size_t hb_http_backlog(const hb_http_t *h, long long stall_ms);
+
+/* Completes every request waiting for the host of key (see hb_http_host_key)
+ * with not_sent = HB_HTTP_DIVERTED and error = reason, on the next
+ * hb_http_run(); running ones are left to finish. Returns how many. */
+size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason);
+
+/* The host key of url, "scheme://host:port" (the unit of the per-host
+ * bounds): 0, or -1 when url cannot be parsed. */
+int hb_http_host_key(const char *url, char *buf, size_t size);
 
 /* The address policy, exposed for tests and config checks: 1 when the
  * numeric IPv4/IPv6 address is one refused without allow_private_networks,

@@ -906,6 +906,135 @@ static void test_slow_host_isolated(void **state) {
     rec_clear(rf, FAST_N);
 }
 
+/* An engine with the queue bounds set (and allow_http, allow_private). */
+static hb_http_t *http_new_bounded(long max_in_flight, long max_host, long max_queue,
+                                   long long max_wait_ms) {
+    hb_http_conf_t conf = {
+        .max_in_flight = max_in_flight,
+        .max_host_connections = max_host,
+        .max_host_queue = max_queue,
+        .max_queue_wait_ms = max_wait_ms,
+        .connect_timeout_ms = 2000,
+        .allow_http = 1,
+        .allow_private_networks = 1,
+    };
+    return http_new_conf(&conf);
+}
+
+/* A host's queue is bounded: the request over max_host_queue is not sent and
+ * says why; the others keep their place. */
+static void test_host_queue_full(void **state) {
+    (void)state;
+    srv_t *s = srv_start();
+    hb_http_t *h = http_new_bounded(10, 1, 2, 0);
+    rec_t r[4];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), s, "/slow");
+    for (size_t i = 0; i < 4; i++) /* 1 runs, 2 wait, the 4th finds the queue full */
+        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
+    assert_int_equal(hb_http_in_flight(h), 1);
+    assert_int_equal(hb_http_queued(h), 2);
+    (void)hb_http_run(h, 0, -1);
+    assert_int_equal(r[3].done, 1);
+    assert_int_equal(r[3].res.not_sent, HB_HTTP_QUEUE_FULL);
+    assert_int_equal(r[3].res.http_status, 0);
+    assert_non_null(strstr(r[3].res.error, "endpoint busy: 2 requests already waiting"));
+    srv_release(s);
+    run_until_done(h, r, 3, 10000);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(r[i].res.not_sent, HB_HTTP_SENT);
+        assert_int_equal(r[i].res.http_status, 200);
+    }
+    hb_http_free(h);
+    srv_stop(s);
+    rec_clear(r, 4);
+}
+
+/* No request waits longer than max_queue_wait_ms; its host is then known
+ * slow, so a new request to it is not queued at all while its connection is
+ * busy; another host is not affected. */
+static void test_queue_wait_bounded(void **state) {
+    (void)state;
+    srv_t *slow = srv_start();
+    srv_t *fast = srv_start();
+    hb_http_t *h = http_new_bounded(10, 1, 100, 300);
+    rec_t r[4], rf[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    memset(rf, 0, sizeof(rf));
+    url_for(url, sizeof(url), slow, "/slow");
+    for (size_t i = 0; i < 3; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
+    int64_t t0 = hb_mono_ms();
+    run_until_done(h, &r[1], 2, 5000); /* the two waiting ones give up */
+    int64_t waited = hb_mono_ms() - t0;
+    assert_true(waited >= 290 && waited < 3000);
+    for (size_t i = 1; i < 3; i++) {
+        assert_int_equal(r[i].res.not_sent, HB_HTTP_QUEUE_WAIT);
+        assert_non_null(strstr(r[i].res.error, "endpoint slow: waited"));
+    }
+    assert_int_equal(r[0].done, 0); /* the running one is left alone */
+    submit(h, HB_HTTP_POST, url, 20000, 100, &r[3]);
+    (void)hb_http_run(h, 0, -1);
+    assert_int_equal(r[3].done, 1);
+    assert_int_equal(r[3].res.not_sent, HB_HTTP_QUEUE_WAIT);
+    assert_non_null(strstr(r[3].res.error, "recently waited"));
+    url_for(url, sizeof(url), fast, "/ok");
+    submit(h, HB_HTTP_POST, url, 20000, 100, &rf[0]);
+    run_until_done(h, rf, 1, 5000);
+    assert_int_equal(rf[0].res.http_status, 200);
+    srv_release(slow);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 200);
+    hb_http_free(h);
+    srv_stop(slow);
+    srv_stop(fast);
+    rec_clear(r, 4);
+    rec_clear(rf, 1);
+}
+
+/* hb_http_divert empties one host's queue at once; hb_http_backlog leaves
+ * out a host whose running requests have not finished for stall_ms. */
+static void test_divert_and_backlog(void **state) {
+    (void)state;
+    srv_t *slow = srv_start();
+    hb_http_t *h = http_new_bounded(10, 1, 0, 0);
+    rec_t r[4];
+    char url[128], key[256];
+    memset(r, 0, sizeof(r));
+    url_for(url, sizeof(url), slow, "/slow");
+    assert_int_equal(hb_http_host_key(url, key, sizeof(key)), 0);
+    {
+        char want[64];
+        snprintf(want, sizeof(want), "http://127.0.0.1:%u", (unsigned)slow->port);
+        assert_string_equal(key, want);
+    }
+    assert_int_equal(hb_http_host_key("not a url", key, sizeof(key)), -1);
+    assert_int_equal(hb_http_host_key(url, key, sizeof(key)), 0);
+    for (size_t i = 0; i < 4; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
+    assert_int_equal(hb_http_backlog(h, 60000), 3); /* young: counted */
+    usleep(300 * 1000);
+    assert_int_equal(hb_http_backlog(h, 100), 0); /* stalled: not counted */
+    assert_int_equal(hb_http_divert(h, "http://elsewhere:80", "x"), 0);
+    assert_int_equal(hb_http_divert(h, key, "circuit open: test"), 3);
+    assert_int_equal(hb_http_queued(h), 0);
+    (void)hb_http_run(h, 0, -1);
+    for (size_t i = 1; i < 4; i++) {
+        assert_int_equal(r[i].done, 1);
+        assert_int_equal(r[i].res.not_sent, HB_HTTP_DIVERTED);
+        assert_string_equal(r[i].res.error, "circuit open: test");
+    }
+    assert_int_equal(r[0].done, 0);
+    srv_release(slow);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.http_status, 200);
+    hb_http_free(h);
+    srv_stop(slow);
+    rec_clear(r, 4);
+}
+
 static void test_connection_reuse(void **state) {
     (void)state;
     fx_t *fx = fx_start(20, 8, 1, 1, 1);
@@ -1002,6 +1131,9 @@ int main(void) {
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_many_concurrent),
         cmocka_unit_test(test_slow_host_isolated),
+        cmocka_unit_test(test_host_queue_full),
+        cmocka_unit_test(test_queue_wait_bounded),
+        cmocka_unit_test(test_divert_and_backlog),
         cmocka_unit_test(test_connection_reuse),
         cmocka_unit_test(test_free_aborts_pending),
         cmocka_unit_test(test_wakeup_and_extra_fd),
