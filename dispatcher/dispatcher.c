@@ -309,7 +309,6 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         .topics_cnt = 1,
         .hooks = &hooks,
         .opaque = d,
-        .circuit_breaker = 1,
     };
     d->cfg = cfg;
     d->w = hb_worker_new(cfg, &spec, errstr, errstr_size);

@@ -96,6 +96,14 @@ static const cf_row_t cf_table[] = {
      "Concurrent HTTP requests across all endpoints."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
      "Concurrent connections to one endpoint host."},
+    {"max_host_queue", CF_INT, OFF(max_host_queue), "1000", 1, 1000000, HB_PROG_SERVICES, 0,
+     "Requests that may wait for a connection to one endpoint host; a delivery beyond it is "
+     "not held in memory but handed to the first delay tier at once (not counted as an "
+     "attempt)."},
+    {"max_queue_wait", CF_MS, OFF(max_queue_wait_ms), "5s", 100, 600000, HB_PROG_SERVICES, 0,
+     "Longest a request waits for a connection to its endpoint host; then it is handed to the "
+     "delay tier (not counted as an attempt), and that host counts as slow for as long again: "
+     "while its connections are busy, its new deliveries go to the delay tier at once."},
     {"request_timeout", CF_MS, OFF(request_timeout_ms), "10s", 100, 300000, HB_PROG_SERVICES, 0,
      "Total time one delivery attempt may take (per-subscription timeout_ms overrides)."},
     {"connect_timeout", CF_MS, OFF(connect_timeout_ms), "5s", 100, 60000, HB_PROG_SERVICES, 0,
@@ -121,11 +129,13 @@ static const cf_row_t cf_table[] = {
      "endpoint coming back from an outage is not hit by every retry at once."},
     {"retry_after_max", CF_MS, OFF(retry_after_max_ms), "1h", 0, 86400000, HB_PROG_SERVICES, 0,
      "Longest Retry-After (from a 429 or 503) that is honoured."},
-    {"circuit_failures", CF_INT, OFF(circuit_failures), "20", 0, 1000000, HB_PROG_DISPATCHER, 0,
-     "Consecutive failed attempts after which an endpoint's new deliveries go straight to "
-     "the first delay tier for a cool-down instead of being attempted (0: never)."},
-    {"circuit_cooldown", CF_MS, OFF(circuit_cooldown_ms), "1m", 1000, 86400000, HB_PROG_DISPATCHER,
-     0, "How long an open circuit skips an endpoint before one attempt probes it again."},
+    {"circuit_failures", CF_INT, OFF(circuit_failures), "20", 0, 1000000, HB_PROG_SERVICES, 0,
+     "Consecutive failed attempts to one endpoint host (scheme://host:port) after which its "
+     "circuit opens for a cool-down: requests waiting for it are taken out of the queue, and "
+     "its deliveries are not attempted (the dispatcher's go to the first delay tier; the "
+     "retrier counts each as a failed attempt) (0: never)."},
+    {"circuit_cooldown", CF_MS, OFF(circuit_cooldown_ms), "1m", 1000, 86400000, HB_PROG_SERVICES, 0,
+     "How long an open circuit skips an endpoint before one attempt probes it again."},
     {"auto_deactivate_after", CF_MS, OFF(auto_deactivate_ms), "5d", 0, 365LL * 86400000,
      HB_PROG_RETRIER, 0,
      "An endpoint that has failed every attempt for this long is deactivated, with the "

@@ -111,10 +111,10 @@ static enum MHD_Result serve_readyz(hb_httpd_t *h, struct MHD_Connection *conn) 
     int ready;
     pthread_mutex_lock(&h->lock);
     ready = h->ready;
-    snprintf(text, sizeof(text), "%s\n", h->reason[0] ? h->reason : "not ready");
+    snprintf(text, sizeof(text), "%s\n", h->reason[0] ? h->reason : ready ? "ready" : "not ready");
     pthread_mutex_unlock(&h->lock);
     if (ready)
-        return respond_text(conn, MHD_HTTP_OK, "ready\n");
+        return respond_text(conn, MHD_HTTP_OK, text);
     return respond_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
 }
 

@@ -4,7 +4,8 @@
  *   GET /healthz  200 "ok" while the main loop keeps calling hb_httpd_beat()
  *                 (503 when it has not for stall_ms: the loop is stuck)
  *   GET /readyz   200 "ready" when the main loop said so with
- *                 hb_httpd_set_ready(h, 1, NULL), else 503 with the reason
+ *                 hb_httpd_set_ready(h, 1, NULL) (or the note given instead of
+ *                 NULL: "ready, but ..."), else 503 with the reason
  *   GET /metrics  hb_metrics_render()
  * Anything else is 404. The main loop calls beat/set_ready; they are thread-safe.
  */

@@ -23,6 +23,7 @@
 #define RESEND_DELAY_MS 1000
 #define CIRCUIT_BUCKETS 1024
 #define LAG_EVERY_MS 5000
+#define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
 
 struct hb_job_s {
     hb_offref_t ref;
@@ -58,10 +59,12 @@ typedef struct deferred_s {
     struct deferred_s *next;
 } deferred_t;
 
+/* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
 typedef struct circuit_s {
-    char id[HB_UUID_LEN + 1];
-    long long failures;
-    int64_t open_until; /* monotonic; 0 = closed */
+    char *key;
+    long long failures; /* consecutive */
+    int64_t open_until; /* monotonic; 0 = closed or half open */
+    int opened;         /* opened and not yet closed by a success */
     struct circuit_s *next;
 } circuit_t;
 
@@ -101,6 +104,7 @@ struct hb_worker_s {
     hb_kafka_reach_t brokers; /* down after "all brokers down" until metadata works again */
     char missing_topic[256];  /* a subscribed topic the broker does not have */
     char missing_why[300];
+    char pause_why[200]; /* set while consumption is paused as the last resort */
     int64_t next_topic_check;
     hb_job_t *jobs;
     gate_t *gates;
@@ -110,7 +114,8 @@ struct hb_worker_s {
 
     hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
     hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_metric_t *m_dlq, *m_circuit_skips, *m_deferred;
+    hb_metric_t *m_dlq, *m_circuit_skips, *m_circuit_opens, *m_endpoint_busy, *m_deferred;
+    hb_metric_t *m_paused, *m_pauses;
     hb_metric_t *m_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
 };
@@ -306,19 +311,23 @@ static void dead_letter_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, hb
 
 /* ------------------------------------------------------- circuit breaker */
 
-static circuit_t **circuit_slot(hb_worker_t *w, const char *id) {
+static circuit_t **circuit_slot(hb_worker_t *w, const char *key) {
     unsigned h = 2166136261u;
-    for (const char *p = id; *p; p++)
+    for (const char *p = key; *p; p++)
         h = (h ^ (unsigned char)*p) * 16777619u;
     circuit_t **pp = &w->circuits[h % CIRCUIT_BUCKETS];
-    while (*pp && strcmp((*pp)->id, id) != 0)
+    while (*pp && strcmp((*pp)->key, key) != 0)
         pp = &(*pp)->next;
     return pp;
 }
 
-/* 1 when new deliveries to this subscription must skip the attempt. */
-static int circuit_open(hb_worker_t *w, const char *id) {
-    circuit_t *c = *circuit_slot(w, id);
+static int circuit_enabled(const hb_worker_t *w) {
+    return w->cfg->circuit_failures > 0;
+}
+
+/* 1 when deliveries to this endpoint host must not be attempted now. */
+static int circuit_open(hb_worker_t *w, const char *key) {
+    circuit_t *c = *circuit_slot(w, key);
     if (!c || !c->open_until)
         return 0;
     if (hb_mono_ms() < c->open_until)
@@ -326,35 +335,47 @@ static int circuit_open(hb_worker_t *w, const char *id) {
     /* Half open: let one attempt through; its failure re-opens. */
     c->open_until = 0;
     c->failures = w->cfg->circuit_failures - 1;
+    hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+           "circuit half open: one attempt probes the endpoint");
     return 0;
 }
 
-static void circuit_result(hb_worker_t *w, const char *id, int ok) {
+static void circuit_result(hb_worker_t *w, const char *key, int ok) {
     circuit_t **pp, *c;
-    if (!w->spec.circuit_breaker || w->cfg->circuit_failures <= 0)
+    if (!circuit_enabled(w) || !*key)
         return;
-    pp = circuit_slot(w, id);
+    pp = circuit_slot(w, key);
     c = *pp;
     if (ok) {
         if (c) { /* healthy again: forget it */
             *pp = c->next;
-            if (c->open_until || c->failures >= w->cfg->circuit_failures)
-                hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "circuit closed");
+            if (c->opened)
+                hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+                       "circuit closed: the endpoint answered again");
+            free(c->key);
             free(c);
         }
         return;
     }
     if (!c) {
         c = hb_calloc(1, sizeof(*c));
-        snprintf(c->id, sizeof(c->id), "%s", id);
+        c->key = hb_strdup(key);
         *pp = c;
     }
     if (++c->failures >= w->cfg->circuit_failures && !c->open_until) {
+        char why[256];
+        size_t diverted;
         c->open_until = hb_mono_ms() + w->cfg->circuit_cooldown_ms;
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
-               "circuit open after %lld consecutive failures: new deliveries wait in the first "
-               "delay tier for %lld ms",
-               c->failures, w->cfg->circuit_cooldown_ms);
+        c->opened = 1;
+        hb_metric_inc(w->m_circuit_opens);
+        snprintf(why, sizeof(why), "circuit open: %lld consecutive failures of the endpoint",
+                 c->failures);
+        /* What waits for the endpoint leaves now, not one timeout at a time. */
+        diverted = hb_http_divert(w->http, key, why);
+        hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
+               "circuit open after %lld consecutive failures: no attempts for %lld ms, %zu "
+               "waiting requests handed to the delay tiers",
+               c->failures, w->cfg->circuit_cooldown_ms, diverted);
     }
 }
 
@@ -536,7 +557,25 @@ void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, con
 typedef struct attempt_ctx_s {
     hb_worker_t *w;
     hb_delivery_t *dl;
+    char endpoint[512]; /* host key: the circuit's unit, "" when the URL does not parse */
 } attempt_ctx_t;
+
+/* The attempt was not made (circuit open, endpoint busy or slow): the
+ * delivery waits in a delay tier instead of in memory. A first attempt goes
+ * to the first tier and stays the first attempt; a retry goes back to the
+ * tier it came from, its attempt not counted. In the retrier an open
+ * circuit counts the attempt as failed (without a request), so the schedule
+ * of a dead endpoint still ends instead of going round forever. */
+static void route_not_made(hb_worker_t *w, hb_delivery_t *dl, const char *reason, int circuit) {
+    hb_metric_inc(circuit ? w->m_circuit_skips : w->m_endpoint_busy);
+    if (circuit && w->spec.circuit_counts_attempts) {
+        char why[320];
+        snprintf(why, sizeof(why), "attempt not made: %s", reason);
+        route_retry(w, dl, dl->attempt, NULL, why, dl->schedule_offset);
+        return;
+    }
+    route_retry(w, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
+}
 
 void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
     attempt_ctx_t *ctx;
@@ -544,14 +583,15 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
 
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
-    if (dl->attempt == 1 && w->spec.circuit_breaker && w->cfg->circuit_failures > 0 &&
-        circuit_open(w, dl->sub->id)) {
-        hb_metric_inc(w->m_circuit_skips);
-        route_retry(w, dl, 0, NULL, "circuit open: endpoint failing, attempt skipped", 0);
+    ctx = hb_calloc(1, sizeof(*ctx));
+    if (circuit_enabled(w) &&
+        hb_http_host_key(dl->sub->url, ctx->endpoint, sizeof(ctx->endpoint)) == 0 &&
+        circuit_open(w, ctx->endpoint)) {
+        free(ctx);
+        route_not_made(w, dl, "circuit open: endpoint failing", 1);
         delivery_finish(w, dl);
         return;
     }
-    ctx = hb_calloc(1, sizeof(*ctx));
     ctx->w = w;
     ctx->dl = dl;
     payload.body = hb_strndup(dl->body, dl->body_len);
@@ -569,17 +609,24 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     char reason[256];
     hb_outcome_t outcome;
 
-    free(ctx);
     w->in_flight--;
-    if (w->abandoning) {   /* shutdown: the message will be consumed again */
+    if (w->abandoning) { /* shutdown: the message will be consumed again */
+        free(ctx);
         delivery_free(dl); /* its jobs stay unfinished, freed with the worker */
+        return;
+    }
+    if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
+        route_not_made(w, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
+        free(ctx);
+        delivery_finish(w, dl);
         return;
     }
     outcome = hb_deliver_classify(res, reason, sizeof(reason));
     hb_metric_observe(w->m_latency, (double)res->duration_ms / 1000.0);
     hb_metric_inc(
         w->m_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100 : 0]);
-    circuit_result(w, dl->sub->id, outcome == HB_OUTCOME_DELIVERED);
+    circuit_result(w, ctx->endpoint, outcome == HB_OUTCOME_DELIVERED);
+    free(ctx);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         hb_metric_inc(w->m_delivered);
@@ -690,7 +737,7 @@ static void pause_or_resume(hb_worker_t *w, rd_kafka_topic_partition_list_t *par
         hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
 }
 
-static void set_paused(hb_worker_t *w, int pause) {
+static void set_paused(hb_worker_t *w, int pause, const char *why) {
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (w->paused == pause || !w->rk)
         return;
@@ -709,8 +756,20 @@ static void set_paused(hb_worker_t *w, int pause) {
         rd_kafka_topic_partition_list_destroy(parts);
     }
     w->paused = pause;
-    hb_debug("consumption %s (%zu messages unfinished)", pause ? "paused" : "resumed",
-             hb_offsets_pending(w->offsets));
+    if (why) { /* the last resort, not a shutdown's pause */
+        hb_metric_set(w->m_paused, pause);
+        if (pause) {
+            hb_metric_inc(w->m_pauses);
+            snprintf(w->pause_why, sizeof(w->pause_why), "%s", why);
+            hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
+                    "waiting for a connection)",
+                    why, w->in_flight, hb_http_queued(w->http));
+        } else {
+            w->pause_why[0] = '\0';
+            hb_info("consumption resumed: %zu consumed messages unfinished",
+                    hb_offsets_pending(w->offsets));
+        }
+    }
 }
 
 void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
@@ -1070,7 +1129,13 @@ static void update_readiness(hb_worker_t *w) {
         why = "subscription index not loaded";
     else if (!w->assigned)
         why = "waiting for the consumer group assignment";
-    hb_httpd_set_ready(w->httpd, why == NULL, why);
+    if (!why && w->pause_why[0]) { /* still ready: it is working, but say so */
+        char note[260];
+        snprintf(note, sizeof(note), "ready, but consumption paused: %s", w->pause_why);
+        hb_httpd_set_ready(w->httpd, 1, note);
+    } else {
+        hb_httpd_set_ready(w->httpd, why == NULL, why);
+    }
     hb_metric_set(w->m_in_flight, (double)w->in_flight);
 }
 
@@ -1085,7 +1150,10 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
-    if (consume && w->rk && !w->paused)
+    /* Take new messages only while healthy endpoints keep up: requests
+     * waiting for hosts that make progress stay under max_in_flight. */
+    if (consume && w->rk && !w->paused &&
+        hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight)
         poll_kafka(w);
     rd_kafka_poll(w->producer, 0); /* delivery reports */
     if (w->resend)
@@ -1095,10 +1163,15 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         store_offsets(w);
         if (!hb_stop_requested) {
             size_t pending = hb_offsets_pending(w->offsets);
-            if (pending >= (size_t)w->cfg->max_pending_events)
-                set_paused(w, 1);
-            else if (pending <= (size_t)w->cfg->max_pending_events * 3 / 4)
-                set_paused(w, 0);
+            if (pending >= (size_t)w->cfg->max_pending_events) {
+                char why[160];
+                snprintf(why, sizeof(why),
+                         "%zu consumed messages unfinished (HOOKBRIDGE_MAX_PENDING_EVENTS=%lld)",
+                         pending, w->cfg->max_pending_events);
+                set_paused(w, 1, why);
+            } else if (pending <= (size_t)w->cfg->max_pending_events * 3 / 4) {
+                set_paused(w, 0, "");
+            }
         }
     }
     next = resume_due(w);
@@ -1139,7 +1212,7 @@ int hb_worker_run(hb_worker_t *w) {
 
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms", w->in_flight,
             w->cfg->shutdown_timeout_ms);
-    set_paused(w, 1);
+    set_paused(w, 1, NULL);
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
@@ -1208,7 +1281,20 @@ static void register_metrics(hb_worker_t *w) {
                                   "Deliveries sent to the dead-letter topic.");
     w->m_circuit_skips =
         hb_metrics_counter("hookbridge_circuit_skips_total", NULL,
-                           "First attempts skipped because the endpoint's circuit was open.");
+                           "Attempts not made because the endpoint's circuit was open.");
+    w->m_circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
+                                            "Times an endpoint host's circuit opened.");
+    w->m_endpoint_busy =
+        hb_metrics_counter("hookbridge_endpoint_busy_total", NULL,
+                           "Deliveries handed to a delay tier without an attempt because their "
+                           "endpoint host's queue was full or slow (max_host_queue, "
+                           "max_queue_wait).");
+    w->m_paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
+                                   "1 while consumption of every partition is paused because "
+                                   "max_pending_events messages are unfinished.");
+    w->m_pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
+                                     "Times consumption of every partition was paused "
+                                     "(max_pending_events).");
     w->m_deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
                                        "Times a delay-tier partition was paused until due.");
     for (int c = 0; c < 6; c++) {
@@ -1236,6 +1322,8 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     hb_http_conf_t hconf = {
         .max_in_flight = (long)cfg->max_in_flight,
         .max_host_connections = (long)cfg->max_host_connections,
+        .max_host_queue = (long)cfg->max_host_queue,
+        .max_queue_wait_ms = cfg->max_queue_wait_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .allow_http = cfg->allow_http,
         .allow_private_networks = cfg->allow_private_networks,
@@ -1352,6 +1440,7 @@ void hb_worker_free(hb_worker_t *w) {
         while (w->circuits[i]) {
             circuit_t *c = w->circuits[i];
             w->circuits[i] = c->next;
+            free(c->key);
             free(c);
         }
     while (w->gates)

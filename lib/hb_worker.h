@@ -28,12 +28,28 @@
  * A message the broker refused is produced again every second until it is
  * acknowledged: a broker outage delays offsets, it never loses a delivery.
  *
- * Circuit breaker (when circuit_failures > 0): after that many consecutive
- * failed attempts to one subscription, its new first attempts are not made
- * but go straight to the first delay tier, for circuit_cooldown; then one
- * attempt probes the endpoint, and a success closes the circuit. The state is
- * per process. Retries (attempt > 1) are always attempted: they are the
- * probes that find the endpoint healthy again.
+ * Endpoint isolation. A slow or dead endpoint costs its own deliveries time
+ * and nobody else anything; three mechanisms, all keyed by endpoint host
+ * (scheme://host:port, the unit hb_http queues by):
+ *   - bounded queues (hb_http.h): a delivery whose host already has
+ *     max_host_queue requests waiting, that waited max_queue_wait for a
+ *     connection, or whose host is known slow, is not sent; it is routed
+ *     "not made": to the first delay tier (a first attempt), or back to the
+ *     tier it came from (a retry), its attempt not counted. Durable in
+ *     Kafka, so its offset moves on.
+ *   - the circuit breaker (circuit_failures > 0): after that many
+ *     consecutive failed attempts to one host, requests waiting for it are
+ *     taken out of the queue and its deliveries are not attempted for
+ *     circuit_cooldown; then one attempt probes it, and a success closes
+ *     the circuit (logged). The dispatcher's skipped deliveries wait in the
+ *     first tier unattempted; the retrier counts each as a failed attempt,
+ *     so a dead endpoint's schedule still ends. State is per process.
+ *   - consumption follows the healthy: Kafka is polled only while the
+ *     requests waiting for hosts that make progress (hb_http_backlog) are
+ *     fewer than max_in_flight; a hung host's queue does not count.
+ * Pausing every partition (max_pending_events unfinished messages) remains
+ * as the last resort: logged at warn with the reason, in the metric
+ * hookbridge_consumption_paused and in /readyz's text.
  *
  * Deferral (the retrier): hb_worker_defer pauses a partition and rewinds it
  * to a message that is not yet due, and resumes it when it is. Nothing is
@@ -82,7 +98,9 @@ typedef struct hb_worker_spec_s {
     int topics_cnt;
     const hb_worker_hooks_t *hooks;
     void *opaque;
-    int circuit_breaker; /* skip first attempts to failing endpoints (dispatcher) */
+    /* An open circuit counts a skipped attempt as failed (the retrier), rather
+     * than handing the delivery to the first tier unattempted (the dispatcher). */
+    int circuit_counts_attempts;
 } hb_worker_spec_t;
 
 hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec, char *errstr,

@@ -229,6 +229,7 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
         .schema = hb_schema_delivery_retry,
         .hooks = &hooks,
         .opaque = r,
+        .circuit_counts_attempts = 1,
     };
     r->cfg = cfg;
     r->w = hb_worker_new(cfg, &spec, errstr, errstr_size); /* topics: the delay tiers */

@@ -261,7 +261,9 @@ def test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_ackn
     receiver = SlowReceiver(procs, workdir, SECRET, f"Authorization: {AUTH_VALUE}",
                             delay_ms=1000, threads=8)
     drain_s = int(20 * SLOW)
-    env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain_s}s"}
+    # The endpoint is slow, not hung: its queue may wait (no retrier runs here).
+    env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain_s}s",
+           "HOOKBRIDGE_MAX_QUEUE_WAIT": "10m"}
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
     sub = register_verified(db_url, receiver.url, ["user.session.start"])

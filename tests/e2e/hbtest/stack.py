@@ -67,7 +67,11 @@ class Receiver:
         if not self.record.exists():
             return []
         out = []
-        for line in self.record.read_text().splitlines():
+        text = self.record.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # the receiver is still writing it
+        for line in lines:
             if line.strip():
                 out.append(json.loads(line))
         return out
