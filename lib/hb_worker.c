@@ -1153,7 +1153,8 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     /* Take new messages only while healthy endpoints keep up: requests
      * waiting for hosts that make progress stay under max_in_flight. */
     if (consume && w->rk && !w->paused &&
-        hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight)
+        (hb_http_queued(w->http) < (size_t)w->cfg->max_in_flight || /* cheap, usual */
+         hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight))
         poll_kafka(w);
     rd_kafka_poll(w->producer, 0); /* delivery reports */
     if (w->resend)
