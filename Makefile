@@ -59,7 +59,7 @@ UNIT_BINS  := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BINS := $(BENCH_SRC:tests/bench/%.c=$(B)/tests/bench/%)
 
-SCHEMAS    := $(sort $(wildcard schema/*.avsc)) schema/event_types.txt
+SCHEMAS    := $(sort $(wildcard schema/*.avsc schema/history/*.avsc)) schema/event_types.txt
 
 # Fuzz targets: tests/fuzz/fuzz_<name>.c, seeds in tests/fuzz/corpus/<name>/.
 # replay_<name> (normal compiler) feeds the whole corpus to a target in test-unit;

@@ -21,7 +21,11 @@
  *    without those fields, and the fields' defaults are put back when the
  *    value becomes JSON (a null default simply leaves the member out);
  *  - the natural JSON mapping in both directions, with errors that name the
- *    path ("target[0].id: expected null or a string").
+ *    path ("target[0].id: expected null or a string");
+ *  - the Schema Registry framing (0x00 + big-endian id) beside the
+ *    single-object one: writers are looked up by fingerprint or by id, and an
+ *    id the codec was not given is a distinct answer (HB_CODEC_UNKNOWN_ID),
+ *    since fetching it is the caller's business (hb_registry).
  *
  * Threads: a codec is used by one thread at a time (it reuses one value per
  * schema). The fingerprint helpers are pure and callable from anywhere.
@@ -43,15 +47,21 @@
 #define HB_SO_MAGIC0 0xC3
 #define HB_SO_MAGIC1 0x01
 #define HB_SO_HEADER 10
+#define HB_SR_MAGIC 0x00
+#define HB_SR_HEADER 5
 #define HB_CODEC_MAX_DEPTH 64
 /* Arrays and maps whose items may take zero bytes (nulls, empty records) are
  * capped, since their length cannot be checked against the input size. */
 #define HB_CODEC_MAX_EMPTY_ITEMS 65536
 #define HB_PATH_MAX 256
 
-/* One writer schema the codec can read, other than the reader itself. */
+/* One writer schema the codec can read: by fingerprint (single-object
+ * encoding) or by Schema Registry id; is_reader when it is the reader itself
+ * (only for an id: nothing to resolve then). */
 typedef struct {
     uint64_t fp;
+    int has_id, is_reader;
+    uint32_t id;
     avro_schema_t schema; /* the writer schema */
     avro_schema_t proj;   /* the reader without fields the writer lacks */
     avro_value_iface_t *proj_iface;
@@ -1099,21 +1109,30 @@ void hb_codec_free(hb_codec_t *c) {
     free(c);
 }
 
-int hb_codec_add_writer(hb_codec_t *c, const char *writer_schema_json, char *errstr,
-                        size_t errstr_size) {
+static int add_writer(hb_codec_t *c, int has_id, uint32_t id, const char *writer_schema_json,
+                      char *errstr, size_t errstr_size) {
     hb_writer_t w;
     json_t *wjson = NULL, *wfields = NULL, *proj_json = NULL;
     char *proj_text = NULL;
     project_ctx_t pc;
     int r = -1;
     memset(&w, 0, sizeof(w));
+    for (size_t i = 0; has_id && i < c->writers_cnt; i++)
+        if (c->writers[i].has_id && c->writers[i].id == id)
+            return 0; /* ids are immutable: the same schema */
     if (parse_schema(writer_schema_json, "writer", &wjson, &w.schema, &w.fp, errstr, errstr_size) <
         0)
         return -1;
-    if (w.fp == c->fp)
-        goto done; /* the reader itself */
-    for (size_t i = 0; i < c->writers_cnt; i++)
-        if (c->writers[i].fp == w.fp)
+    w.has_id = has_id;
+    w.id = id;
+    if (w.fp == c->fp) {
+        if (!has_id)
+            goto done; /* the reader itself */
+        w.is_reader = 1;
+        goto keep;
+    }
+    for (size_t i = 0; !has_id && i < c->writers_cnt; i++)
+        if (!c->writers[i].has_id && c->writers[i].fp == w.fp)
             goto done;
 
     /* The reader, minus the fields this writer does not have. */
@@ -1149,6 +1168,7 @@ int hb_codec_add_writer(hb_codec_t *c, const char *writer_schema_json, char *err
         goto fail;
     }
     avro_resolved_writer_set_dest(&w.resolved, &w.proj_value);
+keep:
     c->writers = hb_realloc(c->writers, (c->writers_cnt + 1) * sizeof(*c->writers));
     c->writers[c->writers_cnt++] = w;
     memset(&w, 0, sizeof(w)); /* now owned by the codec */
@@ -1163,12 +1183,32 @@ fail:
     return r;
 }
 
+int hb_codec_add_writer(hb_codec_t *c, const char *writer_schema_json, char *errstr,
+                        size_t errstr_size) {
+    return add_writer(c, 0, 0, writer_schema_json, errstr, errstr_size);
+}
+
+int hb_codec_add_writer_id(hb_codec_t *c, uint32_t id, const char *writer_schema_json, char *errstr,
+                           size_t errstr_size) {
+    return add_writer(c, 1, id, writer_schema_json, errstr, errstr_size);
+}
+
+int hb_codec_registry_id(const void *buf, size_t len, uint32_t *id) {
+    const unsigned char *p = buf;
+    if (len < HB_SR_HEADER || p[0] != HB_SR_MAGIC)
+        return 0;
+    *id = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | (uint32_t)p[4];
+    return 1;
+}
+
 uint64_t hb_codec_fingerprint(const hb_codec_t *c) {
     return c->fp;
 }
 
-int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, char *errstr,
-                    size_t errstr_size) {
+/* Encodes with the single-object header, or the Schema Registry one (id). */
+static int encode(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, void **buf,
+                  size_t *len, char *errstr, size_t errstr_size) {
+    size_t hdr = has_id ? HB_SR_HEADER : HB_SO_HEADER;
     char path[HB_PATH_MAX] = "";
     size_t size = 0;
     unsigned char *out = NULL;
@@ -1186,17 +1226,23 @@ int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, c
         hb_seterr(errstr, errstr_size, "encode: %s", avro_strerror());
         return -1;
     }
-    out = hb_malloc(HB_SO_HEADER + size + 1);
-    out[0] = HB_SO_MAGIC0;
-    out[1] = HB_SO_MAGIC1;
-    for (int i = 0; i < 8; i++)
-        out[2 + i] = (unsigned char)(c->fp >> (8 * i));
-    wr = avro_writer_memory((const char *)out + HB_SO_HEADER, (int64_t)size);
+    out = hb_malloc(hdr + size + 1);
+    if (has_id) {
+        out[0] = HB_SR_MAGIC;
+        for (int i = 0; i < 4; i++)
+            out[1 + i] = (unsigned char)(id >> (8 * (3 - i)));
+    } else {
+        out[0] = HB_SO_MAGIC0;
+        out[1] = HB_SO_MAGIC1;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (unsigned char)(c->fp >> (8 * i));
+    }
+    wr = avro_writer_memory((const char *)out + hdr, (int64_t)size);
     if (!wr || avro_value_write(wr, &c->value) != 0) {
         hb_seterr(errstr, errstr_size, "encode: %s", avro_strerror());
         goto fail;
     }
-    *len = HB_SO_HEADER + (size_t)avro_writer_tell(wr);
+    *len = hdr + (size_t)avro_writer_tell(wr);
     *buf = out;
     avro_writer_free(wr);
     return 0;
@@ -1205,6 +1251,16 @@ fail:
         avro_writer_free(wr);
     free(out);
     return -1;
+}
+
+int hb_codec_encode(hb_codec_t *c, const json_t *obj, void **buf, size_t *len, char *errstr,
+                    size_t errstr_size) {
+    return encode(c, obj, 0, 0, buf, len, errstr, errstr_size);
+}
+
+int hb_codec_encode_registry(hb_codec_t *c, const json_t *obj, uint32_t id, void **buf, size_t *len,
+                             char *errstr, size_t errstr_size) {
+    return encode(c, obj, 1, id, buf, len, errstr, errstr_size);
 }
 
 int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
@@ -1217,31 +1273,50 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
     const json_t *defaults = NULL;
     hb_cursor_t cur;
     char path[HB_PATH_MAX] = "";
+    size_t hdr = HB_SO_HEADER;
+    uint32_t id = 0;
     *out = NULL;
-    if (len < 2 || p[0] != HB_SO_MAGIC0 || p[1] != HB_SO_MAGIC1) {
+    if (len >= 1 && p[0] == HB_SR_MAGIC) {
+        if (!hb_codec_registry_id(buf, len, &id)) {
+            hb_seterr(errstr, errstr_size, "truncated Schema Registry header (%zu bytes)", len);
+            return -1;
+        }
+        for (size_t i = 0; i < c->writers_cnt && !w; i++)
+            if (c->writers[i].has_id && c->writers[i].id == id)
+                w = &c->writers[i];
+        if (!w) {
+            hb_seterr(errstr, errstr_size, "unknown Schema Registry schema id %" PRIu32, id);
+            return HB_CODEC_UNKNOWN_ID;
+        }
+        hdr = HB_SR_HEADER;
+        if (w->is_reader)
+            w = NULL;
+    } else if (len < 2 || p[0] != HB_SO_MAGIC0 || p[1] != HB_SO_MAGIC1) {
         hb_seterr(errstr, errstr_size, "not single-object encoded (bad magic)");
         return -1;
-    }
-    if (len < HB_SO_HEADER) {
+    } else if (len < HB_SO_HEADER) {
         hb_seterr(errstr, errstr_size, "truncated single-object header (%zu bytes)", len);
         return -1;
+    } else {
+        for (int i = 0; i < 8; i++)
+            fp |= (uint64_t)p[2 + i] << (8 * i);
     }
-    for (int i = 0; i < 8; i++)
-        fp |= (uint64_t)p[2 + i] << (8 * i);
-    if (fp != c->fp) {
+    if (hdr == HB_SO_HEADER && fp != c->fp) {
         for (size_t i = 0; i < c->writers_cnt && !w; i++)
-            if (c->writers[i].fp == fp)
+            if (!c->writers[i].has_id && c->writers[i].fp == fp)
                 w = &c->writers[i];
         if (!w) {
             hb_seterr(errstr, errstr_size, "unknown writer schema fingerprint 0x%016" PRIx64, fp);
             return -1;
         }
+    }
+    if (w) {
         wschema = w->schema;
         dest = &w->resolved;
         top = &w->proj_value;
         defaults = w->defaults;
     }
-    cur.p = p + HB_SO_HEADER;
+    cur.p = p + hdr;
     cur.end = p + len;
     if (check_value(wschema, &cur, 0) < 0) {
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data");
@@ -1251,8 +1326,7 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
     }
-    avro_reader_memory_set_source(c->rd, (const char *)p + HB_SO_HEADER,
-                                  (int64_t)(len - HB_SO_HEADER));
+    avro_reader_memory_set_source(c->rd, (const char *)p + hdr, (int64_t)(len - hdr));
     avro_value_reset(top);
     if (avro_value_read(c->rd, dest) != 0) {
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data: %s", avro_strerror());

@@ -7,6 +7,10 @@
 
 extern const char hb_schema_identity_event[]; /* schema/identity_event.avsc */
 extern const char hb_schema_delivery_retry[]; /* schema/delivery_retry.avsc */
+/* Earlier versions (schema/history/NAME.vN.avsc), still read as writer
+ * schemas; NULL-terminated. */
+extern const char *const hb_schema_history_identity_event[];
+extern const char *const hb_schema_history_delivery_retry[];
 /* schema/event_types.txt: "#" comment lines, then "<type>\t<description>" lines. */
 extern const char hb_event_types_catalogue[];
 

@@ -386,6 +386,152 @@ static void resolution_defaults_and_errors(void **state) {
     hb_codec_free(r3);
 }
 
+/* The reader schema with one more optional field at the top and one in
+ * Actor: what a producer one release ahead writes. */
+static char *schema_with_added_fields(void) {
+    json_t *s = parse(hb_schema_identity_event), *actor = NULL, *f;
+    size_t i;
+    char *out;
+    json_array_foreach(json_object_get(s, "fields"), i, f) {
+        if (!strcmp(json_string_value(json_object_get(f, "name")), "actor"))
+            actor = json_array_get(json_object_get(f, "type"), 1);
+    }
+    assert_non_null(actor);
+    (void)json_array_append_new(json_object_get(s, "fields"),
+                                parse("{\"name\":\"riskScore\",\"type\":[\"null\",\"long\"],"
+                                      "\"default\":null}"));
+    (void)json_array_append_new(json_object_get(actor, "fields"),
+                                parse("{\"name\":\"department\",\"type\":[\"null\",\"string\"],"
+                                      "\"default\":null}"));
+    out = json_dumps(s, JSON_COMPACT);
+    json_decref(s);
+    return out;
+}
+
+static void newer_writer_with_added_fields_resolves(void **state) {
+    char *v2 = schema_with_added_fields(), err[256];
+    hb_codec_t *w = NULL, *cur = event_codec();
+    const char *v2_event =
+        "{\"uuid\":\"u2\",\"published\":\"2026-01-01T00:00:00Z\",\"eventType\":"
+        "\"user.session.start\",\"riskScore\":70,"
+        "\"actor\":{\"id\":\"00u1\",\"department\":\"Finance\"},\"target\":[{\"id\":\"t\"}]}";
+    void *buf;
+    size_t len;
+    json_t *out = NULL, *want;
+    (void)state;
+    w = hb_codec_new(v2, err, sizeof(err));
+    assert_non_null(w);
+    buf = encode_text(w, v2_event, &len);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "unknown writer schema fingerprint 0x"));
+    assert_int_equal(hb_codec_add_writer(cur, v2, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), 0);
+    /* the fields this reader does not know are skipped */
+    want = parse("{\"uuid\":\"u2\",\"published\":\"2026-01-01T00:00:00Z\",\"eventType\":"
+                 "\"user.session.start\",\"actor\":{\"id\":\"00u1\"},\"target\":[{\"id\":\"t\"}]}");
+    assert_json_equal(want, out);
+    json_decref(want);
+    json_decref(out);
+    free(buf);
+    free(v2);
+    hb_codec_free(w);
+    hb_codec_free(cur);
+}
+
+static void every_history_version_resolves(void **state) {
+    char err[256];
+    hb_codec_t *cur = event_codec();
+    size_t n = 0;
+    (void)state;
+    for (; hb_schema_history_identity_event[n]; n++)
+        if (hb_codec_add_writer(cur, hb_schema_history_identity_event[n], err, sizeof(err)) < 0)
+            fail_msg("schema/history version %zu: %s", n + 1, err);
+    assert_true(n >= 1);
+    assert_null(hb_schema_history_delivery_retry[0]);
+    hb_codec_free(cur);
+}
+
+static void registry_framing(void **state) {
+    static const char *const removed[] = {"securityContext", "actor.detailEntry"};
+    char *v0 = schema_without(removed, 2), *v2 = schema_with_added_fields(), err[256];
+    hb_codec_t *cur = event_codec(), *old = NULL, *newer = NULL;
+    const char *text = "{\"uuid\":\"u3\",\"published\":\"p\",\"eventType\":\"user.session.start\","
+                       "\"actor\":{\"id\":\"a\",\"department\":\"Ops\"},\"riskScore\":3}";
+    const char *want_text =
+        "{\"uuid\":\"u3\",\"published\":\"p\",\"eventType\":\"user.session.start\","
+        "\"actor\":{\"id\":\"a\"}}";
+    json_t *ev = parse(text), *out = NULL, *want = parse(want_text);
+    void *buf = NULL;
+    size_t len = 0;
+    uint32_t id = 0;
+    const unsigned char *p;
+    (void)state;
+    old = hb_codec_new(v0, err, sizeof(err));
+    newer = hb_codec_new(v2, err, sizeof(err));
+    assert_non_null(old);
+    assert_non_null(newer);
+
+    /* the reader's own schema under id 7: 0x00, 00 00 00 07, the body */
+    assert_int_equal(hb_codec_encode_registry(cur, ev, 7, &buf, &len, err, sizeof(err)), 0);
+    p = buf;
+    assert_int_equal(p[0], 0);
+    assert_memory_equal(p + 1, "\x00\x00\x00\x07", 4);
+    assert_int_equal(hb_codec_registry_id(buf, len, &id), 1);
+    assert_int_equal(id, 7);
+    /* an id the codec was not given is a distinct answer, not poison */
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), HB_CODEC_UNKNOWN_ID);
+    assert_string_equal(err, "unknown Schema Registry schema id 7");
+    assert_int_equal(hb_codec_add_writer_id(cur, 7, hb_schema_identity_event, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), 0);
+    assert_json_equal(want, out);
+    json_decref(out);
+    free(buf);
+
+    /* an older writer (fields missing) under id 1, a newer one under id 1000000 */
+    assert_int_equal(hb_codec_encode_registry(old, ev, 1, &buf, &len, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_add_writer_id(cur, 1, v0, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), 0);
+    assert_json_equal(want, out);
+    json_decref(out);
+    free(buf);
+    assert_int_equal(hb_codec_encode_registry(newer, ev, 1000000, &buf, &len, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_add_writer_id(cur, 1000000, v2, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), 0);
+    assert_json_equal(want, out);
+    json_decref(out);
+    /* the same bytes with the single-object header need the fingerprint, which
+     * the id did not register */
+    free(buf);
+    assert_int_equal(hb_codec_encode(newer, ev, &buf, &len, err, sizeof(err)), 0);
+    assert_int_equal(hb_codec_decode(cur, buf, len, &out, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "unknown writer schema fingerprint"));
+    free(buf);
+
+    /* a schema that does not resolve is refused under its id too */
+    assert_int_equal(hb_codec_add_writer_id(cur, 9,
+                                            "{\"type\":\"record\",\"name\":"
+                                            "\"IdentityEvent\",\"namespace\":\"hookbridge\","
+                                            "\"fields\":[{\"name\":\"uuid\",\"type\":"
+                                            "\"long\"}]}",
+                                            err, sizeof(err)),
+                     -1);
+    /* headers cut short */
+    assert_int_equal(hb_codec_decode(cur, "\x00\x00\x00", 3, &out, err, sizeof(err)), -1);
+    assert_string_equal(err, "truncated Schema Registry header (3 bytes)");
+    assert_int_equal(hb_codec_registry_id("\x00\x00\x00\x07", 4, &id), 0);
+    /* a known id with a corrupt body is poison */
+    assert_int_equal(hb_codec_decode(cur, "\x00\x00\x00\x00\x07\x99", 6, &out, err, sizeof(err)),
+                     -1);
+
+    json_decref(ev);
+    json_decref(want);
+    free(v0);
+    free(v2);
+    hb_codec_free(old);
+    hb_codec_free(newer);
+    hb_codec_free(cur);
+}
+
 /* ------------------------------------------------------------ hostile bytes */
 
 /* Decodes; returns the result. A success must be a JSON object. */
@@ -523,6 +669,9 @@ int main(void) {
         cmocka_unit_test(wrong_types_name_the_path),
         cmocka_unit_test(older_writer_resolves_into_reader),
         cmocka_unit_test(resolution_defaults_and_errors),
+        cmocka_unit_test(newer_writer_with_added_fields_resolves),
+        cmocka_unit_test(every_history_version_resolves),
+        cmocka_unit_test(registry_framing),
         cmocka_unit_test(poison_messages_fail_cleanly),
         cmocka_unit_test(array_of_nulls_is_capped),
     };
