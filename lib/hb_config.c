@@ -164,6 +164,24 @@ static const cf_row_t cf_table[] = {
      HB_PROG_PRODUCER, 0,
      "Concurrent connections to the ingest endpoint (one thread each); further ones are "
      "not served until one closes."},
+    {"writer_schemas_dir", CF_STR, OFF(writer_schemas_dir), "", 0, 0, HB_PROG_DISPATCHER, 0,
+     "Directory of extra writer schemas of the events topic (*.avsc, read at start): versions "
+     "producers write that this build does not carry in schema/history. Each must resolve into "
+     "the reader schema, or the dispatcher does not start (docs/schemas.md)."},
+    {"schema_registry_url", CF_STR, OFF(schema_registry_url), "", 0, 0,
+     HB_PROG_DISPATCHER | HB_PROG_PRODUCER, 0,
+     "Schema Registry base URL (Confluent API; Apicurio: .../apis/ccompat/v7). Events framed "
+     "0x00 + schema id are decoded with the writer schema fetched from GET /schemas/ids/<id> "
+     "(cached); while it cannot be reached such events wait and the dispatcher is not ready."},
+    {"schema_registry_user_info", CF_STR, OFF(schema_registry_user_info), "", 0, 0,
+     HB_PROG_DISPATCHER | HB_PROG_PRODUCER, 1,
+     "user:password for the Schema Registry's HTTP basic auth."},
+    {"schema_registry_ca_file", CF_STR, OFF(schema_registry_ca_file), "", 0, 0,
+     HB_PROG_DISPATCHER | HB_PROG_PRODUCER, 0,
+     "PEM bundle that replaces the system CAs for the Schema Registry's TLS."},
+    {"schema_registry_timeout", CF_MS, OFF(schema_registry_timeout_ms), "5s", 100, 60000,
+     HB_PROG_DISPATCHER | HB_PROG_PRODUCER, 0,
+     "Bound on one Schema Registry request (made off the consuming loop)."},
 };
 
 static void env_name(const cf_row_t *r, char *out, size_t outsz) {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "hb_codec.h"
+#include "hb_decoder.h"
 #include "hb_dlog.h"
 #include "hb_httpd.h"
 #include "hb_kafka.h"
@@ -76,7 +77,7 @@ struct hb_worker_s {
     char client_id[64];
     const char *group;
     hb_schedule_t schedule;
-    hb_codec_t *codec;       /* consumed messages */
+    hb_decoder_t *decoder;   /* consumed messages: every writer schema, the registry */
     hb_codec_t *retry_codec; /* DeliveryRetry, produced */
     hb_http_t *http;
     hb_httpd_t *httpd;
@@ -1004,6 +1005,8 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
     const char *topic;
     char errstr[512];
     json_t *json = NULL;
+    int64_t wait_ms = 0;
+    int r;
 
     if (rkm->err) {
         if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -1028,8 +1031,16 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
     topic = rd_kafka_topic_name(rkm->rkt);
     if (w->deferred && is_deferred(w, topic, rkm->partition))
         return; /* fetched before the rewind; read again when due */
+    r = hb_decoder_decode(w->decoder, rkm->payload, rkm->len, &json, &wait_ms, errstr,
+                          sizeof(errstr));
+    if (r == HB_DECODE_WAIT) { /* its writer schema is on the way from the registry */
+        hb_debug("%s [%d] offset %lld waits %lld ms: %s", topic, (int)rkm->partition,
+                 (long long)rkm->offset, (long long)wait_ms, errstr);
+        hb_worker_defer(w, rkm, hb_wall_ms() + wait_ms);
+        return;
+    }
     hb_metric_inc(w->m_consumed);
-    if (hb_codec_decode(w->codec, rkm->payload, rkm->len, &json, errstr, sizeof(errstr)) < 0) {
+    if (r != HB_DECODE_OK) {
         hb_worker_poison(w, rkm, errstr);
         return;
     }
@@ -1115,6 +1126,7 @@ static void topic_check(hb_worker_t *w) {
 
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
+    char schema_why[400];
     topic_check(w);
     broker_check(w);
     if (hb_stop_requested)
@@ -1129,6 +1141,8 @@ static void update_readiness(hb_worker_t *w) {
         why = "subscription index not loaded";
     else if (!w->assigned)
         why = "waiting for the consumer group assignment";
+    else if (hb_decoder_unready(w->decoder, schema_why, sizeof(schema_why)))
+        why = schema_why;
     if (!why && w->pause_why[0]) { /* still ready: it is working, but say so */
         char note[260];
         snprintf(note, sizeof(note), "ready, but consumption paused: %s", w->pause_why);
@@ -1366,8 +1380,8 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     }
     hb_signal_install(w->wake[1]);
     register_metrics(w);
-    w->codec = hb_codec_new(spec->schema, errstr, errstr_size);
-    if (!w->codec)
+    w->decoder = hb_decoder_new(cfg, spec->schema, errstr, errstr_size);
+    if (!w->decoder)
         goto fail;
     w->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
     if (!w->retry_codec)
@@ -1430,7 +1444,7 @@ void hb_worker_free(hb_worker_t *w) {
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);
-    hb_codec_free(w->codec);
+    hb_decoder_free(w->decoder);
     hb_codec_free(w->retry_codec);
     while (w->deferred) {
         deferred_t *d = w->deferred;

@@ -1,0 +1,433 @@
+/*
+ * Schema Registry client. See hb_registry.h.
+ *
+ * The design: a small cache of entries (id, state, schema text or reason,
+ * time of the last answer) shared by the loop and one helper thread under a
+ * mutex. The loop adds an entry in state QUEUED at first sight of an id and
+ * signals; the helper takes QUEUED entries one at a time, fetches each with a
+ * libcurl easy handle (a blocking call, but on its own thread, bounded by the
+ * timeout), and stores the answer. An entry is never removed while FOUND, so
+ * the schema text handed out stays valid; entries for ids the registry did
+ * not know are dropped when the cache grows past HB_REGISTRY_MAX_ENTRIES
+ * (hostile bytes can name any id).
+ *
+ * What must hold: the loop never does I/O here; a failure of the registry is
+ * never reported as NOT_FOUND (that would dead-letter good events); the
+ * credentials appear in no log line and no error string.
+ */
+#include "hb_registry.h"
+
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_log.h"
+
+#define HB_REGISTRY_MAX_ENTRIES 4096
+#define HB_REGISTRY_MAX_REPLY (4 * 1024 * 1024)
+
+typedef enum { E_QUEUED, E_FETCHING, E_FOUND, E_NOT_FOUND, E_FAILED } entry_state_t;
+
+typedef struct {
+    uint32_t id;
+    entry_state_t state;
+    char *schema;     /* FOUND: the text, owned, never freed before the registry */
+    char reason[256]; /* NOT_FOUND, FAILED */
+    int64_t at;       /* monotonic ms of the last answer */
+} entry_t;
+
+struct hb_registry_s {
+    char *url; /* without a trailing slash */
+    char *user_info;
+    char *ca_file;
+    long long timeout_ms;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;
+    entry_t *entries;
+    size_t cnt, cap;
+    int down;
+    char down_why[256];
+};
+
+/* ------------------------------------------------------------ one request */
+
+typedef struct {
+    char *p;
+    size_t len;
+    int too_big;
+} reply_t;
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque) {
+    reply_t *b = opaque;
+    size_t n = size * nmemb;
+    if (b->len + n > HB_REGISTRY_MAX_REPLY) {
+        b->too_big = 1;
+        return 0;
+    }
+    b->p = hb_realloc(b->p, b->len + n + 1);
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return n;
+}
+
+void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
+    const char *scheme = strstr(url, "://");
+    const char *host = scheme ? scheme + 3 : url;
+    const char *end = host + strcspn(host, "/?#");
+    const char *at = NULL;
+    for (const char *p = host; p < end; p++)
+        if (*p == '@')
+            at = p;
+    if (!at) {
+        snprintf(out, out_size, "%s", url);
+        return;
+    }
+    snprintf(out, out_size, "%.*s%s", (int)(host - url), url, at + 1);
+}
+
+/* One request to <url><path> (POST with body when body is not NULL); the
+ * HTTP status and the parsed JSON reply (NULL when it is not JSON). */
+static int call(CURL *h, const char *base, const char *user_info, const char *ca_file,
+                long long timeout_ms, const char *path, const char *body, long *status,
+                json_t **reply, char *errstr, size_t errstr_size) {
+    char url[2048], ebuf[CURL_ERROR_SIZE] = "", logurl[2048];
+    struct curl_slist *hdrs = NULL;
+    reply_t b = {0};
+    CURLcode rc;
+    int r = -1;
+    *status = 0;
+    *reply = NULL;
+    snprintf(url, sizeof(url), "%s%s", base, path);
+    hb_registry_url_for_log(url, logurl, sizeof(logurl));
+    curl_easy_reset(h);
+    hdrs = curl_slist_append(hdrs, "Accept: application/vnd.schemaregistry.v1+json, "
+                                   "application/vnd.schemaregistry+json, application/json");
+    if (body)
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/vnd.schemaregistry.v1+json");
+    (void)curl_easy_setopt(h, CURLOPT_URL, url);
+    (void)curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    (void)curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    (void)curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    (void)curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
+    (void)curl_easy_setopt(h, CURLOPT_ERRORBUFFER, ebuf);
+    (void)curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    (void)curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    (void)curl_easy_setopt(h, CURLOPT_USERAGENT, "hookbridge/" HB_VERSION);
+    if (user_info && *user_info) {
+        (void)curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        (void)curl_easy_setopt(h, CURLOPT_USERPWD, user_info);
+    }
+    if (ca_file && *ca_file)
+        (void)curl_easy_setopt(h, CURLOPT_CAINFO, ca_file);
+    if (body)
+        (void)curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    rc = curl_easy_perform(h);
+    if (rc != CURLE_OK && !b.too_big) {
+        hb_seterr(errstr, errstr_size, "%s: %s", logurl, ebuf[0] ? ebuf : curl_easy_strerror(rc));
+        goto done;
+    }
+    if (b.too_big) {
+        hb_seterr(errstr, errstr_size, "%s: reply larger than %d bytes", logurl,
+                  HB_REGISTRY_MAX_REPLY);
+        goto done;
+    }
+    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    *reply = b.p ? json_loads(b.p, 0, NULL) : NULL;
+    r = 0;
+done:
+    /* the credentials must not outlive the request in the handle */
+    (void)curl_easy_setopt(h, CURLOPT_USERPWD, NULL);
+    curl_slist_free_all(hdrs);
+    free(b.p);
+    return r;
+}
+
+/* The registry's own words for an error reply, when it gave some. */
+static const char *reply_message(const json_t *reply) {
+    const char *m = json_string_value(json_object_get(reply, "message"));
+    return m ? m : "";
+}
+
+/* GET /schemas/ids/<id>: the entry's new state and schema or reason. */
+static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema, char *reason,
+                           size_t reason_size) {
+    char path[64];
+    long status = 0;
+    json_t *reply = NULL;
+    entry_state_t st = E_FAILED;
+    const char *text, *type;
+    snprintf(path, sizeof(path), "/schemas/ids/%" PRIu32, id);
+    if (call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, path, NULL, &status, &reply,
+             reason, reason_size) < 0)
+        return E_FAILED;
+    text = json_string_value(json_object_get(reply, "schema"));
+    type = json_string_value(json_object_get(reply, "schemaType"));
+    if (status == 200 && text && (!type || !strcmp(type, "AVRO"))) {
+        *schema = hb_strdup(text);
+        st = E_FOUND;
+    } else if (status == 200 && text) {
+        hb_seterr(reason, reason_size, "schema id %" PRIu32 " is a %s schema, not Avro", id, type);
+        st = E_NOT_FOUND;
+    } else if (status == 404) {
+        /* Confluent: error_code 40403 "Schema not found"; any 404 means the
+         * registry answered and does not have it */
+        hb_seterr(reason, reason_size, "schema id %" PRIu32 " not found in the schema registry%s%s",
+                  id, *reply_message(reply) ? ": " : "", reply_message(reply));
+        st = E_NOT_FOUND;
+    } else if (status == 401 || status == 403) {
+        hb_seterr(reason, reason_size,
+                  "the schema registry refused our credentials (HTTP %ld): check "
+                  "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO",
+                  status);
+    } else if (status == 200) {
+        hb_seterr(reason, reason_size, "the schema registry's answer for id %" PRIu32
+                  " has no \"schema\" string", id);
+    } else {
+        hb_seterr(reason, reason_size, "the schema registry answered HTTP %ld%s%s", status,
+                  *reply_message(reply) ? ": " : "", reply_message(reply));
+    }
+    json_decref(reply);
+    return st;
+}
+
+/* ------------------------------------------------------- helper thread */
+
+static entry_t *find(hb_registry_t *r, uint32_t id) {
+    for (size_t i = 0; i < r->cnt; i++)
+        if (r->entries[i].id == id)
+            return &r->entries[i];
+    return NULL;
+}
+
+static void *helper(void *opaque) {
+    hb_registry_t *r = opaque;
+    CURL *h = curl_easy_init();
+    pthread_mutex_lock(&r->lock);
+    for (;;) {
+        entry_t *e = NULL;
+        uint32_t id;
+        char *schema = NULL, reason[256] = "";
+        entry_state_t st;
+        while (!r->stop) {
+            for (size_t i = 0; i < r->cnt && !e; i++)
+                if (r->entries[i].state == E_QUEUED)
+                    e = &r->entries[i];
+            if (e)
+                break;
+            pthread_cond_wait(&r->cond, &r->lock);
+        }
+        if (r->stop)
+            break;
+        e->state = E_FETCHING;
+        id = e->id;
+        pthread_mutex_unlock(&r->lock);
+        if (h)
+            st = fetch(r, h, id, &schema, reason, sizeof(reason));
+        else {
+            st = E_FAILED;
+            hb_seterr(reason, sizeof(reason), "curl_easy_init failed");
+        }
+        pthread_mutex_lock(&r->lock);
+        e = find(r, id); /* the array may have moved meanwhile */
+        if (!e) {
+            free(schema);
+            continue;
+        }
+        e->state = st;
+        e->schema = schema;
+        e->at = hb_mono_ms();
+        snprintf(e->reason, sizeof(e->reason), "%s", reason);
+        r->down = st == E_FAILED;
+        if (r->down)
+            snprintf(r->down_why, sizeof(r->down_why), "%s", reason);
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (h)
+        curl_easy_cleanup(h);
+    return NULL;
+}
+
+hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, size_t errstr_size) {
+    hb_registry_t *r;
+    size_t n;
+    if (!opts->url || strncmp(opts->url, "http://", 7) != 0) {
+        if (!opts->url || strncmp(opts->url, "https://", 8) != 0) {
+            hb_seterr(errstr, errstr_size, "schema registry URL must start with http:// or https://");
+            return NULL;
+        }
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        hb_seterr(errstr, errstr_size, "curl_global_init failed");
+        return NULL;
+    }
+    r = hb_calloc(1, sizeof(*r));
+    r->url = hb_strdup(opts->url);
+    n = strlen(r->url);
+    while (n > 0 && r->url[n - 1] == '/')
+        r->url[--n] = '\0';
+    r->user_info = hb_strdup(opts->user_info ? opts->user_info : "");
+    r->ca_file = hb_strdup(opts->ca_file ? opts->ca_file : "");
+    r->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_cond_init(&r->cond, NULL);
+    if (pthread_create(&r->thread, NULL, helper, r) != 0) {
+        hb_seterr(errstr, errstr_size, "schema registry: cannot start its thread");
+        hb_registry_free(r);
+        return NULL;
+    }
+    r->started = 1;
+    return r;
+}
+
+void hb_registry_free(hb_registry_t *r) {
+    if (!r)
+        return;
+    if (r->started) {
+        pthread_mutex_lock(&r->lock);
+        r->stop = 1;
+        pthread_cond_signal(&r->cond);
+        pthread_mutex_unlock(&r->lock);
+        /* waits at most one request's timeout */
+        pthread_join(r->thread, NULL);
+    }
+    for (size_t i = 0; i < r->cnt; i++)
+        free(r->entries[i].schema);
+    free(r->entries);
+    pthread_mutex_destroy(&r->lock);
+    pthread_cond_destroy(&r->cond);
+    if (r->user_info)
+        OPENSSL_cleanse(r->user_info, strlen(r->user_info));
+    free(r->user_info);
+    free(r->ca_file);
+    free(r->url);
+    free(r);
+    curl_global_cleanup();
+}
+
+/* Drops the entries of ids the registry did not know (lock held). */
+static void compact(hb_registry_t *r) {
+    size_t j = 0;
+    for (size_t i = 0; i < r->cnt; i++)
+        if (r->entries[i].state != E_NOT_FOUND)
+            r->entries[j++] = r->entries[i];
+    r->cnt = j;
+}
+
+hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const char **schema,
+                                        char *why, size_t why_size) {
+    hb_registry_status_t st = HB_REGISTRY_PENDING;
+    entry_t *e;
+    int64_t now = hb_mono_ms();
+    *schema = NULL;
+    pthread_mutex_lock(&r->lock);
+    e = find(r, id);
+    if (!e) {
+        if (r->cnt >= HB_REGISTRY_MAX_ENTRIES)
+            compact(r);
+        if (r->cnt == r->cap) {
+            r->cap = r->cap ? r->cap * 2 : 16;
+            r->entries = hb_realloc(r->entries, r->cap * sizeof(*r->entries));
+        }
+        e = &r->entries[r->cnt++];
+        memset(e, 0, sizeof(*e));
+        e->id = id;
+        e->state = E_QUEUED;
+        pthread_cond_signal(&r->cond);
+    } else if (e->state == E_FOUND) {
+        *schema = e->schema;
+        st = HB_REGISTRY_FOUND;
+    } else if (e->state == E_NOT_FOUND || e->state == E_FAILED) {
+        int64_t again = e->state == E_FAILED ? HB_REGISTRY_RETRY_MS : HB_REGISTRY_RECHECK_MS;
+        if (now - e->at >= again) {
+            e->state = E_QUEUED;
+            pthread_cond_signal(&r->cond);
+        } else {
+            snprintf(why, why_size, "%s", e->reason);
+            st = e->state == E_FAILED ? HB_REGISTRY_UNAVAILABLE : HB_REGISTRY_NOT_FOUND;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return st;
+}
+
+int hb_registry_down(hb_registry_t *r, char *why, size_t why_size) {
+    int down;
+    pthread_mutex_lock(&r->lock);
+    down = r->down;
+    if (down)
+        snprintf(why, why_size, "%s", r->down_why);
+    pthread_mutex_unlock(&r->lock);
+    return down;
+}
+
+/* ------------------------------------------------------------- register */
+
+int hb_registry_register(const hb_registry_opts_t *opts, const char *subject, const char *schema,
+                         uint32_t *id, char *errstr, size_t errstr_size) {
+    CURL *h;
+    char path[600], base[2048];
+    char *body = NULL, *esc = NULL;
+    json_t *req, *reply = NULL;
+    json_int_t got;
+    long status = 0;
+    size_t n;
+    int r = -1;
+    if (!opts->url || !*opts->url) {
+        hb_seterr(errstr, errstr_size, "no schema registry URL (HOOKBRIDGE_SCHEMA_REGISTRY_URL)");
+        return -1;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        hb_seterr(errstr, errstr_size, "curl_global_init failed");
+        return -1;
+    }
+    h = curl_easy_init();
+    if (!h) {
+        hb_seterr(errstr, errstr_size, "curl_easy_init failed");
+        goto done;
+    }
+    snprintf(base, sizeof(base), "%s", opts->url);
+    n = strlen(base);
+    while (n > 0 && base[n - 1] == '/')
+        base[--n] = '\0';
+    esc = curl_easy_escape(h, subject, 0);
+    snprintf(path, sizeof(path), "/subjects/%s/versions", esc ? esc : "");
+    req = json_pack("{s:s}", "schema", schema);
+    body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (!body) {
+        hb_seterr(errstr, errstr_size, "out of memory");
+        goto done;
+    }
+    if (call(h, base, opts->user_info, opts->ca_file,
+             opts->timeout_ms > 0 ? opts->timeout_ms : 5000, path, body, &status, &reply, errstr,
+             errstr_size) < 0)
+        goto done;
+    got = json_integer_value(json_object_get(reply, "id"));
+    if (status != 200 || !json_is_integer(json_object_get(reply, "id")) || got < 0 ||
+        got > UINT32_MAX) {
+        hb_seterr(errstr, errstr_size, "registering under subject %s: HTTP %ld%s%s", subject,
+                  status, *reply_message(reply) ? ": " : "", reply_message(reply));
+        goto done;
+    }
+    *id = (uint32_t)got;
+    r = 0;
+done:
+    json_decref(reply);
+    free(body);
+    if (esc)
+        curl_free(esc);
+    if (h)
+        curl_easy_cleanup(h);
+    curl_global_cleanup();
+    return r;
+}
