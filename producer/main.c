@@ -4,6 +4,7 @@
  *   hookbridge-producer [FILE|-]             one JSON event per line (stdin by default)
  *   hookbridge-producer --generate N [--rate R]   N synthetic events, at most R per second
  *   hookbridge-producer --listen HOST:PORT   the Okta event-hook endpoint (ingest.c)
+ *   --framing registry [--schema-id N]       Schema Registry framing instead of single-object
  *
  * Read configuration, build the sender, feed it lines or generated events
  * until the input ends or SIGINT/SIGTERM, wait for every delivery report
@@ -38,6 +39,8 @@ typedef struct {
     int allow_unknown_types;
     int print_only;
     int list_types;
+    int registry_framing; /* --framing registry: 0x00 + schema id */
+    long long schema_id;  /* --schema-id; -1: register the schema to learn it */
 } opts_t;
 
 static void usage(FILE *fp) {
@@ -54,7 +57,12 @@ static void usage(FILE *fp) {
                 "  --print                write the normalized events to stdout, produce nothing\n"
                 "  --list-types           print the event type catalogue and exit\n"
                 "  --listen HOST:PORT     serve Okta event hooks (POST/GET " HB_INGEST_PATH ")\n"
-                "                         until SIGTERM; see ingest_listen and docs/ingest.md\n");
+                "                         until SIGTERM; see ingest_listen and docs/ingest.md\n"
+                "  --framing F            single-object (default) or registry: the Schema\n"
+                "                         Registry framing (0x00 + 4-byte schema id)\n"
+                "  --schema-id N          the registry id of the IdentityEvent schema; without it\n"
+                "                         the schema is registered under <events topic>-value at\n"
+                "                         schema_registry_url, which gives the id\n");
 }
 
 /* A whole-string number: no trailing junk, no overflow. */
@@ -75,13 +83,16 @@ static int parse_rate(const char *s, double *out) {
 /* Flags left in cfg->args by hb_config_load: "--flag value" or "--flag=value". */
 static int parse_args(const hb_config_t *cfg, opts_t *o) {
     memset(o, 0, sizeof(*o));
+    o->schema_id = -1;
     for (int i = 0; i < cfg->args_cnt; i++) {
         const char *a = cfg->args[i], *val = NULL, *eq = strchr(a, '=');
         size_t nlen = eq ? (size_t)(eq - a) : strlen(a);
         int is_generate = nlen == 10 && !strncmp(a, "--generate", 10);
         int is_rate = nlen == 6 && !strncmp(a, "--rate", 6);
         int is_listen = nlen == 8 && !strncmp(a, "--listen", 8);
-        if (is_generate || is_rate || is_listen) {
+        int is_framing = nlen == 9 && !strncmp(a, "--framing", 9);
+        int is_schema_id = nlen == 11 && !strncmp(a, "--schema-id", 11);
+        if (is_generate || is_rate || is_listen || is_framing || is_schema_id) {
             if (eq) {
                 val = eq + 1;
             } else if (i + 1 < cfg->args_cnt) {
@@ -93,6 +104,18 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
         }
         if (is_listen) {
             o->listen = val;
+        } else if (is_framing) {
+            if (strcmp(val, "registry") && strcmp(val, "confluent") &&
+                strcmp(val, "single-object")) {
+                fprintf(stderr, PROG ": --framing is single-object or registry, not \"%s\"\n", val);
+                return -1;
+            }
+            o->registry_framing = strcmp(val, "single-object") != 0;
+        } else if (is_schema_id) {
+            if (parse_count(val, &o->schema_id) < 0 || o->schema_id > UINT32_MAX) {
+                fprintf(stderr, PROG ": --schema-id wants a registry schema id, not \"%s\"\n", val);
+                return -1;
+            }
         } else if (is_generate) {
             if (parse_count(val, &o->generate) < 0 || o->generate == 0) {
                 fprintf(stderr, PROG ": --generate wants a positive number, not \"%s\"\n", val);
@@ -121,6 +144,19 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
     }
     if (o->file && o->generate) {
         fprintf(stderr, PROG ": --generate reads no input file\n");
+        return -1;
+    }
+    if (o->schema_id >= 0 && !o->registry_framing) {
+        fprintf(stderr, PROG ": --schema-id goes with --framing registry\n");
+        return -1;
+    }
+    if (o->registry_framing && o->schema_id < 0 && !*cfg->schema_registry_url) {
+        fprintf(stderr, PROG ": --framing registry needs --schema-id or "
+                             "HOOKBRIDGE_SCHEMA_REGISTRY_URL (to register the schema)\n");
+        return -1;
+    }
+    if (o->registry_framing && o->listen) {
+        fprintf(stderr, PROG ": the ingest endpoint writes single-object framing only\n");
         return -1;
     }
     if (o->rate > 0 && !o->generate) {
@@ -258,6 +294,11 @@ int main(int argc, char **argv) {
     p = hb_producer_new(&cfg, o.allow_unknown_types, o.print_only, o.generate ? "event" : "line",
                         errstr, sizeof(errstr));
     if (!p) {
+        fprintf(stderr, PROG ": %s\n", errstr);
+        goto done;
+    }
+    if (o.registry_framing &&
+        hb_producer_use_registry(p, o.schema_id, errstr, sizeof(errstr)) < 0) {
         fprintf(stderr, PROG ": %s\n", errstr);
         goto done;
     }

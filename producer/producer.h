@@ -19,6 +19,12 @@ typedef struct hb_producer_s hb_producer_t;
 hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
                                const char *unit, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* Switches to the Schema Registry framing with schema id `schema_id`, or,
+ * when it is negative, with the id the registry gives the IdentityEvent
+ * schema when registered under "<events topic>-value" (blocking). */
+int hb_producer_use_registry(hb_producer_t *p, long long schema_id, char *errstr,
+                             size_t errstr_size) HB_MUSTCHECK;
+
 /* Normalizes, encodes and queues one event (not consumed). On failure the
  * input counts as failed and "<unit> <seq>: <reason>" goes to stderr. */
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq);
