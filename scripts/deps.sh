@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config clang clang-format
 librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
 libssl-dev libmicrohttpd-dev libcmocka-dev
 postgresql postgresql-contrib
-python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-kafka jq openssl
+python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-kafka python3-avro jq openssl
 nginx-light wrk kcat curl
 python3-yaml yamllint"
 # `kubectl kustomize` renders deploy/k8s in the tests. Debian's
