@@ -30,9 +30,9 @@
 
 struct hb_decoder_s {
     hb_codec_t *codec;
-    hb_registry_t *registry;   /* NULL: no Schema Registry configured */
-    json_t *bad_ids;           /* {"<id>": "reason"}: fetched, does not resolve */
-    int registry_was_down;     /* for logging the transitions once */
+    hb_registry_t *registry; /* NULL: no Schema Registry configured */
+    json_t *bad_ids;         /* {"<id>": "reason"}: fetched, does not resolve */
+    int registry_was_down;   /* for logging the transitions once */
 };
 
 static const char *const *history_of(const char *reader_schema) {
@@ -147,9 +147,8 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
         }
         hb_registry_url_for_log(cfg->schema_registry_url, shown, sizeof(shown));
         hb_info("Schema Registry framing read with writer schemas from %s%s", shown,
-                cfg->schema_registry_user_info && *cfg->schema_registry_user_info
-                    ? " (basic auth)"
-                    : "");
+                cfg->schema_registry_user_info && *cfg->schema_registry_user_info ? " (basic auth)"
+                                                                                  : "");
     }
     (void)from_history;
     return d;
@@ -176,8 +175,8 @@ static void note_registry(hb_decoder_t *d, int down, const char *why) {
     d->registry_was_down = down;
 }
 
-int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out,
-                      int64_t *wait_ms, char *errstr, size_t errstr_size) {
+int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,
+                      char *errstr, size_t errstr_size) {
     char key[16], why[512] = "";
     const char *schema = NULL, *bad;
     uint32_t id = 0;

@@ -46,8 +46,8 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
                              size_t errstr_size) HB_MUSTCHECK;
 void hb_decoder_free(hb_decoder_t *d);
 
-int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out,
-                      int64_t *wait_ms, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,
+                      char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* NULL when ready, else the reason (in buf). */
 const char *hb_decoder_unready(hb_decoder_t *d, char *buf, size_t buf_size);

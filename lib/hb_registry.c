@@ -190,8 +190,8 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
                   "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO",
                   status);
     } else if (status == 200) {
-        hb_seterr(reason, reason_size, "the schema registry's answer for id %" PRIu32
-                  " has no \"schema\" string", id);
+        hb_seterr(reason, reason_size,
+                  "the schema registry's answer for id %" PRIu32 " has no \"schema\" string", id);
     } else {
         hb_seterr(reason, reason_size, "the schema registry answered HTTP %ld%s%s", status,
                   *reply_message(reply) ? ": " : "", reply_message(reply));
@@ -262,7 +262,8 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
     size_t n;
     if (!opts->url || strncmp(opts->url, "http://", 7) != 0) {
         if (!opts->url || strncmp(opts->url, "https://", 8) != 0) {
-            hb_seterr(errstr, errstr_size, "schema registry URL must start with http:// or https://");
+            hb_seterr(errstr, errstr_size,
+                      "schema registry URL must start with http:// or https://");
             return NULL;
         }
     }
