@@ -54,6 +54,7 @@ struct hb_registry_s {
     entry_t *entries;
     size_t cnt, cap;
     int down;
+    int64_t down_at; /* monotonic ms of the last failure */
     char down_why[256];
 };
 
@@ -94,11 +95,23 @@ void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
     snprintf(out, out_size, "%.*s%s", (int)(host - url), url, at + 1);
 }
 
+/* Aborts a request in flight once the registry is being freed. */
+static int on_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow) {
+    const int *stop = opaque;
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    return stop && __atomic_load_n(stop, __ATOMIC_RELAXED) ? 1 : 0;
+}
+
 /* One request to <url><path> (POST with body when body is not NULL); the
- * HTTP status and the parsed JSON reply (NULL when it is not JSON). */
+ * HTTP status and the parsed JSON reply (NULL when it is not JSON). stop (may
+ * be NULL) aborts it when it becomes non-zero. */
 static int call(CURL *h, const char *base, const char *user_info, const char *ca_file,
-                long long timeout_ms, const char *path, const char *body, long *status,
-                json_t **reply, char *errstr, size_t errstr_size) {
+                long long timeout_ms, const int *stop, const char *path, const char *body,
+                long *status, json_t **reply, char *errstr, size_t errstr_size) {
     char url[2048], ebuf[CURL_ERROR_SIZE] = "", logurl[2048];
     struct curl_slist *hdrs = NULL;
     reply_t b = {0};
@@ -123,6 +136,9 @@ static int call(CURL *h, const char *base, const char *user_info, const char *ca
     (void)curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
     (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     (void)curl_easy_setopt(h, CURLOPT_USERAGENT, "hookbridge/" HB_VERSION);
+    (void)curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    (void)curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+    (void)curl_easy_setopt(h, CURLOPT_XFERINFODATA, (void *)stop);
     if (user_info && *user_info) {
         (void)curl_easy_setopt(h, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         (void)curl_easy_setopt(h, CURLOPT_USERPWD, user_info);
@@ -167,8 +183,8 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
     entry_state_t st = E_FAILED;
     const char *text, *type;
     snprintf(path, sizeof(path), "/schemas/ids/%" PRIu32, id);
-    if (call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, path, NULL, &status, &reply,
-             reason, reason_size) < 0)
+    if (call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
+             &reply, reason, reason_size) < 0)
         return E_FAILED;
     text = json_string_value(json_object_get(reply, "schema"));
     type = json_string_value(json_object_get(reply, "schemaType"));
@@ -248,8 +264,10 @@ static void *helper(void *opaque) {
         e->at = hb_mono_ms();
         snprintf(e->reason, sizeof(e->reason), "%s", reason);
         r->down = st == E_FAILED;
-        if (r->down)
+        if (r->down) {
+            r->down_at = e->at;
             snprintf(r->down_why, sizeof(r->down_why), "%s", reason);
+        }
     }
     pthread_mutex_unlock(&r->lock);
     if (h)
@@ -295,10 +313,10 @@ void hb_registry_free(hb_registry_t *r) {
         return;
     if (r->started) {
         pthread_mutex_lock(&r->lock);
-        r->stop = 1;
+        __atomic_store_n(&r->stop, 1, __ATOMIC_RELAXED);
         pthread_cond_signal(&r->cond);
         pthread_mutex_unlock(&r->lock);
-        /* waits at most one request's timeout */
+        /* a request in flight is aborted by on_progress */
         pthread_join(r->thread, NULL);
     }
     for (size_t i = 0; i < r->cnt; i++)
@@ -364,7 +382,11 @@ hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const cha
 int hb_registry_down(hb_registry_t *r, char *why, size_t why_size) {
     int down;
     pthread_mutex_lock(&r->lock);
-    down = r->down;
+    /* Down only while a failure is recent: a message waiting for the
+     * registry asks again every HB_REGISTRY_RETRY_MS, which keeps it so;
+     * with nothing waiting (its partition moved to another member) there
+     * is nothing to be not ready for. */
+    down = r->down && hb_mono_ms() - r->down_at <= 2 * HB_REGISTRY_RETRY_MS + r->timeout_ms;
     if (down)
         snprintf(why, why_size, "%s", r->down_why);
     pthread_mutex_unlock(&r->lock);
@@ -410,8 +432,8 @@ int hb_registry_register(const hb_registry_opts_t *opts, const char *subject, co
         goto done;
     }
     if (call(h, base, opts->user_info, opts->ca_file,
-             opts->timeout_ms > 0 ? opts->timeout_ms : 5000, path, body, &status, &reply, errstr,
-             errstr_size) < 0)
+             opts->timeout_ms > 0 ? opts->timeout_ms : 5000, NULL, path, body, &status, &reply,
+             errstr, errstr_size) < 0)
         goto done;
     got = json_integer_value(json_object_get(reply, "id"));
     if (status != 200 || !json_is_integer(json_object_get(reply, "id")) || got < 0 ||

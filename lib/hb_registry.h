@@ -21,8 +21,8 @@
  *                            5xx, 401/403, a reply that is not the API's): the
  *                            message waits. Asked again HB_REGISTRY_RETRY_MS
  *                            after the failure.
- * hb_registry_down says whether the last answer was such a failure, and why
- * (for /readyz). The basic-auth credentials are never logged nor put in an
+ * hb_registry_down says whether the last answer was such a failure, and a
+ * recent one, and why (for /readyz). The basic-auth credentials are never logged nor put in an
  * error string; URLs in errors lose their user-info part.
  *
  * Threads: lookup, down and free from one thread (the consuming loop); the

@@ -124,8 +124,7 @@ static void failures_wait_and_recover(void **state) {
     assert_string_equal(why, "the schema registry answered HTTP 503: down");
     assert_int_equal(hb_registry_down(r, why, sizeof(why)), 1);
     /* asked again only after HB_REGISTRY_RETRY_MS */
-    assert_int_equal(hb_registry_lookup(r, 1, &schema, why, sizeof(why)),
-                     HB_REGISTRY_UNAVAILABLE);
+    assert_int_equal(hb_registry_lookup(r, 1, &schema, why, sizeof(why)), HB_REGISTRY_UNAVAILABLE);
     assert_int_equal(s.gets_1, 1);
     s.status_1 = 200;
     usleep(HB_REGISTRY_RETRY_MS * 1000);
@@ -168,9 +167,8 @@ static void register_gives_the_id(void **state) {
     uint32_t id = 0;
     (void)state;
     snprintf(url, sizeof(url), "http://127.0.0.1:%u", (unsigned)port);
-    assert_int_equal(hb_registry_register(&o, "identity.events-value", "\"string\"", &id, err,
-                                          sizeof(err)),
-                     0);
+    assert_int_equal(
+        hb_registry_register(&o, "identity.events-value", "\"string\"", &id, err, sizeof(err)), 0);
     assert_int_equal(id, 5);
     assert_string_equal(s.posted, "{\"schema\":\"\\\"string\\\"\"}");
     MHD_stop_daemon(d);
@@ -180,8 +178,7 @@ static void urls_are_logged_without_credentials(void **state) {
     char out[128], err[128];
     hb_registry_opts_t o = {"ftp://x", NULL, NULL, 1000};
     (void)state;
-    hb_registry_url_for_log("https://u:p@w@sr.example.com:8081/apis/ccompat/v7", out,
-                            sizeof(out));
+    hb_registry_url_for_log("https://u:p@w@sr.example.com:8081/apis/ccompat/v7", out, sizeof(out));
     assert_string_equal(out, "https://sr.example.com:8081/apis/ccompat/v7");
     hb_registry_url_for_log("http://sr:8081/x@y", out, sizeof(out));
     assert_string_equal(out, "http://sr:8081/x@y");
