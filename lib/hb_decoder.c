@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "hb_log.h"
+#include "hb_metrics.h"
 #include "hb_registry.h"
 #include "hb_schemas.h"
 
@@ -30,9 +31,10 @@
 
 struct hb_decoder_s {
     hb_codec_t *codec;
-    hb_registry_t *registry; /* NULL: no Schema Registry configured */
-    json_t *bad_ids;         /* {"<id>": "reason"}: fetched, does not resolve */
-    int registry_was_down;   /* for logging the transitions once */
+    hb_registry_t *registry;    /* NULL: no Schema Registry configured */
+    json_t *bad_ids;            /* {"<id>": "reason"}: fetched, does not resolve */
+    int registry_was_down;      /* for logging the transitions once */
+    hb_metric_t *m_unavailable; /* 1 while the registry's last answers fail */
 };
 
 static const char *const *history_of(const char *reader_schema) {
@@ -117,6 +119,9 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
     int from_history = 0, from_dir = 0;
     char why[512];
     d->bad_ids = json_object();
+    d->m_unavailable = hb_metrics_gauge("hookbridge_schema_registry_unavailable", NULL,
+                                        "1 while the Schema Registry cannot be reached and "
+                                        "events in its framing wait (0 without a registry).");
     d->codec = hb_codec_new(reader_schema, errstr, errstr_size);
     if (!d->codec)
         goto fail;
@@ -173,6 +178,7 @@ static void note_registry(hb_decoder_t *d, int down, const char *why) {
     else if (!down && d->registry_was_down)
         hb_info("schema registry reachable again");
     d->registry_was_down = down;
+    hb_metric_set(d->m_unavailable, down ? 1.0 : 0.0);
 }
 
 int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,

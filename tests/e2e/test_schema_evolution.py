@@ -168,6 +168,7 @@ def test_a_registry_that_is_down_delays_consumption_then_everything_arrives(
         wait_until(lambda: not_ready_because("schema registry unavailable"), 20,
                    "/readyz to name the registry")
         assert "schema registry unavailable" in d.proc.output()
+        assert "\nhookbridge_schema_registry_unavailable 1\n" in d.get("/metrics")[1]
         # A registry that answers but fails: still waiting, still not ready.
         registry.mode = "503"
         registry.start()
@@ -180,6 +181,7 @@ def test_a_registry_that_is_down_delays_consumption_then_everything_arrives(
                    "the waiting events once the registry is back")
         wait_until(lambda: d.get("/readyz")[0] == 200, 20, "the dispatcher to be ready again")
         assert "schema registry reachable again" in d.proc.output()
+        assert "\nhookbridge_schema_registry_unavailable 0\n" in d.get("/metrics")[1]
         assert dlq_messages(broker, 2000) == []
         assert sorted(e["uuid"] for _, e in receiver.events()) == sorted(
             [first["uuid"], second["uuid"], other["uuid"]])
