@@ -155,7 +155,7 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
                 cfg->schema_registry_user_info && *cfg->schema_registry_user_info ? " (basic auth)"
                                                                                   : "");
     }
-    (void)from_history;
+    hb_debug("writer schemas: %d from the schema history", from_history);
     return d;
 fail:
     hb_decoder_free(d);

@@ -278,12 +278,10 @@ static void *helper(void *opaque) {
 hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, size_t errstr_size) {
     hb_registry_t *r;
     size_t n;
-    if (!opts->url || strncmp(opts->url, "http://", 7) != 0) {
-        if (!opts->url || strncmp(opts->url, "https://", 8) != 0) {
-            hb_seterr(errstr, errstr_size,
-                      "schema registry URL must start with http:// or https://");
-            return NULL;
-        }
+    if (!opts->url ||
+        (strncmp(opts->url, "http://", 7) != 0 && strncmp(opts->url, "https://", 8) != 0)) {
+        hb_seterr(errstr, errstr_size, "schema registry URL must start with http:// or https://");
+        return NULL;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         hb_seterr(errstr, errstr_size, "curl_global_init failed");

@@ -28,9 +28,9 @@ static char *newer_schema(void) {
     json_t *s = json_loads(hb_schema_identity_event, 0, NULL);
     char *out;
     assert_non_null(s);
-    (void)json_array_append_new(json_object_get(s, "fields"),
-                                json_pack("{s:s,s:[s,s],s:n}", "name", "riskScore", "type",
-                                          "null", "long", "default"));
+    (void)json_array_append_new(
+        json_object_get(s, "fields"),
+        json_pack("{s:s,s:[s,s],s:n}", "name", "riskScore", "type", "null", "long", "default"));
     out = json_dumps(s, JSON_COMPACT);
     json_decref(s);
     return out;
@@ -82,15 +82,16 @@ static void directory_of_writer_schemas(void **state) {
     assert_null(json_object_get(out, "riskScore"));
     json_decref(out);
     /* the registry framing without a registry is poison that says what to set */
-    assert_int_equal(hb_decoder_decode(d, "\x00\x00\x00\x00\x2a\x02", 6, &out, &wait_ms, err,
-                                       sizeof(err)),
-                     HB_DECODE_POISON);
+    assert_int_equal(
+        hb_decoder_decode(d, "\x00\x00\x00\x00\x2a\x02", 6, &out, &wait_ms, err, sizeof(err)),
+        HB_DECODE_POISON);
     assert_non_null(strstr(err, "schema id 42, and no schema registry is configured"));
     hb_decoder_free(d);
 
     /* a schema that does not resolve stops the start, naming the file */
-    write_file(dir, "w0.avsc", "{\"type\":\"record\",\"name\":\"IdentityEvent\",\"namespace\":"
-                               "\"hookbridge\",\"fields\":[{\"name\":\"uuid\",\"type\":\"int\"}]}");
+    write_file(dir, "w0.avsc",
+               "{\"type\":\"record\",\"name\":\"IdentityEvent\",\"namespace\":"
+               "\"hookbridge\",\"fields\":[{\"name\":\"uuid\",\"type\":\"int\"}]}");
     assert_null(hb_decoder_new(&cfg, hb_schema_identity_event, err, sizeof(err)));
     assert_non_null(strstr(err, "HOOKBRIDGE_WRITER_SCHEMAS_DIR: "));
     assert_non_null(strstr(err, "/w0.avsc: "));
