@@ -26,7 +26,7 @@ const char *hb_event_type_at(size_t i);
 int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr,
                        size_t errstr_size) HB_MUSTCHECK;
 
-/* Kafka key per DESIGN.md: the first target of type "User"'s id, else the
+/* Kafka key per docs/design.md: the first target of type "User"'s id, else the
  * actor's id, else the event uuid. Never NULL for a normalized event. */
 const char *hb_event_key(const json_t *ev);
 

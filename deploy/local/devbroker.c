@@ -17,7 +17,7 @@
  * handlers only set flags; the loop acts on them. At exit the bootstrap file
  * is removed before the cluster goes away.
  *
- * Limits (see DESIGN.md): each partition keeps about the last 5 MiB; a
+ * Limits (see docs/design.md): each partition keeps about the last 5 MiB; a
  * broker set down refuses connections but keeps leadership.
  */
 #include <errno.h>

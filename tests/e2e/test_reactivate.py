@@ -1,5 +1,5 @@
-"""A deactivation drops the retries pending at that moment (DESIGN.md:
-"deactivation stops deliveries and pending retries"), even when the
+"""A deactivation drops the retries pending at that moment (docs/design.md:
+"drops the retries pending at that moment"), even when the
 subscription is active again before they come due; new deliveries after the
 reactivation, and replays asked for after it, go through as usual.
 
