@@ -2,13 +2,15 @@
  * Kafka configuration and producing. See hb_kafka.h.
  *
  * librdkafka calls the log callback from its own threads; hb_log is
- * thread-safe (one write per line), so the callback logs directly.
+ * thread-safe (one write per line), so the callback logs directly. The
+ * reachability probe's design is with its code below.
  */
 #include "hb_kafka.h"
 
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "hb_log.h"
 
@@ -127,32 +129,193 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
     return rkt;
 }
 
-#define HB_KAFKA_PROBE_EVERY_MS 2000
+/* ------------------------------------------------------ reachability
+ *
+ * librdkafka tells when every broker connection is down ("all brokers down",
+ * an error event), but not when a broker stops answering on a connection that
+ * stays open: a frozen or wedged broker (SIGSTOP, a hung JVM, a dead network
+ * path without RST) keeps its sockets, and librdkafka notices only when a
+ * request times out (socket.timeout.ms, a minute by default). So one probe
+ * thread per handle sends a small request every second and stores, in an
+ * atomic, when the last answered request was sent; the loop thread compares
+ * that with the clock (hb_kafka_reach_check) and never waits on the network.
+ * librdkafka handles are thread-safe, so the probe uses the service's own
+ * handle and its connections: it sees what the service sees.
+ *
+ * The request is a ListOffsets for one partition of the service's topic
+ * (rd_kafka_offsets_for_times), which goes to that partition's leader.
+ * When it is not answered within a second, the next probe asks the next
+ * partition, whose leader is usually another broker; the partition that
+ * answered is asked again next time. So with a cluster of several brokers a
+ * single frozen broker costs one unanswered probe, after which the others
+ * answer and the service stays ready (it should: the cluster moves that
+ * broker's leadership away and librdkafka follows). Only when no broker
+ * answers for HB_KAFKA_SILENT_MS does /readyz turn 503, within about that
+ * time of the freeze. Why not a metadata request, which any broker can
+ * answer: librdkafka sends it to the broker it used most recently, and the
+ * probe's own request to the frozen broker makes that one the most recent, so
+ * an idle producer kept asking the frozen broker while two others were fine
+ * (tried on a three-broker mock cluster). The metadata request is used only
+ * to learn the topic's partition count, and for as long as the topic has no
+ * partitions (it counts as an answer all the same).
+ *
+ * A request counts as answered when the brokers sent something back: success
+ * or a broker's error code (>= 0). librdkafka's own errors (negative: timed
+ * out, transport failure, ...) mean nobody answered. */
+
+#define HB_KAFKA_PROBE_EVERY_MS 1000
+#define HB_KAFKA_PROBE_TIMEOUT_MS 1000
+#define HB_KAFKA_SILENT_MS 4000
+
+static int answered(rd_kafka_resp_err_t err) {
+    return err >= 0;
+}
+
+/* A metadata request for rkt (NULL: the brokers); sets *partitions when the
+ * topic has some. */
+static rd_kafka_resp_err_t learn_partitions(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
+                                            int *partitions) {
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, HB_KAFKA_PROBE_TIMEOUT_MS);
+    if (!err && rkt && md->topic_cnt == 1 && !md->topics[0].err)
+        *partitions = md->topics[0].partition_cnt;
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    return err;
+}
+
+/* ListOffsets (the latest offset) for one partition, sent to its leader.
+ * rd_kafka_offsets_for_times, not rd_kafka_query_watermark_offsets: that one
+ * waits past its timeout until the request itself fails (librdkafka 2.0). */
+static rd_kafka_resp_err_t ask_leader(rd_kafka_t *rk, const char *topic, int partition) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_resp_err_t err;
+    rd_kafka_topic_partition_list_add(l, topic, partition)->offset = RD_KAFKA_OFFSET_END;
+    err = rd_kafka_offsets_for_times(rk, l, HB_KAFKA_PROBE_TIMEOUT_MS);
+    rd_kafka_topic_partition_list_destroy(l);
+    return err;
+}
+
+/* Sleeps until until_ms or a stop; returns 1 on a stop. */
+static int reach_sleep(hb_kafka_reach_t *r, int64_t until_ms) {
+    int stop;
+    pthread_mutex_lock(&r->lock);
+    while (!r->stop) {
+        struct timespec ts;
+        int64_t wait = until_ms - hb_mono_ms();
+        if (wait <= 0)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += wait / 1000;
+        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        (void)pthread_cond_timedwait(&r->cond, &r->lock, &ts);
+    }
+    stop = r->stop;
+    pthread_mutex_unlock(&r->lock);
+    return stop;
+}
+
+static void *reach_main(void *arg) {
+    hb_kafka_reach_t *r = arg;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->rk, r->topic, NULL);
+    int partitions = 0, p = 0;
+    int64_t sent;
+    do {
+        rd_kafka_resp_err_t err;
+        sent = hb_mono_ms();
+        if (partitions <= 0) {
+            err = learn_partitions(r->rk, rkt, &partitions);
+        } else {
+            err = ask_leader(r->rk, r->topic, p);
+            if (!answered(err))
+                p = (p + 1) % partitions; /* most likely another leader */
+        }
+        if (answered(err))
+            atomic_store(&r->answered_ms, sent);
+    } while (!reach_sleep(r, sent + HB_KAFKA_PROBE_EVERY_MS)); /* at once after a timeout */
+    if (rkt)
+        rd_kafka_topic_destroy(rkt);
+    return NULL;
+}
+
+int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic, char *errstr,
+                         size_t errstr_size) {
+    pthread_condattr_t ca;
+    int err;
+    r->rk = rk;
+    snprintf(r->topic, sizeof(r->topic), "%s", topic);
+    atomic_store(&r->answered_ms, hb_mono_ms()); /* silence counts from now */
+    r->stop = 0;
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    err = pthread_create(&r->thread, NULL, reach_main, r);
+    if (err) {
+        pthread_cond_destroy(&r->cond);
+        pthread_mutex_destroy(&r->lock);
+        hb_seterr(errstr, errstr_size, "cannot start the Kafka probe thread: %s", strerror(err));
+        return -1;
+    }
+    r->running = 1;
+    return 0;
+}
 
 int hb_kafka_reach_down(hb_kafka_reach_t *r, int err) {
-    int was_down = r->down;
-    if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+    int was_down = r->down || r->all_down_ms;
+    if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN || !r->running)
         return 0;
-    r->down = 1;
-    r->next_probe_ms = hb_mono_ms() + HB_KAFKA_PROBE_EVERY_MS;
+    r->all_down_ms = hb_mono_ms();
     return !was_down;
 }
 
-int hb_kafka_reach_probe(hb_kafka_reach_t *r, rd_kafka_t *rk, rd_kafka_topic_t *rkt,
-                         int timeout_ms) {
-    const struct rd_kafka_metadata *md = NULL;
-    int up = 0;
-    if (!r->down || !rk || hb_mono_ms() < r->next_probe_ms)
+int hb_kafka_reach_check(hb_kafka_reach_t *r) {
+    int64_t now = hb_mono_ms(), answered_ms, silent;
+    int was_down = r->down;
+    if (!r->running)
         return 0;
-    r->next_probe_ms = hb_mono_ms() + HB_KAFKA_PROBE_EVERY_MS;
-    if (rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR && md &&
-        md->broker_cnt > 0) {
-        up = md->broker_cnt;
+    answered_ms = atomic_load(&r->answered_ms);
+    silent = now - answered_ms;
+    if (r->all_down_ms && answered_ms >= r->all_down_ms)
+        r->all_down_ms = 0; /* a request sent after the event was answered */
+    if (r->all_down_ms) {
+        r->down = 1;
+        snprintf(r->why, sizeof(r->why), "no Kafka broker reachable");
+    } else if (silent >= HB_KAFKA_SILENT_MS) {
+        r->down = 1;
+        snprintf(r->why, sizeof(r->why), "Kafka brokers not answering for %lld s",
+                 (long long)(silent / 1000));
+    } else {
         r->down = 0;
+        r->why[0] = '\0';
     }
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    return up;
+    if (r->down && !was_down) {
+        r->down_ms = now;
+        if (!r->all_down_ms)
+            hb_warn("%s (not ready until they answer)", r->why);
+    } else if (!r->down && was_down) {
+        hb_info("Kafka reachable again: the brokers answer (not ready for %lld s)",
+                (long long)((now - r->down_ms) / 1000));
+    }
+    return r->down;
+}
+
+void hb_kafka_reach_stop(hb_kafka_reach_t *r) {
+    if (!r->running)
+        return;
+    pthread_mutex_lock(&r->lock);
+    r->stop = 1;
+    pthread_cond_signal(&r->cond);
+    pthread_mutex_unlock(&r->lock);
+    pthread_join(r->thread, NULL);
+    pthread_cond_destroy(&r->cond);
+    pthread_mutex_destroy(&r->lock);
+    r->running = 0;
 }
 
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms) {

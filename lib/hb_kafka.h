@@ -1,13 +1,16 @@
 /*
  * Kafka plumbing shared by the programs: configuration from hb_config (with
  * the HOOKBRIDGE_KAFKA_* passthrough applied last, so an operator can override
- * anything), librdkafka's log lines routed into our JSON log, and a produce
- * call that waits out a full queue instead of failing.
+ * anything), librdkafka's log lines routed into our JSON log, a produce
+ * call that waits out a full queue instead of failing, and a watch on whether
+ * the brokers answer at all (hb_kafka_reach_t).
  */
 #ifndef HB_KAFKA_H
 #define HB_KAFKA_H
 
 #include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "hb_common.h"
 #include "hb_config.h"
@@ -51,25 +54,50 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
 rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int timeout_ms,
                                          char *errstr, size_t errstr_size);
 
-/* Broker reachability without librdkafka's statistics (enabling them delayed
- * fetches by hundreds of milliseconds with librdkafka 2.0.2): "all brokers
- * down", from the error callback, marks the brokers down; while they are, a
- * metadata request every 2 s tells when they answer again. Used only from
- * the thread that polls the handle (the callback runs in its poll). */
+/* Broker reachability: is anybody in the Kafka cluster answering? A probe
+ * thread per handle asks the brokers something every second and publishes
+ * when the last answered request was sent; the caller's loop reads that and
+ * never waits on the network (design and why in hb_kafka.c). After
+ * hb_kafka_reach_start, fields marked "caller" belong to the one thread that
+ * calls hb_kafka_reach_down and hb_kafka_reach_check (the thread that polls
+ * the handle: the error callback runs in its poll). A zeroed struct is a valid
+ * "not started" state. */
 typedef struct {
-    int down;
-    int64_t next_probe_ms;
+    /* caller */
+    int down;            /* not answering (or "all brokers down"): why says so */
+    char why[96];        /* for /readyz: "Kafka brokers not answering for 4 s" */
+    int64_t down_ms;     /* hb_mono_ms() when down began */
+    int64_t all_down_ms; /* "all brokers down" seen, not yet answered since */
+    /* the probe thread and hb_kafka_reach_stop */
+    rd_kafka_t *rk; /* set by start, also when the thread could not be made */
+    char topic[256];
+    int running;
+    pthread_t thread;
+    pthread_mutex_t lock; /* guards stop; cond wakes the probe's sleep */
+    pthread_cond_t cond;
+    int stop;
+    _Atomic int64_t answered_ms; /* when the last answered request was sent */
 } hb_kafka_reach_t;
 
-/* For the error callback: 1 when err is "all brokers down" and the brokers
- * were not already down, else 0. */
+/* Starts the probe thread on rk, asking about topic (one the handle uses).
+ * Call once, from the caller's thread; rk must outlive hb_kafka_reach_stop.
+ * On failure (no thread) readiness ignores the brokers: check returns 0. */
+int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic, char *errstr,
+                         size_t errstr_size) HB_MUSTCHECK;
+
+/* For the error callback: "all brokers down" (err) marks the brokers down
+ * until a request sent after it is answered. Returns 1 when err is that event
+ * and the brokers were not already down (the caller logs it), else 0. */
 int hb_kafka_reach_down(hb_kafka_reach_t *r, int err);
 
-/* While down and due, asks for rkt's metadata (NULL: the brokers') for up to
- * timeout_ms; returns the number of brokers when they answered (no longer
- * down), else 0. */
-int hb_kafka_reach_probe(hb_kafka_reach_t *r, rd_kafka_t *rk, rd_kafka_topic_t *rkt,
-                         int timeout_ms);
+/* Non-blocking; call every turn of the loop. Updates down and why, logs the
+ * change (warn when the brokers stop answering, info when they answer again;
+ * the caller logs "all brokers down" itself) and returns down. */
+int hb_kafka_reach_check(hb_kafka_reach_t *r);
+
+/* Stops and joins the probe thread (waits at most one request's timeout).
+ * Call before rd_kafka_destroy of the handle; harmless when never started. */
+void hb_kafka_reach_stop(hb_kafka_reach_t *r);
 
 /* Flushes with a deadline; returns the number of messages left unsent. */
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);

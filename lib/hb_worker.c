@@ -102,7 +102,7 @@ struct hb_worker_s {
      * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
      * the loop for up to a second under load */
     rd_kafka_topic_partition_list_t *assignment;
-    hb_kafka_reach_t brokers; /* down after "all brokers down" until metadata works again */
+    hb_kafka_reach_t brokers; /* do the brokers answer? (a probe thread on rk) */
     char missing_topic[256];  /* a subscribed topic the broker does not have */
     char missing_why[300];
     char pause_why[200]; /* set while consumption is paused as the last resort */
@@ -916,8 +916,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 }
 
 /* librdkafka's error events (loop thread, through the consumer poll). All
- * brokers down makes the service not ready until a metadata request succeeds
- * again (broker_check, hb_kafka_reach_t). */
+ * brokers down makes the service not ready until a request sent afterwards
+ * is answered (broker_check, hb_kafka_reach_t). */
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     hb_worker_t *w = opaque;
     (void)rk;
@@ -930,11 +930,15 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     hb_log(HB_LOG_DEBUG, HB_KV("source", "librdkafka"), "kafka error: %s", reason);
 }
 
-/* While no broker is reachable, ask for metadata every 2 s (up to 1 s). */
+/* Whether the brokers answer: a probe thread on the consumer asks them every
+ * second (started with the consumer, stopped in hb_worker_free); this only
+ * reads its result and logs the changes. */
 static void broker_check(hb_worker_t *w) {
-    int n = hb_kafka_reach_probe(&w->brokers, w->rk, NULL, 1000);
-    if (n > 0)
-        hb_info("Kafka reachable again: %d broker(s)", n);
+    char errstr[512];
+    if (w->rk && !w->brokers.rk && w->topics_cnt > 0 &&
+        hb_kafka_reach_start(&w->brokers, w->rk, w->topics[0], errstr, sizeof(errstr)) < 0)
+        hb_error("%s (readiness ignores the brokers)", errstr);
+    (void)hb_kafka_reach_check(&w->brokers);
 }
 
 static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
@@ -1134,7 +1138,7 @@ static void update_readiness(hb_worker_t *w) {
     else if (w->missing_topic[0])
         why = w->missing_why;
     else if (w->brokers.down)
-        why = "no Kafka broker reachable";
+        why = w->brokers.why;
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (!w->index_loaded)
@@ -1420,6 +1424,7 @@ void hb_worker_free(hb_worker_t *w) {
     }
     if (w->rkq)
         rd_kafka_queue_destroy(w->rkq);
+    hb_kafka_reach_stop(&w->brokers); /* its thread uses w->rk */
     if (w->rk)
         rd_kafka_destroy(w->rk);
     if (w->assignment)

@@ -6,7 +6,8 @@
  * ingest_max_connections) and calls on_request there. main's thread runs
  * ingest_loop: it serves librdkafka's delivery reports (rd_kafka_poll, the
  * only place on_delivery runs), beats the health endpoint and learns the
- * events topic's metadata, which is what readiness means. A POST handler
+ * events topic's metadata; readiness means that, and that the brokers answer
+ * (hb_kafka_reach_t: a probe thread asks them every second). A POST handler
  * validates the whole body first (hb_ingest_parse under codec_lock: a codec
  * is not thread-safe), then produces every event with its request as the
  * message opaque, then waits on `cond` until each event has its delivery
@@ -81,7 +82,7 @@ struct ingest_s {
     const char *auth_value; /* NULL: unauthenticated (allowed explicitly) */
     rd_kafka_t *rk;
     rd_kafka_topic_t *topic;  /* the main thread's; NULL until the metadata came */
-    hb_kafka_reach_t brokers; /* main thread: down after librdkafka's "all brokers down" */
+    hb_kafka_reach_t brokers; /* main thread: do the brokers answer? (a probe thread) */
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
     struct MHD_Daemon *mhd;
@@ -448,17 +449,14 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
 }
 
 /* librdkafka's error events, served by rd_kafka_poll on the main thread.
- * "All brokers down" makes the endpoint not ready until a metadata request
- * answers again (ingest_loop), so a load balancer stops sending deliveries
- * that could only time out. */
+ * "All brokers down" makes the endpoint not ready until a request sent
+ * afterwards is answered (ingest_loop, hb_kafka_reach_t), so a load balancer
+ * stops sending deliveries that could only time out. */
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     ingest_t *in = opaque;
     (void)rk;
-    /* Before the topic is known, ingest_loop's reason (naming it) stands. */
-    if (in->topic && hb_kafka_reach_down(&in->brokers, err)) {
-        hb_httpd_set_ready(in->ops, 0, "all Kafka brokers are down");
+    if (hb_kafka_reach_down(&in->brokers, err))
         hb_warn("ingest: not ready: all Kafka brokers are down (%s)", reason);
-    }
 }
 
 static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size_t errstr_size) {
@@ -524,17 +522,19 @@ static void ingest_loop(ingest_t *in) {
             in->topic = hb_kafka_topic_prepare(in->rk, in->cfg->events_topic, INGEST_PREPARE_MS,
                                                errstr, sizeof(errstr));
             if (in->topic) {
-                hb_httpd_set_ready(in->ops, 1, NULL);
                 hb_info("ingest: ready (events topic %s known)", in->cfg->events_topic);
+                if (hb_kafka_reach_start(&in->brokers, in->rk, in->cfg->events_topic, errstr,
+                                         sizeof(errstr)) < 0)
+                    hb_error("%s (readiness ignores the brokers)", errstr);
             } else {
                 hb_httpd_set_ready(in->ops, 0, errstr);
                 hb_debug("ingest: not ready: %s", errstr);
             }
             next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
-        } else if (in->topic &&
-                   hb_kafka_reach_probe(&in->brokers, in->rk, in->topic, INGEST_PREPARE_MS) > 0) {
-            hb_httpd_set_ready(in->ops, 1, NULL);
-            hb_info("ingest: ready again (the brokers answer)");
+        }
+        if (in->topic) { /* the probe thread tells whether the brokers answer */
+            int down = hb_kafka_reach_check(&in->brokers);
+            hb_httpd_set_ready(in->ops, !down, down ? in->brokers.why : NULL);
         }
         rd_kafka_poll(in->rk, 100);
         hb_httpd_beat(in->ops);
@@ -613,6 +613,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     if (in.mhd)
         MHD_stop_daemon(in.mhd);
     hb_httpd_stop(in.ops);
+    hb_kafka_reach_stop(&in.brokers); /* its thread uses in.rk */
     if (in.topic)
         rd_kafka_topic_destroy(in.topic);
     if (in.rk)
