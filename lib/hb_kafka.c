@@ -157,7 +157,9 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * an idle producer kept asking the frozen broker while two others were fine
  * (tried on a three-broker mock cluster). The metadata request is used only
  * to learn the topic's partition count, and for as long as the topic has no
- * partitions (it counts as an answer all the same).
+ * partitions (it counts as an answer all the same); a broker frozen before
+ * that first answer can hold the probe until librdkafka drops its
+ * connection, which only delays readiness at start-up.
  *
  * A request counts as answered when the brokers sent something back: success
  * or a broker's error code (>= 0). librdkafka's own errors (negative: timed

@@ -102,7 +102,7 @@ static void one_frozen_broker_of_three_is_not_an_outage(void **state) {
     int leader = leader_of_partition_0(f->rk);
     assert_int_equal(hb_kafka_reach_start(r, f->rk, TOPIC, errstr, sizeof(errstr)), 0);
     assert_int_equal(until_state(r, 0, 1000), 0);
-    usleep(1500 * 1000); /* the probe settles on partition 0 */
+    usleep(1500 * 1000); /* the probe learns the partitions (nothing to wait on) */
 
     /* The broker the probe asks first freezes: another answers. */
     rd_kafka_mock_broker_set_rtt(f->mc, leader, FROZEN_RTT_MS);
