@@ -151,8 +151,9 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * answer and the service stays ready (it should: the cluster moves that
  * broker's leadership away and librdkafka follows). Only when no broker
  * answers for HB_KAFKA_SILENT_MS does /readyz turn 503, within about that
- * time of the freeze. Why not a metadata request, which any broker can
- * answer: librdkafka sends it to the broker it used most recently, and the
+ * time of the freeze; also when every partition of the topic is led by the
+ * frozen broker, and then nothing can be consumed or produced indeed. Why not a metadata request,
+ * which any broker can answer: librdkafka sends it to the broker it used most recently, and the
  * probe's own request to the frozen broker makes that one the most recent, so
  * an idle producer kept asking the frozen broker while two others were fine
  * (tried on a three-broker mock cluster). The metadata request is used only
