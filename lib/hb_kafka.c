@@ -9,6 +9,7 @@
 
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -145,9 +146,10 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * The request is a ListOffsets for one partition of the service's topic
  * (rd_kafka_offsets_for_times), which goes to that partition's leader.
  * When it is not answered within a second, the next probe asks the next
- * partition, whose leader is usually another broker; the partition that
- * answered is asked again next time. So with a cluster of several brokers a
- * single frozen broker costs one unanswered probe, after which the others
+ * partition led by another broker (as the last metadata answer said, learned
+ * at start and again every minute); the partition that answered is asked
+ * again next time. So with a cluster of several brokers a single frozen
+ * broker costs one unanswered probe, after which the others
  * answer and the service stays ready (it should: the cluster moves that
  * broker's leadership away and librdkafka follows). Only when no broker
  * answers for HB_KAFKA_SILENT_MS does /readyz turn 503, within about that
@@ -157,8 +159,8 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * probe's own request to the frozen broker makes that one the most recent, so
  * an idle producer kept asking the frozen broker while two others were fine
  * (tried on a three-broker mock cluster). The metadata request is used only
- * to learn the topic's partition count, and for as long as the topic has no
- * partitions (it counts as an answer all the same); a broker frozen before
+ * to learn the topic's partitions and their leaders, and for as long as the
+ * topic has none (it counts as an answer all the same); a broker frozen before
  * that first answer can hold the probe until librdkafka drops its
  * connection, which only delays readiness at start-up.
  *
@@ -169,22 +171,50 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
 #define HB_KAFKA_PROBE_EVERY_MS 1000
 #define HB_KAFKA_PROBE_TIMEOUT_MS 1000
 #define HB_KAFKA_SILENT_MS 4000
+#define HB_KAFKA_LEADERS_EVERY_MS 60000
 
 static int answered(rd_kafka_resp_err_t err) {
     return err >= 0;
 }
 
-/* A metadata request for rkt (NULL: the brokers); sets *partitions when the
- * topic has some. */
-static rd_kafka_resp_err_t learn_partitions(rd_kafka_t *rk, rd_kafka_topic_t *rkt,
-                                            int *partitions) {
+/* The topic's partitions and their leaders, as the last metadata answer
+ * said: only a guide to which partition to ask next. */
+typedef struct {
+    int cnt;
+    int32_t *leader; /* by partition id */
+    int64_t learned_ms;
+} leaders_t;
+
+/* A metadata request for rkt (NULL: the brokers); updates l when the topic
+ * has partitions. */
+static rd_kafka_resp_err_t learn_leaders(rd_kafka_t *rk, rd_kafka_topic_t *rkt, leaders_t *l) {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, HB_KAFKA_PROBE_TIMEOUT_MS);
-    if (!err && rkt && md->topic_cnt == 1 && !md->topics[0].err)
-        *partitions = md->topics[0].partition_cnt;
+    if (!err && rkt && md->topic_cnt == 1 && !md->topics[0].err &&
+        md->topics[0].partition_cnt > 0) {
+        const struct rd_kafka_metadata_topic *t = &md->topics[0];
+        free(l->leader);
+        l->cnt = t->partition_cnt;
+        l->leader = hb_calloc((size_t)l->cnt, sizeof(*l->leader));
+        for (int i = 0; i < t->partition_cnt; i++)
+            if (t->partitions[i].id >= 0 && t->partitions[i].id < l->cnt)
+                l->leader[t->partitions[i].id] = t->partitions[i].leader;
+        l->learned_ms = hb_mono_ms();
+    }
     if (md)
         rd_kafka_metadata_destroy(md);
     return err;
+}
+
+/* After partition p went unanswered: the next partition with another leader
+ * (or simply the next one, when all have the same). */
+static int next_partition(const leaders_t *l, int p) {
+    for (int i = 1; i < l->cnt; i++) {
+        int q = (p + i) % l->cnt;
+        if (l->leader[q] != l->leader[p])
+            return q;
+    }
+    return (p + 1) % l->cnt;
 }
 
 /* ListOffsets (the latest offset) for one partition, sent to its leader.
@@ -225,21 +255,30 @@ static int reach_sleep(hb_kafka_reach_t *r, int64_t until_ms) {
 static void *reach_main(void *arg) {
     hb_kafka_reach_t *r = arg;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->rk, r->topic, NULL);
-    int partitions = 0, p = 0;
+    leaders_t l = {0, NULL, 0};
+    int p = 0;
     int64_t sent;
     do {
         rd_kafka_resp_err_t err;
         sent = hb_mono_ms();
-        if (partitions <= 0) {
-            err = learn_partitions(r->rk, rkt, &partitions);
+        if (l.cnt <= 0) {
+            err = learn_leaders(r->rk, rkt, &l);
         } else {
             err = ask_leader(r->rk, r->topic, p);
             if (!answered(err))
-                p = (p + 1) % partitions; /* most likely another leader */
+                p = next_partition(&l, p);
         }
-        if (answered(err))
+        if (answered(err)) {
             atomic_store(&r->answered_ms, sent);
+            /* Leaders move; this round has its answer already, so a
+             * metadata request held by a frozen broker costs nothing. */
+            if (l.cnt > 0 && sent - l.learned_ms >= HB_KAFKA_LEADERS_EVERY_MS) {
+                (void)learn_leaders(r->rk, rkt, &l);
+                p %= l.cnt;
+            }
+        }
     } while (!reach_sleep(r, sent + HB_KAFKA_PROBE_EVERY_MS)); /* at once after a timeout */
+    free(l.leader);
     if (rkt)
         rd_kafka_topic_destroy(rkt);
     return NULL;

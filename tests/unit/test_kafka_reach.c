@@ -83,29 +83,21 @@ static int64_t until_state(hb_kafka_reach_t *r, int want_down, int64_t ms) {
     return -1;
 }
 
-static int leader_of_partition_0(rd_kafka_t *rk) {
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, TOPIC, NULL);
-    int leader;
-    assert_int_equal(rd_kafka_metadata(rk, 0, rkt, &md, 5000), 0);
-    assert_int_equal(md->topics[0].partition_cnt, 6);
-    leader = md->topics[0].partitions[0].leader;
-    rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
-    return leader;
-}
-
 static void one_frozen_broker_of_three_is_not_an_outage(void **state) {
     fixture_t *f = *state;
     hb_kafka_reach_t *r = &f->r;
     char errstr[256];
-    int leader = leader_of_partition_0(f->rk);
+    /* Broker 1 leads partitions 0 to 3 (leadership gathers after failovers),
+     * brokers 2 and 3 the others. */
+    static const int32_t leaders[6] = {1, 1, 1, 1, 2, 3};
+    for (int p = 0; p < 6; p++)
+        assert_int_equal(rd_kafka_mock_partition_set_leader(f->mc, TOPIC, p, leaders[p]), 0);
     assert_int_equal(hb_kafka_reach_start(r, f->rk, TOPIC, errstr, sizeof(errstr)), 0);
     assert_int_equal(until_state(r, 0, 1000), 0);
-    usleep(1500 * 1000); /* the probe learns the partitions (nothing to wait on) */
+    usleep(1500 * 1000); /* the probe learns the leaders (nothing to wait on) */
 
     /* The broker the probe asks first freezes: another answers. */
-    rd_kafka_mock_broker_set_rtt(f->mc, leader, FROZEN_RTT_MS);
+    rd_kafka_mock_broker_set_rtt(f->mc, 1, FROZEN_RTT_MS);
     assert_int_equal(until_state(r, 1, 7000), -1);
 
     /* All three freeze: not answering within about 4 s, and says so. */
@@ -113,7 +105,7 @@ static void one_frozen_broker_of_three_is_not_an_outage(void **state) {
         rd_kafka_mock_broker_set_rtt(f->mc, id, FROZEN_RTT_MS);
     {
         int64_t took = until_state(r, 1, 8000);
-        assert_true(took >= 0 && took <= 6000);
+        assert_true(took >= 0 && took <= 7000);
         assert_non_null(strstr(r->why, "Kafka brokers not answering for"));
     }
     /* They thaw: answering again within a couple of seconds. */
@@ -121,7 +113,7 @@ static void one_frozen_broker_of_three_is_not_an_outage(void **state) {
         rd_kafka_mock_broker_set_rtt(f->mc, id, 0);
     {
         int64_t took = until_state(r, 0, 5000);
-        assert_true(took >= 0 && took <= 3000);
+        assert_true(took >= 0 && took <= 4000);
         assert_string_equal(r->why, "");
     }
     hb_kafka_reach_stop(r);
