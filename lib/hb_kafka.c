@@ -144,25 +144,27 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * handle and its connections: it sees what the service sees.
  *
  * The request is a ListOffsets for one partition of the service's topic
- * (rd_kafka_offsets_for_times), which goes to that partition's leader.
- * When it is not answered within a second, the next probe asks the next
- * partition led by another broker (as the last metadata answer said, learned
- * at start and again every minute); the partition that answered is asked
- * again next time. So with a cluster of several brokers a single frozen
- * broker costs one unanswered probe, after which the others
- * answer and the service stays ready (it should: the cluster moves that
- * broker's leadership away and librdkafka follows). Only when no broker
- * answers for HB_KAFKA_SILENT_MS does /readyz turn 503, within about that
- * time of the freeze; also when every partition of the topic is led by the
- * frozen broker, and then nothing can be consumed or produced indeed. Why not a metadata request,
- * which any broker can answer: librdkafka sends it to the broker it used most recently, and the
- * probe's own request to the frozen broker makes that one the most recent, so
- * an idle producer kept asking the frozen broker while two others were fine
- * (tried on a three-broker mock cluster). The metadata request is used only
- * to learn the topic's partitions and their leaders, and for as long as the
- * topic has none (it counts as an answer all the same); a broker frozen before
- * that first answer can hold the probe until librdkafka drops its
- * connection, which only delays readiness at start-up.
+ * (rd_kafka_offsets_for_times), which goes to that partition's leader. The
+ * partition that answered is asked again next time; after one that did not
+ * answer within a second, the next probe asks a partition led by another
+ * broker (as the last metadata answer said: learned at start, again every
+ * minute). So in a cluster of several brokers a single frozen broker costs
+ * one unanswered probe, the others answer and the service stays ready, as
+ * it should: the cluster moves that broker's leadership away and librdkafka
+ * follows. /readyz turns 503 only when no broker has answered for
+ * HB_KAFKA_SILENT_MS, within about that time of the freeze; so also when
+ * the frozen broker leads every partition of the topic, and then nothing
+ * can be consumed or produced indeed.
+ *
+ * Why not a metadata request, which any broker can answer: librdkafka sends
+ * it to the broker it used most recently, and the probe's own request to the
+ * frozen broker makes that one the most recent, so an idle producer kept
+ * asking the frozen broker while two others were fine (tried on a
+ * three-broker mock cluster). The metadata request only learns the topic's
+ * partitions and leaders, and stands in for as long as the topic has none
+ * (it counts as an answer all the same); a broker frozen before that first
+ * answer can hold the probe until librdkafka drops its connection, which
+ * only delays readiness at start-up.
  *
  * A request counts as answered when the brokers sent something back: success
  * or a broker's error code (>= 0). librdkafka's own errors (negative: timed
