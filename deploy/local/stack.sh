@@ -16,7 +16,9 @@
 #                                loopback endpoints allowed; sets STACK_DISPATCHER_PID
 #                                and STACK_DISPATCHER_HTTP (host:port of /metrics)
 #   stack_spawn NAME CMD [ARG]...  any other process, in the background, output to
-#                                $STACK_DIR/NAME.log; stopped by stack_cleanup
+#                                $STACK_DIR/NAME.log, in its own process group (the
+#                                terminal's Ctrl-C reaches only the script, which
+#                                stops it); stopped by stack_cleanup
 #   stack_track PID [NAME]       have stack_cleanup stop a process started otherwise
 #   stack_wait_dispatcher_ready [SECONDS]
 #   stack_register NAME URL TYPES OPTIONS_JSON   prints the new subscription id
@@ -26,8 +28,9 @@
 #   stack_activate SUB
 #   stack_psql [PSQL ARG]...     psql on the stack's database, stops on errors
 #
-# stack_cleanup stops every process stack_spawn started (SIGTERM in reverse
-# order, SIGKILL after STACK_STOP_TIMEOUT seconds), stops PostgreSQL and
+# stack_cleanup stops every process stack_spawn started (one SIGTERM each, in
+# reverse order, SIGKILL after STACK_STOP_TIMEOUT seconds; each is waited for,
+# so none is left for init to reap), stops PostgreSQL and
 # removes STACK_DIR unless HOOKBRIDGE_KEEP_RUN=1. A script that needs more at
 # exit defines stack_on_exit, which runs first.
 #
@@ -97,10 +100,22 @@ stack_track() {
   STACK_NAMES+=("${2:-pid $1}")
 }
 
+# Each spawned process leads its own process group (job control on while it
+# starts), so the terminal's Ctrl-C reaches only the script, and stack_cleanup
+# stops each process with exactly one signal. A second signal makes our
+# services exit at once (_exit): under ASan that can cut LeakSanitizer's exit
+# check short and leave its helper task as a zombie for init to reap.
 stack_spawn() {
   local name=$1
   shift
-  "$@" >"$STACK_DIR/$name.log" 2>&1 &
+  case $- in
+  *m*) "$@" </dev/null >"$STACK_DIR/$name.log" 2>&1 & ;;
+  *)
+    set -m
+    "$@" </dev/null >"$STACK_DIR/$name.log" 2>&1 &
+    set +m
+    ;;
+  esac
   STACK_LAST_PID=$!
   STACK_PIDS+=("$STACK_LAST_PID")
   STACK_NAMES+=("$name")
@@ -117,7 +132,7 @@ stack_wait_gone() {
 }
 
 stack_cleanup() {
-  local rc=$? i pid
+  local rc=$? i pid st
   set +e
   # Another Ctrl-C while stopping must not cut this short and leave PostgreSQL
   # running: ignore it (every wait below is bounded).
@@ -126,15 +141,23 @@ stack_cleanup() {
   if declare -F stack_on_exit >/dev/null; then stack_on_exit; fi
   [ -n "$STACK_DIR" ] || exit "$rc"
   say "stopping"
+  # One SIGTERM per process (to its group: a spawned process leads one), then
+  # wait for it, so nothing is left for init to reap; SIGKILL after the grace.
   for ((i = ${#STACK_PIDS[@]} - 1; i >= 0; i--)); do
     pid=${STACK_PIDS[i]}
-    kill -0 "$pid" 2>/dev/null || continue
-    kill -TERM "$pid" 2>/dev/null
-    if ! stack_wait_gone "$pid" $((STACK_STOP_TIMEOUT * 10)); then
-      echo "${STACK_NAMES[i]} (pid $pid) did not stop on SIGTERM; killing it" >&2
-      kill -KILL "$pid" 2>/dev/null
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+      if ! stack_wait_gone "$pid" $((STACK_STOP_TIMEOUT * 10)); then
+        echo "${STACK_NAMES[i]} (pid $pid) did not stop on SIGTERM; killing it" >&2
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+      fi
     fi
     wait "$pid" 2>/dev/null
+    st=$?
+    # 143: ended by the SIGTERM itself (a program without a handler, like tail)
+    if [ "$st" -ne 0 ] && [ "$st" -ne 143 ]; then
+      echo "${STACK_NAMES[i]} (pid $pid) did not stop cleanly: exit status $st" >&2
+    fi
   done
   if [ -n "$STACK_PG_DATA" ] && [ -f "$STACK_PG_DATA/postmaster.pid" ]; then
     (cd "$STACK_DIR" && as_pg "$(stack_pgbin)/pg_ctl" -D "$STACK_PG_DATA" -m fast -w stop >/dev/null) ||
