@@ -7,7 +7,8 @@
  * configured auth header, checks the Standard Webhooks signature when given a
  * secret (tolerance 300 s), logs one line per event found in the body (Okta
  * envelope, CloudEvents object or array, or a bare event) and acknowledges
- * with 204, or with --status CODE to let tests exercise failures. --record
+ * with 204, or with --status CODE to let tests exercise failures (--fail-first
+ * and --fail-rate answer 503 to some POSTs, for retry and fault tests). --record
  * appends one JSON line per request (headers, raw body, verification result,
  * status sent), written with one write(2) per line under a mutex, so a test
  * can read the file while the receiver runs.
@@ -31,6 +32,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -65,6 +67,7 @@ typedef struct {
     int quiet;
     int threads;
     int fail_first; /* answer the first N POSTs of each webhook-id with 503 */
+    int fail_rate;  /* answer this percentage of POSTs, at random, with 503 */
     int delay_ms;   /* wait this long before answering a POST */
     const char *tls_cert_path, *tls_key_path, *tls_client_ca_path;
     char *tls_cert, *tls_key, *tls_client_ca; /* PEM contents; the key is a secret */
@@ -125,6 +128,7 @@ static void usage(FILE *fp) {
             "  --retry-after SECS    add Retry-After to non-2xx answers (with --status)\n"
             "  --fail-first N        answer the first N POSTs of each webhook-id with 503\n"
             "                        (then --status); for retry tests\n"
+            "  --fail-rate PERCENT   answer PERCENT %% of POSTs, at random, with 503\n"
             "  --delay-ms MS         wait MS before answering each POST (a slow endpoint)\n"
             "  --record FILE         append one JSON line per request to FILE\n"
             "  --quiet               do not log each event and request\n"
@@ -192,6 +196,10 @@ static int parse_args(receiver_t *r, int argc, char **argv, hb_log_level_t *leve
             }
         } else if (!strcmp(a, "--fail-first")) {
             if (hb_parse_int_flag(a, v, 0, 1000, NULL, &r->fail_first, errstr, errstr_size) != 0)
+                return -1;
+        } else if (!strcmp(a, "--fail-rate")) {
+            if (hb_parse_int_flag(a, v, 0, 100, "(a percentage)", &r->fail_rate, errstr,
+                                  errstr_size) != 0)
                 return -1;
         } else if (!strcmp(a, "--delay-ms")) {
             if (hb_parse_int_flag(a, v, 0, 600000, NULL, &r->delay_ms, errstr, errstr_size) != 0)
@@ -451,6 +459,14 @@ static int check_signature(const receiver_t *r, struct MHD_Connection *conn, con
     return 1;
 }
 
+/* A uniform draw in [0, 100) from OpenSSL's generator (thread-safe). */
+static int random_percent(void) {
+    unsigned int v = 0;
+    if (RAND_bytes((unsigned char *)&v, (int)sizeof(v)) != 1)
+        return 100; /* no randomness: do not fail the request */
+    return (int)(v % 100u);
+}
+
 static enum MHD_Result handle_get(receiver_t *r, struct MHD_Connection *conn, const char *url,
                                   const request_t *req) {
     const char *challenge = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, CHALLENGE_HEADER);
@@ -496,6 +512,8 @@ static enum MHD_Result handle_post(receiver_t *r, struct MHD_Connection *conn, c
         log_events(req->body ? req->body : "", req->len, id ? id : "");
     status = (unsigned)r->status;
     if (r->fail_first > 0 && seen_before(r, id ? id : "") < r->fail_first)
+        status = 503;
+    if (r->fail_rate > 0 && random_percent() < r->fail_rate)
         status = 503;
     if (r->delay_ms > 0) {
         struct timespec ts = {r->delay_ms / 1000, (long)(r->delay_ms % 1000) * 1000000L};
