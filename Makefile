@@ -6,6 +6,8 @@
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
 #                   then retry timeliness with 10,000 pending retries
+#   make chaos      the fault suite (tests/chaos, about 15 minutes): kill -9, outages,
+#                   a frozen broker, failing and hung receivers; see docs/chaos.md
 #   make fuzz       build the libFuzzer targets (tests/fuzz) with clang and run each for
 #                   FUZZ_SECONDS (60); see docs/fuzzing.md
 #   make DEBUG=1    unoptimised debug build (-O0 -g3)
@@ -73,7 +75,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
 
 .PHONY: all deps run test test-unit test-e2e test-asan bench docs clean format format-check \
-        fuzz fuzz-build
+        fuzz fuzz-build chaos
 all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS) $(FUZZ_REPLAY) $(B)/tests/fuzz/gen_seeds
 
 deps:
@@ -176,6 +178,12 @@ bench: deps
 	@scripts/bench.sh
 	@scripts/bench_retry.sh
 	@echo; echo 'subscription index (tests/bench/bench_index.c):'; $(B)/tests/bench/bench_index
+
+# The fault suite (docs/chaos.md): not part of `make test`. CHAOS_SCENARIOS=a,b
+# picks scenarios; CHAOS_* settings are read from the environment.
+chaos: deps
+	@$(MAKE) --no-print-directory all
+	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) /usr/bin/python3 tests/chaos/chaos.py
 
 # Regenerates docs/configuration.md from the binaries' --config-reference
 # (tests/e2e/test_ops.py fails when they differ).

@@ -30,7 +30,7 @@ class Receiver:
     """hookbridge-receiver recording every request it gets to a JSON-lines file."""
 
     def __init__(self, group, workdir, secret=None, auth=None, status=None, name="receiver",
-                 fail_first=None, delay_ms=None, retry_after=None):
+                 fail_first=None, delay_ms=None, retry_after=None, args=()):
         self.port = free_port()
         self.record = Path(workdir) / f"{name}.jsonl"
         argv = [BIN / "hookbridge-receiver", "--listen", f"127.0.0.1:{self.port}",
@@ -47,6 +47,7 @@ class Receiver:
             argv += ["--delay-ms", str(delay_ms)]
         if retry_after:
             argv += ["--retry-after", str(retry_after)]
+        argv += [str(a) for a in args]  # any other flag (--quiet, --fail-rate ...)
         self.name = name
         self.argv = argv
         self.group = group
