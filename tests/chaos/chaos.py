@@ -321,15 +321,27 @@ class Stack:
         self.pg_ctl("-l", self.pg.run_dir / "pg.log", "-w", "-t", "60", "-o", opts, "start")
         self.pg.running = True
 
-    def close(self, keep):
+    def stop(self):
+        """Stops everything; returns the sanitizer reports found in the
+        processes' output (a sanitizer build: HOOKBRIDGE_BIN=bin-san)."""
         if self.feed:
             self.feed.kill()
         for h in self.hung:
             h.stop()
         self.group.stop_all()
         self.pg.stop()
-        if not keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        reports = []
+        logs = [(p.name, p.output()) for p in self.group.procs]
+        if self.feed:
+            logs.append(("producer", self.feed.log_path.read_text(errors="replace")))
+        for name, out in logs:
+            for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+                if marker in out:
+                    reports.append(f"{name}: {marker}")
+        return reports
+
+    def remove(self):
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 # ---- the three accounts, compared -------------------------------------------
@@ -731,11 +743,12 @@ def run_one(name, fn, schedule):
         traceback.print_exc()
     finally:
         if st:
-            failed = bool(verdict(result))
-            keep = CFG["CHAOS_KEEP"] == 1 or failed
-            st.close(keep)
-            if keep:
+            for report in st.stop():
+                result["checks"].append((False, f"sanitizer report in {report}"))
+            if CFG["CHAOS_KEEP"] == 1 or verdict(result):
                 result["notes"].append(f"work directory kept: {st.workdir}")
+            else:
+                st.remove()
     result["seconds"] = time.monotonic() - t
     print_result(name, result)
     return result
