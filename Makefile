@@ -6,7 +6,7 @@
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
 #                   then retry timeliness with 10,000 pending retries
-#   make chaos      the fault suite (tests/chaos, about 15 minutes): kill -9, outages,
+#   make chaos      the fault suite (tests/chaos, about 10 minutes): kill -9, outages,
 #                   a frozen broker, failing and hung receivers; see docs/chaos.md
 #   make fuzz       build the libFuzzer targets (tests/fuzz) with clang and run each for
 #                   FUZZ_SECONDS (60); see docs/fuzzing.md
