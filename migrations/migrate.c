@@ -1,21 +1,44 @@
 /*
- * hookbridge-migrate: applies the ordered SQL migrations of schema hookbridge.
+ * hookbridge-migrate: applies the SQL of schema hookbridge - the ordered
+ * migrations (state) and the re-applied files of functions (code).
  *
  *   hookbridge-migrate up     [--dir DIR]   apply what is pending, in order
  *   hookbridge-migrate status [--dir DIR]   list each migration: applied or pending
  *
- * A migration is a file DIR/NNNN_name.sql (NNNN: its version, digits). Each is
- * applied in its own transaction together with its row in
- * hookbridge.hookbridge_migrations (version, name, sha256 checksum,
- * applied_at), so a migration is either wholly applied and recorded or not at
- * all; a file must therefore not contain BEGIN/COMMIT itself. `up` holds a
- * session advisory lock (MIGRATE_LOCK_KEY) for its whole run, so replicas
- * started together (Kubernetes init containers) apply each migration once.
+ * Two kinds of file (migrations/README.md):
+ *
+ *   DIR/NNNN_name.sql  a migration (NNNN: its version, digits): tables,
+ *       columns, indexes, seed rows - state. Each is applied once, in its own
+ *       transaction together with its row in hookbridge.hookbridge_migrations
+ *       (version, name, sha256 checksum, applied_at), so a migration is
+ *       either wholly applied and recorded or not at all; a file must
+ *       therefore not contain BEGIN/COMMIT itself.
+ *   DIR/../sql/NAME.sql code: every function, view, trigger and grant, each
+ *       defined once, written to be re-applied (CREATE OR REPLACE). When one
+ *       of them is new or its checksum differs from the one recorded in
+ *       hookbridge.hookbridge_sql_files, or a migration was applied, `up`
+ *       applies all of them, in name order, after the migrations and in the
+ *       transaction of the last one (or a transaction of their own when no
+ *       migration was pending), and records their checksums. All of them,
+ *       not only the changed one: a later file (the privileges) covers what
+ *       an earlier one defines. CREATE OR REPLACE cannot change a function's
+ *       arguments or result type, nor drop a view's column: such a change
+ *       comes with a migration that drops the old object (DROP FUNCTION IF
+ *       EXISTS with the old signature), and the SQL file defines the new one.
+ *       No sql/ directory beside DIR: only migrations are applied.
+ *
+ * `up` holds a session advisory lock (MIGRATE_LOCK_KEY) for its whole run, so
+ * replicas started together (Kubernetes init containers) apply each migration
+ * once.
  *
  * Before applying anything both commands check history against the files and
- * refuse (exit 1, naming the file) when an applied file's checksum changed,
- * an applied version's file is missing, or a pending file sorts before an
- * applied one: the database would no longer match what the files describe.
+ * refuse (exit 1, naming the file) when an applied migration's checksum
+ * changed, an applied version's file is missing, or a pending file sorts
+ * before an applied one: the database would no longer match what the files
+ * describe. The one exception is the layout before 0001_baseline.sql: a
+ * database that applied exactly 0001_init .. 0008_deactivation_epoch (their
+ * names and checksums are below) holds the baseline's state, and `up` records
+ * 0001_baseline.sql in their place (tests/e2e/test_migrate_layout.py).
  *
  * The migrations directory: --dir DIR, else $HOOKBRIDGE_MIGRATIONS_DIR, else
  * <directory of this binary>/../migrations when it exists (a source tree:
@@ -46,13 +69,14 @@
 
 typedef struct {
     long version;
-    char *file;      /* "0001_init.sql" */
-    char *name;      /* "init" */
+    char *file;      /* "0001_baseline.sql", "10_checks.sql" */
+    char *name;      /* "baseline"; an SQL file: its file name */
     char *sql;       /* contents, NUL-terminated */
     char sha256[65]; /* hex */
     /* from the database */
     int applied;
-    int changed; /* applied with another checksum */
+    int changed;    /* applied with another checksum */
+    int old_layout; /* 0001_baseline.sql: recorded as 0001..0008 of the earlier layout */
     char applied_at[40];
 } mig_t;
 
@@ -61,12 +85,38 @@ typedef struct {
     size_t n;
 } mig_list_t;
 
+/* The SQL files (DIR/../sql) and what the database recorded of them. */
+typedef struct {
+    char dir[PATH_MAX];
+    int exists;
+    int table_exists;
+    mig_list_t files; /* by name; version 0 */
+    char **gone;      /* recorded, but no longer a file */
+    size_t gone_n;
+} sql_set_t;
+
 typedef struct {
     long version;
     char *name;
     char *checksum;
     char *applied_at;
 } mig_row_t;
+
+/* The migrations before 0001_baseline.sql, whose end state the baseline
+ * holds (tests/fixtures/migrations-0008 has the files). */
+static const struct {
+    const char *name, *sha256;
+} old_layout[] = {
+    {"init", "dd0a168bb6111948fdabe7f2a7f5fc78a7fad7aaadbd477d25a4d3155baef2df"},
+    {"filter", "b145f81ce143ff3097bb43525c9af5a63ce657a1860741aef50ff3e1926ad31e"},
+    {"lifecycle", "679f8f4743d28fb6192ee31c4071b7e3d4ed8bfc477a71826727b404447efb07"},
+    {"payload_options", "9be7bba2e3d5a377f7c87fab5740b9eebe06df000d870bc76f3b92babd63fa0f"},
+    {"retry", "cd66c099c46c0f1403b40c059a8da76c24d2d1b86e10c61c077012ac127e8761"},
+    {"roles", "d2fba7136fe840acff78e474ff63c9e87ca8c8ae2e25303cc4803fa4ce516a05"},
+    {"sealed_secrets", "2c58418492474cce5658f0a75453f39635d5e4ff11eae30ca153da1833bc27e0"},
+    {"deactivation_epoch", "ecfd76090a32f232f67e58d5dcf9db8f5b52cec3d43fc6dde4997b61f718f2c3"},
+};
+#define OLD_LAYOUT_N ((long)(sizeof(old_layout) / sizeof(old_layout[0])))
 
 static void mig_list_free(mig_list_t *l) {
     for (size_t i = 0; i < l->n; i++) {
@@ -197,6 +247,70 @@ fail:
     return -1;
 }
 
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(((const mig_t *)a)->file, ((const mig_t *)b)->file);
+}
+
+/* The SQL files: every *.sql in DIR/../sql, in name order. No such directory
+ * is not an error (set->exists stays 0). */
+static int load_sql_dir(const char *dir, sql_set_t *set, char *errstr, size_t errstr_size) {
+    DIR *d;
+    struct dirent *de;
+    size_t cap = 0, dlen = strlen(dir);
+    char path[PATH_MAX];
+    while (dlen > 1 && dir[dlen - 1] == '/')
+        dlen--;
+    if ((size_t)snprintf(set->dir, sizeof(set->dir), "%.*s/../sql", (int)dlen, dir) >=
+        sizeof(set->dir)) {
+        hb_seterr(errstr, errstr_size, "%s: path too long", dir);
+        return -1;
+    }
+    if ((d = opendir(set->dir)) == NULL) {
+        if (errno == ENOENT)
+            return 0;
+        hb_seterr(errstr, errstr_size, "SQL directory %s: %s", set->dir, strerror(errno));
+        return -1;
+    }
+    set->exists = 1;
+    while ((de = readdir(d)) != NULL) {
+        mig_t *m;
+        size_t len = strlen(de->d_name);
+        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".sql"))
+            continue;
+        if (set->files.n == cap) {
+            cap = cap ? cap * 2 : 16;
+            set->files.v = hb_realloc(set->files.v, cap * sizeof(*set->files.v));
+        }
+        m = &set->files.v[set->files.n++];
+        memset(m, 0, sizeof(*m));
+        m->file = hb_strdup(de->d_name);
+        m->name = hb_strdup(de->d_name);
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", set->dir, de->d_name) >= sizeof(path)) {
+            hb_seterr(errstr, errstr_size, "%s/%s: path too long", set->dir, de->d_name);
+            closedir(d);
+            return -1;
+        }
+        if (read_file(path, &m->sql, &len, errstr, errstr_size) < 0) {
+            closedir(d);
+            return -1;
+        }
+        sha256_hex(m->sql, len, m->sha256);
+    }
+    closedir(d);
+    if (set->files.n)
+        qsort(set->files.v, set->files.n, sizeof(*set->files.v), name_cmp);
+    return 0;
+}
+
+static void sql_set_free(sql_set_t *set) {
+    mig_list_free(&set->files);
+    for (size_t i = 0; i < set->gone_n; i++)
+        free(set->gone[i]);
+    free(set->gone);
+    set->gone = NULL;
+    set->gone_n = 0;
+}
+
 /* --dir, then the environment, then next to the binary, then the system path. */
 static const char *pick_dir(const char *flag_dir, char *buf, size_t bufsz) {
     const char *env = getenv("HOOKBRIDGE_MIGRATIONS_DIR");
@@ -243,14 +357,16 @@ static int exec_ok(PGconn *conn, const char *sql, int nparams, const char *const
  * database when the schema already exists). */
 static int ensure_table(PGconn *conn, char *errstr, size_t errstr_size) {
     PGresult *res = NULL;
-    int have_schema, have_table;
+    int have_schema, have_table, have_sql_table;
     if (exec_ok(conn,
                 "SELECT to_regnamespace('hookbridge') IS NOT NULL,"
-                "       to_regclass('hookbridge.hookbridge_migrations') IS NOT NULL",
+                "       to_regclass('hookbridge.hookbridge_migrations') IS NOT NULL,"
+                "       to_regclass('hookbridge.hookbridge_sql_files') IS NOT NULL",
                 0, NULL, PGRES_TUPLES_OK, &res, "reading the catalog", errstr, errstr_size) < 0)
         return -1;
     have_schema = !strcmp(PQgetvalue(res, 0, 0), "t");
     have_table = !strcmp(PQgetvalue(res, 0, 1), "t");
+    have_sql_table = !strcmp(PQgetvalue(res, 0, 2), "t");
     PQclear(res);
     if (!have_schema &&
         exec_ok(conn, "CREATE SCHEMA IF NOT EXISTS hookbridge", 0, NULL, PGRES_COMMAND_OK, NULL,
@@ -266,7 +382,32 @@ static int ensure_table(PGconn *conn, char *errstr, size_t errstr_size) {
                 0, NULL, PGRES_COMMAND_OK, NULL, "creating hookbridge.hookbridge_migrations",
                 errstr, errstr_size) < 0)
         return -1;
+    if (!have_sql_table &&
+        exec_ok(conn,
+                "CREATE TABLE IF NOT EXISTS hookbridge.hookbridge_sql_files ("
+                " name text PRIMARY KEY,"
+                " checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())",
+                0, NULL, PGRES_COMMAND_OK, NULL, "creating hookbridge.hookbridge_sql_files", errstr,
+                errstr_size) < 0)
+        return -1;
     return 0;
+}
+
+/* How many rows of res (version, name, checksum, ...) are the migrations of
+ * the earlier layout, in order, when DIR starts with 0001_baseline.sql; 0
+ * otherwise (also when a row is not one of them). */
+static long old_layout_rows(PGresult *res, const mig_list_t *l) {
+    long n = PQntuples(res);
+    if (l->n == 0 || l->v[0].version != 1 || strcmp(l->v[0].name, "baseline") || n == 0 ||
+        n > OLD_LAYOUT_N)
+        return 0;
+    for (long r = 0; r < n; r++)
+        if (strtol(PQgetvalue(res, (int)r, 0), NULL, 10) != r + 1 ||
+            strcmp(PQgetvalue(res, (int)r, 1), old_layout[r].name) ||
+            strcmp(PQgetvalue(res, (int)r, 2), old_layout[r].sha256))
+            return 0;
+    return n;
 }
 
 /* Marks the applied migrations in l; fails naming the first inconsistency
@@ -275,7 +416,7 @@ static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table
                          char *errstr, size_t errstr_size) {
     PGresult *res = NULL;
     int bad = 0;
-    long max_applied = -1;
+    long max_applied = -1, old_at;
     if (!table_exists)
         return 0;
     if (exec_ok(conn,
@@ -285,7 +426,26 @@ static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table
                 0, NULL, PGRES_TUPLES_OK, &res, "reading hookbridge.hookbridge_migrations", errstr,
                 errstr_size) < 0)
         return -1;
-    for (int r = 0; r < PQntuples(res); r++) {
+    old_at = old_layout_rows(res, l);
+    if (old_at > 0 && old_at < OLD_LAYOUT_N) {
+        hb_seterr(errstr, errstr_size,
+                  "the database is at %04ld_%s.sql of the layout before 0001_baseline.sql; "
+                  "apply that layout up to %04ld_%s.sql first (the hookbridge-migrate and "
+                  "migrations of a build before the baseline), then this one",
+                  old_at, old_layout[old_at - 1].name, OLD_LAYOUT_N,
+                  old_layout[OLD_LAYOUT_N - 1].name);
+        PQclear(res);
+        return -1;
+    }
+    if (old_at == OLD_LAYOUT_N) {
+        /* The baseline's state, built by the earlier files: up records it. */
+        l->v[0].applied = 1;
+        l->v[0].old_layout = 1;
+        snprintf(l->v[0].applied_at, sizeof(l->v[0].applied_at), "%s",
+                 PQgetvalue(res, (int)old_at - 1, 3));
+        max_applied = 1;
+    }
+    for (int r = 0; r < PQntuples(res) && !old_at; r++) {
         char *end;
         long version = strtol(PQgetvalue(res, r, 0), &end, 10);
         const char *name = PQgetvalue(res, r, 1), *sum = PQgetvalue(res, r, 2);
@@ -342,16 +502,13 @@ static long line_of(const char *sql, long pos) {
     return line;
 }
 
-static int apply_one(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
-                     size_t errstr_size) {
-    char version[24], why[512];
-    const char *params[3] = {version, m->name, m->sha256};
-    PGresult *res;
-    snprintf(version, sizeof(version), "%ld", m->version);
-    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) < 0)
-        return -1;
+/* Runs the statements of one file (no transaction of its own); an error names
+ * the file and the line. */
+static int run_file(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
+                    size_t errstr_size) {
+    char why[512];
     /* A file holds many statements: the simple query protocol runs them all. */
-    res = PQexec(conn, m->sql);
+    PGresult *res = PQexec(conn, m->sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK &&
         PQresultStatus(res) != PGRES_EMPTY_QUERY) {
         const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
@@ -362,15 +519,142 @@ static int apply_one(PGconn *conn, const mig_t *m, const char *dir, char *errstr
         else
             hb_seterr(errstr, errstr_size, "%s/%s: %s", dir, m->file, why);
         PQclear(res);
-        PQclear(PQexec(conn, "ROLLBACK"));
         return -1;
     }
     PQclear(res);
+    return 0;
+}
+
+/* Marks the SQL files the database recorded with the same checksum (applied)
+ * or another one (changed), and lists the recorded ones that are gone. */
+static int read_sql_history(PGconn *conn, sql_set_t *set, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    if (exec_ok(conn, "SELECT to_regclass('hookbridge.hookbridge_sql_files') IS NOT NULL", 0, NULL,
+                PGRES_TUPLES_OK, &res, "reading the catalog", errstr, errstr_size) < 0)
+        return -1;
+    set->table_exists = !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    if (!set->table_exists)
+        return 0;
     if (exec_ok(conn,
+                "SELECT name, checksum,"
+                "       to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+                "  FROM hookbridge.hookbridge_sql_files ORDER BY name",
+                0, NULL, PGRES_TUPLES_OK, &res, "reading hookbridge.hookbridge_sql_files", errstr,
+                errstr_size) < 0)
+        return -1;
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *name = PQgetvalue(res, r, 0);
+        mig_t *m = NULL;
+        for (size_t i = 0; i < set->files.n && !m; i++)
+            if (!strcmp(set->files.v[i].name, name))
+                m = &set->files.v[i];
+        if (!m) {
+            set->gone = hb_realloc(set->gone, (set->gone_n + 1) * sizeof(*set->gone));
+            set->gone[set->gone_n++] = hb_strdup(name);
+            continue;
+        }
+        snprintf(m->applied_at, sizeof(m->applied_at), "%s", PQgetvalue(res, r, 2));
+        if (!strcmp(PQgetvalue(res, r, 1), m->sha256))
+            m->applied = 1;
+        else
+            m->changed = 1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Whether the SQL files differ from what the database recorded. */
+static int sql_changed(const sql_set_t *set) {
+    if (!set->exists)
+        return 0;
+    for (size_t i = 0; i < set->files.n; i++)
+        if (!set->files.v[i].applied)
+            return 1;
+    return set->gone_n > 0;
+}
+
+/* Applies every SQL file, in name order, and records them, inside the
+ * caller's transaction. */
+static int apply_sql(PGconn *conn, const sql_set_t *set, char *errstr, size_t errstr_size) {
+    for (size_t i = 0; i < set->files.n; i++) {
+        const mig_t *m = &set->files.v[i];
+        const char *params[2] = {m->name, m->sha256};
+        if (run_file(conn, m, set->dir, errstr, errstr_size) < 0 ||
+            exec_ok(conn,
+                    "INSERT INTO hookbridge.hookbridge_sql_files (name, checksum) VALUES ($1, $2)"
+                    " ON CONFLICT (name) DO UPDATE"
+                    " SET checksum = EXCLUDED.checksum, applied_at = now()",
+                    2, params, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) < 0)
+            return -1;
+    }
+    for (size_t i = 0; i < set->gone_n; i++) {
+        const char *params[1] = {set->gone[i]};
+        if (exec_ok(conn, "DELETE FROM hookbridge.hookbridge_sql_files WHERE name = $1", 1, params,
+                    PGRES_COMMAND_OK, NULL, set->gone[i], errstr, errstr_size) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void print_sql_applied(const sql_set_t *set) {
+    for (size_t i = 0; i < set->files.n; i++) {
+        const mig_t *m = &set->files.v[i];
+        printf("sql/%s %s\n", m->file,
+               m->changed   ? "applied (changed)"
+               : m->applied ? "applied again (unchanged)"
+                            : "applied (new)");
+    }
+    for (size_t i = 0; i < set->gone_n; i++)
+        printf("sql/%s forgotten: the file is gone (what it defined stays until a migration "
+               "drops it)\n",
+               set->gone[i]);
+}
+
+/* One transaction: the migration m and its row, then, when sql is given,
+ * every SQL file. */
+static int apply_one(PGconn *conn, const mig_t *m, const char *dir, const sql_set_t *sql,
+                     char *errstr, size_t errstr_size) {
+    char version[24];
+    const char *params[3] = {version, m->name, m->sha256};
+    snprintf(version, sizeof(version), "%ld", m->version);
+    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) < 0)
+        return -1;
+    if (run_file(conn, m, dir, errstr, errstr_size) < 0 ||
+        exec_ok(conn,
                 "INSERT INTO hookbridge.hookbridge_migrations (version, name, checksum)"
                 " VALUES ($1::integer, $2, $3)",
                 3, params, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) < 0 ||
+        (sql && apply_sql(conn, sql, errstr, errstr_size) < 0) ||
         exec_ok(conn, "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) <
+            0) {
+        PQclear(PQexec(conn, "ROLLBACK"));
+        return -1;
+    }
+    return 0;
+}
+
+/* One transaction: the history of the earlier layout replaced by the
+ * baseline's row (when convert), then, when sql is given, every SQL file. */
+static int apply_rest(PGconn *conn, const mig_t *baseline, int convert, const sql_set_t *sql,
+                      char *errstr, size_t errstr_size) {
+    const char *params[2] = {baseline->name, baseline->sha256};
+    char max[24];
+    const char *del[1] = {max};
+    snprintf(max, sizeof(max), "%ld", OLD_LAYOUT_N);
+    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, "BEGIN", errstr, errstr_size) < 0)
+        return -1;
+    if ((convert &&
+         (exec_ok(conn,
+                  "DELETE FROM hookbridge.hookbridge_migrations"
+                  " WHERE version BETWEEN 1 AND $1::integer",
+                  1, del, PGRES_COMMAND_OK, NULL, baseline->file, errstr, errstr_size) < 0 ||
+          exec_ok(conn,
+                  "INSERT INTO hookbridge.hookbridge_migrations (version, name, checksum)"
+                  " VALUES (1, $1, $2)",
+                  2, params, PGRES_COMMAND_OK, NULL, baseline->file, errstr, errstr_size) < 0)) ||
+        (sql && apply_sql(conn, sql, errstr, errstr_size) < 0) ||
+        exec_ok(conn, "COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL, "COMMIT", errstr, errstr_size) <
             0) {
         PQclear(PQexec(conn, "ROLLBACK"));
         return -1;
@@ -380,7 +664,10 @@ static int apply_one(PGconn *conn, const mig_t *m, const char *dir, char *errstr
 
 static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, size_t errstr_size) {
     const char *key[1] = {MIGRATE_LOCK_KEY};
-    int applied = 0, rc = -1;
+    sql_set_t sql;
+    int applied = 0, rc = -1, convert, need_sql;
+    size_t last = l->n;
+    memset(&sql, 0, sizeof(sql));
     if (exec_ok(conn, "SELECT pg_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, NULL,
                 "taking the migration lock", errstr, errstr_size) < 0)
         return -1;
@@ -388,14 +675,40 @@ static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, si
         goto out;
     if (check_history(conn, l, dir, 1, errstr, errstr_size) < 0)
         goto out;
+    if (load_sql_dir(dir, &sql, errstr, errstr_size) < 0 ||
+        read_sql_history(conn, &sql, errstr, errstr_size) < 0)
+        goto out;
+    for (size_t i = 0; i < l->n; i++)
+        if (!l->v[i].applied)
+            last = i;
+    convert = l->n > 0 && l->v[0].old_layout;
+    /* A migration may drop what an SQL file defines: apply them all again. */
+    need_sql = sql.exists && (sql_changed(&sql) || last < l->n || convert);
+    if (convert) {
+        /* Its own transaction: the state is the baseline's already. */
+        if (apply_rest(conn, &l->v[0], 1, last == l->n && need_sql ? &sql : NULL, errstr,
+                       errstr_size) < 0)
+            goto out;
+        printf("recorded %s as applied: the database was at %04ld_%s.sql of the earlier "
+               "layout, which it replaces\n",
+               l->v[0].file, OLD_LAYOUT_N, old_layout[OLD_LAYOUT_N - 1].name);
+    }
     for (size_t i = 0; i < l->n; i++) {
         if (l->v[i].applied)
             continue;
-        if (apply_one(conn, &l->v[i], dir, errstr, errstr_size) < 0)
+        if (apply_one(conn, &l->v[i], dir, i == last && need_sql ? &sql : NULL, errstr,
+                      errstr_size) < 0)
             goto out;
         printf("applied %s\n", l->v[i].file);
         applied++;
     }
+    if (need_sql && last == l->n && !convert &&
+        apply_rest(conn, &l->v[0], 0, &sql, errstr, errstr_size) < 0)
+        goto out;
+    if (need_sql)
+        print_sql_applied(&sql);
+    else if (!sql.exists)
+        printf("no SQL files: %s does not exist\n", sql.dir);
     if (applied == 0)
         printf("up to date: %zu migration%s applied\n", l->n, l->n == 1 ? "" : "s");
     else
@@ -404,13 +717,16 @@ static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, si
 out:
     PQclear(
         PQexecParams(conn, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL, key, NULL, NULL, 0));
+    sql_set_free(&sql);
     return rc;
 }
 
 static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr,
                       size_t errstr_size) {
     PGresult *res = NULL;
+    sql_set_t sql;
     int table_exists, rc;
+    memset(&sql, 0, sizeof(sql));
     if (exec_ok(conn, "SELECT to_regclass('hookbridge.hookbridge_migrations') IS NOT NULL", 0, NULL,
                 PGRES_TUPLES_OK, &res, "reading the catalog", errstr, errstr_size) < 0)
         return -1;
@@ -420,10 +736,34 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
     for (size_t i = 0; i < l->n; i++) {
         if (l->v[i].applied)
             printf("%-40s applied  %s  sha256:%.12s%s\n", l->v[i].file, l->v[i].applied_at,
-                   l->v[i].sha256, l->v[i].changed ? "  CHANGED SINCE APPLIED" : "");
+                   l->v[i].sha256,
+                   l->v[i].changed      ? "  CHANGED SINCE APPLIED"
+                   : l->v[i].old_layout ? "  (as 0001..0008 of the earlier layout; up records it)"
+                                        : "");
         else
             printf("%-40s pending\n", l->v[i].file);
     }
+    if (load_sql_dir(dir, &sql, errstr, errstr_size) < 0 ||
+        read_sql_history(conn, &sql, errstr, errstr_size) < 0) {
+        sql_set_free(&sql);
+        return -1;
+    }
+    if (!sql.exists)
+        printf("no SQL files: %s does not exist\n", sql.dir);
+    for (size_t i = 0; i < sql.files.n; i++) {
+        char file[300];
+        const mig_t *m = &sql.files.v[i];
+        snprintf(file, sizeof(file), "sql/%s", m->file);
+        if (m->applied)
+            printf("%-40s applied  %s  sha256:%.12s\n", file, m->applied_at, m->sha256);
+        else if (m->changed)
+            printf("%-40s changed  (up applies it)  sha256:%.12s\n", file, m->sha256);
+        else
+            printf("%-40s new      (up applies it)\n", file);
+    }
+    for (size_t i = 0; i < sql.gone_n; i++)
+        printf("sql/%-36s recorded, but the file is gone\n", sql.gone[i]);
+    sql_set_free(&sql);
     return rc;
 }
 
