@@ -263,14 +263,16 @@ def test_a_value_lost_before_sealing_is_reported_and_can_be_set_again(db_url, br
 
 def test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext(pg_cluster, broker, procs,
                                                                     workdir, tmp_path):
-    """A database from before 0007 holds plaintext secrets. Migrating moves
-    them out of the tables, the first service seals them, and deliveries go
-    on with the same secret and auth value."""
+    """A database from before 0007_sealed_secrets (of the layout before the
+    baseline) holds plaintext secrets. Migrating moves them out of the tables,
+    the first service seals them, and deliveries go on with the same secret
+    and auth value."""
     import shutil
-    from hbtest.pg import MIGRATIONS
+    from hbtest.pg import REPO
+    layout = REPO / "tests" / "fixtures" / "migrations-0008"
     old = tmp_path / "migrations-0006"
     old.mkdir()
-    for f in sorted(MIGRATIONS.glob("000[1-6]_*.sql")):
+    for f in sorted(layout.glob("000[1-6]_*.sql")):
         shutil.copy(f, old)
     name = pg_cluster.create_database("upgrade")
     try:
@@ -287,6 +289,8 @@ def test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext(pg_cluster, 
             "status = 'active' WHERE id = %s", sub)
         assert sql(db_url, "SELECT auth_value FROM hookbridge.subscriptions") == [(auth,)]
 
+        # That layout up to its end (0008), then today's (the baseline and sql/).
+        pg_cluster.migrate(name, "up", migrations_dir=layout)
         pg_cluster.migrate(name, "up")
         assert sql(db_url, "SELECT auth_value FROM hookbridge.subscriptions") == [(None,)]
         assert sql(db_url, "SELECT secret FROM hookbridge.subscription_secrets") == [(None,)]

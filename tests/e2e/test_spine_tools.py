@@ -149,7 +149,7 @@ def test_migrate_up_waits_for_the_migration_lock(pg_cluster):  # noqa: F811
             p.wait()
         holder.close()
     assert p.returncode == 0, err
-    assert "applied 0001_init.sql" in out
+    assert "applied 0001_baseline.sql" in out
 
 
 def test_migrate_up_from_several_replicas_at_once_applies_each_migration_once(pg_cluster):  # noqa: F811

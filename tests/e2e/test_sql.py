@@ -65,12 +65,12 @@ def notifications(conn, want=1, timeout=3.0):
 def test_migrate_up_applies_then_is_a_noop_and_status_shows_applied(pg_cluster):
     db = pg_cluster.create_database("mig")
     st = pg_cluster.migrate(db, "status")
-    assert "0001_init.sql" in st.stdout and "pending" in st.stdout
+    assert "0001_baseline.sql" in st.stdout and "pending" in st.stdout
 
     r = pg_cluster.migrate(db, "up")
-    assert "applied 0001_init.sql" in r.stdout
+    assert "applied 0001_baseline.sql" in r.stdout
     st = pg_cluster.migrate(db, "status")
-    assert "0001_init.sql" in st.stdout and "applied" in st.stdout and "pending" not in st.stdout
+    assert "0001_baseline.sql" in st.stdout and "applied" in st.stdout and "pending" not in st.stdout
 
     again = pg_cluster.migrate(db, "up")
     assert "up to date" in again.stdout and "applied 0001" not in again.stdout
@@ -79,43 +79,43 @@ def test_migrate_up_applies_then_is_a_noop_and_status_shows_applied(pg_cluster):
                "FROM hookbridge.hookbridge_migrations ORDER BY version")
     want = [(int(f.name[:4]), f.stem[5:], hashlib.sha256(f.read_bytes()).hexdigest())
             for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))]
-    assert rows == want and rows[0][:2] == (1, "init")
+    assert rows == want and rows[0][:2] == (1, "baseline")
 
 
 def test_migrate_refuses_an_edited_applied_file(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
-    shutil.copy(MIGRATIONS / "0001_init.sql", mig)
+    shutil.copy(MIGRATIONS / "0001_baseline.sql", mig)
     db = pg_cluster.create_database("mig")
     pg_cluster.migrate(db, "up", migrations_dir=mig)
 
-    with open(mig / "0001_init.sql", "a") as f:
+    with open(mig / "0001_baseline.sql", "a") as f:
         f.write("\n-- an innocent-looking edit\n")
     (mig / "0002_more.sql").write_text("CREATE TABLE hookbridge.should_not_exist (a int);\n")
     r = pg_cluster.migrate(db, "up", migrations_dir=mig, check=False)
     assert r.returncode == 1
-    assert "0001_init.sql" in r.stderr and "changed" in r.stderr
+    assert "0001_baseline.sql" in r.stderr and "changed" in r.stderr
     # Nothing after the refusal was applied.
     assert sql(pg_cluster.url(db), "SELECT to_regclass('hookbridge.should_not_exist')") == [(None,)]
     st = pg_cluster.migrate(db, "status", migrations_dir=mig, check=False)
-    assert st.returncode == 1 and "0001_init.sql" in st.stderr
+    assert st.returncode == 1 and "0001_baseline.sql" in st.stderr
 
 
 def test_migrate_refuses_when_an_applied_file_is_missing(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
-    shutil.copy(MIGRATIONS / "0001_init.sql", mig)
+    shutil.copy(MIGRATIONS / "0001_baseline.sql", mig)
     db = pg_cluster.create_database("mig")
     pg_cluster.migrate(db, "up", migrations_dir=mig)
-    (mig / "0001_init.sql").rename(mig / "0002_init.sql")
+    (mig / "0001_baseline.sql").rename(mig / "0002_baseline.sql")
     r = pg_cluster.migrate(db, "up", migrations_dir=mig, check=False)
-    assert r.returncode == 1 and "0001_init.sql" in r.stderr and "missing" in r.stderr
+    assert r.returncode == 1 and "0001_baseline.sql" in r.stderr and "missing" in r.stderr
 
 
 def test_a_failing_migration_is_rolled_back_and_names_its_file(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
-    shutil.copy(MIGRATIONS / "0001_init.sql", mig)
+    shutil.copy(MIGRATIONS / "0001_baseline.sql", mig)
     (mig / "0002_broken.sql").write_text(
         "CREATE TABLE hookbridge.half (a int);\nSELECT 1;\nSELEC oops;\n")
     db = pg_cluster.create_database("mig")

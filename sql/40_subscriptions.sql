@@ -1,0 +1,477 @@
+-- sql/40_subscriptions.sql: the subscription lifecycle - register, update,
+-- verify, activate, deactivate, deregister, subscribe, unsubscribe - the
+-- verification the services run, the triggers that make plain SQL on
+-- hookbridge.subscriptions follow the same rules, and the operators' view.
+-- Signing secrets are in sql/50_secrets.sql, the delivery side in
+-- sql/60_deliveries.sql.
+--
+-- Operators and platform code call the public functions; each validates its
+-- arguments and raises a clear error with a SQLSTATE of class HB, so callers
+-- can tell the reasons apart. A function that raises has changed nothing (the
+-- statement is rolled back).
+--
+--   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
+--   --------  --------------------------------------------------------------
+--   HB001 HB002 HB003 HB004 HB005 HB006 HB007 HB013 HB014 HB016 HB017
+--             validation, through sql/10_checks.sql and sql/20_options.sql
+--   HB004     an unsubscribe that would leave no event type
+--   HB010     subscription not found (unknown id, or deregistered)
+--   HB011     subscription not verified (activate refused)
+--   HB012     invalid argument to an internal function
+--   HB015     a required argument is NULL (the subscription id)
+--
+-- Verification: a subscription is delivered to only when active AND
+-- verified. A new URL - by update() or by a plain UPDATE of the url column -
+-- must be verified again: verification goes back to 'unverified', a
+-- challenge is requested at once (hookbridge_verify), and deliveries pause
+-- until the new URL answers it; an active subscription stays 'active'
+-- meanwhile and resumes by itself when the URL verifies.
+--
+-- Notifications (delivered at COMMIT, identical ones in a transaction merged):
+--   hookbridge_subscriptions  payload: subscription id; any change to a row of
+--                             subscriptions (other than the verification
+--                             request bookkeeping), its event types or secrets
+--   hookbridge_verify         payload: subscription id; hookbridge.verify(),
+--                             or a new URL
+--
+-- subscriptions.deactivated_at is when the subscription last went from
+-- 'active' to 'inactive': set by a trigger, so deactivate(),
+-- deactivate_failing(), a failed re-verification, deregister() and a plain
+-- UPDATE all count; never cleared (activate() leaves it). The retrier drops a
+-- pending attempt whose delivery began before it. The time is
+-- clock_timestamp(), the moment of the UPDATE (not now(), the start of its
+-- transaction: deliveries that begin while a long transaction is still open
+-- began before the deactivation took effect, and are dropped too).
+
+-- Triggers -----------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION hookbridge._touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER subscriptions_touch BEFORE UPDATE ON hookbridge.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._touch_updated_at();
+
+-- Tells the services which subscription changed. The verification request
+-- bookkeeping (verify() setting, claim_verification() clearing
+-- verification_requested_at) changes nothing the services hold, so it does not
+-- notify this channel; verify() notifies hookbridge_verify itself.
+CREATE OR REPLACE FUNCTION hookbridge._notify_subscription() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF TG_TABLE_NAME = 'subscriptions' THEN
+        IF TG_OP = 'DELETE' THEN
+            v_id := OLD.id;
+        ELSE
+            IF TG_OP = 'UPDATE'
+               AND (to_jsonb(OLD) - 'verification_requested_at' - 'updated_at')
+                 = (to_jsonb(NEW) - 'verification_requested_at' - 'updated_at') THEN
+                RETURN NULL;
+            END IF;
+            v_id := NEW.id;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        v_id := OLD.subscription_id;
+    ELSE
+        v_id := NEW.subscription_id;
+    END IF;
+    PERFORM pg_notify('hookbridge_subscriptions', v_id::text);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER subscriptions_notify
+    AFTER INSERT OR UPDATE OR DELETE ON hookbridge.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._notify_subscription();
+CREATE OR REPLACE TRIGGER subscription_event_types_notify
+    AFTER INSERT OR UPDATE OR DELETE ON hookbridge.subscription_event_types
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._notify_subscription();
+CREATE OR REPLACE TRIGGER subscription_secrets_notify
+    AFTER INSERT OR UPDATE OR DELETE ON hookbridge.subscription_secrets
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._notify_subscription();
+
+-- Plain SQL on hookbridge.subscriptions follows the functions' rules: names and
+-- URLs are validated when set, a new URL must be verified again, and only a
+-- verified subscription becomes active.
+CREATE OR REPLACE FUNCTION hookbridge._guard_subscription() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name THEN
+        PERFORM hookbridge._check_name(NEW.name);
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.url IS DISTINCT FROM OLD.url THEN
+        PERFORM hookbridge._check_url(NEW.url);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.url IS DISTINCT FROM OLD.url
+       AND NEW.deregistered_at IS NULL THEN
+        -- What was verified was the old URL.
+        NEW.verification := 'unverified';
+        NEW.verified_at := NULL;
+        NEW.verification_failed_at := NULL;
+        NEW.verification_error := NULL;
+        NEW.verification_requested_at := now();
+        PERFORM pg_notify('hookbridge_verify', NEW.id::text);
+    END IF;
+    IF NEW.status = 'active' AND NEW.verification <> 'verified'
+       AND (TG_OP = 'INSERT' OR OLD.status <> 'active') THEN
+        RAISE EXCEPTION 'subscription % cannot become active: it is not verified (verification: %)',
+            NEW.id, NEW.verification USING ERRCODE = 'check_violation',
+            HINT = 'Call hookbridge.verify(id), let the endpoint answer the challenge, then hookbridge.activate(id).';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER subscriptions_guard BEFORE INSERT OR UPDATE ON hookbridge.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._guard_subscription();
+
+CREATE OR REPLACE FUNCTION hookbridge._set_deactivated_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active' THEN
+        NEW.deactivated_at := clock_timestamp();
+    ELSE
+        NEW.deactivated_at := OLD.deactivated_at; -- only this trigger writes it
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER subscriptions_deactivated_at BEFORE UPDATE ON hookbridge.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._set_deactivated_at();
+
+-- Public functions -------------------------------------------------------------------
+
+-- A new subscription, inactive and unverified, with a generated signing secret
+-- unless options.secret gives one.
+CREATE OR REPLACE FUNCTION hookbridge.register(name text, url text, event_types text[],
+                                               options jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_name  text := register.name;
+    v_url   text := register.url;
+    v_opts  jsonb := coalesce(register.options, '{}');
+    v_types text[];
+    v_store jsonb;
+    v_id    uuid;
+BEGIN
+    PERFORM hookbridge._check_name(v_name);
+    PERFORM hookbridge._check_url(v_url);
+    v_types := hookbridge._check_event_types(register.event_types);
+    PERFORM hookbridge._check_event_type_count(cardinality(v_types));
+    v_store := hookbridge._check_options(v_opts);
+
+    INSERT INTO hookbridge.subscriptions AS s (name, url, auth_header, auth_value, options)
+    VALUES (v_name, v_url, v_opts ->> 'auth_header', v_opts ->> 'auth_value', v_store)
+    RETURNING s.id INTO v_id;
+
+    INSERT INTO hookbridge.subscription_event_types (subscription_id, event_type)
+    SELECT v_id, t FROM unnest(v_types) AS t;
+
+    INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
+    VALUES (v_id, coalesce(v_opts ->> 'secret',
+                           'whsec_' || encode(gen_random_bytes(32), 'base64')));
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION hookbridge.register(text, text, text[], jsonb) IS
+    'New subscription (inactive, unverified). options: auth_header, auth_value, secret, '
+    'format (okta|cloudevents|event), batch_max (1..100), batch_window_ms (0..60000), '
+    'timeout_ms (100..60000).';
+
+-- Changes a live subscription; a NULL argument leaves that part unchanged.
+--   url      a new URL must be verified again (the trigger
+--            _guard_subscription); the same URL again changes nothing.
+--   name     validated like register's.
+--   options  the new options object, validated by _check_options exactly as
+--            register's, replacing the stored one. auth_header/auth_value:
+--            given - replaced, and the value sealed again (the stored one
+--            cannot be read back to compare); absent - kept, the header
+--            validated with the new options without reading its value (so
+--            `options || '{...}'` changes one option); both JSON null -
+--            removed. secret: given - it becomes the only signing secret at
+--            once (rotate_secret keeps the previous one for a grace period
+--            instead); absent - unchanged.
+CREATE OR REPLACE FUNCTION hookbridge.update(id uuid, url text DEFAULT NULL, name text DEFAULT NULL,
+                                             options jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v         hookbridge.subscriptions;
+    v_new     hookbridge.subscriptions;
+    v_opts    jsonb := update.options;
+    v_store   jsonb;
+    v_secret  text;
+    v_keep    boolean := false;
+BEGIN
+    v := hookbridge._live(update.id);
+    IF update.name IS NOT NULL THEN
+        PERFORM hookbridge._check_name(update.name);
+    END IF;
+    IF update.url IS NOT NULL THEN
+        PERFORM hookbridge._check_url(update.url);
+    END IF;
+    IF v_opts IS NOT NULL THEN
+        IF jsonb_typeof(v_opts) <> 'object' THEN
+            RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'HB006';
+        END IF;
+        IF v_opts -> 'auth_header' = 'null'::jsonb AND v_opts -> 'auth_value' = 'null'::jsonb THEN
+            v_opts := v_opts - 'auth_header' - 'auth_value';
+        ELSIF NOT v_opts ?| ARRAY['auth_header', 'auth_value'] AND v.auth_header IS NOT NULL THEN
+            -- Kept, and validated together with the new options (e.g. a custom
+            -- header must not shadow the auth header); the sealed value stays.
+            v_opts := v_opts || jsonb_build_object('auth_header', v.auth_header,
+                                                   'auth_value', 'kept');
+            v_keep := true;
+        END IF;
+        v_store := hookbridge._check_options(v_opts);
+        v_secret := v_opts ->> 'secret';
+    END IF;
+
+    v_new := v;
+    v_new.name := coalesce(update.name, v.name);
+    v_new.url := coalesce(update.url, v.url);
+    IF v_opts IS NOT NULL THEN
+        v_new.options := v_store;
+        v_new.auth_header := v_opts ->> 'auth_header';
+        IF NOT v_keep THEN
+            v_new.auth_value := v_opts ->> 'auth_value';
+        END IF;
+    END IF;
+    -- Nothing to change: nothing written, nothing notified, updated_at kept.
+    IF (v_new.name, v_new.url, v_new.options, v_new.auth_header)
+       IS DISTINCT FROM (v.name, v.url, v.options, v.auth_header)
+       OR v_new.auth_value IS NOT NULL THEN
+        UPDATE hookbridge.subscriptions s
+           SET name = v_new.name, url = v_new.url, options = v_new.options,
+               auth_header = v_new.auth_header, auth_value = v_new.auth_value
+         WHERE s.id = update.id;
+    END IF;
+
+    IF v_secret IS NOT NULL THEN
+        UPDATE hookbridge.subscription_secrets sec SET expires_at = now()
+         WHERE sec.subscription_id = update.id
+           AND (sec.expires_at IS NULL OR sec.expires_at > now());
+        INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
+        VALUES (update.id, v_secret);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION hookbridge.update(uuid, text, text, jsonb) IS
+    'Change url, name and/or options of a live subscription (NULL: unchanged). A new url '
+    'is verified again before deliveries resume; an active subscription stays active.';
+
+-- Asks the dispatcher to run the verification challenge now.
+CREATE OR REPLACE FUNCTION hookbridge.verify(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM hookbridge._live(verify.id);
+    UPDATE hookbridge.subscriptions s SET verification_requested_at = now()
+     WHERE s.id = verify.id;
+    PERFORM pg_notify('hookbridge_verify', verify.id::text);
+END
+$$;
+
+-- Only a verified subscription can be activated. Activating an active one is a
+-- no-op - unless it waits for its new URL to be verified, which is reported.
+CREATE OR REPLACE FUNCTION hookbridge.activate(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    v := hookbridge._live(activate.id);
+    IF v.verification <> 'verified' AND v.status = 'active' THEN
+        RAISE EXCEPTION 'subscription % is active but not verified (verification: %): deliveries resume when its URL is verified',
+            activate.id, v.verification USING ERRCODE = 'HB011',
+            HINT = 'The challenge was requested when the URL changed; hookbridge.verify(id) asks again.';
+    END IF;
+    IF v.verification <> 'verified' THEN
+        RAISE EXCEPTION 'subscription % is not verified (verification: %)', activate.id,
+            v.verification USING ERRCODE = 'HB011',
+            HINT = 'Call hookbridge.verify(id) and let the endpoint answer the challenge.';
+    END IF;
+    IF v.status <> 'active' THEN
+        UPDATE hookbridge.subscriptions s SET status = 'active' WHERE s.id = activate.id;
+    END IF;
+END
+$$;
+
+-- Stops deliveries (and pending retries, which check the status). Idempotent.
+CREATE OR REPLACE FUNCTION hookbridge.deactivate(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    v := hookbridge._live(deactivate.id);
+    IF v.status <> 'inactive' THEN
+        UPDATE hookbridge.subscriptions s SET status = 'inactive' WHERE s.id = deactivate.id;
+    END IF;
+END
+$$;
+
+-- Removes the subscription: it stops receiving and disappears from the
+-- services; the row (without its credentials) and the delivery log are kept.
+CREATE OR REPLACE FUNCTION hookbridge.deregister(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM hookbridge._live(deregister.id);
+    DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
+    UPDATE hookbridge.subscriptions s
+       SET status = 'inactive', deregistered_at = now(), verification_requested_at = NULL,
+           auth_header = NULL, auth_value = NULL
+     WHERE s.id = deregister.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge.subscribe(id uuid, event_types text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_types text[];
+    v_count bigint;
+BEGIN
+    PERFORM hookbridge._live(subscribe.id);
+    v_types := hookbridge._check_event_types(subscribe.event_types);
+    SELECT count(*) INTO v_count FROM (
+        SELECT st.event_type FROM hookbridge.subscription_event_types st
+         WHERE st.subscription_id = subscribe.id
+        UNION
+        SELECT t FROM unnest(v_types) AS t) x;
+    PERFORM hookbridge._check_event_type_count(v_count);
+    INSERT INTO hookbridge.subscription_event_types (subscription_id, event_type)
+    SELECT subscribe.id, t FROM unnest(v_types) AS t
+        ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge.unsubscribe(id uuid, event_types text[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_types text[];
+BEGIN
+    PERFORM hookbridge._live(unsubscribe.id);
+    v_types := hookbridge._check_event_types(unsubscribe.event_types);
+    IF NOT EXISTS (SELECT 1 FROM hookbridge.subscription_event_types st
+                    WHERE st.subscription_id = unsubscribe.id
+                      AND st.event_type <> ALL (v_types)) THEN
+        RAISE EXCEPTION 'a subscription needs at least one event type (deactivate or deregister it instead)'
+            USING ERRCODE = 'HB004';
+    END IF;
+    DELETE FROM hookbridge.subscription_event_types st
+     WHERE st.subscription_id = unsubscribe.id AND st.event_type = ANY (v_types);
+END
+$$;
+
+-- Internal functions for the services ----------------------------------------------
+
+-- Takes a pending verification request: clears it and returns the id, or NULL
+-- when none is pending (another replica took it, or the subscription is gone).
+-- Concurrent callers serialise on the row lock, so exactly one gets the id.
+-- A replica that crashes after claiming loses the request; call verify() again.
+CREATE OR REPLACE FUNCTION hookbridge.claim_verification(id uuid) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v uuid;
+BEGIN
+    UPDATE hookbridge.subscriptions s SET verification_requested_at = NULL
+     WHERE s.id = claim_verification.id AND s.verification_requested_at IS NOT NULL
+       AND s.deregistered_at IS NULL
+    RETURNING s.id INTO v;
+    RETURN v;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge.record_verification(id uuid, ok boolean, reason text DEFAULT NULL,
+                                                          url text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    IF ok IS NULL THEN
+        RAISE EXCEPTION 'ok must not be NULL' USING ERRCODE = 'HB012';
+    END IF;
+    v := hookbridge._live(record_verification.id);
+    IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN
+        RETURN;
+    END IF;
+    IF ok THEN
+        UPDATE hookbridge.subscriptions s
+           SET verification = 'verified', verified_at = now(), verification_error = NULL
+         WHERE s.id = record_verification.id;
+    ELSE
+        UPDATE hookbridge.subscriptions s
+           SET verification = 'failed', status = 'inactive', verification_failed_at = now(),
+               verification_error = left(coalesce(nullif(reason, ''), 'verification failed'), 500)
+         WHERE s.id = record_verification.id;
+    END IF;
+END
+$$;
+
+-- Views ---------------------------------------------------------------------------------
+
+-- One row per live subscription: what it receives, whether it can, and how it
+-- has been doing. health: 'inactive' (status inactive), 'unverified' (active,
+-- waiting for its URL to be verified), 'failing' (its latest finished delivery
+-- failed), 'healthy'.
+CREATE OR REPLACE VIEW hookbridge.subscription_overview AS
+SELECT s.id,
+       s.name,
+       s.url,
+       coalesce(et.event_types, '{}') AS event_types,
+       s.status,
+       s.verification,
+       CASE s.verification WHEN 'verified' THEN s.verified_at
+                           WHEN 'failed' THEN s.verification_failed_at END AS verification_at,
+       s.verification_error,
+       s.verification_requested_at,
+       coalesce(s.options ->> 'format', 'okta') AS format,
+       d24.delivered AS delivered_24h,
+       d24.failed AS failed_24h,
+       d24.dropped AS dropped_24h,
+       ld.last_delivered_at,
+       lf.last_failed_at,
+       cf.consecutive_failures,
+       CASE WHEN s.status <> 'active' THEN 'inactive'
+            WHEN s.verification <> 'verified' THEN 'unverified'
+            WHEN cf.consecutive_failures > 0 THEN 'failing'
+            ELSE 'healthy' END AS health,
+       s.created_at,
+       s.updated_at
+  FROM hookbridge.subscriptions s
+  LEFT JOIN LATERAL (
+        SELECT array_agg(st.event_type ORDER BY st.event_type) AS event_types
+          FROM hookbridge.subscription_event_types st
+         WHERE st.subscription_id = s.id) et ON true
+ CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE d.status = 'delivered') AS delivered,
+               count(*) FILTER (WHERE d.status = 'failed') AS failed,
+               count(*) FILTER (WHERE d.status = 'dropped') AS dropped
+          FROM hookbridge.deliveries d
+         WHERE d.subscription_id = s.id
+           AND d.created_at > now() - interval '24 hours') d24
+ CROSS JOIN LATERAL (
+        SELECT max(d.last_attempt_at) AS last_delivered_at
+          FROM hookbridge.deliveries d
+         WHERE d.subscription_id = s.id AND d.status = 'delivered') ld
+ CROSS JOIN LATERAL (
+        SELECT max(d.last_attempt_at) AS last_failed_at
+          FROM hookbridge.deliveries d
+         WHERE d.subscription_id = s.id AND d.status = 'failed') lf
+ CROSS JOIN LATERAL (
+        SELECT count(*) AS consecutive_failures
+          FROM hookbridge.deliveries d
+         WHERE d.subscription_id = s.id AND d.status = 'failed'
+           AND d.last_attempt_at > coalesce(ld.last_delivered_at, '-infinity')) cf
+ WHERE s.deregistered_at IS NULL;
+
+COMMENT ON VIEW hookbridge.subscription_overview IS
+    'Live subscriptions with event types, verification, format, 24h delivery counts and health.';

@@ -1,0 +1,323 @@
+-- sql/50_secrets.sql: signing secrets and auth values, stored only as
+-- ciphertext.
+--
+-- Signing secrets and auth header values are stored "sealed": AES-256-GCM
+-- under a key that only the services hold (HOOKBRIDGE_SECRET_KEY, never in
+-- the database), with the key's id beside each value so the key can be
+-- rotated. PostgreSQL (pgcrypto) has no GCM, and the database must not hold
+-- the key, so the SQL functions cannot seal. They hand the plaintext to the
+-- services instead:
+--
+--   * register(), update(), rotate_secret() write the plaintext columns;
+--     BEFORE triggers take the plaintext out of the row before it is stored
+--     (so it never reaches the table, the WAL, a replica or a base backup)
+--     and put it in hookbridge.secret_inbox, an UNLOGGED table, then NOTIFY
+--     hookbridge_seal.
+--   * A dispatcher or retrier seals what the inbox holds within a second:
+--     secrets_to_seal() (rows locked until its transaction ends, so replicas
+--     take turns) and seal_store() per value. An auth value leaves the inbox
+--     at once. A signing secret stays readable there for the reveal window
+--     (hookbridge.limits secret_reveal_seconds, 15 minutes), so that
+--     signing_secret() can show it to the operator who just created it; after
+--     that only `hookbridge-secret show <id>`, run where the key is, can.
+--   * Until its values are sealed a subscription is not delivered to (the
+--     services fail closed); newly registered ones are not active anyway.
+--   * A crash of PostgreSQL empties unlogged tables: a value not yet sealed
+--     is then lost. hookbridge.secret_status shows it ('lost'); set it again
+--     with update() or rotate_secret().
+--   * Key rotation: sealed_under_other_keys() and reseal() let a service
+--     that holds both keys move values to the current key; the view
+--     hookbridge.secret_keys counts values per key id (docs/security.md).
+--
+--   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
+--   --------  --------------------------------------------------------------
+--   HB006     rotation grace outside 0 .. 7 days; seal_store/reseal arguments
+--   HB007     invalid signing secret
+--   HB010     subscription not found; HB015 a NULL subscription id
+--   HB022     the signing secret can no longer be shown from SQL
+--   HB023     the signing secret is not sealed yet (no service running?)
+
+-- The plaintext columns ----------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION hookbridge._inbox_signing_secret() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF NEW.secret IS NOT NULL THEN
+        INSERT INTO hookbridge.secret_inbox (subscription_id, kind, secret_id, value)
+        VALUES (NEW.subscription_id, 'signing', NEW.id, NEW.secret);
+        NEW.secret := NULL;
+        NEW.sealed := NULL;
+        NEW.key_id := NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge._inbox_auth_value() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_inbox bigint;
+BEGIN
+    IF NEW.auth_value IS NOT NULL THEN
+        -- a value set before is superseded, sealed or not
+        DELETE FROM hookbridge.secret_inbox i WHERE i.subscription_id = NEW.id AND i.kind = 'auth';
+        INSERT INTO hookbridge.secret_inbox (subscription_id, kind, value)
+        VALUES (NEW.id, 'auth', NEW.auth_value)
+        RETURNING id INTO v_inbox;
+        NEW.auth_value := NULL;
+        NEW.auth_sealed := NULL;
+        NEW.auth_key_id := NULL;
+        NEW.auth_pending := v_inbox;
+    ELSIF NEW.auth_header IS NULL THEN
+        DELETE FROM hookbridge.secret_inbox i WHERE i.subscription_id = NEW.id AND i.kind = 'auth';
+        NEW.auth_sealed := NULL;
+        NEW.auth_key_id := NULL;
+        NEW.auth_pending := NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- A signing secret removed (deregister) takes its revealable copy along.
+CREATE OR REPLACE FUNCTION hookbridge._inbox_forget_secret() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    DELETE FROM hookbridge.secret_inbox i WHERE i.secret_id = OLD.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge._notify_seal() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM pg_notify('hookbridge_seal', '');
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER subscription_secrets_inbox BEFORE INSERT OR UPDATE ON hookbridge.subscription_secrets
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._inbox_signing_secret();
+CREATE OR REPLACE TRIGGER subscriptions_inbox BEFORE INSERT OR UPDATE ON hookbridge.subscriptions
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._inbox_auth_value();
+CREATE OR REPLACE TRIGGER subscription_secrets_forget AFTER DELETE ON hookbridge.subscription_secrets
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._inbox_forget_secret();
+CREATE OR REPLACE TRIGGER secret_inbox_notify AFTER INSERT ON hookbridge.secret_inbox
+    FOR EACH STATEMENT EXECUTE FUNCTION hookbridge._notify_seal();
+
+-- For operators ---------------------------------------------------------------------
+
+-- New current secret (given, or generated); the previous one keeps signing for
+-- `grace` (0 .. 7 days). Older previous secrets expire now: at most two sign.
+CREATE OR REPLACE FUNCTION hookbridge.rotate_secret(id uuid, grace interval DEFAULT '24 hours',
+                                                    secret text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_secret text := rotate_secret.secret;
+BEGIN
+    PERFORM hookbridge._live(rotate_secret.id);
+    IF grace IS NULL OR grace < interval '0' OR grace > interval '7 days' THEN
+        RAISE EXCEPTION 'grace must be between 0 and 7 days' USING ERRCODE = 'HB006';
+    END IF;
+    IF v_secret IS NULL THEN
+        v_secret := 'whsec_' || encode(gen_random_bytes(32), 'base64');
+    ELSE
+        PERFORM hookbridge._check_secret(v_secret);
+    END IF;
+    UPDATE hookbridge.subscription_secrets sec SET expires_at = now()
+     WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at > now();
+    UPDATE hookbridge.subscription_secrets sec SET expires_at = now() + grace
+     WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at IS NULL;
+    INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
+    VALUES (rotate_secret.id, v_secret);
+    RETURN v_secret;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION hookbridge.signing_secret(id uuid) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_sid bigint;
+    v     text;
+BEGIN
+    PERFORM hookbridge._live(signing_secret.id);
+    SELECT sec.id INTO v_sid FROM hookbridge.subscription_secrets sec
+     WHERE sec.subscription_id = signing_secret.id AND sec.expires_at IS NULL;
+    SELECT i.value INTO v FROM hookbridge.secret_inbox i
+     WHERE i.kind = 'signing' AND i.secret_id = v_sid
+       AND i.created_at > now() - make_interval(secs => hookbridge.limit('secret_reveal_seconds'))
+     ORDER BY i.id DESC LIMIT 1;
+    IF v IS NULL THEN
+        RAISE EXCEPTION 'the signing secret of subscription % is sealed and can no longer be shown here',
+                        signing_secret.id
+            USING ERRCODE = 'HB022',
+                  HINT = 'A new secret is shown for secret_reveal_seconds (hookbridge.limits) after register, update or rotate_secret. '
+                         'Read it with "hookbridge-secret show <id>" where HOOKBRIDGE_SECRET_KEY is set, or call rotate_secret() for a new one.';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- For the services (and hookbridge-secret, which runs with their role) ------------
+
+-- The current signing secret of a live subscription, sealed.
+CREATE OR REPLACE FUNCTION hookbridge.sealed_signing_secret(id uuid)
+RETURNS TABLE (secret_id bigint, sealed text, key_id text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM hookbridge._live(sealed_signing_secret.id);
+    RETURN QUERY
+        SELECT sec.id, encode(sec.sealed, 'hex'), sec.key_id
+          FROM hookbridge.subscription_secrets sec
+         WHERE sec.subscription_id = sealed_signing_secret.id AND sec.expires_at IS NULL;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM hookbridge.subscription_secrets sec
+                             WHERE sec.subscription_id = sealed_signing_secret.id
+                               AND sec.expires_at IS NULL AND sec.sealed IS NULL) THEN
+        RAISE EXCEPTION 'the signing secret of subscription % is not sealed yet', sealed_signing_secret.id
+            USING ERRCODE = 'HB023',
+                  HINT = 'A running dispatcher or retrier seals it within a second; see hookbridge.secret_status.';
+    END IF;
+END
+$$;
+
+-- Plaintext waiting to be sealed, oldest first, locked until the caller's
+-- transaction ends: call it in a transaction, seal_store() each row, commit.
+-- A replica calling it meanwhile waits, then finds those rows done.
+CREATE OR REPLACE FUNCTION hookbridge.secrets_to_seal(max_rows integer DEFAULT 100)
+RETURNS TABLE (inbox_id bigint, subscription_id uuid, kind text, secret_id bigint, value text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    -- Housekeeping first: revealable copies past their window, and auth values
+    -- superseded before they were sealed.
+    DELETE FROM hookbridge.secret_inbox i
+     WHERE i.sealed_at IS NOT NULL
+       AND i.created_at <= now() - make_interval(secs => hookbridge.limit('secret_reveal_seconds'));
+    RETURN QUERY
+        SELECT i.id, i.subscription_id, i.kind, i.secret_id, i.value
+          FROM hookbridge.secret_inbox i
+         WHERE i.sealed_at IS NULL
+         ORDER BY i.id
+         LIMIT greatest(1, least(coalesce(max_rows, 100), 1000))
+           FOR UPDATE;
+END
+$$;
+
+-- Stores the sealed form (hex of the AES-256-GCM blob) of inbox row inbox_id.
+-- An auth value superseded meanwhile by a newer one is dropped unsealed.
+CREATE OR REPLACE FUNCTION hookbridge.seal_store(inbox_id bigint, sealed text, key_id text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.secret_inbox;
+BEGIN
+    IF seal_store.sealed IS NULL OR seal_store.sealed !~ '^([0-9a-f]{2})+$'
+       OR seal_store.key_id IS NULL OR seal_store.key_id !~ '^[0-9a-f]{16}$' THEN
+        RAISE EXCEPTION 'seal_store: sealed must be lowercase hex and key_id 16 hex digits'
+            USING ERRCODE = 'HB006';
+    END IF;
+    SELECT * INTO v FROM hookbridge.secret_inbox i WHERE i.id = seal_store.inbox_id;
+    IF NOT FOUND OR v.sealed_at IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF v.kind = 'signing' THEN
+        UPDATE hookbridge.subscription_secrets sec
+           SET sealed = decode(seal_store.sealed, 'hex'), key_id = seal_store.key_id
+         WHERE sec.id = v.secret_id;
+        UPDATE hookbridge.secret_inbox i SET sealed_at = now() WHERE i.id = v.id;
+    ELSE
+        UPDATE hookbridge.subscriptions s
+           SET auth_sealed = decode(seal_store.sealed, 'hex'), auth_key_id = seal_store.key_id,
+               auth_pending = NULL
+         WHERE s.id = v.subscription_id AND s.auth_pending = v.id;
+        DELETE FROM hookbridge.secret_inbox i WHERE i.id = v.id;
+    END IF;
+END
+$$;
+
+-- Sealed values under one of old_key_ids (the older keys a service holds),
+-- locked like secrets_to_seal.
+CREATE OR REPLACE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
+RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_max integer := greatest(1, least(coalesce(max_rows, 100), 1000));
+BEGIN
+    RETURN QUERY
+        SELECT 'signing'::text, sec.subscription_id, sec.id, encode(sec.sealed, 'hex'), sec.key_id
+          FROM hookbridge.subscription_secrets sec
+         WHERE sec.key_id = ANY (old_key_ids)
+           AND (sec.expires_at IS NULL OR sec.expires_at > now())
+         ORDER BY sec.id LIMIT v_max
+           FOR UPDATE;
+    RETURN QUERY
+        SELECT 'auth'::text, s.id, NULL::bigint, encode(s.auth_sealed, 'hex'), s.auth_key_id
+          FROM hookbridge.subscriptions s
+         WHERE s.auth_key_id = ANY (old_key_ids) AND s.deregistered_at IS NULL
+         ORDER BY s.id LIMIT v_max
+           FOR UPDATE;
+END
+$$;
+
+-- Replaces a sealed value by its form under another key, if it is still the
+-- one read (old_key_id); returns whether it did.
+CREATE OR REPLACE FUNCTION hookbridge.reseal(kind text, subscription_id uuid, secret_id bigint,
+                                             old_key_id text, sealed text, key_id text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF reseal.sealed IS NULL OR reseal.sealed !~ '^([0-9a-f]{2})+$'
+       OR reseal.key_id IS NULL OR reseal.key_id !~ '^[0-9a-f]{16}$' THEN
+        RAISE EXCEPTION 'reseal: sealed must be lowercase hex and key_id 16 hex digits'
+            USING ERRCODE = 'HB006';
+    END IF;
+    IF reseal.kind = 'signing' THEN
+        UPDATE hookbridge.subscription_secrets sec
+           SET sealed = decode(reseal.sealed, 'hex'), key_id = reseal.key_id
+         WHERE sec.id = reseal.secret_id AND sec.subscription_id = reseal.subscription_id
+           AND sec.key_id = reseal.old_key_id;
+    ELSE
+        UPDATE hookbridge.subscriptions s
+           SET auth_sealed = decode(reseal.sealed, 'hex'), auth_key_id = reseal.key_id
+         WHERE s.id = reseal.subscription_id AND s.auth_key_id = reseal.old_key_id;
+    END IF;
+    RETURN FOUND;
+END
+$$;
+
+-- Views ---------------------------------------------------------------------------------
+
+-- How many live values each key id seals: a key can be retired when its rows
+-- are gone (docs/security.md, rotating the key).
+CREATE OR REPLACE VIEW hookbridge.secret_keys AS
+SELECT k.key_id, sum(k.signing)::bigint AS signing_secrets, sum(k.auth)::bigint AS auth_values
+  FROM (SELECT sec.key_id, 1 AS signing, 0 AS auth
+          FROM hookbridge.subscription_secrets sec
+          JOIN hookbridge.subscriptions s ON s.id = sec.subscription_id
+         WHERE sec.key_id IS NOT NULL AND s.deregistered_at IS NULL
+           AND (sec.expires_at IS NULL OR sec.expires_at > now())
+        UNION ALL
+        SELECT s.auth_key_id, 0, 1
+          FROM hookbridge.subscriptions s
+         WHERE s.auth_key_id IS NOT NULL AND s.deregistered_at IS NULL) k
+ GROUP BY k.key_id;
+
+-- Per live subscription: whether its signing secret and auth value are sealed,
+-- waiting for a service ('pending'), or lost in a database crash before a
+-- service sealed them ('lost': set them again with rotate_secret / update).
+CREATE OR REPLACE VIEW hookbridge.secret_status AS
+SELECT s.id, s.name,
+       CASE WHEN sec.sealed IS NOT NULL THEN 'sealed'
+            WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i
+                          WHERE i.secret_id = sec.id AND i.sealed_at IS NULL) THEN 'pending'
+            ELSE 'lost' END AS signing_secret,
+       sec.key_id AS signing_key_id,
+       CASE WHEN s.auth_header IS NULL THEN 'none'
+            WHEN s.auth_pending IS NULL THEN 'sealed'
+            WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i WHERE i.id = s.auth_pending)
+                THEN 'pending'
+            ELSE 'lost' END AS auth_value,
+       s.auth_key_id
+  FROM hookbridge.subscriptions s
+  LEFT JOIN hookbridge.subscription_secrets sec
+         ON sec.subscription_id = s.id AND sec.expires_at IS NULL
+ WHERE s.deregistered_at IS NULL;

@@ -1,0 +1,144 @@
+-- sql/90_privileges.sql: least privilege for the services and for operators -
+-- who may call and read what, for every function and table, in one place.
+-- Applied last (the file names give the order), after every function and view
+-- exists; re-applied with the others, so a function or table added later gets
+-- its privileges here and nowhere else.
+--
+-- Two group roles (NOLOGIN); grant them to the login roles you use:
+--
+--   hookbridge_service   the dispatcher and the retrier: read subscriptions
+--                        (with their sealed secrets, to sign), write the
+--                        delivery log, claim and record verifications and
+--                        replays, seal secrets, and deactivate endpoints that
+--                        keep failing. Nothing else: no subscription can be
+--                        created or changed with it.
+--   hookbridge_operator  people and programs managing subscriptions: every
+--                        hookbridge.* API function but the services' ones, the
+--                        views and the delivery log read-only. No direct writes
+--                        to the tables (so every change goes through a
+--                        validating function) and no read of
+--                        subscription_secrets, secret_inbox or auth values
+--                        (signing_secret() hands the secret out on purpose).
+--
+--   CREATE ROLE hookbridge_app LOGIN PASSWORD '...' IN ROLE hookbridge_service;
+--   CREATE ROLE alice LOGIN IN ROLE hookbridge_operator;
+--
+-- The API functions (no leading underscore) are SECURITY DEFINER: they run
+-- with the rights of the schema owner, who applied the migrations. Every
+-- hookbridge function has a fixed search_path (pg_catalog, hookbridge,
+-- public), so a caller cannot substitute objects. Both are written in each
+-- function's definition (CREATE OR REPLACE resets what it does not say); this
+-- file refuses to finish when one is missing. EXECUTE is revoked from PUBLIC.
+--
+-- The grants below are the whole truth: each run first revokes what the two
+-- roles hold on the schema's tables, views and functions, then grants the
+-- lists. (Grants to other roles, made by hand, are left alone.)
+--
+-- Creating roles needs CREATEROLE: when the migrating user lacks it and the
+-- roles do not exist yet, this file says so (NOTICE) and skips the grants;
+-- create the two roles as above and run `hookbridge-migrate up` again, or
+-- this file by hand (docs/sql.md).
+
+DO $$
+DECLARE
+    can_create boolean := (SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service') THEN
+        IF can_create THEN
+            CREATE ROLE hookbridge_service NOLOGIN;
+        ELSE
+            RAISE NOTICE 'hookbridge_service does not exist and % may not create roles: skipped', current_user;
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
+        IF can_create THEN
+            CREATE ROLE hookbridge_operator NOLOGIN;
+        ELSE
+            RAISE NOTICE 'hookbridge_operator does not exist and % may not create roles: skipped', current_user;
+        END IF;
+    END IF;
+END
+$$;
+
+-- Our functions: every one in the schema that is not part of an extension
+-- (pgcrypto lives here too and is left as it is).
+CREATE OR REPLACE FUNCTION hookbridge._own_functions()
+RETURNS TABLE (fn regprocedure, name name)
+LANGUAGE sql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT p.oid::regprocedure, p.proname FROM pg_proc p
+     WHERE p.pronamespace = 'hookbridge'::regnamespace AND p.prokind = 'f'
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                        WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                          AND d.deptype = 'e')
+$$;
+
+-- Nobody but the roles below may call any of ours; each function says how it
+-- runs, and this checks that it does.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT f.fn, f.name, p.prosecdef, p.proconfig
+               FROM hookbridge._own_functions() f JOIN pg_proc p ON p.oid = f.fn LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', r.fn);
+        IF r.proconfig IS DISTINCT FROM ARRAY['search_path=pg_catalog, hookbridge, public'] THEN
+            RAISE EXCEPTION 'function % must say SET search_path = pg_catalog, hookbridge, public', r.fn;
+        END IF;
+        IF r.prosecdef <> (left(r.name, 1) <> '_') THEN
+            RAISE EXCEPTION 'function % must %be SECURITY DEFINER (API functions are, helpers with a leading underscore are not)',
+                r.fn, CASE WHEN r.prosecdef THEN 'not ' ELSE '' END;
+        END IF;
+    END LOOP;
+END
+$$;
+
+DO $$
+DECLARE
+    r record;
+    -- the API functions only the services call; every other one is the operators'
+    service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
+                                'deactivate_failing', 'sealed_signing_secret', 'secrets_to_seal',
+                                'seal_store', 'sealed_under_other_keys', 'reseal'];
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
+       OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
+        RETURN;
+    END IF;
+    GRANT USAGE ON SCHEMA hookbridge TO hookbridge_service, hookbridge_operator;
+    -- tables and views (and their columns): from nothing to the lists below
+    REVOKE ALL ON ALL TABLES IN SCHEMA hookbridge FROM hookbridge_service, hookbridge_operator;
+
+    -- services: read what they deliver, write the delivery log; the secret
+    -- inbox (plaintext) only through the functions
+    GRANT SELECT ON hookbridge.subscriptions, hookbridge.subscription_event_types,
+                    hookbridge.subscription_secrets, hookbridge.event_types, hookbridge.limits
+        TO hookbridge_service;
+    GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
+                                   hookbridge.endpoint_health
+        TO hookbridge_service;
+
+    -- operators: the views and the log, read-only; changes through the API
+    GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,
+                    hookbridge.deliveries, hookbridge.delivery_attempts,
+                    hookbridge.endpoint_health, hookbridge.event_types, hookbridge.limits,
+                    hookbridge.subscription_event_types
+        TO hookbridge_operator;
+    GRANT SELECT (id, name, url, status, verification, verification_requested_at, verified_at,
+                  verification_failed_at, verification_error, auth_header, options, created_at,
+                  updated_at, deregistered_at, deactivation_reason, deactivated_at)
+        ON hookbridge.subscriptions TO hookbridge_operator;
+    -- both: which secrets are sealed, under which key
+    GRANT SELECT ON hookbridge.secret_keys, hookbridge.secret_status
+        TO hookbridge_operator, hookbridge_service;
+
+    FOR r IN SELECT * FROM hookbridge._own_functions() LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM hookbridge_service, hookbridge_operator',
+                       r.fn);
+        IF r.name = ANY (service_fns) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_service', r.fn);
+        ELSIF left(r.name, 1) <> '_' THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_operator', r.fn);
+        END IF;
+    END LOOP;
+END
+$$;
