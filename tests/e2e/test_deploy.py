@@ -375,6 +375,18 @@ def test_image_migrations_are_where_hookbridge_migrate_looks(tmp_path):
         r.stdout + r.stderr
 
 
+def test_image_sql_files_are_beside_the_migrations():
+    """hookbridge-migrate reads the functions from <migrations dir>/../sql: the
+    image must have every sql/*.sql there."""
+    copies = dockerfile()["copies"]
+    mig = [shlex.split(c)[-1] for c in copies if "migrations/*.sql" in c]
+    sqls = [shlex.split(c)[-1] for c in copies if "/sql/*.sql" in c]
+    assert len(mig) == 1 and len(sqls) == 1, copies
+    assert os.path.normpath(sqls[0]) == os.path.join(os.path.dirname(os.path.normpath(mig[0])),
+                                                     "sql")
+    assert sorted((REPO / "sql").glob("*.sql")), "no sql/*.sql to copy"
+
+
 @functools.lru_cache(maxsize=None)
 def dpkg_owner(path):
     """Debian package owning a library path; usrmerge means dpkg may know it
