@@ -22,7 +22,7 @@
  * lists of 100 items) and turns every path into an array of segments.
  * hb_filter_match() then walks the event with json_object_get() per segment
  * and never allocates. hookbridge.filter_problem() in
- * migrations/0002_filter.sql applies the same rules in SQL, so an invalid
+ * sql/30_filters.sql applies the same rules in SQL, so an invalid
  * filter is refused when it is registered, never at delivery time;
  * tests/filter_cases.json is the table both are tested against.
  *

@@ -36,8 +36,8 @@
 --
 -- Creating roles needs CREATEROLE: when the migrating user lacks it and the
 -- roles do not exist yet, this file says so (NOTICE) and skips the grants;
--- create the two roles as above and run `hookbridge-migrate up` again, or
--- this file by hand (docs/sql.md).
+-- create the two roles as above and run this file again by hand (psql -f; it
+-- is idempotent), see docs/sql.md.
 
 DO $$
 DECLARE

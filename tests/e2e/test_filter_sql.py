@@ -1,5 +1,5 @@
 """Subscription content filters: the SQL validator (hookbridge.filter_problem,
-hookbridge.check_filter in migrations/0002_filter.sql) and the dispatcher's C
+hookbridge.check_filter in sql/30_filters.sql) and the dispatcher's C
 compiler (lib/hb_filter.c) must agree on which filters are valid, so a filter
 that register() accepts never fails at delivery time, and one it refuses
 would not have worked.
