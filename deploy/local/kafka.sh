@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Apache Kafka (KRaft, no ZooKeeper) on loopback, for local runs and tests.
+#
+# The broker is not installed from a distribution tarball: Maven resolves
+# org.apache.kafka:kafka_2.13 and its runtime dependencies from the POM in
+# deploy/kafka/pom.xml into a cache outside the repository
+# ($HOOKBRIDGE_KAFKA_CACHE, default ~/.cache/hookbridge/kafka-$KAFKA_VERSION/libs),
+# and this script does what Apache's bin/kafka-storage.sh (kafka.tools.StorageTool
+# format) and bin/kafka-server-start.sh (kafka.Kafka server.properties) do,
+# with a small heap and the serial collector: the machines have 2 cores.
+#
+#   kafka.sh fetch                 jars into the cache when missing; prints the directory
+#   kafka.sh prepare DIR [NODES]   NODES (1 or 3, default 1) combined broker+controller
+#                                  nodes in DIR: free loopback ports, server.properties,
+#                                  formatted storage; writes DIR/bootstrap (host:port,...)
+#   kafka.sh node DIR ID           runs node ID of DIR in the foreground (exec java)
+#   kafka.sh start DIR [NODES]     prepare, start every node in the background, wait
+#                                  until each has started; prints the bootstrap list
+#   kafka.sh wait DIR [SECONDS]    waits until every node of DIR logged its start
+#   kafka.sh stop DIR              stops the nodes `start` started (SIGTERM, then SIGKILL)
+#
+# One node: replication factor 1. Three nodes: replication factor 3,
+# min.insync.replicas=2 (for failover tests). Topics are never created
+# automatically (auto.create.topics.enable=false, as in production):
+# `hookbridge-migrate topics` creates them. The consumer-group coordinator
+# starts a group without the usual 3 s initial delay.
+#
+# Settings: KAFKA_VERSION (default from the POM), KAFKA_HEAP (default 512m),
+# HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+POM=$ROOT/deploy/kafka/pom.xml
+KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")}
+CACHE=${HOOKBRIDGE_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hookbridge/kafka-$KAFKA_VERSION/libs}
+HEAP=${KAFKA_HEAP:-512m}
+
+die() {
+  echo "kafka.sh: $*" >&2
+  exit 1
+}
+
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+cmd_fetch() {
+  if [ ! -f "$CACHE/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch Apache Kafka"
+    local tmp=$CACHE.tmp.$$
+    rm -rf "$tmp"
+    mvn -q -B -f "$POM" -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >&2 ||
+      { rm -rf "$tmp"; die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"; }
+    rm -rf "$CACHE"
+    mkdir -p "$(dirname "$CACHE")"
+    mv "$tmp" "$CACHE"
+  fi
+  echo "$CACHE"
+}
+
+# Sets JAVA to the JVM's command line for the nodes of DIR $1.
+java_cmd() {
+  JAVA=(java -Xmx"$HEAP" -Xms64m -Xss512k -XX:+UseSerialGC -XX:TieredStopAtLevel=1
+    -XX:-UsePerfData -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$1/log4j2.properties" -cp "$CACHE/*")
+}
+
+write_log4j() {
+  cat >"$1/log4j2.properties" <<EOF
+status = error
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = ${KAFKA_LOG_LEVEL:-WARN}
+rootLogger.appenderRef.out.ref = STDOUT
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+EOF
+}
+
+cmd_prepare() {
+  local dir=$1 nodes=${2:-1} i rf voters="" cluster_id
+  case $nodes in 1 | 3) ;; *) die "NODES must be 1 or 3" ;; esac
+  cmd_fetch >/dev/null
+  mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
+  write_log4j "$dir"
+  local -a ports cports
+  for ((i = 1; i <= nodes; i++)); do
+    ports[i]=$(free_port)
+    cports[i]=$(free_port)
+    voters+="${voters:+,}$i@127.0.0.1:${cports[i]}"
+  done
+  rf=$nodes
+  local min_isr=$((nodes == 3 ? 2 : 1))
+  # A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  local bootstrap=""
+  for ((i = 1; i <= nodes; i++)); do
+    mkdir -p "$dir/node-$i/data"
+    cat >"$dir/node-$i/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$i
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:${ports[i]},CONTROLLER://127.0.0.1:${cports[i]}
+advertised.listeners=PLAINTEXT://127.0.0.1:${ports[i]}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/node-$i/data
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$min_isr
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+background.threads=2
+log.segment.bytes=16777216
+log.flush.interval.messages=9223372036854775807
+log.retention.check.interval.ms=60000
+EOF
+    bootstrap+="${bootstrap:+,}127.0.0.1:${ports[i]}"
+  done
+  # Format every node's storage, in parallel (one short JVM each).
+  local -a pids
+  java_cmd "$dir"
+  for ((i = 1; i <= nodes; i++)); do
+    "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$dir/node-$i/server.properties" --ignore-formatted >"$dir/node-$i/format.log" 2>&1 &
+    pids[i]=$!
+  done
+  for ((i = 1; i <= nodes; i++)); do
+    wait "${pids[i]}" || { cat "$dir/node-$i/format.log" >&2; die "formatting node $i failed"; }
+  done
+  echo "$nodes" >"$dir/nodes"
+  echo "$bootstrap" >"$dir/bootstrap"
+  echo "$bootstrap"
+}
+
+cmd_node() {
+  local dir=$1 id=$2
+  [ -f "$dir/node-$id/server.properties" ] || die "no node $id in $dir (run prepare first)"
+  java_cmd "$dir"
+  exec "${JAVA[@]}" kafka.Kafka "$dir/node-$id/server.properties"
+}
+
+# 0 once node $2 of $1 logged that it started.
+node_started() {
+  grep -q 'Kafka Server started' "$1/node-$2/server.log" 2>/dev/null
+}
+
+cmd_wait() {
+  local dir=$1 secs=${2:-60} nodes i n
+  nodes=$(cat "$dir/nodes")
+  n=$((secs * 10))
+  while [ "$n" -gt 0 ]; do
+    local up=0
+    for ((i = 1; i <= nodes; i++)); do
+      if node_started "$dir" "$i"; then up=$((up + 1)); fi
+      if [ -f "$dir/node-$i/pid" ] && ! kill -0 "$(cat "$dir/node-$i/pid")" 2>/dev/null; then
+        tail -30 "$dir/node-$i/server.log" >&2
+        die "node $i exited"
+      fi
+    done
+    [ "$up" -lt "$nodes" ] || return 0
+    sleep 0.1
+    n=$((n - 1))
+  done
+  die "Apache Kafka did not start within ${secs}s (logs in $dir/node-*/server.log)"
+}
+
+cmd_start() {
+  local dir=$1 nodes=${2:-1} i
+  cmd_prepare "$dir" "$nodes" >/dev/null
+  dir=$(cd "$dir" && pwd)
+  for ((i = 1; i <= nodes; i++)); do
+    nohup "$0" node "$dir" "$i" >"$dir/node-$i/server.log" 2>&1 </dev/null &
+    echo $! >"$dir/node-$i/pid"
+  done
+  cmd_wait "$dir" 90
+  cat "$dir/bootstrap"
+}
+
+# SIGTERM to every node at once (a node waiting for a quorum that is going
+# away would otherwise take half a minute), SIGKILL after 10 s: the data is
+# throwaway.
+cmd_stop() {
+  local dir=$1 f pid n
+  local -a pids=()
+  for f in "$dir"/node-*/pid; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+  done
+  for pid in "${pids[@]}"; do
+    n=100
+    while [ "$n" -gt 0 ] && kill -0 "$pid" 2>/dev/null; do
+      sleep 0.1
+      n=$((n - 1))
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+
+case ${1:-} in
+fetch) cmd_fetch ;;
+prepare) cmd_prepare "${2:?DIR}" "${3:-1}" ;;
+node) cmd_node "${2:?DIR}" "${3:?ID}" ;;
+start) cmd_start "${2:?DIR}" "${3:-1}" ;;
+wait) cmd_wait "${2:?DIR}" "${3:-60}" ;;
+stop) cmd_stop "${2:?DIR}" ;;
+*)
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 2
+  ;;
+esac
