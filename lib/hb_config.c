@@ -55,18 +55,35 @@ static const cf_row_t cf_table[] = {
      "Previous secret keys (same format), separated by commas or spaces, used only to open "
      "values sealed before a rotation. Remove a key once no stored value names its key id "
      "(`hookbridge-secret key-id` prints the ids)."},
-    {"kafka_brokers", CF_STR, OFF(kafka_brokers), "localhost:9092", 0, 0, HB_PROG_KAFKA, 0,
-     "Kafka bootstrap servers, comma-separated host:port."},
-    {"events_topic", CF_STR, OFF(events_topic), "identity.events", 0, 0, HB_PROG_KAFKA, 0,
-     "Topic of IdentityEvent messages."},
-    {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0, HB_PROG_SERVICES, 0,
+    {"kafka_brokers", CF_STR, OFF(kafka_brokers), "localhost:9092", 0, 0,
+     HB_PROG_KAFKA | HB_PROG_MIGRATE, 0, "Kafka bootstrap servers, comma-separated host:port."},
+    {"events_topic", CF_STR, OFF(events_topic), "identity.events", 0, 0,
+     HB_PROG_KAFKA | HB_PROG_MIGRATE, 0, "Topic of IdentityEvent messages."},
+    {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Dead-letter topic for poison messages and deliveries out of attempts."},
     {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
-     HB_PROG_SERVICES, 0, "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
+     "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},
     {"retry_schedule", CF_STR, OFF(retry_schedule), HB_RETRY_SCHEDULE_DEFAULT, 0, 0,
-     HB_PROG_SERVICES, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Delays before each retry attempt, comma-separated durations; one topic per distinct delay "
      "(retry_topic_prefix + delay). The default spreads 8 attempts over about 28 hours."},
+    {"topic_partitions", CF_INT, OFF(topic_partitions), "12", 1, 10000, HB_PROG_MIGRATE, 0,
+     "Partitions of each topic `hookbridge-migrate topics` creates (events, delay tiers, "
+     "dead letters). The events topic's partitions bound how many dispatchers share the "
+     "work."},
+    {"topic_replication_factor", CF_INT, OFF(topic_replication_factor), "3", 1, 32, HB_PROG_MIGRATE,
+     0,
+     "Replication factor of the topics `hookbridge-migrate topics` creates; with 3 or more "
+     "they also get min.insync.replicas=2. Use 1 only on a one-broker development cluster."},
+    {"events_retention", CF_MS, OFF(events_retention_ms), "7d", 3600000, 3650LL * 86400000,
+     HB_PROG_MIGRATE, 0,
+     "retention.ms of the events topic when `hookbridge-migrate topics` creates it. Delay "
+     "tiers keep max(7 days, 10 x their delay)."},
+    {"dlq_retention", CF_MS, OFF(dlq_retention_ms), "30d", 3600000, 3650LL * 86400000,
+     HB_PROG_MIGRATE, 0,
+     "retention.ms of the dead-letter topic when `hookbridge-migrate topics` creates it."},
     {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
      "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
     {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0,
@@ -500,7 +517,7 @@ void hb_config_usage(FILE *fp, unsigned program, const char *program_name) {
         fprintf(fp, "  %s, %s (%s, default \"%s\")\n      %s\n", flag, env, type_name(r->type),
                 r->def, r->help);
     }
-    if (program & HB_PROG_KAFKA)
+    if (program & (HB_PROG_KAFKA | HB_PROG_MIGRATE))
         fprintf(fp, "\n  -X property=value, HOOKBRIDGE_KAFKA_<PROPERTY>=value\n"
                     "      Any librdkafka property (HOOKBRIDGE_KAFKA_SASL_MECHANISM=PLAIN sets "
                     "sasl.mechanism).\n");
@@ -533,7 +550,8 @@ void hb_config_reference(FILE *fp) {
             }
         fprintf(fp, " | %s |\n", r->help);
     }
-    fprintf(fp, "| `HOOKBRIDGE_KAFKA_<PROPERTY>` | `-X property=value` | string | | producer, "
-                "dispatcher, retrier | Passed to librdkafka as `<property>` lowercased, `_` "
-                "read as `.`. |\n");
+    fprintf(fp,
+            "| `HOOKBRIDGE_KAFKA_<PROPERTY>` | `-X property=value` | string | | producer, "
+            "dispatcher, retrier, migrate | Passed to librdkafka as `<property>` lowercased, `_` "
+            "read as `.`. |\n");
 }

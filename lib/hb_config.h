@@ -67,6 +67,12 @@ typedef struct hb_config_s {
     long long circuit_cooldown_ms;    /* how long new deliveries skip an open endpoint */
     long long auto_deactivate_ms;     /* failing this long: deactivated; 0 never */
 
+    /* Topic provisioning (hookbridge-migrate topics, hb_topics). */
+    long long topic_partitions;
+    long long topic_replication_factor;
+    long long events_retention_ms;
+    long long dlq_retention_ms;
+
     /* The producer's Okta event-hook ingest endpoint (hookbridge-producer --listen). */
     char *ingest_listen;              /* "" = no endpoint: the CLI */
     char *ingest_auth_header;         /* the header Okta sends the secret in */

@@ -4,6 +4,10 @@
  *
  *   hookbridge-migrate up     [--dir DIR]   apply what is pending, in order
  *   hookbridge-migrate status [--dir DIR]   list each migration: applied or pending
+ *   hookbridge-migrate topics [--check]     create the Kafka topics (events, delay
+ *                                           tiers, dead letters) that are missing and
+ *                                           report drift on the others (hb_topics);
+ *                                           --check creates nothing
  *
  * Two kinds of file (migrations/README.md):
  *
@@ -45,8 +49,12 @@
  * bin/hookbridge-migrate), else /usr/share/hookbridge/migrations (packages and
  * the container image).
  *
- * Exit status: 0 ok, 1 error. Messages never contain the connection string or
- * the password (hb_store_pg_connect describes host and port only).
+ * `topics` needs no database, only the Kafka settings (HOOKBRIDGE_KAFKA_BROKERS
+ * and the HOOKBRIDGE_KAFKA_* passthrough for TLS/SASL) and the topic settings.
+ *
+ * Exit status: 0 ok, 1 error; `topics --check`: 2 when a topic is missing or
+ * drifted (`topics` without --check reports drift and exits 0). Messages never contain the
+ * connection string or the password (hb_store_pg_connect describes host and port only).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -62,6 +70,7 @@
 #include "hb_config.h"
 #include "hb_log.h"
 #include "hb_store.h"
+#include "hb_topics.h"
 
 #define PROG "hookbridge-migrate"
 #define MIGRATE_LOCK_KEY "7526676533394417767" /* "hookbrdg" as a bigint */
@@ -767,14 +776,41 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
     return rc;
 }
 
+/* Exit status of `topics`: 0, 1 on error, 2 when checking found problems. */
+static int cmd_topics(const hb_config_t *cfg, int check_only) {
+    hb_topic_plan_t plan;
+    char errstr[1024];
+    int problems = 0;
+    if (hb_topics_plan(&plan, cfg, errstr, sizeof(errstr)) < 0) {
+        fprintf(stderr, "%s: error: %s\n", PROG, errstr);
+        return 1;
+    }
+    if (hb_topics_apply(cfg, &plan, check_only, stdout, &problems, errstr, sizeof(errstr)) < 0) {
+        fprintf(stderr, "%s: error: %s\n", PROG, errstr);
+        hb_topics_plan_free(&plan);
+        return 1;
+    }
+    fflush(stdout);
+    if (problems)
+        fprintf(stderr, "%s: %d topic%s %s\n", PROG, problems, problems == 1 ? "" : "s",
+                check_only ? "missing or drifted"
+                           : "drifted from the plan: not changed, see above");
+    hb_topics_plan_free(&plan);
+    return problems && check_only ? 2 : 0;
+}
+
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: %s up|status [--dir DIR]\n"
+            "       %s topics [--check]\n"
             "  up       apply pending migrations in order (each in its own transaction)\n"
             "  status   list migrations as applied or pending\n"
+            "  topics   create the missing Kafka topics (events, delay tiers, dead letters) and\n"
+            "           report drift on existing ones; --check creates nothing and exits 2\n"
+            "           when a topic is missing or drifted\n"
             "  --dir    migrations directory (default: $HOOKBRIDGE_MIGRATIONS_DIR, else\n"
             "           <binary dir>/../migrations if present, else %s)\n",
-            PROG, MIGRATE_SYSTEM_DIR);
+            PROG, PROG, MIGRATE_SYSTEM_DIR);
 }
 
 int main(int argc, char **argv) {
@@ -783,7 +819,7 @@ int main(int argc, char **argv) {
     const char *cmd = NULL, *flag_dir = NULL, *dir;
     mig_list_t l = {NULL, 0};
     PGconn *conn = NULL;
-    int rc, status = 1;
+    int rc, status = 1, check = 0;
 
     if ((rc = hb_config_load_tool(&cfg, HB_PROG_MIGRATE, PROG, argc, argv, usage, 1)) >= 0)
         return rc;
@@ -793,7 +829,9 @@ int main(int argc, char **argv) {
             flag_dir = cfg.args[++i];
         } else if (!strncmp(a, "--dir=", 6) && a[6]) {
             flag_dir = a + 6;
-        } else if (!cmd && (!strcmp(a, "up") || !strcmp(a, "status"))) {
+        } else if (!strcmp(a, "--check")) {
+            check = 1;
+        } else if (!cmd && (!strcmp(a, "up") || !strcmp(a, "status") || !strcmp(a, "topics"))) {
             cmd = a;
         } else {
             fprintf(stderr, "%s: error: unexpected argument \"%s\"\n", PROG, a);
@@ -801,8 +839,12 @@ int main(int argc, char **argv) {
             goto out;
         }
     }
-    if (!cmd) {
+    if (!cmd || (check && strcmp(cmd, "topics"))) {
         usage(stderr);
+        goto out;
+    }
+    if (!strcmp(cmd, "topics")) {
+        status = cmd_topics(&cfg, check);
         goto out;
     }
     dir = pick_dir(flag_dir, dirbuf, sizeof(dirbuf));
