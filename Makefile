@@ -158,7 +158,7 @@ test-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
 # PYTEST_JOBS parallel workers (pytest-xdist); each worker has its own
 # PostgreSQL cluster, and every test its own broker and free ports.
 PYTEST_JOBS ?= 3
-PYTEST := /usr/bin/python3 -m pytest -q -p no:cacheprovider -n $(PYTEST_JOBS)
+PYTEST := /usr/bin/python3 -m pytest -q -p no:cacheprovider -n $(PYTEST_JOBS) --dist loadgroup
 
 test-e2e: all
 	@HOOKBRIDGE_BIN=$(CURDIR)/$(BIN) $(PYTEST) tests/e2e $(PYTEST_ARGS)

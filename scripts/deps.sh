@@ -8,7 +8,8 @@ libssl-dev libmicrohttpd-dev libcmocka-dev
 postgresql postgresql-contrib
 python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-kafka python3-avro jq openssl
 nginx-light wrk kcat curl
-python3-yaml yamllint"
+python3-yaml yamllint
+openjdk-17-jre-headless maven"
 # `kubectl kustomize` renders deploy/k8s in the tests. Debian's
 # kubernetes-client (kubectl 1.20) does; a kubectl already installed (any
 # newer one) does too, and is not replaced.
@@ -18,7 +19,15 @@ for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
     || missing="$missing $p"
 done
-[ -z "$missing" ] && exit 0
+# Apache Kafka for the tests and `make run KAFKA=apache`: jars fetched by Maven
+# into ~/.cache/hookbridge once (deploy/local/kafka.sh), never into the tree.
+fetch_kafka() {
+  "$(dirname "$0")/../deploy/local/kafka.sh" fetch >/dev/null
+}
+if [ -z "$missing" ]; then
+  fetch_kafka
+  exit 0
+fi
 echo "deps: installing:$missing"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -30,4 +39,5 @@ $SUDO apt-get install -y -q --no-install-recommends $missing >/dev/null
 if command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
+fetch_kafka
 echo "deps: done"

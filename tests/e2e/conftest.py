@@ -5,6 +5,13 @@ consumer groups never leak between tests), its own database in the session's
 throwaway PostgreSQL cluster (migrated with hookbridge-migrate), and a process
 group that stops everything it started when the test ends, pass or fail. The
 logs of a failed test's processes are printed with the failure.
+
+Apache Kafka (hbtest/kafka.py has the details): a test marked
+@pytest.mark.apache runs twice, on the devbroker and on one Apache Kafka
+broker shared by the tests of a pytest-xdist worker (in its own topics and
+consumer groups); HOOKBRIDGE_TEST_KAFKA=apache runs every test that uses the
+`broker` fixture on Apache Kafka. Tests on Apache Kafka are kept in one
+xdist group (`--dist loadgroup`), so one worker starts one broker.
 """
 import os
 import sys
@@ -15,7 +22,35 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from hbtest.pg import db_url, pg_cluster  # noqa: E402,F401
 from hbtest.procs import ProcessGroup  # noqa: E402
+from hbtest.kafka import ApacheKafka  # noqa: E402
 from hbtest.stack import Broker  # noqa: E402
+
+BROKER_KIND = os.environ.get("HOOKBRIDGE_TEST_KAFKA", "devbroker")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "apache: run this test on the devbroker and on "
+                            "Apache Kafka (the broker / new_broker fixtures)")
+
+
+def pytest_generate_tests(metafunc):
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    if BROKER_KIND == "apache":
+        kinds = ["apache"]
+    elif metafunc.definition.get_closest_marker("apache"):
+        kinds = ["devbroker", "apache"]
+    else:
+        return
+    metafunc.parametrize("broker_kind", kinds, indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        if ((cs is not None and cs.params.get("broker_kind") == "apache")
+                or "apache_kafka" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("apache-kafka"))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -46,6 +81,32 @@ def procs(request, workdir):
             assert marker not in out, f"{p.name}: sanitizer report\n{out[-8000:]}"
 
 
+@pytest.fixture(scope="session")
+def apache_kafka():
+    """One Apache Kafka node (KRaft) for this worker's session, started on
+    first use: .bootstrap, .space() for a test's own topics (hbtest/kafka.py)."""
+    k = ApacheKafka(nodes=1)
+    yield k
+    k.stop()
+
+
 @pytest.fixture
-def broker(procs, workdir):
-    return Broker(procs, workdir)
+def broker_kind(request):
+    """"devbroker" or "apache" (parametrised by @pytest.mark.apache)."""
+    return getattr(request, "param", BROKER_KIND)
+
+
+@pytest.fixture
+def new_broker(request, broker_kind, procs, workdir):
+    """Factory: new_broker(retry_schedule=None) -> this test's broker, the
+    devbroker or a TopicSpace (with its topics) on Apache Kafka."""
+    def make(retry_schedule=None):
+        if broker_kind == "apache":
+            return request.getfixturevalue("apache_kafka").space(retry_schedule=retry_schedule)
+        return Broker(procs, workdir, retry_schedule=retry_schedule)
+    return make
+
+
+@pytest.fixture
+def broker(new_broker):
+    return new_broker()

@@ -64,6 +64,7 @@ def event(etype, user="00u" + uuid.uuid4().hex[:10]):
             "target": [{"id": user, "type": "User"}], "outcome": {"result": "SUCCESS"}}
 
 
+@pytest.mark.apache
 def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, procs, workdir):
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     d = Dispatcher(procs, db_url, broker.bootstrap)
@@ -111,8 +112,8 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
     # Consumer lag per partition: a series for each of the 6 partitions, all
     # caught up (refreshed every 5 s).
     def lag():
-        series = re.findall(r'^hookbridge_consumer_lag\{topic="identity.events",'
-                            r'partition="(\d+)"\} (\d+)', d.get("/metrics")[1], re.M)
+        series = re.findall(r'^hookbridge_consumer_lag\{topic="' + re.escape(broker.events_topic)
+                            + r'",partition="(\d+)"\} (\d+)', d.get("/metrics")[1], re.M)
         return len(series) == 6 and all(v == "0" for _, v in series)
     wait_until(lag, 15, "per-partition consumer lag at 0")
 
@@ -162,6 +163,7 @@ def test_failed_verification_is_recorded_and_activation_refused(db_url, broker, 
     assert e.value.pgcode == "HB011"
 
 
+@pytest.mark.apache
 def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, procs, workdir):
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     d = Dispatcher(procs, db_url, broker.bootstrap)
@@ -170,7 +172,7 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     from kafka import KafkaConsumer, KafkaProducer  # python3-kafka: an independent client
     poison = b"\x00garbage that is not avro"
     kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
-    kp.send("identity.events", poison)
+    kp.send(broker.events_topic, poison)
     kp.flush()
     kp.close()
     produce(broker.bootstrap, [event("user.session.start")])
@@ -180,7 +182,7 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     wait_until(lambda: "poison message" in d.proc.output(), 20, "the poison message's log line")
     assert d.proc.alive()
     # The poison message is not lost: its bytes are on the dead-letter topic with the reason.
-    kc = KafkaConsumer("hookbridge.dlq", bootstrap_servers=broker.bootstrap.split(","),
+    kc = KafkaConsumer(broker.dlq_topic, bootstrap_servers=broker.bootstrap.split(","),
                        auto_offset_reset="earliest", consumer_timeout_ms=4000)
     msgs = [m for m in kc]
     kc.close()
@@ -189,10 +191,12 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     # The reason names the problem, on the copy and in the dispatcher's log.
     # (0x00 is also the Schema Registry framing's magic: the reason says so too.)
     assert headers["hookbridge-reason"].startswith(b"not single-object encoded (bad magic)")
-    assert "poison message sent to hookbridge.dlq: not single-object encoded" in d.proc.output()
-    assert headers["hookbridge-source-topic"] == b"identity.events"
+    assert (f"poison message sent to {broker.dlq_topic}: not single-object encoded"
+            in d.proc.output())
+    assert headers["hookbridge-source-topic"] == broker.events_topic.encode()
 
 
+@pytest.mark.apache
 def test_sigkill_mid_stream_loses_nothing(db_url, broker, procs, workdir):
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     d = Dispatcher(procs, db_url, broker.bootstrap)

@@ -21,8 +21,13 @@ from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 LATE_TOLERANCE_S = 2.5 * SLOW  # how late an attempt may fire on a loaded 2-core machine
 
 
-def stack(procs, workdir, db_url, schedule, receiver_args=None, retrier=True, env=None):
-    broker = Broker(procs, workdir, retry_schedule=schedule)
+def stack(procs, workdir, db_url, schedule, receiver_args=None, retrier=True, env=None,
+          new_broker=None):
+    """new_broker: the fixture, for a test that runs on Apache Kafka too."""
+    if new_broker:
+        broker = new_broker(retry_schedule=schedule)
+    else:
+        broker = Broker(procs, workdir, retry_schedule=schedule)
     env = dict({"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"},
                **(env or {}))
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
@@ -53,20 +58,21 @@ def failed_delivery(db_url, sub, timeout, what):
 
 
 def dlq_messages(broker, timeout_ms=4000):
-    """Everything on hookbridge.dlq (read until nothing came for timeout_ms)."""
+    """Everything on the dead-letter topic (read until nothing came for timeout_ms)."""
     from kafka import KafkaConsumer
-    kc = KafkaConsumer("hookbridge.dlq", bootstrap_servers=broker.bootstrap.split(","),
+    kc = KafkaConsumer(broker.dlq_topic, bootstrap_servers=broker.bootstrap.split(","),
                        auto_offset_reset="earliest", consumer_timeout_ms=timeout_ms)
     msgs = list(kc)
     kc.close()
     return msgs
 
 
-def test_fails_twice_then_arrives_on_schedule(db_url, procs, workdir):
+@pytest.mark.apache
+def test_fails_twice_then_arrives_on_schedule(db_url, procs, workdir, new_broker):
     """503, 503, then 204: the receiver sees the same delivery three times,
     1 s and then 2 s apart (the schedule), each freshly signed."""
     broker, receiver, d, r = stack(procs, workdir, db_url, "1s,2s,3s",
-                                   receiver_args={"fail_first": 2})
+                                   receiver_args={"fail_first": 2}, new_broker=new_broker)
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     ev = event("user.session.start")
     produce(broker.bootstrap, [ev])
@@ -99,9 +105,11 @@ def test_fails_twice_then_arrives_on_schedule(db_url, procs, workdir):
         (1, "retry", 503), (2, "retry", 503), (3, "delivered", 204)]
 
 
-def test_always_failing_ends_in_the_dlq_with_every_attempt_logged(db_url, procs, workdir):
+@pytest.mark.apache
+def test_always_failing_ends_in_the_dlq_with_every_attempt_logged(db_url, procs, workdir,
+                                                                  new_broker):
     broker, receiver, d, r = stack(procs, workdir, db_url, "1s,1s",
-                                   receiver_args={"status": 500})
+                                   receiver_args={"status": 500}, new_broker=new_broker)
     sub = register_verified(db_url, receiver.url, ["user.account.lock"])
     produce(broker.bootstrap, [event("user.account.lock")])
     did, status, n, err = failed_delivery(db_url, sub, 30 * SLOW, "the delivery to fail finally")

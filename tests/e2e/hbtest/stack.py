@@ -11,7 +11,12 @@ from .procs import BIN, SECRET_KEY, SLOW, free_port, http_get, wait_until
 
 
 class Broker:
-    """hookbridge-devbroker: the embedded Kafka-protocol broker."""
+    """hookbridge-devbroker: the embedded Kafka-protocol broker. The topic
+    names are the defaults (a TopicSpace on Apache Kafka, hbtest.kafka, has
+    the same attributes with prefixed names)."""
+    events_topic = "identity.events"
+    dlq_topic = "hookbridge.dlq"
+    retry_prefix = "hookbridge.retry."
 
     def __init__(self, group, workdir, topics=(), retry_schedule=None):
         self.bootstrap_file = Path(workdir) / "bootstrap"
@@ -105,6 +110,11 @@ class Service:
                  extra_env=None, name=None):
         name = name or self.program
         self.health_port = free_port()
+        # A TopicSpace's bootstrap (Apache Kafka): its topics and groups, the
+        # schedule's delay tiers created first (auto-creation is off there).
+        space = getattr(brokers, "space", None)
+        if space and topic == "identity.events":
+            topic = space.events_topic
         env = {
             "HOOKBRIDGE_DATABASE_URL": database_url,
             "HOOKBRIDGE_SECRET_KEY": SECRET_KEY,
@@ -118,6 +128,12 @@ class Service:
             "HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "HOOKBRIDGE_LOG_FLUSH_INTERVAL": "100ms",
         }
+        if space:
+            env["HOOKBRIDGE_CONSUMER_GROUP"] = space.group(env["HOOKBRIDGE_CONSUMER_GROUP"])
+            env["HOOKBRIDGE_DLQ_TOPIC"] = space.dlq_topic
+            env["HOOKBRIDGE_RETRY_TOPIC_PREFIX"] = space.retry_prefix
+            if space.auto_create:
+                space.create_topics((extra_env or {}).get("HOOKBRIDGE_RETRY_SCHEDULE"))
         env.update(extra_env or {})
         self.env = env
         self.group = group
@@ -150,7 +166,11 @@ class Retrier(Service):
 
 
 def produce(brokers, lines, topic="identity.events", args=(), check=True):
-    """Runs hookbridge-producer with JSON lines on stdin; returns the CompletedProcess."""
+    """Runs hookbridge-producer with JSON lines on stdin; returns the CompletedProcess.
+    With a TopicSpace's bootstrap, the default topic is the space's."""
+    space = getattr(brokers, "space", None)
+    if space and topic == "identity.events":
+        topic = space.events_topic
     env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=brokers, HOOKBRIDGE_EVENTS_TOPIC=topic)
     data = "".join(json.dumps(l) + "\n" if not isinstance(l, str) else l + "\n" for l in lines)
     src = [] if "--generate" in args else ["-"]

@@ -1,0 +1,180 @@
+"""Apache Kafka for end-to-end tests (deploy/local/kafka.sh does the work).
+
+One broker per pytest-xdist worker and session (started on first use, about
+5 s), shared by the tests of that worker; each test keeps to its own topics
+and consumer groups through a TopicSpace, so tests never see each other's
+messages. Topics are never auto-created (as in production): a TopicSpace
+creates them with `hookbridge-migrate topics`.
+
+Fixtures (tests/e2e/conftest.py):
+
+    apache_kafka   the session's ApacheKafka (one KRaft node): .bootstrap,
+                   .space(create=True, retry_schedule=None) -> TopicSpace
+    broker         this test's broker: the devbroker (hbtest.stack.Broker), or
+                   a TopicSpace on Apache Kafka when the test is marked
+                   @pytest.mark.apache (it then runs on both) or when
+                   HOOKBRIDGE_TEST_KAFKA=apache (every test on Apache Kafka).
+                   Both have .bootstrap, .events_topic, .dlq_topic, .retry_prefix.
+    new_broker     the same as a factory: new_broker(retry_schedule="1s,2s").
+
+A TopicSpace's bootstrap string carries its names, so Service (dispatcher,
+retrier) and produce() given `space.bootstrap` use the space's topics and
+consumer groups without further arguments. Use space.env() for any other
+program (HOOKBRIDGE_KAFKA_BROKERS and the topic settings).
+"""
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .procs import BIN, REPO, SLOW, wait_until
+
+KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
+DEFAULT_PARTITIONS = 6  # as the devbroker creates them
+
+
+class Bootstrap(str):
+    """A bootstrap list ("host:port,...") that also names a TopicSpace."""
+
+    def __new__(cls, value, space):
+        s = super().__new__(cls, value)
+        s.space = space
+        return s
+
+
+class TopicSpace:
+    """One test's topics and consumer groups on a shared Apache Kafka: every
+    name is the usual one with a unique prefix ("t1234-5.identity.events")."""
+
+    def __init__(self, kafka, prefix, create=True, retry_schedule=None):
+        self.kafka = kafka
+        self.prefix = prefix
+        self.events_topic = prefix + "identity.events"
+        self.dlq_topic = prefix + "hookbridge.dlq"
+        self.retry_prefix = prefix + "hookbridge.retry."
+        self.bootstrap = Bootstrap(kafka.bootstrap, self)
+        # Services started on this space create its topics first, unless the
+        # space was made with create=False (a test of missing topics).
+        self.auto_create = create
+        self._schedules = set()
+        if create:
+            self.create_topics(retry_schedule)
+
+    def group(self, name):
+        """A consumer group name of this space."""
+        return self.prefix + name
+
+    def env(self, retry_schedule=None):
+        """The settings that point a program at this space."""
+        env = {
+            "HOOKBRIDGE_KAFKA_BROKERS": self.kafka.bootstrap,
+            "HOOKBRIDGE_EVENTS_TOPIC": self.events_topic,
+            "HOOKBRIDGE_DLQ_TOPIC": self.dlq_topic,
+            "HOOKBRIDGE_RETRY_TOPIC_PREFIX": self.retry_prefix,
+            "HOOKBRIDGE_TOPIC_PARTITIONS": str(DEFAULT_PARTITIONS),
+            "HOOKBRIDGE_TOPIC_REPLICATION_FACTOR": str(self.kafka.nodes),
+        }
+        if retry_schedule:
+            env["HOOKBRIDGE_RETRY_SCHEDULE"] = retry_schedule
+        return env
+
+    def create_topics(self, retry_schedule=None, check=True):
+        """hookbridge-migrate topics for this space (events, the schedule's
+        tiers, DLQ); once per schedule. Returns the CompletedProcess."""
+        key = retry_schedule or ""
+        if key in self._schedules:
+            return None
+        r = subprocess.run([str(BIN / "hookbridge-migrate"), "topics"],
+                           env=dict(os.environ, **self.env(retry_schedule)),
+                           capture_output=True, text=True, timeout=60 * SLOW)
+        if check:
+            assert r.returncode == 0, f"hookbridge-migrate topics: {r.stdout}{r.stderr}"
+        if r.returncode == 0:
+            self._schedules.add(key)
+        return r
+
+
+class ApacheKafka:
+    """Apache Kafka on loopback: `nodes` combined broker+controller nodes
+    (1, or 3 with replication factor 3 and min.insync.replicas=2), in a
+    temporary directory removed by stop()."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, nodes=1):
+        self.nodes = nodes
+        self.dir = Path(tempfile.mkdtemp(prefix="hb-kafka-"))
+        self.procs = {}
+        self._seen = {}
+        r = subprocess.run([str(KAFKA_SH), "prepare", str(self.dir), str(nodes)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"kafka.sh prepare: {r.stdout}{r.stderr}"
+        self.bootstrap = (self.dir / "bootstrap").read_text().strip()
+        for i in range(1, nodes + 1):
+            self.start_node(i)
+        for i in range(1, nodes + 1):
+            self.wait_node(i)
+
+    def log_path(self, node):
+        return self.dir / f"node-{node}" / "server.log"
+
+    def _starts(self, node):
+        try:
+            return self.log_path(node).read_text(errors="replace").count("Kafka Server started")
+        except FileNotFoundError:
+            return 0
+
+    def start_node(self, node):
+        """Starts node `node` (1-based), also after stop_node or kill_node;
+        wait_node(node) waits until it has started."""
+        self._seen[node] = self._starts(node)
+        log = open(self.log_path(node), "ab")
+        self.procs[node] = subprocess.Popen([str(KAFKA_SH), "node", str(self.dir), str(node)],
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
+        log.close()
+
+    def wait_node(self, node, timeout=90):
+        p = self.procs[node]
+
+        def started():
+            assert p.poll() is None, f"kafka node {node} exited:\n{self.output(node)}"
+            return self._starts(node) > self._seen[node]
+        wait_until(started, timeout, f"Apache Kafka node {node} to start")
+
+    def output(self, node):
+        try:
+            return self.log_path(node).read_text(errors="replace")[-4000:]
+        except FileNotFoundError:
+            return ""
+
+    def kill_node(self, node):
+        p = self.procs.get(node)
+        if p and p.poll() is None:
+            p.kill()
+            p.wait()
+
+    def stop_node(self, node, timeout=30):
+        p = self.procs.get(node)
+        if p and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def space(self, create=True, retry_schedule=None):
+        """A fresh TopicSpace; its topics created unless create=False."""
+        prefix = f"t{os.getpid()}-{next(self._ids)}."
+        return TopicSpace(self, prefix, create=create, retry_schedule=retry_schedule)
+
+    def stop(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for node in list(self.procs):
+            self.stop_node(node, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
