@@ -2,6 +2,7 @@
 #
 #   make            build every program into bin/ (debug symbols, -O2)
 #   make run        install missing packages, build, start the local stack
+#                   (KAFKA=apache: on Apache Kafka instead of the embedded broker)
 #   make test       install missing packages, build, run unit + end-to-end tests,
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
@@ -140,9 +141,11 @@ fuzz:
 	  B=$(FUZZ_B) BIN=$(FUZZ_B)/bin fuzz-build
 	@tests/fuzz/run.sh $(FUZZ_B) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# KAFKA=apache: Apache Kafka (deploy/local/kafka.sh) instead of the devbroker.
+KAFKA ?= devbroker
 run: deps
 	@$(MAKE) --no-print-directory all
-	@deploy/local/run.sh
+	@KAFKA=$(KAFKA) deploy/local/run.sh
 
 test: deps
 	@$(MAKE) --no-print-directory format-check

@@ -2,7 +2,9 @@
 # make run: the whole local stack on loopback, for a first look and for demos.
 #
 #   throwaway PostgreSQL  ->  hookbridge-migrate up
-#   hookbridge-devbroker (embedded Kafka-protocol broker, for local use only)
+#   hookbridge-devbroker (embedded Kafka-protocol broker, for local use only), or
+#   with KAFKA=apache (make run KAFKA=apache) Apache Kafka, one KRaft node, its
+#   topics created by hookbridge-migrate topics
 #   hookbridge-receiver (the example receiver, checks signature and auth header)
 #   hookbridge-dispatcher, hookbridge-retrier
 # then registers two demo subscriptions, verifies and activates them, produces
@@ -30,8 +32,15 @@ stack_start_postgres
 # A short schedule, so the demo shows retries within seconds.
 export HOOKBRIDGE_RETRY_SCHEDULE=${HOOKBRIDGE_RETRY_SCHEDULE:-2s,5s,10s}
 
-say "starting the embedded Kafka broker (local use only)"
-stack_start_devbroker
+if [ "${KAFKA:-devbroker}" = apache ]; then
+  say "starting Apache Kafka (one KRaft node; the first run fetches it with Maven)"
+  stack_start_kafka 1
+  say "creating the topics (hookbridge-migrate topics)"
+  stack_create_topics
+else
+  say "starting the embedded Kafka broker (local use only)"
+  stack_start_devbroker
+fi
 
 say "applying migrations"
 stack_migrate

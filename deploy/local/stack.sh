@@ -11,6 +11,10 @@
 #                                exports HOOKBRIDGE_DATABASE_URL
 #   stack_start_devbroker [ARG]  embedded Kafka-protocol broker (local use only);
 #                                exports HOOKBRIDGE_KAFKA_BROKERS
+#   stack_start_kafka [NODES]    Apache Kafka, NODES (1 or 3) KRaft nodes on free loopback
+#                                ports (deploy/local/kafka.sh; jars fetched with Maven
+#                                when missing); exports HOOKBRIDGE_KAFKA_BROKERS
+#   stack_create_topics          hookbridge-migrate topics (Apache Kafka: no auto-creation)
 #   stack_migrate                hookbridge-migrate up
 #   stack_start_dispatcher [VAR=VALUE]...
 #                                loopback endpoints allowed; sets STACK_DISPATCHER_PID
@@ -211,6 +215,26 @@ stack_start_devbroker() {
   [ -s "$f" ] || { echo "devbroker did not start:"; stack_log_tail devbroker; exit 1; }
   HOOKBRIDGE_KAFKA_BROKERS=$(cat "$f")
   export HOOKBRIDGE_KAFKA_BROKERS
+}
+
+stack_start_kafka() {
+  local nodes=${1:-1} dir=$STACK_DIR/kafka i
+  "$STACK_ROOT/deploy/local/kafka.sh" prepare "$dir" "$nodes" >/dev/null ||
+    die "Apache Kafka could not be prepared"
+  for ((i = 1; i <= nodes; i++)); do
+    stack_spawn "kafka/node-$i/server" "$STACK_ROOT/deploy/local/kafka.sh" node "$dir" "$i"
+  done
+  "$STACK_ROOT/deploy/local/kafka.sh" wait "$dir" 90 || die "Apache Kafka did not start"
+  STACK_KAFKA_NODES=$nodes
+  HOOKBRIDGE_KAFKA_BROKERS=$(cat "$dir/bootstrap")
+  export HOOKBRIDGE_KAFKA_BROKERS
+}
+
+# Replication factor: the number of nodes stack_start_kafka started.
+stack_create_topics() {
+  HOOKBRIDGE_TOPIC_REPLICATION_FACTOR=${HOOKBRIDGE_TOPIC_REPLICATION_FACTOR:-${STACK_KAFKA_NODES:-1}} \
+    HOOKBRIDGE_TOPIC_PARTITIONS=${HOOKBRIDGE_TOPIC_PARTITIONS:-6} \
+    "$STACK_BIN/hookbridge-migrate" topics
 }
 
 stack_migrate() {
