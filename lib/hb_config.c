@@ -86,6 +86,12 @@ static const cf_row_t cf_table[] = {
      "retention.ms of the dead-letter topic when `hookbridge-migrate topics` creates it."},
     {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
      "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
+    {"instance_id", CF_STR, OFF(instance_id), "", 0, 0, HB_PROG_SERVICES, 0,
+     "Static consumer-group membership (Kafka's group.instance.id): a name unique to this "
+     "replica within its group and stable across its restarts, e.g. the pod name "
+     "(docs/operations.md, Failover). A replica restarted with the same id takes its "
+     "partitions back at once, without a rebalance; one stopped for good (SIGTERM "
+     "included) keeps them until the session timeout expires. Empty: dynamic membership."},
     {"http_listen", CF_STR, OFF(http_listen), "0.0.0.0:8080", 0, 0,
      HB_PROG_SERVICES | HB_PROG_PRODUCER, 0,
      "Address of /healthz, /readyz and /metrics (host:port; port 0 picks one). The producer "

@@ -40,6 +40,7 @@ typedef struct hb_config_s {
     char *retry_topic_prefix;
     char *retry_schedule;
     char *consumer_group;
+    char *instance_id; /* group.instance.id (static membership); "" = dynamic */
     char *http_listen; /* health, readiness, metrics */
     char *log_level;
     char *source; /* "source" of the Okta envelope */

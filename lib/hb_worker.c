@@ -955,8 +955,14 @@ static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
         hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "partition.assignment.strategy", "range", errstr, errstr_size) <
-            0 ||
+        /* Incremental rebalancing: a member joining or leaving moves only the
+         * partitions that change owner; the others keep being consumed. */
+        hb_kafka_conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr,
+                          errstr_size) < 0 ||
+        /* Static membership: a replica restarted with the same id takes its
+         * partitions back without a rebalance (docs/operations.md). */
+        (*cfg->instance_id &&
+         hb_kafka_conf_set(conf, "group.instance.id", cfg->instance_id, errstr, errstr_size) < 0) ||
 
         /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
         hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
