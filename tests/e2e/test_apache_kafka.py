@@ -111,3 +111,33 @@ def test_services_are_not_ready_until_their_topics_exist(apache_kafka, db_url, p
     produce(space.bootstrap, [event("user.session.start")])
     wait_until(lambda: len(receiver.events()) == 1, 30, "the event, after one retry")
     assert [p["status"] for p in receiver.posts()] == [503, 204]
+
+
+def test_a_dispatcher_restarted_with_its_instance_id_resumes_at_once(apache_kafka, db_url, procs,
+                                                                      workdir):
+    """Static membership: kill -9 and an immediate restart with the same
+    HOOKBRIDGE_INSTANCE_ID (a pod's container restarted in place) resumes
+    deliveries in seconds, not after the 30 s session timeout a new member
+    would wait for the dead one's session to expire."""
+    import time
+    space = apache_kafka.space()
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    env = {"HOOKBRIDGE_INSTANCE_ID": "dispatcher-0",
+           "HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "30000"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    d.wait_ready()
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(space.bootstrap, [event("user.session.start", user=f"00u{i}") for i in range(12)])
+    wait_until(lambda: len(receiver.events()) >= 12, 30, "the first events")
+
+    d.proc.kill()  # SIGKILL: no LeaveGroup, the member's session stays open
+    t_kill = time.monotonic()
+    d.restart()
+    after = [event("user.session.start", user=f"00u{i}") for i in range(12)]
+    produce(space.bootstrap, after)
+    want = {e["uuid"] for e in after}
+    wait_until(lambda: want <= {e["uuid"] for _, e in receiver.events()}, 30,
+               "the events produced after the restart")
+    resumed = time.monotonic() - t_kill
+    assert resumed < 15 * SLOW, f"resumed after {resumed:.1f}s: the restart waited for the session"
+    print(f"kill -9 to every event after the restart delivered: {resumed:.2f}s")
