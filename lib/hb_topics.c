@@ -135,7 +135,12 @@ static rd_kafka_event_t *wait_result(rd_kafka_queue_t *q, const char *what, char
         return NULL;
     }
     if (rd_kafka_event_error(ev)) {
-        hb_seterr(errstr, errstr_size, "%s: %s", what, rd_kafka_event_error_string(ev));
+        /* librdkafka's mock cluster (hookbridge-devbroker) has no controller to ask. */
+        int timed_out = rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__TIMED_OUT;
+        hb_seterr(errstr, errstr_size, "%s: %s%s", what, rd_kafka_event_error_string(ev),
+                  timed_out ? " (a broker without the Admin API, such as hookbridge-devbroker, "
+                              "never answers: the devbroker creates its topics itself)"
+                            : "");
         rd_kafka_event_destroy(ev);
         return NULL;
     }
