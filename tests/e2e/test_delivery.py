@@ -171,8 +171,9 @@ def test_poison_message_goes_to_dlq_and_consumption_continues(db_url, broker, pr
     register_verified(db_url, receiver.url, ["user.session.start"])
     from kafka import KafkaConsumer, KafkaProducer  # python3-kafka: an independent client
     poison = b"\x00garbage that is not avro"
-    kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
-    kp.send(broker.events_topic, poison)
+    # retries: a topic just created on Apache Kafka may answer "not leader" for a moment.
+    kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","), retries=10)
+    kp.send(broker.events_topic, poison).get(timeout=30)
     kp.flush()
     kp.close()
     produce(broker.bootstrap, [event("user.session.start")])
