@@ -23,7 +23,8 @@
 # min.insync.replicas=2 (for failover tests). Topics are never created
 # automatically (auto.create.topics.enable=false, as in production):
 # `hookbridge-migrate topics` creates them. The consumer-group coordinator
-# starts a group without the usual 3 s initial delay.
+# starts a group without the usual 3 s initial delay, and a node that stops
+# heartbeating is fenced (its partitions led elsewhere) after 4 s, not 9 s.
 #
 # Settings: KAFKA_VERSION (default from the POM), KAFKA_HEAP (default 512m),
 # HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN).
@@ -121,6 +122,8 @@ transaction.state.log.min.isr=$min_isr
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=4000
 num.network.threads=2
 num.io.threads=2
 num.recovery.threads.per.data.dir=1

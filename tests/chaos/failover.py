@@ -21,11 +21,17 @@ scenario waits for every event. It prints per scenario:
     dups     extra deliveries of an event (at least once: a killed process
              had not committed what it delivered last)
 
-Scenarios (all may be given; default: all):
+Scenarios (default: the first four):
     restart-range      1 dispatcher, killed and restarted: range, dynamic membership
     restart-static     the same with cooperative-sticky and static membership
     survivor-range     2 dispatchers, one killed, not restarted: range, dynamic
     survivor-static    the same with cooperative-sticky and static membership
+    rollout-range      2 dispatchers; a third starts (another id), then the first
+                       gets SIGTERM, as in a Deployment's rolling update (not a kill:
+                       "lost" and "dups" then count a clean hand-over)
+    rollout-static     the same with cooperative-sticky and static membership
+    restart-coop, rollout-coop   the default without HOOKBRIDGE_INSTANCE_ID:
+                       cooperative-sticky, dynamic membership
 Session timeout: librdkafka's default (45 s), or --session-timeout-ms.
 
 Uses the end-to-end harness (tests/e2e/hbtest) and the binaries in
@@ -52,11 +58,16 @@ from hbtest.stack import Dispatcher, Receiver  # noqa: E402
 from test_delivery import AUTH_VALUE, SECRET, register_verified  # noqa: E402
 
 SCENARIOS = {
-    # name: (dispatchers, restart, strategy, static)
-    "restart-range": (1, True, "range", False),
-    "restart-static": (1, True, "cooperative-sticky", True),
-    "survivor-range": (2, False, "range", False),
-    "survivor-static": (2, False, "cooperative-sticky", True),
+    # name: (dispatchers, action, strategy, static)
+    "restart-range": (1, "restart", "range", False),
+    "restart-static": (1, "restart", "cooperative-sticky", True),
+    "survivor-range": (2, "kill", "range", False),
+    "survivor-static": (2, "kill", "cooperative-sticky", True),
+    "rollout-range": (2, "replace", "range", False),
+    "rollout-static": (2, "replace", "cooperative-sticky", True),
+    # today's default without HOOKBRIDGE_INSTANCE_ID: cooperative-sticky, dynamic
+    "restart-coop": (1, "restart", "cooperative-sticky", False),
+    "rollout-coop": (2, "replace", "cooperative-sticky", False),
 }
 
 
@@ -104,7 +115,8 @@ class Feeder:
 
 
 def run_scenario(name, kafka, pg, workdir, rate, session_ms):
-    replicas, restart, strategy, static = SCENARIOS[name]
+    replicas, action, strategy, static = SCENARIOS[name]
+    restart = action == "restart"
     group = ProcessGroup(workdir)
     space = kafka.space()
     db = pg.url(pg.migrated_database("failover"))
@@ -130,8 +142,14 @@ def run_scenario(name, kafka, pg, workdir, rate, session_ms):
         # Steady state first: deliveries flowing on every partition.
         wait_until(lambda: len(receiver.events()) >= rate * 2, 60, "deliveries to flow")
         time.sleep(1)
+        if action == "replace":
+            e = dict(env)
+            if static:
+                e["HOOKBRIDGE_INSTANCE_ID"] = f"dispatcher-{replicas}"
+            ds.append(Dispatcher(group, db, space.bootstrap, extra_env=e, name=f"{name}-new"))
+            ds[-1].wait_ready(120)
         t_kill = time.time()
-        ds[0].proc.p.send_signal(signal.SIGKILL)
+        ds[0].proc.p.send_signal(signal.SIGTERM if action == "replace" else signal.SIGKILL)
         ds[0].proc.p.wait()
         ready_s = float("nan")
         if restart:
@@ -174,7 +192,7 @@ def run_scenario(name, kafka, pg, workdir, rate, session_ms):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenarios", nargs="*", default=list(SCENARIOS))
+    ap.add_argument("scenarios", nargs="*", default=list(SCENARIOS)[:4])
     ap.add_argument("--nodes", type=int, default=1, choices=(1, 3))
     ap.add_argument("--rate", type=float, default=100, help="events per second")
     ap.add_argument("--session-timeout-ms", type=int, default=0,

@@ -48,8 +48,9 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         cs = getattr(item, "callspec", None)
+        names = getattr(item, "fixturenames", ())
         if ((cs is not None and cs.params.get("broker_kind") == "apache")
-                or "apache_kafka" in getattr(item, "fixturenames", ())):
+                or "apache_kafka" in names or "apache_kafka_cluster" in names):
             item.add_marker(pytest.mark.xdist_group("apache-kafka"))
 
 
@@ -86,6 +87,16 @@ def apache_kafka():
     """One Apache Kafka node (KRaft) for this worker's session, started on
     first use: .bootstrap, .space() for a test's own topics (hbtest/kafka.py)."""
     k = ApacheKafka(nodes=1)
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_cluster():
+    """Three Apache Kafka nodes (replication factor 3, min.insync.replicas=2)
+    for this worker's session, started on first use (about 7 s): the same API
+    as apache_kafka, plus kill_node(i) / start_node(i) + wait_node(i), i in 1..3."""
+    k = ApacheKafka(nodes=3)
     yield k
     k.stop()
 

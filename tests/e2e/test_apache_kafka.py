@@ -141,3 +141,38 @@ def test_a_dispatcher_restarted_with_its_instance_id_resumes_at_once(apache_kafk
     resumed = time.monotonic() - t_kill
     assert resumed < 15 * SLOW, f"resumed after {resumed:.1f}s: the restart waited for the session"
     print(f"kill -9 to every event after the restart delivered: {resumed:.2f}s")
+
+
+def test_on_three_nodes_topics_are_replicated_and_delivery_survives_a_node(
+        apache_kafka_cluster, db_url, procs, workdir):
+    """Three nodes: `hookbridge-migrate topics` gives every topic replication
+    factor 3 and min.insync.replicas=2; with one node killed, events produced
+    then (acks=all: two copies) are still delivered."""
+    kafka = apache_kafka_cluster
+    space = kafka.space()
+    out = space.create_topics("1s")
+    assert out and "replication factor 3" in out.stdout, out and out.stdout
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+    try:
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, space.events_topic)])
+        cfg = {e[0]: e[1] for e in res[0].resources[0][4]}
+        assert cfg["min.insync.replicas"] == "2"
+    finally:
+        admin.close()
+
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1s"})
+    d.wait_ready()
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    kafka.kill_node(3)
+    try:
+        evs = [event("user.session.start", user=f"00u{i}") for i in range(12)]
+        produce(space.bootstrap, evs)
+        want = {e["uuid"] for e in evs}
+        wait_until(lambda: want <= {e["uuid"] for _, e in receiver.events()}, 60,
+                   "every event with one node of three down")
+    finally:
+        kafka.start_node(3)
+        kafka.wait_node(3)
