@@ -50,11 +50,18 @@ cmd_fetch() {
     command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch Apache Kafka"
     local tmp=$CACHE.tmp.$$
     rm -rf "$tmp"
-    mvn -q -B -f "$POM" -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" >&2 ||
-      { rm -rf "$tmp"; die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"; }
-    rm -rf "$CACHE"
     mkdir -p "$(dirname "$CACHE")"
+    echo "kafka.sh: fetching Apache Kafka $KAFKA_VERSION with Maven into $CACHE" >&2
+    # Debian's Maven prints colour codes even when quiet: keep its output for errors.
+    mvn -q -B -f "$POM" -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.log" 2>&1 ||
+      {
+        cat "$tmp.log" >&2
+        rm -rf "$tmp" "$tmp.log"
+        die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+      }
+    rm -f "$tmp.log"
+    rm -rf "$CACHE"
     mv "$tmp" "$CACHE"
   fi
   echo "$CACHE"
