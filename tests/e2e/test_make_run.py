@@ -1,13 +1,17 @@
 """`make run` (deploy/local/run.sh) as issue 2 describes it: the demo
 subscriptions are registered, verified and activated, events are produced
 and visibly delivered, retried and acknowledged; Ctrl-C stops everything and
-leaves nothing running and nothing behind."""
+leaves nothing running and nothing behind. The same on Apache Kafka
+(`make run KAFKA=apache`): its topics created by hookbridge-migrate topics,
+its JVM stopped with the rest."""
 import os
 import re
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from hbtest.procs import BIN, REPO, SLOW, wait_until
 
@@ -26,9 +30,10 @@ def kill_session(p):
     p.wait()
 
 
-def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("kafka", ["devbroker", "apache"])
+def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
     out_path = tmp_path / "run.out"
-    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN))
+    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN), KAFKA=kafka)
     env.pop("HOOKBRIDGE_KEEP_RUN", None)
     with open(out_path, "w") as out:
         p = subprocess.Popen(["bash", "deploy/local/run.sh"], cwd=REPO, stdout=out,
@@ -47,6 +52,9 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path):
         # What the user watches: both demo subscriptions verified and active ...
         assert "verification: verified" in out and "verified and activated" in out
         assert "produced 5, failed 0" in out and "produced 20, failed 0" in out
+        if kafka == "apache":
+            assert re.search(r"created +identity\.events +events: 6 partitions", out), out
+            assert re.search(r"created +hookbridge\.retry\.10s +delay tier 10s", out), out
         # ... an Okta event-hook delivery taken by the ingest endpoint ...
         assert 'POST /okta/events -> {"produced":1} (HTTP 200)' in out, out
         # Both subscriptions' secrets are stored sealed, under the run's key.
