@@ -6,7 +6,8 @@
 #   make test       install missing packages, build, run unit + end-to-end tests,
 #                   then the same suite under AddressSanitizer+UBSan
 #   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
-#                   then retry timeliness with 10,000 pending retries
+#                   then retry timeliness with 10,000 pending retries; on the embedded
+#                   broker, then on Apache Kafka
 #   make chaos      the fault suite (tests/chaos, about 10 minutes): kill -9, outages,
 #                   a frozen broker, failing and hung receivers; see docs/chaos.md
 #   make fuzz       build the libFuzzer targets (tests/fuzz) with clang and run each for
@@ -180,6 +181,9 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/bench.sh
 	@scripts/bench_retry.sh
+	@echo; echo '==== the same on Apache Kafka (KAFKA=apache) ===='
+	@KAFKA=apache scripts/bench.sh
+	@KAFKA=apache scripts/bench_retry.sh
 	@echo; echo 'subscription index (tests/bench/bench_index.c):'; $(B)/tests/bench/bench_index
 
 # The fault suite (docs/chaos.md): not part of `make test`. CHAOS_SCENARIOS=a,b

@@ -2,7 +2,8 @@
 # make bench: end-to-end throughput and latency of the dispatcher against nginx,
 # with wrk's ceiling against the same nginx measured in the same run.
 #
-# Starts (deploy/local/stack.sh) a throwaway PostgreSQL, the embedded broker,
+# Starts (deploy/local/stack.sh) a throwaway PostgreSQL, the embedded broker
+# (KAFKA=apache: Apache Kafka, one KRaft node),
 # nginx (answers the verification challenge, 204 to every POST, and logs
 # "$msec $request_method $status $http_webhook_id" per request) and the
 # dispatcher; subscribes http://127.0.0.1:PORT/hook to every event type. Then:
@@ -54,13 +55,19 @@ B=$STACK_DIR
 
 say "starting PostgreSQL"
 stack_start_postgres
-say "starting the embedded Kafka broker"
 # Each dev-broker partition keeps only ~5 MiB: enough partitions that no event
 # of this run is trimmed before the dispatcher and the read-back consume it.
 TOTAL=$((WARMUP + EVENTS + RATE * LAT_SECONDS))
 PARTITIONS=$(((TOTAL + 3999) / 4000))
 [ "$PARTITIONS" -ge 6 ] || PARTITIONS=6
-stack_start_devbroker --partitions "$PARTITIONS"
+if [ "${KAFKA:-devbroker}" = apache ]; then # KAFKA=apache: the same on Apache Kafka
+  say "starting Apache Kafka (one KRaft node) and creating the topics"
+  stack_start_kafka 1
+  HOOKBRIDGE_TOPIC_PARTITIONS=$PARTITIONS stack_create_topics >/dev/null
+else
+  say "starting the embedded Kafka broker"
+  stack_start_devbroker --partitions "$PARTITIONS"
+fi
 say "applying migrations"
 stack_migrate >/dev/null
 

@@ -37,10 +37,15 @@ export HOOKBRIDGE_RETRY_SCHEDULE=$DELAY HOOKBRIDGE_RETRY_JITTER=0
 export HOOKBRIDGE_CIRCUIT_FAILURES=0 # every first attempt must really be made
 export HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS=10
 
-say "retry bench: starting PostgreSQL, the embedded broker, nginx (503 to every POST)"
+say "retry bench: starting PostgreSQL, the broker (${KAFKA:-devbroker}), nginx (503 to every POST)"
 stack_start_postgres
 # ~1.5 KB per retry message; each dev-broker partition keeps ~5 MiB
-stack_start_devbroker --partitions 12
+if [ "${KAFKA:-devbroker}" = apache ]; then # KAFKA=apache: the same on Apache Kafka
+  stack_start_kafka 1
+  HOOKBRIDGE_TOPIC_PARTITIONS=12 stack_create_topics >/dev/null
+else
+  stack_start_devbroker --partitions 12
+fi
 stack_migrate >/dev/null
 stack_start_nginx 503 || die "nginx did not start"
 
