@@ -8,9 +8,15 @@
  * from the front, and writes them in one transaction of two statements whose
  * parameters are whole columns as arrays (unnest): an upsert of
  * hookbridge.deliveries (one row per delivery: attempts = greatest, status and
- * last_* from the latest attempt, first_attempt_at = least, the body kept when
- * given) and an insert into hookbridge.delivery_attempts. Only after COMMIT do
- * the rows' tokens move to the flushed list that hb_dlog_take_flushed() drains.
+ * last_* from the latest attempt unless the delivery is already final,
+ * first_attempt_at = least, the body kept when given) and an insert into
+ * hookbridge.delivery_attempts. Only after COMMIT do the rows' tokens move to
+ * the flushed list that hb_dlog_take_flushed() drains.
+ *
+ * Look-ups ride the same queue: the writer takes them out of its batch,
+ * commits the batch's rows, then answers all its look-ups with one SELECT
+ * (unnest of the ids), and returns their tokens the same way. A look-up wakes
+ * the writer at once instead of waiting for flush_ms.
  *
  * What must hold:
  *  - a token is returned only once its row is committed, or (logged as an
@@ -42,11 +48,12 @@
 #include "hb_store.h"
 
 #define DLOG_BATCH_MAX 2000
+#define DLOG_UUID_LEN 36
 #define DLOG_BACKOFF_MIN_MS 250
 #define DLOG_BACKOFF_MAX_MS 30000
 #define DLOG_WARN_EVERY_MS 30000
 
-typedef struct dlog_row_s {
+struct hb_dlog_row_s {
     char *delivery_id;
     char *subscription_id;
     char *event_ids;
@@ -61,8 +68,10 @@ typedef struct dlog_row_s {
     char *body;
     char *content_type;
     void *token;
-    int rejected; /* refused by the database as invalid: never written */
-} dlog_row_t;
+    int rejected;            /* refused by the database as invalid: never written */
+    hb_dlog_state_t *lookup; /* non-NULL: a look-up request, not a row to write */
+};
+typedef struct hb_dlog_row_s dlog_row_t;
 
 typedef struct {
     dlog_row_t **v;
@@ -82,6 +91,7 @@ struct hb_dlog_s {
     /* Under mu. */
     dlog_vec_t queue;
     size_t queue_untokened;
+    size_t queue_lookups; /* look-up requests in the queue */
     void **flushed;
     size_t flushed_n, flushed_cap;
     uint64_t dropped, written;
@@ -133,6 +143,8 @@ static void row_free(dlog_row_t *r) {
     free(r);
 }
 
+static void flushed_push_locked(hb_dlog_t *dl, void *token);
+
 static void vec_push(dlog_vec_t *v, dlog_row_t *r) {
     if (v->n == v->cap) {
         v->cap = v->cap ? v->cap * 2 : 256;
@@ -152,8 +164,10 @@ static void queue_unshift_locked(hb_dlog_t *dl, dlog_row_t **rows, size_t n) {
     memmove(dl->queue.v + n, dl->queue.v, dl->queue.n * sizeof(*dl->queue.v));
     memcpy(dl->queue.v, rows, n * sizeof(*rows));
     dl->queue.n += n;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         dl->queue_untokened += rows[i]->token == NULL;
+        dl->queue_lookups += rows[i]->lookup != NULL;
+    }
 }
 
 /* Enforces the bound: discards the oldest untokened rows past max_queue. */
@@ -173,9 +187,8 @@ static void queue_trim_locked(hb_dlog_t *dl) {
     dl->dropped += dropped;
 }
 
-void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
+hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
     dlog_row_t *r = hb_calloc(1, sizeof(*r));
-    size_t wake_at;
     r->delivery_id = hb_strdup(a->delivery_id ? a->delivery_id : "");
     r->subscription_id = hb_strdup(a->subscription_id ? a->subscription_id : "");
     r->event_ids = dup_utf8(a->event_ids ? a->event_ids : "");
@@ -190,8 +203,16 @@ void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
     r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
     r->content_type =
         a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
-    r->token = token;
+    return r;
+}
 
+void hb_dlog_row_free(hb_dlog_row_t *r) {
+    row_free(r);
+}
+
+void hb_dlog_add_row(hb_dlog_t *dl, hb_dlog_row_t *r, void *token) {
+    size_t wake_at;
+    r->token = token;
     pthread_mutex_lock(&dl->mu);
     vec_push(&dl->queue, r);
     dl->queue_untokened += token == NULL;
@@ -200,6 +221,58 @@ void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
     if (dl->queue.n >= (wake_at ? wake_at : 1))
         pthread_cond_signal(&dl->cv);
     pthread_mutex_unlock(&dl->mu);
+}
+
+void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
+    hb_dlog_add_row(dl, hb_dlog_row_new(a), token);
+}
+
+/* 8-4-4-4-12 hex digits: what the uuid[] cast of a look-up accepts. */
+static int uuid_shaped(const char *s) {
+    for (int i = 0; i < DLOG_UUID_LEN; i++) {
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !strchr("0123456789abcdefABCDEF", s[i]) || !s[i])
+            return 0;
+    }
+    return s[DLOG_UUID_LEN] == '\0';
+}
+
+void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token) {
+    dlog_row_t *r;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&dl->mu);
+    if (!delivery_id || !uuid_shaped(delivery_id)) { /* cannot be in the log */
+        flushed_push_locked(dl, token);
+        pthread_mutex_unlock(&dl->mu);
+        return;
+    }
+    r = hb_calloc(1, sizeof(*r));
+    r->delivery_id = hb_strdup(delivery_id);
+    r->lookup = out;
+    r->token = token;
+    vec_push(&dl->queue, r);
+    dl->queue_lookups++;
+    pthread_cond_signal(&dl->cv); /* answered soon, not at the next flush */
+    pthread_mutex_unlock(&dl->mu);
+}
+
+const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, char *buf, size_t bufsz) {
+    if (!st->found)
+        return NULL;
+    if (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
+        !strcmp(st->status, "dropped")) {
+        snprintf(buf, bufsz, "the delivery is already %s (after %d attempt(s))", st->status,
+                 st->attempts);
+        return buf;
+    }
+    if (st->attempts >= attempt) {
+        snprintf(buf, bufsz,
+                 "attempt %d was already made (the log has %d attempt(s), status %s): a "
+                 "duplicate",
+                 attempt, st->attempts, st->status);
+        return buf;
+    }
+    return NULL;
 }
 
 size_t hb_dlog_take_flushed(hb_dlog_t *dl, void **tokens, size_t max) {
@@ -305,6 +378,14 @@ enum {
     A_COUNT
 };
 
+/* Whether an upserted attempt replaces the delivery's status and last_*: it is
+ * the newest one, and the delivery is not final (delivered, failed and dropped
+ * stay; replay() is what takes a failed delivery back to 'replay'). */
+#define DLOG_TAKES_NEW                                                                             \
+    "(d.status NOT IN ('delivered', 'failed', 'dropped')"                                          \
+    " AND (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"                                           \
+    "     >= (d.attempts, coalesce(d.last_attempt_at, '-infinity')))"
+
 static const char DLOG_UPSERT_DELIVERIES[] =
     "INSERT INTO hookbridge.deliveries AS d"
     "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
@@ -319,15 +400,11 @@ static const char DLOG_UPSERT_DELIVERIES[] =
     " ON CONFLICT (delivery_id) DO UPDATE SET"
     "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
     "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"
-    "   status = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
-    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
-    "            THEN EXCLUDED.status ELSE d.status END,"
-    "   last_http_status = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
-    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
+    /* the newest attempt sets status and last_*, unless the delivery is final */
+    "   status = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.status ELSE d.status END,"
+    "   last_http_status = CASE WHEN " DLOG_TAKES_NEW
     "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"
-    "   last_error = CASE WHEN (EXCLUDED.attempts, EXCLUDED.last_attempt_at)"
-    "                   >= (d.attempts, coalesce(d.last_attempt_at, '-infinity'))"
-    "            THEN EXCLUDED.last_error ELSE d.last_error END,"
+    "   last_error = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.last_error ELSE d.last_error END,"
     "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"
     "   body = coalesce(EXCLUDED.body, d.body),"
     "   content_type = coalesce(EXCLUDED.content_type, d.content_type)";
@@ -341,6 +418,10 @@ static const char DLOG_INSERT_ATTEMPTS[] =
     "   FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],"
     "               $7::text[], $8::text[])"
     "        AS r(did, attempt, started, dur, http, outcome, err, snip)";
+
+static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts"
+                                  "  FROM unnest($1::uuid[]) WITH ORDINALITY AS r(id, i)"
+                                  "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id";
 
 typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
 
@@ -428,6 +509,49 @@ out:
     return rc;
 }
 
+/* Answers the look-ups rows[0..n) in one query (each out filled; not found
+ * stays zeroed). */
+static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
+    dlog_buf_t ids = {0};
+    const char *params[1];
+    PGresult *res;
+    dlog_wrc_t rc = W_OK;
+
+    if (!dl->conn) {
+        dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        if (!dl->conn)
+            return W_RETRY;
+    }
+    buf_put(&ids, "{", 1);
+    for (size_t i = 0; i < n; i++)
+        buf_elem_text(&ids, rows[i]->delivery_id);
+    buf_put(&ids, "}", 1);
+    params[0] = ids.p;
+    res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        hb_store_pg_error(dl->conn, res, why, whysz);
+        rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
+        if (PQstatus(dl->conn) == CONNECTION_BAD) {
+            PQfinish(dl->conn);
+            dl->conn = NULL;
+        }
+    } else {
+        for (int t = 0; t < PQntuples(res); t++) {
+            long long i = strtoll(PQgetvalue(res, t, 0), NULL, 10); /* 1-based */
+            hb_dlog_state_t *st;
+            if (i < 1 || (size_t)i > n)
+                continue;
+            st = rows[i - 1]->lookup;
+            st->found = 1;
+            snprintf(st->status, sizeof(st->status), "%s", PQgetvalue(res, t, 1));
+            st->attempts = (int)strtol(PQgetvalue(res, t, 2), NULL, 10);
+        }
+    }
+    PQclear(res);
+    free(ids.p);
+    return rc;
+}
+
 /* Under mu: a written (or hopeless) row's token becomes takeable. */
 static void flushed_push_locked(hb_dlog_t *dl, void *token) {
     if (!token)
@@ -492,18 +616,20 @@ static void timed_wait_locked(hb_dlog_t *dl, int64_t until_mono_ms) {
 static void *dlog_main(void *arg) {
     hb_dlog_t *dl = arg;
     dlog_row_t **batch = hb_malloc(DLOG_BATCH_MAX * sizeof(*batch));
+    dlog_row_t **looks = hb_malloc(DLOG_BATCH_MAX * sizeof(*looks));
     int64_t next_flush = hb_mono_ms() + dl->flush_ms, backoff = DLOG_BACKOFF_MIN_MS;
     char why[512];
 
     pthread_mutex_lock(&dl->mu);
     for (;;) {
-        size_t n, done, written = 0;
-        dlog_wrc_t rc;
+        size_t n, nw, nl, done, ldone = 0, written = 0;
+        dlog_wrc_t rc = W_OK;
         size_t wake_at = dl->max_queue / 2 < DLOG_BATCH_MAX ? dl->max_queue / 2 : DLOG_BATCH_MAX;
 
         if (dl->closing && (dl->queue.n == 0 || hb_mono_ms() >= dl->deadline_ms))
             break;
-        if (!dl->closing && hb_mono_ms() < next_flush && dl->queue.n < (wake_at ? wake_at : 1)) {
+        if (!dl->closing && hb_mono_ms() < next_flush && dl->queue.n < (wake_at ? wake_at : 1) &&
+            dl->queue_lookups == 0) {
             timed_wait_locked(dl, next_flush);
             continue;
         }
@@ -515,17 +641,32 @@ static void *dlog_main(void *arg) {
         memcpy(batch, dl->queue.v, n * sizeof(*batch));
         memmove(dl->queue.v, dl->queue.v + n, (dl->queue.n - n) * sizeof(*dl->queue.v));
         dl->queue.n -= n;
-        for (size_t i = 0; i < n; i++)
+        /* Rows to write stay in batch[0..nw), in order; look-ups go to
+         * looks[0..nl) and are answered after every row of the batch is
+         * committed, so each sees at least the rows queued before it. */
+        nw = nl = 0;
+        for (size_t i = 0; i < n; i++) {
             dl->queue_untokened -= batch[i]->token == NULL;
+            if (batch[i]->lookup) {
+                dl->queue_lookups--;
+                looks[nl++] = batch[i];
+            } else {
+                batch[nw++] = batch[i];
+            }
+        }
         pthread_mutex_unlock(&dl->mu);
 
-        rc = dlog_write(dl, batch, n, why, sizeof(why));
-        if (rc == W_OK) {
-            done = written = n;
-        } else if (rc == W_INVALID) {
-            done = dlog_write_singly(dl, batch, n, &written);
-        } else {
-            done = 0;
+        done = 0;
+        if (nw > 0) {
+            rc = dlog_write(dl, batch, nw, why, sizeof(why));
+            if (rc == W_OK)
+                done = written = nw;
+            else if (rc == W_INVALID)
+                done = dlog_write_singly(dl, batch, nw, &written);
+        }
+        if (done == nw && nl > 0) {
+            rc = dlog_lookup(dl, looks, nl, why, sizeof(why));
+            ldone = rc == W_OK ? nl : 0;
         }
 
         pthread_mutex_lock(&dl->mu);
@@ -534,9 +675,17 @@ static void *dlog_main(void *arg) {
             flushed_push_locked(dl, batch[i]->token);
             row_free(batch[i]);
         }
+        for (size_t i = 0; i < ldone; i++) {
+            flushed_push_locked(dl, looks[i]->token); /* its answer is filled in */
+            row_free(looks[i]);
+        }
         dl->written += written;
-        if (done < n) {
-            queue_unshift_locked(dl, batch + done, n - done);
+        if (done < nw || ldone < nl) {
+            /* back in front: the unwritten rows, then the unanswered look-ups */
+            memmove(batch, batch + done, (nw - done) * sizeof(*batch));
+            memcpy(batch + (nw - done), looks, nl * sizeof(*batch));
+            n = (nw - done) + nl;
+            queue_unshift_locked(dl, batch, n);
             queue_trim_locked(dl);
             dlog_warn_down(dl, rc == W_RETRY ? why : "database unavailable", dl->queue.n);
             next_flush = hb_mono_ms() + backoff;
@@ -558,6 +707,7 @@ static void *dlog_main(void *arg) {
     dl->left = dl->queue.n;
     pthread_mutex_unlock(&dl->mu);
     free(batch);
+    free(looks);
     if (dl->conn) {
         PQfinish(dl->conn);
         dl->conn = NULL;

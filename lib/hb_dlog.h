@@ -8,12 +8,25 @@
  * inserts hookbridge.delivery_attempts (one row per attempt).
  *
  * Attempts added with a non-NULL token are ones whose durability gates a Kafka
- * offset (a finally failed delivery counts as finished only once logged): after
- * their transaction commits, the tokens come back through hb_dlog_take_flushed()
- * on the main loop thread. While the database is down the writer retries with
- * backoff; tokened rows are never dropped; when the queue exceeds its bound,
- * untokened rows (successful attempts) are dropped and counted, so a database
- * outage never stops deliveries.
+ * offset (the services log every outcome that way: a delivery counts as
+ * finished only once its outcome is logged): after their transaction commits,
+ * the tokens come back through hb_dlog_take_flushed() on the main loop thread.
+ * While the database is down the writer retries with backoff; tokened rows are
+ * never dropped; when the queue exceeds its bound, untokened rows are dropped
+ * and counted.
+ *
+ * Final states. The upsert never moves a delivery out of a final status
+ * (delivered, failed, dropped) into another one, and never lowers its attempt
+ * count; only hookbridge.replay() takes a failed delivery back (to 'replay').
+ * So an attempt made again after a crash (at least once: same webhook-id)
+ * adds its attempt row but cannot turn a delivered delivery into a failed one.
+ *
+ * Look-ups. hb_dlog_lookup() queues a question "what does the log say about
+ * this delivery?" behind the rows already queued; the writer answers it after
+ * those rows are committed (so the answer includes every outcome this process
+ * logged before asking), fills the caller's hb_dlog_state_t and returns the
+ * token through hb_dlog_take_flushed() like a written row. While the database
+ * is down a look-up waits, as writes do: it is never answered blindly.
  */
 #ifndef HB_DLOG_H
 #define HB_DLOG_H
@@ -47,11 +60,36 @@ typedef struct hb_attempt_s {
 
 typedef struct hb_dlog_s hb_dlog_t;
 
+/* What the log says about one delivery (the answer to hb_dlog_lookup). */
+typedef struct hb_dlog_state_s {
+    int found;       /* 0: no row yet */
+    char status[16]; /* pending, delivered, retry, failed, dropped, replay */
+    int attempts;    /* attempts made (the highest attempt number logged) */
+} hb_dlog_state_t;
+
+/* Whether a message about attempt `attempt` of a delivery in state *st is
+ * stale: the delivery is final (delivered, failed, dropped), or attempt
+ * `attempt` was already made and logged (so what followed it is durable).
+ * Returns NULL when it is not, else the reason (in buf). */
+const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, char *buf, size_t bufsz);
+
+/* A row copied out of an attempt, to be added later (hb_dlog_add_row). */
+typedef struct hb_dlog_row_s hb_dlog_row_t;
+hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a);
+void hb_dlog_row_free(hb_dlog_row_t *r);
+
 hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queue, char *errstr,
                        size_t errstr_size) HB_MUSTCHECK;
 
 /* Copies *a. Any thread, never blocks on the database. */
 void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token);
+/* The same with a row made by hb_dlog_row_new, which it takes. */
+void hb_dlog_add_row(hb_dlog_t *dl, hb_dlog_row_t *r, void *token);
+
+/* Queues a look-up of delivery_id behind everything queued so far; once they
+ * are committed, *out is filled and token (non-NULL) comes back through
+ * hb_dlog_take_flushed. *out must stay valid until then. Any thread. */
+void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token);
 
 /* Moves up to max tokens whose rows are committed into tokens[]; returns count. */
 size_t hb_dlog_take_flushed(hb_dlog_t *dl, void **tokens, size_t max);
