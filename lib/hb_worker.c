@@ -33,11 +33,20 @@ struct hb_job_s {
 };
 
 /* Work that must become durable (a broker ack, a delivery-log commit) before
- * the jobs it holds are released. */
+ * the jobs it holds are released. A gate may travel along a chain of steps,
+ * each handing it to the next as its token: a look-up in the delivery log
+ * (answered: then runs), a message for the broker (pmsg: its ack adds the
+ * attempt's row to the log), the row's commit (the jobs are released). */
 typedef struct gate_s {
     hb_job_t **jobs;
     size_t jobs_cnt;
     int pending;
+    /* a look-up in flight: called with the answer in state instead of
+     * releasing; it releases the gate or passes it on */
+    void (*answered)(hb_worker_t *w, struct gate_s *g);
+    void *arg;
+    void (*arg_free)(void *arg); /* at exit, when never answered */
+    hb_dlog_state_t state;
     struct gate_s *prev, *next; /* live gates, freed at exit if unfinished */
 } gate_t;
 
@@ -49,6 +58,7 @@ typedef struct pmsg_s {
     size_t len;
     char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
     gate_t *gate;
+    hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
     int64_t resend_at;
     struct pmsg_s *next;
 } pmsg_t;
@@ -96,6 +106,7 @@ struct hb_worker_s {
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
     size_t unacked; /* produced, not yet acknowledged */
+    size_t lookups; /* delivery-log look-ups not yet answered */
     int64_t next_store_attempt;
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
@@ -116,7 +127,7 @@ struct hb_worker_s {
     hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
     hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
     hb_metric_t *m_dlq, *m_circuit_skips, *m_circuit_opens, *m_endpoint_busy, *m_deferred;
-    hb_metric_t *m_paused, *m_pauses;
+    hb_metric_t *m_paused, *m_pauses, *m_dlq_skipped;
     hb_metric_t *m_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
 };
@@ -185,17 +196,43 @@ static void gate_unlink_free(hb_worker_t *w, gate_t *g) {
     free(g);
 }
 
-static void gate_done(hb_worker_t *w, gate_t *g) {
-    if (--g->pending > 0)
-        return;
+/* The last step of a gate's chain is durable: its jobs are released. */
+static void gate_release(hb_worker_t *w, gate_t *g) {
     for (size_t i = 0; i < g->jobs_cnt; i++)
         hb_job_release(w, g->jobs[i]);
     gate_unlink_free(w, g);
 }
 
+static void gate_done(hb_worker_t *w, gate_t *g) {
+    void (*answered)(hb_worker_t *, gate_t *) = g->answered;
+    if (--g->pending > 0)
+        return;
+    if (answered) { /* a look-up's answer: the next step decides */
+        g->answered = NULL;
+        w->lookups--;
+        answered(w, g);
+        return;
+    }
+    gate_release(w, g);
+}
+
+/* Asks the delivery log about delivery_id; answered(w, g) runs with g->state
+ * filled once every row queued before is committed. */
+static void gate_lookup(hb_worker_t *w, gate_t *g, const char *delivery_id,
+                        void (*answered)(hb_worker_t *w, gate_t *g), void *arg,
+                        void (*arg_free)(void *arg)) {
+    g->pending = 1;
+    g->answered = answered;
+    g->arg = arg;
+    g->arg_free = arg_free;
+    w->lookups++;
+    hb_dlog_lookup(w->dlog, delivery_id, &g->state, g);
+}
+
 /* ------------------------------------------------------------- producing */
 
 static void pmsg_free(pmsg_t *m) {
+    hb_dlog_row_free(m->row);
     free(m->topic);
     free(m->key);
     free(m->val);
@@ -250,8 +287,12 @@ static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         w->resend = m;
         return;
     }
-    if (m->gate)
+    if (m->row) { /* durable on the broker: now the log may say so */
+        hb_dlog_add_row(w->dlog, m->row, m->gate);
+        m->row = NULL;
+    } else if (m->gate) {
         gate_done(w, m->gate);
+    }
     pmsg_free(m);
 }
 
@@ -420,8 +461,9 @@ static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
     delivery_free(dl);
 }
 
-static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                   hb_outcome_t outcome, const char *reason, gate_t *gate) {
+/* The delivery-log row of one attempt (or of a skipped one: res NULL). */
+static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                              hb_outcome_t outcome, const char *reason) {
     hb_attempt_t a = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -439,12 +481,21 @@ static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http
         .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
         .content_type = dl->content_type,
     };
-    hb_dlog_add(w->dlog, &a, gate);
+    return hb_dlog_row_new(&a);
 }
 
-/* A DeliveryRetry for dl, produced to topic; the gate counts its ack. */
-static int produce_retry(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
-                         int64_t not_before_ms, int last_status, const char *reason, gate_t *gate) {
+/* Logs an attempt now; the gate is released when its row is committed. */
+static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                   hb_outcome_t outcome, const char *reason, gate_t *gate) {
+    hb_dlog_add_row(w->dlog, row_for(dl, attempt, res, outcome, reason), gate);
+}
+
+/* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
+ * row (taken, may be NULL) is logged with gate as its token. NULL when it
+ * cannot be encoded (row freed). */
+static pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
+                         int64_t not_before_ms, int last_status, const char *reason, gate_t *gate,
+                         hb_dlog_row_t *row) {
     hb_retry_msg_t m = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -464,32 +515,90 @@ static int produce_retry(hb_worker_t *w, hb_delivery_t *dl, const char *topic, i
     void *buf = NULL;
     size_t len = 0;
     char errstr[256];
+    pmsg_t *pm;
     if (!obj || hb_codec_encode(w->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
         json_decref(obj);
+        hb_dlog_row_free(row);
         hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
                obj ? errstr : "out of memory");
-        return -1;
+        return NULL;
     }
     json_decref(obj);
-    pmsg_send(w, pmsg_new(topic, dl->sub->id, buf, len, gate));
+    pm = pmsg_new(topic, dl->sub->id, buf, len, gate);
+    pm->row = row;
     free(buf);
-    return 0;
+    return pm;
 }
 
-/* Final failure: dead-letter and log; the jobs wait for both. */
+/* A final failure waiting for the log's answer before it is dead-lettered. */
+typedef struct dead_letter_s {
+    pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
+    char delivery_id[HB_UUID_LEN + 1];
+    char subscription_id[HB_UUID_LEN + 1];
+    char *event_type;
+    char *reason;
+    int attempt;
+} dead_letter_t;
+
+static void dead_letter_free(void *arg) {
+    dead_letter_t *d = arg;
+    if (d->m)
+        pmsg_free(d->m);
+    free(d->event_type);
+    free(d->reason);
+    free(d);
+}
+
+/* The log answered: dead-letter, unless the delivery is already final or this
+ * attempt was already logged (a duplicate after a restart: dead-lettering it
+ * would be a second, or a false, dead letter). */
+static void dead_letter_answered(hb_worker_t *w, gate_t *g) {
+    dead_letter_t *d = g->arg;
+    char buf[200];
+    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
+    if (stale) {
+        hb_metric_inc(w->m_dlq_skipped);
+        hb_log(HB_LOG_INFO,
+               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                     "event_type", d->event_type),
+               "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
+               stale, d->reason);
+        gate_release(w, g);
+    } else {
+        hb_metric_inc(w->m_dlq);
+        hb_log(HB_LOG_WARN,
+               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                     "event_type", d->event_type),
+               "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
+        pmsg_send(w, d->m); /* its ack logs the row, whose commit releases g */
+        d->m = NULL;
+    }
+    dead_letter_free(d); /* and the message, when it was not sent */
+}
+
+/* Final failure: the log is asked first (dead_letter_answered); then the
+ * dead-letter topic, and once the broker has it the 'failed' row; the jobs
+ * wait for the row's commit. */
 static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
                          const hb_http_result_t *res, const char *reason) {
-    gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 2);
+    gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+    dead_letter_t *d;
+    pmsg_t *m;
     hb_metric_inc(w->m_failed);
-    hb_metric_inc(w->m_dlq);
-    hb_log(
-        HB_LOG_WARN,
-        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
-        "delivery failed after %d attempt(s), dead-lettered: %s", attempt, reason);
-    if (produce_retry(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
-                      reason, g) < 0)
-        gate_done(w, g); /* cannot happen with a valid schema; the log still gates */
-    record(w, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
+    m = retry_msg(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
+                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
+    if (!m) { /* cannot happen with a valid schema; the log still gates */
+        record(w, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
+        return;
+    }
+    d = hb_calloc(1, sizeof(*d));
+    d->m = m;
+    snprintf(d->delivery_id, sizeof(d->delivery_id), "%s", dl->id);
+    snprintf(d->subscription_id, sizeof(d->subscription_id), "%s", dl->sub->id);
+    d->event_type = hb_strdup(dl->event_type);
+    d->reason = hb_strdup(reason ? reason : "");
+    d->attempt = attempt;
+    gate_lookup(w, g, dl->id, dead_letter_answered, d, dead_letter_free);
 }
 
 static double random_unit(void) {
@@ -508,6 +617,7 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
     long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
     int step = made - schedule_offset; /* attempts made in this schedule */
     gate_t *g;
+    pmsg_t *m;
     char why[320];
 
     if (step < 1) /* a skipped first attempt waits the first delay */
@@ -520,6 +630,12 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
         return;
     }
     g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+    m = retry_msg(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
+                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
+    if (!m) {
+        gate_done(w, g);
+        return;
+    }
     hb_metric_inc(w->m_retry);
     for (int t = 0; t < w->schedule.tiers; t++)
         if (!strcmp(w->schedule.tier_topics[t], topic))
@@ -530,13 +646,10 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
         res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
             : "attempt %d not made (%s): it waits %lld ms in %s",
         res ? made : made + 1, reason, (long long)(not_before - hb_wall_ms()), topic);
-    if (produce_retry(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g) <
-        0) {
-        gate_done(w, g);
-        return;
-    }
-    /* Informational: the broker's ack, not this row, lets the offset move. */
-    record(w, dl, made, res, HB_OUTCOME_RETRY, reason, NULL);
+    /* The 'retry' row is logged once the broker has the next attempt, so a
+     * logged attempt always has its successor durable; its commit releases
+     * the jobs. */
+    pmsg_send(w, m);
 }
 
 static void on_attempt_done(const hb_http_result_t *res, void *opaque);
@@ -553,6 +666,42 @@ void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, con
         record(w, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
     }
     delivery_finish(w, dl);
+}
+
+void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl) {
+    delivery_finish(w, dl);
+}
+
+typedef struct lookup_ctx_s {
+    hb_delivery_t *dl;
+    hb_worker_lookup_cb then;
+    void *opaque;
+} lookup_ctx_t;
+
+static void lookup_ctx_free(void *arg) {
+    lookup_ctx_t *c = arg;
+    delivery_free(c->dl);
+    free(c);
+}
+
+static void lookup_answered(hb_worker_t *w, gate_t *g) {
+    lookup_ctx_t *c = g->arg;
+    if (hb_stop_requested || w->abandoning) {
+        /* start nothing new: the message will be consumed again */
+        delivery_free(c->dl); /* its jobs stay unfinished */
+    } else {
+        c->then(w, c->dl, &g->state, c->opaque);
+    }
+    gate_unlink_free(w, g); /* it held no jobs: the delivery does */
+    free(c);
+}
+
+void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
+    lookup_ctx_t *c = hb_calloc(1, sizeof(*c));
+    c->dl = dl;
+    c->then = then;
+    c->opaque = opaque;
+    gate_lookup(w, gate_new(w, NULL, 0, 1), dl->id, lookup_answered, c, lookup_ctx_free);
 }
 
 typedef struct attempt_ctx_s {
@@ -634,7 +783,9 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
                "delivered on attempt %d (HTTP %d, %lld ms)", dl->attempt, res->http_status,
                (long long)res->duration_ms);
-        record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "", NULL);
+        /* the jobs wait for the row: a committed offset implies a logged outcome */
+        record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
+               gate_new(w, dl->jobs, dl->jobs_cnt, 1));
         break;
     case HB_OUTCOME_RETRY: route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset); break;
     default: route_failed(w, dl, dl->attempt, res, reason); break;
@@ -1241,7 +1392,7 @@ int hb_worker_run(hb_worker_t *w) {
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
-    while ((w->in_flight > 0 || w->resend) && hb_mono_ms() < deadline)
+    while ((w->in_flight > 0 || w->resend || w->lookups > 0) && hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
     if (w->in_flight > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
@@ -1304,6 +1455,10 @@ static void register_metrics(hb_worker_t *w) {
     w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
     w->m_dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
                                   "Deliveries sent to the dead-letter topic.");
+    w->m_dlq_skipped = hb_metrics_counter(
+        "hookbridge_dead_letters_skipped_total", NULL,
+        "Final failures not dead-lettered: the delivery log had the delivery final already, or "
+        "the attempt logged (a duplicate after a restart).");
     w->m_circuit_skips =
         hb_metrics_counter("hookbridge_circuit_skips_total", NULL,
                            "Attempts not made because the endpoint's circuit was open.");
@@ -1469,8 +1624,11 @@ void hb_worker_free(hb_worker_t *w) {
             free(c->key);
             free(c);
         }
-    while (w->gates)
+    while (w->gates) {
+        if (w->gates->answered && w->gates->arg_free) /* a look-up never answered */
+            w->gates->arg_free(w->gates->arg);
         gate_unlink_free(w, w->gates);
+    }
     while (w->jobs)
         job_unlink_free(w, w->jobs);
     hb_schedule_free(&w->schedule);

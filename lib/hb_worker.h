@@ -66,6 +66,7 @@
 #include "hb_common.h"
 #include "hb_config.h"
 #include "hb_deliver.h"
+#include "hb_dlog.h"
 #include "hb_http.h"
 #include "hb_index.h"
 #include "hb_metrics.h"
@@ -169,6 +170,20 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl);
 /* Records a delivery that is not attempted: HB_OUTCOME_DROPPED (logged), or
  * HB_OUTCOME_FAILED (logged and dead-lettered); takes ownership of dl. */
 void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason);
+
+/* Releases dl's jobs without attempting or logging anything (a message that
+ * is stale: hb_worker_lookup); takes dl. */
+void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl);
+
+/* Asks the delivery log what it has for dl->id, behind every row this process
+ * queued before (hb_dlog_lookup, off the loop thread), and then calls
+ * then(w, dl, state) on the loop thread, which takes dl. dl's jobs stay held
+ * meanwhile; while the database is down the answer waits. Once shutdown has
+ * begun, then is not called: dl is freed and its jobs stay unfinished (the
+ * message is consumed again). */
+typedef void (*hb_worker_lookup_cb)(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st,
+                                    void *opaque);
+void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque);
 
 /* Deliveries whose HTTP request is in flight. */
 size_t hb_worker_in_flight(const hb_worker_t *w);
