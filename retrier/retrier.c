@@ -46,6 +46,7 @@
 #define REPLAY_POLL_MS 1000
 #define REPLAY_BATCH "100"
 #define SWEEP_MS 60000
+#define HOP_SLACK_MS 100 /* rounding and resends: never hop a message due within its tier */
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
@@ -53,7 +54,7 @@ struct hb_retrier_s {
     hb_codec_t *codec; /* DeliveryRetry, for replays */
     int64_t next_replay_poll;
     int64_t next_sweep;
-    hb_metric_t *m_replayed, *m_auto_deactivated;
+    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
 };
 
 /* A stand-in for a subscription that no longer exists, so its pending
@@ -64,6 +65,84 @@ static hb_sub_t *gone_sub(const char *id) {
     return s;
 }
 
+/* The log answered for a due retry (hb_worker_lookup): drop it when it is
+ * stale, else check its subscription as it is now and attempt it. */
+static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st, void *opaque) {
+    hb_retrier_t *r = opaque;
+    hb_sub_t *sub;
+    char buf[200];
+    const char *stale = hb_dlog_state_stale(st, dl->attempt, buf, sizeof(buf));
+
+    if (stale) {
+        hb_metric_inc(r->m_stale);
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "retry dropped, attempt %d not made: %s (a duplicate, e.g. read again after a "
+               "restart)",
+               dl->attempt, stale);
+        hb_worker_discard(w, dl);
+        return;
+    }
+    /* the subscription as it is now, not as it was when the message came */
+    sub = hb_index_get(hb_worker_index(w), dl->sub->id);
+    if (sub != dl->sub) {
+        hb_sub_t *old = dl->sub;
+        dl->sub = sub ? hb_sub_ref(sub) : gone_sub(old->id);
+        hb_sub_unref(old);
+    }
+    if (!sub)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
+                       "subscription deregistered (or its row cannot be read)");
+    else if (!sub->active)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
+    else if (!sub->verified)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription not verified");
+    else if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
+                       "subscription was deactivated after this delivery began");
+    else
+        hb_worker_deliver(w, dl);
+}
+
+/* When a message read from its tier, due at not_before, must leave the head
+ * of its partition: every message behind it was produced later, so none is
+ * due before ts + the tier's delay (ts: when this one was produced). Holding
+ * the partition longer than that (plus the jitter) would make them wait
+ * behind a message due later than themselves, which happens when Retry-After
+ * asked for more than the longest tier. 0: it is due within its tier's span. */
+static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int64_t not_before) {
+    const hb_schedule_t *sch = hb_worker_schedule(r->w);
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype), span;
+    long long tier = -1;
+
+    for (int t = 0; t < sch->tiers; t++)
+        if (!strcmp(sch->tier_topics[t], topic))
+            tier = sch->tiers_ms[t];
+    if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+        return 0;
+    span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
+    return not_before > ts + span ? ts + span : 0;
+}
+
+/* Produces rkm again onto its own tier (attempt and due time unchanged); its
+ * offset is released once the broker has the copy. */
+static void hop(hb_retrier_t *r, const rd_kafka_message_t *rkm, const hb_retry_msg_t *m) {
+    hb_worker_t *w = r->w;
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    hb_job_t *job = hb_worker_track(w, rkm);
+    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
+    hb_metric_inc(r->m_hops);
+    hb_log(HB_LOG_DEBUG,
+           HB_KV("delivery_id", m->delivery_id, "subscription_id", m->subscription_id),
+           "attempt %d is due in %lld ms, later than its tier's span: produced again onto %s so "
+           "the retries behind it do not wait",
+           m->attempt, (long long)(m->not_before_ms - hb_wall_ms()), topic);
+    hb_worker_produce(w, topic, key, rkm->payload, rkm->len, job);
+    free(key);
+    hb_job_release(w, job);
+}
+
 static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *msg, void *opaque) {
     hb_retrier_t *r = opaque;
     hb_retry_msg_t m;
@@ -72,13 +151,18 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     hb_job_t *job;
     char errstr[256];
 
-    (void)r;
     if (hb_retry_msg_from_json(&m, msg, errstr, sizeof(errstr)) < 0) {
         hb_worker_poison(w, rkm, errstr);
         return;
     }
     if (m.not_before_ms > hb_wall_ms()) {
-        hb_worker_defer(w, rkm, m.not_before_ms);
+        int64_t at = hop_at(r, rkm, m.not_before_ms);
+        if (!at)
+            hb_worker_defer(w, rkm, m.not_before_ms);
+        else if (at > hb_wall_ms())
+            hb_worker_defer(w, rkm, at);
+        else
+            hop(r, rkm, &m);
         hb_retry_msg_clear(&m);
         return;
     }
@@ -92,18 +176,9 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     dl->attempt = m.attempt;
     dl->first_attempt_ms = m.first_attempt_ms;
     dl->schedule_offset = m.schedule_offset;
-    if (gone)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
-                       "subscription deregistered (or its row cannot be read)");
-    else if (!sub->active)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
-    else if (!sub->verified)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription not verified");
-    else if (hb_sub_deactivated_since(sub, m.first_attempt_ms))
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
-                       "subscription was deactivated after this delivery began");
-    else
-        hb_worker_deliver(w, dl);
+    /* First what the log says: a retry of a delivery already final, or of an
+     * attempt already made, is dropped (on_state). */
+    hb_worker_lookup(w, dl, on_state, r);
     hb_sub_unref(gone);
     hb_job_release(w, job);
     hb_retry_msg_clear(&m);
@@ -244,6 +319,13 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     }
     r->m_replayed = hb_metrics_counter("hookbridge_replays_total", NULL,
                                        "Replay requests put back on the first delay tier.");
+    r->m_stale = hb_metrics_counter(
+        "hookbridge_stale_retries_dropped_total", NULL,
+        "Retries dropped unattempted: the delivery log had the delivery final already, or the "
+        "attempt made (a duplicate, e.g. read again after a restart).");
+    r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
+                                   "Retries due later than their tier's delay, produced again "
+                                   "onto the same tier so that none waits behind them.");
     r->m_auto_deactivated =
         hb_metrics_counter("hookbridge_auto_deactivations_total", NULL,
                            "Subscriptions deactivated because every attempt kept failing.");
