@@ -16,17 +16,24 @@
  * Deliveries. The handler builds an hb_delivery_t (subscription, delivery id,
  * rendered body, the jobs it holds) and calls hb_worker_deliver, which signs
  * and sends it and routes the outcome, the same way in both programs:
- *   2xx                -> logged; jobs released.
+ *   2xx                -> logged; jobs released when the row is committed.
  *   retryable failure  -> a DeliveryRetry on the delay tier of the next attempt
- *                         (hb_retry.h); jobs released when the broker acks it.
+ *                         (hb_retry.h); once the broker acks it, the 'retry'
+ *                         row is logged; jobs released when it is committed.
  *   attempts used up,
- *   or a final failure -> a DeliveryRetry on the dead-letter topic and the
- *                         failure (with its body, for replay) in the delivery
- *                         log; jobs released when both are durable.
+ *   or a final failure -> the delivery log is asked first: a delivery already
+ *                         final, or whose attempt is already logged (a
+ *                         duplicate after a restart), is not dead-lettered
+ *                         again. Else a DeliveryRetry on the dead-letter
+ *                         topic, once acked the failure (with its body, for
+ *                         replay) in the log; jobs released when committed.
  *   not attempted      -> hb_worker_skip: dropped (subscription inactive or
  *                         gone) or failed (payload could not be rendered).
- * A message the broker refused is produced again every second until it is
- * acknowledged: a broker outage delays offsets, it never loses a delivery.
+ * So the durable writes are ordered: "the log shows attempt N with outcome X"
+ * implies that what X produced on Kafka is durable, and a committed offset
+ * implies its outcome is in the log. A message the broker refused is produced
+ * again every second until it is acknowledged: a broker outage delays
+ * offsets, it never loses a delivery.
  *
  * Endpoint isolation. A slow or dead endpoint costs its own deliveries time
  * and nobody else anything; three mechanisms, all keyed by endpoint host

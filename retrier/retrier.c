@@ -10,7 +10,17 @@
  *     polls; the loop just sleeps until the earliest due partition. Within a
  *     tier messages are in due order (up to the jitter), so waiting for the
  *     head of a partition is waiting for the earliest message in it;
- *   - due: re-delivered with the same webhook-id, a fresh timestamp and
+ *   - due later than its tier's delay allows (a Retry-After longer than
+ *     every tier): produced again onto the same tier, attempt and due time
+ *     unchanged (a "hop"), and its offset released once the broker has the
+ *     copy, so no retry behind it waits for a message due later than itself;
+ *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
+ *     log's own thread after the rows queued before). A delivery already
+ *     delivered, failed or dropped, or whose attempt N is already logged
+ *     (with its successor durable: hb_worker.h), is dropped with an info
+ *     line: a duplicate, e.g. read again after a restart. No request, no
+ *     row, no dead letter. While the database is down the retry waits.
+ *     Otherwise re-delivered with the same webhook-id, a fresh timestamp and
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
  *     topic, exactly as in the dispatcher (hb_worker routes both);
