@@ -1,0 +1,67 @@
+/* The delivery log's staleness rule: which retries and final failures are
+ * duplicates of something the log already has (hb_dlog_state_stale). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "hb_dlog.h"
+
+static hb_dlog_state_t state(const char *status, int attempts) {
+    hb_dlog_state_t st = {.found = 1, .attempts = attempts};
+    snprintf(st.status, sizeof(st.status), "%s", status);
+    return st;
+}
+
+static const char *stale(hb_dlog_state_t st, int attempt) {
+    static char buf[200];
+    return hb_dlog_state_stale(&st, attempt, buf, sizeof(buf));
+}
+
+static void unknown_delivery_is_never_stale(void **unused) {
+    hb_dlog_state_t st = {0};
+    char buf[64];
+    (void)unused;
+    assert_null(hb_dlog_state_stale(&st, 1, buf, sizeof(buf)));
+    assert_null(hb_dlog_state_stale(&st, 7, buf, sizeof(buf)));
+}
+
+static void final_states_make_every_attempt_stale(void **unused) {
+    static const char *const finals[] = {"delivered", "failed", "dropped"};
+    (void)unused;
+    for (size_t i = 0; i < sizeof(finals) / sizeof(finals[0]); i++) {
+        const char *why = stale(state(finals[i], 2), 5); /* even a later attempt */
+        assert_non_null(why);
+        assert_non_null(strstr(why, finals[i]));
+    }
+}
+
+static void an_attempt_already_logged_is_a_duplicate(void **unused) {
+    (void)unused;
+    assert_non_null(stale(state("retry", 2), 2)); /* attempt 2 made, its successor durable */
+    assert_non_null(stale(state("retry", 3), 2));
+    assert_null(stale(state("retry", 2), 3)); /* the successor itself */
+    assert_null(stale(state("pending", 0), 1));
+    assert_null(stale(state("retry", 0), 1)); /* a circuit skip logs attempt 0 */
+}
+
+/* replay() reopens a failed delivery with attempts kept: the replay's attempt
+ * (attempts + 1) goes ahead, a stale retry from before does not. */
+static void a_replay_goes_ahead_older_retries_do_not(void **unused) {
+    (void)unused;
+    assert_null(stale(state("replay", 3), 4));
+    assert_non_null(stale(state("replay", 3), 3));
+    assert_non_null(stale(state("replay", 3), 2));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(unknown_delivery_is_never_stale),
+        cmocka_unit_test(final_states_make_every_attempt_stale),
+        cmocka_unit_test(an_attempt_already_logged_is_a_duplicate),
+        cmocka_unit_test(a_replay_goes_ahead_older_retries_do_not),
+    };
+    return cmocka_run_group_tests_name("dlog", tests, NULL, NULL);
+}
