@@ -27,9 +27,10 @@
  *    missing ...) the batch goes back to the front of the queue and the writer
  *    retries with backoff (250 ms doubling to 30 s), reconnecting as needed;
  *  - the queue is bounded by max_queue for untokened rows: past the bound the
- *    oldest untokened row (a successful or dropped attempt) is discarded and
- *    counted; tokened rows are never discarded (their number is bounded by the
- *    caller, which stops consuming while deliveries are unfinished);
+ *    oldest untokened row is discarded and counted; tokened rows (the
+ *    services token every row: hb_worker.h) and look-ups are never discarded
+ *    (their number is bounded by the caller, which stops consuming while
+ *    deliveries are unfinished);
  *  - text is made valid UTF-8 on the way in (response snippets are arbitrary
  *    bytes), so no row is rejected for its encoding.
  * hb_dlog_close() flushes until the queue is empty or its deadline passes.

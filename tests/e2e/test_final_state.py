@@ -10,17 +10,18 @@ webhook-id); what must not happen is a delivered delivery turned into a failed
 one, or a second dead letter."""
 import json
 import re
+import time
 import zlib
 
 from hbtest.avro import decode
 from hbtest.procs import BIN, SLOW, wait_until
-from hbtest.stack import Receiver, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from hbtest.tcpproxy import TcpProxy
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 from test_retry import LATE_TOLERANCE_S, attempts, delivery, dlq_messages, stack
 
 NO_COMMIT = {"HOOKBRIDGE_KAFKA_AUTO_COMMIT_INTERVAL_MS": "600000"}
 STALE_RETRY = "retry dropped, attempt"
-NOT_DEAD_LETTERED = "not dead-lettered"
 
 
 def swap_receiver(procs, workdir, old, status):
@@ -120,7 +121,8 @@ def test_a_dispatcher_resending_a_final_failure_after_a_crash_does_not_dead_lett
                "the second final failure to be handled")
     assert {p["headers"]["webhook-id"] for p in receiver.posts()} == {did}
     assert len(dlq_messages(broker)) == 1, "dead-lettered twice"
-    assert "the delivery is already failed" in d.proc.output()
+    assert "final failure of attempt 1 not dead-lettered: the delivery is already failed" in \
+        d.proc.output()
     assert delivery(db_url, sub)[1:3] == ("failed", 1)
 
 
@@ -176,3 +178,34 @@ def test_a_retry_after_longer_than_every_tier_holds_up_no_retry_behind_it(
     parts = {decode("delivery_retry", m.value)["subscription_id"]: m.partition for m in kc}
     kc.close()
     assert parts[a] == parts[b], parts
+
+
+def test_a_due_retry_waits_while_the_database_is_away(pg_cluster, db_url, procs, workdir):
+    """The retrier asks the delivery log before attempting: with its database
+    gone, a due retry is neither attempted blindly nor dropped; it goes out
+    once the database is back."""
+    schedule = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule="1s")
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                        fail_first=1)
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=schedule)
+        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                    broker.bootstrap, extra_env=schedule)
+        d.wait_ready()
+        r.wait_ready()
+        sub = register_verified(db_url, receiver.url, ["user.session.start"])
+        proxy.cut()
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: receiver.posts(), 20 * SLOW, "the first attempt")
+        time.sleep(4 * SLOW)  # the retry is due after 1 s: nothing may happen meanwhile
+        assert len(receiver.posts()) == 1, "a retry was attempted without asking the log"
+        assert STALE_RETRY not in r.proc.output()
+        proxy.start()
+        wait_until(lambda: len(receiver.events()) == 1, 60 * SLOW, "the retry once the log answers")
+        wait_until(status_is(db_url, sub, "delivered"), 20 * SLOW, "the log to say delivered")
+        assert len(receiver.posts()) == 2
+    finally:
+        proxy.close()
