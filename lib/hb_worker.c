@@ -645,7 +645,7 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
         HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
         res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
             : "attempt %d not made (%s): it waits %lld ms in %s",
-        res ? made : made + 1, reason, (long long)(not_before - hb_wall_ms()), topic);
+        res ? made : dl->attempt, reason, (long long)(not_before - hb_wall_ms()), topic);
     /* The 'retry' row is logged once the broker has the next attempt, so a
      * logged attempt always has its successor durable; its commit releases
      * the jobs. */
