@@ -1209,8 +1209,23 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
     json_decref(json);
 }
 
+/* Take new messages only while the endpoints keep up: requests waiting for
+ * hosts that answer at a good pace stay under max_in_flight (hb_http_backlog
+ * leaves hung and slow hosts out: their queues are bounded, not waited for).
+ * Checked before every message, since one event may fan out to many. */
+static int keeping_up(hb_worker_t *w) {
+    size_t limit = (size_t)w->cfg->max_in_flight;
+    /* deliveries waiting for their delivery-log look-up (the retrier's) are
+     * about to join the queue: they count as waiting already */
+    if (w->lookups >= limit)
+        return 0;
+    limit -= w->lookups;
+    return hb_http_queued(w->http) < limit || /* cheap, usual */
+           hb_http_backlog(w->http, STALL_MS) < limit;
+}
+
 static void poll_kafka(hb_worker_t *w) {
-    for (int i = 0; i < POLL_BATCH && !w->paused; i++) {
+    for (int i = 0; i < POLL_BATCH && !w->paused && keeping_up(w); i++) {
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 0);
         if (!rkm)
             return;
@@ -1325,11 +1340,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
-    /* Take new messages only while healthy endpoints keep up: requests
-     * waiting for hosts that make progress stay under max_in_flight. */
-    if (consume && w->rk && !w->paused &&
-        (hb_http_queued(w->http) < (size_t)w->cfg->max_in_flight || /* cheap, usual */
-         hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight))
+    if (consume && w->rk && !w->paused)
         poll_kafka(w);
     rd_kafka_poll(w->producer, 0); /* delivery reports */
     if (w->resend)
