@@ -5,7 +5,22 @@ Nothing may be lost, our idempotent producers (hookbridge-producer to the
 events topic, the dispatcher to the delay tier) must not write any message
 twice, and retries must not fire early. The scenarios are in
 hbtest/kfaults.py; tests/chaos/kafka_faults.py prints their figures."""
+import pytest
+
 from hbtest import kfaults
+
+
+@pytest.fixture
+def cluster(apache_kafka_cluster):
+    """The session's three nodes; any node a failed test left down is
+    started again, for the tests after it."""
+    yield apache_kafka_cluster
+    k = apache_kafka_cluster
+    down = [i for i in range(1, k.nodes + 1) if k.procs[i].poll() is not None]
+    for i in down:
+        k.start_node(i)
+    for i in down:
+        k.wait_node(i)
 
 
 def check_no_loss_no_duplicate(f):
@@ -25,17 +40,17 @@ def check_no_loss_no_duplicate(f):
     assert f["dups_new_id"] == 0, f"a redelivery under another webhook-id: {f}"
 
 
-def test_a_node_killed_mid_stream_loses_and_duplicates_nothing(apache_kafka_cluster, db_url,
+def test_a_node_killed_mid_stream_loses_and_duplicates_nothing(cluster, db_url,
                                                                procs, workdir):
-    f = kfaults.broker_killed_mid_stream(apache_kafka_cluster, db_url, procs, workdir)
+    f = kfaults.broker_killed_mid_stream(cluster, db_url, procs, workdir)
     print(f)
     check_no_loss_no_duplicate(f)
     assert f["produced"] >= 150, f
 
 
 def test_the_whole_cluster_restarted_services_recover_and_retries_fire(
-        apache_kafka_cluster, db_url, procs, workdir):
-    f = kfaults.cluster_restarted(apache_kafka_cluster, db_url, procs, workdir)
+        cluster, db_url, procs, workdir):
+    f = kfaults.cluster_restarted(cluster, db_url, procs, workdir)
     print(f)
     assert f["alive"], "a service exited while the cluster was down"
     check_no_loss_no_duplicate(f)
@@ -44,9 +59,8 @@ def test_the_whole_cluster_restarted_services_recover_and_retries_fire(
     assert f["dups_receiver"] == 0, f
 
 
-def test_a_delay_tier_leader_moved_while_retries_wait(apache_kafka_cluster, db_url, procs,
-                                                      workdir):
-    f = kfaults.tier_leader_moved(apache_kafka_cluster, db_url, procs, workdir)
+def test_a_delay_tier_leader_moved_while_retries_wait(cluster, db_url, procs, workdir):
+    f = kfaults.tier_leader_moved(cluster, db_url, procs, workdir)
     print(f)
     assert f["moved_before_due"], f"the leader moved only after the retries were due: {f}"
     assert f["new_leader"] != f["old_leader"]
