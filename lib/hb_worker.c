@@ -1028,8 +1028,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             kerr = rd_kafka_incremental_assign(rk, parts);
         else
             (void)rd_kafka_assign(rk, parts);
+        /* librdkafka keeps a partition's pause across a revocation: one
+         * deferred when it was revoked (its deferral forgotten) would stay
+         * paused for good when assigned back to this process. */
         if (w->paused)
             (void)rd_kafka_pause_partitions(rk, parts);
+        else
+            (void)rd_kafka_resume_partitions(rk, parts);
         w->assigned = 1;
         if (!cooperative || !w->assignment) {
             if (w->assignment)

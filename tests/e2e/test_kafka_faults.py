@@ -5,9 +5,12 @@ Nothing may be lost, our idempotent producers (hookbridge-producer to the
 events topic, the dispatcher to the delay tier) must not write any message
 twice, and retries must not fire early. The scenarios are in
 hbtest/kfaults.py; tests/chaos/kafka_faults.py prints their figures."""
+import re
+
 import pytest
 
 from hbtest import kfaults
+from hbtest.procs import wait_until
 
 
 @pytest.fixture
@@ -66,3 +69,38 @@ def test_a_delay_tier_leader_moved_while_retries_wait(cluster, db_url, procs, wo
     assert f["new_leader"] != f["old_leader"]
     check_no_loss_no_duplicate(f)
     assert f["late_s"] < 8, f"retries came long after they were due: {f}"
+
+
+def test_retries_wait_through_the_retriers_partitions_taken_and_given_back(cluster, db_url, procs,
+                                                                          workdir):
+    """The retrier's session expires while retries wait on a delay tier (the
+    process frozen past the session timeout: the group takes its partitions,
+    and gives them back when it rejoins, as after a coordinator's failover):
+    the retries are still delivered, when due. librdkafka keeps a partition's
+    pause across a revocation; the retrier had paused the partition until its
+    first retry was due, then forgot that deferral with the revocation, so
+    the partition stayed paused and the retries waited forever."""
+    import signal
+    from kafka import KafkaAdminClient
+    s = kfaults.Stack(cluster, db_url, procs, workdir, "8s")
+    evs = [kfaults.event() for _ in range(5)]
+    kfaults.produce_lines(s.space, evs)
+    wait_until(lambda: len([p for p in s.receiver.posts() if p["status"] == 503]) == 5, 30,
+               "every first attempt (503)")
+    wait_until(lambda: re.search(r"^hookbridge_partition_pauses_total [1-9]", s.r.get("/metrics")[1],
+                                 re.M), 30,
+               "the retrier to hold the tier's partition until the first retry is due")
+    group = s.r.env["HOOKBRIDGE_CONSUMER_GROUP"]
+    admin = KafkaAdminClient(bootstrap_servers=s.space.bootstrap.split(","))
+    s.r.proc.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: admin.describe_consumer_groups([group])[0].state == "Empty", 30,
+                   "the group to drop the frozen retrier")
+    finally:
+        s.r.proc.signal(signal.SIGCONT)
+        admin.close()
+    wait_until(lambda: s.r.proc.output().count("assigned 6 partition(s)") == 2, 30,
+               "the retrier to get its partitions back")
+    s.wait_all({e["uuid"]: 0 for e in evs}, 30)
+    early, _ = s.retry_timing(8000)
+    assert early == 0
