@@ -10,7 +10,7 @@ import re
 import pytest
 
 from hbtest import kfaults
-from hbtest.procs import wait_until
+from hbtest.procs import SLOW, wait_until
 
 
 @pytest.fixture
@@ -68,7 +68,9 @@ def test_a_delay_tier_leader_moved_while_retries_wait(cluster, db_url, procs, wo
     assert f["moved_before_due"], f"the leader moved only after the retries were due: {f}"
     assert f["new_leader"] != f["old_leader"]
     check_no_loss_no_duplicate(f)
-    assert f["late_s"] < 8, f"retries came long after they were due: {f}"
+    # Late by the failover at most: a new leader, and the group's session
+    # timeout (6 s) when the killed node was also the group's coordinator.
+    assert f["late_s"] < 12 * SLOW, f"retries came long after they were due: {f}"
 
 
 def test_retries_wait_through_the_retriers_partitions_taken_and_given_back(cluster, db_url, procs,
