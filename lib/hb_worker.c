@@ -86,7 +86,6 @@ struct hb_worker_s {
     int topics_cnt;
     char client_id[64];
     const char *group;
-    hb_schedule_t schedule;
     hb_decoder_t *decoder;   /* consumed messages: every writer schema, the registry */
     hb_codec_t *retry_codec; /* DeliveryRetry, produced */
     hb_http_t *http;
@@ -622,7 +621,7 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
 
     if (step < 1) /* a skipped first attempt waits the first delay */
         step = 1;
-    if (hb_schedule_next(&w->schedule, step, retry_after, w->cfg->retry_after_max_ms,
+    if (hb_schedule_next(&w->cfg->schedule, step, retry_after, w->cfg->retry_after_max_ms,
                          (int)w->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
                          &not_before) != 0) {
         snprintf(why, sizeof(why), "%s (attempts used up)", reason);
@@ -637,8 +636,8 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
         return;
     }
     hb_metric_inc(w->m_retry);
-    for (int t = 0; t < w->schedule.tiers; t++)
-        if (!strcmp(w->schedule.tier_topics[t], topic))
+    for (int t = 0; t < w->cfg->schedule.tiers; t++)
+        if (!strcmp(w->cfg->schedule.tier_topics[t], topic))
             hb_metric_inc(w->m_tier[t]);
     hb_log(
         HB_LOG_INFO,
@@ -1487,9 +1486,9 @@ static void register_metrics(hb_worker_t *w) {
                                            "Delivery attempts by HTTP status class of the answer "
                                            "(none: timeout, connection error, refused).");
     }
-    for (int t = 0; t < w->schedule.tiers; t++) {
+    for (int t = 0; t < w->cfg->schedule.tiers; t++) {
         char label[96], d[32];
-        hb_delay_format(w->schedule.tiers_ms[t], d, sizeof(d));
+        hb_delay_format(w->cfg->schedule.tiers_ms[t], d, sizeof(d));
         snprintf(label, sizeof(label), "tier=\"%s\"", d);
         w->m_tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
                                           "Deliveries handed to a delay tier.");
@@ -1523,9 +1522,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         hb_seterr(errstr, errstr_size, "HOOKBRIDGE_DATABASE_URL is not set");
         goto fail;
     }
-    if (hb_schedule_parse(&w->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, errstr,
-                          errstr_size) < 0)
+    if (cfg->schedule.steps < 1) { /* hb_config_load parses it for the services */
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE was not parsed");
         goto fail;
+    }
     hb_info("secrets are sealed with key %s", hb_keyring_current_id(cfg->keyring));
     if (spec->topics) {
         w->topics_cnt = spec->topics_cnt;
@@ -1533,10 +1533,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         for (int i = 0; i < w->topics_cnt; i++)
             w->topics[i] = hb_strdup(spec->topics[i]);
     } else { /* the delay tiers */
-        w->topics_cnt = w->schedule.tiers;
+        w->topics_cnt = w->cfg->schedule.tiers;
         w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
         for (int i = 0; i < w->topics_cnt; i++)
-            w->topics[i] = hb_strdup(w->schedule.tier_topics[i]);
+            w->topics[i] = hb_strdup(w->cfg->schedule.tier_topics[i]);
     }
     w->spec.topics = NULL;
     if (pipe2(w->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
@@ -1631,7 +1631,6 @@ void hb_worker_free(hb_worker_t *w) {
     }
     while (w->jobs)
         job_unlink_free(w, w->jobs);
-    hb_schedule_free(&w->schedule);
     for (int i = 0; i < w->topics_cnt; i++)
         free(w->topics[i]);
     free(w->topics);
@@ -1647,7 +1646,7 @@ const hb_config_t *hb_worker_config(const hb_worker_t *w) {
     return w->cfg;
 }
 const hb_schedule_t *hb_worker_schedule(const hb_worker_t *w) {
-    return &w->schedule;
+    return &w->cfg->schedule;
 }
 hb_index_t *hb_worker_index(hb_worker_t *w) {
     return w->index;
