@@ -15,53 +15,16 @@
 #include "hb_kafka.h"
 #include "hb_log.h"
 #include "hb_offsets.h"
+#include "hb_outbox.h"
 #include "hb_schemas.h"
 #include "hb_signal.h"
 
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define RESEND_DELAY_MS 1000
 #define CIRCUIT_BUCKETS 1024
 #define LAG_EVERY_MS 5000
 #define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
-
-struct hb_job_s {
-    hb_offref_t ref;
-    int holds;
-    hb_job_t *prev, *next; /* live jobs, freed at exit if unfinished */
-};
-
-/* Work that must become durable (a broker ack, a delivery-log commit) before
- * the jobs it holds are released. A gate may travel along a chain of steps,
- * each handing it to the next as its token: a look-up in the delivery log
- * (answered: then runs), a message for the broker (pmsg: its ack adds the
- * attempt's row to the log), the row's commit (the jobs are released). */
-typedef struct gate_s {
-    hb_job_t **jobs;
-    size_t jobs_cnt;
-    int pending;
-    /* a look-up in flight: called with the answer in state instead of
-     * releasing; it releases the gate or passes it on */
-    void (*answered)(hb_worker_t *w, struct gate_s *g);
-    void *arg;
-    void (*arg_free)(void *arg); /* at exit, when never answered */
-    hb_dlog_state_t state;
-    struct gate_s *prev, *next; /* live gates, freed at exit if unfinished */
-} gate_t;
-
-/* A message for the delay tiers or the dead-letter topic, kept until acked. */
-typedef struct pmsg_s {
-    char *topic;
-    char *key;
-    void *val;
-    size_t len;
-    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
-    gate_t *gate;
-    hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
-    int64_t resend_at;
-    struct pmsg_s *next;
-} pmsg_t;
 
 typedef struct deferred_s {
     char *topic;
@@ -91,21 +54,17 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    hb_dlog_t *dlog;
     hb_index_t *index;
     hb_offsets_t *offsets;
-    rd_kafka_t *rk; /* consumer */
+    hb_outbox_t *outbox; /* jobs, gates, the producer */
+    rd_kafka_t *rk;      /* consumer */
     rd_kafka_queue_t *rkq;
-    rd_kafka_t *producer; /* delay tiers and dead letters */
-    rd_kafka_queue_t *pq;
     int wake[2]; /* Kafka queues and signals write here */
     int index_loaded;
     int assigned;
     int paused;
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
-    size_t unacked; /* produced, not yet acknowledged */
-    size_t lookups; /* delivery-log look-ups not yet answered */
     int64_t next_store_attempt;
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
@@ -117,9 +76,6 @@ struct hb_worker_s {
     char missing_why[300];
     char pause_why[200]; /* set while consumption is paused as the last resort */
     int64_t next_topic_check;
-    hb_job_t *jobs;
-    gate_t *gates;
-    pmsg_t *resend; /* refused by the broker, produced again later */
     deferred_t *deferred;
     circuit_t *circuits[CIRCUIT_BUCKETS];
 
@@ -134,220 +90,16 @@ struct hb_worker_s {
 /* ----------------------------------------------------------------- jobs */
 
 hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm) {
-    hb_job_t *j = hb_calloc(1, sizeof(*j));
-    j->ref =
-        hb_offsets_track(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition, rkm->offset);
-    j->holds = 1;
-    j->next = w->jobs;
-    if (w->jobs)
-        w->jobs->prev = j;
-    w->jobs = j;
-    return j;
-}
-
-void hb_job_hold(hb_job_t *j) {
-    j->holds++;
-}
-
-static void job_unlink_free(hb_worker_t *w, hb_job_t *j) {
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        w->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
-    free(j);
+    return hb_outbox_track(w->outbox, rkm);
 }
 
 void hb_job_release(hb_worker_t *w, hb_job_t *j) {
-    if (--j->holds > 0)
-        return;
-    hb_offsets_done(w->offsets, j->ref);
-    job_unlink_free(w, j);
-}
-
-static gate_t *gate_new(hb_worker_t *w, hb_job_t *const *jobs, size_t n, int pending) {
-    gate_t *g = hb_calloc(1, sizeof(*g));
-    g->next = w->gates;
-    if (w->gates)
-        w->gates->prev = g;
-    w->gates = g;
-    g->jobs_cnt = n;
-    if (n) {
-        g->jobs = hb_malloc(n * sizeof(*g->jobs));
-        for (size_t i = 0; i < n; i++) {
-            g->jobs[i] = jobs[i];
-            hb_job_hold(jobs[i]);
-        }
-    }
-    g->pending = pending;
-    return g;
-}
-
-static void gate_unlink_free(hb_worker_t *w, gate_t *g) {
-    if (g->prev)
-        g->prev->next = g->next;
-    else
-        w->gates = g->next;
-    if (g->next)
-        g->next->prev = g->prev;
-    free(g->jobs);
-    free(g);
-}
-
-/* The last step of a gate's chain is durable: its jobs are released. */
-static void gate_release(hb_worker_t *w, gate_t *g) {
-    for (size_t i = 0; i < g->jobs_cnt; i++)
-        hb_job_release(w, g->jobs[i]);
-    gate_unlink_free(w, g);
-}
-
-static void gate_done(hb_worker_t *w, gate_t *g) {
-    void (*answered)(hb_worker_t *, gate_t *) = g->answered;
-    if (--g->pending > 0)
-        return;
-    if (answered) { /* a look-up's answer: the next step decides */
-        g->answered = NULL;
-        w->lookups--;
-        answered(w, g);
-        return;
-    }
-    gate_release(w, g);
-}
-
-/* Asks the delivery log about delivery_id; answered(w, g) runs with g->state
- * filled once every row queued before is committed. */
-static void gate_lookup(hb_worker_t *w, gate_t *g, const char *delivery_id,
-                        void (*answered)(hb_worker_t *w, gate_t *g), void *arg,
-                        void (*arg_free)(void *arg)) {
-    g->pending = 1;
-    g->answered = answered;
-    g->arg = arg;
-    g->arg_free = arg_free;
-    w->lookups++;
-    hb_dlog_lookup(w->dlog, delivery_id, &g->state, g);
-}
-
-/* ------------------------------------------------------------- producing */
-
-static void pmsg_free(pmsg_t *m) {
-    hb_dlog_row_free(m->row);
-    free(m->topic);
-    free(m->key);
-    free(m->val);
-    for (int i = 0; m->hdr[i]; i++)
-        free(m->hdr[i]);
-    free(m);
-}
-
-static void pmsg_send(hb_worker_t *w, pmsg_t *m) {
-    rd_kafka_headers_t *hdrs = NULL;
-    rd_kafka_resp_err_t err;
-    if (m->hdr[0]) {
-        hdrs = rd_kafka_headers_new(4);
-        for (int i = 0; m->hdr[i]; i += 2)
-            (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
-    }
-    if (hdrs)
-        err = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
-    else
-        err = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
-    if (!err) {
-        w->unacked++;
-        return; /* headers now owned by the message */
-    }
-    if (hdrs)
-        rd_kafka_headers_destroy(hdrs);
-    hb_metric_inc(w->m_kafka_errors);
-    hb_warn("cannot produce to %s (%s): trying again in 1 s", m->topic, rd_kafka_err2str(err));
-    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-    m->next = w->resend;
-    w->resend = m;
-}
-
-/* Delivery report (main loop thread, from rd_kafka_poll). */
-static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
-    hb_worker_t *w = opaque;
-    pmsg_t *m = rkm->_private;
-    (void)rk;
-    w->unacked--;
-    if (rkm->err) {
-        hb_metric_inc(w->m_kafka_errors);
-        hb_warn("the broker did not take a message for %s (%s): trying again in 1 s", m->topic,
-                rd_kafka_err2str(rkm->err));
-        m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-        m->next = w->resend;
-        w->resend = m;
-        return;
-    }
-    if (m->row) { /* durable on the broker: now the log may say so */
-        hb_dlog_add_row(w->dlog, m->row, m->gate);
-        m->row = NULL;
-    } else if (m->gate) {
-        gate_done(w, m->gate);
-    }
-    pmsg_free(m);
-}
-
-static void resend_due(hb_worker_t *w) {
-    pmsg_t **pp = &w->resend;
-    int64_t now = hb_mono_ms();
-    while (*pp) {
-        pmsg_t *m = *pp;
-        if (m->resend_at > now) {
-            pp = &m->next;
-            continue;
-        }
-        *pp = m->next;
-        m->next = NULL;
-        pmsg_send(w, m);
-    }
-}
-
-static pmsg_t *pmsg_new(const char *topic, const char *key, const void *val, size_t len,
-                        gate_t *gate) {
-    pmsg_t *m = hb_calloc(1, sizeof(*m));
-    m->topic = hb_strdup(topic);
-    m->key = key ? hb_strdup(key) : NULL;
-    m->val = hb_malloc(len ? len : 1);
-    memcpy(m->val, val, len);
-    m->len = len;
-    m->gate = gate;
-    return m;
+    hb_outbox_release(w->outbox, j);
 }
 
 void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,
                        size_t len, hb_job_t *job) {
-    gate_t *g = gate_new(w, job ? &job : NULL, job ? 1 : 0, 1);
-    pmsg_send(w, pmsg_new(topic, key, val, len, g));
-}
-
-/* Poison: the bytes go to the dead-letter topic unchanged, with why and
- * where from in headers; the job is released when the broker has them. */
-static void dead_letter_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_job_t *job,
-                               const char *reason) {
-    char part[16], off[24];
-    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
-    pmsg_t *m = pmsg_new(w->cfg->dlq_topic, key, rkm->payload ? rkm->payload : "", rkm->len,
-                         gate_new(w, &job, 1, 1));
-    free(key);
-    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
-    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
-    m->hdr[0] = hb_strdup("hookbridge-reason");
-    m->hdr[1] = hb_strdup(reason);
-    m->hdr[2] = hb_strdup("hookbridge-source-topic");
-    m->hdr[3] = hb_strdup(rd_kafka_topic_name(rkm->rkt));
-    m->hdr[4] = hb_strdup("hookbridge-source-partition");
-    m->hdr[5] = hb_strdup(part);
-    m->hdr[6] = hb_strdup("hookbridge-source-offset");
-    m->hdr[7] = hb_strdup(off);
-    pmsg_send(w, m);
+    hb_outbox_produce(w->outbox, topic, key, val, len, job);
 }
 
 /* ------------------------------------------------------- circuit breaker */
@@ -456,7 +208,7 @@ static void delivery_free(hb_delivery_t *dl) {
 /* Releases the delivery's holds (its work is now held by gates, or done). */
 static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
     for (size_t i = 0; i < dl->jobs_cnt; i++)
-        hb_job_release(w, dl->jobs[i]);
+        hb_outbox_release(w->outbox, dl->jobs[i]);
     delivery_free(dl);
 }
 
@@ -485,16 +237,16 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
 
 /* Logs an attempt now; the gate is released when its row is committed. */
 static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                   hb_outcome_t outcome, const char *reason, gate_t *gate) {
-    hb_dlog_add_row(w->dlog, row_for(dl, attempt, res, outcome, reason), gate);
+                   hb_outcome_t outcome, const char *reason, hb_gate_t *gate) {
+    hb_gate_log(w->outbox, gate, row_for(dl, attempt, res, outcome, reason));
 }
 
 /* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
  * row (taken, may be NULL) is logged with gate as its token. NULL when it
  * cannot be encoded (row freed). */
-static pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
-                         int64_t not_before_ms, int last_status, const char *reason, gate_t *gate,
-                         hb_dlog_row_t *row) {
+static hb_pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
+                            int64_t not_before_ms, int last_status, const char *reason,
+                            hb_gate_t *gate, hb_dlog_row_t *row) {
     hb_retry_msg_t m = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -514,7 +266,7 @@ static pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, i
     void *buf = NULL;
     size_t len = 0;
     char errstr[256];
-    pmsg_t *pm;
+    hb_pmsg_t *pm;
     if (!obj || hb_codec_encode(w->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
         json_decref(obj);
         hb_dlog_row_free(row);
@@ -523,15 +275,15 @@ static pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, i
         return NULL;
     }
     json_decref(obj);
-    pm = pmsg_new(topic, dl->sub->id, buf, len, gate);
-    pm->row = row;
+    pm = hb_pmsg_new(topic, dl->sub->id, buf, len, gate, row);
     free(buf);
     return pm;
 }
 
 /* A final failure waiting for the log's answer before it is dead-lettered. */
 typedef struct dead_letter_s {
-    pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
+    hb_worker_t *w;
+    hb_pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
     char delivery_id[HB_UUID_LEN + 1];
     char subscription_id[HB_UUID_LEN + 1];
     char *event_type;
@@ -542,7 +294,7 @@ typedef struct dead_letter_s {
 static void dead_letter_free(void *arg) {
     dead_letter_t *d = arg;
     if (d->m)
-        pmsg_free(d->m);
+        hb_pmsg_free(d->m);
     free(d->event_type);
     free(d->reason);
     free(d);
@@ -551,8 +303,9 @@ static void dead_letter_free(void *arg) {
 /* The log answered: dead-letter, unless the delivery is already final or this
  * attempt was already logged (a duplicate after a restart: dead-lettering it
  * would be a second, or a false, dead letter). */
-static void dead_letter_answered(hb_worker_t *w, gate_t *g) {
+static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
     dead_letter_t *d = g->arg;
+    hb_worker_t *w = d->w;
     char buf[200];
     const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
     if (stale) {
@@ -562,14 +315,14 @@ static void dead_letter_answered(hb_worker_t *w, gate_t *g) {
                      "event_type", d->event_type),
                "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
                stale, d->reason);
-        gate_release(w, g);
+        hb_gate_release(w->outbox, g);
     } else {
         hb_metric_inc(w->m_dlq);
         hb_log(HB_LOG_WARN,
                HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
                      "event_type", d->event_type),
                "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
-        pmsg_send(w, d->m); /* its ack logs the row, whose commit releases g */
+        hb_outbox_send(w->outbox, d->m); /* its ack logs the row, whose commit releases g */
         d->m = NULL;
     }
     dead_letter_free(d); /* and the message, when it was not sent */
@@ -580,9 +333,9 @@ static void dead_letter_answered(hb_worker_t *w, gate_t *g) {
  * wait for the row's commit. */
 static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
                          const hb_http_result_t *res, const char *reason) {
-    gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+    hb_gate_t *g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
     dead_letter_t *d;
-    pmsg_t *m;
+    hb_pmsg_t *m;
     hb_metric_inc(w->m_failed);
     m = retry_msg(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
                   reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
@@ -591,13 +344,14 @@ static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
         return;
     }
     d = hb_calloc(1, sizeof(*d));
+    d->w = w;
     d->m = m;
     snprintf(d->delivery_id, sizeof(d->delivery_id), "%s", dl->id);
     snprintf(d->subscription_id, sizeof(d->subscription_id), "%s", dl->sub->id);
     d->event_type = hb_strdup(dl->event_type);
     d->reason = hb_strdup(reason ? reason : "");
     d->attempt = attempt;
-    gate_lookup(w, g, dl->id, dead_letter_answered, d, dead_letter_free);
+    hb_gate_lookup(w->outbox, g, dl->id, dead_letter_answered, d, dead_letter_free);
 }
 
 static double random_unit(void) {
@@ -615,8 +369,8 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
     int64_t not_before = 0;
     long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
     int step = made - schedule_offset; /* attempts made in this schedule */
-    gate_t *g;
-    pmsg_t *m;
+    hb_gate_t *g;
+    hb_pmsg_t *m;
     char why[320];
 
     if (step < 1) /* a skipped first attempt waits the first delay */
@@ -628,11 +382,11 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
         route_failed(w, dl, made, res, why);
         return;
     }
-    g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+    g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
     m = retry_msg(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
                   row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
     if (!m) {
-        gate_done(w, g);
+        hb_gate_done(w->outbox, g);
         return;
     }
     hb_metric_inc(w->m_retry);
@@ -648,7 +402,7 @@ static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_ht
     /* The 'retry' row is logged once the broker has the next attempt, so a
      * logged attempt always has its successor durable; its commit releases
      * the jobs. */
-    pmsg_send(w, m);
+    hb_outbox_send(w->outbox, m);
 }
 
 static void on_attempt_done(const hb_http_result_t *res, void *opaque);
@@ -658,7 +412,7 @@ void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, con
     if (outcome == HB_OUTCOME_FAILED) {
         route_failed(w, dl, made, NULL, reason);
     } else {
-        gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
+        hb_gate_t *g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
         hb_metric_inc(w->m_dropped);
         hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
                "delivery dropped: %s", reason);
@@ -672,6 +426,7 @@ void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl) {
 }
 
 typedef struct lookup_ctx_s {
+    hb_worker_t *w;
     hb_delivery_t *dl;
     hb_worker_lookup_cb then;
     void *opaque;
@@ -683,24 +438,27 @@ static void lookup_ctx_free(void *arg) {
     free(c);
 }
 
-static void lookup_answered(hb_worker_t *w, gate_t *g) {
+static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
     lookup_ctx_t *c = g->arg;
+    hb_worker_t *w = c->w;
     if (hb_stop_requested || w->abandoning) {
         /* start nothing new: the message will be consumed again */
         delivery_free(c->dl); /* its jobs stay unfinished */
     } else {
         c->then(w, c->dl, &g->state, c->opaque);
     }
-    gate_unlink_free(w, g); /* it held no jobs: the delivery does */
+    hb_gate_forget(w->outbox, g); /* it held no jobs: the delivery does */
     free(c);
 }
 
 void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
     lookup_ctx_t *c = hb_calloc(1, sizeof(*c));
+    c->w = w;
     c->dl = dl;
     c->then = then;
     c->opaque = opaque;
-    gate_lookup(w, gate_new(w, NULL, 0, 1), dl->id, lookup_answered, c, lookup_ctx_free);
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), dl->id, lookup_answered, c,
+                   lookup_ctx_free);
 }
 
 typedef struct attempt_ctx_s {
@@ -784,7 +542,7 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
                (long long)res->duration_ms);
         /* the jobs wait for the row: a committed offset implies a logged outcome */
         record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
-               gate_new(w, dl->jobs, dl->jobs_cnt, 1));
+               hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt));
         break;
     case HB_OUTCOME_RETRY: route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset); break;
     default: route_failed(w, dl, dl->attempt, res, reason); break;
@@ -855,10 +613,11 @@ static void ensure_store(hb_worker_t *w) {
     if (w->store || hb_mono_ms() < w->next_store_attempt)
         return;
     w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, errstr, sizeof(errstr));
-    if (w->store && !w->dlog) {
-        w->dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
-                              sizeof(errstr));
-        if (!w->dlog) {
+    if (w->store && !hb_outbox_dlog(w->outbox)) {
+        hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
+                                      errstr, sizeof(errstr));
+        hb_outbox_set_dlog(w->outbox, dlog);
+        if (!dlog) {
             hb_store_free(w->store);
             w->store = NULL;
         }
@@ -1003,16 +762,6 @@ static void store_offsets(hb_worker_t *w) {
     rd_kafka_topic_partition_list_destroy(list);
 }
 
-static void take_flushed(hb_worker_t *w) {
-    void *tokens[256];
-    size_t n;
-    if (!w->dlog)
-        return;
-    while ((n = hb_dlog_take_flushed(w->dlog, tokens, HB_ARRAY_SIZE(tokens))) > 0)
-        for (size_t i = 0; i < n; i++)
-            gate_done(w, tokens[i]);
-}
-
 static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero);
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -1041,7 +790,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         hb_info("revoking %d partition(s)", parts->cnt);
         /* Commit what is finished before the new owner starts from it. */
-        take_flushed(w);
+        hb_outbox_take_flushed(w->outbox);
         store_offsets(w);
         (void)rd_kafka_commit(rk, NULL, 0);
         update_lag(w, parts, 1);
@@ -1157,8 +906,8 @@ void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char 
            HB_KV("topic", rd_kafka_topic_name(rkm->rkt), "partition", part, "offset", off),
            "poison message sent to %s: %s", w->cfg->dlq_topic, reason);
     job = hb_worker_track(w, rkm);
-    dead_letter_poison(w, rkm, job, reason);
-    hb_job_release(w, job);
+    hb_outbox_poison(w->outbox, w->cfg->dlq_topic, rkm, job, reason);
+    hb_outbox_release(w->outbox, job);
 }
 
 static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
@@ -1330,10 +1079,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         (hb_http_queued(w->http) < (size_t)w->cfg->max_in_flight || /* cheap, usual */
          hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight))
         poll_kafka(w);
-    rd_kafka_poll(w->producer, 0); /* delivery reports */
-    if (w->resend)
-        resend_due(w);
-    take_flushed(w);
+    hb_outbox_poll(w->outbox);
     if (w->rk) {
         store_offsets(w);
         if (!hb_stop_requested) {
@@ -1357,7 +1103,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         if (next < wait_ms)
             wait_ms = next;
     }
-    if (w->resend && wait_ms > 100)
+    if (hb_outbox_resending(w->outbox) && wait_ms > 100)
         wait_ms = 100;
     lag_tick(w);
     update_readiness(w);
@@ -1372,7 +1118,6 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
 int hb_worker_run(hb_worker_t *w) {
     char errstr[512];
     int64_t deadline;
-    size_t unwritten;
 
     while (!hb_stop_requested) {
         ensure_store(w);
@@ -1391,7 +1136,9 @@ int hb_worker_run(hb_worker_t *w) {
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
-    while ((w->in_flight > 0 || w->resend || w->lookups > 0) && hb_mono_ms() < deadline)
+    while (
+        (w->in_flight > 0 || hb_outbox_resending(w->outbox) || hb_outbox_lookups(w->outbox) > 0) &&
+        hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
     if (w->in_flight > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
@@ -1399,13 +1146,7 @@ int hb_worker_run(hb_worker_t *w) {
                 w->in_flight);
         w->abandoning = 1;
     }
-    if (hb_kafka_flush(w->producer, 5000) > 0)
-        hb_warn("retry or dead-letter messages left unsent; their sources will be read again");
-    rd_kafka_poll(w->producer, 0);
-    unwritten = w->dlog ? hb_dlog_close(w->dlog, 5000) : 0;
-    if (unwritten)
-        hb_warn("%zu delivery log rows were not written", unwritten);
-    take_flushed(w);
+    hb_outbox_drain(w->outbox);
     if (w->rk) {
         rd_kafka_resp_err_t err;
         store_offsets(w);
@@ -1511,7 +1252,6 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         .tls_client_cert = cfg->tls_client_cert,
         .tls_client_key = cfg->tls_client_key,
     };
-    rd_kafka_conf_t *pconf;
 
     w->cfg = cfg;
     w->spec = *spec;
@@ -1557,18 +1297,12 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->httpd = hb_httpd_start(cfg->http_listen, 30000, errstr, errstr_size);
     if (!w->httpd)
         goto fail;
-    pconf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
-    if (!pconf)
-        goto fail;
-    rd_kafka_conf_set_opaque(pconf, w);
-    w->producer = hb_kafka_producer_new(pconf, on_produced, errstr, errstr_size);
-    if (!w->producer)
-        goto fail;
-    /* Delivery reports wake the loop, so acknowledged work frees offsets soon. */
-    w->pq = rd_kafka_queue_get_main(w->producer);
-    rd_kafka_queue_io_event_enable(w->pq, w->wake[1], "p", 1);
-    w->index = hb_index_new();
     w->offsets = hb_offsets_new();
+    w->outbox = hb_outbox_new(cfg, w->client_id, w->wake[1], w->offsets, w->m_kafka_errors, errstr,
+                              errstr_size);
+    if (!w->outbox)
+        goto fail;
+    w->index = hb_index_new();
     hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
     return w;
 fail:
@@ -1590,22 +1324,7 @@ void hb_worker_free(hb_worker_t *w) {
         rd_kafka_destroy(w->rk);
     if (w->assignment)
         rd_kafka_topic_partition_list_destroy(w->assignment);
-    if (w->pq)
-        rd_kafka_queue_destroy(w->pq);
-    if (w->producer) {
-        rd_kafka_purge(w->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_poll(w->producer, 0); /* purged reports land in the resend list */
-        rd_kafka_destroy(w->producer);
-    }
-    while (w->resend) {
-        pmsg_t *m = w->resend;
-        w->resend = m->next;
-        pmsg_free(m);
-    }
-    if (w->dlog) {
-        (void)hb_dlog_close(w->dlog, 0);
-        hb_dlog_free(w->dlog);
-    }
+    hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
     hb_store_free(w->store);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
@@ -1624,13 +1343,6 @@ void hb_worker_free(hb_worker_t *w) {
             free(c->key);
             free(c);
         }
-    while (w->gates) {
-        if (w->gates->answered && w->gates->arg_free) /* a look-up never answered */
-            w->gates->arg_free(w->gates->arg);
-        gate_unlink_free(w, w->gates);
-    }
-    while (w->jobs)
-        job_unlink_free(w, w->jobs);
     for (int i = 0; i < w->topics_cnt; i++)
         free(w->topics[i]);
     free(w->topics);

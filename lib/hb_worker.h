@@ -77,12 +77,12 @@
 #include "hb_http.h"
 #include "hb_index.h"
 #include "hb_metrics.h"
+#include "hb_outbox.h"
 #include "hb_retry.h"
 #include "hb_store.h"
 #include "hb_sub.h"
 
 typedef struct hb_worker_s hb_worker_t;
-typedef struct hb_job_s hb_job_t;
 
 typedef struct hb_worker_hooks_s {
     /* A decoded message (msg is borrowed). Either track it (and release the
@@ -132,7 +132,6 @@ void hb_worker_db_error(hb_worker_t *w);
 /* ---------------------------------------------------------------- jobs */
 
 hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm); /* one hold */
-void hb_job_hold(hb_job_t *j);
 void hb_job_release(hb_worker_t *w, hb_job_t *j);
 
 /* Dead-letters rkm's bytes unchanged with the reason (a message the handler
