@@ -69,12 +69,9 @@ struct hb_dispatcher_s {
  * the delivery until it is durable. */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
                            hb_job_t *const *jobs, size_t n) {
-    const char *type = hb_event_type(events[0]);
     const char **parts = hb_malloc((n + 2) * sizeof(*parts));
     size_t ids_len = 1;
-    char *ids, id[HB_UUID_LEN + 1], errstr[256];
-    hb_payload_t payload;
-    hb_delivery_t *dl;
+    char *ids, id[HB_UUID_LEN + 1];
 
     parts[0] = n == 1 ? "delivery" : "batch";
     for (size_t i = 0; i < n; i++) {
@@ -91,26 +88,7 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *eve
         strcat(ids, parts[i + 1]);
     }
     free(parts);
-    if (hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &payload, errstr,
-                          sizeof(errstr)) < 0) {
-        char reason[300];
-        snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, type, jobs, n);
-        hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
-    } else if (payload.len > (size_t)d->cfg->max_payload_bytes) {
-        /* Not sent, and not copied anywhere: the reason says what to change. */
-        char reason[300];
-        snprintf(reason, sizeof(reason),
-                 "payload of %zu bytes exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld)%s", payload.len,
-                 d->cfg->max_payload_bytes, n > 1 ? ": lower the subscription's batch_max" : "");
-        free(payload.body);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, ids, type, jobs, n);
-        hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
-    } else {
-        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, ids, type,
-                             jobs, n);
-        hb_worker_deliver(d->w, dl);
-    }
+    hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     free(ids);
 }
 

@@ -14,6 +14,7 @@
 #include "hb_httpd.h"
 #include "hb_kafka.h"
 #include "hb_log.h"
+#include "hb_delivery.h"
 #include "hb_offsets.h"
 #include "hb_outbox.h"
 #include "hb_schemas.h"
@@ -22,7 +23,6 @@
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define CIRCUIT_BUCKETS 1024
 #define LAG_EVERY_MS 5000
 #define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
 
@@ -33,15 +33,6 @@ typedef struct deferred_s {
     struct deferred_s *next;
 } deferred_t;
 
-/* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
-typedef struct circuit_s {
-    char *key;
-    long long failures; /* consecutive */
-    int64_t open_until; /* monotonic; 0 = closed or half open */
-    int opened;         /* opened and not yet closed by a success */
-    struct circuit_s *next;
-} circuit_t;
-
 struct hb_worker_s {
     const hb_config_t *cfg;
     hb_worker_spec_t spec;
@@ -49,22 +40,20 @@ struct hb_worker_s {
     int topics_cnt;
     char client_id[64];
     const char *group;
-    hb_decoder_t *decoder;   /* consumed messages: every writer schema, the registry */
-    hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    hb_decoder_t *decoder; /* consumed messages: every writer schema, the registry */
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
     hb_index_t *index;
     hb_offsets_t *offsets;
-    hb_outbox_t *outbox; /* jobs, gates, the producer */
-    rd_kafka_t *rk;      /* consumer */
+    hb_outbox_t *outbox;         /* jobs, gates, the producer */
+    hb_deliveries_t *deliveries; /* sending and routing, the circuit breaker */
+    rd_kafka_t *rk;              /* consumer */
     rd_kafka_queue_t *rkq;
     int wake[2]; /* Kafka queues and signals write here */
     int index_loaded;
     int assigned;
     int paused;
-    int abandoning; /* shutdown deadline passed: completions record nothing */
-    size_t in_flight;
     int64_t next_store_attempt;
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
@@ -77,14 +66,10 @@ struct hb_worker_s {
     char pause_why[200]; /* set while consumption is paused as the last resort */
     int64_t next_topic_check;
     deferred_t *deferred;
-    circuit_t *circuits[CIRCUIT_BUCKETS];
 
-    hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
-    hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_metric_t *m_dlq, *m_circuit_skips, *m_circuit_opens, *m_endpoint_busy, *m_deferred;
-    hb_metric_t *m_paused, *m_pauses, *m_dlq_skipped;
-    hb_metric_t *m_class[6]; /* responses: none, 1xx..5xx */
-    hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
+    hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
+    hb_metric_t *m_deferred, *m_paused, *m_pauses;
+    hb_delivery_metrics_t dm; /* handed to hb_deliveries */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -102,327 +87,23 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
     hb_outbox_produce(w->outbox, topic, key, val, len, job);
 }
 
-/* ------------------------------------------------------- circuit breaker */
-
-static circuit_t **circuit_slot(hb_worker_t *w, const char *key) {
-    unsigned h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    circuit_t **pp = &w->circuits[h % CIRCUIT_BUCKETS];
-    while (*pp && strcmp((*pp)->key, key) != 0)
-        pp = &(*pp)->next;
-    return pp;
-}
-
-static int circuit_enabled(const hb_worker_t *w) {
-    return w->cfg->circuit_failures > 0;
-}
-
-/* 1 when deliveries to this endpoint host must not be attempted now. */
-static int circuit_open(hb_worker_t *w, const char *key) {
-    circuit_t *c = *circuit_slot(w, key);
-    if (!c || !c->open_until)
-        return 0;
-    if (hb_mono_ms() < c->open_until)
-        return 1;
-    /* Half open: let one attempt through; its failure re-opens. */
-    c->open_until = 0;
-    c->failures = w->cfg->circuit_failures - 1;
-    hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
-           "circuit half open: one attempt probes the endpoint");
-    return 0;
-}
-
-static void circuit_result(hb_worker_t *w, const char *key, int ok) {
-    circuit_t **pp, *c;
-    if (!circuit_enabled(w) || !*key)
-        return;
-    pp = circuit_slot(w, key);
-    c = *pp;
-    if (ok) {
-        if (c) { /* healthy again: forget it */
-            *pp = c->next;
-            if (c->opened)
-                hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
-                       "circuit closed: the endpoint answered again");
-            free(c->key);
-            free(c);
-        }
-        return;
-    }
-    if (!c) {
-        c = hb_calloc(1, sizeof(*c));
-        c->key = hb_strdup(key);
-        *pp = c;
-    }
-    if (++c->failures >= w->cfg->circuit_failures && !c->open_until) {
-        char why[256];
-        size_t diverted;
-        c->open_until = hb_mono_ms() + w->cfg->circuit_cooldown_ms;
-        c->opened = 1;
-        hb_metric_inc(w->m_circuit_opens);
-        snprintf(why, sizeof(why), "circuit open: %lld consecutive failures of the endpoint",
-                 c->failures);
-        /* What waits for the endpoint leaves now, not one timeout at a time. */
-        diverted = hb_http_divert(w->http, key, why);
-        hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
-               "circuit open after %lld consecutive failures: no attempts for %lld ms, %zu "
-               "waiting requests handed to the delay tiers",
-               c->failures, w->cfg->circuit_cooldown_ms, diverted);
-    }
-}
-
 /* ------------------------------------------------------------ deliveries */
 
-hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
-                               const char *content_type, const char *event_ids,
-                               const char *event_type, hb_job_t *const *jobs, size_t n) {
-    hb_delivery_t *dl = hb_calloc(1, sizeof(*dl));
-    dl->sub = hb_sub_ref(sub);
-    snprintf(dl->id, sizeof(dl->id), "%s", id);
-    dl->body = body;
-    dl->body_len = body_len;
-    dl->content_type = hb_strdup(content_type ? content_type : "application/json");
-    dl->event_ids = hb_strdup(event_ids ? event_ids : "");
-    dl->event_type = hb_strdup(event_type ? event_type : "");
-    dl->attempt = 1;
-    dl->jobs_cnt = n;
-    dl->jobs = hb_malloc((n ? n : 1) * sizeof(*dl->jobs));
-    for (size_t i = 0; i < n; i++) {
-        dl->jobs[i] = jobs[i];
-        hb_job_hold(jobs[i]);
-    }
-    return dl;
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    hb_delivery_render(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
 
-static void delivery_free(hb_delivery_t *dl) {
-    hb_sub_unref(dl->sub);
-    free(dl->jobs);
-    free(dl->body);
-    free(dl->content_type);
-    free(dl->event_ids);
-    free(dl->event_type);
-    free(dl);
+void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
+    hb_delivery_send(w->deliveries, dl);
 }
-
-/* Releases the delivery's holds (its work is now held by gates, or done). */
-static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
-    for (size_t i = 0; i < dl->jobs_cnt; i++)
-        hb_outbox_release(w->outbox, dl->jobs[i]);
-    delivery_free(dl);
-}
-
-/* The delivery-log row of one attempt (or of a skipped one: res NULL). */
-static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                              hb_outcome_t outcome, const char *reason) {
-    hb_attempt_t a = {
-        .delivery_id = dl->id,
-        .subscription_id = dl->sub->id,
-        .event_ids = dl->event_ids,
-        .event_type = dl->event_type,
-        .attempt = attempt,
-        .started_ms = res ? res->started_ms : hb_wall_ms(),
-        .duration_ms = res ? res->duration_ms : 0,
-        .http_status = res ? res->http_status : 0,
-        .outcome = outcome,
-        .error = reason && *reason ? reason : NULL,
-        .response_snippet = res && res->body_len ? res->body : NULL,
-        /* kept for replay; an empty one (never rendered, or too large to
-         * send) is not: replay() then says there is nothing to replay */
-        .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
-        .content_type = dl->content_type,
-    };
-    return hb_dlog_row_new(&a);
-}
-
-/* Logs an attempt now; the gate is released when its row is committed. */
-static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                   hb_outcome_t outcome, const char *reason, hb_gate_t *gate) {
-    hb_gate_log(w->outbox, gate, row_for(dl, attempt, res, outcome, reason));
-}
-
-/* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
- * row (taken, may be NULL) is logged with gate as its token. NULL when it
- * cannot be encoded (row freed). */
-static hb_pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
-                            int64_t not_before_ms, int last_status, const char *reason,
-                            hb_gate_t *gate, hb_dlog_row_t *row) {
-    hb_retry_msg_t m = {
-        .delivery_id = dl->id,
-        .subscription_id = dl->sub->id,
-        .event_ids = dl->event_ids,
-        .event_type = dl->event_type,
-        .content_type = dl->content_type,
-        .body = dl->body,
-        .body_len = dl->body_len,
-        .attempt = next_attempt,
-        .not_before_ms = not_before_ms,
-        .first_attempt_ms = dl->first_attempt_ms,
-        .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
-        .last_status = last_status,
-        .last_error = (char *)(reason ? reason : ""),
-    };
-    json_t *obj = hb_retry_msg_to_json(&m);
-    void *buf = NULL;
-    size_t len = 0;
-    char errstr[256];
-    hb_pmsg_t *pm;
-    if (!obj || hb_codec_encode(w->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
-        json_decref(obj);
-        hb_dlog_row_free(row);
-        hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
-               obj ? errstr : "out of memory");
-        return NULL;
-    }
-    json_decref(obj);
-    pm = hb_pmsg_new(topic, dl->sub->id, buf, len, gate, row);
-    free(buf);
-    return pm;
-}
-
-/* A final failure waiting for the log's answer before it is dead-lettered. */
-typedef struct dead_letter_s {
-    hb_worker_t *w;
-    hb_pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
-    char delivery_id[HB_UUID_LEN + 1];
-    char subscription_id[HB_UUID_LEN + 1];
-    char *event_type;
-    char *reason;
-    int attempt;
-} dead_letter_t;
-
-static void dead_letter_free(void *arg) {
-    dead_letter_t *d = arg;
-    if (d->m)
-        hb_pmsg_free(d->m);
-    free(d->event_type);
-    free(d->reason);
-    free(d);
-}
-
-/* The log answered: dead-letter, unless the delivery is already final or this
- * attempt was already logged (a duplicate after a restart: dead-lettering it
- * would be a second, or a false, dead letter). */
-static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
-    dead_letter_t *d = g->arg;
-    hb_worker_t *w = d->w;
-    char buf[200];
-    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
-    if (stale) {
-        hb_metric_inc(w->m_dlq_skipped);
-        hb_log(HB_LOG_INFO,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
-               stale, d->reason);
-        hb_gate_release(w->outbox, g);
-    } else {
-        hb_metric_inc(w->m_dlq);
-        hb_log(HB_LOG_WARN,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
-        hb_outbox_send(w->outbox, d->m); /* its ack logs the row, whose commit releases g */
-        d->m = NULL;
-    }
-    dead_letter_free(d); /* and the message, when it was not sent */
-}
-
-/* Final failure: the log is asked first (dead_letter_answered); then the
- * dead-letter topic, and once the broker has it the 'failed' row; the jobs
- * wait for the row's commit. */
-static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
-                         const hb_http_result_t *res, const char *reason) {
-    hb_gate_t *g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
-    dead_letter_t *d;
-    hb_pmsg_t *m;
-    hb_metric_inc(w->m_failed);
-    m = retry_msg(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
-                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
-    if (!m) { /* cannot happen with a valid schema; the log still gates */
-        record(w, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
-        return;
-    }
-    d = hb_calloc(1, sizeof(*d));
-    d->w = w;
-    d->m = m;
-    snprintf(d->delivery_id, sizeof(d->delivery_id), "%s", dl->id);
-    snprintf(d->subscription_id, sizeof(d->subscription_id), "%s", dl->sub->id);
-    d->event_type = hb_strdup(dl->event_type);
-    d->reason = hb_strdup(reason ? reason : "");
-    d->attempt = attempt;
-    hb_gate_lookup(w->outbox, g, dl->id, dead_letter_answered, d, dead_letter_free);
-}
-
-static double random_unit(void) {
-    uint32_t r = 0;
-    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
-        return 0.5;
-    return (double)r / 4294967296.0;
-}
-
-/* Retryable failure of attempt dl->attempt (or a skipped one when res is
- * NULL): the next tier, or the dead-letter topic when attempts are used up. */
-static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_http_result_t *res,
-                        const char *reason, int schedule_offset) {
-    const char *topic = NULL;
-    int64_t not_before = 0;
-    long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
-    int step = made - schedule_offset; /* attempts made in this schedule */
-    hb_gate_t *g;
-    hb_pmsg_t *m;
-    char why[320];
-
-    if (step < 1) /* a skipped first attempt waits the first delay */
-        step = 1;
-    if (hb_schedule_next(&w->cfg->schedule, step, retry_after, w->cfg->retry_after_max_ms,
-                         (int)w->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
-                         &not_before) != 0) {
-        snprintf(why, sizeof(why), "%s (attempts used up)", reason);
-        route_failed(w, dl, made, res, why);
-        return;
-    }
-    g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
-    m = retry_msg(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
-                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
-    if (!m) {
-        hb_gate_done(w->outbox, g);
-        return;
-    }
-    hb_metric_inc(w->m_retry);
-    for (int t = 0; t < w->cfg->schedule.tiers; t++)
-        if (!strcmp(w->cfg->schedule.tier_topics[t], topic))
-            hb_metric_inc(w->m_tier[t]);
-    hb_log(
-        HB_LOG_INFO,
-        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
-        res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
-            : "attempt %d not made (%s): it waits %lld ms in %s",
-        res ? made : dl->attempt, reason, (long long)(not_before - hb_wall_ms()), topic);
-    /* The 'retry' row is logged once the broker has the next attempt, so a
-     * logged attempt always has its successor durable; its commit releases
-     * the jobs. */
-    hb_outbox_send(w->outbox, m);
-}
-
-static void on_attempt_done(const hb_http_result_t *res, void *opaque);
 
 void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason) {
-    int made = dl->attempt - 1;
-    if (outcome == HB_OUTCOME_FAILED) {
-        route_failed(w, dl, made, NULL, reason);
-    } else {
-        hb_gate_t *g = hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt);
-        hb_metric_inc(w->m_dropped);
-        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "delivery dropped: %s", reason);
-        record(w, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
-    }
-    delivery_finish(w, dl);
+    hb_delivery_skip(w->deliveries, dl, outcome, reason);
 }
 
 void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl) {
-    delivery_finish(w, dl);
+    hb_delivery_discard(w->deliveries, dl);
 }
 
 typedef struct lookup_ctx_s {
@@ -434,16 +115,16 @@ typedef struct lookup_ctx_s {
 
 static void lookup_ctx_free(void *arg) {
     lookup_ctx_t *c = arg;
-    delivery_free(c->dl);
+    hb_delivery_free(c->dl); /* its jobs stay unfinished */
     free(c);
 }
 
 static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
     lookup_ctx_t *c = g->arg;
     hb_worker_t *w = c->w;
-    if (hb_stop_requested || w->abandoning) {
+    if (hb_stop_requested || hb_deliveries_abandoning(w->deliveries)) {
         /* start nothing new: the message will be consumed again */
-        delivery_free(c->dl); /* its jobs stay unfinished */
+        hb_delivery_abandon(w->deliveries, c->dl); /* its jobs stay unfinished */
     } else {
         c->then(w, c->dl, &g->state, c->opaque);
     }
@@ -461,97 +142,8 @@ void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb the
                    lookup_ctx_free);
 }
 
-typedef struct attempt_ctx_s {
-    hb_worker_t *w;
-    hb_delivery_t *dl;
-    char endpoint[512]; /* host key: the circuit's unit, "" when the URL does not parse */
-} attempt_ctx_t;
-
-/* The attempt was not made (circuit open, endpoint busy or slow): the
- * delivery waits in a delay tier instead of in memory. A first attempt goes
- * to the first tier and stays the first attempt; a retry goes back to the
- * tier it came from, its attempt not counted. In the retrier an open
- * circuit counts the attempt as failed (without a request), so the schedule
- * of a dead endpoint still ends instead of going round forever. */
-static void route_not_made(hb_worker_t *w, hb_delivery_t *dl, const char *reason, int circuit) {
-    hb_metric_inc(circuit ? w->m_circuit_skips : w->m_endpoint_busy);
-    if (circuit && w->spec.circuit_counts_attempts) {
-        char why[320];
-        snprintf(why, sizeof(why), "attempt not made: %s", reason);
-        route_retry(w, dl, dl->attempt, NULL, why, dl->schedule_offset);
-        return;
-    }
-    route_retry(w, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
-}
-
-void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
-    attempt_ctx_t *ctx;
-    hb_payload_t payload;
-
-    if (!dl->first_attempt_ms)
-        dl->first_attempt_ms = hb_wall_ms();
-    ctx = hb_calloc(1, sizeof(*ctx));
-    if (circuit_enabled(w) &&
-        hb_http_host_key(dl->sub->url, ctx->endpoint, sizeof(ctx->endpoint)) == 0 &&
-        circuit_open(w, ctx->endpoint)) {
-        free(ctx);
-        route_not_made(w, dl, "circuit open: endpoint failing", 1);
-        delivery_finish(w, dl);
-        return;
-    }
-    ctx->w = w;
-    ctx->dl = dl;
-    payload.body = hb_strndup(dl->body, dl->body_len);
-    payload.len = dl->body_len;
-    payload.content_type = dl->content_type;
-    w->in_flight++;
-    hb_deliver_send(w->http, dl->sub, dl->id, &payload, w->cfg->request_timeout_ms,
-                    (size_t)w->cfg->response_snippet_bytes, on_attempt_done, ctx);
-}
-
-static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
-    attempt_ctx_t *ctx = opaque;
-    hb_worker_t *w = ctx->w;
-    hb_delivery_t *dl = ctx->dl;
-    char reason[256];
-    hb_outcome_t outcome;
-
-    w->in_flight--;
-    if (w->abandoning) { /* shutdown: the message will be consumed again */
-        free(ctx);
-        delivery_free(dl); /* its jobs stay unfinished, freed with the worker */
-        return;
-    }
-    if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
-        route_not_made(w, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
-        free(ctx);
-        delivery_finish(w, dl);
-        return;
-    }
-    outcome = hb_deliver_classify(res, reason, sizeof(reason));
-    hb_metric_observe(w->m_latency, (double)res->duration_ms / 1000.0);
-    hb_metric_inc(
-        w->m_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100 : 0]);
-    circuit_result(w, ctx->endpoint, outcome == HB_OUTCOME_DELIVERED);
-    free(ctx);
-    switch (outcome) {
-    case HB_OUTCOME_DELIVERED:
-        hb_metric_inc(w->m_delivered);
-        hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "delivered on attempt %d (HTTP %d, %lld ms)", dl->attempt, res->http_status,
-               (long long)res->duration_ms);
-        /* the jobs wait for the row: a committed offset implies a logged outcome */
-        record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
-               hb_gate_new(w->outbox, dl->jobs, dl->jobs_cnt));
-        break;
-    case HB_OUTCOME_RETRY: route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset); break;
-    default: route_failed(w, dl, dl->attempt, res, reason); break;
-    }
-    delivery_finish(w, dl);
-}
-
 size_t hb_worker_in_flight(const hb_worker_t *w) {
-    return w->in_flight;
+    return hb_deliveries_in_flight(w->deliveries);
 }
 
 /* ---------------------------------------------------------- subscriptions */
@@ -673,7 +265,7 @@ static void set_paused(hb_worker_t *w, int pause, const char *why) {
             snprintf(w->pause_why, sizeof(w->pause_why), "%s", why);
             hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
                     "waiting for a connection)",
-                    why, w->in_flight, hb_http_queued(w->http));
+                    why, hb_deliveries_in_flight(w->deliveries), hb_http_queued(w->http));
         } else {
             w->pause_why[0] = '\0';
             hb_info("consumption resumed: %zu consumed messages unfinished",
@@ -1059,7 +651,7 @@ static void update_readiness(hb_worker_t *w) {
     } else {
         hb_httpd_set_ready(w->httpd, why == NULL, why);
     }
-    hb_metric_set(w->m_in_flight, (double)w->in_flight);
+    hb_metric_set(w->m_in_flight, (double)hb_deliveries_in_flight(w->deliveries));
 }
 
 /* One turn of the loop; consume: take messages from Kafka (not while
@@ -1130,21 +722,21 @@ int hb_worker_run(hb_worker_t *w) {
         one_pass(w, LOOP_WAIT_MS, 1);
     }
 
-    hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms", w->in_flight,
-            w->cfg->shutdown_timeout_ms);
+    hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
+            hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
     set_paused(w, 1, NULL);
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
-    while (
-        (w->in_flight > 0 || hb_outbox_resending(w->outbox) || hb_outbox_lookups(w->outbox) > 0) &&
-        hb_mono_ms() < deadline)
+    while ((hb_deliveries_in_flight(w->deliveries) > 0 || hb_outbox_resending(w->outbox) ||
+            hb_outbox_lookups(w->outbox) > 0) &&
+           hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
-    if (w->in_flight > 0) {
+    if (hb_deliveries_in_flight(w->deliveries) > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
                 "again",
-                w->in_flight);
-        w->abandoning = 1;
+                hb_deliveries_in_flight(w->deliveries));
+        hb_deliveries_abandon(w->deliveries);
     }
     hb_outbox_drain(w->outbox);
     if (w->rk) {
@@ -1176,16 +768,17 @@ static void register_metrics(hb_worker_t *w) {
                                        "Messages consumed from the input topics.");
     w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,
                                      "Messages that could not be decoded (dead-lettered).");
-    w->m_delivered =
+    w->dm.delivered =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", by_outcome);
-    w->m_retry = hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"retry\"", by_outcome);
-    w->m_failed =
+    w->dm.retry =
+        hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"retry\"", by_outcome);
+    w->dm.failed =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"failed\"", by_outcome);
-    w->m_dropped =
+    w->dm.dropped =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"dropped\"", by_outcome);
-    w->m_latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
-                                        "Duration of delivery attempts.", latency_bounds,
-                                        HB_ARRAY_SIZE(latency_bounds));
+    w->dm.latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
+                                         "Duration of delivery attempts.", latency_bounds,
+                                         HB_ARRAY_SIZE(latency_bounds));
     w->m_in_flight =
         hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
     w->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
@@ -1193,18 +786,18 @@ static void register_metrics(hb_worker_t *w) {
     w->m_db_errors =
         hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
     w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
-    w->m_dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
-                                  "Deliveries sent to the dead-letter topic.");
-    w->m_dlq_skipped = hb_metrics_counter(
+    w->dm.dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
+                                   "Deliveries sent to the dead-letter topic.");
+    w->dm.dlq_skipped = hb_metrics_counter(
         "hookbridge_dead_letters_skipped_total", NULL,
         "Final failures not dead-lettered: the delivery log had the delivery final already, or "
         "the attempt logged (a duplicate after a restart).");
-    w->m_circuit_skips =
+    w->dm.circuit_skips =
         hb_metrics_counter("hookbridge_circuit_skips_total", NULL,
                            "Attempts not made because the endpoint's circuit was open.");
-    w->m_circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
-                                            "Times an endpoint host's circuit opened.");
-    w->m_endpoint_busy =
+    w->dm.circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
+                                             "Times an endpoint host's circuit opened.");
+    w->dm.endpoint_busy =
         hb_metrics_counter("hookbridge_endpoint_busy_total", NULL,
                            "Deliveries handed to a delay tier without an attempt because their "
                            "endpoint host's queue was full or slow (max_host_queue, "
@@ -1223,16 +816,17 @@ static void register_metrics(hb_worker_t *w) {
             snprintf(label, sizeof(label), "class=\"none\"");
         else
             snprintf(label, sizeof(label), "class=\"%dxx\"", c);
-        w->m_class[c] = hb_metrics_counter("hookbridge_responses_total", label,
-                                           "Delivery attempts by HTTP status class of the answer "
-                                           "(none: timeout, connection error, refused).");
+        w->dm.status_class[c] =
+            hb_metrics_counter("hookbridge_responses_total", label,
+                               "Delivery attempts by HTTP status class of the answer "
+                               "(none: timeout, connection error, refused).");
     }
     for (int t = 0; t < w->cfg->schedule.tiers; t++) {
         char label[96], d[32];
         hb_delay_format(w->cfg->schedule.tiers_ms[t], d, sizeof(d));
         snprintf(label, sizeof(label), "tier=\"%s\"", d);
-        w->m_tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
-                                          "Deliveries handed to a delay tier.");
+        w->dm.tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
+                                           "Deliveries handed to a delay tier.");
     }
 }
 
@@ -1288,9 +882,6 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->decoder = hb_decoder_new(cfg, spec->schema, errstr, errstr_size);
     if (!w->decoder)
         goto fail;
-    w->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
-    if (!w->retry_codec)
-        goto fail;
     w->http = hb_http_new(&hconf, errstr, errstr_size);
     if (!w->http)
         goto fail;
@@ -1301,6 +892,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->outbox = hb_outbox_new(cfg, w->client_id, w->wake[1], w->offsets, w->m_kafka_errors, errstr,
                               errstr_size);
     if (!w->outbox)
+        goto fail;
+    w->deliveries = hb_deliveries_new(cfg, w->http, w->outbox, &w->dm,
+                                      spec->circuit_counts_attempts, errstr, errstr_size);
+    if (!w->deliveries)
         goto fail;
     w->index = hb_index_new();
     hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
@@ -1314,7 +909,8 @@ void hb_worker_free(hb_worker_t *w) {
     if (!w)
         return;
     if (w->http) {
-        w->abandoning = 1; /* completions from the abort record nothing */
+        if (w->deliveries) /* completions from the abort record nothing */
+            hb_deliveries_abandon(w->deliveries);
         hb_http_free(w->http);
     }
     if (w->rkq)
@@ -1324,25 +920,18 @@ void hb_worker_free(hb_worker_t *w) {
         rd_kafka_destroy(w->rk);
     if (w->assignment)
         rd_kafka_topic_partition_list_destroy(w->assignment);
+    hb_deliveries_free(w->deliveries);
     hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
     hb_store_free(w->store);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);
     hb_decoder_free(w->decoder);
-    hb_codec_free(w->retry_codec);
     while (w->deferred) {
         deferred_t *d = w->deferred;
         w->deferred = d->next;
         deferred_free(d);
     }
-    for (int i = 0; i < CIRCUIT_BUCKETS; i++)
-        while (w->circuits[i]) {
-            circuit_t *c = w->circuits[i];
-            w->circuits[i] = c->next;
-            free(c->key);
-            free(c);
-        }
     for (int i = 0; i < w->topics_cnt; i++)
         free(w->topics[i]);
     free(w->topics);
@@ -1370,7 +959,7 @@ hb_http_t *hb_worker_http(hb_worker_t *w) {
     return w->http;
 }
 int hb_worker_stopping(const hb_worker_t *w) {
-    return w->abandoning;
+    return w->deliveries && hb_deliveries_abandoning(w->deliveries);
 }
 void hb_worker_db_error(hb_worker_t *w) {
     hb_metric_inc(w->m_db_errors);

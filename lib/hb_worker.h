@@ -73,6 +73,7 @@
 #include "hb_common.h"
 #include "hb_config.h"
 #include "hb_deliver.h"
+#include "hb_delivery.h"
 #include "hb_dlog.h"
 #include "hb_http.h"
 #include "hb_index.h"
@@ -148,26 +149,9 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
 
 /* ----------------------------------------------------------- deliveries */
 
-typedef struct hb_delivery_s {
-    hb_sub_t *sub; /* a reference, released with the delivery */
-    char id[HB_UUID_LEN + 1];
-    char *body; /* rendered payload, owned */
-    size_t body_len;
-    char *content_type;       /* owned */
-    char *event_ids;          /* comma-separated uuids, owned */
-    char *event_type;         /* owned */
-    int attempt;              /* this attempt: 1 = first */
-    int64_t first_attempt_ms; /* 0: set when the first attempt starts */
-    int schedule_offset;      /* attempts made before the current schedule (replay) */
-    hb_job_t **jobs;          /* each held once by the delivery */
-    size_t jobs_cnt;
-} hb_delivery_t;
-
-/* A delivery holding each of jobs[0..n) once; takes a reference to sub and
- * ownership of body. */
-hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
-                               const char *content_type, const char *event_ids,
-                               const char *event_type, hb_job_t *const *jobs, size_t n);
+/* Renders events[0..n) for sub and sends the payload (hb_delivery_render). */
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *id, const char *event_ids, hb_job_t *const *jobs);
 
 /* Sends (or, with an open circuit, hands straight to the first delay tier)
  * and routes the outcome; takes ownership of dl. */

@@ -183,9 +183,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     dl = hb_delivery_new(sub, m.delivery_id, m.body, m.body_len, m.content_type, m.event_ids,
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
-    dl->attempt = m.attempt;
-    dl->first_attempt_ms = m.first_attempt_ms;
-    dl->schedule_offset = m.schedule_offset;
+    hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
     /* First what the log says: a retry of a delivery already final, or of an
      * attempt already made, is dropped (on_state). */
     hb_worker_lookup(w, dl, on_state, r);
