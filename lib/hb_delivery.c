@@ -65,7 +65,9 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
         D->in_flight--;
     switch (st) {
     case HB_DL_IN_FLIGHT: D->in_flight++; break;
-    case HB_DL_NOT_MADE: hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy); break;
+    case HB_DL_NOT_MADE:
+        hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        break;
     case HB_DL_DELIVERED: hb_metric_inc(D->m.delivered); break;
     case HB_DL_RETRY: hb_metric_inc(D->m.retry); break;
     case HB_DL_FAILED: hb_metric_inc(D->m.failed); break;
@@ -223,9 +225,9 @@ static void record(hb_deliveries_t *D, hb_delivery_t *dl, int attempt, const hb_
 /* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
  * row (taken, may be NULL) is logged with gate as its token. NULL when it
  * cannot be encoded (row freed). */
-static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *topic, int next_attempt,
-                            int64_t not_before_ms, int last_status, const char *reason,
-                            hb_gate_t *gate, hb_dlog_row_t *row) {
+static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *topic,
+                            int next_attempt, int64_t not_before_ms, int last_status,
+                            const char *reason, hb_gate_t *gate, hb_dlog_row_t *row) {
     hb_retry_msg_t m = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -342,8 +344,8 @@ static double random_unit(void) {
 
 /* Retryable failure of attempt dl->attempt (or a skipped one when res is
  * NULL): the next tier, or the dead-letter topic when attempts are used up. */
-static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made, const hb_http_result_t *res,
-                        const char *reason, int schedule_offset) {
+static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
+                        const hb_http_result_t *res, const char *reason, int schedule_offset) {
     const char *topic = NULL;
     int64_t not_before = 0;
     long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
@@ -385,7 +387,6 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made, const h
     hb_outbox_send(D->outbox, m);
 }
 
-
 static void on_attempt_done(const hb_http_result_t *res, void *opaque);
 
 /* The attempt was not made (circuit open, endpoint busy or slow): the
@@ -424,8 +425,8 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events
                  "payload of %zu bytes exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld)%s", payload.len,
                  D->cfg->max_payload_bytes, n > 1 ? ": lower the subscription's batch_max" : "");
         free(payload.body);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, event_ids, type,
-                             jobs, n);
+        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, event_ids, type, jobs,
+                             n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
     } else {
         dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
@@ -473,9 +474,9 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     }
     outcome = hb_deliver_classify(res, reason, sizeof(reason));
     hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
-    hb_metric_inc(D->m.status_class[res->http_status >= 100 && res->http_status < 600
-                                        ? res->http_status / 100
-                                        : 0]);
+    hb_metric_inc(
+        D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
+                                                                            : 0]);
     circuit_result(D, dl->endpoint, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:

@@ -3,35 +3,23 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "hb_codec.h"
+#include "hb_consumer.h"
 #include "hb_decoder.h"
-#include "hb_dlog.h"
 #include "hb_httpd.h"
-#include "hb_kafka.h"
 #include "hb_log.h"
 #include "hb_delivery.h"
 #include "hb_offsets.h"
 #include "hb_outbox.h"
-#include "hb_schemas.h"
 #include "hb_signal.h"
 
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define LAG_EVERY_MS 5000
 #define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
-
-typedef struct deferred_s {
-    char *topic;
-    int32_t partition;
-    int64_t due_ms;
-    struct deferred_s *next;
-} deferred_t;
 
 struct hb_worker_s {
     const hb_config_t *cfg;
@@ -48,27 +36,13 @@ struct hb_worker_s {
     hb_offsets_t *offsets;
     hb_outbox_t *outbox;         /* jobs, gates, the producer */
     hb_deliveries_t *deliveries; /* sending and routing, the circuit breaker */
-    rd_kafka_t *rk;              /* consumer */
-    rd_kafka_queue_t *rkq;
-    int wake[2]; /* Kafka queues and signals write here */
+    hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
+    int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
-    int assigned;
-    int paused;
     int64_t next_store_attempt;
-    int64_t next_lag;
-    /* our own copy of the assignment, kept by the rebalance callback:
-     * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
-     * the loop for up to a second under load */
-    rd_kafka_topic_partition_list_t *assignment;
-    hb_kafka_reach_t brokers; /* do the brokers answer? (a probe thread on rk) */
-    char missing_topic[256];  /* a subscribed topic the broker does not have */
-    char missing_why[300];
-    char pause_why[200]; /* set while consumption is paused as the last resort */
-    int64_t next_topic_check;
-    deferred_t *deferred;
 
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_metric_t *m_deferred, *m_paused, *m_pauses;
+    hb_consumer_metrics_t cm; /* handed to hb_consumer */
     hb_delivery_metrics_t dm; /* handed to hb_deliveries */
 };
 
@@ -80,6 +54,10 @@ hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm) {
 
 void hb_job_release(hb_worker_t *w, hb_job_t *j) {
     hb_outbox_release(w->outbox, j);
+}
+
+void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    hb_consumer_defer(w->consumer, rkm, due_ms);
 }
 
 void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,
@@ -225,269 +203,6 @@ static void ensure_store(hb_worker_t *w) {
 
 /* ------------------------------------------------------------------ kafka */
 
-static int is_deferred(const hb_worker_t *w, const char *topic, int32_t partition) {
-    for (const deferred_t *d = w->deferred; d; d = d->next)
-        if (d->partition == partition && !strcmp(d->topic, topic))
-            return 1;
-    return 0;
-}
-
-static void pause_or_resume(hb_worker_t *w, rd_kafka_topic_partition_list_t *parts, int pause) {
-    rd_kafka_resp_err_t err =
-        pause ? rd_kafka_pause_partitions(w->rk, parts) : rd_kafka_resume_partitions(w->rk, parts);
-    if (err)
-        hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
-}
-
-static void set_paused(hb_worker_t *w, int pause, const char *why) {
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (w->paused == pause || !w->rk)
-        return;
-    if (w->assignment && (parts = rd_kafka_topic_partition_list_copy(w->assignment)) != NULL) {
-        if (!pause) { /* deferred partitions stay paused until due */
-            rd_kafka_topic_partition_list_t *live = rd_kafka_topic_partition_list_new(parts->cnt);
-            for (int i = 0; i < parts->cnt; i++)
-                if (!is_deferred(w, parts->elems[i].topic, parts->elems[i].partition))
-                    rd_kafka_topic_partition_list_add(live, parts->elems[i].topic,
-                                                      parts->elems[i].partition);
-            rd_kafka_topic_partition_list_destroy(parts);
-            parts = live;
-        }
-        if (parts->cnt)
-            pause_or_resume(w, parts, pause);
-        rd_kafka_topic_partition_list_destroy(parts);
-    }
-    w->paused = pause;
-    if (why) { /* the last resort, not a shutdown's pause */
-        hb_metric_set(w->m_paused, pause);
-        if (pause) {
-            hb_metric_inc(w->m_pauses);
-            snprintf(w->pause_why, sizeof(w->pause_why), "%s", why);
-            hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
-                    "waiting for a connection)",
-                    why, hb_deliveries_in_flight(w->deliveries), hb_http_queued(w->http));
-        } else {
-            w->pause_why[0] = '\0';
-            hb_info("consumption resumed: %zu consumed messages unfinished",
-                    hb_offsets_pending(w->offsets));
-        }
-    }
-}
-
-void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_error_t *err;
-    deferred_t *d;
-
-    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
-    pause_or_resume(w, one, 1);
-    /* Asynchronous: messages already fetched behind this one are discarded
-     * (and ignored meanwhile: the partition is deferred). */
-    err = rd_kafka_seek_partitions(w->rk, one, 0);
-    if (err) {
-        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
-        rd_kafka_error_destroy(err);
-    }
-    rd_kafka_topic_partition_list_destroy(one);
-    d = hb_calloc(1, sizeof(*d));
-    d->topic = hb_strdup(topic);
-    d->partition = rkm->partition;
-    d->due_ms = due_ms;
-    d->next = w->deferred;
-    w->deferred = d;
-    hb_metric_inc(w->m_deferred);
-    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic, (int)rkm->partition,
-             (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
-}
-
-static void deferred_free(deferred_t *d) {
-    free(d->topic);
-    free(d);
-}
-
-/* Resumes deferred partitions that are due; returns ms until the next one. */
-static long long resume_due(hb_worker_t *w) {
-    deferred_t **pp = &w->deferred;
-    int64_t now = hb_wall_ms();
-    long long next = LOOP_WAIT_MS;
-    while (*pp) {
-        deferred_t *d = *pp;
-        if (d->due_ms > now) {
-            if (d->due_ms - now < next)
-                next = d->due_ms - now;
-            pp = &d->next;
-            continue;
-        }
-        *pp = d->next;
-        if (!w->paused) {
-            rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-            rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
-            pause_or_resume(w, one, 0);
-            rd_kafka_topic_partition_list_destroy(one);
-        }
-        deferred_free(d);
-    }
-    return next;
-}
-
-static void forget_deferred(hb_worker_t *w, const char *topic, int32_t partition) {
-    deferred_t **pp = &w->deferred;
-    while (*pp) {
-        deferred_t *d = *pp;
-        if (d->partition == partition && !strcmp(d->topic, topic)) {
-            *pp = d->next;
-            deferred_free(d);
-        } else {
-            pp = &d->next;
-        }
-    }
-}
-
-static void store_offsets(hb_worker_t *w) {
-    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
-    if (hb_offsets_collect(w->offsets, list) > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->rk, list);
-        if (err)
-            hb_warn("storing offsets: %s", rd_kafka_err2str(err));
-    }
-    rd_kafka_topic_partition_list_destroy(list);
-}
-
-static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero);
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-    hb_worker_t *w = opaque;
-    int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
-    rd_kafka_error_t *kerr = NULL;
-
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        hb_info("assigned %d partition(s)", parts->cnt);
-        if (cooperative)
-            kerr = rd_kafka_incremental_assign(rk, parts);
-        else
-            (void)rd_kafka_assign(rk, parts);
-        if (w->paused)
-            (void)rd_kafka_pause_partitions(rk, parts);
-        w->assigned = 1;
-        if (!cooperative || !w->assignment) {
-            if (w->assignment)
-                rd_kafka_topic_partition_list_destroy(w->assignment);
-            w->assignment = rd_kafka_topic_partition_list_new(parts->cnt);
-        }
-        for (int i = 0; i < parts->cnt; i++)
-            rd_kafka_topic_partition_list_add(w->assignment, parts->elems[i].topic,
-                                              parts->elems[i].partition);
-    } else {
-        hb_info("revoking %d partition(s)", parts->cnt);
-        /* Commit what is finished before the new owner starts from it. */
-        hb_outbox_take_flushed(w->outbox);
-        store_offsets(w);
-        (void)rd_kafka_commit(rk, NULL, 0);
-        update_lag(w, parts, 1);
-        for (int i = 0; i < parts->cnt; i++) {
-            hb_offsets_forget(w->offsets, parts->elems[i].topic, parts->elems[i].partition);
-            forget_deferred(w, parts->elems[i].topic, parts->elems[i].partition);
-        }
-        if (cooperative)
-            kerr = rd_kafka_incremental_unassign(rk, parts);
-        else
-            (void)rd_kafka_assign(rk, NULL);
-        for (int i = 0; w->assignment && i < parts->cnt; i++)
-            (void)rd_kafka_topic_partition_list_del(w->assignment, parts->elems[i].topic,
-                                                    parts->elems[i].partition);
-        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-            hb_warn("rebalance: %s", rd_kafka_err2str(err));
-    }
-    if (kerr) {
-        hb_error("rebalance: %s", rd_kafka_error_string(kerr));
-        rd_kafka_error_destroy(kerr);
-    }
-}
-
-/* librdkafka's error events (loop thread, through the consumer poll). All
- * brokers down makes the service not ready until a request sent afterwards
- * is answered (broker_check, hb_kafka_reach_t). */
-static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-    hb_worker_t *w = opaque;
-    (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        if (hb_kafka_reach_down(&w->brokers, err))
-            hb_error("no Kafka broker reachable (not ready until one is): %s", reason);
-        return;
-    }
-    hb_metric_inc(w->m_kafka_errors);
-    hb_log(HB_LOG_DEBUG, HB_KV("source", "librdkafka"), "kafka error: %s", reason);
-}
-
-/* Whether the brokers answer: a probe thread on the consumer asks them every
- * second (started with the consumer, stopped in hb_worker_free); this only
- * reads its result and logs the changes. */
-static void broker_check(hb_worker_t *w) {
-    char errstr[512];
-    if (w->rk && !w->brokers.rk && w->topics_cnt > 0 &&
-        hb_kafka_reach_start(&w->brokers, w->rk, w->topics[0], errstr, sizeof(errstr)) < 0)
-        hb_error("%s (readiness ignores the brokers)", errstr);
-    (void)hb_kafka_reach_check(&w->brokers);
-}
-
-static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
-    const hb_config_t *cfg = w->cfg;
-    rd_kafka_conf_t *conf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
-    rd_kafka_topic_partition_list_t *topics;
-    rd_kafka_resp_err_t err;
-    char kerr[512];
-
-    if (!conf)
-        return -1;
-    if (hb_kafka_conf_set(conf, "group.id", w->group, errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
-        /* Incremental rebalancing: a member joining or leaving moves only the
-         * partitions that change owner; the others keep being consumed. */
-        hb_kafka_conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr,
-                          errstr_size) < 0 ||
-        /* Static membership: a replica restarted with the same id takes its
-         * partitions back without a rebalance (docs/operations.md). */
-        (*cfg->instance_id &&
-         hb_kafka_conf_set(conf, "group.instance.id", cfg->instance_id, errstr, errstr_size) < 0) ||
-
-        /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
-        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(conf);
-        return -1;
-    }
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
-    rd_kafka_conf_set_opaque(conf, w);
-    w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
-    if (!w->rk) {
-        rd_kafka_conf_destroy(conf);
-        hb_seterr(errstr, errstr_size, "kafka consumer: %s", kerr);
-        return -1;
-    }
-    conf = NULL; /* now owned by the rd_kafka_t */
-    rd_kafka_poll_set_consumer(w->rk);
-    w->rkq = rd_kafka_queue_get_consumer(w->rk);
-    rd_kafka_queue_io_event_enable(w->rkq, w->wake[1], "k", 1);
-
-    topics = rd_kafka_topic_partition_list_new(w->topics_cnt);
-    for (int i = 0; i < w->topics_cnt; i++)
-        rd_kafka_topic_partition_list_add(topics, w->topics[i], RD_KAFKA_PARTITION_UA);
-    err = rd_kafka_subscribe(w->rk, topics);
-    rd_kafka_topic_partition_list_destroy(topics);
-    if (err) {
-        hb_seterr(errstr, errstr_size, "subscribe: %s", rd_kafka_err2str(err));
-        return -1;
-    }
-    for (int i = 0; i < w->topics_cnt; i++)
-        hb_info("consuming %s in group %s", w->topics[i], w->group);
-    return 0;
-}
-
 void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char *reason) {
     char part[16], off[24];
     hb_job_t *job;
@@ -502,42 +217,22 @@ void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char 
     hb_outbox_release(w->outbox, job);
 }
 
-static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
+/* A message from the consumer: decoded, then the handler's (or poison). */
+static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
+    hb_worker_t *w = opaque;
     const char *topic;
     char errstr[512];
     json_t *json = NULL;
     int64_t wait_ms = 0;
     int r;
 
-    if (rkm->err) {
-        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            return;
-        if ((rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-             rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) &&
-            rkm->rkt) {
-            const char *t = rd_kafka_topic_name(rkm->rkt);
-            if (strcmp(w->missing_topic, t) != 0) {
-                hb_error("topic %s does not exist: create it (not ready until it exists)", t);
-                snprintf(w->missing_topic, sizeof(w->missing_topic), "%s", t);
-                snprintf(w->missing_why, sizeof(w->missing_why), "topic %s does not exist", t);
-            }
-            w->next_topic_check = hb_mono_ms() + 5000;
-            return;
-        }
-        /* Informational: the consumer recovers by itself. */
-        hb_metric_inc(w->m_kafka_errors);
-        hb_warn("kafka: %s", rd_kafka_message_errstr(rkm));
-        return;
-    }
     topic = rd_kafka_topic_name(rkm->rkt);
-    if (w->deferred && is_deferred(w, topic, rkm->partition))
-        return; /* fetched before the rewind; read again when due */
     r = hb_decoder_decode(w->decoder, rkm->payload, rkm->len, &json, &wait_ms, errstr,
                           sizeof(errstr));
     if (r == HB_DECODE_WAIT) { /* its writer schema is on the way from the registry */
         hb_debug("%s [%d] offset %lld waits %lld ms: %s", topic, (int)rkm->partition,
                  (long long)rkm->offset, (long long)wait_ms, errstr);
-        hb_worker_defer(w, rkm, hb_wall_ms() + wait_ms);
+        hb_consumer_defer(w->consumer, rkm, hb_wall_ms() + wait_ms);
         return;
     }
     hb_metric_inc(w->m_consumed);
@@ -549,16 +244,6 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
     json_decref(json);
 }
 
-static void poll_kafka(hb_worker_t *w) {
-    for (int i = 0; i < POLL_BATCH && !w->paused; i++) {
-        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 0);
-        if (!rkm)
-            return;
-        handle_message(w, rkm);
-        rd_kafka_message_destroy(rkm);
-    }
-}
-
 /* ------------------------------------------------------------------- loop */
 
 static void drain_wake_pipe(hb_worker_t *w) {
@@ -567,86 +252,25 @@ static void drain_wake_pipe(hb_worker_t *w) {
         ;
 }
 
-/* hookbridge_consumer_lag{topic,partition}: messages between the committable
- * position (everything before it is done) and the partition's end, from librdkafka's cached
- * watermarks (no broker round trip). A partition revoked from this process reads 0 here. */
-static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero) {
-    for (int i = 0; i < parts->cnt; i++) {
-        const rd_kafka_topic_partition_t *p = &parts->elems[i];
-        char labels[300];
-        int64_t lo = -1, hi = -1, lag = 0;
-        snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", p->topic,
-                 (int)p->partition);
-        if (!zero &&
-            rd_kafka_get_watermark_offsets(w->rk, p->topic, p->partition, &lo, &hi) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR &&
-            hi >= 0) {
-            int64_t pos = p->offset >= 0 ? p->offset : lo;
-            lag = hi > pos && pos >= 0 ? hi - pos : 0;
-        }
-        hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
-                                       "Messages between the consumer position and the end of "
-                                       "the partition."),
-                      (double)lag);
-    }
-}
-
-static void lag_tick(hb_worker_t *w) {
-    rd_kafka_topic_partition_list_t *parts;
-    if (!w->rk || !w->assignment || hb_mono_ms() < w->next_lag)
-        return;
-    w->next_lag = hb_mono_ms() + LAG_EVERY_MS;
-    parts = rd_kafka_topic_partition_list_copy(w->assignment);
-    update_lag(w, parts, 0);
-    rd_kafka_topic_partition_list_destroy(parts);
-}
-
-/* While a subscribed topic is missing, look it up every 5 s (a metadata
- * request of up to 1 s) and become ready again once it exists. */
-static void topic_check(hb_worker_t *w) {
-    rd_kafka_topic_t *rkt;
-    const struct rd_kafka_metadata *md = NULL;
-    int exists = 0;
-    if (!w->missing_topic[0] || !w->rk || hb_mono_ms() < w->next_topic_check)
-        return;
-    w->next_topic_check = hb_mono_ms() + 5000;
-    rkt = rd_kafka_topic_new(w->rk, w->missing_topic, NULL);
-    if (!rkt)
-        return;
-    if (rd_kafka_metadata(w->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
-        exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                 md->topics[0].partition_cnt > 0;
-        rd_kafka_metadata_destroy(md);
-    }
-    rd_kafka_topic_destroy(rkt);
-    if (exists) {
-        hb_info("topic %s exists now", w->missing_topic);
-        w->missing_topic[0] = '\0';
-    }
-}
-
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
     char schema_why[400];
-    topic_check(w);
-    broker_check(w);
     if (hb_stop_requested)
         why = "shutting down";
-    else if (w->missing_topic[0])
-        why = w->missing_why;
-    else if (w->brokers.down)
-        why = w->brokers.why;
+    else if (hb_consumer_unready(w->consumer))
+        why = hb_consumer_unready(w->consumer);
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (!w->index_loaded)
         why = "subscription index not loaded";
-    else if (!w->assigned)
+    else if (!hb_consumer_assigned(w->consumer))
         why = "waiting for the consumer group assignment";
     else if (hb_decoder_unready(w->decoder, schema_why, sizeof(schema_why)))
         why = schema_why;
-    if (!why && w->pause_why[0]) { /* still ready: it is working, but say so */
+    if (!why && *hb_consumer_pause_why(w->consumer)) { /* still ready, but say so */
         char note[260];
-        snprintf(note, sizeof(note), "ready, but consumption paused: %s", w->pause_why);
+        snprintf(note, sizeof(note), "ready, but consumption paused: %s",
+                 hb_consumer_pause_why(w->consumer));
         hb_httpd_set_ready(w->httpd, 1, note);
     } else {
         hb_httpd_set_ready(w->httpd, why == NULL, why);
@@ -667,27 +291,18 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     }
     /* Take new messages only while healthy endpoints keep up: requests
      * waiting for hosts that make progress stay under max_in_flight. */
-    if (consume && w->rk && !w->paused &&
+    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&
         (hb_http_queued(w->http) < (size_t)w->cfg->max_in_flight || /* cheap, usual */
          hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight))
-        poll_kafka(w);
+        hb_consumer_poll(w->consumer, POLL_BATCH, handle_message, w);
     hb_outbox_poll(w->outbox);
-    if (w->rk) {
-        store_offsets(w);
-        if (!hb_stop_requested) {
-            size_t pending = hb_offsets_pending(w->offsets);
-            if (pending >= (size_t)w->cfg->max_pending_events) {
-                char why[160];
-                snprintf(why, sizeof(why),
-                         "%zu consumed messages unfinished (HOOKBRIDGE_MAX_PENDING_EVENTS=%lld)",
-                         pending, w->cfg->max_pending_events);
-                set_paused(w, 1, why);
-            } else if (pending <= (size_t)w->cfg->max_pending_events * 3 / 4) {
-                set_paused(w, 0, "");
-            }
-        }
+    if (hb_consumer_started(w->consumer)) {
+        hb_consumer_store_offsets(w->consumer);
+        if (!hb_stop_requested) /* the last resort */
+            hb_consumer_limit(w->consumer, w->cfg->max_pending_events,
+                              hb_deliveries_in_flight(w->deliveries), hb_http_queued(w->http));
     }
-    next = resume_due(w);
+    next = hb_consumer_resume_due(w->consumer, LOOP_WAIT_MS);
     if (next < wait_ms)
         wait_ms = next;
     if (w->spec.hooks->on_pass && !hb_stop_requested) {
@@ -697,7 +312,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     }
     if (hb_outbox_resending(w->outbox) && wait_ms > 100)
         wait_ms = 100;
-    lag_tick(w);
+    hb_consumer_tick(w->consumer);
     update_readiness(w);
     {
         /* Subscription changes (LISTEN/NOTIFY) wake the loop as Kafka does. */
@@ -713,8 +328,8 @@ int hb_worker_run(hb_worker_t *w) {
 
     while (!hb_stop_requested) {
         ensure_store(w);
-        if (w->store && w->index_loaded && !w->rk) {
-            if (start_consumer(w, errstr, sizeof(errstr)) < 0) {
+        if (w->store && w->index_loaded && !hb_consumer_started(w->consumer)) {
+            if (hb_consumer_start(w->consumer, errstr, sizeof(errstr)) < 0) {
                 hb_error("cannot start the Kafka consumer: %s", errstr);
                 return -1;
             }
@@ -724,7 +339,7 @@ int hb_worker_run(hb_worker_t *w) {
 
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
             hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
-    set_paused(w, 1, NULL);
+    hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
@@ -739,20 +354,7 @@ int hb_worker_run(hb_worker_t *w) {
         hb_deliveries_abandon(w->deliveries);
     }
     hb_outbox_drain(w->outbox);
-    if (w->rk) {
-        rd_kafka_resp_err_t err;
-        store_offsets(w);
-        err = rd_kafka_commit(w->rk, NULL, 0);
-        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-            hb_warn("final offset commit: %s", rd_kafka_err2str(err));
-        if (w->rkq) {
-            rd_kafka_queue_destroy(w->rkq);
-            w->rkq = NULL;
-        }
-        err = rd_kafka_consumer_close(w->rk);
-        if (err)
-            hb_warn("leaving the consumer group: %s", rd_kafka_err2str(err));
-    }
+    hb_consumer_close(w->consumer);
     hb_info("stopped");
     return 0;
 }
@@ -802,14 +404,14 @@ static void register_metrics(hb_worker_t *w) {
                            "Deliveries handed to a delay tier without an attempt because their "
                            "endpoint host's queue was full or slow (max_host_queue, "
                            "max_queue_wait).");
-    w->m_paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
-                                   "1 while consumption of every partition is paused because "
-                                   "max_pending_events messages are unfinished.");
-    w->m_pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
-                                     "Times consumption of every partition was paused "
-                                     "(max_pending_events).");
-    w->m_deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
-                                       "Times a delay-tier partition was paused until due.");
+    w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
+                                    "1 while consumption of every partition is paused because "
+                                    "max_pending_events messages are unfinished.");
+    w->cm.pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
+                                      "Times consumption of every partition was paused "
+                                      "(max_pending_events).");
+    w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
+                                        "Times a delay-tier partition was paused until due.");
     for (int c = 0; c < 6; c++) {
         char label[32];
         if (c == 0)
@@ -897,6 +499,9 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
                                       spec->circuit_counts_attempts, errstr, errstr_size);
     if (!w->deliveries)
         goto fail;
+    w->cm.kafka_errors = w->m_kafka_errors;
+    w->consumer = hb_consumer_new(cfg, w->client_id, w->group, w->topics, w->topics_cnt, w->wake[1],
+                                  w->offsets, w->outbox, &w->cm);
     w->index = hb_index_new();
     hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
     return w;
@@ -913,13 +518,7 @@ void hb_worker_free(hb_worker_t *w) {
             hb_deliveries_abandon(w->deliveries);
         hb_http_free(w->http);
     }
-    if (w->rkq)
-        rd_kafka_queue_destroy(w->rkq);
-    hb_kafka_reach_stop(&w->brokers); /* its thread uses w->rk */
-    if (w->rk)
-        rd_kafka_destroy(w->rk);
-    if (w->assignment)
-        rd_kafka_topic_partition_list_destroy(w->assignment);
+    hb_consumer_free(w->consumer);
     hb_deliveries_free(w->deliveries);
     hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
     hb_store_free(w->store);
@@ -927,11 +526,6 @@ void hb_worker_free(hb_worker_t *w) {
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);
     hb_decoder_free(w->decoder);
-    while (w->deferred) {
-        deferred_t *d = w->deferred;
-        w->deferred = d->next;
-        deferred_free(d);
-    }
     for (int i = 0; i < w->topics_cnt; i++)
         free(w->topics[i]);
     free(w->topics);
