@@ -391,7 +391,6 @@ static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
     return 1;
 }
 
-
 void hb_consumer_poll(hb_consumer_t *c, int max,
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
     for (int i = 0; i < max && !c->paused; i++) {

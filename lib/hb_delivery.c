@@ -8,19 +8,16 @@
 
 #include "hb_codec.h"
 #include "hb_deliver.h"
+#include "hb_hash.h"
 #include "hb_event.h"
 #include "hb_log.h"
 #include "hb_schemas.h"
 
-#define CIRCUIT_BUCKETS 1024
-
 /* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
 typedef struct circuit_s {
-    char *key;
     long long failures; /* consecutive */
     int64_t open_until; /* monotonic; 0 = closed or half open */
     int opened;         /* opened and not yet closed by a success */
-    struct circuit_s *next;
 } circuit_t;
 
 struct hb_deliveries_s {
@@ -32,7 +29,7 @@ struct hb_deliveries_s {
     int circuit_counts_attempts;
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
-    circuit_t *circuits[CIRCUIT_BUCKETS];
+    hb_hash_t circuits; /* endpoint host -> circuit_t*, only while failing */
 };
 
 /* ------------------------------------------------------------- the states */
@@ -78,23 +75,13 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
 }
 
 /* ------------------------------------------------------- circuit breaker */
-static circuit_t **circuit_slot(hb_deliveries_t *D, const char *key) {
-    unsigned h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    circuit_t **pp = &D->circuits[h % CIRCUIT_BUCKETS];
-    while (*pp && strcmp((*pp)->key, key) != 0)
-        pp = &(*pp)->next;
-    return pp;
-}
-
 static int circuit_enabled(const hb_deliveries_t *D) {
     return D->cfg->circuit_failures > 0;
 }
 
 /* 1 when deliveries to this endpoint host must not be attempted now. */
 static int circuit_open(hb_deliveries_t *D, const char *key) {
-    circuit_t *c = *circuit_slot(D, key);
+    circuit_t *c = hb_hash_get(&D->circuits, key);
     if (!c || !c->open_until)
         return 0;
     if (hb_mono_ms() < c->open_until)
@@ -108,26 +95,25 @@ static int circuit_open(hb_deliveries_t *D, const char *key) {
 }
 
 static void circuit_result(hb_deliveries_t *D, const char *key, int ok) {
-    circuit_t **pp, *c;
+    hb_hash_slot_t *s;
+    circuit_t *c;
     if (!circuit_enabled(D) || !*key)
         return;
-    pp = circuit_slot(D, key);
-    c = *pp;
+    s = hb_hash_find(&D->circuits, key);
+    c = s ? s->val : NULL;
     if (ok) {
         if (c) { /* healthy again: forget it */
-            *pp = c->next;
+            hb_hash_del(&D->circuits, s);
             if (c->opened)
                 hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
                        "circuit closed: the endpoint answered again");
-            free(c->key);
             free(c);
         }
         return;
     }
     if (!c) {
         c = hb_calloc(1, sizeof(*c));
-        c->key = hb_strdup(key);
-        *pp = c;
+        (void)hb_hash_put(&D->circuits, key, c);
     }
     if (++c->failures >= D->cfg->circuit_failures && !c->open_until) {
         char why[256];
@@ -542,13 +528,13 @@ void hb_deliveries_free(hb_deliveries_t *D) {
     if (!D)
         return;
     hb_codec_free(D->retry_codec);
-    for (int i = 0; i < CIRCUIT_BUCKETS; i++)
-        while (D->circuits[i]) {
-            circuit_t *c = D->circuits[i];
-            D->circuits[i] = c->next;
-            free(c->key);
-            free(c);
-        }
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&D->circuits, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&D->circuits);
+    }
     free(D);
 }
 
