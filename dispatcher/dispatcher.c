@@ -1,11 +1,12 @@
 /*
  * The dispatcher: identity events in, deliveries out.
  *
- * The consuming machinery (group membership, offsets that only move over
- * durable work, the subscription index following PostgreSQL, the HTTP
- * engine, routing a failed attempt to a delay tier or the dead-letter topic,
- * the circuit breaker, graceful shutdown) is hb_worker, shared with the
- * retrier. This file is what only the dispatcher does:
+ * The consuming machinery (hb_worker's loop: hb_consumer for the group and
+ * offsets that only move over durable work, hb_outbox for durability, the
+ * subscription index following PostgreSQL, graceful shutdown) and one
+ * delivery's path (hb_delivery: render, sign, send, classify, route, the
+ * circuit breaker) are shared with the retrier. This file is what only the
+ * dispatcher does:
  *
  *   - match each event against the index (by type) and each subscription's
  *     content filter, and start one delivery per deliverable subscription, rendered in the

@@ -17,13 +17,13 @@
  *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
  *     log's own thread after the rows queued before). A delivery already
  *     delivered, failed or dropped, or whose attempt N is already logged
- *     (with its successor durable: hb_worker.h), is dropped with an info
+ *     (with its successor durable: hb_delivery.h), is dropped with an info
  *     line: a duplicate, e.g. read again after a restart. No request, no
  *     row, no dead letter. While the database is down the retry waits.
  *     Otherwise re-delivered with the same webhook-id, a fresh timestamp and
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
- *     topic, exactly as in the dispatcher (hb_worker routes both);
+ *     topic, exactly as in the dispatcher (hb_delivery routes both);
  *   - its subscription deactivated, unverified or deregistered: dropped and
  *     recorded as dropped. So is an attempt whose delivery began before the
  *     subscription's last deactivation, though it is active again: a
