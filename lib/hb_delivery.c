@@ -75,6 +75,7 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
 }
 
 /* ------------------------------------------------------- circuit breaker */
+
 static int circuit_enabled(const hb_deliveries_t *D) {
     return D->cfg->circuit_failures > 0;
 }
