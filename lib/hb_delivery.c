@@ -156,6 +156,13 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
     return dl;
 }
 
+void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub) {
+    hb_sub_t *old = dl->sub;
+    assert(dl->state == HB_DL_PENDING);
+    dl->sub = hb_sub_ref(sub);
+    hb_sub_unref(old);
+}
+
 void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
                           int schedule_offset) {
     dl->attempt = attempt;

@@ -116,6 +116,9 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
  * started, attempts made before the current schedule. */
 void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
                           int schedule_offset);
+/* dl goes to sub (a reference is taken) as it is now, not as it was when the
+ * delivery was made; before it is sent. */
+void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub);
 /* Frees dl without releasing its jobs (they stay unfinished). */
 void hb_delivery_free(hb_delivery_t *dl);
 

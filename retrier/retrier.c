@@ -95,9 +95,9 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     /* the subscription as it is now, not as it was when the message came */
     sub = hb_index_get(hb_worker_index(w), dl->sub->id);
     if (sub != dl->sub) {
-        hb_sub_t *old = dl->sub;
-        dl->sub = sub ? hb_sub_ref(sub) : gone_sub(old->id);
-        hb_sub_unref(old);
+        hb_sub_t *gone = sub ? NULL : gone_sub(dl->sub->id);
+        hb_delivery_rebind(dl, sub ? sub : gone);
+        hb_sub_unref(gone);
     }
     if (!sub)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
