@@ -86,6 +86,29 @@ int64_t hb_mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void hb_cond_init_mono(pthread_cond_t *cond) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cond, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+void hb_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t until_mono_ms) {
+    struct timespec ts;
+    int64_t wait = until_mono_ms - hb_mono_ms();
+    if (wait <= 0)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += wait / 1000;
+    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    (void)pthread_cond_timedwait(cond, mu, &ts);
+}
+
 int64_t hb_mono_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

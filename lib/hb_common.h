@@ -9,6 +9,7 @@
 #ifndef HB_COMMON_H
 #define HB_COMMON_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,6 +44,12 @@ int hb_duration_parse_ms(const char *s, long long *out_ms) HB_MUSTCHECK;
 
 /* Monotonic and wall clocks, in milliseconds. */
 int64_t hb_mono_ms(void);
+
+/* A condition variable timed on the monotonic clock (hb_mono_ms), and a wait
+ * on it until until_mono_ms (or a signal, or a spurious wake-up: callers
+ * re-check their predicate). The mutex is held on entry and on return. */
+void hb_cond_init_mono(pthread_cond_t *cond);
+void hb_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t until_mono_ms);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
 int64_t hb_wall_ms(void);
 

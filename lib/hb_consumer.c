@@ -187,8 +187,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             kerr = rd_kafka_incremental_assign(rk, parts);
         else
             (void)rd_kafka_assign(rk, parts);
+        /* librdkafka keeps a partition's pause across a revocation: one
+         * deferred when it was revoked (its deferral forgotten) would stay
+         * paused for good when assigned back to this process. */
         if (c->paused)
             (void)rd_kafka_pause_partitions(rk, parts);
+        else
+            (void)rd_kafka_resume_partitions(rk, parts);
         c->assigned = 1;
         if (!cooperative || !c->assignment) {
             if (c->assignment)
@@ -391,9 +396,9 @@ static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
     return 1;
 }
 
-void hb_consumer_poll(hb_consumer_t *c, int max,
+void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    for (int i = 0; i < max && !c->paused; i++) {
+    for (int i = 0; i < max && !c->paused && more(opaque); i++) {
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, 0);
         if (!rkm)
             return;

@@ -59,9 +59,10 @@ int hb_consumer_started(const hb_consumer_t *c);
 void hb_consumer_close(hb_consumer_t *c);
 void hb_consumer_free(hb_consumer_t *c);
 
-/* Takes up to max messages (none while paused) and hands each that is not an
- * error event, nor from a deferred partition, to handle (rkm borrowed). */
-void hb_consumer_poll(hb_consumer_t *c, int max,
+/* Takes up to max messages, each only while more(opaque) says so (none while
+ * paused), and hands each that is not an error event, nor from a deferred
+ * partition, to handle (rkm borrowed). */
+void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */

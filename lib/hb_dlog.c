@@ -585,21 +585,6 @@ static void dlog_warn_down(hb_dlog_t *dl, const char *why, size_t queued) {
     dl->failing = 1;
 }
 
-static void timed_wait_locked(hb_dlog_t *dl, int64_t until_mono_ms) {
-    struct timespec ts;
-    int64_t wait = until_mono_ms - hb_mono_ms();
-    if (wait <= 0)
-        return;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += wait / 1000;
-    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    (void)pthread_cond_timedwait(&dl->cv, &dl->mu, &ts);
-}
-
 static void *dlog_main(void *arg) {
     hb_dlog_t *dl = arg;
     dlog_row_t **batch = hb_malloc(DLOG_BATCH_MAX * sizeof(*batch));
@@ -617,7 +602,7 @@ static void *dlog_main(void *arg) {
             break;
         if (!dl->closing && hb_mono_ms() < next_flush && dl->queue.n < (wake_at ? wake_at : 1) &&
             dl->queue_lookups == 0) {
-            timed_wait_locked(dl, next_flush);
+            hb_cond_wait_until(&dl->cv, &dl->mu, next_flush);
             continue;
         }
         if (dl->queue.n == 0) {
@@ -681,7 +666,7 @@ static void *dlog_main(void *arg) {
             backoff = backoff * 2 > DLOG_BACKOFF_MAX_MS ? DLOG_BACKOFF_MAX_MS : backoff * 2;
             /* Back off even when woken early by a full queue or by close. */
             while (hb_mono_ms() < next_flush && !(dl->closing && hb_mono_ms() >= dl->deadline_ms))
-                timed_wait_locked(dl, next_flush);
+                hb_cond_wait_until(&dl->cv, &dl->mu, next_flush);
             continue;
         }
         if (dl->failing) {
@@ -708,17 +693,13 @@ static void *dlog_main(void *arg) {
 hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queue, char *errstr,
                        size_t errstr_size) {
     hb_dlog_t *dl = hb_calloc(1, sizeof(*dl));
-    pthread_condattr_t ca;
     int err;
 
     dl->conninfo = hb_strdup(conninfo ? conninfo : "");
     dl->flush_ms = flush_ms > 0 ? flush_ms : 200;
     dl->max_queue = max_queue > 0 ? max_queue : 100000;
     pthread_mutex_init(&dl->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&dl->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    hb_cond_init_mono(&dl->cv);
 
     /* Connect now so a wrong URL or a down database is reported at start. */
     dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);

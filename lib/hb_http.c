@@ -82,6 +82,9 @@ struct hb_http_host_s {
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
     int64_t slow_until;    /* a request gave up waiting: known slow until then */
+    double rate;           /* completions per second over the last window; 0: not known yet */
+    int64_t win_start;     /* the current window (monotonic ms) and its completions */
+    size_t win_done;
 };
 
 struct hb_http_xfer_s {
@@ -500,6 +503,28 @@ static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
     free(host);
 }
 
+/* A transfer to host finished at now: its pace, in windows of at least 1 s
+ * (so a host answering in bursts is judged on a second, not one burst). */
+static void hb_http_host_done(hb_http_host_t *host, int64_t now) {
+    host->progress_mono = now;
+    if (!host->win_start)
+        host->win_start = now;
+    host->win_done++;
+    if (now - host->win_start >= 1000) {
+        host->rate = (double)host->win_done * 1000.0 / (double)(now - host->win_start);
+        host->win_start = now;
+        host->win_done = 0;
+    }
+}
+
+/* Expected wait, in ms, of one more request to host at its pace (-1: pace
+ * not known yet). */
+static long long hb_http_host_wait_ms(const hb_http_host_t *host) {
+    if (host->rate <= 0)
+        return -1;
+    return (long long)((double)(host->waiting + 1) * 1000.0 / host->rate);
+}
+
 static void hb_http_ready_push(hb_http_t *h, hb_http_host_t *host) {
     if (host->on_ready || !host->wait_head ||
         host->in_flight >= (size_t)h->conf.max_host_connections)
@@ -772,7 +797,7 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->free_easy[h->free_cnt++] = easy;
         h->in_flight--;
         host->in_flight--;
-        host->progress_mono = hb_mono_ms();
+        hb_http_host_done(host, hb_mono_ms());
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -1160,6 +1185,12 @@ static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
                          "endpoint slow: requests to %s recently waited %lld ms for a connection "
                          "(max_queue_wait)",
                          x->host_name, h->conf.max_queue_wait_ms);
+    } else if (no_slot && h->conf.max_queue_wait_ms > 0 &&
+               hb_http_host_wait_ms(hh) > h->conf.max_queue_wait_ms) {
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                         "endpoint slow: %zu requests already waiting for %s, about %lld ms at "
+                         "its pace of %.0f/s (max_queue_wait)",
+                         hh->waiting, x->host_name, hb_http_host_wait_ms(hh), hh->rate);
     } else {
         x->host = hh;
         hb_http_wait_push(h, hh, x);
@@ -1220,8 +1251,12 @@ size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
     now = hb_mono_ms();
     for (size_t pos = 0; (s = hb_hash_each(&h->hosts, &pos)) != NULL;) {
         const hb_http_host_t *host = s->val;
-        if (host->waiting && !(host->in_flight && now - host->progress_mono > stall_ms))
-            n += host->waiting;
+        long long wait = hb_http_host_wait_ms(host);
+        if (!host->waiting || (host->in_flight && now - host->progress_mono > stall_ms))
+            continue; /* nothing waits, or stalled */
+        if (wait > stall_ms)
+            continue; /* slow: its queue drains in seconds, the bounds handle it */
+        n += host->waiting;
     }
     return n;
 }

@@ -11,10 +11,12 @@
  * hands it elsewhere (the delay tier) instead of holding it in memory. A
  * host whose requests have had to give up waiting is "known slow" for
  * max_queue_wait_ms: while none of its connections is free, new requests to
- * it are not queued at all. So one hung endpoint holds at most its own
- * connections and max_queue_wait_ms worth of requests, never everyone's
- * memory or time.
- * connections are reused, redirects are never followed, only http/https are
+ * it are not queued at all; nor are they while its queue would take longer
+ * than max_queue_wait_ms to drain at the pace it has been answering (its
+ * completions per second, measured over windows of a second). So one hung
+ * or slow endpoint holds at most its own connections and max_queue_wait_ms
+ * worth of requests, never everyone's memory or time.
+ * Connections are reused, redirects are never followed, only http/https are
  * allowed (http only with allow_http), and every connection's *resolved*
  * address is checked before connecting (CURLOPT_OPENSOCKETFUNCTION): loopback,
  * private, link-local, multicast, unspecified and their IPv6 equivalents
@@ -139,10 +141,14 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason);
 size_t hb_http_in_flight(const hb_http_t *h); /* started transfers */
 size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
 
-/* Requests waiting for hosts that are making progress: every host except
- * those with requests running and none finished for stall_ms. A caller
- * that stops taking new work while this is high throttles itself to the
- * pace of healthy endpoints, and a hung endpoint's queue never stops it. */
+/* Requests waiting for hosts that keep up: every host except those with
+ * requests running and none finished for stall_ms (hung), and those whose
+ * queue would take longer than stall_ms to drain at their recent pace
+ * (slow). A caller that stops taking new work while this is high throttles
+ * itself to the pace of healthy endpoints: a fast endpoint that is merely
+ * busy slows consumption down instead of having its requests diverted, and
+ * a hung or slow endpoint's queue never stops it (the queue bounds divert
+ * those instead). */
 size_t hb_http_backlog(const hb_http_t *h, long long stall_ms);
 
 /* Completes every request waiting for the host of key (see hb_http_host_key)

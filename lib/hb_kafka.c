@@ -235,20 +235,8 @@ static rd_kafka_resp_err_t ask_leader(rd_kafka_t *rk, const char *topic, int par
 static int reach_sleep(hb_kafka_reach_t *r, int64_t until_ms) {
     int stop;
     pthread_mutex_lock(&r->lock);
-    while (!r->stop) {
-        struct timespec ts;
-        int64_t wait = until_ms - hb_mono_ms();
-        if (wait <= 0)
-            break;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += wait / 1000;
-        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        (void)pthread_cond_timedwait(&r->cond, &r->lock, &ts);
-    }
+    while (!r->stop && hb_mono_ms() < until_ms)
+        hb_cond_wait_until(&r->cond, &r->lock, until_ms);
     stop = r->stop;
     pthread_mutex_unlock(&r->lock);
     return stop;
@@ -288,17 +276,13 @@ static void *reach_main(void *arg) {
 
 int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic, char *errstr,
                          size_t errstr_size) {
-    pthread_condattr_t ca;
     int err;
     r->rk = rk;
     snprintf(r->topic, sizeof(r->topic), "%s", topic);
     atomic_store(&r->answered_ms, hb_mono_ms()); /* silence counts from now */
     r->stop = 0;
     pthread_mutex_init(&r->lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    hb_cond_init_mono(&r->cond);
     err = pthread_create(&r->thread, NULL, reach_main, r);
     if (err) {
         pthread_cond_destroy(&r->cond);

@@ -244,6 +244,23 @@ static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
     json_decref(json);
 }
 
+/* Take new messages only while the endpoints keep up: requests waiting for
+ * hosts that answer at a good pace stay under max_in_flight (hb_http_backlog
+ * leaves hung and slow hosts out: their queues are bounded, not waited for).
+ * Checked before every message, since one event may fan out to many. */
+static int keeping_up(void *opaque) {
+    hb_worker_t *w = opaque;
+    size_t limit = (size_t)w->cfg->max_in_flight;
+    size_t lookups = hb_outbox_lookups(w->outbox);
+    /* deliveries waiting for their delivery-log look-up (the retrier's) are
+     * about to join the queue: they count as waiting already */
+    if (lookups >= limit)
+        return 0;
+    limit -= lookups;
+    return hb_http_queued(w->http) < limit || /* cheap, usual */
+           hb_http_backlog(w->http, STALL_MS) < limit;
+}
+
 /* ------------------------------------------------------------------- loop */
 
 static void drain_wake_pipe(hb_worker_t *w) {
@@ -289,12 +306,8 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
-    /* Take new messages only while healthy endpoints keep up: requests
-     * waiting for hosts that make progress stay under max_in_flight. */
-    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&
-        (hb_http_queued(w->http) < (size_t)w->cfg->max_in_flight || /* cheap, usual */
-         hb_http_backlog(w->http, STALL_MS) < (size_t)w->cfg->max_in_flight))
-        hb_consumer_poll(w->consumer, POLL_BATCH, handle_message, w);
+    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer))
+        hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
     hb_outbox_poll(w->outbox);
     if (hb_consumer_started(w->consumer)) {
         hb_consumer_store_offsets(w->consumer);

@@ -33,9 +33,11 @@
  *     connection, or whose host is known slow, is not sent but routed "not
  *     made" (hb_delivery.h), durable in Kafka, so its offset moves on;
  *   - the circuit breaker (hb_delivery.h);
- *   - consumption follows the healthy: Kafka is polled only while the
- *     requests waiting for hosts that make progress (hb_http_backlog) are
- *     fewer than max_in_flight; a hung host's queue does not count.
+ *   - consumption follows the healthy: Kafka is polled, message by message,
+ *     only while the requests waiting for hosts that answer at a good pace
+ *     (hb_http_backlog) plus the deliveries waiting for their delivery-log
+ *     look-up are fewer than max_in_flight; a hung or slow host's queue does
+ *     not count (its bounds divert instead).
  * Pausing every partition (max_pending_events unfinished messages) remains
  * as the last resort (hb_consumer.h).
  *
