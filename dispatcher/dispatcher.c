@@ -1,11 +1,12 @@
 /*
  * The dispatcher: identity events in, deliveries out.
  *
- * The consuming machinery (group membership, offsets that only move over
- * durable work, the subscription index following PostgreSQL, the HTTP
- * engine, routing a failed attempt to a delay tier or the dead-letter topic,
- * the circuit breaker, graceful shutdown) is hb_worker, shared with the
- * retrier. This file is what only the dispatcher does:
+ * The consuming machinery (hb_worker's loop: hb_consumer for the group and
+ * offsets that only move over durable work, hb_outbox for durability, the
+ * subscription index following PostgreSQL, graceful shutdown) and one
+ * delivery's path (hb_delivery: render, sign, send, classify, route, the
+ * circuit breaker) are shared with the retrier. This file is what only the
+ * dispatcher does:
  *
  *   - match each event against the index (by type) and each subscription's
  *     content filter, and start one delivery per deliverable subscription, rendered in the
@@ -31,6 +32,7 @@
 
 #include "hb_deliver.h"
 #include "hb_event.h"
+#include "hb_hash.h"
 #include "hb_log.h"
 #include "hb_metrics.h"
 #include "hb_schemas.h"
@@ -43,8 +45,6 @@ typedef struct verify_s {
     char challenge[HB_UUID_LEN + 1];
 } verify_t;
 
-#define BATCH_BUCKETS 1024
-
 /* Events waiting for company, for one subscription. */
 typedef struct batch_s {
     hb_sub_t *sub; /* reference */
@@ -52,13 +52,12 @@ typedef struct batch_s {
     hb_job_t **jobs;
     size_t cnt, cap;
     int64_t due; /* monotonic: flush at the latest then */
-    struct batch_s *next;
 } batch_t;
 
 struct hb_dispatcher_s {
     const hb_config_t *cfg;
     hb_worker_t *w;
-    batch_t *batches[BATCH_BUCKETS];
+    hb_hash_t batches; /* subscription id -> batch_t* */
     size_t open_batches;
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
@@ -69,12 +68,9 @@ struct hb_dispatcher_s {
  * the delivery until it is durable. */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
                            hb_job_t *const *jobs, size_t n) {
-    const char *type = hb_event_type(events[0]);
     const char **parts = hb_malloc((n + 2) * sizeof(*parts));
     size_t ids_len = 1;
-    char *ids, id[HB_UUID_LEN + 1], errstr[256];
-    hb_payload_t payload;
-    hb_delivery_t *dl;
+    char *ids, id[HB_UUID_LEN + 1];
 
     parts[0] = n == 1 ? "delivery" : "batch";
     for (size_t i = 0; i < n; i++) {
@@ -91,45 +87,16 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *eve
         strcat(ids, parts[i + 1]);
     }
     free(parts);
-    if (hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &payload, errstr,
-                          sizeof(errstr)) < 0) {
-        char reason[300];
-        snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, type, jobs, n);
-        hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
-    } else if (payload.len > (size_t)d->cfg->max_payload_bytes) {
-        /* Not sent, and not copied anywhere: the reason says what to change. */
-        char reason[300];
-        snprintf(reason, sizeof(reason),
-                 "payload of %zu bytes exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld)%s", payload.len,
-                 d->cfg->max_payload_bytes, n > 1 ? ": lower the subscription's batch_max" : "");
-        free(payload.body);
-        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, ids, type, jobs, n);
-        hb_worker_skip(d->w, dl, HB_OUTCOME_FAILED, reason);
-    } else {
-        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, ids, type,
-                             jobs, n);
-        hb_worker_deliver(d->w, dl);
-    }
+    hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     free(ids);
 }
 
 /* ---------------------------------------------------------------- batches */
 
-static batch_t **batch_slot(hb_dispatcher_t *d, const char *id) {
-    unsigned h = 2166136261u;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    batch_t **pp = &d->batches[h % BATCH_BUCKETS];
-    while (*pp && strcmp((*pp)->sub->id, id) != 0)
-        pp = &(*pp)->next;
-    return pp;
-}
-
-/* Delivers the batch at *pp and removes it. */
-static void batch_flush(hb_dispatcher_t *d, batch_t **pp) {
-    batch_t *b = *pp;
-    *pp = b->next;
+/* Delivers the batch in slot s and removes it. */
+static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
+    batch_t *b = s->val;
+    hb_hash_del(&d->batches, s);
     d->open_batches--;
     start_delivery(d, b->sub, b->events, b->jobs, b->cnt);
     for (size_t i = 0; i < b->cnt; i++) {
@@ -143,7 +110,8 @@ static void batch_flush(hb_dispatcher_t *d, batch_t **pp) {
 }
 
 static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event, hb_job_t *job) {
-    batch_t **pp = batch_slot(d, sub->id), *b = *pp;
+    hb_hash_slot_t *s = hb_hash_find(&d->batches, sub->id);
+    batch_t *b = s ? s->val : NULL;
     if (!b) {
         b = hb_calloc(1, sizeof(*b));
         b->sub = hb_sub_ref(sub);
@@ -151,14 +119,14 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event, hb_job_t
         b->events = hb_malloc(b->cap * sizeof(*b->events));
         b->jobs = hb_malloc(b->cap * sizeof(*b->jobs));
         b->due = hb_mono_ms() + sub->batch_window_ms;
-        *pp = b;
+        s = hb_hash_put(&d->batches, sub->id, b);
         d->open_batches++;
     }
     b->events[b->cnt] = json_incref(event);
     b->jobs[b->cnt] = job;
     hb_job_hold(job);
     if (++b->cnt >= b->cap)
-        batch_flush(d, pp);
+        batch_flush(d, s);
 }
 
 /* Flushes batches whose window closed (all of them when `all`); returns the
@@ -168,16 +136,15 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     long long next = 1000;
     if (!d->open_batches)
         return next;
-    for (size_t i = 0; i < BATCH_BUCKETS; i++) {
-        batch_t **pp = &d->batches[i];
-        while (*pp) {
-            if (all || (*pp)->due <= now) {
-                batch_flush(d, pp);
-                continue;
-            }
-            if ((*pp)->due - now < next)
-                next = (*pp)->due - now;
-            pp = &(*pp)->next;
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
+            batch_t *b = s->val;
+            if (all || b->due <= now)
+                batch_flush(d, s); /* removing the slot walked is allowed */
+            else if (b->due - now < next)
+                next = b->due - now;
         }
     }
     return next;
@@ -332,10 +299,11 @@ int hb_dispatcher_run(hb_dispatcher_t *d) {
 void hb_dispatcher_free(hb_dispatcher_t *d) {
     if (!d)
         return;
-    for (size_t i = 0; i < BATCH_BUCKETS; i++) /* never started: their events come again */
-        while (d->batches[i]) {
-            batch_t *b = d->batches[i];
-            d->batches[i] = b->next;
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&d->batches, &pos)) != NULL) { /* never started: */
+            batch_t *b = s->val;                                /* their events come again */
             for (size_t j = 0; j < b->cnt; j++)
                 json_decref(b->events[j]);
             hb_sub_unref(b->sub);
@@ -343,6 +311,8 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
             free(b->jobs);
             free(b);
         }
+        hb_hash_clear(&d->batches);
+    }
     hb_worker_free(d->w);
     free(d);
 }

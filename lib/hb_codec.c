@@ -44,6 +44,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_buf.h"
+
 #define HB_SO_MAGIC0 0xC3
 #define HB_SO_MAGIC1 0x01
 #define HB_SO_HEADER 10
@@ -108,49 +110,27 @@ uint64_t hb_crc64_avro(const void *buf, size_t len) {
     return fp;
 }
 
-/* --------------------------------------------------- growing text buffer */
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} hb_buf_t;
-
-static void buf_put(hb_buf_t *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        b->p = hb_realloc(b->p, cap);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void buf_puts(hb_buf_t *b, const char *s) {
-    buf_put(b, s, strlen(s));
-}
+/* ------------------------------------------------- JSON text (hb_buf) */
 
 /* A JSON string literal with the minimal escaping the canonical form wants:
  * UTF-8 stays as is, only quote, backslash and control characters escape. */
 static void buf_put_jstr(hb_buf_t *b, const char *s) {
-    buf_put(b, "\"", 1);
+    hb_buf_put(b, "\"", 1);
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         char esc[8];
         if (ch == '"' || ch == '\\') {
             esc[0] = '\\';
             esc[1] = (char)ch;
-            buf_put(b, esc, 2);
+            hb_buf_put(b, esc, 2);
         } else if (ch < 0x20) {
             snprintf(esc, sizeof(esc), "\\u%04x", ch);
-            buf_put(b, esc, 6);
+            hb_buf_put(b, esc, 6);
         } else {
-            buf_put(b, s, 1);
+            hb_buf_put(b, s, 1);
         }
     }
-    buf_put(b, "\"", 1);
+    hb_buf_put(b, "\"", 1);
 }
 
 /* ------------------------------------------------ schema JSON: full names */
@@ -215,9 +195,9 @@ static int pcf_write_named(hb_buf_t *b, const json_t *s, const char *type, const
         return -1;
     }
     (void)json_object_set_new(defined, full, json_true());
-    buf_puts(b, "{\"name\":");
+    hb_buf_puts(b, "{\"name\":");
     buf_put_jstr(b, full);
-    buf_puts(b, ",\"type\":");
+    hb_buf_puts(b, ",\"type\":");
     buf_put_jstr(b, type);
     if (!strcmp(type, "record") || !strcmp(type, "error")) {
         const json_t *fields = json_object_get(s, "fields"), *f;
@@ -226,37 +206,37 @@ static int pcf_write_named(hb_buf_t *b, const json_t *s, const char *type, const
             hb_seterr(errstr, errstr_size, "schema: record %s without fields", full);
             return -1;
         }
-        buf_puts(b, ",\"fields\":[");
+        hb_buf_puts(b, ",\"fields\":[");
         json_array_foreach(fields, i, f) {
             const char *fname = json_string_value(json_object_get(f, "name"));
             if (!fname) {
                 hb_seterr(errstr, errstr_size, "schema: a field of %s without a name", full);
                 return -1;
             }
-            buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
+            hb_buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
             buf_put_jstr(b, fname);
-            buf_puts(b, ",\"type\":");
+            hb_buf_puts(b, ",\"type\":");
             if (pcf_write(b, json_object_get(f, "type"), cns, defined, depth + 1, errstr,
                           errstr_size) < 0)
                 return -1;
-            buf_puts(b, "}");
+            hb_buf_puts(b, "}");
         }
-        buf_puts(b, "]}");
+        hb_buf_puts(b, "]}");
     } else if (!strcmp(type, "enum")) {
         const json_t *syms = json_object_get(s, "symbols"), *sym;
         size_t i;
-        buf_puts(b, ",\"symbols\":[");
+        hb_buf_puts(b, ",\"symbols\":[");
         json_array_foreach(syms, i, sym) {
             if (i)
-                buf_puts(b, ",");
+                hb_buf_puts(b, ",");
             buf_put_jstr(b, json_string_value(sym) ? json_string_value(sym) : "");
         }
-        buf_puts(b, "]}");
+        hb_buf_puts(b, "]}");
     } else { /* fixed */
         char num[32];
         snprintf(num, sizeof(num), ",\"size\":%" JSON_INTEGER_FORMAT "}",
                  json_integer_value(json_object_get(s, "size")));
-        buf_puts(b, num);
+        hb_buf_puts(b, num);
     }
     return 0;
 }
@@ -281,14 +261,14 @@ static int pcf_write(hb_buf_t *b, const json_t *s, const char *ns, json_t *defin
     if (json_is_array(s)) {
         const json_t *branch;
         size_t i;
-        buf_puts(b, "[");
+        hb_buf_puts(b, "[");
         json_array_foreach(s, i, branch) {
             if (i)
-                buf_puts(b, ",");
+                hb_buf_puts(b, ",");
             if (pcf_write(b, branch, ns, defined, depth + 1, errstr, errstr_size) < 0)
                 return -1;
         }
-        buf_puts(b, "]");
+        hb_buf_puts(b, "]");
         return 0;
     }
     if (json_is_object(s)) {
@@ -305,11 +285,12 @@ static int pcf_write(hb_buf_t *b, const json_t *s, const char *ns, json_t *defin
             return pcf_write_named(b, s, t, ns, defined, depth, errstr, errstr_size);
         if (!strcmp(t, "array") || !strcmp(t, "map")) {
             int arr = !strcmp(t, "array");
-            buf_puts(b, arr ? "{\"type\":\"array\",\"items\":" : "{\"type\":\"map\",\"values\":");
+            hb_buf_puts(b,
+                        arr ? "{\"type\":\"array\",\"items\":" : "{\"type\":\"map\",\"values\":");
             if (pcf_write(b, json_object_get(s, arr ? "items" : "values"), ns, defined, depth + 1,
                           errstr, errstr_size) < 0)
                 return -1;
-            buf_puts(b, "}");
+            hb_buf_puts(b, "}");
             return 0;
         }
         /* A reference written as {"type": "Name"}. */

@@ -160,3 +160,30 @@ char *hb_strndup(const char *s, size_t n) {
     p[n] = '\0';
     return p;
 }
+
+int hb_duration_parse_ms(const char *s, long long *out_ms) {
+    char *end;
+    double v;
+    errno = 0;
+    if (!s || !*s || isspace((unsigned char)*s))
+        return -1;
+    v = strtod(s, &end);
+    if (errno || end == s || v < 0)
+        return -1;
+    if (!*end || !strcmp(end, "ms"))
+        ;
+    else if (!strcmp(end, "s"))
+        v *= 1000;
+    else if (!strcmp(end, "m"))
+        v *= 60 * 1000;
+    else if (!strcmp(end, "h"))
+        v *= 3600 * 1000;
+    else if (!strcmp(end, "d"))
+        v *= 86400 * 1000;
+    else
+        return -1;
+    if (v > 9.0e15)
+        return -1;
+    *out_ms = (long long)v;
+    return 0;
+}

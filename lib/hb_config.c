@@ -10,7 +10,6 @@
  * hb_keyring_new, so a service without a usable key never starts.
  */
 #include "hb_config.h"
-#include "hb_retry.h"
 #include "hb_log.h"
 #include "hb_seal.h"
 
@@ -221,33 +220,6 @@ static void flag_name(const cf_row_t *r, char *out, size_t outsz) {
     out[n] = '\0';
 }
 
-int hb_duration_parse_ms(const char *s, long long *out_ms) {
-    char *end;
-    double v;
-    errno = 0;
-    if (!s || !*s || isspace((unsigned char)*s))
-        return -1;
-    v = strtod(s, &end);
-    if (errno || end == s || v < 0)
-        return -1;
-    if (!*end || !strcmp(end, "ms"))
-        ;
-    else if (!strcmp(end, "s"))
-        v *= 1000;
-    else if (!strcmp(end, "m"))
-        v *= 60 * 1000;
-    else if (!strcmp(end, "h"))
-        v *= 3600 * 1000;
-    else if (!strcmp(end, "d"))
-        v *= 86400 * 1000;
-    else
-        return -1;
-    if (v > 9.0e15)
-        return -1;
-    *out_ms = (long long)v;
-    return 0;
-}
-
 static int parse_bool(const char *s, int *out) {
     if (!strcmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on"))
         *out = 1;
@@ -433,14 +405,14 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
         return -1;
     }
     if (program & HB_PROG_SERVICES) {
-        hb_schedule_t sch;
+        /* parsed once, here; the services use cfg->schedule */
         char why[256];
-        if (hb_schedule_parse(&sch, cfg->retry_schedule, cfg->retry_topic_prefix, why,
+        hb_schedule_free(&cfg->schedule);
+        if (hb_schedule_parse(&cfg->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, why,
                               sizeof(why)) < 0) {
             hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
             return -1;
         }
-        hb_schedule_free(&sch);
     }
     if (program & HB_PROG_SERVICES) {
         /* A service without its key could not deliver to any endpoint: refuse
@@ -498,6 +470,7 @@ void hb_config_free(hb_config_t *cfg) {
     free(cfg->kafka_props);
     free(cfg->args);
     hb_keyring_free(cfg->keyring);
+    hb_schedule_free(&cfg->schedule);
     memset(cfg, 0, sizeof(*cfg));
 }
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 
 #include "hb_common.h"
+#include "hb_retry.h"
 #include "hb_seal.h"
 
 /* Which programs read a setting. */
@@ -39,6 +40,7 @@ typedef struct hb_config_s {
     char *dlq_topic;
     char *retry_topic_prefix;
     char *retry_schedule;
+    hb_schedule_t schedule; /* the services': retry_schedule parsed at load; owned */
     char *consumer_group;
     char *instance_id; /* group.instance.id (static membership); "" = dynamic */
     char *http_listen; /* health, readiness, metrics */
@@ -123,8 +125,5 @@ void hb_config_usage(FILE *fp, unsigned program, const char *program_name);
 
 /* Prints the Markdown configuration reference (docs/CONFIGURATION.md). */
 void hb_config_reference(FILE *fp);
-
-/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds. */
-int hb_duration_parse_ms(const char *s, long long *out_ms) HB_MUSTCHECK;
 
 #endif

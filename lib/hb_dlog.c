@@ -45,6 +45,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "hb_buf.h"
 #include "hb_log.h"
 #include "hb_store.h"
 
@@ -316,50 +317,35 @@ size_t hb_dlog_queued(hb_dlog_t *dl) {
 /* ------------------------------------------------------------------------ */
 /* Writing (writer thread)                                                  */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-} dlog_buf_t;
-
-static void buf_put(dlog_buf_t *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->p = hb_realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
 /* Appends one element of a PostgreSQL array literal: NULL, or a quoted string
  * with '"' and '\' escaped. */
-static void buf_elem_text(dlog_buf_t *b, const char *s) {
+static void buf_elem_text(hb_buf_t *b, const char *s) {
     if (b->len > 1)
-        buf_put(b, ",", 1);
+        hb_buf_put(b, ",", 1);
     if (!s) {
-        buf_put(b, "NULL", 4);
+        hb_buf_put(b, "NULL", 4);
         return;
     }
-    buf_put(b, "\"", 1);
+    hb_buf_put(b, "\"", 1);
     for (const char *p = s; *p;) {
         size_t run = strcspn(p, "\"\\");
-        buf_put(b, p, run);
+        hb_buf_put(b, p, run);
         p += run;
         if (*p) {
-            buf_put(b, "\\", 1);
-            buf_put(b, p, 1);
+            hb_buf_put(b, "\\", 1);
+            hb_buf_put(b, p, 1);
             p++;
         }
     }
-    buf_put(b, "\"", 1);
+    hb_buf_put(b, "\"", 1);
 }
 
-static void buf_elem_int(dlog_buf_t *b, long long v) {
+static void buf_elem_int(hb_buf_t *b, long long v) {
     char num[24];
     int n = snprintf(num, sizeof(num), "%lld", v);
     if (b->len > 1)
-        buf_put(b, ",", 1);
-    buf_put(b, num, (size_t)n);
+        hb_buf_put(b, ",", 1);
+    hb_buf_put(b, num, (size_t)n);
 }
 
 enum {
@@ -447,7 +433,7 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *c
 
 /* Writes rows[0..n) in one transaction. */
 static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    dlog_buf_t arr[A_COUNT];
+    hb_buf_t arr[A_COUNT];
     const char *p1[11], *p2[8];
     dlog_wrc_t rc;
 
@@ -458,7 +444,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
     }
     memset(arr, 0, sizeof(arr));
     for (int c = 0; c < A_COUNT; c++)
-        buf_put(&arr[c], "{", 1);
+        hb_buf_put(&arr[c], "{", 1);
     for (size_t i = 0; i < n; i++) {
         const dlog_row_t *r = rows[i];
         buf_elem_text(&arr[A_DID], r->delivery_id);
@@ -476,7 +462,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         buf_elem_text(&arr[A_CTYPE], r->content_type);
     }
     for (int c = 0; c < A_COUNT; c++)
-        buf_put(&arr[c], "}", 1);
+        hb_buf_put(&arr[c], "}", 1);
 
     p1[0] = arr[A_DID].p, p1[1] = arr[A_SID].p, p1[2] = arr[A_EIDS].p, p1[3] = arr[A_ETYPE].p;
     p1[4] = arr[A_OUTCOME].p, p1[5] = arr[A_ATTEMPT].p, p1[6] = arr[A_STARTED].p;
@@ -513,7 +499,7 @@ out:
 /* Answers the look-ups rows[0..n) in one query (each out filled; not found
  * stays zeroed). */
 static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    dlog_buf_t ids = {0};
+    hb_buf_t ids = {0};
     const char *params[1];
     PGresult *res;
     dlog_wrc_t rc = W_OK;
@@ -523,10 +509,10 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
         if (!dl->conn)
             return W_RETRY;
     }
-    buf_put(&ids, "{", 1);
+    hb_buf_put(&ids, "{", 1);
     for (size_t i = 0; i < n; i++)
         buf_elem_text(&ids, rows[i]->delivery_id);
-    buf_put(&ids, "}", 1);
+    hb_buf_put(&ids, "}", 1);
     params[0] = ids.p;
     res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {

@@ -64,9 +64,9 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "hb_hash.h"
 #include "hb_log.h"
 
-#define HB_HTTP_BUCKETS 1024
 #define HB_HTTP_DEFAULT_TIMEOUT_MS 10000
 #define HB_HTTP_RETRY_AFTER_MAX_S 86400 /* Retry-After is bounded to one day */
 
@@ -74,7 +74,6 @@ typedef struct hb_http_host_s hb_http_host_t;
 typedef struct hb_http_xfer_s hb_http_xfer_t;
 
 struct hb_http_host_s {
-    hb_http_host_t *hash_next;
     hb_http_host_t *ready_next;
     char *key;        /* "scheme://host:port" */
     size_t in_flight; /* running transfers to this host */
@@ -134,7 +133,7 @@ struct hb_http_s {
     size_t cidrs_cnt;
     CURL **free_easy;
     size_t free_cnt, free_cap;
-    hb_http_host_t *buckets[HB_HTTP_BUCKETS];
+    hb_hash_t hosts; /* key -> hb_http_host_t* */
     hb_http_host_t *ready_head, *ready_tail;
     hb_http_xfer_t *early_head, *early_tail;
     hb_http_xfer_t *wq_head, *wq_tail; /* every waiting transfer, oldest first */
@@ -485,22 +484,13 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
 /* ------------------------------------------------------------------ */
 /* Hosts                                                               */
 
-static size_t hb_http_hash(const char *s) {
-    uint32_t hash = 2166136261u;
-    for (; *s; s++)
-        hash = (hash ^ (uint8_t)*s) * 16777619u;
-    return hash % HB_HTTP_BUCKETS;
-}
-
 static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key) {
-    size_t b = hb_http_hash(key);
-    for (hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next)
-        if (!strcmp(host->key, key))
-            return host;
-    hb_http_host_t *host = hb_calloc(1, sizeof(*host));
+    hb_http_host_t *host = hb_hash_get(&h->hosts, key);
+    if (host)
+        return host;
+    host = hb_calloc(1, sizeof(*host));
     host->key = hb_strdup(key);
-    host->hash_next = h->buckets[b];
-    h->buckets[b] = host;
+    (void)hb_hash_put(&h->hosts, key, host);
     return host;
 }
 
@@ -508,10 +498,7 @@ static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key) {
 static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
     if (host->in_flight || host->wait_head || host->on_ready)
         return;
-    hb_http_host_t **pp = &h->buckets[hb_http_hash(host->key)];
-    while (*pp != host)
-        pp = &(*pp)->hash_next;
-    *pp = host->hash_next;
+    hb_hash_del(&h->hosts, hb_hash_find(&h->hosts, host->key));
     free(host->key);
     free(host);
 }
@@ -1114,9 +1101,11 @@ fail:
 static hb_http_xfer_t *hb_http_take_unfinished(hb_http_t *h) {
     if (h->running)
         return h->running; /* hb_http_complete unlinks it */
-    for (size_t b = 0; b < HB_HTTP_BUCKETS; b++) {
-        for (hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next) {
-            hb_http_xfer_t *x = hb_http_wait_pop(h, host);
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) {
+            hb_http_xfer_t *x = hb_http_wait_pop(h, s->val);
             if (x)
                 return x;
         }
@@ -1148,6 +1137,7 @@ void hb_http_free(hb_http_t *h) {
         curl_easy_cleanup(h->free_easy[i]);
     free(h->free_easy);
     curl_multi_cleanup(h->multi);
+    hb_hash_clear(&h->hosts);
     hb_http_conf_free(h);
     free(h);
     curl_global_cleanup();
@@ -1234,10 +1224,7 @@ static long long hb_http_expire(hb_http_t *h) {
 }
 
 static hb_http_host_t *hb_http_host_find(const hb_http_t *h, const char *key) {
-    for (hb_http_host_t *host = h->buckets[hb_http_hash(key)]; host; host = host->hash_next)
-        if (!strcmp(host->key, key))
-            return host;
-    return NULL;
+    return hb_hash_get(&h->hosts, key);
 }
 
 size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason) {
@@ -1256,20 +1243,21 @@ size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason) {
 }
 
 size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
+    const hb_hash_slot_t *s;
     size_t n = 0;
     int64_t now;
     if (!h->queued)
         return 0;
     now = hb_mono_ms();
-    for (size_t b = 0; b < HB_HTTP_BUCKETS; b++)
-        for (const hb_http_host_t *host = h->buckets[b]; host; host = host->hash_next) {
-            long long wait = hb_http_host_wait_ms(host);
-            if (!host->waiting || (host->in_flight && now - host->progress_mono > stall_ms))
-                continue; /* nothing waits, or stalled */
-            if (wait > stall_ms)
-                continue; /* slow: its queue drains in seconds, the bounds handle it */
-            n += host->waiting;
-        }
+    for (size_t pos = 0; (s = hb_hash_each(&h->hosts, &pos)) != NULL;) {
+        const hb_http_host_t *host = s->val;
+        long long wait = hb_http_host_wait_ms(host);
+        if (!host->waiting || (host->in_flight && now - host->progress_mono > stall_ms))
+            continue; /* nothing waits, or stalled */
+        if (wait > stall_ms)
+            continue; /* slow: its queue drains in seconds, the bounds handle it */
+        n += host->waiting;
+    }
     return n;
 }
 

@@ -20,12 +20,12 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_buf.h"
 #include "hb_log.h"
 
 typedef enum { HB_METRIC_COUNTER, HB_METRIC_GAUGE, HB_METRIC_HISTOGRAM } hb_metric_type_t;
@@ -222,55 +222,15 @@ double hb_metric_value(const hb_metric_t *m) {
 
 /* ---- rendering --------------------------------------------------------- */
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} hb_text_t;
-
-static void text_reserve(hb_text_t *t, size_t more) {
-    if (t->len + more + 1 <= t->cap)
-        return;
-    while (t->len + more + 1 > t->cap)
-        t->cap = t->cap ? t->cap * 2 : 4096;
-    t->buf = hb_realloc(t->buf, t->cap);
-}
-
-static void text_append(hb_text_t *t, const char *s, size_t n) {
-    text_reserve(t, n);
-    memcpy(t->buf + t->len, s, n);
-    t->len += n;
-    t->buf[t->len] = '\0';
-}
-
-static void text_puts(hb_text_t *t, const char *s) {
-    text_append(t, s, strlen(s));
-}
-
-static void text_printf(hb_text_t *t, const char *fmt, ...) HB_PRINTF(2, 3);
-static void text_printf(hb_text_t *t, const char *fmt, ...) {
-    va_list ap;
-    int n;
-    va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n <= 0)
-        return;
-    text_reserve(t, (size_t)n);
-    va_start(ap, fmt);
-    vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-    va_end(ap);
-    t->len += (size_t)n;
-}
-
 /* HELP text escapes backslash and newline. */
-static void text_help(hb_text_t *t, const char *s) {
+static void text_help(hb_buf_t *t, const char *s) {
     for (; *s; s++) {
         if (*s == '\\')
-            text_append(t, "\\\\", 2);
+            hb_buf_put(t, "\\\\", 2);
         else if (*s == '\n')
-            text_append(t, "\\n", 2);
+            hb_buf_put(t, "\\n", 2);
         else
-            text_append(t, s, 1);
+            hb_buf_put(t, s, 1);
     }
 }
 
@@ -293,26 +253,26 @@ static void format_double(double v, char *out, size_t outsz) {
 }
 
 /* name{labels[,extra]} value */
-static void text_sample(hb_text_t *t, const char *name, const char *suffix, const char *labels,
+static void text_sample(hb_buf_t *t, const char *name, const char *suffix, const char *labels,
                         const char *extra, const char *value) {
-    text_puts(t, name);
-    text_puts(t, suffix);
+    hb_buf_puts(t, name);
+    hb_buf_puts(t, suffix);
     if (*labels || extra) {
-        text_puts(t, "{");
-        text_puts(t, labels);
+        hb_buf_puts(t, "{");
+        hb_buf_puts(t, labels);
         if (extra) {
             if (*labels)
-                text_puts(t, ",");
-            text_puts(t, extra);
+                hb_buf_puts(t, ",");
+            hb_buf_puts(t, extra);
         }
-        text_puts(t, "}");
+        hb_buf_puts(t, "}");
     }
-    text_puts(t, " ");
-    text_puts(t, value);
-    text_puts(t, "\n");
+    hb_buf_puts(t, " ");
+    hb_buf_puts(t, value);
+    hb_buf_puts(t, "\n");
 }
 
-static void render_histogram(hb_text_t *t, const hb_family_t *f, const hb_metric_t *m) {
+static void render_histogram(hb_buf_t *t, const hb_family_t *f, const hb_metric_t *m) {
     char le[64], val[64];
     uint64_t cum = 0;
     for (size_t i = 0; i <= f->nbounds; i++) {
@@ -335,14 +295,13 @@ static void render_histogram(hb_text_t *t, const hb_family_t *f, const hb_metric
 }
 
 char *hb_metrics_render(size_t *len) {
-    hb_text_t t = {NULL, 0, 0};
-    text_reserve(&t, 0);
-    t.buf[0] = '\0';
+    hb_buf_t t = {0};
+    hb_buf_reserve(&t, 0);
     pthread_mutex_lock(&hb_metrics_lock);
     for (const hb_family_t *f = hb_families; f; f = f->next) {
-        text_printf(&t, "# HELP %s ", f->name);
+        hb_buf_printf(&t, "# HELP %s ", f->name);
         text_help(&t, f->help);
-        text_printf(&t, "\n# TYPE %s %s\n", f->name, type_names[f->type]);
+        hb_buf_printf(&t, "\n# TYPE %s %s\n", f->name, type_names[f->type]);
         for (const hb_metric_t *m = f->series; m; m = m->next) {
             if (f->type == HB_METRIC_HISTOGRAM) {
                 render_histogram(&t, f, m);
@@ -356,7 +315,7 @@ char *hb_metrics_render(size_t *len) {
     pthread_mutex_unlock(&hb_metrics_lock);
     if (len)
         *len = t.len;
-    return t.buf;
+    return t.p;
 }
 
 void hb_metrics_reset(void) {

@@ -4,8 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hb_config.h"
-
 #define MIN_DELAY_MS 100LL
 #define MAX_DELAY_MS (30LL * 86400 * 1000)
 

@@ -3,81 +3,23 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "hb_codec.h"
+#include "hb_consumer.h"
 #include "hb_decoder.h"
-#include "hb_dlog.h"
 #include "hb_httpd.h"
-#include "hb_kafka.h"
 #include "hb_log.h"
+#include "hb_delivery.h"
 #include "hb_offsets.h"
-#include "hb_schemas.h"
+#include "hb_outbox.h"
 #include "hb_signal.h"
 
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define RESEND_DELAY_MS 1000
-#define CIRCUIT_BUCKETS 1024
-#define LAG_EVERY_MS 5000
 #define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
-
-struct hb_job_s {
-    hb_offref_t ref;
-    int holds;
-    hb_job_t *prev, *next; /* live jobs, freed at exit if unfinished */
-};
-
-/* Work that must become durable (a broker ack, a delivery-log commit) before
- * the jobs it holds are released. A gate may travel along a chain of steps,
- * each handing it to the next as its token: a look-up in the delivery log
- * (answered: then runs), a message for the broker (pmsg: its ack adds the
- * attempt's row to the log), the row's commit (the jobs are released). */
-typedef struct gate_s {
-    hb_job_t **jobs;
-    size_t jobs_cnt;
-    int pending;
-    /* a look-up in flight: called with the answer in state instead of
-     * releasing; it releases the gate or passes it on */
-    void (*answered)(hb_worker_t *w, struct gate_s *g);
-    void *arg;
-    void (*arg_free)(void *arg); /* at exit, when never answered */
-    hb_dlog_state_t state;
-    struct gate_s *prev, *next; /* live gates, freed at exit if unfinished */
-} gate_t;
-
-/* A message for the delay tiers or the dead-letter topic, kept until acked. */
-typedef struct pmsg_s {
-    char *topic;
-    char *key;
-    void *val;
-    size_t len;
-    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
-    gate_t *gate;
-    hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
-    int64_t resend_at;
-    struct pmsg_s *next;
-} pmsg_t;
-
-typedef struct deferred_s {
-    char *topic;
-    int32_t partition;
-    int64_t due_ms;
-    struct deferred_s *next;
-} deferred_t;
-
-/* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
-typedef struct circuit_s {
-    char *key;
-    long long failures; /* consecutive */
-    int64_t open_until; /* monotonic; 0 = closed or half open */
-    int opened;         /* opened and not yet closed by a success */
-    struct circuit_s *next;
-} circuit_t;
 
 struct hb_worker_s {
     const hb_config_t *cfg;
@@ -86,593 +28,64 @@ struct hb_worker_s {
     int topics_cnt;
     char client_id[64];
     const char *group;
-    hb_schedule_t schedule;
-    hb_decoder_t *decoder;   /* consumed messages: every writer schema, the registry */
-    hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    hb_decoder_t *decoder; /* consumed messages: every writer schema, the registry */
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    hb_dlog_t *dlog;
     hb_index_t *index;
     hb_offsets_t *offsets;
-    rd_kafka_t *rk; /* consumer */
-    rd_kafka_queue_t *rkq;
-    rd_kafka_t *producer; /* delay tiers and dead letters */
-    rd_kafka_queue_t *pq;
-    int wake[2]; /* Kafka queues and signals write here */
+    hb_outbox_t *outbox;         /* jobs, gates, the producer */
+    hb_deliveries_t *deliveries; /* sending and routing, the circuit breaker */
+    hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
+    int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
-    int assigned;
-    int paused;
-    int abandoning; /* shutdown deadline passed: completions record nothing */
-    size_t in_flight;
-    size_t unacked; /* produced, not yet acknowledged */
-    size_t lookups; /* delivery-log look-ups not yet answered */
     int64_t next_store_attempt;
-    int64_t next_lag;
-    /* our own copy of the assignment, kept by the rebalance callback:
-     * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
-     * the loop for up to a second under load */
-    rd_kafka_topic_partition_list_t *assignment;
-    hb_kafka_reach_t brokers; /* do the brokers answer? (a probe thread on rk) */
-    char missing_topic[256];  /* a subscribed topic the broker does not have */
-    char missing_why[300];
-    char pause_why[200]; /* set while consumption is paused as the last resort */
-    int64_t next_topic_check;
-    hb_job_t *jobs;
-    gate_t *gates;
-    pmsg_t *resend; /* refused by the broker, produced again later */
-    deferred_t *deferred;
-    circuit_t *circuits[CIRCUIT_BUCKETS];
 
-    hb_metric_t *m_consumed, *m_poison, *m_delivered, *m_retry, *m_failed, *m_dropped;
-    hb_metric_t *m_latency, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_metric_t *m_dlq, *m_circuit_skips, *m_circuit_opens, *m_endpoint_busy, *m_deferred;
-    hb_metric_t *m_paused, *m_pauses, *m_dlq_skipped;
-    hb_metric_t *m_class[6]; /* responses: none, 1xx..5xx */
-    hb_metric_t *m_tier[HB_RETRY_MAX_STEPS];
+    hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
+    hb_consumer_metrics_t cm; /* handed to hb_consumer */
+    hb_delivery_metrics_t dm; /* handed to hb_deliveries */
 };
 
 /* ----------------------------------------------------------------- jobs */
 
 hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm) {
-    hb_job_t *j = hb_calloc(1, sizeof(*j));
-    j->ref =
-        hb_offsets_track(w->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition, rkm->offset);
-    j->holds = 1;
-    j->next = w->jobs;
-    if (w->jobs)
-        w->jobs->prev = j;
-    w->jobs = j;
-    return j;
-}
-
-void hb_job_hold(hb_job_t *j) {
-    j->holds++;
-}
-
-static void job_unlink_free(hb_worker_t *w, hb_job_t *j) {
-    if (j->prev)
-        j->prev->next = j->next;
-    else
-        w->jobs = j->next;
-    if (j->next)
-        j->next->prev = j->prev;
-    free(j);
+    return hb_outbox_track(w->outbox, rkm);
 }
 
 void hb_job_release(hb_worker_t *w, hb_job_t *j) {
-    if (--j->holds > 0)
-        return;
-    hb_offsets_done(w->offsets, j->ref);
-    job_unlink_free(w, j);
+    hb_outbox_release(w->outbox, j);
 }
 
-static gate_t *gate_new(hb_worker_t *w, hb_job_t *const *jobs, size_t n, int pending) {
-    gate_t *g = hb_calloc(1, sizeof(*g));
-    g->next = w->gates;
-    if (w->gates)
-        w->gates->prev = g;
-    w->gates = g;
-    g->jobs_cnt = n;
-    if (n) {
-        g->jobs = hb_malloc(n * sizeof(*g->jobs));
-        for (size_t i = 0; i < n; i++) {
-            g->jobs[i] = jobs[i];
-            hb_job_hold(jobs[i]);
-        }
-    }
-    g->pending = pending;
-    return g;
-}
-
-static void gate_unlink_free(hb_worker_t *w, gate_t *g) {
-    if (g->prev)
-        g->prev->next = g->next;
-    else
-        w->gates = g->next;
-    if (g->next)
-        g->next->prev = g->prev;
-    free(g->jobs);
-    free(g);
-}
-
-/* The last step of a gate's chain is durable: its jobs are released. */
-static void gate_release(hb_worker_t *w, gate_t *g) {
-    for (size_t i = 0; i < g->jobs_cnt; i++)
-        hb_job_release(w, g->jobs[i]);
-    gate_unlink_free(w, g);
-}
-
-static void gate_done(hb_worker_t *w, gate_t *g) {
-    void (*answered)(hb_worker_t *, gate_t *) = g->answered;
-    if (--g->pending > 0)
-        return;
-    if (answered) { /* a look-up's answer: the next step decides */
-        g->answered = NULL;
-        w->lookups--;
-        answered(w, g);
-        return;
-    }
-    gate_release(w, g);
-}
-
-/* Asks the delivery log about delivery_id; answered(w, g) runs with g->state
- * filled once every row queued before is committed. */
-static void gate_lookup(hb_worker_t *w, gate_t *g, const char *delivery_id,
-                        void (*answered)(hb_worker_t *w, gate_t *g), void *arg,
-                        void (*arg_free)(void *arg)) {
-    g->pending = 1;
-    g->answered = answered;
-    g->arg = arg;
-    g->arg_free = arg_free;
-    w->lookups++;
-    hb_dlog_lookup(w->dlog, delivery_id, &g->state, g);
-}
-
-/* ------------------------------------------------------------- producing */
-
-static void pmsg_free(pmsg_t *m) {
-    hb_dlog_row_free(m->row);
-    free(m->topic);
-    free(m->key);
-    free(m->val);
-    for (int i = 0; m->hdr[i]; i++)
-        free(m->hdr[i]);
-    free(m);
-}
-
-static void pmsg_send(hb_worker_t *w, pmsg_t *m) {
-    rd_kafka_headers_t *hdrs = NULL;
-    rd_kafka_resp_err_t err;
-    if (m->hdr[0]) {
-        hdrs = rd_kafka_headers_new(4);
-        for (int i = 0; m->hdr[i]; i += 2)
-            (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
-    }
-    if (hdrs)
-        err = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
-    else
-        err = rd_kafka_producev(
-            w->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
-    if (!err) {
-        w->unacked++;
-        return; /* headers now owned by the message */
-    }
-    if (hdrs)
-        rd_kafka_headers_destroy(hdrs);
-    hb_metric_inc(w->m_kafka_errors);
-    hb_warn("cannot produce to %s (%s): trying again in 1 s", m->topic, rd_kafka_err2str(err));
-    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-    m->next = w->resend;
-    w->resend = m;
-}
-
-/* Delivery report (main loop thread, from rd_kafka_poll). */
-static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
-    hb_worker_t *w = opaque;
-    pmsg_t *m = rkm->_private;
-    (void)rk;
-    w->unacked--;
-    if (rkm->err) {
-        hb_metric_inc(w->m_kafka_errors);
-        hb_warn("the broker did not take a message for %s (%s): trying again in 1 s", m->topic,
-                rd_kafka_err2str(rkm->err));
-        m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-        m->next = w->resend;
-        w->resend = m;
-        return;
-    }
-    if (m->row) { /* durable on the broker: now the log may say so */
-        hb_dlog_add_row(w->dlog, m->row, m->gate);
-        m->row = NULL;
-    } else if (m->gate) {
-        gate_done(w, m->gate);
-    }
-    pmsg_free(m);
-}
-
-static void resend_due(hb_worker_t *w) {
-    pmsg_t **pp = &w->resend;
-    int64_t now = hb_mono_ms();
-    while (*pp) {
-        pmsg_t *m = *pp;
-        if (m->resend_at > now) {
-            pp = &m->next;
-            continue;
-        }
-        *pp = m->next;
-        m->next = NULL;
-        pmsg_send(w, m);
-    }
-}
-
-static pmsg_t *pmsg_new(const char *topic, const char *key, const void *val, size_t len,
-                        gate_t *gate) {
-    pmsg_t *m = hb_calloc(1, sizeof(*m));
-    m->topic = hb_strdup(topic);
-    m->key = key ? hb_strdup(key) : NULL;
-    m->val = hb_malloc(len ? len : 1);
-    memcpy(m->val, val, len);
-    m->len = len;
-    m->gate = gate;
-    return m;
+void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    hb_consumer_defer(w->consumer, rkm, due_ms);
 }
 
 void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,
                        size_t len, hb_job_t *job) {
-    gate_t *g = gate_new(w, job ? &job : NULL, job ? 1 : 0, 1);
-    pmsg_send(w, pmsg_new(topic, key, val, len, g));
-}
-
-/* Poison: the bytes go to the dead-letter topic unchanged, with why and
- * where from in headers; the job is released when the broker has them. */
-static void dead_letter_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_job_t *job,
-                               const char *reason) {
-    char part[16], off[24];
-    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
-    pmsg_t *m = pmsg_new(w->cfg->dlq_topic, key, rkm->payload ? rkm->payload : "", rkm->len,
-                         gate_new(w, &job, 1, 1));
-    free(key);
-    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
-    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
-    m->hdr[0] = hb_strdup("hookbridge-reason");
-    m->hdr[1] = hb_strdup(reason);
-    m->hdr[2] = hb_strdup("hookbridge-source-topic");
-    m->hdr[3] = hb_strdup(rd_kafka_topic_name(rkm->rkt));
-    m->hdr[4] = hb_strdup("hookbridge-source-partition");
-    m->hdr[5] = hb_strdup(part);
-    m->hdr[6] = hb_strdup("hookbridge-source-offset");
-    m->hdr[7] = hb_strdup(off);
-    pmsg_send(w, m);
-}
-
-/* ------------------------------------------------------- circuit breaker */
-
-static circuit_t **circuit_slot(hb_worker_t *w, const char *key) {
-    unsigned h = 2166136261u;
-    for (const char *p = key; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    circuit_t **pp = &w->circuits[h % CIRCUIT_BUCKETS];
-    while (*pp && strcmp((*pp)->key, key) != 0)
-        pp = &(*pp)->next;
-    return pp;
-}
-
-static int circuit_enabled(const hb_worker_t *w) {
-    return w->cfg->circuit_failures > 0;
-}
-
-/* 1 when deliveries to this endpoint host must not be attempted now. */
-static int circuit_open(hb_worker_t *w, const char *key) {
-    circuit_t *c = *circuit_slot(w, key);
-    if (!c || !c->open_until)
-        return 0;
-    if (hb_mono_ms() < c->open_until)
-        return 1;
-    /* Half open: let one attempt through; its failure re-opens. */
-    c->open_until = 0;
-    c->failures = w->cfg->circuit_failures - 1;
-    hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
-           "circuit half open: one attempt probes the endpoint");
-    return 0;
-}
-
-static void circuit_result(hb_worker_t *w, const char *key, int ok) {
-    circuit_t **pp, *c;
-    if (!circuit_enabled(w) || !*key)
-        return;
-    pp = circuit_slot(w, key);
-    c = *pp;
-    if (ok) {
-        if (c) { /* healthy again: forget it */
-            *pp = c->next;
-            if (c->opened)
-                hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
-                       "circuit closed: the endpoint answered again");
-            free(c->key);
-            free(c);
-        }
-        return;
-    }
-    if (!c) {
-        c = hb_calloc(1, sizeof(*c));
-        c->key = hb_strdup(key);
-        *pp = c;
-    }
-    if (++c->failures >= w->cfg->circuit_failures && !c->open_until) {
-        char why[256];
-        size_t diverted;
-        c->open_until = hb_mono_ms() + w->cfg->circuit_cooldown_ms;
-        c->opened = 1;
-        hb_metric_inc(w->m_circuit_opens);
-        snprintf(why, sizeof(why), "circuit open: %lld consecutive failures of the endpoint",
-                 c->failures);
-        /* What waits for the endpoint leaves now, not one timeout at a time. */
-        diverted = hb_http_divert(w->http, key, why);
-        hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
-               "circuit open after %lld consecutive failures: no attempts for %lld ms, %zu "
-               "waiting requests handed to the delay tiers",
-               c->failures, w->cfg->circuit_cooldown_ms, diverted);
-    }
+    hb_outbox_produce(w->outbox, topic, key, val, len, job);
 }
 
 /* ------------------------------------------------------------ deliveries */
 
-hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
-                               const char *content_type, const char *event_ids,
-                               const char *event_type, hb_job_t *const *jobs, size_t n) {
-    hb_delivery_t *dl = hb_calloc(1, sizeof(*dl));
-    dl->sub = hb_sub_ref(sub);
-    snprintf(dl->id, sizeof(dl->id), "%s", id);
-    dl->body = body;
-    dl->body_len = body_len;
-    dl->content_type = hb_strdup(content_type ? content_type : "application/json");
-    dl->event_ids = hb_strdup(event_ids ? event_ids : "");
-    dl->event_type = hb_strdup(event_type ? event_type : "");
-    dl->attempt = 1;
-    dl->jobs_cnt = n;
-    dl->jobs = hb_malloc((n ? n : 1) * sizeof(*dl->jobs));
-    for (size_t i = 0; i < n; i++) {
-        dl->jobs[i] = jobs[i];
-        hb_job_hold(jobs[i]);
-    }
-    return dl;
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    hb_delivery_render(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
 
-static void delivery_free(hb_delivery_t *dl) {
-    hb_sub_unref(dl->sub);
-    free(dl->jobs);
-    free(dl->body);
-    free(dl->content_type);
-    free(dl->event_ids);
-    free(dl->event_type);
-    free(dl);
+void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
+    hb_delivery_send(w->deliveries, dl);
 }
-
-/* Releases the delivery's holds (its work is now held by gates, or done). */
-static void delivery_finish(hb_worker_t *w, hb_delivery_t *dl) {
-    for (size_t i = 0; i < dl->jobs_cnt; i++)
-        hb_job_release(w, dl->jobs[i]);
-    delivery_free(dl);
-}
-
-/* The delivery-log row of one attempt (or of a skipped one: res NULL). */
-static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                              hb_outcome_t outcome, const char *reason) {
-    hb_attempt_t a = {
-        .delivery_id = dl->id,
-        .subscription_id = dl->sub->id,
-        .event_ids = dl->event_ids,
-        .event_type = dl->event_type,
-        .attempt = attempt,
-        .started_ms = res ? res->started_ms : hb_wall_ms(),
-        .duration_ms = res ? res->duration_ms : 0,
-        .http_status = res ? res->http_status : 0,
-        .outcome = outcome,
-        .error = reason && *reason ? reason : NULL,
-        .response_snippet = res && res->body_len ? res->body : NULL,
-        /* kept for replay; an empty one (never rendered, or too large to
-         * send) is not: replay() then says there is nothing to replay */
-        .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
-        .content_type = dl->content_type,
-    };
-    return hb_dlog_row_new(&a);
-}
-
-/* Logs an attempt now; the gate is released when its row is committed. */
-static void record(hb_worker_t *w, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                   hb_outcome_t outcome, const char *reason, gate_t *gate) {
-    hb_dlog_add_row(w->dlog, row_for(dl, attempt, res, outcome, reason), gate);
-}
-
-/* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
- * row (taken, may be NULL) is logged with gate as its token. NULL when it
- * cannot be encoded (row freed). */
-static pmsg_t *retry_msg(hb_worker_t *w, hb_delivery_t *dl, const char *topic, int next_attempt,
-                         int64_t not_before_ms, int last_status, const char *reason, gate_t *gate,
-                         hb_dlog_row_t *row) {
-    hb_retry_msg_t m = {
-        .delivery_id = dl->id,
-        .subscription_id = dl->sub->id,
-        .event_ids = dl->event_ids,
-        .event_type = dl->event_type,
-        .content_type = dl->content_type,
-        .body = dl->body,
-        .body_len = dl->body_len,
-        .attempt = next_attempt,
-        .not_before_ms = not_before_ms,
-        .first_attempt_ms = dl->first_attempt_ms,
-        .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
-        .last_status = last_status,
-        .last_error = (char *)(reason ? reason : ""),
-    };
-    json_t *obj = hb_retry_msg_to_json(&m);
-    void *buf = NULL;
-    size_t len = 0;
-    char errstr[256];
-    pmsg_t *pm;
-    if (!obj || hb_codec_encode(w->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
-        json_decref(obj);
-        hb_dlog_row_free(row);
-        hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
-               obj ? errstr : "out of memory");
-        return NULL;
-    }
-    json_decref(obj);
-    pm = pmsg_new(topic, dl->sub->id, buf, len, gate);
-    pm->row = row;
-    free(buf);
-    return pm;
-}
-
-/* A final failure waiting for the log's answer before it is dead-lettered. */
-typedef struct dead_letter_s {
-    pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
-    char delivery_id[HB_UUID_LEN + 1];
-    char subscription_id[HB_UUID_LEN + 1];
-    char *event_type;
-    char *reason;
-    int attempt;
-} dead_letter_t;
-
-static void dead_letter_free(void *arg) {
-    dead_letter_t *d = arg;
-    if (d->m)
-        pmsg_free(d->m);
-    free(d->event_type);
-    free(d->reason);
-    free(d);
-}
-
-/* The log answered: dead-letter, unless the delivery is already final or this
- * attempt was already logged (a duplicate after a restart: dead-lettering it
- * would be a second, or a false, dead letter). */
-static void dead_letter_answered(hb_worker_t *w, gate_t *g) {
-    dead_letter_t *d = g->arg;
-    char buf[200];
-    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
-    if (stale) {
-        hb_metric_inc(w->m_dlq_skipped);
-        hb_log(HB_LOG_INFO,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
-               stale, d->reason);
-        gate_release(w, g);
-    } else {
-        hb_metric_inc(w->m_dlq);
-        hb_log(HB_LOG_WARN,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
-        pmsg_send(w, d->m); /* its ack logs the row, whose commit releases g */
-        d->m = NULL;
-    }
-    dead_letter_free(d); /* and the message, when it was not sent */
-}
-
-/* Final failure: the log is asked first (dead_letter_answered); then the
- * dead-letter topic, and once the broker has it the 'failed' row; the jobs
- * wait for the row's commit. */
-static void route_failed(hb_worker_t *w, hb_delivery_t *dl, int attempt,
-                         const hb_http_result_t *res, const char *reason) {
-    gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
-    dead_letter_t *d;
-    pmsg_t *m;
-    hb_metric_inc(w->m_failed);
-    m = retry_msg(w, dl, w->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
-                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
-    if (!m) { /* cannot happen with a valid schema; the log still gates */
-        record(w, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
-        return;
-    }
-    d = hb_calloc(1, sizeof(*d));
-    d->m = m;
-    snprintf(d->delivery_id, sizeof(d->delivery_id), "%s", dl->id);
-    snprintf(d->subscription_id, sizeof(d->subscription_id), "%s", dl->sub->id);
-    d->event_type = hb_strdup(dl->event_type);
-    d->reason = hb_strdup(reason ? reason : "");
-    d->attempt = attempt;
-    gate_lookup(w, g, dl->id, dead_letter_answered, d, dead_letter_free);
-}
-
-static double random_unit(void) {
-    uint32_t r = 0;
-    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
-        return 0.5;
-    return (double)r / 4294967296.0;
-}
-
-/* Retryable failure of attempt dl->attempt (or a skipped one when res is
- * NULL): the next tier, or the dead-letter topic when attempts are used up. */
-static void route_retry(hb_worker_t *w, hb_delivery_t *dl, int made, const hb_http_result_t *res,
-                        const char *reason, int schedule_offset) {
-    const char *topic = NULL;
-    int64_t not_before = 0;
-    long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
-    int step = made - schedule_offset; /* attempts made in this schedule */
-    gate_t *g;
-    pmsg_t *m;
-    char why[320];
-
-    if (step < 1) /* a skipped first attempt waits the first delay */
-        step = 1;
-    if (hb_schedule_next(&w->schedule, step, retry_after, w->cfg->retry_after_max_ms,
-                         (int)w->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
-                         &not_before) != 0) {
-        snprintf(why, sizeof(why), "%s (attempts used up)", reason);
-        route_failed(w, dl, made, res, why);
-        return;
-    }
-    g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
-    m = retry_msg(w, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
-                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
-    if (!m) {
-        gate_done(w, g);
-        return;
-    }
-    hb_metric_inc(w->m_retry);
-    for (int t = 0; t < w->schedule.tiers; t++)
-        if (!strcmp(w->schedule.tier_topics[t], topic))
-            hb_metric_inc(w->m_tier[t]);
-    hb_log(
-        HB_LOG_INFO,
-        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
-        res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
-            : "attempt %d not made (%s): it waits %lld ms in %s",
-        res ? made : dl->attempt, reason, (long long)(not_before - hb_wall_ms()), topic);
-    /* The 'retry' row is logged once the broker has the next attempt, so a
-     * logged attempt always has its successor durable; its commit releases
-     * the jobs. */
-    pmsg_send(w, m);
-}
-
-static void on_attempt_done(const hb_http_result_t *res, void *opaque);
 
 void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason) {
-    int made = dl->attempt - 1;
-    if (outcome == HB_OUTCOME_FAILED) {
-        route_failed(w, dl, made, NULL, reason);
-    } else {
-        gate_t *g = gate_new(w, dl->jobs, dl->jobs_cnt, 1);
-        hb_metric_inc(w->m_dropped);
-        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "delivery dropped: %s", reason);
-        record(w, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
-    }
-    delivery_finish(w, dl);
+    hb_delivery_skip(w->deliveries, dl, outcome, reason);
 }
 
 void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl) {
-    delivery_finish(w, dl);
+    hb_delivery_discard(w->deliveries, dl);
 }
 
 typedef struct lookup_ctx_s {
+    hb_worker_t *w;
     hb_delivery_t *dl;
     hb_worker_lookup_cb then;
     void *opaque;
@@ -680,121 +93,35 @@ typedef struct lookup_ctx_s {
 
 static void lookup_ctx_free(void *arg) {
     lookup_ctx_t *c = arg;
-    delivery_free(c->dl);
+    hb_delivery_free(c->dl); /* its jobs stay unfinished */
     free(c);
 }
 
-static void lookup_answered(hb_worker_t *w, gate_t *g) {
+static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
     lookup_ctx_t *c = g->arg;
-    if (hb_stop_requested || w->abandoning) {
+    hb_worker_t *w = c->w;
+    if (hb_stop_requested || hb_deliveries_abandoning(w->deliveries)) {
         /* start nothing new: the message will be consumed again */
-        delivery_free(c->dl); /* its jobs stay unfinished */
+        hb_delivery_abandon(w->deliveries, c->dl); /* its jobs stay unfinished */
     } else {
         c->then(w, c->dl, &g->state, c->opaque);
     }
-    gate_unlink_free(w, g); /* it held no jobs: the delivery does */
+    hb_gate_forget(w->outbox, g); /* it held no jobs: the delivery does */
     free(c);
 }
 
 void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
     lookup_ctx_t *c = hb_calloc(1, sizeof(*c));
+    c->w = w;
     c->dl = dl;
     c->then = then;
     c->opaque = opaque;
-    gate_lookup(w, gate_new(w, NULL, 0, 1), dl->id, lookup_answered, c, lookup_ctx_free);
-}
-
-typedef struct attempt_ctx_s {
-    hb_worker_t *w;
-    hb_delivery_t *dl;
-    char endpoint[512]; /* host key: the circuit's unit, "" when the URL does not parse */
-} attempt_ctx_t;
-
-/* The attempt was not made (circuit open, endpoint busy or slow): the
- * delivery waits in a delay tier instead of in memory. A first attempt goes
- * to the first tier and stays the first attempt; a retry goes back to the
- * tier it came from, its attempt not counted. In the retrier an open
- * circuit counts the attempt as failed (without a request), so the schedule
- * of a dead endpoint still ends instead of going round forever. */
-static void route_not_made(hb_worker_t *w, hb_delivery_t *dl, const char *reason, int circuit) {
-    hb_metric_inc(circuit ? w->m_circuit_skips : w->m_endpoint_busy);
-    if (circuit && w->spec.circuit_counts_attempts) {
-        char why[320];
-        snprintf(why, sizeof(why), "attempt not made: %s", reason);
-        route_retry(w, dl, dl->attempt, NULL, why, dl->schedule_offset);
-        return;
-    }
-    route_retry(w, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
-}
-
-void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
-    attempt_ctx_t *ctx;
-    hb_payload_t payload;
-
-    if (!dl->first_attempt_ms)
-        dl->first_attempt_ms = hb_wall_ms();
-    ctx = hb_calloc(1, sizeof(*ctx));
-    if (circuit_enabled(w) &&
-        hb_http_host_key(dl->sub->url, ctx->endpoint, sizeof(ctx->endpoint)) == 0 &&
-        circuit_open(w, ctx->endpoint)) {
-        free(ctx);
-        route_not_made(w, dl, "circuit open: endpoint failing", 1);
-        delivery_finish(w, dl);
-        return;
-    }
-    ctx->w = w;
-    ctx->dl = dl;
-    payload.body = hb_strndup(dl->body, dl->body_len);
-    payload.len = dl->body_len;
-    payload.content_type = dl->content_type;
-    w->in_flight++;
-    hb_deliver_send(w->http, dl->sub, dl->id, &payload, w->cfg->request_timeout_ms,
-                    (size_t)w->cfg->response_snippet_bytes, on_attempt_done, ctx);
-}
-
-static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
-    attempt_ctx_t *ctx = opaque;
-    hb_worker_t *w = ctx->w;
-    hb_delivery_t *dl = ctx->dl;
-    char reason[256];
-    hb_outcome_t outcome;
-
-    w->in_flight--;
-    if (w->abandoning) { /* shutdown: the message will be consumed again */
-        free(ctx);
-        delivery_free(dl); /* its jobs stay unfinished, freed with the worker */
-        return;
-    }
-    if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
-        route_not_made(w, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
-        free(ctx);
-        delivery_finish(w, dl);
-        return;
-    }
-    outcome = hb_deliver_classify(res, reason, sizeof(reason));
-    hb_metric_observe(w->m_latency, (double)res->duration_ms / 1000.0);
-    hb_metric_inc(
-        w->m_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100 : 0]);
-    circuit_result(w, ctx->endpoint, outcome == HB_OUTCOME_DELIVERED);
-    free(ctx);
-    switch (outcome) {
-    case HB_OUTCOME_DELIVERED:
-        hb_metric_inc(w->m_delivered);
-        hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "delivered on attempt %d (HTTP %d, %lld ms)", dl->attempt, res->http_status,
-               (long long)res->duration_ms);
-        /* the jobs wait for the row: a committed offset implies a logged outcome */
-        record(w, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
-               gate_new(w, dl->jobs, dl->jobs_cnt, 1));
-        break;
-    case HB_OUTCOME_RETRY: route_retry(w, dl, dl->attempt, res, reason, dl->schedule_offset); break;
-    default: route_failed(w, dl, dl->attempt, res, reason); break;
-    }
-    delivery_finish(w, dl);
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), dl->id, lookup_answered, c,
+                   lookup_ctx_free);
 }
 
 size_t hb_worker_in_flight(const hb_worker_t *w) {
-    return w->in_flight;
+    return hb_deliveries_in_flight(w->deliveries);
 }
 
 /* ---------------------------------------------------------- subscriptions */
@@ -856,10 +183,11 @@ static void ensure_store(hb_worker_t *w) {
     if (w->store || hb_mono_ms() < w->next_store_attempt)
         return;
     w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, errstr, sizeof(errstr));
-    if (w->store && !w->dlog) {
-        w->dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE, errstr,
-                              sizeof(errstr));
-        if (!w->dlog) {
+    if (w->store && !hb_outbox_dlog(w->outbox)) {
+        hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
+                                      errstr, sizeof(errstr));
+        hb_outbox_set_dlog(w->outbox, dlog);
+        if (!dlog) {
             hb_store_free(w->store);
             w->store = NULL;
         }
@@ -875,284 +203,6 @@ static void ensure_store(hb_worker_t *w) {
 
 /* ------------------------------------------------------------------ kafka */
 
-static int is_deferred(const hb_worker_t *w, const char *topic, int32_t partition) {
-    for (const deferred_t *d = w->deferred; d; d = d->next)
-        if (d->partition == partition && !strcmp(d->topic, topic))
-            return 1;
-    return 0;
-}
-
-static void pause_or_resume(hb_worker_t *w, rd_kafka_topic_partition_list_t *parts, int pause) {
-    rd_kafka_resp_err_t err =
-        pause ? rd_kafka_pause_partitions(w->rk, parts) : rd_kafka_resume_partitions(w->rk, parts);
-    if (err)
-        hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
-}
-
-static void set_paused(hb_worker_t *w, int pause, const char *why) {
-    rd_kafka_topic_partition_list_t *parts = NULL;
-    if (w->paused == pause || !w->rk)
-        return;
-    if (w->assignment && (parts = rd_kafka_topic_partition_list_copy(w->assignment)) != NULL) {
-        if (!pause) { /* deferred partitions stay paused until due */
-            rd_kafka_topic_partition_list_t *live = rd_kafka_topic_partition_list_new(parts->cnt);
-            for (int i = 0; i < parts->cnt; i++)
-                if (!is_deferred(w, parts->elems[i].topic, parts->elems[i].partition))
-                    rd_kafka_topic_partition_list_add(live, parts->elems[i].topic,
-                                                      parts->elems[i].partition);
-            rd_kafka_topic_partition_list_destroy(parts);
-            parts = live;
-        }
-        if (parts->cnt)
-            pause_or_resume(w, parts, pause);
-        rd_kafka_topic_partition_list_destroy(parts);
-    }
-    w->paused = pause;
-    if (why) { /* the last resort, not a shutdown's pause */
-        hb_metric_set(w->m_paused, pause);
-        if (pause) {
-            hb_metric_inc(w->m_pauses);
-            snprintf(w->pause_why, sizeof(w->pause_why), "%s", why);
-            hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
-                    "waiting for a connection)",
-                    why, w->in_flight, hb_http_queued(w->http));
-        } else {
-            w->pause_why[0] = '\0';
-            hb_info("consumption resumed: %zu consumed messages unfinished",
-                    hb_offsets_pending(w->offsets));
-        }
-    }
-}
-
-void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_error_t *err;
-    deferred_t *d;
-
-    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
-    pause_or_resume(w, one, 1);
-    /* Asynchronous: messages already fetched behind this one are discarded
-     * (and ignored meanwhile: the partition is deferred). */
-    err = rd_kafka_seek_partitions(w->rk, one, 0);
-    if (err) {
-        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
-        rd_kafka_error_destroy(err);
-    }
-    rd_kafka_topic_partition_list_destroy(one);
-    d = hb_calloc(1, sizeof(*d));
-    d->topic = hb_strdup(topic);
-    d->partition = rkm->partition;
-    d->due_ms = due_ms;
-    d->next = w->deferred;
-    w->deferred = d;
-    hb_metric_inc(w->m_deferred);
-    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic, (int)rkm->partition,
-             (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
-}
-
-static void deferred_free(deferred_t *d) {
-    free(d->topic);
-    free(d);
-}
-
-/* Resumes deferred partitions that are due; returns ms until the next one. */
-static long long resume_due(hb_worker_t *w) {
-    deferred_t **pp = &w->deferred;
-    int64_t now = hb_wall_ms();
-    long long next = LOOP_WAIT_MS;
-    while (*pp) {
-        deferred_t *d = *pp;
-        if (d->due_ms > now) {
-            if (d->due_ms - now < next)
-                next = d->due_ms - now;
-            pp = &d->next;
-            continue;
-        }
-        *pp = d->next;
-        if (!w->paused) {
-            rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-            rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
-            pause_or_resume(w, one, 0);
-            rd_kafka_topic_partition_list_destroy(one);
-        }
-        deferred_free(d);
-    }
-    return next;
-}
-
-static void forget_deferred(hb_worker_t *w, const char *topic, int32_t partition) {
-    deferred_t **pp = &w->deferred;
-    while (*pp) {
-        deferred_t *d = *pp;
-        if (d->partition == partition && !strcmp(d->topic, topic)) {
-            *pp = d->next;
-            deferred_free(d);
-        } else {
-            pp = &d->next;
-        }
-    }
-}
-
-static void store_offsets(hb_worker_t *w) {
-    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
-    if (hb_offsets_collect(w->offsets, list) > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->rk, list);
-        if (err)
-            hb_warn("storing offsets: %s", rd_kafka_err2str(err));
-    }
-    rd_kafka_topic_partition_list_destroy(list);
-}
-
-static void take_flushed(hb_worker_t *w) {
-    void *tokens[256];
-    size_t n;
-    if (!w->dlog)
-        return;
-    while ((n = hb_dlog_take_flushed(w->dlog, tokens, HB_ARRAY_SIZE(tokens))) > 0)
-        for (size_t i = 0; i < n; i++)
-            gate_done(w, tokens[i]);
-}
-
-static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero);
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-    hb_worker_t *w = opaque;
-    int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
-    rd_kafka_error_t *kerr = NULL;
-
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        hb_info("assigned %d partition(s)", parts->cnt);
-        if (cooperative)
-            kerr = rd_kafka_incremental_assign(rk, parts);
-        else
-            (void)rd_kafka_assign(rk, parts);
-        /* librdkafka keeps a partition's pause across a revocation: one
-         * deferred when it was revoked (its deferral forgotten) would stay
-         * paused for good when assigned back to this process. */
-        if (w->paused)
-            (void)rd_kafka_pause_partitions(rk, parts);
-        else
-            (void)rd_kafka_resume_partitions(rk, parts);
-        w->assigned = 1;
-        if (!cooperative || !w->assignment) {
-            if (w->assignment)
-                rd_kafka_topic_partition_list_destroy(w->assignment);
-            w->assignment = rd_kafka_topic_partition_list_new(parts->cnt);
-        }
-        for (int i = 0; i < parts->cnt; i++)
-            rd_kafka_topic_partition_list_add(w->assignment, parts->elems[i].topic,
-                                              parts->elems[i].partition);
-    } else {
-        hb_info("revoking %d partition(s)", parts->cnt);
-        /* Commit what is finished before the new owner starts from it. */
-        take_flushed(w);
-        store_offsets(w);
-        (void)rd_kafka_commit(rk, NULL, 0);
-        update_lag(w, parts, 1);
-        for (int i = 0; i < parts->cnt; i++) {
-            hb_offsets_forget(w->offsets, parts->elems[i].topic, parts->elems[i].partition);
-            forget_deferred(w, parts->elems[i].topic, parts->elems[i].partition);
-        }
-        if (cooperative)
-            kerr = rd_kafka_incremental_unassign(rk, parts);
-        else
-            (void)rd_kafka_assign(rk, NULL);
-        for (int i = 0; w->assignment && i < parts->cnt; i++)
-            (void)rd_kafka_topic_partition_list_del(w->assignment, parts->elems[i].topic,
-                                                    parts->elems[i].partition);
-        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
-            hb_warn("rebalance: %s", rd_kafka_err2str(err));
-    }
-    if (kerr) {
-        hb_error("rebalance: %s", rd_kafka_error_string(kerr));
-        rd_kafka_error_destroy(kerr);
-    }
-}
-
-/* librdkafka's error events (loop thread, through the consumer poll). All
- * brokers down makes the service not ready until a request sent afterwards
- * is answered (broker_check, hb_kafka_reach_t). */
-static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
-    hb_worker_t *w = opaque;
-    (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        if (hb_kafka_reach_down(&w->brokers, err))
-            hb_error("no Kafka broker reachable (not ready until one is): %s", reason);
-        return;
-    }
-    hb_metric_inc(w->m_kafka_errors);
-    hb_log(HB_LOG_DEBUG, HB_KV("source", "librdkafka"), "kafka error: %s", reason);
-}
-
-/* Whether the brokers answer: a probe thread on the consumer asks them every
- * second (started with the consumer, stopped in hb_worker_free); this only
- * reads its result and logs the changes. */
-static void broker_check(hb_worker_t *w) {
-    char errstr[512];
-    if (w->rk && !w->brokers.rk && w->topics_cnt > 0 &&
-        hb_kafka_reach_start(&w->brokers, w->rk, w->topics[0], errstr, sizeof(errstr)) < 0)
-        hb_error("%s (readiness ignores the brokers)", errstr);
-    (void)hb_kafka_reach_check(&w->brokers);
-}
-
-static int start_consumer(hb_worker_t *w, char *errstr, size_t errstr_size) {
-    const hb_config_t *cfg = w->cfg;
-    rd_kafka_conf_t *conf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
-    rd_kafka_topic_partition_list_t *topics;
-    rd_kafka_resp_err_t err;
-    char kerr[512];
-
-    if (!conf)
-        return -1;
-    if (hb_kafka_conf_set(conf, "group.id", w->group, errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
-        /* Incremental rebalancing: a member joining or leaving moves only the
-         * partitions that change owner; the others keep being consumed. */
-        hb_kafka_conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr,
-                          errstr_size) < 0 ||
-        /* Static membership: a replica restarted with the same id takes its
-         * partitions back without a rebalance (docs/operations.md). */
-        (*cfg->instance_id &&
-         hb_kafka_conf_set(conf, "group.instance.id", cfg->instance_id, errstr, errstr_size) < 0) ||
-
-        /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
-        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
-        rd_kafka_conf_destroy(conf);
-        return -1;
-    }
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
-    rd_kafka_conf_set_opaque(conf, w);
-    w->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
-    if (!w->rk) {
-        rd_kafka_conf_destroy(conf);
-        hb_seterr(errstr, errstr_size, "kafka consumer: %s", kerr);
-        return -1;
-    }
-    conf = NULL; /* now owned by the rd_kafka_t */
-    rd_kafka_poll_set_consumer(w->rk);
-    w->rkq = rd_kafka_queue_get_consumer(w->rk);
-    rd_kafka_queue_io_event_enable(w->rkq, w->wake[1], "k", 1);
-
-    topics = rd_kafka_topic_partition_list_new(w->topics_cnt);
-    for (int i = 0; i < w->topics_cnt; i++)
-        rd_kafka_topic_partition_list_add(topics, w->topics[i], RD_KAFKA_PARTITION_UA);
-    err = rd_kafka_subscribe(w->rk, topics);
-    rd_kafka_topic_partition_list_destroy(topics);
-    if (err) {
-        hb_seterr(errstr, errstr_size, "subscribe: %s", rd_kafka_err2str(err));
-        return -1;
-    }
-    for (int i = 0; i < w->topics_cnt; i++)
-        hb_info("consuming %s in group %s", w->topics[i], w->group);
-    return 0;
-}
-
 void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char *reason) {
     char part[16], off[24];
     hb_job_t *job;
@@ -1163,46 +213,26 @@ void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char 
            HB_KV("topic", rd_kafka_topic_name(rkm->rkt), "partition", part, "offset", off),
            "poison message sent to %s: %s", w->cfg->dlq_topic, reason);
     job = hb_worker_track(w, rkm);
-    dead_letter_poison(w, rkm, job, reason);
-    hb_job_release(w, job);
+    hb_outbox_poison(w->outbox, w->cfg->dlq_topic, rkm, job, reason);
+    hb_outbox_release(w->outbox, job);
 }
 
-static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
+/* A message from the consumer: decoded, then the handler's (or poison). */
+static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
+    hb_worker_t *w = opaque;
     const char *topic;
     char errstr[512];
     json_t *json = NULL;
     int64_t wait_ms = 0;
     int r;
 
-    if (rkm->err) {
-        if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-            return;
-        if ((rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-             rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) &&
-            rkm->rkt) {
-            const char *t = rd_kafka_topic_name(rkm->rkt);
-            if (strcmp(w->missing_topic, t) != 0) {
-                hb_error("topic %s does not exist: create it (not ready until it exists)", t);
-                snprintf(w->missing_topic, sizeof(w->missing_topic), "%s", t);
-                snprintf(w->missing_why, sizeof(w->missing_why), "topic %s does not exist", t);
-            }
-            w->next_topic_check = hb_mono_ms() + 5000;
-            return;
-        }
-        /* Informational: the consumer recovers by itself. */
-        hb_metric_inc(w->m_kafka_errors);
-        hb_warn("kafka: %s", rd_kafka_message_errstr(rkm));
-        return;
-    }
     topic = rd_kafka_topic_name(rkm->rkt);
-    if (w->deferred && is_deferred(w, topic, rkm->partition))
-        return; /* fetched before the rewind; read again when due */
     r = hb_decoder_decode(w->decoder, rkm->payload, rkm->len, &json, &wait_ms, errstr,
                           sizeof(errstr));
     if (r == HB_DECODE_WAIT) { /* its writer schema is on the way from the registry */
         hb_debug("%s [%d] offset %lld waits %lld ms: %s", topic, (int)rkm->partition,
                  (long long)rkm->offset, (long long)wait_ms, errstr);
-        hb_worker_defer(w, rkm, hb_wall_ms() + wait_ms);
+        hb_consumer_defer(w->consumer, rkm, hb_wall_ms() + wait_ms);
         return;
     }
     hb_metric_inc(w->m_consumed);
@@ -1218,25 +248,17 @@ static void handle_message(hb_worker_t *w, rd_kafka_message_t *rkm) {
  * hosts that answer at a good pace stay under max_in_flight (hb_http_backlog
  * leaves hung and slow hosts out: their queues are bounded, not waited for).
  * Checked before every message, since one event may fan out to many. */
-static int keeping_up(hb_worker_t *w) {
+static int keeping_up(void *opaque) {
+    hb_worker_t *w = opaque;
     size_t limit = (size_t)w->cfg->max_in_flight;
+    size_t lookups = hb_outbox_lookups(w->outbox);
     /* deliveries waiting for their delivery-log look-up (the retrier's) are
      * about to join the queue: they count as waiting already */
-    if (w->lookups >= limit)
+    if (lookups >= limit)
         return 0;
-    limit -= w->lookups;
+    limit -= lookups;
     return hb_http_queued(w->http) < limit || /* cheap, usual */
            hb_http_backlog(w->http, STALL_MS) < limit;
-}
-
-static void poll_kafka(hb_worker_t *w) {
-    for (int i = 0; i < POLL_BATCH && !w->paused && keeping_up(w); i++) {
-        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(w->rk, 0);
-        if (!rkm)
-            return;
-        handle_message(w, rkm);
-        rd_kafka_message_destroy(rkm);
-    }
 }
 
 /* ------------------------------------------------------------------- loop */
@@ -1247,91 +269,30 @@ static void drain_wake_pipe(hb_worker_t *w) {
         ;
 }
 
-/* hookbridge_consumer_lag{topic,partition}: messages between the committable
- * position (everything before it is done) and the partition's end, from librdkafka's cached
- * watermarks (no broker round trip). A partition revoked from this process reads 0 here. */
-static void update_lag(hb_worker_t *w, const rd_kafka_topic_partition_list_t *parts, int zero) {
-    for (int i = 0; i < parts->cnt; i++) {
-        const rd_kafka_topic_partition_t *p = &parts->elems[i];
-        char labels[300];
-        int64_t lo = -1, hi = -1, lag = 0;
-        snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", p->topic,
-                 (int)p->partition);
-        if (!zero &&
-            rd_kafka_get_watermark_offsets(w->rk, p->topic, p->partition, &lo, &hi) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR &&
-            hi >= 0) {
-            int64_t pos = p->offset >= 0 ? p->offset : lo;
-            lag = hi > pos && pos >= 0 ? hi - pos : 0;
-        }
-        hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
-                                       "Messages between the consumer position and the end of "
-                                       "the partition."),
-                      (double)lag);
-    }
-}
-
-static void lag_tick(hb_worker_t *w) {
-    rd_kafka_topic_partition_list_t *parts;
-    if (!w->rk || !w->assignment || hb_mono_ms() < w->next_lag)
-        return;
-    w->next_lag = hb_mono_ms() + LAG_EVERY_MS;
-    parts = rd_kafka_topic_partition_list_copy(w->assignment);
-    update_lag(w, parts, 0);
-    rd_kafka_topic_partition_list_destroy(parts);
-}
-
-/* While a subscribed topic is missing, look it up every 5 s (a metadata
- * request of up to 1 s) and become ready again once it exists. */
-static void topic_check(hb_worker_t *w) {
-    rd_kafka_topic_t *rkt;
-    const struct rd_kafka_metadata *md = NULL;
-    int exists = 0;
-    if (!w->missing_topic[0] || !w->rk || hb_mono_ms() < w->next_topic_check)
-        return;
-    w->next_topic_check = hb_mono_ms() + 5000;
-    rkt = rd_kafka_topic_new(w->rk, w->missing_topic, NULL);
-    if (!rkt)
-        return;
-    if (rd_kafka_metadata(w->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
-        exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                 md->topics[0].partition_cnt > 0;
-        rd_kafka_metadata_destroy(md);
-    }
-    rd_kafka_topic_destroy(rkt);
-    if (exists) {
-        hb_info("topic %s exists now", w->missing_topic);
-        w->missing_topic[0] = '\0';
-    }
-}
-
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL;
     char schema_why[400];
-    topic_check(w);
-    broker_check(w);
     if (hb_stop_requested)
         why = "shutting down";
-    else if (w->missing_topic[0])
-        why = w->missing_why;
-    else if (w->brokers.down)
-        why = w->brokers.why;
+    else if (hb_consumer_unready(w->consumer))
+        why = hb_consumer_unready(w->consumer);
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (!w->index_loaded)
         why = "subscription index not loaded";
-    else if (!w->assigned)
+    else if (!hb_consumer_assigned(w->consumer))
         why = "waiting for the consumer group assignment";
     else if (hb_decoder_unready(w->decoder, schema_why, sizeof(schema_why)))
         why = schema_why;
-    if (!why && w->pause_why[0]) { /* still ready: it is working, but say so */
+    if (!why && *hb_consumer_pause_why(w->consumer)) { /* still ready, but say so */
         char note[260];
-        snprintf(note, sizeof(note), "ready, but consumption paused: %s", w->pause_why);
+        snprintf(note, sizeof(note), "ready, but consumption paused: %s",
+                 hb_consumer_pause_why(w->consumer));
         hb_httpd_set_ready(w->httpd, 1, note);
     } else {
         hb_httpd_set_ready(w->httpd, why == NULL, why);
     }
-    hb_metric_set(w->m_in_flight, (double)w->in_flight);
+    hb_metric_set(w->m_in_flight, (double)hb_deliveries_in_flight(w->deliveries));
 }
 
 /* One turn of the loop; consume: take messages from Kafka (not while
@@ -1345,28 +306,16 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
-    if (consume && w->rk && !w->paused)
-        poll_kafka(w);
-    rd_kafka_poll(w->producer, 0); /* delivery reports */
-    if (w->resend)
-        resend_due(w);
-    take_flushed(w);
-    if (w->rk) {
-        store_offsets(w);
-        if (!hb_stop_requested) {
-            size_t pending = hb_offsets_pending(w->offsets);
-            if (pending >= (size_t)w->cfg->max_pending_events) {
-                char why[160];
-                snprintf(why, sizeof(why),
-                         "%zu consumed messages unfinished (HOOKBRIDGE_MAX_PENDING_EVENTS=%lld)",
-                         pending, w->cfg->max_pending_events);
-                set_paused(w, 1, why);
-            } else if (pending <= (size_t)w->cfg->max_pending_events * 3 / 4) {
-                set_paused(w, 0, "");
-            }
-        }
+    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer))
+        hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
+    hb_outbox_poll(w->outbox);
+    if (hb_consumer_started(w->consumer)) {
+        hb_consumer_store_offsets(w->consumer);
+        if (!hb_stop_requested) /* the last resort */
+            hb_consumer_limit(w->consumer, w->cfg->max_pending_events,
+                              hb_deliveries_in_flight(w->deliveries), hb_http_queued(w->http));
     }
-    next = resume_due(w);
+    next = hb_consumer_resume_due(w->consumer, LOOP_WAIT_MS);
     if (next < wait_ms)
         wait_ms = next;
     if (w->spec.hooks->on_pass && !hb_stop_requested) {
@@ -1374,9 +323,9 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         if (next < wait_ms)
             wait_ms = next;
     }
-    if (w->resend && wait_ms > 100)
+    if (hb_outbox_resending(w->outbox) && wait_ms > 100)
         wait_ms = 100;
-    lag_tick(w);
+    hb_consumer_tick(w->consumer);
     update_readiness(w);
     {
         /* Subscription changes (LISTEN/NOTIFY) wake the loop as Kafka does. */
@@ -1389,12 +338,11 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
 int hb_worker_run(hb_worker_t *w) {
     char errstr[512];
     int64_t deadline;
-    size_t unwritten;
 
     while (!hb_stop_requested) {
         ensure_store(w);
-        if (w->store && w->index_loaded && !w->rk) {
-            if (start_consumer(w, errstr, sizeof(errstr)) < 0) {
+        if (w->store && w->index_loaded && !hb_consumer_started(w->consumer)) {
+            if (hb_consumer_start(w->consumer, errstr, sizeof(errstr)) < 0) {
                 hb_error("cannot start the Kafka consumer: %s", errstr);
                 return -1;
             }
@@ -1402,41 +350,24 @@ int hb_worker_run(hb_worker_t *w) {
         one_pass(w, LOOP_WAIT_MS, 1);
     }
 
-    hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms", w->in_flight,
-            w->cfg->shutdown_timeout_ms);
-    set_paused(w, 1, NULL);
+    hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
+            hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
+    hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
-    while ((w->in_flight > 0 || w->resend || w->lookups > 0) && hb_mono_ms() < deadline)
+    while ((hb_deliveries_in_flight(w->deliveries) > 0 || hb_outbox_resending(w->outbox) ||
+            hb_outbox_lookups(w->outbox) > 0) &&
+           hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
-    if (w->in_flight > 0) {
+    if (hb_deliveries_in_flight(w->deliveries) > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
                 "again",
-                w->in_flight);
-        w->abandoning = 1;
+                hb_deliveries_in_flight(w->deliveries));
+        hb_deliveries_abandon(w->deliveries);
     }
-    if (hb_kafka_flush(w->producer, 5000) > 0)
-        hb_warn("retry or dead-letter messages left unsent; their sources will be read again");
-    rd_kafka_poll(w->producer, 0);
-    unwritten = w->dlog ? hb_dlog_close(w->dlog, 5000) : 0;
-    if (unwritten)
-        hb_warn("%zu delivery log rows were not written", unwritten);
-    take_flushed(w);
-    if (w->rk) {
-        rd_kafka_resp_err_t err;
-        store_offsets(w);
-        err = rd_kafka_commit(w->rk, NULL, 0);
-        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-            hb_warn("final offset commit: %s", rd_kafka_err2str(err));
-        if (w->rkq) {
-            rd_kafka_queue_destroy(w->rkq);
-            w->rkq = NULL;
-        }
-        err = rd_kafka_consumer_close(w->rk);
-        if (err)
-            hb_warn("leaving the consumer group: %s", rd_kafka_err2str(err));
-    }
+    hb_outbox_drain(w->outbox);
+    hb_consumer_close(w->consumer);
     hb_info("stopped");
     return 0;
 }
@@ -1452,16 +383,17 @@ static void register_metrics(hb_worker_t *w) {
                                        "Messages consumed from the input topics.");
     w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,
                                      "Messages that could not be decoded (dead-lettered).");
-    w->m_delivered =
+    w->dm.delivered =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", by_outcome);
-    w->m_retry = hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"retry\"", by_outcome);
-    w->m_failed =
+    w->dm.retry =
+        hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"retry\"", by_outcome);
+    w->dm.failed =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"failed\"", by_outcome);
-    w->m_dropped =
+    w->dm.dropped =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"dropped\"", by_outcome);
-    w->m_latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
-                                        "Duration of delivery attempts.", latency_bounds,
-                                        HB_ARRAY_SIZE(latency_bounds));
+    w->dm.latency = hb_metrics_histogram("hookbridge_attempt_duration_seconds", NULL,
+                                         "Duration of delivery attempts.", latency_bounds,
+                                         HB_ARRAY_SIZE(latency_bounds));
     w->m_in_flight =
         hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
     w->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
@@ -1469,46 +401,47 @@ static void register_metrics(hb_worker_t *w) {
     w->m_db_errors =
         hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
     w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
-    w->m_dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
-                                  "Deliveries sent to the dead-letter topic.");
-    w->m_dlq_skipped = hb_metrics_counter(
+    w->dm.dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
+                                   "Deliveries sent to the dead-letter topic.");
+    w->dm.dlq_skipped = hb_metrics_counter(
         "hookbridge_dead_letters_skipped_total", NULL,
         "Final failures not dead-lettered: the delivery log had the delivery final already, or "
         "the attempt logged (a duplicate after a restart).");
-    w->m_circuit_skips =
+    w->dm.circuit_skips =
         hb_metrics_counter("hookbridge_circuit_skips_total", NULL,
                            "Attempts not made because the endpoint's circuit was open.");
-    w->m_circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
-                                            "Times an endpoint host's circuit opened.");
-    w->m_endpoint_busy =
+    w->dm.circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
+                                             "Times an endpoint host's circuit opened.");
+    w->dm.endpoint_busy =
         hb_metrics_counter("hookbridge_endpoint_busy_total", NULL,
                            "Deliveries handed to a delay tier without an attempt because their "
                            "endpoint host's queue was full or slow (max_host_queue, "
                            "max_queue_wait).");
-    w->m_paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
-                                   "1 while consumption of every partition is paused because "
-                                   "max_pending_events messages are unfinished.");
-    w->m_pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
-                                     "Times consumption of every partition was paused "
-                                     "(max_pending_events).");
-    w->m_deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
-                                       "Times a delay-tier partition was paused until due.");
+    w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
+                                    "1 while consumption of every partition is paused because "
+                                    "max_pending_events messages are unfinished.");
+    w->cm.pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
+                                      "Times consumption of every partition was paused "
+                                      "(max_pending_events).");
+    w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
+                                        "Times a delay-tier partition was paused until due.");
     for (int c = 0; c < 6; c++) {
         char label[32];
         if (c == 0)
             snprintf(label, sizeof(label), "class=\"none\"");
         else
             snprintf(label, sizeof(label), "class=\"%dxx\"", c);
-        w->m_class[c] = hb_metrics_counter("hookbridge_responses_total", label,
-                                           "Delivery attempts by HTTP status class of the answer "
-                                           "(none: timeout, connection error, refused).");
+        w->dm.status_class[c] =
+            hb_metrics_counter("hookbridge_responses_total", label,
+                               "Delivery attempts by HTTP status class of the answer "
+                               "(none: timeout, connection error, refused).");
     }
-    for (int t = 0; t < w->schedule.tiers; t++) {
+    for (int t = 0; t < w->cfg->schedule.tiers; t++) {
         char label[96], d[32];
-        hb_delay_format(w->schedule.tiers_ms[t], d, sizeof(d));
+        hb_delay_format(w->cfg->schedule.tiers_ms[t], d, sizeof(d));
         snprintf(label, sizeof(label), "tier=\"%s\"", d);
-        w->m_tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
-                                          "Deliveries handed to a delay tier.");
+        w->dm.tier[t] = hb_metrics_counter("hookbridge_retries_enqueued_total", label,
+                                           "Deliveries handed to a delay tier.");
     }
 }
 
@@ -1528,7 +461,6 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         .tls_client_cert = cfg->tls_client_cert,
         .tls_client_key = cfg->tls_client_key,
     };
-    rd_kafka_conf_t *pconf;
 
     w->cfg = cfg;
     w->spec = *spec;
@@ -1539,9 +471,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         hb_seterr(errstr, errstr_size, "HOOKBRIDGE_DATABASE_URL is not set");
         goto fail;
     }
-    if (hb_schedule_parse(&w->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, errstr,
-                          errstr_size) < 0)
+    if (cfg->schedule.steps < 1) { /* hb_config_load parses it for the services */
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE was not parsed");
         goto fail;
+    }
     hb_info("secrets are sealed with key %s", hb_keyring_current_id(cfg->keyring));
     if (spec->topics) {
         w->topics_cnt = spec->topics_cnt;
@@ -1549,10 +482,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         for (int i = 0; i < w->topics_cnt; i++)
             w->topics[i] = hb_strdup(spec->topics[i]);
     } else { /* the delay tiers */
-        w->topics_cnt = w->schedule.tiers;
+        w->topics_cnt = w->cfg->schedule.tiers;
         w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
         for (int i = 0; i < w->topics_cnt; i++)
-            w->topics[i] = hb_strdup(w->schedule.tier_topics[i]);
+            w->topics[i] = hb_strdup(w->cfg->schedule.tier_topics[i]);
     }
     w->spec.topics = NULL;
     if (pipe2(w->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
@@ -1564,27 +497,25 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->decoder = hb_decoder_new(cfg, spec->schema, errstr, errstr_size);
     if (!w->decoder)
         goto fail;
-    w->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
-    if (!w->retry_codec)
-        goto fail;
     w->http = hb_http_new(&hconf, errstr, errstr_size);
     if (!w->http)
         goto fail;
     w->httpd = hb_httpd_start(cfg->http_listen, 30000, errstr, errstr_size);
     if (!w->httpd)
         goto fail;
-    pconf = hb_kafka_conf_new(cfg, w->client_id, errstr, errstr_size);
-    if (!pconf)
-        goto fail;
-    rd_kafka_conf_set_opaque(pconf, w);
-    w->producer = hb_kafka_producer_new(pconf, on_produced, errstr, errstr_size);
-    if (!w->producer)
-        goto fail;
-    /* Delivery reports wake the loop, so acknowledged work frees offsets soon. */
-    w->pq = rd_kafka_queue_get_main(w->producer);
-    rd_kafka_queue_io_event_enable(w->pq, w->wake[1], "p", 1);
-    w->index = hb_index_new();
     w->offsets = hb_offsets_new();
+    w->outbox = hb_outbox_new(cfg, w->client_id, w->wake[1], w->offsets, w->m_kafka_errors, errstr,
+                              errstr_size);
+    if (!w->outbox)
+        goto fail;
+    w->deliveries = hb_deliveries_new(cfg, w->http, w->outbox, &w->dm,
+                                      spec->circuit_counts_attempts, errstr, errstr_size);
+    if (!w->deliveries)
+        goto fail;
+    w->cm.kafka_errors = w->m_kafka_errors;
+    w->consumer = hb_consumer_new(cfg, w->client_id, w->group, w->topics, w->topics_cnt, w->wake[1],
+                                  w->offsets, w->outbox, &w->cm);
+    w->index = hb_index_new();
     hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
     return w;
 fail:
@@ -1596,58 +527,18 @@ void hb_worker_free(hb_worker_t *w) {
     if (!w)
         return;
     if (w->http) {
-        w->abandoning = 1; /* completions from the abort record nothing */
+        if (w->deliveries) /* completions from the abort record nothing */
+            hb_deliveries_abandon(w->deliveries);
         hb_http_free(w->http);
     }
-    if (w->rkq)
-        rd_kafka_queue_destroy(w->rkq);
-    hb_kafka_reach_stop(&w->brokers); /* its thread uses w->rk */
-    if (w->rk)
-        rd_kafka_destroy(w->rk);
-    if (w->assignment)
-        rd_kafka_topic_partition_list_destroy(w->assignment);
-    if (w->pq)
-        rd_kafka_queue_destroy(w->pq);
-    if (w->producer) {
-        rd_kafka_purge(w->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        rd_kafka_poll(w->producer, 0); /* purged reports land in the resend list */
-        rd_kafka_destroy(w->producer);
-    }
-    while (w->resend) {
-        pmsg_t *m = w->resend;
-        w->resend = m->next;
-        pmsg_free(m);
-    }
-    if (w->dlog) {
-        (void)hb_dlog_close(w->dlog, 0);
-        hb_dlog_free(w->dlog);
-    }
+    hb_consumer_free(w->consumer);
+    hb_deliveries_free(w->deliveries);
+    hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
     hb_store_free(w->store);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);
     hb_decoder_free(w->decoder);
-    hb_codec_free(w->retry_codec);
-    while (w->deferred) {
-        deferred_t *d = w->deferred;
-        w->deferred = d->next;
-        deferred_free(d);
-    }
-    for (int i = 0; i < CIRCUIT_BUCKETS; i++)
-        while (w->circuits[i]) {
-            circuit_t *c = w->circuits[i];
-            w->circuits[i] = c->next;
-            free(c->key);
-            free(c);
-        }
-    while (w->gates) {
-        if (w->gates->answered && w->gates->arg_free) /* a look-up never answered */
-            w->gates->arg_free(w->gates->arg);
-        gate_unlink_free(w, w->gates);
-    }
-    while (w->jobs)
-        job_unlink_free(w, w->jobs);
-    hb_schedule_free(&w->schedule);
     for (int i = 0; i < w->topics_cnt; i++)
         free(w->topics[i]);
     free(w->topics);
@@ -1663,7 +554,7 @@ const hb_config_t *hb_worker_config(const hb_worker_t *w) {
     return w->cfg;
 }
 const hb_schedule_t *hb_worker_schedule(const hb_worker_t *w) {
-    return &w->schedule;
+    return &w->cfg->schedule;
 }
 hb_index_t *hb_worker_index(hb_worker_t *w) {
     return w->index;
@@ -1675,7 +566,7 @@ hb_http_t *hb_worker_http(hb_worker_t *w) {
     return w->http;
 }
 int hb_worker_stopping(const hb_worker_t *w) {
-    return w->abandoning;
+    return w->deliveries && hb_deliveries_abandoning(w->deliveries);
 }
 void hb_worker_db_error(hb_worker_t *w) {
     hb_metric_inc(w->m_db_errors);

@@ -1,66 +1,54 @@
 /*
- * The consuming service shared by the dispatcher and the retrier.
+ * The consuming service shared by the dispatcher and the retrier: the loop
+ * that turns its parts.
  *
- * Both programs are the same machine with a different message handler: a
- * Kafka consumer in a group, a subscription index that follows PostgreSQL,
- * an HTTP engine, a delivery log, a producer for the delay tiers and the
- * dead-letter topic, health and metrics, and one loop that drives them. This
- * module is that machine; dispatcher.c and retrier.c supply on_message.
+ * Both programs are the same machine with a different message handler;
+ * dispatcher.c and retrier.c supply the hooks (on_message, on_pass, ...).
+ * The parts, each in its own module:
+ *   hb_consumer   group membership, rebalance, offsets, defer/resume, the
+ *                 last-resort pause, lag, missing topics;
+ *   hb_delivery   one delivery's state machine, render -> sign -> send ->
+ *                 classify -> route, and the circuit breaker;
+ *   hb_outbox     jobs and durability gates ("broker ack, then delivery-log
+ *                 row, then release"), the producer and its resend list;
+ *   hb_index/hb_store  the subscription index following PostgreSQL
+ *                 (LISTEN/NOTIFY), applied here;
+ *   hb_http, hb_httpd, hb_dlog, hb_decoder: the engines they drive.
  *
- * Work and offsets. Each consumed message that the handler takes becomes a
- * job (hb_worker_track). A job is held by every piece of work it caused and
- * its offset counts as done in the offset tracker when the last hold is
- * released, so a partition's committed position never passes unfinished
- * work and a crash redelivers instead of losing.
- *
- * Deliveries. The handler builds an hb_delivery_t (subscription, delivery id,
- * rendered body, the jobs it holds) and calls hb_worker_deliver, which signs
- * and sends it and routes the outcome, the same way in both programs:
- *   2xx                -> logged; jobs released when the row is committed.
- *   retryable failure  -> a DeliveryRetry on the delay tier of the next attempt
- *                         (hb_retry.h); once the broker acks it, the 'retry'
- *                         row is logged; jobs released when it is committed.
- *   attempts used up,
- *   or a final failure -> the delivery log is asked first: a delivery already
- *                         final, or whose attempt is already logged (a
- *                         duplicate after a restart), is not dead-lettered
- *                         again. Else a DeliveryRetry on the dead-letter
- *                         topic, once acked the failure (with its body, for
- *                         replay) in the log; jobs released when committed.
- *   not attempted      -> hb_worker_skip: dropped (subscription inactive or
- *                         gone) or failed (payload could not be rendered).
- * So the durable writes are ordered: "the log shows attempt N with outcome X"
- * implies that what X produced on Kafka is durable, and a committed offset
- * implies its outcome is in the log. A message the broker refused is produced
- * again every second until it is acknowledged: a broker outage delays
- * offsets, it never loses a delivery.
+ * One pass of the loop (hb_worker_run): health beat; subscription changes
+ * (applied first, so a NOTIFY committed before an event was produced is
+ * applied before that event is matched); poll Kafka and hand each decoded
+ * message to on_message (which tracks it as a job and adds transfers); the
+ * producer's reports, resends and committed log rows (hb_outbox_poll); store
+ * offsets and the last-resort pause; resume deferred partitions; on_pass; lag
+ * and readiness; then curl_multi_poll on the HTTP engine, woken also by
+ * Kafka's queues, signals and LISTEN/NOTIFY, where finished requests
+ * complete their deliveries.
  *
  * Endpoint isolation. A slow or dead endpoint costs its own deliveries time
  * and nobody else anything; three mechanisms, all keyed by endpoint host
  * (scheme://host:port, the unit hb_http queues by):
  *   - bounded queues (hb_http.h): a delivery whose host already has
  *     max_host_queue requests waiting, that waited max_queue_wait for a
- *     connection, or whose host is known slow, is not sent; it is routed
- *     "not made": to the first delay tier (a first attempt), or back to the
- *     tier it came from (a retry), its attempt not counted. Durable in
- *     Kafka, so its offset moves on.
- *   - the circuit breaker (circuit_failures > 0): after that many
- *     consecutive failed attempts to one host, requests waiting for it are
- *     taken out of the queue and its deliveries are not attempted for
- *     circuit_cooldown; then one attempt probes it, and a success closes
- *     the circuit (logged). The dispatcher's skipped deliveries wait in the
- *     first tier unattempted; the retrier counts each as a failed attempt,
- *     so a dead endpoint's schedule still ends. State is per process.
- *   - consumption follows the healthy: Kafka is polled only while the
- *     requests waiting for hosts that make progress (hb_http_backlog) are
- *     fewer than max_in_flight; a hung host's queue does not count.
+ *     connection, or whose host is known slow, is not sent but routed "not
+ *     made" (hb_delivery.h), durable in Kafka, so its offset moves on;
+ *   - the circuit breaker (hb_delivery.h);
+ *   - consumption follows the healthy: Kafka is polled, message by message,
+ *     only while the requests waiting for hosts that answer at a good pace
+ *     (hb_http_backlog) plus the deliveries waiting for their delivery-log
+ *     look-up are fewer than max_in_flight; a hung or slow host's queue does
+ *     not count (its bounds divert instead).
  * Pausing every partition (max_pending_events unfinished messages) remains
- * as the last resort: logged at warn with the reason, in the metric
- * hookbridge_consumption_paused and in /readyz's text.
+ * as the last resort (hb_consumer.h).
  *
- * Deferral (the retrier): hb_worker_defer pauses a partition and rewinds it
- * to a message that is not yet due, and resumes it when it is. Nothing is
- * held in memory meanwhile; the committed position stays at that message.
+ * Readiness (/readyz): not ready while shutting down, a subscribed topic is
+ * missing, the brokers do not answer, the database is not connected, the
+ * index is not loaded, no assignment came yet, or a writer schema is
+ * unavailable; ready but saying so while consumption is paused.
+ *
+ * Shutdown: stop consuming, on_stop, drain what is in flight for at most
+ * shutdown_timeout, then abandon the rest (consumed again), flush the
+ * producer and the delivery log, commit, leave the group.
  *
  * Main loop thread only.
  */
@@ -73,16 +61,17 @@
 #include "hb_common.h"
 #include "hb_config.h"
 #include "hb_deliver.h"
+#include "hb_delivery.h"
 #include "hb_dlog.h"
 #include "hb_http.h"
 #include "hb_index.h"
 #include "hb_metrics.h"
+#include "hb_outbox.h"
 #include "hb_retry.h"
 #include "hb_store.h"
 #include "hb_sub.h"
 
 typedef struct hb_worker_s hb_worker_t;
-typedef struct hb_job_s hb_job_t;
 
 typedef struct hb_worker_hooks_s {
     /* A decoded message (msg is borrowed). Either track it (and release the
@@ -132,7 +121,6 @@ void hb_worker_db_error(hb_worker_t *w);
 /* ---------------------------------------------------------------- jobs */
 
 hb_job_t *hb_worker_track(hb_worker_t *w, const rd_kafka_message_t *rkm); /* one hold */
-void hb_job_hold(hb_job_t *j);
 void hb_job_release(hb_worker_t *w, hb_job_t *j);
 
 /* Dead-letters rkm's bytes unchanged with the reason (a message the handler
@@ -142,36 +130,19 @@ void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */
 void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms);
 
-/* Produces an already-encoded message with the at-least-once rules above;
+/* Produces an already-encoded message, at least once (hb_outbox.h);
  * the job (may be NULL) is held until the broker acknowledges it. */
 void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,
                        size_t len, hb_job_t *job);
 
 /* ----------------------------------------------------------- deliveries */
 
-typedef struct hb_delivery_s {
-    hb_sub_t *sub; /* a reference, released with the delivery */
-    char id[HB_UUID_LEN + 1];
-    char *body; /* rendered payload, owned */
-    size_t body_len;
-    char *content_type;       /* owned */
-    char *event_ids;          /* comma-separated uuids, owned */
-    char *event_type;         /* owned */
-    int attempt;              /* this attempt: 1 = first */
-    int64_t first_attempt_ms; /* 0: set when the first attempt starts */
-    int schedule_offset;      /* attempts made before the current schedule (replay) */
-    hb_job_t **jobs;          /* each held once by the delivery */
-    size_t jobs_cnt;
-} hb_delivery_t;
-
-/* A delivery holding each of jobs[0..n) once; takes a reference to sub and
- * ownership of body. */
-hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
-                               const char *content_type, const char *event_ids,
-                               const char *event_type, hb_job_t *const *jobs, size_t n);
+/* Renders events[0..n) for sub and sends the payload (hb_delivery_render). */
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                      const char *id, const char *event_ids, hb_job_t *const *jobs);
 
 /* Sends (or, with an open circuit, hands straight to the first delay tier)
- * and routes the outcome; takes ownership of dl. */
+ * and routes the outcome; takes ownership of dl (hb_delivery_send). */
 void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl);
 
 /* Records a delivery that is not attempted: HB_OUTCOME_DROPPED (logged), or

@@ -17,13 +17,13 @@
  *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
  *     log's own thread after the rows queued before). A delivery already
  *     delivered, failed or dropped, or whose attempt N is already logged
- *     (with its successor durable: hb_worker.h), is dropped with an info
+ *     (with its successor durable: hb_delivery.h), is dropped with an info
  *     line: a duplicate, e.g. read again after a restart. No request, no
  *     row, no dead letter. While the database is down the retry waits.
  *     Otherwise re-delivered with the same webhook-id, a fresh timestamp and
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
- *     topic, exactly as in the dispatcher (hb_worker routes both);
+ *     topic, exactly as in the dispatcher (hb_delivery routes both);
  *   - its subscription deactivated, unverified or deregistered: dropped and
  *     recorded as dropped. So is an attempt whose delivery began before the
  *     subscription's last deactivation, though it is active again: a
@@ -95,9 +95,9 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     /* the subscription as it is now, not as it was when the message came */
     sub = hb_index_get(hb_worker_index(w), dl->sub->id);
     if (sub != dl->sub) {
-        hb_sub_t *old = dl->sub;
-        dl->sub = sub ? hb_sub_ref(sub) : gone_sub(old->id);
-        hb_sub_unref(old);
+        hb_sub_t *gone = sub ? NULL : gone_sub(dl->sub->id);
+        hb_delivery_rebind(dl, sub ? sub : gone);
+        hb_sub_unref(gone);
     }
     if (!sub)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
@@ -183,9 +183,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     dl = hb_delivery_new(sub, m.delivery_id, m.body, m.body_len, m.content_type, m.event_ids,
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
-    dl->attempt = m.attempt;
-    dl->first_attempt_ms = m.first_attempt_ms;
-    dl->schedule_offset = m.schedule_offset;
+    hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
     /* First what the log says: a retry of a delivery already final, or of an
      * attempt already made, is dropped (on_state). */
     hb_worker_lookup(w, dl, on_state, r);

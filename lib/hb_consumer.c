@@ -1,0 +1,511 @@
+/* The Kafka consumer: membership, offsets, deferral, lag (see hb_consumer.h). */
+#include "hb_consumer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_kafka.h"
+#include "hb_log.h"
+
+#define LAG_EVERY_MS 5000
+
+typedef struct deferred_s {
+    char *topic;
+    int32_t partition;
+    int64_t due_ms;
+    struct deferred_s *next;
+} deferred_t;
+
+struct hb_consumer_s {
+    const hb_config_t *cfg;
+    char client_id[64];
+    const char *group;
+    char *const *topics; /* borrowed */
+    int topics_cnt;
+    int wake_fd; /* the queue writes here */
+    hb_offsets_t *offsets;
+    hb_outbox_t *outbox; /* committed log rows are taken before a revoke commits */
+    hb_consumer_metrics_t m;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *rkq;
+    int assigned;
+    int paused;
+    int64_t next_lag;
+    /* our own copy of the assignment, kept by the rebalance callback:
+     * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
+     * the loop for up to a second under load */
+    rd_kafka_topic_partition_list_t *assignment;
+    hb_kafka_reach_t brokers; /* do the brokers answer? (a probe thread on rk) */
+    char missing_topic[256];  /* a subscribed topic the broker does not have */
+    char missing_why[300];
+    char pause_why[200]; /* set while consumption is paused as the last resort */
+    int64_t next_topic_check;
+    deferred_t *deferred;
+};
+
+static void update_lag(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts, int zero);
+
+static int is_deferred(const hb_consumer_t *c, const char *topic, int32_t partition) {
+    for (const deferred_t *d = c->deferred; d; d = d->next)
+        if (d->partition == partition && !strcmp(d->topic, topic))
+            return 1;
+    return 0;
+}
+
+static void pause_or_resume(hb_consumer_t *c, rd_kafka_topic_partition_list_t *parts, int pause) {
+    rd_kafka_resp_err_t err =
+        pause ? rd_kafka_pause_partitions(c->rk, parts) : rd_kafka_resume_partitions(c->rk, parts);
+    if (err)
+        hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
+}
+
+void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
+                           size_t queued) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (c->paused == pause || !c->rk)
+        return;
+    if (c->assignment && (parts = rd_kafka_topic_partition_list_copy(c->assignment)) != NULL) {
+        if (!pause) { /* deferred partitions stay paused until due */
+            rd_kafka_topic_partition_list_t *live = rd_kafka_topic_partition_list_new(parts->cnt);
+            for (int i = 0; i < parts->cnt; i++)
+                if (!is_deferred(c, parts->elems[i].topic, parts->elems[i].partition))
+                    rd_kafka_topic_partition_list_add(live, parts->elems[i].topic,
+                                                      parts->elems[i].partition);
+            rd_kafka_topic_partition_list_destroy(parts);
+            parts = live;
+        }
+        if (parts->cnt)
+            pause_or_resume(c, parts, pause);
+        rd_kafka_topic_partition_list_destroy(parts);
+    }
+    c->paused = pause;
+    if (why) { /* the last resort, not a shutdown's pause */
+        hb_metric_set(c->m.paused, pause);
+        if (pause) {
+            hb_metric_inc(c->m.pauses);
+            snprintf(c->pause_why, sizeof(c->pause_why), "%s", why);
+            hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
+                    "waiting for a connection)",
+                    why, in_flight, queued);
+        } else {
+            c->pause_why[0] = '\0';
+            hb_info("consumption resumed: %zu consumed messages unfinished",
+                    hb_offsets_pending(c->offsets));
+        }
+    }
+}
+
+void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_error_t *err;
+    deferred_t *d;
+
+    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
+    pause_or_resume(c, one, 1);
+    /* Asynchronous: messages already fetched behind this one are discarded
+     * (and ignored meanwhile: the partition is deferred). */
+    err = rd_kafka_seek_partitions(c->rk, one, 0);
+    if (err) {
+        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+    }
+    rd_kafka_topic_partition_list_destroy(one);
+    d = hb_calloc(1, sizeof(*d));
+    d->topic = hb_strdup(topic);
+    d->partition = rkm->partition;
+    d->due_ms = due_ms;
+    d->next = c->deferred;
+    c->deferred = d;
+    hb_metric_inc(c->m.deferred);
+    hb_debug("%s [%d] paused at offset %lld until it is due in %lld ms", topic, (int)rkm->partition,
+             (long long)rkm->offset, (long long)(due_ms - hb_wall_ms()));
+}
+
+static void deferred_free(deferred_t *d) {
+    free(d->topic);
+    free(d);
+}
+
+/* Resumes deferred partitions that are due; returns ms until the next one. */
+long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms) {
+    deferred_t **pp = &c->deferred;
+    int64_t now = hb_wall_ms();
+    long long next = max_ms;
+    while (*pp) {
+        deferred_t *d = *pp;
+        if (d->due_ms > now) {
+            if (d->due_ms - now < next)
+                next = d->due_ms - now;
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        if (!c->paused) {
+            rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+            rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
+            pause_or_resume(c, one, 0);
+            rd_kafka_topic_partition_list_destroy(one);
+        }
+        deferred_free(d);
+    }
+    return next;
+}
+
+static void forget_deferred(hb_consumer_t *c, const char *topic, int32_t partition) {
+    deferred_t **pp = &c->deferred;
+    while (*pp) {
+        deferred_t *d = *pp;
+        if (d->partition == partition && !strcmp(d->topic, topic)) {
+            *pp = d->next;
+            deferred_free(d);
+        } else {
+            pp = &d->next;
+        }
+    }
+}
+
+void hb_consumer_store_offsets(hb_consumer_t *c) {
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
+    if (hb_offsets_collect(c->offsets, list) > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_offsets_store(c->rk, list);
+        if (err)
+            hb_warn("storing offsets: %s", rd_kafka_err2str(err));
+    }
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    hb_consumer_t *c = opaque;
+    int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    rd_kafka_error_t *kerr = NULL;
+
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        hb_info("assigned %d partition(s)", parts->cnt);
+        if (cooperative)
+            kerr = rd_kafka_incremental_assign(rk, parts);
+        else
+            (void)rd_kafka_assign(rk, parts);
+        /* librdkafka keeps a partition's pause across a revocation: one
+         * deferred when it was revoked (its deferral forgotten) would stay
+         * paused for good when assigned back to this process. */
+        if (c->paused)
+            (void)rd_kafka_pause_partitions(rk, parts);
+        else
+            (void)rd_kafka_resume_partitions(rk, parts);
+        c->assigned = 1;
+        if (!cooperative || !c->assignment) {
+            if (c->assignment)
+                rd_kafka_topic_partition_list_destroy(c->assignment);
+            c->assignment = rd_kafka_topic_partition_list_new(parts->cnt);
+        }
+        for (int i = 0; i < parts->cnt; i++)
+            rd_kafka_topic_partition_list_add(c->assignment, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    } else {
+        hb_info("revoking %d partition(s)", parts->cnt);
+        /* Commit what is finished before the new owner starts from it. */
+        hb_outbox_take_flushed(c->outbox);
+        hb_consumer_store_offsets(c);
+        (void)rd_kafka_commit(rk, NULL, 0);
+        update_lag(c, parts, 1);
+        for (int i = 0; i < parts->cnt; i++) {
+            hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
+            forget_deferred(c, parts->elems[i].topic, parts->elems[i].partition);
+        }
+        if (cooperative)
+            kerr = rd_kafka_incremental_unassign(rk, parts);
+        else
+            (void)rd_kafka_assign(rk, NULL);
+        for (int i = 0; c->assignment && i < parts->cnt; i++)
+            (void)rd_kafka_topic_partition_list_del(c->assignment, parts->elems[i].topic,
+                                                    parts->elems[i].partition);
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            hb_warn("rebalance: %s", rd_kafka_err2str(err));
+    }
+    if (kerr) {
+        hb_error("rebalance: %s", rd_kafka_error_string(kerr));
+        rd_kafka_error_destroy(kerr);
+    }
+}
+
+/* librdkafka's error events (loop thread, through the consumer poll). All
+ * brokers down makes the service not ready until a request sent afterwards
+ * is answered (broker_check, hb_kafka_reach_t). */
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    hb_consumer_t *c = opaque;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        if (hb_kafka_reach_down(&c->brokers, err))
+            hb_error("no Kafka broker reachable (not ready until one is): %s", reason);
+        return;
+    }
+    hb_metric_inc(c->m.kafka_errors);
+    hb_log(HB_LOG_DEBUG, HB_KV("source", "librdkafka"), "kafka error: %s", reason);
+}
+
+/* Whether the brokers answer: a probe thread on the consumer asks them every
+ * second (started with the consumer, stopped in hb_worker_free); this only
+ * reads its result and logs the changes. */
+static void broker_check(hb_consumer_t *c) {
+    char errstr[512];
+    if (c->rk && !c->brokers.rk && c->topics_cnt > 0 &&
+        hb_kafka_reach_start(&c->brokers, c->rk, c->topics[0], errstr, sizeof(errstr)) < 0)
+        hb_error("%s (readiness ignores the brokers)", errstr);
+    (void)hb_kafka_reach_check(&c->brokers);
+}
+
+int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {
+    const hb_config_t *cfg = c->cfg;
+    rd_kafka_conf_t *conf = hb_kafka_conf_new(cfg, c->client_id, errstr, errstr_size);
+    rd_kafka_topic_partition_list_t *topics;
+    rd_kafka_resp_err_t err;
+    char kerr[512];
+
+    if (!conf)
+        return -1;
+    if (hb_kafka_conf_set(conf, "group.id", c->group, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "enable.auto.commit", "true", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, errstr_size) < 0 ||
+        /* Incremental rebalancing: a member joining or leaving moves only the
+         * partitions that change owner; the others keep being consumed. */
+        hb_kafka_conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr,
+                          errstr_size) < 0 ||
+        /* Static membership: a replica restarted with the same id takes its
+         * partitions back without a rebalance (docs/operations.md). */
+        (*cfg->instance_id &&
+         hb_kafka_conf_set(conf, "group.instance.id", cfg->instance_id, errstr, errstr_size) < 0) ||
+
+        /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
+        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    rd_kafka_conf_set_opaque(conf, c);
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
+    if (!c->rk) {
+        rd_kafka_conf_destroy(conf);
+        hb_seterr(errstr, errstr_size, "kafka consumer: %s", kerr);
+        return -1;
+    }
+    conf = NULL; /* now owned by the rd_kafka_t */
+    rd_kafka_poll_set_consumer(c->rk);
+    c->rkq = rd_kafka_queue_get_consumer(c->rk);
+    rd_kafka_queue_io_event_enable(c->rkq, c->wake_fd, "k", 1);
+
+    topics = rd_kafka_topic_partition_list_new(c->topics_cnt);
+    for (int i = 0; i < c->topics_cnt; i++)
+        rd_kafka_topic_partition_list_add(topics, c->topics[i], RD_KAFKA_PARTITION_UA);
+    err = rd_kafka_subscribe(c->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (err) {
+        hb_seterr(errstr, errstr_size, "subscribe: %s", rd_kafka_err2str(err));
+        return -1;
+    }
+    for (int i = 0; i < c->topics_cnt; i++)
+        hb_info("consuming %s in group %s", c->topics[i], c->group);
+    return 0;
+}
+
+/* hookbridge_consumer_lag{topic,partition}: messages between the committable
+ * position (everything before it is done) and the partition's end, from librdkafka's cached
+ * watermarks (no broker round trip). A partition revoked from this process reads 0 here. */
+static void update_lag(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts, int zero) {
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        char labels[300];
+        int64_t lo = -1, hi = -1, lag = 0;
+        snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", p->topic,
+                 (int)p->partition);
+        if (!zero &&
+            rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            hi >= 0) {
+            int64_t pos = p->offset >= 0 ? p->offset : lo;
+            lag = hi > pos && pos >= 0 ? hi - pos : 0;
+        }
+        hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
+                                       "Messages between the consumer position and the end of "
+                                       "the partition."),
+                      (double)lag);
+    }
+}
+
+static void lag_tick(hb_consumer_t *c) {
+    rd_kafka_topic_partition_list_t *parts;
+    if (!c->rk || !c->assignment || hb_mono_ms() < c->next_lag)
+        return;
+    c->next_lag = hb_mono_ms() + LAG_EVERY_MS;
+    parts = rd_kafka_topic_partition_list_copy(c->assignment);
+    update_lag(c, parts, 0);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* While a subscribed topic is missing, look it up every 5 s (a metadata
+ * request of up to 1 s) and become ready again once it exists. */
+static void topic_check(hb_consumer_t *c) {
+    rd_kafka_topic_t *rkt;
+    const struct rd_kafka_metadata *md = NULL;
+    int exists = 0;
+    if (!c->missing_topic[0] || !c->rk || hb_mono_ms() < c->next_topic_check)
+        return;
+    c->next_topic_check = hb_mono_ms() + 5000;
+    rkt = rd_kafka_topic_new(c->rk, c->missing_topic, NULL);
+    if (!rkt)
+        return;
+    if (rd_kafka_metadata(c->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+        exists = md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                 md->topics[0].partition_cnt > 0;
+        rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    if (exists) {
+        hb_info("topic %s exists now", c->missing_topic);
+        c->missing_topic[0] = '\0';
+    }
+}
+
+/* An error event instead of a message: 1 when rkm is one (handled here). A
+ * subscribed topic that does not exist makes the service not ready until it
+ * does (topic_check); the rest is informational, the consumer recovers. */
+static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
+    if (!rkm->err)
+        return 0;
+    if (rkm->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return 1;
+    if ((rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+         rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) &&
+        rkm->rkt) {
+        const char *t = rd_kafka_topic_name(rkm->rkt);
+        if (strcmp(c->missing_topic, t) != 0) {
+            hb_error("topic %s does not exist: create it (not ready until it exists)", t);
+            snprintf(c->missing_topic, sizeof(c->missing_topic), "%s", t);
+            snprintf(c->missing_why, sizeof(c->missing_why), "topic %s does not exist", t);
+        }
+        c->next_topic_check = hb_mono_ms() + 5000;
+        return 1;
+    }
+    /* Informational: the consumer recovers by itself. */
+    hb_metric_inc(c->m.kafka_errors);
+    hb_warn("kafka: %s", rd_kafka_message_errstr(rkm));
+    return 1;
+}
+
+void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
+                      void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
+    for (int i = 0; i < max && !c->paused && more(opaque); i++) {
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, 0);
+        if (!rkm)
+            return;
+        if (consumed_error(c, rkm) ||
+            /* fetched before a rewind; read again when due */
+            (c->deferred && is_deferred(c, rd_kafka_topic_name(rkm->rkt), rkm->partition))) {
+            rd_kafka_message_destroy(rkm);
+            continue;
+        }
+        handle(rkm, opaque);
+        rd_kafka_message_destroy(rkm);
+    }
+}
+
+void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued) {
+    size_t pending = hb_offsets_pending(c->offsets);
+    if (pending >= (size_t)max_pending) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "%zu consumed messages unfinished (HOOKBRIDGE_MAX_PENDING_EVENTS=%lld)", pending,
+                 max_pending);
+        hb_consumer_pause_all(c, 1, why, in_flight, queued);
+    } else if (pending <= (size_t)max_pending * 3 / 4) {
+        hb_consumer_pause_all(c, 0, "", in_flight, queued);
+    }
+}
+
+void hb_consumer_tick(hb_consumer_t *c) {
+    lag_tick(c);
+    topic_check(c);
+    broker_check(c);
+}
+
+const char *hb_consumer_unready(const hb_consumer_t *c) {
+    if (c->missing_topic[0])
+        return c->missing_why;
+    if (c->brokers.down)
+        return c->brokers.why;
+    return NULL;
+}
+
+int hb_consumer_assigned(const hb_consumer_t *c) {
+    return c->assigned;
+}
+
+int hb_consumer_paused(const hb_consumer_t *c) {
+    return c->paused;
+}
+
+const char *hb_consumer_pause_why(const hb_consumer_t *c) {
+    return c->pause_why;
+}
+
+int hb_consumer_started(const hb_consumer_t *c) {
+    return c->rk != NULL;
+}
+
+/* ------------------------------------------------------------ build/free */
+
+hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, const char *group,
+                               char *const *topics, int topics_cnt, int wake_fd,
+                               hb_offsets_t *offsets, hb_outbox_t *outbox,
+                               const hb_consumer_metrics_t *m) {
+    hb_consumer_t *c = hb_calloc(1, sizeof(*c));
+    c->cfg = cfg;
+    snprintf(c->client_id, sizeof(c->client_id), "%s", client_id);
+    c->group = group;
+    c->topics = topics;
+    c->topics_cnt = topics_cnt;
+    c->wake_fd = wake_fd;
+    c->offsets = offsets;
+    c->outbox = outbox;
+    c->m = *m;
+    return c;
+}
+
+void hb_consumer_close(hb_consumer_t *c) {
+    rd_kafka_resp_err_t err;
+    if (!c->rk)
+        return;
+    hb_consumer_store_offsets(c);
+    err = rd_kafka_commit(c->rk, NULL, 0);
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        hb_warn("final offset commit: %s", rd_kafka_err2str(err));
+    if (c->rkq) {
+        rd_kafka_queue_destroy(c->rkq);
+        c->rkq = NULL;
+    }
+    err = rd_kafka_consumer_close(c->rk);
+    if (err)
+        hb_warn("leaving the consumer group: %s", rd_kafka_err2str(err));
+}
+
+void hb_consumer_free(hb_consumer_t *c) {
+    if (!c)
+        return;
+    if (c->rkq)
+        rd_kafka_queue_destroy(c->rkq);
+    hb_kafka_reach_stop(&c->brokers); /* its thread uses c->rk */
+    if (c->rk)
+        rd_kafka_destroy(c->rk);
+    if (c->assignment)
+        rd_kafka_topic_partition_list_destroy(c->assignment);
+    while (c->deferred) {
+        deferred_t *d = c->deferred;
+        c->deferred = d->next;
+        deferred_free(d);
+    }
+    free(c);
+}

@@ -1,0 +1,93 @@
+/*
+ * The Kafka consumer of a service: group membership and what follows from it.
+ *
+ * Membership is cooperative-sticky (a member joining or leaving moves only
+ * the partitions that change owner) with optional static membership. The
+ * rebalance callback keeps our own copy of the assignment (librdkafka's
+ * rd_kafka_assignment() waits on its main thread, which stalled the loop), and
+ * before a partition is revoked commits what is finished, so its new owner
+ * starts there.
+ *
+ * Offsets: auto-commit of stored offsets only; the loop stores, per
+ * partition, the position hb_offsets says is committable (every message
+ * before it is finished), so a committed position never passes unfinished
+ * work and a crash redelivers instead of losing.
+ *
+ * Flow control: the loop asks for messages only while healthy endpoints keep
+ * up (hb_worker); pausing every partition (max_pending_events unfinished
+ * messages) is the last resort: logged at warn with the reason, in the metric
+ * hookbridge_consumption_paused and in /readyz's text.
+ *
+ * Deferral (the retrier, and messages whose writer schema is on its way):
+ * hb_consumer_defer pauses a partition and rewinds it to a message that is not
+ * yet due, and resumes it when it is. Nothing is held in memory meanwhile;
+ * the committed position stays at that message.
+ *
+ * Also: hookbridge_consumer_lag per partition (from cached watermarks), a
+ * subscribed topic that does not exist, brokers that do not answer (both make
+ * the service not ready).
+ *
+ * Main loop thread only (the rebalance and error callbacks are served from
+ * the consumer poll on that thread; the broker probe is its own thread).
+ */
+#ifndef HB_CONSUMER_H
+#define HB_CONSUMER_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "hb_common.h"
+#include "hb_config.h"
+#include "hb_metrics.h"
+#include "hb_offsets.h"
+#include "hb_outbox.h"
+
+typedef struct hb_consumer_s hb_consumer_t;
+
+typedef struct hb_consumer_metrics_s {
+    hb_metric_t *kafka_errors, *paused, *pauses, *deferred;
+} hb_consumer_metrics_t;
+
+/* Nothing is started yet; topics (borrowed, topics_cnt of them) are
+ * subscribed by hb_consumer_start, the queue wakes wake_fd. */
+hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, const char *group,
+                               char *const *topics, int topics_cnt, int wake_fd,
+                               hb_offsets_t *offsets, hb_outbox_t *outbox,
+                               const hb_consumer_metrics_t *m);
+int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+int hb_consumer_started(const hb_consumer_t *c);
+/* Leaves the group after a last store and commit of finished offsets. */
+void hb_consumer_close(hb_consumer_t *c);
+void hb_consumer_free(hb_consumer_t *c);
+
+/* Takes up to max messages, each only while more(opaque) says so (none while
+ * paused), and hands each that is not an error event, nor from a deferred
+ * partition, to handle (rkm borrowed). */
+void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
+                      void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
+
+/* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */
+void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms);
+/* Resumes deferred partitions that are due; ms until the next one (at most max_ms). */
+long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms);
+
+/* Stores the committable offsets (auto-commit sends them). */
+void hb_consumer_store_offsets(hb_consumer_t *c);
+/* Pauses or resumes every assigned partition; why: the last resort's reason
+ * (NULL: a shutdown's pause, not reported); in_flight and queued are told in
+ * the log line. Deferred partitions stay paused until due. */
+void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
+                           size_t queued);
+/* The last resort: pauses at max_pending unfinished messages, resumes at 3/4. */
+void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued);
+int hb_consumer_paused(const hb_consumer_t *c);
+
+/* Lag metrics every 5 s; a missing topic looked up again every 5 s; the
+ * brokers' answer read. */
+void hb_consumer_tick(hb_consumer_t *c);
+/* Why not ready, in order: a missing topic, brokers down; NULL when neither. */
+const char *hb_consumer_unready(const hb_consumer_t *c);
+int hb_consumer_assigned(const hb_consumer_t *c);
+/* The last resort's reason while consumption is paused, else "". */
+const char *hb_consumer_pause_why(const hb_consumer_t *c);
+
+#endif

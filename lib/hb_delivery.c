@@ -1,0 +1,559 @@
+/* One delivery's state machine and the circuit breaker (see hb_delivery.h). */
+#include "hb_delivery.h"
+
+#include <assert.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_codec.h"
+#include "hb_deliver.h"
+#include "hb_hash.h"
+#include "hb_event.h"
+#include "hb_log.h"
+#include "hb_schemas.h"
+
+/* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
+typedef struct circuit_s {
+    long long failures; /* consecutive */
+    int64_t open_until; /* monotonic; 0 = closed or half open */
+    int opened;         /* opened and not yet closed by a success */
+} circuit_t;
+
+struct hb_deliveries_s {
+    const hb_config_t *cfg;
+    hb_http_t *http;
+    hb_outbox_t *outbox;
+    hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    hb_delivery_metrics_t m;
+    int circuit_counts_attempts;
+    int abandoning; /* shutdown deadline passed: completions record nothing */
+    size_t in_flight;
+    hb_hash_t circuits; /* endpoint host -> circuit_t*, only while failing */
+};
+
+/* ------------------------------------------------------------- the states */
+
+static const char *const state_names[HB_DL_STATES] = {
+    "pending", "in flight", "not made",  "delivered", "retry",
+    "failed",  "dropped",   "discarded", "abandoned", "lost",
+};
+
+const char *hb_dl_state_name(hb_dl_state_t st) {
+    return st < HB_DL_STATES ? state_names[st] : "?";
+}
+
+#define S(x) (1u << (x))
+/* The states each state may move to. */
+static const unsigned next_states[HB_DL_STATES] = {
+    [HB_DL_PENDING] = S(HB_DL_IN_FLIGHT) | S(HB_DL_NOT_MADE) | S(HB_DL_FAILED) | S(HB_DL_DROPPED) |
+                      S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
+    [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
+                        S(HB_DL_ABANDONED) | S(HB_DL_LOST),
+    [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
+};
+#undef S
+
+/* The one place a delivery's state changes: the move is checked, the
+ * in-flight count kept, the outcome counted. */
+static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
+    assert(next_states[dl->state] & (1u << st));
+    if (dl->state == HB_DL_IN_FLIGHT)
+        D->in_flight--;
+    switch (st) {
+    case HB_DL_IN_FLIGHT: D->in_flight++; break;
+    case HB_DL_NOT_MADE:
+        hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        break;
+    case HB_DL_DELIVERED: hb_metric_inc(D->m.delivered); break;
+    case HB_DL_RETRY: hb_metric_inc(D->m.retry); break;
+    case HB_DL_FAILED: hb_metric_inc(D->m.failed); break;
+    case HB_DL_DROPPED: hb_metric_inc(D->m.dropped); break;
+    default: break;
+    }
+    dl->state = st;
+}
+
+/* ------------------------------------------------------- circuit breaker */
+
+static int circuit_enabled(const hb_deliveries_t *D) {
+    return D->cfg->circuit_failures > 0;
+}
+
+/* 1 when deliveries to this endpoint host must not be attempted now. */
+static int circuit_open(hb_deliveries_t *D, const char *key) {
+    circuit_t *c = hb_hash_get(&D->circuits, key);
+    if (!c || !c->open_until)
+        return 0;
+    if (hb_mono_ms() < c->open_until)
+        return 1;
+    /* Half open: let one attempt through; its failure re-opens. */
+    c->open_until = 0;
+    c->failures = D->cfg->circuit_failures - 1;
+    hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+           "circuit half open: one attempt probes the endpoint");
+    return 0;
+}
+
+static void circuit_result(hb_deliveries_t *D, const char *key, int ok) {
+    hb_hash_slot_t *s;
+    circuit_t *c;
+    if (!circuit_enabled(D) || !*key)
+        return;
+    s = hb_hash_find(&D->circuits, key);
+    c = s ? s->val : NULL;
+    if (ok) {
+        if (c) { /* healthy again: forget it */
+            hb_hash_del(&D->circuits, s);
+            if (c->opened)
+                hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+                       "circuit closed: the endpoint answered again");
+            free(c);
+        }
+        return;
+    }
+    if (!c) {
+        c = hb_calloc(1, sizeof(*c));
+        (void)hb_hash_put(&D->circuits, key, c);
+    }
+    if (++c->failures >= D->cfg->circuit_failures && !c->open_until) {
+        char why[256];
+        size_t diverted;
+        c->open_until = hb_mono_ms() + D->cfg->circuit_cooldown_ms;
+        c->opened = 1;
+        hb_metric_inc(D->m.circuit_opens);
+        snprintf(why, sizeof(why), "circuit open: %lld consecutive failures of the endpoint",
+                 c->failures);
+        /* What waits for the endpoint leaves now, not one timeout at a time. */
+        diverted = hb_http_divert(D->http, key, why);
+        hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
+               "circuit open after %lld consecutive failures: no attempts for %lld ms, %zu "
+               "waiting requests handed to the delay tiers",
+               c->failures, D->cfg->circuit_cooldown_ms, diverted);
+    }
+}
+
+/* ------------------------------------------------------------ deliveries */
+
+hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
+                               const char *content_type, const char *event_ids,
+                               const char *event_type, hb_job_t *const *jobs, size_t n) {
+    hb_delivery_t *dl = hb_calloc(1, sizeof(*dl));
+    dl->sub = hb_sub_ref(sub);
+    snprintf(dl->id, sizeof(dl->id), "%s", id);
+    dl->body = body;
+    dl->body_len = body_len;
+    dl->content_type = hb_strdup(content_type ? content_type : "application/json");
+    dl->event_ids = hb_strdup(event_ids ? event_ids : "");
+    dl->event_type = hb_strdup(event_type ? event_type : "");
+    dl->attempt = 1;
+    dl->jobs_cnt = n;
+    dl->jobs = hb_malloc((n ? n : 1) * sizeof(*dl->jobs));
+    for (size_t i = 0; i < n; i++) {
+        dl->jobs[i] = jobs[i];
+        hb_job_hold(jobs[i]);
+    }
+    return dl;
+}
+
+void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub) {
+    hb_sub_t *old = dl->sub;
+    assert(dl->state == HB_DL_PENDING);
+    dl->sub = hb_sub_ref(sub);
+    hb_sub_unref(old);
+}
+
+void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
+                          int schedule_offset) {
+    dl->attempt = attempt;
+    dl->first_attempt_ms = first_attempt_ms;
+    dl->schedule_offset = schedule_offset;
+}
+
+void hb_delivery_free(hb_delivery_t *dl) {
+    hb_sub_unref(dl->sub);
+    free(dl->jobs);
+    free(dl->body);
+    free(dl->content_type);
+    free(dl->event_ids);
+    free(dl->event_type);
+    free(dl);
+}
+
+/* Releases the delivery's holds (its work is now held by gates, or done). */
+static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        hb_outbox_release(D->outbox, dl->jobs[i]);
+    hb_delivery_free(dl);
+}
+
+/* The delivery-log row of one attempt (or of a skipped one: res NULL). */
+static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                              hb_outcome_t outcome, const char *reason) {
+    hb_attempt_t a = {
+        .delivery_id = dl->id,
+        .subscription_id = dl->sub->id,
+        .event_ids = dl->event_ids,
+        .event_type = dl->event_type,
+        .attempt = attempt,
+        .started_ms = res ? res->started_ms : hb_wall_ms(),
+        .duration_ms = res ? res->duration_ms : 0,
+        .http_status = res ? res->http_status : 0,
+        .outcome = outcome,
+        .error = reason && *reason ? reason : NULL,
+        .response_snippet = res && res->body_len ? res->body : NULL,
+        /* kept for replay; an empty one (never rendered, or too large to
+         * send) is not: replay() then says there is nothing to replay */
+        .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
+        .content_type = dl->content_type,
+    };
+    return hb_dlog_row_new(&a);
+}
+
+/* Logs an attempt now; the gate is released when its row is committed. */
+static void record(hb_deliveries_t *D, hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                   hb_outcome_t outcome, const char *reason, hb_gate_t *gate) {
+    hb_gate_log(D->outbox, gate, row_for(dl, attempt, res, outcome, reason));
+}
+
+/* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
+ * row (taken, may be NULL) is logged with gate as its token. NULL when it
+ * cannot be encoded (row freed). */
+static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *topic,
+                            int next_attempt, int64_t not_before_ms, int last_status,
+                            const char *reason, hb_gate_t *gate, hb_dlog_row_t *row) {
+    hb_retry_msg_t m = {
+        .delivery_id = dl->id,
+        .subscription_id = dl->sub->id,
+        .event_ids = dl->event_ids,
+        .event_type = dl->event_type,
+        .content_type = dl->content_type,
+        .body = dl->body,
+        .body_len = dl->body_len,
+        .attempt = next_attempt,
+        .not_before_ms = not_before_ms,
+        .first_attempt_ms = dl->first_attempt_ms,
+        .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
+        .last_status = last_status,
+        .last_error = (char *)(reason ? reason : ""),
+    };
+    json_t *obj = hb_retry_msg_to_json(&m);
+    void *buf = NULL;
+    size_t len = 0;
+    char errstr[256];
+    hb_pmsg_t *pm;
+    if (!obj || hb_codec_encode(D->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
+        json_decref(obj);
+        hb_dlog_row_free(row);
+        hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
+               obj ? errstr : "out of memory");
+        return NULL;
+    }
+    json_decref(obj);
+    pm = hb_pmsg_new(topic, dl->sub->id, buf, len, gate, row);
+    free(buf);
+    return pm;
+}
+
+/* A final failure waiting for the log's answer before it is dead-lettered. */
+typedef struct dead_letter_s {
+    hb_deliveries_t *D;
+    hb_pmsg_t *m; /* for the dead-letter topic, with its 'failed' row */
+    char delivery_id[HB_UUID_LEN + 1];
+    char subscription_id[HB_UUID_LEN + 1];
+    char *event_type;
+    char *reason;
+    int attempt;
+} dead_letter_t;
+
+static void dead_letter_free(void *arg) {
+    dead_letter_t *d = arg;
+    if (d->m)
+        hb_pmsg_free(d->m);
+    free(d->event_type);
+    free(d->reason);
+    free(d);
+}
+
+/* The log answered: dead-letter, unless the delivery is already final or this
+ * attempt was already logged (a duplicate after a restart: dead-lettering it
+ * would be a second, or a false, dead letter). */
+static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
+    dead_letter_t *d = g->arg;
+    hb_deliveries_t *D = d->D;
+    char buf[200];
+    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
+    if (stale) {
+        hb_metric_inc(D->m.dlq_skipped);
+        hb_log(HB_LOG_INFO,
+               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                     "event_type", d->event_type),
+               "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
+               stale, d->reason);
+        hb_gate_release(D->outbox, g);
+    } else {
+        hb_metric_inc(D->m.dlq);
+        hb_log(HB_LOG_WARN,
+               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                     "event_type", d->event_type),
+               "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
+        hb_outbox_send(D->outbox, d->m); /* its ack logs the row, whose commit releases g */
+        d->m = NULL;
+    }
+    dead_letter_free(d); /* and the message, when it was not sent */
+}
+
+/* Final failure: the log is asked first (dead_letter_answered); then the
+ * dead-letter topic, and once the broker has it the 'failed' row; the jobs
+ * wait for the row's commit. */
+static void route_failed(hb_deliveries_t *D, hb_delivery_t *dl, int attempt,
+                         const hb_http_result_t *res, const char *reason) {
+    hb_gate_t *g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
+    dead_letter_t *d;
+    hb_pmsg_t *m;
+    set_state(D, dl, HB_DL_FAILED);
+    m = retry_msg(D, dl, D->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
+                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
+    if (!m) { /* cannot happen with a valid schema; the log still gates */
+        record(D, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
+        return;
+    }
+    d = hb_calloc(1, sizeof(*d));
+    d->D = D;
+    d->m = m;
+    snprintf(d->delivery_id, sizeof(d->delivery_id), "%s", dl->id);
+    snprintf(d->subscription_id, sizeof(d->subscription_id), "%s", dl->sub->id);
+    d->event_type = hb_strdup(dl->event_type);
+    d->reason = hb_strdup(reason ? reason : "");
+    d->attempt = attempt;
+    hb_gate_lookup(D->outbox, g, dl->id, dead_letter_answered, d, dead_letter_free);
+}
+
+static double random_unit(void) {
+    uint32_t r = 0;
+    if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
+        return 0.5;
+    return (double)r / 4294967296.0;
+}
+
+/* Retryable failure of attempt dl->attempt (or a skipped one when res is
+ * NULL): the next tier, or the dead-letter topic when attempts are used up. */
+static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
+                        const hb_http_result_t *res, const char *reason, int schedule_offset) {
+    const char *topic = NULL;
+    int64_t not_before = 0;
+    long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
+    int step = made - schedule_offset; /* attempts made in this schedule */
+    hb_gate_t *g;
+    hb_pmsg_t *m;
+    char why[320];
+
+    if (step < 1) /* a skipped first attempt waits the first delay */
+        step = 1;
+    if (hb_schedule_next(&D->cfg->schedule, step, retry_after, D->cfg->retry_after_max_ms,
+                         (int)D->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
+                         &not_before) != 0) {
+        snprintf(why, sizeof(why), "%s (attempts used up)", reason);
+        route_failed(D, dl, made, res, why);
+        return;
+    }
+    g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
+    m = retry_msg(D, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
+                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
+    if (!m) {
+        set_state(D, dl, HB_DL_LOST);
+        hb_gate_done(D->outbox, g);
+        return;
+    }
+    set_state(D, dl, HB_DL_RETRY);
+    for (int t = 0; t < D->cfg->schedule.tiers; t++)
+        if (!strcmp(D->cfg->schedule.tier_topics[t], topic))
+            hb_metric_inc(D->m.tier[t]);
+    hb_log(
+        HB_LOG_INFO,
+        HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
+        res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
+            : "attempt %d not made (%s): it waits %lld ms in %s",
+        res ? made : dl->attempt, reason, (long long)(not_before - hb_wall_ms()), topic);
+    /* The 'retry' row is logged once the broker has the next attempt, so a
+     * logged attempt always has its successor durable; its commit releases
+     * the jobs. */
+    hb_outbox_send(D->outbox, m);
+}
+
+static void on_attempt_done(const hb_http_result_t *res, void *opaque);
+
+/* The attempt was not made (circuit open, endpoint busy or slow): the
+ * delivery waits in a delay tier instead of in memory. A first attempt goes
+ * to the first tier and stays the first attempt; a retry goes back to the
+ * tier it came from, its attempt not counted. In the retrier an open
+ * circuit counts the attempt as failed (without a request), so the schedule
+ * of a dead endpoint still ends instead of going round forever. */
+static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *reason, int circuit) {
+    dl->circuit = circuit;
+    set_state(D, dl, HB_DL_NOT_MADE);
+    if (circuit && D->circuit_counts_attempts) {
+        char why[320];
+        snprintf(why, sizeof(why), "attempt not made: %s", reason);
+        route_retry(D, dl, dl->attempt, NULL, why, dl->schedule_offset);
+        return;
+    }
+    route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
+}
+
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+                        const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    const char *type = hb_event_type(events[0]);
+    char errstr[256], reason[300];
+    hb_payload_t payload;
+    hb_delivery_t *dl;
+
+    if (hb_deliver_render(sub, events, n, id, D->cfg->source, hb_wall_ms(), &payload, errstr,
+                          sizeof(errstr)) < 0) {
+        snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
+        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, event_ids, type, jobs, n);
+        hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
+    } else if (payload.len > (size_t)D->cfg->max_payload_bytes) {
+        /* Not sent, and not copied anywhere: the reason says what to change. */
+        snprintf(reason, sizeof(reason),
+                 "payload of %zu bytes exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld)%s", payload.len,
+                 D->cfg->max_payload_bytes, n > 1 ? ": lower the subscription's batch_max" : "");
+        free(payload.body);
+        dl = hb_delivery_new(sub, id, hb_strdup(""), 0, payload.content_type, event_ids, type, jobs,
+                             n);
+        hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
+    } else {
+        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
+                             type, jobs, n);
+        hb_delivery_send(D, dl);
+    }
+}
+
+void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
+    hb_payload_t payload;
+
+    if (!dl->first_attempt_ms)
+        dl->first_attempt_ms = hb_wall_ms();
+    if (circuit_enabled(D) &&
+        hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&
+        circuit_open(D, dl->endpoint)) {
+        route_not_made(D, dl, "circuit open: endpoint failing", 1);
+        delivery_finish(D, dl);
+        return;
+    }
+    dl->owner = D;
+    payload.body = hb_strndup(dl->body, dl->body_len);
+    payload.len = dl->body_len;
+    payload.content_type = dl->content_type;
+    set_state(D, dl, HB_DL_IN_FLIGHT);
+    hb_deliver_send(D->http, dl->sub, dl->id, &payload, D->cfg->request_timeout_ms,
+                    (size_t)D->cfg->response_snippet_bytes, on_attempt_done, dl);
+}
+
+/* Classify and route a finished request. */
+static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
+    hb_delivery_t *dl = opaque;
+    hb_deliveries_t *D = dl->owner;
+    char reason[256];
+    hb_outcome_t outcome;
+
+    if (D->abandoning) { /* shutdown: the message will be consumed again */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
+    if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
+        route_not_made(D, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
+        delivery_finish(D, dl);
+        return;
+    }
+    outcome = hb_deliver_classify(res, reason, sizeof(reason));
+    hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
+    hb_metric_inc(
+        D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
+                                                                            : 0]);
+    circuit_result(D, dl->endpoint, outcome == HB_OUTCOME_DELIVERED);
+    switch (outcome) {
+    case HB_OUTCOME_DELIVERED:
+        set_state(D, dl, HB_DL_DELIVERED);
+        hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "delivered on attempt %d (HTTP %d, %lld ms)", dl->attempt, res->http_status,
+               (long long)res->duration_ms);
+        /* the jobs wait for the row: a committed offset implies a logged outcome */
+        record(D, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
+               hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt));
+        break;
+    case HB_OUTCOME_RETRY: route_retry(D, dl, dl->attempt, res, reason, dl->schedule_offset); break;
+    default: route_failed(D, dl, dl->attempt, res, reason); break;
+    }
+    delivery_finish(D, dl);
+}
+
+void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcome,
+                      const char *reason) {
+    int made = dl->attempt - 1;
+    if (outcome == HB_OUTCOME_FAILED) {
+        route_failed(D, dl, made, NULL, reason);
+    } else {
+        hb_gate_t *g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
+        set_state(D, dl, HB_DL_DROPPED);
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "delivery dropped: %s", reason);
+        record(D, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
+    }
+    delivery_finish(D, dl);
+}
+
+void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
+    set_state(D, dl, HB_DL_DISCARDED);
+    delivery_finish(D, dl);
+}
+
+void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
+    set_state(D, dl, HB_DL_ABANDONED);
+    hb_delivery_free(dl); /* its jobs stay unfinished, freed with the outbox */
+}
+
+/* ---------------------------------------------------------------- engine */
+
+hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_outbox_t *outbox,
+                                   const hb_delivery_metrics_t *m, int circuit_counts_attempts,
+                                   char *errstr, size_t errstr_size) {
+    hb_deliveries_t *D = hb_calloc(1, sizeof(*D));
+    D->cfg = cfg;
+    D->http = http;
+    D->outbox = outbox;
+    D->m = *m;
+    D->circuit_counts_attempts = circuit_counts_attempts;
+    D->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
+    if (!D->retry_codec) {
+        hb_deliveries_free(D);
+        return NULL;
+    }
+    return D;
+}
+
+void hb_deliveries_free(hb_deliveries_t *D) {
+    if (!D)
+        return;
+    hb_codec_free(D->retry_codec);
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&D->circuits, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&D->circuits);
+    }
+    free(D);
+}
+
+void hb_deliveries_abandon(hb_deliveries_t *D) {
+    D->abandoning = 1;
+}
+
+int hb_deliveries_abandoning(const hb_deliveries_t *D) {
+    return D->abandoning;
+}
+
+size_t hb_deliveries_in_flight(const hb_deliveries_t *D) {
+    return D->in_flight;
+}

@@ -1,0 +1,142 @@
+/*
+ * One delivery's life, the same in the dispatcher and the retrier:
+ * render -> sign -> send -> classify -> route, as one explicit state machine.
+ *
+ *   PENDING ---send----> IN_FLIGHT ---2xx-------------------> DELIVERED
+ *     |  |                  |  |------retryable-------------> RETRY
+ *     |  |                  |  '------final, attempts out---> FAILED
+ *     |  |                  '--not sent (diverted, busy)--.
+ *     |  '--circuit open----------------------------------+-> NOT_MADE --> RETRY | FAILED
+ *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
+ *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
+ *
+ * The state changes in one function (set_state in hb_delivery.c), which checks
+ * that the move is allowed, keeps the in-flight count and counts the outcome
+ * (hookbridge_deliveries_total); the routing around it is:
+ *   DELIVERED  the row is logged; the jobs are released when it is committed.
+ *   RETRY      a DeliveryRetry on the delay tier of the next attempt
+ *              (hb_retry.h); once the broker acks it, the 'retry' row; the jobs
+ *              are released when it is committed.
+ *   FAILED     (attempts used up, or a final failure) the delivery log is asked
+ *              first: a delivery already final, or whose attempt is already
+ *              logged (a duplicate after a restart), is not dead-lettered
+ *              again. Else a DeliveryRetry on the dead-letter topic, once acked
+ *              the failure (with its body, for replay) in the log.
+ *   NOT_MADE   (circuit open, endpoint host's queue full or slow) the attempt
+ *              is not counted: a first attempt waits in the first tier, a retry
+ *              goes back to its tier; in the retrier an open circuit counts the
+ *              attempt as failed, so a dead endpoint's schedule still ends.
+ * So "the log shows attempt N with outcome X" implies that what X produced on
+ * Kafka is durable (hb_outbox's gates keep that order).
+ *
+ * The circuit breaker (circuit_failures > 0) lives here too, keyed by endpoint
+ * host (scheme://host:port, the unit hb_http queues by): after that many
+ * consecutive failed attempts the host's waiting requests are diverted and its
+ * deliveries are not attempted for circuit_cooldown; then one attempt probes
+ * it, and a success closes the circuit (logged). State is per process.
+ *
+ * Main loop thread only (completions come from hb_http_run on that thread).
+ */
+#ifndef HB_DELIVERY_H
+#define HB_DELIVERY_H
+
+#include <jansson.h>
+
+#include "hb_common.h"
+#include "hb_config.h"
+#include "hb_dlog.h"
+#include "hb_http.h"
+#include "hb_metrics.h"
+#include "hb_outbox.h"
+#include "hb_retry.h"
+#include "hb_sub.h"
+
+typedef enum hb_dl_state_e {
+    HB_DL_PENDING,   /* made, not sent */
+    HB_DL_IN_FLIGHT, /* its request is with hb_http */
+    HB_DL_NOT_MADE,  /* not sent: circuit open, endpoint busy or slow */
+    HB_DL_DELIVERED,
+    HB_DL_RETRY, /* handed to a delay tier */
+    HB_DL_FAILED,
+    HB_DL_DROPPED,   /* not attempted: subscription gone, inactive, not verified */
+    HB_DL_DISCARDED, /* stale (the log has it): nothing logged, jobs released */
+    HB_DL_ABANDONED, /* shutdown: nothing recorded, jobs left unfinished */
+    HB_DL_LOST,      /* its DeliveryRetry could not be encoded (logged at error) */
+    HB_DL_STATES
+} hb_dl_state_t;
+
+const char *hb_dl_state_name(hb_dl_state_t st);
+
+typedef struct hb_delivery_s {
+    hb_sub_t *sub; /* a reference, released with the delivery */
+    char id[HB_UUID_LEN + 1];
+    char *body; /* rendered payload, owned */
+    size_t body_len;
+    char *content_type;       /* owned */
+    char *event_ids;          /* comma-separated uuids, owned */
+    char *event_type;         /* owned */
+    int attempt;              /* this attempt: 1 = first */
+    int64_t first_attempt_ms; /* 0: set when the first attempt starts */
+    int schedule_offset;      /* attempts made before the current schedule (replay) */
+    hb_job_t **jobs;          /* each held once by the delivery */
+    size_t jobs_cnt;
+    hb_dl_state_t state; /* changed by set_state only */
+    int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
+    char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
+    struct hb_deliveries_s *owner; /* while in flight */
+} hb_delivery_t;
+
+/* The engine: sends deliveries and routes their outcomes. */
+typedef struct hb_deliveries_s hb_deliveries_t;
+
+typedef struct hb_delivery_metrics_s {
+    hb_metric_t *delivered, *retry, *failed, *dropped; /* hookbridge_deliveries_total */
+    hb_metric_t *latency, *dlq, *dlq_skipped, *circuit_skips, *circuit_opens, *endpoint_busy;
+    hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
+    hb_metric_t *tier[HB_RETRY_MAX_STEPS];
+} hb_delivery_metrics_t;
+
+/* circuit_counts_attempts: an open circuit counts a skipped attempt as failed
+ * (the retrier) rather than handing it to the first tier unattempted. */
+hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_outbox_t *outbox,
+                                   const hb_delivery_metrics_t *m, int circuit_counts_attempts,
+                                   char *errstr, size_t errstr_size) HB_MUSTCHECK;
+void hb_deliveries_free(hb_deliveries_t *D);
+/* Shutdown passed its deadline: completions record nothing from now on. */
+void hb_deliveries_abandon(hb_deliveries_t *D);
+int hb_deliveries_abandoning(const hb_deliveries_t *D);
+size_t hb_deliveries_in_flight(const hb_deliveries_t *D);
+
+/* A PENDING delivery holding each of jobs[0..n) once; takes a reference to
+ * sub and ownership of body. */
+hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t body_len,
+                               const char *content_type, const char *event_ids,
+                               const char *event_type, hb_job_t *const *jobs, size_t n);
+/* A delivery read back from a delay tier: its attempt, when its first attempt
+ * started, attempts made before the current schedule. */
+void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
+                          int schedule_offset);
+/* dl goes to sub (a reference is taken) as it is now, not as it was when the
+ * delivery was made; before it is sent. */
+void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub);
+/* Frees dl without releasing its jobs (they stay unfinished). */
+void hb_delivery_free(hb_delivery_t *dl);
+
+/* Render: the payload of events[0..n) for sub, then send it, or, when it
+ * cannot be rendered or is too large, FAILED without an attempt. id and
+ * event_ids name the delivery; each job is held until it is durable. */
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+                        const char *id, const char *event_ids, hb_job_t *const *jobs);
+/* Sign and send (or, with an open circuit, NOT_MADE), then classify and route
+ * the outcome; takes dl. */
+void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl);
+/* Not attempted: HB_OUTCOME_DROPPED (logged) or HB_OUTCOME_FAILED (logged
+ * and dead-lettered); takes dl. */
+void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcome,
+                      const char *reason);
+/* DISCARDED: releases dl's jobs without attempting or logging; takes dl. */
+void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl);
+/* ABANDONED: shutdown; dl freed, its jobs left unfinished; takes dl. */
+void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl);
+
+#endif

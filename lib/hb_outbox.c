@@ -1,0 +1,362 @@
+/* Jobs, durability gates and the producer with its resend list (see hb_outbox.h). */
+#include "hb_outbox.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_kafka.h"
+#include "hb_log.h"
+
+#define RESEND_DELAY_MS 1000
+
+struct hb_job_s {
+    hb_offref_t ref;
+    int holds;
+    hb_job_t *prev, *next; /* live jobs, freed at exit if unfinished */
+};
+
+/* A message for the delay tiers or the dead-letter topic, kept until acked. */
+struct hb_pmsg_s {
+    char *topic;
+    char *key;
+    void *val;
+    size_t len;
+    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
+    hb_gate_t *gate;
+    hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
+    int64_t resend_at;
+    struct hb_pmsg_s *next;
+};
+
+struct hb_outbox_s {
+    hb_offsets_t *offsets;
+    hb_metric_t *m_kafka_errors;
+    rd_kafka_t *producer; /* delay tiers and dead letters */
+    rd_kafka_queue_t *pq;
+    hb_dlog_t *dlog;
+    size_t unacked; /* produced, not yet acknowledged */
+    size_t lookups; /* delivery-log look-ups not yet answered */
+    hb_job_t *jobs;
+    hb_gate_t *gates;
+    hb_pmsg_t *resend; /* refused by the broker, produced again later */
+};
+
+/* ----------------------------------------------------------------- jobs */
+
+hb_job_t *hb_outbox_track(hb_outbox_t *ob, const rd_kafka_message_t *rkm) {
+    hb_job_t *j = hb_calloc(1, sizeof(*j));
+    j->ref =
+        hb_offsets_track(ob->offsets, rd_kafka_topic_name(rkm->rkt), rkm->partition, rkm->offset);
+    j->holds = 1;
+    j->next = ob->jobs;
+    if (ob->jobs)
+        ob->jobs->prev = j;
+    ob->jobs = j;
+    return j;
+}
+
+void hb_job_hold(hb_job_t *j) {
+    j->holds++;
+}
+
+static void job_unlink_free(hb_outbox_t *ob, hb_job_t *j) {
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        ob->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    free(j);
+}
+
+void hb_outbox_release(hb_outbox_t *ob, hb_job_t *j) {
+    if (--j->holds > 0)
+        return;
+    hb_offsets_done(ob->offsets, j->ref);
+    job_unlink_free(ob, j);
+}
+
+/* ---------------------------------------------------------------- gates */
+
+hb_gate_t *hb_gate_new(hb_outbox_t *ob, hb_job_t *const *jobs, size_t n) {
+    hb_gate_t *g = hb_calloc(1, sizeof(*g));
+    g->next = ob->gates;
+    if (ob->gates)
+        ob->gates->prev = g;
+    ob->gates = g;
+    g->jobs_cnt = n;
+    if (n) {
+        g->jobs = hb_malloc(n * sizeof(*g->jobs));
+        for (size_t i = 0; i < n; i++) {
+            g->jobs[i] = jobs[i];
+            hb_job_hold(jobs[i]);
+        }
+    }
+    g->pending = 1;
+    return g;
+}
+
+void hb_gate_forget(hb_outbox_t *ob, hb_gate_t *g) {
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        ob->gates = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    free(g->jobs);
+    free(g);
+}
+
+void hb_gate_release(hb_outbox_t *ob, hb_gate_t *g) {
+    for (size_t i = 0; i < g->jobs_cnt; i++)
+        hb_outbox_release(ob, g->jobs[i]);
+    hb_gate_forget(ob, g);
+}
+
+void hb_gate_done(hb_outbox_t *ob, hb_gate_t *g) {
+    void (*answered)(hb_outbox_t *, hb_gate_t *) = g->answered;
+    if (--g->pending > 0)
+        return;
+    if (answered) { /* a look-up's answer: the next step decides */
+        g->answered = NULL;
+        ob->lookups--;
+        answered(ob, g);
+        return;
+    }
+    hb_gate_release(ob, g);
+}
+
+void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
+                    void (*answered)(hb_outbox_t *ob, hb_gate_t *g), void *arg,
+                    void (*arg_free)(void *arg)) {
+    g->pending = 1;
+    g->answered = answered;
+    g->arg = arg;
+    g->arg_free = arg_free;
+    ob->lookups++;
+    hb_dlog_lookup(ob->dlog, delivery_id, &g->state, g);
+}
+
+void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row) {
+    hb_dlog_add_row(ob->dlog, row, g);
+}
+
+/* ------------------------------------------------------------- producing */
+
+void hb_pmsg_free(hb_pmsg_t *m) {
+    hb_dlog_row_free(m->row);
+    free(m->topic);
+    free(m->key);
+    free(m->val);
+    for (int i = 0; m->hdr[i]; i++)
+        free(m->hdr[i]);
+    free(m);
+}
+
+void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
+    rd_kafka_headers_t *hdrs = NULL;
+    rd_kafka_resp_err_t err;
+    if (m->hdr[0]) {
+        hdrs = rd_kafka_headers_new(4);
+        for (int i = 0; m->hdr[i]; i += 2)
+            (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
+    }
+    if (hdrs)
+        err = rd_kafka_producev(
+            ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+    else
+        err = rd_kafka_producev(
+            ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+    if (!err) {
+        ob->unacked++;
+        return; /* headers now owned by the message */
+    }
+    if (hdrs)
+        rd_kafka_headers_destroy(hdrs);
+    hb_metric_inc(ob->m_kafka_errors);
+    hb_warn("cannot produce to %s (%s): trying again in 1 s", m->topic, rd_kafka_err2str(err));
+    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
+    m->next = ob->resend;
+    ob->resend = m;
+}
+
+/* Delivery report (main loop thread, from rd_kafka_poll). */
+static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
+    hb_outbox_t *ob = opaque;
+    hb_pmsg_t *m = rkm->_private;
+    (void)rk;
+    ob->unacked--;
+    if (rkm->err) {
+        hb_metric_inc(ob->m_kafka_errors);
+        hb_warn("the broker did not take a message for %s (%s): trying again in 1 s", m->topic,
+                rd_kafka_err2str(rkm->err));
+        m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
+        m->next = ob->resend;
+        ob->resend = m;
+        return;
+    }
+    if (m->row) { /* durable on the broker: now the log may say so */
+        hb_dlog_add_row(ob->dlog, m->row, m->gate);
+        m->row = NULL;
+    } else if (m->gate) {
+        hb_gate_done(ob, m->gate);
+    }
+    hb_pmsg_free(m);
+}
+
+static void resend_due(hb_outbox_t *ob) {
+    hb_pmsg_t **pp = &ob->resend;
+    int64_t now = hb_mono_ms();
+    while (*pp) {
+        hb_pmsg_t *m = *pp;
+        if (m->resend_at > now) {
+            pp = &m->next;
+            continue;
+        }
+        *pp = m->next;
+        m->next = NULL;
+        hb_outbox_send(ob, m);
+    }
+}
+
+hb_pmsg_t *hb_pmsg_new(const char *topic, const char *key, const void *val, size_t len,
+                       hb_gate_t *gate, hb_dlog_row_t *row) {
+    hb_pmsg_t *m = hb_calloc(1, sizeof(*m));
+    m->topic = hb_strdup(topic);
+    m->key = key ? hb_strdup(key) : NULL;
+    m->val = hb_malloc(len ? len : 1);
+    memcpy(m->val, val, len);
+    m->len = len;
+    m->gate = gate;
+    m->row = row;
+    return m;
+}
+
+void hb_outbox_produce(hb_outbox_t *ob, const char *topic, const char *key, const void *val,
+                       size_t len, hb_job_t *job) {
+    hb_gate_t *g = hb_gate_new(ob, job ? &job : NULL, job ? 1 : 0);
+    hb_outbox_send(ob, hb_pmsg_new(topic, key, val, len, g, NULL));
+}
+
+void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message_t *rkm,
+                      hb_job_t *job, const char *reason) {
+    char part[16], off[24];
+    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
+    hb_pmsg_t *m = hb_pmsg_new(topic, key, rkm->payload ? rkm->payload : "", rkm->len,
+                               hb_gate_new(ob, &job, 1), NULL);
+    free(key);
+    snprintf(part, sizeof(part), "%d", (int)rkm->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
+    m->hdr[0] = hb_strdup("hookbridge-reason");
+    m->hdr[1] = hb_strdup(reason);
+    m->hdr[2] = hb_strdup("hookbridge-source-topic");
+    m->hdr[3] = hb_strdup(rd_kafka_topic_name(rkm->rkt));
+    m->hdr[4] = hb_strdup("hookbridge-source-partition");
+    m->hdr[5] = hb_strdup(part);
+    m->hdr[6] = hb_strdup("hookbridge-source-offset");
+    m->hdr[7] = hb_strdup(off);
+    hb_outbox_send(ob, m);
+}
+
+/* ------------------------------------------------------------------ loop */
+
+void hb_outbox_take_flushed(hb_outbox_t *ob) {
+    void *tokens[256];
+    size_t n;
+    if (!ob->dlog)
+        return;
+    while ((n = hb_dlog_take_flushed(ob->dlog, tokens, HB_ARRAY_SIZE(tokens))) > 0)
+        for (size_t i = 0; i < n; i++)
+            hb_gate_done(ob, tokens[i]);
+}
+
+void hb_outbox_poll(hb_outbox_t *ob) {
+    rd_kafka_poll(ob->producer, 0); /* delivery reports */
+    if (ob->resend)
+        resend_due(ob);
+    hb_outbox_take_flushed(ob);
+}
+
+int hb_outbox_resending(const hb_outbox_t *ob) {
+    return ob->resend != NULL;
+}
+
+size_t hb_outbox_lookups(const hb_outbox_t *ob) {
+    return ob->lookups;
+}
+
+void hb_outbox_drain(hb_outbox_t *ob) {
+    size_t unwritten;
+    if (hb_kafka_flush(ob->producer, 5000) > 0)
+        hb_warn("retry or dead-letter messages left unsent; their sources will be read again");
+    rd_kafka_poll(ob->producer, 0);
+    unwritten = ob->dlog ? hb_dlog_close(ob->dlog, 5000) : 0;
+    if (unwritten)
+        hb_warn("%zu delivery log rows were not written", unwritten);
+    hb_outbox_take_flushed(ob);
+}
+
+/* ------------------------------------------------------------ build/free */
+
+void hb_outbox_set_dlog(hb_outbox_t *ob, hb_dlog_t *dlog) {
+    ob->dlog = dlog;
+}
+
+hb_dlog_t *hb_outbox_dlog(const hb_outbox_t *ob) {
+    return ob->dlog;
+}
+
+hb_outbox_t *hb_outbox_new(const hb_config_t *cfg, const char *client_id, int wake_fd,
+                           hb_offsets_t *offsets, hb_metric_t *kafka_errors, char *errstr,
+                           size_t errstr_size) {
+    hb_outbox_t *ob = hb_calloc(1, sizeof(*ob));
+    rd_kafka_conf_t *pconf = hb_kafka_conf_new(cfg, client_id, errstr, errstr_size);
+    ob->offsets = offsets;
+    ob->m_kafka_errors = kafka_errors;
+    if (!pconf)
+        goto fail;
+    rd_kafka_conf_set_opaque(pconf, ob);
+    ob->producer = hb_kafka_producer_new(pconf, on_produced, errstr, errstr_size);
+    if (!ob->producer)
+        goto fail;
+    /* Delivery reports wake the loop, so acknowledged work frees offsets soon. */
+    ob->pq = rd_kafka_queue_get_main(ob->producer);
+    rd_kafka_queue_io_event_enable(ob->pq, wake_fd, "p", 1);
+    return ob;
+fail:
+    hb_outbox_free(ob);
+    return NULL;
+}
+
+void hb_outbox_free(hb_outbox_t *ob) {
+    if (!ob)
+        return;
+    if (ob->pq)
+        rd_kafka_queue_destroy(ob->pq);
+    if (ob->producer) {
+        rd_kafka_purge(ob->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        rd_kafka_poll(ob->producer, 0); /* purged reports land in the resend list */
+        rd_kafka_destroy(ob->producer);
+    }
+    while (ob->resend) {
+        hb_pmsg_t *m = ob->resend;
+        ob->resend = m->next;
+        hb_pmsg_free(m);
+    }
+    if (ob->dlog) {
+        (void)hb_dlog_close(ob->dlog, 0);
+        hb_dlog_free(ob->dlog);
+    }
+    while (ob->gates) {
+        if (ob->gates->answered && ob->gates->arg_free) /* a look-up never answered */
+            ob->gates->arg_free(ob->gates->arg);
+        hb_gate_forget(ob, ob->gates);
+    }
+    while (ob->jobs)
+        job_unlink_free(ob, ob->jobs);
+    free(ob);
+}

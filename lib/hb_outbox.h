@@ -1,0 +1,127 @@
+/*
+ * The outbox: what a consumed message's work must make durable before its
+ * offset may move, and the producer that makes part of it durable.
+ *
+ * Jobs. A consumed message the service takes becomes a job (hb_outbox_track)
+ * with one hold; every piece of work it causes holds it once more, and when
+ * the last hold is released its offset is done in the offset tracker
+ * (hb_offsets), so a committed position never passes unfinished work.
+ *
+ * Gates. A gate holds jobs until a chain of durable steps is finished; each
+ * step hands the gate on as its token: a look-up in the delivery log
+ * (hb_gate_lookup: answered() decides what comes next), a message for the
+ * broker (an hb_pmsg_t: its acknowledgement adds its delivery-log row, or
+ * ends the chain), the row's commit (the jobs are released). So the durable
+ * order is always "broker ack, then delivery-log row, then release".
+ *
+ * The producer writes the delay tiers and the dead-letter topic. A message the
+ * broker refuses is kept in the resend list and produced again every second
+ * until it is acknowledged: a broker outage delays offsets, it never loses a
+ * delivery. Delivery reports arrive through hb_outbox_poll and wake the loop
+ * (wake_fd).
+ *
+ * Main loop thread only; the delivery log's own thread only returns tokens
+ * (hb_dlog_take_flushed), taken here.
+ */
+#ifndef HB_OUTBOX_H
+#define HB_OUTBOX_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "hb_common.h"
+#include "hb_config.h"
+#include "hb_dlog.h"
+#include "hb_metrics.h"
+#include "hb_offsets.h"
+
+typedef struct hb_outbox_s hb_outbox_t;
+typedef struct hb_job_s hb_job_t;
+typedef struct hb_pmsg_s hb_pmsg_t;
+
+/* Work that must become durable before the jobs it holds are released. */
+typedef struct hb_gate_s {
+    hb_job_t **jobs;
+    size_t jobs_cnt;
+    int pending;
+    /* a look-up in flight: called with the answer in state instead of
+     * releasing; it releases the gate, passes it on or forgets it */
+    void (*answered)(hb_outbox_t *ob, struct hb_gate_s *g);
+    void *arg;
+    void (*arg_free)(void *arg); /* at exit, when never answered */
+    hb_dlog_state_t state;
+    struct hb_gate_s *prev, *next; /* live gates, freed at exit if unfinished */
+} hb_gate_t;
+
+/* The producer (client id client_id, reports waking wake_fd); jobs are done
+ * in offsets; broker errors count in kafka_errors. */
+hb_outbox_t *hb_outbox_new(const hb_config_t *cfg, const char *client_id, int wake_fd,
+                           hb_offsets_t *offsets, hb_metric_t *kafka_errors, char *errstr,
+                           size_t errstr_size) HB_MUSTCHECK;
+/* Purges the producer (unsent messages are lost: their sources are read
+ * again), closes the delivery log, frees unfinished gates and jobs. */
+void hb_outbox_free(hb_outbox_t *ob);
+
+/* The delivery log the gates' rows go to (taken; once, when the database is
+ * first reached). */
+void hb_outbox_set_dlog(hb_outbox_t *ob, hb_dlog_t *dlog);
+hb_dlog_t *hb_outbox_dlog(const hb_outbox_t *ob);
+
+/* ----------------------------------------------------------------- jobs */
+
+hb_job_t *hb_outbox_track(hb_outbox_t *ob, const rd_kafka_message_t *rkm); /* one hold */
+void hb_job_hold(hb_job_t *j);
+void hb_outbox_release(hb_outbox_t *ob, hb_job_t *j);
+
+/* ---------------------------------------------------------------- gates */
+
+/* A gate holding each of jobs[0..n) once, waiting for one step. */
+hb_gate_t *hb_gate_new(hb_outbox_t *ob, hb_job_t *const *jobs, size_t n);
+/* One step is durable; the last one releases the jobs (or, after a look-up,
+ * calls answered). */
+void hb_gate_done(hb_outbox_t *ob, hb_gate_t *g);
+/* The chain is finished now: its jobs are released. */
+void hb_gate_release(hb_outbox_t *ob, hb_gate_t *g);
+/* Frees a gate without releasing its jobs (a look-up's, which held none). */
+void hb_gate_forget(hb_outbox_t *ob, hb_gate_t *g);
+/* Asks the delivery log about delivery_id; answered(ob, g) runs with g->state
+ * filled once every row queued before is committed. */
+void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
+                    void (*answered)(hb_outbox_t *ob, hb_gate_t *g), void *arg,
+                    void (*arg_free)(void *arg));
+/* The attempt's row is logged now; the gate is done when it is committed. */
+void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row);
+
+/* ------------------------------------------------------------ producing */
+
+/* A message for topic (val copied), not yet sent; once the broker has it, row
+ * (taken, may be NULL) is logged with gate as its token, or, without a row,
+ * the gate's step is done. */
+hb_pmsg_t *hb_pmsg_new(const char *topic, const char *key, const void *val, size_t len,
+                       hb_gate_t *gate, hb_dlog_row_t *row);
+void hb_pmsg_free(hb_pmsg_t *m);
+/* Produces m (taken), at least once. */
+void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m);
+/* Produces an already-encoded message; the job (may be NULL) is held until
+ * the broker acknowledges it. */
+void hb_outbox_produce(hb_outbox_t *ob, const char *topic, const char *key, const void *val,
+                       size_t len, hb_job_t *job);
+/* Dead-letters rkm's bytes unchanged to topic, with the reason and where
+ * they came from in headers; the job is held until the broker has them. */
+void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message_t *rkm,
+                      hb_job_t *job, const char *reason);
+
+/* --------------------------------------------------------------- loop */
+
+/* Delivery reports, resends that are due, committed log rows. */
+void hb_outbox_poll(hb_outbox_t *ob);
+/* Committed log rows only (before offsets are committed on a revoke). */
+void hb_outbox_take_flushed(hb_outbox_t *ob);
+/* Messages waiting to be produced again. */
+int hb_outbox_resending(const hb_outbox_t *ob);
+/* Delivery-log look-ups not yet answered. */
+size_t hb_outbox_lookups(const hb_outbox_t *ob);
+/* Shutdown: waits up to 5 s each for the broker's acknowledgements and the
+ * log's last rows, then releases what they finished. */
+void hb_outbox_drain(hb_outbox_t *ob);
+
+#endif
