@@ -47,7 +47,7 @@
 
 #include "hb_buf.h"
 #include "hb_log.h"
-#include "hb_store.h"
+#include "hb_pg.h"
 
 #define DLOG_BATCH_MAX 2000
 #define DLOG_UUID_LEN 36
@@ -424,7 +424,7 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *c
     PGresult *res = PQexecParams(dl->conn, sql, n, NULL, params, NULL, NULL, 0);
     dlog_wrc_t rc = W_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        hb_store_pg_error(dl->conn, res, why, whysz);
+        hb_pg_error(dl->conn, res, why, whysz);
         rc = sqlstate_invalid(res) ? W_INVALID : W_RETRY;
     }
     PQclear(res);
@@ -438,7 +438,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
     dlog_wrc_t rc;
 
     if (!dl->conn) {
-        dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
         if (!dl->conn)
             return W_RETRY;
     }
@@ -505,7 +505,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     dlog_wrc_t rc = W_OK;
 
     if (!dl->conn) {
-        dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
         if (!dl->conn)
             return W_RETRY;
     }
@@ -516,7 +516,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     params[0] = ids.p;
     res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        hb_store_pg_error(dl->conn, res, why, whysz);
+        hb_pg_error(dl->conn, res, why, whysz);
         rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
         if (PQstatus(dl->conn) == CONNECTION_BAD) {
             PQfinish(dl->conn);
@@ -702,7 +702,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
     hb_cond_init_mono(&dl->cv);
 
     /* Connect now so a wrong URL or a down database is reported at start. */
-    dl->conn = hb_store_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
+    dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
     if (!dl->conn)
         goto fail;
     err = pthread_create(&dl->thread, NULL, dlog_main, dl);

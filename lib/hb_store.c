@@ -17,8 +17,7 @@
  * conninfo or the password (messages name host and port only), and no SQL is
  * built by string concatenation.
  *
- * The connection helpers at the end (hb_store_pg_*) are shared with the
- * delivery log writer and hookbridge-migrate.
+ * Connecting and error messages are lib/hb_pg.h's.
  */
 #include "hb_store.h"
 
@@ -32,15 +31,15 @@
 #include <string.h>
 
 #include "hb_log.h"
+#include "hb_pg.h"
 #include "hb_seal.h"
+#include "hb_sealer.h"
 #include "hb_sign.h"
 
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 30000
 #define STORE_NOTIFY_ROUNDS 16 /* bound on re-draining per hb_store_process call */
-#define STORE_SEAL_BATCH 100   /* inbox rows (or values to re-seal) per transaction */
-#define STORE_SEAL_BATCH_STR "100"
-#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
+#define STORE_SWEEP_MS 60000   /* expired revealable secrets leave the inbox within this */
 
 struct hb_store_s {
     char *conninfo;      /* may hold a password: cleansed on free, never printed */
@@ -81,9 +80,6 @@ static const char STORE_SELECT[] =
     "  FROM hookbridge.subscriptions s"
     " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
     " ORDER BY s.created_at, s.id";
-
-static void pg_first_line(const char *msg, char *out, size_t outsz);
-static void pg_last_line(const char *msg, char *out, size_t outsz);
 
 enum {
     COL_ID,
@@ -161,17 +157,6 @@ static int parse_event_types(hb_sub_t *sub, const char *list) {
     return 0;
 }
 
-/* The AAD that binds a sealed value to its row (lib/hb_seal.h): a signing
- * secret (secret_id > 0) or the auth value of subscription sub_id. */
-static int row_aad(char *aad, size_t n, const char *sub_id, long long secret_id, char *errstr,
-                   size_t errstr_size) {
-    int rc = secret_id > 0 ? hb_seal_aad_signing(aad, n, sub_id, secret_id)
-                           : hb_seal_aad_auth(aad, n, sub_id);
-    if (rc < 0)
-        hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"", sub_id);
-    return rc;
-}
-
 /* Opens one sealed value of subscription `sub_id`; aad names its row. */
 static int open_sealed(const hb_keyring_t *kr, const char *sub_id, const char *what,
                        const char *aad, const char *hex, const char *key_id, char **out,
@@ -221,7 +206,7 @@ static int parse_secrets(const hb_keyring_t *kr, hb_sub_t *sub, const char *list
                       sub->id);
             goto fail;
         }
-        if (row_aad(aad, sizeof(aad), sub->id, secret_id, errstr, errstr_size) < 0)
+        if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, secret_id, errstr, errstr_size) < 0)
             goto fail;
         if (open_sealed(kr, sub->id, "signing secret", aad, hex, key_id, &secret, errstr,
                         errstr_size) < 0)
@@ -258,7 +243,7 @@ static int parse_auth(const hb_keyring_t *kr, hb_sub_t *sub, const PGresult *res
                   sub->id);
         return -1;
     }
-    if (row_aad(aad, sizeof(aad), sub->id, 0, errstr, errstr_size) < 0)
+    if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, 0, errstr, errstr_size) < 0)
         return -1;
     return open_sealed(kr, sub->id, "auth value", aad, hex, col(res, row, COL_AUTH_KEY_ID),
                        &sub->auth_value, errstr, errstr_size);
@@ -413,7 +398,7 @@ static void store_drop(hb_store_t *st) {
 static int store_fail(hb_store_t *st, PGresult *res, const char *what, char *errstr,
                       size_t errstr_size) {
     char why[512];
-    hb_store_pg_error(st->conn, res, why, sizeof(why));
+    hb_pg_error(st->conn, res, why, sizeof(why));
     PQclear(res);
     if (PQstatus(st->conn) == CONNECTION_BAD) {
         store_drop(st);
@@ -450,7 +435,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
     st->conninfo = hb_strdup(conninfo ? conninfo : "");
     st->keyring = keyring;
     st->backoff_ms = STORE_BACKOFF_MIN_MS;
-    st->conn = hb_store_pg_connect(st->conninfo, "hookbridge", errstr, errstr_size);
+    st->conn = hb_pg_connect(st->conninfo, "hookbridge", errstr, errstr_size);
     if (!st->conn)
         goto fail;
     if (store_listen(st, errstr, errstr_size) < 0)
@@ -480,186 +465,26 @@ int hb_store_connected(hb_store_t *st) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Sealing                                                                  */
-
-static int store_command(hb_store_t *st, const char *sql, char *errstr, size_t errstr_size) {
-    PGresult *res = PQexecParams(st->conn, sql, 0, NULL, NULL, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return store_fail(st, res, sql, errstr, errstr_size);
-    PQclear(res);
-    return 0;
-}
-
-/* Ends the transaction of a failed pass (the connection may be gone). */
-static int store_abort(hb_store_t *st, int rc) {
-    char ignored[64];
-    if (st->conn && PQtransactionStatus(st->conn) != PQTRANS_IDLE)
-        (void)store_command(st, "ROLLBACK", ignored, sizeof(ignored));
-    return rc;
-}
-
-/* Seals one batch of hookbridge.secret_inbox in one transaction; returns the
- * number of rows taken, -1 on a database error. */
-static int seal_batch(hb_store_t *st, char *errstr, size_t errstr_size) {
-    static const char batch[] = STORE_SEAL_BATCH_STR;
-    const char *params[3];
-    char aad[128], ignored[256], *hex = NULL;
-    PGresult *res, *r2;
-    int n, failed = 0;
-
-    if (store_command(st, "BEGIN", errstr, errstr_size) < 0)
-        return -1;
-    params[0] = batch;
-    res = PQexecParams(st->conn,
-                       "SELECT inbox_id::text, subscription_id::text, kind, secret_id::text, value"
-                       "  FROM hookbridge.secrets_to_seal($1::integer)",
-                       1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_abort(st, store_fail(st, res, "taking secrets to seal", errstr, errstr_size));
-    n = PQntuples(res);
-    for (int i = 0; i < n; i++) {
-        const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
-        long long secret_id = 0;
-        if (!strcmp(PQgetvalue(res, i, 2), "signing") &&
-            (parse_ll(PQgetvalue(res, i, 3), &secret_id) < 0 || secret_id <= 0)) {
-            hb_seterr(errstr, errstr_size, "inbox row without a secret row id");
-            failed = 1;
-            break;
-        }
-        if (row_aad(aad, sizeof(aad), sub_id, secret_id, errstr, errstr_size) < 0 ||
-            hb_seal_hex(st->keyring, aad, value, strlen(value), &hex, errstr, errstr_size) < 0) {
-            failed = 1;
-            break;
-        }
-        params[0] = PQgetvalue(res, i, 0);
-        params[1] = hex;
-        params[2] = hb_keyring_current_id(st->keyring);
-        r2 = PQexecParams(st->conn, "SELECT hookbridge.seal_store($1::bigint, $2::text, $3::text)",
-                          3, NULL, params, NULL, NULL, 0);
-        free(hex);
-        hex = NULL;
-        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
-            PQclear(res);
-            return store_abort(st,
-                               store_fail(st, r2, "storing a sealed secret", errstr, errstr_size));
-        }
-        PQclear(r2);
-        hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub_id), "sealed its %s",
-               secret_id ? "signing secret" : "auth value");
-    }
-    PQclear(res);
-    /* What was sealed before a failure is kept. */
-    if (store_command(st, "COMMIT", failed ? ignored : errstr,
-                      failed ? sizeof(ignored) : errstr_size) < 0)
-        return store_abort(st, -1);
-    return failed ? -1 : n;
-}
+/* Sealing (lib/hb_sealer.h)                                                */
 
 /* Seals every plaintext value the SQL functions left in the inbox, so that
  * what the store loads next is sealed. */
 static int store_seal(hb_store_t *st, char *errstr, size_t errstr_size) {
-    int n;
+    int rc;
     st->seal_due = 0;
     st->next_seal_ms = hb_mono_ms() + STORE_SWEEP_MS;
-    if (!st->keyring)
-        return 0;
-    do {
-        n = seal_batch(st, errstr, errstr_size);
-    } while (n == STORE_SEAL_BATCH);
-    return n < 0 ? -1 : 0;
+    rc = hb_sealer_seal_inbox(st->conn, st->keyring, errstr, errstr_size);
+    if (rc < 0 && PQstatus(st->conn) == CONNECTION_BAD)
+        store_drop(st);
+    return rc;
 }
 
-/* Moves one batch of values sealed under an older key this service holds
- * to the current key; returns how many it moved (-1 on a database error).
- * A value that does not open (altered, or from another row) is left, and said. */
-static int reseal_batch(hb_store_t *st, const char *old_ids, char *errstr, size_t errstr_size) {
-    static const char batch[] = STORE_SEAL_BATCH_STR;
-    const char *current = hb_keyring_current_id(st->keyring), *params[6];
-    char aad[128], why[256], *plain = NULL, *hex = NULL;
-    PGresult *res, *r2;
-    int n, moved = 0;
-
-    if (store_command(st, "BEGIN", errstr, errstr_size) < 0)
-        return -1;
-    params[0] = old_ids;
-    params[1] = batch;
-    res = PQexecParams(st->conn,
-                       "SELECT kind, subscription_id::text, secret_id::text, sealed, key_id"
-                       "  FROM hookbridge.sealed_under_other_keys($1::text[], $2::integer)",
-                       2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_abort(
-            st, store_fail(st, res, "finding secrets under old keys", errstr, errstr_size));
-    n = PQntuples(res);
-    for (int i = 0; i < n; i++) {
-        const char *kind = PQgetvalue(res, i, 0), *sub_id = PQgetvalue(res, i, 1);
-        const char *key_id = PQgetvalue(res, i, 4);
-        size_t len;
-        long long secret_id = 0;
-        if (!strcmp(kind, "signing") && parse_ll(PQgetvalue(res, i, 2), &secret_id) < 0)
-            secret_id = 0; /* cannot be (a row id); the AAD then does not match */
-        if (row_aad(aad, sizeof(aad), sub_id, secret_id, why, sizeof(why)) < 0 ||
-            hb_unseal_hex(st->keyring, key_id, aad, PQgetvalue(res, i, 3), &plain, &len, why,
-                          sizeof(why)) < 0) {
-            hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub_id),
-                   "cannot move its %s to the current key: %s",
-                   secret_id ? "signing secret" : "auth value", why);
-            continue;
-        }
-        if (hb_seal_hex(st->keyring, aad, plain, len, &hex, errstr, errstr_size) < 0) {
-            hb_secret_free(plain);
-            PQclear(res);
-            return store_abort(st, -1);
-        }
-        hb_secret_free(plain);
-        params[0] = kind;
-        params[1] = sub_id;
-        params[2] = PQgetisnull(res, i, 2) ? NULL : PQgetvalue(res, i, 2);
-        params[3] = key_id;
-        params[4] = hex;
-        params[5] = current;
-        r2 = PQexecParams(st->conn,
-                          "SELECT hookbridge.reseal($1::text, $2::uuid, $3::bigint, $4::text,"
-                          " $5::text, $6::text)",
-                          6, NULL, params, NULL, NULL, 0);
-        free(hex);
-        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
-            PQclear(res);
-            return store_abort(st, store_fail(st, r2, "re-sealing a secret", errstr, errstr_size));
-        }
-        PQclear(r2);
-        moved++;
-    }
-    PQclear(res);
-    if (store_command(st, "COMMIT", errstr, errstr_size) < 0)
-        return store_abort(st, -1);
-    return moved;
-}
-
-/* Moves every value sealed under an older key this service holds
- * (HOOKBRIDGE_SECRET_KEYS_OLD) to the current key. */
+/* Moves values sealed under an older key to the current one. */
 static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
-    char old_ids[1024];
-    size_t len = 0, cnt;
-    int moved, total = 0;
-
-    if (!st->keyring || (cnt = hb_keyring_count(st->keyring)) < 2)
-        return 0;
-    /* A text[] literal of key ids (16 hex digits each: nothing to quote). */
-    old_ids[len++] = '{';
-    for (size_t i = 1; i < cnt && len + HB_SEAL_KEY_ID_LEN + 3 < sizeof(old_ids); i++)
-        len += (size_t)snprintf(old_ids + len, sizeof(old_ids) - len, "%s%s", i > 1 ? "," : "",
-                                hb_keyring_id(st->keyring, i));
-    snprintf(old_ids + len, sizeof(old_ids) - len, "}");
-    do {
-        if ((moved = reseal_batch(st, old_ids, errstr, errstr_size)) < 0)
-            return -1;
-        total += moved;
-    } while (moved > 0);
-    if (total)
-        hb_info("secrets moved to the current key %s: %d", hb_keyring_current_id(st->keyring),
-                total);
-    return 0;
+    int rc = hb_sealer_reseal(st->conn, st->keyring, errstr, errstr_size);
+    if (rc < 0 && PQstatus(st->conn) == CONNECTION_BAD)
+        store_drop(st);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -807,7 +632,7 @@ static int store_dispatch(hb_store_t *st, const store_note_t *notes, size_t n,
 static int store_reconnect(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
                            size_t errstr_size) {
     char why[512];
-    st->conn = hb_store_pg_connect(st->conninfo, "hookbridge", why, sizeof(why));
+    st->conn = hb_pg_connect(st->conninfo, "hookbridge", why, sizeof(why));
     if (st->conn && store_listen(st, why, sizeof(why)) == 0) {
         st->backoff_ms = STORE_BACKOFF_MIN_MS;
         hb_info("database: reconnected; reloading subscriptions");
@@ -841,7 +666,7 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
         char why[512];
         /* libpq appends to the last command's message: the newest line that
          * is not an indented hint is this failure's. */
-        pg_last_line(PQerrorMessage(st->conn), why, sizeof(why));
+        hb_pg_last_line(PQerrorMessage(st->conn), why, sizeof(why));
         store_drop(st);
         hb_seterr(errstr, errstr_size, "database: connection lost (%s); reconnecting", why);
         return -1;
@@ -943,188 +768,6 @@ int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *
     *cnt = n;
     PQclear(res);
     return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Connection helpers (shared)                                              */
-
-/* Copies the first line of msg, skipping libpq's "connection to server ...
- * failed: " and the server's "FATAL:  " prefixes, and lower-casing the first
- * letter of a sentence ("Connection refused" -> "connection refused"). */
-static void pg_first_line(const char *msg, char *out, size_t outsz) {
-    const char *p = msg ? msg : "", *q;
-    size_t n;
-    while (*p == ' ' || *p == '\t' || *p == '\n')
-        p++;
-    n = strcspn(p, "\n");
-    if ((q = strstr(p, "failed: ")) != NULL && (size_t)(q - p) < n) {
-        n -= (size_t)(q + 8 - p);
-        p = q + 8;
-    }
-    for (size_t i = 0; i < 3; i++) {
-        static const char *const prefixes[] = {"FATAL:  ", "ERROR:  ", "error: "};
-        size_t pl = strlen(prefixes[i]);
-        if (n >= pl && !strncmp(p, prefixes[i], pl)) {
-            p += pl;
-            n -= pl;
-        }
-    }
-    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\r'))
-        n--;
-    if (n == 0) {
-        p = "unknown error";
-        n = strlen(p);
-    }
-    if (n >= outsz)
-        n = outsz - 1;
-    memcpy(out, p, n);
-    out[n] = '\0';
-    if (isupper((unsigned char)out[0]) && islower((unsigned char)out[1]))
-        out[0] = (char)tolower((unsigned char)out[0]);
-}
-
-/* Like pg_first_line, for the last line that is not an indented hint. */
-static void pg_last_line(const char *msg, char *out, size_t outsz) {
-    const char *line = msg ? msg : "", *p;
-    for (p = line; p && *p; p = strchr(p, '\n')) {
-        if (*p == '\n')
-            p++;
-        if (*p && *p != '\t' && *p != ' ' && *p != '\n')
-            line = p;
-    }
-    pg_first_line(line, out, outsz);
-}
-
-/* Replaces every occurrence of secret in buf with "***" (in place; never grows). */
-static void pg_scrub(char *buf, const char *secret) {
-    size_t sl = secret ? strlen(secret) : 0;
-    char *p = buf;
-    if (sl < 3)
-        return;
-    while ((p = strstr(p, secret)) != NULL) {
-        memcpy(p, "***", 3);
-        memmove(p + 3, p + sl, strlen(p + sl) + 1);
-        p += 3;
-    }
-}
-
-void hb_store_pg_describe(const struct pg_conn *conn, char *out, size_t outsz) {
-    const char *host = conn ? PQhost(conn) : NULL, *port = conn ? PQport(conn) : NULL;
-    hb_seterr(out, outsz, "host %s port %s", host && *host ? host : "(default)",
-              port && *port ? port : "5432");
-}
-
-void hb_store_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
-                       size_t errstr_size) {
-    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    char line[512];
-    if (primary) {
-        pg_first_line(primary, line, sizeof(line));
-        if (state)
-            hb_seterr(errstr, errstr_size, "%s (SQLSTATE %s)", line, state);
-        else
-            hb_seterr(errstr, errstr_size, "%s", line);
-        return;
-    }
-    pg_first_line(conn ? PQerrorMessage(conn) : "no connection", line, sizeof(line));
-    hb_seterr(errstr, errstr_size, "%s", line);
-}
-
-/* The password in conninfo, if any (caller frees). Only conninfo strings that
- * parse are looked at; a bare database name has none. */
-static char *pg_password(const char *conninfo) {
-    PQconninfoOption *opts, *o;
-    char *perr = NULL, *pw = NULL;
-    opts = PQconninfoParse(conninfo, &perr);
-    if (!opts) {
-        PQfreemem(perr);
-        return NULL;
-    }
-    for (o = opts; o->keyword; o++)
-        if (!strcmp(o->keyword, "password") && o->val && *o->val)
-            pw = hb_strdup(o->val);
-    PQconninfoFree(opts);
-    return pw;
-}
-
-/* Server notices and warnings (and a FATAL sent before the server closes the
- * connection) go to the log instead of libpq's default stderr printer. */
-static void pg_notice(void *arg, const char *message) {
-    char line[512];
-    (void)arg;
-    pg_first_line(message, line, sizeof(line));
-    if (!strncmp(message, "NOTICE", 6) || !strncmp(message, "DEBUG", 5) ||
-        !strncmp(message, "INFO", 4) || !strncmp(message, "LOG", 3))
-        hb_log(HB_LOG_DEBUG, NULL, "database: %s", line);
-    else
-        hb_log(HB_LOG_WARN, NULL, "database: %s", line);
-}
-
-static int looks_like_conninfo(const char *s) {
-    return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
-}
-
-struct pg_conn *hb_store_pg_connect(const char *conninfo, const char *application_name,
-                                    char *errstr, size_t errstr_size) {
-    /* Keywords before dbname are defaults the conninfo may override; the ones
-     * after it are not negotiable. */
-    const char *keys[] = {"connect_timeout",  "keepalives",
-                          "keepalives_idle",  "keepalives_interval",
-                          "keepalives_count", "tcp_user_timeout",
-                          "dbname",           "client_encoding",
-                          "application_name", NULL};
-    const char *vals[] = {"10",
-                          "1",
-                          "30",
-                          "10",
-                          "3",
-                          "15000",
-                          conninfo ? conninfo : "",
-                          "UTF8",
-                          application_name ? application_name : "hookbridge",
-                          NULL};
-    char why[512], where[300];
-    char *pw = NULL, *perr = NULL;
-    PGconn *conn;
-
-    if (!conninfo)
-        conninfo = "";
-    if (looks_like_conninfo(conninfo)) {
-        PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
-        if (!opts) {
-            /* libpq's message may quote part of the string: do not repeat it. */
-            PQfreemem(perr);
-            hb_seterr(errstr, errstr_size,
-                      "database: the connection string is not valid "
-                      "(check HOOKBRIDGE_DATABASE_URL)");
-            return NULL;
-        }
-        PQconninfoFree(opts);
-        pw = pg_password(conninfo);
-    }
-    conn = PQconnectdbParams(keys, vals, 1);
-    if (!conn) {
-        hb_seterr(errstr, errstr_size, "database: out of memory");
-        goto fail;
-    }
-    if (PQstatus(conn) != CONNECTION_OK) {
-        pg_first_line(PQerrorMessage(conn), why, sizeof(why));
-        pg_scrub(why, pw);
-        hb_store_pg_describe(conn, where, sizeof(where));
-        pg_scrub(where, pw);
-        hb_seterr(errstr, errstr_size, "database: %s (%s)", why, where);
-        PQfinish(conn);
-        conn = NULL;
-    } else {
-        PQsetNoticeProcessor(conn, pg_notice, NULL);
-    }
-fail:
-    if (pw) {
-        OPENSSL_cleanse(pw, strlen(pw));
-        free(pw);
-    }
-    return conn;
 }
 
 int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,

@@ -6,7 +6,7 @@
  *   hookbridge_subscriptions  payload: subscription id (row or its event types changed)
  *   hookbridge_verify         payload: subscription id (hookbridge.verify() was called)
  *   hookbridge_seal           a plaintext secret waits in hookbridge.secret_inbox: the
- *                             store seals it (AES-256-GCM, lib/hb_seal.h) before it
+ *                             store seals it (lib/hb_sealer.h) before it
  *                             loads anything, so snapshots only ever come from sealed
  *                             values; at load_all it also moves values sealed under an
  *                             older key to the current one
@@ -84,29 +84,7 @@ int hb_store_record_verification(hb_store_t *st, const char *id, const char *url
 int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
                                    size_t errstr_size) HB_MUSTCHECK;
 
-/* PostgreSQL connection helpers shared by the store, the delivery log writer
- * and hookbridge-migrate (libpq types stay out of this header).
- *
- * hb_store_pg_connect: blocking connect with defaults the conninfo may
- * override (connect_timeout 10 s, TCP keepalives, tcp_user_timeout 15 s) and
- * ones it may not (client_encoding UTF8, application_name). On failure returns
- * NULL and a one-line reason naming host and port, e.g.
- * "database: connection refused (host 127.0.0.1 port 5432)"; never the
- * conninfo or the password. Caller PQfinish()es the result. Any thread. */
-struct pg_conn;
 struct pg_result;
-struct pg_conn *hb_store_pg_connect(const char *conninfo, const char *application_name,
-                                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
-
-/* One-line reason for a failed command: the server's message with its SQLSTATE
- * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
- * trimmed to its first line. res may be NULL. */
-void hb_store_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
-                       size_t errstr_size);
-
-/* "host H port P" of conn, for messages (never the password). */
-void hb_store_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
-
 /* Runs one parameterised statement that returns rows (a function call);
  * *out is the result (PQclear it). what names it in the error. */
 int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,

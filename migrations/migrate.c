@@ -54,7 +54,7 @@
  *
  * Exit status: 0 ok, 1 error; `topics --check`: 2 when a topic is missing or
  * drifted (`topics` without --check reports drift and exits 0). Messages never contain the
- * connection string or the password (hb_store_pg_connect describes host and port only).
+ * connection string or the password (hb_pg_connect describes host and port only).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -69,7 +69,7 @@
 
 #include "hb_config.h"
 #include "hb_log.h"
-#include "hb_store.h"
+#include "hb_pg.h"
 #include "hb_topics.h"
 
 #define PROG "hookbridge-migrate"
@@ -356,7 +356,7 @@ static int exec_ok(PGconn *conn, const char *sql, int nparams, const char *const
             PQclear(res);
         return 0;
     }
-    hb_store_pg_error(conn, res, why, sizeof(why));
+    hb_pg_error(conn, res, why, sizeof(why));
     PQclear(res);
     hb_seterr(errstr, errstr_size, "%s: %s", what, why);
     return -1;
@@ -521,7 +521,7 @@ static int run_file(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK &&
         PQresultStatus(res) != PGRES_EMPTY_QUERY) {
         const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
-        hb_store_pg_error(conn, res, why, sizeof(why));
+        hb_pg_error(conn, res, why, sizeof(why));
         if (pos)
             hb_seterr(errstr, errstr_size, "%s/%s, line %ld: %s", dir, m->file,
                       line_of(m->sql, strtol(pos, NULL, 10)), why);
@@ -856,7 +856,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: error: no migrations (NNNN_name.sql) in %s\n", PROG, dir);
         goto out;
     }
-    conn = hb_store_pg_connect(cfg.database_url, PROG, errstr, sizeof(errstr));
+    conn = hb_pg_connect(cfg.database_url, PROG, errstr, sizeof(errstr));
     if (!conn) {
         fprintf(stderr, "%s: error: %s\n", PROG, errstr);
         goto out;

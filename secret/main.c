@@ -21,7 +21,7 @@
 
 #include "hb_config.h"
 #include "hb_seal.h"
-#include "hb_store.h"
+#include "hb_pg.h"
 
 #define PROG "hookbridge-secret"
 #define SHOW_SQL                                                                                   \
@@ -111,14 +111,14 @@ static int cmd_show(const hb_config_t *cfg, const char *sub_id) {
         hb_keyring_free(kr);
         return 2;
     }
-    conn = hb_store_pg_connect(cfg->database_url, PROG, errstr, sizeof(errstr));
+    conn = hb_pg_connect(cfg->database_url, PROG, errstr, sizeof(errstr));
     if (!conn) {
         fprintf(stderr, "%s: error: %s\n", PROG, errstr);
         goto out;
     }
     res = PQexecParams(conn, SHOW_SQL, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        hb_store_pg_error(conn, res, errstr, sizeof(errstr));
+        hb_pg_error(conn, res, errstr, sizeof(errstr));
         fprintf(stderr, "%s: error: %s\n", PROG, errstr);
         goto out;
     }

@@ -1,0 +1,199 @@
+/*
+ * PostgreSQL connection helpers: connecting with our defaults, and one-line
+ * error messages that never carry the conninfo or the password.
+ *
+ * The design is simple: every module that talks to PostgreSQL (the
+ * subscription store, the sealer, the delivery log writer, hookbridge-migrate
+ * and hookbridge-secret) connects through hb_pg_connect and turns failures
+ * into messages through hb_pg_error, so a message names host and port, never
+ * a password, whoever prints it. Stateless; any thread.
+ */
+#include "hb_pg.h"
+
+#include <ctype.h>
+#include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_log.h"
+
+/* Copies the first line of msg, skipping libpq's "connection to server ...
+ * failed: " and the server's "FATAL:  " prefixes, and lower-casing the first
+ * letter of a sentence ("Connection refused" -> "connection refused"). */
+static void pg_first_line(const char *msg, char *out, size_t outsz) {
+    const char *p = msg ? msg : "", *q;
+    size_t n;
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+        p++;
+    n = strcspn(p, "\n");
+    if ((q = strstr(p, "failed: ")) != NULL && (size_t)(q - p) < n) {
+        n -= (size_t)(q + 8 - p);
+        p = q + 8;
+    }
+    for (size_t i = 0; i < 3; i++) {
+        static const char *const prefixes[] = {"FATAL:  ", "ERROR:  ", "error: "};
+        size_t pl = strlen(prefixes[i]);
+        if (n >= pl && !strncmp(p, prefixes[i], pl)) {
+            p += pl;
+            n -= pl;
+        }
+    }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\r'))
+        n--;
+    if (n == 0) {
+        p = "unknown error";
+        n = strlen(p);
+    }
+    if (n >= outsz)
+        n = outsz - 1;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    if (isupper((unsigned char)out[0]) && islower((unsigned char)out[1]))
+        out[0] = (char)tolower((unsigned char)out[0]);
+}
+
+/* Like pg_first_line, for the last line that is not an indented hint. */
+void hb_pg_last_line(const char *msg, char *out, size_t outsz) {
+    const char *line = msg ? msg : "", *p;
+    for (p = line; p && *p; p = strchr(p, '\n')) {
+        if (*p == '\n')
+            p++;
+        if (*p && *p != '\t' && *p != ' ' && *p != '\n')
+            line = p;
+    }
+    pg_first_line(line, out, outsz);
+}
+
+/* Replaces every occurrence of secret in buf with "***" (in place; never grows). */
+static void pg_scrub(char *buf, const char *secret) {
+    size_t sl = secret ? strlen(secret) : 0;
+    char *p = buf;
+    if (sl < 3)
+        return;
+    while ((p = strstr(p, secret)) != NULL) {
+        memcpy(p, "***", 3);
+        memmove(p + 3, p + sl, strlen(p + sl) + 1);
+        p += 3;
+    }
+}
+
+void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz) {
+    const char *host = conn ? PQhost(conn) : NULL, *port = conn ? PQport(conn) : NULL;
+    hb_seterr(out, outsz, "host %s port %s", host && *host ? host : "(default)",
+              port && *port ? port : "5432");
+}
+
+void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+                       size_t errstr_size) {
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    char line[512];
+    if (primary) {
+        pg_first_line(primary, line, sizeof(line));
+        if (state)
+            hb_seterr(errstr, errstr_size, "%s (SQLSTATE %s)", line, state);
+        else
+            hb_seterr(errstr, errstr_size, "%s", line);
+        return;
+    }
+    pg_first_line(conn ? PQerrorMessage(conn) : "no connection", line, sizeof(line));
+    hb_seterr(errstr, errstr_size, "%s", line);
+}
+
+/* The password in conninfo, if any (caller frees). Only conninfo strings that
+ * parse are looked at; a bare database name has none. */
+static char *pg_password(const char *conninfo) {
+    PQconninfoOption *opts, *o;
+    char *perr = NULL, *pw = NULL;
+    opts = PQconninfoParse(conninfo, &perr);
+    if (!opts) {
+        PQfreemem(perr);
+        return NULL;
+    }
+    for (o = opts; o->keyword; o++)
+        if (!strcmp(o->keyword, "password") && o->val && *o->val)
+            pw = hb_strdup(o->val);
+    PQconninfoFree(opts);
+    return pw;
+}
+
+/* Server notices and warnings (and a FATAL sent before the server closes the
+ * connection) go to the log instead of libpq's default stderr printer. */
+static void pg_notice(void *arg, const char *message) {
+    char line[512];
+    (void)arg;
+    pg_first_line(message, line, sizeof(line));
+    if (!strncmp(message, "NOTICE", 6) || !strncmp(message, "DEBUG", 5) ||
+        !strncmp(message, "INFO", 4) || !strncmp(message, "LOG", 3))
+        hb_log(HB_LOG_DEBUG, NULL, "database: %s", line);
+    else
+        hb_log(HB_LOG_WARN, NULL, "database: %s", line);
+}
+
+static int looks_like_conninfo(const char *s) {
+    return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
+}
+
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name,
+                                    char *errstr, size_t errstr_size) {
+    /* Keywords before dbname are defaults the conninfo may override; the ones
+     * after it are not negotiable. */
+    const char *keys[] = {"connect_timeout",  "keepalives",
+                          "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout",
+                          "dbname",           "client_encoding",
+                          "application_name", NULL};
+    const char *vals[] = {"10",
+                          "1",
+                          "30",
+                          "10",
+                          "3",
+                          "15000",
+                          conninfo ? conninfo : "",
+                          "UTF8",
+                          application_name ? application_name : "hookbridge",
+                          NULL};
+    char why[512], where[300];
+    char *pw = NULL, *perr = NULL;
+    PGconn *conn;
+
+    if (!conninfo)
+        conninfo = "";
+    if (looks_like_conninfo(conninfo)) {
+        PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+        if (!opts) {
+            /* libpq's message may quote part of the string: do not repeat it. */
+            PQfreemem(perr);
+            hb_seterr(errstr, errstr_size,
+                      "database: the connection string is not valid "
+                      "(check HOOKBRIDGE_DATABASE_URL)");
+            return NULL;
+        }
+        PQconninfoFree(opts);
+        pw = pg_password(conninfo);
+    }
+    conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn) {
+        hb_seterr(errstr, errstr_size, "database: out of memory");
+        goto fail;
+    }
+    if (PQstatus(conn) != CONNECTION_OK) {
+        pg_first_line(PQerrorMessage(conn), why, sizeof(why));
+        pg_scrub(why, pw);
+        hb_pg_describe(conn, where, sizeof(where));
+        pg_scrub(where, pw);
+        hb_seterr(errstr, errstr_size, "database: %s (%s)", why, where);
+        PQfinish(conn);
+        conn = NULL;
+    } else {
+        PQsetNoticeProcessor(conn, pg_notice, NULL);
+    }
+fail:
+    if (pw) {
+        OPENSSL_cleanse(pw, strlen(pw));
+        free(pw);
+    }
+    return conn;
+}
+

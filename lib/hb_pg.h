@@ -1,0 +1,35 @@
+/*
+ * PostgreSQL connection helpers shared by the subscription store, the sealer,
+ * the delivery log writer, hookbridge-migrate and hookbridge-secret (libpq
+ * types stay out of this header). Any thread.
+ */
+#ifndef HB_PG_H
+#define HB_PG_H
+
+#include "hb_common.h"
+
+/* hb_pg_connect: blocking connect with defaults the conninfo may
+ * override (connect_timeout 10 s, TCP keepalives, tcp_user_timeout 15 s) and
+ * ones it may not (client_encoding UTF8, application_name). On failure returns
+ * NULL and a one-line reason naming host and port, e.g.
+ * "database: connection refused (host 127.0.0.1 port 5432)"; never the
+ * conninfo or the password. Caller PQfinish()es the result. Any thread. */
+struct pg_conn;
+struct pg_result;
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name,
+                                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* One-line reason for a failed command: the server's message with its SQLSTATE
+ * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
+ * trimmed to its first line. res may be NULL. */
+void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+                       size_t errstr_size);
+
+/* "host H port P" of conn, for messages (never the password). */
+void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
+
+/* Like hb_pg_error's fallback, for the last line of a libpq message that is
+ * not an indented hint (libpq appends to the last command's message). */
+void hb_pg_last_line(const char *msg, char *out, size_t outsz);
+
+#endif
