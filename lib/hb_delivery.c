@@ -216,6 +216,31 @@ static void record(hb_deliveries_t *D, hb_delivery_t *dl, int attempt, const hb_
     hb_gate_log(D->outbox, gate, row_for(dl, attempt, res, outcome, reason));
 }
 
+/* The one DeliveryRetry encoder: deliveries and the retrier's replays. */
+static int retry_encode(hb_deliveries_t *D, const hb_retry_msg_t *m, void **buf, size_t *len,
+                        char *errstr, size_t errstr_size) {
+    json_t *obj = hb_retry_msg_to_json(m);
+    int rc;
+    if (!obj) {
+        hb_seterr(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    rc = hb_codec_encode(D->retry_codec, obj, buf, len, errstr, errstr_size);
+    json_decref(obj);
+    return rc;
+}
+
+int hb_deliveries_produce_retry(hb_deliveries_t *D, const char *topic, const hb_retry_msg_t *m,
+                                char *errstr, size_t errstr_size) {
+    void *buf = NULL;
+    size_t len = 0;
+    if (retry_encode(D, m, &buf, &len, errstr, errstr_size) < 0)
+        return -1;
+    hb_outbox_produce(D->outbox, topic, m->subscription_id, buf, len, NULL);
+    free(buf);
+    return 0;
+}
+
 /* A DeliveryRetry for dl, to topic, not yet sent; once the broker acks it,
  * row (taken, may be NULL) is logged with gate as its token. NULL when it
  * cannot be encoded (row freed). */
@@ -237,19 +262,16 @@ static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *t
         .last_status = last_status,
         .last_error = (char *)(reason ? reason : ""),
     };
-    json_t *obj = hb_retry_msg_to_json(&m);
     void *buf = NULL;
     size_t len = 0;
     char errstr[256];
     hb_pmsg_t *pm;
-    if (!obj || hb_codec_encode(D->retry_codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
-        json_decref(obj);
+    if (retry_encode(D, &m, &buf, &len, errstr, sizeof(errstr)) < 0) {
         hb_dlog_row_free(row);
         hb_log(HB_LOG_ERROR, HB_KV("delivery_id", dl->id), "cannot encode a DeliveryRetry: %s",
-               obj ? errstr : "out of memory");
+               errstr);
         return NULL;
     }
-    json_decref(obj);
     pm = hb_pmsg_new(topic, dl->sub->id, buf, len, gate, row);
     free(buf);
     return pm;

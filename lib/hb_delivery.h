@@ -102,6 +102,12 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
                                    const hb_delivery_metrics_t *m, int circuit_counts_attempts,
                                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_deliveries_free(hb_deliveries_t *D);
+
+/* Encodes m as a DeliveryRetry with the one encoder deliveries use and
+ * produces it to topic (at least once, hb_outbox); -1 when it cannot be
+ * encoded. */
+int hb_deliveries_produce_retry(hb_deliveries_t *D, const char *topic, const hb_retry_msg_t *m,
+                                char *errstr, size_t errstr_size) HB_MUSTCHECK;
 /* Shutdown passed its deadline: completions record nothing from now on. */
 void hb_deliveries_abandon(hb_deliveries_t *D);
 int hb_deliveries_abandoning(const hb_deliveries_t *D);

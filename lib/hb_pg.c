@@ -85,7 +85,7 @@ void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz) {
 }
 
 void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
-                       size_t errstr_size) {
+                 size_t errstr_size) {
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     char line[512];
@@ -135,8 +135,8 @@ static int looks_like_conninfo(const char *s) {
     return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
 }
 
-struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name,
-                                    char *errstr, size_t errstr_size) {
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
+                              size_t errstr_size) {
     /* Keywords before dbname are defaults the conninfo may override; the ones
      * after it are not negotiable. */
     const char *keys[] = {"connect_timeout",  "keepalives",
@@ -196,4 +196,3 @@ fail:
     }
     return conn;
 }
-

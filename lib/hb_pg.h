@@ -16,14 +16,14 @@
  * conninfo or the password. Caller PQfinish()es the result. Any thread. */
 struct pg_conn;
 struct pg_result;
-struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name,
-                                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
+                              size_t errstr_size) HB_MUSTCHECK;
 
 /* One-line reason for a failed command: the server's message with its SQLSTATE
  * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
  * trimmed to its first line. res may be NULL. */
 void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
-                       size_t errstr_size);
+                 size_t errstr_size);
 
 /* "host H port P" of conn, for messages (never the password). */
 void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);

@@ -105,7 +105,8 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
                        "  FROM hookbridge.secrets_to_seal($1::integer)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return sealer_abort(sl, sealer_fail(sl, res, "taking secrets to seal", errstr, errstr_size));
+        return sealer_abort(sl,
+                            sealer_fail(sl, res, "taking secrets to seal", errstr, errstr_size));
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
         const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
@@ -130,8 +131,8 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
         hex = NULL;
         if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
             PQclear(res);
-            return sealer_abort(sl,
-                               sealer_fail(sl, r2, "storing a sealed secret", errstr, errstr_size));
+            return sealer_abort(
+                sl, sealer_fail(sl, r2, "storing a sealed secret", errstr, errstr_size));
         }
         PQclear(r2);
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub_id), "sealed its %s",
@@ -140,7 +141,7 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
     PQclear(res);
     /* What was sealed before a failure is kept. */
     if (sealer_command(sl, "COMMIT", failed ? ignored : errstr,
-                      failed ? sizeof(ignored) : errstr_size) < 0)
+                       failed ? sizeof(ignored) : errstr_size) < 0)
         return sealer_abort(sl, -1);
     return failed ? -1 : n;
 }
@@ -164,7 +165,8 @@ static int reseal_batch(sealer_t *sl, const char *old_ids, char *errstr, size_t 
                        "  FROM hookbridge.sealed_under_other_keys($1::text[], $2::integer)",
                        2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return sealer_abort(sl, sealer_fail(sl, res, "finding secrets under old keys", errstr, errstr_size));
+        return sealer_abort(
+            sl, sealer_fail(sl, res, "finding secrets under old keys", errstr, errstr_size));
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
         const char *kind = PQgetvalue(res, i, 0), *sub_id = PQgetvalue(res, i, 1);
@@ -200,7 +202,8 @@ static int reseal_batch(sealer_t *sl, const char *old_ids, char *errstr, size_t 
         free(hex);
         if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
             PQclear(res);
-            return sealer_abort(sl, sealer_fail(sl, r2, "re-sealing a secret", errstr, errstr_size));
+            return sealer_abort(sl,
+                                sealer_fail(sl, r2, "re-sealing a secret", errstr, errstr_size));
         }
         PQclear(r2);
         moved++;

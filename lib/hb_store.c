@@ -770,15 +770,84 @@ int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *
     return 0;
 }
 
-int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,
-                   struct pg_result **out, const char *what, char *errstr, size_t errstr_size) {
+/* ------------------------------------------------------------------------ */
+/* Replays and the failing-endpoint sweep (the retrier)                     */
+
+static char *col_dup(const PGresult *res, int row, int c) {
+    return hb_strdup(PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
+}
+
+int hb_store_claim_replays(hb_store_t *st, int max, hb_replay_t **out, int *cnt, char *errstr,
+                           size_t errstr_size) {
+    char limit[16];
+    const char *params[1] = {limit};
     PGresult *res;
+    int n;
     *out = NULL;
+    *cnt = 0;
     if (store_ready(st, errstr, errstr_size) < 0)
         return -1;
-    res = PQexecParams(st->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    snprintf(limit, sizeof(limit), "%d", max);
+    res = PQexecParams(st->conn,
+                       "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
+                       "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
+                       "  FROM hookbridge.claim_replays($1::int)",
+                       1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, what, errstr, errstr_size);
-    *out = res;
+        return store_fail(st, res, "claiming replays", errstr, errstr_size);
+    n = PQntuples(res);
+    *out = hb_calloc((size_t)n + 1, sizeof(**out));
+    for (int i = 0; i < n; i++) {
+        hb_replay_t *r = &(*out)[i];
+        long long ll = 0;
+        r->delivery_id = col_dup(res, i, 0);
+        r->subscription_id = col_dup(res, i, 1);
+        r->event_ids = col_dup(res, i, 2);
+        r->event_type = col_dup(res, i, 3);
+        r->content_type = col_dup(res, i, 4);
+        r->body_len = (size_t)PQgetlength(res, i, 5);
+        r->body = hb_strndup(PQgetvalue(res, i, 5), r->body_len);
+        if (parse_ll(col(res, i, 6), &ll) == 0 && ll <= 1000000)
+            r->attempts = (int)ll;
+        ll = 0;
+        if (parse_ll(col(res, i, 7), &ll) == 0)
+            r->claimed_ms = ll;
+    }
+    *cnt = n;
+    PQclear(res);
+    return 0;
+}
+
+void hb_store_replays_free(hb_replay_t *replays, int cnt) {
+    for (int i = 0; replays && i < cnt; i++) {
+        free(replays[i].delivery_id);
+        free(replays[i].subscription_id);
+        free(replays[i].event_ids);
+        free(replays[i].event_type);
+        free(replays[i].content_type);
+        free(replays[i].body);
+    }
+    free(replays);
+}
+
+int hb_store_deactivate_failing(hb_store_t *st, long long after_ms, int *count, char *errstr,
+                                size_t errstr_size) {
+    char after[32];
+    const char *params[1] = {after};
+    PGresult *res;
+    *count = 0;
+    if (store_ready(st, errstr, errstr_size) < 0)
+        return -1;
+    snprintf(after, sizeof(after), "%lld milliseconds", after_ms);
+    res = PQexecParams(
+        st->conn, "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)",
+        1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(st, res, "deactivating failing endpoints", errstr, errstr_size);
+    for (int i = 0; i < PQntuples(res); i++)
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
+               PQgetvalue(res, i, 1));
+    *count = PQntuples(res);
+    PQclear(res);
     return 0;
 }

@@ -84,11 +84,27 @@ int hb_store_record_verification(hb_store_t *st, const char *id, const char *url
 int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
                                    size_t errstr_size) HB_MUSTCHECK;
 
-struct pg_result;
-/* Runs one parameterised statement that returns rows (a function call);
- * *out is the result (PQclear it). what names it in the error. */
-int hb_store_query(hb_store_t *st, const char *sql, int nparams, const char *const *params,
-                   struct pg_result **out, const char *what, char *errstr,
-                   size_t errstr_size) HB_MUSTCHECK;
+/* For the retrier. */
+
+/* A replay request taken up (hookbridge.claim_replays, leased for 5 minutes). */
+typedef struct hb_replay_s {
+    char *delivery_id, *subscription_id, *event_ids, *event_type, *content_type;
+    char *body;
+    size_t body_len;
+    int attempts;       /* attempts made so far */
+    int64_t claimed_ms; /* wall ms on the database's clock when it was taken up */
+} hb_replay_t;
+
+/* Takes up to max replay requests: *out is an array of *cnt (free with
+ * hb_store_replays_free). */
+int hb_store_claim_replays(hb_store_t *st, int max, hb_replay_t **out, int *cnt, char *errstr,
+                           size_t errstr_size) HB_MUSTCHECK;
+void hb_store_replays_free(hb_replay_t *replays, int cnt);
+
+/* Deactivates the subscriptions whose every attempt failed for after_ms
+ * (hookbridge.deactivate_failing), each with a warning naming it and why;
+ * *count is how many. */
+int hb_store_deactivate_failing(hb_store_t *st, long long after_ms, int *count, char *errstr,
+                                size_t errstr_size) HB_MUSTCHECK;
 
 #endif

@@ -76,6 +76,11 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
     hb_delivery_send(w->deliveries, dl);
 }
 
+int hb_worker_produce_retry(hb_worker_t *w, const char *topic, const hb_retry_msg_t *m,
+                            char *errstr, size_t errstr_size) {
+    return hb_deliveries_produce_retry(w->deliveries, topic, m, errstr, errstr_size);
+}
+
 void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason) {
     hb_delivery_skip(w->deliveries, dl, outcome, reason);
 }

@@ -130,6 +130,12 @@ void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */
 void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms);
 
+/* Encodes m as a DeliveryRetry (the one encoder retries go through,
+ * hb_delivery.c) and produces it to topic, keyed by its subscription id; -1
+ * when it cannot be encoded (nothing produced). */
+int hb_worker_produce_retry(hb_worker_t *w, const char *topic, const hb_retry_msg_t *m,
+                            char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* Produces an already-encoded message, at least once (hb_outbox.h);
  * the job (may be NULL) is held until the broker acknowledges it. */
 void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const void *val,

@@ -43,25 +43,22 @@
  */
 #include "retrier.h"
 
-#include <libpq-fe.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "hb_codec.h"
 #include "hb_log.h"
 #include "hb_retry.h"
 #include "hb_schemas.h"
 #include "hb_worker.h"
 
 #define REPLAY_POLL_MS 1000
-#define REPLAY_BATCH "100"
+#define REPLAY_BATCH 100
 #define SWEEP_MS 60000
 #define HOP_SLACK_MS 100 /* rounding and resends: never hop a message due within its tier */
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
     hb_worker_t *w;
-    hb_codec_t *codec; /* DeliveryRetry, for replays */
     int64_t next_replay_poll;
     int64_t next_sweep;
     hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
@@ -194,91 +191,67 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
 
 /* ----------------------------------------------------------------- replay */
 
-static int64_t parse_ms(const char *s) {
-    return s && *s ? strtoll(s, NULL, 10) : 0;
-}
-
 static void poll_replays(hb_retrier_t *r) {
     hb_store_t *store = hb_worker_store(r->w);
     const hb_schedule_t *sch = hb_worker_schedule(r->w);
-    const char *params[1] = {REPLAY_BATCH};
-    PGresult *res = NULL;
+    hb_replay_t *rp = NULL;
+    int cnt = 0;
     char errstr[512];
 
     if (!store || !hb_store_connected(store))
         return;
-    if (hb_store_query(store,
-                       "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
-                       "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
-                       "  FROM hookbridge.claim_replays($1::int)",
-                       1, params, &res, "claiming replays", errstr, sizeof(errstr)) < 0) {
+    if (hb_store_claim_replays(store, REPLAY_BATCH, &rp, &cnt, errstr, sizeof(errstr)) < 0) {
         hb_worker_db_error(r->w);
         hb_warn("%s", errstr);
         return;
     }
-    for (int i = 0; i < PQntuples(res); i++) {
-        int attempts = atoi(PQgetvalue(res, i, 6));
+    for (int i = 0; i < cnt; i++) {
         hb_retry_msg_t m = {
-            .delivery_id = PQgetvalue(res, i, 0),
-            .subscription_id = PQgetvalue(res, i, 1),
-            .event_ids = PQgetvalue(res, i, 2),
-            .event_type = PQgetvalue(res, i, 3),
-            .content_type = PQgetvalue(res, i, 4),
-            .body = PQgetvalue(res, i, 5),
-            .body_len = (size_t)PQgetlength(res, i, 5),
-            .attempt = attempts + 1,
+            .delivery_id = rp[i].delivery_id,
+            .subscription_id = rp[i].subscription_id,
+            .event_ids = rp[i].event_ids,
+            .event_type = rp[i].event_type,
+            .content_type = rp[i].content_type,
+            .body = rp[i].body,
+            .body_len = rp[i].body_len,
+            .attempt = rp[i].attempts + 1,
             .not_before_ms = hb_wall_ms(),
             /* The replay's attempts begin now, on the database's clock:
              * it was requested while the subscription was active, so a
              * deactivation before it does not drop it, one after does
              * (on_message), with no clock skew between the two. */
-            .first_attempt_ms = parse_ms(PQgetvalue(res, i, 7)),
+            .first_attempt_ms = rp[i].claimed_ms,
             .last_status = 0,
             .last_error = (char *)"replay requested",
-            .schedule_offset = attempts,
+            .schedule_offset = rp[i].attempts,
         };
-        json_t *obj = hb_retry_msg_to_json(&m);
-        void *buf = NULL;
-        size_t len = 0;
-        if (!obj || hb_codec_encode(r->codec, obj, &buf, &len, errstr, sizeof(errstr)) < 0) {
-            hb_log(HB_LOG_ERROR, HB_KV("delivery_id", m.delivery_id), "cannot replay: %s",
-                   obj ? errstr : "out of memory");
-        } else {
-            hb_worker_produce(r->w, sch->tier_topics[0], m.subscription_id, buf, len, NULL);
-            hb_metric_inc(r->m_replayed);
-            hb_log(HB_LOG_INFO,
-                   HB_KV("delivery_id", m.delivery_id, "subscription_id", m.subscription_id),
-                   "replay requested: attempt %d queued on %s", m.attempt, sch->tier_topics[0]);
+        if (hb_worker_produce_retry(r->w, sch->tier_topics[0], &m, errstr, sizeof(errstr)) < 0) {
+            hb_log(HB_LOG_ERROR, HB_KV("delivery_id", m.delivery_id), "cannot replay: %s", errstr);
+            continue;
         }
-        json_decref(obj);
-        free(buf);
+        hb_metric_inc(r->m_replayed);
+        hb_log(HB_LOG_INFO,
+               HB_KV("delivery_id", m.delivery_id, "subscription_id", m.subscription_id),
+               "replay requested: attempt %d queued on %s", m.attempt, sch->tier_topics[0]);
     }
-    PQclear(res);
+    hb_store_replays_free(rp, cnt);
 }
 
 static void sweep_failing(hb_retrier_t *r) {
     hb_store_t *store = hb_worker_store(r->w);
-    PGresult *res = NULL;
-    char after[32], errstr[512];
-    const char *params[1] = {after};
+    char errstr[512];
+    int cnt = 0;
 
     if (r->cfg->auto_deactivate_ms <= 0 || !store || !hb_store_connected(store))
         return;
-    snprintf(after, sizeof(after), "%lld milliseconds", r->cfg->auto_deactivate_ms);
-    if (hb_store_query(
-            store,
-            "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)", 1,
-            params, &res, "deactivating failing endpoints", errstr, sizeof(errstr)) < 0) {
+    if (hb_store_deactivate_failing(store, r->cfg->auto_deactivate_ms, &cnt, errstr,
+                                    sizeof(errstr)) < 0) {
         hb_worker_db_error(r->w);
         hb_warn("%s", errstr);
         return;
     }
-    for (int i = 0; i < PQntuples(res); i++) {
+    for (int i = 0; i < cnt; i++)
         hb_metric_inc(r->m_auto_deactivated);
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
-               PQgetvalue(res, i, 1));
-    }
-    PQclear(res);
 }
 
 static long long on_pass(hb_worker_t *w, void *opaque) {
@@ -320,11 +293,6 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
         free(r);
         return NULL;
     }
-    r->codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
-    if (!r->codec) {
-        hb_retrier_free(r);
-        return NULL;
-    }
     r->m_replayed = hb_metrics_counter("hookbridge_replays_total", NULL,
                                        "Replay requests put back on the first delay tier.");
     r->m_stale = hb_metrics_counter(
@@ -348,6 +316,5 @@ void hb_retrier_free(hb_retrier_t *r) {
     if (!r)
         return;
     hb_worker_free(r->w);
-    hb_codec_free(r->codec);
     free(r);
 }
