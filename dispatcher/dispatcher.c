@@ -182,6 +182,14 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ev
 
 /* ----------------------------------------------------------- verification */
 
+static void on_recorded(const char *id, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    if (!err)
+        return;
+    hb_worker_db_error(d->w);
+    hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
+}
+
 static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     verify_t *v = opaque;
     hb_dispatcher_t *d = v->d;
@@ -196,27 +204,21 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                ok ? "endpoint verified" : "endpoint verification failed: %s", ok ? "" : reason);
         if (!store ||
             hb_store_record_verification(store, v->sub->id, v->sub->url, ok, ok ? NULL : reason,
-                                         errstr, sizeof(errstr)) < 0) {
-            hb_worker_db_error(d->w);
-            hb_log(HB_LOG_ERROR, HB_KV("subscription_id", v->sub->id),
-                   "cannot record verification: %s", store ? errstr : "database not connected");
-        }
+                                         on_recorded, d, errstr, sizeof(errstr)) < 0)
+            on_recorded(v->sub->id, store ? errstr : "database not connected", d);
     }
     hb_sub_unref(v->sub);
     free(v);
 }
 
-static void run_verification(hb_dispatcher_t *d, const char *id) {
-    hb_store_t *store = hb_worker_store(d->w);
-    hb_sub_t *sub = NULL;
+/* The store claimed (sub) or not (NULL) the verification of id. */
+static void on_claimed(const char *id, hb_sub_t *sub, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
     verify_t *v;
-    char errstr[256];
 
-    if (!store)
-        return;
-    if (hb_store_claim_verification(store, id, &sub, errstr, sizeof(errstr)) < 0) {
+    if (err) {
         hb_worker_db_error(d->w);
-        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", errstr);
+        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", err);
         return;
     }
     if (!sub)
@@ -235,25 +237,33 @@ static void run_verification(hb_dispatcher_t *d, const char *id) {
                            on_verify_done, v);
 }
 
+static void run_verification(hb_dispatcher_t *d, const char *id) {
+    hb_store_t *store = hb_worker_store(d->w);
+    char errstr[256];
+
+    if (!store)
+        return;
+    if (hb_store_claim_verification(store, id, on_claimed, d, errstr, sizeof(errstr)) < 0)
+        on_claimed(id, NULL, errstr, d);
+}
+
 static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
     (void)w;
     run_verification(opaque, id);
 }
 
-/* Requests made while no dispatcher was connected. */
-static void on_index_loaded(hb_worker_t *w, void *opaque) {
-    char **ids = NULL, errstr[256];
-    int cnt = 0;
-    if (hb_store_pending_verifications(hb_worker_store(w), &ids, &cnt, errstr, sizeof(errstr)) <
-        0) {
-        hb_error("cannot list pending verifications: %s", errstr);
+static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
+    if (err) {
+        hb_error("cannot list pending verifications: %s", err);
         return;
     }
-    for (int i = 0; i < cnt; i++) {
+    for (int i = 0; i < cnt; i++)
         run_verification(opaque, ids[i]);
-        free(ids[i]);
-    }
-    free(ids);
+}
+
+/* Requests made while no dispatcher was connected. */
+static void on_index_loaded(hb_worker_t *w, void *opaque) {
+    hb_store_pending_verifications(hb_worker_store(w), on_pending, opaque);
 }
 
 static const hb_worker_hooks_t hooks = {

@@ -25,10 +25,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hb_log.h"
 #include "hb_pg.h"
@@ -38,18 +42,7 @@
 
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 30000
-#define STORE_NOTIFY_ROUNDS 16 /* bound on re-draining per hb_store_process call */
-#define STORE_SWEEP_MS 60000   /* expired revealable secrets leave the inbox within this */
-
-struct hb_store_s {
-    char *conninfo;      /* may hold a password: cleansed on free, never printed */
-    PGconn *conn;        /* NULL while disconnected */
-    int64_t retry_at_ms; /* monotonic; next reconnect attempt */
-    int64_t backoff_ms;
-    const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
-    int seal_due;                /* hookbridge_seal was notified */
-    int64_t next_seal_ms;        /* monotonic; the inbox is swept at least this often */
-};
+#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
 
 /* One query shape for every snapshot: $1 NULL loads all live subscriptions.
  * Event types come space-separated (catalogue names have no spaces); signing
@@ -383,25 +376,217 @@ fail:
 }
 
 /* ------------------------------------------------------------------------ */
-/* Connection state                                                         */
+/* Messages between the loop and the lanes                                  */
+
+enum {
+    /* requests (loop -> lane -> loop, with a callback) */
+    MSG_CLAIM_VERIFY,
+    MSG_RECORD_VERIFY,
+    MSG_PENDING_VERIFY,
+    MSG_REPLAYS,
+    MSG_SWEEP,
+    /* events (follower -> loop) */
+    MSG_CHANGE,
+    MSG_VERIFY,
+    MSG_RELOAD,
+    MSG_ERROR
+};
+
+/* The callback of a request, by kind. */
+typedef union {
+    hb_store_claim_cb *claim;
+    hb_store_done_cb *done;
+    hb_store_ids_cb *ids;
+    hb_store_replays_cb *replays;
+    hb_store_count_cb *count;
+} hb_store_cb_t;
+
+typedef struct store_msg_s store_msg_t;
+struct store_msg_s {
+    struct store_msg_s *next;
+    int kind;
+    char id[HB_UUID_LEN + 1];
+    char *url, *reason; /* MSG_RECORD_VERIFY */
+    int ok, max;
+    long long after_ms;
+    /* answers */
+    char *err;       /* NULL: it worked */
+    hb_sub_t *sub;   /* MSG_CLAIM_VERIFY, MSG_CHANGE */
+    hb_sub_t **subs; /* MSG_RELOAD */
+    size_t subs_cnt; /* MSG_RELOAD */
+    char **ids;      /* MSG_PENDING_VERIFY */
+    int cnt;         /* ids, replays, deactivations */
+    hb_replay_t *replays;
+    hb_store_cb_t cb;
+    void *opaque;
+};
+
+static store_msg_t *msg_new(int kind) {
+    store_msg_t *m = hb_calloc(1, sizeof(*m));
+    m->kind = kind;
+    return m;
+}
+
+static void subs_free(hb_sub_t **subs, size_t n) {
+    for (size_t i = 0; subs && i < n; i++)
+        hb_sub_unref(subs[i]);
+    free(subs);
+}
+
+static void msg_free(store_msg_t *m) {
+    if (!m)
+        return;
+    free(m->url);
+    free(m->reason);
+    free(m->err);
+    hb_sub_unref(m->sub);
+    subs_free(m->subs, m->subs_cnt);
+    for (int i = 0; m->ids && i < m->cnt; i++)
+        free(m->ids[i]);
+    free(m->ids);
+    hb_store_replays_free(m->replays, m->replays ? m->cnt : 0);
+    free(m);
+}
+
+static void msg_fail(store_msg_t *m, const char *err) {
+    free(m->err);
+    m->err = hb_strdup(err);
+}
+
+typedef struct {
+    store_msg_t *head, *tail;
+} msg_queue_t;
+
+static void queue_push(msg_queue_t *q, store_msg_t *m) {
+    m->next = NULL;
+    if (q->tail)
+        q->tail->next = m;
+    else
+        q->head = m;
+    q->tail = m;
+}
+
+static store_msg_t *queue_pop(msg_queue_t *q) {
+    store_msg_t *m = q->head;
+    if (m) {
+        q->head = m->next;
+        if (!q->head)
+            q->tail = NULL;
+        m->next = NULL;
+    }
+    return m;
+}
+
+static void queue_free(msg_queue_t *q) {
+    store_msg_t *m;
+    while ((m = queue_pop(q)) != NULL)
+        msg_free(m);
+}
+
+/* A lane: one connection and the thread that owns it. */
+typedef struct lane_s {
+    hb_store_t *st;
+    const char *app_name;
+    int follower;        /* LISTENs, loads what changed, seals */
+    PGconn *conn;        /* NULL while disconnected; only the lane's thread uses it */
+    int sock;            /* PQsocket(conn) or -1; changed under st->mu */
+    int busy;            /* under st->mu: notifications taken, their events not queued */
+    int connected;       /* under st->mu */
+    int64_t retry_at_ms; /* monotonic; next reconnect attempt */
+    int64_t backoff_ms;
+    int seal_due;         /* hookbridge_seal was notified */
+    int64_t next_seal_ms; /* monotonic; the inbox is swept at least this often */
+    int wake[2];          /* loop -> lane: requests wait, or stop */
+    msg_queue_t reqs;     /* under st->mu */
+    pthread_t thread;
+    int started;
+} lane_t;
+
+struct hb_store_s {
+    char *conninfo;              /* may hold a password: cleansed on free, never printed */
+    const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
+    lane_t lanes[2];             /* LANE_FOLLOWER, LANE_REQUESTS */
+    pthread_mutex_t mu;
+    msg_queue_t results; /* under mu: for the loop, in order */
+    int notify[2];       /* lane -> loop: results wait */
+    int stop;            /* under mu */
+    /* The loop's: the last full load, until hb_store_load_all takes it. */
+    hb_sub_t **snapshot;
+    size_t snapshot_cnt;
+    char *snapshot_err; /* why there is none */
+    int pending;        /* the loop's: requests not called back yet */
+};
+
+enum { LANE_FOLLOWER, LANE_REQUESTS };
+
+static void pipe_poke(int fd) {
+    char c = 1;
+    ssize_t rc;
+    do
+        rc = write(fd, &c, 1);
+    while (rc < 0 && errno == EINTR);
+    /* EAGAIN: the pipe is full, so a wake-up is pending anyway */
+}
+
+static void pipe_drain(int fd) {
+    char buf[64];
+    while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+}
+
+static int pipe_open(int fds[2]) {
+    if (pipe(fds) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        (void)fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        (void)fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+    }
+    return 0;
+}
+
+/* Lane thread: hands m (an answered request or an event) to the loop. */
+static void post(lane_t *ln, store_msg_t *m) {
+    pthread_mutex_lock(&ln->st->mu);
+    queue_push(&ln->st->results, m);
+    ln->busy = 0; /* answered, or the reload queued */
+    pthread_mutex_unlock(&ln->st->mu);
+    pipe_poke(ln->st->notify[1]);
+}
+
+static void post_error(lane_t *ln, const char *err) {
+    store_msg_t *m = msg_new(MSG_ERROR);
+    msg_fail(m, err);
+    post(ln, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connection state (the lane's thread, or hb_store_new before it starts)   */
+
+static void lane_set_conn(lane_t *ln, PGconn *conn) {
+    pthread_mutex_lock(&ln->st->mu);
+    if (ln->conn && ln->conn != conn)
+        PQfinish(ln->conn);
+    ln->conn = conn;
+    ln->sock = conn ? PQsocket(conn) : -1;
+    ln->connected = conn != NULL;
+    pthread_mutex_unlock(&ln->st->mu);
+}
 
 /* Forgets a broken connection; the next attempt is due after the backoff. */
-static void store_drop(hb_store_t *st) {
-    if (st->conn)
-        PQfinish(st->conn);
-    st->conn = NULL;
-    st->backoff_ms = STORE_BACKOFF_MIN_MS;
-    st->retry_at_ms = hb_mono_ms() + st->backoff_ms;
+static void store_drop(lane_t *ln) {
+    lane_set_conn(ln, NULL);
+    ln->backoff_ms = STORE_BACKOFF_MIN_MS;
+    ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
 }
 
 /* After a failed command: drop the connection if it is gone, and say why. */
-static int store_fail(hb_store_t *st, PGresult *res, const char *what, char *errstr,
+static int store_fail(lane_t *ln, PGresult *res, const char *what, char *errstr,
                       size_t errstr_size) {
     char why[512];
-    hb_pg_error(st->conn, res, why, sizeof(why));
+    hb_pg_error(ln->conn, res, why, sizeof(why));
     PQclear(res);
-    if (PQstatus(st->conn) == CONNECTION_BAD) {
-        store_drop(st);
+    if (PQstatus(ln->conn) == CONNECTION_BAD) {
+        store_drop(ln);
         hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
                   why);
     } else {
@@ -410,58 +595,23 @@ static int store_fail(hb_store_t *st, PGresult *res, const char *what, char *err
     return -1;
 }
 
-static int store_ready(hb_store_t *st, char *errstr, size_t errstr_size) {
-    if (st->conn)
+static int store_ready(lane_t *ln, char *errstr, size_t errstr_size) {
+    if (ln->conn)
         return 0;
     hb_seterr(errstr, errstr_size, "database: not connected (reconnecting)");
     return -1;
 }
 
-static int store_listen(hb_store_t *st, char *errstr, size_t errstr_size) {
+static int store_listen(lane_t *ln, char *errstr, size_t errstr_size) {
     static const char *const channels[] = {"LISTEN hookbridge_subscriptions",
                                            "LISTEN hookbridge_verify", "LISTEN hookbridge_seal"};
     for (size_t i = 0; i < HB_ARRAY_SIZE(channels); i++) {
-        PGresult *res = PQexecParams(st->conn, channels[i], 0, NULL, NULL, NULL, NULL, 0);
+        PGresult *res = PQexecParams(ln->conn, channels[i], 0, NULL, NULL, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
-            return store_fail(st, res, "LISTEN", errstr, errstr_size);
+            return store_fail(ln, res, "LISTEN", errstr, errstr_size);
         PQclear(res);
     }
     return 0;
-}
-
-hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
-                         size_t errstr_size) {
-    hb_store_t *st = hb_calloc(1, sizeof(*st));
-    st->conninfo = hb_strdup(conninfo ? conninfo : "");
-    st->keyring = keyring;
-    st->backoff_ms = STORE_BACKOFF_MIN_MS;
-    st->conn = hb_pg_connect(st->conninfo, "hookbridge", errstr, errstr_size);
-    if (!st->conn)
-        goto fail;
-    if (store_listen(st, errstr, errstr_size) < 0)
-        goto fail;
-    return st;
-fail:
-    hb_store_free(st);
-    return NULL;
-}
-
-void hb_store_free(hb_store_t *st) {
-    if (!st)
-        return;
-    if (st->conn)
-        PQfinish(st->conn);
-    OPENSSL_cleanse(st->conninfo, strlen(st->conninfo));
-    free(st->conninfo);
-    free(st);
-}
-
-int hb_store_fd(hb_store_t *st) {
-    return st->conn ? PQsocket(st->conn) : -1;
-}
-
-int hb_store_connected(hb_store_t *st) {
-    return st->conn != NULL && PQstatus(st->conn) == CONNECTION_OK;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -469,66 +619,70 @@ int hb_store_connected(hb_store_t *st) {
 
 /* Seals every plaintext value the SQL functions left in the inbox, so that
  * what the store loads next is sealed. */
-static int store_seal(hb_store_t *st, char *errstr, size_t errstr_size) {
+static int store_seal(lane_t *ln, char *errstr, size_t errstr_size) {
     int rc;
-    st->seal_due = 0;
-    st->next_seal_ms = hb_mono_ms() + STORE_SWEEP_MS;
-    rc = hb_sealer_seal_inbox(st->conn, st->keyring, errstr, errstr_size);
-    if (rc < 0 && PQstatus(st->conn) == CONNECTION_BAD)
-        store_drop(st);
+    ln->seal_due = 0;
+    ln->next_seal_ms = hb_mono_ms() + STORE_SWEEP_MS;
+    rc = hb_sealer_seal_inbox(ln->conn, ln->st->keyring, errstr, errstr_size);
+    if (rc < 0 && PQstatus(ln->conn) == CONNECTION_BAD)
+        store_drop(ln);
     return rc;
 }
 
 /* Moves values sealed under an older key to the current one. */
-static int store_reseal(hb_store_t *st, char *errstr, size_t errstr_size) {
-    int rc = hb_sealer_reseal(st->conn, st->keyring, errstr, errstr_size);
-    if (rc < 0 && PQstatus(st->conn) == CONNECTION_BAD)
-        store_drop(st);
+static int store_reseal(lane_t *ln, char *errstr, size_t errstr_size) {
+    int rc = hb_sealer_reseal(ln->conn, ln->st->keyring, errstr, errstr_size);
+    if (rc < 0 && PQstatus(ln->conn) == CONNECTION_BAD)
+        store_drop(ln);
     return rc;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Loading                                                                  */
 
-static PGresult *store_select(hb_store_t *st, const char *id) {
+static PGresult *store_select(lane_t *ln, const char *id) {
     const char *params[1] = {id};
-    return PQexecParams(st->conn, STORE_SELECT, 1, NULL, params, NULL, NULL, 0);
+    return PQexecParams(ln->conn, STORE_SELECT, 1, NULL, params, NULL, NULL, 0);
 }
 
-int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,
-                      char *errstr, size_t errstr_size) {
+/* Seals what waits, then loads every live subscription into *subs. */
+static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, size_t errstr_size) {
     PGresult *res;
     char why[256];
-    if (store_ready(st, errstr, errstr_size) < 0)
+    *subs = NULL;
+    *cnt = 0;
+    if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
     /* Seal what waits first, so that what is loaded is complete; a failure
      * here costs only the subscriptions it concerns (they fail closed). */
-    if (store_seal(st, why, sizeof(why)) < 0 || store_reseal(st, why, sizeof(why)) < 0) {
-        if (!st->conn) {
+    if (store_seal(ln, why, sizeof(why)) < 0 || store_reseal(ln, why, sizeof(why)) < 0) {
+        if (!ln->conn) {
             hb_seterr(errstr, errstr_size, "%s", why);
             return -1;
         }
         hb_error("sealing secrets: %s", why);
     }
-    res = store_select(st, NULL);
+    res = store_select(ln, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "loading subscriptions", errstr, errstr_size);
+        return store_fail(ln, res, "loading subscriptions", errstr, errstr_size);
+    *subs = hb_calloc((size_t)PQntuples(res) + 1, sizeof(**subs));
     for (int row = 0; row < PQntuples(res); row++) {
         hb_sub_t *sub;
-        if (store_row_to_sub(st->keyring, res, row, &sub, why, sizeof(why)) < 0) {
+        if (store_row_to_sub(ln->st->keyring, res, row, &sub, why, sizeof(why)) < 0) {
             /* One bad row must not keep the others from being served. */
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, row, COL_ID)),
                    "subscription skipped: %s", why);
             continue;
         }
-        cb(sub, opaque);
+        (*subs)[(*cnt)++] = sub;
     }
     PQclear(res);
     return 0;
 }
 
-int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
-                      size_t errstr_size) {
+/* Loads one subscription by id; *out = NULL when it does not exist or is
+ * deregistered. */
+static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, size_t errstr_size) {
     PGresult *res;
     int rc = 0;
     *out = NULL;
@@ -536,19 +690,28 @@ int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errs
         hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"", id ? id : "");
         return -1;
     }
-    if (store_ready(st, errstr, errstr_size) < 0)
+    if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
-    res = store_select(st, id);
+    res = store_select(ln, id);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "loading a subscription", errstr, errstr_size);
+        return store_fail(ln, res, "loading a subscription", errstr, errstr_size);
     if (PQntuples(res) > 0)
-        rc = store_row_to_sub(st->keyring, res, 0, out, errstr, errstr_size);
+        rc = store_row_to_sub(ln->st->keyring, res, 0, out, errstr, errstr_size);
     PQclear(res);
     return rc;
 }
 
+/* A full load for the loop (at a reconnect). */
+static void post_reload(lane_t *ln) {
+    store_msg_t *m = msg_new(MSG_RELOAD);
+    char why[512];
+    if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0)
+        msg_fail(m, why);
+    post(ln, m);
+}
+
 /* ------------------------------------------------------------------------ */
-/* Notifications and reconnection                                           */
+/* Notifications and reconnection (the follower lane)                       */
 
 typedef struct {
     char id[HB_UUID_LEN + 1];
@@ -556,14 +719,14 @@ typedef struct {
 } store_note_t;
 
 /* Moves libpq's queued notifications into notes[], without duplicates. */
-static size_t store_drain(hb_store_t *st, store_note_t **notes, size_t *cap) {
+static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
     size_t n = 0;
     PGnotify *nf;
-    while ((nf = PQnotifies(st->conn)) != NULL) {
+    while ((nf = PQnotifies(ln->conn)) != NULL) {
         int verify = !strcmp(nf->relname, "hookbridge_verify");
         int dup = 0;
         if (!strcmp(nf->relname, "hookbridge_seal")) {
-            st->seal_due = 1;
+            ln->seal_due = 1;
             PQfreemem(nf);
             continue;
         }
@@ -593,18 +756,19 @@ static size_t store_drain(hb_store_t *st, store_note_t **notes, size_t *cap) {
     return n;
 }
 
-/* Changes first, then verification requests (which may want the new row). */
-static int store_dispatch(hb_store_t *st, const store_note_t *notes, size_t n,
-                          const hb_store_handlers_t *h, void *opaque, char *errstr,
-                          size_t errstr_size) {
+/* Changes first, then verification requests (which may want the new row).
+ * The events are queued together, so the loop applies them in one pass. */
+static int store_dispatch(lane_t *ln, const store_note_t *notes, size_t n, msg_queue_t *out,
+                          char *errstr, size_t errstr_size) {
     char why[256];
     for (size_t i = 0; i < n; i++) {
+        store_msg_t *m;
         hb_sub_t *sub = NULL;
         if (notes[i].verify)
             continue;
-        if (hb_store_load_one(st, notes[i].id, &sub, why, sizeof(why)) < 0) {
-            if (!st->conn) {
-                /* Lost mid-way: the reconnect's on_reload covers the rest. */
+        if (load_one(ln, notes[i].id, &sub, why, sizeof(why)) < 0) {
+            if (!ln->conn) {
+                /* Lost mid-way: the reconnect's reload covers the rest. */
                 hb_seterr(errstr, errstr_size, "%s", why);
                 return -1;
             }
@@ -614,73 +778,78 @@ static int store_dispatch(hb_store_t *st, const store_note_t *notes, size_t n,
             hb_log(HB_LOG_ERROR, HB_KV("subscription_id", notes[i].id),
                    "subscription cannot be loaded, deliveries to it stop until it is fixed: %s",
                    why);
-            if (h && h->on_change)
-                h->on_change(notes[i].id, NULL, opaque);
-            continue;
         }
-        if (h && h->on_change)
-            h->on_change(notes[i].id, sub, opaque);
-        else
-            hb_sub_unref(sub);
+        m = msg_new(MSG_CHANGE);
+        memcpy(m->id, notes[i].id, sizeof(m->id));
+        m->sub = sub;
+        queue_push(out, m);
     }
-    for (size_t i = 0; i < n; i++)
-        if (notes[i].verify && h && h->on_verify)
-            h->on_verify(notes[i].id, opaque);
+    for (size_t i = 0; i < n; i++) {
+        store_msg_t *m;
+        if (!notes[i].verify)
+            continue;
+        m = msg_new(MSG_VERIFY);
+        memcpy(m->id, notes[i].id, sizeof(m->id));
+        queue_push(out, m);
+    }
     return 0;
 }
 
-static int store_reconnect(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
-                           size_t errstr_size) {
+/* Connects (the follower also LISTENs and reloads). */
+static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
     char why[512];
-    st->conn = hb_pg_connect(st->conninfo, "hookbridge", why, sizeof(why));
-    if (st->conn && store_listen(st, why, sizeof(why)) == 0) {
-        st->backoff_ms = STORE_BACKOFF_MIN_MS;
-        hb_info("database: reconnected; reloading subscriptions");
-        if (h && h->on_reload)
-            h->on_reload(opaque);
-        return 0;
+    PGconn *conn = hb_pg_connect(ln->st->conninfo, ln->app_name, why, sizeof(why));
+    if (conn) {
+        lane_set_conn(ln, conn);
+        if (!ln->follower || store_listen(ln, why, sizeof(why)) == 0) {
+            ln->backoff_ms = STORE_BACKOFF_MIN_MS;
+            return 0;
+        }
     }
-    if (st->conn)
-        PQfinish(st->conn);
-    st->conn = NULL;
-    st->retry_at_ms = hb_mono_ms() + st->backoff_ms;
+    lane_set_conn(ln, NULL);
+    ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
     hb_seterr(errstr, errstr_size, "%s; next attempt in %lld s", why,
-              (long long)(st->backoff_ms / 1000));
-    st->backoff_ms =
-        st->backoff_ms * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : st->backoff_ms * 2;
+              (long long)(ln->backoff_ms / 1000));
+    ln->backoff_ms =
+        ln->backoff_ms * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : ln->backoff_ms * 2;
     return -1;
 }
 
-int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
-                     size_t errstr_size) {
+/* The follower after its socket turned readable (or a sweep is due): reads
+ * the notifications, seals, loads what changed. The loop does not consume
+ * while busy (hb_store_settled), so a change notified before an event was
+ * produced is applied before that event is matched. */
+static void follow(lane_t *ln) {
     store_note_t *notes = NULL;
     size_t cap = 0, n;
-    int rc = 0;
+    msg_queue_t events = {0};
+    char errstr[512];
 
-    if (!st->conn) {
-        if (hb_mono_ms() < st->retry_at_ms)
-            return 0;
-        return store_reconnect(st, h, opaque, errstr, errstr_size);
-    }
-    if (!PQconsumeInput(st->conn) || PQstatus(st->conn) == CONNECTION_BAD) {
+    pthread_mutex_lock(&ln->st->mu);
+    ln->busy = 1;
+    pthread_mutex_unlock(&ln->st->mu);
+    if (!PQconsumeInput(ln->conn) || PQstatus(ln->conn) == CONNECTION_BAD) {
         char why[512];
         /* libpq appends to the last command's message: the newest line that
          * is not an indented hint is this failure's. */
-        hb_pg_last_line(PQerrorMessage(st->conn), why, sizeof(why));
-        store_drop(st);
-        hb_seterr(errstr, errstr_size, "database: connection lost (%s); reconnecting", why);
-        return -1;
+        hb_pg_last_line(PQerrorMessage(ln->conn), why, sizeof(why));
+        store_drop(ln);
+        hb_seterr(errstr, sizeof(errstr), "database: connection lost (%s); reconnecting", why);
+        queue_push(&events, msg_new(MSG_ERROR));
+        msg_fail(events.tail, errstr);
+        goto done;
     }
-    if (hb_mono_ms() >= st->next_seal_ms)
-        st->seal_due = 1; /* a sweep: revealable secrets past their window leave the inbox */
-    /* Handlers run queries, and libpq queues notifications that arrive
+    if (hb_mono_ms() >= ln->next_seal_ms)
+        ln->seal_due = 1; /* a sweep: revealable secrets past their window leave the inbox */
+    /* Loads run queries, and libpq queues notifications that arrive
      * meanwhile without the socket turning readable again: drain until empty. */
-    for (int round = 0; round < STORE_NOTIFY_ROUNDS && st->conn; round++) {
-        n = store_drain(st, &notes, &cap);
-        if (st->seal_due) {
-            if (store_seal(st, errstr, errstr_size) < 0) {
-                if (!st->conn) {
-                    rc = -1;
+    while (ln->conn) {
+        n = store_drain(ln, &notes, &cap);
+        if (ln->seal_due) {
+            if (store_seal(ln, errstr, sizeof(errstr)) < 0) {
+                if (!ln->conn) {
+                    queue_push(&events, msg_new(MSG_ERROR));
+                    msg_fail(events.tail, errstr);
                     break;
                 }
                 hb_error("sealing secrets: %s", errstr);
@@ -690,115 +859,98 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
         }
         if (n == 0)
             break;
-        if ((rc = store_dispatch(st, notes, n, h, opaque, errstr, errstr_size)) < 0)
+        if (store_dispatch(ln, notes, n, &events, errstr, sizeof(errstr)) < 0) {
+            queue_push(&events, msg_new(MSG_ERROR));
+            msg_fail(events.tail, errstr);
             break;
+        }
     }
+done:
     free(notes);
-    return rc;
+    pthread_mutex_lock(&ln->st->mu);
+    if (events.head) {
+        if (ln->st->results.tail)
+            ln->st->results.tail->next = events.head;
+        else
+            ln->st->results.head = events.head;
+        ln->st->results.tail = events.tail;
+    }
+    ln->busy = 0;
+    pthread_mutex_unlock(&ln->st->mu);
+    if (events.head)
+        pipe_poke(ln->st->notify[1]);
 }
 
 /* ------------------------------------------------------------------------ */
-/* Verification                                                             */
-
-int hb_store_claim_verification(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
-                                size_t errstr_size) {
-    const char *params[1] = {id};
-    PGresult *res;
-    int claimed;
-    *out = NULL;
-    if (!is_uuid(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
-        return -1;
-    }
-    if (store_ready(st, errstr, errstr_size) < 0)
-        return -1;
-    res = PQexecParams(st->conn, "SELECT hookbridge.claim_verification($1::uuid)", 1, NULL, params,
-                       NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "claiming a verification", errstr, errstr_size);
-    claimed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0);
-    PQclear(res);
-    if (!claimed)
-        return 0;
-    if (hb_store_load_one(st, id, out, errstr, errstr_size) < 0)
-        return -1;
-    return *out ? 1 : 0;
-}
-
-int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
-                                 const char *reason, char *errstr, size_t errstr_size) {
-    const char *params[4] = {id, ok ? "true" : "false", ok ? NULL : reason, url};
-    PGresult *res;
-    if (!is_uuid(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
-        return -1;
-    }
-    if (store_ready(st, errstr, errstr_size) < 0)
-        return -1;
-    res = PQexecParams(
-        st->conn,
-        "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text, $4::text)", 4, NULL,
-        params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "recording a verification", errstr, errstr_size);
-    PQclear(res);
-    return 0;
-}
-
-int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
-                                   size_t errstr_size) {
-    PGresult *res;
-    int n;
-    *ids = NULL;
-    *cnt = 0;
-    if (store_ready(st, errstr, errstr_size) < 0)
-        return -1;
-    res = PQexecParams(st->conn,
-                       "SELECT s.id::text FROM hookbridge.subscriptions s"
-                       " WHERE s.verification_requested_at IS NOT NULL"
-                       "   AND s.deregistered_at IS NULL"
-                       " ORDER BY s.verification_requested_at",
-                       0, NULL, NULL, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "listing pending verifications", errstr, errstr_size);
-    n = PQntuples(res);
-    *ids = hb_calloc((size_t)n + 1, sizeof(char *));
-    for (int i = 0; i < n; i++)
-        (*ids)[i] = hb_strdup(PQgetvalue(res, i, 0));
-    *cnt = n;
-    PQclear(res);
-    return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Replays and the failing-endpoint sweep (the retrier)                     */
+/* Requests (the request lane)                                              */
 
 static char *col_dup(const PGresult *res, int row, int c) {
     return hb_strdup(PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
 }
 
-int hb_store_claim_replays(hb_store_t *st, int max, hb_replay_t **out, int *cnt, char *errstr,
-                           size_t errstr_size) {
+static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    const char *params[1] = {m->id};
+    PGresult *res;
+    int claimed;
+    res = PQexecParams(ln->conn, "SELECT hookbridge.claim_verification($1::uuid)", 1, NULL, params,
+                       NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "claiming a verification", errstr, errstr_size);
+    claimed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0);
+    PQclear(res);
+    if (!claimed)
+        return 0;
+    return load_one(ln, m->id, &m->sub, errstr, errstr_size);
+}
+
+static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    const char *params[4] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url};
+    PGresult *res = PQexecParams(
+        ln->conn,
+        "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text, $4::text)", 4, NULL,
+        params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "recording a verification", errstr, errstr_size);
+    PQclear(res);
+    return 0;
+}
+
+static int pending_verifications(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    PGresult *res = PQexecParams(ln->conn,
+                                 "SELECT s.id::text FROM hookbridge.subscriptions s"
+                                 " WHERE s.verification_requested_at IS NOT NULL"
+                                 "   AND s.deregistered_at IS NULL"
+                                 " ORDER BY s.verification_requested_at",
+                                 0, NULL, NULL, NULL, NULL, 0);
+    int n;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "listing pending verifications", errstr, errstr_size);
+    n = PQntuples(res);
+    m->ids = hb_calloc((size_t)n + 1, sizeof(char *));
+    for (int i = 0; i < n; i++)
+        m->ids[i] = hb_strdup(PQgetvalue(res, i, 0));
+    m->cnt = n;
+    PQclear(res);
+    return 0;
+}
+
+static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     char limit[16];
     const char *params[1] = {limit};
     PGresult *res;
     int n;
-    *out = NULL;
-    *cnt = 0;
-    if (store_ready(st, errstr, errstr_size) < 0)
-        return -1;
-    snprintf(limit, sizeof(limit), "%d", max);
-    res = PQexecParams(st->conn,
+    snprintf(limit, sizeof(limit), "%d", m->max);
+    res = PQexecParams(ln->conn,
                        "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
                        "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
                        "  FROM hookbridge.claim_replays($1::int)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "claiming replays", errstr, errstr_size);
+        return store_fail(ln, res, "claiming replays", errstr, errstr_size);
     n = PQntuples(res);
-    *out = hb_calloc((size_t)n + 1, sizeof(**out));
+    m->replays = hb_calloc((size_t)n + 1, sizeof(*m->replays));
     for (int i = 0; i < n; i++) {
-        hb_replay_t *r = &(*out)[i];
+        hb_replay_t *r = &m->replays[i];
         long long ll = 0;
         r->delivery_id = col_dup(res, i, 0);
         r->subscription_id = col_dup(res, i, 1);
@@ -813,9 +965,394 @@ int hb_store_claim_replays(hb_store_t *st, int max, hb_replay_t **out, int *cnt,
         if (parse_ll(col(res, i, 7), &ll) == 0)
             r->claimed_ms = ll;
     }
-    *cnt = n;
+    m->cnt = n;
     PQclear(res);
     return 0;
+}
+
+static int deactivate_failing(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    char after[32];
+    const char *params[1] = {after};
+    PGresult *res;
+    snprintf(after, sizeof(after), "%lld milliseconds", m->after_ms);
+    res = PQexecParams(
+        ln->conn, "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)",
+        1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "deactivating failing endpoints", errstr, errstr_size);
+    for (int i = 0; i < PQntuples(res); i++)
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
+               PQgetvalue(res, i, 1));
+    m->cnt = PQntuples(res);
+    PQclear(res);
+    return 0;
+}
+
+/* Answers one request (on the lane's connection, reconnecting when due). */
+static void answer(lane_t *ln, store_msg_t *m) {
+    char errstr[512];
+    int rc;
+    pthread_mutex_lock(&ln->st->mu);
+    ln->busy = 1;
+    pthread_mutex_unlock(&ln->st->mu);
+    if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
+        lane_connect(ln, errstr, sizeof(errstr)) < 0) {
+        msg_fail(m, errstr);
+        post(ln, m);
+        return;
+    }
+    if (store_ready(ln, errstr, sizeof(errstr)) < 0) {
+        msg_fail(m, errstr);
+        post(ln, m);
+        return;
+    }
+    switch (m->kind) {
+    case MSG_CLAIM_VERIFY: rc = claim_verification(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_RECORD_VERIFY: rc = record_verification(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_PENDING_VERIFY: rc = pending_verifications(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_REPLAYS: rc = claim_replays(ln, m, errstr, sizeof(errstr)); break;
+    default: rc = deactivate_failing(ln, m, errstr, sizeof(errstr)); break;
+    }
+    if (rc < 0)
+        msg_fail(m, errstr);
+    post(ln, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The lanes' threads                                                       */
+
+static void *lane_main(void *arg) {
+    lane_t *ln = arg;
+    hb_store_t *st = ln->st;
+    char errstr[512];
+
+    for (;;) {
+        struct pollfd pfd[2];
+        int64_t now = hb_mono_ms(), wait_ms = 60000;
+        store_msg_t *m;
+        int stop, nfds = 1;
+
+        pthread_mutex_lock(&st->mu);
+        stop = st->stop;
+        m = queue_pop(&ln->reqs);
+        pthread_mutex_unlock(&st->mu);
+        if (stop) {
+            msg_free(m);
+            break;
+        }
+        if (m) {
+            answer(ln, m);
+            continue;
+        }
+        if (ln->follower && !ln->conn && now >= ln->retry_at_ms) {
+            if (lane_connect(ln, errstr, sizeof(errstr)) < 0) {
+                post_error(ln, errstr);
+            } else {
+                /* Changes made while disconnected come with the reload: the
+                 * loop takes no event until it has it. */
+                pthread_mutex_lock(&st->mu);
+                ln->busy = 1;
+                pthread_mutex_unlock(&st->mu);
+                hb_info("database: reconnected; reloading subscriptions");
+                post_reload(ln);
+                continue;
+            }
+        }
+        if (ln->follower && ln->conn && now >= ln->next_seal_ms) {
+            follow(ln);
+            continue;
+        }
+        pfd[0].fd = ln->wake[0];
+        pfd[0].events = POLLIN;
+        if (ln->follower && ln->conn) {
+            pfd[1].fd = PQsocket(ln->conn);
+            pfd[1].events = POLLIN;
+            nfds = 2;
+            wait_ms = ln->next_seal_ms - now;
+        } else if (ln->follower) {
+            wait_ms = ln->retry_at_ms - now;
+        }
+        if (wait_ms < 0)
+            wait_ms = 0;
+        if (poll(pfd, (nfds_t)nfds, (int)wait_ms) < 0 && errno != EINTR)
+            break;
+        if (pfd[0].revents)
+            pipe_drain(ln->wake[0]);
+        if (nfds == 2 && pfd[1].revents)
+            follow(ln);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop's side                                                          */
+
+hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
+                         size_t errstr_size) {
+    hb_store_t *st = hb_calloc(1, sizeof(*st));
+    lane_t *fl = &st->lanes[LANE_FOLLOWER];
+    char why[512];
+    PGconn *conn;
+
+    st->conninfo = hb_strdup(conninfo ? conninfo : "");
+    st->keyring = keyring;
+    st->notify[0] = st->notify[1] = -1;
+    pthread_mutex_init(&st->mu, NULL);
+    for (int i = 0; i < 2; i++) {
+        lane_t *ln = &st->lanes[i];
+        ln->st = st;
+        ln->follower = i == LANE_FOLLOWER;
+        ln->app_name = "hookbridge";
+        ln->sock = -1;
+        ln->wake[0] = ln->wake[1] = -1;
+        ln->backoff_ms = STORE_BACKOFF_MIN_MS;
+    }
+    /* Start-up, before the lanes run: connect, LISTEN, and the first full
+     * load, on the caller's thread (nothing is delivered yet). */
+    conn = hb_pg_connect(st->conninfo, fl->app_name, errstr, errstr_size);
+    if (!conn)
+        goto fail;
+    lane_set_conn(fl, conn);
+    if (store_listen(fl, errstr, errstr_size) < 0)
+        goto fail;
+    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0)
+        st->snapshot_err = hb_strdup(why);
+    if (pipe_open(st->notify) < 0) {
+        hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    for (int i = 0; i < 2; i++) {
+        lane_t *ln = &st->lanes[i];
+        if (pipe_open(ln->wake) < 0) {
+            hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
+            goto fail;
+        }
+        if (pthread_create(&ln->thread, NULL, lane_main, ln) != 0) {
+            hb_seterr(errstr, errstr_size, "cannot start the database thread");
+            goto fail;
+        }
+        ln->started = 1;
+    }
+    return st;
+fail:
+    hb_store_free(st);
+    return NULL;
+}
+
+/* Asks the server to cancel the statement a lane waits for (a stop must not
+ * wait for a slow database). */
+static void lane_cancel(lane_t *ln) {
+    PGcancel *c = NULL;
+    char why[256];
+    pthread_mutex_lock(&ln->st->mu);
+    if (ln->started && ln->busy && ln->conn)
+        c = PQgetCancel(ln->conn);
+    pthread_mutex_unlock(&ln->st->mu);
+    if (c) {
+        (void)PQcancel(c, why, (int)sizeof(why));
+        PQfreeCancel(c);
+    }
+}
+
+void hb_store_free(hb_store_t *st) {
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->mu);
+    st->stop = 1;
+    pthread_mutex_unlock(&st->mu);
+    for (int i = 0; i < 2; i++)
+        lane_cancel(&st->lanes[i]);
+    for (int i = 0; i < 2; i++) {
+        lane_t *ln = &st->lanes[i];
+        if (ln->started) {
+            pipe_poke(ln->wake[1]);
+            pthread_join(ln->thread, NULL);
+        }
+        lane_set_conn(ln, NULL);
+        queue_free(&ln->reqs);
+        for (int j = 0; j < 2; j++)
+            if (ln->wake[j] >= 0)
+                close(ln->wake[j]);
+    }
+    queue_free(&st->results);
+    for (int j = 0; j < 2; j++)
+        if (st->notify[j] >= 0)
+            close(st->notify[j]);
+    subs_free(st->snapshot, st->snapshot_cnt);
+    free(st->snapshot_err);
+    pthread_mutex_destroy(&st->mu);
+    OPENSSL_cleanse(st->conninfo, strlen(st->conninfo));
+    free(st->conninfo);
+    free(st);
+}
+
+int hb_store_fd(hb_store_t *st) {
+    return st->notify[0];
+}
+
+int hb_store_connected(hb_store_t *st) {
+    int c;
+    pthread_mutex_lock(&st->mu);
+    c = st->lanes[LANE_FOLLOWER].connected;
+    pthread_mutex_unlock(&st->mu);
+    return c;
+}
+
+int hb_store_pending(hb_store_t *st) {
+    return st->pending;
+}
+
+int hb_store_settled(hb_store_t *st) {
+    lane_t *fl = &st->lanes[LANE_FOLLOWER];
+    int settled;
+    pthread_mutex_lock(&st->mu);
+    settled = !st->results.head && !fl->busy;
+    if (settled && fl->sock >= 0) {
+        /* bytes the follower has not read yet may be a notification */
+        struct pollfd pfd = {.fd = fl->sock, .events = POLLIN};
+        settled = poll(&pfd, 1, 0) <= 0;
+    }
+    pthread_mutex_unlock(&st->mu);
+    return settled;
+}
+
+int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,
+                      char *errstr, size_t errstr_size) {
+    if (!st->snapshot) {
+        hb_seterr(errstr, errstr_size, "%s",
+                  st->snapshot_err ? st->snapshot_err : "database: no snapshot loaded");
+        return -1;
+    }
+    for (size_t i = 0; i < st->snapshot_cnt; i++)
+        cb(st->snapshot[i], opaque);
+    free(st->snapshot);
+    st->snapshot = NULL;
+    st->snapshot_cnt = 0;
+    return 0;
+}
+
+/* Runs an answered request's callback, or applies an event. */
+static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h, void *opaque) {
+    switch (m->kind) {
+    case MSG_CHANGE:
+        if (h && h->on_change)
+            h->on_change(m->id, m->sub, opaque);
+        else
+            hb_sub_unref(m->sub);
+        m->sub = NULL; /* the handler's */
+        break;
+    case MSG_VERIFY:
+        if (h && h->on_verify)
+            h->on_verify(m->id, opaque);
+        break;
+    case MSG_RELOAD:
+        subs_free(st->snapshot, st->snapshot_cnt);
+        free(st->snapshot_err);
+        st->snapshot = m->subs;
+        st->snapshot_cnt = m->subs_cnt;
+        st->snapshot_err = m->err;
+        m->subs = NULL;
+        m->subs_cnt = 0;
+        m->err = NULL;
+        if (h && h->on_reload)
+            h->on_reload(opaque);
+        break;
+    case MSG_CLAIM_VERIFY:
+        m->cb.claim(m->id, m->sub, m->err, m->opaque);
+        m->sub = NULL;
+        break;
+    case MSG_RECORD_VERIFY: m->cb.done(m->id, m->err, m->opaque); break;
+    case MSG_PENDING_VERIFY: m->cb.ids(m->ids, m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    case MSG_REPLAYS: m->cb.replays(m->replays, m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    case MSG_SWEEP: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    default: break;
+    }
+}
+
+int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
+                     size_t errstr_size) {
+    store_msg_t *m;
+    int rc = 0;
+    pipe_drain(st->notify[0]);
+    for (;;) {
+        pthread_mutex_lock(&st->mu);
+        m = queue_pop(&st->results);
+        pthread_mutex_unlock(&st->mu);
+        if (!m)
+            break;
+        if (m->kind == MSG_ERROR) {
+            /* one per call, so each is counted; the rest wait for the next */
+            hb_seterr(errstr, errstr_size, "%s", m->err);
+            msg_free(m);
+            rc = -1;
+            pipe_poke(st->notify[1]);
+            break;
+        }
+        if (m->kind < MSG_CHANGE)
+            st->pending--;
+        deliver(st, m, h, opaque);
+        msg_free(m);
+    }
+    return rc;
+}
+
+/* Queues m for the request lane. */
+static void request(hb_store_t *st, store_msg_t *m) {
+    lane_t *ln = &st->lanes[LANE_REQUESTS];
+    st->pending++;
+    pthread_mutex_lock(&st->mu);
+    queue_push(&ln->reqs, m);
+    pthread_mutex_unlock(&st->mu);
+    pipe_poke(ln->wake[1]);
+}
+
+int hb_store_claim_verification(hb_store_t *st, const char *id, hb_store_claim_cb *cb, void *opaque,
+                                char *errstr, size_t errstr_size) {
+    store_msg_t *m;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "not a subscription id");
+        return -1;
+    }
+    m = msg_new(MSG_CLAIM_VERIFY);
+    memcpy(m->id, id, sizeof(m->id));
+    m->cb.claim = cb;
+    m->opaque = opaque;
+    request(st, m);
+    return 0;
+}
+
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
+                                 const char *reason, hb_store_done_cb *cb, void *opaque,
+                                 char *errstr, size_t errstr_size) {
+    store_msg_t *m;
+    if (!is_uuid(id)) {
+        hb_seterr(errstr, errstr_size, "not a subscription id");
+        return -1;
+    }
+    m = msg_new(MSG_RECORD_VERIFY);
+    memcpy(m->id, id, sizeof(m->id));
+    m->url = url ? hb_strdup(url) : NULL;
+    m->reason = reason ? hb_strdup(reason) : NULL;
+    m->ok = ok;
+    m->cb.done = cb;
+    m->opaque = opaque;
+    request(st, m);
+    return 0;
+}
+
+void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
+    store_msg_t *m = msg_new(MSG_PENDING_VERIFY);
+    m->cb.ids = cb;
+    m->opaque = opaque;
+    request(st, m);
+}
+
+void hb_store_claim_replays(hb_store_t *st, int max, hb_store_replays_cb *cb, void *opaque) {
+    store_msg_t *m = msg_new(MSG_REPLAYS);
+    m->max = max;
+    m->cb.replays = cb;
+    m->opaque = opaque;
+    request(st, m);
 }
 
 void hb_store_replays_free(hb_replay_t *replays, int cnt) {
@@ -830,24 +1367,11 @@ void hb_store_replays_free(hb_replay_t *replays, int cnt) {
     free(replays);
 }
 
-int hb_store_deactivate_failing(hb_store_t *st, long long after_ms, int *count, char *errstr,
-                                size_t errstr_size) {
-    char after[32];
-    const char *params[1] = {after};
-    PGresult *res;
-    *count = 0;
-    if (store_ready(st, errstr, errstr_size) < 0)
-        return -1;
-    snprintf(after, sizeof(after), "%lld milliseconds", after_ms);
-    res = PQexecParams(
-        st->conn, "SELECT subscription_id, reason FROM hookbridge.deactivate_failing($1::interval)",
-        1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(st, res, "deactivating failing endpoints", errstr, errstr_size);
-    for (int i = 0; i < PQntuples(res); i++)
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
-               PQgetvalue(res, i, 1));
-    *count = PQntuples(res);
-    PQclear(res);
-    return 0;
+void hb_store_deactivate_failing(hb_store_t *st, long long after_ms, hb_store_count_cb *cb,
+                                 void *opaque) {
+    store_msg_t *m = msg_new(MSG_SWEEP);
+    m->after_ms = after_ms;
+    m->cb.count = cb;
+    m->opaque = opaque;
+    request(st, m);
 }

@@ -1,24 +1,36 @@
 /*
- * Subscription store: the services' view of PostgreSQL schema `hookbridge`.
+ * Subscription store: the services' view of PostgreSQL schema `hookbridge`,
+ * kept off the delivery loop.
  *
- * One libpq connection, owned by the main loop thread. It LISTENs on the
- * channels the SQL triggers notify:
- *   hookbridge_subscriptions  payload: subscription id (row or its event types changed)
- *   hookbridge_verify         payload: subscription id (hookbridge.verify() was called)
- *   hookbridge_seal           a plaintext secret waits in hookbridge.secret_inbox: the
- *                             store seals it (lib/hb_sealer.h) before it
- *                             loads anything, so snapshots only ever come from sealed
- *                             values; at load_all it also moves values sealed under an
- *                             older key to the current one
- * hb_store_process() is called when hb_store_fd() is readable (and once per
- * loop pass anyway); it reads notifications and calls the handlers with fresh
- * snapshots loaded by id: one changed row costs one query, never a reload.
+ * Two connections, each owned by its own thread (a "lane"), as the delivery
+ * log owns its own:
+ *   the follower  LISTENs on the channels the SQL triggers notify:
+ *     hookbridge_subscriptions  payload: subscription id (row or its event types changed)
+ *     hookbridge_verify         payload: subscription id (hookbridge.verify() was called)
+ *     hookbridge_seal           a plaintext secret waits in hookbridge.secret_inbox: it
+ *                               is sealed (lib/hb_sealer.h) before anything is loaded,
+ *                               so snapshots only ever come from sealed values; a full
+ *                               load also moves values sealed under an older key to
+ *                               the current one
+ *                 and loads a fresh snapshot of each changed subscription by
+ *                 id (one changed row costs one query, never a reload);
+ *   the requests  verification claims and outcomes, pending verifications,
+ *                 replay claims and the failing-endpoint sweep, in order.
+ * What they produce waits in one queue for the loop thread, which
+ * hb_store_fd() (a pipe) wakes; hb_store_process() runs the handlers and the
+ * requests' callbacks there, in the order the lanes queued them. The loop
+ * never waits for the database, except in hb_store_new at start-up.
  *
- * When the connection drops, the store reconnects with backoff on later
- * hb_store_process() calls; after a reconnect it calls on_reload so the caller
- * rebuilds its index from hb_store_load_all() (notifications were lost while
- * disconnected). All SQL is parameterised. Errors never contain the
- * connection string (it may hold a password).
+ * A change notified before an event was produced is applied before that
+ * event is matched: while the follower holds notifications it has not queued
+ * as changes (or its socket has bytes it has not read), hb_store_settled()
+ * says so and the loop does not consume.
+ *
+ * When the follower's connection drops, it reconnects with backoff (1 s
+ * doubling to 30 s), LISTENs again, loads everything and queues on_reload,
+ * whose handler takes that load with hb_store_load_all() (notifications were
+ * lost while disconnected). All SQL is parameterised. Errors never contain
+ * the connection string (it may hold a password).
  */
 #ifndef HB_STORE_H
 #define HB_STORE_H
@@ -39,50 +51,65 @@ typedef struct hb_store_handlers_s {
     void (*on_reload)(void *opaque);
 } hb_store_handlers_t;
 
-/* Connects (blocking, bounded by connect_timeout in conninfo or 10 s) and
- * LISTENs. Fails with a clear reason, e.g. "database: connection refused
- * (host 127.0.0.1 port 5432)" when PostgreSQL is unreachable. keyring
- * (borrowed, outlives the store) seals what hookbridge.secret_inbox holds and
- * opens the sealed signing secrets and auth values of the snapshots. */
+/* Connects (blocking, bounded by connect_timeout in conninfo or 10 s),
+ * LISTENs and loads every subscription, then starts the lanes. Fails with a
+ * clear reason, e.g. "database: connection refused (host 127.0.0.1 port
+ * 5432)" when PostgreSQL is unreachable. keyring (borrowed, outlives the
+ * store) seals what hookbridge.secret_inbox holds and opens the sealed
+ * signing secrets and auth values of the snapshots. */
 hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
                          size_t errstr_size) HB_MUSTCHECK;
+/* Stops the lanes (each finishes the statement it runs) and drops what
+ * waits for the loop, without calling back. */
 void hb_store_free(hb_store_t *st);
 
 /* Calls cb for every subscription that is not deregistered (deliverable or
- * not; the caller filters). cb takes ownership of each snapshot. */
+ * not; the caller filters) of the last full load: the one hb_store_new made,
+ * or the one on_reload announces. cb takes ownership of each snapshot. -1,
+ * with why, when that load failed or was taken already. Never waits. */
 int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,
                       char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
-/* Loads one subscription by id; *out = NULL when it does not exist or is
- * deregistered. */
-int hb_store_load_one(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
-                      size_t errstr_size) HB_MUSTCHECK;
-
-/* Socket to wait on (-1 while disconnected). */
+/* The pipe that turns readable when something waits for hb_store_process. */
 int hb_store_fd(hb_store_t *st);
+/* The follower is connected. Any thread. */
 int hb_store_connected(hb_store_t *st);
+/* 0 while a subscription change may be on its way (see above): the loop
+ * should not take new events until it is applied. */
+int hb_store_settled(hb_store_t *st);
 
-/* Reads pending notifications and dispatches them; reconnects when due.
- * -1 reports a lost connection or a failed reconnect attempt (at most one per
- * backoff step, 1 s doubling to 30 s): worth a log line, never fatal; the
- * store keeps trying and calls on_reload once it is back. */
+/* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost
+ * connection or a failed reconnect attempt (at most one per call and per
+ * backoff step): worth a log line, never fatal; the store keeps trying and
+ * calls on_reload once it is back. Loop thread. */
 int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;
 
-/* Verification. claim: atomically take a pending request for `id` (so only one
- * replica runs the challenge); returns 1 claimed (with a snapshot in *out,
- * caller unrefs), 0 nothing pending. record: store the outcome; ok=1 marks the
- * subscription verified, ok=0 failed with `reason` (e.g. "timeout",
- * "wrong echo", "HTTP 404"); `url` is the URL that was challenged: an outcome
- * for a URL the subscription no longer has is ignored. */
-int hb_store_claim_verification(hb_store_t *st, const char *id, hb_sub_t **out, char *errstr,
-                                size_t errstr_size) HB_MUSTCHECK;
+/* Requests, answered on the request lane; each callback runs once, on the
+ * loop thread from hb_store_process, with err NULL or a one-line reason (the
+ * database unreachable, a statement failed); what it is given is borrowed
+ * unless said. A store freed first calls nothing back. */
+
+/* Verification. claim: atomically take a pending request for `id` (so only
+ * one replica runs the challenge); sub is a snapshot (the callback's to
+ * unref) when it was claimed, NULL when nothing was pending. record: store
+ * the outcome; ok=1 marks the subscription verified, ok=0 failed with
+ * `reason` (e.g. "timeout", "wrong echo", "HTTP 404"); `url` is the URL that
+ * was challenged: an outcome for a URL the subscription no longer has is
+ * ignored. pending: the ids with a pending request (for start-up and
+ * reconnects). -1 (nothing queued) only for an id that is not one. */
+typedef void hb_store_claim_cb(const char *id, hb_sub_t *sub, const char *err, void *opaque);
+typedef void hb_store_done_cb(const char *id, const char *err, void *opaque);
+typedef void hb_store_ids_cb(char **ids, int cnt, const char *err, void *opaque);
+int hb_store_claim_verification(hb_store_t *st, const char *id, hb_store_claim_cb *cb, void *opaque,
+                                char *errstr, size_t errstr_size) HB_MUSTCHECK;
 int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
-                                 const char *reason, char *errstr, size_t errstr_size) HB_MUSTCHECK;
-/* Ids with a pending verification request (for start-up and reconnects).
- * *ids is an array of *cnt malloc'd strings; caller frees each and the array. */
-int hb_store_pending_verifications(hb_store_t *st, char ***ids, int *cnt, char *errstr,
-                                   size_t errstr_size) HB_MUSTCHECK;
+                                 const char *reason, hb_store_done_cb *cb, void *opaque,
+                                 char *errstr, size_t errstr_size) HB_MUSTCHECK;
+void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
+
+/* Requests not called back yet (a stopping loop waits for them). */
+int hb_store_pending(hb_store_t *st);
 
 /* For the retrier. */
 
@@ -95,16 +122,17 @@ typedef struct hb_replay_s {
     int64_t claimed_ms; /* wall ms on the database's clock when it was taken up */
 } hb_replay_t;
 
-/* Takes up to max replay requests: *out is an array of *cnt (free with
- * hb_store_replays_free). */
-int hb_store_claim_replays(hb_store_t *st, int max, hb_replay_t **out, int *cnt, char *errstr,
-                           size_t errstr_size) HB_MUSTCHECK;
+/* Takes up to max replay requests: cb gets an array of cnt. */
+typedef void hb_store_replays_cb(const hb_replay_t *replays, int cnt, const char *err,
+                                 void *opaque);
+void hb_store_claim_replays(hb_store_t *st, int max, hb_store_replays_cb *cb, void *opaque);
 void hb_store_replays_free(hb_replay_t *replays, int cnt);
 
 /* Deactivates the subscriptions whose every attempt failed for after_ms
  * (hookbridge.deactivate_failing), each with a warning naming it and why;
- * *count is how many. */
-int hb_store_deactivate_failing(hb_store_t *st, long long after_ms, int *count, char *errstr,
-                                size_t errstr_size) HB_MUSTCHECK;
+ * cb gets how many. */
+typedef void hb_store_count_cb(int count, const char *err, void *opaque);
+void hb_store_deactivate_failing(hb_store_t *st, long long after_ms, hb_store_count_cb *cb,
+                                 void *opaque);
 
 #endif

@@ -311,7 +311,9 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         hb_metric_inc(w->m_db_errors);
         hb_warn("database: %s", errstr);
     }
-    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer))
+    /* A subscription change on its way is applied before new events come in. */
+    if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&
+        (!w->store || hb_store_settled(w->store)))
         hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
     hb_outbox_poll(w->outbox);
     if (hb_consumer_started(w->consumer)) {
@@ -362,7 +364,7 @@ int hb_worker_run(hb_worker_t *w) {
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
     while ((hb_deliveries_in_flight(w->deliveries) > 0 || hb_outbox_resending(w->outbox) ||
-            hb_outbox_lookups(w->outbox) > 0) &&
+            hb_outbox_lookups(w->outbox) > 0 || (w->store && hb_store_pending(w->store) > 0)) &&
            hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
     if (hb_deliveries_in_flight(w->deliveries) > 0) {

@@ -60,6 +60,7 @@ struct hb_retrier_s {
     const hb_config_t *cfg;
     hb_worker_t *w;
     int64_t next_replay_poll;
+    int replays_asked, sweep_asked; /* a question to the store is open */
     int64_t next_sweep;
     hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
 };
@@ -191,18 +192,16 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
 
 /* ----------------------------------------------------------------- replay */
 
-static void poll_replays(hb_retrier_t *r) {
-    hb_store_t *store = hb_worker_store(r->w);
+/* The store's answer (on the loop thread): each replay to the first tier. */
+static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *opaque) {
+    hb_retrier_t *r = opaque;
     const hb_schedule_t *sch = hb_worker_schedule(r->w);
-    hb_replay_t *rp = NULL;
-    int cnt = 0;
     char errstr[512];
 
-    if (!store || !hb_store_connected(store))
-        return;
-    if (hb_store_claim_replays(store, REPLAY_BATCH, &rp, &cnt, errstr, sizeof(errstr)) < 0) {
+    r->replays_asked = 0;
+    if (err) {
         hb_worker_db_error(r->w);
-        hb_warn("%s", errstr);
+        hb_warn("%s", err);
         return;
     }
     for (int i = 0; i < cnt; i++) {
@@ -234,24 +233,36 @@ static void poll_replays(hb_retrier_t *r) {
                HB_KV("delivery_id", m.delivery_id, "subscription_id", m.subscription_id),
                "replay requested: attempt %d queued on %s", m.attempt, sch->tier_topics[0]);
     }
-    hb_store_replays_free(rp, cnt);
 }
 
-static void sweep_failing(hb_retrier_t *r) {
+/* Asks the store for replay requests; one question at a time, so a slow
+ * database gets no pile of them. */
+static void poll_replays(hb_retrier_t *r) {
     hb_store_t *store = hb_worker_store(r->w);
-    char errstr[512];
-    int cnt = 0;
-
-    if (r->cfg->auto_deactivate_ms <= 0 || !store || !hb_store_connected(store))
+    if (r->replays_asked || !store || !hb_store_connected(store))
         return;
-    if (hb_store_deactivate_failing(store, r->cfg->auto_deactivate_ms, &cnt, errstr,
-                                    sizeof(errstr)) < 0) {
+    r->replays_asked = 1;
+    hb_store_claim_replays(store, REPLAY_BATCH, on_replays, r);
+}
+
+static void on_swept(int cnt, const char *err, void *opaque) {
+    hb_retrier_t *r = opaque;
+    r->sweep_asked = 0;
+    if (err) {
         hb_worker_db_error(r->w);
-        hb_warn("%s", errstr);
+        hb_warn("%s", err);
         return;
     }
     for (int i = 0; i < cnt; i++)
         hb_metric_inc(r->m_auto_deactivated);
+}
+
+static void sweep_failing(hb_retrier_t *r) {
+    hb_store_t *store = hb_worker_store(r->w);
+    if (r->cfg->auto_deactivate_ms <= 0 || r->sweep_asked || !store || !hb_store_connected(store))
+        return;
+    r->sweep_asked = 1;
+    hb_store_deactivate_failing(store, r->cfg->auto_deactivate_ms, on_swept, r);
 }
 
 static long long on_pass(hb_worker_t *w, void *opaque) {
