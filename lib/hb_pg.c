@@ -196,3 +196,16 @@ fail:
     }
     return conn;
 }
+
+int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
+               size_t errstr_size) {
+    char why[512];
+    hb_pg_error(conn, res, why, sizeof(why));
+    PQclear(res);
+    if (PQstatus(conn) == CONNECTION_BAD)
+        hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
+                  why);
+    else
+        hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
+    return -1;
+}

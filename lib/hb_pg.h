@@ -32,4 +32,11 @@ void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
  * not an indented hint (libpq appends to the last command's message). */
 void hb_pg_last_line(const char *msg, char *out, size_t outsz);
 
+/* After a failed command: clears res (may be NULL) and says
+ * "database: <what>: <reason>", or "database: <what>: connection lost
+ * (<reason>); reconnecting" when PQstatus says the connection is gone (the
+ * caller then drops it). Returns -1. */
+int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
+               size_t errstr_size);
+
 #endif

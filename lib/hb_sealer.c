@@ -57,25 +57,10 @@ static int parse_id(const char *s, long long *out) {
     return 0;
 }
 
-/* After a failed command: say why, as the store would (it drops the
- * connection when PQstatus says it is gone). */
-static int sealer_fail(sealer_t *sl, PGresult *res, const char *what, char *errstr,
-                       size_t errstr_size) {
-    char why[512];
-    hb_pg_error(sl->conn, res, why, sizeof(why));
-    PQclear(res);
-    if (PQstatus(sl->conn) == CONNECTION_BAD)
-        hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
-                  why);
-    else
-        hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
-    return -1;
-}
-
 static int sealer_command(sealer_t *sl, const char *sql, char *errstr, size_t errstr_size) {
     PGresult *res = PQexecParams(sl->conn, sql, 0, NULL, NULL, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return sealer_fail(sl, res, sql, errstr, errstr_size);
+        return hb_pg_fail(sl->conn, res, sql, errstr, errstr_size);
     PQclear(res);
     return 0;
 }
@@ -105,8 +90,8 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
                        "  FROM hookbridge.secrets_to_seal($1::integer)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return sealer_abort(sl,
-                            sealer_fail(sl, res, "taking secrets to seal", errstr, errstr_size));
+        return sealer_abort(
+            sl, hb_pg_fail(sl->conn, res, "taking secrets to seal", errstr, errstr_size));
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
         const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
@@ -132,7 +117,7 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
         if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
             PQclear(res);
             return sealer_abort(
-                sl, sealer_fail(sl, r2, "storing a sealed secret", errstr, errstr_size));
+                sl, hb_pg_fail(sl->conn, r2, "storing a sealed secret", errstr, errstr_size));
         }
         PQclear(r2);
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub_id), "sealed its %s",
@@ -166,7 +151,7 @@ static int reseal_batch(sealer_t *sl, const char *old_ids, char *errstr, size_t 
                        2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return sealer_abort(
-            sl, sealer_fail(sl, res, "finding secrets under old keys", errstr, errstr_size));
+            sl, hb_pg_fail(sl->conn, res, "finding secrets under old keys", errstr, errstr_size));
     n = PQntuples(res);
     for (int i = 0; i < n; i++) {
         const char *kind = PQgetvalue(res, i, 0), *sub_id = PQgetvalue(res, i, 1);
@@ -202,8 +187,8 @@ static int reseal_batch(sealer_t *sl, const char *old_ids, char *errstr, size_t 
         free(hex);
         if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
             PQclear(res);
-            return sealer_abort(sl,
-                                sealer_fail(sl, r2, "re-sealing a secret", errstr, errstr_size));
+            return sealer_abort(
+                sl, hb_pg_fail(sl->conn, r2, "re-sealing a secret", errstr, errstr_size));
         }
         PQclear(r2);
         moved++;

@@ -1,29 +1,35 @@
 /*
- * Subscription store: snapshots of hookbridge.subscriptions, kept fresh by
- * LISTEN/NOTIFY.
+ * Subscription store: snapshots of hookbridge.subscriptions kept fresh by
+ * LISTEN/NOTIFY, and the services' other questions to PostgreSQL, answered
+ * off the delivery loop.
  *
- * The design is simple: one blocking libpq connection, owned by the main loop
- * thread, LISTENs on the two channels the SQL triggers notify. The loop polls
- * hb_store_fd() and calls hb_store_process(), which drains libpq's
- * notification queue, de-duplicates it, reloads each changed subscription by
- * id with one parameterised query and hands the fresh snapshot to on_change.
- * A snapshot is built in one place (store_row_to_sub) from one query shape
- * (STORE_SELECT), so load_all and load_one cannot disagree.
+ * The design is simple: two lanes, each a thread that owns one blocking libpq
+ * connection, as the delivery log's writer owns its own. The follower LISTENs;
+ * when its socket turns readable it drains libpq's notification queue,
+ * de-duplicates it, seals what the inbox holds (lib/hb_sealer.h), reloads each
+ * changed subscription by id (lib/hb_snapshot.h) and queues the snapshots as
+ * events. The request lane answers the loop's requests (verification claims
+ * and outcomes, replay claims, the failing-endpoint sweep) one after another.
+ * Both queue what they produce on one list under one mutex and poke a pipe;
+ * the loop, woken by it, runs handlers and callbacks in hb_store_process.
+ * The loop never touches a connection, and a lane never runs a handler.
  *
- * When the connection drops, the store forgets it and reconnects from later
- * hb_store_process() calls with backoff (1 s doubling to 30 s). It LISTENs
- * again before calling on_reload, so a change made while the caller reloads is
+ * Ordering: the follower marks itself busy (under the mutex) before it reads
+ * its socket and clears the mark when the resulting events are queued, in
+ * one step; a reconnect is busy until its reload is queued. hb_store_settled
+ * is 0 while it is busy, while events wait, or while its socket has unread
+ * bytes, so a loop that consumes only when settled never matches an event
+ * against a subscription whose change had reached us first.
+ *
+ * When a connection drops, its lane forgets it and reconnects with backoff
+ * (1 s doubling to 30 s; the request lane when a request comes). The follower
+ * LISTENs again before it reloads, so a change made while it reloads is
  * notified, not lost. What must hold: no error string ever carries the
  * conninfo or the password (messages name host and port only), and no SQL is
  * built by string concatenation.
- *
- * Connecting and error messages are lib/hb_pg.h's.
  */
 #include "hb_store.h"
 
-#include "hb_filter.h"
-
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
@@ -36,344 +42,12 @@
 
 #include "hb_log.h"
 #include "hb_pg.h"
-#include "hb_seal.h"
 #include "hb_sealer.h"
-#include "hb_sign.h"
+#include "hb_snapshot.h"
 
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 30000
 #define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
-
-/* One query shape for every snapshot: $1 NULL loads all live subscriptions.
- * Event types come space-separated (catalogue names have no spaces); signing
- * secrets as "row_id sealed_hex key_id expires_ms" quadruples ("-" for a
- * value not sealed yet), current first, at most two unexpired. The auth value
- * comes sealed too, with auth_pending true while a service has yet to seal it. */
-static const char STORE_SELECT[] =
-    "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
-    "       encode(s.auth_sealed, 'hex'), s.auth_key_id, s.auth_pending IS NOT NULL,"
-    "       s.options->>'format', s.options->>'timeout_ms',"
-    "       s.options->>'batch_max', s.options->>'batch_window_ms',"
-    "       s.options->'fields', s.options->'headers', s.options->'filter',"
-    "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"
-    "          FROM hookbridge.subscription_event_types st"
-    "         WHERE st.subscription_id = s.id),"
-    "       (SELECT string_agg(x.secret || ' ' || x.exp_ms, ' ' ORDER BY x.ord)"
-    "          FROM (SELECT sec.id || ' ' || coalesce(encode(sec.sealed, 'hex'), '-') || ' '"
-    "                           || coalesce(sec.key_id, '-') AS secret,"
-    "                       coalesce((extract(epoch FROM sec.expires_at) * 1000)::bigint, 0)::text"
-    "                           AS exp_ms,"
-    "                       row_number() OVER (ORDER BY sec.expires_at DESC NULLS FIRST,"
-    "                                                   sec.id DESC) AS ord"
-    "                  FROM hookbridge.subscription_secrets sec"
-    "                 WHERE sec.subscription_id = s.id"
-    "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
-    "         WHERE x.ord <= 2),"
-    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0)"
-    "  FROM hookbridge.subscriptions s"
-    " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
-    " ORDER BY s.created_at, s.id";
-
-enum {
-    COL_ID,
-    COL_NAME,
-    COL_URL,
-    COL_STATUS,
-    COL_VERIFICATION,
-    COL_AUTH_HEADER,
-    COL_AUTH_SEALED,
-    COL_AUTH_KEY_ID,
-    COL_AUTH_PENDING,
-    COL_FORMAT,
-    COL_TIMEOUT,
-    COL_BATCH_MAX,
-    COL_BATCH_WINDOW,
-    COL_FIELDS,
-    COL_HEADERS,
-    COL_FILTER,
-    COL_EVENT_TYPES,
-    COL_SECRETS,
-    COL_DEACTIVATED,
-    COL_COUNT
-};
-
-/* ------------------------------------------------------------------------ */
-/* Snapshots                                                                */
-
-static int is_uuid(const char *s) {
-    size_t i;
-    if (!s)
-        return 0;
-    for (i = 0; s[i]; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return 0;
-        } else if (!isxdigit((unsigned char)s[i])) {
-            return 0;
-        }
-    }
-    return i == HB_UUID_LEN;
-}
-
-static const char *col(const PGresult *res, int row, int c) {
-    return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
-}
-
-/* Parses an optional non-negative integer option; NULL keeps *out. */
-static int parse_ll(const char *s, long long *out) {
-    char *end;
-    long long v;
-    if (!s)
-        return 0;
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < 0)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_event_types(hb_sub_t *sub, const char *list) {
-    char *copy, *save = NULL, *tok;
-    int cap = 0;
-    if (!list || !*list)
-        return 0;
-    for (const char *p = list; *p; p++)
-        cap += *p == ' ';
-    cap++;
-    sub->event_types = hb_calloc((size_t)cap, sizeof(char *));
-    copy = hb_strdup(list);
-    for (tok = strtok_r(copy, " ", &save); tok && sub->event_types_cnt < cap;
-         tok = strtok_r(NULL, " ", &save))
-        sub->event_types[sub->event_types_cnt++] = hb_strdup(tok);
-    free(copy);
-    return 0;
-}
-
-/* Opens one sealed value of subscription `sub_id`; aad names its row. */
-static int open_sealed(const hb_keyring_t *kr, const char *sub_id, const char *what,
-                       const char *aad, const char *hex, const char *key_id, char **out,
-                       char *errstr, size_t errstr_size) {
-    char why[256];
-    size_t len;
-    if (!kr) {
-        hb_seterr(errstr, errstr_size, "subscription %s: no key to open its %s", sub_id, what);
-        return -1;
-    }
-    if (hb_unseal_hex(kr, key_id, aad, hex, out, &len, why, sizeof(why)) < 0) {
-        hb_seterr(errstr, errstr_size, "subscription %s: cannot open its %s: %s", sub_id, what,
-                  why);
-        return -1;
-    }
-    return 0;
-}
-
-static int parse_secrets(const hb_keyring_t *kr, hb_sub_t *sub, const char *list, char *errstr,
-                         size_t errstr_size) {
-    char *copy, *save = NULL, *row_id, *hex, *key_id, *exp, *secret = NULL;
-    char why[128], aad[128];
-    int rc = -1;
-    long long exp_ms, secret_id;
-    if (!list || !*list) {
-        hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
-        return -1;
-    }
-    copy = hb_strdup(list);
-    while (sub->secrets_cnt < (int)HB_ARRAY_SIZE(sub->secrets)) {
-        row_id = strtok_r(sub->secrets_cnt == 0 ? copy : NULL, " ", &save);
-        if (!row_id)
-            break;
-        hex = strtok_r(NULL, " ", &save);
-        key_id = strtok_r(NULL, " ", &save);
-        exp = strtok_r(NULL, " ", &save);
-        exp_ms = 0;
-        if (!exp || parse_ll(exp, &exp_ms) < 0 || parse_ll(row_id, &secret_id) < 0) {
-            hb_seterr(errstr, errstr_size, "subscription %s: malformed signing secret row",
-                      sub->id);
-            goto fail;
-        }
-        if (!strcmp(hex, "-")) {
-            hb_seterr(errstr, errstr_size,
-                      "subscription %s: its signing secret is not sealed yet (pending, or lost "
-                      "in a database crash: see hookbridge.secret_status)",
-                      sub->id);
-            goto fail;
-        }
-        if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, secret_id, errstr, errstr_size) < 0)
-            goto fail;
-        if (open_sealed(kr, sub->id, "signing secret", aad, hex, key_id, &secret, errstr,
-                        errstr_size) < 0)
-            goto fail;
-        if (hb_secret_parse(secret, &sub->secrets[sub->secrets_cnt], why, sizeof(why)) < 0) {
-            hb_seterr(errstr, errstr_size, "subscription %s: unusable signing secret: %s", sub->id,
-                      why);
-            goto fail;
-        }
-        hb_secret_free(secret);
-        secret = NULL;
-        sub->secrets[sub->secrets_cnt].expires_ms = (int64_t)exp_ms;
-        sub->secrets_cnt++;
-    }
-    rc = sub->secrets_cnt > 0 ? 0 : -1;
-    if (rc < 0)
-        hb_seterr(errstr, errstr_size, "subscription %s has no signing secret", sub->id);
-fail:
-    hb_secret_free(secret);
-    free(copy);
-    return rc;
-}
-
-static int parse_auth(const hb_keyring_t *kr, hb_sub_t *sub, const PGresult *res, int row,
-                      char *errstr, size_t errstr_size) {
-    const char *hex = col(res, row, COL_AUTH_SEALED), *pending = col(res, row, COL_AUTH_PENDING);
-    char aad[128];
-    if (!sub->auth_header)
-        return 0;
-    if ((pending && !strcmp(pending, "t")) || !hex) {
-        hb_seterr(errstr, errstr_size,
-                  "subscription %s: its auth value is not sealed yet (pending, or lost in a "
-                  "database crash: see hookbridge.secret_status)",
-                  sub->id);
-        return -1;
-    }
-    if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, 0, errstr, errstr_size) < 0)
-        return -1;
-    return open_sealed(kr, sub->id, "auth value", aad, hex, col(res, row, COL_AUTH_KEY_ID),
-                       &sub->auth_value, errstr, errstr_size);
-}
-
-/* A JSON option column; NULL when SQL NULL (the key is absent). */
-static json_t *col_json(const PGresult *res, int row, int c) {
-    const char *v = col(res, row, c);
-    return v ? json_loads(v, JSON_DECODE_ANY, NULL) : NULL;
-}
-
-/* options.fields, options.headers and options.filter. A field selection
- * that cannot be read fails the snapshot: delivering every field instead
- * would send what the subscriber chose not to receive (IP addresses ...).
- * One unusable custom header is skipped with a warning naming it (never its
- * value), so the others and the deliveries go on. */
-static int store_payload_options(hb_sub_t *sub, const PGresult *res, int row, char *errstr,
-                                 size_t errstr_size) {
-    char why[256];
-    const char *name;
-    json_t *val;
-    json_t *fields = col_json(res, row, COL_FIELDS);
-    json_t *headers = col_json(res, row, COL_HEADERS);
-    int rc = -1;
-
-    if (col(res, row, COL_FIELDS) && hb_sub_set_fields(sub, fields, why, sizeof(why)) < 0) {
-        hb_seterr(errstr, errstr_size, "subscription %s: malformed options.fields: %s", sub->id,
-                  why);
-        goto done;
-    }
-    if (col(res, row, COL_HEADERS)) {
-        if (!json_is_object(headers)) {
-            hb_seterr(errstr, errstr_size, "subscription %s: options.headers is not an object",
-                      sub->id);
-            goto done;
-        }
-        json_object_foreach(headers, name, val) {
-            const char *value = json_string_value(val);
-            if (hb_sub_add_header(sub, name, value ? value : "", why, sizeof(why)) < 0)
-                hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub->id), "custom header skipped: %s",
-                       why);
-        }
-    }
-    sub->filter_spec = col_json(res, row, COL_FILTER);
-    if (col(res, row, COL_FILTER) && !sub->filter_spec) {
-        hb_seterr(errstr, errstr_size, "subscription %s: malformed options.filter", sub->id);
-        goto done;
-    }
-    if (json_is_null(sub->filter_spec)) {
-        json_decref(sub->filter_spec);
-        sub->filter_spec = NULL;
-    }
-    if (sub->filter_spec) {
-        /* register() validated it; one the SQL side let through is refused
-         * here rather than matched wrongly */
-        sub->filter = hb_filter_compile(sub->filter_spec, why, sizeof(why));
-        if (!sub->filter) {
-            hb_seterr(errstr, errstr_size, "subscription %s: %s", sub->id, why);
-            goto done;
-        }
-    }
-    rc = 0;
-done:
-    json_decref(fields);
-    json_decref(headers);
-    return rc;
-}
-
-/* Builds the snapshot of one STORE_SELECT row. */
-static int store_row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_sub_t **out,
-                            char *errstr, size_t errstr_size) {
-    hb_sub_t *sub = hb_sub_new();
-    const char *id = col(res, row, COL_ID), *v;
-    long long ll;
-
-    *out = NULL;
-    if (!is_uuid(id)) {
-        hb_seterr(errstr, errstr_size, "subscription row without a valid id");
-        goto fail;
-    }
-    memcpy(sub->id, id, HB_UUID_LEN + 1);
-    sub->name = hb_strdup(col(res, row, COL_NAME) ? col(res, row, COL_NAME) : "");
-    sub->url = hb_strdup(col(res, row, COL_URL) ? col(res, row, COL_URL) : "");
-    v = col(res, row, COL_STATUS);
-    sub->active = v && !strcmp(v, "active");
-    v = col(res, row, COL_VERIFICATION);
-    sub->verified = v && !strcmp(v, "verified");
-    if ((v = col(res, row, COL_AUTH_HEADER)) != NULL)
-        sub->auth_header = hb_strdup(v);
-    if (parse_auth(kr, sub, res, row, errstr, errstr_size) < 0)
-        goto fail;
-
-    v = col(res, row, COL_FORMAT);
-    if (!v || !strcmp(v, "okta"))
-        sub->format = HB_FORMAT_OKTA;
-    else if (!strcmp(v, "cloudevents"))
-        sub->format = HB_FORMAT_CLOUDEVENTS;
-    else if (!strcmp(v, "event"))
-        sub->format = HB_FORMAT_EVENT;
-    else {
-        hb_seterr(errstr, errstr_size, "subscription %s: unknown format \"%s\"", sub->id, v);
-        goto fail;
-    }
-    sub->timeout_ms = 0;
-    if (parse_ll(col(res, row, COL_TIMEOUT), &sub->timeout_ms) < 0)
-        goto bad_option;
-    ll = 1;
-    if (parse_ll(col(res, row, COL_BATCH_MAX), &ll) < 0 || ll < 1 || ll > 100000)
-        goto bad_option;
-    sub->batch_max = (int)ll;
-    sub->batch_window_ms = 0;
-    if (parse_ll(col(res, row, COL_BATCH_WINDOW), &sub->batch_window_ms) < 0)
-        goto bad_option;
-
-    ll = 0;
-    if (parse_ll(col(res, row, COL_DEACTIVATED), &ll) < 0) {
-        hb_seterr(errstr, errstr_size, "subscription %s: malformed deactivated_at", sub->id);
-        goto fail;
-    }
-    sub->deactivated_ms = ll;
-
-    if (store_payload_options(sub, res, row, errstr, errstr_size) < 0)
-        goto fail;
-
-    if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
-        goto fail;
-    if (parse_secrets(kr, sub, col(res, row, COL_SECRETS), errstr, errstr_size) < 0)
-        goto fail;
-    *out = sub;
-    return 0;
-
-bad_option:
-    hb_seterr(errstr, errstr_size, "subscription %s: malformed options", sub->id);
-fail:
-    hb_sub_unref(sub);
-    return -1;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -582,16 +256,9 @@ static void store_drop(lane_t *ln) {
 /* After a failed command: drop the connection if it is gone, and say why. */
 static int store_fail(lane_t *ln, PGresult *res, const char *what, char *errstr,
                       size_t errstr_size) {
-    char why[512];
-    hb_pg_error(ln->conn, res, why, sizeof(why));
-    PQclear(res);
-    if (PQstatus(ln->conn) == CONNECTION_BAD) {
+    (void)hb_pg_fail(ln->conn, res, what, errstr, errstr_size);
+    if (PQstatus(ln->conn) == CONNECTION_BAD)
         store_drop(ln);
-        hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
-                  why);
-    } else {
-        hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
-    }
     return -1;
 }
 
@@ -640,14 +307,8 @@ static int store_reseal(lane_t *ln, char *errstr, size_t errstr_size) {
 /* ------------------------------------------------------------------------ */
 /* Loading                                                                  */
 
-static PGresult *store_select(lane_t *ln, const char *id) {
-    const char *params[1] = {id};
-    return PQexecParams(ln->conn, STORE_SELECT, 1, NULL, params, NULL, NULL, 0);
-}
-
 /* Seals what waits, then loads every live subscription into *subs. */
 static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, size_t errstr_size) {
-    PGresult *res;
     char why[256];
     *subs = NULL;
     *cnt = 0;
@@ -662,43 +323,26 @@ static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, siz
         }
         hb_error("sealing secrets: %s", why);
     }
-    res = store_select(ln, NULL);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, "loading subscriptions", errstr, errstr_size);
-    *subs = hb_calloc((size_t)PQntuples(res) + 1, sizeof(**subs));
-    for (int row = 0; row < PQntuples(res); row++) {
-        hb_sub_t *sub;
-        if (store_row_to_sub(ln->st->keyring, res, row, &sub, why, sizeof(why)) < 0) {
-            /* One bad row must not keep the others from being served. */
-            hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, row, COL_ID)),
-                   "subscription skipped: %s", why);
-            continue;
-        }
-        (*subs)[(*cnt)++] = sub;
+    if (hb_snapshot_load_all(ln->conn, ln->st->keyring, subs, cnt, errstr, errstr_size) < 0) {
+        if (PQstatus(ln->conn) == CONNECTION_BAD)
+            store_drop(ln);
+        return -1;
     }
-    PQclear(res);
     return 0;
 }
 
 /* Loads one subscription by id; *out = NULL when it does not exist or is
  * deregistered. */
 static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, size_t errstr_size) {
-    PGresult *res;
-    int rc = 0;
     *out = NULL;
-    if (!is_uuid(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"", id ? id : "");
-        return -1;
-    }
     if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
-    res = store_select(ln, id);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, "loading a subscription", errstr, errstr_size);
-    if (PQntuples(res) > 0)
-        rc = store_row_to_sub(ln->st->keyring, res, 0, out, errstr, errstr_size);
-    PQclear(res);
-    return rc;
+    if (hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size) < 0) {
+        if (PQstatus(ln->conn) == CONNECTION_BAD)
+            store_drop(ln);
+        return -1;
+    }
+    return 0;
 }
 
 /* A full load for the loop (at a reconnect). */
@@ -734,7 +378,7 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
             PQfreemem(nf);
             continue;
         }
-        if (!is_uuid(nf->extra)) {
+        if (!hb_snapshot_is_id(nf->extra)) {
             hb_log(HB_LOG_WARN, HB_KV("channel", nf->relname),
                    "ignoring a notification whose payload is not a subscription id");
             PQfreemem(nf);
@@ -959,11 +603,9 @@ static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr
         r->content_type = col_dup(res, i, 4);
         r->body_len = (size_t)PQgetlength(res, i, 5);
         r->body = hb_strndup(PQgetvalue(res, i, 5), r->body_len);
-        if (parse_ll(col(res, i, 6), &ll) == 0 && ll <= 1000000)
-            r->attempts = (int)ll;
-        ll = 0;
-        if (parse_ll(col(res, i, 7), &ll) == 0)
-            r->claimed_ms = ll;
+        ll = strtoll(PQgetvalue(res, i, 6), NULL, 10);
+        r->attempts = ll > 0 && ll <= 1000000 ? (int)ll : 0;
+        r->claimed_ms = strtoll(PQgetvalue(res, i, 7), NULL, 10);
     }
     m->cnt = n;
     PQclear(res);
@@ -1309,7 +951,7 @@ static void request(hb_store_t *st, store_msg_t *m) {
 int hb_store_claim_verification(hb_store_t *st, const char *id, hb_store_claim_cb *cb, void *opaque,
                                 char *errstr, size_t errstr_size) {
     store_msg_t *m;
-    if (!is_uuid(id)) {
+    if (!hb_snapshot_is_id(id)) {
         hb_seterr(errstr, errstr_size, "not a subscription id");
         return -1;
     }
@@ -1325,7 +967,7 @@ int hb_store_record_verification(hb_store_t *st, const char *id, const char *url
                                  const char *reason, hb_store_done_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) {
     store_msg_t *m;
-    if (!is_uuid(id)) {
+    if (!hb_snapshot_is_id(id)) {
         hb_seterr(errstr, errstr_size, "not a subscription id");
         return -1;
     }

@@ -1,0 +1,30 @@
+/*
+ * Subscription snapshots read from PostgreSQL (lib/hb_snapshot.c). Runs on
+ * the caller's connection and thread; libpq types stay out of this header.
+ */
+#ifndef HB_SNAPSHOT_H
+#define HB_SNAPSHOT_H
+
+#include "hb_common.h"
+#include "hb_seal.h"
+#include "hb_sub.h"
+
+struct pg_conn;
+
+/* Every subscription that is not deregistered (deliverable or not): *subs is
+ * an array of *cnt snapshots (refcnt 1 each; the caller unrefs them and frees
+ * the array). A row that cannot be read is skipped with a warning naming its
+ * subscription. keyring opens the sealed values (NULL: none opens). -1 when
+ * the query fails (a lost connection shows in PQstatus). */
+int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *keyring, hb_sub_t ***subs,
+                         size_t *cnt, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* One subscription by id; *out = NULL when it does not exist or is
+ * deregistered. -1 when the query fails or its row cannot be read (why). */
+int hb_snapshot_load_one(struct pg_conn *conn, const hb_keyring_t *keyring, const char *id,
+                         hb_sub_t **out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* s is a subscription id (a UUID in its text form). */
+int hb_snapshot_is_id(const char *s);
+
+#endif
