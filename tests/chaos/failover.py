@@ -43,15 +43,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from hbtest.kafka import ApacheKafka  # noqa: E402
+from hbtest.kfaults import Feeder  # noqa: E402
 from hbtest.pg import PgCluster  # noqa: E402
 from hbtest.procs import BIN, ProcessGroup, wait_until  # noqa: E402
 from hbtest.stack import Dispatcher, Receiver  # noqa: E402
@@ -69,49 +68,6 @@ SCENARIOS = {
     "restart-coop": (1, "restart", "cooperative-sticky", False),
     "rollout-coop": (2, "replace", "cooperative-sticky", False),
 }
-
-
-def event(etype="user.session.start"):
-    user = "00u" + uuid.uuid4().hex[:12]
-    return {"uuid": str(uuid.uuid4()), "eventType": etype, "displayMessage": "failover",
-            "severity": "INFO",
-            "actor": {"id": user, "type": "User", "alternateId": f"{user}@example.com"},
-            "target": [{"id": user, "type": "User"}], "outcome": {"result": "SUCCESS"}}
-
-
-class Feeder:
-    """hookbridge-producer reading JSON lines from a pipe, fed at `rate`/s."""
-
-    def __init__(self, space, rate):
-        import json
-        self.json = json
-        self.produced = {}  # uuid -> wall time written (s)
-        self.rate = rate
-        self.stop_flag = threading.Event()
-        env = dict(os.environ, **space.env())
-        self.p = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.t = threading.Thread(target=self._run)
-        self.t.start()
-
-    def _run(self):
-        n, start = 0, time.monotonic()
-        while not self.stop_flag.is_set():
-            due = start + n / self.rate
-            now = time.monotonic()
-            if due > now:
-                time.sleep(due - now)
-            ev = event()
-            self.p.stdin.write(self.json.dumps(ev) + "\n")
-            self.produced[ev["uuid"]] = time.time()
-            n += 1
-
-    def stop(self):
-        self.stop_flag.set()
-        self.t.join()
-        self.p.stdin.close()
-        self.p.wait(60)
 
 
 def run_scenario(name, kafka, pg, workdir, rate, session_ms):
@@ -138,7 +94,7 @@ def run_scenario(name, kafka, pg, workdir, rate, session_ms):
         for d in ds:
             d.wait_ready(60)
         register_verified(db, receiver.url, ["user.session.start"])
-        feeder = Feeder(space, rate)
+        feeder = Feeder(space, rate, workdir)
         # Steady state first: deliveries flowing on every partition.
         wait_until(lambda: len(receiver.events()) >= rate * 2, 60, "deliveries to flow")
         time.sleep(1)
