@@ -104,7 +104,12 @@ cmd_prepare() {
   rf=$nodes
   local min_isr=$((nodes == 3 ? 2 : 1))
   # A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
-  cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  # One that starts with '-' would be read as an option by kafka-storage
+  # (1 time in 64): draw again.
+  cluster_id=-
+  while [ "${cluster_id#-}" != "$cluster_id" ]; do
+    cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+  done
   local bootstrap=""
   for ((i = 1; i <= nodes; i++)); do
     mkdir -p "$dir/node-$i/data"
