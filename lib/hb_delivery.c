@@ -484,6 +484,12 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         hb_delivery_abandon(D, dl);
         return;
     }
+    if (circuit_enabled(D) && *dl->endpoint && circuit_open(D, dl->endpoint)) {
+        /* the circuit opened while it waited */
+        route_not_made(D, dl, "circuit open: endpoint failing", 1);
+        delivery_finish(D, dl);
+        return;
+    }
     transmit(D, dl);
 }
 
