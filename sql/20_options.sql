@@ -1,4 +1,4 @@
--- sql/20_options.sql: a subscription's options - format, batching,
+-- sql/20_options.sql: a subscription's options - format, batching, rate_limit,
 -- timeout_ms, auth_header/auth_value, secret, and the payload options fields,
 -- headers and filter - validated in one place, hookbridge._check_options,
 -- for register() and update(). It returns the options to store, never
