@@ -13,7 +13,7 @@
 #   bench_metric HOST:PORT NAME  a dispatcher's metric, summed over its labels (n/a
 #                               when /metrics does not answer)
 #   bench_rss PID               "VmHWM VmRSS" of a process, in KiB
-#   bench_result SECTION FIGURE VALUE TARGET   one line for scripts/bench_all.sh's
+#   bench_result SECTION FIGURE VALUE TARGET [MET]  one line for scripts/bench_all.sh's
 #       summary (BENCH_RESULTS; nothing when unset)
 #   bench_loopback_addresses PREFIX N  N addresses PREFIX.a.b (PREFIX: two octets,
 #       e.g. 127.79), a from 0, b from 1 to 250: all route to lo on Linux
@@ -59,7 +59,7 @@ bench_rss() {
 
 bench_result() {
   [ -n "${BENCH_RESULTS:-}" ] || return 0
-  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$BENCH_RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$BENCH_RESULTS"
 }
 
 bench_loopback_addresses() {
