@@ -17,7 +17,8 @@
 #               $msec of its POST through its webhook-id, which is derived from the
 #               event uuid and subscription id (scripts/bench_latency.py);
 #               BENCH_TIMELINE=FILE also writes "produced kafka-timestamp posted"
-#               (ms) per event, to see when a slow one was slow
+#               (ms) per event, to see when a slow one was slow; issue 12: p99
+#               <= 20 ms at 2,000 events/s (run after the reference client below)
 #   efficiency  the dispatcher's CPU (utime + stime from /proc/PID/stat) from
 #               the throughput phase's start to its last delivery: deliveries per
 #               dispatcher CPU-second, next to the reference client's requests per
@@ -27,17 +28,19 @@
 #   log cost    PostgreSQL's CPU (the postmaster and its children, from /proc,
 #               exited backends through the postmaster's cutime + cstime) from the
 #               throughput phase's start until its attempts are in the delivery
-#               log, divided by the attempts logged: microseconds per attempt
-#   latency     see above; issue 12: p99 <= 20 ms at 2,000 events/s
+#               log, divided by the attempts logged: microseconds per attempt;
+#               issue 12: at most half of main's before the work
+#               (BENCH_PG_BASELINE_US, default 28, measured at 734d258)
 #   ceiling     wrk -t1 -c32 -d5s POSTing a 900-byte body to the same endpoint
 #   memory      the dispatcher's VmHWM / VmRSS after the run
 #   scale-out   a second dispatcher joins the same consumer group; once both own
 #               partitions, BENCH_EVENTS more events: first to last POST with two
 #               replicas, next to the one-replica figure (BENCH_SCALEOUT=0 skips it)
 #
-# BENCH_RESULTS=FILE appends the figures as "section<TAB>figure<TAB>value<TAB>target"
+# BENCH_RESULTS=FILE appends the figures as "broker<TAB>figure<TAB>value<TAB>target<TAB>met"
 # lines for scripts/bench_all.sh's summary table. BENCH_PERF=FILE records
-# `perf record -g` of the dispatcher during the throughput phase into FILE.
+# `perf record -g` of the dispatcher during the throughput phase into FILE
+# (perf's overhead then lowers that phase's figures).
 #
 # Everything runs on loopback; everything started is stopped at exit (also on
 # failure or Ctrl-C). Any HOOKBRIDGE_* setting in the environment reaches the
