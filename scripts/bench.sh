@@ -40,7 +40,9 @@
 # BENCH_RESULTS=FILE appends the figures as "broker<TAB>figure<TAB>value<TAB>target<TAB>met"
 # lines for scripts/bench_all.sh's summary table. BENCH_PERF=FILE records
 # `perf record -g` of the dispatcher during the throughput phase into FILE
-# (perf's overhead then lowers that phase's figures).
+# (perf's overhead then lowers that phase's figures); BENCH_PERF_ARGS (default -g)
+# replaces perf's options, e.g. "--call-graph dwarf,16384 -F 999" for whole stacks
+# (the programs have no frame pointers, so -g stops at libc).
 #
 # Everything runs on loopback; everything started is stopped at exit (also on
 # failure or Ctrl-C). Any HOOKBRIDGE_* setting in the environment reaches the
@@ -208,7 +210,8 @@ BASE=$(finished)
 FAILED0=$(metric 'hookbridge_deliveries_total{outcome="failed"}')
 ROWS0=$(stack_psql -At -c "SELECT count(*) FROM hookbridge.delivery_attempts")
 if [ -n "${BENCH_PERF:-}" ]; then
-  perf record -q -g -p "$D1_PID" -o "$BENCH_PERF" >"$B/perf.log" 2>&1 &
+  # shellcheck disable=SC2086 # BENCH_PERF_ARGS is a list of perf options
+  perf record -q ${BENCH_PERF_ARGS:--g} -p "$D1_PID" -o "$BENCH_PERF" >"$B/perf.log" 2>&1 &
   PERF_PID=$!
   sleep 0.5 # perf attaches
 fi
@@ -382,6 +385,7 @@ EOF
 
 PG_TARGET=$(awk -v b="$PG_BASELINE_US" 'BEGIN { printf "%.1f", b / 2 }')
 result "throughput, first to last POST (deliveries/s)" "$TP_RATE" ">= 20000" "$(met 'a >= 20000' "$TP_RATE")"
+result "dispatcher CPU during throughput (% of one core)" "$TP_CPU" "(shown: < 100 = not CPU-bound)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
 result "PostgreSQL CPU per logged attempt (us)" "$PG_US" "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \
