@@ -33,16 +33,22 @@ wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 BENCH_RESULTS=$(mktemp /tmp/hookbridge-bench-results.XXXXXX)
 export BENCH_RESULTS
 trap 'rm -f "$BENCH_RESULTS"' EXIT
+INTERRUPTED=0
+trap 'INTERRUPTED=1' INT TERM # acted on when the running part has returned
 FAILED=()
 START=$(date +%s)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 
 part() { # part NAME COMMAND...
-  local name=$1 t0
+  local name=$1 t0 rc=0
   shift
   printf '\n\033[1m======== %s: %s ========\033[0m\n' "$name" "$*"
   t0=$(date +%s)
-  if ! "$@"; then
+  "$@" || rc=$?
+  # Ctrl-C (or SIGTERM): the part has stopped what it started; stop here too,
+  # also when the signal came while the part was already stopping (rc 0).
+  [ "$INTERRUPTED" = 0 ] && [ "$rc" -ne 130 ] && [ "$rc" -ne 143 ] || exit 130
+  if [ "$rc" -ne 0 ]; then
     FAILED+=("$name")
     printf 'part\t%s\tFAILED (see above)\t\t\n' "$name" >>"$BENCH_RESULTS"
   fi
