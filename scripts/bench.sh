@@ -179,7 +179,8 @@ cpu_ticks() { # utime + stime of the processes $@, in clock ticks
 pg_cpu_ticks() {
   local pm
   pm=$(head -1 "$STACK_PG_DATA/postmaster.pid")
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{
+  # (a process may end between the glob and the read: cat's failure is expected)
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '{
       pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, a, " ")
       if (pid == pm) t += a[12] + a[13] + a[14] + a[15]; else if (a[2] == pm) t += a[12] + a[13]
     } END { print t + 0 }'
