@@ -63,7 +63,7 @@ WARMUP=50
 STALL_SECONDS=20 # a phase gives up when no delivery completes for this long
 REF_SECONDS=${BENCH_REF_SECONDS:-5}
 # PostgreSQL CPU per logged attempt measured on main at 734d258 (before issue 12's
-# work), this script, the embedded broker: the target is half of it.
+# work) with this script (both brokers): the target is half of it.
 PG_BASELINE_US=${BENCH_PG_BASELINE_US:-31}
 SCALEOUT=${BENCH_SCALEOUT:-1}
 RESULTS=${BENCH_RESULTS:-/dev/null}
