@@ -28,7 +28,8 @@
 #   log cost    PostgreSQL's CPU (the postmaster and its children, from /proc,
 #               exited backends through the postmaster's cutime + cstime) from the
 #               throughput phase's start until its attempts are in the delivery
-#               log, divided by the attempts logged: microseconds per attempt;
+#               log, divided by the attempts logged: microseconds per attempt, and
+#               the client backends' share (without autovacuum, the writers, ...);
 #               issue 12: at most half of main's before the work
 #               (BENCH_PG_BASELINE_US, default 31: the median of 8 runs at 734d258, 26-44)
 #   ceiling     wrk -t1 -c32 -d5s POSTing a 900-byte body to the same endpoint
@@ -174,16 +175,32 @@ cpu_ticks() { # utime + stime of the processes $@, in clock ticks
   local p
   for p in "$@"; do cat "/proc/$p/stat"; done | sed 's/^.*) //' | awk '{ t += $12 + $13 } END { print t + 0 }'
 }
-# PostgreSQL's CPU in clock ticks: the postmaster (with the exited children it
-# reaped: cutime + cstime) and every live child (backends, walwriter, ...).
-pg_cpu_ticks() {
-  local pm
+# PostgreSQL's CPU in clock ticks: "total clients", where total is the
+# postmaster (with the exited children it reaped: cutime + cstime) and every live
+# child (backends, autovacuum, walwriter, ...), and clients is the client
+# backends alone (process title "postgres: USER DB HOST(PORT) ..."), each pid's
+# ticks listed as "pid ticks" in $1 so that a later snapshot subtracts them.
+pg_cpu_snapshot() {
+  local pm pid title ticks
   pm=$(head -1 "$STACK_PG_DATA/postmaster.pid")
-  # (a process may end between the glob and the read: cat's failure is expected)
-  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '{
-      pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, a, " ")
-      if (pid == pm) t += a[12] + a[13] + a[14] + a[15]; else if (a[2] == pm) t += a[12] + a[13]
-    } END { print t + 0 }'
+  : >"$1"
+  # (a process may end between listing and reading it: skip it)
+  for pid in $(ps -o pid= --ppid "$pm") "$pm"; do
+    ticks=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null |
+      awk -v pm="$pm" -v pid="$pid" '{ print $12 + $13 + (pid == pm ? $14 + $15 : 0) }') || continue
+    [ -n "$ticks" ] || continue
+    title=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    case $title in
+    *"("[0-9]*")"*) echo "$pid client $ticks" ;;
+    *) echo "$pid other $ticks" ;;
+    esac
+  done >>"$1"
+}
+# pg_cpu_delta BEFORE AFTER -> "total_ticks client_ticks" between two snapshots
+pg_cpu_delta() {
+  awk 'NR == FNR { was[$1] = $3; next }
+       { d = $3 - ($1 in was ? was[$1] : 0); t += d; if ($2 == "client") c += d }
+       END { print t + 0, c + 0 }' "$1" "$2"
 }
 CLK_TCK=$(getconf CLK_TCK)
 # first-to-last POST rate in nginx's log between byte offsets $1 and $2: "posts span rate"
@@ -219,7 +236,7 @@ fi
 OFF1=$(log_size)
 CPU1=$(cpu_ticks "$D1_PID")
 WAIT1=$(awk '{ print $2 }' "/proc/$D1_PID/schedstat")
-PG1=$(pg_cpu_ticks)
+pg_cpu_snapshot "$B/pg.cpu1"
 T1=$(now_ms)
 produce --generate "$EVENTS"
 T_PRODUCED=$(now_ms)
@@ -259,13 +276,16 @@ for _ in $(seq 300); do
   [ "$ROWS" -ge "$WANT_ROWS" ] && break
   sleep 0.1
 done
-PG2=$(pg_cpu_ticks)
+pg_cpu_snapshot "$B/pg.cpu2"
 T_LOGGED=$(now_ms)
 echo "delivery log: $((ROWS - ROWS0)) of $EVENTS attempts written $((T_LOGGED - T2)) ms after the last delivery"
 # The polling psql above costs the server a little too: one short query per 0.1 s.
-PG_CPU_S=$(awk -v t=$((PG2 - PG1)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
-PG_US=$(awk -v c="$PG_CPU_S" -v n=$((ROWS - ROWS0)) 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * c / n : 0) }')
-echo "PostgreSQL: ${PG_CPU_S} CPU-seconds for $((ROWS - ROWS0)) logged attempts: $PG_US us per attempt"
+read -r PG_TICKS PG_CLIENT_TICKS < <(pg_cpu_delta "$B/pg.cpu1" "$B/pg.cpu2")
+PG_CPU_S=$(awk -v t="$PG_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+PG_US=$(awk -v t="$PG_TICKS" -v hz="$CLK_TCK" -v n=$((ROWS - ROWS0)) 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * t / hz / n : 0) }')
+PG_CLIENT_US=$(awk -v t="$PG_CLIENT_TICKS" -v hz="$CLK_TCK" -v n=$((ROWS - ROWS0)) 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * t / hz / n : 0) }')
+echo "PostgreSQL: ${PG_CPU_S} CPU-seconds for $((ROWS - ROWS0)) logged attempts: $PG_US us per attempt" \
+  "($PG_CLIENT_US us in the client backends, the rest in autovacuum, the writers, ...)"
 
 # ---------------------------------------------------------------- reference client
 
@@ -379,7 +399,7 @@ printf '  %-44s %s\n' \
   "dispatcher CPU during throughput" "$TP_CPU% of one core: $TP_PER_CPU deliveries per CPU-second; its loop waited for a CPU $TP_WAIT% of the time" \
   "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
-  "PostgreSQL CPU per logged attempt" "$PG_US us (${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
+  "PostgreSQL CPU per logged attempt" "$PG_US us ($PG_CLIENT_US in client backends; ${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
   "latency, produce -> POST at $RATE/s" "p50 $P50 ms  p90 $P90 ms  p99 $P99 ms  max $PMAX ms ($LAT_N events)" \
   "ceiling: wrk -t1 -c32 -d5s, 900-byte POST" "$WRK_RPS requests/s" \
   "dispatcher memory after the run" "VmHWM $((HWM / 1024)) MiB, VmRSS $((RSS / 1024)) MiB" \
@@ -395,7 +415,8 @@ result "throughput, first to last POST (deliveries/s)" "$TP_RATE" ">= 20000" "$(
 result "dispatcher CPU; its loop waiting for a CPU (% of the phase)" "$TP_CPU% of one core; $TP_WAIT%" "(shown)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
-result "PostgreSQL CPU per logged attempt (us)" "$PG_US" "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \
+result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG_CLIENT_US" \
+  "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \
   "$(met 'a <= b' "$PG_US" "$PG_TARGET")"
 result "latency p99 produce->POST at $RATE/s (ms)" "$P99" "<= 20" "$(met 'a <= 20' "$P99")"
 if [ "$SCALEOUT" = 1 ]; then
