@@ -20,6 +20,8 @@
 --             case-insensitive), too many headers or too many bytes
 --   HB017     invalid field list (options.fields): not a non-empty array of
 --             strings, an unknown top-level event field, a field given twice
+--   HB025     invalid options.ordering: not one of "actor", "target", "key",
+--             or given with batch_max above 1
 
 -- The top-level fields of IdentityEvent (schema/identity_event.avsc; a test
 -- keeps the two equal), in schema order.
@@ -169,9 +171,10 @@ BEGIN
     END IF;
     FOR k IN SELECT jsonb_object_keys(p_opts) AS key ORDER BY key LOOP
         IF k NOT IN ('auth_header', 'auth_value', 'secret', 'format', 'batch_max',
-                     'batch_window_ms', 'timeout_ms', 'fields', 'headers', 'filter') THEN
+                     'batch_window_ms', 'timeout_ms', 'fields', 'headers', 'filter',
+                     'ordering') THEN
             RAISE EXCEPTION 'unknown option "%"', k USING ERRCODE = 'HB005',
-                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter.';
+                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter, ordering.';
         END IF;
     END LOOP;
 
@@ -241,6 +244,22 @@ BEGIN
         END IF;
         v_out := v_out || jsonb_build_object('filter', p_opts -> 'filter');
     END IF;
+    -- Ordered delivery per key (docs/payloads.md): one request at a time per
+    -- key, so never several events in one request.
+    IF p_opts ? 'ordering' THEN
+        IF jsonb_typeof(p_opts -> 'ordering') IS DISTINCT FROM 'string'
+           OR (p_opts ->> 'ordering') NOT IN ('actor', 'target', 'key') THEN
+            RAISE EXCEPTION 'option ordering must be one of "actor", "target", "key"'
+                USING ERRCODE = 'HB025',
+                      HINT = 'actor: actor.id; target: the first target of type User (else the first target); key: the events topic''s message key.';
+        END IF;
+        IF coalesce((v_out ->> 'batch_max')::int, 1) > 1 THEN
+            RAISE EXCEPTION 'option ordering cannot be combined with batch_max above 1'
+                USING ERRCODE = 'HB025',
+                      HINT = 'Ordered events are sent one request at a time; drop batch_max or ordering.';
+        END IF;
+        v_out := v_out || jsonb_build_object('ordering', p_opts ->> 'ordering');
+    END IF;
     RETURN v_out;
 END
 $$;
@@ -249,4 +268,5 @@ COMMENT ON FUNCTION hookbridge._check_options(jsonb) IS
     'Validates subscription options; returns what is stored in subscriptions.options. '
     'Keys: auth_header, auth_value, secret, format (okta|cloudevents|event), '
     'batch_max (1..100), batch_window_ms (0..60000), timeout_ms (100..60000), '
-    'fields (HB017), headers (HB016), filter (HB013). See docs/payloads.md.';
+    'fields (HB017), headers (HB016), filter (HB013), ordering (actor|target|key, HB025). '
+    'See docs/payloads.md.';
