@@ -63,7 +63,12 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
     switch (st) {
     case HB_DL_IN_FLIGHT: D->in_flight++; break;
     case HB_DL_NOT_MADE:
-        hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        if (dl->waiting) {
+            if (D->m.ordering_waits)
+                hb_metric_inc(D->m.ordering_waits);
+        } else {
+            hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        }
         break;
     case HB_DL_DELIVERED: hb_metric_inc(D->m.delivered); break;
     case HB_DL_RETRY: hb_metric_inc(D->m.retry); break;
@@ -172,6 +177,7 @@ void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_
 
 void hb_delivery_free(hb_delivery_t *dl) {
     hb_sub_unref(dl->sub);
+    free(dl->order_key);
     free(dl->jobs);
     free(dl->body);
     free(dl->content_type);
@@ -182,6 +188,8 @@ void hb_delivery_free(hb_delivery_t *dl) {
 
 /* Releases the delivery's holds (its work is now held by gates, or done). */
 static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
+    if (dl->settled)
+        dl->settled(dl, dl->settled_arg);
     for (size_t i = 0; i < dl->jobs_cnt; i++)
         hb_outbox_release(D->outbox, dl->jobs[i]);
     hb_delivery_free(dl);
@@ -206,6 +214,9 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
          * send) is not: replay() then says there is nothing to replay */
         .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
         .content_type = dl->content_type,
+        .ordering_key = dl->order_key,
+        .source_partition = dl->order_partition,
+        .source_offset = dl->order_offset,
     };
     return hb_dlog_row_new(&a);
 }
@@ -261,6 +272,7 @@ static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *t
         .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
         .last_status = last_status,
         .last_error = (char *)(reason ? reason : ""),
+        .after_delivery_id = dl->after_id,
     };
     void *buf = NULL;
     size_t len = 0;
@@ -381,7 +393,8 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     }
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
     m = retry_msg(D, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
-                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
+                  dl->waiting && dl->quiet ? NULL
+                                           : row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
     if (!m) {
         set_state(D, dl, HB_DL_LOST);
         hb_gate_done(D->outbox, g);
@@ -423,8 +436,32 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
     route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
 }
 
+/* An ordered delivery that waits behind another: like an attempt not made
+ * (route_not_made), with its own reason and metric, carrying after_id. */
+void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet) {
+    char why[80];
+    snprintf(why, sizeof(why), "waiting behind %s", after_id);
+    if (after_id != dl->after_id) /* the retrier passes the delivery's own */
+        snprintf(dl->after_id, sizeof(dl->after_id), "%s", after_id);
+    dl->waiting = 1;
+    dl->quiet = quiet;
+    /* the retrier drops it when the subscription is deactivated after this */
+    if (!dl->first_attempt_ms)
+        dl->first_attempt_ms = hb_wall_ms();
+    set_state(D, dl, HB_DL_NOT_MADE);
+    route_retry(D, dl, dl->attempt - 1, NULL, why, dl->schedule_offset);
+    delivery_finish(D, dl);
+}
+
 void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    hb_delivery_t *dl = hb_delivery_make(D, sub, events, n, id, event_ids, jobs);
+    if (dl)
+        hb_delivery_send(D, dl);
+}
+
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+                                const char *id, const char *event_ids, hb_job_t *const *jobs) {
     const char *type = hb_event_type(events[0]);
     char errstr[256], reason[300];
     hb_payload_t payload;
@@ -445,10 +482,10 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events
                              n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
     } else {
-        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
-                             type, jobs, n);
-        hb_delivery_send(D, dl);
+        return hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
+                               type, jobs, n);
     }
+    return NULL;
 }
 
 void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
@@ -532,6 +569,8 @@ void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
 
 void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
     set_state(D, dl, HB_DL_ABANDONED);
+    if (dl->settled)
+        dl->settled(dl, dl->settled_arg);
     hb_delivery_free(dl); /* its jobs stay unfinished, freed with the outbox */
 }
 

@@ -31,6 +31,14 @@ typedef enum {
     HB_FORMAT_EVENT, /* the bare event */
 } hb_format_t;
 
+/* options.ordering: which field of an event keys its order (hb_ordering.h). */
+typedef enum {
+    HB_ORDER_NONE = 0,
+    HB_ORDER_ACTOR,  /* actor.id */
+    HB_ORDER_TARGET, /* the first target of type User, else the first target */
+    HB_ORDER_KEY,    /* the events topic's message key */
+} hb_order_by_t;
+
 typedef struct hb_secret_s {
     uint8_t key[HB_SECRET_MAX];
     size_t key_len;
@@ -68,6 +76,7 @@ typedef struct hb_sub_s {
     int headers_cnt;
     json_t *filter_spec;        /* options.filter as stored; NULL = none; owned */
     struct hb_filter_s *filter; /* filter_spec compiled (hb_filter.h); NULL = all */
+    hb_order_by_t ordering;     /* options.ordering; NONE = no order kept */
 } hb_sub_t;
 
 hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */

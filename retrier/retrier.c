@@ -24,6 +24,13 @@
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
  *     topic, exactly as in the dispatcher (hb_delivery routes both);
+ *   - ordered (after_delivery_id set: it waits behind an earlier delivery of
+ *     its key, hb_ordering.h): the log is asked about that predecessor; until
+ *     it is final (delivered, failed, dropped) the message goes back onto its
+ *     tier unattempted (hb_delivery_wait: attempt not counted, no row, a
+ *     metric), and is asked about again when due. A predecessor the log does
+ *     not know is waited for only ORDER_UNKNOWN_WAIT_MS after this delivery
+ *     began (its row may be on its way from a dispatcher), then not;
  *   - its subscription deactivated, unverified or deregistered: dropped and
  *     recorded as dropped. So is an attempt whose delivery began before the
  *     subscription's last deactivation, though it is active again: a
@@ -55,6 +62,7 @@
 #define REPLAY_BATCH 100
 #define SWEEP_MS 60000
 #define HOP_SLACK_MS 100 /* rounding and resends: never hop a message due within its tier */
+#define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
@@ -71,6 +79,33 @@ static hb_sub_t *gone_sub(const char *id) {
     hb_sub_t *s = hb_sub_new();
     snprintf(s->id, sizeof(s->id), "%s", id);
     return s;
+}
+
+/* The log answered about an ordered delivery's predecessor: attempt it once
+ * the predecessor is final, else back onto its tier to wait. */
+static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st,
+                           void *opaque) {
+    int final = st->found && (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
+                              !strcmp(st->status, "dropped"));
+    (void)opaque;
+    if (!final && !st->found && dl->first_attempt_ms &&
+        hb_wall_ms() - dl->first_attempt_ms > ORDER_UNKNOWN_WAIT_MS) {
+        hb_log(HB_LOG_WARN,
+               HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "after_delivery_id",
+                     dl->after_id),
+               "ordered delivery no longer waits behind a delivery the log does not know");
+        final = 1;
+    }
+    if (final) {
+        hb_log(HB_LOG_DEBUG,
+               HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "after_delivery_id",
+                     dl->after_id),
+               "predecessor is %s: attempt %d goes", st->found ? st->status : "unknown",
+               dl->attempt);
+        hb_worker_deliver(w, dl);
+    } else {
+        hb_worker_wait(w, dl, dl->after_id, 1);
+    }
 }
 
 /* The log answered for a due retry (hb_worker_lookup): drop it when it is
@@ -107,6 +142,8 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     else if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
                        "subscription was deactivated after this delivery began");
+    else if (*dl->after_id) /* ordered: first its predecessor */
+        hb_worker_lookup_id(w, dl, dl->after_id, on_predecessor, r);
     else
         hb_worker_deliver(w, dl);
 }
@@ -182,6 +219,8 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
     hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
+    if (m.after_delivery_id)
+        snprintf(dl->after_id, sizeof(dl->after_id), "%s", m.after_delivery_id);
     /* First what the log says: a retry of a delivery already final, or of an
      * attempt already made, is dropped (on_state). */
     hb_worker_lookup(w, dl, on_state, r);
