@@ -214,8 +214,11 @@ def test_a_restarted_dispatcher_keeps_later_events_behind_a_blocked_key(db_url, 
         d.restart()
         d.wait_ready()
         produce(broker.bootstrap, evs[2:])
-        wait_until(lambda: delivery_id(db_url, sub, evs[2]), 20 * SLOW, "the third's log row")
-        time.sleep(2)  # time enough for the third to overtake, were it not held back
+        second = delivery_id(db_url, sub, evs[1])
+        # the new dispatcher parks the third behind the second (found in PostgreSQL)
+        wait_until(lambda: (third := delivery_id(db_url, sub, evs[2])) and sql(
+            db_url, "SELECT status, last_error FROM hookbridge.deliveries WHERE delivery_id=%s",
+            third)[0] == ("retry", f"waiting behind {second}"), 20 * SLOW, "the third to wait")
         assert ep.order("00uE") == []
         with ep.lock:
             ep.fail_first[evs[0]["uuid"]] = 0
