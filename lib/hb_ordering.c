@@ -68,11 +68,11 @@ struct hb_chain_s {
     char sub_id[HB_UUID_LEN + 1];
     char *key;
     char tail[HB_UUID_LEN + 1]; /* newest delivery of the key known here */
-    int unknown;     /* the tail must be asked for (new chain, partitions moved) */
-    int asking;      /* a question to the log is open: ASK_KEY or ASK_TAIL, else 0 */
-    int busy;        /* the head is in flight */
-    int parked;      /* the tail waits in a delay tier (not final, as far as known) */
-    int parked_seen; /* ... and that was learnt for this burst: park without asking */
+    int unknown;                /* the tail must be asked for (new chain, partitions moved) */
+    int asking;                 /* a question to the log is open: ASK_KEY or ASK_TAIL, else 0 */
+    int busy;                   /* the head is in flight */
+    int parked;                 /* the tail waits in a delay tier (not final, as far as known) */
+    int parked_seen;            /* ... and that was learnt for this burst: park without asking */
     int stopped;
     item_t *q; /* queued: q[head..n) */
     size_t head, n, cap;

@@ -49,11 +49,11 @@ typedef struct hb_chains_s hb_chains_t;
 typedef struct hb_chain_s hb_chain_t;
 
 typedef enum {
-    HB_CHAIN_WAIT,      /* nothing to do now */
-    HB_CHAIN_ASK_KEY,   /* ask the log for the tail of (subscription, key); then hb_chain_answer */
-    HB_CHAIN_ASK_TAIL,  /* ask the log whether hb_chain_tail() is final; then hb_chain_answer */
-    HB_CHAIN_SEND,      /* send the item: the chain's head; hb_chain_settled once routed */
-    HB_CHAIN_PARK,      /* park the item behind `after` in the first tier, unattempted */
+    HB_CHAIN_WAIT,     /* nothing to do now */
+    HB_CHAIN_ASK_KEY,  /* ask the log for the tail of (subscription, key); then hb_chain_answer */
+    HB_CHAIN_ASK_TAIL, /* ask the log whether hb_chain_tail() is final; then hb_chain_answer */
+    HB_CHAIN_SEND,     /* send the item: the chain's head; hb_chain_settled once routed */
+    HB_CHAIN_PARK,     /* park the item behind `after` in the first tier, unattempted */
 } hb_chain_step_t;
 
 hb_chains_t *hb_chains_new(void);
