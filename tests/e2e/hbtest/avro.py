@@ -1,5 +1,6 @@
 """A small, independent Avro single-object decoder for the message schemas we
-put on Kafka (records of string, int, long and arrays of strings), so tests
+put on Kafka (records of string, int, long, arrays of strings and unions of
+those with null), so tests
 check what is on the topic without using our own C codec."""
 import json
 from pathlib import Path
@@ -27,6 +28,11 @@ def read_string(buf, pos):
 
 
 def _read(buf, pos, typ):
+    if typ == "null":
+        return None, pos
+    if isinstance(typ, list):  # a union: the branch index, then its value
+        branch, pos = read_varint(buf, pos)
+        return _read(buf, pos, typ[branch])
     if typ in ("int", "long"):
         return read_varint(buf, pos)
     if typ == "string":
