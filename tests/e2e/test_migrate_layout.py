@@ -52,8 +52,22 @@ def migrated(pg, prefix, migrations_dir=MIGRATIONS):
     return db
 
 
+def later_migrations():
+    """The migrations after the baseline, as (version, name, checksum) rows."""
+    out = []
+    for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        version, name = int(f.name[:4]), f.stem[5:]
+        if version > 1:
+            out.append((version, name, hashlib.sha256(f.read_bytes()).hexdigest()))
+    return out
+
+
 def test_the_new_layout_builds_exactly_the_schema_of_the_old_migrations(pg_cluster):
+    """The old layout, brought up to date by `up` (which records the baseline
+    in its place and applies the later migrations and sql/), has exactly the
+    schema of a fresh database: the baseline is the old layout's state."""
     old = migrated(pg_cluster, "oldlayout", OLD_LAYOUT)
+    pg_cluster.migrate(old, "up")
     new = migrated(pg_cluster, "newlayout")
     try:
         want = schema(pg_cluster, old, skip=BOOKKEEPING)
@@ -99,8 +113,9 @@ def test_a_database_at_0008_upgrades_to_the_baseline_with_its_data(pg_cluster):
         assert "recorded 0001_baseline.sql as applied" in r.stdout, r.stdout
         assert "sql/40_subscriptions.sql applied (new)" in r.stdout
         baseline = (MIGRATIONS / "0001_baseline.sql").read_bytes()
-        assert sql(url, "SELECT version, name, checksum FROM hookbridge.hookbridge_migrations") \
-            == [(1, "baseline", hashlib.sha256(baseline).hexdigest())]
+        assert sql(url, "SELECT version, name, checksum FROM hookbridge.hookbridge_migrations "
+                   "ORDER BY version") \
+            == [(1, "baseline", hashlib.sha256(baseline).hexdigest())] + later_migrations()
 
         # Bookkeeping included: the upgraded database is a fresh one.
         assert schema(pg_cluster, old) == schema(pg_cluster, fresh)
@@ -190,7 +205,8 @@ def test_a_failing_sql_file_rolls_back_the_migration_applied_with_it(pg_cluster,
     url = pg_cluster.url(db)
     try:
         pg_cluster.migrate(db, "up", migrations_dir=tree / "migrations")
-        (tree / "migrations" / "0002_probe.sql").write_text(
+        last = max([1] + [v for v, _, _ in later_migrations()])
+        (tree / "migrations" / f"{last + 1:04d}_probe.sql").write_text(
             "CREATE TABLE hookbridge.probe (a int);\n")
         subs = tree / "sql" / "40_subscriptions.sql"
         subs.write_text(subs.read_text() + PROBE % 2 + "SELEC oops;\n")
@@ -200,7 +216,7 @@ def test_a_failing_sql_file_rolls_back_the_migration_applied_with_it(pg_cluster,
         assert f"40_subscriptions.sql, line {line}" in r.stderr and "42601" in r.stderr
         assert sql(url, "SELECT to_regclass('hookbridge.probe'), "
                    "to_regprocedure('hookbridge.layout_probe()')") == [(None, None)]
-        assert sql(url, "SELECT max(version) FROM hookbridge.hookbridge_migrations") == [(1,)]
+        assert sql(url, "SELECT max(version) FROM hookbridge.hookbridge_migrations") == [(last,)]
 
         # An API function that does not say SECURITY DEFINER is refused.
         subs.write_text(subs.read_text().replace("SELEC oops;\n", "").replace(
