@@ -25,7 +25,8 @@ static void keys_follow_the_option(void **state) {
         {HB_ORDER_ACTOR, "{\"actor\":{\"id\":\"\"}}", NULL, NULL},
         {HB_ORDER_ACTOR, "{}", NULL, NULL},
         {HB_ORDER_TARGET,
-         "{\"target\":[{\"id\":\"0oaApp\",\"type\":\"AppInstance\"},{\"id\":\"00uU\",\"type\":\"User\"}]}",
+         "{\"target\":[{\"id\":\"0oaApp\",\"type\":\"AppInstance\"},{\"id\":\"00uU\",\"type\":"
+         "\"User\"}]}",
          NULL, "00uU"},
         {HB_ORDER_TARGET, "{\"target\":[{\"id\":\"00gG\",\"type\":\"UserGroup\"}]}", NULL, "00gG"},
         {HB_ORDER_TARGET, "{\"target\":[]}", NULL, NULL},
