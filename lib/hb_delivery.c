@@ -25,6 +25,10 @@ struct hb_deliveries_s {
     hb_http_t *http;
     hb_outbox_t *outbox;
     hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    /* DeliveryRetry v1 (before after_delivery_id): what a retry that waits for
+     * nothing is written with, so retriers of the previous release read it
+     * during a rolling upgrade; only ordered waits need the current schema. */
+    hb_codec_t *retry_codec_v1;
     hb_delivery_metrics_t m;
     int circuit_counts_attempts;
     int abandoning; /* shutdown deadline passed: completions record nothing */
@@ -236,7 +240,9 @@ static int retry_encode(hb_deliveries_t *D, const hb_retry_msg_t *m, void **buf,
         hb_seterr(errstr, errstr_size, "out of memory");
         return -1;
     }
-    rc = hb_codec_encode(D->retry_codec, obj, buf, len, errstr, errstr_size);
+    rc = hb_codec_encode(m->after_delivery_id && *m->after_delivery_id ? D->retry_codec
+                                                                       : D->retry_codec_v1,
+                         obj, buf, len, errstr, errstr_size);
     json_decref(obj);
     return rc;
 }
@@ -586,7 +592,9 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
     D->m = *m;
     D->circuit_counts_attempts = circuit_counts_attempts;
     D->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
-    if (!D->retry_codec) {
+    if (D->retry_codec)
+        D->retry_codec_v1 = hb_codec_new(hb_schema_delivery_retry_v1, errstr, errstr_size);
+    if (!D->retry_codec || !D->retry_codec_v1) {
         hb_deliveries_free(D);
         return NULL;
     }
@@ -597,6 +605,7 @@ void hb_deliveries_free(hb_deliveries_t *D) {
     if (!D)
         return;
     hb_codec_free(D->retry_codec);
+    hb_codec_free(D->retry_codec_v1);
     {
         hb_hash_slot_t *s;
         size_t pos = 0;

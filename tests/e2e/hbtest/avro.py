@@ -58,6 +58,11 @@ def decode(schema_name, data):
     schema = json.loads((SCHEMA_DIR / f"{schema_name}.avsc").read_text())
     pos, out = 10, {}
     for f in schema["fields"]:
+        if pos == len(data) and "default" in f:
+            # written with an earlier version, before this field was added
+            # (hookbridge writes DeliveryRetry v1 when after_delivery_id is null)
+            out[f["name"]] = f["default"]
+            continue
         out[f["name"]], pos = _read(data, pos, f["type"])
     assert pos == len(data), f"{len(data) - pos} trailing bytes"
     return out
