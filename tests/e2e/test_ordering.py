@@ -227,3 +227,33 @@ def test_a_restarted_dispatcher_keeps_later_events_behind_a_blocked_key(db_url, 
         assert ep.order("00uE") == [e["uuid"] for e in evs]
     finally:
         ep.srv.shutdown()
+
+
+def test_a_deactivation_drops_the_waiting_events_and_the_key_goes_on(db_url, procs, workdir):
+    """A key blocked by a failing head, two events waiting behind it: a
+    deactivation drops all three (final 'dropped'), and after activating
+    again the key's next event is delivered: nothing waits for good."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uF", i) for i in range(4)]
+        ep.fail_first[evs[0]["uuid"]] = None
+        produce(broker.bootstrap, evs[:3])
+
+        def status(e):
+            did = delivery_id(db_url, sub, e)
+            return did and sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                               "WHERE delivery_id=%s", did)[0][0]
+        wait_until(lambda: status(evs[2]) == "retry", 20 * SLOW, "the third to wait")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: [status(e) for e in evs[:3]] == ["dropped"] * 3, 30 * SLOW,
+                   "the head and the waiting ones dropped")
+        sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+        wait_until(lambda: "subscription changed: active, verified" in d.proc.output()
+                   .split("subscription changed: inactive")[-1], 10 * SLOW, "the activation")
+        produce(broker.bootstrap, evs[3:])
+        wait_until(lambda: ep.order("00uF") == [evs[3]["uuid"]], 20 * SLOW,
+                   "the key's next event delivered")
+    finally:
+        ep.srv.shutdown()
