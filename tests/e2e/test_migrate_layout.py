@@ -46,30 +46,30 @@ def seed_rows(url):
             sql(url, "SELECT name, value, description FROM hookbridge.limits ORDER BY name"))
 
 
+def later_migrations(migrations_dir=MIGRATIONS):
+    """(version, name, checksum) of the migrations after the baseline."""
+    out = []
+    for f in sorted(migrations_dir.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        version, name = int(f.name[:4]), f.name[5:-4]
+        if version > 1:
+            out.append((version, name, hashlib.sha256(f.read_bytes()).hexdigest()))
+    return out
+
+
 def migrated(pg, prefix, migrations_dir=MIGRATIONS):
     db = pg.create_database(prefix)
     pg.migrate(db, "up", migrations_dir=migrations_dir)
     return db
 
 
-def later_migrations():
-    """The migrations after the baseline, as (version, name, checksum) rows."""
-    out = []
-    for f in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-        version, name = int(f.name[:4]), f.stem[5:]
-        if version > 1:
-            out.append((version, name, hashlib.sha256(f.read_bytes()).hexdigest()))
-    return out
-
-
 def test_the_new_layout_builds_exactly_the_schema_of_the_old_migrations(pg_cluster):
-    """The old layout, brought up to date by `up` (which records the baseline
-    in its place and applies the later migrations and sql/), has exactly the
-    schema of a fresh database: the baseline is the old layout's state."""
     old = migrated(pg_cluster, "oldlayout", OLD_LAYOUT)
-    pg_cluster.migrate(old, "up")
     new = migrated(pg_cluster, "newlayout")
     try:
+        if later_migrations():
+            # The schema moved on after the baseline (later migrations, changed
+            # functions): the old layout, brought up to date, must be the same.
+            pg_cluster.migrate(old, "up")
         want = schema(pg_cluster, old, skip=BOOKKEEPING)
         got = schema(pg_cluster, new, skip=BOOKKEEPING)
         assert len(want) > 150  # functions, tables, indexes, triggers, grants...
