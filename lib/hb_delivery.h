@@ -26,6 +26,11 @@
  *              is not counted: a first attempt waits in the first tier, a retry
  *              goes back to its tier; in the retrier an open circuit counts the
  *              attempt as failed, so a dead endpoint's schedule still ends.
+ *              An ordered delivery waiting behind an earlier one of its key
+ *              (hb_delivery_wait, hb_ordering.h) is NOT_MADE the same way,
+ *              carrying after_delivery_id.
+ * A delivery's settled callback (when set) hears once that it was routed or
+ * abandoned: the ordered chains move on from there.
  * So "the log shows attempt N with outcome X" implies that what X produced on
  * Kafka is durable (hb_outbox's gates keep that order).
  *
