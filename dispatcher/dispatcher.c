@@ -20,6 +20,14 @@
  *     uuids, so the same batch re-sent after a crash has the same webhook-id
  *     (a batch put together differently gets another one: receivers
  *     de-duplicate batches on the event uuids inside);
+ *   - keep per-key order for subscriptions with options.ordering
+ *     (hb_ordering.h): the events of one key go out one at a time, the ones
+ *     behind an in-flight head wait in memory, and when the head goes to a
+ *     delay tier they are parked behind it (each naming its predecessor, for
+ *     the retrier). The chains' steps are taken here: questions to the
+ *     delivery log (on its thread), sends and parks; a head's outcome is
+ *     noted when it is routed and acted on at the next loop pass (never from
+ *     inside an HTTP completion);
  *   - run endpoint verification challenges (hookbridge.verify(), and requests
  *     pending at start-up); claiming a request is atomic in SQL, so with
  *     several replicas exactly one sends the challenge.
@@ -35,6 +43,7 @@
 #include "hb_hash.h"
 #include "hb_log.h"
 #include "hb_metrics.h"
+#include "hb_ordering.h"
 #include "hb_schemas.h"
 #include "hb_sign.h"
 #include "hb_worker.h"
@@ -59,18 +68,25 @@ struct hb_dispatcher_s {
     hb_worker_t *w;
     hb_hash_t batches; /* subscription id -> batch_t* */
     size_t open_batches;
+    hb_chains_t *chains;  /* ordered keys (hb_ordering.h) */
+    hb_chain_t **settled; /* chains whose head was routed since the last pass */
+    size_t settled_n, settled_cap;
+    unsigned revocations; /* hb_worker_revocations when the chains were last trusted */
+    int64_t next_evict;
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
 
+#define CHAIN_IDLE_MS 60000 /* an idle key's chain is forgotten after this */
+#define CHAIN_EVICT_EVERY_MS 10000
+
 /* ---------------------------------------------------------------- events */
 
-/* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
- * the delivery until it is durable. */
-static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
-                           hb_job_t *const *jobs, size_t n) {
+/* The delivery id of events[0..n) to sub (the webhook-id) and their uuids,
+ * comma-separated (returned, caller frees). */
+static char *delivery_id(const hb_sub_t *sub, json_t *const *events, size_t n, char *id) {
     const char **parts = hb_malloc((n + 2) * sizeof(*parts));
     size_t ids_len = 1;
-    char *ids, id[HB_UUID_LEN + 1];
+    char *ids;
 
     parts[0] = n == 1 ? "delivery" : "batch";
     for (size_t i = 0; i < n; i++) {
@@ -87,8 +103,137 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *eve
         strcat(ids, parts[i + 1]);
     }
     free(parts);
+    return ids;
+}
+
+/* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
+ * the delivery until it is durable. */
+static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
+                           hb_job_t *const *jobs, size_t n) {
+    char id[HB_UUID_LEN + 1];
+    char *ids = delivery_id(sub, events, n, id);
     hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     free(ids);
+}
+
+/* ------------------------------------------------------- ordered delivery */
+
+typedef struct ask_s {
+    hb_dispatcher_t *d;
+    hb_chain_t *c; /* not evicted while its question is open */
+} ask_t;
+
+static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c);
+
+static int status_final(const char *status) {
+    return !strcmp(status, "delivered") || !strcmp(status, "failed") || !strcmp(status, "dropped");
+}
+
+/* The log's answer about the chain's tail: by key (a tail whose row is gone
+ * counts as final) or by id (a tail not logged yet is not final). */
+static void on_tail_by_key(hb_worker_t *w, const hb_dlog_state_t *st, void *opaque) {
+    ask_t *a = opaque;
+    (void)w;
+    hb_chain_answer(a->c, st->found, st->delivery_id, !*st->status || status_final(st->status));
+    chain_advance(a->d, a->c);
+    free(a);
+}
+
+static void on_tail_by_id(hb_worker_t *w, const hb_dlog_state_t *st, void *opaque) {
+    ask_t *a = opaque;
+    (void)w;
+    hb_chain_answer(a->c, st->found, NULL, st->found && status_final(st->status));
+    chain_advance(a->d, a->c);
+    free(a);
+}
+
+/* A head was routed (or abandoned): noted now, acted on at the next pass. */
+static void on_head_settled(const hb_delivery_t *dl, void *arg) {
+    hb_dispatcher_t *d = arg;
+    hb_chain_t *c = hb_chains_get(d->chains, dl->sub->id, dl->order_key, hb_mono_ms());
+    if (dl->state == HB_DL_ABANDONED) {
+        hb_chain_stop(c);
+        return;
+    }
+    hb_chain_settled(c, dl->state == HB_DL_RETRY);
+    if (d->settled_n == d->settled_cap) {
+        d->settled_cap = d->settled_cap ? d->settled_cap * 2 : 64;
+        d->settled = hb_realloc(d->settled, d->settled_cap * sizeof(*d->settled));
+    }
+    d->settled[d->settled_n++] = c;
+}
+
+/* Takes the chain's steps until it has to wait. */
+static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
+    char after[HB_UUID_LEN + 1];
+    void *item;
+    ask_t *a;
+    for (;;) {
+        switch (hb_chain_next(c, &item, after)) {
+        case HB_CHAIN_WAIT: return;
+        case HB_CHAIN_ASK_KEY:
+            a = hb_calloc(1, sizeof(*a));
+            a->d = d;
+            a->c = c;
+            hb_worker_ask_tail(d->w, hb_chain_sub_id(c), hb_chain_key(c), on_tail_by_key, a, free);
+            return;
+        case HB_CHAIN_ASK_TAIL:
+            a = hb_calloc(1, sizeof(*a));
+            a->d = d;
+            a->c = c;
+            hb_worker_ask(d->w, hb_chain_tail(c), on_tail_by_id, a, free);
+            return;
+        case HB_CHAIN_SEND: {
+            hb_delivery_t *dl = item;
+            dl->settled = on_head_settled;
+            dl->settled_arg = d;
+            hb_worker_deliver(d->w, dl);
+            break;
+        }
+        case HB_CHAIN_PARK: hb_worker_wait(d->w, item, after, 0); break;
+        }
+    }
+}
+
+/* event for sub, whose ordering key is key: rendered now, sent when its
+ * chain lets it. */
+static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event,
+                        const rd_kafka_message_t *rkm, hb_job_t *job, const char *key) {
+    char id[HB_UUID_LEN + 1];
+    char *ids = delivery_id(sub, &event, 1, id);
+    hb_delivery_t *dl = hb_worker_make(d->w, sub, &event, 1, id, ids, &job);
+    hb_chain_t *c;
+    free(ids);
+    if (!dl)
+        return; /* could not be rendered: failed, and that is final */
+    dl->order_key = hb_strdup(key);
+    dl->order_partition = rkm->partition;
+    dl->order_offset = rkm->offset;
+    if (hb_worker_revocations(d->w) != d->revocations) {
+        /* partitions moved: what this process knew of keys may be stale */
+        d->revocations = hb_worker_revocations(d->w);
+        hb_chains_forget(d->chains);
+    }
+    c = hb_chains_get(d->chains, sub->id, key, hb_mono_ms());
+    hb_chain_push(c, dl, dl->id);
+    chain_advance(d, c);
+}
+
+/* Chains whose head was routed take their next steps; idle ones are
+ * forgotten now and then. */
+static void chains_pass(hb_dispatcher_t *d) {
+    int64_t now = hb_mono_ms();
+    for (size_t i = 0; i < d->settled_n; i++) /* advancing may settle more: re-read n */
+        chain_advance(d, d->settled[i]);
+    d->settled_n = 0;
+    if (now >= d->next_evict) {
+        d->next_evict = now + CHAIN_EVICT_EVERY_MS;
+        (void)hb_chains_evict_idle(d->chains, now, CHAIN_IDLE_MS);
+    }
+}
+
+static void chain_item_free(void *item) {
+    hb_delivery_free(item); /* never sent: its jobs stay unfinished, the event comes again */
 }
 
 /* ---------------------------------------------------------------- batches */
@@ -152,6 +297,7 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
 
 static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
+    chains_pass(opaque);
     return batch_flush_due(opaque, 0);
 }
 
@@ -168,10 +314,14 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ev
 
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
+            char key[512];
             if (!hb_sub_wants(subs[i], event))
                 continue; /* its content filter says no */
             hb_metric_inc(d->m_matched);
-            if (subs[i]->batch_max > 1)
+            if (subs[i]->ordering != HB_ORDER_NONE && subs[i]->batch_max <= 1 &&
+                hb_order_key(subs[i]->ordering, event, rkm->key, rkm->key_len, key, sizeof(key)))
+                ordered_add(d, subs[i], event, rkm, job, key);
+            else if (subs[i]->batch_max > 1)
                 batch_add(d, subs[i], event, job);
             else
                 start_delivery(d, subs[i], &event, &job, 1);
@@ -288,8 +438,10 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         .opaque = d,
     };
     d->cfg = cfg;
+    d->chains = hb_chains_new();
     d->w = hb_worker_new(cfg, &spec, errstr, errstr_size);
     if (!d->w) {
+        hb_chains_free(d->chains, NULL);
         free(d);
         return NULL;
     }
@@ -323,6 +475,8 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         }
         hb_hash_clear(&d->batches);
     }
-    hb_worker_free(d->w);
+    hb_worker_free(d->w); /* heads aborted now still tell their chains */
+    hb_chains_free(d->chains, chain_item_free);
+    free(d->settled);
     free(d);
 }

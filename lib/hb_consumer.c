@@ -18,6 +18,7 @@ typedef struct deferred_s {
 
 struct hb_consumer_s {
     const hb_config_t *cfg;
+    unsigned revocations; /* times partitions were revoked (ordered delivery forgets keys) */
     char client_id[64];
     const char *group;
     char *const *topics; /* borrowed */
@@ -205,6 +206,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                                               parts->elems[i].partition);
     } else {
         hb_info("revoking %d partition(s)", parts->cnt);
+        c->revocations++;
         /* Commit what is finished before the new owner starts from it. */
         hb_outbox_take_flushed(c->outbox);
         hb_consumer_store_offsets(c);
@@ -442,6 +444,10 @@ const char *hb_consumer_unready(const hb_consumer_t *c) {
 
 int hb_consumer_assigned(const hb_consumer_t *c) {
     return c->assigned;
+}
+
+unsigned hb_consumer_revocations(const hb_consumer_t *c) {
+    return c->revocations;
 }
 
 int hb_consumer_paused(const hb_consumer_t *c) {

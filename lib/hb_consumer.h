@@ -87,6 +87,8 @@ void hb_consumer_tick(hb_consumer_t *c);
 /* Why not ready, in order: a missing topic, brokers down; NULL when neither. */
 const char *hb_consumer_unready(const hb_consumer_t *c);
 int hb_consumer_assigned(const hb_consumer_t *c);
+/* Times partitions were revoked from this consumer. */
+unsigned hb_consumer_revocations(const hb_consumer_t *c);
 /* The last resort's reason while consumption is paused, else "". */
 const char *hb_consumer_pause_why(const hb_consumer_t *c);
 

@@ -26,6 +26,10 @@ struct hb_deliveries_s {
     hb_http_t *http;
     hb_outbox_t *outbox;
     hb_codec_t *retry_codec; /* DeliveryRetry, produced */
+    /* DeliveryRetry v1 (before after_delivery_id): what a retry that waits for
+     * nothing is written with, so retriers of the previous release read it
+     * during a rolling upgrade; only ordered waits need the current schema. */
+    hb_codec_t *retry_codec_v1;
     hb_delivery_metrics_t m;
     int circuit_counts_attempts;
     int abandoning; /* shutdown deadline passed: completions record nothing */
@@ -71,8 +75,12 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
     switch (st) {
     case HB_DL_IN_FLIGHT: D->in_flight++; break;
     case HB_DL_NOT_MADE:
-        if (!dl->rate_limited) /* counted in hookbridge_rate_limited_total */
+        if (dl->waiting) {
+            if (D->m.ordering_waits)
+                hb_metric_inc(D->m.ordering_waits);
+        } else if (!dl->rate_limited) { /* counted in hookbridge_rate_limited_total */
             hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        }
         break;
     case HB_DL_DELIVERED: hb_metric_inc(D->m.delivered); break;
     case HB_DL_RETRY: hb_metric_inc(D->m.retry); break;
@@ -181,6 +189,7 @@ void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_
 
 void hb_delivery_free(hb_delivery_t *dl) {
     hb_sub_unref(dl->sub);
+    free(dl->order_key);
     free(dl->jobs);
     free(dl->body);
     free(dl->content_type);
@@ -191,6 +200,8 @@ void hb_delivery_free(hb_delivery_t *dl) {
 
 /* Releases the delivery's holds (its work is now held by gates, or done). */
 static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
+    if (dl->settled)
+        dl->settled(dl, dl->settled_arg);
     for (size_t i = 0; i < dl->jobs_cnt; i++)
         hb_outbox_release(D->outbox, dl->jobs[i]);
     hb_delivery_free(dl);
@@ -215,6 +226,9 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
          * send) is not: replay() then says there is nothing to replay */
         .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
         .content_type = dl->content_type,
+        .ordering_key = dl->order_key,
+        .source_partition = dl->order_partition,
+        .source_offset = dl->order_offset,
     };
     return hb_dlog_row_new(&a);
 }
@@ -234,7 +248,9 @@ static int retry_encode(hb_deliveries_t *D, const hb_retry_msg_t *m, void **buf,
         hb_seterr(errstr, errstr_size, "out of memory");
         return -1;
     }
-    rc = hb_codec_encode(D->retry_codec, obj, buf, len, errstr, errstr_size);
+    rc = hb_codec_encode(m->after_delivery_id && *m->after_delivery_id ? D->retry_codec
+                                                                       : D->retry_codec_v1,
+                         obj, buf, len, errstr, errstr_size);
     json_decref(obj);
     return rc;
 }
@@ -270,6 +286,7 @@ static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *t
         .schedule_offset = dl->schedule_offset, /* a replay keeps its fresh schedule */
         .last_status = last_status,
         .last_error = (char *)(reason ? reason : ""),
+        .after_delivery_id = dl->after_id,
     };
     void *buf = NULL;
     size_t len = 0;
@@ -390,7 +407,8 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     }
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
     m = retry_msg(D, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
-                  row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
+                  dl->waiting && dl->quiet ? NULL
+                                           : row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
     if (!m) {
         set_state(D, dl, HB_DL_LOST);
         hb_gate_done(D->outbox, g);
@@ -432,8 +450,32 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
     route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
 }
 
+/* An ordered delivery that waits behind another: like an attempt not made
+ * (route_not_made), with its own reason and metric, carrying after_id. */
+void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet) {
+    char why[80];
+    snprintf(why, sizeof(why), "waiting behind %s", after_id);
+    if (after_id != dl->after_id) /* the retrier passes the delivery's own */
+        snprintf(dl->after_id, sizeof(dl->after_id), "%s", after_id);
+    dl->waiting = 1;
+    dl->quiet = quiet;
+    /* the retrier drops it when the subscription is deactivated after this */
+    if (!dl->first_attempt_ms)
+        dl->first_attempt_ms = hb_wall_ms();
+    set_state(D, dl, HB_DL_NOT_MADE);
+    route_retry(D, dl, dl->attempt - 1, NULL, why, dl->schedule_offset);
+    delivery_finish(D, dl);
+}
+
 void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    hb_delivery_t *dl = hb_delivery_make(D, sub, events, n, id, event_ids, jobs);
+    if (dl)
+        hb_delivery_send(D, dl);
+}
+
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+                                const char *id, const char *event_ids, hb_job_t *const *jobs) {
     const char *type = hb_event_type(events[0]);
     char errstr[256], reason[300];
     hb_payload_t payload;
@@ -454,10 +496,10 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events
                              n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
     } else {
-        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
-                             type, jobs, n);
-        hb_delivery_send(D, dl);
+        return hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
+                               type, jobs, n);
     }
+    return NULL;
 }
 
 /* ----------------------------------------------------------- rate limits */
@@ -620,6 +662,8 @@ void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
 
 void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
     set_state(D, dl, HB_DL_ABANDONED);
+    if (dl->settled)
+        dl->settled(dl, dl->settled_arg);
     hb_delivery_free(dl); /* its jobs stay unfinished, freed with the outbox */
 }
 
@@ -651,7 +695,9 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
         D->rl = hb_ratelimit_new(&rc, &cbs);
     }
     D->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
-    if (!D->retry_codec) {
+    if (D->retry_codec)
+        D->retry_codec_v1 = hb_codec_new(hb_schema_delivery_retry_v1, errstr, errstr_size);
+    if (!D->retry_codec || !D->retry_codec_v1) {
         hb_deliveries_free(D);
         return NULL;
     }
@@ -663,6 +709,7 @@ void hb_deliveries_free(hb_deliveries_t *D) {
         return;
     hb_ratelimit_free(D->rl); /* what it holds is abandoned: consumed again */
     hb_codec_free(D->retry_codec);
+    hb_codec_free(D->retry_codec_v1);
     {
         hb_hash_slot_t *s;
         size_t pos = 0;

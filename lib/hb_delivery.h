@@ -26,6 +26,11 @@
  *              is not counted: a first attempt waits in the first tier, a retry
  *              goes back to its tier; in the retrier an open circuit counts the
  *              attempt as failed, so a dead endpoint's schedule still ends.
+ *              An ordered delivery waiting behind an earlier one of its key
+ *              (hb_delivery_wait, hb_ordering.h) is NOT_MADE the same way,
+ *              carrying after_delivery_id.
+ * A delivery's settled callback (when set) hears once that it was routed or
+ * abandoned: the ordered chains move on from there.
  * So "the log shows attempt N with outcome X" implies that what X produced on
  * Kafka is durable (hb_outbox's gates keep that order).
  *
@@ -92,6 +97,17 @@ typedef struct hb_delivery_s {
     int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */
     char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
     struct hb_deliveries_s *owner; /* while in flight */
+    /* Ordered delivery (options.ordering, hb_ordering.h). */
+    char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
+    int waiting;                    /* NOT_MADE because it waits behind after_id */
+    int quiet;                      /* its wait adds no delivery-log row (the retrier's re-waits) */
+    char *order_key;         /* the dispatcher's ordered deliveries: the key (owned), else NULL */
+    int32_t order_partition; /* where its event was read */
+    int64_t order_offset;
+    /* called once it is routed (its state says how) or abandoned, before it
+     * is freed; NULL: none */
+    void (*settled)(const struct hb_delivery_s *dl, void *arg);
+    void *settled_arg;
 } hb_delivery_t;
 
 /* The engine: sends deliveries and routes their outcomes. */
@@ -100,6 +116,7 @@ typedef struct hb_deliveries_s hb_deliveries_t;
 typedef struct hb_delivery_metrics_s {
     hb_metric_t *delivered, *retry, *failed, *dropped; /* hookbridge_deliveries_total */
     hb_metric_t *latency, *dlq, *dlq_skipped, *circuit_skips, *circuit_opens, *endpoint_busy;
+    hb_metric_t *ordering_waits;  /* not attempted: waiting behind a predecessor (may be NULL) */
     hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
@@ -154,6 +171,15 @@ void hb_delivery_free(hb_delivery_t *dl);
  * event_ids name the delivery; each job is held until it is durable. */
 void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs);
+/* hb_delivery_render without the sending: the PENDING delivery, or NULL when
+ * it could not be rendered or is too large (then FAILED, routed already). */
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+                                const char *id, const char *event_ids, hb_job_t *const *jobs);
+/* Ordered delivery: NOT_MADE, waiting behind delivery after_id; dl goes to
+ * the tier of its next attempt (a first attempt: the first tier) with
+ * after_delivery_id set, its attempt not counted, and, unless quiet, a
+ * 'retry' row saying "waiting behind <after_id>"; takes dl. */
+void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet);
 /* Sign and send (or, with an open circuit, NOT_MADE), then classify and route
  * the outcome; takes dl. */
 void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl);

@@ -72,6 +72,9 @@ struct hb_dlog_row_s {
     void *token;
     int rejected;            /* refused by the database as invalid: never written */
     hb_dlog_state_t *lookup; /* non-NULL: a look-up request, not a row to write */
+    char *ordering_key;      /* ordered delivery: the key (a look-up: of a tail) */
+    int32_t source_partition;
+    int64_t source_offset;
 };
 typedef struct hb_dlog_row_s dlog_row_t;
 
@@ -142,6 +145,7 @@ static void row_free(dlog_row_t *r) {
     free(r->snippet);
     free(r->body);
     free(r->content_type);
+    free(r->ordering_key);
     free(r);
 }
 
@@ -205,6 +209,9 @@ hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
     r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
     r->content_type =
         a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
+    r->ordering_key = dup_utf8(a->ordering_key);
+    r->source_partition = a->source_partition;
+    r->source_offset = a->source_offset;
     return r;
 }
 
@@ -255,6 +262,27 @@ void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out
     vec_push(&dl->queue, r);
     dl->queue_lookups++;
     pthread_cond_signal(&dl->cv); /* answered soon, not at the next flush */
+    pthread_mutex_unlock(&dl->mu);
+}
+
+void hb_dlog_lookup_tail(hb_dlog_t *dl, const char *subscription_id, const char *key,
+                         hb_dlog_state_t *out, void *token) {
+    dlog_row_t *r;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&dl->mu);
+    if (!subscription_id || !uuid_shaped(subscription_id) || !key) { /* cannot be there */
+        flushed_push_locked(dl, token);
+        pthread_mutex_unlock(&dl->mu);
+        return;
+    }
+    r = hb_calloc(1, sizeof(*r));
+    r->subscription_id = hb_strdup(subscription_id);
+    r->ordering_key = dup_utf8(key);
+    r->lookup = out;
+    r->token = token;
+    vec_push(&dl->queue, r);
+    dl->queue_lookups++;
+    pthread_cond_signal(&dl->cv);
     pthread_mutex_unlock(&dl->mu);
 }
 
@@ -410,6 +438,30 @@ static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts"
                                   "  FROM unnest($1::uuid[]) WITH ORDINALITY AS r(id, i)"
                                   "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id";
 
+/* Ordered delivery: each keyed row makes its delivery the key's tail, unless
+ * the tail's event was read later from the same partition (an older event
+ * read again after a crash does not move the tail back). */
+static const char DLOG_UPSERT_TAILS[] =
+    "INSERT INTO hookbridge.ordering_tails AS t"
+    "  (subscription_id, ordering_key, delivery_id, source_partition, source_offset)"
+    " SELECT DISTINCT ON (r.sid, r.okey) r.sid, r.okey, r.did, r.part, r.off"
+    "   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::bigint[])"
+    "        WITH ORDINALITY AS r(sid, okey, did, part, off, i)"
+    "  ORDER BY r.sid, r.okey, r.i DESC"
+    " ON CONFLICT (subscription_id, ordering_key) DO UPDATE SET"
+    "   delivery_id = EXCLUDED.delivery_id, source_partition = EXCLUDED.source_partition,"
+    "   source_offset = EXCLUDED.source_offset, updated_at = now()"
+    " WHERE NOT (t.source_partition = EXCLUDED.source_partition"
+    "            AND t.source_offset > EXCLUDED.source_offset)";
+
+/* The newest delivery of each (subscription, key) asked about, and its status
+ * ('' when the log no longer has it). */
+static const char DLOG_LOOKUP_TAILS[] =
+    "SELECT r.i, t.delivery_id, coalesce(d.status, ''), coalesce(d.attempts, 0)"
+    "  FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS r(sid, okey, i)"
+    "  JOIN hookbridge.ordering_tails t ON t.subscription_id = r.sid AND t.ordering_key = r.okey"
+    "  LEFT JOIN hookbridge.deliveries d ON d.delivery_id = t.delivery_id";
+
 typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
 
 /* Data that can never be written (class 22 data exception, 23 integrity
@@ -428,6 +480,42 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *c
         rc = sqlstate_invalid(res) ? W_INVALID : W_RETRY;
     }
     PQclear(res);
+    return rc;
+}
+
+/* The ordered rows among rows[0..n) move their keys' tails; nothing at all
+ * when none is ordered (the usual case). */
+static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why,
+                                   size_t whysz) {
+    hb_buf_t arr[5];
+    const char *p[5];
+    size_t keyed = 0;
+    dlog_wrc_t rc;
+
+    for (size_t i = 0; i < n; i++)
+        keyed += rows[i]->ordering_key != NULL;
+    if (!keyed)
+        return W_OK;
+    memset(arr, 0, sizeof(arr));
+    for (int c = 0; c < 5; c++)
+        hb_buf_put(&arr[c], "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        const dlog_row_t *r = rows[i];
+        if (!r->ordering_key)
+            continue;
+        buf_elem_text(&arr[0], r->subscription_id);
+        buf_elem_text(&arr[1], r->ordering_key);
+        buf_elem_text(&arr[2], r->delivery_id);
+        buf_elem_int(&arr[3], r->source_partition);
+        buf_elem_int(&arr[4], (long long)r->source_offset);
+    }
+    for (int c = 0; c < 5; c++) {
+        hb_buf_put(&arr[c], "}", 1);
+        p[c] = arr[c].p;
+    }
+    rc = dlog_exec(dl, DLOG_UPSERT_TAILS, 5, p, why, whysz);
+    for (int c = 0; c < 5; c++)
+        free(arr[c].p);
     return rc;
 }
 
@@ -478,6 +566,8 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         goto fail;
     if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 8, p2, why, whysz)) != W_OK)
         goto fail;
+    if ((rc = dlog_write_tails(dl, rows, n, why, whysz)) != W_OK)
+        goto fail;
     rc = dlog_exec(dl, "COMMIT", 0, NULL, why, whysz);
     if (rc != W_OK)
         goto fail;
@@ -496,8 +586,57 @@ out:
     return rc;
 }
 
+/* Answers the tail look-ups among rows[0..n) (those with an ordering key) in
+ * one query; nothing when there are none. */
+static dlog_wrc_t dlog_lookup_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why,
+                                    size_t whysz) {
+    hb_buf_t sids = {0}, keys = {0};
+    const char *params[2];
+    size_t *at = hb_malloc((n ? n : 1) * sizeof(*at)), cnt = 0;
+    PGresult *res;
+    dlog_wrc_t rc = W_OK;
+
+    hb_buf_put(&sids, "{", 1);
+    hb_buf_put(&keys, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (!rows[i]->ordering_key)
+            continue;
+        at[cnt++] = i;
+        buf_elem_text(&sids, rows[i]->subscription_id);
+        buf_elem_text(&keys, rows[i]->ordering_key);
+    }
+    hb_buf_put(&sids, "}", 1);
+    hb_buf_put(&keys, "}", 1);
+    if (cnt > 0) {
+        params[0] = sids.p;
+        params[1] = keys.p;
+        res = PQexecParams(dl->conn, DLOG_LOOKUP_TAILS, 2, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            hb_pg_error(dl->conn, res, why, whysz);
+            rc = W_RETRY;
+        } else {
+            for (int t = 0; t < PQntuples(res); t++) {
+                long long i = strtoll(PQgetvalue(res, t, 0), NULL, 10); /* 1-based */
+                hb_dlog_state_t *st;
+                if (i < 1 || (size_t)i > cnt)
+                    continue;
+                st = rows[at[i - 1]]->lookup;
+                st->found = 1;
+                snprintf(st->delivery_id, sizeof(st->delivery_id), "%s", PQgetvalue(res, t, 1));
+                snprintf(st->status, sizeof(st->status), "%s", PQgetvalue(res, t, 2));
+                st->attempts = (int)strtol(PQgetvalue(res, t, 3), NULL, 10);
+            }
+        }
+        PQclear(res);
+    }
+    free(at);
+    free(sids.p);
+    free(keys.p);
+    return rc;
+}
+
 /* Answers the look-ups rows[0..n) in one query (each out filled; not found
- * stays zeroed). */
+ * stays zeroed); tail look-ups in a second one. */
 static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
     hb_buf_t ids = {0};
     const char *params[1];
@@ -510,8 +649,8 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
             return W_RETRY;
     }
     hb_buf_put(&ids, "{", 1);
-    for (size_t i = 0; i < n; i++)
-        buf_elem_text(&ids, rows[i]->delivery_id);
+    for (size_t i = 0; i < n; i++) /* a tail look-up matches nothing here */
+        buf_elem_text(&ids, rows[i]->ordering_key ? NULL : rows[i]->delivery_id);
     hb_buf_put(&ids, "}", 1);
     params[0] = ids.p;
     res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
@@ -536,6 +675,13 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     }
     PQclear(res);
     free(ids.p);
+    if (rc == W_OK) {
+        rc = dlog_lookup_tails(dl, rows, n, why, whysz);
+        if (rc != W_OK && PQstatus(dl->conn) == CONNECTION_BAD) {
+            PQfinish(dl->conn);
+            dl->conn = NULL;
+        }
+    }
     return rc;
 }
 

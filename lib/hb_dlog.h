@@ -56,6 +56,13 @@ typedef struct hb_attempt_s {
     const char *response_snippet; /* bounded, may be NULL */
     const char *body; /* rendered payload; stored only when outcome is FAILED (for replay) */
     const char *content_type; /* of body; stored with it */
+    /* Ordered delivery (options.ordering), the dispatcher's rows only: the
+     * delivery's key (NULL: unordered) and where its event was read. The row
+     * also makes it the key's tail in hookbridge.ordering_tails, unless a
+     * later event of that partition is already there. */
+    const char *ordering_key;
+    int32_t source_partition;
+    int64_t source_offset;
 } hb_attempt_t;
 
 typedef struct hb_dlog_s hb_dlog_t;
@@ -65,6 +72,9 @@ typedef struct hb_dlog_state_s {
     int found;       /* 0: no row yet */
     char status[16]; /* pending, delivered, retry, failed, dropped, replay */
     int attempts;    /* attempts made (the highest attempt number logged) */
+    /* hb_dlog_lookup_tail: the key's newest delivery ("" when found is 0);
+     * status "" when the log no longer has it */
+    char delivery_id[37];
 } hb_dlog_state_t;
 
 /* Whether a message about attempt `attempt` of a delivery in state *st is
@@ -90,6 +100,11 @@ void hb_dlog_add_row(hb_dlog_t *dl, hb_dlog_row_t *r, void *token);
  * are committed, *out is filled and token (non-NULL) comes back through
  * hb_dlog_take_flushed. *out must stay valid until then. Any thread. */
 void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token);
+
+/* The same for an ordered key: which delivery is the newest of
+ * (subscription_id, key) (hookbridge.ordering_tails), and its status. */
+void hb_dlog_lookup_tail(hb_dlog_t *dl, const char *subscription_id, const char *key,
+                         hb_dlog_state_t *out, void *token);
 
 /* Moves up to max tokens whose rows are committed into tokens[]; returns count. */
 size_t hb_dlog_take_flushed(hb_dlog_t *dl, void **tokens, size_t max);

@@ -137,6 +137,17 @@ void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
     hb_dlog_lookup(ob->dlog, delivery_id, &g->state, g);
 }
 
+void hb_gate_lookup_tail(hb_outbox_t *ob, hb_gate_t *g, const char *subscription_id,
+                         const char *key, void (*answered)(hb_outbox_t *ob, hb_gate_t *g),
+                         void *arg, void (*arg_free)(void *arg)) {
+    g->pending = 1;
+    g->answered = answered;
+    g->arg = arg;
+    g->arg_free = arg_free;
+    ob->lookups++;
+    hb_dlog_lookup_tail(ob->dlog, subscription_id, key, &g->state, g);
+}
+
 void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row) {
     hb_dlog_add_row(ob->dlog, row, g);
 }

@@ -88,6 +88,10 @@ void hb_gate_forget(hb_outbox_t *ob, hb_gate_t *g);
 void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
                     void (*answered)(hb_outbox_t *ob, hb_gate_t *g), void *arg,
                     void (*arg_free)(void *arg));
+/* The same for the tail of an ordered key (hb_dlog_lookup_tail). */
+void hb_gate_lookup_tail(hb_outbox_t *ob, hb_gate_t *g, const char *subscription_id,
+                         const char *key, void (*answered)(hb_outbox_t *ob, hb_gate_t *g),
+                         void *arg, void (*arg_free)(void *arg));
 /* The attempt's row is logged now; the gate is done when it is committed. */
 void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row);
 

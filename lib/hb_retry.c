@@ -181,6 +181,14 @@ int hb_retry_msg_from_json(hb_retry_msg_t *m, const json_t *obj, char *errstr, s
     m->first_attempt_ms = json_integer_value(json_object_get(obj, "first_attempt_ms"));
     m->last_status = (int)json_integer_value(json_object_get(obj, "last_status"));
     m->schedule_offset = (int)json_integer_value(json_object_get(obj, "schedule_offset"));
+    v = json_object_get(obj, "after_delivery_id");
+    if (json_is_string(v)) {
+        if (json_string_length(v) != 36) {
+            hb_seterr(errstr, errstr_size, "DeliveryRetry with a malformed after_delivery_id");
+            goto fail;
+        }
+        m->after_delivery_id = hb_strdup(json_string_value(v));
+    }
     if (m->attempt < 1 || m->attempt > 1000 || m->schedule_offset < 0 ||
         m->schedule_offset >= m->attempt) {
         hb_seterr(errstr, errstr_size, "DeliveryRetry with attempt %d", m->attempt);
@@ -204,14 +212,17 @@ json_t *hb_retry_msg_to_json(const hb_retry_msg_t *m) {
         if (*p == ',' && !*++p)
             json_array_append_new(ids, json_string(""));
     }
-    return json_pack("{s:s, s:s, s:o, s:s, s:s, s:s%, s:i, s:I, s:I, s:i, s:s, s:i}", "delivery_id",
-                     m->delivery_id, "subscription_id", m->subscription_id, "event_ids", ids,
-                     "event_type", m->event_type ? m->event_type : "", "content_type",
-                     m->content_type ? m->content_type : "application/json", "body", m->body,
-                     m->body_len, "attempt", m->attempt, "not_before_ms",
-                     (json_int_t)m->not_before_ms, "first_attempt_ms",
-                     (json_int_t)m->first_attempt_ms, "last_status", m->last_status, "last_error",
-                     m->last_error ? m->last_error : "", "schedule_offset", m->schedule_offset);
+    return json_pack(
+        "{s:s, s:s, s:o, s:s, s:s, s:s%, s:i, s:I, s:I, s:i, s:s, s:i, s:o}", "delivery_id",
+        m->delivery_id, "subscription_id", m->subscription_id, "event_ids", ids, "event_type",
+        m->event_type ? m->event_type : "", "content_type",
+        m->content_type ? m->content_type : "application/json", "body", m->body, m->body_len,
+        "attempt", m->attempt, "not_before_ms", (json_int_t)m->not_before_ms, "first_attempt_ms",
+        (json_int_t)m->first_attempt_ms, "last_status", m->last_status, "last_error",
+        m->last_error ? m->last_error : "", "schedule_offset", m->schedule_offset,
+        "after_delivery_id",
+        m->after_delivery_id && *m->after_delivery_id ? json_string(m->after_delivery_id)
+                                                      : json_null());
 }
 
 void hb_retry_msg_clear(hb_retry_msg_t *m) {
@@ -222,5 +233,6 @@ void hb_retry_msg_clear(hb_retry_msg_t *m) {
     free(m->content_type);
     free(m->body);
     free(m->last_error);
+    free(m->after_delivery_id);
     memset(m, 0, sizeof(*m));
 }

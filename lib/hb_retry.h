@@ -75,6 +75,9 @@ typedef struct hb_retry_msg_s {
     int last_status;
     char *last_error;
     int schedule_offset; /* attempts made before this schedule began (replay) */
+    /* ordered delivery: the delivery of the same key this one waits behind
+     * (NULL or "": none) */
+    char *after_delivery_id;
 } hb_retry_msg_t;
 
 /* Fields from a decoded message; -1 with a reason when one is missing or

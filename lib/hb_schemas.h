@@ -11,6 +11,9 @@ extern const char hb_schema_delivery_retry[]; /* schema/delivery_retry.avsc */
  * schemas; NULL-terminated. */
 extern const char *const hb_schema_history_identity_event[];
 extern const char *const hb_schema_history_delivery_retry[];
+/* DeliveryRetry before after_delivery_id: still written when a retry waits
+ * for nothing, so the previous release's retriers read it (hb_delivery.c). */
+extern const char hb_schema_delivery_retry_v1[];
 /* schema/event_types.txt: "#" comment lines, then "<type>\t<description>" lines. */
 extern const char hb_event_types_catalogue[];
 

@@ -51,7 +51,8 @@ static const char SNAPSHOT_SELECT[] =
     "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
     "         WHERE x.ord <= 2),"
     "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0),"
-    "       s.options->'rate_limit'"
+    "       s.options->'rate_limit',"
+    "       s.options->>'ordering'"
     "  FROM hookbridge.subscriptions s"
     " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
     " ORDER BY s.created_at, s.id";
@@ -77,6 +78,7 @@ enum {
     COL_SECRETS,
     COL_DEACTIVATED,
     COL_RATE_LIMIT,
+    COL_ORDERING,
     COL_COUNT
 };
 
@@ -353,6 +355,19 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
 
     if (payload_options(sub, res, row, errstr, errstr_size) < 0)
         goto fail;
+    v = col(res, row, COL_ORDERING);
+    if (!v)
+        sub->ordering = HB_ORDER_NONE;
+    else if (!strcmp(v, "actor"))
+        sub->ordering = HB_ORDER_ACTOR;
+    else if (!strcmp(v, "target"))
+        sub->ordering = HB_ORDER_TARGET;
+    else if (!strcmp(v, "key"))
+        sub->ordering = HB_ORDER_KEY;
+    else {
+        hb_seterr(errstr, errstr_size, "subscription %s: unknown ordering \"%s\"", sub->id, v);
+        goto fail;
+    }
 
     if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
         goto fail;

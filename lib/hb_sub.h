@@ -31,6 +31,14 @@ typedef enum {
     HB_FORMAT_EVENT, /* the bare event */
 } hb_format_t;
 
+/* options.ordering: which field of an event keys its order (hb_ordering.h). */
+typedef enum {
+    HB_ORDER_NONE = 0,
+    HB_ORDER_ACTOR,  /* actor.id */
+    HB_ORDER_TARGET, /* the first target of type User, else the first target */
+    HB_ORDER_KEY,    /* the events topic's message key */
+} hb_order_by_t;
+
 typedef struct hb_secret_s {
     uint8_t key[HB_SECRET_MAX];
     size_t key_len;
@@ -72,6 +80,7 @@ typedef struct hb_sub_s {
      * average, rate_burst at once (hb_ratelimit.h); 0 = not limited. */
     double rate_per_second;
     int rate_burst;
+    hb_order_by_t ordering; /* options.ordering; NONE = no order kept */
 } hb_sub_t;
 
 hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */

@@ -72,6 +72,15 @@ void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size
     hb_delivery_render(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
 
+hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                              const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    return hb_delivery_make(w->deliveries, sub, events, n, id, event_ids, jobs);
+}
+
+void hb_worker_wait(hb_worker_t *w, hb_delivery_t *dl, const char *after_id, int quiet) {
+    hb_delivery_wait(w->deliveries, dl, after_id, quiet);
+}
+
 void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl) {
     hb_delivery_send(w->deliveries, dl);
 }
@@ -116,13 +125,71 @@ static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
 }
 
 void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
+    hb_worker_lookup_id(w, dl, dl->id, then, opaque);
+}
+
+void hb_worker_lookup_id(hb_worker_t *w, hb_delivery_t *dl, const char *id,
+                         hb_worker_lookup_cb then, void *opaque) {
     lookup_ctx_t *c = hb_calloc(1, sizeof(*c));
     c->w = w;
     c->dl = dl;
     c->then = then;
     c->opaque = opaque;
-    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), dl->id, lookup_answered, c,
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), id, lookup_answered, c,
                    lookup_ctx_free);
+}
+
+typedef struct ask_ctx_s {
+    hb_worker_t *w;
+    hb_worker_answer_cb then;
+    void *opaque;
+    void (*opaque_free)(void *opaque);
+} ask_ctx_t;
+
+static void ask_ctx_free(void *arg) {
+    ask_ctx_t *c = arg;
+    if (c->opaque_free)
+        c->opaque_free(c->opaque);
+    free(c);
+}
+
+static void ask_answered(hb_outbox_t *ob, hb_gate_t *g) {
+    ask_ctx_t *c = g->arg;
+    hb_worker_t *w = c->w;
+    (void)ob;
+    if (hb_stop_requested || hb_deliveries_abandoning(w->deliveries)) {
+        ask_ctx_free(c);
+    } else {
+        c->then(w, &g->state, c->opaque);
+        free(c);
+    }
+    hb_gate_forget(w->outbox, g);
+}
+
+static ask_ctx_t *ask_ctx(hb_worker_t *w, hb_worker_answer_cb then, void *opaque,
+                          void (*opaque_free)(void *opaque)) {
+    ask_ctx_t *c = hb_calloc(1, sizeof(*c));
+    c->w = w;
+    c->then = then;
+    c->opaque = opaque;
+    c->opaque_free = opaque_free;
+    return c;
+}
+
+void hb_worker_ask(hb_worker_t *w, const char *delivery_id, hb_worker_answer_cb then, void *opaque,
+                   void (*opaque_free)(void *opaque)) {
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), delivery_id, ask_answered,
+                   ask_ctx(w, then, opaque, opaque_free), ask_ctx_free);
+}
+
+void hb_worker_ask_tail(hb_worker_t *w, const char *subscription_id, const char *key,
+                        hb_worker_answer_cb then, void *opaque, void (*opaque_free)(void *opaque)) {
+    hb_gate_lookup_tail(w->outbox, hb_gate_new(w->outbox, NULL, 0), subscription_id, key,
+                        ask_answered, ask_ctx(w, then, opaque, opaque_free), ask_ctx_free);
+}
+
+unsigned hb_worker_revocations(const hb_worker_t *w) {
+    return hb_consumer_revocations(w->consumer);
 }
 
 /* Rate limits: tokens of the shared budget, asked on the store's request
@@ -456,6 +523,10 @@ static void register_metrics(hb_worker_t *w) {
         hb_metrics_histogram("hookbridge_rate_limit_wait_seconds", NULL,
                              "How long deliveries held back by a rate limit waited.",
                              rate_wait_bounds, HB_ARRAY_SIZE(rate_wait_bounds));
+    w->dm.ordering_waits =
+        hb_metrics_counter("hookbridge_ordering_waits_total", NULL,
+                           "Ordered deliveries handed to a delay tier without an attempt because "
+                           "an earlier delivery of their key was not final yet.");
     w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
                                     "1 while consumption of every partition is paused because "
                                     "max_pending_events messages are unfinished.");

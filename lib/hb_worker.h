@@ -147,6 +147,13 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
 void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
                       const char *id, const char *event_ids, hb_job_t *const *jobs);
 
+/* hb_delivery_make: rendered, not sent (NULL: failed, routed already). */
+hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+                              const char *id, const char *event_ids, hb_job_t *const *jobs);
+
+/* hb_delivery_wait: parked unattempted behind delivery after_id; takes dl. */
+void hb_worker_wait(hb_worker_t *w, hb_delivery_t *dl, const char *after_id, int quiet);
+
 /* Sends (or, with an open circuit, hands straight to the first delay tier)
  * and routes the outcome; takes ownership of dl (hb_delivery_send). */
 void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl);
@@ -168,6 +175,26 @@ void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl);
 typedef void (*hb_worker_lookup_cb)(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st,
                                     void *opaque);
 void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque);
+/* The same, asking about another delivery (id: an ordered delivery's
+ * predecessor). */
+void hb_worker_lookup_id(hb_worker_t *w, hb_delivery_t *dl, const char *id,
+                         hb_worker_lookup_cb then, void *opaque);
+
+/* Questions to the delivery log without a delivery (ordered delivery's
+ * chains): what it has for delivery_id, or which delivery is the newest of
+ * the ordered key (subscription_id, key) and its status. then(w, state,
+ * opaque) runs on the loop thread, after the rows this process queued before
+ * are committed; once shutdown has begun, or when the worker is freed first,
+ * opaque_free(opaque) (may be NULL) runs instead. */
+typedef void (*hb_worker_answer_cb)(hb_worker_t *w, const hb_dlog_state_t *st, void *opaque);
+void hb_worker_ask(hb_worker_t *w, const char *delivery_id, hb_worker_answer_cb then, void *opaque,
+                   void (*opaque_free)(void *opaque));
+void hb_worker_ask_tail(hb_worker_t *w, const char *subscription_id, const char *key,
+                        hb_worker_answer_cb then, void *opaque, void (*opaque_free)(void *opaque));
+
+/* Times partitions were revoked from this process: what it knows about the
+ * keys of a revoked partition may be stale from then on. */
+unsigned hb_worker_revocations(const hb_worker_t *w);
 
 /* Deliveries whose HTTP request is in flight. */
 size_t hb_worker_in_flight(const hb_worker_t *w);

@@ -24,6 +24,20 @@
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
  *     topic, exactly as in the dispatcher (hb_delivery routes both);
+ *   - ordered (after_delivery_id set: it waits behind an earlier delivery of
+ *     its key, hb_ordering.h): the log is asked about that predecessor; until
+ *     it is final (delivered, failed, dropped) the message goes back onto its
+ *     tier unattempted (hb_delivery_wait: attempt not counted, no row, a
+ *     metric), and is asked about again when due. A predecessor the log does
+ *     not know is waited for only ORDER_UNKNOWN_WAIT_MS after this delivery
+ *     began (its row may be on its way from a dispatcher), then not. When
+ *     the predecessor is being attempted by this very retrier (or is itself
+ *     held here), the delivery waits in memory instead, for one request's
+ *     time: it goes the moment its predecessor is final, or back onto its
+ *     tier when the predecessor is not (the outcome is noted when the
+ *     predecessor is routed and acted on at the next loop pass), so a chain
+ *     of waiting deliveries drains at the endpoint's pace, not one per tier
+ *     delay;
  *   - its subscription deactivated, unverified or deregistered: dropped and
  *     recorded as dropped. So is an attempt whose delivery began before the
  *     subscription's last deactivation, though it is active again: a
@@ -46,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_hash.h"
 #include "hb_log.h"
 #include "hb_retry.h"
 #include "hb_schemas.h"
@@ -55,6 +70,9 @@
 #define REPLAY_BATCH 100
 #define SWEEP_MS 60000
 #define HOP_SLACK_MS 100 /* rounding and resends: never hop a message due within its tier */
+#define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
+
+typedef struct active_s active_t;
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
@@ -63,7 +81,68 @@ struct hb_retrier_s {
     int replays_asked, sweep_asked; /* a question to the store is open */
     int64_t next_sweep;
     hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
+    hb_hash_t active; /* delivery id -> active_t*: attempted or held here */
+    active_t **ready; /* routed since the last pass: their waiters go on */
+    size_t ready_n, ready_cap;
 };
+
+/* A delivery being attempted (or held) by this retrier, and the ordered
+ * deliveries held in memory behind it. */
+struct active_s {
+    hb_delivery_t **waiters; /* owned; each waits behind this one */
+    size_t n, cap;
+    int final; /* routed: delivered, failed, dropped (else it waits in a tier) */
+};
+
+/* Tracks dl as being attempted or held here (once per id). */
+static void track(hb_retrier_t *r, hb_delivery_t *dl) {
+    if (hb_hash_get(&r->active, dl->id))
+        return;
+    (void)hb_hash_put(&r->active, dl->id, hb_calloc(1, sizeof(active_t)));
+}
+
+static void active_free(active_t *a) {
+    for (size_t i = 0; i < a->n; i++)
+        hb_delivery_free(a->waiters[i]); /* never attempted: consumed again */
+    free(a->waiters);
+    free(a);
+}
+
+/* Any delivery of the retrier was routed (hb_delivery's settled): if it was
+ * tracked, its waiters go on at the next pass. */
+static void on_settled(const hb_delivery_t *dl, void *arg) {
+    hb_retrier_t *r = arg;
+    hb_hash_slot_t *s = hb_hash_find(&r->active, dl->id);
+    active_t *a;
+    if (!s)
+        return;
+    a = s->val;
+    hb_hash_del(&r->active, s);
+    a->final = dl->state == HB_DL_DELIVERED || dl->state == HB_DL_FAILED ||
+               dl->state == HB_DL_DROPPED || dl->state == HB_DL_DISCARDED;
+    if (r->ready_n == r->ready_cap) {
+        r->ready_cap = r->ready_cap ? r->ready_cap * 2 : 64;
+        r->ready = hb_realloc(r->ready, r->ready_cap * sizeof(*r->ready));
+    }
+    r->ready[r->ready_n++] = a;
+}
+
+/* The waiters of routed deliveries: attempted when their predecessor is final,
+ * else back onto their tiers (which routes their own waiters the same way). */
+static void ready_pass(hb_retrier_t *r) {
+    for (size_t i = 0; i < r->ready_n; i++) { /* waiting may add more: n re-read */
+        active_t *a = r->ready[i];
+        for (size_t j = 0; j < a->n; j++) {
+            if (a->final)
+                hb_worker_deliver(r->w, a->waiters[j]);
+            else
+                hb_worker_wait(r->w, a->waiters[j], a->waiters[j]->after_id, 1);
+        }
+        a->n = 0;
+        active_free(a);
+    }
+    r->ready_n = 0;
+}
 
 /* A stand-in for a subscription that no longer exists, so its pending
  * attempts can be recorded as dropped under its id. */
@@ -71,6 +150,43 @@ static hb_sub_t *gone_sub(const char *id) {
     hb_sub_t *s = hb_sub_new();
     snprintf(s->id, sizeof(s->id), "%s", id);
     return s;
+}
+
+/* The log answered about an ordered delivery's predecessor: attempt it once
+ * the predecessor is final, else back onto its tier to wait. */
+static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st,
+                           void *opaque) {
+    hb_retrier_t *r = opaque;
+    int final = st->found && (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
+                              !strcmp(st->status, "dropped"));
+    active_t *a;
+    if (!final && !st->found && dl->first_attempt_ms &&
+        hb_wall_ms() - dl->first_attempt_ms > ORDER_UNKNOWN_WAIT_MS) {
+        hb_log(HB_LOG_WARN,
+               HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "after_delivery_id",
+                     dl->after_id),
+               "ordered delivery no longer waits behind a delivery the log does not know");
+        final = 1;
+    }
+    if (final) {
+        hb_log(HB_LOG_DEBUG,
+               HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "after_delivery_id",
+                     dl->after_id),
+               "predecessor is %s: attempt %d goes", st->found ? st->status : "unknown",
+               dl->attempt);
+        track(r, dl);
+        hb_worker_deliver(w, dl);
+    } else if ((a = hb_hash_get(&r->active, dl->after_id)) != NULL) {
+        /* its predecessor is being attempted here: wait for it in memory */
+        track(r, dl);
+        if (a->n == a->cap) {
+            a->cap = a->cap ? a->cap * 2 : 2;
+            a->waiters = hb_realloc(a->waiters, a->cap * sizeof(*a->waiters));
+        }
+        a->waiters[a->n++] = dl;
+    } else {
+        hb_worker_wait(w, dl, dl->after_id, 1);
+    }
 }
 
 /* The log answered for a due retry (hb_worker_lookup): drop it when it is
@@ -107,8 +223,12 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     else if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
                        "subscription was deactivated after this delivery began");
-    else
+    else if (*dl->after_id) /* ordered: first its predecessor */
+        hb_worker_lookup_id(w, dl, dl->after_id, on_predecessor, r);
+    else {
+        track(r, dl); /* later deliveries of its key may wait for it here */
         hb_worker_deliver(w, dl);
+    }
 }
 
 /* When a message read from its tier, due at not_before, must leave the head
@@ -182,6 +302,10 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
     hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
+    dl->settled = on_settled;
+    dl->settled_arg = r;
+    if (m.after_delivery_id)
+        snprintf(dl->after_id, sizeof(dl->after_id), "%s", m.after_delivery_id);
     /* First what the log says: a retry of a delivery already final, or of an
      * attempt already made, is dropped (on_state). */
     hb_worker_lookup(w, dl, on_state, r);
@@ -269,6 +393,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     hb_retrier_t *r = opaque;
     int64_t now = hb_mono_ms();
     (void)w;
+    ready_pass(r);
     if (now >= r->next_replay_poll) {
         r->next_replay_poll = now + REPLAY_POLL_MS;
         poll_replays(r);
@@ -324,8 +449,16 @@ int hb_retrier_run(hb_retrier_t *r) {
 }
 
 void hb_retrier_free(hb_retrier_t *r) {
+    hb_hash_slot_t *s;
+    size_t pos = 0;
     if (!r)
         return;
-    hb_worker_free(r->w);
+    hb_worker_free(r->w); /* deliveries aborted now still report to on_settled */
+    for (size_t i = 0; i < r->ready_n; i++)
+        active_free(r->ready[i]);
+    free(r->ready);
+    while ((s = hb_hash_each(&r->active, &pos)) != NULL)
+        active_free(s->val);
+    hb_hash_clear(&r->active);
     free(r);
 }

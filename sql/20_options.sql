@@ -23,6 +23,8 @@
 --   HB024     invalid rate limit (options.rate_limit): not an object, an
 --             unknown key in it, per_second not a number in (0, 10000],
 --             burst not an integer in 1..10000
+--   HB025     invalid options.ordering: not one of "actor", "target", "key",
+--             or given with batch_max above 1
 
 -- The top-level fields of IdentityEvent (schema/identity_event.avsc; a test
 -- keeps the two equal), in schema order.
@@ -223,9 +225,9 @@ BEGIN
     FOR k IN SELECT jsonb_object_keys(p_opts) AS key ORDER BY key LOOP
         IF k NOT IN ('auth_header', 'auth_value', 'secret', 'format', 'batch_max',
                      'batch_window_ms', 'timeout_ms', 'fields', 'headers', 'filter',
-                     'rate_limit') THEN
+                     'rate_limit', 'ordering') THEN
             RAISE EXCEPTION 'unknown option "%"', k USING ERRCODE = 'HB005',
-                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter, rate_limit.';
+                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter, rate_limit, ordering.';
         END IF;
     END LOOP;
 
@@ -299,6 +301,22 @@ BEGIN
         v_out := v_out || jsonb_build_object('rate_limit',
                                              hookbridge._check_rate_limit(p_opts -> 'rate_limit'));
     END IF;
+    -- Ordered delivery per key (docs/payloads.md): one request at a time per
+    -- key, so never several events in one request.
+    IF p_opts ? 'ordering' THEN
+        IF jsonb_typeof(p_opts -> 'ordering') IS DISTINCT FROM 'string'
+           OR (p_opts ->> 'ordering') NOT IN ('actor', 'target', 'key') THEN
+            RAISE EXCEPTION 'option ordering must be one of "actor", "target", "key"'
+                USING ERRCODE = 'HB025',
+                      HINT = 'actor: actor.id; target: the first target of type User (else the first target); key: the events topic''s message key.';
+        END IF;
+        IF coalesce((v_out ->> 'batch_max')::int, 1) > 1 THEN
+            RAISE EXCEPTION 'option ordering cannot be combined with batch_max above 1'
+                USING ERRCODE = 'HB025',
+                      HINT = 'Ordered events are sent one request at a time; drop batch_max or ordering.';
+        END IF;
+        v_out := v_out || jsonb_build_object('ordering', p_opts ->> 'ordering');
+    END IF;
     RETURN v_out;
 END
 $$;
@@ -307,5 +325,6 @@ COMMENT ON FUNCTION hookbridge._check_options(jsonb) IS
     'Validates subscription options; returns what is stored in subscriptions.options. '
     'Keys: auth_header, auth_value, secret, format (okta|cloudevents|event), '
     'batch_max (1..100), batch_window_ms (0..60000), timeout_ms (100..60000), '
-    'fields (HB017), headers (HB016), filter (HB013), rate_limit (HB024). '
+    'fields (HB017), headers (HB016), filter (HB013), rate_limit (HB024), '
+    'ordering (actor|target|key, HB025). '
     'See docs/payloads.md.';

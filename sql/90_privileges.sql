@@ -117,6 +117,9 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
                                    hookbridge.endpoint_health
         TO hookbridge_service;
+    -- ordered delivery: the end of each key's chain (migration 0003)
+    GRANT SELECT, INSERT, UPDATE, DELETE ON hookbridge.ordering_tails TO hookbridge_service;
+    GRANT SELECT ON hookbridge.ordering_tails TO hookbridge_operator;
 
     -- operators: the views and the log, read-only; changes through the API
     GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,

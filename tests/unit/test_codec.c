@@ -447,7 +447,43 @@ static void every_history_version_resolves(void **state) {
         if (hb_codec_add_writer(cur, hb_schema_history_identity_event[n], err, sizeof(err)) < 0)
             fail_msg("schema/history version %zu: %s", n + 1, err);
     assert_true(n >= 1);
-    assert_null(hb_schema_history_delivery_retry[0]);
+    hb_codec_free(cur);
+}
+
+/* DeliveryRetry messages already on the delay tiers, written before
+ * after_delivery_id (ordered delivery) existed, are still read: v1 resolves,
+ * and its messages decode with after_delivery_id null. */
+static void delivery_retry_history_resolves(void **state) {
+    char err[256];
+    hb_codec_t *cur = hb_codec_new(hb_schema_delivery_retry, err, sizeof(err)), *v1;
+    json_t *in, *out = NULL;
+    void *buf = NULL;
+    size_t len = 0, n = 0;
+    (void)state;
+    assert_non_null(cur);
+    for (; hb_schema_history_delivery_retry[n]; n++)
+        if (hb_codec_add_writer(cur, hb_schema_history_delivery_retry[n], err, sizeof(err)) < 0)
+            fail_msg("schema/history delivery_retry version %zu: %s", n + 1, err);
+    assert_true(n >= 1);
+    v1 = hb_codec_new(hb_schema_history_delivery_retry[0], err, sizeof(err));
+    assert_non_null(v1);
+    in = json_pack("{s:s, s:s, s:[s], s:s, s:s, s:s, s:i, s:I, s:I, s:i, s:s, s:i}", "delivery_id",
+                   "0b9f3f9c-5f0e-4a43-9d3f-1d2b8d3c1a11", "subscription_id",
+                   "1c9f3f9c-5f0e-4a43-9d3f-1d2b8d3c1a22", "event_ids", "e1", "event_type",
+                   "user.session.start", "content_type", "application/json", "body", "{}",
+                   "attempt", 2, "not_before_ms", (json_int_t)1, "first_attempt_ms", (json_int_t)1,
+                   "last_status", 503, "last_error", "HTTP 503", "schedule_offset", 0);
+    if (hb_codec_encode(v1, in, &buf, &len, err, sizeof(err)) < 0)
+        fail_msg("encode v1: %s", err);
+    if (hb_codec_decode(cur, buf, len, &out, err, sizeof(err)) < 0)
+        fail_msg("decode v1 with the current reader: %s", err);
+    assert_true(json_is_null(json_object_get(out, "after_delivery_id")) ||
+                !json_object_get(out, "after_delivery_id"));
+    assert_int_equal(json_integer_value(json_object_get(out, "attempt")), 2);
+    json_decref(in);
+    json_decref(out);
+    free(buf);
+    hb_codec_free(v1);
     hb_codec_free(cur);
 }
 
@@ -671,6 +707,7 @@ int main(void) {
         cmocka_unit_test(resolution_defaults_and_errors),
         cmocka_unit_test(newer_writer_with_added_fields_resolves),
         cmocka_unit_test(every_history_version_resolves),
+        cmocka_unit_test(delivery_retry_history_resolves),
         cmocka_unit_test(registry_framing),
         cmocka_unit_test(poison_messages_fail_cleanly),
         cmocka_unit_test(array_of_nulls_is_capped),

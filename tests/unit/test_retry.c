@@ -132,7 +132,23 @@ static void message_round_trips_and_rejects_garbage(void **state) {
     assert_int_equal(out.not_before_ms, in.not_before_ms);
     assert_int_equal(out.last_status, 503);
     assert_int_equal(out.schedule_offset, 1);
+    assert_null(out.after_delivery_id); /* waits for nothing: null */
+    assert_true(json_is_null(json_object_get(j, "after_delivery_id")));
     hb_retry_msg_clear(&out);
+
+    /* ordered delivery: the predecessor it waits behind round-trips */
+    {
+        hb_retry_msg_t ord = in;
+        json_t *oj;
+        ord.after_delivery_id = "99999999-2222-8333-8444-555555555555";
+        oj = hb_retry_msg_to_json(&ord);
+        assert_int_equal(hb_retry_msg_from_json(&out, oj, err, sizeof(err)), 0);
+        assert_string_equal(out.after_delivery_id, ord.after_delivery_id);
+        hb_retry_msg_clear(&out);
+        json_object_set_new(oj, "after_delivery_id", json_string("short"));
+        assert_int_equal(hb_retry_msg_from_json(&out, oj, err, sizeof(err)), -1);
+        json_decref(oj);
+    }
 
     bad = json_deep_copy(j);
     json_object_del(bad, "body");

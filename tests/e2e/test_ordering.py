@@ -1,0 +1,259 @@
+"""Ordered delivery per key (options.ordering, issue 14): the events of one key
+reach the endpoint one at a time, in the order of the events topic, also
+across retries; other keys do not wait; a dead-lettered head lets the next go
+on; a restarted dispatcher still keeps later events behind a blocked key.
+
+The endpoint is a Python server that fails chosen events (by uuid), records
+the order of the acknowledged ones and how many requests of one key it had at
+once. Schedules are seconds long, jitter off."""
+import json
+import threading
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Retrier, produce
+from test_delivery import register_verified, sql
+
+
+class Endpoint:
+    """A receiver: answers 503 to the first `fail_first[uuid]` POSTs of an
+    event (None: every POST, until fail_first is changed), 204 otherwise."""
+
+    def __init__(self, delay_s=0.0):
+        self.lock = threading.Lock()
+        self.fail_first = {}
+        self.seen = {}
+        self.acked = []  # (uuid, key, time) in the order acknowledged
+        self.in_flight = {}
+        self.max_in_flight = {}
+        self.delay_s = delay_s
+        ep = self
+
+        class Handler(ChallengeAnswering):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                ev = body["data"]["events"][0]
+                u, key = ev["uuid"], ev["target"][0]["id"]
+                with ep.lock:
+                    ep.in_flight[key] = ep.in_flight.get(key, 0) + 1
+                    ep.max_in_flight[key] = max(ep.max_in_flight.get(key, 0), ep.in_flight[key])
+                    n = ep.seen[u] = ep.seen.get(u, 0) + 1
+                    limit = ep.fail_first.get(u, 0)
+                    fail = limit is None or n <= limit
+                if ep.delay_s:
+                    time.sleep(ep.delay_s)
+                with ep.lock:
+                    ep.in_flight[key] -= 1
+                    if not fail:
+                        ep.acked.append((u, key, time.monotonic()))
+                self.send_response(503 if fail else 204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.srv = serve(Handler)
+        self.url = self.srv.url
+
+    def order(self, key):
+        with self.lock:
+            return [u for u, k, _ in self.acked if k == key]
+
+    def acked_at(self, u):
+        with self.lock:
+            return next(t for x, _, t in self.acked if x == u)
+
+
+def event(user, n):
+    return {"uuid": str(uuid.uuid4()), "eventType": "user.session.start",
+            "displayMessage": f"e2e {n}", "severity": "INFO",
+            "actor": {"id": "00uadmin", "type": "User"},
+            "target": [{"id": user, "type": "User"}], "outcome": {"result": "SUCCESS"}}
+
+
+def stack(procs, workdir, db_url, schedule):
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    return broker, d, r
+
+
+def delivery_id(db_url, sub, ev):
+    rows = sql(db_url, "SELECT delivery_id::text FROM hookbridge.deliveries "
+               "WHERE subscription_id=%s AND event_ids=%s", sub, ev["uuid"])
+    return rows[0][0] if rows else None
+
+
+def test_bad_ordering_values_are_refused_with_hb025(db_url):
+    """register and update refuse a bad ordering with HB025 and change nothing."""
+    from test_delivery import sql as run
+    before = run(db_url, "SELECT count(*) FROM hookbridge.subscriptions")[0][0]
+    for opts in ({"ordering": "user"}, {"ordering": ""}, {"ordering": 1},
+                 {"ordering": ["actor"]}, {"ordering": None},
+                 {"ordering": "actor", "batch_max": 5}):
+        with pytest.raises(psycopg2.Error) as e:
+            run(db_url, "SELECT hookbridge.register('o', 'https://example.com/h', "
+                "ARRAY['user.session.start'], %s::jsonb)", json.dumps(opts))
+        assert e.value.pgcode == "HB025", (opts, e.value.pgerror)
+    assert run(db_url, "SELECT count(*) FROM hookbridge.subscriptions")[0][0] == before
+    sub = run(db_url, "SELECT hookbridge.register('o', 'https://example.com/h', "
+              "ARRAY['user.session.start'], '{\"ordering\": \"target\"}')")[0][0]
+    for opts in ({"ordering": "first"}, {"ordering": "key", "batch_max": 2}):
+        with pytest.raises(psycopg2.Error) as e:
+            run(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub, json.dumps(opts))
+        assert e.value.pgcode == "HB025"
+    assert run(db_url, "SELECT options FROM hookbridge.subscriptions WHERE id=%s",
+               sub)[0][0] == {"ordering": "target"}
+    for good in ("actor", "key"):
+        run(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+            json.dumps({"ordering": good, "batch_max": 1}))
+
+
+def test_a_retried_event_keeps_its_place_and_other_keys_do_not_wait(db_url, procs, workdir):
+    """Five events of user A, the first answered 503 once: A's events are
+    acknowledged in the order produced (without ordering: 2, 3, 4, 5, 1);
+    user B's events, produced in between, arrive without waiting for A's."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "1s,1s,1s")
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        a = [event("00uA", i) for i in range(5)]
+        b = [event("00uB", i) for i in range(3)]
+        ep.fail_first[a[0]["uuid"]] = 1
+        produce(broker.bootstrap, [a[0], b[0], a[1], a[2], b[1], a[3], a[4], b[2]])
+        wait_until(lambda: len(ep.order("00uA")) == 5, 40 * SLOW, "user A's five events")
+        assert ep.order("00uA") == [e["uuid"] for e in a]
+        assert ep.order("00uB") == [e["uuid"] for e in b]
+        assert ep.acked_at(b[2]["uuid"]) < ep.acked_at(a[0]["uuid"]), \
+            "user B's events waited for user A's retry"
+        assert ep.max_in_flight["00uA"] == 1
+        # the delivery log: A's second event waited behind the first, unattempted
+        first, second = delivery_id(db_url, sub, a[0]), delivery_id(db_url, sub, a[1])
+        rows = wait_until(lambda: (rows := sql(
+            db_url, "SELECT attempt, outcome, error FROM hookbridge.delivery_attempts "
+            "WHERE delivery_id=%s ORDER BY started_at", second))[-1][:2] == (1, "delivered")
+            and rows, 10 * SLOW, "the second's delivery logged")
+        assert rows[0][:2] == (0, "retry") and rows[0][2] == f"waiting behind {first}", rows
+        wait_until(lambda: sql(db_url, "SELECT delivery_id::text FROM hookbridge.ordering_tails "
+                               "WHERE subscription_id=%s AND ordering_key='00uA'", sub)
+                   == [(delivery_id(db_url, sub, a[4]),)], 10 * SLOW, "A's tail in the table")
+    finally:
+        ep.srv.shutdown()
+
+
+def test_one_request_at_a_time_per_key(db_url, procs, workdir):
+    """A slow endpoint (300 ms per request): the ordered subscription never
+    has two requests of one key at once, the same endpoint without ordering
+    does (so the check can see overlap)."""
+    ordered, unordered = Endpoint(delay_s=0.3), Endpoint(delay_s=0.3)
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "1s")
+        register_verified(db_url, ordered.url, ["user.session.start"], {"ordering": "key"})
+        register_verified(db_url, unordered.url, ["user.session.start"])
+        evs = [event("00uC", i) for i in range(6)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(ordered.order("00uC")) == 6 and len(unordered.order("00uC")) == 6,
+                   30 * SLOW, "every event at both endpoints")
+        assert ordered.max_in_flight["00uC"] == 1
+        assert ordered.order("00uC") == [e["uuid"] for e in evs]
+        assert unordered.max_in_flight["00uC"] > 1
+    finally:
+        ordered.srv.shutdown()
+        unordered.srv.shutdown()
+
+
+def test_a_dead_lettered_head_lets_the_next_go_on(db_url, procs, workdir):
+    """The first event of a key fails every attempt: it is dead-lettered, the
+    others follow in order, and the log shows the failed one and the waits."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "1s,1s")
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "actor"})
+        evs = [event("00uD", i) for i in range(4)]
+        for e in evs:
+            e["actor"]["id"] = "00uD"
+        ep.fail_first[evs[0]["uuid"]] = None  # always 503
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(ep.order("00uD")) == 3, 40 * SLOW, "the three after the head")
+        assert ep.order("00uD") == [e["uuid"] for e in evs[1:]]
+        assert ep.seen[evs[0]["uuid"]] == 3, "the head had its three attempts"
+        head = delivery_id(db_url, sub, evs[0])
+        def statuses():
+            return [sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries "
+                        "WHERE delivery_id=%s", delivery_id(db_url, sub, e))[0] for e in evs]
+        want = [("failed", 3)] + [("delivered", 1)] * 3
+        wait_until(lambda: statuses() == want, 10 * SLOW, f"the log to say {want}")
+        waits = sql(db_url, "SELECT error FROM hookbridge.delivery_attempts "
+                    "WHERE delivery_id=%s AND attempt=0", delivery_id(db_url, sub, evs[1]))
+        assert waits == [(f"waiting behind {head}",)]
+    finally:
+        ep.srv.shutdown()
+
+
+def test_a_restarted_dispatcher_keeps_later_events_behind_a_blocked_key(db_url, procs, workdir):
+    """A key blocked by a failing head; the dispatcher is restarted; an event
+    produced after the restart still waits behind it (the new process finds
+    the key's tail in PostgreSQL), and all arrive in order once the head
+    gets through."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uE", i) for i in range(3)]
+        ep.fail_first[evs[0]["uuid"]] = None  # until the test lets it through
+        produce(broker.bootstrap, evs[:2])
+        wait_until(lambda: delivery_id(db_url, sub, evs[1]) and sql(
+            db_url, "SELECT status FROM hookbridge.deliveries WHERE delivery_id=%s",
+            delivery_id(db_url, sub, evs[1]))[0][0] == "retry", 20 * SLOW, "the second to wait")
+        d.proc.stop()
+        d.restart()
+        d.wait_ready()
+        produce(broker.bootstrap, evs[2:])
+        second = delivery_id(db_url, sub, evs[1])
+        # the new dispatcher parks the third behind the second (found in PostgreSQL)
+        wait_until(lambda: (third := delivery_id(db_url, sub, evs[2])) and sql(
+            db_url, "SELECT status, last_error FROM hookbridge.deliveries WHERE delivery_id=%s",
+            third)[0] == ("retry", f"waiting behind {second}"), 20 * SLOW, "the third to wait")
+        assert ep.order("00uE") == []
+        with ep.lock:
+            ep.fail_first[evs[0]["uuid"]] = 0
+        wait_until(lambda: len(ep.order("00uE")) == 3, 40 * SLOW, "all three")
+        assert ep.order("00uE") == [e["uuid"] for e in evs]
+    finally:
+        ep.srv.shutdown()
+
+
+def test_a_deactivation_drops_the_waiting_events_and_the_key_goes_on(db_url, procs, workdir):
+    """A key blocked by a failing head, two events waiting behind it: a
+    deactivation drops all three (final 'dropped'), and after activating
+    again the key's next event is delivered: nothing waits for good."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uF", i) for i in range(4)]
+        ep.fail_first[evs[0]["uuid"]] = None
+        produce(broker.bootstrap, evs[:3])
+
+        def status(e):
+            did = delivery_id(db_url, sub, e)
+            return did and sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                               "WHERE delivery_id=%s", did)[0][0]
+        wait_until(lambda: status(evs[2]) == "retry", 20 * SLOW, "the third to wait")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: [status(e) for e in evs[:3]] == ["dropped"] * 3, 30 * SLOW,
+                   "the head and the waiting ones dropped")
+        sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+        wait_until(lambda: "subscription changed: active, verified" in d.proc.output()
+                   .split("subscription changed: inactive")[-1], 10 * SLOW, "the activation")
+        produce(broker.bootstrap, evs[3:])
+        wait_until(lambda: ep.order("00uF") == [evs[3]["uuid"]], 20 * SLOW,
+                   "the key's next event delivered")
+    finally:
+        ep.srv.shutdown()

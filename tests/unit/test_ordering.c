@@ -1,0 +1,164 @@
+/* Ordered delivery: the keys of an event and the chains' decisions
+ * (hb_ordering.h), table by table. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "hb_ordering.h"
+
+#define A "aaaaaaaa-0000-0000-0000-000000000001"
+#define B "aaaaaaaa-0000-0000-0000-000000000002"
+#define C "aaaaaaaa-0000-0000-0000-000000000003"
+#define T "aaaaaaaa-0000-0000-0000-00000000000f"
+#define SUB "5ub5ub5u-0000-0000-0000-000000000000"
+
+static void keys_follow_the_option(void **state) {
+    static const struct {
+        hb_order_by_t by;
+        const char *event;
+        const char *msg_key;
+        const char *want; /* NULL: no key */
+    } cases[] = {
+        {HB_ORDER_ACTOR, "{\"actor\":{\"id\":\"00uA\"}}", NULL, "00uA"},
+        {HB_ORDER_ACTOR, "{\"actor\":{\"id\":\"\"}}", NULL, NULL},
+        {HB_ORDER_ACTOR, "{}", NULL, NULL},
+        {HB_ORDER_TARGET,
+         "{\"target\":[{\"id\":\"0oaApp\",\"type\":\"AppInstance\"},{\"id\":\"00uU\",\"type\":"
+         "\"User\"}]}",
+         NULL, "00uU"},
+        {HB_ORDER_TARGET, "{\"target\":[{\"id\":\"00gG\",\"type\":\"UserGroup\"}]}", NULL, "00gG"},
+        {HB_ORDER_TARGET, "{\"target\":[]}", NULL, NULL},
+        {HB_ORDER_KEY, "{}", "00uK", "00uK"},
+        {HB_ORDER_KEY, "{}", NULL, NULL},
+        {HB_ORDER_NONE, "{\"actor\":{\"id\":\"00uA\"}}", NULL, NULL},
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *ev = json_loads(cases[i].event, 0, NULL);
+        char out[64];
+        int got = hb_order_key(cases[i].by, ev, cases[i].msg_key,
+                               cases[i].msg_key ? strlen(cases[i].msg_key) : 0, out, sizeof(out));
+        assert_non_null(ev);
+        if (cases[i].want) {
+            assert_int_equal(got, 1);
+            assert_string_equal(out, cases[i].want);
+        } else {
+            assert_int_equal(got, 0);
+        }
+        json_decref(ev);
+    }
+}
+
+static int item_a, item_b, item_c;
+
+/* A new key asks for its tail; with none, the first is sent and the others
+ * wait in memory until it is delivered. */
+static void a_new_key_asks_then_sends_one_at_a_time(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_push(c, &item_b, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT); /* still asking */
+    hb_chain_answer(c, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    assert_ptr_equal(item, &item_a);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT); /* a in flight */
+    hb_chain_settled(c, 0);                                          /* delivered */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    assert_ptr_equal(item, &item_b);
+    hb_chain_settled(c, 0);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT);
+    /* known idle: the next goes at once, no question */
+    hb_chain_push(c, &item_c, C);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    assert_string_equal(hb_chain_tail(c), C);
+    hb_chains_free(cs, NULL);
+}
+
+/* The head goes to a delay tier: the ones behind it are parked, each behind
+ * its predecessor; a later arrival asks whether the tail is final. */
+static void a_parked_head_parks_the_rest_in_order(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, T, 1); /* an old tail, delivered */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chain_push(c, &item_b, B);
+    hb_chain_push(c, &item_c, C);
+    hb_chain_settled(c, 1); /* a: retry */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_ptr_equal(item, &item_b);
+    assert_string_equal(after, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_ptr_equal(item, &item_c);
+    assert_string_equal(after, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT);
+    /* later: is C final yet? not found (its row is on its way) is not final */
+    hb_chain_push(c, &item_a, T);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_TAIL);
+    assert_string_equal(hb_chain_tail(c), C);
+    hb_chain_answer(c, 0, NULL, 0);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_string_equal(after, C);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT); /* burst over */
+    /* and once the tail is final, the next is sent */
+    hb_chain_push(c, &item_b, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_TAIL);
+    hb_chain_answer(c, 1, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chains_free(cs, NULL);
+}
+
+/* A tail found not final in the log (after a restart) is waited behind; a
+ * revoked partition makes every chain ask again; idle chains are evicted,
+ * busy or parked ones are not. */
+static void restart_revoke_and_eviction(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0), *d;
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, T, 0); /* the log: T waits in a tier */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_string_equal(after, T);
+    d = hb_chains_get(cs, SUB, "00uB", 0);
+    hb_chain_push(d, &item_b, B);
+    assert_int_equal(hb_chain_next(d, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(d, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(d, &item, after), HB_CHAIN_SEND);
+    hb_chain_settled(d, 0);
+    assert_int_equal(hb_chains_count(cs), 2);
+    assert_int_equal(hb_chains_evict_idle(cs, 100000, 60000), 1); /* B idle; A parked */
+    assert_int_equal(hb_chains_count(cs), 1);
+    hb_chains_forget(cs);
+    hb_chain_push(c, &item_c, C);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_unasked(c); /* could not ask: asks again */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_stop(c);
+    hb_chain_answer(c, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT); /* stopped */
+    hb_chains_free(cs, NULL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(keys_follow_the_option),
+        cmocka_unit_test(a_new_key_asks_then_sends_one_at_a_time),
+        cmocka_unit_test(a_parked_head_parks_the_rest_in_order),
+        cmocka_unit_test(restart_revoke_and_eviction),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
