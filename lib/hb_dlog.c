@@ -10,7 +10,9 @@
  * hookbridge.deliveries (one row per delivery: attempts = greatest, status and
  * last_* from the latest attempt unless the delivery is already final,
  * first_attempt_at = least, the body kept when given) and an insert into
- * hookbridge.delivery_attempts. Only after COMMIT do the rows' tokens move to
+ * hookbridge.delivery_attempts. The upsert's key is (delivery_id, log_day),
+ * log_day the UTC day of the delivery's first attempt (hb_dlog.h,
+ * Partitions). Only after COMMIT do the rows' tokens move to
  * the flushed list that hb_dlog_take_flushed() drains.
  *
  * Look-ups ride the same queue: the writer takes them out of its batch,
@@ -62,6 +64,7 @@ struct hb_dlog_row_s {
     char *event_type;
     int attempt;
     int64_t started_ms;
+    int64_t log_day; /* days since 1970-01-01 (UTC) of the first attempt */
     int64_t duration_ms;
     int http_status;
     hb_outcome_t outcome;
@@ -197,6 +200,7 @@ hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
     r->event_type = dup_utf8(a->event_type ? a->event_type : "");
     r->attempt = a->attempt < 0 ? 0 : a->attempt;
     r->started_ms = a->started_ms;
+    r->log_day = hb_dlog_day(a->first_attempt_ms > 0 ? a->first_attempt_ms : a->started_ms);
     r->duration_ms = a->duration_ms < 0 ? 0 : a->duration_ms;
     r->http_status = a->http_status;
     r->outcome = a->outcome;
@@ -206,6 +210,11 @@ hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
     r->content_type =
         a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
     return r;
+}
+
+int64_t hb_dlog_day(int64_t wall_ms) {
+    int64_t d = wall_ms / 86400000;
+    return wall_ms < 0 && wall_ms % 86400000 ? d - 1 : d; /* floor */
 }
 
 void hb_dlog_row_free(hb_dlog_row_t *r) {
@@ -362,6 +371,7 @@ enum {
     A_SNIPPET,
     A_BODY,
     A_CTYPE,
+    A_DAY,
     A_COUNT
 };
 
@@ -376,15 +386,17 @@ enum {
 static const char DLOG_UPSERT_DELIVERIES[] =
     "INSERT INTO hookbridge.deliveries AS d"
     "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
-    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type)"
-    " SELECT DISTINCT ON (r.did) r.did, r.sid, r.eids, r.etype, r.outcome, r.attempt,"
-    "        to_timestamp(min(r.started) OVER (PARTITION BY r.did) / 1000.0),"
-    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body, r.ctype"
+    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"
+    "   log_day)"
+    " SELECT DISTINCT ON (r.did, r.day) r.did, r.sid, r.eids, r.etype, r.outcome, r.attempt,"
+    "        to_timestamp(min(r.started) OVER (PARTITION BY r.did, r.day) / 1000.0),"
+    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body, r.ctype,"
+    "        date '1970-01-01' + r.day"
     "   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[],"
-    "               $7::bigint[], $8::int[], $9::text[], $10::text[], $11::text[])"
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype)"
-    "  ORDER BY r.did, r.attempt DESC, r.started DESC"
-    " ON CONFLICT (delivery_id) DO UPDATE SET"
+    "               $7::bigint[], $8::int[], $9::text[], $10::text[], $11::text[], $12::int[])"
+    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day)"
+    "  ORDER BY r.did, r.day, r.attempt DESC, r.started DESC"
+    " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"
     "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
     "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"
     /* the newest attempt sets status and last_*, unless the delivery is final */
@@ -399,16 +411,19 @@ static const char DLOG_UPSERT_DELIVERIES[] =
 static const char DLOG_INSERT_ATTEMPTS[] =
     "INSERT INTO hookbridge.delivery_attempts"
     "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"
-    "   response_snippet)"
+    "   response_snippet, subscription_id)"
     " SELECT r.did, r.attempt, to_timestamp(r.started / 1000.0), r.dur, nullif(r.http, 0),"
-    "        r.outcome, r.err, r.snip"
+    "        r.outcome, r.err, r.snip, r.sid"
     "   FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],"
-    "               $7::text[], $8::text[])"
-    "        AS r(did, attempt, started, dur, http, outcome, err, snip)";
+    "               $7::text[], $8::text[], $9::uuid[])"
+    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)";
 
+/* A delivery with two rows (two days) is answered by the later one (the
+ * last filled in). */
 static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts"
                                   "  FROM unnest($1::uuid[]) WITH ORDINALITY AS r(id, i)"
-                                  "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id";
+                                  "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id"
+                                  " ORDER BY r.i, d.log_day";
 
 typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
 
@@ -434,7 +449,7 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *c
 /* Writes rows[0..n) in one transaction. */
 static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
     hb_buf_t arr[A_COUNT];
-    const char *p1[11], *p2[8];
+    const char *p1[12], *p2[9];
     dlog_wrc_t rc;
 
     if (!dl->conn) {
@@ -460,6 +475,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         buf_elem_text(&arr[A_SNIPPET], r->snippet);
         buf_elem_text(&arr[A_BODY], r->body);
         buf_elem_text(&arr[A_CTYPE], r->content_type);
+        buf_elem_int(&arr[A_DAY], (long long)r->log_day);
     }
     for (int c = 0; c < A_COUNT; c++)
         hb_buf_put(&arr[c], "}", 1);
@@ -467,16 +483,16 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
     p1[0] = arr[A_DID].p, p1[1] = arr[A_SID].p, p1[2] = arr[A_EIDS].p, p1[3] = arr[A_ETYPE].p;
     p1[4] = arr[A_OUTCOME].p, p1[5] = arr[A_ATTEMPT].p, p1[6] = arr[A_STARTED].p;
     p1[7] = arr[A_HTTP].p, p1[8] = arr[A_ERROR].p, p1[9] = arr[A_BODY].p;
-    p1[10] = arr[A_CTYPE].p;
+    p1[10] = arr[A_CTYPE].p, p1[11] = arr[A_DAY].p;
     p2[0] = arr[A_DID].p, p2[1] = arr[A_ATTEMPT].p, p2[2] = arr[A_STARTED].p;
     p2[3] = arr[A_DURATION].p, p2[4] = arr[A_HTTP].p, p2[5] = arr[A_OUTCOME].p;
-    p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p;
+    p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p, p2[8] = arr[A_SID].p;
 
     if ((rc = dlog_exec(dl, "BEGIN", 0, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 11, p1, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 12, p1, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 8, p2, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 9, p2, why, whysz)) != W_OK)
         goto fail;
     rc = dlog_exec(dl, "COMMIT", 0, NULL, why, whysz);
     if (rc != W_OK)

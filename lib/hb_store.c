@@ -59,6 +59,7 @@ enum {
     MSG_PENDING_VERIFY,
     MSG_REPLAYS,
     MSG_SWEEP,
+    MSG_MAINTAIN,
     /* events (follower -> loop) */
     MSG_CHANGE,
     MSG_VERIFY,
@@ -586,7 +587,8 @@ static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr
     snprintf(limit, sizeof(limit), "%d", m->max);
     res = PQexecParams(ln->conn,
                        "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
-                       "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
+                       "       body, attempts,"
+                       "       (extract(epoch FROM replay_requested_at) * 1000)::bigint"
                        "  FROM hookbridge.claim_replays($1::int)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -605,7 +607,7 @@ static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr
         r->body = hb_strndup(PQgetvalue(res, i, 5), r->body_len);
         ll = strtoll(PQgetvalue(res, i, 6), NULL, 10);
         r->attempts = ll > 0 && ll <= 1000000 ? (int)ll : 0;
-        r->claimed_ms = strtoll(PQgetvalue(res, i, 7), NULL, 10);
+        r->requested_ms = strtoll(PQgetvalue(res, i, 7), NULL, 10);
     }
     m->cnt = n;
     PQclear(res);
@@ -625,6 +627,20 @@ static int deactivate_failing(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     for (int i = 0; i < PQntuples(res); i++)
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, i, 0)), "%s",
                PQgetvalue(res, i, 1));
+    m->cnt = PQntuples(res);
+    PQclear(res);
+    return 0;
+}
+
+static int maintain_log(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    PGresult *res =
+        PQexecParams(ln->conn, "SELECT action, object FROM hookbridge.maintain_delivery_log()", 0,
+                     NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "maintaining the delivery log", errstr, errstr_size);
+    for (int i = 0; i < PQntuples(res); i++)
+        hb_log(HB_LOG_INFO, HB_KV("action", PQgetvalue(res, i, 0)),
+               "delivery log maintenance: %s %s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
     m->cnt = PQntuples(res);
     PQclear(res);
     return 0;
@@ -653,6 +669,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
     case MSG_RECORD_VERIFY: rc = record_verification(ln, m, errstr, sizeof(errstr)); break;
     case MSG_PENDING_VERIFY: rc = pending_verifications(ln, m, errstr, sizeof(errstr)); break;
     case MSG_REPLAYS: rc = claim_replays(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_MAINTAIN: rc = maintain_log(ln, m, errstr, sizeof(errstr)); break;
     default: rc = deactivate_failing(ln, m, errstr, sizeof(errstr)); break;
     }
     if (rc < 0)
@@ -906,7 +923,8 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
     case MSG_RECORD_VERIFY: m->cb.done(m->id, m->err, m->opaque); break;
     case MSG_PENDING_VERIFY: m->cb.ids(m->ids, m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_REPLAYS: m->cb.replays(m->replays, m->err ? 0 : m->cnt, m->err, m->opaque); break;
-    case MSG_SWEEP: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    case MSG_SWEEP:
+    case MSG_MAINTAIN: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
     default: break;
     }
 }
@@ -1013,6 +1031,13 @@ void hb_store_deactivate_failing(hb_store_t *st, long long after_ms, hb_store_co
                                  void *opaque) {
     store_msg_t *m = msg_new(MSG_SWEEP);
     m->after_ms = after_ms;
+    m->cb.count = cb;
+    m->opaque = opaque;
+    request(st, m);
+}
+
+void hb_store_maintain_delivery_log(hb_store_t *st, hb_store_count_cb *cb, void *opaque) {
+    store_msg_t *m = msg_new(MSG_MAINTAIN);
     m->cb.count = cb;
     m->opaque = opaque;
     request(st, m);

@@ -97,7 +97,7 @@ DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
-                                'deactivate_failing', 'sealed_signing_secret', 'secrets_to_seal',
+                                'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret', 'secrets_to_seal',
                                 'seal_store', 'sealed_under_other_keys', 'reseal'];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
