@@ -68,7 +68,9 @@ def state(entries):
     for e in entries:
         k, head = kind(e)
         if k in STATE_TYPES and not re.match(r"Name: (FUNCTION|VIEW) ", head):
-            out.append(e)
+            # without what pg_dump wrote between it and the next entry
+            body = [ln for ln in e.split("\n")[1:] if ln.strip() and not ln.startswith(("SET ", "--"))]
+            out.append("\n".join([head] + body))
     return out
 
 
