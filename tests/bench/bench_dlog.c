@@ -59,7 +59,7 @@ int main(void) {
     hb_dlog_t *dl;
     int64_t t0, t1;
     long attempts = 0, retried = 0;
-    char (*ids)[37];
+    char(*ids)[37];
 
     if (!url || n <= 0) {
         fprintf(stderr, "set HOOKBRIDGE_DATABASE_URL to a migrated database\n");
