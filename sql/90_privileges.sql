@@ -9,8 +9,9 @@
 --   hookbridge_service   the dispatcher and the retrier: read subscriptions
 --                        (with their sealed secrets, to sign), write the
 --                        delivery log, claim and record verifications and
---                        replays, seal secrets, and deactivate endpoints that
---                        keep failing. Nothing else: no subscription can be
+--                        replays, seal secrets, deactivate endpoints that
+--                        keep failing, and maintain the delivery log's
+--                        partitions. Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
 --                        hookbridge.* API function but the services' ones, the
