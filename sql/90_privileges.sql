@@ -117,6 +117,9 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
                                    hookbridge.endpoint_health
         TO hookbridge_service;
+    -- delivery_attempts.id (a plain sequence: the table is partitioned)
+    REVOKE ALL ON ALL SEQUENCES IN SCHEMA hookbridge FROM hookbridge_service, hookbridge_operator;
+    GRANT USAGE ON SEQUENCE hookbridge.delivery_attempts_id_seq TO hookbridge_service;
 
     -- operators: the views and the log, read-only; changes through the API
     GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,

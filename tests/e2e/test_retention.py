@@ -305,3 +305,23 @@ def test_an_upgrade_from_the_unpartitioned_log_keeps_every_row(pg_cluster):
 
 def to_regclass(url, name):
     return sql(url, "SELECT to_regclass(%s)::text", f"hookbridge.{name}")[0][0]
+
+
+def test_the_services_role_maintains_and_the_operators_role_sets_the_retention(db_url):
+    """maintain_delivery_log is the services' (hookbridge_service), set_retention
+    the operators' (hookbridge_operator); neither may call the other's."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET ROLE hookbridge_service")
+        cur.execute("SELECT action FROM hookbridge.maintain_delivery_log(now() + interval '9 days', 0)")
+        assert cur.fetchall() == [("created",), ("created",)]
+        cur.execute("SELECT nextval('hookbridge.delivery_attempts_id_seq')")  # its attempts' ids
+        with pytest.raises(psycopg2.Error) as e:
+            cur.execute("SELECT hookbridge.set_retention('3 days')")
+        assert e.value.pgcode == "42501"
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET ROLE hookbridge_operator")
+        cur.execute("SELECT hookbridge.set_retention('3 days')")
+        assert cur.fetchall() == [(3,)]
+        with pytest.raises(psycopg2.Error) as e:
+            cur.execute("SELECT * FROM hookbridge.maintain_delivery_log()")
+        assert e.value.pgcode == "42501"
