@@ -6,6 +6,7 @@ retention with hookbridge.set_retention (HB026 for a bad value); replay works
 within it and says clearly (HB027) when a delivery is past it; an upgrade from
 the unpartitioned tables keeps every row."""
 import datetime
+import re
 import json
 import time
 import uuid
@@ -325,3 +326,24 @@ def test_the_services_role_maintains_and_the_operators_role_sets_the_retention(d
         with pytest.raises(psycopg2.Error) as e:
             cur.execute("SELECT * FROM hookbridge.maintain_delivery_log()")
         assert e.value.pgcode == "42501"
+
+
+def test_a_delivery_is_found_by_its_id_alone_through_each_days_key(db_url):
+    """The services' look-up and replay know only the delivery id: every day
+    holding rows is searched by its primary key index, not scanned."""
+    maintain(db_url, "now() - interval '2 days'", 2)
+    for age in range(3):
+        sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+            "event_type, log_day) SELECT gen_random_uuid(), gen_random_uuid(), 'e', 't', %s "
+            "FROM generate_series(1, 3000)", today() - age * DAY)
+    sql(db_url, "ANALYZE hookbridge.deliveries")
+    some = "'00000000-0000-4000-8000-000000000001'::uuid"
+    for query in (f"SELECT r.i, d.status FROM unnest(ARRAY[{some}]) WITH ORDINALITY "
+                  "AS r(id, i) JOIN hookbridge.deliveries d ON d.delivery_id = r.id",
+                  f"SELECT * FROM hookbridge.deliveries d WHERE d.delivery_id = {some} "
+                  "ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE"):
+        plan = "\n".join(r[0] for r in sql(db_url, "EXPLAIN " + query))
+        for age in range(3):
+            assert f"deliveries_p{today() - age * DAY:%Y%m%d}_pkey" in plan, plan
+        for part in re.findall(r"Seq Scan on (deliveries\w*)", plan):
+            assert sql(db_url, f"SELECT count(*) FROM hookbridge.{part}") == [(0,)], plan
