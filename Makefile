@@ -5,9 +5,12 @@
 #                   (KAFKA=apache: on Apache Kafka instead of the embedded broker)
 #   make test       install missing packages, build, run unit + end-to-end tests,
 #                   then the same suite under AddressSanitizer+UBSan
-#   make bench      end-to-end throughput and latency against nginx, with wrk's ceiling
-#                   then retry timeliness with 10,000 pending retries; on the embedded
-#                   broker, then on Apache Kafka
+#   make bench      scripts/bench_all.sh (about 7 minutes): throughput, CPU per delivery
+#                   vs a reference libcurl client, PostgreSQL CPU per logged attempt,
+#                   latency, one vs two replicas; retry timeliness; 1,000 HTTPS
+#                   endpoints; slow receivers; RSS with 10,000 requests in flight; on
+#                   the embedded broker, then on Apache Kafka; a summary table with
+#                   issue 12's targets. BENCH_ONLY=part,... runs some (docs/operations.md)
 #   make chaos      the fault suite (tests/chaos, about 10 minutes): kill -9, outages,
 #                   a frozen broker, failing and hung receivers; see docs/chaos.md
 #   make fuzz       build the libFuzzer targets (tests/fuzz) with clang and run each for
@@ -179,12 +182,7 @@ test-asan:
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@scripts/bench.sh
-	@scripts/bench_retry.sh
-	@echo; echo '==== the same on Apache Kafka (KAFKA=apache) ===='
-	@KAFKA=apache scripts/bench.sh
-	@KAFKA=apache scripts/bench_retry.sh
-	@echo; echo 'subscription index (tests/bench/bench_index.c):'; $(B)/tests/bench/bench_index
+	@BENCH_BUILD=$(B) scripts/bench_all.sh
 
 # The fault suite (docs/chaos.md): not part of `make test`. CHAOS_SCENARIOS=a,b
 # picks scenarios; CHAOS_* settings are read from the environment.

@@ -11,6 +11,7 @@
 #include "hb_hash.h"
 #include "hb_event.h"
 #include "hb_log.h"
+#include "hb_ratelimit.h"
 #include "hb_schemas.h"
 
 /* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
@@ -30,7 +31,14 @@ struct hb_deliveries_s {
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
     hb_hash_t circuits; /* endpoint host -> circuit_t*, only while failing */
+    hb_ratelimit_t *rl; /* deliveries held by their subscription's rate limit */
+    int (*rate_ask)(const char *id, int wanted, void *opaque);
+    void *rate_ask_opaque;
 };
+
+/* Shared rate-limit tokens unused this long are dropped (hb_ratelimit.h): the
+ * slack of the limit across replicas (docs/design.md, "Rate limits"). */
+#define RATE_LEASE_MS 250
 
 /* ------------------------------------------------------------- the states */
 
@@ -63,7 +71,8 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
     switch (st) {
     case HB_DL_IN_FLIGHT: D->in_flight++; break;
     case HB_DL_NOT_MADE:
-        hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
+        if (!dl->rate_limited) /* counted in hookbridge_rate_limited_total */
+            hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
         break;
     case HB_DL_DELIVERED: hb_metric_inc(D->m.delivered); break;
     case HB_DL_RETRY: hb_metric_inc(D->m.retry); break;
@@ -452,9 +461,76 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events
     }
 }
 
-void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
-    hb_payload_t payload;
+/* ----------------------------------------------------------- rate limits */
 
+static void transmit(hb_deliveries_t *D, hb_delivery_t *dl);
+
+static int rate_ask(const char *id, int wanted, void *opaque) {
+    hb_deliveries_t *D = opaque;
+    return D->rate_ask ? D->rate_ask(id, wanted, D->rate_ask_opaque) : -1;
+}
+
+static void rate_held(hb_deliveries_t *D, long long held_ms) {
+    hb_metric_inc(D->m.rate_limited);
+    hb_metric_observe(D->m.rate_limit_wait, (double)held_ms / 1000.0);
+}
+
+/* Its turn came. */
+static void rate_send(void *item, long long held_ms, int throttled, void *opaque) {
+    hb_deliveries_t *D = opaque;
+    hb_delivery_t *dl = item;
+    if (throttled)
+        rate_held(D, held_ms);
+    if (D->abandoning) {
+        hb_delivery_abandon(D, dl);
+        return;
+    }
+    if (circuit_enabled(D) && *dl->endpoint && circuit_open(D, dl->endpoint)) {
+        /* the circuit opened while it waited */
+        route_not_made(D, dl, "circuit open: endpoint failing", 1);
+        delivery_finish(D, dl);
+        return;
+    }
+    transmit(D, dl);
+}
+
+/* It cannot wait for its turn: like an endpoint that is busy, the attempt is
+ * not made nor counted. */
+static void rate_refuse(void *item, const char *reason, long long held_ms, void *opaque) {
+    hb_deliveries_t *D = opaque;
+    hb_delivery_t *dl = item;
+    rate_held(D, held_ms);
+    if (D->abandoning) {
+        hb_delivery_abandon(D, dl);
+        return;
+    }
+    hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id), "%s",
+           reason);
+    dl->rate_limited = 1;
+    route_not_made(D, dl, reason, 0);
+    delivery_finish(D, dl);
+}
+
+static void rate_drop(void *item, void *opaque) {
+    hb_delivery_abandon(opaque, item); /* shutdown: consumed again */
+}
+
+void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int, void *),
+                                void *opaque) {
+    D->rate_ask = ask;
+    D->rate_ask_opaque = opaque;
+}
+
+void hb_deliveries_rate_granted(hb_deliveries_t *D, const char *id, int granted,
+                                long long wait_ms) {
+    hb_ratelimit_granted(D->rl, id, granted, wait_ms, hb_mono_ms());
+}
+
+long long hb_deliveries_tick(hb_deliveries_t *D) {
+    return hb_ratelimit_tick(D->rl, hb_mono_ms());
+}
+
+void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
     if (circuit_enabled(D) &&
@@ -464,6 +540,18 @@ void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
         delivery_finish(D, dl);
         return;
     }
+    if (dl->sub->rate_per_second > 0) { /* its turn first (rate_send, rate_refuse) */
+        hb_ratelimit_submit(D->rl, dl->sub->id, dl->sub->rate_per_second, dl->sub->rate_burst, dl,
+                            hb_mono_ms());
+        return;
+    }
+    transmit(D, dl);
+}
+
+/* Sign and send: IN_FLIGHT until on_attempt_done. */
+static void transmit(hb_deliveries_t *D, hb_delivery_t *dl) {
+    hb_payload_t payload;
+
     dl->owner = D;
     payload.body = hb_strndup(dl->body, dl->body_len);
     payload.len = dl->body_len;
@@ -547,6 +635,22 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
     D->outbox = outbox;
     D->m = *m;
     D->circuit_counts_attempts = circuit_counts_attempts;
+    {
+        hb_ratelimit_conf_t rc = {
+            .max_queue = cfg->max_host_queue > 0 ? (size_t)cfg->max_host_queue : 0,
+            /* 0 (unbounded) for the host queues; a rate limit still bounds it */
+            .max_wait_ms = cfg->max_queue_wait_ms > 0 ? cfg->max_queue_wait_ms : 3600000,
+            .lease_ms = RATE_LEASE_MS,
+        };
+        hb_ratelimit_cbs_t cbs = {
+            .ask = rate_ask,
+            .send = rate_send,
+            .refuse = rate_refuse,
+            .drop = rate_drop,
+            .opaque = D,
+        };
+        D->rl = hb_ratelimit_new(&rc, &cbs);
+    }
     D->retry_codec = hb_codec_new(hb_schema_delivery_retry, errstr, errstr_size);
     if (!D->retry_codec) {
         hb_deliveries_free(D);
@@ -558,6 +662,7 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
 void hb_deliveries_free(hb_deliveries_t *D) {
     if (!D)
         return;
+    hb_ratelimit_free(D->rl); /* what it holds is abandoned: consumed again */
     hb_codec_free(D->retry_codec);
     {
         hb_hash_slot_t *s;

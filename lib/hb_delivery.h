@@ -29,6 +29,13 @@
  * So "the log shows attempt N with outcome X" implies that what X produced on
  * Kafka is durable (hb_outbox's gates keep that order).
  *
+ * Rate limits (options.rate_limit, hb_ratelimit.h): a delivery of a limited
+ * subscription waits for its turn in memory (still PENDING, not in flight)
+ * before it is sent; one that cannot wait is NOT_MADE like one whose endpoint
+ * is busy (the reason says "rate limited: ..."). The tokens of the budget
+ * every replica shares come from ask (hb_deliveries_set_rate_ask), answered
+ * through hb_deliveries_rate_granted; hb_deliveries_tick moves the held ones.
+ *
  * The circuit breaker (circuit_failures > 0) lives here too, keyed by endpoint
  * host (scheme://host:port, the unit hb_http queues by): after that many
  * consecutive failed attempts the host's waiting requests are diverted and its
@@ -82,6 +89,7 @@ typedef struct hb_delivery_s {
     size_t jobs_cnt;
     hb_dl_state_t state; /* changed by set_state only */
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
+    int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */
     char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
     struct hb_deliveries_s *owner; /* while in flight */
 } hb_delivery_t;
@@ -94,6 +102,7 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *latency, *dlq, *dlq_skipped, *circuit_skips, *circuit_opens, *endpoint_busy;
     hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
+    hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
 } hb_delivery_metrics_t;
 
 /* circuit_counts_attempts: an open circuit counts a skipped attempt as failed
@@ -108,6 +117,18 @@ void hb_deliveries_free(hb_deliveries_t *D);
  * encoded. */
 int hb_deliveries_produce_retry(hb_deliveries_t *D, const char *topic, const hb_retry_msg_t *m,
                                 char *errstr, size_t errstr_size) HB_MUSTCHECK;
+/* Where the tokens of the shared rate-limit budget come from: ask(key,
+ * wanted, opaque) returns 0 when it asked (answer: hb_deliveries_rate_granted),
+ * -1 when it cannot ask now. Without one, limited deliveries wait and are
+ * NOT_MADE after max_queue_wait. */
+void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int, void *),
+                                void *opaque);
+/* The answer to an ask for subscription id: granted tokens (< 0: the ask
+ * failed) and, when none was left, the ms until the next. */
+void hb_deliveries_rate_granted(hb_deliveries_t *D, const char *id, int granted, long long wait_ms);
+/* Moves the deliveries held by rate limits; the ms until it is due again
+ * (-1: none held). */
+long long hb_deliveries_tick(hb_deliveries_t *D);
 /* Shutdown passed its deadline: completions record nothing from now on. */
 void hb_deliveries_abandon(hb_deliveries_t *D);
 int hb_deliveries_abandoning(const hb_deliveries_t *D);

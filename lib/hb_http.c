@@ -126,6 +126,11 @@ struct hb_http_xfer_s {
 
 struct hb_http_s {
     CURLM *multi;
+    /* TLS sessions shared by every easy handle: a new connection to a host
+     * resumes the session of an earlier one (curl keeps them per easy handle
+     * otherwise, so a pool of handles resumed almost nothing). One thread
+     * uses it, so it needs no lock callbacks. */
+    CURLSH *share;
     hb_http_conf_t conf; /* its strings point at the copies below */
     char *user_agent;
     char *ca_file, *tls_client_cert, *tls_client_key;
@@ -815,6 +820,7 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
             rc = curl_easy_setopt(easy, opt, val);                                                 \
     } while (0)
     HB_SET(CURLOPT_URL, x->url);
+    HB_SET(CURLOPT_SHARE, h->share);
     HB_SET(CURLOPT_PRIVATE, (void *)x);
     HB_SET(CURLOPT_ERRORBUFFER, x->errbuf);
     HB_SET(CURLOPT_NOSIGNAL, 1L);
@@ -1078,6 +1084,12 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
         hb_seterr(errstr, errstr_size, "curl_multi_init failed");
         goto fail;
     }
+    h->share = curl_share_init();
+    if (!h->share ||
+        curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+        hb_seterr(errstr, errstr_size, "curl_share_init failed");
+        goto fail;
+    }
     long maxconnects = conf->max_in_flight * 2;
     if (maxconnects < 16)
         maxconnects = 16;
@@ -1091,6 +1103,8 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
 fail:
     if (h->multi)
         curl_multi_cleanup(h->multi);
+    if (h->share)
+        curl_share_cleanup(h->share);
     hb_http_conf_free(h);
     free(h);
     curl_global_cleanup();
@@ -1137,6 +1151,7 @@ void hb_http_free(hb_http_t *h) {
         curl_easy_cleanup(h->free_easy[i]);
     free(h->free_easy);
     curl_multi_cleanup(h->multi);
+    curl_share_cleanup(h->share); /* after every easy handle using it */
     hb_hash_clear(&h->hosts);
     hb_http_conf_free(h);
     free(h);

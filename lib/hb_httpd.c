@@ -3,7 +3,10 @@
  * libmicrohttpd.
  *
  * libmicrohttpd runs its own polling thread (MHD_USE_INTERNAL_POLLING_THREAD)
- * and calls on_request there; the main loop only touches the hb_httpd_t
+ * and calls on_request there; it polls with epoll (MHD_USE_AUTO), not
+ * select(), which cannot watch a descriptor above FD_SETSIZE (1024): a
+ * dispatcher with a thousand connections open would stop answering its
+ * probes; the main loop only touches the hb_httpd_t
  * through hb_httpd_beat() (an atomic store of the monotonic clock) and
  * hb_httpd_set_ready() (a mutex around the flag and its reason). So the
  * service's loop never waits on a scrape, and a stuck loop shows up as a 503
@@ -143,7 +146,7 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     const union MHD_DaemonInfo *info;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     hb_httpd_t *h;
 
     if (resolve_listen(listen, &ss, &sslen, errstr, errstr_size) != 0)

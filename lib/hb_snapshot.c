@@ -50,7 +50,8 @@ static const char SNAPSHOT_SELECT[] =
     "                 WHERE sec.subscription_id = s.id"
     "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
     "         WHERE x.ord <= 2),"
-    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0)"
+    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0),"
+    "       s.options->'rate_limit'"
     "  FROM hookbridge.subscriptions s"
     " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
     " ORDER BY s.created_at, s.id";
@@ -75,6 +76,7 @@ enum {
     COL_EVENT_TYPES,
     COL_SECRETS,
     COL_DEACTIVATED,
+    COL_RATE_LIMIT,
     COL_COUNT
 };
 
@@ -226,7 +228,7 @@ static json_t *col_json(const PGresult *res, int row, int c) {
     return v ? json_loads(v, JSON_DECODE_ANY, NULL) : NULL;
 }
 
-/* options.fields, options.headers and options.filter. A field selection
+/* options.fields, options.headers, options.filter and options.rate_limit. A field selection
  * that cannot be read fails the snapshot: delivering every field instead
  * would send what the subscriber chose not to receive (IP addresses ...).
  * One unusable custom header is skipped with a warning naming it (never its
@@ -273,6 +275,19 @@ static int payload_options(hb_sub_t *sub, const PGresult *res, int row, char *er
         sub->filter = hb_filter_compile(sub->filter_spec, why, sizeof(why));
         if (!sub->filter) {
             hb_seterr(errstr, errstr_size, "subscription %s: %s", sub->id, why);
+            goto done;
+        }
+    }
+    if (col(res, row, COL_RATE_LIMIT)) {
+        /* fails closed: delivering unlimited would flood the endpoint */
+        json_t *rl = col_json(res, row, COL_RATE_LIMIT);
+        int bad = !rl || hb_sub_set_rate_limit(sub, rl, why, sizeof(why)) < 0;
+        if (!rl)
+            hb_seterr(why, sizeof(why), "not JSON");
+        json_decref(rl);
+        if (bad) {
+            hb_seterr(errstr, errstr_size, "subscription %s: malformed options.rate_limit: %s",
+                      sub->id, why);
             goto done;
         }
     }

@@ -59,6 +59,7 @@ enum {
     MSG_PENDING_VERIFY,
     MSG_REPLAYS,
     MSG_SWEEP,
+    MSG_TOKENS,
     MSG_MAINTAIN,
     /* events (follower -> loop) */
     MSG_CHANGE,
@@ -74,6 +75,7 @@ typedef union {
     hb_store_ids_cb *ids;
     hb_store_replays_cb *replays;
     hb_store_count_cb *count;
+    hb_store_tokens_cb *tokens;
 } hb_store_cb_t;
 
 typedef struct store_msg_s store_msg_t;
@@ -632,6 +634,22 @@ static int deactivate_failing(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     return 0;
 }
 
+static int take_rate_tokens(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    char wanted[16];
+    const char *params[2] = {m->id, wanted};
+    PGresult *res;
+    snprintf(wanted, sizeof(wanted), "%d", m->max);
+    res = PQexecParams(
+        ln->conn, "SELECT granted, wait_ms FROM hookbridge.take_rate_tokens($1::uuid, $2::int)", 2,
+        NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return store_fail(ln, res, "taking rate-limit tokens", errstr, errstr_size);
+    m->cnt = (int)strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    m->after_ms = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    PQclear(res);
+    return 0;
+}
+
 static int maintain_log(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     PGresult *res =
         PQexecParams(ln->conn, "SELECT action, object FROM hookbridge.maintain_delivery_log()", 0,
@@ -669,6 +687,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
     case MSG_RECORD_VERIFY: rc = record_verification(ln, m, errstr, sizeof(errstr)); break;
     case MSG_PENDING_VERIFY: rc = pending_verifications(ln, m, errstr, sizeof(errstr)); break;
     case MSG_REPLAYS: rc = claim_replays(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_TOKENS: rc = take_rate_tokens(ln, m, errstr, sizeof(errstr)); break;
     case MSG_MAINTAIN: rc = maintain_log(ln, m, errstr, sizeof(errstr)); break;
     default: rc = deactivate_failing(ln, m, errstr, sizeof(errstr)); break;
     }
@@ -925,6 +944,9 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
     case MSG_REPLAYS: m->cb.replays(m->replays, m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_SWEEP:
     case MSG_MAINTAIN: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    case MSG_TOKENS:
+        m->cb.tokens(m->id, m->err ? -1 : m->cnt, m->err ? 0 : m->after_ms, m->err, m->opaque);
+        break;
     default: break;
     }
 }
@@ -1034,6 +1056,20 @@ void hb_store_deactivate_failing(hb_store_t *st, long long after_ms, hb_store_co
     m->cb.count = cb;
     m->opaque = opaque;
     request(st, m);
+}
+
+int hb_store_take_rate_tokens(hb_store_t *st, const char *id, int wanted, hb_store_tokens_cb *cb,
+                              void *opaque) {
+    store_msg_t *m;
+    if (!hb_snapshot_is_id(id) || wanted < 0)
+        return -1;
+    m = msg_new(MSG_TOKENS);
+    memcpy(m->id, id, sizeof(m->id));
+    m->max = wanted;
+    m->cb.tokens = cb;
+    m->opaque = opaque;
+    request(st, m);
+    return 0;
 }
 
 void hb_store_maintain_delivery_log(hb_store_t *st, hb_store_count_cb *cb, void *opaque) {

@@ -15,8 +15,8 @@
  *                 and loads a fresh snapshot of each changed subscription by
  *                 id (one changed row costs one query, never a reload);
  *   the requests  verification claims and outcomes, pending verifications,
- *                 replay claims, the failing-endpoint sweep and the delivery
- *                 log's maintenance, in order.
+ *                 replay claims, the failing-endpoint sweep, rate-limit
+ *                 tokens and the delivery log's maintenance, in order.
  * What they produce waits in one queue for the loop thread, which
  * hb_store_fd() (a pipe) wakes; hb_store_process() runs the handlers and the
  * requests' callbacks there, in the order the lanes queued them. The loop
@@ -108,6 +108,15 @@ int hb_store_record_verification(hb_store_t *st, const char *id, const char *url
                                  const char *reason, hb_store_done_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
+
+/* Draws up to wanted tokens from the rate-limit budget that every replica
+ * shares (hookbridge.take_rate_tokens): cb gets granted (-1 with err when the
+ * statement failed) and, when none was left, the ms until the next. -1
+ * (nothing queued) for an id that is not one. */
+typedef void hb_store_tokens_cb(const char *id, int granted, long long wait_ms, const char *err,
+                                void *opaque);
+int hb_store_take_rate_tokens(hb_store_t *st, const char *id, int wanted, hb_store_tokens_cb *cb,
+                              void *opaque) HB_MUSTCHECK;
 
 /* Requests not called back yet (a stopping loop waits for them). */
 int hb_store_pending(hb_store_t *st);

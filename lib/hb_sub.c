@@ -6,6 +6,7 @@
 
 #include "hb_filter.h"
 
+#include <math.h>
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,5 +175,30 @@ int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr, size_t 
     for (size_t i = 0; i < n; i++)
         sub->fields[i] = hb_strdup(json_string_value(json_array_get(fields, i)));
     sub->fields_cnt = (int)n;
+    return 0;
+}
+
+int hb_sub_set_rate_limit(hb_sub_t *sub, const json_t *rate_limit, char *errstr,
+                          size_t errstr_size) {
+    const json_t *rate = json_object_get(rate_limit, "per_second");
+    const json_t *burst = json_object_get(rate_limit, "burst");
+    double r, b;
+    if (!rate_limit || json_is_null(rate_limit)) {
+        sub->rate_per_second = 0;
+        sub->rate_burst = 0;
+        return 0;
+    }
+    r = json_is_number(rate) ? json_number_value(rate) : -1;
+    if (!json_is_object(rate_limit) || !(r > 0 && r <= 10000)) {
+        hb_seterr(errstr, errstr_size, "rate_limit.per_second is not a number in (0, 10000]");
+        return -1;
+    }
+    b = burst ? (json_is_number(burst) ? json_number_value(burst) : -1) : ceil(r);
+    if (!(b >= 1 && b <= 10000) || b != floor(b)) {
+        hb_seterr(errstr, errstr_size, "rate_limit.burst is not an integer in 1..10000");
+        return -1;
+    }
+    sub->rate_per_second = r;
+    sub->rate_burst = (int)b;
     return 0;
 }

@@ -68,6 +68,10 @@ typedef struct hb_sub_s {
     int headers_cnt;
     json_t *filter_spec;        /* options.filter as stored; NULL = none; owned */
     struct hb_filter_s *filter; /* filter_spec compiled (hb_filter.h); NULL = all */
+    /* options.rate_limit: at most rate_per_second requests a second on
+     * average, rate_burst at once (hb_ratelimit.h); 0 = not limited. */
+    double rate_per_second;
+    int rate_burst;
 } hb_sub_t;
 
 hb_sub_t *hb_sub_new(void);          /* refcnt 1, zeroed */
@@ -95,6 +99,12 @@ int hb_sub_add_header(hb_sub_t *sub, const char *name, const char *value, char *
  * borrowed). -1 when it is not a non-empty array of non-empty strings. */
 int hb_sub_set_fields(hb_sub_t *sub, const json_t *fields, char *errstr,
                       size_t errstr_size) HB_MUSTCHECK;
+
+/* Sets the rate limit from options.rate_limit ({"per_second": > 0 and <=
+ * 10000, "burst": 1..10000, default ceil(per_second)}; borrowed); NULL
+ * clears it. -1 (nothing changed) when it is not such an object. */
+int hb_sub_set_rate_limit(hb_sub_t *sub, const json_t *rate_limit, char *errstr,
+                          size_t errstr_size) HB_MUSTCHECK;
 
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);

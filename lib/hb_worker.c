@@ -125,6 +125,26 @@ void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb the
                    lookup_ctx_free);
 }
 
+/* Rate limits: tokens of the shared budget, asked on the store's request
+ * lane; while the database is away none can be, and the held deliveries wait
+ * (then go to the delay tier, hb_ratelimit.h). */
+static void rate_tokens_answered(const char *id, int granted, long long wait_ms, const char *err,
+                                 void *opaque) {
+    hb_worker_t *w = opaque;
+    if (err) {
+        hb_metric_inc(w->m_db_errors);
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id), "rate limit: %s", err);
+    }
+    hb_deliveries_rate_granted(w->deliveries, id, granted, wait_ms);
+}
+
+static int rate_ask(const char *id, int wanted, void *opaque) {
+    hb_worker_t *w = opaque;
+    if (!w->store || !hb_store_connected(w->store))
+        return -1;
+    return hb_store_take_rate_tokens(w->store, id, wanted, rate_tokens_answered, w);
+}
+
 size_t hb_worker_in_flight(const hb_worker_t *w) {
     return hb_deliveries_in_flight(w->deliveries);
 }
@@ -330,6 +350,9 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         if (next < wait_ms)
             wait_ms = next;
     }
+    next = hb_deliveries_tick(w->deliveries); /* rate-limited deliveries whose turn came */
+    if (next >= 0 && next < wait_ms)
+        wait_ms = next;
     if (hb_outbox_resending(w->outbox) && wait_ms > 100)
         wait_ms = 100;
     hb_consumer_tick(w->consumer);
@@ -384,6 +407,7 @@ int hb_worker_run(hb_worker_t *w) {
 static void register_metrics(hb_worker_t *w) {
     static const double latency_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                             0.5,   1,    2.5,   5,    10,  30};
+    static const double rate_wait_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5};
     static const char by_outcome[] = "Delivery attempts by outcome (dropped and circuit-open "
                                      "skips are not attempted).";
     w->m_consumed = hb_metrics_counter("hookbridge_messages_consumed_total", NULL,
@@ -424,6 +448,14 @@ static void register_metrics(hb_worker_t *w) {
                            "Deliveries handed to a delay tier without an attempt because their "
                            "endpoint host's queue was full or slow (max_host_queue, "
                            "max_queue_wait).");
+    w->dm.rate_limited = hb_metrics_counter(
+        "hookbridge_rate_limited_total", NULL,
+        "Deliveries held back by their subscription's rate limit (waited for a token, or handed "
+        "to a delay tier unattempted because they could not wait).");
+    w->dm.rate_limit_wait =
+        hb_metrics_histogram("hookbridge_rate_limit_wait_seconds", NULL,
+                             "How long deliveries held back by a rate limit waited.",
+                             rate_wait_bounds, HB_ARRAY_SIZE(rate_wait_bounds));
     w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
                                     "1 while consumption of every partition is paused because "
                                     "max_pending_events messages are unfinished.");
@@ -519,6 +551,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
                                       spec->circuit_counts_attempts, errstr, errstr_size);
     if (!w->deliveries)
         goto fail;
+    hb_deliveries_set_rate_ask(w->deliveries, rate_ask, w);
     w->cm.kafka_errors = w->m_kafka_errors;
     w->consumer = hb_consumer_new(cfg, w->client_id, w->group, w->topics, w->topics_cnt, w->wake[1],
                                   w->offsets, w->outbox, &w->cm);

@@ -421,7 +421,8 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     socklen_t sslen = 0;
     char why[128];
     const union MHD_DaemonInfo *info;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+    /* MHD_USE_AUTO: poll(), not select(), so descriptors above FD_SETSIZE work. */
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC |
                      MHD_USE_ERROR_LOG;
     if (hb_listen_resolve(listen, HB_LISTEN_STAR_ANY, &ss, &sslen, why, sizeof(why)) !=
         HB_LISTEN_OK) {

@@ -99,3 +99,8 @@ printf '  %-44s %s\n' \
   "lateness after the due time" "p50 $P50 ms  p99 $P99 ms  max $PMAX ms" \
   "attempts fired early" "$EARLY" \
   "retrier memory with the backlog" "VmHWM $((HWM / 1024)) MiB, VmRSS $((RSS / 1024)) MiB"
+
+if [ -n "${BENCH_RESULTS:-}" ]; then # a line of scripts/bench_all.sh's summary
+  printf '%s\t%s\t%s\t%s\t%s\n' "${KAFKA:-devbroker}" "retry lateness with $N pending (p99, max ms)" \
+    "$P99, $PMAX ($PAIRS of $N fired, $EARLY early)" "(shown)" "" >>"$BENCH_RESULTS"
+fi

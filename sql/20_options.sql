@@ -1,4 +1,4 @@
--- sql/20_options.sql: a subscription's options - format, batching,
+-- sql/20_options.sql: a subscription's options - format, batching, rate_limit,
 -- timeout_ms, auth_header/auth_value, secret, and the payload options fields,
 -- headers and filter - validated in one place, hookbridge._check_options,
 -- for register() and update(). It returns the options to store, never
@@ -20,6 +20,9 @@
 --             case-insensitive), too many headers or too many bytes
 --   HB017     invalid field list (options.fields): not a non-empty array of
 --             strings, an unknown top-level event field, a field given twice
+--   HB024     invalid rate limit (options.rate_limit): not an object, an
+--             unknown key in it, per_second not a number in (0, 10000],
+--             burst not an integer in 1..10000
 
 -- The top-level fields of IdentityEvent (schema/identity_event.avsc; a test
 -- keeps the two equal), in schema order.
@@ -149,6 +152,56 @@ BEGIN
 END
 $$;
 
+-- options.rate_limit: {"per_second": <number in (0, 10000]>, "burst": <integer
+-- 1..10000, default ceil(per_second)>}. Returned normalised, with burst
+-- always present. Enforced by the services (lib/hb_ratelimit.h) with a budget
+-- shared by every replica (hookbridge.take_rate_tokens, sql/45_rate_limits.sql).
+CREATE OR REPLACE FUNCTION hookbridge._check_rate_limit(p_rl jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_hint constant text := 'For example {"rate_limit": {"per_second": 10, "burst": 20}}: at most '
+                            '10 requests a second on average, up to 20 at once.';
+    k text;
+    v_rate numeric;
+    v_burst numeric;
+BEGIN
+    IF jsonb_typeof(p_rl) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'option rate_limit must be a JSON object with per_second and burst'
+            USING ERRCODE = 'HB024', HINT = v_hint;
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(p_rl) AS key ORDER BY key LOOP
+        IF k NOT IN ('per_second', 'burst') THEN
+            RAISE EXCEPTION 'option rate_limit: unknown key "%"', left(k, 100)
+                USING ERRCODE = 'HB024', HINT = 'Known keys: per_second, burst. ' || v_hint;
+        END IF;
+    END LOOP;
+    IF jsonb_typeof(p_rl -> 'per_second') IS DISTINCT FROM 'number' THEN
+        RAISE EXCEPTION 'option rate_limit: per_second must be a number greater than 0 and at most 10000'
+            USING ERRCODE = 'HB024', HINT = v_hint;
+    END IF;
+    v_rate := (p_rl ->> 'per_second')::numeric;
+    IF v_rate <= 0 OR v_rate > 10000 THEN
+        RAISE EXCEPTION 'option rate_limit: per_second must be greater than 0 and at most 10000 (got %)',
+            v_rate USING ERRCODE = 'HB024', HINT = 'Fractions are allowed: 0.5 is one request every 2 s.';
+    END IF;
+    IF p_rl ? 'burst' THEN
+        IF jsonb_typeof(p_rl -> 'burst') IS DISTINCT FROM 'number' THEN
+            RAISE EXCEPTION 'option rate_limit: burst must be an integer between 1 and 10000'
+                USING ERRCODE = 'HB024', HINT = v_hint;
+        END IF;
+        v_burst := (p_rl ->> 'burst')::numeric;
+        IF v_burst <> trunc(v_burst) OR v_burst < 1 OR v_burst > 10000 THEN
+            RAISE EXCEPTION 'option rate_limit: burst must be an integer between 1 and 10000 (got %)',
+                v_burst USING ERRCODE = 'HB024',
+                HINT = 'burst is how many requests may go at once; it defaults to per_second rounded up.';
+        END IF;
+    ELSE
+        v_burst := ceil(v_rate);
+    END IF;
+    RETURN jsonb_build_object('per_second', v_rate, 'burst', v_burst::integer);
+END
+$$;
+
 -- Validates a subscription's options (register, and any function that
 -- replaces them). Returns the options to store: format, batch_max,
 -- batch_window_ms, timeout_ms (normalised to integers), fields, headers and
@@ -169,9 +222,10 @@ BEGIN
     END IF;
     FOR k IN SELECT jsonb_object_keys(p_opts) AS key ORDER BY key LOOP
         IF k NOT IN ('auth_header', 'auth_value', 'secret', 'format', 'batch_max',
-                     'batch_window_ms', 'timeout_ms', 'fields', 'headers', 'filter') THEN
+                     'batch_window_ms', 'timeout_ms', 'fields', 'headers', 'filter',
+                     'rate_limit') THEN
             RAISE EXCEPTION 'unknown option "%"', k USING ERRCODE = 'HB005',
-                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter.';
+                HINT = 'Known options: auth_header, auth_value, secret, format, batch_max, batch_window_ms, timeout_ms, fields, headers, filter, rate_limit.';
         END IF;
     END LOOP;
 
@@ -241,6 +295,10 @@ BEGIN
         END IF;
         v_out := v_out || jsonb_build_object('filter', p_opts -> 'filter');
     END IF;
+    IF p_opts ? 'rate_limit' THEN
+        v_out := v_out || jsonb_build_object('rate_limit',
+                                             hookbridge._check_rate_limit(p_opts -> 'rate_limit'));
+    END IF;
     RETURN v_out;
 END
 $$;
@@ -249,4 +307,5 @@ COMMENT ON FUNCTION hookbridge._check_options(jsonb) IS
     'Validates subscription options; returns what is stored in subscriptions.options. '
     'Keys: auth_header, auth_value, secret, format (okta|cloudevents|event), '
     'batch_max (1..100), batch_window_ms (0..60000), timeout_ms (100..60000), '
-    'fields (HB017), headers (HB016), filter (HB013). See docs/payloads.md.';
+    'fields (HB017), headers (HB016), filter (HB013), rate_limit (HB024). '
+    'See docs/payloads.md.';

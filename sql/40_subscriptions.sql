@@ -12,7 +12,7 @@
 --
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
---   HB001 HB002 HB003 HB004 HB005 HB006 HB007 HB013 HB014 HB016 HB017
+--   HB001 HB002 HB003 HB004 HB005 HB006 HB007 HB013 HB014 HB016 HB017 HB024
 --             validation, through sql/10_checks.sql and sql/20_options.sql
 --   HB004     an unsubscribe that would leave no event type
 --   HB010     subscription not found (unknown id, or deregistered)

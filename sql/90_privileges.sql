@@ -98,8 +98,9 @@ DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
-                                'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret', 'secrets_to_seal',
-                                'seal_store', 'sealed_under_other_keys', 'reseal'];
+                                'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
+                                'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
+                                'take_rate_tokens'];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
        OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN

@@ -201,7 +201,7 @@ stack_start_postgres() {
 }
 
 stack_psql() {
-  psql -X -q -v ON_ERROR_STOP=1 "$HOOKBRIDGE_DATABASE_URL" "$@"
+  psql -X -q -P pager=off -v ON_ERROR_STOP=1 "$HOOKBRIDGE_DATABASE_URL" "$@"
 }
 
 stack_start_devbroker() {

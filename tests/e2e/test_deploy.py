@@ -28,9 +28,10 @@ K8S = REPO / "deploy" / "k8s"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # Every kustomization an operator may build: the base (deploy/k8s), the
 # production overlay and the optional pieces.
-TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/optional/servicemonitor",
-         "deploy/k8s/optional/migrate-job", "deploy/k8s/optional/ingest"]
-SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production"]
+TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas",
+         "deploy/k8s/optional/servicemonitor", "deploy/k8s/optional/migrate-job",
+         "deploy/k8s/optional/ingest"]
+SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
 # delivery-log close 5 s.
 FIXED_STOP_SECONDS = 10
@@ -195,6 +196,39 @@ def test_production_talks_sasl_ssl_with_credentials_from_the_secret():
                     if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
             assert {"HOOKBRIDGE_KAFKA_SASL_USERNAME", "HOOKBRIDGE_KAFKA_SASL_PASSWORD",
                     "HOOKBRIDGE_DATABASE_URL"} <= set(refs), o["metadata"]["name"]
+
+
+def test_schemas_overlay_mounts_the_writer_schemas_where_the_dispatcher_reads_them():
+    """deploy/k8s/overlays/schemas: HOOKBRIDGE_WRITER_SCHEMAS_DIR is the mount
+    of the generated ConfigMap holding every .avsc of writer-schemas/, the
+    registry credentials come from the Secret, and only the dispatcher (the
+    one program that reads events) gets these settings."""
+    tree = "deploy/k8s/overlays/schemas"
+    objs = rendered(tree)
+    cms = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
+    schemas_cm = [n for n in cms if n.startswith("hookbridge-writer-schemas")]
+    assert len(schemas_cm) == 1, cms.keys()
+    data = cms[schemas_cm[0]].get("data") or {}
+    files = sorted(p.name for p in (REPO / tree / "writer-schemas").glob("*.avsc"))
+    assert sorted(k for k in data if k.endswith(".avsc")) == files, \
+        "every writer-schemas/*.avsc must be listed in the hookbridge-writer-schemas generator"
+    for name in files:
+        schema = json.loads(data[name])
+        assert schema.get("name") in ("IdentityEvent", "hookbridge.IdentityEvent"), name
+    deps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+    spec = deps["hookbridge-dispatcher"]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    where = env["HOOKBRIDGE_WRITER_SCHEMAS_DIR"]["value"]
+    assert where in mounts and mounts[where].get("readOnly") is True
+    vol = next(v for v in spec["volumes"] if v["name"] == mounts[where]["name"])
+    assert vol["configMap"]["name"] == schemas_cm[0]
+    assert env["HOOKBRIDGE_SCHEMA_REGISTRY_URL"]["value"].startswith("https://")
+    ref = env["HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "hookbridge" and ref.get("optional") is True
+    retrier = deps["hookbridge-retrier"]["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in retrier.get("env") or [] if "SCHEMA" in e["name"]]
 
 
 SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|USERNAME|DATABASE_URL|SASL_OAUTHBEARER_CONFIG|"

@@ -218,3 +218,84 @@ def test_bad_security_settings_stop_startup_with_a_clear_message(db_url, workdir
         body = [line for line in key.read_text().splitlines() if "-----" not in line]
         assert not any(line in out for line in body)
     assert "PRIVATE KEY" not in out
+
+
+class ResumptionReceiver:
+    """An HTTPS receiver (Python's ssl) that closes every connection after one
+    answer, so each request needs a new TLS handshake, and records for each
+    POST whether that handshake resumed an earlier session. Answers the
+    verification challenge and 204 to deliveries."""
+
+    def __init__(self, cert, key):
+        import http.server
+        import ssl
+        import threading
+
+        self.resumed = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, code, body=b""):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def do_GET(self):
+                challenge = self.headers.get("X-Okta-Verification-Challenge", "")
+                self._answer(200, json.dumps({"verification": challenge}).encode())
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.resumed.append(self.connection.session_reused)
+                self._answer(204)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_new_connections_resume_the_tls_session_of_earlier_ones(db_url, broker, procs, workdir):
+    """An endpoint that closes its connections (or a keep-alive that timed
+    out) costs a full handshake per new connection unless the session is
+    resumed. The dispatcher keeps one TLS session cache for all its
+    connections: after the verification challenge's handshake, the
+    connections opened for a burst of deliveries (several at once, as many
+    as the host's connection cap) resume it. Before, each pooled curl handle
+    kept its own cache and most of them made full handshakes."""
+    pki = Pki(workdir)
+    cert, key = pki.server()
+    receiver = ResumptionReceiver(cert, key)
+    try:
+        https_dispatcher(procs, db_url, broker, pki, HOOKBRIDGE_MAX_HOST_CONNECTIONS="8")
+        register_verified(db_url, receiver.url, ["user.session.start"])
+        # One delivery first, alone: its connection's session is in the cache
+        # (with TLS 1.3 the ticket follows the handshake, so the challenge's
+        # short connection may close before it arrives).
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: len(receiver.resumed) >= 1, 30, "the first delivery")
+        n = 40
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
+        wait_until(lambda: len(receiver.resumed) >= n + 1, 60, f"{n} deliveries over HTTPS")
+        fresh = receiver.resumed[1:].count(False)
+        # Without the shared cache each of the (up to 8) connections opened at
+        # once made a full handshake.
+        assert fresh <= 1, f"{fresh} of {n} connections made a full TLS handshake"
+    finally:
+        receiver.stop()

@@ -10,7 +10,10 @@
 #include <curl/curl.h>
 #include <time.h>
 
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "hb_httpd.h"
 #include "hb_listen.h"
@@ -116,6 +119,41 @@ static void healthz_fails_when_the_loop_stops_beating(void **state) {
     hb_httpd_beat(h);
     assert_int_equal(fetch(port, "GET", "/healthz", &r), 200);
     hb_httpd_stop(h);
+}
+
+/* A dispatcher with a thousand delivery connections open: the probes and
+ * /metrics still answer on sockets numbered above FD_SETSIZE (select() could
+ * not watch them; libmicrohttpd refused such connections). */
+static void answers_with_more_than_fd_setsize_descriptors_open(void **state) {
+    enum { N = 1100 };
+    int fds[N], n = 0;
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < N + 64) {
+        rl.rlim_cur = rl.rlim_max < N + 64 ? rl.rlim_max : N + 64;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < N + 64)
+        skip(); /* the machine allows too few descriptors to tell */
+    while (n < N) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        fds[n++] = fd;
+    }
+    char err[256] = "";
+    reply_t r;
+    long health = 0, metrics = 0;
+    hb_httpd_t *h = hb_httpd_start("127.0.0.1:0", 0, err, sizeof(err));
+    if (h) {
+        health = fetch(hb_httpd_port(h), "GET", "/healthz", &r);
+        metrics = fetch(hb_httpd_port(h), "GET", "/metrics", &r);
+        hb_httpd_stop(h);
+    }
+    while (n > 0)
+        close(fds[--n]);
+    assert_non_null(h);
+    assert_int_equal(health, 200);
+    assert_int_equal(metrics, 200);
 }
 
 static void bad_listen_addresses_fail_with_a_reason(void **state) {
@@ -228,6 +266,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(serves_health_readiness_and_metrics),
         cmocka_unit_test(healthz_fails_when_the_loop_stops_beating),
+        cmocka_unit_test(answers_with_more_than_fd_setsize_descriptors_open),
         cmocka_unit_test(bad_listen_addresses_fail_with_a_reason),
         cmocka_unit_test(listens_on_ipv6_loopback),
         cmocka_unit_test(listen_addresses_resolve_or_say_why),

@@ -1,0 +1,63 @@
+"""make bench's own tools still parse and work (issue 12); no figure is asserted.
+
+`make bench` takes minutes and is not part of `make test`, so a script broken by
+an edit would go unnoticed until someone benchmarks. These checks are cheap: the
+scripts parse (bash -n, shellcheck when installed, py_compile), and the
+reference client (tests/bench/bench_curl_ref.c) POSTs to the slow receiver
+(tests/bench/slow_receiver.py) for one second, which exercises both ends.
+"""
+import json
+import py_compile
+import shutil
+import subprocess
+import urllib.request
+
+from hbtest.procs import BIN, REPO, SLOW, free_port, wait_until
+
+SCRIPTS = sorted((REPO / "scripts").glob("bench*.sh"))
+PYTHON_TOOLS = [REPO / "scripts/bench_latency.py", REPO / "tests/bench/slow_receiver.py"]
+BUILD = REPO / ("build-san" if BIN.name == "bin-san" else "build")
+
+
+def test_bench_scripts_parse(tmp_path):
+    assert len(SCRIPTS) >= 6, SCRIPTS
+    for script in SCRIPTS:
+        r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert r.returncode == 0, f"{script.name}: {r.stderr}"
+    if shutil.which("shellcheck"):
+        r = subprocess.run(["shellcheck", "-x", *map(str, SCRIPTS)], cwd=REPO,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-4000:]
+    for tool in PYTHON_TOOLS:
+        py_compile.compile(str(tool), cfile=str(tmp_path / (tool.name + "c")), doraise=True)
+
+
+def test_reference_client_posts_to_the_slow_receiver(procs):
+    client = BUILD / "tests/bench/bench_curl_ref"
+    assert client.exists(), f"{client} is missing (run make)"
+    port = free_port()
+    procs.start("receiver", ["/usr/bin/python3", REPO / "tests/bench/slow_receiver.py", port,
+                             "0.05", "127.0.0.1"])
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path, headers=None):
+        try:
+            req = urllib.request.Request(base + path, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    wait_until(lambda: get("/stats"), 10, "the slow receiver")
+    assert get("/hook", {"X-Okta-Verification-Challenge": "abc"}) == {"verification": "abc"}
+
+    r = subprocess.run([str(client), base + "/hook", "4", "1", "900"], capture_output=True,
+                       text=True, timeout=30 * SLOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    requests, _seconds, _rps, _cpu, _per_cpu, failed = r.stdout.split()
+    assert int(requests) > 0 and int(failed) == 0, r.stdout
+    stats = get("/stats")
+    # every request answered was counted by the client, with 4 connections at most
+    assert stats["served"] == int(requests), (stats, r.stdout)
+    assert 1 <= stats["max_pending"] <= 4, stats
+    assert stats["pending"] == 0, stats
