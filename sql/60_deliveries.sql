@@ -264,10 +264,16 @@ BEGIN
     v_keep := hookbridge._dlog_first_kept_day(p_now);
 
     FOR d IN 0 .. p_ahead LOOP
-        FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
-            action := 'created';
+        BEGIN
+            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
+                action := 'created';
+                RETURN NEXT;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            action := 'skipped';
+            object := format('partitions of %s (busy: created next time)', v_today + d);
             RETURN NEXT;
-        END LOOP;
+        END;
     END LOOP;
 
     -- the same days of both tables, oldest first
@@ -291,20 +297,27 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    DELETE FROM hookbridge.deliveries_default WHERE log_day < v_keep;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    IF v_n > 0 THEN
-        action := 'deleted'; object := format('deliveries_default: %s rows before %s', v_n, v_keep);
+    BEGIN
+        DELETE FROM hookbridge.deliveries_default WHERE log_day < v_keep;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('deliveries_default: %s rows before %s', v_n, v_keep);
+            RETURN NEXT;
+        END IF;
+        DELETE FROM hookbridge.delivery_attempts_default
+         WHERE started_at < v_keep::timestamp AT TIME ZONE 'UTC';
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('delivery_attempts_default: %s rows before %s', v_n, v_keep);
+            RETURN NEXT;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        action := 'skipped';
+        object := 'the DEFAULT partitions (busy: cleared next time)';
         RETURN NEXT;
-    END IF;
-    DELETE FROM hookbridge.delivery_attempts_default
-     WHERE started_at < v_keep::timestamp AT TIME ZONE 'UTC';
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    IF v_n > 0 THEN
-        action := 'deleted';
-        object := format('delivery_attempts_default: %s rows before %s', v_n, v_keep);
-        RETURN NEXT;
-    END IF;
+    END;
 END
 $$;
 

@@ -347,3 +347,25 @@ def test_a_delivery_is_found_by_its_id_alone_through_each_days_key(db_url):
             assert f"deliveries_p{today() - age * DAY:%Y%m%d}_pkey" in plan, plan
         for part in re.findall(r"Seq Scan on (deliveries\w*)", plan):
             assert sql(db_url, f"SELECT count(*) FROM hookbridge.{part}") == [(0,)], plan
+
+
+def test_maintenance_gives_way_to_a_long_lock_and_does_it_next_time(db_url):
+    """A session holding the log's tables (a long report, say) makes the
+    maintenance skip what it cannot lock within its lock_timeout, say so, and
+    do it next time; it never waits on it for long."""
+    later = today() + 6 * DAY
+    holder = psycopg2.connect(db_url)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE hookbridge.deliveries_default IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        done = maintain(db_url, "now() + interval '6 days'", 0)
+        assert time.monotonic() - t0 < 30 * SLOW
+        assert ("skipped", f"partitions of {later} (busy: created next time)") in done, done
+        assert later not in partitions(db_url, "deliveries")
+    finally:
+        holder.rollback()
+        holder.close()
+    done = maintain(db_url, "now() + interval '6 days'", 0)
+    assert ("created", f"deliveries_p{later:%Y%m%d}") in done
+    assert later in partitions(db_url, "deliveries") and later in partitions(db_url, "delivery_attempts")
