@@ -217,6 +217,7 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .event_type = dl->event_type,
         .attempt = attempt,
         .started_ms = res ? res->started_ms : hb_wall_ms(),
+        .first_attempt_ms = dl->first_attempt_ms, /* its day keys the delivery's row */
         .duration_ms = res ? res->duration_ms : 0,
         .http_status = res ? res->http_status : 0,
         .outcome = outcome,

@@ -15,6 +15,15 @@
  * never dropped; when the queue exceeds its bound, untokened rows are dropped
  * and counted.
  *
+ * Partitions. hookbridge.deliveries is partitioned by log_day, the UTC day
+ * of the delivery's first attempt (hb_attempt_t.first_attempt_ms: the
+ * dispatcher's first attempt, carried by every DeliveryRetry; a replay's
+ * request time), and its key is (delivery_id, log_day): the upsert finds a
+ * delivery's row only because every writer of it computes the same day.
+ * delivery_attempts is partitioned by started_at. Look-ups by delivery id
+ * alone read every partition's key index; when a delivery has two rows (a
+ * crash redelivered at a day's end), the one of the later day answers.
+ *
  * Final states. The upsert never moves a delivery out of a final status
  * (delivered, failed, dropped) into another one, and never lowers its attempt
  * count; only hookbridge.replay() takes a failed delivery back (to 'replay').
@@ -49,6 +58,10 @@ typedef struct hb_attempt_s {
     const char *event_type;
     int attempt;        /* 1 = first */
     int64_t started_ms; /* wall clock */
+    /* When the delivery's first attempt began (wall ms; 0: started_ms). Its
+     * UTC day is the delivery's log_day, the partition key of
+     * hookbridge.deliveries: every writer of one delivery passes the same. */
+    int64_t first_attempt_ms;
     int64_t duration_ms;
     int http_status; /* 0 = no response */
     hb_outcome_t outcome;
@@ -82,6 +95,9 @@ typedef struct hb_dlog_state_s {
  * `attempt` was already made and logged (so what followed it is durable).
  * Returns NULL when it is not, else the reason (in buf). */
 const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, char *buf, size_t bufsz);
+
+/* The UTC day of wall_ms, as days since 1970-01-01: a delivery's log_day. */
+int64_t hb_dlog_day(int64_t wall_ms);
 
 /* A row copied out of an attempt, to be added later (hb_dlog_add_row). */
 typedef struct hb_dlog_row_s hb_dlog_row_t;

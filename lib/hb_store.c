@@ -60,6 +60,7 @@ enum {
     MSG_REPLAYS,
     MSG_SWEEP,
     MSG_TOKENS,
+    MSG_MAINTAIN,
     /* events (follower -> loop) */
     MSG_CHANGE,
     MSG_VERIFY,
@@ -588,7 +589,8 @@ static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr
     snprintf(limit, sizeof(limit), "%d", m->max);
     res = PQexecParams(ln->conn,
                        "SELECT delivery_id, subscription_id, event_ids, event_type, content_type,"
-                       "       body, attempts, (extract(epoch FROM now()) * 1000)::bigint"
+                       "       body, attempts,"
+                       "       (extract(epoch FROM replay_requested_at) * 1000)::bigint"
                        "  FROM hookbridge.claim_replays($1::int)",
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -607,7 +609,7 @@ static int claim_replays(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr
         r->body = hb_strndup(PQgetvalue(res, i, 5), r->body_len);
         ll = strtoll(PQgetvalue(res, i, 6), NULL, 10);
         r->attempts = ll > 0 && ll <= 1000000 ? (int)ll : 0;
-        r->claimed_ms = strtoll(PQgetvalue(res, i, 7), NULL, 10);
+        r->requested_ms = strtoll(PQgetvalue(res, i, 7), NULL, 10);
     }
     m->cnt = n;
     PQclear(res);
@@ -648,6 +650,20 @@ static int take_rate_tokens(lane_t *ln, store_msg_t *m, char *errstr, size_t err
     return 0;
 }
 
+static int maintain_log(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    PGresult *res =
+        PQexecParams(ln->conn, "SELECT action, object FROM hookbridge.maintain_delivery_log()", 0,
+                     NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "maintaining the delivery log", errstr, errstr_size);
+    for (int i = 0; i < PQntuples(res); i++)
+        hb_log(HB_LOG_INFO, HB_KV("action", PQgetvalue(res, i, 0)),
+               "delivery log maintenance: %s %s", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    m->cnt = PQntuples(res);
+    PQclear(res);
+    return 0;
+}
+
 /* Answers one request (on the lane's connection, reconnecting when due). */
 static void answer(lane_t *ln, store_msg_t *m) {
     char errstr[512];
@@ -672,6 +688,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
     case MSG_PENDING_VERIFY: rc = pending_verifications(ln, m, errstr, sizeof(errstr)); break;
     case MSG_REPLAYS: rc = claim_replays(ln, m, errstr, sizeof(errstr)); break;
     case MSG_TOKENS: rc = take_rate_tokens(ln, m, errstr, sizeof(errstr)); break;
+    case MSG_MAINTAIN: rc = maintain_log(ln, m, errstr, sizeof(errstr)); break;
     default: rc = deactivate_failing(ln, m, errstr, sizeof(errstr)); break;
     }
     if (rc < 0)
@@ -925,7 +942,8 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
     case MSG_RECORD_VERIFY: m->cb.done(m->id, m->err, m->opaque); break;
     case MSG_PENDING_VERIFY: m->cb.ids(m->ids, m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_REPLAYS: m->cb.replays(m->replays, m->err ? 0 : m->cnt, m->err, m->opaque); break;
-    case MSG_SWEEP: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
+    case MSG_SWEEP:
+    case MSG_MAINTAIN: m->cb.count(m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_TOKENS:
         m->cb.tokens(m->id, m->err ? -1 : m->cnt, m->err ? 0 : m->after_ms, m->err, m->opaque);
         break;
@@ -1052,4 +1070,11 @@ int hb_store_take_rate_tokens(hb_store_t *st, const char *id, int wanted, hb_sto
     m->opaque = opaque;
     request(st, m);
     return 0;
+}
+
+void hb_store_maintain_delivery_log(hb_store_t *st, hb_store_count_cb *cb, void *opaque) {
+    store_msg_t *m = msg_new(MSG_MAINTAIN);
+    m->cb.count = cb;
+    m->opaque = opaque;
+    request(st, m);
 }

@@ -15,8 +15,8 @@
  *                 and loads a fresh snapshot of each changed subscription by
  *                 id (one changed row costs one query, never a reload);
  *   the requests  verification claims and outcomes, pending verifications,
- *                 replay claims, the failing-endpoint sweep and rate-limit
- *                 tokens, in order.
+ *                 replay claims, the failing-endpoint sweep, rate-limit
+ *                 tokens and the delivery log's maintenance, in order.
  * What they produce waits in one queue for the loop thread, which
  * hb_store_fd() (a pipe) wakes; hb_store_process() runs the handlers and the
  * requests' callbacks there, in the order the lanes queued them. The loop
@@ -128,8 +128,10 @@ typedef struct hb_replay_s {
     char *delivery_id, *subscription_id, *event_ids, *event_type, *content_type;
     char *body;
     size_t body_len;
-    int attempts;       /* attempts made so far */
-    int64_t claimed_ms; /* wall ms on the database's clock when it was taken up */
+    int attempts; /* attempts made so far */
+    /* wall ms on the database's clock when hookbridge.replay() was called:
+     * the replay's first attempt, whose UTC day is the delivery's log_day */
+    int64_t requested_ms;
 } hb_replay_t;
 
 /* Takes up to max replay requests: cb gets an array of cnt. */
@@ -144,5 +146,9 @@ void hb_store_replays_free(hb_replay_t *replays, int cnt);
 typedef void hb_store_count_cb(int count, const char *err, void *opaque);
 void hb_store_deactivate_failing(hb_store_t *st, long long after_ms, hb_store_count_cb *cb,
                                  void *opaque);
+
+/* Runs hookbridge.maintain_delivery_log() (partitions ahead, days past the
+ * retention dropped), logging each thing it did at info; cb gets how many. */
+void hb_store_maintain_delivery_log(hb_store_t *st, hb_store_count_cb *cb, void *opaque);
 
 #endif

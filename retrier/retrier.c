@@ -53,7 +53,10 @@
  *
  * Every second it claims replay requests (hookbridge.replay) and puts them on
  * the first tier, due at once; every minute (or a quarter of the period, if shorter) it asks
- * PostgreSQL to deactivate endpoints that have failed every attempt for auto_deactivate_after.
+ * PostgreSQL to deactivate endpoints that have failed every attempt for auto_deactivate_after;
+ * at start and every hour it has the delivery log maintained (hookbridge.maintain_delivery_log:
+ * partitions created ahead, days past the retention dropped), a minute later again when the
+ * database was away. All three go through the store's request lane, never this loop's thread.
  */
 #include "retrier.h"
 
@@ -69,7 +72,9 @@
 #define REPLAY_POLL_MS 1000
 #define REPLAY_BATCH 100
 #define SWEEP_MS 60000
-#define HOP_SLACK_MS 100 /* rounding and resends: never hop a message due within its tier */
+#define MAINTAIN_MS 3600000     /* the delivery log's upkeep: at start, then hourly */
+#define MAINTAIN_RETRY_MS 60000 /* ... or a minute after it failed */
+#define HOP_SLACK_MS 100        /* rounding and resends: never hop a message due within its tier */
 #define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
 
 typedef struct active_s active_t;
@@ -80,6 +85,8 @@ struct hb_retrier_s {
     int64_t next_replay_poll;
     int replays_asked, sweep_asked; /* a question to the store is open */
     int64_t next_sweep;
+    int maintain_asked;
+    int64_t next_maintain;
     hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
     hb_hash_t active; /* delivery id -> active_t*: attempted or held here */
     active_t **ready; /* routed since the last pass: their waiters go on */
@@ -339,11 +346,13 @@ static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *op
             .body_len = rp[i].body_len,
             .attempt = rp[i].attempts + 1,
             .not_before_ms = hb_wall_ms(),
-            /* The replay's attempts begin now, on the database's clock:
-             * it was requested while the subscription was active, so a
-             * deactivation before it does not drop it, one after does
-             * (on_message), with no clock skew between the two. */
-            .first_attempt_ms = rp[i].claimed_ms,
+            /* The replay's attempts begin when it was requested, on the
+             * database's clock: it was requested while the subscription
+             * was active, so a deactivation before it does not drop it,
+             * one after does (on_message), with no clock skew between the
+             * two. Its day is the delivery's log_day (replay() moved the
+             * row there), the same however often it is claimed. */
+            .first_attempt_ms = rp[i].requested_ms,
             .last_status = 0,
             .last_error = (char *)"replay requested",
             .schedule_offset = rp[i].attempts,
@@ -389,6 +398,29 @@ static void sweep_failing(hb_retrier_t *r) {
     hb_store_deactivate_failing(store, r->cfg->auto_deactivate_ms, on_swept, r);
 }
 
+/* The delivery log's partitions (hookbridge.maintain_delivery_log, on the
+ * store's request lane); a failure (the database away) only delays it. */
+static void on_maintained(int cnt, const char *err, void *opaque) {
+    hb_retrier_t *r = opaque;
+    (void)cnt;
+    r->maintain_asked = 0;
+    if (err) {
+        r->next_maintain = hb_mono_ms() + MAINTAIN_RETRY_MS;
+        hb_worker_db_error(r->w);
+        hb_warn("%s", err);
+    }
+}
+
+static void maintain_log(hb_retrier_t *r) {
+    hb_store_t *store = hb_worker_store(r->w);
+    if (r->maintain_asked || !store || !hb_store_connected(store)) {
+        r->next_maintain = hb_mono_ms() + 1000; /* asked again in a second */
+        return;
+    }
+    r->maintain_asked = 1;
+    hb_store_maintain_delivery_log(store, on_maintained, r);
+}
+
 static long long on_pass(hb_worker_t *w, void *opaque) {
     hb_retrier_t *r = opaque;
     int64_t now = hb_mono_ms();
@@ -403,6 +435,10 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
         long long every = r->cfg->auto_deactivate_ms / 4;
         r->next_sweep = now + (every < 1000 ? 1000 : every > SWEEP_MS ? SWEEP_MS : every);
         sweep_failing(r);
+    }
+    if (now >= r->next_maintain) {
+        r->next_maintain = now + MAINTAIN_MS;
+        maintain_log(r);
     }
     return r->next_replay_poll - now;
 }

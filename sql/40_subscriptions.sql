@@ -457,7 +457,8 @@ SELECT s.id,
                count(*) FILTER (WHERE d.status = 'dropped') AS dropped
           FROM hookbridge.deliveries d
          WHERE d.subscription_id = s.id
-           AND d.created_at > now() - interval '24 hours') d24
+           AND d.created_at > now() - interval '24 hours'
+           AND d.log_day >= ((now() AT TIME ZONE 'UTC') - interval '48 hours')::date) d24
  CROSS JOIN LATERAL (
         SELECT max(d.last_attempt_at) AS last_delivered_at
           FROM hookbridge.deliveries d

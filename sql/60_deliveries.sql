@@ -13,7 +13,18 @@
 -- retrier that dies after claiming does not lose the request) and puts the
 -- stored body back on the first delay tier, due at once, with a fresh retry
 -- schedule and the same webhook-id. The delivery's next attempt row moves
--- its status on (delivered, retry or failed again).
+-- its status on (delivered, retry or failed again). A replayed delivery
+-- moves to today's partition (log_day), so a replay near the retention's
+-- edge is never written into a day about to be dropped.
+--
+-- Retention. deliveries and delivery_attempts are partitioned by UTC day
+-- (migrations/0002_delivery_log_partitions.sql). The services call
+-- hookbridge.maintain_delivery_log() at start and every hour (the retrier;
+-- one replica at a time under an advisory lock): it creates the partitions of
+-- today and the next days, moves rows that waited in a DEFAULT partition for
+-- their day into it, and drops both tables' partitions of the days past
+-- limit('delivery_log_retention_days') (set with set_retention): whole
+-- tables, never long deletes.
 --
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
@@ -29,8 +40,13 @@ CREATE OR REPLACE FUNCTION hookbridge._track_health() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     WITH a AS (
-        SELECT d.subscription_id AS sid, n.started_at, n.outcome, n.error
-          FROM new_rows n JOIN hookbridge.deliveries d USING (delivery_id)
+        -- the attempt carries its subscription (rows written by hand without it:
+        -- their delivery's)
+        SELECT coalesce(n.subscription_id,
+                        (SELECT d.subscription_id FROM hookbridge.deliveries d
+                          WHERE d.delivery_id = n.delivery_id LIMIT 1)) AS sid,
+               n.started_at, n.outcome, n.error
+          FROM new_rows n
          WHERE n.outcome = 'delivered'
             OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
     ), s AS (
@@ -112,6 +128,199 @@ $$;
 CREATE OR REPLACE TRIGGER subscriptions_reactivated BEFORE UPDATE OF status ON hookbridge.subscriptions
     FOR EACH ROW EXECUTE FUNCTION hookbridge._clear_deactivation_reason();
 
+-- Retention ------------------------------------------------------------------
+
+-- The first day the delivery log keeps as of p_now: the UTC day of p_now -
+-- limit('delivery_log_retention_days') days (maintain_delivery_log drops the
+-- days before it; replay's HB027 message names it).
+CREATE OR REPLACE FUNCTION hookbridge._dlog_first_kept_day(p_now timestamptz) RETURNS date
+LANGUAGE sql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT ((p_now - make_interval(days => hookbridge.limit('delivery_log_retention_days')::integer))
+            AT TIME ZONE 'UTC')::date
+$$;
+
+-- The retention row of hookbridge.limits is checked however it is written
+-- (set_retention, or a plain UPDATE by the schema owner).
+CREATE OR REPLACE FUNCTION hookbridge._check_retention_limit() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF NEW.name = 'delivery_log_retention_days' AND NEW.value NOT BETWEEN 1 AND 3650 THEN
+        RAISE EXCEPTION 'delivery_log_retention_days must be 1 to 3650 days, not %', NEW.value
+            USING ERRCODE = 'HB026';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER limits_retention BEFORE INSERT OR UPDATE ON hookbridge.limits
+    FOR EACH ROW EXECUTE FUNCTION hookbridge._check_retention_limit();
+
+-- Sets how long the delivery log keeps deliveries and attempts: whole days,
+-- 1 to 3650 (HB026 otherwise). Returns the days. The next maintenance (within
+-- the hour, or at the services' start) drops the days past it.
+CREATE OR REPLACE FUNCTION hookbridge.set_retention(keep interval) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_days integer;
+BEGIN
+    IF keep IS NULL THEN
+        RAISE EXCEPTION 'retention must not be NULL' USING ERRCODE = 'HB026';
+    END IF;
+    IF extract(month FROM keep) <> 0 OR extract(year FROM keep) <> 0
+       OR date_trunc('day', keep) <> keep THEN
+        RAISE EXCEPTION 'retention must be whole days (e.g. interval ''30 days''), not %', keep
+            USING ERRCODE = 'HB026',
+                  HINT = 'The delivery log is kept and dropped by whole UTC days.';
+    END IF;
+    v_days := extract(day FROM keep)::integer;
+    IF v_days NOT BETWEEN 1 AND 3650 THEN
+        RAISE EXCEPTION 'retention must be 1 to 3650 days, not %', keep USING ERRCODE = 'HB026';
+    END IF;
+    UPDATE hookbridge.limits SET value = v_days WHERE name = 'delivery_log_retention_days';
+    RETURN v_days;
+END
+$$;
+
+-- Creates the partitions of day p_day of both tables when missing. Rows that
+-- waited in a DEFAULT partition for that day move into the new one (the
+-- DEFAULT partition is locked meanwhile, so no row for the day slips in).
+-- Returns the names created.
+CREATE OR REPLACE FUNCTION hookbridge._dlog_add_day(p_day date) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_name text;
+    v_moved bigint;
+BEGIN
+    v_name := 'deliveries_p' || to_char(p_day, 'YYYYMMDD');
+    IF to_regclass('hookbridge.' || v_name) IS NULL THEN
+        LOCK TABLE hookbridge.deliveries_default IN EXCLUSIVE MODE;
+        EXECUTE format('CREATE TABLE hookbridge.%I (LIKE hookbridge.deliveries'
+                       ' INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
+        EXECUTE format('WITH m AS (DELETE FROM hookbridge.deliveries_default WHERE log_day = %L'
+                       ' RETURNING *) INSERT INTO hookbridge.%I SELECT * FROM m', p_day, v_name);
+        GET DIAGNOSTICS v_moved = ROW_COUNT;
+        EXECUTE format('ALTER TABLE hookbridge.deliveries ATTACH PARTITION hookbridge.%I'
+                       ' FOR VALUES FROM (%L) TO (%L)', v_name, p_day, p_day + 1);
+        RETURN NEXT v_name || CASE WHEN v_moved > 0
+                                   THEN format(' (%s rows from deliveries_default)', v_moved)
+                                   ELSE '' END;
+    END IF;
+    v_name := 'delivery_attempts_p' || to_char(p_day, 'YYYYMMDD');
+    IF to_regclass('hookbridge.' || v_name) IS NULL THEN
+        LOCK TABLE hookbridge.delivery_attempts_default IN EXCLUSIVE MODE;
+        EXECUTE format('CREATE TABLE hookbridge.%I (LIKE hookbridge.delivery_attempts'
+                       ' INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', v_name);
+        EXECUTE format('WITH m AS (DELETE FROM hookbridge.delivery_attempts_default'
+                       ' WHERE started_at >= %L AND started_at < %L RETURNING *)'
+                       ' INSERT INTO hookbridge.%I SELECT * FROM m',
+                       p_day::timestamp AT TIME ZONE 'UTC', (p_day + 1)::timestamp AT TIME ZONE 'UTC',
+                       v_name);
+        GET DIAGNOSTICS v_moved = ROW_COUNT;
+        EXECUTE format('ALTER TABLE hookbridge.delivery_attempts ATTACH PARTITION hookbridge.%I'
+                       ' FOR VALUES FROM (%L) TO (%L)', v_name,
+                       p_day::timestamp AT TIME ZONE 'UTC', (p_day + 1)::timestamp AT TIME ZONE 'UTC');
+        RETURN NEXT v_name || CASE WHEN v_moved > 0
+                                   THEN format(' (%s rows from delivery_attempts_default)', v_moved)
+                                   ELSE '' END;
+    END IF;
+END
+$$;
+
+-- The delivery log's upkeep, run by the services (hourly and at start; any
+-- caller may run it again: it is idempotent). p_now is the time to act as of
+-- (the services pass now(); tests pretend). It
+--   * creates both tables' partitions of today and the next p_ahead days;
+--   * drops both tables' partitions of every day before the first day kept,
+--     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
+--     row is kept at least that many days, at most one more);
+--   * deletes what waited in the DEFAULT partitions for a day before it (rows
+--     written for a day that had no partition; normally none).
+-- Returns one row per thing done: action 'created', 'dropped', 'deleted' or
+-- 'skipped' (another session holds the maintenance lock, or a drop waited
+-- longer than lock_timeout for a long-running read: tried again next time),
+-- and its object. The drops take a brief exclusive lock on the parent tables;
+-- a lock_timeout of 5 s bounds how long the log's writers can wait for it.
+CREATE OR REPLACE FUNCTION hookbridge.maintain_delivery_log(p_now timestamptz DEFAULT now(),
+                                                            p_ahead integer DEFAULT 3)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_today date;
+    v_keep  date;
+    v_n     bigint;
+    r       record;
+BEGIN
+    IF p_now IS NULL OR p_ahead IS NULL OR p_ahead NOT BETWEEN 0 AND 31 THEN
+        RAISE EXCEPTION 'p_now must not be NULL and p_ahead must be 0 to 31' USING ERRCODE = 'HB012';
+    END IF;
+    -- one maintenance at a time, across replicas
+    IF NOT pg_try_advisory_xact_lock(hashtext('hookbridge.maintain_delivery_log')) THEN
+        action := 'skipped'; object := 'another session is maintaining the delivery log';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    PERFORM set_config('lock_timeout', '5s', true);
+    v_today := (p_now AT TIME ZONE 'UTC')::date;
+    v_keep := hookbridge._dlog_first_kept_day(p_now);
+
+    FOR d IN 0 .. p_ahead LOOP
+        BEGIN
+            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
+                action := 'created';
+                RETURN NEXT;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            action := 'skipped';
+            object := format('partitions of %s (busy: created next time)', v_today + d);
+            RETURN NEXT;
+        END;
+    END LOOP;
+
+    -- the same days of both tables, oldest first
+    FOR r IN
+        SELECT c.relname, to_date(right(c.relname, 8), 'YYYYMMDD') AS day
+          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
+                               'hookbridge.delivery_attempts'::regclass)
+           AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
+           AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep
+         ORDER BY 2, 1 DESC
+    LOOP
+        BEGIN
+            EXECUTE format('DROP TABLE hookbridge.%I', r.relname);
+            action := 'dropped';
+        EXCEPTION WHEN lock_not_available THEN
+            action := 'skipped';
+            r.relname := r.relname || ' (busy: dropped next time)';
+        END;
+        object := r.relname;
+        RETURN NEXT;
+    END LOOP;
+
+    BEGIN
+        DELETE FROM hookbridge.deliveries_default WHERE log_day < v_keep;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('deliveries_default: %s rows before %s', v_n, v_keep);
+            RETURN NEXT;
+        END IF;
+        DELETE FROM hookbridge.delivery_attempts_default
+         WHERE started_at < v_keep::timestamp AT TIME ZONE 'UTC';
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('delivery_attempts_default: %s rows before %s', v_n, v_keep);
+            RETURN NEXT;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        action := 'skipped';
+        object := 'the DEFAULT partitions (busy: cleared next time)';
+        RETURN NEXT;
+    END;
+END
+$$;
+
 -- Replay ---------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION hookbridge._check_replayable(d hookbridge.deliveries) RETURNS void
@@ -140,36 +349,47 @@ BEGIN
 END
 $$;
 
+
 -- Sends a failed delivery again (same webhook-id, the stored payload, the
--- subscription's current URL and secret, a fresh retry schedule).
+-- subscription's current URL and secret, a fresh retry schedule). The
+-- delivery moves to today (log_day): its replay is kept for the whole
+-- retention, whatever the age of the delivery.
 CREATE OR REPLACE FUNCTION hookbridge.replay(delivery_id uuid) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
-    v hookbridge.deliveries;
+    v    hookbridge.deliveries;
+    v_at timestamptz := date_trunc('milliseconds', now());
 BEGIN
     IF replay.delivery_id IS NULL THEN
         RAISE EXCEPTION 'delivery_id must not be NULL' USING ERRCODE = 'HB020';
     END IF;
-    SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = replay.delivery_id FOR UPDATE;
+    SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = replay.delivery_id
+     ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'delivery % not found', replay.delivery_id USING ERRCODE = 'HB020',
-            HINT = 'Delivery ids are the webhook-id values; see hookbridge.deliveries.';
+        RAISE EXCEPTION 'delivery % is not in the delivery log, which keeps % days (since %): it was never made or has been removed',
+            replay.delivery_id, hookbridge.limit('delivery_log_retention_days'),
+            to_char(hookbridge._dlog_first_kept_day(now()), 'YYYY-MM-DD')
+            USING ERRCODE = 'HB027',
+                  HINT = 'Delivery ids are the webhook-id values; the retention is hookbridge.limits delivery_log_retention_days (hookbridge.set_retention).';
     END IF;
     PERFORM hookbridge._check_replayable(v);
     UPDATE hookbridge.deliveries d
-       SET status = 'replay', replay_requested_at = now(), replay_claimed_at = NULL
-     WHERE d.delivery_id = replay.delivery_id;
+       SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
+           log_day = (v_at AT TIME ZONE 'UTC')::date
+     WHERE d.delivery_id = replay.delivery_id AND d.log_day = v.log_day;
     RETURN replay.delivery_id;
 END
 $$;
 
 -- Replays every failed delivery of a subscription since a time; returns how
--- many. Deliveries without a stored payload are skipped.
+-- many. Deliveries without a stored payload are skipped. They move to today
+-- as replay() moves one.
 CREATE OR REPLACE FUNCTION hookbridge.replay_failed(subscription_id uuid, since timestamptz)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub hookbridge.subscriptions;
+    v_at  timestamptz := date_trunc('milliseconds', now());
     n     integer;
 BEGIN
     IF replay_failed.subscription_id IS NULL OR replay_failed.since IS NULL THEN
@@ -185,7 +405,8 @@ BEGIN
             USING ERRCODE = 'HB021';
     END IF;
     UPDATE hookbridge.deliveries d
-       SET status = 'replay', replay_requested_at = now(), replay_claimed_at = NULL
+       SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
+           log_day = (v_at AT TIME ZONE 'UTC')::date
      WHERE d.subscription_id = replay_failed.subscription_id
        AND d.status = 'failed' AND d.body IS NOT NULL
        AND d.last_attempt_at >= replay_failed.since;
@@ -196,23 +417,27 @@ $$;
 
 -- For the retrier: up to p_limit replay requests, each leased for
 -- p_lease (a request whose retrier died is claimed again after that).
+-- replay_requested_at is where the replay's attempts begin: the services
+-- log them under its day (the row's log_day), and it is the same when a
+-- request is claimed again.
 CREATE OR REPLACE FUNCTION hookbridge.claim_replays(p_limit integer, p_lease interval DEFAULT '5 minutes')
 RETURNS TABLE (delivery_id uuid, subscription_id uuid, event_ids text, event_type text,
-                          content_type text, body text, attempts integer, first_attempt_at timestamptz)
+                          content_type text, body text, attempts integer, first_attempt_at timestamptz,
+                          replay_requested_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     RETURN QUERY
     UPDATE hookbridge.deliveries d SET replay_claimed_at = now()
-      FROM (SELECT c.delivery_id FROM hookbridge.deliveries c
+      FROM (SELECT c.delivery_id, c.log_day FROM hookbridge.deliveries c
              WHERE c.status = 'replay'
                AND (c.replay_claimed_at IS NULL OR c.replay_claimed_at < now() - p_lease)
              ORDER BY c.replay_requested_at
              LIMIT greatest(p_limit, 0)
              FOR UPDATE SKIP LOCKED) pick
-     WHERE d.delivery_id = pick.delivery_id
+     WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day
     RETURNING d.delivery_id, d.subscription_id, d.event_ids, d.event_type,
               coalesce(d.content_type, 'application/json'), d.body, d.attempts,
-              d.first_attempt_at;
+              d.first_attempt_at, d.replay_requested_at;
 END
 $$;
 
@@ -235,7 +460,11 @@ SELECT d.delivery_id,
        d.created_at
   FROM hookbridge.deliveries d
   JOIN hookbridge.subscriptions s ON s.id = d.subscription_id AND s.deregistered_at IS NULL
- WHERE d.created_at > now() - make_interval(days => hookbridge.limit('recent_deliveries_days')::integer);
+ WHERE d.created_at > now() - make_interval(days => hookbridge.limit('recent_deliveries_days')::integer)
+   -- the same days, by the partition key (a day more: log_day is the first
+   -- attempt's day on the services' clock), so only their partitions are read
+   AND d.log_day >= ((now() - make_interval(days => hookbridge.limit('recent_deliveries_days')::integer))
+                     AT TIME ZONE 'UTC')::date - 1;
 
 COMMENT ON VIEW hookbridge.recent_deliveries IS
     'Deliveries of live subscriptions in the last limit(''recent_deliveries_days'') days, newest not ordered.';

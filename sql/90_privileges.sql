@@ -9,8 +9,9 @@
 --   hookbridge_service   the dispatcher and the retrier: read subscriptions
 --                        (with their sealed secrets, to sign), write the
 --                        delivery log, claim and record verifications and
---                        replays, seal secrets, and deactivate endpoints that
---                        keep failing. Nothing else: no subscription can be
+--                        replays, seal secrets, deactivate endpoints that
+--                        keep failing, and maintain the delivery log's
+--                        partitions. Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
 --                        hookbridge.* API function but the services' ones, the
@@ -97,8 +98,8 @@ DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
-                                'deactivate_failing', 'sealed_signing_secret', 'secrets_to_seal',
-                                'seal_store', 'sealed_under_other_keys', 'reseal',
+                                'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
+                                'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
@@ -120,6 +121,9 @@ BEGIN
     -- ordered delivery: the end of each key's chain (migration 0003)
     GRANT SELECT, INSERT, UPDATE, DELETE ON hookbridge.ordering_tails TO hookbridge_service;
     GRANT SELECT ON hookbridge.ordering_tails TO hookbridge_operator;
+    -- delivery_attempts.id (a plain sequence: the table is partitioned)
+    REVOKE ALL ON ALL SEQUENCES IN SCHEMA hookbridge FROM hookbridge_service, hookbridge_operator;
+    GRANT USAGE ON SEQUENCE hookbridge.delivery_attempts_id_seq TO hookbridge_service;
 
     -- operators: the views and the log, read-only; changes through the API
     GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import uuid
 
 import psycopg2
@@ -103,8 +104,16 @@ def test_a_database_at_0008_upgrades_to_the_baseline_with_its_data(pg_cluster):
             "http_status, outcome, error) VALUES (%s, 1, now(), 500, 'failed', 'HTTP 500')",
             delivery)
         tables = ["subscriptions", "subscription_event_types", "subscription_secrets",
-                  "secret_inbox", "deliveries", "delivery_attempts", "endpoint_health"]
+                  "secret_inbox", "endpoint_health"]
         before = {t: sql(url, f"SELECT * FROM hookbridge.{t} ORDER BY 1::text") for t in tables}
+        # the delivery log gains columns (0002): its old ones are kept as they were
+        log_cols = {"deliveries": "delivery_id, subscription_id, event_ids, event_type, status, "
+                                  "attempts, first_attempt_at, last_attempt_at, last_http_status, "
+                                  "last_error, body, created_at, content_type",
+                    "delivery_attempts": "id, delivery_id, attempt, started_at, duration_ms, "
+                                         "http_status, outcome, error, response_snippet"}
+        log_before = {t: sql(url, f"SELECT {c} FROM hookbridge.{t} ORDER BY 1::text")
+                      for t, c in log_cols.items()}
         assert before["endpoint_health"] and before["secret_inbox"]
 
         st = pg_cluster.migrate(old, "status")
@@ -121,6 +130,11 @@ def test_a_database_at_0008_upgrades_to_the_baseline_with_its_data(pg_cluster):
         assert schema(pg_cluster, old) == schema(pg_cluster, fresh)
         assert {t: sql(url, f"SELECT * FROM hookbridge.{t} ORDER BY 1::text")
                 for t in tables} == before
+        assert {t: sql(url, f"SELECT {c} FROM hookbridge.{t} ORDER BY 1::text")
+                for t, c in log_cols.items()} == log_before
+        assert sql(url, "SELECT tableoid::regclass::text, subscription_id::text "
+                   "FROM hookbridge.delivery_attempts") \
+            == [(f"hookbridge.delivery_attempts_p{time.strftime('%Y%m%d', time.gmtime())}", sub)]
         assert seed_rows(url) == seed_rows(pg_cluster.url(fresh))
 
         # The functions work on the old rows.

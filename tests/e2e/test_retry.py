@@ -335,7 +335,8 @@ def test_replay_failed_sends_every_failure_of_a_subscription_since_a_time(db_url
 
 
 @pytest.mark.parametrize("call,code,msg", [
-    ("SELECT hookbridge.replay('00000000-0000-4000-8000-000000000000')", "HB020", "not found"),
+    ("SELECT hookbridge.replay('00000000-0000-4000-8000-000000000000')", "HB027",
+     "is not in the delivery log, which keeps 30 days"),
     ("SELECT hookbridge.replay(NULL)", "HB020", "must not be NULL"),
     ("SELECT hookbridge.replay_failed('00000000-0000-4000-8000-000000000000', now())", "HB010",
      "not found"),

@@ -56,12 +56,25 @@ static void a_replay_goes_ahead_older_retries_do_not(void **unused) {
     assert_non_null(stale(state("replay", 3), 2));
 }
 
+/* A delivery's log_day is the UTC day of its first attempt, the same for every
+ * writer: 2026-12-04 is day 20791; the last millisecond of a day is still it. */
+static void the_log_day_is_the_utc_day_of_the_first_attempt(void **unused) {
+    (void)unused;
+    assert_int_equal(hb_dlog_day(0), 0);
+    assert_int_equal(hb_dlog_day(86399999), 0);
+    assert_int_equal(hb_dlog_day(86400000), 1);
+    assert_int_equal(hb_dlog_day(1796342400000LL), 20791);            /* 2026-12-04T00:00Z */
+    assert_int_equal(hb_dlog_day(1796342400000LL + 86399999), 20791); /* 23:59:59.999Z */
+    assert_int_equal(hb_dlog_day(-1), -1);                            /* floor, not toward 0 */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(unknown_delivery_is_never_stale),
         cmocka_unit_test(final_states_make_every_attempt_stale),
         cmocka_unit_test(an_attempt_already_logged_is_a_duplicate),
         cmocka_unit_test(a_replay_goes_ahead_older_retries_do_not),
+        cmocka_unit_test(the_log_day_is_the_utc_day_of_the_first_attempt),
     };
     return cmocka_run_group_tests_name("dlog", tests, NULL, NULL);
 }
