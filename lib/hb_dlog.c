@@ -481,7 +481,8 @@ static const char DLOG_LOOKUP_TAILS[] =
     "SELECT r.i, t.delivery_id, coalesce(d.status, ''), coalesce(d.attempts, 0)"
     "  FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS r(sid, okey, i)"
     "  JOIN hookbridge.ordering_tails t ON t.subscription_id = r.sid AND t.ordering_key = r.okey"
-    "  LEFT JOIN hookbridge.deliveries d ON d.delivery_id = t.delivery_id";
+    "  LEFT JOIN hookbridge.deliveries d ON d.delivery_id = t.delivery_id"
+    " ORDER BY r.i, d.log_day NULLS FIRST"; /* two days' rows: the later answers */
 
 typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
 

@@ -318,6 +318,28 @@ BEGIN
         object := 'the DEFAULT partitions (busy: cleared next time)';
         RETURN NEXT;
     END;
+
+    -- Ordered delivery: the tails of keys whose last delivery is final, or no
+    -- longer in the log, and that were quiet for an hour. A key without a
+    -- tail starts afresh, which is what a final tail means anyway; a waiting
+    -- delivery ('retry', 'pending', 'replay') keeps its tail.
+    BEGIN
+        DELETE FROM hookbridge.ordering_tails t
+         WHERE t.updated_at < p_now - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
+                            WHERE d.delivery_id = t.delivery_id
+                              AND d.status NOT IN ('delivered', 'failed', 'dropped'));
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('ordering_tails: %s keys whose last delivery is final', v_n);
+            RETURN NEXT;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        action := 'skipped';
+        object := 'ordering_tails (busy: cleared next time)';
+        RETURN NEXT;
+    END;
 END
 $$;
 

@@ -369,3 +369,25 @@ def test_maintenance_gives_way_to_a_long_lock_and_does_it_next_time(db_url):
     done = maintain(db_url, "now() + interval '6 days'", 0)
     assert ("created", f"deliveries_p{later:%Y%m%d}") in done
     assert later in partitions(db_url, "deliveries") and later in partitions(db_url, "delivery_attempts")
+
+
+def test_maintenance_forgets_ordered_keys_whose_last_delivery_is_final(db_url):
+    """ordering_tails grows with every key an ordered subscription ever saw;
+    maintenance deletes the tails of keys quiet for an hour whose last
+    delivery is final (or gone from the log), and keeps the tail of a key
+    whose last delivery still waits, which later events must wait behind."""
+    sub = str(uuid.uuid4())
+    done = log_delivery(db_url, sub, today(), status="delivered")
+    waiting = log_delivery(db_url, sub, today(), status="retry")
+    gone = str(uuid.uuid4())
+    fresh = log_delivery(db_url, sub, today(), status="delivered")
+    for key, did, age in (("done", done, "2 hours"), ("waiting", waiting, "2 hours"),
+                          ("gone", gone, "2 hours"), ("fresh", fresh, "1 minute")):
+        sql(db_url, "INSERT INTO hookbridge.ordering_tails (subscription_id, ordering_key, "
+            f"delivery_id, updated_at) VALUES (%s, %s, %s, now() - interval '{age}')",
+            sub, key, did)
+    out = maintain(db_url)
+    assert ("deleted", "ordering_tails: 2 keys whose last delivery is final") in out, out
+    left = sorted(r[0] for r in sql(db_url, "SELECT ordering_key FROM hookbridge.ordering_tails "
+                                    "WHERE subscription_id = %s", sub))
+    assert left == ["fresh", "waiting"]
