@@ -579,12 +579,33 @@ static int check_value(avro_schema_t s, hb_cursor_t *c, int depth) {
 
 /* ------------------------------------------------------ JSON -> Avro */
 
+/* The path is kept for error messages only, but pushed for every value
+ * decoded: plain copies, not snprintf (same result, truncated the same way). */
+static void path_put(char *path, size_t plen, const char *s, size_t n) {
+    if (plen >= HB_PATH_MAX - 1)
+        return;
+    if (n > HB_PATH_MAX - 1 - plen)
+        n = HB_PATH_MAX - 1 - plen;
+    memcpy(path + plen, s, n);
+    path[plen + n] = '\0';
+}
+
 static void path_push(char *path, size_t plen, const char *name) {
-    snprintf(path + plen, HB_PATH_MAX - plen, "%s%s", plen ? "." : "", name);
+    if (plen) {
+        path_put(path, plen, ".", 1);
+        plen += plen < HB_PATH_MAX - 1;
+    }
+    path_put(path, plen, name, strlen(name));
 }
 
 static void path_index(char *path, size_t plen, size_t i) {
-    snprintf(path + plen, HB_PATH_MAX - plen, "[%zu]", i);
+    char num[24], *p = num + sizeof(num);
+    *--p = ']';
+    do
+        *--p = (char)('0' + i % 10);
+    while ((i /= 10) != 0);
+    *--p = '[';
+    path_put(path, plen, p, (size_t)(num + sizeof(num) - p));
 }
 
 static const char *at(const char *path) {
@@ -834,14 +855,17 @@ static int record_to_json(const json_t *defaults, avro_value_t *v, avro_schema_t
         else
             (void)json_object_set_new(obj, name, cj);
     }
-    /* Defaults of reader fields this writer did not have. */
-    if (space && *space)
-        snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
-    else
-        snprintf(full, sizeof(full), "%s", avro_schema_name(s));
-    extra = json_object_get(defaults, full);
-    if (extra)
-        (void)json_object_update_missing(obj, extra);
+    /* Defaults of reader fields this writer did not have (only a writer
+     * older than the reader has any: skip the name for the others). */
+    if (defaults && json_object_size(defaults) > 0) {
+        if (space && *space)
+            snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
+        else
+            snprintf(full, sizeof(full), "%s", avro_schema_name(s));
+        extra = json_object_get(defaults, full);
+        if (extra)
+            (void)json_object_update_missing(obj, extra);
+    }
     *out = obj;
     return 0;
 fail_avro:
