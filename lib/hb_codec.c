@@ -83,6 +83,7 @@ struct hb_codec_s {
     avro_reader_t rd;
     hb_writer_t *writers;
     size_t writers_cnt;
+    int generic_only; /* hb_codec_set_generic_only: never the direct walk */
 };
 
 /* ------------------------------------------------------------ CRC-64-AVRO */
@@ -1020,6 +1021,171 @@ static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, in
     return 0;
 }
 
+/* ------------------------------------------- Avro -> JSON, from the bytes */
+
+/* The common case, a message written with the reader schema itself, goes
+ * from the bytes to JSON in one walk, without avro-c's generic value in
+ * between (reading into it and walking it again was most of decode's cost).
+ * It runs after check_value, so every length, count, index and branch is
+ * known to fit; it makes exactly the JSON value_to_json would make of the
+ * value avro-c reads (records in field order with null members left out,
+ * unions as their branch, enums as symbols, map keys up to a NUL, as avro-c
+ * keeps them). Anything else it is not sure of (an error of any kind, a map
+ * key seen twice, which avro-c merges, too deep a value) answers -1, and the
+ * caller decodes the message the general way, which also words the error. */
+static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out);
+
+static int fast_blocks(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out) {
+    int is_map = avro_typeof(s) == AVRO_MAP;
+    avro_schema_t items = is_map ? avro_schema_map_values(s) : avro_schema_array_items(s);
+    json_t *j = is_map ? json_object() : json_array();
+    if (!j)
+        return -1;
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            goto fail;
+        if (count == 0)
+            break;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0)
+                goto fail;
+            count = -count;
+        }
+        for (int64_t i = 0; i < count; i++) {
+            const char *key = NULL;
+            size_t klen = 0;
+            json_t *cj = NULL;
+            if (is_map) {
+                int64_t n;
+                if (cur_long(c, &n) < 0 || n < 0 || n > c->end - c->p)
+                    goto fail;
+                key = (const char *)c->p;
+                klen = strnlen(key, (size_t)n);
+                c->p += n;
+            }
+            if (fast_to_json(items, c, depth + 1, &cj) < 0)
+                goto fail;
+            if (is_map) {
+                if (json_object_getn(j, key, klen) || json_object_setn_new(j, key, klen, cj) != 0)
+                    goto fail_child;
+            } else if (json_array_append_new(j, cj) != 0) {
+                goto fail;
+            }
+            continue;
+        fail_child:
+            json_decref(cj);
+            goto fail;
+        }
+    }
+    *out = j;
+    return 0;
+fail:
+    json_decref(j);
+    return -1;
+}
+
+static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out) {
+    int64_t n;
+    json_t *j = NULL;
+    s = deref(s);
+    if (!s || depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (avro_typeof(s)) {
+    case AVRO_NULL: j = json_null(); break;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end)
+            return -1;
+        j = json_boolean(*c->p++);
+        break;
+    case AVRO_INT32:
+    case AVRO_INT64:
+        if (cur_long(c, &n) < 0)
+            return -1;
+        j = json_integer((json_int_t)(avro_typeof(s) == AVRO_INT32 ? (int32_t)n : n));
+        break;
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: {
+        double d;
+        if (avro_typeof(s) == AVRO_FLOAT) {
+            float f;
+            uint32_t u = 0;
+            if (c->end - c->p < 4)
+                return -1;
+            for (int i = 0; i < 4; i++)
+                u |= (uint32_t)c->p[i] << (8 * i);
+            memcpy(&f, &u, sizeof(f));
+            d = f;
+            c->p += 4;
+        } else {
+            uint64_t u = 0;
+            if (c->end - c->p < 8)
+                return -1;
+            for (int i = 0; i < 8; i++)
+                u |= (uint64_t)c->p[i] << (8 * i);
+            memcpy(&d, &u, sizeof(d));
+            c->p += 8;
+        }
+        if (!isfinite(d))
+            return -1;
+        j = json_real(d);
+        break;
+    }
+    case AVRO_STRING:
+    case AVRO_BYTES:
+    case AVRO_FIXED:
+        if (avro_typeof(s) == AVRO_FIXED)
+            n = avro_schema_fixed_size(s);
+        else if (cur_long(c, &n) < 0)
+            return -1;
+        if (n < 0 || n > c->end - c->p)
+            return -1;
+        j = json_stringn((const char *)c->p, (size_t)n); /* NULL when not UTF-8 */
+        c->p += n;
+        break;
+    case AVRO_ENUM: {
+        const char *sym;
+        if (cur_long(c, &n) < 0 || n < 0 || n > INT32_MAX ||
+            !(sym = avro_schema_enum_get(s, (int)n)))
+            return -1;
+        j = json_string(sym);
+        break;
+    }
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= avro_schema_union_size(s))
+            return -1;
+        return fast_to_json(avro_schema_union_branch(s, (int)n), c, depth + 1, out);
+    case AVRO_RECORD: {
+        size_t cnt = avro_schema_record_size(s);
+        j = json_object();
+        if (!j)
+            return -1;
+        for (size_t i = 0; i < cnt; i++) {
+            json_t *cj = NULL;
+            if (fast_to_json(avro_schema_record_field_get_by_index(s, (int)i), c, depth + 1, &cj) <
+                0) {
+                json_decref(j);
+                return -1;
+            }
+            if (json_is_null(cj))
+                continue; /* null is absent in the natural mapping */
+            if (json_object_set_new(j, avro_schema_record_field_name(s, (int)i), cj) != 0) {
+                json_decref(j);
+                return -1;
+            }
+        }
+        break;
+    }
+    case AVRO_MAP:
+    case AVRO_ARRAY: return fast_blocks(s, c, depth, out);
+    default: return -1;
+    }
+    if (!j)
+        return -1;
+    *out = j;
+    return 0;
+}
+
 /* ------------------------------------------------------------- the codec */
 
 static int parse_schema(const char *text, const char *what, json_t **json, avro_schema_t *schema,
@@ -1206,6 +1372,10 @@ int hb_codec_registry_id(const void *buf, size_t len, uint32_t *id) {
     return 1;
 }
 
+void hb_codec_set_generic_only(hb_codec_t *c, int on) {
+    c->generic_only = on;
+}
+
 uint64_t hb_codec_fingerprint(const hb_codec_t *c) {
     return c->fp;
 }
@@ -1330,6 +1500,13 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
     if (cur.p != cur.end) {
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
+    }
+    if (!w && !c->generic_only) {
+        cur.p = p + hdr;
+        if (fast_to_json(wschema, &cur, 0, out) == 0 && cur.p == cur.end)
+            return 0;
+        json_decref(*out); /* not sure: the general way decides, and words any error */
+        *out = NULL;
     }
     avro_reader_memory_set_source(c->rd, (const char *)p + hdr, (int64_t)(len - hdr));
     avro_value_reset(top);
