@@ -1261,7 +1261,79 @@ size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
     return n;
 }
 
+/* A URL as curl's URL API splits it: uc is the first failure (setting the
+ * URL, then getting the scheme, then the host), port_ok whether a port came
+ * out (the scheme's default when none is written). */
+typedef struct hb_http_url_s {
+    char url[512];
+    CURLUcode uc;
+    int port_ok;
+    char scheme[32], host[256], port[8];
+} hb_http_url_t;
+
+/* curl's URL parser costs a few microseconds (an allocation per part), and
+ * every delivery asks it twice (its endpoint key, then submit) for one of
+ * few URLs: the last answers are kept per thread, by a hash of the URL, in a
+ * small direct-mapped table. A URL or part too long for an entry is parsed
+ * every time. */
+#define HB_HTTP_URL_CACHE 16
+static _Thread_local hb_http_url_t hb_http_url_cache[HB_HTTP_URL_CACHE];
+
+static int hb_http_url_copy(char *dst, size_t size, const char *src) {
+    size_t n = src ? strlen(src) : 0;
+    if (n >= size)
+        return -1;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* Splits url; 0 with *out filled, -1 when the answer does not fit an entry
+ * (the caller then asks curl itself). */
+static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
+    size_t len = strlen(url);
+    if (len >= sizeof(hb_http_url_cache[0].url))
+        return -1;
+    hb_http_url_t *e = &hb_http_url_cache[hb_hash_str(url) % HB_HTTP_URL_CACHE];
+    if (!strcmp(e->url, url) && e->url[0]) {
+        *out = e;
+        return 0;
+    }
+    hb_http_url_t n;
+    memset(&n, 0, sizeof(n));
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    n.uc = u ? curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) : CURLUE_OUT_OF_MEMORY;
+    if (n.uc == CURLUE_OK)
+        n.uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (n.uc == CURLUE_OK)
+        n.uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+    if (n.uc == CURLUE_OK)
+        n.port_ok = curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK;
+    int fits = n.uc != CURLUE_OUT_OF_MEMORY &&
+               hb_http_url_copy(n.scheme, sizeof(n.scheme), scheme) == 0 &&
+               hb_http_url_copy(n.host, sizeof(n.host), host) == 0 &&
+               hb_http_url_copy(n.port, sizeof(n.port), port) == 0;
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    if (!fits)
+        return -1;
+    memcpy(n.url, url, len + 1);
+    *e = n;
+    *out = e;
+    return 0;
+}
+
 int hb_http_host_key(const char *url, char *buf, size_t size) {
+    const hb_http_url_t *p;
+    if (hb_http_url_split(url, &p) == 0) {
+        if (p->uc != CURLUE_OK || !p->port_ok)
+            return -1;
+        hb_seterr(buf, size, "%s://%s:%s", p->scheme, p->host, p->port);
+        return 0;
+    }
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
     int rc = -1;
@@ -1277,6 +1349,28 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
     curl_free(port);
     curl_url_cleanup(u);
     return rc;
+}
+
+/* Routes x by its URL's parts: refused (bad URL, scheme not allowed) or
+ * queued for its host. */
+static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const char *scheme,
+                          const char *host, const char *port) {
+    if (uc != CURLUE_OK) {
+        hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
+    } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
+        hb_http_refuse(h, x, "URL scheme %.32s is not allowed (https only)", scheme);
+    } else if (!strcasecmp(scheme, "http") && !h->conf.allow_http) {
+        hb_http_refuse(h, x,
+                       "http:// URLs are refused (https only; set HOOKBRIDGE_ALLOW_HTTP=1 "
+                       "to allow)");
+    } else if (!port) {
+        hb_http_refuse(h, x, "invalid URL: no port");
+    } else {
+        char key[512];
+        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
+        x->host_name = hb_strdup(host);
+        hb_http_enqueue(h, x, key);
+    }
 }
 
 void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
@@ -1304,6 +1398,11 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         x->headers = l;
     }
 
+    const hb_http_url_t *p;
+    if (hb_http_url_split(x->url, &p) == 0) {
+        hb_http_route(h, x, p->uc, p->scheme, p->host, p->port_ok ? p->port : NULL);
+        return;
+    }
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
     CURLUcode uc =
@@ -1312,22 +1411,12 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
     if (uc == CURLUE_OK)
         uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-    if (uc != CURLUE_OK) {
-        hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
-    } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
-        hb_http_refuse(h, x, "URL scheme %.32s is not allowed (https only)", scheme);
-    } else if (!strcasecmp(scheme, "http") && !h->conf.allow_http) {
-        hb_http_refuse(h, x,
-                       "http:// URLs are refused (https only; set HOOKBRIDGE_ALLOW_HTTP=1 "
-                       "to allow)");
-    } else if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
-        hb_http_refuse(h, x, "invalid URL: no port");
-    } else {
-        char key[512];
-        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
-        x->host_name = hb_strdup(host);
-        hb_http_enqueue(h, x, key);
+    if (uc == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+        curl_free(port);
+        port = NULL;
     }
+    hb_http_route(h, x, uc, scheme, host, port);
     curl_free(scheme);
     curl_free(host);
     curl_free(port);
