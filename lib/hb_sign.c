@@ -330,11 +330,22 @@ int hb_uuid_random(char out[HB_UUID_LEN + 1]) {
     return 0;
 }
 
+/* SHA-256 fetched once: EVP_sha256() makes every EVP_DigestInit_ex look the
+ * implementation up in the provider again (a delivery id is derived for
+ * every delivery). */
+static EVP_MD *hb_sha256;
+static pthread_once_t hb_sha256_once = PTHREAD_ONCE_INIT;
+
+static void hb_sha256_fetch(void) {
+    hb_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LEN + 1]) {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
+    pthread_once(&hb_sha256_once, hb_sha256_fetch);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    int ok = ctx && EVP_DigestInit_ex(ctx, hb_sha256 ? hb_sha256 : EVP_sha256(), NULL) == 1;
     for (size_t i = 0; ok && i < nparts; i++) {
         const char *p = parts[i] ? parts[i] : "";
         if (i > 0)
