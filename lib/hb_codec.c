@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "hb_buf.h"
+#include "hb_json.h"
 
 #define HB_SO_MAGIC0 0xC3
 #define HB_SO_MAGIC1 0x01
@@ -83,7 +84,10 @@ struct hb_codec_s {
     avro_reader_t rd;
     hb_writer_t *writers;
     size_t writers_cnt;
-    int generic_only; /* hb_codec_set_generic_only: never the direct walk */
+    int generic_only;         /* hb_codec_set_generic_only: never the direct walk */
+    struct hb_plan_s *plan;   /* the reader schema for the direct walk; NULL: none */
+    struct hb_plan_s **plans; /* every node of it, to free */
+    size_t plans_cnt;
 };
 
 /* ------------------------------------------------------------ CRC-64-AVRO */
@@ -1033,11 +1037,96 @@ static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, in
  * keeps them). Anything else it is not sure of (an error of any kind, a map
  * key seen twice, which avro-c merges, too deep a value) answers -1, and the
  * caller decodes the message the general way, which also words the error. */
-static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out);
+/* The reader schema as the direct walk reads it: what avro-c's schema
+ * accessors would answer (links followed, fields and branches by index,
+ * names, symbols), looked up once when the codec is made instead of in
+ * avro-c's tables for every value of every message. */
+typedef struct hb_plan_s {
+    avro_type_t type;
+    size_t n;                /* record fields, union branches, enum symbols */
+    struct hb_plan_s **kids; /* field or branch plans; kids[0]: array items, map values */
+    const char **names;      /* field names (the schema's own strings) */
+    const char **syms;       /* enum symbols */
+    int64_t fixed_size;
+    avro_schema_t schema; /* to find a plan again (recursive schemas) */
+} hb_plan_t;
 
-static int fast_blocks(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out) {
-    int is_map = avro_typeof(s) == AVRO_MAP;
-    avro_schema_t items = is_map ? avro_schema_map_values(s) : avro_schema_array_items(s);
+static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
+    s = deref(s);
+    if (!s || depth > HB_CODEC_MAX_DEPTH)
+        return NULL;
+    for (size_t i = 0; i < c->plans_cnt; i++)
+        if (c->plans[i]->schema == s)
+            return c->plans[i]; /* a named type met again */
+    hb_plan_t *p = hb_calloc(1, sizeof(*p));
+    c->plans = hb_realloc(c->plans, (c->plans_cnt + 1) * sizeof(*c->plans));
+    c->plans[c->plans_cnt++] = p; /* before the children: a recursive type finds itself */
+    p->schema = s;
+    p->type = avro_typeof(s);
+    switch (p->type) {
+    case AVRO_NULL:
+    case AVRO_BOOLEAN:
+    case AVRO_INT32:
+    case AVRO_INT64:
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE:
+    case AVRO_STRING:
+    case AVRO_BYTES: return p;
+    case AVRO_FIXED: p->fixed_size = avro_schema_fixed_size(s); return p;
+    case AVRO_ENUM:
+        p->n = (size_t)avro_schema_enum_number_of_symbols(s);
+        p->syms = hb_calloc(p->n ? p->n : 1, sizeof(*p->syms));
+        for (size_t i = 0; i < p->n; i++)
+            if (!(p->syms[i] = avro_schema_enum_get(s, (int)i)))
+                return NULL;
+        return p;
+    case AVRO_RECORD:
+    case AVRO_UNION:
+        p->n = p->type == AVRO_RECORD ? avro_schema_record_size(s) : avro_schema_union_size(s);
+        p->kids = hb_calloc(p->n ? p->n : 1, sizeof(*p->kids));
+        p->names = hb_calloc(p->n ? p->n : 1, sizeof(*p->names));
+        for (size_t i = 0; i < p->n; i++) {
+            avro_schema_t k = p->type == AVRO_RECORD
+                                  ? avro_schema_record_field_get_by_index(s, (int)i)
+                                  : avro_schema_union_branch(s, (int)i);
+            if (p->type == AVRO_RECORD) {
+                /* members are set unchecked: a name must be what jansson accepts */
+                p->names[i] = avro_schema_record_field_name(s, (int)i);
+                if (!p->names[i] || !hb_json_utf8_ok(p->names[i], strlen(p->names[i])))
+                    return NULL;
+            }
+            if (!(p->kids[i] = plan_build(c, k, depth + 1)))
+                return NULL;
+        }
+        return p;
+    case AVRO_ARRAY:
+    case AVRO_MAP:
+        p->kids = hb_calloc(1, sizeof(*p->kids));
+        p->kids[0] = plan_build(
+            c, p->type == AVRO_MAP ? avro_schema_map_values(s) : avro_schema_array_items(s),
+            depth + 1);
+        return p->kids[0] ? p : NULL;
+    default: return NULL;
+    }
+}
+
+static void plans_free(hb_codec_t *c) {
+    for (size_t i = 0; i < c->plans_cnt; i++) {
+        free(c->plans[i]->kids);
+        free(c->plans[i]->names);
+        free(c->plans[i]->syms);
+        free(c->plans[i]);
+    }
+    free(c->plans);
+    c->plans = NULL;
+    c->plans_cnt = 0;
+    c->plan = NULL;
+}
+
+static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out);
+
+static int fast_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out) {
+    int is_map = p->type == AVRO_MAP;
     json_t *j = is_map ? json_object() : json_array();
     if (!j)
         return -1;
@@ -1064,7 +1153,7 @@ static int fast_blocks(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out)
                 klen = strnlen(key, (size_t)n);
                 c->p += n;
             }
-            if (fast_to_json(items, c, depth + 1, &cj) < 0)
+            if (fast_to_json(p->kids[0], c, depth + 1, &cj) < 0)
                 goto fail;
             if (is_map) {
                 if (json_object_getn(j, key, klen) || json_object_setn_new(j, key, klen, cj) != 0)
@@ -1085,13 +1174,12 @@ fail:
     return -1;
 }
 
-static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out) {
+static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out) {
     int64_t n;
     json_t *j = NULL;
-    s = deref(s);
-    if (!s || depth > HB_CODEC_MAX_DEPTH)
+    if (depth > HB_CODEC_MAX_DEPTH)
         return -1;
-    switch (avro_typeof(s)) {
+    switch (p->type) {
     case AVRO_NULL: j = json_null(); break;
     case AVRO_BOOLEAN:
         if (c->p >= c->end)
@@ -1102,12 +1190,12 @@ static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out
     case AVRO_INT64:
         if (cur_long(c, &n) < 0)
             return -1;
-        j = json_integer((json_int_t)(avro_typeof(s) == AVRO_INT32 ? (int32_t)n : n));
+        j = json_integer((json_int_t)(p->type == AVRO_INT32 ? (int32_t)n : n));
         break;
     case AVRO_FLOAT:
     case AVRO_DOUBLE: {
         double d;
-        if (avro_typeof(s) == AVRO_FLOAT) {
+        if (p->type == AVRO_FLOAT) {
             float f;
             uint32_t u = 0;
             if (c->end - c->p < 4)
@@ -1134,8 +1222,8 @@ static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out
     case AVRO_STRING:
     case AVRO_BYTES:
     case AVRO_FIXED:
-        if (avro_typeof(s) == AVRO_FIXED)
-            n = avro_schema_fixed_size(s);
+        if (p->type == AVRO_FIXED)
+            n = p->fixed_size;
         else if (cur_long(c, &n) < 0)
             return -1;
         if (n < 0 || n > c->end - c->p)
@@ -1143,41 +1231,35 @@ static int fast_to_json(avro_schema_t s, hb_cursor_t *c, int depth, json_t **out
         j = json_stringn((const char *)c->p, (size_t)n); /* NULL when not UTF-8 */
         c->p += n;
         break;
-    case AVRO_ENUM: {
-        const char *sym;
-        if (cur_long(c, &n) < 0 || n < 0 || n > INT32_MAX ||
-            !(sym = avro_schema_enum_get(s, (int)n)))
+    case AVRO_ENUM:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
             return -1;
-        j = json_string(sym);
+        j = json_string(p->syms[n]);
         break;
-    }
     case AVRO_UNION:
-        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= avro_schema_union_size(s))
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
             return -1;
-        return fast_to_json(avro_schema_union_branch(s, (int)n), c, depth + 1, out);
-    case AVRO_RECORD: {
-        size_t cnt = avro_schema_record_size(s);
+        return fast_to_json(p->kids[n], c, depth + 1, out);
+    case AVRO_RECORD:
         j = json_object();
         if (!j)
             return -1;
-        for (size_t i = 0; i < cnt; i++) {
+        for (size_t i = 0; i < p->n; i++) {
             json_t *cj = NULL;
-            if (fast_to_json(avro_schema_record_field_get_by_index(s, (int)i), c, depth + 1, &cj) <
-                0) {
+            if (fast_to_json(p->kids[i], c, depth + 1, &cj) < 0) {
                 json_decref(j);
                 return -1;
             }
             if (json_is_null(cj))
                 continue; /* null is absent in the natural mapping */
-            if (json_object_set_new(j, avro_schema_record_field_name(s, (int)i), cj) != 0) {
+            if (json_object_set_new_nocheck(j, p->names[i], cj) != 0) {
                 json_decref(j);
                 return -1;
             }
         }
         break;
-    }
     case AVRO_MAP:
-    case AVRO_ARRAY: return fast_blocks(s, c, depth, out);
+    case AVRO_ARRAY: return fast_blocks(p, c, depth, out);
     default: return -1;
     }
     if (!j)
@@ -1238,6 +1320,9 @@ hb_codec_t *hb_codec_new(const char *reader_schema_json, char *errstr, size_t er
         hb_seterr(errstr, errstr_size, "avro reader: %s", avro_strerror());
         goto fail;
     }
+    c->plan = plan_build(c, c->reader, 0);
+    if (!c->plan)
+        plans_free(c); /* a schema the direct walk does not cover: always the general way */
     return c;
 fail:
     hb_codec_free(c);
@@ -1277,6 +1362,7 @@ void hb_codec_free(hb_codec_t *c) {
         avro_schema_decref(c->reader);
     json_decref(c->reader_json);
     json_decref(c->field_defaults);
+    plans_free(c);
     free(c);
 }
 
@@ -1501,9 +1587,9 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
     }
-    if (!w && !c->generic_only) {
+    if (!w && !c->generic_only && c->plan) {
         cur.p = p + hdr;
-        if (fast_to_json(wschema, &cur, 0, out) == 0 && cur.p == cur.end)
+        if (fast_to_json(c->plan, &cur, 0, out) == 0 && cur.p == cur.end)
             return 0;
         json_decref(*out); /* not sure: the general way decides, and words any error */
         *out = NULL;
