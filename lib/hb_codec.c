@@ -1048,6 +1048,7 @@ typedef struct hb_plan_s {
     const char **names;      /* field names (the schema's own strings) */
     const char **syms;       /* enum symbols */
     int64_t fixed_size;
+    int64_t item_min;     /* arrays, maps: min_size of an item (check_blocks' bound) */
     avro_schema_t schema; /* to find a plan again (recursive schemas) */
 } hb_plan_t;
 
@@ -1100,12 +1101,14 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
         }
         return p;
     case AVRO_ARRAY:
-    case AVRO_MAP:
+    case AVRO_MAP: {
+        avro_schema_t items =
+            p->type == AVRO_MAP ? avro_schema_map_values(s) : avro_schema_array_items(s);
+        p->item_min = min_size(items, 0);
         p->kids = hb_calloc(1, sizeof(*p->kids));
-        p->kids[0] = plan_build(
-            c, p->type == AVRO_MAP ? avro_schema_map_values(s) : avro_schema_array_items(s),
-            depth + 1);
+        p->kids[0] = plan_build(c, items, depth + 1);
         return p->kids[0] ? p : NULL;
+    }
     default: return NULL;
     }
 }
@@ -1121,6 +1124,70 @@ static void plans_free(hb_codec_t *c) {
     c->plans = NULL;
     c->plans_cnt = 0;
     c->plan = NULL;
+}
+
+/* check_value and check_blocks on the plan: the same checks, the same
+ * answers, without avro-c's accessors. */
+static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth);
+
+static int check_plan_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth) {
+    int is_map = p->type == AVRO_MAP;
+    int64_t per = p->item_min + (is_map ? 1 : 0), total = 0;
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            return -1;
+        if (count == 0)
+            return 0;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
+                return -1;
+            count = -count;
+        }
+        if (per > 0 ? count > (c->end - c->p) / per : (total += count) > HB_CODEC_MAX_EMPTY_ITEMS)
+            return -1;
+        for (int64_t i = 0; i < count; i++) {
+            int64_t klen;
+            if (is_map && (cur_long(c, &klen) < 0 || cur_skip(c, klen) < 0))
+                return -1;
+            if (check_plan(p->kids[0], c, depth + 1) < 0)
+                return -1;
+        }
+    }
+}
+
+static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth) {
+    int64_t n;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (p->type) {
+    case AVRO_NULL: return 0;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end || *c->p > 1)
+            return -1;
+        c->p++;
+        return 0;
+    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
+    case AVRO_INT64: return cur_long(c, &n);
+    case AVRO_FLOAT: return cur_skip(c, 4);
+    case AVRO_DOUBLE: return cur_skip(c, 8);
+    case AVRO_STRING:
+    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
+    case AVRO_FIXED: return cur_skip(c, p->fixed_size);
+    case AVRO_ENUM: return cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n ? -1 : 0;
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
+            return -1;
+        return check_plan(p->kids[n], c, depth + 1);
+    case AVRO_RECORD:
+        for (size_t i = 0; i < p->n; i++)
+            if (check_plan(p->kids[i], c, depth + 1) < 0)
+                return -1;
+        return 0;
+    case AVRO_ARRAY:
+    case AVRO_MAP: return check_plan_blocks(p, c, depth);
+    default: return -1;
+    }
 }
 
 static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out);
@@ -1579,7 +1646,8 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
     }
     cur.p = p + hdr;
     cur.end = p + len;
-    if (check_value(wschema, &cur, 0) < 0) {
+    int direct = !w && !c->generic_only && c->plan;
+    if ((direct ? check_plan(c->plan, &cur, 0) : check_value(wschema, &cur, 0)) < 0) {
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data");
         return -1;
     }
@@ -1587,7 +1655,7 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
     }
-    if (!w && !c->generic_only && c->plan) {
+    if (direct) {
         cur.p = p + hdr;
         if (fast_to_json(c->plan, &cur, 0, out) == 0 && cur.p == cur.end)
             return 0;
