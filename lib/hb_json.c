@@ -17,54 +17,72 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Appends without a call when there is room (the common case): every
+ * append keeps room for the terminating NUL, which the public functions
+ * write once at the end. */
+static inline void hb_json_raw(hb_buf_t *b, const char *s, size_t n) {
+    if (b->cap - b->len <= n)
+        hb_buf_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static inline void hb_json_char(hb_buf_t *b, char c) {
+    if (b->cap - b->len <= 1)
+        hb_buf_reserve(b, 1);
+    b->p[b->len++] = c;
+}
+
 /* Bytes of a string that are copied as they are. */
-static int hb_json_is_plain(unsigned char c) {
+static inline int hb_json_is_plain(unsigned char c) {
     return c >= 0x20 && c != '"' && c != '\\';
 }
 
-void hb_json_put_str(hb_buf_t *b, const char *s, size_t n) {
+static void hb_json_str(hb_buf_t *b, const char *s, size_t n) {
     static const char hex[] = "0123456789ABCDEF";
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    /* Worst case 6 bytes per input byte; reserve for the common case (no
-     * escapes) and grow when an escape comes. */
-    hb_buf_reserve(b, n + 2);
+    /* Room for the string as it is, both quotes and the NUL; an escape
+     * makes room for itself and the rest again. */
+    if (b->cap - b->len <= n + 2)
+        hb_buf_reserve(b, n + 2);
     b->p[b->len++] = '"';
     while (p < end) {
         const unsigned char *run = p;
         while (p < end && hb_json_is_plain(*p))
             p++;
-        if (p > run) {
-            hb_buf_reserve(b, (size_t)(p - run) + 1);
-            memcpy(b->p + b->len, run, (size_t)(p - run));
-            b->len += (size_t)(p - run);
-        }
+        memcpy(b->p + b->len, run, (size_t)(p - run));
+        b->len += (size_t)(p - run);
         if (p == end)
             break;
-        char esc[6] = {'\\', 0};
-        size_t elen = 2;
+        size_t rest = (size_t)(end - p) - 1;
+        if (b->cap - b->len <= 6 + rest + 1)
+            hb_buf_reserve(b, 6 + rest + 1);
+        char *o = b->p + b->len;
+        o[0] = '\\';
         switch (*p) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
+        case '"': o[1] = '"'; break;
+        case '\\': o[1] = '\\'; break;
+        case '\b': o[1] = 'b'; break;
+        case '\f': o[1] = 'f'; break;
+        case '\n': o[1] = 'n'; break;
+        case '\r': o[1] = 'r'; break;
+        case '\t': o[1] = 't'; break;
         default:
-            esc[1] = 'u';
-            esc[2] = '0';
-            esc[3] = '0';
-            esc[4] = hex[*p >> 4];
-            esc[5] = hex[*p & 15];
-            elen = 6;
+            o[1] = 'u';
+            o[2] = '0';
+            o[3] = '0';
+            o[4] = hex[*p >> 4];
+            o[5] = hex[*p & 15];
+            b->len += 4;
         }
-        hb_buf_reserve(b, elen + 1);
-        memcpy(b->p + b->len, esc, elen);
-        b->len += elen;
+        b->len += 2;
         p++;
     }
-    hb_buf_reserve(b, 1);
     b->p[b->len++] = '"';
+}
+
+void hb_json_put_str(hb_buf_t *b, const char *s, size_t n) {
+    hb_json_str(b, s, n);
     b->p[b->len] = '\0';
 }
 
@@ -76,7 +94,7 @@ static void hb_json_put_int(hb_buf_t *b, json_int_t i) {
     while ((u /= 10) != 0);
     if (i < 0)
         *--p = '-';
-    hb_buf_put(b, p, (size_t)(num + sizeof(num) - p));
+    hb_json_raw(b, p, (size_t)(num + sizeof(num) - p));
 }
 
 /* jansson's jsonp_dtostr with precision 15 (the C locale's '.' assumed, as
@@ -105,11 +123,13 @@ static void hb_json_put_real(hb_buf_t *b, double d) {
             len -= (size_t)(end - start);
         }
     }
-    hb_buf_put(b, num, len);
+    hb_json_raw(b, num, len);
 }
 
-void hb_json_put_members(hb_buf_t *b, const json_t *obj, int (*keep)(const char *key, void *arg),
-                         void *arg, int *first) {
+static void hb_json_value(hb_buf_t *b, const json_t *v);
+
+static void hb_json_members(hb_buf_t *b, const json_t *obj, int (*keep)(const char *key, void *arg),
+                            void *arg, int *first) {
     const char *key;
     size_t key_len;
     json_t *val;
@@ -119,42 +139,54 @@ void hb_json_put_members(hb_buf_t *b, const json_t *obj, int (*keep)(const char 
         if (keep && !keep(key, arg))
             continue;
         if (!*first)
-            hb_buf_put(b, ",", 1);
+            hb_json_char(b, ',');
         *first = 0;
-        hb_json_put_str(b, key, key_len);
-        hb_buf_put(b, ":", 1);
-        hb_json_put(b, val);
+        hb_json_str(b, key, key_len);
+        hb_json_char(b, ':');
+        hb_json_value(b, val);
     }
 }
 
-void hb_json_put(hb_buf_t *b, const json_t *v) {
+void hb_json_put_members(hb_buf_t *b, const json_t *obj, int (*keep)(const char *key, void *arg),
+                         void *arg, int *first) {
+    hb_json_members(b, obj, keep, arg, first);
+    hb_buf_reserve(b, 0);
+    b->p[b->len] = '\0';
+}
+
+static void hb_json_value(hb_buf_t *b, const json_t *v) {
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         int first = 1;
-        hb_buf_put(b, "{", 1);
-        hb_json_put_members(b, v, NULL, NULL, &first);
-        hb_buf_put(b, "}", 1);
+        hb_json_char(b, '{');
+        hb_json_members(b, v, NULL, NULL, &first);
+        hb_json_char(b, '}');
         return;
     }
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
-        hb_buf_put(b, "[", 1);
+        hb_json_char(b, '[');
         for (size_t i = 0; i < n; i++) {
             if (i)
-                hb_buf_put(b, ",", 1);
-            hb_json_put(b, json_array_get(v, i));
+                hb_json_char(b, ',');
+            hb_json_value(b, json_array_get(v, i));
         }
-        hb_buf_put(b, "]", 1);
+        hb_json_char(b, ']');
         return;
     }
-    case JSON_STRING: hb_json_put_str(b, json_string_value(v), json_string_length(v)); return;
+    case JSON_STRING: hb_json_str(b, json_string_value(v), json_string_length(v)); return;
     case JSON_INTEGER: hb_json_put_int(b, json_integer_value(v)); return;
     case JSON_REAL: hb_json_put_real(b, json_real_value(v)); return;
-    case JSON_TRUE: hb_buf_put(b, "true", 4); return;
-    case JSON_FALSE: hb_buf_put(b, "false", 5); return;
+    case JSON_TRUE: hb_json_raw(b, "true", 4); return;
+    case JSON_FALSE: hb_json_raw(b, "false", 5); return;
     case JSON_NULL:
-    default: hb_buf_put(b, "null", 4); return;
+    default: hb_json_raw(b, "null", 4); return;
     }
+}
+
+void hb_json_put(hb_buf_t *b, const json_t *v) {
+    hb_json_value(b, v);
+    b->p[b->len] = '\0';
 }
 
 int hb_json_utf8_ok(const char *s, size_t n) {
