@@ -1222,16 +1222,14 @@ static int fast_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **o
             }
             if (fast_to_json(p->kids[0], c, depth + 1, &cj) < 0)
                 goto fail;
-            if (is_map) {
-                if (json_object_getn(j, key, klen) || json_object_setn_new(j, key, klen, cj) != 0)
-                    goto fail_child;
-            } else if (json_array_append_new(j, cj) != 0) {
+            if (is_map && json_object_getn(j, key, klen)) {
+                json_decref(cj); /* a key seen twice: the general way decides */
                 goto fail;
             }
-            continue;
-        fail_child:
-            json_decref(cj);
-            goto fail;
+            /* both take the reference, also when they fail */
+            if (is_map ? json_object_setn_new(j, key, klen, cj) != 0
+                       : json_array_append_new(j, cj) != 0)
+                goto fail;
         }
     }
     *out = j;
