@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "hb_buf.h"
+#include "hb_json.h"
 
 #define HB_SO_MAGIC0 0xC3
 #define HB_SO_MAGIC1 0x01
@@ -83,6 +84,10 @@ struct hb_codec_s {
     avro_reader_t rd;
     hb_writer_t *writers;
     size_t writers_cnt;
+    int generic_only;         /* hb_codec_set_generic_only: never the direct walk */
+    struct hb_plan_s *plan;   /* the reader schema for the direct walk; NULL: none */
+    struct hb_plan_s **plans; /* every node of it, to free */
+    size_t plans_cnt;
 };
 
 /* ------------------------------------------------------------ CRC-64-AVRO */
@@ -579,12 +584,33 @@ static int check_value(avro_schema_t s, hb_cursor_t *c, int depth) {
 
 /* ------------------------------------------------------ JSON -> Avro */
 
+/* The path is kept for error messages only, but pushed for every value
+ * decoded: plain copies, not snprintf (same result, truncated the same way). */
+static void path_put(char *path, size_t plen, const char *s, size_t n) {
+    if (plen >= HB_PATH_MAX - 1)
+        return;
+    if (n > HB_PATH_MAX - 1 - plen)
+        n = HB_PATH_MAX - 1 - plen;
+    memcpy(path + plen, s, n);
+    path[plen + n] = '\0';
+}
+
 static void path_push(char *path, size_t plen, const char *name) {
-    snprintf(path + plen, HB_PATH_MAX - plen, "%s%s", plen ? "." : "", name);
+    if (plen) {
+        path_put(path, plen, ".", 1);
+        plen += plen < HB_PATH_MAX - 1;
+    }
+    path_put(path, plen, name, strlen(name));
 }
 
 static void path_index(char *path, size_t plen, size_t i) {
-    snprintf(path + plen, HB_PATH_MAX - plen, "[%zu]", i);
+    char num[24], *p = num + sizeof(num);
+    *--p = ']';
+    do
+        *--p = (char)('0' + i % 10);
+    while ((i /= 10) != 0);
+    *--p = '[';
+    path_put(path, plen, p, (size_t)(num + sizeof(num) - p));
 }
 
 static const char *at(const char *path) {
@@ -834,14 +860,17 @@ static int record_to_json(const json_t *defaults, avro_value_t *v, avro_schema_t
         else
             (void)json_object_set_new(obj, name, cj);
     }
-    /* Defaults of reader fields this writer did not have. */
-    if (space && *space)
-        snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
-    else
-        snprintf(full, sizeof(full), "%s", avro_schema_name(s));
-    extra = json_object_get(defaults, full);
-    if (extra)
-        (void)json_object_update_missing(obj, extra);
+    /* Defaults of reader fields this writer did not have (only a writer
+     * older than the reader has any: skip the name for the others). */
+    if (defaults && json_object_size(defaults) > 0) {
+        if (space && *space)
+            snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
+        else
+            snprintf(full, sizeof(full), "%s", avro_schema_name(s));
+        extra = json_object_get(defaults, full);
+        if (extra)
+            (void)json_object_update_missing(obj, extra);
+    }
     *out = obj;
     return 0;
 fail_avro:
@@ -996,6 +1025,314 @@ static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, in
     return 0;
 }
 
+/* ------------------------------------------- Avro -> JSON, from the bytes */
+
+/* The common case, a message written with the reader schema itself, goes
+ * from the bytes to JSON in one walk, without avro-c's generic value in
+ * between (reading into it and walking it again was most of decode's cost).
+ * It runs after check_value, so every length, count, index and branch is
+ * known to fit; it makes exactly the JSON value_to_json would make of the
+ * value avro-c reads (records in field order with null members left out,
+ * unions as their branch, enums as symbols, map keys up to a NUL, as avro-c
+ * keeps them). Anything else it is not sure of (an error of any kind, a map
+ * key seen twice, which avro-c merges, too deep a value) answers -1, and the
+ * caller decodes the message the general way, which also words the error. */
+/* The reader schema as the direct walk reads it: what avro-c's schema
+ * accessors would answer (links followed, fields and branches by index,
+ * names, symbols), looked up once when the codec is made instead of in
+ * avro-c's tables for every value of every message. */
+typedef struct hb_plan_s {
+    avro_type_t type;
+    size_t n;                /* record fields, union branches, enum symbols */
+    struct hb_plan_s **kids; /* field or branch plans; kids[0]: array items, map values */
+    const char **names;      /* field names (the schema's own strings) */
+    const char **syms;       /* enum symbols */
+    int64_t fixed_size;
+    int64_t item_min;     /* arrays, maps: min_size of an item (check_blocks' bound) */
+    avro_schema_t schema; /* to find a plan again (recursive schemas) */
+} hb_plan_t;
+
+static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
+    s = deref(s);
+    if (!s || depth > HB_CODEC_MAX_DEPTH)
+        return NULL;
+    for (size_t i = 0; i < c->plans_cnt; i++)
+        if (c->plans[i]->schema == s)
+            return c->plans[i]; /* a named type met again */
+    hb_plan_t *p = hb_calloc(1, sizeof(*p));
+    c->plans = hb_realloc(c->plans, (c->plans_cnt + 1) * sizeof(*c->plans));
+    c->plans[c->plans_cnt++] = p; /* before the children: a recursive type finds itself */
+    p->schema = s;
+    p->type = avro_typeof(s);
+    switch (p->type) {
+    case AVRO_NULL:
+    case AVRO_BOOLEAN:
+    case AVRO_INT32:
+    case AVRO_INT64:
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE:
+    case AVRO_STRING:
+    case AVRO_BYTES: return p;
+    case AVRO_FIXED: p->fixed_size = avro_schema_fixed_size(s); return p;
+    case AVRO_ENUM:
+        p->n = (size_t)avro_schema_enum_number_of_symbols(s);
+        p->syms = hb_calloc(p->n ? p->n : 1, sizeof(*p->syms));
+        for (size_t i = 0; i < p->n; i++)
+            if (!(p->syms[i] = avro_schema_enum_get(s, (int)i)))
+                return NULL;
+        return p;
+    case AVRO_RECORD:
+    case AVRO_UNION:
+        p->n = p->type == AVRO_RECORD ? avro_schema_record_size(s) : avro_schema_union_size(s);
+        p->kids = hb_calloc(p->n ? p->n : 1, sizeof(*p->kids));
+        p->names = hb_calloc(p->n ? p->n : 1, sizeof(*p->names));
+        for (size_t i = 0; i < p->n; i++) {
+            avro_schema_t k = p->type == AVRO_RECORD
+                                  ? avro_schema_record_field_get_by_index(s, (int)i)
+                                  : avro_schema_union_branch(s, (int)i);
+            if (p->type == AVRO_RECORD) {
+                /* members are set unchecked: a name must be what jansson accepts */
+                p->names[i] = avro_schema_record_field_name(s, (int)i);
+                if (!p->names[i] || !hb_json_utf8_ok(p->names[i], strlen(p->names[i])))
+                    return NULL;
+            }
+            if (!(p->kids[i] = plan_build(c, k, depth + 1)))
+                return NULL;
+        }
+        return p;
+    case AVRO_ARRAY:
+    case AVRO_MAP: {
+        avro_schema_t items =
+            p->type == AVRO_MAP ? avro_schema_map_values(s) : avro_schema_array_items(s);
+        p->item_min = min_size(items, 0);
+        p->kids = hb_calloc(1, sizeof(*p->kids));
+        p->kids[0] = plan_build(c, items, depth + 1);
+        return p->kids[0] ? p : NULL;
+    }
+    default: return NULL;
+    }
+}
+
+static void plans_free(hb_codec_t *c) {
+    for (size_t i = 0; i < c->plans_cnt; i++) {
+        free(c->plans[i]->kids);
+        free(c->plans[i]->names);
+        free(c->plans[i]->syms);
+        free(c->plans[i]);
+    }
+    free(c->plans);
+    c->plans = NULL;
+    c->plans_cnt = 0;
+    c->plan = NULL;
+}
+
+/* check_value and check_blocks on the plan: the same checks, the same
+ * answers, without avro-c's accessors. */
+static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth);
+
+static int check_plan_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth) {
+    int is_map = p->type == AVRO_MAP;
+    int64_t per = p->item_min + (is_map ? 1 : 0), total = 0;
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            return -1;
+        if (count == 0)
+            return 0;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
+                return -1;
+            count = -count;
+        }
+        if (per > 0 ? count > (c->end - c->p) / per : (total += count) > HB_CODEC_MAX_EMPTY_ITEMS)
+            return -1;
+        for (int64_t i = 0; i < count; i++) {
+            int64_t klen;
+            if (is_map && (cur_long(c, &klen) < 0 || cur_skip(c, klen) < 0))
+                return -1;
+            if (check_plan(p->kids[0], c, depth + 1) < 0)
+                return -1;
+        }
+    }
+}
+
+static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth) {
+    int64_t n;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (p->type) {
+    case AVRO_NULL: return 0;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end || *c->p > 1)
+            return -1;
+        c->p++;
+        return 0;
+    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
+    case AVRO_INT64: return cur_long(c, &n);
+    case AVRO_FLOAT: return cur_skip(c, 4);
+    case AVRO_DOUBLE: return cur_skip(c, 8);
+    case AVRO_STRING:
+    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
+    case AVRO_FIXED: return cur_skip(c, p->fixed_size);
+    case AVRO_ENUM: return cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n ? -1 : 0;
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
+            return -1;
+        return check_plan(p->kids[n], c, depth + 1);
+    case AVRO_RECORD:
+        for (size_t i = 0; i < p->n; i++)
+            if (check_plan(p->kids[i], c, depth + 1) < 0)
+                return -1;
+        return 0;
+    case AVRO_ARRAY:
+    case AVRO_MAP: return check_plan_blocks(p, c, depth);
+    default: return -1;
+    }
+}
+
+static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out);
+
+static int fast_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out) {
+    int is_map = p->type == AVRO_MAP;
+    json_t *j = is_map ? json_object() : json_array();
+    if (!j)
+        return -1;
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            goto fail;
+        if (count == 0)
+            break;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0)
+                goto fail;
+            count = -count;
+        }
+        for (int64_t i = 0; i < count; i++) {
+            const char *key = NULL;
+            size_t klen = 0;
+            json_t *cj = NULL;
+            if (is_map) {
+                int64_t n;
+                if (cur_long(c, &n) < 0 || n < 0 || n > c->end - c->p)
+                    goto fail;
+                key = (const char *)c->p;
+                klen = strnlen(key, (size_t)n);
+                c->p += n;
+            }
+            if (fast_to_json(p->kids[0], c, depth + 1, &cj) < 0)
+                goto fail;
+            if (is_map && json_object_getn(j, key, klen)) {
+                json_decref(cj); /* a key seen twice: the general way decides */
+                goto fail;
+            }
+            /* both take the reference, also when they fail */
+            if (is_map ? json_object_setn_new(j, key, klen, cj) != 0
+                       : json_array_append_new(j, cj) != 0)
+                goto fail;
+        }
+    }
+    *out = j;
+    return 0;
+fail:
+    json_decref(j);
+    return -1;
+}
+
+static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **out) {
+    int64_t n;
+    json_t *j = NULL;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (p->type) {
+    case AVRO_NULL: j = json_null(); break;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end)
+            return -1;
+        j = json_boolean(*c->p++);
+        break;
+    case AVRO_INT32:
+    case AVRO_INT64:
+        if (cur_long(c, &n) < 0)
+            return -1;
+        j = json_integer((json_int_t)(p->type == AVRO_INT32 ? (int32_t)n : n));
+        break;
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: {
+        double d;
+        if (p->type == AVRO_FLOAT) {
+            float f;
+            uint32_t u = 0;
+            if (c->end - c->p < 4)
+                return -1;
+            for (int i = 0; i < 4; i++)
+                u |= (uint32_t)c->p[i] << (8 * i);
+            memcpy(&f, &u, sizeof(f));
+            d = f;
+            c->p += 4;
+        } else {
+            uint64_t u = 0;
+            if (c->end - c->p < 8)
+                return -1;
+            for (int i = 0; i < 8; i++)
+                u |= (uint64_t)c->p[i] << (8 * i);
+            memcpy(&d, &u, sizeof(d));
+            c->p += 8;
+        }
+        if (!isfinite(d))
+            return -1;
+        j = json_real(d);
+        break;
+    }
+    case AVRO_STRING:
+    case AVRO_BYTES:
+    case AVRO_FIXED:
+        if (p->type == AVRO_FIXED)
+            n = p->fixed_size;
+        else if (cur_long(c, &n) < 0)
+            return -1;
+        if (n < 0 || n > c->end - c->p)
+            return -1;
+        j = json_stringn((const char *)c->p, (size_t)n); /* NULL when not UTF-8 */
+        c->p += n;
+        break;
+    case AVRO_ENUM:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
+            return -1;
+        j = json_string(p->syms[n]);
+        break;
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
+            return -1;
+        return fast_to_json(p->kids[n], c, depth + 1, out);
+    case AVRO_RECORD:
+        j = json_object();
+        if (!j)
+            return -1;
+        for (size_t i = 0; i < p->n; i++) {
+            json_t *cj = NULL;
+            if (fast_to_json(p->kids[i], c, depth + 1, &cj) < 0) {
+                json_decref(j);
+                return -1;
+            }
+            if (json_is_null(cj))
+                continue; /* null is absent in the natural mapping */
+            if (json_object_set_new_nocheck(j, p->names[i], cj) != 0) {
+                json_decref(j);
+                return -1;
+            }
+        }
+        break;
+    case AVRO_MAP:
+    case AVRO_ARRAY: return fast_blocks(p, c, depth, out);
+    default: return -1;
+    }
+    if (!j)
+        return -1;
+    *out = j;
+    return 0;
+}
+
 /* ------------------------------------------------------------- the codec */
 
 static int parse_schema(const char *text, const char *what, json_t **json, avro_schema_t *schema,
@@ -1048,6 +1385,9 @@ hb_codec_t *hb_codec_new(const char *reader_schema_json, char *errstr, size_t er
         hb_seterr(errstr, errstr_size, "avro reader: %s", avro_strerror());
         goto fail;
     }
+    c->plan = plan_build(c, c->reader, 0);
+    if (!c->plan)
+        plans_free(c); /* a schema the direct walk does not cover: always the general way */
     return c;
 fail:
     hb_codec_free(c);
@@ -1087,6 +1427,7 @@ void hb_codec_free(hb_codec_t *c) {
         avro_schema_decref(c->reader);
     json_decref(c->reader_json);
     json_decref(c->field_defaults);
+    plans_free(c);
     free(c);
 }
 
@@ -1180,6 +1521,10 @@ int hb_codec_registry_id(const void *buf, size_t len, uint32_t *id) {
         return 0;
     *id = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | (uint32_t)p[4];
     return 1;
+}
+
+void hb_codec_set_generic_only(hb_codec_t *c, int on) {
+    c->generic_only = on;
 }
 
 uint64_t hb_codec_fingerprint(const hb_codec_t *c) {
@@ -1299,13 +1644,21 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
     }
     cur.p = p + hdr;
     cur.end = p + len;
-    if (check_value(wschema, &cur, 0) < 0) {
+    int direct = !w && !c->generic_only && c->plan;
+    if ((direct ? check_plan(c->plan, &cur, 0) : check_value(wschema, &cur, 0)) < 0) {
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data");
         return -1;
     }
     if (cur.p != cur.end) {
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
+    }
+    if (direct) {
+        cur.p = p + hdr;
+        if (fast_to_json(c->plan, &cur, 0, out) == 0 && cur.p == cur.end)
+            return 0;
+        json_decref(*out); /* not sure: the general way decides, and words any error */
+        *out = NULL;
     }
     avro_reader_memory_set_source(c->rd, (const char *)p + hdr, (int64_t)(len - hdr));
     avro_value_reset(top);

@@ -16,10 +16,12 @@
 #include "hb_deliver.h"
 
 #include <openssl/crypto.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_json.h"
 #include "hb_sign.h"
 
 #define HB_CT_JSON "application/json"
@@ -115,89 +117,103 @@ static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const 
     return ce;
 }
 
-static json_t *hb_deliver_okta(json_t *const *events, size_t n, const char *delivery_id,
-                               const char *source, int64_t now_ms) {
-    char now[40];
-    hb_format_time(now_ms, now, sizeof(now));
-    json_t *list = json_array();
-    for (size_t i = 0; i < n; i++)
-        if (json_array_append(list, events[i])) {
-            json_decref(list);
-            return NULL;
-        }
-    json_t *data = json_object();
-    int rc = json_object_set_new(data, "events", list);
-    json_t *env = json_object();
-    rc |= json_object_set_new(env, "eventType", json_string("com.okta.event_hook"));
-    rc |= json_object_set_new(env, "eventTypeVersion", json_string("1.0"));
-    rc |= json_object_set_new(env, "cloudEventsVersion", json_string("0.1"));
-    rc |= json_object_set_new(env, "source", json_string(source));
-    rc |= json_object_set_new(env, "eventId", json_string(delivery_id));
-    rc |= json_object_set_new(env, "eventTime", json_string(now));
-    rc |= json_object_set_new(env, "contentType", json_string(HB_CT_JSON));
-    rc |= json_object_set_new(env, "data", data);
-    if (rc) {
-        json_decref(env);
-        return NULL;
-    }
-    return env;
+/* The field selection as hb_json_put_members wants it. */
+static int hb_deliver_keep(const char *key, void *arg) {
+    return hb_deliver_field_wanted(arg, key);
 }
 
-/* The document of the subscription's format for n already-selected events;
- * sets *content_type. NULL (errstr set) on failure. */
-static json_t *hb_deliver_doc(const hb_sub_t *sub, json_t *const *events, size_t n,
-                              const char *delivery_id, const char *source, int64_t now_ms,
-                              const char **content_type, char *errstr, size_t errstr_size) {
-    json_t *doc = NULL;
-    *content_type = HB_CT_JSON;
-    switch (sub->format) {
-    case HB_FORMAT_CLOUDEVENTS:
-        if (n == 1) {
-            *content_type = HB_CT_CE;
-            return hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
-        }
-        *content_type = HB_CT_CE_BATCH;
-        doc = json_array();
-        for (size_t i = 0; i < n; i++) {
-            char fallback[HB_UUID_LEN + 24];
-            hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
-            json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
-            if (!ce || json_array_append_new(doc, ce)) {
-                json_decref(doc);
-                return NULL;
-            }
-        }
-        return doc;
-    case HB_FORMAT_EVENT:
-        if (n == 1)
-            return json_incref(events[0]);
-        /* A batch of bare events is a JSON array of them. */
-        doc = json_array();
-        for (size_t i = 0; i < n; i++)
-            if (json_array_append(doc, events[i])) {
-                json_decref(doc);
-                doc = NULL;
-                break;
-            }
-        break;
-    case HB_FORMAT_OKTA:
-    default:
-        doc = hb_deliver_okta(events, n, delivery_id, source, now_ms);
-        if (!doc)
-            hb_seterr(errstr, errstr_size, "cannot build the event-hook envelope");
-        return doc;
+/* One event as this subscription receives it (see hb_deliver_select),
+ * written straight out. */
+static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const json_t *ev) {
+    int first = 1;
+    hb_buf_put(b, "{", 1);
+    hb_json_put_members(b, ev, sub->fields ? hb_deliver_keep : NULL, (void *)(uintptr_t)sub,
+                        &first);
+    hb_buf_put(b, "}", 1);
+}
+
+static void hb_deliver_put_member(hb_buf_t *b, const char *name, const char *value) {
+    hb_buf_puts(b, name);
+    hb_json_put_str(b, value, strlen(value));
+}
+
+/* The okta event-hook envelope, written member by member in contract order
+ * (what json_dumps made of the document this used to build). */
+static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
+                           const char *delivery_id, const char *source, int64_t now_ms) {
+    char now[40];
+    if (!hb_json_utf8_ok(source, strlen(source)) ||
+        !hb_json_utf8_ok(delivery_id, strlen(delivery_id)))
+        return -1;
+    hb_format_time(now_ms, now, sizeof(now));
+    hb_buf_puts(b, "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","
+                   "\"cloudEventsVersion\":\"0.1\"");
+    hb_deliver_put_member(b, ",\"source\":", source);
+    hb_deliver_put_member(b, ",\"eventId\":", delivery_id);
+    hb_deliver_put_member(b, ",\"eventTime\":", now);
+    hb_buf_puts(b, ",\"contentType\":\"" HB_CT_JSON "\",\"data\":{\"events\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            hb_buf_put(b, ",", 1);
+        hb_deliver_put_event(b, sub, events[i]);
     }
-    if (!doc)
-        hb_seterr(errstr, errstr_size, "cannot build the event array");
+    hb_buf_puts(b, "]}}");
+    return 0;
+}
+
+/* The CloudEvents document for n already-selected events; sets
+ * *content_type. NULL (errstr set) on failure. */
+static json_t *hb_deliver_ce_doc(json_t *const *events, size_t n, const char *delivery_id,
+                                 const char *source, const char **content_type, char *errstr,
+                                 size_t errstr_size) {
+    if (n == 1) {
+        *content_type = HB_CT_CE;
+        return hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
+    }
+    *content_type = HB_CT_CE_BATCH;
+    json_t *doc = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char fallback[HB_UUID_LEN + 24];
+        hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
+        json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
+        if (!ce || json_array_append_new(doc, ce)) {
+            json_decref(doc);
+            return NULL;
+        }
+    }
     return doc;
+}
+
+/* The CloudEvents formats, built as a document from the selected events. */
+static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
+                         const char *delivery_id, const char *source, const char **content_type,
+                         char *errstr, size_t errstr_size) {
+    json_t *doc = NULL;
+    json_t **sel = hb_calloc(n, sizeof(*sel));
+    for (size_t i = 0; i < n; i++) {
+        sel[i] = hb_deliver_select(sub, events[i]);
+        if (!sel[i]) {
+            hb_seterr(errstr, errstr_size, "cannot select the fields of event %zu", i);
+            goto done;
+        }
+    }
+    doc = hb_deliver_ce_doc(sel, n, delivery_id, source, content_type, errstr, errstr_size);
+done:
+    for (size_t i = 0; i < n; i++)
+        json_decref(sel[i]);
+    free(sel);
+    if (!doc)
+        return -1;
+    hb_json_put(b, doc);
+    json_decref(doc);
+    return 0;
 }
 
 int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
                       const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
                       size_t errstr_size) {
-    json_t **sel;
-    json_t *doc = NULL;
     const char *content_type = HB_CT_JSON;
+    hb_buf_t b = {0};
     memset(out, 0, sizeof(*out));
     if (n == 0 || !events || !delivery_id) {
         hb_seterr(errstr, errstr_size, "nothing to render");
@@ -212,40 +228,46 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
     if (!source || !*source)
         source = "hookbridge";
 
-    /* The field selection applies to every event, in every format (for
+    /* The body is written straight into one buffer (hb_json: the bytes
+     * json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(15)) would make; 15
+     * significant digits, so a coordinate sent as 52.517 comes out as 52.517,
+     * not as the 17-digit 52.517000000000003 of the nearest double). The
+     * field selection applies to every event, in every format (for
      * CloudEvents to `data`), before anything else looks at the event. */
-    sel = hb_calloc(n, sizeof(*sel));
-    for (size_t i = 0; i < n; i++) {
-        sel[i] = hb_deliver_select(sub, events[i]);
-        if (!sel[i]) {
-            hb_seterr(errstr, errstr_size, "cannot select the fields of event %zu", i);
-            goto done;
+    hb_buf_reserve(&b, 1024 * n);
+    switch (sub->format) {
+    case HB_FORMAT_CLOUDEVENTS:
+        if (hb_deliver_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr,
+                          errstr_size) < 0)
+            goto fail;
+        break;
+    case HB_FORMAT_EVENT:
+        /* The event itself; a batch of bare events is a JSON array of them. */
+        if (n > 1)
+            hb_buf_put(&b, "[", 1);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                hb_buf_put(&b, ",", 1);
+            hb_deliver_put_event(&b, sub, events[i]);
         }
+        if (n > 1)
+            hb_buf_put(&b, "]", 1);
+        break;
+    case HB_FORMAT_OKTA:
+    default:
+        if (hb_deliver_okta(&b, sub, events, n, delivery_id, source, now_ms) < 0) {
+            hb_seterr(errstr, errstr_size, "cannot build the event-hook envelope");
+            goto fail;
+        }
+        break;
     }
-    doc = hb_deliver_doc(sub, sel, n, delivery_id, source, now_ms, &content_type, errstr,
-                         errstr_size);
-done:
-    for (size_t i = 0; i < n; i++)
-        json_decref(sel[i]);
-    free(sel);
-    if (!doc)
-        return -1;
-
-    /* 15 significant digits: a coordinate sent as 52.517 comes out as 52.517,
-     * not as the 17-digit 52.517000000000003 of the nearest double. */
-    char *body = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
-    json_decref(doc);
-    if (!body) {
-        hb_seterr(errstr, errstr_size, "cannot serialize payload");
-        return -1;
-    }
-    /* jansson allocates with malloc by default; hand out our own copy anyway
-     * so the caller frees with free() whatever allocator jansson was given. */
-    out->len = strlen(body);
-    out->body = hb_strndup(body, out->len);
-    free(body);
+    out->body = b.p; /* malloc'd by hb_buf: the caller frees it with free() */
+    out->len = b.len;
     out->content_type = content_type;
     return 0;
+fail:
+    hb_buf_free(&b);
+    return -1;
 }
 
 /* ------------------------------------------------------------------ */

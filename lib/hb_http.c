@@ -98,8 +98,9 @@ struct hb_http_xfer_s {
     CURL *easy;           /* set while running */
     hb_http_method_t method;
     char *url;
-    char *host_name; /* for error texts */
-    struct curl_slist *headers;
+    char *host_name;            /* for error texts */
+    struct curl_slist *headers; /* one allocation: the nodes, then the lines */
+    size_t headers_size;
     char *body;
     size_t body_len;
     long long timeout_ms;
@@ -600,9 +601,9 @@ static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
 /* Transfers                                                           */
 
 static void hb_http_xfer_free(hb_http_xfer_t *x) {
-    for (struct curl_slist *l = x->headers; l; l = l->next)
-        memset(l->data, 0, strlen(l->data)); /* auth values are secrets */
-    curl_slist_free_all(x->headers);
+    if (x->headers)
+        explicit_bzero(x->headers, x->headers_size); /* auth values are secrets */
+    free(x->headers);
     free(x->url);
     free(x->host_name);
     free(x->body);
@@ -1276,7 +1277,79 @@ size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
     return n;
 }
 
+/* A URL as curl's URL API splits it: uc is the first failure (setting the
+ * URL, then getting the scheme, then the host), port_ok whether a port came
+ * out (the scheme's default when none is written). */
+typedef struct hb_http_url_s {
+    char url[512];
+    CURLUcode uc;
+    int port_ok;
+    char scheme[32], host[256], port[8];
+} hb_http_url_t;
+
+/* curl's URL parser costs a few microseconds (an allocation per part), and
+ * every delivery asks it twice (its endpoint key, then submit) for one of
+ * few URLs: the last answers are kept per thread, by a hash of the URL, in a
+ * small direct-mapped table. A URL or part too long for an entry is parsed
+ * every time. */
+#define HB_HTTP_URL_CACHE 16
+static _Thread_local hb_http_url_t hb_http_url_cache[HB_HTTP_URL_CACHE];
+
+static int hb_http_url_copy(char *dst, size_t size, const char *src) {
+    size_t n = src ? strlen(src) : 0;
+    if (n >= size)
+        return -1;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* Splits url; 0 with *out filled, -1 when the answer does not fit an entry
+ * (the caller then asks curl itself). */
+static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
+    size_t len = strlen(url);
+    if (len >= sizeof(hb_http_url_cache[0].url))
+        return -1;
+    hb_http_url_t *e = &hb_http_url_cache[hb_hash_str(url) % HB_HTTP_URL_CACHE];
+    if (!strcmp(e->url, url) && e->url[0]) {
+        *out = e;
+        return 0;
+    }
+    hb_http_url_t n;
+    memset(&n, 0, sizeof(n));
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    n.uc = u ? curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) : CURLUE_OUT_OF_MEMORY;
+    if (n.uc == CURLUE_OK)
+        n.uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (n.uc == CURLUE_OK)
+        n.uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+    if (n.uc == CURLUE_OK)
+        n.port_ok = curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK;
+    int fits = n.uc != CURLUE_OUT_OF_MEMORY &&
+               hb_http_url_copy(n.scheme, sizeof(n.scheme), scheme) == 0 &&
+               hb_http_url_copy(n.host, sizeof(n.host), host) == 0 &&
+               hb_http_url_copy(n.port, sizeof(n.port), port) == 0;
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    if (!fits)
+        return -1;
+    memcpy(n.url, url, len + 1);
+    *e = n;
+    *out = e;
+    return 0;
+}
+
 int hb_http_host_key(const char *url, char *buf, size_t size) {
+    const hb_http_url_t *p;
+    if (hb_http_url_split(url, &p) == 0) {
+        if (p->uc != CURLUE_OK || !p->port_ok)
+            return -1;
+        hb_seterr(buf, size, "%s://%s:%s", p->scheme, p->host, p->port);
+        return 0;
+    }
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
     int rc = -1;
@@ -1294,6 +1367,28 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
     return rc;
 }
 
+/* Routes x by its URL's parts: refused (bad URL, scheme not allowed) or
+ * queued for its host. */
+static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const char *scheme,
+                          const char *host, const char *port) {
+    if (uc != CURLUE_OK) {
+        hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
+    } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
+        hb_http_refuse(h, x, "URL scheme %.32s is not allowed (https only)", scheme);
+    } else if (!strcasecmp(scheme, "http") && !h->conf.allow_http) {
+        hb_http_refuse(h, x,
+                       "http:// URLs are refused (https only; set HOOKBRIDGE_ALLOW_HTTP=1 "
+                       "to allow)");
+    } else if (!port) {
+        hb_http_refuse(h, x, "invalid URL: no port");
+    } else {
+        char key[512];
+        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
+        x->host_name = hb_strdup(host);
+        hb_http_enqueue(h, x, key);
+    }
+}
+
 void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
     hb_http_xfer_t *x = hb_http_xfer_new(h, req);
     if (h->closing) {
@@ -1306,19 +1401,36 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         return;
     }
     x->url = hb_strdup(req->url);
+    /* The header list curl reads, built in one allocation (nodes, then the
+     * lines) rather than two per line with curl_slist_append. */
+    size_t nh = 0, total = 0;
     for (const char *const *hp = req->headers; hp && *hp; hp++) {
         if (!hb_http_header_ok(*hp)) {
             hb_http_refuse(h, x, "header line contains a line break");
             return;
         }
-        struct curl_slist *l = curl_slist_append(x->headers, *hp);
-        if (!l) {
-            hb_http_refuse(h, x, "out of memory building headers");
-            return;
+        nh++;
+        total += strlen(*hp) + 1;
+    }
+    if (nh > 0) {
+        struct curl_slist *nodes = hb_malloc(nh * sizeof(*nodes) + total);
+        char *line = (char *)(nodes + nh);
+        for (size_t i = 0; i < nh; i++) {
+            size_t len = strlen(req->headers[i]);
+            memcpy(line, req->headers[i], len + 1);
+            nodes[i].data = line;
+            nodes[i].next = i + 1 < nh ? &nodes[i + 1] : NULL;
+            line += len + 1;
         }
-        x->headers = l;
+        x->headers = nodes;
+        x->headers_size = nh * sizeof(*nodes) + total;
     }
 
+    const hb_http_url_t *p;
+    if (hb_http_url_split(x->url, &p) == 0) {
+        hb_http_route(h, x, p->uc, p->scheme, p->host, p->port_ok ? p->port : NULL);
+        return;
+    }
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
     CURLUcode uc =
@@ -1327,22 +1439,12 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         uc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
     if (uc == CURLUE_OK)
         uc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-    if (uc != CURLUE_OK) {
-        hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
-    } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
-        hb_http_refuse(h, x, "URL scheme %.32s is not allowed (https only)", scheme);
-    } else if (!strcasecmp(scheme, "http") && !h->conf.allow_http) {
-        hb_http_refuse(h, x,
-                       "http:// URLs are refused (https only; set HOOKBRIDGE_ALLOW_HTTP=1 "
-                       "to allow)");
-    } else if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
-        hb_http_refuse(h, x, "invalid URL: no port");
-    } else {
-        char key[512];
-        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
-        x->host_name = hb_strdup(host);
-        hb_http_enqueue(h, x, key);
+    if (uc == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK) {
+        curl_free(port);
+        port = NULL;
     }
+    hb_http_route(h, x, uc, scheme, host, port);
     curl_free(scheme);
     curl_free(host);
     curl_free(port);

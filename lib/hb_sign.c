@@ -150,31 +150,43 @@ int hb_secret_parse(const char *text, hb_secret_t *out, char *errstr, size_t err
 
 /* ---- HMAC ---------------------------------------------------------------- */
 
-static EVP_MAC *hb_hmac_alg;
+/* A context with the digest set, made once: each MAC starts from a copy of
+ * it (EVP_MAC_CTX_dup) and only sets its key, since setting the digest by
+ * name looks it up in the provider every time (a third of a signature's
+ * cost). The template itself is never used, so threads may share it. */
+static EVP_MAC_CTX *hb_hmac_template;
 static pthread_once_t hb_hmac_once = PTHREAD_ONCE_INIT;
 
 static void hb_hmac_fetch(void) {
-    hb_hmac_alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC *alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    char digest[] = "SHA256";
+    OSSL_PARAM params[2];
+    if (!alg)
+        return;
+    hb_hmac_template = EVP_MAC_CTX_new(alg);
+    EVP_MAC_free(alg); /* the context holds its own reference */
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
+    params[1] = OSSL_PARAM_construct_end();
+    if (hb_hmac_template && EVP_MAC_CTX_set_params(hb_hmac_template, params) != 1) {
+        EVP_MAC_CTX_free(hb_hmac_template);
+        hb_hmac_template = NULL;
+    }
 }
 
 /* mac = HMAC-SHA256(key, "<id>.<timestamp>.<body>"). */
 static int hb_hmac_compute(const hb_secret_t *secret, const char *msg_id, const char *ts,
                            const void *body, size_t body_len, uint8_t mac[HB_MAC_LEN]) {
     EVP_MAC_CTX *ctx = NULL;
-    OSSL_PARAM params[2];
     size_t maclen = 0;
     int rc = -1;
-    char digest[] = "SHA256";
 
     pthread_once(&hb_hmac_once, hb_hmac_fetch);
-    if (!hb_hmac_alg || secret->key_len == 0)
+    if (!hb_hmac_template || secret->key_len == 0)
         return -1;
-    ctx = EVP_MAC_CTX_new(hb_hmac_alg);
+    ctx = EVP_MAC_CTX_dup(hb_hmac_template);
     if (!ctx)
         return -1;
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
-    params[1] = OSSL_PARAM_construct_end();
-    if (EVP_MAC_init(ctx, secret->key, secret->key_len, params) != 1 ||
+    if (EVP_MAC_init(ctx, secret->key, secret->key_len, NULL) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)msg_id, strlen(msg_id)) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)".", 1) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) != 1 ||
@@ -318,11 +330,22 @@ int hb_uuid_random(char out[HB_UUID_LEN + 1]) {
     return 0;
 }
 
+/* SHA-256 fetched once: EVP_sha256() makes every EVP_DigestInit_ex look the
+ * implementation up in the provider again (a delivery id is derived for
+ * every delivery). */
+static EVP_MD *hb_sha256;
+static pthread_once_t hb_sha256_once = PTHREAD_ONCE_INIT;
+
+static void hb_sha256_fetch(void) {
+    hb_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LEN + 1]) {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
+    pthread_once(&hb_sha256_once, hb_sha256_fetch);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    int ok = ctx && EVP_DigestInit_ex(ctx, hb_sha256 ? hb_sha256 : EVP_sha256(), NULL) == 1;
     for (size_t i = 0; ok && i < nparts; i++) {
         const char *p = parts[i] ? parts[i] : "";
         if (i > 0)

@@ -7,6 +7,9 @@
  * sends it: the accessors (type, uuid, key) and hb_deliver_render in every
  * payload format, alone and in a batch. And it must survive a round trip:
  * the JSON a decode yields encodes again, and decodes to the same JSON.
+ * Every input is also decoded the general way (hb_codec_set_generic_only),
+ * which must give the same answer as decode's direct walk: the same error,
+ * or the same JSON, members in the same order.
  */
 #include <string.h>
 
@@ -18,12 +21,15 @@
 #include "hb_sub.h"
 
 static hb_codec_t *codec;
+static hb_codec_t *generic; /* the same codec, never the direct walk */
 static hb_sub_t *sub;
 
 /* At exit, so LeakSanitizer sees only what an input leaked. */
 static void cleanup(void) {
     hb_codec_free(codec);
     codec = NULL;
+    hb_codec_free(generic);
+    generic = NULL;
     hb_sub_unref(sub);
     sub = NULL;
 }
@@ -37,6 +43,10 @@ static void init(void) {
         hb_fuzz_fail("IdentityEvent codec", err);
     if (hb_codec_add_writer(codec, v0, err, sizeof(err)) < 0)
         hb_fuzz_fail("older IdentityEvent writer", err);
+    generic = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+    if (!generic || hb_codec_add_writer(generic, v0, err, sizeof(err)) < 0)
+        hb_fuzz_fail("IdentityEvent codec (generic)", err);
+    hb_codec_set_generic_only(generic, 1);
     free(v0);
     sub = hb_sub_new();
     snprintf(sub->id, sizeof(sub->id), "%s", "0f9d3c1e-1111-4222-8333-944455556666");
@@ -64,6 +74,25 @@ static void render_all(json_t *ev) {
     }
 }
 
+/* The direct walk and the general way agree on data. */
+static void same_as_generic(const uint8_t *data, size_t size) {
+    char err[256] = "", gerr[256] = "";
+    json_t *ev = NULL, *gev = NULL;
+    int rc = hb_codec_decode(codec, size ? data : NULL, size, &ev, err, sizeof(err));
+    int grc = hb_codec_decode(generic, size ? data : NULL, size, &gev, gerr, sizeof(gerr));
+    if (rc != grc || (rc < 0 && strcmp(err, gerr)))
+        hb_fuzz_fail("the direct and the general decode agree on errors", gerr);
+    if (rc == 0) {
+        char *a = json_dumps(ev, JSON_COMPACT), *b = json_dumps(gev, JSON_COMPACT);
+        if (!a || !b || strcmp(a, b))
+            hb_fuzz_fail("the direct and the general decode make the same JSON", b);
+        free(a);
+        free(b);
+    }
+    json_decref(ev);
+    json_decref(gev);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[256] = "";
     json_t *ev = NULL, *again = NULL;
@@ -71,6 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t len = 0;
     if (!codec)
         init();
+    same_as_generic(data, size);
     /* librdkafka hands over NULL for an empty payload (a tombstone) */
     if (hb_codec_decode(codec, size ? data : NULL, size, &ev, err, sizeof(err)) < 0) {
         if (!*err || ev)

@@ -302,6 +302,72 @@ static void set_fields(hb_sub_t *sub, const char *json) {
     json_decref(f);
 }
 
+/* The body's exact bytes: what json_dumps(JSON_COMPACT |
+ * JSON_REAL_PRECISION(15)) makes of the format's document (render writes
+ * it directly, hb_json), for the okta and event formats, one event and a
+ * batch, with and without a field selection, with text that needs escapes. */
+static void test_render_bytes(void **state) {
+    (void)state;
+    static const hb_format_t formats[] = {HB_FORMAT_OKTA, HB_FORMAT_EVENT};
+    hb_sub_t *sub = hb_sub_new();
+    json_t *ev[2] = {event_full("11111111-1111-4111-8111-111111111111", "user.session.start"),
+                     event_full("22222222-2222-4222-8222-222222222222", "user.session.end")};
+    json_object_set_new(ev[0], "displayMessage", json_string("caf\xc3\xa9 \"q\" \\ /\n\t\x01"));
+    json_object_set_new(
+        ev[1], "outcome",
+        json_pack("{s:f, s:i, s:b, s:n}", "score", 52.517, "count", -7, "ok", 1, "none"));
+    for (int sel = 0; sel < 2; sel++) {
+        if (sel)
+            set_fields(sub, "[\"outcome\", \"displayMessage\"]");
+        for (size_t f = 0; f < HB_ARRAY_SIZE(formats); f++) {
+            sub->format = formats[f];
+            for (size_t n = 1; n <= 2; n++) {
+                hb_payload_t p;
+                char err[256], now[40];
+                assert_int_equal(
+                    hb_deliver_render(sub, ev, n, DID, "urn:x \"y\"", NOW_MS, &p, err, sizeof(err)),
+                    0);
+                json_t *list = json_array();
+                for (size_t i = 0; i < n; i++) {
+                    json_t *e = json_object();
+                    const char *key;
+                    json_t *val;
+                    json_object_foreach(ev[i], key, val) {
+                        if (!sel || !strcmp(key, "outcome") || !strcmp(key, "displayMessage") ||
+                            !strcmp(key, "uuid") || !strcmp(key, "published") ||
+                            !strcmp(key, "eventType"))
+                            json_object_set(e, key, val);
+                    }
+                    json_array_append_new(list, e);
+                }
+                json_t *doc;
+                hb_format_time(NOW_MS, now, sizeof(now));
+                if (formats[f] == HB_FORMAT_OKTA)
+                    doc = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:{s:o}}", "eventType",
+                                    "com.okta.event_hook", "eventTypeVersion", "1.0",
+                                    "cloudEventsVersion", "0.1", "source", "urn:x \"y\"", "eventId",
+                                    DID, "eventTime", now, "contentType", "application/json",
+                                    "data", "events", list);
+                else if (n == 1) {
+                    doc = json_incref(json_array_get(list, 0));
+                    json_decref(list);
+                } else
+                    doc = list;
+                char *want = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
+                assert_non_null(want);
+                assert_int_equal(p.len, strlen(want));
+                assert_string_equal(p.body, want);
+                free(want);
+                json_decref(doc);
+                free(p.body);
+            }
+        }
+    }
+    json_decref(ev[0]);
+    json_decref(ev[1]);
+    hb_sub_unref(sub);
+}
+
 /* A subscriber that must not receive IP addresses drops client, debugContext,
  * request and securityContext: in every format, for every event of a batch,
  * only the chosen fields and uuid/published/eventType arrive. */
@@ -997,6 +1063,7 @@ int main(void) {
         cmocka_unit_test(test_render_event),
         cmocka_unit_test(test_render_real_precision),
         cmocka_unit_test(test_render_fields),
+        cmocka_unit_test(test_render_bytes),
         cmocka_unit_test(test_render_cloudevents_subject),
         cmocka_unit_test(test_sub_set_fields_refuses),
         cmocka_unit_test(test_sub_add_header),

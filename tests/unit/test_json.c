@@ -1,0 +1,235 @@
+/*
+ * Tests of hb_json, the compact JSON writer of the delivery hot path: its
+ * output must be json_dumps(JSON_COMPACT | JSON_REAL_PRECISION(15))'s byte
+ * for byte (signatures are over the exact body), checked on hand-picked
+ * values (every control byte, escapes, UTF-8, integer and real edge cases,
+ * empty and nested containers) and on many random documents; and
+ * hb_json_utf8_ok must accept exactly what jansson accepts as a string.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hb_json.h"
+
+#define FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+static void check_same(json_t *v) {
+    hb_buf_t b = {0};
+    char *want = json_dumps(v, FLAGS | JSON_ENCODE_ANY);
+    assert_non_null(want);
+    hb_json_put(&b, v);
+    if (strlen(want) != b.len || memcmp(want, b.p, b.len) != 0)
+        fail_msg("jansson: %s\nhb_json: %s", want, b.p);
+    free(want);
+    hb_buf_free(&b);
+}
+
+static void test_scalars(void **state) {
+    (void)state;
+    static const double reals[] = {0.0,
+                                   -0.0,
+                                   1.0,
+                                   -1.5,
+                                   52.517,
+                                   0.1,
+                                   1e15,
+                                   1e16,
+                                   1e17,
+                                   123456789012345678.0,
+                                   1e300,
+                                   1e-300,
+                                   -2.5e-7,
+                                   3.14159265358979,
+                                   1e21,
+                                   5e-324,
+                                   1.7976931348623157e308,
+                                   100.0,
+                                   1e-5,
+                                   123.456e10};
+    static const json_int_t ints[] = {0, 1, -1, 9, 10, -10, 1234567890123LL, INT64_MAX, INT64_MIN};
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++) {
+        json_t *r = json_real(reals[i]);
+        check_same(r);
+        json_decref(r);
+    }
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        json_t *n = json_integer(ints[i]);
+        check_same(n);
+        json_decref(n);
+    }
+    check_same(json_true());
+    check_same(json_false());
+    check_same(json_null());
+}
+
+static void test_strings(void **state) {
+    (void)state;
+    char all[256];
+    for (int i = 0; i < 128; i++)
+        all[i] = (char)i; /* every ASCII byte, NUL and controls included */
+    json_t *s = json_stringn(all, 128);
+    check_same(s);
+    json_decref(s);
+    static const char *const texts[] = {
+        "",
+        "plain",
+        "quote \" backslash \\ slash / done",
+        "tab\tnl\ncr\rbs\bff\f",
+        "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xef\xbf\xbf",
+        "\x7f del",
+        "\x1f\x01\x0b",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, texts[i], json_string(texts[i])); /* keys are escaped too */
+        check_same(o);
+        json_decref(o);
+    }
+    json_t *o = json_object();
+    json_object_setn_new(o, "a\0b", 3, json_stringn("x\0y", 3)); /* NUL inside a key */
+    check_same(o);
+    json_decref(o);
+}
+
+static void test_containers(void **state) {
+    (void)state;
+    json_t *doc = json_pack("{s:{}, s:[], s:[{}, [], [[]], {s:[i, f, s, n, b]}], s:o}", "empty",
+                            "list", "nested", "k", 1, 2.5, "v", 1, "last", json_string("z"));
+    assert_non_null(doc);
+    check_same(doc);
+    json_object_set_new(doc, "added", json_integer(7)); /* insertion order, not sorted */
+    json_object_set_new(doc, "aaa", json_integer(8));
+    json_object_del(doc, "empty");
+    json_object_set_new(doc, "empty", json_object());
+    check_same(doc);
+    json_decref(doc);
+}
+
+/* Random documents: random shapes, strings from a byte alphabet rich in
+ * escapes, integers and reals of every magnitude. */
+static json_t *random_value(unsigned *seed, int depth) {
+    int kind = rand_r(seed) % (depth > 4 ? 5 : 7);
+    switch (kind) {
+    case 0: return json_null();
+    case 1: return json_boolean(rand_r(seed) & 1);
+    case 2: return json_integer((json_int_t)rand_r(seed) * rand_r(seed) - rand_r(seed));
+    case 3: {
+        double d = ldexp((double)rand_r(seed) / RAND_MAX - 0.5, rand_r(seed) % 400 - 200);
+        return json_real(d);
+    }
+    case 4: {
+        static const char alpha[] = "ab \"\\/\n\t\x01\x1f\x7f\xc3\xa9";
+        char s[40];
+        size_t n = (size_t)(rand_r(seed) % 20), k = 0;
+        for (size_t i = 0; i < n; i++) {
+            size_t c = (size_t)rand_r(seed) % (sizeof(alpha) - 3);
+            s[k++] = alpha[c];
+        }
+        if (rand_r(seed) % 3 == 0) { /* a two-byte character, whole */
+            s[k++] = '\xc3';
+            s[k++] = '\xa9';
+        }
+        return json_stringn(s, k);
+    }
+    case 5: {
+        json_t *a = json_array();
+        for (int i = rand_r(seed) % 5; i > 0; i--)
+            json_array_append_new(a, random_value(seed, depth + 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (int i = rand_r(seed) % 5; i > 0; i--) {
+            char key[16];
+            snprintf(key, sizeof(key), "k%d\t%d", rand_r(seed) % 50, i);
+            json_object_set_new(o, key, random_value(seed, depth + 1));
+        }
+        return o;
+    }
+    }
+}
+
+static void test_random_documents(void **state) {
+    (void)state;
+    unsigned seed = 12345;
+    for (int i = 0; i < 3000; i++) {
+        json_t *v = random_value(&seed, 0);
+        assert_non_null(v);
+        check_same(v);
+        json_decref(v);
+    }
+}
+
+static void test_members_selected(void **state) {
+    (void)state;
+    hb_buf_t b = {0};
+    int first = 1;
+    json_t *o = json_pack("{s:i, s:i, s:i}", "x", 1, "y", 2, "z", 3);
+    int (*keep)(const char *, void *) = NULL;
+    hb_json_put_members(&b, o, keep, NULL, &first);
+    assert_string_equal(b.p, "\"x\":1,\"y\":2,\"z\":3");
+    assert_int_equal(first, 0);
+    hb_json_put_members(&b, o, keep, NULL, &first); /* a leading comma when not first */
+    assert_string_equal(b.p, "\"x\":1,\"y\":2,\"z\":3,\"x\":1,\"y\":2,\"z\":3");
+    json_decref(o);
+    hb_buf_free(&b);
+}
+
+static void test_utf8_matches_jansson(void **state) {
+    (void)state;
+    static const char *const cases[] = {"",
+                                        "ascii",
+                                        "\xc3\xa9",
+                                        "\xc3",
+                                        "\xc3\x28",
+                                        "\xc0\x80",
+                                        "\xc1\xbf",
+                                        "\xe0\x80\x80",
+                                        "\xe0\xa0\x80",
+                                        "\xed\xa0\x80",
+                                        "\xed\x9f\xbf",
+                                        "\xef\xbf\xbf",
+                                        "\xf0\x90\x80\x80",
+                                        "\xf0\x8f\xbf\xbf",
+                                        "\xf4\x8f\xbf\xbf",
+                                        "\xf4\x90\x80\x80",
+                                        "\xf5\x80\x80\x80",
+                                        "\xff",
+                                        "\x80",
+                                        "a\xe2\x82",
+                                        "\xe2\x82\xac\xe2\x82\xac"};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        json_t *s = json_string(cases[i]);
+        assert_int_equal(hb_json_utf8_ok(cases[i], strlen(cases[i])), s != NULL);
+        json_decref(s);
+    }
+    unsigned seed = 7;
+    for (int i = 0; i < 20000; i++) {
+        unsigned char s[6];
+        size_t n = 1 + (size_t)rand_r(&seed) % 5;
+        for (size_t k = 0; k < n; k++)
+            s[k] = (unsigned char)(0x80 + rand_r(&seed) % 0x80 -
+                                   (k == 0 ? rand_r(&seed) % 2 * 0x40 : 0));
+        json_t *j = json_stringn((const char *)s, n);
+        if (hb_json_utf8_ok((const char *)s, n) != (j != NULL))
+            fail_msg("disagree on %zu bytes starting %02x", n, s[0]);
+        json_decref(j);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scalars),          cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_containers),       cmocka_unit_test(test_random_documents),
+        cmocka_unit_test(test_members_selected), cmocka_unit_test(test_utf8_matches_jansson),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
