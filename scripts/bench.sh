@@ -56,6 +56,10 @@ cd "$(dirname "$0")/.."
 BIN=$STACK_BIN
 PY=/usr/bin/python3
 
+# The same number of connections to the one receiver as the references
+# (wrk -c32, bench_curl_ref's 32): the default cap of 16 per host would make
+# the dispatcher wait for connections, not for CPU.
+export HOOKBRIDGE_MAX_HOST_CONNECTIONS=${HOOKBRIDGE_MAX_HOST_CONNECTIONS:-32}
 EVENTS=${BENCH_EVENTS:-20000}
 RATE=${BENCH_RATE:-2000}
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-5}
