@@ -168,7 +168,7 @@ static void a_revocation_keeps_the_head_whose_row_is_on_its_way(void **state) {
     hb_chain_answer(c, 1, T, 1); /* an old tail, delivered */
     assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
     hb_chain_push(c, &item_b, B);
-    hb_chains_forget(cs); /* a rebalance while a is in flight */
+    hb_chains_forget(cs);   /* a rebalance while a is in flight */
     hb_chain_settled(c, 1); /* a: retry, its row not logged yet */
     assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
     hb_chain_answer(c, 1, T, 1); /* the log still names T, delivered */
