@@ -200,6 +200,31 @@ static void a_revocation_keeps_the_head_whose_row_is_on_its_way(void **state) {
     hb_chains_free(cs, NULL);
 }
 
+/* A key whose last delivery went to a delay tier and that gets no more
+ * events must not stay in memory for good (one chain per user ever retried):
+ * a parked chain is evicted too, after a longer idle time; a new one asks the
+ * log. */
+static void a_parked_idle_chain_is_evicted_in_the_end(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chain_settled(c, 1); /* a: retry; nothing behind it */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT);
+    assert_int_equal(hb_chains_evict_idle(cs, 60000, 60000), 0); /* parked: kept a while */
+    assert_int_equal(hb_chains_evict_idle(cs, 3600000, 60000), 1);
+    assert_int_equal(hb_chains_count(cs), 0);
+    c = hb_chains_get(cs, SUB, "00uA", 3600000);
+    hb_chain_push(c, &item_b, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chains_free(cs, NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(keys_follow_the_option),
@@ -207,6 +232,7 @@ int main(void) {
         cmocka_unit_test(a_parked_head_parks_the_rest_in_order),
         cmocka_unit_test(restart_revoke_and_eviction),
         cmocka_unit_test(a_revocation_keeps_the_head_whose_row_is_on_its_way),
+        cmocka_unit_test(a_parked_idle_chain_is_evicted_in_the_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
