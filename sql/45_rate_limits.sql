@@ -62,9 +62,11 @@ BEGIN
     v_tokens := v_tokens - v_take;
     UPDATE hookbridge.rate_limit_buckets b SET tokens = v_tokens, refilled_at = v_now
      WHERE b.subscription_id = take_rate_tokens.subscription_id;
+    -- capped at the largest integer (24 days): a tiny rate's wait is no error
     RETURN QUERY SELECT v_take,
                         CASE WHEN v_tokens >= 1 THEN 0
-                             ELSE ceil((1 - v_tokens) / v_rate * 1000)::integer END;
+                             ELSE least(ceil((1 - v_tokens) / v_rate * 1000),
+                                        2147483647)::integer END;
 END
 $$;
 

@@ -129,6 +129,22 @@ def test_good_rate_limits_are_stored_normalised_and_the_budget_refills(db_url):
                "WHERE subscription_id=%s", sub) == [(0,)]
 
 
+def test_a_tiny_rate_is_a_long_wait_not_an_error(db_url):
+    """per_second may be any number above 0: one request every 100 days is a
+    wait beyond an int of ms, which the budget must still answer."""
+    sub = sql(db_url, "SELECT hookbridge.register('rl', 'https://example.com/h', "
+              "ARRAY['user.session.start'], '{\"rate_limit\": {\"per_second\": 1e-7}}'::jsonb)")[0][0]
+
+    def take(n):
+        return sql(db_url, "SELECT granted, wait_ms FROM hookbridge.take_rate_tokens(%s, %s)",
+                   sub, n)[0]
+
+    granted, wait = take(5)
+    assert granted == 1 and wait > 86400 * 1000
+    granted, wait = take(5)
+    assert granted == 0 and wait > 86400 * 1000
+
+
 # ------------------------------------------------------------- one replica
 
 def test_a_limited_endpoint_gets_no_more_than_its_rate_and_others_are_not_held_up(
