@@ -94,8 +94,11 @@ struct active_s {
     int final; /* routed: delivered, failed, dropped (else it waits in a tier) */
 };
 
-/* Tracks dl as being attempted or held here (once per id). */
+/* Tracks dl as being attempted or held here (once per id); only ordered
+ * deliveries can be waited for, the others cost nothing here. */
 static void track(hb_retrier_t *r, hb_delivery_t *dl) {
+    if (dl->sub->ordering == HB_ORDER_NONE && !*dl->after_id)
+        return;
     if (hb_hash_get(&r->active, dl->id))
         return;
     (void)hb_hash_put(&r->active, dl->id, hb_calloc(1, sizeof(active_t)));
