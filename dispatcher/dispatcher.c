@@ -185,6 +185,17 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
             return;
         case HB_CHAIN_SEND: {
             hb_delivery_t *dl = item;
+            /* it may have waited a while: the subscription as it is now */
+            hb_sub_t *sub = hb_index_get(hb_worker_index(d->w), dl->sub->id);
+            if (!sub || !hb_sub_deliverable(sub)) {
+                hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED,
+                               sub ? "subscription inactive or not verified"
+                                   : "subscription deregistered");
+                hb_chain_settled(c, 0); /* dropped is final: the next one goes on */
+                break;
+            }
+            if (sub != dl->sub)
+                hb_delivery_rebind(dl, sub); /* its URL and secrets now */
             dl->settled = on_head_settled;
             dl->settled_arg = d;
             hb_worker_deliver(d->w, dl);

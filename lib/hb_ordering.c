@@ -74,6 +74,13 @@ struct hb_chain_s {
     int parked;                 /* the tail waits in a delay tier (not final, as far as known) */
     int parked_seen;            /* ... and that was learnt for this burst: park without asking */
     int stopped;
+    /* After a forget: this chain's own tail (its row may not be in the log
+     * yet: a retry's row follows the broker's ack), checked by id when the
+     * log names another one, whose answer waits in log_tail/log_parked. */
+    char mine[HB_UUID_LEN + 1];
+    int checking; /* the ASK_TAIL open or due is about mine */
+    char log_tail[HB_UUID_LEN + 1];
+    int log_parked;
     item_t *q; /* queued: q[head..n) */
     size_t head, n, cap;
     int64_t used_ms;
@@ -140,11 +147,18 @@ void hb_chains_forget(hb_chains_t *cs) {
         hb_chain_t *c = s->val;
         c->unknown = 1;
         c->parked_seen = 0;
+        c->checking = 0;
+        if (*c->tail) /* what this process did last for the key */
+            memcpy(c->mine, c->tail, sizeof(c->mine));
     }
 }
 
+/* A chain whose tail waits in a tier stays this many times longer: it spares
+ * the next arrival a question, and by then the tail's row is in the log. */
+#define PARKED_IDLE_FACTOR 5
+
 static int chain_idle(const hb_chain_t *c) {
-    return !c->busy && !c->asking && c->head == c->n && !c->parked;
+    return !c->busy && !c->asking && c->head == c->n;
 }
 
 size_t hb_chains_evict_idle(hb_chains_t *cs, int64_t now_ms, int64_t idle_ms) {
@@ -152,7 +166,8 @@ size_t hb_chains_evict_idle(hb_chains_t *cs, int64_t now_ms, int64_t idle_ms) {
     size_t pos = 0, evicted = 0;
     while ((s = hb_hash_each(&cs->chains, &pos)) != NULL) {
         hb_chain_t *c = s->val;
-        if (chain_idle(c) && now_ms - c->used_ms >= idle_ms) {
+        if (chain_idle(c) &&
+            now_ms - c->used_ms >= (c->parked ? PARKED_IDLE_FACTOR : 1) * idle_ms) {
             hb_hash_del(&cs->chains, s); /* removing the slot walked is allowed */
             chain_free(c, NULL);
             evicted++;
@@ -225,6 +240,31 @@ void hb_chain_answer(hb_chain_t *c, int found, const char *tail_id, int final) {
         c->unknown = 0;
         snprintf(c->tail, sizeof(c->tail), "%s", found && tail_id ? tail_id : "");
         c->parked = found && !final;
+        if (*c->mine && strcmp(c->tail, c->mine)) {
+            /* the log names another tail: is this chain's own newer (its
+             * row on its way)? ask about it before trusting the log */
+            memcpy(c->log_tail, c->tail, sizeof(c->tail));
+            c->log_parked = c->parked;
+            memcpy(c->tail, c->mine, sizeof(c->tail));
+            c->checking = 1;
+            c->parked = 1;
+            c->parked_seen = 0;
+            c->asking = 0;
+            return;
+        }
+        *c->mine = '\0';
+    } else if (c->checking) {
+        /* own tail not logged yet: it is the newest, and waits; logged and
+         * final: the log's answer holds; logged and waiting: the log's tail
+         * when that waits too (a later one, parked by another replica) */
+        c->checking = 0;
+        *c->mine = '\0';
+        if (found && (final || c->log_parked)) {
+            memcpy(c->tail, c->log_tail, sizeof(c->tail));
+            c->parked = c->log_parked;
+        } else {
+            c->parked = 1;
+        }
     } else { /* ASK_TAIL: not found is a row on its way */
         c->parked = !final;
     }

@@ -64,10 +64,14 @@ void hb_chains_free(hb_chains_t *cs, void (*drop)(void *item));
 hb_chain_t *hb_chains_get(hb_chains_t *cs, const char *sub_id, const char *key, int64_t now_ms);
 size_t hb_chains_count(const hb_chains_t *cs);
 /* Everything known about tails may be stale (a partition was revoked): each
- * chain asks the log again before it sends its next delivery. */
+ * chain asks the log again before it sends its next delivery. When the log
+ * names another tail than the chain's own newest delivery, that one is asked
+ * about too (ASK_TAIL): a retry's row reaches the log only after the broker
+ * has the retry, so the log may not know it yet. */
 void hb_chains_forget(hb_chains_t *cs);
-/* Removes chains idle (nothing in flight, asked or queued, tail final) for
- * idle_ms; returns how many. */
+/* Removes chains idle (nothing in flight, asked or queued) for idle_ms, or
+ * 5 * idle_ms when their tail waits in a delay tier (a key retried once and
+ * never seen again must not stay for good); returns how many. */
 size_t hb_chains_evict_idle(hb_chains_t *cs, int64_t now_ms, int64_t idle_ms);
 
 const char *hb_chain_sub_id(const hb_chain_t *c);

@@ -31,6 +31,12 @@
 
 /* ----------------------------------------------------------- the bucket */
 
+/* ms (>= 0) as a long long: a tiny rate's wait is capped (about 30,000
+ * years), never a double out of range cast (undefined, negative on x86). */
+static long long ms_of(double ms) {
+    return ms < 1e15 ? (long long)ceil(ms) : 1000000000000000LL;
+}
+
 static void bucket_refill(hb_bucket_t *b, int64_t now_ms) {
     if (now_ms > b->at_ms) {
         b->tokens += b->rate * (double)(now_ms - b->at_ms) / 1000.0;
@@ -72,7 +78,7 @@ long long hb_bucket_wait_ms(hb_bucket_t *b, int64_t now_ms) {
     bucket_refill(b, now_ms);
     if (b->tokens >= 1.0)
         return 0;
-    return (long long)ceil((1.0 - b->tokens) * 1000.0 / b->rate);
+    return ms_of((1.0 - b->tokens) * 1000.0 / b->rate);
 }
 
 /* ---------------------------------------------------------- the entries */
@@ -244,7 +250,7 @@ void hb_ratelimit_submit(hb_ratelimit_t *rl, const char *key, double rate, int b
         /* its turn comes once the ones ahead have gone: the tokens on hand,
          * then one every 1/rate s */
         double ahead = (double)k->n + 1.0 - floor(hb_bucket_tokens(&k->local, now));
-        long long wait = ahead > 0 ? (long long)ceil(ahead * 1000.0 / rate) : 0;
+        long long wait = ahead > 0 ? ms_of(ahead * 1000.0 / rate) : 0;
         if (wait > rl->conf.max_wait_ms) {
             k->throttled_at = now;
             refuse(rl, item, 0,

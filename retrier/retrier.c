@@ -101,8 +101,11 @@ struct active_s {
     int final; /* routed: delivered, failed, dropped (else it waits in a tier) */
 };
 
-/* Tracks dl as being attempted or held here (once per id). */
+/* Tracks dl as being attempted or held here (once per id); only ordered
+ * deliveries can be waited for, the others cost nothing here. */
 static void track(hb_retrier_t *r, hb_delivery_t *dl) {
+    if (dl->sub->ordering == HB_ORDER_NONE && !*dl->after_id)
+        return;
     if (hb_hash_get(&r->active, dl->id))
         return;
     (void)hb_hash_put(&r->active, dl->id, hb_calloc(1, sizeof(active_t)));
@@ -134,13 +137,19 @@ static void on_settled(const hb_delivery_t *dl, void *arg) {
     r->ready[r->ready_n++] = a;
 }
 
-/* The waiters of routed deliveries: attempted when their predecessor is final,
+static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl);
+
+/* The waiters of routed deliveries: attempted when their predecessor is final
+ * (unless their subscription changed meanwhile so that they are dropped),
  * else back onto their tiers (which routes their own waiters the same way). */
 static void ready_pass(hb_retrier_t *r) {
     for (size_t i = 0; i < r->ready_n; i++) { /* waiting may add more: n re-read */
         active_t *a = r->ready[i];
         for (size_t j = 0; j < a->n; j++) {
-            if (a->final)
+            const char *why;
+            if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
+                hb_worker_skip(r->w, a->waiters[j], HB_OUTCOME_DROPPED, why);
+            else if (a->final)
                 hb_worker_deliver(r->w, a->waiters[j]);
             else
                 hb_worker_wait(r->w, a->waiters[j], a->waiters[j]->after_id, 1);
@@ -157,6 +166,27 @@ static hb_sub_t *gone_sub(const char *id) {
     hb_sub_t *s = hb_sub_new();
     snprintf(s->id, sizeof(s->id), "%s", id);
     return s;
+}
+
+/* dl goes to its subscription as it is now, not as it was when the message
+ * came (or when it began to wait in memory); returns why it must be dropped
+ * instead, or NULL. */
+static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl) {
+    hb_sub_t *sub = hb_index_get(hb_worker_index(w), dl->sub->id);
+    if (sub != dl->sub) {
+        hb_sub_t *gone = sub ? NULL : gone_sub(dl->sub->id);
+        hb_delivery_rebind(dl, sub ? sub : gone);
+        hb_sub_unref(gone);
+    }
+    if (!sub)
+        return "subscription deregistered (or its row cannot be read)";
+    if (!sub->active)
+        return "subscription inactive";
+    if (!sub->verified)
+        return "subscription not verified";
+    if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
+        return "subscription was deactivated after this delivery began";
+    return NULL;
 }
 
 /* The log answered about an ordered delivery's predecessor: attempt it once
@@ -200,9 +230,8 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
  * stale, else check its subscription as it is now and attempt it. */
 static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st, void *opaque) {
     hb_retrier_t *r = opaque;
-    hb_sub_t *sub;
     char buf[200];
-    const char *stale = hb_dlog_state_stale(st, dl->attempt, buf, sizeof(buf));
+    const char *why, *stale = hb_dlog_state_stale(st, dl->attempt, buf, sizeof(buf));
 
     if (stale) {
         hb_metric_inc(r->m_stale);
@@ -213,23 +242,8 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
-    /* the subscription as it is now, not as it was when the message came */
-    sub = hb_index_get(hb_worker_index(w), dl->sub->id);
-    if (sub != dl->sub) {
-        hb_sub_t *gone = sub ? NULL : gone_sub(dl->sub->id);
-        hb_delivery_rebind(dl, sub ? sub : gone);
-        hb_sub_unref(gone);
-    }
-    if (!sub)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
-                       "subscription deregistered (or its row cannot be read)");
-    else if (!sub->active)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription inactive");
-    else if (!sub->verified)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, "subscription not verified");
-    else if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED,
-                       "subscription was deactivated after this delivery began");
+    if ((why = rebind_now(w, dl)) != NULL)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
     else if (*dl->after_id) /* ordered: first its predecessor */
         hb_worker_lookup_id(w, dl, dl->after_id, on_predecessor, r);
     else {

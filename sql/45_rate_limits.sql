@@ -26,7 +26,7 @@ DECLARE
     v_rl     jsonb;
     v_rate   double precision;
     v_burst  double precision;
-    v_now    timestamptz := clock_timestamp();
+    v_now    timestamptz;
     v_tokens double precision;
     v_at     timestamptz;
     v_take   integer;
@@ -49,12 +49,16 @@ BEGIN
     v_burst := coalesce((v_rl ->> 'burst')::double precision, ceil(v_rate));
 
     INSERT INTO hookbridge.rate_limit_buckets AS b (subscription_id, tokens, refilled_at)
-    VALUES (take_rate_tokens.subscription_id, v_burst, v_now)
+    VALUES (take_rate_tokens.subscription_id, v_burst, clock_timestamp())
     ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO NOTHING;
     SELECT b.tokens, b.refilled_at INTO v_tokens, v_at
       FROM hookbridge.rate_limit_buckets b
      WHERE b.subscription_id = take_rate_tokens.subscription_id
        FOR UPDATE;
+    -- read once the row is ours: a time from before waiting for another
+    -- replica's draw would turn refilled_at back, and the next draw would
+    -- refill that interval twice
+    v_now := clock_timestamp();
     -- refill; a clock that went back refills nothing
     v_tokens := least(v_burst,
                       v_tokens + v_rate * greatest(0, extract(epoch FROM v_now - v_at)));
@@ -62,9 +66,11 @@ BEGIN
     v_tokens := v_tokens - v_take;
     UPDATE hookbridge.rate_limit_buckets b SET tokens = v_tokens, refilled_at = v_now
      WHERE b.subscription_id = take_rate_tokens.subscription_id;
+    -- capped at the largest integer (24 days): a tiny rate's wait is no error
     RETURN QUERY SELECT v_take,
                         CASE WHEN v_tokens >= 1 THEN 0
-                             ELSE ceil((1 - v_tokens) / v_rate * 1000)::integer END;
+                             ELSE least(ceil((1 - v_tokens) / v_rate * 1000),
+                                        2147483647)::integer END;
 END
 $$;
 

@@ -257,3 +257,63 @@ def test_a_deactivation_drops_the_waiting_events_and_the_key_goes_on(db_url, pro
                    "the key's next event delivered")
     finally:
         ep.srv.shutdown()
+
+
+def test_a_deactivation_drops_the_events_waiting_in_memory_behind_a_slow_head(
+        db_url, procs, workdir):
+    """A slow endpoint, five events of one key: the first in flight, four
+    waiting in the dispatcher's memory behind it. Deactivated then, the
+    endpoint gets none of the four (each logged 'dropped'), not one after the
+    other for as long as their requests take."""
+    ep = Endpoint(delay_s=2.0)
+    try:
+        broker, d, _ = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uS", i) for i in range(5)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: ep.seen.get(evs[0]["uuid"]), 20 * SLOW, "the first in flight")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: "subscription changed: inactive" in d.proc.output(), 10 * SLOW,
+                   "the deactivation")
+
+        def status(e):
+            did = delivery_id(db_url, sub, e)
+            return did and sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                               "WHERE delivery_id=%s", did)[0][0]
+        wait_until(lambda: all(status(e) in ("delivered", "dropped") for e in evs), 30 * SLOW,
+                   "every event final")
+        sent_after = [e["uuid"] for e in evs[1:] if ep.seen.get(e["uuid"])]
+        assert len(sent_after) <= 1, f"{len(sent_after)} sent after the deactivation"
+        assert [status(e) for e in evs[2:]] == ["dropped"] * 3
+    finally:
+        ep.srv.shutdown()
+
+
+def test_a_deactivation_drops_the_retrier_s_waiters_behind_a_slow_head(db_url, procs, workdir):
+    """The same in the retrier: the head's retry in flight to a slow endpoint,
+    the events parked behind it held in the retrier's memory for their turn.
+    Deactivated then, none of them reaches the endpoint; all are dropped."""
+    ep = Endpoint(delay_s=1.5)
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uR", i) for i in range(5)]
+        ep.fail_first[evs[0]["uuid"]] = 1
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: ep.seen.get(evs[0]["uuid"], 0) >= 2, 30 * SLOW,
+                   "the head's retry in flight")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: "subscription changed: inactive" in r.proc.output(), 10 * SLOW,
+                   "the deactivation")
+
+        def status(e):
+            did = delivery_id(db_url, sub, e)
+            return did and sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                               "WHERE delivery_id=%s", did)[0][0]
+        wait_until(lambda: all(status(e) in ("delivered", "dropped") for e in evs), 30 * SLOW,
+                   "every event final")
+        sent_after = [e["uuid"] for e in evs[1:] if ep.seen.get(e["uuid"])]
+        assert not sent_after, f"{len(sent_after)} sent after the deactivation"
+        assert [status(e) for e in evs[1:]] == ["dropped"] * 4
+    finally:
+        ep.srv.shutdown()

@@ -129,6 +129,57 @@ def test_good_rate_limits_are_stored_normalised_and_the_budget_refills(db_url):
                "WHERE subscription_id=%s", sub) == [(0,)]
 
 
+def test_a_tiny_rate_is_a_long_wait_not_an_error(db_url):
+    """per_second may be any number above 0: one request every 100 days is a
+    wait beyond an int of ms, which the budget must still answer."""
+    sub = sql(db_url, "SELECT hookbridge.register('rl', 'https://example.com/h', "
+              "ARRAY['user.session.start'], '{\"rate_limit\": {\"per_second\": 1e-7}}'::jsonb)")[0][0]
+
+    def take(n):
+        return sql(db_url, "SELECT granted, wait_ms FROM hookbridge.take_rate_tokens(%s, %s)",
+                   sub, n)[0]
+
+    granted, wait = take(5)
+    assert granted == 1 and wait > 86400 * 1000
+    granted, wait = take(5)
+    assert granted == 0 and wait > 86400 * 1000
+
+
+def test_a_draw_that_waited_for_the_row_lock_does_not_turn_the_bucket_clock_back(db_url):
+    """Replicas draw from one row: a draw that waited for another's lock must
+    not write back the earlier time it started at, or the next draw refills
+    the same interval again (more than the rate across replicas)."""
+    import threading
+    sub = sql(db_url, "SELECT hookbridge.register('rl', 'https://example.com/h', "
+              "ARRAY['user.session.start'], '{\"rate_limit\": {\"per_second\": 10, "
+              "\"burst\": 10}}'::jsonb)")[0][0]
+
+    def take(n):
+        return sql(db_url, "SELECT granted, wait_ms FROM hookbridge.take_rate_tokens(%s, %s)",
+                   sub, n)[0]
+
+    assert take(10) == (10, 100)  # the row exists, the bucket is empty
+    holder = psycopg2.connect(db_url)
+    cur = holder.cursor()
+    cur.execute("SELECT 1 FROM hookbridge.rate_limit_buckets WHERE subscription_id=%s "
+                "FOR UPDATE", (sub,))  # another replica's draw, slow to commit
+    waited = []
+    t = threading.Thread(target=lambda: waited.append(take(10)))
+    t.start()
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM pg_stat_activity "
+                           "WHERE wait_event_type = 'Lock' AND query LIKE '%%take_rate_tokens%%'")
+               [0][0] == 1, timeout=10, what="the second draw waits for the row lock")
+    time.sleep(0.6)  # the waiting draw started this long before it gets the row
+    cur.execute("UPDATE hookbridge.rate_limit_buckets SET tokens = 0, "
+                "refilled_at = clock_timestamp() WHERE subscription_id=%s", (sub,))
+    holder.commit()
+    holder.close()
+    t.join(10)
+    assert waited and waited[0][0] == 0
+    granted, _ = take(10)
+    assert granted <= 1, f"{granted} tokens a moment after the bucket was emptied"
+
+
 # ------------------------------------------------------------- one replica
 
 def test_a_limited_endpoint_gets_no_more_than_its_rate_and_others_are_not_held_up(

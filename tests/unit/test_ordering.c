@@ -153,12 +153,86 @@ static void restart_revoke_and_eviction(void **state) {
     hb_chains_free(cs, NULL);
 }
 
+/* Partitions moved (any of them) while a head was in flight: that head went
+ * to a delay tier, but its row reaches the log only after the broker has the
+ * retry. The log's tail (an older delivery, final) must not let the next one
+ * go while the head waits: the chain checks its own tail first. */
+static void a_revocation_keeps_the_head_whose_row_is_on_its_way(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, T, 1); /* an old tail, delivered */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chain_push(c, &item_b, B);
+    hb_chains_forget(cs);   /* a rebalance while a is in flight */
+    hb_chain_settled(c, 1); /* a: retry, its row not logged yet */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, T, 1); /* the log still names T, delivered */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_TAIL);
+    assert_string_equal(hb_chain_tail(c), A);
+    hb_chain_answer(c, 0, NULL, 0); /* a: not in the log yet */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_ptr_equal(item, &item_b);
+    assert_string_equal(after, A);
+
+    /* the partition came back after another replica parked C behind B: the
+     * log's tail is newer than this chain's, and waits */
+    hb_chains_forget(cs);
+    hb_chain_push(c, &item_a, T);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, C, 0);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_TAIL);
+    assert_string_equal(hb_chain_tail(c), B);
+    hb_chain_answer(c, 1, NULL, 0); /* b: found, waiting too */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_string_equal(after, C);
+
+    /* the log's tail is this chain's own: no second question */
+    hb_chains_forget(cs);
+    hb_chain_push(c, &item_b, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 1, T, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chains_free(cs, NULL);
+}
+
+/* A key whose last delivery went to a delay tier and that gets no more
+ * events must not stay in memory for good (one chain per user ever retried):
+ * a parked chain is evicted too, after a longer idle time; a new one asks the
+ * log. */
+static void a_parked_idle_chain_is_evicted_in_the_end(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    hb_chain_settled(c, 1); /* a: retry; nothing behind it */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT);
+    assert_int_equal(hb_chains_evict_idle(cs, 60000, 60000), 0); /* parked: kept a while */
+    assert_int_equal(hb_chains_evict_idle(cs, 3600000, 60000), 1);
+    assert_int_equal(hb_chains_count(cs), 0);
+    c = hb_chains_get(cs, SUB, "00uA", 3600000);
+    hb_chain_push(c, &item_b, B);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chains_free(cs, NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(keys_follow_the_option),
         cmocka_unit_test(a_new_key_asks_then_sends_one_at_a_time),
         cmocka_unit_test(a_parked_head_parks_the_rest_in_order),
         cmocka_unit_test(restart_revoke_and_eviction),
+        cmocka_unit_test(a_revocation_keeps_the_head_whose_row_is_on_its_way),
+        cmocka_unit_test(a_parked_idle_chain_is_evicted_in_the_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

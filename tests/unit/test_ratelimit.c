@@ -222,6 +222,26 @@ static void unused_grants_lapse_and_failed_asks_are_retried(void **state) {
     assert_int_equal(f.dropped, 1);
 }
 
+/* Rates far below one a second are valid ((0, 10000]): the waits they give
+ * are huge, never negative (a double out of range cast to long long). */
+static void tiny_rates_wait_long_not_negative(void **state) {
+    fake_t f;
+    hb_bucket_t b;
+    hb_ratelimit_t *rl = limiter(&f, 0);
+    (void)state;
+    hb_bucket_init(&b, 1e-17, 1, 0);
+    assert_int_equal(hb_bucket_take(&b, 0), 1);
+    assert_true(hb_bucket_wait_ms(&b, 0) > 0);
+    hb_ratelimit_submit(rl, "s", 1e-17, 1, ITEM(1), 0);
+    hb_ratelimit_submit(rl, "s", 1e-17, 1, ITEM(2), 0); /* would wait ~3e12 years */
+    assert_int_equal(f.refused_cnt, 1);
+    assert_int_equal(f.refused[0], 2);
+    assert_int_equal((int)hb_ratelimit_held(rl), 1);
+    hb_ratelimit_granted(rl, "s", 1, 0, 0);
+    assert_int_equal(f.sent_cnt, 1);
+    hb_ratelimit_free(rl);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bucket_starts_full_and_refills_at_its_rate),
@@ -231,6 +251,7 @@ int main(void) {
         cmocka_unit_test(refuses_what_could_not_wait),
         cmocka_unit_test(refuses_over_a_full_queue),
         cmocka_unit_test(unused_grants_lapse_and_failed_asks_are_retried),
+        cmocka_unit_test(tiny_rates_wait_long_not_negative),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
