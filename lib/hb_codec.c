@@ -521,21 +521,34 @@ static int64_t min_size(avro_schema_t s, int depth) {
 
 static int check_value(avro_schema_t s, hb_cursor_t *c, int depth);
 
+/* The header of an array's or map's next block: its item count (0 at the
+ * end), checked against the bytes left (per: the least bytes an item takes;
+ * items of none are counted in *total, up to HB_CODEC_MAX_EMPTY_ITEMS). A
+ * negative count is followed by the block's size, which must fit. */
+static int next_block(hb_cursor_t *c, int64_t per, int64_t *total, int64_t *count) {
+    int64_t size;
+    if (cur_long(c, count) < 0)
+        return -1;
+    if (*count == 0)
+        return 0;
+    if (*count < 0) {
+        if (*count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
+            return -1;
+        *count = -*count;
+    }
+    if (per > 0 ? *count > (c->end - c->p) / per : (*total += *count) > HB_CODEC_MAX_EMPTY_ITEMS)
+        return -1;
+    return 0;
+}
+
 static int check_blocks(avro_schema_t items, int is_map, hb_cursor_t *c, int depth) {
     int64_t per = min_size(items, 0) + (is_map ? 1 : 0), total = 0;
     for (;;) {
-        int64_t count, size;
-        if (cur_long(c, &count) < 0)
+        int64_t count;
+        if (next_block(c, per, &total, &count) < 0)
             return -1;
         if (count == 0)
             return 0;
-        if (count < 0) {
-            if (count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
-                return -1;
-            count = -count;
-        }
-        if (per > 0 ? count > (c->end - c->p) / per : (total += count) > HB_CODEC_MAX_EMPTY_ITEMS)
-            return -1;
         for (int64_t i = 0; i < count; i++) {
             int64_t klen;
             if (is_map && (cur_long(c, &klen) < 0 || cur_skip(c, klen) < 0))
@@ -1134,18 +1147,11 @@ static int check_plan_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth) {
     int is_map = p->type == AVRO_MAP;
     int64_t per = p->item_min + (is_map ? 1 : 0), total = 0;
     for (;;) {
-        int64_t count, size;
-        if (cur_long(c, &count) < 0)
+        int64_t count;
+        if (next_block(c, per, &total, &count) < 0)
             return -1;
         if (count == 0)
             return 0;
-        if (count < 0) {
-            if (count == INT64_MIN || cur_long(c, &size) < 0 || size < 0 || size > c->end - c->p)
-                return -1;
-            count = -count;
-        }
-        if (per > 0 ? count > (c->end - c->p) / per : (total += count) > HB_CODEC_MAX_EMPTY_ITEMS)
-            return -1;
         for (int64_t i = 0; i < count; i++) {
             int64_t klen;
             if (is_map && (cur_long(c, &klen) < 0 || cur_skip(c, klen) < 0))
