@@ -38,6 +38,8 @@ struct hb_deliveries_s {
     hb_ratelimit_t *rl; /* deliveries held by their subscription's rate limit */
     int (*rate_ask)(const char *id, int wanted, void *opaque);
     void *rate_ask_opaque;
+    hb_sub_t *(*current)(const char *id, void *opaque); /* a subscription as it is now */
+    void *current_opaque;
 };
 
 /* Shared rate-limit tokens unused this long are dropped (hb_ratelimit.h): the
@@ -527,6 +529,17 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         hb_delivery_abandon(D, dl);
         return;
     }
+    if (D->current) { /* it waited: the subscription as it is now */
+        hb_sub_t *sub = D->current(dl->sub->id, D->current_opaque);
+        if (!sub || !hb_sub_deliverable(sub)) {
+            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED,
+                             sub ? "subscription inactive or not verified"
+                                 : "subscription deregistered");
+            return;
+        }
+        if (sub != dl->sub)
+            hb_delivery_rebind(dl, sub);
+    }
     if (circuit_enabled(D) && *dl->endpoint && circuit_open(D, dl->endpoint)) {
         /* the circuit opened while it waited */
         route_not_made(D, dl, "circuit open: endpoint failing", 1);
@@ -561,6 +574,12 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
                                 void *opaque) {
     D->rate_ask = ask;
     D->rate_ask_opaque = opaque;
+}
+
+void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
+                               void *opaque) {
+    D->current = current;
+    D->current_opaque = opaque;
 }
 
 void hb_deliveries_rate_granted(hb_deliveries_t *D, const char *id, int granted,

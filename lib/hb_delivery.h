@@ -140,6 +140,13 @@ int hb_deliveries_produce_retry(hb_deliveries_t *D, const char *topic, const hb_
  * NOT_MADE after max_queue_wait. */
 void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int, void *),
                                 void *opaque);
+/* Where a delivery held by its rate limit finds its subscription as it is
+ * when its turn comes (NULL: deregistered; borrowed). A subscription
+ * deactivated, unverified or gone meanwhile drops the delivery; a changed one
+ * is sent to its current URL with its current secrets. Without one, the
+ * subscription as it was when the delivery was made. */
+void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
+                               void *opaque);
 /* The answer to an ask for subscription id: granted tokens (< 0: the ask
  * failed) and, when none was left, the ms until the next. */
 void hb_deliveries_rate_granted(hb_deliveries_t *D, const char *id, int granted, long long wait_ms);

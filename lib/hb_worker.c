@@ -212,6 +212,11 @@ static int rate_ask(const char *id, int wanted, void *opaque) {
     return hb_store_take_rate_tokens(w->store, id, wanted, rate_tokens_answered, w);
 }
 
+static hb_sub_t *current_sub(const char *id, void *opaque) {
+    hb_worker_t *w = opaque;
+    return hb_index_get(w->index, id);
+}
+
 size_t hb_worker_in_flight(const hb_worker_t *w) {
     return hb_deliveries_in_flight(w->deliveries);
 }
@@ -623,6 +628,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     if (!w->deliveries)
         goto fail;
     hb_deliveries_set_rate_ask(w->deliveries, rate_ask, w);
+    hb_deliveries_set_current(w->deliveries, current_sub, w);
     w->cm.kafka_errors = w->m_kafka_errors;
     w->consumer = hb_consumer_new(cfg, w->client_id, w->group, w->topics, w->topics_cnt, w->wake[1],
                                   w->offsets, w->outbox, &w->cm);

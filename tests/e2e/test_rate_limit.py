@@ -250,6 +250,29 @@ def test_a_delivery_that_cannot_wait_goes_to_the_first_tier_unattempted(db_url, 
     assert metric(d, "hookbridge_endpoint_busy_total") == 0
 
 
+def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workdir):
+    """A delivery waiting for its turn is sent as the subscription is when
+    the turn comes: deactivated meanwhile, the waiting ones are dropped (the
+    log says why), not sent to an endpoint that was switched off."""
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    limited = receiver(procs, workdir, "limited")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+        "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
+    })
+    d.wait_ready()
+    sub = register_verified(db_url, limited.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 0.25, "burst": 1}})
+    produce(broker.bootstrap, users(4))
+    wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
+                      sum(1 for r in rs if r[0] == "dropped") == 3 and rs, 30 * SLOW,
+                      "the three waiting deliveries dropped")
+    assert all(r[2] == "subscription inactive or not verified" for r in rows if r[0] == "dropped")
+    assert len(limited.posts()) == 1
+
+
 # ------------------------------------------------------------ two replicas
 
 def test_two_dispatchers_share_one_budget(db_url, procs, workdir):
