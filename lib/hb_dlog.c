@@ -112,6 +112,7 @@ struct hb_dlog_s {
 
     /* Writer thread only. */
     PGconn *conn;
+    unsigned prepared; /* bit s: dlog_stmts[s] is prepared on conn (0 on a new one) */
     int failing;
     int64_t warned_ms;
 };
@@ -493,9 +494,39 @@ static int sqlstate_invalid(const PGresult *res) {
     return state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2));
 }
 
-static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *const *params,
+/* The writer's statements, each prepared once per connection (PQprepare) the
+ * first time it is used, then only executed: parsing and planning them for
+ * every batch was a good part of PostgreSQL's CPU per logged attempt (issue
+ * 12). A failed prepare leaves its bit clear and is reported like a failed
+ * execution (the transaction, if any, is rolled back by the caller). */
+enum { S_UPSERT_DELIVERIES, S_INSERT_ATTEMPTS, S_UPSERT_TAILS, S_LOOKUP, S_LOOKUP_TAILS, S_COUNT };
+static const struct {
+    const char *name, *sql;
+} dlog_stmts[S_COUNT] = {
+    [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES},
+    [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS},
+    [S_UPSERT_TAILS] = {"hb_dlog_upsert_tails", DLOG_UPSERT_TAILS},
+    [S_LOOKUP] = {"hb_dlog_lookup", DLOG_LOOKUP},
+    [S_LOOKUP_TAILS] = {"hb_dlog_lookup_tails", DLOG_LOOKUP_TAILS},
+};
+
+/* Runs statement s with n text parameters; the result as PQexecPrepared's,
+ * or the failed prepare's. */
+static PGresult *dlog_run(hb_dlog_t *dl, int s, int n, const char *const *params) {
+    if (!(dl->prepared & (1u << s))) {
+        PGresult *res = PQprepare(dl->conn, dlog_stmts[s].name, dlog_stmts[s].sql, n, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            return res;
+        PQclear(res);
+        dl->prepared |= 1u << s;
+    }
+    return PQexecPrepared(dl->conn, dlog_stmts[s].name, n, params, NULL, NULL, 0);
+}
+
+/* Runs statement s (prepared) or, s < 0, the plain command sql. */
+static dlog_wrc_t dlog_exec(hb_dlog_t *dl, int s, const char *sql, int n, const char *const *params,
                             char *why, size_t whysz) {
-    PGresult *res = PQexecParams(dl->conn, sql, n, NULL, params, NULL, NULL, 0);
+    PGresult *res = s >= 0 ? dlog_run(dl, s, n, params) : PQexec(dl->conn, sql);
     dlog_wrc_t rc = W_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
@@ -535,7 +566,7 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
         hb_buf_put(&arr[c], "}", 1);
         p[c] = arr[c].p;
     }
-    rc = dlog_exec(dl, DLOG_UPSERT_TAILS, 5, p, why, whysz);
+    rc = dlog_exec(dl, S_UPSERT_TAILS, NULL, 5, p, why, whysz);
     for (int c = 0; c < 5; c++)
         free(arr[c].p);
     return rc;
@@ -607,6 +638,7 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->prepared = 0;
         if (!dl->conn)
             return W_RETRY;
     }
@@ -633,15 +665,15 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
     p2[3] = arr[A_DURATION].p, p2[4] = arr[A_HTTP].p, p2[5] = arr[A_OUTCOME].p;
     p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p, p2[8] = arr[A_SID].p;
 
-    if ((rc = dlog_exec(dl, "BEGIN", 0, NULL, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, -1, "BEGIN", 0, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 13, p1, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, S_UPSERT_DELIVERIES, NULL, 13, p1, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 9, p2, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, S_INSERT_ATTEMPTS, NULL, 9, p2, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_write_tails(dl, rows, n, why, whysz)) != W_OK)
         goto fail;
-    rc = dlog_exec(dl, "COMMIT", 0, NULL, why, whysz);
+    rc = dlog_exec(dl, -1, "COMMIT", 0, NULL, why, whysz);
     if (rc != W_OK)
         goto fail;
     goto out;
@@ -685,7 +717,7 @@ static dlog_wrc_t dlog_lookup_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, 
     if (cnt > 0) {
         params[0] = sids.p;
         params[1] = keys.p;
-        res = PQexecParams(dl->conn, DLOG_LOOKUP_TAILS, 2, NULL, params, NULL, NULL, 0);
+        res = dlog_run(dl, S_LOOKUP_TAILS, 2, params);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             hb_pg_error(dl->conn, res, why, whysz);
             rc = W_RETRY;
@@ -720,6 +752,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->prepared = 0;
         if (!dl->conn)
             return W_RETRY;
     }
@@ -728,7 +761,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
         buf_elem_text(&ids, rows[i]->ordering_key ? NULL : rows[i]->delivery_id);
     hb_buf_put(&ids, "}", 1);
     params[0] = ids.p;
-    res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
+    res = dlog_run(dl, S_LOOKUP, 1, params);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
         rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
@@ -924,6 +957,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
 
     /* Connect now so a wrong URL or a down database is reported at start. */
     dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
+    dl->prepared = 0;
     if (!dl->conn)
         goto fail;
     err = pthread_create(&dl->thread, NULL, dlog_main, dl);
