@@ -399,6 +399,7 @@ static void buf_elem_int(hb_buf_t *b, long long v) {
 #define OID_INT8 20
 #define OID_INT4 23
 #define OID_TEXT 25
+#define OID_TIMESTAMPTZ 1184
 #define COL_HEADER 20 /* ndim, flags, element type, size, lower bound */
 
 typedef struct {
@@ -443,6 +444,12 @@ static void col_int8(dcol_t *c, int64_t v) {
     put_be32(&c->b, 8);
     put_be32(&c->b, (uint32_t)((uint64_t)v >> 32));
     put_be32(&c->b, (uint32_t)(uint64_t)v);
+}
+
+/* A wall-clock time in ms as a timestamptz: microseconds since 2000-01-01
+ * UTC (what to_timestamp(ms / 1000.0) gave, without numeric arithmetic). */
+static void col_ts(dcol_t *c, int64_t wall_ms) {
+    col_int8(c, (wall_ms - INT64_C(946684800000)) * 1000);
 }
 
 /* Fills in the header; an empty column is a zero-dimension array. */
@@ -495,11 +502,11 @@ static const char DLOG_UPSERT_DELIVERIES[] =
     "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"
     "   log_day)"
     " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt,"
-    "        to_timestamp(r.first / 1000.0), to_timestamp(r.started / 1000.0), nullif(r.http, 0),"
+    "        r.first, r.started, nullif(r.http, 0),"
     "        r.err, r.body, r.ctype, date '1970-01-01' + r.day"
     "   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
-    "               $7::bigint[], $8::int[], $9::text[], $10::text[], $11::text[], $12::int[],"
-    "               $13::bigint[])"
+    "               $7::timestamptz[], $8::int[], $9::text[], $10::text[], $11::text[], $12::int[],"
+    "               $13::timestamptz[])"
     "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"
     "             first)"
     " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"
@@ -518,9 +525,9 @@ static const char DLOG_INSERT_ATTEMPTS[] =
     "INSERT INTO hookbridge.delivery_attempts"
     "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"
     "   response_snippet, subscription_id)"
-    " SELECT r.did::uuid, r.attempt, to_timestamp(r.started / 1000.0), r.dur, nullif(r.http, 0),"
+    " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"
     "        r.outcome, r.err, r.snip, r.sid::uuid"
-    "   FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],"
+    "   FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[], $6::text[],"
     "               $7::text[], $8::text[], $9::text[])"
     "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)";
 
@@ -652,7 +659,7 @@ static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     col_text(&arr[A_EIDS], r->event_ids);
     col_text(&arr[A_ETYPE], r->event_type);
     col_int4(&arr[A_ATTEMPT], (int32_t)r->attempt);
-    col_int8(&arr[A_STARTED], r->started_ms);
+    col_ts(&arr[A_STARTED], r->started_ms);
     col_int8(&arr[A_DURATION], r->duration_ms);
     col_int4(&arr[A_HTTP], (int32_t)r->http_status);
     col_text(&arr[A_OUTCOME], hb_outcome_name(r->outcome));
@@ -661,15 +668,16 @@ static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     col_text(&arr[A_BODY], r->body);
     col_text(&arr[A_CTYPE], r->content_type);
     col_int4(&arr[A_DAY], (int32_t)r->log_day);
-    col_int8(&arr[A_FIRST], first);
+    col_ts(&arr[A_FIRST], first);
 }
 
 /* Each column's element type (arrays_add). */
 static const uint32_t col_elem[A_COUNT] = {
-    [A_DID] = OID_TEXT,     [A_SID] = OID_TEXT,     [A_EIDS] = OID_TEXT,     [A_ETYPE] = OID_TEXT,
-    [A_ATTEMPT] = OID_INT4, [A_STARTED] = OID_INT8, [A_DURATION] = OID_INT8, [A_HTTP] = OID_INT4,
-    [A_OUTCOME] = OID_TEXT, [A_ERROR] = OID_TEXT,   [A_SNIPPET] = OID_TEXT,  [A_BODY] = OID_TEXT,
-    [A_CTYPE] = OID_TEXT,   [A_DAY] = OID_INT4,     [A_FIRST] = OID_INT8,
+    [A_DID] = OID_TEXT,      [A_SID] = OID_TEXT,     [A_EIDS] = OID_TEXT,
+    [A_ETYPE] = OID_TEXT,    [A_ATTEMPT] = OID_INT4, [A_STARTED] = OID_TIMESTAMPTZ,
+    [A_DURATION] = OID_INT8, [A_HTTP] = OID_INT4,    [A_OUTCOME] = OID_TEXT,
+    [A_ERROR] = OID_TEXT,    [A_SNIPPET] = OID_TEXT, [A_BODY] = OID_TEXT,
+    [A_CTYPE] = OID_TEXT,    [A_DAY] = OID_INT4,     [A_FIRST] = OID_TIMESTAMPTZ,
 };
 
 /* Order of a delivery's rows: by delivery and day, then the newest attempt
