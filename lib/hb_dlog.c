@@ -394,12 +394,14 @@ static void buf_elem_int(hb_buf_t *b, long long v) {
  * all big-endian. The writer's statements take their columns so: PostgreSQL
  * then reads each element's bytes as they are instead of parsing an array
  * literal and each number in it (array_in was an eighth of its CPU per logged
- * attempt, issue 12). uuids go as text and are cast in SQL (uuid_in), so that
- * a malformed one is still the database's 22P02, an invalid row. */
+ * attempt, issue 12). uuids go as their 16 bytes when they are 8-4-4-4-12 hex
+ * (uuid_in's parse was another 6 %); otherwise as text cast in SQL, so that a
+ * malformed one is still the database's 22P02, an invalid row. */
 #define OID_INT8 20
 #define OID_INT4 23
 #define OID_TEXT 25
 #define OID_TIMESTAMPTZ 1184
+#define OID_UUID 2950
 #define COL_HEADER 20 /* ndim, flags, element type, size, lower bound */
 
 typedef struct {
@@ -444,6 +446,28 @@ static void col_int8(dcol_t *c, int64_t v) {
     put_be32(&c->b, 8);
     put_be32(&c->b, (uint32_t)((uint64_t)v >> 32));
     put_be32(&c->b, (uint32_t)(uint64_t)v);
+}
+
+static int hexval(char ch) {
+    return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
+}
+
+/* s: NULL or uuid_shaped. */
+static void col_uuid(dcol_t *c, const char *s) {
+    unsigned char u[16];
+    if (!s) {
+        col_text(c, NULL);
+        return;
+    }
+    for (int i = 0, k = 0; k < 16; k++) {
+        if (s[i] == '-')
+            i++;
+        u[k] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
+        i += 2;
+    }
+    c->n++;
+    put_be32(&c->b, 16);
+    hb_buf_put(&c->b, u, 16);
 }
 
 /* A wall-clock time in ms as a timestamptz: microseconds since 2000-01-01
@@ -495,41 +519,40 @@ enum {
 
 /* One row per (delivery, day): dlog_pick chose, in C, each delivery's newest
  * attempt of the batch and its earliest start, which spares PostgreSQL a
- * sort and a window per batch (issue 12: its cost per logged attempt). */
-static const char DLOG_UPSERT_DELIVERIES[] =
-    "INSERT INTO hookbridge.deliveries AS d"
-    "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
-    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"
-    "   log_day)"
-    " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt,"
-    "        r.first, r.started, nullif(r.http, 0),"
-    "        r.err, r.body, r.ctype, date '1970-01-01' + r.day"
-    "   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
-    "               $7::timestamptz[], $8::int[], $9::text[], $10::text[], $11::text[], $12::int[],"
-    "               $13::timestamptz[])"
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"
-    "             first)"
-    " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"
-    "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
-    "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"
-    /* the newest attempt sets status and last_*, unless the delivery is final */
-    "   status = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.status ELSE d.status END,"
-    "   last_http_status = CASE WHEN " DLOG_TAKES_NEW
-    "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"
-    "   last_error = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.last_error ELSE d.last_error END,"
-    "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"
-    "   body = coalesce(EXCLUDED.body, d.body),"
-    "   content_type = coalesce(EXCLUDED.content_type, d.content_type)";
+ * sort and a window per batch (issue 12: its cost per logged attempt). The
+ * newest attempt sets status and last_*, unless the delivery is final. */
+#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+    "INSERT INTO hookbridge.deliveries AS d"                                                       \
+    "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"                    \
+    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"      \
+    "   log_day)"                                                                                  \
+    " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt, r.first,"            \
+    "        r.started, nullif(r.http, 0), r.err, r.body, r.ctype, date '1970-01-01' + r.day"      \
+    "   FROM unnest($1::" IDT "[], $2::" IDT "[], $3::text[], $4::text[], $5::text[],"             \
+    "               $6::int[], $7::timestamptz[], $8::int[], $9::text[], $10::text[],"             \
+    "               $11::text[], $12::int[], $13::timestamptz[])"                                  \
+    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"  \
+    "             first)"                                                                          \
+    " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"                                            \
+    "   attempts = greatest(d.attempts, EXCLUDED.attempts),"                                       \
+    "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"                  \
+    "   status = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.status ELSE d.status END,"             \
+    "   last_http_status = CASE WHEN " DLOG_TAKES_NEW                                              \
+    "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"                      \
+    "   last_error = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.last_error ELSE d.last_error END," \
+    "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"                  \
+    "   body = coalesce(EXCLUDED.body, d.body),"                                                   \
+    "   content_type = coalesce(EXCLUDED.content_type, d.content_type)"
 
-static const char DLOG_INSERT_ATTEMPTS[] =
-    "INSERT INTO hookbridge.delivery_attempts"
-    "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"
-    "   response_snippet, subscription_id)"
-    " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"
-    "        r.outcome, r.err, r.snip, r.sid::uuid"
-    "   FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[], $6::text[],"
-    "               $7::text[], $8::text[], $9::text[])"
-    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)";
+#define DLOG_INSERT_ATTEMPTS(IDT)                                                                  \
+    "INSERT INTO hookbridge.delivery_attempts"                                                     \
+    "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"               \
+    "   response_snippet, subscription_id)"                                                        \
+    " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"                         \
+    "        r.outcome, r.err, r.snip, r.sid::uuid"                                                \
+    "   FROM unnest($1::" IDT "[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[],"         \
+    "               $6::text[], $7::text[], $8::text[], $9::" IDT "[])"                            \
+    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)"
 
 /* A delivery with two rows (two days) is answered by the later one (the
  * last filled in). */
@@ -577,12 +600,26 @@ static int sqlstate_invalid(const PGresult *res) {
  * every batch was a good part of PostgreSQL's CPU per logged attempt (issue
  * 12). A failed prepare leaves its bit clear and is reported like a failed
  * execution (the transaction, if any, is rolled back by the caller). */
-enum { S_UPSERT_DELIVERIES, S_INSERT_ATTEMPTS, S_UPSERT_TAILS, S_LOOKUP, S_LOOKUP_TAILS, S_COUNT };
+/* The writer's two statements come in two kinds: ids as binary uuids (all of
+ * the batch's ids are 8-4-4-4-12 hex), or, for a batch with any other, as
+ * text cast by PostgreSQL, whose error then makes the row invalid (_T). */
+enum {
+    S_UPSERT_DELIVERIES,
+    S_UPSERT_DELIVERIES_T,
+    S_INSERT_ATTEMPTS,
+    S_INSERT_ATTEMPTS_T,
+    S_UPSERT_TAILS,
+    S_LOOKUP,
+    S_LOOKUP_TAILS,
+    S_COUNT
+};
 static const struct {
     const char *name, *sql;
 } dlog_stmts[S_COUNT] = {
-    [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES},
-    [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS},
+    [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES("uuid")},
+    [S_UPSERT_DELIVERIES_T] = {"hb_dlog_upsert_deliveries_t", DLOG_UPSERT_DELIVERIES("text")},
+    [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS("uuid")},
+    [S_INSERT_ATTEMPTS_T] = {"hb_dlog_insert_attempts_t", DLOG_INSERT_ATTEMPTS("text")},
     [S_UPSERT_TAILS] = {"hb_dlog_upsert_tails", DLOG_UPSERT_TAILS},
     [S_LOOKUP] = {"hb_dlog_lookup", DLOG_LOOKUP},
     [S_LOOKUP_TAILS] = {"hb_dlog_lookup_tails", DLOG_LOOKUP_TAILS},
@@ -654,8 +691,13 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
 /* Writes rows[0..n) in one transaction. */
 /* Appends row r to the column arrays arr[]; first: its A_FIRST. */
 static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
-    col_text(&arr[A_DID], r->delivery_id);
-    col_text(&arr[A_SID], r->subscription_id);
+    if (arr[A_DID].elem == OID_UUID) {
+        col_uuid(&arr[A_DID], r->delivery_id);
+        col_uuid(&arr[A_SID], r->subscription_id);
+    } else {
+        col_text(&arr[A_DID], r->delivery_id);
+        col_text(&arr[A_SID], r->subscription_id);
+    }
     col_text(&arr[A_EIDS], r->event_ids);
     col_text(&arr[A_ETYPE], r->event_type);
     col_int4(&arr[A_ATTEMPT], (int32_t)r->attempt);
@@ -671,7 +713,8 @@ static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     col_ts(&arr[A_FIRST], first);
 }
 
-/* Each column's element type (arrays_add). */
+/* Each column's element type (arrays_add); A_DID and A_SID: OID_UUID when
+ * every id of the batch is uuid_shaped. */
 static const uint32_t col_elem[A_COUNT] = {
     [A_DID] = OID_TEXT,      [A_SID] = OID_TEXT,     [A_EIDS] = OID_TEXT,
     [A_ETYPE] = OID_TEXT,    [A_ATTEMPT] = OID_INT4, [A_STARTED] = OID_TIMESTAMPTZ,
@@ -722,7 +765,7 @@ static void dlog_pick(dcol_t *darr, dlog_row_t **rows, size_t n) {
 static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
     dcol_t arr[A_COUNT], darr[A_COUNT];
     const char *p1[13], *p2[9];
-    int l1[13], l2[9];
+    int l1[13], l2[9], ids_uuid = 1;
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
     dlog_wrc_t rc;
 
@@ -732,9 +775,13 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         if (!dl->conn)
             return W_RETRY;
     }
+    for (size_t i = 0; i < n && ids_uuid; i++)
+        ids_uuid = (!rows[i]->delivery_id || uuid_shaped(rows[i]->delivery_id)) &&
+                   (!rows[i]->subscription_id || uuid_shaped(rows[i]->subscription_id));
     for (int c = 0; c < A_COUNT; c++) {
-        col_begin(&arr[c], col_elem[c]);
-        col_begin(&darr[c], col_elem[c]);
+        uint32_t elem = (c == A_DID || c == A_SID) && ids_uuid ? OID_UUID : col_elem[c];
+        col_begin(&arr[c], elem);
+        col_begin(&darr[c], elem);
     }
     for (size_t i = 0; i < n; i++)
         arrays_add(arr, rows[i], rows[i]->started_ms);
@@ -760,9 +807,11 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
 
     if ((rc = dlog_exec(dl, -1, "BEGIN", 0, NULL, NULL, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, S_UPSERT_DELIVERIES, NULL, 13, p1, l1, fmt, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
+                        l1, fmt, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, S_INSERT_ATTEMPTS, NULL, 9, p2, l2, fmt, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, ids_uuid ? S_INSERT_ATTEMPTS : S_INSERT_ATTEMPTS_T, NULL, 9, p2, l2,
+                        fmt, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_write_tails(dl, rows, n, why, whysz)) != W_OK)
         goto fail;
