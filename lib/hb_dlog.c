@@ -6,7 +6,8 @@
  * attempt, appends it and returns; it wakes the writer early when the queue is
  * half full. The writer wakes every flush_ms, takes up to DLOG_BATCH_MAX rows
  * from the front, and writes them in one transaction of two statements whose
- * parameters are whole columns as arrays (unnest): an upsert of
+ * parameters are whole columns as arrays (unnest; each statement prepared
+ * once per connection, the arrays sent in binary): an upsert of
  * hookbridge.deliveries (one row per delivery, picked in C from the batch's
  * rows of it, dlog_pick: attempts = greatest, status and
  * last_* from the latest attempt unless the delivery is already final,
