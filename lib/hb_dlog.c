@@ -6,7 +6,8 @@
  * attempt, appends it and returns; it wakes the writer early when the queue is
  * half full. The writer wakes every flush_ms, takes up to DLOG_BATCH_MAX rows
  * from the front, and writes them in one transaction of two statements whose
- * parameters are whole columns as arrays (unnest): an upsert of
+ * parameters are whole columns as arrays (unnest; each statement prepared
+ * once per connection, the arrays sent in binary): an upsert of
  * hookbridge.deliveries (one row per delivery, picked in C from the batch's
  * rows of it, dlog_pick: attempts = greatest, status and
  * last_* from the latest attempt unless the delivery is already final,
@@ -112,6 +113,7 @@ struct hb_dlog_s {
 
     /* Writer thread only. */
     PGconn *conn;
+    unsigned prepared; /* bit s: dlog_stmts[s] is prepared on conn (0 on a new one) */
     int failing;
     int64_t warned_ms;
 };
@@ -387,6 +389,108 @@ static void buf_elem_int(hb_buf_t *b, long long v) {
     hb_buf_put(b, num, (size_t)n);
 }
 
+/* One column of a batch as a PostgreSQL array in binary format (array_recv:
+ * ndim, has-nulls flag, element type, then per dimension its size and lower
+ * bound, then each element as a 4-byte length, -1 for NULL, and its bytes),
+ * all big-endian. The writer's statements take their columns so: PostgreSQL
+ * then reads each element's bytes as they are instead of parsing an array
+ * literal and each number in it (array_in was an eighth of its CPU per logged
+ * attempt, issue 12). uuids go as their 16 bytes when they are 8-4-4-4-12 hex
+ * (uuid_in's parse was another 6 %); otherwise as text cast in SQL, so that a
+ * malformed one is still the database's 22P02, an invalid row. */
+#define OID_INT8 20
+#define OID_INT4 23
+#define OID_TEXT 25
+#define OID_TIMESTAMPTZ 1184
+#define OID_UUID 2950
+#define COL_HEADER 20 /* ndim, flags, element type, size, lower bound */
+
+typedef struct {
+    hb_buf_t b;
+    uint32_t elem, n;
+    int hasnull;
+} dcol_t;
+
+static void put_be32(hb_buf_t *b, uint32_t v) {
+    unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    hb_buf_put(b, x, 4);
+}
+
+static void col_begin(dcol_t *c, uint32_t elem) {
+    static const char zero[COL_HEADER];
+    memset(c, 0, sizeof(*c));
+    c->elem = elem;
+    hb_buf_put(&c->b, zero, COL_HEADER);
+}
+
+static void col_text(dcol_t *c, const char *s) {
+    c->n++;
+    if (!s) {
+        put_be32(&c->b, 0xFFFFFFFFu);
+        c->hasnull = 1;
+        return;
+    }
+    size_t len = strlen(s);
+    put_be32(&c->b, (uint32_t)len);
+    hb_buf_put(&c->b, s, len);
+}
+
+static void col_int4(dcol_t *c, int32_t v) {
+    c->n++;
+    put_be32(&c->b, 4);
+    put_be32(&c->b, (uint32_t)v);
+}
+
+static void col_int8(dcol_t *c, int64_t v) {
+    c->n++;
+    put_be32(&c->b, 8);
+    put_be32(&c->b, (uint32_t)((uint64_t)v >> 32));
+    put_be32(&c->b, (uint32_t)(uint64_t)v);
+}
+
+static int hexval(char ch) {
+    return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
+}
+
+/* s: NULL or uuid_shaped. */
+static void col_uuid(dcol_t *c, const char *s) {
+    unsigned char u[16];
+    if (!s) {
+        col_text(c, NULL);
+        return;
+    }
+    for (int i = 0, k = 0; k < 16; k++) {
+        if (s[i] == '-')
+            i++;
+        u[k] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
+        i += 2;
+    }
+    c->n++;
+    put_be32(&c->b, 16);
+    hb_buf_put(&c->b, u, 16);
+}
+
+/* A wall-clock time in ms as a timestamptz: microseconds since 2000-01-01
+ * UTC (what to_timestamp(ms / 1000.0) gave, without numeric arithmetic). */
+static void col_ts(dcol_t *c, int64_t wall_ms) {
+    col_int8(c, (wall_ms - INT64_C(946684800000)) * 1000);
+}
+
+/* Fills in the header; an empty column is a zero-dimension array. */
+static void col_end(dcol_t *c) {
+    hb_buf_t h = {0};
+    put_be32(&h, c->n ? 1 : 0);
+    put_be32(&h, (uint32_t)c->hasnull);
+    put_be32(&h, c->elem);
+    put_be32(&h, c->n);
+    put_be32(&h, 1);
+    memcpy(c->b.p, h.p, COL_HEADER);
+    free(h.p);
+    if (!c->n)
+        c->b.len = 12;
+}
+
 enum {
     A_DID,
     A_SID,
@@ -416,41 +520,40 @@ enum {
 
 /* One row per (delivery, day): dlog_pick chose, in C, each delivery's newest
  * attempt of the batch and its earliest start, which spares PostgreSQL a
- * sort and a window per batch (issue 12: its cost per logged attempt). */
-static const char DLOG_UPSERT_DELIVERIES[] =
-    "INSERT INTO hookbridge.deliveries AS d"
-    "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"
-    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"
-    "   log_day)"
-    " SELECT r.did, r.sid, r.eids, r.etype, r.outcome, r.attempt, to_timestamp(r.first / 1000.0),"
-    "        to_timestamp(r.started / 1000.0), nullif(r.http, 0), r.err, r.body, r.ctype,"
-    "        date '1970-01-01' + r.day"
-    "   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[],"
-    "               $7::bigint[], $8::int[], $9::text[], $10::text[], $11::text[], $12::int[],"
-    "               $13::bigint[])"
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"
-    "             first)"
-    " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"
-    "   attempts = greatest(d.attempts, EXCLUDED.attempts),"
-    "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"
-    /* the newest attempt sets status and last_*, unless the delivery is final */
-    "   status = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.status ELSE d.status END,"
-    "   last_http_status = CASE WHEN " DLOG_TAKES_NEW
-    "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"
-    "   last_error = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.last_error ELSE d.last_error END,"
-    "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"
-    "   body = coalesce(EXCLUDED.body, d.body),"
-    "   content_type = coalesce(EXCLUDED.content_type, d.content_type)";
+ * sort and a window per batch (issue 12: its cost per logged attempt). The
+ * newest attempt sets status and last_*, unless the delivery is final. */
+#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+    "INSERT INTO hookbridge.deliveries AS d"                                                       \
+    "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"                    \
+    "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"      \
+    "   log_day)"                                                                                  \
+    " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt, r.first,"            \
+    "        r.started, nullif(r.http, 0), r.err, r.body, r.ctype, date '1970-01-01' + r.day"      \
+    "   FROM unnest($1::" IDT "[], $2::" IDT "[], $3::text[], $4::text[], $5::text[],"             \
+    "               $6::int[], $7::timestamptz[], $8::int[], $9::text[], $10::text[],"             \
+    "               $11::text[], $12::int[], $13::timestamptz[])"                                  \
+    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"  \
+    "             first)"                                                                          \
+    " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"                                            \
+    "   attempts = greatest(d.attempts, EXCLUDED.attempts),"                                       \
+    "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"                  \
+    "   status = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.status ELSE d.status END,"             \
+    "   last_http_status = CASE WHEN " DLOG_TAKES_NEW                                              \
+    "            THEN EXCLUDED.last_http_status ELSE d.last_http_status END,"                      \
+    "   last_error = CASE WHEN " DLOG_TAKES_NEW " THEN EXCLUDED.last_error ELSE d.last_error END," \
+    "   last_attempt_at = greatest(d.last_attempt_at, EXCLUDED.last_attempt_at),"                  \
+    "   body = coalesce(EXCLUDED.body, d.body),"                                                   \
+    "   content_type = coalesce(EXCLUDED.content_type, d.content_type)"
 
-static const char DLOG_INSERT_ATTEMPTS[] =
-    "INSERT INTO hookbridge.delivery_attempts"
-    "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"
-    "   response_snippet, subscription_id)"
-    " SELECT r.did, r.attempt, to_timestamp(r.started / 1000.0), r.dur, nullif(r.http, 0),"
-    "        r.outcome, r.err, r.snip, r.sid"
-    "   FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::int[], $6::text[],"
-    "               $7::text[], $8::text[], $9::uuid[])"
-    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)";
+#define DLOG_INSERT_ATTEMPTS(IDT)                                                                  \
+    "INSERT INTO hookbridge.delivery_attempts"                                                     \
+    "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"               \
+    "   response_snippet, subscription_id)"                                                        \
+    " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"                         \
+    "        r.outcome, r.err, r.snip, r.sid::uuid"                                                \
+    "   FROM unnest($1::" IDT "[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[],"         \
+    "               $6::text[], $7::text[], $8::text[], $9::" IDT "[])"                            \
+    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)"
 
 /* A delivery with two rows (two days) is answered by the later one (the
  * last filled in). */
@@ -493,9 +596,54 @@ static int sqlstate_invalid(const PGresult *res) {
     return state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2));
 }
 
-static dlog_wrc_t dlog_exec(hb_dlog_t *dl, const char *sql, int n, const char *const *params,
-                            char *why, size_t whysz) {
-    PGresult *res = PQexecParams(dl->conn, sql, n, NULL, params, NULL, NULL, 0);
+/* The writer's statements, each prepared once per connection (PQprepare) the
+ * first time it is used, then only executed: parsing and planning them for
+ * every batch was a good part of PostgreSQL's CPU per logged attempt (issue
+ * 12). A failed prepare leaves its bit clear and is reported like a failed
+ * execution (the transaction, if any, is rolled back by the caller). */
+/* The writer's two statements come in two kinds: ids as binary uuids (all of
+ * the batch's ids are 8-4-4-4-12 hex), or, for a batch with any other, as
+ * text cast by PostgreSQL, whose error then makes the row invalid (_T). */
+enum {
+    S_UPSERT_DELIVERIES,
+    S_UPSERT_DELIVERIES_T,
+    S_INSERT_ATTEMPTS,
+    S_INSERT_ATTEMPTS_T,
+    S_UPSERT_TAILS,
+    S_LOOKUP,
+    S_LOOKUP_TAILS,
+    S_COUNT
+};
+static const struct {
+    const char *name, *sql;
+} dlog_stmts[S_COUNT] = {
+    [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES("uuid")},
+    [S_UPSERT_DELIVERIES_T] = {"hb_dlog_upsert_deliveries_t", DLOG_UPSERT_DELIVERIES("text")},
+    [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS("uuid")},
+    [S_INSERT_ATTEMPTS_T] = {"hb_dlog_insert_attempts_t", DLOG_INSERT_ATTEMPTS("text")},
+    [S_UPSERT_TAILS] = {"hb_dlog_upsert_tails", DLOG_UPSERT_TAILS},
+    [S_LOOKUP] = {"hb_dlog_lookup", DLOG_LOOKUP},
+    [S_LOOKUP_TAILS] = {"hb_dlog_lookup_tails", DLOG_LOOKUP_TAILS},
+};
+
+/* Runs statement s with n text parameters; the result as PQexecPrepared's,
+ * or the failed prepare's. */
+static PGresult *dlog_run(hb_dlog_t *dl, int s, int n, const char *const *params,
+                          const int *lengths, const int *formats) {
+    if (!(dl->prepared & (1u << s))) {
+        PGresult *res = PQprepare(dl->conn, dlog_stmts[s].name, dlog_stmts[s].sql, n, NULL);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            return res;
+        PQclear(res);
+        dl->prepared |= 1u << s;
+    }
+    return PQexecPrepared(dl->conn, dlog_stmts[s].name, n, params, lengths, formats, 0);
+}
+
+/* Runs statement s (prepared) or, s < 0, the plain command sql. */
+static dlog_wrc_t dlog_exec(hb_dlog_t *dl, int s, const char *sql, int n, const char *const *params,
+                            const int *lengths, const int *formats, char *why, size_t whysz) {
+    PGresult *res = s >= 0 ? dlog_run(dl, s, n, params, lengths, formats) : PQexec(dl->conn, sql);
     dlog_wrc_t rc = W_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
@@ -535,7 +683,7 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
         hb_buf_put(&arr[c], "}", 1);
         p[c] = arr[c].p;
     }
-    rc = dlog_exec(dl, DLOG_UPSERT_TAILS, 5, p, why, whysz);
+    rc = dlog_exec(dl, S_UPSERT_TAILS, NULL, 5, p, NULL, NULL, why, whysz);
     for (int c = 0; c < 5; c++)
         free(arr[c].p);
     return rc;
@@ -543,23 +691,38 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
 
 /* Writes rows[0..n) in one transaction. */
 /* Appends row r to the column arrays arr[]; first: its A_FIRST. */
-static void arrays_add(hb_buf_t *arr, const dlog_row_t *r, int64_t first) {
-    buf_elem_text(&arr[A_DID], r->delivery_id);
-    buf_elem_text(&arr[A_SID], r->subscription_id);
-    buf_elem_text(&arr[A_EIDS], r->event_ids);
-    buf_elem_text(&arr[A_ETYPE], r->event_type);
-    buf_elem_int(&arr[A_ATTEMPT], r->attempt);
-    buf_elem_int(&arr[A_STARTED], (long long)r->started_ms);
-    buf_elem_int(&arr[A_DURATION], (long long)r->duration_ms);
-    buf_elem_int(&arr[A_HTTP], r->http_status);
-    buf_elem_text(&arr[A_OUTCOME], hb_outcome_name(r->outcome));
-    buf_elem_text(&arr[A_ERROR], r->error);
-    buf_elem_text(&arr[A_SNIPPET], r->snippet);
-    buf_elem_text(&arr[A_BODY], r->body);
-    buf_elem_text(&arr[A_CTYPE], r->content_type);
-    buf_elem_int(&arr[A_DAY], (long long)r->log_day);
-    buf_elem_int(&arr[A_FIRST], (long long)first);
+static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
+    if (arr[A_DID].elem == OID_UUID) {
+        col_uuid(&arr[A_DID], r->delivery_id);
+        col_uuid(&arr[A_SID], r->subscription_id);
+    } else {
+        col_text(&arr[A_DID], r->delivery_id);
+        col_text(&arr[A_SID], r->subscription_id);
+    }
+    col_text(&arr[A_EIDS], r->event_ids);
+    col_text(&arr[A_ETYPE], r->event_type);
+    col_int4(&arr[A_ATTEMPT], (int32_t)r->attempt);
+    col_ts(&arr[A_STARTED], r->started_ms);
+    col_int8(&arr[A_DURATION], r->duration_ms);
+    col_int4(&arr[A_HTTP], (int32_t)r->http_status);
+    col_text(&arr[A_OUTCOME], hb_outcome_name(r->outcome));
+    col_text(&arr[A_ERROR], r->error);
+    col_text(&arr[A_SNIPPET], r->snippet);
+    col_text(&arr[A_BODY], r->body);
+    col_text(&arr[A_CTYPE], r->content_type);
+    col_int4(&arr[A_DAY], (int32_t)r->log_day);
+    col_ts(&arr[A_FIRST], first);
 }
+
+/* Each column's element type (arrays_add); A_DID and A_SID: OID_UUID when
+ * every id of the batch is uuid_shaped. */
+static const uint32_t col_elem[A_COUNT] = {
+    [A_DID] = OID_TEXT,      [A_SID] = OID_TEXT,     [A_EIDS] = OID_TEXT,
+    [A_ETYPE] = OID_TEXT,    [A_ATTEMPT] = OID_INT4, [A_STARTED] = OID_TIMESTAMPTZ,
+    [A_DURATION] = OID_INT8, [A_HTTP] = OID_INT4,    [A_OUTCOME] = OID_TEXT,
+    [A_ERROR] = OID_TEXT,    [A_SNIPPET] = OID_TEXT, [A_BODY] = OID_TEXT,
+    [A_CTYPE] = OID_TEXT,    [A_DAY] = OID_INT4,     [A_FIRST] = OID_TIMESTAMPTZ,
+};
 
 /* Order of a delivery's rows: by delivery and day, then the newest attempt
  * (highest number, then latest start) first. */
@@ -580,7 +743,7 @@ static int pick_cmp(const void *pa, const void *pb) {
 /* Adds to darr[] one row per (delivery, day) of rows[0..n): its newest
  * attempt, with the earliest start among them (what the deliveries row
  * takes: status and last_* from the newest, first_attempt_at the least). */
-static void dlog_pick(hb_buf_t *darr, dlog_row_t **rows, size_t n) {
+static void dlog_pick(dcol_t *darr, dlog_row_t **rows, size_t n) {
     const dlog_row_t **v = hb_malloc((n ? n : 1) * sizeof(*v));
     memcpy(v, rows, n * sizeof(*v));
     qsort(v, n, sizeof(*v), pick_cmp);
@@ -601,47 +764,59 @@ static void dlog_pick(hb_buf_t *darr, dlog_row_t **rows, size_t n) {
 
 /* Writes rows[0..n) in one transaction. */
 static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    hb_buf_t arr[A_COUNT], darr[A_COUNT];
+    dcol_t arr[A_COUNT], darr[A_COUNT];
     const char *p1[13], *p2[9];
+    int l1[13], l2[9], ids_uuid = 1;
+    static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
     dlog_wrc_t rc;
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->prepared = 0;
         if (!dl->conn)
             return W_RETRY;
     }
-    memset(arr, 0, sizeof(arr));
-    memset(darr, 0, sizeof(darr));
+    for (size_t i = 0; i < n && ids_uuid; i++)
+        ids_uuid = (!rows[i]->delivery_id || uuid_shaped(rows[i]->delivery_id)) &&
+                   (!rows[i]->subscription_id || uuid_shaped(rows[i]->subscription_id));
     for (int c = 0; c < A_COUNT; c++) {
-        hb_buf_put(&arr[c], "{", 1);
-        hb_buf_put(&darr[c], "{", 1);
+        uint32_t elem = (c == A_DID || c == A_SID) && ids_uuid ? OID_UUID : col_elem[c];
+        col_begin(&arr[c], elem);
+        col_begin(&darr[c], elem);
     }
     for (size_t i = 0; i < n; i++)
         arrays_add(arr, rows[i], rows[i]->started_ms);
     dlog_pick(darr, rows, n);
     for (int c = 0; c < A_COUNT; c++) {
-        hb_buf_put(&arr[c], "}", 1);
-        hb_buf_put(&darr[c], "}", 1);
+        col_end(&arr[c]);
+        col_end(&darr[c]);
     }
 
-    p1[0] = darr[A_DID].p, p1[1] = darr[A_SID].p, p1[2] = darr[A_EIDS].p;
-    p1[3] = darr[A_ETYPE].p, p1[4] = darr[A_OUTCOME].p, p1[5] = darr[A_ATTEMPT].p;
-    p1[6] = darr[A_STARTED].p, p1[7] = darr[A_HTTP].p, p1[8] = darr[A_ERROR].p;
-    p1[9] = darr[A_BODY].p, p1[10] = darr[A_CTYPE].p, p1[11] = darr[A_DAY].p;
-    p1[12] = darr[A_FIRST].p;
-    p2[0] = arr[A_DID].p, p2[1] = arr[A_ATTEMPT].p, p2[2] = arr[A_STARTED].p;
-    p2[3] = arr[A_DURATION].p, p2[4] = arr[A_HTTP].p, p2[5] = arr[A_OUTCOME].p;
-    p2[6] = arr[A_ERROR].p, p2[7] = arr[A_SNIPPET].p, p2[8] = arr[A_SID].p;
+    for (int k = 0; k < 13; k++) {
+        static const int c1[13] = {A_DID,     A_SID,     A_EIDS, A_ETYPE, A_OUTCOME,
+                                   A_ATTEMPT, A_STARTED, A_HTTP, A_ERROR, A_BODY,
+                                   A_CTYPE,   A_DAY,     A_FIRST};
+        p1[k] = darr[c1[k]].b.p;
+        l1[k] = (int)darr[c1[k]].b.len;
+    }
+    for (int k = 0; k < 9; k++) {
+        static const int c2[9] = {A_DID,     A_ATTEMPT, A_STARTED, A_DURATION, A_HTTP,
+                                  A_OUTCOME, A_ERROR,   A_SNIPPET, A_SID};
+        p2[k] = arr[c2[k]].b.p;
+        l2[k] = (int)arr[c2[k]].b.len;
+    }
 
-    if ((rc = dlog_exec(dl, "BEGIN", 0, NULL, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, -1, "BEGIN", 0, NULL, NULL, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_UPSERT_DELIVERIES, 13, p1, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
+                        l1, fmt, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, DLOG_INSERT_ATTEMPTS, 9, p2, why, whysz)) != W_OK)
+    if ((rc = dlog_exec(dl, ids_uuid ? S_INSERT_ATTEMPTS : S_INSERT_ATTEMPTS_T, NULL, 9, p2, l2,
+                        fmt, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_write_tails(dl, rows, n, why, whysz)) != W_OK)
         goto fail;
-    rc = dlog_exec(dl, "COMMIT", 0, NULL, why, whysz);
+    rc = dlog_exec(dl, -1, "COMMIT", 0, NULL, NULL, NULL, why, whysz);
     if (rc != W_OK)
         goto fail;
     goto out;
@@ -655,8 +830,8 @@ fail:
     }
 out:
     for (int c = 0; c < A_COUNT; c++) {
-        free(arr[c].p);
-        free(darr[c].p);
+        free(arr[c].b.p);
+        free(darr[c].b.p);
     }
     return rc;
 }
@@ -685,7 +860,7 @@ static dlog_wrc_t dlog_lookup_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, 
     if (cnt > 0) {
         params[0] = sids.p;
         params[1] = keys.p;
-        res = PQexecParams(dl->conn, DLOG_LOOKUP_TAILS, 2, NULL, params, NULL, NULL, 0);
+        res = dlog_run(dl, S_LOOKUP_TAILS, 2, params, NULL, NULL);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             hb_pg_error(dl->conn, res, why, whysz);
             rc = W_RETRY;
@@ -720,6 +895,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+        dl->prepared = 0;
         if (!dl->conn)
             return W_RETRY;
     }
@@ -728,7 +904,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
         buf_elem_text(&ids, rows[i]->ordering_key ? NULL : rows[i]->delivery_id);
     hb_buf_put(&ids, "}", 1);
     params[0] = ids.p;
-    res = PQexecParams(dl->conn, DLOG_LOOKUP, 1, NULL, params, NULL, NULL, 0);
+    res = dlog_run(dl, S_LOOKUP, 1, params, NULL, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
         rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
@@ -924,6 +1100,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
 
     /* Connect now so a wrong URL or a down database is reported at start. */
     dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
+    dl->prepared = 0;
     if (!dl->conn)
         goto fail;
     err = pthread_create(&dl->thread, NULL, dlog_main, dl);

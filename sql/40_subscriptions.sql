@@ -459,10 +459,12 @@ SELECT s.id,
          WHERE d.subscription_id = s.id
            AND d.created_at > now() - interval '24 hours'
            AND d.log_day >= ((now() AT TIME ZONE 'UTC') - interval '48 hours')::date) d24
- CROSS JOIN LATERAL (
-        SELECT max(d.last_attempt_at) AS last_delivered_at
-          FROM hookbridge.deliveries d
-         WHERE d.subscription_id = s.id AND d.status = 'delivered') ld
+  -- endpoint_health (its trigger) rather than a scan of the delivered deliveries:
+  -- no index on them to keep (migrations/0005)
+  LEFT JOIN LATERAL (
+        SELECT h.last_success_at AS last_delivered_at
+          FROM hookbridge.endpoint_health h
+         WHERE h.subscription_id = s.id) ld ON true
  CROSS JOIN LATERAL (
         SELECT max(d.last_attempt_at) AS last_failed_at
           FROM hookbridge.deliveries d

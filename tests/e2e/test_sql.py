@@ -695,6 +695,11 @@ def insert_delivery(url, sub, status, hours_ago, attempts=1, etype="user.session
         "now() - %s * interval '1 hour', %s, %s, now() - %s * interval '1 hour')",
         did, sub, str(uuid.uuid4()), etype, status, attempts, hours_ago, hours_ago, http, error,
         hours_ago)
+    if attempts > 0:  # its last attempt too, as the services log it (endpoint_health follows)
+        sql(url, "INSERT INTO hookbridge.delivery_attempts (delivery_id, subscription_id, "
+            "attempt, started_at, http_status, outcome, error) "
+            "VALUES (%s, %s, %s, now() - %s * interval '1 hour', %s, %s, %s)",
+            did, sub, attempts, hours_ago, http, status, error)
     return did
 
 
