@@ -86,6 +86,8 @@ SETTINGS = {  # name: (default, meaning)
     "CHAOS_PACE_MIN": (0.9, "lowest share of the produce rate the healthy endpoint must keep"),
     "CHAOS_DRAIN": (90.0, "seconds to wait, after production and healing, for delivery to finish"),
     "CHAOS_ORDER_KEYS": (300, "ordered-kill: keys (users, the message key) the events are spread over"),
+    "CHAOS_ORDERING": ("key", "ordered-kill: the ordering option; none: without it (a control run, "
+                       "in which the order check should find violations)"),
     "CHAOS_ORDER_FAIL_RATE": (20, "ordered-kill: percent of requests the ordered receiver answers 503"),
     "CHAOS_LIMIT_RATE": (50.0, "rate-limited-kill: the limited subscription's per_second"),
     "CHAOS_LIMIT_BURST": (10, "rate-limited-kill: the limited subscription's burst"),
@@ -712,7 +714,8 @@ def sc_ordered_kill(st, result):
     acknowledged arrivals must be in the order produced (gaps only where a
     delivery was dead-lettered)."""
     ordered = st.receiver("ordered", "failing", ["--fail-rate", CFG["CHAOS_ORDER_FAIL_RATE"]],
-                          options={"ordering": "key"})
+                          options=None if CFG["CHAOS_ORDERING"] == "none"
+                          else {"ordering": CFG["CHAOS_ORDERING"]})
     d = st.service(Dispatcher)
     r = st.service(Retrier)
     st.register_all()
