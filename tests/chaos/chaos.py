@@ -47,6 +47,7 @@ Exit status: 0 when every scenario passed, 1 otherwise.
 """
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,12 @@ SETTINGS = {  # name: (default, meaning)
     "CHAOS_HUNG_SECONDS": (30.0, "seconds of production in hung-receiver"),
     "CHAOS_PACE_MIN": (0.9, "lowest share of the produce rate the healthy endpoint must keep"),
     "CHAOS_DRAIN": (90.0, "seconds to wait, after production and healing, for delivery to finish"),
+    "CHAOS_ORDER_KEYS": (300, "ordered-kill: keys (users, the message key) the events are spread over"),
+    "CHAOS_ORDERING": ("key", "ordered-kill: the ordering option; none: without it (a control run, "
+                       "in which the order check should find violations)"),
+    "CHAOS_ORDER_FAIL_RATE": (20, "ordered-kill: percent of requests the ordered receiver answers 503"),
+    "CHAOS_LIMIT_RATE": (50.0, "rate-limited-kill: the limited subscription's per_second"),
+    "CHAOS_LIMIT_BURST": (10, "rate-limited-kill: the limited subscription's burst"),
     "CHAOS_KEEP": (0, "1: keep every scenario's work directory (logs, records)"),
     "CHAOS_KILL_WINDOW_MS": (1000, "an acknowledgement this close before a kill -9, never logged "
                              "delivered, died with the process (see the top of this file)"),
@@ -109,6 +116,9 @@ class Tally:
         self.acks = {}       # webhook-id -> number of 2xx answers
         self.uuids = {}      # webhook-id -> event uuids in the body
         self.first_ack = {}  # webhook-id -> time_ms of the first 2xx
+        self.ack_seq = {}    # webhook-id -> the first 2xx's place in the record (arrival order)
+        self.post_times = []  # time_ms of every POST
+        self.lines = 0
 
     def refresh(self):
         if not self.path.exists():
@@ -122,8 +132,10 @@ class Tally:
             if not line.strip():
                 continue
             r = json.loads(line)
+            self.lines += 1
             if r["method"] != "POST":
                 continue
+            self.post_times.append(r["time_ms"])
             wid = r["headers"].get("webhook-id", "")
             self.posts[wid] = self.posts.get(wid, 0) + 1
             if wid not in self.uuids:
@@ -131,6 +143,7 @@ class Tally:
             if 200 <= r["status"] < 300:
                 self.acks[wid] = self.acks.get(wid, 0) + 1
                 self.first_ack.setdefault(wid, r["time_ms"])
+                self.ack_seq.setdefault(wid, self.lines)
         return self
 
     def acked_uuids(self):
@@ -189,8 +202,10 @@ class Feed:
     """hookbridge-producer reading JSON lines on stdin, fed `rate` events a
     second for `seconds` by a thread; remembers every uuid it wrote."""
 
-    def __init__(self, workdir, brokers, rate, seconds):
+    def __init__(self, workdir, brokers, rate, seconds, keys=0):
         self.rate, self.seconds = rate, seconds
+        self.keys = keys  # > 0: every event about one of that many users (its message key)
+        self.key_of = {}  # uuid -> its user (the message key), when keys
         self.total = int(rate * seconds)
         self.uuids = []
         self.marks = []  # (wall time, events written then)
@@ -213,8 +228,11 @@ class Feed:
                 due = min(self.total, int((time.monotonic() - start) * self.rate) + 1)
                 chunk = []
                 while i < due:
-                    ev = event(TYPES[i % len(TYPES)])
+                    user = f"00uchaos{random.randrange(self.keys):05d}" if self.keys else None
+                    ev = event(TYPES[i % len(TYPES)], user)
                     self.uuids.append(ev["uuid"])
+                    if user:
+                        self.key_of[ev["uuid"]] = user
                     chunk.append(json.dumps(ev))
                     i += 1
                 if chunk:
@@ -264,9 +282,10 @@ class Feed:
 # ---- one scenario's stack ---------------------------------------------------
 
 class Sub:
-    def __init__(self, name, kind, url, tally=None, endpoint=None):
+    def __init__(self, name, kind, url, tally=None, endpoint=None, options=None):
         self.name, self.kind, self.url = name, kind, url  # kind: healthy, failing, hung
         self.tally, self.endpoint = tally, endpoint
+        self.options = options or {}  # the subscription's options (ordering, rate_limit)
         self.id = None
 
 
@@ -290,9 +309,9 @@ class Stack:
         self.hung = []
         self.feed = None
 
-    def receiver(self, name, kind="healthy", args=()):
+    def receiver(self, name, kind="healthy", args=(), options=None):
         r = Receiver(self.group, self.workdir, name=name, args=["--quiet", *args])
-        sub = Sub(name, kind, r.url, tally=Tally(r.record))
+        sub = Sub(name, kind, r.url, tally=Tally(r.record), options=options)
         self.subs.append(sub)
         return sub
 
@@ -315,13 +334,14 @@ class Stack:
         waits until every running service has applied it."""
         first = self.services[0]
         for sub in self.subs:
-            sub.id = register_active(first, self.db_url, sub.url, TYPES, name=sub.name)
+            sub.id = register_active(first, self.db_url, sub.url, TYPES, options=sub.options,
+                                     name=sub.name)
             for s in self.services[1:]:
                 wait_until(lambda s=s, sub=sub: changes_applied(s, sub.id, ACTIVE) > 0, 20,
                            f"{s.name} to apply subscription {sub.name}")
 
-    def start_feed(self, rate, seconds):
-        self.feed = Feed(self.workdir, self.broker.bootstrap, rate, seconds)
+    def start_feed(self, rate, seconds, keys=0):
+        self.feed = Feed(self.workdir, self.broker.bootstrap, rate, seconds, keys)
         return self.feed
 
     def pg_ctl(self, *args):
@@ -633,6 +653,139 @@ def sc_broker_freeze(st, result):
                                                                 else "not 200 30s after the freeze")))
 
 
+def order_violations(feed, tally):
+    """Per key, the events' first acknowledged arrivals (de-duplicated on the
+    event uuid, the earliest 2xx in the receiver's record) against the order
+    produced: an event acknowledged after a later event of its key is a
+    violation. Events never acknowledged (dead-lettered: counted as lost
+    unless the log or the DLQ has them) leave a gap, not a violation.
+    Returns (violating events, keys with one, a few examples)."""
+    place, per_key = {}, {}
+    for u in feed.uuids:
+        k = feed.key_of.get(u)
+        if k is not None:
+            lst = per_key.setdefault(k, [])
+            place[u] = (k, len(lst))
+            lst.append(u)
+    first = {}  # uuid -> the place of its first acknowledgement in the record
+    for wid, seq in tally.ack_seq.items():
+        for u in tally.uuids.get(wid, ()):
+            if u in place and (u not in first or seq < first[u]):
+                first[u] = seq
+    arrivals = {}
+    for u, seq in first.items():
+        arrivals.setdefault(place[u][0], []).append((seq, place[u][1], u))
+    events, keys, examples = 0, 0, []
+    for k, arr in sorted(arrivals.items()):
+        arr.sort()
+        highest, n = -1, 0
+        for _, i, u in arr:
+            if i < highest:
+                n += 1
+                if len(examples) < 5:
+                    examples.append(f"key {k}: event #{i} ({u}) first acknowledged after "
+                                    f"#{highest}")
+            highest = max(highest, i)
+        events += n
+        keys += 1 if n else 0
+    return events, keys, examples
+
+
+def busiest_second(times_ms):
+    """The most requests in any 1 s window (sliding, ms resolution)."""
+    t = sorted(times_ms)
+    best, lo = 0, 0
+    for hi in range(len(t)):
+        while t[hi] - t[lo] >= 1000:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def figures_of(result, sub):
+    return next(f for f in result["subs"] if f["sub"] == sub.name)
+
+
+def sc_ordered_kill(st, result):
+    """An ordered subscription ("ordering": "key") on a receiver answering
+    CHAOS_ORDER_FAIL_RATE % of requests with 503, events of CHAOS_ORDER_KEYS
+    keys; kill -9 of the dispatcher (restarted at once) and, 5 s later, of the
+    retrier (restarted CHAOS_RETRIER_DOWN s later). Per key, the first
+    acknowledged arrivals must be in the order produced (gaps only where a
+    delivery was dead-lettered)."""
+    ordered = st.receiver("ordered", "failing", ["--fail-rate", CFG["CHAOS_ORDER_FAIL_RATE"]],
+                          options=None if CFG["CHAOS_ORDERING"] == "none"
+                          else {"ordering": CFG["CHAOS_ORDERING"]})
+    d = st.service(Dispatcher)
+    r = st.service(Retrier)
+    st.register_all()
+    feed = st.start_feed(CFG["CHAOS_RATE"], CFG["CHAOS_SECONDS"], keys=CFG["CHAOS_ORDER_KEYS"])
+    feed.sleep_until(CFG["CHAOS_FAULT_AT"])
+    st.kills_ms.append(int(time.time() * 1000))
+    d.proc.kill()
+    result["notes"].append(f"dispatcher killed -9 at {feed.elapsed():.1f}s, restarted")
+    d.restart()
+    feed.sleep_until(CFG["CHAOS_FAULT_AT"] + 5)
+    waiting = sql(st.db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE status='retry'")[0][0]
+    st.kills_ms.append(int(time.time() * 1000))
+    r.proc.kill()
+    result["notes"].append(f"retrier killed -9 at {feed.elapsed():.1f}s with {waiting} retries "
+                           f"pending, restarted {CFG['CHAOS_RETRIER_DOWN']:.0f}s later")
+    time.sleep(CFG["CHAOS_RETRIER_DOWN"])
+    r.restart()
+    settle(st, result)
+    f = figures_of(result, ordered)
+    events, keys, examples = order_violations(feed, ordered.tally)
+    f["order_viol"] = events
+    result["notes"].extend(examples)
+    result["notes"].append(f"{len(set(feed.key_of.values()))} keys, "
+                           f"{len(feed.uuids) / max(1, len(set(feed.key_of.values()))):.1f} "
+                           f"events a key on average")
+    result["checks"].append((events == 0, f"order per key: {events} events acknowledged after a "
+                                          f"later event of their key, in {keys} keys"))
+
+
+def sc_rate_limited_kill(st, result):
+    """A rate-limited subscription (CHAOS_LIMIT_RATE/s, burst CHAOS_LIMIT_BURST)
+    next to an unlimited one, two dispatcher replicas, one killed with -9
+    (not restarted). Nothing lost, none failed for the limit, and the limited
+    receiver's busiest 1 s window within per_second + burst + per_second x 0.25."""
+    rate, burst = CFG["CHAOS_LIMIT_RATE"], CFG["CHAOS_LIMIT_BURST"]
+    limited = st.receiver("limited", options={"rate_limit": {"per_second": rate, "burst": burst}})
+    st.receiver("unlimited")
+    st.service(Dispatcher, name="dispatcher-a")
+    b = st.service(Dispatcher, name="dispatcher-b")
+    st.service(Retrier)
+    st.register_all()
+    feed = st.start_feed(CFG["CHAOS_RATE"], CFG["CHAOS_SECONDS"])
+    feed.sleep_until(CFG["CHAOS_FAULT_AT"])
+    st.kills_ms.append(int(time.time() * 1000))
+    b.proc.kill()
+    st.killed.add(b.name)
+    result["notes"].append(f"dispatcher-b killed -9 at {feed.elapsed():.1f}s, not restarted")
+    settle(st, result)
+    f = figures_of(result, limited)
+    failed_limit = sql(st.db_url, "SELECT count(DISTINCT d.delivery_id) FROM hookbridge.deliveries d "
+                       "JOIN hookbridge.delivery_attempts a USING (delivery_id) "
+                       "WHERE d.subscription_id = %s AND d.status = 'failed' "
+                       "AND a.error LIKE 'rate limited%%'", limited.id)[0][0]
+    deferred = sql(st.db_url, "SELECT count(DISTINCT a.delivery_id) FROM hookbridge.deliveries d "
+                   "JOIN hookbridge.delivery_attempts a USING (delivery_id) "
+                   "WHERE d.subscription_id = %s AND a.error LIKE 'rate limited%%'",
+                   limited.id)[0][0]
+    result["checks"].append((f["dead"] == 0 and failed_limit == 0,
+                             f"limited: {f['dead']} dead-lettered, {failed_limit} failed with a "
+                             f"'rate limited' attempt ({deferred} deliveries sent round the delay "
+                             f"tiers by the limit)"))
+    busiest = busiest_second(limited.tally.post_times)
+    bound = rate + burst + rate * 0.25
+    span = (max(limited.tally.post_times) - min(limited.tally.post_times)) / 1000
+    result["notes"].append(f"limited: {limited.tally.requests()} requests over {span:.0f}s "
+                           f"({limited.tally.requests() / max(span, 1):.1f}/s on average)")
+    result["checks"].append((busiest <= bound, f"limited: busiest 1 s window {busiest} requests "
+                                               f"(bound {bound:g})"))
+
+
 def _wait_ready(s, timeout):
     try:
         wait_until(lambda: s.get("/readyz")[0] == 200, timeout, "readyz")
@@ -713,6 +866,8 @@ SCENARIOS = [  # name, function, retry schedule (None: the default)
     ("broker-freeze", sc_broker_freeze, _schedule_default),
     ("flaky-receiver", sc_flaky_receiver, _schedule_default),
     ("hung-receiver", sc_hung_receiver, lambda: None),
+    ("ordered-kill", sc_ordered_kill, _schedule_default),
+    ("rate-limited-kill", sc_rate_limited_kill, _schedule_default),
 ]
 
 
@@ -745,13 +900,13 @@ def print_result(name, result):
               f"drained in {result['drain_s']:.0f}s")
         hdr = ("subscription", "kind", "delivered", "dups", "dead-lettered", "dlq msgs", "lost",
                "false DL", "ack w/o row", "row w/o ack", "lost in kill", "requests",
-               "attempts logged")
+               "attempts logged", "order viol")
         print("    " + " | ".join(hdr))
         for f in result["subs"]:
             lost = "-" if f["lost"] is None else f["lost"]
             vals = (f["sub"], f["kind"], f["delivered"], f["dups"], f["dead"], f["dlq_msgs"], lost,
                     f["false_dl"], f["ack_no_row"], f["row_no_ack"], f["lost_in_kill"],
-                    f["requests"], f["attempts_logged"])
+                    f["requests"], f["attempts_logged"], f.get("order_viol", "-"))
             print("    " + " | ".join(str(v).rjust(len(h)) for v, h in zip(vals, hdr)))
     for ok, text in result["checks"]:
         print(f"    {'ok  ' if ok else 'FAIL'} {text}")
