@@ -275,27 +275,30 @@ def test_new_connections_resume_the_tls_session_of_earlier_ones(db_url, broker, 
     """An endpoint that closes its connections (or a keep-alive that timed
     out) costs a full handshake per new connection unless the session is
     resumed. The dispatcher keeps one TLS session cache for all its
-    connections: after the verification challenge's handshake, the
-    connections opened for a burst of deliveries (several at once, as many
-    as the host's connection cap) resume it. Before, each pooled curl handle
-    kept its own cache and most of them made full handshakes."""
+    connections, whichever pooled curl handle makes the next one. Eight
+    endpoints (hosts) that close every connection each get one delivery per
+    event, at the same time, round after round: after the first round every
+    connection resumes its host's session. Before, each pooled curl handle
+    kept its own cache, and a handle meeting a host it had not served before
+    made a full handshake."""
     pki = Pki(workdir)
     cert, key = pki.server()
-    receiver = ResumptionReceiver(cert, key)
+    receivers = [ResumptionReceiver(cert, key) for _ in range(8)]
     try:
-        https_dispatcher(procs, db_url, broker, pki, HOOKBRIDGE_MAX_HOST_CONNECTIONS="8")
-        register_verified(db_url, receiver.url, ["user.session.start"])
-        # One delivery first, alone: its connection's session is in the cache
-        # (with TLS 1.3 the ticket follows the handshake, so the challenge's
-        # short connection may close before it arrives).
-        produce(broker.bootstrap, [event("user.session.start")])
-        wait_until(lambda: len(receiver.resumed) >= 1, 30, "the first delivery")
-        n = 40
-        produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
-        wait_until(lambda: len(receiver.resumed) >= n + 1, 60, f"{n} deliveries over HTTPS")
-        fresh = receiver.resumed[1:].count(False)
-        # Without the shared cache each of the (up to 8) connections opened at
-        # once made a full handshake.
-        assert fresh <= 1, f"{fresh} of {n} connections made a full TLS handshake"
+        https_dispatcher(procs, db_url, broker, pki)
+        subs = [register_verified(db_url, r.url, ["user.session.start"]) for r in receivers]
+
+        def logged():
+            return sum(1 for s in subs for a in attempts(db_url, s) if a[0] == "delivered")
+
+        rounds = 4
+        for i in range(1, rounds + 1):
+            produce(broker.bootstrap, [event("user.session.start")])
+            wait_until(lambda: logged() >= 8 * i or None, 30, f"round {i} delivered and logged")
+        later = [r.resumed[1:] for r in receivers]
+        fresh = sum(x.count(False) for x in later)
+        assert all(len(x) == rounds - 1 for x in later), later
+        assert fresh == 0, f"{fresh} of {8 * (rounds - 1)} connections made a full TLS handshake"
     finally:
-        receiver.stop()
+        for r in receivers:
+            r.stop()
