@@ -554,9 +554,10 @@ def sc_retrier_kill(st, result):
     settle(st, result)
 
 
-def sc_replica_kill(st, result):
-    """Two dispatcher replicas in one consumer group; one killed with -9."""
-    st.receiver("receiver")
+def two_dispatchers_one_killed(st, result):
+    """Two dispatcher replicas in one group and a retrier, the receivers
+    registered, the feed started; at CHAOS_FAULT_AT one replica is killed
+    with -9 and not restarted; then the stack settles."""
     st.service(Dispatcher, name="dispatcher-a")
     b = st.service(Dispatcher, name="dispatcher-b")
     st.service(Retrier)
@@ -568,6 +569,12 @@ def sc_replica_kill(st, result):
     st.killed.add(b.name)
     result["notes"].append(f"dispatcher-b killed -9 at {feed.elapsed():.1f}s, not restarted")
     settle(st, result)
+
+
+def sc_replica_kill(st, result):
+    """Two dispatcher replicas in one consumer group; one killed with -9."""
+    st.receiver("receiver")
+    two_dispatchers_one_killed(st, result)
 
 
 def sc_pg_restart(st, result):
@@ -753,17 +760,7 @@ def sc_rate_limited_kill(st, result):
     rate, burst = CFG["CHAOS_LIMIT_RATE"], CFG["CHAOS_LIMIT_BURST"]
     limited = st.receiver("limited", options={"rate_limit": {"per_second": rate, "burst": burst}})
     st.receiver("unlimited")
-    st.service(Dispatcher, name="dispatcher-a")
-    b = st.service(Dispatcher, name="dispatcher-b")
-    st.service(Retrier)
-    st.register_all()
-    feed = st.start_feed(CFG["CHAOS_RATE"], CFG["CHAOS_SECONDS"])
-    feed.sleep_until(CFG["CHAOS_FAULT_AT"])
-    st.kills_ms.append(int(time.time() * 1000))
-    b.proc.kill()
-    st.killed.add(b.name)
-    result["notes"].append(f"dispatcher-b killed -9 at {feed.elapsed():.1f}s, not restarted")
-    settle(st, result)
+    two_dispatchers_one_killed(st, result)
     f = figures_of(result, limited)
     failed_limit = sql(st.db_url, "SELECT count(DISTINCT d.delivery_id) FROM hookbridge.deliveries d "
                        "JOIN hookbridge.delivery_attempts a USING (delivery_id) "
