@@ -1307,6 +1307,7 @@ typedef struct hb_http_url_s {
     CURLUcode uc;
     int port_ok;
     char scheme[32], host[256], port[8];
+    char key[304]; /* "scheme://host:port" when uc is CURLUE_OK and port_ok */
 } hb_http_url_t;
 
 /* curl's URL parser costs a few microseconds (an allocation per part), and
@@ -1358,6 +1359,8 @@ static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
     curl_url_cleanup(u);
     if (!fits)
         return -1;
+    if (n.uc == CURLUE_OK && n.port_ok)
+        hb_seterr(n.key, sizeof(n.key), "%s://%s:%s", n.scheme, n.host, n.port);
     memcpy(n.url, url, len + 1);
     *e = n;
     *out = e;
@@ -1369,8 +1372,7 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
     if (hb_http_url_split(url, &p) == 0) {
         if (p->uc != CURLUE_OK || !p->port_ok)
             return -1;
-        hb_seterr(buf, size, "%s://%s:%s", p->scheme, p->host, p->port);
-        return 0;
+        return hb_http_url_copy(buf, size, p->key);
     }
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL;
@@ -1392,7 +1394,7 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
 /* Routes x by its URL's parts: refused (bad URL, scheme not allowed) or
  * queued for its host. */
 static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const char *scheme,
-                          const char *host, const char *port) {
+                          const char *host, const char *port, const char *key) {
     if (uc != CURLUE_OK) {
         hb_http_refuse(h, x, "invalid URL: %s", curl_url_strerror(uc));
     } else if (strcasecmp(scheme, "https") && strcasecmp(scheme, "http")) {
@@ -1404,8 +1406,11 @@ static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const c
     } else if (!port) {
         hb_http_refuse(h, x, "invalid URL: no port");
     } else {
-        char key[512];
-        hb_seterr(key, sizeof(key), "%s://%s:%s", scheme, host, port);
+        char buf[512];
+        if (!key) {
+            hb_seterr(buf, sizeof(buf), "%s://%s:%s", scheme, host, port);
+            key = buf;
+        }
         x->host_name = hb_strdup(host);
         hb_http_enqueue(h, x, key);
     }
@@ -1450,7 +1455,8 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
 
     const hb_http_url_t *p;
     if (hb_http_url_split(x->url, &p) == 0) {
-        hb_http_route(h, x, p->uc, p->scheme, p->host, p->port_ok ? p->port : NULL);
+        hb_http_route(h, x, p->uc, p->scheme, p->host, p->port_ok ? p->port : NULL,
+                      p->port_ok ? p->key : NULL);
         return;
     }
     CURLU *u = curl_url();
@@ -1466,7 +1472,7 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
         curl_free(port);
         port = NULL;
     }
-    hb_http_route(h, x, uc, scheme, host, port);
+    hb_http_route(h, x, uc, scheme, host, port, NULL);
     curl_free(scheme);
     curl_free(host);
     curl_free(port);
