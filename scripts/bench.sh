@@ -24,7 +24,10 @@
 #               dispatcher CPU-second, next to the reference client's requests per
 #               CPU-second (tests/bench/bench_curl_ref.c: one thread, libcurl
 #               multi, 32 keep-alive connections, 900-byte POSTs, the same nginx,
-#               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7)
+#               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7);
+#               then our HTTP engine alone (tests/bench/bench_http.c: lib/hb_http.c
+#               with the webhook headers and nothing else), to tell the engine's
+#               share of the gap from the rest of the dispatcher's
 #   log cost    PostgreSQL's CPU (the postmaster and its children, from /proc,
 #               exited backends through the postmaster's cutime + cstime) from the
 #               throughput phase's start until its attempts are in the delivery
@@ -82,6 +85,8 @@ for p in hookbridge-devbroker hookbridge-migrate hookbridge-dispatcher hookbridg
 done
 REF=${BENCH_BUILD:-build}/tests/bench/bench_curl_ref
 [ -x "$REF" ] || die "$REF is missing (run make)"
+ENGINE=${BENCH_BUILD:-build}/tests/bench/bench_http
+[ -x "$ENGINE" ] || die "$ENGINE is missing (run make)"
 
 now_ms() { date +%s%3N; }
 
@@ -303,6 +308,13 @@ read -r REF_N _ REF_RPS REF_CPU_S REF_PER_CPU REF_FAILED <"$B/ref.out"
 RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 echo "reference client: $REF_N requests, $REF_RPS/s, $REF_CPU_S CPU-seconds: $REF_PER_CPU requests" \
   "per CPU-second ($REF_FAILED failed); dispatcher / reference = $RATIO"
+# Our HTTP engine alone (lib/hb_http.c, the same requests with the webhook
+# headers, nothing else): splits the gap between the dispatcher and the
+# reference into the engine's share and everything else's.
+"$ENGINE" "$URL" 32 "$REF_SECONDS" 900 >"$B/engine.out" || { cat "$B/engine.out"; die "bench_http failed"; }
+read -r _ _ ENG_RPS _ ENG_PER_CPU _ <"$B/engine.out"
+ENG_RATIO=$(awk -v a="$ENG_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+echo "HTTP engine alone (bench_http): $ENG_RPS requests/s, $ENG_PER_CPU per CPU-second; engine / reference = $ENG_RATIO"
 
 # ---------------------------------------------------------------- latency
 
@@ -407,6 +419,7 @@ printf '  %-44s %s\n' \
   "dispatcher CPU during throughput" "$TP_CPU% of one core: $TP_PER_CPU deliveries per CPU-second; its loop waited for a CPU $TP_WAIT% of the time" \
   "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
+  "HTTP engine alone (bench_http, 32 conns)" "$ENG_RPS requests/s, $ENG_PER_CPU per CPU-second: $ENG_RATIO of the reference" \
   "PostgreSQL CPU per logged attempt" "$PG_US us ($PG_CLIENT_US in client backends; ${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
   "latency, produce -> POST at $RATE/s" "p50 $P50 ms  p90 $P90 ms  p99 $P99 ms  max $PMAX ms ($LAT_N events)" \
   "ceiling: wrk -t1 -c32 -d5s, 900-byte POST" "$WRK_RPS requests/s" \
@@ -423,6 +436,7 @@ result "throughput, first to last POST (deliveries/s)" "$TP_RATE" ">= 20000" "$(
 result "dispatcher CPU; its loop waiting for a CPU (% of the phase)" "$TP_CPU% of one core; $TP_WAIT%" "(shown)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
+result "HTTP engine alone (bench_http) per CPU-second / reference" "$ENG_RATIO ($ENG_PER_CPU)" "(shown)"
 result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG_CLIENT_US" \
   "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \
   "$(met 'a <= b' "$PG_US" "$PG_TARGET")"

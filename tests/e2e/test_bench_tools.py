@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import urllib.request
 
+import pytest
+
 from hbtest.procs import BIN, REPO, SLOW, free_port, wait_until
 
 SCRIPTS = sorted((REPO / "scripts").glob("bench*.sh"))
@@ -32,8 +34,12 @@ def test_bench_scripts_parse(tmp_path):
         py_compile.compile(str(tool), cfile=str(tmp_path / (tool.name + "c")), doraise=True)
 
 
-def test_reference_client_posts_to_the_slow_receiver(procs):
-    client = BUILD / "tests/bench/bench_curl_ref"
+@pytest.mark.parametrize("tool", ["bench_curl_ref", "bench_http"])
+def test_reference_client_posts_to_the_slow_receiver(procs, tool):
+    """Both clients make bench.sh compares with: the reference (libcurl alone)
+    and our HTTP engine alone, each counting exactly what the receiver served
+    over at most its 4 connections."""
+    client = BUILD / "tests/bench" / tool
     assert client.exists(), f"{client} is missing (run make)"
     port = free_port()
     procs.start("receiver", ["/usr/bin/python3", REPO / "tests/bench/slow_receiver.py", port,
