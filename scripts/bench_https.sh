@@ -264,20 +264,22 @@ CPU_S=$(awk -v t=$((CPU2 - CPU1)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / h
 PER_CPU=$(awk -v n="$P_N" -v c="$CPU_S" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
 PER_CONN=$(awk -v n="$P_N" -v c="$P_NEW" 'BEGIN { printf "%.1f", (c > 0 ? n / c : 0) }')
 
+OPENED="TLS handshakes (resumed)"
+[ "$SCHEME" = https ] || OPENED="connections opened (-)"
 printf '\n'
 say "hookbridge HTTPS bench ($(nproc) cores, loopback, devbroker; $HOSTS hosts, $CERT_TEXT; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '  %-44s %s\n' \
   "throughput, first to last POST" "$P_RATE deliveries/s ($P_N of $DELIVERIES POSTs, to $P_HOSTS hosts, in ${P_SPAN}s)" \
   "dispatcher CPU" "$CPU_S CPU-s: $PER_CPU deliveries per CPU-second; $((T2 - T1)) ms producer start to last delivery" \
-  "verification: TLS handshakes (resumed)" "$V_NEW ($V_RES) for $V_N challenges to $V_HOSTS hosts; all verified in $VERIFY_MS ms" \
-  "deliveries: TLS handshakes (resumed)" "$P_NEW ($P_RES): $PER_CONN requests per new connection" \
+  "verification: $OPENED" "$V_NEW ($V_RES) for $V_N challenges to $V_HOSTS hosts; all verified in $VERIFY_MS ms" \
+  "deliveries: $OPENED" "$P_NEW ($P_RES): $PER_CONN requests per new connection" \
   "dispatcher memory after" "VmHWM $((HWM / 1024)) MiB, VmRSS $((RSS / 1024)) MiB (ready: $((RSS0 / 1024)) MiB)" \
   "memory per open connection" "$PER_OPEN KiB: VmRSS +$(((RSS - RSS0) / 1024)) MiB since ready, $CONNS connections open"
 
 S_NOTE=""
 [ "$SCHEME" = https ] || S_NOTE=" (plain HTTP)"
 bench_result https "HTTPS, $HOSTS hosts$S_NOTE: throughput (deliveries/s)" "$P_RATE ($PER_CPU per CPU-s)" "(shown)"
-bench_result https "HTTPS: TLS handshakes (resumed) while delivering" \
+bench_result https "HTTPS$S_NOTE: $OPENED while delivering" \
   "$P_NEW ($P_RES) for $P_N POSTs; $V_NEW ($V_RES) verifying" "(shown)"
 bench_result https "HTTPS$S_NOTE: dispatcher memory per open connection" \
   "$PER_OPEN KiB (VmRSS +$(((RSS - RSS0) / 1024)) MiB, $CONNS open)" "(shown)"
