@@ -28,7 +28,9 @@
  * ca_file replaces the system CA bundle, tls_client_cert/tls_client_key
  * present a client certificate (mTLS). hb_http_new() loads the files once
  * with OpenSSL so a missing, unreadable or mismatched file fails at startup,
- * not at the first delivery; curl reads them again for each new connection.
+ * not at the first delivery. curl parses the CA file (or, without one, the
+ * system bundle) once and shares the store across connections; it reads the
+ * client certificate again for each new connection.
  * The key's content is a secret: only its path ever appears in errors.
  *
  * Each request carries its own context (CURLOPT_PRIVATE), error buffer and
