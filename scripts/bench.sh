@@ -35,6 +35,10 @@
 #               the client backends' share (without autovacuum, the writers, ...);
 #               issue 12: at most half of main's before the work
 #               (BENCH_PG_BASELINE_US, default 31: the median of 8 runs at 734d258, 26-44)
+#   machine     during the throughput phase: how many of the machine's cores were
+#               busy (/proc/stat) and whose they were: the dispatcher, PostgreSQL,
+#               nginx, the broker, the producer (with the script's own curl and
+#               psql calls); "the rest" is everything else on the machine
 #   ceiling     wrk -t1 -c32 -d5s POSTing a 900-byte body to the same endpoint
 #   memory      the dispatcher's VmHWM / VmRSS after the run
 #   scale-out   a second dispatcher joins the same consumer group; once both own
@@ -105,16 +109,19 @@ PARTITIONS=$(((TOTAL + 3999) / 4000))
 if [ "${KAFKA:-devbroker}" = apache ]; then # KAFKA=apache: the same on Apache Kafka
   say "starting Apache Kafka (one KRaft node) and creating the topics"
   stack_start_kafka 1
+  BROKER_PID=$STACK_LAST_PID
   HOOKBRIDGE_TOPIC_PARTITIONS=$PARTITIONS stack_create_topics >/dev/null
 else
   say "starting the embedded Kafka broker"
   stack_start_devbroker --partitions "$PARTITIONS"
+  BROKER_PID=$STACK_LAST_PID
 fi
 say "applying migrations"
 stack_migrate >/dev/null
 
 say "starting nginx"
 stack_start_nginx 204 || die "nginx did not start"
+NGINX_PID=$STACK_LAST_PID
 URL=$STACK_NGINX_URL
 NGINX_LOG=$STACK_NGINX_LOG
 
@@ -246,7 +253,25 @@ if [ -n "${BENCH_PERF:-}" ]; then
   PERF_PID=$!
   sleep 0.5 # perf attaches
 fi
+# Where the machine's CPU goes during the phase: every CPU's busy time from
+# /proc/stat, and the parts we can name: a process with its descendants (nginx's
+# workers, the broker's JVM), and this script's reaped children (the producer,
+# and the curl and psql calls that watch the run).
+machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+tree_pids() { # PID and its descendants
+  local c
+  echo "$1"
+  for c in $(pgrep -P "$1"); do tree_pids "$c"; done
+}
+# shellcheck disable=SC2046 # one pid per word
+tree_ticks() { cpu_ticks $(tree_pids "$1") 2>/dev/null || echo 0; }
+reaped_ticks() { sed 's/^.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
 OFF1=$(log_size)
+MACH1=$(machine_ticks)
+NGX1=$(tree_ticks "$NGINX_PID")
+BRK1=$(tree_ticks "$BROKER_PID")
+KIDS1=$(reaped_ticks)
+pg_cpu_snapshot "$B/pg.cpu1m"
 CPU1=$(cpu_ticks "$D1_PID")
 WAIT1=$(awk '{ print $2 }' "/proc/$D1_PID/schedstat")
 pg_cpu_snapshot "$B/pg.cpu1"
@@ -257,6 +282,11 @@ TP_OK=1
 wait_finished $((BASE + EVENTS)) || TP_OK=0
 T2=$(now_ms)
 CPU2=$(cpu_ticks "$D1_PID")
+MACH2=$(machine_ticks)
+NGX2=$(tree_ticks "$NGINX_PID")
+BRK2=$(tree_ticks "$BROKER_PID")
+KIDS2=$(reaped_ticks)
+pg_cpu_snapshot "$B/pg.cpu2m"
 WAIT2=$(awk '{ print $2 }' "/proc/$D1_PID/schedstat")
 OFF2=$(log_size)
 if [ -n "$PERF_PID" ]; then
@@ -280,6 +310,14 @@ echo "$TP_POSTS POSTs in ${TP_SPAN}s from first to last: $TP_RATE deliveries/s" 
   "(produce took $((T_PRODUCED - T1)) ms; $((T2 - T1)) ms from producer start to the last delivery," \
   "$E2E_RATE/s; dispatcher CPU $TP_CPU% of one core; $TP_FAILED failed)"
 echo "dispatcher: ${TP_CPU_S} CPU-seconds for $TP_POSTS deliveries: $TP_PER_CPU deliveries per CPU-second"
+read -r PGM_TICKS _ < <(pg_cpu_delta "$B/pg.cpu1m" "$B/pg.cpu2m")
+MACH_LINE=$(awk -v m=$((MACH2 - MACH1)) -v d=$((CPU2 - CPU1)) -v p="$PGM_TICKS" -v x=$((NGX2 - NGX1)) \
+  -v k=$((BRK2 - BRK1)) -v c=$((KIDS2 - KIDS1)) -v ms=$((T2 - T1)) -v hz="$CLK_TCK" \
+  -v cores="$(nproc)" 'BEGIN {
+    s = ms / 1000 * hz # clock ticks per core over the phase
+    printf "%.2f of %d cores busy: dispatcher %.2f, PostgreSQL %.2f, nginx %.2f, broker %.2f, producer and watchers %.2f, the rest %.2f",
+      m / s, cores, d / s, p / s, x / s, k / s, c / s, (m - d - p - x - k - c) / s }')
+echo "machine during throughput: $MACH_LINE"
 [ "$TP_OK" = 1 ] || echo "warning: not every delivery finished" >&2
 
 # Let the dispatcher finish writing the delivery log before the next phase.
@@ -417,6 +455,7 @@ printf '  %-44s %s\n' \
   "throughput, first to last POST" "$TP_RATE deliveries/s ($TP_POSTS POSTs in ${TP_SPAN}s; $PCT of wrk)" \
   "throughput, producer start to last POST" "$E2E_RATE deliveries/s" \
   "dispatcher CPU during throughput" "$TP_CPU% of one core: $TP_PER_CPU deliveries per CPU-second; its loop waited for a CPU $TP_WAIT% of the time" \
+  "machine during throughput" "$MACH_LINE" \
   "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
   "HTTP engine alone (bench_http, 32 conns)" "$ENG_RPS requests/s, $ENG_PER_CPU per CPU-second: $ENG_RATIO of the reference" \
@@ -434,6 +473,7 @@ EOF
 PG_TARGET=$(awk -v b="$PG_BASELINE_US" 'BEGIN { printf "%.1f", b / 2 }')
 result "throughput, first to last POST (deliveries/s)" "$TP_RATE" ">= 20000" "$(met 'a >= 20000' "$TP_RATE")"
 result "dispatcher CPU; its loop waiting for a CPU (% of the phase)" "$TP_CPU% of one core; $TP_WAIT%" "(shown)"
+result "machine during throughput (cores)" "$MACH_LINE" "(shown)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
 result "HTTP engine alone (bench_http) per CPU-second / reference" "$ENG_RATIO ($ENG_PER_CPU)" "(shown)"
