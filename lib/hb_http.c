@@ -78,12 +78,15 @@
 #define HB_HTTP_DEFAULT_TIMEOUT_MS 10000
 #define HB_HTTP_RETRY_AFTER_MAX_S 86400 /* Retry-After is bounded to one day */
 
+#define HB_HTTP_SHARES 128
+
 typedef struct hb_http_host_s hb_http_host_t;
 typedef struct hb_http_xfer_s hb_http_xfer_t;
 
 struct hb_http_host_s {
     hb_http_host_t *ready_next;
     char *key;        /* "scheme://host:port" */
+    unsigned share;   /* its TLS session share: h->shares[share] */
     size_t in_flight; /* running transfers to this host */
     size_t waiting;   /* transfers in its queue */
     hb_http_xfer_t *wait_head, *wait_tail;
@@ -137,9 +140,11 @@ struct hb_http_s {
     CURLM *multi;
     /* TLS sessions shared by every easy handle: a new connection to a host
      * resumes the session of an earlier one (curl keeps them per easy handle
-     * otherwise, so a pool of handles resumed almost nothing). One thread
-     * uses it, so it needs no lock callbacks. */
-    CURLSH *share;
+     * otherwise, so a pool of handles resumed almost nothing). A share keeps
+     * only 8 sessions in curl 7.88 (least recently used go), so hosts are
+     * spread over HB_HTTP_SHARES shares by their key: about a thousand hosts
+     * keep their sessions. One thread uses them: no lock callbacks. */
+    CURLSH *shares[HB_HTTP_SHARES];
     hb_http_conf_t conf; /* its strings point at the copies below */
     char *user_agent;
     char *ca_file, *tls_client_cert, *tls_client_key;
@@ -504,6 +509,7 @@ static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key) {
         return host;
     host = hb_calloc(1, sizeof(*host));
     host->key = hb_strdup(key);
+    host->share = (unsigned)(hb_hash_str(key) % HB_HTTP_SHARES);
     (void)hb_hash_put(&h->hosts, key, host);
     return host;
 }
@@ -844,7 +850,6 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
         if (rc == CURLE_OK)                                                                        \
             rc = curl_easy_setopt(easy, opt, val);                                                 \
     } while (0)
-    HB_SET(CURLOPT_SHARE, h->share);
     HB_SET(CURLOPT_NOSIGNAL, 1L);
     HB_SET(CURLOPT_FOLLOWLOCATION, 0L);
     HB_SET(CURLOPT_PROTOCOLS_STR, protocols);
@@ -883,8 +888,8 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
  * per request. */
 static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     CURLcode rc = CURLE_OK;
-    (void)h;
     HB_SET(CURLOPT_URL, x->url);
+    HB_SET(CURLOPT_SHARE, h->shares[x->host->share]);
     HB_SET(CURLOPT_PRIVATE, (void *)x);
     HB_SET(CURLOPT_ERRORBUFFER, x->errbuf);
     HB_SET(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
@@ -1125,11 +1130,13 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
         hb_seterr(errstr, errstr_size, "curl_multi_init failed");
         goto fail;
     }
-    h->share = curl_share_init();
-    if (!h->share ||
-        curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
-        hb_seterr(errstr, errstr_size, "curl_share_init failed");
-        goto fail;
+    for (size_t i = 0; i < HB_HTTP_SHARES; i++) {
+        h->shares[i] = curl_share_init();
+        if (!h->shares[i] || curl_share_setopt(h->shares[i], CURLSHOPT_SHARE,
+                                               CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+            hb_seterr(errstr, errstr_size, "curl_share_init failed");
+            goto fail;
+        }
     }
     long maxconnects = conf->max_in_flight * 2;
     if (maxconnects < 16)
@@ -1144,8 +1151,9 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
 fail:
     if (h->multi)
         curl_multi_cleanup(h->multi);
-    if (h->share)
-        curl_share_cleanup(h->share);
+    for (size_t i = 0; i < HB_HTTP_SHARES; i++)
+        if (h->shares[i])
+            curl_share_cleanup(h->shares[i]);
     hb_http_conf_free(h);
     free(h);
     curl_global_cleanup();
@@ -1192,7 +1200,8 @@ void hb_http_free(hb_http_t *h) {
         curl_easy_cleanup(h->free_easy[i]);
     free(h->free_easy);
     curl_multi_cleanup(h->multi);
-    curl_share_cleanup(h->share); /* after every easy handle using it */
+    for (size_t i = 0; i < HB_HTTP_SHARES; i++)
+        curl_share_cleanup(h->shares[i]); /* after every easy handle using it */
     hb_hash_clear(&h->hosts);
     hb_http_conf_free(h);
     free(h);

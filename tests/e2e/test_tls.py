@@ -274,16 +274,19 @@ class ResumptionReceiver:
 def test_new_connections_resume_the_tls_session_of_earlier_ones(db_url, broker, procs, workdir):
     """An endpoint that closes its connections (or a keep-alive that timed
     out) costs a full handshake per new connection unless the session is
-    resumed. The dispatcher keeps one TLS session cache for all its
-    connections, whichever pooled curl handle makes the next one. Eight
-    endpoints (hosts) that close every connection each get one delivery per
-    event, at the same time, round after round: after the first round every
-    connection resumes its host's session. Before, each pooled curl handle
-    kept its own cache, and a handle meeting a host it had not served before
-    made a full handshake."""
+    resumed. The dispatcher keeps the TLS sessions of all its connections,
+    whichever pooled curl handle makes the next one, and of many hosts.
+    Twenty-four endpoints (hosts) that close every connection each get one
+    delivery per event, at the same time, round after round: after the first
+    round every connection resumes its host's session. Before, each pooled
+    curl handle kept its own cache, and a handle meeting a host it had not
+    served before made a full handshake; then one cache for all handles kept
+    only curl's 8 sessions, so with 24 hosts each round evicted the sessions
+    the next round needed."""
     pki = Pki(workdir)
     cert, key = pki.server()
-    receivers = [ResumptionReceiver(cert, key) for _ in range(8)]
+    hosts = 24
+    receivers = [ResumptionReceiver(cert, key) for _ in range(hosts)]
     try:
         https_dispatcher(procs, db_url, broker, pki)
         subs = [register_verified(db_url, r.url, ["user.session.start"]) for r in receivers]
@@ -294,11 +297,11 @@ def test_new_connections_resume_the_tls_session_of_earlier_ones(db_url, broker, 
         rounds = 4
         for i in range(1, rounds + 1):
             produce(broker.bootstrap, [event("user.session.start")])
-            wait_until(lambda: logged() >= 8 * i or None, 30, f"round {i} delivered and logged")
+            wait_until(lambda: logged() >= hosts * i or None, 30, f"round {i} delivered and logged")
         later = [r.resumed[1:] for r in receivers]
         fresh = sum(x.count(False) for x in later)
         assert all(len(x) == rounds - 1 for x in later), later
-        assert fresh == 0, f"{fresh} of {8 * (rounds - 1)} connections made a full TLS handshake"
+        assert fresh == 0, f"{fresh} of {hosts * (rounds - 1)} connections made a full TLS handshake"
     finally:
         for r in receivers:
             r.stop()
