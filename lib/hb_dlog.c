@@ -5,14 +5,18 @@
  * thread with its own connection. hb_dlog_add() (any thread) copies the
  * attempt, appends it and returns; it wakes the writer early when the queue is
  * half full. The writer wakes every flush_ms, takes up to DLOG_BATCH_MAX rows
- * from the front, and writes them in one transaction of two statements whose
+ * from the front, and writes them in one transaction of a few statements whose
  * parameters are whole columns as arrays (unnest; each statement prepared
- * once per connection, the arrays sent in binary): an upsert of
+ * once per connection, the arrays sent in binary): the rows of
  * hookbridge.deliveries (one row per delivery, picked in C from the batch's
- * rows of it, dlog_pick: attempts = greatest, status and
+ * rows of it, dlog_pick), by a plain insert for deliveries at their first
+ * attempt and an upsert for the others (attempts = greatest, status and
  * last_* from the latest attempt unless the delivery is already final,
- * first_attempt_at = least, the body kept when given) and an insert into
- * hookbridge.delivery_attempts. The upsert's key is (delivery_id, log_day),
+ * first_attempt_at = least, the body kept when given); should a first
+ * attempt's row be there already (logged again after a crash), the unique
+ * violation rolls back and the batch is written again through the upsert
+ * alone. Then an insert into hookbridge.delivery_attempts. The upsert's key
+ * is (delivery_id, log_day),
  * log_day the UTC day of the delivery's first attempt (hb_dlog.h,
  * Partitions). Only after COMMIT do the rows' tokens move to
  * the flushed list that hb_dlog_take_flushed() drains.
@@ -521,19 +525,27 @@ enum {
 /* One row per (delivery, day): dlog_pick chose, in C, each delivery's newest
  * attempt of the batch and its earliest start, which spares PostgreSQL a
  * sort and a window per batch (issue 12: its cost per logged attempt). The
- * newest attempt sets status and last_*, unless the delivery is final. */
-#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+ * columns are unnested in the select list (a ProjectSet), not in FROM (a
+ * function scan, which first copies every row of the batch into a tuplestore:
+ * issue 12 again); the arrays are all as long, so the rows are the same. */
+#define DLOG_DELIVERIES_ROWS(IDT)                                                                  \
     "INSERT INTO hookbridge.deliveries AS d"                                                       \
     "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"                    \
     "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"      \
     "   log_day)"                                                                                  \
     " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt, r.first,"            \
     "        r.started, nullif(r.http, 0), r.err, r.body, r.ctype, date '1970-01-01' + r.day"      \
-    "   FROM unnest($1::" IDT "[], $2::" IDT "[], $3::text[], $4::text[], $5::text[],"             \
-    "               $6::int[], $7::timestamptz[], $8::int[], $9::text[], $10::text[],"             \
-    "               $11::text[], $12::int[], $13::timestamptz[])"                                  \
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"  \
-    "             first)"                                                                          \
+    "   FROM (SELECT unnest($1::" IDT "[]) AS did, unnest($2::" IDT "[]) AS sid,"                  \
+    "                unnest($3::text[]) AS eids, unnest($4::text[]) AS etype,"                     \
+    "                unnest($5::text[]) AS outcome, unnest($6::int[]) AS attempt,"                 \
+    "                unnest($7::timestamptz[]) AS started, unnest($8::int[]) AS http,"             \
+    "                unnest($9::text[]) AS err, unnest($10::text[]) AS body,"                      \
+    "                unnest($11::text[]) AS ctype, unnest($12::int[]) AS day,"                     \
+    "                unnest($13::timestamptz[]) AS first) r"
+
+/* The newest attempt sets status and last_*, unless the delivery is final. */
+#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+    DLOG_DELIVERIES_ROWS(IDT)                                                                      \
     " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"                                            \
     "   attempts = greatest(d.attempts, EXCLUDED.attempts),"                                       \
     "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"                  \
@@ -545,15 +557,25 @@ enum {
     "   body = coalesce(EXCLUDED.body, d.body),"                                                   \
     "   content_type = coalesce(EXCLUDED.content_type, d.content_type)"
 
+/* A delivery's first attempt (or its drop, attempt 0) almost always makes its
+ * row: a plain INSERT, without ON CONFLICT's look-up of the key before the
+ * insert, its speculative-insertion lock and the extra WAL record confirming
+ * it (issue 12). When the row is there after all (the attempt logged again
+ * after a crash, or by another replica), the unique violation rolls the
+ * batch back and it is written again with the upsert alone (dlog_write). */
+#define DLOG_INSERT_DELIVERIES(IDT) DLOG_DELIVERIES_ROWS(IDT)
+
 #define DLOG_INSERT_ATTEMPTS(IDT)                                                                  \
     "INSERT INTO hookbridge.delivery_attempts"                                                     \
     "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"               \
     "   response_snippet, subscription_id)"                                                        \
     " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"                         \
     "        r.outcome, r.err, r.snip, r.sid::uuid"                                                \
-    "   FROM unnest($1::" IDT "[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[],"         \
-    "               $6::text[], $7::text[], $8::text[], $9::" IDT "[])"                            \
-    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)"
+    "   FROM (SELECT unnest($1::" IDT "[]) AS did, unnest($2::int[]) AS attempt,"                  \
+    "                unnest($3::timestamptz[]) AS started, unnest($4::bigint[]) AS dur,"           \
+    "                unnest($5::int[]) AS http, unnest($6::text[]) AS outcome,"                    \
+    "                unnest($7::text[]) AS err, unnest($8::text[]) AS snip,"                       \
+    "                unnest($9::" IDT "[]) AS sid) r"
 
 /* A delivery with two rows (two days) is answered by the later one (the
  * last filled in). */
@@ -587,13 +609,19 @@ static const char DLOG_LOOKUP_TAILS[] =
     "  LEFT JOIN hookbridge.deliveries d ON d.delivery_id = t.delivery_id"
     " ORDER BY r.i, d.log_day NULLS FIRST"; /* two days' rows: the later answers */
 
-typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
+/* W_DUPLICATE: the plain insert of new deliveries found one there already. */
+typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2, W_DUPLICATE = -3 } dlog_wrc_t;
 
 /* Data that can never be written (class 22 data exception, 23 integrity
  * constraint violation) versus everything else (retry). */
 static int sqlstate_invalid(const PGresult *res) {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     return state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2));
+}
+
+static int sqlstate_unique_violation(const PGresult *res) {
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state && !strcmp(state, "23505");
 }
 
 /* The writer's statements, each prepared once per connection (PQprepare) the
@@ -605,6 +633,8 @@ static int sqlstate_invalid(const PGresult *res) {
  * the batch's ids are 8-4-4-4-12 hex), or, for a batch with any other, as
  * text cast by PostgreSQL, whose error then makes the row invalid (_T). */
 enum {
+    S_INSERT_DELIVERIES,
+    S_INSERT_DELIVERIES_T,
     S_UPSERT_DELIVERIES,
     S_UPSERT_DELIVERIES_T,
     S_INSERT_ATTEMPTS,
@@ -617,6 +647,8 @@ enum {
 static const struct {
     const char *name, *sql;
 } dlog_stmts[S_COUNT] = {
+    [S_INSERT_DELIVERIES] = {"hb_dlog_insert_deliveries", DLOG_INSERT_DELIVERIES("uuid")},
+    [S_INSERT_DELIVERIES_T] = {"hb_dlog_insert_deliveries_t", DLOG_INSERT_DELIVERIES("text")},
     [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES("uuid")},
     [S_UPSERT_DELIVERIES_T] = {"hb_dlog_upsert_deliveries_t", DLOG_UPSERT_DELIVERIES("text")},
     [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS("uuid")},
@@ -647,7 +679,11 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, int s, const char *sql, int n, const 
     dlog_wrc_t rc = W_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
-        rc = sqlstate_invalid(res) ? W_INVALID : W_RETRY;
+        rc = (s == S_INSERT_DELIVERIES || s == S_INSERT_DELIVERIES_T) &&
+                     sqlstate_unique_violation(res)
+                 ? W_DUPLICATE
+             : sqlstate_invalid(res) ? W_INVALID
+                                     : W_RETRY;
     }
     PQclear(res);
     return rc;
@@ -689,7 +725,6 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
     return rc;
 }
 
-/* Writes rows[0..n) in one transaction. */
 /* Appends row r to the column arrays arr[]; first: its A_FIRST. */
 static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     if (arr[A_DID].elem == OID_UUID) {
@@ -740,10 +775,12 @@ static int pick_cmp(const void *pa, const void *pb) {
     return 0;
 }
 
-/* Adds to darr[] one row per (delivery, day) of rows[0..n): its newest
- * attempt, with the earliest start among them (what the deliveries row
- * takes: status and last_* from the newest, first_attempt_at the least). */
-static void dlog_pick(dcol_t *darr, dlog_row_t **rows, size_t n) {
+/* Adds one row per (delivery, day) of rows[0..n): its newest attempt, with
+ * the earliest start among them (what the deliveries row takes: status and
+ * last_* from the newest, first_attempt_at the least), to fresh[] when that
+ * attempt is the delivery's first (or its drop) and fresh is not NULL, to
+ * darr[] otherwise. */
+static void dlog_pick(dcol_t *darr, dcol_t *fresh, dlog_row_t **rows, size_t n) {
     const dlog_row_t **v = hb_malloc((n ? n : 1) * sizeof(*v));
     memcpy(v, rows, n * sizeof(*v));
     qsort(v, n, sizeof(*v), pick_cmp);
@@ -756,19 +793,21 @@ static void dlog_pick(dcol_t *darr, dlog_row_t **rows, size_t n) {
                 first = v[j]->started_ms;
             j++;
         }
-        arrays_add(darr, v[i], first);
+        arrays_add(fresh && v[i]->attempt <= 1 ? fresh : darr, v[i], first);
         i = j;
     }
     free(v);
 }
 
-/* Writes rows[0..n) in one transaction. */
-static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    dcol_t arr[A_COUNT], darr[A_COUNT];
-    const char *p1[13], *p2[9];
-    int l1[13], l2[9], ids_uuid = 1;
+/* Writes rows[0..n) in one transaction; upsert_all: every deliveries row
+ * through the upsert (none through the plain insert of new ones). */
+static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, int upsert_all,
+                                  char *why, size_t whysz) {
+    dcol_t arr[A_COUNT], darr[A_COUNT], fresh[A_COUNT];
+    const char *p1[13], *p0[13], *p2[9];
+    int l1[13], l0[13], l2[9], ids_uuid = 1;
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
-    dlog_wrc_t rc;
+    dlog_wrc_t rc = W_OK;
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
@@ -783,13 +822,15 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         uint32_t elem = (c == A_DID || c == A_SID) && ids_uuid ? OID_UUID : col_elem[c];
         col_begin(&arr[c], elem);
         col_begin(&darr[c], elem);
+        col_begin(&fresh[c], elem);
     }
     for (size_t i = 0; i < n; i++)
         arrays_add(arr, rows[i], rows[i]->started_ms);
-    dlog_pick(darr, rows, n);
+    dlog_pick(darr, upsert_all ? NULL : fresh, rows, n);
     for (int c = 0; c < A_COUNT; c++) {
         col_end(&arr[c]);
         col_end(&darr[c]);
+        col_end(&fresh[c]);
     }
 
     for (int k = 0; k < 13; k++) {
@@ -798,6 +839,8 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
                                    A_CTYPE,   A_DAY,     A_FIRST};
         p1[k] = darr[c1[k]].b.p;
         l1[k] = (int)darr[c1[k]].b.len;
+        p0[k] = fresh[c1[k]].b.p;
+        l0[k] = (int)fresh[c1[k]].b.len;
     }
     for (int k = 0; k < 9; k++) {
         static const int c2[9] = {A_DID,     A_ATTEMPT, A_STARTED, A_DURATION, A_HTTP,
@@ -808,7 +851,12 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
 
     if ((rc = dlog_exec(dl, -1, "BEGIN", 0, NULL, NULL, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
+    if (fresh[A_DID].n > 0 &&
+        (rc = dlog_exec(dl, ids_uuid ? S_INSERT_DELIVERIES : S_INSERT_DELIVERIES_T, NULL, 13, p0,
+                        l0, fmt, why, whysz)) != W_OK)
+        goto fail;
+    if (darr[A_DID].n > 0 &&
+        (rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
                         l1, fmt, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_exec(dl, ids_uuid ? S_INSERT_ATTEMPTS : S_INSERT_ATTEMPTS_T, NULL, 9, p2, l2,
@@ -832,7 +880,18 @@ out:
     for (int c = 0; c < A_COUNT; c++) {
         free(arr[c].b.p);
         free(darr[c].b.p);
+        free(fresh[c].b.p);
     }
+    return rc;
+}
+
+/* Writes rows[0..n) in one transaction: new deliveries by a plain insert,
+ * and, when one of them was there after all, the whole batch again with the
+ * upsert alone. */
+static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
+    dlog_wrc_t rc = dlog_write_once(dl, rows, n, 0, why, whysz);
+    if (rc == W_DUPLICATE)
+        rc = dlog_write_once(dl, rows, n, 1, why, whysz);
     return rc;
 }
 

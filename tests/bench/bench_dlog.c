@@ -11,6 +11,12 @@
  * the server's side is read with pg_stat_statements (total_exec_time of the
  * upsert and the insert, triggers included) by the caller:
  *
+ * BENCH_DLOG_CLOCK_MS=T makes the rows the same on every run (attempt k
+ * starts at T + k ms instead of now), so that two writers' tables can be
+ * compared row for row (md5 of every row); BENCH_DLOG_AGAIN=1 logs every
+ * first attempt a second time after it is committed (as after a crash),
+ * which must change nothing.
+ *
  *   psql "$URL" -c "SELECT pg_stat_statements_reset()"; bench_dlog;
  *   psql "$URL" -c "SELECT calls, rows, total_exec_time, left(query, 60)
  *                     FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 5"
@@ -50,16 +56,41 @@ static void drain(hb_dlog_t *dl, size_t want) {
     }
 }
 
+static const char snippet[] = "{\"ok\":true}";
+
+/* A delivery's first attempt: delivered, or (fail) HTTP 503 and retried. */
+static void first_attempt(hb_dlog_t *dl, const char *id, const char *sub, int fail,
+                          int64_t started_ms) {
+    hb_attempt_t a = {
+        .delivery_id = id,
+        .subscription_id = sub,
+        .event_ids = "7f1c1f0e-2b9a-4c1e-9d2a-5b0d6f3e8a11",
+        .event_type = "user.session.start",
+        .attempt = 1,
+        .started_ms = started_ms,
+        .duration_ms = 12,
+        .http_status = fail ? 503 : 204,
+        .outcome = fail ? HB_OUTCOME_RETRY : HB_OUTCOME_DELIVERED,
+        .error = fail ? "HTTP 503" : NULL,
+        .response_snippet = snippet,
+    };
+    hb_dlog_add(dl, &a, (void *)1);
+}
+
 int main(void) {
     const char *url = getenv("HOOKBRIDGE_DATABASE_URL");
     const char *nenv = getenv("BENCH_DLOG_DELIVERIES");
+    const char *clock = getenv("BENCH_DLOG_CLOCK_MS");
+    const char *again = getenv("BENCH_DLOG_AGAIN");
+    int64_t fixed_ms = clock ? strtoll(clock, NULL, 10) : 0, tick = 0;
     long n = nenv ? strtol(nenv, NULL, 10) : 20000;
     char subs[50][37], errstr[256];
-    static const char snippet[] = "{\"ok\":true}";
     hb_dlog_t *dl;
     int64_t t0, t1;
     long attempts = 0, retried = 0;
     char(*ids)[37];
+    unsigned char *fail;
+    int64_t *started;
 
     if (!url || n <= 0) {
         fprintf(stderr, "set HOOKBRIDGE_DATABASE_URL to a migrated database\n");
@@ -68,40 +99,30 @@ int main(void) {
     for (int i = 0; i < 50; i++)
         uuid_str(subs[i], next_rand(), next_rand());
     ids = calloc((size_t)n, sizeof(*ids));
+    fail = calloc((size_t)n, sizeof(*fail));
+    started = calloc((size_t)n, sizeof(*started));
     dl = hb_dlog_new(url, 50, 100000, errstr, sizeof(errstr));
-    if (!dl || !ids) {
+    if (!dl || !ids || !fail || !started) {
         fprintf(stderr, "bench_dlog: %s\n", errstr);
         return 1;
     }
     t0 = hb_mono_ms();
     for (long i = 0; i < n; i++) {
-        int fail = next_rand() % 10 == 0;
-        hb_attempt_t a = {
-            .delivery_id = ids[i],
-            .subscription_id = subs[i % 50],
-            .event_ids = "7f1c1f0e-2b9a-4c1e-9d2a-5b0d6f3e8a11",
-            .event_type = "user.session.start",
-            .attempt = 1,
-            .started_ms = hb_wall_ms(),
-            .duration_ms = 12,
-            .http_status = fail ? 503 : 204,
-            .outcome = fail ? HB_OUTCOME_RETRY : HB_OUTCOME_DELIVERED,
-            .error = fail ? "HTTP 503" : NULL,
-            .response_snippet = snippet,
-        };
+        fail[i] = next_rand() % 10 == 0;
         uuid_str(ids[i], next_rand(), next_rand());
-        hb_dlog_add(dl, &a, (void *)1);
+        started[i] = fixed_ms ? fixed_ms + tick++ : hb_wall_ms();
+        first_attempt(dl, ids[i], subs[i % 50], fail[i], started[i]);
         attempts++;
-        if (fail) {
-            ids[i][36] = '\0';
-            retried++;
-        } else {
-            ids[i][0] = '\0'; /* not retried */
-        }
+        retried += fail[i];
     }
     drain(dl, (size_t)attempts);
+    if (again && !strcmp(again, "1")) {
+        for (long i = 0; i < n; i++)
+            first_attempt(dl, ids[i], subs[i % 50], fail[i], started[i]);
+        drain(dl, (size_t)n);
+    }
     for (long i = 0; i < n; i++) {
-        if (!ids[i][0])
+        if (!fail[i])
             continue;
         hb_attempt_t a = {
             .delivery_id = ids[i],
@@ -109,7 +130,8 @@ int main(void) {
             .event_ids = "7f1c1f0e-2b9a-4c1e-9d2a-5b0d6f3e8a11",
             .event_type = "user.session.start",
             .attempt = 2,
-            .started_ms = hb_wall_ms(),
+            .started_ms = fixed_ms ? fixed_ms + tick++ : hb_wall_ms(),
+            .first_attempt_ms = started[i],
             .duration_ms = 9,
             .http_status = 204,
             .outcome = HB_OUTCOME_DELIVERED,
@@ -123,6 +145,8 @@ int main(void) {
     (void)hb_dlog_close(dl, 10000);
     hb_dlog_free(dl);
     free(ids);
+    free(fail);
+    free(started);
     printf("bench_dlog: %ld deliveries, %ld attempts logged in %lld ms (%.0f attempts/s)\n", n,
            attempts, (long long)(t1 - t0), attempts * 1000.0 / (double)(t1 - t0 ? t1 - t0 : 1));
     return 0;
