@@ -49,6 +49,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -85,6 +86,10 @@ struct hb_dlog_row_s {
     char *ordering_key;      /* ordered delivery: the key (a look-up: of a tail) */
     int32_t source_partition;
     int64_t source_offset;
+    /* The writer's: 1 when both ids are uuid-shaped, their 16 bytes in
+     * did_bin and sid_bin; -1 when not; 0 not looked at yet. */
+    int ids_bin;
+    unsigned char did_bin[16], sid_bin[16];
 };
 typedef struct hb_dlog_row_s dlog_row_t;
 
@@ -116,6 +121,7 @@ struct hb_dlog_s {
     size_t left;
 
     /* Writer thread only. */
+    struct dlog_cols_s *cols; /* column buffers, kept from batch to batch */
     PGconn *conn;
     unsigned prepared; /* bit s: dlog_stmts[s] is prepared on conn (0 on a new one) */
     int failing;
@@ -135,29 +141,37 @@ const char *hb_outcome_name(hb_outcome_t o) {
 /* ------------------------------------------------------------------------ */
 /* Rows                                                                     */
 
-/* Copy of s with every invalid UTF-8 byte replaced by '?'. NULL stays NULL. */
-static char *dup_utf8(const char *s) {
-    char *out;
-    if (!s)
-        return NULL;
-    out = hb_strdup(s);
-    hb_utf8_scrub(out);
-    return out;
+/* A row and its strings are one allocation (row_pack). */
+static void row_free(dlog_row_t *r) {
+    free(r);
 }
 
-static void row_free(dlog_row_t *r) {
-    if (!r)
-        return;
-    free(r->delivery_id);
-    free(r->subscription_id);
-    free(r->event_ids);
-    free(r->event_type);
-    free(r->error);
-    free(r->snippet);
-    free(r->body);
-    free(r->content_type);
-    free(r->ordering_key);
-    free(r);
+/* A zeroed row with copies of the n strings src[i] (NULL stays NULL) in the
+ * same allocation, the char * member at offset off[i] pointing at each; those
+ * with scrub[i] made valid
+ * UTF-8 (every invalid byte replaced by '?'). One malloc and one free per
+ * row instead of one per string (issue 12: the services' CPU per logged
+ * attempt). */
+static dlog_row_t *row_pack(int n, const char *const *src, const size_t *off, const int *scrub) {
+    size_t len[16], total = sizeof(dlog_row_t);
+    dlog_row_t *r;
+    char *p;
+    for (int i = 0; i < n; i++) {
+        len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+        total += len[i];
+    }
+    r = hb_calloc(1, total);
+    p = (char *)(r + 1);
+    for (int i = 0; i < n; i++) {
+        if (!src[i])
+            continue;
+        memcpy(p, src[i], len[i]);
+        if (scrub[i])
+            hb_utf8_scrub(p);
+        memcpy((char *)r + off[i], &p, sizeof(p));
+        p += len[i];
+    }
+    return r;
 }
 
 static void flushed_push_locked(hb_dlog_t *dl, void *token);
@@ -205,23 +219,30 @@ static void queue_trim_locked(hb_dlog_t *dl) {
 }
 
 hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
-    dlog_row_t *r = hb_calloc(1, sizeof(*r));
-    r->delivery_id = hb_strdup(a->delivery_id ? a->delivery_id : "");
-    r->subscription_id = hb_strdup(a->subscription_id ? a->subscription_id : "");
-    r->event_ids = dup_utf8(a->event_ids ? a->event_ids : "");
-    r->event_type = dup_utf8(a->event_type ? a->event_type : "");
+    int failed = a->outcome == HB_OUTCOME_FAILED;
+    const char *src[] = {a->delivery_id ? a->delivery_id : "",
+                         a->subscription_id ? a->subscription_id : "",
+                         a->event_ids ? a->event_ids : "",
+                         a->event_type ? a->event_type : "",
+                         a->error,
+                         a->response_snippet,
+                         failed ? a->body : NULL,
+                         failed ? a->content_type : NULL,
+                         a->ordering_key};
+    static const size_t off[] = {
+        offsetof(dlog_row_t, delivery_id), offsetof(dlog_row_t, subscription_id),
+        offsetof(dlog_row_t, event_ids),   offsetof(dlog_row_t, event_type),
+        offsetof(dlog_row_t, error),       offsetof(dlog_row_t, snippet),
+        offsetof(dlog_row_t, body),        offsetof(dlog_row_t, content_type),
+        offsetof(dlog_row_t, ordering_key)};
+    static const int scrub[] = {0, 0, 1, 1, 1, 1, 1, 1, 1};
+    dlog_row_t *r = row_pack(9, src, off, scrub);
     r->attempt = a->attempt < 0 ? 0 : a->attempt;
     r->started_ms = a->started_ms;
     r->log_day = hb_dlog_day(a->first_attempt_ms > 0 ? a->first_attempt_ms : a->started_ms);
     r->duration_ms = a->duration_ms < 0 ? 0 : a->duration_ms;
     r->http_status = a->http_status;
     r->outcome = a->outcome;
-    r->error = dup_utf8(a->error);
-    r->snippet = dup_utf8(a->response_snippet);
-    r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
-    r->content_type =
-        a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
-    r->ordering_key = dup_utf8(a->ordering_key);
     r->source_partition = a->source_partition;
     r->source_offset = a->source_offset;
     return r;
@@ -253,14 +274,35 @@ void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
     hb_dlog_add_row(dl, hb_dlog_row_new(a), token);
 }
 
-/* 8-4-4-4-12 hex digits: what the uuid[] cast of a look-up accepts. */
-static int uuid_shaped(const char *s) {
-    for (int i = 0; i < DLOG_UUID_LEN; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !strchr("0123456789abcdefABCDEF", s[i]) || !s[i])
-            return 0;
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* s as 8-4-4-4-12 hex digits (what the uuid[] cast of a look-up accepts)
+ * into its 16 bytes u: 0, or -1 when it is not so shaped. */
+static int uuid_parse(const char *s, unsigned char u[16]) {
+    int i = 0;
+    for (int k = 0; k < 16; k++) {
+        int hi, lo;
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return -1;
+            i++;
+        }
+        if ((hi = hexval(s[i])) < 0 || (lo = hexval(s[i + 1])) < 0)
+            return -1;
+        u[k] = (unsigned char)(hi << 4 | lo);
+        i += 2;
     }
-    return s[DLOG_UUID_LEN] == '\0';
+    return s[DLOG_UUID_LEN] == '\0' ? 0 : -1;
+}
+
+static int uuid_shaped(const char *s) {
+    unsigned char u[16];
+    return uuid_parse(s, u) == 0;
 }
 
 void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token) {
@@ -272,8 +314,11 @@ void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out
         pthread_mutex_unlock(&dl->mu);
         return;
     }
-    r = hb_calloc(1, sizeof(*r));
-    r->delivery_id = hb_strdup(delivery_id);
+    {
+        static const size_t off[] = {offsetof(dlog_row_t, delivery_id)};
+        static const int scrub[] = {0};
+        r = row_pack(1, &delivery_id, off, scrub);
+    }
     r->lookup = out;
     r->token = token;
     vec_push(&dl->queue, r);
@@ -292,9 +337,13 @@ void hb_dlog_lookup_tail(hb_dlog_t *dl, const char *subscription_id, const char 
         pthread_mutex_unlock(&dl->mu);
         return;
     }
-    r = hb_calloc(1, sizeof(*r));
-    r->subscription_id = hb_strdup(subscription_id);
-    r->ordering_key = dup_utf8(key);
+    {
+        const char *src[] = {subscription_id, key};
+        static const size_t off[] = {offsetof(dlog_row_t, subscription_id),
+                                     offsetof(dlog_row_t, ordering_key)};
+        static const int scrub[] = {0, 1};
+        r = row_pack(2, src, off, scrub);
+    }
     r->lookup = out;
     r->token = token;
     vec_push(&dl->queue, r);
@@ -416,14 +465,24 @@ typedef struct {
 } dcol_t;
 
 static void put_be32(hb_buf_t *b, uint32_t v) {
-    unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
-                          (unsigned char)(v >> 8), (unsigned char)v};
-    hb_buf_put(b, x, 4);
+    unsigned char *x;
+    if (b->cap - b->len < 5)
+        hb_buf_reserve(b, 4);
+    x = (unsigned char *)b->p + b->len;
+    x[0] = (unsigned char)(v >> 24);
+    x[1] = (unsigned char)(v >> 16);
+    x[2] = (unsigned char)(v >> 8);
+    x[3] = (unsigned char)v;
+    b->len += 4;
 }
 
+/* Starts column c afresh, keeping its buffer's memory (the writer's columns
+ * live from batch to batch: no allocation, no page faults per batch). */
 static void col_begin(dcol_t *c, uint32_t elem) {
     static const char zero[COL_HEADER];
-    memset(c, 0, sizeof(*c));
+    c->b.len = 0;
+    c->n = 0;
+    c->hasnull = 0;
     c->elem = elem;
     hb_buf_put(&c->b, zero, COL_HEADER);
 }
@@ -453,23 +512,8 @@ static void col_int8(dcol_t *c, int64_t v) {
     put_be32(&c->b, (uint32_t)(uint64_t)v);
 }
 
-static int hexval(char ch) {
-    return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
-}
-
-/* s: NULL or uuid_shaped. */
-static void col_uuid(dcol_t *c, const char *s) {
-    unsigned char u[16];
-    if (!s) {
-        col_text(c, NULL);
-        return;
-    }
-    for (int i = 0, k = 0; k < 16; k++) {
-        if (s[i] == '-')
-            i++;
-        u[k] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
-        i += 2;
-    }
+/* u: a uuid's 16 bytes (uuid_parse). */
+static void col_uuid(dcol_t *c, const unsigned char *u) {
     c->n++;
     put_be32(&c->b, 16);
     hb_buf_put(&c->b, u, 16);
@@ -483,14 +527,12 @@ static void col_ts(dcol_t *c, int64_t wall_ms) {
 
 /* Fills in the header; an empty column is a zero-dimension array. */
 static void col_end(dcol_t *c) {
-    hb_buf_t h = {0};
+    hb_buf_t h = {.p = c->b.p, .cap = c->b.cap}; /* the header's room */
     put_be32(&h, c->n ? 1 : 0);
     put_be32(&h, (uint32_t)c->hasnull);
     put_be32(&h, c->elem);
     put_be32(&h, c->n);
     put_be32(&h, 1);
-    memcpy(c->b.p, h.p, COL_HEADER);
-    free(h.p);
     if (!c->n)
         c->b.len = 12;
 }
@@ -512,6 +554,12 @@ enum {
     A_DAY,
     A_FIRST, /* deliveries: the earliest started_ms of the batch's rows of the delivery */
     A_COUNT
+};
+
+/* The writer's column buffers: the attempts (arr), the deliveries' upsert
+ * (darr) and their plain insert (fresh). */
+struct dlog_cols_s {
+    dcol_t arr[A_COUNT], darr[A_COUNT], fresh[A_COUNT];
 };
 
 /* Whether an upserted attempt replaces the delivery's status and last_*: it is
@@ -728,8 +776,8 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
 /* Appends row r to the column arrays arr[]; first: its A_FIRST. */
 static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     if (arr[A_DID].elem == OID_UUID) {
-        col_uuid(&arr[A_DID], r->delivery_id);
-        col_uuid(&arr[A_SID], r->subscription_id);
+        col_uuid(&arr[A_DID], r->did_bin);
+        col_uuid(&arr[A_SID], r->sid_bin);
     } else {
         col_text(&arr[A_DID], r->delivery_id);
         col_text(&arr[A_SID], r->subscription_id);
@@ -761,9 +809,14 @@ static const uint32_t col_elem[A_COUNT] = {
 
 /* Order of a delivery's rows: by delivery and day, then the newest attempt
  * (highest number, then latest start) first. */
+static int same_delivery(const dlog_row_t *a, const dlog_row_t *b) {
+    return a->ids_bin > 0 && b->ids_bin > 0 ? memcmp(a->did_bin, b->did_bin, 16)
+                                            : strcasecmp(a->delivery_id, b->delivery_id);
+}
+
 static int pick_cmp(const void *pa, const void *pb) {
     const dlog_row_t *a = *(const dlog_row_t *const *)pa, *b = *(const dlog_row_t *const *)pb;
-    int c = strcasecmp(a->delivery_id, b->delivery_id);
+    int c = same_delivery(a, b);
     if (c)
         return c;
     if (a->log_day != b->log_day)
@@ -787,8 +840,7 @@ static void dlog_pick(dcol_t *darr, dcol_t *fresh, dlog_row_t **rows, size_t n) 
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
         int64_t first = v[i]->started_ms;
-        while (j < n && !strcasecmp(v[j]->delivery_id, v[i]->delivery_id) &&
-               v[j]->log_day == v[i]->log_day) {
+        while (j < n && !same_delivery(v[j], v[i]) && v[j]->log_day == v[i]->log_day) {
             if (v[j]->started_ms < first)
                 first = v[j]->started_ms;
             j++;
@@ -803,7 +855,7 @@ static void dlog_pick(dcol_t *darr, dcol_t *fresh, dlog_row_t **rows, size_t n) 
  * through the upsert (none through the plain insert of new ones). */
 static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, int upsert_all,
                                   char *why, size_t whysz) {
-    dcol_t arr[A_COUNT], darr[A_COUNT], fresh[A_COUNT];
+    dcol_t *arr, *darr, *fresh;
     const char *p1[13], *p0[13], *p2[9];
     int l1[13], l0[13], l2[9], ids_uuid = 1;
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
@@ -815,9 +867,21 @@ static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, in
         if (!dl->conn)
             return W_RETRY;
     }
-    for (size_t i = 0; i < n && ids_uuid; i++)
-        ids_uuid = (!rows[i]->delivery_id || uuid_shaped(rows[i]->delivery_id)) &&
-                   (!rows[i]->subscription_id || uuid_shaped(rows[i]->subscription_id));
+    for (size_t i = 0; i < n; i++) {
+        dlog_row_t *r = rows[i];
+        if (!r->ids_bin)
+            r->ids_bin = r->delivery_id && r->subscription_id &&
+                                 uuid_parse(r->delivery_id, r->did_bin) == 0 &&
+                                 uuid_parse(r->subscription_id, r->sid_bin) == 0
+                             ? 1
+                             : -1;
+        ids_uuid &= r->ids_bin > 0;
+    }
+    if (!dl->cols)
+        dl->cols = hb_calloc(1, sizeof(*dl->cols));
+    arr = dl->cols->arr;
+    darr = dl->cols->darr;
+    fresh = dl->cols->fresh;
     for (int c = 0; c < A_COUNT; c++) {
         uint32_t elem = (c == A_DID || c == A_SID) && ids_uuid ? OID_UUID : col_elem[c];
         col_begin(&arr[c], elem);
@@ -877,11 +941,6 @@ fail:
         PQclear(PQexec(dl->conn, "ROLLBACK"));
     }
 out:
-    for (int c = 0; c < A_COUNT; c++) {
-        free(arr[c].b.p);
-        free(darr[c].b.p);
-        free(fresh[c].b.p);
-    }
     return rc;
 }
 
@@ -1214,6 +1273,14 @@ void hb_dlog_free(hb_dlog_t *dl) {
         (void)hb_dlog_close(dl, 0);
     if (dl->conn)
         PQfinish(dl->conn);
+    if (dl->cols) {
+        for (int c = 0; c < A_COUNT; c++) {
+            free(dl->cols->arr[c].b.p);
+            free(dl->cols->darr[c].b.p);
+            free(dl->cols->fresh[c].b.p);
+        }
+        free(dl->cols);
+    }
     for (size_t i = 0; i < dl->queue.n; i++)
         row_free(dl->queue.v[i]);
     free(dl->queue.v);
