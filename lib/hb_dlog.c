@@ -64,6 +64,7 @@
 #define DLOG_BACKOFF_MIN_MS 250
 #define DLOG_BACKOFF_MAX_MS 30000
 #define DLOG_WARN_EVERY_MS 30000
+#define DLOG_COL_KEEP (1u << 20) /* a column buffer larger than this is freed after its batch */
 
 struct hb_dlog_row_s {
     char *delivery_id;
@@ -148,10 +149,9 @@ static void row_free(dlog_row_t *r) {
 
 /* A zeroed row with copies of the n strings src[i] (NULL stays NULL) in the
  * same allocation, the char * member at offset off[i] pointing at each; those
- * with scrub[i] made valid
- * UTF-8 (every invalid byte replaced by '?'). One malloc and one free per
- * row instead of one per string (issue 12: the services' CPU per logged
- * attempt). */
+ * with scrub[i] made valid UTF-8 (every invalid byte replaced by '?'). One
+ * malloc and one free per row instead of one per string (issue 12: the
+ * services' CPU per logged attempt). */
 static dlog_row_t *row_pack(int n, const char *const *src, const size_t *off, const int *scrub) {
     size_t len[16], total = sizeof(dlog_row_t);
     dlog_row_t *r;
@@ -807,16 +807,18 @@ static const uint32_t col_elem[A_COUNT] = {
     [A_CTYPE] = OID_TEXT,    [A_DAY] = OID_INT4,     [A_FIRST] = OID_TIMESTAMPTZ,
 };
 
-/* Order of a delivery's rows: by delivery and day, then the newest attempt
- * (highest number, then latest start) first. */
-static int same_delivery(const dlog_row_t *a, const dlog_row_t *b) {
+/* Delivery ids compared: their bytes when both are parsed (the same order as
+ * strcasecmp of uuid-shaped text: hex digits sort as their values). */
+static int delivery_cmp(const dlog_row_t *a, const dlog_row_t *b) {
     return a->ids_bin > 0 && b->ids_bin > 0 ? memcmp(a->did_bin, b->did_bin, 16)
                                             : strcasecmp(a->delivery_id, b->delivery_id);
 }
 
+/* Order of a delivery's rows: by delivery and day, then the newest attempt
+ * (highest number, then latest start) first. */
 static int pick_cmp(const void *pa, const void *pb) {
     const dlog_row_t *a = *(const dlog_row_t *const *)pa, *b = *(const dlog_row_t *const *)pb;
-    int c = same_delivery(a, b);
+    int c = delivery_cmp(a, b);
     if (c)
         return c;
     if (a->log_day != b->log_day)
@@ -840,7 +842,7 @@ static void dlog_pick(dcol_t *darr, dcol_t *fresh, dlog_row_t **rows, size_t n) 
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
         int64_t first = v[i]->started_ms;
-        while (j < n && !same_delivery(v[j], v[i]) && v[j]->log_day == v[i]->log_day) {
+        while (j < n && !delivery_cmp(v[j], v[i]) && v[j]->log_day == v[i]->log_day) {
             if (v[j]->started_ms < first)
                 first = v[j]->started_ms;
             j++;
@@ -941,6 +943,14 @@ fail:
         PQclear(PQexec(dl->conn, "ROLLBACK"));
     }
 out:
+    for (int c = 0; c < A_COUNT; c++) { /* a column grown past the bound is not kept */
+        if (arr[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&arr[c].b);
+        if (darr[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&darr[c].b);
+        if (fresh[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&fresh[c].b);
+    }
     return rc;
 }
 
