@@ -57,9 +57,10 @@ BEGIN
                        WHERE t > coalesce(g.ok_at, '-infinity')) END,
            g.ok_at,
            g.last_fail,
+           -- of failures at the same instant, the one inserted last
            CASE WHEN g.fail_at IS NOT NULL
-                THEN (SELECT u.e FROM unnest(g.fail_at, g.fail_err) AS u(t, e)
-                       ORDER BY u.t DESC LIMIT 1) END
+                THEN (SELECT u.e FROM unnest(g.fail_at, g.fail_err) WITH ORDINALITY AS u(t, e, i)
+                       ORDER BY u.t DESC, u.i DESC LIMIT 1) END
       FROM (SELECT -- the attempt carries its subscription (rows written by hand
                    -- without it: their delivery's)
                    coalesce(n.subscription_id,
