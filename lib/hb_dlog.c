@@ -5,14 +5,18 @@
  * thread with its own connection. hb_dlog_add() (any thread) copies the
  * attempt, appends it and returns; it wakes the writer early when the queue is
  * half full. The writer wakes every flush_ms, takes up to DLOG_BATCH_MAX rows
- * from the front, and writes them in one transaction of two statements whose
+ * from the front, and writes them in one transaction of a few statements whose
  * parameters are whole columns as arrays (unnest; each statement prepared
- * once per connection, the arrays sent in binary): an upsert of
+ * once per connection, the arrays sent in binary): the rows of
  * hookbridge.deliveries (one row per delivery, picked in C from the batch's
- * rows of it, dlog_pick: attempts = greatest, status and
+ * rows of it, dlog_pick), by a plain insert for deliveries at their first
+ * attempt and an upsert for the others (attempts = greatest, status and
  * last_* from the latest attempt unless the delivery is already final,
- * first_attempt_at = least, the body kept when given) and an insert into
- * hookbridge.delivery_attempts. The upsert's key is (delivery_id, log_day),
+ * first_attempt_at = least, the body kept when given); should a first
+ * attempt's row be there already (logged again after a crash), the unique
+ * violation rolls back and the batch is written again through the upsert
+ * alone. Then an insert into hookbridge.delivery_attempts. The upsert's key
+ * is (delivery_id, log_day),
  * log_day the UTC day of the delivery's first attempt (hb_dlog.h,
  * Partitions). Only after COMMIT do the rows' tokens move to
  * the flushed list that hb_dlog_take_flushed() drains.
@@ -45,6 +49,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -59,6 +64,7 @@
 #define DLOG_BACKOFF_MIN_MS 250
 #define DLOG_BACKOFF_MAX_MS 30000
 #define DLOG_WARN_EVERY_MS 30000
+#define DLOG_COL_KEEP (1u << 20) /* a column buffer larger than this is freed after its batch */
 
 struct hb_dlog_row_s {
     char *delivery_id;
@@ -81,6 +87,10 @@ struct hb_dlog_row_s {
     char *ordering_key;      /* ordered delivery: the key (a look-up: of a tail) */
     int32_t source_partition;
     int64_t source_offset;
+    /* The writer's: 1 when both ids are uuid-shaped, their 16 bytes in
+     * did_bin and sid_bin; -1 when not; 0 not looked at yet. */
+    int ids_bin;
+    unsigned char did_bin[16], sid_bin[16];
 };
 typedef struct hb_dlog_row_s dlog_row_t;
 
@@ -112,6 +122,7 @@ struct hb_dlog_s {
     size_t left;
 
     /* Writer thread only. */
+    struct dlog_cols_s *cols; /* column buffers, kept from batch to batch */
     PGconn *conn;
     unsigned prepared; /* bit s: dlog_stmts[s] is prepared on conn (0 on a new one) */
     int failing;
@@ -131,29 +142,36 @@ const char *hb_outcome_name(hb_outcome_t o) {
 /* ------------------------------------------------------------------------ */
 /* Rows                                                                     */
 
-/* Copy of s with every invalid UTF-8 byte replaced by '?'. NULL stays NULL. */
-static char *dup_utf8(const char *s) {
-    char *out;
-    if (!s)
-        return NULL;
-    out = hb_strdup(s);
-    hb_utf8_scrub(out);
-    return out;
+/* A row and its strings are one allocation (row_pack). */
+static void row_free(dlog_row_t *r) {
+    free(r);
 }
 
-static void row_free(dlog_row_t *r) {
-    if (!r)
-        return;
-    free(r->delivery_id);
-    free(r->subscription_id);
-    free(r->event_ids);
-    free(r->event_type);
-    free(r->error);
-    free(r->snippet);
-    free(r->body);
-    free(r->content_type);
-    free(r->ordering_key);
-    free(r);
+/* A zeroed row with copies of the n strings src[i] (NULL stays NULL) in the
+ * same allocation, the char * member at offset off[i] pointing at each; those
+ * with scrub[i] made valid UTF-8 (every invalid byte replaced by '?'). One
+ * malloc and one free per row instead of one per string (issue 12: the
+ * services' CPU per logged attempt). */
+static dlog_row_t *row_pack(int n, const char *const *src, const size_t *off, const int *scrub) {
+    size_t len[16], total = sizeof(dlog_row_t);
+    dlog_row_t *r;
+    char *p;
+    for (int i = 0; i < n; i++) {
+        len[i] = src[i] ? strlen(src[i]) + 1 : 0;
+        total += len[i];
+    }
+    r = hb_calloc(1, total);
+    p = (char *)(r + 1);
+    for (int i = 0; i < n; i++) {
+        if (!src[i])
+            continue;
+        memcpy(p, src[i], len[i]);
+        if (scrub[i])
+            hb_utf8_scrub(p);
+        memcpy((char *)r + off[i], &p, sizeof(p));
+        p += len[i];
+    }
+    return r;
 }
 
 static void flushed_push_locked(hb_dlog_t *dl, void *token);
@@ -201,23 +219,30 @@ static void queue_trim_locked(hb_dlog_t *dl) {
 }
 
 hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
-    dlog_row_t *r = hb_calloc(1, sizeof(*r));
-    r->delivery_id = hb_strdup(a->delivery_id ? a->delivery_id : "");
-    r->subscription_id = hb_strdup(a->subscription_id ? a->subscription_id : "");
-    r->event_ids = dup_utf8(a->event_ids ? a->event_ids : "");
-    r->event_type = dup_utf8(a->event_type ? a->event_type : "");
+    int failed = a->outcome == HB_OUTCOME_FAILED;
+    const char *src[] = {a->delivery_id ? a->delivery_id : "",
+                         a->subscription_id ? a->subscription_id : "",
+                         a->event_ids ? a->event_ids : "",
+                         a->event_type ? a->event_type : "",
+                         a->error,
+                         a->response_snippet,
+                         failed ? a->body : NULL,
+                         failed ? a->content_type : NULL,
+                         a->ordering_key};
+    static const size_t off[] = {
+        offsetof(dlog_row_t, delivery_id), offsetof(dlog_row_t, subscription_id),
+        offsetof(dlog_row_t, event_ids),   offsetof(dlog_row_t, event_type),
+        offsetof(dlog_row_t, error),       offsetof(dlog_row_t, snippet),
+        offsetof(dlog_row_t, body),        offsetof(dlog_row_t, content_type),
+        offsetof(dlog_row_t, ordering_key)};
+    static const int scrub[] = {0, 0, 1, 1, 1, 1, 1, 1, 1};
+    dlog_row_t *r = row_pack(9, src, off, scrub);
     r->attempt = a->attempt < 0 ? 0 : a->attempt;
     r->started_ms = a->started_ms;
     r->log_day = hb_dlog_day(a->first_attempt_ms > 0 ? a->first_attempt_ms : a->started_ms);
     r->duration_ms = a->duration_ms < 0 ? 0 : a->duration_ms;
     r->http_status = a->http_status;
     r->outcome = a->outcome;
-    r->error = dup_utf8(a->error);
-    r->snippet = dup_utf8(a->response_snippet);
-    r->body = a->outcome == HB_OUTCOME_FAILED ? dup_utf8(a->body) : NULL;
-    r->content_type =
-        a->outcome == HB_OUTCOME_FAILED && a->content_type ? dup_utf8(a->content_type) : NULL;
-    r->ordering_key = dup_utf8(a->ordering_key);
     r->source_partition = a->source_partition;
     r->source_offset = a->source_offset;
     return r;
@@ -249,14 +274,35 @@ void hb_dlog_add(hb_dlog_t *dl, const hb_attempt_t *a, void *token) {
     hb_dlog_add_row(dl, hb_dlog_row_new(a), token);
 }
 
-/* 8-4-4-4-12 hex digits: what the uuid[] cast of a look-up accepts. */
-static int uuid_shaped(const char *s) {
-    for (int i = 0; i < DLOG_UUID_LEN; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !strchr("0123456789abcdefABCDEF", s[i]) || !s[i])
-            return 0;
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    ch = (char)(ch | 0x20);
+    return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+/* s as 8-4-4-4-12 hex digits (what the uuid[] cast of a look-up accepts)
+ * into its 16 bytes u: 0, or -1 when it is not so shaped. */
+static int uuid_parse(const char *s, unsigned char u[16]) {
+    int i = 0;
+    for (int k = 0; k < 16; k++) {
+        int hi, lo;
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return -1;
+            i++;
+        }
+        if ((hi = hexval(s[i])) < 0 || (lo = hexval(s[i + 1])) < 0)
+            return -1;
+        u[k] = (unsigned char)(hi << 4 | lo);
+        i += 2;
     }
-    return s[DLOG_UUID_LEN] == '\0';
+    return s[DLOG_UUID_LEN] == '\0' ? 0 : -1;
+}
+
+static int uuid_shaped(const char *s) {
+    unsigned char u[16];
+    return uuid_parse(s, u) == 0;
 }
 
 void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token) {
@@ -268,8 +314,11 @@ void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out
         pthread_mutex_unlock(&dl->mu);
         return;
     }
-    r = hb_calloc(1, sizeof(*r));
-    r->delivery_id = hb_strdup(delivery_id);
+    {
+        static const size_t off[] = {offsetof(dlog_row_t, delivery_id)};
+        static const int scrub[] = {0};
+        r = row_pack(1, &delivery_id, off, scrub);
+    }
     r->lookup = out;
     r->token = token;
     vec_push(&dl->queue, r);
@@ -288,9 +337,13 @@ void hb_dlog_lookup_tail(hb_dlog_t *dl, const char *subscription_id, const char 
         pthread_mutex_unlock(&dl->mu);
         return;
     }
-    r = hb_calloc(1, sizeof(*r));
-    r->subscription_id = hb_strdup(subscription_id);
-    r->ordering_key = dup_utf8(key);
+    {
+        const char *src[] = {subscription_id, key};
+        static const size_t off[] = {offsetof(dlog_row_t, subscription_id),
+                                     offsetof(dlog_row_t, ordering_key)};
+        static const int scrub[] = {0, 1};
+        r = row_pack(2, src, off, scrub);
+    }
     r->lookup = out;
     r->token = token;
     vec_push(&dl->queue, r);
@@ -412,14 +465,24 @@ typedef struct {
 } dcol_t;
 
 static void put_be32(hb_buf_t *b, uint32_t v) {
-    unsigned char x[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
-                          (unsigned char)(v >> 8), (unsigned char)v};
-    hb_buf_put(b, x, 4);
+    unsigned char *x;
+    if (b->cap - b->len < 5)
+        hb_buf_reserve(b, 4);
+    x = (unsigned char *)b->p + b->len;
+    x[0] = (unsigned char)(v >> 24);
+    x[1] = (unsigned char)(v >> 16);
+    x[2] = (unsigned char)(v >> 8);
+    x[3] = (unsigned char)v;
+    b->len += 4;
 }
 
+/* Starts column c afresh, keeping its buffer's memory (the writer's columns
+ * live from batch to batch: no allocation, no page faults per batch). */
 static void col_begin(dcol_t *c, uint32_t elem) {
     static const char zero[COL_HEADER];
-    memset(c, 0, sizeof(*c));
+    c->b.len = 0;
+    c->n = 0;
+    c->hasnull = 0;
     c->elem = elem;
     hb_buf_put(&c->b, zero, COL_HEADER);
 }
@@ -449,23 +512,8 @@ static void col_int8(dcol_t *c, int64_t v) {
     put_be32(&c->b, (uint32_t)(uint64_t)v);
 }
 
-static int hexval(char ch) {
-    return ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10;
-}
-
-/* s: NULL or uuid_shaped. */
-static void col_uuid(dcol_t *c, const char *s) {
-    unsigned char u[16];
-    if (!s) {
-        col_text(c, NULL);
-        return;
-    }
-    for (int i = 0, k = 0; k < 16; k++) {
-        if (s[i] == '-')
-            i++;
-        u[k] = (unsigned char)(hexval(s[i]) << 4 | hexval(s[i + 1]));
-        i += 2;
-    }
+/* u: a uuid's 16 bytes (uuid_parse). */
+static void col_uuid(dcol_t *c, const unsigned char *u) {
     c->n++;
     put_be32(&c->b, 16);
     hb_buf_put(&c->b, u, 16);
@@ -479,14 +527,12 @@ static void col_ts(dcol_t *c, int64_t wall_ms) {
 
 /* Fills in the header; an empty column is a zero-dimension array. */
 static void col_end(dcol_t *c) {
-    hb_buf_t h = {0};
+    hb_buf_t h = {.p = c->b.p, .cap = c->b.cap}; /* the header's room */
     put_be32(&h, c->n ? 1 : 0);
     put_be32(&h, (uint32_t)c->hasnull);
     put_be32(&h, c->elem);
     put_be32(&h, c->n);
     put_be32(&h, 1);
-    memcpy(c->b.p, h.p, COL_HEADER);
-    free(h.p);
     if (!c->n)
         c->b.len = 12;
 }
@@ -510,6 +556,12 @@ enum {
     A_COUNT
 };
 
+/* The writer's column buffers: the attempts (arr), the deliveries' upsert
+ * (darr) and their plain insert (fresh). */
+struct dlog_cols_s {
+    dcol_t arr[A_COUNT], darr[A_COUNT], fresh[A_COUNT];
+};
+
 /* Whether an upserted attempt replaces the delivery's status and last_*: it is
  * the newest one, and the delivery is not final (delivered, failed and dropped
  * stay; replay() is what takes a failed delivery back to 'replay'). */
@@ -521,19 +573,27 @@ enum {
 /* One row per (delivery, day): dlog_pick chose, in C, each delivery's newest
  * attempt of the batch and its earliest start, which spares PostgreSQL a
  * sort and a window per batch (issue 12: its cost per logged attempt). The
- * newest attempt sets status and last_*, unless the delivery is final. */
-#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+ * columns are unnested in the select list (a ProjectSet), not in FROM (a
+ * function scan, which first copies every row of the batch into a tuplestore:
+ * issue 12 again); the arrays are all as long, so the rows are the same. */
+#define DLOG_DELIVERIES_ROWS(IDT)                                                                  \
     "INSERT INTO hookbridge.deliveries AS d"                                                       \
     "  (delivery_id, subscription_id, event_ids, event_type, status, attempts,"                    \
     "   first_attempt_at, last_attempt_at, last_http_status, last_error, body, content_type,"      \
     "   log_day)"                                                                                  \
     " SELECT r.did::uuid, r.sid::uuid, r.eids, r.etype, r.outcome, r.attempt, r.first,"            \
     "        r.started, nullif(r.http, 0), r.err, r.body, r.ctype, date '1970-01-01' + r.day"      \
-    "   FROM unnest($1::" IDT "[], $2::" IDT "[], $3::text[], $4::text[], $5::text[],"             \
-    "               $6::int[], $7::timestamptz[], $8::int[], $9::text[], $10::text[],"             \
-    "               $11::text[], $12::int[], $13::timestamptz[])"                                  \
-    "        AS r(did, sid, eids, etype, outcome, attempt, started, http, err, body, ctype, day,"  \
-    "             first)"                                                                          \
+    "   FROM (SELECT unnest($1::" IDT "[]) AS did, unnest($2::" IDT "[]) AS sid,"                  \
+    "                unnest($3::text[]) AS eids, unnest($4::text[]) AS etype,"                     \
+    "                unnest($5::text[]) AS outcome, unnest($6::int[]) AS attempt,"                 \
+    "                unnest($7::timestamptz[]) AS started, unnest($8::int[]) AS http,"             \
+    "                unnest($9::text[]) AS err, unnest($10::text[]) AS body,"                      \
+    "                unnest($11::text[]) AS ctype, unnest($12::int[]) AS day,"                     \
+    "                unnest($13::timestamptz[]) AS first) r"
+
+/* The newest attempt sets status and last_*, unless the delivery is final. */
+#define DLOG_UPSERT_DELIVERIES(IDT)                                                                \
+    DLOG_DELIVERIES_ROWS(IDT)                                                                      \
     " ON CONFLICT (delivery_id, log_day) DO UPDATE SET"                                            \
     "   attempts = greatest(d.attempts, EXCLUDED.attempts),"                                       \
     "   first_attempt_at = least(d.first_attempt_at, EXCLUDED.first_attempt_at),"                  \
@@ -545,15 +605,25 @@ enum {
     "   body = coalesce(EXCLUDED.body, d.body),"                                                   \
     "   content_type = coalesce(EXCLUDED.content_type, d.content_type)"
 
+/* A delivery's first attempt (or its drop, attempt 0) almost always makes its
+ * row: a plain INSERT, without ON CONFLICT's look-up of the key before the
+ * insert, its speculative-insertion lock and the extra WAL record confirming
+ * it (issue 12). When the row is there after all (the attempt logged again
+ * after a crash, or by another replica), the unique violation rolls the
+ * batch back and it is written again with the upsert alone (dlog_write). */
+#define DLOG_INSERT_DELIVERIES(IDT) DLOG_DELIVERIES_ROWS(IDT)
+
 #define DLOG_INSERT_ATTEMPTS(IDT)                                                                  \
     "INSERT INTO hookbridge.delivery_attempts"                                                     \
     "  (delivery_id, attempt, started_at, duration_ms, http_status, outcome, error,"               \
     "   response_snippet, subscription_id)"                                                        \
     " SELECT r.did::uuid, r.attempt, r.started, r.dur, nullif(r.http, 0),"                         \
     "        r.outcome, r.err, r.snip, r.sid::uuid"                                                \
-    "   FROM unnest($1::" IDT "[], $2::int[], $3::timestamptz[], $4::bigint[], $5::int[],"         \
-    "               $6::text[], $7::text[], $8::text[], $9::" IDT "[])"                            \
-    "        AS r(did, attempt, started, dur, http, outcome, err, snip, sid)"
+    "   FROM (SELECT unnest($1::" IDT "[]) AS did, unnest($2::int[]) AS attempt,"                  \
+    "                unnest($3::timestamptz[]) AS started, unnest($4::bigint[]) AS dur,"           \
+    "                unnest($5::int[]) AS http, unnest($6::text[]) AS outcome,"                    \
+    "                unnest($7::text[]) AS err, unnest($8::text[]) AS snip,"                       \
+    "                unnest($9::" IDT "[]) AS sid) r"
 
 /* A delivery with two rows (two days) is answered by the later one (the
  * last filled in). */
@@ -587,13 +657,19 @@ static const char DLOG_LOOKUP_TAILS[] =
     "  LEFT JOIN hookbridge.deliveries d ON d.delivery_id = t.delivery_id"
     " ORDER BY r.i, d.log_day NULLS FIRST"; /* two days' rows: the later answers */
 
-typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2 } dlog_wrc_t;
+/* W_DUPLICATE: the plain insert of new deliveries found one there already. */
+typedef enum { W_OK = 0, W_RETRY = -1, W_INVALID = -2, W_DUPLICATE = -3 } dlog_wrc_t;
 
 /* Data that can never be written (class 22 data exception, 23 integrity
  * constraint violation) versus everything else (retry). */
 static int sqlstate_invalid(const PGresult *res) {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     return state && (!strncmp(state, "22", 2) || !strncmp(state, "23", 2));
+}
+
+static int sqlstate_unique_violation(const PGresult *res) {
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state && !strcmp(state, "23505");
 }
 
 /* The writer's statements, each prepared once per connection (PQprepare) the
@@ -605,6 +681,8 @@ static int sqlstate_invalid(const PGresult *res) {
  * the batch's ids are 8-4-4-4-12 hex), or, for a batch with any other, as
  * text cast by PostgreSQL, whose error then makes the row invalid (_T). */
 enum {
+    S_INSERT_DELIVERIES,
+    S_INSERT_DELIVERIES_T,
     S_UPSERT_DELIVERIES,
     S_UPSERT_DELIVERIES_T,
     S_INSERT_ATTEMPTS,
@@ -617,6 +695,8 @@ enum {
 static const struct {
     const char *name, *sql;
 } dlog_stmts[S_COUNT] = {
+    [S_INSERT_DELIVERIES] = {"hb_dlog_insert_deliveries", DLOG_INSERT_DELIVERIES("uuid")},
+    [S_INSERT_DELIVERIES_T] = {"hb_dlog_insert_deliveries_t", DLOG_INSERT_DELIVERIES("text")},
     [S_UPSERT_DELIVERIES] = {"hb_dlog_upsert_deliveries", DLOG_UPSERT_DELIVERIES("uuid")},
     [S_UPSERT_DELIVERIES_T] = {"hb_dlog_upsert_deliveries_t", DLOG_UPSERT_DELIVERIES("text")},
     [S_INSERT_ATTEMPTS] = {"hb_dlog_insert_attempts", DLOG_INSERT_ATTEMPTS("uuid")},
@@ -647,7 +727,11 @@ static dlog_wrc_t dlog_exec(hb_dlog_t *dl, int s, const char *sql, int n, const 
     dlog_wrc_t rc = W_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
-        rc = sqlstate_invalid(res) ? W_INVALID : W_RETRY;
+        rc = (s == S_INSERT_DELIVERIES || s == S_INSERT_DELIVERIES_T) &&
+                     sqlstate_unique_violation(res)
+                 ? W_DUPLICATE
+             : sqlstate_invalid(res) ? W_INVALID
+                                     : W_RETRY;
     }
     PQclear(res);
     return rc;
@@ -689,12 +773,11 @@ static dlog_wrc_t dlog_write_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, c
     return rc;
 }
 
-/* Writes rows[0..n) in one transaction. */
 /* Appends row r to the column arrays arr[]; first: its A_FIRST. */
 static void arrays_add(dcol_t *arr, const dlog_row_t *r, int64_t first) {
     if (arr[A_DID].elem == OID_UUID) {
-        col_uuid(&arr[A_DID], r->delivery_id);
-        col_uuid(&arr[A_SID], r->subscription_id);
+        col_uuid(&arr[A_DID], r->did_bin);
+        col_uuid(&arr[A_SID], r->sid_bin);
     } else {
         col_text(&arr[A_DID], r->delivery_id);
         col_text(&arr[A_SID], r->subscription_id);
@@ -724,11 +807,18 @@ static const uint32_t col_elem[A_COUNT] = {
     [A_CTYPE] = OID_TEXT,    [A_DAY] = OID_INT4,     [A_FIRST] = OID_TIMESTAMPTZ,
 };
 
+/* Delivery ids compared: their bytes when both are parsed (the same order as
+ * strcasecmp of uuid-shaped text: hex digits sort as their values). */
+static int delivery_cmp(const dlog_row_t *a, const dlog_row_t *b) {
+    return a->ids_bin > 0 && b->ids_bin > 0 ? memcmp(a->did_bin, b->did_bin, 16)
+                                            : strcasecmp(a->delivery_id, b->delivery_id);
+}
+
 /* Order of a delivery's rows: by delivery and day, then the newest attempt
  * (highest number, then latest start) first. */
 static int pick_cmp(const void *pa, const void *pb) {
     const dlog_row_t *a = *(const dlog_row_t *const *)pa, *b = *(const dlog_row_t *const *)pb;
-    int c = strcasecmp(a->delivery_id, b->delivery_id);
+    int c = delivery_cmp(a, b);
     if (c)
         return c;
     if (a->log_day != b->log_day)
@@ -740,35 +830,38 @@ static int pick_cmp(const void *pa, const void *pb) {
     return 0;
 }
 
-/* Adds to darr[] one row per (delivery, day) of rows[0..n): its newest
- * attempt, with the earliest start among them (what the deliveries row
- * takes: status and last_* from the newest, first_attempt_at the least). */
-static void dlog_pick(dcol_t *darr, dlog_row_t **rows, size_t n) {
+/* Adds one row per (delivery, day) of rows[0..n): its newest attempt, with
+ * the earliest start among them (what the deliveries row takes: status and
+ * last_* from the newest, first_attempt_at the least), to fresh[] when that
+ * attempt is the delivery's first (or its drop) and fresh is not NULL, to
+ * darr[] otherwise. */
+static void dlog_pick(dcol_t *darr, dcol_t *fresh, dlog_row_t **rows, size_t n) {
     const dlog_row_t **v = hb_malloc((n ? n : 1) * sizeof(*v));
     memcpy(v, rows, n * sizeof(*v));
     qsort(v, n, sizeof(*v), pick_cmp);
     for (size_t i = 0; i < n;) {
         size_t j = i + 1;
         int64_t first = v[i]->started_ms;
-        while (j < n && !strcasecmp(v[j]->delivery_id, v[i]->delivery_id) &&
-               v[j]->log_day == v[i]->log_day) {
+        while (j < n && !delivery_cmp(v[j], v[i]) && v[j]->log_day == v[i]->log_day) {
             if (v[j]->started_ms < first)
                 first = v[j]->started_ms;
             j++;
         }
-        arrays_add(darr, v[i], first);
+        arrays_add(fresh && v[i]->attempt <= 1 ? fresh : darr, v[i], first);
         i = j;
     }
     free(v);
 }
 
-/* Writes rows[0..n) in one transaction. */
-static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    dcol_t arr[A_COUNT], darr[A_COUNT];
-    const char *p1[13], *p2[9];
-    int l1[13], l2[9], ids_uuid = 1;
+/* Writes rows[0..n) in one transaction; upsert_all: every deliveries row
+ * through the upsert (none through the plain insert of new ones). */
+static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, int upsert_all,
+                                  char *why, size_t whysz) {
+    dcol_t *arr, *darr, *fresh;
+    const char *p1[13], *p0[13], *p2[9];
+    int l1[13], l0[13], l2[9], ids_uuid = 1;
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
-    dlog_wrc_t rc;
+    dlog_wrc_t rc = W_OK;
 
     if (!dl->conn) {
         dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
@@ -776,20 +869,34 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
         if (!dl->conn)
             return W_RETRY;
     }
-    for (size_t i = 0; i < n && ids_uuid; i++)
-        ids_uuid = (!rows[i]->delivery_id || uuid_shaped(rows[i]->delivery_id)) &&
-                   (!rows[i]->subscription_id || uuid_shaped(rows[i]->subscription_id));
+    for (size_t i = 0; i < n; i++) {
+        dlog_row_t *r = rows[i];
+        if (!r->ids_bin)
+            r->ids_bin = r->delivery_id && r->subscription_id &&
+                                 uuid_parse(r->delivery_id, r->did_bin) == 0 &&
+                                 uuid_parse(r->subscription_id, r->sid_bin) == 0
+                             ? 1
+                             : -1;
+        ids_uuid &= r->ids_bin > 0;
+    }
+    if (!dl->cols)
+        dl->cols = hb_calloc(1, sizeof(*dl->cols));
+    arr = dl->cols->arr;
+    darr = dl->cols->darr;
+    fresh = dl->cols->fresh;
     for (int c = 0; c < A_COUNT; c++) {
         uint32_t elem = (c == A_DID || c == A_SID) && ids_uuid ? OID_UUID : col_elem[c];
         col_begin(&arr[c], elem);
         col_begin(&darr[c], elem);
+        col_begin(&fresh[c], elem);
     }
     for (size_t i = 0; i < n; i++)
         arrays_add(arr, rows[i], rows[i]->started_ms);
-    dlog_pick(darr, rows, n);
+    dlog_pick(darr, upsert_all ? NULL : fresh, rows, n);
     for (int c = 0; c < A_COUNT; c++) {
         col_end(&arr[c]);
         col_end(&darr[c]);
+        col_end(&fresh[c]);
     }
 
     for (int k = 0; k < 13; k++) {
@@ -798,6 +905,8 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
                                    A_CTYPE,   A_DAY,     A_FIRST};
         p1[k] = darr[c1[k]].b.p;
         l1[k] = (int)darr[c1[k]].b.len;
+        p0[k] = fresh[c1[k]].b.p;
+        l0[k] = (int)fresh[c1[k]].b.len;
     }
     for (int k = 0; k < 9; k++) {
         static const int c2[9] = {A_DID,     A_ATTEMPT, A_STARTED, A_DURATION, A_HTTP,
@@ -808,7 +917,12 @@ static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *w
 
     if ((rc = dlog_exec(dl, -1, "BEGIN", 0, NULL, NULL, NULL, why, whysz)) != W_OK)
         goto fail;
-    if ((rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
+    if (fresh[A_DID].n > 0 &&
+        (rc = dlog_exec(dl, ids_uuid ? S_INSERT_DELIVERIES : S_INSERT_DELIVERIES_T, NULL, 13, p0,
+                        l0, fmt, why, whysz)) != W_OK)
+        goto fail;
+    if (darr[A_DID].n > 0 &&
+        (rc = dlog_exec(dl, ids_uuid ? S_UPSERT_DELIVERIES : S_UPSERT_DELIVERIES_T, NULL, 13, p1,
                         l1, fmt, why, whysz)) != W_OK)
         goto fail;
     if ((rc = dlog_exec(dl, ids_uuid ? S_INSERT_ATTEMPTS : S_INSERT_ATTEMPTS_T, NULL, 9, p2, l2,
@@ -829,10 +943,24 @@ fail:
         PQclear(PQexec(dl->conn, "ROLLBACK"));
     }
 out:
-    for (int c = 0; c < A_COUNT; c++) {
-        free(arr[c].b.p);
-        free(darr[c].b.p);
+    for (int c = 0; c < A_COUNT; c++) { /* a column grown past the bound is not kept */
+        if (arr[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&arr[c].b);
+        if (darr[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&darr[c].b);
+        if (fresh[c].b.cap > DLOG_COL_KEEP)
+            hb_buf_free(&fresh[c].b);
     }
+    return rc;
+}
+
+/* Writes rows[0..n) in one transaction: new deliveries by a plain insert,
+ * and, when one of them was there after all, the whole batch again with the
+ * upsert alone. */
+static dlog_wrc_t dlog_write(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
+    dlog_wrc_t rc = dlog_write_once(dl, rows, n, 0, why, whysz);
+    if (rc == W_DUPLICATE)
+        rc = dlog_write_once(dl, rows, n, 1, why, whysz);
     return rc;
 }
 
@@ -1155,6 +1283,14 @@ void hb_dlog_free(hb_dlog_t *dl) {
         (void)hb_dlog_close(dl, 0);
     if (dl->conn)
         PQfinish(dl->conn);
+    if (dl->cols) {
+        for (int c = 0; c < A_COUNT; c++) {
+            free(dl->cols->arr[c].b.p);
+            free(dl->cols->darr[c].b.p);
+            free(dl->cols->fresh[c].b.p);
+        }
+        free(dl->cols);
+    }
     for (size_t i = 0; i < dl->queue.n; i++)
         row_free(dl->queue.v[i]);
     free(dl->queue.v);

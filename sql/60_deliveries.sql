@@ -36,38 +36,45 @@
 
 -- Endpoint health ------------------------------------------------------------
 
+-- One pass over the statement's new rows, grouped by subscription (a hash
+-- aggregate: no sort, no join of the rows with their own groups): the latest
+-- success, the latest failure, and the failures' times and errors as arrays,
+-- which only the subscriptions with failures look into (the failures since
+-- the latest success: how many and the first; the latest failure's error).
+-- Issue 12: this trigger is paid for every logged attempt.
 CREATE OR REPLACE FUNCTION hookbridge._track_health() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
-    WITH a AS (
-        -- the attempt carries its subscription (rows written by hand without it:
-        -- their delivery's)
-        SELECT coalesce(n.subscription_id,
-                        (SELECT d.subscription_id FROM hookbridge.deliveries d
-                          WHERE d.delivery_id = n.delivery_id LIMIT 1)) AS sid,
-               n.started_at, n.outcome, n.error
-          FROM new_rows n
-         WHERE n.outcome = 'delivered'
-            OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
-    ), s AS (
-        SELECT sid, max(started_at) FILTER (WHERE outcome = 'delivered') AS ok_at
-          FROM a GROUP BY sid
-    ), agg AS (
-        SELECT s.sid, s.ok_at,
-               count(a.*) FILTER (WHERE a.outcome <> 'delivered'
-                                    AND a.started_at > coalesce(s.ok_at, '-infinity')) AS fails,
-               min(a.started_at) FILTER (WHERE a.outcome <> 'delivered'
-                                           AND a.started_at > coalesce(s.ok_at, '-infinity')) AS first_fail,
-               max(a.started_at) FILTER (WHERE a.outcome <> 'delivered') AS last_fail,
-               (array_agg(a.error ORDER BY a.started_at DESC)
-                    FILTER (WHERE a.outcome <> 'delivered'))[1] AS last_err
-          FROM s JOIN a USING (sid)
-         GROUP BY s.sid, s.ok_at
-    )
     INSERT INTO hookbridge.endpoint_health AS h
            (subscription_id, consecutive_failures, failing_since, last_success_at,
             last_failure_at, last_error)
-    SELECT sid, fails, first_fail, ok_at, last_fail, last_err FROM agg
+    SELECT g.sid,
+           CASE WHEN g.fail_at IS NULL THEN 0
+                ELSE (SELECT count(*) FROM unnest(g.fail_at) t
+                       WHERE t > coalesce(g.ok_at, '-infinity')) END,
+           CASE WHEN g.fail_at IS NOT NULL
+                THEN (SELECT min(t) FROM unnest(g.fail_at) t
+                       WHERE t > coalesce(g.ok_at, '-infinity')) END,
+           g.ok_at,
+           g.last_fail,
+           -- of failures at the same instant, the one inserted last
+           CASE WHEN g.fail_at IS NOT NULL
+                THEN (SELECT u.e FROM unnest(g.fail_at, g.fail_err) WITH ORDINALITY AS u(t, e, i)
+                       ORDER BY u.t DESC, u.i DESC LIMIT 1) END
+      FROM (SELECT -- the attempt carries its subscription (rows written by hand
+                   -- without it: their delivery's)
+                   coalesce(n.subscription_id,
+                            (SELECT d.subscription_id FROM hookbridge.deliveries d
+                              WHERE d.delivery_id = n.delivery_id LIMIT 1)) AS sid,
+                   max(n.started_at) FILTER (WHERE n.outcome = 'delivered') AS ok_at,
+                   max(n.started_at) FILTER (WHERE n.outcome <> 'delivered') AS last_fail,
+                   array_agg(n.started_at) FILTER (WHERE n.outcome <> 'delivered') AS fail_at,
+                   array_agg(n.error) FILTER (WHERE n.outcome <> 'delivered') AS fail_err
+              FROM new_rows n
+             WHERE n.outcome = 'delivered'
+                OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
+             GROUP BY 1) g
+     WHERE g.sid IS NOT NULL -- neither the attempt nor the log knows its subscription
     ON CONFLICT (subscription_id) DO UPDATE SET
         consecutive_failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL
                                     THEN EXCLUDED.consecutive_failures
