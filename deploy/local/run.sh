@@ -140,13 +140,26 @@ flaky_report() {
     echo "-- requests the flaky receiver logged for it:"
     grep -cF "\"webhook_id\":\"$id\"" "$STACK_DIR/flaky.log" || true
   done
+  local svc pid addr
+  for svc in retrier dispatcher; do
+    if [ "$svc" = retrier ]; then pid=$STACK_RETRIER_PID addr=$STACK_RETRIER_HTTP; else
+      pid=$STACK_DISPATCHER_PID addr=$STACK_DISPATCHER_HTTP
+    fi
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "-- the $svc (pid $pid) runs; /healthz: $(curl -sS -m 5 "http://$addr/healthz" 2>&1)," \
+        "/readyz: $(curl -sS -m 5 "http://$addr/readyz" 2>&1)"
+    else
+      echo "-- the $svc (pid $pid) is gone; the end of its log:"
+      stack_log_tail "$svc" 20
+    fi
+  done
   echo "-- the retrier's warnings, errors, partitions and consumption:"
   grep -E '"level":"(warn|error)"|assigned|revoking|paused at offset|consumption|delivery log' \
     "$STACK_DIR/retrier.log" | grep -v '"source":"librdkafka","facility":"CONFWARN"' | tail -n 40 || true
   echo "-- the retrier's metrics (http://$STACK_RETRIER_HTTP/metrics):"
-  curl -fsS "http://$STACK_RETRIER_HTTP/metrics" 2>&1 |
-    grep -E '^hookbridge_(stale_retries_dropped|retry_hops|partition_pauses|consumption_pause|consumer_lag\{topic="hookbridge\.retry|deliveries_total|database_errors|endpoint_busy|ordering_waits|circuit)' |
-    grep -v '^hookbridge_consumer_lag.* 0$' || true
+  curl -fsS -m 5 "http://$STACK_RETRIER_HTTP/metrics" 2>&1 |
+    grep -E '^hookbridge_(stale_retries_dropped|retry_hops|partition_pauses|consumption_pause|deliveries_total|database_errors|endpoint_busy|ordering_waits|circuit)' ||
+    true
 }
 
 say "waiting for the flaky receiver's retries (schedule $HOOKBRIDGE_RETRY_SCHEDULE)"
