@@ -13,7 +13,10 @@
 # receivers' output: the first receiver takes
 # everything at once; the second ("flaky") fails each delivery twice, so its
 # events arrive on the retry schedule (shortened to 2s,5s,10s for the demo),
-# and the delivery log in PostgreSQL shows every attempt. Ctrl-C stops
+# and the delivery log in PostgreSQL shows every attempt (the demo waits for
+# them at most HOOKBRIDGE_RUN_WAIT seconds, default 60; when it gives up it
+# says which delivery it waited for and what the retrier, the dispatcher and
+# the receiver logged about it). Ctrl-C stops
 # everything and leaves nothing running. State lives in a temporary directory
 # /tmp/hookbridge-run.XXXXXX (deleted at exit unless HOOKBRIDGE_KEEP_RUN=1).
 # The start/stop functions are in deploy/local/stack.sh.
