@@ -236,12 +236,14 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     if (stale) {
         hb_metric_inc(r->m_stale);
         hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "retry dropped, attempt %d not made: %s (a duplicate, e.g. read again after a "
-               "restart)",
+               "retry dropped, attempt %d not made: %s (read again, e.g. after a restart)",
                dl->attempt, stale);
         hb_worker_discard(w, dl);
         return;
     }
+    hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+           "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
+           st->found ? st->status : "no row yet", st->attempts);
     if ((why = rebind_now(w, dl)) != NULL)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
     else if (*dl->after_id) /* ordered: first its predecessor */
@@ -306,6 +308,11 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
     }
     if (m.not_before_ms > hb_wall_ms()) {
         int64_t at = hop_at(r, rkm, m.not_before_ms);
+        hb_log(HB_LOG_DEBUG,
+               HB_KV("delivery_id", m.delivery_id, "subscription_id", m.subscription_id),
+               "attempt %d is due in %lld ms: it waits at %s [%d] offset %lld", m.attempt,
+               (long long)(m.not_before_ms - hb_wall_ms()), rd_kafka_topic_name(rkm->rkt),
+               (int)rkm->partition, (long long)rkm->offset);
         if (!at)
             hb_worker_defer(w, rkm, m.not_before_ms);
         else if (at > hb_wall_ms())

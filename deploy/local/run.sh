@@ -13,7 +13,10 @@
 # receivers' output: the first receiver takes
 # everything at once; the second ("flaky") fails each delivery twice, so its
 # events arrive on the retry schedule (shortened to 2s,5s,10s for the demo),
-# and the delivery log in PostgreSQL shows every attempt. Ctrl-C stops
+# and the delivery log in PostgreSQL shows every attempt (the demo waits for
+# them at most HOOKBRIDGE_RUN_WAIT seconds, default 60; when it gives up it
+# says which delivery it waited for and what the retrier, the dispatcher and
+# the receiver logged about it). Ctrl-C stops
 # everything and leaves nothing running. State lives in a temporary directory
 # /tmp/hookbridge-run.XXXXXX (deleted at exit unless HOOKBRIDGE_KEEP_RUN=1).
 # The start/stop functions are in deploy/local/stack.sh.
@@ -60,7 +63,9 @@ stack_spawn flaky "$BIN/hookbridge-receiver" --listen "127.0.0.1:$FPORT" --secre
 
 say "starting the dispatcher and the retrier (loopback endpoints allowed for the demo)"
 stack_start_dispatcher
-stack_start_retrier
+# The retrier logs at debug (to its log file only): when the flaky receiver's
+# retries do not all get through, flaky_report shows what it did with them.
+stack_start_retrier HOOKBRIDGE_LOG_LEVEL="${HOOKBRIDGE_LOG_LEVEL:-debug}"
 
 say "registering a demo subscription (user.session.start, user.lifecycle.create)"
 OPTIONS=$(jq -nc --arg auth "$AUTH_VALUE" --arg secret "$SECRET" \
@@ -111,13 +116,70 @@ OKTA_HOOK=$(jq -nc --argjson ev "$(sed -n 2p deploy/local/sample-events.jsonl)" 
 echo "POST /okta/events -> $(curl -sS -w ' (HTTP %{http_code})' -H 'Authorization: Bearer demo-okta-hook' \
   -H 'Content-Type: application/json' --data-binary "$OKTA_HOOK" "http://127.0.0.1:$IPORT/okta/events")"
 
+# What the wait below found wanting, when it gave up: the flaky receiver's
+# deliveries that are not delivered, and what the retrier, the dispatcher and
+# the receiver logged about them, so a demo (or a test) that stops short
+# explains itself.
+flaky_report() {
+  local ids id
+  echo "the flaky receiver's deliveries did not all get through within ${WAIT_LIMIT}s" \
+    "(schedule $HOOKBRIDGE_RETRY_SCHEDULE); waiting for:"
+  stack_psql -c "SELECT delivery_id, status, attempts, last_http_status, last_error,
+                        last_attempt_at::time(3) AS last_attempt_at, now()::time(3) AS now
+                   FROM hookbridge.deliveries
+                  WHERE subscription_id = '$FSUB' AND status <> 'delivered' ORDER BY 1"
+  ids=$(stack_psql -At -c "SELECT delivery_id FROM hookbridge.deliveries
+                            WHERE subscription_id = '$FSUB' AND status <> 'delivered'")
+  if [ -z "$ids" ]; then
+    echo "(no delivery of the flaky receiver in the log at all: none was attempted)"
+    echo "-- the dispatcher's log about the flaky subscription ($FSUB):"
+    grep -F "$FSUB" "$STACK_DIR/dispatcher.log" | tail -n 20 || echo "(nothing)"
+  fi
+  for id in $ids; do
+    echo "-- the retrier's log about $id:"
+    grep -F "$id" "$STACK_DIR/retrier.log" || echo "(nothing)"
+    echo "-- the dispatcher's log about $id:"
+    grep -F "$id" "$STACK_DIR/dispatcher.log" || echo "(nothing)"
+    echo "-- requests the flaky receiver logged for it:"
+    grep -cF "\"webhook_id\":\"$id\"" "$STACK_DIR/flaky.log" || true
+  done
+  local svc pid addr
+  for svc in retrier dispatcher; do
+    if [ "$svc" = retrier ]; then pid=$STACK_RETRIER_PID addr=$STACK_RETRIER_HTTP; else
+      pid=$STACK_DISPATCHER_PID addr=$STACK_DISPATCHER_HTTP
+    fi
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "-- the $svc (pid $pid) runs; /healthz: $(curl -sS -m 5 "http://$addr/healthz" 2>&1)," \
+        "/readyz: $(curl -sS -m 5 "http://$addr/readyz" 2>&1)"
+    else
+      echo "-- the $svc (pid $pid) is gone; the end of its log:"
+      stack_log_tail "$svc" 20
+    fi
+  done
+  echo "-- the retrier's warnings, errors, partitions and consumption:"
+  grep -E '"level":"(warn|error)"|assigned|revoking|paused at offset|consumption|delivery log' \
+    "$STACK_DIR/retrier.log" | grep -v '"source":"librdkafka","facility":"CONFWARN"' | tail -n 40 || true
+  echo "-- the retrier's metrics (http://$STACK_RETRIER_HTTP/metrics):"
+  curl -fsS -m 5 "http://$STACK_RETRIER_HTTP/metrics" 2>&1 |
+    grep -E '^hookbridge_(stale_retries_dropped|retry_hops|partition_pauses|consumption_pause|deliveries_total|database_errors|endpoint_busy|ordering_waits|circuit)' ||
+    true
+}
+
 say "waiting for the flaky receiver's retries (schedule $HOOKBRIDGE_RETRY_SCHEDULE)"
-for _ in $(seq 300); do # at most 30 s, until every flaky delivery got through
+# Until every flaky delivery got through, at most WAIT_LIMIT seconds by the
+# clock (not by turns of the loop, which a loaded machine stretches).
+WAIT_LIMIT=${HOOKBRIDGE_RUN_WAIT:-60}
+WAIT_UNTIL=$((SECONDS + WAIT_LIMIT))
+while :; do
   PENDING=$(stack_psql -At -c "SELECT count(*) FILTER (WHERE status <> 'delivered')
                                       + (count(*) FILTER (WHERE status = 'delivered') = 0)::int
                                  FROM hookbridge.deliveries WHERE subscription_id = '$FSUB'")
   [ "$PENDING" -eq 0 ] && break
-  sleep 0.1
+  if [ "$SECONDS" -ge "$WAIT_UNTIL" ]; then
+    flaky_report
+    break
+  fi
+  sleep 0.2
 done
 say "the delivery log (hookbridge.deliveries)"
 stack_psql -c "SELECT s.name AS subscription, d.status, d.attempts, count(*) AS deliveries

@@ -3,7 +3,9 @@ subscriptions are registered, verified and activated, events are produced
 and visibly delivered, retried and acknowledged; Ctrl-C stops everything and
 leaves nothing running and nothing behind. The same on Apache Kafka
 (`make run KAFKA=apache`): its topics created by hookbridge-migrate topics,
-its JVM stopped with the rest."""
+its JVM stopped with the rest. When the flaky receiver's retries do not all
+get through in time, the demo says what it waited for and what the retrier
+did with it."""
 import os
 import re
 import signal
@@ -30,6 +32,18 @@ def kill_session(p):
     p.wait()
 
 
+def clean_up(p, state_dir):
+    """Whatever a failed test left: the script's processes, its PostgreSQL, its
+    state directory."""
+    kill_session(p)
+    if state_dir and (state_dir / "pg/data/postmaster.pid").exists():
+        subprocess.run(["bash", "-c", '. deploy/local/stack.sh; cd /tmp; '
+                        'as_pg "$(stack_pgbin)/pg_ctl" -D "$1" -m immediate -w stop',
+                        "-", str(state_dir / "pg/data")], cwd=REPO, capture_output=True)
+    if state_dir and state_dir.exists():
+        subprocess.run(["rm", "-rf", str(state_dir)])
+
+
 @pytest.mark.parametrize("kafka", ["devbroker", "apache"])
 def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
     out_path = tmp_path / "run.out"
@@ -42,8 +56,11 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
     text = out_path.read_text
     state_dir = None
     try:
-        wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
-                   120, "the demo to reach the receivers' output")
+        try:  # run.sh waits up to 60 s for the flaky receiver's retries
+            wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
+                       150, "the demo to reach the receivers' output")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its output so far:\n{text()}") from None
         assert p.poll() is None, "run.sh ended by itself:\n" + text()
         wait_until(lambda: text().count('"msg":"event ') >= 4, 20, "the receivers' output")
         out = text()
@@ -81,10 +98,64 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
         assert "did not stop cleanly" not in text(), text()
         assert not state_dir.exists(), "the state directory was left behind"
     finally:
-        kill_session(p)
-        if state_dir and (state_dir / "pg/data/postmaster.pid").exists():
-            subprocess.run(["bash", "-c", '. deploy/local/stack.sh; cd /tmp; '
-                            'as_pg "$(stack_pgbin)/pg_ctl" -D "$1" -m immediate -w stop',
-                            "-", str(state_dir / "pg/data")], cwd=REPO, capture_output=True)
-        if state_dir and state_dir.exists():
-            subprocess.run(["rm", "-rf", str(state_dir)])
+        clean_up(p, state_dir)
+
+
+def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
+    """The flaky receiver's third attempt is due in 5 minutes, so the demo's
+    wait gives up: it names the delivery it waited for, shows what the
+    retrier logged about it (attempt 3 waiting in its delay tier) and what
+    the receiver saw, says the retrier is alive; Ctrl-C still leaves nothing."""
+    limit = round(30 * SLOW)  # attempt 2 comes about 6 s after the wait begins
+    out_path = tmp_path / "run.out"
+    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN), KAFKA="devbroker",
+               HOOKBRIDGE_RETRY_SCHEDULE="2s,5m", HOOKBRIDGE_RUN_WAIT=str(limit))
+    env.pop("HOOKBRIDGE_KEEP_RUN", None)
+    with open(out_path, "w") as out:
+        p = subprocess.Popen(["bash", "deploy/local/run.sh"], cwd=REPO, stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+    text = out_path.read_text
+    state_dir = None
+    try:
+        try:
+            wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
+                       150, "the demo to reach the receivers' output")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its output so far:\n{text()}") from None
+        out = text()
+        assert p.poll() is None, "run.sh ended by itself:\n" + out
+        state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
+
+        assert (f"the flaky receiver's deliveries did not all get through within {limit}s "
+                "(schedule 2s,5m); waiting for:") in out, out
+        # Each delivery waited for (the generated events may add a second
+        # one): attempt 2 made (as a rule) and attempt 3 waiting; on a very
+        # slow machine attempt 1 made and attempt 2 waiting (due in 2 s).
+        waited = re.findall(r"([0-9a-f-]{36}) \| retry +\| +([12]) \| +503 \| HTTP 503", out)
+        assert waited, out
+        explained = []
+        for dl, made in waited:
+            made = int(made)
+            tier = "5m" if made == 2 else "2s"
+            section = out[out.index(f"-- the retrier's log about {dl}:"):]
+            section = section[:section.index("-- requests the flaky receiver logged for it:") + 50]
+            assert re.search(rf"-- requests the flaky receiver logged for it:\n{made}\n",
+                             section), out
+            # the first of them in its tier's partition says it waits there
+            # (one behind it in the same partition is not read until then)
+            if re.search(rf'"msg":"attempt {made + 1} is due in -?\d+ ms: it waits at '
+                         rf'hookbridge\.retry\.{tier} \[\d\] offset \d+","delivery_id":"{dl}',
+                         section):
+                explained.append(dl)
+        assert explained, out
+        assert re.search(r"-- the retrier \(pid \d+\) runs; /healthz: ok", out), out
+        # the delivery log printed after it agrees
+        assert re.search(r"flaky receiver \| retry +\| +[12] \|", out), out
+
+        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
+        p.wait(60 * SLOW)
+        assert "did not stop cleanly" not in text(), text()
+        assert not state_dir.exists(), "the state directory was left behind"
+    finally:
+        clean_up(p, state_dir)
