@@ -117,18 +117,49 @@ static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const 
     return ce;
 }
 
-/* The field selection as hb_json_put_members wants it. */
-static int hb_deliver_keep(const char *key, void *arg) {
-    return hb_deliver_field_wanted(arg, key);
+/* hb_deliver_field_wanted for a member of an event's text: its key compared
+ * as the C string jansson's iteration hands out (up to a NUL). */
+static int hb_deliver_member_wanted(const hb_sub_t *sub, const hb_event_t *ev,
+                                    const hb_jmember_t *m) {
+    const char *k = ev->text + m->key;
+    char stack[256], *tmp;
+    int wanted = 0;
+    if (!memchr(k, '\\', m->key_len)) { /* no escape: no NUL either */
+        for (size_t i = 0; i < HB_ARRAY_SIZE(hb_deliver_always); i++)
+            if (strlen(hb_deliver_always[i]) == m->key_len &&
+                !memcmp(k, hb_deliver_always[i], m->key_len))
+                return 1;
+        for (int i = 0; i < sub->fields_cnt; i++)
+            if (strlen(sub->fields[i]) == m->key_len && !memcmp(k, sub->fields[i], m->key_len))
+                return 1;
+        return 0;
+    }
+    tmp = m->key_len < sizeof(stack) ? stack : hb_malloc(m->key_len + 1);
+    if (hb_json_unescape(k, m->key_len, tmp) >= 0)
+        wanted = hb_deliver_field_wanted(sub, tmp);
+    if (tmp != stack)
+        free(tmp);
+    return wanted;
 }
 
-/* One event as this subscription receives it (see hb_deliver_select),
- * written straight out. */
-static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const json_t *ev) {
+/* One event as this subscription receives it (see hb_deliver_select): the
+ * event's own text, or its selected members' text, copied. */
+static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const hb_event_t *ev) {
     int first = 1;
+    if (!sub->fields) {
+        hb_buf_put(b, ev->text, ev->len);
+        return;
+    }
     hb_buf_put(b, "{", 1);
-    hb_json_put_members(b, ev, sub->fields ? hb_deliver_keep : NULL, (void *)(uintptr_t)sub,
-                        &first);
+    for (size_t i = 0; i < ev->n; i++) {
+        const hb_jmember_t *m = &ev->m[i];
+        if (!hb_deliver_member_wanted(sub, ev, m))
+            continue;
+        if (!first)
+            hb_buf_put(b, ",", 1);
+        first = 0;
+        hb_buf_put(b, ev->text + m->key - 1, m->val + m->val_len - (m->key - 1));
+    }
     hb_buf_put(b, "}", 1);
 }
 
@@ -139,7 +170,7 @@ static void hb_deliver_put_member(hb_buf_t *b, const char *name, const char *val
 
 /* The okta event-hook envelope, written member by member in contract order
  * (what json_dumps made of the document this used to build). */
-static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
+static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *const *events, size_t n,
                            const char *delivery_id, const char *source, int64_t now_ms) {
     char now[40];
     if (!hb_json_utf8_ok(source, strlen(source)) ||
@@ -185,13 +216,14 @@ static json_t *hb_deliver_ce_doc(json_t *const *events, size_t n, const char *de
 }
 
 /* The CloudEvents formats, built as a document from the selected events. */
-static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
+static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *const *events, size_t n,
                          const char *delivery_id, const char *source, const char **content_type,
                          char *errstr, size_t errstr_size) {
     json_t *doc = NULL;
     json_t **sel = hb_calloc(n, sizeof(*sel));
     for (size_t i = 0; i < n; i++) {
-        sel[i] = hb_deliver_select(sub, events[i]);
+        json_t *ev = hb_ev_json(events[i]);
+        sel[i] = ev ? hb_deliver_select(sub, ev) : NULL;
         if (!sel[i]) {
             hb_seterr(errstr, errstr_size, "cannot select the fields of event %zu", i);
             goto done;
@@ -209,9 +241,35 @@ done:
     return 0;
 }
 
-int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
-                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
-                      size_t errstr_size) {
+int hb_deliver_render_json(const hb_sub_t *sub, json_t *const *events, size_t n,
+                           const char *delivery_id, const char *source, int64_t now_ms,
+                           hb_payload_t *out, char *errstr, size_t errstr_size) {
+    hb_event_t **evs;
+    int r = -1;
+    size_t i;
+    memset(out, 0, sizeof(*out));
+    if (n == 0 || !events) {
+        hb_seterr(errstr, errstr_size, "nothing to render");
+        return -1;
+    }
+    evs = hb_calloc(n, sizeof(*evs));
+    for (i = 0; i < n; i++) {
+        if (!(evs[i] = hb_ev_from_json(events[i]))) {
+            hb_seterr(errstr, errstr_size, "event %zu is not a JSON object", i);
+            goto done;
+        }
+    }
+    r = hb_deliver_render(sub, evs, n, delivery_id, source, now_ms, out, errstr, errstr_size);
+done:
+    for (i = 0; i < n; i++)
+        hb_ev_unref(evs[i]);
+    free(evs);
+    return r;
+}
+
+int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                      const char *delivery_id, const char *source, int64_t now_ms,
+                      hb_payload_t *out, char *errstr, size_t errstr_size) {
     const char *content_type = HB_CT_JSON;
     hb_buf_t b = {0};
     memset(out, 0, sizeof(*out));
@@ -220,7 +278,7 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!json_is_object(events[i])) {
+        if (!events[i]) {
             hb_seterr(errstr, errstr_size, "event %zu is not a JSON object", i);
             return -1;
         }
@@ -234,7 +292,12 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
      * not as the 17-digit 52.517000000000003 of the nearest double). The
      * field selection applies to every event, in every format (for
      * CloudEvents to `data`), before anything else looks at the event. */
-    hb_buf_reserve(&b, 1024 * n);
+    {
+        size_t want = 512;
+        for (size_t i = 0; i < n; i++)
+            want += events[i]->len + 1;
+        hb_buf_reserve(&b, want);
+    }
     switch (sub->format) {
     case HB_FORMAT_CLOUDEVENTS:
         if (hb_deliver_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr,

@@ -18,6 +18,7 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hb_schemas.h"
@@ -222,4 +223,121 @@ const char *hb_event_uuid(const json_t *ev) {
 
 const char *hb_event_type(const json_t *ev) {
     return string_member(ev, "eventType");
+}
+
+/* ------------------------------------------------------ decoded events */
+
+/* The key of member m as json_object_get compares keys: its unescaped bytes,
+ * all of them, equal to name. */
+static int member_is(const char *text, const hb_jmember_t *m, const char *name) {
+    size_t n = strlen(name);
+    const char *k = text + m->key;
+    char stack[128];
+    long len;
+    if (!memchr(k, '\\', m->key_len))
+        return m->key_len == n && !memcmp(k, name, n);
+    if (m->key_len >= sizeof(stack))
+        return 0; /* unescaped it is still longer than any name asked for */
+    len = hb_json_unescape(k, m->key_len, stack);
+    return len >= 0 && (size_t)len == n && !memcmp(stack, name, n);
+}
+
+long hb_ev_find(const hb_event_t *ev, const char *name) {
+    for (size_t i = 0; i < ev->n; i++)
+        if (member_is(ev->text, &ev->m[i], name))
+            return (long)i;
+    return -1;
+}
+
+/* The string value of member name unescaped into *strs (advanced), or NULL. */
+static const char *string_copy(const hb_event_t *ev, const char *name, char **strs) {
+    long i = hb_ev_find(ev, name);
+    const hb_jmember_t *m;
+    char *out = *strs;
+    long len;
+    if (i < 0)
+        return NULL;
+    m = &ev->m[i];
+    if (m->val_len < 2 || ev->text[m->val] != '"')
+        return NULL;
+    len = hb_json_unescape(ev->text + m->val + 1, m->val_len - 2, out);
+    if (len < 0)
+        return NULL;
+    *strs += len + 1;
+    return out;
+}
+
+static const char *const hb_ev_strings[] = {"uuid", "eventType", "published"};
+
+hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
+    size_t strs_len = 0, len = doc->text.len;
+    hb_event_t *ev;
+    char *p, *strs;
+    if (!len || doc->text.p[0] != '{') {
+        json_decref(json);
+        return NULL;
+    }
+    for (size_t i = 0; i < doc->n; i++) /* room for the strings copied below */
+        for (size_t k = 0; k < HB_ARRAY_SIZE(hb_ev_strings); k++)
+            if (member_is(doc->text.p, &doc->m[i], hb_ev_strings[k]))
+                strs_len += doc->m[i].val_len + 1;
+    /* one block: the struct, the members, the reals, the text, the strings */
+    ev = hb_malloc(sizeof(*ev) + doc->n * sizeof(*doc->m) + doc->reals_n * sizeof(double) + len +
+                   1 + strs_len);
+    p = (char *)(ev + 1);
+    ev->refs = 1;
+    ev->json = json;
+    ev->m = (const hb_jmember_t *)(void *)p;
+    ev->n = doc->n;
+    if (doc->n)
+        memcpy(p, doc->m, doc->n * sizeof(*doc->m));
+    p += doc->n * sizeof(*doc->m);
+    ev->reals = (const double *)(void *)p;
+    ev->reals_n = doc->reals_n;
+    if (doc->reals_n)
+        memcpy(p, doc->reals, doc->reals_n * sizeof(double));
+    p += doc->reals_n * sizeof(double);
+    memcpy(p, doc->text.p, len + 1);
+    ev->text = p;
+    ev->len = len;
+    strs = p + len + 1;
+    ev->uuid = string_copy(ev, "uuid", &strs);
+    ev->type = string_copy(ev, "eventType", &strs);
+    ev->published = string_copy(ev, "published", &strs);
+    return ev;
+}
+
+hb_event_t *hb_ev_from_json(json_t *json) {
+    hb_jdoc_t doc = {0};
+    hb_event_t *ev = NULL;
+    if (hb_jdoc_from_json(&doc, json) == 0)
+        ev = hb_ev_new(&doc, json_incref(json));
+    hb_jdoc_free(&doc);
+    return ev;
+}
+
+hb_event_t *hb_ev_ref(hb_event_t *ev) {
+    ev->refs++;
+    return ev;
+}
+
+void hb_ev_unref(hb_event_t *ev) {
+    if (!ev || --ev->refs > 0)
+        return;
+    json_decref(ev->json);
+    free(ev);
+}
+
+json_t *hb_ev_json(hb_event_t *ev) {
+    if (!ev->json)
+        ev->json = hb_json_from_text(ev->text, ev->len, ev->reals, ev->reals_n);
+    return ev->json;
+}
+
+const char *hb_ev_uuid(const hb_event_t *ev) {
+    return ev->uuid && *ev->uuid ? ev->uuid : NULL;
+}
+
+const char *hb_ev_type(const hb_event_t *ev) {
+    return ev->type && *ev->type ? ev->type : NULL;
 }

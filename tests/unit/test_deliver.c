@@ -144,9 +144,9 @@ static void test_render_okta(void **state) {
     hb_payload_t p;
     char err[256];
     for (size_t n = 1; n <= 2; n++) {
-        assert_int_equal(
-            hb_deliver_render(sub, ev, n, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)),
-            0);
+        assert_int_equal(hb_deliver_render_json(sub, ev, n, DID, "urn:hookbridge:test", NOW_MS, &p,
+                                                err, sizeof(err)),
+                         0);
         assert_string_equal(p.content_type, "application/json");
         /* keys in the contract's order, compact */
         const char *prefix = "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","
@@ -176,8 +176,9 @@ static void test_render_cloudevents(void **state) {
     hb_payload_t p;
     char err[256];
 
-    assert_int_equal(
-        hb_deliver_render(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
     assert_string_equal(p.content_type, "application/cloudevents+json");
     json_t *doc = parse(&p);
     assert_true(json_is_object(doc));
@@ -191,8 +192,9 @@ static void test_render_cloudevents(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(
-        hb_deliver_render(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
     assert_string_equal(p.content_type, "application/cloudevents-batch+json");
     doc = parse(&p);
     assert_true(json_is_array(doc));
@@ -209,11 +211,12 @@ static void test_render_cloudevents(void **state) {
 
     /* CloudEvents needs a type */
     json_object_del(ev[1], "eventType");
-    assert_int_equal(hb_deliver_render(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
-                     -1);
+    assert_int_equal(
+        hb_deliver_render_json(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
     assert_string_equal(err, "event has no eventType");
     assert_null(p.body);
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
+                     -1);
     assert_null(p.body);
 
     release_events(ev, 2);
@@ -228,7 +231,7 @@ static void test_render_event(void **state) {
     two_events(ev);
     hb_payload_t p;
     char err[256];
-    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     assert_string_equal(p.content_type, "application/json");
     json_t *doc = parse(&p);
     assert_true(json_equal(doc, ev[0]));
@@ -236,7 +239,7 @@ static void test_render_event(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     doc = parse(&p);
     assert_true(json_is_array(doc));
     assert_int_equal(json_array_size(doc), 2);
@@ -245,10 +248,11 @@ static void test_render_event(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(hb_deliver_render(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)), -1);
-    json_t *notobj = json_string("x");
-    assert_int_equal(hb_deliver_render(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+    assert_int_equal(hb_deliver_render_json(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)),
                      -1);
+    json_t *notobj = json_string("x");
+    assert_int_equal(
+        hb_deliver_render_json(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), -1);
     json_decref(notobj);
     release_events(ev, 2);
     hb_sub_unref(sub);
@@ -324,9 +328,9 @@ static void test_render_bytes(void **state) {
             for (size_t n = 1; n <= 2; n++) {
                 hb_payload_t p;
                 char err[256], now[40];
-                assert_int_equal(
-                    hb_deliver_render(sub, ev, n, DID, "urn:x \"y\"", NOW_MS, &p, err, sizeof(err)),
-                    0);
+                assert_int_equal(hb_deliver_render_json(sub, ev, n, DID, "urn:x \"y\"", NOW_MS, &p,
+                                                        err, sizeof(err)),
+                                 0);
                 json_t *list = json_array();
                 for (size_t i = 0; i < n; i++) {
                     json_t *e = json_object();
@@ -388,7 +392,7 @@ static void test_render_fields(void **state) {
             char err[256], keys[512];
             json_t *got[2] = {NULL, NULL};
             assert_int_equal(
-                hb_deliver_render(sub, ev, n, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), 0);
+                hb_deliver_render_json(sub, ev, n, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), 0);
             assert_null(strstr(p.body, "198.51.100.7")); /* no IP address anywhere */
             assert_null(strstr(p.body, "debugData"));
             json_t *doc = parse(&p);
@@ -426,7 +430,7 @@ static void test_render_fields(void **state) {
     sub->format = HB_FORMAT_EVENT;
     hb_payload_t p;
     char err[256], keys[512];
-    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     json_t *doc = parse(&p);
     keys_of(doc, keys, sizeof(keys));
     assert_string_equal(keys, "eventType,published,severity,uuid");
@@ -452,7 +456,8 @@ static void test_render_cloudevents_subject(void **state) {
         json_pack("[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}]", "id", "0oa9", "type", "AppInstance", "id",
                   "00u7", "type", "User", "id", "00u8", "type", "User");
     assert_int_equal(json_object_set_new(ev, "target", targets), 0);
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     json_t *doc = parse(&p);
     assert_string_equal(str_at(doc, "subject"), "00u7");
     json_decref(doc);
@@ -460,7 +465,8 @@ static void test_render_cloudevents_subject(void **state) {
 
     /* target not delivered: no subject either (it would leak the user id) */
     set_fields(sub, "[\"actor\"]");
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     doc = parse(&p);
     assert_null(json_object_get(doc, "subject"));
     json_decref(doc);
@@ -470,7 +476,8 @@ static void test_render_cloudevents_subject(void **state) {
     set_fields(sub, "[\"target\"]");
     json_object_del(json_array_get(targets, 1), "type");
     json_object_set_new(json_array_get(targets, 2), "type", json_string("Group"));
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     doc = parse(&p);
     assert_null(json_object_get(doc, "subject"));
     assert_int_equal(json_array_size(json_object_get(json_object_get(doc, "data"), "target")), 3);
@@ -601,7 +608,8 @@ static void test_render_real_precision(void **state) {
     char err[256];
     sub->format = HB_FORMAT_EVENT;
     json_object_set_new(ev, "lat", json_real(52.517));
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     assert_non_null(strstr(p.body, "\"lat\":52.517"));
     assert_null(strstr(p.body, "52.51700"));
     free(p.body);
@@ -757,8 +765,8 @@ static hb_sub_t *sub_new(const rx_t *rx, const char *path) {
 static void render_one(const hb_sub_t *sub, hb_payload_t *p) {
     char err[256];
     json_t *ev = event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create");
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "urn:hookbridge:test", hb_wall_ms(), p,
-                                       err, sizeof(err)),
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "urn:hookbridge:test", hb_wall_ms(),
+                                            p, err, sizeof(err)),
                      0);
     json_decref(ev);
 }

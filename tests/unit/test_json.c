@@ -225,11 +225,168 @@ static void test_utf8_matches_jansson(void **state) {
     }
 }
 
+/* json_equal, also for keys with a NUL (json_equal looks keys up by
+ * strlen), and members in the same order; reals bit for bit. */
+static int same_value(json_t *a, json_t *b) {
+    if (json_typeof(a) != json_typeof(b))
+        return 0;
+    switch (json_typeof(a)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t key_len;
+        json_t *val;
+        void *it = json_object_iter(b);
+        if (json_object_size(a) != json_object_size(b))
+            return 0;
+        json_object_keylen_foreach(a, key, key_len, val) {
+            if (!it || json_object_iter_key_len(it) != key_len ||
+                memcmp(json_object_iter_key(it), key, key_len) ||
+                !same_value(val, json_object_iter_value(it)))
+                return 0;
+            it = json_object_iter_next(b, it);
+        }
+        return 1;
+    }
+    case JSON_ARRAY:
+        if (json_array_size(a) != json_array_size(b))
+            return 0;
+        for (size_t i = 0; i < json_array_size(a); i++)
+            if (!same_value(json_array_get(a, i), json_array_get(b, i)))
+                return 0;
+        return 1;
+    case JSON_REAL: {
+        double x = json_real_value(a), y = json_real_value(b);
+        return !memcmp(&x, &y, sizeof(x));
+    }
+    default: return json_equal(a, b);
+    }
+}
+
+/* A document's text is hb_json_put's, its members' spans hold each member's
+ * key and value as written, and it turns back into the same value (reals
+ * exactly, not as the 15 digits of the text). */
+static void check_jdoc(json_t *v) {
+    hb_jdoc_t d = {0};
+    hb_buf_t b = {0};
+    json_t *back;
+    int is_obj = json_is_object(v);
+    assert_int_equal(hb_jdoc_from_json(&d, v), is_obj ? 0 : -1);
+    hb_json_put(&b, v);
+    assert_int_equal(d.text.len, b.len);
+    assert_memory_equal(d.text.p, b.p, b.len);
+    assert_int_equal(d.n, is_obj ? json_object_size(v) : 0);
+    if (is_obj) {
+        const char *key;
+        size_t key_len, i = 0;
+        json_t *val;
+        json_object_keylen_foreach(v, key, key_len, val) {
+            hb_buf_t kb = {0}, vb = {0};
+            char *raw = malloc(d.m[i].key_len + 1);
+            hb_json_put_str(&kb, key, key_len);
+            hb_json_put(&vb, val);
+            assert_int_equal(d.m[i].key_len + 2, kb.len);
+            assert_memory_equal(d.text.p + d.m[i].key - 1, kb.p, kb.len);
+            assert_int_equal(d.m[i].val_len, vb.len);
+            assert_memory_equal(d.text.p + d.m[i].val, vb.p, vb.len);
+            assert_int_equal(hb_json_unescape(d.text.p + d.m[i].key, d.m[i].key_len, raw),
+                             (long)key_len);
+            assert_memory_equal(raw, key, key_len);
+            free(raw);
+            hb_buf_free(&kb);
+            hb_buf_free(&vb);
+            i++;
+        }
+    }
+    back = hb_jdoc_json(&d);
+    assert_non_null(back);
+    if (!same_value(back, v))
+        fail_msg("hb_jdoc_json does not give the value back: %s", b.p);
+    json_decref(back);
+    hb_buf_free(&b);
+    hb_jdoc_free(&d);
+}
+
+static void test_jdoc(void **state) {
+    (void)state;
+    unsigned seed = 4242;
+    json_t *o = json_object();
+    /* a key with a NUL, escapes, reals that 15 digits do not keep */
+    json_object_setn_new(o, "a\0b\"\\\n", 6, json_real(0.30000000000000004));
+    json_object_set_new(o, "r", json_pack("[f,f,f,f]", 1e300, -0.0, 5e-324, 2.0 / 3.0));
+    json_object_set_new(o, "s", json_stringn("x\0y\x1f\xc3\xa9", 6));
+    json_object_set_new(o, "i", json_pack("[I,I]", (json_int_t)INT64_MAX, (json_int_t)INT64_MIN));
+    check_jdoc(o);
+    json_decref(o);
+    for (int i = 0; i < 3000; i++) {
+        json_t *v = random_value(&seed, i % 2 ? 0 : 5); /* depth 5: scalars, arrays */
+        check_jdoc(v);
+        json_decref(v);
+    }
+    for (int i = 0; i < 2000; i++) {
+        json_t *v = json_object();
+        for (int k = rand_r(&seed) % 6; k > 0; k--) {
+            char key[8];
+            snprintf(key, sizeof(key), "m%d", k);
+            json_object_set_new(v, key, random_value(&seed, 1));
+        }
+        check_jdoc(v);
+        json_decref(v);
+    }
+}
+
+/* Unescaping gives back every string hb_json_put_str wrote; the text parser
+ * refuses what is not compact JSON as hb_json writes it, and reals it was
+ * not given. */
+static void test_unescape_and_parse(void **state) {
+    (void)state;
+    static const char *const bad[] = {
+        "",        "{",         "[1,]",        "{\"a\"}", "{\"a\":}",
+        "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "tru",     "nul",
+        "-",       "1 ",        "[1]]",        "\"abc",   "99999999999999999999",
+        "1.5"};
+    unsigned seed = 99;
+    for (int i = 0; i < 5000; i++) {
+        char s[32], out[200];
+        size_t n = (size_t)rand_r(&seed) % sizeof(s);
+        hb_buf_t b = {0};
+        for (size_t k = 0; k < n; k++)
+            s[k] = (char)(rand_r(&seed) % 128);
+        hb_json_put_str(&b, s, n);
+        assert_int_equal(hb_json_unescape(b.p + 1, b.len - 2, out), (long)n);
+        assert_memory_equal(out, s, n);
+        hb_buf_free(&b);
+    }
+    {
+        char out[16];
+        assert_int_equal(hb_json_unescape("\\u00e9\\ud83d\\ude00\\/", 20, out), 7);
+        assert_memory_equal(out, "\xc3\xa9\xf0\x9f\x98\x80/", 7);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *j = hb_json_from_text(bad[i], strlen(bad[i]), NULL, 0);
+        if (j)
+            fail_msg("hb_json_from_text accepted %s", bad[i]);
+    }
+    {
+        double r[2] = {0.1, 2.5};
+        json_t *j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 1);
+        assert_null(j); /* a real left over */
+        j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 2);
+        assert_non_null(j);
+        assert_true(json_integer_value(json_array_get(j, 1)) == INT64_MIN);
+        json_decref(j);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scalars),          cmocka_unit_test(test_strings),
-        cmocka_unit_test(test_containers),       cmocka_unit_test(test_random_documents),
-        cmocka_unit_test(test_members_selected), cmocka_unit_test(test_utf8_matches_jansson),
+        cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_containers),
+        cmocka_unit_test(test_random_documents),
+        cmocka_unit_test(test_members_selected),
+        cmocka_unit_test(test_utf8_matches_jansson),
+        cmocka_unit_test(test_jdoc),
+        cmocka_unit_test(test_unescape_and_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
