@@ -38,9 +38,8 @@ typedef struct hb_payload_s {
  *   "datacontenttype":"application/json","data":<event>}; a batch:
  *   application/cloudevents-batch+json, a JSON array of those.
  * event, application/json: the event itself; a batch: a JSON array of them.
- * The events are borrowed. Events in the okta and event formats are written
- * by copying their text (whole, or member by member for a field selection);
- * CloudEvents are built from the events' jansson values (hb_ev_json). */
+ * The events are borrowed; each is written by copying its text (whole, or
+ * member by member for a field selection): no jansson value is made. */
 int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
                       const char *delivery_id, const char *source, int64_t now_ms,
                       hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;

@@ -287,6 +287,8 @@ hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
     p = (char *)(ev + 1);
     ev->refs = 1;
     ev->json = json;
+    ev->subject = NULL;
+    ev->subject_known = 0;
     ev->m = (const hb_jmember_t *)(void *)p;
     ev->n = doc->n;
     if (doc->n)
@@ -325,7 +327,34 @@ void hb_ev_unref(hb_event_t *ev) {
     if (!ev || --ev->refs > 0)
         return;
     json_decref(ev->json);
+    free(ev->subject);
     free(ev);
+}
+
+const char *hb_ev_subject(hb_event_t *ev) {
+    long i;
+    if (ev->subject_known)
+        return ev->subject;
+    ev->subject_known = 1;
+    i = hb_ev_find(ev, "target");
+    if (i >= 0) {
+        const hb_jmember_t *m = &ev->m[i];
+        /* only strings are looked at: the reals are read from the text */
+        json_t *targets = ev->json ? json_incref(json_object_get(ev->json, "target"))
+                                   : hb_json_from_text(ev->text + m->val, m->val_len, NULL, 0);
+        json_t *t;
+        size_t k;
+        json_array_foreach(targets, k, t) {
+            const char *type = json_string_value(json_object_get(t, "type"));
+            const char *id = json_string_value(json_object_get(t, "id"));
+            if (type && !strcmp(type, "User") && id && *id) {
+                ev->subject = hb_strdup(id);
+                break;
+            }
+        }
+        json_decref(targets);
+    }
+    return ev->subject;
 }
 
 json_t *hb_ev_json(hb_event_t *ev) {

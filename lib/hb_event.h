@@ -53,7 +53,9 @@ typedef struct hb_event_s {
     /* these members' values when they are strings (unescaped, up to a NUL),
      * else NULL */
     const char *uuid, *type, *published;
-    json_t *json; /* hb_ev_json's, NULL until asked for */
+    json_t *json;  /* hb_ev_json's, NULL until asked for */
+    char *subject; /* hb_ev_subject's (owned), once subject_known */
+    int subject_known;
 } hb_event_t;
 
 /* A new event (one reference) from doc (copied) and, when the decoder made
@@ -71,6 +73,9 @@ json_t *hb_ev_json(hb_event_t *ev);
 /* The index of the top-level member named name (compared as jansson's
  * json_object_get compares), -1 when there is none. */
 long hb_ev_find(const hb_event_t *ev, const char *name);
+/* The id of the event's first target of type "User" (non-empty strings
+ * both), NULL when there is none; read from the text at the first call. */
+const char *hb_ev_subject(hb_event_t *ev);
 /* hb_event_uuid and hb_event_type of the event: NULL when absent or empty. */
 const char *hb_ev_uuid(const hb_event_t *ev);
 const char *hb_ev_type(const hb_event_t *ev);

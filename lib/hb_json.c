@@ -466,6 +466,16 @@ static json_t *hb_jtext_number(hb_jtext_t *t) {
     }
     if (p == digits)
         return NULL;
+    if (real && !t->reals) { /* the text's own digits */
+        char num[64];
+        size_t len = (size_t)(p - t->p);
+        if (len >= sizeof(num))
+            return NULL;
+        memcpy(num, t->p, len);
+        num[len] = '\0';
+        t->p = p;
+        return json_real(strtod(num, NULL));
+    }
     t->p = p;
     if (real) /* the exact value, not the 15 digits the text keeps */
         return t->reals_i < t->reals_n ? json_real(t->reals[t->reals_i++]) : NULL;
@@ -548,7 +558,7 @@ static json_t *hb_jtext_value(hb_jtext_t *t, int depth) {
 json_t *hb_json_from_text(const char *text, size_t len, const double *reals, size_t reals_n) {
     hb_jtext_t t = {text, text + len, reals, reals_n, 0};
     json_t *j = hb_jtext_value(&t, 0);
-    if (j && (t.p != t.end || t.reals_i != reals_n)) {
+    if (j && (t.p != t.end || (reals && t.reals_i != reals_n))) {
         json_decref(j);
         return NULL;
     }

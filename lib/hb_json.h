@@ -74,8 +74,9 @@ int hb_jdoc_from_json(hb_jdoc_t *d, const json_t *v);
 /* The document as a new jansson value (NULL: not well-formed). */
 json_t *hb_jdoc_json(const hb_jdoc_t *d);
 /* Compact JSON text (no whitespace, as hb_json writes it) -> a new jansson
- * value, the reals taken in order from reals (every one must be used); NULL
- * when the text is not that. */
+ * value, the reals taken in order from reals (every one must be used), or
+ * with reals NULL read from the text's digits; NULL when the text is not
+ * that. */
 json_t *hb_json_from_text(const char *text, size_t len, const double *reals, size_t reals_n);
 
 /* 1 when s (n bytes) is valid UTF-8 as jansson understands it (no overlong

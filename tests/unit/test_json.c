@@ -342,8 +342,7 @@ static void test_unescape_and_parse(void **state) {
     static const char *const bad[] = {
         "",        "{",         "[1,]",        "{\"a\"}", "{\"a\":}",
         "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "tru",     "nul",
-        "-",       "1 ",        "[1]]",        "\"abc",   "99999999999999999999",
-        "1.5"};
+        "-",       "1 ",        "[1]]",        "\"abc",   "99999999999999999999"};
     unsigned seed = 99;
     for (int i = 0; i < 5000; i++) {
         char s[32], out[200];
@@ -368,6 +367,11 @@ static void test_unescape_and_parse(void **state) {
     }
     {
         double r[2] = {0.1, 2.5};
+        json_t *t = hb_json_from_text("1.5", 3, NULL, 0); /* its own digits */
+        assert_non_null(t);
+        assert_true(json_real_value(t) == 1.5);
+        json_decref(t);
+        assert_null(hb_json_from_text("1.5", 3, r, 0)); /* no real given */
         json_t *j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 1);
         assert_null(j); /* a real left over */
         j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 2);
