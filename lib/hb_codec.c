@@ -1371,14 +1371,15 @@ static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **
  * value fast_to_json makes, straight into doc (no jansson value in between):
  * record fields in order with null members left out (written, then taken
  * back), strings and map keys checked for UTF-8 as jansson checks them, reals
- * as hb_json writes them and kept exactly in doc->reals. The top-level
- * record's members are indexed. The same cases answer -1 (not sure: the
+ * as hb_json writes them and kept exactly in doc->reals. The members of the
+ * record that is the message (`top`) are indexed. The same cases answer -1 (not sure: the
  * general way decides); a map key seen twice is found by comparing the keys'
  * text (escaping is one to one), up to HB_TEXT_MAP_KEYS keys per map, and a
  * larger map takes the general way too. */
 #define HB_TEXT_MAP_KEYS 64
 
-static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null);
+static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null,
+                        int top);
 
 static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d) {
     int is_map = p->type == AVRO_MAP;
@@ -1421,7 +1422,7 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
                 keys_len[nkeys++] = b->len - at;
                 hb_buf_put(b, ":", 1);
             }
-            if (fast_to_text(p->kids[0], c, depth + 1, d, &is_null) < 0)
+            if (fast_to_text(p->kids[0], c, depth + 1, d, &is_null, 0) < 0)
                 return -1;
         }
     }
@@ -1429,7 +1430,8 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
     return 0;
 }
 
-static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null) {
+static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null,
+                        int top) {
     hb_buf_t *b = &d->text;
     int64_t n;
     *is_null = 0;
@@ -1502,7 +1504,7 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
     case AVRO_UNION:
         if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
             return -1;
-        return fast_to_text(p->kids[n], c, depth + 1, d, is_null);
+        return fast_to_text(p->kids[n], c, depth + 1, d, is_null, top);
     case AVRO_RECORD: {
         int first = 1;
         hb_buf_put(b, "{", 1);
@@ -1514,14 +1516,14 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
             key = b->len + 1;
             hb_buf_put(b, p->text[i], p->text_len[i]);
             val = b->len;
-            if (fast_to_text(p->kids[i], c, depth + 1, d, &null_member) < 0)
+            if (fast_to_text(p->kids[i], c, depth + 1, d, &null_member, 0) < 0)
                 return -1;
             if (null_member) { /* null is absent in the natural mapping */
                 b->len = mark;
                 continue;
             }
             first = 0;
-            if (depth == 0)
+            if (top)
                 hb_jdoc_add_member(d, key, p->text_len[i] - 3, val, b->len - val);
         }
         hb_buf_put(b, "}", 1);
@@ -1858,7 +1860,7 @@ static int decode(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, js
         int is_null;
         cur.p = p + hdr;
         hb_jdoc_reset(doc);
-        if (fast_to_text(c->plan, &cur, 0, doc, &is_null) == 0 && cur.p == cur.end) {
+        if (fast_to_text(c->plan, &cur, 0, doc, &is_null, 1) == 0 && cur.p == cur.end) {
             hb_buf_reserve(&doc->text, 0);
             doc->text.p[doc->text.len] = '\0';
             return 0;

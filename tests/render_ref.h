@@ -73,8 +73,8 @@ static const char *ref_subject(const json_t *ev) {
 }
 
 /* One CloudEvents 1.0 structured-mode event wrapping an identity event. */
-static json_t *ref_cloudevent(json_t *ev, const char *fallback_id, const char *source,
-                                     char *errstr, size_t errstr_size) {
+static json_t *ref_cloudevent(json_t *ev, const char *fallback_id, const char *source, char *errstr,
+                              size_t errstr_size) {
     const char *type = ref_str(ev, "eventType");
     const char *id = ref_str(ev, "uuid");
     const char *time = ref_str(ev, "published");
@@ -113,8 +113,7 @@ static int ref_keep(const char *key, void *arg) {
 static void ref_put_event(hb_buf_t *b, const hb_sub_t *sub, const json_t *ev) {
     int first = 1;
     hb_buf_put(b, "{", 1);
-    hb_json_put_members(b, ev, sub->fields ? ref_keep : NULL, (void *)(uintptr_t)sub,
-                        &first);
+    hb_json_put_members(b, ev, sub->fields ? ref_keep : NULL, (void *)(uintptr_t)sub, &first);
     hb_buf_put(b, "}", 1);
 }
 
@@ -126,7 +125,7 @@ static void ref_put_member(hb_buf_t *b, const char *name, const char *value) {
 /* The okta event-hook envelope, written member by member in contract order
  * (what json_dumps made of the document this used to build). */
 static int ref_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
-                           const char *delivery_id, const char *source, int64_t now_ms) {
+                    const char *delivery_id, const char *source, int64_t now_ms) {
     char now[40];
     if (!hb_json_utf8_ok(source, strlen(source)) ||
         !hb_json_utf8_ok(delivery_id, strlen(delivery_id)))
@@ -150,8 +149,8 @@ static int ref_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, siz
 /* The CloudEvents document for n already-selected events; sets
  * *content_type. NULL (errstr set) on failure. */
 static json_t *ref_ce_doc(json_t *const *events, size_t n, const char *delivery_id,
-                                 const char *source, const char **content_type, char *errstr,
-                                 size_t errstr_size) {
+                          const char *source, const char **content_type, char *errstr,
+                          size_t errstr_size) {
     if (n == 1) {
         *content_type = HB_CT_CE;
         return ref_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
@@ -172,8 +171,8 @@ static json_t *ref_ce_doc(json_t *const *events, size_t n, const char *delivery_
 
 /* The CloudEvents formats, built as a document from the selected events. */
 static int ref_ce(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
-                         const char *delivery_id, const char *source, const char **content_type,
-                         char *errstr, size_t errstr_size) {
+                  const char *delivery_id, const char *source, const char **content_type,
+                  char *errstr, size_t errstr_size) {
     json_t *doc = NULL;
     json_t **sel = hb_calloc(n, sizeof(*sel));
     for (size_t i = 0; i < n; i++) {
@@ -195,9 +194,9 @@ done:
     return 0;
 }
 
-static int ref_render(const hb_sub_t *sub, json_t *const *events, size_t n,
-                      const char *delivery_id, const char *source, int64_t now_ms,
-                      hb_payload_t *out, char *errstr, size_t errstr_size) {
+static int ref_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
+                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
+                      size_t errstr_size) {
     const char *content_type = HB_CT_JSON;
     hb_buf_t b = {0};
     memset(out, 0, sizeof(*out));
@@ -223,8 +222,7 @@ static int ref_render(const hb_sub_t *sub, json_t *const *events, size_t n,
     hb_buf_reserve(&b, 1024 * n);
     switch (sub->format) {
     case HB_FORMAT_CLOUDEVENTS:
-        if (ref_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr,
-                          errstr_size) < 0)
+        if (ref_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr, errstr_size) < 0)
             goto fail;
         break;
     case HB_FORMAT_EVENT:
