@@ -1385,7 +1385,7 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
     int is_map = p->type == AVRO_MAP;
     hb_buf_t *b = &d->text;
     size_t keys[HB_TEXT_MAP_KEYS], keys_len[HB_TEXT_MAP_KEYS], nkeys = 0, items = 0;
-    hb_buf_put(b, is_map ? "{" : "[", 1);
+    hb_json_append(b, is_map ? "{" : "[", 1);
     for (;;) {
         int64_t count, size;
         if (cur_long(c, &count) < 0)
@@ -1400,7 +1400,7 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
         for (int64_t i = 0; i < count; i++) {
             int is_null;
             if (items++)
-                hb_buf_put(b, ",", 1);
+                hb_json_append(b, ",", 1);
             if (is_map) {
                 int64_t n;
                 const char *key;
@@ -1420,13 +1420,13 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
                         return -1; /* a key seen twice: the general way decides */
                 keys[nkeys] = at;
                 keys_len[nkeys++] = b->len - at;
-                hb_buf_put(b, ":", 1);
+                hb_json_append(b, ":", 1);
             }
             if (fast_to_text(p->kids[0], c, depth + 1, d, &is_null, 0) < 0)
                 return -1;
         }
     }
-    hb_buf_put(b, is_map ? "}" : "]", 1);
+    hb_json_append(b, is_map ? "}" : "]", 1);
     return 0;
 }
 
@@ -1440,15 +1440,15 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
     switch (p->type) {
     case AVRO_NULL:
         *is_null = 1;
-        hb_buf_put(b, "null", 4);
+        hb_json_append(b, "null", 4);
         return 0;
     case AVRO_BOOLEAN:
         if (c->p >= c->end)
             return -1;
         if (*c->p++)
-            hb_buf_put(b, "true", 4);
+            hb_json_append(b, "true", 4);
         else
-            hb_buf_put(b, "false", 5);
+            hb_json_append(b, "false", 5);
         return 0;
     case AVRO_INT32:
     case AVRO_INT64:
@@ -1499,7 +1499,7 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
     case AVRO_ENUM:
         if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n || !p->text[n])
             return -1;
-        hb_buf_put(b, p->text[n], p->text_len[n]);
+        hb_json_append(b, p->text[n], p->text_len[n]);
         return 0;
     case AVRO_UNION:
         if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
@@ -1507,14 +1507,14 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
         return fast_to_text(p->kids[n], c, depth + 1, d, is_null, top);
     case AVRO_RECORD: {
         int first = 1;
-        hb_buf_put(b, "{", 1);
+        hb_json_append(b, "{", 1);
         for (size_t i = 0; i < p->n; i++) {
             size_t mark = b->len, key, val;
             int null_member;
             if (!first)
-                hb_buf_put(b, ",", 1);
+                hb_json_append(b, ",", 1);
             key = b->len + 1;
-            hb_buf_put(b, p->text[i], p->text_len[i]);
+            hb_json_append(b, p->text[i], p->text_len[i]);
             val = b->len;
             if (fast_to_text(p->kids[i], c, depth + 1, d, &null_member, 0) < 0)
                 return -1;
@@ -1526,7 +1526,7 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
             if (top)
                 hb_jdoc_add_member(d, key, p->text_len[i] - 3, val, b->len - val);
         }
-        hb_buf_put(b, "}", 1);
+        hb_json_append(b, "}", 1);
         return 0;
     }
     case AVRO_MAP:

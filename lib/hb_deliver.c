@@ -85,15 +85,15 @@ static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const hb_even
         hb_buf_put(b, ev->text, ev->len);
         return;
     }
-    hb_buf_put(b, "{", 1);
+    hb_json_append(b, "{", 1);
     for (size_t i = 0; i < ev->n; i++) {
         const hb_jmember_t *m = &ev->m[i];
         if (!hb_deliver_member_wanted(sub, ev, m))
             continue;
         if (!first)
-            hb_buf_put(b, ",", 1);
+            hb_json_append(b, ",", 1);
         first = 0;
-        hb_buf_put(b, ev->text + m->key - 1, m->val + m->val_len - (m->key - 1));
+        hb_json_append(b, ev->text + m->key - 1, m->val + m->val_len - (m->key - 1));
     }
     hb_buf_put(b, "}", 1);
 }

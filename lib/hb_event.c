@@ -228,48 +228,46 @@ const char *hb_event_type(const json_t *ev) {
 /* ------------------------------------------------------ decoded events */
 
 /* The key of member m as json_object_get compares keys: its unescaped bytes,
- * all of them, equal to name. */
-static int member_is(const char *text, const hb_jmember_t *m, const char *name) {
-    size_t n = strlen(name);
+ * all n of them, equal to name. */
+static int member_is(const char *text, const hb_jmember_t *m, const char *name, size_t n) {
     const char *k = text + m->key;
     char stack[128];
     long len;
-    if (!memchr(k, '\\', m->key_len))
-        return m->key_len == n && !memcmp(k, name, n);
-    if (m->key_len >= sizeof(stack))
-        return 0; /* unescaped it is still longer than any name asked for */
+    if (m->key_len == n && !memcmp(k, name, n))
+        return 1;
+    if (m->key_len <= n || m->key_len >= sizeof(stack) || !memchr(k, '\\', m->key_len))
+        return 0; /* escaped, a key is longer than it is */
     len = hb_json_unescape(k, m->key_len, stack);
     return len >= 0 && (size_t)len == n && !memcmp(stack, name, n);
 }
 
 long hb_ev_find(const hb_event_t *ev, const char *name) {
+    size_t n = strlen(name);
     for (size_t i = 0; i < ev->n; i++)
-        if (member_is(ev->text, &ev->m[i], name))
+        if (member_is(ev->text, &ev->m[i], name, n))
             return (long)i;
     return -1;
 }
 
-/* The string value of member name unescaped into *strs (advanced), or NULL. */
-static const char *string_copy(const hb_event_t *ev, const char *name, char **strs) {
-    long i = hb_ev_find(ev, name);
-    const hb_jmember_t *m;
+/* The members hb_ev_new copies as strings, and their names' lengths. */
+static const char *const hb_ev_strings[] = {"uuid", "eventType", "published"};
+static const size_t hb_ev_strings_len[] = {4, 9, 9};
+
+/* The string value of member m unescaped into *strs (advanced), or NULL. */
+static const char *string_copy(const char *text, const hb_jmember_t *m, char **strs) {
     char *out = *strs;
     long len;
-    if (i < 0)
+    if (!m || m->val_len < 2 || text[m->val] != '"')
         return NULL;
-    m = &ev->m[i];
-    if (m->val_len < 2 || ev->text[m->val] != '"')
-        return NULL;
-    len = hb_json_unescape(ev->text + m->val + 1, m->val_len - 2, out);
+    len = hb_json_unescape(text + m->val + 1, m->val_len - 2, out);
     if (len < 0)
         return NULL;
     *strs += len + 1;
     return out;
 }
 
-static const char *const hb_ev_strings[] = {"uuid", "eventType", "published"};
-
 hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
+    const hb_jmember_t *found[3] = {NULL, NULL, NULL};
     size_t strs_len = 0, len = doc->text.len;
     hb_event_t *ev;
     char *p, *strs;
@@ -277,10 +275,13 @@ hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
         json_decref(json);
         return NULL;
     }
-    for (size_t i = 0; i < doc->n; i++) /* room for the strings copied below */
+    for (size_t i = 0; i < doc->n; i++) /* the first member of each name */
         for (size_t k = 0; k < HB_ARRAY_SIZE(hb_ev_strings); k++)
-            if (member_is(doc->text.p, &doc->m[i], hb_ev_strings[k]))
+            if (!found[k] &&
+                member_is(doc->text.p, &doc->m[i], hb_ev_strings[k], hb_ev_strings_len[k])) {
+                found[k] = &doc->m[i];
                 strs_len += doc->m[i].val_len + 1;
+            }
     /* one block: the struct, the members, the reals, the text, the strings */
     ev = hb_malloc(sizeof(*ev) + doc->n * sizeof(*doc->m) + doc->reals_n * sizeof(double) + len +
                    1 + strs_len);
@@ -303,9 +304,9 @@ hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
     ev->text = p;
     ev->len = len;
     strs = p + len + 1;
-    ev->uuid = string_copy(ev, "uuid", &strs);
-    ev->type = string_copy(ev, "eventType", &strs);
-    ev->published = string_copy(ev, "published", &strs);
+    ev->uuid = string_copy(ev->text, found[0], &strs);
+    ev->type = string_copy(ev->text, found[1], &strs);
+    ev->published = string_copy(ev->text, found[2], &strs);
     return ev;
 }
 

@@ -16,8 +16,19 @@
 #define HB_JSON_H
 
 #include <jansson.h>
+#include <string.h>
 
 #include "hb_buf.h"
+
+/* Appends n bytes of JSON text as they are, without a call when there is
+ * room; keeps room for the NUL but does not write it (the other hb_json_put*
+ * do; else write it once at the end). */
+static inline void hb_json_append(hb_buf_t *b, const char *s, size_t n) {
+    if (b->cap - b->len <= n)
+        hb_buf_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
 
 /* Appends v (any type) as compact JSON. */
 void hb_json_put(hb_buf_t *b, const json_t *v);
