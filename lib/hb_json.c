@@ -14,6 +14,7 @@
 #include "hb_json.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,10 +100,61 @@ static void hb_json_int(hb_buf_t *b, json_int_t i) {
     hb_json_raw(b, p, (size_t)(num + sizeof(num) - p));
 }
 
+/* The common real, a short decimal such as 47.3769 or 100.0, without
+ * printf: when some r / 10^k (|r| < 10^15, so at most 15 significant digits)
+ * is d's nearest decimal, i.e. r / 10^k == d in IEEE division, which is
+ * correctly rounded with r and 10^k both exact, then "%.15g" prints exactly
+ * that decimal: d is within half an ulp (< 1.2e-16 |d|) of it, and half the
+ * spacing of 15-digit decimals is more than 5e-16 |d|. For 1e-3 <= |d| <
+ * 1e14 that is fixed notation, trailing zeros dropped; jansson then adds
+ * ".0" to an integer. 0 when d is not such a number (the caller uses
+ * printf). */
+static int hb_json_real_short(hb_buf_t *b, double d) {
+    static const double p10[] = {1e0, 1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,
+                                 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17};
+    double a = fabs(d);
+    char num[48], *o = num + sizeof(num);
+    if (!(a >= 1e-3 && a < 1e14))
+        return 0;
+    for (int k = 0; k < (int)(sizeof(p10) / sizeof(p10[0])); k++) {
+        double v = a * p10[k], r;
+        unsigned long long u;
+        int frac = 0;
+        if (v >= 1e15)
+            return 0;
+        r = nearbyint(v);
+        if (r / p10[k] != a)
+            continue;
+        u = (unsigned long long)r;
+        for (int i = 0; i < k; i++, u /= 10) { /* the k decimals, trailing zeros dropped */
+            if (frac || u % 10) {
+                *--o = (char)('0' + u % 10);
+                frac = 1;
+            }
+        }
+        if (frac)
+            *--o = '.';
+        else {
+            *--o = '0';
+            *--o = '.';
+        }
+        do
+            *--o = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (d < 0)
+            *--o = '-';
+        hb_json_raw(b, o, (size_t)(num + sizeof(num) - o));
+        return 1;
+    }
+    return 0;
+}
+
 /* jansson's jsonp_dtostr with precision 15 (the C locale's '.' assumed, as
  * the services never call setlocale). */
 static void hb_json_real(hb_buf_t *b, double d) {
     char num[64];
+    if (hb_json_real_short(b, d))
+        return;
     int n = snprintf(num, sizeof(num), "%.15g", d);
     if (n < 0 || (size_t)n >= sizeof(num) - 3)
         return; /* cannot happen for %.15g */

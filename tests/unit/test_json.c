@@ -157,6 +157,59 @@ static json_t *random_value(unsigned *seed, int depth) {
     }
 }
 
+/* Reals of every shape hb_json writes without printf (short decimals) and
+ * of the shapes next to them, against jansson. */
+static void test_reals_against_jansson(void **state) {
+    (void)state;
+    unsigned seed = 31337;
+    static const double edges[] = {1e-3,
+                                   0.00099999999999999,
+                                   1e14,
+                                   99999999999999.9,
+                                   0.1 + 0.2,
+                                   1.0 / 3,
+                                   47.3769,
+                                   -8.5417,
+                                   0.5,
+                                   1e13 + 0.5,
+                                   123456789012.345,
+                                   999999999999999.0,
+                                   0.001,
+                                   -0.001,
+                                   9.995,
+                                   1.005,
+                                   2.675};
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++) {
+        json_t *r = json_real(edges[i]);
+        check_same(r);
+        json_decref(r);
+    }
+    for (int i = 0; i < 200000; i++) {
+        double d;
+        int kind = rand_r(&seed) % 4;
+        if (kind == 0) { /* a short decimal */
+            long long m = (long long)rand_r(&seed) * (rand_r(&seed) % 100000);
+            d = (double)m / pow(10, rand_r(&seed) % 16);
+        } else if (kind == 1) { /* any bits in range */
+            uint64_t u = ((uint64_t)rand_r(&seed) << 33) ^ ((uint64_t)rand_r(&seed) << 10) ^
+                         (uint64_t)rand_r(&seed);
+            memcpy(&d, &u, sizeof(d));
+            if (!isfinite(d))
+                continue;
+        } else if (kind == 2) { /* a decimal near the 15-digit limit */
+            d = (double)(rand_r(&seed) % 1000000000) * 1e6 + rand_r(&seed) % 1000000;
+            d /= pow(10, rand_r(&seed) % 18);
+        } else { /* a neighbour of a short decimal */
+            d = nextafter((double)(rand_r(&seed) % 100000) / 1000.0, rand_r(&seed) % 2 ? 1e300 : 0);
+        }
+        if (rand_r(&seed) % 2)
+            d = -d;
+        json_t *r = json_real(d);
+        check_same(r);
+        json_decref(r);
+    }
+}
+
 static void test_random_documents(void **state) {
     (void)state;
     unsigned seed = 12345;
@@ -390,6 +443,7 @@ int main(void) {
         cmocka_unit_test(test_members_selected),
         cmocka_unit_test(test_utf8_matches_jansson),
         cmocka_unit_test(test_jdoc),
+        cmocka_unit_test(test_reals_against_jansson),
         cmocka_unit_test(test_unescape_and_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
