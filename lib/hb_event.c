@@ -11,6 +11,13 @@
  * What must hold: a normalized event has string uuid, published and
  * eventType members, so the codec can encode it and hb_event_key never
  * returns NULL for it.
+ *
+ * The dispatcher's events (hb_event_t, hb_ev_*) are decoded text instead of
+ * jansson values: made once per message in one allocation (struct, member
+ * index, exact reals, text, the three strings matching and rendering read),
+ * shared by reference between the deliveries of a message and its batches,
+ * with a jansson value made from the text only when a content filter or an
+ * ordering key asks for one, and kept.
  */
 #include "hb_event.h"
 
