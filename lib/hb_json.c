@@ -548,20 +548,25 @@ static json_t *hb_jtext_container(hb_jtext_t *t, int depth) {
     for (;;) {
         json_t *v;
         if (is_obj) {
-            json_t *k;
-            if (t->p >= t->end || *t->p != '"' || !(k = hb_jtext_str(t)))
+            const char *body;
+            char stack[128], *key;
+            long n, klen;
+            int bad;
+            if (t->p >= t->end || *t->p != '"' || (n = hb_jtext_string(t, &body)) < 0)
                 goto fail;
-            if (t->p >= t->end || *t->p != ':') {
-                json_decref(k);
-                goto fail;
+            key = (size_t)n < sizeof(stack) ? stack : hb_malloc((size_t)n + 1);
+            klen = hb_json_unescape(body, (size_t)n, key);
+            bad = klen < 0 || t->p >= t->end || *t->p != ':';
+            if (!bad) {
+                t->p++;
+                v = hb_jtext_value(t, depth + 1);
+                /* setn_new checks the key is UTF-8, and takes v also when it fails */
+                bad = !v || json_object_setn_new(j, key, (size_t)klen, v) != 0;
             }
-            t->p++;
-            v = hb_jtext_value(t, depth + 1);
-            if (!v || json_object_setn_new(j, json_string_value(k), json_string_length(k), v)) {
-                json_decref(k);
+            if (key != stack)
+                free(key);
+            if (bad)
                 goto fail;
-            }
-            json_decref(k);
         } else if (!(v = hb_jtext_value(t, depth + 1)) || json_array_append_new(j, v)) {
             goto fail;
         }
