@@ -56,8 +56,8 @@ typedef struct verify_s {
 
 /* Events waiting for company, for one subscription. */
 typedef struct batch_s {
-    hb_sub_t *sub; /* reference */
-    json_t **events;
+    hb_sub_t *sub;       /* reference */
+    hb_event_t **events; /* references */
     hb_job_t **jobs;
     size_t cnt, cap;
     int64_t due; /* monotonic: flush at the latest then */
@@ -83,14 +83,14 @@ struct hb_dispatcher_s {
 
 /* The delivery id of events[0..n) to sub (the webhook-id) and their uuids,
  * comma-separated (returned, caller frees). */
-static char *delivery_id(const hb_sub_t *sub, json_t *const *events, size_t n, char *id) {
+static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t n, char *id) {
     const char **parts = hb_malloc((n + 2) * sizeof(*parts));
     size_t ids_len = 1;
     char *ids;
 
     parts[0] = n == 1 ? "delivery" : "batch";
     for (size_t i = 0; i < n; i++) {
-        const char *u = hb_event_uuid(events[i]);
+        const char *u = hb_ev_uuid(events[i]);
         parts[i + 1] = u ? u : "";
         ids_len += strlen(parts[i + 1]) + 1;
     }
@@ -108,7 +108,7 @@ static char *delivery_id(const hb_sub_t *sub, json_t *const *events, size_t n, c
 
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. */
-static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, json_t *const *events,
+static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n) {
     char id[HB_UUID_LEN + 1];
     char *ids = delivery_id(sub, events, n, id);
@@ -208,7 +208,7 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
 
 /* event for sub, whose ordering key is key: rendered now, sent when its
  * chain lets it. */
-static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event,
+static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
                         const rd_kafka_message_t *rkm, hb_job_t *job, const char *key) {
     char id[HB_UUID_LEN + 1];
     char *ids = delivery_id(sub, &event, 1, id);
@@ -256,7 +256,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     d->open_batches--;
     start_delivery(d, b->sub, b->events, b->jobs, b->cnt);
     for (size_t i = 0; i < b->cnt; i++) {
-        json_decref(b->events[i]);
+        hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
     }
     hb_sub_unref(b->sub);
@@ -265,7 +265,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     free(b);
 }
 
-static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event, hb_job_t *job) {
+static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_job_t *job) {
     hb_hash_slot_t *s = hb_hash_find(&d->batches, sub->id);
     batch_t *b = s ? s->val : NULL;
     if (!b) {
@@ -278,7 +278,7 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, json_t *event, hb_job_t
         s = hb_hash_put(&d->batches, sub->id, b);
         d->open_batches++;
     }
-    b->events[b->cnt] = json_incref(event);
+    b->events[b->cnt] = hb_ev_ref(event);
     b->jobs[b->cnt] = job;
     hb_job_hold(job);
     if (++b->cnt >= b->cap)
@@ -317,20 +317,25 @@ static void on_stop(hb_worker_t *w, void *opaque) {
     (void)batch_flush_due(opaque, 1); /* what waits for company goes now */
 }
 
-static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *event, void *opaque) {
+/* The event is matched and rendered from its JSON text; its jansson value is
+ * made (once) only for a subscription with a content filter or an ordering
+ * key to compute (hb_ev_json). */
+static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *event,
+                     void *opaque) {
     hb_dispatcher_t *d = opaque;
     hb_sub_t *const *subs;
-    size_t n = hb_index_match(hb_worker_index(w), hb_event_type(event), &subs);
+    size_t n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
     hb_job_t *job = hb_worker_track(w, rkm);
 
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
             char key[512];
-            if (!hb_sub_wants(subs[i], event))
+            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event)))
                 continue; /* its content filter says no */
             hb_metric_inc(d->m_matched);
             if (subs[i]->ordering != HB_ORDER_NONE && subs[i]->batch_max <= 1 &&
-                hb_order_key(subs[i]->ordering, event, rkm->key, rkm->key_len, key, sizeof(key)))
+                hb_order_key(subs[i]->ordering, hb_ev_json(event), rkm->key, rkm->key_len, key,
+                             sizeof(key)))
                 ordered_add(d, subs[i], event, rkm, job, key);
             else if (subs[i]->batch_max > 1)
                 batch_add(d, subs[i], event, job);
@@ -428,7 +433,7 @@ static void on_index_loaded(hb_worker_t *w, void *opaque) {
 }
 
 static const hb_worker_hooks_t hooks = {
-    .on_message = on_message,
+    .on_event = on_event,
     .on_pass = on_pass,
     .on_stop = on_stop,
     .on_verify = on_verify,
@@ -478,7 +483,7 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) { /* never started: */
             batch_t *b = s->val;                                /* their events come again */
             for (size_t j = 0; j < b->cnt; j++)
-                json_decref(b->events[j]);
+                hb_ev_unref(b->events[j]);
             hb_sub_unref(b->sub);
             free(b->events);
             free(b->jobs);

@@ -1063,7 +1063,20 @@ typedef struct hb_plan_s {
     int64_t fixed_size;
     int64_t item_min;     /* arrays, maps: min_size of an item (check_blocks' bound) */
     avro_schema_t schema; /* to find a plan again (recursive schemas) */
+    /* The text the JSON walk writes: a record's "name": per field, an enum's
+     * "symbol" (NULL: not UTF-8, the general way decides), with lengths. */
+    char **text;
+    size_t *text_len;
 } hb_plan_t;
+
+/* s as a JSON string into p->text[i], followed by suffix. */
+static void plan_text(hb_plan_t *p, size_t i, const char *s, const char *suffix) {
+    hb_buf_t b = {0};
+    hb_json_put_str(&b, s, strlen(s));
+    hb_buf_puts(&b, suffix);
+    p->text[i] = b.p;
+    p->text_len[i] = b.len;
+}
 
 static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
     s = deref(s);
@@ -1090,15 +1103,22 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
     case AVRO_ENUM:
         p->n = (size_t)avro_schema_enum_number_of_symbols(s);
         p->syms = hb_calloc(p->n ? p->n : 1, sizeof(*p->syms));
-        for (size_t i = 0; i < p->n; i++)
+        p->text = hb_calloc(p->n ? p->n : 1, sizeof(*p->text));
+        p->text_len = hb_calloc(p->n ? p->n : 1, sizeof(*p->text_len));
+        for (size_t i = 0; i < p->n; i++) {
             if (!(p->syms[i] = avro_schema_enum_get(s, (int)i)))
                 return NULL;
+            if (hb_json_utf8_ok(p->syms[i], strlen(p->syms[i])))
+                plan_text(p, i, p->syms[i], "");
+        }
         return p;
     case AVRO_RECORD:
     case AVRO_UNION:
         p->n = p->type == AVRO_RECORD ? avro_schema_record_size(s) : avro_schema_union_size(s);
         p->kids = hb_calloc(p->n ? p->n : 1, sizeof(*p->kids));
         p->names = hb_calloc(p->n ? p->n : 1, sizeof(*p->names));
+        p->text = hb_calloc(p->n ? p->n : 1, sizeof(*p->text));
+        p->text_len = hb_calloc(p->n ? p->n : 1, sizeof(*p->text_len));
         for (size_t i = 0; i < p->n; i++) {
             avro_schema_t k = p->type == AVRO_RECORD
                                   ? avro_schema_record_field_get_by_index(s, (int)i)
@@ -1108,6 +1128,7 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
                 p->names[i] = avro_schema_record_field_name(s, (int)i);
                 if (!p->names[i] || !hb_json_utf8_ok(p->names[i], strlen(p->names[i])))
                     return NULL;
+                plan_text(p, i, p->names[i], ":");
             }
             if (!(p->kids[i] = plan_build(c, k, depth + 1)))
                 return NULL;
@@ -1131,6 +1152,11 @@ static void plans_free(hb_codec_t *c) {
         free(c->plans[i]->kids);
         free(c->plans[i]->names);
         free(c->plans[i]->syms);
+        if (c->plans[i]->text)
+            for (size_t j = 0; j < c->plans[i]->n; j++)
+                free(c->plans[i]->text[j]);
+        free(c->plans[i]->text);
+        free(c->plans[i]->text_len);
         free(c->plans[i]);
     }
     free(c->plans);
@@ -1337,6 +1363,176 @@ static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **
         return -1;
     *out = j;
     return 0;
+}
+
+/* ------------------------------------------- Avro -> JSON text, from the bytes */
+
+/* The direct walk again, writing the JSON text hb_json_put would write of the
+ * value fast_to_json makes, straight into doc (no jansson value in between):
+ * record fields in order with null members left out (written, then taken
+ * back), strings and map keys checked for UTF-8 as jansson checks them, reals
+ * as hb_json writes them and kept exactly in doc->reals. The members of the
+ * record that is the message (`top`) are indexed. The same cases answer -1 (not sure: the
+ * general way decides); a map key seen twice is found by comparing the keys'
+ * text (escaping is one to one), up to HB_TEXT_MAP_KEYS keys per map, and a
+ * larger map takes the general way too. */
+#define HB_TEXT_MAP_KEYS 64
+
+static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null,
+                        int top);
+
+static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d) {
+    int is_map = p->type == AVRO_MAP;
+    hb_buf_t *b = &d->text;
+    size_t keys[HB_TEXT_MAP_KEYS], keys_len[HB_TEXT_MAP_KEYS], nkeys = 0, items = 0;
+    hb_json_append(b, is_map ? "{" : "[", 1);
+    for (;;) {
+        int64_t count, size;
+        if (cur_long(c, &count) < 0)
+            return -1;
+        if (count == 0)
+            break;
+        if (count < 0) {
+            if (count == INT64_MIN || cur_long(c, &size) < 0)
+                return -1;
+            count = -count;
+        }
+        for (int64_t i = 0; i < count; i++) {
+            int is_null;
+            if (items++)
+                hb_json_append(b, ",", 1);
+            if (is_map) {
+                int64_t n;
+                const char *key;
+                size_t klen, at;
+                if (cur_long(c, &n) < 0 || n < 0 || n > c->end - c->p)
+                    return -1;
+                key = (const char *)c->p;
+                klen = strnlen(key, (size_t)n); /* avro-c keeps a key up to a NUL */
+                c->p += n;
+                if (nkeys == HB_TEXT_MAP_KEYS || !hb_json_utf8_ok(key, klen))
+                    return -1;
+                at = b->len;
+                hb_json_put_str(b, key, klen);
+                for (size_t k = 0; k < nkeys; k++)
+                    if (keys_len[k] == b->len - at &&
+                        !memcmp(b->p + keys[k], b->p + at, keys_len[k]))
+                        return -1; /* a key seen twice: the general way decides */
+                keys[nkeys] = at;
+                keys_len[nkeys++] = b->len - at;
+                hb_json_append(b, ":", 1);
+            }
+            if (fast_to_text(p->kids[0], c, depth + 1, d, &is_null, 0) < 0)
+                return -1;
+        }
+    }
+    hb_json_append(b, is_map ? "}" : "]", 1);
+    return 0;
+}
+
+static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t *d, int *is_null,
+                        int top) {
+    hb_buf_t *b = &d->text;
+    int64_t n;
+    *is_null = 0;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return -1;
+    switch (p->type) {
+    case AVRO_NULL:
+        *is_null = 1;
+        hb_json_append(b, "null", 4);
+        return 0;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end)
+            return -1;
+        if (*c->p++)
+            hb_json_append(b, "true", 4);
+        else
+            hb_json_append(b, "false", 5);
+        return 0;
+    case AVRO_INT32:
+    case AVRO_INT64:
+        if (cur_long(c, &n) < 0)
+            return -1;
+        hb_json_put_integer(b, (json_int_t)(p->type == AVRO_INT32 ? (int32_t)n : n));
+        return 0;
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: {
+        double v;
+        if (p->type == AVRO_FLOAT) {
+            float f;
+            uint32_t u = 0;
+            if (c->end - c->p < 4)
+                return -1;
+            for (int i = 0; i < 4; i++)
+                u |= (uint32_t)c->p[i] << (8 * i);
+            memcpy(&f, &u, sizeof(f));
+            v = f;
+            c->p += 4;
+        } else {
+            uint64_t u = 0;
+            if (c->end - c->p < 8)
+                return -1;
+            for (int i = 0; i < 8; i++)
+                u |= (uint64_t)c->p[i] << (8 * i);
+            memcpy(&v, &u, sizeof(v));
+            c->p += 8;
+        }
+        if (!isfinite(v))
+            return -1;
+        hb_jdoc_add_real(d, v);
+        hb_json_put_real(b, v);
+        return 0;
+    }
+    case AVRO_STRING:
+    case AVRO_BYTES:
+    case AVRO_FIXED:
+        if (p->type == AVRO_FIXED)
+            n = p->fixed_size;
+        else if (cur_long(c, &n) < 0)
+            return -1;
+        if (n < 0 || n > c->end - c->p || !hb_json_utf8_ok((const char *)c->p, (size_t)n))
+            return -1;
+        hb_json_put_str(b, (const char *)c->p, (size_t)n);
+        c->p += n;
+        return 0;
+    case AVRO_ENUM:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n || !p->text[n])
+            return -1;
+        hb_json_append(b, p->text[n], p->text_len[n]);
+        return 0;
+    case AVRO_UNION:
+        if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
+            return -1;
+        return fast_to_text(p->kids[n], c, depth + 1, d, is_null, top);
+    case AVRO_RECORD: {
+        int first = 1;
+        hb_json_append(b, "{", 1);
+        for (size_t i = 0; i < p->n; i++) {
+            size_t mark = b->len, key, val;
+            int null_member;
+            if (!first)
+                hb_json_append(b, ",", 1);
+            key = b->len + 1;
+            hb_json_append(b, p->text[i], p->text_len[i]);
+            val = b->len;
+            if (fast_to_text(p->kids[i], c, depth + 1, d, &null_member, 0) < 0)
+                return -1;
+            if (null_member) { /* null is absent in the natural mapping */
+                b->len = mark;
+                continue;
+            }
+            first = 0;
+            if (top)
+                hb_jdoc_add_member(d, key, p->text_len[i] - 3, val, b->len - val);
+        }
+        hb_json_append(b, "}", 1);
+        return 0;
+    }
+    case AVRO_MAP:
+    case AVRO_ARRAY: return fast_text_blocks(p, c, depth, d);
+    default: return -1;
+    }
 }
 
 /* ------------------------------------------------------------- the codec */
@@ -1595,8 +1791,9 @@ int hb_codec_encode_registry(hb_codec_t *c, const json_t *obj, uint32_t id, void
     return encode(c, obj, 1, id, buf, len, errstr, errstr_size);
 }
 
-int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
-                    size_t errstr_size) {
+/* hb_codec_decode, and with doc hb_codec_decode_doc. */
+static int decode(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, json_t **out,
+                  char *errstr, size_t errstr_size) {
     const unsigned char *p = buf;
     uint64_t fp = 0;
     hb_writer_t *w = NULL;
@@ -1659,7 +1856,17 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
     }
-    if (direct) {
+    if (direct && doc) {
+        int is_null;
+        cur.p = p + hdr;
+        hb_jdoc_reset(doc);
+        if (fast_to_text(c->plan, &cur, 0, doc, &is_null, 1) == 0 && cur.p == cur.end) {
+            hb_buf_reserve(&doc->text, 0);
+            doc->text.p[doc->text.len] = '\0';
+            return 0;
+        }
+        hb_jdoc_reset(doc); /* not sure: the general way decides, and words any error */
+    } else if (direct) {
         cur.p = p + hdr;
         if (fast_to_json(c->plan, &cur, 0, out) == 0 && cur.p == cur.end)
             return 0;
@@ -1672,5 +1879,24 @@ int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, ch
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data: %s", avro_strerror());
         return -1;
     }
-    return value_to_json(defaults, top, path, 0, out, errstr, errstr_size);
+    if (value_to_json(defaults, top, path, 0, out, errstr, errstr_size) < 0)
+        return -1;
+    if (doc)
+        (void)hb_jdoc_from_json(doc, *out); /* not an object: the text alone */
+    return 0;
+}
+
+int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
+                    size_t errstr_size) {
+    return decode(c, buf, len, NULL, out, errstr, errstr_size);
+}
+
+int hb_codec_decode_doc(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, json_t **json,
+                        char *errstr, size_t errstr_size) {
+    int r;
+    hb_jdoc_reset(doc);
+    r = decode(c, buf, len, doc, json, errstr, errstr_size);
+    if (r != 0)
+        hb_jdoc_reset(doc);
+    return r;
 }

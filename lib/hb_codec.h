@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "hb_common.h"
+#include "hb_json.h"
 
 typedef struct hb_codec_s hb_codec_t;
 
@@ -83,5 +84,14 @@ int hb_codec_encode_registry(hb_codec_t *c, const json_t *obj, uint32_t id, void
  * for a Schema Registry id not registered with hb_codec_add_writer_id. */
 int hb_codec_decode(hb_codec_t *c, const void *buf, size_t len, json_t **out, char *errstr,
                     size_t errstr_size) HB_MUSTCHECK;
+
+/* hb_codec_decode with the answer as compact JSON text and its index (doc,
+ * reset first, reusable from call to call): the bytes hb_json_put writes of
+ * the value hb_codec_decode makes, the same errors. A message written with
+ * the reader schema goes from the bytes to the text without a jansson value
+ * (*json NULL); one that takes the general way (a writer to resolve) also
+ * hands over that value in *json (caller json_decref's). */
+int hb_codec_decode_doc(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, json_t **json,
+                        char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 #endif

@@ -33,6 +33,7 @@ struct hb_decoder_s {
     hb_codec_t *codec;
     hb_registry_t *registry;    /* NULL: no Schema Registry configured */
     json_t *bad_ids;            /* {"<id>": "reason"}: fetched, does not resolve */
+    hb_jdoc_t doc;              /* hb_decoder_decode_event's, reused */
     int registry_was_down;      /* for logging the transitions once */
     hb_metric_t *m_unavailable; /* 1 while the registry's last answers fail */
 };
@@ -168,6 +169,7 @@ void hb_decoder_free(hb_decoder_t *d) {
     hb_registry_free(d->registry);
     hb_codec_free(d->codec);
     json_decref(d->bad_ids);
+    hb_jdoc_free(&d->doc);
     free(d);
 }
 
@@ -181,12 +183,20 @@ static void note_registry(hb_decoder_t *d, int down, const char *why) {
     hb_metric_set(d->m_unavailable, down ? 1.0 : 0.0);
 }
 
-int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,
-                      char *errstr, size_t errstr_size) {
+/* The codec's decode: to *out, or with doc to doc (and *out when the general
+ * way made a value). */
+static int codec_decode(hb_decoder_t *d, const void *buf, size_t len, hb_jdoc_t *doc, json_t **out,
+                        char *errstr, size_t errstr_size) {
+    return doc ? hb_codec_decode_doc(d->codec, buf, len, doc, out, errstr, errstr_size)
+               : hb_codec_decode(d->codec, buf, len, out, errstr, errstr_size);
+}
+
+static int decode(hb_decoder_t *d, const void *buf, size_t len, hb_jdoc_t *doc, json_t **out,
+                  int64_t *wait_ms, char *errstr, size_t errstr_size) {
     char key[16], why[512] = "";
     const char *schema = NULL, *bad;
     uint32_t id = 0;
-    int r = hb_codec_decode(d->codec, buf, len, out, errstr, errstr_size);
+    int r = codec_decode(d, buf, len, doc, out, errstr, errstr_size);
     *wait_ms = 0;
     if (r != HB_CODEC_UNKNOWN_ID)
         return r == 0 ? HB_DECODE_OK : HB_DECODE_POISON;
@@ -214,7 +224,7 @@ int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out
             return HB_DECODE_POISON;
         }
         hb_info("schema id %" PRIu32 " fetched from the schema registry", id);
-        r = hb_codec_decode(d->codec, buf, len, out, errstr, errstr_size);
+        r = codec_decode(d, buf, len, doc, out, errstr, errstr_size);
         return r == 0 ? HB_DECODE_OK : HB_DECODE_POISON;
     case HB_REGISTRY_NOT_FOUND:
         note_registry(d, 0, "");
@@ -230,6 +240,28 @@ int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out
     *wait_ms = HB_DECODE_PENDING_MS;
     hb_seterr(errstr, errstr_size, "schema id %" PRIu32 " is being fetched", id);
     return HB_DECODE_WAIT;
+}
+
+int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,
+                      char *errstr, size_t errstr_size) {
+    return decode(d, buf, len, NULL, out, wait_ms, errstr, errstr_size);
+}
+
+int hb_decoder_decode_event(hb_decoder_t *d, const void *buf, size_t len, hb_event_t **out,
+                            int64_t *wait_ms, char *errstr, size_t errstr_size) {
+    json_t *json = NULL;
+    int r = decode(d, buf, len, &d->doc, &json, wait_ms, errstr, errstr_size);
+    *out = NULL;
+    if (r != HB_DECODE_OK) {
+        json_decref(json);
+        return r;
+    }
+    *out = hb_ev_new(&d->doc, json); /* takes json */
+    if (!*out) {
+        hb_seterr(errstr, errstr_size, "the message is not a JSON object");
+        return HB_DECODE_POISON;
+    }
+    return HB_DECODE_OK;
 }
 
 const char *hb_decoder_unready(hb_decoder_t *d, char *buf, size_t buf_size) {

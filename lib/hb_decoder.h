@@ -33,6 +33,7 @@
 #include "hb_codec.h"
 #include "hb_common.h"
 #include "hb_config.h"
+#include "hb_event.h"
 
 typedef struct hb_decoder_s hb_decoder_t;
 
@@ -48,6 +49,13 @@ void hb_decoder_free(hb_decoder_t *d);
 
 int hb_decoder_decode(hb_decoder_t *d, const void *buf, size_t len, json_t **out, int64_t *wait_ms,
                       char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* hb_decoder_decode, the message as an event (hb_event.h: its JSON text,
+ * and a jansson value only when the general way made one): *out is a new
+ * reference when HB_DECODE_OK. A message that is not a JSON object is
+ * poison. */
+int hb_decoder_decode_event(hb_decoder_t *d, const void *buf, size_t len, hb_event_t **out,
+                            int64_t *wait_ms, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* NULL when ready, else the reason (in buf). */
 const char *hb_decoder_unready(hb_decoder_t *d, char *buf, size_t buf_size);

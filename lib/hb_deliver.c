@@ -2,9 +2,14 @@
  * The delivery path, written once: render -> sign -> send -> classify.
  *
  * The dispatcher and the retrier both call these; they differ only in where
- * work comes from and where failures go. Rendering builds the subscription's
- * payload format with jansson (compact, keys in contract order) from events
- * it only borrows. Sending signs the exact body bytes at send time with the
+ * work comes from and where failures go. Rendering writes the subscription's
+ * payload format straight into one buffer (compact, keys in contract order)
+ * from events it only borrows: an event is its JSON text with an index of
+ * its top-level members (hb_event_t), so the event, or the members a field
+ * selection keeps, are copied as they are, and the envelopes are written
+ * member by member; the bytes are those json_dumps made of the documents
+ * this used to build (tests/render_ref.h is that renderer, and the tests
+ * compare the two). Sending signs the exact body bytes at send time with the
  * subscription's unexpired secrets and a fresh timestamp, so a retry carries
  * the same webhook-id with a new timestamp and signature. Classification maps
  * one hb_http_result_t to an outcome and a secret-free reason; it is the only
@@ -32,10 +37,6 @@
 /* ------------------------------------------------------------------ */
 /* Render                                                              */
 
-static const char *hb_deliver_str(const json_t *ev, const char *key) {
-    return json_string_value(json_object_get(ev, key));
-}
-
 /* Members every delivered event keeps, whatever options.fields says:
  * receivers de-duplicate on uuid, route on eventType, order on published,
  * and the CloudEvents attributes id, type and time come from them. */
@@ -51,84 +52,49 @@ static int hb_deliver_field_wanted(const hb_sub_t *sub, const char *key) {
     return 0;
 }
 
-/* A new reference to the event as this subscription receives it: the event
- * itself without a field selection, else a shallow copy holding only the
- * selected top-level members, in the event's own order. NULL on failure. */
-static json_t *hb_deliver_select(const hb_sub_t *sub, json_t *ev) {
-    const char *key;
-    json_t *val;
-    if (!sub->fields)
-        return json_incref(ev);
-    json_t *out = json_object();
-    if (!out)
-        return NULL;
-    json_object_foreach(ev, key, val) {
-        if (hb_deliver_field_wanted(sub, key) && json_object_set(out, key, val)) {
-            json_decref(out);
-            return NULL;
-        }
+/* hb_deliver_field_wanted for a member of an event's text: its key compared
+ * as the C string jansson's iteration hands out (up to a NUL). */
+static int hb_deliver_member_wanted(const hb_sub_t *sub, const hb_event_t *ev,
+                                    const hb_jmember_t *m) {
+    const char *k = ev->text + m->key;
+    char stack[256], *tmp;
+    int wanted = 0;
+    if (!memchr(k, '\\', m->key_len)) { /* no escape: no NUL either */
+        for (size_t i = 0; i < HB_ARRAY_SIZE(hb_deliver_always); i++)
+            if (strlen(hb_deliver_always[i]) == m->key_len &&
+                !memcmp(k, hb_deliver_always[i], m->key_len))
+                return 1;
+        for (int i = 0; i < sub->fields_cnt; i++)
+            if (strlen(sub->fields[i]) == m->key_len && !memcmp(k, sub->fields[i], m->key_len))
+                return 1;
+        return 0;
     }
-    return out;
+    tmp = m->key_len < sizeof(stack) ? stack : hb_malloc(m->key_len + 1);
+    if (hb_json_unescape(k, m->key_len, tmp) >= 0)
+        wanted = hb_deliver_field_wanted(sub, tmp);
+    if (tmp != stack)
+        free(tmp);
+    return wanted;
 }
 
-/* CloudEvents subject: the id of the event's first target of type "User"
- * (the user the event is about), as delivered: a subscription that does not
- * receive `target` gets no subject either. NULL when there is none. */
-static const char *hb_deliver_subject(const json_t *ev) {
-    size_t i;
-    json_t *t;
-    json_array_foreach(json_object_get(ev, "target"), i, t) {
-        const char *type = json_string_value(json_object_get(t, "type"));
-        const char *id = json_string_value(json_object_get(t, "id"));
-        if (type && !strcmp(type, "User") && id && *id)
-            return id;
-    }
-    return NULL;
-}
-
-/* One CloudEvents 1.0 structured-mode event wrapping an identity event. */
-static json_t *hb_deliver_cloudevent(json_t *ev, const char *fallback_id, const char *source,
-                                     char *errstr, size_t errstr_size) {
-    const char *type = hb_deliver_str(ev, "eventType");
-    const char *id = hb_deliver_str(ev, "uuid");
-    const char *time = hb_deliver_str(ev, "published");
-    const char *subject = hb_deliver_subject(ev);
-    if (!type || !*type) {
-        hb_seterr(errstr, errstr_size, "event has no eventType");
-        return NULL;
-    }
-    json_t *ce = json_object();
-    int rc = 0;
-    rc |= json_object_set_new(ce, "specversion", json_string("1.0"));
-    rc |= json_object_set_new(ce, "id", json_string(id && *id ? id : fallback_id));
-    rc |= json_object_set_new(ce, "source", json_string(source));
-    rc |= json_object_set_new(ce, "type", json_string(type));
-    if (subject)
-        rc |= json_object_set_new(ce, "subject", json_string(subject));
-    if (time && *time)
-        rc |= json_object_set_new(ce, "time", json_string(time));
-    rc |= json_object_set_new(ce, "datacontenttype", json_string(HB_CT_JSON));
-    rc |= json_object_set(ce, "data", ev);
-    if (rc) {
-        json_decref(ce);
-        hb_seterr(errstr, errstr_size, "cannot build CloudEvent (invalid UTF-8?)");
-        return NULL;
-    }
-    return ce;
-}
-
-/* The field selection as hb_json_put_members wants it. */
-static int hb_deliver_keep(const char *key, void *arg) {
-    return hb_deliver_field_wanted(arg, key);
-}
-
-/* One event as this subscription receives it (see hb_deliver_select),
- * written straight out. */
-static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const json_t *ev) {
+/* One event as this subscription receives it (see hb_deliver_select): the
+ * event's own text, or its selected members' text, copied. */
+static void hb_deliver_put_event(hb_buf_t *b, const hb_sub_t *sub, const hb_event_t *ev) {
     int first = 1;
-    hb_buf_put(b, "{", 1);
-    hb_json_put_members(b, ev, sub->fields ? hb_deliver_keep : NULL, (void *)(uintptr_t)sub,
-                        &first);
+    if (!sub->fields) {
+        hb_buf_put(b, ev->text, ev->len);
+        return;
+    }
+    hb_json_append(b, "{", 1);
+    for (size_t i = 0; i < ev->n; i++) {
+        const hb_jmember_t *m = &ev->m[i];
+        if (!hb_deliver_member_wanted(sub, ev, m))
+            continue;
+        if (!first)
+            hb_json_append(b, ",", 1);
+        first = 0;
+        hb_json_append(b, ev->text + m->key - 1, m->val + m->val_len - (m->key - 1));
+    }
     hb_buf_put(b, "}", 1);
 }
 
@@ -139,7 +105,7 @@ static void hb_deliver_put_member(hb_buf_t *b, const char *name, const char *val
 
 /* The okta event-hook envelope, written member by member in contract order
  * (what json_dumps made of the document this used to build). */
-static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
+static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *const *events, size_t n,
                            const char *delivery_id, const char *source, int64_t now_ms) {
     char now[40];
     if (!hb_json_utf8_ok(source, strlen(source)) ||
@@ -161,57 +127,93 @@ static int hb_deliver_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *even
     return 0;
 }
 
-/* The CloudEvents document for n already-selected events; sets
- * *content_type. NULL (errstr set) on failure. */
-static json_t *hb_deliver_ce_doc(json_t *const *events, size_t n, const char *delivery_id,
-                                 const char *source, const char **content_type, char *errstr,
-                                 size_t errstr_size) {
-    if (n == 1) {
-        *content_type = HB_CT_CE;
-        return hb_deliver_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
-    }
-    *content_type = HB_CT_CE_BATCH;
-    json_t *doc = json_array();
-    for (size_t i = 0; i < n; i++) {
-        char fallback[HB_UUID_LEN + 24];
-        hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
-        json_t *ce = hb_deliver_cloudevent(events[i], fallback, source, errstr, errstr_size);
-        if (!ce || json_array_append_new(doc, ce)) {
-            json_decref(doc);
-            return NULL;
-        }
-    }
-    return doc;
-}
-
-/* The CloudEvents formats, built as a document from the selected events. */
-static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_t n,
-                         const char *delivery_id, const char *source, const char **content_type,
-                         char *errstr, size_t errstr_size) {
-    json_t *doc = NULL;
-    json_t **sel = hb_calloc(n, sizeof(*sel));
-    for (size_t i = 0; i < n; i++) {
-        sel[i] = hb_deliver_select(sub, events[i]);
-        if (!sel[i]) {
-            hb_seterr(errstr, errstr_size, "cannot select the fields of event %zu", i);
-            goto done;
-        }
-    }
-    doc = hb_deliver_ce_doc(sel, n, delivery_id, source, content_type, errstr, errstr_size);
-done:
-    for (size_t i = 0; i < n; i++)
-        json_decref(sel[i]);
-    free(sel);
-    if (!doc)
+/* One CloudEvents 1.0 structured-mode event wrapping an identity event, in
+ * the members' order of the document this used to build: specversion, id
+ * (the event's uuid, else fallback_id), source, type (eventType), subject
+ * (the first User target's id, as delivered: a subscription that does not
+ * receive `target` gets no subject either), time (published), then
+ * datacontenttype and data (the event as the subscription receives it). */
+static int hb_deliver_put_ce(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *ev,
+                             const char *fallback_id, const char *source, char *errstr,
+                             size_t errstr_size) {
+    const char *type = ev->type, *id = ev->uuid && *ev->uuid ? ev->uuid : fallback_id;
+    const char *subject = NULL;
+    if (!type || !*type) {
+        hb_seterr(errstr, errstr_size, "event has no eventType");
         return -1;
-    hb_json_put(b, doc);
-    json_decref(doc);
+    }
+    if (!hb_json_utf8_ok(id, strlen(id)) || !hb_json_utf8_ok(source, strlen(source))) {
+        hb_seterr(errstr, errstr_size, "cannot build CloudEvent (invalid UTF-8?)");
+        return -1;
+    }
+    if (!sub->fields || hb_deliver_field_wanted(sub, "target"))
+        subject = hb_ev_subject(ev);
+    hb_buf_puts(b, "{\"specversion\":\"1.0\"");
+    hb_deliver_put_member(b, ",\"id\":", id);
+    hb_deliver_put_member(b, ",\"source\":", source);
+    hb_deliver_put_member(b, ",\"type\":", type);
+    if (subject)
+        hb_deliver_put_member(b, ",\"subject\":", subject);
+    if (ev->published && *ev->published)
+        hb_deliver_put_member(b, ",\"time\":", ev->published);
+    hb_buf_puts(b, ",\"datacontenttype\":\"" HB_CT_JSON "\",\"data\":");
+    hb_deliver_put_event(b, sub, ev);
+    hb_buf_put(b, "}", 1);
     return 0;
 }
 
-int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
-                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
-                      size_t errstr_size) {
+/* The CloudEvents formats: one event, or a batch as a JSON array (each
+ * event without a uuid identified by "<delivery id>-<index>"). */
+static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                         const char *delivery_id, const char *source, const char **content_type,
+                         char *errstr, size_t errstr_size) {
+    if (n == 1) {
+        *content_type = HB_CT_CE;
+        return hb_deliver_put_ce(b, sub, events[0], delivery_id, source, errstr, errstr_size);
+    }
+    *content_type = HB_CT_CE_BATCH;
+    hb_buf_put(b, "[", 1);
+    for (size_t i = 0; i < n; i++) {
+        char fallback[HB_UUID_LEN + 24];
+        hb_seterr(fallback, sizeof(fallback), "%s-%zu", delivery_id, i);
+        if (i)
+            hb_buf_put(b, ",", 1);
+        if (hb_deliver_put_ce(b, sub, events[i], fallback, source, errstr, errstr_size) < 0)
+            return -1;
+    }
+    hb_buf_put(b, "]", 1);
+    return 0;
+}
+
+int hb_deliver_render_json(const hb_sub_t *sub, json_t *const *events, size_t n,
+                           const char *delivery_id, const char *source, int64_t now_ms,
+                           hb_payload_t *out, char *errstr, size_t errstr_size) {
+    hb_event_t **evs;
+    int r = -1;
+    size_t i;
+    memset(out, 0, sizeof(*out));
+    if (n == 0 || !events) {
+        hb_seterr(errstr, errstr_size, "nothing to render");
+        return -1;
+    }
+    evs = hb_calloc(n, sizeof(*evs));
+    for (i = 0; i < n; i++) {
+        if (!(evs[i] = hb_ev_from_json(events[i]))) {
+            hb_seterr(errstr, errstr_size, "event %zu is not a JSON object", i);
+            goto done;
+        }
+    }
+    r = hb_deliver_render(sub, evs, n, delivery_id, source, now_ms, out, errstr, errstr_size);
+done:
+    for (i = 0; i < n; i++)
+        hb_ev_unref(evs[i]);
+    free(evs);
+    return r;
+}
+
+int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                      const char *delivery_id, const char *source, int64_t now_ms,
+                      hb_payload_t *out, char *errstr, size_t errstr_size) {
     const char *content_type = HB_CT_JSON;
     hb_buf_t b = {0};
     memset(out, 0, sizeof(*out));
@@ -220,7 +222,7 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
-        if (!json_is_object(events[i])) {
+        if (!events[i]) {
             hb_seterr(errstr, errstr_size, "event %zu is not a JSON object", i);
             return -1;
         }
@@ -234,7 +236,12 @@ int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
      * not as the 17-digit 52.517000000000003 of the nearest double). The
      * field selection applies to every event, in every format (for
      * CloudEvents to `data`), before anything else looks at the event. */
-    hb_buf_reserve(&b, 1024 * n);
+    {
+        size_t want = 512;
+        for (size_t i = 0; i < n; i++)
+            want += events[i]->len + 1;
+        hb_buf_reserve(&b, want);
+    }
     switch (sub->format) {
     case HB_FORMAT_CLOUDEVENTS:
         if (hb_deliver_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr,

@@ -15,6 +15,7 @@
 
 #include "hb_common.h"
 #include "hb_dlog.h"
+#include "hb_event.h"
 #include "hb_http.h"
 #include "hb_sub.h"
 
@@ -37,10 +38,16 @@ typedef struct hb_payload_s {
  *   "datacontenttype":"application/json","data":<event>}; a batch:
  *   application/cloudevents-batch+json, a JSON array of those.
  * event, application/json: the event itself; a batch: a JSON array of them.
- * The events are borrowed. */
-int hb_deliver_render(const hb_sub_t *sub, json_t *const *events, size_t n, const char *delivery_id,
-                      const char *source, int64_t now_ms, hb_payload_t *out, char *errstr,
-                      size_t errstr_size) HB_MUSTCHECK;
+ * The events are borrowed; each is written by copying its text (whole, or
+ * member by member for a field selection): no jansson value is made. */
+int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                      const char *delivery_id, const char *source, int64_t now_ms,
+                      hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+/* The same for events given as jansson objects (tests, tools): each becomes
+ * an hb_event_t first, so the bytes are those hb_deliver_render writes. */
+int hb_deliver_render_json(const hb_sub_t *sub, json_t *const *events, size_t n,
+                           const char *delivery_id, const char *source, int64_t now_ms,
+                           hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
  * webhook-timestamp, webhook-signature (all unexpired secrets), the auth

@@ -470,16 +470,17 @@ void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_i
     delivery_finish(D, dl);
 }
 
-void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs) {
     hb_delivery_t *dl = hb_delivery_make(D, sub, events, n, id, event_ids, jobs);
     if (dl)
         hb_delivery_send(D, dl);
 }
 
-hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
-                                const char *id, const char *event_ids, hb_job_t *const *jobs) {
-    const char *type = hb_event_type(events[0]);
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
+                                size_t n, const char *id, const char *event_ids,
+                                hb_job_t *const *jobs) {
+    const char *type = hb_ev_type(events[0]);
     char errstr[256], reason[300];
     hb_payload_t payload;
     hb_delivery_t *dl;

@@ -57,6 +57,7 @@
 #include "hb_common.h"
 #include "hb_config.h"
 #include "hb_dlog.h"
+#include "hb_event.h"
 #include "hb_http.h"
 #include "hb_metrics.h"
 #include "hb_outbox.h"
@@ -176,12 +177,13 @@ void hb_delivery_free(hb_delivery_t *dl);
 /* Render: the payload of events[0..n) for sub, then send it, or, when it
  * cannot be rendered or is too large, FAILED without an attempt. id and
  * event_ids name the delivery; each job is held until it is durable. */
-void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs);
 /* hb_delivery_render without the sending: the PENDING delivery, or NULL when
  * it could not be rendered or is too large (then FAILED, routed already). */
-hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, json_t *const *events, size_t n,
-                                const char *id, const char *event_ids, hb_job_t *const *jobs);
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
+                                size_t n, const char *id, const char *event_ids,
+                                hb_job_t *const *jobs);
 /* Ordered delivery: NOT_MADE, waiting behind delivery after_id; dl goes to
  * the tier of its next attempt (a first attempt: the first tier) with
  * after_delivery_id set, its attempt not counted, and, unless quiet, a

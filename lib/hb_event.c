@@ -11,6 +11,13 @@
  * What must hold: a normalized event has string uuid, published and
  * eventType members, so the codec can encode it and hb_event_key never
  * returns NULL for it.
+ *
+ * The dispatcher's events (hb_event_t, hb_ev_*) are decoded text instead of
+ * jansson values: made once per message in one allocation (struct, member
+ * index, exact reals, text, the three strings matching and rendering read),
+ * shared by reference between the deliveries of a message and its batches,
+ * with a jansson value made from the text only when a content filter or an
+ * ordering key asks for one, and kept.
  */
 #include "hb_event.h"
 
@@ -18,6 +25,7 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hb_schemas.h"
@@ -222,4 +230,151 @@ const char *hb_event_uuid(const json_t *ev) {
 
 const char *hb_event_type(const json_t *ev) {
     return string_member(ev, "eventType");
+}
+
+/* ------------------------------------------------------ decoded events */
+
+/* The key of member m as json_object_get compares keys: its unescaped bytes,
+ * all n of them, equal to name. */
+static int member_is(const char *text, const hb_jmember_t *m, const char *name, size_t n) {
+    const char *k = text + m->key;
+    char stack[128];
+    long len;
+    if (m->key_len == n && !memcmp(k, name, n))
+        return 1;
+    if (m->key_len <= n || m->key_len >= sizeof(stack) || !memchr(k, '\\', m->key_len))
+        return 0; /* escaped, a key is longer than it is */
+    len = hb_json_unescape(k, m->key_len, stack);
+    return len >= 0 && (size_t)len == n && !memcmp(stack, name, n);
+}
+
+long hb_ev_find(const hb_event_t *ev, const char *name) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < ev->n; i++)
+        if (member_is(ev->text, &ev->m[i], name, n))
+            return (long)i;
+    return -1;
+}
+
+/* The members hb_ev_new copies as strings, and their names' lengths. */
+static const char *const hb_ev_strings[] = {"uuid", "eventType", "published"};
+static const size_t hb_ev_strings_len[] = {4, 9, 9};
+
+/* The string value of member m unescaped into *strs (advanced), or NULL. */
+static const char *string_copy(const char *text, const hb_jmember_t *m, char **strs) {
+    char *out = *strs;
+    long len;
+    if (!m || m->val_len < 2 || text[m->val] != '"')
+        return NULL;
+    len = hb_json_unescape(text + m->val + 1, m->val_len - 2, out);
+    if (len < 0)
+        return NULL;
+    *strs += len + 1;
+    return out;
+}
+
+hb_event_t *hb_ev_new(const hb_jdoc_t *doc, json_t *json) {
+    const hb_jmember_t *found[3] = {NULL, NULL, NULL};
+    size_t strs_len = 0, len = doc->text.len;
+    hb_event_t *ev;
+    char *p, *strs;
+    if (!len || doc->text.p[0] != '{') {
+        json_decref(json);
+        return NULL;
+    }
+    for (size_t i = 0; i < doc->n; i++) /* the first member of each name */
+        for (size_t k = 0; k < HB_ARRAY_SIZE(hb_ev_strings); k++)
+            if (!found[k] &&
+                member_is(doc->text.p, &doc->m[i], hb_ev_strings[k], hb_ev_strings_len[k])) {
+                found[k] = &doc->m[i];
+                strs_len += doc->m[i].val_len + 1;
+            }
+    /* one block: the struct, the members, the reals, the text, the strings */
+    ev = hb_malloc(sizeof(*ev) + doc->n * sizeof(*doc->m) + doc->reals_n * sizeof(double) + len +
+                   1 + strs_len);
+    p = (char *)(ev + 1);
+    ev->refs = 1;
+    ev->json = json;
+    ev->subject = NULL;
+    ev->subject_known = 0;
+    ev->m = (const hb_jmember_t *)(void *)p;
+    ev->n = doc->n;
+    if (doc->n)
+        memcpy(p, doc->m, doc->n * sizeof(*doc->m));
+    p += doc->n * sizeof(*doc->m);
+    ev->reals = (const double *)(void *)p;
+    ev->reals_n = doc->reals_n;
+    if (doc->reals_n)
+        memcpy(p, doc->reals, doc->reals_n * sizeof(double));
+    p += doc->reals_n * sizeof(double);
+    memcpy(p, doc->text.p, len + 1);
+    ev->text = p;
+    ev->len = len;
+    strs = p + len + 1;
+    ev->uuid = string_copy(ev->text, found[0], &strs);
+    ev->type = string_copy(ev->text, found[1], &strs);
+    ev->published = string_copy(ev->text, found[2], &strs);
+    return ev;
+}
+
+hb_event_t *hb_ev_from_json(json_t *json) {
+    hb_jdoc_t doc = {0};
+    hb_event_t *ev = NULL;
+    if (hb_jdoc_from_json(&doc, json) == 0)
+        ev = hb_ev_new(&doc, json_incref(json));
+    hb_jdoc_free(&doc);
+    return ev;
+}
+
+hb_event_t *hb_ev_ref(hb_event_t *ev) {
+    ev->refs++;
+    return ev;
+}
+
+void hb_ev_unref(hb_event_t *ev) {
+    if (!ev || --ev->refs > 0)
+        return;
+    json_decref(ev->json);
+    free(ev->subject);
+    free(ev);
+}
+
+const char *hb_ev_subject(hb_event_t *ev) {
+    long i;
+    if (ev->subject_known)
+        return ev->subject;
+    ev->subject_known = 1;
+    i = hb_ev_find(ev, "target");
+    if (i >= 0) {
+        const hb_jmember_t *m = &ev->m[i];
+        /* only strings are looked at: the reals are read from the text */
+        json_t *targets = ev->json ? json_incref(json_object_get(ev->json, "target"))
+                                   : hb_json_from_text(ev->text + m->val, m->val_len, NULL, 0);
+        json_t *t;
+        size_t k;
+        json_array_foreach(targets, k, t) {
+            const char *type = json_string_value(json_object_get(t, "type"));
+            const char *id = json_string_value(json_object_get(t, "id"));
+            if (type && !strcmp(type, "User") && id && *id) {
+                ev->subject = hb_strdup(id);
+                break;
+            }
+        }
+        json_decref(targets);
+    }
+    return ev->subject;
+}
+
+json_t *hb_ev_json(hb_event_t *ev) {
+    if (!ev->json)
+        ev->json = hb_json_from_text(ev->text, ev->len, ev->reals, ev->reals_n);
+    return ev->json;
+}
+
+const char *hb_ev_uuid(const hb_event_t *ev) {
+    return ev->uuid && *ev->uuid ? ev->uuid : NULL;
+}
+
+const char *hb_ev_type(const hb_event_t *ev) {
+    return ev->type && *ev->type ? ev->type : NULL;
 }

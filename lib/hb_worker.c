@@ -67,12 +67,12 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
 
 /* ------------------------------------------------------------ deliveries */
 
-void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                       const char *id, const char *event_ids, hb_job_t *const *jobs) {
     hb_delivery_render(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
 
-hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                               const char *id, const char *event_ids, hb_job_t *const *jobs) {
     return hb_delivery_make(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
@@ -320,12 +320,17 @@ static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
     const char *topic;
     char errstr[512];
     json_t *json = NULL;
+    hb_event_t *ev = NULL;
     int64_t wait_ms = 0;
     int r;
 
     topic = rd_kafka_topic_name(rkm->rkt);
-    r = hb_decoder_decode(w->decoder, rkm->payload, rkm->len, &json, &wait_ms, errstr,
-                          sizeof(errstr));
+    if (w->spec.hooks->on_event)
+        r = hb_decoder_decode_event(w->decoder, rkm->payload, rkm->len, &ev, &wait_ms, errstr,
+                                    sizeof(errstr));
+    else
+        r = hb_decoder_decode(w->decoder, rkm->payload, rkm->len, &json, &wait_ms, errstr,
+                              sizeof(errstr));
     if (r == HB_DECODE_WAIT) { /* its writer schema is on the way from the registry */
         hb_debug("%s [%d] offset %lld waits %lld ms: %s", topic, (int)rkm->partition,
                  (long long)rkm->offset, (long long)wait_ms, errstr);
@@ -337,8 +342,12 @@ static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
         hb_worker_poison(w, rkm, errstr);
         return;
     }
-    w->spec.hooks->on_message(w, rkm, json, w->spec.opaque);
+    if (ev)
+        w->spec.hooks->on_event(w, rkm, ev, w->spec.opaque);
+    else
+        w->spec.hooks->on_message(w, rkm, json, w->spec.opaque);
     json_decref(json);
+    hb_ev_unref(ev);
 }
 
 /* Take new messages only while the endpoints keep up: requests waiting for

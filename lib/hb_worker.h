@@ -78,6 +78,10 @@ typedef struct hb_worker_hooks_s {
      * job when its work is durable) or defer it. Poison messages never reach
      * the handler: the worker dead-letters them. */
     void (*on_message)(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *msg, void *opaque);
+    /* Instead of on_message, when set: the message decoded as an event
+     * (hb_decoder_decode_event: its JSON text, no jansson value; borrowed,
+     * take a reference to keep it). */
+    void (*on_event)(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *ev, void *opaque);
     /* Every loop pass; returns the longest the loop may sleep, in ms. */
     long long (*on_pass)(hb_worker_t *w, void *opaque);
     /* hookbridge.verify(id) was called (NULL: ignored). */
@@ -144,11 +148,11 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
 /* ----------------------------------------------------------- deliveries */
 
 /* Renders events[0..n) for sub and sends the payload (hb_delivery_render). */
-void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                       const char *id, const char *event_ids, hb_job_t *const *jobs);
 
 /* hb_delivery_make: rendered, not sent (NULL: failed, routed already). */
-hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, json_t *const *events, size_t n,
+hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                               const char *id, const char *event_ids, hb_job_t *const *jobs);
 
 /* hb_delivery_wait: parked unattempted behind delivery after_id; takes dl. */

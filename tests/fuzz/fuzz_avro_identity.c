@@ -9,7 +9,11 @@
  * the JSON a decode yields encodes again, and decodes to the same JSON.
  * Every input is also decoded the general way (hb_codec_set_generic_only),
  * which must give the same answer as decode's direct walk: the same error,
- * or the same JSON, members in the same order.
+ * or the same JSON, members in the same order. And as text (the dispatcher's
+ * hb_codec_decode_doc): the same answer again, the text being json_dumps'
+ * of that JSON, and every payload rendered from the text event (copying
+ * spans) byte for byte the payload the JSON renderer of before
+ * (tests/render_ref.h) makes of the JSON.
  */
 #include <string.h>
 
@@ -19,10 +23,12 @@
 #include "hb_event.h"
 #include "hb_schemas.h"
 #include "hb_sub.h"
+#include "../render_ref.h"
 
 static hb_codec_t *codec;
 static hb_codec_t *generic; /* the same codec, never the direct walk */
 static hb_sub_t *sub;
+static hb_jdoc_t doc; /* reused, as the decoder does */
 
 /* At exit, so LeakSanitizer sees only what an input leaked. */
 static void cleanup(void) {
@@ -32,6 +38,7 @@ static void cleanup(void) {
     generic = NULL;
     hb_sub_unref(sub);
     sub = NULL;
+    hb_jdoc_free(&doc);
 }
 
 static void init(void) {
@@ -61,8 +68,9 @@ static void render_all(json_t *ev) {
         sub->format = formats[f];
         for (size_t n = 1; n <= 2; n++) {
             hb_payload_t payload;
-            if (hb_deliver_render(sub, batch, n, "6a1e3c1e-1111-4222-8333-944455556666",
-                                  "hookbridge", 1714567890123, &payload, err, sizeof(err)) < 0) {
+            if (hb_deliver_render_json(sub, batch, n, "6a1e3c1e-1111-4222-8333-944455556666",
+                                       "hookbridge", 1714567890123, &payload, err,
+                                       sizeof(err)) < 0) {
                 if (!*err)
                     hb_fuzz_fail("a render error has a reason", NULL);
                 continue;
@@ -72,6 +80,90 @@ static void render_all(json_t *ev) {
             free(payload.body);
         }
     }
+}
+
+/* Renders ev (the text event) with hb_deliver_render and json (the same
+ * event decoded to JSON) with the renderer of before (../render_ref.h) in
+ * every format, alone and in a batch, with and without a field selection:
+ * the same bytes or the same failure. */
+static void render_same(hb_event_t *ev, json_t *json) {
+    static const hb_format_t formats[] = {HB_FORMAT_OKTA, HB_FORMAT_CLOUDEVENTS, HB_FORMAT_EVENT};
+    hb_event_t *const evs[2] = {ev, ev};
+    json_t *const jsons[2] = {json, json};
+    char err[256], jerr[256];
+    for (int sel = 0; sel < 2; sel++) {
+        if (sel) {
+            json_t *f = json_pack("[s,s,s]", "actor", "target", "client");
+            if (hb_sub_set_fields(sub, f, err, sizeof(err)) != 0)
+                hb_fuzz_fail("a field selection", err);
+            json_decref(f);
+        }
+        for (size_t f = 0; f < HB_ARRAY_SIZE(formats); f++) {
+            sub->format = formats[f];
+            for (size_t n = 1; n <= 2; n++) {
+                hb_payload_t a, b;
+                int ra = hb_deliver_render(sub, evs, n, "6a1e3c1e-1111-4222-8333-944455556666",
+                                           "hookbridge", 1714567890123, &a, err, sizeof(err));
+                int rb = ref_render(sub, jsons, n, "6a1e3c1e-1111-4222-8333-944455556666",
+                                    "hookbridge", 1714567890123, &b, jerr, sizeof(jerr));
+                if (ra != rb || (ra == 0 && (a.len != b.len || memcmp(a.body, b.body, a.len) ||
+                                             strcmp(a.content_type, b.content_type))))
+                    hb_fuzz_fail("the text event renders as the JSON event did", b.body);
+                if (ra < 0 && strcmp(err, jerr))
+                    hb_fuzz_fail("the text event fails to render as the JSON event did", jerr);
+                if (ra == 0) {
+                    free(a.body);
+                    free(b.body);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < sub->fields_cnt; i++) /* no selection again */
+        free(sub->fields[i]);
+    free(sub->fields);
+    sub->fields = NULL;
+    sub->fields_cnt = 0;
+}
+
+/* Both NULL, or the same string. */
+static int same_str(const char *a, const char *b) {
+    return a == b || (a && b && !strcmp(a, b));
+}
+
+/* The text decode agrees with the JSON decode, and renders the same. */
+static void same_as_text(const uint8_t *data, size_t size) {
+    char err[256] = "", gerr[256] = "";
+    json_t *gev = NULL, *json = NULL;
+    int rc = hb_codec_decode_doc(codec, size ? data : NULL, size, &doc, &json, err, sizeof(err));
+    int grc = hb_codec_decode(generic, size ? data : NULL, size, &gev, gerr, sizeof(gerr));
+    if (rc != grc || (rc < 0 && strcmp(err, gerr)))
+        hb_fuzz_fail("the text and the JSON decode agree on errors", gerr);
+    if (rc == 0) {
+        char *want = json_dumps(gev, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
+        hb_event_t *ev;
+        json_t *back;
+        if (!want || doc.text.len != strlen(want) || memcmp(doc.text.p, want, doc.text.len))
+            hb_fuzz_fail("the text is the JSON's", want);
+        free(want);
+        back = hb_jdoc_json(&doc);
+        if (!back || !json_equal(back, gev))
+            hb_fuzz_fail("the text gives the JSON back", NULL);
+        json_decref(back);
+        ev = hb_ev_new(&doc, json); /* takes json */
+        json = NULL;
+        if (!ev)
+            hb_fuzz_fail("a decoded event is an object", NULL);
+        if (!same_str(hb_ev_uuid(ev), hb_event_uuid(gev)) ||
+            !same_str(hb_ev_type(ev), hb_event_type(gev)) ||
+            !same_str(ev->uuid, json_string_value(json_object_get(gev, "uuid"))) ||
+            !same_str(ev->type, json_string_value(json_object_get(gev, "eventType"))) ||
+            !same_str(ev->published, json_string_value(json_object_get(gev, "published"))))
+            hb_fuzz_fail("the text event's accessors are the JSON's", NULL);
+        render_same(ev, gev);
+        hb_ev_unref(ev);
+    }
+    json_decref(json);
+    json_decref(gev);
 }
 
 /* The direct walk and the general way agree on data. */
@@ -101,6 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!codec)
         init();
     same_as_generic(data, size);
+    same_as_text(data, size);
     /* librdkafka hands over NULL for an empty payload (a tombstone) */
     if (hb_codec_decode(codec, size ? data : NULL, size, &ev, err, sizeof(err)) < 0) {
         if (!*err || ev)

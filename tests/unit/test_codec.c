@@ -3,8 +3,10 @@
  * natural JSON mapping and its path-naming errors, resolution of an older
  * writer schema, and hostile bytes (every one must fail cleanly or decode). */
 #include <setjmp.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@
 
 #include "../sample_events.h"
 #include "hb_codec.h"
+#include "json_same.h"
 #include "hb_schemas.h"
 
 static json_t *parse(const char *text) {
@@ -699,8 +702,58 @@ static void array_of_nulls_is_capped(void **state) {
  * members in the same order, or the same error, on every Avro type, on the
  * sample events and on hand-made bytes (a map key seen twice, a key with a
  * NUL, text that is not UTF-8, NaN). */
+/* The text decode (hb_codec_decode_doc with c) against the jansson decode
+ * (hb_codec_decode with ref): the same answer and error; the text is
+ * json_dumps' of the value, each top-level member's key and value are where
+ * the index says, and the value comes back exactly from the text. */
+static void check_doc_is_json(hb_codec_t *c, hb_codec_t *ref, const void *buf, size_t len) {
+    char err[256] = "", rerr[256] = "";
+    hb_jdoc_t d = {0};
+    json_t *j = NULL, *want = NULL;
+    int rc = hb_codec_decode_doc(c, buf, len, &d, &j, err, sizeof(err));
+    int rrc = hb_codec_decode(ref, buf, len, &want, rerr, sizeof(rerr));
+    assert_int_equal(rc, rrc);
+    assert_string_equal(err, rerr);
+    if (rc == 0) {
+        char *t = json_dumps(want, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
+        json_t *back = hb_jdoc_json(&d);
+        assert_non_null(t);
+        assert_int_equal(d.text.len, strlen(t));
+        assert_string_equal(d.text.p, t);
+        if (!back || !same_value(back, want))
+            fail_msg("the text does not give the value back: %s", t);
+        if (j && !same_value(j, want))
+            fail_msg("the value handed over is not the decoded one: %s", t);
+        if (json_is_object(want)) {
+            const char *key;
+            json_t *val;
+            size_t i = 0;
+            assert_int_equal(d.n, json_object_size(want));
+            json_object_foreach(want, key, val) {
+                char *v = json_dumps(val, JSON_COMPACT | JSON_REAL_PRECISION(15) | JSON_ENCODE_ANY);
+                assert_int_equal(d.m[i].key_len, strlen(key)); /* field names need no escape */
+                assert_memory_equal(d.text.p + d.m[i].key, key, strlen(key));
+                assert_int_equal(d.m[i].val_len, strlen(v));
+                assert_memory_equal(d.text.p + d.m[i].val, v, strlen(v));
+                free(v);
+                i++;
+            }
+        }
+        json_decref(back);
+        free(t);
+    } else {
+        assert_int_equal(d.text.len, 0);
+        assert_null(j);
+    }
+    json_decref(j);
+    json_decref(want);
+    hb_jdoc_free(&d);
+}
+
 static void check_direct_is_generic(hb_codec_t *direct, hb_codec_t *generic, const void *buf,
                                     size_t len) {
+    check_doc_is_json(direct, generic, buf, len);
+    check_doc_is_json(generic, generic, buf, len);
     char err[256] = "", gerr[256] = "";
     json_t *a = NULL, *b = NULL;
     int rc = hb_codec_decode(direct, buf, len, &a, err, sizeof(err));
@@ -838,6 +891,267 @@ static void direct_decode_is_generic_decode(void **state) {
     hb_codec_free(generic);
 }
 
+/* ------------------------------------------ random and hostile bodies */
+
+static void put_long(unsigned char *b, size_t *n, int64_t v) {
+    uint64_t u = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    do {
+        unsigned char c = u & 0x7f;
+        u >>= 7;
+        b[(*n)++] = (unsigned char)(c | (u ? 0x80 : 0));
+    } while (u);
+}
+
+static void put_raw(unsigned char *b, size_t *n, const void *s, size_t len) {
+    memcpy(b + *n, s, len);
+    *n += len;
+}
+
+static void put_str(unsigned char *b, size_t *n, const void *s, size_t len) {
+    put_long(b, n, (int64_t)len);
+    put_raw(b, n, s, len);
+}
+
+/* Strings to pick from: escapes, control bytes, a NUL, UTF-8 and bytes that
+ * are not (a lone lead byte, a surrogate, an overlong form), JSON look-alikes. */
+static const char *const odd_strings[] = {"",
+                                          "k",
+                                          "k\0x",
+                                          "\"",
+                                          "\\",
+                                          "\x01\x1f\x7f",
+                                          "caf\xc3\xa9",
+                                          "\xff",
+                                          "\xed\xa0\x80",
+                                          "\xc0\x80",
+                                          "\xf0\x9f\x98\x80",
+                                          "a\"b\\c\n",
+                                          "null",
+                                          "1.5e300",
+                                          "{\"x\":1}",
+                                          "/"};
+static const size_t odd_lens[] = {0, 1, 3, 1, 1, 3, 5, 1, 3, 2, 4, 6, 4, 7, 7, 1};
+
+static void put_odd_string(unsigned char *b, size_t *n, unsigned *seed) {
+    size_t i = (size_t)rand_r(seed) % (sizeof(odd_lens) / sizeof(odd_lens[0]));
+    put_str(b, n, odd_strings[i], odd_lens[i]);
+}
+
+static void put_odd_double(unsigned char *b, size_t *n, unsigned *seed) {
+    static const double picks[] = {0.0,  -0.0, 0.1 + 0.2, 1e308,   -1e-308, 5e-324, 52.517,
+                                   1e15, 1e16, 1e17,      2.0 / 3, 100.0,   -1.5};
+    double d;
+    uint64_t u;
+    int k = rand_r(seed) % 16;
+    if (k < 13)
+        d = picks[k];
+    else if (k == 13)
+        d = NAN;
+    else if (k == 14)
+        d = rand_r(seed) % 2 ? INFINITY : -INFINITY;
+    else {
+        u = ((uint64_t)rand_r(seed) << 33) ^ ((uint64_t)rand_r(seed) << 11) ^
+            (uint64_t)rand_r(seed);
+        memcpy(&d, &u, sizeof(d));
+    }
+    memcpy(&u, &d, sizeof(u));
+    for (int i = 0; i < 8; i++)
+        b[(*n)++] = (unsigned char)(u >> (8 * i));
+}
+
+static int64_t odd_long(unsigned *seed) {
+    static const int64_t picks[] = {0, -1, 1, INT64_MAX, INT64_MIN, 9007199254740993LL, -64, 63};
+    int k = rand_r(seed) % 10;
+    return k < 8 ? picks[k] : (int64_t)(((uint64_t)rand_r(seed) << 40) ^ (uint64_t)rand_r(seed));
+}
+
+/* A block list of count items (sometimes in two blocks, sometimes with the
+ * negative count and byte size form), items written by put_item. */
+static void put_blocks(unsigned char *b, size_t *n, unsigned *seed, int count,
+                       void (*put_item)(unsigned char *, size_t *, unsigned *)) {
+    int first = count > 1 && rand_r(seed) % 3 == 0 ? count / 2 : count;
+    int done = 0;
+    while (done < count) {
+        int in = done ? count - done : first;
+        if (rand_r(seed) % 4 == 0) {
+            unsigned char tmp[4096];
+            size_t tn = 0;
+            for (int i = 0; i < in; i++)
+                put_item(tmp, &tn, seed);
+            put_long(b, n, -in);
+            put_long(b, n, (int64_t)tn);
+            put_raw(b, n, tmp, tn);
+        } else {
+            put_long(b, n, in);
+            for (int i = 0; i < in; i++)
+                put_item(b, n, seed);
+        }
+        done += in;
+    }
+    put_long(b, n, 0);
+}
+
+static void put_opt_long(unsigned char *b, size_t *n, unsigned *seed) { /* ["null","long"] */
+    if (rand_r(seed) % 3 == 0) {
+        put_long(b, n, 0);
+    } else {
+        put_long(b, n, 1);
+        put_long(b, n, odd_long(seed));
+    }
+}
+
+static void put_inner(unsigned char *b, size_t *n, unsigned *seed) {
+    /* ["null","double","string",{"type":"array","items":["null","long"]}] */
+    int k = rand_r(seed) % 4;
+    put_long(b, n, k);
+    if (k == 1)
+        put_odd_double(b, n, seed);
+    else if (k == 2)
+        put_odd_string(b, n, seed);
+    else if (k == 3)
+        put_blocks(b, n, seed, rand_r(seed) % 4, put_opt_long);
+}
+
+static void put_map_entry(unsigned char *b, size_t *n, unsigned *seed) {
+    put_odd_string(b, n, seed); /* the key */
+    put_inner(b, n, seed);
+}
+
+static void put_string_entry(unsigned char *b, size_t *n, unsigned *seed) {
+    put_odd_string(b, n, seed);
+    put_odd_string(b, n, seed);
+}
+
+static void put_item_rec(unsigned char *b, size_t *n, unsigned *seed) {
+    /* ["null","boolean",{"type":"record","name":"In","fields":[x: ["null","double"]]}] */
+    int k = rand_r(seed) % 3;
+    put_long(b, n, k);
+    if (k == 1)
+        b[(*n)++] = (unsigned char)(rand_r(seed) % 2);
+    else if (k == 2) {
+        int some = rand_r(seed) % 2;
+        put_long(b, n, some);
+        if (some)
+            put_odd_double(b, n, seed);
+    }
+}
+
+static const char odd_schema[] =
+    "{\"type\":\"record\",\"name\":\"Odd\",\"fields\":["
+    "{\"name\":\"d\",\"type\":\"double\"},{\"name\":\"f\",\"type\":\"float\"},"
+    "{\"name\":\"l\",\"type\":\"long\"},{\"name\":\"s\",\"type\":\"string\"},"
+    "{\"name\":\"n\",\"type\":[\"null\",\"string\"]},"
+    "{\"name\":\"u\",\"type\":[\"null\",\"string\",\"long\",\"double\",{\"type\":\"map\","
+    "\"values\":"
+    "[\"null\",\"double\",\"string\",{\"type\":\"array\",\"items\":[\"null\",\"long\"]}]}]},"
+    "{\"name\":\"m\",\"type\":{\"type\":\"map\",\"values\":\"string\"}},"
+    "{\"name\":\"a\",\"type\":{\"type\":\"array\",\"items\":[\"null\",\"boolean\",{\"type\":"
+    "\"record\",\"name\":\"In\",\"fields\":[{\"name\":\"x\",\"type\":[\"null\",\"double\"]}]}]}}]}";
+
+static size_t random_odd(unsigned char *b, uint64_t fp, unsigned *seed) {
+    size_t n = 0;
+    float f;
+    uint32_t u;
+    int k;
+    b[n++] = 0xc3;
+    b[n++] = 0x01;
+    for (int i = 0; i < 8; i++)
+        b[n++] = (unsigned char)(fp >> (8 * i));
+    put_odd_double(b, &n, seed);
+    f = rand_r(seed) % 5 == 0 ? NAN : (float)rand_r(seed) / 7.0f;
+    memcpy(&u, &f, sizeof(u));
+    for (int i = 0; i < 4; i++)
+        b[n++] = (unsigned char)(u >> (8 * i));
+    put_long(b, &n, odd_long(seed));
+    put_odd_string(b, &n, seed);
+    k = rand_r(seed) % 2;
+    put_long(b, &n, k);
+    if (k)
+        put_odd_string(b, &n, seed);
+    k = rand_r(seed) % 5;
+    put_long(b, &n, k);
+    if (k == 1)
+        put_odd_string(b, &n, seed);
+    else if (k == 2)
+        put_long(b, &n, odd_long(seed));
+    else if (k == 3)
+        put_odd_double(b, &n, seed);
+    else if (k == 4)
+        put_blocks(b, &n, seed, rand_r(seed) % 5, put_map_entry);
+    put_blocks(b, &n, seed, rand_r(seed) % 4, put_string_entry);
+    put_blocks(b, &n, seed, rand_r(seed) % 5, put_item_rec);
+    return n;
+}
+
+/* Random bodies of a schema with nested unions, maps with odd keys (a NUL,
+ * not UTF-8, the same key twice), NaN and infinite reals, huge numbers and
+ * strings that are not UTF-8; then each one mutated (bytes flipped, cut,
+ * repeated): the text decode and the jansson decode, direct and general,
+ * always agree. */
+static void text_decode_is_json_decode_on_hostile_bodies(void **state) {
+    (void)state;
+    char err[256];
+    hb_codec_t *direct = hb_codec_new(odd_schema, err, sizeof(err));
+    hb_codec_t *generic = hb_codec_new(odd_schema, err, sizeof(err));
+    unsigned seed = 2026;
+    int decoded = 0;
+    assert_non_null(direct);
+    assert_non_null(generic);
+    hb_codec_set_generic_only(generic, 1);
+    for (int i = 0; i < 4000; i++) {
+        unsigned char b[1 << 16];
+        size_t n = random_odd(b, hb_codec_fingerprint(direct), &seed);
+        json_t *j = NULL;
+        assert_true(n < sizeof(b) / 2);
+        if (hb_codec_decode(direct, b, n, &j, err, sizeof(err)) == 0)
+            decoded++;
+        json_decref(j);
+        check_direct_is_generic(direct, generic, b, n);
+        for (int m = 0; m < 4; m++) {
+            unsigned char c[1 << 16];
+            size_t cn = n;
+            memcpy(c, b, n);
+            switch (rand_r(&seed) % 3) {
+            case 0:
+                c[10 + (size_t)rand_r(&seed) % (n - 10)] ^=
+                    (unsigned char)(1 + rand_r(&seed) % 255);
+                break;
+            case 1: cn = 10 + (size_t)rand_r(&seed) % (n - 10); break;
+            default: {
+                size_t at = 10 + (size_t)rand_r(&seed) % (n - 10), k = (size_t)rand_r(&seed) % 8;
+                memmove(c + at + k, c + at, n - at);
+                memcpy(c + at, b + 10 + (size_t)rand_r(&seed) % (n - 10), k);
+                cn = n + k;
+            }
+            }
+            check_direct_is_generic(direct, generic, c, cn);
+        }
+    }
+    assert_true(decoded > 400); /* the generator makes decodable bodies too */
+    hb_codec_free(direct);
+    hb_codec_free(generic);
+
+    /* The sample events, mutated. */
+    direct = event_codec();
+    generic = event_codec();
+    hb_codec_set_generic_only(generic, 1);
+    {
+        size_t len;
+        unsigned char *buf = encode_text(direct, full_event, &len);
+        for (int i = 0; i < 3000; i++) {
+            unsigned char c[8192];
+            assert_true(len < sizeof(c));
+            memcpy(c, buf, len);
+            for (int k = rand_r(&seed) % 3; k >= 0; k--)
+                c[10 + (size_t)rand_r(&seed) % (len - 10)] = (unsigned char)rand_r(&seed);
+            check_direct_is_generic(direct, generic, c, len);
+        }
+        free(buf);
+    }
+    hb_codec_free(direct);
+    hb_codec_free(generic);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(crc64_spec_vector),
@@ -856,6 +1170,7 @@ int main(void) {
         cmocka_unit_test(poison_messages_fail_cleanly),
         cmocka_unit_test(array_of_nulls_is_capped),
         cmocka_unit_test(direct_decode_is_generic_decode),
+        cmocka_unit_test(text_decode_is_json_decode_on_hostile_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

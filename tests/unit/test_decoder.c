@@ -113,9 +113,75 @@ static void directory_of_writer_schemas(void **state) {
     free(newer);
 }
 
+/* The dispatcher's decode (hb_decoder_decode_event): a message written with
+ * the reader schema becomes text without a jansson value; one that resolves
+ * from another writer keeps the value the general way made. Both: the text
+ * hb_decoder_decode's value dumps to, the strings the dispatcher reads,
+ * members indexed; poison stays poison with the same reason. */
+static void decode_event_is_decode(void **state) {
+    char dir[] = "/tmp/hb-test-decoder-XXXXXX", err[512], jerr[512];
+    char *newer = newer_schema();
+    const char *schemas[2] = {hb_schema_identity_event, newer};
+    hb_config_t cfg;
+    hb_decoder_t *d;
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    write_file(dir, "v2.avsc", newer);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.writer_schemas_dir = dir;
+    d = hb_decoder_new(&cfg, hb_schema_identity_event, err, sizeof(err));
+    assert_non_null(d);
+    for (int w = 0; w < 2; w++) {
+        size_t len = 0;
+        void *buf = encode_with(schemas[w], &len);
+        json_t *out = NULL;
+        hb_event_t *ev = NULL;
+        int64_t wait_ms = -1;
+        char *want;
+        assert_int_equal(hb_decoder_decode(d, buf, len, &out, &wait_ms, jerr, sizeof(jerr)),
+                         HB_DECODE_OK);
+        assert_int_equal(hb_decoder_decode_event(d, buf, len, &ev, &wait_ms, err, sizeof(err)),
+                         HB_DECODE_OK);
+        want = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(15));
+        assert_string_equal(ev->text, want);
+        assert_int_equal(ev->len, strlen(want));
+        assert_int_equal(ev->n, json_object_size(out));
+        assert_string_equal(hb_ev_uuid(ev), "u1");
+        assert_string_equal(hb_ev_type(ev), "user.session.start");
+        assert_string_equal(ev->published, "p");
+        if (w == 0)
+            assert_null(ev->json); /* made only when asked for */
+        else
+            assert_non_null(ev->json);
+        assert_true(json_equal(hb_ev_json(ev), out));
+        assert_int_equal(hb_ev_find(ev, "eventType"), 2);
+        assert_int_equal(hb_ev_find(ev, "riskScore"), -1);
+        free(want);
+        json_decref(out);
+        hb_ev_unref(ev);
+        /* cut short: poison, the same reason, no event */
+        assert_int_equal(hb_decoder_decode(d, buf, len - 1, &out, &wait_ms, jerr, sizeof(jerr)),
+                         HB_DECODE_POISON);
+        assert_int_equal(hb_decoder_decode_event(d, buf, len - 1, &ev, &wait_ms, err, sizeof(err)),
+                         HB_DECODE_POISON);
+        assert_null(ev);
+        assert_string_equal(err, jerr);
+        free(buf);
+    }
+    hb_decoder_free(d);
+    {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/v2.avsc", dir);
+        unlink(path);
+        rmdir(dir);
+    }
+    free(newer);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(directory_of_writer_schemas),
+        cmocka_unit_test(decode_event_is_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -24,6 +24,8 @@
 #include "hb_sign.h"
 #include "http_fixture.h"
 
+#include "../render_ref.h"
+
 /* ------------------------------------------------------------------ */
 /* Classification                                                      */
 
@@ -144,9 +146,9 @@ static void test_render_okta(void **state) {
     hb_payload_t p;
     char err[256];
     for (size_t n = 1; n <= 2; n++) {
-        assert_int_equal(
-            hb_deliver_render(sub, ev, n, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)),
-            0);
+        assert_int_equal(hb_deliver_render_json(sub, ev, n, DID, "urn:hookbridge:test", NOW_MS, &p,
+                                                err, sizeof(err)),
+                         0);
         assert_string_equal(p.content_type, "application/json");
         /* keys in the contract's order, compact */
         const char *prefix = "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\","
@@ -176,8 +178,9 @@ static void test_render_cloudevents(void **state) {
     hb_payload_t p;
     char err[256];
 
-    assert_int_equal(
-        hb_deliver_render(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
     assert_string_equal(p.content_type, "application/cloudevents+json");
     json_t *doc = parse(&p);
     assert_true(json_is_object(doc));
@@ -191,8 +194,9 @@ static void test_render_cloudevents(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(
-        hb_deliver_render(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
     assert_string_equal(p.content_type, "application/cloudevents-batch+json");
     doc = parse(&p);
     assert_true(json_is_array(doc));
@@ -209,11 +213,12 @@ static void test_render_cloudevents(void **state) {
 
     /* CloudEvents needs a type */
     json_object_del(ev[1], "eventType");
-    assert_int_equal(hb_deliver_render(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
-                     -1);
+    assert_int_equal(
+        hb_deliver_render_json(sub, &ev[1], 1, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
     assert_string_equal(err, "event has no eventType");
     assert_null(p.body);
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), -1);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "urn:x", NOW_MS, &p, err, sizeof(err)),
+                     -1);
     assert_null(p.body);
 
     release_events(ev, 2);
@@ -228,7 +233,7 @@ static void test_render_event(void **state) {
     two_events(ev);
     hb_payload_t p;
     char err[256];
-    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     assert_string_equal(p.content_type, "application/json");
     json_t *doc = parse(&p);
     assert_true(json_equal(doc, ev[0]));
@@ -236,7 +241,7 @@ static void test_render_event(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(hb_deliver_render(sub, ev, 2, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 2, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     doc = parse(&p);
     assert_true(json_is_array(doc));
     assert_int_equal(json_array_size(doc), 2);
@@ -245,10 +250,11 @@ static void test_render_event(void **state) {
     json_decref(doc);
     free(p.body);
 
-    assert_int_equal(hb_deliver_render(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)), -1);
-    json_t *notobj = json_string("x");
-    assert_int_equal(hb_deliver_render(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+    assert_int_equal(hb_deliver_render_json(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)),
                      -1);
+    json_t *notobj = json_string("x");
+    assert_int_equal(
+        hb_deliver_render_json(sub, &notobj, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), -1);
     json_decref(notobj);
     release_events(ev, 2);
     hb_sub_unref(sub);
@@ -324,9 +330,9 @@ static void test_render_bytes(void **state) {
             for (size_t n = 1; n <= 2; n++) {
                 hb_payload_t p;
                 char err[256], now[40];
-                assert_int_equal(
-                    hb_deliver_render(sub, ev, n, DID, "urn:x \"y\"", NOW_MS, &p, err, sizeof(err)),
-                    0);
+                assert_int_equal(hb_deliver_render_json(sub, ev, n, DID, "urn:x \"y\"", NOW_MS, &p,
+                                                        err, sizeof(err)),
+                                 0);
                 json_t *list = json_array();
                 for (size_t i = 0; i < n; i++) {
                     json_t *e = json_object();
@@ -388,7 +394,7 @@ static void test_render_fields(void **state) {
             char err[256], keys[512];
             json_t *got[2] = {NULL, NULL};
             assert_int_equal(
-                hb_deliver_render(sub, ev, n, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), 0);
+                hb_deliver_render_json(sub, ev, n, DID, "urn:x", NOW_MS, &p, err, sizeof(err)), 0);
             assert_null(strstr(p.body, "198.51.100.7")); /* no IP address anywhere */
             assert_null(strstr(p.body, "debugData"));
             json_t *doc = parse(&p);
@@ -426,7 +432,7 @@ static void test_render_fields(void **state) {
     sub->format = HB_FORMAT_EVENT;
     hb_payload_t p;
     char err[256], keys[512];
-    assert_int_equal(hb_deliver_render(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
     json_t *doc = parse(&p);
     keys_of(doc, keys, sizeof(keys));
     assert_string_equal(keys, "eventType,published,severity,uuid");
@@ -452,7 +458,8 @@ static void test_render_cloudevents_subject(void **state) {
         json_pack("[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}]", "id", "0oa9", "type", "AppInstance", "id",
                   "00u7", "type", "User", "id", "00u8", "type", "User");
     assert_int_equal(json_object_set_new(ev, "target", targets), 0);
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     json_t *doc = parse(&p);
     assert_string_equal(str_at(doc, "subject"), "00u7");
     json_decref(doc);
@@ -460,7 +467,8 @@ static void test_render_cloudevents_subject(void **state) {
 
     /* target not delivered: no subject either (it would leak the user id) */
     set_fields(sub, "[\"actor\"]");
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     doc = parse(&p);
     assert_null(json_object_get(doc, "subject"));
     json_decref(doc);
@@ -470,7 +478,8 @@ static void test_render_cloudevents_subject(void **state) {
     set_fields(sub, "[\"target\"]");
     json_object_del(json_array_get(targets, 1), "type");
     json_object_set_new(json_array_get(targets, 2), "type", json_string("Group"));
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     doc = parse(&p);
     assert_null(json_object_get(doc, "subject"));
     assert_int_equal(json_array_size(json_object_get(json_object_get(doc, "data"), "target")), 3);
@@ -601,7 +610,8 @@ static void test_render_real_precision(void **state) {
     char err[256];
     sub->format = HB_FORMAT_EVENT;
     json_object_set_new(ev, "lat", json_real(52.517));
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)),
+                     0);
     assert_non_null(strstr(p.body, "\"lat\":52.517"));
     assert_null(strstr(p.body, "52.51700"));
     free(p.body);
@@ -757,8 +767,8 @@ static hb_sub_t *sub_new(const rx_t *rx, const char *path) {
 static void render_one(const hb_sub_t *sub, hb_payload_t *p) {
     char err[256];
     json_t *ev = event_new("11111111-1111-4111-8111-111111111111", "user.lifecycle.create");
-    assert_int_equal(hb_deliver_render(sub, &ev, 1, DID, "urn:hookbridge:test", hb_wall_ms(), p,
-                                       err, sizeof(err)),
+    assert_int_equal(hb_deliver_render_json(sub, &ev, 1, DID, "urn:hookbridge:test", hb_wall_ms(),
+                                            p, err, sizeof(err)),
                      0);
     json_decref(ev);
 }
@@ -1055,6 +1065,113 @@ static void test_check_challenge(void **state) {
     }
 }
 
+/* A random member value: strings from an alphabet rich in escapes, a NUL
+ * and UTF-8, numbers of every kind, nested containers. */
+static json_t *odd_value(unsigned *seed, int depth) {
+    static const char *const strs[] = {"", "User", "x\"y", "caf\xc3\xa9", "a\\b\n\x01", "00u9"};
+    switch (rand_r(seed) % (depth > 2 ? 5 : 7)) {
+    case 0: return json_null();
+    case 1: return json_boolean(rand_r(seed) & 1);
+    case 2: return json_integer((json_int_t)rand_r(seed) * rand_r(seed) - rand_r(seed));
+    case 3: return json_real((double)rand_r(seed) / 7.0 * (rand_r(seed) % 2 ? 1e300 : 1e-7));
+    case 4:
+        if (rand_r(seed) % 5 == 0)
+            return json_stringn("n\0ul", 4);
+        return json_string(strs[rand_r(seed) % 6]);
+    case 5: {
+        json_t *a = json_array();
+        for (int i = rand_r(seed) % 4; i > 0; i--)
+            json_array_append_new(a, odd_value(seed, depth + 1));
+        return a;
+    }
+    default: {
+        static const char *const keys[] = {"id", "type", "k\"", "\xc3\xa9", "x"};
+        json_t *o = json_object();
+        for (int i = rand_r(seed) % 4; i > 0; i--)
+            json_object_set_new(o, keys[rand_r(seed) % 5], odd_value(seed, depth + 1));
+        return o;
+    }
+    }
+}
+
+/* A random event: the members a payload reads (uuid, eventType, published,
+ * target) present or not, strings or not, empty or not; targets with and
+ * without a User; members whose keys need escapes. */
+static json_t *odd_event(unsigned *seed) {
+    static const char *const names[] = {"uuid",   "eventType", "published", "target",    "actor",
+                                        "client", "outcome",   "a\"b",      "\xc3\xa9t", "x\ny"};
+    json_t *ev = json_object();
+    for (int i = rand_r(seed) % 9; i >= 0; i--) {
+        /* (no key with a NUL: an event's members are Avro field names, and
+         * the renderer of before dropped what follows a NUL in CloudEvents
+         * with a field selection only) */
+        int k = rand_r(seed) % 10;
+        json_t *v;
+        if (k <= 2 && rand_r(seed) % 3)
+            v = json_string(rand_r(seed) % 4 ? "4b4d2c1e-1111-4222-8333-944455556666" : "");
+        else if (k == 3 && rand_r(seed) % 2) {
+            v = json_pack("[{s:s,s:s},{s:s,s:s}]", "type", rand_r(seed) % 2 ? "User" : "App", "id",
+                          rand_r(seed) % 3 ? "00u1" : "", "type", "User", "id", "00u2");
+        } else
+            v = odd_value(seed, 0);
+        json_object_set_new(ev, names[k], v);
+    }
+    return ev;
+}
+
+/* hb_deliver_render (events as text, copied) and the renderer of before
+ * (../render_ref.h: jansson events, documents) make the same bytes, content
+ * type and errors: every format, alone and in batches, with field
+ * selections (also of members that are not there, and of target), on random
+ * events and with delivery ids and sources that are not UTF-8. */
+static void test_render_matches_json_renderer(void **state) {
+    (void)state;
+    static const hb_format_t formats[] = {HB_FORMAT_OKTA, HB_FORMAT_CLOUDEVENTS, HB_FORMAT_EVENT};
+    static const char *const selections[] = {NULL, "[\"target\",\"outcome\"]", "[\"actor\"]",
+                                             "[\"a\\\"b\",\"x\\ny\",\"uuid\"]", "[\"nothing\"]"};
+    static const char *const ids[] = {DID, "a-delivery-id-longer-than-any-uuid-0123456789-abcdef",
+                                      "bad\xff"};
+    static const char *const sources[] = {"urn:x \"y\"", "", "s\xc3"};
+    unsigned seed = 777;
+    int rendered = 0, failed = 0;
+    for (int round = 0; round < 1500; round++) {
+        hb_sub_t *sub = hb_sub_new();
+        json_t *ev[3];
+        size_t n = 1 + (size_t)rand_r(&seed) % 3;
+        const char *sel = selections[rand_r(&seed) % 5];
+        const char *id = ids[rand_r(&seed) % 10 == 0 ? 1 + rand_r(&seed) % 2 : 0];
+        const char *source = sources[rand_r(&seed) % 10 == 0 ? 1 + rand_r(&seed) % 2 : 0];
+        for (size_t i = 0; i < n; i++)
+            ev[i] = odd_event(&seed);
+        if (sel)
+            set_fields(sub, sel);
+        for (size_t f = 0; f < HB_ARRAY_SIZE(formats); f++) {
+            hb_payload_t a, b;
+            char err[256] = "", rerr[256] = "";
+            int ra, rb;
+            sub->format = formats[f];
+            ra = hb_deliver_render_json(sub, ev, n, id, source, NOW_MS, &a, err, sizeof(err));
+            rb = ref_render(sub, ev, n, id, source, NOW_MS, &b, rerr, sizeof(rerr));
+            assert_int_equal(ra, rb);
+            assert_string_equal(err, rerr);
+            if (ra == 0) {
+                assert_string_equal(a.content_type, b.content_type);
+                if (a.len != b.len || memcmp(a.body, b.body, a.len))
+                    fail_msg("format %d:\n text: %s\n json: %s", (int)formats[f], a.body, b.body);
+                free(a.body);
+                free(b.body);
+                rendered++;
+            } else {
+                failed++;
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            json_decref(ev[i]);
+        hb_sub_unref(sub);
+    }
+    assert_true(rendered > 1000 && failed > 100); /* both sides of the comparison were seen */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_classify),
@@ -1065,6 +1182,7 @@ int main(void) {
         cmocka_unit_test(test_render_fields),
         cmocka_unit_test(test_render_bytes),
         cmocka_unit_test(test_render_cloudevents_subject),
+        cmocka_unit_test(test_render_matches_json_renderer),
         cmocka_unit_test(test_sub_set_fields_refuses),
         cmocka_unit_test(test_sub_add_header),
         cmocka_unit_test(test_send_signed_request),

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "hb_json.h"
+#include "json_same.h"
 
 #define FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
 
@@ -157,6 +158,59 @@ static json_t *random_value(unsigned *seed, int depth) {
     }
 }
 
+/* Reals of every shape hb_json writes without printf (short decimals) and
+ * of the shapes next to them, against jansson. */
+static void test_reals_against_jansson(void **state) {
+    (void)state;
+    unsigned seed = 31337;
+    static const double edges[] = {1e-3,
+                                   0.00099999999999999,
+                                   1e14,
+                                   99999999999999.9,
+                                   0.1 + 0.2,
+                                   1.0 / 3,
+                                   47.3769,
+                                   -8.5417,
+                                   0.5,
+                                   1e13 + 0.5,
+                                   123456789012.345,
+                                   999999999999999.0,
+                                   0.001,
+                                   -0.001,
+                                   9.995,
+                                   1.005,
+                                   2.675};
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++) {
+        json_t *r = json_real(edges[i]);
+        check_same(r);
+        json_decref(r);
+    }
+    for (int i = 0; i < 200000; i++) {
+        double d;
+        int kind = rand_r(&seed) % 4;
+        if (kind == 0) { /* a short decimal */
+            long long m = (long long)rand_r(&seed) * (rand_r(&seed) % 100000);
+            d = (double)m / pow(10, rand_r(&seed) % 16);
+        } else if (kind == 1) { /* any bits in range */
+            uint64_t u = ((uint64_t)rand_r(&seed) << 33) ^ ((uint64_t)rand_r(&seed) << 10) ^
+                         (uint64_t)rand_r(&seed);
+            memcpy(&d, &u, sizeof(d));
+            if (!isfinite(d))
+                continue;
+        } else if (kind == 2) { /* a decimal near the 15-digit limit */
+            d = (double)(rand_r(&seed) % 1000000000) * 1e6 + rand_r(&seed) % 1000000;
+            d /= pow(10, rand_r(&seed) % 18);
+        } else { /* a neighbour of a short decimal */
+            d = nextafter((double)(rand_r(&seed) % 100000) / 1000.0, rand_r(&seed) % 2 ? 1e300 : 0);
+        }
+        if (rand_r(&seed) % 2)
+            d = -d;
+        json_t *r = json_real(d);
+        check_same(r);
+        json_decref(r);
+    }
+}
+
 static void test_random_documents(void **state) {
     (void)state;
     unsigned seed = 12345;
@@ -225,11 +279,136 @@ static void test_utf8_matches_jansson(void **state) {
     }
 }
 
+/* A document's text is hb_json_put's, its members' spans hold each member's
+ * key and value as written, and it turns back into the same value (reals
+ * exactly, not as the 15 digits of the text). */
+static void check_jdoc(json_t *v) {
+    hb_jdoc_t d = {0};
+    hb_buf_t b = {0};
+    json_t *back;
+    int is_obj = json_is_object(v);
+    assert_int_equal(hb_jdoc_from_json(&d, v), is_obj ? 0 : -1);
+    hb_json_put(&b, v);
+    assert_int_equal(d.text.len, b.len);
+    assert_memory_equal(d.text.p, b.p, b.len);
+    assert_int_equal(d.n, is_obj ? json_object_size(v) : 0);
+    if (is_obj) {
+        const char *key;
+        size_t key_len, i = 0;
+        json_t *val;
+        json_object_keylen_foreach(v, key, key_len, val) {
+            hb_buf_t kb = {0}, vb = {0};
+            char *raw = malloc(d.m[i].key_len + 1);
+            hb_json_put_str(&kb, key, key_len);
+            hb_json_put(&vb, val);
+            assert_int_equal(d.m[i].key_len + 2, kb.len);
+            assert_memory_equal(d.text.p + d.m[i].key - 1, kb.p, kb.len);
+            assert_int_equal(d.m[i].val_len, vb.len);
+            assert_memory_equal(d.text.p + d.m[i].val, vb.p, vb.len);
+            assert_int_equal(hb_json_unescape(d.text.p + d.m[i].key, d.m[i].key_len, raw),
+                             (long)key_len);
+            assert_memory_equal(raw, key, key_len);
+            free(raw);
+            hb_buf_free(&kb);
+            hb_buf_free(&vb);
+            i++;
+        }
+    }
+    back = hb_jdoc_json(&d);
+    assert_non_null(back);
+    if (!same_value(back, v))
+        fail_msg("hb_jdoc_json does not give the value back: %s", b.p);
+    json_decref(back);
+    hb_buf_free(&b);
+    hb_jdoc_free(&d);
+}
+
+static void test_jdoc(void **state) {
+    (void)state;
+    unsigned seed = 4242;
+    json_t *o = json_object();
+    /* a key with a NUL, escapes, reals that 15 digits do not keep */
+    json_object_setn_new(o, "a\0b\"\\\n", 6, json_real(0.30000000000000004));
+    json_object_set_new(o, "r", json_pack("[f,f,f,f]", 1e300, -0.0, 5e-324, 2.0 / 3.0));
+    json_object_set_new(o, "s", json_stringn("x\0y\x1f\xc3\xa9", 6));
+    json_object_set_new(o, "i", json_pack("[I,I]", (json_int_t)INT64_MAX, (json_int_t)INT64_MIN));
+    check_jdoc(o);
+    json_decref(o);
+    for (int i = 0; i < 3000; i++) {
+        json_t *v = random_value(&seed, i % 2 ? 0 : 5); /* depth 5: scalars, arrays */
+        check_jdoc(v);
+        json_decref(v);
+    }
+    for (int i = 0; i < 2000; i++) {
+        json_t *v = json_object();
+        for (int k = rand_r(&seed) % 6; k > 0; k--) {
+            char key[8];
+            snprintf(key, sizeof(key), "m%d", k);
+            json_object_set_new(v, key, random_value(&seed, 1));
+        }
+        check_jdoc(v);
+        json_decref(v);
+    }
+}
+
+/* Unescaping gives back every string hb_json_put_str wrote; the text parser
+ * refuses what is not compact JSON as hb_json writes it, and reals it was
+ * not given. */
+static void test_unescape_and_parse(void **state) {
+    (void)state;
+    static const char *const bad[] = {
+        "",        "{",         "[1,]",        "{\"a\"}", "{\"a\":}",
+        "\"\\x\"", "\"\\u12\"", "\"\\ud800\"", "tru",     "nul",
+        "-",       "1 ",        "[1]]",        "\"abc",   "99999999999999999999"};
+    unsigned seed = 99;
+    for (int i = 0; i < 5000; i++) {
+        char s[32], out[200];
+        size_t n = (size_t)rand_r(&seed) % sizeof(s);
+        hb_buf_t b = {0};
+        for (size_t k = 0; k < n; k++)
+            s[k] = (char)(rand_r(&seed) % 128);
+        hb_json_put_str(&b, s, n);
+        assert_int_equal(hb_json_unescape(b.p + 1, b.len - 2, out), (long)n);
+        assert_memory_equal(out, s, n);
+        hb_buf_free(&b);
+    }
+    {
+        char out[16];
+        assert_int_equal(hb_json_unescape("\\u00e9\\ud83d\\ude00\\/", 20, out), 7);
+        assert_memory_equal(out, "\xc3\xa9\xf0\x9f\x98\x80/", 7);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *j = hb_json_from_text(bad[i], strlen(bad[i]), NULL, 0);
+        if (j)
+            fail_msg("hb_json_from_text accepted %s", bad[i]);
+    }
+    {
+        double r[2] = {0.1, 2.5};
+        json_t *t = hb_json_from_text("1.5", 3, NULL, 0); /* its own digits */
+        assert_non_null(t);
+        assert_true(json_real_value(t) == 1.5);
+        json_decref(t);
+        assert_null(hb_json_from_text("1.5", 3, r, 0)); /* no real given */
+        json_t *j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 1);
+        assert_null(j); /* a real left over */
+        j = hb_json_from_text("[0.1,-9223372036854775808,2.5]", 30, r, 2);
+        assert_non_null(j);
+        assert_true(json_integer_value(json_array_get(j, 1)) == INT64_MIN);
+        json_decref(j);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scalars),          cmocka_unit_test(test_strings),
-        cmocka_unit_test(test_containers),       cmocka_unit_test(test_random_documents),
-        cmocka_unit_test(test_members_selected), cmocka_unit_test(test_utf8_matches_jansson),
+        cmocka_unit_test(test_scalars),
+        cmocka_unit_test(test_strings),
+        cmocka_unit_test(test_containers),
+        cmocka_unit_test(test_random_documents),
+        cmocka_unit_test(test_members_selected),
+        cmocka_unit_test(test_utf8_matches_jansson),
+        cmocka_unit_test(test_jdoc),
+        cmocka_unit_test(test_reals_against_jansson),
+        cmocka_unit_test(test_unescape_and_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
