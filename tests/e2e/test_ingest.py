@@ -224,6 +224,19 @@ def test_listen_without_an_auth_value_refuses_to_start(broker, procs):
     assert "no authentication" in ing.proc.output()
 
 
+def brokers_refuse(bootstrap):
+    """Every broker of the devbroker refuses connections (SIGUSR1 took them
+    down: their listeners close with their connections)."""
+    for hp in str(bootstrap).split(","):
+        host, port = hp.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return False
+        except OSError:
+            pass
+    return True
+
+
 def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
     """Ready, then every broker goes down: the request is answered 503 after
     the ingest timeout, not 200; brokers back, the same request sent again
@@ -232,7 +245,8 @@ def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
     ing.wait_ready()
     events = [event("user.session.start") for _ in range(3)]
     broker.proc.signal(signal.SIGUSR1)  # the devbroker takes every broker down
-    time.sleep(0.5)
+    # (a fixed wait was not always enough on a loaded machine: the events got in)
+    wait_until(lambda: brokers_refuse(broker.bootstrap), 10 * SLOW, "every broker down")
     status, hdrs, body = ing.post(events)
     assert status == 503 and "retry-after" in hdrs, body
     # ... and the endpoint says it is not ready, so a load balancer stops sending
@@ -255,7 +269,7 @@ def test_sigterm_lets_a_request_in_flight_finish_and_takes_no_new_ones(broker, p
     ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "3s"})
     ing.wait_ready()
     broker.proc.signal(signal.SIGUSR1)  # every broker down: the request waits its timeout
-    time.sleep(0.5)
+    wait_until(lambda: brokers_refuse(broker.bootstrap), 10 * SLOW, "every broker down")
     answer = {}
     t = threading.Thread(target=lambda: answer.update(r=ing.post([event("user.session.start")])))
     t.start()
