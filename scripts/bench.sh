@@ -403,9 +403,8 @@ runq_ns() { # the time the threads of process $1 waited for a CPU (ns)
   cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ t += $2 } END { printf "%d\n", t + 0 }'
 }
 owned() { # owned LOG -> identity.events partitions the replica owns, from its log
-  awk '/assigned [0-9]+ partition/ { for (i = 1; i <= NF; i++) if ($i == "assigned") n += $(i + 1) }
-       /revoking [0-9]+ partition/ { for (i = 1; i <= NF; i++) if ($i == "revoking") n -= $(i + 1) }
-       END { print n + 0 }' "$1"
+  grep -oE '(assigned|revoking) [0-9]+ partition' "$1" |
+    awk '$1 == "assigned" { n += $2 } $1 == "revoking" { n -= $2 } END { print n + 0 }'
 }
 # Every replica's deliveries every 0.1 s until FILE.stop exists: "T seconds", then "D n" per replica.
 so_sampler() {
@@ -507,8 +506,7 @@ so_phase() {
           i, n, 100 * n / tot, 100 * c / hz / (ms / 1000), 100 * rq / 1e6 / ms
         if (capped) printf ", throttled in %d of %d budget periods (%.0f%%)", z[2] - a[2], z[1] - a[1], \
           (z[1] > a[1] ? 100 * (z[2] - a[2]) / (z[1] - a[1]) : 0)
-        printf "\n"
-      }')"
+      }')"$'\n'
   done
   read -r pgt pgc < <(pg_cpu_delta "$B/so.pg1" "$B/so.pg2")
   waits=$(awk '/NOTICE: +S/ {
