@@ -399,22 +399,28 @@ PGW_PID=""
 replica_done() { # replica_done HOST:PORT -> deliveries finished by that replica
   curl -fs "http://$1/metrics" | awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } END { printf "%d\n", v + 0 }'
 }
-runq_ns() { # the time the threads of process $1 waited for a CPU (ns)
-  cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ t += $2 } END { printf "%d\n", t + 0 }'
+runq_ns() { # the time the threads of process $1 waited for a CPU (ns; under a budget, throttled time too)
+  cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ t += $2 } END { printf "%.0f\n", t + 0 }'
 }
 owned() { # owned LOG -> identity.events partitions the replica owns, from its log
   grep -oE '(assigned|revoking) [0-9]+ partition' "$1" |
     awk '$1 == "assigned" { n += $2 } $1 == "revoking" { n -= $2 } END { print n + 0 }'
 }
-# Every replica's deliveries every 0.1 s until FILE.stop exists: "T seconds", then "D n" per replica.
+# Every 0.1 s until FILE.stop exists: "T seconds", "D deliveries" per replica
+# (DISPATCHERS), "C utime+stime ticks" per replica (SO_PIDS). No process per
+# replica: one curl for every /metrics, /proc read by bash.
 so_sampler() {
-  local out=$1 h urls=()
-  shift
-  for h in "$@"; do urls+=("http://$h/metrics"); done
+  local out=$1 h p line f urls=()
+  for h in "${DISPATCHERS[@]}"; do urls+=("http://$h/metrics"); done
   while [ ! -e "$out.stop" ]; do
     echo "T $EPOCHREALTIME"
     curl -s -w '\nEND\n' "${urls[@]}" |
       awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } $1 == "END" { print "D", v + 0; v = 0 }'
+    for p in "${SO_PIDS[@]}"; do
+      read -r line <"/proc/$p/stat"
+      read -r -a f <<<"${line##*) }"
+      echo "C $((f[11] + f[12]))"
+    done
     sleep 0.1
   done >"$out"
 }
@@ -439,13 +445,43 @@ so_stop_samplers() {
     PGW_PID=""
   fi
 }
+# so_window BASES FINALS < samples: the window from the first sample where every
+# replica has delivered to the last where every one still had work to do. Prints
+# "rate seconds" (or "- -" when under 0.3 s), then per replica "rate cpu% per-cpu-s".
+so_window() {
+  awk -v base="$1" -v fin="$2" -v hz="$CLK_TCK" '
+    BEGIN { n = split(base, b, " "); split(fin, f, " ") }
+    $1 == "T" { k++; t[k] = $2; r = 0; q = 0; next }
+    $1 == "D" { r++; d[k, r] = $2 - b[r] }
+    $1 == "C" { q++; c[k, q] = $2 }
+    END {
+      for (i = 1; i <= k && !s; i++) {
+        all = 1
+        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] <= 0) all = 0
+        if (all) s = i
+      }
+      for (i = k; s && i > s && !e; i--) {
+        busy = 1
+        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] >= f[r] - b[r]) busy = 0
+        if (busy) e = i
+      }
+      if (!s || !e || t[e] - t[s] < 0.3) { print "- -"; for (r = 1; r <= n; r++) print "- - -"; exit }
+      w = t[e] - t[s]
+      for (r = 1; r <= n; r++) tot += d[e, r] - d[s, r]
+      printf "%.0f %.2f\n", tot / w, w
+      for (r = 1; r <= n; r++) {
+        x = d[e, r] - d[s, r]; cs = (c[e, r] - c[s, r]) / hz
+        printf "%.0f %.0f %s\n", x / w, 100 * cs / w, (cs > 0 ? sprintf("%.0f", x / cs) : "-")
+      }
+    }'
+}
 # so_phase LABEL: SO_EVENTS events through the replicas in DISPATCHERS (pids in
 # SO_PIDS, cgroups in SO_CGS); prints what it saw; sets PH_RATE (the window's
 # rate, or first to last POST when the window is too short), PH_F2L (first to
 # last POST) and PH_LINE.
 so_phase() {
-  local label=$1 n=${#DISPATCHERS[@]} i base fin off0 off1 t0 t1 posts span f2l win wspan wper
-  local b=() c0=() r0=() g0=() c1 r1 g1 per="" pgt pgc waits
+  local label=$1 n=${#DISPATCHERS[@]} i base fin off0 off1 t0 t1 posts span f2l win wspan wper=""
+  local b=() c0=() r0=() g0=() c1 r1 g1 per="" pgt pgc waits wr=() wl
   say "scale-out: $SO_EVENTS events, $label"
   base=$(finished)
   for ((i = 0; i < n; i++)); do
@@ -457,7 +493,7 @@ so_phase() {
   done
   pg_cpu_snapshot "$B/so.pg1"
   rm -f "$B/so.samples.stop"
-  so_sampler "$B/so.samples" "${DISPATCHERS[@]}" &
+  so_sampler "$B/so.samples" &
   SAMPLER_PID=$!
   psql -X -q "$HOOKBRIDGE_DATABASE_URL" -c "$PGW_SQL" >/dev/null 2>"$B/so.pgwait" &
   PGW_PID=$!
@@ -472,40 +508,24 @@ so_phase() {
   read -r posts span f2l < <(post_rate "$off0" "$off1")
   fin=""
   for ((i = 0; i < n; i++)); do fin="$fin $(replica_done "${DISPATCHERS[i]}")"; done
-  read -r win wspan wper < <(awk -v n="$n" -v base="${b[*]}" -v fin="$fin" '
-    BEGIN { split(base, b, " "); split(fin, f, " ") }
-    $1 == "T" { k++; t[k] = $2; r = 0; next }
-    $1 == "D" { r++; d[k, r] = $2 - b[r] }
-    END {
-      # from the first sample where every replica has delivered to the last where every one still had work
-      for (i = 1; i <= k && !s; i++) {
-        all = 1
-        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] <= 0) all = 0
-        if (all) s = i
-      }
-      for (i = k; s && i > s && !e; i--) {
-        busy = 1
-        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] >= f[r] - b[r]) busy = 0
-        if (busy) e = i
-      }
-      if (!s || !e || t[e] - t[s] < 0.3) { print "- - -"; exit }
-      w = t[e] - t[s]
-      for (r = 1; r <= n; r++) { x = d[e, r] - d[s, r]; tot += x; per = per (r > 1 ? "+" : "") sprintf("%.0f", x / w) }
-      printf "%.0f %.2f %s\n", tot / w, w, per
-    }' "$B/so.samples")
+  so_window "${b[*]}" "$fin" <"$B/so.samples" >"$B/so.window"
+  { read -r win wspan; for ((i = 0; i < n; i++)); do read -r wl && wr[i]=$wl; done; } <"$B/so.window"
   for ((i = 0; i < n; i++)); do
+    wper="$wper${wper:++}${wr[i]%% *}"
     c1=$(cpu_ticks "${SO_PIDS[i]}")
     r1=$(runq_ns "${SO_PIDS[i]}")
     g1="0 0 0"
     [ -z "${SO_CGS[i]}" ] || g1=$(bench_cpu_cap_stat "${SO_CGS[i]}")
     per="$per$(awk -v i=$((i + 1)) -v n=$(($(echo "$fin" | cut -d' ' -f$((i + 2))) - b[i])) -v tot="$SO_EVENTS" \
       -v c=$((c1 - c0[i])) -v hz="$CLK_TCK" -v rq=$((r1 - r0[i])) -v ms=$((t1 - t0)) -v g0="${g0[i]}" -v g1="$g1" \
-      -v capped="${SO_CGS[i]:+1}" 'BEGIN {
-        split(g0, a, " "); split(g1, z, " ")
-        printf "  replica %d: %d deliveries (%.0f%%), CPU %.0f%% of one core, waited for a CPU %.0f%% of the phase", \
-          i, n, 100 * n / tot, 100 * c / hz / (ms / 1000), 100 * rq / 1e6 / ms
+      -v capped="${SO_CGS[i]:+1}" -v w="${wr[i]}" 'BEGIN {
+        split(g0, a, " "); split(g1, z, " "); split(w, x, " ")
+        printf "  replica %d: %d deliveries (%.0f%%); in the window %s/s at %s%% of one core (%s per CPU-second);", \
+          i, n, 100 * n / tot, x[1], x[2], x[3]
+        printf " over the phase CPU %.0f%% of one core", 100 * c / hz / (ms / 1000)
         if (capped) printf ", throttled in %d of %d budget periods (%.0f%%)", z[2] - a[2], z[1] - a[1], \
           (z[1] > a[1] ? 100 * (z[2] - a[2]) / (z[1] - a[1]) : 0)
+        else printf ", its threads waited for a CPU %.0f%% of the phase", 100 * rq / 1e6 / ms
       }')"$'\n'
   done
   read -r pgt pgc < <(pg_cpu_delta "$B/so.pg1" "$B/so.pg2")
