@@ -408,8 +408,8 @@ owned() { # owned LOG -> identity.events partitions the replica owns, from its l
   grep -oE '(assigned|revoking) [0-9]+ partition' "$1" |
     awk '$1 == "assigned" { n += $2 } $1 == "revoking" { n -= $2 } END { print n + 0 }'
 }
-# Every 0.1 s until FILE.stop exists: "T seconds", "D deliveries" per replica
-# (DISPATCHERS), "C utime+stime ticks" per replica (SO_PIDS). No process per
+# Every 0.1 s until FILE.stop exists: "T seconds", "D finished created in-flight"
+# deliveries per replica (DISPATCHERS), "C utime+stime ticks" per replica (SO_PIDS). No process per
 # replica: one curl for every /metrics, /proc read by bash.
 so_sampler() {
   local out=$1 h p line f urls=()
@@ -417,7 +417,10 @@ so_sampler() {
   while [ ! -e "$out.stop" ]; do
     echo "T $EPOCHREALTIME"
     curl -s -w '\nEND\n' "${urls[@]}" |
-      awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } $1 == "END" { print "D", v + 0; v = 0 }'
+      awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 }
+           $1 ~ /^hookbridge_deliveries_created_total($|\{)/ { m += $2 }
+           $1 ~ /^hookbridge_requests_in_flight($|\{)/ { f += $2 }
+           $1 == "END" { print "D", v + 0, m + 0, f + 0; v = 0; m = 0; f = 0 }'
     for p in "${SO_PIDS[@]}"; do
       read -r line <"/proc/$p/stat"
       read -r -a f <<<"${line##*) }"
@@ -454,12 +457,13 @@ so_stop_samplers() {
 }
 # so_window BASES FINALS < samples: the window from the first sample where every
 # replica has delivered to the last where every one still had work to do. Prints
-# "rate seconds" (or "- -" when under 0.3 s), then per replica "rate cpu% per-cpu-s".
+# "rate seconds" (or "- -" when under 0.3 s), then per replica "rate cpu%
+# per-cpu-s unfinished in-flight" (the last two: means over the window's samples).
 so_window() {
   awk -v base="$1" -v fin="$2" -v hz="$CLK_TCK" '
     BEGIN { n = split(base, b, " "); split(fin, f, " ") }
     $1 == "T" { k++; t[k] = $2; r = 0; q = 0; next }
-    $1 == "D" { r++; d[k, r] = $2 - b[r] }
+    $1 == "D" { r++; d[k, r] = $2 - b[r]; u[k, r] = $3 - $2; fl[k, r] = $4 }
     $1 == "C" { q++; c[k, q] = $2 }
     END {
       for (i = 1; i <= k && !s; i++) {
@@ -472,13 +476,16 @@ so_window() {
         for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] >= f[r] - b[r]) busy = 0
         if (busy) e = i
       }
-      if (!s || !e || t[e] - t[s] < 0.3) { print "- -"; for (r = 1; r <= n; r++) print "- - -"; exit }
+      if (!s || !e || t[e] - t[s] < 0.3) { print "- -"; for (r = 1; r <= n; r++) print "- - - - -"; exit }
       w = t[e] - t[s]
       for (r = 1; r <= n; r++) tot += d[e, r] - d[s, r]
       printf "%.0f %.2f\n", tot / w, w
       for (r = 1; r <= n; r++) {
         x = d[e, r] - d[s, r]; cs = (c[e, r] - c[s, r]) / hz
-        printf "%.0f %.0f %s\n", x / w, 100 * cs / w, (cs > 0 ? sprintf("%.0f", x / cs) : "-")
+        su = 0; sf = 0
+        for (i = s; i <= e; i++) { su += u[i, r]; sf += fl[i, r] }
+        printf "%.0f %.0f %s %.0f %.0f\n", x / w, 100 * cs / w, (cs > 0 ? sprintf("%.0f", x / cs) : "-"), \
+          su / (e - s + 1), sf / (e - s + 1)
       }
     }'
 }
@@ -542,8 +549,9 @@ so_phase() {
       -v c=$((c1 - c0[i])) -v hz="$CLK_TCK" -v rq=$((r1 - r0[i])) -v ms=$((t1 - t0)) -v g0="${g0[i]}" -v g1="$g1" \
       -v capped="${SO_CGS[i]:+1}" -v w="${wr[i]}" 'BEGIN {
         split(g0, a, " "); split(g1, z, " "); split(w, x, " ")
-        printf "  replica %d: %d deliveries (%.0f%%); in the window %s/s at %s%% of one core (%s per CPU-second);", \
+        printf "  replica %d: %d deliveries (%.0f%%); in the window %s/s at %s%% of one core (%s per CPU-second),", \
           i, n, 100 * n / tot, x[1], x[2], x[3]
+        printf " holding %s unfinished deliveries, %s requests in flight (means);", x[4], x[5]
         printf " over the phase CPU %.0f%% of one core", 100 * c / hz / (ms / 1000)
         if (capped) printf ", throttled in %d of %d budget periods (%.0f%%)", z[2] - a[2], z[1] - a[1], \
           (z[1] > a[1] ? 100 * (z[2] - a[2]) / (z[1] - a[1]) : 0)
