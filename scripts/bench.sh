@@ -80,6 +80,7 @@ PG_BASELINE_US=${BENCH_PG_BASELINE_US:-31}
 SCALEOUT=${BENCH_SCALEOUT:-1}
 SCALEOUT_CPU=${BENCH_SCALEOUT_CPU:-0.3}
 SO_EVENTS=${BENCH_SCALEOUT_EVENTS:-$EVENTS}
+SO_ROUNDS=${BENCH_SCALEOUT_ROUNDS:-2}
 RESULTS=${BENCH_RESULTS:-/dev/null}
 BROKER=${KAFKA:-devbroker}
 
@@ -103,7 +104,7 @@ say "starting PostgreSQL"
 stack_start_postgres
 # Each dev-broker partition keeps only ~5 MiB: enough partitions that no event
 # of this run is trimmed before the dispatcher and the read-back consume it.
-TOTAL=$((WARMUP + EVENTS + RATE * LAT_SECONDS + (SCALEOUT ? 6 * WARMUP + 3 * SO_EVENTS : 0)))
+TOTAL=$((WARMUP + EVENTS + RATE * LAT_SECONDS + (SCALEOUT ? (6 * SO_ROUNDS + 1) * WARMUP + (2 * SO_ROUNDS + 1) * SO_EVENTS : 0)))
 PARTITIONS=$(((TOTAL + 3999) / 4000))
 [ "$PARTITIONS" -ge 6 ] || PARTITIONS=6
 # An even number: the second replica gets as many partitions as the first.
@@ -391,8 +392,8 @@ CAP_LINE="skipped (BENCH_SCALEOUT=0)"
 CAP1_RATE="-"
 CAP2_RATE="-"
 CAP_RATIO="-"
-CAP1_CPU="-"
-CAP2_CPU="-"
+CAP1_CPU=""
+CAP2_CPU=""
 JOIN_LINE="-"
 SO_PIDS=("$D1_PID")
 SO_CGS=("")
@@ -585,9 +586,77 @@ so_phase() {
   echo "  PostgreSQL wait events, sampled every 20 ms: $waits"
 }
 
+# The second replica joins: started (in its cgroup, with no budget while it
+# starts: its start-up is not what is measured), ready, half of the partitions
+# each (their logs), a warm-up until it has delivered. Sets JOIN_LINE.
+so_join() {
+  local t0 t1 t2 o1 o2 ok=0
+  say "scale-out: a second dispatcher replica joins the consumer group"
+  t0=$(now_ms)
+  stack_start_dispatcher HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS="$FETCH_WAIT_MS"
+  D2_PID=$STACK_DISPATCHER_PID
+  SO_PIDS+=("$D2_PID")
+  SO_CGS+=("$CG2")
+  if [ -n "$CG2" ]; then
+    bench_cpu_cap_set "$CG2" max || die "could not lift the CPU budget"
+    bench_cpu_cap_add "$CG2" "$D2_PID" || die "could not move the dispatcher into its cgroup"
+  fi
+  stack_wait_dispatcher_ready 30 || die "the second dispatcher did not become ready"
+  t1=$(now_ms)
+  DISPATCHERS+=("$STACK_DISPATCHER_HTTP")
+  for _ in $(seq 600); do
+    o1=$(owned "$B/dispatcher-1.log")
+    o2=$(owned "$B/dispatcher.log")
+    [ "$o2" -ge 1 ] && [ $((o1 + o2)) -eq "$PARTITIONS" ] && break
+    sleep 0.1
+  done
+  t2=$(now_ms)
+  if [ "$o2" -lt 1 ] || [ $((o1 + o2)) -ne "$PARTITIONS" ]; then
+    die "the partitions were not split between the two replicas in 60 s ($o1 + $o2 of $PARTITIONS)"
+  fi
+  JOIN_LINE="ready $((t1 - t0)) ms after its start (subscription snapshot loaded), partitions $o1 + $o2 of $PARTITIONS $((t2 - t0)) ms after it"
+  echo "second replica: $JOIN_LINE"
+  for _ in 1 2 3 4; do
+    BASE=$(finished)
+    produce --generate "$WARMUP" >/dev/null
+    wait_finished $((BASE + WARMUP)) || die "the scale-out warm-up events were not delivered"
+    if [ "$(replica_done "$STACK_DISPATCHER_HTTP")" -gt 0 ]; then
+      ok=1
+      break
+    fi
+    sleep 1
+  done
+  [ "$ok" = 1 ] || echo "warning: the second replica delivered nothing during the scale-out warm-up" >&2
+}
+# The second replica leaves (SIGTERM: it commits and leaves the group) and the
+# first owns every partition again.
+so_leave() {
+  local i o1 p=() n=()
+  say "scale-out: the second replica leaves"
+  kill -TERM "$D2_PID"
+  wait "$D2_PID" || echo "the second dispatcher did not stop cleanly: exit status $?" >&2
+  for i in "${!STACK_PIDS[@]}"; do # stopped and waited for: not stack_cleanup's any more
+    [ "${STACK_PIDS[i]}" = "$D2_PID" ] && continue
+    p+=("${STACK_PIDS[i]}")
+    n+=("${STACK_NAMES[i]}")
+  done
+  STACK_PIDS=("${p[@]}")
+  STACK_NAMES=("${n[@]}")
+  DISPATCHERS=("${DISPATCHERS[0]}")
+  SO_PIDS=("${SO_PIDS[0]}")
+  SO_CGS=("${SO_CGS[0]}")
+  for _ in $(seq 600); do
+    o1=$(owned "$B/dispatcher-1.log")
+    [ "$o1" -eq "$PARTITIONS" ] && break
+    sleep 0.1
+  done
+  [ "$o1" -eq "$PARTITIONS" ] || die "the first replica did not get every partition back in 60 s ($o1 of $PARTITIONS)"
+}
+
 if [ "$SCALEOUT" = 1 ]; then
   CAPPED=0
   CAP_WHY=""
+  CG2=""
   if [ "$SCALEOUT_CPU" = 0 ]; then
     CAP_WHY="BENCH_SCALEOUT_CPU=0"
   elif bench_cpu_cap_init; then
@@ -596,76 +665,57 @@ if [ "$SCALEOUT" = 1 ]; then
     CAP_WHY=$BENCH_CG_WHY
   fi
   if [ "$CAPPED" = 1 ]; then
-    say "scale-out: each replica capped at $SCALEOUT_CPU of a core (cgroup $BENCH_CG_KIND, ${BENCH_CG_PERIOD_US} us periods)"
+    say "scale-out: each replica capped at $SCALEOUT_CPU of a core (cgroup $BENCH_CG_KIND, ${BENCH_CG_PERIOD_US} us periods), $SO_ROUNDS rounds of one then two replicas"
     bench_cpu_cap_new hookbridge-bench-r1 || die "could not create a cgroup"
     SO_CGS=("$BENCH_CG_DIR")
     bench_cpu_cap_set "${SO_CGS[0]}" "$SCALEOUT_CPU" || die "could not set the CPU budget"
     bench_cpu_cap_add "${SO_CGS[0]}" "$D1_PID" || die "could not move the dispatcher into its cgroup"
-    BASE=$(finished)
-    produce --generate "$WARMUP" >/dev/null
-    wait_finished $((BASE + WARMUP)) || die "the capped warm-up events were not delivered"
-    so_phase "one replica capped at $SCALEOUT_CPU of a core"
-    CAP1_RATE=$PH_RATE
-    CAP1_CPU=$PH_CPU
-    CAP1_PERCPU=$PH_PERCPU
+    bench_cpu_cap_new hookbridge-bench-r2 || die "could not create a cgroup"
+    CG2=$BENCH_CG_DIR
   else
     echo "the capped scale-out figure is skipped: $CAP_WHY"
   fi
-
-  say "scale-out: a second dispatcher replica joins the consumer group"
-  # Its own log (the first one keeps writing to the renamed file).
+  # The second replica gets its own log (the first keeps writing to the renamed file).
   mv "$B/dispatcher.log" "$B/dispatcher-1.log"
-  T_JOIN=$(now_ms)
-  stack_start_dispatcher HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS="$FETCH_WAIT_MS"
-  D2_PID=$STACK_DISPATCHER_PID
-  SO_PIDS+=("$D2_PID")
-  if [ "$CAPPED" = 1 ]; then # no budget while it joins: its start-up is not what is measured
-    bench_cpu_cap_new hookbridge-bench-r2 || die "could not create a cgroup"
-    SO_CGS+=("$BENCH_CG_DIR")
-    bench_cpu_cap_add "$BENCH_CG_DIR" "$D2_PID" || die "could not move the dispatcher into its cgroup"
-  else
-    SO_CGS+=("")
-  fi
-  stack_wait_dispatcher_ready 30 || die "the second dispatcher did not become ready"
-  T_READY=$(now_ms)
-  DISPATCHERS+=("$STACK_DISPATCHER_HTTP")
-  # Both replicas own partitions, and all of them between the two (their logs).
-  for _ in $(seq 600); do
-    O1=$(owned "$B/dispatcher-1.log")
-    O2=$(owned "$B/dispatcher.log")
-    [ "$O2" -ge 1 ] && [ $((O1 + O2)) -eq "$PARTITIONS" ] && break
-    sleep 0.1
-  done
-  T_OWNS=$(now_ms)
-  if [ "$O2" -lt 1 ] || [ $((O1 + O2)) -ne "$PARTITIONS" ]; then
-    die "the partitions were not split between the two replicas in 60 s ($O1 + $O2 of $PARTITIONS)"
-  fi
-  JOIN_LINE="ready $((T_READY - T_JOIN)) ms after its start (subscription snapshot loaded), partitions $O1 + $O2 of $PARTITIONS $((T_OWNS - T_JOIN)) ms after it"
-  echo "second replica: $JOIN_LINE"
-  # Warm-up until each replica has delivered (the rebalance is over, connections are open).
-  SO_OK=0
-  for _ in 1 2 3 4; do
-    BASE=$(finished)
-    produce --generate "$WARMUP" >/dev/null
-    wait_finished $((BASE + WARMUP)) || die "the scale-out warm-up events were not delivered"
-    if [ "$(replica_done "$STACK_DISPATCHER_HTTP")" -gt 0 ]; then
-      SO_OK=1
-      break
+  ONE_SUM=0
+  TWO_SUM=0
+  ROUNDS_LINE=""
+  ROUND_RATIOS=""
+  for ((round = 1; round <= (CAPPED ? SO_ROUNDS : 1); round++)); do
+    if [ "$CAPPED" = 1 ]; then
+      [ "$round" = 1 ] || so_leave
+      BASE=$(finished)
+      produce --generate "$WARMUP" >/dev/null
+      wait_finished $((BASE + WARMUP)) || die "the capped warm-up events were not delivered"
+      so_phase "round $round: one replica capped at $SCALEOUT_CPU of a core"
+      R1=$PH_RATE
+      C1=$PH_CPU
+      P1=$PH_PERCPU
     fi
-    sleep 1
+    so_join
+    [ "$round" -gt 1 ] || FIRST_JOIN=$JOIN_LINE
+    if [ "$CAPPED" = 1 ]; then
+      bench_cpu_cap_set "$CG2" "$SCALEOUT_CPU" || die "could not set the CPU budget"
+      so_phase "round $round: two replicas, each capped at $SCALEOUT_CPU of a core"
+      ONE_SUM=$((ONE_SUM + R1))
+      TWO_SUM=$((TWO_SUM + PH_RATE))
+      CAP1_CPU="$CAP1_CPU${CAP1_CPU:+, }$C1"
+      CAP2_CPU="$CAP2_CPU${CAP2_CPU:+, }$PH_CPU"
+      X=$(awk -v a="$R1" -v b="$PH_RATE" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
+      ROUNDS_LINE="$ROUNDS_LINE${ROUNDS_LINE:+; }$R1 -> $PH_RATE x$X"
+      ROUND_RATIOS="$ROUND_RATIOS${ROUND_RATIOS:+, }x$X"
+      echo "round $round: one $R1/s -> two $PH_RATE/s (CPU in the window $C1 -> $PH_CPU of one core, deliveries per CPU-second $P1 -> $PH_PERCPU)"
+    fi
   done
-  [ "$SO_OK" = 1 ] || echo "warning: the second replica delivered nothing during the scale-out warm-up" >&2
-
+  JOIN_LINE=$FIRST_JOIN
   if [ "$CAPPED" = 1 ]; then
-    bench_cpu_cap_set "${SO_CGS[1]}" "$SCALEOUT_CPU" || die "could not set the CPU budget"
-    so_phase "two replicas, each capped at $SCALEOUT_CPU of a core"
-    CAP2_RATE=$PH_RATE
-    CAP2_CPU=$PH_CPU
-    CAP_RATIO=$(awk -v a="$CAP1_RATE" -v b="$CAP2_RATE" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
-    CAP_LINE="one $CAP1_RATE/s -> two $CAP2_RATE/s: x$CAP_RATIO (each replica $SCALEOUT_CPU of a core; in the window CPU $CAP1_CPU -> $PH_CPU of one core, deliveries per CPU-second $CAP1_PERCPU -> $PH_PERCPU)"
+    CAP1_RATE=$((ONE_SUM / SO_ROUNDS))
+    CAP2_RATE=$((TWO_SUM / SO_ROUNDS))
+    CAP_RATIO=$(awk -v a="$ONE_SUM" -v b="$TWO_SUM" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
+    CAP_LINE="one $CAP1_RATE/s -> two $CAP2_RATE/s: x$CAP_RATIO (means of $SO_ROUNDS rounds: $ROUNDS_LINE; each replica $SCALEOUT_CPU of a core; CPU in the windows $CAP1_CPU -> $CAP2_CPU)"
     echo "capped scale-out: $CAP_LINE"
     bench_cpu_cap_set "${SO_CGS[0]}" max
-    bench_cpu_cap_set "${SO_CGS[1]}" max
+    bench_cpu_cap_set "$CG2" max
   else
     CAP_LINE="skipped: $CAP_WHY"
   fi
@@ -711,7 +761,7 @@ result "latency p99 produce->POST at $RATE/s (ms)" "$P99" "<= 20" "$(met 'a <= 2
 if [ "$SCALEOUT" = 1 ]; then
   if [ "$CAP_RATIO" != "-" ]; then
     result "scale-out, each replica capped at $SCALEOUT_CPU core: one -> two (deliveries/s)" \
-      "$CAP1_RATE -> $CAP2_RATE (x$CAP_RATIO; CPU $CAP1_CPU -> $CAP2_CPU)" ">= x1.6" "$(met 'a >= 1.6' "$CAP_RATIO")"
+      "$CAP1_RATE -> $CAP2_RATE (x$CAP_RATIO; rounds $ROUND_RATIOS)" ">= x1.6" "$(met 'a >= 1.6' "$CAP_RATIO")"
   else
     result "scale-out, replicas capped (deliveries/s)" "skipped: $CAP_WHY" ">= x1.6" "-"
   fi
