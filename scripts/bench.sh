@@ -38,10 +38,11 @@
 #               capped at BENCH_SCALEOUT_CPU of a core (default 0.3, a cgroup; 0
 #               skips this), then, once a second replica has joined the same
 #               consumer group and both own half of the partitions, through two
-#               replicas capped alike: issue 12, two >= 1.6 x one (nothing serialises
-#               across replicas); then through the two without a budget, next to the
-#               throughput phase's one replica (BENCH_SCALEOUT=0 skips all of it;
-#               details and per-replica figures: the scale-out section below)
+#               replicas capped alike; BENCH_SCALEOUT_ROUNDS (default 2) such rounds;
+#               issue 12: two >= 1.6 x one (nothing serialises across replicas);
+#               then through the two without a budget, next to the throughput
+#               phase's one replica (BENCH_SCALEOUT=0 skips all of it; details and
+#               per-replica figures: the scale-out section below)
 #
 # BENCH_RESULTS=FILE appends the figures as "broker<TAB>figure<TAB>value<TAB>target<TAB>met"
 # lines for scripts/bench_all.sh's summary table. BENCH_PERF=FILE records
@@ -373,10 +374,12 @@ read -r HWM RSS < <(awk '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 } END { print h
 # small enough that one replica is CPU-bound at it while the rest of the machine
 # has room to spare: two replicas then deliver close to twice what one does,
 # unless something serialises them (the delivery log's rows and indexes in
-# PostgreSQL, the consumer group, the broker). Order: one capped replica; a
-# second joins (its join timed: start, ready, partitions owned); two capped
-# replicas; both budgets lifted, two unconstrained replicas (next to the
-# throughput phase's one). Each phase's rate is taken from every replica's
+# PostgreSQL, the consumer group, the broker). Order: BENCH_SCALEOUT_ROUNDS
+# rounds of [one capped replica; a second joins (its join timed: start, ready,
+# partitions owned); two capped replicas; the second leaves, but after the last
+# round], so that the machine's drifting other load falls on both sides; then
+# both budgets lifted, two unconstrained replicas (next to the throughput
+# phase's one). Each phase's rate is taken from every replica's
 # deliveries sampled every 0.1 s, over the window in which every replica still
 # had events to deliver (so an uneven split of the partitions does not count
 # as serialising), with first to last POST next to it; per replica: its share,
