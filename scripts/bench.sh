@@ -542,7 +542,7 @@ so_phase() {
   PH_PERCPU=""
   for ((i = 0; i < n; i++)); do
     wper="$wper${wper:++}${wr[i]%% *}"
-    read -r _ wl wc <<<"${wr[i]}"
+    read -r _ wl wc _ <<<"${wr[i]}"
     PH_CPU="$PH_CPU${PH_CPU:++}$wl%"
     PH_PERCPU="$PH_PERCPU${PH_PERCPU:++}$wc"
     c1=$(cpu_ticks "${SO_PIDS[i]}")
