@@ -382,12 +382,15 @@ read -r HWM RSS < <(awk '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 } END { print h
 # phase's one). Each phase's rate is taken from every replica's
 # deliveries sampled every 0.1 s, over the window in which every replica still
 # had events to deliver (so an uneven split of the partitions does not count
-# as serialising), with first to last POST next to it; per replica: its share,
-# its CPU (% of one core over the phase), the share of budget periods in which
-# the cgroup throttled it (a replica at its budget is throttled in most) and its
-# threads' wait for a CPU; PostgreSQL's CPU, and its client backends' wait
-# events sampled every 20 ms (Lock:... or LWLock:... when the replicas' writes
-# contend).
+# as serialising), with first to last POST next to it; per replica: its share;
+# in the window its rate, CPU, deliveries per CPU-second, and the unfinished
+# deliveries and requests in flight it held (few: it waited for events; many
+# while under its budget: it waited for a CPU); over the phase its CPU and the
+# share of budget periods in which the cgroup throttled it (a replica at its
+# budget is throttled in most), or without a budget its threads' wait for a
+# CPU; its CPU when idle before the phase (a fixed cost per replica);
+# PostgreSQL's CPU, and its client backends' wait events sampled every 20 ms
+# (Lock:... or LWLock:... when the replicas' writes contend).
 
 SO_RATE="-"
 SO_LINE="skipped (BENCH_SCALEOUT=0)"
