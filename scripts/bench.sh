@@ -502,7 +502,7 @@ so_window() {
 # last POST) and PH_LINE.
 so_phase() {
   local label=$1 n=${#DISPATCHERS[@]} i base fin off0 off1 t0 t1 posts span f2l win wspan wper=""
-  local b=() c0=() r0=() g0=() c1 r1 g1 per="" pgt pgc waits wr=() wl wc idle
+  local b=() c0=() r0=() g0=() c1 r1 g1 per="" pgt pgc waits wr=() wl wc idle m0 m1
   say "scale-out: $SO_EVENTS events, $label"
   # What each replica costs with nothing to deliver (polling the broker, timers),
   # over 2 s: a fixed cost per replica, paid out of its budget.
@@ -523,6 +523,7 @@ so_phase() {
     [ -z "${SO_CGS[i]}" ] || g0[i]=$(bench_cpu_cap_stat "${SO_CGS[i]}")
   done
   pg_cpu_snapshot "$B/so.pg1"
+  read -r _ m0 <<<"$(head -1 /proc/stat)"
   rm -f "$B/so.samples.stop"
   so_sampler "$B/so.samples" &
   SAMPLER_PID=$!
@@ -534,8 +535,15 @@ so_phase() {
   wait_finished $((base + SO_EVENTS)) || echo "warning: not every delivery finished" >&2
   t1=$(now_ms)
   off1=$(log_size)
+  read -r _ m1 <<<"$(head -1 /proc/stat)"
   so_stop_samplers
   pg_cpu_snapshot "$B/so.pg2"
+  # The whole machine over the phase (/proc/stat): idle (with iowait) and stolen,
+  # in % of all its cores. No idle CPU: a budget could not always be honoured.
+  PH_IDLE=$(awk -v a="$m0" -v b="$m1" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " ")
+    for (i = 1; i <= n; i++) { d[i] = y[i] - x[i]; t += d[i] }
+    printf "%.0f%% idle, %.0f%% stolen", (t > 0 ? 100 * (d[4] + d[5]) / t : 0), (t > 0 ? 100 * d[8] / t : 0) }')
   read -r posts span f2l < <(post_rate "$off0" "$off1")
   fin=""
   for ((i = 0; i < n; i++)); do fin="$fin $(replica_done "${DISPATCHERS[i]}")"; done
@@ -590,6 +598,7 @@ so_phase() {
   awk -v t="$pgt" -v c="$pgc" -v hz="$CLK_TCK" -v ms=$((t1 - t0)) 'BEGIN {
     printf "  PostgreSQL: %.0f%% of one core (client backends %.0f%%)\n", 100 * t / hz / (ms / 1000), 100 * c / hz / (ms / 1000) }'
   echo "  PostgreSQL wait events, sampled every 20 ms: $waits"
+  echo "  the machine ($(nproc) cores) over the phase: $PH_IDLE"
 }
 
 # The second replica joins: started (in its cgroup, with no budget while it
@@ -687,6 +696,7 @@ if [ "$SCALEOUT" = 1 ]; then
   TWO_SUM=0
   ROUNDS_LINE=""
   ROUND_RATIOS=""
+  IDLE_LINE=""
   for ((round = 1; round <= (CAPPED ? SO_ROUNDS : 1); round++)); do
     if [ "$CAPPED" = 1 ]; then
       [ "$round" = 1 ] || so_leave
@@ -697,6 +707,7 @@ if [ "$SCALEOUT" = 1 ]; then
       R1=$PH_RATE
       C1=$PH_CPU
       P1=$PH_PERCPU
+      I1=$PH_IDLE
     fi
     so_join
     [ "$round" -gt 1 ] || FIRST_JOIN=$JOIN_LINE
@@ -710,7 +721,8 @@ if [ "$SCALEOUT" = 1 ]; then
       X=$(awk -v a="$R1" -v b="$PH_RATE" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
       ROUNDS_LINE="$ROUNDS_LINE${ROUNDS_LINE:+; }$R1 -> $PH_RATE x$X"
       ROUND_RATIOS="$ROUND_RATIOS${ROUND_RATIOS:+, }x$X"
-      echo "round $round: one $R1/s -> two $PH_RATE/s (CPU in the window $C1 -> $PH_CPU of one core, deliveries per CPU-second $P1 -> $PH_PERCPU)"
+      echo "round $round: one $R1/s -> two $PH_RATE/s (CPU in the window $C1 -> $PH_CPU of one core, deliveries per CPU-second $P1 -> $PH_PERCPU; the machine $I1 -> $PH_IDLE)"
+      IDLE_LINE="$IDLE_LINE${IDLE_LINE:+; }${I1%% idle*} -> ${PH_IDLE%% idle*}"
     fi
   done
   JOIN_LINE=$FIRST_JOIN
@@ -718,7 +730,7 @@ if [ "$SCALEOUT" = 1 ]; then
     CAP1_RATE=$((ONE_SUM / SO_ROUNDS))
     CAP2_RATE=$((TWO_SUM / SO_ROUNDS))
     CAP_RATIO=$(awk -v a="$ONE_SUM" -v b="$TWO_SUM" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
-    CAP_LINE="one $CAP1_RATE/s -> two $CAP2_RATE/s: x$CAP_RATIO (means of $SO_ROUNDS rounds: $ROUNDS_LINE; each replica $SCALEOUT_CPU of a core; CPU in the windows $CAP1_CPU -> $CAP2_CPU)"
+    CAP_LINE="one $CAP1_RATE/s -> two $CAP2_RATE/s: x$CAP_RATIO (means of $SO_ROUNDS rounds: $ROUNDS_LINE; each replica $SCALEOUT_CPU of a core; CPU in the windows $CAP1_CPU -> $CAP2_CPU; the machine idle $IDLE_LINE)"
     echo "capped scale-out: $CAP_LINE"
     bench_cpu_cap_set "${SO_CGS[0]}" max
     bench_cpu_cap_set "$CG2" max
