@@ -385,7 +385,7 @@ read -r HWM RSS < <(awk '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 } END { print h
 # as serialising), with first to last POST next to it; per replica: its share;
 # in the window its rate, CPU, deliveries per CPU-second, and the unfinished
 # deliveries and requests in flight it held (few: it waited for events; many
-# while under its budget: it waited for a CPU); over the phase its CPU and the
+# while under its budget: it waited for a CPU or for nginx's answers); over the phase its CPU and the
 # share of budget periods in which the cgroup throttled it (a replica at its
 # budget is throttled in most), or without a budget its threads' wait for a
 # CPU; its CPU when idle before the phase (a fixed cost per replica);
