@@ -41,9 +41,15 @@
 #               psql calls); "the rest" is everything else on the machine
 #   ceiling     wrk -t1 -c32 -d5s POSTing a 900-byte body to the same endpoint
 #   memory      the dispatcher's VmHWM / VmRSS after the run
-#   scale-out   a second dispatcher joins the same consumer group; once both own
-#               partitions, BENCH_EVENTS more events: first to last POST with two
-#               replicas, next to the one-replica figure (BENCH_SCALEOUT=0 skips it)
+#   scale-out   BENCH_SCALEOUT_EVENTS (default BENCH_EVENTS) through one dispatcher
+#               capped at BENCH_SCALEOUT_CPU of a core (default 0.3, a cgroup; 0
+#               skips this), then, once a second replica has joined the same
+#               consumer group and both own half of the partitions, through two
+#               replicas capped alike; BENCH_SCALEOUT_ROUNDS (default 2) such rounds;
+#               issue 12: two >= 1.6 x one (nothing serialises across replicas);
+#               then through the two without a budget, next to the throughput
+#               phase's one replica (BENCH_SCALEOUT=0 skips all of it; details and
+#               per-replica figures: the scale-out section below)
 #
 # BENCH_RESULTS=FILE appends the figures as "broker<TAB>figure<TAB>value<TAB>target<TAB>met"
 # lines for scripts/bench_all.sh's summary table. BENCH_PERF=FILE records
@@ -60,6 +66,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/local/stack.sh
 . deploy/local/stack.sh
+# shellcheck source=scripts/bench_lib.sh
+. scripts/bench_lib.sh
 BIN=$STACK_BIN
 PY=/usr/bin/python3
 
@@ -78,6 +86,9 @@ REF_SECONDS=${BENCH_REF_SECONDS:-5}
 # work) with this script (both brokers): the target is half of it.
 PG_BASELINE_US=${BENCH_PG_BASELINE_US:-31}
 SCALEOUT=${BENCH_SCALEOUT:-1}
+SCALEOUT_CPU=${BENCH_SCALEOUT_CPU:-0.3}
+SO_EVENTS=${BENCH_SCALEOUT_EVENTS:-$EVENTS}
+SO_ROUNDS=${BENCH_SCALEOUT_ROUNDS:-2}
 RESULTS=${BENCH_RESULTS:-/dev/null}
 BROKER=${KAFKA:-devbroker}
 
@@ -103,9 +114,11 @@ say "starting PostgreSQL"
 stack_start_postgres
 # Each dev-broker partition keeps only ~5 MiB: enough partitions that no event
 # of this run is trimmed before the dispatcher and the read-back consume it.
-TOTAL=$((WARMUP + EVENTS + RATE * LAT_SECONDS + (SCALEOUT ? 4 * WARMUP + EVENTS : 0)))
+TOTAL=$((WARMUP + EVENTS + RATE * LAT_SECONDS + (SCALEOUT ? (6 * SO_ROUNDS + 1) * WARMUP + (2 * SO_ROUNDS + 1) * SO_EVENTS : 0)))
 PARTITIONS=$(((TOTAL + 3999) / 4000))
 [ "$PARTITIONS" -ge 6 ] || PARTITIONS=6
+# An even number: the second replica gets as many partitions as the first.
+PARTITIONS=$(((PARTITIONS + 1) / 2 * 2))
 if [ "${KAFKA:-devbroker}" = apache ]; then # KAFKA=apache: the same on Apache Kafka
   say "starting Apache Kafka (one KRaft node) and creating the topics"
   stack_start_kafka 1
@@ -233,11 +246,15 @@ wait_finished "$WARMUP" || die "the warm-up events were not delivered"
 # ---------------------------------------------------------------- throughput
 
 PERF_PID=""
-stack_on_exit() { # a perf record still running when the script fails
+SAMPLER_PID=""
+PGW_PID=""
+stack_on_exit() { # a perf record or a scale-out sampler still running when the script fails
   if [ -n "$PERF_PID" ] && kill -0 "$PERF_PID" 2>/dev/null; then
     kill -INT "$PERF_PID"
     wait "$PERF_PID" 2>/dev/null
   fi
+  so_stop_samplers 2>/dev/null || true
+  bench_cpu_cap_cleanup # the replicas leave the scale-out's cgroups before they are stopped
 }
 say "throughput: $EVENTS events, produced as fast as the producer can"
 BASE=$(finished)
@@ -398,52 +415,382 @@ read -r HWM RSS < <(awk '/^VmHWM:/ { h = $2 } /^VmRSS:/ { r = $2 } END { print h
   "/proc/$D1_PID/status")
 
 # ---------------------------------------------------------------- scale-out
+#
+# Issue 12: "with 2 cores the point is that nothing serialises across replicas".
+# Unconstrained, a second replica shares the same 2 cores with the first,
+# PostgreSQL, nginx, the broker and the producer: the machine is the limit, and
+# that figure says little about the design. So each replica gets the same fixed
+# CPU budget (BENCH_SCALEOUT_CPU of one core, a cgroup: scripts/bench_lib.sh),
+# small enough that one replica is CPU-bound at it while the rest of the machine
+# has room to spare: two replicas then deliver close to twice what one does,
+# unless something serialises them (the delivery log's rows and indexes in
+# PostgreSQL, the consumer group, the broker). Order: BENCH_SCALEOUT_ROUNDS
+# rounds of [one capped replica; a second joins (its join timed: start, ready,
+# partitions owned); two capped replicas; the second leaves, but after the last
+# round], so that the machine's drifting other load falls on both sides; then
+# both budgets lifted, two unconstrained replicas (next to the throughput
+# phase's one). Each phase's rate is taken from every replica's
+# deliveries sampled every 0.1 s, over the window in which every replica still
+# had events to deliver (so an uneven split of the partitions does not count
+# as serialising), with first to last POST next to it; per replica: its share;
+# in the window its rate, CPU, deliveries per CPU-second, and the unfinished
+# deliveries and requests in flight it held (few: it waited for events; many
+# while under its budget: it waited for a CPU or for nginx's answers); over the phase its CPU and the
+# share of budget periods in which the cgroup throttled it (a replica at its
+# budget is throttled in most), or without a budget its threads' wait for a
+# CPU; its CPU when idle before the phase (a fixed cost per replica);
+# PostgreSQL's CPU, and its client backends' wait events sampled every 20 ms
+# (Lock:... or LWLock:... when the replicas' writes contend).
 
 SO_RATE="-"
 SO_LINE="skipped (BENCH_SCALEOUT=0)"
-if [ "$SCALEOUT" = 1 ]; then
-  say "scale-out: a second dispatcher replica in the same consumer group"
+CAP_LINE="skipped (BENCH_SCALEOUT=0)"
+CAP1_RATE="-"
+CAP2_RATE="-"
+CAP_RATIO="-"
+CAP1_CPU=""
+CAP2_CPU=""
+JOIN_LINE="-"
+SO_PIDS=("$D1_PID")
+SO_CGS=("")
+SAMPLER_PID=""
+PGW_PID=""
+replica_done() { # replica_done HOST:PORT -> deliveries finished by that replica
+  curl -fs "http://$1/metrics" | awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } END { printf "%d\n", v + 0 }'
+}
+runq_ns() { # the time the threads of process $1 waited for a CPU (ns; under a budget, throttled time too)
+  cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{ t += $2 } END { printf "%.0f\n", t + 0 }'
+}
+owned() { # owned LOG -> identity.events partitions the replica owns, from its log
+  grep -oE '(assigned|revoking) [0-9]+ partition' "$1" |
+    awk '$1 == "assigned" { n += $2 } $1 == "revoking" { n -= $2 } END { print n + 0 }'
+}
+# Every 0.1 s until FILE.stop exists: "T seconds", "D finished created in-flight"
+# deliveries per replica (DISPATCHERS), "C utime+stime ticks" per replica (SO_PIDS). No process per
+# replica: one curl for every /metrics, /proc read by bash.
+so_sampler() {
+  local out=$1 h p line f urls=()
+  for h in "${DISPATCHERS[@]}"; do urls+=("http://$h/metrics"); done
+  while [ ! -e "$out.stop" ]; do
+    echo "T $EPOCHREALTIME"
+    curl -s -w '\nEND\n' "${urls[@]}" |
+      awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 }
+           $1 ~ /^hookbridge_deliveries_created_total($|\{)/ { m += $2 }
+           $1 ~ /^hookbridge_requests_in_flight($|\{)/ { f += $2 }
+           $1 == "END" { print "D", v + 0, m + 0, f + 0; v = 0; m = 0; f = 0 }'
+    for p in "${SO_PIDS[@]}"; do
+      read -r line <"/proc/$p/stat"
+      read -r -a f <<<"${line##*) }"
+      echo "C $((f[11] + f[12]))"
+    done
+    sleep 0.1
+  done >"$out"
+}
+# The wait events of PostgreSQL's active client backends every 20 ms, one NOTICE
+# line each, until interrupted (10 minutes at most); a heavyweight-lock wait
+# with the table its statement names (Lock:transactionid@hookbridge.delivery_attempts:
+# waiting for another transaction inside that INSERT, its triggers included).
+PGW_SQL="DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+  WHILE clock_timestamp() < t0 + interval '600 s' LOOP
+    PERFORM pg_stat_clear_snapshot();
+    RAISE NOTICE 'S %', (SELECT coalesce(string_agg(coalesce(wait_event_type || ':' || wait_event
+        || CASE WHEN wait_event_type = 'Lock'
+                THEN '@' || coalesce(substring(query from '(?:INSERT INTO|UPDATE|FROM) ([a-z_.]+)'), '?') ELSE '' END,
+        'CPU'), ' '), '')
+      FROM pg_stat_activity WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid());
+    PERFORM pg_sleep(0.02);
+  END LOOP; END \$\$"
+so_stop_samplers() {
+  if [ -n "$SAMPLER_PID" ]; then
+    touch "$B/so.samples.stop"
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+  fi
+  if [ -n "$PGW_PID" ]; then
+    kill -INT "$PGW_PID" 2>/dev/null || true
+    wait "$PGW_PID" 2>/dev/null || true
+    PGW_PID=""
+  fi
+}
+# so_window BASES FINALS < samples: the window from the first sample where every
+# replica has delivered to the last where every one still had work to do. Prints
+# "rate seconds" (or "- -" when under 0.3 s), then per replica "rate cpu%
+# per-cpu-s unfinished in-flight" (the last two: means over the window's samples).
+so_window() {
+  awk -v base="$1" -v fin="$2" -v hz="$CLK_TCK" '
+    BEGIN { n = split(base, b, " "); split(fin, f, " ") }
+    $1 == "T" { k++; t[k] = $2; r = 0; q = 0; next }
+    $1 == "D" { r++; d[k, r] = $2 - b[r]; u[k, r] = $3 - $2; fl[k, r] = $4 }
+    $1 == "C" { q++; c[k, q] = $2 }
+    END {
+      for (i = 1; i <= k && !s; i++) {
+        all = 1
+        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] <= 0) all = 0
+        if (all) s = i
+      }
+      for (i = k; s && i > s && !e; i--) {
+        busy = 1
+        for (r = 1; r <= n; r++) if (!((i, r) in d) || d[i, r] >= f[r] - b[r]) busy = 0
+        if (busy) e = i
+      }
+      if (!s || !e || t[e] - t[s] < 0.3) { print "- -"; for (r = 1; r <= n; r++) print "- - - - -"; exit }
+      w = t[e] - t[s]
+      for (r = 1; r <= n; r++) tot += d[e, r] - d[s, r]
+      printf "%.0f %.2f\n", tot / w, w
+      for (r = 1; r <= n; r++) {
+        x = d[e, r] - d[s, r]; cs = (c[e, r] - c[s, r]) / hz
+        su = 0; sf = 0
+        for (i = s; i <= e; i++) { su += u[i, r]; sf += fl[i, r] }
+        printf "%.0f %.0f %s %.0f %.0f\n", x / w, 100 * cs / w, (cs > 0 ? sprintf("%.0f", x / cs) : "-"), \
+          su / (e - s + 1), sf / (e - s + 1)
+      }
+    }'
+}
+# so_phase LABEL: SO_EVENTS events through the replicas in DISPATCHERS (pids in
+# SO_PIDS, cgroups in SO_CGS); prints what it saw; sets PH_RATE (the window's
+# rate, or first to last POST when the window is too short), PH_F2L (first to
+# last POST) and PH_LINE.
+so_phase() {
+  local label=$1 n=${#DISPATCHERS[@]} i base fin off0 off1 t0 t1 posts span f2l win wspan wper=""
+  local b=() c0=() r0=() g0=() c1 r1 g1 per="" pgt pgc waits wr=() wl wc idle m0 m1
+  say "scale-out: $SO_EVENTS events, $label"
+  # What each replica costs with nothing to deliver (polling the broker, timers),
+  # over 2 s: a fixed cost per replica, paid out of its budget.
+  for ((i = 0; i < n; i++)); do c0[i]=$(cpu_ticks "${SO_PIDS[i]}"); done
+  sleep 2
+  idle=""
+  for ((i = 0; i < n; i++)); do
+    idle="$idle${idle:+, }$(awk -v t=$(($(cpu_ticks "${SO_PIDS[i]}") - c0[i])) -v hz="$CLK_TCK" \
+      'BEGIN { printf "%.1f%%", 100 * t / hz / 2 }')"
+  done
+  echo "idle, before the phase: each replica's CPU $idle of one core"
+  base=$(finished)
+  for ((i = 0; i < n; i++)); do
+    b[i]=$(replica_done "${DISPATCHERS[i]}")
+    c0[i]=$(cpu_ticks "${SO_PIDS[i]}")
+    r0[i]=$(runq_ns "${SO_PIDS[i]}")
+    g0[i]="0 0 0"
+    [ -z "${SO_CGS[i]}" ] || g0[i]=$(bench_cpu_cap_stat "${SO_CGS[i]}")
+  done
+  pg_cpu_snapshot "$B/so.pg1"
+  read -r _ m0 <<<"$(head -1 /proc/stat)"
+  rm -f "$B/so.samples.stop"
+  so_sampler "$B/so.samples" &
+  SAMPLER_PID=$!
+  psql -X -q "$HOOKBRIDGE_DATABASE_URL" -c "$PGW_SQL" >/dev/null 2>"$B/so.pgwait" &
+  PGW_PID=$!
+  off0=$(log_size)
+  t0=$(now_ms)
+  produce --generate "$SO_EVENTS"
+  wait_finished $((base + SO_EVENTS)) || echo "warning: not every delivery finished" >&2
+  t1=$(now_ms)
+  off1=$(log_size)
+  read -r _ m1 <<<"$(head -1 /proc/stat)"
+  so_stop_samplers
+  pg_cpu_snapshot "$B/so.pg2"
+  # The whole machine over the phase (/proc/stat): idle (with iowait) and stolen,
+  # in % of all its cores. No idle CPU: a budget could not always be honoured.
+  PH_IDLE=$(awk -v a="$m0" -v b="$m1" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " ")
+    for (i = 1; i <= n; i++) { d[i] = y[i] - x[i]; t += d[i] }
+    printf "%.0f%% idle, %.0f%% stolen", (t > 0 ? 100 * (d[4] + d[5]) / t : 0), (t > 0 ? 100 * d[8] / t : 0) }')
+  read -r posts span f2l < <(post_rate "$off0" "$off1")
+  fin=""
+  for ((i = 0; i < n; i++)); do fin="$fin $(replica_done "${DISPATCHERS[i]}")"; done
+  so_window "${b[*]}" "$fin" <"$B/so.samples" >"$B/so.window"
+  { read -r win wspan; for ((i = 0; i < n; i++)); do read -r wl && wr[i]=$wl; done; } <"$B/so.window"
+  PH_CPU=""
+  PH_PERCPU=""
+  for ((i = 0; i < n; i++)); do
+    wper="$wper${wper:++}${wr[i]%% *}"
+    read -r _ wl wc _ <<<"${wr[i]}"
+    PH_CPU="$PH_CPU${PH_CPU:++}$wl%"
+    PH_PERCPU="$PH_PERCPU${PH_PERCPU:++}$wc"
+    c1=$(cpu_ticks "${SO_PIDS[i]}")
+    r1=$(runq_ns "${SO_PIDS[i]}")
+    g1="0 0 0"
+    [ -z "${SO_CGS[i]}" ] || g1=$(bench_cpu_cap_stat "${SO_CGS[i]}")
+    per="$per$(awk -v i=$((i + 1)) -v n=$(($(echo "$fin" | cut -d' ' -f$((i + 2))) - b[i])) -v tot="$SO_EVENTS" \
+      -v c=$((c1 - c0[i])) -v hz="$CLK_TCK" -v rq=$((r1 - r0[i])) -v ms=$((t1 - t0)) -v g0="${g0[i]}" -v g1="$g1" \
+      -v capped="${SO_CGS[i]:+1}" -v w="${wr[i]}" 'BEGIN {
+        split(g0, a, " "); split(g1, z, " "); split(w, x, " ")
+        printf "  replica %d: %d deliveries (%.0f%%); in the window %s/s at %s%% of one core (%s per CPU-second),", \
+          i, n, 100 * n / tot, x[1], x[2], x[3]
+        printf " holding %s unfinished deliveries, %s requests in flight (means);", x[4], x[5]
+        printf " over the phase CPU %.0f%% of one core", 100 * c / hz / (ms / 1000)
+        if (capped) printf ", throttled in %d of %d budget periods (%.0f%%)", z[2] - a[2], z[1] - a[1], \
+          (z[1] > a[1] ? 100 * (z[2] - a[2]) / (z[1] - a[1]) : 0)
+        else printf ", its threads waited for a CPU %.0f%% of the phase", 100 * rq / 1e6 / ms
+      }')"$'\n'
+  done
+  read -r pgt pgc < <(pg_cpu_delta "$B/so.pg1" "$B/so.pg2")
+  waits=$(awk '/NOTICE: +S/ {
+      k++; busy += (NF > 2)
+      for (i = 3; i <= NF; i++) w[$i]++
+    }
+    END {
+      printf "%d samples, a client backend active in %d; active backends by wait:", k, busy
+      for (x in w) printf " %s %d", x, w[x]
+      if (!length(w)) printf " none"
+      printf "\n"
+    }' "$B/so.pgwait")
+  PH_F2L=$f2l
+  PH_RATE=$win
+  [ "$win" != "-" ] || PH_RATE=$f2l
+  PH_LINE="$PH_RATE deliveries/s"
+  if [ "$win" != "-" ]; then
+    PH_LINE="$PH_LINE while every replica had work (${wspan}s; $wper), $f2l first to last POST"
+  else
+    PH_LINE="$PH_LINE first to last POST (no window of ≥ 0.3 s with every replica busy)"
+  fi
+  echo "$PH_LINE ($posts POSTs in ${span}s)"
+  printf '%s' "$per"
+  awk -v t="$pgt" -v c="$pgc" -v hz="$CLK_TCK" -v ms=$((t1 - t0)) 'BEGIN {
+    printf "  PostgreSQL: %.0f%% of one core (client backends %.0f%%)\n", 100 * t / hz / (ms / 1000), 100 * c / hz / (ms / 1000) }'
+  echo "  PostgreSQL wait events, sampled every 20 ms: $waits"
+  echo "  the machine ($(nproc) cores) over the phase: $PH_IDLE"
+}
+
+# The second replica joins: started (in its cgroup, with no budget while it
+# starts: its start-up is not what is measured), ready, half of the partitions
+# each (their logs), a warm-up until it has delivered. Sets JOIN_LINE.
+so_join() {
+  local t0 t1 t2 o1 o2 ok=0
+  say "scale-out: a second dispatcher replica joins the consumer group"
+  t0=$(now_ms)
   stack_start_dispatcher HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS="$FETCH_WAIT_MS"
   D2_PID=$STACK_DISPATCHER_PID
+  SO_PIDS+=("$D2_PID")
+  SO_CGS+=("$CG2")
+  if [ -n "$CG2" ]; then
+    bench_cpu_cap_set "$CG2" max || die "could not lift the CPU budget"
+    bench_cpu_cap_add "$CG2" "$D2_PID" || die "could not move the dispatcher into its cgroup"
+  fi
   stack_wait_dispatcher_ready 30 || die "the second dispatcher did not become ready"
+  t1=$(now_ms)
   DISPATCHERS+=("$STACK_DISPATCHER_HTTP")
-  # Both replicas own partitions once the second one reports the lag of some.
-  owns() { curl -fs "http://$1/metrics" | grep -c '^hookbridge_consumer_lag{topic="identity.events"'; }
-  for _ in $(seq 300); do
-    [ "$(owns "$STACK_DISPATCHER_HTTP")" -ge 1 ] && break
+  for _ in $(seq 600); do
+    o1=$(owned "$B/dispatcher-1.log")
+    o2=$(owned "$B/dispatcher.log")
+    [ "$o2" -ge 1 ] && [ $((o1 + o2)) -eq "$PARTITIONS" ] && break
     sleep 0.1
   done
-  [ "$(owns "$STACK_DISPATCHER_HTTP")" -ge 1 ] || die "the second dispatcher got no partition in 30 s"
-  # Warm-up until each replica has delivered (the rebalance is over, connections are open).
-  SO_OK=0
+  t2=$(now_ms)
+  if [ "$o2" -lt 1 ] || [ $((o1 + o2)) -ne "$PARTITIONS" ]; then
+    die "the partitions were not split between the two replicas in 60 s ($o1 + $o2 of $PARTITIONS)"
+  fi
+  JOIN_LINE="ready $((t1 - t0)) ms after its start (subscription snapshot loaded), partitions $o1 + $o2 of $PARTITIONS $((t2 - t0)) ms after it"
+  echo "second replica: $JOIN_LINE"
   for _ in 1 2 3 4; do
     BASE=$(finished)
     produce --generate "$WARMUP" >/dev/null
     wait_finished $((BASE + WARMUP)) || die "the scale-out warm-up events were not delivered"
-    D1_DONE=$(curl -fs "http://$D1_HTTP/metrics" | awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } END { print v + 0 }')
-    D2_DONE=$(curl -fs "http://$STACK_DISPATCHER_HTTP/metrics" | awk '$1 ~ /^hookbridge_deliveries_total\{/ { v += $2 } END { print v + 0 }')
-    if [ "$D2_DONE" -gt 0 ] && [ "$D1_DONE" -gt $((WARMUP + EVENTS + LAT_EVENTS)) ]; then
-      SO_OK=1
+    if [ "$(replica_done "$STACK_DISPATCHER_HTTP")" -gt 0 ]; then
+      ok=1
       break
     fi
     sleep 1
   done
-  [ "$SO_OK" = 1 ] || echo "warning: one replica delivered nothing during the scale-out warm-up" >&2
-  say "scale-out: $EVENTS events, two replicas"
-  BASE=$(finished)
-  OFF5=$(log_size)
-  SCPU1=$(cpu_ticks "$D1_PID" "$D2_PID")
-  T5=$(now_ms)
-  produce --generate "$EVENTS"
-  wait_finished $((BASE + EVENTS)) || echo "warning: not every delivery finished" >&2
-  T6=$(now_ms)
-  SCPU2=$(cpu_ticks "$D1_PID" "$D2_PID")
-  OFF6=$(log_size)
-  read -r SO_POSTS SO_SPAN SO_RATE < <(post_rate "$OFF5" "$OFF6")
-  SO_CPU=$(awk -v t=$((SCPU2 - SCPU1)) -v hz="$CLK_TCK" -v ms=$((T6 - T5)) \
-    'BEGIN { printf "%.0f", 100 * t / hz / (ms / 1000) }')
-  SO_LINE="$SO_RATE deliveries/s with two replicas, $TP_RATE with one ($SO_POSTS POSTs in ${SO_SPAN}s; both replicas' CPU $SO_CPU% of one core)"
-  echo "$SO_LINE"
+  [ "$ok" = 1 ] || echo "warning: the second replica delivered nothing during the scale-out warm-up" >&2
+}
+# The second replica leaves (SIGTERM: it commits and leaves the group) and the
+# first owns every partition again.
+so_leave() {
+  local i o1 p=() n=()
+  say "scale-out: the second replica leaves"
+  kill -TERM "$D2_PID"
+  wait "$D2_PID" || echo "the second dispatcher did not stop cleanly: exit status $?" >&2
+  for i in "${!STACK_PIDS[@]}"; do # stopped and waited for: not stack_cleanup's any more
+    [ "${STACK_PIDS[i]}" = "$D2_PID" ] && continue
+    p+=("${STACK_PIDS[i]}")
+    n+=("${STACK_NAMES[i]}")
+  done
+  STACK_PIDS=("${p[@]}")
+  STACK_NAMES=("${n[@]}")
+  DISPATCHERS=("${DISPATCHERS[0]}")
+  SO_PIDS=("${SO_PIDS[0]}")
+  SO_CGS=("${SO_CGS[0]}")
+  for _ in $(seq 600); do
+    o1=$(owned "$B/dispatcher-1.log")
+    [ "$o1" -eq "$PARTITIONS" ] && break
+    sleep 0.1
+  done
+  [ "$o1" -eq "$PARTITIONS" ] || die "the first replica did not get every partition back in 60 s ($o1 of $PARTITIONS)"
+}
+
+if [ "$SCALEOUT" = 1 ]; then
+  CAPPED=0
+  CAP_WHY=""
+  CG2=""
+  if [ "$SCALEOUT_CPU" = 0 ]; then
+    CAP_WHY="BENCH_SCALEOUT_CPU=0"
+  elif bench_cpu_cap_init; then
+    CAPPED=1
+  else
+    CAP_WHY=$BENCH_CG_WHY
+  fi
+  if [ "$CAPPED" = 1 ]; then
+    say "scale-out: each replica capped at $SCALEOUT_CPU of a core (cgroup $BENCH_CG_KIND, ${BENCH_CG_PERIOD_US} us periods), $SO_ROUNDS rounds of one then two replicas"
+    bench_cpu_cap_new hookbridge-bench-r1 || die "could not create a cgroup"
+    SO_CGS=("$BENCH_CG_DIR")
+    bench_cpu_cap_set "${SO_CGS[0]}" "$SCALEOUT_CPU" || die "could not set the CPU budget"
+    bench_cpu_cap_add "${SO_CGS[0]}" "$D1_PID" || die "could not move the dispatcher into its cgroup"
+    bench_cpu_cap_new hookbridge-bench-r2 || die "could not create a cgroup"
+    CG2=$BENCH_CG_DIR
+  else
+    echo "the capped scale-out figure is skipped: $CAP_WHY"
+  fi
+  # The second replica gets its own log (the first keeps writing to the renamed file).
+  mv "$B/dispatcher.log" "$B/dispatcher-1.log"
+  ONE_SUM=0
+  TWO_SUM=0
+  ROUNDS_LINE=""
+  ROUND_RATIOS=""
+  IDLE_LINE=""
+  for ((round = 1; round <= (CAPPED ? SO_ROUNDS : 1); round++)); do
+    if [ "$CAPPED" = 1 ]; then
+      [ "$round" = 1 ] || so_leave
+      BASE=$(finished)
+      produce --generate "$WARMUP" >/dev/null
+      wait_finished $((BASE + WARMUP)) || die "the capped warm-up events were not delivered"
+      so_phase "round $round: one replica capped at $SCALEOUT_CPU of a core"
+      R1=$PH_RATE
+      C1=$PH_CPU
+      P1=$PH_PERCPU
+      I1=$PH_IDLE
+    fi
+    so_join
+    [ "$round" -gt 1 ] || FIRST_JOIN=$JOIN_LINE
+    if [ "$CAPPED" = 1 ]; then
+      bench_cpu_cap_set "$CG2" "$SCALEOUT_CPU" || die "could not set the CPU budget"
+      so_phase "round $round: two replicas, each capped at $SCALEOUT_CPU of a core"
+      ONE_SUM=$((ONE_SUM + R1))
+      TWO_SUM=$((TWO_SUM + PH_RATE))
+      CAP1_CPU="$CAP1_CPU${CAP1_CPU:+, }$C1"
+      CAP2_CPU="$CAP2_CPU${CAP2_CPU:+, }$PH_CPU"
+      X=$(awk -v a="$R1" -v b="$PH_RATE" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
+      ROUNDS_LINE="$ROUNDS_LINE${ROUNDS_LINE:+; }$R1 -> $PH_RATE x$X"
+      ROUND_RATIOS="$ROUND_RATIOS${ROUND_RATIOS:+, }x$X"
+      echo "round $round: one $R1/s -> two $PH_RATE/s (CPU in the window $C1 -> $PH_CPU of one core, deliveries per CPU-second $P1 -> $PH_PERCPU; the machine $I1 -> $PH_IDLE)"
+      IDLE_LINE="$IDLE_LINE${IDLE_LINE:+; }${I1%% idle*} -> ${PH_IDLE%% idle*}"
+    fi
+  done
+  JOIN_LINE=$FIRST_JOIN
+  if [ "$CAPPED" = 1 ]; then
+    CAP1_RATE=$((ONE_SUM / SO_ROUNDS))
+    CAP2_RATE=$((TWO_SUM / SO_ROUNDS))
+    CAP_RATIO=$(awk -v a="$ONE_SUM" -v b="$TWO_SUM" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
+    CAP_LINE="one $CAP1_RATE/s -> two $CAP2_RATE/s: x$CAP_RATIO (means of $SO_ROUNDS rounds: $ROUNDS_LINE; each replica $SCALEOUT_CPU of a core; CPU in the windows $CAP1_CPU -> $CAP2_CPU; the machine idle $IDLE_LINE)"
+    echo "capped scale-out: $CAP_LINE"
+    bench_cpu_cap_set "${SO_CGS[0]}" max
+    bench_cpu_cap_set "$CG2" max
+  else
+    CAP_LINE="skipped: $CAP_WHY"
+  fi
+  so_phase "two replicas, no CPU budget (the same 2 cores as one)"
+  # first to last POST, as the throughput phase's one-replica figure
+  SO_RATE=$PH_F2L
+  SO_LINE="$SO_RATE deliveries/s with two replicas, $TP_RATE with one (first to last POST; the one: throughput phase); two: $PH_LINE"
 fi
 
 # ---------------------------------------------------------------- table
@@ -463,7 +810,9 @@ printf '  %-44s %s\n' \
   "latency, produce -> POST at $RATE/s" "p50 $P50 ms  p90 $P90 ms  p99 $P99 ms  max $PMAX ms ($LAT_N events)" \
   "ceiling: wrk -t1 -c32 -d5s, 900-byte POST" "$WRK_RPS requests/s" \
   "dispatcher memory after the run" "VmHWM $((HWM / 1024)) MiB, VmRSS $((RSS / 1024)) MiB" \
-  "scale-out: two replicas, first to last POST" "$SO_LINE"
+  "scale-out, each replica capped at ${SCALEOUT_CPU} core" "$CAP_LINE" \
+  "scale-out: the second replica's join" "$JOIN_LINE" \
+  "scale-out, no budget (2 shared cores)" "$SO_LINE"
 cat <<'EOF'
   latency: nginx's $msec when it answered the POST carrying the event (found by its
   webhook-id, derived from the event uuid and subscription id) minus the event's
@@ -482,7 +831,12 @@ result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG
   "$(met 'a <= b' "$PG_US" "$PG_TARGET")"
 result "latency p99 produce->POST at $RATE/s (ms)" "$P99" "<= 20" "$(met 'a <= 20' "$P99")"
 if [ "$SCALEOUT" = 1 ]; then
-  result "scale-out: one -> two replicas (deliveries/s)" "$TP_RATE -> $SO_RATE" "two > one" \
-    "$(met 'b > a' "$TP_RATE" "$SO_RATE")"
+  if [ "$CAP_RATIO" != "-" ]; then
+    result "scale-out, each replica capped at $SCALEOUT_CPU core: one -> two (deliveries/s)" \
+      "$CAP1_RATE -> $CAP2_RATE (x$CAP_RATIO; rounds $ROUND_RATIOS)" ">= x1.6" "$(met 'a >= 1.6' "$CAP_RATIO")"
+  else
+    result "scale-out, replicas capped (deliveries/s)" "skipped: $CAP_WHY" ">= x1.6" "-"
+  fi
+  result "scale-out, no budget, 2 shared cores: one -> two (deliveries/s)" "$TP_RATE -> $SO_RATE" "(shown)"
 fi
 result "ceiling: wrk -t1 -c32 (requests/s)" "$WRK_RPS" "(reference)"

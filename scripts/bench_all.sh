@@ -6,7 +6,8 @@
 #   devbroker  scripts/bench.sh             throughput, deliveries per CPU-second vs the
 #                                           reference libcurl client, PostgreSQL CPU per
 #                                           logged attempt, latency at 2,000/s, wrk's
-#                                           ceiling, one -> two dispatcher replicas
+#                                           ceiling, one -> two dispatcher replicas, each
+#                                           capped at the same CPU budget, and uncapped
 #   retry      scripts/bench_retry.sh       retry timeliness, 10,000 pending retries
 #   https      scripts/bench_https.sh       1,000 TLS endpoints on distinct hosts
 #   slow       scripts/bench_slow.sh slow   receivers answering after 200 ms
@@ -79,7 +80,8 @@ awk -F'\t' '
 cat <<'EOF'
   The machine is shared and has 2 cores: absolute figures move with the other load
   (the load averages above); the ratios measured within one run (dispatcher vs the
-  reference client, one vs two replicas, vs wrk) are the ones to compare across runs.
+  reference client, one vs two replicas under the same CPU budget, vs wrk) are the
+  ones to compare across runs.
 EOF
 [ ${#FAILED[@]} -eq 0 ] || {
   echo "failed parts: ${FAILED[*]}" >&2

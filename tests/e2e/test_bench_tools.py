@@ -67,3 +67,41 @@ def test_reference_client_posts_to_the_slow_receiver(procs, tool):
     assert stats["served"] == int(requests), (stats, r.stdout)
     assert 1 <= stats["max_pending"] <= 4, stats
     assert stats["pending"] == 0, stats
+
+
+def test_cpu_budget_caps_a_busy_process_and_is_removed():
+    """scripts/bench_lib.sh's CPU budget (bench.sh's capped scale-out figure): a
+    busy loop capped at 0.2 of a core gets about that, and the cgroup is gone
+    after the cleanup; where no budget can be set, the reason is given."""
+    script = r"""
+. scripts/bench_lib.sh
+if ! bench_cpu_cap_init; then echo "SKIP $BENCH_CG_WHY"; exit 0; fi
+bench_cpu_cap_new hookbridge-test-cap
+dir=$BENCH_CG_DIR
+bench_cpu_cap_set "$dir" 0.2
+sh -c 'while :; do :; done' &
+pid=$!
+bench_cpu_cap_add "$dir" "$pid"
+t0=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+sleep 2
+t1=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+read -r periods throttled _ < <(bench_cpu_cap_stat "$dir")
+bench_cpu_cap_cleanup
+kill "$pid"
+wait "$pid"
+echo "CPU $(awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz / 2 }') $periods $throttled"
+[ -d "$dir" ] && echo LEFT "$dir"
+exit 0
+"""
+    r = subprocess.run(["bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    if r.stdout.startswith("SKIP "):
+        assert len(r.stdout.strip()) > len("SKIP "), r.stdout  # a reason is given
+        return
+    assert "LEFT" not in r.stdout, r.stdout
+    _, cores, periods, throttled = r.stdout.split()
+    # at most the budget (a little over for the tick accounting); the loop is
+    # throttled in most periods
+    assert 0.05 <= float(cores) <= 0.25, r.stdout
+    assert int(periods) > 0 and int(throttled) >= int(periods) // 2, r.stdout
