@@ -18,26 +18,8 @@
  * system), and exits 1 when nothing succeeded.
  */
 #include <curl/curl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
-#define REF_MAX_CONNECTIONS 1024
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
+#include "bench_client.h"
 
 /* The response body (nginx answers 204: none) is discarded. */
 static size_t discard(char *ptr, size_t size, size_t nmemb, void *userdata) {
@@ -46,26 +28,8 @@ static size_t discard(char *ptr, size_t size, size_t nmemb, void *userdata) {
     return size * nmemb;
 }
 
-/* A whole number in [lo, hi] from argv, or def when the argument is absent. */
-static long arg_long(int argc, char **argv, int i, long def, long lo, long hi) {
-    char *end = NULL;
-    long v;
-    if (argc <= i)
-        return def;
-    v = strtol(argv[i], &end, 10);
-    if (!end || *end || v < lo || v > hi) {
-        fprintf(stderr, "bench_curl_ref: argument %d must be a number in %ld..%ld\n", i, lo, hi);
-        exit(2);
-    }
-    return v;
-}
-
 int main(int argc, char **argv) {
-    static const char head[] =
-        "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\",\"data\":{"
-        "\"events\":[{\"pad\":\"";
-    static const char tail[] = "\"}]}}";
-    CURL *easy[REF_MAX_CONNECTIONS];
+    CURL *easy[BENCH_MAX_CONNECTIONS];
     struct curl_slist *headers = NULL;
     CURLM *multi;
     char *body;
@@ -73,21 +37,11 @@ int main(int argc, char **argv) {
     double t0, c0, deadline, elapsed, cpu;
     int running = 0, active;
 
-    if (argc < 2 || argc > 5) {
-        fprintf(stderr, "usage: bench_curl_ref URL [CONNECTIONS [SECONDS [BODY_BYTES]]]\n");
-        return 2;
-    }
-    conns = arg_long(argc, argv, 2, 32, 1, REF_MAX_CONNECTIONS);
-    seconds = arg_long(argc, argv, 3, 5, 1, 3600);
-    body_bytes = arg_long(argc, argv, 4, 900, (long)(sizeof(head) + sizeof(tail)), 1 << 24);
-
-    body = malloc((size_t)body_bytes + 1);
-    if (!body)
-        return 1;
-    memcpy(body, head, sizeof(head) - 1);
-    memset(body + sizeof(head) - 1, 'x', (size_t)body_bytes - (sizeof(head) - 1));
-    memcpy(body + body_bytes - (long)(sizeof(tail) - 1), tail, sizeof(tail) - 1);
-    body[body_bytes] = '\0';
+    bench_args_t args = bench_args("bench_curl_ref", argc, argv);
+    conns = args.conns;
+    seconds = args.seconds;
+    body_bytes = args.body_bytes;
+    body = args.body;
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return 1;
@@ -101,7 +55,7 @@ int main(int argc, char **argv) {
         easy[i] = curl_easy_init();
         if (!easy[i])
             return 1;
-        curl_easy_setopt(easy[i], CURLOPT_URL, argv[1]);
+        curl_easy_setopt(easy[i], CURLOPT_URL, args.url);
         curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, headers);
         curl_easy_setopt(easy[i], CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(easy[i], CURLOPT_POSTFIELDSIZE, body_bytes);
@@ -110,14 +64,14 @@ int main(int argc, char **argv) {
         curl_multi_add_handle(multi, easy[i]);
     }
 
-    t0 = now_s();
-    c0 = cpu_s();
+    t0 = bench_now_s();
+    c0 = bench_cpu_s();
     deadline = t0 + (double)seconds;
     active = (int)conns;
     while (active > 0) {
         CURLMsg *msg;
         int left;
-        int stopping = now_s() >= deadline;
+        int stopping = bench_now_s() >= deadline;
         if (curl_multi_perform(multi, &running) != CURLM_OK)
             return 1;
         while ((msg = curl_multi_info_read(multi, &left))) {
@@ -139,8 +93,8 @@ int main(int argc, char **argv) {
         if (active > 0 && curl_multi_poll(multi, NULL, 0, 100, NULL) != CURLM_OK)
             return 1;
     }
-    elapsed = now_s() - t0;
-    cpu = cpu_s() - c0;
+    elapsed = bench_now_s() - t0;
+    cpu = bench_cpu_s() - c0;
     printf("%ld %.3f %.0f %.3f %.0f %ld\n", requests, elapsed, (double)requests / elapsed, cpu,
            cpu > 0 ? (double)requests / cpu : 0.0, failed);
 

@@ -16,12 +16,7 @@
  * Prints one line like bench_curl_ref: "requests seconds requests_per_s
  * cpu_seconds requests_per_cpu_s failed"; exits 1 when nothing succeeded.
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
+#include "bench_client.h"
 #include "hb_http.h"
 #include "hb_log.h"
 
@@ -33,32 +28,6 @@ typedef struct {
     long requests, failed, in_flight;
     int stopping;
 } bench_t;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
-static long arg_long(int argc, char **argv, int i, long def, long lo, long hi) {
-    char *end = NULL;
-    long v;
-    if (argc <= i)
-        return def;
-    v = strtol(argv[i], &end, 10);
-    if (!end || *end || v < lo || v > hi) {
-        fprintf(stderr, "bench_http: argument %d must be a number in %ld..%ld\n", i, lo, hi);
-        exit(2);
-    }
-    return v;
-}
 
 static void submit(bench_t *b);
 
@@ -100,31 +69,13 @@ static void submit(bench_t *b) {
 }
 
 int main(int argc, char **argv) {
-    static const char head[] =
-        "{\"eventType\":\"com.okta.event_hook\",\"eventTypeVersion\":\"1.0\",\"data\":{"
-        "\"events\":[{\"pad\":\"";
-    static const char tail[] = "\"}]}}";
     char errstr[512];
     bench_t b = {0};
     hb_http_conf_t conf = {0};
-    long conns, seconds, body_bytes;
-    char *body;
+    bench_args_t args = bench_args("bench_http", argc, argv);
+    long conns = args.conns, seconds = args.seconds;
+    char *body = args.body;
     double t0, c0, deadline, elapsed, cpu;
-
-    if (argc < 2 || argc > 5) {
-        fprintf(stderr, "usage: bench_http URL [CONNECTIONS [SECONDS [BODY_BYTES]]]\n");
-        return 2;
-    }
-    conns = arg_long(argc, argv, 2, 32, 1, 1024);
-    seconds = arg_long(argc, argv, 3, 5, 1, 3600);
-    body_bytes = arg_long(argc, argv, 4, 900, (long)(sizeof(head) + sizeof(tail)), 1 << 24);
-    body = malloc((size_t)body_bytes + 1);
-    if (!body)
-        return 1;
-    memcpy(body, head, sizeof(head) - 1);
-    memset(body + sizeof(head) - 1, 'x', (size_t)body_bytes - (sizeof(head) - 1));
-    memcpy(body + body_bytes - (long)(sizeof(tail) - 1), tail, sizeof(tail) - 1);
-    body[body_bytes] = '\0';
 
     hb_log_init("bench_http", HB_LOG_WARN);
     conf.max_in_flight = conns;
@@ -138,22 +89,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_http: %s\n", errstr);
         return 1;
     }
-    b.url = argv[1];
+    b.url = args.url;
     b.body = body;
-    b.body_len = (size_t)body_bytes;
+    b.body_len = (size_t)args.body_bytes;
 
-    t0 = now_s();
-    c0 = cpu_s();
+    t0 = bench_now_s();
+    c0 = bench_cpu_s();
     deadline = t0 + (double)seconds;
     for (long i = 0; i < conns; i++)
         submit(&b);
     while (b.in_flight > 0) {
-        if (!b.stopping && now_s() >= deadline)
+        if (!b.stopping && bench_now_s() >= deadline)
             b.stopping = 1;
         (void)hb_http_run(b.h, 100, -1);
     }
-    elapsed = now_s() - t0;
-    cpu = cpu_s() - c0;
+    elapsed = bench_now_s() - t0;
+    cpu = bench_cpu_s() - c0;
     printf("%ld %.3f %.0f %.3f %.0f %ld\n", b.requests, elapsed, (double)b.requests / elapsed, cpu,
            cpu > 0 ? (double)b.requests / cpu : 0.0, b.failed);
     hb_http_free(b.h);
