@@ -44,24 +44,36 @@ def clean_up(p, state_dir):
         subprocess.run(["rm", "-rf", str(state_dir)])
 
 
-@pytest.mark.parametrize("kafka", ["devbroker", "apache"])
-def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
+def start_demo(tmp_path, **env_extra):
+    """run.sh started as `make run` starts it, in its own session, its output
+    in a file; returns the process and a function reading that output."""
     out_path = tmp_path / "run.out"
-    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN), KAFKA=kafka)
+    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN), **env_extra)
     env.pop("HOOKBRIDGE_KEEP_RUN", None)
     with open(out_path, "w") as out:
         p = subprocess.Popen(["bash", "deploy/local/run.sh"], cwd=REPO, stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                              start_new_session=True)
-    text = out_path.read_text
+    return p, out_path.read_text
+
+
+def wait_demo_end(p, text):
+    """Waits for the demo's last step (the receivers' output, Ctrl-C to
+    stop); the demo's output so far is in the failure when it never comes."""
+    try:
+        wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
+                   150, "the demo to reach the receivers' output")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; its output so far:\n{text()}") from None
+    assert p.poll() is None, "run.sh ended by itself:\n" + text()
+
+
+@pytest.mark.parametrize("kafka", ["devbroker", "apache"])
+def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
+    p, text = start_demo(tmp_path, KAFKA=kafka)
     state_dir = None
     try:
-        try:  # run.sh waits up to 60 s for the flaky receiver's retries
-            wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
-                       150, "the demo to reach the receivers' output")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; its output so far:\n{text()}") from None
-        assert p.poll() is None, "run.sh ended by itself:\n" + text()
+        wait_demo_end(p, text)  # run.sh waits up to 60 s for the flaky receiver's retries
         wait_until(lambda: text().count('"msg":"event ') >= 4, 20, "the receivers' output")
         out = text()
         state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
@@ -107,24 +119,12 @@ def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
     retrier logged about it (attempt 3 waiting in its delay tier) and what
     the receiver saw, says the retrier is alive; Ctrl-C still leaves nothing."""
     limit = round(30 * SLOW)  # attempt 2 comes about 6 s after the wait begins
-    out_path = tmp_path / "run.out"
-    env = dict(os.environ, HOOKBRIDGE_BIN=str(BIN), KAFKA="devbroker",
-               HOOKBRIDGE_RETRY_SCHEDULE="2s,5m", HOOKBRIDGE_RUN_WAIT=str(limit))
-    env.pop("HOOKBRIDGE_KEEP_RUN", None)
-    with open(out_path, "w") as out:
-        p = subprocess.Popen(["bash", "deploy/local/run.sh"], cwd=REPO, stdout=out,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                             start_new_session=True)
-    text = out_path.read_text
+    p, text = start_demo(tmp_path, KAFKA="devbroker", HOOKBRIDGE_RETRY_SCHEDULE="2s,5m",
+                         HOOKBRIDGE_RUN_WAIT=str(limit))
     state_dir = None
     try:
-        try:
-            wait_until(lambda: "Ctrl-C stops everything" in text() or p.poll() is not None,
-                       150, "the demo to reach the receivers' output")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; its output so far:\n{text()}") from None
+        wait_demo_end(p, text)
         out = text()
-        assert p.poll() is None, "run.sh ended by itself:\n" + out
         state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
 
         assert (f"the flaky receiver's deliveries did not all get through within {limit}s "
