@@ -141,6 +141,7 @@ fuzz-build: $(FUZZ_BINS)
 # and ASan+UBSan in $(FUZZ_B); tests/fuzz/run.sh runs each target, keeps what it
 # finds in $(FUZZ_B)/findings and fails if anything was found.
 fuzz:
+	@scripts/deps.sh --fuzz
 	@$(MAKE) --no-print-directory CC=clang SANITIZER=fuzzer-no-link,address,undefined \
 	  B=$(FUZZ_B) BIN=$(FUZZ_B)/bin fuzz-build
 	@tests/fuzz/run.sh $(FUZZ_B) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
