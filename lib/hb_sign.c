@@ -203,14 +203,20 @@ done:
 int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms, const char *msg_id,
                    int64_t timestamp_s, const void *body, size_t body_len, char *out,
                    size_t outsz) {
-    char ts[24];
+    char digits[24], *ts = digits + sizeof(digits);
+    uint64_t left = timestamp_s < 0 ? (uint64_t)0 - (uint64_t)timestamp_s : (uint64_t)timestamp_s;
     size_t len = 0;
     int signed_cnt = 0;
 
     if (outsz == 0)
         return -1;
     out[0] = '\0';
-    snprintf(ts, sizeof(ts), "%lld", (long long)timestamp_s);
+    *--ts = '\0'; /* the decimal timestamp, as "%lld" writes it */
+    do
+        *--ts = (char)('0' + left % 10);
+    while ((left /= 10) > 0);
+    if (timestamp_s < 0)
+        *--ts = '-';
     for (int i = 0; i < secrets_cnt; i++) {
         uint8_t mac[HB_MAC_LEN];
         char b64[HB_MAC_B64_LEN + 1];
@@ -225,7 +231,12 @@ int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms, 
             out[0] = '\0';
             return -1;
         }
-        len += (size_t)snprintf(out + len, outsz - len, "%sv1,%s", signed_cnt ? " " : "", b64);
+        if (signed_cnt)
+            out[len++] = ' ';
+        memcpy(out + len, "v1,", 3);
+        memcpy(out + len + 3, b64, HB_MAC_B64_LEN);
+        len += 3 + HB_MAC_B64_LEN;
+        out[len] = '\0';
         signed_cnt++;
     }
     return signed_cnt > 0 ? 0 : -1;
