@@ -10,11 +10,13 @@
 
 #define LAG_EVERY_MS 5000
 #define LAG_ASK_TIMEOUT_MS 1000 /* each broker round trip of the lag thread */
+#define RESEEK_EVERY_MS 1000    /* a rewind that failed is tried again this often */
 
 typedef struct deferred_s {
     char *topic;
     int32_t partition;
     int64_t due_ms;
+    int64_t seek_offset; /* a rewind that failed, tried again when due; -1: none */
     struct deferred_s *next;
 } deferred_t;
 
@@ -118,6 +120,33 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
     }
 }
 
+/* Rewinds one partition to offset (asynchronous: librdkafka reports no
+ * later error); 0, or -1 logged at warn with the partition and the error. */
+static int rewind_partition(hb_consumer_t *c, const char *topic, int32_t partition,
+                            int64_t offset) {
+    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_add(one, topic, partition);
+    rd_kafka_error_t *err;
+    int rc = 0;
+    p->offset = offset;
+    /* Messages already fetched behind offset are discarded (and ignored
+     * meanwhile: the partition is deferred). */
+    err = rd_kafka_seek_partitions(c->rk, one, 0);
+    if (err) {
+        hb_warn("rewinding %s [%d] to offset %lld: %s", topic, (int)partition, (long long)offset,
+                rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+        rc = -1;
+    } else if (one->elems[0].err && one->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS) {
+        /* __IN_PROGRESS: an asynchronous seek was started (what we asked) */
+        hb_warn("rewinding %s [%d] to offset %lld: %s", topic, (int)partition, (long long)offset,
+                rd_kafka_err2str(one->elems[0].err));
+        rc = -1;
+    }
+    rd_kafka_topic_partition_list_destroy(one);
+    return rc;
+}
+
 static int is_assigned(const hb_consumer_t *c, const char *topic, int32_t partition) {
     for (int i = 0; c->assignment && i < c->assignment->cnt; i++)
         if (c->assignment->elems[i].partition == partition &&
@@ -129,23 +158,19 @@ static int is_assigned(const hb_consumer_t *c, const char *topic, int32_t partit
 void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms) {
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_error_t *err;
     deferred_t *d;
 
-    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
+    rd_kafka_topic_partition_list_add(one, topic, rkm->partition);
     pause_or_resume(c, one, 1);
-    /* Asynchronous: messages already fetched behind this one are discarded
-     * (and ignored meanwhile: the partition is deferred). */
-    err = rd_kafka_seek_partitions(c->rk, one, 0);
-    if (err) {
-        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
-        rd_kafka_error_destroy(err);
-    }
     rd_kafka_topic_partition_list_destroy(one);
     d = hb_calloc(1, sizeof(*d));
     d->topic = hb_strdup(topic);
     d->partition = rkm->partition;
     d->due_ms = due_ms;
+    /* A failed rewind is not given up: the partition stays paused and
+     * deferred (nothing fetched behind rkm is handed out) and the rewind is
+     * tried again when due, before the partition resumes (hb_consumer_resume_due). */
+    d->seek_offset = rewind_partition(c, topic, rkm->partition, rkm->offset) < 0 ? rkm->offset : -1;
     d->next = c->deferred;
     c->deferred = d;
     hb_metric_inc(c->m.deferred);
@@ -170,6 +195,17 @@ long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms) {
                 next = d->due_ms - now;
             pp = &d->next;
             continue;
+        }
+        if (d->seek_offset >= 0 && is_assigned(c, d->topic, d->partition)) {
+            if (rewind_partition(c, d->topic, d->partition, d->seek_offset) < 0) {
+                d->due_ms = now + RESEEK_EVERY_MS; /* still paused, still deferred */
+                if (RESEEK_EVERY_MS < next)
+                    next = RESEEK_EVERY_MS;
+                pp = &d->next;
+                continue;
+            }
+            hb_info("%s [%d] rewound to offset %lld after all", d->topic, (int)d->partition,
+                    (long long)d->seek_offset);
         }
         *pp = d->next;
         if (!c->paused) {

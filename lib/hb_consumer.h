@@ -21,7 +21,9 @@
  * Deferral (the retrier, and messages whose writer schema is on its way):
  * hb_consumer_defer pauses a partition and rewinds it to a message that is not
  * yet due, and resumes it when it is. Nothing is held in memory meanwhile;
- * the committed position stays at that message.
+ * the committed position stays at that message. A rewind librdkafka refuses
+ * (logged at warn) is tried again when due, and the partition stays paused
+ * and deferred until it succeeds: resuming without it would skip the message.
  *
  * Also: hookbridge_consumer_lag per partition (end offset minus the group's
  * committed offset: 0 when everything is finished and committed), a
