@@ -422,14 +422,20 @@ static void lag_measure(lag_thread_t *l, rd_kafka_topic_partition_list_t *parts)
     rd_kafka_topic_partition_list_t *got = rd_kafka_topic_partition_list_new(parts->cnt);
     int64_t *ends = hb_calloc((size_t)parts->cnt + 1, sizeof(*ends));
     rd_kafka_resp_err_t err = rd_kafka_committed(l->rk, parts, LAG_ASK_TIMEOUT_MS);
+    if (err)
+        hb_debug("consumer lag: committed offsets: %s", rd_kafka_err2str(err));
     for (int i = 0; !err && i < parts->cnt && !lag_stopping(l); i++) {
         const rd_kafka_topic_partition_t *p = &parts->elems[i];
         int64_t lo = -1, hi = -1;
-        if (p->err ||
-            rd_kafka_query_watermark_offsets(l->rk, p->topic, p->partition, &lo, &hi,
-                                             LAG_ASK_TIMEOUT_MS) ||
-            hi < 0)
+        rd_kafka_resp_err_t perr =
+            p->err ? p->err
+                   : rd_kafka_query_watermark_offsets(l->rk, p->topic, p->partition, &lo, &hi,
+                                                      LAG_ASK_TIMEOUT_MS);
+        if (perr || hi < 0) { /* this partition's figure stays as it was */
+            hb_debug("consumer lag: %s [%d]: %s", p->topic, (int)p->partition,
+                     rd_kafka_err2str(perr));
             continue;
+        }
         /* nothing committed: the group starts at the beginning
          * (auto.offset.reset=earliest) */
         ends[got->cnt] = hi;
@@ -501,29 +507,35 @@ static void lag_start(hb_consumer_t *c) {
     l->running = 1;
 }
 
-/* Every 5 s: the lag thread's last answer into the metric (for partitions
- * still assigned), and the current assignment handed to it. */
+/* The lag thread's answer into the metric as soon as it is there (for the
+ * partitions still assigned); every 5 s the current assignment handed to it. */
 static void lag_tick(hb_consumer_t *c) {
     lag_thread_t *l = &c->lag;
     rd_kafka_topic_partition_list_t *got;
     int64_t *ends;
-    if (!c->rk || !c->assignment || hb_mono_ms() < c->next_lag)
+    if (!c->rk || !c->assignment)
         return;
-    c->next_lag = hb_mono_ms() + LAG_EVERY_MS;
-    if (!l->running) {
+    if (!l->running && hb_mono_ms() >= c->next_lag) {
         lag_start(c);
-        if (!l->running)
+        if (!l->running) {
+            c->next_lag = hb_mono_ms() + LAG_EVERY_MS; /* tried again then */
             return;
+        }
     }
+    if (!l->running)
+        return;
     pthread_mutex_lock(&l->lock);
     got = l->got;
     ends = l->got_ends;
     l->got = NULL;
     l->got_ends = NULL;
-    if (l->want)
-        rd_kafka_topic_partition_list_destroy(l->want);
-    l->want = rd_kafka_topic_partition_list_copy(c->assignment);
-    pthread_cond_signal(&l->cond);
+    if (hb_mono_ms() >= c->next_lag) {
+        c->next_lag = hb_mono_ms() + LAG_EVERY_MS;
+        if (l->want)
+            rd_kafka_topic_partition_list_destroy(l->want);
+        l->want = rd_kafka_topic_partition_list_copy(c->assignment);
+        pthread_cond_signal(&l->cond);
+    }
     pthread_mutex_unlock(&l->lock);
     for (int i = 0; got && i < got->cnt; i++) {
         const rd_kafka_topic_partition_t *p = &got->elems[i];
