@@ -396,11 +396,11 @@ static void set_lag(const char *topic, int32_t partition, int64_t lag) {
                   (double)lag);
 }
 
-/* Sleeps until until_ms or a stop; returns 1 on a stop. */
+/* Sleeps until until_ms, new work or a stop; returns 1 on a stop. */
 static int lag_sleep(lag_thread_t *l, int64_t until_ms) {
     int stop;
     pthread_mutex_lock(&l->lock);
-    while (!l->stop && hb_mono_ms() < until_ms)
+    while (!l->stop && !l->want && hb_mono_ms() < until_ms)
         hb_cond_wait_until(&l->cond, &l->lock, until_ms);
     stop = l->stop;
     pthread_mutex_unlock(&l->lock);
