@@ -1,6 +1,7 @@
 /* The Kafka consumer: membership, offsets, deferral, lag (see hb_consumer.h). */
 #include "hb_consumer.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,13 +9,35 @@
 #include "hb_log.h"
 
 #define LAG_EVERY_MS 5000
+#define LAG_ASK_TIMEOUT_MS 1000 /* each broker round trip of the lag thread */
+#define RESEEK_EVERY_MS 1000    /* a rewind that failed is tried again this often */
 
 typedef struct deferred_s {
     char *topic;
     int32_t partition;
     int64_t due_ms;
+    int64_t seek_offset; /* a rewind that failed, tried again when due; -1: none */
     struct deferred_s *next;
 } deferred_t;
+
+/* The lag thread: the group's committed offsets and the partitions' end
+ * offsets are broker round trips (rd_kafka_committed,
+ * rd_kafka_query_watermark_offsets), asked here, never on the loop thread.
+ * The loop hands it the assignment to measure and takes its last answer. */
+typedef struct lag_thread_s {
+    pthread_t thread;
+    int running; /* loop thread only */
+    rd_kafka_t *rk;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;                              /* lock */
+    rd_kafka_topic_partition_list_t *want; /* lock: loop -> thread, NULL: nothing new */
+    /* lock: thread -> loop, NULL: nothing new; offset is where the group
+     * resumes (committed, or the start of the partition when nothing is),
+     * and ends[i] the partition's end offset */
+    rd_kafka_topic_partition_list_t *got;
+    int64_t *got_ends;
+} lag_thread_t;
 
 struct hb_consumer_s {
     const hb_config_t *cfg;
@@ -42,9 +65,10 @@ struct hb_consumer_s {
     char pause_why[200]; /* set while consumption is paused as the last resort */
     int64_t next_topic_check;
     deferred_t *deferred;
+    lag_thread_t lag;
 };
 
-static void update_lag(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts, int zero);
+static void set_lag(const char *topic, int32_t partition, int64_t lag);
 
 static int is_deferred(const hb_consumer_t *c, const char *topic, int32_t partition) {
     for (const deferred_t *d = c->deferred; d; d = d->next)
@@ -96,26 +120,57 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
     }
 }
 
+/* Rewinds one partition to offset (asynchronous: librdkafka reports no
+ * later error); 0, or -1 logged at warn with the partition and the error. */
+static int rewind_partition(hb_consumer_t *c, const char *topic, int32_t partition,
+                            int64_t offset) {
+    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_t *p = rd_kafka_topic_partition_list_add(one, topic, partition);
+    rd_kafka_error_t *err;
+    int rc = 0;
+    p->offset = offset;
+    /* Messages already fetched behind offset are discarded (and ignored
+     * meanwhile: the partition is deferred). */
+    err = rd_kafka_seek_partitions(c->rk, one, 0);
+    if (err) {
+        hb_warn("rewinding %s [%d] to offset %lld: %s", topic, (int)partition, (long long)offset,
+                rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+        rc = -1;
+    } else if (one->elems[0].err && one->elems[0].err != RD_KAFKA_RESP_ERR__IN_PROGRESS) {
+        /* __IN_PROGRESS: an asynchronous seek was started (what we asked) */
+        hb_warn("rewinding %s [%d] to offset %lld: %s", topic, (int)partition, (long long)offset,
+                rd_kafka_err2str(one->elems[0].err));
+        rc = -1;
+    }
+    rd_kafka_topic_partition_list_destroy(one);
+    return rc;
+}
+
+static int is_assigned(const hb_consumer_t *c, const char *topic, int32_t partition) {
+    for (int i = 0; c->assignment && i < c->assignment->cnt; i++)
+        if (c->assignment->elems[i].partition == partition &&
+            !strcmp(c->assignment->elems[i].topic, topic))
+            return 1;
+    return 0;
+}
+
 void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms) {
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_error_t *err;
     deferred_t *d;
 
-    rd_kafka_topic_partition_list_add(one, topic, rkm->partition)->offset = rkm->offset;
+    rd_kafka_topic_partition_list_add(one, topic, rkm->partition);
     pause_or_resume(c, one, 1);
-    /* Asynchronous: messages already fetched behind this one are discarded
-     * (and ignored meanwhile: the partition is deferred). */
-    err = rd_kafka_seek_partitions(c->rk, one, 0);
-    if (err) {
-        hb_warn("rewinding %s [%d]: %s", topic, (int)rkm->partition, rd_kafka_error_string(err));
-        rd_kafka_error_destroy(err);
-    }
     rd_kafka_topic_partition_list_destroy(one);
     d = hb_calloc(1, sizeof(*d));
     d->topic = hb_strdup(topic);
     d->partition = rkm->partition;
     d->due_ms = due_ms;
+    /* A failed rewind is not given up: the partition stays paused and
+     * deferred (nothing fetched behind rkm is handed out) and the rewind is
+     * tried again when due, before the partition resumes (hb_consumer_resume_due). */
+    d->seek_offset = rewind_partition(c, topic, rkm->partition, rkm->offset) < 0 ? rkm->offset : -1;
     d->next = c->deferred;
     c->deferred = d;
     hb_metric_inc(c->m.deferred);
@@ -140,6 +195,17 @@ long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms) {
                 next = d->due_ms - now;
             pp = &d->next;
             continue;
+        }
+        if (d->seek_offset >= 0 && is_assigned(c, d->topic, d->partition)) {
+            if (rewind_partition(c, d->topic, d->partition, d->seek_offset) < 0) {
+                d->due_ms = now + RESEEK_EVERY_MS; /* still paused, still deferred */
+                if (RESEEK_EVERY_MS < next)
+                    next = RESEEK_EVERY_MS;
+                pp = &d->next;
+                continue;
+            }
+            hb_info("%s [%d] rewound to offset %lld after all", d->topic, (int)d->partition,
+                    (long long)d->seek_offset);
         }
         *pp = d->next;
         if (!c->paused) {
@@ -211,8 +277,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         hb_outbox_take_flushed(c->outbox);
         hb_consumer_store_offsets(c);
         (void)rd_kafka_commit(rk, NULL, 0);
-        update_lag(c, parts, 1);
         for (int i = 0; i < parts->cnt; i++) {
+            set_lag(parts->elems[i].topic, parts->elems[i].partition, 0);
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
             forget_deferred(c, parts->elems[i].topic, parts->elems[i].partition);
         }
@@ -314,38 +380,177 @@ int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {
     return 0;
 }
 
-/* hookbridge_consumer_lag{topic,partition}: messages between the committable
- * position (everything before it is done) and the partition's end, from librdkafka's cached
- * watermarks (no broker round trip). A partition revoked from this process reads 0 here. */
-static void update_lag(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts, int zero) {
-    for (int i = 0; i < parts->cnt; i++) {
-        const rd_kafka_topic_partition_t *p = &parts->elems[i];
-        char labels[300];
-        int64_t lo = -1, hi = -1, lag = 0;
-        snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", p->topic,
-                 (int)p->partition);
-        if (!zero &&
-            rd_kafka_get_watermark_offsets(c->rk, p->topic, p->partition, &lo, &hi) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR &&
-            hi >= 0) {
-            int64_t pos = p->offset >= 0 ? p->offset : lo;
-            lag = hi > pos && pos >= 0 ? hi - pos : 0;
-        }
-        hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
-                                       "Messages between the consumer position and the end of "
-                                       "the partition."),
-                      (double)lag);
-    }
+/* hookbridge_consumer_lag{topic,partition}: messages of the partition that
+ * are not finished and committed: its end offset minus where the group
+ * resumes (its committed offset, or the position this process has finished
+ * up to when that is further: auto-commit sends it within a second). 0 when
+ * everything is consumed and committed; a paused or stuck consumer reads its
+ * backlog. Set from the lag thread's last answer; a partition revoked from
+ * this process reads 0 here. */
+static void set_lag(const char *topic, int32_t partition, int64_t lag) {
+    char labels[300];
+    snprintf(labels, sizeof(labels), "topic=\"%s\",partition=\"%d\"", topic, (int)partition);
+    hb_metric_set(hb_metrics_gauge("hookbridge_consumer_lag", labels,
+                                   "Messages of the partition not finished and committed yet "
+                                   "(end offset minus the group's committed offset)."),
+                  (double)lag);
 }
 
-static void lag_tick(hb_consumer_t *c) {
-    rd_kafka_topic_partition_list_t *parts;
-    if (!c->rk || !c->assignment || hb_mono_ms() < c->next_lag)
-        return;
-    c->next_lag = hb_mono_ms() + LAG_EVERY_MS;
-    parts = rd_kafka_topic_partition_list_copy(c->assignment);
-    update_lag(c, parts, 0);
+/* Sleeps until until_ms, new work or a stop; returns 1 on a stop. */
+static int lag_sleep(lag_thread_t *l, int64_t until_ms) {
+    int stop;
+    pthread_mutex_lock(&l->lock);
+    while (!l->stop && !l->want && hb_mono_ms() < until_ms)
+        hb_cond_wait_until(&l->cond, &l->lock, until_ms);
+    stop = l->stop;
+    pthread_mutex_unlock(&l->lock);
+    return stop;
+}
+
+static int lag_stopping(lag_thread_t *l) {
+    int stop;
+    pthread_mutex_lock(&l->lock);
+    stop = l->stop;
+    pthread_mutex_unlock(&l->lock);
+    return stop;
+}
+
+/* One measurement of parts (owned): where the group resumes, in place, and
+ * the end offsets; handed to the loop unless a partition's answer is
+ * missing (then that partition is left out). */
+static void lag_measure(lag_thread_t *l, rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *got = rd_kafka_topic_partition_list_new(parts->cnt);
+    int64_t *ends = hb_calloc((size_t)parts->cnt + 1, sizeof(*ends));
+    rd_kafka_resp_err_t err = rd_kafka_committed(l->rk, parts, LAG_ASK_TIMEOUT_MS);
+    if (err)
+        hb_debug("consumer lag: committed offsets: %s", rd_kafka_err2str(err));
+    for (int i = 0; !err && i < parts->cnt && !lag_stopping(l); i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        int64_t lo = -1, hi = -1;
+        rd_kafka_resp_err_t perr =
+            p->err ? p->err
+                   : rd_kafka_query_watermark_offsets(l->rk, p->topic, p->partition, &lo, &hi,
+                                                      LAG_ASK_TIMEOUT_MS);
+        if (perr || hi < 0) { /* this partition's figure stays as it was */
+            hb_debug("consumer lag: %s [%d]: %s", p->topic, (int)p->partition,
+                     rd_kafka_err2str(perr));
+            continue;
+        }
+        /* nothing committed: the group starts at the beginning
+         * (auto.offset.reset=earliest) */
+        ends[got->cnt] = hi;
+        rd_kafka_topic_partition_list_add(got, p->topic, p->partition)->offset =
+            p->offset >= 0 ? p->offset : lo;
+    }
     rd_kafka_topic_partition_list_destroy(parts);
+    pthread_mutex_lock(&l->lock);
+    if (l->got) {
+        rd_kafka_topic_partition_list_destroy(l->got);
+        free(l->got_ends);
+    }
+    l->got = got;
+    l->got_ends = ends;
+    pthread_mutex_unlock(&l->lock);
+}
+
+static void *lag_main(void *arg) {
+    lag_thread_t *l = arg;
+    int64_t started;
+    do {
+        rd_kafka_topic_partition_list_t *parts;
+        started = hb_mono_ms();
+        pthread_mutex_lock(&l->lock);
+        parts = l->want;
+        l->want = NULL;
+        pthread_mutex_unlock(&l->lock);
+        if (parts)
+            lag_measure(l, parts);
+    } while (!lag_sleep(l, started + LAG_EVERY_MS));
+    return NULL;
+}
+
+static void lag_stop(lag_thread_t *l) {
+    if (!l->running)
+        return;
+    pthread_mutex_lock(&l->lock);
+    l->stop = 1;
+    pthread_cond_signal(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    pthread_join(l->thread, NULL);
+    pthread_cond_destroy(&l->cond);
+    pthread_mutex_destroy(&l->lock);
+    if (l->want)
+        rd_kafka_topic_partition_list_destroy(l->want);
+    if (l->got)
+        rd_kafka_topic_partition_list_destroy(l->got);
+    free(l->got_ends);
+    l->want = l->got = NULL;
+    l->got_ends = NULL;
+    l->running = 0;
+}
+
+static void lag_start(hb_consumer_t *c) {
+    lag_thread_t *l = &c->lag;
+    int err;
+    l->rk = c->rk;
+    l->stop = 0;
+    pthread_mutex_init(&l->lock, NULL);
+    hb_cond_init_mono(&l->cond);
+    err = pthread_create(&l->thread, NULL, lag_main, l);
+    if (err) {
+        pthread_cond_destroy(&l->cond);
+        pthread_mutex_destroy(&l->lock);
+        hb_error("cannot start the consumer lag thread (no hookbridge_consumer_lag): %s",
+                 strerror(err));
+        return;
+    }
+    l->running = 1;
+}
+
+/* The lag thread's answer into the metric as soon as it is there (for the
+ * partitions still assigned); every 5 s the current assignment handed to it. */
+static void lag_tick(hb_consumer_t *c) {
+    lag_thread_t *l = &c->lag;
+    rd_kafka_topic_partition_list_t *got;
+    int64_t *ends;
+    if (!c->rk || !c->assignment)
+        return;
+    if (!l->running && hb_mono_ms() >= c->next_lag) {
+        lag_start(c);
+        if (!l->running) {
+            c->next_lag = hb_mono_ms() + LAG_EVERY_MS; /* tried again then */
+            return;
+        }
+    }
+    if (!l->running)
+        return;
+    pthread_mutex_lock(&l->lock);
+    got = l->got;
+    ends = l->got_ends;
+    l->got = NULL;
+    l->got_ends = NULL;
+    if (hb_mono_ms() >= c->next_lag) {
+        c->next_lag = hb_mono_ms() + LAG_EVERY_MS;
+        if (l->want)
+            rd_kafka_topic_partition_list_destroy(l->want);
+        l->want = rd_kafka_topic_partition_list_copy(c->assignment);
+        pthread_cond_signal(&l->cond);
+    }
+    pthread_mutex_unlock(&l->lock);
+    for (int i = 0; got && i < got->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &got->elems[i];
+        int64_t from = p->offset, done;
+        if (!is_assigned(c, p->topic, p->partition))
+            continue;
+        done = hb_offsets_position(c->offsets, p->topic, p->partition);
+        if (done > from)
+            from = done;
+        set_lag(p->topic, p->partition, ends[i] > from ? ends[i] - from : 0);
+    }
+    if (got) {
+        rd_kafka_topic_partition_list_destroy(got);
+        free(ends);
+    }
 }
 
 /* While a subscribed topic is missing, look it up every 5 s (a metadata
@@ -485,6 +690,7 @@ void hb_consumer_close(hb_consumer_t *c) {
     rd_kafka_resp_err_t err;
     if (!c->rk)
         return;
+    lag_stop(&c->lag); /* its round trips use c->rk */
     hb_consumer_store_offsets(c);
     err = rd_kafka_commit(c->rk, NULL, 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -504,6 +710,7 @@ void hb_consumer_free(hb_consumer_t *c) {
     if (c->rkq)
         rd_kafka_queue_destroy(c->rkq);
     hb_kafka_reach_stop(&c->brokers); /* its thread uses c->rk */
+    lag_stop(&c->lag);
     if (c->rk)
         rd_kafka_destroy(c->rk);
     if (c->assignment)

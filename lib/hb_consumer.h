@@ -21,14 +21,18 @@
  * Deferral (the retrier, and messages whose writer schema is on its way):
  * hb_consumer_defer pauses a partition and rewinds it to a message that is not
  * yet due, and resumes it when it is. Nothing is held in memory meanwhile;
- * the committed position stays at that message.
+ * the committed position stays at that message. A rewind librdkafka refuses
+ * (logged at warn) is tried again when due, and the partition stays paused
+ * and deferred until it succeeds: resuming without it would skip the message.
  *
- * Also: hookbridge_consumer_lag per partition (from cached watermarks), a
+ * Also: hookbridge_consumer_lag per partition (end offset minus the group's
+ * committed offset: 0 when everything is finished and committed), a
  * subscribed topic that does not exist, brokers that do not answer (both make
  * the service not ready).
  *
  * Main loop thread only (the rebalance and error callbacks are served from
- * the consumer poll on that thread; the broker probe is its own thread).
+ * the consumer poll on that thread; the broker probe and the lag measurement,
+ * both broker round trips, are threads of their own).
  */
 #ifndef HB_CONSUMER_H
 #define HB_CONSUMER_H
@@ -81,8 +85,8 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued);
 int hb_consumer_paused(const hb_consumer_t *c);
 
-/* Lag metrics every 5 s; a missing topic looked up again every 5 s; the
- * brokers' answer read. */
+/* Lag metrics every 5 s (measured by the lag thread, started here); a missing topic looked up again
+ * every 5 s; the brokers' answer read. */
 void hb_consumer_tick(hb_consumer_t *c);
 /* Why not ready, in order: a missing topic, brokers down; NULL when neither. */
 const char *hb_consumer_unready(const hb_consumer_t *c);
