@@ -28,6 +28,7 @@ cd "$(dirname "$0")/../.."
 BIN=$STACK_BIN
 
 stack_init hookbridge-run
+echo "state and logs: $STACK_DIR/ (removed at exit unless HOOKBRIDGE_KEEP_RUN=1)"
 
 say "starting PostgreSQL"
 stack_start_postgres

@@ -32,10 +32,19 @@ def kill_session(p):
     p.wait()
 
 
-def clean_up(p, state_dir):
+def state_dir_of(out):
+    """The demo's state directory, named in its output (None before that)."""
+    m = re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out)
+    return Path(m.group(1)) if m else None
+
+
+def clean_up(p, state_dir, text):
     """Whatever a failed test left: the script's processes, its PostgreSQL, its
-    state directory."""
+    state directory. A test that failed before it read the state directory
+    from the output still finds it there: its PostgreSQL runs in a session of
+    its own, which kill_session does not reach."""
     kill_session(p)
+    state_dir = state_dir or state_dir_of(text())
     if state_dir and (state_dir / "pg/data/postmaster.pid").exists():
         subprocess.run(["bash", "-c", '. deploy/local/stack.sh; cd /tmp; '
                         'as_pg "$(stack_pgbin)/pg_ctl" -D "$1" -m immediate -w stop',
@@ -76,7 +85,7 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
         wait_demo_end(p, text)  # run.sh waits up to 60 s for the flaky receiver's retries
         wait_until(lambda: text().count('"msg":"event ') >= 4, 20, "the receivers' output")
         out = text()
-        state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
+        state_dir = state_dir_of(out)
 
         # What the user watches: both demo subscriptions verified and active ...
         assert "verification: verified" in out and "verified and activated" in out
@@ -110,7 +119,7 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
         assert "did not stop cleanly" not in text(), text()
         assert not state_dir.exists(), "the state directory was left behind"
     finally:
-        clean_up(p, state_dir)
+        clean_up(p, state_dir, text)
 
 
 def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
@@ -125,7 +134,7 @@ def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
     try:
         wait_demo_end(p, text)
         out = text()
-        state_dir = Path(re.search(r"(/tmp/hookbridge-run\.[A-Za-z0-9]+)/", out).group(1))
+        state_dir = state_dir_of(out)
 
         assert (f"the flaky receiver's deliveries did not all get through within {limit}s "
                 "(schedule 2s,5m); waiting for:") in out, out
@@ -158,4 +167,4 @@ def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
         assert "did not stop cleanly" not in text(), text()
         assert not state_dir.exists(), "the state directory was left behind"
     finally:
-        clean_up(p, state_dir)
+        clean_up(p, state_dir, text)
