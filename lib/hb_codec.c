@@ -486,6 +486,31 @@ static int cur_long(hb_cursor_t *c, int64_t *out) {
     return -1;
 }
 
+/* A little-endian float (4 bytes) or double (8) as a double; -1 when the
+ * input is short or the value is not finite (JSON has no NaN or Infinity). */
+static int cur_real(hb_cursor_t *c, int is_float, double *out) {
+    if (is_float) {
+        float f;
+        uint32_t u = 0;
+        if (c->end - c->p < 4)
+            return -1;
+        for (int i = 0; i < 4; i++)
+            u |= (uint32_t)c->p[i] << (8 * i);
+        memcpy(&f, &u, sizeof(f));
+        *out = f;
+        c->p += 4;
+    } else {
+        uint64_t u = 0;
+        if (c->end - c->p < 8)
+            return -1;
+        for (int i = 0; i < 8; i++)
+            u |= (uint64_t)c->p[i] << (8 * i);
+        memcpy(out, &u, sizeof(*out));
+        c->p += 8;
+    }
+    return isfinite(*out) ? 0 : -1;
+}
+
 static int cur_skip(hb_cursor_t *c, int64_t n) {
     if (n < 0 || n > c->end - c->p)
         return -1;
@@ -1292,26 +1317,7 @@ static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **
     case AVRO_FLOAT:
     case AVRO_DOUBLE: {
         double d;
-        if (p->type == AVRO_FLOAT) {
-            float f;
-            uint32_t u = 0;
-            if (c->end - c->p < 4)
-                return -1;
-            for (int i = 0; i < 4; i++)
-                u |= (uint32_t)c->p[i] << (8 * i);
-            memcpy(&f, &u, sizeof(f));
-            d = f;
-            c->p += 4;
-        } else {
-            uint64_t u = 0;
-            if (c->end - c->p < 8)
-                return -1;
-            for (int i = 0; i < 8; i++)
-                u |= (uint64_t)c->p[i] << (8 * i);
-            memcpy(&d, &u, sizeof(d));
-            c->p += 8;
-        }
-        if (!isfinite(d))
+        if (cur_real(c, p->type == AVRO_FLOAT, &d) < 0)
             return -1;
         j = json_real(d);
         break;
@@ -1459,26 +1465,7 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
     case AVRO_FLOAT:
     case AVRO_DOUBLE: {
         double v;
-        if (p->type == AVRO_FLOAT) {
-            float f;
-            uint32_t u = 0;
-            if (c->end - c->p < 4)
-                return -1;
-            for (int i = 0; i < 4; i++)
-                u |= (uint32_t)c->p[i] << (8 * i);
-            memcpy(&f, &u, sizeof(f));
-            v = f;
-            c->p += 4;
-        } else {
-            uint64_t u = 0;
-            if (c->end - c->p < 8)
-                return -1;
-            for (int i = 0; i < 8; i++)
-                u |= (uint64_t)c->p[i] << (8 * i);
-            memcpy(&v, &u, sizeof(v));
-            c->p += 8;
-        }
-        if (!isfinite(v))
+        if (cur_real(c, p->type == AVRO_FLOAT, &v) < 0)
             return -1;
         hb_jdoc_add_real(d, v);
         hb_json_put_real(b, v);
