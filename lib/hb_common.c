@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void hb_seterr(char *errstr, size_t errstr_size, const char *fmt, ...) {
     va_list ap;
@@ -186,4 +187,8 @@ int hb_duration_parse_ms(const char *s, long long *out_ms) {
         return -1;
     *out_ms = (long long)v;
     return 0;
+}
+
+void hb_poke(int fd) {
+    (void)!write(fd, "w", 1);
 }

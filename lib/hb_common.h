@@ -52,6 +52,9 @@ void hb_cond_init_mono(pthread_cond_t *cond);
 void hb_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t until_mono_ms);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
 int64_t hb_wall_ms(void);
+/* Writes one byte to fd, a non-blocking pipe another thread's loop polls
+ * (a full pipe wakes it already: the error is ignored). */
+void hb_poke(int fd);
 
 /* RFC 3339 UTC timestamp with milliseconds ("2026-11-29T02:50:00.123Z").
  * out must hold at least 25 bytes. */

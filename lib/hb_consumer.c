@@ -9,8 +9,9 @@
 #include "hb_log.h"
 
 #define LAG_EVERY_MS 5000
-#define LAG_ASK_TIMEOUT_MS 1000 /* each broker round trip of the lag thread */
-#define RESEEK_EVERY_MS 1000    /* a rewind that failed is tried again this often */
+#define LAG_ASK_TIMEOUT_MS 1000   /* each broker round trip of the lag thread */
+#define RESEEK_EVERY_MS 1000      /* a rewind that failed is tried again this often */
+#define FETCH_PAUSE_AFTER_MS 3000 /* a last-resort pause this long stops fetching too */
 
 typedef struct deferred_s {
     char *topic;
@@ -53,7 +54,9 @@ struct hb_consumer_s {
     rd_kafka_t *rk;
     rd_kafka_queue_t *rkq;
     int assigned;
-    int paused;
+    int paused;        /* no message is taken (hb_consumer_poll) */
+    int fetch_paused;  /* and librdkafka's partitions are paused: nothing fetched */
+    int64_t paused_at; /* monotonic ms of the last resort's pause */
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
      * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
@@ -84,10 +87,11 @@ static void pause_or_resume(hb_consumer_t *c, rd_kafka_topic_partition_list_t *p
         hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
 }
 
-void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
-                           size_t queued) {
+/* Pauses (or resumes) fetching every assigned partition in librdkafka;
+ * deferred partitions stay paused until due. */
+static void pause_fetch_all(hb_consumer_t *c, int pause) {
     rd_kafka_topic_partition_list_t *parts = NULL;
-    if (c->paused == pause || !c->rk)
+    if (c->fetch_paused == pause || !c->rk)
         return;
     if (c->assignment && (parts = rd_kafka_topic_partition_list_copy(c->assignment)) != NULL) {
         if (!pause) { /* deferred partitions stay paused until due */
@@ -103,10 +107,20 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
             pause_or_resume(c, parts, pause);
         rd_kafka_topic_partition_list_destroy(parts);
     }
+    c->fetch_paused = pause;
+}
+
+void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
+                           size_t queued) {
+    if (c->paused == pause || !c->rk)
+        return;
     c->paused = pause;
+    if (!why || !pause) /* a shutdown stops fetching at once; a resume fetches again */
+        pause_fetch_all(c, pause);
     if (why) { /* the last resort, not a shutdown's pause */
         hb_metric_set(c->m.paused, pause);
         if (pause) {
+            c->paused_at = hb_mono_ms();
             hb_metric_inc(c->m.pauses);
             snprintf(c->pause_why, sizeof(c->pause_why), "%s", why);
             hb_warn("consumption of every partition paused: %s (%zu requests in flight, %zu "
@@ -208,7 +222,7 @@ long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms) {
                     (long long)d->seek_offset);
         }
         *pp = d->next;
-        if (!c->paused) {
+        if (!c->fetch_paused) {
             rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
             rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
             pause_or_resume(c, one, 0);
@@ -257,7 +271,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         /* librdkafka keeps a partition's pause across a revocation: one
          * deferred when it was revoked (its deferral forgotten) would stay
          * paused for good when assigned back to this process. */
-        if (c->paused)
+        if (c->fetch_paused)
             (void)rd_kafka_pause_partitions(rk, parts);
         else
             (void)rd_kafka_resume_partitions(rk, parts);
@@ -630,6 +644,15 @@ void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight
         hb_consumer_pause_all(c, 1, why, in_flight, queued);
     } else if (pending <= (size_t)max_pending * 3 / 4) {
         hb_consumer_pause_all(c, 0, "", in_flight, queued);
+    }
+    /* A pause that lasts (a database or endpoints down, not a burst) also
+     * stops librdkafka fetching, which frees the messages it fetched ahead. A
+     * short one keeps them: librdkafka discards what it fetched for a paused
+     * partition and, resumed, fetches it again only after a delay (measured:
+     * a second or more with no delivery, on the devbroker). */
+    if (c->paused && !c->fetch_paused && hb_mono_ms() - c->paused_at >= FETCH_PAUSE_AFTER_MS) {
+        hb_info("consumption still paused after %d ms: fetching paused too", FETCH_PAUSE_AFTER_MS);
+        pause_fetch_all(c, 1);
     }
 }
 

@@ -103,6 +103,7 @@ struct hb_dlog_s {
     char *conninfo; /* may hold a password: never printed, cleansed on free */
     long long flush_ms;
     size_t max_queue;
+    int wake_fd; /* written once a batch's tokens are in flushed (-1: none) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -1177,6 +1178,10 @@ static void *dlog_main(void *arg) {
             row_free(looks[i]);
         }
         dl->written += written;
+        /* the loop takes the tokens now, not at its next wake-up: an idle
+         * loop waiting for them (consumption paused) sleeps up to 100 ms */
+        if ((done > 0 || ldone > 0) && dl->wake_fd >= 0)
+            hb_poke(dl->wake_fd);
         if (done < nw || ldone < nl) {
             /* back in front: the unwritten rows, then the unanswered look-ups */
             memmove(batch, batch + done, (nw - done) * sizeof(*batch));
@@ -1222,6 +1227,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
 
     dl->conninfo = hb_strdup(conninfo ? conninfo : "");
     dl->flush_ms = flush_ms > 0 ? flush_ms : 200;
+    dl->wake_fd = -1;
     dl->max_queue = max_queue > 0 ? max_queue : 100000;
     pthread_mutex_init(&dl->mu, NULL);
     hb_cond_init_mono(&dl->cv);
@@ -1300,4 +1306,10 @@ void hb_dlog_free(hb_dlog_t *dl) {
     OPENSSL_cleanse(dl->conninfo, strlen(dl->conninfo));
     free(dl->conninfo);
     free(dl);
+}
+
+void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd) {
+    pthread_mutex_lock(&dl->mu);
+    dl->wake_fd = fd;
+    pthread_mutex_unlock(&dl->mu);
 }

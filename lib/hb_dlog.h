@@ -137,4 +137,8 @@ size_t hb_dlog_queued(hb_dlog_t *dl);
 size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms);
 void hb_dlog_free(hb_dlog_t *dl);
 
+/* Tokens returned (rows committed, look-ups answered) write a byte to fd, a
+ * non-blocking pipe the caller's loop polls, so it takes them at once. */
+void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd);
+
 #endif
