@@ -264,6 +264,13 @@ def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workd
     sub = register_verified(db_url, limited.url, ["user.session.start"],
                             {"rate_limit": {"per_second": 0.25, "burst": 1}})
     produce(broker.bootstrap, users(4))
+    # All four are held (or sent) before the deactivation: an event consumed
+    # after it is skipped, not held (no delivery, no row), and the events of
+    # partitions led by different brokers come in up to a fetch wait apart.
+    # The dispatcher applies a subscription change only between its polls, so
+    # four consumed means four matched against the active subscription.
+    wait_until(lambda: metric(d, "hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
+               "the four events consumed")
     wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
     rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
