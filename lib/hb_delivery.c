@@ -538,6 +538,13 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
                                  : "subscription deregistered");
             return;
         }
+        /* deactivated and activated again while it waited: the deactivation
+         * dropped it (as it drops the retries pending then) */
+        if (hb_sub_deactivated_since(sub, dl->first_attempt_ms)) {
+            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED,
+                             "subscription was deactivated after this delivery began");
+            return;
+        }
         if (sub != dl->sub)
             hb_delivery_rebind(dl, sub);
     }

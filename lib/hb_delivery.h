@@ -143,9 +143,10 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
                                 void *opaque);
 /* Where a delivery held by its rate limit finds its subscription as it is
  * when its turn comes (NULL: deregistered; borrowed). A subscription
- * deactivated, unverified or gone meanwhile drops the delivery; a changed one
- * is sent to its current URL with its current secrets. Without one, the
- * subscription as it was when the delivery was made. */
+ * deactivated (even if activated again), unverified or gone meanwhile drops
+ * the delivery; a changed one is sent to its current URL with its current
+ * secrets. Without one, the subscription as it was when the delivery was
+ * made. */
 void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
                                void *opaque);
 /* The answer to an ask for subscription id: granted tokens (< 0: the ask

@@ -264,12 +264,46 @@ def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workd
     sub = register_verified(db_url, limited.url, ["user.session.start"],
                             {"rate_limit": {"per_second": 0.25, "burst": 1}})
     produce(broker.bootstrap, users(4))
+    # All four are held (or sent) before the deactivation: an event consumed
+    # after it is skipped, not held (no delivery, no row), and the events of
+    # partitions led by different brokers come in up to a fetch wait apart.
+    # The dispatcher applies a subscription change only between its polls, so
+    # four consumed means four matched against the active subscription.
+    wait_until(lambda: metric(d, "hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
+               "the four events consumed")
     wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
     rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
                       sum(1 for r in rs if r[0] == "dropped") == 3 and rs, 30 * SLOW,
                       "the three waiting deliveries dropped")
     assert all(r[2] == "subscription inactive or not verified" for r in rows if r[0] == "dropped")
+    assert len(limited.posts()) == 1
+
+
+def test_a_deactivation_drops_the_held_deliveries_even_if_activated_again(db_url, procs, workdir):
+    """Deactivating drops what waits for the limit, as it drops pending
+    retries: activating again before their turn does not bring them back."""
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    limited = receiver(procs, workdir, "limited")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+        "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
+    })
+    d.wait_ready()
+    sub = register_verified(db_url, limited.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 0.25, "burst": 1}})
+    produce(broker.bootstrap, users(4))
+    wait_until(lambda: metric(d, "hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
+               "the four events consumed")  # all held before the deactivation (see above)
+    wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+    rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
+                      all(r[0] in ("delivered", "dropped") for r in rs) and rs, 30 * SLOW,
+                      "the four deliveries settled")
+    assert sorted(r[0] for r in rows) == ["delivered", "dropped", "dropped", "dropped"], rows
+    assert all(r[2] == "subscription was deactivated after this delivery began"
+               for r in rows if r[0] == "dropped")
     assert len(limited.posts()) == 1
 
 
