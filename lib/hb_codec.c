@@ -1108,6 +1108,7 @@ typedef struct hb_plan_s {
      * whether the field's type takes null (accepts_null). */
     const json_t **defs;
     unsigned char *nullable;
+    size_t *name_len; /* strlen of each field name, for json_object_getn */
 } hb_plan_t;
 
 /* s as a JSON string into p->text[i], followed by suffix. */
@@ -1166,6 +1167,7 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
             record_fullname(s, full, sizeof(full));
             defaults = json_object_get(c->field_defaults, full);
             p->defs = hb_calloc(p->n ? p->n : 1, sizeof(*p->defs));
+            p->name_len = hb_calloc(p->n ? p->n : 1, sizeof(*p->name_len));
             p->nullable = hb_calloc(p->n ? p->n : 1, sizeof(*p->nullable));
         }
         for (size_t i = 0; i < p->n; i++) {
@@ -1178,6 +1180,7 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
                 if (!p->names[i] || !hb_json_utf8_ok(p->names[i], strlen(p->names[i])))
                     return NULL;
                 plan_text(p, i, p->names[i], ":");
+                p->name_len[i] = strlen(p->names[i]);
                 p->defs[i] = json_object_get(defaults, p->names[i]);
                 p->nullable[i] = (unsigned char)accepts_null(k);
             }
@@ -1211,6 +1214,7 @@ static void plans_free(hb_codec_t *c) {
         free(c->plans[i]->text_len);
         free(c->plans[i]->defs);
         free(c->plans[i]->nullable);
+        free(c->plans[i]->name_len);
         free(c->plans[i]);
     }
     free(c->plans);
@@ -1670,7 +1674,7 @@ static int enc_record(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int de
     enc_frame_t *f = &w->frame[depth + 1];
     f->is_index = 0;
     for (size_t i = 0; i < p->n; i++) {
-        const json_t *member = json_object_get(j, p->names[i]);
+        const json_t *member = json_object_getn(j, p->names[i], p->name_len[i]);
         int r;
         f->name = p->names[i];
         if (!member || json_is_null(member)) {
