@@ -44,7 +44,8 @@ static void check_same(hb_codec_t *direct, hb_codec_t *generic, const json_t *j,
             print_error("input %s\n direct  %d %zu bytes \"%s\"\n general %d %zu bytes \"%s\"\n",
                         text ? text : "?", rc, len, err, grc, glen, gerr);
             for (size_t i = 0; i < len || i < glen; i++)
-                if (i >= len || i >= glen || ((unsigned char *)buf)[i] != ((unsigned char *)gbuf)[i]) {
+                if (i >= len || i >= glen ||
+                    ((unsigned char *)buf)[i] != ((unsigned char *)gbuf)[i]) {
                     print_error(" first difference at byte %zu\n", i);
                     break;
                 }
@@ -76,7 +77,7 @@ static void codecs(const char *schema, hb_codec_t **direct, hb_codec_t **generic
 
 typedef struct {
     unsigned seed;
-    int bad; /* per mille: a value of a random kind instead of what fits */
+    int bad;       /* per mille: a value of a random kind instead of what fits */
     json_t *named; /* {name: definition}, short and full names */
 } gen_t;
 
@@ -87,10 +88,10 @@ static int below(gen_t *g, int n) {
 /* Strings that matter: empty, ASCII, UTF-8, escapes, a NUL inside, enum
  * symbols and near misses, fixed-size (4) ones, a long one. */
 static json_t *gen_string(gen_t *g) {
-    static const char *const some[] = {"",         "a",       "RED",     "GREEN",  "BLUE",
-                                       "red",      "RED ",    "abcd",    "abc",    "abcde",
-                                       "Z\xc3\xbcrich", "\xe2\x82\xac\xe2\x82\xac", "k",
-                                       "detailEntry", "null", "0", "\"quoted\\\"", "tab\there"};
+    static const char *const some[] = {
+        "",     "a",           "RED",  "GREEN", "BLUE",          "red",
+        "RED ", "abcd",        "abc",  "abcde", "Z\xc3\xbcrich", "\xe2\x82\xac\xe2\x82\xac",
+        "k",    "detailEntry", "null", "0",     "\"quoted\\\"",  "tab\there"};
     int k = below(g, 24);
     if (k < (int)(sizeof(some) / sizeof(some[0])))
         return json_string(some[k]);
@@ -115,18 +116,18 @@ static json_t *gen_string(gen_t *g) {
 }
 
 static json_t *gen_integer(gen_t *g) {
-    static const json_int_t edges[] = {0,          1,         -1,         63,         64,
-                                       -64,        -65,       127,        128,        8191,
-                                       8192,       INT32_MAX, INT32_MIN,  2147483648LL,
-                                       -2147483649LL, INT64_MAX, INT64_MIN, 1LL << 40};
+    static const json_int_t edges[] = {0,         1,         -1,        63,           64,
+                                       -64,       -65,       127,       128,          8191,
+                                       8192,      INT32_MAX, INT32_MIN, 2147483648LL, -2147483649LL,
+                                       INT64_MAX, INT64_MIN, 1LL << 40};
     if (below(g, 2))
         return json_integer(edges[below(g, (int)(sizeof(edges) / sizeof(edges[0])))]);
     return json_integer((json_int_t)below(g, 2000000) - 1000000);
 }
 
 static json_t *gen_real(gen_t *g) {
-    static const double some[] = {0.0, -0.0, 1.5, -2.25, 47.3769, 1e300, -1e-300, 3.4e38, 1e39,
-                                  0.1};
+    static const double some[] = {0.0,   -0.0,    1.5,    -2.25, 47.3769,
+                                  1e300, -1e-300, 3.4e38, 1e39,  0.1};
     return json_real(some[below(g, (int)(sizeof(some) / sizeof(some[0])))]);
 }
 
@@ -180,7 +181,8 @@ static json_t *gen_named(gen_t *g, const json_t *s, const char *t, int depth) {
             if (k < 7)
                 (void)json_object_set_new(o, name, json_null());
             else
-                (void)json_object_set_new(o, name, gen_value(g, json_object_get(f, "type"), depth + 1));
+                (void)json_object_set_new(o, name,
+                                          gen_value(g, json_object_get(f, "type"), depth + 1));
         }
         if (below(g, 10) == 0) /* unknown members are ignored */
             put_member(o, gen_key(g), gen_any(g, depth + 1));
@@ -241,13 +243,20 @@ static json_t *gen_value(gen_t *g, const json_t *s, int depth) {
             return gen_named(g, s, t, depth);
         if (!strcmp(t, "array")) {
             json_t *a = json_array();
-            for (int i = depth > 12 ? 0 : below(g, 3) || depth > 3 ? below(g, 4) : below(g, 70); i > 0; i--)
-                (void)json_array_append_new(a, gen_value(g, json_object_get(s, "items"), depth + 1));
+            for (int i = depth > 12                 ? 0
+                         : below(g, 3) || depth > 3 ? below(g, 4)
+                                                    : below(g, 70);
+                 i > 0; i--)
+                (void)json_array_append_new(a,
+                                            gen_value(g, json_object_get(s, "items"), depth + 1));
             return a;
         }
         if (!strcmp(t, "map")) {
             json_t *o = json_object();
-            for (int i = depth > 12 ? 0 : below(g, 3) || depth > 3 ? below(g, 4) : below(g, 70); i > 0; i--)
+            for (int i = depth > 12                 ? 0
+                         : below(g, 3) || depth > 3 ? below(g, 4)
+                                                    : below(g, 70);
+                 i > 0; i--)
                 put_member(o, gen_key(g), gen_value(g, json_object_get(s, "values"), depth + 1));
             return o;
         }
@@ -365,7 +374,8 @@ static const char hostile_schema[] =
     "{\"name\":\"wrong\",\"type\":\"int\",\"default\":\"seven\"},"
     "{\"name\":\"nodef\",\"type\":\"long\",\"default\":null},"
     "{\"name\":\"arr\",\"type\":{\"type\":\"array\",\"items\":\"int\"},\"default\":[1,2,3]},"
-    "{\"name\":\"mp\",\"type\":{\"type\":\"map\",\"values\":\"Color\"},\"default\":{\"a\":\"RED\"}},"
+    "{\"name\":\"mp\",\"type\":{\"type\":\"map\",\"values\":\"Color\"},\"default\":{\"a\":\"RED\"}}"
+    ","
     "{\"name\":\"by\",\"type\":[\"bytes\",\"null\"],\"default\":\"z\"}]}";
 
 static void hostile_schema_random(void **state) {
@@ -380,7 +390,8 @@ static void hostile_schema_random(void **state) {
 static void other_schemas_random(void **state) {
     (void)state;
     static const char *const schemas[] = {
-        "{\"type\":\"map\",\"values\":[\"null\",\"long\",{\"type\":\"array\",\"items\":\"string\"}]}",
+        "{\"type\":\"map\",\"values\":[\"null\",\"long\",{\"type\":\"array\",\"items\":\"string\"}]"
+        "}",
         "[\"null\",\"long\",{\"type\":\"record\",\"name\":\"R\",\"fields\":[{\"name\":\"a\","
         "\"type\":\"string\",\"default\":\"q\"}]},{\"type\":\"map\",\"values\":\"int\"}]",
         "{\"type\":\"record\",\"name\":\"E\",\"fields\":[]}",
@@ -466,10 +477,8 @@ static void chosen_inputs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(chosen_inputs),
-        cmocka_unit_test(identity_events_random),
-        cmocka_unit_test(delivery_retry_random),
-        cmocka_unit_test(hostile_schema_random),
+        cmocka_unit_test(chosen_inputs),         cmocka_unit_test(identity_events_random),
+        cmocka_unit_test(delivery_retry_random), cmocka_unit_test(hostile_schema_random),
         cmocka_unit_test(other_schemas_random),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
