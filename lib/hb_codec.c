@@ -62,6 +62,9 @@
  * capped, since their length cannot be checked against the input size. */
 #define HB_CODEC_MAX_EMPTY_ITEMS 65536
 #define HB_PATH_MAX 256
+/* encode's buffer is kept from call to call up to this size (a larger
+ * event's is freed after it) */
+#define HB_ENC_KEEP (256 * 1024)
 
 /* One writer schema the codec can read: by fingerprint (single-object
  * encoding) or by Schema Registry id; is_reader when it is the reader itself
@@ -2060,10 +2063,11 @@ static int encode(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, voi
             *buf = hb_malloc(c->enc.len);
             memcpy(*buf, c->enc.p, c->enc.len);
             *len = c->enc.len;
-            return 0;
         }
-        if (r == -1)
-            return -1;
+        if (c->enc.cap > HB_ENC_KEEP)
+            hb_buf_free(&c->enc);
+        if (r != HB_ENC_GENERAL)
+            return r;
     }
     avro_value_reset(&c->value);
     if (json_to_value(c, obj, &c->value, path, 0, errstr, errstr_size) < 0)

@@ -446,6 +446,21 @@ static void chosen_inputs(void **state) {
         json_decref(j);
     }
     {
+        /* an event larger than the buffer encode keeps, then a small one */
+        json_t *j = json_loads(full_event, 0, &jerr), *small = json_loads(minimal_event, 0, &jerr);
+        size_t big = 600 * 1024;
+        char *text = malloc(big);
+        assert_non_null(text);
+        memset(text, 'x', big);
+        (void)json_object_set_new(j, "displayMessage", json_stringn(text, big));
+        check_same(direct, generic, j, &t);
+        check_same(direct, generic, small, &t);
+        check_same(direct, generic, j, &t);
+        free(text);
+        json_decref(j);
+        json_decref(small);
+    }
+    {
         static const char *const tops[] = {"[]", "null", "\"x\"", "1", "1.5", "true"};
         for (size_t i = 0; i < sizeof(tops) / sizeof(tops[0]); i++) {
             json_t *j = json_loads(tops[i], JSON_DECODE_ANY, &jerr);
