@@ -25,7 +25,12 @@
  *  - the Schema Registry framing (0x00 + big-endian id) beside the
  *    single-object one: writers are looked up by fingerprint or by id, and an
  *    id the codec was not given is a distinct answer (HB_CODEC_UNKNOWN_ID),
- *    since fetching it is the caller's business (hb_registry).
+ *    since fetching it is the caller's business (hb_registry);
+ *  - direct walks for the hot paths, on a plan of the reader schema made
+ *    once (hb_plan_t): encode goes from the jansson value straight to the
+ *    Avro bytes, and decode of a message written with the reader schema from
+ *    the bytes straight to JSON or JSON text, each giving exactly what the
+ *    avro-c way gives (tests compare them, hb_codec_set_generic_only).
  *
  * Threads: a codec is used by one thread at a time (it reuses one value per
  * schema). The fingerprint helpers are pure and callable from anywhere.
@@ -57,6 +62,9 @@
  * capped, since their length cannot be checked against the input size. */
 #define HB_CODEC_MAX_EMPTY_ITEMS 65536
 #define HB_PATH_MAX 256
+/* encode's buffer is kept from call to call up to this size (a larger
+ * event's is freed after it) */
+#define HB_ENC_KEEP (256 * 1024)
 
 /* One writer schema the codec can read: by fingerprint (single-object
  * encoding) or by Schema Registry id; is_reader when it is the reader itself
@@ -88,6 +96,7 @@ struct hb_codec_s {
     struct hb_plan_s *plan;   /* the reader schema for the direct walk; NULL: none */
     struct hb_plan_s **plans; /* every node of it, to free */
     size_t plans_cnt;
+    hb_buf_t enc; /* encode's direct walk writes here */
 };
 
 /* ------------------------------------------------------------ CRC-64-AVRO */
@@ -722,6 +731,15 @@ static int accepts_null(avro_schema_t s) {
     return 0;
 }
 
+/* The full name field_defaults knows record s by. */
+static void record_fullname(avro_schema_t s, char *full, size_t fullsz) {
+    const char *space = avro_schema_namespace(s);
+    if (space && *space)
+        snprintf(full, fullsz, "%s.%s", space, avro_schema_name(s));
+    else
+        snprintf(full, fullsz, "%s", avro_schema_name(s));
+}
+
 static int json_to_value(hb_codec_t *c, const json_t *j, avro_value_t *v, char *path, int depth,
                          char *errstr, size_t errstr_size);
 
@@ -729,12 +747,8 @@ static int record_from_json(hb_codec_t *c, const json_t *j, avro_value_t *v, avr
                             char *path, int depth, char *errstr, size_t errstr_size) {
     size_t plen = strlen(path);
     char full[512];
-    const char *space = avro_schema_namespace(s);
     json_t *defaults;
-    if (space && *space)
-        snprintf(full, sizeof(full), "%s.%s", space, avro_schema_name(s));
-    else
-        snprintf(full, sizeof(full), "%s", avro_schema_name(s));
+    record_fullname(s, full, sizeof(full));
     defaults = json_object_get(c->field_defaults, full);
     for (size_t i = 0; i < avro_schema_record_size(s); i++) {
         const char *fname = avro_schema_record_field_name(s, (int)i);
@@ -1092,6 +1106,12 @@ typedef struct hb_plan_s {
      * "symbol" (NULL: not UTF-8, the general way decides), with lengths. */
     char **text;
     size_t *text_len;
+    /* What encode reads of a record's fields: the default record_from_json
+     * would take (borrowed from the codec's field_defaults; NULL: none) and
+     * whether the field's type takes null (accepts_null). */
+    const json_t **defs;
+    unsigned char *nullable;
+    size_t *name_len; /* strlen of each field name, for json_object_getn */
 } hb_plan_t;
 
 /* s as a JSON string into p->text[i], followed by suffix. */
@@ -1138,12 +1158,21 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
         }
         return p;
     case AVRO_RECORD:
-    case AVRO_UNION:
+    case AVRO_UNION: {
+        const json_t *defaults = NULL;
         p->n = p->type == AVRO_RECORD ? avro_schema_record_size(s) : avro_schema_union_size(s);
         p->kids = hb_calloc(p->n ? p->n : 1, sizeof(*p->kids));
         p->names = hb_calloc(p->n ? p->n : 1, sizeof(*p->names));
         p->text = hb_calloc(p->n ? p->n : 1, sizeof(*p->text));
         p->text_len = hb_calloc(p->n ? p->n : 1, sizeof(*p->text_len));
+        if (p->type == AVRO_RECORD) {
+            char full[512];
+            record_fullname(s, full, sizeof(full));
+            defaults = json_object_get(c->field_defaults, full);
+            p->defs = hb_calloc(p->n ? p->n : 1, sizeof(*p->defs));
+            p->name_len = hb_calloc(p->n ? p->n : 1, sizeof(*p->name_len));
+            p->nullable = hb_calloc(p->n ? p->n : 1, sizeof(*p->nullable));
+        }
         for (size_t i = 0; i < p->n; i++) {
             avro_schema_t k = p->type == AVRO_RECORD
                                   ? avro_schema_record_field_get_by_index(s, (int)i)
@@ -1154,11 +1183,15 @@ static hb_plan_t *plan_build(hb_codec_t *c, avro_schema_t s, int depth) {
                 if (!p->names[i] || !hb_json_utf8_ok(p->names[i], strlen(p->names[i])))
                     return NULL;
                 plan_text(p, i, p->names[i], ":");
+                p->name_len[i] = strlen(p->names[i]);
+                p->defs[i] = json_object_get(defaults, p->names[i]);
+                p->nullable[i] = (unsigned char)accepts_null(k);
             }
             if (!(p->kids[i] = plan_build(c, k, depth + 1)))
                 return NULL;
         }
         return p;
+    }
     case AVRO_ARRAY:
     case AVRO_MAP: {
         avro_schema_t items =
@@ -1182,6 +1215,9 @@ static void plans_free(hb_codec_t *c) {
                 free(c->plans[i]->text[j]);
         free(c->plans[i]->text);
         free(c->plans[i]->text_len);
+        free(c->plans[i]->defs);
+        free(c->plans[i]->nullable);
+        free(c->plans[i]->name_len);
         free(c->plans[i]);
     }
     free(c->plans);
@@ -1522,6 +1558,260 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
     }
 }
 
+/* ------------------------------------------- JSON -> Avro, to the bytes */
+
+/* The encode direction of the direct walk: the writer schema's plan and the
+ * jansson value walked together, the Avro binary appended straight to a
+ * buffer, with no avro-c generic value in between (building one, writing it
+ * and freeing it again was most of the producer's cost per event). It
+ * accepts exactly what json_to_value accepts and writes exactly what
+ * avro_value_write writes of the value json_to_value builds:
+ *  - record fields in schema order; a member absent or null takes the
+ *    field's default when the field's type takes no null (record_from_json);
+ *  - a union as the index of the first branch whose kind fits (kind_fits),
+ *    then the value;
+ *  - an array or a map as one block (its item count, then the items; a map's
+ *    items as key then value, in the object's order), then a 0 count; an
+ *    empty one as the 0 count alone;
+ *  - long, int and enum index as zig-zag varints, boolean as one byte, float
+ *    and double as IEEE little-endian, string, bytes as a length and the
+ *    bytes, fixed as its bytes alone.
+ * Errors are json_to_value's, word for word. The path they name is not kept
+ * as the walk goes: each level leaves its step in enc_frame_t (a field or key
+ * name, an array index, nothing for a union), and only an error writes the
+ * path out, the way path_push and path_index would have built it.
+ *
+ * One case is not sure, a map key with a NUL inside (only a value built in
+ * code can have one; jansson's parser refuses them): avro-c keeps the key up
+ * to the NUL and merges keys that then collide. The walk answers
+ * HB_ENC_GENERAL and the caller encodes the event the general way. */
+#define HB_ENC_GENERAL (-2)
+
+typedef struct {
+    const char *name; /* a field name or map key; NULL: an array index, or no step */
+    size_t index;
+    int is_index;
+} enc_frame_t;
+
+typedef struct {
+    hb_buf_t *b;
+    enc_frame_t frame[HB_CODEC_MAX_DEPTH + 2]; /* frame[d]: the step into depth d */
+    char *errstr;
+    size_t errstr_size;
+} enc_walk_t;
+
+/* The path json_to_value would have at depth. */
+static const char *enc_path(const enc_walk_t *w, int depth, char *path) {
+    path[0] = '\0';
+    for (int d = 1; d <= depth; d++) {
+        const enc_frame_t *f = &w->frame[d];
+        if (f->is_index)
+            path_index(path, strlen(path), f->index);
+        else if (f->name)
+            path_push(path, strlen(path), f->name);
+    }
+    return path;
+}
+
+static inline void enc_room(hb_buf_t *b, size_t n) {
+    if (b->cap - b->len <= n)
+        hb_buf_reserve(b, n);
+}
+
+static inline void enc_long(hb_buf_t *b, int64_t v) {
+    uint64_t u = ((uint64_t)v << 1) ^ (0 - ((uint64_t)v >> 63));
+    unsigned char *p;
+    enc_room(b, 10);
+    p = (unsigned char *)b->p + b->len;
+    while (u > 0x7f) {
+        *p++ = (unsigned char)(u | 0x80);
+        u >>= 7;
+    }
+    *p++ = (unsigned char)u;
+    b->len = (size_t)(p - (unsigned char *)b->p);
+}
+
+static inline void enc_raw(hb_buf_t *b, const void *s, size_t n) {
+    enc_room(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+static inline void enc_le(hb_buf_t *b, uint64_t u, int n) {
+    unsigned char *p;
+    enc_room(b, 8);
+    p = (unsigned char *)b->p + b->len;
+    for (int i = 0; i < n; i++)
+        p[i] = (unsigned char)(u >> (8 * i));
+    b->len += (size_t)n;
+}
+
+/* kind_fits on the plan. */
+static int enc_fits(const hb_plan_t *p, const json_t *j) {
+    switch (p->type) {
+    case AVRO_NULL: return json_is_null(j);
+    case AVRO_BOOLEAN: return json_is_boolean(j);
+    case AVRO_INT32: {
+        json_int_t v = json_integer_value(j);
+        return json_is_integer(j) && v >= INT32_MIN && v <= INT32_MAX;
+    }
+    case AVRO_INT64: return json_is_integer(j);
+    case AVRO_FLOAT:
+    case AVRO_DOUBLE: return json_is_number(j);
+    case AVRO_STRING:
+    case AVRO_BYTES: return json_is_string(j);
+    case AVRO_ENUM:
+        return json_is_string(j) &&
+               avro_schema_enum_get_by_name(p->schema, json_string_value(j)) >= 0;
+    case AVRO_FIXED: return json_is_string(j) && (int64_t)json_string_length(j) == p->fixed_size;
+    case AVRO_RECORD:
+    case AVRO_MAP: return json_is_object(j);
+    case AVRO_ARRAY: return json_is_array(j);
+    default: return 0;
+    }
+}
+
+static int enc_value(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int depth);
+
+static int enc_record(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int depth) {
+    enc_frame_t *f = &w->frame[depth + 1];
+    f->is_index = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        const json_t *member = json_object_getn(j, p->names[i], p->name_len[i]);
+        int r;
+        f->name = p->names[i];
+        if (!member || json_is_null(member)) {
+            if (!p->nullable[i]) {
+                const json_t *def = p->defs[i];
+                if (!def || json_is_null(def)) {
+                    char path[HB_PATH_MAX];
+                    hb_seterr(w->errstr, w->errstr_size, "%s: %s", enc_path(w, depth + 1, path),
+                              member ? "must not be null" : "missing");
+                    return -1;
+                }
+                member = def;
+            }
+            if (!member)
+                member = json_null();
+        }
+        if ((r = enc_value(w, p->kids[i], member, depth + 1)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int enc_value(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int depth) {
+    hb_buf_t *b = w->b;
+    char path[HB_PATH_MAX];
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(w->errstr, w->errstr_size, "%s: nested too deeply", at(enc_path(w, depth, path)));
+        return -1;
+    }
+    if (p->type != AVRO_UNION && !enc_fits(p, j)) {
+        enc_path(w, depth, path);
+        if (p->type == AVRO_ENUM && json_is_string(j))
+            hb_seterr(w->errstr, w->errstr_size, "%s: \"%s\" is not a symbol of %s", at(path),
+                      json_string_value(j), avro_schema_name(p->schema));
+        else if (p->type == AVRO_INT32 && json_is_integer(j))
+            hb_seterr(w->errstr, w->errstr_size, "%s: %" JSON_INTEGER_FORMAT " is out of range",
+                      at(path), json_integer_value(j));
+        else
+            hb_seterr(w->errstr, w->errstr_size, "%s: expected %s", at(path), type_desc(p->schema));
+        return -1;
+    }
+    switch (p->type) {
+    case AVRO_NULL: return 0;
+    case AVRO_BOOLEAN:
+        enc_room(b, 1);
+        b->p[b->len++] = json_is_true(j) ? 1 : 0;
+        return 0;
+    case AVRO_INT32:
+    case AVRO_INT64: enc_long(b, (int64_t)json_integer_value(j)); return 0;
+    case AVRO_FLOAT: {
+        float v = (float)json_number_value(j);
+        uint32_t u;
+        memcpy(&u, &v, sizeof(u));
+        enc_le(b, u, 4);
+        return 0;
+    }
+    case AVRO_DOUBLE: {
+        double v = json_number_value(j);
+        uint64_t u;
+        memcpy(&u, &v, sizeof(u));
+        enc_le(b, u, 8);
+        return 0;
+    }
+    case AVRO_STRING:
+    case AVRO_BYTES:
+        enc_long(b, (int64_t)json_string_length(j));
+        enc_raw(b, json_string_value(j), json_string_length(j));
+        return 0;
+    case AVRO_FIXED: enc_raw(b, json_string_value(j), json_string_length(j)); return 0;
+    case AVRO_ENUM:
+        enc_long(b, avro_schema_enum_get_by_name(p->schema, json_string_value(j)));
+        return 0;
+    case AVRO_UNION: {
+        size_t i;
+        for (i = 0; i < p->n; i++)
+            if (enc_fits(p->kids[i], j))
+                break;
+        if (i == p->n) {
+            char want[256];
+            union_desc(p->schema, want, sizeof(want));
+            hb_seterr(w->errstr, w->errstr_size, "%s: expected %s", at(enc_path(w, depth, path)),
+                      want);
+            return -1;
+        }
+        enc_long(b, (int64_t)i);
+        w->frame[depth + 1].name = NULL;
+        w->frame[depth + 1].is_index = 0;
+        return enc_value(w, p->kids[i], j, depth + 1);
+    }
+    case AVRO_RECORD: return enc_record(w, p, j, depth);
+    case AVRO_MAP: {
+        enc_frame_t *f = &w->frame[depth + 1];
+        size_t n = json_object_size(j);
+        if (n) {
+            enc_long(b, (int64_t)n);
+            f->is_index = 0;
+            for (void *it = json_object_iter((json_t *)j); it;
+                 it = json_object_iter_next((json_t *)j, it)) {
+                const char *key = json_object_iter_key(it);
+                size_t klen = json_object_iter_key_len(it);
+                int r;
+                if (memchr(key, '\0', klen))
+                    return HB_ENC_GENERAL; /* avro-c cuts the key at the NUL */
+                enc_long(b, (int64_t)klen);
+                enc_raw(b, key, klen);
+                f->name = key;
+                if ((r = enc_value(w, p->kids[0], json_object_iter_value(it), depth + 1)) < 0)
+                    return r;
+            }
+        }
+        enc_long(b, 0);
+        return 0;
+    }
+    case AVRO_ARRAY: {
+        enc_frame_t *f = &w->frame[depth + 1];
+        size_t n = json_array_size(j);
+        if (n) {
+            enc_long(b, (int64_t)n);
+            for (size_t i = 0; i < n; i++) {
+                int r;
+                f->name = NULL;
+                f->is_index = 1;
+                f->index = i;
+                if ((r = enc_value(w, p->kids[0], json_array_get(j, i), depth + 1)) < 0)
+                    return r;
+            }
+        }
+        enc_long(b, 0);
+        return 0;
+    }
+    default: return HB_ENC_GENERAL;
+    }
+}
+
 /* ------------------------------------------------------------- the codec */
 
 static int parse_schema(const char *text, const char *what, json_t **json, avro_schema_t *schema,
@@ -1617,6 +1907,7 @@ void hb_codec_free(hb_codec_t *c) {
     json_decref(c->reader_json);
     json_decref(c->field_defaults);
     plans_free(c);
+    hb_buf_free(&c->enc);
     free(c);
 }
 
@@ -1720,7 +2011,39 @@ uint64_t hb_codec_fingerprint(const hb_codec_t *c) {
     return c->fp;
 }
 
-/* Encodes with the single-object header, or the Schema Registry one (id). */
+/* The single-object header, or the Schema Registry one (id), at out. */
+static void put_header(const hb_codec_t *c, int has_id, uint32_t id, unsigned char *out) {
+    if (has_id) {
+        out[0] = HB_SR_MAGIC;
+        for (int i = 0; i < 4; i++)
+            out[1 + i] = (unsigned char)(id >> (8 * (3 - i)));
+    } else {
+        out[0] = HB_SO_MAGIC0;
+        out[1] = HB_SO_MAGIC1;
+        for (int i = 0; i < 8; i++)
+            out[2 + i] = (unsigned char)(c->fp >> (8 * i));
+    }
+}
+
+/* The direct walk into c->enc (header included): 0, -1 (errstr), or
+ * HB_ENC_GENERAL. */
+static int encode_direct(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, char *errstr,
+                         size_t errstr_size) {
+    size_t hdr = has_id ? HB_SR_HEADER : HB_SO_HEADER;
+    enc_walk_t w;
+    w.b = &c->enc;
+    w.errstr = errstr;
+    w.errstr_size = errstr_size;
+    c->enc.len = 0;
+    enc_room(&c->enc, hdr);
+    put_header(c, has_id, id, (unsigned char *)c->enc.p);
+    c->enc.len = hdr;
+    return enc_value(&w, c->plan, obj, 0);
+}
+
+/* Encodes with the single-object header, or the Schema Registry one (id):
+ * the direct walk when the codec has a plan, else (or when the walk is not
+ * sure) avro-c's generic value. */
 static int encode(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, void **buf,
                   size_t *len, char *errstr, size_t errstr_size) {
     size_t hdr = has_id ? HB_SR_HEADER : HB_SO_HEADER;
@@ -1734,6 +2057,18 @@ static int encode(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, voi
         hb_seterr(errstr, errstr_size, "(root): expected an object");
         return -1;
     }
+    if (c->plan && !c->generic_only) {
+        int r = encode_direct(c, obj, has_id, id, errstr, errstr_size);
+        if (r == 0) {
+            *buf = hb_malloc(c->enc.len);
+            memcpy(*buf, c->enc.p, c->enc.len);
+            *len = c->enc.len;
+        }
+        if (c->enc.cap > HB_ENC_KEEP)
+            hb_buf_free(&c->enc);
+        if (r != HB_ENC_GENERAL)
+            return r;
+    }
     avro_value_reset(&c->value);
     if (json_to_value(c, obj, &c->value, path, 0, errstr, errstr_size) < 0)
         return -1;
@@ -1742,16 +2077,7 @@ static int encode(hb_codec_t *c, const json_t *obj, int has_id, uint32_t id, voi
         return -1;
     }
     out = hb_malloc(hdr + size + 1);
-    if (has_id) {
-        out[0] = HB_SR_MAGIC;
-        for (int i = 0; i < 4; i++)
-            out[1 + i] = (unsigned char)(id >> (8 * (3 - i)));
-    } else {
-        out[0] = HB_SO_MAGIC0;
-        out[1] = HB_SO_MAGIC1;
-        for (int i = 0; i < 8; i++)
-            out[2 + i] = (unsigned char)(c->fp >> (8 * i));
-    }
+    put_header(c, has_id, id, out);
     wr = avro_writer_memory((const char *)out + hdr, (int64_t)size);
     if (!wr || avro_value_write(wr, &c->value) != 0) {
         hb_seterr(errstr, errstr_size, "encode: %s", avro_strerror());

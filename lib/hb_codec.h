@@ -51,9 +51,11 @@ int hb_codec_add_writer_id(hb_codec_t *c, uint32_t id, const char *writer_schema
 /* 1 and *id when buf is Schema Registry framed (0x00 + 4-byte id), else 0. */
 int hb_codec_registry_id(const void *buf, size_t len, uint32_t *id);
 
-/* Tests: decode every message the general way (avro-c's generic value, then
- * JSON), never the direct walk from the bytes that decode uses for messages
- * written with the reader schema; both must give the same answer. */
+/* Tests: encode and decode every message the general way (avro-c's generic
+ * value, built from the JSON and written, or read and turned into JSON),
+ * never the direct walks between JSON and the bytes that encode uses and
+ * decode uses for messages written with the reader schema; both must give
+ * the same answer, byte for byte, error for error. */
 void hb_codec_set_generic_only(hb_codec_t *c, int on);
 
 /* Fingerprint (CRC-64-AVRO of the canonical form) of the reader schema. */

@@ -81,17 +81,51 @@ const char *hb_event_type_at(size_t i) {
     return i < hb_catalogue_cnt ? hb_catalogue[i] : NULL;
 }
 
+/* UUIDs' random bytes are drawn from OpenSSL for HB_UUID_POOL UUIDs at a
+ * time (one RAND_bytes call cost more than the rest of making a UUID), into
+ * a pool per thread; each byte is used once and wiped. A child process
+ * starts with an empty pool, so it never repeats its parent's UUIDs. */
+#define HB_UUID_POOL 32
+
+static _Thread_local unsigned char hb_uuid_pool[16 * HB_UUID_POOL];
+static _Thread_local size_t hb_uuid_used = sizeof(hb_uuid_pool);
+static pthread_once_t hb_uuid_once = PTHREAD_ONCE_INIT;
+
+static void uuid_pool_drop(void) {
+    memset(hb_uuid_pool, 0, sizeof(hb_uuid_pool));
+    hb_uuid_used = sizeof(hb_uuid_pool);
+}
+
+static void uuid_pool_init(void) {
+    (void)pthread_atfork(NULL, NULL, uuid_pool_drop);
+}
+
 /* A random (version 4) UUID, lowercase. hb_sign.h has hb_uuid_random too;
  * this private copy keeps hb_event free of a dependency on the signing code. */
 static int event_uuid_v4(char out[37]) {
+    unsigned char *pool = hb_uuid_pool;
+    size_t used = hb_uuid_used;
+    static const char hex[] = "0123456789abcdef";
     unsigned char b[16];
-    if (RAND_bytes(b, sizeof(b)) != 1)
-        return -1;
+    char *o = out;
+    (void)pthread_once(&hb_uuid_once, uuid_pool_init);
+    if (used == sizeof(hb_uuid_pool)) {
+        if (RAND_bytes(pool, sizeof(hb_uuid_pool)) != 1)
+            return -1;
+        used = 0;
+    }
+    memcpy(b, pool + used, sizeof(b));
+    memset(pool + used, 0, sizeof(b));
+    hb_uuid_used = used + sizeof(b);
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[b[i] >> 4];
+        *o++ = hex[b[i] & 0x0f];
+    }
+    *o = '\0';
     return 0;
 }
 
@@ -191,7 +225,7 @@ int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr, size_t
             hb_seterr(errstr, errstr_size, "uuid: no random bytes from OpenSSL");
             return -1;
         }
-        (void)json_object_set_new(ev, "uuid", json_string(id));
+        (void)json_object_set_new(ev, "uuid", json_string_nocheck(id));
     }
     if (!published) {
         char now[32];

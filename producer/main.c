@@ -242,6 +242,7 @@ static void run_generate(hb_producer_t *p, long long count, double rate) {
         (void)hb_producer_send(p, ev, i + 1);
         json_decref(ev);
     }
+    hb_gen_free(&g);
 }
 
 int main(int argc, char **argv) {

@@ -10,6 +10,8 @@
 #include <cmocka.h>
 
 #include <ctype.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <jansson.h>
 
 #include "hb_codec.h"
@@ -173,6 +175,51 @@ static void normalize_fills_in_defaults(void **state) {
     json_decref(b);
 }
 
+/* The random bytes come from a pool refilled every 32 UUIDs: many in a row
+ * are all v4 and all different, and a child process after a fork never
+ * repeats what its parent makes next. */
+static void normalize_uuids_are_unique(void **state) {
+    json_t *seen = json_object();
+    char err[128];
+    int fds[2];
+    pid_t pid;
+    (void)state;
+    for (int i = 0; i < 1000; i++) {
+        json_t *ev = parse("{\"eventType\":\"user.session.start\"}");
+        assert_int_equal(hb_event_normalize(ev, 0, err, sizeof(err)), 0);
+        assert_true(is_uuid_v4(hb_event_uuid(ev)));
+        assert_null(json_object_get(seen, hb_event_uuid(ev)));
+        (void)json_object_set_new(seen, hb_event_uuid(ev), json_true());
+        json_decref(ev);
+    }
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) { /* the child: its next UUID to the parent */
+        json_t *ev = parse("{\"eventType\":\"user.session.start\"}");
+        ssize_t w = -1;
+        if (hb_event_normalize(ev, 0, err, sizeof(err)) == 0)
+            w = write(fds[1], hb_event_uuid(ev), 36);
+        _exit(w == 36 ? 0 : 1);
+    }
+    {
+        char child[37] = "";
+        int status = 0;
+        json_t *ev = parse("{\"eventType\":\"user.session.start\"}");
+        assert_int_equal(read(fds[0], child, 36), 36);
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_int_equal(hb_event_normalize(ev, 0, err, sizeof(err)), 0);
+        assert_true(is_uuid_v4(child));
+        assert_string_not_equal(child, hb_event_uuid(ev));
+        assert_null(json_object_get(seen, child));
+        json_decref(ev);
+    }
+    close(fds[0]);
+    close(fds[1]);
+    json_decref(seen);
+}
+
 static void normalize_keeps_given_values(void **state) {
     json_t *ev = parse("{\"eventType\":\"user.account.lock\",\"uuid\":\"my-id\","
                        "\"published\":\"2024-05-01T12:00:00.000Z\",\"version\":\"2\","
@@ -267,6 +314,7 @@ static void generated_events_are_valid(void **state) {
         free(buf);
     }
     assert_true(json_object_size(seen) == hb_event_types_count()); /* the whole catalogue */
+    hb_gen_free(&g);
     /* deterministic for a seed (published aside) */
     hb_gen_init(&g, 7);
     hb_gen_init(&g2, 7);
@@ -274,6 +322,16 @@ static void generated_events_are_valid(void **state) {
         json_t *a = hb_gen_event(&g), *b = hb_gen_event(&g2);
         (void)json_object_del(a, "published");
         (void)json_object_del(b, "published");
+        assert_true(json_equal(a, b));
+        json_decref(a);
+        json_decref(b);
+    }
+    {
+        /* an event outlives its generator (the parts it shares with others too) */
+        json_t *a = hb_gen_event(&g), *b;
+        hb_gen_free(&g);
+        hb_gen_free(&g2);
+        b = json_deep_copy(a);
         assert_true(json_equal(a, b));
         json_decref(a);
         json_decref(b);
@@ -288,6 +346,7 @@ int main(void) {
         cmocka_unit_test(catalogue_lookups),
         cmocka_unit_test(normalize_table),
         cmocka_unit_test(normalize_fills_in_defaults),
+        cmocka_unit_test(normalize_uuids_are_unique),
         cmocka_unit_test(normalize_keeps_given_values),
         cmocka_unit_test(key_selection),
         cmocka_unit_test(accessors),
