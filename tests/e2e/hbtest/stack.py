@@ -57,6 +57,10 @@ class Receiver:
         self.argv = argv
         self.group = group
         self.proc = group.start(name, argv)
+        if delay_ms and delay_ms > 15000:
+            # Its handlers sleep past any stop: SIGTERM leaves it waiting for
+            # them, so the stop at the end of the test kills it after 1 s.
+            self.proc.stop_timeout = 1
         self.url = f"http://127.0.0.1:{self.port}/hook"
         wait_until(self._up, 10, "the receiver to listen")
 
