@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 
 from hbtest.pg import MIGRATIONS, pg_cluster  # noqa: F401 (fixture)
 from hbtest.procs import BIN, SLOW, wait_until
-from hbtest.stack import Broker, Receiver, produce
+from hbtest.stack import Broker, Receiver, produce, topic_records
 from hbtest.webhooks import expected_signature
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -203,10 +203,7 @@ def test_uuid_and_published_are_filled_in_and_the_event_is_keyed_by_its_user(bro
                                 "actor": {"id": "00uADMIN", "type": "User"},
                                 "target": [{"id": "00gGROUP", "type": "UserGroup"},
                                            {"id": "00uTARGET", "type": "User"}]}])
-    kc = KafkaConsumer("identity.events", bootstrap_servers=broker.bootstrap.split(","),
-                       auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    msgs = list(kc)
-    kc.close()
+    msgs = topic_records(broker.bootstrap, "identity.events")
     assert len(msgs) == 2
     schema = avro.schema.parse((SCHEMA_DIR / "identity_event.avsc").read_text())
     reader = avro.io.DatumReader(schema)
