@@ -63,6 +63,10 @@ def pytest_collection_modifyitems(config, items):
         if ((cs is not None and cs.params.get("broker_kind") == "apache")
                 or "apache_kafka" in names or "apache_kafka_cluster" in names):
             item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+    # The SQL-only tests (hundreds, each well under a second) last: xdist
+    # hands out tests in this order, so the workers end together on short
+    # ones instead of one finishing a long test while the others idle.
+    items.sort(key=lambda item: item.get_closest_marker("sql_only") is not None)
 
 
 @pytest.hookimpl(hookwrapper=True)
