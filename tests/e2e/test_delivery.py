@@ -8,6 +8,7 @@ import uuid
 import psycopg2
 import pytest
 
+from hbtest.lifecycle import wait_read
 from hbtest.procs import wait_until
 from hbtest.stack import Dispatcher, Receiver, produce, topic_records
 from hbtest.webhooks import signature_valid
@@ -83,7 +84,7 @@ def test_only_subscribed_events_arrive_once_signed_with_auth(db_url, broker, pro
     produce(broker.bootstrap, mixed)
 
     wait_until(lambda: len(receiver.events()) >= len(wanted), 30, "10 deliveries")
-    time.sleep(1.5)  # anything extra or duplicated would show up by now
+    wait_read(d, len(mixed), "every event")  # anything extra or duplicated is sent by then
     got = receiver.events()
     assert sorted(e["uuid"] for _, e in got) == sorted(e["uuid"] for e in wanted)
     for req, ev in got:
@@ -134,7 +135,7 @@ def test_subscription_applies_without_restart_and_inactive_gets_nothing(db_url, 
     sql(db_url, "SELECT hookbridge.register('idle', %s, ARRAY['user.lifecycle.create'])",
         receiver.url + "/idle")
     produce(broker.bootstrap, [event("user.lifecycle.create")])
-    time.sleep(2)
+    wait_read(d, 1)
     assert receiver.posts() == []
     # Registered and activated while the dispatcher runs: the next event arrives.
     register_verified(db_url, receiver.url, ["user.lifecycle.create"])

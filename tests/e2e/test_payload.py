@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from hbtest.lifecycle import wait_read
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.webhooks import signature_valid
@@ -266,7 +267,7 @@ def test_unreadable_field_list_written_by_hand_stops_deliveries_until_fixed(db_u
                "the dispatcher to refuse the row")
     assert "deliveries to it stop until it is fixed" in d.proc.output()
     produce(broker.bootstrap, [full_event()])
-    time.sleep(2)
+    wait_read(d, 1)
     assert receiver.posts() == [], "nothing is sent to a row that cannot be read"
     sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb WHERE id=%s",
         json.dumps({"fields": ["actor"]}), sub)

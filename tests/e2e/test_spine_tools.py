@@ -136,7 +136,14 @@ def test_migrate_up_waits_for_the_migration_lock(pg_cluster):  # noqa: F811
     p = subprocess.Popen([str(BIN / "hookbridge-migrate"), "up", "--dir", str(MIGRATIONS)],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2 * SLOW)
+        # Its session waits for the advisory lock (not merely still starting).
+        def waiting():
+            assert p.poll() is None, "migrate up did not wait for the lock: " + p.communicate()[1]
+            with psycopg2.connect(url) as c, c.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                            "wait_event_type = 'Lock' AND wait_event = 'advisory'", (db,))
+                return cur.fetchone()[0] == 1
+        wait_until(waiting, 20, "migrate up to wait for the advisory lock")
         assert p.poll() is None, "migrate up did not wait for the lock: " + p.communicate()[1]
         with psycopg2.connect(url) as c, c.cursor() as cur:
             cur.execute("SELECT to_regclass('hookbridge.hookbridge_migrations')")
