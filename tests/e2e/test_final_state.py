@@ -200,7 +200,11 @@ def test_a_due_retry_waits_while_the_database_is_away(pg_cluster, db_url, procs,
         proxy.cut()
         produce(broker.bootstrap, [event("user.session.start")])
         wait_until(lambda: receiver.posts(), 20 * SLOW, "the first attempt")
-        time.sleep(4 * SLOW)  # the retry is due after 1 s: nothing may happen meanwhile
+        # The retrier has read the retry (due 1 s after the first attempt);
+        # past its due time, plus a margin, nothing may have happened.
+        line = wait_until(lambda: re.search(r"attempt 2 is due in (-?\d+) ms",
+                                            r.proc.output()), 20, "the retrier to read the retry")
+        time.sleep(max(0, int(line.group(1))) / 1000 + 1.5 * SLOW)
         assert len(receiver.posts()) == 1, "a retry was attempted without asking the log"
         assert STALE_RETRY not in r.proc.output()
         proxy.start()
