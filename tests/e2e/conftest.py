@@ -52,6 +52,10 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("broker_kind", kinds, indirect=True)
 
 
+# tryfirst: pytest-xdist's own hook (--dist loadgroup) reads the xdist_group
+# marks to group the tests; after it, the marks added here would be ignored
+# and every worker would start an Apache Kafka of its own.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if (SANITIZED and item.get_closest_marker("sql_only")
