@@ -152,9 +152,12 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@KAFKA=$(KAFKA) deploy/local/run.sh
 
+# The builds of `make test` use every core unless make was given -j itself.
+BUILD_JOBS = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(shell nproc))
+
 test: deps
 	@$(MAKE) --no-print-directory format-check
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory $(BUILD_JOBS) all
 	@$(MAKE) --no-print-directory test-unit
 	@$(MAKE) --no-print-directory test-e2e
 	@$(MAKE) --no-print-directory test-asan
@@ -174,7 +177,7 @@ test-e2e: all
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer;
 # LeakSanitizer reports leaks at exit of every program and test.
 test-asan:
-	@$(MAKE) --no-print-directory SANITIZER=address,undefined all
+	@$(MAKE) --no-print-directory $(BUILD_JOBS) SANITIZER=address,undefined all
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  $(MAKE) --no-print-directory SANITIZER=address,undefined test-unit
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -21,16 +21,23 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from hbtest.pg import db_url, pg_cluster  # noqa: E402,F401
-from hbtest.procs import ProcessGroup  # noqa: E402
+from hbtest.procs import BIN, ProcessGroup  # noqa: E402
 from hbtest.kafka import ApacheKafka  # noqa: E402
 from hbtest.stack import Broker  # noqa: E402
 
 BROKER_KIND = os.environ.get("HOOKBRIDGE_TEST_KAFKA", "devbroker")
+# The sanitizer build (make test-asan), as test_tls_memory.py and others tell it.
+SANITIZED = BIN.name == "bin-san"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "apache: run this test on the devbroker and on "
                             "Apache Kafka (the broker / new_broker fixtures)")
+    config.addinivalue_line("markers", "sql_only: runs none of our programs, only SQL "
+                            "against PostgreSQL: skipped in the sanitizer pass (make "
+                            "test-asan), where it would repeat the normal pass exactly")
+    config.addinivalue_line("markers", "runs_programs: in a sql_only module, a test that "
+                            "runs one of our programs (the sanitizer pass runs it)")
 
 
 def pytest_generate_tests(metafunc):
@@ -45,13 +52,25 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("broker_kind", kinds, indirect=True)
 
 
+# tryfirst: pytest-xdist's own hook (--dist loadgroup) reads the xdist_group
+# marks to group the tests; after it, the marks added here would be ignored
+# and every worker would start an Apache Kafka of its own.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if (SANITIZED and item.get_closest_marker("sql_only")
+                and not item.get_closest_marker("runs_programs")):
+            item.add_marker(pytest.mark.skip(
+                reason="SQL only: no program of ours to check under the sanitizers"))
         cs = getattr(item, "callspec", None)
         names = getattr(item, "fixturenames", ())
         if ((cs is not None and cs.params.get("broker_kind") == "apache")
                 or "apache_kafka" in names or "apache_kafka_cluster" in names):
             item.add_marker(pytest.mark.xdist_group("apache-kafka"))
+    # The SQL-only tests (hundreds, each well under a second) last: xdist
+    # hands out tests in this order, so the workers end together on short
+    # ones instead of one finishing a long test while the others idle.
+    items.sort(key=lambda item: item.get_closest_marker("sql_only") is not None)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from hbtest.ingest import AUTH_VALUE, PATH, Ingest, envelope, topic_messages
+from hbtest.lifecycle import wait_read
 from hbtest.procs import BIN, SLOW, free_port, wait_until
 from hbtest.stack import Dispatcher, Receiver
 from hbtest.webhooks import signature_valid
@@ -51,7 +52,7 @@ def test_okta_delivery_reaches_the_subscriber_once_signed(db_url, broker, procs,
     assert body == {"produced": 3}
 
     wait_until(lambda: receiver.events(), 30, "the subscribed event at the receiver")
-    time.sleep(1.5 * SLOW)  # a duplicate or another event would show up by now
+    wait_read(d, 3, "all three events")  # a duplicate or another event is sent by then
     got = receiver.events()
     assert [e["uuid"] for _, e in got] == [wanted["uuid"]]
     req = got[0][0]

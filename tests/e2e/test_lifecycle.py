@@ -4,17 +4,18 @@ receiver. (The SQL-only rules and every refusal are in test_sql.py.)"""
 import time
 
 from hbtest.lifecycle import (ACTIVE, ACTIVE_UNVERIFIED, INACTIVE, REMOVED, apply, challenges,
-                              event, register_active, sql, uuids, verification,
-                              wait_verification_outcome)
+                              consumed, event, register_active, sql, uuids, verification,
+                              wait_read, wait_verification_outcome)
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.webhooks import expected_signature
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
-# How long to keep watching for a request that must NOT come. Events are
-# matched within milliseconds of being produced; this is generous for a
-# loaded 2-core machine.
+# How long to keep watching for a request that must NOT come, where the
+# dispatcher has nothing left to read that would show it is done (else
+# hbtest.lifecycle.wait_read). Events are matched within milliseconds of
+# being produced; this is generous for a loaded 2-core machine.
 QUIET = 2.0 * SLOW
 
 
@@ -41,8 +42,9 @@ def test_activate_starts_deactivate_stops_activate_resumes(db_url, broker, procs
 
     apply(d, db_url, sub, INACTIVE, "SELECT hookbridge.deactivate(%s)", sub)
     while_stopped = [event("user.session.start") for _ in range(3)]
+    n = consumed(d)
     produce(broker.bootstrap, while_stopped)
-    time.sleep(QUIET)
+    wait_read(d, n + 3)
     assert uuids(rcv) == [first], "a deactivated subscription must receive nothing"
 
     apply(d, db_url, sub, ACTIVE, "SELECT hookbridge.activate(%s)", sub)
@@ -58,9 +60,10 @@ def test_subscribe_adds_a_type_and_unsubscribe_removes_one(db_url, broker, procs
 
     # Not subscribed yet: a lock event is not delivered.
     early = event("user.account.lock")
+    n = consumed(d)
     produce(broker.bootstrap, [early])
-    deliver(broker, rcv, "user.session.start")  # the dispatcher is past `early` by now
-    time.sleep(QUIET / 2)
+    deliver(broker, rcv, "user.session.start")
+    wait_read(d, n + 2)  # past `early` too
     assert early["uuid"] not in uuids(rcv)
 
     apply(d, db_url, sub, ACTIVE, "SELECT hookbridge.subscribe(%s, ARRAY['user.account.lock'])",
@@ -70,9 +73,10 @@ def test_subscribe_adds_a_type_and_unsubscribe_removes_one(db_url, broker, procs
     apply(d, db_url, sub, ACTIVE,
           "SELECT hookbridge.unsubscribe(%s, ARRAY['user.session.start'])", sub)
     gone = event("user.session.start")
+    n = consumed(d)
     produce(broker.bootstrap, [gone])
     deliver(broker, rcv, "user.account.lock")  # still subscribed
-    time.sleep(QUIET)
+    wait_read(d, n + 2)
     assert gone["uuid"] not in uuids(rcv), "an unsubscribed type must not arrive"
     assert sql(db_url, "SELECT event_types FROM hookbridge.subscription_overview WHERE id = %s",
                sub) == [(["user.account.lock"],)]
@@ -119,8 +123,9 @@ def test_new_url_that_fails_verification_gets_nothing_and_says_why(db_url, broke
                "WHERE id = %s", sub) == [("inactive", "failed", "response is not JSON",
                                           "inactive", True)]
     before = len(rcv.requests())
+    n = consumed(d)
     produce(broker.bootstrap, [event("user.session.start")])
-    time.sleep(QUIET)
+    wait_read(d, n + 1)
     assert len(rcv.requests()) == before
 
 
@@ -133,8 +138,9 @@ def test_deregister_stops_deliveries_and_keeps_history(db_url, broker, procs, wo
                15, "the delivery in the log")
 
     apply(d, db_url, sub, REMOVED, "SELECT hookbridge.deregister(%s)", sub)
+    n = consumed(d)
     produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
-    time.sleep(QUIET)
+    wait_read(d, n + 3)
     assert uuids(rcv) == [delivered], "a deregistered subscription must receive nothing"
     # Gone from the live views, history still in the delivery log.
     assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_overview") == [(0,)]

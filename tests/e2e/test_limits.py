@@ -30,7 +30,7 @@ def test_an_oversized_payload_is_dead_lettered_not_sent(db_url, broker, procs, w
     did, status, err, body = row
     assert status == "failed" and body is None
     assert "exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (4096)" in err
-    msgs = dlq_messages(broker)
+    msgs = dlq_messages(broker, want=1)
     assert len(msgs) == 1
     dr = decode("delivery_retry", msgs[0].value)
     assert dr["delivery_id"] == did and dr["body"] == "" and "exceeds" in dr["last_error"]

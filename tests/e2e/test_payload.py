@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from hbtest.lifecycle import wait_read
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.webhooks import signature_valid
@@ -266,7 +267,7 @@ def test_unreadable_field_list_written_by_hand_stops_deliveries_until_fixed(db_u
                "the dispatcher to refuse the row")
     assert "deliveries to it stop until it is fixed" in d.proc.output()
     produce(broker.bootstrap, [full_event()])
-    time.sleep(2)
+    wait_read(d, 1)
     assert receiver.posts() == [], "nothing is sent to a row that cannot be read"
     sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb WHERE id=%s",
         json.dumps({"fields": ["actor"]}), sub)
@@ -392,6 +393,7 @@ INVALID = [
 ]
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("options,state,message", INVALID,
                          ids=[f"{i}-{list(o)[0]}" for i, (o, _, _) in enumerate(INVALID)])
 def test_register_refuses_bad_payload_options(db_url, options, state, message):
@@ -414,6 +416,7 @@ def test_register_refuses_bad_payload_options(db_url, options, state, message):
     assert sql(db_url, "SELECT count(*) FROM hookbridge.subscription_secrets")[0][0] == before
 
 
+@pytest.mark.sql_only
 def test_header_that_is_the_auth_header_is_refused(db_url):
     code, text = sqlstate(db_url, "SELECT hookbridge.register('p', 'https://h.example.com/x', "
                           "ARRAY['user.session.start'], %s::jsonb)",
@@ -428,6 +431,7 @@ def test_header_that_is_the_auth_header_is_refused(db_url):
         assert code == "HB006", (name, text)
 
 
+@pytest.mark.sql_only
 def test_valid_payload_options_are_stored(db_url):
     headers = {f"X-H{i:02d}": "v" for i in range(20)}  # exactly at the bound
     sub = register(db_url, "https://h.example.com/x", ["user.session.start"],
@@ -444,6 +448,7 @@ def test_valid_payload_options_are_stored(db_url):
                "WHERE id=%s", sub)[0][0] == 60000
 
 
+@pytest.mark.sql_only
 def test_header_bounds_follow_the_limits_table(db_url):
     """max_headers and max_header_bytes in hookbridge.limits apply at once."""
     sql(db_url, "UPDATE hookbridge.limits SET value = 2 WHERE name = 'max_headers'")
@@ -458,6 +463,7 @@ def test_header_bounds_follow_the_limits_table(db_url):
                json.dumps({"headers": {"X-A": "1", "X-B": "2"}}))[0][0]
 
 
+@pytest.mark.sql_only
 def test_filter_is_checked_by_check_filter_and_stored(db_url):
     """options.filter goes through hookbridge.check_filter (migration 0002)
     when installed. Without it, a stand-in that refuses non-objects with
@@ -480,6 +486,7 @@ def test_filter_is_checked_by_check_filter_and_stored(db_url):
                    "WHERE id=%s", sub)[0][0] == f
 
 
+@pytest.mark.sql_only
 def test_event_fields_match_the_schema(db_url):
     """hookbridge.event_fields() (what options.fields may name) is exactly the
     top-level fields of schema/identity_event.avsc, in order."""

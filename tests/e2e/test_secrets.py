@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from hbtest.lifecycle import wait_read
 from hbtest.procs import BIN, SECRET_KEY, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.webhooks import signature_valid
@@ -167,7 +168,10 @@ def test_key_rotation_moves_values_to_the_new_key(db_url, broker, procs, workdir
                "every value sealed under the first key")
     d.proc.stop()
 
+    # Each restart in a consumer group of its own: joining the group a member
+    # just left takes the broker 5 s, a new group 3 s (no event is waiting).
     d2 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-newkey",
+                    group_id="hookbridge-dispatcher-newkey",
                     extra_env={"HOOKBRIDGE_SECRET_KEY": new, "HOOKBRIDGE_SECRET_KEYS_OLD": old})
     d2.wait_ready()
     wait_until(lambda: sql(db_url, "SELECT key_id, signing_secrets, auth_values "
@@ -177,6 +181,7 @@ def test_key_rotation_moves_values_to_the_new_key(db_url, broker, procs, workdir
 
     # The old key is gone from the configuration: still delivered, signed.
     d3 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-onlynew",
+                    group_id="hookbridge-dispatcher-onlynew",
                     extra_env={"HOOKBRIDGE_SECRET_KEY": new})
     d3.wait_ready()
     produce(broker.bootstrap, [event("user.session.start")])
@@ -215,14 +220,17 @@ def test_wrong_key_or_moved_ciphertext_fails_closed(db_url, broker, procs, workd
     # A service started with an unrelated key: nothing opens, it says which
     # key id the values need, and delivers nothing.
     stranger = new_key()
+    # In a consumer group of its own (joined in 3 s, not the 5 s of the group
+    # the first one just left): it reads the first event again, and the next.
     d2 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-wrongkey",
+                    group_id="hookbridge-dispatcher-wrongkey",
                     extra_env={"HOOKBRIDGE_SECRET_KEY": stranger})
     d2.wait_ready()
     need = key_id(SECRET_KEY)
     wait_until(lambda: f"sealed with key {need}, which is not configured" in d2.proc.output(),
                15, "the wrong-key error")
     produce(broker.bootstrap, [event("user.session.start")])
-    time.sleep(2)
+    wait_read(d2, 2, "both events")
     assert len(good.events()) == 1
     assert secret[6:] not in d2.proc.output()
 

@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 
 from hbtest.pg import MIGRATIONS, pg_cluster  # noqa: F401 (fixture)
 from hbtest.procs import BIN, SLOW, wait_until
-from hbtest.stack import Broker, Receiver, produce
+from hbtest.stack import Broker, Receiver, produce, topic_records
 from hbtest.webhooks import expected_signature
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -136,7 +136,14 @@ def test_migrate_up_waits_for_the_migration_lock(pg_cluster):  # noqa: F811
     p = subprocess.Popen([str(BIN / "hookbridge-migrate"), "up", "--dir", str(MIGRATIONS)],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2 * SLOW)
+        # Its session waits for the advisory lock (not merely still starting).
+        def waiting():
+            assert p.poll() is None, "migrate up did not wait for the lock: " + p.communicate()[1]
+            with psycopg2.connect(url) as c, c.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
+                            "wait_event_type = 'Lock' AND wait_event = 'advisory'", (db,))
+                return cur.fetchone()[0] == 1
+        wait_until(waiting, 20, "migrate up to wait for the advisory lock")
         assert p.poll() is None, "migrate up did not wait for the lock: " + p.communicate()[1]
         with psycopg2.connect(url) as c, c.cursor() as cur:
             cur.execute("SELECT to_regclass('hookbridge.hookbridge_migrations')")
@@ -203,10 +210,7 @@ def test_uuid_and_published_are_filled_in_and_the_event_is_keyed_by_its_user(bro
                                 "actor": {"id": "00uADMIN", "type": "User"},
                                 "target": [{"id": "00gGROUP", "type": "UserGroup"},
                                            {"id": "00uTARGET", "type": "User"}]}])
-    kc = KafkaConsumer("identity.events", bootstrap_servers=broker.bootstrap.split(","),
-                       auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    msgs = list(kc)
-    kc.close()
+    msgs = topic_records(broker.bootstrap, "identity.events")
     assert len(msgs) == 2
     schema = avro.schema.parse((SCHEMA_DIR / "identity_event.avsc").read_text())
     reader = avro.io.DatumReader(schema)

@@ -19,6 +19,10 @@ from hbtest.procs import SLOW
 
 URL = "https://hooks.example.com/okta"
 
+# SQL against PostgreSQL only (conftest.py: the sanitizer pass skips these),
+# except the hookbridge-migrate tests, marked runs_programs.
+pytestmark = pytest.mark.sql_only
+
 
 def sql(url, query, *args):
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
@@ -63,6 +67,7 @@ def notifications(conn, want=1, timeout=3.0):
 # --- hookbridge-migrate ------------------------------------------------------
 
 
+@pytest.mark.runs_programs
 def test_migrate_up_applies_then_is_a_noop_and_status_shows_applied(pg_cluster):
     db = pg_cluster.create_database("mig")
     st = pg_cluster.migrate(db, "status")
@@ -83,6 +88,7 @@ def test_migrate_up_applies_then_is_a_noop_and_status_shows_applied(pg_cluster):
     assert rows == want and rows[0][:2] == (1, "baseline")
 
 
+@pytest.mark.runs_programs
 def test_migrate_refuses_an_edited_applied_file(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
@@ -102,6 +108,7 @@ def test_migrate_refuses_an_edited_applied_file(pg_cluster, tmp_path):
     assert st.returncode == 1 and "0001_baseline.sql" in st.stderr
 
 
+@pytest.mark.runs_programs
 def test_migrate_refuses_when_an_applied_file_is_missing(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
@@ -113,6 +120,7 @@ def test_migrate_refuses_when_an_applied_file_is_missing(pg_cluster, tmp_path):
     assert r.returncode == 1 and "0001_baseline.sql" in r.stderr and "missing" in r.stderr
 
 
+@pytest.mark.runs_programs
 def test_a_failing_migration_is_rolled_back_and_names_its_file(pg_cluster, tmp_path):
     mig = tmp_path / "migrations"
     mig.mkdir()
@@ -128,6 +136,7 @@ def test_a_failing_migration_is_rolled_back_and_names_its_file(pg_cluster, tmp_p
     assert sql(url, "SELECT version FROM hookbridge.hookbridge_migrations") == [(1,)]
 
 
+@pytest.mark.runs_programs
 def test_migrate_unreachable_database_names_host_port_never_password(pg_cluster):
     env = {"HOOKBRIDGE_DATABASE_URL": "postgresql://hb:Sup3r-Secret-pw@127.0.0.1:1/hookbridge"}
     import subprocess

@@ -123,7 +123,10 @@ def test_mtls_receiver_refuses_a_dispatcher_without_a_client_certificate(db_url,
     d.proc.stop()
 
     # With HOOKBRIDGE_TLS_CLIENT_CERT/KEY it is verified and delivered to.
+    # (In a consumer group of its own: joined in 3 s, not the 5 s of the group
+    # the first one just left; no event was produced before.)
     https_dispatcher(procs, db_url, broker, pki, name="client-cert",
+                     HOOKBRIDGE_CONSUMER_GROUP="hookbridge-dispatcher-client-cert",
                      HOOKBRIDGE_TLS_CLIENT_CERT=str(client_cert),
                      HOOKBRIDGE_TLS_CLIENT_KEY=str(client_key))
     register_verified(db_url, receiver.url, ["user.session.start"])
@@ -152,7 +155,10 @@ def test_allowed_cidrs_let_a_private_endpoint_through(db_url, broker, procs, wor
     d.proc.stop()
 
     # The same endpoint inside HOOKBRIDGE_ALLOWED_CIDRS: verified and delivered.
+    # (In a consumer group of its own, joined in 3 s, not the 5 s of the group
+    # the first one just left; no event was produced before.)
     d = Dispatcher(procs, db_url, broker.bootstrap, name="allowlist",
+                   group_id="hookbridge-dispatcher-allowlist",
                    extra_env={"HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS": "0",
                               "HOOKBRIDGE_ALLOWED_CIDRS": "10.20.0.0/16, 127.0.0.0/8"})
     d.wait_ready()

@@ -79,6 +79,7 @@ class KeepAliveTlsServer:
             started.set()
             if self.port:
                 self.loop.run_forever()
+            self.loop.close()
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -101,11 +102,21 @@ class KeepAliveTlsServer:
             writer.close()
 
     def stop(self):
-        def shutdown():
+        """Stops listening, ends the connections still open (their tasks are
+        cancelled and awaited, so none is left pending when the loop closes),
+        then the loop and its thread."""
+        async def shutdown():
             for s in self.servers:
                 s.close()
-            self.loop.stop()
-        self.loop.call_soon_threadsafe(shutdown)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for s in self.servers:
+                await s.wait_closed()
+        if self.port:
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
 

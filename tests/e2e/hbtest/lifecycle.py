@@ -7,11 +7,13 @@ subscription_id), so a test can wait for a change to be in effect before it
 produces the next event, instead of sleeping and hoping.
 """
 import json
+import re
+import time
 import uuid
 
 import psycopg2
 
-from .procs import wait_until
+from .procs import SLOW, wait_until
 
 
 def sql(db_url, query, *args):
@@ -48,6 +50,27 @@ def changes_applied(dispatcher, sub, msg):
         if rec.get("subscription_id") == sub and rec.get("msg") == msg:
             n += 1
     return n
+
+
+def consumed(dispatcher):
+    """The dispatcher's hookbridge_messages_consumed_total: events it has read."""
+    m = re.search(r"^hookbridge_messages_consumed_total (\d+)$", dispatcher.get("/metrics")[1],
+                  re.M)
+    return int(m.group(1)) if m else 0
+
+
+# Once the dispatcher has read an event, what it sends for it goes out within
+# milliseconds; this much longer is generous on a loaded 2-core machine.
+SETTLE = 0.5 * SLOW
+
+
+def wait_read(dispatcher, count, what="the events"):
+    """Waits until the dispatcher has read `count` events in all (see
+    consumed()), then SETTLE: a request it would make for them is made by
+    then. For checking that something did NOT arrive, without guessing how
+    long the events take to be read."""
+    wait_until(lambda: consumed(dispatcher) >= count, 30, f"the dispatcher to read {what}")
+    time.sleep(SETTLE)
 
 
 def apply(dispatcher, db_url, sub, expect, query, *args, timeout=15):

@@ -60,6 +60,9 @@ class Proc:
     def __init__(self, name, argv, env, log_path):
         self.name = name
         self.argv = argv
+        # How long stop() waits after SIGTERM before SIGKILL; a program known
+        # not to exit meanwhile (a receiver asleep in its handlers) sets less.
+        self.stop_timeout = 15
         self.log_path = Path(log_path)
         self.log = open(self.log_path, "ab")
         self.p = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -82,12 +85,12 @@ class Proc:
         if self.alive():
             self.p.send_signal(sig)
 
-    def stop(self, timeout=15):
+    def stop(self, timeout=None):
         """SIGTERM and wait; SIGKILL if it does not exit. Returns the exit code."""
         if self.alive():
             self.p.send_signal(signal.SIGTERM)
             try:
-                self.p.wait(timeout * SLOW)
+                self.p.wait((self.stop_timeout if timeout is None else timeout) * SLOW)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()

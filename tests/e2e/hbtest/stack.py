@@ -57,6 +57,10 @@ class Receiver:
         self.argv = argv
         self.group = group
         self.proc = group.start(name, argv)
+        if delay_ms and delay_ms > 15000:
+            # Its handlers sleep past any stop: SIGTERM leaves it waiting for
+            # them, so the stop at the end of the test kills it after 1 s.
+            self.proc.stop_timeout = 1
         self.url = f"http://127.0.0.1:{self.port}/hook"
         wait_until(self._up, 10, "the receiver to listen")
 
@@ -179,3 +183,34 @@ def produce(brokers, lines, topic="identity.events", args=(), check=True):
     if check:
         assert r.returncode == 0, f"producer failed: {r.stdout.decode()} {r.stderr.decode()}"
     return r
+
+
+def topic_records(bootstrap, topic, want=0, timeout=20):
+    """Every message on `topic`, from the beginning of each partition to its
+    end offset as it is now (kafka-python ConsumerRecords, partition by
+    partition): what is on the topic, read without waiting for a quiet
+    period. want: first wait (up to timeout s) until at least that many are
+    there, for messages a service is still producing; the list can be longer."""
+    from kafka import KafkaConsumer, TopicPartition
+    kc = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout * SLOW
+        parts = wait_until(lambda: kc.partitions_for_topic(topic), timeout,
+                           f"the partitions of {topic}")
+        parts = [TopicPartition(topic, p) for p in sorted(parts)]
+        kc.assign(parts)
+        kc.seek_to_beginning(*parts)
+        got = []
+        while True:
+            end = kc.end_offsets(parts)
+            while any(kc.position(tp) < end[tp] for tp in parts):
+                assert time.monotonic() < deadline, f"reading {topic}: timed out"
+                for recs in kc.poll(200).values():
+                    got += recs
+            if len(got) >= want:
+                return sorted(got, key=lambda m: (m.partition, m.offset))
+            assert time.monotonic() < deadline, \
+                f"{len(got)} messages on {topic} after {timeout * SLOW:.0f}s, want {want}"
+            time.sleep(0.1)
+    finally:
+        kc.close()
