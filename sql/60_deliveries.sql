@@ -4,9 +4,10 @@
 --
 -- Endpoint health. A statement trigger on delivery_attempts keeps, per
 -- subscription, the consecutive failed attempts and since when it has been
--- failing. hookbridge.deactivate_failing(interval), run by the retrier every
--- minute, deactivates subscriptions failing for longer than that and records
--- why in subscriptions.deactivation_reason.
+-- failing, and the last success (less than 1 s behind: see _track_health).
+-- hookbridge.deactivate_failing(interval), run by the retrier every minute,
+-- deactivates subscriptions failing for longer than that and records why in
+-- subscriptions.deactivation_reason.
 --
 -- Replay. hookbridge.replay(delivery_id) marks a failed delivery 'replay';
 -- the retrier claims such rows (hookbridge.claim_replays, a lease so that a
@@ -42,6 +43,32 @@
 -- which only the subscriptions with failures look into (the failures since
 -- the latest success: how many and the first; the latest failure's error).
 -- Issue 12: this trigger is paid for every logged attempt.
+--
+-- The row of a busy subscription is written by every replica's delivery-log
+-- writer, and a writer that updates it holds its lock until it commits: the
+-- others' batches for that subscription would wait for that commit, one
+-- after the other. So a batch whose rows for a subscription are all
+-- successes leaves the row alone when it reads (without a lock) that the row
+--   * already says what the update would write apart from last_success_at
+--     (0 consecutive failures, not failing),
+--   * has a last_success_at less than 1 s older than the batch's newest
+--     success, and
+--   * is not being written by a transaction still open: one that may be
+--     adding failures, which a success after it must reset. The batch then
+--     takes the lock and waits, as every batch did before. A writer sets the
+--     version's xmax (its lock) while it is open; xmax is 0 on a version no
+--     one locked, or the xid that made the version (xmin: ON CONFLICT DO
+--     UPDATE leaves its own lock on the version it writes, and that
+--     transaction committed, or the version would not be visible). Any other
+--     xmax (a writer still open, or one that rolled back) takes the lock.
+-- Steady success traffic writes the row about once a second, failures and
+-- the first success after them at once. The result is that of applying the
+-- batches one at a time in the order in which they read or locked the row,
+-- as before, except that last_success_at may be up to (not including) 1 s
+-- older than the newest success logged (docs/sql.md, subscription_overview).
+-- A batch that skipped is ordered before a failure batch that locks the row
+-- after its read, even if it commits later: with the lock it would have
+-- taken, that failure batch would have waited for it and come after it too.
 CREATE OR REPLACE FUNCTION hookbridge._track_health() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
@@ -74,7 +101,13 @@ BEGIN
              WHERE n.outcome = 'delivered'
                 OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
              GROUP BY 1) g
+      LEFT JOIN hookbridge.endpoint_health cur ON cur.subscription_id = g.sid
      WHERE g.sid IS NOT NULL -- neither the attempt nor the log knows its subscription
+       -- successes only, and the row is recent, not failing and not being written
+       AND (g.fail_at IS NULL
+            AND cur.consecutive_failures = 0 AND cur.failing_since IS NULL
+            AND cur.last_success_at > g.ok_at - interval '1 second'
+            AND cur.xmax IN ('0'::xid, cur.xmin)) IS NOT TRUE
     ON CONFLICT (subscription_id) DO UPDATE SET
         consecutive_failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL
                                     THEN EXCLUDED.consecutive_failures
