@@ -48,27 +48,25 @@
 -- writer, and a writer that updates it holds its lock until it commits: the
 -- others' batches for that subscription would wait for that commit, one
 -- after the other. So a batch whose rows for a subscription are all
--- successes leaves the row alone when it reads (without a lock) that the row
+-- successes leaves the row alone when it reads (without a lock: the row as
+-- last committed) that the row
 --   * already says what the update would write apart from last_success_at
---     (0 consecutive failures, not failing),
+--     (0 consecutive failures, not failing), and
 --   * has a last_success_at less than 1 s older than the batch's newest
---     success, and
---   * is not being written by a transaction still open: one that may be
---     adding failures, which a success after it must reset. The batch then
---     takes the lock and waits, as every batch did before. A writer sets the
---     version's xmax (its lock) while it is open; xmax is 0 on a version no
---     one locked, or the xid that made the version (xmin: ON CONFLICT DO
---     UPDATE leaves its own lock on the version it writes, and that
---     transaction committed, or the version would not be visible). Any other
---     xmax (a writer still open, or one that rolled back) takes the lock.
--- Steady success traffic writes the row about once a second, failures and
--- the first success after them at once. The result is that of applying the
--- batches one at a time in the order in which they read or locked the row,
--- as before, except that last_success_at may be up to (not including) 1 s
--- older than the newest success logged (docs/sql.md, subscription_overview).
--- A batch that skipped is ordered before a failure batch that locks the row
--- after its read, even if it commits later: with the lock it would have
--- taken, that failure batch would have waited for it and come after it too.
+--     success.
+-- Steady success traffic writes the row about once a second; failures, and
+-- the first success after them, at once. The row is as if the batches had
+-- been applied one at a time, a batch that writes the row where it commits
+-- (it holds the lock until then, as before), one that leaves it alone where
+-- it read it, except that last_success_at may be up to (not including) 1 s
+-- older than the newest success (docs/sql.md, subscription_overview). So a
+-- success logged after a failure committed resets the count; one logged
+-- while another writer's failure is not yet committed (its trigger ran, its
+-- COMMIT did not) counts before that failure: the count stays until the next
+-- success. Before, it waited for that commit and counted after it. Waiting
+-- whenever the row is being written (its xmax that of an open transaction)
+-- would bring the queue back: every success batch that arrives while one
+-- waits, or writes, would take the lock and write in turn.
 CREATE OR REPLACE FUNCTION hookbridge._track_health() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
@@ -103,11 +101,10 @@ BEGIN
              GROUP BY 1) g
       LEFT JOIN hookbridge.endpoint_health cur ON cur.subscription_id = g.sid
      WHERE g.sid IS NOT NULL -- neither the attempt nor the log knows its subscription
-       -- successes only, and the row is recent, not failing and not being written
+       -- successes only, and the row (as last committed) is recent and not failing
        AND (g.fail_at IS NULL
             AND cur.consecutive_failures = 0 AND cur.failing_since IS NULL
-            AND cur.last_success_at > g.ok_at - interval '1 second'
-            AND cur.xmax IN ('0'::xid, cur.xmin)) IS NOT TRUE
+            AND cur.last_success_at > g.ok_at - interval '1 second') IS NOT TRUE
     ON CONFLICT (subscription_id) DO UPDATE SET
         consecutive_failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL
                                     THEN EXCLUDED.consecutive_failures

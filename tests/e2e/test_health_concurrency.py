@@ -2,24 +2,21 @@
 same subscription (sql/60_deliveries.sql, _track_health).
 
 A batch whose rows for a subscription are all successes leaves that
-subscription's row alone when the row says 0 consecutive failures, its
-last_success_at is less than 1 s older than the batch's newest success, and no
-open transaction is writing it; so replicas logging successes for a busy
-subscription do not wait for each other's lock on its one row. Failures, and
-the first success after them, are written at once. Each test here uses its own
+subscription's row alone when the row, as last committed, says 0 consecutive
+failures and a last_success_at less than 1 s older than the batch's newest
+success; so replicas logging successes for a busy subscription do not wait for
+each other's lock on its one row. Failures, and the first success after them,
+are written at once. Each test here uses its own
 subscription id and attempt times from T0 on; "at(0.4)" is T0 + 0.4 s.
 """
 import datetime
-import threading
 import uuid
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.extensions
 import pytest
 
 from hbtest.pg import pg_cluster  # noqa: F401 (fixture)
-from hbtest.procs import wait_until
 
 T0 = datetime.datetime(2026, 12, 4, 10, 0, 0, tzinfo=datetime.timezone.utc)
 
@@ -99,19 +96,24 @@ def test_steady_successes_write_the_row_about_once_a_second(db):
     assert health(conn, sub) == (0, None, at(1.0), None, None)
 
 
-@pytest.mark.parametrize("second", ["success", "failure"])
-def test_a_replica_logging_does_not_wait_for_another_replicas_open_success_batch(db, second):
+@pytest.mark.parametrize("first,second", [("left the row alone", "success"),
+                                          ("left the row alone", "failure"),
+                                          ("wrote the row", "success")])
+def test_a_replica_logging_does_not_wait_for_another_replicas_open_success_batch(
+        db, first, second):
     """Two writers' transactions open at once, the first having logged only
-    successes for a subscription whose row is recent: the second's batch for the
-    same subscription goes through at once. Before, the first held the row's lock
-    until it committed, and the second's INSERT waited for it (here: failed on
-    its lock_timeout)."""
+    successes for a subscription whose row says 0 failures: the second's batch
+    for the same subscription goes through at once when the first left the row
+    alone, or, when the first wrote it (its successes were 1 s newer), when the
+    second's own successes are within 1 s of the row as last committed. Before,
+    the first held the row's lock until it committed, and the second's INSERT
+    waited for it (here: failed on its lock_timeout)."""
     setup, sub = db(), str(uuid.uuid4())
     log(setup, sub, ok(0))
     log(setup, sub, fail(0.5))
     log(setup, sub, ok(1))  # a row inserted, then updated: as a busy subscription's
     a, b = db(autocommit=False), db(autocommit=False)
-    log(a, sub, ok(1.3))
+    log(a, sub, ok(1.3) if first == "left the row alone" else ok(2))
     with b.cursor() as cur:
         cur.execute("SET lock_timeout = '2s'")
     try:
@@ -119,8 +121,10 @@ def test_a_replica_logging_does_not_wait_for_another_replicas_open_success_batch
     except psycopg2.errors.LockNotAvailable:
         pytest.fail("the second writer's batch waited for the first's lock on endpoint_health")
     b.commit()
-    a.commit()  # after b: a's successes were read before b's batch, so they come first
-    if second == "success":
+    a.commit()  # after b: a's successes were logged before b's batch, so they come first
+    if first == "wrote the row":
+        assert health(setup, sub) == (0, None, at(2), at(0.5), "HTTP 503")
+    elif second == "success":
         assert health(setup, sub) == (0, None, at(1), at(0.5), "HTTP 503")
     else:
         assert health(setup, sub) == (1, at(1.5), at(1), at(1.5), "HTTP 503")
@@ -147,42 +151,26 @@ def test_a_success_after_failures_resets_the_count_at_once(db):
     assert health(conn, sub) == (0, None, at(0.4), at(0.3), "HTTP 500")
 
 
-def test_a_success_logged_while_a_failure_is_being_logged_waits_and_resets_the_count(db):
-    """A success batch for a row another writer is updating (its transaction
-    open, maybe adding failures) takes the lock and waits, as before: once the
-    failure is committed, the success, committed after it, resets the count."""
+def test_a_success_logged_while_a_failure_is_being_committed_comes_before_it(db):
+    """The order the row follows: a batch that leaves the row alone counts where it
+    read the row; one that writes it, where it commits. So a success logged
+    while another writer's failure is not yet committed (a few milliseconds)
+    counts before that failure, even if it commits after it; the next success
+    resets the count. (Before, it waited for the failure's commit and counted
+    after it. Waiting for an open writer instead would make every success batch
+    that comes while the row is being written wait too, one after the other.)"""
     watch, sub = db(), str(uuid.uuid4())
     log(watch, sub, ok(0))
     a, b = db(autocommit=False), db(autocommit=False)
     log(a, sub, fail(0.2))
-    b_pid = b.get_backend_pid()
-    done = {}
-
-    def second_writer():
-        try:
-            log(b, sub, ok(0.4))
-            b.commit()
-            done["ok"] = True
-        except Exception as e:  # reported by the main thread
-            done["error"] = e
-
-    t = threading.Thread(target=second_writer)
-    t.start()
-    try:
-        def waiting():
-            with watch.cursor() as cur:
-                cur.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity "
-                            "WHERE pid = %s", (b_pid,))
-                return cur.fetchone() == ("Lock", "transactionid") or done
-        wait_until(waiting, 10, "the success batch to wait for the open failure batch")
-        assert not done, f"the success batch did not wait for the failure batch: {done}"
-        a.commit()
-    finally:
-        if a.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-            a.rollback()  # the test failed: let b go
-        t.join(timeout=30)
-    assert done == {"ok": True}
-    assert health(watch, sub) == (0, None, at(0.4), at(0.2), "HTTP 503")
+    with b.cursor() as cur:
+        cur.execute("SET lock_timeout = '2s'")
+    log(b, sub, ok(0.4))  # does not wait for a
+    a.commit()
+    b.commit()
+    assert health(watch, sub) == (1, at(0.2), at(0), at(0.2), "HTTP 503")
+    log(watch, sub, ok(0.5))
+    assert health(watch, sub) == (0, None, at(0.5), at(0.2), "HTTP 503")
 
 
 def test_subscription_overview_follows_failures_and_successes_at_once(db):
