@@ -4,9 +4,10 @@
 --
 -- Endpoint health. A statement trigger on delivery_attempts keeps, per
 -- subscription, the consecutive failed attempts and since when it has been
--- failing. hookbridge.deactivate_failing(interval), run by the retrier every
--- minute, deactivates subscriptions failing for longer than that and records
--- why in subscriptions.deactivation_reason.
+-- failing, and the last success (less than 1 s behind: see _track_health).
+-- hookbridge.deactivate_failing(interval), run by the retrier every minute,
+-- deactivates subscriptions failing for longer than that and records why in
+-- subscriptions.deactivation_reason.
 --
 -- Replay. hookbridge.replay(delivery_id) marks a failed delivery 'replay';
 -- the retrier claims such rows (hookbridge.claim_replays, a lease so that a
@@ -42,6 +43,30 @@
 -- which only the subscriptions with failures look into (the failures since
 -- the latest success: how many and the first; the latest failure's error).
 -- Issue 12: this trigger is paid for every logged attempt.
+--
+-- The row of a busy subscription is written by every replica's delivery-log
+-- writer, and a writer that updates it holds its lock until it commits: the
+-- others' batches for that subscription would wait for that commit, one
+-- after the other. So a batch whose rows for a subscription are all
+-- successes leaves the row alone when it reads (without a lock: the row as
+-- last committed) that the row
+--   * already says what the update would write apart from last_success_at
+--     (0 consecutive failures, not failing), and
+--   * has a last_success_at less than 1 s older than the batch's newest
+--     success.
+-- Steady success traffic writes the row about once a second; failures, and
+-- the first success after them, at once. The row is as if the batches had
+-- been applied one at a time, a batch that writes the row where it commits
+-- (it holds the lock until then, as before), one that leaves it alone where
+-- it read it, except that last_success_at may be up to (not including) 1 s
+-- older than the newest success (docs/sql.md, subscription_overview). So a
+-- success logged after a failure committed resets the count; one logged
+-- while another writer's failure is not yet committed (its trigger ran, its
+-- COMMIT did not) counts before that failure: the count stays until the next
+-- success. Before, it waited for that commit and counted after it. Waiting
+-- whenever the row is being written (its xmax that of an open transaction)
+-- would bring the queue back: every success batch that arrives while one
+-- waits, or writes, would take the lock and write in turn.
 CREATE OR REPLACE FUNCTION hookbridge._track_health() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
@@ -74,7 +99,12 @@ BEGIN
              WHERE n.outcome = 'delivered'
                 OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
              GROUP BY 1) g
+      LEFT JOIN hookbridge.endpoint_health cur ON cur.subscription_id = g.sid
      WHERE g.sid IS NOT NULL -- neither the attempt nor the log knows its subscription
+       -- successes only, and the row (as last committed) is recent and not failing
+       AND (g.fail_at IS NULL
+            AND cur.consecutive_failures = 0 AND cur.failing_since IS NULL
+            AND cur.last_success_at > g.ok_at - interval '1 second') IS NOT TRUE
     ON CONFLICT (subscription_id) DO UPDATE SET
         consecutive_failures = CASE WHEN EXCLUDED.last_success_at IS NOT NULL
                                     THEN EXCLUDED.consecutive_failures

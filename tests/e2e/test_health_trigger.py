@@ -8,9 +8,35 @@ every outcome, ties in time, circuit-open errors, rows without their
 subscription) go into both, and the health rows must be the same after each.
 No two failures share an instant here: of those, the trigger before kept the
 error of whichever its sort put first; the rewrite keeps the one inserted last.
+
+The tolerance: since a batch of successes leaves a recent, non-failing row
+alone (so that replicas do not wait for each other's lock on a busy
+subscription's row), last_success_at may be older than the reference's, by
+less than 1 s: it is NULL exactly when the reference's is, and otherwise
+reference - 1 s < last_success_at <= reference. Every other column is equal.
+The batches here are a second apart, so success batches leave some rows alone.
 """
+import datetime
 import random
 import uuid
+
+import pytest
+
+LAG = datetime.timedelta(seconds=1)
+
+
+def within_tolerance(got, ref):
+    """got and ref: the health rows (all columns, in order), sorted by subscription."""
+    if len(got) != len(ref):
+        return False
+    for g, r in zip(got, ref):
+        if g[:3] != r[:3] or g[4:] != r[4:]:
+            return False
+        if (g[3] is None) != (r[3] is None):
+            return False
+        if g[3] is not None and not (r[3] - LAG < g[3] <= r[3]):
+            return False
+    return True
 
 REFERENCE = """
 CREATE SCHEMA ref;
@@ -67,7 +93,15 @@ COLUMNS = ("delivery_id, attempt, started_at, duration_ms, http_status, outcome,
 ERRORS = [None, "HTTP 503", "circuit open: 5 failures", "timeout", "HTTP 500"]
 
 
-def test_the_health_rows_are_those_of_the_trigger_before_the_rewrite(pg_cluster):
+# the mix of outcomes: about as many failures as successes; nine successes in ten
+# (the rows are seldom failing, so batches of successes leave them alone)
+MIXES = {"failing": ["delivered", "retry", "retry", "failed", "dropped"],
+         "mostly delivered": ["delivered"] * 17 + ["retry", "failed", "dropped"]}
+
+
+@pytest.mark.parametrize("mix", sorted(MIXES))
+def test_the_health_rows_are_those_of_the_trigger_before_the_rewrite_to_1s_of_last_success(
+        pg_cluster, mix):
     db = pg_cluster.migrated_database("health")
     conn = pg_cluster.connect(db)
     rnd = random.Random(12)
@@ -79,11 +113,12 @@ def test_the_health_rows_are_those_of_the_trigger_before_the_rewrite(pg_cluster)
             known = str(uuid.UUID(int=rnd.getrandbits(128)))
             cur.execute("INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, "
                         "event_ids, event_type) VALUES (%s, %s, 'e', 't')", (known, subs[0]))
+            lagged = 0
             for batch in range(80):
                 rows = []
                 ms = rnd.sample(range(1000), 15)  # distinct instants, in no order
                 for k in range(rnd.randint(1, 15)):
-                    outcome = rnd.choice(["delivered", "retry", "retry", "failed", "dropped"])
+                    outcome = rnd.choice(MIXES[mix])
                     missing = rnd.random() < 0.1
                     did = (known if missing and rnd.random() < 0.5
                            else str(uuid.UUID(int=rnd.getrandbits(128))))
@@ -99,9 +134,15 @@ def test_the_health_rows_are_those_of_the_trigger_before_the_rewrite(pg_cluster)
                 cur.execute("SELECT * FROM hookbridge.endpoint_health ORDER BY 1")
                 got = cur.fetchall()
                 cur.execute("SELECT * FROM ref.endpoint_health ORDER BY 1")
-                assert got == cur.fetchall(), f"batch {batch}"
+                ref = cur.fetchall()
+                assert within_tolerance(got, ref), f"batch {batch}: {got} != {ref}"
+                lagged += sum(g[3] != r[3] for g, r in zip(got, ref))
             assert len(got) == len(subs)
-            assert any(h[1] > 0 for h in got) and any(h[3] is not None for h in got)
+            assert any(h[3] is not None for h in got)
+            if mix == "failing":
+                assert any(h[1] > 0 for h in got)
+            else:  # the tolerance was used: batches of successes left rows alone
+                assert lagged > 0
     finally:
         conn.close()
         pg_cluster.drop_database(db)
