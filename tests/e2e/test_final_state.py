@@ -197,6 +197,11 @@ def test_a_due_retry_waits_while_the_database_is_away(pg_cluster, db_url, procs,
         d.wait_ready()
         r.wait_ready()
         sub = register_verified(db_url, receiver.url, ["user.session.start"])
+        # The retrier knows the subscription is active before its database
+        # goes: cut while it loads the change, it waits for the database
+        # before reading anything more, and never reads the retry.
+        wait_until(lambda: "subscription changed: active, verified" in r.proc.output(),
+                   10, "the retrier to see the subscription active")
         proxy.cut()
         produce(broker.bootstrap, [event("user.session.start")])
         wait_until(lambda: receiver.posts(), 20 * SLOW, "the first attempt")
