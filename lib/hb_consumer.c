@@ -21,10 +21,11 @@ typedef struct deferred_s {
     struct deferred_s *next;
 } deferred_t;
 
-/* The lag thread: the group's committed offsets and a paused partition's
- * end offset are broker round trips (rd_kafka_committed,
- * rd_kafka_query_watermark_offsets), asked here, never on the loop thread; a
- * fetched partition's end offset is librdkafka's, from its last fetch.
+/* The lag thread: the group's committed offset of a partition this process
+ * has no position in, and a paused partition's end offset, are broker round
+ * trips (rd_kafka_committed, rd_kafka_query_watermark_offsets), asked here,
+ * never on the loop thread; a fetched partition's end offset is librdkafka's,
+ * from its last fetch, and this process's position is where it resumes.
  * The loop hands it the assignment to measure and takes its last answer. */
 typedef struct lag_thread_s {
     pthread_t thread;
@@ -438,9 +439,26 @@ static int lag_stopping(lag_thread_t *l) {
 static void lag_measure(lag_thread_t *l, rd_kafka_topic_partition_list_t *parts) {
     rd_kafka_topic_partition_list_t *got = rd_kafka_topic_partition_list_new(parts->cnt);
     int64_t *ends = hb_calloc((size_t)parts->cnt + 1, sizeof(*ends));
-    rd_kafka_resp_err_t err = rd_kafka_committed(l->rk, parts, LAG_ASK_TIMEOUT_MS);
-    if (err)
+    rd_kafka_resp_err_t err = 0;
+    /* Where the group resumes is asked only for the partitions this process
+     * has no position in yet; for the others it is that position (it commits
+     * them itself): the round trip held deliveries too. */
+    rd_kafka_topic_partition_list_t *ask = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_add(ask, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    if (ask->cnt > 0 && (err = rd_kafka_committed(l->rk, ask, LAG_ASK_TIMEOUT_MS)) != 0)
         hb_debug("consumer lag: committed offsets: %s", rd_kafka_err2str(err));
+    for (int i = 0; !err && i < ask->cnt; i++) {
+        rd_kafka_topic_partition_t *q =
+            rd_kafka_topic_partition_list_find(parts, ask->elems[i].topic, ask->elems[i].partition);
+        if (q) {
+            q->offset = ask->elems[i].offset;
+            q->err = ask->elems[i].err;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(ask);
     for (int i = 0; !err && i < parts->cnt && !lag_stopping(l); i++) {
         const rd_kafka_topic_partition_t *p = &parts->elems[i];
         int64_t lo = -1, hi = -1;
@@ -558,9 +576,12 @@ static void lag_tick(hb_consumer_t *c) {
         if (l->want)
             rd_kafka_topic_partition_list_destroy(l->want);
         l->want = rd_kafka_topic_partition_list_copy(c->assignment);
-        for (int i = 0; i < l->want->cnt; i++) { /* not fetched: its end offset asked */
+        for (int i = 0; i < l->want->cnt; i++) {
             rd_kafka_topic_partition_t *p = &l->want->elems[i];
+            /* not fetched: its end offset asked */
             p->opaque = c->fetch_paused || is_deferred(c, p->topic, p->partition) ? p : NULL;
+            /* unknown (-1): where the group resumes asked */
+            p->offset = hb_offsets_position(c->offsets, p->topic, p->partition);
         }
         pthread_cond_signal(&l->cond);
     }
