@@ -695,9 +695,10 @@ static void union_desc(avro_schema_t u, char *out, size_t outsz) {
     }
 }
 
-/* Does the JSON value's kind fit schema s (for picking a union branch)? */
-static int kind_fits(const json_t *j, avro_schema_t s) {
-    switch (avro_typeof(s)) {
+/* Does the JSON value's kind fit a schema of type t (for picking a union
+ * branch)? s: the schema (an enum's symbols); fixed_size: a fixed's size. */
+static int json_fits(avro_type_t t, avro_schema_t s, int64_t fixed_size, const json_t *j) {
+    switch (t) {
     case AVRO_NULL: return json_is_null(j);
     case AVRO_BOOLEAN: return json_is_boolean(j);
     case AVRO_INT32: {
@@ -711,13 +712,17 @@ static int kind_fits(const json_t *j, avro_schema_t s) {
     case AVRO_BYTES: return json_is_string(j);
     case AVRO_ENUM:
         return json_is_string(j) && avro_schema_enum_get_by_name(s, json_string_value(j)) >= 0;
-    case AVRO_FIXED:
-        return json_is_string(j) && (int64_t)json_string_length(j) == avro_schema_fixed_size(s);
+    case AVRO_FIXED: return json_is_string(j) && (int64_t)json_string_length(j) == fixed_size;
     case AVRO_RECORD:
     case AVRO_MAP: return json_is_object(j);
     case AVRO_ARRAY: return json_is_array(j);
     default: return 0;
     }
+}
+
+static int kind_fits(const json_t *j, avro_schema_t s) {
+    avro_type_t t = avro_typeof(s);
+    return json_fits(t, s, t == AVRO_FIXED ? avro_schema_fixed_size(s) : 0, j);
 }
 
 static int accepts_null(avro_schema_t s) {
@@ -1648,27 +1653,7 @@ static inline void enc_le(hb_buf_t *b, uint64_t u, int n) {
 
 /* kind_fits on the plan. */
 static int enc_fits(const hb_plan_t *p, const json_t *j) {
-    switch (p->type) {
-    case AVRO_NULL: return json_is_null(j);
-    case AVRO_BOOLEAN: return json_is_boolean(j);
-    case AVRO_INT32: {
-        json_int_t v = json_integer_value(j);
-        return json_is_integer(j) && v >= INT32_MIN && v <= INT32_MAX;
-    }
-    case AVRO_INT64: return json_is_integer(j);
-    case AVRO_FLOAT:
-    case AVRO_DOUBLE: return json_is_number(j);
-    case AVRO_STRING:
-    case AVRO_BYTES: return json_is_string(j);
-    case AVRO_ENUM:
-        return json_is_string(j) &&
-               avro_schema_enum_get_by_name(p->schema, json_string_value(j)) >= 0;
-    case AVRO_FIXED: return json_is_string(j) && (int64_t)json_string_length(j) == p->fixed_size;
-    case AVRO_RECORD:
-    case AVRO_MAP: return json_is_object(j);
-    case AVRO_ARRAY: return json_is_array(j);
-    default: return 0;
-    }
+    return json_fits(p->type, p->schema, p->fixed_size, j);
 }
 
 static int enc_value(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int depth);
