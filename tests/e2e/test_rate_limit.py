@@ -250,10 +250,10 @@ def test_a_delivery_that_cannot_wait_goes_to_the_first_tier_unattempted(db_url, 
     assert metric(d, "hookbridge_endpoint_busy_total") == 0
 
 
-def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workdir):
-    """A delivery waiting for its turn is sent as the subscription is when
-    the turn comes: deactivated meanwhile, the waiting ones are dropped (the
-    log says why), not sent to an endpoint that was switched off."""
+def held_then_deactivated(db_url, procs, workdir):
+    """Four events for a subscription limited to one every 4 s: the first is
+    sent, three wait for their turn; then the subscription is deactivated.
+    Returns (receiver, subscription id)."""
     broker = Broker(procs, workdir, retry_schedule="1h")
     limited = receiver(procs, workdir, "limited")
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
@@ -273,6 +273,14 @@ def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workd
                "the four events consumed")
     wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    return limited, sub
+
+
+def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workdir):
+    """A delivery waiting for its turn is sent as the subscription is when
+    the turn comes: deactivated meanwhile, the waiting ones are dropped (the
+    log says why), not sent to an endpoint that was switched off."""
+    limited, sub = held_then_deactivated(db_url, procs, workdir)
     rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
                       sum(1 for r in rs if r[0] == "dropped") == 3 and rs, 30 * SLOW,
                       "the three waiting deliveries dropped")
@@ -283,20 +291,7 @@ def test_deliveries_held_by_the_limit_follow_a_deactivation(db_url, procs, workd
 def test_a_deactivation_drops_the_held_deliveries_even_if_activated_again(db_url, procs, workdir):
     """Deactivating drops what waits for the limit, as it drops pending
     retries: activating again before their turn does not bring them back."""
-    broker = Broker(procs, workdir, retry_schedule="1h")
-    limited = receiver(procs, workdir, "limited")
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
-        "HOOKBRIDGE_RETRY_SCHEDULE": "1h",
-        "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
-    })
-    d.wait_ready()
-    sub = register_verified(db_url, limited.url, ["user.session.start"],
-                            {"rate_limit": {"per_second": 0.25, "burst": 1}})
-    produce(broker.bootstrap, users(4))
-    wait_until(lambda: metric(d, "hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
-               "the four events consumed")  # all held before the deactivation (see above)
-    wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
-    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    limited, sub = held_then_deactivated(db_url, procs, workdir)
     sql(db_url, "SELECT hookbridge.activate(%s)", sub)
     rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 4 and
                       all(r[0] in ("delivered", "dropped") for r in rs) and rs, 30 * SLOW,
