@@ -27,7 +27,8 @@
 # heartbeating is fenced (its partitions led elsewhere) after 4 s, not 9 s.
 #
 # Settings: KAFKA_VERSION (default from the POM), KAFKA_HEAP (default 512m),
-# HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN).
+# HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN), KAFKA_JVM_OPTS (more
+# JVM options, after ours: e.g. -Xlog:gc:file=gc.log).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -71,7 +72,10 @@ cmd_fetch() {
 java_cmd() {
   JAVA=(java -Xmx"$HEAP" -Xms64m -Xss512k -XX:+UseSerialGC -XX:TieredStopAtLevel=1
     -XX:-UsePerfData -Djava.awt.headless=true
-    -Dlog4j2.configurationFile="$1/log4j2.properties" -cp "$CACHE/*")
+    -Dlog4j2.configurationFile="$1/log4j2.properties")
+  # shellcheck disable=SC2206 # options are words
+  [ -z "${KAFKA_JVM_OPTS:-}" ] || JAVA+=($KAFKA_JVM_OPTS)
+  JAVA+=(-cp "$CACHE/*")
 }
 
 write_log4j() {
