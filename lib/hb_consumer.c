@@ -89,6 +89,13 @@ static void pause_or_resume(hb_consumer_t *c, rd_kafka_topic_partition_list_t *p
         hb_warn("%s partitions: %s", pause ? "pausing" : "resuming", rd_kafka_err2str(err));
 }
 
+static void pause_one(hb_consumer_t *c, const char *topic, int32_t partition, int pause) {
+    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(one, topic, partition);
+    pause_or_resume(c, one, pause);
+    rd_kafka_topic_partition_list_destroy(one);
+}
+
 /* Pauses (or resumes) fetching every assigned partition in librdkafka;
  * deferred partitions stay paused until due. */
 static void pause_fetch_all(hb_consumer_t *c, int pause) {
@@ -175,12 +182,9 @@ static int is_assigned(const hb_consumer_t *c, const char *topic, int32_t partit
 
 void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms) {
     const char *topic = rd_kafka_topic_name(rkm->rkt);
-    rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
     deferred_t *d;
 
-    rd_kafka_topic_partition_list_add(one, topic, rkm->partition);
-    pause_or_resume(c, one, 1);
-    rd_kafka_topic_partition_list_destroy(one);
+    pause_one(c, topic, rkm->partition, 1);
     d = hb_calloc(1, sizeof(*d));
     d->topic = hb_strdup(topic);
     d->partition = rkm->partition;
@@ -226,12 +230,8 @@ long long hb_consumer_resume_due(hb_consumer_t *c, long long max_ms) {
                     (long long)d->seek_offset);
         }
         *pp = d->next;
-        if (!c->fetch_paused) {
-            rd_kafka_topic_partition_list_t *one = rd_kafka_topic_partition_list_new(1);
-            rd_kafka_topic_partition_list_add(one, d->topic, d->partition);
-            pause_or_resume(c, one, 0);
-            rd_kafka_topic_partition_list_destroy(one);
-        }
+        if (!c->fetch_paused)
+            pause_one(c, d->topic, d->partition, 0);
         deferred_free(d);
     }
     return next;
