@@ -90,8 +90,7 @@ def test_a_hung_endpoint_stops_neither_a_healthy_one_nor_the_offsets(db_url, pro
     attempted = len(rows) - len(waiting)
     assert attempted <= 4 * 12, f"{attempted} attempts: more than its 4 connections could make"
     assert "consumption of every partition paused" not in d.proc.output()
-    m = re.search(r"^hookbridge_endpoint_busy_total (\d+)", d.get("/metrics")[1], re.M)
-    assert m and int(m.group(1)) == len(waiting)
+    assert d.metric("hookbridge_endpoint_busy_total", None) == len(waiting)
 
 
 def test_the_circuit_keys_on_the_host_and_diverts_what_waits(db_url, procs, workdir):
@@ -192,8 +191,8 @@ def test_pausing_every_partition_is_the_last_resort_and_says_why(db_url, procs, 
 
     def paused_now():
         status, text = d.get("/readyz")
-        m = re.search(r"^hookbridge_consumption_paused (\d+)", d.get("/metrics")[1], re.M)
-        return status == 200 and "consumption paused" in text and m and m.group(1) == "1"
+        return (status == 200 and "consumption paused" in text
+                and d.metric("hookbridge_consumption_paused", None) == 1)
     wait_until(paused_now, 15 * SLOW, "/readyz and the metric to show the pause")
     wait_until(lambda: len(slow.events()) == len(events), 30 * SLOW, "every event, slowly")
     out = d.proc.output()

@@ -10,7 +10,6 @@ stay within the documented bound, burst + per_second * (T + lease), lease
 them, and a delivery that cannot wait goes to the first delay tier
 unattempted, the log saying why."""
 import json
-import re
 import time
 
 import psycopg2
@@ -42,11 +41,6 @@ def arrivals(rcv):
 def busiest_second(times):
     """The most arrivals in any window of one second."""
     return max((sum(1 for u in times if t <= u < t + 1.0) for t in times), default=0)
-
-
-def metric(svc, series):
-    m = re.search(r"^" + re.escape(series) + r" ([0-9.e+]+)$", svc.get("/metrics")[1], re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def users(n):
@@ -218,10 +212,10 @@ def test_a_limited_endpoint_gets_no_more_than_its_rate_and_others_are_not_held_u
                       "every limited delivery logged delivered")
     assert all(r[1] == 1 for r in rows), rows
     assert all(r[0] == "delivered" for r in statuses(db_url, fsub))
-    assert metric(d, "hookbridge_rate_limited_total") >= n - burst - 1
-    assert metric(d, "hookbridge_rate_limit_wait_seconds_count") >= n - burst - 1
-    assert metric(d, 'hookbridge_deliveries_total{outcome="failed"}') == 0
-    assert metric(d, "hookbridge_endpoint_busy_total") == 0
+    assert d.metric("hookbridge_rate_limited_total") >= n - burst - 1
+    assert d.metric("hookbridge_rate_limit_wait_seconds_count") >= n - burst - 1
+    assert d.metric('hookbridge_deliveries_total{outcome="failed"}') == 0
+    assert d.metric("hookbridge_endpoint_busy_total") == 0
 
 
 def test_a_delivery_that_cannot_wait_goes_to_the_first_tier_unattempted(db_url, procs, workdir):
@@ -246,8 +240,8 @@ def test_a_delivery_that_cannot_wait_goes_to_the_first_tier_unattempted(db_url, 
     assert 1 <= len(sent) <= 4, rows
     assert all(r[1] == 0 and r[2].startswith("rate limited: ") for r in parked), parked
     assert len(limited.posts()) == len(sent)
-    assert metric(d, 'hookbridge_deliveries_total{outcome="failed"}') == 0
-    assert metric(d, "hookbridge_endpoint_busy_total") == 0
+    assert d.metric('hookbridge_deliveries_total{outcome="failed"}') == 0
+    assert d.metric("hookbridge_endpoint_busy_total") == 0
 
 
 def held_then_deactivated(db_url, procs, workdir):
@@ -269,7 +263,7 @@ def held_then_deactivated(db_url, procs, workdir):
     # partitions led by different brokers come in up to a fetch wait apart.
     # The dispatcher applies a subscription change only between its polls, so
     # four consumed means four matched against the active subscription.
-    wait_until(lambda: metric(d, "hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= 4, 20 * SLOW,
                "the four events consumed")
     wait_until(lambda: len(limited.posts()) >= 1, 20 * SLOW, "the first delivery")
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
@@ -320,7 +314,7 @@ def test_two_dispatchers_share_one_budget(db_url, procs, workdir):
     produce(broker.bootstrap, warm)
 
     def consumed(d):
-        return metric(d, "hookbridge_messages_consumed_total")
+        return d.metric("hookbridge_messages_consumed_total")
     wait_until(lambda: consumed(d1) > 0 and consumed(d2) > 0
                and consumed(d1) + consumed(d2) >= len(warm), 60 * SLOW,
                "both dispatchers to consume")
@@ -332,7 +326,7 @@ def test_two_dispatchers_share_one_budget(db_url, procs, workdir):
     got = arrivals(limited)
     span, busiest = got[-1] - got[0], busiest_second(got)
     bound = burst + rate * (1 + LEASE_S)
-    sent = [metric(d, 'hookbridge_deliveries_total{outcome="delivered"}') for d in (d1, d2)]
+    sent = [d.metric('hookbridge_deliveries_total{outcome="delivered"}') for d in (d1, d2)]
     print(f"two dispatchers (sent {sent}): {len(got)} requests over {span:.2f} s "
           f"(ideal {(n - burst) / rate:.2f} s), busiest second {busiest} "
           f"(limit {rate + burst}, bound {bound})")
@@ -379,5 +373,5 @@ def test_the_retrier_holds_retries_to_the_limit_and_counts_no_attempt(db_url, pr
     assert len(retries) == n
     assert busiest_second(retries) <= 2 + 1
     assert span >= (n - 1) / 2 - LEASE_S
-    assert metric(r, "hookbridge_rate_limited_total") >= n - 2
-    assert metric(r, 'hookbridge_deliveries_total{outcome="failed"}') == 0
+    assert r.metric("hookbridge_rate_limited_total") >= n - 2
+    assert r.metric('hookbridge_deliveries_total{outcome="failed"}') == 0

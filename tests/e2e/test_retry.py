@@ -87,16 +87,12 @@ def test_fails_twice_then_arrives_on_schedule(db_url, procs, workdir, new_broker
     assert n == 3
     # /metrics: the dispatcher's attempt failed (a 5xx answer, enqueued on the 1s
     # tier); the retrier's two attempts: one 5xx (to the 2s tier), one 2xx.
-    import re
-    def metric(svc, name):
-        m = re.search(r"^" + re.escape(name) + r" (\d+)", svc.get("/metrics")[1], re.M)
-        return int(m.group(1)) if m else 0
-    assert metric(d, 'hookbridge_responses_total{class="5xx"}') == 1
-    assert metric(d, 'hookbridge_retries_enqueued_total{tier="1s"}') == 1
-    assert metric(r, 'hookbridge_responses_total{class="5xx"}') == 1
-    assert metric(r, 'hookbridge_responses_total{class="2xx"}') == 1
-    assert metric(r, 'hookbridge_retries_enqueued_total{tier="2s"}') == 1
-    assert metric(r, 'hookbridge_deliveries_total{outcome="delivered"}') == 1
+    assert d.metric('hookbridge_responses_total{class="5xx"}') == 1
+    assert d.metric('hookbridge_retries_enqueued_total{tier="1s"}') == 1
+    assert r.metric('hookbridge_responses_total{class="5xx"}') == 1
+    assert r.metric('hookbridge_responses_total{class="2xx"}') == 1
+    assert r.metric('hookbridge_retries_enqueued_total{tier="2s"}') == 1
+    assert r.metric('hookbridge_deliveries_total{outcome="delivered"}') == 1
     assert [(a[0], a[1], a[2]) for a in attempts(db_url, did)] == [
         (1, "retry", 503), (2, "retry", 503), (3, "delivered", 204)]
 

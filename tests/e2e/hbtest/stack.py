@@ -2,6 +2,7 @@
 producer, each a real process of ours talking real protocols on loopback."""
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -151,6 +152,12 @@ class Service:
 
     def get(self, path):
         return http_get(self.health_port, path)
+
+    def metric(self, series, default=0.0):
+        """One series' value on /metrics, e.g. 'hookbridge_responses_total{class="5xx"}';
+        default when the service does not show it (a counter not yet counted)."""
+        m = re.search(r"^" + re.escape(series) + r" ([0-9.e+-]+)$", self.get("/metrics")[1], re.M)
+        return float(m.group(1)) if m else default
 
     def wait_ready(self, timeout=30):
         wait_until(lambda: self.get("/readyz")[0] == 200 or self._died(), timeout,
