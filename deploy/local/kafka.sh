@@ -26,7 +26,8 @@
 # starts a group without the usual 3 s initial delay, and a node that stops
 # heartbeating is fenced (its partitions led elsewhere) after 4 s, not 9 s.
 #
-# Settings: KAFKA_VERSION (default from the POM), KAFKA_HEAP (default 512m),
+# Settings: KAFKA_VERSION (default from the POM), KAFKA_JVM (test or server:
+# see java_cmd), KAFKA_HEAP (default 512m for test, 1g for server),
 # HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN), KAFKA_JVM_OPTS (more
 # JVM options, after ours: e.g. -Xlog:gc:file=gc.log).
 set -euo pipefail
@@ -69,9 +70,27 @@ cmd_fetch() {
 }
 
 # Sets JAVA to the JVM's command line for the nodes of DIR $1.
+#   KAFKA_JVM=test    (default) starts fast and stays small, for the tests: the
+#                     serial collector, a heap that grows from 64 MiB, the C1
+#                     compiler only. Its old generation grows by full
+#                     collections that stop the broker (61 ms measured, while
+#                     the bench measured latency).
+#   KAFKA_JVM=server  what Apache Kafka's own kafka-server-start.sh and
+#                     kafka-run-class.sh start a broker with: a fixed 1 GiB heap
+#                     (KAFKA_HEAP), G1 aiming at 20 ms pauses, both compilers.
+#                     make bench uses it: a production broker is not run as a
+#                     test's.
 java_cmd() {
-  JAVA=(java -Xmx"$HEAP" -Xms64m -Xss512k -XX:+UseSerialGC -XX:TieredStopAtLevel=1
-    -XX:-UsePerfData -Djava.awt.headless=true
+  case ${KAFKA_JVM:-test} in
+  test) JAVA=(java -Xmx"$HEAP" -Xms64m -Xss512k -XX:+UseSerialGC -XX:TieredStopAtLevel=1) ;;
+  server)
+    JAVA=(java -Xmx"${KAFKA_HEAP:-1g}" -Xms"${KAFKA_HEAP:-1g}" -server -XX:+UseG1GC
+      -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+      -XX:+ExplicitGCInvokesConcurrent -XX:MaxInlineLevel=15)
+    ;;
+  *) die "KAFKA_JVM must be test or server" ;;
+  esac
+  JAVA+=(-XX:-UsePerfData -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$1/log4j2.properties")
   # shellcheck disable=SC2206 # options are words
   [ -z "${KAFKA_JVM_OPTS:-}" ] || JAVA+=($KAFKA_JVM_OPTS)
