@@ -57,9 +57,10 @@ CREATE OR REPLACE TRIGGER subscriptions_touch BEFORE UPDATE ON hookbridge.subscr
     FOR EACH ROW EXECUTE FUNCTION hookbridge._touch_updated_at();
 
 -- Tells the services which subscription changed. The verification request
--- bookkeeping (verify() setting, claim_verification() clearing
--- verification_requested_at) changes nothing the services hold, so it does not
--- notify this channel; verify() notifies hookbridge_verify itself.
+-- bookkeeping (verify() setting verification_requested_at,
+-- claim_verification() setting verification_claimed_until) changes nothing the
+-- services hold, so it does not notify this channel; verify() notifies
+-- hookbridge_verify itself.
 CREATE OR REPLACE FUNCTION hookbridge._notify_subscription() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
@@ -70,8 +71,10 @@ BEGIN
             v_id := OLD.id;
         ELSE
             IF TG_OP = 'UPDATE'
-               AND (to_jsonb(OLD) - 'verification_requested_at' - 'updated_at')
-                 = (to_jsonb(NEW) - 'verification_requested_at' - 'updated_at') THEN
+               AND (to_jsonb(OLD) - 'verification_requested_at' - 'verification_claimed_until'
+                    - 'updated_at')
+                 = (to_jsonb(NEW) - 'verification_requested_at' - 'verification_claimed_until'
+                    - 'updated_at') THEN
                 RETURN NULL;
             END IF;
             v_id := NEW.id;
@@ -116,6 +119,7 @@ BEGIN
         NEW.verification_failed_at := NULL;
         NEW.verification_error := NULL;
         NEW.verification_requested_at := now();
+        NEW.verification_claimed_until := NULL; -- a claim was for the old URL
         PERFORM pg_notify('hookbridge_verify', NEW.id::text);
     END IF;
     IF NEW.status = 'active' AND NEW.verification <> 'verified'
@@ -270,12 +274,14 @@ COMMENT ON FUNCTION hookbridge.update(uuid, text, text, jsonb) IS
     'Change url, name and/or options of a live subscription (NULL: unchanged). A new url '
     'is verified again before deliveries resume; an active subscription stays active.';
 
--- Asks the dispatcher to run the verification challenge now.
+-- Asks the dispatcher to run the verification challenge now (again, even if
+-- a dispatcher holds an earlier request: it can be claimed at once).
 CREATE OR REPLACE FUNCTION hookbridge.verify(id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     PERFORM hookbridge._live(verify.id);
-    UPDATE hookbridge.subscriptions s SET verification_requested_at = now()
+    UPDATE hookbridge.subscriptions s
+       SET verification_requested_at = now(), verification_claimed_until = NULL
      WHERE s.id = verify.id;
     PERFORM pg_notify('hookbridge_verify', verify.id::text);
 END
@@ -327,7 +333,7 @@ BEGIN
     DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
     UPDATE hookbridge.subscriptions s
        SET status = 'inactive', deregistered_at = now(), verification_requested_at = NULL,
-           auth_header = NULL, auth_value = NULL
+           verification_claimed_until = NULL, auth_header = NULL, auth_value = NULL
      WHERE s.id = deregister.id;
 END
 $$;
@@ -372,17 +378,27 @@ $$;
 
 -- Internal functions for the services ----------------------------------------------
 
--- Takes a pending verification request: clears it and returns the id, or NULL
--- when none is pending (another replica took it, or the subscription is gone).
--- Concurrent callers serialise on the row lock, so exactly one gets the id.
--- A replica that crashes after claiming loses the request; call verify() again.
-CREATE OR REPLACE FUNCTION hookbridge.claim_verification(id uuid) RETURNS uuid
+-- Takes a pending verification request for `lease`: returns the id, or NULL
+-- when none is claimable (another replica holds it, or none is pending, or
+-- the subscription is gone). Concurrent callers serialise on the row lock, so
+-- exactly one gets the id. The request stays pending (verification_requested_at)
+-- until record_verification() ends it: a replica that dies or stops before
+-- recording leaves it claimable again when the lease expires, and the
+-- dispatchers look for such requests periodically. The dispatcher passes its
+-- verify_timeout plus a margin; the default covers the largest verify_timeout.
+CREATE OR REPLACE FUNCTION hookbridge.claim_verification(id uuid,
+                                                         lease interval DEFAULT interval '70 seconds')
+RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v uuid;
 BEGIN
-    UPDATE hookbridge.subscriptions s SET verification_requested_at = NULL
+    IF lease IS NULL OR lease <= interval '0' THEN
+        RAISE EXCEPTION 'lease must be positive' USING ERRCODE = 'HB012';
+    END IF;
+    UPDATE hookbridge.subscriptions s SET verification_claimed_until = now() + lease
      WHERE s.id = claim_verification.id AND s.verification_requested_at IS NOT NULL
+       AND (s.verification_claimed_until IS NULL OR s.verification_claimed_until <= now())
        AND s.deregistered_at IS NULL
     RETURNING s.id INTO v;
     RETURN v;
@@ -401,16 +417,19 @@ BEGIN
     END IF;
     v := hookbridge._live(record_verification.id);
     IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN
-        RETURN;
+        RETURN; -- the challenge went to an old URL: the new URL's request stays
     END IF;
+    -- The result ends the request (and its claim).
     IF ok THEN
         UPDATE hookbridge.subscriptions s
-           SET verification = 'verified', verified_at = now(), verification_error = NULL
+           SET verification = 'verified', verified_at = now(), verification_error = NULL,
+               verification_requested_at = NULL, verification_claimed_until = NULL
          WHERE s.id = record_verification.id;
     ELSE
         UPDATE hookbridge.subscriptions s
            SET verification = 'failed', status = 'inactive', verification_failed_at = now(),
-               verification_error = left(coalesce(nullif(reason, ''), 'verification failed'), 500)
+               verification_error = left(coalesce(nullif(reason, ''), 'verification failed'), 500),
+               verification_requested_at = NULL, verification_claimed_until = NULL
          WHERE s.id = record_verification.id;
     END IF;
 END

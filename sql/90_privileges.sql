@@ -131,7 +131,8 @@ BEGIN
                     hookbridge.endpoint_health, hookbridge.event_types, hookbridge.limits,
                     hookbridge.subscription_event_types
         TO hookbridge_operator;
-    GRANT SELECT (id, name, url, status, verification, verification_requested_at, verified_at,
+    GRANT SELECT (id, name, url, status, verification, verification_requested_at,
+                  verification_claimed_until, verified_at,
                   verification_failed_at, verification_error, auth_header, options, created_at,
                   updated_at, deregistered_at, deactivation_reason, deactivated_at)
         ON hookbridge.subscriptions TO hookbridge_operator;

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from hbtest.pg import MIGRATIONS, REPO, db_url, pg_cluster  # noqa: F401 (fixtures)
-from hbtest.procs import SLOW
+from hbtest.procs import SLOW, wait_until
 
 URL = "https://hooks.example.com/okta"
 
@@ -343,6 +343,63 @@ def test_claim_verification_races_between_replicas(db_url):
     finally:
         a.close()
         b.close()
+
+
+def claim(url, sub, lease="1 minute"):
+    return sql(url, "SELECT hookbridge.claim_verification(%s, %s::interval)", sub, lease)[0][0]
+
+
+def test_a_claimed_verification_stays_requested_and_is_claimable_again_after_its_lease(db_url):
+    """A dispatcher that dies between claiming and recording loses nothing:
+    the request stays, and another claims it once the lease has run out."""
+    sub = register(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    conn = listen(db_url, "hookbridge_subscriptions")
+    try:
+        t0 = time.monotonic()
+        assert claim(db_url, sub, "1 second") == sub
+        assert notifications(conn, timeout=0.3) == []  # bookkeeping: nothing for the services
+    finally:
+        conn.close()
+    assert row(db_url, sub, "verification_requested_at IS NOT NULL, "
+               "verification_claimed_until > now()") == (True, True)
+    assert claim(db_url, sub, "1 second") is None  # within the lease: held
+    wait_until(lambda: claim(db_url, sub, "1 minute") == sub, 10 * SLOW, "the lease to expire")
+    assert time.monotonic() - t0 >= 1.0
+    assert claim(db_url, sub) is None  # the new claim holds it
+
+
+def test_record_verification_ends_the_request(db_url):
+    sub = register(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert claim(db_url, sub, "1 millisecond") == sub
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, URL)
+    assert row(db_url, sub, "verification, verification_requested_at, "
+               "verification_claimed_until") == ("verified", None, None)
+    assert claim(db_url, sub) is None  # the lease expired long ago, but nothing is requested
+    # A failure ends it too.
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert claim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.record_verification(%s, false, 'HTTP 404', %s)", sub, URL)
+    assert row(db_url, sub, "verification, verification_requested_at, "
+               "verification_claimed_until") == ("failed", None, None)
+    assert claim(db_url, sub, "1 millisecond") is None
+
+
+def test_a_new_request_or_url_can_be_claimed_at_once_despite_a_lease(db_url):
+    sub = verified_active(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert claim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)  # asked again: a new challenge
+    assert claim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.update(%s, url => 'https://moved.example.com/')", sub)
+    assert claim(db_url, sub) == sub  # the claim held was for the old URL
+    # The old URL's outcome is ignored: the new URL's request stays.
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, URL)
+    assert row(db_url, sub, "verification, verification_requested_at IS NOT NULL") == (
+        "unverified", True)
+    code, _ = sqlstate_of(db_url, "SELECT hookbridge.claim_verification(%s, interval '0')", sub)
+    assert code == "HB012"
 
 
 def wait(conn):
