@@ -30,7 +30,11 @@
  *     inside an HTTP completion);
  *   - run endpoint verification challenges (hookbridge.verify(), and requests
  *     pending at start-up); claiming a request is atomic in SQL, so with
- *     several replicas exactly one sends the challenge.
+ *     several replicas exactly one sends the challenge. A claim is a lease
+ *     (verify_lease_ms): the request stays pending until the outcome is
+ *     recorded, and every VERIFY_LOOK_MS each dispatcher looks for requests
+ *     whose lease expired (their dispatcher died) and claims them again. At
+ *     shutdown the drain waits for running challenges and records them.
  */
 #include "dispatcher.h"
 
@@ -46,6 +50,7 @@
 #include "hb_ordering.h"
 #include "hb_schemas.h"
 #include "hb_sign.h"
+#include "hb_signal.h"
 #include "hb_worker.h"
 
 typedef struct verify_s {
@@ -73,11 +78,19 @@ struct hb_dispatcher_s {
     size_t settled_n, settled_cap;
     unsigned revocations; /* hb_worker_revocations when the chains were last trusted */
     int64_t next_evict;
+    size_t verifying;  /* challenges sent, outcome not yet handed to the store */
+    int looking;       /* a look for claimable verification requests is open */
+    int64_t next_look; /* monotonic: the next look */
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
 
 #define CHAIN_IDLE_MS 60000 /* an idle key's chain is forgotten after this */
 #define CHAIN_EVICT_EVERY_MS 10000
+#define VERIFY_LOOK_MS 5000 /* how often to look for verification requests nobody holds */
+/* Beyond the challenge's own bound (queue wait + verify_timeout): the time to
+ * record its outcome through the store. A lease that expires while a slow
+ * outcome is on its way costs one more challenge, never a lost one. */
+#define VERIFY_LEASE_MARGIN_MS 10000
 
 /* ---------------------------------------------------------------- events */
 
@@ -306,9 +319,12 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     return next;
 }
 
+static void look_for_verifications(hb_dispatcher_t *d);
+
 static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
     chains_pass(opaque);
+    look_for_verifications(opaque);
     return batch_flush_due(opaque, 0);
 }
 
@@ -363,7 +379,12 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     char reason[256], errstr[256];
     int ok = 0;
 
-    if (!hb_worker_stopping(d->w)) {
+    d->verifying--;
+    if (hb_worker_stopping(d->w)) {
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
+               "verification challenge abandoned at shutdown; another dispatcher sends it again "
+               "when this one's claim expires");
+    } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
         hb_log(ok ? HB_LOG_INFO : HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
@@ -375,6 +396,11 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     }
     hb_sub_unref(v->sub);
     free(v);
+}
+
+/* How long a claim holds: longer than the challenge can take. */
+static long long verify_lease_ms(const hb_config_t *cfg) {
+    return cfg->max_queue_wait_ms + cfg->verify_timeout_ms + VERIFY_LEASE_MARGIN_MS;
 }
 
 /* The store claimed (sub) or not (NULL) the verification of id. */
@@ -399,6 +425,7 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *err, void *opa
         return;
     }
     hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub->id), "sending verification challenge");
+    d->verifying++;
     hb_deliver_verify_send(hb_worker_http(d->w), sub, v->challenge, d->cfg->verify_timeout_ms,
                            on_verify_done, v);
 }
@@ -407,9 +434,10 @@ static void run_verification(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
     char errstr[256];
 
-    if (!store)
+    if (!store || hb_stop_requested) /* stopping: left to the other replicas */
         return;
-    if (hb_store_claim_verification(store, id, on_claimed, d, errstr, sizeof(errstr)) < 0)
+    if (hb_store_claim_verification(store, id, verify_lease_ms(d->cfg), on_claimed, d, errstr,
+                                    sizeof(errstr)) < 0)
         on_claimed(id, NULL, errstr, d);
 }
 
@@ -419,6 +447,8 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
 }
 
 static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    d->looking = 0;
     if (err) {
         hb_error("cannot list pending verifications: %s", err);
         return;
@@ -427,9 +457,31 @@ static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
         run_verification(opaque, ids[i]);
 }
 
-/* Requests made while no dispatcher was connected. */
+/* Requests made while no dispatcher was connected, or whose claim's lease
+ * expired (the replica that took them died): at start-up, on reconnects and
+ * every VERIFY_LOOK_MS. */
+static void look_for_verifications(hb_dispatcher_t *d) {
+    hb_store_t *store = hb_worker_store(d->w);
+    int64_t now = hb_mono_ms();
+    if (!store || d->looking || now < d->next_look)
+        return;
+    d->looking = 1;
+    d->next_look = now + VERIFY_LOOK_MS;
+    hb_store_pending_verifications(store, on_pending, d);
+}
+
 static void on_index_loaded(hb_worker_t *w, void *opaque) {
-    hb_store_pending_verifications(hb_worker_store(w), on_pending, opaque);
+    hb_dispatcher_t *d = opaque;
+    (void)w;
+    d->next_look = 0; /* now */
+    look_for_verifications(d);
+}
+
+/* The drain waits for running challenges, and records their outcome. */
+static size_t busy(hb_worker_t *w, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    (void)w;
+    return d->verifying;
 }
 
 static const hb_worker_hooks_t hooks = {
@@ -438,6 +490,7 @@ static const hb_worker_hooks_t hooks = {
     .on_stop = on_stop,
     .on_verify = on_verify,
     .on_index_loaded = on_index_loaded,
+    .busy = busy,
 };
 
 /* ------------------------------------------------------------ build/free */

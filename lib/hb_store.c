@@ -86,6 +86,7 @@ struct store_msg_s {
     char *url, *reason; /* MSG_RECORD_VERIFY */
     int ok, max;
     long long after_ms;
+    long long lease_ms; /* MSG_CLAIM_VERIFY */
     /* answers */
     char *err;       /* NULL: it worked */
     hb_sub_t *sub;   /* MSG_CLAIM_VERIFY, MSG_CHANGE */
@@ -536,11 +537,15 @@ static char *col_dup(const PGresult *res, int row, int c) {
 }
 
 static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
-    const char *params[1] = {m->id};
+    char lease[32];
+    const char *params[2] = {m->id, lease};
     PGresult *res;
     int claimed;
-    res = PQexecParams(ln->conn, "SELECT hookbridge.claim_verification($1::uuid)", 1, NULL, params,
-                       NULL, NULL, 0);
+    snprintf(lease, sizeof(lease), "%lld", m->lease_ms);
+    res = PQexecParams(ln->conn,
+                       "SELECT hookbridge.claim_verification($1::uuid,"
+                       " $2::bigint * interval '1 millisecond')",
+                       2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(ln, res, "claiming a verification", errstr, errstr_size);
     claimed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0);
@@ -567,6 +572,8 @@ static int pending_verifications(lane_t *ln, store_msg_t *m, char *errstr, size_
                                  "SELECT s.id::text FROM hookbridge.subscriptions s"
                                  " WHERE s.verification_requested_at IS NOT NULL"
                                  "   AND s.deregistered_at IS NULL"
+                                 "   AND (s.verification_claimed_until IS NULL"
+                                 "        OR s.verification_claimed_until <= now())"
                                  " ORDER BY s.verification_requested_at",
                                  0, NULL, NULL, NULL, NULL, 0);
     int n;
@@ -988,8 +995,9 @@ static void request(hb_store_t *st, store_msg_t *m) {
     pipe_poke(ln->wake[1]);
 }
 
-int hb_store_claim_verification(hb_store_t *st, const char *id, hb_store_claim_cb *cb, void *opaque,
-                                char *errstr, size_t errstr_size) {
+int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
+                                hb_store_claim_cb *cb, void *opaque, char *errstr,
+                                size_t errstr_size) {
     store_msg_t *m;
     if (!hb_snapshot_is_id(id)) {
         hb_seterr(errstr, errstr_size, "not a subscription id");
@@ -997,6 +1005,7 @@ int hb_store_claim_verification(hb_store_t *st, const char *id, hb_store_claim_c
     }
     m = msg_new(MSG_CLAIM_VERIFY);
     memcpy(m->id, id, sizeof(m->id));
+    m->lease_ms = lease_ms;
     m->cb.claim = cb;
     m->opaque = opaque;
     request(st, m);

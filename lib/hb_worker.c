@@ -470,7 +470,8 @@ int hb_worker_run(hb_worker_t *w) {
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
     while ((hb_deliveries_in_flight(w->deliveries) > 0 || hb_outbox_resending(w->outbox) ||
-            hb_outbox_lookups(w->outbox) > 0 || (w->store && hb_store_pending(w->store) > 0)) &&
+            hb_outbox_lookups(w->outbox) > 0 || (w->store && hb_store_pending(w->store) > 0) ||
+            (w->spec.hooks->busy && w->spec.hooks->busy(w, w->spec.opaque) > 0)) &&
            hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
     if (hb_deliveries_in_flight(w->deliveries) > 0) {

@@ -90,6 +90,9 @@ typedef struct hb_worker_hooks_s {
     void (*on_index_loaded)(hb_worker_t *w, void *opaque);
     /* Shutdown began: stop starting work, finish what can be (NULL: none). */
     void (*on_stop)(hb_worker_t *w, void *opaque);
+    /* Work of the service's own that the drain also waits for (e.g. the
+     * dispatcher's verification challenges): how much is running (NULL: none). */
+    size_t (*busy)(hb_worker_t *w, void *opaque);
 } hb_worker_hooks_t;
 
 typedef struct hb_worker_spec_s {

@@ -1,6 +1,7 @@
 """The subscription lifecycle end to end: each step is made in SQL while the
 dispatcher runs, and observed where a subscriber would notice it - at the
 receiver. (The SQL-only rules and every refusal are in test_sql.py.)"""
+import signal
 import time
 
 from hbtest.lifecycle import (ACTIVE, ACTIVE_UNVERIFIED, INACTIVE, REMOVED, apply, challenges,
@@ -193,3 +194,107 @@ def test_rotation_sends_both_signatures_during_the_grace_then_only_the_new(db_ur
     assert signatures(req) == [signed_with(newest, req)]
     assert signed_with(new, req) not in signatures(req)
     assert verification(db_url, sub) == "verified"
+
+
+# --------------------------------------------- a challenge whose dispatcher goes away
+
+SLOW_ANSWER = 3.0  # seconds the slow endpoint takes to answer the challenge
+
+
+def slow_challenge_endpoint():
+    """An endpoint that answers the challenge correctly but SLOW_ANSWER s late
+    (got_get is set when a GET arrives), and records the events POSTed to it."""
+    import json
+    import threading
+
+    from hbtest.endpoints import ChallengeAnswering, serve
+
+    got_get = threading.Event()
+    events = []
+
+    class Slow(ChallengeAnswering):
+        def do_GET(self):
+            got_get.set()
+            time.sleep(SLOW_ANSWER)
+            try:
+                super().do_GET()
+            except OSError:
+                pass  # the dispatcher is gone
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            evs = body["data"]["events"] if isinstance(body, dict) and "data" in body else (
+                body if isinstance(body, list) else [body])
+            events.extend(e["uuid"] for e in evs)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = serve(Slow)
+    srv.got_get, srv.events = got_get, events
+    return srv
+
+
+# The claim's lease with these settings: max_queue_wait 1 s + verify_timeout
+# 5 s + 10 s; then the next look for expired leases (every 5 s).
+GONE_ENV = {"HOOKBRIDGE_MAX_QUEUE_WAIT": "1s", "HOOKBRIDGE_VERIFY_TIMEOUT": "5s",
+            "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "10s"}
+LEASE = 16
+
+
+def challenge_then_stop(procs, workdir, broker, db_url, stop):
+    """A verified, active subscription moves to a slow endpoint; once the
+    endpoint has the challenge, the dispatcher is stopped by `stop(d, sub)` and
+    another one is started. Returns (new dispatcher, subscription, endpoint)."""
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=GONE_ENV)
+    rcv = Receiver(procs, workdir)
+    d.wait_ready()
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+    slow = slow_challenge_endpoint()
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, slow.url)
+    assert slow.got_get.wait(20 * SLOW), "the challenge at the new URL"
+    stop(d, sub)
+    d2 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=GONE_ENV, name="dispatcher-2")
+    d2.wait_ready()
+    return d2, sub, slow
+
+
+def test_a_challenge_whose_dispatcher_dies_is_sent_again_after_its_lease(db_url, broker, procs,
+                                                                         workdir):
+    d2, sub, slow = challenge_then_stop(procs, workdir, broker, db_url, lambda d, sub: d.proc.kill())
+    try:
+        assert verification(db_url, sub) == "unverified"
+        # Nothing recorded it; once the lease expired, the new dispatcher sends it again.
+        assert wait_verification_outcome(db_url, sub, timeout=LEASE + 5 + 30) == "verified"
+        assert sql(db_url, "SELECT status, verification_requested_at FROM hookbridge.subscriptions"
+                   " WHERE id = %s", sub) == [("active", None)]
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in slow.events, 60, "the event at the new URL")
+    finally:
+        slow.shutdown()
+
+
+def test_a_challenge_running_at_sigterm_is_finished_and_recorded(db_url, broker, procs,
+                                                                 workdir):
+    exited = {}
+
+    def sigterm(d, sub):
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        d.proc.p.wait(60 * SLOW)
+        exited["after"] = time.monotonic() - t0
+        exited["verification"] = verification(db_url, sub)
+
+    d2, sub, slow = challenge_then_stop(procs, workdir, broker, db_url, sigterm)
+    try:
+        # The stopping dispatcher waited for the challenge (within its drain
+        # bound, shutdown_timeout 10 s) and recorded it.
+        assert exited["after"] < 10 + 5 * SLOW, exited
+        assert exited["verification"] == "verified", exited
+        assert wait_verification_outcome(db_url, sub) == "verified"
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in slow.events, 60, "the event at the new URL")
+    finally:
+        slow.shutdown()
