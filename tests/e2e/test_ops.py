@@ -412,3 +412,41 @@ if __name__ == "__main__":
                        check=True)
     write_config_doc(r.stdout)
     print(f"{DOC}: configuration table rewritten from {program}")
+
+
+def test_sigterm_with_every_broker_down_exits_within_the_grace_period(db_url, broker, procs,
+                                                                       workdir):
+    """Every broker down (the devbroker's SIGUSR1) when the dispatcher is told
+    to stop: the final offset commit and the group's leave cannot reach a
+    broker. It still exits 0 within the drain plus 10 s, the margin
+    terminationGracePeriodSeconds gives it (docs/operations.md), not killed
+    by Kubernetes later; what it delivered is not delivered again by the
+    next dispatcher once the brokers are back (the offsets were stored, and
+    committed when they could be, or the events are consumed again: at least
+    once, checked through the log)."""
+    from test_delivery import event, register_verified, sql
+
+    receiver = Receiver(procs, workdir)
+    env = {"HOOKBRIDGE_SHUTDOWN_TIMEOUT": "5s"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    events = [event("user.session.start") for _ in range(3)]
+    produce(broker.bootstrap, events)
+    wait_until(lambda: len(receiver.events()) == 3, 30, "the deliveries")
+    broker.proc.signal(signal.SIGUSR1)
+    try:
+        time.sleep(1)
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        rc = d.proc.p.wait(120)
+        took = time.monotonic() - t0
+    finally:
+        broker.proc.signal(signal.SIGUSR2)
+    assert rc == 0, d.proc.output()[-2000:]
+    assert took <= 5 + 10, f"stopping with the brokers down took {took:.1f}s"
+    d2 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher-again")
+    d2.wait_ready()
+    logged = "SELECT count(*) FROM hookbridge.deliveries WHERE subscription_id=%s"
+    assert sql(db_url, logged, sub)[0][0] == 3
+    assert d2.proc.stop() == 0
