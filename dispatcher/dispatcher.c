@@ -30,7 +30,12 @@
  *     inside an HTTP completion);
  *   - run endpoint verification challenges (hookbridge.verify(), and requests
  *     pending at start-up); claiming a request is atomic in SQL, so with
- *     several replicas exactly one sends the challenge.
+ *     several replicas exactly one sends the challenge;
+ *   - on a revocation (on_revoke, inside the consumer poll), take the
+ *     deliveries of revoked partitions out of the chains and their events
+ *     out of the batches still filling: the new owner delivers them. The
+ *     chains' tails are asked for again; a head abandoned unsent is waited
+ *     behind as if parked (the new owner delivers it with the same id).
  */
 #include "dispatcher.h"
 

@@ -114,7 +114,7 @@ typedef struct hb_delivery_s {
     char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
     int waiting;                    /* NOT_MADE because it waits behind after_id */
     int quiet;                      /* its wait adds no delivery-log row (the retrier's re-waits) */
-    int revoked; /* ABANDONED because its partitions were revoked (not a shutdown) */
+    int revoked;             /* ABANDONED because its partitions were revoked (not a shutdown) */
     char *order_key;         /* the dispatcher's ordered deliveries: the key (owned), else NULL */
     int32_t order_partition; /* where its event was read */
     int64_t order_offset;
