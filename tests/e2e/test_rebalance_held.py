@@ -15,7 +15,7 @@ import collections
 import re
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
 CONNECTIONS = 2  # HOOKBRIDGE_MAX_HOST_CONNECTIONS: few, so the backlog waits in the host queue
@@ -35,6 +35,12 @@ def delivered(d):
     return d.metric('hookbridge_deliveries_total{outcome="delivered"}')
 
 
+def settled(d):
+    """Delivered, or parked behind an earlier delivery of its key (the
+    retrier delivers it)."""
+    return delivered(d) + d.metric("hookbridge_ordering_waits_total")
+
+
 def twice(rcv):
     """webhook-ids of acknowledged POSTs the receiver got more than once."""
     ids = collections.Counter(r["headers"]["webhook-id"] for r in rcv.posts()
@@ -47,19 +53,23 @@ def left_to_new_owner(d):
     return [(int(p), int(n)) for p, n in LEFT.findall(d.proc.output())]
 
 
-def scale_out(db_url, procs, workdir, rcv, options, env, n, prefix):
-    """One dispatcher takes n events for rcv's subscription (options) and
-    holds a backlog; a second joins the group; everything is delivered.
-    Returns (first dispatcher, second dispatcher, subscription id, events)."""
-    broker = Broker(procs, workdir, retry_schedule="1h")
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+def scale_out(db_url, procs, workdir, rcv, options, env, n, prefix, events=None,
+              schedule="1h"):
+    """One dispatcher takes n events (users(n, prefix) unless given) for rcv's
+    subscription (options) and holds a backlog; a second joins the group;
+    everything is delivered. Returns (first dispatcher, second dispatcher,
+    subscription id, events)."""
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule,
            # nothing gives up waiting for a connection or a turn: a diverted
            # delivery would arrive later from the retrier, not twice
            "HOOKBRIDGE_MAX_QUEUE_WAIT": "10m", **env}
     d1 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher1")
     d1.wait_ready()
     sub = register_verified(db_url, rcv.url, ["user.session.start"], options)
-    events = users(n, prefix)
+    if schedule != "1h":  # parked deliveries come back through the retrier
+        Retrier(procs, db_url, broker.bootstrap, extra_env=env).wait_ready()
+    events = events or users(n, prefix)
     produce(broker.bootstrap, events)
     # The first holds everything, and is working through it.
     wait_until(lambda: consumed(d1) >= n and len(rcv.posts()) >= 4, 30 * SLOW,
@@ -72,7 +82,7 @@ def scale_out(db_url, procs, workdir, rcv, options, env, n, prefix):
     # Settled: each dispatcher delivered every event it consumed, but for
     # those the first left to the new owner (so duplicates still on their
     # way are counted too).
-    wait_until(lambda: delivered(d2) == consumed(d2) and delivered(d1) + sum(
+    wait_until(lambda: settled(d2) == consumed(d2) and settled(d1) + sum(
         left for _, left in left_to_new_owner(d1)) == consumed(d1), 120 * SLOW,
         "each dispatcher to have delivered what it consumed")
     rows = wait_until(lambda: (rs := sql(db_url, "SELECT status FROM hookbridge.deliveries "
@@ -120,3 +130,33 @@ def test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out(
     revoked = left_to_new_owner(d1)
     assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
     assert delivered(d1) + delivered(d2) == n + sum(c - 1 for c in dup.values())
+
+
+def test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out(
+        db_url, procs, workdir):
+    """Ordered by the message key (the target user, so a key lives in one
+    partition): 20 keys of 10 events each, one request of a key at a time to
+    a slow endpoint, so most wait in their key's chain. After the scale-out
+    every event arrives, each key still in order, and only what was on the
+    wire arrives twice."""
+    keys, per_key = 20, 10
+    n = keys * per_key
+    evs = [event("user.session.start", user=f"00k{k:010d}") for _ in range(per_key)
+           for k in range(keys)]
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                   delay_ms=300, args=["--threads", "8"])
+    d1, d2, _, _ = scale_out(db_url, procs, workdir, rcv, {"ordering": "key"},
+                             {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": str(CONNECTIONS)}, n, "00k",
+                             events=evs, schedule="1s")
+    dup = twice(rcv)
+    report("ordered", d1, d2, rcv, n, dup)
+    assert len(dup) <= 4 * CONNECTIONS, sorted(dup.items())
+    revoked = left_to_new_owner(d1)
+    assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
+    # each key in the order produced (first arrivals, in the receiver's order)
+    first = {}
+    for i, (_, e) in enumerate(rcv.events()):
+        first.setdefault(e["uuid"], i)
+    for k in range(keys):
+        mine = [e["uuid"] for e in evs if e["target"][0]["id"] == f"00k{k:010d}"]
+        assert sorted(mine, key=first.get) == mine, f"key {k} out of order"
