@@ -24,6 +24,8 @@
  * that head is also the head of its own host's queue: expiry pops heads and
  * never searches. A transfer over either bound goes to the early list with
  * not_sent set and completes like a refused one; the caller re-routes it.
+ * So do the waiting transfers hb_http_divert and hb_http_withdraw take out
+ * (withdraw unlinks from the middle of both lists: the order stays).
  *
  * Every finished transfer goes through hb_http_complete(): fill the result,
  * call done, free the transfer, return the easy handle to the free list,

@@ -160,3 +160,39 @@ def test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_
     for k in range(keys):
         mine = [e["uuid"] for e in evs if e["target"][0]["id"] == f"00k{k:010d}"]
         assert sorted(mine, key=first.get) == mine, f"key {k} out of order"
+
+
+def test_events_waiting_in_a_batch_are_not_delivered_twice_on_scale_out(db_url, procs, workdir):
+    """A batch still filling (batch_max 100, a 30 s window) holds events of
+    every partition: those of the partitions the newcomer takes are its own
+    to batch and send; the first sends the rest. No event arrives twice (no
+    request was on the wire at the revocation)."""
+    n = 60
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h"}
+    d1 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher1")
+    d1.wait_ready()
+    register_verified(db_url, rcv.url, ["user.session.start"],
+                      {"batch_max": 100, "batch_window_ms": 30000})
+    events = users(n, "00b")
+    produce(broker.bootstrap, events)
+    wait_until(lambda: consumed(d1) >= n, 20 * SLOW, "the first dispatcher to batch every event")
+    assert not rcv.posts(), "the batch is still filling"
+    d2 = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher2")
+    want = {e["uuid"] for e in events}
+    wait_until(lambda: want <= {e["uuid"] for _, e in rcv.events()}, 120 * SLOW,
+               "every event at the receiver")
+
+    def left():
+        return sum(m for _, m in left_to_new_owner(d1))
+    # Settled: each dispatcher sent every event it consumed, but for those
+    # the first left to the new owner (so duplicates on their way count).
+    wait_until(lambda: len(rcv.events()) >= consumed(d1) - left() + consumed(d2), 120 * SLOW,
+               "each dispatcher to have sent what it consumed")
+    got = collections.Counter(e["uuid"] for _, e in rcv.events())
+    dup = {u: c for u, c in got.items() if c > 1}
+    print(f"batch: {n} events, {len(rcv.posts())} POSTs, {len(dup)} events twice; revocations "
+          f"{left_to_new_owner(d1)}; consumed d1={consumed(d1):.0f} d2={consumed(d2):.0f}")
+    assert not dup, sorted(dup.items())
+    assert left() >= 10, d1.proc.output()[-3000:]
