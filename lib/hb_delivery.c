@@ -457,6 +457,10 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
  * (route_not_made), with its own reason and metric, carrying after_id. */
 void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet) {
     char why[80];
+    if (hb_delivery_revoked(dl)) { /* its new owner makes it wait */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
     snprintf(why, sizeof(why), "waiting behind %s", after_id);
     if (after_id != dl->after_id) /* the retrier passes the delivery's own */
         snprintf(dl->after_id, sizeof(dl->after_id), "%s", after_id);
@@ -526,7 +530,7 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
     hb_delivery_t *dl = item;
     if (throttled)
         rate_held(D, held_ms);
-    if (D->abandoning) {
+    if (D->abandoning || hb_delivery_revoked(dl)) {
         hb_delivery_abandon(D, dl);
         return;
     }
@@ -563,7 +567,7 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
     hb_deliveries_t *D = opaque;
     hb_delivery_t *dl = item;
     rate_held(D, held_ms);
-    if (D->abandoning) {
+    if (D->abandoning || hb_delivery_revoked(dl)) {
         hb_delivery_abandon(D, dl);
         return;
     }
@@ -575,7 +579,7 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
 }
 
 static void rate_drop(void *item, void *opaque) {
-    hb_delivery_abandon(opaque, item); /* shutdown: consumed again */
+    hb_delivery_abandon(opaque, item); /* shutdown or revoked: consumed again */
 }
 
 void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int, void *),
@@ -600,6 +604,10 @@ long long hb_deliveries_tick(hb_deliveries_t *D) {
 }
 
 void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
+    if (hb_delivery_revoked(dl)) { /* its new owner sends it */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
     if (circuit_enabled(D) &&
@@ -638,6 +646,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_outcome_t outcome;
 
     if (D->abandoning) { /* shutdown: the message will be consumed again */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
+    if (res->not_sent && hb_delivery_revoked(dl)) { /* its new owner sends it */
         hb_delivery_abandon(D, dl);
         return;
     }
@@ -688,11 +700,46 @@ void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+int hb_delivery_revoked(const hb_delivery_t *dl) {
+    if (!dl->jobs_cnt)
+        return 0;
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        if (!hb_job_revoked(dl->jobs[i]))
+            return 0;
+    return 1;
+}
+
 void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
     set_state(D, dl, HB_DL_ABANDONED);
+    dl->revoked = hb_delivery_revoked(dl);
     if (dl->settled)
         dl->settled(dl, dl->settled_arg);
-    hb_delivery_free(dl); /* its jobs stay unfinished, freed with the outbox */
+    /* A revoked partition's jobs are released: forgotten, they commit
+     * nothing (and are freed now, not at exit). The others stay unfinished,
+     * freed with the outbox: the message is consumed again after a restart. */
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        if (hb_job_revoked(dl->jobs[i]))
+            hb_outbox_release(D->outbox, dl->jobs[i]);
+    hb_delivery_free(dl);
+}
+
+/* The engine's deliveries of revoked partitions, for hb_http_withdraw and
+ * hb_ratelimit_withdraw. */
+static int revoked_request(hb_http_done_cb *done, void *opaque, void *arg) {
+    (void)arg;
+    return done == on_attempt_done && hb_delivery_revoked(opaque);
+}
+
+static int revoked_item(void *item, void *arg) {
+    (void)arg;
+    return hb_delivery_revoked(item);
+}
+
+size_t hb_deliveries_withdraw(hb_deliveries_t *D) {
+    /* the host queues' complete on the next hb_http_run (on_attempt_done);
+     * the rate limit's are abandoned here (rate_drop) */
+    return hb_http_withdraw(D->http, revoked_request, NULL) +
+           hb_ratelimit_withdraw(D->rl, revoked_item, NULL);
 }
 
 /* ---------------------------------------------------------------- engine */
