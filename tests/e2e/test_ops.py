@@ -314,17 +314,19 @@ def test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_ackn
 
 
 def test_a_second_sigterm_stops_at_once_and_loses_nothing(db_url, broker, procs, workdir):
-    """SIGTERM while requests to a slow endpoint (5 s each) are in flight: the
+    """SIGTERM while requests to a slow endpoint (3 s each) are in flight: the
     dispatcher drains. A second SIGTERM (an impatient operator, or a pod's
     grace period ending in a second signal) exits at once, with status 1, not
     after the drain. What it abandoned (nothing of it in the delivery log) is
     consumed again after a restart, sent again and logged delivered."""
     from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
-    # Threads for the stopped dispatcher's requests and the restarted one's.
+    # Two connections can share one of the receiver's threads (each answers
+    # one request at a time): the request timeout leaves room for that.
     receiver = SlowReceiver(procs, workdir, SECRET, f"Authorization: {AUTH_VALUE}",
-                            delay_ms=5000, threads=16)
-    env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "30s"}
+                            delay_ms=3000, threads=16)
+    env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "30s",
+           "HOOKBRIDGE_REQUEST_TIMEOUT": "30s"}
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
