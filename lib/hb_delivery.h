@@ -57,7 +57,10 @@
  * host (scheme://host:port, the unit hb_http queues by): after that many
  * consecutive failed attempts the host's waiting requests are diverted and its
  * deliveries are not attempted for circuit_cooldown; then one attempt probes
- * it, and a success closes the circuit (logged). State is per process.
+ * it (half open: the others meanwhile are treated as with the circuit open),
+ * a success closes the circuit (logged), a failure opens it again for
+ * another cool-down (logged); a probe that ends without an answer (not sent,
+ * dropped, abandoned) lets the next delivery probe. State is per process.
  *
  * Main loop thread only (completions come from hb_http_run on that thread).
  */
@@ -109,6 +112,7 @@ typedef struct hb_delivery_s {
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
     int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */
     char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
+    int probe;           /* it probes its host's half-open circuit (hb_delivery.c) */
     struct hb_deliveries_s *owner; /* while in flight */
     /* Ordered delivery (options.ordering, hb_ordering.h). */
     char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
@@ -134,6 +138,7 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
+    hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */
 } hb_delivery_metrics_t;
 
 /* circuit_counts_attempts: an open circuit counts a skipped attempt as failed

@@ -541,6 +541,9 @@ static void register_metrics(hb_worker_t *w) {
                            "Attempts not made because the endpoint's circuit was open.");
     w->dm.circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
                                              "Times an endpoint host's circuit opened.");
+    w->dm.circuit_probes =
+        hb_metrics_counter("hookbridge_circuit_probes_total", NULL,
+                           "Attempts let through a half-open circuit to probe its endpoint host.");
     w->dm.endpoint_busy =
         hb_metrics_counter("hookbridge_endpoint_busy_total", NULL,
                            "Deliveries handed to a delay tier without an attempt because their "
