@@ -34,7 +34,12 @@
  *     (verify_lease_ms): the request stays pending until the outcome is
  *     recorded, and every VERIFY_LOOK_MS each dispatcher looks for requests
  *     whose lease expired (their dispatcher died) and claims them again. At
- *     shutdown the drain waits for running challenges and records them.
+ *     shutdown the drain waits for running challenges and records them;
+ *   - on a revocation (on_revoke, inside the consumer poll), take the
+ *     deliveries of revoked partitions out of the chains and their events
+ *     out of the batches still filling: the new owner delivers them. The
+ *     chains' tails are asked for again; a head abandoned unsent is waited
+ *     behind as if parked (the new owner delivers it with the same id).
  */
 #include "dispatcher.h"
 
@@ -164,11 +169,14 @@ static void on_tail_by_id(hb_worker_t *w, const hb_dlog_state_t *st, void *opaqu
 static void on_head_settled(const hb_delivery_t *dl, void *arg) {
     hb_dispatcher_t *d = arg;
     hb_chain_t *c = hb_chains_get(d->chains, dl->sub->id, dl->order_key, hb_mono_ms());
-    if (dl->state == HB_DL_ABANDONED) {
+    if (dl->state == HB_DL_ABANDONED && !dl->revoked) { /* shutdown */
         hb_chain_stop(c);
         return;
     }
-    hb_chain_settled(c, dl->state == HB_DL_RETRY);
+    if (dl->state == HB_DL_ABANDONED) /* the new owner of its partition delivers it */
+        hb_chain_revoked(c);
+    else
+        hb_chain_settled(c, dl->state == HB_DL_RETRY);
     if (d->settled_n == d->settled_cap) {
         d->settled_cap = d->settled_cap ? d->settled_cap * 2 : 64;
         d->settled = hb_realloc(d->settled, d->settled_cap * sizeof(*d->settled));
@@ -256,6 +264,16 @@ static void chains_pass(hb_dispatcher_t *d) {
     }
 }
 
+static int item_revoked(void *item, void *arg) {
+    (void)arg;
+    return hb_delivery_revoked(item);
+}
+
+static void item_abandon(void *item, void *arg) {
+    hb_dispatcher_t *d = arg;
+    hb_worker_abandon(d->w, item); /* queued: no settled callback yet */
+}
+
 static void chain_item_free(void *item) {
     hb_delivery_free(item); /* never sent: its jobs stay unfinished, the event comes again */
 }
@@ -317,6 +335,50 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         }
     }
     return next;
+}
+
+/* Takes the events of revoked partitions out of the batches collecting;
+ * returns how many. */
+static size_t batch_withdraw(hb_dispatcher_t *d) {
+    hb_hash_slot_t *s;
+    size_t pos = 0, n = 0;
+    if (!d->open_batches)
+        return 0;
+    while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
+        batch_t *b = s->val;
+        size_t kept = 0;
+        for (size_t i = 0; i < b->cnt; i++) {
+            if (!hb_job_revoked(b->jobs[i])) {
+                b->events[kept] = b->events[i];
+                b->jobs[kept++] = b->jobs[i];
+                continue;
+            }
+            hb_ev_unref(b->events[i]);
+            hb_job_release(d->w, b->jobs[i]); /* forgotten: commits nothing */
+            n++;
+        }
+        b->cnt = kept;
+        if (!kept) {
+            hb_hash_del(&d->batches, s); /* removing the slot walked is allowed */
+            d->open_batches--;
+            hb_sub_unref(b->sub);
+            free(b->events);
+            free(b->jobs);
+            free(b);
+        }
+    }
+    return n;
+}
+
+/* Partitions were revoked: the deliveries of theirs waiting in a chain and
+ * the events of theirs waiting in a batch are the new owner's (not sent, not
+ * recorded); the chains' tails are asked for again. */
+static size_t on_revoke(hb_worker_t *w, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    size_t n = hb_chains_withdraw(d->chains, item_revoked, item_abandon, d) + batch_withdraw(d);
+    hb_chains_forget(d->chains);
+    d->revocations = hb_worker_revocations(w);
+    return n;
 }
 
 static void look_for_verifications(hb_dispatcher_t *d);
@@ -488,6 +550,7 @@ static const hb_worker_hooks_t hooks = {
     .on_event = on_event,
     .on_pass = on_pass,
     .on_stop = on_stop,
+    .on_revoke = on_revoke,
     .on_verify = on_verify,
     .on_index_loaded = on_index_loaded,
     .busy = busy,

@@ -71,6 +71,8 @@ struct hb_consumer_s {
     int64_t next_topic_check;
     deferred_t *deferred;
     lag_thread_t lag;
+    size_t (*revoked)(void *opaque); /* abandons held work of forgotten partitions */
+    void *revoked_opaque;
 };
 
 static void set_lag(const char *topic, int32_t partition, int64_t lag);
@@ -289,7 +291,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_topic_partition_list_add(c->assignment, parts->elems[i].topic,
                                               parts->elems[i].partition);
     } else {
-        hb_info("revoking %d partition(s)", parts->cnt);
+        size_t left = 0;
         c->revocations++;
         /* Commit what is finished before the new owner starts from it. */
         hb_outbox_take_flushed(c->outbox);
@@ -300,6 +302,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
             forget_deferred(c, parts->elems[i].topic, parts->elems[i].partition);
         }
+        /* What this process holds for them and has not started is the new
+         * owner's now: started here too, it would be delivered twice. */
+        if (c->revoked)
+            left = c->revoked(c->revoked_opaque);
+        hb_info("revoking %d partition(s): %zu held deliveries left to their new owner", parts->cnt,
+                left);
         if (cooperative)
             kerr = rd_kafka_incremental_unassign(rk, parts);
         else
@@ -340,6 +348,11 @@ static void broker_check(hb_consumer_t *c) {
         hb_kafka_reach_start(&c->brokers, c->rk, c->topics[0], errstr, sizeof(errstr)) < 0)
         hb_error("%s (readiness ignores the brokers)", errstr);
     (void)hb_kafka_reach_check(&c->brokers);
+}
+
+void hb_consumer_on_revoke(hb_consumer_t *c, size_t (*revoked)(void *opaque), void *opaque) {
+    c->revoked = revoked;
+    c->revoked_opaque = opaque;
 }
 
 int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {

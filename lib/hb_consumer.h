@@ -6,7 +6,9 @@
  * rebalance callback keeps our own copy of the assignment (librdkafka's
  * rd_kafka_assignment() waits on its main thread, which stalled the loop), and
  * before a partition is revoked commits what is finished, so its new owner
- * starts there.
+ * starts there. Then the partition is forgotten and the revoke hook
+ * (hb_consumer_on_revoke) abandons the work held for it that has not
+ * started: the new owner does it (logged once, with how much).
  *
  * Offsets: auto-commit of stored offsets only; the loop stores, per
  * partition, the position hb_offsets says is committable (every message
@@ -57,6 +59,11 @@ hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, co
                                char *const *topics, int topics_cnt, int wake_fd,
                                hb_offsets_t *offsets, hb_outbox_t *outbox,
                                const hb_consumer_metrics_t *m);
+/* Called inside the revocation (from the consumer poll, or the close), once
+ * the revoked partitions are forgotten (hb_offsets_revoked holds for their
+ * unfinished messages): abandons the held work of those partitions and
+ * returns how many deliveries it abandoned. */
+void hb_consumer_on_revoke(hb_consumer_t *c, size_t (*revoked)(void *opaque), void *opaque);
 int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 int hb_consumer_started(const hb_consumer_t *c);
 /* Leaves the group after a last store and commit of finished offsets. */

@@ -17,8 +17,13 @@
 /* One endpoint host's health (key "scheme://host:port", as hb_http queues). */
 typedef struct circuit_s {
     long long failures; /* consecutive */
-    int64_t open_until; /* monotonic; 0 = closed or half open */
+    int64_t open_until; /* monotonic; 0 = closed; once past: half open */
     int opened;         /* opened and not yet closed by a success */
+    /* Half open: the one delivery let through to probe the host (NULL: the
+     * next one to be sent probes), and when it is presumed lost if nothing
+     * has settled it (a bound it cannot reach; belt and braces). */
+    const hb_delivery_t *probe;
+    int64_t probe_until;
 } circuit_t;
 
 struct hb_deliveries_s {
@@ -99,24 +104,89 @@ static int circuit_enabled(const hb_deliveries_t *D) {
     return D->cfg->circuit_failures > 0;
 }
 
-/* 1 when deliveries to this endpoint host must not be attempted now. */
-static int circuit_open(hb_deliveries_t *D, const char *key) {
-    circuit_t *c = hb_hash_get(&D->circuits, key);
+/* Whether dl must not be attempted now: 0 no; 1 its host's circuit is open;
+ * 2 it is half open and another delivery probes it. take: dl is about to be
+ * sent, and the first one sent once the cool-down has passed becomes the
+ * probe (the others are treated as with an open circuit until its answer,
+ * circuit_result); without take, a half-open circuit nobody probes yet lets
+ * dl go on (it may become the probe when it is sent). */
+static int circuit_open(hb_deliveries_t *D, hb_delivery_t *dl, int take) {
+    circuit_t *c = hb_hash_get(&D->circuits, dl->endpoint);
+    int64_t now;
     if (!c || !c->open_until)
         return 0;
-    if (hb_mono_ms() < c->open_until)
+    now = hb_mono_ms();
+    if (now < c->open_until)
         return 1;
-    /* Half open: let one attempt through; its failure re-opens. */
-    c->open_until = 0;
-    c->failures = D->cfg->circuit_failures - 1;
-    hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+    if (c->probe == dl)
+        return 0;
+    if (c->probe) {
+        if (now < c->probe_until)
+            return 2;
+        c->probe = NULL; /* never settled: not expected, but never stuck */
+        hb_log(HB_LOG_WARN, HB_KV("endpoint", dl->endpoint),
+               "circuit half open: the probe was not settled in time, another one probes");
+    }
+    if (!take)
+        return 0;
+    c->probe = dl;
+    dl->probe = 1;
+    c->probe_until =
+        now + 2 * (dl->sub->timeout_ms > 0 ? dl->sub->timeout_ms : D->cfg->request_timeout_ms) +
+        D->cfg->max_queue_wait_ms + D->cfg->circuit_cooldown_ms;
+    if (D->m.circuit_probes)
+        hb_metric_inc(D->m.circuit_probes);
+    hb_log(HB_LOG_INFO, HB_KV("endpoint", dl->endpoint, "delivery_id", dl->id),
            "circuit half open: one attempt probes the endpoint");
     return 0;
 }
 
-static void circuit_result(hb_deliveries_t *D, const char *key, int ok) {
+/* The reason of a delivery not attempted because of circuit_open's answer. */
+static const char *circuit_reason(int open) {
+    return open == 2 ? "circuit open: endpoint failing, another attempt probes it"
+                     : "circuit open: endpoint failing";
+}
+
+/* Opens (or opens again) c for a cool-down; what waits for the host leaves
+ * with reason why; logged as what. */
+static void circuit_trip(hb_deliveries_t *D, const char *key, circuit_t *c, const char *why,
+                         const char *what) {
+    size_t diverted;
+    c->open_until = hb_mono_ms() + D->cfg->circuit_cooldown_ms;
+    c->opened = 1;
+    c->probe = NULL;
+    hb_metric_inc(D->m.circuit_opens);
+    /* What waits for the endpoint leaves now, not one timeout at a time. */
+    diverted = hb_http_divert(D->http, key, why);
+    hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
+           "%s: no attempts for %lld ms, %zu waiting requests handed to the delay tiers", what,
+           D->cfg->circuit_cooldown_ms, diverted);
+}
+
+/* dl ends without an answer from its host (not sent, dropped, abandoned):
+ * the probe slot it held is free again, and the next delivery probes. */
+static void circuit_release(hb_deliveries_t *D, hb_delivery_t *dl) {
+    circuit_t *c;
+    if (!dl->probe)
+        return;
+    dl->probe = 0;
+    c = hb_hash_get(&D->circuits, dl->endpoint);
+    if (c && c->probe == dl) {
+        c->probe = NULL;
+        hb_log(HB_LOG_INFO, HB_KV("endpoint", dl->endpoint, "delivery_id", dl->id),
+               "circuit half open: the probe ended without an answer, the next attempt probes");
+    }
+}
+
+/* dl's request got an answer (ok: a success): a success closes the circuit;
+ * a failure counts, opens it after circuit_failures in a row, and re-opens
+ * it when dl was the probe. */
+static void circuit_result(hb_deliveries_t *D, hb_delivery_t *dl, int ok) {
+    const char *key = dl->endpoint;
     hb_hash_slot_t *s;
     circuit_t *c;
+    int probe = dl->probe;
+    dl->probe = 0;
     if (!circuit_enabled(D) || !*key)
         return;
     s = hb_hash_find(&D->circuits, key);
@@ -135,20 +205,16 @@ static void circuit_result(hb_deliveries_t *D, const char *key, int ok) {
         c = hb_calloc(1, sizeof(*c));
         (void)hb_hash_put(&D->circuits, key, c);
     }
-    if (++c->failures >= D->cfg->circuit_failures && !c->open_until) {
-        char why[256];
-        size_t diverted;
-        c->open_until = hb_mono_ms() + D->cfg->circuit_cooldown_ms;
-        c->opened = 1;
-        hb_metric_inc(D->m.circuit_opens);
+    ++c->failures;
+    if (probe && c->probe == dl) {
+        circuit_trip(D, key, c, "circuit open: the probe of the endpoint failed",
+                     "circuit open again: the probe failed");
+    } else if (c->failures >= D->cfg->circuit_failures && !c->open_until) {
+        char why[256], what[96];
         snprintf(why, sizeof(why), "circuit open: %lld consecutive failures of the endpoint",
                  c->failures);
-        /* What waits for the endpoint leaves now, not one timeout at a time. */
-        diverted = hb_http_divert(D->http, key, why);
-        hb_log(HB_LOG_WARN, HB_KV("endpoint", key),
-               "circuit open after %lld consecutive failures: no attempts for %lld ms, %zu "
-               "waiting requests handed to the delay tiers",
-               c->failures, D->cfg->circuit_cooldown_ms, diverted);
+        snprintf(what, sizeof(what), "circuit open after %lld consecutive failures", c->failures);
+        circuit_trip(D, key, c, why, what);
     }
 }
 
@@ -202,6 +268,7 @@ void hb_delivery_free(hb_delivery_t *dl) {
 
 /* Releases the delivery's holds (its work is now held by gates, or done). */
 static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
+    circuit_release(D, dl);
     if (dl->settled)
         dl->settled(dl, dl->settled_arg);
     for (size_t i = 0; i < dl->jobs_cnt; i++)
@@ -457,6 +524,10 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
  * (route_not_made), with its own reason and metric, carrying after_id. */
 void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet) {
     char why[80];
+    if (hb_delivery_revoked(dl)) { /* its new owner makes it wait */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
     snprintf(why, sizeof(why), "waiting behind %s", after_id);
     if (after_id != dl->after_id) /* the retrier passes the delivery's own */
         snprintf(dl->after_id, sizeof(dl->after_id), "%s", after_id);
@@ -524,9 +595,10 @@ static void rate_held(hb_deliveries_t *D, long long held_ms) {
 static void rate_send(void *item, long long held_ms, int throttled, void *opaque) {
     hb_deliveries_t *D = opaque;
     hb_delivery_t *dl = item;
+    int open;
     if (throttled)
         rate_held(D, held_ms);
-    if (D->abandoning) {
+    if (D->abandoning || hb_delivery_revoked(dl)) {
         hb_delivery_abandon(D, dl);
         return;
     }
@@ -548,9 +620,9 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         if (sub != dl->sub)
             hb_delivery_rebind(dl, sub);
     }
-    if (circuit_enabled(D) && *dl->endpoint && circuit_open(D, dl->endpoint)) {
-        /* the circuit opened while it waited */
-        route_not_made(D, dl, "circuit open: endpoint failing", 1);
+    if (circuit_enabled(D) && *dl->endpoint && (open = circuit_open(D, dl, 1)) != 0) {
+        /* the circuit opened while it waited, or another attempt probes it */
+        route_not_made(D, dl, circuit_reason(open), 1);
         delivery_finish(D, dl);
         return;
     }
@@ -563,7 +635,7 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
     hb_deliveries_t *D = opaque;
     hb_delivery_t *dl = item;
     rate_held(D, held_ms);
-    if (D->abandoning) {
+    if (D->abandoning || hb_delivery_revoked(dl)) {
         hb_delivery_abandon(D, dl);
         return;
     }
@@ -575,7 +647,7 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
 }
 
 static void rate_drop(void *item, void *opaque) {
-    hb_delivery_abandon(opaque, item); /* shutdown: consumed again */
+    hb_delivery_abandon(opaque, item); /* shutdown or revoked: consumed again */
 }
 
 void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int, void *),
@@ -600,12 +672,18 @@ long long hb_deliveries_tick(hb_deliveries_t *D) {
 }
 
 void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
+    int open;
+    if (hb_delivery_revoked(dl)) { /* its new owner sends it */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
+    /* a rate-limited one becomes the probe, if it does, when its turn comes */
     if (circuit_enabled(D) &&
         hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&
-        circuit_open(D, dl->endpoint)) {
-        route_not_made(D, dl, "circuit open: endpoint failing", 1);
+        (open = circuit_open(D, dl, dl->sub->rate_per_second <= 0)) != 0) {
+        route_not_made(D, dl, circuit_reason(open), 1);
         delivery_finish(D, dl);
         return;
     }
@@ -641,6 +719,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         hb_delivery_abandon(D, dl);
         return;
     }
+    if (res->not_sent && hb_delivery_revoked(dl)) { /* its new owner sends it */
+        hb_delivery_abandon(D, dl);
+        return;
+    }
     if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
         route_not_made(D, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
         delivery_finish(D, dl);
@@ -651,7 +733,7 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_metric_inc(
         D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
                                                                             : 0]);
-    circuit_result(D, dl->endpoint, outcome == HB_OUTCOME_DELIVERED);
+    circuit_result(D, dl, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);
@@ -688,11 +770,47 @@ void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+int hb_delivery_revoked(const hb_delivery_t *dl) {
+    if (!dl->jobs_cnt)
+        return 0;
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        if (!hb_job_revoked(dl->jobs[i]))
+            return 0;
+    return 1;
+}
+
 void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
+    circuit_release(D, dl);
     set_state(D, dl, HB_DL_ABANDONED);
+    dl->revoked = hb_delivery_revoked(dl);
     if (dl->settled)
         dl->settled(dl, dl->settled_arg);
-    hb_delivery_free(dl); /* its jobs stay unfinished, freed with the outbox */
+    /* A revoked partition's jobs are released: forgotten, they commit
+     * nothing (and are freed now, not at exit). The others stay unfinished,
+     * freed with the outbox: the message is consumed again after a restart. */
+    for (size_t i = 0; i < dl->jobs_cnt; i++)
+        if (hb_job_revoked(dl->jobs[i]))
+            hb_outbox_release(D->outbox, dl->jobs[i]);
+    hb_delivery_free(dl);
+}
+
+/* The engine's deliveries of revoked partitions, for hb_http_withdraw and
+ * hb_ratelimit_withdraw. */
+static int revoked_request(hb_http_done_cb *done, void *opaque, void *arg) {
+    (void)arg;
+    return done == on_attempt_done && hb_delivery_revoked(opaque);
+}
+
+static int revoked_item(void *item, void *arg) {
+    (void)arg;
+    return hb_delivery_revoked(item);
+}
+
+size_t hb_deliveries_withdraw(hb_deliveries_t *D) {
+    /* the host queues' complete on the next hb_http_run (on_attempt_done);
+     * the rate limit's are abandoned here (rate_drop) */
+    return hb_http_withdraw(D->http, revoked_request, NULL) +
+           hb_ratelimit_withdraw(D->rl, revoked_item, NULL);
 }
 
 /* ---------------------------------------------------------------- engine */

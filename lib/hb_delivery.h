@@ -9,6 +9,7 @@
  *     |  '--circuit open----------------------------------+-> NOT_MADE --> RETRY | FAILED
  *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
  *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
+ *   PENDING, or IN_FLIGHT not handed to curl yet --revoked--> ABANDONED (the same)
  *
  * The state changes in one function (set_state in hb_delivery.c), which checks
  * that the move is allowed, keeps the in-flight count and counts the outcome
@@ -31,6 +32,17 @@
  *              carrying after_delivery_id.
  * A delivery's settled callback (when set) hears once that it was routed or
  * abandoned: the ordered chains move on from there.
+ *
+ * Revocation: a delivery whose every job belongs to a partition revoked from
+ * this process (hb_delivery_revoked) is not started any more: the partition's
+ * new owner consumes its messages again and delivers them, so sending it here
+ * too would deliver it twice. hb_deliveries_withdraw takes back the ones the
+ * engine holds (in a host queue waiting for a connection, or held by a rate
+ * limit), and a revoked delivery reaching send, wait, or a completion that
+ * says it was never sent is abandoned there. Its jobs' holds are released
+ * (their partition is forgotten: nothing is committed for them). Requests
+ * already running finish and are recorded as usual. A delivery holding jobs
+ * of a partition still owned (a batch across partitions) is sent.
  * So "the log shows attempt N with outcome X" implies that what X produced on
  * Kafka is durable (hb_outbox's gates keep that order).
  *
@@ -45,7 +57,10 @@
  * host (scheme://host:port, the unit hb_http queues by): after that many
  * consecutive failed attempts the host's waiting requests are diverted and its
  * deliveries are not attempted for circuit_cooldown; then one attempt probes
- * it, and a success closes the circuit (logged). State is per process.
+ * it (half open: the others meanwhile are treated as with the circuit open),
+ * a success closes the circuit (logged), a failure opens it again for
+ * another cool-down (logged); a probe that ends without an answer (not sent,
+ * dropped, abandoned) lets the next delivery probe. State is per process.
  *
  * Main loop thread only (completions come from hb_http_run on that thread).
  */
@@ -97,11 +112,13 @@ typedef struct hb_delivery_s {
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
     int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */
     char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
+    int probe;           /* it probes its host's half-open circuit (hb_delivery.c) */
     struct hb_deliveries_s *owner; /* while in flight */
     /* Ordered delivery (options.ordering, hb_ordering.h). */
     char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
     int waiting;                    /* NOT_MADE because it waits behind after_id */
     int quiet;                      /* its wait adds no delivery-log row (the retrier's re-waits) */
+    int revoked;             /* ABANDONED because its partitions were revoked (not a shutdown) */
     char *order_key;         /* the dispatcher's ordered deliveries: the key (owned), else NULL */
     int32_t order_partition; /* where its event was read */
     int64_t order_offset;
@@ -121,6 +138,7 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
+    hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */
 } hb_delivery_metrics_t;
 
 /* circuit_counts_attempts: an open circuit counts a skipped attempt as failed
@@ -155,6 +173,12 @@ void hb_deliveries_rate_granted(hb_deliveries_t *D, const char *id, int granted,
 /* Moves the deliveries held by rate limits; the ms until it is due again
  * (-1: none held). */
 long long hb_deliveries_tick(hb_deliveries_t *D);
+/* Revocation: every delivery of a revoked partition (hb_delivery_revoked)
+ * held in a host queue or by a rate limit is abandoned, its request never
+ * sent (those in a host queue once hb_http_run completes them); returns how
+ * many. Main loop thread, not from inside a completion or rate-limit
+ * callback. */
+size_t hb_deliveries_withdraw(hb_deliveries_t *D);
 /* Shutdown passed its deadline: completions record nothing from now on. */
 void hb_deliveries_abandon(hb_deliveries_t *D);
 int hb_deliveries_abandoning(const hb_deliveries_t *D);
@@ -199,7 +223,12 @@ void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcom
                       const char *reason);
 /* DISCARDED: releases dl's jobs without attempting or logging; takes dl. */
 void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl);
-/* ABANDONED: shutdown; dl freed, its jobs left unfinished; takes dl. */
+/* ABANDONED: shutdown or revocation; nothing recorded, dl freed; the holds
+ * of its jobs of revoked partitions are released (nothing commits them),
+ * the others left unfinished; takes dl. */
 void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl);
+/* 1 when dl holds jobs and every one is of a partition revoked from this
+ * process: its new owner delivers it. */
+int hb_delivery_revoked(const hb_delivery_t *dl);
 
 #endif

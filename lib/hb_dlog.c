@@ -62,7 +62,7 @@
 #define DLOG_BATCH_MAX 2000
 #define DLOG_UUID_LEN 36
 #define DLOG_BACKOFF_MIN_MS 250
-#define DLOG_BACKOFF_MAX_MS 30000
+#define DLOG_BACKOFF_MAX_MS 5000 /* so does the log: offsets move again */
 #define DLOG_WARN_EVERY_MS 30000
 #define DLOG_COL_KEEP (1u << 20) /* a column buffer larger than this is freed after its batch */
 

@@ -24,6 +24,8 @@
  * that head is also the head of its own host's queue: expiry pops heads and
  * never searches. A transfer over either bound goes to the early list with
  * not_sent set and completes like a refused one; the caller re-routes it.
+ * So do the waiting transfers hb_http_divert and hb_http_withdraw take out
+ * (withdraw unlinks from the middle of both lists: the order stays).
  *
  * Every finished transfer goes through hb_http_complete(): fill the result,
  * call done, free the transfer, return the easy handle to the free list,
@@ -589,13 +591,15 @@ static void hb_http_wait_push(hb_http_t *h, hb_http_host_t *host, hb_http_xfer_t
     h->queued++;
 }
 
-static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
-    hb_http_xfer_t *x = host->wait_head;
-    if (!x)
-        return NULL;
-    host->wait_head = x->next;
-    if (!host->wait_head)
-        host->wait_tail = NULL;
+/* Takes x out of host's queue, where it follows prev (NULL: x is the head). */
+static void hb_http_wait_unlink(hb_http_t *h, hb_http_host_t *host, hb_http_xfer_t *prev,
+                                hb_http_xfer_t *x) {
+    if (prev)
+        prev->next = x->next;
+    else
+        host->wait_head = x->next;
+    if (host->wait_tail == x)
+        host->wait_tail = prev;
     host->waiting--;
     x->next = NULL;
     if (x->wq_prev)
@@ -608,6 +612,12 @@ static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
         h->wq_tail = x->wq_prev;
     x->wq_prev = x->wq_next = NULL;
     h->queued--;
+}
+
+static hb_http_xfer_t *hb_http_wait_pop(hb_http_t *h, hb_http_host_t *host) {
+    hb_http_xfer_t *x = host->wait_head;
+    if (x)
+        hb_http_wait_unlink(h, host, NULL, x);
     return x;
 }
 
@@ -1304,6 +1314,37 @@ size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason) {
         n++;
     }
     hb_http_host_release(h, host);
+    return n;
+}
+
+size_t hb_http_withdraw(hb_http_t *h, int (*which)(hb_http_done_cb *done, void *opaque, void *arg),
+                        void *arg) {
+    hb_hash_slot_t *s;
+    size_t pos = 0, n = 0;
+    /* Already not sent (a queue bound): it completes as withdrawn instead. */
+    for (hb_http_xfer_t *x = h->early_head; x; x = x->next)
+        if (x->not_sent && x->not_sent != HB_HTTP_WITHDRAWN && which(x->done, x->opaque, arg)) {
+            x->not_sent = HB_HTTP_WITHDRAWN;
+            n++;
+        }
+    while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) {
+        hb_http_host_t *host = s->val;
+        hb_http_xfer_t *prev = NULL, *x = host->wait_head;
+        while (x) {
+            hb_http_xfer_t *next = x->next;
+            if (!which(x->done, x->opaque, arg)) {
+                prev = x;
+                x = next;
+                continue;
+            }
+            hb_http_wait_unlink(h, host, prev, x);
+            x->host = NULL;
+            hb_http_not_sent(h, x, HB_HTTP_WITHDRAWN, "withdrawn before it was sent");
+            n++;
+            x = next;
+        }
+        hb_http_host_release(h, host); /* removing the slot walked is allowed */
+    }
     return n;
 }
 

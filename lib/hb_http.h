@@ -75,6 +75,7 @@ typedef enum {
     HB_HTTP_QUEUE_FULL, /* max_host_queue requests already waited for its host */
     HB_HTTP_QUEUE_WAIT, /* waited max_queue_wait_ms, or its host is known slow */
     HB_HTTP_DIVERTED,   /* taken out of its host's queue by hb_http_divert() */
+    HB_HTTP_WITHDRAWN,  /* taken back by its caller before it was sent (hb_http_withdraw()) */
 } hb_http_not_sent_t;
 
 typedef struct hb_http_result_s {
@@ -157,6 +158,14 @@ size_t hb_http_backlog(const hb_http_t *h, long long stall_ms);
  * with not_sent = HB_HTTP_DIVERTED and error = reason, on the next
  * hb_http_run(); running ones are left to finish. Returns how many. */
 size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason);
+
+/* Takes back every request not handed to curl yet (waiting in a host queue,
+ * or about to complete as not sent) for which which(done, opaque, arg) says
+ * 1: each completes with not_sent = HB_HTTP_WITHDRAWN on the next
+ * hb_http_run(), never from inside this call; running ones are left to
+ * finish. Returns how many. */
+size_t hb_http_withdraw(hb_http_t *h, int (*which)(hb_http_done_cb *done, void *opaque, void *arg),
+                        void *arg);
 
 /* The host key of url, "scheme://host:port" (the unit of the per-host
  * bounds): 0, or -1 when url cannot be parsed. */

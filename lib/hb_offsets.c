@@ -163,6 +163,10 @@ void hb_offsets_forget(hb_offsets_t *o, const char *topic, int32_t partition) {
     }
 }
 
+int hb_offsets_revoked(hb_offref_t ref) {
+    return ref.part && ref.part->revoked;
+}
+
 size_t hb_offsets_pending(const hb_offsets_t *o) {
     return o->pending;
 }

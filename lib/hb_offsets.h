@@ -41,6 +41,9 @@ size_t hb_offsets_collect(hb_offsets_t *o, rd_kafka_topic_partition_list_t *out)
 
 /* Forgets a partition (revoked). */
 void hb_offsets_forget(hb_offsets_t *o, const char *topic, int32_t partition);
+/* 1 when ref's partition was forgotten (revoked) while ref was unfinished:
+ * its done() moves nothing, the new owner consumes the message again. */
+int hb_offsets_revoked(hb_offref_t ref);
 
 /* Messages tracked and not done, over all live partitions. */
 size_t hb_offsets_pending(const hb_offsets_t *o);

@@ -153,6 +153,34 @@ void hb_chains_forget(hb_chains_t *cs) {
     }
 }
 
+size_t hb_chains_withdraw(hb_chains_t *cs, int (*which)(void *item, void *arg),
+                          void (*drop)(void *item, void *arg), void *arg) {
+    hb_hash_slot_t *s;
+    size_t pos = 0, n = 0, out_n = 0, out_cap = 0;
+    void **out = NULL;
+    while ((s = hb_hash_each(&cs->chains, &pos)) != NULL) {
+        hb_chain_t *c = s->val;
+        size_t kept = c->head;
+        for (size_t i = c->head; i < c->n; i++) {
+            if (!which(c->q[i].item, arg)) {
+                c->q[kept++] = c->q[i];
+                continue;
+            }
+            if (out_n == out_cap) {
+                out_cap = out_cap ? out_cap * 2 : 64;
+                out = hb_realloc(out, out_cap * sizeof(*out));
+            }
+            out[out_n++] = c->q[i].item;
+        }
+        n += c->n - kept;
+        c->n = kept;
+    }
+    for (size_t i = 0; i < out_n; i++)
+        drop(out[i], arg);
+    free(out);
+    return n;
+}
+
 /* A chain whose tail waits in a tier stays this many times longer: it spares
  * the next arrival a question, and by then the tail's row is in the log. */
 #define PARKED_IDLE_FACTOR 5
@@ -280,6 +308,10 @@ void hb_chain_settled(hb_chain_t *c, int parked) {
     c->busy = 0;
     c->parked = parked;
     c->parked_seen = parked;
+}
+
+void hb_chain_revoked(hb_chain_t *c) {
+    hb_chain_settled(c, 1);
 }
 
 void hb_chain_stop(hb_chain_t *c) {

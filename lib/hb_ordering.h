@@ -69,6 +69,11 @@ size_t hb_chains_count(const hb_chains_t *cs);
  * about too (ASK_TAIL): a retry's row reaches the log only after the broker
  * has the retry, so the log may not know it yet. */
 void hb_chains_forget(hb_chains_t *cs);
+/* Takes every queued item for which which(item, arg) says 1 out of its
+ * chain (the others keep their order) and hands each to drop, once all are
+ * out; a head in flight is not queued. Returns how many. */
+size_t hb_chains_withdraw(hb_chains_t *cs, int (*which)(void *item, void *arg),
+                          void (*drop)(void *item, void *arg), void *arg);
 /* Removes chains idle (nothing in flight, asked or queued) for idle_ms, or
  * 5 * idle_ms when their tail waits in a delay tier (a key retried once and
  * never seen again must not stay for good); returns how many. */
@@ -93,6 +98,10 @@ void hb_chain_unasked(hb_chain_t *c);
 /* The head sent was routed: parked = it waits in a delay tier (retry, not
  * made), else it is final. */
 void hb_chain_settled(hb_chain_t *c, int parked);
+/* The head sent was abandoned because its partition was revoked: the new
+ * owner delivers it, so what follows waits behind it as behind a tail
+ * parked in a delay tier. */
+void hb_chain_revoked(hb_chain_t *c);
 /* Shutdown: the chain takes no more steps. */
 void hb_chain_stop(hb_chain_t *c);
 

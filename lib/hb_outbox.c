@@ -76,6 +76,10 @@ void hb_outbox_release(hb_outbox_t *ob, hb_job_t *j) {
     job_unlink_free(ob, j);
 }
 
+int hb_job_revoked(const hb_job_t *j) {
+    return hb_offsets_revoked(j->ref);
+}
+
 /* ---------------------------------------------------------------- gates */
 
 hb_gate_t *hb_gate_new(hb_outbox_t *ob, hb_job_t *const *jobs, size_t n) {

@@ -71,6 +71,9 @@ hb_dlog_t *hb_outbox_dlog(const hb_outbox_t *ob);
 hb_job_t *hb_outbox_track(hb_outbox_t *ob, const rd_kafka_message_t *rkm); /* one hold */
 void hb_job_hold(hb_job_t *j);
 void hb_outbox_release(hb_outbox_t *ob, hb_job_t *j);
+/* 1 when j's partition was revoked from this process: releasing j commits
+ * nothing, and its message is consumed again by the partition's new owner. */
+int hb_job_revoked(const hb_job_t *j);
 
 /* ---------------------------------------------------------------- gates */
 

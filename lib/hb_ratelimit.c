@@ -140,6 +140,39 @@ size_t hb_ratelimit_held(const hb_ratelimit_t *rl) {
     return rl->held;
 }
 
+size_t hb_ratelimit_withdraw(hb_ratelimit_t *rl, int (*which)(void *item, void *arg), void *arg) {
+    hb_hash_slot_t *s;
+    size_t pos = 0, n = 0;
+    rl_item_t *out = NULL;
+    while ((s = hb_hash_each(&rl->keys, &pos)) != NULL) {
+        rl_key_t *k = s->val;
+        rl_item_t **pp = &k->head, *last = NULL;
+        while (*pp) {
+            rl_item_t *it = *pp;
+            if (!which(it->item, arg)) {
+                last = it;
+                pp = &it->next;
+                continue;
+            }
+            *pp = it->next;
+            k->n--;
+            rl->held--;
+            it->next = out;
+            out = it;
+            n++;
+        }
+        k->tail = last; /* an entry left empty is forgotten by the next tick */
+    }
+    while (out) {
+        rl_item_t *it = out;
+        out = it->next;
+        if (rl->cbs.drop)
+            rl->cbs.drop(it->item, rl->cbs.opaque);
+        free(it);
+    }
+    return n;
+}
+
 static rl_item_t *pop(hb_ratelimit_t *rl, rl_key_t *k) {
     rl_item_t *it = k->head;
     k->head = it->next;

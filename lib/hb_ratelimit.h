@@ -66,7 +66,8 @@ typedef int hb_rl_ask_cb(const char *key, int wanted, void *opaque);
 typedef void hb_rl_send_cb(void *item, long long held_ms, int throttled, void *opaque);
 /* The item cannot wait; reason starts with "rate limited: ". */
 typedef void hb_rl_refuse_cb(void *item, const char *reason, long long held_ms, void *opaque);
-/* The limiter is freed with the item held (shutdown). */
+/* The limiter is freed with the item held (shutdown), or the item was
+ * withdrawn (hb_ratelimit_withdraw). */
 typedef void hb_rl_drop_cb(void *item, void *opaque);
 
 typedef struct hb_ratelimit_cbs_s {
@@ -97,5 +98,10 @@ void hb_ratelimit_granted(hb_ratelimit_t *rl, const char *key, int granted, long
 long long hb_ratelimit_tick(hb_ratelimit_t *rl, int64_t now_ms);
 
 size_t hb_ratelimit_held(const hb_ratelimit_t *rl); /* items held, every key */
+
+/* Every item held for which which(item, arg) says 1 goes to drop, once all of
+ * them are out of the limiter (drop may not call back into it either);
+ * returns how many. */
+size_t hb_ratelimit_withdraw(hb_ratelimit_t *rl, int (*which)(void *item, void *arg), void *arg);
 
 #endif

@@ -46,8 +46,8 @@
 #include "hb_snapshot.h"
 
 #define STORE_BACKOFF_MIN_MS 1000
-#define STORE_BACKOFF_MAX_MS 30000
-#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
+#define STORE_BACKOFF_MAX_MS 5000 /* readiness returns within about 5 s of the database */
+#define STORE_SWEEP_MS 60000      /* expired revealable secrets leave the inbox within this */
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */

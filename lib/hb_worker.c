@@ -94,6 +94,19 @@ void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, con
     hb_delivery_skip(w->deliveries, dl, outcome, reason);
 }
 
+void hb_worker_abandon(hb_worker_t *w, hb_delivery_t *dl) {
+    hb_delivery_abandon(w->deliveries, dl);
+}
+
+/* The consumer forgot revoked partitions: what is held for them goes. */
+static size_t on_revoke(void *opaque) {
+    hb_worker_t *w = opaque;
+    size_t n = hb_deliveries_withdraw(w->deliveries);
+    if (w->spec.hooks->on_revoke)
+        n += w->spec.hooks->on_revoke(w, w->spec.opaque);
+    return n;
+}
+
 void hb_worker_discard(hb_worker_t *w, hb_delivery_t *dl) {
     hb_delivery_discard(w->deliveries, dl);
 }
@@ -114,9 +127,11 @@ static void lookup_ctx_free(void *arg) {
 static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
     lookup_ctx_t *c = g->arg;
     hb_worker_t *w = c->w;
-    if (hb_stop_requested || hb_deliveries_abandoning(w->deliveries)) {
-        /* start nothing new: the message will be consumed again */
-        hb_delivery_abandon(w->deliveries, c->dl); /* its jobs stay unfinished */
+    if (hb_stop_requested || hb_deliveries_abandoning(w->deliveries) ||
+        hb_delivery_revoked(c->dl)) {
+        /* start nothing new: the message will be consumed again (here, or
+         * by the new owner of its partition) */
+        hb_delivery_abandon(w->deliveries, c->dl); /* nothing recorded */
     } else {
         c->then(w, c->dl, &g->state, c->opaque);
     }
@@ -527,6 +542,9 @@ static void register_metrics(hb_worker_t *w) {
                            "Attempts not made because the endpoint's circuit was open.");
     w->dm.circuit_opens = hb_metrics_counter("hookbridge_circuit_opens_total", NULL,
                                              "Times an endpoint host's circuit opened.");
+    w->dm.circuit_probes =
+        hb_metrics_counter("hookbridge_circuit_probes_total", NULL,
+                           "Attempts let through a half-open circuit to probe its endpoint host.");
     w->dm.endpoint_busy =
         hb_metrics_counter("hookbridge_endpoint_busy_total", NULL,
                            "Deliveries handed to a delay tier without an attempt because their "
@@ -644,6 +662,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     w->cm.kafka_errors = w->m_kafka_errors;
     w->consumer = hb_consumer_new(cfg, w->client_id, w->group, w->topics, w->topics_cnt, w->wake[1],
                                   w->offsets, w->outbox, &w->cm);
+    hb_consumer_on_revoke(w->consumer, on_revoke, w);
     w->index = hb_index_new();
     hb_info("hookbridge-%s %s: health on port %d", spec->name, HB_VERSION, hb_httpd_port(w->httpd));
     return w;
@@ -655,6 +674,8 @@ fail:
 void hb_worker_free(hb_worker_t *w) {
     if (!w)
         return;
+    if (w->consumer) /* a revocation from here on holds nothing: all is freed */
+        hb_consumer_on_revoke(w->consumer, NULL, NULL);
     if (w->http) {
         if (w->deliveries) /* completions from the abort record nothing */
             hb_deliveries_abandon(w->deliveries);

@@ -46,6 +46,11 @@
  * index is not loaded, no assignment came yet, or a writer schema is
  * unavailable; ready but saying so while consumption is paused.
  *
+ * Revocation (hb_consumer): what is finished is committed, the partitions
+ * forgotten, then every delivery of theirs not handed to curl yet is
+ * abandoned (hb_deliveries_withdraw, on_revoke; hb_delivery.h): the new owner
+ * consumes and delivers it. Requests running finish and are recorded.
+ *
  * Shutdown: stop consuming, on_stop, drain what is in flight for at most
  * shutdown_timeout, then abandon the rest (consumed again), flush the
  * producer and the delivery log, commit, leave the group.
@@ -93,6 +98,11 @@ typedef struct hb_worker_hooks_s {
     /* Work of the service's own that the drain also waits for (e.g. the
      * dispatcher's verification challenges): how much is running (NULL: none). */
     size_t (*busy)(hb_worker_t *w, void *opaque);
+    /* Partitions were revoked (inside the consumer poll): abandon with
+     * hb_worker_abandon what the service holds for them and has not started
+     * (hb_delivery_revoked, hb_job_revoked), without routing anything;
+     * returns how many (NULL: nothing held). */
+    size_t (*on_revoke)(hb_worker_t *w, void *opaque);
 } hb_worker_hooks_t;
 
 typedef struct hb_worker_spec_s {
@@ -168,6 +178,10 @@ void hb_worker_deliver(hb_worker_t *w, hb_delivery_t *dl);
 /* Records a delivery that is not attempted: HB_OUTCOME_DROPPED (logged), or
  * HB_OUTCOME_FAILED (logged and dead-lettered); takes ownership of dl. */
 void hb_worker_skip(hb_worker_t *w, hb_delivery_t *dl, hb_outcome_t outcome, const char *reason);
+
+/* ABANDONED: nothing recorded, the jobs of revoked partitions released
+ * (hb_delivery_abandon); takes dl. */
+void hb_worker_abandon(hb_worker_t *w, hb_delivery_t *dl);
 
 /* Releases dl's jobs without attempting or logging anything (a message that
  * is stale: hb_worker_lookup); takes dl. */

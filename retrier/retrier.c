@@ -160,6 +160,45 @@ static void ready_pass(hb_retrier_t *r) {
     r->ready_n = 0;
 }
 
+/* Takes the revoked deliveries out of a's waiters, onto out. */
+static void waiters_withdraw(active_t *a, hb_delivery_t ***out, size_t *n, size_t *cap) {
+    size_t kept = 0;
+    for (size_t j = 0; j < a->n; j++) {
+        if (!hb_delivery_revoked(a->waiters[j])) {
+            a->waiters[kept++] = a->waiters[j];
+            continue;
+        }
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 64;
+            *out = hb_realloc(*out, *cap * sizeof(**out));
+        }
+        (*out)[(*n)++] = a->waiters[j];
+    }
+    a->n = kept;
+}
+
+/* Partitions were revoked: the ordered deliveries of theirs waiting here in
+ * memory are the new owner's (it reads them from the tier again). They are
+ * abandoned once out of every list: abandoning tells on_settled, which
+ * changes r->active and r->ready. (Deferred partitions hold nothing: the
+ * consumer forgets them; retries in a look-up are abandoned when it is
+ * answered, those in the HTTP engine by hb_deliveries_withdraw.) */
+static size_t on_revoke(hb_worker_t *w, void *opaque) {
+    hb_retrier_t *r = opaque;
+    hb_delivery_t **out = NULL;
+    size_t n = 0, cap = 0;
+    hb_hash_slot_t *s;
+    size_t pos = 0;
+    while ((s = hb_hash_each(&r->active, &pos)) != NULL)
+        waiters_withdraw(s->val, &out, &n, &cap);
+    for (size_t i = 0; i < r->ready_n; i++)
+        waiters_withdraw(r->ready[i], &out, &n, &cap);
+    for (size_t i = 0; i < n; i++)
+        hb_worker_abandon(w, out[i]);
+    free(out);
+    return n;
+}
+
 /* A stand-in for a subscription that no longer exists, so its pending
  * attempts can be recorded as dropped under its id. */
 static hb_sub_t *gone_sub(const char *id) {
@@ -467,6 +506,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
 static const hb_worker_hooks_t hooks = {
     .on_message = on_message,
     .on_pass = on_pass,
+    .on_revoke = on_revoke,
 };
 
 /* ------------------------------------------------------------ build/free */

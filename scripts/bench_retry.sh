@@ -26,10 +26,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/local/stack.sh
 . deploy/local/stack.sh
-# KAFKA=apache: the broker's JVM as Apache Kafka's own start scripts set it up
-# (deploy/local/kafka.sh: G1, a fixed heap), not the tests' small one, whose
-# full collections stopped the broker for 61 ms during the latency phase
+# KAFKA=apache: the broker's JVM as in scripts/bench.sh (G1, a fixed heap, C1)
 export KAFKA_JVM=${KAFKA_JVM:-server}
+export KAFKA_JVM_OPTS="-XX:TieredStopAtLevel=1 ${KAFKA_JVM_OPTS:-}"
 BIN=$STACK_BIN
 
 N=${BENCH_RETRIES:-10000}

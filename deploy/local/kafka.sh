@@ -78,7 +78,8 @@ cmd_fetch() {
 #   KAFKA_JVM=server  what Apache Kafka's own kafka-server-start.sh and
 #                     kafka-run-class.sh start a broker with: a fixed 1 GiB heap
 #                     (KAFKA_HEAP), G1 aiming at 20 ms pauses, both compilers.
-#                     make bench uses it: a production broker is not run as a
+#                     make bench uses it (with the C1 compiler only: see
+#                     scripts/bench.sh): a production broker is not run as a
 #                     test's.
 java_cmd() {
   case ${KAFKA_JVM:-test} in

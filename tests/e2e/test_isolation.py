@@ -174,6 +174,65 @@ def test_a_successful_probe_closes_the_circuit_and_says_so(db_url, procs, workdi
         srv.shutdown()
 
 
+def test_a_half_open_circuit_lets_one_probe_through_and_routes_the_rest_as_open(
+        db_url, procs, workdir):
+    """A hung endpoint (reads each request, never answers): once the circuit
+    has opened and the cool-down passed, 20 deliveries arrive at once. The
+    endpoint gets exactly one request while that probe runs (until it times
+    out); the 19 others wait in the first delay tier unattempted, as with the
+    circuit open, and the probe's failure opens the circuit again."""
+    import threading
+    from hbtest.endpoints import ChallengeAnswering, serve
+    posts = []
+    release = threading.Event()
+
+    class Hung(ChallengeAnswering):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append(time.time())
+            release.wait(120)  # never answers in time
+
+    srv = serve(Hung)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+            "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "3s",
+            "HOOKBRIDGE_CIRCUIT_FAILURES": "2",
+            "HOOKBRIDGE_CIRCUIT_COOLDOWN": "2s",
+            "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "1s",
+        })
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(2)])
+        wait_until(lambda: "circuit open after 2 consecutive failures" in d.proc.output(),
+                   15 * SLOW, "the circuit to open")
+        opened = time.time()
+        assert len(posts) == 2
+        skips = d.metric("hookbridge_circuit_skips_total")
+        time.sleep(max(0.0, 2.5 - (time.time() - opened)))  # the cool-down passes
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(20)])
+        # The probe times out (3 s) and is logged; the others are logged at once.
+        rows = wait_until(lambda: (rs := statuses(db_url, sub)) and len(rs) == 22 and rs,
+                          20 * SLOW, "the 20 new deliveries in the log")
+        assert len(posts) == 3, f"{len(posts) - 2} requests while the circuit was half open"
+        skipped = [r for r in rows if r[1] == 0]
+        assert len(skipped) == 19, rows
+        assert all(r[0] == "retry" and r[2].startswith("circuit open") for r in skipped), skipped
+        attempted = [r for r in rows if r[1] == 1]
+        assert len(attempted) == 3 and all(r[0] == "retry" for r in attempted), attempted
+        assert d.metric("hookbridge_circuit_skips_total") - skips == 19
+        assert d.metric("hookbridge_circuit_probes_total") == 1
+        out = d.proc.output()
+        assert "circuit half open: one attempt probes the endpoint" in out
+        assert "circuit open again: the probe failed" in out, out[-3000:]
+        assert d.metric("hookbridge_circuit_opens_total") == 2
+    finally:
+        release.set()
+        srv.shutdown()
+
+
 def test_pausing_every_partition_is_the_last_resort_and_says_why(db_url, procs, workdir):
     """A slow but answering endpoint, too many events unfinished: consumption
     pauses, logged at warn with the reason, shown by a metric and by /readyz

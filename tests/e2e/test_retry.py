@@ -269,6 +269,45 @@ def test_circuit_breaker_skips_a_failing_endpoint_then_probes_it(db_url, procs, 
     wait_until(lambda: len(receiver.posts()) == 4, 20 * SLOW, "the probe attempt")
 
 
+def test_the_retriers_circuit_counts_skipped_attempts_so_the_schedule_ends(db_url, procs,
+                                                                            workdir):
+    """An endpoint that refuses connections, a circuit that opens after one
+    failure and stays open: the retrier does not attempt it again, yet the
+    delivery still ends 'failed' on the dead-letter topic after the
+    scheduled number of attempts, the skipped ones logged as attempts not
+    made."""
+    from hbtest.endpoints import ChallengeAnswering, serve
+
+    class Refusing(ChallengeAnswering):
+        def do_POST(self):
+            raise AssertionError("the endpoint is closed: nothing can reach it")
+
+    broker, receiver, d, r = stack(
+        procs, workdir, db_url, "1s,1s,1s,1s",
+        env={"HOOKBRIDGE_CIRCUIT_FAILURES": "1", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "10m"})
+    srv = serve(Refusing)
+    sub = register_verified(db_url, srv.url, ["user.session.start"])
+    srv.shutdown()
+    srv.server_close()  # verified, then closed: connections are refused
+    produce(broker.bootstrap, [event("user.session.start")])
+    did, status, n, err = failed_delivery(db_url, sub, 40 * SLOW, "the delivery to fail finally")
+    assert n == 5, "the first attempt plus one per schedule step"
+    assert "circuit open" in err and "attempts used up" in err, err
+    rows = attempts(db_url, did)
+    assert [(a[0], a[1]) for a in rows] == [
+        (1, "retry"), (2, "retry"), (3, "retry"), (4, "retry"), (5, "failed")], rows
+    # The dispatcher's attempt and the retrier's first were made (and refused);
+    # the retrier's circuit then skipped the other three.
+    assert all("circuit open" not in (a[3] or "") for a in rows[:2]), rows
+    assert all((a[3] or "").startswith("attempt not made: circuit open") for a in rows[2:]), rows
+    assert r.metric("hookbridge_circuit_skips_total") == 3
+    assert r.metric("hookbridge_circuit_opens_total") == 1
+    msgs = dlq_messages(broker, want=1)
+    assert len(msgs) == 1
+    dr = decode("delivery_retry", msgs[0].value)
+    assert dr["delivery_id"] == did and dr["attempt"] == 5
+
+
 def test_endpoint_failing_for_the_period_is_deactivated_with_the_reason(db_url, procs, workdir):
     broker, receiver, d, r = stack(
         procs, workdir, db_url, "1s,1s,1s,1s,1s,1s,1s,1s", receiver_args={"status": 500},

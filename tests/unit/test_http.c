@@ -1035,6 +1035,50 @@ static void test_divert_and_backlog(void **state) {
     rec_clear(r, 4);
 }
 
+static rec_t *withdraw_these; /* r[1] and r[3] of test_withdraw */
+
+static int withdraw_which(hb_http_done_cb *done, void *opaque, void *arg) {
+    (void)arg;
+    return done == on_done && (opaque == &withdraw_these[1] || opaque == &withdraw_these[3]);
+}
+
+/* hb_http_withdraw takes back waiting requests its caller picks, from the
+ * middle and the end of a host's queue: they complete as withdrawn on the
+ * next run, never sent; the running one and the others still go, in order. */
+static void test_withdraw(void **state) {
+    (void)state;
+    srv_t *slow = srv_start();
+    hb_http_t *h = http_new_bounded(10, 1, 0, 0);
+    rec_t r[4];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    withdraw_these = r;
+    completions = 0;
+    url_for(url, sizeof(url), slow, "/slow");
+    for (size_t i = 0; i < 4; i++)
+        submit(h, HB_HTTP_POST, url, 20000, 100, &r[i]);
+    (void)hb_http_run(h, 0, -1); /* r[0] runs, three wait */
+    assert_int_equal(hb_http_queued(h), 3);
+    assert_int_equal(hb_http_withdraw(h, withdraw_which, NULL), 2);
+    assert_int_equal(hb_http_queued(h), 1);
+    assert_int_equal(r[1].done + r[3].done, 0); /* not from inside the call */
+    (void)hb_http_run(h, 0, -1);
+    assert_int_equal(r[1].done, 1);
+    assert_int_equal(r[3].done, 1);
+    assert_int_equal(r[1].res.not_sent, HB_HTTP_WITHDRAWN);
+    assert_int_equal(r[3].res.not_sent, HB_HTTP_WITHDRAWN);
+    assert_int_equal(r[0].done + r[2].done, 0);
+    srv_release(slow);
+    run_until_done(h, r, 1, 10000);
+    run_until_done(h, &r[2], 1, 10000);
+    assert_int_equal(r[0].res.http_status, 200);
+    assert_int_equal(r[2].res.http_status, 200);
+    assert_true(r[0].order < r[2].order);
+    hb_http_free(h);
+    srv_stop(slow);
+    rec_clear(r, 4);
+}
+
 static void test_connection_reuse(void **state) {
     (void)state;
     fx_t *fx = fx_start(20, 8, 1, 1, 1);
@@ -1134,6 +1178,7 @@ int main(void) {
         cmocka_unit_test(test_host_queue_full),
         cmocka_unit_test(test_queue_wait_bounded),
         cmocka_unit_test(test_divert_and_backlog),
+        cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_connection_reuse),
         cmocka_unit_test(test_free_aborts_pending),
         cmocka_unit_test(test_wakeup_and_extra_fd),

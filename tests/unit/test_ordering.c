@@ -225,6 +225,43 @@ static void a_parked_idle_chain_is_evicted_in_the_end(void **state) {
     hb_chains_free(cs, NULL);
 }
 
+static int is_b(void *item, void *arg) {
+    (void)arg;
+    return item == &item_b;
+}
+
+static void count_drop(void *item, void *arg) {
+    (void)item;
+    ++*(int *)arg;
+}
+
+/* A revocation takes a queued delivery back (is_b): the others keep their
+ * order; the head abandoned unsent is waited behind, as if parked. */
+static void a_withdrawn_item_leaves_the_queue_and_an_abandoned_head_parks_the_rest(void **state) {
+    hb_chains_t *cs = hb_chains_new();
+    hb_chain_t *c = hb_chains_get(cs, SUB, "00uA", 0);
+    void *item;
+    char after[37];
+    int dropped = 0;
+    (void)state;
+    hb_chain_push(c, &item_a, A);
+    hb_chain_push(c, &item_b, B);
+    hb_chain_push(c, &item_c, C);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_ASK_KEY);
+    hb_chain_answer(c, 0, NULL, 1);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_SEND);
+    assert_ptr_equal(item, &item_a);
+    assert_int_equal((int)hb_chains_withdraw(cs, is_b, count_drop, &dropped), 1);
+    assert_int_equal(dropped, 1);
+    assert_int_equal((int)hb_chains_withdraw(cs, is_b, count_drop, &dropped), 0);
+    hb_chain_revoked(c); /* a abandoned before it was sent */
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_PARK);
+    assert_ptr_equal(item, &item_c);
+    assert_string_equal(after, A);
+    assert_int_equal(hb_chain_next(c, &item, after), HB_CHAIN_WAIT);
+    hb_chains_free(cs, NULL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(keys_follow_the_option),
@@ -233,6 +270,7 @@ int main(void) {
         cmocka_unit_test(restart_revoke_and_eviction),
         cmocka_unit_test(a_revocation_keeps_the_head_whose_row_is_on_its_way),
         cmocka_unit_test(a_parked_idle_chain_is_evicted_in_the_end),
+        cmocka_unit_test(a_withdrawn_item_leaves_the_queue_and_an_abandoned_head_parks_the_rest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -242,6 +242,37 @@ static void tiny_rates_wait_long_not_negative(void **state) {
     hb_ratelimit_free(rl);
 }
 
+static int even_item(void *item, void *arg) {
+    (void)arg;
+    return (int)(intptr_t)item % 2 == 0;
+}
+
+/* A revocation takes some items back: they are dropped, never sent, and the
+ * others keep their order and their turn (the tail still appends). */
+static void withdrawn_items_are_dropped_and_the_rest_keep_their_turn(void **state) {
+    fake_t f;
+    hb_ratelimit_t *rl = limiter(&f, 0);
+    (void)state;
+    for (int i = 1; i <= 4; i++)
+        hb_ratelimit_submit(rl, i <= 2 ? "s" : "t", 10, 5, ITEM(i), 0);
+    assert_int_equal((int)hb_ratelimit_held(rl), 4);
+    assert_int_equal((int)hb_ratelimit_withdraw(rl, even_item, NULL), 2);
+    assert_int_equal(f.dropped, 2);
+    assert_int_equal((int)hb_ratelimit_held(rl), 2);
+    hb_ratelimit_submit(rl, "s", 10, 5, ITEM(5), 1);
+    hb_ratelimit_submit(rl, "t", 10, 5, ITEM(6), 1); /* after the withdrawn tail */
+    assert_int_equal((int)hb_ratelimit_withdraw(rl, even_item, NULL), 1);
+    hb_ratelimit_granted(rl, "s", 5, 0, 2);
+    hb_ratelimit_granted(rl, "t", 5, 0, 2);
+    assert_int_equal(f.sent_cnt, 3);
+    assert_int_equal(f.sent[0], 1);
+    assert_int_equal(f.sent[1], 5);
+    assert_int_equal(f.sent[2], 3);
+    assert_int_equal((int)hb_ratelimit_held(rl), 0);
+    hb_ratelimit_free(rl);
+    assert_int_equal(f.dropped, 3);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bucket_starts_full_and_refills_at_its_rate),
@@ -252,6 +283,7 @@ int main(void) {
         cmocka_unit_test(refuses_over_a_full_queue),
         cmocka_unit_test(unused_grants_lapse_and_failed_asks_are_retried),
         cmocka_unit_test(tiny_rates_wait_long_not_negative),
+        cmocka_unit_test(withdrawn_items_are_dropped_and_the_rest_keep_their_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

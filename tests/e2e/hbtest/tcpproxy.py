@@ -69,6 +69,13 @@ class TcpProxy:
     def cut(self):
         """Refuse new connections and reset the open ones (as a dead host would)."""
         if self._listener:
+            # shutdown() first: close() alone leaves the socket listening while
+            # the accept thread is blocked in accept() on it (it holds the
+            # socket), so new connections were still accepted and forwarded.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
