@@ -19,6 +19,12 @@ from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
 CONNECTIONS = 2  # HOOKBRIDGE_MAX_HOST_CONNECTIONS: few, so the backlog waits in the host queue
+# Duplicates allowed: the requests on the wire at the revocation, and the
+# deliveries already answered whose delivery-log row was not written yet (their
+# offsets were not committed, so the new owner reads them again). The log
+# trails further behind under the sanitizers (SLOW): 14 in one ASan run of the
+# ordered case, against 2 normally and 68 on main before the change.
+MAX_TWICE = int(4 * CONNECTIONS * SLOW)
 LEFT = re.compile(r"revoking (\d+) partition\(s\): (\d+) held deliveries left to their new owner")
 
 
@@ -110,7 +116,7 @@ def test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out(
     report("host queue", d1, d2, rcv, n, dup)
     # Twice: only what was on the wire at the revocation (the first's
     # connections), and a few finished whose outcome was not committed yet.
-    assert len(dup) <= 4 * CONNECTIONS, sorted(dup.items())
+    assert len(dup) <= MAX_TWICE, sorted(dup.items())
     # About half of what was still queued went to the new owner, unsent here.
     revoked = left_to_new_owner(d1)
     assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
@@ -150,7 +156,7 @@ def test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_
                              events=evs, schedule="1s")
     dup = twice(rcv)
     report("ordered", d1, d2, rcv, n, dup)
-    assert len(dup) <= 4 * CONNECTIONS, sorted(dup.items())
+    assert len(dup) <= MAX_TWICE, sorted(dup.items())
     revoked = left_to_new_owner(d1)
     assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
     # each key in the order produced (first arrivals, in the receiver's order)
