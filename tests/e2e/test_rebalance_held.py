@@ -105,6 +105,14 @@ def report(what, d1, d2, rcv, n, dup):
           f"d2={consumed(d2):.0f}; delivered d1={delivered(d1):.0f} d2={delivered(d2):.0f}")
 
 
+def held_went_to_the_new_owner(d1, d2, n, dup):
+    """The first left part of what it held (at least 10) to the new owner,
+    unsent, and the two delivered every event once, plus the duplicates."""
+    revoked = left_to_new_owner(d1)
+    assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
+    assert delivered(d1) + delivered(d2) == n + sum(c - 1 for c in dup.values())
+
+
 def test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out(
         db_url, procs, workdir):
     n = 200
@@ -117,10 +125,7 @@ def test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out(
     # Twice: only what was on the wire at the revocation (the first's
     # connections), and a few finished whose outcome was not committed yet.
     assert len(dup) <= MAX_TWICE, sorted(dup.items())
-    # About half of what was still queued went to the new owner, unsent here.
-    revoked = left_to_new_owner(d1)
-    assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
-    assert delivered(d1) + delivered(d2) == n + sum(c - 1 for c in dup.values())
+    held_went_to_the_new_owner(d1, d2, n, dup)
 
 
 def test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out(
@@ -133,9 +138,7 @@ def test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out(
     report("rate limit", d1, d2, rcv, n, dup)
     # A fast endpoint: hardly anything on the wire at the revocation.
     assert len(dup) <= burst, sorted(dup.items())
-    revoked = left_to_new_owner(d1)
-    assert revoked and sum(left for _, left in revoked) >= 10, d1.proc.output()[-3000:]
-    assert delivered(d1) + delivered(d2) == n + sum(c - 1 for c in dup.values())
+    held_went_to_the_new_owner(d1, d2, n, dup)
 
 
 def test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out(
