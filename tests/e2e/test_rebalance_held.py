@@ -136,8 +136,9 @@ def test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out(
                              {"rate_limit": {"per_second": rate, "burst": burst}}, {}, n, "00r")
     dup = twice(rcv)
     report("rate limit", d1, d2, rcv, n, dup)
-    # A fast endpoint: hardly anything on the wire at the revocation.
-    assert len(dup) <= burst, sorted(dup.items())
+    # A fast endpoint: hardly anything on the wire at the revocation (and,
+    # as for MAX_TWICE, what was answered but not yet logged).
+    assert len(dup) <= burst * SLOW, sorted(dup.items())
     held_went_to_the_new_owner(d1, d2, n, dup)
 
 
