@@ -89,3 +89,72 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
                       and rs, 10 * SLOW, "the delivery logged delivered")
     assert [(x[1], x[2]) for x in rows] == [("delivered", 2)]
     assert len(a.posts()) == 1, "the old URL must get nothing after the change"
+
+
+# ------------------------------------------------- rate limits, database away
+
+def test_a_database_outage_parks_rate_limited_deliveries_and_they_come_round(
+        pg_cluster, db_url, procs, workdir):
+    """docs/design.md, Rate limits: "Database outage: no tokens are granted,
+    so the deliveries of rate-limited subscriptions wait out
+    HOOKBRIDGE_MAX_QUEUE_WAIT and are parked in the delay tiers (attempts not
+    counted), coming round until the database answers; nothing is lost, and
+    subscriptions without a limit are not affected." The database is cut
+    (both services reach it through a proxy) before five events arrive."""
+    n = 5
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s"}
+    broker = Broker(procs, workdir, retry_schedule="1s")
+    limited = Receiver(procs, workdir, name="limited", secret=SECRET,
+                       auth=f"Authorization: {AUTH_VALUE}")
+    free = Receiver(procs, workdir, name="free", secret=SECRET,
+                    auth=f"Authorization: {AUTH_VALUE}")
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        url = through(proxy, db_url, pg_cluster.port)
+        d = Dispatcher(procs, url, broker.bootstrap, extra_env=env)
+        r = Retrier(procs, url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        r.wait_ready()
+        lsub = register_verified(db_url, limited.url, ["user.session.start"],
+                                 {"rate_limit": {"per_second": 50, "burst": 10}})
+        fsub = register_verified(db_url, free.url, ["user.session.start"])
+        for svc in (d, r):
+            for sub in (lsub, fsub):
+                wait_until(lambda: changes_applied(svc, sub, ACTIVE) >= 1, 10,
+                           f"the {svc.program} to see {sub} active")
+        proxy.cut()
+        events = [event("user.session.start", user=f"00u{i:010d}") for i in range(n)]
+        want = {e["uuid"] for e in events}
+        produce(broker.bootstrap, events)
+        # Without a limit: delivered while the database is away.
+        wait_until(lambda: want <= {e["uuid"] for _, e in free.events()}, 15 * SLOW,
+                   "the events at the endpoint without a limit, database away")
+        # With a limit: no token, so parked on the first tier, not attempted.
+        parked = topic_records(broker.bootstrap, broker.retry_prefix + "1s", want=n,
+                               timeout=15)
+        retries = [decode("delivery_retry", m.value) for m in parked]
+        assert sorted(x["event_ids"][0] for x in retries) == sorted(want)
+        assert all(x["subscription_id"] == lsub for x in retries)
+        assert all(x["attempt"] == 1 and x["last_error"].startswith("rate limited")
+                   for x in retries), retries
+        assert limited.posts() == []
+        assert d.metric("hookbridge_rate_limited_total") >= n
+        # Due after 1 s, they wait on the tier for the database (the retrier asks
+        # the delivery log first), then go at the limit.
+        proxy.start()
+        wait_until(lambda: want <= {e["uuid"] for _, e in limited.events()}, 30 * SLOW,
+                   "the limited endpoint's events once the database is back")
+        rows = wait_until(lambda: (rs := delivery_rows(db_url, lsub)) and len(rs) == n
+                          and all(x[1] == "delivered" for x in rs) and rs, 20 * SLOW,
+                          "the limited deliveries logged delivered")
+        assert all(x[2] == 1 for x in rows), f"a parked delivery counted an attempt: {rows}"
+        assert len(limited.posts()) == n, "one request per event"
+        frows = wait_until(lambda: (rs := delivery_rows(db_url, fsub)) and len(rs) == n
+                           and all(x[1] == "delivered" for x in rs) and rs, 20 * SLOW,
+                           "the unlimited deliveries logged delivered")
+        assert all(x[2] == 1 for x in frows)
+        assert len(free.posts()) == n
+    finally:
+        proxy.close()
