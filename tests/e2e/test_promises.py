@@ -158,3 +158,79 @@ def test_a_database_outage_parks_rate_limited_deliveries_and_they_come_round(
         assert len(free.posts()) == n
     finally:
         proxy.close()
+
+
+# ------------------------------------------------------------ the replay lease
+
+def verified_active(db_url, url):
+    """A subscription made verified and active by SQL alone (no dispatcher to
+    run the challenge: the tests below start only a retrier)."""
+    opts = {"auth_header": "Authorization", "auth_value": AUTH_VALUE, "secret": SECRET}
+    sub = sql(db_url, "SELECT hookbridge.register('replay', %s, %s, %s::jsonb)", url,
+              ["user.session.start"], json.dumps(opts))[0][0]
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true)", sub)
+    sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+    return sub
+
+
+def failed_delivery(db_url, sub):
+    """A delivery the log has as failed after one attempt, with its body."""
+    did = sql(db_url, "SELECT gen_random_uuid()")[0][0]
+    sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, attempts, first_attempt_at, last_attempt_at, last_http_status, "
+        "last_error, body, content_type) VALUES (%s, %s, 'e1', 'user.session.start', 'failed', "
+        "1, now() - interval '1 hour', now() - interval '1 hour', 400, 'HTTP 400', %s, "
+        "'application/json')", did, sub, json.dumps({"replayed": did}))
+    return did
+
+
+def test_a_replay_claimed_by_a_retrier_killed_before_queueing_it_is_taken_after_the_lease(
+        db_url, procs, workdir):
+    """docs/sql.md, claim_replays: "takes up to limit replay requests, each
+    leased so a retrier that dies does not lose one". A retrier claims a
+    replay while the broker is frozen (SIGSTOP: the replay's message stays in
+    its producer's queue) and is killed (SIGKILL): the message is lost with
+    it, the request stays claimed. Another retrier does not take it while the
+    lease (5 minutes) holds; once the lease is over (the claim moved back by
+    SQL, instead of waiting 5 minutes) it sends the replay: one request, the
+    same webhook-id."""
+    import signal
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule="1s")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    r1 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier1")
+    r1.wait_ready()
+    sub = verified_active(db_url, rcv.url)
+    did = failed_delivery(db_url, sub)
+    wait_until(lambda: changes_applied(r1, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
+
+    broker.proc.signal(signal.SIGSTOP)
+    try:
+        sql(db_url, "SELECT hookbridge.replay(%s)", did)
+        wait_until(lambda: did in r1.proc.output() and "replay requested" in r1.proc.output(),
+                   10, "the first retrier to claim the replay")
+        r1.proc.kill()
+    finally:
+        broker.proc.signal(signal.SIGCONT)
+    assert sql(db_url, "SELECT status, replay_claimed_at IS NOT NULL FROM hookbridge.deliveries "
+               "WHERE delivery_id = %s", did) == [("replay", True)]
+
+    # Another retrier (a group of its own: the dead one's partitions would
+    # only come free after its session timeout, which is not the point here).
+    r2 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier2",
+                 group_id="hookbridge-retrier-2")
+    r2.wait_ready()
+    assert "subscription index loaded: 1 subscriptions, 1 deliverable" in r2.proc.output()
+    time.sleep(1.5 * SLOW)  # more than one replay poll (1 s): the lease holds
+    assert "replay requested" not in r2.proc.output()
+    assert rcv.posts() == []
+    # The lease runs out.
+    sql(db_url, "UPDATE hookbridge.deliveries SET replay_claimed_at = replay_claimed_at "
+        "- interval '5 minutes' WHERE delivery_id = %s", did)
+    post = wait_until(lambda: rcv.posts(), 15 * SLOW, "the replay after the lease")[0]
+    assert post["status"] == 204 and post["headers"]["webhook-id"] == did
+    assert json.loads(post["body"]) == {"replayed": did}
+    wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries "
+                           "WHERE delivery_id = %s", did) == [("delivered", 2)], 10 * SLOW,
+               "the replay logged delivered")
+    assert len(rcv.posts()) == 1
