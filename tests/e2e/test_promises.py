@@ -234,3 +234,85 @@ def test_a_replay_claimed_by_a_retrier_killed_before_queueing_it_is_taken_after_
                            "WHERE delivery_id = %s", did) == [("delivered", 2)], 10 * SLOW,
                "the replay logged delivered")
     assert len(rcv.posts()) == 1
+
+
+# ------------------------------------------------ DeliveryRetry v1, upgrades
+
+def v1_schema():
+    from hbtest.avro import SCHEMA_DIR
+    return json.loads((SCHEMA_DIR / "history" / "delivery_retry.v1.avsc").read_text())
+
+
+def test_a_retry_that_waits_for_nothing_is_written_and_read_as_delivery_retry_v1(
+        db_url, procs, workdir):
+    """docs/operations.md, Upgrade procedure: "a DeliveryRetry that waits for
+    nothing is still written with the schema of the previous release
+    (delivery_retry.v1), so old retriers read what new dispatchers write";
+    docs/schemas.md: "a retrier of this version reads the retries an older
+    dispatcher or retrier left on the tiers". The dispatcher's retry carries
+    v1's fingerprint and is a v1 body (Apache's Python Avro reads it with the
+    v1 schema); a retry written by Python Avro with the v1 schema, as an older
+    release left it on a tier, is sent by the retrier."""
+    import avro.io
+    import avro.schema
+    import io
+    from kafka import KafkaProducer
+    from hbtest.pyavro import fingerprint, single_object
+
+    # The receiver fails each delivery's first request (--fail-first counts
+    # per webhook-id), so each is retried once: the second tier is for the
+    # retry written by hand below, whose first request is its attempt 2.
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule="1s,1s")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                   fail_first=1)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
+    ev = event("user.session.start")
+    produce(broker.bootstrap, [ev])
+
+    tier = broker.retry_prefix + "1s"
+    msg = topic_records(broker.bootstrap, tier, want=1)[0]
+    v1 = v1_schema()
+    assert msg.value[:2] == b"\xc3\x01"
+    assert int.from_bytes(msg.value[2:10], "little") == fingerprint(v1), \
+        "not written with delivery_retry.v1: an older retrier cannot read it"
+    reader = avro.io.DatumReader(avro.schema.parse(json.dumps(v1)))
+    buf = io.BytesIO(msg.value[10:])
+    rec = reader.read(avro.io.BinaryDecoder(buf))
+    assert buf.tell() == len(msg.value) - 10, "bytes beyond the v1 record"
+    assert rec["subscription_id"] == sub and rec["event_ids"] == [ev["uuid"]]
+    assert rec["attempt"] == 2
+    # ... and this retrier reads it: the retry arrives.
+    wait_until(lambda: ev["uuid"] in {e["uuid"] for _, e in rcv.events()}, 15 * SLOW,
+               "the dispatcher's retry, sent by the retrier")
+
+    # A retry as an older release wrote it, by another Avro implementation.
+    now_ms = int(time.time() * 1000)
+    did = str(__import__("uuid").uuid4())
+    old = {"delivery_id": did, "subscription_id": sub, "event_ids": ["e-v1"],
+           "event_type": "user.session.start", "content_type": "application/json",
+           "body": json.dumps({"written_by": "v1"}), "attempt": 2, "not_before_ms": now_ms,
+           "first_attempt_ms": now_ms - 1000, "last_status": 503, "last_error": "HTTP 503",
+           "schedule_offset": 0}
+    kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
+    try:
+        kp.send(tier, key=sub.encode(), value=single_object(v1, old)).get(10)
+    finally:
+        kp.close()
+    posts = wait_until(lambda: len(ps := [p for p in rcv.posts()
+                                          if p["headers"]["webhook-id"] == did]) >= 2 and ps,
+                       20 * SLOW, "the v1 retry, sent by the retrier (503, then again)")
+    assert [p["status"] for p in posts] == [503, 204]
+    assert all(json.loads(p["body"]) == {"written_by": "v1"} and signature_valid(SECRET, p)
+               for p in posts)
+    wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                           "WHERE delivery_id = %s", did) == [("delivered",)], 10 * SLOW,
+               "the v1 retry logged delivered")
+    assert [a[0] for a in sql(db_url, "SELECT attempt FROM hookbridge.delivery_attempts "
+                              "WHERE delivery_id = %s ORDER BY attempt", did)] == [2, 3]
+    assert "poison" not in r.proc.output().lower()
