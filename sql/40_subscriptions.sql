@@ -419,17 +419,24 @@ BEGIN
     IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN
         RETURN; -- the challenge went to an old URL: the new URL's request stays
     END IF;
-    -- The result ends the request (and its claim).
+    -- The result ends the request it was claimed for (and the claim). A
+    -- request with no claim on it was made after this challenge's claim
+    -- (verify() clears the claim): the challenge was sent before it, so it
+    -- stays, for a dispatcher to claim and challenge again.
     IF ok THEN
         UPDATE hookbridge.subscriptions s
            SET verification = 'verified', verified_at = now(), verification_error = NULL,
-               verification_requested_at = NULL, verification_claimed_until = NULL
+               verification_requested_at = CASE WHEN s.verification_claimed_until IS NULL
+                                                THEN s.verification_requested_at END,
+               verification_claimed_until = NULL
          WHERE s.id = record_verification.id;
     ELSE
         UPDATE hookbridge.subscriptions s
            SET verification = 'failed', status = 'inactive', verification_failed_at = now(),
                verification_error = left(coalesce(nullif(reason, ''), 'verification failed'), 500),
-               verification_requested_at = NULL, verification_claimed_until = NULL
+               verification_requested_at = CASE WHEN s.verification_claimed_until IS NULL
+                                                THEN s.verification_requested_at END,
+               verification_claimed_until = NULL
          WHERE s.id = record_verification.id;
     END IF;
 END
@@ -440,7 +447,8 @@ $$;
 -- One row per live subscription: what it receives, whether it can, and how it
 -- has been doing. health: 'inactive' (status inactive), 'unverified' (active,
 -- waiting for its URL to be verified), 'failing' (its latest finished delivery
--- failed), 'healthy'.
+-- failed), 'healthy'. verification_request: NULL (none), 'pending' (asked
+-- for, no dispatcher holds it), 'running' (a dispatcher's claim holds it).
 CREATE OR REPLACE VIEW hookbridge.subscription_overview AS
 SELECT s.id,
        s.name,
@@ -464,7 +472,11 @@ SELECT s.id,
             WHEN cf.consecutive_failures > 0 THEN 'failing'
             ELSE 'healthy' END AS health,
        s.created_at,
-       s.updated_at
+       s.updated_at,
+       -- new columns go last: CREATE OR REPLACE VIEW adds columns only at the end
+       CASE WHEN s.verification_requested_at IS NULL THEN NULL
+            WHEN s.verification_claimed_until > now() THEN 'running'
+            ELSE 'pending' END AS verification_request
   FROM hookbridge.subscriptions s
   LEFT JOIN LATERAL (
         SELECT array_agg(st.event_type ORDER BY st.event_type) AS event_types

@@ -98,3 +98,87 @@ def test_two_retriers_claiming_at_once_never_both_get_a_replay(db_url):
     finally:
         a.close()
         b.close()
+
+
+# ------------------------------------------------------------- verification
+
+def vclaim(db_url, sub, lease="1 minute"):
+    return sql(db_url, "SELECT hookbridge.claim_verification(%s, %s::interval)", sub, lease)[0][0]
+
+
+def state(db_url, sub):
+    return sql(db_url, "SELECT verification, verification_requested_at IS NOT NULL, "
+               "verification_claimed_until IS NOT NULL FROM hookbridge.subscriptions "
+               "WHERE id = %s", sub)[0]
+
+
+def request(db_url, sub):
+    return sql(db_url, "SELECT verification_request FROM hookbridge.subscription_overview "
+               "WHERE id = %s", sub)[0][0]
+
+
+def test_the_overview_shows_a_requested_and_a_running_verification(db_url):
+    """subscription_overview.verification_request: NULL (nothing asked),
+    'pending' (asked, no dispatcher on it, or its lease ran out), 'running'
+    (a dispatcher holds it: verification_claimed_until, migration 0006)."""
+    sub = registered(db_url)
+    assert request(db_url, sub) is None
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert request(db_url, sub) == "pending"
+    assert vclaim(db_url, sub) == sub
+    assert request(db_url, sub) == "running"
+    # The dispatcher died: once its lease is over the request is pending again.
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification_claimed_until = "
+        "now() - interval '1 second' WHERE id = %s", sub)
+    assert request(db_url, sub) == "pending"
+    assert vclaim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, URL)
+    assert request(db_url, sub) is None
+    assert sql(db_url, "SELECT verification, verification_requested_at FROM "
+               "hookbridge.subscription_overview WHERE id = %s", sub) == [("verified", None)]
+
+
+@pytest.mark.parametrize("form", ["url", "old"])
+@pytest.mark.parametrize("first_ok", [False, True])
+def test_verify_while_a_challenge_runs_is_not_ended_by_that_challenges_result(
+        db_url, first_ok, form):
+    """docs/sql.md, verify: "Calling verify while a challenge runs asks for
+    another one at once." The running challenge was sent before the call (the
+    endpoint may have been fixed since): its result is recorded, but the
+    request made after its claim stays, for a dispatcher to claim and
+    challenge again. Also when the result comes from a dispatcher of the
+    previous release (the 3-argument form, no URL)."""
+    sub = registered(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert vclaim(db_url, sub) == sub          # challenge 1 is sent
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)  # asked again meanwhile
+    record = ("SELECT hookbridge.record_verification(%s, %s, %s, %s)" if form == "url" else
+              "SELECT hookbridge.record_verification(%s, %s, %s)")
+    args = [sub, first_ok, None if first_ok else "HTTP 503"] + ([URL] if form == "url" else [])
+    sql(db_url, record, *args)                 # challenge 1's result
+    assert state(db_url, sub) == ("verified" if first_ok else "failed", True, False)
+    assert request(db_url, sub) == "pending"
+    assert vclaim(db_url, sub) == sub          # challenge 2
+    args = [sub, True, None] + ([URL] if form == "url" else [])
+    sql(db_url, record, *args)
+    assert state(db_url, sub) == ("verified", False, False)
+    assert vclaim(db_url, sub, "1 millisecond") is None
+
+
+def test_a_result_ends_the_request_it_was_claimed_for(db_url):
+    """Without a new request meanwhile, a result ends the request (as
+    before); also when the new request was claimed already: that second
+    challenge is running and records its own result."""
+    sub = registered(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert vclaim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.record_verification(%s, false, 'HTTP 404', %s)", sub, URL)
+    assert state(db_url, sub) == ("failed", False, False)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert vclaim(db_url, sub) == sub
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert vclaim(db_url, sub) == sub          # claimed by a second dispatcher at once
+    sql(db_url, "SELECT hookbridge.record_verification(%s, false, 'HTTP 404', %s)", sub, URL)
+    assert state(db_url, sub) == ("failed", False, False)
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, URL)
+    assert state(db_url, sub) == ("verified", False, False)
