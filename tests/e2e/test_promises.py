@@ -3,7 +3,8 @@ end with the real dispatcher and retrier:
 
 - a due retry goes to the subscription's *current* URL, signed with its
   *current* secret (README.md, The retrier; docs/design.md, Signature), after
-  the new URL passed its challenge (docs/sql.md, update);
+  the new URL passed its challenge (docs/sql.md, update); one that comes due
+  before that goes to neither URL and is dropped (docs/design.md, Lifecycle);
 - a database outage parks the deliveries of a rate-limited subscription in
   the delay tiers, attempts not counted, and they come round once the
   database answers, while a subscription without a limit keeps being served
@@ -19,7 +20,7 @@ import json
 import time
 
 from hbtest.avro import decode
-from hbtest.lifecycle import ACTIVE, changes_applied
+from hbtest.lifecycle import ACTIVE, ACTIVE_UNVERIFIED, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce, topic_records
 from hbtest.tcpproxy import TcpProxy
@@ -89,6 +90,64 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
                       and rs, 10 * SLOW, "the delivery logged delivered")
     assert [(x[1], x[2]) for x in rows] == [("delivered", 2)]
     assert len(a.posts()) == 1, "the old URL must get nothing after the change"
+
+
+
+def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
+        db_url, procs, workdir):
+    """The verification rule of a URL change (docs/sql.md, update: "the old
+    URL receives nothing after the change"; docs/design.md, Lifecycle: "A
+    retry whose subscription is inactive, unverified or deregistered when it
+    comes due is dropped and logged dropped"): B holds its challenge's answer
+    until the retry has come due; the retry goes neither to A nor to the
+    unverified B, and the log says why."""
+    import threading
+    from hbtest.endpoints import ChallengeAnswering, serve
+
+    release, posts = threading.Event(), []
+
+    class SlowToVerify(ChallengeAnswering):
+        def do_GET(self):
+            release.wait(30)
+            super().do_GET()
+
+        def do_POST(self):
+            posts.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(204)
+            self.end_headers()
+
+    tier = 2
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s,{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_VERIFY_TIMEOUT": "30s"}
+    broker = Broker(procs, workdir, retry_schedule=f"{tier}s,{tier}s")
+    a = Receiver(procs, workdir, name="a", status=503)
+    b = serve(SlowToVerify)
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        r.wait_ready()
+        sub = register_verified(db_url, a.url, ["user.session.start"])
+        wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it")
+        produce(broker.bootstrap, [event("user.session.start")])
+        first = wait_until(lambda: a.posts(), 20, "the first attempt at A")[0]
+        due = first["time_ms"] / 1000 + tier
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, b.url)
+        wait_until(lambda: changes_applied(r, sub, ACTIVE_UNVERIFIED) >= 1, 10 * SLOW,
+                   "the retrier to see the new URL unverified")
+        assert time.time() < due, "the change took longer than the retry's delay: raise `tier`"
+        rows = wait_until(lambda: (rs := delivery_rows(db_url, sub)) and rs[0][1] == "dropped"
+                          and rs, (tier + 15) * SLOW, "the due retry dropped")
+        assert [(x[1], x[3]) for x in rows] == [("dropped", "subscription not verified")]
+        release.set()
+        wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
+                               "WHERE id = %s", sub)[0][0] == "verified", 20 * SLOW,
+                   "B verified")
+        assert posts == [], "a retry went to the URL before it was verified"
+        assert len(a.posts()) == 1, "the old URL got a retry after the change"
+    finally:
+        release.set()
+        b.shutdown()
 
 
 # ------------------------------------------------- rate limits, database away
