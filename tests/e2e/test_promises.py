@@ -5,6 +5,8 @@ end with the real dispatcher and retrier:
   *current* secret (README.md, The retrier; docs/design.md, Signature), after
   the new URL passed its challenge (docs/sql.md, update); one that comes due
   before that goes to neither URL and is dropped (docs/design.md, Lifecycle);
+  a delivery held by its rate limit goes out likewise as its subscription is
+  when its turn comes (docs/payloads.md, rate_limit);
 - a database outage parks the deliveries of a rate-limited subscription in
   the delay tiers, attempts not counted, and they come round once the
   database answers, while a subscription without a limit keeps being served
@@ -148,6 +150,52 @@ def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
     finally:
         release.set()
         b.shutdown()
+
+
+
+def test_a_delivery_held_by_the_rate_limit_goes_to_the_new_url_with_the_new_secret(
+        db_url, procs, workdir):
+    """docs/payloads.md, rate_limit: "A held delivery goes out as its
+    subscription is when its turn comes: to the current URL with the current
+    secrets". One request every 4 s: the first event goes to A at once, the
+    second waits for its turn; meanwhile the URL moves to B (verified at once)
+    with a new secret, and the held delivery goes to B, signed with it."""
+    turn = 4  # s between requests: per_second 0.25, burst 1
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_MAX_QUEUE_WAIT": "30s"}
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    a = Receiver(procs, workdir, name="a", secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
+                 auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    sub = register_verified(db_url, a.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 1 / turn, "burst": 1}})
+    events = [event("user.session.start", user=f"00u{i:010d}") for i in range(2)]
+    produce(broker.bootstrap, events)
+    first = wait_until(lambda: a.posts(), 20, "the first event at A")[0]
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= 2, 10,
+               "the second event read (and held)")
+    held_turn = first["time_ms"] / 1000 + turn
+    assert first["status"] == 204
+
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s, options => options || %s::jsonb) "
+        "FROM hookbridge.subscriptions WHERE id = %s", sub, b.url,
+        json.dumps({"secret": NEW_SECRET}), sub)
+    wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 2, 10 * SLOW,
+               "the dispatcher to have the new URL verified")
+    assert time.time() < held_turn - 0.5, "the change took longer than the turn: raise `turn`"
+
+    post = wait_until(lambda: b.posts(), (turn + 15) * SLOW, "the held delivery at B")[0]
+    assert post["status"] == 204, post  # B checked the new secret's signature
+    assert signature_valid(NEW_SECRET, post) and not signature_valid(SECRET, post)
+    assert post["time_ms"] / 1000 >= held_turn - 0.3, "sent before its turn"
+    assert {e["uuid"] for _, e in a.events()} | {e["uuid"] for _, e in b.events()} == \
+        {e["uuid"] for e in events}
+    rows = wait_until(lambda: (rs := delivery_rows(db_url, sub)) and len(rs) == 2
+                      and all(x[1] == "delivered" for x in rs) and rs, 10 * SLOW,
+                      "both logged delivered")
+    assert all(x[2] == 1 for x in rows)
+    assert len(a.posts()) == 1, "the old URL must get nothing after the change"
 
 
 # ------------------------------------------------- rate limits, database away
