@@ -118,7 +118,7 @@ def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
             self.send_response(204)
             self.end_headers()
 
-    tier = 2
+    tier = 3  # s: room for the retrier to take the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s,{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
            "HOOKBRIDGE_VERIFY_TIMEOUT": "30s"}
     broker = Broker(procs, workdir, retry_schedule=f"{tier}s,{tier}s")
