@@ -6,7 +6,8 @@ end with the real dispatcher and retrier:
   the new URL passed its challenge (docs/sql.md, update); one that comes due
   before that goes to neither URL and is dropped (docs/design.md, Lifecycle);
   a delivery held by its rate limit goes out likewise as its subscription is
-  when its turn comes (docs/payloads.md, rate_limit);
+  when its turn comes (docs/payloads.md, rate_limit), and so does a replay
+  (docs/sql.md, replay);
 - a database outage parks the deliveries of a rate-limited subscription in
   the delay tiers, attempts not counted, and they come round once the
   database answers, while a subscription without a limit keeps being served
@@ -341,6 +342,40 @@ def test_a_replay_claimed_by_a_retrier_killed_before_queueing_it_is_taken_after_
                            "WHERE delivery_id = %s", did) == [("delivered", 2)], 10 * SLOW,
                "the replay logged delivered")
     assert len(rcv.posts()) == 1
+
+
+
+def test_a_replay_goes_to_the_current_url_with_the_current_secret(db_url, procs, workdir):
+    """docs/sql.md, replay: "sends a failed delivery again: the same
+    webhook-id, the stored payload, the subscription's current URL and
+    secrets". The delivery failed at A; the URL moved to B (verified) and the
+    secret was replaced before the replay."""
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule="1s")
+    a = Receiver(procs, workdir, name="a", secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
+                 auth=f"Authorization: {AUTH_VALUE}")
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    r.wait_ready()
+    sub = verified_active(db_url, a.url)
+    did = failed_delivery(db_url, sub)
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s, options => options || %s::jsonb) "
+        "FROM hookbridge.subscriptions WHERE id = %s", sub, b.url,
+        json.dumps({"secret": NEW_SECRET}), sub)
+    # B's challenge, as a dispatcher records it (none runs here).
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, b.url)
+    wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 2, 10 * SLOW,
+               "the retrier to have the new URL verified")
+    sql(db_url, "SELECT hookbridge.replay(%s)", did)
+    post = wait_until(lambda: b.posts(), 15 * SLOW, "the replay at B")[0]
+    assert post["status"] == 204, post  # B checked the new secret's signature
+    assert post["headers"]["webhook-id"] == did
+    assert signature_valid(NEW_SECRET, post) and not signature_valid(SECRET, post)
+    assert json.loads(post["body"]) == {"replayed": did}
+    wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                           "WHERE delivery_id = %s", did) == [("delivered",)], 10 * SLOW,
+               "the replay logged delivered")
+    assert a.posts() == []
 
 
 # ------------------------------------------------ DeliveryRetry v1, upgrades
