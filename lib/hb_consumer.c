@@ -2,6 +2,7 @@
 #include "hb_consumer.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,17 @@ typedef struct deferred_s {
     int64_t seek_offset; /* a rewind that failed, tried again when due; -1: none */
     struct deferred_s *next;
 } deferred_t;
+
+/* A partition whose fetch position the broker no longer had (deleted by
+ * retention while nobody consumed it): librdkafka reset it to the start of
+ * the partition and said so in a log line (its own thread); what was
+ * between that position and the first message read afterwards is lost. */
+typedef struct reset_s {
+    char *topic;
+    int32_t partition;
+    int64_t at; /* the position that was no longer there */
+    struct reset_s *next;
+} reset_t;
 
 /* The lag thread: the group's committed offset of a partition this process
  * has no position in, and a paused partition's end offset, are broker round
@@ -73,6 +85,9 @@ struct hb_consumer_s {
     lag_thread_t lag;
     size_t (*revoked)(void *opaque); /* abandons held work of forgotten partitions */
     void *revoked_opaque;
+    pthread_mutex_t resets_lock; /* librdkafka's log thread -> loop */
+    reset_t *resets;             /* resets_lock */
+    atomic_int resets_cnt;       /* entries in resets: the loop's cheap check */
 };
 
 static void set_lag(const char *topic, int32_t partition, int64_t lag);
@@ -262,6 +277,94 @@ void hb_consumer_store_offsets(hb_consumer_t *c) {
     rd_kafka_topic_partition_list_destroy(list);
 }
 
+/* librdkafka's log line for a reset whose position the broker did not have
+ * (version 2.0: "[thrd:main]: T [P]: offset reset (at offset N, broker B) to ...";
+ * later versions add " (leader epoch E)" after N). Only logged for an
+ * error such as "offset out of range"; a group's first start (no committed
+ * offset) is a debug line and nothing lost. */
+static void consumer_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    static const char mark[] = "]: offset reset (at offset ";
+    hb_consumer_t *c = rd_kafka_opaque(rk);
+    const char *m, *open, *name;
+    char *end;
+    long partition;
+    long long at;
+    reset_t *r;
+
+    hb_kafka_log_cb(rk, level, fac, buf);
+    if (!c || strcmp(fac, "OFFSET") != 0 || !(m = strstr(buf, mark)))
+        return;
+    for (open = m; open > buf && *open != '['; open--)
+        ;
+    if (open - buf < 2 || open[-1] != ' ')
+        return;
+    partition = strtol(open + 1, &end, 10);
+    if (end != m || partition < 0 || partition > INT32_MAX)
+        return;
+    at = strtoll(m + sizeof(mark) - 1, &end, 10);
+    if (end == m + sizeof(mark) - 1 || at < 0) /* a logical offset: nothing known lost */
+        return;
+    /* the topic is the word before " [" (names have no spaces; librdkafka
+     * starts the line with "[thrd:NAME]: ") */
+    for (name = open - 1; name > buf && name[-1] != ' '; name--)
+        ;
+    if (name == open - 1)
+        return;
+    r = hb_calloc(1, sizeof(*r));
+    r->topic = hb_strndup(name, (size_t)(open - 1 - name));
+    r->partition = (int32_t)partition;
+    r->at = at;
+    pthread_mutex_lock(&c->resets_lock);
+    r->next = c->resets;
+    c->resets = r;
+    atomic_fetch_add(&c->resets_cnt, 1);
+    pthread_mutex_unlock(&c->resets_lock);
+}
+
+/* Takes the reset entry of (topic, partition), NULL when there is none. */
+static reset_t *take_reset(hb_consumer_t *c, const char *topic, int32_t partition) {
+    reset_t **p, *r = NULL;
+    pthread_mutex_lock(&c->resets_lock);
+    for (p = &c->resets; *p; p = &(*p)->next)
+        if ((*p)->partition == partition && !strcmp((*p)->topic, topic)) {
+            r = *p;
+            *p = r->next;
+            atomic_fetch_sub(&c->resets_cnt, 1);
+            break;
+        }
+    pthread_mutex_unlock(&c->resets_lock);
+    return r;
+}
+
+static void reset_free(reset_t *r) {
+    free(r->topic);
+    free(r);
+}
+
+/* The first message of a partition after a reset: the offsets between the
+ * position the broker no longer had and this one were deleted unread. */
+static void check_reset(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
+    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    reset_t *r = take_reset(c, topic, rkm->partition);
+    if (!r)
+        return;
+    if (rkm->offset > r->at) {
+        long long lost = (long long)(rkm->offset - r->at);
+        hb_metric_add(c->m.expired, (double)lost);
+        hb_error("%s [%d]: %lld messages (offsets %lld to %lld) were deleted by the broker before "
+                 "they were consumed (the topic's retention is shorter than the time they waited): "
+                 "they are lost; consuming from offset %lld",
+                 topic, (int)rkm->partition, lost, (long long)r->at, (long long)rkm->offset - 1,
+                 (long long)rkm->offset);
+    } else if (rkm->offset < r->at) {
+        hb_warn("%s [%d]: offset %lld was past the partition's end (the topic recreated or "
+                "truncated?): consuming again from offset %lld; what is read again is delivered "
+                "again",
+                topic, (int)rkm->partition, (long long)r->at, (long long)rkm->offset);
+    }
+    reset_free(r);
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     hb_consumer_t *c = opaque;
@@ -301,6 +404,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             set_lag(parts->elems[i].topic, parts->elems[i].partition, 0);
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
             forget_deferred(c, parts->elems[i].topic, parts->elems[i].partition);
+            if (atomic_load(&c->resets_cnt) > 0) {
+                reset_t *r = take_reset(c, parts->elems[i].topic, parts->elems[i].partition);
+                if (r)
+                    reset_free(r);
+            }
         }
         /* What this process holds for them and has not started is the new
          * owner's now: started here too, it would be delivered twice. */
@@ -385,6 +493,7 @@ int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {
     }
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    rd_kafka_conf_set_log_cb(conf, consumer_log_cb);
     rd_kafka_conf_set_opaque(conf, c);
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr));
     if (!c->rk) {
@@ -671,6 +780,8 @@ void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, 0);
         if (!rkm)
             return;
+        if (!rkm->err && atomic_load_explicit(&c->resets_cnt, memory_order_relaxed) > 0)
+            check_reset(c, rkm);
         if (consumed_error(c, rkm) ||
             /* fetched before a rewind; read again when due */
             (c->deferred && is_deferred(c, rd_kafka_topic_name(rkm->rkt), rkm->partition))) {
@@ -754,6 +865,7 @@ hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, co
     c->offsets = offsets;
     c->outbox = outbox;
     c->m = *m;
+    pthread_mutex_init(&c->resets_lock, NULL);
     return c;
 }
 
@@ -791,5 +903,11 @@ void hb_consumer_free(hb_consumer_t *c) {
         c->deferred = d->next;
         deferred_free(d);
     }
+    while (c->resets) {
+        reset_t *r = c->resets;
+        c->resets = r->next;
+        reset_free(r);
+    }
+    pthread_mutex_destroy(&c->resets_lock);
     free(c);
 }

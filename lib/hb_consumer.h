@@ -27,6 +27,14 @@
  * (logged at warn) is tried again when due, and the partition stays paused
  * and deferred until it succeeds: resuming without it would skip the message.
  *
+ * Messages lost to retention: a committed position the broker no longer has
+ * (the partition's retention deleted it while nobody consumed it) makes
+ * librdkafka start again from the partition's first message; the messages in
+ * between were never read. That is counted in
+ * hookbridge_messages_expired_total and logged at error with the offsets, at
+ * the first message read after it (librdkafka reports it only in a log line,
+ * which its own thread hands over).
+ *
  * Also: hookbridge_consumer_lag per partition (end offset minus the group's
  * committed offset: 0 when everything is finished and committed), a
  * subscribed topic that does not exist, brokers that do not answer (both make
@@ -51,6 +59,7 @@ typedef struct hb_consumer_s hb_consumer_t;
 
 typedef struct hb_consumer_metrics_s {
     hb_metric_t *kafka_errors, *paused, *pauses, *deferred;
+    hb_metric_t *expired; /* messages deleted by the broker before they were consumed */
 } hb_consumer_metrics_t;
 
 /* Nothing is started yet; topics (borrowed, topics_cnt of them) are

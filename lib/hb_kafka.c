@@ -15,7 +15,7 @@
 
 #include "hb_log.h"
 
-static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     hb_log_level_t lvl = level <= 3   ? HB_LOG_ERROR
                          : level <= 4 ? HB_LOG_WARN
                          : level <= 6 ? HB_LOG_INFO
@@ -61,7 +61,7 @@ rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
-    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_log_cb(conf, hb_kafka_log_cb);
     return conf;
 }
 

@@ -22,6 +22,10 @@
 rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id, char *errstr,
                                    size_t errstr_size) HB_MUSTCHECK;
 
+/* The log callback hb_kafka_conf_new sets: librdkafka's lines into ours
+ * (any thread). A program with its own callback calls it first. */
+void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
 /* Sets one property (before the passthrough is applied). */
 int hb_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errstr,
                       size_t errstr_size) HB_MUSTCHECK;

@@ -570,6 +570,9 @@ static void register_metrics(hb_worker_t *w) {
                                       "(max_pending_events).");
     w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
                                         "Times a delay-tier partition was paused until due.");
+    w->cm.expired = hb_metrics_counter(
+        "hookbridge_messages_expired_total", NULL,
+        "Messages the broker deleted (retention) before they were consumed: lost.");
     for (int c = 0; c < 6; c++) {
         char label[32];
         if (c == 0)
