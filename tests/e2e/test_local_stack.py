@@ -21,6 +21,13 @@ wait
 """
 
 
+def ctrl_c_as_in_a_terminal():
+    """SIGINT back to its default in the script (see test_make_run.py): run
+    from a background job, it came ignored, the Ctrl-C did nothing and the
+    test waited for the slow process's 30 s instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def postmasters(data_dir):
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(data_dir) in line and "postgres" in line]
@@ -34,7 +41,8 @@ def test_ctrl_c_twice_while_stopping_still_stops_postgres_and_removes_the_state(
     env = dict(os.environ, STACK_STOP_TIMEOUT="3")
     with open(out_path, "w") as out:
         p = subprocess.Popen(["bash", "-c", SCRIPT], cwd=REPO, stdout=out,
-                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                             preexec_fn=ctrl_c_as_in_a_terminal)
     state_dir = None
     try:
         wait_until(lambda: "ready" in out_path.read_text() or p.poll() is not None, 60,
