@@ -27,6 +27,7 @@ class Broker:
         if retry_schedule:
             argv += ["--retry-schedule", retry_schedule]
         self.proc = group.start("devbroker", argv)
+        self.proc.kill_at_teardown = True  # its clean stop: test_spine_tools
         self.bootstrap = wait_until(
             lambda: self.bootstrap_file.exists() and self.bootstrap_file.read_text().strip(),
             10, "the devbroker's bootstrap file")
