@@ -397,19 +397,41 @@ int hb_uuid_random(char out[HB_UUID_LEN + 1]) {
 
 /* SHA-256 fetched once: EVP_sha256() makes every EVP_DigestInit_ex look the
  * implementation up in the provider again (a delivery id is derived for
- * every delivery). */
+ * every delivery). Each thread keeps one digest context and initialises it
+ * again for every id: a new context per id cost an allocation of the context
+ * and of SHA-256's state, and their frees. */
 static EVP_MD *hb_sha256;
+static pthread_key_t hb_md_ctx_key;
+static int hb_md_ctx_ok; /* hb_md_ctx_key was created */
 static pthread_once_t hb_sha256_once = PTHREAD_ONCE_INIT;
+
+static void hb_md_ctx_free(void *arg) {
+    EVP_MD_CTX_free(arg);
+}
 
 static void hb_sha256_fetch(void) {
     hb_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    hb_md_ctx_ok = pthread_key_create(&hb_md_ctx_key, hb_md_ctx_free) == 0;
+}
+
+/* The calling thread's digest context (NULL when out of memory). */
+static EVP_MD_CTX *hb_md_ctx(void) {
+    EVP_MD_CTX *ctx;
+    if (!hb_md_ctx_ok)
+        return NULL;
+    ctx = pthread_getspecific(hb_md_ctx_key);
+    if (!ctx && (ctx = EVP_MD_CTX_new()) && pthread_setspecific(hb_md_ctx_key, ctx) != 0) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
 }
 
 void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LEN + 1]) {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     pthread_once(&hb_sha256_once, hb_sha256_fetch);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *ctx = hb_md_ctx();
     int ok = ctx && EVP_DigestInit_ex(ctx, hb_sha256 ? hb_sha256 : EVP_sha256(), NULL) == 1;
     for (size_t i = 0; ok && i < nparts; i++) {
         const char *p = parts[i] ? parts[i] : "";
@@ -419,7 +441,6 @@ void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LE
             ok = EVP_DigestUpdate(ctx, p, strlen(p)) == 1;
     }
     ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16;
-    EVP_MD_CTX_free(ctx);
     if (!ok) {
         /* Only allocation failure gets here; hb_malloc aborts in that case
          * too, and a wrong delivery id would break de-duplication silently. */
