@@ -48,8 +48,8 @@ int main(void) {
     for (size_t r = 0; r < rounds; r++) {
         double t0 = cpu_ns();
         for (size_t i = 0; i < calls; i++) {
-            if (hb_sign_header(secrets, 1, 0, parts[1], 1764384600 + (int64_t)i, body,
-                               sizeof(body), out, sizeof(out)) != 0)
+            if (hb_sign_header(secrets, 1, 0, parts[1], 1764384600 + (int64_t)i, body, sizeof(body),
+                               out, sizeof(out)) != 0)
                 return 1;
             sum += (unsigned char)out[3];
         }
