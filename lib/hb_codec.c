@@ -1432,18 +1432,14 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
     int is_map = p->type == AVRO_MAP;
     hb_buf_t *b = &d->text;
     size_t keys[HB_TEXT_MAP_KEYS], keys_len[HB_TEXT_MAP_KEYS], nkeys = 0, items = 0;
+    int64_t per = p->item_min + (is_map ? 1 : 0), total = 0;
     hb_json_append(b, is_map ? "{" : "[", 1);
     for (;;) {
-        int64_t count, size;
-        if (cur_long(c, &count) < 0)
+        int64_t count;
+        if (next_block(c, per, &total, &count) < 0) /* check_plan_blocks' bounds */
             return -1;
         if (count == 0)
             break;
-        if (count < 0) {
-            if (count == INT64_MIN || cur_long(c, &size) < 0)
-                return -1;
-            count = -count;
-        }
         for (int64_t i = 0; i < count; i++) {
             int is_null;
             if (items++)
@@ -1490,7 +1486,7 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
         hb_json_append(b, "null", 4);
         return 0;
     case AVRO_BOOLEAN:
-        if (c->p >= c->end)
+        if (c->p >= c->end || *c->p > 1)
             return -1;
         if (*c->p++)
             hb_json_append(b, "true", 4);
@@ -1499,9 +1495,9 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
         return 0;
     case AVRO_INT32:
     case AVRO_INT64:
-        if (cur_long(c, &n) < 0)
+        if (cur_long(c, &n) < 0 || (p->type == AVRO_INT32 && (n < INT32_MIN || n > INT32_MAX)))
             return -1;
-        hb_json_put_integer(b, (json_int_t)(p->type == AVRO_INT32 ? (int32_t)n : n));
+        hb_json_put_integer(b, (json_int_t)n);
         return 0;
     case AVRO_FLOAT:
     case AVRO_DOUBLE: {
@@ -2146,6 +2142,22 @@ static int decode(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, js
     cur.p = p + hdr;
     cur.end = p + len;
     int direct = !w && !c->generic_only && c->plan;
+    /* The direct walk to text checks everything check_plan checks (bounds,
+     * block counts, booleans, int ranges, enum and union indexes, depth) as it
+     * goes, and more (UTF-8, map keys): what it takes whole, check_plan
+     * passes, so the data is walked once. Anything else is checked and
+     * worded below as before. */
+    if (direct && doc) {
+        int is_null;
+        hb_jdoc_reset(doc);
+        if (fast_to_text(c->plan, &cur, 0, doc, &is_null, 1) == 0 && cur.p == cur.end) {
+            hb_buf_reserve(&doc->text, 0);
+            doc->text.p[doc->text.len] = '\0';
+            return 0;
+        }
+        hb_jdoc_reset(doc); /* not sure: the general way decides, and words any error */
+        cur.p = p + hdr;
+    }
     if ((direct ? check_plan(c->plan, &cur, 0) : check_value(wschema, &cur, 0)) < 0) {
         hb_seterr(errstr, errstr_size, "truncated or corrupt Avro data");
         return -1;
@@ -2154,17 +2166,7 @@ static int decode(hb_codec_t *c, const void *buf, size_t len, hb_jdoc_t *doc, js
         hb_seterr(errstr, errstr_size, "%zu trailing bytes", (size_t)(cur.end - cur.p));
         return -1;
     }
-    if (direct && doc) {
-        int is_null;
-        cur.p = p + hdr;
-        hb_jdoc_reset(doc);
-        if (fast_to_text(c->plan, &cur, 0, doc, &is_null, 1) == 0 && cur.p == cur.end) {
-            hb_buf_reserve(&doc->text, 0);
-            doc->text.p[doc->text.len] = '\0';
-            return 0;
-        }
-        hb_jdoc_reset(doc); /* not sure: the general way decides, and words any error */
-    } else if (direct) {
+    if (direct && !doc) { /* (to text, the direct walk said no above: the general way) */
         cur.p = p + hdr;
         if (fast_to_json(c->plan, &cur, 0, out) == 0 && cur.p == cur.end)
             return 0;

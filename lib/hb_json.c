@@ -41,6 +41,24 @@ static inline int hb_json_is_plain(unsigned char c) {
     return c >= 0x20 && c != '"' && c != '\\';
 }
 
+/* Eight bytes at a time (the usual string has nothing to escape and is
+ * ASCII): whether a word holds a byte that is not plain, or one >= 0x80.
+ * The classic exact tests: "has a zero byte" is (x - 0x01..) & ~x & 0x80..,
+ * "has a byte below n" (n <= 0x80) is (x - n..) & ~x & 0x80... */
+#define HB_ONES 0x0101010101010101ULL
+#define HB_HIGH 0x8080808080808080ULL
+
+static inline uint64_t hb_json_load8(const unsigned char *p) {
+    uint64_t w;
+    memcpy(&w, p, sizeof(w));
+    return w;
+}
+
+static inline int hb_json_word_plain(uint64_t w) {
+    uint64_t q = w ^ (HB_ONES * '"'), s = w ^ (HB_ONES * '\\');
+    return !((((w - HB_ONES * 0x20) & ~w) | ((q - HB_ONES) & ~q) | ((s - HB_ONES) & ~s)) & HB_HIGH);
+}
+
 static void hb_json_str(hb_buf_t *b, const char *s, size_t n) {
     static const char hex[] = "0123456789ABCDEF";
     const unsigned char *p = (const unsigned char *)s, *end = p + n;
@@ -51,6 +69,8 @@ static void hb_json_str(hb_buf_t *b, const char *s, size_t n) {
     b->p[b->len++] = '"';
     while (p < end) {
         const unsigned char *run = p;
+        while (end - p >= 8 && hb_json_word_plain(hb_json_load8(p)))
+            p += 8;
         while (p < end && hb_json_is_plain(*p))
             p++;
         memcpy(b->p + b->len, run, (size_t)(p - run));
@@ -248,6 +268,10 @@ int hb_json_utf8_ok(const char *s, size_t n) {
     while (p < end) {
         unsigned c = *p, need, min;
         uint32_t cp;
+        if (end - p >= 8 && !(hb_json_load8(p) & HB_HIGH)) { /* eight ASCII bytes */
+            p += 8;
+            continue;
+        }
         if (c < 0x80) {
             p++;
             continue;

@@ -4,11 +4,11 @@
  * A signature is HMAC-SHA256(key, "<id>.<timestamp>.<body>"), base64-encoded
  * and written "v1,<sig>"; during a secret rotation every unexpired secret
  * signs and the entries are joined by single spaces. The MAC is computed
- * incrementally (EVP_MAC) so the body is never copied. The EVP_MAC algorithm
- * object is fetched once (pthread_once) and shared: it is immutable after the
- * fetch, and each call builds its own EVP_MAC_CTX, so any thread may sign or
- * verify concurrently. Verification compares decoded MACs with CRYPTO_memcmp
- * so timing reveals nothing about how much of a guess was right.
+ * incrementally (EVP_MAC) so the body is never copied. The HMAC-SHA256
+ * template context is made once (pthread_once) and only copied; each thread
+ * keeps its own keyed contexts (a small cache per thread, see hb_hmac_keyed),
+ * so any thread may sign or verify concurrently. Verification compares decoded MACs with
+ * CRYPTO_memcmp so timing reveals nothing about how much of a guess was right.
  *
  * Base64 is our own strict codec (standard alphabet, padding required on
  * decode, no whitespace) because OpenSSL's EVP_DecodeBlock accepts padding
@@ -150,17 +150,45 @@ int hb_secret_parse(const char *text, hb_secret_t *out, char *errstr, size_t err
 
 /* ---- HMAC ---------------------------------------------------------------- */
 
-/* A context with the digest set, made once: each MAC starts from a copy of
- * it (EVP_MAC_CTX_dup) and only sets its key, since setting the digest by
- * name looks it up in the provider every time (a third of a signature's
- * cost). The template itself is never used, so threads may share it. */
+/* A context with the digest set, made once: every keyed context starts as a
+ * copy of it (EVP_MAC_CTX_dup), since setting the digest by name looks it up
+ * in the provider every time. The template itself is never used, so threads
+ * may share it.
+ *
+ * Keyed contexts are kept per thread, in a direct-mapped cache of
+ * HB_MAC_SLOTS slots chosen by the key's bytes: a signature with a key its
+ * slot already holds only re-initialises the context (EVP_MAC_init with no
+ * key starts again from the key's saved inner state), where a fresh context
+ * per signature cost a copy of the template (some ten allocations) and the
+ * key set-up (two SHA-256 blocks). A key that finds its slot taken re-keys
+ * that slot's context (no allocation either). The cache holds copies of the
+ * keys to recognise them; it is cleansed and freed when its thread exits. */
+#define HB_MAC_SLOTS 64
+
+typedef struct {
+    EVP_MAC_CTX *ctx;
+    size_t key_len; /* 0: ctx holds no usable key */
+    uint8_t key[HB_SECRET_MAX];
+} hb_mac_slot_t;
+
 static EVP_MAC_CTX *hb_hmac_template;
+static pthread_key_t hb_mac_cache_key;
+static int hb_mac_cache_ok; /* hb_mac_cache_key was created */
 static pthread_once_t hb_hmac_once = PTHREAD_ONCE_INIT;
+
+static void hb_mac_cache_free(void *arg) {
+    hb_mac_slot_t *slots = arg;
+    for (int i = 0; i < HB_MAC_SLOTS; i++)
+        EVP_MAC_CTX_free(slots[i].ctx);
+    OPENSSL_cleanse(slots, HB_MAC_SLOTS * sizeof(*slots));
+    free(slots);
+}
 
 static void hb_hmac_fetch(void) {
     EVP_MAC *alg = EVP_MAC_fetch(NULL, "HMAC", NULL);
     char digest[] = "SHA256";
     OSSL_PARAM params[2];
+    hb_mac_cache_ok = pthread_key_create(&hb_mac_cache_key, hb_mac_cache_free) == 0;
     if (!alg)
         return;
     hb_hmac_template = EVP_MAC_CTX_new(alg);
@@ -173,31 +201,57 @@ static void hb_hmac_fetch(void) {
     }
 }
 
+/* The calling thread's context keyed with secret, initialised for a new MAC;
+ * NULL when out of memory or OpenSSL fails. */
+static EVP_MAC_CTX *hb_hmac_keyed(const hb_secret_t *secret) {
+    hb_mac_slot_t *slots, *s;
+    uint32_t h = 2166136261u; /* FNV-1a of the key: its slot */
+    if (!hb_mac_cache_ok)
+        return NULL;
+    slots = pthread_getspecific(hb_mac_cache_key);
+    if (!slots) {
+        slots = calloc(HB_MAC_SLOTS, sizeof(*slots));
+        if (!slots)
+            return NULL;
+        if (pthread_setspecific(hb_mac_cache_key, slots) != 0) {
+            free(slots);
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < secret->key_len; i++)
+        h = (h ^ secret->key[i]) * 16777619u;
+    s = &slots[h % HB_MAC_SLOTS];
+    if (s->key_len == secret->key_len && CRYPTO_memcmp(s->key, secret->key, s->key_len) == 0 &&
+        EVP_MAC_init(s->ctx, NULL, 0, NULL) == 1)
+        return s->ctx;
+    s->key_len = 0;
+    if (!s->ctx && !(s->ctx = EVP_MAC_CTX_dup(hb_hmac_template)))
+        return NULL;
+    if (EVP_MAC_init(s->ctx, secret->key, secret->key_len, NULL) != 1)
+        return NULL;
+    memcpy(s->key, secret->key, secret->key_len);
+    s->key_len = secret->key_len;
+    return s->ctx;
+}
+
 /* mac = HMAC-SHA256(key, "<id>.<timestamp>.<body>"). */
 static int hb_hmac_compute(const hb_secret_t *secret, const char *msg_id, const char *ts,
                            const void *body, size_t body_len, uint8_t mac[HB_MAC_LEN]) {
-    EVP_MAC_CTX *ctx = NULL;
+    EVP_MAC_CTX *ctx;
     size_t maclen = 0;
-    int rc = -1;
 
     pthread_once(&hb_hmac_once, hb_hmac_fetch);
-    if (!hb_hmac_template || secret->key_len == 0)
+    if (!hb_hmac_template || secret->key_len == 0 || secret->key_len > HB_SECRET_MAX)
         return -1;
-    ctx = EVP_MAC_CTX_dup(hb_hmac_template);
-    if (!ctx)
-        return -1;
-    if (EVP_MAC_init(ctx, secret->key, secret->key_len, NULL) != 1 ||
-        EVP_MAC_update(ctx, (const unsigned char *)msg_id, strlen(msg_id)) != 1 ||
+    ctx = hb_hmac_keyed(secret);
+    if (!ctx || EVP_MAC_update(ctx, (const unsigned char *)msg_id, strlen(msg_id)) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)".", 1) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) != 1 ||
         EVP_MAC_update(ctx, (const unsigned char *)".", 1) != 1 ||
         (body_len && EVP_MAC_update(ctx, body, body_len) != 1) ||
         EVP_MAC_final(ctx, mac, &maclen, HB_MAC_LEN) != 1 || maclen != HB_MAC_LEN)
-        goto done;
-    rc = 0;
-done:
-    EVP_MAC_CTX_free(ctx);
-    return rc;
+        return -1;
+    return 0;
 }
 
 int hb_sign_header(const hb_secret_t *secrets, int secrets_cnt, int64_t now_ms, const char *msg_id,
@@ -343,19 +397,41 @@ int hb_uuid_random(char out[HB_UUID_LEN + 1]) {
 
 /* SHA-256 fetched once: EVP_sha256() makes every EVP_DigestInit_ex look the
  * implementation up in the provider again (a delivery id is derived for
- * every delivery). */
+ * every delivery). Each thread keeps one digest context and initialises it
+ * again for every id: a new context per id cost an allocation of the context
+ * and of SHA-256's state, and their frees. */
 static EVP_MD *hb_sha256;
+static pthread_key_t hb_md_ctx_key;
+static int hb_md_ctx_ok; /* hb_md_ctx_key was created */
 static pthread_once_t hb_sha256_once = PTHREAD_ONCE_INIT;
+
+static void hb_md_ctx_free(void *arg) {
+    EVP_MD_CTX_free(arg);
+}
 
 static void hb_sha256_fetch(void) {
     hb_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    hb_md_ctx_ok = pthread_key_create(&hb_md_ctx_key, hb_md_ctx_free) == 0;
+}
+
+/* The calling thread's digest context (NULL when out of memory). */
+static EVP_MD_CTX *hb_md_ctx(void) {
+    EVP_MD_CTX *ctx;
+    if (!hb_md_ctx_ok)
+        return NULL;
+    ctx = pthread_getspecific(hb_md_ctx_key);
+    if (!ctx && (ctx = EVP_MD_CTX_new()) && pthread_setspecific(hb_md_ctx_key, ctx) != 0) {
+        EVP_MD_CTX_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
 }
 
 void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LEN + 1]) {
     uint8_t md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     pthread_once(&hb_sha256_once, hb_sha256_fetch);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *ctx = hb_md_ctx();
     int ok = ctx && EVP_DigestInit_ex(ctx, hb_sha256 ? hb_sha256 : EVP_sha256(), NULL) == 1;
     for (size_t i = 0; ok && i < nparts; i++) {
         const char *p = parts[i] ? parts[i] : "";
@@ -365,7 +441,6 @@ void hb_uuid_derive(const char *const *parts, size_t nparts, char out[HB_UUID_LE
             ok = EVP_DigestUpdate(ctx, p, strlen(p)) == 1;
     }
     ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 16;
-    EVP_MD_CTX_free(ctx);
     if (!ok) {
         /* Only allocation failure gets here; hb_malloc aborts in that case
          * too, and a wrong delivery id would break de-duplication silently. */

@@ -59,7 +59,10 @@
 # `perf record -g` of the dispatcher during the throughput phase into FILE
 # (perf's overhead then lowers that phase's figures); BENCH_PERF_ARGS (default -g)
 # replaces perf's options, e.g. "--call-graph dwarf,16384 -F 999" for whole stacks
-# (the programs have no frame pointers, so -g stops at libc).
+# (the programs have no frame pointers, so -g stops at libc). BENCH_PERF_STAT=FILE
+# (without BENCH_PERF) writes `perf stat --per-thread` counters of the phase
+# instead: CPU, context switches, system calls and page faults of every thread;
+# BENCH_PERF_TRACE=FILE `perf trace -s`: every thread's system calls by name.
 #
 # Everything runs on loopback; everything started is stopped at exit (also on
 # failure or Ctrl-C). Any HOOKBRIDGE_* setting in the environment reaches the
@@ -291,7 +294,36 @@ if [ -n "${BENCH_PERF:-}" ]; then
   perf record -q ${BENCH_PERF_ARGS:--g} -p "$D1_PID" -o "$BENCH_PERF" >"$B/perf.log" 2>&1 &
   PERF_PID=$!
   sleep 0.5 # perf attaches
+elif [ -n "${BENCH_PERF_STAT:-}" ]; then
+  # counters per thread, system calls and context switches included (cheap:
+  # counted in the kernel, no samples)
+  perf stat --per-thread -e task-clock,context-switches,raw_syscalls:sys_enter,page-faults \
+    -p "$D1_PID" -o "$BENCH_PERF_STAT" >"$B/perf.log" 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+elif [ -n "${BENCH_PERF_TRACE:-}" ]; then # system calls by name, per thread, with times
+  perf trace -s -p "$D1_PID" -o "$BENCH_PERF_TRACE" >"$B/perf.log" 2>&1 &
+  PERF_PID=$!
+  sleep 1
 fi
+# "tid name ticks" of every thread of the process $1: "main" for its main thread
+# (the delivery loop), else the thread's name (no spaces here: librdkafka's
+# rdk:main, rdk:broker1, ...; our other threads, the delivery log's writer, the
+# lag and store helpers, carry the program's name)
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    sed 's/^[0-9]* (\([^)]*\)) /\1 /' "$t/stat" 2>/dev/null |
+      awk -v tid="${t##*/}" -v pid="$1" '{ print tid, (tid == pid ? "main" : $1), $13 + $14 }'
+  done
+}
+# thread_delta BEFORE AFTER N -> microseconds of CPU per one of N deliveries, by
+# thread name (threads of one name summed; librdkafka's brokers by kind)
+thread_delta() {
+  awk -v n="$3" -v hz="$CLK_TCK" 'NR == FNR { was[$1] = $3; next }
+    { k = $2; sub(/[0-9]+$/, "", k); d[k] += $3 - ($1 in was ? was[$1] : 0) }
+    END { for (k in d) if (d[k] > 0) printf "%s %.1f us; ", k, (n > 0 ? 1e6 * d[k] / hz / n : 0) }' "$1" "$2"
+}
 # Where the machine's CPU goes during the phase: every CPU's busy time from
 # /proc/stat, and the parts we can name: a process with its descendants (nginx's
 # workers, the broker's JVM), and this script's reaped children (the producer,
@@ -312,6 +344,7 @@ BRK1=$(tree_ticks "$BROKER_PID")
 KIDS1=$(reaped_ticks)
 pg_cpu_snapshot "$B/pg.cpu1m"
 CPU1=$(cpu_ticks "$D1_PID")
+thread_ticks "$D1_PID" >"$B/threads1"
 WAIT1=$(awk '{ print $2 }' "/proc/$D1_PID/schedstat")
 pg_cpu_snapshot "$B/pg.cpu1"
 T1=$(now_ms)
@@ -321,6 +354,7 @@ TP_OK=1
 wait_finished $((BASE + EVENTS)) || TP_OK=0
 T2=$(now_ms)
 CPU2=$(cpu_ticks "$D1_PID")
+thread_ticks "$D1_PID" >"$B/threads2"
 MACH2=$(machine_ticks)
 NGX2=$(tree_ticks "$NGINX_PID")
 BRK2=$(tree_ticks "$BROKER_PID")
@@ -332,7 +366,7 @@ if [ -n "$PERF_PID" ]; then
   kill -INT "$PERF_PID"
   wait "$PERF_PID" || true
   PERF_PID=""
-  echo "perf record: $BENCH_PERF"
+  echo "perf: ${BENCH_PERF:-${BENCH_PERF_STAT:-$BENCH_PERF_TRACE}}"
 fi
 read -r TP_POSTS TP_SPAN TP_RATE < <(post_rate "$OFF1" "$OFF2")
 E2E_RATE=$(awk -v n="$TP_POSTS" -v ms=$((T2 - T1)) 'BEGIN { printf "%.0f", n * 1000 / ms }')
@@ -349,6 +383,7 @@ echo "$TP_POSTS POSTs in ${TP_SPAN}s from first to last: $TP_RATE deliveries/s" 
   "(produce took $((T_PRODUCED - T1)) ms; $((T2 - T1)) ms from producer start to the last delivery," \
   "$E2E_RATE/s; dispatcher CPU $TP_CPU% of one core; $TP_FAILED failed)"
 echo "dispatcher: ${TP_CPU_S} CPU-seconds for $TP_POSTS deliveries: $TP_PER_CPU deliveries per CPU-second"
+echo "dispatcher threads, CPU per delivery: $(thread_delta "$B/threads1" "$B/threads2" "$TP_POSTS")"
 read -r PGM_TICKS _ < <(pg_cpu_delta "$B/pg.cpu1m" "$B/pg.cpu2m")
 MACH_LINE=$(awk -v m=$((MACH2 - MACH1)) -v d=$((CPU2 - CPU1)) -v p="$PGM_TICKS" -v x=$((NGX2 - NGX1)) \
   -v k=$((BRK2 - BRK1)) -v c=$((KIDS2 - KIDS1)) -v ms=$((T2 - T1)) -v hz="$CLK_TCK" \

@@ -859,6 +859,39 @@ static void direct_decode_is_generic_decode(void **state) {
         n += variants[i].len;
         check_direct_is_generic(direct, generic, buf, n);
     }
+    /* What only check_plan used to refuse before the direct walk to text ran
+     * (it now runs first and must refuse the same): a boolean byte of 2, an
+     * int beyond 32 bits, an array block whose size or count cannot fit. */
+#define BROKEN(lit) lit, sizeof(lit) - 1
+    static const struct {
+        const char *bytes; /* b i ... u (21 bytes as in fields), then a, then m */
+        size_t len;
+    } broken[] = {
+        {BROKEN("\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00xy\x00\x00"
+                "\x00\x00")}, /* b = 2 */
+        {BROKEN("\x00\x80\x80\x80\x80\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+                "\x00xy\x00\x00\x00\x00")}, /* i = 2^31 */
+        {BROKEN(
+            "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00xy\x00\x00"
+            "\x01\x7e\x00\x00\x00")}, /* a: a block of -1 item whose size (63) is past the end */
+        {BROKEN("\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00xy\x00\x00"
+                "\x7e\x00\x00\x00")}, /* a: 63 items, 3 bytes left */
+    };
+#undef BROKEN
+    for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
+        unsigned char buf[64];
+        char berr[256];
+        json_t *j = NULL;
+        hb_jdoc_t d = {0};
+        memcpy(buf, hdr, sizeof(hdr));
+        memcpy(buf + sizeof(hdr), broken[i].bytes, broken[i].len);
+        check_direct_is_generic(direct, generic, buf, sizeof(hdr) + broken[i].len);
+        assert_int_equal(hb_codec_decode_doc(direct, buf, sizeof(hdr) + broken[i].len, &d, &j, berr,
+                                             sizeof(berr)),
+                         -1);
+        assert_string_equal(berr, "truncated or corrupt Avro data");
+        hb_jdoc_free(&d);
+    }
     {
         /* the sanity of the bytes above: the plain two-key map decodes */
         unsigned char buf[64];

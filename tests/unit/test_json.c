@@ -279,6 +279,29 @@ static void test_utf8_matches_jansson(void **state) {
     }
 }
 
+/* Long strings (the word-at-a-time scans of hb_json_str and hb_json_utf8_ok
+ * take eight bytes at once): ASCII text with one byte of every value, or a
+ * two-byte sequence, at every position, both checked against jansson. */
+static void test_long_strings_every_byte_everywhere(void **state) {
+    (void)state;
+    for (size_t len = 1; len <= 40; len += 13) {
+        for (size_t at = 0; at < len; at++) {
+            for (int v = 0; v < 256; v++) {
+                char s[48];
+                memset(s, 'a', len);
+                s[at] = (char)v;
+                if (at + 1 < len && v >= 0xc2 && v <= 0xdf)
+                    s[at + 1] = (char)0xa9; /* a whole two-byte sequence */
+                json_t *j = json_stringn(s, len);
+                assert_int_equal(hb_json_utf8_ok(s, len), j != NULL);
+                if (j)
+                    check_same(j);
+                json_decref(j);
+            }
+        }
+    }
+}
+
 /* A document's text is hb_json_put's, its members' spans hold each member's
  * key and value as written, and it turns back into the same value (reals
  * exactly, not as the 15 digits of the text). */
@@ -406,6 +429,7 @@ int main(void) {
         cmocka_unit_test(test_random_documents),
         cmocka_unit_test(test_members_selected),
         cmocka_unit_test(test_utf8_matches_jansson),
+        cmocka_unit_test(test_long_strings_every_byte_everywhere),
         cmocka_unit_test(test_jdoc),
         cmocka_unit_test(test_reals_against_jansson),
         cmocka_unit_test(test_unescape_and_parse),

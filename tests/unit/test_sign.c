@@ -43,6 +43,41 @@ static hb_secret_t secret_of(const char *text) {
     return s;
 }
 
+/* Keyed contexts are reused per key (a cache of a few dozen slots per
+ * thread): many keys taken in turn, more than there are slots so that keys
+ * share slots and re-key them, each signature again over and over, every one
+ * equal to the reference; keys of other lengths and a key that differs in
+ * its last byte only must not be taken for one another. */
+static void many_keys_in_turn_sign_like_the_reference(void **state) {
+    enum { KEYS = 300 };
+    static hb_secret_t keys[KEYS];
+    char hdr[256], ref[128], id[32];
+    for (int i = 0; i < KEYS; i++) {
+        keys[i].key_len = 1 + (size_t)(i % HB_SECRET_MAX);
+        for (size_t k = 0; k < keys[i].key_len; k++)
+            keys[i].key[k] = (uint8_t)(i / HB_SECRET_MAX + 3 * k);
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < KEYS; i++) {
+            snprintf(id, sizeof(id), "msg_%d_%d", round, i);
+            assert_int_equal(hb_sign_header(&keys[i], 1, 0, id, 1700000000 + i, SPEC_BODY,
+                                            strlen(SPEC_BODY), hdr, sizeof(hdr)),
+                             0);
+            reference_sig(&keys[i], id, 1700000000 + i, SPEC_BODY, ref, sizeof(ref));
+            assert_string_equal(hdr, ref);
+        }
+    }
+    hb_secret_t a = keys[40], b = keys[40];
+    b.key[b.key_len - 1] ^= 1;
+    for (int i = 0; i < 4; i++) {
+        hb_secret_t *s = i % 2 ? &b : &a;
+        assert_int_equal(
+            hb_sign_header(s, 1, 0, "d", 7, SPEC_BODY, strlen(SPEC_BODY), hdr, sizeof(hdr)), 0);
+        reference_sig(s, "d", 7, SPEC_BODY, ref, sizeof(ref));
+        assert_string_equal(hdr, ref);
+    }
+}
+
 static void spec_example_signs_and_verifies(void **state) {
     hb_secret_t s = secret_of(SPEC_SECRET);
     char hdr[256], ref[128], err[128];
@@ -274,6 +309,7 @@ static void secret_equal_compares_whole_values(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(spec_example_signs_and_verifies),
+        cmocka_unit_test(many_keys_in_turn_sign_like_the_reference),
         cmocka_unit_test(secret_equal_compares_whole_values),
         cmocka_unit_test(prefix_is_optional),
         cmocka_unit_test(bad_secrets_are_rejected),
