@@ -43,6 +43,25 @@ def through(proxy, db_url, pg_port):
     return db_url.replace(f":{pg_port}/", f":{proxy.port}/")
 
 
+def failed_first_attempt(procs, db_url, workdir, tier, schedule, env):
+    """A dispatcher and a retrier on a `schedule` broker, one subscription
+    verified at A (answering 503), the retrier seeing it active, and one
+    event's first attempt failed there. Returns (A, the retrier, sub, the
+    first POST, the retry's due time)."""
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    a = Receiver(procs, workdir, name="a", status=503)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    sub = register_verified(db_url, a.url, ["user.session.start"])
+    wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
+    produce(broker.bootstrap, [event("user.session.start")])
+    first = wait_until(lambda: a.posts(), 20, "the first attempt at A")[0]
+    assert first["status"] == 503
+    return a, r, sub, first, first["time_ms"] / 1000 + tier
+
+
 # --------------------------------------------------- retry: current URL, secrets
 
 def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, procs, workdir):
@@ -52,21 +71,10 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
     signed with the new secret only; A gets nothing more."""
     tier = 4  # s: room for B's challenge and the retrier taking the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0"}
-    broker = Broker(procs, workdir, retry_schedule=f"{tier}s")
-    a = Receiver(procs, workdir, name="a", status=503)
     # B checks the signature with the new secret and the auth header (401 otherwise).
     b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
                  auth=f"Authorization: {AUTH_VALUE}")
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    r.wait_ready()
-    sub = register_verified(db_url, a.url, ["user.session.start"])
-    wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
-    produce(broker.bootstrap, [event("user.session.start")])
-    first = wait_until(lambda: a.posts(), 20, "the first attempt at A")[0]
-    due = first["time_ms"] / 1000 + tier
-    assert first["status"] == 503
+    a, r, sub, first, due = failed_first_attempt(procs, db_url, workdir, tier, f"{tier}s", env)
 
     sql(db_url, "SELECT hookbridge.update(%s, url => %s, options => options || %s::jsonb) "
         "FROM hookbridge.subscriptions WHERE id = %s", sub, b.url,
@@ -122,19 +130,10 @@ def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
     tier = 3  # s: room for the retrier to take the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s,{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
            "HOOKBRIDGE_VERIFY_TIMEOUT": "30s"}
-    broker = Broker(procs, workdir, retry_schedule=f"{tier}s,{tier}s")
-    a = Receiver(procs, workdir, name="a", status=503)
     b = serve(SlowToVerify)
     try:
-        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-        r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-        d.wait_ready()
-        r.wait_ready()
-        sub = register_verified(db_url, a.url, ["user.session.start"])
-        wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it")
-        produce(broker.bootstrap, [event("user.session.start")])
-        first = wait_until(lambda: a.posts(), 20, "the first attempt at A")[0]
-        due = first["time_ms"] / 1000 + tier
+        a, r, sub, first, due = failed_first_attempt(procs, db_url, workdir, tier,
+                                                     f"{tier}s,{tier}s", env)
         sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, b.url)
         wait_until(lambda: changes_applied(r, sub, ACTIVE_UNVERIFIED) >= 1, 10 * SLOW,
                    "the retrier to see the new URL unverified")
