@@ -43,6 +43,13 @@ def through(proxy, db_url, pg_port):
     return db_url.replace(f":{pg_port}/", f":{proxy.port}/")
 
 
+def checking(procs, workdir, name="receiver", secret=SECRET, **kw):
+    """A receiver that answers 401 unless a request carries the auth header and
+    a signature made with `secret`."""
+    return Receiver(procs, workdir, name=name, secret=secret,
+                    auth=f"Authorization: {AUTH_VALUE}", **kw)
+
+
 def failed_first_attempt(procs, db_url, workdir, tier, schedule, env):
     """A dispatcher and a retrier on a `schedule` broker, one subscription
     verified at A (answering 503), the retrier seeing it active, and one
@@ -72,8 +79,7 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
     tier = 4  # s: room for B's challenge and the retrier taking the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     # B checks the signature with the new secret and the auth header (401 otherwise).
-    b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
-                 auth=f"Authorization: {AUTH_VALUE}")
+    b = checking(procs, workdir, "b", NEW_SECRET)
     a, r, sub, first, due = failed_first_attempt(procs, db_url, workdir, tier, f"{tier}s", env)
 
     sql(db_url, "SELECT hookbridge.update(%s, url => %s, options => options || %s::jsonb) "
@@ -163,9 +169,8 @@ def test_a_delivery_held_by_the_rate_limit_goes_to_the_new_url_with_the_new_secr
     turn = 4  # s between requests: per_second 0.25, burst 1
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_MAX_QUEUE_WAIT": "30s"}
     broker = Broker(procs, workdir, retry_schedule="1h")
-    a = Receiver(procs, workdir, name="a", secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
-    b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
-                 auth=f"Authorization: {AUTH_VALUE}")
+    a = checking(procs, workdir, "a")
+    b = checking(procs, workdir, "b", NEW_SECRET)
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
     sub = register_verified(db_url, a.url, ["user.session.start"],
@@ -212,10 +217,8 @@ def test_a_database_outage_parks_rate_limited_deliveries_and_they_come_round(
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0",
            "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s"}
     broker = Broker(procs, workdir, retry_schedule="1s")
-    limited = Receiver(procs, workdir, name="limited", secret=SECRET,
-                       auth=f"Authorization: {AUTH_VALUE}")
-    free = Receiver(procs, workdir, name="free", secret=SECRET,
-                    auth=f"Authorization: {AUTH_VALUE}")
+    limited = checking(procs, workdir, "limited")
+    free = checking(procs, workdir, "free")
     proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     try:
@@ -304,7 +307,7 @@ def test_a_replay_claimed_by_a_retrier_killed_before_queueing_it_is_taken_after_
     import signal
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     broker = Broker(procs, workdir, retry_schedule="1s")
-    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    rcv = checking(procs, workdir)
     r1 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier1")
     r1.wait_ready()
     sub = verified_active(db_url, rcv.url)
@@ -351,9 +354,8 @@ def test_a_replay_goes_to_the_current_url_with_the_current_secret(db_url, procs,
     secret was replaced before the replay."""
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     broker = Broker(procs, workdir, retry_schedule="1s")
-    a = Receiver(procs, workdir, name="a", secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
-    b = Receiver(procs, workdir, name="b", secret=NEW_SECRET,
-                 auth=f"Authorization: {AUTH_VALUE}")
+    a = checking(procs, workdir, "a")
+    b = checking(procs, workdir, "b", NEW_SECRET)
     r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
     r.wait_ready()
     sub = verified_active(db_url, a.url)
@@ -405,8 +407,7 @@ def test_a_retry_that_waits_for_nothing_is_written_and_read_as_delivery_retry_v1
     # retry written by hand below, whose first request is its attempt 2.
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     broker = Broker(procs, workdir, retry_schedule="1s,1s")
-    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
-                   fail_first=1)
+    rcv = checking(procs, workdir, fail_first=1)
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
