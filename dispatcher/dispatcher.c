@@ -208,10 +208,9 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
             hb_delivery_t *dl = item;
             /* it may have waited a while: the subscription as it is now */
             hb_sub_t *sub = hb_index_get(hb_worker_index(d->w), dl->sub->id);
-            if (!sub || !hb_sub_deliverable(sub)) {
+            if (!sub || !sub->active) { /* awaiting verification: hb_delivery_send parks it */
                 hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED,
-                               sub ? "subscription inactive or not verified"
-                                   : "subscription deregistered");
+                               sub ? "subscription inactive" : "subscription deregistered");
                 hb_chain_settled(c, 0); /* dropped is final: the next one goes on */
                 break;
             }

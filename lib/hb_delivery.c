@@ -591,6 +591,15 @@ static void rate_held(hb_deliveries_t *D, long long held_ms) {
     hb_metric_observe(D->m.rate_limit_wait, (double)held_ms / 1000.0);
 }
 
+/* Its subscription's URL was changed and the new one is not verified yet:
+ * nothing is sent (not to the old URL, not to the unverified new one); the
+ * delivery waits in a delay tier, its attempt not counted, and comes round
+ * until the new URL has passed its challenge or failed it. */
+static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
+    route_not_made(D, dl, "waiting for the subscription's new URL to pass its verification", 0);
+    delivery_finish(D, dl);
+}
+
 /* Its turn came. */
 static void rate_send(void *item, long long held_ms, int throttled, void *opaque) {
     hb_deliveries_t *D = opaque;
@@ -604,10 +613,9 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
     }
     if (D->current) { /* it waited: the subscription as it is now */
         hb_sub_t *sub = D->current(dl->sub->id, D->current_opaque);
-        if (!sub || !hb_sub_deliverable(sub)) {
+        if (!sub || !sub->active) {
             hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED,
-                             sub ? "subscription inactive or not verified"
-                                 : "subscription deregistered");
+                             sub ? "subscription inactive" : "subscription deregistered");
             return;
         }
         /* deactivated and activated again while it waited: the deactivation
@@ -619,6 +627,10 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         }
         if (sub != dl->sub)
             hb_delivery_rebind(dl, sub);
+        if (hb_sub_awaiting_verification(sub)) {
+            park_unverified(D, dl);
+            return;
+        }
     }
     if (circuit_enabled(D) && *dl->endpoint && (open = circuit_open(D, dl, 1)) != 0) {
         /* the circuit opened while it waited, or another attempt probes it */
@@ -679,6 +691,10 @@ void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
+    if (hb_sub_awaiting_verification(dl->sub)) {
+        park_unverified(D, dl);
+        return;
+    }
     /* a rate-limited one becomes the probe, if it does, when its turn comes */
     if (circuit_enabled(D) &&
         hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&

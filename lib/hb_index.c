@@ -3,7 +3,8 @@
  *
  * Two hash tables (hb_hash) with string keys: `by_id` maps a
  * subscription id to its current snapshot; `by_type` maps an event type to a
- * growable array of the deliverable snapshots subscribed to it. A snapshot in
+ * growable array of the active snapshots subscribed to it (deliverable, or
+ * awaiting their new URL's verification). A snapshot in
  * a by_type array is always the one in by_id (upsert first unlists the old
  * snapshot from every type it was listed under, then lists the new one), so
  * the arrays never hold a stale or freed pointer. Main loop thread only.
@@ -31,7 +32,7 @@ hb_index_t *hb_index_new(void) {
 }
 
 static void unlist(hb_index_t *ix, hb_sub_t *sub) {
-    if (!hb_sub_deliverable(sub))
+    if (!sub->active)
         return;
     for (int t = 0; t < sub->event_types_cnt; t++) {
         hb_hash_slot_t *s = hb_hash_find(&ix->by_type, sub->event_types[t]);
@@ -51,11 +52,12 @@ static void unlist(hb_index_t *ix, hb_sub_t *sub) {
             hb_hash_del(&ix->by_type, s);
         }
     }
-    ix->deliverable--;
+    if (hb_sub_deliverable(sub))
+        ix->deliverable--;
 }
 
 static void list(hb_index_t *ix, hb_sub_t *sub) {
-    if (!hb_sub_deliverable(sub))
+    if (!sub->active)
         return;
     for (int t = 0; t < sub->event_types_cnt; t++) {
         hb_hash_slot_t *s = hb_hash_find(&ix->by_type, sub->event_types[t]);
@@ -75,7 +77,8 @@ static void list(hb_index_t *ix, hb_sub_t *sub) {
         }
         tl->subs[tl->cnt++] = sub;
     }
-    ix->deliverable++;
+    if (hb_sub_deliverable(sub))
+        ix->deliverable++;
 }
 
 void hb_index_upsert(hb_index_t *ix, hb_sub_t *sub) {

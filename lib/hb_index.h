@@ -34,7 +34,9 @@ void hb_index_clear(hb_index_t *ix);
 /* The current snapshot of id, or NULL; no reference is taken. */
 hb_sub_t *hb_index_get(const hb_index_t *ix, const char *id);
 
-/* Deliverable subscriptions for event_type. *subs stays valid until the next
+/* Active subscriptions for event_type: the deliverable ones and those
+ * awaiting their new URL's verification (hb_sub_awaiting_verification,
+ * whose deliveries wait in the first tier). *subs stays valid until the next
  * change to the index; take a reference to keep one longer. */
 size_t hb_index_match(const hb_index_t *ix, const char *event_type, hb_sub_t *const **subs);
 

@@ -55,6 +55,10 @@ int hb_sub_deliverable(const hb_sub_t *sub) {
     return sub->active && sub->verified;
 }
 
+int hb_sub_awaiting_verification(const hb_sub_t *sub) {
+    return sub->active && !sub->verified;
+}
+
 int hb_sub_deactivated_since(const hb_sub_t *sub, int64_t began_ms) {
     return sub->deactivated_ms > 0 && began_ms > 0 && began_ms < sub->deactivated_ms;
 }

@@ -118,6 +118,13 @@ int hb_sub_set_rate_limit(hb_sub_t *sub, const json_t *rate_limit, char *errstr,
 /* Deliverable now: active and verified. */
 int hb_sub_deliverable(const hb_sub_t *sub);
 
+/* Active but not verified: its URL was changed (update()) and the new URL
+ * has not yet passed its challenge. Its deliveries are made and paused in
+ * the first delay tier, attempts not counted, until the new URL is verified
+ * (then they go to it) or fails (then the subscription is inactive and they
+ * are dropped). */
+int hb_sub_awaiting_verification(const hb_sub_t *sub);
+
 /* 1 when the subscription was deactivated after began_ms (Unix ms),
  * the start of a delivery's attempts: the deactivation dropped the
  * delivery's pending retries, even if the subscription is active again.

@@ -221,8 +221,6 @@ static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl) {
         return "subscription deregistered (or its row cannot be read)";
     if (!sub->active)
         return "subscription inactive";
-    if (!sub->verified)
-        return "subscription not verified";
     if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
         return "subscription was deactivated after this delivery began";
     return NULL;

@@ -4,7 +4,9 @@ end with the real dispatcher and retrier:
 - a due retry goes to the subscription's *current* URL, signed with its
   *current* secret (README.md, The retrier; docs/design.md, Signature), after
   the new URL passed its challenge (docs/sql.md, update); one that comes due
-  before that goes to neither URL and is dropped (docs/design.md, Lifecycle);
+  before that, and an event that arrives then, go to neither URL but wait in
+  the first tier, and go to the new URL once verified, or are dropped if it
+  fails (docs/design.md, Lifecycle);
   a delivery held by its rate limit goes out likewise as its subscription is
   when its turn comes (docs/payloads.md, rate_limit), and so does a replay
   (docs/sql.md, replay);
@@ -21,6 +23,8 @@ end with the real dispatcher and retrier:
 The SQL-only side of these promises is in test_promises_sql.py."""
 import json
 import time
+
+import pytest
 
 from hbtest.avro import decode
 from hbtest.lifecycle import ACTIVE, ACTIVE_UNVERIFIED, changes_applied
@@ -54,7 +58,7 @@ def failed_first_attempt(procs, db_url, workdir, tier, schedule, env):
     """A dispatcher and a retrier on a `schedule` broker, one subscription
     verified at A (answering 503), the retrier seeing it active, and one
     event's first attempt failed there. Returns (A, the retrier, sub, the
-    first POST, the retry's due time)."""
+    first POST, the retry's due time, the dispatcher, the broker)."""
     broker = Broker(procs, workdir, retry_schedule=schedule)
     a = Receiver(procs, workdir, name="a", status=503)
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
@@ -66,7 +70,7 @@ def failed_first_attempt(procs, db_url, workdir, tier, schedule, env):
     produce(broker.bootstrap, [event("user.session.start")])
     first = wait_until(lambda: a.posts(), 20, "the first attempt at A")[0]
     assert first["status"] == 503
-    return a, r, sub, first, first["time_ms"] / 1000 + tier
+    return a, r, sub, first, first["time_ms"] / 1000 + tier, d, broker
 
 
 # --------------------------------------------------- retry: current URL, secrets
@@ -80,7 +84,8 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     # B checks the signature with the new secret and the auth header (401 otherwise).
     b = checking(procs, workdir, "b", NEW_SECRET)
-    a, r, sub, first, due = failed_first_attempt(procs, db_url, workdir, tier, f"{tier}s", env)
+    a, r, sub, first, due, _, _ = failed_first_attempt(procs, db_url, workdir, tier, f"{tier}s",
+                                                       env)
 
     sql(db_url, "SELECT hookbridge.update(%s, url => %s, options => options || %s::jsonb) "
         "FROM hookbridge.subscriptions WHERE id = %s", sub, b.url,
@@ -89,8 +94,8 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
                            "WHERE id = %s", sub)[0][0] == "verified", 10 * SLOW,
                "B to pass its challenge")
     # The retrier follows the change (paused, then active again) before the
-    # retry is due: otherwise the retry is dropped, as documented, and this
-    # test would check nothing.
+    # retry is due: otherwise the retry waits a round in the tier, and this
+    # test would not check that it went out on time.
     wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 2, 10 * SLOW,
                "the retrier to see the new URL verified")
     assert time.time() < due, "the change took longer than the retry's delay: raise `tier`"
@@ -110,14 +115,17 @@ def test_a_due_retry_goes_to_the_new_url_signed_with_the_new_secret(db_url, proc
 
 
 
-def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
-        db_url, procs, workdir):
-    """The verification rule of a URL change (docs/sql.md, update: "the old
-    URL receives nothing after the change"; docs/design.md, Lifecycle: "A
-    retry whose subscription is inactive, unverified or deregistered when it
-    comes due is dropped and logged dropped"): B holds its challenge's answer
-    until the retry has come due; the retry goes neither to A nor to the
-    unverified B, and the log says why."""
+@pytest.mark.parametrize("outcome", ["verified", "failed"])
+def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, workdir, outcome):
+    """docs/sql.md, update: until the new URL answers its challenge, nothing
+    goes to either URL, and nothing is lost. B holds its challenge's answer;
+    meanwhile a retry comes due and a new event arrives: both wait in the
+    first tier, their attempts not counted, and the log says why. Once B is
+    verified, both go to B (the retry with its webhook-id); A gets nothing
+    more. If B fails its challenge instead, the subscription is deactivated
+    and both are dropped (as a deactivation drops pending retries), sent to
+    neither URL. (Before this was built, the event was skipped and the retry
+    dropped with "subscription not verified".)"""
     import threading
     from hbtest.endpoints import ChallengeAnswering, serve
 
@@ -125,38 +133,63 @@ def test_a_retry_due_before_the_new_url_is_verified_goes_nowhere_and_is_dropped(
 
     class SlowToVerify(ChallengeAnswering):
         def do_GET(self):
-            release.wait(30)
-            super().do_GET()
+            release.wait(60)
+            if outcome == "verified":
+                super().do_GET()
+            else:
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         def do_POST(self):
-            posts.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                          "body": body})
             self.send_response(204)
             self.end_headers()
 
-    tier = 3  # s: room for the retrier to take the change
+    tier = 3  # s: room for both services to take the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s,{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
-           "HOOKBRIDGE_VERIFY_TIMEOUT": "30s"}
+           "HOOKBRIDGE_VERIFY_TIMEOUT": "60s"}
     b = serve(SlowToVerify)
     try:
-        a, r, sub, first, due = failed_first_attempt(procs, db_url, workdir, tier,
-                                                     f"{tier}s,{tier}s", env)
+        a, r, sub, first, due, d, broker = failed_first_attempt(procs, db_url, workdir, tier,
+                                                                f"{tier}s,{tier}s", env)
         sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, b.url)
-        wait_until(lambda: changes_applied(r, sub, ACTIVE_UNVERIFIED) >= 1, 10 * SLOW,
-                   "the retrier to see the new URL unverified")
+        for svc in (d, r):
+            wait_until(lambda: changes_applied(svc, sub, ACTIVE_UNVERIFIED) >= 1, 10 * SLOW,
+                       "both services to see the new URL unverified")
         assert time.time() < due, "the change took longer than the retry's delay: raise `tier`"
-        rows = wait_until(lambda: (rs := delivery_rows(db_url, sub)) and rs[0][1] == "dropped"
-                          and rs, (tier + 15) * SLOW, "the due retry dropped")
-        assert [(x[1], x[3]) for x in rows] == [("dropped", "subscription not verified")]
+        later = event("user.session.start")
+        produce(broker.bootstrap, [later])
+        waiting = "waiting for the subscription's new URL to pass its verification"
+
+        def both_waited():
+            rows = delivery_rows(db_url, sub)
+            waited = [x for x in rows if x[1] == "retry" and x[3] == waiting]
+            # the retry came round at least once, and the new event was parked
+            return len(rows) == 2 and len(waited) == 2 and time.time() > due + 1 and rows
+        rows = wait_until(both_waited, (2 * tier + 15) * SLOW, "both deliveries waiting")
+        assert [x[2] for x in rows] == [1, 0], "an attempt that waited was counted"
+        assert posts == [] and len(a.posts()) == 1, "something was sent before the challenge"
+
         release.set()
-        wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
-                               "WHERE id = %s", sub)[0][0] == "verified", 20 * SLOW,
-                   "B verified")
-        assert posts == [], "a retry went to the URL before it was verified"
-        assert len(a.posts()) == 1, "the old URL got a retry after the change"
+        want = "delivered" if outcome == "verified" else "dropped"
+        rows = wait_until(lambda: (rs := delivery_rows(db_url, sub)) and
+                          all(x[1] == want for x in rs) and rs, (2 * tier + 20) * SLOW,
+                          f"both deliveries {want}")
+        assert len(a.posts()) == 1, "the old URL got something after the change"
+        if outcome == "verified":
+            assert [x[2] for x in rows] == [2, 1]
+            ids = sorted(p["headers"]["webhook-id"] for p in posts)
+            assert len(posts) == 2 and first["headers"]["webhook-id"] in ids
+            assert any(later["uuid"].encode() in p["body"] for p in posts)
+        else:
+            assert [x[3] for x in rows] == ["subscription inactive"] * 2
+            assert posts == [], "the URL that failed its challenge got a delivery"
     finally:
         release.set()
         b.shutdown()
-
 
 
 def test_a_delivery_held_by_the_rate_limit_goes_to_the_new_url_with_the_new_secret(

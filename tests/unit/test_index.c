@@ -29,17 +29,29 @@ static int matches(hb_index_t *ix, const char *type, const char *id) {
     return 0;
 }
 
-static void only_deliverable_subscriptions_match(void **state) {
+/* Active ones match: the deliverable, and those awaiting their new URL's
+ * verification (their deliveries are made and wait in the first tier); only
+ * the deliverable are counted as such. */
+static void only_active_subscriptions_match(void **state) {
     hb_index_t *ix = hb_index_new();
     hb_index_upsert(ix, mk("a", 1, 1, "user.session.start", "user.lifecycle.create"));
     hb_index_upsert(ix, mk("b", 0, 1, "user.session.start", NULL)); /* inactive */
-    hb_index_upsert(ix, mk("c", 1, 0, "user.session.start", NULL)); /* unverified */
+    hb_index_upsert(ix, mk("c", 1, 0, "user.session.start", NULL)); /* new URL not verified */
+    hb_index_upsert(ix, mk("d", 0, 0, "user.session.start", NULL)); /* never verified */
     assert_true(matches(ix, "user.session.start", "a"));
     assert_false(matches(ix, "user.session.start", "b"));
-    assert_false(matches(ix, "user.session.start", "c"));
+    assert_true(matches(ix, "user.session.start", "c"));
+    assert_false(matches(ix, "user.session.start", "d"));
     assert_true(matches(ix, "user.lifecycle.create", "a"));
     assert_false(matches(ix, "user.session.end", "a"));
-    assert_int_equal(hb_index_count(ix), 3);
+    assert_int_equal(hb_index_count(ix), 4);
+    assert_int_equal(hb_index_deliverable_count(ix), 1);
+    hb_index_upsert(ix, mk("c", 1, 1, "user.session.start", NULL)); /* verified now */
+    assert_int_equal(hb_index_deliverable_count(ix), 2);
+    hb_index_upsert(ix, mk("c", 1, 0, "user.session.start", NULL)); /* moved again */
+    assert_int_equal(hb_index_deliverable_count(ix), 1);
+    hb_index_remove(ix, "c");
+    assert_false(matches(ix, "user.session.start", "c"));
     assert_int_equal(hb_index_deliverable_count(ix), 1);
     hb_index_free(ix);
 }
@@ -85,7 +97,7 @@ static void many_subscriptions_match_by_type_only(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(only_deliverable_subscriptions_match),
+        cmocka_unit_test(only_active_subscriptions_match),
         cmocka_unit_test(upsert_replaces_types_and_status),
         cmocka_unit_test(many_subscriptions_match_by_type_only),
     };
