@@ -1,7 +1,8 @@
 """Ordered delivery per key (options.ordering, issue 14): the events of one key
 reach the endpoint one at a time, in the order of the events topic, also
 across retries; other keys do not wait; a dead-lettered head lets the next go
-on; a restarted dispatcher still keeps later events behind a blocked key.
+on; a restarted dispatcher still keeps later events behind a blocked key;
+events that wait for a changed URL's verification keep their order.
 
 The endpoint is a Python server that fails chosen events (by uuid), records
 the order of the acknowledged ones and how many requests of one key it had at
@@ -24,7 +25,7 @@ class Endpoint:
     """A receiver: answers 503 to the first `fail_first[uuid]` POSTs of an
     event (None: every POST, until fail_first is changed), 204 otherwise."""
 
-    def __init__(self, delay_s=0.0):
+    def __init__(self, delay_s=0.0, verify_gate=None):
         self.lock = threading.Lock()
         self.fail_first = {}
         self.seen = {}
@@ -35,6 +36,11 @@ class Endpoint:
         ep = self
 
         class Handler(ChallengeAnswering):
+            def do_GET(self):  # the challenge, answered once verify_gate is set
+                if verify_gate is not None:
+                    verify_gate.wait(60)
+                super().do_GET()
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 ev = body["data"]["events"][0]
@@ -74,9 +80,9 @@ def event(user, n):
             "target": [{"id": user, "type": "User"}], "outcome": {"result": "SUCCESS"}}
 
 
-def stack(procs, workdir, db_url, schedule):
+def stack(procs, workdir, db_url, schedule, env=None):
     broker = Broker(procs, workdir, retry_schedule=schedule)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0", **(env or {})}
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
@@ -145,6 +151,40 @@ def test_a_retried_event_keeps_its_place_and_other_keys_do_not_wait(db_url, proc
                    == [(delivery_id(db_url, sub, a[4]),)], 10 * SLOW, "A's tail in the table")
     finally:
         ep.srv.shutdown()
+
+
+def test_events_that_wait_for_a_new_url_s_verification_keep_their_order(db_url, procs, workdir):
+    """The URL of an ordered subscription moves to an endpoint that holds its
+    challenge's answer: the events of a key that arrive meanwhile wait (in
+    the first tier, nothing sent), and once the new URL is verified they reach
+    it in the order produced, one at a time; the old URL gets nothing more."""
+    gate = threading.Event()
+    old, new = Endpoint(), Endpoint(verify_gate=gate)
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "2s,2s", {"HOOKBRIDGE_VERIFY_TIMEOUT": "60s"})
+        sub = register_verified(db_url, old.url, ["user.session.start"], {"ordering": "target"})
+        a = [event("00uM", i) for i in range(4)]
+        produce(broker.bootstrap, a[:1])
+        wait_until(lambda: old.order("00uM") == [a[0]["uuid"]], 20 * SLOW, "the first at the old URL")
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, new.url)
+        for svc in (d, r):
+            wait_until(lambda: "subscription changed: active, not verified" in svc.proc.output(),
+                       10 * SLOW, "both services to see the new URL unverified")
+        produce(broker.bootstrap, a[1:])
+        wait_until(lambda: all(delivery_id(db_url, sub, e) for e in a[1:]) and sql(
+            db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE subscription_id=%s "
+            "AND status='retry'", sub)[0][0] == 3, 20 * SLOW, "the three waiting")
+        time.sleep(2 * SLOW)  # a round in the tier: still nothing sent anywhere
+        assert new.order("00uM") == [] and old.order("00uM") == [a[0]["uuid"]]
+        gate.set()
+        wait_until(lambda: len(new.order("00uM")) == 3, 40 * SLOW, "the three at the new URL")
+        assert new.order("00uM") == [e["uuid"] for e in a[1:]]
+        assert new.max_in_flight["00uM"] == 1
+        assert old.order("00uM") == [a[0]["uuid"]], "the old URL got an event after the change"
+    finally:
+        gate.set()
+        old.srv.shutdown()
+        new.srv.shutdown()
 
 
 def test_one_request_at_a_time_per_key(db_url, procs, workdir):
