@@ -85,6 +85,9 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
         if (dl->waiting) {
             if (D->m.ordering_waits)
                 hb_metric_inc(D->m.ordering_waits);
+        } else if (dl->unverified) {
+            if (D->m.verification_waits)
+                hb_metric_inc(D->m.verification_waits);
         } else if (!dl->rate_limited) { /* counted in hookbridge_rate_limited_total */
             hb_metric_inc(dl->circuit ? D->m.circuit_skips : D->m.endpoint_busy);
         }
@@ -596,6 +599,7 @@ static void rate_held(hb_deliveries_t *D, long long held_ms) {
  * delivery waits in a delay tier, its attempt not counted, and comes round
  * until the new URL has passed its challenge or failed it. */
 static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
+    dl->unverified = 1;
     route_not_made(D, dl, "waiting for the subscription's new URL to pass its verification", 0);
     delivery_finish(D, dl);
 }

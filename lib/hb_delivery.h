@@ -111,6 +111,7 @@ typedef struct hb_delivery_s {
     hb_dl_state_t state; /* changed by set_state only */
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
     int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */
+    int unverified;      /* NOT_MADE because its subscription's new URL awaits verification */
     char endpoint[512];  /* host key: the circuit's unit, "" when the URL does not parse */
     int probe;           /* it probes its host's half-open circuit (hb_delivery.c) */
     struct hb_deliveries_s *owner; /* while in flight */
@@ -134,8 +135,9 @@ typedef struct hb_deliveries_s hb_deliveries_t;
 typedef struct hb_delivery_metrics_s {
     hb_metric_t *delivered, *retry, *failed, *dropped; /* hookbridge_deliveries_total */
     hb_metric_t *latency, *dlq, *dlq_skipped, *circuit_skips, *circuit_opens, *endpoint_busy;
-    hb_metric_t *ordering_waits;  /* not attempted: waiting behind a predecessor (may be NULL) */
-    hb_metric_t *status_class[6]; /* responses: none, 1xx..5xx */
+    hb_metric_t *ordering_waits;     /* not attempted: waiting behind a predecessor (may be NULL) */
+    hb_metric_t *verification_waits; /* not attempted: the new URL awaits verification (or NULL) */
+    hb_metric_t *status_class[6];    /* responses: none, 1xx..5xx */
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
     hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */

@@ -562,6 +562,10 @@ static void register_metrics(hb_worker_t *w) {
         hb_metrics_counter("hookbridge_ordering_waits_total", NULL,
                            "Ordered deliveries handed to a delay tier without an attempt because "
                            "an earlier delivery of their key was not final yet.");
+    w->dm.verification_waits =
+        hb_metrics_counter("hookbridge_verification_waits_total", NULL,
+                           "Deliveries handed to a delay tier without an attempt because their "
+                           "subscription's new URL had not passed its verification yet.");
     w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
                                     "1 while consumption of every partition is paused because "
                                     "max_pending_events messages are unfinished.");

@@ -171,6 +171,9 @@ def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, w
             return len(rows) == 2 and len(waited) == 2 and time.time() > due + 1 and rows
         rows = wait_until(both_waited, (2 * tier + 15) * SLOW, "both deliveries waiting")
         assert [x[2] for x in rows] == [1, 0], "an attempt that waited was counted"
+        for svc in (d, r):  # counted as what it is, not as a busy endpoint
+            assert svc.metric("hookbridge_verification_waits_total") >= 1
+            assert svc.metric("hookbridge_endpoint_busy_total") == 0
         assert posts == [] and len(a.posts()) == 1, "something was sent before the challenge"
 
         release.set()
