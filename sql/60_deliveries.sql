@@ -409,6 +409,31 @@ END
 $$;
 
 
+-- The delivery log's row of a delivery id (its latest day's), locked for the
+-- caller's change; refuses a NULL id (HB020) and an id the log does not have
+-- (HB027, naming the days the log keeps).
+CREATE OR REPLACE FUNCTION hookbridge._delivery_for_update(delivery_id uuid)
+RETURNS hookbridge.deliveries
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.deliveries;
+BEGIN
+    IF _delivery_for_update.delivery_id IS NULL THEN
+        RAISE EXCEPTION 'delivery_id must not be NULL' USING ERRCODE = 'HB020';
+    END IF;
+    SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = _delivery_for_update.delivery_id
+     ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'delivery % is not in the delivery log, which keeps % days (since %): it was never made or has been removed',
+            _delivery_for_update.delivery_id, hookbridge.limit('delivery_log_retention_days'),
+            to_char(hookbridge._dlog_first_kept_day(now()), 'YYYY-MM-DD')
+            USING ERRCODE = 'HB027',
+                  HINT = 'Delivery ids are the webhook-id values; the retention is hookbridge.limits delivery_log_retention_days (hookbridge.set_retention).';
+    END IF;
+    RETURN v;
+END
+$$;
+
 -- Sends a failed delivery again (same webhook-id, the stored payload, the
 -- subscription's current URL and secret, a fresh retry schedule). The
 -- delivery moves to today (log_day): its replay is kept for the whole
@@ -419,18 +444,7 @@ DECLARE
     v    hookbridge.deliveries;
     v_at timestamptz := date_trunc('milliseconds', now());
 BEGIN
-    IF replay.delivery_id IS NULL THEN
-        RAISE EXCEPTION 'delivery_id must not be NULL' USING ERRCODE = 'HB020';
-    END IF;
-    SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = replay.delivery_id
-     ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'delivery % is not in the delivery log, which keeps % days (since %): it was never made or has been removed',
-            replay.delivery_id, hookbridge.limit('delivery_log_retention_days'),
-            to_char(hookbridge._dlog_first_kept_day(now()), 'YYYY-MM-DD')
-            USING ERRCODE = 'HB027',
-                  HINT = 'Delivery ids are the webhook-id values; the retention is hookbridge.limits delivery_log_retention_days (hookbridge.set_retention).';
-    END IF;
+    v := hookbridge._delivery_for_update(replay.delivery_id);
     PERFORM hookbridge._check_replayable(v);
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
@@ -471,6 +485,32 @@ BEGIN
        AND d.last_attempt_at >= replay_failed.since;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
+END
+$$;
+
+-- Gives up on a delivery that is still being retried: its status becomes
+-- 'dropped' (final), so its pending retry is discarded when it comes due (the
+-- retrier reads the log first) and the deliveries of its ordering key that
+-- wait behind it go on. An attempt already under way may still be made; it is
+-- logged as an attempt and the delivery stays dropped.
+CREATE OR REPLACE FUNCTION hookbridge.cancel(delivery_id uuid, reason text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.deliveries;
+BEGIN
+    v := hookbridge._delivery_for_update(cancel.delivery_id);
+    IF v.status <> 'retry' THEN
+        RAISE EXCEPTION 'delivery % is %; only a delivery being retried (status retry) can be cancelled',
+            cancel.delivery_id, v.status
+            USING ERRCODE = 'HB028',
+                  HINT = CASE WHEN v.status = 'replay' THEN 'Its replay is under way: wait for its outcome.'
+                              ELSE 'It is final already.' END;
+    END IF;
+    UPDATE hookbridge.deliveries d
+       SET status = 'dropped',
+           last_error = left('cancelled' || coalesce(': ' || nullif(btrim(cancel.reason), ''), ''), 500)
+     WHERE d.delivery_id = cancel.delivery_id AND d.log_day = v.log_day;
 END
 $$;
 

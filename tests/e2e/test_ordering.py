@@ -2,7 +2,8 @@
 reach the endpoint one at a time, in the order of the events topic, also
 across retries; other keys do not wait; a dead-lettered head lets the next go
 on; a restarted dispatcher still keeps later events behind a blocked key;
-events that wait for a changed URL's verification keep their order.
+events that wait for a changed URL's verification keep their order; cancel()
+of a failing head lets its key go on.
 
 The endpoint is a Python server that fails chosen events (by uuid), records
 the order of the acknowledged ones and how many requests of one key it had at
@@ -295,6 +296,33 @@ def test_a_deactivation_drops_the_waiting_events_and_the_key_goes_on(db_url, pro
         produce(broker.bootstrap, evs[3:])
         wait_until(lambda: ep.order("00uF") == [evs[3]["uuid"]], 20 * SLOW,
                    "the key's next event delivered")
+    finally:
+        ep.srv.shutdown()
+
+
+def test_cancelling_a_failing_head_lets_the_key_go_on(db_url, procs, workdir):
+    """A key blocked by a head that keeps failing, two events waiting behind
+    it: cancel() of the head (docs/sql.md) lets them go on, in order, without
+    deactivating the subscription; the head is not attempted again."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 30))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uC", i) for i in range(3)]
+        ep.fail_first[evs[0]["uuid"]] = None
+        produce(broker.bootstrap, evs)
+        head = wait_until(lambda: delivery_id(db_url, sub, evs[0]), 20 * SLOW, "the head logged")
+        wait_until(lambda: ep.seen.get(evs[0]["uuid"], 0) >= 2 and delivery_id(db_url, sub, evs[2]),
+                   20 * SLOW, "the head retried, the others waiting")
+        assert ep.order("00uC") == []
+        sql(db_url, "SELECT hookbridge.cancel(%s, 'poison event')", head)
+        wait_until(lambda: ep.order("00uC") == [e["uuid"] for e in evs[1:]], 20 * SLOW,
+                   "the two behind it delivered, in order")
+        tried = ep.seen[evs[0]["uuid"]]
+        time.sleep(2 * SLOW)  # two more rounds of the 1 s tier
+        assert ep.seen[evs[0]["uuid"]] <= tried + 1, "the cancelled head kept being attempted"
+        assert sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
+                   "WHERE delivery_id=%s", head) == [("dropped", "cancelled: poison event")]
     finally:
         ep.srv.shutdown()
 

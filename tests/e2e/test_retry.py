@@ -166,6 +166,28 @@ def test_replay_sends_a_dead_lettered_delivery_again(db_url, procs, workdir):
         assert e.pgcode == "HB021" and "only failed deliveries" in e.pgerror
 
 
+def test_cancel_stops_the_retries_of_a_delivery(db_url, procs, workdir):
+    """docs/sql.md, cancel: a delivery being retried is given up on. Its
+    status becomes dropped with the reason, the retry that was pending is
+    discarded when it comes due (the retrier says so) instead of being sent,
+    and what cannot be cancelled is refused with HB028 naming its status."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "3s,3s,3s,3s",
+                                   receiver_args={"status": 503})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    did = wait_until(lambda: (row := delivery(db_url, sub)) and row[1] == "retry" and row[0],
+                     20 * SLOW, "the first attempt failed and retried")
+    sql(db_url, "SELECT hookbridge.cancel(%s, %s)", did, "endpoint retired")
+    assert delivery(db_url, sub)[1:] == ("dropped", 1, "cancelled: endpoint retired")
+    wait_until(lambda: "the delivery is already dropped" in r.proc.output(), 20 * SLOW,
+               "the pending retry discarded when due")
+    assert len(receiver.posts()) == 1, "a cancelled delivery was attempted again"
+    assert delivery(db_url, sub)[1:] == ("dropped", 1, "cancelled: endpoint retired")
+    with pytest.raises(psycopg2.Error) as e:
+        sql(db_url, "SELECT hookbridge.cancel(%s)", did)
+    assert e.value.pgcode == "HB028" and f"delivery {did} is dropped" in e.value.pgerror
+
+
 def test_a_replay_gets_the_whole_schedule_again(db_url, procs, workdir):
     """A replay is a fresh start: when its first attempt fails, it is retried
     on the whole schedule again (two retries here), not dead-lettered at once
@@ -374,8 +396,11 @@ def test_replay_failed_sends_every_failure_of_a_subscription_since_a_time(db_url
     ("SELECT hookbridge.replay_failed('00000000-0000-4000-8000-000000000000', now())", "HB010",
      "not found"),
     ("SELECT hookbridge.replay_failed(NULL, now())", "HB012", "must not be NULL"),
+    ("SELECT hookbridge.cancel('00000000-0000-4000-8000-000000000000')", "HB027",
+     "is not in the delivery log, which keeps 30 days"),
+    ("SELECT hookbridge.cancel(NULL)", "HB020", "must not be NULL"),
 ])
-def test_replay_errors(db_url, call, code, msg):
+def test_replay_and_cancel_errors(db_url, call, code, msg):
     with pytest.raises(psycopg2.Error) as e:
         sql(db_url, call)
     assert e.value.pgcode == code and msg in e.value.pgerror
