@@ -70,7 +70,8 @@ typedef struct batch_s {
     hb_event_t **events; /* references */
     hb_job_t **jobs;
     size_t cnt, cap;
-    int64_t due; /* monotonic: flush at the latest then */
+    int64_t due;       /* monotonic: flush at the latest then */
+    int64_t opened_ms; /* wall clock: when its first event came */
 } batch_t;
 
 struct hb_dispatcher_s {
@@ -125,12 +126,18 @@ static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t 
 }
 
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
- * the delivery until it is durable. */
+ * the delivery until it is durable. drop_why: not sent but logged dropped
+ * with that reason (NULL: sent). */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
-                           hb_job_t *const *jobs, size_t n) {
+                           hb_job_t *const *jobs, size_t n, const char *drop_why) {
     char id[HB_UUID_LEN + 1];
     char *ids = delivery_id(sub, events, n, id);
-    hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
+    hb_delivery_t *dl;
+    if (!drop_why) {
+        hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
+    } else if ((dl = hb_worker_make(d->w, sub, events, n, id, ids, jobs)) != NULL) {
+        hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED, drop_why);
+    }
     free(ids);
 }
 
@@ -279,12 +286,23 @@ static void chain_item_free(void *item) {
 
 /* ---------------------------------------------------------------- batches */
 
-/* Delivers the batch in slot s and removes it. */
+/* Delivers the batch in slot s and removes it. Its events waited for company
+ * (up to a minute): the batch goes out as its subscription is now (URL,
+ * secrets, payload options), and is dropped, and logged so, when the
+ * subscription was deactivated or deregistered meanwhile, as any delivery
+ * that waits is (an active one awaiting its new URL's verification is parked
+ * by hb_delivery_send). */
 static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     batch_t *b = s->val;
+    hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
+    const char *drop_why = !now           ? "subscription deregistered"
+                           : !now->active ? "subscription inactive"
+                           : hb_sub_deactivated_since(now, b->opened_ms)
+                               ? "subscription was deactivated after this delivery began"
+                               : NULL;
     hb_hash_del(&d->batches, s);
     d->open_batches--;
-    start_delivery(d, b->sub, b->events, b->jobs, b->cnt);
+    start_delivery(d, now ? now : b->sub, b->events, b->jobs, b->cnt, drop_why);
     for (size_t i = 0; i < b->cnt; i++) {
         hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
@@ -305,6 +323,7 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
         b->events = hb_malloc(b->cap * sizeof(*b->events));
         b->jobs = hb_malloc(b->cap * sizeof(*b->jobs));
         b->due = hb_mono_ms() + sub->batch_window_ms;
+        b->opened_ms = hb_wall_ms();
         s = hb_hash_put(&d->batches, sub->id, b);
         d->open_batches++;
     }
@@ -417,7 +436,7 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
             else if (subs[i]->batch_max > 1)
                 batch_add(d, subs[i], event, job);
             else
-                start_delivery(d, subs[i], &event, &job, 1);
+                start_delivery(d, subs[i], &event, &job, 1, NULL);
         }
     }
     hb_job_release(w, job);

@@ -93,3 +93,41 @@ def test_a_failed_batch_is_retried_whole_and_its_events_are_not_lost(db_url, pro
     assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
     assert first["body"] == second["body"], "the same rendered batch is retried"
     assert len(json.loads(second["body"])["data"]["events"]) == 4
+
+
+def test_a_batch_goes_out_as_its_subscription_is_when_its_window_closes(db_url, broker, procs,
+                                                                       workdir):
+    """Events wait in a filling batch for up to batch_window_ms (up to a
+    minute). A change made meanwhile applies to them, as to any delivery that
+    waits (docs/payloads.md): the batch of an endpoint deactivated during its
+    window is dropped, the log says why, and the endpoint gets nothing; the
+    batch of one whose secret was replaced is signed with the new secret."""
+    from hbtest.lifecycle import INACTIVE, changes_applied
+    off = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                   name="off")
+    new_secret = "whsec_" + "YmF0Y2gtd2luZG93LW5ldy1zaWduaW5nLXNlY3JldC0wMQ=="
+    rotated = Receiver(procs, workdir, secret=new_secret, auth=f"Authorization: {AUTH_VALUE}",
+                       name="rotated")
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    opts = {"batch_max": 10, "batch_window_ms": 4000}
+    sub_off = register_verified(db_url, off.url, ["user.session.start"], opts)
+    sub_rot = register_verified(db_url, rotated.url, ["user.session.start"], opts)
+    n = d.metric("hookbridge_messages_consumed_total")
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(2)])
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 2, 10 * SLOW,
+               "both events read (and waiting in the two batches)")
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub_off)
+    sql(db_url, "SELECT hookbridge.rotate_secret(%s, interval '0 seconds', %s)", sub_rot,
+        new_secret)
+    wait_until(lambda: changes_applied(d, sub_off, INACTIVE) >= 1, 10 * SLOW,
+               "the dispatcher to see the deactivation")
+    assert off.posts() == [] and rotated.posts() == [], "the window closed early: raise it"
+    post = wait_until(lambda: rotated.posts(), 20 * SLOW, "the rotated endpoint's batch")[0]
+    assert post["status"] == 204 and signature_valid(new_secret, post)
+    assert not signature_valid(SECRET, post), "the replaced secret signed a batch after the change"
+    rows = wait_until(lambda: (rs := sql(db_url, "SELECT status, last_error FROM "
+                                         "hookbridge.deliveries WHERE subscription_id = %s",
+                                         sub_off)) and rs, 20 * SLOW, "the dropped batch logged")
+    assert rows == [("dropped", "subscription inactive")]
+    assert off.posts() == [], "a deactivated endpoint got the batch that was filling"
