@@ -215,9 +215,9 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
             hb_delivery_t *dl = item;
             /* it may have waited a while: the subscription as it is now */
             hb_sub_t *sub = hb_index_get(hb_worker_index(d->w), dl->sub->id);
-            if (!sub || !sub->active) { /* awaiting verification: hb_delivery_send parks it */
-                hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED,
-                               sub ? "subscription inactive" : "subscription deregistered");
+            const char *why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
+            if (why) {
+                hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED, why);
                 hb_chain_settled(c, 0); /* dropped is final: the next one goes on */
                 break;
             }
@@ -295,11 +295,7 @@ static void chain_item_free(void *item) {
 static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     batch_t *b = s->val;
     hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
-    const char *drop_why = !now           ? "subscription deregistered"
-                           : !now->active ? "subscription inactive"
-                           : hb_sub_deactivated_since(now, b->opened_ms)
-                               ? "subscription was deactivated after this delivery began"
-                               : NULL;
+    const char *drop_why = hb_sub_drop_reason(now, b->opened_ms);
     hb_hash_del(&d->batches, s);
     d->open_batches--;
     start_delivery(d, now ? now : b->sub, b->events, b->jobs, b->cnt, drop_why);

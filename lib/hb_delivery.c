@@ -617,16 +617,9 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
     }
     if (D->current) { /* it waited: the subscription as it is now */
         hb_sub_t *sub = D->current(dl->sub->id, D->current_opaque);
-        if (!sub || !sub->active) {
-            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED,
-                             sub ? "subscription inactive" : "subscription deregistered");
-            return;
-        }
-        /* deactivated and activated again while it waited: the deactivation
-         * dropped it (as it drops the retries pending then) */
-        if (hb_sub_deactivated_since(sub, dl->first_attempt_ms)) {
-            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED,
-                             "subscription was deactivated after this delivery began");
+        const char *why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
+        if (why) {
+            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
             return;
         }
         if (sub != dl->sub)

@@ -63,6 +63,16 @@ int hb_sub_deactivated_since(const hb_sub_t *sub, int64_t began_ms) {
     return sub->deactivated_ms > 0 && began_ms > 0 && began_ms < sub->deactivated_ms;
 }
 
+const char *hb_sub_drop_reason(const hb_sub_t *now, int64_t began_ms) {
+    if (!now)
+        return "subscription deregistered (or its row cannot be read)";
+    if (!now->active)
+        return "subscription inactive";
+    if (hb_sub_deactivated_since(now, began_ms))
+        return "subscription was deactivated after this delivery began";
+    return NULL;
+}
+
 int hb_sub_wants(const hb_sub_t *sub, const json_t *event) {
     return hb_filter_match(sub->filter, event);
 }

@@ -125,6 +125,14 @@ int hb_sub_deliverable(const hb_sub_t *sub);
  * are dropped). */
 int hb_sub_awaiting_verification(const hb_sub_t *sub);
 
+/* Why a delivery that waited (its attempts began at began_ms, Unix ms; 0:
+ * not yet) is dropped instead of going to its subscription as it is now
+ * (`now`, NULL when it is gone or its row unreadable): "subscription deregistered ...",
+ * "subscription inactive", or "subscription was deactivated after this delivery began" (a
+ * deactivation drops what waits, even if activated again); NULL: it goes (an active one awaiting
+ * verification is parked by the sender). */
+const char *hb_sub_drop_reason(const hb_sub_t *now, int64_t began_ms);
+
 /* 1 when the subscription was deactivated after began_ms (Unix ms),
  * the start of a delivery's attempts: the deactivation dropped the
  * delivery's pending retries, even if the subscription is active again.

@@ -217,13 +217,7 @@ static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl) {
         hb_delivery_rebind(dl, sub ? sub : gone);
         hb_sub_unref(gone);
     }
-    if (!sub)
-        return "subscription deregistered (or its row cannot be read)";
-    if (!sub->active)
-        return "subscription inactive";
-    if (hb_sub_deactivated_since(sub, dl->first_attempt_ms))
-        return "subscription was deactivated after this delivery began";
-    return NULL;
+    return hb_sub_drop_reason(sub, dl->first_attempt_ms);
 }
 
 /* The log answered about an ordered delivery's predecessor: attempt it once
