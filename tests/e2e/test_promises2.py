@@ -5,15 +5,24 @@ end to end with the real services:
   topic, in one consumer group (README.md, Operating it: "Retrier replicas
   share the delay tiers the same way"): each due retry is attempted by one of
   them, and one killed mid-way loses none (docs/design.md, Guarantees);
+- TLS 1.2 is the minimum version (docs/security.md, TLS): an endpoint that
+  speaks only TLS 1.1 is refused with the TLS reason, retried and failed as
+  a TLS error is, even where the system's OpenSSL would allow TLS 1.1;
 
 The Apache Kafka side (a broker that refuses a retry or a dead letter) is in
 test_promises2_kafka.py."""
 import re
+import ssl
+import subprocess
+import warnings
 from collections import defaultdict
 
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.lifecycle import ACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Retrier, produce
-from test_delivery import event, sql
+from hbtest.tls import Pki
+from test_delivery import event, sql, verify_once
 from test_promises import checking, verified_active
 
 
@@ -113,3 +122,109 @@ def test_two_retriers_share_a_tier_and_one_killed_loses_nothing(db_url, procs, w
                       10 * SLOW, "every delivery logged delivered")
     assert {x[0] for x in rows} == set(got)
     assert all(x[2] == 2 for x in rows)
+
+
+# ----------------------------------------------------------- TLS 1.2 at least
+
+# An OpenSSL configuration that allows TLS 1.0 and 1.1 (security level 0, as
+# on older distributions or a loosened openssl.cnf): Debian 12's default
+# already refuses a TLS 1.1 server's handshake ("legacy sigalg disallowed"),
+# which would hide whether hookbridge's own minimum is set.
+LOOSE_OPENSSL_CNF = """openssl_conf = init
+[init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = sys
+[sys]
+MinProtocol = TLSv1
+CipherString = DEFAULT:@SECLEVEL=0
+"""
+
+
+def tls11_endpoint(pki):
+    """An HTTPS endpoint (the test CA's certificate for 127.0.0.1) that speaks
+    TLS 1.1 and nothing else, answering challenges and POSTs (204, recorded in
+    its .posts)."""
+    posts = []
+
+    class Handler(ChallengeAnswering):
+        def do_POST(self):
+            posts.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(204)
+            self.end_headers()
+
+    cert, key = pki.server("tls11")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1_1
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    srv = serve(Handler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.url = srv.url.replace("http://", "https://")
+    srv.posts = posts
+    return srv
+
+
+def test_an_endpoint_that_speaks_only_tls_1_1_is_refused_retried_then_failed(
+        db_url, procs, workdir):
+    """docs/security.md, TLS: "TLS 1.2 is the minimum version", set by
+    hookbridge on every request, not left to the system. The endpoint speaks
+    only TLS 1.1, and the services run with an OpenSSL configuration that
+    allows it: curl with that configuration does reach the endpoint, but the
+    verification challenge fails with the TLS reason, and a delivery to it
+    (the subscription verified before the endpoint was downgraded) fails its
+    attempts with that reason, retried on the schedule (a TLS error is a
+    transport error) and then failed; nothing gets past the handshake.
+
+    Checked to fail without the promise: with the CURLOPT_SSLVERSION line of
+    lib/hb_http.c removed, the challenge passes over TLS 1.1 ("verification
+    over TLS 1.1" fails: state verified). About 8 s."""
+    pki = Pki(workdir)
+    loose = workdir / "openssl-loose.cnf"
+    loose.write_text(LOOSE_OPENSSL_CNF)
+    ep = tls11_endpoint(pki)
+    try:
+        # The machine, so configured, speaks TLS 1.1 to the endpoint: what
+        # refuses it below is hookbridge's own minimum.
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--cacert", str(pki.ca), "-d", "{}", ep.url],
+                           env={"OPENSSL_CONF": str(loose), "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=20)
+        assert r.stdout == "204", f"curl could not reach the TLS 1.1 endpoint: {r.stderr}"
+        assert len(ep.posts) == 1
+        schedule = "1s"
+        env = {"OPENSSL_CONF": str(loose), "HOOKBRIDGE_ALLOW_HTTP": "0",
+               "HOOKBRIDGE_CA_FILE": str(pki.ca), "HOOKBRIDGE_RETRY_SCHEDULE": schedule,
+               "HOOKBRIDGE_RETRY_JITTER": "0"}
+        broker = Broker(procs, workdir, retry_schedule=schedule)
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        rt = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        rt.wait_ready()
+
+        _, state, why = verify_once(db_url, ep.url)
+        print(f"verification: {state}: {why}")
+        assert state == "failed", "verification over TLS 1.1"
+        assert why.startswith("TLS error: ") and "protocol version" in why, why
+
+        # A subscription verified when its endpoint spoke TLS 1.2, since downgraded.
+        sub = verified_active(db_url, ep.url)
+        wait_until(lambda: changes_applied(rt, sub, ACTIVE) >= 1 and
+                   changes_applied(d, sub, ACTIVE) >= 1, 10 * SLOW, "both services to see it")
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: (x := sql(db_url, "SELECT status, attempts, last_error "
+                                            "FROM hookbridge.deliveries WHERE subscription_id "
+                                            "= %s", sub)) and x[0][0] == "failed" and x,
+                          20 * SLOW, "the delivery failed")
+        print(f"delivery: {rows[0]}")
+        status, n, error = rows[0]
+        assert n == 2 and error.startswith("TLS error: ") and "protocol version" in error, rows
+        tries = sql(db_url, "SELECT attempt, outcome, error FROM hookbridge.delivery_attempts "
+                    "WHERE subscription_id = %s ORDER BY attempt", sub)
+        assert [(a, o) for a, o, _ in tries] == [(1, "retry"), (2, "failed")], tries
+        assert all(e.startswith("TLS error: ") for _, _, e in tries), tries
+        assert len(ep.posts) == 1, "a request got past the handshake"
+    finally:
+        ep.shutdown()
