@@ -83,6 +83,7 @@ LONG_FIRST = (
     "test_kafka_faults.py::test_the_whole_cluster_restarted_services_recover_and_retries_fire",
     "test_make_run.py::test_make_run_explains_a_retry_it_gave_up_waiting_for",
     "test_rebalance_held.py::test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out",
+    "test_promises2.py::test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns",
     "test_ops.py::test_readyz_follows_the_database_and_recovers",
     "test_rebalance_held.py::test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out",
     "test_lifecycle.py::test_a_challenge_whose_dispatcher_dies_is_sent_again_after_its_lease",

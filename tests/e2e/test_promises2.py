@@ -8,19 +8,25 @@ end to end with the real services:
 - TLS 1.2 is the minimum version (docs/security.md, TLS): an endpoint that
   speaks only TLS 1.1 is refused with the TLS reason, retried and failed as
   a TLS error is, even where the system's OpenSSL would allow TLS 1.1;
+- /healthz is 503 once the main loop has not turned for 30 s, and 200 again
+  when it turns (docs/operations.md, Health, shutdown and logs), the loop
+  stuck on its log output (a log shipper that stopped reading);
 
 The Apache Kafka side (a broker that refuses a retry or a dead letter) is in
 test_promises2_kafka.py."""
+import os
 import re
+import signal
 import ssl
 import subprocess
+import time
 import warnings
 from collections import defaultdict
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.lifecycle import ACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Retrier, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from hbtest.tls import Pki
 from test_delivery import event, sql, verify_once
 from test_promises import checking, verified_active
@@ -228,3 +234,85 @@ def test_an_endpoint_that_speaks_only_tls_1_1_is_refused_retried_then_failed(
         assert len(ep.posts) == 1, "a request got past the handshake"
     finally:
         ep.shutdown()
+
+
+# ------------------------------------------------------ /healthz: a stuck loop
+
+STALL_MS = 30000  # docs/operations.md: "503 once it has not turned for 30 s"
+
+
+class Shipped:
+    """A process group whose programs write their stdout into `fifo`, read by
+    a log shipper (`cat`, its own output the log) that a test can stop."""
+
+    def __init__(self, group, workdir):
+        self.group = group
+        self.fifo = os.path.join(workdir, "stdout.fifo")
+        os.mkfifo(self.fifo)
+        self.shipper = group.start("log-shipper", ["cat", self.fifo])
+
+    def start(self, name, argv, env=None, **kw):
+        return self.group.start(name, ["sh", "-c", 'exec "$@" >"$0"', self.fifo, *argv], env,
+                                **kw)
+
+
+def test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns(
+        db_url, procs, workdir):
+    """The dispatcher logs to stdout, a pipe read by a log shipper. The
+    shipper stops (SIGSTOP) and events keep the dispatcher logging: once the
+    pipe is full the main loop blocks in write(2). /healthz (its own thread)
+    stays 200 until the loop has been silent for 30 s, then answers 503
+    "stalled: main loop silent for N ms"; the shipper resumes, the loop
+    turns, /healthz is 200 again and every event is delivered.
+
+    Checked to fail without the promise: with hb_worker.c's stall limit set
+    to 0 (never stalled), /healthz stays 200 ("/healthz to turn 503" times
+    out). About 40 s: the 30 s cannot be shortened by any setting."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir, args=["--quiet"])
+    logs = Shipped(procs, workdir)
+    d = Dispatcher(logs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sub = verified_active(db_url, rcv.url)
+    wait_until(lambda: changes_applied_in(logs.shipper.output(), sub) >= 1, 10 * SLOW,
+               "the dispatcher to see the subscription")
+
+    logs.shipper.signal(signal.SIGSTOP)
+    try:
+        t_stop = time.monotonic()
+        events = [event("user.session.start", user=f"00uh{i:08d}") for i in range(400)]
+        produce(broker.bootstrap, events)
+        # The loop blocks once the pipe (64 KiB) is full: some of the events
+        # are delivered, not all.
+        wait_until(lambda: d.metric("hookbridge_messages_consumed_total") > 0, 10 * SLOW,
+                   "the dispatcher to read events")
+        assert d.get("/healthz")[0] == 200, "503 before 30 s of silence"
+        status, body = wait_until(lambda: (r := d.get("/healthz"))[0] != 200 and r,
+                                  (STALL_MS / 1000 + 10), "/healthz to turn 503")
+        took = time.monotonic() - t_stop
+        print(f"/healthz {status} {took:.1f} s after the shipper stopped: {body.strip()!r}; "
+              f"{len(rcv.events())} of {len(events)} events delivered meanwhile")
+        assert status == 503, (status, body)
+        silent = int(re.search(r"^stalled: main loop silent for (\d+) ms$", body).group(1))
+        assert STALL_MS < silent <= STALL_MS + 2000 * SLOW, body
+        assert took >= STALL_MS / 1000
+        assert len(rcv.events()) < len(events), "the loop did not block: the test checks nothing"
+    finally:
+        logs.shipper.signal(signal.SIGCONT)
+    wait_until(lambda: d.get("/healthz")[0] == 200, 5 * SLOW, "/healthz 200 again")
+    # Every event delivered, or (those that waited for a connection longer
+    # than HOOKBRIDGE_MAX_QUEUE_WAIT while the loop was stuck) handed to the
+    # first delay tier unattempted, as documented: no retrier runs here.
+    rows = wait_until(lambda: (r := sql(db_url, "SELECT status, count(*) FROM "
+                                        "hookbridge.deliveries GROUP BY status ORDER BY 1"))
+                      and sum(n for _, n in r) == len(events) and r, 20 * SLOW,
+                      "every event's delivery logged once the loop turns")
+    print(f"delivery log: {rows}")
+    assert {st for st, _ in rows} <= {"delivered", "retry"}, rows
+    assert dict(rows).get("delivered", 0) > 0
+
+
+def changes_applied_in(output, sub):
+    """How many times the log says the subscription became active and verified."""
+    return sum(1 for line in output.splitlines()
+               if sub in line and f'"msg":"{ACTIVE}"' in line)
