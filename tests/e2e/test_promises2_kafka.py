@@ -8,6 +8,8 @@ broker refuses both with MESSAGE_TOO_LARGE; each limit is raised in turn and
 the refused message goes through."""
 import json
 import re
+import signal
+import time
 from datetime import datetime
 
 from hbtest.kfaults import committed
@@ -114,3 +116,56 @@ def test_a_retry_and_a_dead_letter_the_broker_refuses_are_produced_again_until_t
     assert len(dlq) == 1
     assert len(rcv.posts()) == 2
     assert not re.search(r'"level":"error"', d.proc.output() + r.proc.output())
+
+
+def test_a_retry_still_refused_at_sigterm_is_left_unsent_said_so_and_made_again_after_restart(
+        apache_kafka, db_url, procs, workdir):
+    """docs/operations.md, Health, shutdown and logs: SIGTERM lets the work in
+    flight finish for at most HOOKBRIDGE_SHUTDOWN_TIMEOUT, then exits 0; what
+    is unfinished is consumed again by the next owner. A retry the broker
+    keeps refusing is resent until that deadline, then left: the service says
+    so (it used to leave it without a word), exits 0, and the event's offset
+    is not committed. Restarted once the tier takes the message again, the
+    dispatcher reads the event again and makes the attempt again (the same
+    webhook-id), and its retry goes through.
+
+    Checked to fail without the fix: before hb_outbox_drain counted the
+    refused messages, the stop said nothing about the retry left unsent
+    ("left unsent" not in the log). About 15 s."""
+    schedule = "1h"  # the retry goes to the tier; no retrier needed
+    space = apache_kafka.space(retry_schedule=schedule)
+    tier = space.retry_prefix + schedule
+    set_max_message_bytes(space.bootstrap, [tier], 512)
+    rcv = checking(procs, workdir, status=503)
+    sub = verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "2s"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    d.wait_ready()
+    produce(space.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(refusals(d, tier)) >= 2, 20 * SLOW, "the retry refused")
+
+    t0 = time.monotonic()
+    d.proc.signal(signal.SIGTERM)
+    rc = d.proc.p.wait(30 * SLOW)
+    took = time.monotonic() - t0
+    print(f"stopped in {took:.1f} s, exit {rc}, refused {len(refusals(d, tier))} times")
+    out = d.proc.output()
+    assert rc == 0, out[-2000:]
+    assert took < 2 + 5 * SLOW, f"the stop took {took:.1f} s"
+    assert "1 retry or dead-letter message(s) left unsent (1 refused by the broker); " \
+        "their sources will be read again" in out, out[-2000:]
+    dgroup = space.group("hookbridge-dispatcher")
+    assert committed(space.bootstrap, dgroup, space.events_topic) == 0
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.deliveries")[0][0] == 0
+
+    set_max_message_bytes(space.bootstrap, [tier], KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+    d.restart()
+    wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries")
+               == [("retry", 1)], 30 * SLOW, "the attempt made again and its retry logged")
+    wait_until(lambda: committed(space.bootstrap, dgroup, space.events_topic) == 1, 20 * SLOW,
+               "the event's offset committed")
+    posts = rcv.posts()
+    assert [p["status"] for p in posts] == [503, 503]
+    assert posts[0]["headers"]["webhook-id"] == posts[1]["headers"]["webhook-id"]
+    assert len(topic_records(space.bootstrap, tier, want=1)) == 1
