@@ -8,6 +8,9 @@ end to end with the real services:
 - TLS 1.2 is the minimum version (docs/security.md, TLS): an endpoint that
   speaks only TLS 1.1 is refused with the TLS reason, retried and failed as
   a TLS error is, even where the system's OpenSSL would allow TLS 1.1;
+- proxies from the environment are ignored (docs/security.md, Schemes and
+  proxies): a delivery and a challenge go straight to the endpoint, over
+  http:// and https://, with every proxy variable set;
 - /healthz is 503 once the main loop has not turned for 30 s, and 200 again
   when it turns (docs/operations.md, Health, shutdown and logs), the loop
   stuck on its log output (a log shipper that stopped reading);
@@ -17,8 +20,10 @@ test_promises2_kafka.py."""
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -27,8 +32,8 @@ from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.lifecycle import ACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
-from hbtest.tls import Pki
-from test_delivery import event, sql, verify_once
+from hbtest.tls import Pki, TlsReceiver
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql, verify_once
 from test_promises import checking, verified_active
 
 
@@ -234,6 +239,71 @@ def test_an_endpoint_that_speaks_only_tls_1_1_is_refused_retried_then_failed(
         assert len(ep.posts) == 1, "a request got past the handshake"
     finally:
         ep.shutdown()
+
+
+# ------------------------------------------------- proxies from the environment
+
+class RecordingProxy:
+    """A listener standing in for a proxy: counts the connections it gets and
+    answers each with 502, so a request sent through it fails."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with c:
+                c.recv(65536)
+                c.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self):
+        self.sock.close()
+
+
+def test_proxies_from_the_environment_are_ignored(db_url, broker, procs, workdir):
+    """Every proxy variable curl reads points the dispatcher at a proxy
+    (which would answer 502); the challenges and the deliveries, to an
+    http:// and an https:// endpoint, go straight to them, and the proxy gets
+    no connection.
+
+    Checked to fail without the promise: with the CURLOPT_PROXY line of
+    lib/hb_http.c removed, the challenge goes to the proxy and fails with
+    HTTP 502 ("the verification outcome" is failed). About 5 s."""
+    proxy = RecordingProxy()
+    try:
+        pki = Pki(workdir)
+        cert, key = pki.server()
+        plain = checking(procs, workdir, "plain")
+        tls = TlsReceiver(procs, workdir, cert, key, secret=SECRET,
+                          auth=f"Authorization: {AUTH_VALUE}")
+        env = {v: proxy.url for v in ("http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                                      "ALL_PROXY")}
+        env.update({"HOOKBRIDGE_CA_FILE": str(pki.ca), "no_proxy": "", "NO_PROXY": ""})
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        subs = [register_verified(db_url, plain.url, ["user.session.start"]),
+                register_verified(db_url, tls.url, ["user.session.start"])]
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        for rcv in (plain, tls):
+            wait_until(lambda: [e["uuid"] for _, e in rcv.events()] == [ev["uuid"]],
+                       15 * SLOW, f"the delivery at {rcv.name}")
+        assert proxy.connections == 0, "a request went through the proxy"
+        wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries WHERE "
+                               "subscription_id = ANY(%s::uuid[])", subs)
+                   == [("delivered",), ("delivered",)], 10 * SLOW, "both logged delivered")
+    finally:
+        proxy.close()
 
 
 # ------------------------------------------------------ /healthz: a stuck loop
