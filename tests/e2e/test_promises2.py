@@ -5,6 +5,9 @@ end to end with the real services:
   topic, in one consumer group (README.md, Operating it: "Retrier replicas
   share the delay tiers the same way"): each due retry is attempted by one of
   them, and one killed mid-way loses none (docs/design.md, Guarantees);
+- a dispatcher beyond the partition count gets nothing and sits idle, ready,
+  and takes the partition over when its holder leaves (docs/operations.md,
+  Scaling);
 - TLS 1.2 is the minimum version (docs/security.md, TLS): an endpoint that
   speaks only TLS 1.1 is refused with the TLS reason, retried and failed as
   a TLS error is, even where the system's OpenSSL would allow TLS 1.1;
@@ -133,6 +136,47 @@ def test_two_retriers_share_a_tier_and_one_killed_loses_nothing(db_url, procs, w
                       10 * SLOW, "every delivery logged delivered")
     assert {x[0] for x in rows} == set(got)
     assert all(x[2] == 2 for x in rows)
+
+
+def test_a_dispatcher_beyond_the_partition_count_sits_idle_and_ready_then_takes_over(
+        db_url, procs, workdir):
+    """docs/operations.md, Scaling: "members beyond the partition count get
+    nothing and sit idle (ready, but doing nothing)"; /readyz: "the consumer
+    group has assigned partitions (possibly none)". Two dispatchers in one
+    group on a one-partition events topic: both are ready, one holds the
+    partition and delivers every event once; the holder stops (SIGTERM) and
+    the idle one takes the partition and delivers what comes next.
+
+    Checked to fail without the promise: with the idle one counted ready only
+    once it holds a partition (hb_consumer.c's rebalance callback setting
+    `assigned` only when parts->cnt > 0), the second dispatcher never becomes
+    ready ("the dispatcher to be ready" times out). About 9 s."""
+    topic = "events.one"
+    broker = Broker(procs, workdir, topics=[f"{topic}:1"])
+    rcv = checking(procs, workdir)
+    verified_active(db_url, rcv.url)
+    ds = [Dispatcher(procs, db_url, broker.bootstrap, topic=topic, name=f"dispatcher-{i}")
+          for i in (1, 2)]
+    for d in ds:
+        d.wait_ready()
+    held = wait_until(lambda: (h := [partitions_held(d) for d in ds]) and sorted(h) == [0, 1]
+                      and h, 20 * SLOW, "one dispatcher to hold the partition, one none")
+    holder, idle = (ds[0], ds[1]) if held[0] == 1 else (ds[1], ds[0])
+    assert idle.get("/readyz")[0] == 200, idle.get("/readyz")
+    first = [event("user.session.start", user=f"00ui1{i:07d}") for i in range(5)]
+    produce(broker.bootstrap, first, topic=topic)
+    wait_until(lambda: len(rcv.events()) == len(first), 15 * SLOW, "the first events")
+    assert idle.metric("hookbridge_messages_consumed_total") == 0, "the idle one consumed"
+
+    assert holder.proc.stop() == 0
+    wait_until(lambda: partitions_held(idle) == 1, 20 * SLOW, "the idle one to take over")
+    assert idle.get("/readyz")[0] == 200
+    then = [event("user.session.start", user=f"00ui2{i:07d}") for i in range(5)]
+    produce(broker.bootstrap, then, topic=topic)
+    wait_until(lambda: len(rcv.events()) == len(first) + len(then), 15 * SLOW,
+               "the events after the take-over")
+    assert sorted(e["uuid"] for _, e in rcv.events()) == sorted(e["uuid"] for e in first + then)
+    assert idle.metric("hookbridge_messages_consumed_total") == len(then)
 
 
 # ----------------------------------------------------------- TLS 1.2 at least
