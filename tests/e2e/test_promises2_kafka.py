@@ -1,11 +1,16 @@
-"""README.md, Dead letters: "A broker that refuses a retry or dead letter gets
+"""Promises that need Apache Kafka.
+
+README.md, Dead letters: "A broker that refuses a retry or dead letter gets
 it again every second; the source offset waits, nothing is dropped"
 (docs/design.md, Guarantees: "A message the broker refuses is produced again
 every second; its source offset waits"). On Apache Kafka (the devbroker
 enforces no topic's max.message.bytes): the delay tier and the dead-letter
 topic take at most 512 bytes per message, less than one DeliveryRetry, so the
 broker refuses both with MESSAGE_TOO_LARGE; each limit is raised in turn and
-the refused message goes through."""
+the refused message goes through.
+
+docs/operations.md, Failover: "a second process with an id already in use
+fences the first one out": the one fenced out says so and is not ready."""
 import json
 import re
 import signal
@@ -169,3 +174,39 @@ def test_a_retry_still_refused_at_sigterm_is_left_unsent_said_so_and_made_again_
     assert [p["status"] for p in posts] == [503, 503]
     assert posts[0]["headers"]["webhook-id"] == posts[1]["headers"]["webhook-id"]
     assert len(topic_records(space.bootstrap, tier, want=1)) == 1
+
+
+def test_a_dispatcher_fenced_out_by_another_with_its_instance_id_says_so_and_is_not_ready(
+        apache_kafka, db_url, procs, workdir):
+    """Two dispatchers with the same HOOKBRIDGE_INSTANCE_ID: the second fences
+    the first out of the group (Kafka's static membership). The first one's
+    consumer is unusable from then on: it logs that at error and /readyz is
+    503 with the reason, so the misconfiguration is seen; the second one
+    delivers. (It used to stay ready, consuming nothing, after one librdkafka
+    line.)
+
+    Checked to fail without the fix: before hb_consumer.c's fatal_check, the
+    fenced dispatcher stayed ready ("/readyz 503 on the fenced one" times
+    out). About 10 s."""
+    space = apache_kafka.space()
+    rcv = checking(procs, workdir)
+    verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_INSTANCE_ID": "hookbridge-dispatcher-0"}
+    first = Dispatcher(procs, db_url, space.bootstrap, extra_env=env, name="dispatcher-first")
+    first.wait_ready()
+    second = Dispatcher(procs, db_url, space.bootstrap, extra_env=env, name="dispatcher-second")
+    second.wait_ready()
+    status, body = wait_until(lambda: (r := first.get("/readyz"))[0] == 503 and r, 20 * SLOW,
+                              "/readyz 503 on the fenced one")
+    print(f"fenced: {body.strip()!r}")
+    assert body.startswith("Kafka consumer unusable: ") and "fenced" in body, body
+    assert re.search(r'"level":"error".*"msg":"Kafka consumer unusable: .*fenced.*; it '
+                     r'consumes nothing more until the service is restarted"',
+                     first.proc.output()), first.proc.output()[-3000:]
+    assert first.proc.alive() and first.get("/healthz")[0] == 200
+    ev = event("user.session.start")
+    produce(space.bootstrap, [ev])
+    wait_until(lambda: [e["uuid"] for _, e in rcv.events()] == [ev["uuid"]], 20 * SLOW,
+               "the event delivered by the other one")
+    assert second.get("/readyz")[0] == 200
+    assert first.metric("hookbridge_messages_consumed_total") == 0
