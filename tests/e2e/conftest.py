@@ -101,6 +101,7 @@ LONG_FIRST = (
     "test_final_state.py::test_a_delivered_delivery_stays_delivered_when_the_dispatcher_resends_it_and_it_fails",
     "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
     "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
+    "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 
