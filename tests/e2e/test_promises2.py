@@ -16,9 +16,10 @@ end to end with the real services:
   http:// and https://, with every proxy variable set;
 - /healthz is 503 once the main loop has not turned for 30 s, and 200 again
   when it turns (docs/operations.md, Health, shutdown and logs), the loop
-  stuck on its log output (a log shipper that stopped reading);
+  stuck on its log output (a log shipper that stopped reading).
 
-The Apache Kafka side (a broker that refuses a retry or a dead letter) is in
+The ones that need Apache Kafka (a broker that refuses a retry or a dead
+letter, a member fenced out by its instance id) are in
 test_promises2_kafka.py."""
 import os
 import re
