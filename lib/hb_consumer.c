@@ -80,6 +80,7 @@ struct hb_consumer_s {
     char missing_topic[256];  /* a subscribed topic the broker does not have */
     char missing_why[300];
     char pause_why[200]; /* set while consumption is paused as the last resort */
+    char fatal_why[300]; /* librdkafka's fatal error: the consumer is unusable */
     int64_t next_topic_check;
     deferred_t *deferred;
     lag_thread_t lag;
@@ -815,13 +816,28 @@ void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight
     }
 }
 
+/* A fatal error (e.g. fenced out of the group by another process with the
+ * same group.instance.id) leaves the consumer unusable: not ready from then
+ * on, and said once at error. */
+static void fatal_check(hb_consumer_t *c) {
+    char why[256];
+    if (c->fatal_why[0] || !c->rk ||
+        rd_kafka_fatal_error(c->rk, why, sizeof(why)) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    snprintf(c->fatal_why, sizeof(c->fatal_why), "Kafka consumer unusable: %s", why);
+    hb_error("%s; it consumes nothing more until the service is restarted", c->fatal_why);
+}
+
 void hb_consumer_tick(hb_consumer_t *c) {
+    fatal_check(c);
     lag_tick(c);
     topic_check(c);
     broker_check(c);
 }
 
 const char *hb_consumer_unready(const hb_consumer_t *c) {
+    if (c->fatal_why[0])
+        return c->fatal_why;
     if (c->missing_topic[0])
         return c->missing_why;
     if (c->brokers.down)

@@ -106,7 +106,8 @@ int hb_consumer_paused(const hb_consumer_t *c);
 /* Lag metrics every 5 s (measured by the lag thread, started here); a missing topic looked up again
  * every 5 s; the brokers' answer read. */
 void hb_consumer_tick(hb_consumer_t *c);
-/* Why not ready, in order: a missing topic, brokers down; NULL when neither. */
+/* Why not ready, in order: a fatal error (the consumer unusable), a missing
+ * topic, brokers down; NULL when none. */
 const char *hb_consumer_unready(const hb_consumer_t *c);
 int hb_consumer_assigned(const hb_consumer_t *c);
 /* Times partitions were revoked from this consumer. */

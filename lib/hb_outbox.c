@@ -305,10 +305,15 @@ size_t hb_outbox_lookups(const hb_outbox_t *ob) {
 }
 
 void hb_outbox_drain(hb_outbox_t *ob) {
-    size_t unwritten;
-    if (hb_kafka_flush(ob->producer, 5000) > 0)
-        hb_warn("retry or dead-letter messages left unsent; their sources will be read again");
-    rd_kafka_poll(ob->producer, 0);
+    size_t unwritten, refused = 0;
+    int queued = hb_kafka_flush(ob->producer, 5000);
+    rd_kafka_poll(ob->producer, 0); /* a last refusal lands in the resend list */
+    for (const hb_pmsg_t *m = ob->resend; m; m = m->next)
+        refused++;
+    if (queued > 0 || refused > 0)
+        hb_warn("%zu retry or dead-letter message(s) left unsent (%zu refused by the broker); "
+                "their sources will be read again",
+                (size_t)(queued > 0 ? queued : 0) + refused, refused);
     unwritten = ob->dlog ? hb_dlog_close(ob->dlog, 5000) : 0;
     if (unwritten)
         hb_warn("%zu delivery log rows were not written", unwritten);

@@ -83,6 +83,7 @@ LONG_FIRST = (
     "test_kafka_faults.py::test_the_whole_cluster_restarted_services_recover_and_retries_fire",
     "test_make_run.py::test_make_run_explains_a_retry_it_gave_up_waiting_for",
     "test_rebalance_held.py::test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out",
+    "test_promises2.py::test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns",
     "test_ops.py::test_readyz_follows_the_database_and_recovers",
     "test_rebalance_held.py::test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out",
     "test_lifecycle.py::test_a_challenge_whose_dispatcher_dies_is_sent_again_after_its_lease",
@@ -100,6 +101,7 @@ LONG_FIRST = (
     "test_final_state.py::test_a_delivered_delivery_stays_delivered_when_the_dispatcher_resends_it_and_it_fails",
     "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
     "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
+    "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 
