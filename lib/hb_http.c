@@ -37,13 +37,29 @@
  * handed to curl parsed (CURLOPT_CURLU), one parsed URL shared by the
  * running transfers to it: curl's own parse of the text at every start cost
  * about 9 % of the engine's requests per CPU-second (bench_http, 32
- * connections: 57,700-59,400 against 53,000-55,200).
+ * connections: 57,700-59,400 against 53,000-55,200; 0.88-0.95 of the
+ * reference client instead of 0.81-0.86). End to end that is within the
+ * noise: 30,100-34,500 deliveries per dispatcher CPU-second against
+ * 28,000-31,700. Not setting the header callback, the TLS share or the
+ * timeout per request (each tried alone) bought nothing measurable.
  *
  * curl is driven with curl_multi_poll + curl_multi_perform. Driving it by
  * socket events instead (curl_multi_socket_action and epoll) was measured
  * and is slower here: curl 7.88 still makes its two poll(0) calls per
  * request, and epoll_ctl adds about two more (bench_http: 44,000 against
- * 53,000 requests per CPU-second).
+ * 53,000 requests per CPU-second). A second try without that epoll_ctl
+ * (each connection registered once for its life, EPOLLIN kept while it
+ * idles in curl's pool, EPOLLOUT only while curl asks, a socket that fires
+ * while curl does not track it muted) took the system calls per request
+ * from 5.1 to 4.1, and per delivery in the dispatcher from 4.8 to 4.2: gone
+ * are the poll(0) curl_multi_perform makes for every running transfer on
+ * every pass; the two of curl itself stay (the liveness check of a pooled
+ * connection, the first read after sending). Yet the CPU per request did
+ * not move: curl's socket_action path spends in user time what the polls
+ * saved (bench_http, alternating, five runs each: 57,200-60,500 and one
+ * at 46,400, against 57,900-59,200 and one at 51,000 requests per
+ * CPU-second; end to end 31,300 33,100 32,000 against 30,500 34,500 30,800
+ * deliveries per dispatcher CPU-second). It is not kept.
  *
  * The resolved address of every new connection is checked in the
  * CURLOPT_OPENSOCKETFUNCTION callback (loopback, private, link-local,
