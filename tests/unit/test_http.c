@@ -1102,6 +1102,115 @@ static void test_connection_reuse(void **state) {
     fx_stop(fx);
 }
 
+/* One handle and one connection for requests to different paths of a host:
+ * each reaches its own path. */
+static void test_reused_handle_own_url(void **state) {
+    (void)state;
+    static const char *const paths[] = {"/ok", "/nocontent", "/busy", "/missing", "/ok"};
+    static const int want[] = {200, 204, 503, 404, 200};
+    fx_t *fx = fx_start(HB_ARRAY_SIZE(paths), 1, 1, 1, 1);
+    for (size_t i = 0; i < HB_ARRAY_SIZE(paths); i++) {
+        fx_post(fx, paths[i], 5000, 100, &fx->r[i]);
+        run_until_done(fx->h, &fx->r[i], 1, 5000);
+        assert_int_equal(fx->r[i].res.http_status, want[i]);
+    }
+    assert_int_equal(atomic_load(&fx->s->connections), 1);
+    fx_stop(fx);
+}
+
+/* A server on a raw socket for the retry below: on its first connection it
+ * answers the first request (200) and closes the connection at the second
+ * without a word; on a later connection it answers 204 to /second and 500
+ * to anything else. */
+typedef struct dropper_s {
+    int lfd;
+    uint16_t port;
+    char second_path[64]; /* the path of the request on the later connection */
+} dropper_t;
+
+static int dropper_read_request(int fd, char *path, size_t path_size) {
+    char buf[4096];
+    size_t len = 0;
+    while (len < sizeof(buf) - 1) {
+        ssize_t n = read(fd, buf + len, sizeof(buf) - 1 - len);
+        if (n <= 0)
+            return -1;
+        len += (size_t)n;
+        buf[len] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        const char *cl = strcasestr(buf, "\r\nContent-Length: ");
+        if (end && (!cl || cl > end || len >= (size_t)(end + 4 - buf) + strtoul(cl + 18, NULL, 10)))
+            break;
+    }
+    const char *sp = strchr(buf, ' ');
+    const char *sp2 = sp ? strchr(sp + 1, ' ') : NULL;
+    if (!sp2 || (size_t)(sp2 - sp - 1) >= path_size)
+        return -1;
+    memcpy(path, sp + 1, (size_t)(sp2 - sp - 1));
+    path[sp2 - sp - 1] = '\0';
+    return 0;
+}
+
+static void *dropper_run(void *arg) {
+    dropper_t *d = arg;
+    char path[64];
+    int fd = accept(d->lfd, NULL, NULL);
+    static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    if (fd < 0 || dropper_read_request(fd, path, sizeof(path)) < 0 ||
+        write(fd, ok, sizeof(ok) - 1) != (ssize_t)(sizeof(ok) - 1) ||
+        dropper_read_request(fd, path, sizeof(path)) < 0)
+        return NULL;
+    close(fd); /* the second request: dropped */
+    fd = accept(d->lfd, NULL, NULL);
+    if (fd < 0 || dropper_read_request(fd, d->second_path, sizeof(d->second_path)) < 0)
+        return NULL;
+    const char *answer = !strcmp(d->second_path, "/second")
+                             ? "HTTP/1.1 204 No Content\r\n\r\n"
+                             : "HTTP/1.1 500 Wrong Path\r\nContent-Length: 0\r\n\r\n";
+    (void)!write(fd, answer, strlen(answer));
+    close(fd);
+    return NULL;
+}
+
+/* A pooled connection found dead once the request is sent: curl retries on
+ * a new connection, and the retry goes to this request's URL, not to the one
+ * the handle carried before. */
+static void test_dead_connection_retried_to_own_url(void **state) {
+    (void)state;
+    dropper_t d = {0};
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof(sin);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    d.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(d.lfd >= 0);
+    assert_int_equal(bind(d.lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(listen(d.lfd, 4), 0);
+    assert_int_equal(getsockname(d.lfd, (struct sockaddr *)&sin, &sl), 0);
+    d.port = ntohs(sin.sin_port);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, dropper_run, &d), 0);
+
+    hb_http_t *h = test_http_new(1, 1, 1, 1);
+    rec_t r[2];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/first", (unsigned)d.port);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(h, &r[0], 1, 5000);
+    assert_int_equal(r[0].res.http_status, 200);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/second", (unsigned)d.port);
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[1]);
+    run_until_done(h, &r[1], 1, 5000);
+    pthread_join(t, NULL);
+    assert_string_equal(d.second_path, "/second");
+    assert_int_equal(r[1].res.http_status, 204);
+    hb_http_free(h);
+    close(d.lfd);
+    rec_clear(r, 2);
+}
+
 static void test_free_aborts_pending(void **state) {
     (void)state;
     fx_t *fx = fx_start(5, 2, 2, 1, 1);
@@ -1180,6 +1289,8 @@ int main(void) {
         cmocka_unit_test(test_divert_and_backlog),
         cmocka_unit_test(test_withdraw),
         cmocka_unit_test(test_connection_reuse),
+        cmocka_unit_test(test_reused_handle_own_url),
+        cmocka_unit_test(test_dead_connection_retried_to_own_url),
         cmocka_unit_test(test_free_aborts_pending),
         cmocka_unit_test(test_wakeup_and_extra_fd),
     };
