@@ -40,8 +40,9 @@
  * connections: 57,700-59,400 against 53,000-55,200; in make bench 0.88-0.95
  * of the reference client, once 1.02 beside a slow reference run, instead
  * of 0.81-0.86). End to end that is within the noise: 30,100-34,500
- * deliveries per dispatcher CPU-second against 28,000-31,700. Not setting the header callback, the
- * TLS share or the timeout per request (each tried alone) bought nothing measurable.
+ * deliveries per dispatcher CPU-second against 28,000-31,700. Not setting
+ * the header callback, the TLS share or the timeout per request (each tried
+ * alone) bought nothing measurable.
  *
  * curl is driven with curl_multi_poll + curl_multi_perform. Driving it by
  * socket events instead (curl_multi_socket_action and epoll) was measured

@@ -504,8 +504,9 @@ BEGIN
         RAISE EXCEPTION 'delivery % is %; only a delivery being retried (status retry) can be cancelled',
             cancel.delivery_id, v.status
             USING ERRCODE = 'HB028',
-                  HINT = CASE WHEN v.status = 'replay' THEN 'Its replay is under way: wait for its outcome.'
-                              ELSE 'It is final already.' END;
+                  HINT = CASE v.status WHEN 'replay' THEN 'Its replay is under way: wait for its outcome.'
+                                       WHEN 'pending' THEN 'Its first attempt is under way: wait for its outcome.'
+                                       ELSE 'It is final already.' END;
     END IF;
     UPDATE hookbridge.deliveries d
        SET status = 'dropped',
