@@ -372,6 +372,7 @@ static hb_pmsg_t *retry_msg(hb_deliveries_t *D, hb_delivery_t *dl, const char *t
         return NULL;
     }
     pm = hb_pmsg_new(topic, dl->sub->id, buf, len, gate, row);
+    hb_pmsg_set_delivery(pm, dl->id);
     free(buf);
     return pm;
 }

@@ -24,6 +24,7 @@ struct hb_pmsg_s {
     char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
     hb_gate_t *gate;
     hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
+    char *delivery_id;  /* the delivery it carries (a retry or dead letter), else NULL */
     int64_t resend_at;
     struct hb_pmsg_s *next;
 };
@@ -160,12 +161,34 @@ void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row) {
 
 void hb_pmsg_free(hb_pmsg_t *m) {
     hb_dlog_row_free(m->row);
+    free(m->delivery_id);
     free(m->topic);
     free(m->key);
     free(m->val);
     for (int i = 0; m->hdr[i]; i++)
         free(m->hdr[i]);
     free(m);
+}
+
+void hb_pmsg_set_delivery(hb_pmsg_t *m, const char *delivery_id) {
+    free(m->delivery_id);
+    m->delivery_id = delivery_id ? hb_strdup(delivery_id) : NULL;
+}
+
+/* The broker refused m (or it could not be queued): produced again in a
+ * second, and said, with the delivery it carries so an operator can tell
+ * which one waits (its key is the subscription id). */
+static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
+    hb_metric_inc(ob->m_kafka_errors);
+    if (m->delivery_id)
+        hb_log(HB_LOG_WARN,
+               HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
+               "%s %s (%s): trying again in 1 s", what, m->topic, rd_kafka_err2str(err));
+    else
+        hb_warn("%s %s (%s): trying again in 1 s", what, m->topic, rd_kafka_err2str(err));
+    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
+    m->next = ob->resend;
+    ob->resend = m;
 }
 
 void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
@@ -192,11 +215,7 @@ void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
     }
     if (hdrs)
         rd_kafka_headers_destroy(hdrs);
-    hb_metric_inc(ob->m_kafka_errors);
-    hb_warn("cannot produce to %s (%s): trying again in 1 s", m->topic, rd_kafka_err2str(err));
-    m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-    m->next = ob->resend;
-    ob->resend = m;
+    resend_later(ob, m, "cannot produce to", err);
 }
 
 /* Delivery report (main loop thread, from rd_kafka_poll). */
@@ -206,12 +225,7 @@ static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     (void)rk;
     ob->unacked--;
     if (rkm->err) {
-        hb_metric_inc(ob->m_kafka_errors);
-        hb_warn("the broker did not take a message for %s (%s): trying again in 1 s", m->topic,
-                rd_kafka_err2str(rkm->err));
-        m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
-        m->next = ob->resend;
-        ob->resend = m;
+        resend_later(ob, m, "the broker did not take a message for", rkm->err);
         return;
     }
     if (m->row) { /* durable on the broker: now the log may say so */

@@ -106,6 +106,9 @@ void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row);
 hb_pmsg_t *hb_pmsg_new(const char *topic, const char *key, const void *val, size_t len,
                        hb_gate_t *gate, hb_dlog_row_t *row);
 void hb_pmsg_free(hb_pmsg_t *m);
+/* Names the delivery m carries (a retry or a dead letter), for the log lines
+ * about it (copied; NULL: none). */
+void hb_pmsg_set_delivery(hb_pmsg_t *m, const char *delivery_id);
 /* Produces m (taken), at least once. */
 void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m);
 /* Produces an already-encoded message; the job (may be NULL) is held until

@@ -40,16 +40,18 @@ def set_max_message_bytes(bootstrap, topics, value):
         admin.close()
 
 
+def refusal_lines(svc, topic):
+    """The service's log lines (parsed) saying the broker refused a message
+    for topic."""
+    return [json.loads(line) for line in svc.proc.output().splitlines()
+            if f"did not take a message for {topic} " in line]
+
+
 def refusals(svc, topic):
     """The times (s) of the service's log lines saying the broker refused a
     message for topic."""
-    out = []
-    for line in svc.proc.output().splitlines():
-        if f"did not take a message for {topic} " not in line:
-            continue
-        rec = json.loads(line)
-        out.append(datetime.strptime(rec["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp())
-    return out
+    return [datetime.strptime(rec["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+            for rec in refusal_lines(svc, topic)]
 
 
 def gaps(times):
@@ -108,6 +110,10 @@ def test_a_retry_and_a_dead_letter_the_broker_refuses_are_produced_again_until_t
     posts = rcv.posts()
     assert [p["status"] for p in posts] == [503, 503]
     assert posts[0]["headers"]["webhook-id"] == posts[1]["headers"]["webhook-id"]
+    # Each refusal names the delivery it holds back, and its subscription.
+    for svc, topic in ((d, tier), (r, space.dlq_topic)):
+        assert {(x.get("delivery_id"), x.get("subscription_id"))
+                for x in refusal_lines(svc, topic)} == {(posts[0]["headers"]["webhook-id"], sub)}
     assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
     assert committed(space.bootstrap, rgroup, tier) == 0, \
         "the retry's offset moved before its dead letter was on the topic"
