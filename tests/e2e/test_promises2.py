@@ -33,7 +33,7 @@ import warnings
 from collections import defaultdict
 
 from hbtest.endpoints import ChallengeAnswering, serve
-from hbtest.lifecycle import ACTIVE, changes_applied
+from hbtest.lifecycle import ACTIVE, changes_applied, changes_in
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from hbtest.tls import Pki, TlsReceiver
@@ -389,7 +389,7 @@ def test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_
     d = Dispatcher(logs, db_url, broker.bootstrap)
     d.wait_ready()
     sub = verified_active(db_url, rcv.url)
-    wait_until(lambda: changes_applied_in(logs.shipper.output(), sub) >= 1, 10 * SLOW,
+    wait_until(lambda: changes_in(logs.shipper.output(), sub, ACTIVE) >= 1, 10 * SLOW,
                "the dispatcher to see the subscription")
 
     logs.shipper.signal(signal.SIGSTOP)
@@ -425,9 +425,3 @@ def test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_
     print(f"delivery log: {rows}")
     assert {st for st, _ in rows} <= {"delivered", "retry"}, rows
     assert dict(rows).get("delivered", 0) > 0
-
-
-def changes_applied_in(output, sub):
-    """How many times the log says the subscription became active and verified."""
-    return sum(1 for line in output.splitlines()
-               if sub in line and f'"msg":"{ACTIVE}"' in line)

@@ -38,8 +38,14 @@ REMOVED = "subscription removed"
 def changes_applied(dispatcher, sub, msg):
     """How many times the dispatcher has applied a change of `sub` that it
     logged as `msg` (one of the constants above)."""
+    return changes_in(dispatcher.proc.output(), sub, msg)
+
+
+def changes_in(output, sub, msg):
+    """changes_applied, counted in a service's log text `output` (for a log
+    read from elsewhere than the process's own output)."""
     n = 0
-    for line in dispatcher.proc.output().splitlines():
+    for line in output.splitlines():
         if sub not in line:
             continue
         try:
