@@ -102,7 +102,8 @@ stack_start_postgres
 stack_start_devbroker --partitions 6
 stack_migrate >/dev/null
 
-PORT=$(free_port)
+PORT= # set by free_port
+free_port PORT
 N=$B/nginx
 mkdir -p "$N/tmp"
 USER_LINE=""

@@ -77,7 +77,8 @@ stack_start_postgres
 stack_start_devbroker --partitions 6
 stack_migrate >/dev/null
 mapfile -t ADDRS < <(bench_loopback_addresses 127.77 "$HOSTS")
-PORT=$(free_port)
+PORT= # set by free_port
+free_port PORT
 stack_spawn receiver /usr/bin/python3 tests/bench/slow_receiver.py "$PORT" "$DELAY" "${ADDRS[@]}"
 RECEIVER_PID=$STACK_LAST_PID
 STATS_URL="http://${ADDRS[0]}:$PORT/stats"

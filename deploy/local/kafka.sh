@@ -43,8 +43,14 @@ die() {
   exit 1
 }
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# Prints $1 distinct loopback ports that nothing listens on: all are bound at
+# once while being chosen, so the kernel cannot give one of them twice.
+free_ports() {
+  /usr/bin/python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 cmd_fetch() {
@@ -119,10 +125,11 @@ cmd_prepare() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   write_log4j "$dir"
-  local -a ports cports
+  local -a ports cports chosen
+  read -ra chosen <<<"$(free_ports $((2 * nodes)))"
   for ((i = 1; i <= nodes; i++)); do
-    ports[i]=$(free_port)
-    cports[i]=$(free_port)
+    ports[i]=${chosen[2 * i - 2]}
+    cports[i]=${chosen[2 * i - 1]}
     voters+="${voters:+,}$i@127.0.0.1:${cports[i]}"
   done
   rf=$nodes

@@ -51,13 +51,13 @@ stack_migrate
 
 SECRET="whsec_$(openssl rand -base64 32)"
 AUTH_VALUE="Bearer demo-$(openssl rand -hex 8)"
-RPORT=$(free_port)
+free_port RPORT
 say "starting the example receiver on 127.0.0.1:$RPORT"
 stack_spawn receiver "$BIN/hookbridge-receiver" --listen "127.0.0.1:$RPORT" --secret "$SECRET" \
   --auth "Authorization: $AUTH_VALUE"
 RECEIVER_PID=$STACK_LAST_PID
 
-FPORT=$(free_port)
+free_port FPORT
 say "starting a flaky receiver on 127.0.0.1:$FPORT (fails each delivery twice)"
 stack_spawn flaky "$BIN/hookbridge-receiver" --listen "127.0.0.1:$FPORT" --secret "$SECRET" \
   --auth "Authorization: $AUTH_VALUE" --fail-first 2
@@ -99,10 +99,11 @@ say "producing sample events (only user.session.start and user.lifecycle.create 
 "$BIN/hookbridge-producer" deploy/local/sample-events.jsonl
 "$BIN/hookbridge-producer" --generate 20
 
-IPORT=$(free_port)
+free_port IPORT
 say "starting the Okta event-hook endpoint on 127.0.0.1:$IPORT/okta/events, and posting to it as Okta would"
+free_port INGEST_HEALTH_PORT
 stack_spawn ingest env HOOKBRIDGE_INGEST_AUTH_VALUE="Bearer demo-okta-hook" \
-  HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:$(free_port)" \
+  HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:$INGEST_HEALTH_PORT" \
   "$BIN/hookbridge-producer" --listen "127.0.0.1:$IPORT"
 for _ in $(seq 100); do # at most 10 s for it to listen (Okta's verification GET)
   curl -fsS -o /dev/null -H "Authorization: Bearer demo-okta-hook" \

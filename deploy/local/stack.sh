@@ -58,8 +58,19 @@ die() {
   exit 1
 }
 
+# Sets the variable named $1 to a loopback port nothing listens on, never one
+# this script chose before: a server spawned in the background may not listen
+# yet when the next port is chosen, and the kernel can give the same free port
+# twice in a row.
+STACK_PORTS_CHOSEN=" "
 free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local free_port_p # not the caller's name: printf -v would set this local
+  while :; do
+    free_port_p=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    case $STACK_PORTS_CHOSEN in *" $free_port_p "*) ;; *) break ;; esac
+  done
+  STACK_PORTS_CHOSEN+="$free_port_p "
+  printf -v "$1" %s "$free_port_p"
 }
 
 # Runs a command as the postgres user when root (initdb refuses root).
@@ -185,7 +196,7 @@ stack_start_postgres() {
     { cat "$pg/run/initdb.log"; die "initdb failed"; }
   STACK_PG_DATA=$pg/data
   for try in 1 2 3; do # the free port may be taken between probe and bind
-    port=$(free_port)
+    free_port port
     if (cd "$STACK_DIR" && as_pg "$pgbin/pg_ctl" -D "$pg/data" -l "$pg/run/pg.log" -w -t 60 \
       -o "-p $port -k $pg/run -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
       start >/dev/null); then
@@ -243,7 +254,9 @@ stack_migrate() {
 
 # Extra arguments are VAR=VALUE settings for the dispatcher's environment.
 stack_start_dispatcher() {
-  STACK_DISPATCHER_HTTP="127.0.0.1:$(free_port)"
+  local port
+  free_port port
+  STACK_DISPATCHER_HTTP="127.0.0.1:$port"
   stack_spawn dispatcher env HOOKBRIDGE_ALLOW_HTTP=1 HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 \
     HOOKBRIDGE_HTTP_LISTEN="$STACK_DISPATCHER_HTTP" \
     HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS=6000 \
@@ -253,7 +266,9 @@ stack_start_dispatcher() {
 
 # Extra arguments are VAR=VALUE settings for the retrier's environment.
 stack_start_retrier() {
-  STACK_RETRIER_HTTP="127.0.0.1:$(free_port)"
+  local port
+  free_port port
+  STACK_RETRIER_HTTP="127.0.0.1:$port"
   stack_spawn retrier env HOOKBRIDGE_ALLOW_HTTP=1 HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS=1 \
     HOOKBRIDGE_HTTP_LISTEN="$STACK_RETRIER_HTTP" \
     HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS=6000 \
@@ -306,7 +321,7 @@ stack_activate() {
 # per request to $STACK_NGINX_LOG. Sets STACK_NGINX_URL.
 stack_start_nginx() {
   local status=${1:-204} port dir=$STACK_DIR/nginx user=""
-  port=$(free_port)
+  free_port port
   mkdir -p "$dir/tmp"
   [ "$(id -u)" -ne 0 ] || user="user nobody nogroup;"
   cat >"$dir/nginx.conf" <<EOF

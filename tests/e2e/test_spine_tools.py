@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from hbtest.pg import MIGRATIONS, pg_cluster  # noqa: F401 (fixture)
-from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.procs import BIN, REPO, SLOW, free_port, wait_until
 from hbtest.stack import Broker, Receiver, produce, topic_records
 from hbtest.webhooks import expected_signature
 
@@ -25,6 +25,31 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 AUTH = "Bearer tools-token-51c2"
 # migrations/migrate.c, MIGRATE_LOCK_KEY: "hookbrdg" as a bigint
 MIGRATE_LOCK_KEY = 7526676533394417767
+
+
+# --- the test stack's ports ------------------------------------------------------
+
+
+def test_the_test_stack_never_hands_out_one_port_twice():
+    """A server started in the background may not listen yet when the next
+    port is chosen, and the kernel can give the same free port again: CI once
+    saw a dispatcher and its receiver chosen one port, so the dispatcher could
+    not start ('cannot listen on ...: address in use'). Without the memory of
+    what was handed out, a few hundred picks repeat some ports (400 in the
+    shell: about 6 repeats expected, 8 measured; without the memory this
+    test passes about 1 time in 300)."""
+    ports = [free_port() for _ in range(3000)]
+    assert len(set(ports)) == len(ports)
+    # the shell side (make run, make bench): deploy/local/stack.sh's free_port
+    out = subprocess.run(
+        ["bash", "-c", ". deploy/local/stack.sh; for i in $(seq 400); do free_port p; "
+         "echo $p; done"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert len(out) == 400 and len(set(out)) == 400
+    # kafka.sh's brokers: all of a cluster's ports chosen at once
+    out = subprocess.run(
+        ["bash", "-c", "eval \"$(sed -n '/^free_ports() {/,/^}/p' deploy/local/kafka.sh)\"; "
+         "free_ports 200"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    assert len(out) == 200 and len(set(out)) == 200
 
 
 # --- hookbridge-devbroker ---------------------------------------------------------

@@ -38,10 +38,21 @@ def http_get(port, path):
         return None, ""
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, and never one this process handed
+    out before: a server started in the background may not listen yet when
+    the next port is chosen, and the kernel can give the same free port twice
+    in a row (CI once had a dispatcher and its receiver on one port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_until(pred, timeout, what, interval=0.05):
