@@ -43,15 +43,6 @@ die() {
   exit 1
 }
 
-# Prints $1 distinct loopback ports that nothing listens on: all are bound at
-# once while being chosen, so the kernel cannot give one of them twice.
-free_ports() {
-  /usr/bin/python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
 
 cmd_fetch() {
   if [ ! -f "$CACHE/kafka_2.13-$KAFKA_VERSION.jar" ]; then
@@ -126,7 +117,8 @@ cmd_prepare() {
   dir=$(cd "$dir" && pwd)
   write_log4j "$dir"
   local -a ports cports chosen
-  read -ra chosen <<<"$(free_ports $((2 * nodes)))"
+  # all at once: distinct (deploy/local/free_ports.py)
+  read -ra chosen <<<"$(/usr/bin/python3 "$ROOT/deploy/local/free_ports.py" $((2 * nodes)) | tr '\n' ' ')"
   for ((i = 1; i <= nodes; i++)); do
     ports[i]=${chosen[2 * i - 2]}
     cports[i]=${chosen[2 * i - 1]}

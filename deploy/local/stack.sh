@@ -60,16 +60,14 @@ die() {
 
 # Sets the variable named $1 to a loopback port nothing listens on, never one
 # this script chose before: a server spawned in the background may not listen
-# yet when the next port is chosen, and the kernel can give the same free port
-# twice in a row.
-STACK_PORTS_CHOSEN=" "
+# yet when the next port is chosen (deploy/local/free_ports.py).
+STACK_PORTS_CHOSEN=""
 free_port() {
   local free_port_p # not the caller's name: printf -v would set this local
-  while :; do
-    free_port_p=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    case $STACK_PORTS_CHOSEN in *" $free_port_p "*) ;; *) break ;; esac
-  done
-  STACK_PORTS_CHOSEN+="$free_port_p "
+  # shellcheck disable=SC2086 # the list of ports, split on purpose
+  free_port_p=$(/usr/bin/python3 "$STACK_ROOT/deploy/local/free_ports.py" 1 $STACK_PORTS_CHOSEN) ||
+    die "cannot choose a free port"
+  STACK_PORTS_CHOSEN+=" $free_port_p"
   printf -v "$1" %s "$free_port_p"
 }
 

@@ -3,6 +3,7 @@ example receiver, the migration lock and the producer's --rate and defaults.
 Each test says what the user sees."""
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -33,23 +34,37 @@ MIGRATE_LOCK_KEY = 7526676533394417767
 def test_the_test_stack_never_hands_out_one_port_twice():
     """A server started in the background may not listen yet when the next
     port is chosen, and the kernel can give the same free port again: CI once
-    saw a dispatcher and its receiver chosen one port, so the dispatcher could
+    saw a dispatcher and its receiver given one port, so the dispatcher could
     not start ('cannot listen on ...: address in use'). Without the memory of
-    what was handed out, a few hundred picks repeat some ports (400 in the
-    shell: about 6 repeats expected, 8 measured; without the memory this
-    test passes about 1 time in 300)."""
+    what was handed out, 3,000 picks would repeat about 200 ports and the
+    shell's 400 about 3.5 (the shell part would pass about 1 time in 30)."""
     ports = [free_port() for _ in range(3000)]
     assert len(set(ports)) == len(ports)
-    # the shell side (make run, make bench): deploy/local/stack.sh's free_port
+    # the shell side (make run, make bench, kafka.sh): deploy/local/stack.sh
     out = subprocess.run(
         ["bash", "-c", ". deploy/local/stack.sh; for i in $(seq 400); do free_port p; "
          "echo $p; done"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == 400 and len(set(out)) == 400
-    # kafka.sh's brokers: all of a cluster's ports chosen at once
-    out = subprocess.run(
-        ["bash", "-c", "eval \"$(sed -n '/^free_ports() {/,/^}/p' deploy/local/kafka.sh)\"; "
-         "free_ports 200"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    assert len(out) == 200 and len(set(out)) == 200
+    # kafka.sh's brokers: a cluster's ports chosen at once
+    out = subprocess.run(["/usr/bin/python3", "deploy/local/free_ports.py", "600"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert len(out) == 600 and len(set(out)) == 600
+
+
+def test_two_test_workers_never_choose_one_port():
+    """Each pytest-xdist worker (and the scripts it starts) chooses ports of
+    its own residue class, so a port one worker chose and has not bound yet is
+    never chosen by another."""
+    env = dict(os.environ)
+    chosen = []
+    for slot in ("0/4", "1/4", "3/4"):
+        env["HOOKBRIDGE_PORT_SLOT"] = slot
+        out = subprocess.run(["/usr/bin/python3", "deploy/local/free_ports.py", "200"],
+                             cwd=REPO, env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert {int(p) % 4 for p in out} == {int(slot[0])}
+        chosen.append(set(out))
+    assert not (chosen[0] & chosen[1]) and not (chosen[1] & chosen[2])
 
 
 # --- hookbridge-devbroker ---------------------------------------------------------

@@ -5,9 +5,9 @@ Every process a test starts is registered with a ProcessGroup that stops it
 test fails. Output goes to a log file per process, printed when a test fails.
 """
 import base64
+import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -38,21 +38,33 @@ def http_get(port, path):
         return None, ""
 
 
+def _port_picker():
+    spec = importlib.util.spec_from_file_location(
+        "free_ports", REPO / "deploy" / "local" / "free_ports.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# Each pytest-xdist worker chooses ports of its own residue class (see
+# deploy/local/free_ports.py), and so do the scripts it runs (kafka.sh,
+# make run): two workers never choose one port.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    os.environ.setdefault(
+        "HOOKBRIDGE_PORT_SLOT", f"{os.environ['PYTEST_XDIST_WORKER'][2:]}/"
+        f"{os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')}")
+_PORTS = _port_picker()
 _PORTS_GIVEN = set()
 
 
 def free_port():
-    """A loopback port nothing listens on, and never one this process handed
-    out before: a server started in the background may not listen yet when
-    the next port is chosen, and the kernel can give the same free port twice
-    in a row (CI once had a dispatcher and its receiver on one port)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS_GIVEN:
-            _PORTS_GIVEN.add(port)
-            return port
+    """A loopback port nothing listens on, never one this process handed out
+    before: a server started in the background may not listen yet when the
+    next port is chosen, and the kernel can give the same free port twice in
+    a row (CI once had a dispatcher and its receiver on one port)."""
+    port = _PORTS.choose(1, _PORTS_GIVEN)[0]
+    _PORTS_GIVEN.add(port)
+    return port
 
 
 def wait_until(pred, timeout, what, interval=0.05):
