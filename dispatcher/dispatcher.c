@@ -62,6 +62,7 @@ typedef struct verify_s {
     struct hb_dispatcher_s *d;
     hb_sub_t *sub;
     char challenge[HB_UUID_LEN + 1];
+    char claim[HB_CLAIM_LEN]; /* the store's name for our claim of the request */
 } verify_t;
 
 /* Events waiting for company, for one subscription. */
@@ -440,12 +441,16 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
 
 /* ----------------------------------------------------------- verification */
 
-static void on_recorded(const char *id, const char *err, void *opaque) {
+static void on_recorded(const char *id, int recorded, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
-    if (!err)
-        return;
-    hb_worker_db_error(d->w);
-    hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
+    if (err) {
+        hb_worker_db_error(d->w);
+        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
+    } else if (!recorded) {
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", id),
+               "verification outcome not recorded: out of date (the URL changed, verify() asked "
+               "again while the challenge ran, or its claim expired); the newer challenge decides");
+    }
 }
 
 static void on_verify_done(const hb_http_result_t *res, void *opaque) {
@@ -465,10 +470,10 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
         hb_log(ok ? HB_LOG_INFO : HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                ok ? "endpoint verified" : "endpoint verification failed: %s", ok ? "" : reason);
-        if (!store ||
-            hb_store_record_verification(store, v->sub->id, v->sub->url, ok, ok ? NULL : reason,
-                                         on_recorded, d, errstr, sizeof(errstr)) < 0)
-            on_recorded(v->sub->id, store ? errstr : "database not connected", d);
+        if (!store || hb_store_record_verification(store, v->sub->id, v->sub->url, v->claim, ok,
+                                                   ok ? NULL : reason, on_recorded, d, errstr,
+                                                   sizeof(errstr)) < 0)
+            on_recorded(v->sub->id, 0, store ? errstr : "database not connected", d);
     }
     hb_sub_unref(v->sub);
     free(v);
@@ -480,7 +485,8 @@ static long long verify_lease_ms(const hb_config_t *cfg) {
 }
 
 /* The store claimed (sub) or not (NULL) the verification of id. */
-static void on_claimed(const char *id, hb_sub_t *sub, const char *err, void *opaque) {
+static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const char *err,
+                       void *opaque) {
     hb_dispatcher_t *d = opaque;
     verify_t *v;
 
@@ -494,6 +500,7 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *err, void *opa
     v = hb_calloc(1, sizeof(*v));
     v->d = d;
     v->sub = sub;
+    snprintf(v->claim, sizeof(v->claim), "%s", claim);
     if (hb_uuid_random(v->challenge) < 0) {
         hb_error("cannot generate a verification challenge");
         hb_sub_unref(sub);
@@ -514,7 +521,7 @@ static void run_verification(hb_dispatcher_t *d, const char *id) {
         return;
     if (hb_store_claim_verification(store, id, verify_lease_ms(d->cfg), on_claimed, d, errstr,
                                     sizeof(errstr)) < 0)
-        on_claimed(id, NULL, errstr, d);
+        on_claimed(id, NULL, NULL, errstr, d);
 }
 
 static void on_verify(hb_worker_t *w, const char *id, void *opaque) {

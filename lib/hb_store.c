@@ -71,7 +71,7 @@ enum {
 /* The callback of a request, by kind. */
 typedef union {
     hb_store_claim_cb *claim;
-    hb_store_done_cb *done;
+    hb_store_recorded_cb *recorded;
     hb_store_ids_cb *ids;
     hb_store_replays_cb *replays;
     hb_store_count_cb *count;
@@ -86,7 +86,8 @@ struct store_msg_s {
     char *url, *reason; /* MSG_RECORD_VERIFY */
     int ok, max;
     long long after_ms;
-    long long lease_ms; /* MSG_CLAIM_VERIFY */
+    long long lease_ms;       /* MSG_CLAIM_VERIFY */
+    char claim[HB_CLAIM_LEN]; /* MSG_CLAIM_VERIFY's answer, MSG_RECORD_VERIFY */
     /* answers */
     char *err;       /* NULL: it worked */
     hb_sub_t *sub;   /* MSG_CLAIM_VERIFY, MSG_CHANGE */
@@ -540,29 +541,31 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     char lease[32];
     const char *params[2] = {m->id, lease};
     PGresult *res;
-    int claimed;
     snprintf(lease, sizeof(lease), "%lld", m->lease_ms);
     res = PQexecParams(ln->conn,
-                       "SELECT hookbridge.claim_verification($1::uuid,"
+                       "SELECT hookbridge.claim_verification_until($1::uuid,"
                        " $2::bigint * interval '1 millisecond')",
                        2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(ln, res, "claiming a verification", errstr, errstr_size);
-    claimed = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0);
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        snprintf(m->claim, sizeof(m->claim), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    if (!claimed)
+    if (!m->claim[0])
         return 0;
     return load_one(ln, m->id, &m->sub, errstr, errstr_size);
 }
 
 static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
-    const char *params[4] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url};
-    PGresult *res = PQexecParams(
-        ln->conn,
-        "SELECT hookbridge.record_verification($1::uuid, $2::boolean, $3::text, $4::text)", 4, NULL,
-        params, NULL, NULL, 0);
+    const char *params[5] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url,
+                             m->claim};
+    PGresult *res = PQexecParams(ln->conn,
+                                 "SELECT hookbridge.record_verification($1::uuid, $2::boolean,"
+                                 " $3::text, $4::text, $5::timestamptz)",
+                                 5, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(ln, res, "recording a verification", errstr, errstr_size);
+    m->cnt = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     return 0;
 }
@@ -943,10 +946,10 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
             h->on_reload(opaque);
         break;
     case MSG_CLAIM_VERIFY:
-        m->cb.claim(m->id, m->sub, m->err, m->opaque);
+        m->cb.claim(m->id, m->sub, m->sub ? m->claim : NULL, m->err, m->opaque);
         m->sub = NULL;
         break;
-    case MSG_RECORD_VERIFY: m->cb.done(m->id, m->err, m->opaque); break;
+    case MSG_RECORD_VERIFY: m->cb.recorded(m->id, !m->err && m->cnt, m->err, m->opaque); break;
     case MSG_PENDING_VERIFY: m->cb.ids(m->ids, m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_REPLAYS: m->cb.replays(m->replays, m->err ? 0 : m->cnt, m->err, m->opaque); break;
     case MSG_SWEEP:
@@ -1012,20 +1015,25 @@ int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_
     return 0;
 }
 
-int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
-                                 const char *reason, hb_store_done_cb *cb, void *opaque,
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
+                                 int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) {
     store_msg_t *m;
     if (!hb_snapshot_is_id(id)) {
         hb_seterr(errstr, errstr_size, "not a subscription id");
         return -1;
     }
+    if (!claim || !claim[0] || strlen(claim) >= HB_CLAIM_LEN) {
+        hb_seterr(errstr, errstr_size, "no claim to record the outcome under");
+        return -1;
+    }
     m = msg_new(MSG_RECORD_VERIFY);
     memcpy(m->id, id, sizeof(m->id));
+    snprintf(m->claim, sizeof(m->claim), "%s", claim);
     m->url = url ? hb_strdup(url) : NULL;
     m->reason = reason ? hb_strdup(reason) : NULL;
     m->ok = ok;
-    m->cb.done = cb;
+    m->cb.recorded = cb;
     m->opaque = opaque;
     request(st, m);
     return 0;

@@ -94,22 +94,27 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
 /* Verification. claim: atomically take a pending request for `id` for
  * lease_ms (so only one replica runs the challenge; the request stays pending
  * until its outcome is recorded, and becomes claimable again when the lease
- * expires); sub is a snapshot (the callback's to unref) when it was claimed,
- * NULL when nothing was claimable. record: store the outcome, which ends the
- * request; ok=1 marks the subscription verified, ok=0 failed with
- * `reason` (e.g. "timeout", "wrong echo", "HTTP 404"); `url` is the URL that
- * was challenged: an outcome for a URL the subscription no longer has is
- * ignored. pending: the ids with a claimable request (pending, and no lease
- * or an expired one: for start-up, reconnects and the periodic look). -1
- * (nothing queued) only for an id that is not one. */
-typedef void hb_store_claim_cb(const char *id, hb_sub_t *sub, const char *err, void *opaque);
-typedef void hb_store_done_cb(const char *id, const char *err, void *opaque);
+ * expires); sub is a snapshot (the callback's to unref) and `claim` names the
+ * claim (HB_CLAIM_LEN, text) when it was claimed; both NULL when nothing was
+ * claimable. record: store the outcome made under `claim`, which ends the
+ * request; ok=1 marks the subscription verified, ok=0 failed with `reason`
+ * (e.g. "timeout", "wrong echo", "HTTP 404"). An outcome out of date is not
+ * recorded (recorded=0): `url`, the URL that was challenged, is no longer the
+ * subscription's, or the claim no longer holds (verify() asked again while
+ * the challenge ran, or its lease ran out and another replica took it).
+ * pending: the ids with a claimable request (pending, and no lease or an
+ * expired one: for start-up, reconnects and the periodic look). -1 (nothing
+ * queued) only for an id that is not one. */
+#define HB_CLAIM_LEN 64
+typedef void hb_store_claim_cb(const char *id, hb_sub_t *sub, const char *claim, const char *err,
+                               void *opaque);
+typedef void hb_store_recorded_cb(const char *id, int recorded, const char *err, void *opaque);
 typedef void hb_store_ids_cb(char **ids, int cnt, const char *err, void *opaque);
 int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
                                 hb_store_claim_cb *cb, void *opaque, char *errstr,
                                 size_t errstr_size) HB_MUSTCHECK;
-int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, int ok,
-                                 const char *reason, hb_store_done_cb *cb, void *opaque,
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
+                                 int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
 

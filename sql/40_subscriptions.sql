@@ -378,36 +378,65 @@ $$;
 
 -- Internal functions for the services ----------------------------------------------
 
--- Takes a pending verification request for `lease`: returns the id, or NULL
--- when none is claimable (another replica holds it, or none is pending, or
--- the subscription is gone). Concurrent callers serialise on the row lock, so
--- exactly one gets the id. The request stays pending (verification_requested_at)
--- until record_verification() ends it: a replica that dies or stops before
--- recording leaves it claimable again when the lease expires, and the
--- dispatchers look for such requests periodically. The dispatcher passes its
--- verify_timeout plus a margin; the default covers the largest verify_timeout.
-CREATE OR REPLACE FUNCTION hookbridge.claim_verification(id uuid,
-                                                         lease interval DEFAULT interval '70 seconds')
-RETURNS uuid
+-- Takes a pending verification request for `lease`: returns the claim, the
+-- time its lease ends (verification_claimed_until), which also names it for
+-- record_verification; NULL when none is claimable (another replica holds it,
+-- or none is pending, or the subscription is gone). Concurrent callers
+-- serialise on the row lock, so exactly one gets it. The request stays
+-- pending (verification_requested_at) until record_verification() ends it: a
+-- replica that dies or stops before recording leaves it claimable again when
+-- the lease expires, and the dispatchers look for such requests periodically.
+-- The dispatcher passes its verify_timeout plus a margin; the default covers
+-- the largest verify_timeout.
+CREATE OR REPLACE FUNCTION hookbridge.claim_verification_until(id uuid,
+                                                               lease interval DEFAULT interval '70 seconds')
+RETURNS timestamptz
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
-    v uuid;
+    v timestamptz;
 BEGIN
     IF lease IS NULL OR lease <= interval '0' THEN
         RAISE EXCEPTION 'lease must be positive' USING ERRCODE = 'HB012';
     END IF;
-    UPDATE hookbridge.subscriptions s SET verification_claimed_until = now() + lease
-     WHERE s.id = claim_verification.id AND s.verification_requested_at IS NOT NULL
+    -- clock_timestamp: two claims of one row never name the same time, even
+    -- in one transaction
+    UPDATE hookbridge.subscriptions s SET verification_claimed_until = clock_timestamp() + lease
+     WHERE s.id = claim_verification_until.id AND s.verification_requested_at IS NOT NULL
        AND (s.verification_claimed_until IS NULL OR s.verification_claimed_until <= now())
        AND s.deregistered_at IS NULL
-    RETURNING s.id INTO v;
+    RETURNING s.verification_claimed_until INTO v;
     RETURN v;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION hookbridge.record_verification(id uuid, ok boolean, reason text DEFAULT NULL,
-                                                          url text DEFAULT NULL)
-RETURNS void
+-- The previous release's claim: the id instead of the claim. Its dispatchers
+-- record with the 4-argument record_verification; both go a release later.
+CREATE OR REPLACE FUNCTION hookbridge.claim_verification(id uuid,
+                                                         lease interval DEFAULT interval '70 seconds')
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    RETURN CASE WHEN hookbridge.claim_verification_until(claim_verification.id, lease) IS NOT NULL
+                THEN claim_verification.id END;
+END
+$$;
+
+-- Records a challenge's outcome, made under `claim` (claim_verification_until):
+-- returns true, or false when the outcome is not recorded because it is out of
+-- date - the challenged URL is no longer the subscription's (the new URL's
+-- request stays), or the claim no longer holds: verify() asked again while it
+-- ran, or its lease ran out and another dispatcher took the request. The newer
+-- challenge decides; an older one's failure must not deactivate a
+-- subscription whose newer challenge passed.
+--
+-- claim NULL (the 4-argument form, a dispatcher of the previous release or an
+-- operator by hand): the outcome is recorded whatever claim holds; it ends the
+-- request it was claimed for, and a request made after that claim and not yet
+-- claimed (verify() clears the claim) stays, for a dispatcher to claim and
+-- challenge again.
+CREATE OR REPLACE FUNCTION hookbridge.record_verification(id uuid, ok boolean, reason text,
+                                                          url text, claim timestamptz)
+RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v hookbridge.subscriptions;
@@ -415,14 +444,13 @@ BEGIN
     IF ok IS NULL THEN
         RAISE EXCEPTION 'ok must not be NULL' USING ERRCODE = 'HB012';
     END IF;
-    v := hookbridge._live(record_verification.id);
+    v := hookbridge._live(record_verification.id); -- locks the row
     IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN
-        RETURN; -- the challenge went to an old URL: the new URL's request stays
+        RETURN false;
     END IF;
-    -- The result ends the request it was claimed for (and the claim). A
-    -- request with no claim on it was made after this challenge's claim
-    -- (verify() clears the claim): the challenge was sent before it, so it
-    -- stays, for a dispatcher to claim and challenge again.
+    IF claim IS NOT NULL AND v.verification_claimed_until IS DISTINCT FROM claim THEN
+        RETURN false;
+    END IF;
     IF ok THEN
         UPDATE hookbridge.subscriptions s
            SET verification = 'verified', verified_at = now(), verification_error = NULL,
@@ -439,6 +467,18 @@ BEGIN
                verification_claimed_until = NULL
          WHERE s.id = record_verification.id;
     END IF;
+    RETURN true;
+END
+$$;
+
+-- The 4-argument form: no claim (see above).
+CREATE OR REPLACE FUNCTION hookbridge.record_verification(id uuid, ok boolean, reason text DEFAULT NULL,
+                                                          url text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM hookbridge.record_verification(record_verification.id, ok, reason, url,
+                                           NULL::timestamptz);
 END
 $$;
 

@@ -97,7 +97,8 @@ DO $$
 DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
-    service_fns name[] := ARRAY['claim_verification', 'record_verification', 'claim_replays',
+    service_fns name[] := ARRAY['claim_verification', 'claim_verification_until',
+                                'record_verification', 'claim_replays',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
                                 'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];

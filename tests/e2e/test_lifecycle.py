@@ -201,10 +201,18 @@ def test_rotation_sends_both_signatures_during_the_grace_then_only_the_new(db_ur
 SLOW_ANSWER = 3.0  # seconds the slow endpoint takes to answer the challenge
 
 
+def posted_uuids(handler):
+    """The uuids of the events in the POST a hand-made endpoint is reading."""
+    import json
+    body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+    evs = body["data"]["events"] if isinstance(body, dict) and "data" in body else (
+        body if isinstance(body, list) else [body])
+    return [e["uuid"] for e in evs]
+
+
 def slow_challenge_endpoint():
     """An endpoint that answers the challenge correctly but SLOW_ANSWER s late
     (got_get is set when a GET arrives), and records the events POSTed to it."""
-    import json
     import threading
 
     from hbtest.endpoints import ChallengeAnswering, serve
@@ -222,10 +230,7 @@ def slow_challenge_endpoint():
                 pass  # the dispatcher is gone
 
         def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            evs = body["data"]["events"] if isinstance(body, dict) and "data" in body else (
-                body if isinstance(body, list) else [body])
-            events.extend(e["uuid"] for e in evs)
+            events.extend(posted_uuids(self))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -298,3 +303,55 @@ def test_a_challenge_running_at_sigterm_is_finished_and_recorded(db_url, broker,
         wait_until(lambda: ev["uuid"] in slow.events, 60, "the event at the new URL")
     finally:
         slow.shutdown()
+
+
+def test_an_older_challenge_s_failure_does_not_undo_a_newer_one_s_success(db_url, broker, procs,
+                                                                          workdir):
+    """An active subscription moves to a new URL whose endpoint is not ready:
+    the first challenge hangs. The user fixes the endpoint and calls verify();
+    the second challenge passes. When the first challenge then fails, its
+    outcome is out of date and is not recorded: the subscription stays active
+    and verified, and events go to the new URL (before, that late failure
+    deactivated the subscription, and nothing was delivered any more)."""
+    import threading
+
+    from hbtest.endpoints import ChallengeAnswering, serve
+
+    first_get, events = threading.Event(), []
+
+    class NotReadyThenFixed(ChallengeAnswering):
+        def do_GET(self):
+            if first_get.is_set():
+                return super().do_GET()
+            first_get.set()
+            time.sleep(SLOW_ANSWER)  # within the dispatcher's verify timeout (5 s)
+            self.send_response(503)  # the endpoint as it was: not ready
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_POST(self):
+            events.extend(posted_uuids(self))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    d, (rcv,) = start(procs, workdir, broker, db_url)
+    sub = register_active(d, db_url, rcv.url, ["user.session.start"])
+    srv = serve(NotReadyThenFixed)
+    try:
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, srv.url)
+        assert first_get.wait(20 * SLOW), "the first challenge at the new URL"
+        sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+        assert wait_verification_outcome(db_url, sub) == "verified"
+        wait_until(lambda: "endpoint verification failed: HTTP 503" in d.proc.output(),
+                   SLOW_ANSWER + 10, "the first challenge's failure")
+        wait_until(lambda: "verification outcome not recorded: out of date" in d.proc.output(),
+                   10, "the dispatcher to say it is out of date")
+        assert sql(db_url, "SELECT status, verification, verification_error, "
+                   "verification_requested_at FROM hookbridge.subscriptions WHERE id = %s",
+                   sub) == [("active", "verified", None, None)]
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in events, 30, "the event at the new URL")
+    finally:
+        srv.shutdown()

@@ -146,8 +146,10 @@ def test_verify_while_a_challenge_runs_is_not_ended_by_that_challenges_result(
     another one at once." The running challenge was sent before the call (the
     endpoint may have been fixed since): its result is recorded, but the
     request made after its claim stays, for a dispatcher to claim and
-    challenge again. Also when the result comes from a dispatcher of the
-    previous release (the 3-argument form, no URL)."""
+    challenge again. This is the claim-less form (a dispatcher of the
+    previous release, or a hand call), also without a URL; this release's
+    dispatcher records under its claim, and such an out-of-date result is not
+    recorded at all (test_a_result_whose_claim_no_longer_holds_is_not_recorded)."""
     sub = registered(db_url)
     sql(db_url, "SELECT hookbridge.verify(%s)", sub)
     assert vclaim(db_url, sub) == sub          # challenge 1 is sent
@@ -163,6 +165,57 @@ def test_verify_while_a_challenge_runs_is_not_ended_by_that_challenges_result(
     sql(db_url, record, *args)
     assert state(db_url, sub) == ("verified", False, False)
     assert vclaim(db_url, sub, "1 millisecond") is None
+
+
+def vclaim_until(db_url, sub, lease="1 minute"):
+    """A dispatcher's claim: its name (the lease's end), or None."""
+    return sql(db_url, "SELECT hookbridge.claim_verification_until(%s, %s::interval)",
+               sub, lease)[0][0]
+
+
+def record_under(db_url, sub, ok, claim, url=URL):
+    """A dispatcher's record: True when recorded, False when out of date."""
+    return sql(db_url, "SELECT hookbridge.record_verification(%s, %s, %s, %s, %s)",
+               sub, ok, None if ok else "HTTP 503", url, claim)[0][0]
+
+
+@pytest.mark.parametrize("newer", ["asked", "claimed", "lease expired and claimed"])
+def test_a_result_whose_claim_no_longer_holds_is_not_recorded(db_url, newer):
+    """The dispatcher records under its claim (claim_verification_until). Once
+    verify() has asked again, or the lease ran out and another dispatcher took
+    the request, that result is out of date: record_verification returns
+    false and changes nothing, so a late failure cannot deactivate a
+    subscription whose newer challenge passed. The newer claim's result is
+    recorded and ends the request."""
+    sub = registered(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    first = vclaim_until(db_url, sub)
+    assert first is not None and vclaim_until(db_url, sub) is None  # held
+    if newer == "lease expired and claimed":
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification_claimed_until = "
+            "now() - interval '1 second' WHERE id = %s", sub)
+        first = sql(db_url, "SELECT verification_claimed_until FROM hookbridge.subscriptions "
+                    "WHERE id = %s", sub)[0][0]
+    else:
+        sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    second = vclaim_until(db_url, sub) if newer != "asked" else None
+    assert record_under(db_url, sub, False, first) is False
+    assert state(db_url, sub) == ("unverified", True, newer != "asked")
+    if second is None:
+        second = vclaim_until(db_url, sub)
+    assert second is not None and second != first
+    assert record_under(db_url, sub, True, second) is True
+    assert state(db_url, sub) == ("verified", False, False)
+    # and a claim that holds ends its request with a failure, as before
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    third = vclaim_until(db_url, sub)
+    assert record_under(db_url, sub, False, third) is True
+    assert state(db_url, sub) == ("failed", False, False)
+    # an outcome for a URL the subscription no longer has: not recorded either
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert record_under(db_url, sub, True, vclaim_until(db_url, sub),
+                        url="https://old.example.com/hook") is False
+    assert state(db_url, sub)[0] == "failed"
 
 
 def test_a_result_ends_the_request_it_was_claimed_for(db_url):

@@ -89,6 +89,8 @@ def test_an_operator_manages_subscriptions_only_through_the_api(db_url):
             "event_type) VALUES (gen_random_uuid(), gen_random_uuid(), '', '')")
     # the services' functions: an operator cannot fake a verification
     refused(ops, "SELECT hookbridge.record_verification(%s, true)", sub)
+    refused(ops, "SELECT hookbridge.record_verification(%s, true, NULL, NULL, now())", sub)
+    refused(ops, "SELECT hookbridge.claim_verification_until(%s)", sub)
     with pytest.raises(psycopg2.Error) as e:
         sql(ops, "SELECT hookbridge.activate(%s)", sub)
     assert e.value.pgcode == "HB011"
