@@ -397,6 +397,16 @@ static void dead_letter_free(void *arg) {
     free(d);
 }
 
+/* The dead-letter topic has it. */
+static void dead_lettered(void *arg) {
+    dead_letter_t *d = arg;
+    hb_metric_inc(d->D->m.dlq);
+    hb_log(HB_LOG_WARN,
+           HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id, "event_type",
+                 d->event_type),
+           "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
+}
+
 /* The log answered: dead-letter, unless the delivery is already final or this
  * attempt was already logged (a duplicate after a restart: dead-lettering it
  * would be a second, or a false, dead letter). */
@@ -413,16 +423,15 @@ static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
                "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
                stale, d->reason);
         hb_gate_release(D->outbox, g);
+        dead_letter_free(d); /* and the message */
     } else {
-        hb_metric_inc(D->m.dlq);
-        hb_log(HB_LOG_WARN,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
-        hb_outbox_send(D->outbox, d->m); /* its ack logs the row, whose commit releases g */
+        hb_pmsg_t *m = d->m;
         d->m = NULL;
+        /* said and counted once the broker has it: a dead letter the broker
+         * refuses for a while, or one unsent at a crash, is not one yet */
+        hb_pmsg_on_taken(m, dead_lettered, d, dead_letter_free);
+        hb_outbox_send(D->outbox, m); /* its ack logs the row, whose commit releases g */
     }
-    dead_letter_free(d); /* and the message, when it was not sent */
 }
 
 /* Final failure: the log is asked first (dead_letter_answered); then the

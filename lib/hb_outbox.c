@@ -23,8 +23,11 @@ struct hb_pmsg_s {
     size_t len;
     char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
     hb_gate_t *gate;
-    hb_dlog_row_t *row; /* logged once the broker acks, with gate as its token */
-    char *delivery_id;  /* the delivery it carries (a retry or dead letter), else NULL */
+    hb_dlog_row_t *row;       /* logged once the broker acks, with gate as its token */
+    char *delivery_id;        /* the delivery it carries (a retry or dead letter), else NULL */
+    void (*taken)(void *arg); /* the broker has it (hb_pmsg_on_taken) */
+    void (*taken_free)(void *arg);
+    void *taken_arg;
     int64_t resend_at;
     struct hb_pmsg_s *next;
 };
@@ -160,6 +163,8 @@ void hb_gate_log(hb_outbox_t *ob, hb_gate_t *g, hb_dlog_row_t *row) {
 /* ------------------------------------------------------------- producing */
 
 void hb_pmsg_free(hb_pmsg_t *m) {
+    if (m->taken_free)
+        m->taken_free(m->taken_arg);
     hb_dlog_row_free(m->row);
     free(m->delivery_id);
     free(m->topic);
@@ -173,6 +178,13 @@ void hb_pmsg_free(hb_pmsg_t *m) {
 void hb_pmsg_set_delivery(hb_pmsg_t *m, const char *delivery_id) {
     free(m->delivery_id);
     m->delivery_id = delivery_id ? hb_strdup(delivery_id) : NULL;
+}
+
+void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
+                      void (*free_arg)(void *arg)) {
+    m->taken = taken;
+    m->taken_arg = arg;
+    m->taken_free = free_arg;
 }
 
 /* The broker refused m (or it could not be queued): produced again in a
@@ -228,6 +240,8 @@ static void on_produced(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         resend_later(ob, m, "the broker did not take a message for", rkm->err);
         return;
     }
+    if (m->taken)
+        m->taken(m->taken_arg);
     if (m->row) { /* durable on the broker: now the log may say so */
         hb_dlog_add_row(ob->dlog, m->row, m->gate);
         m->row = NULL;

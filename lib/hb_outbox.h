@@ -109,6 +109,11 @@ void hb_pmsg_free(hb_pmsg_t *m);
 /* Names the delivery m carries (a retry or a dead letter), for the log lines
  * about it (copied; NULL: none). */
 void hb_pmsg_set_delivery(hb_pmsg_t *m, const char *delivery_id);
+/* Calls taken(arg) when the broker has m (its row is logged after), and
+ * free_arg(arg) (may be NULL) when m is freed, taken or not: unsent at
+ * shutdown, taken() is never called. */
+void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
+                      void (*free_arg)(void *arg));
 /* Produces m (taken), at least once. */
 void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m);
 /* Produces an already-encoded message; the job (may be NULL) is held until

@@ -532,7 +532,7 @@ static void register_metrics(hb_worker_t *w) {
         hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
     w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
     w->dm.dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
-                                   "Deliveries sent to the dead-letter topic.");
+                                   "Deliveries the dead-letter topic has taken.");
     w->dm.dlq_skipped = hb_metrics_counter(
         "hookbridge_dead_letters_skipped_total", NULL,
         "Final failures not dead-lettered: the delivery log had the delivery final already, or "

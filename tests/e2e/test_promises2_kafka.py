@@ -67,7 +67,8 @@ def test_a_retry_and_a_dead_letter_the_broker_refuses_are_produced_again_until_t
     committed. Once the tier takes 1 MiB again the retry goes through (the
     offset is committed), the retrier attempts it, and its dead letter is
     refused likewise until the dead-letter topic takes it: then the log says
-    failed, the dead letter is on the topic once, the tier's offset committed.
+    failed, the dead letter is on the topic once, the tier's offset committed;
+    only then is it said and counted as dead-lettered.
 
     Checked to fail without the promise: with hb_outbox.c dropping a refused
     message (on_produced releasing its gate instead of queueing it again),
@@ -117,6 +118,9 @@ def test_a_retry_and_a_dead_letter_the_broker_refuses_are_produced_again_until_t
     assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
     assert committed(space.bootstrap, rgroup, tier) == 0, \
         "the retry's offset moved before its dead letter was on the topic"
+    # Not dead-lettered yet, and not said or counted as if it were.
+    assert "dead-lettered" not in r.proc.output()
+    assert r.metric("hookbridge_dead_letters_total") == 0
 
     set_max_message_bytes(space.bootstrap, [space.dlq_topic], KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
     wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries")
@@ -126,6 +130,8 @@ def test_a_retry_and_a_dead_letter_the_broker_refuses_are_produced_again_until_t
     dlq = topic_records(space.bootstrap, space.dlq_topic, want=1)
     assert len(dlq) == 1
     assert len(rcv.posts()) == 2
+    assert r.proc.output().count("delivery failed after 2 attempt(s), dead-lettered") == 1
+    assert r.metric("hookbridge_dead_letters_total") == 1
     assert not re.search(r'"level":"error"', d.proc.output() + r.proc.output())
 
 
