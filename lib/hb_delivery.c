@@ -67,8 +67,9 @@ const char *hb_dl_state_name(hb_dl_state_t st) {
 static const unsigned next_states[HB_DL_STATES] = {
     [HB_DL_PENDING] = S(HB_DL_IN_FLIGHT) | S(HB_DL_NOT_MADE) | S(HB_DL_FAILED) | S(HB_DL_DROPPED) |
                       S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
+    /* PENDING again: taken back from a host queue to be sent anew (send_again) */
     [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
-                        S(HB_DL_ABANDONED) | S(HB_DL_LOST),
+                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING),
     [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
 };
 #undef S
@@ -614,6 +615,31 @@ static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+/* A pending delivery that waited (for its rate-limit turn, or for a
+ * connection while its subscription changed) goes on as the subscription is
+ * now: 1 when that ended it (dropped: deregistered, inactive or deactivated
+ * since it began; parked: its new URL awaits verification), else 0 with dl
+ * bound to the current subscription (URL, secrets, options). */
+static int as_it_is_now(hb_deliveries_t *D, hb_delivery_t *dl) {
+    hb_sub_t *sub;
+    const char *why;
+    if (!D->current)
+        return 0;
+    sub = D->current(dl->sub->id, D->current_opaque);
+    why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
+    if (why) {
+        hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
+        return 1;
+    }
+    if (sub != dl->sub)
+        hb_delivery_rebind(dl, sub);
+    if (hb_sub_awaiting_verification(sub)) {
+        park_unverified(D, dl);
+        return 1;
+    }
+    return 0;
+}
+
 /* Its turn came. */
 static void rate_send(void *item, long long held_ms, int throttled, void *opaque) {
     hb_deliveries_t *D = opaque;
@@ -625,20 +651,8 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         hb_delivery_abandon(D, dl);
         return;
     }
-    if (D->current) { /* it waited: the subscription as it is now */
-        hb_sub_t *sub = D->current(dl->sub->id, D->current_opaque);
-        const char *why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
-        if (why) {
-            hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
-            return;
-        }
-        if (sub != dl->sub)
-            hb_delivery_rebind(dl, sub);
-        if (hb_sub_awaiting_verification(sub)) {
-            park_unverified(D, dl);
-            return;
-        }
-    }
+    if (as_it_is_now(D, dl))
+        return;
     if (circuit_enabled(D) && *dl->endpoint && (open = circuit_open(D, dl, 1)) != 0) {
         /* the circuit opened while it waited, or another attempt probes it */
         route_not_made(D, dl, circuit_reason(open), 1);
@@ -731,6 +745,18 @@ static void transmit(hb_deliveries_t *D, hb_delivery_t *dl) {
                     (size_t)D->cfg->response_snippet_bytes, on_attempt_done, dl);
 }
 
+/* Taken back from its host's queue because its subscription changed
+ * (hb_deliveries_rebind_waiting): sent anew as the subscription is now, to
+ * its current URL with its current secrets, or dropped or parked. The probe
+ * slot it may hold is given up; the circuit (and rate limit) of its
+ * subscription's host decide again. */
+static void send_again(hb_deliveries_t *D, hb_delivery_t *dl) {
+    circuit_release(D, dl);
+    set_state(D, dl, HB_DL_PENDING);
+    if (!as_it_is_now(D, dl))
+        hb_delivery_send(D, dl);
+}
+
 /* Classify and route a finished request. */
 static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_delivery_t *dl = opaque;
@@ -744,6 +770,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     }
     if (res->not_sent && hb_delivery_revoked(dl)) { /* its new owner sends it */
         hb_delivery_abandon(D, dl);
+        return;
+    }
+    if (res->not_sent == HB_HTTP_WITHDRAWN) { /* its subscription changed while it waited */
+        send_again(D, dl);
         return;
     }
     if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
@@ -827,6 +857,25 @@ static int revoked_request(hb_http_done_cb *done, void *opaque, void *arg) {
 static int revoked_item(void *item, void *arg) {
     (void)arg;
     return hb_delivery_revoked(item);
+}
+
+/* A request of the engine still waiting for a connection, made for a
+ * subscription the index has changed since (of subscription id, or any). */
+typedef struct {
+    hb_deliveries_t *D;
+    const char *id;
+} stale_t;
+
+static int stale_request(hb_http_done_cb *done, void *opaque, void *arg) {
+    const stale_t *st = arg;
+    hb_delivery_t *dl = opaque;
+    return done == on_attempt_done && (!st->id || strcmp(dl->sub->id, st->id) == 0) &&
+           st->D->current(dl->sub->id, st->D->current_opaque) != dl->sub;
+}
+
+size_t hb_deliveries_rebind_waiting(hb_deliveries_t *D, const char *sub_id) {
+    stale_t st = {D, sub_id};
+    return D->current ? hb_http_withdraw(D->http, stale_request, &st) : 0;
 }
 
 size_t hb_deliveries_withdraw(hb_deliveries_t *D) {

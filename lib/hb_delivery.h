@@ -181,6 +181,14 @@ long long hb_deliveries_tick(hb_deliveries_t *D);
  * many. Main loop thread, not from inside a completion or rate-limit
  * callback. */
 size_t hb_deliveries_withdraw(hb_deliveries_t *D);
+/* A subscription changed (sub_id; NULL: the index was loaded again): every
+ * request of the engine made for it as it was and still waiting in a host
+ * queue is taken back and sent anew as the subscription is now (its URL and
+ * secrets), or dropped (deregistered, deactivated) or parked (its new URL
+ * awaits verification), once hb_http_run completes it; running ones finish.
+ * Returns how many. Needs hb_deliveries_set_current; main loop thread, not
+ * from inside a completion or rate-limit callback. */
+size_t hb_deliveries_rebind_waiting(hb_deliveries_t *D, const char *sub_id);
 /* Shutdown passed its deadline: completions record nothing from now on. */
 void hb_deliveries_abandon(hb_deliveries_t *D);
 int hb_deliveries_abandoning(const hb_deliveries_t *D);

@@ -258,12 +258,15 @@ static int load_index(hb_worker_t *w) {
 
 static void index_loaded(hb_worker_t *w) {
     w->index_loaded = load_index(w) == 0;
+    if (w->index_loaded) /* changes missed while disconnected (none at start) */
+        (void)hb_deliveries_rebind_waiting(w->deliveries, NULL);
     if (w->index_loaded && w->spec.hooks->on_index_loaded)
         w->spec.hooks->on_index_loaded(w, w->spec.opaque);
 }
 
 static void on_change(const char *id, hb_sub_t *sub, void *opaque) {
     hb_worker_t *w = opaque;
+    size_t rebound;
     if (sub) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "subscription changed: %s, %s",
                sub->active ? "active" : "inactive", sub->verified ? "verified" : "not verified");
@@ -273,6 +276,11 @@ static void on_change(const char *id, hb_sub_t *sub, void *opaque) {
         hb_index_remove(w->index, id);
     }
     hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
+    /* what waits for a connection goes as the subscription is now */
+    rebound = hb_deliveries_rebind_waiting(w->deliveries, id);
+    if (rebound)
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", id),
+               "%zu request(s) waiting for a connection follow the change", rebound);
 }
 
 static void on_verify(const char *id, void *opaque) {

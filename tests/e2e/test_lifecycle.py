@@ -201,21 +201,12 @@ def test_rotation_sends_both_signatures_during_the_grace_then_only_the_new(db_ur
 SLOW_ANSWER = 3.0  # seconds the slow endpoint takes to answer the challenge
 
 
-def posted_uuids(handler):
-    """The uuids of the events in the POST a hand-made endpoint is reading."""
-    import json
-    body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
-    evs = body["data"]["events"] if isinstance(body, dict) and "data" in body else (
-        body if isinstance(body, list) else [body])
-    return [e["uuid"] for e in evs]
-
-
 def slow_challenge_endpoint():
     """An endpoint that answers the challenge correctly but SLOW_ANSWER s late
     (got_get is set when a GET arrives), and records the events POSTed to it."""
     import threading
 
-    from hbtest.endpoints import ChallengeAnswering, serve
+    from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
 
     got_get = threading.Event()
     events = []
@@ -315,7 +306,7 @@ def test_an_older_challenge_s_failure_does_not_undo_a_newer_one_s_success(db_url
     deactivated the subscription, and nothing was delivered any more)."""
     import threading
 
-    from hbtest.endpoints import ChallengeAnswering, serve
+    from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
 
     first_get, events = threading.Event(), []
 

@@ -195,6 +195,80 @@ def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, w
         b.shutdown()
 
 
+@pytest.mark.parametrize("change", ["url", "deactivate"])
+def test_requests_waiting_for_a_connection_follow_a_change_of_their_subscription(
+        db_url, procs, workdir, change):
+    """docs/sql.md, update: "the old URL receives nothing after the change";
+    deactivate: "stops deliveries". A receives one connection at a time
+    (HOOKBRIDGE_MAX_HOST_CONNECTIONS=1) and holds the first POST: two more
+    deliveries wait in the dispatcher's host queue for a connection. Then the
+    URL moves to B, or the subscription is deactivated. The waiting two leave
+    the queue at once (the dispatcher says so): after a URL change they wait
+    for B's challenge and reach B; after a deactivation they are dropped. A
+    gets the one POST it held and nothing more. (Before, they stayed in the
+    queue as the subscription was and went to A once it answered: checked
+    with a build without hb_deliveries_rebind_waiting, A got 3 POSTs.)"""
+    import threading
+    from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
+
+    release, at_a, at_b = threading.Event(), [], []
+
+    def recorder(posts, hold):
+        class Endpoint(ChallengeAnswering):
+            def do_POST(self):
+                posts.extend(posted_uuids(self))
+                if hold:
+                    release.wait(60)
+                self.send_response(204)
+                self.end_headers()
+        return serve(Endpoint)
+
+    a, b = recorder(at_a, True), recorder(at_b, False)
+    tier = 2
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1", "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
+           "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"}
+    try:
+        broker = Broker(procs, workdir, retry_schedule=f"{tier}s")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        r.wait_ready()
+        sub = register_verified(db_url, a.url, ["user.session.start"])
+        wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10, "the dispatcher to see it")
+        evs = [event("user.session.start") for _ in range(3)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: at_a, 20 * SLOW, "the first POST at A")
+        wait_until(lambda: len(delivery_rows(db_url, sub)) == 0 and
+                   d.metric("hookbridge_deliveries_created_total") >= 3, 10 * SLOW,
+                   "the other two to wait for a connection")
+
+        if change == "url":
+            sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, b.url)
+        else:
+            sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: "2 request(s) waiting for a connection follow the change"
+                   in d.proc.output(), 10 * SLOW, "the waiting requests to follow the change")
+        release.set()  # A answers the POST it held
+        want = {"url": ["delivered"] * 3, "deactivate": ["delivered", "dropped", "dropped"]}
+        rows = wait_until(lambda: (rs := delivery_rows(db_url, sub)) and
+                          sorted(x[1] for x in rs) == want[change] and rs,
+                          (3 * tier + 20) * SLOW, "every delivery's outcome")
+        time.sleep(0.5 * SLOW)  # anything still meant for A would be on its way
+        assert len(at_a) == 1, f"A got {len(at_a)} POSTs after the change"
+        if change == "url":
+            assert sorted(at_b) == sorted(e["uuid"] for e in evs if e["uuid"] not in at_a)
+            assert sorted(x[2] for x in rows) == [1, 1, 1], "an attempt not made was counted"
+        else:
+            assert at_b == []
+            assert sorted(x[3] for x in rows if x[1] == "dropped") == \
+                ["subscription inactive"] * 2
+    finally:
+        release.set()
+        a.shutdown()
+        b.shutdown()
+
+
 def test_a_delivery_held_by_the_rate_limit_goes_to_the_new_url_with_the_new_secret(
         db_url, procs, workdir):
     """docs/payloads.md, rate_limit: "A held delivery goes out as its

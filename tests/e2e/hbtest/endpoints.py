@@ -24,6 +24,15 @@ class ChallengeAnswering(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def posted_uuids(handler):
+    """The uuids of the events in the POST a hand-made endpoint is reading
+    (any payload format: an Okta event-hook envelope, a list, one event)."""
+    body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+    evs = body["data"]["events"] if isinstance(body, dict) and "events" in body.get(
+        "data", {}) else (body if isinstance(body, list) else [body])
+    return [e["uuid"] for e in evs]
+
+
 def serve(handler):
     """Starts a threaded server for handler on a free loopback port; returns it
     (its url attribute is http://127.0.0.1:PORT/hook). Call .shutdown()."""
