@@ -707,6 +707,28 @@ static const struct {
     [S_LOOKUP_TAILS] = {"hb_dlog_lookup_tails", DLOG_LOOKUP_TAILS},
 };
 
+/* A new connection for the writer, its statements not prepared yet. Their
+ * plans are the generic ones: with the log partitioned by day, planning a
+ * look-up for its parameters (what PostgreSQL otherwise keeps doing for it)
+ * walks every partition and cost about 0.9 ms a look-up at 35 partitions (a
+ * 30-day retention), against 0.2 ms with the generic plan; the writes'
+ * plans do not depend on their parameters anyway. Set outside any
+ * transaction, so no rollback undoes it; a server that cannot (before
+ * PostgreSQL 12) keeps its default, said once at debug. */
+static int dlog_connect(hb_dlog_t *dl, char *why, size_t whysz) {
+    PGresult *res;
+    dl->prepared = 0;
+    dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
+    if (!dl->conn)
+        return -1;
+    res = PQexec(dl->conn, "SET plan_cache_mode = force_generic_plan");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        hb_log(HB_LOG_DEBUG, NULL, "delivery log: plan_cache_mode not set: %s",
+               PQresultErrorMessage(res));
+    PQclear(res);
+    return 0;
+}
+
 /* Runs statement s with n text parameters; the result as PQexecPrepared's,
  * or the failed prepare's. */
 static PGresult *dlog_run(hb_dlog_t *dl, int s, int n, const char *const *params,
@@ -864,12 +886,8 @@ static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, in
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
     dlog_wrc_t rc = W_OK;
 
-    if (!dl->conn) {
-        dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
-        dl->prepared = 0;
-        if (!dl->conn)
-            return W_RETRY;
-    }
+    if (!dl->conn && dlog_connect(dl, why, whysz) < 0)
+        return W_RETRY;
     for (size_t i = 0; i < n; i++) {
         dlog_row_t *r = rows[i];
         if (!r->ids_bin)
@@ -1022,12 +1040,8 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     PGresult *res;
     dlog_wrc_t rc = W_OK;
 
-    if (!dl->conn) {
-        dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
-        dl->prepared = 0;
-        if (!dl->conn)
-            return W_RETRY;
-    }
+    if (!dl->conn && dlog_connect(dl, why, whysz) < 0)
+        return W_RETRY;
     hb_buf_put(&ids, "{", 1);
     for (size_t i = 0; i < n; i++) /* a tail look-up matches nothing here */
         buf_elem_text(&ids, rows[i]->ordering_key ? NULL : rows[i]->delivery_id);
@@ -1233,9 +1247,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
     hb_cond_init_mono(&dl->cv);
 
     /* Connect now so a wrong URL or a down database is reported at start. */
-    dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", errstr, errstr_size);
-    dl->prepared = 0;
-    if (!dl->conn)
+    if (dlog_connect(dl, errstr, errstr_size) < 0)
         goto fail;
     err = pthread_create(&dl->thread, NULL, dlog_main, dl);
     if (err) {
