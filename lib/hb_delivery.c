@@ -458,7 +458,8 @@ static void route_failed(hb_deliveries_t *D, hb_delivery_t *dl, int attempt,
     d->event_type = hb_strdup(dl->event_type);
     d->reason = hb_strdup(reason ? reason : "");
     d->attempt = attempt;
-    hb_gate_lookup(D->outbox, g, dl->id, dead_letter_answered, d, dead_letter_free);
+    hb_gate_lookup(D->outbox, g, dl->id, dl->first_attempt_ms, dead_letter_answered, d,
+                   dead_letter_free);
 }
 
 static double random_unit(void) {

@@ -65,6 +65,9 @@
 #define DLOG_BACKOFF_MAX_MS 5000 /* so does the log: offsets move again */
 #define DLOG_WARN_EVERY_MS 30000
 #define DLOG_COL_KEEP (1u << 20) /* a column buffer larger than this is freed after its batch */
+/* A look-up's first day when its delivery's first attempt is unknown: every
+ * partition (about 2700 years before 1970, a valid date) */
+#define LOOKUP_ANY_DAY (-1000000)
 
 struct hb_dlog_row_s {
     char *delivery_id;
@@ -306,7 +309,8 @@ static int uuid_shaped(const char *s) {
     return uuid_parse(s, u) == 0;
 }
 
-void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token) {
+void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, int64_t since_ms, hb_dlog_state_t *out,
+                    void *token) {
     dlog_row_t *r;
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&dl->mu);
@@ -322,6 +326,8 @@ void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out
     }
     r->lookup = out;
     r->token = token;
+    /* a day early: the margin costs one partition, and no row can be missed */
+    r->log_day = since_ms > 0 ? hb_dlog_day(since_ms) - 1 : LOOKUP_ANY_DAY;
     vec_push(&dl->queue, r);
     dl->queue_lookups++;
     pthread_cond_signal(&dl->cv); /* answered soon, not at the next flush */
@@ -627,10 +633,14 @@ struct dlog_cols_s {
     "                unnest($9::" IDT "[]) AS sid) r"
 
 /* A delivery with two rows (two days) is answered by the later one (the
- * last filled in). */
+ * last filled in). Each id comes with the first day its rows can be in
+ * (days since 1970-01-01): the day partitions before it are pruned while the
+ * query runs (PostgreSQL's run-time pruning, per id). */
 static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts"
-                                  "  FROM unnest($1::uuid[]) WITH ORDINALITY AS r(id, i)"
+                                  "  FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY"
+                                  "       AS r(id, since, i)"
                                   "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id"
+                                  "   AND d.log_day >= date '1970-01-01' + r.since"
                                   " ORDER BY r.i, d.log_day";
 
 /* Ordered delivery: each keyed row makes its delivery the key's tail, unless
@@ -1035,19 +1045,27 @@ static dlog_wrc_t dlog_lookup_tails(hb_dlog_t *dl, dlog_row_t **rows, size_t n, 
 /* Answers the look-ups rows[0..n) in one query (each out filled; not found
  * stays zeroed); tail look-ups in a second one. */
 static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *why, size_t whysz) {
-    hb_buf_t ids = {0};
-    const char *params[1];
+    hb_buf_t ids = {0}, since = {0};
+    const char *params[2];
     PGresult *res;
     dlog_wrc_t rc = W_OK;
 
     if (!dl->conn && dlog_connect(dl, why, whysz) < 0)
         return W_RETRY;
     hb_buf_put(&ids, "{", 1);
-    for (size_t i = 0; i < n; i++) /* a tail look-up matches nothing here */
+    hb_buf_put(&since, "{", 1);
+    for (size_t i = 0; i < n; i++) { /* a tail look-up matches nothing here */
+        char day[24];
         buf_elem_text(&ids, rows[i]->ordering_key ? NULL : rows[i]->delivery_id);
+        snprintf(day, sizeof(day), "%s%lld", i ? "," : "",
+                 rows[i]->ordering_key ? (long long)LOOKUP_ANY_DAY : (long long)rows[i]->log_day);
+        hb_buf_puts(&since, day);
+    }
     hb_buf_put(&ids, "}", 1);
+    hb_buf_put(&since, "}", 1);
     params[0] = ids.p;
-    res = dlog_run(dl, S_LOOKUP, 1, params, NULL, NULL);
+    params[1] = since.p;
+    res = dlog_run(dl, S_LOOKUP, 2, params, NULL, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
         rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
@@ -1069,6 +1087,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     }
     PQclear(res);
     free(ids.p);
+    free(since.p);
     if (rc == W_OK) {
         rc = dlog_lookup_tails(dl, rows, n, why, whysz);
         if (rc != W_OK && PQstatus(dl->conn) == CONNECTION_BAD) {

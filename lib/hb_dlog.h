@@ -114,8 +114,12 @@ void hb_dlog_add_row(hb_dlog_t *dl, hb_dlog_row_t *r, void *token);
 
 /* Queues a look-up of delivery_id behind everything queued so far; once they
  * are committed, *out is filled and token (non-NULL) comes back through
- * hb_dlog_take_flushed. *out must stay valid until then. Any thread. */
-void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, hb_dlog_state_t *out, void *token);
+ * hb_dlog_take_flushed. *out must stay valid until then. since_ms: the
+ * delivery's first attempt (wall clock ms; 0: unknown): its rows are in the
+ * day partitions from that day on, so only those are searched (with a
+ * 30-day retention, a look-up otherwise probes 35 partitions). Any thread. */
+void hb_dlog_lookup(hb_dlog_t *dl, const char *delivery_id, int64_t since_ms, hb_dlog_state_t *out,
+                    void *token);
 
 /* The same for an ordered key: which delivery is the newest of
  * (subscription_id, key) (hookbridge.ordering_tails), and its status. */

@@ -134,7 +134,7 @@ void hb_gate_done(hb_outbox_t *ob, hb_gate_t *g) {
     hb_gate_release(ob, g);
 }
 
-void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
+void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id, int64_t since_ms,
                     void (*answered)(hb_outbox_t *ob, hb_gate_t *g), void *arg,
                     void (*arg_free)(void *arg)) {
     g->pending = 1;
@@ -142,7 +142,7 @@ void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
     g->arg = arg;
     g->arg_free = arg_free;
     ob->lookups++;
-    hb_dlog_lookup(ob->dlog, delivery_id, &g->state, g);
+    hb_dlog_lookup(ob->dlog, delivery_id, since_ms, &g->state, g);
 }
 
 void hb_gate_lookup_tail(hb_outbox_t *ob, hb_gate_t *g, const char *subscription_id,

@@ -86,9 +86,10 @@ void hb_gate_done(hb_outbox_t *ob, hb_gate_t *g);
 void hb_gate_release(hb_outbox_t *ob, hb_gate_t *g);
 /* Frees a gate without releasing its jobs (a look-up's, which held none). */
 void hb_gate_forget(hb_outbox_t *ob, hb_gate_t *g);
-/* Asks the delivery log about delivery_id; answered(ob, g) runs with g->state
- * filled once every row queued before is committed. */
-void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id,
+/* Asks the delivery log about delivery_id (first attempted at since_ms, 0:
+ * unknown; hb_dlog_lookup); answered(ob, g) runs with g->state filled once
+ * every row queued before is committed. */
+void hb_gate_lookup(hb_outbox_t *ob, hb_gate_t *g, const char *delivery_id, int64_t since_ms,
                     void (*answered)(hb_outbox_t *ob, hb_gate_t *g), void *arg,
                     void (*arg_free)(void *arg));
 /* The same for the tail of an ordered key (hb_dlog_lookup_tail). */

@@ -139,19 +139,25 @@ static void lookup_answered(hb_outbox_t *ob, hb_gate_t *g) {
     free(c);
 }
 
-void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
-    hb_worker_lookup_id(w, dl, dl->id, then, opaque);
-}
-
-void hb_worker_lookup_id(hb_worker_t *w, hb_delivery_t *dl, const char *id,
-                         hb_worker_lookup_cb then, void *opaque) {
+static void lookup(hb_worker_t *w, hb_delivery_t *dl, const char *id, int64_t since_ms,
+                   hb_worker_lookup_cb then, void *opaque) {
     lookup_ctx_t *c = hb_calloc(1, sizeof(*c));
     c->w = w;
     c->dl = dl;
     c->then = then;
     c->opaque = opaque;
-    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), id, lookup_answered, c,
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), id, since_ms, lookup_answered, c,
                    lookup_ctx_free);
+}
+
+void hb_worker_lookup(hb_worker_t *w, hb_delivery_t *dl, hb_worker_lookup_cb then, void *opaque) {
+    /* its rows are from its first attempt's day on */
+    lookup(w, dl, dl->id, dl->first_attempt_ms, then, opaque);
+}
+
+void hb_worker_lookup_id(hb_worker_t *w, hb_delivery_t *dl, const char *id,
+                         hb_worker_lookup_cb then, void *opaque) {
+    lookup(w, dl, id, 0, then, opaque); /* another delivery's: any day */
 }
 
 typedef struct ask_ctx_s {
@@ -193,7 +199,7 @@ static ask_ctx_t *ask_ctx(hb_worker_t *w, hb_worker_answer_cb then, void *opaque
 
 void hb_worker_ask(hb_worker_t *w, const char *delivery_id, hb_worker_answer_cb then, void *opaque,
                    void (*opaque_free)(void *opaque)) {
-    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), delivery_id, ask_answered,
+    hb_gate_lookup(w->outbox, hb_gate_new(w->outbox, NULL, 0), delivery_id, 0, ask_answered,
                    ask_ctx(w, then, opaque, opaque_free), ask_ctx_free);
 }
 
