@@ -1,0 +1,334 @@
+"""A third pass over promises of the documentation that no test held the code
+to, end to end with the real services, about what an operator or a webhook
+receiver notices when something goes wrong:
+
+- a service draining on SIGTERM says `shutting down` on /readyz while
+  /healthz stays 200 (docs/operations.md, Health, shutdown and logs);
+- a running dispatcher keeps delivering while PostgreSQL is unreachable, and
+  the operator sees what the runbook says (docs/operations.md, PostgreSQL
+  unreachable);
+- redirects are never followed (docs/security.md, docs/design.md);
+- only HOOKBRIDGE_RESPONSE_SNIPPET_BYTES of a response are kept, the rest is
+  read and discarded (docs/security.md, Redirects, bounds and headers);
+- the producer refuses an event whose encoding is over 256 KiB, with a
+  per-line error, so nothing oversized enters Kafka (docs/security.md);
+- HOOKBRIDGE_LOG_LEVEL: `warn` keeps info lines out, `debug` adds a line per
+  delivery (docs/operations.md, Logs; docs/configuration.md)."""
+import http.server
+import json
+import re
+import signal
+import threading
+
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce, topic_records
+from hbtest.tcpproxy import TcpProxy
+from test_delivery import event, register_verified, sql
+
+
+def deliveries(db_url, sub):
+    """(status, attempts, last_error) of each of sub's deliveries."""
+    return sql(db_url, "SELECT status, attempts, coalesce(last_error, '') FROM "
+               "hookbridge.deliveries WHERE subscription_id = %s ORDER BY created_at", sub)
+
+
+def log_lines(proc):
+    """Every JSON line the process wrote, parsed."""
+    return [json.loads(l) for l in proc.output().splitlines() if l.startswith("{")]
+
+
+# ------------------------------------------------------------ draining
+
+def test_a_draining_service_says_shutting_down_on_readyz_and_stays_live(db_url, procs,
+                                                                        workdir):
+    """docs/operations.md, Health, shutdown and logs: /readyz is 503 with the
+    reason in the body, among them `shutting down`; /healthz "is 200 while
+    the service's main loop turns"; SIGTERM lets the deliveries in flight
+    finish, then the service exits 0.
+
+    What the operator sees: a pod draining a slow request (4 s here) is
+    reported not ready, with the reason `shutting down` (a rollout or an alert
+    reads it), and its liveness probe keeps passing, so Kubernetes does not
+    kill it mid-drain; the request finishes and is logged delivered.
+
+    Checked to fail without the behaviour: with update_readiness's
+    `hb_stop_requested` branch removed (lib/hb_worker.c), /readyz stays 200
+    during the drain ("/readyz to say shutting down" times out)."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir, delay_ms=4000)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: d.metric("hookbridge_requests_in_flight") >= 1, 20,
+               "the slow request in flight")
+    d.proc.signal(signal.SIGTERM)
+    wait_until(lambda: "stopping:" in d.proc.output(), 5, "the drain to start")
+    status, body = wait_until(lambda: (r := d.get("/readyz"))[0] != 200 and r, 2,
+                              "/readyz to say shutting down")
+    assert (status, body.strip()) == (503, "shutting down"), (status, body)
+    assert d.get("/healthz")[0] == 200, "the liveness probe failed during the drain"
+    assert d.proc.alive(), "exited before its request finished: the test checks nothing"
+    assert d.proc.p.wait(30 * SLOW) == 0
+    assert deliveries(db_url, sub) == [("delivered", 1, "")]
+    assert len(rcv.events()) == 1
+
+
+# ----------------------------------------------------- database outage
+
+def test_a_running_dispatcher_keeps_delivering_through_a_database_outage(pg_cluster, db_url,
+                                                                        procs, workdir):
+    """docs/operations.md, Runbooks, PostgreSQL unreachable: "What you see:
+    `/readyz` 503 with `database not connected` ..., `hookbridge_database_
+    errors_total` rising ... `delivery log: cannot write, will retry: ...`";
+    "A running pod keeps its subscription index in memory and keeps
+    delivering; attempts wait in a queue for the delivery log, and a delivery
+    counts as done only once its row is written ... Readiness returns by
+    itself".
+
+    What the receiver sees: events produced while the database is away still
+    arrive, once each. What the operator sees: the readiness reason, the
+    error counter and the warn line of the runbook (the alert
+    HookbridgeDatabaseErrors rests on that counter), and once the database is
+    back every delivery in the log as delivered, with no request made twice.
+
+    Checked to fail without the behaviour: with the dispatcher's
+    one_pass() taking messages only while the store is connected (adding
+    `hb_store_connected(w->store) &&` to its consume condition in
+    lib/hb_worker.c), the events wait for the database ("the events
+    delivered while the database is away" times out). Reasoning for the
+    counter: it is compared with its value before the cut, so a build that
+    does not count failed reconnections fails the assertion."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap)
+        d.wait_ready()
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
+                   "the first event delivered and logged")
+        errors_before = d.metric("hookbridge_database_errors_total")
+
+        proxy.cut()
+        status, body = wait_until(lambda: (r := d.get("/readyz"))[0] == 503 and r, 20,
+                                  "/readyz 503 without the database")
+        assert body.strip() == "database not connected", body
+        assert d.get("/healthz")[0] == 200
+        during = [event("user.session.start") for _ in range(3)]
+        produce(broker.bootstrap, during)
+        wait_until(lambda: {e["uuid"] for e in during} <= {e["uuid"] for _, e in rcv.events()},
+                   20, "the events delivered while the database is away")
+        wait_until(lambda: "delivery log: cannot write, will retry: " in d.proc.output(), 10,
+                   "the runbook's warn line")
+        assert d.metric("hookbridge_database_errors_total") > errors_before, \
+            "hookbridge_database_errors_total did not rise during the outage"
+        assert [r for r in deliveries(db_url, sub) if r[0] != "delivered"] == []
+        assert len(deliveries(db_url, sub)) == 1, "logged without the database?"
+
+        proxy.start()
+        wait_until(lambda: d.get("/readyz")[0] == 200, 15, "ready again")
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")] * 4, 20,
+                   "the outage's deliveries in the log once it is back")
+        ids = [p["headers"]["webhook-id"] for p in rcv.posts()]
+        assert len(ids) == len(set(ids)) == 4, "a request was made twice"
+        assert d.proc.stop() == 0
+    finally:
+        proxy.close()
+
+
+# ----------------------------------------------------------- redirects
+
+class Redirecting(ChallengeAnswering):
+    """Answers each POST to /hook<code> with <code> and a Location to the
+    server's `target`."""
+    target = None
+    posts = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).posts.append(self.path)
+        code = int(self.path.rsplit("hook", 1)[1])
+        self.send_response(code)
+        self.send_header("Location", type(self).target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_redirects_are_never_followed(db_url, procs, workdir):
+    """docs/security.md, Redirects: "Redirects are never followed: a 3xx
+    answer fails the delivery with `redirect (HTTP 302) not followed`";
+    docs/design.md, How an answer is classified: "3xx | failed"; README.md,
+    Retries: "3xx (redirects are not followed) and other 4xx final".
+
+    What the receiver sees: one POST to the registered URL, nothing at the
+    Location (which could be anywhere, an internal address included), for a
+    302 as for a 307 (which a client following redirects would POST again);
+    the operator sees each delivery failed with that reason, dead-lettered,
+    no retry scheduled, and the answer counted as 3xx.
+
+    Checked to fail without the behaviour: with CURLOPT_FOLLOWLOCATION set
+    to 1 in lib/hb_http.c the deliveries are logged delivered (the target
+    answered them)."""
+    target = Receiver(procs, workdir, name="target")
+
+    class Handler(Redirecting):
+        posts = []
+    Handler.target = target.url
+    srv = serve(Handler)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1s")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1s"})
+        d.wait_ready()
+        subs = {code: register_verified(db_url, srv.url + str(code), ["user.account.lock"])
+                for code in (302, 307)}
+        produce(broker.bootstrap, [event("user.account.lock")])
+        for code, sub in subs.items():
+            rows = wait_until(lambda: (r := deliveries(db_url, sub)) and r[0][0] != "retry"
+                              and r, 20, f"the {code} delivery's outcome")
+            assert rows == [("failed", 1, f"redirect (HTTP {code}) not followed")], rows
+        wait_until(lambda: d.metric("hookbridge_dead_letters_total") == 2, 10,
+                   "both dead-lettered")
+        assert d.metric('hookbridge_responses_total{class="3xx"}') == 2
+        assert d.metric('hookbridge_retries_enqueued_total{tier="1s"}', default=-1) == 0
+        assert topic_records(broker.bootstrap, broker.retry_prefix + "1s") == []
+        assert sorted(Handler.posts) == ["/hook302", "/hook307"], Handler.posts
+        # (the harness's own GET / saw it listen)
+        followed = [r for r in target.requests()
+                    if "urllib" not in r["headers"].get("user-agent", "")]
+        assert followed == [], "a redirect was followed"
+    finally:
+        srv.shutdown()
+
+
+# ---------------------------------------------------- response snippet
+
+BIG = 1 << 20  # bytes of the endpoint's answer
+
+
+class Talkative(ChallengeAnswering):
+    """Answers each POST 200 with a 1 MiB body of digits."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", str(BIG))
+        self.end_headers()
+        chunk = b"0123456789" * 6554
+        sent = 0
+        while sent < BIG:
+            part = chunk[:BIG - sent]
+            self.wfile.write(part)
+            sent += len(part)
+
+
+def test_only_the_snippet_of_a_large_response_is_kept(db_url, procs, workdir):
+    """docs/security.md, Redirects, bounds and headers: "Response bodies: only
+    `HOOKBRIDGE_RESPONSE_SNIPPET_BYTES` (default 512) of a delivery's response
+    are kept ...; the rest is read and discarded, never buffered"; README.md,
+    Delivery log: delivery_attempts has "the first
+    `HOOKBRIDGE_RESPONSE_SNIPPET_BYTES` of the response body".
+
+    What the user sees: an endpoint answering 2xx with 1 MiB acknowledges
+    normally (the transfer is read to its end, not failed for its size, on
+    the same keep-alive connection for the next requests), and the delivery
+    log keeps exactly the first 100 bytes (the setting here) of each answer.
+
+    Checked to fail without the behaviour: with the bound removed from
+    hb_http.c's body callback (hb_http_on_body copying all of the body), the
+    snippet assertion fails (the column holds the whole MiB). Reasoning for
+    the other half: a transfer aborted at the bound (the callback returning
+    less than it was given) would log the deliveries as retry, not
+    delivered."""
+    srv = serve(Talkative)
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RESPONSE_SNIPPET_BYTES": "100"})
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")] * 3, 20,
+                   "three deliveries acknowledged")
+        snippets = sql(db_url, "SELECT a.http_status, a.response_snippet FROM "
+                       "hookbridge.delivery_attempts a JOIN hookbridge.deliveries d USING "
+                       "(delivery_id) WHERE d.subscription_id = %s", sub)
+        assert len(snippets) == 3
+        for status, snippet in snippets:
+            assert status == 200
+            assert snippet == ("0123456789" * 10), snippet[:200]
+    finally:
+        srv.shutdown()
+
+
+# ------------------------------------------------------------ producer
+
+def test_the_producer_refuses_an_event_over_256_kib_and_produces_the_rest(broker):
+    """docs/security.md, Redirects, bounds and headers: "The producer refuses
+    an event whose encoding is over 256 KiB, with a per-line error, so
+    nothing oversized enters Kafka".
+
+    What the operator sees: the oversized line named by its number and the
+    limit, the exit status non-zero, the lines before and after it on the
+    events topic, and no message over 256 KiB there.
+
+    Checked to fail without the behaviour: with producer.c's
+    HB_EVENT_MAX_BYTES check removed the big event is produced (three
+    messages on the topic, one over 256 KiB)."""
+    small = event("user.session.start")
+    big = dict(event("user.session.start"), displayMessage="x" * (300 * 1024))
+    after = event("user.session.start")
+    r = produce(broker.bootstrap, [small, big, after], check=False)
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode != 0, out + err
+    assert "produced 2, failed 1" in out, out + err
+    assert re.search(r"line 2:.*262144", err), err
+    msgs = topic_records(broker.bootstrap, "identity.events", want=2)
+    assert len(msgs) == 2
+    assert max(len(m.value) for m in msgs) <= 256 * 1024
+
+
+# ---------------------------------------------------------------- logs
+
+def test_log_level_warn_keeps_info_out_and_debug_adds_a_line_per_delivery(db_url, procs,
+                                                                          workdir):
+    """docs/operations.md, Health, shutdown and logs: "`HOOKBRIDGE_LOG_LEVEL=
+    debug` adds a line per delivery"; docs/configuration.md,
+    HOOKBRIDGE_LOG_LEVEL: `debug`, `info`, `warn`, `error`.
+
+    What the operator sees: at `warn`, a dispatcher that starts, delivers and
+    stops writes no info or debug line at all (only warn and error, and
+    librdkafka's); at `debug` (the harness's default) each delivery has its
+    own line naming its delivery_id.
+
+    Checked to fail without the behaviour: with hb_log's level filter
+    removed (lib/hb_log.c), the warn dispatcher writes info lines; reasoning
+    for the debug half: the assertion names each delivery id in a debug
+    line, so a build without the per-delivery line fails it."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    quiet = Dispatcher(procs, db_url, broker.bootstrap, name="quiet",
+                       extra_env={"HOOKBRIDGE_LOG_LEVEL": "warn"})
+    loud = Dispatcher(procs, db_url, broker.bootstrap, name="loud",
+                      extra_env={"HOOKBRIDGE_CONSUMER_GROUP": "loud"})
+    quiet.wait_ready()
+    loud.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
+    # Both groups read the events: each delivery twice, under one webhook-id.
+    wait_until(lambda: len(rcv.posts()) == 6, 20, "both dispatchers to deliver the events")
+    ids = {p["headers"]["webhook-id"] for p in rcv.posts()}
+    assert len(ids) == 3
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                           "subscription_id = %s AND status = 'delivered'", sub)[0][0] == 3,
+               10, "the deliveries logged")
+    assert quiet.proc.stop() == 0 and loud.proc.stop() == 0
+    levels = {l["level"] for l in log_lines(quiet.proc) if l.get("source") != "librdkafka"}
+    assert levels <= {"warn", "error"}, f"HOOKBRIDGE_LOG_LEVEL=warn wrote {levels}"
+    debug_ids = {l.get("delivery_id") for l in log_lines(loud.proc) if l["level"] == "debug"}
+    assert ids <= debug_ids, f"no debug line for {ids - debug_ids}"
