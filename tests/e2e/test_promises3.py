@@ -14,13 +14,13 @@ receiver notices when something goes wrong:
   per-line error, so nothing oversized enters Kafka (docs/security.md);
 - HOOKBRIDGE_LOG_LEVEL: `warn` keeps info lines out, `debug` adds a line per
   delivery (docs/operations.md, Logs; docs/configuration.md)."""
-import http.server
 import json
 import re
 import signal
-import threading
+import time
 
 from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.lifecycle import ACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce, topic_records
 from hbtest.tcpproxy import TcpProxy
@@ -141,6 +141,65 @@ def test_a_running_dispatcher_keeps_delivering_through_a_database_outage(pg_clus
         proxy.close()
 
 
+def test_sigterm_while_the_database_is_away_exits_0_in_time_and_loses_nothing(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, Health, shutdown and logs: SIGTERM "lets the
+    deliveries in flight finish for at most `HOOKBRIDGE_SHUTDOWN_TIMEOUT`
+    ..., flushes ... the delivery log (at most 5 s), commits offsets, leaves
+    the consumer group and exits 0", `terminationGracePeriodSeconds` being
+    the drain plus 10 s; README.md, Guarantees: an offset is stored only
+    when every delivery it caused is durable and logged.
+
+    A rollout or a node drain during a database outage: the dispatcher has
+    delivered events whose rows it cannot write. What the operator sees: it
+    still exits 0 within the drain plus 10 s (not killed by Kubernetes);
+    what the receiver sees: those events again after the restart, with the
+    same webhook-id, and then the log has them delivered (at least once,
+    nothing lost).
+
+    Checked to fail without the behaviour: reasoning: an offset committed
+    for an outcome not in the log (the promise broken) makes the restarted
+    dispatcher skip those events, and "the outage's events logged after the
+    restart" times out; a drain that waits for the log without its bound
+    exits after the 15 s assertion or not at all."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        url = db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+        env = {"HOOKBRIDGE_SHUTDOWN_TIMEOUT": "5s"}
+        d = Dispatcher(procs, url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10,
+                   "the dispatcher to see the subscription active")
+        proxy.cut()
+        wait_until(lambda: d.get("/readyz")[0] == 503, 20, "/readyz 503 without the database")
+        during = [event("user.session.start") for _ in range(3)]
+        produce(broker.bootstrap, during)
+        wait_until(lambda: len(rcv.events()) == 3, 20, "the events delivered meanwhile")
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        rc = d.proc.p.wait(60 * SLOW)
+        took = time.monotonic() - t0
+        print(f"stopped with status {rc} in {took:.1f} s")
+        assert rc == 0, d.proc.output()[-2000:]
+        assert took <= 5 + 10, f"stopping with the database away took {took:.1f}s"
+        assert deliveries(db_url, sub) == []
+
+        proxy.start()
+        d2 = Dispatcher(procs, url, broker.bootstrap, extra_env=env, name="dispatcher-again")
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")] * 3, 30,
+                   "the outage's events logged after the restart")
+        first = {p["headers"]["webhook-id"] for p in rcv.posts()[:3]}
+        again = {p["headers"]["webhook-id"] for p in rcv.posts()[3:]}
+        assert first == again, "not the same webhook-ids"
+        assert d2.proc.stop() == 0
+    finally:
+        proxy.close()
+
+
 # ----------------------------------------------------------- redirects
 
 class Redirecting(ChallengeAnswering):
@@ -202,6 +261,57 @@ def test_redirects_are_never_followed(db_url, procs, workdir):
         followed = [r for r in target.requests()
                     if "urllib" not in r["headers"].get("user-agent", "")]
         assert followed == [], "a redirect was followed"
+    finally:
+        srv.shutdown()
+
+
+# ------------------------------------------------ response header bounds
+
+class HeaderHeavy(ChallengeAnswering):
+    """Answers each POST 200, to /hookmany with 150 headers, to /hookbig with
+    40 KiB of one header."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        if self.path.endswith("many"):
+            for i in range(150):
+                self.send_header(f"X-Filler-{i}", "x")
+        else:
+            self.send_header("X-Filler", "x" * (40 * 1024))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_2xx_with_response_headers_over_the_bounds_is_retried(db_url, procs, workdir):
+    """docs/security.md, Redirects, bounds and headers: "Response headers: at
+    most 100 headers and 32 KiB per response; over either the transfer is
+    aborted with `response headers over the limit` (retried)"; docs/design.md,
+    How an answer is classified: "response headers over the bounds |
+    retried".
+
+    What the receiver sees: its 200 with 150 headers, or with a 40 KiB
+    header, does not acknowledge; the delivery is handed to the first delay
+    tier (it is sent again later). The operator sees status `retry` and the
+    reason in the delivery log.
+
+    Checked to fail without the behaviour: with hb_http_on_header's bound
+    disabled (lib/hb_http.c), the deliveries are logged delivered."""
+    srv = serve(HeaderHeavy)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+        d.wait_ready()
+        subs = [register_verified(db_url, srv.url + kind, ["user.session.start"])
+                for kind in ("many", "big")]
+        produce(broker.bootstrap, [event("user.session.start")])
+        for sub in subs:
+            rows = wait_until(lambda: deliveries(db_url, sub), 20, "the delivery's outcome")
+            assert len(rows) == 1 and rows[0][:2] == ("retry", 1), rows
+            assert rows[0][2].startswith("response headers over the limit"), rows
+        assert d.metric('hookbridge_retries_enqueued_total{tier="1h"}') == 2
+        assert d.metric('hookbridge_deliveries_total{outcome="delivered"}') == 0
     finally:
         srv.shutdown()
 
@@ -332,3 +442,56 @@ def test_log_level_warn_keeps_info_out_and_debug_adds_a_line_per_delivery(db_url
     assert levels <= {"warn", "error"}, f"HOOKBRIDGE_LOG_LEVEL=warn wrote {levels}"
     debug_ids = {l.get("delivery_id") for l in log_lines(loud.proc) if l["level"] == "debug"}
     assert ids <= debug_ids, f"no debug line for {ids - debug_ids}"
+
+
+# ---------------------------------------------------------- Kafka outage
+
+def test_every_broker_down_is_seen_within_seconds_counted_and_said_once_each_way(db_url, procs,
+                                                                                  workdir):
+    """docs/operations.md, Runbooks, Kafka unreachable: "What you see:
+    `hookbridge_kafka_errors_total` rising; log lines with
+    `"source":"librdkafka"` ...; `/readyz` turns 503 `no Kafka broker
+    reachable` within about 5 s of the consumer losing every broker, and 200
+    again when one is back (one log line each way)"; Pods are not restarted
+    (liveness does not depend on Kafka).
+
+    What the operator sees: not ready within about 5 s, with that reason,
+    the error counter the HookbridgeKafkaErrors alert reads rising, one
+    error line when the brokers go and one info line when they are back
+    however long the outage lasts, /healthz 200 throughout; and the
+    service delivers again afterwards.
+
+    Checked to fail without the behaviour: with hb_kafka_reach_down
+    returning 0 (lib/hb_kafka.c), /readyz says `Kafka brokers not answering
+    for 4 s` instead, and the reason assertion fails."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    errors_before = d.metric("hookbridge_kafka_errors_total")
+
+    broker.proc.signal(signal.SIGUSR1)  # the devbroker takes every broker down
+    t0 = time.monotonic()
+    status, body = wait_until(lambda: (r := d.get("/readyz"))[0] != 200 and r, 15,
+                              "/readyz 503 without brokers")
+    took = time.monotonic() - t0
+    print(f"/readyz {status} {took:.1f} s after every broker went down: {body.strip()!r}")
+    assert (status, body.strip()) == (503, "no Kafka broker reachable"), (status, body)
+    assert took <= 5 + 2 * SLOW, f"not ready only {took:.1f} s after the brokers went"
+    wait_until(lambda: d.metric("hookbridge_kafka_errors_total") > errors_before, 10,
+               "hookbridge_kafka_errors_total to rise")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # an outage of some seconds: still one line
+        assert d.get("/healthz")[0] == 200, "liveness failed for a Kafka outage"
+        assert d.get("/readyz")[0] == 503
+        time.sleep(0.5)
+    broker.proc.signal(signal.SIGUSR2)
+    wait_until(lambda: d.get("/readyz")[0] == 200, 40, "ready again")
+    msgs = [l["msg"] for l in log_lines(d.proc)]
+    assert sum(m.startswith("no Kafka broker reachable") for m in msgs) == 1, msgs[-30:]
+    assert sum(m.startswith("Kafka reachable again") for m in msgs) == 1, msgs[-30:]
+    assert any(l.get("source") == "librdkafka" for l in log_lines(d.proc))
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 30,
+               "a delivery after the outage")
