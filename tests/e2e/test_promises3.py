@@ -21,7 +21,7 @@ import time
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.lifecycle import ACTIVE, changes_applied
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import BIN, SECRET_KEY, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce, topic_records
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import event, register_verified, sql
@@ -409,6 +409,36 @@ def test_the_producer_refuses_an_event_over_256_kib_and_produces_the_rest(broker
     msgs = topic_records(broker.bootstrap, "identity.events", want=2)
     assert len(msgs) == 2
     assert max(len(m.value) for m in msgs) <= 256 * 1024
+
+
+# -------------------------------------------------------- configuration
+
+def test_a_flag_wins_over_a_variable_and_an_empty_variable_counts_as_unset(procs):
+    """docs/design.md, Configuration principles: "a flag wins over the
+    variable, the variable over the default, and an empty variable counts as
+    unset"; README.md, Configuration: "an empty one counts as unset".
+
+    What the operator sees: a retrier whose ConfigMap has a bad
+    HOOKBRIDGE_RETRY_JITTER (150) and whose command line overrides it with
+    `--retry-jitter 10` starts (here: waits for its unreachable database,
+    as documented), and so does one with HOOKBRIDGE_MAX_IN_FLIGHT set to
+    the empty string; it is not stopped with exit status 2 for a value the
+    flag replaced.
+
+    The promise was false: the variable was parsed, and refused, before the
+    flags were read, so the retrier exited 2 with `HOOKBRIDGE_RETRY_JITTER:
+    150 is out of range [0, 100]` ("the retrier to wait for its database"
+    failed on main's build). lib/hb_config.c now leaves a variable unread
+    when its flag is given (unit test: flag_wins_over_an_invalid_variable)."""
+    env = {"HOOKBRIDGE_DATABASE_URL": "postgresql://hookbridge@127.0.0.1:1/none",
+           "HOOKBRIDGE_SECRET_KEY": SECRET_KEY, "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+           "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
+           "HOOKBRIDGE_RETRY_JITTER": "150", "HOOKBRIDGE_MAX_IN_FLIGHT": ""}
+    r = procs.start("retrier", [BIN / "hookbridge-retrier", "--retry-jitter", "10"], env)
+    wait_until(lambda: "database unavailable" in r.output() or not r.alive(), 10,
+               "the retrier to wait for its database")
+    assert r.alive(), f"exited {r.p.returncode}: {r.output()}"
+    assert r.stop() == 0
 
 
 # ---------------------------------------------------------------- logs
