@@ -6,14 +6,18 @@ receiver notices when something goes wrong:
   /healthz stays 200 (docs/operations.md, Health, shutdown and logs);
 - a running dispatcher keeps delivering while PostgreSQL is unreachable, and
   the operator sees what the runbook says (docs/operations.md, PostgreSQL
-  unreachable);
-- redirects are never followed (docs/security.md, docs/design.md);
-- only HOOKBRIDGE_RESPONSE_SNIPPET_BYTES of a response are kept, the rest is
-  read and discarded (docs/security.md, Redirects, bounds and headers);
+  unreachable); SIGTERM then still exits 0 in time and loses nothing;
+- every Kafka broker down: not ready within seconds, the error counter
+  rising, one line each way (docs/operations.md, Kafka unreachable);
+- redirects are never followed; response headers over the bounds are
+  retried; only HOOKBRIDGE_RESPONSE_SNIPPET_BYTES of a response are kept
+  (docs/security.md, Redirects, bounds and headers; docs/design.md);
 - the producer refuses an event whose encoding is over 256 KiB, with a
   per-line error, so nothing oversized enters Kafka (docs/security.md);
+- a flag wins over its variable, an empty variable counts as unset
+  (docs/design.md, Configuration principles);
 - HOOKBRIDGE_LOG_LEVEL: `warn` keeps info lines out, `debug` adds a line per
-  delivery (docs/operations.md, Logs; docs/configuration.md)."""
+  delivery (docs/operations.md, Logs)."""
 import json
 import re
 import signal
