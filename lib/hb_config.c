@@ -287,6 +287,26 @@ static const cf_row_t *cf_find_flag(const char *flag, size_t len) {
     return NULL;
 }
 
+/* Is r's flag on the command line? Then its variable is not read at all: the
+ * flag wins, even over a variable whose value would be refused. */
+static int cf_flag_given(const cf_row_t *r, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *eq;
+        if (!strcmp(a, "--"))
+            break;
+        if (!strcmp(a, "-X")) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--", 2) || !a[2])
+            continue;
+        eq = strchr(a, '=');
+        if (cf_find_flag(a, eq ? (size_t)(eq - a) : strlen(a)) == r)
+            return 1;
+    }
+    return 0;
+}
+
 static int cf_is_setting_env(const char *var, size_t len) {
     char name[64];
     for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++) {
@@ -340,7 +360,8 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             continue;
         env_name(r, name, sizeof(name));
         v = getenv(name);
-        if (v && *v && cf_set(cfg, r, v, name, errstr, errstr_size) < 0)
+        if (v && *v && !cf_flag_given(r, argc, argv) &&
+            cf_set(cfg, r, v, name, errstr, errstr_size) < 0)
             return -1;
     }
     load_kafka_env(cfg);

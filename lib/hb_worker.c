@@ -441,7 +441,8 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     hb_httpd_beat(w->httpd);
     if (w->store && hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
         hb_metric_inc(w->m_db_errors);
-        hb_warn("database: %s", errstr);
+        /* the store's messages mostly say "database: " already: once is enough */
+        hb_warn("%s%s", strncmp(errstr, "database: ", 10) ? "database: " : "", errstr);
     }
     /* A subscription change on its way is applied before new events come in. */
     if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&

@@ -51,6 +51,18 @@ static void defaults_env_then_flags(void **state) {
     hb_config_free(&cfg);
 }
 
+static void flag_wins_over_an_invalid_variable(void **state) {
+    hb_config_t cfg;
+    char err[256];
+    char *argv[] = {"prog", "--max-in-flight=7", NULL};
+    clear_env();
+    setenv("HOOKBRIDGE_MAX_IN_FLIGHT", "lots", 1); /* refused if it were read */
+    assert_int_equal(load(&cfg, 2, argv, err, sizeof(err)), 0);
+    assert_int_equal(cfg.max_in_flight, 7);
+    hb_config_free(&cfg);
+    unsetenv("HOOKBRIDGE_MAX_IN_FLIGHT");
+}
+
 static void empty_variable_is_unset(void **state) {
     hb_config_t cfg;
     char err[256];
@@ -251,6 +263,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(defaults_env_then_flags),
         cmocka_unit_test(empty_variable_is_unset),
+        cmocka_unit_test(flag_wins_over_an_invalid_variable),
         cmocka_unit_test(kafka_passthrough_names),
         cmocka_unit_test(bad_values_name_the_setting),
         cmocka_unit_test(outbound_security_settings),
