@@ -49,6 +49,7 @@
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,9 @@ struct hb_dlog_s {
     pthread_cond_t cv;
     pthread_t thread;
     int thread_started;
+    /* Since when (monotonic ms) the writer waits for the database to answer
+     * its current batch or look-ups; 0 while it does not (hb_dlog_waiting_ms). */
+    _Atomic int64_t busy_since;
 
     /* Under mu. */
     dlog_vec_t queue;
@@ -405,6 +409,11 @@ uint64_t hb_dlog_written(hb_dlog_t *dl) {
     v = dl->written;
     pthread_mutex_unlock(&dl->mu);
     return v;
+}
+
+int64_t hb_dlog_waiting_ms(hb_dlog_t *dl) {
+    int64_t since = atomic_load(&dl->busy_since);
+    return since ? hb_mono_ms() - since : 0;
 }
 
 size_t hb_dlog_queued(hb_dlog_t *dl) {
@@ -1188,6 +1197,7 @@ static void *dlog_main(void *arg) {
         pthread_mutex_unlock(&dl->mu);
 
         done = 0;
+        atomic_store(&dl->busy_since, hb_mono_ms());
         if (nw > 0) {
             rc = dlog_write(dl, batch, nw, why, sizeof(why));
             if (rc == W_OK)
@@ -1199,6 +1209,7 @@ static void *dlog_main(void *arg) {
             rc = dlog_lookup(dl, looks, nl, why, sizeof(why));
             ldone = rc == W_OK ? nl : 0;
         }
+        atomic_store(&dl->busy_since, 0);
 
         pthread_mutex_lock(&dl->mu);
         for (size_t i = 0; i < done; i++) {

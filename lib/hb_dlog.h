@@ -134,6 +134,11 @@ uint64_t hb_dlog_dropped(hb_dlog_t *dl);
 uint64_t hb_dlog_written(hb_dlog_t *dl);
 /* Queue length right now. */
 size_t hb_dlog_queued(hb_dlog_t *dl);
+/* How long (ms) the writer has been waiting for the database to answer its
+ * current batch: 0 when it is not waiting. A server that accepts the
+ * connection but does not answer (stopped, or the statement waiting for a
+ * lock) shows here; a broken connection fails instead. Any thread. */
+int64_t hb_dlog_waiting_ms(hb_dlog_t *dl);
 
 /* Flushes what is queued, waiting at most deadline_ms, then stops the thread.
  * Returns the number of rows left unwritten (logged as a warning). Tokens of

@@ -20,6 +20,8 @@
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
 #define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
+/* The delivery log waiting this long for the database: not ready, said once */
+#define DB_UNANSWERED_MS 10000
 
 struct hb_worker_s {
     const hb_config_t *cfg;
@@ -39,6 +41,7 @@ struct hb_worker_s {
     hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
     int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
+    int db_unanswered; /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
 
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
@@ -406,15 +409,44 @@ static void drain_wake_pipe(hb_worker_t *w) {
         ;
 }
 
+/* A database that accepts connections but does not answer (a stopped
+ * server, a statement waiting for a lock) fails nothing: the delivery log
+ * just waits, and offsets stop moving. Not ready while it waits longer than
+ * DB_UNANSWERED_MS, said once each way, counted as one database error.
+ * Returns the reason, in buf, or NULL. */
+static const char *db_unanswered(hb_worker_t *w, char *buf, size_t size) {
+    hb_dlog_t *dlog = hb_outbox_dlog(w->outbox);
+    int64_t waiting = dlog ? hb_dlog_waiting_ms(dlog) : 0;
+    int now = waiting >= DB_UNANSWERED_MS;
+    if (now != w->db_unanswered) {
+        w->db_unanswered = now;
+        if (now) {
+            hb_metric_inc(w->m_db_errors);
+            hb_warn("database: no answer to the delivery log for %lld s; offsets wait for it",
+                    (long long)(waiting / 1000));
+        } else {
+            hb_info("database: the delivery log has its answer again");
+        }
+    }
+    if (!now)
+        return NULL;
+    snprintf(buf, size, "database not answering (the delivery log has waited %lld s)",
+             (long long)(waiting / 1000));
+    return buf;
+}
+
 static void update_readiness(hb_worker_t *w) {
-    const char *why = NULL;
-    char schema_why[400];
+    const char *why = NULL, *db_why;
+    char schema_why[400], db_buf[120];
+    db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     if (hb_stop_requested)
         why = "shutting down";
     else if (hb_consumer_unready(w->consumer))
         why = hb_consumer_unready(w->consumer);
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
+    else if (db_why)
+        why = db_why;
     else if (!w->index_loaded)
         why = "subscription index not loaded";
     else if (!hb_consumer_assigned(w->consumer))

@@ -153,6 +153,65 @@ def test_a_running_dispatcher_keeps_delivering_through_a_database_outage(pg_clus
         proxy.close()
 
 
+def test_a_database_that_accepts_but_does_not_answer_makes_the_service_not_ready(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, Runbooks, PostgreSQL not answering: a server that
+    keeps its connections but answers nothing (stopped, overloaded, or the
+    delivery log's statement waiting for a lock) fails nothing, so nothing
+    said so: /readyz stayed 200 "ready" while offsets stopped moving. Now,
+    once the delivery log has waited 10 s for its answer, /readyz is 503
+    `database not answering (the delivery log has waited N s)`, one warn line
+    says so, hookbridge_database_errors_total counts it once; deliveries go
+    on meanwhile, and when the database answers again the service is ready,
+    says so once, and the deliveries are in the log.
+
+    Checked to fail without the behaviour: on a build without
+    db_unanswered() in lib/hb_worker.c, /readyz stays 200 (the 503 wait
+    times out)."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap)
+        d.wait_ready()
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
+                   "the first event delivered and logged")
+        errors_before = d.metric("hookbridge_database_errors_total")
+
+        proxy.pause()
+        t0 = time.monotonic()
+        during = [event("user.session.start") for _ in range(2)]
+        produce(broker.bootstrap, during)
+        wait_until(lambda: {e["uuid"] for e in during} <= {e["uuid"] for _, e in rcv.events()},
+                   20, "the events delivered while the database does not answer")
+        status, body = wait_until(lambda: (r := d.get("/readyz"))[0] == 503 and r, 30,
+                                  "/readyz 503 while the database does not answer")
+        waited = time.monotonic() - t0
+        print(f"not ready {waited:.1f} s after the database stopped answering: {body.strip()}")
+        assert re.fullmatch(r"database not answering \(the delivery log has waited 1\d s\)",
+                            body.strip()), body
+        assert waited >= 9.5, "not ready before the delivery log waited 10 s"
+        assert d.get("/healthz")[0] == 200
+        warn = [ln for ln in log_lines(d.proc) if "no answer to the delivery log" in
+                ln.get("msg", "")]
+        assert len(warn) == 1 and warn[0]["level"] == "warn", warn
+        assert d.metric("hookbridge_database_errors_total") == errors_before + 1
+
+        proxy.resume()
+        wait_until(lambda: d.get("/readyz")[0] == 200, 15, "ready again")
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")] * 3, 20,
+                   "the deliveries in the log once it answers")
+        assert "the delivery log has its answer again" in d.proc.output()
+        assert len([ln for ln in log_lines(d.proc)
+                    if "no answer to the delivery log" in ln.get("msg", "")]) == 1
+    finally:
+        proxy.close()
+
+
 def test_sigterm_while_the_database_is_away_exits_0_in_time_and_loses_nothing(
         pg_cluster, db_url, procs, workdir):
     """docs/operations.md, Health, shutdown and logs: SIGTERM "lets the

@@ -6,6 +6,8 @@ the dependency itself.
     proxy.start()                       # forwards 127.0.0.1:proxy.port -> upstream
     proxy.cut()                         # stops listening and resets every connection
     proxy.start()                       # same port again
+    proxy.pause()                       # connections stay open, nothing is forwarded
+    proxy.resume()                      # (a server that accepts but does not answer)
     proxy.close()
 """
 import socket
@@ -23,6 +25,8 @@ class TcpProxy:
         self._conns = []
         self._listener = None
         self._thread = None
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def start(self):
         s = socket.socket()
@@ -50,13 +54,13 @@ class TcpProxy:
             for a, b in ((client, up), (up, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src, dst):
+    def _pump(self, src, dst):
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()  # paused: held, and nothing more is read
                 dst.sendall(data)
         except OSError:
             pass
@@ -65,6 +69,14 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def pause(self):
+        """Keep every connection (and accept new ones) but forward nothing,
+        as a stopped server would: nothing fails, nothing answers."""
+        self._flowing.clear()
+
+    def resume(self):
+        self._flowing.set()
 
     def cut(self):
         """Refuse new connections and reset the open ones (as a dead host would)."""
@@ -89,4 +101,5 @@ class TcpProxy:
             c.close()
 
     def close(self):
+        self.resume()
         self.cut()
