@@ -54,17 +54,24 @@ def checking(procs, workdir, name="receiver", secret=SECRET, **kw):
                     auth=f"Authorization: {AUTH_VALUE}", **kw)
 
 
+def services(procs, db_url, workdir, schedule, env):
+    """A broker with the retry `schedule`'s tiers, and a dispatcher and a
+    retrier with `env`, both ready. Returns (broker, dispatcher, retrier)."""
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    return broker, d, r
+
+
 def failed_first_attempt(procs, db_url, workdir, tier, schedule, env):
     """A dispatcher and a retrier on a `schedule` broker, one subscription
     verified at A (answering 503), the retrier seeing it active, and one
     event's first attempt failed there. Returns (A, the retrier, sub, the
     first POST, the retry's due time, the dispatcher, the broker)."""
-    broker = Broker(procs, workdir, retry_schedule=schedule)
     a = Receiver(procs, workdir, name="a", status=503)
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    r.wait_ready()
+    broker, d, r = services(procs, db_url, workdir, schedule, env)
     sub = register_verified(db_url, a.url, ["user.session.start"])
     wait_until(lambda: changes_applied(r, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
     produce(broker.bootstrap, [event("user.session.start")])
@@ -229,11 +236,7 @@ def test_requests_waiting_for_a_connection_follow_a_change_of_their_subscription
            "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1", "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
            "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"}
     try:
-        broker = Broker(procs, workdir, retry_schedule=f"{tier}s")
-        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-        r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-        d.wait_ready()
-        r.wait_ready()
+        broker, d, _ = services(procs, db_url, workdir, f"{tier}s", env)
         sub = register_verified(db_url, a.url, ["user.session.start"])
         wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10, "the dispatcher to see it")
         evs = [event("user.session.start") for _ in range(3)]
