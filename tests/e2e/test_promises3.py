@@ -81,20 +81,26 @@ def test_a_draining_service_says_shutting_down_on_readyz_and_stays_live(db_url, 
 
 # ----------------------------------------------------- database outage
 
-def delivering_through(proxy, pg_cluster, db_url, procs, workdir):
-    """A dispatcher reaching PostgreSQL through proxy, one subscription, and
-    one event delivered and logged. Returns (broker, receiver, dispatcher,
-    subscription)."""
-    broker = Broker(procs, workdir)
-    rcv = Receiver(procs, workdir)
-    d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
-                   broker.bootstrap)
-    d.wait_ready()
-    sub = register_verified(db_url, rcv.url, ["user.session.start"])
-    produce(broker.bootstrap, [event("user.session.start")])
-    wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
-               "the first event delivered and logged")
-    return broker, rcv, d, sub
+def delivering_through(pg_cluster, db_url, procs, workdir):
+    """A dispatcher reaching PostgreSQL through a TcpProxy, one subscription,
+    and one event delivered and logged. Returns (proxy, broker, receiver,
+    dispatcher, subscription); the caller closes the proxy."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap)
+        d.wait_ready()
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
+                   "the first event delivered and logged")
+    except BaseException:
+        proxy.close()
+        raise
+    return proxy, broker, rcv, d, sub
 
 
 def test_a_running_dispatcher_keeps_delivering_through_a_database_outage(pg_cluster, db_url,
@@ -124,10 +130,8 @@ def test_a_running_dispatcher_keeps_delivering_through_a_database_outage(pg_clus
     database: ...` before lib/hb_worker.c stopped adding its prefix to the
     store's messages, which already carry it ("the runbook's reconnection
     line" timed out on main's build)."""
-    proxy = TcpProxy(pg_cluster.port)
-    proxy.start()
+    proxy, broker, rcv, d, sub = delivering_through(pg_cluster, db_url, procs, workdir)
     try:
-        broker, rcv, d, sub = delivering_through(proxy, pg_cluster, db_url, procs, workdir)
         errors_before = d.metric("hookbridge_database_errors_total")
 
         proxy.cut()
@@ -176,10 +180,8 @@ def test_a_database_that_accepts_but_does_not_answer_makes_the_service_not_ready
     Checked to fail without the behaviour: on a build without
     db_unanswered() in lib/hb_worker.c, /readyz stays 200 (the 503 wait
     times out)."""
-    proxy = TcpProxy(pg_cluster.port)
-    proxy.start()
+    proxy, broker, rcv, d, sub = delivering_through(pg_cluster, db_url, procs, workdir)
     try:
-        broker, rcv, d, sub = delivering_through(proxy, pg_cluster, db_url, procs, workdir)
         errors_before = d.metric("hookbridge_database_errors_total")
 
         proxy.pause()
