@@ -151,6 +151,52 @@ def test_the_ingest_endpoint_stopping_is_not_ready_at_once_and_a_second_signal_e
     assert "r" not in answer or answer["r"][0] != 200, answer
 
 
+def test_connections_over_the_ingest_limit_are_closed_at_once_and_said(broker, procs):
+    """docs/ingest.md, Settings: HOOKBRIDGE_INGEST_MAX_CONNECTIONS bounds the
+    concurrent connections, "one thread each"; "Memory is bounded by this
+    times the body limit".
+
+    Two clients holding connections open without sending (slow or hung
+    clients) with the limit at 2. What the operator sees: a third
+    connection is closed at once without an answer (Okta counts that
+    delivery as failed and sends it again), with a warn line saying the
+    limit was reached; once one of the two closes, deliveries are answered
+    200 again.
+
+    The promise did not hold as written: the page said further connections
+    "wait until one closes", but libmicrohttpd closes a connection over
+    MHD_OPTION_CONNECTION_LIMIT as soon as it accepts it (a POST got
+    "connection reset by peer" at once, not its answer once a slot freed);
+    docs/ingest.md now says what happens. Checked to fail without the
+    behaviour: with MHD_OPTION_CONNECTION_LIMIT removed from
+    start_listener (producer/ingest.c), the third connection is served (the
+    "closed" assertion fails; tried, then reverted)."""
+    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_MAX_CONNECTIONS": "2"})
+    ing.wait_ready()
+    held = [socket.create_connection(("127.0.0.1", ing.port)) for _ in range(2)]
+    try:
+        time.sleep(0.3 * SLOW)  # both accepted
+        try:
+            status = ing.post([event("user.session.start")], timeout=5)[0]
+        except OSError as e:  # closed without an answer
+            status = e
+        assert isinstance(status, OSError), f"answered {status} over the connection limit"
+        assert "Server reached connection limit" in ing.proc.output()
+        warn = [l for l in log_lines(ing.proc) if "connection limit" in l["msg"]]
+        assert warn and all(l["level"] == "warn" for l in warn), warn
+        held.pop().close()
+
+        def answered():
+            try:
+                return ing.post([event("user.session.start")], timeout=5)[0] == 200
+            except OSError:
+                return False
+        wait_until(answered, 10, "a delivery answered once a connection closed")
+    finally:
+        for s in held:
+            s.close()
+
+
 # ----------------------------------------------------- database outage
 
 def test_changes_made_while_the_database_is_away_apply_once_it_is_back(pg_cluster, db_url,
