@@ -8,6 +8,9 @@ code to, about what a user sees when something goes wrong:
 - the ingest endpoint stopping during a broker outage: not ready at once,
   and a second signal exits at once, no request answered 200 that the
   brokers did not have (docs/ingest.md, Operating it);
+- a connection over HOOKBRIDGE_INGEST_MAX_CONNECTIONS is closed at once and
+  said, and deliveries are served again once a slot frees (docs/ingest.md,
+  Settings);
 - subscription changes made while a dispatcher's database is away apply
   once it is back, also a verification asked for meanwhile; the delivery
   log's warn line is said at most every 30 s (docs/operations.md,
