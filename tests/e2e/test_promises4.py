@@ -263,6 +263,45 @@ def test_changes_made_while_the_database_is_away_apply_once_it_is_back(pg_cluste
         proxy.close()
 
 
+# ------------------------------------------------------ configuration
+
+def test_a_database_url_that_does_not_parse_stops_the_service_without_showing_it():
+    """docs/operations.md, Health, shutdown and logs: "A setting the program
+    cannot use stops it with one line naming the variable and exit status 2
+    ...: a configuration mistake, not an outage. An unreachable database or
+    broker is an outage: the pod stays up and not ready"; docs/security.md,
+    Secrets in logs: "`HOOKBRIDGE_DATABASE_URL` is a secret setting: its
+    value is never printed, not even in an error about it".
+
+    A Secret whose database-url has a stray `%` in the password (not
+    percent-encoded): libpq cannot parse it, so no retry can ever connect.
+    What the operator sees: the dispatcher and the retrier exit 2 at once
+    (CrashLoopBackOff, `kubectl logs --previous`) with one line naming
+    HOOKBRIDGE_DATABASE_URL, and the password in no line.
+
+    The promise did not hold: the services took the string for an outage,
+    stayed up and not ready for good, logging `database unavailable,
+    retrying in 2 s: database: the connection string is not valid` every
+    2 s (the exit status assertion timed out on main's build)."""
+    import os
+    import subprocess
+    from hbtest.procs import BIN, SECRET_KEY
+    env = dict(os.environ, HOOKBRIDGE_DATABASE_URL="postgresql://hookbridge:Pw%zz-9c41e7@"
+               "db.example.com:5432/hookbridge", HOOKBRIDGE_SECRET_KEY=SECRET_KEY,
+               HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1", HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:0")
+    for program in ("hookbridge-dispatcher", "hookbridge-retrier"):
+        try:
+            r = subprocess.run([str(BIN / program)], env=env, capture_output=True, text=True,
+                               timeout=10 * SLOW)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"{program} kept running: {(e.stdout or b'')[-600:]!r}")
+        out = r.stdout + r.stderr
+        assert r.returncode == 2, (program, r.returncode, out[-1500:])
+        said = [l for l in out.splitlines() if "HOOKBRIDGE_DATABASE_URL" in l]
+        assert len(said) == 1 and "not valid" in said[0], out
+        assert "9c41e7" not in out and "Pw%zz" not in out, out
+
+
 # ------------------------------------------------------ schema registry
 
 def registry_stack(procs, workdir, db_url, broker, user_info):
