@@ -21,6 +21,9 @@ code to, about what a user sees when something goes wrong:
   a registry URL that does not reach the registry's API delays the events
   instead of dead-lettering them (docs/schemas.md; docs/operations.md,
   Schema Registry unreachable);
+- a HOOKBRIDGE_DATABASE_URL libpq cannot parse stops the services with
+  exit 2 naming the variable, never its value (docs/operations.md;
+  docs/security.md, Secrets in logs);
 - a refused address or scheme fails a delivery finally, with the reason in
   the delivery log, never connecting and never retried (docs/security.md);
 - a renewed client certificate is used without a restart
