@@ -8,6 +8,9 @@ code to, about what a user sees when something goes wrong:
 - the ingest endpoint stopping during a broker outage: not ready at once,
   and a second signal exits at once, no request answered 200 that the
   brokers did not have (docs/ingest.md, Operating it);
+- a request still running to a hung endpoint at the drain deadline is
+  abandoned without a record and sent again, same webhook-id, by the next
+  dispatcher (docs/operations.md, Health, shutdown and logs);
 - a connection over HOOKBRIDGE_INGEST_MAX_CONNECTIONS is closed at once and
   said, and deliveries are served again once a slot frees (docs/ingest.md,
   Settings);
@@ -29,6 +32,7 @@ code to, about what a user sees when something goes wrong:
 - a renewed client certificate is used without a restart
   (docs/security.md, TLS)."""
 import json
+import re
 import shutil
 import signal
 import socket
@@ -40,7 +44,7 @@ from hbtest.ingest import Ingest
 from hbtest.lifecycle import wait_read
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
-from test_delivery import event, sql
+from test_delivery import event, register_verified, sql
 
 
 def log_lines(proc):
@@ -201,6 +205,78 @@ def test_connections_over_the_ingest_limit_are_closed_at_once_and_said(broker, p
     finally:
         for s in held:
             s.close()
+
+
+# ---------------------------------------------------------- draining
+
+def holding_endpoint():
+    """A hand-made endpoint's handler class that holds every POST until its
+    `release` is set, then answers 204; it records each POST's webhook-id in
+    its `ids`."""
+    from hbtest.endpoints import ChallengeAnswering
+
+    class Holding(ChallengeAnswering):
+        release = threading.Event()
+        ids = []
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            Holding.ids.append(self.headers["webhook-id"])
+            Holding.release.wait(60)
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+    return Holding
+
+
+def test_a_request_still_running_at_the_drain_deadline_is_abandoned_and_sent_again(
+        db_url, broker, procs, workdir):
+    """docs/operations.md, Health, shutdown and logs: SIGTERM "lets the
+    deliveries in flight finish for at most `HOOKBRIDGE_SHUTDOWN_TIMEOUT`
+    ..., commits offsets, leaves the consumer group and exits 0. Deliveries
+    still in flight at the deadline are abandoned without a record; their
+    events are consumed again by the next owner of the partition (the
+    receiver sees the same `webhook-id` again)".
+
+    A rollout while an endpoint hangs (the request timeout longer than the
+    drain). What the operator sees: the pod exits 0 soon after the drain
+    bound, saying it abandoned the delivery; the delivery log has no row for
+    it (not `delivered`, not `failed`); the next dispatcher sends the event
+    again with the same webhook-id, and the log then has it delivered once.
+
+    Checked to fail without the behaviour: reasoning: an abandoned
+    delivery whose offset was committed (the promise broken) is never read
+    again ("the event sent again after the restart" times out), and one
+    recorded as an outcome would show a row before the restart."""
+    from hbtest.endpoints import serve
+    handler = holding_endpoint()
+    srv = serve(handler)
+    try:
+        env = {"HOOKBRIDGE_SHUTDOWN_TIMEOUT": "2s", "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"}
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: handler.ids, 20, "the request at the hung endpoint")
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        rc = d.proc.p.wait(30 * SLOW)
+        took = time.monotonic() - t0
+        print(f"exited {rc} {took:.1f} s after SIGTERM")
+        assert rc == 0 and took < 2 + 10 * SLOW, (rc, took)
+        assert re.search(r"abandoning 1 deliveries still in flight", d.proc.output())
+        assert sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                   "subscription_id = %s", sub) == [(0,)]
+        handler.release.set()  # the endpoint answers from now on
+        Dispatcher(procs, db_url, broker.bootstrap, extra_env=env, name="dispatcher-again")
+        wait_until(lambda: len(handler.ids) == 2, 30, "the event sent again after the restart")
+        assert handler.ids[0] == handler.ids[1], handler.ids
+        wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries "
+                               "WHERE subscription_id = %s", sub) == [("delivered", 1)], 20,
+                   "the delivery logged once")
+    finally:
+        handler.release.set()
+        srv.shutdown()
 
 
 # ----------------------------------------------------- database outage
