@@ -23,7 +23,9 @@ code to, about what a user sees when something goes wrong:
   an id already fetched is not held up by a registry outage, a new one is;
   a registry URL that does not reach the registry's API delays the events
   instead of dead-lettering them (docs/schemas.md; docs/operations.md,
-  Schema Registry unreachable);
+  Schema Registry unreachable); a writer schema file that is not JSON, or
+  a schema directory that is not there, stops the dispatcher's start
+  (docs/schemas.md);
 - a HOOKBRIDGE_DATABASE_URL libpq cannot parse stops the services with
   exit 2 naming the variable, never its value (docs/operations.md;
   docs/security.md, Secrets in logs);
@@ -47,9 +49,14 @@ from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import event, register_verified, sql
 
 
+def log_lines_of(text):
+    """Every JSON line of a program's output, parsed."""
+    return [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+
+
 def log_lines(proc):
     """Every JSON line the process wrote, parsed."""
-    return [json.loads(l) for l in proc.output().splitlines() if l.startswith("{")]
+    return log_lines_of(proc.output())
 
 
 def brokers_refuse(bootstrap):
@@ -379,6 +386,46 @@ def test_a_database_url_that_does_not_parse_stops_the_service_without_showing_it
         said = [l for l in out.splitlines() if "HOOKBRIDGE_DATABASE_URL" in l]
         assert len(said) == 1 and "not valid" in said[0], out
         assert "9c41e7" not in out and "Pw%zz" not in out, out
+
+
+def test_writer_schemas_the_dispatcher_cannot_read_stop_its_start(workdir):
+    """docs/schemas.md, HOOKBRIDGE_WRITER_SCHEMAS_DIR: "A file that is not a
+    schema, or does not resolve into the reader, stops the dispatcher at
+    start with the file and the reason ...: a rollout with a bad schema
+    stops at its first pod, instead of dead-lettering events later";
+    docs/design.md, Configuration principles: a valid value it cannot use
+    ("a writer schema that does not parse") stops it "with one line saying
+    why and exit status 1". (test_schema_evolution has the schema that does
+    not resolve.)
+
+    What the operator sees for a ConfigMap file that is not JSON (a bad
+    merge), and for a directory that is not there (a mount missing): the
+    dispatcher exits 1 at once, its one error line naming the file or the
+    directory and why.
+
+    Checked to fail without the behaviour: reasoning: a dispatcher that
+    skipped what it cannot read would start and wait for its (absent)
+    database, and the run would time out instead of exiting 1."""
+    import os
+    import subprocess
+    from hbtest.procs import BIN, SECRET_KEY
+    schemas = workdir / "writer-schemas"
+    schemas.mkdir()
+    (schemas / "identity_event.v9.avsc").write_text('{"type": "record", "name": ')
+    cases = {str(schemas): f"{schemas}/identity_event.v9.avsc: writer schema: invalid JSON",
+             str(workdir / "not-mounted"): f"{workdir}/not-mounted: No such file or directory"}
+    for directory, why in cases.items():
+        env = dict(os.environ, HOOKBRIDGE_WRITER_SCHEMAS_DIR=directory,
+                   HOOKBRIDGE_DATABASE_URL="postgresql://hookbridge@127.0.0.1:1/none",
+                   HOOKBRIDGE_SECRET_KEY=SECRET_KEY, HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1",
+                   HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:0")
+        r = subprocess.run([str(BIN / "hookbridge-dispatcher")], env=env, capture_output=True,
+                           text=True, timeout=20 * SLOW)
+        errors = [l for l in log_lines_of(r.stdout + r.stderr) if l["level"] == "error"]
+        assert r.returncode == 1, (r.returncode, r.stdout[-1500:])
+        assert len(errors) == 1, errors
+        assert errors[0]["msg"].startswith("cannot start: HOOKBRIDGE_WRITER_SCHEMAS_DIR: " + why), \
+            errors
 
 
 # ------------------------------------------------------ schema registry
