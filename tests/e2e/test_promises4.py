@@ -133,10 +133,10 @@ def test_the_ingest_endpoint_stopping_is_not_ready_at_once_and_a_second_signal_e
     The promise did not hold as written: docs/ingest.md said the second
     signal exits with status 2, while lib/hb_signal.c exits every service
     with status 1 (its header said _exit(2) too); the doc and the comment
-    now say 1 (the exit status assertion failed against the doc's 2).
-    Checked to fail without the behaviour: with ingest_loop's
-    hb_httpd_set_ready(in->ops, 0, "stopping") removed, /readyz stays 503
-    with the broker reason, not `stopping` (tried, then reverted)."""
+    now say 1 (asserting the doc's 2 fails: the status is 1). Checked to
+    fail without the behaviour: with ingest_loop's
+    hb_httpd_set_ready(in->ops, 0, "stopping") removed, /readyz never says
+    `stopping` (tried, then reverted)."""
     ing = Ingest(procs, broker.bootstrap)
     ing.wait_ready()
     broker.proc.signal(signal.SIGUSR1)  # every broker down: the request waits 10 s
@@ -306,9 +306,9 @@ def test_changes_made_while_the_database_is_away_apply_once_it_is_back(pg_cluste
     Checked to fail without the behaviour: with on_reload's index_loaded()
     call removed (lib/hb_worker.c: a reconnect no longer reloads the index),
     the deactivated endpoint still receives after the outage (tried, then
-    reverted). Reasoning for the challenge: a dispatcher that only acts on
-    notifications never sends it ("the challenge asked for during the
-    outage" times out)."""
+    reverted). The challenge is also found by the dispatcher's look for
+    pending requests every 5 s, so that build still sent it: that part
+    fails only for a dispatcher that acts on notifications alone."""
     from test_promises3 import delivering_through
     proxy, broker, old, d, sub = delivering_through(pg_cluster, db_url, procs, workdir)
     try:
