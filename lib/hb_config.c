@@ -11,6 +11,7 @@
  */
 #include "hb_config.h"
 #include "hb_log.h"
+#include "hb_pg.h"
 #include "hb_seal.h"
 
 #include <ctype.h>
@@ -184,8 +185,8 @@ static const cf_row_t cf_table[] = {
      "message.timeout.ms); then it is answered 503 with Retry-After."},
     {"ingest_max_connections", CF_INT, OFF(ingest_max_connections), "64", 1, 10000,
      HB_PROG_PRODUCER, 0,
-     "Concurrent connections to the ingest endpoint (one thread each); further ones are "
-     "not served until one closes."},
+     "Concurrent connections to the ingest endpoint (one thread each); a connection beyond "
+     "them is closed at once, unanswered."},
     {"writer_schemas_dir", CF_STR, OFF(writer_schemas_dir), "", 0, 0, HB_PROG_DISPATCHER, 0,
      "Directory of extra writer schemas of the events topic (*.avsc, read at start): versions "
      "producers write that this build does not carry in schema/history. Each must resolve into "
@@ -434,6 +435,14 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
             return -1;
         }
+    }
+    if ((program & HB_PROG_SERVICES) && !hb_pg_conninfo_valid(cfg->database_url)) {
+        /* No retry could ever connect: a configuration mistake, not an
+         * outage. The value is not repeated (it holds the password). */
+        hb_seterr(errstr, errstr_size,
+                  "HOOKBRIDGE_DATABASE_URL: the connection string is not valid (a libpq URI "
+                  "or key=value string; percent-encode special characters in the password)");
+        return -1;
     }
     if (program & HB_PROG_SERVICES) {
         /* A service without its key could not deliver to any endpoint: refuse

@@ -135,6 +135,19 @@ static int looks_like_conninfo(const char *s) {
     return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
 }
 
+int hb_pg_conninfo_valid(const char *conninfo) {
+    PQconninfoOption *opts;
+    char *perr = NULL;
+    if (!conninfo || !looks_like_conninfo(conninfo))
+        return 1;
+    opts = PQconninfoParse(conninfo, &perr);
+    PQfreemem(perr); /* it may quote part of the string */
+    if (!opts)
+        return 0;
+    PQconninfoFree(opts);
+    return 1;
+}
+
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) {
     /* Keywords before dbname are defaults the conninfo may override; the ones

@@ -19,6 +19,10 @@ struct pg_result;
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) HB_MUSTCHECK;
 
+/* 1 when libpq can parse conninfo (a URI or key=value string; anything else
+ * is a database name), else 0: then no connection attempt can succeed. */
+int hb_pg_conninfo_valid(const char *conninfo);
+
 /* One-line reason for a failed command: the server's message with its SQLSTATE
  * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
  * trimmed to its first line. res may be NULL. */

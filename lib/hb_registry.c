@@ -168,6 +168,9 @@ done:
     return r;
 }
 
+/* Confluent's error_code for "Schema not found" (GET /schemas/ids/<id>). */
+#define HB_REGISTRY_NO_SCHEMA 40403
+
 /* The registry's own words for an error reply, when it gave some. */
 static const char *reply_message(const json_t *reply) {
     const char *m = json_string_value(json_object_get(reply, "message"));
@@ -194,12 +197,20 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
     } else if (status == 200 && text) {
         hb_seterr(reason, reason_size, "schema id %" PRIu32 " is a %s schema, not Avro", id, type);
         st = E_NOT_FOUND;
-    } else if (status == 404) {
-        /* Confluent: error_code 40403 "Schema not found"; any 404 means the
-         * registry answered and does not have it */
+    } else if (status == 404 &&
+               json_integer_value(json_object_get(reply, "error_code")) == HB_REGISTRY_NO_SCHEMA) {
+        /* the registry's own "Schema not found" (Confluent, Apicurio's
+         * compatibility API, Karapace): it does not have the id */
         hb_seterr(reason, reason_size, "schema id %" PRIu32 " not found in the schema registry%s%s",
                   id, *reply_message(reply) ? ": " : "", reply_message(reply));
         st = E_NOT_FOUND;
+    } else if (status == 404) {
+        /* a route the server does not know (a wrong base URL): not an
+         * answer about the id, so the events wait */
+        hb_seterr(reason, reason_size,
+                  "the schema registry answered HTTP 404%s%s to /schemas/ids/%" PRIu32
+                  ", not its \"schema not found\": check HOOKBRIDGE_SCHEMA_REGISTRY_URL",
+                  *reply_message(reply) ? ": " : "", reply_message(reply), id);
     } else if (status == 401 || status == 403) {
         hb_seterr(reason, reason_size,
                   "the schema registry refused our credentials (HTTP %ld): check "

@@ -2,7 +2,7 @@
  * Shutdown signals for the daemons: SIGTERM/SIGINT set a flag the main loop
  * reads (installed with sigaction; the handler only counts), SIGPIPE is
  * ignored. The first signal asks for a graceful drain; a second one means
- * "exit now", which the handler does itself with _exit(2) because the loop
+ * "exit now", which the handler does itself with _exit(1) because the loop
  * may be the thing that is stuck.
  */
 #ifndef HB_SIGNAL_H

@@ -103,6 +103,10 @@ static void bad_values_name_the_setting(void **state) {
          "HOOKBRIDGE_MAX_IN_FLIGHT: \"lots\" is not an integer"},
         {"HOOKBRIDGE_MAX_IN_FLIGHT", "0", "HOOKBRIDGE_MAX_IN_FLIGHT: 0 is out of range"},
         {"HOOKBRIDGE_REQUEST_TIMEOUT", "5 parsecs", "is not a duration"},
+        /* libpq cannot parse it: no retry could connect (the value not repeated) */
+        {"HOOKBRIDGE_DATABASE_URL", "postgresql://hb:p%zz@db/hb",
+         "HOOKBRIDGE_DATABASE_URL: the connection string is not valid"},
+        {"HOOKBRIDGE_DATABASE_URL", "host=db password", "connection string is not valid"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         hb_config_t cfg;
@@ -112,6 +116,7 @@ static void bad_values_name_the_setting(void **state) {
         setenv(cases[i].var, cases[i].val, 1);
         assert_int_equal(load(&cfg, 1, argv, err, sizeof(err)), -1);
         assert_non_null(strstr(err, cases[i].expect));
+        assert_null(strstr(err, "p%zz"));
         hb_config_free(&cfg);
     }
 }

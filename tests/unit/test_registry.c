@@ -47,6 +47,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     }
     if (!auth || strcmp(auth, AUTH) != 0)
         return reply(c, 401, "{\"error_code\":401}");
+    if (strncmp(url, "/schemas/", 9) != 0) /* a route it does not have */
+        return reply(c, 404, "{\"error_code\":404,\"message\":\"HTTP 404 Not Found\"}");
     if (!strcmp(url, "/schemas/ids/1")) {
         s->gets_1++;
         if (s->status_1 != 200)
@@ -140,6 +142,30 @@ static void failures_wait_and_recover(void **state) {
     MHD_stop_daemon(d);
 }
 
+/* A base URL with a wrong path: the server's 404 for an unknown route is
+ * not "schema not found", so the events wait instead of being poison. */
+static void a_404_that_is_not_the_registrys_answer_waits(void **state) {
+    srv_t s = {.status_1 = 200};
+    uint16_t port;
+    struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
+    struct MHD_Daemon *d = test_server_start(handle, &s, none, &port);
+    char url[64], why[256] = "", err[256];
+    hb_registry_opts_t o = {url, USER_INFO, NULL, 2000};
+    hb_registry_t *r;
+    const char *schema = NULL;
+    (void)state;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/apis/ccompat/v6", (unsigned)port);
+    r = hb_registry_new(&o, err, sizeof(err));
+    assert_non_null(r);
+    assert_int_equal(settle(r, 1, &schema, why, sizeof(why)), HB_REGISTRY_UNAVAILABLE);
+    assert_string_equal(why, "the schema registry answered HTTP 404: HTTP 404 Not Found to "
+                             "/schemas/ids/1, not its \"schema not found\": check "
+                             "HOOKBRIDGE_SCHEMA_REGISTRY_URL");
+    assert_int_equal(hb_registry_down(r, why, sizeof(why)), 1);
+    hb_registry_free(r);
+    MHD_stop_daemon(d);
+}
+
 static void closed_port_is_unavailable(void **state) {
     uint16_t port;
     srv_t s = {.status_1 = 200};
@@ -190,6 +216,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(found_once_then_cached),
         cmocka_unit_test(failures_wait_and_recover),
+        cmocka_unit_test(a_404_that_is_not_the_registrys_answer_waits),
         cmocka_unit_test(closed_port_is_unavailable),
         cmocka_unit_test(register_gives_the_id),
         cmocka_unit_test(urls_are_logged_without_credentials),
