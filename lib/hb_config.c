@@ -119,6 +119,11 @@ static const cf_row_t cf_table[] = {
      "Concurrent HTTP requests across all endpoints."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
      "Concurrent connections to one endpoint host."},
+    {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,
+     "Connections to endpoints kept open for reuse, busy and idle together (never fewer than "
+     "max_in_flight); beyond it the least recently used idle one is closed. An open HTTPS "
+     "connection holds about 80 KiB; endpoint hosts in steady use beyond it cost a new "
+     "connection (a resumed TLS handshake) per delivery."},
     {"max_host_queue", CF_INT, OFF(max_host_queue), "1000", 1, 1000000, HB_PROG_SERVICES, 0,
      "Requests that may wait for a connection to one endpoint host; a delivery beyond it is "
      "not held in memory but handed to the first delay tier at once (not counted as an "

@@ -54,6 +54,7 @@ typedef struct hb_config_s {
     char *tls_client_key;    /* its key (the path; the content is secret); "" = in the cert */
     long long max_in_flight; /* concurrent HTTP requests */
     long long max_host_connections; /* per endpoint host */
+    long long max_connections;      /* kept open for reuse, idle ones included */
     long long max_host_queue;       /* requests waiting for one host, then the delay tier */
     long long max_queue_wait_ms;    /* longest wait for a connection, then the delay tier */
     long long request_timeout_ms;   /* default per attempt */

@@ -784,6 +784,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     }
     outcome = hb_deliver_classify(res, reason, sizeof(reason));
     hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
+    if (res->new_connection)
+        hb_metric_inc(D->m.connections_opened);
     hb_metric_inc(
         D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
                                                                             : 0]);

@@ -854,9 +854,11 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         res.transport_error = x->early_refused || x->not_sent ? 0 : x->early_code;
         hb_seterr(res.error, sizeof(res.error), "%s", x->early_error);
     } else {
-        long status = 0;
+        long status = 0, connects = 0;
         (void)curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        (void)curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &connects);
         res.http_status = (int)status;
+        res.new_connection = connects > 0;
         if (rc != CURLE_OK) {
             res.transport_error = (int)rc;
             hb_http_describe(x, rc, res.duration_ms, &res);
@@ -1226,7 +1228,11 @@ hb_http_t *hb_http_new(const hb_http_conf_t *conf, char *errstr, size_t errstr_s
             goto fail;
         }
     }
-    long maxconnects = conf->max_in_flight * 2;
+    /* curl's connection cache: when it is full, every connection handed
+     * back walks all of it for the oldest idle one to close */
+    long maxconnects = conf->max_connections > 0 ? conf->max_connections : conf->max_in_flight * 2;
+    if (maxconnects < conf->max_in_flight)
+        maxconnects = conf->max_in_flight;
     if (maxconnects < 16)
         maxconnects = 16;
     if (curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, conf->max_host_connections) !=

@@ -55,6 +55,7 @@ typedef struct hb_http_s hb_http_t;
 typedef struct hb_http_conf_s {
     long max_in_flight;
     long max_host_connections;
+    long max_connections;        /* kept open, idle included; 0: 2 x max_in_flight */
     long max_host_queue;         /* requests waiting for one host; 0: unbounded */
     long long max_queue_wait_ms; /* longest wait for a connection; 0: unbounded */
     long long connect_timeout_ms;
@@ -95,6 +96,7 @@ typedef struct hb_http_result_s {
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
     int64_t started_ms;      /* wall clock */
     int64_t duration_ms;
+    int new_connection; /* it opened a connection rather than reuse one */
 } hb_http_result_t;
 
 /* res and res->body are valid only during the call. The callback may

@@ -635,6 +635,10 @@ static void register_metrics(hb_worker_t *w) {
                                "Delivery attempts by HTTP status class of the answer "
                                "(none: timeout, connection error, refused).");
     }
+    w->dm.connections_opened = hb_metrics_counter(
+        "hookbridge_connections_opened_total", NULL,
+        "Delivery attempts that opened a connection to their endpoint (TCP, and a TLS "
+        "handshake on HTTPS) instead of reusing one.");
     for (int t = 0; t < w->cfg->schedule.tiers; t++) {
         char label[96], d[32];
         hb_delay_format(w->cfg->schedule.tiers_ms[t], d, sizeof(d));
@@ -650,6 +654,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     hb_http_conf_t hconf = {
         .max_in_flight = (long)cfg->max_in_flight,
         .max_host_connections = (long)cfg->max_host_connections,
+        .max_connections = (long)cfg->max_connections,
         .max_host_queue = (long)cfg->max_host_queue,
         .max_queue_wait_ms = cfg->max_queue_wait_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
