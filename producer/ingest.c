@@ -506,8 +506,10 @@ static void register_metrics(ingest_t *in) {
                                         "Ingest requests refused as invalid (400): nothing of "
                                         "them was produced.");
     in->m_duration = hb_metrics_histogram("hookbridge_ingest_request_duration_seconds", NULL,
-                                          "Time from a delivery's headers to its answer.", bounds,
-                                          HB_ARRAY_SIZE(bounds));
+                                          "Time from a delivery's headers to its answer, for the "
+                                          "deliveries whose events were handed to the brokers "
+                                          "(200 and 503).",
+                                          bounds, HB_ARRAY_SIZE(bounds));
 }
 
 /* Runs until SIGTERM/SIGINT; then stops accepting, lets requests in flight
