@@ -999,7 +999,16 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
 static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
     CURL *easy;
     if (h->free_cnt > 0) {
-        easy = h->free_easy[--h->free_cnt]; /* set up when it was made */
+        easy = h->free_easy[--h->free_cnt];
+        /* curl 7.88 counts the requests it sent again on a fresh connection
+         * (a kept-alive one the endpoint had closed) over the handle's whole
+         * life and fails the sixth ("Connection died, tried 5 times before
+         * giving up"): only a reset clears that count. */
+        curl_easy_reset(easy);
+        if (hb_http_setup_handle(h, easy) != CURLE_OK) {
+            curl_easy_cleanup(easy);
+            easy = NULL;
+        }
     } else {
         easy = curl_easy_init();
         if (easy && hb_http_setup_handle(h, easy) != CURLE_OK) {

@@ -106,3 +106,62 @@ def test_connections_are_kept_for_as_many_hosts_as_max_connections_allows(
     finally:
         for e in eps:
             e.shutdown()
+
+
+class DroppingEverySecond(ChallengeAnswering):
+    """Reads every second POST of a connection and closes it unanswered: the
+    race of an endpoint closing an idle keep-alive connection just as a
+    request is sent on it (nginx's keepalive_timeout, a load balancer's idle
+    timeout). The client sends the request again on a fresh connection,
+    where it is answered 204."""
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.requests_here = 0
+
+    def do_POST(self):
+        uuids = posted_uuids(self)
+        self.requests_here += 1
+        if self.requests_here == 2:
+            self.close_connection = True  # nothing sent: the connection just closes
+            return
+        with self.server.lock:
+            self.server.posts.append((self.client_address[1], uuids))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_connection_the_endpoint_closed_is_retried_on_a_new_one_however_often_it_happens(
+        db_url, procs, workdir):
+    """Every such race is retried on a new connection, within the attempt.
+    curl 7.88 counts those retries per easy handle over its whole life and,
+    at the sixth, fails the transfer ("Connection died, tried 5 times before
+    giving up"); handles live for the whole run of a service, so after a few
+    such races each later one made a delivery attempt fail: a failed attempt
+    the endpoint never answered, sent to the delay tiers and counted against
+    the endpoint's circuit. One request at a time here, so one handle makes
+    every request: 16 deliveries, 8 races."""
+    ep = serve(DroppingEverySecond)
+    ep.lock = threading.Lock()
+    ep.posts = []
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_MAX_IN_FLIGHT": "1"})
+        d.wait_ready()
+        subscribe_all(db_url, [ep.url])
+        wait_until(lambda: d.metric("hookbridge_subscriptions") >= 1, 15 * SLOW,
+                   "the dispatcher to have the subscription")
+        n = 16
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(n)])
+        wait_until(lambda: d.metric('hookbridge_deliveries_total{outcome="delivered"}')
+                   + d.metric('hookbridge_deliveries_total{outcome="retry"}') >= n, 30 * SLOW,
+                   "every delivery to be attempted")
+        failed = [l for l in d.proc.output().splitlines() if "failed" in l]
+        assert d.metric('hookbridge_responses_total{class="none"}') == 0, failed[:3]
+        assert d.metric('hookbridge_deliveries_total{outcome="delivered"}') == n
+        assert len(ep.posts) == n
+    finally:
+        ep.shutdown()
