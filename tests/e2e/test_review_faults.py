@@ -1,0 +1,52 @@
+"""Faults on the path of a failed delivery, found in review: each test shows
+what a user saw before its fix.
+
+- A retry of an ordered key's head read again (a duplicate of an attempt
+  already made, as after a restart) is dropped as stale; that must not let
+  the deliveries waiting in the retrier's memory behind the head go while
+  the head's own retry is still in flight."""
+import time
+
+from hbtest.avro import decode
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import produce, topic_records
+from test_delivery import register_verified, sql
+from test_ordering import Endpoint, delivery_id, event, stack
+
+
+def test_a_stale_copy_of_the_head_s_retry_does_not_release_its_key(db_url, procs, workdir):
+    """The head of user K's events fails three times at a slow endpoint; the
+    event behind it waits in the retrier's memory while the head's third
+    attempt is in flight. Then a copy of the head's second attempt (made and
+    logged already: stale) is read again, as after a restart. The copy is
+    dropped unattempted, and the waiting event still goes only once the head
+    is delivered: one request of the key at a time, in order. (Before: the
+    dropped copy counted as the head being final, and the waiting event was
+    sent beside the head's third attempt, and acknowledged before the head.)"""
+    from kafka import KafkaProducer
+    ep = Endpoint(delay_s=2.0)
+    try:
+        broker, d, r = stack(procs, workdir, db_url, ",".join(["1s"] * 6))
+        sub = register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        head, behind = event("00uK", 0), event("00uK", 1)
+        ep.fail_first[head["uuid"]] = 3
+        produce(broker.bootstrap, [head, behind])
+        hid = wait_until(lambda: delivery_id(db_url, sub, head), 20 * SLOW, "the head logged")
+        wait_until(lambda: ep.seen.get(head["uuid"], 0) >= 3, 30 * SLOW,
+                   "the head's third attempt in flight")
+        assert sql(db_url, "SELECT attempts FROM hookbridge.deliveries WHERE delivery_id=%s",
+                   hid)[0][0] == 2
+        time.sleep(0.5)  # the event behind it has come round and waits for it
+        copy = next(m for m in topic_records(broker.bootstrap, "hookbridge.retry.1s", want=1)
+                    if (v := decode("delivery_retry", m.value))["delivery_id"] == hid
+                    and v["attempt"] == 2)
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
+        kp.send("hookbridge.retry.1s", value=copy.value, key=copy.key, partition=copy.partition)
+        kp.flush()
+        kp.close()
+        wait_until(lambda: len(ep.order("00uK")) == 2, 60 * SLOW, "both events acknowledged")
+        assert r.metric("hookbridge_stale_retries_dropped_total") == 1, "the copy was not read"
+        assert ep.max_in_flight["00uK"] == 1, "the waiting event was sent beside the head"
+        assert ep.order("00uK") == [head["uuid"], behind["uuid"]]
+    finally:
+        ep.srv.shutdown()
