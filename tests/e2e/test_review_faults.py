@@ -50,3 +50,42 @@ def test_a_stale_copy_of_the_head_s_retry_does_not_release_its_key(db_url, procs
         assert ep.order("00uK") == [head["uuid"], behind["uuid"]]
     finally:
         ep.srv.shutdown()
+
+
+def test_deliveries_not_attempted_are_not_counted_as_endpoint_failures(db_url, procs, workdir):
+    """A subscription limited to one request every 5 s: its first event is
+    sent and acknowledged; five more a moment later cannot wait for their
+    turn and go to the delay tier unattempted ("rate limited: ..."). Its
+    endpoint answered all it got: endpoint_health has it not failing, and
+    deactivate_failing (the retrier's automatic deactivation) leaves it
+    active. (Before: the five rows of attempts not made counted as failed
+    attempts, and deactivate_failing deactivated the subscription, "every
+    attempt failed since ... last error: rate limited: ...", dropping its
+    pending retries.)"""
+    from hbtest.stack import Broker, Dispatcher, Receiver
+    from test_delivery import AUTH_VALUE, SECRET
+    from test_rate_limit import users
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_MAX_QUEUE_WAIT": "2s"})
+    d.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 0.2, "burst": 1}})
+
+    def log():
+        return sql(db_url, "SELECT status, coalesce(last_error, '') FROM hookbridge.deliveries "
+                   "WHERE subscription_id=%s", sub)
+    produce(broker.bootstrap, users(1))
+    wait_until(lambda: [r[0] for r in log()] == ["delivered"], 20 * SLOW, "the first delivered")
+    produce(broker.bootstrap, users(5))
+    rows = wait_until(lambda: len(rs := log()) == 6 and rs, 20 * SLOW, "five more in the log")
+    parked = [r for r in rows if r[0] == "retry"]
+    assert len(parked) == 5 and all(r[1].startswith("rate limited: ") for r in parked), rows
+    assert [p["status"] for p in rcv.posts()] == [204]
+    assert sql(db_url, "SELECT consecutive_failures, failing_since FROM "
+               "hookbridge.endpoint_health WHERE subscription_id=%s", sub) == [(0, None)]
+    time.sleep(1.5)
+    assert sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 second')") == []
+    assert sql(db_url, "SELECT status FROM hookbridge.subscriptions WHERE id=%s",
+               sub) == [("active",)]
