@@ -5,6 +5,7 @@ what a user saw before its fix.
   already made, as after a restart) is dropped as stale; that must not let
   the deliveries waiting in the retrier's memory behind the head go while
   the head's own retry is still in flight."""
+import json
 import time
 
 from hbtest.avro import decode
@@ -89,3 +90,39 @@ def test_deliveries_not_attempted_are_not_counted_as_endpoint_failures(db_url, p
     assert sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 second')") == []
     assert sql(db_url, "SELECT status FROM hookbridge.subscriptions WHERE id=%s",
                sub) == [("active",)]
+
+
+def test_a_delivery_held_by_its_rate_limit_follows_its_new_url_s_circuit(db_url, procs, workdir):
+    """A rate-limited subscription (one request every 5 s) whose endpoint A
+    answers 500: its first two events open A's circuit (2 failures). Its URL
+    then moves to a healthy endpoint B, verified, while its third event waits
+    for its turn. When the turn comes the event goes to B, whose circuit is
+    closed. (Before: the held delivery still asked A's circuit, was not
+    attempted, "circuit open: endpoint failing", and waited in the delay tier
+    although B had never failed.)"""
+    from hbtest.stack import Broker, Dispatcher, Receiver
+    from test_delivery import AUTH_VALUE, SECRET
+    from test_rate_limit import users
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    auth = f"Authorization: {AUTH_VALUE}"
+    a = Receiver(procs, workdir, secret=SECRET, auth=auth, status=500, name="a")
+    b = Receiver(procs, workdir, secret=SECRET, auth=auth, name="b")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_MAX_QUEUE_WAIT": "60s",
+        "HOOKBRIDGE_CIRCUIT_FAILURES": "2", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "5m"})
+    d.wait_ready()
+    sub = register_verified(db_url, a.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 0.2, "burst": 1}})
+    evs = users(3)
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: len(a.posts()) == 2, 20 * SLOW, "two failed attempts at A")
+    wait_until(lambda: "circuit open after 2 consecutive failures" in d.proc.output(),
+               10 * SLOW, "A's circuit open")
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, b.url)
+    wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
+                           "WHERE id=%s", sub)[0][0] == "verified", 10 * SLOW, "B verified")
+    wait_until(lambda: b.posts(), 20 * SLOW, "the third event at B")
+    at_a = {json.loads(r["body"])["data"]["events"][0]["uuid"] for r in a.posts()}
+    assert len(at_a) == 2
+    assert [e["uuid"] for _, e in b.events()] == [
+        e["uuid"] for e in evs if e["uuid"] not in at_a]
