@@ -350,12 +350,17 @@ static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, si
     return 0;
 }
 
-/* A full load for the loop (at a reconnect). */
+/* A full load for the loop (at a reconnect). One that fails on a connection
+ * still up (a statement timeout, say) drops it, so the next connection
+ * reloads: the changes missed while disconnected must not stay missed. */
 static void post_reload(lane_t *ln) {
     store_msg_t *m = msg_new(MSG_RELOAD);
     char why[512];
-    if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0)
+    if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0) {
         msg_fail(m, why);
+        if (ln->conn)
+            store_drop(ln);
+    }
     post(ln, m);
 }
 
