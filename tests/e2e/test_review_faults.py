@@ -126,3 +126,56 @@ def test_a_delivery_held_by_its_rate_limit_follows_its_new_url_s_circuit(db_url,
     assert len(at_a) == 2
     assert [e["uuid"] for _, e in b.events()] == [
         e["uuid"] for e in evs if e["uuid"] not in at_a]
+
+
+def test_a_failed_reload_after_a_reconnect_loses_no_event(pg_cluster, db_url, procs, workdir):
+    """The dispatcher's database connection drops; meanwhile a second
+    subscription is deactivated (its notification missed). When the
+    connection comes back, the reload of the subscriptions fails (here a
+    statement timeout while a lock is held; a connection lost again mid-way
+    does the same) though the connection stays up. An event produced then is
+    delivered with the subscriptions held in memory, as during the outage;
+    the reload is made again, and an event produced after it reaches the
+    first subscription's endpoint and not the deactivated one's. (Before: the
+    failed reload left the index empty and the dispatcher went on consuming:
+    events matched nothing and were skipped, their offsets committed, and
+    nothing reloaded the index until the next reconnect.)"""
+    import psycopg2
+    from hbtest.stack import Receiver
+    from test_delivery import event as delivery_event
+    from test_promises3 import delivering_through
+    proxy, broker, rcv, d, sub = delivering_through(pg_cluster, db_url, procs, workdir)
+    lock = psycopg2.connect(db_url)
+
+    def delivered(e, r):
+        return e["uuid"] in {ev["uuid"] for _, ev in r.events()}
+    try:
+        rcv2 = Receiver(procs, workdir, name="second")
+        sub2 = register_verified(db_url, rcv2.url, ["user.session.start"])
+        dbname = sql(db_url, "SELECT current_database()")[0][0]
+        proxy.cut()
+        wait_until(lambda: "database not connected" in d.get("/readyz")[1], 10 * SLOW,
+                   "the dispatcher to see the database gone")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub2)
+        sql(db_url, f'ALTER DATABASE "{dbname}" SET statement_timeout = 200')
+        lock.cursor().execute("LOCK TABLE hookbridge.subscriptions IN ACCESS EXCLUSIVE MODE")
+        proxy.start()
+        wait_until(lambda: "cannot load subscriptions" in d.proc.output(), 20 * SLOW,
+                   "the reload after the reconnect to fail")
+        during = delivery_event("user.session.start")
+        produce(broker.bootstrap, [during])
+        wait_until(lambda: delivered(during, rcv), 20 * SLOW,
+                   "the event produced while the reload fails at its endpoint")
+        loaded = d.proc.output().count("subscription index loaded")
+        lock.rollback()
+        sql(db_url, f'ALTER DATABASE "{dbname}" RESET statement_timeout')
+        wait_until(lambda: d.proc.output().count("subscription index loaded") > loaded,
+                   20 * SLOW, "the subscriptions reloaded")
+        after = delivery_event("user.session.start")
+        produce(broker.bootstrap, [after])
+        wait_until(lambda: delivered(after, rcv), 20 * SLOW, "the event produced after it")
+        time.sleep(0.5)
+        assert not delivered(after, rcv2), "an event reached the deactivated subscription"
+    finally:
+        lock.close()
+        proxy.close()
