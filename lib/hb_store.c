@@ -808,8 +808,11 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
     lane_set_conn(fl, conn);
     if (store_listen(fl, errstr, errstr_size) < 0)
         goto fail;
-    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0)
+    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0) {
         st->snapshot_err = hb_strdup(why);
+        if (fl->conn) /* failed on a connection still up: the next one loads again */
+            store_drop(fl);
+    }
     if (pipe_open(st->notify) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;
