@@ -179,3 +179,35 @@ def test_a_failed_reload_after_a_reconnect_loses_no_event(pg_cluster, db_url, pr
     finally:
         lock.close()
         proxy.close()
+
+
+def test_a_service_whose_first_load_fails_loads_again(db_url, procs, workdir):
+    """A dispatcher starts while its first load of the subscriptions fails on
+    a connection that stays up (a statement timeout while a lock is held).
+    Once the lock is gone it becomes ready by itself and delivers. (Before:
+    nothing loaded the subscriptions again: not ready, 'subscription index
+    not loaded', for good, though its loop and /healthz went on.)"""
+    import psycopg2
+    from hbtest.stack import Broker, Dispatcher, Receiver
+    from test_delivery import event as delivery_event
+    dbname = sql(db_url, "SELECT current_database()")[0][0]
+    lock = psycopg2.connect(db_url)
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        sql(db_url, f'ALTER DATABASE "{dbname}" SET statement_timeout = 200')
+        lock.cursor().execute("LOCK TABLE hookbridge.subscriptions IN ACCESS EXCLUSIVE MODE")
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        wait_until(lambda: "cannot load subscriptions" in d.proc.output(), 20 * SLOW,
+                   "the first load to fail")
+        lock.rollback()
+        sql(db_url, f'ALTER DATABASE "{dbname}" RESET statement_timeout')
+        d.wait_ready(timeout=20 * SLOW)
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        e = delivery_event("user.session.start")
+        produce(broker.bootstrap, [e])
+        wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20 * SLOW,
+                   "the event at its endpoint")
+        assert sub
+    finally:
+        lock.close()
