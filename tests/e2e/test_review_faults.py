@@ -211,3 +211,43 @@ def test_a_service_whose_first_load_fails_loads_again(db_url, procs, workdir):
         assert sub
     finally:
         lock.close()
+
+
+def test_a_change_whose_load_fails_for_a_moment_does_not_remove_the_subscription(
+        pg_cluster, db_url, procs, workdir):
+    """A change of an active subscription is notified while its row cannot
+    be read for a moment (a statement timeout while a lock is held) on a
+    connection that stays up. The dispatcher loads the subscriptions again
+    once it can, and an event produced after the lock is gone reaches the
+    endpoint. (Before: the failed load removed the subscription from the
+    index as if its row were unreadable for good, 'deliveries to it stop
+    until it is fixed': its events were skipped, their offsets committed.)"""
+    import psycopg2
+    from test_delivery import event as delivery_event
+    from test_promises3 import delivering_through
+    proxy, broker, rcv, d, sub = delivering_through(pg_cluster, db_url, procs, workdir)
+    lock = psycopg2.connect(db_url)
+    dbname = sql(db_url, "SELECT current_database()")[0][0]
+    try:
+        # the dispatcher's connections from now on time out after 200 ms
+        sql(db_url, f'ALTER DATABASE "{dbname}" SET statement_timeout = 200')
+        proxy.cut()
+        wait_until(lambda: "database not connected" in d.get("/readyz")[1], 10 * SLOW,
+                   "the dispatcher to see the database gone")
+        proxy.start()
+        d.wait_ready(timeout=20 * SLOW)
+        sql(db_url, f'ALTER DATABASE "{dbname}" RESET statement_timeout')
+        lock.cursor().execute("LOCK TABLE hookbridge.subscriptions IN ACCESS EXCLUSIVE MODE")
+        timeouts = d.proc.output().count("statement timeout")
+        sql(db_url, "SELECT pg_notify('hookbridge_subscriptions', %s)", sub)
+        wait_until(lambda: d.proc.output().count("statement timeout") > timeouts, 10 * SLOW,
+                   "the change's load to time out")
+        lock.rollback()
+        wait_until(lambda: d.get("/readyz")[0] == 200, 20 * SLOW, "the dispatcher ready")
+        e = delivery_event("user.session.start")
+        produce(broker.bootstrap, [e])
+        wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20 * SLOW,
+                   "the event at its endpoint")
+    finally:
+        lock.close()
+        proxy.close()
