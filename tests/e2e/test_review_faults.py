@@ -33,15 +33,16 @@ def test_a_stale_copy_of_the_head_s_retry_does_not_release_its_key(db_url, procs
         ep.fail_first[head["uuid"]] = 3
         produce(broker.bootstrap, [head, behind])
         hid = wait_until(lambda: delivery_id(db_url, sub, head), 20 * SLOW, "the head logged")
+        # its second attempt is on the tier once its first is logged
+        copy = next(m for m in topic_records(broker.bootstrap, "hookbridge.retry.1s", want=1)
+                    if (v := decode("delivery_retry", m.value))["delivery_id"] == hid
+                    and v["attempt"] == 2)
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
         wait_until(lambda: ep.seen.get(head["uuid"], 0) >= 3, 30 * SLOW,
                    "the head's third attempt in flight")
         assert sql(db_url, "SELECT attempts FROM hookbridge.deliveries WHERE delivery_id=%s",
                    hid)[0][0] == 2
         time.sleep(0.5)  # the event behind it has come round and waits for it
-        copy = next(m for m in topic_records(broker.bootstrap, "hookbridge.retry.1s", want=1)
-                    if (v := decode("delivery_retry", m.value))["delivery_id"] == hid
-                    and v["attempt"] == 2)
-        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
         kp.send("hookbridge.retry.1s", value=copy.value, key=copy.key, partition=copy.partition)
         kp.flush()
         kp.close()
