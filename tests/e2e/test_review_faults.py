@@ -4,7 +4,17 @@ what a user saw before its fix.
 - A retry of an ordered key's head read again (a duplicate of an attempt
   already made, as after a restart) is dropped as stale; that must not let
   the deliveries waiting in the retrier's memory behind the head go while
-  the head's own retry is still in flight."""
+  the head's own retry is still in flight.
+- Deliveries not attempted (here rate limited) are not endpoint failures:
+  endpoint_health does not count them and deactivate_failing leaves the
+  subscription active.
+- A delivery held by its rate limit while its URL moves asks the new host's
+  circuit, not the old one's.
+- A load of the subscriptions that fails on a connection that stays up (a
+  statement timeout while a lock is held): after a reconnect it neither
+  empties the index nor stays missed; at start it does not leave the service
+  not ready for good; for one notified change it does not remove the
+  subscription."""
 import json
 import time
 
