@@ -654,7 +654,10 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
     }
     if (as_it_is_now(D, dl))
         return;
-    if (circuit_enabled(D) && *dl->endpoint && (open = circuit_open(D, dl, 1)) != 0) {
+    /* the circuit of its host as it is now (its URL may have changed) */
+    if (circuit_enabled(D) &&
+        hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&
+        (open = circuit_open(D, dl, 1)) != 0) {
         /* the circuit opened while it waited, or another attempt probes it */
         route_not_made(D, dl, circuit_reason(open), 1);
         delivery_finish(D, dl);

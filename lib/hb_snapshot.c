@@ -419,8 +419,10 @@ int hb_snapshot_load_one(struct pg_conn *conn, const hb_keyring_t *kr, const cha
         return -1;
     }
     res = PQexecParams(conn, SNAPSHOT_SELECT, 1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return hb_pg_fail(conn, res, "loading a subscription", errstr, errstr_size);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        (void)hb_pg_fail(conn, res, "loading a subscription", errstr, errstr_size);
+        return -2;
+    }
     if (PQntuples(res) > 0)
         rc = row_to_sub(kr, res, 0, out, errstr, errstr_size);
     PQclear(res);

@@ -339,23 +339,29 @@ static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, siz
 /* Loads one subscription by id; *out = NULL when it does not exist or is
  * deregistered. */
 static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, size_t errstr_size) {
+    int rc;
     *out = NULL;
     if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
-    if (hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size) < 0) {
+    if ((rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size)) < 0) {
         if (PQstatus(ln->conn) == CONNECTION_BAD)
             store_drop(ln);
-        return -1;
+        return rc;
     }
     return 0;
 }
 
-/* A full load for the loop (at a reconnect). */
+/* A full load for the loop (at a reconnect). One that fails on a connection
+ * still up (a statement timeout, say) drops it, so the next connection
+ * reloads: the changes missed while disconnected must not stay missed. */
 static void post_reload(lane_t *ln) {
     store_msg_t *m = msg_new(MSG_RELOAD);
     char why[512];
-    if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0)
+    if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0) {
         msg_fail(m, why);
+        if (ln->conn)
+            store_drop(ln);
+    }
     post(ln, m);
 }
 
@@ -415,9 +421,14 @@ static int store_dispatch(lane_t *ln, const store_note_t *notes, size_t n, msg_q
         hb_sub_t *sub = NULL;
         if (notes[i].verify)
             continue;
-        if (load_one(ln, notes[i].id, &sub, why, sizeof(why)) < 0) {
-            if (!ln->conn) {
-                /* Lost mid-way: the reconnect's reload covers the rest. */
+        int rc = load_one(ln, notes[i].id, &sub, why, sizeof(why));
+        if (rc < 0) {
+            if (!ln->conn || rc == -2) {
+                /* Lost mid-way, or the query failed (a statement timeout,
+                 * say: the row is not known to be bad): the reconnect's
+                 * reload covers the rest. */
+                if (ln->conn)
+                    store_drop(ln);
                 hb_seterr(errstr, errstr_size, "%s", why);
                 return -1;
             }
@@ -803,8 +814,11 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
     lane_set_conn(fl, conn);
     if (store_listen(fl, errstr, errstr_size) < 0)
         goto fail;
-    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0)
+    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0) {
         st->snapshot_err = hb_strdup(why);
+        if (fl->conn) /* failed on a connection still up: the next one loads again */
+            store_drop(fl);
+    }
     if (pipe_open(st->notify) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;

@@ -248,17 +248,24 @@ size_t hb_worker_in_flight(const hb_worker_t *w) {
 /* ---------------------------------------------------------- subscriptions */
 
 static void on_sub_loaded(hb_sub_t *sub, void *opaque) {
-    hb_index_upsert(((hb_worker_t *)opaque)->index, sub);
+    hb_index_upsert(opaque, sub);
 }
 
+/* Into a fresh index, which replaces the one in memory only once loaded: a
+ * reload that fails (the store tries again) leaves the services with the
+ * index they had, as during the outage before it, not an empty one that
+ * matches nothing while consumption goes on. */
 static int load_index(hb_worker_t *w) {
     char errstr[512];
-    hb_index_clear(w->index);
-    if (hb_store_load_all(w->store, on_sub_loaded, w, errstr, sizeof(errstr)) < 0) {
+    hb_index_t *fresh = hb_index_new();
+    if (hb_store_load_all(w->store, on_sub_loaded, fresh, errstr, sizeof(errstr)) < 0) {
+        hb_index_free(fresh);
         hb_metric_inc(w->m_db_errors);
         hb_error("cannot load subscriptions: %s", errstr);
         return -1;
     }
+    hb_index_free(w->index);
+    w->index = fresh;
     hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
     hb_info("subscription index loaded: %zu subscriptions, %zu deliverable",
             hb_index_count(w->index), hb_index_deliverable_count(w->index));

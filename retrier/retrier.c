@@ -119,17 +119,20 @@ static void active_free(active_t *a) {
 }
 
 /* Any delivery of the retrier was routed (hb_delivery's settled): if it was
- * tracked, its waiters go on at the next pass. */
+ * tracked, its waiters go on at the next pass. A discarded one never was
+ * (the stale are dropped before they are tracked): it is a copy read again
+ * of an attempt already made, while the tracked attempt of its delivery may
+ * still be in flight, so it tells its waiters nothing. */
 static void on_settled(const hb_delivery_t *dl, void *arg) {
     hb_retrier_t *r = arg;
-    hb_hash_slot_t *s = hb_hash_find(&r->active, dl->id);
+    hb_hash_slot_t *s;
     active_t *a;
-    if (!s)
+    if (dl->state == HB_DL_DISCARDED || !(s = hb_hash_find(&r->active, dl->id)))
         return;
     a = s->val;
     hb_hash_del(&r->active, s);
-    a->final = dl->state == HB_DL_DELIVERED || dl->state == HB_DL_FAILED ||
-               dl->state == HB_DL_DROPPED || dl->state == HB_DL_DISCARDED;
+    a->final =
+        dl->state == HB_DL_DELIVERED || dl->state == HB_DL_FAILED || dl->state == HB_DL_DROPPED;
     if (r->ready_n == r->ready_cap) {
         r->ready_cap = r->ready_cap ? r->ready_cap * 2 : 64;
         r->ready = hb_realloc(r->ready, r->ready_cap * sizeof(*r->ready));

@@ -5,6 +5,10 @@
 -- Endpoint health. A statement trigger on delivery_attempts keeps, per
 -- subscription, the consecutive failed attempts and since when it has been
 -- failing, and the last success (less than 1 s behind: see _track_health).
+-- A delivery the services did not attempt (logged 'retry' with why: its
+-- endpoint's circuit open, its host busy or slow, its rate limit, waiting
+-- behind an earlier delivery of its ordering key or for a new URL's
+-- verification) says nothing about the endpoint and is not counted.
 -- hookbridge.deactivate_failing(interval), run by the retrier every minute,
 -- deactivates subscriptions failing for longer than that and records why in
 -- subscriptions.deactivation_reason.
@@ -97,7 +101,11 @@ BEGIN
                    array_agg(n.error) FILTER (WHERE n.outcome <> 'delivered') AS fail_err
               FROM new_rows n
              WHERE n.outcome = 'delivered'
-                OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
+                OR (n.outcome IN ('retry', 'failed')
+                    AND NOT coalesce(n.error, '') LIKE ANY (ARRAY[
+                        'circuit open%', 'endpoint busy: %', 'endpoint slow: %',
+                        'rate limited: %', 'waiting behind %',
+                        'waiting for the subscription''s new URL %']))
              GROUP BY 1) g
       LEFT JOIN hookbridge.endpoint_health cur ON cur.subscription_id = g.sid
      WHERE g.sid IS NOT NULL -- neither the attempt nor the log knows its subscription

@@ -52,7 +52,11 @@ BEGIN
                n.started_at, n.outcome, n.error
           FROM new_rows n
          WHERE n.outcome = 'delivered'
-            OR (n.outcome IN ('retry', 'failed') AND coalesce(n.error, '') NOT LIKE 'circuit open%')
+            OR (n.outcome IN ('retry', 'failed')
+                AND NOT coalesce(n.error, '') LIKE ANY (ARRAY[
+                    'circuit open%', 'endpoint busy: %', 'endpoint slow: %',
+                    'rate limited: %', 'waiting behind %',
+                    'waiting for the subscription''s new URL %']))
     ), s AS (
         SELECT sid, max(started_at) FILTER (WHERE outcome = 'delivered') AS ok_at
           FROM a GROUP BY sid
@@ -90,7 +94,8 @@ CREATE TRIGGER health AFTER INSERT ON ref.delivery_attempts
 
 COLUMNS = ("delivery_id, attempt, started_at, duration_ms, http_status, outcome, error, "
            "response_snippet, subscription_id")
-ERRORS = [None, "HTTP 503", "circuit open: 5 failures", "timeout", "HTTP 500"]
+ERRORS = [None, "HTTP 503", "circuit open: 5 failures", "timeout", "HTTP 500",
+          "rate limited: held 5000 ms"]
 
 
 # the mix of outcomes: about as many failures as successes; nine successes in ten
