@@ -50,15 +50,17 @@ class Counting(ChallengeAnswering):
         self.end_headers()
 
 
+def endpoint(handler=Counting):
+    """A server for handler with what it records: posts, challenged."""
+    srv = serve(handler)
+    srv.lock = threading.Lock()
+    srv.posts = []
+    srv.challenged = set()
+    return srv
+
+
 def endpoints(n):
-    out = []
-    for _ in range(n):
-        srv = serve(Counting)
-        srv.lock = threading.Lock()
-        srv.posts = []
-        srv.challenged = set()
-        out.append(srv)
-    return out
+    return [endpoint() for _ in range(n)]
 
 
 def subscribe_all(db_url, urls):
@@ -143,9 +145,7 @@ def test_a_connection_the_endpoint_closed_is_retried_on_a_new_one_however_often_
     the endpoint never answered, sent to the delay tiers and counted against
     the endpoint's circuit. One request at a time here, so one handle makes
     every request: 16 deliveries, 8 races."""
-    ep = serve(DroppingEverySecond)
-    ep.lock = threading.Lock()
-    ep.posts = []
+    ep = endpoint(DroppingEverySecond)
     try:
         broker = Broker(procs, workdir)
         d = Dispatcher(procs, db_url, broker.bootstrap,
