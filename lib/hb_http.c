@@ -1005,16 +1005,12 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
          * life and fails the sixth ("Connection died, tried 5 times before
          * giving up"): only a reset clears that count. */
         curl_easy_reset(easy);
-        if (hb_http_setup_handle(h, easy) != CURLE_OK) {
-            curl_easy_cleanup(easy);
-            easy = NULL;
-        }
     } else {
         easy = curl_easy_init();
-        if (easy && hb_http_setup_handle(h, easy) != CURLE_OK) {
-            curl_easy_cleanup(easy);
-            easy = NULL;
-        }
+    }
+    if (easy && hb_http_setup_handle(h, easy) != CURLE_OK) {
+        curl_easy_cleanup(easy);
+        easy = NULL;
     }
     CURLcode rc = easy ? hb_http_setup(h, x, easy) : CURLE_FAILED_INIT;
     CURLMcode mrc = CURLM_OK;
