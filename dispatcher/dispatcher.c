@@ -245,6 +245,10 @@ static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
     free(ids);
     if (!dl)
         return; /* could not be rendered: failed, and that is final */
+    /* it began now, though it may wait behind its key: a deactivation while
+     * it waits drops it even when the subscription is active again by then,
+     * here and in the retrier (as a batch's events and a pending retry) */
+    dl->first_attempt_ms = hb_wall_ms();
     dl->order_key = hb_strdup(key);
     dl->order_partition = rkm->partition;
     dl->order_offset = rkm->offset;
