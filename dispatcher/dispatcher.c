@@ -421,9 +421,19 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
                      void *opaque) {
     hb_dispatcher_t *d = opaque;
     hb_sub_t *const *subs;
-    size_t n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
-    hb_job_t *job = hb_worker_track(w, rkm);
+    size_t n;
+    hb_job_t *job;
+    const char *uuid = hb_ev_uuid(event);
 
+    /* The schema requires a uuid, and the webhook-id is derived from it: two
+     * events without one would share their deliveries' ids (a receiver drops
+     * the second as a duplicate, the log has one row for both). */
+    if (!uuid || !*uuid) {
+        hb_worker_poison(w, rkm, "uuid: empty");
+        return;
+    }
+    n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
+    job = hb_worker_track(w, rkm);
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
             char key[512];
