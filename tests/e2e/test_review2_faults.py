@@ -4,7 +4,9 @@ user saw before its fix.
 - Events of an ordered key waiting in the dispatcher's memory behind a slow
   head when the subscription is deactivated and at once activated again are
   dropped, like a batch still filling or a pending retry: only events that
-  arrive after the reactivation are delivered."""
+  arrive after the reactivation are delivered.
+- An event whose uuid is empty is poison (dead-lettered with the reason),
+  not delivered under a webhook-id every such event shares."""
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import produce
 from test_delivery import register_verified, sql
@@ -41,5 +43,43 @@ def test_ordered_events_held_in_memory_at_a_deactivation_stay_dropped_after_reac
         sent_after = [e["uuid"] for e in evs[1:] if ep.seen.get(e["uuid"])]
         assert sent_after == [], f"{len(sent_after)} of the four sent after the reactivation"
         assert [row(e) for e in evs[1:]] == [("dropped", DROP_REASON)] * 4
+    finally:
+        ep.srv.shutdown()
+
+
+def test_an_event_with_an_empty_uuid_is_poison_not_delivered_under_another_s_webhook_id(
+        db_url, procs, workdir):
+    """Two different events whose uuid is empty (a producer of your own that
+    fills it in wrong; the schema requires it, hookbridge's producer and
+    ingest endpoint refuse it) are poison: copied to the dead-letter topic
+    with the reason, not delivered. (Before: both were delivered, with one
+    webhook-id derived from the empty uuid, so a receiver de-duplicating on
+    it dropped the second, and the delivery log had one row for the two.)"""
+    from kafka import KafkaProducer
+    from hbtest.pyavro import event_schema, single_object
+    from hbtest.stack import topic_records
+    ep = Endpoint()
+    try:
+        broker, d, _ = stack(procs, workdir, db_url, "1s")
+        register_verified(db_url, ep.url, ["user.session.start"])
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","), retries=10)
+        bad = []
+        for n in range(2):
+            bad.append(single_object(event_schema(), {
+                "uuid": "", "published": "2026-01-01T00:00:00.000Z",
+                "eventType": "user.session.start", "displayMessage": f"no uuid {n}",
+                "target": [{"id": "00uE", "type": "User"}]}))
+            kp.send(broker.events_topic, key=b"00uE", value=bad[-1]).get(timeout=30)
+        kp.flush()
+        kp.close()
+        good = event("00uE", 2)
+        produce(broker.bootstrap, [good])
+        wait_until(lambda: ep.seen.get(good["uuid"]), 20 * SLOW, "the event behind them")
+        wait_until(lambda: "poison message" in d.proc.output() or ep.seen.get("") == 2,
+                   20 * SLOW, "both read")
+        assert ep.seen.get("") is None, "events without a uuid were delivered"
+        msgs = topic_records(broker.bootstrap, broker.dlq_topic, want=2)
+        assert sorted(m.value for m in msgs) == sorted(bad)
+        assert {dict(m.headers)["hookbridge-reason"] for m in msgs} == {b"uuid: empty"}
     finally:
         ep.srv.shutdown()
