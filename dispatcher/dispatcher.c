@@ -317,6 +317,12 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
 static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_job_t *job) {
     hb_hash_slot_t *s = hb_hash_find(&d->batches, sub->id);
     batch_t *b = s ? s->val : NULL;
+    if (b && hb_sub_deactivated_since(sub, b->opened_ms)) {
+        /* deactivated and active again since the batch opened: its events
+         * are dropped (batch_flush), not this one, which came after */
+        batch_flush(d, s);
+        b = NULL;
+    }
     if (!b) {
         b = hb_calloc(1, sizeof(*b));
         b->sub = hb_sub_ref(sub);
