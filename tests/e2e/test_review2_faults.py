@@ -6,7 +6,9 @@ user saw before its fix.
   dropped, like a batch still filling or a pending retry: only events that
   arrive after the reactivation are delivered.
 - An event whose uuid is empty is poison (dead-lettered with the reason),
-  not delivered under a webhook-id every such event shares."""
+  not delivered under a webhook-id every such event shares.
+- An event that arrives after a deactivation and reactivation is delivered,
+  though a batch opened before the deactivation was still filling."""
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import produce
 from test_delivery import register_verified, sql
@@ -81,5 +83,40 @@ def test_an_event_with_an_empty_uuid_is_poison_not_delivered_under_another_s_web
         msgs = topic_records(broker.bootstrap, broker.dlq_topic, want=2)
         assert sorted(m.value for m in msgs) == sorted(bad)
         assert {dict(m.headers)["hookbridge-reason"] for m in msgs} == {b"uuid: empty"}
+    finally:
+        ep.srv.shutdown()
+
+
+def test_an_event_arriving_after_a_reactivation_is_not_dropped_with_the_batch_it_joins(
+        db_url, procs, workdir):
+    """A batch opens with event A; the subscription is deactivated and
+    activated again before the window closes; then event B comes. A
+    arrived before the deactivation and is dropped; B arrived after the
+    reactivation and is delivered. (Before: B joined A's batch, and the
+    whole batch was dropped when its window closed, B with it.)"""
+    window_s = 4
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "1s")
+        sub = register_verified(db_url, ep.url, ["user.session.start"],
+                                {"batch_max": 100, "batch_window_ms": window_s * 1000})
+        a, b = event("00uA", 0), event("00uB", 1)
+        produce(broker.bootstrap, [a])
+        wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= 1, 20 * SLOW,
+                   "A read")
+        deactivate_then_activate(db_url, sub, d, r)
+        produce(broker.bootstrap, [b])
+        wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= 2, 20 * SLOW,
+                   "B read")
+
+        def status(e):
+            rows = sql(db_url, "SELECT status, last_error FROM hookbridge.deliveries "
+                       "WHERE subscription_id=%s AND %s = ANY(string_to_array(event_ids, ','))",
+                       sub, e["uuid"])
+            return rows[0] if rows else None
+        wait_until(lambda: status(a) and status(b), (window_s + 20) * SLOW, "both logged")
+        assert status(a) == ("dropped", DROP_REASON)
+        assert status(b) == ("delivered", None), "B arrived after the reactivation"
+        assert ep.seen.get(b["uuid"]) == 1 and not ep.seen.get(a["uuid"])
     finally:
         ep.srv.shutdown()
