@@ -128,17 +128,19 @@ static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t 
 
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. drop_why: not sent but logged dropped
- * with that reason (NULL: sent). */
+ * with that reason (NULL: sent); nothing is rendered for it, so neither a
+ * body over the size bound nor one that cannot be rendered makes it fail. */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why) {
     char id[HB_UUID_LEN + 1];
     char *ids = delivery_id(sub, events, n, id);
-    hb_delivery_t *dl;
-    if (!drop_why) {
+    if (!drop_why)
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
-    } else if ((dl = hb_worker_make(d->w, sub, events, n, id, ids, jobs)) != NULL) {
-        hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED, drop_why);
-    }
+    else
+        hb_worker_skip(
+            d->w,
+            hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, hb_ev_type(events[0]), jobs, n),
+            HB_OUTCOME_DROPPED, drop_why);
     free(ids);
 }
 
