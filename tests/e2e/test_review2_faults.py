@@ -8,7 +8,9 @@ user saw before its fix.
 - An event whose uuid is empty is poison (dead-lettered with the reason),
   not delivered under a webhook-id every such event shares.
 - An event that arrives after a deactivation and reactivation is delivered,
-  though a batch opened before the deactivation was still filling."""
+  though a batch opened before the deactivation was still filling.
+- A batch dropped for its deactivated subscription is logged 'dropped', not
+  'failed' (and dead-lettered) for a body too large to send."""
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import produce
 from test_delivery import register_verified, sql
@@ -118,5 +120,37 @@ def test_an_event_arriving_after_a_reactivation_is_not_dropped_with_the_batch_it
         assert status(a) == ("dropped", DROP_REASON)
         assert status(b) == ("delivered", None), "B arrived after the reactivation"
         assert ep.seen.get(b["uuid"]) == 1 and not ep.seen.get(a["uuid"])
+    finally:
+        ep.srv.shutdown()
+
+
+def test_a_batch_of_a_deactivated_subscription_is_dropped_even_when_too_large_to_send(
+        db_url, procs, workdir):
+    """A batch still filling when its subscription is deactivated is dropped
+    and logged so, also when its body would exceed
+    HOOKBRIDGE_MAX_PAYLOAD_BYTES: nothing is rendered for a batch that is not
+    sent. (Before: it was rendered first, and logged 'failed' for its size,
+    and dead-lettered, for a subscription that was simply switched off.)"""
+    from hbtest.lifecycle import INACTIVE, changes_applied
+    from hbtest.stack import topic_records
+    ep = Endpoint()
+    try:
+        broker, d, _ = stack(procs, workdir, db_url, "1s",
+                             env={"HOOKBRIDGE_MAX_PAYLOAD_BYTES": "1024"})
+        sub = register_verified(db_url, ep.url, ["user.session.start"],
+                                {"batch_max": 10, "batch_window_ms": 4000})
+        evs = [dict(event("00uL", i), displayMessage="x" * 600) for i in range(2)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= 2, 20 * SLOW,
+                   "both read (waiting in the batch)")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        wait_until(lambda: changes_applied(d, sub, INACTIVE) >= 1, 10 * SLOW,
+                   "the dispatcher to see the deactivation")
+        rows = wait_until(lambda: sql(db_url, "SELECT status, last_error FROM "
+                                      "hookbridge.deliveries WHERE subscription_id = %s", sub),
+                          20 * SLOW, "the batch logged")
+        assert rows == [("dropped", "subscription inactive")]
+        assert topic_records(broker.bootstrap, broker.dlq_topic) == []
+        assert not ep.seen
     finally:
         ep.srv.shutdown()
