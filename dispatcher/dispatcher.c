@@ -128,17 +128,19 @@ static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t 
 
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. drop_why: not sent but logged dropped
- * with that reason (NULL: sent). */
+ * with that reason (NULL: sent); nothing is rendered for it, so neither a
+ * body over the size bound nor one that cannot be rendered makes it fail. */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why) {
     char id[HB_UUID_LEN + 1];
     char *ids = delivery_id(sub, events, n, id);
-    hb_delivery_t *dl;
-    if (!drop_why) {
+    if (!drop_why)
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
-    } else if ((dl = hb_worker_make(d->w, sub, events, n, id, ids, jobs)) != NULL) {
-        hb_worker_skip(d->w, dl, HB_OUTCOME_DROPPED, drop_why);
-    }
+    else
+        hb_worker_skip(
+            d->w,
+            hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, hb_ev_type(events[0]), jobs, n),
+            HB_OUTCOME_DROPPED, drop_why);
     free(ids);
 }
 
@@ -245,6 +247,10 @@ static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
     free(ids);
     if (!dl)
         return; /* could not be rendered: failed, and that is final */
+    /* it began now, though it may wait behind its key: a deactivation while
+     * it waits drops it even when the subscription is active again by then,
+     * here and in the retrier (as a batch's events and a pending retry) */
+    dl->first_attempt_ms = hb_wall_ms();
     dl->order_key = hb_strdup(key);
     dl->order_partition = rkm->partition;
     dl->order_offset = rkm->offset;
@@ -313,6 +319,12 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
 static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_job_t *job) {
     hb_hash_slot_t *s = hb_hash_find(&d->batches, sub->id);
     batch_t *b = s ? s->val : NULL;
+    if (b && hb_sub_deactivated_since(sub, b->opened_ms)) {
+        /* deactivated and active again since the batch opened: its events
+         * are dropped (batch_flush), not this one, which came after */
+        batch_flush(d, s);
+        b = NULL;
+    }
     if (!b) {
         b = hb_calloc(1, sizeof(*b));
         b->sub = hb_sub_ref(sub);
@@ -417,9 +429,19 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
                      void *opaque) {
     hb_dispatcher_t *d = opaque;
     hb_sub_t *const *subs;
-    size_t n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
-    hb_job_t *job = hb_worker_track(w, rkm);
+    size_t n;
+    hb_job_t *job;
+    const char *uuid = hb_ev_uuid(event);
 
+    /* The schema requires a uuid, and the webhook-id is derived from it: two
+     * events without one would share their deliveries' ids (a receiver drops
+     * the second as a duplicate, the log has one row for both). */
+    if (!uuid || !*uuid) {
+        hb_worker_poison(w, rkm, "uuid: empty");
+        return;
+    }
+    n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
+    job = hb_worker_track(w, rkm);
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
             char key[512];

@@ -104,7 +104,7 @@ typedef struct hb_delivery_s {
     char *event_ids;          /* comma-separated uuids, owned */
     char *event_type;         /* owned */
     int attempt;              /* this attempt: 1 = first */
-    int64_t first_attempt_ms; /* 0: set when the first attempt starts */
+    int64_t first_attempt_ms; /* 0: set when the first attempt starts (or waits) */
     int schedule_offset;      /* attempts made before the current schedule (replay) */
     hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;

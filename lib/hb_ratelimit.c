@@ -3,7 +3,8 @@
  *
  * The design is simple: one entry per subscription key holds a FIFO of the
  * items waiting, the local token bucket, the tokens granted from the shared
- * budget (and until when they may be used), and whether an ask is open. Each
+ * budget (each grant's until when they may be used: a later grant does not
+ * lengthen the lease of the tokens left from an earlier one), and whether an ask is open. Each
  * entry is "released" whenever something may have changed for it (a submit,
  * an answer, a tick): expired items are refused from the head (the FIFO's
  * head is always the oldest), then items go while both a granted token and a
@@ -23,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "hb_hash.h"
 
@@ -89,11 +91,18 @@ typedef struct rl_item_s {
     int64_t since; /* when it was submitted */
 } rl_item_t;
 
+/* Shared tokens of one grant, usable until then. */
+typedef struct rl_grant_s {
+    int n;
+    int64_t until;
+} rl_grant_t;
+
 typedef struct rl_key_s {
     hb_bucket_t local;
     int burst;
-    int granted;          /* shared tokens on hand */
-    int64_t lease_until;  /* ... usable until then */
+    int granted;        /* shared tokens on hand: the sum of grants[gh..gn) */
+    rl_grant_t *grants; /* oldest first, each with its own lease */
+    size_t gh, gn, gcap;
     int asking;           /* an ask is open */
     int64_t asked_at;     /* ... since then */
     int64_t next_ask;     /* not before then */
@@ -130,6 +139,7 @@ void hb_ratelimit_free(hb_ratelimit_t *rl) {
                 rl->cbs.drop(it->item, rl->cbs.opaque);
             free(it);
         }
+        free(k->grants);
         free(k);
     }
     hb_hash_clear(&rl->keys);
@@ -194,12 +204,42 @@ static void refuse(hb_ratelimit_t *rl, void *item, long long held_ms, const char
     rl->cbs.refuse(item, reason, held_ms, rl->cbs.opaque);
 }
 
+/* The grants whose lease ran out are dropped, never given back. */
+static void grants_lapse(rl_key_t *k, int64_t now) {
+    while (k->gh < k->gn && now >= k->grants[k->gh].until)
+        k->granted -= k->grants[k->gh++].n;
+    if (k->gh == k->gn)
+        k->gh = k->gn = 0;
+}
+
+/* Uses one shared token, of the oldest grant. */
+static void grant_take(rl_key_t *k) {
+    k->granted--;
+    if (--k->grants[k->gh].n == 0 && ++k->gh == k->gn)
+        k->gh = k->gn = 0;
+}
+
+static void grant_add(rl_key_t *k, int n, int64_t until) {
+    if (k->gn == k->gcap) {
+        if (k->gh > 0) { /* reuse the room in front */
+            memmove(k->grants, k->grants + k->gh, (k->gn - k->gh) * sizeof(*k->grants));
+            k->gn -= k->gh;
+            k->gh = 0;
+        } else {
+            k->gcap = k->gcap ? k->gcap * 2 : 4;
+            k->grants = hb_realloc(k->grants, k->gcap * sizeof(*k->grants));
+        }
+    }
+    k->grants[k->gn].n = n;
+    k->grants[k->gn++].until = until;
+    k->granted += n;
+}
+
 /* Refuses what waited too long, sends what may go, asks for more; returns
  * the ms until the entry needs looking at again (-1: never). */
 static long long release(hb_ratelimit_t *rl, const char *key, rl_key_t *k, int64_t now) {
     long long next = -1;
-    if (k->granted && now >= k->lease_until)
-        k->granted = 0; /* the lease ran out: dropped, never given back */
+    grants_lapse(k, now);
     while (k->head && now - k->head->since >= rl->conf.max_wait_ms) {
         rl_item_t *it = pop(rl, k);
         refuse(rl, it->item, (long long)(now - it->since),
@@ -215,7 +255,7 @@ static long long release(hb_ratelimit_t *rl, const char *key, rl_key_t *k, int64
             next = hb_bucket_wait_ms(&k->local, now);
             break;
         }
-        k->granted--;
+        grant_take(k);
         it = pop(rl, k);
         rl->cbs.send(it->item, (long long)(now - it->since), k->throttled_at >= it->since,
                      rl->cbs.opaque);
@@ -245,7 +285,7 @@ static long long release(hb_ratelimit_t *rl, const char *key, rl_key_t *k, int64
         if (next < 0 || expiry < next)
             next = expiry;
     } else if (k->granted) {
-        long long lease = k->lease_until - now;
+        long long lease = k->grants[k->gh].until - now; /* the oldest lapses first */
         if (next < 0 || lease < next)
             next = lease;
     }
@@ -315,10 +355,8 @@ void hb_ratelimit_granted(hb_ratelimit_t *rl, const char *key, int granted, long
     if (granted < 0) {
         k->next_ask = now + ASK_RETRY_MS;
     } else {
-        if (granted > 0) {
-            k->granted += granted;
-            k->lease_until = now + rl->conf.lease_ms;
-        }
+        if (granted > 0)
+            grant_add(k, granted, now + rl->conf.lease_ms);
         /* the shared bucket ran dry: ask again when it has a token */
         k->next_ask = now + (wait_ms > 0 ? wait_ms : 0);
     }
@@ -338,6 +376,7 @@ long long hb_ratelimit_tick(hb_ratelimit_t *rl, int64_t now) {
         long long n = release(rl, s->key, k, now);
         if (idle(k, now)) {
             hb_hash_del(&rl->keys, s);
+            free(k->grants);
             free(k);
             continue;
         }

@@ -273,6 +273,34 @@ static void withdrawn_items_are_dropped_and_the_rest_keep_their_turn(void **stat
     assert_int_equal(f.dropped, 3);
 }
 
+/* A grant does not lengthen the lease of the tokens granted before it: each
+ * token is used within lease_ms of its own grant or dropped, so replicas
+ * together stay within the bound (docs/design.md, "Rate limits"). */
+static void a_new_grant_does_not_extend_the_lease_of_older_tokens(void **state) {
+    fake_t f;
+    hb_ratelimit_t *rl = limiter(&f, 0);
+    (void)state;
+    for (int i = 1; i <= 20; i++)
+        hb_ratelimit_submit(rl, "sub-a", 10, 10, ITEM(i), 0);
+    hb_ratelimit_granted(rl, "sub-a", 10, 0, 0);
+    assert_int_equal(f.sent_cnt, 10); /* the local burst */
+    /* ten more granted at 1 ms, while the local bucket is empty: leased until 251 */
+    hb_ratelimit_granted(rl, "sub-a", 10, 0, 1);
+    assert_int_equal(f.sent_cnt, 10);
+    /* at 200 one more arrives: the local bucket has two tokens again (two
+     * go), and the limiter asks for the one it lacks */
+    hb_ratelimit_submit(rl, "sub-a", 10, 10, ITEM(21), 200);
+    assert_int_equal(f.sent_cnt, 12);
+    assert_int_equal(f.last_wanted, 1);
+    hb_ratelimit_granted(rl, "sub-a", 1, 0, 201);
+    assert_int_equal(f.sent_cnt, 12);
+    /* at 450 the local bucket has two tokens, but the eight tokens left of
+     * the grant at 1 ms lapsed at 251: only the one granted at 201 is used */
+    (void)hb_ratelimit_tick(rl, 450);
+    assert_int_equal(f.sent_cnt, 13);
+    hb_ratelimit_free(rl);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bucket_starts_full_and_refills_at_its_rate),
@@ -284,6 +312,7 @@ int main(void) {
         cmocka_unit_test(unused_grants_lapse_and_failed_asks_are_retried),
         cmocka_unit_test(tiny_rates_wait_long_not_negative),
         cmocka_unit_test(withdrawn_items_are_dropped_and_the_rest_keep_their_turn),
+        cmocka_unit_test(a_new_grant_does_not_extend_the_lease_of_older_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
