@@ -183,11 +183,25 @@ $$;
 -- Plaintext waiting to be sealed, oldest first, locked until the caller's
 -- transaction ends: call it in a transaction, seal_store() each row, commit.
 -- A replica calling it meanwhile waits, then finds those rows done.
+-- Their subscriptions are locked first, in the order every function that
+-- changes a subscription takes (_live locks the subscription, then its
+-- secrets and, through triggers, its inbox rows go): with the inbox rows
+-- locked first, a deregister() or update() of a subscription being sealed
+-- deadlocked with the sealer, and PostgreSQL aborted one of the two.
 CREATE OR REPLACE FUNCTION hookbridge.secrets_to_seal(max_rows integer DEFAULT 100)
 RETURNS TABLE (inbox_id bigint, subscription_id uuid, kind text, secret_id bigint, value text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_max integer := greatest(1, least(coalesce(max_rows, 100), 1000));
+    v_subs uuid[];
 BEGIN
-    -- Housekeeping first: revealable copies past their window, and auth values
+    SELECT coalesce(array_agg(locked.id), '{}') INTO v_subs
+      FROM (SELECT s.id FROM hookbridge.subscriptions s
+             WHERE s.id IN (SELECT i.subscription_id FROM hookbridge.secret_inbox i
+                             WHERE i.sealed_at IS NULL ORDER BY i.id LIMIT v_max)
+             ORDER BY s.id
+               FOR UPDATE) locked;
+    -- Housekeeping: revealable copies past their window, and auth values
     -- superseded before they were sealed.
     DELETE FROM hookbridge.secret_inbox i
      WHERE i.sealed_at IS NOT NULL
@@ -195,9 +209,9 @@ BEGIN
     RETURN QUERY
         SELECT i.id, i.subscription_id, i.kind, i.secret_id, i.value
           FROM hookbridge.secret_inbox i
-         WHERE i.sealed_at IS NULL
+         WHERE i.sealed_at IS NULL AND i.subscription_id = ANY (v_subs)
          ORDER BY i.id
-         LIMIT greatest(1, least(coalesce(max_rows, 100), 1000))
+         LIMIT v_max
            FOR UPDATE;
 END
 $$;
