@@ -235,3 +235,51 @@ def test_a_result_ends_the_request_it_was_claimed_for(db_url):
     assert state(db_url, sub) == ("failed", False, False)
     sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s)", sub, URL)
     assert state(db_url, sub) == ("verified", False, False)
+
+
+# ------------------------------------------------------------------ sealing
+
+def test_deregister_while_a_service_seals_the_secret_waits_instead_of_deadlocking(db_url):
+    """A service seals a new subscription's signing secret (secrets_to_seal,
+    then seal_store, in one transaction) while the operator deregisters the
+    subscription. Both finish, one after the other. Before, the sealer locked
+    the inbox row and then the secret, deregister() the secret and then the
+    inbox row, and PostgreSQL aborted one of them with "deadlock detected"
+    (seen in CI: a test's register-then-deregister raced the dispatcher)."""
+    import threading
+    sub = registered(db_url)
+    sealer = psycopg2.connect(db_url)
+    operator = psycopg2.connect(db_url)
+    errors = []
+
+    def deregister():
+        try:
+            with operator.cursor() as c:
+                c.execute("SELECT hookbridge.deregister(%s)", (sub,))
+            operator.commit()
+        except psycopg2.Error as e:
+            errors.append(f"deregister: {e}")
+
+    try:
+        with sealer.cursor() as c:
+            c.execute("SELECT inbox_id FROM hookbridge.secrets_to_seal(10) "
+                      "WHERE subscription_id = %s", (sub,))
+            inbox = [r[0] for r in c.fetchall()]
+            assert inbox, "the new subscription's secret is not waiting to be sealed"
+            t = threading.Thread(target=deregister)
+            t.start()
+            t.join(0.5)  # the operator's call waits for the sealer
+            try:
+                for i in inbox:
+                    c.execute("SELECT hookbridge.seal_store(%s, '00', '0123456789abcdef')", (i,))
+                sealer.commit()
+            except psycopg2.Error as e:
+                errors.append(f"sealer: {e}")
+            t.join(10)
+        assert not t.is_alive()
+        assert errors == []
+        assert sql(db_url, "SELECT deregistered_at IS NOT NULL FROM hookbridge.subscriptions "
+                   "WHERE id = %s", sub) == [(True,)]
+    finally:
+        sealer.close()
+        operator.close()
