@@ -249,17 +249,30 @@ END
 $$;
 
 -- Sealed values under one of old_key_ids (the older keys a service holds),
--- locked like secrets_to_seal.
+-- locked like secrets_to_seal: their subscriptions first, then the secrets
+-- (with the secrets first, a deregister() meanwhile could deadlock with it).
 CREATE OR REPLACE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
 RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_max integer := greatest(1, least(coalesce(max_rows, 100), 1000));
+    v_subs uuid[];
 BEGIN
+    SELECT coalesce(array_agg(locked.id), '{}') INTO v_subs
+      FROM (SELECT s.id FROM hookbridge.subscriptions s
+             WHERE s.id IN (SELECT sec.subscription_id FROM hookbridge.subscription_secrets sec
+                             WHERE sec.key_id = ANY (old_key_ids)
+                               AND (sec.expires_at IS NULL OR sec.expires_at > now())
+                             ORDER BY sec.id LIMIT v_max)
+                OR s.id IN (SELECT a.id FROM hookbridge.subscriptions a
+                             WHERE a.auth_key_id = ANY (old_key_ids) AND a.deregistered_at IS NULL
+                             ORDER BY a.id LIMIT v_max)
+             ORDER BY s.id
+               FOR UPDATE) locked;
     RETURN QUERY
         SELECT 'signing'::text, sec.subscription_id, sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec
-         WHERE sec.key_id = ANY (old_key_ids)
+         WHERE sec.key_id = ANY (old_key_ids) AND sec.subscription_id = ANY (v_subs)
            AND (sec.expires_at IS NULL OR sec.expires_at > now())
          ORDER BY sec.id LIMIT v_max
            FOR UPDATE;
@@ -267,6 +280,7 @@ BEGIN
         SELECT 'auth'::text, s.id, NULL::bigint, encode(s.auth_sealed, 'hex'), s.auth_key_id
           FROM hookbridge.subscriptions s
          WHERE s.auth_key_id = ANY (old_key_ids) AND s.deregistered_at IS NULL
+           AND s.id = ANY (v_subs)
          ORDER BY s.id LIMIT v_max
            FOR UPDATE;
 END
