@@ -283,3 +283,50 @@ def test_deregister_while_a_service_seals_the_secret_waits_instead_of_deadlockin
     finally:
         sealer.close()
         operator.close()
+
+
+def test_deregister_while_a_service_reseals_under_a_new_key_waits_instead_of_deadlocking(db_url):
+    """During a key rotation a service takes the values sealed under the old
+    key (sealed_under_other_keys: a signing secret and an auth value) while
+    an operator's deregister() has just locked the subscription. The service
+    waits for the operator; both finish. Before, the service locked the secret and then the subscription,
+    deregister() the subscription and then the secret: "deadlock detected".
+    The operator's side is played step by step (_live's lock, then
+    deregister() in the same transaction) to hit that order every time."""
+    import threading
+    old = "aaaaaaaaaaaaaaaa"
+    sub = registered(db_url)
+    sql(db_url, "UPDATE hookbridge.subscription_secrets SET sealed = '\\x00', key_id = %s "
+        "WHERE subscription_id = %s", old, sub)
+    sql(db_url, "UPDATE hookbridge.subscriptions SET auth_header = 'Authorization', "
+        "auth_sealed = '\\x00', auth_key_id = %s WHERE id = %s", old, sub)
+    operator = psycopg2.connect(db_url)
+    service = psycopg2.connect(db_url)
+    errors = []
+
+    def reseal_batch():
+        try:
+            with service.cursor() as c:
+                c.execute("SELECT kind FROM hookbridge.sealed_under_other_keys(%s)", ([old],))
+                c.fetchall()
+            service.commit()
+        except psycopg2.Error as e:
+            errors.append(f"service: {e}")
+
+    try:
+        with operator.cursor() as c:
+            c.execute("SELECT 1 FROM hookbridge.subscriptions WHERE id = %s FOR UPDATE", (sub,))
+            t = threading.Thread(target=reseal_batch)
+            t.start()
+            t.join(0.5)  # the service waits for the operator's lock
+            try:
+                c.execute("SELECT hookbridge.deregister(%s)", (sub,))
+                operator.commit()
+            except psycopg2.Error as e:
+                errors.append(f"deregister: {e}")
+            t.join(10)
+        assert not t.is_alive()
+        assert errors == []
+    finally:
+        operator.close()
+        service.close()
