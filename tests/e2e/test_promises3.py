@@ -94,6 +94,10 @@ def delivering_through(pg_cluster, db_url, procs, workdir):
                        broker.bootstrap)
         d.wait_ready()
         sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        # the activation reaches the dispatcher by NOTIFY, through the proxy:
+        # an event consumed before it would find the subscription inactive
+        wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10 * SLOW,
+                   "the dispatcher to see the subscription active")
         produce(broker.bootstrap, [event("user.session.start")])
         wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
                    "the first event delivered and logged")
