@@ -47,6 +47,7 @@ from hbtest.lifecycle import wait_read
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import event, register_verified, sql
+from test_ingest import brokers_refuse
 
 
 def log_lines_of(text):
@@ -57,18 +58,6 @@ def log_lines_of(text):
 def log_lines(proc):
     """Every JSON line the process wrote, parsed."""
     return log_lines_of(proc.output())
-
-
-def brokers_refuse(bootstrap):
-    """Every broker of the devbroker refuses connections."""
-    for hp in str(bootstrap).split(","):
-        host, port = hp.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return False
-        except OSError:
-            pass
-    return True
 
 
 # ------------------------------------------------------------- ingest

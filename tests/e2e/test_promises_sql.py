@@ -239,6 +239,22 @@ def test_a_result_ends_the_request_it_was_claimed_for(db_url):
 
 # ------------------------------------------------------------------ sealing
 
+def in_a_thread(conn, who, query, args, errors):
+    """Runs query on conn and commits, in a thread (started, returned);
+    a database error goes to errors as "who: error"."""
+    import threading
+
+    def run():
+        try:
+            with conn.cursor() as c:
+                c.execute(query, args)
+            conn.commit()
+        except psycopg2.Error as e:
+            errors.append(f"{who}: {e}")
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
 def test_deregister_while_a_service_seals_the_secret_waits_instead_of_deadlocking(db_url):
     """A service seals a new subscription's signing secret (secrets_to_seal,
     then seal_store, in one transaction) while the operator deregisters the
@@ -246,28 +262,18 @@ def test_deregister_while_a_service_seals_the_secret_waits_instead_of_deadlockin
     the inbox row and then the secret, deregister() the secret and then the
     inbox row, and PostgreSQL aborted one of them with "deadlock detected"
     (seen in CI: a test's register-then-deregister raced the dispatcher)."""
-    import threading
     sub = registered(db_url)
     sealer = psycopg2.connect(db_url)
     operator = psycopg2.connect(db_url)
     errors = []
-
-    def deregister():
-        try:
-            with operator.cursor() as c:
-                c.execute("SELECT hookbridge.deregister(%s)", (sub,))
-            operator.commit()
-        except psycopg2.Error as e:
-            errors.append(f"deregister: {e}")
-
     try:
         with sealer.cursor() as c:
             c.execute("SELECT inbox_id FROM hookbridge.secrets_to_seal(10) "
                       "WHERE subscription_id = %s", (sub,))
             inbox = [r[0] for r in c.fetchall()]
             assert inbox, "the new subscription's secret is not waiting to be sealed"
-            t = threading.Thread(target=deregister)
-            t.start()
+            t = in_a_thread(operator, "deregister", "SELECT hookbridge.deregister(%s)", (sub,),
+                            errors)
             t.join(0.5)  # the operator's call waits for the sealer
             try:
                 for i in inbox:
@@ -293,7 +299,6 @@ def test_deregister_while_a_service_reseals_under_a_new_key_waits_instead_of_dea
     deregister() the subscription and then the secret: "deadlock detected".
     The operator's side is played step by step (_live's lock, then
     deregister() in the same transaction) to hit that order every time."""
-    import threading
     old = "aaaaaaaaaaaaaaaa"
     sub = registered(db_url)
     sql(db_url, "UPDATE hookbridge.subscription_secrets SET sealed = '\\x00', key_id = %s "
@@ -303,21 +308,12 @@ def test_deregister_while_a_service_reseals_under_a_new_key_waits_instead_of_dea
     operator = psycopg2.connect(db_url)
     service = psycopg2.connect(db_url)
     errors = []
-
-    def reseal_batch():
-        try:
-            with service.cursor() as c:
-                c.execute("SELECT kind FROM hookbridge.sealed_under_other_keys(%s)", ([old],))
-                c.fetchall()
-            service.commit()
-        except psycopg2.Error as e:
-            errors.append(f"service: {e}")
-
     try:
         with operator.cursor() as c:
             c.execute("SELECT 1 FROM hookbridge.subscriptions WHERE id = %s FOR UPDATE", (sub,))
-            t = threading.Thread(target=reseal_batch)
-            t.start()
+            t = in_a_thread(service, "service",
+                            "SELECT kind FROM hookbridge.sealed_under_other_keys(%s)", ([old],),
+                            errors)
             t.join(0.5)  # the service waits for the operator's lock
             try:
                 c.execute("SELECT hookbridge.deregister(%s)", (sub,))
