@@ -751,6 +751,18 @@ static void topic_check(hb_consumer_t *c) {
     if (exists) {
         hb_info("topic %s exists now", c->missing_topic);
         c->missing_topic[0] = '\0';
+        /* With a pattern in the subscription librdkafka matches it against
+         * the whole cluster's metadata, which it refreshes only every
+         * topic.metadata.refresh.interval.ms (5 min): an application's
+         * request for all topics makes the group see the new topic now. */
+        for (int i = 0; i < c->topics_cnt; i++)
+            if (c->topics[i][0] == '^') {
+                md = NULL;
+                if (rd_kafka_metadata(c->rk, 1, NULL, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                    md)
+                    rd_kafka_metadata_destroy(md);
+                break;
+            }
     }
 }
 
@@ -766,6 +778,8 @@ static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
          rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) &&
         rkm->rkt) {
         const char *t = rd_kafka_topic_name(rkm->rkt);
+        if (t[0] == '^') /* a pattern (the retrier's retired tiers) matching nothing */
+            return 1;
         if (strcmp(c->missing_topic, t) != 0) {
             hb_error("topic %s does not exist: create it (not ready until it exists)", t);
             snprintf(c->missing_topic, sizeof(c->missing_topic), "%s", t);

@@ -89,13 +89,51 @@ int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *topic_pref
         snprintf(t, len, "%s%s", topic_prefix, d);
         s->tier_topics[j] = t;
     }
+    s->prefix = hb_strdup(topic_prefix);
     return 0;
 }
 
 void hb_schedule_free(hb_schedule_t *s) {
     for (int j = 0; j < s->tiers; j++)
         free(s->tier_topics[j]);
+    free(s->prefix);
     memset(s, 0, sizeof(*s));
+}
+
+long long hb_schedule_tier_ms(const hb_schedule_t *s, const char *topic, int *retired) {
+    size_t plen = s->prefix ? strlen(s->prefix) : 0;
+    long long ms;
+    char canon[32];
+    if (retired)
+        *retired = 0;
+    for (int j = 0; j < s->tiers; j++)
+        if (!strcmp(s->tier_topics[j], topic))
+            return s->tiers_ms[j];
+    if (!s->prefix || strncmp(topic, s->prefix, plen) != 0 ||
+        hb_duration_parse_ms(topic + plen, &ms) < 0 || ms < MIN_DELAY_MS || ms > MAX_DELAY_MS)
+        return -1;
+    hb_delay_format(ms, canon, sizeof(canon));
+    if (strcmp(canon, topic + plen) != 0) /* "60s" is not a name we give a tier */
+        return -1;
+    if (retired)
+        *retired = 1;
+    return ms;
+}
+
+void hb_schedule_tier_pattern(const hb_schedule_t *s, char *out, size_t outsz) {
+    size_t n = 0;
+    const char *p = s->prefix ? s->prefix : "";
+    if (outsz == 0)
+        return;
+    out[n++] = '^';
+    for (; *p && n + 3 < outsz; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-'))
+            out[n++] = '\\';
+        out[n++] = *p;
+    }
+    out[n] = '\0';
+    snprintf(out + n, outsz - n, "[0-9]+(ms|s|m|h|d)$");
 }
 
 int hb_schedule_max_attempts(const hb_schedule_t *s) {

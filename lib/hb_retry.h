@@ -35,6 +35,7 @@ typedef struct hb_schedule_s {
     long long tiers_ms[HB_RETRY_MAX_STEPS]; /* distinct delays, ascending */
     char *tier_topics[HB_RETRY_MAX_STEPS];
     int tiers;
+    char *prefix; /* of the tier topics */
 } hb_schedule_t;
 
 /* Parses "5s,30s,2m" (1..32 delays, each 100 ms .. 30 days). Errors name the
@@ -56,6 +57,17 @@ int hb_schedule_max_attempts(const hb_schedule_t *s);
 int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry_after_ms,
                      long long retry_after_max_ms, int jitter_percent, double rnd, int64_t now_ms,
                      const char **topic, int64_t *not_before_ms);
+
+/* The delay of a tier topic. A topic named like a tier (the prefix and a
+ * delay written canonically) but not in this schedule is a *retired* tier,
+ * one of an earlier schedule, which the retrier still drains: its delay is
+ * read from its name and *retired (may be NULL) is set. -1 for any other
+ * topic. */
+long long hb_schedule_tier_ms(const hb_schedule_t *s, const char *topic, int *retired);
+
+/* A librdkafka subscription pattern ("^...") matching every topic named like
+ * a tier of this prefix, retired tiers included. */
+void hb_schedule_tier_pattern(const hb_schedule_t *s, char *out, size_t outsz);
 
 /* The tier topic for a delay (used by the circuit breaker's cool-down). */
 const char *hb_schedule_topic_for(const hb_schedule_t *s, long long delay_ms);

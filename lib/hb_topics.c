@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_buf.h"
 #include "hb_kafka.h"
 #include "hb_retry.h"
 
@@ -293,12 +294,24 @@ out:
 }
 
 /* Partitions and replicas of the plan's topics from one metadata request;
- * exists[i] 0 when the cluster does not know plan->v[i]. */
-static int read_metadata(rd_kafka_t *rk, const hb_topic_plan_t *plan, int *exists,
-                         hb_topic_state_t *have, char *errstr, size_t errstr_size) {
+ * exists[i] 0 when the cluster does not know plan->v[i]. *retired: the
+ * topics named like a delay tier of this prefix that the schedule does not
+ * have (tiers of an earlier schedule), one line each. */
+static int read_metadata(rd_kafka_t *rk, const hb_config_t *cfg, const hb_topic_plan_t *plan,
+                         int *exists, hb_topic_state_t *have, hb_buf_t *retired, char *errstr,
+                         size_t errstr_size) {
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 1, NULL, &md, TOPICS_TIMEOUT_MS);
+    hb_schedule_t sch;
+    char why[256];
+    rd_kafka_resp_err_t err;
+    if (hb_schedule_parse(&sch, cfg->retry_schedule, cfg->retry_topic_prefix, why, sizeof(why)) <
+        0) {
+        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+        return -1;
+    }
+    err = rd_kafka_metadata(rk, 1, NULL, &md, TOPICS_TIMEOUT_MS);
     if (err) {
+        hb_schedule_free(&sch);
         hb_seterr(errstr, errstr_size, "cannot read the cluster's metadata: %s",
                   rd_kafka_err2str(err));
         return -1;
@@ -318,7 +331,21 @@ static int read_metadata(rd_kafka_t *rk, const hb_topic_plan_t *plan, int *exist
             have[i].retention_ms = -2;
         }
     }
+    for (int t = 0; t < md->topic_cnt; t++) {
+        int old = 0;
+        long long ms = hb_schedule_tier_ms(&sch, md->topics[t].topic, &old);
+        char d[32];
+        if (!old || md->topics[t].err)
+            continue;
+        hb_delay_format(ms, d, sizeof(d));
+        hb_buf_printf(
+            retired,
+            "retired   %-32s delay tier %s, not in HOOKBRIDGE_RETRY_SCHEDULE: the retriers "
+            "drain it; delete it once hookbridge_consumer_lag shows it empty\n",
+            md->topics[t].topic, d);
+    }
     rd_kafka_metadata_destroy(md);
+    hb_schedule_free(&sch);
     return 0;
 }
 
@@ -332,6 +359,7 @@ int hb_topics_apply(const hb_config_t *cfg, const hb_topic_plan_t *plan, int che
     hb_topic_state_t *have = hb_calloc(plan->n, sizeof(*have));
     int rc = -1;
     char kerr[512];
+    hb_buf_t retired = {0};
 
     *problems = 0;
     if (!conf)
@@ -344,7 +372,7 @@ int hb_topics_apply(const hb_config_t *cfg, const hb_topic_plan_t *plan, int che
     }
     conf = NULL; /* now owned by the rd_kafka_t */
 
-    if (read_metadata(rk, plan, exists, have, errstr, errstr_size) < 0)
+    if (read_metadata(rk, cfg, plan, exists, have, &retired, errstr, errstr_size) < 0)
         goto out;
     if (!check_only) {
         int *missing = hb_calloc(plan->n, sizeof(int));
@@ -392,10 +420,13 @@ int hb_topics_apply(const hb_config_t *cfg, const hb_topic_plan_t *plan, int che
                     t->name, t->role, have[i].partitions, have[i].replication_factor, ret);
         }
     }
+    if (retired.len)
+        fwrite(retired.p, 1, retired.len, out);
     rc = 0;
 out:
     rd_kafka_destroy(rk);
 out_nork:
+    hb_buf_free(&retired);
     free(exists);
     free(created);
     free(describe);

@@ -687,17 +687,10 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         goto fail;
     }
     hb_info("secrets are sealed with key %s", hb_keyring_current_id(cfg->keyring));
-    if (spec->topics) {
-        w->topics_cnt = spec->topics_cnt;
-        w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
-        for (int i = 0; i < w->topics_cnt; i++)
-            w->topics[i] = hb_strdup(spec->topics[i]);
-    } else { /* the delay tiers */
-        w->topics_cnt = w->cfg->schedule.tiers;
-        w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
-        for (int i = 0; i < w->topics_cnt; i++)
-            w->topics[i] = hb_strdup(w->cfg->schedule.tier_topics[i]);
-    }
+    w->topics_cnt = spec->topics_cnt;
+    w->topics = hb_calloc((size_t)w->topics_cnt + 1, sizeof(char *));
+    for (int i = 0; i < w->topics_cnt; i++)
+        w->topics[i] = hb_strdup(spec->topics[i]);
     w->spec.topics = NULL;
     if (pipe2(w->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));

@@ -108,7 +108,7 @@ typedef struct hb_worker_hooks_s {
 typedef struct hb_worker_spec_s {
     const char *name;          /* "dispatcher": client id hookbridge-dispatcher, default group */
     const char *schema;        /* reader schema of the consumed messages */
-    const char *const *topics; /* copied; NULL: every delay tier of the schedule */
+    const char *const *topics; /* copied; names, or librdkafka patterns ("^...") */
     int topics_cnt;
     const hb_worker_hooks_t *hooks;
     void *opaque;

@@ -2,8 +2,10 @@
  * The retrier: the delay tiers in, second and later attempts out.
  *
  * It consumes every tier topic of the retry schedule (hb_retry.h) in its own
- * consumer group, on the same machinery as the dispatcher (hb_worker). For
- * each DeliveryRetry:
+ * consumer group, on the same machinery as the dispatcher (hb_worker), and by
+ * a pattern every other topic named like a tier: a retired tier, which an
+ * earlier schedule had, is drained the same way, its next attempts routed by
+ * the current schedule. For each DeliveryRetry:
  *
  *   - not yet due: the partition is paused and rewound to the message, and
  *     resumed when the message is due. Nothing is kept in memory and nothing
@@ -88,8 +90,9 @@ struct hb_retrier_s {
     int maintain_asked;
     int64_t next_maintain;
     hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
-    hb_hash_t active; /* delivery id -> active_t*: attempted or held here */
-    active_t **ready; /* routed since the last pass: their waiters go on */
+    hb_hash_t active;  /* delivery id -> active_t*: attempted or held here */
+    hb_hash_t retired; /* retired tier topics seen (said once each); no values */
+    active_t **ready;  /* routed since the last pass: their waiters go on */
     size_t ready_n, ready_cap;
 };
 
@@ -299,11 +302,8 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     rd_kafka_timestamp_type_t tstype;
     int64_t ts = rd_kafka_message_timestamp(rkm, &tstype), span;
-    long long tier = -1;
+    long long tier = hb_schedule_tier_ms(sch, topic, NULL);
 
-    for (int t = 0; t < sch->tiers; t++)
-        if (!strcmp(sch->tier_topics[t], topic))
-            tier = sch->tiers_ms[t];
     if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
         return 0;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
@@ -328,6 +328,22 @@ static void hop(hb_retrier_t *r, const rd_kafka_message_t *rkm, const hb_retry_m
     hb_job_release(w, job);
 }
 
+/* The first message read from a retired tier (a tier of an earlier schedule,
+ * matched by the subscription's pattern) says so, once per topic. */
+static void note_retired(hb_retrier_t *r, const char *topic) {
+    int retired = 0;
+    char d[32];
+    long long ms = hb_schedule_tier_ms(hb_worker_schedule(r->w), topic, &retired);
+    if (!retired || hb_hash_find(&r->retired, topic))
+        return;
+    hb_hash_put(&r->retired, topic, NULL);
+    hb_delay_format(ms, d, sizeof(d));
+    hb_warn("%s is not a tier of HOOKBRIDGE_RETRY_SCHEDULE (any more): its retries are drained "
+            "as due (a %s tier), and their next attempts go to the schedule's tiers; delete the "
+            "topic once hookbridge_consumer_lag shows it empty",
+            topic, d);
+}
+
 static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *msg, void *opaque) {
     hb_retrier_t *r = opaque;
     hb_retry_msg_t m;
@@ -340,6 +356,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
         hb_worker_poison(w, rkm, errstr);
         return;
     }
+    note_retired(r, rd_kafka_topic_name(rkm->rkt));
     if (m.not_before_ms > hb_wall_ms()) {
         int64_t at = hop_at(r, rkm, m.not_before_ms);
         hb_log(HB_LOG_DEBUG,
@@ -508,15 +525,27 @@ static const hb_worker_hooks_t hooks = {
 
 hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr_size) {
     hb_retrier_t *r = hb_calloc(1, sizeof(*r));
+    const hb_schedule_t *sch = &cfg->schedule;
+    const char *topics[HB_RETRY_MAX_STEPS + 1];
+    char pattern[300];
     hb_worker_spec_t spec = {
         .name = "retrier",
         .schema = hb_schema_delivery_retry,
         .hooks = &hooks,
         .opaque = r,
         .circuit_counts_attempts = 1,
+        .topics = topics,
     };
+    /* The schedule's tiers by name (a missing one keeps the service not
+     * ready), and by pattern every topic named like a tier: so the tiers of
+     * an earlier schedule are drained, not stranded, when the schedule
+     * changes, and one deleted once drained is simply no longer matched. */
+    for (int t = 0; t < sch->tiers; t++)
+        topics[spec.topics_cnt++] = sch->tier_topics[t];
+    hb_schedule_tier_pattern(sch, pattern, sizeof(pattern));
+    topics[spec.topics_cnt++] = pattern;
     r->cfg = cfg;
-    r->w = hb_worker_new(cfg, &spec, errstr, errstr_size); /* topics: the delay tiers */
+    r->w = hb_worker_new(cfg, &spec, errstr, errstr_size);
     if (!r->w) {
         free(r);
         return NULL;
@@ -552,5 +581,6 @@ void hb_retrier_free(hb_retrier_t *r) {
     while ((s = hb_hash_each(&r->active, &pos)) != NULL)
         active_free(s->val);
     hb_hash_clear(&r->active);
+    hb_hash_clear(&r->retired);
     free(r);
 }

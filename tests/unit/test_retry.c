@@ -32,6 +32,32 @@ static void parses_and_names_tiers_canonically(void **state) {
     hb_schedule_free(&s);
 }
 
+/* Tiers of an earlier schedule are still recognised (the retrier drains
+ * them), by name and by the subscription pattern; other topics are not. */
+static void retired_tiers_are_recognised(void **state) {
+    hb_schedule_t s;
+    char err[256], pattern[128];
+    int retired = -1;
+    (void)state;
+    assert_int_equal(hb_schedule_parse(&s, "5s,5m", "hb.retry.", err, sizeof(err)), 0);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.5m", &retired), 300000);
+    assert_int_equal(retired, 0);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.10h", &retired), 36000000);
+    assert_int_equal(retired, 1);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.1500ms", NULL), 1500);
+    /* not named as we name a tier: another spelling, another prefix, garbage */
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.60s", &retired), -1);
+    assert_int_equal(retired, 0);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.", NULL), -1);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.5x", NULL), -1);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hbXretry.5s", NULL), -1);
+    assert_int_equal(hb_schedule_tier_ms(&s, "identity.events", NULL), -1);
+    assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.50d", NULL), -1); /* over 30 days */
+    hb_schedule_tier_pattern(&s, pattern, sizeof(pattern));
+    assert_string_equal(pattern, "^hb\\.retry\\.[0-9]+(ms|s|m|h|d)$");
+    hb_schedule_free(&s);
+}
+
 static void bad_schedules_name_the_problem(void **state) {
     static const struct {
         const char *spec, *want;
@@ -169,6 +195,7 @@ static void message_round_trips_and_rejects_garbage(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parses_and_names_tiers_canonically),
+        cmocka_unit_test(retired_tiers_are_recognised),
         cmocka_unit_test(bad_schedules_name_the_problem),
         cmocka_unit_test(next_attempt_follows_schedule_jitter_and_retry_after),
         cmocka_unit_test(delay_format),
