@@ -19,7 +19,8 @@
  * it. So a handler that stops waiting (503) leaves its request to the
  * reports still to come, and a late report never touches freed memory.
  * Every request field two threads touch (refs and the counters) is guarded
- * by `lock`, as are the server's in_flight, outstanding and aborting.
+ * by `lock`, as are the server's in_flight, outstanding, answering and
+ * aborting.
  *
  * Memory is bounded by connections x ingest_max_body_bytes (each body is
  * freed once parsed) plus librdkafka's queue; slow clients are cut off by
@@ -52,6 +53,8 @@
 
 /* A stop waits this long for requests in flight before cutting them off. */
 #define INGEST_DRAIN_MS 20000
+/* ... and then at most this long for the ones cut off to send their 503. */
+#define INGEST_ANSWER_MS 2000
 /* Idle (or slow) connections are closed after this many seconds. */
 #define INGEST_CONN_TIMEOUT_S 30
 /* How long one attempt to learn the topic's metadata may hold the loop. */
@@ -73,6 +76,7 @@ typedef struct {
     int64_t started_ms;
     /* guarded by in->lock */
     int refs;
+    int answering; /* in handle_post or sending its answer: counted in in->answering */
     size_t queued, reported, failed;
     rd_kafka_resp_err_t first_err;
 } req_t;
@@ -92,6 +96,7 @@ struct ingest_s {
     pthread_cond_t cond; /* broadcast on every report and every request's end */
     long in_flight;      /* POSTs begun and not completed */
     long outstanding;    /* messages queued and not reported */
+    long answering;      /* POSTs past their body, not completed: their answer comes */
     int aborting;        /* waits end at once: the drain is over */
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
@@ -256,6 +261,10 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     struct timespec until;
     json_t *body;
 
+    pthread_mutex_lock(&in->lock);
+    r->answering = 1;
+    in->answering++;
+    pthread_mutex_unlock(&in->lock);
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, &bad, why, sizeof(why));
     pthread_mutex_unlock(&in->codec_lock);
@@ -397,6 +406,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     pthread_mutex_lock(&in->lock);
     in->in_flight--;
+    if (r->answering)
+        in->answering--;
     req_unref_locked(r, &last);
     pthread_cond_broadcast(&in->cond);
     pthread_mutex_unlock(&in->lock);
@@ -518,6 +529,7 @@ static void ingest_loop(ingest_t *in) {
     int64_t next_prepare = 0, deadline;
     long left;
     MHD_socket ls;
+    struct timespec answered_by;
     char errstr[512];
 
     while (!hb_stop_requested) {
@@ -560,9 +572,17 @@ static void ingest_loop(ingest_t *in) {
     if (left)
         hb_warn("stopping: %ld ingest requests still in flight after %d ms are answered 503", left,
                 INGEST_DRAIN_MS);
+    /* The requests cut off answer 503 now. MHD_stop_daemon shuts every
+     * connection's socket at once, so it waits until they have sent it
+     * (on_completed), for a bounded time: a slow reader does not hold the
+     * stop. A request still receiving its body has no answer coming. */
+    abs_deadline(&answered_by, INGEST_ANSWER_MS);
     pthread_mutex_lock(&in->lock);
     in->aborting = 1;
     pthread_cond_broadcast(&in->cond);
+    while (in->answering > 0)
+        if (pthread_cond_timedwait(&in->cond, &in->lock, &answered_by) != 0)
+            break; /* ETIMEDOUT */
     pthread_mutex_unlock(&in->lock);
     MHD_stop_daemon(in->mhd); /* joins every connection's thread */
     in->mhd = NULL;

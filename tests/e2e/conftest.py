@@ -102,6 +102,7 @@ LONG_FIRST = (
     "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
     "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
     "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
+    "test_review3_faults.py::test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 

@@ -292,7 +292,8 @@ def test_the_kubernetes_manifests_run_what_this_file_tests():
     """deploy/k8s/optional/ingest: the producer with --listen's setting on the
     port the container, the Service and nothing else name; probes on the
     operations port; the secret from a Secret; a grace period longer than the
-    stop takes (preStop + 20 s drain + 5 s flush + 2 s purge)."""
+    stop takes (preStop + 20 s drain + 2 s for the last 503s + 5 s flush + 2 s
+    purge)."""
     from hbtest.opscheck import default_http_port, rendered
     objs = rendered("deploy/k8s/optional/ingest")
     cm = next(o for o in objs if o["kind"] == "ConfigMap")["data"]
@@ -311,4 +312,4 @@ def test_the_kubernetes_manifests_run_what_this_file_tests():
     auth = next(e for e in c["env"] if e["name"] == "HOOKBRIDGE_INGEST_AUTH_VALUE")
     assert "secretKeyRef" in auth["valueFrom"]
     prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert spec["terminationGracePeriodSeconds"] > prestop + 20 + 5 + 2
+    assert spec["terminationGracePeriodSeconds"] > prestop + 20 + 2 + 5 + 2
