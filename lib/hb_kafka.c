@@ -70,6 +70,19 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
                                   char *errstr, size_t errstr_size) {
     rd_kafka_t *rk;
     char kerr[512];
+    char part[64];
+    size_t part_len = sizeof(part);
+    /* Keys partitioned as the Java clients do (murmur2), so one user's events
+     * share a partition whoever produced them; an operator's
+     * HOOKBRIDGE_KAFKA_PARTITIONER (any value but librdkafka's default) wins. */
+    rd_kafka_topic_conf_t *tconf = rd_kafka_conf_get_default_topic_conf(conf);
+    if ((!tconf ||
+         (rd_kafka_topic_conf_get(tconf, "partitioner", part, &part_len) == RD_KAFKA_CONF_OK &&
+          !strcmp(part, "consistent_random"))) &&
+        hb_kafka_conf_set(conf, "partitioner", "murmur2_random", errstr, errstr_size) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     if (hb_kafka_conf_set(conf, "enable.idempotence", "true", errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "acks", "all", errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);

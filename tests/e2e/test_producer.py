@@ -63,3 +63,27 @@ def test_hostile_json_lines_get_a_clear_error_each_and_lose_nothing_else():
                     (3, "is larger than 262144 bytes"), (4, "actor: expected null or an object"),
                     (5, "eventType: expected a string"), (6, "invalid JSON")):
         assert any(l.startswith(f"line {n}:") and what in l for l in err.splitlines()), (n, err)
+
+
+def test_a_users_events_land_on_the_partition_java_clients_choose(broker):
+    """Keyed events are partitioned as Apache Kafka's Java clients do
+    (murmur2 of the key), so the events of one user stay on one partition, in
+    order, whether hookbridge-producer, the ingest endpoint or your own Java
+    service wrote them. librdkafka's default (CRC32) put most keys elsewhere."""
+    from kafka import KafkaConsumer
+    from kafka.partitioner.default import murmur2
+    users = [f"00u{i:04d}" for i in range(40)]
+    produce(broker.bootstrap, [json.dumps({"eventType": "user.session.start",
+                                           "target": [{"id": u, "type": "User"}]})
+                               for u in users])
+    kc = KafkaConsumer(bootstrap_servers=broker.bootstrap.split(","))
+    try:
+        parts = len(kc.partitions_for_topic(broker.events_topic))
+    finally:
+        kc.close()
+    assert parts > 1
+    msgs = consume_all(broker.bootstrap)
+    assert sorted(m.key.decode() for m in msgs) == users
+    wrong = [(m.key.decode(), m.partition) for m in msgs
+             if m.partition != (murmur2(m.key) & 0x7FFFFFFF) % parts]
+    assert not wrong, f"{len(wrong)} of {len(msgs)} events not on the Java client's partition"
