@@ -24,12 +24,13 @@ LATE_TOLERANCE_S = 2.5 * SLOW  # how late an attempt may fire on a loaded 2-core
 
 
 def stack(procs, workdir, db_url, schedule, receiver_args=None, retrier=True, env=None,
-          new_broker=None):
-    """new_broker: the fixture, for a test that runs on Apache Kafka too."""
+          new_broker=None, broker_schedule=None):
+    """new_broker: the fixture, for a test that runs on Apache Kafka too;
+    broker_schedule: the tiers to create, when not the services' schedule's."""
     if new_broker:
-        broker = new_broker(retry_schedule=schedule)
+        broker = new_broker(retry_schedule=broker_schedule or schedule)
     else:
-        broker = Broker(procs, workdir, retry_schedule=schedule)
+        broker = Broker(procs, workdir, retry_schedule=broker_schedule or schedule)
     env = dict({"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"},
                **(env or {}))
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
@@ -238,15 +239,10 @@ def test_a_tier_removed_from_the_schedule_is_drained_not_stranded(db_url, procs,
     retry when it is due (not early), and say so. Before, nothing consumed a
     tier that left the schedule, so its retries were never sent nor
     dead-lettered."""
-    broker = new_broker(retry_schedule="1s,2s,6s")  # the tiers of both schedules
-    old = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,6s", "HOOKBRIDGE_RETRY_JITTER": "0"}
-    new = dict(old, HOOKBRIDGE_RETRY_SCHEDULE="1s,2s")
-    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
-                        fail_first=2)
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=old)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=old)
-    d.wait_ready()
-    r.wait_ready()
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s,6s",
+                                   receiver_args={"fail_first": 2}, new_broker=new_broker,
+                                   broker_schedule="1s,2s,6s")  # the tiers of both schedules
+    new = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,2s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start")])
     # attempt 2 failed: attempt 3 waits in the 6s tier
