@@ -13,6 +13,7 @@
 #define LAG_ASK_TIMEOUT_MS 1000   /* each broker round trip of the lag thread */
 #define RESEEK_EVERY_MS 1000      /* a rewind that failed is tried again this often */
 #define FETCH_PAUSE_AFTER_MS 3000 /* a last-resort pause this long stops fetching too */
+#define KEEPALIVE_AFTER_MS 3000   /* no message taken this long: the queue served without */
 
 typedef struct deferred_s {
     char *topic;
@@ -71,6 +72,8 @@ struct hb_consumer_s {
     int paused;        /* no message is taken (hb_consumer_poll) */
     int fetch_paused;  /* and librdkafka's partitions are paused: nothing fetched */
     int64_t paused_at; /* monotonic ms of the last resort's pause */
+    int64_t polled_at; /* monotonic ms messages were last asked for (or the queue served) */
+    int kept_alive;    /* fetching paused by hb_consumer_keepalive, resumed by the next poll */
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
      * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
@@ -135,6 +138,7 @@ static void pause_fetch_all(hb_consumer_t *c, int pause) {
         rd_kafka_topic_partition_list_destroy(parts);
     }
     c->fetch_paused = pause;
+    c->kept_alive = 0;
 }
 
 void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
@@ -797,7 +801,13 @@ static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
 void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
     for (int i = 0; i < max && !c->paused && more(opaque); i++) {
-        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, 0);
+        rd_kafka_message_t *rkm;
+        if (i == 0) {
+            c->polled_at = hb_mono_ms();
+            if (c->kept_alive) /* messages are taken again: fetch them */
+                pause_fetch_all(c, 0);
+        }
+        rkm = rd_kafka_consumer_poll(c->rk, 0);
         if (!rkm)
             return;
         if (!rkm->err && atomic_load_explicit(&c->resets_cnt, memory_order_relaxed) > 0)
@@ -832,6 +842,31 @@ void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight
     if (c->paused && !c->fetch_paused && hb_mono_ms() - c->paused_at >= FETCH_PAUSE_AFTER_MS) {
         hb_info("consumption still paused after %d ms: fetching paused too", FETCH_PAUSE_AFTER_MS);
         pause_fetch_all(c, 1);
+    }
+}
+
+void hb_consumer_keepalive(hb_consumer_t *c) {
+    rd_kafka_message_t *rkm;
+    if (!c->rk || hb_mono_ms() - c->polled_at < KEEPALIVE_AFTER_MS)
+        return;
+    if (!c->fetch_paused) {
+        if (c->paused) /* the last resort pauses fetching itself (hb_consumer_limit) */
+            return;
+        /* Paused, fetched-ahead messages are discarded (and fetched again on
+         * resume): none can come out of the queue below. */
+        pause_fetch_all(c, 1);
+        c->kept_alive = 1;
+        hb_debug("no message taken for %d ms: fetching paused, the consumer group still served",
+                 KEEPALIVE_AFTER_MS);
+    }
+    c->polled_at = hb_mono_ms();
+    for (int i = 0; i < 100 && (rkm = rd_kafka_consumer_poll(c->rk, 0)) != NULL; i++) {
+        /* A message all the same (a partition assigned and not yet paused):
+         * not taken now; its partition is rewound to it and read again once
+         * fetching resumes. */
+        if (!consumed_error(c, rkm))
+            hb_consumer_defer(c, rkm, hb_wall_ms());
+        rd_kafka_message_destroy(rkm);
     }
 }
 
@@ -900,6 +935,7 @@ hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, co
     c->offsets = offsets;
     c->outbox = outbox;
     c->m = *m;
+    c->polled_at = hb_mono_ms();
     pthread_mutex_init(&c->resets_lock, NULL);
     return c;
 }

@@ -102,6 +102,12 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
  * too (and frees what it fetched ahead). */
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued);
 int hb_consumer_paused(const hb_consumer_t *c);
+/* Called every loop pass: when no message has been taken for 3 s (the last
+ * resort, the database awaited, a full HTTP queue), librdkafka's fetching is
+ * paused and its queue served without taking messages, so rebalances and
+ * errors are handled and the consumer is not thrown out of its group for
+ * exceeding max.poll.interval.ms; the next hb_consumer_poll resumes fetching. */
+void hb_consumer_keepalive(hb_consumer_t *c);
 
 /* Lag metrics every 5 s (measured by the lag thread, started here); a missing topic looked up again
  * every 5 s; the brokers' answer read. */

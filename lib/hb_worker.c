@@ -487,6 +487,8 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&
         (!w->store || hb_store_settled(w->store)))
         hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
+    if (consume && hb_consumer_started(w->consumer))
+        hb_consumer_keepalive(w->consumer);
     hb_outbox_poll(w->outbox);
     if (hb_consumer_started(w->consumer)) {
         hb_consumer_store_offsets(w->consumer);

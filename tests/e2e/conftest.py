@@ -89,6 +89,7 @@ LONG_FIRST = (
     "test_lifecycle.py::test_a_challenge_whose_dispatcher_dies_is_sent_again_after_its_lease",
     "test_rebalance_held.py::test_events_waiting_in_a_batch_are_not_delivered_twice_on_scale_out",
     "test_isolation.py::test_a_short_pause_only_stops_taking_messages_a_lasting_one_stops_fetching",
+    "test_isolation.py::test_a_pause_longer_than_max_poll_interval_keeps_the_group_and_delivers_once",
     "test_rebalance_held.py::test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out",
     "test_final_state.py::test_a_retry_after_longer_than_every_tier_holds_up_no_retry_behind_it",
     "test_ops.py::test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_acknowledged",

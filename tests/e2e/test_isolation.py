@@ -298,3 +298,51 @@ def test_a_short_pause_only_stops_taking_messages_a_lasting_one_stops_fetching(d
     got = sorted(e["uuid"] for _, e in long.events())
     assert got == sorted(e["uuid"] for e in second)  # each once: none lost, none twice
     assert sorted(e["uuid"] for _, e in brief.events()) == sorted(e["uuid"] for e in first)
+
+
+def test_a_pause_longer_than_max_poll_interval_keeps_the_group_and_delivers_once(
+        db_url, procs, workdir):
+    """Every partition paused for longer than max.poll.interval.ms (here 6 s;
+    librdkafka's default is 5 min: a long database outage or a hung endpoint
+    holding every pending event): the dispatcher still serves its consumer
+    group, so librdkafka does not throw it out ("Application maximum poll
+    interval exceeded ... leaving group"), and once the endpoint answers
+    every event arrives exactly once. Before, it left the group, and the
+    events it had in flight were consumed and sent again after it rejoined."""
+    import threading
+    from hbtest.endpoints import ChallengeAnswering, serve
+    posts = []
+    release = threading.Event()
+
+    class Held(ChallengeAnswering):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            release.wait(120)
+            posts.append(self.headers["webhook-id"])
+            self.send_response(204)
+            self.end_headers()
+
+    srv = serve(Held)
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "4",
+            "HOOKBRIDGE_MAX_PENDING_EVENTS": "8",
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "10m",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "60s",
+            "HOOKBRIDGE_KAFKA_MAX_POLL_INTERVAL_MS": "6000",
+        })
+        d.wait_ready()
+        register_verified(db_url, srv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(12)])
+        wait_until(lambda: "fetching paused too" in d.proc.output(), 15 * SLOW, "the pause")
+        time.sleep(7.5)  # longer than max.poll.interval.ms
+        release.set()
+        wait_until(lambda: len(posts) >= 12, 30 * SLOW, "every event once the endpoint answers")
+        time.sleep(2)  # a second copy would come now
+        out = d.proc.output()
+        assert "maximum poll interval" not in out, out[-3000:]
+        assert len(posts) == 12 and len(set(posts)) == 12, f"{len(posts)} posts"
+    finally:
+        release.set()
+        srv.shutdown()
