@@ -37,7 +37,8 @@
  *     shutdown the drain waits for running challenges and records them;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
- *     out of the batches still filling: the new owner delivers them. The
+ *     out of the batches still filling (a batch flushed and not sent yet
+ *     sheds them in hb_delivery.c): the new owner delivers them. The
  *     chains' tails are asked for again; a head abandoned unsent is waited
  *     behind as if parked (the new owner delivers it with the same id).
  */
@@ -101,31 +102,6 @@ struct hb_dispatcher_s {
 
 /* ---------------------------------------------------------------- events */
 
-/* The delivery id of events[0..n) to sub (the webhook-id) and their uuids,
- * comma-separated (returned, caller frees). */
-static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t n, char *id) {
-    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
-    size_t ids_len = 1;
-    char *ids;
-
-    parts[0] = n == 1 ? "delivery" : "batch";
-    for (size_t i = 0; i < n; i++) {
-        const char *u = hb_ev_uuid(events[i]);
-        parts[i + 1] = u ? u : "";
-        ids_len += strlen(parts[i + 1]) + 1;
-    }
-    parts[n + 1] = sub->id;
-    hb_uuid_derive(parts, n + 2, id);
-    ids = hb_calloc(1, ids_len);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            strcat(ids, ",");
-        strcat(ids, parts[i + 1]);
-    }
-    free(parts);
-    return ids;
-}
-
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. drop_why: not sent but logged dropped
  * with that reason (NULL: sent); nothing is rendered for it, so neither a
@@ -133,7 +109,7 @@ static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t 
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why) {
     char id[HB_UUID_LEN + 1];
-    char *ids = delivery_id(sub, events, n, id);
+    char *ids = hb_deliver_id(sub->id, events, n, id);
     if (!drop_why)
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     else
@@ -241,7 +217,7 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
 static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
                         const rd_kafka_message_t *rkm, hb_job_t *job, const char *key) {
     char id[HB_UUID_LEN + 1];
-    char *ids = delivery_id(sub, &event, 1, id);
+    char *ids = hb_deliver_id(sub->id, &event, 1, id);
     hb_delivery_t *dl = hb_worker_make(d->w, sub, &event, 1, id, ids, &job);
     hb_chain_t *c;
     free(ids);
