@@ -5,7 +5,12 @@ user saw before its fix.
   rate-limit turn (or a connection) when a rebalance moves some of those
   partitions to a new dispatcher, is sent without the events of the moved
   partitions: their new owner delivers them, so no event reaches the
-  receiver twice under two webhook-ids."""
+  receiver twice under two webhook-ids.
+- A fatal error of the Kafka producer (the broker lost what it had
+  acknowledged to the idempotent producer) stops the dispatcher (and the
+  retrier, the same loop) and the ingest endpoint with exit status 1 and a
+  clear line, instead of leaving them running, ready, unable to write a
+  retry, a dead letter or an ingested event ever again."""
 import collections
 import re
 
@@ -62,3 +67,57 @@ def test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions(
     shed = sum(int(m) for m in SHED.findall(d1.proc.output()))
     assert shed >= per_batch, d1.proc.output()[-3000:]
 
+
+def test_a_producer_that_can_no_longer_produce_stops_the_dispatcher(db_url, procs, workdir):
+    """The broker answers the dispatcher's retry with OUT_OF_ORDER_SEQUENCE_NUMBER
+    (it lost what it had acknowledged): librdkafka's idempotent producer is
+    unusable from then on. The dispatcher says so at error and exits non-zero
+    (a restart makes a new producer), its event's offset not committed; the
+    dispatcher started again hands the event to the delay tier. (Before: it
+    went on consuming, ready, delivering later events, and tried to produce
+    the retry again every second, forever.)"""
+    import signal
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    rcv = Receiver(procs, workdir, status=503, delay_ms=2000)
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+    d.wait_ready()
+    register_verified(db_url, rcv.url, ["user.session.start"])
+    produce(broker.bootstrap, users(1, "05f"))
+    # the request waits 2 s for its 503; the retry it causes is the next
+    # message produced, and the broker refuses it
+    broker.proc.signal(signal.SIGHUP)
+    wait_until(lambda: not d.proc.alive(), 20 * SLOW, "the dispatcher to exit",
+               interval=0.2)
+    out = d.proc.output()
+    assert d.proc.p.returncode not in (0, None), out[-2000:]
+    assert "Kafka producer unusable" in out, out[-3000:]
+    assert committed(broker.bootstrap, "hookbridge-dispatcher") == 0
+    d.restart()
+    d.wait_ready()
+    wait_until(lambda: committed(broker.bootstrap, "hookbridge-dispatcher") == 1, 30 * SLOW,
+               "the event handed to the delay tier and its offset committed")
+
+
+def test_an_ingest_endpoint_whose_producer_is_unusable_stops(procs, workdir):
+    """The same fatal producer error at the Okta ingest endpoint: the delivery
+    whose events the broker refused is answered 503 (Okta sends it again),
+    and the endpoint says why at error and exits non-zero, so the
+    orchestrator starts a new one instead of routing deliveries to an
+    endpoint that can only answer 503. (Before: it stayed ready, answering
+    every delivery 503, for good.)"""
+    import signal
+    from hbtest.ingest import Ingest
+    broker = Broker(procs, workdir)  # the devbroker: its fault injection
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    assert ing.post(users(1, "05i"))[0] == 200
+    broker.proc.signal(signal.SIGHUP)
+    wait_until(lambda: "next Produce request fails" in broker.proc.output(), 5 * SLOW,
+               "the devbroker to arm the error")
+    assert ing.post(users(1, "05j"), timeout=10)[0] == 503
+    wait_until(lambda: not ing.proc.alive(), 10 * SLOW, "the ingest endpoint to exit",
+               interval=0.2)
+    out = ing.proc.output()
+    assert ing.proc.p.returncode == 1, out[-2000:]
+    assert "ingest: Kafka producer unusable" in out, out[-3000:]
