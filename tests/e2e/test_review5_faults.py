@@ -10,13 +10,16 @@ user saw before its fix.
   acknowledged to the idempotent producer) stops the dispatcher (and the
   retrier, the same loop) and the ingest endpoint with exit status 1 and a
   clear line, instead of leaving them running, ready, unable to write a
-  retry, a dead letter or an ingested event ever again."""
+  retry, a dead letter or an ingested event ever again.
+- A change of batch_max or batch_window_ms applies to the batch already
+  open, as docs/payloads.md said: a shorter window or a lower batch_max
+  sends it at once (in requests of at most the new batch_max)."""
 import collections
 import re
 
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
-from test_delivery import AUTH_VALUE, SECRET, register_verified
+from test_delivery import AUTH_VALUE, SECRET, register_verified, sql
 from test_isolation import committed
 from test_rebalance_held import consumed, left_to_new_owner, users
 
@@ -121,3 +124,40 @@ def test_an_ingest_endpoint_whose_producer_is_unusable_stops(procs, workdir):
     out = ing.proc.output()
     assert ing.proc.p.returncode == 1, out[-2000:]
     assert "ingest: Kafka producer unusable" in out, out[-3000:]
+
+
+def test_a_batch_size_or_window_change_applies_to_the_batch_already_open(
+        db_url, procs, workdir):
+    """Six events wait in a batch (batch_max 100, a window of a minute);
+    lowering batch_max to 4 sends them at once, in requests of at most 4.
+    Three more open a new batch; shortening the window to 300 ms sends it
+    within a second or so. (Before: both batches waited out the minute of
+    the window they opened with, and the first went as one request of 6,
+    over the batch_max in force.)"""
+    import json
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+    d.wait_ready()
+    options = {"batch_max": 100, "batch_window_ms": 60000, "auth_header": "Authorization",
+               "auth_value": AUTH_VALUE}
+    sub = register_verified(db_url, rcv.url, ["user.session.start"], options)
+
+    def change(**kw):
+        options.update(kw)
+        sql(db_url, "SELECT hookbridge.update(%s, options => %s)", sub, json.dumps(options))
+
+    def sizes():
+        return [len(json.loads(r["body"])["data"]["events"]) for r in rcv.posts()]
+    produce(broker.bootstrap, users(6, "05m"))
+    wait_until(lambda: consumed(d) >= 6, 20 * SLOW, "the six events in a batch")
+    assert not rcv.posts()
+    change(batch_max=4)
+    wait_until(lambda: sum(sizes()) == 6, 10 * SLOW, "the batch sent after batch_max went to 4")
+    assert sorted(sizes()) == [2, 4], sizes()
+    produce(broker.bootstrap, users(3, "05n"))
+    wait_until(lambda: consumed(d) >= 9, 20 * SLOW, "three more events in a new batch")
+    assert sum(sizes()) == 6, "the new batch waits for its window"
+    change(batch_window_ms=300)
+    wait_until(lambda: sum(sizes()) == 9, 10 * SLOW, "the batch sent after its window shrank")
+    assert sorted(sizes()) == [2, 3, 4], sizes()
