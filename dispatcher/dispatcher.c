@@ -14,7 +14,8 @@
  *     subscription id, so a redelivered event carries the same one;
  *   - batch events for subscriptions with batch_max > 1: a batch collects
  *     one subscription's events until it holds batch_max of them or its
- *     first event has waited batch_window_ms, and is delivered as one
+ *     first event has waited batch_window_ms (both as the subscription is
+ *     now, also when they changed since it opened), and is delivered as one
  *     request; each event's offset is held until the batch is durable. The
  *     batch's delivery id is derived from the subscription and its events'
  *     uuids, so the same batch re-sent after a crash has the same webhook-id
@@ -37,7 +38,8 @@
  *     shutdown the drain waits for running challenges and records them;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
- *     out of the batches still filling: the new owner delivers them. The
+ *     out of the batches still filling (a batch flushed and not sent yet
+ *     sheds them in hb_delivery.c): the new owner delivers them. The
  *     chains' tails are asked for again; a head abandoned unsent is waited
  *     behind as if parked (the new owner delivers it with the same id).
  */
@@ -65,12 +67,16 @@ typedef struct verify_s {
     char claim[HB_CLAIM_LEN]; /* the store's name for our claim of the request */
 } verify_t;
 
-/* Events waiting for company, for one subscription. */
+/* Events waiting for company, for one subscription. Its size and window are
+ * the subscription's as it is now (batch_refresh): a change applies to the
+ * batch already open. */
 typedef struct batch_s {
     hb_sub_t *sub;       /* reference */
     hb_event_t **events; /* references */
     hb_job_t **jobs;
-    size_t cnt, cap;
+    size_t cnt, cap;   /* cap: room in events and jobs */
+    size_t max;        /* batch_max: flush once it holds that many */
+    int64_t opened;    /* monotonic: when its first event came */
     int64_t due;       /* monotonic: flush at the latest then */
     int64_t opened_ms; /* wall clock: when its first event came */
 } batch_t;
@@ -101,31 +107,6 @@ struct hb_dispatcher_s {
 
 /* ---------------------------------------------------------------- events */
 
-/* The delivery id of events[0..n) to sub (the webhook-id) and their uuids,
- * comma-separated (returned, caller frees). */
-static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t n, char *id) {
-    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
-    size_t ids_len = 1;
-    char *ids;
-
-    parts[0] = n == 1 ? "delivery" : "batch";
-    for (size_t i = 0; i < n; i++) {
-        const char *u = hb_ev_uuid(events[i]);
-        parts[i + 1] = u ? u : "";
-        ids_len += strlen(parts[i + 1]) + 1;
-    }
-    parts[n + 1] = sub->id;
-    hb_uuid_derive(parts, n + 2, id);
-    ids = hb_calloc(1, ids_len);
-    for (size_t i = 0; i < n; i++) {
-        if (i)
-            strcat(ids, ",");
-        strcat(ids, parts[i + 1]);
-    }
-    free(parts);
-    return ids;
-}
-
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. drop_why: not sent but logged dropped
  * with that reason (NULL: sent); nothing is rendered for it, so neither a
@@ -133,7 +114,7 @@ static char *delivery_id(const hb_sub_t *sub, hb_event_t *const *events, size_t 
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why) {
     char id[HB_UUID_LEN + 1];
-    char *ids = delivery_id(sub, events, n, id);
+    char *ids = hb_deliver_id(sub->id, events, n, id);
     if (!drop_why)
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     else
@@ -241,7 +222,7 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
 static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
                         const rd_kafka_message_t *rkm, hb_job_t *job, const char *key) {
     char id[HB_UUID_LEN + 1];
-    char *ids = delivery_id(sub, &event, 1, id);
+    char *ids = hb_deliver_id(sub->id, &event, 1, id);
     hb_delivery_t *dl = hb_worker_make(d->w, sub, &event, 1, id, ids, &job);
     hb_chain_t *c;
     free(ids);
@@ -295,17 +276,21 @@ static void chain_item_free(void *item) {
 
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
- * secrets, payload options), and is dropped, and logged so, when the
- * subscription was deactivated or deregistered meanwhile, as any delivery
- * that waits is (an active one awaiting its new URL's verification is parked
- * by hb_delivery_send). */
+ * secrets, payload options, and batch_max: in requests of at most that many
+ * events, were it lowered below what the batch holds), and is dropped, and
+ * logged so, when the subscription was deactivated or deregistered
+ * meanwhile, as any delivery that waits is (an active one awaiting its new
+ * URL's verification is parked by hb_delivery_send). */
 static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     batch_t *b = s->val;
     hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
     const char *drop_why = hb_sub_drop_reason(now, b->opened_ms);
+    size_t per = now && now->batch_max > 0 ? (size_t)now->batch_max : b->max;
     hb_hash_del(&d->batches, s);
     d->open_batches--;
-    start_delivery(d, now ? now : b->sub, b->events, b->jobs, b->cnt, drop_why);
+    for (size_t i = 0; i < b->cnt; i += per)
+        start_delivery(d, now ? now : b->sub, b->events + i, b->jobs + i,
+                       b->cnt - i < per ? b->cnt - i : per, drop_why);
     for (size_t i = 0; i < b->cnt; i++) {
         hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
@@ -314,6 +299,22 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     free(b->events);
     free(b->jobs);
     free(b);
+}
+
+/* The batch's size and window as its subscription is now (unchanged when it
+ * is gone: batch_flush drops the batch then); 1 when it is due now. */
+static int batch_refresh(hb_dispatcher_t *d, batch_t *b, int64_t now_ms) {
+    hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
+    if (now) {
+        b->max = now->batch_max > 1 ? (size_t)now->batch_max : 1;
+        b->due = b->opened + now->batch_window_ms;
+        if (b->max > b->cap) {
+            b->cap = b->max;
+            b->events = hb_realloc(b->events, b->cap * sizeof(*b->events));
+            b->jobs = hb_realloc(b->jobs, b->cap * sizeof(*b->jobs));
+        }
+    }
+    return b->cnt >= b->max || b->due <= now_ms;
 }
 
 static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_job_t *job) {
@@ -328,18 +329,26 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
     if (!b) {
         b = hb_calloc(1, sizeof(*b));
         b->sub = hb_sub_ref(sub);
-        b->cap = (size_t)sub->batch_max;
+        b->cap = b->max = (size_t)sub->batch_max;
         b->events = hb_malloc(b->cap * sizeof(*b->events));
         b->jobs = hb_malloc(b->cap * sizeof(*b->jobs));
-        b->due = hb_mono_ms() + sub->batch_window_ms;
+        b->opened = hb_mono_ms();
+        b->due = b->opened + sub->batch_window_ms;
         b->opened_ms = hb_wall_ms();
         s = hb_hash_put(&d->batches, sub->id, b);
         d->open_batches++;
+    } else {
+        (void)batch_refresh(d, b, hb_mono_ms()); /* sub is the index's, as it is now */
+    }
+    if (b->cnt == b->cap) { /* batch_max lowered below what it held */
+        b->cap *= 2;
+        b->events = hb_realloc(b->events, b->cap * sizeof(*b->events));
+        b->jobs = hb_realloc(b->jobs, b->cap * sizeof(*b->jobs));
     }
     b->events[b->cnt] = hb_ev_ref(event);
     b->jobs[b->cnt] = job;
     hb_job_hold(job);
-    if (++b->cnt >= b->cap)
+    if (++b->cnt >= b->max)
         batch_flush(d, s);
 }
 
@@ -355,7 +364,7 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
             batch_t *b = s->val;
-            if (all || b->due <= now)
+            if (batch_refresh(d, b, now) || all)
                 batch_flush(d, s); /* removing the slot walked is allowed */
             else if (b->due - now < next)
                 next = b->due - now;

@@ -272,6 +272,17 @@ static void forget_deferred(hb_consumer_t *c, const char *topic, int32_t partiti
     }
 }
 
+/* The positions collected are marked reported whether or not librdkafka
+ * stores them. It refuses only partitions not assigned (RD_KAFKA_RESP_ERR__STATE,
+ * per partition; the call fails only when it stored none) or everything after
+ * the consumer's fatal error. Neither happens to a partition this process
+ * still owns: the only unassignment is in rebalance_cb, which stores and
+ * commits first and forgets the partitions before it unassigns them, on this
+ * thread; and after a fatal error nothing is committed any more (the service
+ * is not ready until restarted). A refused store would anyway only leave the
+ * committed position lower (a message consumed again, same webhook-id),
+ * never past unfinished work; trying a partition not assigned again on every
+ * pass would only repeat the warning. */
 void hb_consumer_store_offsets(hb_consumer_t *c) {
     rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
     if (hb_offsets_collect(c->offsets, list) > 0) {

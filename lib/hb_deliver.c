@@ -318,6 +318,30 @@ static const char *hb_deliver_line(char *buf, size_t size, const char *name, con
     return buf;
 }
 
+char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
+                    char id[HB_UUID_LEN + 1]) {
+    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
+    size_t ids_len = 1;
+    char *ids;
+
+    parts[0] = n == 1 ? "delivery" : "batch";
+    for (size_t i = 0; i < n; i++) {
+        const char *u = hb_ev_uuid(events[i]);
+        parts[i + 1] = u ? u : "";
+        ids_len += strlen(parts[i + 1]) + 1;
+    }
+    parts[n + 1] = sub_id;
+    hb_uuid_derive(parts, n + 2, id);
+    ids = hb_calloc(1, ids_len);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(ids, ",");
+        strcat(ids, parts[i + 1]);
+    }
+    free(parts);
+    return ids;
+}
+
 void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
                      hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
                      hb_http_done_cb *done, void *opaque) {

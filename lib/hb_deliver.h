@@ -49,6 +49,13 @@ int hb_deliver_render_json(const hb_sub_t *sub, json_t *const *events, size_t n,
                            const char *delivery_id, const char *source, int64_t now_ms,
                            hb_payload_t *out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* The delivery id (the webhook-id) of events[0..n) to subscription sub_id,
+ * written to id, derived from "delivery" (n == 1) or "batch", every event's
+ * uuid and sub_id: the same events to the same subscription always get the
+ * same id. Returns their uuids, comma-separated (the caller frees). */
+char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
+                    char id[HB_UUID_LEN + 1]);
+
 /* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
  * webhook-timestamp, webhook-signature (all unexpired secrets), the auth
  * header when configured, then the subscription's custom headers. Takes ownership of payload->body.

@@ -260,6 +260,10 @@ void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_
 }
 
 void hb_delivery_free(hb_delivery_t *dl) {
+    if (dl->events)
+        for (size_t i = 0; i < dl->jobs_cnt; i++)
+            hb_ev_unref(dl->events[i]);
+    free(dl->events);
     hb_sub_unref(dl->sub);
     free(dl->order_key);
     free(dl->jobs);
@@ -516,6 +520,7 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
 }
 
 static void on_attempt_done(const hb_http_result_t *res, void *opaque);
+static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl);
 
 /* The attempt was not made (circuit open, endpoint busy or slow): the
  * delivery waits in a delay tier instead of in memory. A first attempt goes
@@ -539,10 +544,8 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
  * (route_not_made), with its own reason and metric, carrying after_id. */
 void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_id, int quiet) {
     char why[80];
-    if (hb_delivery_revoked(dl)) { /* its new owner makes it wait */
-        hb_delivery_abandon(D, dl);
+    if (shed_revoked(D, dl)) /* its new owner makes it wait */
         return;
-    }
     snprintf(why, sizeof(why), "waiting behind %s", after_id);
     if (after_id != dl->after_id) /* the retrier passes the delivery's own */
         snprintf(dl->after_id, sizeof(dl->after_id), "%s", after_id);
@@ -586,10 +589,76 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
                              n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
     } else {
-        return hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
-                               type, jobs, n);
+        dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
+                             type, jobs, n);
+        if (n > 1) { /* a batch may mix partitions: kept for shed_revoked */
+            dl->events = hb_malloc(n * sizeof(*dl->events));
+            for (size_t i = 0; i < n; i++)
+                dl->events[i] = hb_ev_ref(events[i]);
+        }
+        return dl;
     }
     return NULL;
+}
+
+/* A batch not sent yet whose events are partly of partitions revoked from
+ * this process: those events leave it (their jobs released: forgotten, they
+ * commit nothing; their new owner delivers them) and the rest is rendered
+ * again, as its subscription is now, under the delivery id of the events
+ * left, so no event goes out both here and from its new owner. Returns 1
+ * when that ended dl: every job revoked (abandoned), or the rest could not
+ * be rendered (failed, not expected: it rendered with more); else 0. */
+static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
+    size_t kept = 0, n = dl->jobs_cnt;
+    char id[HB_UUID_LEN + 1], errstr[256], reason[300];
+    hb_payload_t payload;
+    char *ids;
+
+    if (hb_delivery_revoked(dl)) {
+        hb_delivery_abandon(D, dl);
+        return 1;
+    }
+    if (!dl->events)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!hb_job_revoked(dl->jobs[i]))
+            kept++;
+    if (kept == n)
+        return 0;
+    kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!hb_job_revoked(dl->jobs[i])) {
+            dl->events[kept] = dl->events[i];
+            dl->jobs[kept++] = dl->jobs[i];
+            continue;
+        }
+        hb_ev_unref(dl->events[i]);
+        hb_outbox_release(D->outbox, dl->jobs[i]); /* forgotten: commits nothing */
+    }
+    dl->jobs_cnt = kept;
+    ids = hb_deliver_id(dl->sub->id, dl->events, kept, id);
+    hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+           "batch: %zu of its %zu events are of revoked partitions, left to their new owner; "
+           "the %zu others go as delivery %s",
+           n - kept, n, kept, id);
+    snprintf(dl->id, sizeof(dl->id), "%s", id);
+    free(dl->event_ids);
+    dl->event_ids = ids;
+    free(dl->body);
+    dl->body = NULL;
+    dl->body_len = 0;
+    if (hb_deliver_render(dl->sub, dl->events, kept, dl->id, D->cfg->source, hb_wall_ms(), &payload,
+                          errstr, sizeof(errstr)) < 0) {
+        snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
+        dl->body = hb_strdup("");
+        hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
+        return 1;
+    }
+    dl->body = payload.body;
+    dl->body_len = payload.len;
+    free(dl->content_type);
+    dl->content_type = hb_strdup(payload.content_type);
+    return 0;
 }
 
 /* ----------------------------------------------------------- rate limits */
@@ -648,10 +717,12 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
     int open;
     if (throttled)
         rate_held(D, held_ms);
-    if (D->abandoning || hb_delivery_revoked(dl)) {
+    if (D->abandoning) {
         hb_delivery_abandon(D, dl);
         return;
     }
+    if (shed_revoked(D, dl)) /* its new owner sends it */
+        return;
     if (as_it_is_now(D, dl))
         return;
     /* the circuit of its host as it is now (its URL may have changed) */
@@ -672,10 +743,12 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
     hb_deliveries_t *D = opaque;
     hb_delivery_t *dl = item;
     rate_held(D, held_ms);
-    if (D->abandoning || hb_delivery_revoked(dl)) {
+    if (D->abandoning) {
         hb_delivery_abandon(D, dl);
         return;
     }
+    if (shed_revoked(D, dl)) /* its new owner makes it wait */
+        return;
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id), "%s",
            reason);
     dl->rate_limited = 1;
@@ -710,10 +783,8 @@ long long hb_deliveries_tick(hb_deliveries_t *D) {
 
 void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
     int open;
-    if (hb_delivery_revoked(dl)) { /* its new owner sends it */
-        hb_delivery_abandon(D, dl);
+    if (shed_revoked(D, dl)) /* its new owner sends it */
         return;
-    }
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
     if (hb_sub_awaiting_verification(dl->sub)) {
@@ -772,10 +843,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         hb_delivery_abandon(D, dl);
         return;
     }
-    if (res->not_sent && hb_delivery_revoked(dl)) { /* its new owner sends it */
-        hb_delivery_abandon(D, dl);
+    if (res->not_sent && shed_revoked(D, dl)) /* its new owner sends it */
         return;
-    }
     if (res->not_sent == HB_HTTP_WITHDRAWN) { /* its subscription changed while it waited */
         send_again(D, dl);
         return;
@@ -854,10 +923,22 @@ void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl) {
 }
 
 /* The engine's deliveries of revoked partitions, for hb_http_withdraw and
- * hb_ratelimit_withdraw. */
+ * hb_ratelimit_withdraw. A request waiting in a host queue is taken back also
+ * when only some of its events are of revoked partitions (a batch): it is
+ * sent again without them (on_attempt_done); those are counted in *arg. */
 static int revoked_request(hb_http_done_cb *done, void *opaque, void *arg) {
-    (void)arg;
-    return done == on_attempt_done && hb_delivery_revoked(opaque);
+    const hb_delivery_t *dl = opaque;
+    size_t *partly = arg;
+    if (done != on_attempt_done)
+        return 0;
+    if (hb_delivery_revoked(dl))
+        return 1;
+    for (size_t i = 0; dl->events && i < dl->jobs_cnt; i++)
+        if (hb_job_revoked(dl->jobs[i])) {
+            (*partly)++;
+            return 1;
+        }
+    return 0;
 }
 
 static int revoked_item(void *item, void *arg) {
@@ -887,8 +968,10 @@ size_t hb_deliveries_rebind_waiting(hb_deliveries_t *D, const char *sub_id) {
 size_t hb_deliveries_withdraw(hb_deliveries_t *D) {
     /* the host queues' complete on the next hb_http_run (on_attempt_done);
      * the rate limit's are abandoned here (rate_drop) */
-    return hb_http_withdraw(D->http, revoked_request, NULL) +
-           hb_ratelimit_withdraw(D->rl, revoked_item, NULL);
+    size_t partly = 0, n = hb_http_withdraw(D->http, revoked_request, &partly);
+    /* a batch held by its rate limit sheds the revoked events when its turn
+     * comes (rate_send), before it is sent */
+    return n - partly + hb_ratelimit_withdraw(D->rl, revoked_item, NULL);
 }
 
 /* ---------------------------------------------------------------- engine */

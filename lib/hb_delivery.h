@@ -41,8 +41,13 @@
  * limit), and a revoked delivery reaching send, wait, or a completion that
  * says it was never sent is abandoned there. Its jobs' holds are released
  * (their partition is forgotten: nothing is committed for them). Requests
- * already running finish and are recorded as usual. A delivery holding jobs
- * of a partition still owned (a batch across partitions) is sent.
+ * already running finish and are recorded as usual. A batch holding jobs of
+ * partitions revoked and of partitions still owned (the dispatcher's batches
+ * mix partitions) is not sent as it is either: before it is sent (from the
+ * engine's hold, a rate-limit turn, or a host queue, which gives it back),
+ * or handed to a delay tier unattempted, its events of revoked partitions
+ * are taken out (their new owner delivers them) and the rest is rendered
+ * again, under the delivery id of the events left (hb_deliver_id).
  * So "the log shows attempt N with outcome X" implies that what X produced on
  * Kafka is durable (hb_outbox's gates keep that order).
  *
@@ -108,6 +113,10 @@ typedef struct hb_delivery_s {
     int schedule_offset;      /* attempts made before the current schedule (replay) */
     hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;
+    /* a batch made by hb_delivery_make: its events (references), events[i]
+     * the one of jobs[i], so that the events of revoked partitions can be
+     * taken out before it is sent; else NULL */
+    hb_event_t **events;
     hb_dl_state_t state; /* changed by set_state only */
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
     int rate_limited;    /* NOT_MADE because it could not wait for its rate limit */

@@ -1,6 +1,7 @@
 /* Jobs, durability gates and the producer with its resend list (see hb_outbox.h). */
 #include "hb_outbox.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,7 +43,8 @@ struct hb_outbox_s {
     size_t lookups; /* delivery-log look-ups not yet answered */
     hb_job_t *jobs;
     hb_gate_t *gates;
-    hb_pmsg_t *resend; /* refused by the broker, produced again later */
+    hb_pmsg_t *resend;   /* refused by the broker, produced again later */
+    char fatal_why[320]; /* the producer's fatal error: it is unusable */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -322,6 +324,18 @@ void hb_outbox_poll(hb_outbox_t *ob) {
     if (ob->resend)
         resend_due(ob);
     hb_outbox_take_flushed(ob);
+}
+
+const char *hb_outbox_fatal(hb_outbox_t *ob) {
+    char why[256];
+    if (ob->fatal_why[0])
+        return ob->fatal_why;
+    if (!ob->producer ||
+        rd_kafka_fatal_error(ob->producer, why, sizeof(why)) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return NULL;
+    snprintf(ob->fatal_why, sizeof(ob->fatal_why), "Kafka producer unusable: %s", why);
+    hb_error("%s; no retry or dead letter can be written any more", ob->fatal_why);
+    return ob->fatal_why;
 }
 
 int hb_outbox_resending(const hb_outbox_t *ob) {

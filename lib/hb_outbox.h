@@ -134,6 +134,11 @@ void hb_outbox_poll(hb_outbox_t *ob);
 void hb_outbox_take_flushed(hb_outbox_t *ob);
 /* Messages waiting to be produced again. */
 int hb_outbox_resending(const hb_outbox_t *ob);
+/* librdkafka's fatal error on the producer (e.g. the broker answered
+ * OUT_OF_ORDER_SEQUENCE_NUMBER: it lost what it had acknowledged to the
+ * idempotent producer): it produces nothing any more, ever. Its reason (said
+ * once, at error, the first time it is seen), or NULL. */
+const char *hb_outbox_fatal(hb_outbox_t *ob);
 /* Delivery-log look-ups not yet answered. */
 size_t hb_outbox_lookups(const hb_outbox_t *ob);
 /* Shutdown: waits up to 5 s each for the broker's acknowledgements and the

@@ -448,6 +448,8 @@ static void update_readiness(hb_worker_t *w) {
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     if (hb_stop_requested)
         why = "shutting down";
+    else if (hb_outbox_fatal(w->outbox))
+        why = hb_outbox_fatal(w->outbox);
     else if (hb_consumer_unready(w->consumer))
         why = hb_consumer_unready(w->consumer);
     else if (!w->store || !hb_store_connected(w->store))
@@ -522,8 +524,9 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
 int hb_worker_run(hb_worker_t *w) {
     char errstr[512];
     int64_t deadline;
+    const char *fatal = NULL;
 
-    while (!hb_stop_requested) {
+    while (!hb_stop_requested && !fatal) {
         ensure_store(w);
         if (w->store && w->index_loaded && !hb_consumer_started(w->consumer)) {
             if (hb_consumer_start(w->consumer, errstr, sizeof(errstr)) < 0) {
@@ -532,15 +535,32 @@ int hb_worker_run(hb_worker_t *w) {
             }
         }
         one_pass(w, LOOP_WAIT_MS, 1);
+        fatal = hb_outbox_fatal(w->outbox);
     }
 
+    if (fatal) {
+        /* Nothing that needs a retry or a dead letter can be finished: stop
+         * now rather than consume and deliver on. Offsets are committed only
+         * as far as work is durable (the rest is consumed again after a
+         * restart, which makes a new producer). */
+        hb_error("stopping at once, the Kafka producer being unusable: %zu deliveries in "
+                 "flight abandoned, their messages will be consumed again after a restart",
+                 hb_deliveries_in_flight(w->deliveries));
+        hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);
+        hb_deliveries_abandon(w->deliveries);
+        hb_outbox_drain(w->outbox);
+        hb_consumer_close(w->consumer);
+        hb_info("stopped");
+        return -1;
+    }
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
             hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
     hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);
     if (w->spec.hooks->on_stop)
         w->spec.hooks->on_stop(w, w->spec.opaque);
     deadline = hb_mono_ms() + w->cfg->shutdown_timeout_ms;
-    while ((hb_deliveries_in_flight(w->deliveries) > 0 || hb_outbox_resending(w->outbox) ||
+    while ((hb_deliveries_in_flight(w->deliveries) > 0 ||
+            (hb_outbox_resending(w->outbox) && !hb_outbox_fatal(w->outbox)) ||
             hb_outbox_lookups(w->outbox) > 0 || (w->store && hb_store_pending(w->store) > 0) ||
             (w->spec.hooks->busy && w->spec.hooks->busy(w, w->spec.opaque) > 0)) &&
            hb_mono_ms() < deadline)

@@ -7,7 +7,10 @@
  * ingest_loop: it serves librdkafka's delivery reports (rd_kafka_poll, the
  * only place on_delivery runs), beats the health endpoint and learns the
  * events topic's metadata; readiness means that, and that the brokers answer
- * (hb_kafka_reach_t: a probe thread asks them every second). A POST handler
+ * (hb_kafka_reach_t: a probe thread asks them every second). A fatal error
+ * of the producer (librdkafka's idempotent producer cannot go on, e.g. the
+ * broker lost what it had acknowledged) stops the endpoint, said at error,
+ * with a non-zero exit: a restart makes a new producer. A POST handler
  * validates the whole body first (hb_ingest_parse under codec_lock: a codec
  * is not thread-safe), then produces every event with its request as the
  * message opaque, then waits on `cond` until each event has its delivery
@@ -523,16 +526,25 @@ static void register_metrics(ingest_t *in) {
                                           bounds, HB_ARRAY_SIZE(bounds));
 }
 
-/* Runs until SIGTERM/SIGINT; then stops accepting, lets requests in flight
- * finish (bounded), flushes, and returns. */
-static void ingest_loop(ingest_t *in) {
+/* Runs until SIGTERM/SIGINT or the producer's fatal error; then stops
+ * accepting, lets requests in flight finish (bounded), flushes, and returns
+ * (-1 after the fatal error). */
+static int ingest_loop(ingest_t *in) {
     int64_t next_prepare = 0, deadline;
     long left;
     MHD_socket ls;
     struct timespec answered_by;
     char errstr[512];
+    int fatal = 0;
 
     while (!hb_stop_requested) {
+        if (rd_kafka_fatal_error(in->rk, errstr, sizeof(errstr)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            hb_error("ingest: Kafka producer unusable: %s; stopping (a restart makes a new "
+                     "producer): nothing more is accepted, requests in flight are answered 503",
+                     errstr);
+            fatal = 1;
+            break;
+        }
         if (!in->topic && hb_mono_ms() >= next_prepare) {
             in->topic = hb_kafka_topic_prepare(in->rk, in->cfg->events_topic, INGEST_PREPARE_MS,
                                                errstr, sizeof(errstr));
@@ -600,6 +612,7 @@ static void ingest_loop(ingest_t *in) {
         }
     }
     rd_kafka_poll(in->rk, 0); /* the last reports, so every request is freed */
+    return fatal ? -1 : 0;
 }
 
 int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
@@ -630,7 +643,8 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
                "), health on port %d%s",
                HB_VERSION, listen, port, hb_httpd_port(in.ops),
                in.auth_value ? "" : "; WARNING: no authentication (ingest_allow_unauthenticated)");
-        ingest_loop(&in);
+        if (ingest_loop(&in) < 0)
+            rc = 1;
         hb_info("stopped");
     }
     if (in.mhd)

@@ -13,7 +13,10 @@
  *
  * One thread of ours (main) sleeps in poll(2) on a self-pipe that the signal
  * handlers write to: SIGTERM/SIGINT stop (hb_signal), SIGUSR1 takes every
- * broker down and SIGUSR2 brings them back, for fault-injection tests. The
+ * broker down and SIGUSR2 brings them back, SIGHUP makes the next Produce
+ * request any broker gets fail with OUT_OF_ORDER_SEQUENCE_NUMBER (to an
+ * idempotent producer, as librdkafka's is, a fatal error: the broker lost
+ * what it had acknowledged), for fault-injection tests. The
  * handlers only set flags; the loop acts on them. At exit the bootstrap file
  * is removed before the cluster goes away.
  *
@@ -58,12 +61,14 @@ typedef struct {
 
 static const char *const default_topics[] = {"identity.events", "hookbridge.dlq"};
 
-static volatile sig_atomic_t want_down = 0, want_up = 0;
+static volatile sig_atomic_t want_down = 0, want_up = 0, want_produce_error = 0;
 static int wake_fd = -1;
 
 static void on_fault_signal(int sig) {
     if (sig == SIGUSR1)
         want_down = 1;
+    else if (sig == SIGHUP)
+        want_produce_error = 1;
     else
         want_up = 1;
     if (wake_fd >= 0)
@@ -91,7 +96,8 @@ static void usage(FILE *fp) {
             "Topics created: identity.events, hookbridge.dlq, hookbridge.retry.<delay> for\n"
             "each distinct delay of the retry schedule, and every --topic. Signals: SIGTERM/SIGINT "
             "stop; SIGUSR1 takes\n"
-            "all brokers down, SIGUSR2 brings them back up (fault-injection tests).\n");
+            "all brokers down, SIGUSR2 brings them back up, SIGHUP fails the next Produce request\n"
+            "with OUT_OF_ORDER_SEQUENCE_NUMBER (fault-injection tests).\n");
 }
 
 static int add_topic(devbroker_opts_t *o, const char *spec, char *errstr, size_t errstr_size) {
@@ -313,6 +319,7 @@ static void install_fault_signals(void) {
     sa.sa_flags = SA_RESTART;
     sigaction(SIGUSR1, &sa, NULL);
     sigaction(SIGUSR2, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 }
 
 int main(int argc, char **argv) {
@@ -399,6 +406,12 @@ int main(int argc, char **argv) {
         if (want_up) {
             want_up = 0;
             set_brokers(mc, o.brokers, 1);
+        }
+        if (want_produce_error) {
+            want_produce_error = 0;
+            rd_kafka_mock_push_request_errors(mc, 0 /* Produce */, 1,
+                                              RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER);
+            hb_info("the next Produce request fails with OUT_OF_ORDER_SEQUENCE_NUMBER");
         }
     }
     hb_info("stopping");
