@@ -10,6 +10,7 @@
  * hb_keyring_new, so a service without a usable key never starts.
  */
 #include "hb_config.h"
+#include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_pg.h"
 #include "hb_seal.h"
@@ -438,6 +439,16 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
         if (hb_schedule_parse(&cfg->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, why,
                               sizeof(why)) < 0) {
             hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+            return -1;
+        }
+    }
+    if (program & HB_PROG_SERVICES) {
+        char why[128];
+        if (hb_listen_check(cfg->http_listen, why, sizeof(why)) != HB_LISTEN_OK) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_HTTP_LISTEN: \"%s\" is not a listen address (%s; write "
+                      "host:port, [v6]:port or :port)",
+                      cfg->http_listen, why);
             return -1;
         }
     }

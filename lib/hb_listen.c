@@ -24,15 +24,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int hb_listen_resolve(const char *listen, unsigned flags, struct sockaddr_storage *ss,
-                      socklen_t *len, char *errstr, size_t errstr_size) {
-    char host[256];
+#define HB_LISTEN_HOST_MAX 256
+
+/* The host (brackets stripped) and port of listen, without resolving. */
+static int listen_parse(const char *listen, char host[HB_LISTEN_HOST_MAX], const char **portp,
+                        char *errstr, size_t errstr_size) {
     const char *colon, *port, *h = listen;
     char *end = NULL;
     long portnum;
-    struct addrinfo hints, *res = NULL;
     size_t hlen;
-    int rc;
 
     if (!listen || !(colon = strrchr(listen, ':'))) {
         hb_seterr(errstr, errstr_size, "not host:port");
@@ -50,18 +50,36 @@ int hb_listen_resolve(const char *listen, unsigned flags, struct sockaddr_storag
         h++;
         hlen -= 2;
     }
-    if (hlen >= sizeof(host)) {
+    if (hlen >= HB_LISTEN_HOST_MAX) {
         hb_seterr(errstr, errstr_size, "host name too long");
         return HB_LISTEN_EHOST;
     }
     memcpy(host, h, hlen);
     host[hlen] = '\0';
+    *portp = port;
+    return HB_LISTEN_OK;
+}
+
+int hb_listen_check(const char *listen, char *errstr, size_t errstr_size) {
+    char host[HB_LISTEN_HOST_MAX];
+    const char *port;
+    return listen_parse(listen, host, &port, errstr, errstr_size);
+}
+
+int hb_listen_resolve(const char *listen, unsigned flags, struct sockaddr_storage *ss,
+                      socklen_t *len, char *errstr, size_t errstr_size) {
+    char host[HB_LISTEN_HOST_MAX];
+    const char *port;
+    struct addrinfo hints, *res = NULL;
+    int rc = listen_parse(listen, host, &port, errstr, errstr_size);
+    if (rc != HB_LISTEN_OK)
+        return rc;
 
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    int any = !hlen || ((flags & HB_LISTEN_STAR_ANY) && !strcmp(host, "*"));
+    int any = !*host || ((flags & HB_LISTEN_STAR_ANY) && !strcmp(host, "*"));
     rc = getaddrinfo(any ? NULL : host, port, &hints, &res);
     if (rc != 0 || !res) {
         hb_seterr(errstr, errstr_size, "%s", rc ? gai_strerror(rc) : "no address");

@@ -28,6 +28,10 @@ typedef enum {
 int hb_listen_resolve(const char *listen, unsigned flags, struct sockaddr_storage *ss,
                       socklen_t *len, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* hb_listen_resolve()'s checks of the text alone (no DNS): HB_LISTEN_OK, or
+ * ESYNTAX, EPORT, EHOST with the reason in errstr. */
+int hb_listen_check(const char *listen, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* The port of an AF_INET or AF_INET6 address, host order. */
 uint16_t hb_listen_port(const struct sockaddr_storage *ss);
 

@@ -23,6 +23,7 @@
 #include "hb_config.h"
 #include "hb_event.h"
 #include "hb_ingest.h"
+#include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_signal.h"
 #include "producer.h"
@@ -194,6 +195,21 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
         fprintf(stderr, PROG ": --listen (ingest_listen) serves Okta event hooks; it reads no "
                              "input file and goes with neither --generate nor --print\n");
         return -1;
+    }
+    if (o->listen) {
+        char why[128];
+        const char *bad = hb_listen_check(o->listen, why, sizeof(why)) != HB_LISTEN_OK
+                              ? "--listen (HOOKBRIDGE_INGEST_LISTEN)"
+                          : hb_listen_check(cfg->http_listen, why, sizeof(why)) != HB_LISTEN_OK
+                              ? "HOOKBRIDGE_HTTP_LISTEN"
+                              : NULL;
+        if (bad) {
+            fprintf(stderr,
+                    PROG ": %s is not a listen address (%s; write host:port, [v6]:port or "
+                         ":port)\n",
+                    bad, why);
+            return -1;
+        }
     }
     if (o->listen && !*cfg->ingest_auth_value && !cfg->ingest_allow_unauthenticated) {
         fprintf(stderr,

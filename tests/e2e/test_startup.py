@@ -30,6 +30,41 @@ def test_a_bad_number_names_the_variable_and_exits_2(db_url, broker, procs):
     assert "HOOKBRIDGE_RETRY_JITTER" in r.output()
 
 
+def test_a_listen_address_that_is_not_one_exits_2_one_in_use_exits_1(db_url, broker, procs):
+    """A listen address the program cannot parse is a configuration mistake
+    (exit 2, one line naming the setting); a valid one it cannot bind (the
+    port taken) is not (exit 1), as operations.md tells them apart. Before,
+    both exited 1, after the service had begun starting."""
+    import socket
+    for i, (value, why) in enumerate((("8080", "not host:port"), ("127.0.0.1:99999", "bad port"),
+                                      ("[::1]:http", "bad port"))):
+        for program in ("dispatcher", "retrier"):
+            p = procs.start(f"{program}-{i}", [BIN / f"hookbridge-{program}"],
+                            {"HOOKBRIDGE_DATABASE_URL": db_url,
+                             "HOOKBRIDGE_KAFKA_BROKERS": broker.bootstrap,
+                             "HOOKBRIDGE_HTTP_LISTEN": value})
+            wait_until(lambda: not p.alive(), 10 * SLOW, f"the {program} to exit")
+            out = p.output()
+            assert p.p.returncode == 2, (program, value, out)
+            assert out.count("\n") == 1 and "HOOKBRIDGE_HTTP_LISTEN" in out and why in out, out
+        ing = procs.start(f"ingest-{i}", [BIN / "hookbridge-producer", "--listen", value],
+                          {"HOOKBRIDGE_KAFKA_BROKERS": broker.bootstrap,
+                           "HOOKBRIDGE_INGEST_AUTH_VALUE": "s3cret-value"})
+        wait_until(lambda: not ing.alive(), 10 * SLOW, "the ingest endpoint to exit")
+        assert ing.p.returncode == 2 and "--listen" in ing.output() and why in ing.output()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        r = start(procs, db_url, broker, {
+            "HOOKBRIDGE_HTTP_LISTEN": f"127.0.0.1:{taken.getsockname()[1]}"})
+        wait_until(lambda: not r.alive(), 10 * SLOW, "the retrier to exit")
+        assert r.p.returncode == 1, r.output()
+        assert "cannot listen on" in r.output()
+    finally:
+        taken.close()
+
+
 def test_readyz_follows_the_kafka_brokers(db_url, broker, procs):
     """All brokers down: /readyz turns 503 with the reason (the process stays
     alive, /healthz 200); brokers back: ready again by itself."""
