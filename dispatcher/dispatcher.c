@@ -487,6 +487,15 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge abandoned at shutdown; another dispatcher sends it again "
                "when this one's claim expires");
+    } else if (res->not_sent) {
+        /* Never sent (its host's queue was full, or it waited too long for a
+         * connection to a busy host): that says nothing about the endpoint,
+         * so no outcome is recorded; the request stays, and is taken up again
+         * when the claim expires. */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
+               "verification challenge not sent: %s; it is sent again when this dispatcher's "
+               "claim expires",
+               res->error);
     } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);

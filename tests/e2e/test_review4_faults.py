@@ -3,10 +3,15 @@ it, found in review: each test shows what a user saw before its fix.
 
 - An auth value of the length docs/sql.md allows (up to 4096 characters)
   reaches the endpoint, with the challenge and with every delivery.
+- A verification challenge that was never sent (it waited too long for a
+  connection to a busy host) is not recorded as a failed verification:
+  the subscription is not deactivated for it.
 """
 import json
+import time
 
-from hbtest.lifecycle import ACTIVE, apply, event, sql, wait_verification_outcome
+from hbtest.lifecycle import (ACTIVE, apply, challenges, consumed, event, register_active, sql,
+                              wait_verification_outcome)
 from hbtest.procs import wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 
@@ -40,3 +45,28 @@ def test_an_auth_value_as_long_as_allowed_reaches_the_endpoint(db_url, broker, p
     got = wait_until(lambda: receiver.events(), 20, "the delivery")
     assert [(r["headers"]["authorization"], e["uuid"]) for r, e in got] == [(value, ev["uuid"])]
     assert value not in d.proc.output()
+
+
+def test_a_challenge_never_sent_to_a_busy_host_is_not_a_failed_verification(
+        db_url, broker, procs, workdir):
+    """One connection per host, and a delivery holding it for 2 s: a challenge
+    asked for meanwhile cannot get a connection within max_queue_wait and is
+    not sent. That says nothing about the endpoint: the subscription stays
+    active and its verification is not 'failed', and the dispatcher says why
+    and that the challenge goes again. (Before: the unsent challenge was
+    recorded as failed with the reason 'HTTP 0', and the subscription was
+    deactivated, though its endpoint never saw the challenge.)"""
+    receiver = Receiver(procs, workdir, delay_ms=2000)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1", "HOOKBRIDGE_MAX_QUEUE_WAIT": "500ms"})
+    d.wait_ready()
+    sub = register_active(d, db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: consumed(d) >= 1, 20, "the event to be read")
+    time.sleep(0.3)  # its POST holds the host's one connection for 2 s
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    wait_until(lambda: "verification challenge not sent" in d.proc.output()
+               or subscription(db_url, sub)[1] != "verified", 10, "the challenge's fate")
+    time.sleep(0.5)  # an outcome would be recorded by now
+    assert subscription(db_url, sub)[:2] == ("active", "verified")
+    assert len(challenges(receiver)) == 1  # register_active's
