@@ -6,9 +6,14 @@ it, found in review: each test shows what a user saw before its fix.
 - A verification challenge that was never sent (it waited too long for a
   connection to a busy host) is not recorded as a failed verification:
   the subscription is not deactivated for it.
+- A rate limit too small for the services to read (per_second 1e-400, below
+  the range of a double) is refused by register() and update(), not stored
+  for a subscription the services then cannot load.
 """
 import json
 import time
+
+import psycopg2
 
 from hbtest.lifecycle import (ACTIVE, apply, challenges, consumed, event, register_active, sql,
                               wait_verification_outcome)
@@ -70,3 +75,35 @@ def test_a_challenge_never_sent_to_a_busy_host_is_not_a_failed_verification(
     time.sleep(0.5)  # an outcome would be recorded by now
     assert subscription(db_url, sub)[:2] == ("active", "verified")
     assert len(challenges(receiver)) == 1  # register_active's
+
+
+def sqlstate(db_url, query, *args):
+    """The SQLSTATE a statement fails with, or None when it succeeds."""
+    try:
+        sql(db_url, query, *args)
+    except psycopg2.Error as e:
+        return e.pgcode
+    return None
+
+
+def test_a_rate_limit_too_small_to_read_is_refused(db_url):
+    """per_second is written as JSON text here: 1e-400 is greater than 0, but
+    a double (the services', and take_rate_tokens') reads it as 0. It is
+    refused with HB024 by register() and update(), and so is anything below
+    0.000001 (one request in about 12 days); 0.000001 itself is taken.
+    (Before: register() stored it; the dispatcher then could not load the
+    subscription ('malformed options.rate_limit'), so its challenge was never
+    sent and it never received anything, and take_rate_tokens() failed with
+    'out of range for type double precision'.)"""
+    url = "https://example.com/hook"
+    for rate in ("1e-400", "0.0000009"):
+        opts = '{"rate_limit": {"per_second": %s}}' % rate
+        assert sqlstate(db_url, "SELECT hookbridge.register('rl', %s, ARRAY['user.session.start'], "
+                        "%s::jsonb)", url, opts) == "HB024", rate
+        sub = register(db_url, url, {})
+        assert sqlstate(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+                        opts) == "HB024", rate
+        assert sql(db_url, "SELECT options FROM hookbridge.subscriptions WHERE id=%s",
+                   sub) == [({},)]
+    sub = register(db_url, url, {"rate_limit": {"per_second": 0.000001}})
+    assert sql(db_url, "SELECT granted FROM hookbridge.take_rate_tokens(%s, 2)", sub) == [(1,)]
