@@ -9,6 +9,8 @@ it, found in review: each test shows what a user saw before its fix.
 - A rate limit too small for the services to read (per_second 1e-400, below
   the range of a double) is refused by register() and update(), not stored
   for a subscription the services then cannot load.
+- So is a filter with a number beyond 64 bits (1e19), which the dispatcher
+  read back from PostgreSQL as an integer it cannot parse.
 """
 import json
 import time
@@ -107,3 +109,32 @@ def test_a_rate_limit_too_small_to_read_is_refused(db_url):
                    sub) == [({},)]
     sub = register(db_url, url, {"rate_limit": {"per_second": 0.000001}})
     assert sql(db_url, "SELECT granted FROM hookbridge.take_rate_tokens(%s, 2)", sub) == [(1,)]
+
+
+def test_a_filter_number_the_dispatcher_cannot_read_is_refused(db_url, broker, procs, workdir):
+    """A filter compares numbers too. Beyond the 64-bit integer range the
+    dispatcher cannot read one back (PostgreSQL prints 1e19 as
+    10000000000000000000): register() and update() refuse it with HB013,
+    naming it; the range's ends are taken, and the dispatcher loads such a
+    subscription and challenges it. (Before: register() took 1e19; the
+    dispatcher logged 'malformed options.filter' and could not load the
+    subscription, so its challenge was never sent and it received nothing.)"""
+    receiver = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    bad = {"debugContext.debugData.risk": {"$in": [1, 1e19]}}
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        try:
+            cur.execute("SELECT hookbridge.register('f', %s, ARRAY['user.session.start'], "
+                        "%s::jsonb)", (receiver.url, json.dumps({"filter": bad})))
+            code = None
+        except psycopg2.Error as e:
+            code, msg = e.pgcode, e.pgerror
+    assert code == "HB013" and "64-bit integer range" in msg and "$in[1]" in msg
+    edge = {"debugContext.debugData.risk": {"$in": [9223372036854775807, -9223372036854775808]}}
+    sub = register(db_url, receiver.url, {"filter": edge})
+    assert sqlstate(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+                    json.dumps({"filter": bad})) == "HB013"
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert wait_verification_outcome(db_url, sub) == "verified", subscription(db_url, sub)
+    assert "cannot be loaded" not in d.proc.output()
