@@ -470,8 +470,9 @@ static void on_recorded(const char *id, int recorded, const char *err, void *opa
         hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
     } else if (!recorded) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id),
-               "verification outcome not recorded: out of date (the URL changed, verify() asked "
-               "again while the challenge ran, or its claim expired); the newer challenge decides");
+               "verification outcome not recorded: out of date (the subscription was "
+               "deregistered, the URL changed, verify() asked again while the challenge ran, or "
+               "its claim expired); the newer challenge decides");
     }
 }
 
