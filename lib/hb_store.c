@@ -506,7 +506,12 @@ static void follow(lane_t *ln) {
     while (ln->conn) {
         n = store_drain(ln, &notes, &cap);
         if (ln->seal_due) {
-            if (store_seal(ln, errstr, sizeof(errstr)) < 0) {
+            /* Sealing, and, while this service holds older keys (a key
+             * rotation), moving to the current key what is still under one:
+             * a replica not yet restarted with the new key seals new values
+             * under the old one, and they must move without another start. */
+            if (store_seal(ln, errstr, sizeof(errstr)) < 0 ||
+                (ln->conn && store_reseal(ln, errstr, sizeof(errstr)) < 0)) {
                 if (!ln->conn) {
                     queue_push(&events, msg_new(MSG_ERROR));
                     msg_fail(events.tail, errstr);

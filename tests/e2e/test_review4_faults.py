@@ -13,8 +13,11 @@ it, found in review: each test shows what a user saw before its fix.
   read back from PostgreSQL as an integer it cannot parse.
 - A subscription deregistered while its challenge runs: the outcome is not
   recorded (out of date), and that is no database error.
+- During a key rotation, a value that a replica not yet restarted seals under
+  the old key moves to the new one without another restart.
 """
 import json
+import signal
 import threading
 import time
 
@@ -23,7 +26,7 @@ import psycopg2
 from hbtest.lifecycle import (ACTIVE, apply, challenges, consumed, event, register_active, sql,
                               wait_verification_outcome)
 from hbtest.endpoints import ChallengeAnswering, serve
-from hbtest.procs import wait_until
+from hbtest.procs import SECRET_KEY, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 
 
@@ -175,3 +178,38 @@ def test_a_deregister_while_the_challenge_runs_is_no_database_error(
         assert d.metric("hookbridge_database_errors_total") == 0
     finally:
         srv.shutdown()
+
+
+def test_a_value_sealed_under_the_old_key_during_the_rollout_moves_to_the_new_key(
+        db_url, broker, procs, workdir):
+    """Step 2 of rotating HOOKBRIDGE_SECRET_KEY (docs/security.md): replicas
+    with the new key as current start while others, not yet restarted, still
+    seal with the old one. A value one of those seals meanwhile is moved to the
+    new key by a new-key replica within seconds, so hookbridge.secret_keys
+    comes to list only the new key, as step 3 waits for. (Before: values were
+    moved only when a service started or reconnected to the database, so this
+    one stayed under the old key until another restart, and removing the old
+    key then cut the subscription off.)"""
+    from test_secrets import key_id, new_key, wait_sealed
+    old, new = SECRET_KEY, new_key()
+    d_new = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-newkey",
+                       group_id="hookbridge-dispatcher-newkey",
+                       extra_env={"HOOKBRIDGE_SECRET_KEY": new, "HOOKBRIDGE_SECRET_KEYS_OLD": old})
+    d_old = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-oldkey",
+                       group_id="hookbridge-dispatcher-oldkey",
+                       extra_env={"HOOKBRIDGE_SECRET_KEY": old, "HOOKBRIDGE_SECRET_KEYS_OLD": new})
+    d_new.wait_ready()
+    d_old.wait_ready()
+
+    def keys():
+        return sql(db_url, "SELECT key_id, signing_secrets, auth_values FROM hookbridge.secret_keys")
+    # The old-key replica is the one that seals it: the other one is paused.
+    d_new.proc.signal(signal.SIGSTOP)
+    try:
+        sub = register(db_url, "https://example.com/hook",
+                       {"auth_header": "X-Key", "auth_value": "k-" + new[:8]})
+        wait_sealed(db_url, sub)
+        assert keys() == [(key_id(old), 1, 1)]
+    finally:
+        d_new.proc.signal(signal.SIGCONT)
+    wait_until(lambda: keys() == [(key_id(new), 1, 1)], 10, "the value under the new key")
