@@ -15,6 +15,8 @@ it, found in review: each test shows what a user saw before its fix.
   recorded (out of date), and that is no database error.
 - During a key rotation, a value that a replica not yet restarted seals under
   the old key moves to the new one without another restart.
+- A signing secret lost in a database crash before it was sealed is set again
+  with rotate_secret(id), as docs/security.md says, with its default grace.
 """
 import json
 import signal
@@ -213,3 +215,26 @@ def test_a_value_sealed_under_the_old_key_during_the_rollout_moves_to_the_new_ke
     finally:
         d_new.proc.signal(signal.SIGCONT)
     wait_until(lambda: keys() == [(key_id(new), 1, 1)], 10, "the value under the new key")
+
+
+def test_a_lost_signing_secret_set_again_with_rotate_secret_is_used_at_once(
+        db_url, broker, procs, workdir):
+    """A PostgreSQL crash empties the unlogged inbox: a signing secret no
+    service had sealed is lost (secret_status 'lost'). docs/security.md: set
+    it again with rotate_secret(id). With the default grace the lost secret
+    becomes the previous one, which nobody can sign with: the new one signs,
+    and the subscription is challenged and verified. (Before: the lost
+    previous secret made the services refuse the whole subscription, 'not
+    sealed yet', for the 24 hours of the grace.)"""
+    receiver = Receiver(procs, workdir)
+    sub = register(db_url, receiver.url, {})  # no service runs: not sealed
+    sql(db_url, "TRUNCATE hookbridge.secret_inbox")  # the crash
+    assert sql(db_url, "SELECT signing_secret FROM hookbridge.secret_status WHERE id = %s",
+               sub) == [("lost",)]
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sql(db_url, "SELECT hookbridge.rotate_secret(%s)", sub)
+    wait_until(lambda: sql(db_url, "SELECT signing_secret FROM hookbridge.secret_status "
+                           "WHERE id = %s", sub) == [("sealed",)], 15, "the new secret sealed")
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert wait_verification_outcome(db_url, sub) == "verified", subscription(db_url, sub)
