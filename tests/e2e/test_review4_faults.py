@@ -17,6 +17,9 @@ it, found in review: each test shows what a user saw before its fix.
   the old key moves to the new one without another restart.
 - A signing secret lost in a database crash before it was sealed is set again
   with rotate_secret(id), as docs/security.md says, with its default grace.
+- A URL whose host is no host name or address ('api..example.com', '-',
+  '[1::2::3]') is refused by register() and update() (HB002), not found out
+  when its challenge fails.
 """
 import json
 import signal
@@ -238,3 +241,22 @@ def test_a_lost_signing_secret_set_again_with_rotate_secret_is_used_at_once(
                            "WHERE id = %s", sub) == [("sealed",)], 15, "the new secret sealed")
     sql(db_url, "SELECT hookbridge.verify(%s)", sub)
     assert wait_verification_outcome(db_url, sub) == "verified", subscription(db_url, sub)
+
+
+def test_a_url_whose_host_is_no_name_or_address_is_refused(db_url):
+    """docs/sql.md: the URL needs a host; _check_url says 'not a valid host
+    name or address'. (Before: any run of letters, digits, dots, '-' and '_'
+    passed, and any hex digits, ':' and '.' in brackets, so a typo like
+    'api..example.com' was stored, and found out only when the challenge
+    failed: 'could not resolve host'.)"""
+    sub = register(db_url, "https://example.com/hook", {})
+    for url in ("https://api..example.com/hook", "https://./hook", "https://-/hook",
+                "https://.example.com/hook", "https://example-.com/hook",
+                "https://[:]/hook", "https://[1::2::3]:8443/hook", "https://[1.2.3.4]/hook"):
+        assert sqlstate(db_url, "SELECT hookbridge.register('u', %s, "
+                        "ARRAY['user.session.start'])", url) == "HB002", url
+        assert sqlstate(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, url) == "HB002", url
+    for url in ("https://[::1]:8443/hook", "https://[::ffff:10.1.2.3]/h", "https://example.com./h",
+                "http://127.0.0.1:8080/hook", "https://my_host.internal/h", "https://a-b.c0/h",
+                "HTTPS://EXAMPLE.COM/h?x=1#f"):
+        assert sqlstate(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, url) is None, url
