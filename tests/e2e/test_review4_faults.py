@@ -103,14 +103,15 @@ def sqlstate(db_url, query, *args):
 def test_a_rate_limit_too_small_to_read_is_refused(db_url):
     """per_second is written as JSON text here: 1e-400 is greater than 0, but
     a double (the services', and take_rate_tokens') reads it as 0. It is
-    refused with HB024 by register() and update(), and so is anything below
-    0.000001 (one request in about 12 days); 0.000001 itself is taken.
-    (Before: register() stored it; the dispatcher then could not load the
+    refused with HB024 by register() and update(), as is anything below
+    1e-300; 1e-300 itself is taken (docs/payloads.md: any rate above 0, one
+    request in a hundred days is a long wait, not an error). (Before:
+    register() stored 1e-400; the dispatcher then could not load the
     subscription ('malformed options.rate_limit'), so its challenge was never
     sent and it never received anything, and take_rate_tokens() failed with
     'out of range for type double precision'.)"""
     url = "https://example.com/hook"
-    for rate in ("1e-400", "0.0000009"):
+    for rate in ("1e-400", "9e-301"):
         opts = '{"rate_limit": {"per_second": %s}}' % rate
         assert sqlstate(db_url, "SELECT hookbridge.register('rl', %s, ARRAY['user.session.start'], "
                         "%s::jsonb)", url, opts) == "HB024", rate
@@ -119,8 +120,11 @@ def test_a_rate_limit_too_small_to_read_is_refused(db_url):
                         opts) == "HB024", rate
         assert sql(db_url, "SELECT options FROM hookbridge.subscriptions WHERE id=%s",
                    sub) == [({},)]
-    sub = register(db_url, url, {"rate_limit": {"per_second": 0.000001}})
-    assert sql(db_url, "SELECT granted FROM hookbridge.take_rate_tokens(%s, 2)", sub) == [(1,)]
+    sub = sql(db_url, "SELECT hookbridge.register('rl', %s, ARRAY['user.session.start'], "
+              "'{\"rate_limit\": {\"per_second\": 1e-300}}'::jsonb)", url)[0][0]
+    # the burst's one token, then the longest wait there is
+    assert sql(db_url, "SELECT granted, wait_ms FROM hookbridge.take_rate_tokens(%s, 2)",
+               sub) == [(1, 2147483647)]
 
 
 def test_a_filter_number_the_dispatcher_cannot_read_is_refused(db_url, broker, procs, workdir):
