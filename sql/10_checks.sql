@@ -228,9 +228,25 @@ BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
     END IF;
-    SELECT * INTO v FROM hookbridge.subscriptions s
-     WHERE s.id = p_id
-       FOR UPDATE;
+    PERFORM 1 FROM hookbridge.subscriptions s WHERE s.id = p_id FOR UPDATE;
+    RETURN hookbridge._live_read(p_id);
+END
+$$;
+
+-- _live for the functions that only read (signing_secret,
+-- sealed_signing_secret): the same checks, no lock. A read holding the row
+-- lock for as long as its caller's transaction stays open made the services'
+-- sealer, which locks the subscriptions whose secrets it seals, wait for it,
+-- and a dispatcher takes no event while its sealer waits.
+CREATE OR REPLACE FUNCTION hookbridge._live_read(p_id uuid) RETURNS hookbridge.subscriptions
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    IF p_id IS NULL THEN
+        RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
+    END IF;
+    SELECT * INTO v FROM hookbridge.subscriptions s WHERE s.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription % not found', p_id USING ERRCODE = 'HB010';
     END IF;

@@ -140,7 +140,7 @@ DECLARE
     v_sid bigint;
     v     text;
 BEGIN
-    PERFORM hookbridge._live(signing_secret.id);
+    PERFORM hookbridge._live_read(signing_secret.id); -- reads: no row lock
     SELECT sec.id INTO v_sid FROM hookbridge.subscription_secrets sec
      WHERE sec.subscription_id = signing_secret.id AND sec.expires_at IS NULL;
     SELECT i.value INTO v FROM hookbridge.secret_inbox i
@@ -165,7 +165,7 @@ CREATE OR REPLACE FUNCTION hookbridge.sealed_signing_secret(id uuid)
 RETURNS TABLE (secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
-    PERFORM hookbridge._live(sealed_signing_secret.id);
+    PERFORM hookbridge._live_read(sealed_signing_secret.id); -- reads: no row lock
     RETURN QUERY
         SELECT sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec

@@ -20,6 +20,9 @@ it, found in review: each test shows what a user saw before its fix.
 - A URL whose host is no host name or address ('api..example.com', '-',
   '[1::2::3]') is refused by register() and update() (HB002), not found out
   when its challenge fails.
+- signing_secret() in a transaction left open does not hold up every
+  delivery: it reads the subscription without locking it, so the services'
+  sealer does not wait for that transaction.
 """
 import json
 import signal
@@ -264,3 +267,38 @@ def test_a_url_whose_host_is_no_name_or_address_is_refused(db_url):
                 "http://127.0.0.1:8080/hook", "https://my_host.internal/h", "https://a-b.c0/h",
                 "HTTPS://EXAMPLE.COM/h?x=1#f"):
         assert sqlstate(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, url) is None, url
+
+
+def test_signing_secret_in_an_open_transaction_does_not_stop_deliveries(
+        db_url, broker, procs, workdir):
+    """A program registers a subscription and reads its secret with
+    signing_secret() in a transaction it leaves open (psycopg2's default
+    outside autocommit), before a service has sealed the secret. The
+    services seal it under the subscription's row lock; a read must not hold
+    that lock. Deliveries to another subscription go on. (Before:
+    signing_secret() locked the row FOR UPDATE; the dispatcher's sealer
+    waited for that transaction, and the dispatcher, which takes no event
+    while a subscription change is being applied, delivered nothing at all
+    until the program committed.)"""
+    receiver = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    register_active(d, db_url, receiver.url, ["user.session.start"])
+    d.proc.signal(signal.SIGSTOP)  # the program's read comes before the sealer
+    try:
+        sub = register(db_url, "https://example.com/other", {})
+        program = psycopg2.connect(db_url)  # not autocommit: its transaction stays open
+        with program.cursor() as cur:
+            cur.execute("SELECT hookbridge.signing_secret(%s)", (sub,))
+            assert cur.fetchone()[0].startswith("whsec_")
+    finally:
+        d.proc.signal(signal.SIGCONT)
+    try:
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in [e["uuid"] for _, e in receiver.events()], 15,
+                   "the delivery while the program's transaction is open")
+        wait_until(lambda: sql(db_url, "SELECT signing_secret FROM hookbridge.secret_status "
+                               "WHERE id = %s", sub) == [("sealed",)], 10, "the secret sealed")
+    finally:
+        program.close()
