@@ -214,7 +214,8 @@ def test_a_value_sealed_under_the_old_key_during_the_rollout_moves_to_the_new_ke
     d_old.wait_ready()
 
     def keys():
-        return sql(db_url, "SELECT key_id, signing_secrets, auth_values FROM hookbridge.secret_keys")
+        return sql(db_url, "SELECT key_id, signing_secrets, auth_values "
+                   "FROM hookbridge.secret_keys")
     # The old-key replica is the one that seals it: the other one is paused.
     d_new.proc.signal(signal.SIGSTOP)
     try:
