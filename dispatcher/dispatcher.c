@@ -522,6 +522,13 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
     hb_dispatcher_t *d = opaque;
     verify_t *v;
 
+    if (err && claim) { /* the subscription cannot be loaded: not the database's fault */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+               "verification challenge not sent: %s; it is sent again when this dispatcher's "
+               "claim expires",
+               err);
+        return;
+    }
     if (err) {
         hb_worker_db_error(d->w);
         hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", err);

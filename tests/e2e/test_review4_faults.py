@@ -23,6 +23,8 @@ it, found in review: each test shows what a user saw before its fix.
 - signing_secret() in a transaction left open does not hold up every
   delivery: it reads the subscription without locking it, so the services'
   sealer does not wait for that transaction.
+- A verification requested for a subscription that cannot be loaded (its
+  auth value lost before it was sealed) is no database error either.
 """
 import json
 import signal
@@ -303,3 +305,27 @@ def test_signing_secret_in_an_open_transaction_does_not_stop_deliveries(
                                "WHERE id = %s", sub) == [("sealed",)], 10, "the secret sealed")
     finally:
         program.close()
+
+
+def test_a_challenge_for_a_subscription_that_cannot_be_loaded_is_no_database_error(
+        db_url, broker, procs, workdir):
+    """A subscription whose auth value was lost in a database crash before a
+    service sealed it cannot be loaded, so its challenge cannot be sent: the
+    dispatcher says so, naming the reason, and leaves the request for when
+    the value is set again. That is the subscription's problem, not the
+    database's: hookbridge_database_errors_total (and the
+    HookbridgeDatabaseErrors alert on it) stays quiet. (Before: every claim
+    of the request, every 20 s, was logged as 'cannot claim verification' and
+    counted as a database error.)"""
+    sub = register(db_url, "https://example.com/hook",
+                   {"auth_header": "Authorization", "auth_value": "Bearer lost"})
+    sql(db_url, "TRUNCATE hookbridge.secret_inbox")  # the crash, before any service ran
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    wait_until(lambda: "verification challenge not sent" in d.proc.output()
+               or "cannot claim verification" in d.proc.output(), 15, "the claim")
+    assert "cannot claim verification" not in d.proc.output()
+    assert "auth value is not sealed yet" in d.proc.output()
+    assert d.metric("hookbridge_database_errors_total") == 0
+    assert subscription(db_url, sub)[1] == "unverified"
