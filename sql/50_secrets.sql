@@ -251,6 +251,9 @@ $$;
 -- Sealed values under one of old_key_ids (the older keys a service holds),
 -- locked like secrets_to_seal: their subscriptions first, then the secrets
 -- (with the secrets first, a deregister() meanwhile could deadlock with it).
+-- A subscription locked by someone else is skipped, not waited for: moving
+-- its values can wait for a later pass, and a service reloading (or sealing)
+-- waited for an operator's open transaction, taking no event meanwhile.
 CREATE OR REPLACE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
 RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -268,7 +271,7 @@ BEGIN
                              WHERE a.auth_key_id = ANY (old_key_ids) AND a.deregistered_at IS NULL
                              ORDER BY a.id LIMIT v_max)
              ORDER BY s.id
-               FOR UPDATE) locked;
+               FOR UPDATE SKIP LOCKED) locked;
     RETURN QUERY
         SELECT 'signing'::text, sec.subscription_id, sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec

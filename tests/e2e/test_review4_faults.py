@@ -25,6 +25,9 @@ it, found in review: each test shows what a user saw before its fix.
   sealer does not wait for that transaction.
 - A verification requested for a subscription that cannot be loaded (its
   auth value lost before it was sealed) is no database error either.
+- During a key rotation, a subscription locked by an operator's open
+  transaction does not stop the services from reloading after a reconnect:
+  moving its values to the new key waits for a later pass instead.
 """
 import json
 import signal
@@ -329,3 +332,44 @@ def test_a_challenge_for_a_subscription_that_cannot_be_loaded_is_no_database_err
     assert "auth value is not sealed yet" in d.proc.output()
     assert d.metric("hookbridge_database_errors_total") == 0
     assert subscription(db_url, sub)[1] == "unverified"
+
+
+def test_an_operator_transaction_does_not_stall_the_reload_during_a_key_rotation(
+        db_url, broker, procs, workdir):
+    """Key rotation, step 2: the dispatcher holds the new key and the old one,
+    and moves values still under the old one to the new one whenever it
+    reloads (and seals). An operator has a transaction open on a subscription
+    with such a value (an update() not yet committed). The dispatcher's
+    connection drops and comes back: its reload does not wait for the
+    operator, and deliveries to another subscription go on; the value moves
+    on a later pass. (Before: the reload waited for the operator's row lock,
+    and the dispatcher, which takes no event until its reload is in, delivered
+    nothing until the operator committed.)"""
+    from test_secrets import key_id, new_key
+    old, new = SECRET_KEY, new_key()
+    receiver = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_SECRET_KEY": new, "HOOKBRIDGE_SECRET_KEYS_OLD": old})
+    d.wait_ready()
+    register_active(d, db_url, receiver.url, ["user.session.start"])
+    # a subscription with a value under the old key (as an old replica left it)
+    other = register(db_url, "https://example.com/other", {})
+    wait_until(lambda: sql(db_url, "SELECT signing_secret FROM hookbridge.secret_status "
+                           "WHERE id = %s", other) == [("sealed",)], 10, "sealed")
+    sql(db_url, "UPDATE hookbridge.subscription_secrets SET key_id = %s WHERE subscription_id = %s",
+        key_id(old), other)
+    operator = psycopg2.connect(db_url)  # its transaction stays open
+    try:
+        with operator.cursor() as cur:
+            cur.execute("SELECT hookbridge.update(%s, name => 'renamed')", (other,))
+        reconnects = d.proc.output().count("reconnected; reloading subscriptions")
+        sql(db_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'hookbridge'")
+        wait_until(lambda: d.proc.output().count("reconnected; reloading subscriptions")
+                   > reconnects, 15, "the dispatcher to reconnect")
+        ev = event("user.session.start")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in [e["uuid"] for _, e in receiver.events()], 15,
+                   "the delivery while the operator's transaction is open")
+    finally:
+        operator.close()
