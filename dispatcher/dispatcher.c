@@ -479,8 +479,9 @@ static void on_recorded(const char *id, int recorded, const char *err, void *opa
         hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
     } else if (!recorded) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id),
-               "verification outcome not recorded: out of date (the URL changed, verify() asked "
-               "again while the challenge ran, or its claim expired); the newer challenge decides");
+               "verification outcome not recorded: out of date (the subscription was "
+               "deregistered, the URL changed, verify() asked again while the challenge ran, or "
+               "its claim expired); the newer challenge decides");
     }
 }
 
@@ -496,6 +497,15 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge abandoned at shutdown; another dispatcher sends it again "
                "when this one's claim expires");
+    } else if (res->not_sent) {
+        /* Never sent (its host's queue was full, or it waited too long for a
+         * connection to a busy host): that says nothing about the endpoint,
+         * so no outcome is recorded; the request stays, and is taken up again
+         * when the claim expires. */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
+               "verification challenge not sent: %s; it is sent again when this dispatcher's "
+               "claim expires",
+               res->error);
     } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
@@ -521,6 +531,13 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
     hb_dispatcher_t *d = opaque;
     verify_t *v;
 
+    if (err && claim) { /* the subscription cannot be loaded: not the database's fault */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+               "verification challenge not sent: %s; it is sent again when this dispatcher's "
+               "claim expires",
+               err);
+        return;
+    }
     if (err) {
         hb_worker_db_error(d->w);
         hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", err);

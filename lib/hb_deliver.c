@@ -280,6 +280,11 @@ fail:
 /* ------------------------------------------------------------------ */
 /* Send                                                                */
 
+/* Room for the longest auth header line register() accepts: a name of 256
+ * bytes (a token), ": ", and a value of 4096 characters of up to 4 bytes each
+ * in UTF-8 (sql/20_options.sql). */
+#define HB_AUTH_LINE_MAX (256 + 2 + 4 * 4096 + 1)
+
 /* "Name: value" for the subscription's auth header into buf; 0 when none,
  * 1 when written, -1 when the configured header is unusable. */
 static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
@@ -289,8 +294,10 @@ static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
     if (strpbrk(sub->auth_header, "\r\n: ") || strpbrk(value, "\r\n"))
         return -1;
     int len = snprintf(buf, bufsz, "%s: %s", sub->auth_header, value);
-    if (len < 0 || (size_t)len >= bufsz)
+    if (len < 0 || (size_t)len >= bufsz) {
+        OPENSSL_cleanse(buf, bufsz); /* part of the value may be in it */
         return -1;
+    }
     return 1;
 }
 
@@ -347,7 +354,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
                      hb_http_done_cb *done, void *opaque) {
     int64_t now_ms = hb_wall_ms();
     int64_t ts = now_ms / 1000;
-    char h_ct[128], h_id[128], h_ts[48], h_sig[512], h_auth[4096];
+    char h_ct[128], h_id[128], h_ts[48], h_sig[512], h_auth[HB_AUTH_LINE_MAX];
     char sig[480];
     const char **headers = hb_calloc(8 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
@@ -396,7 +403,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
 
     hb_http_submit(http, &req); /* copies the header lines */
     if (auth > 0)
-        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+        OPENSSL_cleanse(h_auth, strlen(h_auth));
     free(headers);
 }
 
@@ -440,7 +447,7 @@ hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size
 
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque) {
-    char h_ch[512], h_ua[64], h_auth[4096];
+    char h_ch[512], h_ua[64], h_auth[HB_AUTH_LINE_MAX];
     const char **headers = hb_calloc(6 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
     hb_http_req_t req = {
@@ -471,7 +478,7 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
     headers[nh] = NULL;
     hb_http_submit(http, &req);
     if (auth > 0)
-        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+        OPENSSL_cleanse(h_auth, strlen(h_auth));
     free(headers);
 }
 

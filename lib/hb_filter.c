@@ -145,6 +145,16 @@ static int check_scalar(fn_cc_t *cc, const json_t *v) {
         fail(cc, "string is longer than %d bytes", HB_FILTER_MAX_STRING);
         return -1;
     }
+    /* The filter reaches the dispatcher as PostgreSQL's text of a jsonb
+     * number, without an exponent: a larger one is an integer literal jansson
+     * cannot read, and the subscription could not be loaded at all. So the
+     * SQL side refuses it, and so does this. */
+    if (json_is_real(v) && !(json_real_value(v) >= -9223372036854775808.0 &&
+                             json_real_value(v) < 9223372036854775808.0)) {
+        fail(cc, "number is outside the 64-bit integer range (-9223372036854775808 .. "
+                 "9223372036854775807)");
+        return -1;
+    }
     return 0;
 }
 

@@ -19,7 +19,9 @@
  * The design is compile once, match often: hb_filter_compile() validates the
  * whole spec (with bounds, so a hostile filter cannot cost much: depth 8,
  * 64 conditions, paths of 16 segments and 256 bytes, strings of 1024 bytes,
- * lists of 100 items) and turns every path into an array of segments.
+ * lists of 100 items; and numbers in the 64-bit integer range, which is what
+ * the dispatcher can read back from PostgreSQL) and turns every path into an
+ * array of segments.
  * hb_filter_match() then walks the event with json_object_get() per segment
  * and never allocates. hookbridge.filter_problem() in
  * sql/30_filters.sql applies the same rules in SQL, so an invalid

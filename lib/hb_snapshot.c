@@ -28,8 +28,12 @@
 /* One query shape for every snapshot: $1 NULL loads all live subscriptions.
  * Event types come space-separated (catalogue names have no spaces); signing
  * secrets as "row_id sealed_hex key_id expires_ms" quadruples ("-" for a
- * value not sealed yet), current first, at most two unexpired. The auth value
- * comes sealed too, with auth_pending true while a service has yet to seal it. */
+ * value not sealed yet), current first, at most two unexpired. A previous
+ * secret (in its grace period) only when sealed: one lost in a database crash
+ * before it was sealed can sign nothing, and must not keep the current one
+ * from signing (rotate_secret is how a lost secret is set again). The auth
+ * value comes sealed too, with auth_pending true while a service has yet to
+ * seal it. */
 static const char SNAPSHOT_SELECT[] =
     "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
     "       encode(s.auth_sealed, 'hex'), s.auth_key_id, s.auth_pending IS NOT NULL,"
@@ -48,7 +52,8 @@ static const char SNAPSHOT_SELECT[] =
     "                                                   sec.id DESC) AS ord"
     "                  FROM hookbridge.subscription_secrets sec"
     "                 WHERE sec.subscription_id = s.id"
-    "                   AND (sec.expires_at IS NULL OR sec.expires_at > now())) x"
+    "                   AND (sec.expires_at IS NULL"
+    "                        OR (sec.expires_at > now() AND sec.sealed IS NOT NULL))) x"
     "         WHERE x.ord <= 2),"
     "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0),"
     "       s.options->'rate_limit',"

@@ -85,6 +85,7 @@ struct store_msg_s {
     char id[HB_UUID_LEN + 1];
     char *url, *reason; /* MSG_RECORD_VERIFY */
     int ok, max;
+    int unloadable; /* MSG_CLAIM_VERIFY: claimed, but its row cannot be built */
     long long after_ms;
     long long lease_ms;       /* MSG_CLAIM_VERIFY */
     char claim[HB_CLAIM_LEN]; /* MSG_CLAIM_VERIFY's answer, MSG_RECORD_VERIFY */
@@ -506,7 +507,12 @@ static void follow(lane_t *ln) {
     while (ln->conn) {
         n = store_drain(ln, &notes, &cap);
         if (ln->seal_due) {
-            if (store_seal(ln, errstr, sizeof(errstr)) < 0) {
+            /* Sealing, and, while this service holds older keys (a key
+             * rotation), moving to the current key what is still under one:
+             * a replica not yet restarted with the new key seals new values
+             * under the old one, and they must move without another start. */
+            if (store_seal(ln, errstr, sizeof(errstr)) < 0 ||
+                (ln->conn && store_reseal(ln, errstr, sizeof(errstr)) < 0)) {
                 if (!ln->conn) {
                     queue_push(&events, msg_new(MSG_ERROR));
                     msg_fail(events.tail, errstr);
@@ -564,7 +570,11 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     PQclear(res);
     if (!m->claim[0])
         return 0;
-    return load_one(ln, m->id, &m->sub, errstr, errstr_size);
+    int rc = load_one(ln, m->id, &m->sub, errstr, errstr_size);
+    /* the query worked, the row does not make a snapshot (a secret not
+     * sealed, or lost): the subscription's problem, not the database's */
+    m->unloadable = rc == -1 && ln->conn;
+    return rc;
 }
 
 static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
@@ -960,7 +970,7 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
             h->on_reload(opaque);
         break;
     case MSG_CLAIM_VERIFY:
-        m->cb.claim(m->id, m->sub, m->sub ? m->claim : NULL, m->err, m->opaque);
+        m->cb.claim(m->id, m->sub, m->sub || m->unloadable ? m->claim : NULL, m->err, m->opaque);
         m->sub = NULL;
         break;
     case MSG_RECORD_VERIFY: m->cb.recorded(m->id, !m->err && m->cnt, m->err, m->opaque); break;

@@ -96,7 +96,10 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
  * until its outcome is recorded, and becomes claimable again when the lease
  * expires); sub is a snapshot (the callback's to unref) and `claim` names the
  * claim (HB_CLAIM_LEN, text) when it was claimed; both NULL when nothing was
- * claimable. record: store the outcome made under `claim`, which ends the
+ * claimable. err with a claim and no sub: claimed, but the subscription's row
+ * makes no snapshot (err says why: a secret not sealed, or lost; not a
+ * database error), so nothing can be challenged until the claim expires.
+ * record: store the outcome made under `claim`, which ends the
  * request; ok=1 marks the subscription verified, ok=0 failed with `reason`
  * (e.g. "timeout", "wrong echo", "HTTP 404"). An outcome out of date is not
  * recorded (recorded=0): `url`, the URL that was challenged, is no longer the

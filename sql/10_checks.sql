@@ -9,8 +9,9 @@
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
 --   HB001     invalid name (empty, longer than limit('max_name_length'))
---   HB002     invalid url (not http/https, no host, credentials in it,
---             whitespace or control characters, bad port, over 2048 chars)
+--   HB002     invalid url (not http/https, no host or not a valid one,
+--             credentials in it, whitespace or control characters, bad
+--             port, over 2048 chars)
 --   HB003     unknown event type (the message names it; see
 --             hookbridge.event_types)
 --   HB004     invalid event type list (NULL or empty, a NULL element)
@@ -124,8 +125,23 @@ BEGIN
     END IF;
     IF left(m[2], 1) = '[' THEN
         hp := regexp_match(m[2], '^\[([0-9A-Fa-f:.]+)\](:([0-9]*))?$');
+        -- an IPv6 address, as the services' HTTP client will read it
+        BEGIN
+            IF hp IS NOT NULL AND family(hp[1]::inet) <> 6 THEN
+                hp := NULL;
+            END IF;
+        EXCEPTION WHEN invalid_text_representation THEN
+            hp := NULL;
+        END;
     ELSE
         hp := regexp_match(m[2], '^([A-Za-z0-9._-]*)(:([0-9]*))?$');
+        -- dot-separated labels, none empty, none beginning or ending with
+        -- '-' (a final dot, the root, is fine): 'api..example.com' or '-'
+        -- name no host, and were only found out when the challenge failed
+        IF hp IS NOT NULL AND hp[1] <> ''
+           AND hp[1] !~ '^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$' THEN
+            hp := NULL;
+        END IF;
     END IF;
     IF hp IS NULL THEN
         RAISE EXCEPTION 'url host "%" is not a valid host name or address', m[2]
@@ -212,9 +228,25 @@ BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
     END IF;
-    SELECT * INTO v FROM hookbridge.subscriptions s
-     WHERE s.id = p_id
-       FOR UPDATE;
+    PERFORM 1 FROM hookbridge.subscriptions s WHERE s.id = p_id FOR UPDATE;
+    RETURN hookbridge._live_read(p_id);
+END
+$$;
+
+-- _live for the functions that only read (signing_secret,
+-- sealed_signing_secret): the same checks, no lock. A read holding the row
+-- lock for as long as its caller's transaction stays open made the services'
+-- sealer, which locks the subscriptions whose secrets it seals, wait for it,
+-- and a dispatcher takes no event while its sealer waits.
+CREATE OR REPLACE FUNCTION hookbridge._live_read(p_id uuid) RETURNS hookbridge.subscriptions
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    IF p_id IS NULL THEN
+        RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
+    END IF;
+    SELECT * INTO v FROM hookbridge.subscriptions s WHERE s.id = p_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'subscription % not found', p_id USING ERRCODE = 'HB010';
     END IF;

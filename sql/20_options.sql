@@ -21,7 +21,8 @@
 --   HB017     invalid field list (options.fields): not a non-empty array of
 --             strings, an unknown top-level event field, a field given twice
 --   HB024     invalid rate limit (options.rate_limit): not an object, an
---             unknown key in it, per_second not a number in (0, 10000],
+--             unknown key in it, per_second not a number in (0, 10000]
+--             (and at least 1e-300),
 --             burst not an integer in 1..10000
 --   HB025     invalid options.ordering: not one of "actor", "target", "key",
 --             or given with batch_max above 1
@@ -154,7 +155,7 @@ BEGIN
 END
 $$;
 
--- options.rate_limit: {"per_second": <number in (0, 10000]>, "burst": <integer
+-- options.rate_limit: {"per_second": <number in (0, 10000], at least 1e-300>, "burst": <integer
 -- 1..10000, default ceil(per_second)>}. Returned normalised, with burst
 -- always present. Enforced by the services (lib/hb_ratelimit.h) with a budget
 -- shared by every replica (hookbridge.take_rate_tokens, sql/45_rate_limits.sql).
@@ -185,6 +186,12 @@ BEGIN
     IF v_rate <= 0 OR v_rate > 10000 THEN
         RAISE EXCEPTION 'option rate_limit: per_second must be greater than 0 and at most 10000 (got %)',
             v_rate USING ERRCODE = 'HB024', HINT = 'Fractions are allowed: 0.5 is one request every 2 s.';
+    END IF;
+    -- The services and take_rate_tokens() hold it in a double: 1e-400 was
+    -- stored, then read as 0, and the subscription could not be loaded at all.
+    IF v_rate < 1e-300 THEN
+        RAISE EXCEPTION 'option rate_limit: per_second is too small to be held as a double (at least 1e-300)'
+            USING ERRCODE = 'HB024', HINT = 'Fractions are allowed: 0.5 is one request every 2 s.';
     END IF;
     IF p_rl ? 'burst' THEN
         IF jsonb_typeof(p_rl -> 'burst') IS DISTINCT FROM 'number' THEN

@@ -11,7 +11,8 @@
 -- rules as the dispatcher's compiler (lib/hb_filter.c), with the same bounds:
 -- filter objects nest at most 8 deep, at most 64 conditions (operators, bare
 -- scalars and $and/$or/$not entries), paths of at most 16 segments and 256
--- bytes, strings of at most 1024 bytes, $in/$nin lists of at most 100 items.
+-- bytes, strings of at most 1024 bytes, numbers within the 64-bit integer
+-- range, $in/$nin lists of at most 100 items.
 -- tests/filter_cases.json is the table both are tested against; the messages
 -- are the same text where both look at the same problem first (jsonb orders
 -- object keys differently from the original text, so a filter with several
@@ -51,6 +52,14 @@ BEGIN
     END IF;
     IF t = 'string' AND octet_length(p_v #>> '{}') > 1024 THEN
         RETURN 'string is longer than 1024 bytes';
+    END IF;
+    -- The dispatcher reads the stored filter as text, where a jsonb number
+    -- has no exponent (1e19 is 10000000000000000000): beyond 64 bits that is
+    -- an integer it cannot read, and the subscription could not be loaded.
+    IF t = 'number'
+       AND (p_v #>> '{}')::numeric NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
+        RETURN 'number is outside the 64-bit integer range (-9223372036854775808 .. '
+               '9223372036854775807)';
     END IF;
     RETURN NULL;
 END

@@ -423,11 +423,12 @@ $$;
 
 -- Records a challenge's outcome, made under `claim` (claim_verification_until):
 -- returns true, or false when the outcome is not recorded because it is out of
--- date - the challenged URL is no longer the subscription's (the new URL's
--- request stays), or the claim no longer holds: verify() asked again while it
--- ran, or its lease ran out and another dispatcher took the request. The newer
--- challenge decides; an older one's failure must not deactivate a
--- subscription whose newer challenge passed.
+-- date - the subscription was deregistered while it ran, the challenged URL
+-- is no longer the subscription's (the new URL's request stays), or the claim
+-- no longer holds: verify() asked again while it ran, or its lease ran out and
+-- another dispatcher took the request. The newer challenge decides; an older
+-- one's failure must not deactivate a subscription whose newer challenge
+-- passed. An unknown id is HB010.
 --
 -- claim NULL (the 4-argument form, a dispatcher of the previous release or an
 -- operator by hand): the outcome is recorded whatever claim holds; it ends the
@@ -443,6 +444,12 @@ DECLARE
 BEGIN
     IF ok IS NULL THEN
         RAISE EXCEPTION 'ok must not be NULL' USING ERRCODE = 'HB012';
+    END IF;
+    -- deregistered while the challenge ran: nothing left to record it for
+    -- (claim_verification_until no longer hands out its request either)
+    IF EXISTS (SELECT 1 FROM hookbridge.subscriptions s
+                WHERE s.id = record_verification.id AND s.deregistered_at IS NOT NULL) THEN
+        RETURN false;
     END IF;
     v := hookbridge._live(record_verification.id); -- locks the row
     IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN

@@ -140,7 +140,7 @@ DECLARE
     v_sid bigint;
     v     text;
 BEGIN
-    PERFORM hookbridge._live(signing_secret.id);
+    PERFORM hookbridge._live_read(signing_secret.id); -- reads: no row lock
     SELECT sec.id INTO v_sid FROM hookbridge.subscription_secrets sec
      WHERE sec.subscription_id = signing_secret.id AND sec.expires_at IS NULL;
     SELECT i.value INTO v FROM hookbridge.secret_inbox i
@@ -165,7 +165,7 @@ CREATE OR REPLACE FUNCTION hookbridge.sealed_signing_secret(id uuid)
 RETURNS TABLE (secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
-    PERFORM hookbridge._live(sealed_signing_secret.id);
+    PERFORM hookbridge._live_read(sealed_signing_secret.id); -- reads: no row lock
     RETURN QUERY
         SELECT sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec
@@ -251,6 +251,9 @@ $$;
 -- Sealed values under one of old_key_ids (the older keys a service holds),
 -- locked like secrets_to_seal: their subscriptions first, then the secrets
 -- (with the secrets first, a deregister() meanwhile could deadlock with it).
+-- A subscription locked by someone else is skipped, not waited for: moving
+-- its values can wait for a later pass, and a service reloading (or sealing)
+-- waited for an operator's open transaction, taking no event meanwhile.
 CREATE OR REPLACE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
 RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -268,7 +271,7 @@ BEGIN
                              WHERE a.auth_key_id = ANY (old_key_ids) AND a.deregistered_at IS NULL
                              ORDER BY a.id LIMIT v_max)
              ORDER BY s.id
-               FOR UPDATE) locked;
+               FOR UPDATE SKIP LOCKED) locked;
     RETURN QUERY
         SELECT 'signing'::text, sec.subscription_id, sec.id, encode(sec.sealed, 'hex'), sec.key_id
           FROM hookbridge.subscription_secrets sec
