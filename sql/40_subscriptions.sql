@@ -274,6 +274,29 @@ COMMENT ON FUNCTION hookbridge.update(uuid, text, text, jsonb) IS
     'Change url, name and/or options of a live subscription (NULL: unchanged). A new url '
     'is verified again before deliveries resume; an active subscription stays active.';
 
+-- update(id, options => stored || changes), the stored options read under
+-- the subscription's row lock: two changes of different options at once both
+-- stay. (Reading the options in the caller's statement, as
+-- "SELECT update(id, options => options || ...) FROM subscriptions" does,
+-- reads them before update() locks the row, so one of two concurrent
+-- changes was lost.)
+CREATE OR REPLACE FUNCTION hookbridge.update_options(id uuid, changes jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v hookbridge.subscriptions;
+BEGIN
+    v := hookbridge._live(update_options.id);
+    IF changes IS NULL OR jsonb_typeof(changes) <> 'object' THEN
+        RAISE EXCEPTION 'changes must be a JSON object' USING ERRCODE = 'HB006';
+    END IF;
+    PERFORM hookbridge.update(update_options.id, options => v.options || changes);
+END
+$$;
+
+COMMENT ON FUNCTION hookbridge.update_options(uuid, jsonb) IS
+    'Merge changes into the stored options (a key set to null: as update() takes null), '
+    'atomically: concurrent changes of different options all stay.';
+
 -- Asks the dispatcher to run the verification challenge now (again, even if
 -- a dispatcher holds an earlier request: it can be claimed at once).
 CREATE OR REPLACE FUNCTION hookbridge.verify(id uuid) RETURNS void

@@ -327,3 +327,33 @@ def test_deregister_while_a_service_reseals_under_a_new_key_waits_instead_of_dea
     finally:
         operator.close()
         service.close()
+
+
+def test_two_operators_changing_different_options_at_once_both_keep_their_change(db_url):
+    """sql.md: update_options(id, changes) merges into the stored options
+    under the row lock. Alice sets batch_max in a transaction still open while
+    Bob sets batch_window_ms; Bob's call waits, and both changes stay (the
+    merge in one's own statement, the recipe before, read the options before
+    update() locked the row: Bob's call would have written Alice's change
+    away)."""
+    sub = registered(db_url)
+    alice = psycopg2.connect(db_url)
+    bob = psycopg2.connect(db_url)
+    errors = []
+    try:
+        with alice.cursor() as c:
+            c.execute("SELECT hookbridge.update_options(%s, '{\"batch_max\": 20}')", (sub,))
+            t = in_a_thread(bob, "bob", "SELECT hookbridge.update_options(%s, %s::jsonb)",
+                            (sub, json.dumps({"batch_window_ms": 500})), errors)
+            t.join(0.5)
+            assert t.is_alive(), "bob's change did not wait for alice's"
+            alice.commit()
+            t.join(10)
+        assert not t.is_alive() and errors == []
+        assert sql(db_url, "SELECT options FROM hookbridge.subscriptions WHERE id = %s",
+                   sub) == [({"batch_max": 20, "batch_window_ms": 500},)]
+        with pytest.raises(psycopg2.Error, match="changes must be a JSON object"):
+            sql(db_url, "SELECT hookbridge.update_options(%s, '[1]')", sub)
+    finally:
+        alice.close()
+        bob.close()

@@ -846,14 +846,12 @@ def test_the_recipes_in_docs_sql_md_work(db_url):
     sub = register(db_url, endpoint="https://old.example.com/okta",
                    options={**AUTH, "format": "event"})
     # Change one option, keep the others (and the auth header).
-    sql(db_url, "SELECT hookbridge.update(%s, options => options || '{\"batch_max\": 20}') "
-        "FROM hookbridge.subscriptions WHERE id = %s", sub, sub)
+    sql(db_url, "SELECT hookbridge.update_options(%s, '{\"batch_max\": 20}')", sub)
     assert row(db_url, sub, "options, auth_header") == ({"format": "event", "batch_max": 20},
                                                         "X-Api-Key")
     # Remove the auth header.
-    sql(db_url, "SELECT hookbridge.update(%s, options => options "
-        "|| '{\"auth_header\": null, \"auth_value\": null}') "
-        "FROM hookbridge.subscriptions WHERE id = %s", sub, sub)
+    sql(db_url, "SELECT hookbridge.update_options(%s, "
+        "'{\"auth_header\": null, \"auth_value\": null}')", sub)
     assert row(db_url, sub, "options, auth_header, auth_value") == (
         {"format": "event", "batch_max": 20}, None, None)
     # Move every subscription from one host to another.
