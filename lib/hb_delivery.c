@@ -789,9 +789,12 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
     if (res->new_connection)
         hb_metric_inc(D->m.connections_opened);
-    hb_metric_inc(
-        D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
-                                                                            : 0]);
+    /* An exchange cut short (a timeout, the connection closed, headers over
+     * the bounds) is no answer, even when its status line arrived. */
+    hb_metric_inc(D->m.status_class[!res->transport_error && !res->timed_out &&
+                                            res->http_status >= 100 && res->http_status < 600
+                                        ? res->http_status / 100
+                                        : 0]);
     circuit_result(D, dl, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:

@@ -1,0 +1,83 @@
+"""Outbound HTTP delivery as a hostile or broken endpoint sees it: what the
+dispatcher counts and decides when the endpoint's answer is incomplete or
+its headers play with the bounds (docs/security.md, Redirects, bounds and
+headers; docs/operations.md, Metrics; docs/design.md, How an answer is
+classified)."""
+import socket
+import time
+
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.procs import wait_until
+from hbtest.stack import Broker, Dispatcher, produce
+from test_delivery import event, register_verified, sql
+
+
+def deliveries(db_url, sub):
+    """(status, attempts, last_http_status, last_error) of sub's deliveries."""
+    return sql(db_url, "SELECT status, attempts, last_http_status, coalesce(last_error, '') "
+               "FROM hookbridge.deliveries WHERE subscription_id = %s ORDER BY created_at", sub)
+
+
+def settled(db_url, subs):
+    """Each sub's one delivery once its first attempt is logged."""
+    rows = {k: deliveries(db_url, s) for k, s in subs.items()}
+    return rows if all(len(r) == 1 for r in rows.values()) else None
+
+
+# ------------------------------------------------ incomplete answers
+
+class Incomplete(ChallengeAnswering):
+    """Answers each POST with a status line and headers promising a body of
+    100 bytes, then: /hookstall sends nothing more (the attempt times out),
+    /hookcut sends 3 bytes and closes the connection."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200 if self.path.endswith("stall") else 503)
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.flush()
+        if self.path.endswith("stall"):
+            time.sleep(3)
+        else:
+            self.wfile.write(b"abc")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+
+def test_an_answer_cut_short_is_counted_as_no_answer(db_url, procs, workdir):
+    """docs/operations.md, Metrics: `hookbridge_responses_total{class}` counts
+    attempts "by the HTTP status class of the answer: `2xx` ... `5xx`, or
+    `none` (timeout, connection error, refused address)"; docs/design.md:
+    a timeout or connection error is retried.
+
+    What the operator sees: an endpoint that sends "200" and its headers but
+    never the body it announced times out, and one that sends "503" and cuts
+    the connection mid-body fails with a connection error; both are retried,
+    and neither is an answer: they count as `none`, not as a 2xx (which a
+    success-rate panel reads as delivered) or a 5xx.
+
+    Checked to fail without the fix: on c959b5a the stalled attempt counts
+    as class 2xx and the cut one as 5xx."""
+    srv = serve(Incomplete)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+        d.wait_ready()
+        subs = {kind: register_verified(db_url, srv.url + kind, ["user.session.start"],
+                                        {"timeout_ms": 1000})
+                for kind in ("stall", "cut")}
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, subs), 20, "both attempts' outcomes")
+        assert rows["stall"][0][:2] == ("retry", 1), rows
+        assert rows["stall"][0][3] == "timeout after 1000 ms", rows
+        assert rows["cut"][0][:2] == ("retry", 1), rows
+        assert "transfer closed with 97 bytes remaining" in rows["cut"][0][3], rows
+        assert d.metric('hookbridge_deliveries_total{outcome="retry"}') == 2
+        assert d.metric('hookbridge_responses_total{class="none"}') == 2
+        assert d.metric('hookbridge_responses_total{class="2xx"}') == 0
+        assert d.metric('hookbridge_responses_total{class="5xx"}') == 0
+    finally:
+        srv.shutdown()
