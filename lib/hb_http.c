@@ -158,6 +158,7 @@ struct hb_http_xfer_s {
     size_t resp_len, resp_cap;
     size_t hdr_count, hdr_bytes; /* of the current response */
     int hdr_overflow;            /* too many or too large: transfer aborted */
+    int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
@@ -497,9 +498,12 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
     hb_http_xfer_t *x = userdata;
     size_t n = size * nitems;
     static const char name[] = "retry-after:";
-    if (n >= 5 && !memcmp(data, "HTTP/", 5)) {
+    if (x->hdr_at_start && n >= 5 && !memcmp(data, "HTTP/", 5)) {
         x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
         x->hdr_count = x->hdr_bytes = 0;
+        x->hdr_at_start = 0;
+    } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
+        x->hdr_at_start = 1; /* the blank line ending a response's headers */
     } else if (++x->hdr_count > HB_HTTP_MAX_RESPONSE_HEADERS ||
                (x->hdr_bytes += n) > HB_HTTP_MAX_RESPONSE_HEADER_BYTES) {
         x->hdr_overflow = 1;
@@ -1326,6 +1330,7 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->done = req->done;
     x->opaque = req->opaque;
     x->retry_after_s = -1;
+    x->hdr_at_start = 1;
     x->started_ms = hb_wall_ms();
     return x;
 }

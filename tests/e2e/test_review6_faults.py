@@ -81,3 +81,56 @@ def test_an_answer_cut_short_is_counted_as_no_answer(db_url, procs, workdir):
         assert d.metric('hookbridge_responses_total{class="5xx"}') == 0
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------ response header bounds
+
+class HeaderCounting(ChallengeAnswering):
+    """Answers each POST 200: to /hook100 with exactly 100 header lines
+    (Server and Date from http.server, 97 fillers, Content-Length), to
+    /hookstatus with 150 headers of which every 50th is named like a status
+    line ("HTTP/1.1: x")."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)  # and Server, Date
+        if self.path.endswith("100"):
+            for i in range(97):
+                self.send_header(f"X-Filler-{i}", "x")
+        else:
+            for i in range(148):
+                self.send_header("HTTP/1.1" if i % 50 == 0 else f"X-Filler-{i}", "x")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_the_response_header_bound_is_100_headers_and_no_line_resets_it(db_url, procs,
+                                                                        workdir):
+    """docs/security.md, Redirects, bounds and headers: "Response headers: at
+    most 100 headers and 32 KiB per response; over either the transfer is
+    aborted with `response headers over the limit` (retried)".
+
+    What the receiver sees: its 200 with exactly 100 headers acknowledges the
+    delivery (the bound is at most 100, and the blank line ending the headers
+    is no header); its 200 with 150 headers is retried even when some of them
+    are named like a status line ("HTTP/1.1: x"), which used to count as the
+    start of a new response and reset the count.
+
+    Checked to fail without the fix: on c959b5a the 100-header answer is
+    retried with `response headers over the limit`, and the 150-header one
+    is logged delivered."""
+    srv = serve(HeaderCounting)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+        d.wait_ready()
+        subs = {kind: register_verified(db_url, srv.url + kind, ["user.session.start"])
+                for kind in ("100", "status")}
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, subs), 20, "both attempts' outcomes")
+        assert rows["100"] == [("delivered", 1, 200, "")], rows
+        assert rows["status"][0][:2] == ("retry", 1), rows
+        assert rows["status"][0][3].startswith("response headers over the limit"), rows
+    finally:
+        srv.shutdown()
