@@ -832,7 +832,9 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
         break;
     case CURLE_UNSUPPORTED_PROTOCOL:
-        hb_seterr(res->error, sizeof(res->error), "protocol not allowed: %s", detail);
+        /* Schemes are refused before curl sees the URL: curl says this of an
+         * answer that is not HTTP (an SSH or SMTP port, a bad status line). */
+        hb_seterr(res->error, sizeof(res->error), "not an HTTP response: %s", detail);
         break;
     default:
         hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);

@@ -134,3 +134,44 @@ def test_the_response_header_bound_is_100_headers_and_no_line_resets_it(db_url, 
         assert rows["status"][0][3].startswith("response headers over the limit"), rows
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------ an answer that is not HTTP
+
+class NotHttp(ChallengeAnswering):
+    """Answers the challenge like any receiver, and each POST with what an
+    SSH server says first, as a URL with the wrong port gets."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+        self.wfile.flush()
+        self.close_connection = True
+
+
+def test_an_answer_that_is_not_http_is_said_so_not_called_a_refused_protocol(db_url, procs,
+                                                                            workdir):
+    """docs/design.md, How an answer is classified: a connection error is
+    retried, while an "address or scheme refused by policy" fails finally;
+    docs/security.md: the reason tells the operator what happened.
+
+    What the operator sees: a URL whose port answers something else than
+    HTTP is retried with the reason `not an HTTP response: ...`, not with
+    `protocol not allowed: ...`, which reads like the scheme refusal of
+    HOOKBRIDGE_ALLOW_HTTP (a final failure with a setting to change).
+
+    Checked to fail without the fix: on c959b5a the reason is `protocol not
+    allowed: Received HTTP/0.9 when not allowed`."""
+    srv = serve(NotHttp)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h"})
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url, ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, {"": sub}), 20, "the attempt's outcome")
+        assert rows[""] == [("retry", 1, None, "not an HTTP response: Received HTTP/0.9 "
+                             "when not allowed")], rows
+    finally:
+        srv.shutdown()
