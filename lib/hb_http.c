@@ -1492,6 +1492,18 @@ static int hb_http_url_copy(char *dst, size_t size, const char *src) {
     return 0;
 }
 
+/* The host key "scheme://host:port", in lower case: host names are case
+ * insensitive, and curl limits connections per host regardless of case, so
+ * two spellings of one host must share its slots (or the second one's
+ * requests wait inside curl, their timeout running) and its circuit. */
+static void hb_http_key_make(char *buf, size_t size, const char *scheme, const char *host,
+                             const char *port) {
+    hb_seterr(buf, size, "%s://%s:%s", scheme, host, port);
+    for (char *p = buf; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+}
+
 /* Splits url; 0 with *out filled, -1 when the answer does not fit an entry
  * (the caller then asks curl itself). */
 static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
@@ -1525,7 +1537,7 @@ static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
     if (!fits)
         return -1;
     if (n.uc == CURLUE_OK && n.port_ok)
-        hb_seterr(n.key, sizeof(n.key), "%s://%s:%s", n.scheme, n.host, n.port);
+        hb_http_key_make(n.key, sizeof(n.key), n.scheme, n.host, n.port);
     memcpy(n.url, url, len + 1);
     *e = n;
     *out = e;
@@ -1546,7 +1558,7 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
-        hb_seterr(buf, size, "%s://%s:%s", scheme, host, port);
+        hb_http_key_make(buf, size, scheme, host, port);
         rc = 0;
     }
     curl_free(scheme);
@@ -1573,7 +1585,7 @@ static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const c
     } else {
         char buf[512];
         if (!key) {
-            hb_seterr(buf, sizeof(buf), "%s://%s:%s", scheme, host, port);
+            hb_http_key_make(buf, sizeof(buf), scheme, host, port);
             key = buf;
         }
         x->host_name = hb_strdup(host);

@@ -175,3 +175,51 @@ def test_an_answer_that_is_not_http_is_said_so_not_called_a_refused_protocol(db_
                              "when not allowed")], rows
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------ one host, two spellings
+
+class Holding(ChallengeAnswering):
+    """Answers each POST 200 after holding it 0.6 s."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(0.6)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_a_host_spelled_in_another_case_shares_its_connection_slots(db_url, procs, workdir):
+    """docs/design.md: "at most `HOOKBRIDGE_MAX_HOST_CONNECTIONS` (16) requests
+    run to one host, out of `HOOKBRIDGE_MAX_IN_FLIGHT` (512) in all; ... none
+    [wait] longer than `HOOKBRIDGE_MAX_QUEUE_WAIT`"; a timeout is an attempt
+    that failed.
+
+    What the receiver sees: two subscriptions to one host, one registered as
+    http://localhost:PORT/hooka and one as http://LOCALHOST:PORT/hookb, with
+    one connection allowed per host: the second request waits its turn and
+    both are delivered. Host names are case insensitive, and curl allowed
+    one connection to the host whatever the spelling, so each spelling
+    getting slots of its own put the second request into curl's own wait,
+    with its 1 s timeout running: it timed out without ever being sent, and
+    the attempt counted as the endpoint's failure.
+
+    Checked to fail without the fix: on c959b5a the second delivery is
+    logged `retry` with `timeout after 1000 ms`."""
+    srv = serve(Holding)
+    port = srv.server_address[1]
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+                                  "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1"})
+        d.wait_ready()
+        subs = {host: register_verified(db_url, f"http://{host}:{port}/hook{host[0]}",
+                                        ["user.session.start"], {"timeout_ms": 1000})
+                for host in ("localhost", "LOCALHOST")}
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, subs), 20, "both attempts' outcomes")
+        assert rows == {host: [("delivered", 1, 200, "")] for host in subs}, rows
+    finally:
+        srv.shutdown()
