@@ -33,6 +33,9 @@
 #define HB_CT_CE "application/cloudevents+json"
 #define HB_CT_CE_BATCH "application/cloudevents-batch+json"
 #define HB_VERIFY_MAX_RESPONSE 16384
+/* "<auth_header>: <auth_value>": a name of up to 256 characters, a value of
+ * up to 4096 characters (sql/20_options.sql), 4 bytes each in UTF-8. */
+#define HB_AUTH_LINE_MAX (256 + 2 + 4 * 4096 + 1)
 
 /* ------------------------------------------------------------------ */
 /* Render                                                              */
@@ -289,8 +292,10 @@ static int hb_deliver_auth_line(const hb_sub_t *sub, char *buf, size_t bufsz) {
     if (strpbrk(sub->auth_header, "\r\n: ") || strpbrk(value, "\r\n"))
         return -1;
     int len = snprintf(buf, bufsz, "%s: %s", sub->auth_header, value);
-    if (len < 0 || (size_t)len >= bufsz)
+    if (len < 0 || (size_t)len >= bufsz) {
+        OPENSSL_cleanse(buf, bufsz); /* the part of the value written */
         return -1;
+    }
     return 1;
 }
 
@@ -323,7 +328,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
                      hb_http_done_cb *done, void *opaque) {
     int64_t now_ms = hb_wall_ms();
     int64_t ts = now_ms / 1000;
-    char h_ct[128], h_id[128], h_ts[48], h_sig[512], h_auth[4096];
+    char h_ct[128], h_id[128], h_ts[48], h_sig[512], h_auth[HB_AUTH_LINE_MAX];
     char sig[480];
     const char **headers = hb_calloc(8 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
@@ -372,7 +377,7 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
 
     hb_http_submit(http, &req); /* copies the header lines */
     if (auth > 0)
-        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+        OPENSSL_cleanse(h_auth, strlen(h_auth)); /* what was written */
     free(headers);
 }
 
@@ -416,7 +421,7 @@ hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size
 
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque) {
-    char h_ch[512], h_ua[64], h_auth[4096];
+    char h_ch[512], h_ua[64], h_auth[HB_AUTH_LINE_MAX];
     const char **headers = hb_calloc(6 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
     hb_http_req_t req = {
@@ -447,7 +452,7 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
     headers[nh] = NULL;
     hb_http_submit(http, &req);
     if (auth > 0)
-        OPENSSL_cleanse(h_auth, sizeof(h_auth));
+        OPENSSL_cleanse(h_auth, strlen(h_auth)); /* what was written */
     free(headers);
 }
 

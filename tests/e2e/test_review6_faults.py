@@ -223,3 +223,54 @@ def test_a_host_spelled_in_another_case_shares_its_connection_slots(db_url, proc
         assert rows == {host: [("delivered", 1, 200, "")] for host in subs}, rows
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------ the longest auth value
+
+LONG_AUTH = "Bearer " + "t" * (4096 - len("Bearer "))  # docs/sql.md: 1..4096 characters
+
+
+class AuthRecording(ChallengeAnswering):
+    """Answers like a receiver and keeps the auth header of each request."""
+    seen = []
+
+    def do_GET(self):
+        self.seen.append(("GET", self.headers.get("Authorization")))
+        super().do_GET()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.seen.append(("POST", self.headers.get("Authorization")))
+        self.send_response(204)
+        self.end_headers()
+
+
+def test_an_auth_value_of_the_documented_4096_characters_is_sent(db_url, procs, workdir):
+    """docs/sql.md, options: "auth_header, auth_value | a header sent with
+    every request and with the challenge ... the value 1..4096 characters
+    without control characters".
+
+    What the receiver sees: a subscription whose auth value is 4096
+    characters long, which register() accepts, is verified and gets its
+    delivery, with the whole value in its auth header. Before, the header
+    line was built in a 4096-byte buffer, too small for the name, ": " and
+    the value: the challenge failed with `auth header is malformed or too
+    long` and the subscription could never be activated.
+
+    Checked to fail without the fix: on c959b5a the verification is recorded
+    `failed` (register_verified's assertion)."""
+    AuthRecording.seen = []
+    srv = serve(AuthRecording)
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url, ["user.session.start"],
+                                {"auth_value": LONG_AUTH})
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, {"": sub}), 20, "the delivery's outcome")
+        assert rows[""] == [("delivered", 1, 204, "")], rows
+        assert [m for m, _ in AuthRecording.seen] == ["GET", "POST"], AuthRecording.seen
+        assert all(v == LONG_AUTH for _, v in AuthRecording.seen), "the auth value was cut"
+    finally:
+        srv.shutdown()
