@@ -280,6 +280,14 @@ static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
     hb_delivery_free(dl);
 }
 
+/* The HTTP status of res's answer, 0 when there was none: an exchange cut
+ * short (a timeout, the connection closed, headers over the bounds) is no
+ * answer, even when its status line arrived (hb_deliver_classify retries
+ * it). What the delivery log, the retry message and the metrics record. */
+static int answer_status(const hb_http_result_t *res) {
+    return res && !res->transport_error && !res->timed_out ? res->http_status : 0;
+}
+
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
 static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
                               hb_outcome_t outcome, const char *reason) {
@@ -292,7 +300,7 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .started_ms = res ? res->started_ms : hb_wall_ms(),
         .first_attempt_ms = dl->first_attempt_ms, /* its day keys the delivery's row */
         .duration_ms = res ? res->duration_ms : 0,
-        .http_status = res ? res->http_status : 0,
+        .http_status = answer_status(res),
         .outcome = outcome,
         .error = reason && *reason ? reason : NULL,
         .response_snippet = res && res->body_len ? res->body : NULL,
@@ -444,8 +452,8 @@ static void route_failed(hb_deliveries_t *D, hb_delivery_t *dl, int attempt,
     dead_letter_t *d;
     hb_pmsg_t *m;
     set_state(D, dl, HB_DL_FAILED);
-    m = retry_msg(D, dl, D->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
-                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
+    m = retry_msg(D, dl, D->cfg->dlq_topic, attempt, hb_wall_ms(), answer_status(res), reason, g,
+                  row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
     if (!m) { /* cannot happen with a valid schema; the log still gates */
         record(D, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
         return;
@@ -491,7 +499,7 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
         return;
     }
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
-    m = retry_msg(D, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
+    m = retry_msg(D, dl, topic, made + 1, not_before, answer_status(res), reason, g,
                   dl->waiting && dl->quiet ? NULL
                                            : row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
     if (!m) {
@@ -767,6 +775,7 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_deliveries_t *D = dl->owner;
     char reason[256];
     hb_outcome_t outcome;
+    int status;
 
     if (D->abandoning) { /* shutdown: the message will be consumed again */
         hb_delivery_abandon(D, dl);
@@ -789,12 +798,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
     if (res->new_connection)
         hb_metric_inc(D->m.connections_opened);
-    /* An exchange cut short (a timeout, the connection closed, headers over
-     * the bounds) is no answer, even when its status line arrived. */
-    hb_metric_inc(D->m.status_class[!res->transport_error && !res->timed_out &&
-                                            res->http_status >= 100 && res->http_status < 600
-                                        ? res->http_status / 100
-                                        : 0]);
+    status = answer_status(res);
+    hb_metric_inc(D->m.status_class[status >= 100 && status < 600 ? status / 100 : 0]);
     circuit_result(D, dl, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:

@@ -56,10 +56,13 @@ def test_an_answer_cut_short_is_counted_as_no_answer(db_url, procs, workdir):
     never the body it announced times out, and one that sends "503" and cuts
     the connection mid-body fails with a connection error; both are retried,
     and neither is an answer: they count as `none`, not as a 2xx (which a
-    success-rate panel reads as delivered) or a 5xx.
+    success-rate panel reads as delivered) or a 5xx, and the delivery log
+    records them with no HTTP status (docs/payloads.md; docs/sql.md:
+    "NULL status: no response").
 
-    Checked to fail without the fix: on c959b5a the stalled attempt counts
-    as class 2xx and the cut one as 5xx."""
+    Checked to fail without the fixes: on c959b5a the attempts are logged
+    with HTTP status 200 and 503, and (the log checks left out) class none
+    stays 0: they were counted as 2xx and 5xx."""
     srv = serve(Incomplete)
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
@@ -71,10 +74,14 @@ def test_an_answer_cut_short_is_counted_as_no_answer(db_url, procs, workdir):
                 for kind in ("stall", "cut")}
         produce(broker.bootstrap, [event("user.session.start")])
         rows = wait_until(lambda: settled(db_url, subs), 20, "both attempts' outcomes")
-        assert rows["stall"][0][:2] == ("retry", 1), rows
-        assert rows["stall"][0][3] == "timeout after 1000 ms", rows
-        assert rows["cut"][0][:2] == ("retry", 1), rows
+        # docs/payloads.md, timeout_ms: "the attempt is recorded ... with no
+        # HTTP status and the error `timeout after <timeout_ms> ms`"
+        assert rows["stall"] == [("retry", 1, None, "timeout after 1000 ms")], rows
+        assert rows["cut"][0][:3] == ("retry", 1, None), rows
         assert "transfer closed with 97 bytes remaining" in rows["cut"][0][3], rows
+        status = sql(db_url, "SELECT http_status FROM hookbridge.delivery_attempts "
+                     "WHERE subscription_id = ANY(%s::uuid[])", list(subs.values()))
+        assert status == [(None,), (None,)], status
         assert d.metric('hookbridge_deliveries_total{outcome="retry"}') == 2
         assert d.metric('hookbridge_responses_total{class="none"}') == 2
         assert d.metric('hookbridge_responses_total{class="2xx"}') == 0
