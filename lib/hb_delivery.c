@@ -288,9 +288,44 @@ static int answer_status(const hb_http_result_t *res) {
     return res && !res->transport_error && !res->timed_out ? res->http_status : 0;
 }
 
+#define HB_REDACTED "[redacted]"
+
+/* The response snippet as the delivery log keeps it, or NULL when it is the
+ * response body as it came: an endpoint that echoes the request (an echo
+ * service, a test endpoint) must not put the auth value, which the database
+ * holds only sealed, into the log in plaintext. Each occurrence of it
+ * becomes "[redacted]", and so does a start of it (4 characters or more)
+ * that the snippet's bound cut off at its end. Returns a malloc'd copy. */
+static char *snippet_redacted(const char *snip, const char *secret) {
+    size_t len = strlen(snip), vlen = secret ? strlen(secret) : 0;
+    const char *hit;
+    size_t tail = 0;
+    if (vlen == 0 || len == 0)
+        return NULL;
+    for (size_t k = (vlen - 1 < len ? vlen - 1 : len); k >= 4 && !tail; k--)
+        if (!memcmp(snip + len - k, secret, k))
+            tail = k;
+    if (!tail && !memmem(snip, len, secret, vlen))
+        return NULL;
+    hb_buf_t b = {0};
+    const char *p = snip, *end = snip + len - tail;
+    while ((hit = memmem(p, (size_t)(end - p), secret, vlen)) != NULL) {
+        hb_buf_put(&b, p, (size_t)(hit - p));
+        hb_buf_puts(&b, HB_REDACTED);
+        p = hit + vlen;
+    }
+    hb_buf_put(&b, p, (size_t)(end - p));
+    if (tail)
+        hb_buf_puts(&b, HB_REDACTED);
+    hb_buf_put(&b, "", 1);
+    return b.p;
+}
+
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
 static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
                               hb_outcome_t outcome, const char *reason) {
+    char *redacted = res && res->body_len ? snippet_redacted(res->body, dl->sub->auth_value) : NULL;
+    hb_dlog_row_t *row;
     hb_attempt_t a = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -303,7 +338,9 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .http_status = answer_status(res),
         .outcome = outcome,
         .error = reason && *reason ? reason : NULL,
-        .response_snippet = res && res->body_len ? res->body : NULL,
+        .response_snippet = redacted               ? redacted
+                            : res && res->body_len ? res->body
+                                                   : NULL,
         /* kept for replay; an empty one (never rendered, or too large to
          * send) is not: replay() then says there is nothing to replay */
         .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
@@ -312,7 +349,9 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .source_partition = dl->order_partition,
         .source_offset = dl->order_offset,
     };
-    return hb_dlog_row_new(&a);
+    row = hb_dlog_row_new(&a); /* copies the snippet */
+    free(redacted);
+    return row;
 }
 
 /* Logs an attempt now; the gate is released when its row is committed. */

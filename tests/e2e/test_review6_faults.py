@@ -3,13 +3,14 @@ dispatcher counts and decides when the endpoint's answer is incomplete or
 its headers play with the bounds (docs/security.md, Redirects, bounds and
 headers; docs/operations.md, Metrics; docs/design.md, How an answer is
 classified)."""
+import json
 import socket
 import time
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import wait_until
 from hbtest.stack import Broker, Dispatcher, produce
-from test_delivery import event, register_verified, sql
+from test_delivery import AUTH_VALUE, event, register_verified, sql
 
 
 def deliveries(db_url, sub):
@@ -279,5 +280,59 @@ def test_an_auth_value_of_the_documented_4096_characters_is_sent(db_url, procs, 
         assert rows[""] == [("delivered", 1, 204, "")], rows
         assert [m for m, _ in AuthRecording.seen] == ["GET", "POST"], AuthRecording.seen
         assert all(v == LONG_AUTH for _, v in AuthRecording.seen), "the auth value was cut"
+    finally:
+        srv.shutdown()
+
+
+# ------------------------------------------------ an endpoint echoing the request
+
+class Echoing(ChallengeAnswering):
+    """Answers each POST 200 with what echo services answer: the request's
+    headers, auth header included (/hookecho); or with 500 bytes of padding
+    and then the auth value, which the 512-byte snippet cuts (/hookcut)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.endswith("echo"):
+            body = json.dumps({"headers": dict(self.headers.items())}).encode()
+        else:
+            body = b"p" * 500 + self.headers["Authorization"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_endpoint_echoing_the_auth_header_does_not_put_it_in_the_delivery_log(db_url, procs,
+                                                                                workdir):
+    """docs/security.md, Secrets at rest: "Signing secrets and auth header
+    values are stored in PostgreSQL only sealed"; Secrets in logs: "Auth
+    header values ... never appear in logs, error texts".
+
+    What the operator sees: the response snippet of an endpoint that echoes
+    the request (echo services and test endpoints do) is kept in the
+    delivery log with the auth value replaced by `[redacted]`, also where the
+    snippet's bound cut the value; before, the value stood there in
+    plaintext, in the table, its WAL and its backups.
+
+    Checked to fail without the fix: on c959b5a the snippets hold the auth
+    value (and its first 12 characters)."""
+    srv = serve(Echoing)
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        subs = {kind: register_verified(db_url, srv.url + kind, ["user.session.start"])
+                for kind in ("echo", "cut")}
+        produce(broker.bootstrap, [event("user.session.start")])
+        rows = wait_until(lambda: settled(db_url, subs), 20, "both deliveries")
+        assert all(r[0][0] == "delivered" for r in rows.values()), rows
+        snip = dict(sql(db_url, "SELECT subscription_id::text, response_snippet FROM "
+                        "hookbridge.delivery_attempts WHERE subscription_id = ANY(%s::uuid[])",
+                        list(subs.values())))
+        echo, cut = snip[subs["echo"]], snip[subs["cut"]]
+        assert AUTH_VALUE not in echo and AUTH_VALUE[:8] not in echo, echo
+        assert '"Authorization": "[redacted]"' in echo, echo
+        assert cut == "p" * 500 + "[redacted]", cut
     finally:
         srv.shutdown()
