@@ -460,7 +460,8 @@ int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challeng
                                size_t reason_size) {
     if (reason_size > 0)
         reason[0] = '\0';
-    if (res->refused || res->timed_out || res->transport_error) {
+    /* never sent (its host's queue bounds, an open circuit): error says why */
+    if (res->refused || res->timed_out || res->transport_error || res->not_sent) {
         hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "no response");
         return -1;
     }

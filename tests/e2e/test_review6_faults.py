@@ -336,3 +336,58 @@ def test_an_endpoint_echoing_the_auth_header_does_not_put_it_in_the_delivery_log
         assert cut == "p" * 500 + "[redacted]", cut
     finally:
         srv.shutdown()
+
+
+# ------------------------------------------------ a challenge that was never sent
+
+class BusyHost(ChallengeAnswering):
+    """Answers the challenge at once and holds each POST 4 s."""
+    posts = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).posts += 1
+        time.sleep(4)
+        self.send_response(204)
+        self.end_headers()
+
+
+def test_a_challenge_that_could_not_be_sent_says_why_not_http_0(db_url, procs, workdir):
+    """docs/design.md, Verification challenge: anything but the echo "records
+    `failed` with the reason (`HTTP 404`, `wrong echo`, `response is not
+    JSON`, a timeout or connection error)"; docs/operations.md, A slow
+    endpoint: a request waits at most HOOKBRIDGE_MAX_QUEUE_WAIT for a
+    connection to its host.
+
+    What the operator sees: a challenge to a host whose one connection is
+    busy waits its turn, gives up after HOOKBRIDGE_MAX_QUEUE_WAIT without
+    being sent, and verification_error says so (`endpoint slow: waited ...
+    for a connection to 127.0.0.1 (max_queue_wait)`), not `HTTP 0`, a status
+    no endpoint answered.
+
+    Checked to fail without the fix: on c959b5a verification_error is
+    `HTTP 0`."""
+    BusyHost.posts = 0
+    srv = serve(BusyHost)
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1h",
+                                  "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1",
+                                  "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s"})
+        d.wait_ready()
+        register_verified(db_url, srv.url + "a", ["user.session.start"])
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: BusyHost.posts == 1, 15, "the POST holding the host's connection")
+        sub = sql(db_url, "SELECT hookbridge.register('e2e', %s, %s)", srv.url + "b",
+                  ["user.session.start"])[0][0]
+        sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+        state = wait_until(
+            lambda: (r := sql(db_url, "SELECT verification, verification_error FROM "
+                              "hookbridge.subscriptions WHERE id = %s", sub)[0])[0]
+            not in ("unverified", "pending") and r, 15, "the challenge's outcome")
+        assert state[0] == "failed", state
+        assert state[1].startswith("endpoint slow: "), state
+        assert "127.0.0.1" in state[1] and state[1].endswith("(max_queue_wait)"), state
+    finally:
+        srv.shutdown()
