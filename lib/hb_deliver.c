@@ -33,6 +33,9 @@
 #define HB_CT_CE "application/cloudevents+json"
 #define HB_CT_CE_BATCH "application/cloudevents-batch+json"
 #define HB_VERIFY_MAX_RESPONSE 16384
+/* "<auth_header>: <auth_value>": a name of up to 256 characters, a value of
+ * up to 4096 characters (sql/20_options.sql), 4 bytes each in UTF-8. */
+#define HB_AUTH_LINE_MAX (256 + 2 + 4 * 4096 + 1)
 
 /* ------------------------------------------------------------------ */
 /* Render                                                              */
@@ -486,7 +489,8 @@ int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challeng
                                size_t reason_size) {
     if (reason_size > 0)
         reason[0] = '\0';
-    if (res->refused || res->timed_out || res->transport_error) {
+    /* never sent (its host's queue bounds, an open circuit): error says why */
+    if (res->refused || res->timed_out || res->transport_error || res->not_sent) {
         hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "no response");
         return -1;
     }

@@ -284,9 +284,52 @@ static void delivery_finish(hb_deliveries_t *D, hb_delivery_t *dl) {
     hb_delivery_free(dl);
 }
 
+/* The HTTP status of res's answer, 0 when there was none: an exchange cut
+ * short (a timeout, the connection closed, headers over the bounds) is no
+ * answer, even when its status line arrived (hb_deliver_classify retries
+ * it). What the delivery log, the retry message and the metrics record. */
+static int answer_status(const hb_http_result_t *res) {
+    return res && !res->transport_error && !res->timed_out ? res->http_status : 0;
+}
+
+#define HB_REDACTED "[redacted]"
+
+/* The response snippet as the delivery log keeps it, or NULL when it is the
+ * response body as it came: an endpoint that echoes the request (an echo
+ * service, a test endpoint) must not put the auth value, which the database
+ * holds only sealed, into the log in plaintext. Each occurrence of it
+ * becomes "[redacted]", and so does a start of it (4 characters or more)
+ * that the snippet's bound cut off at its end. Returns a malloc'd copy. */
+static char *snippet_redacted(const char *snip, const char *secret) {
+    size_t len = strlen(snip), vlen = secret ? strlen(secret) : 0;
+    const char *hit;
+    size_t tail = 0;
+    if (vlen == 0 || len == 0)
+        return NULL;
+    for (size_t k = (vlen - 1 < len ? vlen - 1 : len); k >= 4 && !tail; k--)
+        if (!memcmp(snip + len - k, secret, k))
+            tail = k;
+    if (!tail && !memmem(snip, len, secret, vlen))
+        return NULL;
+    hb_buf_t b = {0};
+    const char *p = snip, *end = snip + len - tail;
+    while ((hit = memmem(p, (size_t)(end - p), secret, vlen)) != NULL) {
+        hb_buf_put(&b, p, (size_t)(hit - p));
+        hb_buf_puts(&b, HB_REDACTED);
+        p = hit + vlen;
+    }
+    hb_buf_put(&b, p, (size_t)(end - p));
+    if (tail)
+        hb_buf_puts(&b, HB_REDACTED);
+    hb_buf_put(&b, "", 1);
+    return b.p;
+}
+
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
 static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
                               hb_outcome_t outcome, const char *reason) {
+    char *redacted = res && res->body_len ? snippet_redacted(res->body, dl->sub->auth_value) : NULL;
+    hb_dlog_row_t *row;
     hb_attempt_t a = {
         .delivery_id = dl->id,
         .subscription_id = dl->sub->id,
@@ -296,10 +339,12 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .started_ms = res ? res->started_ms : hb_wall_ms(),
         .first_attempt_ms = dl->first_attempt_ms, /* its day keys the delivery's row */
         .duration_ms = res ? res->duration_ms : 0,
-        .http_status = res ? res->http_status : 0,
+        .http_status = answer_status(res),
         .outcome = outcome,
         .error = reason && *reason ? reason : NULL,
-        .response_snippet = res && res->body_len ? res->body : NULL,
+        .response_snippet = redacted               ? redacted
+                            : res && res->body_len ? res->body
+                                                   : NULL,
         /* kept for replay; an empty one (never rendered, or too large to
          * send) is not: replay() then says there is nothing to replay */
         .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
@@ -308,7 +353,9 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .source_partition = dl->order_partition,
         .source_offset = dl->order_offset,
     };
-    return hb_dlog_row_new(&a);
+    row = hb_dlog_row_new(&a); /* copies the snippet */
+    free(redacted);
+    return row;
 }
 
 /* Logs an attempt now; the gate is released when its row is committed. */
@@ -448,8 +495,8 @@ static void route_failed(hb_deliveries_t *D, hb_delivery_t *dl, int attempt,
     dead_letter_t *d;
     hb_pmsg_t *m;
     set_state(D, dl, HB_DL_FAILED);
-    m = retry_msg(D, dl, D->cfg->dlq_topic, attempt, hb_wall_ms(), res ? res->http_status : 0,
-                  reason, g, row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
+    m = retry_msg(D, dl, D->cfg->dlq_topic, attempt, hb_wall_ms(), answer_status(res), reason, g,
+                  row_for(dl, attempt, res, HB_OUTCOME_FAILED, reason));
     if (!m) { /* cannot happen with a valid schema; the log still gates */
         record(D, dl, attempt, res, HB_OUTCOME_FAILED, reason, g);
         return;
@@ -495,7 +542,7 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
         return;
     }
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
-    m = retry_msg(D, dl, topic, made + 1, not_before, res ? res->http_status : 0, reason, g,
+    m = retry_msg(D, dl, topic, made + 1, not_before, answer_status(res), reason, g,
                   dl->waiting && dl->quiet ? NULL
                                            : row_for(dl, made, res, HB_OUTCOME_RETRY, reason));
     if (!m) {
@@ -838,6 +885,7 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_deliveries_t *D = dl->owner;
     char reason[256];
     hb_outcome_t outcome;
+    int status;
 
     if (D->abandoning) { /* shutdown: the message will be consumed again */
         hb_delivery_abandon(D, dl);
@@ -858,9 +906,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_metric_observe(D->m.latency, (double)res->duration_ms / 1000.0);
     if (res->new_connection)
         hb_metric_inc(D->m.connections_opened);
-    hb_metric_inc(
-        D->m.status_class[res->http_status >= 100 && res->http_status < 600 ? res->http_status / 100
-                                                                            : 0]);
+    status = answer_status(res);
+    hb_metric_inc(D->m.status_class[status >= 100 && status < 600 ? status / 100 : 0]);
     circuit_result(D, dl, outcome == HB_OUTCOME_DELIVERED);
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:

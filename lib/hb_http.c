@@ -158,6 +158,7 @@ struct hb_http_xfer_s {
     size_t resp_len, resp_cap;
     size_t hdr_count, hdr_bytes; /* of the current response */
     int hdr_overflow;            /* too many or too large: transfer aborted */
+    int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
@@ -497,9 +498,12 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
     hb_http_xfer_t *x = userdata;
     size_t n = size * nitems;
     static const char name[] = "retry-after:";
-    if (n >= 5 && !memcmp(data, "HTTP/", 5)) {
+    if (x->hdr_at_start && n >= 5 && !memcmp(data, "HTTP/", 5)) {
         x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
         x->hdr_count = x->hdr_bytes = 0;
+        x->hdr_at_start = 0;
+    } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
+        x->hdr_at_start = 1; /* the blank line ending a response's headers */
     } else if (++x->hdr_count > HB_HTTP_MAX_RESPONSE_HEADERS ||
                (x->hdr_bytes += n) > HB_HTTP_MAX_RESPONSE_HEADER_BYTES) {
         x->hdr_overflow = 1;
@@ -828,7 +832,9 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
         break;
     case CURLE_UNSUPPORTED_PROTOCOL:
-        hb_seterr(res->error, sizeof(res->error), "protocol not allowed: %s", detail);
+        /* Schemes are refused before curl sees the URL: curl says this of an
+         * answer that is not HTTP (an SSH or SMTP port, a bad status line). */
+        hb_seterr(res->error, sizeof(res->error), "not an HTTP response: %s", detail);
         break;
     default:
         hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
@@ -1326,6 +1332,7 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->done = req->done;
     x->opaque = req->opaque;
     x->retry_after_s = -1;
+    x->hdr_at_start = 1;
     x->started_ms = hb_wall_ms();
     return x;
 }
@@ -1485,6 +1492,18 @@ static int hb_http_url_copy(char *dst, size_t size, const char *src) {
     return 0;
 }
 
+/* The host key "scheme://host:port", in lower case: host names are case
+ * insensitive, and curl limits connections per host regardless of case, so
+ * two spellings of one host must share its slots (or the second one's
+ * requests wait inside curl, their timeout running) and its circuit. */
+static void hb_http_key_make(char *buf, size_t size, const char *scheme, const char *host,
+                             const char *port) {
+    hb_seterr(buf, size, "%s://%s:%s", scheme, host, port);
+    for (char *p = buf; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+}
+
 /* Splits url; 0 with *out filled, -1 when the answer does not fit an entry
  * (the caller then asks curl itself). */
 static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
@@ -1518,7 +1537,7 @@ static int hb_http_url_split(const char *url, const hb_http_url_t **out) {
     if (!fits)
         return -1;
     if (n.uc == CURLUE_OK && n.port_ok)
-        hb_seterr(n.key, sizeof(n.key), "%s://%s:%s", n.scheme, n.host, n.port);
+        hb_http_key_make(n.key, sizeof(n.key), n.scheme, n.host, n.port);
     memcpy(n.url, url, len + 1);
     *e = n;
     *out = e;
@@ -1539,7 +1558,7 @@ int hb_http_host_key(const char *url, char *buf, size_t size) {
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
-        hb_seterr(buf, size, "%s://%s:%s", scheme, host, port);
+        hb_http_key_make(buf, size, scheme, host, port);
         rc = 0;
     }
     curl_free(scheme);
@@ -1566,7 +1585,7 @@ static void hb_http_route(hb_http_t *h, hb_http_xfer_t *x, CURLUcode uc, const c
     } else {
         char buf[512];
         if (!key) {
-            hb_seterr(buf, sizeof(buf), "%s://%s:%s", scheme, host, port);
+            hb_http_key_make(buf, sizeof(buf), scheme, host, port);
             key = buf;
         }
         x->host_name = hb_strdup(host);

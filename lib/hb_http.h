@@ -169,8 +169,9 @@ size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason);
 size_t hb_http_withdraw(hb_http_t *h, int (*which)(hb_http_done_cb *done, void *opaque, void *arg),
                         void *arg);
 
-/* The host key of url, "scheme://host:port" (the unit of the per-host
- * bounds): 0, or -1 when url cannot be parsed. */
+/* The host key of url, "scheme://host:port" in lower case (the unit of the
+ * per-host bounds and of the circuit breaker): 0, or -1 when url cannot be
+ * parsed. */
 int hb_http_host_key(const char *url, char *buf, size_t size);
 
 /* The address policy, exposed for tests and config checks: 1 when the

@@ -659,10 +659,10 @@ static void register_metrics(hb_worker_t *w) {
             snprintf(label, sizeof(label), "class=\"none\"");
         else
             snprintf(label, sizeof(label), "class=\"%dxx\"", c);
-        w->dm.status_class[c] =
-            hb_metrics_counter("hookbridge_responses_total", label,
-                               "Delivery attempts by HTTP status class of the answer "
-                               "(none: timeout, connection error, refused).");
+        w->dm.status_class[c] = hb_metrics_counter(
+            "hookbridge_responses_total", label,
+            "Delivery attempts by HTTP status class of the answer "
+            "(none: timeout, connection error, refused, or an answer cut short).");
     }
     w->dm.connections_opened = hb_metrics_counter(
         "hookbridge_connections_opened_total", NULL,
