@@ -471,6 +471,140 @@ static int project_record(json_t *record, const char *fullname, void *ctx, char 
     return 0;
 }
 
+/* A named type is defined once, where it first appears, and referenced by
+ * name after that: GeographicalContext is defined in Client and referenced
+ * from Request.ipChain. When project_record drops the field the definition
+ * is in (a writer without `client`), the projection still references it, and
+ * would not parse. So the projection is walked again in document order, and
+ * the first reference to a type it no longer defines is replaced by the
+ * reader's definition (projected the same way), the namespace spelled out so
+ * that it keeps its full name. */
+
+/* {fullname: definition} of every named type in s. */
+static void collect_named(json_t *s, const char *ns, json_t *out, int depth) {
+    json_t *child;
+    size_t i;
+    const char *t;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return;
+    if (json_is_array(s)) {
+        json_array_foreach(s, i, child) collect_named(child, ns, out, depth + 1);
+        return;
+    }
+    if (!json_is_object(s))
+        return;
+    t = json_string_value(json_object_get(s, "type"));
+    if (!t)
+        collect_named(json_object_get(s, "type"), ns, out, depth + 1);
+    else if (!strcmp(t, "array"))
+        collect_named(json_object_get(s, "items"), ns, out, depth + 1);
+    else if (!strcmp(t, "map"))
+        collect_named(json_object_get(s, "values"), ns, out, depth + 1);
+    else if (!strcmp(t, "record") || !strcmp(t, "error") || !strcmp(t, "enum") ||
+             !strcmp(t, "fixed")) {
+        char full[512], cns[512];
+        if (named_fullname(s, ns, full, sizeof(full), cns, sizeof(cns)) < 0)
+            return;
+        if (!json_object_get(out, full))
+            (void)json_object_set(out, full, s);
+        json_array_foreach(json_object_get(s, "fields"), i, child)
+            collect_named(json_object_get(child, "type"), cns, out, depth + 1);
+    }
+}
+
+typedef struct {
+    json_t *defined;      /* full names defined so far in the projection */
+    json_t *reader_named; /* collect_named over the reader */
+    project_ctx_t *pc;
+} restore_ctx_t;
+
+/* The type s as it belongs in the projection (a new reference): s itself, or
+ * the reader's definition where s references a type not defined yet, or a
+ * reference where s defines one again. NULL on error. */
+static json_t *restore_type(json_t *s, const char *ns, restore_ctx_t *rc, int depth, char *errstr,
+                            size_t errstr_size) {
+    json_t *child;
+    size_t i;
+    const char *t;
+    if (depth > HB_CODEC_MAX_DEPTH) {
+        hb_seterr(errstr, errstr_size, "schema: nested too deeply");
+        return NULL;
+    }
+    if (json_is_string(s) && !is_primitive(json_string_value(s))) {
+        char full[512], cns[512];
+        const char *dot;
+        json_t *def, *copy, *r;
+        ref_fullname(json_string_value(s), ns, rc->defined, full, sizeof(full));
+        if (json_object_get(rc->defined, full))
+            return json_incref(s);
+        def = json_object_get(rc->reader_named, full);
+        if (!def) {
+            snprintf(full, sizeof(full), "%s", json_string_value(s));
+            def = json_object_get(rc->reader_named, full);
+        }
+        if (!def)
+            return json_incref(s); /* unknown: avro-c says so */
+        copy = json_deep_copy(def);
+        dot = strrchr(full, '.');
+        snprintf(cns, sizeof(cns), "%.*s", dot ? (int)(dot - full) : 0, full);
+        (void)json_object_set_new(copy, "namespace", json_string(cns));
+        if (records_walk(copy, NULL, project_record, rc->pc, 0, errstr, errstr_size) < 0) {
+            json_decref(copy);
+            return NULL;
+        }
+        r = restore_type(copy, ns, rc, depth + 1, errstr, errstr_size);
+        json_decref(copy);
+        return r;
+    }
+    if (json_is_array(s)) {
+        json_array_foreach(s, i, child) {
+            json_t *r = restore_type(child, ns, rc, depth + 1, errstr, errstr_size);
+            if (!r)
+                return NULL;
+            (void)json_array_set_new(s, i, r);
+        }
+        return json_incref(s);
+    }
+    if (!json_is_object(s))
+        return json_incref(s);
+    t = json_string_value(json_object_get(s, "type"));
+    if (t && is_primitive(t))
+        return json_incref(s);
+    if (!t ||
+        (strcmp(t, "record") && strcmp(t, "error") && strcmp(t, "enum") && strcmp(t, "fixed"))) {
+        /* {"type": <a type>}, {"type": "Name"}, an array's items, a map's values */
+        const char *key = !t || (strcmp(t, "array") && strcmp(t, "map")) ? "type"
+                          : !strcmp(t, "array")                          ? "items"
+                                                                         : "values";
+        json_t *r = json_object_get(s, key);
+        if (r) {
+            r = restore_type(r, ns, rc, depth + 1, errstr, errstr_size);
+            if (!r)
+                return NULL;
+            (void)json_object_set_new(s, key, r);
+        }
+        return json_incref(s);
+    }
+    {
+        char full[512], cns[512];
+        if (named_fullname(s, ns, full, sizeof(full), cns, sizeof(cns)) < 0)
+            return json_incref(s); /* avro-c says why */
+        if (json_object_get(rc->defined, full))
+            return json_string(full); /* defined again (given back earlier): a reference */
+        (void)json_object_set_new(rc->defined, full, json_true());
+        json_array_foreach(json_object_get(s, "fields"), i, child) {
+            json_t *r = json_object_get(child, "type");
+            if (!r)
+                continue;
+            r = restore_type(r, cns, rc, depth + 1, errstr, errstr_size);
+            if (!r)
+                return NULL;
+            (void)json_object_set_new(child, "type", r);
+        }
+    }
+    return json_incref(s);
+}
+
 /* ------------------------------------------------ hostile-bytes check */
 
 typedef struct {
@@ -1928,6 +2062,18 @@ static int add_writer(hb_codec_t *c, int has_id, uint32_t id, const char *writer
     pc.defaults = w.defaults;
     if (records_walk(proj_json, NULL, project_record, &pc, 0, errstr, errstr_size) < 0)
         goto fail;
+    {
+        restore_ctx_t rc = {json_object(), json_object(), &pc};
+        json_t *restored;
+        collect_named(c->reader_json, NULL, rc.reader_named, 0);
+        restored = restore_type(proj_json, NULL, &rc, 0, errstr, errstr_size);
+        json_decref(rc.defined);
+        json_decref(rc.reader_named);
+        if (!restored)
+            goto fail;
+        json_decref(proj_json);
+        proj_json = restored;
+    }
     proj_text = json_dumps(proj_json, JSON_COMPACT | JSON_ENCODE_ANY);
     if (!proj_text || avro_schema_from_json_length(proj_text, strlen(proj_text), &w.proj) != 0) {
         w.proj = NULL;

@@ -1,0 +1,102 @@
+/* Review 8: writer schemas that the Avro rules resolve into the reader and
+ * the codec must read, checked on the decoded event. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "hb_codec.h"
+#include "hb_schemas.h"
+
+static json_t *parse(const char *text) {
+    json_error_t jerr;
+    json_t *j = json_loads(text, 0, &jerr);
+    if (!j)
+        fail_msg("test JSON at column %d: %s", jerr.column, jerr.text);
+    return j;
+}
+
+static json_t *field(json_t *record, const char *name) {
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(record, "fields"), i, f) if (!strcmp(
+        json_string_value(json_object_get(f, "name")), name)) return f;
+    fail_msg("no field %s", name);
+    return NULL;
+}
+
+static void drop_field(json_t *record, const char *name) {
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(record, "fields"), i, f) {
+        if (!strcmp(json_string_value(json_object_get(f, "name")), name)) {
+            json_array_remove(json_object_get(record, "fields"), i);
+            return;
+        }
+    }
+    fail_msg("no field %s", name);
+}
+
+/* The record inside a field of type ["null", record]. */
+static json_t *branch(json_t *f) {
+    return json_array_get(json_object_get(f, "type"), 1);
+}
+
+/* The reader's GeographicalContext is defined in client and referenced from
+ * request.ipChain[].geographicalContext. A producer that drops `client` (an
+ * optional field, which docs/schemas.md says may go) defines it under
+ * request instead. That writer resolves by Avro's rules: it must be taken,
+ * and its events read with request's geolocation intact. */
+static void writer_without_the_field_defining_a_named_type(void **state) {
+    char err[512];
+    json_t *w = parse(hb_schema_identity_event), *geo, *ip, *ev, *out = NULL;
+    hb_codec_t *reader, *writer;
+    char *wtext;
+    void *buf = NULL;
+    size_t len = 0;
+    (void)state;
+    geo = json_deep_copy(branch(field(branch(field(w, "client")), "geographicalContext")));
+    drop_field(w, "client");
+    ip = json_object_get(branch(field(branch(field(w, "request")), "ipChain")), "items");
+    json_array_set_new(json_object_get(field(ip, "geographicalContext"), "type"), 1, geo);
+    wtext = json_dumps(w, JSON_COMPACT);
+
+    reader = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+    assert_non_null(reader);
+    if (hb_codec_add_writer(reader, wtext, err, sizeof(err)) != 0)
+        fail_msg("a writer without client is refused: %s", err);
+
+    writer = hb_codec_new(wtext, err, sizeof(err));
+    assert_non_null(writer);
+    ev = parse("{\"uuid\": \"u1\", \"published\": \"2025-11-29T02:50:00.123Z\","
+               " \"eventType\": \"user.session.start\","
+               " \"request\": {\"ipChain\": [{\"ip\": \"10.0.0.1\", \"geographicalContext\":"
+               " {\"city\": \"Z\\u00fcrich\", \"geolocation\": {\"lat\": 47.3769, \"lon\": -0.5}}}]}}");
+    assert_int_equal(hb_codec_encode(writer, ev, &buf, &len, err, sizeof(err)), 0);
+    if (hb_codec_decode(reader, buf, len, &out, err, sizeof(err)) != 0)
+        fail_msg("decode: %s", err);
+    if (!json_equal(out, ev)) {
+        char *a = json_dumps(out, JSON_SORT_KEYS);
+        fail_msg("decoded %s", a);
+    }
+    json_decref(out);
+    free(buf);
+    json_decref(ev);
+    hb_codec_free(writer);
+    hb_codec_free(reader);
+    free(wtext);
+    json_decref(w);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(writer_without_the_field_defining_a_named_type),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
