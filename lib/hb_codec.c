@@ -2026,6 +2026,111 @@ void hb_codec_free(hb_codec_t *c) {
     free(c);
 }
 
+/* Avro's promotions: can a writer's value of type w be read as type r? */
+static int promotes(avro_type_t w, avro_type_t r) {
+    return w == r ||
+           (w == AVRO_INT32 && (r == AVRO_INT64 || r == AVRO_FLOAT || r == AVRO_DOUBLE)) ||
+           (w == AVRO_INT64 && (r == AVRO_FLOAT || r == AVRO_DOUBLE)) ||
+           (w == AVRO_FLOAT && r == AVRO_DOUBLE);
+}
+
+/* Whether every value the writer type w can hold resolves into the reader
+ * type r (as Apache Avro's compatibility check asks). avro-c's resolver
+ * takes a writer union when one of its branches fits and fails only when a
+ * message uses another one: a writer whose ["null", "long"] field the reader
+ * has as ["null", "int"] was taken at start and then dead-lettered every
+ * event with a value there as "truncated or corrupt Avro data". 0 and why
+ * when some value does not resolve. */
+typedef struct resolving_s {
+    avro_schema_t w, r; /* a pair of records being compared */
+    const struct resolving_s *up;
+} resolving_t;
+
+static int resolves_in(avro_schema_t w, avro_schema_t r, const resolving_t *up, char *path,
+                       int depth, char *why, size_t why_size);
+
+static int resolves(avro_schema_t w, avro_schema_t r, char *path, int depth, char *why,
+                    size_t why_size) {
+    return resolves_in(w, r, NULL, path, depth, why, why_size);
+}
+
+static int resolves_in(avro_schema_t w, avro_schema_t r, const resolving_t *up, char *path,
+                       int depth, char *why, size_t why_size) {
+    avro_type_t wt, rt;
+    w = deref(w);
+    r = deref(r);
+    if (!w || !r || depth > HB_CODEC_MAX_DEPTH)
+        return 1; /* avro-c's resolver judges */
+    wt = avro_typeof(w);
+    rt = avro_typeof(r);
+    if (wt == AVRO_UNION) {
+        for (size_t i = 0; i < avro_schema_union_size(w); i++)
+            if (!resolves_in(avro_schema_union_branch(w, (int)i), r, up, path, depth + 1, why,
+                             why_size))
+                return 0;
+        return 1;
+    }
+    if (rt == AVRO_UNION) {
+        int tried = 0;
+        for (size_t i = 0; i < avro_schema_union_size(r); i++) {
+            avro_schema_t rb = deref(avro_schema_union_branch(r, (int)i));
+            if (!rb || !promotes(wt, avro_typeof(rb)))
+                continue;
+            if (resolves_in(w, rb, up, path, depth + 1, why, why_size))
+                return 1;
+            tried = 1; /* why says what in it does not resolve */
+        }
+        if (tried)
+            return 0;
+        hb_seterr(why, why_size, "%s: the writer's %s is not among the reader's types", at(path),
+                  avro_schema_type_name(w));
+        return 0;
+    }
+    if (!promotes(wt, rt)) {
+        hb_seterr(why, why_size, "%s: the writer's %s cannot be read as %s", at(path),
+                  avro_schema_type_name(w), avro_schema_type_name(r));
+        return 0;
+    }
+    switch (wt) {
+    case AVRO_RECORD: {
+        size_t plen = strlen(path);
+        resolving_t me = {w, r, up};
+        for (const resolving_t *f = up; f; f = f->up)
+            if (f->w == w && f->r == r)
+                return 1; /* a recursive type: being compared already */
+        for (size_t i = 0; i < avro_schema_record_size(r); i++) {
+            const char *name = avro_schema_record_field_name(r, (int)i);
+            avro_schema_t wf = avro_schema_record_field_get(w, name);
+            int ok;
+            if (!wf)
+                continue; /* the projection has only the writer's fields */
+            path_push(path, plen, name);
+            ok = resolves_in(wf, avro_schema_record_field_get_by_index(r, (int)i), &me, path,
+                             depth + 1, why, why_size);
+            path[plen] = '\0';
+            if (!ok)
+                return 0;
+        }
+        return 1;
+    }
+    case AVRO_ENUM:
+        for (int i = 0; i < avro_schema_enum_number_of_symbols(w); i++)
+            if (avro_schema_enum_get_by_name(r, avro_schema_enum_get(w, i)) < 0) {
+                hb_seterr(why, why_size, "%s: the writer's symbol %s is not in the reader's enum",
+                          at(path), avro_schema_enum_get(w, i));
+                return 0;
+            }
+        return 1;
+    case AVRO_ARRAY:
+        return resolves_in(avro_schema_array_items(w), avro_schema_array_items(r), up, path,
+                           depth + 1, why, why_size);
+    case AVRO_MAP:
+        return resolves_in(avro_schema_map_values(w), avro_schema_map_values(r), up, path,
+                           depth + 1, why, why_size);
+    default: return 1;
+    }
+}
+
 static int add_writer(hb_codec_t *c, int has_id, uint32_t id, const char *writer_schema_json,
                       char *errstr, size_t errstr_size) {
     hb_writer_t w;
@@ -2091,6 +2196,14 @@ static int add_writer(hb_codec_t *c, int has_id, uint32_t id, const char *writer
         hb_seterr(errstr, errstr_size, "writer schema does not resolve into the reader: %s",
                   avro_strerror());
         goto fail;
+    }
+    {
+        char path[HB_PATH_MAX] = "", why[256] = "";
+        if (!resolves(w.schema, w.proj, path, 0, why, sizeof(why))) {
+            hb_seterr(errstr, errstr_size, "writer schema does not resolve into the reader: %s",
+                      why);
+            goto fail;
+        }
     }
     if (avro_resolved_writer_new_value(w.resolver, &w.resolved) != 0) {
         hb_seterr(errstr, errstr_size, "writer schema: %s", avro_strerror());

@@ -25,8 +25,9 @@ static json_t *parse(const char *text) {
 static json_t *field(json_t *record, const char *name) {
     size_t i;
     json_t *f;
-    json_array_foreach(json_object_get(record, "fields"), i, f) if (!strcmp(
-        json_string_value(json_object_get(f, "name")), name)) return f;
+    json_array_foreach(
+        json_object_get(record, "fields"), i,
+        f) if (!strcmp(json_string_value(json_object_get(f, "name")), name)) return f;
     fail_msg("no field %s", name);
     return NULL;
 }
@@ -74,10 +75,11 @@ static void writer_without_the_field_defining_a_named_type(void **state) {
 
     writer = hb_codec_new(wtext, err, sizeof(err));
     assert_non_null(writer);
-    ev = parse("{\"uuid\": \"u1\", \"published\": \"2025-11-29T02:50:00.123Z\","
-               " \"eventType\": \"user.session.start\","
-               " \"request\": {\"ipChain\": [{\"ip\": \"10.0.0.1\", \"geographicalContext\":"
-               " {\"city\": \"Z\\u00fcrich\", \"geolocation\": {\"lat\": 47.3769, \"lon\": -0.5}}}]}}");
+    ev = parse(
+        "{\"uuid\": \"u1\", \"published\": \"2025-11-29T02:50:00.123Z\","
+        " \"eventType\": \"user.session.start\","
+        " \"request\": {\"ipChain\": [{\"ip\": \"10.0.0.1\", \"geographicalContext\":"
+        " {\"city\": \"Z\\u00fcrich\", \"geolocation\": {\"lat\": 47.3769, \"lon\": -0.5}}}]}}");
     assert_int_equal(hb_codec_encode(writer, ev, &buf, &len, err, sizeof(err)), 0);
     if (hb_codec_decode(reader, buf, len, &out, err, sizeof(err)) != 0)
         fail_msg("decode: %s", err);
@@ -94,9 +96,50 @@ static void writer_without_the_field_defining_a_named_type(void **state) {
     json_decref(w);
 }
 
+/* docs/schemas.md: changing a field's type incompatibly makes the writer not
+ * resolve, so the dispatcher stops at start instead of dead-lettering events
+ * later. A writer whose optional securityContext.asNumber is ["null", "long"]
+ * (the reader's is ["null", "int"]; long does not promote to int) must be
+ * refused, and so must one whose optional severity is an enum (the reader's
+ * is a string). The same writer with the field's type kept is taken. */
+static void writer_union_branch_that_does_not_resolve_is_refused(void **state) {
+    char err[512];
+    json_t *w = parse(hb_schema_identity_event), *asn;
+    hb_codec_t *reader = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+    char *wtext;
+    (void)state;
+    assert_non_null(reader);
+    asn = field(branch(field(w, "securityContext")), "asNumber");
+    json_array_set_new(json_object_get(asn, "type"), 1, json_string("long"));
+    wtext = json_dumps(w, JSON_COMPACT);
+    assert_int_equal(hb_codec_add_writer(reader, wtext, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "securityContext.asNumber"));
+    free(wtext);
+
+    json_array_set_new(json_object_get(asn, "type"), 1, json_string("int"));
+    json_array_set_new(json_object_get(field(w, "severity"), "type"), 1,
+                       parse("{\"type\": \"enum\", \"name\": \"Severity\","
+                             " \"symbols\": [\"INFO\", \"WARN\"]}"));
+    wtext = json_dumps(w, JSON_COMPACT);
+    assert_int_equal(hb_codec_add_writer(reader, wtext, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "severity"));
+    free(wtext);
+
+    json_array_set_new(json_object_get(field(w, "severity"), "type"), 1, json_string("string"));
+    json_object_set_new(w, "doc", json_string("same types, another fingerprint"));
+    drop_field(w, "version");
+    wtext = json_dumps(w, JSON_COMPACT);
+    if (hb_codec_add_writer(reader, wtext, err, sizeof(err)) != 0)
+        fail_msg("a writer with the reader's types is refused: %s", err);
+    free(wtext);
+    hb_codec_free(reader);
+    json_decref(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(writer_without_the_field_defining_a_named_type),
+        cmocka_unit_test(writer_union_branch_that_does_not_resolve_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
