@@ -19,7 +19,8 @@ struct hb_job_s {
 /* A message for the delay tiers or the dead-letter topic, kept until acked. */
 struct hb_pmsg_s {
     char *topic;
-    char *key;
+    char *key;      /* NUL-terminated, but a poison copy's may hold NULs: key_len */
+    size_t key_len; /* bytes of key */
     void *val;
     size_t len;
     char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
@@ -216,12 +217,12 @@ void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
     if (hdrs)
         err = rd_kafka_producev(
             ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->val, m->len),
             RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     else
         err = rd_kafka_producev(
             ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0), RD_KAFKA_V_VALUE(m->val, m->len),
+            RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->val, m->len),
             RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     if (!err) {
         ob->unacked++;
@@ -273,6 +274,7 @@ hb_pmsg_t *hb_pmsg_new(const char *topic, const char *key, const void *val, size
     hb_pmsg_t *m = hb_calloc(1, sizeof(*m));
     m->topic = hb_strdup(topic);
     m->key = key ? hb_strdup(key) : NULL;
+    m->key_len = key ? strlen(key) : 0;
     m->val = hb_malloc(len ? len : 1);
     memcpy(m->val, val, len);
     m->len = len;
@@ -290,10 +292,14 @@ void hb_outbox_produce(hb_outbox_t *ob, const char *topic, const char *key, cons
 void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message_t *rkm,
                       hb_job_t *job, const char *reason) {
     char part[16], off[24];
-    char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
-    hb_pmsg_t *m = hb_pmsg_new(topic, key, rkm->payload ? rkm->payload : "", rkm->len,
+    hb_pmsg_t *m = hb_pmsg_new(topic, NULL, rkm->payload ? rkm->payload : "", rkm->len,
                                hb_gate_new(ob, &job, 1), NULL);
-    free(key);
+    if (rkm->key) { /* the key's bytes, all of them: a key may be binary (Avro, a number) */
+        m->key = hb_malloc(rkm->key_len + 1);
+        memcpy(m->key, rkm->key, rkm->key_len);
+        m->key[rkm->key_len] = '\0';
+        m->key_len = rkm->key_len;
+    }
     snprintf(part, sizeof(part), "%d", (int)rkm->partition);
     snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
     m->hdr[0] = hb_strdup("hookbridge-reason");

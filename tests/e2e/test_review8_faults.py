@@ -3,7 +3,8 @@ Python Avro. A writer that resolves by Avro's rules is read (one without
 `client`, whose record defines the GeographicalContext that request.ipChain
 uses again); one whose union holds a type the reader cannot read is refused
 where the operator sees it: at start for HOOKBRIDGE_WRITER_SCHEMAS_DIR, as
-poison that names the field for the registry."""
+poison that names the field for the registry. And a poison copy keeps its
+key byte for byte."""
 import copy
 import json
 
@@ -56,15 +57,23 @@ def test_writer_schemas_resolve_by_avro_rules(db_url, broker, procs, workdir):
         send(broker, single_object(without_client(), ev))
         wide = registry_framed(as_number_long(), an_event(securityContext={"asNumber": 7}), 22)
         send(broker, wide)
+        # A poison message keeps its key, all of its bytes: Confluent's Avro
+        # keys start with 0x00 (design.md: "a poison copy keeps its original key").
+        binary_key = b"\x00\x00\x00\x00\x15\x02k\x00y"
+        garbage = b"\xc3\x02 not an event"
+        send(broker, garbage, key=binary_key)
 
         got = wait_until(lambda: delivered(receiver).get(ev["uuid"]), 30,
                          "the event of the writer without client")
         assert got["request"] == ev["request"]
-        msgs = dlq_messages(broker, want=1)
-        assert [m.value for m in msgs] == [wide]
-        assert dict(msgs[0].headers)["hookbridge-reason"].decode() == (
+        msgs = {m.value: m for m in dlq_messages(broker, want=2)}
+        assert set(msgs) == {wide, garbage}
+        assert dict(msgs[wide].headers)["hookbridge-reason"].decode() == (
             "schema id 22 from the registry: writer schema does not resolve into the reader: "
             "securityContext.asNumber: the writer's long is not among the reader's types")
+        assert msgs[garbage].key == binary_key
+        assert dict(msgs[garbage].headers)["hookbridge-reason"] == \
+            b"not single-object encoded (bad magic)"
     finally:
         registry.stop()
 
