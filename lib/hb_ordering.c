@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "hb_hash.h"
+#include "hb_json.h"
 
 /* ------------------------------------------------------------------ keys */
 
@@ -16,10 +17,32 @@ static const char *id_of(const json_t *obj) {
 static int copy_key(const char *s, size_t n, char *out, size_t outsz) {
     if (!s || n == 0 || outsz == 0)
         return 0;
-    if (n >= outsz)
+    if (n >= outsz) { /* cut at a character's start: the key stays UTF-8 */
         n = outsz - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+            n--;
+    }
     memcpy(out, s, n);
     out[n] = '\0';
+    return 1;
+}
+
+/* A message key that is not text (a NUL byte in it, or not UTF-8: an Avro-
+ * or number-serialized key) as "0x" and its bytes in hex: as a C string or
+ * in the text column of ordering_tails, its bytes would be cut at the first
+ * NUL or replaced, and different keys would share one chain. */
+static int hex_key(const unsigned char *k, size_t n, char *out, size_t outsz) {
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (outsz < 5)
+        return 0;
+    out[o++] = '0';
+    out[o++] = 'x';
+    for (size_t i = 0; i < n && o + 2 < outsz; i++) {
+        out[o++] = hex[k[i] >> 4];
+        out[o++] = hex[k[i] & 0x0f];
+    }
+    out[o] = '\0';
     return 1;
 }
 
@@ -42,7 +65,12 @@ int hb_order_key(hb_order_by_t by, const json_t *event, const void *msg_key, siz
         if (!id)
             id = id_of(json_array_get(json_object_get(event, "target"), 0));
         break;
-    case HB_ORDER_KEY: return copy_key(msg_key, msg_key ? msg_key_len : 0, out, outsz);
+    case HB_ORDER_KEY:
+        if (!msg_key || !msg_key_len)
+            return 0;
+        if (memchr(msg_key, '\0', msg_key_len) || !hb_json_utf8_ok(msg_key, msg_key_len))
+            return hex_key(msg_key, msg_key_len, out, outsz);
+        return copy_key(msg_key, msg_key_len, out, outsz);
     default: return 0;
     }
     return copy_key(id, id ? strlen(id) : 0, out, outsz);

@@ -12,6 +12,8 @@
 #include <jansson.h>
 
 #include "hb_codec.h"
+#include "hb_json.h"
+#include "hb_ordering.h"
 #include "hb_schemas.h"
 
 static json_t *parse(const char *text) {
@@ -136,10 +138,50 @@ static void writer_union_branch_that_does_not_resolve_is_refused(void **state) {
     json_decref(w);
 }
 
+/* options.ordering "key": the events topic's message key, which Kafka lets
+ * be any bytes (Confluent's Avro keys start 00 and the schema id). Two
+ * different keys must be two chains, and the key must stay text that the
+ * delivery log's ordering_tails.ordering_key (text) keeps as it is. */
+static void binary_message_keys_stay_apart(void **state) {
+    static const struct {
+        const char *bytes;
+        size_t len;
+    } keys[] = {
+        {"\x00\x00\x00\x00\x15\x02k", 7},
+        {"\x00\x00\x00\x00\x16\x02k", 7},
+        {"\xff\xfe", 2},
+        {"\xff\xfd", 2},
+        {"00uK", 4},
+    };
+    char got[5][64], err[64];
+    json_t *ev = parse("{}"), *long_actor;
+    char actor[200] = "";
+    (void)state;
+    for (size_t i = 0; i < 5; i++) {
+        assert_int_equal(hb_order_key(HB_ORDER_KEY, ev, keys[i].bytes, keys[i].len, got[i], 64), 1);
+        if (!hb_json_utf8_ok(got[i], strlen(got[i])))
+            fail_msg("key %zu is not text: the delivery log would not keep it", i);
+        for (size_t k = 0; k < i; k++)
+            if (!strcmp(got[i], got[k]))
+                fail_msg("keys %zu and %zu share the chain \"%s\"", k, i, got[i]);
+    }
+    assert_string_equal(got[4], "00uK");
+    json_decref(ev);
+
+    /* an id longer than the key buffer is cut at a character's start */
+    for (int i = 0; i < 70; i++)
+        strcat(actor, "\xc3\xa9");
+    long_actor = json_pack("{s:{s:s}}", "actor", "id", actor);
+    assert_int_equal(hb_order_key(HB_ORDER_ACTOR, long_actor, NULL, 0, err, sizeof(err)), 1);
+    assert_true(hb_json_utf8_ok(err, strlen(err)));
+    json_decref(long_actor);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(writer_without_the_field_defining_a_named_type),
         cmocka_unit_test(writer_union_branch_that_does_not_resolve_is_refused),
+        cmocka_unit_test(binary_message_keys_stay_apart),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
