@@ -1929,11 +1929,50 @@ static int enc_value(enc_walk_t *w, const hb_plan_t *p, const json_t *j, int dep
 
 /* ------------------------------------------------------------- the codec */
 
+/* Does v hold a string with a NUL byte? */
+static int holds_nul(const json_t *v, int depth) {
+    const char *key;
+    json_t *child;
+    size_t i;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return 0;
+    if (json_is_string(v))
+        return json_string_length(v) != strlen(json_string_value(v));
+    if (json_is_array(v))
+        json_array_foreach((json_t *)v, i, child) if (holds_nul(child, depth + 1)) return 1;
+    if (json_is_object(v))
+        json_object_foreach((json_t *)v, key, child) if (holds_nul(child, depth + 1)) return 1;
+    return 0;
+}
+
+/* Removes every "default" that holds a NUL (a bytes or fixed default such
+ * as "\u0000", the usual one of a decimal): avro-c's parser refuses any
+ * string with a NUL, and does not need defaults (a writer's are never used;
+ * the reader's are taken from the JSON). */
+static void drop_nul_defaults(json_t *v, int depth) {
+    const char *key;
+    void *tmp;
+    json_t *child;
+    size_t i;
+    if (depth > HB_CODEC_MAX_DEPTH)
+        return;
+    if (json_is_array(v))
+        json_array_foreach(v, i, child) drop_nul_defaults(child, depth + 1);
+    if (!json_is_object(v))
+        return;
+    json_object_foreach_safe(v, tmp, key, child) {
+        if (!strcmp(key, "default") && holds_nul(child, 0))
+            (void)json_object_del(v, key);
+        else
+            drop_nul_defaults(child, depth + 1);
+    }
+}
+
 static int parse_schema(const char *text, const char *what, json_t **json, avro_schema_t *schema,
                         uint64_t *fp, char *errstr, size_t errstr_size) {
     json_error_t jerr;
     char *canon = NULL, *dumped = NULL;
-    *json = json_loads(text, JSON_DECODE_ANY, &jerr);
+    *json = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     *schema = NULL;
     if (!*json) {
         hb_seterr(errstr, errstr_size, "%s schema: invalid JSON at line %d column %d: %s", what,
@@ -1944,7 +1983,14 @@ static int parse_schema(const char *text, const char *what, json_t **json, avro_
         goto fail;
     *fp = hb_crc64_avro(canon, strlen(canon));
     free(canon);
-    dumped = json_dumps(*json, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (holds_nul(*json, 0)) {
+        json_t *copy = json_deep_copy(*json);
+        drop_nul_defaults(copy, 0);
+        dumped = json_dumps(copy, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_decref(copy);
+    } else {
+        dumped = json_dumps(*json, JSON_COMPACT | JSON_ENCODE_ANY);
+    }
     if (!dumped || avro_schema_from_json_length(dumped, strlen(dumped), schema) != 0) {
         hb_seterr(errstr, errstr_size, "%s schema: %s", what,
                   dumped ? avro_strerror() : "out of memory");

@@ -177,11 +177,53 @@ static void binary_message_keys_stay_apart(void **state) {
     json_decref(long_actor);
 }
 
+/* A newer producer adds a decimal (Avro bytes) with the default zero, which
+ * Java's Avro writes as "\u0000". That is valid JSON and valid Avro, and a
+ * writer's defaults are never used when reading: the writer must be taken,
+ * and its events read. */
+static void writer_with_a_nul_default_resolves(void **state) {
+    char err[512];
+    json_t *w = parse(hb_schema_identity_event), *ev, *out = NULL;
+    hb_codec_t *reader, *writer;
+    char *wtext;
+    void *buf = NULL;
+    size_t len = 0;
+    (void)state;
+    json_array_append_new(json_object_get(w, "fields"),
+                          json_pack("{s:s, s:{s:s, s:s, s:i, s:i}, s:o}", "name", "amount", "type",
+                                    "type", "bytes", "logicalType", "decimal", "precision", 9,
+                                    "scale", 2, "default", json_stringn("\0", 1)));
+    wtext = json_dumps(w, JSON_COMPACT);
+    assert_non_null(strstr(wtext, "\\u0000"));
+    reader = hb_codec_new(hb_schema_identity_event, err, sizeof(err));
+    assert_non_null(reader);
+    if (hb_codec_add_writer(reader, wtext, err, sizeof(err)) != 0)
+        fail_msg("a writer with a \\u0000 default is refused: %s", err);
+    writer = hb_codec_new(wtext, err, sizeof(err));
+    if (!writer)
+        fail_msg("codec of that writer: %s", err);
+    ev = parse("{\"uuid\": \"u2\", \"published\": \"2025-11-29T02:50:00.123Z\","
+               " \"eventType\": \"user.session.start\", \"amount\": \"\\u0001\\u00ff\"}");
+    assert_int_equal(hb_codec_encode(writer, ev, &buf, &len, err, sizeof(err)), 0);
+    if (hb_codec_decode(reader, buf, len, &out, err, sizeof(err)) != 0)
+        fail_msg("decode: %s", err);
+    json_object_del(ev, "amount"); /* not the reader's */
+    assert_true(json_equal(out, ev));
+    json_decref(out);
+    json_decref(ev);
+    free(buf);
+    hb_codec_free(writer);
+    hb_codec_free(reader);
+    free(wtext);
+    json_decref(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(writer_without_the_field_defining_a_named_type),
         cmocka_unit_test(writer_union_branch_that_does_not_resolve_is_refused),
         cmocka_unit_test(binary_message_keys_stay_apart),
+        cmocka_unit_test(writer_with_a_nul_default_resolves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
