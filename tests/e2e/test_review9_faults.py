@@ -1,0 +1,106 @@
+"""The operator's view, checked against the code and the manifests without
+running anything: the alert rules docs/operations.md gives, the librdkafka
+properties docs/configuration.md says hookbridge sets, and the settings the
+manifests must give every program alike (docs/configuration.md,
+docs/operations.md, deploy/k8s).
+
+Each check says which commit it holds; each was shown to fail on 75a8224."""
+import re
+
+import yaml
+
+from hbtest.opscheck import config_reference, rendered
+from hbtest.procs import REPO
+
+OPS = REPO / "docs" / "operations.md"
+SOURCES = ("lib", "dispatcher", "retrier", "producer", "migrations", "secret")
+
+
+def c_sources():
+    for d in SOURCES:
+        yield from sorted((REPO / d).glob("*.c"))
+
+
+def alert_rules():
+    text = OPS.read_text()
+    section = text[text.index("## Alerts worth having"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    rules = yaml.safe_load(block)
+    assert rules and all("alert" in r and "expr" in r for r in rules), block
+    lines = {r["alert"]: next(l for l in block.splitlines() if f"alert: {r['alert']}" in l)
+             for r in rules}
+    return rules, lines
+
+
+def metric_table():
+    """metric name -> its label names, from docs/operations.md's table
+    (test_ops checks the table against what the services export)."""
+    out = {}
+    for m in re.finditer(r"^\| `(hookbridge_[a-z_]+)(?:\{([^}]*)\})?` \|", OPS.read_text(), re.M):
+        out[m.group(1)] = set(filter(None, (m.group(2) or "").split(",")))
+    return out
+
+
+def exported_label_values():
+    """label -> the values the code gives it in its metric registrations."""
+    out = {}
+    for f in c_sources():
+        for m in re.finditer(r'\b([a-z_]+)=\\"([^"\\]+)\\"', f.read_text()):
+            out.setdefault(m.group(1), set()).add(m.group(2))
+    return out
+
+
+def test_alert_rules_name_metrics_labels_and_values_that_exist():
+    """Every hookbridge_* series an alert selects is exported with the labels
+    and values the selector uses; the failure ratio counts attempts, not
+    deliveries handed on unattempted; finished pods are not 'not ready';
+    the in-flight threshold names every limit the manifests set.
+    (commit: operations.md: alerts that fire on nothing but their own
+    assumptions)"""
+    rules, lines = alert_rules()
+    table = metric_table()
+    values = exported_label_values()
+    for rule in rules:
+        expr = rule["expr"]
+        for m in re.finditer(r"\b(hookbridge_[a-z_]+?)(_bucket|_sum|_count)?\b(\{[^}]*\})?", expr):
+            name, sel = m.group(1), m.group(3) or ""
+            if name not in table and m.group(2):
+                name = name + m.group(2)
+            assert name in table, f"{rule['alert']}: {name} is not an exported metric"
+            for lm in re.finditer(r'([a-z_]+)\s*(=~|!~|!=|=)\s*"([^"]*)"', sel):
+                label, op, val = lm.groups()
+                if m.group(2) == "_bucket" and label == "le":
+                    continue
+                assert label in table[name], f"{rule['alert']}: {name} has no label {label}"
+                if label in ("topic", "partition"):
+                    continue
+                for v in (val.split("|") if "~" in op else [val]):
+                    assert v in values.get(label, ()), \
+                        f"{rule['alert']}: {name}{{{label}}} is never {v!r}"
+    by_name = {r["alert"]: r["expr"] for r in rules}
+    # hookbridge_deliveries_total{outcome="retry"} also counts deliveries put
+    # on a delay tier unattempted (busy host, open circuit, rate limit,
+    # ordering or verification wait): no measure of endpoints failing.
+    for name, expr in by_name.items():
+        assert not re.search(r'hookbridge_deliveries_total\{[^}]*retry', expr), \
+            f"{name}: the retry outcome counts deferrals, not failed attempts"
+    # The migrate Job's pod stays a day after it finished (ttlSecondsAfterFinished),
+    # its Ready condition false: a not-ready alert must leave finished pods out.
+    jobs = [o for o in rendered("deploy/k8s/optional/migrate-job") if o["kind"] == "Job"]
+    assert jobs and jobs[0]["spec"].get("ttlSecondsAfterFinished", 0) > 0
+    for name, expr in by_name.items():
+        if "kube_pod_status_ready" in expr:
+            assert "Succeeded" in expr, f"{name}: a completed migrate Job pod fires it"
+    # The saturation threshold is a copy of HOOKBRIDGE_MAX_IN_FLIGHT: its line
+    # names the default and every value an overlay sets.
+    limits = {config_reference()["HOOKBRIDGE_MAX_IN_FLIGHT"]["default"]}
+    for tree in ("deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"):
+        for o in rendered(tree):
+            if o["kind"] == "ConfigMap" and "HOOKBRIDGE_MAX_IN_FLIGHT" in (o.get("data") or {}):
+                limits.add(o["data"]["HOOKBRIDGE_MAX_IN_FLIGHT"])
+    sat = [n for n, e in by_name.items() if "hookbridge_requests_in_flight" in e]
+    assert sat
+    for n in sat:
+        for lim in limits:
+            assert re.search(rf"\b{lim}\b", lines[n] + by_name[n]), \
+                f"{n}: HOOKBRIDGE_MAX_IN_FLIGHT={lim} (set in a manifest) is not mentioned"
