@@ -104,3 +104,22 @@ def test_alert_rules_name_metrics_labels_and_values_that_exist():
         for lim in limits:
             assert re.search(rf"\b{lim}\b", lines[n] + by_name[n]), \
                 f"{n}: HOOKBRIDGE_MAX_IN_FLIGHT={lim} (set in a manifest) is not mentioned"
+
+
+def test_configuration_doc_lists_every_kafka_property_the_code_sets():
+    """docs/configuration.md's table of the properties hookbridge sets itself
+    (what an operator overrides through HOOKBRIDGE_KAFKA_*, or must not) has
+    every property the code sets. (commit: configuration.md: the Kafka
+    properties hookbridge sets, all of them)"""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    section = text[text.index("Properties hookbridge sets itself"):]
+    table = section[:section.index("\n\n", section.index("| property |"))]
+    documented = set()
+    for row in re.findall(r"^\| ([^|]+) \|", table, re.M):
+        documented |= set(re.findall(r"`([a-z.]+)`", row))
+    set_in_code = set()
+    for f in c_sources():
+        set_in_code |= set(re.findall(r'hb_kafka_conf_set\(\s*conf,\s*"([a-z.]+)"', f.read_text()))
+    assert set_in_code, "no hb_kafka_conf_set calls found: the pattern is stale"
+    assert not set_in_code - documented, \
+        f"set by the code, not in docs/configuration.md: {sorted(set_in_code - documented)}"
