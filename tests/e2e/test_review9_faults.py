@@ -123,3 +123,45 @@ def test_configuration_doc_lists_every_kafka_property_the_code_sets():
     assert set_in_code, "no hb_kafka_conf_set calls found: the pattern is stale"
     assert not set_in_code - documented, \
         f"set by the code, not in docs/configuration.md: {sorted(set_in_code - documented)}"
+
+
+def config_maps(tree):
+    return {o["metadata"]["name"].rsplit("-", 1)[0] if re.search(r"-[a-z0-9]{10}$",
+            o["metadata"]["name"]) else o["metadata"]["name"]: o.get("data") or {}
+            for o in rendered(tree) if o["kind"] == "ConfigMap"}
+
+
+def test_every_program_gets_the_same_topic_settings():
+    """docs/configuration.md: the retry schedule and the tier prefix must be
+    the same for the dispatcher and the retrier, so they belong in the
+    ConfigMap both read (not left to two defaults that an operator changing
+    one place would split); hookbridge-migrate topics must plan the topics the
+    services use, and the ingest endpoint must write where the dispatcher
+    reads. (commit: deploy/k8s: the retry schedule in the ConfigMaps)"""
+    ref = config_reference()
+    for tree in ("deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"):
+        objs = rendered(tree)
+        base = config_maps(tree)["hookbridge-config"]
+        for var in ("HOOKBRIDGE_RETRY_SCHEDULE", "HOOKBRIDGE_RETRY_TOPIC_PREFIX"):
+            assert var in base, f"{tree}: {var} is not in the shared ConfigMap"
+        for o in objs:
+            if o["kind"] != "Deployment":
+                continue
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                names = {e["name"] for e in c.get("env") or []}
+                froms = [r["configMapRef"]["name"] for r in c.get("envFrom") or []]
+                assert any(f.startswith("hookbridge-config") for f in froms), c["name"]
+                assert not names & {"HOOKBRIDGE_RETRY_SCHEDULE", "HOOKBRIDGE_RETRY_TOPIC_PREFIX",
+                                    "HOOKBRIDGE_EVENTS_TOPIC", "HOOKBRIDGE_DLQ_TOPIC"}, \
+                    f"{tree}: {c['name']} overrides a setting both services must share"
+    base = config_maps("deploy/k8s")["hookbridge-config"]
+    topics = config_maps("deploy/k8s/optional/migrate-job")["hookbridge-topics-config"]
+    ingest = config_maps("deploy/k8s/optional/ingest")["hookbridge-ingest-config"]
+    for var, want in ref.items():
+        progs = set(want["programs"])
+        if var == "HOOKBRIDGE_LOG_LEVEL" or "dispatcher" not in progs:
+            continue
+        for name, cm, prog in (("migrate-job", topics, "migrate"), ("ingest", ingest, "producer")):
+            if prog in progs and (var in base or var in cm):
+                assert cm.get(var) == base.get(var), \
+                    f"{name}: {var}={cm.get(var)!r}, the services have {base.get(var)!r}"
