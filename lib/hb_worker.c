@@ -583,12 +583,15 @@ static void register_metrics(hb_worker_t *w) {
     static const double latency_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                             0.5,   1,    2.5,   5,    10,  30};
     static const double rate_wait_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5};
-    static const char by_outcome[] = "Delivery attempts by outcome (dropped and circuit-open "
-                                     "skips are not attempted).";
+    static const char by_outcome[] =
+        "Deliveries by outcome; retry includes those put on a delay tier unattempted "
+        "(host busy or slow, circuit open, rate limit, ordering or verification wait), "
+        "dropped ones are not attempted: hookbridge_responses_total counts attempts.";
     w->m_consumed = hb_metrics_counter("hookbridge_messages_consumed_total", NULL,
                                        "Messages consumed from the input topics.");
     w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,
-                                     "Messages that could not be decoded (dead-lettered).");
+                                     "Messages that could not be decoded, or events with an empty "
+                                     "uuid (copied to the dead-letter topic).");
     w->dm.delivered =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", by_outcome);
     w->dm.retry =
@@ -649,7 +652,9 @@ static void register_metrics(hb_worker_t *w) {
                                       "Times consumption of every partition was paused "
                                       "(max_pending_events).");
     w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
-                                        "Times a delay-tier partition was paused until due.");
+                                        "Times a partition was paused: retrier, a delay tier until "
+                                        "its head is due; dispatcher, events waiting for a writer "
+                                        "schema from the Schema Registry.");
     w->cm.expired = hb_metrics_counter(
         "hookbridge_messages_expired_total", NULL,
         "Messages the broker deleted (retention) before they were consumed: lost.");
