@@ -165,3 +165,24 @@ def test_every_program_gets_the_same_topic_settings():
             if prog in progs and (var in base or var in cm):
                 assert cm.get(var) == base.get(var), \
                     f"{name}: {var}={cm.get(var)!r}, the services have {base.get(var)!r}"
+
+
+def test_every_kustomization_path_the_docs_and_manifests_name_exists():
+    """The manifests' comments and the operator's docs send operators to
+    kustomize directories (overlays/..., optional/...) that exist; and the
+    image's program list in docs/operations.md is the Dockerfile's.
+    (commit: docs: make run's steps, the image's programs, 1xx, a stale path)"""
+    k8s = REPO / "deploy" / "k8s"
+    files = list(k8s.rglob("*.yaml")) + [REPO / "README.md"] + \
+        sorted((REPO / "docs").glob("*.md"))
+    for f in files:
+        for m in re.finditer(r"(?<![\w/.])(?:deploy/k8s/)?((?:overlays|optional)/[a-z-]+)",
+                             f.read_text()):
+            assert (k8s / m.group(1)).is_dir(), f"{f.relative_to(REPO)} names {m.group(0)}"
+    docker = (REPO / "deploy" / "Dockerfile").read_text()
+    copied = set(re.findall(r"/src/bin/(hookbridge-[a-z]+)", docker))
+    text = OPS.read_text()
+    image = text[text.index("## The image"):text.index("## Deploying")]
+    named = set(re.findall(r"`(hookbridge-[a-z]+)`", image))
+    assert copied and named == copied, f"the image holds {sorted(copied)}, the doc names " \
+        f"{sorted(named)}"
