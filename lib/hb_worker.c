@@ -19,7 +19,8 @@
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
+#define STALL_MS 1000      /* a host with requests running and none finished this long is stalled */
+#define STORE_STOP_MS 2000 /* at a stop, for the store's statements under way (cancelled) */
 /* The delivery log waiting this long for the database: not ready, said once */
 #define DB_UNANSWERED_MS 10000
 
@@ -770,7 +771,7 @@ void hb_worker_free(hb_worker_t *w) {
     hb_consumer_free(w->consumer);
     hb_deliveries_free(w->deliveries);
     hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
-    hb_store_free(w->store);
+    hb_store_free_within(w->store, STORE_STOP_MS);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);

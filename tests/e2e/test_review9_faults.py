@@ -6,11 +6,14 @@ docs/operations.md, deploy/k8s).
 
 Each check says which commit it holds; each was shown to fail on 75a8224."""
 import re
+import signal
+import time
 
 import yaml
 
 from hbtest.opscheck import config_reference, rendered
-from hbtest.procs import REPO
+from hbtest.procs import REPO, wait_until
+from hbtest.stack import Dispatcher, produce
 
 OPS = REPO / "docs" / "operations.md"
 SOURCES = ("lib", "dispatcher", "retrier", "producer", "migrations", "secret")
@@ -186,3 +189,68 @@ def test_every_kustomization_path_the_docs_and_manifests_name_exists():
     named = set(re.findall(r"`(hookbridge-[a-z]+)`", image))
     assert copied and named == copied, f"the image holds {sorted(copied)}, the doc names " \
         f"{sorted(named)}"
+
+
+def test_sigterm_while_the_database_does_not_answer_exits_0_in_time_and_loses_nothing(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, Health, shutdown and logs: on SIGTERM the service
+    flushes the delivery log for a bounded time, commits, leaves the group
+    and exits 0 within terminationGracePeriodSeconds. With a database that
+    keeps its connections but answers nothing (the runbook's "PostgreSQL not
+    answering": stopped, overloaded, a lock) the delivery log's writer and
+    the subscription store each waited for their statement's answer, and the
+    stop joined them for ever: the pod was killed at the end of its grace
+    period, without its final commit or leaving the group. Now it gives up on
+    them and exits 0 in time; the deliveries it could not log are made again
+    by the next dispatcher (same webhook-id) and logged: at least once.
+    (commit: shutdown: a database that does not answer no longer holds the
+    stop)"""
+    from hbtest.lifecycle import ACTIVE, changes_applied
+    from hbtest.stack import Broker, Receiver
+    from hbtest.tcpproxy import TcpProxy
+    from test_delivery import event, register_verified
+    from test_deploy import FIXED_STOP_SECONDS
+    from test_promises3 import deliveries
+
+    drain = 2
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap, extra_env={"HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain}s"})
+        d.wait_ready()
+        sub = register_verified(db_url, rcv.url, ["user.session.start"])
+        wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10,
+                   "the dispatcher to see the subscription active")
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
+                   "the first event delivered and logged")
+        proxy.pause()
+        during = [event("user.session.start") for _ in range(2)]
+        produce(broker.bootstrap, during)
+        wait_until(lambda: {e["uuid"] for e in during} <= {e["uuid"] for _, e in rcv.events()},
+                   20, "the events delivered while the database does not answer")
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        try:
+            rc = d.proc.p.wait(drain + FIXED_STOP_SECONDS + 10)
+        except Exception:
+            rc = None
+        took = time.monotonic() - t0
+        assert rc == 0, f"exit status {rc} after {took:.1f} s"
+        assert took <= drain + FIXED_STOP_SECONDS, f"stopping took {took:.1f} s"
+        assert "stopping without it" in d.proc.output()
+    finally:
+        proxy.close()
+    d2 = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-again")
+    d2.wait_ready()
+    wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")] * 3, 30,
+               "the deliveries the stopped dispatcher could not log, made again and logged")
+    ids = {}
+    for _, e in rcv.events():
+        ids.setdefault(e["uuid"], 0)
+        ids[e["uuid"]] += 1
+    assert all(ids[e["uuid"]] >= 2 for e in during), ids
+    assert d2.proc.stop() == 0
