@@ -1,8 +1,10 @@
-"""The operator's view, checked against the code and the manifests without
-running anything: the alert rules docs/operations.md gives, the librdkafka
-properties docs/configuration.md says hookbridge sets, and the settings the
-manifests must give every program alike (docs/configuration.md,
-docs/operations.md, deploy/k8s).
+"""The operator's view, checked against the code and the manifests (static,
+fast): the alert rules docs/operations.md gives, the librdkafka properties
+docs/configuration.md says hookbridge sets, the settings the manifests must
+give every program alike, the paths and programs the docs name, the ingest
+pod's grace period; and one end-to-end stop: SIGTERM while PostgreSQL keeps
+its connections but answers nothing (docs/operations.md, Health, shutdown
+and logs).
 
 Each check says which commit it holds; each was shown to fail on 75a8224."""
 import re
@@ -254,3 +256,27 @@ def test_sigterm_while_the_database_does_not_answer_exits_0_in_time_and_loses_no
         ids[e["uuid"]] += 1
     assert all(ids[e["uuid"]] >= 2 for e in during), ids
     assert d2.proc.stop() == 0
+
+
+def test_the_ingest_pod_gets_longer_to_stop_than_its_preStop_and_drain():
+    """deploy/k8s/optional/ingest: terminationGracePeriodSeconds covers the
+    preStop pause, the ingest endpoint's drain of its requests, their 503s,
+    the flush and the purge (docs/ingest.md, Stopping), read from the
+    manifest and producer/ingest.c (test_deploy checks only the dispatcher
+    and the retrier). A guard: it holds today."""
+    src = (REPO / "producer" / "ingest.c").read_text()
+    const = {k: int(v) / 1000 for k, v in re.findall(r"#define (INGEST_\w+_MS) (\d+)", src)}
+    stop = const["INGEST_DRAIN_MS"] + const["INGEST_ANSWER_MS"]
+    flush = re.search(r"hb_kafka_flush\(in->rk, (\d+)\)", src).group(1)
+    purge = re.search(r"until = hb_mono_ms\(\) \+ (\d+);", src).group(1)
+    stop += (int(flush) + int(purge)) / 1000
+    for o in rendered("deploy/k8s/optional/ingest"):
+        if o["kind"] != "Deployment":
+            continue
+        spec = o["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        pre = c["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre[0] == "sleep"
+        need = float(pre[1]) + stop
+        assert spec["terminationGracePeriodSeconds"] > need, \
+            f"grace {spec['terminationGracePeriodSeconds']} s <= preStop + stop = {need} s"
