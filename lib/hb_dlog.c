@@ -63,6 +63,7 @@
 #define DLOG_BATCH_MAX 2000
 #define DLOG_UUID_LEN 36
 #define DLOG_BACKOFF_MIN_MS 250
+#define DLOG_CLOSE_GRACE_MS 1000 /* past the close's deadline, for the statement under way */
 #define DLOG_BACKOFF_MAX_MS 5000 /* so does the log: offsets move again */
 #define DLOG_WARN_EVERY_MS 30000
 #define DLOG_COL_KEEP (1u << 20) /* a column buffer larger than this is freed after its batch */
@@ -128,6 +129,9 @@ struct hb_dlog_s {
     int64_t deadline_ms; /* monotonic, once closing */
     int closed;          /* hb_dlog_close ran */
     size_t left;
+    size_t writing; /* rows and look-ups of the batch the writer is on */
+    int exited;     /* the writer thread is done with dl */
+    int abandoned;  /* closed without it: dl is the writer's until the process ends */
 
     /* Writer thread only. */
     struct dlog_cols_s *cols; /* column buffers, kept from batch to batch */
@@ -1194,6 +1198,7 @@ static void *dlog_main(void *arg) {
                 batch[nw++] = batch[i];
             }
         }
+        dl->writing = n;
         pthread_mutex_unlock(&dl->mu);
 
         done = 0;
@@ -1212,6 +1217,7 @@ static void *dlog_main(void *arg) {
         atomic_store(&dl->busy_since, 0);
 
         pthread_mutex_lock(&dl->mu);
+        dl->writing = 0;
         for (size_t i = 0; i < done; i++) {
             dl->dropped += batch[i]->rejected != 0;
             flushed_push_locked(dl, batch[i]->token);
@@ -1258,6 +1264,10 @@ static void *dlog_main(void *arg) {
         PQfinish(dl->conn);
         dl->conn = NULL;
     }
+    pthread_mutex_lock(&dl->mu);
+    dl->exited = 1;
+    pthread_cond_broadcast(&dl->cv);
+    pthread_mutex_unlock(&dl->mu);
     return NULL;
 }
 
@@ -1302,10 +1312,31 @@ size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
     dl->closing = 1;
     dl->deadline_ms = hb_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0);
     pthread_cond_broadcast(&dl->cv);
+    /* The writer stops between statements; one the database never answers
+     * (a server that keeps its connections but answers nothing) would hold
+     * a join for ever, and the stop with it: past the deadline and a grace,
+     * the writer is left to its statement and dl to the writer. Its rows
+     * count as unwritten: their offsets were never stored, so their events
+     * are consumed again. */
+    if (dl->thread_started) {
+        int64_t until = dl->deadline_ms + DLOG_CLOSE_GRACE_MS;
+        while (!dl->exited && hb_mono_ms() < until)
+            hb_cond_wait_until(&dl->cv, &dl->mu, until);
+        if (!dl->exited) {
+            dl->abandoned = 1;
+            dl->wake_fd = -1;
+            dl->left = dl->queue.n + dl->writing;
+            hb_warn("delivery log: the database did not answer by the stop's deadline; "
+                    "stopping without it");
+        }
+    }
     pthread_mutex_unlock(&dl->mu);
 
     if (dl->thread_started) {
-        pthread_join(dl->thread, NULL);
+        if (dl->abandoned)
+            pthread_detach(dl->thread);
+        else
+            pthread_join(dl->thread, NULL);
         dl->thread_started = 0;
     } else {
         dl->left = dl->queue.n;
@@ -1329,6 +1360,8 @@ void hb_dlog_free(hb_dlog_t *dl) {
         return;
     if (dl->thread_started)
         (void)hb_dlog_close(dl, 0);
+    if (dl->abandoned) /* its writer may still wake up and use it */
+        return;
     if (dl->conn)
         PQfinish(dl->conn);
     if (dl->cols) {

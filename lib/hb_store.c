@@ -180,6 +180,7 @@ typedef struct lane_s {
     msg_queue_t reqs;     /* under st->mu */
     pthread_t thread;
     int started;
+    int exited; /* under st->mu: the thread is done with the lane */
 } lane_t;
 
 struct hb_store_s {
@@ -187,9 +188,10 @@ struct hb_store_s {
     const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
     lane_t lanes[2];             /* LANE_FOLLOWER, LANE_REQUESTS */
     pthread_mutex_t mu;
-    msg_queue_t results; /* under mu: for the loop, in order */
-    int notify[2];       /* lane -> loop: results wait */
-    int stop;            /* under mu */
+    msg_queue_t results;      /* under mu: for the loop, in order */
+    int notify[2];            /* lane -> loop: results wait */
+    int stop;                 /* under mu */
+    pthread_cond_t exited_cv; /* a lane's thread exited (under mu) */
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -730,8 +732,19 @@ static void answer(lane_t *ln, store_msg_t *m) {
 /* ------------------------------------------------------------------------ */
 /* The lanes' threads                                                       */
 
+static void lane_loop(lane_t *ln);
+
 static void *lane_main(void *arg) {
     lane_t *ln = arg;
+    lane_loop(ln);
+    pthread_mutex_lock(&ln->st->mu);
+    ln->exited = 1;
+    pthread_cond_broadcast(&ln->st->exited_cv);
+    pthread_mutex_unlock(&ln->st->mu);
+    return NULL;
+}
+
+static void lane_loop(lane_t *ln) {
     hb_store_t *st = ln->st;
     char errstr[512];
 
@@ -790,7 +803,6 @@ static void *lane_main(void *arg) {
         if (nfds == 2 && pfd[1].revents)
             follow(ln);
     }
-    return NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -807,6 +819,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
     st->keyring = keyring;
     st->notify[0] = st->notify[1] = -1;
     pthread_mutex_init(&st->mu, NULL);
+    hb_cond_init_mono(&st->exited_cv);
     for (int i = 0; i < 2; i++) {
         lane_t *ln = &st->lanes[i];
         ln->st = st;
@@ -851,22 +864,38 @@ fail:
     return NULL;
 }
 
+static void *cancel_main(void *arg) {
+    char why[256];
+    (void)PQcancel(arg, why, (int)sizeof(why));
+    PQfreeCancel(arg);
+    return NULL;
+}
+
 /* Asks the server to cancel the statement a lane waits for (a stop must not
- * wait for a slow database). */
+ * wait for a slow database), from a thread of its own: a server that
+ * accepts the request but never answers holds PQcancel too. */
 static void lane_cancel(lane_t *ln) {
     PGcancel *c = NULL;
-    char why[256];
+    pthread_t t;
     pthread_mutex_lock(&ln->st->mu);
     if (ln->started && ln->busy && ln->conn)
         c = PQgetCancel(ln->conn);
     pthread_mutex_unlock(&ln->st->mu);
     if (c) {
-        (void)PQcancel(c, why, (int)sizeof(why));
-        PQfreeCancel(c);
+        if (pthread_create(&t, NULL, cancel_main, c) == 0)
+            pthread_detach(t);
+        else
+            PQfreeCancel(c);
     }
 }
 
 void hb_store_free(hb_store_t *st) {
+    hb_store_free_within(st, -1);
+}
+
+void hb_store_free_within(hb_store_t *st, long long wait_ms) {
+    int64_t until = wait_ms >= 0 ? hb_mono_ms() + wait_ms : INT64_MAX;
+    int stuck = 0;
     if (!st)
         return;
     pthread_mutex_lock(&st->mu);
@@ -874,12 +903,32 @@ void hb_store_free(hb_store_t *st) {
     pthread_mutex_unlock(&st->mu);
     for (int i = 0; i < 2; i++)
         lane_cancel(&st->lanes[i]);
+    for (int i = 0; i < 2; i++)
+        if (st->lanes[i].started)
+            pipe_poke(st->lanes[i].wake[1]);
+    /* A lane waits for its statement's answer; one that does not come
+     * (cancel included) leaves the lane's thread, and st with it, to wait
+     * on while the process goes on stopping. */
+    pthread_mutex_lock(&st->mu);
+    for (int i = 0; i < 2; i++)
+        while (st->lanes[i].started && !st->lanes[i].exited && hb_mono_ms() < until)
+            hb_cond_wait_until(&st->exited_cv, &st->mu, until);
+    for (int i = 0; i < 2; i++)
+        stuck |= st->lanes[i].started && !st->lanes[i].exited;
+    pthread_mutex_unlock(&st->mu);
+    if (stuck) {
+        hb_warn("database: a statement got no answer within %lld ms of the stop; stopping "
+                "without it",
+                wait_ms);
+        for (int i = 0; i < 2; i++)
+            if (st->lanes[i].started)
+                pthread_detach(st->lanes[i].thread);
+        return;
+    }
     for (int i = 0; i < 2; i++) {
         lane_t *ln = &st->lanes[i];
-        if (ln->started) {
-            pipe_poke(ln->wake[1]);
+        if (ln->started)
             pthread_join(ln->thread, NULL);
-        }
         lane_set_conn(ln, NULL);
         queue_free(&ln->reqs);
         for (int j = 0; j < 2; j++)
@@ -892,6 +941,7 @@ void hb_store_free(hb_store_t *st) {
             close(st->notify[j]);
     subs_free(st->snapshot, st->snapshot_cnt);
     free(st->snapshot_err);
+    pthread_cond_destroy(&st->exited_cv);
     pthread_mutex_destroy(&st->mu);
     OPENSSL_cleanse(st->conninfo, strlen(st->conninfo));
     free(st->conninfo);

@@ -63,6 +63,9 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
 /* Stops the lanes (each finishes the statement it runs) and drops what
  * waits for the loop, without calling back. */
 void hb_store_free(hb_store_t *st);
+/* The same, waiting at most wait_ms (< 0: as long as it takes) for the
+ * statements under way; past it, st is left to them (for a stop). */
+void hb_store_free_within(hb_store_t *st, long long wait_ms);
 
 /* Calls cb for every subscription that is not deregistered (deliverable or
  * not; the caller filters) of the last full load: the one hb_store_new made,

@@ -19,7 +19,8 @@
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
 #define LOOP_WAIT_MS 100 /* longest sleep of one pass */
 #define DLOG_MAX_QUEUE 200000
-#define STALL_MS 1000 /* a host with requests running and none finished this long is stalled */
+#define STALL_MS 1000      /* a host with requests running and none finished this long is stalled */
+#define STORE_STOP_MS 2000 /* at a stop, for the store's statements under way (cancelled) */
 /* The delivery log waiting this long for the database: not ready, said once */
 #define DB_UNANSWERED_MS 10000
 
@@ -583,12 +584,15 @@ static void register_metrics(hb_worker_t *w) {
     static const double latency_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                             0.5,   1,    2.5,   5,    10,  30};
     static const double rate_wait_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5};
-    static const char by_outcome[] = "Delivery attempts by outcome (dropped and circuit-open "
-                                     "skips are not attempted).";
+    static const char by_outcome[] =
+        "Deliveries by outcome; retry includes those put on a delay tier unattempted "
+        "(host busy or slow, circuit open, rate limit, ordering or verification wait), "
+        "dropped ones are not attempted: hookbridge_responses_total counts attempts.";
     w->m_consumed = hb_metrics_counter("hookbridge_messages_consumed_total", NULL,
                                        "Messages consumed from the input topics.");
     w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,
-                                     "Messages that could not be decoded (dead-lettered).");
+                                     "Messages that could not be decoded, or events with an empty "
+                                     "uuid (copied to the dead-letter topic).");
     w->dm.delivered =
         hb_metrics_counter("hookbridge_deliveries_total", "outcome=\"delivered\"", by_outcome);
     w->dm.retry =
@@ -649,7 +653,9 @@ static void register_metrics(hb_worker_t *w) {
                                       "Times consumption of every partition was paused "
                                       "(max_pending_events).");
     w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
-                                        "Times a delay-tier partition was paused until due.");
+                                        "Times a partition was paused: retrier, a delay tier until "
+                                        "its head is due; dispatcher, events waiting for a writer "
+                                        "schema from the Schema Registry.");
     w->cm.expired = hb_metrics_counter(
         "hookbridge_messages_expired_total", NULL,
         "Messages the broker deleted (retention) before they were consumed: lost.");
@@ -765,7 +771,7 @@ void hb_worker_free(hb_worker_t *w) {
     hb_consumer_free(w->consumer);
     hb_deliveries_free(w->deliveries);
     hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
-    hb_store_free(w->store);
+    hb_store_free_within(w->store, STORE_STOP_MS);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);
     hb_offsets_free(w->offsets);

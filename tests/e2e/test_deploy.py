@@ -33,8 +33,9 @@ TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/sc
          "deploy/k8s/optional/ingest"]
 SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
-# delivery-log close 5 s.
-FIXED_STOP_SECONDS = 10
+# delivery-log close 5 s and 1 s for a statement under way (DLOG_CLOSE_GRACE_MS),
+# the subscription store's statements 2 s (STORE_STOP_MS), the final commit.
+FIXED_STOP_SECONDS = 15
 
 
 def pod_specs(objs):

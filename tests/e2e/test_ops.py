@@ -74,10 +74,19 @@ def test_configuration_doc_is_the_binarys_reference():
 
 def test_every_program_prints_the_same_reference():
     ref = reference_text()
-    for prog in ("hookbridge-retrier", "hookbridge-producer"):
+    for prog in ("hookbridge-retrier", "hookbridge-producer", "hookbridge-secret"):
         assert reference_text(prog) == ref, prog
     # hookbridge-migrate prints the same table (followed by its usage).
     assert reference_text("hookbridge-migrate").startswith(ref)
+    # Each program's --help lists exactly the settings whose programs column
+    # names it (the column the doc's readers go by).
+    table = config_reference()
+    for prog in ("dispatcher", "retrier", "migrate", "producer", "secret"):
+        r = subprocess.run([str(BIN / f"hookbridge-{prog}"), "--help"], capture_output=True,
+                           text=True, timeout=30)
+        listed = set(re.findall(r"^  (?:--[a-z-]+|-X property=value), (HOOKBRIDGE_[A-Z0-9_<>]+)",
+                                r.stdout + r.stderr, re.M))
+        assert listed == {v for v, d in table.items() if prog in d["programs"]}, prog
 
 
 def test_every_variable_the_doc_names_is_real(tmp_path):
