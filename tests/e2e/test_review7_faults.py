@@ -1,0 +1,48 @@
+"""Review 7: what happens to a delivery after it failed (replay, cancel, dead
+letters, automatic deactivation, the delivery log's upkeep), attacked where a
+user would notice. Each test shares one stack among several checks."""
+import time
+
+from hbtest.lifecycle import ACTIVE, changes_applied
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Receiver, Retrier
+from test_delivery import AUTH_VALUE, SECRET, sql
+from test_promises import failed_delivery, verified_active
+
+
+def test_a_replay_whose_retrier_died_after_queueing_it_is_sent_once_more_not_twice(
+        db_url, procs, workdir):
+    """docs/sql.md, claim_replays: a request whose lease is over "whose attempt
+    is not logged yet is handed out again". A retrier claims a replay, queues
+    it on the first tier and dies while its attempt is on the wire; it comes
+    back after the lease (moved back by SQL instead of waiting 5 minutes). The
+    queued message is read again (its offset was never committed) and the
+    request is claimed again: two messages of the same attempt. The endpoint
+    must get the replay once more (at least once: the killed attempt may have
+    reached it), not twice."""
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule="1s")
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                   delay_ms=1500)
+    r1 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier1")
+    r1.wait_ready()
+    sub = verified_active(db_url, rcv.url)
+    did = failed_delivery(db_url, sub)
+    wait_until(lambda: changes_applied(r1, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
+
+    sql(db_url, "SELECT hookbridge.replay(%s)", did)
+    wait_until(lambda: "attempt 2 is due" in r1.proc.output(), 10 * SLOW,
+               "the replay's attempt under way")
+    r1.proc.kill()
+    time.sleep(2 * SLOW)  # the killed attempt, if it reached the receiver, is answered
+    before = len(rcv.posts())
+    sql(db_url, "UPDATE hookbridge.deliveries SET replay_claimed_at = replay_claimed_at "
+        "- interval '6 minutes' WHERE delivery_id = %s", did)
+    r2 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier2")
+    wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                           "WHERE delivery_id = %s", did) == [("delivered",)], 30 * SLOW,
+               "the replay delivered after the restart")
+    time.sleep(3 * SLOW)  # a second copy would be answered by now
+    posts = rcv.posts()[before:]
+    assert [p["headers"]["webhook-id"] for p in posts] == [did], posts
+
