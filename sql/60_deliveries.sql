@@ -155,13 +155,17 @@ BEGIN
 END
 $$;
 
--- activate() clears the reason of an earlier automatic deactivation.
+-- activate() clears the reason of an earlier automatic deactivation. It and
+-- a new URL start the failure counters afresh: the failures were of the
+-- endpoint before (a new URL's are not its own), and must not deactivate it
+-- at once, before it was even tried.
 CREATE OR REPLACE FUNCTION hookbridge._clear_deactivation_reason() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     IF NEW.status = 'active' AND OLD.status <> 'active' THEN
         NEW.deactivation_reason := NULL;
-        -- a fresh start: old failures must not deactivate it again at once
+    END IF;
+    IF (NEW.status = 'active' AND OLD.status <> 'active') OR NEW.url IS DISTINCT FROM OLD.url THEN
         UPDATE hookbridge.endpoint_health h
            SET failing_since = NULL, consecutive_failures = 0
          WHERE h.subscription_id = NEW.id;
@@ -170,7 +174,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER subscriptions_reactivated BEFORE UPDATE OF status ON hookbridge.subscriptions
+CREATE OR REPLACE TRIGGER subscriptions_reactivated BEFORE UPDATE OF status, url ON hookbridge.subscriptions
     FOR EACH ROW EXECUTE FUNCTION hookbridge._clear_deactivation_reason();
 
 -- Retention ------------------------------------------------------------------

@@ -3,6 +3,8 @@ letters, automatic deactivation, the delivery log's upkeep), attacked where a
 user would notice. Each test shares one stack among several checks."""
 import time
 
+import pytest
+
 from hbtest.lifecycle import ACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Receiver, Retrier
@@ -46,3 +48,34 @@ def test_a_replay_whose_retrier_died_after_queueing_it_is_sent_once_more_not_twi
     posts = rcv.posts()[before:]
     assert [p["headers"]["webhook-id"] for p in posts] == [did], posts
 
+
+def failing_attempts(db_url, sub, ago):
+    """Failed attempts of sub logged as a service logs them: one `ago` back
+    and one now (endpoint_health: failing since `ago`)."""
+    for when in (ago, "0 seconds"):
+        sql(db_url, "INSERT INTO hookbridge.delivery_attempts (delivery_id, attempt, started_at, "
+            "duration_ms, http_status, outcome, error, subscription_id) VALUES "
+            "(gen_random_uuid(), 1, now() - %s::interval, 5, 500, 'retry', 'HTTP 500', %s)",
+            when, sub)
+
+
+@pytest.mark.sql_only
+def test_the_evidence_of_the_automatic_deactivation_is_the_endpoint_s_own(db_url):
+    """docs/sql.md, Automatic deactivation: "An endpoint whose every attempt
+    has failed for HOOKBRIDGE_AUTO_DEACTIVATE_AFTER ... is deactivated". An
+    operator moves a failing subscription to a new URL (the fix for an
+    endpoint that moved): the old URL's failures say nothing about the new
+    one, which has not been tried; it must not be deactivated for them at
+    the next sweep, with a reason claiming every attempt failed."""
+    sub = verified_active(db_url, "http://127.0.0.1:9/old")
+    failing_attempts(db_url, sub, "2 hours")
+    sql(db_url, "SELECT hookbridge.update(%s, url => 'http://127.0.0.1:9/new')", sub)
+    sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, "
+        "'http://127.0.0.1:9/new')", sub)
+    assert sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')") == []
+    assert sql(db_url, "SELECT status FROM hookbridge.subscriptions WHERE id = %s",
+               sub) == [("active",)]
+    # The new URL's own failures count as before.
+    failing_attempts(db_url, sub, "2 hours")
+    assert [r[0] for r in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')")] \
+        == [sub]
