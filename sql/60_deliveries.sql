@@ -6,7 +6,9 @@
 -- subscription, the consecutive failed attempts and since when it has been
 -- failing, and the last success (less than 1 s behind: see _track_health).
 -- A delivery the services did not attempt (logged 'retry' with why: its
--- endpoint's circuit open, its host busy or slow, its rate limit, waiting
+-- endpoint's circuit open (in the retrier 'attempt not made: circuit open
+-- ...', a skip counted as an attempt of the schedule), its host busy or
+-- slow, its rate limit, waiting
 -- behind an earlier delivery of its ordering key or for a new URL's
 -- verification) says nothing about the endpoint and is not counted.
 -- hookbridge.deactivate_failing(interval), run by the retrier every minute,
@@ -103,7 +105,9 @@ BEGIN
              WHERE n.outcome = 'delivered'
                 OR (n.outcome IN ('retry', 'failed')
                     AND NOT coalesce(n.error, '') LIKE ANY (ARRAY[
-                        'circuit open%', 'endpoint busy: %', 'endpoint slow: %',
+                        -- the retrier's skip, which counts for the schedule only
+                        'circuit open%', 'attempt not made: %',
+                        'endpoint busy: %', 'endpoint slow: %',
                         'rate limited: %', 'waiting behind %',
                         'waiting for the subscription''s new URL %']))
              GROUP BY 1) g

@@ -79,3 +79,44 @@ def test_the_evidence_of_the_automatic_deactivation_is_the_endpoint_s_own(db_url
     failing_attempts(db_url, sub, "2 hours")
     assert [r[0] for r in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')")] \
         == [sub]
+
+
+def test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures(
+        db_url, procs, workdir):
+    """docs/sql.md, Automatic deactivation: "A delivery the services did not
+    attempt is not counted (logged retry with why: circuit open, ...)". Two
+    subscriptions on one host: A's failures open the host's circuit in the
+    dispatcher and the retrier (one failure each, a long cool-down). B's
+    event is then never attempted: parked by the dispatcher, skipped by the
+    retrier until its schedule ends (the retrier counts a skip as an attempt,
+    so the schedule ends). B's endpoint never answered anything: it is not
+    failing, and deactivate_failing leaves it active (before: the retrier's
+    skips, logged 'attempt not made: circuit open ...', counted as B's
+    failures, and B was deactivated for A's)."""
+    from hbtest.lifecycle import event
+    from hbtest.stack import produce
+    from test_retry import stack
+    from test_delivery import register_verified
+    broker, rcv, d, r = stack(
+        procs, workdir, db_url, "1s,1s", receiver_args={"status": 500},
+        env={"HOOKBRIDGE_CIRCUIT_FAILURES": "1", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "10m"})
+    a = register_verified(db_url, rcv.url, ["user.session.start"])
+    b = register_verified(db_url, rcv.url, ["user.session.end"])
+
+    def status(sub):
+        return sql(db_url, "SELECT status FROM hookbridge.deliveries WHERE subscription_id = %s",
+                   sub)
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: status(a) == [("failed",)], 30 * SLOW, "A's delivery to fail")
+    produce(broker.bootstrap, [event("user.session.end")])
+    wait_until(lambda: status(b) == [("failed",)], 30 * SLOW, "B's delivery to fail")
+    assert len(rcv.posts()) == 2, "A's two attempts; B's were all skipped"
+    errors = [e for (e,) in sql(db_url, "SELECT error FROM hookbridge.delivery_attempts "
+                                "WHERE subscription_id = %s ORDER BY attempt", b)]
+    assert any(e.startswith("attempt not made: circuit open") for e in errors), errors
+    assert sql(db_url, "SELECT coalesce(consecutive_failures, 0), failing_since "
+               "FROM hookbridge.subscriptions s LEFT JOIN hookbridge.endpoint_health h "
+               "ON h.subscription_id = s.id WHERE s.id = %s", b) == [(0, None)]
+    time.sleep(1.2)
+    assert [x[0] for x in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 second')")] \
+        == [a]
