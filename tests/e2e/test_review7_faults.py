@@ -120,3 +120,32 @@ def test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures(
     time.sleep(1.2)
     assert [x[0] for x in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 second')")] \
         == [a]
+
+
+@pytest.mark.sql_only
+def test_the_expired_retries_runbook_lists_no_delivery_still_waiting_behind_its_head(db_url):
+    """docs/operations.md, Messages expired before they were read: the query
+    finds the deliveries to give up with cancel(). An ordered delivery
+    waiting behind its key's head is logged once ('retry', 'waiting behind
+    <head>') and not written to again while it waits, which lasts as long as
+    the head's retries (hours in the long tiers): the query must not list it
+    while its head is still being retried, or the operator cancels an event
+    that would have gone on by itself once the head is final."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = text.split("### Messages expired before they were read", 1)[1].split("\n### ")[0]
+    m = re.search(r"```sql\n(.*?)```", section, re.S) or re.search(
+        r"To find them: `(.*?)`", section, re.S)
+    query = m.group(1).replace("<longer than your longest tier>", "1 hour").replace("%", "%%")
+    sub = verified_active(db_url, "http://127.0.0.1:9/ordered")
+    head, waiter = (sql(db_url, "SELECT gen_random_uuid()")[0][0] for _ in range(2))
+    for did, err in ((head, "HTTP 503"), (waiter, f"waiting behind {head}")):
+        sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+            "event_type, status, attempts, first_attempt_at, last_attempt_at, last_error) "
+            "VALUES (%s, %s, 'e', 'user.session.start', 'retry', 0, now() - interval '3 hours', "
+            "now() - interval '3 hours', %s)", did, sub, err)
+    assert [r[0] for r in sql(db_url, query)] == [head]
+    sql(db_url, "SELECT hookbridge.cancel(%s, 'retry expired')", head)
+    # Its head final, a waiter that has still not moved is stuck too.
+    assert [r[0] for r in sql(db_url, query)] == [waiter]
