@@ -472,7 +472,11 @@ $$;
 
 -- Replays every failed delivery of a subscription since a time; returns how
 -- many. Deliveries without a stored payload are skipped. They move to today
--- as replay() moves one.
+-- as replay() moves one. A delivery with two rows (a crash redelivered it at
+-- a day's end) is its later row, as for replay() and the services' look-ups:
+-- an earlier day's failure of a delivery acknowledged the next day is not
+-- sent again, and a delivery failed on both days is replayed once (moving
+-- both rows to today would collide on the key).
 CREATE OR REPLACE FUNCTION hookbridge.replay_failed(subscription_id uuid, since timestamptz)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -498,7 +502,9 @@ BEGIN
            log_day = (v_at AT TIME ZONE 'UTC')::date
      WHERE d.subscription_id = replay_failed.subscription_id
        AND d.status = 'failed' AND d.body IS NOT NULL
-       AND d.last_attempt_at >= replay_failed.since;
+       AND d.last_attempt_at >= replay_failed.since
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                        WHERE later.delivery_id = d.delivery_id AND later.log_day > d.log_day);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

@@ -149,3 +149,28 @@ def test_the_expired_retries_runbook_lists_no_delivery_still_waiting_behind_its_
     sql(db_url, "SELECT hookbridge.cancel(%s, 'retry expired')", head)
     # Its head final, a waiter that has still not moved is stuck too.
     assert [r[0] for r in sql(db_url, query)] == [waiter]
+
+
+@pytest.mark.sql_only
+def test_replay_failed_reads_a_delivery_with_two_days_rows_as_its_later_row(db_url):
+    """A crash redelivered at a day's end leaves a delivery two rows, one per
+    day (lib/hb_dlog.h, Partitions); the later one answers for it, as in
+    replay() and the services' look-ups. replay_failed must do the same:
+    not send again a delivery whose later row says the endpoint
+    acknowledged it (its earlier day's attempt failed), and replay once,
+    not fail with a unique violation, one whose two rows both failed."""
+    sub = verified_active(db_url, "http://127.0.0.1:9/two-days")
+    acked, failed = (sql(db_url, "SELECT gen_random_uuid()")[0][0] for _ in range(2))
+    for did, later in ((acked, "delivered"), (failed, "failed")):
+        for ago, status in ((1, "failed"), (0, later)):
+            sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, "
+                "event_ids, event_type, status, attempts, first_attempt_at, last_attempt_at, "
+                "last_error, body, content_type, log_day) VALUES (%s, %s, 'e', "
+                "'user.session.start', %s, 1, now() - %s * interval '1 day', "
+                "now() - %s * interval '1 day', 'HTTP 400', '{}', 'application/json', "
+                "((now() - %s * interval '1 day') AT TIME ZONE 'UTC')::date)",
+                did, sub, status, ago, ago, ago)
+    assert sql(db_url, "SELECT hookbridge.replay_failed(%s, now() - interval '3 days')",
+               sub) == [(1,)]
+    assert sorted(sql(db_url, "SELECT delivery_id, status FROM hookbridge.deliveries "
+                      "WHERE status = 'replay'")) == [(failed, "replay")]
