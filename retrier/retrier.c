@@ -49,7 +49,7 @@
  *     reactivating does not bring them back (hb_sub_deactivated_since).
  *     "Began" is the first attempt's time (the dispatcher's clock, which
  *     must agree with the database's, as NTP keeps them), or for a replay
- *     the database's clock when the retrier took the request up.
+ *     when it was asked for, on the database's clock (replay_requested_at).
  *
  * Offsets move only over finished messages, so a retrier killed at any point
  * resumes at the first unfinished one and re-checks its due time: nothing is

@@ -450,6 +450,16 @@ BEGIN
 END
 $$;
 
+-- When a replay is asked for: the statement's time (clock_timestamp, not the
+-- transaction's start: deactivate, activate and replay in one transaction
+-- ask for the replay after the deactivation), rounded up to the millisecond
+-- the services compare it at with deactivated_at (hb_sub_deactivated_since),
+-- so it is never before a deactivation made earlier.
+CREATE OR REPLACE FUNCTION hookbridge._replay_requested_at() RETURNS timestamptz
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT date_trunc('milliseconds', clock_timestamp() + interval '999 microseconds')
+$$;
+
 -- Sends a failed delivery again (same webhook-id, the stored payload, the
 -- subscription's current URL and secret, a fresh retry schedule). The
 -- delivery moves to today (log_day): its replay is kept for the whole
@@ -458,7 +468,7 @@ CREATE OR REPLACE FUNCTION hookbridge.replay(delivery_id uuid) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v    hookbridge.deliveries;
-    v_at timestamptz := date_trunc('milliseconds', now());
+    v_at timestamptz := hookbridge._replay_requested_at();
 BEGIN
     v := hookbridge._delivery_for_update(replay.delivery_id);
     PERFORM hookbridge._check_replayable(v);
@@ -482,7 +492,7 @@ RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub hookbridge.subscriptions;
-    v_at  timestamptz := date_trunc('milliseconds', now());
+    v_at  timestamptz := hookbridge._replay_requested_at();
     n     integer;
 BEGIN
     IF replay_failed.subscription_id IS NULL OR replay_failed.since IS NULL THEN

@@ -3,6 +3,7 @@ letters, automatic deactivation, the delivery log's upkeep), attacked where a
 user would notice. Each test shares one stack among several checks."""
 import time
 
+import psycopg2
 import pytest
 
 from hbtest.lifecycle import ACTIVE, changes_applied
@@ -47,6 +48,21 @@ def test_a_replay_whose_retrier_died_after_queueing_it_is_sent_once_more_not_twi
     time.sleep(3 * SLOW)  # a second copy would be answered by now
     posts = rcv.posts()[before:]
     assert [p["headers"]["webhook-id"] for p in posts] == [did], posts
+
+    # docs/sql.md, activate/deactivate: "a replay asked for after the
+    # reactivation is delivered", also when the three are one transaction
+    # (a script run with psql -1): the replay is asked for after the
+    # deactivation, though the transaction began before it.
+    again = failed_delivery(db_url, sub)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT hookbridge.deactivate(%s)", (sub,))
+        cur.execute("SELECT hookbridge.activate(%s)", (sub,))
+        cur.execute("SELECT hookbridge.replay(%s)", (again,))
+    status = wait_until(lambda: (s := sql(db_url, "SELECT status, last_error FROM "
+                                          "hookbridge.deliveries WHERE delivery_id = %s",
+                                          again)[0])[0] not in ("replay", "retry") and s,
+                        20 * SLOW, "the replay in one transaction with the reactivation")
+    assert status[0] == "delivered", status
 
 
 def failing_attempts(db_url, sub, ago):
