@@ -135,7 +135,10 @@ CREATE OR REPLACE TRIGGER delivery_attempts_health AFTER INSERT ON hookbridge.de
     FOR EACH STATEMENT EXECUTE FUNCTION hookbridge._track_health();
 
 -- Deactivates live, active subscriptions that have failed every attempt for
--- longer than p_after. Returns what it deactivated and why.
+-- longer than p_after: their failures since the last success span p_after
+-- (one failure long ago and no attempt since says nothing about the
+-- endpoint now: a quiet subscription is not deactivated for it). Returns
+-- what it deactivated and why.
 CREATE OR REPLACE FUNCTION hookbridge.deactivate_failing(p_after interval)
 RETURNS TABLE (subscription_id uuid, reason text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -154,6 +157,7 @@ BEGIN
      WHERE h.subscription_id = s.id
        AND s.status = 'active' AND s.deregistered_at IS NULL
        AND h.failing_since < now() - p_after
+       AND h.last_failure_at - h.failing_since >= p_after
        AND (h.last_success_at IS NULL OR h.last_success_at < h.failing_since)
     RETURNING s.id, s.deactivation_reason;
 END

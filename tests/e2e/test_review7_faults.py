@@ -96,6 +96,19 @@ def test_the_evidence_of_the_automatic_deactivation_is_the_endpoint_s_own(db_url
     assert [r[0] for r in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')")] \
         == [sub]
 
+    # A quiet subscription's one failed attempt, two hours ago, and no
+    # attempt since: nothing says its endpoint has been failing for an hour
+    # (it may have been up all along). Deactivating it would skip, unseen,
+    # every event after; its failures must span the period.
+    quiet = verified_active(db_url, "http://127.0.0.1:9/quiet")
+    sql(db_url, "INSERT INTO hookbridge.delivery_attempts (delivery_id, attempt, started_at, "
+        "duration_ms, http_status, outcome, error, subscription_id) VALUES (gen_random_uuid(), "
+        "1, now() - interval '2 hours', 5, 400, 'failed', 'HTTP 400', %s)", quiet)
+    assert sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')") == []
+    failing_attempts(db_url, quiet, "1 minute")  # failing still, two hours on
+    assert [r[0] for r in sql(db_url, "SELECT * FROM hookbridge.deactivate_failing('1 hour')")] \
+        == [quiet]
+
 
 def test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures(
         db_url, procs, workdir):
