@@ -235,6 +235,15 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
     int final = st->found && (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
                               !strcmp(st->status, "dropped"));
     active_t *a;
+    if (hb_hash_get(&r->active, dl->id)) { /* a copy read with it got here first (on_state) */
+        hb_metric_inc(r->m_stale);
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "retry dropped, attempt %d not made: a copy of this delivery is being attempted "
+               "here already",
+               dl->attempt);
+        hb_worker_discard(w, dl);
+        return;
+    }
     if (!final && !st->found && dl->first_attempt_ms &&
         hb_wall_ms() - dl->first_attempt_ms > ORDER_UNKNOWN_WAIT_MS) {
         hb_log(HB_LOG_WARN,
