@@ -21,7 +21,9 @@
  *     delivered, failed or dropped, or whose attempt N is already logged
  *     (with its successor durable: hb_delivery.h), is dropped with an info
  *     line: a duplicate, e.g. read again after a restart. No request, no
- *     row, no dead letter. While the database is down the retry waits.
+ *     row, no dead letter. So is a copy of an attempt this retrier is
+ *     making (a replay queued again after its lease, beside the message of
+ *     the retrier that died). While the database is down the retry waits.
  *     Otherwise re-delivered with the same webhook-id, a fresh timestamp and
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
@@ -47,7 +49,7 @@
  *     reactivating does not bring them back (hb_sub_deactivated_since).
  *     "Began" is the first attempt's time (the dispatcher's clock, which
  *     must agree with the database's, as NTP keeps them), or for a replay
- *     the database's clock when the retrier took the request up.
+ *     when it was asked for, on the database's clock (replay_requested_at).
  *
  * Offsets move only over finished messages, so a retrier killed at any point
  * resumes at the first unfinished one and re-checks its due time: nothing is
@@ -104,11 +106,10 @@ struct active_s {
     int final; /* routed: delivered, failed, dropped (else it waits in a tier) */
 };
 
-/* Tracks dl as being attempted or held here (once per id); only ordered
- * deliveries can be waited for, the others cost nothing here. */
+/* Tracks dl as being attempted or held here (once per id), until it is
+ * routed: ordered deliveries may wait for it, and a second copy of its
+ * attempt read meanwhile is not made (on_state). */
 static void track(hb_retrier_t *r, hb_delivery_t *dl) {
-    if (dl->sub->ordering == HB_ORDER_NONE && !*dl->after_id)
-        return;
     if (hb_hash_get(&r->active, dl->id))
         return;
     (void)hb_hash_put(&r->active, dl->id, hb_calloc(1, sizeof(active_t)));
@@ -234,6 +235,15 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
     int final = st->found && (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
                               !strcmp(st->status, "dropped"));
     active_t *a;
+    if (hb_hash_get(&r->active, dl->id)) { /* a copy read with it got here first (on_state) */
+        hb_metric_inc(r->m_stale);
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "retry dropped, attempt %d not made: a copy of this delivery is being attempted "
+               "here already",
+               dl->attempt);
+        hb_worker_discard(w, dl);
+        return;
+    }
     if (!final && !st->found && dl->first_attempt_ms &&
         hb_wall_ms() - dl->first_attempt_ms > ORDER_UNKNOWN_WAIT_MS) {
         hb_log(HB_LOG_WARN,
@@ -270,6 +280,14 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     char buf[200];
     const char *why, *stale = hb_dlog_state_stale(st, dl->attempt, buf, sizeof(buf));
 
+    /* Two messages of one attempt can be read together, before either is
+     * logged: a replay claimed again after its lease, whose first message
+     * was queued by a retrier that died (both on the first tier, keyed by
+     * the subscription: one partition, so one retrier reads both). */
+    if (!stale && hb_hash_get(&r->active, dl->id)) {
+        snprintf(buf, sizeof(buf), "a copy of this delivery is being attempted here already");
+        stale = buf;
+    }
     if (stale) {
         hb_metric_inc(r->m_stale);
         hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),

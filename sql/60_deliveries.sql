@@ -6,7 +6,9 @@
 -- subscription, the consecutive failed attempts and since when it has been
 -- failing, and the last success (less than 1 s behind: see _track_health).
 -- A delivery the services did not attempt (logged 'retry' with why: its
--- endpoint's circuit open, its host busy or slow, its rate limit, waiting
+-- endpoint's circuit open (in the retrier 'attempt not made: circuit open
+-- ...', a skip counted as an attempt of the schedule), its host busy or
+-- slow, its rate limit, waiting
 -- behind an earlier delivery of its ordering key or for a new URL's
 -- verification) says nothing about the endpoint and is not counted.
 -- hookbridge.deactivate_failing(interval), run by the retrier every minute,
@@ -103,7 +105,9 @@ BEGIN
              WHERE n.outcome = 'delivered'
                 OR (n.outcome IN ('retry', 'failed')
                     AND NOT coalesce(n.error, '') LIKE ANY (ARRAY[
-                        'circuit open%', 'endpoint busy: %', 'endpoint slow: %',
+                        -- the retrier's skip, which counts for the schedule only
+                        'circuit open%', 'attempt not made: %',
+                        'endpoint busy: %', 'endpoint slow: %',
                         'rate limited: %', 'waiting behind %',
                         'waiting for the subscription''s new URL %']))
              GROUP BY 1) g
@@ -131,7 +135,10 @@ CREATE OR REPLACE TRIGGER delivery_attempts_health AFTER INSERT ON hookbridge.de
     FOR EACH STATEMENT EXECUTE FUNCTION hookbridge._track_health();
 
 -- Deactivates live, active subscriptions that have failed every attempt for
--- longer than p_after. Returns what it deactivated and why.
+-- longer than p_after: their failures since the last success span p_after
+-- (one failure long ago and no attempt since says nothing about the
+-- endpoint now: a quiet subscription is not deactivated for it). Returns
+-- what it deactivated and why.
 CREATE OR REPLACE FUNCTION hookbridge.deactivate_failing(p_after interval)
 RETURNS TABLE (subscription_id uuid, reason text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -150,18 +157,23 @@ BEGIN
      WHERE h.subscription_id = s.id
        AND s.status = 'active' AND s.deregistered_at IS NULL
        AND h.failing_since < now() - p_after
+       AND h.last_failure_at - h.failing_since >= p_after
        AND (h.last_success_at IS NULL OR h.last_success_at < h.failing_since)
     RETURNING s.id, s.deactivation_reason;
 END
 $$;
 
--- activate() clears the reason of an earlier automatic deactivation.
+-- activate() clears the reason of an earlier automatic deactivation. It and
+-- a new URL start the failure counters afresh: the failures were of the
+-- endpoint before (a new URL's are not its own), and must not deactivate it
+-- at once, before it was even tried.
 CREATE OR REPLACE FUNCTION hookbridge._clear_deactivation_reason() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     IF NEW.status = 'active' AND OLD.status <> 'active' THEN
         NEW.deactivation_reason := NULL;
-        -- a fresh start: old failures must not deactivate it again at once
+    END IF;
+    IF (NEW.status = 'active' AND OLD.status <> 'active') OR NEW.url IS DISTINCT FROM OLD.url THEN
         UPDATE hookbridge.endpoint_health h
            SET failing_since = NULL, consecutive_failures = 0
          WHERE h.subscription_id = NEW.id;
@@ -170,7 +182,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER subscriptions_reactivated BEFORE UPDATE OF status ON hookbridge.subscriptions
+CREATE OR REPLACE TRIGGER subscriptions_reactivated BEFORE UPDATE OF status, url ON hookbridge.subscriptions
     FOR EACH ROW EXECUTE FUNCTION hookbridge._clear_deactivation_reason();
 
 -- Retention ------------------------------------------------------------------
@@ -442,6 +454,16 @@ BEGIN
 END
 $$;
 
+-- When a replay is asked for: the statement's time (clock_timestamp, not the
+-- transaction's start: deactivate, activate and replay in one transaction
+-- ask for the replay after the deactivation), rounded up to the millisecond
+-- the services compare it at with deactivated_at (hb_sub_deactivated_since),
+-- so it is never before a deactivation made earlier.
+CREATE OR REPLACE FUNCTION hookbridge._replay_requested_at() RETURNS timestamptz
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT date_trunc('milliseconds', clock_timestamp() + interval '999 microseconds')
+$$;
+
 -- Sends a failed delivery again (same webhook-id, the stored payload, the
 -- subscription's current URL and secret, a fresh retry schedule). The
 -- delivery moves to today (log_day): its replay is kept for the whole
@@ -450,7 +472,7 @@ CREATE OR REPLACE FUNCTION hookbridge.replay(delivery_id uuid) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v    hookbridge.deliveries;
-    v_at timestamptz := date_trunc('milliseconds', now());
+    v_at timestamptz := hookbridge._replay_requested_at();
 BEGIN
     v := hookbridge._delivery_for_update(replay.delivery_id);
     PERFORM hookbridge._check_replayable(v);
@@ -464,13 +486,17 @@ $$;
 
 -- Replays every failed delivery of a subscription since a time; returns how
 -- many. Deliveries without a stored payload are skipped. They move to today
--- as replay() moves one.
+-- as replay() moves one. A delivery with two rows (a crash redelivered it at
+-- a day's end) is its later row, as for replay() and the services' look-ups:
+-- an earlier day's failure of a delivery acknowledged the next day is not
+-- sent again, and a delivery failed on both days is replayed once (moving
+-- both rows to today would collide on the key).
 CREATE OR REPLACE FUNCTION hookbridge.replay_failed(subscription_id uuid, since timestamptz)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub hookbridge.subscriptions;
-    v_at  timestamptz := date_trunc('milliseconds', now());
+    v_at  timestamptz := hookbridge._replay_requested_at();
     n     integer;
 BEGIN
     IF replay_failed.subscription_id IS NULL OR replay_failed.since IS NULL THEN
@@ -490,7 +516,9 @@ BEGIN
            log_day = (v_at AT TIME ZONE 'UTC')::date
      WHERE d.subscription_id = replay_failed.subscription_id
        AND d.status = 'failed' AND d.body IS NOT NULL
-       AND d.last_attempt_at >= replay_failed.since;
+       AND d.last_attempt_at >= replay_failed.since
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                        WHERE later.delivery_id = d.delivery_id AND later.log_day > d.log_day);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
