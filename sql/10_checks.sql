@@ -222,12 +222,8 @@ $$;
 -- id, HB010 for an unknown or deregistered one.
 CREATE OR REPLACE FUNCTION hookbridge._live(p_id uuid) RETURNS hookbridge.subscriptions
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
-DECLARE
-    v hookbridge.subscriptions;
 BEGIN
-    IF p_id IS NULL THEN
-        RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
-    END IF;
+    -- (a NULL id locks nothing; _live_read raises HB015 for it)
     PERFORM 1 FROM hookbridge.subscriptions s WHERE s.id = p_id FOR UPDATE;
     RETURN hookbridge._live_read(p_id);
 END

@@ -81,7 +81,7 @@ def test_a_draining_service_says_shutting_down_on_readyz_and_stays_live(db_url, 
 
 # ----------------------------------------------------- database outage
 
-def delivering_through(pg_cluster, db_url, procs, workdir):
+def delivering_through(pg_cluster, db_url, procs, workdir, extra_env=None):
     """A dispatcher reaching PostgreSQL through a TcpProxy, one subscription,
     and one event delivered and logged. Returns (proxy, broker, receiver,
     dispatcher, subscription); the caller closes the proxy."""
@@ -91,7 +91,7 @@ def delivering_through(pg_cluster, db_url, procs, workdir):
         broker = Broker(procs, workdir)
         rcv = Receiver(procs, workdir)
         d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
-                       broker.bootstrap)
+                       broker.bootstrap, extra_env=extra_env)
         d.wait_ready()
         sub = register_verified(db_url, rcv.url, ["user.session.start"])
         # the activation reaches the dispatcher by NOTIFY, through the proxy:

@@ -207,28 +207,15 @@ def test_sigterm_while_the_database_does_not_answer_exits_0_in_time_and_loses_no
     by the next dispatcher (same webhook-id) and logged: at least once.
     (commit: shutdown: a database that does not answer no longer holds the
     stop)"""
-    from hbtest.lifecycle import ACTIVE, changes_applied
-    from hbtest.stack import Broker, Receiver
-    from hbtest.tcpproxy import TcpProxy
-    from test_delivery import event, register_verified
+    from test_delivery import event
     from test_deploy import FIXED_STOP_SECONDS
-    from test_promises3 import deliveries
+    from test_promises3 import deliveries, delivering_through
 
     drain = 2
-    proxy = TcpProxy(pg_cluster.port)
-    proxy.start()
+    proxy, broker, rcv, d, sub = delivering_through(
+        pg_cluster, db_url, procs, workdir,
+        extra_env={"HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain}s"})
     try:
-        broker = Broker(procs, workdir)
-        rcv = Receiver(procs, workdir)
-        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
-                       broker.bootstrap, extra_env={"HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain}s"})
-        d.wait_ready()
-        sub = register_verified(db_url, rcv.url, ["user.session.start"])
-        wait_until(lambda: changes_applied(d, sub, ACTIVE) >= 1, 10,
-                   "the dispatcher to see the subscription active")
-        produce(broker.bootstrap, [event("user.session.start")])
-        wait_until(lambda: deliveries(db_url, sub) == [("delivered", 1, "")], 20,
-                   "the first event delivered and logged")
         proxy.pause()
         during = [event("user.session.start") for _ in range(2)]
         produce(broker.bootstrap, during)

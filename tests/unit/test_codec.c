@@ -18,14 +18,7 @@
 #include "hb_codec.h"
 #include "json_same.h"
 #include "hb_schemas.h"
-
-static json_t *parse(const char *text) {
-    json_error_t jerr;
-    json_t *j = json_loads(text, 0, &jerr);
-    if (!j)
-        fail_msg("test JSON at column %d: %s", jerr.column, jerr.text);
-    return j;
-}
+#include "json_text.h"
 
 static hb_codec_t *event_codec(void) {
     char err[256];

@@ -20,14 +20,7 @@
 
 /* The producer's generator is not in the library; test it in place. */
 #include "../../producer/generate.c"
-
-static json_t *parse(const char *text) {
-    json_error_t jerr;
-    json_t *j = json_loads(text, JSON_DECODE_ANY, &jerr);
-    if (!j)
-        fail_msg("test JSON at column %d: %s", jerr.column, jerr.text);
-    return j;
-}
+#include "json_text.h"
 
 /* ------------------------------------------------------------ catalogue */
 

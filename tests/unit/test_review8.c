@@ -15,14 +15,7 @@
 #include "hb_json.h"
 #include "hb_ordering.h"
 #include "hb_schemas.h"
-
-static json_t *parse(const char *text) {
-    json_error_t jerr;
-    json_t *j = json_loads(text, 0, &jerr);
-    if (!j)
-        fail_msg("test JSON at column %d: %s", jerr.column, jerr.text);
-    return j;
-}
+#include "json_text.h"
 
 static json_t *field(json_t *record, const char *name) {
     size_t i;
