@@ -499,8 +499,11 @@ DECLARE
     v_at  timestamptz := hookbridge._replay_requested_at();
     n     integer;
 BEGIN
-    IF replay_failed.subscription_id IS NULL OR replay_failed.since IS NULL THEN
-        RAISE EXCEPTION 'subscription_id and since must not be NULL' USING ERRCODE = 'HB012';
+    IF replay_failed.subscription_id IS NULL THEN
+        RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
+    END IF;
+    IF replay_failed.since IS NULL THEN
+        RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'HB012';
     END IF;
     SELECT * INTO v_sub FROM hookbridge.subscriptions s WHERE s.id = replay_failed.subscription_id;
     IF NOT FOUND OR v_sub.deregistered_at IS NOT NULL THEN
