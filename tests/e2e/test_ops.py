@@ -274,9 +274,13 @@ def test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_ackn
     receiver = SlowReceiver(procs, workdir, SECRET, f"Authorization: {AUTH_VALUE}",
                             delay_ms=1000, threads=8)
     drain_s = int(20 * SLOW)
-    # The endpoint is slow, not hung: its queue may wait (no retrier runs here).
+    # The endpoint is slow, not hung: its queue may wait (no retrier runs here),
+    # and so may a request inside the receiver, whose threads each serve their
+    # connections one request at a time: on a loaded machine one waited 9 s
+    # there, timed out (10 s by default) 5 ms before its 2xx, and was
+    # acknowledged without the dispatcher knowing (CI, 6 workers).
     env = {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "8", "HOOKBRIDGE_SHUTDOWN_TIMEOUT": f"{drain_s}s",
-           "HOOKBRIDGE_MAX_QUEUE_WAIT": "10m"}
+           "HOOKBRIDGE_MAX_QUEUE_WAIT": "10m", "HOOKBRIDGE_REQUEST_TIMEOUT": f"{drain_s}s"}
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
     d.wait_ready()
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
