@@ -382,17 +382,8 @@ static size_t batch_withdraw(hb_dispatcher_t *d) {
         return 0;
     while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
         batch_t *b = s->val;
-        size_t kept = 0;
-        for (size_t i = 0; i < b->cnt; i++) {
-            if (!hb_job_revoked(b->jobs[i])) {
-                b->events[kept] = b->events[i];
-                b->jobs[kept++] = b->jobs[i];
-                continue;
-            }
-            hb_ev_unref(b->events[i]);
-            hb_job_release(d->w, b->jobs[i]); /* forgotten: commits nothing */
-            n++;
-        }
+        size_t kept = hb_worker_shed(d->w, b->events, b->jobs, b->cnt);
+        n += b->cnt - kept;
         b->cnt = kept;
         if (!kept) {
             hb_hash_del(&d->batches, s); /* removing the slot walked is allowed */

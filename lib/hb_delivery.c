@@ -656,7 +656,7 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
  * when that ended dl: every job revoked (abandoned), or the rest could not
  * be rendered (failed, not expected: it rendered with more); else 0. */
 static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
-    size_t kept = 0, n = dl->jobs_cnt;
+    size_t kept, n = dl->jobs_cnt;
     char id[HB_UUID_LEN + 1], errstr[256], reason[300];
     hb_payload_t payload;
     char *ids;
@@ -667,21 +667,9 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     if (!dl->events)
         return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!hb_job_revoked(dl->jobs[i]))
-            kept++;
+    kept = hb_deliveries_shed(D, dl->events, dl->jobs, n);
     if (kept == n)
         return 0;
-    kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!hb_job_revoked(dl->jobs[i])) {
-            dl->events[kept] = dl->events[i];
-            dl->jobs[kept++] = dl->jobs[i];
-            continue;
-        }
-        hb_ev_unref(dl->events[i]);
-        hb_outbox_release(D->outbox, dl->jobs[i]); /* forgotten: commits nothing */
-    }
     dl->jobs_cnt = kept;
     ids = hb_deliver_id(dl->sub->id, dl->events, kept, id);
     hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
@@ -943,6 +931,20 @@ void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcom
 void hb_delivery_discard(hb_deliveries_t *D, hb_delivery_t *dl) {
     set_state(D, dl, HB_DL_DISCARDED);
     delivery_finish(D, dl);
+}
+
+size_t hb_deliveries_shed(hb_deliveries_t *D, hb_event_t **events, hb_job_t **jobs, size_t n) {
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!hb_job_revoked(jobs[i])) {
+            events[kept] = events[i];
+            jobs[kept++] = jobs[i];
+            continue;
+        }
+        hb_ev_unref(events[i]);
+        hb_outbox_release(D->outbox, jobs[i]); /* forgotten: commits nothing */
+    }
+    return kept;
 }
 
 int hb_delivery_revoked(const hb_delivery_t *dl) {

@@ -250,5 +250,10 @@ void hb_delivery_abandon(hb_deliveries_t *D, hb_delivery_t *dl);
 /* 1 when dl holds jobs and every one is of a partition revoked from this
  * process: its new owner delivers it. */
 int hb_delivery_revoked(const hb_delivery_t *dl);
+/* Events collected for one payload (events[i] with its job jobs[i]): those
+ * of revoked partitions are dropped, each event unreferenced and its job
+ * released (forgotten: it commits nothing, its new owner sends it), the
+ * others moved to the front in their order. Returns how many are kept. */
+size_t hb_deliveries_shed(hb_deliveries_t *D, hb_event_t **events, hb_job_t **jobs, size_t n);
 
 #endif

@@ -76,6 +76,10 @@ void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, 
     hb_delivery_render(w->deliveries, sub, events, n, id, event_ids, jobs);
 }
 
+size_t hb_worker_shed(hb_worker_t *w, hb_event_t **events, hb_job_t **jobs, size_t n) {
+    return hb_deliveries_shed(w->deliveries, events, jobs, n);
+}
+
 hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                               const char *id, const char *event_ids, hb_job_t *const *jobs) {
     return hb_delivery_make(w->deliveries, sub, events, n, id, event_ids, jobs);

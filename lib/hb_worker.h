@@ -164,6 +164,10 @@ void hb_worker_produce(hb_worker_t *w, const char *topic, const char *key, const
 void hb_worker_render(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                       const char *id, const char *event_ids, hb_job_t *const *jobs);
 
+/* hb_deliveries_shed: drops the events of revoked partitions from events
+ * collected for one payload; returns how many are kept. */
+size_t hb_worker_shed(hb_worker_t *w, hb_event_t **events, hb_job_t **jobs, size_t n);
+
 /* hb_delivery_make: rendered, not sent (NULL: failed, routed already). */
 hb_delivery_t *hb_worker_make(hb_worker_t *w, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                               const char *id, const char *event_ids, hb_job_t *const *jobs);
