@@ -630,7 +630,8 @@ static int cur_long(hb_cursor_t *c, int64_t *out) {
 }
 
 /* A little-endian float (4 bytes) or double (8) as a double; -1 when the
- * input is short or the value is not finite (JSON has no NaN or Infinity). */
+ * input is short. NaN and the infinities are read too: JSON has no word for
+ * them, so the callers write them as null (absent, in a record). */
 static int cur_real(hb_cursor_t *c, int is_float, double *out) {
     if (is_float) {
         float f;
@@ -651,7 +652,7 @@ static int cur_real(hb_cursor_t *c, int is_float, double *out) {
         memcpy(out, &u, sizeof(*out));
         c->p += 8;
     }
-    return isfinite(*out) ? 0 : -1;
+    return 0;
 }
 
 static int cur_skip(hb_cursor_t *c, int64_t n) {
@@ -1109,11 +1110,7 @@ static int value_to_json(const json_t *defaults, avro_value_t *v, char *path, in
                                          : avro_value_get_double(v, &d);
         if (avro_typeof(s) == AVRO_FLOAT)
             d = f;
-        if (!r && !isfinite(d)) {
-            hb_seterr(errstr, errstr_size, "%s: not a finite number", at(path));
-            return -1;
-        }
-        j = json_real(d);
+        j = isfinite(d) ? json_real(d) : json_null(); /* JSON has no NaN, no infinity */
         break;
     }
     case AVRO_STRING: {
@@ -1494,7 +1491,7 @@ static int fast_to_json(const hb_plan_t *p, hb_cursor_t *c, int depth, json_t **
         double d;
         if (cur_real(c, p->type == AVRO_FLOAT, &d) < 0)
             return -1;
-        j = json_real(d);
+        j = isfinite(d) ? json_real(d) : json_null();
         break;
     }
     case AVRO_STRING:
@@ -1638,6 +1635,11 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
         double v;
         if (cur_real(c, p->type == AVRO_FLOAT, &v) < 0)
             return -1;
+        if (!isfinite(v)) { /* JSON has no NaN, no infinity: null */
+            *is_null = 1;
+            hb_json_append(b, "null", 4);
+            return 0;
+        }
         hb_jdoc_add_real(d, v);
         hb_json_put_real(b, v);
         return 0;

@@ -178,6 +178,55 @@ static void roundtrip_minimal_event(void **state) {
     hb_codec_free(c);
 }
 
+/* A double that is NaN or infinite is valid Avro but has no JSON form: the
+ * event decodes (the direct walk, the text and the general way alike) with
+ * that member left out as a null is, the rest intact; it is not refused. */
+static void a_number_json_cannot_carry_is_left_out(void **state) {
+    static const double odd[] = {NAN, INFINITY, -INFINITY};
+    static const char *text = "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\","
+                              "\"client\":{\"id\":\"c\",\"geographicalContext\":{\"city\":\"Bern\","
+                              "\"geolocation\":{\"lat\":12.5,\"lon\":-2.25}}}}";
+    static const char *want = "{\"uuid\":\"u\",\"published\":\"p\",\"eventType\":\"t\","
+                              "\"client\":{\"id\":\"c\",\"geographicalContext\":{\"city\":\"Bern\","
+                              "\"geolocation\":{\"lon\":-2.25}}}}";
+    hb_codec_t *c = event_codec(), *g = event_codec();
+    json_t *w = parse(want);
+    double lat = 12.5;
+    unsigned char pat[8];
+    (void)state;
+    hb_codec_set_generic_only(g, 1);
+    memcpy(pat, &lat, sizeof(pat)); /* little-endian, as Avro writes it */
+    for (size_t k = 0; k < sizeof(odd) / sizeof(odd[0]); k++) {
+        size_t len, at;
+        unsigned char *buf = encode_text(c, text, &len);
+        json_t *out = NULL, *j = NULL;
+        hb_jdoc_t d = {0};
+        char err[256] = "";
+        for (at = 0; at + 8 <= len && memcmp(buf + at, pat, 8) != 0; at++)
+            ;
+        assert_true(at + 8 <= len);
+        memcpy(buf + at, &odd[k], 8);
+        if (hb_codec_decode(c, buf, len, &out, err, sizeof(err)) < 0)
+            fail_msg("decode refused the event: %s", err);
+        assert_json_equal(w, out);
+        json_decref(out);
+        out = NULL;
+        if (hb_codec_decode(g, buf, len, &out, err, sizeof(err)) < 0)
+            fail_msg("the general decode refused the event: %s", err);
+        assert_json_equal(w, out);
+        if (hb_codec_decode_doc(c, buf, len, &d, &j, err, sizeof(err)) < 0)
+            fail_msg("text decode refused the event: %s", err);
+        assert_non_null(strstr(d.text.p, "\"geolocation\":{\"lon\":-2.25}"));
+        json_decref(j);
+        hb_jdoc_free(&d);
+        json_decref(out);
+        free(buf);
+    }
+    json_decref(w);
+    hb_codec_free(c);
+    hb_codec_free(g);
+}
+
 static void unknown_members_ignored(void **state) {
     hb_codec_t *c = event_codec();
     (void)state;
@@ -1185,6 +1234,7 @@ int main(void) {
         cmocka_unit_test(event_schema_fingerprint_in_header),
         cmocka_unit_test(roundtrip_full_okta_event),
         cmocka_unit_test(roundtrip_minimal_event),
+        cmocka_unit_test(a_number_json_cannot_carry_is_left_out),
         cmocka_unit_test(unknown_members_ignored),
         cmocka_unit_test(wrong_types_name_the_path),
         cmocka_unit_test(older_writer_resolves_into_reader),
