@@ -212,8 +212,8 @@ $$;
 CREATE OR REPLACE TRIGGER limits_retention BEFORE INSERT OR UPDATE ON hookbridge.limits
     FOR EACH ROW EXECUTE FUNCTION hookbridge._check_retention_limit();
 
--- Sets how long the delivery log keeps deliveries and attempts: whole days,
--- 1 to 3650 (HB026 otherwise). Returns the days. The next maintenance (within
+-- Sets how long the delivery log keeps deliveries and attempts: whole days
+-- (or hours making whole days), 1 to 3650 (HB026 otherwise). Returns the days. The next maintenance (within
 -- the hour, or at the services' start) drops the days past it.
 CREATE OR REPLACE FUNCTION hookbridge.set_retention(keep interval) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -223,6 +223,7 @@ BEGIN
     IF keep IS NULL THEN
         RAISE EXCEPTION 'retention must not be NULL' USING ERRCODE = 'HB026';
     END IF;
+    keep := justify_hours(keep); -- '48 hours' is 2 days
     IF extract(month FROM keep) <> 0 OR extract(year FROM keep) <> 0
        OR date_trunc('day', keep) <> keep THEN
         RAISE EXCEPTION 'retention must be whole days (e.g. interval ''30 days''), not %', keep

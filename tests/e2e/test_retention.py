@@ -242,6 +242,15 @@ def test_a_bad_retention_is_refused(db_url, value):
     assert sql(db_url, "SELECT hookbridge.limit('delivery_log_retention_days')") == [(30,)]
 
 
+@pytest.mark.parametrize("value,days", [("'24 hours'", 1), ("'168 hours'", 7), ("'2 weeks'", 14),
+                                        ("'1 day 24 hours'", 2)])
+def test_a_retention_of_whole_days_is_taken_however_it_is_written(db_url, value, days):
+    """'24 hours' is a day: before, only intervals written in days were
+    taken, and '24 hours' was refused as 'not whole days'."""
+    assert sql(db_url, f"SELECT hookbridge.set_retention({value})") == [(days,)]
+    assert sql(db_url, "SELECT hookbridge.limit('delivery_log_retention_days')") == [(days,)]
+
+
 def test_the_retention_row_is_checked_however_it_is_written(db_url):
     code, msg = sqlstate(db_url, "UPDATE hookbridge.limits SET value = 0 "
                          "WHERE name = 'delivery_log_retention_days'")
