@@ -345,9 +345,12 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         .response_snippet = redacted               ? redacted
                             : res && res->body_len ? res->body
                                                    : NULL,
-        /* kept for replay; an empty one (never rendered, or too large to
-         * send) is not: replay() then says there is nothing to replay */
-        .body = outcome == HB_OUTCOME_FAILED && dl->body_len ? dl->body : NULL,
+        /* kept for replay (of a failed delivery, or of one a deactivation
+         * dropped); an empty one (never rendered, or too large to send) is
+         * not: replay() then says there is nothing to replay */
+        .body = (outcome == HB_OUTCOME_FAILED || outcome == HB_OUTCOME_DROPPED) && dl->body_len
+                    ? dl->body
+                    : NULL,
         .content_type = dl->content_type,
         .ordering_key = dl->order_key,
         .source_partition = dl->order_partition,
@@ -438,6 +441,7 @@ typedef struct dead_letter_s {
     char *event_type;
     char *reason;
     int attempt;
+    int64_t began_ms; /* the delivery's first attempt (a replay's: when it was asked for) */
 } dead_letter_t;
 
 static void dead_letter_free(void *arg) {
@@ -466,7 +470,7 @@ static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
     dead_letter_t *d = g->arg;
     hb_deliveries_t *D = d->D;
     char buf[200];
-    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, buf, sizeof(buf));
+    const char *stale = hb_dlog_state_stale(&g->state, d->attempt, d->began_ms, buf, sizeof(buf));
     if (stale) {
         hb_metric_inc(D->m.dlq_skipped);
         hb_log(HB_LOG_INFO,
@@ -509,6 +513,7 @@ static void route_failed(hb_deliveries_t *D, hb_delivery_t *dl, int attempt,
     d->event_type = hb_strdup(dl->event_type);
     d->reason = hb_strdup(reason ? reason : "");
     d->attempt = attempt;
+    d->began_ms = dl->first_attempt_ms;
     hb_gate_lookup(D->outbox, g, dl->id, dl->first_attempt_ms, dead_letter_answered, d,
                    dead_letter_free);
 }

@@ -231,15 +231,16 @@ static void queue_trim_locked(hb_dlog_t *dl) {
 }
 
 hb_dlog_row_t *hb_dlog_row_new(const hb_attempt_t *a) {
-    int failed = a->outcome == HB_OUTCOME_FAILED;
+    /* the payload is kept for replay: of a failed or a dropped delivery */
+    int kept = a->outcome == HB_OUTCOME_FAILED || a->outcome == HB_OUTCOME_DROPPED;
     const char *src[] = {a->delivery_id ? a->delivery_id : "",
                          a->subscription_id ? a->subscription_id : "",
                          a->event_ids ? a->event_ids : "",
                          a->event_type ? a->event_type : "",
                          a->error,
                          a->response_snippet,
-                         failed ? a->body : NULL,
-                         failed ? a->content_type : NULL,
+                         kept ? a->body : NULL,
+                         kept ? a->content_type : NULL,
                          a->ordering_key};
     static const size_t off[] = {
         offsetof(dlog_row_t, delivery_id), offsetof(dlog_row_t, subscription_id),
@@ -367,9 +368,17 @@ void hb_dlog_lookup_tail(hb_dlog_t *dl, const char *subscription_id, const char 
     pthread_mutex_unlock(&dl->mu);
 }
 
-const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, char *buf, size_t bufsz) {
+const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, int64_t began_ms, char *buf,
+                                size_t bufsz) {
     if (!st->found)
         return NULL;
+    if (began_ms > 0 && st->replay_ms > began_ms) {
+        snprintf(buf, bufsz,
+                 "a replay of the delivery was asked for after this attempt's delivery began: the "
+                 "replay makes the attempts now (status %s)",
+                 st->status);
+        return buf;
+    }
     if (!strcmp(st->status, "delivered") || !strcmp(st->status, "failed") ||
         !strcmp(st->status, "dropped")) {
         snprintf(buf, bufsz, "the delivery is already %s (after %d attempt(s))", st->status,
@@ -649,7 +658,9 @@ struct dlog_cols_s {
  * last filled in). Each id comes with the first day its rows can be in
  * (days since 1970-01-01): the day partitions before it are pruned while the
  * query runs (PostgreSQL's run-time pruning, per id). */
-static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts"
+static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts,"
+                                  "       coalesce((extract(epoch FROM d.replay_requested_at)"
+                                  "                 * 1000)::bigint, 0)"
                                   "  FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY"
                                   "       AS r(id, since, i)"
                                   "  JOIN hookbridge.deliveries d ON d.delivery_id = r.id"
@@ -1096,6 +1107,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
             st->found = 1;
             snprintf(st->status, sizeof(st->status), "%s", PQgetvalue(res, t, 1));
             st->attempts = (int)strtol(PQgetvalue(res, t, 2), NULL, 10);
+            st->replay_ms = strtoll(PQgetvalue(res, t, 3), NULL, 10);
         }
     }
     PQclear(res);

@@ -67,7 +67,7 @@ typedef struct hb_attempt_s {
     hb_outcome_t outcome;
     const char *error;            /* NULL on success; never contains a secret */
     const char *response_snippet; /* bounded, may be NULL */
-    const char *body; /* rendered payload; stored only when outcome is FAILED (for replay) */
+    const char *body; /* rendered payload; stored only when outcome is FAILED or DROPPED (replay) */
     const char *content_type; /* of body; stored with it */
     /* Ordered delivery (options.ordering), the dispatcher's rows only: the
      * delivery's key (NULL: unordered) and where its event was read. The row
@@ -82,19 +82,25 @@ typedef struct hb_dlog_s hb_dlog_t;
 
 /* What the log says about one delivery (the answer to hb_dlog_lookup). */
 typedef struct hb_dlog_state_s {
-    int found;       /* 0: no row yet */
-    char status[16]; /* pending, delivered, retry, failed, dropped, replay */
-    int attempts;    /* attempts made (the highest attempt number logged) */
+    int found;         /* 0: no row yet */
+    char status[16];   /* pending, delivered, retry, failed, dropped, replay */
+    int attempts;      /* attempts made (the highest attempt number logged) */
+    int64_t replay_ms; /* when a replay was last asked for (hookbridge.replay), 0: never */
     /* hb_dlog_lookup_tail: the key's newest delivery ("" when found is 0);
      * status "" when the log no longer has it */
     char delivery_id[37];
 } hb_dlog_state_t;
 
-/* Whether a message about attempt `attempt` of a delivery in state *st is
- * stale: the delivery is final (delivered, failed, dropped), or attempt
- * `attempt` was already made and logged (so what followed it is durable).
- * Returns NULL when it is not, else the reason (in buf). */
-const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, char *buf, size_t bufsz);
+/* Whether a message about attempt `attempt` of a delivery in state *st,
+ * whose attempts began at began_ms (its first attempt, or for a replay when
+ * it was asked for; 0: not known), is stale: the delivery is final
+ * (delivered, failed, dropped), attempt `attempt` was already made and
+ * logged (so what followed it is durable), or a replay was asked for after
+ * the message's attempts began (the replay's own messages carry over them: a
+ * retry still pending when a cancelled delivery was replayed is not the
+ * replay's). Returns NULL when it is not, else the reason (in buf). */
+const char *hb_dlog_state_stale(const hb_dlog_state_t *st, int attempt, int64_t began_ms, char *buf,
+                                size_t bufsz);
 
 /* The UTC day of wall_ms, as days since 1970-01-01: a delivery's log_day. */
 int64_t hb_dlog_day(int64_t wall_ms);

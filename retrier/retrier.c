@@ -278,7 +278,8 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
 static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st, void *opaque) {
     hb_retrier_t *r = opaque;
     char buf[200];
-    const char *why, *stale = hb_dlog_state_stale(st, dl->attempt, buf, sizeof(buf));
+    const char *why,
+        *stale = hb_dlog_state_stale(st, dl->attempt, dl->first_attempt_ms, buf, sizeof(buf));
 
     /* Two messages of one attempt can be read together, before either is
      * logged: a replay claimed again after its lease, whose first message

@@ -36,7 +36,7 @@
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
 --   HB010     subscription not found
---   HB012     invalid argument (deactivate_failing, replay_failed)
+--   HB012     invalid argument (deactivate_failing, replay_failed, replay_dropped)
 --   HB020     delivery not found
 --   HB021     delivery cannot be replayed (not failed, no stored body, or its
 --             subscription is deregistered or inactive)
@@ -408,8 +408,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub hookbridge.subscriptions;
 BEGIN
-    IF d.status <> 'failed' THEN
-        RAISE EXCEPTION 'delivery % is %; only failed deliveries can be replayed', d.delivery_id, d.status
+    IF d.status NOT IN ('failed', 'dropped') THEN
+        RAISE EXCEPTION 'delivery % is %; only failed or dropped deliveries can be replayed',
+            d.delivery_id, d.status
             USING ERRCODE = 'HB021';
     END IF;
     IF d.body IS NULL THEN
@@ -485,47 +486,68 @@ BEGIN
 END
 $$;
 
--- Replays every failed delivery of a subscription since a time; returns how
--- many. Deliveries without a stored payload are skipped. They move to today
--- as replay() moves one. A delivery with two rows (a crash redelivered it at
--- a day's end) is its later row, as for replay() and the services' look-ups:
--- an earlier day's failure of a delivery acknowledged the next day is not
--- sent again, and a delivery failed on both days is replayed once (moving
--- both rows to today would collide on the key).
-CREATE OR REPLACE FUNCTION hookbridge.replay_failed(subscription_id uuid, since timestamptz)
+-- Replays a subscription's deliveries of one final status whose last
+-- attempt was at or after p_since (replay_failed, replay_dropped); returns
+-- how many. Deliveries without a stored payload are skipped. They move to
+-- today as replay() moves one. A delivery with two rows (a crash redelivered
+-- it at a day's end) is its later row, as for replay() and the services'
+-- look-ups: an earlier day's failure of a delivery acknowledged the next day
+-- is not sent again, and a delivery failed on both days is replayed once
+-- (moving both rows to today would collide on the key). Cancelled deliveries
+-- (dropped by cancel()) are not taken: replay() takes one by its id.
+CREATE OR REPLACE FUNCTION hookbridge._replay_all(p_sub uuid, p_since timestamptz, p_status text)
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub hookbridge.subscriptions;
     v_at  timestamptz := hookbridge._replay_requested_at();
     n     integer;
 BEGIN
-    IF replay_failed.subscription_id IS NULL THEN
+    IF p_sub IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
     END IF;
-    IF replay_failed.since IS NULL THEN
+    IF p_since IS NULL THEN
         RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'HB012';
     END IF;
-    SELECT * INTO v_sub FROM hookbridge.subscriptions s WHERE s.id = replay_failed.subscription_id;
+    SELECT * INTO v_sub FROM hookbridge.subscriptions s WHERE s.id = p_sub;
     IF NOT FOUND OR v_sub.deregistered_at IS NOT NULL THEN
-        RAISE EXCEPTION 'subscription % not found', replay_failed.subscription_id
-            USING ERRCODE = 'HB010';
+        RAISE EXCEPTION 'subscription % not found', p_sub USING ERRCODE = 'HB010';
     END IF;
     IF v_sub.status <> 'active' THEN
-        RAISE EXCEPTION 'subscription % is inactive; activate it first', replay_failed.subscription_id
+        RAISE EXCEPTION 'subscription % is inactive; activate it first', p_sub
             USING ERRCODE = 'HB021';
     END IF;
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
            log_day = (v_at AT TIME ZONE 'UTC')::date
-     WHERE d.subscription_id = replay_failed.subscription_id
-       AND d.status = 'failed' AND d.body IS NOT NULL
-       AND d.last_attempt_at >= replay_failed.since
+     WHERE d.subscription_id = p_sub
+       AND d.status = p_status AND d.body IS NOT NULL
+       AND d.last_attempt_at >= p_since
+       AND (p_status <> 'dropped' OR d.last_error IS NULL OR d.last_error NOT LIKE 'cancelled%')
        AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
                         WHERE later.delivery_id = d.delivery_id AND later.log_day > d.log_day);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
+$$;
+
+-- Replays every failed delivery of a subscription since a time; returns how
+-- many (see _replay_all).
+CREATE OR REPLACE FUNCTION hookbridge.replay_failed(subscription_id uuid, since timestamptz)
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT hookbridge._replay_all(subscription_id, since, 'failed')
+$$;
+
+-- Replays every delivery of a subscription dropped since a time because the
+-- subscription stopped (a deactivation, automatic or not, took its pending
+-- retries); returns how many (see _replay_all). After an endpoint was down
+-- long enough to be deactivated automatically, replay_failed and then
+-- replay_dropped bring back everything it missed while it was active.
+CREATE OR REPLACE FUNCTION hookbridge.replay_dropped(subscription_id uuid, since timestamptz)
+RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT hookbridge._replay_all(subscription_id, since, 'dropped')
 $$;
 
 -- Gives up on a delivery that is still being retried: its status becomes

@@ -85,8 +85,9 @@ def test_every_kind_of_row_is_logged_and_a_malformed_id_costs_only_its_own(pg_cl
                     # given in capitals: the same uuid
                     ("0b5e2f4a-1c3d-4e5f-8a9b-0c1d2e3f4a5c", "retry", 3, err, False, None,
                      "user.?.start", "2026-12-04", None),
-                    ("0b5e2f4a-1c3d-4e5f-8a9b-0c1d2e3f4a5d", "dropped", 0, err, False, None,
-                     "user.?.start", "2026-12-04", None),
+                    # a dropped one keeps its payload too (replay_dropped)
+                    ("0b5e2f4a-1c3d-4e5f-8a9b-0c1d2e3f4a5d", "dropped", 0, err, True,
+                     "application/cloudevents+json", "user.?.start", "2026-12-04", None),
                     # in the same batch as the malformed id, still written
                     ("0b5e2f4a-1c3d-4e5f-8a9b-0c1d2e3f4a5e", "retry", 3, err, False, None,
                      "user.?.start", "2026-12-04", None),

@@ -169,3 +169,50 @@ def test_a_replay_asked_for_after_the_reactivation_is_delivered(db_url, procs, w
         "the log to say delivered")
     assert n == 4
     assert DROP_REASON not in r.proc.output()
+
+
+def test_deliveries_dropped_by_a_deactivation_can_be_replayed_cancelled_ones_not(
+        db_url, procs, workdir):
+    """An endpoint fails; A and C wait for their retries. The operator
+    cancels C, then the subscription is deactivated (as the automatic
+    deactivation of a failing endpoint does): A's retry is dropped when it
+    comes due. Once the endpoint is fixed and the subscription active again,
+    replay_dropped brings A back (C, cancelled on purpose, stays dropped).
+    Before, dropped deliveries could not be replayed at all: what a
+    deactivation took was lost for good."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "2s", receiver_args={"fail_first": 1})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see it active")
+    a, c = event("user.session.start"), event("user.session.start")
+    produce(broker.bootstrap, [a, c])
+    wait_until(lambda: len(receiver.posts()) == 2, 20 * SLOW, "the first attempts")
+    did_c = wait_until(lambda: (row := delivery_of(db_url, c)) and row[1] == "retry" and row[0],
+                       10, "C's retry row")
+    sql(db_url, "SELECT hookbridge.cancel(%s, 'not wanted')", did_c)
+    sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+    did_a, status, n, err = wait_until(
+        lambda: (row := delivery_of(db_url, a)) and row[1] != "retry" and row, 20 * SLOW,
+        "A's pending retry to be dropped")
+    assert (status, n, err) == ("dropped", 1, "subscription inactive")
+    assert len(receiver.posts()) == 2, "nothing sent while inactive"
+
+    seen = (changes_seen(d), changes_seen(r))
+    sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+    wait_until(lambda: changes_seen(d) > seen[0] and changes_seen(r) > seen[1], 10,
+               "both services to see the subscription active again")
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(1,)], "A, not the cancelled C"
+    wait_until(lambda: len(receiver.events()) == 1, 20 * SLOW, "A replayed")
+    assert receiver.posts()[-1]["headers"]["webhook-id"] == did_a
+    assert wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "delivered" and row,
+                      10, "A's log to say delivered")[2] == 2
+    assert delivery_of(db_url, c)[1] == "dropped"
+
+    # C was cancelled while waiting for its retry: nothing of it was stored
+    # to send again, and replay() says so.
+    with pytest.raises(psycopg2.Error) as e:
+        sql(db_url, "SELECT hookbridge.replay(%s)", did_c)
+    assert e.value.pgcode == "HB021" and "no stored payload" in str(e.value)
+    # A second replay_dropped finds nothing left to bring back.
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(0,)]

@@ -166,7 +166,7 @@ def test_replay_sends_a_dead_lettered_delivery_again(db_url, procs, workdir):
         sql(db_url, "SELECT hookbridge.replay(%s)", did)
         raise AssertionError("replay of a delivered delivery was accepted")
     except psycopg2.Error as e:
-        assert e.pgcode == "HB021" and "only failed deliveries" in e.pgerror
+        assert e.pgcode == "HB021" and "only failed or dropped deliveries" in e.pgerror
 
 
 def test_cancel_stops_the_retries_of_a_delivery(db_url, procs, workdir):

@@ -17,15 +17,15 @@ static hb_dlog_state_t state(const char *status, int attempts) {
 
 static const char *stale(hb_dlog_state_t st, int attempt) {
     static char buf[200];
-    return hb_dlog_state_stale(&st, attempt, buf, sizeof(buf));
+    return hb_dlog_state_stale(&st, attempt, 0, buf, sizeof(buf));
 }
 
 static void unknown_delivery_is_never_stale(void **unused) {
     hb_dlog_state_t st = {0};
     char buf[64];
     (void)unused;
-    assert_null(hb_dlog_state_stale(&st, 1, buf, sizeof(buf)));
-    assert_null(hb_dlog_state_stale(&st, 7, buf, sizeof(buf)));
+    assert_null(hb_dlog_state_stale(&st, 1, 0, buf, sizeof(buf)));
+    assert_null(hb_dlog_state_stale(&st, 7, 1000, buf, sizeof(buf)));
 }
 
 static void final_states_make_every_attempt_stale(void **unused) {
@@ -56,6 +56,28 @@ static void a_replay_goes_ahead_older_retries_do_not(void **unused) {
     assert_non_null(stale(state("replay", 3), 2));
 }
 
+/* A replay of a delivery whose retry was still pending (a cancelled one,
+ * replayed at once) makes the attempts from then on: the pending retry
+ * (begun before the replay was asked for) is stale even though its attempt
+ * number is the replay's next one; the replay's own messages (begun when it
+ * was asked for) and those of a later first attempt are not. */
+static void a_retry_begun_before_a_replay_was_asked_for_is_stale(void **unused) {
+    hb_dlog_state_t st = state("replay", 3);
+    char buf[200];
+    const char *why;
+    (void)unused;
+    st.replay_ms = 5000;
+    why = hb_dlog_state_stale(&st, 4, 4999, buf, sizeof(buf));
+    assert_non_null(why);
+    assert_non_null(strstr(why, "replay"));
+    assert_null(hb_dlog_state_stale(&st, 4, 5000, buf, sizeof(buf))); /* the replay's own */
+    assert_null(hb_dlog_state_stale(&st, 4, 0, buf, sizeof(buf)));    /* not known: kept */
+    st = state("retry", 4);
+    st.replay_ms = 5000;
+    assert_non_null(hb_dlog_state_stale(&st, 5, 1000, buf, sizeof(buf))); /* after its 1st try */
+    assert_null(hb_dlog_state_stale(&st, 5, 5000, buf, sizeof(buf)));
+}
+
 /* A delivery's log_day is the UTC day of its first attempt, the same for every
  * writer: 2026-12-04 is day 20791; the last millisecond of a day is still it. */
 static void the_log_day_is_the_utc_day_of_the_first_attempt(void **unused) {
@@ -74,6 +96,7 @@ int main(void) {
         cmocka_unit_test(final_states_make_every_attempt_stale),
         cmocka_unit_test(an_attempt_already_logged_is_a_duplicate),
         cmocka_unit_test(a_replay_goes_ahead_older_retries_do_not),
+        cmocka_unit_test(a_retry_begun_before_a_replay_was_asked_for_is_stale),
         cmocka_unit_test(the_log_day_is_the_utc_day_of_the_first_attempt),
     };
     return cmocka_run_group_tests_name("dlog", tests, NULL, NULL);
