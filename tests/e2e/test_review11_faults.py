@@ -28,6 +28,86 @@ from test_delivery import event, register_verified, sql, verify_once
 from test_tls import https_dispatcher
 
 
+def test_a_try_later_answer_to_the_challenge_is_asked_again_not_recorded(db_url, broker, procs):
+    """Two active subscriptions are verified again while their endpoint is
+    briefly overloaded: one challenge is answered 503, the other 429. Neither
+    is recorded as failed nor deactivated; each challenge is sent again (when
+    the dispatcher's claim expires) and, answered 200 then, verifies. A 404
+    is still a refusal, recorded at once."""
+    gets = {}
+    answers = {}  # path -> statuses to give before echoing (consumed in order)
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.setdefault(self.path, []).append(time.time())
+            queue = answers.get(self.path) or []
+            status = queue.pop(0) if queue else 200
+            body = json.dumps({"verification": self.headers.get(
+                "X-Okta-Verification-Challenge", "")} if status == 200 else {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if status in (429, 503):
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = serve(Endpoint)
+    try:
+        # The claim's lease is MAX_QUEUE_WAIT + VERIFY_TIMEOUT + 10 s: 12 s.
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s", "HOOKBRIDGE_VERIFY_TIMEOUT": "1s"})
+        d.wait_ready()
+        subs = {p: register_verified(db_url, srv.url + p, ["user.session.start"])
+                for p in ("/busy", "/limited", "/gone")}
+        answers.update({"/hook/busy": [503], "/hook/limited": [429], "/hook/gone": [404]})
+        for sub in subs.values():
+            sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+
+        def state(p):
+            """(status, verification, verification_error, a request pending)"""
+            return tuple(sql(db_url, "SELECT status, verification, verification_error, "
+                                     "verification_requested_at IS NOT NULL "
+                                     "FROM hookbridge.subscriptions WHERE id=%s", subs[p])[0])
+
+        wait_until(lambda: all(len(gets.get("/hook" + p, [])) >= 2
+                               for p in ("/busy", "/limited", "/gone")), 10 * SLOW,
+                   "the second challenges")
+        # A refusal is recorded at once and deactivates, as before.
+        wait_until(lambda: state("/gone")[1] == "failed" or None, 5 * SLOW, "the 404 recorded")
+        assert state("/gone") == ("inactive", "failed", "HTTP 404", False)
+        time.sleep(1.5)  # an outcome would have been recorded by now (the 404's was)
+        for p in ("/busy", "/limited"):  # still verified by the earlier challenge, asked again
+            assert state(p) == ("active", "verified", None, True), (p, state(p))
+        # Asked again once the claim has expired; answered 200, verified.
+        wait_until(lambda: not any(state(p)[3] for p in ("/busy", "/limited")) or None,
+                   30 * SLOW, "the challenges sent again to be answered")
+        for p in ("/busy", "/limited"):
+            assert state(p) == ("active", "verified", None, False), (p, state(p))
+            assert len(gets["/hook" + p]) == 3, (p, gets["/hook" + p])
+            assert gets["/hook" + p][2] - gets["/hook" + p][1] >= 5, "asked again at once"
+        assert "verification challenge answered HTTP 503 (try later): not recorded" in \
+            d.proc.output()
+        # Delivered to as active subscriptions.
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                                       "subscription_id = ANY(%s::uuid[]) AND "
+                                       "status='delivered'",
+                               [subs["/busy"], subs["/limited"]])[0][0] == 2 or None,
+                   10 * SLOW, "a delivery to each")
+    finally:
+        srv.shutdown()
+
+
 def test_answers_that_show_the_host_up_do_not_open_its_circuit(db_url, broker, procs):
     """Three subscriptions on one host: one whose path answers 404, one whose
     path answers 429 (its own rate limit), one healthy. Ten answers of the
