@@ -166,3 +166,43 @@ def test_answers_that_show_the_host_up_do_not_open_its_circuit(db_url, broker, p
                    15 * SLOW, "the circuit to open on 503s")
     finally:
         srv.shutdown()
+
+
+def test_an_https_endpoint_closing_without_an_answer_is_not_called_a_tls_error(
+        db_url, broker, procs, workdir):
+    """An HTTPS endpoint that completes the handshake (asking for no client
+    certificate), reads the request and closes the connection: the reason
+    says so, without "TLS error" or a question about client certificates."""
+    pki = Pki(workdir)
+    cert, key = pki.server()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+    closed = []
+
+    def serve_tls():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(65536)  # the request, unanswered
+                    closed.append(1)
+            except (OSError, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve_tls, daemon=True).start()
+    try:
+        https_dispatcher(procs, db_url, broker, pki)
+        _, state, why = verify_once(db_url, f"https://127.0.0.1:{port}/hook")
+        assert closed, "the endpoint never got the request"
+        assert state == "failed"
+        assert why.startswith("the endpoint closed the connection without a response"), why
+        assert "client certificate" not in why and "TLS error" not in why, why
+    finally:
+        lsock.close()
