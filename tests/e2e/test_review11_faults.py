@@ -13,6 +13,7 @@ closed connection is reported.
   as a TLS error asking about client certificates (534b5fd did).
 
 Each test was shown to fail on 534b5fd."""
+import ctypes
 import http.server
 import json
 import socket
@@ -20,11 +21,14 @@ import ssl
 import threading
 import time
 
+import pytest
+
 from hbtest.endpoints import serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, produce
 from hbtest.tls import Pki
 from test_delivery import event, register_verified, sql, verify_once
+from test_filter_sql import c_filter, conn  # noqa: F401 (fixtures)
 from test_tls import https_dispatcher
 
 
@@ -206,3 +210,35 @@ def test_an_https_endpoint_closing_without_an_answer_is_not_called_a_tls_error(
         assert "client certificate" not in why and "TLS error" not in why, why
     finally:
         lsock.close()
+
+
+@pytest.mark.sql_only
+def test_sql_and_the_dispatcher_agree_on_numbers_at_the_64_bit_edge(conn, c_filter):
+    """filters.md: a filter register() accepts never fails in the dispatcher.
+    The dispatcher reads the filter as PostgreSQL prints the jsonb, and reads
+    a number with a decimal point as a double: 9223372036854775807.0 is 2^63
+    there, outside the range. On 534b5fd SQL accepted it and the dispatcher
+    skipped the subscription ("subscription skipped"): it received nothing."""
+    texts = ["9223372036854775807.0", "9223372036854775500.5", "9223372036854775000.5",
+             "9223372036854775807", "9223372036854775808", "-9223372036854775808",
+             "-9223372036854775808.4", "-9223372036854775809", "-9223372036854777000.5",
+             "1e400", "1.5", "-0.0"]
+    for t in texts:
+        spec = '{"x": %s}' % t
+        with conn.cursor() as cur:
+            cur.execute("SELECT hookbridge.filter_problem(%s::jsonb), %s::jsonb::text",
+                        (spec, spec))
+            sql_msg, stored = cur.fetchone()
+        j = c_filter.lib.json_loads(stored.encode(), 0, None)
+        if not j:
+            c_msg = "jansson cannot read it"
+        else:
+            err = ctypes.create_string_buffer(1024)
+            f = c_filter.lib.hb_filter_compile(j, err, len(err))
+            c_filter.lib.json_delete(j)
+            c_msg = None if f else err.value.decode()
+            if f:
+                c_filter.lib.hb_filter_free(f)
+        assert (sql_msg is None) == (c_msg is None), (t, stored, sql_msg, c_msg)
+        if sql_msg is not None and c_msg != "jansson cannot read it":
+            assert sql_msg == c_msg, (t, sql_msg, c_msg)
