@@ -94,9 +94,9 @@ struct hb_dispatcher_s {
     size_t verifying;  /* challenges sent, outcome not yet handed to the store */
     int looking;       /* a look for claimable verification requests is open */
     int64_t next_look; /* monotonic: the next look */
-    /* subscription id -> int64_t* (monotonic): when this dispatcher's
-     * challenge to it was first answered "try later" (429, 503), with no
-     * other answer since */
+    /* "<subscription id> <url>" -> int64_t* (monotonic): when this
+     * dispatcher's challenge to that URL was first answered "try later" (429,
+     * 503), with no other answer since */
     hb_hash_t temporary;
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
@@ -499,10 +499,17 @@ static int verify_temporary(const hb_http_result_t *res) {
            (res->http_status == 429 || res->http_status == 503);
 }
 
-/* Forgets id's temporary answers; with evict_ms > 0, also every entry older
+/* The key of sub's temporary answers: its id and URL (a new URL starts
+ * afresh). Returns buf. */
+static const char *temporary_key(const hb_sub_t *sub, char *buf, size_t size) {
+    snprintf(buf, size, "%s %s", sub->id, sub->url);
+    return buf;
+}
+
+/* Forgets key's temporary answers; with evict_ms > 0, also every entry older
  * than that (a request another dispatcher decided, or deregistered). */
-static void temporary_forget(hb_dispatcher_t *d, const char *id, int64_t now, int64_t evict_ms) {
-    hb_hash_slot_t *s = hb_hash_find(&d->temporary, id);
+static void temporary_forget(hb_dispatcher_t *d, const char *key, int64_t now, int64_t evict_ms) {
+    hb_hash_slot_t *s = hb_hash_find(&d->temporary, key);
     if (s) {
         free(s->val);
         hb_hash_del(&d->temporary, s);
@@ -517,15 +524,15 @@ static void temporary_forget(hb_dispatcher_t *d, const char *id, int64_t now, in
     }
 }
 
-/* Since when id's challenge has been answered "not now" (now: the first). */
-static int64_t temporary_since(hb_dispatcher_t *d, const char *id, int64_t now) {
-    int64_t *since = hb_hash_get(&d->temporary, id);
+/* Since when key's challenge has been answered "not now" (now: the first). */
+static int64_t temporary_since(hb_dispatcher_t *d, const char *key, int64_t now) {
+    int64_t *since = hb_hash_get(&d->temporary, key);
     if (since)
         return *since;
-    temporary_forget(d, id, now, 2 * VERIFY_TEMPORARY_MS);
+    temporary_forget(d, key, now, 2 * VERIFY_TEMPORARY_MS);
     since = hb_calloc(1, sizeof(*since));
     *since = now;
-    (void)hb_hash_put(&d->temporary, id, since);
+    (void)hb_hash_put(&d->temporary, key, since);
     return now;
 }
 
@@ -533,10 +540,11 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     verify_t *v = opaque;
     hb_dispatcher_t *d = v->d;
     hb_store_t *store = hb_worker_store(d->w);
-    char reason[256], errstr[256];
+    char reason[256], errstr[256], key[HB_UUID_LEN + 2 + 2048];
     int ok = 0;
 
     d->verifying--;
+    temporary_key(v->sub, key, sizeof(key));
     if (hb_worker_stopping(d->w)) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge abandoned at shutdown; another dispatcher sends it again "
@@ -551,7 +559,7 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                "claim expires",
                res->error);
     } else if (verify_temporary(res) &&
-               hb_mono_ms() - temporary_since(d, v->sub->id, hb_mono_ms()) < VERIFY_TEMPORARY_MS) {
+               hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < VERIFY_TEMPORARY_MS) {
         /* "Try later" is not a refusal: no outcome, the request stays and is
          * asked again when the claim expires (a failure would deactivate an
          * active subscription over a moment of overload or maintenance). */
@@ -567,7 +575,7 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
             snprintf(reason + n, sizeof(reason) - n, " (answered so for %d minutes)",
                      VERIFY_TEMPORARY_MS / 60000);
         }
-        temporary_forget(d, v->sub->id, 0, 0);
+        temporary_forget(d, key, 0, 0);
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
         hb_log(ok ? HB_LOG_INFO : HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                ok ? "endpoint verified" : "endpoint verification failed: %s", ok ? "" : reason);
