@@ -994,7 +994,10 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
     HB_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     HB_SET(CURLOPT_SSL_VERIFYHOST, 2L);
     HB_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-    HB_SET(CURLOPT_SSL_CTX_FUNCTION, hb_http_ssl_ctx);
+    /* a curl built without OpenSSL has no SSL_CTX to give: only the hint
+     * of hb_http_describe is lost then */
+    if (rc == CURLE_OK)
+        (void)curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, hb_http_ssl_ctx);
     if (h->ca_file) {
         HB_SET(CURLOPT_CAINFO, h->ca_file);
         HB_SET(CURLOPT_CAPATH, (char *)NULL); /* the file replaces the system CAs */
@@ -1030,7 +1033,8 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     HB_SET(CURLOPT_ERRORBUFFER, x->errbuf);
     HB_SET(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
     HB_SET(CURLOPT_OPENSOCKETDATA, (void *)x);
-    HB_SET(CURLOPT_SSL_CTX_DATA, (void *)x);
+    if (rc == CURLE_OK)
+        (void)curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, (void *)x); /* as above */
     HB_SET(CURLOPT_HEADERDATA, (void *)x);
     HB_SET(CURLOPT_WRITEDATA, (void *)x);
     HB_SET(CURLOPT_HTTPHEADER, x->headers); /* NULL clears the previous list */
