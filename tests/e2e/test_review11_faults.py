@@ -172,19 +172,13 @@ def test_answers_that_show_the_host_up_do_not_open_its_circuit(db_url, broker, p
         srv.shutdown()
 
 
-def test_an_https_endpoint_closing_without_an_answer_is_not_called_a_tls_error(
-        db_url, broker, procs, workdir):
-    """An HTTPS endpoint that completes the handshake (asking for no client
-    certificate), reads the request and closes the connection: the reason
-    says so, without "TLS error" or a question about client certificates."""
-    pki = Pki(workdir)
-    cert, key = pki.server()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(cert), str(key))
+def closing_tls_endpoint(ctx):
+    """A TLS endpoint on a loopback port that completes the handshake, reads
+    the request and closes the connection without answering; returns (its
+    listening socket, the list it appends 1 to per request read)."""
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(16)
-    port = lsock.getsockname()[1]
     closed = []
 
     def serve_tls():
@@ -201,15 +195,43 @@ def test_an_https_endpoint_closing_without_an_answer_is_not_called_a_tls_error(
                 pass
 
     threading.Thread(target=serve_tls, daemon=True).start()
+    return lsock, closed
+
+
+def test_an_https_endpoint_closing_without_an_answer_is_not_called_a_tls_error(
+        db_url, broker, procs, workdir):
+    """An HTTPS endpoint that completes the handshake (asking for no client
+    certificate), reads the request and closes the connection: the reason
+    says so, without "TLS error" or a question about client certificates.
+    One that asked for a client certificate and closes the same way still
+    gets the hint, which now says that it asked."""
+    pki = Pki(workdir)
+    cert, key = pki.server()
+    plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    plain.load_cert_chain(str(cert), str(key))
+    asking = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    asking.load_cert_chain(str(cert), str(key))
+    asking.load_verify_locations(str(pki.ca))
+    asking.verify_mode = ssl.CERT_OPTIONAL  # asks, takes none
+    (lplain, closed_plain), (lasking, closed_asking) = map(closing_tls_endpoint, (plain, asking))
     try:
         https_dispatcher(procs, db_url, broker, pki)
-        _, state, why = verify_once(db_url, f"https://127.0.0.1:{port}/hook")
-        assert closed, "the endpoint never got the request"
+        url = "https://127.0.0.1:%d/hook"
+        _, state, why = verify_once(db_url, url % lplain.getsockname()[1], name="plain")
+        assert closed_plain, "the endpoint never got the request"
         assert state == "failed"
         assert why.startswith("the endpoint closed the connection without a response"), why
         assert "client certificate" not in why and "TLS error" not in why, why
+
+        _, state, why = verify_once(db_url, url % lasking.getsockname()[1], name="asking")
+        assert closed_asking, "the endpoint never got the request"
+        assert state == "failed"
+        assert why.startswith("TLS error: the endpoint closed the connection after the "
+                              "handshake without a response (it asked for a client "
+                              "certificate, and HOOKBRIDGE_TLS_CLIENT_CERT gives none)"), why
     finally:
-        lsock.close()
+        lplain.close()
+        lasking.close()
 
 
 @pytest.mark.sql_only
