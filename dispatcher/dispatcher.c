@@ -94,6 +94,10 @@ struct hb_dispatcher_s {
     size_t verifying;  /* challenges sent, outcome not yet handed to the store */
     int looking;       /* a look for claimable verification requests is open */
     int64_t next_look; /* monotonic: the next look */
+    /* "<subscription id> <url>" -> int64_t* (monotonic): when this
+     * dispatcher's challenge to that URL was first answered "try later" (429,
+     * 503), with no other answer since */
+    hb_hash_t temporary;
     hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
 };
 
@@ -104,6 +108,9 @@ struct hb_dispatcher_s {
  * record its outcome through the store. A lease that expires while a slow
  * outcome is on its way costs one more challenge, never a lost one. */
 #define VERIFY_LEASE_MARGIN_MS 10000
+/* A challenge answered 429 or 503 is asked again (its request stays) for up
+ * to this long before that answer is recorded as the failure. */
+#define VERIFY_TEMPORARY_MS (10 * 60 * 1000)
 
 /* ---------------------------------------------------------------- events */
 
@@ -476,14 +483,59 @@ static void on_recorded(const char *id, int recorded, const char *err, void *opa
     }
 }
 
+/* A complete answer that says "not now": 429 Too Many Requests, 503 Service
+ * Unavailable. It is not the endpoint refusing the challenge. */
+static int verify_temporary(const hb_http_result_t *res) {
+    return !res->refused && !res->timed_out && !res->transport_error && !res->not_sent &&
+           (res->http_status == 429 || res->http_status == 503);
+}
+
+/* The key of sub's temporary answers: its id and URL (a new URL starts
+ * afresh). Returns buf. */
+static const char *temporary_key(const hb_sub_t *sub, char *buf, size_t size) {
+    snprintf(buf, size, "%s %s", sub->id, sub->url);
+    return buf;
+}
+
+/* Forgets key's temporary answers; with evict_ms > 0, also every entry older
+ * than that (a request another dispatcher decided, or deregistered). */
+static void temporary_forget(hb_dispatcher_t *d, const char *key, int64_t now, int64_t evict_ms) {
+    hb_hash_slot_t *s = hb_hash_find(&d->temporary, key);
+    if (s) {
+        free(s->val);
+        hb_hash_del(&d->temporary, s);
+    }
+    if (evict_ms > 0) {
+        size_t pos = 0;
+        while ((s = hb_hash_each(&d->temporary, &pos)) != NULL)
+            if (now - *(int64_t *)s->val > evict_ms) {
+                free(s->val);
+                hb_hash_del(&d->temporary, s);
+            }
+    }
+}
+
+/* Since when key's challenge has been answered "not now" (now: the first). */
+static int64_t temporary_since(hb_dispatcher_t *d, const char *key, int64_t now) {
+    int64_t *since = hb_hash_get(&d->temporary, key);
+    if (since)
+        return *since;
+    temporary_forget(d, key, now, 2 * VERIFY_TEMPORARY_MS);
+    since = hb_calloc(1, sizeof(*since));
+    *since = now;
+    (void)hb_hash_put(&d->temporary, key, since);
+    return now;
+}
+
 static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     verify_t *v = opaque;
     hb_dispatcher_t *d = v->d;
     hb_store_t *store = hb_worker_store(d->w);
-    char reason[256], errstr[256];
+    char reason[256], errstr[256], key[HB_UUID_LEN + 2 + 2048];
     int ok = 0;
 
     d->verifying--;
+    temporary_key(v->sub, key, sizeof(key));
     if (hb_worker_stopping(d->w)) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge abandoned at shutdown; another dispatcher sends it again "
@@ -497,8 +549,24 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                "verification challenge not sent: %s; it is sent again when this dispatcher's "
                "claim expires",
                res->error);
+    } else if (verify_temporary(res) &&
+               hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < VERIFY_TEMPORARY_MS) {
+        /* "Try later" is not a refusal: no outcome, the request stays and is
+         * asked again when the claim expires (a failure would deactivate an
+         * active subscription over a moment of overload or maintenance). */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
+               "verification challenge answered HTTP %d (try later): not recorded; it is sent "
+               "again when this dispatcher's claim expires, and recorded as failed if the "
+               "endpoint still answers so after %d minutes",
+               res->http_status, VERIFY_TEMPORARY_MS / 60000);
     } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
+        if (verify_temporary(res)) {
+            size_t n = strlen(reason);
+            snprintf(reason + n, sizeof(reason) - n, " (answered so for %d minutes)",
+                     VERIFY_TEMPORARY_MS / 60000);
+        }
+        temporary_forget(d, key, 0, 0);
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
         hb_log(ok ? HB_LOG_INFO : HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                ok ? "endpoint verified" : "endpoint verification failed: %s", ok ? "" : reason);
@@ -666,6 +734,10 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
             free(b);
         }
         hb_hash_clear(&d->batches);
+        pos = 0;
+        while ((s = hb_hash_each(&d->temporary, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&d->temporary);
     }
     hb_worker_free(d->w); /* heads aborted now still tell their chains */
     hb_chains_free(d->chains, chain_item_free);

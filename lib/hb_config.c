@@ -162,7 +162,9 @@ static const cf_row_t cf_table[] = {
      "Consecutive failed attempts to one endpoint host (scheme://host:port) after which its "
      "circuit opens for a cool-down: requests waiting for it are taken out of the queue, and "
      "its deliveries are not attempted (the dispatcher's go to the first delay tier; the "
-     "retrier counts each as a failed attempt) (0: never)."},
+     "retrier counts each as a failed attempt) (0: never). Failed: no complete answer "
+     "(connection error, timeout) or a 5xx; any other answer (a 404, a 429) shows the host up "
+     "and resets the count."},
     {"circuit_cooldown", CF_MS, OFF(circuit_cooldown_ms), "1m", 1000, 86400000, HB_PROG_SERVICES, 0,
      "How long an open circuit skips an endpoint before one attempt probes it again."},
     {"auto_deactivate_after", CF_MS, OFF(auto_deactivate_ms), "5d", 0, 365LL * 86400000,

@@ -182,9 +182,24 @@ static void circuit_release(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
 }
 
-/* dl's request got an answer (ok: a success): a success closes the circuit;
- * a failure counts, opens it after circuit_failures in a row, and re-opens
- * it when dl was the probe. */
+/* What an attempt's result says of its host (not of the delivery): 1 it is
+ * up (an answer below 500: 2xx, but also a 3xx or 4xx, 429 included, since
+ * such an answer is about one URL or one client on a host that may serve
+ * many subscriptions); 0 it looks down (no complete answer: a connection
+ * error, a timeout; or a 5xx); -1 nothing (refused by the address policy
+ * before any exchange with it). */
+static int circuit_verdict(const hb_http_result_t *res) {
+    if (res->refused)
+        return -1;
+    if (res->timed_out || res->transport_error || res->http_status < 100)
+        return 0;
+    return res->http_status < 500;
+}
+
+/* dl's request got an answer (ok: its host is up, circuit_verdict): one that
+ * says so closes the circuit and forgets its failures; one that does not
+ * counts, opens it after circuit_failures in a row, and re-opens it when dl
+ * was the probe. */
 static void circuit_result(hb_deliveries_t *D, hb_delivery_t *dl, int ok) {
     const char *key = dl->endpoint;
     hb_hash_slot_t *s;
@@ -901,7 +916,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         hb_metric_inc(D->m.connections_opened);
     status = answer_status(res);
     hb_metric_inc(D->m.status_class[status >= 100 && status < 600 ? status / 100 : 0]);
-    circuit_result(D, dl, outcome == HB_OUTCOME_DELIVERED);
+    if (circuit_verdict(res) < 0)
+        circuit_release(D, dl); /* the host was not asked: no verdict on it */
+    else
+        circuit_result(D, dl, circuit_verdict(res));
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);

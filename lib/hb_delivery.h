@@ -60,12 +60,15 @@
  *
  * The circuit breaker (circuit_failures > 0) lives here too, keyed by endpoint
  * host (scheme://host:port, the unit hb_http queues by): after that many
- * consecutive failed attempts the host's waiting requests are diverted and its
- * deliveries are not attempted for circuit_cooldown; then one attempt probes
- * it (half open: the others meanwhile are treated as with the circuit open),
- * a success closes the circuit (logged), a failure opens it again for
- * another cool-down (logged); a probe that ends without an answer (not sent,
- * dropped, abandoned) lets the next delivery probe. State is per process.
+ * consecutive failed attempts (no complete answer, or a 5xx: the host looks
+ * down; a 3xx or 4xx is about one URL and resets the count) the host's
+ * waiting requests are diverted and its deliveries are not attempted for
+ * circuit_cooldown; then one attempt probes it (half open: the others
+ * meanwhile are treated as with the circuit open), an answer that shows the
+ * host up closes the circuit (logged), a failure opens it again for another
+ * cool-down (logged); a probe that ends without an answer (not sent, refused
+ * by the address policy, dropped, abandoned) lets the next delivery probe.
+ * State is per process.
  *
  * Main loop thread only (completions come from hb_http_run on that thread).
  */

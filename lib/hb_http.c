@@ -165,6 +165,7 @@ struct hb_http_xfer_s {
     int addr_family;
     char addr_text[INET6_ADDRSTRLEN];
     int aborted;
+    int cert_asked;    /* the server asked for a client certificate (hb_http_tls_msg) */
     int early_refused; /* early list: refused by policy */
     int early_code;    /* early list: CURLcode when not a refusal */
     char early_error[200];
@@ -796,7 +797,9 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
     case CURLE_RECV_ERROR: {
         /* Under TLS 1.3 the client's handshake is over before the server
          * has checked our certificate; a server refusing it (or wanting one)
-         * closes the connection, often before curl reads its alert. */
+         * closes the connection, often before curl reads its alert. Only a
+         * server that asked for a certificate gets that hint: any other
+         * closed the connection, no more. */
         curl_off_t tls_us = 0;
         (void)curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
         if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
@@ -804,12 +807,19 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                       "the endpoint closed the connection without a response (empty reply)");
         else if (rc != CURLE_GOT_NOTHING && (strstr(detail, "SSL") || strstr(detail, "TLS")))
             hb_seterr(res->error, sizeof(res->error), "TLS error: %s", detail);
+        else if (tls_us > 0 && res->http_status == 0 && !x->cert_asked)
+            hb_seterr(res->error, sizeof(res->error),
+                      "the endpoint closed the connection without a response (after the TLS "
+                      "handshake): %s",
+                      detail);
         else if (tls_us > 0 && res->http_status == 0)
             hb_seterr(res->error, sizeof(res->error),
                       "TLS error: the endpoint closed the connection after the handshake without "
                       "a response (%s): %s",
-                      x->h->tls_client_cert ? "does it accept our client certificate?"
-                                            : "does it require a client certificate?",
+                      x->h->tls_client_cert
+                          ? "it asked for a client certificate: does it accept ours?"
+                          : "it asked for a client certificate, and HOOKBRIDGE_TLS_CLIENT_CERT "
+                            "gives none",
                       detail);
         else
             hb_seterr(res->error, sizeof(res->error), "connection error: %s", detail);
@@ -929,6 +939,37 @@ static CURLcode hb_http_system_cas(CURL *easy) {
     return curl_easy_setopt(easy, CURLOPT_CAPATH, (char *)NULL);
 }
 
+/* OpenSSL's message callback on a connection being set up: notes in its
+ * transfer (arg) whether the server asked for a client certificate, which
+ * tells an endpoint that refuses ours (or wants one) from one that merely
+ * closes the connection (hb_http_describe). A connection outlives its first
+ * transfer, so the callback forgets its transfer once the handshake is
+ * over, before it could hear a later message with a stale arg. */
+static void hb_http_tls_msg(int write_p, int version, int content_type, const void *buf, size_t len,
+                            SSL *ssl, void *arg) {
+    hb_http_xfer_t *x = arg;
+    (void)version;
+    if (!x)
+        return;
+    if (SSL_is_init_finished(ssl)) {
+        /* not the callback itself: OpenSSL may call it twice on one check */
+        SSL_set_msg_callback_arg(ssl, NULL);
+        return;
+    }
+    if (!write_p && content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+        ((const unsigned char *)buf)[0] == SSL3_MT_CERTIFICATE_REQUEST)
+        x->cert_asked = 1;
+}
+
+/* curl 7.88 makes an SSL_CTX for each new connection and hands it here
+ * with CURLOPT_SSL_CTX_DATA, the transfer the connection is made for. */
+static CURLcode hb_http_ssl_ctx(CURL *easy, void *sslctx, void *arg) {
+    (void)easy;
+    SSL_CTX_set_msg_callback(sslctx, hb_http_tls_msg);
+    SSL_CTX_set_msg_callback_arg(sslctx, arg);
+    return CURLE_OK;
+}
+
 /* The options every transfer has alike, set on a new or reset handle. */
 static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
     CURLcode rc = CURLE_OK;
@@ -953,6 +994,10 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
     HB_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     HB_SET(CURLOPT_SSL_VERIFYHOST, 2L);
     HB_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    /* a curl built without OpenSSL has no SSL_CTX to give: only the hint
+     * of hb_http_describe is lost then */
+    if (rc == CURLE_OK)
+        (void)curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, hb_http_ssl_ctx);
     if (h->ca_file) {
         HB_SET(CURLOPT_CAINFO, h->ca_file);
         HB_SET(CURLOPT_CAPATH, (char *)NULL); /* the file replaces the system CAs */
@@ -988,6 +1033,8 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     HB_SET(CURLOPT_ERRORBUFFER, x->errbuf);
     HB_SET(CURLOPT_TIMEOUT_MS, (long)x->timeout_ms);
     HB_SET(CURLOPT_OPENSOCKETDATA, (void *)x);
+    if (rc == CURLE_OK)
+        (void)curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, (void *)x); /* as above */
     HB_SET(CURLOPT_HEADERDATA, (void *)x);
     HB_SET(CURLOPT_WRITEDATA, (void *)x);
     HB_SET(CURLOPT_HTTPHEADER, x->headers); /* NULL clears the previous list */

@@ -45,6 +45,7 @@ CREATE OR REPLACE FUNCTION hookbridge._filter_scalar_problem(p_v jsonb) RETURNS 
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     t text := jsonb_typeof(p_v);
+    n numeric;
 BEGIN
     IF t IN ('array', 'object') THEN
         RETURN 'must be a string, number, boolean or null, got ' || t
@@ -56,10 +57,22 @@ BEGIN
     -- The dispatcher reads the stored filter as text, where a jsonb number
     -- has no exponent (1e19 is 10000000000000000000): beyond 64 bits that is
     -- an integer it cannot read, and the subscription could not be loaded.
-    IF t = 'number'
-       AND (p_v #>> '{}')::numeric NOT BETWEEN -9223372036854775808 AND 9223372036854775807 THEN
-        RETURN 'number is outside the 64-bit integer range (-9223372036854775808 .. '
-               '9223372036854775807)';
+    -- One with a decimal point it reads as a double and checks that, so
+    -- 9223372036854775807.0 (2^63 as a double) is outside too: the same
+    -- check here (float8, like strtod, rounds to the nearest double), else
+    -- a filter register() took would make the dispatcher skip its
+    -- subscription. Far outside, numeric decides (float8 could overflow).
+    IF t = 'number' THEN
+        n := (p_v #>> '{}')::numeric;
+        IF n NOT BETWEEN -9223372036854775809 AND 9223372036854775808
+           OR (strpos(p_v #>> '{}', '.') = 0
+               AND n NOT BETWEEN -9223372036854775808 AND 9223372036854775807)
+           OR (strpos(p_v #>> '{}', '.') > 0
+               AND NOT (n::float8 >= -9223372036854775808::float8
+                        AND n::float8 < 9223372036854775808::float8)) THEN
+            RETURN 'number is outside the 64-bit integer range (-9223372036854775808 .. '
+                   '9223372036854775807)';
+        END IF;
     END IF;
     RETURN NULL;
 END

@@ -316,7 +316,9 @@ def test_an_older_challenge_s_failure_does_not_undo_a_newer_one_s_success(db_url
                 return super().do_GET()
             first_get.set()
             time.sleep(SLOW_ANSWER)  # within the dispatcher's verify timeout (5 s)
-            self.send_response(503)  # the endpoint as it was: not ready
+            # the endpoint as it was: not ready (a 404, a refusal; a 503 or
+            # 429 says "try later" and would be asked again, not recorded)
+            self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -334,7 +336,7 @@ def test_an_older_challenge_s_failure_does_not_undo_a_newer_one_s_success(db_url
         assert first_get.wait(20 * SLOW), "the first challenge at the new URL"
         sql(db_url, "SELECT hookbridge.verify(%s)", sub)
         assert wait_verification_outcome(db_url, sub) == "verified"
-        wait_until(lambda: "endpoint verification failed: HTTP 503" in d.proc.output(),
+        wait_until(lambda: "endpoint verification failed: HTTP 404" in d.proc.output(),
                    SLOW_ANSWER + 10, "the first challenge's failure")
         wait_until(lambda: "verification outcome not recorded: out of date" in d.proc.output(),
                    10, "the dispatcher to say it is out of date")
