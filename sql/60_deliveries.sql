@@ -550,7 +550,8 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public A
     SELECT hookbridge._replay_all(subscription_id, since, 'dropped')
 $$;
 
--- Gives up on a delivery that is still being retried: its status becomes
+-- Gives up on a delivery that is still being retried, or a replay not made
+-- yet (one asked for by mistake): its status becomes
 -- 'dropped' (final), so its pending retry is discarded when it comes due (the
 -- retrier reads the log first) and the deliveries of its ordering key that
 -- wait behind it go on. An attempt already under way may still be made; it is
@@ -562,12 +563,11 @@ DECLARE
     v hookbridge.deliveries;
 BEGIN
     v := hookbridge._delivery_for_update(cancel.delivery_id);
-    IF v.status <> 'retry' THEN
-        RAISE EXCEPTION 'delivery % is %; only a delivery being retried (status retry) can be cancelled',
+    IF v.status NOT IN ('retry', 'replay') THEN
+        RAISE EXCEPTION 'delivery % is %; only a delivery being retried or replayed (status retry or replay) can be cancelled',
             cancel.delivery_id, v.status
             USING ERRCODE = 'HB028',
-                  HINT = CASE v.status WHEN 'replay' THEN 'Its replay is under way: wait for its outcome.'
-                                       WHEN 'pending' THEN 'Its first attempt is under way: wait for its outcome.'
+                  HINT = CASE v.status WHEN 'pending' THEN 'Its first attempt is under way: wait for its outcome.'
                                        ELSE 'It is final already.' END;
     END IF;
     UPDATE hookbridge.deliveries d

@@ -191,6 +191,29 @@ def test_cancel_stops_the_retries_of_a_delivery(db_url, procs, workdir):
     assert e.value.pgcode == "HB028" and f"delivery {did} is dropped" in e.value.pgerror
 
 
+def test_a_replay_asked_for_by_mistake_is_cancelled_before_it_is_made(db_url, procs, workdir):
+    """A delivery refused for good (410); its replay is asked for while no
+    retrier runs, then cancelled: when a retrier starts, nothing is sent
+    again and the delivery stays dropped with the reason. Before, cancel()
+    refused a delivery whose replay was requested (HB028) until the replay
+    had been made."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", receiver_args={"status": 410},
+                                   retrier=False)
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    produce(broker.bootstrap, [event("user.session.start")])
+    did, *_ = failed_delivery(db_url, sub, 20 * SLOW, "the delivery refused for good")
+    sql(db_url, "SELECT hookbridge.replay(%s)", did)
+    sql(db_url, "SELECT hookbridge.cancel(%s, %s)", did, "replayed by mistake")
+    assert delivery(db_url, sub)[1:] == ("dropped", 1, "cancelled: replayed by mistake")
+    r = Retrier(procs, db_url, broker.bootstrap,
+                extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"})
+    r.wait_ready()
+    time.sleep(3 * SLOW)  # a replay is claimed within a second
+    assert len(receiver.posts()) == 1, "the cancelled replay was sent"
+    assert "replay requested" not in r.proc.output()
+    assert delivery(db_url, sub)[1:] == ("dropped", 1, "cancelled: replayed by mistake")
+
+
 def test_a_replay_gets_the_whole_schedule_again(db_url, procs, workdir):
     """A replay is a fresh start: when its first attempt fails, it is retried
     on the whole schedule again (two retries here), not dead-lettered at once
@@ -448,6 +471,11 @@ def test_replay_failed_sends_every_failure_of_a_subscription_since_a_time(db_url
     ("SELECT hookbridge.cancel('00000000-0000-4000-8000-000000000000')", "HB027",
      "is not in the delivery log, which keeps 30 days"),
     ("SELECT hookbridge.cancel(NULL)", "HB020", "must not be NULL"),
+    ("SELECT hookbridge.replay_dropped(NULL, now())", "HB015", "subscription id must not be NULL"),
+    ("SELECT hookbridge.replay_dropped('00000000-0000-4000-8000-000000000000', NULL)", "HB012",
+     "since must not be NULL"),
+    ("SELECT hookbridge.replay_dropped('00000000-0000-4000-8000-000000000000', now())", "HB010",
+     "not found"),
 ])
 def test_replay_and_cancel_errors(db_url, call, code, msg):
     with pytest.raises(psycopg2.Error) as e:
