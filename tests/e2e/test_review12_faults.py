@@ -3,10 +3,14 @@
 client can make the services do.
 
 Each test says what it holds and how it was shown to fail on 534b5fd."""
+import json
 import os
 import subprocess
 
-from hbtest.procs import BIN, REPO, SECRET_KEY, SLOW
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.procs import BIN, REPO, SECRET_KEY, SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, produce
+from test_delivery import event, register_verified, sql
 
 
 def test_a_slash_in_the_database_password_is_refused_without_quoting_any_of_it():
@@ -48,3 +52,70 @@ def test_a_slash_in_the_database_password_is_refused_without_quoting_any_of_it()
             assert "not valid" in out, out
             for piece in ("secret-tail", "x7Qk2", f'"{first}"', f"port {first}"):
                 assert piece not in out, (argv[0].name, piece, out)
+
+
+# An auth value with what a JSON echo escapes: '"' and '\\' always, '/' for
+# PHP's json_encode, and a non-ASCII character (its UTF-8 bytes, which HTTP
+# servers read as Latin-1, become \u00c3\u00a9 in Python's json.dumps).
+SPECIAL_AUTH = 'Bearer Qx"7\\k/Zé-77e1f0c4b2a9d3'
+
+
+class JsonEcho(ChallengeAnswering):
+    """Answers each POST 200 with the request's headers as JSON:
+    py     json.dumps (ensure_ascii: \\uXXXX for anything not ASCII)
+    php    the same with '/' written '\\/', as PHP's json_encode does
+    pycut  padding, then py's echo: the 512-byte snippet ends
+           inside the auth value's escaped spelling"""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        kind = self.path[len("/hook"):]
+        body = json.dumps({"Authorization": self.headers["Authorization"]})
+        if kind == "php":
+            body = body.replace("/", "\\/")
+        elif kind == "pycut":
+            body = "p" * (512 - len('{"Authorization": "Bearer Qx\\"7\\\\k')) + body
+        body = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_auth_value_echoed_in_json_is_redacted_in_the_delivery_log(db_url, procs, workdir):
+    """docs/security.md, Secrets in logs: "An endpoint that echoes the request
+    in its answer (echo services, test endpoints) does not put the auth value
+    into the delivery log either: in the response snippet kept there it is
+    replaced by `[redacted]`, also where the snippet's bound cuts it".
+
+    Echo services answer in JSON, which escapes the value's '"' and '\\'
+    (any JSON encoder), its '/' (PHP), its non-ASCII bytes (Python's
+    default): the value as sent was not in the snippet, so nothing was
+    redacted and an operator, who may not read auth values
+    (docs/sql.md, Roles), read it in delivery_attempts.response_snippet.
+
+    On 534b5fd all three snippets held the value's tail "77e1f0c4b2a9d3" (or,
+    cut, its start) in plaintext."""
+    srv = serve(JsonEcho)
+    try:
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        subs = {kind: register_verified(db_url, srv.url + kind, ["user.session.start"],
+                                        {"auth_value": SPECIAL_AUTH})
+                for kind in ("py", "php", "pycut")}
+        produce(broker.bootstrap, [event("user.session.start")])
+        snips = wait_until(
+            lambda: (r := dict(sql(db_url, "SELECT subscription_id::text, response_snippet "
+                                   "FROM hookbridge.delivery_attempts "
+                                   "WHERE subscription_id = ANY(%s::uuid[])",
+                                   list(subs.values())))) and len(r) == 3 and r,
+            20, "the three attempts logged")
+        py, php, cut = (snips[subs[k]] for k in ("py", "php", "pycut"))
+        assert py == '{"Authorization": "[redacted]"}', py
+        assert php == '{"Authorization": "[redacted]"}', php
+        assert cut.endswith('{"Authorization": "[redacted]'), cut
+        for snip in (py, php, cut):
+            assert "Qx" not in snip and "77e1f0c4b2a9d3" not in snip, snip
+    finally:
+        srv.shutdown()
