@@ -5,7 +5,9 @@ client can make the services do.
 Each test says what it holds and how it was shown to fail on 534b5fd."""
 import json
 import os
+import socket
 import subprocess
+import time
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import BIN, REPO, SECRET_KEY, SLOW, wait_until
@@ -119,3 +121,56 @@ def test_an_auth_value_echoed_in_json_is_redacted_in_the_delivery_log(db_url, pr
             assert "Qx" not in snip and "77e1f0c4b2a9d3" not in snip, snip
     finally:
         srv.shutdown()
+
+
+def test_clients_trickling_requests_do_not_keep_the_probes_out(db_url, procs, workdir):
+    """docs/operations.md, Health: the liveness probe restarts a pod whose
+    /healthz does not answer. The operations port serves 64 connections;
+    libmicrohttpd closed one only after 10 s without a byte, so 64 clients
+    each sending a byte every 2 s (slowloris: anyone who reaches the port,
+    no credentials) held every connection for good, /healthz went
+    unanswered, and the kubelet would restart the pod over and over. (The
+    ingest endpoint had the same weakness, with Okta's deliveries shut out:
+    the same code cuts it, after its 30 s; lib/hb_cutoff.c, and
+    tests/unit/test_cutoff.c in both of libmicrohttpd's threading modes.)
+
+    Now a connection that has not sent a whole request within 5 s is
+    closed: /healthz answers again within that, and the trickling clients
+    find their connections closed.
+
+    On 534b5fd /healthz did not answer in 12 s ("/healthz answered while
+    64 clients trickle" timed out)."""
+    broker = Broker(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    socks = [socket.create_connection(("127.0.0.1", d.health_port)) for _ in range(64)]
+    try:
+        for s in socks:
+            s.sendall(b"G")
+            s.setblocking(False)
+        start = time.monotonic()
+
+        def trickle_then_probe():
+            for s in socks:
+                try:
+                    s.sendall(b"E")
+                except OSError:
+                    pass
+            return d.get("/healthz")[0] == 200
+        wait_until(trickle_then_probe, 12 * SLOW, "/healthz answered while 64 clients trickle",
+                   interval=1)
+        assert time.monotonic() - start >= 4, "answered before the deadline: not held at all?"
+        closed = 0
+        for s in socks:
+            try:
+                closed += s.recv(64) == b""
+            except ConnectionResetError:
+                closed += 1
+            except BlockingIOError:
+                pass
+        assert closed >= 60, f"only {closed} of the trickling connections were closed"
+        wait_until(lambda: "closed" in d.proc.output() and "sent no whole request within 5000 ms"
+                   in d.proc.output(), 5, "the log line saying so")
+    finally:
+        for s in socks:
+            s.close()
