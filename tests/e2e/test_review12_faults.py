@@ -15,7 +15,7 @@ from hbtest.stack import Broker, Dispatcher, produce
 from test_delivery import event, register_verified, sql
 
 
-def test_a_slash_in_the_database_password_is_refused_without_quoting_any_of_it():
+def test_a_slash_or_at_in_the_database_password_is_refused_without_quoting_any_of_it():
     """docs/security.md, Secrets in logs: "`HOOKBRIDGE_DATABASE_URL` is a
     secret setting: its value is never printed, not even in an error about
     it".
@@ -26,17 +26,21 @@ def test_a_slash_in_the_database_password_is_refused_without_quoting_any_of_it()
     database name, and its error quotes them: `database: invalid integer
     value "Pw" for connection option "port" (host hookbridge port Pw)`. A
     password starting with digits gets further: the server is asked for a
-    database named after the rest of the password. What the operator sees
+    database named after the rest of the password. An '@' (libpq ends the
+    user info at the first one): the rest of the password is taken for the
+    host, `could not translate host name "x7Qk2-...@127.0.0.1"`. What the
+    operator sees
     now: the services exit 2 with the one line naming HOOKBRIDGE_DATABASE_URL
     (no retry could connect), hookbridge-migrate and hookbridge-secret say
     the string is not valid; no part of the password anywhere.
 
     On 534b5fd hookbridge-migrate and hookbridge-secret printed "Pw" as the
-    port, and the dispatcher stayed up logging it every 2 s (the exit status
-    assertion timed out)."""
+    port (or the password's tail as the host), and the dispatcher stayed up
+    logging it every 2 s (the exit status assertion timed out)."""
     for url in ("postgresql://hookbridge:Pw/x7Qk2-secret-tail@127.0.0.1:1/hookbridge",
-                "postgresql://hookbridge:5432/x7Qk2-secret-tail@127.0.0.1:1/hookbridge"):
-        first = url.split(":")[2].split("/")[0]
+                "postgresql://hookbridge:5432/x7Qk2-secret-tail@127.0.0.1:1/hookbridge",
+                "postgresql://hookbridge:Pw@x7Qk2-secret-tail@127.0.0.1:1/hookbridge"):
+        first = url.split(":")[2].split("/")[0].split("@")[0]
         env = dict(os.environ, HOOKBRIDGE_DATABASE_URL=url, HOOKBRIDGE_SECRET_KEY=SECRET_KEY,
                    HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1", HOOKBRIDGE_HTTP_LISTEN="127.0.0.1:0",
                    HOOKBRIDGE_MIGRATIONS_DIR=str(REPO / "migrations"))
