@@ -80,6 +80,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque) {
     return n;
 }
 
+/* Said of such a URL, which is not repeated: it may hold a password. */
+#define HB_REGISTRY_BAD_HOST_PART                                                                  \
+    "the host part of the schema registry URL is not host[:port] (percent-encode a '/' in a "      \
+    "user name or password as %%2F, or use HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO)"
+
 /* Does the host part of url (after its user info) fail to be host[:port],
  * [v6][:port]? A '/' in a password that is not percent-encoded ends the
  * host part early: "https://reader:Pa/ss@sr/" has the host part
@@ -335,10 +340,7 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
     }
     if (url_host_part_bad(opts->url)) {
         /* not repeated: it may hold a password */
-        hb_seterr(errstr, errstr_size,
-                  "the host part of the schema registry URL is not host[:port] (percent-encode "
-                  "a '/' in a user name or password as %%2F, or use "
-                  "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO)");
+        hb_seterr(errstr, errstr_size, HB_REGISTRY_BAD_HOST_PART);
         return NULL;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -463,6 +465,10 @@ int hb_registry_register(const hb_registry_opts_t *opts, const char *subject, co
     int r = -1;
     if (!opts->url || !*opts->url) {
         hb_seterr(errstr, errstr_size, "no schema registry URL (HOOKBRIDGE_SCHEMA_REGISTRY_URL)");
+        return -1;
+    }
+    if (url_host_part_bad(opts->url)) {
+        hb_seterr(errstr, errstr_size, HB_REGISTRY_BAD_HOST_PART);
         return -1;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

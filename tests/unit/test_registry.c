@@ -222,6 +222,12 @@ static void urls_are_logged_without_credentials(void **state) {
     assert_null(strstr(err, "Pa"));
     assert_null(strstr(err, "c4e1"));
     assert_non_null(strstr(err, "not host[:port]"));
+    uint32_t id = 0;
+    err[0] = '\0';
+    assert_int_equal(
+        hb_registry_register(&o, "identity.events-value", "\"string\"", &id, err, sizeof(err)), -1);
+    assert_null(strstr(err, "c4e1"));
+    assert_non_null(strstr(err, "not host[:port]"));
 }
 
 int main(void) {
