@@ -308,34 +308,159 @@ static int answer_status(const hb_http_result_t *res) {
 }
 
 #define HB_REDACTED "[redacted]"
+#define HB_REDACT_MIN_CUT 4 /* a start of the value cut by the bound: this many bytes or more */
+
+static int hex4(const char *s, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The UTF-8 bytes of code point cp into out (4 bytes of room); their count. */
+static size_t utf8_put(unsigned cp, char *out) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* How many bytes of s (n of them) spell the value v as a JSON string's
+ * content does (\" \\ \/ and \uXXXX escapes, surrogate pairs too, mixed
+ * with plain bytes): an echo service answering with the request's headers
+ * in JSON escapes a '"' or '\' of the value, some encoders a '/' (PHP) or
+ * anything not ASCII (Python's default), having read the header's bytes as
+ * Latin-1 as HTTP servers do (\u00c3\u00a9 for the bytes of an é) or as
+ * UTF-8. 0: no such spelling starts here;
+ * *cut: s ends inside one after at least HB_REDACT_MIN_CUT bytes of v. */
+static size_t json_spelling(const char *s, size_t n, const char *v, size_t vlen, int *cut) {
+    size_t i = 0, j = 0;
+    *cut = 0;
+    while (j < vlen) {
+        char enc[4];
+        size_t elen;
+        unsigned cp, lo;
+        if (i == n) {
+            *cut = j >= HB_REDACT_MIN_CUT;
+            return *cut ? n : 0;
+        }
+        if (s[i] != '\\') {
+            if (s[i] != v[j])
+                return 0;
+            i++;
+            j++;
+            continue;
+        }
+        if (i + 1 == n) {
+            *cut = j >= HB_REDACT_MIN_CUT;
+            return *cut ? n : 0;
+        }
+        if (s[i + 1] == '"' || s[i + 1] == '\\' || s[i + 1] == '/') {
+            if (v[j] != s[i + 1])
+                return 0;
+            i += 2;
+            j++;
+            continue;
+        }
+        if (s[i + 1] != 'u')
+            return 0; /* \b \f \n \r \t: the value has no control characters */
+        if (n - i < 6) {
+            *cut = j >= HB_REDACT_MIN_CUT;
+            return *cut ? n : 0;
+        }
+        if (hex4(s + i + 2, &cp) < 0)
+            return 0;
+        elen = 6;
+        if (cp >= 0xd800 && cp <= 0xdbff) {
+            if (n - i < 12) {
+                *cut = j >= HB_REDACT_MIN_CUT;
+                return *cut ? n : 0;
+            }
+            if (s[i + 6] != '\\' || s[i + 7] != 'u' || hex4(s + i + 8, &lo) < 0 || lo < 0xdc00 ||
+                lo > 0xdfff)
+                return 0;
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            elen = 12;
+        }
+        size_t k = utf8_put(cp, enc);
+        if (vlen - j >= k && !memcmp(v + j, enc, k)) {
+            i += elen;
+            j += k;
+        } else if (cp >= 0x80 && cp <= 0xff && (unsigned char)v[j] == cp) {
+            i += elen; /* one byte of the value read as Latin-1, as HTTP servers read headers */
+            j++;
+        } else {
+            return 0;
+        }
+    }
+    return i;
+}
 
 /* The response snippet as the delivery log keeps it, or NULL when it is the
  * response body as it came: an endpoint that echoes the request (an echo
  * service, a test endpoint) must not put the auth value, which the database
- * holds only sealed, into the log in plaintext. Each occurrence of it
- * becomes "[redacted]", and so does a start of it (4 characters or more)
- * that the snippet's bound cut off at its end. Returns a malloc'd copy. */
+ * holds only sealed, into the log in plaintext. Each occurrence of it, as
+ * sent or spelled as in a JSON string, becomes "[redacted]", and so does a
+ * start of it (4 bytes or more) that the snippet's bound cut off at its
+ * end. Returns a malloc'd copy. */
 static char *snippet_redacted(const char *snip, const char *secret) {
     size_t len = strlen(snip), vlen = secret ? strlen(secret) : 0;
-    const char *hit;
-    size_t tail = 0;
+    hb_buf_t b = {0};
+    size_t p = 0, kept = 0;
+    int any = 0;
     if (vlen == 0 || len == 0)
         return NULL;
-    for (size_t k = (vlen - 1 < len ? vlen - 1 : len); k >= 4 && !tail; k--)
-        if (!memcmp(snip + len - k, secret, k))
-            tail = k;
-    if (!tail && !memmem(snip, len, secret, vlen))
-        return NULL;
-    hb_buf_t b = {0};
-    const char *p = snip, *end = snip + len - tail;
-    while ((hit = memmem(p, (size_t)(end - p), secret, vlen)) != NULL) {
-        hb_buf_put(&b, p, (size_t)(hit - p));
+    while (p < len) {
+        size_t left = len - p, m = 0;
+        int cut = 0;
+        if (left >= vlen && !memcmp(snip + p, secret, vlen))
+            m = vlen;
+        else if (left < vlen && left >= HB_REDACT_MIN_CUT && !memcmp(snip + p, secret, left))
+            m = left;
+        else if (snip[p] == secret[0] || snip[p] == '\\')
+            m = json_spelling(snip + p, left, secret, vlen, &cut);
+        if (!m) {
+            p++;
+            continue;
+        }
+        hb_buf_put(&b, snip + kept, p - kept);
         hb_buf_puts(&b, HB_REDACTED);
-        p = hit + vlen;
+        p += m;
+        kept = p;
+        any = 1;
     }
-    hb_buf_put(&b, p, (size_t)(end - p));
-    if (tail)
-        hb_buf_puts(&b, HB_REDACTED);
+    if (!any) {
+        free(b.p);
+        return NULL;
+    }
+    hb_buf_put(&b, snip + kept, len - kept);
     hb_buf_put(&b, "", 1);
     return b.p;
 }

@@ -161,6 +161,7 @@ struct hb_http_xfer_s {
     int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
+    int addr_allowed;      /* ... and this when it let an address through */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
     int addr_family;
     char addr_text[INET6_ADDRSTRLEN];
@@ -461,6 +462,7 @@ static curl_socket_t hb_http_opensocket(void *clientp, curlsocktype purpose,
         return CURL_SOCKET_BAD;
     }
     (void)purpose;
+    x->addr_allowed = 1;
     return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
 }
 
@@ -769,7 +771,9 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                   x->host_name ? x->host_name : "?");
         break;
     case CURLE_COULDNT_CONNECT:
-        if (x->addr_refused) {
+        /* Refused by the policy only when no address of the name was
+         * allowed: when one was tried, its failure is the outcome. */
+        if (x->addr_refused && !x->addr_allowed) {
             res->refused = 1;
             if (x->addr_family == AF_INET || x->addr_family == AF_INET6)
                 hb_seterr(res->error, sizeof(res->error),

@@ -27,14 +27,24 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "hb_cutoff.h"
 #include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_metrics.h"
 
 #define HB_HTTPD_REASON_MAX 256
+/* Idle connections are closed after this long. */
+#define HB_HTTPD_CONN_TIMEOUT_S 10
+/* A connection that has not sent a whole request within this long of its
+ * start (or of its previous request's end) is closed (hb_cutoff): a client
+ * trickling bytes would otherwise hold a connection, and 64 of them every
+ * probe and scrape out, and the liveness probe would restart the pod. A
+ * probe or scrape sends its few hundred bytes at once. */
+#define HB_HTTPD_REQUEST_DEADLINE_MS 5000
 
 struct hb_httpd_s {
     struct MHD_Daemon *mhd;
+    hb_cutoff_t *cutoff;
     int port;
     long long stall_ms;           /* <= 0: never stalled */
     _Atomic int64_t last_beat_ms; /* hb_mono_ms() of the last beat */
@@ -121,6 +131,15 @@ static enum MHD_Result serve_readyz(hb_httpd_t *h, struct MHD_Connection *conn) 
     return respond_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
 }
 
+/* A request answered: the connection's next one is due within the timeout. */
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)con_cls;
+    (void)toe;
+    hb_cutoff_rearm(conn);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -161,10 +180,13 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     snprintf(h->reason, sizeof(h->reason), "starting");
 
     /* The logger goes first so that even option errors reach hb_log. */
+    h->cutoff = hb_cutoff_new(HB_HTTPD_REQUEST_DEADLINE_MS, "httpd");
     h->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)10, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64, MHD_OPTION_END);
+        (unsigned int)HB_HTTPD_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
+        MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify, h->cutoff, MHD_OPTION_NOTIFY_COMPLETED,
+        on_completed, NULL, MHD_OPTION_END);
     if (!h->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);
@@ -202,6 +224,7 @@ void hb_httpd_stop(hb_httpd_t *h) {
         return;
     if (h->mhd)
         MHD_stop_daemon(h->mhd);
+    hb_cutoff_free(h->cutoff); /* after the server: it notifies every close */
     pthread_mutex_destroy(&h->lock);
     free(h);
 }

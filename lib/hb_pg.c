@@ -135,11 +135,36 @@ static int looks_like_conninfo(const char *s) {
     return strchr(s, '=') || !strncmp(s, "postgres://", 11) || !strncmp(s, "postgresql://", 13);
 }
 
+/* A URI whose user name or password holds a '/' or an '@' that is not
+ * percent-encoded: libpq ends the host part at the first '/', and the user
+ * info at the first '@', so postgresql://hb:Ab/cd@db/hookbridge has the host
+ * "hb", the port "Ab" and the rest of the password, '@' and all, for the
+ * database name, and postgresql://hb:Ab@cd@db/hookbridge the host "cd@db";
+ * its errors quote them ("invalid integer value "Ab" for connection option
+ * "port"", "could not translate host name "cd@db""). An '@' in the host part
+ * after the user info, or after a host part that has none (before any '?'),
+ * is that mistake (a database name with an '@' is written %40); such a
+ * string is not valid. */
+static int uri_userinfo_lost(const char *s) {
+    const char *p = strstr(s, "://"), *auth_end, *path_end, *at;
+    if (!p || (strncmp(s, "postgres://", 11) && strncmp(s, "postgresql://", 13)))
+        return 0;
+    p += 3;
+    auth_end = p + strcspn(p, "/?");
+    at = memchr(p, '@', (size_t)(auth_end - p));
+    if (at) /* the user info ends at the first '@': no other may follow */
+        return memchr(at + 1, '@', (size_t)(auth_end - at - 1)) != NULL;
+    path_end = auth_end + strcspn(auth_end, "?");
+    return memchr(auth_end, '@', (size_t)(path_end - auth_end)) != NULL;
+}
+
 int hb_pg_conninfo_valid(const char *conninfo) {
     PQconninfoOption *opts;
     char *perr = NULL;
     if (!conninfo || !looks_like_conninfo(conninfo))
         return 1;
+    if (uri_userinfo_lost(conninfo))
+        return 0;
     opts = PQconninfoParse(conninfo, &perr);
     PQfreemem(perr); /* it may quote part of the string */
     if (!opts)
@@ -174,7 +199,8 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
     if (!conninfo)
         conninfo = "";
     if (looks_like_conninfo(conninfo)) {
-        PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+        PQconninfoOption *opts =
+            uri_userinfo_lost(conninfo) ? NULL : PQconninfoParse(conninfo, &perr);
         if (!opts) {
             /* libpq's message may quote part of the string: do not repeat it. */
             PQfreemem(perr);

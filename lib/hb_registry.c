@@ -80,6 +80,43 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque) {
     return n;
 }
 
+/* Said of such a URL, which is not repeated: it may hold a password. */
+#define HB_REGISTRY_BAD_HOST_PART                                                                  \
+    "the host part of the schema registry URL is not host[:port] (percent-encode a '/' in a "      \
+    "user name or password as %%2F, or use HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO)"
+
+/* Does the host part of url (after its user info) fail to be host[:port],
+ * [v6][:port]? A '/' in a password that is not percent-encoded ends the
+ * host part early: "https://reader:Pa/ss@sr/" has the host part
+ * "reader:Pa", whose "port" is the password's start. */
+static int url_host_part_bad(const char *url) {
+    const char *scheme = strstr(url, "://");
+    const char *host = scheme ? scheme + 3 : url;
+    const char *end = host + strcspn(host, "/?#"), *port;
+    for (const char *p = host; p < end; p++)
+        if (*p == '@')
+            host = p + 1;
+    if (*host == '[') {
+        const char *close = memchr(host, ']', (size_t)(end - host));
+        if (!close)
+            return 1;
+        port = close + 1 < end ? close + 1 : NULL;
+        if (port && *port != ':')
+            return 1;
+    } else {
+        port = memchr(host, ':', (size_t)(end - host));
+    }
+    if (!port)
+        return 0;
+    port++;
+    if (port == end)
+        return 1;
+    for (; port < end; port++)
+        if (*port < '0' || *port > '9')
+            return 1;
+    return 0;
+}
+
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
     const char *scheme = strstr(url, "://");
     const char *host = scheme ? scheme + 3 : url;
@@ -88,6 +125,13 @@ void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
     for (const char *p = host; p < end; p++)
         if (*p == '@')
             at = p;
+    if (!at && url_host_part_bad(url)) {
+        /* user info with a '/' in it: it ends at the last '@' before the query */
+        end = host + strcspn(host, "?#");
+        for (const char *p = host; p < end; p++)
+            if (*p == '@')
+                at = p;
+    }
     if (!at) {
         snprintf(out, out_size, "%s", url);
         return;
@@ -294,6 +338,11 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
         hb_seterr(errstr, errstr_size, "schema registry URL must start with http:// or https://");
         return NULL;
     }
+    if (url_host_part_bad(opts->url)) {
+        /* not repeated: it may hold a password */
+        hb_seterr(errstr, errstr_size, HB_REGISTRY_BAD_HOST_PART);
+        return NULL;
+    }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         hb_seterr(errstr, errstr_size, "curl_global_init failed");
         return NULL;
@@ -416,6 +465,10 @@ int hb_registry_register(const hb_registry_opts_t *opts, const char *subject, co
     int r = -1;
     if (!opts->url || !*opts->url) {
         hb_seterr(errstr, errstr_size, "no schema registry URL (HOOKBRIDGE_SCHEMA_REGISTRY_URL)");
+        return -1;
+    }
+    if (url_host_part_bad(opts->url)) {
+        hb_seterr(errstr, errstr_size, HB_REGISTRY_BAD_HOST_PART);
         return -1;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

@@ -27,7 +27,9 @@
  *
  * Memory is bounded by connections x ingest_max_body_bytes (each body is
  * freed once parsed) plus librdkafka's queue; slow clients are cut off by
- * the connection timeout.
+ * the connection timeout, counted from the last byte for an idle connection
+ * and, by hb_cutoff, from the connection's start (or its previous request's
+ * end) for one that trickles its request.
  */
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -43,6 +45,7 @@
 #include <unistd.h>
 
 #include "hb_codec.h"
+#include "hb_cutoff.h"
 #include "hb_httpd.h"
 #include "hb_ingest.h"
 #include "hb_kafka.h"
@@ -58,7 +61,9 @@
 #define INGEST_DRAIN_MS 20000
 /* ... and then at most this long for the ones cut off to send their 503. */
 #define INGEST_ANSWER_MS 2000
-/* Idle (or slow) connections are closed after this many seconds. */
+/* Idle connections are closed after this many seconds, and so are those that
+ * have not sent a whole request within them (of their start, or of their
+ * previous request's end: hb_cutoff), however steadily they trickle. */
 #define INGEST_CONN_TIMEOUT_S 30
 /* How long one attempt to learn the topic's metadata may hold the loop. */
 #define INGEST_PREPARE_MS 500
@@ -93,6 +98,7 @@ struct ingest_s {
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
     struct MHD_Daemon *mhd;
+    hb_cutoff_t *cutoff; /* the request deadline of each connection */
     hb_httpd_t *ops;
 
     pthread_mutex_t lock;
@@ -394,6 +400,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                  in->cfg->ingest_max_body_bytes);
         return reply_error(in, conn, MHD_HTTP_CONTENT_TOO_LARGE, why, -1);
     }
+    hb_cutoff_hold(conn); /* all here: waiting for the brokers is not the client's doing */
     return handle_post(in, conn, r);
 }
 
@@ -402,8 +409,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     ingest_t *in = cls;
     req_t *r = *con_cls;
     int last;
-    (void)conn;
     (void)toe;
+    hb_cutoff_rearm(conn); /* the connection's next request is due from now */
     if (!r)
         return;
     *con_cls = NULL;
@@ -445,10 +452,12 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     }
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, "ingest");
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, in, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
+        on_completed, in, MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify, in->cutoff,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)in->cfg->ingest_max_connections, MHD_OPTION_END);
     if (!in->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
@@ -598,6 +607,8 @@ static int ingest_loop(ingest_t *in) {
     pthread_mutex_unlock(&in->lock);
     MHD_stop_daemon(in->mhd); /* joins every connection's thread */
     in->mhd = NULL;
+    hb_cutoff_free(in->cutoff); /* after the server: it notifies every close */
+    in->cutoff = NULL;
 
     /* Whatever an aborted request left queued still gets its chance. */
     if (hb_kafka_flush(in->rk, 5000) > 0) {
@@ -649,6 +660,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     }
     if (in.mhd)
         MHD_stop_daemon(in.mhd);
+    hb_cutoff_free(in.cutoff);
     hb_httpd_stop(in.ops);
     hb_kafka_reach_stop(&in.brokers); /* its thread uses in.rk */
     if (in.topic)

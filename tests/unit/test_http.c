@@ -760,6 +760,43 @@ static void test_private_refused(void **state) {
     fx_stop(fx);
 }
 
+/* A name with several addresses, one refused by the policy and one allowed:
+ * the allowed one was tried, so its failure (here: nobody listens) is the
+ * outcome, a transport error that is retried, not a policy refusal, which
+ * fails the delivery for good. curl resolves localhost to ::1 and
+ * 127.0.0.1 itself; only the latter is allowed. */
+static void test_refused_address_beside_an_allowed_one(void **state) {
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+
+    hb_http_conf_t conf = {.max_in_flight = 4,
+                           .max_host_connections = 4,
+                           .connect_timeout_ms = 2000,
+                           .allow_http = 1,
+                           .allowed_cidrs = "127.0.0.1/32"};
+    hb_http_t *h = http_new_conf(&conf);
+    rec_t r[1];
+    char url[128];
+    memset(r, 0, sizeof(r));
+    snprintf(url, sizeof(url), "http://localhost:%u/ok", (unsigned)ntohs(sin.sin_port));
+    submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
+    run_until_done(h, r, 1, 10000);
+    assert_int_equal(r[0].res.refused, 0);
+    assert_int_equal(r[0].res.transport_error, CURLE_COULDNT_CONNECT);
+    assert_null(strstr(r[0].res.error, "refused;"));
+    hb_http_free(h);
+    rec_clear(r, 1);
+}
+
 static void test_scheme_refused_up_front(void **state) {
     (void)state;
     hb_http_t *h = test_http_new(4, 4, 0, 1);
@@ -1280,6 +1317,7 @@ int main(void) {
         cmocka_unit_test(test_response_headers_bounded),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_private_refused),
+        cmocka_unit_test(test_refused_address_beside_an_allowed_one),
         cmocka_unit_test(test_scheme_refused_up_front),
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_many_concurrent),

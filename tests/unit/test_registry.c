@@ -210,6 +210,24 @@ static void urls_are_logged_without_credentials(void **state) {
     assert_string_equal(out, "http://sr:8081/x@y");
     assert_null(hb_registry_new(&o, err, sizeof(err)));
     assert_string_equal(err, "schema registry URL must start with http:// or https://");
+    /* A '/' in the password, not percent-encoded, ends the host part early
+     * ("reader:Pa" is no host:port): neither its start nor its rest is shown,
+     * and such a URL is refused without being repeated. */
+    hb_registry_url_for_log("https://reader:Pa/ss-c4e1@sr.example.com/v7", out, sizeof(out));
+    assert_string_equal(out, "https://sr.example.com/v7");
+    hb_registry_url_for_log("https://[::1]:8081/x@y", out, sizeof(out));
+    assert_string_equal(out, "https://[::1]:8081/x@y");
+    o.url = "https://reader:Pa/ss-c4e1@sr.example.com/v7";
+    assert_null(hb_registry_new(&o, err, sizeof(err)));
+    assert_null(strstr(err, "Pa"));
+    assert_null(strstr(err, "c4e1"));
+    assert_non_null(strstr(err, "not host[:port]"));
+    uint32_t id = 0;
+    err[0] = '\0';
+    assert_int_equal(
+        hb_registry_register(&o, "identity.events-value", "\"string\"", &id, err, sizeof(err)), -1);
+    assert_null(strstr(err, "c4e1"));
+    assert_non_null(strstr(err, "not host[:port]"));
 }
 
 int main(void) {

@@ -1,0 +1,193 @@
+/* Request deadlines (hb_cutoff) on a real libmicrohttpd server, in both of
+ * the threading modes hookbridge runs one in: a client trickling its request
+ * is cut at the deadline, clients sending whole requests are served on one
+ * connection for longer than it, and a request whose answer takes long is
+ * not cut while it is answered. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "hb_common.h"
+#include "hb_cutoff.h"
+
+/* Long enough that a loaded machine (the sanitizer pass, six test workers on
+ * two cores) keeps the fast client within it: it waits 150 ms between
+ * requests. */
+#define LIMIT_MS 600
+
+typedef struct {
+    struct MHD_Daemon *d;
+    hb_cutoff_t *c;
+    int port;
+} srv_t;
+
+/* Answers "ok" on the second call (a response queued on the first, before
+ * the request is known to be whole, makes libmicrohttpd close the
+ * connection after it); GET /slow holds its request, then answers after
+ * LIMIT_MS + 300 ms. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls) {
+    static const char body[] = "ok";
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+    (void)cls;
+    (void)method;
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    if (!*con_cls) {
+        *con_cls = (void *)1;
+        return MHD_YES;
+    }
+    if (!strcmp(url, "/slow")) {
+        hb_cutoff_hold(conn);
+        usleep((LIMIT_MS + 300) * 1000);
+    }
+    resp = MHD_create_response_from_buffer(2, (void *)body, MHD_RESPMEM_PERSISTENT);
+    ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)con_cls;
+    (void)toe;
+    hb_cutoff_rearm(conn);
+}
+
+static void srv_start(srv_t *s, unsigned flags) {
+    s->c = hb_cutoff_new(LIMIT_MS, "test");
+    assert_non_null(s->c);
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+                            hb_cutoff_notify, s->c, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_END);
+    assert_non_null(s->d);
+    s->port = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT)->port;
+}
+
+static void srv_stop(srv_t *s) {
+    MHD_stop_daemon(s->d);
+    hb_cutoff_free(s->c);
+}
+
+static int dial(int port) {
+    struct sockaddr_in sin;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    return fd;
+}
+
+/* Reads until the server closes (1) or timeout_ms passes (0); the bytes read
+ * are appended to buf when given. */
+static int closed_within(int fd, int timeout_ms) {
+    int64_t until = hb_mono_ms() + timeout_ms;
+    char buf[512];
+    for (;;) {
+        int64_t left = until - hb_mono_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (left <= 0)
+            return 0;
+        if (poll(&p, 1, (int)left) <= 0)
+            continue;
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n == 0 || (n < 0 && errno == ECONNRESET))
+            return 1;
+    }
+}
+
+/* One whole request on fd; returns 1 when "200" and "ok" came back. */
+static int ask(int fd, const char *path) {
+    char req[128], buf[1024];
+    size_t got = 0;
+    int64_t until = hb_mono_ms() + 5000;
+    snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req))
+        return 0;
+    while (hb_mono_ms() < until && got < sizeof(buf) - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+        if (n <= 0)
+            return 0;
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (strstr(buf, " 200 ") && strstr(buf, "\r\n\r\nok"))
+            return 1;
+    }
+    return 0;
+}
+
+static void run(unsigned flags) {
+    srv_t s;
+    srv_start(&s, flags);
+
+    /* trickling a byte every 50 ms: cut at the deadline, not later */
+    int slow = dial(s.port);
+    int64_t t0 = hb_mono_ms(), cut_at = 0;
+    static const char line[] = "GET / HTTP/1.1\r\nX-Trickle: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for (size_t i = 0; i < sizeof(line) - 1 && !cut_at; i++) {
+        if (send(slow, line + i, 1, MSG_NOSIGNAL) != 1 || closed_within(slow, 50))
+            cut_at = hb_mono_ms();
+    }
+    if (!cut_at && closed_within(slow, 2000))
+        cut_at = hb_mono_ms();
+    assert_true(cut_at > 0);
+    assert_true(cut_at - t0 >= LIMIT_MS - 50);
+    assert_true(cut_at - t0 < LIMIT_MS + 1000);
+    close(slow);
+    assert_int_equal(hb_cutoff_count(s.c), 1);
+
+    /* whole requests, each within the limit of the one before: served on one
+     * connection for longer than the limit */
+    int fd = dial(s.port);
+    for (int i = 0; i < 5; i++) {
+        if (!ask(fd, "/"))
+            fail_msg("request %d of the fast connection not answered", i);
+        usleep(150 * 1000);
+    }
+    /* an answer that takes longer than the limit: not cut while it is made */
+    assert_true(ask(fd, "/slow"));
+    /* and after it, idle past the limit: cut */
+    assert_true(closed_within(fd, LIMIT_MS + 1000));
+    close(fd);
+    assert_int_equal(hb_cutoff_count(s.c), 2);
+    srv_stop(&s);
+}
+
+static void test_internal_thread(void **state) {
+    (void)state;
+    run(MHD_USE_AUTO_INTERNAL_THREAD);
+}
+
+static void test_thread_per_connection(void **state) {
+    (void)state;
+    run(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_internal_thread),
+        cmocka_unit_test(test_thread_per_connection),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
