@@ -18,6 +18,7 @@
 #   make DEBUG=1    unoptimised debug build (-O0 -g3)
 #   make SANITIZER=address,undefined   sanitizer build (into build-san/ and bin-san/)
 #   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
+#   make ALLOC=glibc  link glibc's malloc instead of mimalloc (see below)
 
 CC      ?= cc
 PKGS    := rdkafka avro-c jansson libcurl libpq openssl libmicrohttpd
@@ -40,6 +41,17 @@ LDFLAGS += -fsanitize=$(SANITIZER)
 else
 B       ?= build
 BIN     ?= bin
+# The programs allocate with mimalloc (Debian's libmimalloc2.0): linked
+# before every other library, it serves their malloc and free too
+# (librdkafka's, libcurl's, ...). The dispatcher spends about a fifth less
+# CPU per delivery than with glibc's malloc (make bench prints both).
+# Sanitizer builds keep the sanitizer's allocator; the unit tests and the
+# bench tools keep glibc's (bench_tlsconn reads the heap with mallinfo2, and
+# the reference client is a plain libcurl program).
+ALLOC   ?= mimalloc
+ifeq ($(ALLOC),mimalloc)
+PROGRAM_LDLIBS := -lmimalloc
+endif
 endif
 
 LIB_SRC  := $(sort $(wildcard lib/*.c))
@@ -105,7 +117,7 @@ $(LIBHB): $(LIB_OBJ)
 define program_rule
 $(BIN)/$(1): $$($(1)_SRC:%.c=$(B)/%.o) $(LIBHB)
 	@mkdir -p $$(@D)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$($(1)_LDLIBS) $$(LDLIBS)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PROGRAM_LDLIBS) $$($(1)_LDLIBS) $$(LDLIBS)
 endef
 $(foreach p,$(PROGRAMS),$(eval $(call program_rule,$(p))))
 

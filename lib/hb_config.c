@@ -123,7 +123,7 @@ static const cf_row_t cf_table[] = {
     {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,
      "Connections to endpoints kept open for reuse, busy and idle together (never fewer than "
      "max_in_flight); beyond it the least recently used idle one is closed. An open HTTPS "
-     "connection holds about 80 KiB; endpoint hosts in steady use beyond it cost a new "
+     "connection holds about 90 KiB; endpoint hosts in steady use beyond it cost a new "
      "connection (a resumed TLS handshake) per delivery."},
     {"max_host_queue", CF_INT, OFF(max_host_queue), "1000", 1, 1000000, HB_PROG_SERVICES, 0,
      "Requests that may wait for a connection to one endpoint host; a delivery beyond it is "

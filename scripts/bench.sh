@@ -28,6 +28,8 @@
 #               CPU-second (tests/bench/bench_curl_ref.c: one thread, libcurl
 #               multi, 32 keep-alive connections, 900-byte POSTs, the same nginx,
 #               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7);
+#               the reference again with mimalloc preloaded, the allocator the
+#               programs link (shown, to tell the allocator's share of the ratio);
 #               then our HTTP engine alone (tests/bench/bench_http.c: lib/hb_http.c
 #               with the webhook headers and nothing else), to tell the engine's
 #               share of the gap from the rest of the dispatcher's
@@ -461,6 +463,19 @@ read -r REF_N _ REF_RPS REF_CPU_S REF_PER_CPU REF_FAILED <"$B/ref.out"
 RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 echo "reference client: $REF_N requests, $REF_RPS/s, $REF_CPU_S CPU-seconds: $REF_PER_CPU requests" \
   "per CPU-second ($REF_FAILED failed); dispatcher / reference = $RATIO"
+# The programs allocate with mimalloc (the Makefile's ALLOC); the reference is
+# a plain libcurl program on glibc's malloc. The same reference with mimalloc
+# preloaded shows how much of the ratio the allocator alone makes.
+REF_MI_LINE="- (the dispatcher is not linked with mimalloc: make ALLOC=glibc)"
+MI_LIB=$(ldd "$BIN/hookbridge-dispatcher" | awk '/libmimalloc/ { print $3; exit }')
+if [ -n "$MI_LIB" ]; then
+  LD_PRELOAD=$MI_LIB "$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref-mi.out" ||
+    { cat "$B/ref-mi.out"; die "bench_curl_ref with mimalloc failed"; }
+  read -r _ _ REF_MI_RPS _ REF_MI_PER_CPU _ <"$B/ref-mi.out"
+  REF_MI_RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_MI_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+  REF_MI_LINE="$REF_MI_RPS requests/s, $REF_MI_PER_CPU per CPU-second; dispatcher / it = $REF_MI_RATIO"
+fi
+echo "reference client with mimalloc preloaded: $REF_MI_LINE"
 # Our HTTP engine alone (lib/hb_http.c, the same requests with the webhook
 # headers, nothing else): splits the gap between the dispatcher and the
 # reference into the engine's share and everything else's.
@@ -905,6 +920,7 @@ printf '  %-44s %s\n' \
   "machine during throughput" "$MACH_LINE" \
   "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
+  "reference client with mimalloc preloaded" "$REF_MI_LINE" \
   "HTTP engine alone (bench_http, 32 conns)" "$ENG_RPS requests/s, $ENG_PER_CPU per CPU-second: $ENG_RATIO of the reference" \
   "PostgreSQL CPU per logged attempt" "$PG_US us ($PG_CLIENT_US in client backends; ${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
   "latency, produce -> POST at $RATE/s" "p50 $P50 ms  p90 $P90 ms  p99 $P99 ms  max $PMAX ms ($LAT_N events)" \
@@ -926,6 +942,7 @@ result "dispatcher CPU; its loop waiting for a CPU (% of the phase)" "$TP_CPU% o
 result "machine during throughput (cores)" "$MACH_LINE" "(shown)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
+result "reference client with the dispatcher's allocator (mimalloc)" "$REF_MI_LINE" "(shown)"
 result "HTTP engine alone (bench_http) per CPU-second / reference" "$ENG_RATIO ($ENG_PER_CPU)" "(shown)"
 result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG_CLIENT_US" \
   "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \

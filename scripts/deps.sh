@@ -5,7 +5,7 @@
 set -eu
 PKGS="build-essential pkg-config clang clang-format
 librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
-libssl-dev libmicrohttpd-dev libcmocka-dev
+libssl-dev libmicrohttpd-dev libcmocka-dev libmimalloc-dev
 postgresql postgresql-contrib
 python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-kafka python3-avro jq openssl
 nginx-light wrk kcat curl
