@@ -420,7 +420,8 @@ static long old_layout_rows(PGresult *res, const mig_list_t *l) {
 }
 
 /* Marks the applied migrations in l; fails naming the first inconsistency
- * (all of them are printed to stderr). */
+ * (all of them are printed to stderr). Returns 0, -1 when the history does
+ * not match the files, -2 when it could not be read. */
 static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table_exists,
                          char *errstr, size_t errstr_size) {
     PGresult *res = NULL;
@@ -434,7 +435,7 @@ static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table
                 "  FROM hookbridge.hookbridge_migrations ORDER BY version",
                 0, NULL, PGRES_TUPLES_OK, &res, "reading hookbridge.hookbridge_migrations", errstr,
                 errstr_size) < 0)
-        return -1;
+        return -2; /* nothing known: not the same as a history that does not match */
     old_at = old_layout_rows(res, l);
     if (old_at > 0 && old_at < OLD_LAYOUT_N) {
         hb_seterr(errstr, errstr_size,
@@ -742,6 +743,8 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
     table_exists = !strcmp(PQgetvalue(res, 0, 0), "t");
     PQclear(res);
     rc = check_history(conn, l, dir, table_exists, errstr, errstr_size);
+    if (rc == -2) /* listing every migration as pending would be wrong */
+        return -1;
     for (size_t i = 0; i < l->n; i++) {
         if (l->v[i].applied)
             printf("%-40s applied  %s  sha256:%.12s%s\n", l->v[i].file, l->v[i].applied_at,

@@ -10,8 +10,10 @@
 --                        (with their sealed secrets, to sign), write the
 --                        delivery log, claim and record verifications and
 --                        replays, seal secrets, deactivate endpoints that
---                        keep failing, and maintain the delivery log's
---                        partitions. Nothing else: no subscription can be
+--                        keep failing, maintain the delivery log's
+--                        partitions, and read hookbridge-migrate's
+--                        bookkeeping (its `up` runs in their init
+--                        containers). Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
 --                        hookbridge.* API function but the services' ones, the
@@ -139,6 +141,11 @@ BEGIN
         ON hookbridge.subscriptions TO hookbridge_operator;
     -- both: which secrets are sealed, under which key
     GRANT SELECT ON hookbridge.secret_keys, hookbridge.secret_status
+        TO hookbridge_operator, hookbridge_service;
+    -- both: hookbridge-migrate's bookkeeping, which `hookbridge-migrate up` (the
+    -- services' init containers, also when a migrate Job with another role
+    -- applied everything) and `status` read; only the migrating role writes it
+    GRANT SELECT ON hookbridge.hookbridge_migrations, hookbridge.hookbridge_sql_files
         TO hookbridge_operator, hookbridge_service;
 
     FOR r IN SELECT * FROM hookbridge._own_functions() LOOP
