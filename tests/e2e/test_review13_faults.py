@@ -73,3 +73,45 @@ def test_the_services_role_runs_migrate_up_and_status_as_the_init_containers_do(
     r = migrate(nobody, "status")
     assert r.returncode == 1 and "permission denied" in r.stderr, r.stdout + r.stderr
     assert "pending" not in r.stdout, r.stdout
+
+
+@pytest.mark.sql_only
+@pytest.mark.runs_programs
+def test_an_image_rolled_back_past_a_migration_still_starts(pg_cluster, tmp_path):
+    """docs/operations.md: "Rolling back the image is safe as long as the
+    migrations in between were expand-only (they stay applied)". The rolled
+    back pods' init container runs this release's `up` on a database a newer
+    release migrated: it refused ("applied but its file is missing"), so the
+    rollback never started a pod. It applies nothing, leaves the newer
+    release's SQL files in place, and says so; `status` lists the newer
+    migration."""
+    newer = tmp_path / "newer"
+    shutil.copytree(MIGRATIONS, newer / "migrations")
+    shutil.copytree(MIGRATIONS.parent / "sql", newer / "sql")
+    (newer / "migrations" / "0099_newer.sql").write_text(
+        "CREATE TABLE hookbridge.newer_thing (a int);\n")
+    with open(newer / "sql" / "60_deliveries.sql", "a") as f:
+        f.write("\n-- as the newer release has it\n")
+    db = pg_cluster.create_database("r13back")
+    url = pg_cluster.url(db)
+    r = migrate(url, "up", migrations_dir=newer / "migrations")
+    assert r.returncode == 0, r.stderr
+    newer_sums = sql(url, "SELECT name, checksum FROM hookbridge.hookbridge_sql_files ORDER BY 1")
+
+    r = migrate(url, "up")  # this release: the rolled-back image
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ahead of this release" in r.stdout and "0099_newer.sql" in r.stdout, r.stdout
+    assert sql(url, "SELECT name, checksum FROM hookbridge.hookbridge_sql_files "
+               "ORDER BY 1") == newer_sums, "this release's SQL files were put back"
+    assert sql(url, "SELECT to_regclass('hookbridge.newer_thing') IS NOT NULL") == [(True,)]
+    st = migrate(url, "status")
+    assert st.returncode == 0, st.stdout + st.stderr
+    assert "0099_newer.sql" in st.stdout and "newer release" in st.stdout, st.stdout
+    assert "pending" not in st.stdout, st.stdout
+
+    # A file missing below the newest one here is still a packaging mistake.
+    gap = tmp_path / "gap"
+    shutil.copytree(MIGRATIONS, gap)
+    (gap / "0003_ordering.sql").unlink()
+    r = migrate(url, "status", migrations_dir=gap)
+    assert r.returncode == 1 and "0003_ordering.sql" in r.stderr and "missing" in r.stderr
