@@ -688,6 +688,42 @@ static int apply_rest(PGconn *conn, const mig_t *baseline, int convert, const sq
     return 0;
 }
 
+/* Takes the migration lock; when another session holds it, says who before
+ * waiting, so that an `up` that seems to hang explains itself (often the
+ * session of an `up` that was killed: it keeps the lock until the server
+ * notices, at the end of the statement it was running). */
+static int take_lock(PGconn *conn, const char *const *key, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    int got;
+    if (exec_ok(conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, &res,
+                "taking the migration lock", errstr, errstr_size) < 0)
+        return -1;
+    got = !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    if (got)
+        return 0;
+    res = PQexecParams(conn,
+                       "SELECT l.pid, coalesce(nullif(a.application_name, ''), 'unnamed'),"
+                       "       coalesce(a.usename::text, '?')"
+                       "  FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+                       " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                       "   AND l.database = (SELECT oid FROM pg_database"
+                       "                      WHERE datname = current_database())"
+                       "   AND (l.classid::bigint << 32 | l.objid::bigint) = $1::bigint",
+                       1, NULL, key, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+        printf("waiting for the migration lock, held by the session of pid %s (%s, user %s): "
+               "another hookbridge-migrate up, or one that was killed and whose statement "
+               "is still running\n",
+               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    else
+        printf("waiting for the migration lock, held by another session\n");
+    PQclear(res);
+    fflush(stdout);
+    return exec_ok(conn, "SELECT pg_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, NULL,
+                   "taking the migration lock", errstr, errstr_size);
+}
+
 static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, size_t errstr_size) {
     const char *key[1] = {MIGRATE_LOCK_KEY};
     sql_set_t sql;
@@ -695,8 +731,7 @@ static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, si
     int applied = 0, rc = -1, convert, need_sql;
     size_t last = l->n;
     memset(&sql, 0, sizeof(sql));
-    if (exec_ok(conn, "SELECT pg_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, NULL,
-                "taking the migration lock", errstr, errstr_size) < 0)
+    if (take_lock(conn, key, errstr, errstr_size) < 0)
         return -1;
     if (ensure_table(conn, errstr, errstr_size) < 0)
         goto out;

@@ -6,13 +6,16 @@ configuration mistakes (exit 2, one line naming the variable).
 Each test was shown to fail on 534b5fd."""
 import shutil
 import subprocess
+import threading
 import uuid
 
 import psycopg2
 import pytest
 
 from hbtest.pg import MIGRATIONS
-from hbtest.procs import BIN, SLOW
+from hbtest.procs import BIN, SLOW, wait_until
+
+MIGRATE_LOCK_KEY = 7526676533394417767  # migrations/migrate.c: "hookbrdg" as a bigint
 
 
 def sql(url, query, *args):
@@ -115,3 +118,40 @@ def test_an_image_rolled_back_past_a_migration_still_starts(pg_cluster, tmp_path
     (gap / "0003_ordering.sql").unlink()
     r = migrate(url, "status", migrations_dir=gap)
     assert r.returncode == 1 and "0003_ordering.sql" in r.stderr and "missing" in r.stderr
+
+
+@pytest.mark.sql_only
+@pytest.mark.runs_programs
+def test_an_up_waiting_for_the_lock_says_who_holds_it(pg_cluster):
+    """An `up` killed (kill -9) in the middle of a migration leaves its
+    server session running the statement, holding the migration lock, and
+    the restarted init container waited without a word: it now says it
+    waits, and for which session."""
+    db = pg_cluster.create_database("r13lock")
+    url = pg_cluster.url(db)
+    holder = psycopg2.connect(url, application_name="hookbridge-migrate")
+    holder.autocommit = True
+    holder.cursor().execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK_KEY,))
+    holder_pid = holder.get_backend_pid()
+    p = subprocess.Popen([str(BIN / "hookbridge-migrate"), "up", "--dir", str(MIGRATIONS)],
+                         env={"HOOKBRIDGE_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(p.stdout.readline, "")))
+    reader.start()
+    try:
+        wait_until(lambda: lines or p.poll() is not None, 20 * SLOW,
+                   "migrate up to say that it waits")
+        assert p.poll() is None, "migrate up did not wait for the lock"
+        assert lines[0].startswith("waiting for the migration lock"), lines
+        assert f"pid {holder_pid}" in lines[0] and "hookbridge-migrate" in lines[0], lines
+        holder.close()
+        p.wait(60 * SLOW)
+        reader.join()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        holder.close()
+    assert p.returncode == 0, p.stderr.read()
+    assert any(line.startswith("applied 0001_baseline.sql") for line in lines), lines
