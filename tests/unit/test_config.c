@@ -262,6 +262,16 @@ static void durations(void **state) {
     assert_int_equal(hb_duration_parse_ms("-1s", &ms), -1);
     assert_int_equal(hb_duration_parse_ms("s", &ms), -1);
     assert_int_equal(hb_duration_parse_ms("", &ms), -1);
+    assert_int_equal(hb_duration_parse_ms("1.5s", &ms), 0);
+    assert_int_equal(ms, 1500);
+    assert_int_equal(hb_duration_parse_ms(".5s", &ms), 0);
+    assert_int_equal(ms, 500);
+    /* decimal only: nothing else strtod would take */
+    static const char *const refused[] = {"nan", "nans", "inf",   "0x10s", "1e3", "+5s",
+                                          " 5s", "5s ",  "1..5s", ".s",    "5 s"};
+    for (size_t i = 0; i < HB_ARRAY_SIZE(refused); i++)
+        if (hb_duration_parse_ms(refused[i], &ms) != -1)
+            fail_msg("\"%s\" was taken as %lld ms", refused[i], ms);
 }
 
 int main(void) {
