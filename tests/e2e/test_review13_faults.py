@@ -15,6 +15,7 @@ import pytest
 from hbtest.pg import MIGRATIONS
 from hbtest.procs import BIN, SLOW, wait_until
 
+KEY = "0hS92CSz00CxP0o6esTMV+uIe4nCIt9aNRhMiGKr6O0="  # a sealing key (32 bytes, base64)
 MIGRATE_LOCK_KEY = 7526676533394417767  # migrations/migrate.c: "hookbrdg" as a bigint
 
 
@@ -155,3 +156,47 @@ def test_an_up_waiting_for_the_lock_says_who_holds_it(pg_cluster):
         holder.close()
     assert p.returncode == 0, p.stderr.read()
     assert any(line.startswith("applied 0001_baseline.sql") for line in lines), lines
+
+
+def start(program, env, timeout=5):
+    """Runs a service with `env` only; (status, stdout, stderr), status None
+    when it was still running after `timeout` s (it took the value)."""
+    p = subprocess.Popen([str(BIN / program)], env={"PATH": "/usr/bin:/bin", **env},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout * SLOW)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return None, out, err
+
+
+def test_a_missing_database_url_and_odd_durations_are_configuration_mistakes():
+    """docs/design.md: a value that is not valid stops a program at start with
+    one line naming the variable and exit status 2. A service without
+    HOOKBRIDGE_DATABASE_URL exited 1 (a JSON log line, as for an outage);
+    durations took what strtod takes: "nan" was refused as
+    "-9223372036854775808 is out of range" (an undefined conversion), "0x10s"
+    was 16 seconds, "1e3" a thousand milliseconds."""
+    base = {"HOOKBRIDGE_SECRET_KEY": KEY, "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+            "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1"}
+    for program in ("hookbridge-dispatcher", "hookbridge-retrier"):
+        rc, out, err = start(program, base)
+        assert rc == 2, (program, rc, out, err)
+        assert err.splitlines() == [f"{program}: HOOKBRIDGE_DATABASE_URL is not set: the "
+                                    "PostgreSQL connection string (a libpq URI or key=value "
+                                    "string)"], err
+        assert out == "", out
+
+    base["HOOKBRIDGE_DATABASE_URL"] = "postgresql://hb:Sup3r-Secret@127.0.0.1:1/hb"
+    for var, value in (("HOOKBRIDGE_REQUEST_TIMEOUT", "nan"),
+                       ("HOOKBRIDGE_SHUTDOWN_TIMEOUT", "0x10s"),
+                       ("HOOKBRIDGE_RETRY_AFTER_MAX", "inf"),
+                       ("HOOKBRIDGE_RETRY_SCHEDULE", "5s,1e3")):
+        rc, out, err = start("hookbridge-dispatcher", {**base, var: value})
+        assert rc == 2, (var, value, rc, err)
+        lines = err.splitlines()
+        assert len(lines) == 1 and var in lines[0] and f'"{value.split(",")[-1]}"' in lines[0] \
+            and "9223372036854775808" not in lines[0], lines
+        assert "Sup3r-Secret" not in out + err
