@@ -247,12 +247,21 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
     const char *shown = r->secret ? "(hidden)" : val;
 
     switch (r->type) {
-    case CF_STR:
+    case CF_STR: {
+        size_t len = strlen(val);
         if (r->secret && *(char **)dst)
             OPENSSL_cleanse(*(char **)dst, strlen(*(char **)dst));
         free(*(char **)dst);
-        *(char **)dst = hb_strdup(val);
+        /* A secret usually comes from a Kubernetes Secret, often made from
+         * a file (`--from-file`, docs/operations.md) whose editor ended it
+         * with a newline: never part of a connection string, key, password
+         * or header value, it made libpq read a database "name\n" or an
+         * sslmode "require\n" and retry for ever. */
+        while (r->secret && len > 0 && strchr(" \t\r\n", val[len - 1]))
+            len--;
+        *(char **)dst = hb_strndup(val, len);
         return 0;
+    }
     case CF_BOOL:
         if (parse_bool(val, (int *)dst) == 0)
             return 0;

@@ -200,3 +200,18 @@ def test_a_missing_database_url_and_odd_durations_are_configuration_mistakes():
         assert len(lines) == 1 and var in lines[0] and f'"{value.split(",")[-1]}"' in lines[0] \
             and "9223372036854775808" not in lines[0], lines
         assert "Sup3r-Secret" not in out + err
+
+
+@pytest.mark.sql_only
+@pytest.mark.runs_programs
+def test_a_database_url_from_a_file_with_a_final_newline_connects(pg_cluster):
+    """docs/operations.md suggests `kubectl create secret ... --from-file=
+    database-url=./database-url.txt`; an editor ends that file with a
+    newline, which libpq took as part of the URL's last part: the init
+    container's migrate failed (`database "hb\\n" does not exist`, `invalid
+    sslmode value`), and the services retried the same for ever."""
+    db = pg_cluster.migrated_database("r13nl")
+    for url in (pg_cluster.url(db) + "\n", pg_cluster.url(db) + "?sslmode=disable\r\n"):
+        r = migrate(url, "status")
+        assert r.returncode == 0, (url, r.stderr)
+        assert "pending" not in r.stdout, r.stdout
