@@ -360,6 +360,32 @@ static void load_kafka_env(hb_config_t *cfg) {
     }
 }
 
+/* Kafka's rule for a topic name: 1..249 of [a-zA-Z0-9._-], not "." or "..".
+ * A prefix (of the delay tiers) leaves room for the longest delay ("1500ms"). */
+static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) {
+    size_t len = strlen(name), max = prefix ? 249 - 8 : 249;
+    size_t bad = strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+    if (bad < len) {
+        unsigned char c = (unsigned char)name[bad];
+        if (c == ' ')
+            snprintf(why, whysz, "a space at character %zu", bad + 1);
+        else if (c >= 0x21 && c < 0x7f)
+            snprintf(why, whysz, "'%c' at character %zu", c, bad + 1);
+        else
+            snprintf(why, whysz, "byte 0x%02x at character %zu", c, bad + 1);
+        return 0;
+    }
+    if (len > max) {
+        snprintf(why, whysz, "%zu characters, at most %zu", len, max);
+        return 0;
+    }
+    if (!prefix && (!strcmp(name, ".") || !strcmp(name, ".."))) {
+        snprintf(why, whysz, "not a name");
+        return 0;
+    }
+    return 1;
+}
+
 int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
                    char **argv, char *errstr, size_t errstr_size) {
     char name[64];
@@ -440,6 +466,32 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                   "HOOKBRIDGE_LOG_LEVEL: \"%s\" is not one of debug, info, warn, error",
                   cfg->log_level);
         return -1;
+    }
+    {
+        /* A name Kafka refuses could never exist: the service would wait
+         * for it for ever ("topic ... does not exist"). */
+        static const struct {
+            const char *var;
+            size_t off;
+            int prefix;
+        } topics[] = {{"HOOKBRIDGE_EVENTS_TOPIC", OFF(events_topic), 0},
+                      {"HOOKBRIDGE_DLQ_TOPIC", OFF(dlq_topic), 0},
+                      {"HOOKBRIDGE_RETRY_TOPIC_PREFIX", OFF(retry_topic_prefix), 1}};
+        for (size_t i = 0; i < HB_ARRAY_SIZE(topics); i++) {
+            const char *v = *(char **)((char *)cfg + topics[i].off);
+            char why[64];
+            if (topic_name_ok(v, topics[i].prefix, why, sizeof(why)))
+                continue;
+            int printable = 1; /* the error stays one line */
+            for (const char *c = v; *c; c++)
+                printable &= *c >= 0x20 && *c < 0x7f;
+            hb_seterr(errstr, errstr_size,
+                      "%s: %s%s%s is not a Kafka topic name%s (%s; use letters, digits, '.', "
+                      "'_' and '-')",
+                      topics[i].var, printable ? "\"" : "", printable ? v : "the value",
+                      printable ? "\"" : "", topics[i].prefix ? " prefix" : "", why);
+            return -1;
+        }
     }
     if (program & HB_PROG_SERVICES) {
         /* parsed once, here; the services use cfg->schedule */

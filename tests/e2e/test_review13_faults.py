@@ -215,3 +215,28 @@ def test_a_database_url_from_a_file_with_a_final_newline_connects(pg_cluster):
         r = migrate(url, "status")
         assert r.returncode == 0, (url, r.stderr)
         assert "pending" not in r.stdout, r.stdout
+
+
+def test_a_topic_name_kafka_refuses_is_a_configuration_mistake():
+    """A topic name with a space (or a line end, from an env file) can never
+    exist: the services started and waited for it for ever ("topic ... does
+    not exist" on /readyz), and the producer published to a topic no broker
+    accepts. Exit 2, one line naming the variable."""
+    base = {"HOOKBRIDGE_SECRET_KEY": KEY, "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+            "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
+            "HOOKBRIDGE_DATABASE_URL": "postgresql://hb@127.0.0.1:1/hb"}
+    for program, var, value in (
+            ("hookbridge-dispatcher", "HOOKBRIDGE_EVENTS_TOPIC", "identity events"),
+            ("hookbridge-retrier", "HOOKBRIDGE_RETRY_TOPIC_PREFIX", "retry/"),
+            ("hookbridge-retrier", "HOOKBRIDGE_DLQ_TOPIC", "hookbridge.dlq\n")):
+        rc, out, err = start(program, {**base, var: value})
+        assert rc == 2, (program, var, rc, out, err)
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"{program}: {var}: ") \
+            and "is not a Kafka topic name" in lines[0], lines
+    r = subprocess.run([str(BIN / "hookbridge-producer"), "--generate", "1"],
+                       env={"PATH": "/usr/bin:/bin", "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
+                            "HOOKBRIDGE_EVENTS_TOPIC": "identity.events\n"},
+                       capture_output=True, text=True, timeout=30 * SLOW)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "HOOKBRIDGE_EVENTS_TOPIC" in r.stderr
