@@ -10,6 +10,7 @@
  * hb_keyring_new, so a service without a usable key never starts.
  */
 #include "hb_config.h"
+#include "hb_http.h"
 #include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_pg.h"
@@ -510,6 +511,33 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                       "HOOKBRIDGE_HTTP_LISTEN: \"%s\" is not a listen address (%s; write "
                       "host:port, [v6]:port or :port)",
                       cfg->http_listen, why);
+            return -1;
+        }
+    }
+    if (program & HB_PROG_SERVICES) {
+        /* Values of the HTTP client's settings that no start could use:
+         * refused here (status 2) rather than when the client is made. */
+        hb_http_cidr_t *cidrs = NULL;
+        size_t ncidrs = 0;
+        char why[256];
+        if (hb_http_cidrs_parse(cfg->allowed_cidrs, &cidrs, &ncidrs, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_ALLOWED_CIDRS: %s", why);
+            return -1;
+        }
+        free(cidrs);
+        if (*cfg->tls_client_key && !*cfg->tls_client_cert) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_TLS_CLIENT_KEY is set without HOOKBRIDGE_TLS_CLIENT_CERT, the "
+                      "client certificate it is the key of");
+            return -1;
+        }
+    }
+    if ((program & (HB_PROG_DISPATCHER | HB_PROG_PRODUCER)) && *cfg->schema_registry_url) {
+        const char *u = cfg->schema_registry_url;
+        size_t scheme = !strncmp(u, "http://", 7) ? 7 : !strncmp(u, "https://", 8) ? 8 : 0;
+        if (!scheme || !u[scheme] || u[scheme] == '/') {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_SCHEMA_REGISTRY_URL: not an http:// or https:// URL with a host");
             return -1;
         }
     }

@@ -240,3 +240,25 @@ def test_a_topic_name_kafka_refuses_is_a_configuration_mistake():
                        capture_output=True, text=True, timeout=30 * SLOW)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "HOOKBRIDGE_EVENTS_TOPIC" in r.stderr
+
+
+def test_http_client_settings_no_start_could_use_exit_2_not_1():
+    """docs/design.md: exit 2 for a value that is not valid, 1 for a valid
+    one that cannot be used (an unreadable file). A bad CIDR, a client key
+    without its certificate and a Schema Registry URL without http(s):// or
+    a host exited 1 with a JSON "cannot start" line, as for a CA file that
+    cannot be read; the registry URL "http://" was even taken, to fail on
+    every event later."""
+    base = {"HOOKBRIDGE_SECRET_KEY": KEY, "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+            "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
+            "HOOKBRIDGE_DATABASE_URL": "postgresql://hb@127.0.0.1:1/hb"}
+    for var, value, want in (
+            ("HOOKBRIDGE_ALLOWED_CIDRS", "10.0.0.0/33", '"10.0.0.0/33": prefix length'),
+            ("HOOKBRIDGE_TLS_CLIENT_KEY", "/etc/hostname", "without HOOKBRIDGE_TLS_CLIENT_CERT"),
+            ("HOOKBRIDGE_SCHEMA_REGISTRY_URL", "registry:8081", "http:// or https://"),
+            ("HOOKBRIDGE_SCHEMA_REGISTRY_URL", "http://", "with a host")):
+        rc, out, err = start("hookbridge-dispatcher", {**base, var: value})
+        assert rc == 2, (var, value, rc, out, err)
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"hookbridge-dispatcher: {var}") \
+            and want in lines[0], lines
