@@ -538,7 +538,16 @@ static int run_file(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK &&
         PQresultStatus(res) != PGRES_EMPTY_QUERY) {
         const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         hb_pg_error(conn, res, why, sizeof(why));
+        if (state && !strcmp(state, "42501")) { /* insufficient_privilege */
+            size_t n = strlen(why);
+            snprintf(why + n, sizeof(why) - n,
+                     "; the role running `up` (%s) must own schema hookbridge and, for the "
+                     "first migration (it creates the schema and the pgcrypto extension), "
+                     "have CREATE on the database: docs/operations.md, PostgreSQL",
+                     PQuser(conn));
+        }
         if (pos)
             hb_seterr(errstr, errstr_size, "%s/%s, line %ld: %s", dir, m->file,
                       line_of(m->sql, strtol(pos, NULL, 10)), why);

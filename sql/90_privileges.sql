@@ -38,7 +38,8 @@
 -- lists. (Grants to other roles, made by hand, are left alone.)
 --
 -- Creating roles needs CREATEROLE: when the migrating user lacks it and the
--- roles do not exist yet, this file says so (NOTICE) and skips the grants;
+-- roles do not exist yet, this file says so (WARNING: hookbridge-migrate
+-- shows warnings, not notices) and skips the grants;
 -- create the two roles as above and run this file again by hand (psql -f; it
 -- is idempotent), see docs/sql.md.
 
@@ -50,14 +51,14 @@ BEGIN
         IF can_create THEN
             CREATE ROLE hookbridge_service NOLOGIN;
         ELSE
-            RAISE NOTICE 'hookbridge_service does not exist and % may not create roles: skipped', current_user;
+            RAISE WARNING 'hookbridge_service does not exist and % may not create roles (CREATEROLE): the grants of sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
         END IF;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
         IF can_create THEN
             CREATE ROLE hookbridge_operator NOLOGIN;
         ELSE
-            RAISE NOTICE 'hookbridge_operator does not exist and % may not create roles: skipped', current_user;
+            RAISE WARNING 'hookbridge_operator does not exist and % may not create roles (CREATEROLE): the grants of sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
         END IF;
     END IF;
 END

@@ -12,7 +12,7 @@ import uuid
 import psycopg2
 import pytest
 
-from hbtest.pg import MIGRATIONS
+from hbtest.pg import MIGRATIONS, PgCluster
 from hbtest.procs import BIN, SLOW, wait_until
 
 KEY = "0hS92CSz00CxP0o6esTMV+uIe4nCIt9aNRhMiGKr6O0="  # a sealing key (32 bytes, base64)
@@ -156,6 +156,41 @@ def test_an_up_waiting_for_the_lock_says_who_holds_it(pg_cluster):
         holder.close()
     assert p.returncode == 0, p.stderr.read()
     assert any(line.startswith("applied 0001_baseline.sql") for line in lines), lines
+
+
+@pytest.mark.sql_only
+@pytest.mark.runs_programs
+def test_a_role_without_the_rights_of_the_first_migration_is_told_which():
+    """docs/operations.md asked only for "a role that owns schema
+    hookbridge"; the baseline also runs CREATE SCHEMA IF NOT EXISTS and
+    creates the pgcrypto extension (both need CREATE on the database, even
+    when the schema exists) and the two group roles (CREATEROLE). Without CREATE, `up`
+    failed with "permission denied for database X" and no word of what was
+    needed; without CREATEROLE it succeeded silently, the notice that the
+    grants were skipped hidden by its client_min_messages, and the roles
+    the docs tell you to grant did not exist. A fresh cluster: these roles
+    are cluster-wide."""
+    pg = PgCluster().start()
+    try:
+        db = pg.create_database("r13own")
+        sql(pg.url(db), "CREATE ROLE app LOGIN")
+        sql(pg.url(db), "CREATE SCHEMA hookbridge AUTHORIZATION app")
+        app = pg.url(db, user="app")
+        r = migrate(app, "up")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "0001_baseline.sql" in r.stderr and "permission denied" in r.stderr, r.stderr
+        assert "(app) must own schema hookbridge" in r.stderr, r.stderr
+        assert "have CREATE on the database" in r.stderr, r.stderr
+
+        sql(pg.url(db), f'GRANT CREATE ON DATABASE "{db}" TO app')  # as the docs say
+        r = migrate(app, "up")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "hookbridge_service does not exist and app may not create roles" in r.stdout, \
+            r.stdout
+        assert sql(pg.url(db), "SELECT count(*) FROM pg_roles "
+                   "WHERE rolname LIKE 'hookbridge%%'") == [(0,)]
+    finally:
+        pg.stop()
 
 
 def start(program, env, timeout=5):
