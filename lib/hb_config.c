@@ -541,13 +541,14 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             return -1;
         }
     }
-    if ((program & HB_PROG_SERVICES) && !hb_pg_conninfo_valid(cfg->database_url)) {
+    if (program & HB_PROG_SERVICES) {
         /* No retry could ever connect: a configuration mistake, not an
          * outage. The value is not repeated (it holds the password). */
-        hb_seterr(errstr, errstr_size,
-                  "HOOKBRIDGE_DATABASE_URL: the connection string is not valid (a libpq URI "
-                  "or key=value string; percent-encode special characters in the password)");
-        return -1;
+        char why[256];
+        if (hb_pg_conninfo_problem(cfg->database_url, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_DATABASE_URL: %s", why);
+            return -1;
+        }
     }
     if (program & HB_PROG_SERVICES) {
         /* A service without its key could not deliver to any endpoint: refuse

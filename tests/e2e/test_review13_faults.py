@@ -297,3 +297,27 @@ def test_http_client_settings_no_start_could_use_exit_2_not_1():
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"hookbridge-dispatcher: {var}") \
             and want in lines[0], lines
+
+
+def test_a_database_url_option_libpq_refuses_is_a_configuration_mistake():
+    """A connection string that parses but carries a value libpq refuses
+    only when it connects (a typo in sslmode, a port that is not one) was
+    taken for an outage: the services stayed up, not ready, and logged
+    "database unavailable, retrying in 2 s: ... invalid sslmode value" for
+    ever. Exit 2 naming the variable and the option, never the password."""
+    for url, option in (
+            ("postgresql://hb:Sup3r-Secret@127.0.0.1:1/hb?sslmode=verify_full", "sslmode"),
+            ("postgresql://hb:Sup3r-Secret@127.0.0.1:1/hb?target_session_attrs=primary-only",
+             "target_session_attrs"),
+            ("host=127.0.0.1 port=54x32 password=Sup3r-Secret dbname=hb", "port"),
+            ("postgresql://hb:Sup3r-Secret@db/hb?connect_timeout=10s", "connect_timeout")):
+        for program in ("hookbridge-dispatcher", "hookbridge-retrier"):
+            rc, out, err = start(program, {"HOOKBRIDGE_SECRET_KEY": KEY,
+                                           "HOOKBRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+                                           "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1",
+                                           "HOOKBRIDGE_DATABASE_URL": url})
+            assert rc == 2, (program, url, rc, out, err)
+            lines = err.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(
+                f"{program}: HOOKBRIDGE_DATABASE_URL: {option} "), lines
+            assert "Sup3r-Secret" not in out + err
