@@ -380,8 +380,8 @@ static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) 
         snprintf(why, whysz, "%zu characters, at most %zu", len, max);
         return 0;
     }
-    if (!prefix && (!strcmp(name, ".") || !strcmp(name, ".."))) {
-        snprintf(why, whysz, "not a name");
+    if (!prefix && (!*name || !strcmp(name, ".") || !strcmp(name, ".."))) {
+        snprintf(why, whysz, *name ? "not a name" : "empty");
         return 0;
     }
     return 1;

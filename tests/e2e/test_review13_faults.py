@@ -275,6 +275,11 @@ def test_a_topic_name_kafka_refuses_is_a_configuration_mistake():
                        capture_output=True, text=True, timeout=30 * SLOW)
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
     assert "HOOKBRIDGE_EVENTS_TOPIC" in r.stderr
+    # An empty flag is a value (an empty variable counts as unset).
+    r = subprocess.run([str(BIN / "hookbridge-producer"), "--events-topic=", "--generate", "1"],
+                       env={"PATH": "/usr/bin:/bin", "HOOKBRIDGE_KAFKA_BROKERS": "127.0.0.1:1"},
+                       capture_output=True, text=True, timeout=30 * SLOW)
+    assert r.returncode == 2 and "is not a Kafka topic name (empty" in r.stderr, r.stderr
 
 
 def test_http_client_settings_no_start_could_use_exit_2_not_1():
