@@ -253,12 +253,14 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
         if (r->secret && *(char **)dst)
             OPENSSL_cleanse(*(char **)dst, strlen(*(char **)dst));
         free(*(char **)dst);
-        /* A secret usually comes from a Kubernetes Secret, often made from
-         * a file (`--from-file`, docs/operations.md) whose editor ended it
-         * with a newline: never part of a connection string, key, password
-         * or header value, it made libpq read a database "name\n" or an
-         * sslmode "require\n" and retry for ever. */
-        while (r->secret && len > 0 && strchr(" \t\r\n", val[len - 1]))
+        /* The database URL usually comes from a Kubernetes Secret, often
+         * made from a file (`--from-file`, docs/operations.md) whose editor
+         * ended it with a newline: never part of a connection string, it
+         * made libpq read a database "name\n" or an sslmode "require\n"
+         * and retry for ever. (The keys' parser skips blanks itself; an
+         * ingest auth value with a line break is refused by the producer,
+         * which cannot know which part Okta sends.) */
+        while (r->off == OFF(database_url) && len > 0 && strchr(" \t\r\n", val[len - 1]))
             len--;
         *(char **)dst = hb_strndup(val, len);
         return 0;
