@@ -14,6 +14,7 @@ import pytest
 
 from hbtest.pg import MIGRATIONS, PgCluster
 from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import Dispatcher
 
 KEY = "0hS92CSz00CxP0o6esTMV+uIe4nCIt9aNRhMiGKr6O0="  # a sealing key (32 bytes, base64)
 MIGRATE_LOCK_KEY = 7526676533394417767  # migrations/migrate.c: "hookbrdg" as a bigint
@@ -326,3 +327,19 @@ def test_a_database_url_option_libpq_refuses_is_a_configuration_mistake():
             assert len(lines) == 1 and lines[0].startswith(
                 f"{program}: HOOKBRIDGE_DATABASE_URL: {option} "), lines
             assert "Sup3r-Secret" not in out + err
+
+
+def test_a_service_on_a_database_not_yet_migrated_says_to_migrate_it(pg_cluster, broker, procs):
+    """Started before `hookbridge-migrate up` (by hand, or a Deployment
+    without its init container), a service logged "relation
+    hookbridge.subscriptions does not exist" every second and /readyz said
+    "subscription index not loaded", with no word of the migration. It says
+    to run it, and is ready once it has run."""
+    db = pg_cluster.create_database("r13fresh")
+    url = pg_cluster.url(db)
+    d = Dispatcher(procs, url, broker.bootstrap)
+    wait_until(lambda: "hookbridge-migrate up" in d.get("/readyz")[1] or not d.proc.alive(),
+               20 * SLOW, "/readyz to say that the database is not migrated")
+    assert "is the database migrated? run hookbridge-migrate up" in d.proc.output()
+    assert migrate(url, "up").returncode == 0
+    d.wait_ready(30 * SLOW)
