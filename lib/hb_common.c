@@ -165,11 +165,24 @@ char *hb_strndup(const char *s, size_t n) {
 int hb_duration_parse_ms(const char *s, long long *out_ms) {
     char *end;
     double v;
+    size_t num, digits = 0, dots = 0;
     errno = 0;
-    if (!s || !*s || isspace((unsigned char)*s))
+    if (!s || !*s)
+        return -1;
+    /* Decimal digits with an optional fraction, nothing strtod takes beyond
+     * that: no sign, space, exponent, hex, "inf" or "nan" (a NaN has no
+     * integer to convert to). */
+    num = strspn(s, "0123456789.");
+    for (size_t i = 0; i < num; i++) {
+        if (s[i] == '.')
+            dots++;
+        else
+            digits++;
+    }
+    if (digits == 0 || dots > 1)
         return -1;
     v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    if (errno || end != s + num || v < 0)
         return -1;
     if (!*end || !strcmp(end, "ms"))
         ;

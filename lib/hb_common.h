@@ -39,7 +39,8 @@ int hb_parse_int_flag(const char *flag, const char *value, int min, int max, con
  * U+10FFFF) with '?', so that s can go into a JSON string or a text column. */
 void hb_utf8_scrub(char *s);
 
-/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds. */
+/* Parses "250ms", "5s", "2m", "1h", "1d" or a bare number of milliseconds;
+ * the number is decimal, with an optional fraction ("1.5s"). */
 int hb_duration_parse_ms(const char *s, long long *out_ms) HB_MUSTCHECK;
 
 /* Monotonic and wall clocks, in milliseconds. */

@@ -10,6 +10,7 @@
  * hb_keyring_new, so a service without a usable key never starts.
  */
 #include "hb_config.h"
+#include "hb_http.h"
 #include "hb_listen.h"
 #include "hb_log.h"
 #include "hb_pg.h"
@@ -249,12 +250,23 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
     const char *shown = r->secret ? "(hidden)" : val;
 
     switch (r->type) {
-    case CF_STR:
+    case CF_STR: {
+        size_t len = strlen(val);
         if (r->secret && *(char **)dst)
             OPENSSL_cleanse(*(char **)dst, strlen(*(char **)dst));
         free(*(char **)dst);
-        *(char **)dst = hb_strdup(val);
+        /* The database URL usually comes from a Kubernetes Secret, often
+         * made from a file (`--from-file`, docs/operations.md) whose editor
+         * ended it with a newline: never part of a connection string, it
+         * made libpq read a database "name\n" or an sslmode "require\n"
+         * and retry for ever. (The keys' parser skips blanks itself; an
+         * ingest auth value with a line break is refused by the producer,
+         * which cannot know which part Okta sends.) */
+        while (r->off == OFF(database_url) && len > 0 && strchr(" \t\r\n", val[len - 1]))
+            len--;
+        *(char **)dst = hb_strndup(val, len);
         return 0;
+    }
     case CF_BOOL:
         if (parse_bool(val, (int *)dst) == 0)
             return 0;
@@ -353,6 +365,32 @@ static void load_kafka_env(hb_config_t *cfg) {
     }
 }
 
+/* Kafka's rule for a topic name: 1..249 of [a-zA-Z0-9._-], not "." or "..".
+ * A prefix (of the delay tiers) leaves room for the longest delay ("1500ms"). */
+static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) {
+    size_t len = strlen(name), max = prefix ? 249 - 8 : 249;
+    size_t bad = strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+    if (bad < len) {
+        unsigned char c = (unsigned char)name[bad];
+        if (c == ' ')
+            snprintf(why, whysz, "a space at character %zu", bad + 1);
+        else if (c >= 0x21 && c < 0x7f)
+            snprintf(why, whysz, "'%c' at character %zu", c, bad + 1);
+        else
+            snprintf(why, whysz, "byte 0x%02x at character %zu", c, bad + 1);
+        return 0;
+    }
+    if (len > max) {
+        snprintf(why, whysz, "%zu characters, at most %zu", len, max);
+        return 0;
+    }
+    if (!prefix && (!*name || !strcmp(name, ".") || !strcmp(name, ".."))) {
+        snprintf(why, whysz, *name ? "not a name" : "empty");
+        return 0;
+    }
+    return 1;
+}
+
 int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
                    char **argv, char *errstr, size_t errstr_size) {
     char name[64];
@@ -434,6 +472,32 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                   cfg->log_level);
         return -1;
     }
+    {
+        /* A name Kafka refuses could never exist: the service would wait
+         * for it for ever ("topic ... does not exist"). */
+        static const struct {
+            const char *var;
+            size_t off;
+            int prefix;
+        } topics[] = {{"HOOKBRIDGE_EVENTS_TOPIC", OFF(events_topic), 0},
+                      {"HOOKBRIDGE_DLQ_TOPIC", OFF(dlq_topic), 0},
+                      {"HOOKBRIDGE_RETRY_TOPIC_PREFIX", OFF(retry_topic_prefix), 1}};
+        for (size_t i = 0; i < HB_ARRAY_SIZE(topics); i++) {
+            const char *v = *(char **)((char *)cfg + topics[i].off);
+            char why[64];
+            if (topic_name_ok(v, topics[i].prefix, why, sizeof(why)))
+                continue;
+            int printable = 1; /* the error stays one line */
+            for (const char *c = v; *c; c++)
+                printable &= *c >= 0x20 && *c < 0x7f;
+            hb_seterr(errstr, errstr_size,
+                      "%s: %s%s%s is not a Kafka topic name%s (%s; use letters, digits, '.', "
+                      "'_' and '-')",
+                      topics[i].var, printable ? "\"" : "", printable ? v : "the value",
+                      printable ? "\"" : "", topics[i].prefix ? " prefix" : "", why);
+            return -1;
+        }
+    }
     if (program & HB_PROG_SERVICES) {
         /* parsed once, here; the services use cfg->schedule */
         char why[256];
@@ -454,13 +518,41 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             return -1;
         }
     }
-    if ((program & HB_PROG_SERVICES) && !hb_pg_conninfo_valid(cfg->database_url)) {
+    if (program & HB_PROG_SERVICES) {
+        /* Values of the HTTP client's settings that no start could use:
+         * refused here (status 2) rather than when the client is made. */
+        hb_http_cidr_t *cidrs = NULL;
+        size_t ncidrs = 0;
+        char why[256];
+        if (hb_http_cidrs_parse(cfg->allowed_cidrs, &cidrs, &ncidrs, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_ALLOWED_CIDRS: %s", why);
+            return -1;
+        }
+        free(cidrs);
+        if (*cfg->tls_client_key && !*cfg->tls_client_cert) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_TLS_CLIENT_KEY is set without HOOKBRIDGE_TLS_CLIENT_CERT, the "
+                      "client certificate it is the key of");
+            return -1;
+        }
+    }
+    if ((program & (HB_PROG_DISPATCHER | HB_PROG_PRODUCER)) && *cfg->schema_registry_url) {
+        const char *u = cfg->schema_registry_url;
+        size_t scheme = !strncmp(u, "http://", 7) ? 7 : !strncmp(u, "https://", 8) ? 8 : 0;
+        if (!scheme || !u[scheme] || u[scheme] == '/') {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_SCHEMA_REGISTRY_URL: not an http:// or https:// URL with a host");
+            return -1;
+        }
+    }
+    if (program & HB_PROG_SERVICES) {
         /* No retry could ever connect: a configuration mistake, not an
          * outage. The value is not repeated (it holds the password). */
-        hb_seterr(errstr, errstr_size,
-                  "HOOKBRIDGE_DATABASE_URL: the connection string is not valid (a libpq URI "
-                  "or key=value string; percent-encode special characters in the password)");
-        return -1;
+        char why[256];
+        if (hb_pg_conninfo_problem(cfg->database_url, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_DATABASE_URL: %s", why);
+            return -1;
+        }
     }
     if (program & HB_PROG_SERVICES) {
         /* A service without its key could not deliver to any endpoint: refuse

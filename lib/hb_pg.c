@@ -11,7 +11,9 @@
 #include "hb_pg.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,19 +160,103 @@ static int uri_userinfo_lost(const char *s) {
     return memchr(auth_end, '@', (size_t)(path_end - auth_end)) != NULL;
 }
 
-int hb_pg_conninfo_valid(const char *conninfo) {
-    PQconninfoOption *opts;
+/* An integer as libpq's parse_int_param reads one: spaces, a sign, digits,
+ * spaces. */
+static int pg_int_ok(const char *v, long lo, long hi) {
+    char *end;
+    long n;
+    errno = 0;
+    n = strtol(v, &end, 10);
+    if (end == v || errno)
+        return 0;
+    while (isspace((unsigned char)*end))
+        end++;
+    return !*end && n >= lo && n <= hi;
+}
+
+static int pg_one_of(const char *v, const char *const *choices) {
+    for (; *choices; choices++)
+        if (!strcmp(v, *choices))
+            return 1;
+    return 0;
+}
+
+int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
+    /* The values libpq checks only when it connects (libpq 15,
+     * connectOptions2 and the integer options): a mistake there failed
+     * every attempt, like an outage, for ever. */
+    static const char *const sslmode[] = {"disable",   "allow",       "prefer", "require",
+                                          "verify-ca", "verify-full", NULL};
+    static const char *const on_off3[] = {"disable", "prefer", "require", NULL};
+    static const char *const tsa[] = {"any",     "read-write",     "read-only", "primary",
+                                      "standby", "prefer-standby", NULL};
+    static const char *const tls[] = {"", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3", NULL};
+    static const struct {
+        const char *key;
+        const char *const *choices;
+    } enums[] = {{"sslmode", sslmode},
+                 {"gssencmode", on_off3},
+                 {"channel_binding", on_off3},
+                 {"target_session_attrs", tsa},
+                 {"ssl_min_protocol_version", tls},
+                 {"ssl_max_protocol_version", tls}};
+    static const char *const ints[] = {"connect_timeout",
+                                       "keepalives",
+                                       "keepalives_idle",
+                                       "keepalives_interval",
+                                       "keepalives_count",
+                                       "tcp_user_timeout",
+                                       NULL};
+    PQconninfoOption *opts, *o;
     char *perr = NULL;
+    int ok = 1;
     if (!conninfo || !looks_like_conninfo(conninfo))
-        return 1;
-    if (uri_userinfo_lost(conninfo))
         return 0;
-    opts = PQconninfoParse(conninfo, &perr);
+    opts = uri_userinfo_lost(conninfo) ? NULL : PQconninfoParse(conninfo, &perr);
     PQfreemem(perr); /* it may quote part of the string */
-    if (!opts)
-        return 0;
+    if (!opts) {
+        hb_seterr(why, whysz,
+                  "the connection string is not valid (a libpq URI or key=value string; "
+                  "percent-encode special characters in the password)");
+        return -1;
+    }
+    for (o = opts; ok && o->keyword; o++) {
+        if (!o->val)
+            continue;
+        for (size_t i = 0; ok && i < sizeof(enums) / sizeof(enums[0]); i++)
+            if (!strcmp(o->keyword, enums[i].key) && !pg_one_of(o->val, enums[i].choices)) {
+                char list[160] = "";
+                for (const char *const *c = enums[i].choices; *c; c++)
+                    if (**c)
+                        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                                 *list ? ", " : "", *c);
+                hb_seterr(why, whysz, "%s is not one of %s", o->keyword, list);
+                ok = 0;
+            }
+        for (const char *const *k = ints; ok && *k; k++)
+            if (!strcmp(o->keyword, *k) && !pg_int_ok(o->val, INT_MIN, INT_MAX)) {
+                hb_seterr(why, whysz, "%s is not an integer", o->keyword);
+                ok = 0;
+            }
+        if (ok && !strcmp(o->keyword, "port")) {
+            /* one per host, comma-separated; an empty one is the default */
+            char *ports = strdup(o->val), *save = NULL;
+            for (char *p = ports ? strtok_r(ports, ",", &save) : NULL; ok && p;
+                 p = strtok_r(NULL, ",", &save))
+                if (*p && !pg_int_ok(p, 1, 65535)) {
+                    hb_seterr(why, whysz, "port is not a port number (1 to 65535)");
+                    ok = 0;
+                }
+            free(ports);
+        }
+    }
     PQconninfoFree(opts);
-    return 1;
+    return ok ? 0 : -1;
+}
+
+int hb_pg_conninfo_valid(const char *conninfo) {
+    char why[256];
+    return hb_pg_conninfo_problem(conninfo, why, sizeof(why)) == 0;
 }
 
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,

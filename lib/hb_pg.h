@@ -19,8 +19,14 @@ struct pg_result;
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) HB_MUSTCHECK;
 
-/* 1 when libpq can parse conninfo (a URI or key=value string; anything else
- * is a database name), else 0: then no connection attempt can succeed. */
+/* 0 when libpq can parse conninfo (a URI or key=value string; anything else
+ * is a database name) and the option values libpq checks only when it
+ * connects (sslmode, target_session_attrs, port, connect_timeout, ...) are
+ * ones it takes; else -1, with why naming the option, never a value: then no
+ * connection attempt can succeed. */
+int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz);
+
+/* hb_pg_conninfo_problem(...) == 0. */
 int hb_pg_conninfo_valid(const char *conninfo);
 
 /* One-line reason for a failed command: the server's message with its SQLSTATE

@@ -26,6 +26,15 @@ int hb_service_main(int argc, char **argv, unsigned program, const char *compone
         hb_config_free(&cfg);
         return 2;
     }
+    if (!*cfg.database_url) {
+        /* A configuration mistake like a missing key: status 2, one line. */
+        fprintf(stderr,
+                "%s: HOOKBRIDGE_DATABASE_URL is not set: the PostgreSQL connection string "
+                "(a libpq URI or key=value string)\n",
+                name);
+        hb_config_free(&cfg);
+        return 2;
+    }
     if (hb_log_level_parse(cfg.log_level, &lvl) < 0) /* validated by hb_config_load */
         lvl = HB_LOG_INFO;
     hb_log_init(component, lvl);

@@ -42,7 +42,8 @@ struct hb_worker_s {
     hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
     int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
-    int db_unanswered; /* the delivery log waits past DB_UNANSWERED_MS (said once) */
+    int schema_missing; /* the last load found no (or an older) hookbridge schema */
+    int db_unanswered;  /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
 
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
@@ -266,9 +267,18 @@ static int load_index(hb_worker_t *w) {
     if (hb_store_load_all(w->store, on_sub_loaded, fresh, errstr, sizeof(errstr)) < 0) {
         hb_index_free(fresh);
         hb_metric_inc(w->m_db_errors);
-        hb_error("cannot load subscriptions: %s", errstr);
+        /* undefined schema, table, column or function: a database not (yet)
+         * migrated to this release, the usual first-run mistake */
+        w->schema_missing =
+            strstr(errstr, "(SQLSTATE 3F000)") || strstr(errstr, "(SQLSTATE 42P01)") ||
+            strstr(errstr, "(SQLSTATE 42703)") || strstr(errstr, "(SQLSTATE 42883)");
+        hb_error("cannot load subscriptions: %s%s", errstr,
+                 w->schema_missing ? "; is the database migrated? run hookbridge-migrate up of "
+                                     "this release"
+                                   : "");
         return -1;
     }
+    w->schema_missing = 0;
     hb_index_free(w->index);
     w->index = fresh;
     hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
@@ -457,6 +467,8 @@ static void update_readiness(hb_worker_t *w) {
         why = hb_outbox_fatal(w->outbox);
     else if (hb_consumer_unready(w->consumer))
         why = hb_consumer_unready(w->consumer);
+    else if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
+        why = "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
     else if (!w->store || !hb_store_connected(w->store))
         why = "database not connected";
     else if (db_why)

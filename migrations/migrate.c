@@ -39,7 +39,9 @@
  * refuse (exit 1, naming the file) when an applied migration's checksum
  * changed, an applied version's file is missing, or a pending file sorts
  * before an applied one: the database would no longer match what the files
- * describe. The one exception is the layout before 0001_baseline.sql: a
+ * describe. Applied versions after the last file are a newer release's (an
+ * image rolled back): `up` then applies nothing, SQL files included, and
+ * exits 0. The one exception is the layout before 0001_baseline.sql: a
  * database that applied exactly 0001_init .. 0008_deactivation_epoch (their
  * names and checksums are below) holds the baseline's state, and `up` records
  * 0001_baseline.sql in their place (tests/e2e/test_migrate_layout.py).
@@ -420,12 +422,16 @@ static long old_layout_rows(PGresult *res, const mig_list_t *l) {
 }
 
 /* Marks the applied migrations in l; fails naming the first inconsistency
- * (all of them are printed to stderr). */
+ * (all of them are printed to stderr). Applied migrations numbered after the
+ * last file of l were applied by a newer release (the image was rolled back,
+ * or an older pod restarted during a rollout): not an inconsistency, they are
+ * listed in `ahead` (version, name, applied_at). Returns 0, -1 when the
+ * history does not match the files, -2 when it could not be read. */
 static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table_exists,
-                         char *errstr, size_t errstr_size) {
+                         mig_list_t *ahead, char *errstr, size_t errstr_size) {
     PGresult *res = NULL;
     int bad = 0;
-    long max_applied = -1, old_at;
+    long max_applied = -1, old_at, max_file = l->n ? l->v[l->n - 1].version : -1;
     if (!table_exists)
         return 0;
     if (exec_ok(conn,
@@ -434,7 +440,7 @@ static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table
                 "  FROM hookbridge.hookbridge_migrations ORDER BY version",
                 0, NULL, PGRES_TUPLES_OK, &res, "reading hookbridge.hookbridge_migrations", errstr,
                 errstr_size) < 0)
-        return -1;
+        return -2; /* nothing known: not the same as a history that does not match */
     old_at = old_layout_rows(res, l);
     if (old_at > 0 && old_at < OLD_LAYOUT_N) {
         hb_seterr(errstr, errstr_size,
@@ -464,6 +470,17 @@ static int check_history(PGconn *conn, mig_list_t *l, const char *dir, int table
                 m = &l->v[i];
         if (version > max_applied)
             max_applied = version;
+        if (!m && version > max_file) {
+            mig_t *a;
+            ahead->v = hb_realloc(ahead->v, (ahead->n + 1) * sizeof(*ahead->v));
+            a = &ahead->v[ahead->n++];
+            memset(a, 0, sizeof(*a));
+            a->version = version;
+            a->name = hb_strdup(name);
+            a->applied = 1;
+            snprintf(a->applied_at, sizeof(a->applied_at), "%s", PQgetvalue(res, r, 3));
+            continue;
+        }
         if (!m) {
             fprintf(stderr,
                     "%s: error: migration %04ld_%s.sql was applied but its file is "
@@ -521,7 +538,16 @@ static int run_file(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK &&
         PQresultStatus(res) != PGRES_EMPTY_QUERY) {
         const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         hb_pg_error(conn, res, why, sizeof(why));
+        if (state && !strcmp(state, "42501")) { /* insufficient_privilege */
+            size_t n = strlen(why);
+            snprintf(why + n, sizeof(why) - n,
+                     "; the role running `up` (%s) must own schema hookbridge and, for the "
+                     "first migration (it creates the schema and the pgcrypto extension), "
+                     "have CREATE on the database: docs/operations.md, PostgreSQL",
+                     PQuser(conn));
+        }
         if (pos)
             hb_seterr(errstr, errstr_size, "%s/%s, line %ld: %s", dir, m->file,
                       line_of(m->sql, strtol(pos, NULL, 10)), why);
@@ -671,19 +697,67 @@ static int apply_rest(PGconn *conn, const mig_t *baseline, int convert, const sq
     return 0;
 }
 
+/* Takes the migration lock; when another session holds it, says who before
+ * waiting, so that an `up` that seems to hang explains itself (often the
+ * session of an `up` that was killed: it keeps the lock until the server
+ * notices, at the end of the statement it was running). */
+static int take_lock(PGconn *conn, const char *const *key, char *errstr, size_t errstr_size) {
+    PGresult *res = NULL;
+    int got;
+    if (exec_ok(conn, "SELECT pg_try_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, &res,
+                "taking the migration lock", errstr, errstr_size) < 0)
+        return -1;
+    got = !strcmp(PQgetvalue(res, 0, 0), "t");
+    PQclear(res);
+    if (got)
+        return 0;
+    res = PQexecParams(conn,
+                       "SELECT l.pid, coalesce(nullif(a.application_name, ''), 'unnamed'),"
+                       "       coalesce(a.usename::text, '?')"
+                       "  FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+                       " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                       "   AND l.database = (SELECT oid FROM pg_database"
+                       "                      WHERE datname = current_database())"
+                       "   AND (l.classid::bigint << 32 | l.objid::bigint) = $1::bigint",
+                       1, NULL, key, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+        printf("waiting for the migration lock, held by the session of pid %s (%s, user %s): "
+               "another hookbridge-migrate up, or one that was killed and whose statement "
+               "is still running\n",
+               PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    else
+        printf("waiting for the migration lock, held by another session\n");
+    PQclear(res);
+    fflush(stdout);
+    return exec_ok(conn, "SELECT pg_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, NULL,
+                   "taking the migration lock", errstr, errstr_size);
+}
+
 static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, size_t errstr_size) {
     const char *key[1] = {MIGRATE_LOCK_KEY};
     sql_set_t sql;
+    mig_list_t ahead = {NULL, 0};
     int applied = 0, rc = -1, convert, need_sql;
     size_t last = l->n;
     memset(&sql, 0, sizeof(sql));
-    if (exec_ok(conn, "SELECT pg_advisory_lock($1::bigint)", 1, key, PGRES_TUPLES_OK, NULL,
-                "taking the migration lock", errstr, errstr_size) < 0)
+    if (take_lock(conn, key, errstr, errstr_size) < 0)
         return -1;
     if (ensure_table(conn, errstr, errstr_size) < 0)
         goto out;
-    if (check_history(conn, l, dir, 1, errstr, errstr_size) < 0)
+    if (check_history(conn, l, dir, 1, &ahead, errstr, errstr_size) < 0)
         goto out;
+    if (ahead.n > 0) {
+        /* A newer release migrated this database (expand-only, so this
+         * release's code still works on it): every file here is applied, and
+         * its SQL files are not put back over the newer release's. */
+        printf("the database is ahead of this release: a newer one applied %04ld_%s.sql (%zu "
+               "migration%s unknown here); nothing applied, the SQL files stay as it left "
+               "them\n",
+               ahead.v[ahead.n - 1].version, ahead.v[ahead.n - 1].name, ahead.n,
+               ahead.n == 1 ? "" : "s");
+        rc = 0;
+        goto out;
+    }
     if (load_sql_dir(dir, &sql, errstr, errstr_size) < 0 ||
         read_sql_history(conn, &sql, errstr, errstr_size) < 0)
         goto out;
@@ -727,6 +801,7 @@ out:
     PQclear(
         PQexecParams(conn, "SELECT pg_advisory_unlock($1::bigint)", 1, NULL, key, NULL, NULL, 0));
     sql_set_free(&sql);
+    mig_list_free(&ahead);
     return rc;
 }
 
@@ -734,6 +809,7 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
                       size_t errstr_size) {
     PGresult *res = NULL;
     sql_set_t sql;
+    mig_list_t ahead = {NULL, 0};
     int table_exists, rc;
     memset(&sql, 0, sizeof(sql));
     if (exec_ok(conn, "SELECT to_regclass('hookbridge.hookbridge_migrations') IS NOT NULL", 0, NULL,
@@ -741,7 +817,9 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
         return -1;
     table_exists = !strcmp(PQgetvalue(res, 0, 0), "t");
     PQclear(res);
-    rc = check_history(conn, l, dir, table_exists, errstr, errstr_size);
+    rc = check_history(conn, l, dir, table_exists, &ahead, errstr, errstr_size);
+    if (rc == -2) /* listing every migration as pending would be wrong */
+        return -1;
     for (size_t i = 0; i < l->n; i++) {
         if (l->v[i].applied)
             printf("%-40s applied  %s  sha256:%.12s%s\n", l->v[i].file, l->v[i].applied_at,
@@ -752,9 +830,16 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
         else
             printf("%-40s pending\n", l->v[i].file);
     }
+    for (size_t i = 0; i < ahead.n; i++) {
+        char file[300];
+        snprintf(file, sizeof(file), "%04ld_%s.sql", ahead.v[i].version, ahead.v[i].name);
+        printf("%-40s applied  %s  (by a newer release: no file here)\n", file,
+               ahead.v[i].applied_at);
+    }
     if (load_sql_dir(dir, &sql, errstr, errstr_size) < 0 ||
         read_sql_history(conn, &sql, errstr, errstr_size) < 0) {
         sql_set_free(&sql);
+        mig_list_free(&ahead);
         return -1;
     }
     if (!sql.exists)
@@ -766,13 +851,16 @@ static int cmd_status(PGconn *conn, mig_list_t *l, const char *dir, char *errstr
         if (m->applied)
             printf("%-40s applied  %s  sha256:%.12s\n", file, m->applied_at, m->sha256);
         else if (m->changed)
-            printf("%-40s changed  (up applies it)  sha256:%.12s\n", file, m->sha256);
+            printf("%-40s changed  (%s)  sha256:%.12s\n", file,
+                   ahead.n ? "by the newer release; up leaves it" : "up applies it", m->sha256);
         else
-            printf("%-40s new      (up applies it)\n", file);
+            printf("%-40s new      (%s)\n", file,
+                   ahead.n ? "the newer release has none; up leaves it" : "up applies it");
     }
     for (size_t i = 0; i < sql.gone_n; i++)
         printf("sql/%-36s recorded, but the file is gone\n", sql.gone[i]);
     sql_set_free(&sql);
+    mig_list_free(&ahead);
     return rc;
 }
 

@@ -10,8 +10,10 @@
 --                        (with their sealed secrets, to sign), write the
 --                        delivery log, claim and record verifications and
 --                        replays, seal secrets, deactivate endpoints that
---                        keep failing, and maintain the delivery log's
---                        partitions. Nothing else: no subscription can be
+--                        keep failing, maintain the delivery log's
+--                        partitions, and read hookbridge-migrate's
+--                        bookkeeping (its `up` runs in their init
+--                        containers). Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
 --                        hookbridge.* API function but the services' ones, the
@@ -36,7 +38,8 @@
 -- lists. (Grants to other roles, made by hand, are left alone.)
 --
 -- Creating roles needs CREATEROLE: when the migrating user lacks it and the
--- roles do not exist yet, this file says so (NOTICE) and skips the grants;
+-- roles do not exist yet, this file says so (WARNING: hookbridge-migrate
+-- shows warnings, not notices) and skips the grants;
 -- create the two roles as above and run this file again by hand (psql -f; it
 -- is idempotent), see docs/sql.md.
 
@@ -48,14 +51,14 @@ BEGIN
         IF can_create THEN
             CREATE ROLE hookbridge_service NOLOGIN;
         ELSE
-            RAISE NOTICE 'hookbridge_service does not exist and % may not create roles: skipped', current_user;
+            RAISE WARNING 'hookbridge_service does not exist and % may not create roles (CREATEROLE): the grants of sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
         END IF;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
         IF can_create THEN
             CREATE ROLE hookbridge_operator NOLOGIN;
         ELSE
-            RAISE NOTICE 'hookbridge_operator does not exist and % may not create roles: skipped', current_user;
+            RAISE WARNING 'hookbridge_operator does not exist and % may not create roles (CREATEROLE): the grants of sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
         END IF;
     END IF;
 END
@@ -139,6 +142,11 @@ BEGIN
         ON hookbridge.subscriptions TO hookbridge_operator;
     -- both: which secrets are sealed, under which key
     GRANT SELECT ON hookbridge.secret_keys, hookbridge.secret_status
+        TO hookbridge_operator, hookbridge_service;
+    -- both: hookbridge-migrate's bookkeeping, which `hookbridge-migrate up` (the
+    -- services' init containers, also when a migrate Job with another role
+    -- applied everything) and `status` read; only the migrating role writes it
+    GRANT SELECT ON hookbridge.hookbridge_migrations, hookbridge.hookbridge_sql_files
         TO hookbridge_operator, hookbridge_service;
 
     FOR r IN SELECT * FROM hookbridge._own_functions() LOOP

@@ -74,6 +74,31 @@ static void empty_variable_is_unset(void **state) {
     hb_config_free(&cfg);
 }
 
+/* A database URL from a file that ends in a newline (kubectl create secret
+ * --from-file): the newline is not part of the value. Other settings are
+ * taken as they are (the keys' parser skips blanks itself). */
+static void the_database_url_loses_a_trailing_newline(void **state) {
+    hb_config_t cfg;
+    char err[256];
+    char *argv[] = {"prog", NULL};
+    clear_env();
+    setenv("HOOKBRIDGE_DATABASE_URL", "postgresql://hb:pw@db/hb?sslmode=require\n", 1);
+    setenv("HOOKBRIDGE_SECRET_KEY", TEST_KEY "\r\n", 1);
+    setenv("HOOKBRIDGE_SOURCE", "urn:x ", 1);
+    assert_int_equal(load(&cfg, 1, argv, err, sizeof(err)), 0);
+    assert_string_equal(cfg.database_url, "postgresql://hb:pw@db/hb?sslmode=require");
+    assert_non_null(cfg.keyring); /* the key's line end is skipped by its parser */
+    assert_string_equal(cfg.source, "urn:x ");
+    hb_config_free(&cfg);
+    setenv("HOOKBRIDGE_INGEST_AUTH_VALUE", "Bearer abc \n", 1);
+    assert_int_equal(hb_config_load(&cfg, HB_PROG_PRODUCER, "t", 1, argv, err, sizeof(err)), 0);
+    assert_string_equal(cfg.ingest_auth_value, "Bearer abc \n"); /* the producer refuses it */
+    hb_config_free(&cfg);
+    unsetenv("HOOKBRIDGE_INGEST_AUTH_VALUE");
+    unsetenv("HOOKBRIDGE_SOURCE");
+    clear_env();
+}
+
 static void kafka_passthrough_names(void **state) {
     hb_config_t cfg;
     char err[256];
@@ -262,12 +287,23 @@ static void durations(void **state) {
     assert_int_equal(hb_duration_parse_ms("-1s", &ms), -1);
     assert_int_equal(hb_duration_parse_ms("s", &ms), -1);
     assert_int_equal(hb_duration_parse_ms("", &ms), -1);
+    assert_int_equal(hb_duration_parse_ms("1.5s", &ms), 0);
+    assert_int_equal(ms, 1500);
+    assert_int_equal(hb_duration_parse_ms(".5s", &ms), 0);
+    assert_int_equal(ms, 500);
+    /* decimal only: nothing else strtod would take */
+    static const char *const refused[] = {"nan", "nans", "inf",   "0x10s", "1e3", "+5s",
+                                          " 5s", "5s ",  "1..5s", ".s",    "5 s"};
+    for (size_t i = 0; i < HB_ARRAY_SIZE(refused); i++)
+        if (hb_duration_parse_ms(refused[i], &ms) != -1)
+            fail_msg("\"%s\" was taken as %lld ms", refused[i], ms);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(defaults_env_then_flags),
         cmocka_unit_test(empty_variable_is_unset),
+        cmocka_unit_test(the_database_url_loses_a_trailing_newline),
         cmocka_unit_test(flag_wins_over_an_invalid_variable),
         cmocka_unit_test(kafka_passthrough_names),
         cmocka_unit_test(bad_values_name_the_setting),
