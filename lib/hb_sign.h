@@ -31,8 +31,9 @@ int hb_sign_verify(const hb_secret_t *secret, const char *msg_id, const char *ti
                    int64_t tolerance_s, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* Whether a received credential (a header value; NULL when absent) is exactly
- * want, compared in constant time (CRYPTO_memcmp on equal lengths; only the
- * length can show in the timing). The example receiver, the ingest endpoint. */
+ * want, compared in constant time: the SHA-256 digests of both are compared
+ * (CRYPTO_memcmp), so neither the content nor the length of want shows in
+ * the timing. The example receiver, the ingest endpoint. */
 int hb_secret_equal(const char *got, const char *want);
 
 /* Base64 (standard alphabet, padded). out must hold 4*ceil(len/3)+1. */
