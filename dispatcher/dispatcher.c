@@ -444,7 +444,7 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
      * events without one would share their deliveries' ids (a receiver drops
      * the second as a duplicate, the log has one row for both). */
     if (!uuid || !*uuid) {
-        hb_worker_poison(w, rkm, "uuid: empty");
+        hb_worker_poison(w, rkm, "uuid: empty or holding a NUL character");
         return;
     }
     n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);

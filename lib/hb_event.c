@@ -239,9 +239,12 @@ int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr, size_t
     return 0;
 }
 
+/* A member's string, or NULL when absent, empty or holding a NUL character
+ * (as a C string it would be read up to the NUL: string_copy below). */
 static const char *string_member(const json_t *obj, const char *name) {
-    const char *s = json_string_value(json_object_get(obj, name));
-    return s && *s ? s : NULL;
+    const json_t *v = json_object_get(obj, name);
+    const char *s = json_string_value(v);
+    return s && *s && strlen(s) == json_string_length(v) ? s : NULL;
 }
 
 const char *hb_event_key(const json_t *ev) {
@@ -294,14 +297,17 @@ long hb_ev_find(const hb_event_t *ev, const char *name) {
 static const char *const hb_ev_strings[] = {"uuid", "eventType", "published"};
 static const size_t hb_ev_strings_len[] = {4, 9, 9};
 
-/* The string value of member m unescaped into *strs (advanced), or NULL. */
+/* The string value of member m unescaped into *strs (advanced), or NULL;
+ * NULL too for one holding a NUL character (valid Avro and JSON, but as a C
+ * string it would be read up to the NUL: "user.session.start\u0000x" would
+ * match the subscriptions to user.session.start). */
 static const char *string_copy(const char *text, const hb_jmember_t *m, char **strs) {
     char *out = *strs;
     long len;
     if (!m || m->val_len < 2 || text[m->val] != '"')
         return NULL;
     len = hb_json_unescape(text + m->val + 1, m->val_len - 2, out);
-    if (len < 0)
+    if (len < 0 || memchr(out, '\0', (size_t)len))
         return NULL;
     *strs += len + 1;
     return out;

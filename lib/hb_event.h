@@ -76,7 +76,8 @@ long hb_ev_find(const hb_event_t *ev, const char *name);
 /* The id of the event's first target of type "User" (non-empty strings
  * both), NULL when there is none; read from the text at the first call. */
 const char *hb_ev_subject(hb_event_t *ev);
-/* hb_event_uuid and hb_event_type of the event: NULL when absent or empty. */
+/* hb_event_uuid and hb_event_type of the event: NULL when absent, empty or
+ * holding a NUL character (an event type with one matches no subscription). */
 const char *hb_ev_uuid(const hb_event_t *ev);
 const char *hb_ev_type(const hb_event_t *ev);
 

@@ -18,8 +18,12 @@
 #define HB_CT_CE "application/cloudevents+json"
 #define HB_CT_CE_BATCH "application/cloudevents-batch+json"
 
+/* A member's string as the dispatcher reads one: none when it holds a NUL
+ * character (hb_event.h). */
 static const char *ref_str(const json_t *ev, const char *key) {
-    return json_string_value(json_object_get(ev, key));
+    const json_t *v = json_object_get(ev, key);
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? s : NULL;
 }
 
 /* Members every delivered event keeps, whatever options.fields says:

@@ -118,6 +118,26 @@ static void directory_of_writer_schemas(void **state) {
  * from another writer keeps the value the general way made. Both: the text
  * hb_decoder_decode's value dumps to, the strings the dispatcher reads,
  * members indexed; poison stays poison with the same reason. */
+/* A uuid or event type holding a NUL character is no string the dispatcher
+ * reads: before, it read up to the NUL, so "user.session.start\u0000x" went
+ * to the subscriptions to user.session.start. */
+static void strings_holding_a_nul_are_not_read_up_to_it(void **state) {
+    json_error_t jerr;
+    json_t *j = json_loads("{\"uuid\":\"u1\\u0000x\",\"published\":\"p\","
+                           "\"eventType\":\"user.session.start\\u0000x\"}",
+                           JSON_ALLOW_NUL, &jerr);
+    hb_event_t *ev;
+    (void)state;
+    assert_non_null(j);
+    ev = hb_ev_from_json(j);
+    assert_non_null(ev);
+    assert_null(hb_ev_type(ev));
+    assert_null(hb_ev_uuid(ev));
+    assert_string_equal(ev->published, "p");
+    hb_ev_unref(ev);
+    json_decref(j);
+}
+
 static void decode_event_is_decode(void **state) {
     char dir[] = "/tmp/hb-test-decoder-XXXXXX", err[512], jerr[512];
     char *newer = newer_schema();
@@ -181,6 +201,7 @@ static void decode_event_is_decode(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(directory_of_writer_schemas),
+        cmocka_unit_test(strings_holding_a_nul_are_not_read_up_to_it),
         cmocka_unit_test(decode_event_is_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
