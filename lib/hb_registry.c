@@ -80,14 +80,15 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque) {
     return n;
 }
 
+/* Everything between "://" and the last '@' goes, wherever that '@' is: a
+ * password holding '/', '?' or '#' (API secrets often hold '/') is not
+ * percent-encoded by every operator, and then the user-info seems to end
+ * inside it; a registry URL with an '@' in its path loses a part of the
+ * path in the log, never a secret. */
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
     const char *scheme = strstr(url, "://");
     const char *host = scheme ? scheme + 3 : url;
-    const char *end = host + strcspn(host, "/?#");
-    const char *at = NULL;
-    for (const char *p = host; p < end; p++)
-        if (*p == '@')
-            at = p;
+    const char *at = strrchr(host, '@');
     if (!at) {
         snprintf(out, out_size, "%s", url);
         return;

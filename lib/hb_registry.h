@@ -69,7 +69,9 @@ hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const cha
 int hb_registry_down(hb_registry_t *r, char *why, size_t why_size);
 
 /* The URL without its user-info part ("https://host/x" for
- * "https://user:pw@host/x"), for logs. */
+ * "https://user:pw@host/x"), for logs: everything up to the last '@' after
+ * the scheme goes, so a password holding an unencoded '/', '?' or '#' is
+ * never shown (an '@' in a path costs that part of the path). */
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size);
 
 /* Blocking: registers schema under subject (POST

@@ -206,10 +206,31 @@ static void urls_are_logged_without_credentials(void **state) {
     (void)state;
     hb_registry_url_for_log("https://u:p@w@sr.example.com:8081/apis/ccompat/v7", out, sizeof(out));
     assert_string_equal(out, "https://sr.example.com:8081/apis/ccompat/v7");
+    /* A password with an unencoded '/', '?' or '#' (API secrets hold '/'):
+     * the user-info seems to end inside it, and all of it goes all the same. */
+    hb_registry_url_for_log("http://key:pa/ss@127.0.0.1:1", out, sizeof(out));
+    assert_string_equal(out, "http://127.0.0.1:1");
+    hb_registry_url_for_log("https://key:12/s?e#c@sr:8081/v7", out, sizeof(out));
+    assert_string_equal(out, "https://sr:8081/v7");
+    /* so an '@' in a path loses what is before it (no registry has one) */
     hb_registry_url_for_log("http://sr:8081/x@y", out, sizeof(out));
-    assert_string_equal(out, "http://sr:8081/x@y");
+    assert_string_equal(out, "http://y");
+    hb_registry_url_for_log("http://sr:8081/x", out, sizeof(out));
+    assert_string_equal(out, "http://sr:8081/x");
     assert_null(hb_registry_new(&o, err, sizeof(err)));
     assert_string_equal(err, "schema registry URL must start with http:// or https://");
+    {
+        /* the reason a lookup gives (it reaches the log and /readyz) */
+        hb_registry_opts_t bad = {"http://key:pa/ss@127.0.0.1:1", NULL, NULL, 1000};
+        hb_registry_t *r = hb_registry_new(&bad, err, sizeof(err));
+        const char *schema;
+        char why[256];
+        assert_non_null(r);
+        assert_int_equal(settle(r, 1, &schema, why, sizeof(why)), HB_REGISTRY_UNAVAILABLE);
+        assert_non_null(strstr(why, "http://127.0.0.1:1/schemas/ids/1: "));
+        assert_null(strstr(why, "pa/ss"));
+        hb_registry_free(r);
+    }
 }
 
 int main(void) {
