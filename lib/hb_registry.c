@@ -18,7 +18,10 @@
 #include "hb_registry.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -285,6 +288,37 @@ static void *helper(void *opaque) {
     if (h)
         curl_easy_cleanup(h);
     return NULL;
+}
+
+int hb_registry_ca_check(const char *ca_file, char *errstr, size_t errstr_size) {
+    X509_STORE *store;
+    FILE *fp = fopen(ca_file, "r");
+    unsigned long e;
+    int ok;
+    if (!fp) {
+        hb_seterr(errstr, errstr_size, "cannot read: %s", strerror(errno));
+        return -1;
+    }
+    fclose(fp);
+    store = X509_STORE_new();
+    if (!store) {
+        hb_seterr(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    ERR_clear_error();
+    /* as curl loads it (CURLOPT_CAINFO, OpenSSL): certificates in PEM */
+    ok = X509_STORE_load_file(store, ca_file) == 1;
+    e = ERR_peek_last_error();
+    X509_STORE_free(store);
+    if (!ok) {
+        char why[200] = "no certificate in it";
+        if (e)
+            ERR_error_string_n(e, why, sizeof(why));
+        ERR_clear_error();
+        hb_seterr(errstr, errstr_size, "no usable PEM certificates: %s", why);
+        return -1;
+    }
+    return 0;
 }
 
 hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, size_t errstr_size) {

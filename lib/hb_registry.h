@@ -74,6 +74,10 @@ int hb_registry_down(hb_registry_t *r, char *why, size_t why_size);
  * never shown (an '@' in a path costs that part of the path). */
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size);
 
+/* Whether curl can use ca_file as the registry's CA bundle (readable, PEM
+ * certificates); -1 and why, for a check at start. */
+int hb_registry_ca_check(const char *ca_file, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* Blocking: registers schema under subject (POST
  * <url>/subjects/<subject>/versions) and gives its id; registering the same
  * schema again gives the same id. */
