@@ -31,6 +31,8 @@ struct hb_pmsg_s {
     void (*taken_free)(void *arg);
     void *taken_arg;
     int64_t resend_at;
+    int poison; /* a poison copy: hdr[1] is its reason */
+    int shrunk; /* 1: its value dropped as too large; 2: its key too */
     struct hb_pmsg_s *next;
 };
 
@@ -190,11 +192,49 @@ void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
     m->taken_free = free_arg;
 }
 
+/* A poison copy too large to produce (librdkafka's message.max.bytes, a
+ * million bytes by default, is below what a broker takes by default, 1 MiB,
+ * and the topic's max.message.bytes may be below the events topic's): it
+ * would be refused for ever, holding its offset, so it goes without its
+ * value (then without its key), the reason saying so and where the bytes
+ * are. Returns 1 when m was shrunk (to be produced again at once). */
+static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
+    char *reason;
+    size_t n;
+    if (!m->poison || err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || m->shrunk >= 2)
+        return 0;
+    if (m->shrunk++ == 0) {
+        n = strlen(m->hdr[1]) + 200;
+        reason = hb_malloc(n);
+        snprintf(reason, n,
+                 "%s; the message (%zu bytes) is too large to copy here: read it at its source "
+                 "topic, partition and offset (headers hookbridge-source-*)",
+                 m->hdr[1], m->len);
+        free(m->hdr[1]);
+        m->hdr[1] = reason;
+        m->len = 0; /* m->val stays allocated (freed with m) */
+    } else {
+        free(m->key);
+        m->key = NULL;
+        m->key_len = 0;
+    }
+    hb_warn("poison message copy for %s too large: dead-lettered without its %s; read it at "
+            "%s [%s] offset %s",
+            m->topic, m->shrunk == 1 ? "value" : "key", m->hdr[3], m->hdr[5], m->hdr[7]);
+    return 1;
+}
+
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
+    if (shrink_poison(m, err)) { /* produced again at once, smaller */
+        m->resend_at = hb_mono_ms();
+        m->next = ob->resend;
+        ob->resend = m;
+        return;
+    }
     if (m->delivery_id)
         hb_log(HB_LOG_WARN,
                HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
@@ -310,6 +350,7 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
     m->hdr[5] = hb_strdup(part);
     m->hdr[6] = hb_strdup("hookbridge-source-offset");
     m->hdr[7] = hb_strdup(off);
+    m->poison = 1;
     hb_outbox_send(ob, m);
 }
 

@@ -15,8 +15,9 @@ consumer group, as an operator meets them.
 from hbtest.procs import wait_until
 from hbtest.pyavro import registry_framed
 from hbtest.registry import StandInRegistry
-from hbtest.stack import Dispatcher
+from hbtest.stack import Dispatcher, Receiver, produce, topic_records
 from hbtest.tls import Pki
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 from test_schema_evolution import NEWER, an_event, delivered, send, start
 
 
@@ -59,3 +60,42 @@ def test_a_registry_ca_file_is_checked_at_start_and_a_private_ca_reads_the_regis
         assert registry.served() == [("GET", "/schemas/ids/11", 200)]
     finally:
         registry.stop()
+
+
+def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_bytes(
+        apache_kafka, db_url, procs, workdir):
+    """Apache Kafka takes messages up to 1 MiB (message.max.bytes 1048588, a
+    Java producer's max.request.size 1048576); librdkafka's producer refuses
+    more than 1,000,000 bytes (its message.max.bytes). A poison message in
+    between could never be copied to the dead-letter topic: the copy was
+    produced again every second for ever, so its partition's committed offset
+    stopped there (lag never 0, everything after it consumed again after a
+    restart), and after HOOKBRIDGE_MAX_PENDING_EVENTS more events the whole
+    dispatcher stopped consuming. It is dead-lettered without its value (the
+    headers say where the bytes are), and consumption and commits go on."""
+    from kafka import KafkaProducer
+    from test_consumer_lag import lags
+    space = apache_kafka.space()
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, space.bootstrap)
+    d.wait_ready(60)
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    big = b"\x00\x00\x00\x00\x07" + b"x" * 1_010_000  # registry framing, no registry here
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp.send(space.events_topic, value=big, key=b"k", partition=0).get(30)
+    kp.close()
+    after = event("user.session.start")
+    produce(space.bootstrap, [after])
+    wait_until(lambda: after["uuid"] in {e["uuid"] for _, e in receiver.events()}, 30,
+               "the event after the oversized poison message")
+    msgs = topic_records(space.bootstrap, space.dlq_topic, want=1)
+    assert len(msgs) == 1
+    headers = dict(msgs[0].headers)
+    assert msgs[0].key == b"k" and msgs[0].value in (None, b"")
+    assert headers["hookbridge-source-partition"] == b"0"
+    assert headers["hookbridge-source-offset"] == b"0"
+    assert headers["hookbridge-reason"].decode().endswith(
+        "; the message (1010005 bytes) is too large to copy here: read it at its source "
+        "topic, partition and offset (headers hookbridge-source-*)")
+    wait_until(lambda: (l := lags(d, space.events_topic)) and not any(l.values()), 20,
+               "every partition's lag at 0: the poison message's offset committed")
