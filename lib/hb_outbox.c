@@ -23,7 +23,8 @@ struct hb_pmsg_s {
     size_t key_len; /* bytes of key */
     void *val;
     size_t len;
-    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
+    char *hdr[10];                 /* name, value pairs (poison copies); NULL-terminated */
+    rd_kafka_headers_t *orig_hdrs; /* a poison copy: the original's headers, before ours */
     hb_gate_t *gate;
     hb_dlog_row_t *row;       /* logged once the broker acks, with gate as its token */
     char *delivery_id;        /* the delivery it carries (a retry or dead letter), else NULL */
@@ -177,6 +178,8 @@ void hb_pmsg_free(hb_pmsg_t *m) {
     free(m->val);
     for (int i = 0; m->hdr[i]; i++)
         free(m->hdr[i]);
+    if (m->orig_hdrs)
+        rd_kafka_headers_destroy(m->orig_hdrs);
     free(m);
 }
 
@@ -250,7 +253,7 @@ void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_resp_err_t err;
     if (m->hdr[0]) {
-        hdrs = rd_kafka_headers_new(4);
+        hdrs = m->orig_hdrs ? rd_kafka_headers_copy(m->orig_hdrs) : rd_kafka_headers_new(4);
         for (int i = 0; m->hdr[i]; i += 2)
             (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
     }
@@ -334,6 +337,11 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
     char part[16], off[24];
     hb_pmsg_t *m = hb_pmsg_new(topic, NULL, rkm->payload ? rkm->payload : "", rkm->len,
                                hb_gate_new(ob, &job, 1), NULL);
+    rd_kafka_headers_t *orig = NULL;
+    /* the original's headers go along: they may be what reads it (a schema
+     * id in headers, as Apicurio's serializers write by default), or trace it */
+    if (rd_kafka_message_headers(rkm, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig)
+        m->orig_hdrs = rd_kafka_headers_copy(orig);
     if (rkm->key) { /* the key's bytes, all of them: a key may be binary (Avro, a number) */
         m->key = hb_malloc(rkm->key_len + 1);
         memcpy(m->key, rkm->key, rkm->key_len);

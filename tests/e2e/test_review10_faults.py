@@ -72,7 +72,8 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     stopped there (lag never 0, everything after it consumed again after a
     restart), and after HOOKBRIDGE_MAX_PENDING_EVENTS more events the whole
     dispatcher stopped consuming. It is dead-lettered without its value (the
-    headers say where the bytes are), and consumption and commits go on."""
+    headers say where the bytes are), and consumption and commits go on.
+    And a poison copy keeps the original's own Kafka headers (it lost them)."""
     from kafka import KafkaProducer
     from test_consumer_lag import lags
     space = apache_kafka.space()
@@ -83,15 +84,26 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     big = b"\x00\x00\x00\x00\x07" + b"x" * 1_010_000  # registry framing, no registry here
     kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
     kp.send(space.events_topic, value=big, key=b"k", partition=0).get(30)
+    # A poison message of a usual size whose own headers say how to read it
+    # (Apicurio's serializers put the schema id there by default) or trace it:
+    # its copy keeps them, else the dead letter could never be read again.
+    raw, theirs = b"\x48not-single-object", [("apicurio.value.globalId", b"\0\0\0\0\0\0\0\x07"),
+                                               ("traceparent", b"00-4bf92f35-00f067aa-01")]
+    kp.send(space.events_topic, value=raw, key=b"r", partition=1, headers=theirs).get(30)
     kp.close()
     after = event("user.session.start")
     produce(space.bootstrap, [after])
     wait_until(lambda: after["uuid"] in {e["uuid"] for _, e in receiver.events()}, 30,
                "the event after the oversized poison message")
-    msgs = topic_records(space.bootstrap, space.dlq_topic, want=1)
-    assert len(msgs) == 1
+    msgs = topic_records(space.bootstrap, space.dlq_topic, want=2)
+    assert len(msgs) == 2
+    copy = next(m for m in msgs if m.key == b"r")
+    assert copy.value == raw
+    assert copy.headers[:2] == theirs
+    assert dict(copy.headers[2:])["hookbridge-reason"] == b"not single-object encoded (bad magic)"
+    msgs = [m for m in msgs if m.key == b"k"]
     headers = dict(msgs[0].headers)
-    assert msgs[0].key == b"k" and msgs[0].value in (None, b"")
+    assert msgs[0].value in (None, b"")
     assert headers["hookbridge-source-partition"] == b"0"
     assert headers["hookbridge-source-offset"] == b"0"
     assert headers["hookbridge-reason"].decode().endswith(
