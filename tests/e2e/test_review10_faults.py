@@ -111,3 +111,24 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
         "topic, partition and offset (headers hookbridge-source-*)")
     wait_until(lambda: (l := lags(d, space.events_topic)) and not any(l.values()), 20,
                "every partition's lag at 0: the poison message's offset committed")
+
+    # The dead-letter topic's own limit below the events topic's: the broker
+    # refuses the copy (a delivery report, not producev): the same way out.
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, space.dlq_topic,
+                                            configs={"max.message.bytes": "4000"})])
+    finally:
+        admin.close()
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp.send(space.events_topic, value=b"\x48" + b"y" * 20000, key=b"m", partition=2).get(30)
+    kp.close()
+    msgs = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=3) if m.key == b"m"]
+    assert len(msgs) == 1 and msgs[0].value in (None, b"")
+    assert dict(msgs[0].headers)["hookbridge-reason"].decode().startswith(
+        "not single-object encoded (bad magic); the message (20001 bytes) is too large")
+    assert d.get("/readyz") == (200, "ready\n")  # its producer still usable
+    wait_until(lambda: (l := lags(d, space.events_topic)) and not any(l.values()), 20,
+               "every partition's lag at 0 again")
