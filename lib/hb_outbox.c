@@ -33,7 +33,7 @@ struct hb_pmsg_s {
     void *taken_arg;
     int64_t resend_at;
     int poison; /* a poison copy: hdr[1] is its reason */
-    int shrunk; /* 1: its value dropped as too large; 2: its key too */
+    int shrunk; /* dropped as too large: 1 its value, 2 its key too, 3 its headers too */
     struct hb_pmsg_s *next;
 };
 
@@ -199,12 +199,14 @@ void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
  * million bytes by default, is below what a broker takes by default, 1 MiB,
  * and the topic's max.message.bytes may be below the events topic's): it
  * would be refused for ever, holding its offset, so it goes without its
- * value (then without its key), the reason saying so and where the bytes
- * are. Returns 1 when m was shrunk (to be produced again at once). */
+ * value (then without its key, then without the original's headers), the
+ * reason saying so and where the bytes are. Returns 1 when m was shrunk (to
+ * be produced again at once). */
 static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
+    static const char *const what[] = {"value", "key", "original headers"};
     char *reason;
     size_t n;
-    if (!m->poison || err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || m->shrunk >= 2)
+    if (!m->poison || err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || m->shrunk >= 3)
         return 0;
     if (m->shrunk++ == 0) {
         n = strlen(m->hdr[1]) + 200;
@@ -216,14 +218,17 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
         free(m->hdr[1]);
         m->hdr[1] = reason;
         m->len = 0; /* m->val stays allocated (freed with m) */
-    } else {
+    } else if (m->shrunk == 2) {
         free(m->key);
         m->key = NULL;
         m->key_len = 0;
+    } else if (m->orig_hdrs) {
+        rd_kafka_headers_destroy(m->orig_hdrs);
+        m->orig_hdrs = NULL;
     }
     hb_warn("poison message copy for %s too large: dead-lettered without its %s; read it at "
             "%s [%s] offset %s",
-            m->topic, m->shrunk == 1 ? "value" : "key", m->hdr[3], m->hdr[5], m->hdr[7]);
+            m->topic, what[m->shrunk - 1], m->hdr[3], m->hdr[5], m->hdr[7]);
     return 1;
 }
 

@@ -125,8 +125,8 @@ void hb_outbox_produce(hb_outbox_t *ob, const char *topic, const char *key, cons
  * reason and where they came from in headers of ours after them; the job is
  * held until the broker has them. A
  * copy refused as too large (MSG_SIZE_TOO_LARGE) goes without its value,
- * then without its key, the reason saying so, instead of being refused for
- * ever. */
+ * then without its key, then without the original's headers, the reason
+ * saying so, instead of being refused for ever. */
 void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message_t *rkm,
                       hb_job_t *job, const char *reason);
 

@@ -73,7 +73,8 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     restart), and after HOOKBRIDGE_MAX_PENDING_EVENTS more events the whole
     dispatcher stopped consuming. It is dead-lettered without its value (the
     headers say where the bytes are), and consumption and commits go on.
-    And a poison copy keeps the original's own Kafka headers (it lost them)."""
+    And a poison copy keeps the original's own Kafka headers (it lost them),
+    unless they are what makes it too large."""
     from kafka import KafkaProducer
     from test_consumer_lag import lags
     space = apache_kafka.space()
@@ -90,13 +91,21 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     raw, theirs = b"\x48not-single-object", [("apicurio.value.globalId", b"\0\0\0\0\0\0\0\x07"),
                                                ("traceparent", b"00-4bf92f35-00f067aa-01")]
     kp.send(space.events_topic, value=raw, key=b"r", partition=1, headers=theirs).get(30)
+    # too large by its headers: they go too, last
+    kp.send(space.events_topic, value=b"\x48", key=b"h", partition=3,
+            headers=[("big", b"z" * 1_010_000)]).get(30)
     kp.close()
     after = event("user.session.start")
     produce(space.bootstrap, [after])
     wait_until(lambda: after["uuid"] in {e["uuid"] for _, e in receiver.events()}, 30,
                "the event after the oversized poison message")
-    msgs = topic_records(space.bootstrap, space.dlq_topic, want=2)
-    assert len(msgs) == 2
+    msgs = topic_records(space.bootstrap, space.dlq_topic, want=3)
+    assert len(msgs) == 3
+    stripped = next(m for m in msgs if m.key is None)
+    assert [h for h, _ in stripped.headers] == ["hookbridge-reason", "hookbridge-source-topic",
+                                                "hookbridge-source-partition",
+                                                "hookbridge-source-offset"]
+    assert dict(stripped.headers)["hookbridge-source-partition"] == b"3"
     copy = next(m for m in msgs if m.key == b"r")
     assert copy.value == raw
     assert copy.headers[:2] == theirs
@@ -125,7 +134,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
     kp.send(space.events_topic, value=b"\x48" + b"y" * 20000, key=b"m", partition=2).get(30)
     kp.close()
-    msgs = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=3) if m.key == b"m"]
+    msgs = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=4) if m.key == b"m"]
     assert len(msgs) == 1 and msgs[0].value in (None, b"")
     assert dict(msgs[0].headers)["hookbridge-reason"].decode().startswith(
         "not single-object encoded (bad magic); the message (20001 bytes) is too large")
