@@ -333,6 +333,22 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
         hb_seterr(errstr, errstr_size, "curl_global_init failed");
         return NULL;
     }
+    {
+        /* A URL curl cannot parse would fail every fetch, from the first
+         * event in the registry's framing on: said now (without the URL,
+         * which may hold a password). */
+        CURLU *u = curl_url();
+        CURLUcode uc = u ? curl_url_set(u, CURLUPART_URL, opts->url, 0) : CURLUE_OUT_OF_MEMORY;
+        curl_url_cleanup(u);
+        if (uc != CURLUE_OK) {
+            hb_seterr(errstr, errstr_size,
+                      "not a URL: %s (percent-encode '/', '?', '#' and '@' in a user name or "
+                      "password, or use HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO)",
+                      curl_url_strerror(uc));
+            curl_global_cleanup();
+            return NULL;
+        }
+    }
     r = hb_calloc(1, sizeof(*r));
     r->url = hb_strdup(opts->url);
     n = strlen(r->url);

@@ -10,7 +10,9 @@ consumer group, as an operator meets them.
   over HTTPS (nothing tested that before).
 - A password in HOOKBRIDGE_SCHEMA_REGISTRY_URL holding an unencoded '/'
   (API secrets often do) was shown whole in the start line, in every fetch
-  error and in /readyz's body.
+  error and in /readyz's body; and a URL curl cannot parse started a
+  dispatcher whose registry-framed events then waited for ever: it is
+  refused at start, without showing it.
 """
 from hbtest.procs import wait_until
 from hbtest.pyavro import registry_framed
@@ -41,15 +43,25 @@ def test_a_registry_ca_file_is_checked_at_start_and_a_private_ca_reads_the_regis
                 d.proc.output()
 
         # A password with a '/' not percent-encoded in the URL: never shown.
-        # (curl cannot use such a URL; the dispatcher starts all the same and
-        # says why on /readyz once events in the registry's framing come.)
-        leaky = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-leaky", extra_env={
-            "HOOKBRIDGE_SCHEMA_REGISTRY_URL": f"https://key:Zm9v/YmFy@127.0.0.1:{registry.port}"})
-        wait_until(lambda: "Schema Registry framing read" in leaky.proc.output(), 20,
-                   "the dispatcher to name its registry")
-        assert f"from https://127.0.0.1:{registry.port}" in leaky.proc.output()
-        assert "Zm9v/YmFy" not in leaky.proc.output()
-        leaky.proc.stop()
+        # curl cannot parse it ("Zm9v" would be the port): refused at start.
+        # Parsed otherwise than meant (host "key", port 12): the dispatcher
+        # starts, and its start line names the registry without it.
+        for i, (url, shown) in enumerate(((f"https://key:Zm9v/YmFy@127.0.0.1:{registry.port}", None),
+                           (f"https://key:12/YmFy@127.0.0.1:{registry.port}",
+                            f"from https://127.0.0.1:{registry.port}"))):
+            leaky = Dispatcher(procs, db_url, broker.bootstrap, name=f"dispatcher-url{i}",
+                               extra_env={"HOOKBRIDGE_SCHEMA_REGISTRY_URL": url})
+            if shown:
+                wait_until(lambda: "Schema Registry framing read" in leaky.proc.output(), 20,
+                           "the dispatcher to name its registry")
+                assert shown in leaky.proc.output()
+                leaky.proc.stop()
+            else:
+                wait_until(lambda: not leaky.proc.alive(), 20, "the dispatcher to refuse the URL")
+                assert leaky.proc.p.returncode == 1
+                assert "cannot start: HOOKBRIDGE_SCHEMA_REGISTRY_URL: not a URL: " in \
+                    leaky.proc.output()
+            assert "YmFy" not in leaky.proc.output()
 
         receiver, d = start(procs, workdir, db_url, broker,
                             {**env, "HOOKBRIDGE_SCHEMA_REGISTRY_CA_FILE": str(pki.ca)})
