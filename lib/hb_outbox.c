@@ -205,16 +205,23 @@ void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
 static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
     static const char *const what[] = {"value", "key", "original headers"};
     char *reason;
-    size_t n;
+    size_t n, size = m->len + m->key_len;
+    const char *name;
+    const void *val;
+    size_t val_size;
     if (!m->poison || err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || m->shrunk >= 3)
         return 0;
     if (m->shrunk++ == 0) {
+        for (size_t i = 0;
+             m->orig_hdrs && rd_kafka_header_get_all(m->orig_hdrs, i, &name, &val, &val_size) == 0;
+             i++)
+            size += strlen(name) + val_size;
         n = strlen(m->hdr[1]) + 200;
         reason = hb_malloc(n);
         snprintf(reason, n,
                  "%s; the message (%zu bytes) is too large to copy here: read it at its source "
                  "topic, partition and offset (headers hookbridge-source-*)",
-                 m->hdr[1], m->len);
+                 m->hdr[1], size);
         free(m->hdr[1]);
         m->hdr[1] = reason;
         m->len = 0; /* m->val stays allocated (freed with m) */

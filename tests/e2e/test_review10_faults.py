@@ -118,6 +118,8 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
                                                 "hookbridge-source-partition",
                                                 "hookbridge-source-offset"]
     assert dict(stripped.headers)["hookbridge-source-partition"] == b"3"
+    assert b"; the message (1010005 bytes) is too large" in \
+        dict(stripped.headers)["hookbridge-reason"]  # value, key and headers
     copy = next(m for m in msgs if m.key == b"r")
     assert copy.value == raw
     assert copy.headers[:2] == theirs
@@ -128,7 +130,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     assert headers["hookbridge-source-partition"] == b"0"
     assert headers["hookbridge-source-offset"] == b"0"
     assert headers["hookbridge-reason"].decode().endswith(
-        "; the message (1010005 bytes) is too large to copy here: read it at its source "
+        "; the message (1010006 bytes) is too large to copy here: read it at its source "
         "topic, partition and offset (headers hookbridge-source-*)")
     wait_until(lambda: (l := lags(d, space.events_topic)) and not any(l.values()), 20,
                "every partition's lag at 0: the poison message's offset committed")
@@ -149,7 +151,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     msgs = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=4) if m.key == b"m"]
     assert len(msgs) == 1 and msgs[0].value in (None, b"")
     assert dict(msgs[0].headers)["hookbridge-reason"].decode().startswith(
-        "not single-object encoded (bad magic); the message (20001 bytes) is too large")
+        "not single-object encoded (bad magic); the message (20002 bytes) is too large")
     assert d.get("/readyz") == (200, "ready\n")  # its producer still usable
     wait_until(lambda: (l := lags(d, space.events_topic)) and not any(l.values()), 20,
                "every partition's lag at 0 again")
