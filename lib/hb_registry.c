@@ -112,7 +112,8 @@ static int on_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow, curl_
 
 /* One request to <url><path> (POST with body when body is not NULL); the
  * HTTP status and the parsed JSON reply (NULL when it is not JSON). stop (may
- * be NULL) aborts it when it becomes non-zero. */
+ * be NULL) aborts it when it becomes non-zero. -1: no answer; -2: an answer
+ * larger than HB_REGISTRY_MAX_REPLY (*status is its status). */
 static int call(CURL *h, const char *base, const char *user_info, const char *ca_file,
                 long long timeout_ms, const int *stop, const char *path, const char *body,
                 long *status, json_t **reply, char *errstr, size_t errstr_size) {
@@ -156,12 +157,13 @@ static int call(CURL *h, const char *base, const char *user_info, const char *ca
         hb_seterr(errstr, errstr_size, "%s: %s", logurl, ebuf[0] ? ebuf : curl_easy_strerror(rc));
         goto done;
     }
+    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     if (b.too_big) {
         hb_seterr(errstr, errstr_size, "%s: reply larger than %d bytes", logurl,
                   HB_REGISTRY_MAX_REPLY);
+        r = -2;
         goto done;
     }
-    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     *reply = b.p ? json_loads(b.p, 0, NULL) : NULL;
     r = 0;
 done:
@@ -189,10 +191,24 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
     json_t *reply = NULL;
     entry_state_t st = E_FAILED;
     const char *text, *type;
+    int rc;
     snprintf(path, sizeof(path), "/schemas/ids/%" PRIu32, id);
-    if (call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
-             &reply, reason, reason_size) < 0)
+    rc = call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
+              &reply, reason, reason_size);
+    if (rc < 0) {
+        /* The registry's answer for the id, too large to take: it will not
+         * get smaller (ids never change meaning), so, as a schema that is
+         * not Avro, it makes the id's events poison; waiting would hold
+         * them for ever and fetch it again every second. */
+        if (rc == -2 && status == 200) {
+            hb_seterr(reason, reason_size,
+                      "schema id %" PRIu32 ": the schema registry's answer is larger than %d "
+                      "bytes, more than hookbridge takes for a schema",
+                      id, HB_REGISTRY_MAX_REPLY);
+            return E_NOT_FOUND;
+        }
         return E_FAILED;
+    }
     text = json_string_value(json_object_get(reply, "schema"));
     type = json_string_value(json_object_get(reply, "schemaType"));
     if (status == 200 && text && (!type || !strcmp(type, "AVRO"))) {

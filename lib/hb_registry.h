@@ -14,7 +14,8 @@
  *                            hb_registry_free);
  *   HB_REGISTRY_PENDING      a fetch is queued or under way: ask again shortly;
  *   HB_REGISTRY_NOT_FOUND    the registry answered 404 (or the schema is not
- *                            Avro): a message with this id is poison. Asked
+ *                            Avro, or its answer is larger than 4 MiB): a
+ *                            message with this id is poison. Asked
  *                            again after HB_REGISTRY_RECHECK_MS, in case it
  *                            was registered meanwhile;
  *   HB_REGISTRY_UNAVAILABLE  the last fetch failed (no connection, timeout,

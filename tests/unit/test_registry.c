@@ -16,6 +16,7 @@
 #define AUTH "Basic cmVhZGVyOnBhNTUtdzByZA==" /* base64 of USER_INFO */
 
 typedef struct {
+    int gets_3;   /* requests for id 3 (a schema too large) */
     int gets_1;   /* requests for id 1 */
     int status_1; /* what id 1 answers */
     char posted[512];
@@ -54,6 +55,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (s->status_1 != 200)
             return reply(c, (unsigned)s->status_1, "{\"message\":\"down\"}");
         return reply(c, 200, "{\"schema\":\"\\\"string\\\"\"}");
+    }
+    if (!strcmp(url, "/schemas/ids/3")) { /* 5 MiB of a schema (its doc) */
+        static const char head[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\",\\\"doc\\\":\\\"";
+        static const char tail[] = "\\\"}\"}";
+        size_t n = 5u << 20;
+        char *big = malloc(n + sizeof(tail));
+        enum MHD_Result ret;
+        s->gets_3++;
+        memset(big, 'x', n);
+        memcpy(big, head, strlen(head));
+        memcpy(big + n, tail, sizeof(tail));
+        ret = test_server_reply(c, 200, big, n + strlen(tail), NULL, NULL);
+        free(big);
+        return ret;
     }
     if (!strcmp(url, "/schemas/ids/2"))
         return reply(c, 200, "{\"schema\":\"syntax\",\"schemaType\":\"PROTOBUF\"}");
@@ -200,6 +215,29 @@ static void register_gives_the_id(void **state) {
     MHD_stop_daemon(d);
 }
 
+/* A registry's answer too large to take is its answer all the same: the
+ * id's events are poison (asked again only after the recheck period), not
+ * held for ever while 4 MiB are fetched again every second. */
+static void a_schema_too_large_is_poison_not_a_wait(void **state) {
+    srv_t s = {0};
+    uint16_t port;
+    struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
+    struct MHD_Daemon *d = test_server_start(handle, &s, none, &port);
+    hb_registry_t *r = registry_at(port, USER_INFO);
+    const char *schema;
+    char why[256];
+    (void)state;
+    assert_int_equal(settle(r, 3, &schema, why, sizeof(why)), HB_REGISTRY_NOT_FOUND);
+    assert_string_equal(why, "schema id 3: the schema registry's answer is larger than 4194304 "
+                             "bytes, more than hookbridge takes for a schema");
+    assert_int_equal(hb_registry_down(r, why, sizeof(why)), 0);
+    usleep((HB_REGISTRY_RETRY_MS + 200) * 1000);
+    assert_int_equal(hb_registry_lookup(r, 3, &schema, why, sizeof(why)), HB_REGISTRY_NOT_FOUND);
+    assert_int_equal(s.gets_3, 1);
+    hb_registry_free(r);
+    MHD_stop_daemon(d);
+}
+
 static void urls_are_logged_without_credentials(void **state) {
     char out[128], err[256];
     hb_registry_opts_t o = {"ftp://x", NULL, NULL, 1000};
@@ -248,6 +286,7 @@ int main(void) {
         cmocka_unit_test(a_404_that_is_not_the_registrys_answer_waits),
         cmocka_unit_test(closed_port_is_unavailable),
         cmocka_unit_test(register_gives_the_id),
+        cmocka_unit_test(a_schema_too_large_is_poison_not_a_wait),
         cmocka_unit_test(urls_are_logged_without_credentials),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
