@@ -352,8 +352,16 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
     rd_kafka_headers_t *orig = NULL;
     /* the original's headers go along: they may be what reads it (a schema
      * id in headers, as Apicurio's serializers write by default), or trace it */
-    if (rd_kafka_message_headers(rkm, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig)
+    if (rd_kafka_message_headers(rkm, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig) {
+        static const char *const ours[] = {"hookbridge-reason", "hookbridge-source-topic",
+                                           "hookbridge-source-partition",
+                                           "hookbridge-source-offset"};
         m->orig_hdrs = rd_kafka_headers_copy(orig);
+        /* a dead letter produced again and poison again: the headers of its
+         * first copy would name another place and reason than ours */
+        for (size_t i = 0; i < HB_ARRAY_SIZE(ours); i++)
+            (void)rd_kafka_header_remove(m->orig_hdrs, ours[i]);
+    }
     if (rkm->key) { /* the key's bytes, all of them: a key may be binary (Avro, a number) */
         m->key = hb_malloc(rkm->key_len + 1);
         memcpy(m->key, rkm->key, rkm->key_len);

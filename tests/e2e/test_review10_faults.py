@@ -102,7 +102,9 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     # its copy keeps them, else the dead letter could never be read again.
     raw, theirs = b"\x48not-single-object", [("apicurio.value.globalId", b"\0\0\0\0\0\0\0\x07"),
                                                ("traceparent", b"00-4bf92f35-00f067aa-01")]
-    kp.send(space.events_topic, value=raw, key=b"r", partition=1, headers=theirs).get(30)
+    # (produced again from the dead-letter topic: its old hookbridge-* headers go)
+    old = [("hookbridge-reason", b"earlier"), ("hookbridge-source-offset", b"99")]
+    kp.send(space.events_topic, value=raw, key=b"r", partition=1, headers=theirs + old).get(30)
     # too large by its headers: they go too, last
     kp.send(space.events_topic, value=b"\x48", key=b"h", partition=3,
             headers=[("big", b"z" * 1_010_000)]).get(30)
@@ -123,6 +125,9 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     copy = next(m for m in msgs if m.key == b"r")
     assert copy.value == raw
     assert copy.headers[:2] == theirs
+    assert [h for h, _ in copy.headers[2:]] == ["hookbridge-reason", "hookbridge-source-topic",
+                                                "hookbridge-source-partition",
+                                                "hookbridge-source-offset"]
     assert dict(copy.headers[2:])["hookbridge-reason"] == b"not single-object encoded (bad magic)"
     msgs = [m for m in msgs if m.key == b"k"]
     headers = dict(msgs[0].headers)
