@@ -13,6 +13,10 @@ consumer group, as an operator meets them.
   error and in /readyz's body; and a URL curl cannot parse started a
   dispatcher whose registry-framed events then waited for ever: it is
   refused at start, without showing it.
+- On Apache Kafka, poison messages the dead-letter copy could not be made of
+  as it was: one larger than librdkafka produces (or than the dead-letter
+  topic takes) was refused for ever, its offset never committed; and every
+  copy lost the original's own Kafka headers.
 """
 from hbtest.procs import wait_until
 from hbtest.pyavro import registry_framed
