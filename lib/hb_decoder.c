@@ -146,6 +146,14 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
         hb_registry_opts_t o = {cfg->schema_registry_url, cfg->schema_registry_user_info,
                                 cfg->schema_registry_ca_file, cfg->schema_registry_timeout_ms};
         char shown[1024];
+        /* a CA bundle curl cannot use fails every fetch, from the first
+         * event in the registry's framing on: a mistake to stop at start */
+        if (cfg->schema_registry_ca_file && *cfg->schema_registry_ca_file &&
+            hb_registry_ca_check(cfg->schema_registry_ca_file, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_SCHEMA_REGISTRY_CA_FILE=%s: %s",
+                      cfg->schema_registry_ca_file, why);
+            goto fail;
+        }
         d->registry = hb_registry_new(&o, why, sizeof(why));
         if (!d->registry) {
             hb_seterr(errstr, errstr_size, "HOOKBRIDGE_SCHEMA_REGISTRY_URL: %s", why);

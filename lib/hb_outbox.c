@@ -23,7 +23,8 @@ struct hb_pmsg_s {
     size_t key_len; /* bytes of key */
     void *val;
     size_t len;
-    char *hdr[10]; /* name, value pairs (poison copies); NULL-terminated */
+    char *hdr[10];                 /* name, value pairs (poison copies); NULL-terminated */
+    rd_kafka_headers_t *orig_hdrs; /* a poison copy: the original's headers, before ours */
     hb_gate_t *gate;
     hb_dlog_row_t *row;       /* logged once the broker acks, with gate as its token */
     char *delivery_id;        /* the delivery it carries (a retry or dead letter), else NULL */
@@ -31,6 +32,8 @@ struct hb_pmsg_s {
     void (*taken_free)(void *arg);
     void *taken_arg;
     int64_t resend_at;
+    int poison; /* a poison copy: hdr[1] is its reason */
+    int shrunk; /* dropped as too large: 1 its value, 2 its key too, 3 its headers too */
     struct hb_pmsg_s *next;
 };
 
@@ -175,6 +178,8 @@ void hb_pmsg_free(hb_pmsg_t *m) {
     free(m->val);
     for (int i = 0; m->hdr[i]; i++)
         free(m->hdr[i]);
+    if (m->orig_hdrs)
+        rd_kafka_headers_destroy(m->orig_hdrs);
     free(m);
 }
 
@@ -190,11 +195,61 @@ void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
     m->taken_free = free_arg;
 }
 
+/* A poison copy too large to produce (librdkafka's message.max.bytes, a
+ * million bytes by default, is below what a broker takes by default, 1 MiB,
+ * and the topic's max.message.bytes may be below the events topic's): it
+ * would be refused for ever, holding its offset, so it goes without its
+ * value (then without its key, then without the original's headers), the
+ * reason saying so and where the bytes are. Returns 1 when m was shrunk (to
+ * be produced again at once). */
+static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
+    static const char *const what[] = {"value", "key", "original headers"};
+    char *reason;
+    size_t n, size = m->len + m->key_len;
+    const char *name;
+    const void *val;
+    size_t val_size;
+    if (!m->poison || err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE || m->shrunk >= 3)
+        return 0;
+    if (m->shrunk++ == 0) {
+        for (size_t i = 0;
+             m->orig_hdrs && rd_kafka_header_get_all(m->orig_hdrs, i, &name, &val, &val_size) == 0;
+             i++)
+            size += strlen(name) + val_size;
+        n = strlen(m->hdr[1]) + 200;
+        reason = hb_malloc(n);
+        snprintf(reason, n,
+                 "%s; the message (%zu bytes) is too large to copy here: read it at its source "
+                 "topic, partition and offset (headers hookbridge-source-*)",
+                 m->hdr[1], size);
+        free(m->hdr[1]);
+        m->hdr[1] = reason;
+        m->len = 0; /* m->val stays allocated (freed with m) */
+    } else if (m->shrunk == 2) {
+        free(m->key);
+        m->key = NULL;
+        m->key_len = 0;
+    } else if (m->orig_hdrs) {
+        rd_kafka_headers_destroy(m->orig_hdrs);
+        m->orig_hdrs = NULL;
+    }
+    hb_warn("poison message copy for %s too large: dead-lettered without its %s; read it at "
+            "%s [%s] offset %s",
+            m->topic, what[m->shrunk - 1], m->hdr[3], m->hdr[5], m->hdr[7]);
+    return 1;
+}
+
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
+    if (shrink_poison(m, err)) { /* produced again at once, smaller */
+        m->resend_at = hb_mono_ms();
+        m->next = ob->resend;
+        ob->resend = m;
+        return;
+    }
     if (m->delivery_id)
         hb_log(HB_LOG_WARN,
                HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
@@ -210,7 +265,7 @@ void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_resp_err_t err;
     if (m->hdr[0]) {
-        hdrs = rd_kafka_headers_new(4);
+        hdrs = m->orig_hdrs ? rd_kafka_headers_copy(m->orig_hdrs) : rd_kafka_headers_new(4);
         for (int i = 0; m->hdr[i]; i += 2)
             (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
     }
@@ -294,6 +349,19 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
     char part[16], off[24];
     hb_pmsg_t *m = hb_pmsg_new(topic, NULL, rkm->payload ? rkm->payload : "", rkm->len,
                                hb_gate_new(ob, &job, 1), NULL);
+    rd_kafka_headers_t *orig = NULL;
+    /* the original's headers go along: they may be what reads it (a schema
+     * id in headers, as Apicurio's serializers write by default), or trace it */
+    if (rd_kafka_message_headers(rkm, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR && orig) {
+        static const char *const ours[] = {"hookbridge-reason", "hookbridge-source-topic",
+                                           "hookbridge-source-partition",
+                                           "hookbridge-source-offset"};
+        m->orig_hdrs = rd_kafka_headers_copy(orig);
+        /* a dead letter produced again and poison again: the headers of its
+         * first copy would name another place and reason than ours */
+        for (size_t i = 0; i < HB_ARRAY_SIZE(ours); i++)
+            (void)rd_kafka_header_remove(m->orig_hdrs, ours[i]);
+    }
     if (rkm->key) { /* the key's bytes, all of them: a key may be binary (Avro, a number) */
         m->key = hb_malloc(rkm->key_len + 1);
         memcpy(m->key, rkm->key, rkm->key_len);
@@ -310,6 +378,7 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
     m->hdr[5] = hb_strdup(part);
     m->hdr[6] = hb_strdup("hookbridge-source-offset");
     m->hdr[7] = hb_strdup(off);
+    m->poison = 1;
     hb_outbox_send(ob, m);
 }
 

@@ -121,8 +121,12 @@ void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m);
  * the broker acknowledges it. */
 void hb_outbox_produce(hb_outbox_t *ob, const char *topic, const char *key, const void *val,
                        size_t len, hb_job_t *job);
-/* Dead-letters rkm's bytes unchanged to topic, with the reason and where
- * they came from in headers; the job is held until the broker has them. */
+/* Dead-letters rkm's bytes unchanged to topic, with its key and headers,
+ * and the reason and where they came from in headers of ours after them;
+ * the job is held until the broker has them. A copy refused as too large
+ * (MSG_SIZE_TOO_LARGE) goes without its value, then without its key, then
+ * without the original's headers, the reason saying so (with the size of
+ * all three), instead of being refused for ever. */
 void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message_t *rkm,
                       hb_job_t *job, const char *reason);
 

@@ -18,7 +18,10 @@
 #include "hb_registry.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
@@ -117,21 +120,15 @@ static int url_host_part_bad(const char *url) {
     return 0;
 }
 
+/* Everything between "://" and the last '@' goes, wherever that '@' is: a
+ * password holding '/', '?' or '#' (API secrets often hold '/') is not
+ * percent-encoded by every operator, and then the user-info seems to end
+ * inside it; a registry URL with an '@' in its path loses a part of the
+ * path in the log, never a secret. */
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size) {
     const char *scheme = strstr(url, "://");
     const char *host = scheme ? scheme + 3 : url;
-    const char *end = host + strcspn(host, "/?#");
-    const char *at = NULL;
-    for (const char *p = host; p < end; p++)
-        if (*p == '@')
-            at = p;
-    if (!at && url_host_part_bad(url)) {
-        /* user info with a '/' in it: it ends at the last '@' before the query */
-        end = host + strcspn(host, "?#");
-        for (const char *p = host; p < end; p++)
-            if (*p == '@')
-                at = p;
-    }
+    const char *at = strrchr(host, '@');
     if (!at) {
         snprintf(out, out_size, "%s", url);
         return;
@@ -152,7 +149,8 @@ static int on_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow, curl_
 
 /* One request to <url><path> (POST with body when body is not NULL); the
  * HTTP status and the parsed JSON reply (NULL when it is not JSON). stop (may
- * be NULL) aborts it when it becomes non-zero. */
+ * be NULL) aborts it when it becomes non-zero. -1: no answer; -2: an answer
+ * larger than HB_REGISTRY_MAX_REPLY (*status is its status). */
 static int call(CURL *h, const char *base, const char *user_info, const char *ca_file,
                 long long timeout_ms, const int *stop, const char *path, const char *body,
                 long *status, json_t **reply, char *errstr, size_t errstr_size) {
@@ -196,12 +194,13 @@ static int call(CURL *h, const char *base, const char *user_info, const char *ca
         hb_seterr(errstr, errstr_size, "%s: %s", logurl, ebuf[0] ? ebuf : curl_easy_strerror(rc));
         goto done;
     }
+    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     if (b.too_big) {
         hb_seterr(errstr, errstr_size, "%s: reply larger than %d bytes", logurl,
                   HB_REGISTRY_MAX_REPLY);
+        r = -2;
         goto done;
     }
-    (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
     *reply = b.p ? json_loads(b.p, 0, NULL) : NULL;
     r = 0;
 done:
@@ -229,10 +228,24 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
     json_t *reply = NULL;
     entry_state_t st = E_FAILED;
     const char *text, *type;
+    int rc;
     snprintf(path, sizeof(path), "/schemas/ids/%" PRIu32, id);
-    if (call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
-             &reply, reason, reason_size) < 0)
+    rc = call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
+              &reply, reason, reason_size);
+    if (rc < 0) {
+        /* The registry's answer for the id, too large to take: it will not
+         * get smaller (ids never change meaning), so, as a schema that is
+         * not Avro, it makes the id's events poison; waiting would hold
+         * them for ever and fetch it again every second. */
+        if (rc == -2 && status == 200) {
+            hb_seterr(reason, reason_size,
+                      "schema id %" PRIu32 ": the schema registry's answer is larger than %d "
+                      "bytes, more than hookbridge takes for a schema",
+                      id, HB_REGISTRY_MAX_REPLY);
+            return E_NOT_FOUND;
+        }
         return E_FAILED;
+    }
     text = json_string_value(json_object_get(reply, "schema"));
     type = json_string_value(json_object_get(reply, "schemaType"));
     if (status == 200 && text && (!type || !strcmp(type, "AVRO"))) {
@@ -330,6 +343,37 @@ static void *helper(void *opaque) {
     return NULL;
 }
 
+int hb_registry_ca_check(const char *ca_file, char *errstr, size_t errstr_size) {
+    X509_STORE *store;
+    FILE *fp = fopen(ca_file, "r");
+    unsigned long e;
+    int ok;
+    if (!fp) {
+        hb_seterr(errstr, errstr_size, "cannot read: %s", strerror(errno));
+        return -1;
+    }
+    fclose(fp);
+    store = X509_STORE_new();
+    if (!store) {
+        hb_seterr(errstr, errstr_size, "out of memory");
+        return -1;
+    }
+    ERR_clear_error();
+    /* as curl loads it (CURLOPT_CAINFO, OpenSSL): certificates in PEM */
+    ok = X509_STORE_load_file(store, ca_file) == 1;
+    e = ERR_peek_last_error();
+    X509_STORE_free(store);
+    if (!ok) {
+        char why[200] = "no certificate in it";
+        if (e)
+            ERR_error_string_n(e, why, sizeof(why));
+        ERR_clear_error();
+        hb_seterr(errstr, errstr_size, "no usable PEM certificates: %s", why);
+        return -1;
+    }
+    return 0;
+}
+
 hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, size_t errstr_size) {
     hb_registry_t *r;
     size_t n;
@@ -346,6 +390,22 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         hb_seterr(errstr, errstr_size, "curl_global_init failed");
         return NULL;
+    }
+    {
+        /* A URL curl cannot parse would fail every fetch, from the first
+         * event in the registry's framing on: said now (without the URL,
+         * which may hold a password). */
+        CURLU *u = curl_url();
+        CURLUcode uc = u ? curl_url_set(u, CURLUPART_URL, opts->url, 0) : CURLUE_OUT_OF_MEMORY;
+        curl_url_cleanup(u);
+        if (uc != CURLUE_OK) {
+            hb_seterr(errstr, errstr_size,
+                      "not a URL: %s (percent-encode '/', '?', '#' and '@' in a user name or "
+                      "password, or use HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO)",
+                      curl_url_strerror(uc));
+            curl_global_cleanup();
+            return NULL;
+        }
     }
     r = hb_calloc(1, sizeof(*r));
     r->url = hb_strdup(opts->url);

@@ -14,7 +14,8 @@
  *                            hb_registry_free);
  *   HB_REGISTRY_PENDING      a fetch is queued or under way: ask again shortly;
  *   HB_REGISTRY_NOT_FOUND    the registry answered 404 (or the schema is not
- *                            Avro): a message with this id is poison. Asked
+ *                            Avro, or its answer is larger than 4 MiB): a
+ *                            message with this id is poison. Asked
  *                            again after HB_REGISTRY_RECHECK_MS, in case it
  *                            was registered meanwhile;
  *   HB_REGISTRY_UNAVAILABLE  the last fetch failed (no connection, timeout,
@@ -69,8 +70,14 @@ hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const cha
 int hb_registry_down(hb_registry_t *r, char *why, size_t why_size);
 
 /* The URL without its user-info part ("https://host/x" for
- * "https://user:pw@host/x"), for logs. */
+ * "https://user:pw@host/x"), for logs: everything up to the last '@' after
+ * the scheme goes, so a password holding an unencoded '/', '?' or '#' is
+ * never shown (an '@' in a path costs that part of the path). */
 void hb_registry_url_for_log(const char *url, char *out, size_t out_size);
+
+/* Whether curl can use ca_file as the registry's CA bundle (readable, PEM
+ * certificates); -1 and why, for a check at start. */
+int hb_registry_ca_check(const char *ca_file, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* Blocking: registers schema under subject (POST
  * <url>/subjects/<subject>/versions) and gives its id; registering the same

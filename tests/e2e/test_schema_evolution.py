@@ -38,7 +38,7 @@ def an_event(**extra):
 
 def send(broker, value, key=b"k", partition=None):
     kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
-    kp.send("identity.events", value=value, key=key, partition=partition)
+    kp.send(broker.events_topic, value=value, key=key, partition=partition)
     kp.flush()
     kp.close()
 
@@ -125,7 +125,7 @@ def test_schema_registry_framing_is_read_and_unknown_ids_dead_lettered(
         monkeypatch.setenv("HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO", registry.user_info)
         ours = an_event()
         produce(broker.bootstrap, [ours], args=["--framing", "registry"])
-        assert registry.subjects == {"identity.events-value": [13]}
+        assert registry.subjects == {f"{broker.events_topic}-value": [13]}
 
         wait_until(lambda: len(delivered(receiver)) == 3, 30, "the registry-framed events")
         assert set(delivered(receiver)) == {first["uuid"], second["uuid"], ours["uuid"]}

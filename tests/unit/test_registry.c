@@ -16,6 +16,7 @@
 #define AUTH "Basic cmVhZGVyOnBhNTUtdzByZA==" /* base64 of USER_INFO */
 
 typedef struct {
+    int gets_3;   /* requests for id 3 (a schema too large) */
     int gets_1;   /* requests for id 1 */
     int status_1; /* what id 1 answers */
     char posted[512];
@@ -54,6 +55,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         if (s->status_1 != 200)
             return reply(c, (unsigned)s->status_1, "{\"message\":\"down\"}");
         return reply(c, 200, "{\"schema\":\"\\\"string\\\"\"}");
+    }
+    if (!strcmp(url, "/schemas/ids/3")) { /* 5 MiB of a schema (its doc) */
+        static const char head[] = "{\"schema\":\"{\\\"type\\\":\\\"string\\\",\\\"doc\\\":\\\"";
+        static const char tail[] = "\\\"}\"}";
+        size_t n = 5u << 20;
+        char *big = malloc(n + sizeof(tail));
+        enum MHD_Result ret;
+        s->gets_3++;
+        memset(big, 'x', n);
+        memcpy(big, head, strlen(head));
+        memcpy(big + n, tail, sizeof(tail));
+        ret = test_server_reply(c, 200, big, n + strlen(tail), NULL, NULL);
+        free(big);
+        return ret;
     }
     if (!strcmp(url, "/schemas/ids/2"))
         return reply(c, 200, "{\"schema\":\"syntax\",\"schemaType\":\"PROTOBUF\"}");
@@ -200,14 +215,46 @@ static void register_gives_the_id(void **state) {
     MHD_stop_daemon(d);
 }
 
+/* A registry's answer too large to take is its answer all the same: the
+ * id's events are poison (asked again only after the recheck period), not
+ * held for ever while 4 MiB are fetched again every second. */
+static void a_schema_too_large_is_poison_not_a_wait(void **state) {
+    srv_t s = {0};
+    uint16_t port;
+    struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
+    struct MHD_Daemon *d = test_server_start(handle, &s, none, &port);
+    hb_registry_t *r = registry_at(port, USER_INFO);
+    const char *schema;
+    char why[256];
+    (void)state;
+    assert_int_equal(settle(r, 3, &schema, why, sizeof(why)), HB_REGISTRY_NOT_FOUND);
+    assert_string_equal(why, "schema id 3: the schema registry's answer is larger than 4194304 "
+                             "bytes, more than hookbridge takes for a schema");
+    assert_int_equal(hb_registry_down(r, why, sizeof(why)), 0);
+    usleep((HB_REGISTRY_RETRY_MS + 200) * 1000);
+    assert_int_equal(hb_registry_lookup(r, 3, &schema, why, sizeof(why)), HB_REGISTRY_NOT_FOUND);
+    assert_int_equal(s.gets_3, 1);
+    hb_registry_free(r);
+    MHD_stop_daemon(d);
+}
+
 static void urls_are_logged_without_credentials(void **state) {
-    char out[128], err[128];
+    char out[128], err[256];
     hb_registry_opts_t o = {"ftp://x", NULL, NULL, 1000};
     (void)state;
     hb_registry_url_for_log("https://u:p@w@sr.example.com:8081/apis/ccompat/v7", out, sizeof(out));
     assert_string_equal(out, "https://sr.example.com:8081/apis/ccompat/v7");
+    /* A password with an unencoded '/', '?' or '#' (API secrets hold '/'):
+     * the user-info seems to end inside it, and all of it goes all the same. */
+    hb_registry_url_for_log("http://key:pa/ss@127.0.0.1:1", out, sizeof(out));
+    assert_string_equal(out, "http://127.0.0.1:1");
+    hb_registry_url_for_log("https://key:12/s?e#c@sr:8081/v7", out, sizeof(out));
+    assert_string_equal(out, "https://sr:8081/v7");
+    /* so an '@' in a path loses what is before it (no registry has one) */
     hb_registry_url_for_log("http://sr:8081/x@y", out, sizeof(out));
-    assert_string_equal(out, "http://sr:8081/x@y");
+    assert_string_equal(out, "http://y");
+    hb_registry_url_for_log("http://sr:8081/x", out, sizeof(out));
+    assert_string_equal(out, "http://sr:8081/x");
     assert_null(hb_registry_new(&o, err, sizeof(err)));
     assert_string_equal(err, "schema registry URL must start with http:// or https://");
     /* A '/' in the password, not percent-encoded, ends the host part early
@@ -215,8 +262,6 @@ static void urls_are_logged_without_credentials(void **state) {
      * and such a URL is refused without being repeated. */
     hb_registry_url_for_log("https://reader:Pa/ss-c4e1@sr.example.com/v7", out, sizeof(out));
     assert_string_equal(out, "https://sr.example.com/v7");
-    hb_registry_url_for_log("https://[::1]:8081/x@y", out, sizeof(out));
-    assert_string_equal(out, "https://[::1]:8081/x@y");
     o.url = "https://reader:Pa/ss-c4e1@sr.example.com/v7";
     assert_null(hb_registry_new(&o, err, sizeof(err)));
     assert_null(strstr(err, "Pa"));
@@ -228,6 +273,26 @@ static void urls_are_logged_without_credentials(void **state) {
         hb_registry_register(&o, "identity.events-value", "\"string\"", &id, err, sizeof(err)), -1);
     assert_null(strstr(err, "c4e1"));
     assert_non_null(strstr(err, "not host[:port]"));
+    {
+        /* A URL curl cannot parse (an unencoded '/' in the password makes
+         * "pa" the port) is refused at once, without showing it; one it
+         * parses otherwise than meant (host "key", port 12) fails its fetches,
+         * and the reason (in the log and on /readyz) does not show it. */
+        hb_registry_opts_t unparsed = {"http://key:pa/ss@127.0.0.1:1", NULL, NULL, 1000};
+        hb_registry_opts_t misparsed = {"http://key:12/ss@127.0.0.1:1", NULL, NULL, 1000};
+        hb_registry_t *r;
+        const char *schema;
+        char why[256];
+        assert_null(hb_registry_new(&unparsed, err, sizeof(err)));
+        assert_non_null(strstr(err, "percent-encode"));
+        assert_null(strstr(err, "pa/ss"));
+        r = hb_registry_new(&misparsed, err, sizeof(err));
+        assert_non_null(r);
+        assert_int_equal(settle(r, 1, &schema, why, sizeof(why)), HB_REGISTRY_UNAVAILABLE);
+        assert_non_null(strstr(why, "http://127.0.0.1:1/schemas/ids/1: "));
+        assert_null(strstr(why, "12/ss"));
+        hb_registry_free(r);
+    }
 }
 
 int main(void) {
@@ -237,6 +302,7 @@ int main(void) {
         cmocka_unit_test(a_404_that_is_not_the_registrys_answer_waits),
         cmocka_unit_test(closed_port_is_unavailable),
         cmocka_unit_test(register_gives_the_id),
+        cmocka_unit_test(a_schema_too_large_is_poison_not_a_wait),
         cmocka_unit_test(urls_are_logged_without_credentials),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

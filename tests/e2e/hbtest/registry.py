@@ -9,10 +9,12 @@ documents them:
   POST /subjects/{subject}/versions -> 200 {"id": N} (the same schema, the same id)
 with HTTP basic auth, and two faults: mode "503" answers every request 503
 (a registry whose storage is away), and stop() closes the port (a registry
-that is gone); start() brings it back on the same port.
+that is gone); start() brings it back on the same port. tls=(cert, key)
+serves HTTPS instead (url is then https://).
 """
 import base64
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,7 +22,7 @@ from .procs import free_port
 
 
 class StandInRegistry:
-    def __init__(self, user="hb-reader", password="s3cret-registry-pw", start=True):
+    def __init__(self, user="hb-reader", password="s3cret-registry-pw", start=True, tls=None):
         self.user_info = f"{user}:{password}"
         self._auth = "Basic " + base64.b64encode(self.user_info.encode()).decode()
         self.schemas = {}  # id -> schema text
@@ -28,7 +30,8 @@ class StandInRegistry:
         self.mode = "up"
         self.requests = []  # (method, path, status)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._server = None
         self._thread = None
         if start:
@@ -96,6 +99,10 @@ class StandInRegistry:
                 self._answer(200, {"id": sid})
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*[str(p) for p in self.tls])
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
