@@ -42,6 +42,7 @@ struct hb_worker_s {
     hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
     int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
+    unsigned loads;    /* full loads of the subscriptions the store announced */
     int db_unanswered; /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
 
@@ -311,14 +312,17 @@ static void on_verify(const char *id, void *opaque) {
 }
 
 static void on_reload(void *opaque) {
-    hb_info("database connection restored: reloading subscriptions");
-    index_loaded(opaque);
+    hb_worker_t *w = opaque;
+    if (w->loads++ > 0) /* the first is the start's (hb_store_new) */
+        hb_info("database connection restored: reloading subscriptions");
+    index_loaded(w);
 }
 
 static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload};
 
-/* Connects to PostgreSQL and loads the index; retried by the loop while the
- * database is unreachable (the service stays up, not ready). */
+/* Connects to PostgreSQL; retried by the loop while the database is
+ * unreachable (the service stays up, not ready). The index is loaded once
+ * the store has its first full load (on_reload), made off this thread. */
 static void ensure_store(hb_worker_t *w) {
     char errstr[512];
     if (w->store || hb_mono_ms() < w->next_store_attempt)
@@ -339,9 +343,7 @@ static void ensure_store(hb_worker_t *w) {
         hb_metric_inc(w->m_db_errors);
         hb_error("database unavailable, retrying in 2 s: %s", errstr);
         w->next_store_attempt = hb_mono_ms() + 2000;
-        return;
     }
-    index_loaded(w);
 }
 
 /* ------------------------------------------------------------------ kafka */

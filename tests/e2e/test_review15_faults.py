@@ -1,0 +1,60 @@
+"""Review 15: observability under faults, as the on-call engineer sees it
+(docs/operations.md: /healthz, /readyz, /metrics, the runbooks' log lines,
+the SQL views).
+
+Each test says what it holds and how it was shown to fail on a9304ca."""
+import time
+
+import psycopg2
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from test_delivery import event, register_verified
+
+
+def test_a_service_started_while_the_subscriptions_are_locked_keeps_its_loop_turning(
+        db_url, procs, workdir):
+    """docs/operations.md, Health: "/healthz ... does not depend on
+    PostgreSQL or Kafka, so an outage of either never restarts pods"; the
+    runbook "PostgreSQL not answering": "it waits, loses nothing, and does
+    not restart".
+
+    A dispatcher (or retrier) started while its first load of the
+    subscriptions waits for the database (a lock on hookbridge.subscriptions:
+    a migration's ALTER TABLE queued behind an operator's open transaction
+    makes every reader wait) made that load on its main loop's thread. The
+    loop stood still for as long as the lock held: /readyz kept saying
+    "starting", nothing was logged, and after 30 s /healthz answered 503
+    "stalled: main loop silent for 30000 ms", so the liveness probe
+    (6 failures 10 s apart) restarted the pod, which waited again on its
+    next start: a restart loop, CrashLoopBackOff delaying the recovery after
+    the lock was gone. Now the first load runs on the store's own thread, as
+    a reload after an outage does: the loop turns, /readyz says why the
+    service is not ready, and it becomes ready once the lock is released.
+
+    On a9304ca /readyz said "starting" for the whole 6 s the lock was held
+    (and, measured, /healthz 503 from 30 s on)."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    lock = psycopg2.connect(db_url)
+    try:
+        lock.cursor().execute("LOCK TABLE hookbridge.subscriptions IN ACCESS EXCLUSIVE MODE")
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        wait_until(lambda: "health on port" in d.proc.output(), 10, "the dispatcher to start")
+        time.sleep(2)
+        wait_until(lambda: d.get("/readyz") == (503, "subscription index not loaded\n"),
+                   4, "/readyz saying what the service waits for, its loop turning")
+        assert d.get("/healthz")[0] == 200
+        assert d.proc.alive()
+        lock.rollback()
+        d.wait_ready(timeout=15)
+        assert "database connection restored" not in d.proc.output(), \
+            "the first load is no restoration"
+    finally:
+        lock.close()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    e = event("user.session.start")
+    produce(broker.bootstrap, [e])
+    wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20,
+               "the event at its endpoint")
+    assert sub
