@@ -42,6 +42,7 @@ struct hb_worker_s {
     hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
     int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
+    int deferred;      /* the handler put the message it was given back (hb_worker_defer) */
     unsigned loads;    /* full loads of the subscriptions the store announced */
     int db_unanswered; /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
@@ -62,6 +63,7 @@ void hb_job_release(hb_worker_t *w, hb_job_t *j) {
 }
 
 void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    w->deferred = 1;
     hb_consumer_defer(w->consumer, rkm, due_ms);
 }
 
@@ -385,15 +387,20 @@ static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
         hb_consumer_defer(w->consumer, rkm, hb_wall_ms() + wait_ms);
         return;
     }
-    hb_metric_inc(w->m_consumed);
     if (r != HB_DECODE_OK) {
+        hb_metric_inc(w->m_consumed);
         hb_worker_poison(w, rkm, errstr);
         return;
     }
+    w->deferred = 0;
     if (ev)
         w->spec.hooks->on_event(w, rkm, ev, w->spec.opaque);
     else
         w->spec.hooks->on_message(w, rkm, json, w->spec.opaque);
+    /* A message put back (a retry not due yet: its partition rewound to it)
+     * is consumed when it is read again, and counted then: once. */
+    if (!w->deferred)
+        hb_metric_inc(w->m_consumed);
     json_decref(json);
     hb_ev_unref(ev);
 }

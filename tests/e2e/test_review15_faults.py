@@ -58,3 +58,52 @@ def test_a_service_started_while_the_subscriptions_are_locked_keeps_its_loop_tur
     wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20,
                "the event at its endpoint")
     assert sub
+
+
+def test_the_retriers_counters_count_each_retry_once(db_url, procs, workdir):
+    """docs/operations.md, What to watch: hookbridge_messages_consumed_total
+    counts "messages consumed from the input topics (... delay tiers for
+    the retrier)".
+
+    A retry read before it is due has its partition paused and rewound to
+    it, and is read again when due: the retrier counted it at each read, so
+    its consumed count ran at up to twice the retries on the tiers (on
+    a9304ca: 6 for the 4 messages here), and a comparison of the retrier's
+    consumption with rate(hookbridge_retries_enqueued_total) (the runbook's
+    retry backlog reading) was off by that factor. Now a message is counted
+    once, when it is taken. The other counters of the same retries, checked
+    against what the tiers, the dead-letter topic and the delivery log hold:
+    each attempt in hookbridge_responses_total, each hand-over to a tier in
+    hookbridge_retries_enqueued_total{tier}, each dead letter once."""
+    from hbtest.stack import Retrier, topic_records
+    from test_delivery import sql
+    schedule = "1s,1s"
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    ok = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    sub = register_verified(db_url, ok.url, ["user.session.start"])
+    failing = Receiver(procs, workdir, status=503, name="failing")
+    sql(db_url, "UPDATE hookbridge.subscriptions SET url = %s, verification = 'verified' "
+        "WHERE id = %s", failing.url, sub)
+    wait_until(lambda: d.metric("hookbridge_subscriptions") == 1 and
+               r.metric("hookbridge_subscriptions") == 1, 10, "the new URL taken")
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(2)])
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                           "WHERE status = 'failed'")[0][0] == 2, 20, "both dead-lettered")
+    on_tier = topic_records(broker.bootstrap, "hookbridge.retry.1s", want=4)
+    assert len(on_tier) == 4
+    assert len(topic_records(broker.bootstrap, "hookbridge.dlq", want=2)) == 2
+    assert r.metric("hookbridge_partition_pauses_total") >= 1, "no retry read before it was due"
+    wait_until(lambda: r.metric("hookbridge_dead_letters_total") == 2, 5, "the dead letters")
+    assert d.metric("hookbridge_messages_consumed_total") == 2
+    assert r.metric("hookbridge_messages_consumed_total") == len(on_tier)
+    assert d.metric('hookbridge_retries_enqueued_total{tier="1s"}') == 2
+    assert r.metric('hookbridge_retries_enqueued_total{tier="1s"}') == 2
+    assert d.metric('hookbridge_responses_total{class="5xx"}') == 2
+    assert r.metric('hookbridge_responses_total{class="5xx"}') == 4
+    assert r.metric('hookbridge_deliveries_total{outcome="failed"}') == 2
+    assert d.metric("hookbridge_dead_letters_total") == 0
