@@ -333,8 +333,10 @@ static void ensure_store(hb_worker_t *w) {
     if (w->store && !hb_outbox_dlog(w->outbox)) {
         hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
                                       errstr, sizeof(errstr));
-        if (dlog)
+        if (dlog) {
             hb_dlog_set_wake_fd(dlog, w->wake[1]);
+            hb_dlog_set_error_metric(dlog, w->m_db_errors);
+        }
         hb_outbox_set_dlog(w->outbox, dlog);
         if (!dlog) {
             hb_store_free(w->store);

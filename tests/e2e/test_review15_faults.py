@@ -107,3 +107,43 @@ def test_the_retriers_counters_count_each_retry_once(db_url, procs, workdir):
     assert r.metric('hookbridge_responses_total{class="5xx"}') == 4
     assert r.metric('hookbridge_deliveries_total{outcome="failed"}') == 2
     assert d.metric("hookbridge_dead_letters_total") == 0
+
+
+def test_a_delivery_log_the_database_refuses_counts_as_database_errors(db_url, procs, workdir):
+    """docs/operations.md, What to watch: hookbridge_database_errors_total
+    counts "PostgreSQL errors", and the alert HookbridgeDatabaseErrors
+    (rate > 0 for 5 m) is what tells the on-call engineer about them.
+
+    When the database refuses the delivery log's writes while the rest of
+    it works (disk full, a permission taken away, a trigger or constraint
+    that fails), nothing is committed any more: deliveries go on, offsets
+    stand still, and a restart sends everything since again. The writer
+    retried every few seconds and logged a warning every 30 s, but counted
+    nothing: the counter stayed at 0 (on a9304ca: 0 after 40 s of refused
+    writes), so the alert never fired. Now each refused round counts."""
+    from test_delivery import sql
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    register_verified(db_url, rcv.url, ["user.session.start"])
+    assert d.metric("hookbridge_database_errors_total") == 0
+    sql(db_url, "CREATE FUNCTION public.disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'could not extend file: No space left on device' "
+        "USING ERRCODE = '53100'; END $$")
+    sql(db_url, "CREATE TRIGGER disk_full BEFORE INSERT ON hookbridge.delivery_attempts "
+        "FOR EACH ROW EXECUTE FUNCTION public.disk_full()")
+    e = event("user.session.start")
+    produce(broker.bootstrap, [e])
+    wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20,
+               "the event at its endpoint")
+    wait_until(lambda: "delivery log: cannot write, will retry: could not extend file"
+               in d.proc.output(), 10, "the writer's warning")
+    wait_until(lambda: d.metric("hookbridge_database_errors_total") >= 2, 10,
+               "the refused writes counted as database errors, again while they go on")
+    sql(db_url, "DROP TRIGGER disk_full ON hookbridge.delivery_attempts")
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.delivery_attempts")[0][0] == 1,
+               15, "the attempt logged once the database takes it")
+    errors = d.metric("hookbridge_database_errors_total")
+    time.sleep(1.5)
+    assert d.metric("hookbridge_database_errors_total") == errors, "counted after it recovered"
