@@ -147,3 +147,34 @@ def test_a_delivery_log_the_database_refuses_counts_as_database_errors(db_url, p
     errors = d.metric("hookbridge_database_errors_total")
     time.sleep(1.5)
     assert d.metric("hookbridge_database_errors_total") == errors, "counted after it recovered"
+
+
+def test_alerts_on_any_increase_also_fire_on_a_new_pods_first_sample():
+    """docs/operations.md, Alerts worth having: HookbridgeMessagesExpired is
+    the alert for "a dispatcher or retrier was down for longer than the
+    topic's retention". Such a pod, back, counts the expired messages about
+    6 s after it starts (measured with the scenario of
+    test_retention_loss.py: /metrics served at 0.1 s reading 0, the count at
+    5.9 s), and Prometheus scrapes it every 30 s (the ServiceMonitor), so its
+    series usually begins already above 0. `increase(x[1h]) > 0` counts
+    nothing before a series' first sample: the alert stayed silent for the
+    very loss it is there for. The same holds for a retrier that
+    dead-letters, or a dispatcher that meets a poison message, in its first
+    seconds after a restart, and the failing-endpoint sweep at start.
+
+    Each rule alerting on any increase of a counter now also fires while a
+    series is younger than its window and above 0 (`x > 0 unless x offset
+    w`), and the section says why. On a9304ca none did (static check of
+    the documented rules, as test_review9_faults.py's)."""
+    import re
+    from test_review9_faults import alert_rules
+    rules, _ = alert_rules()
+    checked = 0
+    for rule in rules:
+        for m in re.finditer(r"increase\((hookbridge_[a-z_]+)\[(\w+)\]\)\s*>\s*0", rule["expr"]):
+            name, window = m.groups()
+            first = rf"\(\s*{name}\s*>\s*0\s+unless\s+{name}\s+offset\s+{window}\s*\)"
+            assert re.search(r"\bor\s+" + first, rule["expr"]), \
+                f"{rule['alert']}: silent when {name} is above 0 at a pod's first scrape"
+            checked += 1
+    assert checked >= 4, "the rules on dead letters, expiry, poison, deactivation"
