@@ -31,7 +31,7 @@
  * says so and the loop does not consume.
  *
  * When the follower's connection drops, it reconnects with backoff (1 s
- * doubling to 30 s), LISTENs again, loads everything and queues on_reload,
+ * doubling to 5 s), LISTENs again, loads everything and queues on_reload,
  * whose handler takes that load with hb_store_load_all() (notifications were
  * lost while disconnected). All SQL is parameterised. Errors never contain
  * the connection string (it may hold a password).
