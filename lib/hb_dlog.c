@@ -108,7 +108,8 @@ struct hb_dlog_s {
     char *conninfo; /* may hold a password: never printed, cleansed on free */
     long long flush_ms;
     size_t max_queue;
-    int wake_fd; /* written once a batch's tokens are in flushed (-1: none) */
+    int wake_fd;         /* written once a batch's tokens are in flushed (-1: none) */
+    hb_metric_t *errors; /* under mu: each failed write or look-up round counts (NULL: none) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -1251,6 +1252,7 @@ static void *dlog_main(void *arg) {
             n = (nw - done) + nl;
             queue_unshift_locked(dl, batch, n);
             queue_trim_locked(dl);
+            hb_metric_inc(dl->errors);
             dlog_warn_down(dl, rc == W_RETRY ? why : "database unavailable", dl->queue.n);
             next_flush = hb_mono_ms() + backoff;
             if (dl->closing && next_flush > dl->deadline_ms)
@@ -1337,6 +1339,7 @@ size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
         if (!dl->exited) {
             dl->abandoned = 1;
             dl->wake_fd = -1;
+            dl->errors = NULL; /* the metrics go before the writer may come back */
             dl->left = dl->queue.n + dl->writing;
             hb_warn("delivery log: the database did not answer by the stop's deadline; "
                     "stopping without it");
@@ -1398,5 +1401,11 @@ void hb_dlog_free(hb_dlog_t *dl) {
 void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd) {
     pthread_mutex_lock(&dl->mu);
     dl->wake_fd = fd;
+    pthread_mutex_unlock(&dl->mu);
+}
+
+void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors) {
+    pthread_mutex_lock(&dl->mu);
+    dl->errors = errors;
     pthread_mutex_unlock(&dl->mu);
 }

@@ -41,6 +41,7 @@
 #define HB_DLOG_H
 
 #include "hb_common.h"
+#include "hb_metrics.h"
 
 typedef enum {
     HB_OUTCOME_DELIVERED = 0, /* 2xx */
@@ -155,5 +156,10 @@ void hb_dlog_free(hb_dlog_t *dl);
 /* Tokens returned (rows committed, look-ups answered) write a byte to fd, a
  * non-blocking pipe the caller's loop polls, so it takes them at once. */
 void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd);
+
+/* Each round of rows or look-ups the database refused or did not take (an
+ * error, a lost connection; retried after a backoff) adds 1 to errors
+ * (hookbridge_database_errors_total), from the writer's thread. */
+void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors);
 
 #endif

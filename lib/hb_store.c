@@ -174,6 +174,7 @@ typedef struct lane_s {
     int connected;       /* under st->mu */
     int64_t retry_at_ms; /* monotonic; next reconnect attempt */
     int64_t backoff_ms;
+    int first_load;       /* the follower's first full load is still to make */
     int seal_due;         /* hookbridge_seal was notified */
     int64_t next_seal_ms; /* monotonic; the inbox is swept at least this often */
     int wake[2];          /* loop -> lane: requests wait, or stop */
@@ -766,6 +767,11 @@ static void lane_loop(lane_t *ln) {
             answer(ln, m);
             continue;
         }
+        if (ln->follower && ln->first_load) {
+            ln->first_load = 0;
+            post_reload(ln); /* one that fails drops the connection: the reconnect loads */
+            continue;
+        }
         if (ln->follower && !ln->conn && now >= ln->retry_at_ms) {
             if (lane_connect(ln, errstr, sizeof(errstr)) < 0) {
                 post_error(ln, errstr);
@@ -812,7 +818,6 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
                          size_t errstr_size) {
     hb_store_t *st = hb_calloc(1, sizeof(*st));
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
-    char why[512];
     PGconn *conn;
 
     st->conninfo = hb_strdup(conninfo ? conninfo : "");
@@ -829,19 +834,23 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
         ln->wake[0] = ln->wake[1] = -1;
         ln->backoff_ms = STORE_BACKOFF_MIN_MS;
     }
-    /* Start-up, before the lanes run: connect, LISTEN, and the first full
-     * load, on the caller's thread (nothing is delivered yet). */
+    /* Start-up, before the lanes run: connect and LISTEN on the caller's
+     * thread (bounded by connect_timeout), so that an unreachable database
+     * is said at once. The first full load is the follower's, on its own
+     * thread, as after a reconnect (on_reload): sealing and loading wait
+     * for whatever the database waits for (a lock on the subscriptions, a
+     * server that stopped answering), and the loop must go on turning
+     * meanwhile, or /healthz would call it stalled and the pod be
+     * restarted, again and again, for a database that is merely slow. */
     conn = hb_pg_connect(st->conninfo, fl->app_name, errstr, errstr_size);
     if (!conn)
         goto fail;
     lane_set_conn(fl, conn);
     if (store_listen(fl, errstr, errstr_size) < 0)
         goto fail;
-    if (load_all(fl, &st->snapshot, &st->snapshot_cnt, why, sizeof(why)) < 0) {
-        st->snapshot_err = hb_strdup(why);
-        if (fl->conn) /* failed on a connection still up: the next one loads again */
-            store_drop(fl);
-    }
+    st->snapshot_err = hb_strdup("database: the first load of the subscriptions is under way");
+    fl->first_load = 1;
+    fl->busy = 1; /* no event is taken before it (hb_store_settled) */
     if (pipe_open(st->notify) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;

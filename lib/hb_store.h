@@ -20,7 +20,10 @@
  * What they produce waits in one queue for the loop thread, which
  * hb_store_fd() (a pipe) wakes; hb_store_process() runs the handlers and the
  * requests' callbacks there, in the order the lanes queued them. The loop
- * never waits for the database, except in hb_store_new at start-up.
+ * never waits for the database, except to connect in hb_store_new at
+ * start-up (bounded by connect_timeout): even the first full load is the
+ * follower's, so a database that takes its time (a lock held on the
+ * subscriptions) never stalls the loop, whose /healthz would then fail.
  *
  * A change notified before an event was produced is applied before that
  * event is matched: while the follower holds notifications it has not queued
@@ -28,7 +31,7 @@
  * says so and the loop does not consume.
  *
  * When the follower's connection drops, it reconnects with backoff (1 s
- * doubling to 30 s), LISTENs again, loads everything and queues on_reload,
+ * doubling to 5 s), LISTENs again, loads everything and queues on_reload,
  * whose handler takes that load with hb_store_load_all() (notifications were
  * lost while disconnected). All SQL is parameterised. Errors never contain
  * the connection string (it may hold a password).
@@ -48,12 +51,15 @@ typedef struct hb_store_handlers_s {
     void (*on_change)(const char *id, hb_sub_t *sub, void *opaque);
     /* hookbridge.verify(id) was called (or a request was pending at start). */
     void (*on_verify)(const char *id, void *opaque);
-    /* Reconnected after an outage: reload everything. */
+    /* A full load is there for hb_store_load_all: the first one, after
+     * hb_store_new, or the reload after an outage. */
     void (*on_reload)(void *opaque);
 } hb_store_handlers_t;
 
 /* Connects (blocking, bounded by connect_timeout in conninfo or 10 s),
- * LISTENs and loads every subscription, then starts the lanes. Fails with a
+ * LISTENs, then starts the lanes; the follower loads every subscription on
+ * its own thread and announces it with on_reload (a first load that fails
+ * is made again on a new connection, as after an outage). Fails with a
  * clear reason, e.g. "database: connection refused (host 127.0.0.1 port
  * 5432)" when PostgreSQL is unreachable. keyring (borrowed, outlives the
  * store) seals what hookbridge.secret_inbox holds and opens the sealed
@@ -68,8 +74,8 @@ void hb_store_free(hb_store_t *st);
 void hb_store_free_within(hb_store_t *st, long long wait_ms);
 
 /* Calls cb for every subscription that is not deregistered (deliverable or
- * not; the caller filters) of the last full load: the one hb_store_new made,
- * or the one on_reload announces. cb takes ownership of each snapshot. -1,
+ * not; the caller filters) of the last full load, the one on_reload
+ * announces. cb takes ownership of each snapshot. -1,
  * with why, when that load failed or was taken already. Never waits. */
 int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,
                       char *errstr, size_t errstr_size) HB_MUSTCHECK;

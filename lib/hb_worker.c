@@ -43,6 +43,8 @@ struct hb_worker_s {
     int wake[2];                 /* Kafka queues and signals write here */
     int index_loaded;
     int schema_missing; /* the last load found no (or an older) hookbridge schema */
+    int deferred;       /* the handler put the message it was given back (hb_worker_defer) */
+    unsigned loads;     /* full loads of the subscriptions the store announced */
     int db_unanswered;  /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
 
@@ -62,6 +64,7 @@ void hb_job_release(hb_worker_t *w, hb_job_t *j) {
 }
 
 void hb_worker_defer(hb_worker_t *w, const rd_kafka_message_t *rkm, int64_t due_ms) {
+    w->deferred = 1;
     hb_consumer_defer(w->consumer, rkm, due_ms);
 }
 
@@ -321,14 +324,17 @@ static void on_verify(const char *id, void *opaque) {
 }
 
 static void on_reload(void *opaque) {
-    hb_info("database connection restored: reloading subscriptions");
-    index_loaded(opaque);
+    hb_worker_t *w = opaque;
+    if (w->loads++ > 0) /* the first is the start's (hb_store_new) */
+        hb_info("database connection restored: reloading subscriptions");
+    index_loaded(w);
 }
 
 static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload};
 
-/* Connects to PostgreSQL and loads the index; retried by the loop while the
- * database is unreachable (the service stays up, not ready). */
+/* Connects to PostgreSQL; retried by the loop while the database is
+ * unreachable (the service stays up, not ready). The index is loaded once
+ * the store has its first full load (on_reload), made off this thread. */
 static void ensure_store(hb_worker_t *w) {
     char errstr[512];
     if (w->store || hb_mono_ms() < w->next_store_attempt)
@@ -337,8 +343,10 @@ static void ensure_store(hb_worker_t *w) {
     if (w->store && !hb_outbox_dlog(w->outbox)) {
         hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
                                       errstr, sizeof(errstr));
-        if (dlog)
+        if (dlog) {
             hb_dlog_set_wake_fd(dlog, w->wake[1]);
+            hb_dlog_set_error_metric(dlog, w->m_db_errors);
+        }
         hb_outbox_set_dlog(w->outbox, dlog);
         if (!dlog) {
             hb_store_free(w->store);
@@ -349,9 +357,7 @@ static void ensure_store(hb_worker_t *w) {
         hb_metric_inc(w->m_db_errors);
         hb_error("database unavailable, retrying in 2 s: %s", errstr);
         w->next_store_attempt = hb_mono_ms() + 2000;
-        return;
     }
-    index_loaded(w);
 }
 
 /* ------------------------------------------------------------------ kafka */
@@ -393,15 +399,20 @@ static void handle_message(rd_kafka_message_t *rkm, void *opaque) {
         hb_consumer_defer(w->consumer, rkm, hb_wall_ms() + wait_ms);
         return;
     }
-    hb_metric_inc(w->m_consumed);
     if (r != HB_DECODE_OK) {
+        hb_metric_inc(w->m_consumed);
         hb_worker_poison(w, rkm, errstr);
         return;
     }
+    w->deferred = 0;
     if (ev)
         w->spec.hooks->on_event(w, rkm, ev, w->spec.opaque);
     else
         w->spec.hooks->on_message(w, rkm, json, w->spec.opaque);
+    /* A message put back (a retry not due yet: its partition rewound to it)
+     * is consumed when it is read again, and counted then: once. */
+    if (!w->deferred)
+        hb_metric_inc(w->m_consumed);
     json_decref(json);
     hb_ev_unref(ev);
 }
