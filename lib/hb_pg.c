@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "hb_log.h"
 
@@ -174,9 +175,11 @@ static int pg_int_ok(const char *v, long lo, long hi) {
     return !*end && n >= lo && n <= hi;
 }
 
-static int pg_one_of(const char *v, const char *const *choices) {
+/* nocase: compared as libpq compares the TLS versions (pg_strcasecmp:
+ * "tlsv1.2" is taken); the other lists are compared exactly, as it does. */
+static int pg_one_of(const char *v, const char *const *choices, int nocase) {
     for (; *choices; choices++)
-        if (!strcmp(v, *choices))
+        if (nocase ? !strcasecmp(v, *choices) : !strcmp(v, *choices))
             return 1;
     return 0;
 }
@@ -194,12 +197,13 @@ int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
     static const struct {
         const char *key;
         const char *const *choices;
-    } enums[] = {{"sslmode", sslmode},
-                 {"gssencmode", on_off3},
-                 {"channel_binding", on_off3},
-                 {"target_session_attrs", tsa},
-                 {"ssl_min_protocol_version", tls},
-                 {"ssl_max_protocol_version", tls}};
+        int nocase;
+    } enums[] = {{"sslmode", sslmode, 0},
+                 {"gssencmode", on_off3, 0},
+                 {"channel_binding", on_off3, 0},
+                 {"target_session_attrs", tsa, 0},
+                 {"ssl_min_protocol_version", tls, 1},
+                 {"ssl_max_protocol_version", tls, 1}};
     static const char *const ints[] = {"connect_timeout",
                                        "keepalives",
                                        "keepalives_idle",
@@ -224,7 +228,8 @@ int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
         if (!o->val)
             continue;
         for (size_t i = 0; ok && i < sizeof(enums) / sizeof(enums[0]); i++)
-            if (!strcmp(o->keyword, enums[i].key) && !pg_one_of(o->val, enums[i].choices)) {
+            if (!strcmp(o->keyword, enums[i].key) &&
+                !pg_one_of(o->val, enums[i].choices, enums[i].nocase)) {
                 char list[160] = "";
                 for (const char *const *c = enums[i].choices; *c; c++)
                     if (**c)
