@@ -54,3 +54,29 @@ def test_a_batch_dropped_while_filling_is_brought_back_by_replay_dropped(db_url,
     wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries WHERE "
                            "delivery_id = %s", row[0][0]) == [("delivered",)], 10 * SLOW,
                "the log to say delivered")
+
+
+def test_a_registry_user_info_from_a_file_ending_in_a_newline_reads_the_registry(
+        db_url, broker, procs, workdir):
+    """The Schema Registry's credentials come from a Secret, often made with
+    --from-file from a file an editor ended with a newline (as the database
+    URL, which loses its line end). With the newline, every fetch was refused
+    (401: 'refused our credentials'), the registry-framed events waited for
+    ever and the dispatcher was never ready again; now the line end goes and
+    the event is delivered."""
+    from hbtest.pyavro import registry_framed
+    from hbtest.registry import StandInRegistry
+    from test_schema_evolution import NEWER, an_event, delivered, send, start
+    registry = StandInRegistry()
+    try:
+        registry.add(11, NEWER)
+        receiver, d = start(procs, workdir, db_url, broker, {
+            "HOOKBRIDGE_SCHEMA_REGISTRY_URL": registry.url,
+            "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO": registry.user_info + "\n"})
+        ev = an_event(riskScore=7)
+        send(broker, registry_framed(NEWER, ev, 11))
+        wait_until(lambda: ev["uuid"] in delivered(receiver), 15 * SLOW,
+                   "the registry-framed event delivered")
+        assert registry.served() == [("GET", "/schemas/ids/11", 200)]
+    finally:
+        registry.stop()
