@@ -116,19 +116,34 @@ struct hb_dispatcher_s {
 
 /* One request for events[0..n) (n > 1: a batch) to sub; each job is held by
  * the delivery until it is durable. drop_why: not sent but logged dropped
- * with that reason (NULL: sent); nothing is rendered for it, so neither a
- * body over the size bound nor one that cannot be rendered makes it fail. */
+ * with that reason (NULL: sent). A dropped one keeps its payload, as a
+ * pending retry a deactivation drops does, so that replay_dropped can send
+ * it once the subscription is active again (docs/sql.md); one that cannot
+ * be rendered, or is over the size bound, is dropped without it (not
+ * failed: it was not to be sent). keep: sub is the subscription as it is
+ * now (a deregistered one's payload is never replayed: not rendered). */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
-                           hb_job_t *const *jobs, size_t n, const char *drop_why) {
-    char id[HB_UUID_LEN + 1];
+                           hb_job_t *const *jobs, size_t n, const char *drop_why, int keep) {
+    char id[HB_UUID_LEN + 1], errstr[256];
     char *ids = hb_deliver_id(sub->id, events, n, id);
-    if (!drop_why)
+    hb_payload_t p = {0};
+    if (!drop_why) {
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
-    else
-        hb_worker_skip(
-            d->w,
-            hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, ids, hb_ev_type(events[0]), jobs, n),
-            HB_OUTCOME_DROPPED, drop_why);
+    } else {
+        if (!keep ||
+            hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &p, errstr,
+                              sizeof(errstr)) < 0 ||
+            p.len > (size_t)d->cfg->max_payload_bytes) {
+            free(p.body);
+            p.body = NULL;
+            p.len = 0;
+        }
+        hb_worker_skip(d->w,
+                       hb_delivery_new(sub, id, p.body ? p.body : hb_strdup(""), p.len,
+                                       p.body ? p.content_type : NULL, ids, hb_ev_type(events[0]),
+                                       jobs, n),
+                       HB_OUTCOME_DROPPED, drop_why);
+    }
     free(ids);
 }
 
@@ -297,7 +312,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     d->open_batches--;
     for (size_t i = 0; i < b->cnt; i += per)
         start_delivery(d, now ? now : b->sub, b->events + i, b->jobs + i,
-                       b->cnt - i < per ? b->cnt - i : per, drop_why);
+                       b->cnt - i < per ? b->cnt - i : per, drop_why, now != NULL);
     for (size_t i = 0; i < b->cnt; i++) {
         hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
@@ -462,7 +477,7 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
             else if (subs[i]->batch_max > 1)
                 batch_add(d, subs[i], event, job);
             else
-                start_delivery(d, subs[i], &event, &job, 1, NULL);
+                start_delivery(d, subs[i], &event, &job, 1, NULL, 1);
         }
     }
     hb_job_release(w, job);

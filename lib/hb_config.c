@@ -259,10 +259,16 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
          * made from a file (`--from-file`, docs/operations.md) whose editor
          * ended it with a newline: never part of a connection string, it
          * made libpq read a database "name\n" or an sslmode "require\n"
-         * and retry for ever. (The keys' parser skips blanks itself; an
+         * and retry for ever. The Schema Registry's user info loses its
+         * line ends (not its spaces: a password may end in one): a line
+         * end is never part of a Basic credential, and with it every fetch
+         * was refused (401) and the events waited for ever. (The keys'
+         * parser skips blanks itself; an
          * ingest auth value with a line break is refused by the producer,
          * which cannot know which part Okta sends.) */
         while (r->off == OFF(database_url) && len > 0 && strchr(" \t\r\n", val[len - 1]))
+            len--;
+        while (r->off == OFF(schema_registry_user_info) && len > 0 && strchr("\r\n", val[len - 1]))
             len--;
         *(char **)dst = hb_strndup(val, len);
         return 0;

@@ -17,6 +17,7 @@
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "hb_log.h"
 
@@ -174,11 +175,58 @@ static int pg_int_ok(const char *v, long lo, long hi) {
     return !*end && n >= lo && n <= hi;
 }
 
-static int pg_one_of(const char *v, const char *const *choices) {
+/* nocase: compared as libpq compares the TLS versions (pg_strcasecmp:
+ * "tlsv1.2" is taken); the other lists are compared exactly, as it does. */
+static int pg_one_of(const char *v, const char *const *choices, int nocase) {
     for (; *choices; choices++)
-        if (!strcmp(v, *choices))
+        if (nocase ? !strcasecmp(v, *choices) : !strcmp(v, *choices))
             return 1;
     return 0;
+}
+
+/* The value of keyword in opts, NULL when not given. */
+static const char *pg_opt(const PQconninfoOption *opts, const char *keyword) {
+    for (; opts->keyword; opts++)
+        if (!strcmp(opts->keyword, keyword))
+            return opts->val;
+    return NULL;
+}
+
+static int pg_elems(const char *v) {
+    int n = 1;
+    for (; *v; v++)
+        n += *v == ',';
+    return n;
+}
+
+/* What libpq 15 checks of the values together when it connects
+ * (connectOptions2): the TLS version range, and as many ports (or one) as
+ * hosts, as many host names as addresses. Only what the string gives is
+ * judged: a host left to PGHOST or the default is not counted. 1: fine. */
+static int pg_combination_ok(const PQconninfoOption *opts, char *why, size_t whysz) {
+    const char *min = pg_opt(opts, "ssl_min_protocol_version"),
+               *max = pg_opt(opts, "ssl_max_protocol_version"), *host = pg_opt(opts, "host"),
+               *addr = pg_opt(opts, "hostaddr"), *port = pg_opt(opts, "port");
+    int nhosts = addr && *addr ? pg_elems(addr) : host && *host ? pg_elems(host) : 0;
+    /* the bounds are valid here: TLSv1 below all, then TLSv1.1 .. 1.3 in text order */
+    if (min && *min && max && *max && strcasecmp(min, "TLSv1") != 0 &&
+        (!strcasecmp(max, "TLSv1") || strcasecmp(min, max) > 0)) {
+        hb_seterr(why, whysz,
+                  "ssl_min_protocol_version is above ssl_max_protocol_version (no TLS version "
+                  "is left)");
+        return 0;
+    }
+    if (addr && *addr && host && *host && pg_elems(host) != nhosts) {
+        hb_seterr(why, whysz, "%d host names for %d hostaddr values (as many of each)",
+                  pg_elems(host), nhosts);
+        return 0;
+    }
+    if (nhosts && port && *port && pg_elems(port) != 1 && pg_elems(port) != nhosts) {
+        hb_seterr(why, whysz, "%d port numbers for %d hosts (one for all, or one per host)",
+                  pg_elems(port), nhosts);
+        return 0;
+    }
+    return 1;
 }
 
 int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
@@ -194,12 +242,13 @@ int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
     static const struct {
         const char *key;
         const char *const *choices;
-    } enums[] = {{"sslmode", sslmode},
-                 {"gssencmode", on_off3},
-                 {"channel_binding", on_off3},
-                 {"target_session_attrs", tsa},
-                 {"ssl_min_protocol_version", tls},
-                 {"ssl_max_protocol_version", tls}};
+        int nocase;
+    } enums[] = {{"sslmode", sslmode, 0},
+                 {"gssencmode", on_off3, 0},
+                 {"channel_binding", on_off3, 0},
+                 {"target_session_attrs", tsa, 0},
+                 {"ssl_min_protocol_version", tls, 1},
+                 {"ssl_max_protocol_version", tls, 1}};
     static const char *const ints[] = {"connect_timeout",
                                        "keepalives",
                                        "keepalives_idle",
@@ -224,7 +273,8 @@ int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
         if (!o->val)
             continue;
         for (size_t i = 0; ok && i < sizeof(enums) / sizeof(enums[0]); i++)
-            if (!strcmp(o->keyword, enums[i].key) && !pg_one_of(o->val, enums[i].choices)) {
+            if (!strcmp(o->keyword, enums[i].key) &&
+                !pg_one_of(o->val, enums[i].choices, enums[i].nocase)) {
                 char list[160] = "";
                 for (const char *const *c = enums[i].choices; *c; c++)
                     if (**c)
@@ -250,6 +300,8 @@ int hb_pg_conninfo_problem(const char *conninfo, char *why, size_t whysz) {
             free(ports);
         }
     }
+    if (ok)
+        ok = pg_combination_ok(opts, why, whysz);
     PQconninfoFree(opts);
     return ok ? 0 : -1;
 }
