@@ -108,9 +108,6 @@ struct hb_dispatcher_s {
  * record its outcome through the store. A lease that expires while a slow
  * outcome is on its way costs one more challenge, never a lost one. */
 #define VERIFY_LEASE_MARGIN_MS 10000
-/* A challenge answered 429 or 503 is asked again (its request stays) for up
- * to this long before that answer is recorded as the failure. */
-#define VERIFY_TEMPORARY_MS (10 * 60 * 1000)
 
 /* ---------------------------------------------------------------- events */
 
@@ -535,7 +532,7 @@ static int64_t temporary_since(hb_dispatcher_t *d, const char *key, int64_t now)
     int64_t *since = hb_hash_get(&d->temporary, key);
     if (since)
         return *since;
-    temporary_forget(d, key, now, 2 * VERIFY_TEMPORARY_MS);
+    temporary_forget(d, key, now, 2 * d->cfg->verify_try_later_ms);
     since = hb_calloc(1, sizeof(*since));
     *since = now;
     (void)hb_hash_put(&d->temporary, key, since);
@@ -565,21 +562,24 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                "claim expires",
                res->error);
     } else if (verify_temporary(res) &&
-               hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < VERIFY_TEMPORARY_MS) {
+               hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < d->cfg->verify_try_later_ms) {
         /* "Try later" is not a refusal: no outcome, the request stays and is
          * asked again when the claim expires (a failure would deactivate an
          * active subscription over a moment of overload or maintenance). */
+        char span[32];
+        hb_delay_format(d->cfg->verify_try_later_ms, span, sizeof(span));
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge answered HTTP %d (try later): not recorded; it is sent "
                "again when this dispatcher's claim expires, and recorded as failed if the "
-               "endpoint still answers so after %d minutes",
-               res->http_status, VERIFY_TEMPORARY_MS / 60000);
+               "endpoint still answers so after %s (HOOKBRIDGE_VERIFY_TRY_LATER_FOR)",
+               res->http_status, span);
     } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
-        if (verify_temporary(res)) {
+        if (verify_temporary(res) && d->cfg->verify_try_later_ms > 0) {
+            char span[32];
             size_t n = strlen(reason);
-            snprintf(reason + n, sizeof(reason) - n, " (answered so for %d minutes)",
-                     VERIFY_TEMPORARY_MS / 60000);
+            hb_delay_format(d->cfg->verify_try_later_ms, span, sizeof(span));
+            snprintf(reason + n, sizeof(reason) - n, " (answered so for %s)", span);
         }
         temporary_forget(d, key, 0, 0);
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);
@@ -646,8 +646,21 @@ static void run_verification(hb_dispatcher_t *d, const char *id) {
         on_claimed(id, NULL, NULL, errstr, d);
 }
 
+/* A new verification request (verify(), or the URL changed): what this
+ * dispatcher remembers of the subscription's earlier "try later" answers
+ * is of an older request (decided meanwhile by another replica, or for a
+ * URL since left and come back to), so the new request's first such answer
+ * starts its own HOOKBRIDGE_VERIFY_TRY_LATER_FOR. */
 static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    hb_hash_slot_t *s;
+    size_t pos = 0, n = strlen(id);
     (void)w;
+    while ((s = hb_hash_each(&d->temporary, &pos)) != NULL)
+        if (!strncmp(s->key, id, n) && s->key[n] == ' ') {
+            free(s->val);
+            hb_hash_del(&d->temporary, s); /* removing the slot walked is allowed */
+        }
     run_verification(opaque, id);
 }
 

@@ -140,6 +140,10 @@ static const cf_row_t cf_table[] = {
      "Time to establish a connection to an endpoint."},
     {"verify_timeout", CF_MS, OFF(verify_timeout_ms), "5s", 100, 60000, HB_PROG_DISPATCHER, 0,
      "Time an endpoint has to answer the verification challenge."},
+    {"verify_try_later_for", CF_MS, OFF(verify_try_later_ms), "10m", 0, 86400000,
+     HB_PROG_DISPATCHER, 0,
+     "How long a verification challenge the endpoint answers 429 or 503 (try later) is asked "
+     "again, about every 20 s, before that answer is recorded as the failure (0: at once)."},
     {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000, HB_PROG_SERVICES,
      0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,

@@ -264,3 +264,62 @@ def test_sql_and_the_dispatcher_agree_on_numbers_at_the_64_bit_edge(conn, c_filt
         assert (sql_msg is None) == (c_msg is None), (t, stored, sql_msg, c_msg)
         if sql_msg is not None and c_msg != "jansson cannot read it":
             assert sql_msg == c_msg, (t, sql_msg, c_msg)
+
+
+def test_a_new_verification_request_gets_its_own_try_later_span(db_url, broker, procs):
+    """HOOKBRIDGE_VERIFY_TRY_LATER_FOR=3s. The challenge to /flaky is
+    answered 503 (not recorded); the operator moves the subscription to
+    /other (verified) and, after more than the 3 s, back to /flaky, whose
+    new challenge is answered 503 again. That is the new request's first
+    'try later': asked again, not recorded. Before, the dispatcher still
+    counted from the old request's 503 and recorded this one as the failure
+    ('answered so for ...'), deactivating the subscription over a single
+    'try later'."""
+    gets = {}
+    answers = {}
+
+    class Endpoint(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.setdefault(self.path, []).append(time.time())
+            queue = answers.get(self.path) or []
+            status = queue.pop(0) if queue else 200
+            body = json.dumps({"verification": self.headers.get(
+                "X-Okta-Verification-Challenge", "")} if status == 200 else {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = serve(Endpoint)
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s", "HOOKBRIDGE_VERIFY_TIMEOUT": "1s",
+            "HOOKBRIDGE_VERIFY_TRY_LATER_FOR": "3s"})
+        d.wait_ready()
+        sub = register_verified(db_url, srv.url + "/flaky", ["user.session.start"])
+
+        def state():
+            return tuple(sql(db_url, "SELECT status, verification, verification_error "
+                                     "FROM hookbridge.subscriptions WHERE id=%s", sub)[0])
+
+        answers["/hook/flaky"] = [503]
+        sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+        wait_until(lambda: len(gets.get("/hook/flaky", [])) >= 2, 10 * SLOW, "the 503")
+        first_503 = gets["/hook/flaky"][1]
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, srv.url + "/other")
+        wait_until(lambda: state()[1] == "verified" or None, 10 * SLOW, "/other verified")
+        time.sleep(max(0.0, first_503 + 4 - time.time()))
+        answers["/hook/flaky"] = [503]
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, srv.url + "/flaky")
+        wait_until(lambda: len(gets["/hook/flaky"]) >= 3, 10 * SLOW, "the new request's 503")
+        time.sleep(1.5)  # an outcome would have been recorded by now
+        assert state() == ("active", "unverified", None), state()
+        # Asked again when the claim expires; answered 200 then: verified.
+        wait_until(lambda: state()[1] == "verified" or None, 30 * SLOW, "verified again")
+        assert state() == ("active", "verified", None)
+    finally:
+        srv.shutdown()
