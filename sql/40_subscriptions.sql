@@ -539,14 +539,15 @@ SELECT s.id,
        cf.consecutive_failures,
        CASE WHEN s.status <> 'active' THEN 'inactive'
             WHEN s.verification <> 'verified' THEN 'unverified'
-            WHEN cf.consecutive_failures > 0 THEN 'failing'
+            WHEN cf.consecutive_failures > 0 OR ld.failing_since IS NOT NULL THEN 'failing'
             ELSE 'healthy' END AS health,
        s.created_at,
        s.updated_at,
        -- new columns go last: CREATE OR REPLACE VIEW adds columns only at the end
        CASE WHEN s.verification_requested_at IS NULL THEN NULL
             WHEN s.verification_claimed_until > now() THEN 'running'
-            ELSE 'pending' END AS verification_request
+            ELSE 'pending' END AS verification_request,
+       ld.failing_since
   FROM hookbridge.subscriptions s
   LEFT JOIN LATERAL (
         SELECT array_agg(st.event_type ORDER BY st.event_type) AS event_types
@@ -563,7 +564,12 @@ SELECT s.id,
   -- endpoint_health (its trigger) rather than a scan of the delivered deliveries:
   -- no index on them to keep (migrations/0005)
   LEFT JOIN LATERAL (
-        SELECT h.last_success_at AS last_delivered_at
+        SELECT h.last_success_at AS last_delivered_at,
+               -- attempts failing since the last success (as deactivate_failing
+               -- judges: a failure logged late, older than that success, is not)
+               CASE WHEN h.consecutive_failures > 0
+                     AND (h.last_success_at IS NULL OR h.last_success_at < h.failing_since)
+                    THEN h.failing_since END AS failing_since
           FROM hookbridge.endpoint_health h
          WHERE h.subscription_id = s.id) ld ON true
  CROSS JOIN LATERAL (

@@ -792,8 +792,16 @@ def test_subscription_overview_counts_and_health(db_url):
         (2, 2, "failing", True)]
     # A success ends the streak.
     insert_delivery(db_url, a, "delivered", 0)
-    assert sql(db_url, "SELECT consecutive_failures, health FROM hookbridge.subscription_overview "
-               "WHERE id = %s", a) == [(0, "healthy")]
+    assert sql(db_url, "SELECT consecutive_failures, health, failing_since "
+               "FROM hookbridge.subscription_overview WHERE id = %s", a) == [(0, "healthy", None)]
+    # An endpoint failing every attempt while its deliveries are still being
+    # retried (none failed for good yet: up to the whole schedule, about 28 h)
+    # is failing too, since when its attempts began to fail. Before, it was
+    # 'healthy' until a delivery failed for good.
+    insert_delivery(db_url, a, "retry", 0, http=503, error="HTTP 503")
+    assert sql(db_url, "SELECT consecutive_failures, health, failing_since > now() - "
+               "interval '1 minute' FROM hookbridge.subscription_overview WHERE id = %s", a) == [
+        (0, "failing", True)]
 
     b = register(db_url, name="b")
     assert sql(db_url, "SELECT format, delivered_24h, last_delivered_at, health, verification_at "
