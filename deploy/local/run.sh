@@ -195,6 +195,11 @@ stack_psql -c "SELECT a.attempt, a.outcome, a.http_status, a.started_at::time(0)
                                         LIMIT 1)
                 ORDER BY a.attempt"
 
+say "try it: the stack runs until Ctrl-C"
+echo "SQL (the README's examples): psql '$HOOKBRIDGE_DATABASE_URL'"
+echo "events: HOOKBRIDGE_KAFKA_BROKERS=$HOOKBRIDGE_KAFKA_BROKERS $BIN/hookbridge-producer --generate 10"
+echo "metrics: http://$STACK_DISPATCHER_HTTP/metrics and http://$STACK_RETRIER_HTTP/metrics"
+
 say "the receivers' output (Ctrl-C stops everything)"
 tail -n +1 -f "$STACK_DIR/receiver.log" "$STACK_DIR/flaky.log" &
 stack_track $! "tail"

@@ -115,6 +115,13 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
                          out), out
         # ... and the example receiver printing each event it acknowledged.
         assert '"msg":"event user.session.start ' in out
+        # It says where to try the README's SQL, and that works while it runs.
+        m = re.search(r"SQL \(the README's examples\): psql '([^']+)'", out)
+        assert m, out
+        r = subprocess.run(["psql", "-X", "-At", m.group(1), "-c",
+                            "SELECT count(*) FROM hookbridge.subscription_overview"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "2", (r.stdout, r.stderr)
 
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
         p.wait(60 * SLOW)
