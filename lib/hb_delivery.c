@@ -247,6 +247,7 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     dl->body = body;
     dl->body_len = body_len;
+    hb_held_add(body_len);
     dl->content_type = hb_strdup(content_type ? content_type : "application/json");
     dl->event_ids = hb_strdup(event_ids ? event_ids : "");
     dl->event_type = hb_strdup(event_type ? event_type : "");
@@ -282,6 +283,7 @@ void hb_delivery_free(hb_delivery_t *dl) {
     hb_sub_unref(dl->sub);
     free(dl->order_key);
     free(dl->jobs);
+    hb_held_sub(dl->body_len);
     free(dl->body);
     free(dl->content_type);
     free(dl->event_ids);
@@ -699,6 +701,7 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     free(dl->event_ids);
     dl->event_ids = ids;
+    hb_held_sub(dl->body_len);
     free(dl->body);
     dl->body = NULL;
     dl->body_len = 0;
@@ -711,6 +714,7 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     dl->body = payload.body;
     dl->body_len = payload.len;
+    hb_held_add(dl->body_len);
     free(dl->content_type);
     dl->content_type = hb_strdup(payload.content_type);
     return 0;
@@ -869,6 +873,8 @@ static void transmit(hb_deliveries_t *D, hb_delivery_t *dl) {
     dl->owner = D;
     payload.body = hb_strndup(dl->body, dl->body_len);
     payload.len = dl->body_len;
+    dl->sent_bytes = dl->body_len; /* the request's copy, until on_attempt_done */
+    hb_held_add(dl->sent_bytes);
     payload.content_type = dl->content_type;
     set_state(D, dl, HB_DL_IN_FLIGHT);
     hb_deliver_send(D->http, dl->sub, dl->id, &payload, D->cfg->request_timeout_ms,
@@ -895,6 +901,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_outcome_t outcome;
     int status;
 
+    hb_held_sub(dl->sent_bytes); /* the request and its copy of the body are done */
+    dl->sent_bytes = 0;
     if (D->abandoning) { /* shutdown: the message will be consumed again */
         hb_delivery_abandon(D, dl);
         return;
