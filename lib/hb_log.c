@@ -129,3 +129,46 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
     /* A short write on stdout cannot be reported anywhere better. */
     (void)!write(STDOUT_FILENO, line, len);
 }
+
+static hb_log_limit_t *limits; /* every limit used so far */
+
+static void limit_summary(hb_log_limit_t *l, int64_t now) {
+    if (l->left_out)
+        hb_log_emit(l->lvl, NULL,
+                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s are; "
+                    "the delivery log has every delivery and attempt)",
+                    l->left_out, l->what, (long long)((now - l->window_ms + 999) / 1000),
+                    HB_LOG_LIMIT_LINES, HB_LOG_LIMIT_WINDOW_MS / 1000);
+    l->left_out = 0;
+    l->logged = 0;
+    l->window_ms = now;
+}
+
+int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
+    int64_t now;
+    if (hb_log_level == HB_LOG_DEBUG)
+        return 1;
+    now = hb_mono_ms();
+    if (!l->registered) {
+        l->registered = 1;
+        l->next = limits;
+        limits = l;
+        l->window_ms = now;
+    }
+    if (now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
+        limit_summary(l, now);
+    l->lvl = lvl;
+    if (l->logged < HB_LOG_LIMIT_LINES) {
+        l->logged++;
+        return 1;
+    }
+    l->left_out++;
+    return 0;
+}
+
+void hb_log_limits_flush(void) {
+    int64_t now = hb_mono_ms();
+    for (hb_log_limit_t *l = limits; l; l = l->next)
+        if (l->left_out && now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
+            limit_summary(l, now);
+}

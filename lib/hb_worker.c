@@ -491,6 +491,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     char errstr[512];
     long long next;
     hb_httpd_beat(w->httpd);
+    hb_log_limits_flush();
     if (w->store && hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
         hb_metric_inc(w->m_db_errors);
         /* the store's messages mostly say "database: " already: once is enough */

@@ -1,12 +1,14 @@
 """Resource bounds under faults (review 14)."""
 import http.server
+import json
+import re
 import socket
 import threading
 import time
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Dispatcher, produce
+from hbtest.stack import Dispatcher, Receiver, produce
 from test_delivery import event, sql
 
 
@@ -119,3 +121,38 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
         release.set()
         for s in servers:
             s.shutdown()
+
+
+def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broker, procs,
+                                                                   workdir):
+    """An endpoint answering 500 to everything, 1,500 events for it in a
+    burst: its circuit opens after 20 failures, and every delivery is handed
+    to the delay tier. At info, the log does not get one line per delivery
+    (e5ce68b: 1,500 "attempt 1 failed" / "attempt 1 not made" lines): at most
+    50 of each kind per 10 s, then one line that says how many were left out;
+    the lines written and the ones counted as left out add up to every
+    delivery, and the delivery log has each of them."""
+    receiver = Receiver(procs, workdir, status=500, args=["--quiet"])
+    subscribe_many(db_url, [receiver.url], 1)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
+    d.wait_ready()
+    t0 = time.monotonic()
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(1500)])
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                                   "WHERE status = 'retry'")[0][0] == 1500 or None,
+               60 * SLOW, "every delivery logged as a retry")
+
+    def lines():
+        out = [json.loads(l) for l in d.proc.output().splitlines() if l.startswith("{")]
+        per = [l for l in out if re.match(r"attempt 1 (failed|not made)", l["msg"])]
+        left = [l for l in out if " line(s) not logged in the last " in l["msg"]]
+        return per, left
+
+    # the window's summary comes once it is over (10 s after its first line)
+    wait_until(lambda: sum(int(l["msg"].split()[0]) for l in lines()[1]) + len(lines()[0]) >= 1500
+               or None, max(0, 15 - (time.monotonic() - t0)) + 10 * SLOW, "the summary lines")
+    per, left = lines()
+    assert len(per) <= 4 * 50, len(per)
+    assert sum(int(l["msg"].split()[0]) for l in left) + len(per) == 1500
+    assert all(l["level"] == "info" for l in left), left
+    assert any('"attempt N not made"' in l["msg"] for l in left), left
