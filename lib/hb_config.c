@@ -144,8 +144,9 @@ static const cf_row_t cf_table[] = {
     {"max_pending_bytes", CF_INT, OFF(max_pending_bytes), "67108864", 1048576, 1099511627776LL,
      HB_PROG_SERVICES, 0,
      "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
-     "it waits for or is in an HTTP request, a retry or dead letter until the broker has it) "
-     "before consumption pauses, as with max_pending_events: what bounds memory when payloads "
+     "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
+     "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
+     "what bounds memory when payloads "
      "are large or one event matches many subscriptions."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "

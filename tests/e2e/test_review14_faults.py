@@ -1,10 +1,21 @@
-"""Resource bounds under faults (review 14)."""
+"""Resource bounds under faults (review 14): what a dispatcher holds in
+memory and writes to its log while something is wrong for a long time.
+
+- Deliveries of large payloads held for hung hosts, and delivery-log rows
+  held while PostgreSQL does not answer, are bounded in bytes
+  (HOOKBRIDGE_MAX_PENDING_BYTES), not only in events: on e5ce68b four hung
+  hosts took 430 MiB, and the rows of a fan-out grew without a bound.
+- An endpoint failing every delivery does not write a log line per
+  delivery (e5ce68b did, thousands a second).
+
+Each test was shown to fail on e5ce68b."""
 import http.server
 import json
 import re
-import socket
 import threading
 import time
+
+import psycopg2
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
 from hbtest.procs import SLOW, wait_until
@@ -20,33 +31,6 @@ def subscribe_many(db_url, urls, n):
         urls, len(urls), n)
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
                 "status = 'active' WHERE name LIKE 'many-%%'")
-
-
-class Hung:
-    """Listeners on n ports that accept every connection and never answer."""
-
-    def __init__(self, n):
-        self.socks, self.held, self.stop = [], [], False
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            s.listen(1024)
-            s.settimeout(0.2)
-            self.socks.append(s)
-            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-
-    def _accept(self, s):
-        while not self.stop:
-            try:
-                c, _ = s.accept()
-                self.held.append(c)
-            except OSError:
-                pass
-
-    def close(self):
-        self.stop = True
-        for s in self.socks + self.held:
-            s.close()
 
 
 def serve_many(handler):
@@ -156,3 +140,43 @@ def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broke
     assert sum(int(l["msg"].split()[0]) for l in left) + len(per) == 1500
     assert all(l["level"] == "info" for l in left), left
     assert any('"attempt N not made"' in l["msg"] for l in left), left
+
+
+def test_a_database_not_answering_bounds_the_delivery_log_rows_held(db_url, broker, procs,
+                                                                     workdir):
+    """The delivery log's tables locked (PostgreSQL not answering the writer)
+    while 60 events for 200 subscriptions are delivered: 12,000 outcomes wait
+    in memory for the log, one row each. Past HOOKBRIDGE_MAX_PENDING_BYTES
+    of them consumption pauses, and says why (e5ce68b counted only the 60
+    events against HOOKBRIDGE_MAX_PENDING_EVENTS: with fan-out, the rows grew
+    without a bound). Once the database answers, every delivery is logged
+    delivered: nothing was dropped at the bound."""
+    receiver = Receiver(procs, workdir, args=["--quiet"])
+    subscribe_many(db_url, [receiver.url], 200)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_PENDING_BYTES": "1048576"})
+    d.wait_ready()
+    lock = psycopg2.connect(db_url)
+    try:
+        with lock.cursor() as cur:
+            cur.execute("LOCK TABLE hookbridge.deliveries IN ACCESS EXCLUSIVE MODE")
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(60)])
+        delivered = 'hookbridge_deliveries_total{outcome="delivered"}'
+        # paused for good (the rows only grow), or (e5ce68b) every delivery made
+        wait_until(lambda: d.metric(delivered) >= 12000 or
+                   d.metric("hookbridge_consumption_paused") == 1 or None,
+                   60 * SLOW, "consumption to pause")
+        # the deliveries of the events taken go on; then nothing more is taken
+        last = [-1]
+        wait_until(lambda: (last[0] == (n := d.metric(delivered))) or last.__setitem__(0, n),
+                   30 * SLOW, "the deliveries of the events taken", interval=1)
+        assert last[0] < 12000
+        assert d.metric("hookbridge_consumption_paused") == 1
+        assert d.metric("hookbridge_pending_payload_bytes") >= 3 << 18  # resumes below 3/4
+        assert "(HOOKBRIDGE_MAX_PENDING_BYTES=1048576)" in d.proc.output()
+    finally:
+        lock.rollback()
+        lock.close()
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                                   "WHERE status = 'delivered'")[0][0] == 12000 or None,
+               60 * SLOW, "every delivery logged")
