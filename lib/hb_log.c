@@ -4,11 +4,13 @@
  * The design is simple: a line is built in a stack buffer (truncated at 8 KiB,
  * marked with "truncated":true) and written with a single write(2) to stdout,
  * which POSIX keeps whole for pipes up to PIPE_BUF and which in practice keeps
- * lines intact for the container log collector. There is no lock: the level
- * and component are set once at start-up, before threads exist.
+ * lines intact for the container log collector. There is no lock for a line:
+ * the level and component are set once at start-up, before threads exist
+ * (the limits of repeated lines have one, limits_mu).
  */
 #include "hb_log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -130,7 +132,8 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
     (void)!write(STDOUT_FILENO, line, len);
 }
 
-static hb_log_limit_t *limits; /* every limit used so far */
+static hb_log_limit_t *limits; /* every limit used so far, under limits_mu */
+static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void limit_summary(hb_log_limit_t *l, int64_t now) {
     if (l->left_out)
@@ -146,9 +149,11 @@ static void limit_summary(hb_log_limit_t *l, int64_t now) {
 
 int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
     int64_t now;
+    int ok = 0;
     if (hb_log_level == HB_LOG_DEBUG)
         return 1;
     now = hb_mono_ms();
+    pthread_mutex_lock(&limits_mu);
     if (!l->registered) {
         l->registered = 1;
         l->next = limits;
@@ -160,15 +165,19 @@ int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
     l->lvl = lvl;
     if (l->logged < HB_LOG_LIMIT_LINES) {
         l->logged++;
-        return 1;
+        ok = 1;
+    } else {
+        l->left_out++;
     }
-    l->left_out++;
-    return 0;
+    pthread_mutex_unlock(&limits_mu);
+    return ok;
 }
 
 void hb_log_limits_flush(void) {
     int64_t now = hb_mono_ms();
+    pthread_mutex_lock(&limits_mu);
     for (hb_log_limit_t *l = limits; l; l = l->next)
         if (l->left_out && now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
             limit_summary(l, now);
+    pthread_mutex_unlock(&limits_mu);
 }

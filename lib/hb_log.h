@@ -54,8 +54,8 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
  * Below debug, at most HB_LOG_LIMIT_LINES lines of one limit are written per
  * HB_LOG_LIMIT_WINDOW_MS; the others are counted, and once the window is over
  * one line at their level says how many were left out (hb_log_limits_flush,
- * or the next line of that limit). At debug every line is written. The main
- * loop's thread only. */
+ * or the next line of that limit). At debug every line is written. Any
+ * thread. */
 #define HB_LOG_LIMIT_LINES 50
 #define HB_LOG_LIMIT_WINDOW_MS 10000
 
