@@ -18,7 +18,7 @@ import time
 import psycopg2
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from test_delivery import event, sql
 
@@ -90,7 +90,8 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
                    30 * SLOW, "consumption to pause")
         time.sleep(1)  # what a dispatcher that went on taking events would take meanwhile
         held = hwm_kib(d.proc.pid)
-        assert held < 200 * 1024, f"peak RSS {held} KiB"
+        if BIN.name != "bin-san":  # ASan's shadow memory and quarantine: no figure there
+            assert held < 200 * 1024, f"peak RSS {held} KiB"
         why = d.get("/readyz")[1]
         assert "consumption paused" in why and "HOOKBRIDGE_MAX_PENDING_BYTES" in why, why
         assert 16 << 20 <= d.metric("hookbridge_pending_payload_bytes") < 64 << 20
