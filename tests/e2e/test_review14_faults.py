@@ -102,6 +102,9 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
                    30 * SLOW, "every delivery logged")
         assert len(set(got)) == 19 and len(got) == 3990
         assert "consumption paused" not in d.get("/readyz")[1]
+        # nothing unfinished: nothing counted (a count that drifted would pause for good)
+        wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+                   10 * SLOW, "the payload bytes held to come back to 0")
     finally:
         release.set()
         for s in servers:
@@ -141,6 +144,8 @@ def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broke
     assert sum(int(l["msg"].split()[0]) for l in left) + len(per) == 1500
     assert all(l["level"] == "info" for l in left), left
     assert any('"attempt N not made"' in l["msg"] for l in left), left
+    # every retry acknowledged and logged: nothing held
+    assert d.metric("hookbridge_pending_payload_bytes", -1) == 0
 
 
 def test_a_database_not_answering_bounds_the_delivery_log_rows_held(db_url, broker, procs,
@@ -181,3 +186,5 @@ def test_a_database_not_answering_bounds_the_delivery_log_rows_held(db_url, brok
     wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
                                    "WHERE status = 'delivered'")[0][0] == 12000 or None,
                60 * SLOW, "every delivery logged")
+    wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+               10 * SLOW, "the payload bytes held to come back to 0")
