@@ -4,6 +4,8 @@
  */
 #include "hb_common.h"
 
+#include <stdatomic.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -204,4 +206,18 @@ int hb_duration_parse_ms(const char *s, long long *out_ms) {
 
 void hb_poke(int fd) {
     (void)!write(fd, "w", 1);
+}
+
+static atomic_size_t held_bytes;
+
+void hb_held_add(size_t n) {
+    atomic_fetch_add_explicit(&held_bytes, n, memory_order_relaxed);
+}
+
+void hb_held_sub(size_t n) {
+    atomic_fetch_sub_explicit(&held_bytes, n, memory_order_relaxed);
+}
+
+size_t hb_held_bytes(void) {
+    return atomic_load_explicit(&held_bytes, memory_order_relaxed);
 }

@@ -69,4 +69,11 @@ void *hb_realloc(void *p, size_t n);
 char *hb_strdup(const char *s);
 char *hb_strndup(const char *s, size_t n);
 
+/* Bytes of payloads unfinished work holds in memory (rendered bodies, their
+ * copies handed to the HTTP engine, messages waiting for the broker): what
+ * max_pending_bytes bounds. Any thread. */
+void hb_held_add(size_t n);
+void hb_held_sub(size_t n);
+size_t hb_held_bytes(void);
+
 #endif

@@ -146,6 +146,13 @@ static const cf_row_t cf_table[] = {
      "again, about every 20 s, before that answer is recorded as the failure (0: at once)."},
     {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000, HB_PROG_SERVICES,
      0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
+    {"max_pending_bytes", CF_INT, OFF(max_pending_bytes), "67108864", 1048576, 1099511627776LL,
+     HB_PROG_SERVICES, 0,
+     "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
+     "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
+     "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
+     "what bounds memory when payloads "
+     "are large or one event matches many subscriptions."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
      "(their events are redelivered after restart)."},
@@ -198,8 +205,9 @@ static const cf_row_t cf_table[] = {
      "message.timeout.ms); then it is answered 503 with Retry-After."},
     {"ingest_max_connections", CF_INT, OFF(ingest_max_connections), "64", 1, 10000,
      HB_PROG_PRODUCER, 0,
-     "Concurrent connections to the ingest endpoint (one thread each); a connection beyond "
-     "them is closed at once, unanswered."},
+     "Concurrent connections to the ingest endpoint (one thread each); a request on a "
+     "connection beyond them is answered 503 with Retry-After at once, unread (16 such "
+     "connections at a time; past those a connection is closed unanswered)."},
     {"writer_schemas_dir", CF_STR, OFF(writer_schemas_dir), "", 0, 0, HB_PROG_DISPATCHER, 0,
      "Directory of extra writer schemas of the events topic (*.avsc, read at start): versions "
      "producers write that this build does not carry in schema/history. Each must resolve into "

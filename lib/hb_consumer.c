@@ -834,15 +834,24 @@ void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
     }
 }
 
-void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued) {
+void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,
+                       size_t in_flight, size_t queued) {
     size_t pending = hb_offsets_pending(c->offsets);
+    size_t held = hb_held_bytes();
     if (pending >= (size_t)max_pending) {
         char why[160];
         snprintf(why, sizeof(why),
                  "%zu consumed messages unfinished (HOOKBRIDGE_MAX_PENDING_EVENTS=%lld)", pending,
                  max_pending);
         hb_consumer_pause_all(c, 1, why, in_flight, queued);
-    } else if (pending <= (size_t)max_pending * 3 / 4) {
+    } else if (held >= (size_t)max_bytes) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "%zu bytes of payloads held by unfinished deliveries "
+                 "(HOOKBRIDGE_MAX_PENDING_BYTES=%lld)",
+                 held, max_bytes);
+        hb_consumer_pause_all(c, 1, why, in_flight, queued);
+    } else if (pending <= (size_t)max_pending * 3 / 4 && held <= (size_t)max_bytes / 4 * 3) {
         hb_consumer_pause_all(c, 0, "", in_flight, queued);
     }
     /* A pause that lasts (a database or endpoints down, not a burst) also

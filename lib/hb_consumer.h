@@ -97,10 +97,12 @@ void hb_consumer_store_offsets(hb_consumer_t *c);
  * the log line. Deferred partitions stay paused until due. */
 void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t in_flight,
                            size_t queued);
-/* The last resort: stops taking messages at max_pending unfinished ones,
- * takes them again at 3/4; a pause that lasts 3 s pauses librdkafka's fetching
- * too (and frees what it fetched ahead). */
-void hb_consumer_limit(hb_consumer_t *c, long long max_pending, size_t in_flight, size_t queued);
+/* The last resort: stops taking messages at max_pending unfinished ones, or
+ * once unfinished work holds max_bytes of payloads (hb_held_bytes), takes them
+ * again when both are at 3/4; a pause that lasts 3 s pauses librdkafka's
+ * fetching too (and frees what it fetched ahead). */
+void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,
+                       size_t in_flight, size_t queued);
 int hb_consumer_paused(const hb_consumer_t *c);
 /* Called every loop pass: when no message has been taken for 3 s (the last
  * resort, the database awaited, a full HTTP queue), librdkafka's fetching is

@@ -102,6 +102,15 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
     dl->state = st;
 }
 
+/* Lines written once per delivery: at most HB_LOG_LIMIT_LINES of each kind
+ * per window below debug (hb_log.h); the delivery log has every one. */
+static hb_log_limit_t log_failed = HB_LOG_LIMIT("\"attempt N failed\"");
+static hb_log_limit_t log_not_made = HB_LOG_LIMIT("\"attempt N not made\"");
+static hb_log_limit_t log_dead_lettered = HB_LOG_LIMIT("\"delivery failed ..., dead-lettered\"");
+static hb_log_limit_t log_not_dead_lettered =
+    HB_LOG_LIMIT("\"final failure of attempt N not dead-lettered\"");
+static hb_log_limit_t log_dropped = HB_LOG_LIMIT("\"delivery dropped\"");
+
 /* ------------------------------------------------------- circuit breaker */
 
 static int circuit_enabled(const hb_deliveries_t *D) {
@@ -247,6 +256,7 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     dl->body = body;
     dl->body_len = body_len;
+    hb_held_add(body_len);
     dl->content_type = hb_strdup(content_type ? content_type : "application/json");
     dl->event_ids = hb_strdup(event_ids ? event_ids : "");
     dl->event_type = hb_strdup(event_type ? event_type : "");
@@ -282,6 +292,7 @@ void hb_delivery_free(hb_delivery_t *dl) {
     hb_sub_unref(dl->sub);
     free(dl->order_key);
     free(dl->jobs);
+    hb_held_sub(dl->body_len);
     free(dl->body);
     free(dl->content_type);
     free(dl->event_ids);
@@ -597,10 +608,10 @@ static void dead_letter_free(void *arg) {
 static void dead_lettered(void *arg) {
     dead_letter_t *d = arg;
     hb_metric_inc(d->D->m.dlq);
-    hb_log(HB_LOG_WARN,
-           HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id, "event_type",
-                 d->event_type),
-           "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
+    hb_log_limited(&log_dead_lettered, HB_LOG_WARN,
+                   HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                         "event_type", d->event_type),
+                   "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
 }
 
 /* The log answered: dead-letter, unless the delivery is already final or this
@@ -613,11 +624,11 @@ static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
     const char *stale = hb_dlog_state_stale(&g->state, d->attempt, d->began_ms, buf, sizeof(buf));
     if (stale) {
         hb_metric_inc(D->m.dlq_skipped);
-        hb_log(HB_LOG_INFO,
-               HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                     "event_type", d->event_type),
-               "final failure of attempt %d not dead-lettered: %s (this attempt: %s)", d->attempt,
-               stale, d->reason);
+        hb_log_limited(&log_not_dead_lettered, HB_LOG_INFO,
+                       HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                             "event_type", d->event_type),
+                       "final failure of attempt %d not dead-lettered: %s (this attempt: %s)",
+                       d->attempt, stale, d->reason);
         hb_gate_release(D->outbox, g);
         dead_letter_free(d); /* and the message */
     } else {
@@ -699,8 +710,8 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     for (int t = 0; t < D->cfg->schedule.tiers; t++)
         if (!strcmp(D->cfg->schedule.tier_topics[t], topic))
             hb_metric_inc(D->m.tier[t]);
-    hb_log(
-        HB_LOG_INFO,
+    hb_log_limited(
+        res ? &log_failed : &log_not_made, HB_LOG_INFO,
         HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
         res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
             : "attempt %d not made (%s): it waits %lld ms in %s",
@@ -824,6 +835,7 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     free(dl->event_ids);
     dl->event_ids = ids;
+    hb_held_sub(dl->body_len);
     free(dl->body);
     dl->body = NULL;
     dl->body_len = 0;
@@ -836,6 +848,7 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     dl->body = payload.body;
     dl->body_len = payload.len;
+    hb_held_add(dl->body_len);
     free(dl->content_type);
     dl->content_type = hb_strdup(payload.content_type);
     return 0;
@@ -994,6 +1007,8 @@ static void transmit(hb_deliveries_t *D, hb_delivery_t *dl) {
     dl->owner = D;
     payload.body = hb_strndup(dl->body, dl->body_len);
     payload.len = dl->body_len;
+    dl->sent_bytes = dl->body_len; /* the request's copy, until on_attempt_done */
+    hb_held_add(dl->sent_bytes);
     payload.content_type = dl->content_type;
     set_state(D, dl, HB_DL_IN_FLIGHT);
     hb_deliver_send(D->http, dl->sub, dl->id, &payload, D->cfg->request_timeout_ms,
@@ -1020,6 +1035,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_outcome_t outcome;
     int status;
 
+    hb_held_sub(dl->sent_bytes); /* the request and its copy of the body are done */
+    dl->sent_bytes = 0;
     if (D->abandoning) { /* shutdown: the message will be consumed again */
         hb_delivery_abandon(D, dl);
         return;
@@ -1069,8 +1086,9 @@ void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcom
     } else {
         hb_gate_t *g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
         set_state(D, dl, HB_DL_DROPPED);
-        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "delivery dropped: %s", reason);
+        hb_log_limited(&log_dropped, HB_LOG_INFO,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "delivery dropped: %s", reason);
         record(D, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
     }
     delivery_finish(D, dl);

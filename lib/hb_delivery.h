@@ -108,6 +108,7 @@ typedef struct hb_delivery_s {
     char id[HB_UUID_LEN + 1];
     char *body; /* rendered payload, owned */
     size_t body_len;
+    size_t sent_bytes;        /* the copy handed to the HTTP engine (hb_held_bytes) */
     char *content_type;       /* owned */
     char *event_ids;          /* comma-separated uuids, owned */
     char *event_type;         /* owned */

@@ -72,6 +72,7 @@
 #define LOOKUP_ANY_DAY (-1000000)
 
 struct hb_dlog_row_s {
+    size_t bytes; /* its allocation, counted in hb_held_bytes until freed */
     char *delivery_id;
     char *subscription_id;
     char *event_ids;
@@ -157,6 +158,8 @@ const char *hb_outcome_name(hb_outcome_t o) {
 
 /* A row and its strings are one allocation (row_pack). */
 static void row_free(dlog_row_t *r) {
+    if (r)
+        hb_held_sub(r->bytes);
     free(r);
 }
 
@@ -174,6 +177,8 @@ static dlog_row_t *row_pack(int n, const char *const *src, const size_t *off, co
         total += len[i];
     }
     r = hb_calloc(1, total);
+    r->bytes = total; /* a failed delivery's row keeps its payload: it counts */
+    hb_held_add(total);
     p = (char *)(r + 1);
     for (int i = 0; i < n; i++) {
         if (!src[i])

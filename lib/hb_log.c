@@ -4,11 +4,13 @@
  * The design is simple: a line is built in a stack buffer (truncated at 8 KiB,
  * marked with "truncated":true) and written with a single write(2) to stdout,
  * which POSIX keeps whole for pipes up to PIPE_BUF and which in practice keeps
- * lines intact for the container log collector. There is no lock: the level
- * and component are set once at start-up, before threads exist.
+ * lines intact for the container log collector. There is no lock for a line:
+ * the level and component are set once at start-up, before threads exist
+ * (the limits of repeated lines have one, limits_mu).
  */
 #include "hb_log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -128,4 +130,54 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
     len = append(line, len, sizeof(line), "}\n");
     /* A short write on stdout cannot be reported anywhere better. */
     (void)!write(STDOUT_FILENO, line, len);
+}
+
+static hb_log_limit_t *limits; /* every limit used so far, under limits_mu */
+static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void limit_summary(hb_log_limit_t *l, int64_t now) {
+    if (l->left_out)
+        hb_log_emit(l->lvl, NULL,
+                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s are; "
+                    "the delivery log has every delivery and attempt)",
+                    l->left_out, l->what, (long long)((now - l->window_ms + 999) / 1000),
+                    HB_LOG_LIMIT_LINES, HB_LOG_LIMIT_WINDOW_MS / 1000);
+    l->left_out = 0;
+    l->logged = 0;
+    l->window_ms = now;
+}
+
+int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
+    int64_t now;
+    int ok = 0;
+    if (hb_log_level == HB_LOG_DEBUG)
+        return 1;
+    now = hb_mono_ms();
+    pthread_mutex_lock(&limits_mu);
+    if (!l->registered) {
+        l->registered = 1;
+        l->next = limits;
+        limits = l;
+        l->window_ms = now;
+    }
+    if (now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
+        limit_summary(l, now);
+    l->lvl = lvl;
+    if (l->logged < HB_LOG_LIMIT_LINES) {
+        l->logged++;
+        ok = 1;
+    } else {
+        l->left_out++;
+    }
+    pthread_mutex_unlock(&limits_mu);
+    return ok;
+}
+
+void hb_log_limits_flush(void) {
+    int64_t now = hb_mono_ms();
+    pthread_mutex_lock(&limits_mu);
+    for (hb_log_limit_t *l = limits; l; l = l->next)
+        if (l->left_out && now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
+            limit_summary(l, now);
+    pthread_mutex_unlock(&limits_mu);
 }

@@ -48,6 +48,41 @@ int hb_log_level_parse(const char *s, hb_log_level_t *out) HB_MUSTCHECK;
 
 void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...) HB_PRINTF(3, 4);
 
+/* Lines that come once per delivery (an attempt failed, a dead letter): an
+ * endpoint failing at thousands of deliveries a second must not flood the
+ * log, whose reader wants the pattern (the delivery log has every one).
+ * Below debug, at most HB_LOG_LIMIT_LINES lines of one limit are written per
+ * HB_LOG_LIMIT_WINDOW_MS; the others are counted, and once the window is over
+ * one line at their level says how many were left out (hb_log_limits_flush,
+ * or the next line of that limit). At debug every line is written. Any
+ * thread. */
+#define HB_LOG_LIMIT_LINES 50
+#define HB_LOG_LIMIT_WINDOW_MS 10000
+
+typedef struct hb_log_limit_s {
+    const char *what; /* names the lines in the summary, e.g. "\"attempt N failed\"" */
+    int64_t window_ms;
+    unsigned logged;
+    unsigned long long left_out;
+    hb_log_level_t lvl;
+    int registered;
+    struct hb_log_limit_s *next;
+} hb_log_limit_t;
+
+#define HB_LOG_LIMIT(what)                                                                         \
+    { (what), 0, 0, 0, HB_LOG_DEBUG, 0, NULL }
+
+#define hb_log_limited(lim, lvl, kv, ...)                                                          \
+    do {                                                                                           \
+        if ((lvl) >= hb_log_level && hb_log_admit((lim), (lvl)))                                   \
+            hb_log_emit((lvl), (kv), __VA_ARGS__);                                                 \
+    } while (0)
+
+/* 1 when a line of lim may be written now (counted either way). */
+int hb_log_admit(hb_log_limit_t *lim, hb_log_level_t lvl);
+/* Says, for every limit whose window is over, how many lines it left out. */
+void hb_log_limits_flush(void);
+
 /* Appends s to buf as a JSON string body (no quotes), escaping as needed.
  * Returns the new length; never writes past bufsz-1. Shared with the
  * metrics and payload code that need JSON escaping without jansson. */

@@ -175,6 +175,7 @@ void hb_pmsg_free(hb_pmsg_t *m) {
     free(m->delivery_id);
     free(m->topic);
     free(m->key);
+    hb_held_sub(m->len);
     free(m->val);
     for (int i = 0; m->hdr[i]; i++)
         free(m->hdr[i]);
@@ -333,6 +334,7 @@ hb_pmsg_t *hb_pmsg_new(const char *topic, const char *key, const void *val, size
     m->val = hb_malloc(len ? len : 1);
     memcpy(m->val, val, len);
     m->len = len;
+    hb_held_add(len);
     m->gate = gate;
     m->row = row;
     return m;

@@ -48,6 +48,7 @@ struct hb_worker_s {
     int db_unanswered;  /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
 
+    hb_metric_t *m_held_bytes; /* hb_held_bytes */
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
     hb_consumer_metrics_t cm; /* handed to hb_consumer */
     hb_delivery_metrics_t dm; /* handed to hb_deliveries */
@@ -429,6 +430,10 @@ static int keeping_up(void *opaque) {
      * about to join the queue: they count as waiting already */
     if (lookups >= limit)
         return 0;
+    /* one message's deliveries at a time past the payload budget, not a
+     * whole batch's (hb_consumer_limit pauses) */
+    if (hb_held_bytes() >= (size_t)w->cfg->max_pending_bytes)
+        return 0;
     limit -= lookups;
     return hb_http_queued(w->http) < limit || /* cheap, usual */
            hb_http_backlog(w->http, STALL_MS) < limit;
@@ -499,6 +504,7 @@ static void update_readiness(hb_worker_t *w) {
         hb_httpd_set_ready(w->httpd, why == NULL, why);
     }
     hb_metric_set(w->m_in_flight, (double)hb_deliveries_in_flight(w->deliveries));
+    hb_metric_set(w->m_held_bytes, (double)hb_held_bytes());
 }
 
 /* One turn of the loop; consume: take messages from Kafka (not while
@@ -508,6 +514,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     char errstr[512];
     long long next;
     hb_httpd_beat(w->httpd);
+    hb_log_limits_flush();
     if (w->store && hb_store_process(w->store, &store_handlers, w, errstr, sizeof(errstr)) < 0) {
         hb_metric_inc(w->m_db_errors);
         /* the store's messages mostly say "database: " already: once is enough */
@@ -523,7 +530,7 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     if (hb_consumer_started(w->consumer)) {
         hb_consumer_store_offsets(w->consumer);
         if (!hb_stop_requested) /* the last resort */
-            hb_consumer_limit(w->consumer, w->cfg->max_pending_events,
+            hb_consumer_limit(w->consumer, w->cfg->max_pending_events, w->cfg->max_pending_bytes,
                               hb_deliveries_in_flight(w->deliveries), hb_http_queued(w->http));
     }
     next = hb_consumer_resume_due(w->consumer, LOOP_WAIT_MS);
@@ -633,6 +640,9 @@ static void register_metrics(hb_worker_t *w) {
                                          HB_ARRAY_SIZE(latency_bounds));
     w->m_in_flight =
         hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
+    w->m_held_bytes = hb_metrics_gauge(
+        "hookbridge_pending_payload_bytes", NULL,
+        "Bytes of payloads unfinished deliveries hold in memory (max_pending_bytes).");
     w->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
                                  "Deliverable (active and verified) subscriptions.");
     w->m_db_errors =
@@ -675,10 +685,11 @@ static void register_metrics(hb_worker_t *w) {
                            "subscription's new URL had not passed its verification yet.");
     w->cm.paused = hb_metrics_gauge("hookbridge_consumption_paused", NULL,
                                     "1 while consumption of every partition is paused because "
-                                    "max_pending_events messages are unfinished.");
+                                    "max_pending_events messages are unfinished or their "
+                                    "deliveries hold max_pending_bytes of payloads.");
     w->cm.pauses = hb_metrics_counter("hookbridge_consumption_pauses_total", NULL,
                                       "Times consumption of every partition was paused "
-                                      "(max_pending_events).");
+                                      "(max_pending_events, max_pending_bytes).");
     w->cm.deferred = hb_metrics_counter("hookbridge_partition_pauses_total", NULL,
                                         "Times a partition was paused: retrier, a delay tier until "
                                         "its head is due; dispatcher, events waiting for a writer "

@@ -61,6 +61,16 @@
 #define INGEST_DRAIN_MS 20000
 /* ... and then at most this long for the ones cut off to send their 503. */
 #define INGEST_ANSWER_MS 2000
+/* Connections past ingest_max_connections that are still accepted, to be
+ * answered 503 at once (their request is not read); past these too,
+ * libmicrohttpd closes a connection unanswered. */
+#define INGEST_SPARE_CONNECTIONS 16
+
+/* One line per connection over the limit would flood the log in a storm
+ * (hb_log.h: at most HB_LOG_LIMIT_LINES per window, then how many). */
+static hb_log_limit_t log_busy = HB_LOG_LIMIT("\"ingest: too many connections\"");
+static hb_log_limit_t log_mhd = HB_LOG_LIMIT("\"ingest httpd: ...\"");
+
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request within them (of their start, or of their
  * previous request's end: hb_cutoff), however steadily they trickle. */
@@ -104,6 +114,7 @@ struct ingest_s {
     pthread_mutex_t lock;
     pthread_cond_t cond; /* broadcast on every report and every request's end */
     long in_flight;      /* POSTs begun and not completed */
+    long connections;    /* open (MHD_OPTION_NOTIFY_CONNECTION) */
     long outstanding;    /* messages queued and not reported */
     long answering;      /* POSTs past their body, not completed: their answer comes */
     int aborting;        /* waits end at once: the drain is over */
@@ -351,6 +362,41 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     return reply(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why);
 }
 
+/* A connection over ingest_max_connections (one of the spare ones): 503
+ * with Retry-After, the connection closed after it, its request not read. */
+static enum MHD_Result reply_busy(ingest_t *in, struct MHD_Connection *conn, long open) {
+    static const char body[] = "{\"error\":\"too many connections: try again later\"}";
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+    char remote[NI_MAXHOST];
+    resp = MHD_create_response_from_buffer(sizeof(body) - 1, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, INGEST_RETRY_AFTER);
+    (void)MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    ret = MHD_queue_response(conn, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+    MHD_destroy_response(resp);
+    hb_metric_inc(in->m_class[2]);
+    client_address(conn, remote, sizeof(remote));
+    hb_log_limited(
+        &log_busy, HB_LOG_WARN, HB_KV("status", "503", "remote", remote),
+        "ingest: too many connections (%ld open, HOOKBRIDGE_INGEST_MAX_CONNECTIONS=%lld): "
+        "answered 503, the request not read",
+        open, in->cfg->ingest_max_connections);
+    return ret;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    ingest_t *in = cls;
+    pthread_mutex_lock(&in->lock);
+    in->connections += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
+    pthread_mutex_unlock(&in->lock);
+    hb_cutoff_notify(in->cutoff, conn, socket_context, toe); /* its whole-request deadline */
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -358,6 +404,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req_t *r = *con_cls;
     (void)version;
     if (!r) {
+        long open;
+        pthread_mutex_lock(&in->lock);
+        open = in->connections;
+        pthread_mutex_unlock(&in->lock);
+        if (open > in->cfg->ingest_max_connections)
+            return reply_busy(in, conn, open);
         int is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
         int is_post = !strcmp(method, MHD_HTTP_METHOD_POST);
         if (strcmp(url, HB_INGEST_PATH) != 0)
@@ -434,7 +486,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    hb_warn("ingest httpd: %s", msg);
+    hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "ingest httpd: %s", msg);
 }
 
 static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t errstr_size) {
@@ -456,9 +508,10 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, in, MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify, in->cutoff,
+        on_completed, in, MHD_OPTION_NOTIFY_CONNECTION, on_connection, in,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)in->cfg->ingest_max_connections, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)(in->cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS), MHD_OPTION_END);
     if (!in->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);
@@ -547,6 +600,7 @@ static int ingest_loop(ingest_t *in) {
     int fatal = 0;
 
     while (!hb_stop_requested) {
+        hb_log_limits_flush();
         if (rd_kafka_fatal_error(in->rk, errstr, sizeof(errstr)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
             hb_error("ingest: Kafka producer unusable: %s; stopping (a restart makes a new "
                      "producer): nothing more is accepted, requests in flight are answered 503",

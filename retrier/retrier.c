@@ -106,6 +106,10 @@ struct active_s {
     int final; /* routed: delivered, failed, dropped (else it waits in a tier) */
 };
 
+/* "retry dropped" comes once per retry read again (after a restart, a whole
+ * tier's worth): at most HB_LOG_LIMIT_LINES per window below debug. */
+static hb_log_limit_t log_stale = HB_LOG_LIMIT("\"retry dropped, attempt N not made\"");
+
 /* Tracks dl as being attempted or held here (once per id), until it is
  * routed: ordered deliveries may wait for it, and a second copy of its
  * attempt read meanwhile is not made (on_state). */
@@ -291,9 +295,10 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     }
     if (stale) {
         hb_metric_inc(r->m_stale);
-        hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-               "retry dropped, attempt %d not made: %s (read again, e.g. after a restart)",
-               dl->attempt, stale);
+        hb_log_limited(&log_stale, HB_LOG_INFO,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "retry dropped, attempt %d not made: %s (read again, e.g. after a restart)",
+                       dl->attempt, stale);
         hb_worker_discard(w, dl);
         return;
     }

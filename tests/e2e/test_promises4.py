@@ -11,7 +11,7 @@ code to, about what a user sees when something goes wrong:
 - a request still running to a hung endpoint at the drain deadline is
   abandoned without a record and sent again, same webhook-id, by the next
   dispatcher (docs/operations.md, Health, shutdown and logs);
-- a connection over HOOKBRIDGE_INGEST_MAX_CONNECTIONS is closed at once and
+- a connection over HOOKBRIDGE_INGEST_MAX_CONNECTIONS is answered 503 at once and
   said, and deliveries are served again once a slot frees (docs/ingest.md,
   Settings);
 - subscription changes made while a dispatcher's database is away apply
@@ -157,39 +157,47 @@ def test_the_ingest_endpoint_stopping_is_not_ready_at_once_and_a_second_signal_e
     assert "r" not in answer or answer["r"][0] != 200, answer
 
 
-def test_connections_over_the_ingest_limit_are_closed_at_once_and_said(broker, procs):
+def test_connections_over_the_ingest_limit_are_answered_503_and_said(broker, procs):
     """docs/ingest.md, Settings: HOOKBRIDGE_INGEST_MAX_CONNECTIONS bounds the
     concurrent connections, "one thread each"; "Memory is bounded by this
     times the body limit".
 
     Two clients holding connections open without sending (slow or hung
     clients) with the limit at 2. What the operator sees: a third
-    connection is closed at once without an answer (Okta counts that
-    delivery as failed and sends it again), with a warn line saying the
-    limit was reached; once one of the two closes, deliveries are answered
-    200 again.
+    connection's request is answered 503 with Retry-After at once, its body
+    not read (Okta sends that delivery again), with a warn line saying so;
+    16 connections past the limit are answered that way, and one more is
+    closed at once unanswered (libmicrohttpd's own limit, also said at
+    warn); once one of the two closes, deliveries are answered 200 again.
 
-    The promise did not hold as written: the page said further connections
-    "wait until one closes", but libmicrohttpd closes a connection over
-    MHD_OPTION_CONNECTION_LIMIT as soon as it accepts it (a POST got
-    "connection reset by peer" at once, not its answer once a slot freed);
-    docs/ingest.md now says what happens. Checked to fail without the
-    behaviour: with MHD_OPTION_CONNECTION_LIMIT removed from
-    start_listener (producer/ingest.c), the third connection is served (the
-    "closed" assertion fails; tried, then reverted)."""
-    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_MAX_CONNECTIONS": "2"})
+    Review 14: e5ce68b closed every connection over the limit unanswered
+    (the third POST got "connection reset by peer")."""
+    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_MAX_CONNECTIONS": "2",
+                                                     "HOOKBRIDGE_LOG_LEVEL": "info"})
     ing.wait_ready()
     held = [socket.create_connection(("127.0.0.1", ing.port)) for _ in range(2)]
     try:
         time.sleep(0.3 * SLOW)  # both accepted
+        for _ in range(3):
+            status, hdrs, body = ing.post([event("user.session.start")] * 50, timeout=5)
+            assert (status, hdrs.get("retry-after")) == (503, "5"), (status, hdrs, body)
+            assert "too many connections" in body["error"]
+        warn = [l for l in log_lines(ing.proc) if "too many connections" in l["msg"]]
+        assert len(warn) == 3 and all(l["level"] == "warn" for l in warn), warn
+        assert "HOOKBRIDGE_INGEST_MAX_CONNECTIONS=2" in warn[0]["msg"]
+        # the spare connections taken too: then closed unanswered
+        held += [socket.create_connection(("127.0.0.1", ing.port)) for _ in range(16)]
+        time.sleep(0.3 * SLOW)
         try:
             status = ing.post([event("user.session.start")], timeout=5)[0]
         except OSError as e:  # closed without an answer
             status = e
-        assert isinstance(status, OSError), f"answered {status} over the connection limit"
-        assert "Server reached connection limit" in ing.proc.output()
+        assert isinstance(status, OSError), f"answered {status} past the spare connections"
         warn = [l for l in log_lines(ing.proc) if "connection limit" in l["msg"]]
         assert warn and all(l["level"] == "warn" for l in warn), warn
+        for s in held[2:]:
+            s.close()
+        held = held[:2]
         held.pop().close()
 
         def answered():

@@ -121,6 +121,10 @@ def test_always_failing_ends_in_the_dlq_with_every_attempt_logged(db_url, procs,
     assert dr["delivery_id"] == did and dr["subscription_id"] == sub
     assert dr["attempt"] == 3 and dr["last_status"] == 500
     assert json.loads(dr["body"])["data"]["events"][0]["eventType"] == "user.account.lock"
+    # review 14: nothing unfinished, nothing counted against HOOKBRIDGE_MAX_PENDING_BYTES
+    wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) ==
+               r.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+               10 * SLOW, "the payload bytes held to come back to 0")
 
 
 def test_retry_after_is_honoured(db_url, procs, workdir):
