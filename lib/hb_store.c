@@ -393,6 +393,11 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
             PQfreemem(nf);
             continue;
         }
+        /* A value the last pass left (its subscription was locked by an
+         * operator's transaction: secrets_to_seal skips it) is sealed when
+         * that transaction's change is announced, not at the next sweep. */
+        if (!verify)
+            ln->seal_due = 1;
         if (!hb_snapshot_is_id(nf->extra)) {
             hb_log(HB_LOG_WARN, HB_KV("channel", nf->relname),
                    "ignoring a notification whose payload is not a subscription id");

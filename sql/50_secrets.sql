@@ -182,12 +182,17 @@ $$;
 
 -- Plaintext waiting to be sealed, oldest first, locked until the caller's
 -- transaction ends: call it in a transaction, seal_store() each row, commit.
--- A replica calling it meanwhile waits, then finds those rows done.
 -- Their subscriptions are locked first, in the order every function that
 -- changes a subscription takes (_live locks the subscription, then its
 -- secrets and, through triggers, its inbox rows go): with the inbox rows
 -- locked first, a deregister() or update() of a subscription being sealed
--- deadlocked with the sealer, and PostgreSQL aborted one of the two.
+-- deadlocked with the sealer, and PostgreSQL aborted one of the two. A
+-- subscription locked by someone else (an operator's open transaction, a
+-- statement changing many subscriptions, another replica's sealer) is
+-- skipped, sealed at a later pass: waiting for it stalled the dispatcher
+-- (it takes no event while its sealer waits), and a statement locking many
+-- subscriptions in another order (SELECT verify(id) FROM subscriptions)
+-- deadlocked with it.
 CREATE OR REPLACE FUNCTION hookbridge.secrets_to_seal(max_rows integer DEFAULT 100)
 RETURNS TABLE (inbox_id bigint, subscription_id uuid, kind text, secret_id bigint, value text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
@@ -200,7 +205,7 @@ BEGIN
              WHERE s.id IN (SELECT i.subscription_id FROM hookbridge.secret_inbox i
                              WHERE i.sealed_at IS NULL ORDER BY i.id LIMIT v_max)
              ORDER BY s.id
-               FOR UPDATE) locked;
+               FOR UPDATE SKIP LOCKED) locked;
     -- Housekeeping: revealable copies past their window, and auth values
     -- superseded before they were sealed.
     DELETE FROM hookbridge.secret_inbox i

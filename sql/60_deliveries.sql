@@ -146,15 +146,26 @@ BEGIN
     IF p_after IS NULL OR p_after <= interval '0' THEN
         RAISE EXCEPTION 'p_after must be a positive interval' USING ERRCODE = 'HB012';
     END IF;
+    -- The subscriptions are locked first, in id order, skipping those someone
+    -- else holds (they are judged at the next sweep): a plain UPDATE locked
+    -- them in its plan's order, which could deadlock with an operator's
+    -- statement changing many subscriptions.
     RETURN QUERY
+    WITH picked AS (
+        SELECT c.id FROM hookbridge.subscriptions c
+          JOIN hookbridge.endpoint_health ch ON ch.subscription_id = c.id
+         WHERE c.status = 'active' AND c.deregistered_at IS NULL
+           AND ch.failing_since < now() - p_after
+         ORDER BY c.id
+           FOR UPDATE OF c SKIP LOCKED)
     UPDATE hookbridge.subscriptions s
        SET status = 'inactive',
            deactivation_reason = format(
                'deactivated automatically: every attempt failed since %s (%s consecutive failures; last error: %s)',
                to_char(h.failing_since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                h.consecutive_failures, coalesce(h.last_error, 'none'))
-      FROM hookbridge.endpoint_health h
-     WHERE h.subscription_id = s.id
+      FROM hookbridge.endpoint_health h, picked
+     WHERE s.id = picked.id AND h.subscription_id = s.id
        AND s.status = 'active' AND s.deregistered_at IS NULL
        AND h.failing_since < now() - p_after
        AND h.last_failure_at - h.failing_since >= p_after

@@ -314,3 +314,31 @@ def test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext(pg_cluster, 
         for p in procs.procs:
             p.stop()
         pg_cluster.drop_database(name)
+
+
+def test_an_operators_open_transaction_does_not_stall_the_sealer(db_url, broker, procs):
+    """Subscription A has a new secret waiting to be sealed while an
+    operator's transaction holds A's row (an update not committed yet); B is
+    registered meanwhile. The dispatcher seals B at once and stays ready,
+    and seals A once the operator commits. Before, its sealer waited for
+    A's lock: B stayed 'pending' (so not delivered to) and the dispatcher
+    took no event for as long as the operator's transaction stayed open;
+    and a statement changing many subscriptions in another order (SELECT
+    verify(id) FROM ...) could deadlock with it."""
+    a = sql(db_url, "SELECT hookbridge.register('a', 'https://a.example.com/h', "
+            "ARRAY['user.session.start'])")[0][0]
+    op = psycopg2.connect(db_url)
+    try:
+        with op.cursor() as cur:  # autocommit off: the row lock stays
+            cur.execute("SELECT hookbridge.update(%s, name => 'a, renamed')", (a,))
+        b = sql(db_url, "SELECT hookbridge.register('b', 'https://b.example.com/h', "
+                "ARRAY['user.session.start'])")[0][0]
+        assert sealed_state(db_url, a)[0] == "pending"
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        wait_sealed(db_url, b, auth=False)
+        assert sealed_state(db_url, a)[0] == "pending", "sealed through the operator's lock?"
+        op.commit()
+    finally:
+        op.close()
+    wait_sealed(db_url, a, auth=False)
