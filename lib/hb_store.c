@@ -344,11 +344,20 @@ static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, siz
  * deregistered. */
 static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, size_t errstr_size) {
     int rc;
+    char why[256];
     *out = NULL;
     if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
-    if ((rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size)) < 0) {
-        if (PQstatus(ln->conn) == CONNECTION_BAD)
+    rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size);
+    /* Unloadable on a connection still up: most often a value not sealed yet
+     * (secrets_to_seal skipped it while another session held the row, e.g.
+     * the verify() whose challenge this load is for). Seal what waits now,
+     * on this lane, and load it once more. */
+    if (rc == -1 && PQstatus(ln->conn) == CONNECTION_OK && ln->st->keyring &&
+        store_seal(ln, why, sizeof(why)) == 0 && ln->conn)
+        rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size);
+    if (rc < 0) {
+        if (ln->conn && PQstatus(ln->conn) == CONNECTION_BAD)
             store_drop(ln);
         return rc;
     }
@@ -393,11 +402,10 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
             PQfreemem(nf);
             continue;
         }
-        /* A value the last pass left (its subscription was locked by an
-         * operator's transaction: secrets_to_seal skips it) is sealed when
-         * that transaction's change is announced, not at the next sweep. */
-        if (!verify)
-            ln->seal_due = 1;
+        /* A value the last pass left (its subscription was held longer than
+         * secrets_to_seal waits, by an operator's open transaction) is sealed
+         * when that transaction's change is announced, not at the next sweep. */
+        ln->seal_due = 1;
         if (!hb_snapshot_is_id(nf->extra)) {
             hb_log(HB_LOG_WARN, HB_KV("channel", nf->relname),
                    "ignoring a notification whose payload is not a subscription id");

@@ -187,12 +187,15 @@ $$;
 -- secrets and, through triggers, its inbox rows go): with the inbox rows
 -- locked first, a deregister() or update() of a subscription being sealed
 -- deadlocked with the sealer, and PostgreSQL aborted one of the two. A
--- subscription locked by someone else (an operator's open transaction, a
--- statement changing many subscriptions, another replica's sealer) is
--- skipped, sealed at a later pass: waiting for it stalled the dispatcher
--- (it takes no event while its sealer waits), and a statement locking many
--- subscriptions in another order (SELECT verify(id) FROM subscriptions)
--- deadlocked with it.
+-- subscription another session holds is skipped, never waited for: waiting
+-- for an operator's open transaction stalled the dispatcher (it takes no
+-- event while its sealer waits), and a statement locking many subscriptions
+-- in another order (SELECT verify(id) FROM subscriptions) deadlocked with it
+-- (even a bounded wait does: the sealer holds the rows it locked before).
+-- What is skipped is sealed at the next pass: one is due at every
+-- subscription notification (the holder's commit sends one), and a service
+-- that finds a subscription it loads not sealed yet seals first
+-- (lib/hb_store.c, load_one).
 CREATE OR REPLACE FUNCTION hookbridge.secrets_to_seal(max_rows integer DEFAULT 100)
 RETURNS TABLE (inbox_id bigint, subscription_id uuid, kind text, secret_id bigint, value text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
