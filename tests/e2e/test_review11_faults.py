@@ -23,13 +23,43 @@ import time
 
 import pytest
 
-from hbtest.endpoints import serve
+from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, produce
 from hbtest.tls import Pki
 from test_delivery import event, register_verified, sql, verify_once
 from test_filter_sql import c_filter, conn  # noqa: F401 (fixtures)
 from test_tls import https_dispatcher
+
+
+def scripted_challenges(gets, answers):
+    """An endpoint whose challenge answers are scripted per path: answers[path]
+    lists the statuses to give before the echo (consumed in order; 429 and 503
+    with Retry-After: 1); gets[path] records when each challenge came. POSTs
+    are answered 204."""
+
+    class Endpoint(ChallengeAnswering):
+        def do_GET(self):
+            gets.setdefault(self.path, []).append(time.time())
+            queue = answers.get(self.path) or []
+            status = queue.pop(0) if queue else 200
+            if status == 200:
+                return super().do_GET()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            if status in (429, 503):
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Endpoint
 
 
 def test_a_try_later_answer_to_the_challenge_is_asked_again_not_recorded(db_url, broker, procs):
@@ -40,32 +70,7 @@ def test_a_try_later_answer_to_the_challenge_is_asked_again_not_recorded(db_url,
     is still a refusal, recorded at once."""
     gets = {}
     answers = {}  # path -> statuses to give before echoing (consumed in order)
-
-    class Endpoint(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            gets.setdefault(self.path, []).append(time.time())
-            queue = answers.get(self.path) or []
-            status = queue.pop(0) if queue else 200
-            body = json.dumps({"verification": self.headers.get(
-                "X-Okta-Verification-Challenge", "")} if status == 200 else {}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if status in (429, 503):
-                self.send_header("Retry-After", "1")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = serve(Endpoint)
+    srv = serve(scripted_challenges(gets, answers))
     try:
         # The claim's lease is MAX_QUEUE_WAIT + VERIFY_TIMEOUT + 10 s: 12 s.
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
@@ -277,24 +282,7 @@ def test_a_new_verification_request_gets_its_own_try_later_span(db_url, broker, 
     'try later'."""
     gets = {}
     answers = {}
-
-    class Endpoint(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            gets.setdefault(self.path, []).append(time.time())
-            queue = answers.get(self.path) or []
-            status = queue.pop(0) if queue else 200
-            body = json.dumps({"verification": self.headers.get(
-                "X-Okta-Verification-Challenge", "")} if status == 200 else {}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = serve(Endpoint)
+    srv = serve(scripted_challenges(gets, answers))
     try:
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
             "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s", "HOOKBRIDGE_VERIFY_TIMEOUT": "1s",
