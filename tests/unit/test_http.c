@@ -760,6 +760,21 @@ static void test_private_refused(void **state) {
     fx_stop(fx);
 }
 
+/* A loopback port nobody listens on: bind, read the port, close. */
+static unsigned unused_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    assert_true(fd >= 0);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
 /* A name with several addresses, one refused by the policy and one allowed:
  * the allowed one was tried, so its failure (here: nobody listens) is the
  * outcome, a transport error that is retried, not a policy refusal, which
@@ -767,16 +782,7 @@ static void test_private_refused(void **state) {
  * 127.0.0.1 itself; only the latter is allowed. */
 static void test_refused_address_beside_an_allowed_one(void **state) {
     (void)state;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sin;
-    socklen_t len = sizeof(sin);
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    close(fd);
+    unsigned port = unused_port();
 
     hb_http_conf_t conf = {.max_in_flight = 4,
                            .max_host_connections = 4,
@@ -787,7 +793,7 @@ static void test_refused_address_beside_an_allowed_one(void **state) {
     rec_t r[1];
     char url[128];
     memset(r, 0, sizeof(r));
-    snprintf(url, sizeof(url), "http://localhost:%u/ok", (unsigned)ntohs(sin.sin_port));
+    snprintf(url, sizeof(url), "http://localhost:%u/ok", port);
     submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
     run_until_done(h, r, 1, 10000);
     assert_int_equal(r[0].res.refused, 0);
@@ -835,23 +841,13 @@ static void test_scheme_refused_up_front(void **state) {
 
 static void test_connection_refused(void **state) {
     (void)state;
-    /* A port nobody listens on: bind, read the port, close. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sin;
-    socklen_t len = sizeof(sin);
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    close(fd);
+    unsigned port = unused_port();
 
     hb_http_t *h = test_http_new(4, 4, 1, 1);
     rec_t r[2];
     char url[128];
     memset(r, 0, sizeof(r));
-    snprintf(url, sizeof(url), "http://127.0.0.1:%u/ok", (unsigned)ntohs(sin.sin_port));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/ok", port);
     submit(h, HB_HTTP_POST, url, 5000, 100, &r[0]);
     submit(h, HB_HTTP_POST, "http://example.invalid/hook", 5000, 100, &r[1]);
     run_until_done(h, r, 2, 10000);
