@@ -155,6 +155,14 @@ void hb_cutoff_rearm(struct MHD_Connection *conn) {
     set_deadline(conn, 0);
 }
 
+void hb_cutoff_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)cls;
+    (void)con_cls;
+    (void)toe;
+    hb_cutoff_rearm(conn);
+}
+
 unsigned long hb_cutoff_count(hb_cutoff_t *c) {
     unsigned long n;
     if (!c)

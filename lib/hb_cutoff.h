@@ -29,6 +29,10 @@ void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_cont
 void hb_cutoff_hold(struct MHD_Connection *conn);
 /* A request on conn was answered: the next one is due within the limit. */
 void hb_cutoff_rearm(struct MHD_Connection *conn);
+/* hb_cutoff_rearm as an MHD_OPTION_NOTIFY_COMPLETED callback, for a daemon
+ * that does nothing else when a request ends. */
+void hb_cutoff_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe);
 /* Connections cut so far. */
 unsigned long hb_cutoff_count(hb_cutoff_t *c);
 

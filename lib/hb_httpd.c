@@ -131,15 +131,6 @@ static enum MHD_Result serve_readyz(hb_httpd_t *h, struct MHD_Connection *conn) 
     return respond_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, text);
 }
 
-/* A request answered: the connection's next one is due within the timeout. */
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe) {
-    (void)cls;
-    (void)con_cls;
-    (void)toe;
-    hb_cutoff_rearm(conn);
-}
-
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -186,7 +177,7 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)HB_HTTPD_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
         MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify, h->cutoff, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, NULL, MHD_OPTION_END);
+        hb_cutoff_completed, NULL, MHD_OPTION_END);
     if (!h->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);

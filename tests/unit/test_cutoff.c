@@ -61,20 +61,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return ret;
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe) {
-    (void)cls;
-    (void)con_cls;
-    (void)toe;
-    hb_cutoff_rearm(conn);
-}
-
 static void srv_start(srv_t *s, unsigned flags) {
     s->c = hb_cutoff_new(LIMIT_MS, "test");
     assert_non_null(s->c);
-    s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_CONNECTION,
-                            hb_cutoff_notify, s->c, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_END);
+    s->d =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+                         hb_cutoff_notify, s->c, MHD_OPTION_NOTIFY_COMPLETED, hb_cutoff_completed,
+                         NULL, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_END);
     assert_non_null(s->d);
     s->port = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT)->port;
 }
