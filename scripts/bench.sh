@@ -28,6 +28,13 @@
 #               CPU-second (tests/bench/bench_curl_ref.c: one thread, libcurl
 #               multi, 32 keep-alive connections, 900-byte POSTs, the same nginx,
 #               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7);
+#               the same ratio for the catch-up phase from its first POST to its
+#               last (tests/bench/cpu_sampler.py: every thread's run time every
+#               5 ms, so the start-up and the group join are left out), where the
+#               dispatcher, like the reference, always has work and no producer
+#               shares the cores; and how often nginx went to sleep per request
+#               in the throughput phase and in the reference run (each sleep is a
+#               wake-up the sender pays for)
 #               the reference again with mimalloc preloaded, the allocator the
 #               programs link (shown, to tell the allocator's share of the ratio);
 #               then our HTTP engine alone (tests/bench/bench_http.c: lib/hb_http.c
@@ -338,10 +345,23 @@ tree_pids() { # PID and its descendants
 }
 # shellcheck disable=SC2046 # one pid per word
 tree_ticks() { cpu_ticks $(tree_pids "$1") 2>/dev/null || echo 0; }
+# Times nginx's processes went to sleep (voluntary context switches): one per
+# request means each request woke an idle receiver (on this guest a wake-up
+# of another CPU costs the sender dearly); the reference client's bursts keep
+# it awake.
+tree_sleeps() {
+  local p n=0 v
+  for p in $(tree_pids "$1"); do
+    v=$(awk '/^voluntary_ctxt_switches:/ { print $2 }' "/proc/$p/status" 2>/dev/null)
+    n=$((n + ${v:-0}))
+  done
+  echo "$n"
+}
 reaped_ticks() { sed 's/^.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
 OFF1=$(log_size)
 MACH1=$(machine_ticks)
 NGX1=$(tree_ticks "$NGINX_PID")
+NGS1=$(tree_sleeps "$NGINX_PID")
 BRK1=$(tree_ticks "$BROKER_PID")
 KIDS1=$(reaped_ticks)
 pg_cpu_snapshot "$B/pg.cpu1m"
@@ -359,6 +379,7 @@ CPU2=$(cpu_ticks "$D1_PID")
 thread_ticks "$D1_PID" >"$B/threads2"
 MACH2=$(machine_ticks)
 NGX2=$(tree_ticks "$NGINX_PID")
+NGS2=$(tree_sleeps "$NGINX_PID")
 BRK2=$(tree_ticks "$BROKER_PID")
 KIDS2=$(reaped_ticks)
 pg_cpu_snapshot "$B/pg.cpu2m"
@@ -394,6 +415,8 @@ MACH_LINE=$(awk -v m=$((MACH2 - MACH1)) -v d=$((CPU2 - CPU1)) -v p="$PGM_TICKS" 
     printf "%.2f of %d cores busy: dispatcher %.2f, PostgreSQL %.2f, nginx %.2f, broker %.2f, producer and watchers %.2f, the rest %.2f",
       m / s, cores, d / s, p / s, x / s, k / s, c / s, (m - d - p - x - k - c) / s }')
 echo "machine during throughput: $MACH_LINE"
+TP_SLEEPS=$(awk -v s=$((NGS2 - NGS1)) -v n="$TP_POSTS" 'BEGIN { printf "%.2f", (n > 0 ? s / n : 0) }')
+echo "nginx went to sleep $TP_SLEEPS times per delivery"
 [ "$TP_OK" = 1 ] || echo "warning: not every delivery finished" >&2
 
 # Let the dispatcher finish writing the delivery log before the next phase.
@@ -436,6 +459,8 @@ stack_start_dispatcher HOOKBRIDGE_KAFKA_FETCH_WAIT_MAX_MS="$FETCH_WAIT_MS"
 D1_PID=$STACK_DISPATCHER_PID
 D1_HTTP=$STACK_DISPATCHER_HTTP
 DISPATCHERS=("$D1_HTTP")
+"$PY" tests/bench/cpu_sampler.py "$D1_PID" "$B/cu.cpu" &
+CU_SAMPLER_PID=$!
 T_CU1=$(now_ms)
 stack_wait_dispatcher_ready 30 || die "the dispatcher did not become ready again"
 CU_OK=1
@@ -443,10 +468,24 @@ wait_finished "$EVENTS" || CU_OK=0
 T_CU2=$(now_ms)
 CU_TICKS=$(cpu_ticks "$D1_PID")
 OFF_CU2=$(log_size)
+sleep 0.05 # a sample after the last POST
+touch "$B/cu.cpu.stop"
+wait "$CU_SAMPLER_PID" || true
 read -r CU_POSTS CU_SPAN CU_RATE < <(post_rate "$OFF_CU1" "$OFF_CU2")
+# The dispatcher's CPU from its first POST to its last, start-up left out: the
+# samples just before the first and just after the last (nginx's $msec and the
+# sampler's clock are the same wall clock). Deliveries per CPU-second of a
+# dispatcher with a backlog, nothing else on the cores but PostgreSQL, nginx and
+# the broker: like the reference client, which always has 32 requests to make.
+CU_SPAN_PER_CPU=$(tail -c +$((OFF_CU1 + 1)) "$NGINX_LOG" | head -c $((OFF_CU2 - OFF_CU1)) |
+  awk '$2 == "POST" { n++; if (!f || $1 < f) f = $1; if ($1 > l) l = $1 }
+       END { printf "P %.3f %.3f %d\n", f * 1000, l * 1000, n }' | cat - "$B/cu.cpu" |
+  awk '$1 == "P" { f = $2; l = $3; n = $4; next }
+       $1 <= f { c0 = $2 } $1 >= l && !c1 { c1 = $2 }
+       END { printf "%.0f", (c1 > c0 ? n / ((c1 - c0) / 1e9) : 0) }')
 CU_CPU_S=$(awk -v t="$CU_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
 CU_PER_CPU=$(awk -v n="$CU_POSTS" -v c="$CU_CPU_S" 'BEGIN { printf "%.0f", (c > 0 ? n / c : 0) }')
-CU_LINE="$CU_RATE deliveries/s ($CU_POSTS POSTs in ${CU_SPAN}s; $((T_CU2 - T_CU1)) ms from start, group join included; $CU_PER_CPU deliveries per CPU-second, start-up included)"
+CU_LINE="$CU_RATE deliveries/s ($CU_POSTS POSTs in ${CU_SPAN}s; $((T_CU2 - T_CU1)) ms from start, group join included; $CU_PER_CPU deliveries per CPU-second, start-up included; $CU_SPAN_PER_CPU from the first POST to the last)"
 echo "catch-up: $CU_LINE"
 [ "$CU_OK" = 1 ] || echo "warning: not every delivery of the catch-up finished" >&2
 for _ in $(seq 300); do # its log rows written before the next phase
@@ -458,11 +497,17 @@ done
 # ---------------------------------------------------------------- reference client
 
 say "reference: tests/bench/bench_curl_ref, one thread, 32 connections, 900-byte POSTs, ${REF_SECONDS}s"
+NGS1=$(tree_sleeps "$NGINX_PID")
 "$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref.out" || { cat "$B/ref.out"; die "bench_curl_ref failed"; }
+NGS2=$(tree_sleeps "$NGINX_PID")
 read -r REF_N _ REF_RPS REF_CPU_S REF_PER_CPU REF_FAILED <"$B/ref.out"
+REF_SLEEPS=$(awk -v s=$((NGS2 - NGS1)) -v n="$REF_N" 'BEGIN { printf "%.2f", (n > 0 ? s / n : 0) }')
+echo "nginx went to sleep $REF_SLEEPS times per request of the reference client ($TP_SLEEPS per delivery)"
 RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+CU_RATIO=$(awk -v a="$CU_SPAN_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 echo "reference client: $REF_N requests, $REF_RPS/s, $REF_CPU_S CPU-seconds: $REF_PER_CPU requests" \
-  "per CPU-second ($REF_FAILED failed); dispatcher / reference = $RATIO"
+  "per CPU-second ($REF_FAILED failed); dispatcher / reference = $RATIO (throughput phase)," \
+  "$CU_RATIO (catch-up, first to last POST)"
 # The programs allocate with mimalloc (the Makefile's ALLOC); the reference is
 # a plain libcurl program on glibc's malloc. The same reference with mimalloc
 # preloaded shows how much of the ratio the allocator alone makes.
@@ -920,6 +965,7 @@ printf '  %-44s %s\n' \
   "machine during throughput" "$MACH_LINE" \
   "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
+  "efficiency in the catch-up (first to last POST)" "$CU_RATIO ($CU_SPAN_PER_CPU deliveries per CPU-second; no producer beside it)" \
   "reference client with mimalloc preloaded" "$REF_MI_LINE" \
   "HTTP engine alone (bench_http, 32 conns)" "$ENG_RPS requests/s, $ENG_PER_CPU per CPU-second: $ENG_RATIO of the reference" \
   "PostgreSQL CPU per logged attempt" "$PG_US us ($PG_CLIENT_US in client backends; ${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
@@ -942,6 +988,8 @@ result "dispatcher CPU; its loop waiting for a CPU (% of the phase)" "$TP_CPU% o
 result "machine during throughput (cores)" "$MACH_LINE" "(shown)"
 result "efficiency: per CPU-second, dispatcher / reference client" \
   "$RATIO ($TP_PER_CPU vs $REF_PER_CPU)" ">= 0.7" "$(met 'a >= 0.7' "$RATIO")"
+result "efficiency in the catch-up, first to last POST, dispatcher / reference" \
+  "$CU_RATIO ($CU_SPAN_PER_CPU vs $REF_PER_CPU)" "(shown)"
 result "reference client with the dispatcher's allocator (mimalloc)" "$REF_MI_LINE" "(shown)"
 result "HTTP engine alone (bench_http) per CPU-second / reference" "$ENG_RATIO ($ENG_PER_CPU)" "(shown)"
 result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG_CLIENT_US" \
