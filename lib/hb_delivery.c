@@ -725,12 +725,15 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
 static void on_attempt_done(const hb_http_result_t *res, void *opaque);
 static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl);
 
-/* The attempt was not made (circuit open, endpoint busy or slow): the
- * delivery waits in a delay tier instead of in memory. A first attempt goes
- * to the first tier and stays the first attempt; a retry goes back to the
- * tier it came from, its attempt not counted. In the retrier an open
- * circuit counts the attempt as failed (without a request), so the schedule
- * of a dead endpoint still ends instead of going round forever. */
+/* The attempt was not made (circuit open, endpoint busy or slow, rate
+ * limit, a new URL not verified yet): the delivery waits in a delay tier
+ * instead of in memory. Any attempt, first or retry, goes to the first tier
+ * and keeps its number: nothing was tried, so it is due again soon (a retry
+ * sent back to its own tier would wait that tier's delay once more, up to
+ * hours, for a moment of overload), and when it is made and fails, the
+ * schedule goes on from where it was. In the retrier an open circuit counts
+ * the attempt as failed (without a request), so the schedule of a dead
+ * endpoint still ends instead of going round forever. */
 static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *reason, int circuit) {
     dl->circuit = circuit;
     set_state(D, dl, HB_DL_NOT_MADE);
@@ -740,7 +743,8 @@ static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *re
         route_retry(D, dl, dl->attempt, NULL, why, dl->schedule_offset);
         return;
     }
-    route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->schedule_offset);
+    /* made - schedule_offset below 1: the first delay */
+    route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->attempt - 1);
 }
 
 /* An ordered delivery that waits behind another: like an attempt not made

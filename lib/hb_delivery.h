@@ -23,13 +23,14 @@
  *              logged (a duplicate after a restart), is not dead-lettered
  *              again. Else a DeliveryRetry on the dead-letter topic, once acked
  *              the failure (with its body, for replay) in the log.
- *   NOT_MADE   (circuit open, endpoint host's queue full or slow) the attempt
- *              is not counted: a first attempt waits in the first tier, a retry
- *              goes back to its tier; in the retrier an open circuit counts the
- *              attempt as failed, so a dead endpoint's schedule still ends.
- *              An ordered delivery waiting behind an earlier one of its key
- *              (hb_delivery_wait, hb_ordering.h) is NOT_MADE the same way,
- *              carrying after_delivery_id.
+ *   NOT_MADE   (circuit open, endpoint host's queue full or slow, rate limit)
+ *              the attempt is not counted: a first attempt or a retry waits in
+ *              the first tier, keeping its number; in the retrier an open
+ *              circuit counts the attempt as failed, so a dead endpoint's
+ *              schedule still ends. An ordered delivery waiting behind an
+ *              earlier one of its key (hb_delivery_wait, hb_ordering.h) is
+ *              NOT_MADE too, carrying after_delivery_id, but waits in the tier
+ *              its last attempt chose (its predecessor may wait that long).
  * A delivery's settled callback (when set) hears once that it was routed or
  * abandoned: the ordered chains move on from there.
  *

@@ -375,3 +375,44 @@ def test_the_retrier_holds_retries_to_the_limit_and_counts_no_attempt(db_url, pr
     assert span >= (n - 1) / 2 - LEASE_S
     assert r.metric("hookbridge_rate_limited_total") >= n - 2
     assert r.metric('hookbridge_deliveries_total{outcome="failed"}') == 0
+
+
+def test_a_retry_the_limit_holds_back_is_due_again_in_the_first_tier_not_its_own(
+        db_url, procs, workdir):
+    """A retry whose turn under the limit would come later than
+    HOOKBRIDGE_MAX_QUEUE_WAIT is not made: it goes to the first delay tier
+    keeping its attempt number, so once the limit allows it is delivered
+    within the first tier's delay, not after its own tier's (here 10 s; by
+    default up to 10 hours) once more. On the code before, it went back to
+    the 10 s tier."""
+    broker = Broker(procs, workdir, retry_schedule="1s,10s")
+    rcv = receiver(procs, workdir, "flaky", fail_first=2)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,10s", "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_MAX_QUEUE_WAIT": "2s", "HOOKBRIDGE_CIRCUIT_FAILURES": "0"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    produce(broker.bootstrap, users(1))
+    # attempt 1 (dispatcher) and attempt 2 (retrier, 1 s later) fail: the
+    # next one is due in the 10 s tier
+    wait_until(lambda: len(rcv.posts()) >= 2, 15 * SLOW, "the two failing attempts")
+    # one token per 100 s, drawn at once from the shared bucket (as another
+    # replica would): when attempt 3 comes due, its turn is far beyond the
+    # 2 s a delivery may wait
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"rate_limit": {"per_second": 0.01, "burst": 1}}))
+    sql(db_url, "SELECT granted FROM hookbridge.take_rate_tokens(%s, 1)", sub)
+    wait_until(lambda: r.metric("hookbridge_rate_limited_total") >= 1, 20 * SLOW,
+               "attempt 3 held back by the limit")
+    held = time.monotonic()
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"rate_limit": {"per_second": 100, "burst": 20}}))
+    rows = wait_until(lambda: (rs := statuses(db_url, sub)) and rs[0][0] == "delivered" and rs,
+                      30 * SLOW, "the held retry delivered")
+    waited = time.monotonic() - held
+    print(f"delivered {waited:.1f} s after it was held back: {rows}")
+    assert rows[0][1] == 3, rows  # the hold cost no attempt
+    assert waited < 7, f"the held retry waited {waited:.1f} s: its own 10 s tier again"
+    assert r.metric('hookbridge_deliveries_total{outcome="failed"}') == 0
