@@ -225,6 +225,12 @@ static const char *hb_http_v4_kind(const uint8_t a[4]) {
         return "shared (carrier-grade NAT)"; /* 100.64/10 */
     if (a[0] == 169 && a[1] == 254)
         return "link-local"; /* 169.254/16, cloud metadata among them */
+    if (a[0] == 168 && a[1] == 63 && a[2] == 129 && a[3] == 16)
+        return "cloud host service"; /* Azure's WireServer, reached from every VM */
+    if (a[0] == 192 && a[1] == 0 && a[2] == 0)
+        return "reserved"; /* 192.0.0/24, IETF protocol assignments */
+    if (a[0] == 198 && (a[1] & 0xfe) == 18)
+        return "reserved"; /* 198.18/15, benchmarking: often used inside networks */
     if (a[0] >= 224 && a[0] <= 239)
         return "multicast"; /* 224/4 */
     if (a[0] >= 240)
@@ -252,6 +258,12 @@ static const char *hb_http_v6_kind(const uint8_t a[16]) {
         return "loopback"; /* ::1 */
     if (v4)
         return hb_http_v4_kind(v4);
+    if (!memcmp(a, zero, 12))
+        return "IPv4-compatible (deprecated)"; /* ::/96: ::a.b.c.d */
+    if (a[0] == 0 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4] == 0 && a[5] == 1)
+        return "NAT64 local-use"; /* 64:ff9b:1::/48: the IPv4 inside is anywhere */
+    if (a[0] == 0x20 && a[1] == 0x02 && hb_http_v4_kind(a + 2))
+        return hb_http_v4_kind(a + 2); /* 2002::/16, 6to4 of a non-public IPv4 */
     if ((a[0] & 0xfe) == 0xfc)
         return "unique local"; /* fc00::/7 */
     if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
