@@ -29,7 +29,8 @@
  * freed once parsed) plus librdkafka's queue; slow clients are cut off by
  * the connection timeout, counted from the last byte for an idle connection
  * and, by hb_cutoff, from the connection's start (or its previous request's
- * end) for one that trickles its request.
+ * end) for one that trickles its headers, and for a body from its headers
+ * on, by a budget that grows as its bytes arrive (INGEST_MIN_BODY_RATE).
  */
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -72,9 +73,16 @@ static hb_log_limit_t log_busy = HB_LOG_LIMIT("\"ingest: too many connections\""
 static hb_log_limit_t log_mhd = HB_LOG_LIMIT("\"ingest httpd: ...\"");
 
 /* Idle connections are closed after this many seconds, and so are those that
- * have not sent a whole request within them (of their start, or of their
- * previous request's end: hb_cutoff), however steadily they trickle. */
+ * have not sent a whole request's headers within them (of their start, or of
+ * their previous request's end: hb_cutoff), however steadily they trickle. */
 #define INGEST_CONN_TIMEOUT_S 30
+/* A body, once its headers are accepted (authenticated, size within bounds),
+ * gets INGEST_CONN_TIMEOUT_S and a second more for every this many bytes:
+ * the largest body HOOKBRIDGE_INGEST_MAX_BODY_BYTES allows (64 MiB) arrives
+ * over a link of 32 kbit/s or faster, and a client that sends less than this
+ * on average is cut. Without it a body had to be whole within the 30 s,
+ * which takes 17 Mbit/s for 64 MiB. */
+#define INGEST_MIN_BODY_RATE 4096
 /* How long one attempt to learn the topic's metadata may hold the loop. */
 #define INGEST_PREPARE_MS 500
 #define INGEST_PREPARE_EVERY_MS 2000
@@ -439,10 +447,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         in->in_flight++;
         pthread_mutex_unlock(&in->lock);
         *con_cls = r;
+        hb_cutoff_body_start(conn); /* a slow link's body is not cut at the 30 s */
         return MHD_YES;
     }
     if (*upload_data_size) {
         append_body(r, upload_data, *upload_data_size, in->cfg->ingest_max_body_bytes);
+        if (!r->too_large) /* bytes thrown away buy no time */
+            hb_cutoff_body_bytes(conn, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -504,7 +515,7 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     }
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, "ingest");
+    in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, INGEST_MIN_BODY_RATE, "ingest");
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
