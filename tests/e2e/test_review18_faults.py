@@ -1,0 +1,83 @@
+"""Review 18: the producer's Okta ingest endpoint and the Schema Registry
+client, as a user meets them: a registry replica that has not caught up, a
+producer framing Apicurio's way, and what the ingest endpoint does with
+what clients send it.
+
+Each test says what it holds and how it was shown to fail on 4a269d1."""
+import time
+
+from hbtest.procs import wait_until
+from hbtest.pyavro import body, event_schema, registry_framed
+from hbtest.registry import StandInRegistry
+from test_retry import dlq_messages
+from test_schema_evolution import NEWER, an_event, delivered, send, start
+
+
+def test_a_schema_id_the_registry_replica_lacks_yet_waits_and_id_0_names_apicurio(
+        db_url, broker, procs, workdir):
+    """docs/schemas.md, A new id the registry does not have yet: a "schema
+    not found" for an id above every id the registry has given is not
+    believed for HOOKBRIDGE_SCHEMA_REGISTRY_NOT_FOUND_GRACE: the event waits,
+    and is delivered once the registry has the schema; an id it never gets is
+    dead-lettered when the grace ends, not before; an older id, and id 0,
+    at once, id 0 with the likely cause (Apicurio's 8-byte ids).
+
+    A registry's replicas catch up asynchronously: a producer registers its
+    schema with the primary and writes the event, the dispatcher asks a
+    replica that has not read the registration. On 4a269d1 that event was
+    dead-lettered at once, and every event of the id for the next 30 s with
+    it ("the event of the id the replica gets a second later" timed out);
+    an event framed with Apicurio's default 8-byte id was dead-lettered as
+    "schema id 0 not found in the schema registry: Schema 0 not found",
+    nothing saying why."""
+    registry = StandInRegistry()
+    try:
+        registry.add(11, NEWER)
+        receiver, d = start(procs, workdir, db_url, broker, {
+            "HOOKBRIDGE_SCHEMA_REGISTRY_URL": registry.url,
+            "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO": registry.user_info,
+            "HOOKBRIDGE_SCHEMA_REGISTRY_NOT_FOUND_GRACE": "3s"})
+        first = an_event()
+        send(broker, registry_framed(NEWER, first, 11), partition=0)
+        wait_until(lambda: first["uuid"] in delivered(receiver), 30, "the event of id 11")
+
+        lagging, never, older, apicurio = an_event(), an_event(), an_event(), an_event()
+        send(broker, registry_framed(NEWER, lagging, 12), partition=1)
+        sent_never = time.monotonic()
+        never_bytes = registry_framed(NEWER, never, 13)
+        send(broker, never_bytes, partition=2)
+        older_bytes = registry_framed(event_schema(), older, 5)
+        send(broker, older_bytes, partition=3)
+        # Apicurio 2.x's default framing: 0x00, the id as 8 bytes, the body.
+        apicurio_bytes = b"\x00" + (11).to_bytes(8, "big") + body(NEWER, apicurio)
+        send(broker, apicurio_bytes, partition=4)
+
+        msgs = dlq_messages(broker, want=2)
+        reasons = {m.value: dict(m.headers)["hookbridge-reason"].decode() for m in msgs}
+        assert set(reasons) == {older_bytes, apicurio_bytes}, reasons
+        assert reasons[older_bytes] == "schema id 5 not found in the schema registry: " \
+                                       "Schema 5 not found"
+        assert reasons[apicurio_bytes].startswith(
+            "schema id 0 not found in the schema registry: Schema 0 not found (id 0 is what an "
+            "event framed with Apicurio's 8-byte schema ids reads as"), reasons[apicurio_bytes]
+
+        time.sleep(1)
+        registry.add(12, NEWER)  # the replica has caught up
+        wait_until(lambda: lagging["uuid"] in delivered(receiver), 20,
+                   "the event of the id the replica gets a second later")
+
+        msgs = dlq_messages(broker, want=3)
+        waited = time.monotonic() - sent_never
+        reasons = {m.value: dict(m.headers)["hookbridge-reason"].decode() for m in msgs}
+        assert set(reasons) == {older_bytes, apicurio_bytes, never_bytes}, reasons
+        assert reasons[never_bytes] == "schema id 13 not found in the schema registry: " \
+                                       "Schema 13 not found"
+        assert waited >= 3, f"id 13 dead-lettered {waited:.1f} s after it was sent, grace 3 s"
+        out = d.proc.output()
+        assert "schema id 12 not found in the schema registry, which has given us ids up to " \
+               "11: its events wait up to 3000 ms" in out
+        assert "schema id 13 still not found in the schema registry" in out
+        assert set(delivered(receiver)) == {first["uuid"], lagging["uuid"]}
+        assert d.get("/readyz")[0] == 200
+    finally:
+        registry.stop()
