@@ -4,12 +4,19 @@ producer framing Apicurio's way, and what the ingest endpoint does with
 what clients send it.
 
 Each test says what it holds and how it was shown to fail on 4a269d1."""
+import io
+import json
 import time
 
+import avro.io
+import avro.schema
+
+from hbtest.ingest import Ingest, topic_messages
 from hbtest.procs import wait_until
 from hbtest.pyavro import body, event_schema, registry_framed
 from hbtest.registry import StandInRegistry
 from test_retry import dlq_messages
+from test_delivery import event
 from test_schema_evolution import NEWER, an_event, delivered, send, start
 
 
@@ -81,3 +88,53 @@ def test_a_schema_id_the_registry_replica_lacks_yet_waits_and_id_0_names_apicuri
         assert d.get("/readyz")[0] == 200
     finally:
         registry.stop()
+
+
+def read_event(value):
+    """A single-object-encoded IdentityEvent from the topic, read with
+    Apache's Python Avro and the reader schema (its own writer here)."""
+    assert value[:2] == b"\xc3\x01"
+    schema = avro.schema.parse(json.dumps(event_schema()))
+    return avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(value[10:])))
+
+
+def test_okta_free_form_values_that_are_not_strings_are_taken_not_the_whole_delivery_refused(
+        broker, procs):
+    """docs/ingest.md, What each answer means: Okta types actor.detailEntry,
+    target[].detailEntry, transaction.detail and debugContext.debugData as
+    objects of any values (its System Log API: Map<String, Object>); the
+    schema carries strings, and a value that is not one is taken as its JSON
+    text.
+
+    On 4a269d1 one number, boolean, null or object there made the whole
+    delivery a 400 (`data.events[0]: debugContext.debugData.count: expected
+    a string`): Okta does not send a 4xx again, so every event of that
+    delivery was lost."""
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    ev = event("user.session.start")
+    ev["actor"]["detailEntry"] = {"methodTypeUsed": "Password", "attempts": 2}
+    ev["target"] = [{"id": "00u2", "type": "User", "detailEntry": {"policyType": "OktaSignOn",
+                                                                   "rules": ["r1", "r2"]}}]
+    ev["transaction"] = {"type": "WEB", "id": "Zc3Vq1f", "detail": {"requestApiTokenId": None}}
+    ev["debugContext"] = {"debugData": {"requestId": "Zc3Vq1f", "count": 3, "flag": True,
+                                        "risk": {"level": "LOW"}}}
+    other = event("user.lifecycle.create")
+    status, _, answer = ing.post([ev, other])
+    assert status == 200, answer
+    assert answer == {"produced": 2}
+    got = {e["uuid"]: e for e in (read_event(m.value) for m in topic_messages(broker.bootstrap))}
+    assert set(got) == {ev["uuid"], other["uuid"]}
+    e = got[ev["uuid"]]
+    assert e["actor"]["detailEntry"] == {"methodTypeUsed": "Password", "attempts": "2"}
+    assert e["target"][0]["detailEntry"] == {"policyType": "OktaSignOn",
+                                             "rules": '["r1","r2"]'}
+    assert e["transaction"]["detail"] == {"requestApiTokenId": "null"}
+    assert e["debugContext"]["debugData"] == {"requestId": "Zc3Vq1f", "count": "3",
+                                              "flag": "true", "risk": '{"level":"LOW"}'}
+    # The event's shape is still checked: a map that is not an object is refused.
+    bad = event("user.session.start")
+    bad["debugContext"] = {"debugData": "not a map"}
+    status, _, answer = ing.post([bad])
+    assert status == 400 and answer["error"].startswith(
+        "data.events[0]: debugContext.debugData"), answer
