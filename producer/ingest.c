@@ -305,6 +305,8 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, bad);
     }
     n = b.cnt;
+    /* The whole request, its events queued and acknowledged, within this. */
+    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     for (size_t i = 0; i < n; i++) {
         const hb_ingest_msg_t *m = &b.msgs[i];
         pthread_mutex_lock(&in->lock);
@@ -317,8 +319,22 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         r->queued++;
         in->outstanding++;
         pthread_mutex_unlock(&in->lock);
-        if (hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key), m->value,
-                             m->value_len, r, 0, perr, sizeof(perr)) < 0) {
+        while ((rc = hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key),
+                                      m->value, m->value_len, r, 0, perr, sizeof(perr))) ==
+               HB_KAFKA_QUEUE_FULL) {
+            /* librdkafka's queue is full (queue.buffering.max.messages: a
+             * batch larger than it, or many at once): room comes as the
+             * brokers acknowledge what is queued (every report broadcasts
+             * cond), so wait for that as long as the request may, rather
+             * than answer 503 to a request that would never fit. */
+            int waited;
+            pthread_mutex_lock(&in->lock);
+            waited = !in->aborting && pthread_cond_timedwait(&in->cond, &in->lock, &until) == 0;
+            pthread_mutex_unlock(&in->lock);
+            if (!waited)
+                break;
+        }
+        if (rc < 0) {
             int last;
             pthread_mutex_lock(&in->lock);
             r->queued--;
@@ -333,7 +349,6 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     }
     hb_ingest_batch_free(&b);
 
-    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     pthread_mutex_lock(&in->lock);
     while (r->reported < r->queued && !in->aborting)
         if (pthread_cond_timedwait(&in->cond, &in->lock, &until) != 0)
