@@ -123,9 +123,11 @@ struct ingest_s {
     pthread_cond_t cond; /* broadcast on every report and every request's end */
     long in_flight;      /* POSTs begun and not completed */
     long connections;    /* open (MHD_OPTION_NOTIFY_CONNECTION) */
-    long outstanding;    /* messages queued and not reported */
-    long answering;      /* POSTs past their body, not completed: their answer comes */
-    int aborting;        /* waits end at once: the drain is over */
+    unsigned char *over; /* by socket: opened with ingest_max_connections open */
+    size_t over_cap;
+    long outstanding; /* messages queued and not reported */
+    long answering;   /* POSTs past their body, not completed: their answer comes */
+    int aborting;     /* waits end at once: the drain is over */
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
     hb_metric_t *m_produced, *m_failed, *m_rejected;
@@ -411,11 +413,37 @@ static enum MHD_Result reply_busy(ingest_t *in, struct MHD_Connection *conn, lon
     return ret;
 }
 
+/* The connection's socket, or -1. */
+static int conn_fd(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? (int)ci->connect_fd : -1;
+}
+
+/* Counts the open connections, and marks one opened while
+ * ingest_max_connections were open already: its requests are answered 503
+ * (reply_busy), the others' as usual. (Deciding by the count at each
+ * request refused every connection's requests while one too many was open:
+ * a client holding a spare connection, no secret needed, had Okta's
+ * established connections answered 503.) The mark is by socket, cleared at
+ * CLOSED, which libmicrohttpd notifies before it closes the socket. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     ingest_t *in = cls;
+    int fd = conn_fd(conn);
     pthread_mutex_lock(&in->lock);
     in->connections += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
+    if (fd >= 0 && (size_t)fd >= in->over_cap && toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        size_t cap = in->over_cap ? in->over_cap : 256;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        in->over = hb_realloc(in->over, cap);
+        memset(in->over + in->over_cap, 0, cap - in->over_cap);
+        in->over_cap = cap;
+    }
+    if (fd >= 0 && (size_t)fd < in->over_cap)
+        in->over[fd] = toe == MHD_CONNECTION_NOTIFY_STARTED &&
+                       in->connections > in->cfg->ingest_max_connections;
     pthread_mutex_unlock(&in->lock);
     hb_cutoff_notify(in->cutoff, conn, socket_context, toe); /* its whole-request deadline */
 }
@@ -428,10 +456,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     if (!r) {
         long open;
+        int over, fd = conn_fd(conn);
         pthread_mutex_lock(&in->lock);
         open = in->connections;
+        over = fd >= 0 && (size_t)fd < in->over_cap && in->over[fd];
         pthread_mutex_unlock(&in->lock);
-        if (open > in->cfg->ingest_max_connections)
+        if (over)
             return reply_busy(in, conn, open);
         int is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
         int is_post = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -749,6 +779,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
         rd_kafka_destroy(in.rk);
     hb_codec_free(in.codec);
     hb_metrics_reset();
+    free(in.over);
     pthread_cond_destroy(&in.cond);
     pthread_mutex_destroy(&in.codec_lock);
     pthread_mutex_destroy(&in.lock);

@@ -4,15 +4,17 @@ producer framing Apicurio's way, and what the ingest endpoint does with
 what clients send it.
 
 Each test says what it holds and how it was shown to fail on 4a269d1."""
+import http.client
 import io
 import json
+import socket
 import time
 
 import avro.io
 import avro.schema
 
-from hbtest.ingest import Ingest, topic_messages
-from hbtest.procs import wait_until
+from hbtest.ingest import AUTH_VALUE, PATH, Ingest, envelope, topic_messages
+from hbtest.procs import SLOW, wait_until
 from hbtest.pyavro import body, event_schema, registry_framed
 from hbtest.registry import StandInRegistry
 from test_retry import dlq_messages
@@ -98,7 +100,7 @@ def read_event(value):
     return avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(value[10:])))
 
 
-def test_okta_free_form_values_are_taken_and_a_batch_larger_than_the_queue_waits_for_room(
+def test_the_ingest_endpoint_takes_okta_s_free_form_values_big_batches_and_own_connections(
         broker, procs):
     """docs/ingest.md, What each answer means: Okta types actor.detailEntry,
     target[].detailEntry, transaction.detail and debugContext.debugData as
@@ -116,9 +118,22 @@ def test_okta_free_form_values_are_taken_and_a_batch_larger_than_the_queue_waits
     room as the brokers acknowledge, within HOOKBRIDGE_INGEST_TIMEOUT. On
     4a269d1 it was answered 503 at once (`event 10 could not be queued
     (... Local: Queue full)`), every time it was sent again: a 4 MiB body
-    of small events never got in."""
+    of small events never got in.
+
+    And docs/ingest.md, Settings: "the request of a connection beyond them
+    [HOOKBRIDGE_INGEST_MAX_CONNECTIONS] is answered 503 with Retry-After".
+    Okta delivers on a kept-alive connection; with the limit at 2, another
+    client holds a connection and a third opens one and trickles its
+    headers (no secret needed). The third is the one beyond the limit: its
+    request is answered 503; Okta's requests on its own connection, opened
+    within the limit, are answered as usual. On 4a269d1 the limit was
+    checked against the count of open connections at each request, so
+    while the third was open every connection's requests were answered
+    503: Okta's delivery on its established connection got `too many
+    connections: try again later`."""
     ing = Ingest(procs, broker.bootstrap,
-                 extra_env={"HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES": "10"})
+                 extra_env={"HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES": "10",
+                            "HOOKBRIDGE_INGEST_MAX_CONNECTIONS": "2"})
     ing.wait_ready()
     batch = [event("user.session.start") for _ in range(50)]
     status, _, answer = ing.post(batch)
@@ -149,3 +164,30 @@ def test_okta_free_form_values_are_taken_and_a_batch_larger_than_the_queue_waits
     status, _, answer = ing.post([bad])
     assert status == 400 and answer["error"].startswith(
         "data.events[0]: debugContext.debugData"), answer
+
+    okta = http.client.HTTPConnection("127.0.0.1", ing.port, timeout=10 * SLOW)
+
+    def deliver():
+        okta.request("POST", PATH, body=json.dumps(envelope([event("user.session.start")])),
+                     headers={"Authorization": AUTH_VALUE, "Content-Type": "application/json"})
+        r = okta.getresponse()
+        return r.status, json.loads(r.read())
+
+    held = []
+    try:
+        assert deliver() == (200, {"produced": 1})
+        held.append(socket.create_connection(("127.0.0.1", ing.port)))  # within the limit
+        over = socket.create_connection(("127.0.0.1", ing.port))  # beyond it
+        held.append(over)
+        over.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.3 * SLOW)  # all three accepted
+        for _ in range(2):
+            assert deliver() == (200, {"produced": 1})
+        over.sendall(b"Content-Length: 2\r\n\r\n{}")
+        over.settimeout(5 * SLOW)
+        answer = over.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer, answer
+    finally:
+        okta.close()
+        for s in held:
+            s.close()
