@@ -89,11 +89,12 @@ typedef struct hb_config_s {
     long long ingest_max_connections; /* concurrent connections (one thread each) */
 
     /* Writer schemas of the events topic beyond the built-in history (hb_decoder). */
-    char *writer_schemas_dir;             /* "" = none */
-    char *schema_registry_url;            /* "" = no Schema Registry framing */
-    char *schema_registry_user_info;      /* secret: user:password, never printed */
-    char *schema_registry_ca_file;        /* "" = system CAs */
-    long long schema_registry_timeout_ms; /* one request */
+    char *writer_schemas_dir;                     /* "" = none */
+    char *schema_registry_url;                    /* "" = no Schema Registry framing */
+    char *schema_registry_user_info;              /* secret: user:password, never printed */
+    char *schema_registry_ca_file;                /* "" = system CAs */
+    long long schema_registry_timeout_ms;         /* one request */
+    long long schema_registry_not_found_grace_ms; /* a new id's "not found" waits this long */
 
     /* librdkafka passthrough: props[2*i] = name, props[2*i+1] = value. */
     char **kafka_props;

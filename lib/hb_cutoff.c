@@ -10,6 +10,10 @@
  * libmicrohttpd's CLOSED notification, which it makes before it closes the
  * socket, so the descriptor the watchdog shuts down is always that
  * connection's own, never one the kernel handed out again since.
+ *
+ * A body's deadline is body_base (limit_ms after its headers were accepted)
+ * plus body_bytes * 1000 / min_body_rate ms, recomputed as bytes arrive; a
+ * connection once cut gets no deadline again.
  */
 #include "hb_cutoff.h"
 
@@ -26,11 +30,15 @@ typedef struct hb_cutoff_conn_s {
     struct hb_cutoff_conn_s *prev, *next;
     hb_cutoff_t *owner;
     int fd;
-    int64_t deadline; /* hb_mono_ms(); 0: none */
+    int cut;
+    int64_t deadline;    /* hb_mono_ms(); 0: none */
+    int64_t body_base;   /* hb_mono_ms() + limit_ms when its body began; 0: no body */
+    uint64_t body_bytes; /* of that body, so far */
 } hb_cutoff_conn_t;
 
 struct hb_cutoff_s {
     long long limit_ms;
+    long long min_body_rate; /* bytes/s; 0: none */
     char what[32];
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -52,14 +60,21 @@ static void *watchdog(void *arg) {
             if (r->deadline && now >= r->deadline) {
                 (void)shutdown(r->fd, SHUT_RDWR);
                 r->deadline = 0;
+                r->cut = 1;
                 cut++;
             }
         c->cut += cut;
         if (cut) {
             pthread_mutex_unlock(&c->lock);
-            hb_log(HB_LOG_INFO, NULL,
-                   "%s: closed %lu connection(s) that sent no whole request within %lld ms",
-                   c->what, cut, c->limit_ms);
+            if (c->min_body_rate > 0)
+                hb_log(HB_LOG_INFO, NULL,
+                       "%s: closed %lu connection(s) that sent no whole request within %lld ms "
+                       "(a body within %lld ms of its headers and at %lld bytes/s or more)",
+                       c->what, cut, c->limit_ms, c->limit_ms, c->min_body_rate);
+            else
+                hb_log(HB_LOG_INFO, NULL,
+                       "%s: closed %lu connection(s) that sent no whole request within %lld ms",
+                       c->what, cut, c->limit_ms);
             pthread_mutex_lock(&c->lock);
         }
     }
@@ -67,9 +82,10 @@ static void *watchdog(void *arg) {
     return NULL;
 }
 
-hb_cutoff_t *hb_cutoff_new(long long limit_ms, const char *what) {
+hb_cutoff_t *hb_cutoff_new(long long limit_ms, long long min_body_rate, const char *what) {
     hb_cutoff_t *c = hb_calloc(1, sizeof(*c));
     c->limit_ms = limit_ms;
+    c->min_body_rate = min_body_rate > 0 ? min_body_rate : 0;
     hb_seterr(c->what, sizeof(c->what), "%s", what ? what : "httpd");
     pthread_mutex_init(&c->lock, NULL);
     hb_cond_init_mono(&c->cond);
@@ -136,14 +152,20 @@ void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_cont
     }
 }
 
-static void set_deadline(struct MHD_Connection *conn, int hold) {
+static hb_cutoff_conn_t *record_of(struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    hb_cutoff_conn_t *r = info ? info->socket_context : NULL;
+    return info ? info->socket_context : NULL;
+}
+
+static void set_deadline(struct MHD_Connection *conn, int hold) {
+    hb_cutoff_conn_t *r = record_of(conn);
     if (!r)
         return;
     pthread_mutex_lock(&r->owner->lock);
-    r->deadline = hold ? 0 : hb_mono_ms() + r->owner->limit_ms;
+    r->body_base = 0;
+    if (!r->cut)
+        r->deadline = hold ? 0 : hb_mono_ms() + r->owner->limit_ms;
     pthread_mutex_unlock(&r->owner->lock);
 }
 
@@ -153,6 +175,32 @@ void hb_cutoff_hold(struct MHD_Connection *conn) {
 
 void hb_cutoff_rearm(struct MHD_Connection *conn) {
     set_deadline(conn, 0);
+}
+
+void hb_cutoff_body_start(struct MHD_Connection *conn) {
+    hb_cutoff_conn_t *r = record_of(conn);
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->owner->lock);
+    if (!r->cut) {
+        r->body_base = hb_mono_ms() + r->owner->limit_ms;
+        r->body_bytes = 0;
+        r->deadline = r->body_base;
+    }
+    pthread_mutex_unlock(&r->owner->lock);
+}
+
+void hb_cutoff_body_bytes(struct MHD_Connection *conn, size_t n) {
+    hb_cutoff_conn_t *r = record_of(conn);
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->owner->lock);
+    if (!r->cut && r->body_base && r->owner->min_body_rate > 0) {
+        r->body_bytes += n;
+        r->deadline =
+            r->body_base + (int64_t)(r->body_bytes * 1000u / (uint64_t)r->owner->min_body_rate);
+    }
+    pthread_mutex_unlock(&r->owner->lock);
 }
 
 void hb_cutoff_completed(void *cls, struct MHD_Connection *conn, void **con_cls,

@@ -6,6 +6,15 @@
  * every few seconds (slowloris) kept its connection for good, and as many
  * such clients as the server's connection limit kept everyone else out.
  *
+ * A request body may take longer (hb_cutoff_body_start, _bytes): a server
+ * that has accepted a request's headers (authenticated, size announced
+ * within bounds) gives its body limit_ms from then, and 1 s more for every
+ * min_body_rate bytes that arrive, the way Apache's mod_reqtimeout does
+ * (body=...,MinRate=...). So a large body over a slow link arrives, as long
+ * as it keeps coming at min_body_rate on average, while a client trickling
+ * its headers is still cut at limit_ms. (libmicrohttpd's own timeout still
+ * closes a connection after its seconds without a byte.)
+ *
  * Use: hb_cutoff_new() before MHD_start_daemon(), hb_cutoff_notify as its
  * MHD_OPTION_NOTIFY_CONNECTION (cls: the hb_cutoff_t), hb_cutoff_rearm()
  * in its MHD_OPTION_NOTIFY_COMPLETED callback, hb_cutoff_hold() where a
@@ -19,12 +28,21 @@
 
 typedef struct hb_cutoff_s hb_cutoff_t;
 
-/* what names the server in the log line of a cut ("ingest", "httpd"). */
-hb_cutoff_t *hb_cutoff_new(long long limit_ms, const char *what);
+/* what names the server in the log line of a cut ("ingest", "httpd");
+ * min_body_rate, in bytes per second: every that many bytes of a body buy
+ * it a second beyond limit_ms (0: a body gets no more than limit_ms). */
+hb_cutoff_t *hb_cutoff_new(long long limit_ms, long long min_body_rate, const char *what);
 void hb_cutoff_free(hb_cutoff_t *c);
 
 void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                       enum MHD_ConnectionNotificationCode toe);
+/* The headers of the request on conn are accepted and its body is to come:
+ * it is due within limit_ms from now, and ... */
+void hb_cutoff_body_start(struct MHD_Connection *conn);
+/* ... n more of its bytes arrived: min_body_rate's share of a second later
+ * for each (call it only for bytes the server keeps: bytes it discards
+ * buy no time). */
+void hb_cutoff_body_bytes(struct MHD_Connection *conn, size_t n);
 /* The request on conn arrived whole: no deadline while it is answered. */
 void hb_cutoff_hold(struct MHD_Connection *conn);
 /* A request on conn was answered: the next one is due within the limit. */

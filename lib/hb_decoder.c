@@ -27,6 +27,11 @@
 
 /* How soon a message whose writer schema is being fetched is read again. */
 #define HB_DECODE_PENDING_MS 100
+/* Said of id 0, which no registry hands out: the likeliest cause. */
+#define HB_DECODE_ID0_HINT                                                                         \
+    " (id 0 is what an event framed with Apicurio's 8-byte schema ids reads as: 0x00, then a "     \
+    "64-bit id whose first 4 bytes are 0; configure the producer's serializer for 4-byte ids, "    \
+    "docs/schemas.md)"
 #define HB_WRITER_SCHEMA_MAX (1024 * 1024)
 
 struct hb_decoder_s {
@@ -144,7 +149,8 @@ hb_decoder_t *hb_decoder_new(const hb_config_t *cfg, const char *reader_schema, 
     }
     if (cfg->schema_registry_url && *cfg->schema_registry_url) {
         hb_registry_opts_t o = {cfg->schema_registry_url, cfg->schema_registry_user_info,
-                                cfg->schema_registry_ca_file, cfg->schema_registry_timeout_ms};
+                                cfg->schema_registry_ca_file, cfg->schema_registry_timeout_ms,
+                                cfg->schema_registry_not_found_grace_ms};
         char shown[1024];
         /* a CA bundle curl cannot use fails every fetch, from the first
          * event in the registry's framing on: a mistake to stop at start */
@@ -213,8 +219,8 @@ static int decode(hb_decoder_t *d, const void *buf, size_t len, hb_jdoc_t *doc, 
         hb_seterr(errstr, errstr_size,
                   "not single-object encoded (bad magic): Schema Registry framing with schema id "
                   "%" PRIu32 ", and no schema registry is configured "
-                  "(HOOKBRIDGE_SCHEMA_REGISTRY_URL)",
-                  id);
+                  "(HOOKBRIDGE_SCHEMA_REGISTRY_URL)%s",
+                  id, id == 0 ? HB_DECODE_ID0_HINT : "");
         return HB_DECODE_POISON;
     }
     snprintf(key, sizeof(key), "%" PRIu32, id);
@@ -236,8 +242,13 @@ static int decode(hb_decoder_t *d, const void *buf, size_t len, hb_jdoc_t *doc, 
         return r == 0 ? HB_DECODE_OK : HB_DECODE_POISON;
     case HB_REGISTRY_NOT_FOUND:
         note_registry(d, 0, "");
-        hb_seterr(errstr, errstr_size, "%s", why);
+        hb_seterr(errstr, errstr_size, "%s%s", why, id == 0 ? HB_DECODE_ID0_HINT : "");
         return HB_DECODE_POISON;
+    case HB_REGISTRY_NOT_YET: /* a replica may not have it yet: not poison for now */
+        note_registry(d, 0, "");
+        *wait_ms = HB_REGISTRY_RETRY_MS;
+        hb_seterr(errstr, errstr_size, "%s (not yet: asking again)", why);
+        return HB_DECODE_WAIT;
     case HB_REGISTRY_UNAVAILABLE:
         note_registry(d, 1, why);
         *wait_ms = HB_REGISTRY_RETRY_MS;

@@ -18,8 +18,9 @@
  *                     resolve into the reader, corrupt Avro. Dead-letter it;
  *   HB_DECODE_WAIT    the writer schema is in the registry but not here yet
  *                     (a fetch is under way, or the registry cannot be
- *                     reached): read the message again in *wait_ms. Never
- *                     dead-letter it.
+ *                     reached, or it does not have a new id yet:
+ *                     hb_registry's grace): read the message again in
+ *                     *wait_ms. Never dead-letter it.
  * hb_decoder_unready says why the service is not ready (the registry is
  * down), or NULL.
  *

@@ -39,7 +39,12 @@
  * start (or of its previous request's end) is closed (hb_cutoff): a client
  * trickling bytes would otherwise hold a connection, and 64 of them every
  * probe and scrape out, and the liveness probe would restart the pod. A
- * probe or scrape sends its few hundred bytes at once. */
+ * probe or scrape sends its few hundred bytes at once. The deadline is not
+ * held while the answer is written, and need not be: the largest answer,
+ * /metrics, is a fixed set of series (no label per endpoint or
+ * subscription), about 8 KB for a dispatcher, which the kernel's socket
+ * buffers take whole at once however slowly the scraper reads; only a
+ * client that sends no whole request within the 5 s is cut. */
 #define HB_HTTPD_REQUEST_DEADLINE_MS 5000
 
 struct hb_httpd_s {
@@ -171,7 +176,7 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     snprintf(h->reason, sizeof(h->reason), "starting");
 
     /* The logger goes first so that even option errors reach hb_log. */
-    h->cutoff = hb_cutoff_new(HB_HTTPD_REQUEST_DEADLINE_MS, "httpd");
+    h->cutoff = hb_cutoff_new(HB_HTTPD_REQUEST_DEADLINE_MS, 0, "httpd"); /* GETs: no body */
     h->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,

@@ -26,6 +26,39 @@ void hb_ingest_batch_free(hb_ingest_batch_t *b) {
     b->cnt = 0;
 }
 
+/* The members Okta types as objects of any values (its System Log API:
+ * Map<String, Object>), which the schema carries as maps of strings: a
+ * value that is not a string becomes its JSON text (3 -> "3", true ->
+ * "true", null -> "null", {"a":1} -> "{\"a\":1}"), as Okta itself writes
+ * most of them ("threatSuspected": "false"). Refused instead, one such
+ * value made Okta's whole delivery a 400, which Okta does not send again:
+ * every event of it lost. */
+static void stringify_values(json_t *map) {
+    const char *key;
+    json_t *v;
+    void *tmp;
+    if (!json_is_object(map))
+        return; /* not an object at all: the encoder says so */
+    json_object_foreach_safe(map, tmp, key, v) {
+        char *text;
+        if (json_is_string(v))
+            continue;
+        text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text)
+            (void)json_object_set_new(map, key, json_string(text));
+        free(text);
+    }
+}
+
+static void stringify_free_maps(json_t *ev) {
+    json_t *targets = json_object_get(ev, "target"), *t;
+    size_t i;
+    stringify_values(json_object_get(json_object_get(ev, "actor"), "detailEntry"));
+    stringify_values(json_object_get(json_object_get(ev, "transaction"), "detail"));
+    stringify_values(json_object_get(json_object_get(ev, "debugContext"), "debugData"));
+    json_array_foreach(targets, i, t) stringify_values(json_object_get(t, "detailEntry"));
+}
+
 /* The envelope's data.events, or NULL with the reason. */
 static json_t *envelope_events(json_t *root, char *errstr, size_t errstr_size) {
     json_t *type, *data, *events;
@@ -87,6 +120,8 @@ static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batc
     for (size_t i = 0; i < n; i++) {
         json_t *ev = json_array_get(events, i);
         hb_ingest_msg_t *m = &out->msgs[i];
+        if (json_is_object(ev))
+            stringify_free_maps(ev);
         if (hb_event_normalize(ev, 1, why, sizeof(why)) < 0 ||
             hb_codec_encode(codec, ev, &m->value, &m->value_len, why, sizeof(why)) < 0)
             goto bad;

@@ -5,7 +5,10 @@
  *
  * Okta delivers an envelope
  *   {"eventType":"com.okta.event_hook", ..., "data":{"events":[LogEvent, ...]}}
- * and each LogEvent goes through exactly what the CLI does with a line:
+ * and each LogEvent goes through exactly what the CLI does with a line
+ * (but that values of Okta's free-form maps, actor.detailEntry,
+ * target[].detailEntry, transaction.detail and debugContext.debugData,
+ * that are not strings are taken as their JSON text):
  * hb_event_normalize (unknown event types accepted: Okta has hundreds), the
  * Avro single-object encoding, the HB_EVENT_MAX_BYTES bound, and the key
  * hb_event_key. A request is all or nothing: the first problem fails the

@@ -113,7 +113,7 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
             return 0;
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || hb_mono_ms() >= deadline) {
             hb_seterr(errstr, errstr_size, "produce to %s: %s", topic, rd_kafka_err2str(err));
-            return -1;
+            return err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? HB_KAFKA_QUEUE_FULL : -1;
         }
         rd_kafka_poll(rk, 100); /* serve delivery reports to make room */
     }

@@ -43,7 +43,9 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
 
 /* rd_kafka_producev with copied key and value; while the local queue is full
  * it serves delivery reports (rd_kafka_poll) and tries again, for at most
- * block_ms. msg_opaque comes back in the delivery report. */
+ * block_ms. msg_opaque comes back in the delivery report. 0, or -1 with
+ * errstr; HB_KAFKA_QUEUE_FULL (also < 0) when the queue was still full. */
+#define HB_KAFKA_QUEUE_FULL (-2)
 int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
                      const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;

@@ -11,6 +11,16 @@
  * not know are dropped when the cache grows past HB_REGISTRY_MAX_ENTRIES
  * (hostile bytes can name any id).
  *
+ * A "schema not found" for an id above every id the registry has given us
+ * is not believed at once (NOT_YET, asked again every HB_REGISTRY_RETRY_MS)
+ * until new_id_grace_ms after the first such answer: a producer registers
+ * its schema with the registry's primary and writes the event a moment
+ * later, and the replica we ask may not have read the registration yet
+ * (Confluent's replicas read it from a Kafka topic). Ids at or below one
+ * it gave us it has read already, and id 0 it never hands out: those are
+ * poison at once. The grace counts once per id (absent_since is kept), so
+ * an id that never appears costs its partition new_id_grace_ms once.
+ *
  * What must hold: the loop never does I/O here; a failure of the registry is
  * never reported as NOT_FOUND (that would dead-letter good events); the
  * credentials appear in no log line and no error string.
@@ -34,14 +44,15 @@
 #define HB_REGISTRY_MAX_ENTRIES 4096
 #define HB_REGISTRY_MAX_REPLY (4 * 1024 * 1024)
 
-typedef enum { E_QUEUED, E_FETCHING, E_FOUND, E_NOT_FOUND, E_FAILED } entry_state_t;
+typedef enum { E_QUEUED, E_FETCHING, E_FOUND, E_NOT_YET, E_NOT_FOUND, E_FAILED } entry_state_t;
 
 typedef struct {
     uint32_t id;
     entry_state_t state;
-    char *schema;     /* FOUND: the text, owned, never freed before the registry */
-    char reason[256]; /* NOT_FOUND, FAILED */
-    int64_t at;       /* monotonic ms of the last answer */
+    char *schema;         /* FOUND: the text, owned, never freed before the registry */
+    char reason[256];     /* NOT_YET, NOT_FOUND, FAILED */
+    int64_t at;           /* monotonic ms of the last answer */
+    int64_t absent_since; /* monotonic ms of the first "schema not found"; 0: none */
 } entry_t;
 
 struct hb_registry_s {
@@ -49,6 +60,7 @@ struct hb_registry_s {
     char *user_info;
     char *ca_file;
     long long timeout_ms;
+    long long grace_ms; /* new_id_grace_ms */
     pthread_t thread;
     int started;
     pthread_mutex_t lock;
@@ -57,7 +69,9 @@ struct hb_registry_s {
     entry_t *entries;
     size_t cnt, cap;
     int down;
-    int64_t down_at; /* monotonic ms of the last failure */
+    int found_any;      /* whether the registry has given us a schema, and ... */
+    uint32_t max_found; /* ... the highest id it has */
+    int64_t down_at;    /* monotonic ms of the last failure */
     char down_why[256];
 };
 
@@ -220,15 +234,17 @@ static const char *reply_message(const json_t *reply) {
     return m ? m : "";
 }
 
-/* GET /schemas/ids/<id>: the entry's new state and schema or reason. */
-static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema, char *reason,
-                           size_t reason_size) {
+/* GET /schemas/ids/<id>: the entry's new state and schema or reason;
+ * *absent says the registry answered its "schema not found". */
+static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema, int *absent,
+                           char *reason, size_t reason_size) {
     char path[64];
     long status = 0;
     json_t *reply = NULL;
     entry_state_t st = E_FAILED;
     const char *text, *type;
     int rc;
+    *absent = 0;
     snprintf(path, sizeof(path), "/schemas/ids/%" PRIu32, id);
     rc = call(h, r->url, r->user_info, r->ca_file, r->timeout_ms, &r->stop, path, NULL, &status,
               &reply, reason, reason_size);
@@ -261,6 +277,7 @@ static entry_state_t fetch(hb_registry_t *r, CURL *h, uint32_t id, char **schema
         hb_seterr(reason, reason_size, "schema id %" PRIu32 " not found in the schema registry%s%s",
                   id, *reply_message(reply) ? ": " : "", reply_message(reply));
         st = E_NOT_FOUND;
+        *absent = 1;
     } else if (status == 404) {
         /* a route the server does not know (a wrong base URL): not an
          * answer about the id, so the events wait */
@@ -293,6 +310,33 @@ static entry_t *find(hb_registry_t *r, uint32_t id) {
     return NULL;
 }
 
+/* A "schema not found" for e (lock held): NOT_YET while the id is newer than
+ * any the registry gave us and the grace since its first such answer lasts. */
+static void not_found_yet(hb_registry_t *r, entry_t *e) {
+    int newer = e->id != 0 && (!r->found_any || e->id > r->max_found);
+    int first = !e->absent_since;
+    if (first)
+        e->absent_since = e->at;
+    if (!newer || r->grace_ms <= 0)
+        return;
+    if (e->at - e->absent_since < r->grace_ms) {
+        e->state = E_NOT_YET;
+        if (first) {
+            char seen[48] = "no schema yet";
+            if (r->found_any)
+                snprintf(seen, sizeof(seen), "ids up to %" PRIu32, r->max_found);
+            hb_warn("schema id %" PRIu32 " not found in the schema registry, which has given us "
+                    "%s: its events wait up to %lld ms for a replica that has not caught up yet, "
+                    "then are dead-lettered",
+                    e->id, seen, r->grace_ms);
+        }
+    } else {
+        hb_warn("schema id %" PRIu32 " still not found in the schema registry %lld ms after "
+                "it first said so: its events are dead-lettered",
+                e->id, (long long)(e->at - e->absent_since));
+    }
+}
+
 static void *helper(void *opaque) {
     hb_registry_t *r = opaque;
     CURL *h = curl_easy_init();
@@ -302,6 +346,7 @@ static void *helper(void *opaque) {
         uint32_t id;
         char *schema = NULL, reason[256] = "";
         entry_state_t st;
+        int absent = 0;
         while (!r->stop) {
             for (size_t i = 0; i < r->cnt && !e; i++)
                 if (r->entries[i].state == E_QUEUED)
@@ -316,7 +361,7 @@ static void *helper(void *opaque) {
         id = e->id;
         pthread_mutex_unlock(&r->lock);
         if (h)
-            st = fetch(r, h, id, &schema, reason, sizeof(reason));
+            st = fetch(r, h, id, &schema, &absent, reason, sizeof(reason));
         else {
             st = E_FAILED;
             hb_seterr(reason, sizeof(reason), "curl_easy_init failed");
@@ -331,6 +376,13 @@ static void *helper(void *opaque) {
         e->schema = schema;
         e->at = hb_mono_ms();
         snprintf(e->reason, sizeof(e->reason), "%s", reason);
+        if (st == E_FOUND) {
+            if (!r->found_any || id > r->max_found)
+                r->max_found = id;
+            r->found_any = 1;
+        } else if (absent) {
+            not_found_yet(r, e);
+        }
         r->down = st == E_FAILED;
         if (r->down) {
             r->down_at = e->at;
@@ -415,6 +467,7 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr, siz
     r->user_info = hb_strdup(opts->user_info ? opts->user_info : "");
     r->ca_file = hb_strdup(opts->ca_file ? opts->ca_file : "");
     r->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    r->grace_ms = opts->new_id_grace_ms > 0 ? opts->new_id_grace_ms : 0;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);
     if (pthread_create(&r->thread, NULL, helper, r) != 0) {
@@ -483,14 +536,16 @@ hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const cha
     } else if (e->state == E_FOUND) {
         *schema = e->schema;
         st = HB_REGISTRY_FOUND;
-    } else if (e->state == E_NOT_FOUND || e->state == E_FAILED) {
-        int64_t again = e->state == E_FAILED ? HB_REGISTRY_RETRY_MS : HB_REGISTRY_RECHECK_MS;
+    } else if (e->state == E_NOT_FOUND || e->state == E_FAILED || e->state == E_NOT_YET) {
+        int64_t again = e->state == E_NOT_FOUND ? HB_REGISTRY_RECHECK_MS : HB_REGISTRY_RETRY_MS;
         if (now - e->at >= again) {
             e->state = E_QUEUED;
             pthread_cond_signal(&r->cond);
         } else {
             snprintf(why, why_size, "%s", e->reason);
-            st = e->state == E_FAILED ? HB_REGISTRY_UNAVAILABLE : HB_REGISTRY_NOT_FOUND;
+            st = e->state == E_FAILED    ? HB_REGISTRY_UNAVAILABLE
+                 : e->state == E_NOT_YET ? HB_REGISTRY_NOT_YET
+                                         : HB_REGISTRY_NOT_FOUND;
         }
     }
     pthread_mutex_unlock(&r->lock);

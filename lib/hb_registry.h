@@ -13,11 +13,21 @@
  *   HB_REGISTRY_FOUND        *schema is the text (borrowed: valid until
  *                            hb_registry_free);
  *   HB_REGISTRY_PENDING      a fetch is queued or under way: ask again shortly;
- *   HB_REGISTRY_NOT_FOUND    the registry answered 404 (or the schema is not
- *                            Avro, or its answer is larger than 4 MiB): a
- *                            message with this id is poison. Asked
- *                            again after HB_REGISTRY_RECHECK_MS, in case it
- *                            was registered meanwhile;
+ *   HB_REGISTRY_NOT_YET      the registry answered "schema not found" for an
+ *                            id above every id it has given us (or before
+ *                            it gave us any), less than new_id_grace_ms
+ *                            since it first said so: registries replicate
+ *                            asynchronously, so a replica may not have the
+ *                            schema a producer registered a moment ago. The
+ *                            message waits; asked again HB_REGISTRY_RETRY_MS
+ *                            after each answer;
+ *   HB_REGISTRY_NOT_FOUND    the registry answered 404 (past that grace, or
+ *                            for an id at or below one it has given us, or
+ *                            id 0, which no registry hands out), or the
+ *                            schema is not Avro, or its answer is larger
+ *                            than 4 MiB: a message with this id is poison.
+ *                            Asked again after HB_REGISTRY_RECHECK_MS, in
+ *                            case it was registered meanwhile;
  *   HB_REGISTRY_UNAVAILABLE  the last fetch failed (no connection, timeout,
  *                            5xx, 401/403, a reply that is not the API's): the
  *                            message waits. Asked again HB_REGISTRY_RETRY_MS
@@ -43,15 +53,17 @@
 typedef struct hb_registry_s hb_registry_t;
 
 typedef struct {
-    const char *url;       /* base URL: http://host:8081, or Apicurio's .../apis/ccompat/v7 */
-    const char *user_info; /* "user:password" for HTTP basic auth; NULL or "": none (secret) */
-    const char *ca_file;   /* PEM bundle replacing the system CAs; NULL or "": system */
-    long long timeout_ms;  /* one request, connection included */
+    const char *url;           /* base URL: http://host:8081, or Apicurio's .../apis/ccompat/v7 */
+    const char *user_info;     /* "user:password" for HTTP basic auth; NULL or "": none (secret) */
+    const char *ca_file;       /* PEM bundle replacing the system CAs; NULL or "": system */
+    long long timeout_ms;      /* one request, connection included */
+    long long new_id_grace_ms; /* NOT_YET before NOT_FOUND for a new id; 0: none */
 } hb_registry_opts_t;
 
 typedef enum {
     HB_REGISTRY_FOUND,
     HB_REGISTRY_PENDING,
+    HB_REGISTRY_NOT_YET,
     HB_REGISTRY_NOT_FOUND,
     HB_REGISTRY_UNAVAILABLE
 } hb_registry_status_t;
@@ -61,8 +73,8 @@ hb_registry_t *hb_registry_new(const hb_registry_opts_t *opts, char *errstr,
                                size_t errstr_size) HB_MUSTCHECK;
 void hb_registry_free(hb_registry_t *r);
 
-/* Never blocks on the network; see above. why gets the reason of NOT_FOUND
- * and UNAVAILABLE. */
+/* Never blocks on the network; see above. why gets the reason of NOT_YET,
+ * NOT_FOUND and UNAVAILABLE. */
 hb_registry_status_t hb_registry_lookup(hb_registry_t *r, uint32_t id, const char **schema,
                                         char *why, size_t why_size);
 

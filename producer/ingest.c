@@ -29,7 +29,8 @@
  * freed once parsed) plus librdkafka's queue; slow clients are cut off by
  * the connection timeout, counted from the last byte for an idle connection
  * and, by hb_cutoff, from the connection's start (or its previous request's
- * end) for one that trickles its request.
+ * end) for one that trickles its headers, and for a body from its headers
+ * on, by a budget that grows as its bytes arrive (INGEST_MIN_BODY_RATE).
  */
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -72,9 +73,16 @@ static hb_log_limit_t log_busy = HB_LOG_LIMIT("\"ingest: too many connections\""
 static hb_log_limit_t log_mhd = HB_LOG_LIMIT("\"ingest httpd: ...\"");
 
 /* Idle connections are closed after this many seconds, and so are those that
- * have not sent a whole request within them (of their start, or of their
- * previous request's end: hb_cutoff), however steadily they trickle. */
+ * have not sent a whole request's headers within them (of their start, or of
+ * their previous request's end: hb_cutoff), however steadily they trickle. */
 #define INGEST_CONN_TIMEOUT_S 30
+/* A body, once its headers are accepted (authenticated, size within bounds),
+ * gets INGEST_CONN_TIMEOUT_S and a second more for every this many bytes:
+ * the largest body HOOKBRIDGE_INGEST_MAX_BODY_BYTES allows (64 MiB) arrives
+ * over a link of 32 kbit/s or faster, and a client that sends less than this
+ * on average is cut. Without it a body had to be whole within the 30 s,
+ * which takes 17 Mbit/s for 64 MiB. */
+#define INGEST_MIN_BODY_RATE 4096
 /* How long one attempt to learn the topic's metadata may hold the loop. */
 #define INGEST_PREPARE_MS 500
 #define INGEST_PREPARE_EVERY_MS 2000
@@ -115,9 +123,11 @@ struct ingest_s {
     pthread_cond_t cond; /* broadcast on every report and every request's end */
     long in_flight;      /* POSTs begun and not completed */
     long connections;    /* open (MHD_OPTION_NOTIFY_CONNECTION) */
-    long outstanding;    /* messages queued and not reported */
-    long answering;      /* POSTs past their body, not completed: their answer comes */
-    int aborting;        /* waits end at once: the drain is over */
+    unsigned char *over; /* by socket: opened with ingest_max_connections open */
+    size_t over_cap;
+    long outstanding; /* messages queued and not reported */
+    long answering;   /* POSTs past their body, not completed: their answer comes */
+    int aborting;     /* waits end at once: the drain is over */
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
     hb_metric_t *m_produced, *m_failed, *m_rejected;
@@ -297,6 +307,8 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, bad);
     }
     n = b.cnt;
+    /* The whole request, its events queued and acknowledged, within this. */
+    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     for (size_t i = 0; i < n; i++) {
         const hb_ingest_msg_t *m = &b.msgs[i];
         pthread_mutex_lock(&in->lock);
@@ -309,8 +321,22 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         r->queued++;
         in->outstanding++;
         pthread_mutex_unlock(&in->lock);
-        if (hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key), m->value,
-                             m->value_len, r, 0, perr, sizeof(perr)) < 0) {
+        while ((rc = hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key),
+                                      m->value, m->value_len, r, 0, perr, sizeof(perr))) ==
+               HB_KAFKA_QUEUE_FULL) {
+            /* librdkafka's queue is full (queue.buffering.max.messages: a
+             * batch larger than it, or many at once): room comes as the
+             * brokers acknowledge what is queued (every report broadcasts
+             * cond), so wait for that as long as the request may, rather
+             * than answer 503 to a request that would never fit. */
+            int waited;
+            pthread_mutex_lock(&in->lock);
+            waited = !in->aborting && pthread_cond_timedwait(&in->cond, &in->lock, &until) == 0;
+            pthread_mutex_unlock(&in->lock);
+            if (!waited)
+                break;
+        }
+        if (rc < 0) {
             int last;
             pthread_mutex_lock(&in->lock);
             r->queued--;
@@ -325,7 +351,6 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     }
     hb_ingest_batch_free(&b);
 
-    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     pthread_mutex_lock(&in->lock);
     while (r->reported < r->queued && !in->aborting)
         if (pthread_cond_timedwait(&in->cond, &in->lock, &until) != 0)
@@ -388,11 +413,37 @@ static enum MHD_Result reply_busy(ingest_t *in, struct MHD_Connection *conn, lon
     return ret;
 }
 
+/* The connection's socket, or -1. */
+static int conn_fd(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    return ci ? (int)ci->connect_fd : -1;
+}
+
+/* Counts the open connections, and marks one opened while
+ * ingest_max_connections were open already: its requests are answered 503
+ * (reply_busy), the others' as usual. (Deciding by the count at each
+ * request refused every connection's requests while one too many was open:
+ * a client holding a spare connection, no secret needed, had Okta's
+ * established connections answered 503.) The mark is by socket, cleared at
+ * CLOSED, which libmicrohttpd notifies before it closes the socket. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     ingest_t *in = cls;
+    int fd = conn_fd(conn);
     pthread_mutex_lock(&in->lock);
     in->connections += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
+    if (fd >= 0 && (size_t)fd >= in->over_cap && toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        size_t cap = in->over_cap ? in->over_cap : 256;
+        while (cap <= (size_t)fd)
+            cap *= 2;
+        in->over = hb_realloc(in->over, cap);
+        memset(in->over + in->over_cap, 0, cap - in->over_cap);
+        in->over_cap = cap;
+    }
+    if (fd >= 0 && (size_t)fd < in->over_cap)
+        in->over[fd] = toe == MHD_CONNECTION_NOTIFY_STARTED &&
+                       in->connections > in->cfg->ingest_max_connections;
     pthread_mutex_unlock(&in->lock);
     hb_cutoff_notify(in->cutoff, conn, socket_context, toe); /* its whole-request deadline */
 }
@@ -405,10 +456,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)version;
     if (!r) {
         long open;
+        int over, fd = conn_fd(conn);
         pthread_mutex_lock(&in->lock);
         open = in->connections;
+        over = fd >= 0 && (size_t)fd < in->over_cap && in->over[fd];
         pthread_mutex_unlock(&in->lock);
-        if (open > in->cfg->ingest_max_connections)
+        if (over)
             return reply_busy(in, conn, open);
         int is_get = !strcmp(method, MHD_HTTP_METHOD_GET);
         int is_post = !strcmp(method, MHD_HTTP_METHOD_POST);
@@ -439,10 +492,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         in->in_flight++;
         pthread_mutex_unlock(&in->lock);
         *con_cls = r;
+        hb_cutoff_body_start(conn); /* a slow link's body is not cut at the 30 s */
         return MHD_YES;
     }
     if (*upload_data_size) {
         append_body(r, upload_data, *upload_data_size, in->cfg->ingest_max_body_bytes);
+        if (!r->too_large) /* bytes thrown away buy no time */
+            hb_cutoff_body_bytes(conn, *upload_data_size);
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -504,7 +560,7 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     }
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, "ingest");
+    in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, INGEST_MIN_BODY_RATE, "ingest");
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
@@ -723,6 +779,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
         rd_kafka_destroy(in.rk);
     hb_codec_free(in.codec);
     hb_metrics_reset();
+    free(in.over);
     pthread_cond_destroy(&in.cond);
     pthread_mutex_destroy(&in.codec_lock);
     pthread_mutex_destroy(&in.lock);

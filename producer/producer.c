@@ -96,8 +96,8 @@ int hb_producer_use_registry(hb_producer_t *p, long long schema_id, char *errstr
                              size_t errstr_size) {
     if (schema_id < 0) {
         hb_registry_opts_t o = {p->cfg->schema_registry_url, p->cfg->schema_registry_user_info,
-                                p->cfg->schema_registry_ca_file,
-                                p->cfg->schema_registry_timeout_ms};
+                                p->cfg->schema_registry_ca_file, p->cfg->schema_registry_timeout_ms,
+                                0}; /* registers only */
         char subject[300];
         uint32_t id = 0;
         snprintf(subject, sizeof(subject), "%s-value", p->cfg->events_topic);

@@ -1,8 +1,9 @@
 /* Request deadlines (hb_cutoff) on a real libmicrohttpd server, in both of
  * the threading modes hookbridge runs one in: a client trickling its request
  * is cut at the deadline, clients sending whole requests are served on one
- * connection for longer than it, and a request whose answer takes long is
- * not cut while it is answered. */
+ * connection for longer than it, a request whose answer takes long is
+ * not cut while it is answered, and a body arriving over a slow link at the
+ * minimum rate or faster is not cut at the deadline, one slower is. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +26,8 @@
  * two cores) keeps the fast client within it: it waits 150 ms between
  * requests. */
 #define LIMIT_MS 600
+/* bytes/s a body must keep up, once its headers are in */
+#define RATE 2000
 
 typedef struct {
     struct MHD_Daemon *d;
@@ -35,7 +38,7 @@ typedef struct {
 /* Answers "ok" on the second call (a response queued on the first, before
  * the request is known to be whole, makes libmicrohttpd close the
  * connection after it); GET /slow holds its request, then answers after
- * LIMIT_MS + 300 ms. */
+ * LIMIT_MS + 300 ms; POST /body reads a body as the ingest endpoint does. */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -46,9 +49,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     (void)method;
     (void)version;
     (void)upload_data;
-    (void)upload_data_size;
     if (!*con_cls) {
         *con_cls = (void *)1;
+        if (!strcmp(url, "/body"))
+            hb_cutoff_body_start(conn);
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        hb_cutoff_body_bytes(conn, *upload_data_size);
+        *upload_data_size = 0;
         return MHD_YES;
     }
     if (!strcmp(url, "/slow")) {
@@ -62,7 +71,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 }
 
 static void srv_start(srv_t *s, unsigned flags) {
-    s->c = hb_cutoff_new(LIMIT_MS, "test");
+    s->c = hb_cutoff_new(LIMIT_MS, RATE, "test");
     assert_non_null(s->c);
     s->d =
         MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_CONNECTION,
@@ -130,6 +139,46 @@ static int ask(int fd, const char *path) {
     return 0;
 }
 
+/* POSTs a body of 4000 bytes in pieces of `piece` bytes every 100 ms;
+ * returns 1 when it was answered 200 "ok", 0 when the server closed the
+ * connection first (and then how long after the headers in *cut_ms). */
+static int post_slowly(int port, size_t piece, int64_t *cut_ms) {
+    static const char head[] = "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n";
+    char chunk[4000];
+    int fd = dial(port), answered = 0;
+    int64_t t0 = hb_mono_ms();
+    memset(chunk, 'b', sizeof(chunk));
+    *cut_ms = 0;
+    if (send(fd, head, strlen(head), MSG_NOSIGNAL) != (ssize_t)strlen(head))
+        fail_msg("cannot send the headers");
+    for (size_t sent = 0; sent < sizeof(chunk) && !*cut_ms; sent += piece) {
+        size_t n = sizeof(chunk) - sent < piece ? sizeof(chunk) - sent : piece;
+        /* (not after the last piece: the answer is read below) */
+        if (send(fd, chunk, n, MSG_NOSIGNAL) != (ssize_t)n ||
+            (sent + n < sizeof(chunk) && closed_within(fd, 100)))
+            *cut_ms = hb_mono_ms() - t0;
+    }
+    if (!*cut_ms) {
+        char buf[1024];
+        size_t got = 0;
+        int64_t until = hb_mono_ms() + 5000;
+        while (!answered && hb_mono_ms() < until && got < sizeof(buf) - 1) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            ssize_t n;
+            if (poll(&p, 1, 100) <= 0)
+                continue;
+            n = recv(fd, buf + got, sizeof(buf) - 1 - got, 0);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+            buf[got] = '\0';
+            answered = strstr(buf, " 200 ") && strstr(buf, "\r\n\r\nok");
+        }
+    }
+    close(fd);
+    return answered;
+}
+
 static void run(unsigned flags) {
     srv_t s;
     srv_start(&s, flags);
@@ -164,6 +213,20 @@ static void run(unsigned flags) {
     assert_true(closed_within(fd, LIMIT_MS + 1000));
     close(fd);
     assert_int_equal(hb_cutoff_count(s.c), 2);
+
+    /* a body at twice the minimum rate (4000 B/s), 1 s long, much longer
+     * than the deadline: answered */
+    int64_t cut_ms;
+    if (!post_slowly(s.port, 400, &cut_ms))
+        fail_msg("a body at twice the minimum rate was not answered (cut after %lld ms)",
+                 (long long)cut_ms);
+    assert_int_equal(hb_cutoff_count(s.c), 2);
+    /* a body at a tenth of it (200 B/s): cut soon after the deadline, not
+     * after the 20 s it would take */
+    assert_false(post_slowly(s.port, 20, &cut_ms));
+    assert_true(cut_ms >= LIMIT_MS - 50);
+    assert_true(cut_ms < LIMIT_MS + 1500);
+    assert_int_equal(hb_cutoff_count(s.c), 3);
     srv_stop(&s);
 }
 

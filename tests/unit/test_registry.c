@@ -90,7 +90,7 @@ static hb_registry_status_t settle(hb_registry_t *r, uint32_t id, const char **s
 
 static hb_registry_t *registry_at(uint16_t port, const char *user_info) {
     char url[64], err[256];
-    hb_registry_opts_t o = {url, user_info, NULL, 2000};
+    hb_registry_opts_t o = {url, user_info, NULL, 2000, 0};
     hb_registry_t *r;
     snprintf(url, sizeof(url), "http://127.0.0.1:%u/", (unsigned)port);
     r = hb_registry_new(&o, err, sizeof(err));
@@ -165,7 +165,7 @@ static void a_404_that_is_not_the_registrys_answer_waits(void **state) {
     struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
     struct MHD_Daemon *d = test_server_start(handle, &s, none, &port);
     char url[64], why[256] = "", err[256];
-    hb_registry_opts_t o = {url, USER_INFO, NULL, 2000};
+    hb_registry_opts_t o = {url, USER_INFO, NULL, 2000, 0};
     hb_registry_t *r;
     const char *schema = NULL;
     (void)state;
@@ -204,7 +204,7 @@ static void register_gives_the_id(void **state) {
     struct MHD_OptionItem none[] = {{MHD_OPTION_END, 0, NULL}};
     struct MHD_Daemon *d = test_server_start(handle, &s, none, &port);
     char url[64], err[256];
-    hb_registry_opts_t o = {url, USER_INFO, NULL, 2000};
+    hb_registry_opts_t o = {url, USER_INFO, NULL, 2000, 0};
     uint32_t id = 0;
     (void)state;
     snprintf(url, sizeof(url), "http://127.0.0.1:%u", (unsigned)port);
@@ -240,7 +240,7 @@ static void a_schema_too_large_is_poison_not_a_wait(void **state) {
 
 static void urls_are_logged_without_credentials(void **state) {
     char out[128], err[256];
-    hb_registry_opts_t o = {"ftp://x", NULL, NULL, 1000};
+    hb_registry_opts_t o = {"ftp://x", NULL, NULL, 1000, 0};
     (void)state;
     hb_registry_url_for_log("https://u:p@w@sr.example.com:8081/apis/ccompat/v7", out, sizeof(out));
     assert_string_equal(out, "https://sr.example.com:8081/apis/ccompat/v7");
@@ -278,8 +278,8 @@ static void urls_are_logged_without_credentials(void **state) {
          * "pa" the port) is refused at once, without showing it; one it
          * parses otherwise than meant (host "key", port 12) fails its fetches,
          * and the reason (in the log and on /readyz) does not show it. */
-        hb_registry_opts_t unparsed = {"http://key:pa/ss@127.0.0.1:1", NULL, NULL, 1000};
-        hb_registry_opts_t misparsed = {"http://key:12/ss@127.0.0.1:1", NULL, NULL, 1000};
+        hb_registry_opts_t unparsed = {"http://key:pa/ss@127.0.0.1:1", NULL, NULL, 1000, 0};
+        hb_registry_opts_t misparsed = {"http://key:12/ss@127.0.0.1:1", NULL, NULL, 1000, 0};
         hb_registry_t *r;
         const char *schema;
         char why[256];
