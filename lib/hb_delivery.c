@@ -608,10 +608,11 @@ static void dead_letter_free(void *arg) {
 static void dead_lettered(void *arg) {
     dead_letter_t *d = arg;
     hb_metric_inc(d->D->m.dlq);
-    hb_log_limited(&log_dead_lettered, HB_LOG_WARN,
-                   HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                         "event_type", d->event_type),
-                   "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt, d->reason);
+    hb_log_limited_for(&log_dead_lettered, d->subscription_id, HB_LOG_WARN,
+                       HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
+                             "event_type", d->event_type),
+                       "delivery failed after %d attempt(s), dead-lettered: %s", d->attempt,
+                       d->reason);
 }
 
 /* The log answered: dead-letter, unless the delivery is already final or this
@@ -624,11 +625,11 @@ static void dead_letter_answered(hb_outbox_t *ob, hb_gate_t *g) {
     const char *stale = hb_dlog_state_stale(&g->state, d->attempt, d->began_ms, buf, sizeof(buf));
     if (stale) {
         hb_metric_inc(D->m.dlq_skipped);
-        hb_log_limited(&log_not_dead_lettered, HB_LOG_INFO,
-                       HB_KV("delivery_id", d->delivery_id, "subscription_id", d->subscription_id,
-                             "event_type", d->event_type),
-                       "final failure of attempt %d not dead-lettered: %s (this attempt: %s)",
-                       d->attempt, stale, d->reason);
+        hb_log_limited_for(&log_not_dead_lettered, d->subscription_id, HB_LOG_INFO,
+                           HB_KV("delivery_id", d->delivery_id, "subscription_id",
+                                 d->subscription_id, "event_type", d->event_type),
+                           "final failure of attempt %d not dead-lettered: %s (this attempt: %s)",
+                           d->attempt, stale, d->reason);
         hb_gate_release(D->outbox, g);
         dead_letter_free(d); /* and the message */
     } else {
@@ -710,8 +711,8 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     for (int t = 0; t < D->cfg->schedule.tiers; t++)
         if (!strcmp(D->cfg->schedule.tier_topics[t], topic))
             hb_metric_inc(D->m.tier[t]);
-    hb_log_limited(
-        res ? &log_failed : &log_not_made, HB_LOG_INFO,
+    hb_log_limited_for(
+        res ? &log_failed : &log_not_made, dl->sub->id, HB_LOG_INFO,
         HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
         res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
             : "attempt %d not made (%s): it waits %lld ms in %s",
@@ -1090,9 +1091,9 @@ void hb_delivery_skip(hb_deliveries_t *D, hb_delivery_t *dl, hb_outcome_t outcom
     } else {
         hb_gate_t *g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
         set_state(D, dl, HB_DL_DROPPED);
-        hb_log_limited(&log_dropped, HB_LOG_INFO,
-                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-                       "delivery dropped: %s", reason);
+        hb_log_limited_for(&log_dropped, dl->sub->id, HB_LOG_INFO,
+                           HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                           "delivery dropped: %s", reason);
         record(D, dl, made, NULL, HB_OUTCOME_DROPPED, reason, g);
     }
     delivery_finish(D, dl);

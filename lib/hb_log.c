@@ -138,16 +138,36 @@ static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 static void limit_summary(hb_log_limit_t *l, int64_t now) {
     if (l->left_out)
         hb_log_emit(l->lvl, NULL,
-                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s are; "
-                    "the delivery log has every delivery and attempt)",
+                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s are, "
+                    "and the first of each subscription; the delivery log has every delivery and "
+                    "attempt)",
                     l->left_out, l->what, (long long)((now - l->window_ms + 999) / 1000),
                     HB_LOG_LIMIT_LINES, HB_LOG_LIMIT_WINDOW_MS / 1000);
     l->left_out = 0;
     l->logged = 0;
+    l->keys_cnt = 0;
     l->window_ms = now;
 }
 
+/* 1 when key is new in l's window, and there is room to remember it. */
+static int limit_first_of(hb_log_limit_t *l, const char *key) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    for (unsigned i = 0; i < l->keys_cnt; i++)
+        if (l->keys[i] == h)
+            return 0;
+    if (l->keys_cnt == HB_LOG_LIMIT_KEYS)
+        return 0;
+    l->keys[l->keys_cnt++] = h;
+    return 1;
+}
+
 int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
+    return hb_log_admit_for(l, NULL, lvl);
+}
+
+int hb_log_admit_for(hb_log_limit_t *l, const char *key, hb_log_level_t lvl) {
     int64_t now;
     int ok = 0;
     if (hb_log_level == HB_LOG_DEBUG)
@@ -163,7 +183,9 @@ int hb_log_admit(hb_log_limit_t *l, hb_log_level_t lvl) {
     if (now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
         limit_summary(l, now);
     l->lvl = lvl;
-    if (l->logged < HB_LOG_LIMIT_LINES) {
+    if (key && limit_first_of(l, key)) {
+        ok = 1; /* not counted against the window's lines */
+    } else if (l->logged < HB_LOG_LIMIT_LINES) {
         l->logged++;
         ok = 1;
     } else {

@@ -58,6 +58,11 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
  * thread. */
 #define HB_LOG_LIMIT_LINES 50
 #define HB_LOG_LIMIT_WINDOW_MS 10000
+/* With a key (hb_log_limited_for: the subscription), the first line of each
+ * key in a window is written even past HB_LOG_LIMIT_LINES, for up to this
+ * many keys: one endpoint failing thousands of deliveries does not hide that
+ * another one fails too. */
+#define HB_LOG_LIMIT_KEYS 256
 
 typedef struct hb_log_limit_s {
     const char *what; /* names the lines in the summary, e.g. "\"attempt N failed\"" */
@@ -67,10 +72,16 @@ typedef struct hb_log_limit_s {
     hb_log_level_t lvl;
     int registered;
     struct hb_log_limit_s *next;
+    unsigned keys_cnt;                /* keys seen in this window */
+    uint64_t keys[HB_LOG_LIMIT_KEYS]; /* their hashes */
 } hb_log_limit_t;
 
 #define HB_LOG_LIMIT(what)                                                                         \
-    { (what), 0, 0, 0, HB_LOG_DEBUG, 0, NULL }
+    {                                                                                              \
+        (what), 0, 0, 0, HB_LOG_DEBUG, 0, NULL, 0, {                                               \
+            0                                                                                      \
+        }                                                                                          \
+    }
 
 #define hb_log_limited(lim, lvl, kv, ...)                                                          \
     do {                                                                                           \
@@ -78,8 +89,16 @@ typedef struct hb_log_limit_s {
             hb_log_emit((lvl), (kv), __VA_ARGS__);                                                 \
     } while (0)
 
+#define hb_log_limited_for(lim, key, lvl, kv, ...)                                                 \
+    do {                                                                                           \
+        if ((lvl) >= hb_log_level && hb_log_admit_for((lim), (key), (lvl)))                        \
+            hb_log_emit((lvl), (kv), __VA_ARGS__);                                                 \
+    } while (0)
+
 /* 1 when a line of lim may be written now (counted either way). */
 int hb_log_admit(hb_log_limit_t *lim, hb_log_level_t lvl);
+/* The same, and 1 for the first line of key in the window (key may be NULL). */
+int hb_log_admit_for(hb_log_limit_t *lim, const char *key, hb_log_level_t lvl);
 /* Says, for every limit whose window is over, how many lines it left out. */
 void hb_log_limits_flush(void);
 

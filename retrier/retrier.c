@@ -295,10 +295,11 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     }
     if (stale) {
         hb_metric_inc(r->m_stale);
-        hb_log_limited(&log_stale, HB_LOG_INFO,
-                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-                       "retry dropped, attempt %d not made: %s (read again, e.g. after a restart)",
-                       dl->attempt, stale);
+        hb_log_limited_for(
+            &log_stale, dl->sub->id, HB_LOG_INFO,
+            HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+            "retry dropped, attempt %d not made: %s (read again, e.g. after a restart)",
+            dl->attempt, stale);
         hb_worker_discard(w, dl);
         return;
     }

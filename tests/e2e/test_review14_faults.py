@@ -188,3 +188,39 @@ def test_a_database_not_answering_bounds_the_delivery_log_rows_held(db_url, brok
                60 * SLOW, "every delivery logged")
     wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
                10 * SLOW, "the payload bytes held to come back to 0")
+
+
+def test_one_endpoint_failing_in_bulk_does_not_hide_another_ones_failures(db_url, broker, procs,
+                                                                           workdir):
+    """Endpoint A fails 200 deliveries in a burst (no circuit breaker here),
+    using up the 50 "attempt N failed" lines of the window; then endpoint B
+    fails 3. An operator grepping the log for B's subscription finds it: the
+    first line of each subscription in a window is written past the limit.
+    On the code before, B's failures were only counted in the summary."""
+    a = Receiver(procs, workdir, status=500, args=["--quiet"], name="a")
+    b = Receiver(procs, workdir, status=500, args=["--quiet"], name="b")
+    for name, url, typ in (("flood-a", a.url, "user.session.start"),
+                           ("quiet-b", b.url, "user.lifecycle.create")):
+        sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY[%s], '{}')", name, url, typ)
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                "status = 'active'")
+    sub_b = sql(db_url, "SELECT id::text FROM hookbridge.subscriptions WHERE name = 'quiet-b'")[0][0]
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_CIRCUIT_FAILURES": "0"})
+    d.wait_ready()
+
+    def retries(name):
+        return sql(db_url, "SELECT count(*) FROM hookbridge.deliveries d JOIN "
+                           "hookbridge.subscriptions s ON s.id = d.subscription_id "
+                           "WHERE s.name = %s AND d.status = 'retry'", name)[0][0]
+
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(200)])
+    wait_until(lambda: retries("flood-a") == 200 or None, 60 * SLOW, "A's 200 failures logged")
+    produce(broker.bootstrap, [event("user.lifecycle.create") for _ in range(3)])
+    wait_until(lambda: retries("quiet-b") == 3 or None, 30 * SLOW, "B's 3 failures logged")
+    out = [json.loads(l) for l in d.proc.output().splitlines() if l.startswith("{")]
+    failed = [l for l in out if l["msg"].startswith("attempt 1 failed")]
+    of_b = [l for l in failed if l.get("subscription_id") == sub_b]
+    print(f"{len(failed)} 'attempt 1 failed' lines, {len(of_b)} of B")
+    assert of_b, "B's failures are not in the log"
+    assert len(failed) <= 50 + 2, len(failed)  # the window's 50, and each one's first
