@@ -119,10 +119,11 @@ typedef struct hb_http_curlu_s {
 
 struct hb_http_host_s {
     hb_http_host_t *ready_next;
-    char *key;        /* "scheme://host:port" */
-    unsigned share;   /* its TLS session share: h->shares[share] */
-    size_t in_flight; /* running transfers to this host */
-    size_t waiting;   /* transfers in its queue */
+    char *key;            /* "scheme://host:port" */
+    unsigned share;       /* its TLS session share: h->shares[share] */
+    size_t in_flight;     /* running transfers to this host */
+    size_t waiting;       /* transfers in its queue */
+    size_t waiting_bytes; /* and the bytes of their bodies */
     hb_http_xfer_t *wait_head, *wait_tail;
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
@@ -641,6 +642,7 @@ static void hb_http_wait_push(hb_http_t *h, hb_http_host_t *host, hb_http_xfer_t
         host->wait_head = x;
     host->wait_tail = x;
     host->waiting++;
+    host->waiting_bytes += x->body_len;
     x->queued_mono = hb_mono_ms();
     x->wq_next = NULL;
     x->wq_prev = h->wq_tail;
@@ -662,6 +664,7 @@ static void hb_http_wait_unlink(hb_http_t *h, hb_http_host_t *host, hb_http_xfer
     if (host->wait_tail == x)
         host->wait_tail = prev;
     host->waiting--;
+    host->waiting_bytes -= x->body_len;
     x->next = NULL;
     if (x->wq_prev)
         x->wq_prev->wq_next = x->wq_next;
@@ -1415,6 +1418,14 @@ static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
         hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL,
                          "endpoint busy: %zu requests already waiting for %s (max_host_queue)",
                          hh->waiting, x->host_name);
+    } else if (h->conf.max_host_queue_bytes > 0 && hh->waiting > 0 &&
+               hh->waiting_bytes + x->body_len > (size_t)h->conf.max_host_queue_bytes) {
+        /* one host's backlog must not hold the whole payload budget (the
+         * pause of every endpoint's consumption); a lone request always may */
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL,
+                         "endpoint busy: %zu requests of %zu bytes already waiting for %s (a "
+                         "quarter of max_pending_bytes)",
+                         hh->waiting, hh->waiting_bytes, x->host_name);
     } else if (no_slot && hh->slow_until > hb_mono_ms()) {
         hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
                          "endpoint slow: requests to %s recently waited %lld ms for a connection "

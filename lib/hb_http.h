@@ -55,9 +55,10 @@ typedef struct hb_http_s hb_http_t;
 typedef struct hb_http_conf_s {
     long max_in_flight;
     long max_host_connections;
-    long max_connections;        /* kept open, idle included; 0: 2 x max_in_flight */
-    long max_host_queue;         /* requests waiting for one host; 0: unbounded */
-    long long max_queue_wait_ms; /* longest wait for a connection; 0: unbounded */
+    long max_connections;           /* kept open, idle included; 0: 2 x max_in_flight */
+    long max_host_queue;            /* requests waiting for one host; 0: unbounded */
+    long long max_host_queue_bytes; /* bytes of their bodies; 0: unbounded */
+    long long max_queue_wait_ms;    /* longest wait for a connection; 0: unbounded */
     long long connect_timeout_ms;
     int allow_http;
     int allow_private_networks;

@@ -729,6 +729,9 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         .max_host_connections = (long)cfg->max_host_connections,
         .max_connections = (long)cfg->max_connections,
         .max_host_queue = (long)cfg->max_host_queue,
+        /* one hung host's queue never holds the whole payload budget, so
+         * it cannot pause consumption for every endpoint */
+        .max_host_queue_bytes = cfg->max_pending_bytes / 4,
         .max_queue_wait_ms = cfg->max_queue_wait_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
         .allow_http = cfg->allow_http,

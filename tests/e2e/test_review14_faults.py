@@ -55,7 +55,7 @@ def hwm_kib(pid):
 
 
 def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url, broker, procs):
-    """Four endpoint hosts that take requests and do not answer, 210
+    """Eight endpoint hosts that take requests and do not answer, 210
     subscriptions on them matching every event, 19 events of 50 KB: 3,990
     deliveries of about 50 KB, all held (in flight or waiting for their host;
     the wait and the request timeout are long here). The dispatcher stops
@@ -63,7 +63,9 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
     payloads, says so on /readyz, and its peak RSS stays far below what the
     held deliveries would take (e5ce68b: about 400 MiB, every one held twice,
     whatever the budget). Once the hosts answer, every delivery arrives:
-    nothing was dropped for the budget."""
+    nothing was dropped for the budget. (Eight hosts, so that the budget
+    is reached before any host's queue holds its quarter of it: see the
+    next test.)"""
     release = threading.Event()
     got = []
 
@@ -75,7 +77,7 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    servers = [serve_many(Holding) for _ in range(4)]
+    servers = [serve_many(Holding) for _ in range(8)]
     try:
         subscribe_many(db_url, [s.url for s in servers], 210)
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
@@ -109,6 +111,65 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
         release.set()
         for s in servers:
             s.shutdown()
+
+
+def test_one_hung_host_with_large_payloads_does_not_pause_the_other_endpoints(db_url, broker,
+                                                                              procs):
+    """One endpoint host takes requests and never answers; 60 events of
+    50 KB for it (3 MB), against a budget of 2 MiB and a long queue wait. Its
+    queue holds at most a quarter of the budget, the rest goes to the delay
+    tier at once, so consumption never pauses and a healthy endpoint's
+    events, produced after, arrive in seconds. On the code before, the hung
+    host's queue took the whole budget and every endpoint waited (here for
+    the 120 s queue wait)."""
+    release = threading.Event()
+
+    class Holding(ChallengeAnswering):
+        def do_POST(self):
+            posted_uuids(self)
+            release.wait(60)
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    hung = serve_many(Holding)
+    try:
+        healthy = []
+
+        class Answering(ChallengeAnswering):
+            def do_POST(self):
+                healthy.extend(posted_uuids(self))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        fine = serve_many(Answering)
+        for name, url, typ in (("hung", hung.url, "user.session.start"),
+                               ("fine", fine.url, "user.lifecycle.create")):
+            sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY[%s], '{}')", name, url, typ)
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active'")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "120s", "HOOKBRIDGE_REQUEST_TIMEOUT": "120s",
+            "HOOKBRIDGE_MAX_PENDING_BYTES": "2097152", "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "4"})
+        d.wait_ready()
+        produce(broker.bootstrap,
+                [dict(event("user.session.start"), displayMessage="x" * 50_000) for _ in range(60)])
+        wait_until(lambda: d.metric("hookbridge_requests_in_flight", 0) >= 4 or None,
+                   30 * SLOW, "the hung host's connections taken")
+        time.sleep(1)
+        produce(broker.bootstrap, [event("user.lifecycle.create") for _ in range(5)])
+        t0 = time.monotonic()
+        wait_until(lambda: len(healthy) >= 5 or None, 60 * SLOW, "the healthy endpoint's events")
+        took = time.monotonic() - t0
+        why = d.get("/readyz")[1]
+        print(f"healthy endpoint served {took:.1f} s after its events; readyz: {why}")
+        assert took < 15 * SLOW, took
+        assert "consumption paused" not in why, why
+        assert d.metric("hookbridge_pending_payload_bytes") < 2097152
+    finally:
+        release.set()
+        hung.shutdown()
 
 
 def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broker, procs,
