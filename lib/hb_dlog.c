@@ -134,6 +134,11 @@ struct hb_dlog_s {
     size_t writing; /* rows and look-ups of the batch the writer is on */
     int exited;     /* the writer thread is done with dl */
     int abandoned;  /* closed without it: dl is the writer's until the process ends */
+    /* Since when (monotonic ms) every round has failed (its rows refused, or
+     * the database unreachable), and the last round's reason; 0 after a
+     * round that wrote (hb_dlog_failing_ms). */
+    int64_t failing_since;
+    char failing_why[512];
 
     /* Writer thread only. */
     struct dlog_cols_s *cols; /* column buffers, kept from batch to batch */
@@ -432,6 +437,16 @@ uint64_t hb_dlog_written(hb_dlog_t *dl) {
 
 int64_t hb_dlog_waiting_ms(hb_dlog_t *dl) {
     int64_t since = atomic_load(&dl->busy_since);
+    return since ? hb_mono_ms() - since : 0;
+}
+
+int64_t hb_dlog_failing_ms(hb_dlog_t *dl, char *why, size_t whysz) {
+    int64_t since;
+    pthread_mutex_lock(&dl->mu);
+    since = dl->failing_since;
+    if (whysz > 0)
+        snprintf(why, whysz, "%s", since ? dl->failing_why : "");
+    pthread_mutex_unlock(&dl->mu);
     return since ? hb_mono_ms() - since : 0;
 }
 
@@ -1259,6 +1274,10 @@ static void *dlog_main(void *arg) {
             queue_trim_locked(dl);
             hb_metric_inc(dl->errors);
             dlog_warn_down(dl, rc == W_RETRY ? why : "database unavailable", dl->queue.n);
+            if (!dl->failing_since)
+                dl->failing_since = hb_mono_ms();
+            snprintf(dl->failing_why, sizeof(dl->failing_why), "%s",
+                     rc == W_RETRY ? why : "database unavailable");
             next_flush = hb_mono_ms() + backoff;
             if (dl->closing && next_flush > dl->deadline_ms)
                 next_flush = dl->deadline_ms;
@@ -1272,6 +1291,7 @@ static void *dlog_main(void *arg) {
             hb_info("delivery log: writing again");
             dl->failing = 0;
         }
+        dl->failing_since = 0;
         backoff = DLOG_BACKOFF_MIN_MS;
         next_flush = dl->queue.n > 0 ? hb_mono_ms() : hb_mono_ms() + dl->flush_ms;
     }

@@ -1,0 +1,57 @@
+"""The verification challenge and the delivery log's health as the operator
+sees it (review 17).
+
+- An active subscription's challenge that fails as a delivery would be
+  retried (a 502, a timeout, a connection refused) is asked again, not
+  recorded: on 4a269d1 only 503 and 429 were, and a 502, a timeout or a
+  refused connection during a re-verification (verify() again, or a new
+  URL) deactivated the subscription at once. A refusal (401) still is
+  recorded at once, and so is any failure of an inactive subscription's
+  challenge (nothing to deactivate, the operator learns why now).
+- The challenge is signed like a delivery (Standard Webhooks, over an empty
+  body, webhook-id = the challenge value), and the example receiver given a
+  secret answers only a challenge signed with it: on 4a269d1 the GET was
+  unsigned, and anyone could make the receiver answer.
+- A delivery log the database refuses makes the service not ready with the
+  reason, and shows in hookbridge_delivery_log_stalled_seconds: on 4a269d1
+  the pods stayed ready and no metric said how long nothing had been
+  logged.
+
+Each test was shown to fail on 4a269d1."""
+import re
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from test_delivery import event, register_verified, sql
+
+
+def test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason(
+        db_url, procs, workdir):
+    """A trigger refuses every row of the delivery log. The event is still
+    delivered; after 10 s of refused writes /readyz is 503 and says why,
+    with PostgreSQL's message, and hookbridge_delivery_log_stalled_seconds
+    counts the time. Once the trigger is gone the attempt is logged, the
+    service is ready again and the gauge reads 0."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    register_verified(db_url, rcv.url, ["user.session.start"])
+    sql(db_url, "CREATE FUNCTION public.log_closed() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'the delivery log is closed for maintenance'; END $$")
+    sql(db_url, "CREATE TRIGGER log_closed BEFORE INSERT ON hookbridge.delivery_attempts "
+        "FOR EACH ROW EXECUTE FUNCTION public.log_closed()")
+    e = event("user.session.start")
+    produce(broker.bootstrap, [e])
+    wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rcv.events()}, 20 * SLOW,
+               "the event at its endpoint")
+    status, body = wait_until(lambda: (r := d.get("/readyz"))[0] == 503 and r, 20 * SLOW,
+                              "/readyz 503 while the log is refused")
+    assert re.match(r"delivery log refused by the database for \d+ s: ", body), body
+    assert "the delivery log is closed for maintenance" in body, body
+    assert d.metric("hookbridge_delivery_log_stalled_seconds", None) >= 10
+    assert d.get("/healthz")[0] == 200
+    sql(db_url, "DROP TRIGGER log_closed ON hookbridge.delivery_attempts")
+    wait_until(lambda: d.get("/readyz")[0] == 200, 15 * SLOW, "ready again")
+    assert d.metric("hookbridge_delivery_log_stalled_seconds") == 0
+    assert sql(db_url, "SELECT status FROM hookbridge.deliveries") == [("delivered",)]
