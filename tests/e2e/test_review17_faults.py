@@ -18,11 +18,75 @@ sees it (review 17).
   logged.
 
 Each test was shown to fail on 4a269d1."""
+import base64
+import hashlib
+import hmac
+import http.server
 import re
+import threading
+import time
+import urllib.error
+import urllib.request
 
-from hbtest.procs import SLOW, wait_until
+from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.procs import SLOW, free_port, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
-from test_delivery import event, register_verified, sql
+from test_delivery import SECRET, event, register_verified, sql, verify_once
+
+
+def state(db_url, sub):
+    """(status, verification, verification_error, a request pending)"""
+    return tuple(sql(db_url, "SELECT status, verification, verification_error, "
+                             "verification_requested_at IS NOT NULL "
+                             "FROM hookbridge.subscriptions WHERE id=%s", sub)[0])
+
+
+def test_the_challenge_is_signed_and_the_example_receiver_answers_only_a_signed_one(
+        db_url, broker, procs, workdir):
+    """The challenge carries webhook-id (the challenge value),
+    webhook-timestamp and webhook-signature over an empty body, made with
+    the subscription's secret, as any Standard Webhooks library checks it.
+    The example receiver with --secret verifies a subscription with that
+    secret, refuses (401) the challenge of one with another secret, and a
+    bare GET with a challenge header."""
+    seen = []
+
+    class Recording(ChallengeAnswering):
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            return super().do_GET()
+
+    srv = serve(Recording)
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        _, st, why = verify_once(db_url, srv.url)
+        assert st == "verified", why
+        h = {k.lower(): v for k, v in seen[-1].items()}
+        challenge = h["x-okta-verification-challenge"]
+        assert h.get("webhook-id") == challenge, h
+        assert abs(int(h["webhook-timestamp"]) - time.time()) < 60, h
+        key = base64.b64decode(SECRET[len("whsec_"):])
+        want = base64.b64encode(hmac.new(key, f"{challenge}.{h['webhook-timestamp']}.".encode(),
+                                         hashlib.sha256).digest()).decode()
+        assert h["webhook-signature"].split() == [f"v1,{want}"], h
+
+        rcv = Receiver(procs, workdir, secret=SECRET)
+        _, st, why = verify_once(db_url, rcv.url, name="same secret")
+        assert (st, why) == ("verified", None)
+        other = "whsec_" + base64.b64encode(b"another secret of 24 bytes!!").decode()
+        _, st, why = verify_once(db_url, rcv.url, name="other secret",
+                                 options={"secret": other})
+        assert (st, why) == ("failed", "HTTP 401")
+        req = urllib.request.Request(rcv.url, headers={"X-Okta-Verification-Challenge": "x"})
+        try:
+            urllib.request.urlopen(req, timeout=5)
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == 401, "an unsigned challenge was answered"
+    finally:
+        srv.shutdown()
 
 
 def test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason(
