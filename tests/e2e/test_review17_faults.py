@@ -41,6 +41,102 @@ def state(db_url, sub):
                              "FROM hookbridge.subscriptions WHERE id=%s", sub)[0])
 
 
+def retrying(db_url, subs):
+    """subscription_overview.verification_retrying of /gateway, /slow, /moved."""
+    return [sql(db_url, "SELECT verification_retrying FROM hookbridge.subscription_overview "
+                        "WHERE id = %s", subs[p])[0] for p in ("/gateway", "/slow", "/moved")]
+
+
+def test_a_passing_failure_of_an_active_subscription_s_challenge_does_not_deactivate_it(
+        db_url, broker, procs):
+    """Three active subscriptions are challenged again while their endpoint
+    has a bad moment: one answered 502, one too slow (a timeout), one moved
+    to a URL where nothing listens yet (connection refused). None is
+    recorded or deactivated; each challenge is sent again when the claim
+    expires and verifies then. Meanwhile a 401 to an active subscription's
+    challenge and a 502 to an inactive one's are recorded at once."""
+    gets = {}
+    answers = {}  # path -> answers to give before the echo (consumed in order)
+
+    class Endpoint(ChallengeAnswering):
+        def do_GET(self):
+            gets.setdefault(self.path, []).append(time.time())
+            queue = answers.get(self.path) or []
+            status = queue.pop(0) if queue else 200
+            if status == "sleep":
+                time.sleep(2)  # past HOOKBRIDGE_VERIFY_TIMEOUT
+                status = 200
+            if status == 200:
+                return super().do_GET()
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = serve(Endpoint)
+    later = None
+    try:
+        # The claim's lease is MAX_QUEUE_WAIT + VERIFY_TIMEOUT + 10 s: 12 s.
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s", "HOOKBRIDGE_VERIFY_TIMEOUT": "1s"})
+        d.wait_ready()
+        subs = {p: register_verified(db_url, srv.url + p, ["user.session.start"])
+                for p in ("/gateway", "/slow", "/denied", "/moved")}
+        gets.clear()
+        answers.update({"/hook/gateway": [502], "/hook/slow": ["sleep"], "/hook/denied": [401],
+                        "/hook/new": [502]})
+        for p in ("/gateway", "/slow", "/denied"):
+            sql(db_url, "SELECT hookbridge.verify(%s)", subs[p])
+        port = free_port()  # nothing listens there yet
+        moved_to = f"http://127.0.0.1:{port}/hook"
+        sql(db_url, "SELECT hookbridge.update(%s, url => %s)", subs["/moved"], moved_to)
+        inactive = sql(db_url, "SELECT hookbridge.register('new', %s, ARRAY['user.session.start'])",
+                       srv.url + "/new")[0][0]
+        sql(db_url, "SELECT hookbridge.verify(%s)", inactive)
+
+        # Refusals, and the inactive subscription's failure: recorded at once.
+        wait_until(lambda: state(db_url, subs["/denied"])[1] == "failed" or None, 10 * SLOW,
+                   "the 401 recorded")
+        assert state(db_url, subs["/denied"]) == ("inactive", "failed", "HTTP 401", False)
+        wait_until(lambda: state(db_url, inactive)[1] == "failed" or None, 10 * SLOW,
+                   "the inactive subscription's 502 recorded")
+        assert state(db_url, inactive) == ("inactive", "failed", "HTTP 502", False)
+
+        # The passing failures: not recorded, still active, asked again.
+        wait_until(lambda: len(gets.get("/hook/slow", [])) >= 1
+                   and "verification challenge failed (timeout after 1000 ms)" in d.proc.output()
+                   and "verification challenge failed (connection refused" in d.proc.output()
+                   and "verification challenge answered HTTP 502: not recorded" in d.proc.output(),
+                   10 * SLOW, "the three passing failures")
+        for p in ("/gateway", "/slow"):
+            assert state(db_url, subs[p]) == ("active", "verified", None, True), p
+        assert state(db_url, subs["/moved"]) == ("active", "unverified", None, True)
+        # What the operator waiting for the outcome sees meanwhile: why.
+        notes = wait_until(lambda: (r := retrying(db_url, subs)) and all(n[0] for n in r) and r,
+                           5 * SLOW, "the notes of the challenges asked again")
+        assert notes == [("HTTP 502 (asked again; recorded as the failure if it lasts 10m)",),
+                         ("timeout after 1000 ms (asked again; recorded as the failure if it "
+                          "lasts 10m)",),
+                         ("connection refused (asked again; recorded as the failure if it "
+                          "lasts 10m)",)], notes
+
+        # The moved-to endpoint comes up; every challenge sent again verifies.
+        later = http.server.ThreadingHTTPServer(("127.0.0.1", port), ChallengeAnswering)
+        threading.Thread(target=later.serve_forever, daemon=True).start()
+        wait_until(lambda: not any(state(db_url, subs[p])[3]
+                                   for p in ("/gateway", "/slow", "/moved")) or None,
+                   30 * SLOW, "the challenges sent again to be answered")
+        for p in ("/gateway", "/slow", "/moved"):
+            assert state(db_url, subs[p]) == ("active", "verified", None, False), p
+        assert retrying(db_url, subs) == [(None,)] * 3
+        assert len(gets["/hook/gateway"]) == 2 and gets["/hook/gateway"][1] - \
+            gets["/hook/gateway"][0] >= 5, ("asked again at once", gets["/hook/gateway"])
+        assert d.metric('hookbridge_verifications_total{result="failed"}') == 2
+    finally:
+        srv.shutdown()
+        if later:
+            later.shutdown()
+
+
 def test_the_challenge_is_signed_and_the_example_receiver_answers_only_a_signed_one(
         db_url, broker, procs, workdir):
     """The challenge carries webhook-id (the challenge value),
