@@ -109,8 +109,9 @@ struct hb_dlog_s {
     char *conninfo; /* may hold a password: never printed, cleansed on free */
     long long flush_ms;
     size_t max_queue;
-    int wake_fd;         /* written once a batch's tokens are in flushed (-1: none) */
-    hb_metric_t *errors; /* under mu: each failed write or look-up round counts (NULL: none) */
+    int wake_fd;           /* written once a batch's tokens are in flushed (-1: none) */
+    hb_metric_t *errors;   /* under mu: each failed write or look-up round counts (NULL: none) */
+    hb_metric_t *rejected; /* under mu: each row the database rejected as invalid (NULL: none) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -1253,6 +1254,8 @@ static void *dlog_main(void *arg) {
         dl->writing = 0;
         for (size_t i = 0; i < done; i++) {
             dl->dropped += batch[i]->rejected != 0;
+            if (batch[i]->rejected)
+                hb_metric_inc(dl->rejected);
             flushed_push_locked(dl, batch[i]->token);
             row_free(batch[i]);
         }
@@ -1365,6 +1368,7 @@ size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
             dl->abandoned = 1;
             dl->wake_fd = -1;
             dl->errors = NULL; /* the metrics go before the writer may come back */
+            dl->rejected = NULL;
             dl->left = dl->queue.n + dl->writing;
             hb_warn("delivery log: the database did not answer by the stop's deadline; "
                     "stopping without it");
@@ -1432,5 +1436,11 @@ void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd) {
 void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors) {
     pthread_mutex_lock(&dl->mu);
     dl->errors = errors;
+    pthread_mutex_unlock(&dl->mu);
+}
+
+void hb_dlog_set_rejected_metric(hb_dlog_t *dl, hb_metric_t *rejected) {
+    pthread_mutex_lock(&dl->mu);
+    dl->rejected = rejected;
     pthread_mutex_unlock(&dl->mu);
 }

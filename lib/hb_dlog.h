@@ -167,4 +167,10 @@ void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd);
  * (hookbridge_database_errors_total), from the writer's thread. */
 void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors);
 
+/* Each row the database rejected as invalid (class 22 or 23: a constraint
+ * added by hand, say), logged at error and not written, adds 1 to rejected
+ * (hookbridge_delivery_log_rows_rejected_total), from the writer's thread:
+ * the delivery happened, the log will never show it. */
+void hb_dlog_set_rejected_metric(hb_dlog_t *dl, hb_metric_t *rejected);
+
 #endif

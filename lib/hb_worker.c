@@ -50,9 +50,10 @@ struct hb_worker_s {
 
     hb_metric_t *m_held_bytes; /* hb_held_bytes */
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_metric_t *m_dlog_stalled; /* seconds the delivery log has not written */
-    hb_consumer_metrics_t cm;    /* handed to hb_consumer */
-    hb_delivery_metrics_t dm;    /* handed to hb_deliveries */
+    hb_metric_t *m_dlog_stalled;  /* seconds the delivery log has not written */
+    hb_metric_t *m_dlog_rejected; /* delivery-log rows the database rejected as invalid */
+    hb_consumer_metrics_t cm;     /* handed to hb_consumer */
+    hb_delivery_metrics_t dm;     /* handed to hb_deliveries */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -348,6 +349,7 @@ static void ensure_store(hb_worker_t *w) {
         if (dlog) {
             hb_dlog_set_wake_fd(dlog, w->wake[1]);
             hb_dlog_set_error_metric(dlog, w->m_db_errors);
+            hb_dlog_set_rejected_metric(dlog, w->m_dlog_rejected);
         }
         hb_outbox_set_dlog(w->outbox, dlog);
         if (!dlog) {
@@ -677,6 +679,10 @@ static void register_metrics(hb_worker_t *w) {
         "hookbridge_delivery_log_stalled_seconds", NULL,
         "How long the delivery log has not been able to write: the database refusing its rows, "
         "unreachable or not answering (0 while it writes). Offsets wait for it.");
+    w->m_dlog_rejected = hb_metrics_counter(
+        "hookbridge_delivery_log_rows_rejected_total", NULL,
+        "Delivery-log rows the database rejected as invalid (a constraint, a value it refuses): "
+        "logged at error and not written; the delivery happened, the log does not show it.");
     w->dm.dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
                                    "Deliveries the dead-letter topic has taken.");
     w->dm.dlq_skipped = hb_metrics_counter(

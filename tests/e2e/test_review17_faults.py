@@ -191,7 +191,9 @@ def test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_th
     delivered; after 10 s of refused writes /readyz is 503 and says why,
     with PostgreSQL's message, and hookbridge_delivery_log_stalled_seconds
     counts the time. Once the trigger is gone the attempt is logged, the
-    service is ready again and the gauge reads 0."""
+    service is ready again and the gauge reads 0. A row rejected as invalid
+    (a CHECK constraint) is counted in
+    hookbridge_delivery_log_rows_rejected_total."""
     broker = Broker(procs, workdir)
     rcv = Receiver(procs, workdir)
     d = Dispatcher(procs, db_url, broker.bootstrap)
@@ -215,3 +217,18 @@ def test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_th
     wait_until(lambda: d.get("/readyz")[0] == 200, 15 * SLOW, "ready again")
     assert d.metric("hookbridge_delivery_log_stalled_seconds") == 0
     assert sql(db_url, "SELECT status FROM hookbridge.deliveries") == [("delivered",)]
+
+    # A row the database rejects as invalid (a constraint added by hand) is
+    # not retried: the offset moves on, the log misses the attempt, and the
+    # operator is told by a counter (and its alert), not only a log line.
+    assert d.metric("hookbridge_delivery_log_rows_rejected_total", None) == 0
+    now = sql(db_url, "SELECT now()::text")[0][0]
+    sql(db_url, "ALTER TABLE hookbridge.delivery_attempts ADD CONSTRAINT nothing_new "
+        f"CHECK (started_at < '{now}')")
+    e2 = event("user.session.start")
+    produce(broker.bootstrap, [e2])
+    wait_until(lambda: d.metric("hookbridge_delivery_log_rows_rejected_total") == 1, 20 * SLOW,
+               "the rejected row counted")
+    assert "delivery log: attempt rejected by the database and not recorded" in d.proc.output()
+    assert e2["uuid"] in {ev["uuid"] for _, ev in rcv.events()}
+    assert d.get("/readyz")[0] == 200, "a rejected row stalls nothing"
