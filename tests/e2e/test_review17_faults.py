@@ -28,6 +28,9 @@ import time
 import urllib.error
 import urllib.request
 
+import psycopg2
+import pytest
+
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, free_port, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
@@ -232,3 +235,49 @@ def test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_th
     assert "delivery log: attempt rejected by the database and not recorded" in d.proc.output()
     assert e2["uuid"] in {ev["uuid"] for _, ev in rcv.events()}
     assert d.get("/readyz")[0] == 200, "a rejected row stalls nothing"
+
+
+@pytest.mark.sql_only
+def test_the_note_of_a_challenge_asked_again_is_kept_under_its_claim_and_cleared_by_news(db_url):
+    """defer_verification notes what a challenge asked again got, only under
+    the claim that holds and for the URL challenged (else false, nothing
+    changed), without notifying the services; an outcome, verify() and a new
+    URL clear it."""
+    from test_promises_sql import URL, registered, vclaim_until
+
+    def note():
+        return sql(db_url, "SELECT verification_retrying FROM hookbridge.subscription_overview "
+                           "WHERE id = %s", sub)[0][0]
+
+    def defer(claim, url=URL):
+        return sql(db_url, "SELECT hookbridge.defer_verification(%s, 'HTTP 502', %s, %s)",
+                   sub, url, claim)[0][0]
+
+    sub = registered(db_url)
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    claim = vclaim_until(db_url, sub)
+    listener = psycopg2.connect(db_url)
+    try:
+        listener.autocommit = True
+        listener.cursor().execute("LISTEN hookbridge_subscriptions")
+        assert defer(claim, URL + "/other") is False and note() is None
+        assert defer(claim) is True and note() == "HTTP 502"
+        time.sleep(0.2)
+        listener.poll()
+        assert listener.notifies == [], "a note is bookkeeping: the services reload nothing"
+        sql(db_url, "SELECT hookbridge.update(%s, name => 'renamed')", sub)  # and a change does
+        wait_until(lambda: listener.poll() or listener.notifies, 5, "the listener to hear it")
+    finally:
+        listener.close()
+    assert sql(db_url, "SELECT hookbridge.record_verification(%s, true, NULL, %s, %s)",
+               sub, URL, claim)[0][0] is True
+    assert note() is None
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    claim = vclaim_until(db_url, sub)
+    assert defer(claim) is True
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    assert note() is None and defer(claim) is False, "a new request: the old claim's note"
+    claim = vclaim_until(db_url, sub)
+    assert defer(claim) is True
+    sql(db_url, "SELECT hookbridge.update(%s, url => %s)", sub, URL + "/v2")
+    assert note() is None
