@@ -495,11 +495,26 @@ static void on_recorded(const char *id, int recorded, const char *err, void *opa
     }
 }
 
-/* A complete answer that says "not now": 429 Too Many Requests, 503 Service
- * Unavailable. It is not the endpoint refusing the challenge. */
+/* The note of a challenge asked again (defer_verification) is written, or
+ * out of date (nothing to say: the newer request decides). */
+static void on_deferred(const char *id, int recorded, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    (void)recorded;
+    if (err) {
+        hb_worker_db_error(d->w);
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+               "cannot note the verification challenge's failure: %s", err);
+    }
+}
+
+/* A challenge that failed the way a delivery is retried (hb_deliver_classify):
+ * no complete answer (a timeout, a connection or TLS error), 408, 429 or a
+ * 5xx. That is not the endpoint refusing the challenge (a wrong echo, a
+ * 3xx, another 4xx, an address refused by policy are): it may pass in a
+ * moment. */
 static int verify_temporary(const hb_http_result_t *res) {
-    return !res->refused && !res->timed_out && !res->transport_error && !res->not_sent &&
-           (res->http_status == 429 || res->http_status == 503);
+    char why[8];
+    return !res->not_sent && hb_deliver_classify(res, why, sizeof(why)) == HB_OUTCOME_RETRY;
 }
 
 /* The key of sub's temporary answers: its id and URL (a new URL starts
@@ -561,25 +576,47 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                "verification challenge not sent: %s; it is sent again when this dispatcher's "
                "claim expires",
                res->error);
-    } else if (verify_temporary(res) &&
+    } else if (v->sub->active && verify_temporary(res) &&
                hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < d->cfg->verify_try_later_ms) {
-        /* "Try later" is not a refusal: no outcome, the request stays and is
-         * asked again when the claim expires (a failure would deactivate an
-         * active subscription over a moment of overload or maintenance). */
-        char span[32];
+        /* An active subscription's challenge (verify() again, or its new
+         * URL) that failed the way a delivery is retried: no outcome, the
+         * request stays and is asked again when the claim expires. Recorded,
+         * the failure would deactivate the subscription over a network blip,
+         * a moment of overload or a deploy. An inactive one's is recorded at
+         * once: there is nothing to deactivate, and the operator sees why
+         * now. */
+        char span[32], got[300];
         hb_delay_format(d->cfg->verify_try_later_ms, span, sizeof(span));
+        if (res->http_status > 0 && !res->timed_out && !res->transport_error)
+            snprintf(got, sizeof(got), "answered HTTP %d%s", res->http_status,
+                     res->http_status == 429 || res->http_status == 503 ? " (try later)" : "");
+        else
+            snprintf(got, sizeof(got), "failed (%s)", res->error[0] ? res->error : "no response");
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
-               "verification challenge answered HTTP %d (try later): not recorded; it is sent "
-               "again when this dispatcher's claim expires, and recorded as failed if the "
-               "endpoint still answers so after %s (HOOKBRIDGE_VERIFY_TRY_LATER_FOR)",
-               res->http_status, span);
+               "verification challenge %s: not recorded, the subscription stays active; it is "
+               "sent again when this dispatcher's claim expires, and recorded as failed if it "
+               "still fails so after %s (HOOKBRIDGE_VERIFY_TRY_LATER_FOR)",
+               got, span);
+        /* What it got, for subscription_overview.verification_retrying: the
+         * operator waiting for the outcome sees why it does not come. */
+        (void)hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason));
+        {
+            size_t n = strlen(reason);
+            snprintf(reason + n, sizeof(reason) - n,
+                     " (asked again; recorded as the failure if it lasts %s)", span);
+        }
+        if (store &&
+            hb_store_record_verification(store, v->sub->id, v->sub->url, v->claim, -1, reason,
+                                         on_deferred, d, errstr, sizeof(errstr)) < 0)
+            on_deferred(v->sub->id, 0, errstr, d);
     } else {
         ok = hb_deliver_check_challenge(res, v->challenge, reason, sizeof(reason)) == 0;
-        if (verify_temporary(res) && d->cfg->verify_try_later_ms > 0) {
+        if (v->sub->active && verify_temporary(res) && d->cfg->verify_try_later_ms > 0) {
             char span[32];
             size_t n = strlen(reason);
             hb_delay_format(d->cfg->verify_try_later_ms, span, sizeof(span));
-            snprintf(reason + n, sizeof(reason) - n, " (answered so for %s)", span);
+            snprintf(reason + n, sizeof(reason) - n, " (%s so for %s)",
+                     res->timed_out || res->transport_error ? "failing" : "answered", span);
         }
         temporary_forget(d, key, 0, 0);
         hb_metric_inc(ok ? d->m_verify_ok : d->m_verify_failed);

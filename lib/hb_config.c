@@ -142,8 +142,9 @@ static const cf_row_t cf_table[] = {
      "Time an endpoint has to answer the verification challenge."},
     {"verify_try_later_for", CF_MS, OFF(verify_try_later_ms), "10m", 0, 86400000,
      HB_PROG_DISPATCHER, 0,
-     "How long a verification challenge the endpoint answers 429 or 503 (try later) is asked "
-     "again, about every 20 s, before that answer is recorded as the failure (0: at once)."},
+     "How long an active subscription's verification challenge that fails as a delivery "
+     "would be retried (a timeout, a connection or TLS error, 408, 429, 5xx) is asked again, "
+     "about every 20 s, before it is recorded as the failure that deactivates it (0: at once)."},
     {"max_pending_events", CF_INT, OFF(max_pending_events), "10000", 1, 10000000, HB_PROG_SERVICES,
      0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
     {"max_pending_bytes", CF_INT, OFF(max_pending_bytes), "67108864", 1048576, 1099511627776LL,

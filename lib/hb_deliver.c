@@ -448,10 +448,17 @@ hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size
 /* ------------------------------------------------------------------ */
 /* Verification                                                        */
 
+/* The challenge is signed as a delivery is (Standard Webhooks), over an
+ * empty body, with the challenge value as its webhook-id: the signature
+ * covers the value the endpoint is asked to echo, so an endpoint that checks
+ * it knows the challenge comes from whoever holds its signing secret, and a
+ * captured one is good for that value only, within the timestamp tolerance. */
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque) {
-    char h_ch[512], h_ua[64], h_auth[HB_AUTH_LINE_MAX];
-    const char **headers = hb_calloc(6 + (size_t)sub->headers_cnt, sizeof(*headers));
+    int64_t now_ms = hb_wall_ms();
+    char h_ch[512], h_ua[64], h_auth[HB_AUTH_LINE_MAX], h_id[128], h_ts[48], h_sig[512];
+    char sig[480];
+    const char **headers = hb_calloc(9 + (size_t)sub->headers_cnt, sizeof(*headers));
     size_t nh = 0;
     hb_http_req_t req = {
         .method = HB_HTTP_GET,
@@ -462,6 +469,12 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
         .done = done,
         .opaque = opaque,
     };
+    if (hb_sign_header(sub->secrets, sub->secrets_cnt, now_ms, challenge, now_ms / 1000, "", 0, sig,
+                       sizeof(sig)) != 0) {
+        hb_http_fail(http, &req, "cannot sign: no unexpired signing secret");
+        free(headers);
+        return;
+    }
     int auth = hb_deliver_auth_line(sub, h_auth, sizeof(h_auth));
     if (auth < 0) {
         hb_http_fail(http, &req, "auth header is malformed or too long");
@@ -470,9 +483,15 @@ void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *ch
     }
     hb_seterr(h_ch, sizeof(h_ch), "X-Okta-Verification-Challenge: %s", challenge);
     hb_seterr(h_ua, sizeof(h_ua), "User-Agent: hookbridge/%s", HB_VERSION);
+    hb_seterr(h_id, sizeof(h_id), "webhook-id: %s", challenge);
+    hb_seterr(h_ts, sizeof(h_ts), "webhook-timestamp: %lld", (long long)(now_ms / 1000));
+    hb_seterr(h_sig, sizeof(h_sig), "webhook-signature: %s", sig);
     headers[nh++] = h_ch;
     headers[nh++] = "Accept: application/json";
     headers[nh++] = h_ua;
+    headers[nh++] = h_id;
+    headers[nh++] = h_ts;
+    headers[nh++] = h_sig;
     if (auth > 0)
         headers[nh++] = h_auth;
     /* The custom headers too: receivers may route on them (a gateway keyed on

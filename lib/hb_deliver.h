@@ -71,8 +71,10 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
 hb_outcome_t hb_deliver_classify(const hb_http_result_t *res, char *reason, size_t reason_size);
 
 /* Verification challenge: GET url with X-Okta-Verification-Challenge: <random>
- * (plus the auth header and the custom headers). The check of the answer is
- * hb_deliver_check_challenge. */
+ * (plus the auth header and the custom headers), signed like a delivery:
+ * webhook-id <the challenge>, webhook-timestamp, webhook-signature over an
+ * empty body with the subscription's unexpired secrets. The check of the
+ * answer is hb_deliver_check_challenge. */
 void hb_deliver_verify_send(hb_http_t *http, const hb_sub_t *sub, const char *challenge,
                             long long timeout_ms, hb_http_done_cb *done, void *opaque);
 /* 0 when the response is 200 with JSON {"verification": challenge};

@@ -109,8 +109,9 @@ struct hb_dlog_s {
     char *conninfo; /* may hold a password: never printed, cleansed on free */
     long long flush_ms;
     size_t max_queue;
-    int wake_fd;         /* written once a batch's tokens are in flushed (-1: none) */
-    hb_metric_t *errors; /* under mu: each failed write or look-up round counts (NULL: none) */
+    int wake_fd;           /* written once a batch's tokens are in flushed (-1: none) */
+    hb_metric_t *errors;   /* under mu: each failed write or look-up round counts (NULL: none) */
+    hb_metric_t *rejected; /* under mu: each row the database rejected as invalid (NULL: none) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -134,6 +135,11 @@ struct hb_dlog_s {
     size_t writing; /* rows and look-ups of the batch the writer is on */
     int exited;     /* the writer thread is done with dl */
     int abandoned;  /* closed without it: dl is the writer's until the process ends */
+    /* Since when (monotonic ms) every round has failed (its rows refused, or
+     * the database unreachable), and the last round's reason; 0 after a
+     * round that wrote (hb_dlog_failing_ms). */
+    int64_t failing_since;
+    char failing_why[512];
 
     /* Writer thread only. */
     struct dlog_cols_s *cols; /* column buffers, kept from batch to batch */
@@ -432,6 +438,16 @@ uint64_t hb_dlog_written(hb_dlog_t *dl) {
 
 int64_t hb_dlog_waiting_ms(hb_dlog_t *dl) {
     int64_t since = atomic_load(&dl->busy_since);
+    return since ? hb_mono_ms() - since : 0;
+}
+
+int64_t hb_dlog_failing_ms(hb_dlog_t *dl, char *why, size_t whysz) {
+    int64_t since;
+    pthread_mutex_lock(&dl->mu);
+    since = dl->failing_since;
+    if (whysz > 0)
+        snprintf(why, whysz, "%s", since ? dl->failing_why : "");
+    pthread_mutex_unlock(&dl->mu);
     return since ? hb_mono_ms() - since : 0;
 }
 
@@ -1238,6 +1254,8 @@ static void *dlog_main(void *arg) {
         dl->writing = 0;
         for (size_t i = 0; i < done; i++) {
             dl->dropped += batch[i]->rejected != 0;
+            if (batch[i]->rejected)
+                hb_metric_inc(dl->rejected);
             flushed_push_locked(dl, batch[i]->token);
             row_free(batch[i]);
         }
@@ -1259,6 +1277,10 @@ static void *dlog_main(void *arg) {
             queue_trim_locked(dl);
             hb_metric_inc(dl->errors);
             dlog_warn_down(dl, rc == W_RETRY ? why : "database unavailable", dl->queue.n);
+            if (!dl->failing_since)
+                dl->failing_since = hb_mono_ms();
+            snprintf(dl->failing_why, sizeof(dl->failing_why), "%s",
+                     rc == W_RETRY ? why : "database unavailable");
             next_flush = hb_mono_ms() + backoff;
             if (dl->closing && next_flush > dl->deadline_ms)
                 next_flush = dl->deadline_ms;
@@ -1272,6 +1294,7 @@ static void *dlog_main(void *arg) {
             hb_info("delivery log: writing again");
             dl->failing = 0;
         }
+        dl->failing_since = 0;
         backoff = DLOG_BACKOFF_MIN_MS;
         next_flush = dl->queue.n > 0 ? hb_mono_ms() : hb_mono_ms() + dl->flush_ms;
     }
@@ -1345,6 +1368,7 @@ size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
             dl->abandoned = 1;
             dl->wake_fd = -1;
             dl->errors = NULL; /* the metrics go before the writer may come back */
+            dl->rejected = NULL;
             dl->left = dl->queue.n + dl->writing;
             hb_warn("delivery log: the database did not answer by the stop's deadline; "
                     "stopping without it");
@@ -1412,5 +1436,11 @@ void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd) {
 void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors) {
     pthread_mutex_lock(&dl->mu);
     dl->errors = errors;
+    pthread_mutex_unlock(&dl->mu);
+}
+
+void hb_dlog_set_rejected_metric(hb_dlog_t *dl, hb_metric_t *rejected) {
+    pthread_mutex_lock(&dl->mu);
+    dl->rejected = rejected;
     pthread_mutex_unlock(&dl->mu);
 }

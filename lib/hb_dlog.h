@@ -146,6 +146,11 @@ size_t hb_dlog_queued(hb_dlog_t *dl);
  * connection but does not answer (stopped, or the statement waiting for a
  * lock) shows here; a broken connection fails instead. Any thread. */
 int64_t hb_dlog_waiting_ms(hb_dlog_t *dl);
+/* How long (ms) every round of the writer has failed: the database refused
+ * its rows or look-ups (a privilege taken away, a trigger raising, a full
+ * disk) or could not be reached; 0 once a round succeeds. why (may be
+ * empty) gets the last round's reason, PostgreSQL's message. Any thread. */
+int64_t hb_dlog_failing_ms(hb_dlog_t *dl, char *why, size_t whysz);
 
 /* Flushes what is queued, waiting at most deadline_ms, then stops the thread.
  * Returns the number of rows left unwritten (logged as a warning). Tokens of
@@ -161,5 +166,11 @@ void hb_dlog_set_wake_fd(hb_dlog_t *dl, int fd);
  * error, a lost connection; retried after a backoff) adds 1 to errors
  * (hookbridge_database_errors_total), from the writer's thread. */
 void hb_dlog_set_error_metric(hb_dlog_t *dl, hb_metric_t *errors);
+
+/* Each row the database rejected as invalid (class 22 or 23: a constraint
+ * added by hand, say), logged at error and not written, adds 1 to rejected
+ * (hookbridge_delivery_log_rows_rejected_total), from the writer's thread:
+ * the delivery happened, the log will never show it. */
+void hb_dlog_set_rejected_metric(hb_dlog_t *dl, hb_metric_t *rejected);
 
 #endif

@@ -596,7 +596,13 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
 static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     const char *params[5] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url,
                              m->claim};
-    PGresult *res = PQexecParams(ln->conn,
+    const char *deferred[4] = {m->id, m->reason, m->url, m->claim};
+    PGresult *res =
+        m->ok < 0 ? PQexecParams(ln->conn,
+                                 "SELECT hookbridge.defer_verification($1::uuid, $2::text,"
+                                 " $3::text, $4::timestamptz)",
+                                 4, NULL, deferred, NULL, NULL, 0)
+                  : PQexecParams(ln->conn,
                                  "SELECT hookbridge.record_verification($1::uuid, $2::boolean,"
                                  " $3::text, $4::text, $5::timestamptz)",
                                  5, NULL, params, NULL, NULL, 0);

@@ -125,6 +125,9 @@ typedef void hb_store_ids_cb(char **ids, int cnt, const char *err, void *opaque)
 int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
                                 hb_store_claim_cb *cb, void *opaque, char *errstr,
                                 size_t errstr_size) HB_MUSTCHECK;
+/* ok 1 verified, 0 failed (record_verification); -1: not an outcome, the
+ * challenge is asked again, reason being what it got (defer_verification:
+ * shown in subscription_overview.verification_retrying). */
 int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
                                  int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;

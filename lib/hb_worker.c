@@ -50,8 +50,10 @@ struct hb_worker_s {
 
     hb_metric_t *m_held_bytes; /* hb_held_bytes */
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
-    hb_consumer_metrics_t cm; /* handed to hb_consumer */
-    hb_delivery_metrics_t dm; /* handed to hb_deliveries */
+    hb_metric_t *m_dlog_stalled;  /* seconds the delivery log has not written */
+    hb_metric_t *m_dlog_rejected; /* delivery-log rows the database rejected as invalid */
+    hb_consumer_metrics_t cm;     /* handed to hb_consumer */
+    hb_delivery_metrics_t dm;     /* handed to hb_deliveries */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -347,6 +349,7 @@ static void ensure_store(hb_worker_t *w) {
         if (dlog) {
             hb_dlog_set_wake_fd(dlog, w->wake[1]);
             hb_dlog_set_error_metric(dlog, w->m_db_errors);
+            hb_dlog_set_rejected_metric(dlog, w->m_dlog_rejected);
         }
         hb_outbox_set_dlog(w->outbox, dlog);
         if (!dlog) {
@@ -473,10 +476,32 @@ static const char *db_unanswered(hb_worker_t *w, char *buf, size_t size) {
     return buf;
 }
 
+/* A database that answers but refuses the delivery log (a privilege taken
+ * from the services' role, a trigger raising, a full disk): nothing is
+ * committed, offsets stand still, and a restart sends everything since
+ * again. Not ready once every round has failed for DB_UNANSWERED_MS, with
+ * PostgreSQL's reason (the writer logs it at warn every 30 s, and says
+ * "writing again" when it can). Sets hookbridge_delivery_log_stalled_seconds:
+ * how long the log has not written, refused or unanswered. Returns the
+ * reason, in buf, or NULL. */
+static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
+    hb_dlog_t *dlog = hb_outbox_dlog(w->outbox);
+    char why[512] = "";
+    int64_t failing = dlog ? hb_dlog_failing_ms(dlog, why, sizeof(why)) : 0;
+    int64_t waiting = dlog ? hb_dlog_waiting_ms(dlog) : 0;
+    hb_metric_set(w->m_dlog_stalled, (double)(failing > waiting ? failing : waiting) / 1000.0);
+    if (failing < DB_UNANSWERED_MS)
+        return NULL;
+    snprintf(buf, size, "delivery log refused by the database for %lld s: %s",
+             (long long)(failing / 1000), *why ? why : "no reason given");
+    return buf;
+}
+
 static void update_readiness(hb_worker_t *w) {
-    const char *why = NULL, *db_why;
-    char schema_why[400], db_buf[120];
+    const char *why = NULL, *db_why, *log_why;
+    char schema_why[400], db_buf[120], log_buf[600];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
+    log_why = dlog_refused(w, log_buf, sizeof(log_buf));
     if (hb_stop_requested)
         why = "shutting down";
     else if (hb_outbox_fatal(w->outbox))
@@ -489,6 +514,8 @@ static void update_readiness(hb_worker_t *w) {
         why = "database not connected";
     else if (db_why)
         why = db_why;
+    else if (log_why)
+        why = log_why;
     else if (!w->index_loaded)
         why = "subscription index not loaded";
     else if (!hb_consumer_assigned(w->consumer))
@@ -648,6 +675,14 @@ static void register_metrics(hb_worker_t *w) {
     w->m_db_errors =
         hb_metrics_counter("hookbridge_database_errors_total", NULL, "PostgreSQL errors.");
     w->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
+    w->m_dlog_stalled = hb_metrics_gauge(
+        "hookbridge_delivery_log_stalled_seconds", NULL,
+        "How long the delivery log has not been able to write: the database refusing its rows, "
+        "unreachable or not answering (0 while it writes). Offsets wait for it.");
+    w->m_dlog_rejected = hb_metrics_counter(
+        "hookbridge_delivery_log_rows_rejected_total", NULL,
+        "Delivery-log rows the database rejected as invalid (a constraint, a value it refuses): "
+        "logged at error and not written; the delivery happened, the log does not show it.");
     w->dm.dlq = hb_metrics_counter("hookbridge_dead_letters_total", NULL,
                                    "Deliveries the dead-letter topic has taken.");
     w->dm.dlq_skipped = hb_metrics_counter(

@@ -72,9 +72,9 @@ BEGIN
         ELSE
             IF TG_OP = 'UPDATE'
                AND (to_jsonb(OLD) - 'verification_requested_at' - 'verification_claimed_until'
-                    - 'updated_at')
+                    - 'verification_retrying' - 'updated_at')
                  = (to_jsonb(NEW) - 'verification_requested_at' - 'verification_claimed_until'
-                    - 'updated_at') THEN
+                    - 'verification_retrying' - 'updated_at') THEN
                 RETURN NULL;
             END IF;
             v_id := NEW.id;
@@ -120,6 +120,7 @@ BEGIN
         NEW.verification_error := NULL;
         NEW.verification_requested_at := now();
         NEW.verification_claimed_until := NULL; -- a claim was for the old URL
+        NEW.verification_retrying := NULL;
         PERFORM pg_notify('hookbridge_verify', NEW.id::text);
     END IF;
     IF NEW.status = 'active' AND NEW.verification <> 'verified'
@@ -304,7 +305,8 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, publ
 BEGIN
     PERFORM hookbridge._live(verify.id);
     UPDATE hookbridge.subscriptions s
-       SET verification_requested_at = now(), verification_claimed_until = NULL
+       SET verification_requested_at = now(), verification_claimed_until = NULL,
+           verification_retrying = NULL
      WHERE s.id = verify.id;
     PERFORM pg_notify('hookbridge_verify', verify.id::text);
 END
@@ -356,7 +358,8 @@ BEGIN
     DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
     UPDATE hookbridge.subscriptions s
        SET status = 'inactive', deregistered_at = now(), verification_requested_at = NULL,
-           verification_claimed_until = NULL, auth_header = NULL, auth_value = NULL
+           verification_claimed_until = NULL, verification_retrying = NULL, auth_header = NULL,
+           auth_value = NULL
      WHERE s.id = deregister.id;
 END
 $$;
@@ -486,7 +489,7 @@ BEGIN
            SET verification = 'verified', verified_at = now(), verification_error = NULL,
                verification_requested_at = CASE WHEN s.verification_claimed_until IS NULL
                                                 THEN s.verification_requested_at END,
-               verification_claimed_until = NULL
+               verification_claimed_until = NULL, verification_retrying = NULL
          WHERE s.id = record_verification.id;
     ELSE
         UPDATE hookbridge.subscriptions s
@@ -494,10 +497,30 @@ BEGIN
                verification_error = left(coalesce(nullif(reason, ''), 'verification failed'), 500),
                verification_requested_at = CASE WHEN s.verification_claimed_until IS NULL
                                                 THEN s.verification_requested_at END,
-               verification_claimed_until = NULL
+               verification_claimed_until = NULL, verification_retrying = NULL
          WHERE s.id = record_verification.id;
     END IF;
     RETURN true;
+END
+$$;
+
+-- Notes what the challenge made under `claim` got when it is not an outcome:
+-- an active subscription's challenge that failed as a delivery would be
+-- retried, sent again when the claim expires (docs/design.md, Verification
+-- challenge). Ends nothing. Returns false, changing nothing, when the note
+-- is out of date as record_verification's outcome would be (deregistered,
+-- another URL, the claim no longer holds).
+CREATE OR REPLACE FUNCTION hookbridge.defer_verification(id uuid, reason text, url text,
+                                                         claim timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    UPDATE hookbridge.subscriptions s
+       SET verification_retrying = left(coalesce(nullif(reason, ''), 'failed'), 500)
+     WHERE s.id = defer_verification.id AND s.deregistered_at IS NULL
+       AND s.url = defer_verification.url
+       AND s.verification_claimed_until = defer_verification.claim;
+    RETURN FOUND;
 END
 $$;
 
@@ -547,7 +570,8 @@ SELECT s.id,
        CASE WHEN s.verification_requested_at IS NULL THEN NULL
             WHEN s.verification_claimed_until > now() THEN 'running'
             ELSE 'pending' END AS verification_request,
-       ld.failing_since
+       ld.failing_since,
+       s.verification_retrying
   FROM hookbridge.subscriptions s
   LEFT JOIN LATERAL (
         SELECT array_agg(st.event_type ORDER BY st.event_type) AS event_types

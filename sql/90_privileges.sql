@@ -101,7 +101,8 @@ DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'claim_verification_until',
-                                'record_verification', 'claim_replays',
+                                'record_verification', 'defer_verification',
+                                'claim_replays',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
                                 'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
@@ -136,7 +137,7 @@ BEGIN
                     hookbridge.subscription_event_types
         TO hookbridge_operator;
     GRANT SELECT (id, name, url, status, verification, verification_requested_at,
-                  verification_claimed_until, verified_at,
+                  verification_claimed_until, verification_retrying, verified_at,
                   verification_failed_at, verification_error, auth_header, options, created_at,
                   updated_at, deregistered_at, deactivation_reason, deactivated_at)
         ON hookbridge.subscriptions TO hookbridge_operator;

@@ -3,7 +3,9 @@
  * endpoint the end-to-end tests deliver to.
  *
  * It answers the verification challenge (GET with X-Okta-Verification-
- * Challenge -> 200 {"verification":"<value>"}), and for each POST checks the
+ * Challenge -> 200 {"verification":"<value>"}; given a secret, only a
+ * challenge whose Standard Webhooks signature, over an empty body with the
+ * challenge value as webhook-id, checks: 401 otherwise), and for each POST checks the
  * configured auth header, checks the Standard Webhooks signature when given a
  * secret (tolerance 300 s), logs one line per event found in the body (Okta
  * envelope, CloudEvents object or array, or a bare event) and acknowledges
@@ -122,7 +124,8 @@ static void usage(FILE *fp) {
             "logs each event and acknowledges with 204.\n"
             "\n"
             "  --listen HOST:PORT    address to listen on (port 0 picks a free port)\n"
-            "  --secret whsec_...    verify webhook-signature with this secret (401 if bad)\n"
+            "  --secret whsec_...    verify webhook-signature with this secret, of deliveries\n"
+            "                        and challenges (401 if bad)\n"
             "  --auth 'Name: value'  require this request header (401 otherwise)\n"
             "  --status CODE         answer POSTs that pass the checks with CODE (default 204)\n"
             "  --retry-after SECS    add Retry-After to non-2xx answers (with --status)\n"
@@ -473,6 +476,25 @@ static enum MHD_Result handle_get(receiver_t *r, struct MHD_Connection *conn, co
     if (!challenge) {
         record(r, conn, "GET", url, req, -1, 200);
         return reply(r, conn, 200, "text/plain", "hookbridge-receiver\n");
+    }
+    /* With a secret, only a challenge signed with it is answered: hookbridge
+     * signs it like a delivery, over an empty body, its webhook-id being the
+     * challenge value (the value echoed is the value signed). Anyone can send
+     * a GET; only the holder of the secret can send this one. */
+    if (r->have_secret) {
+        char why[160] = "", text401[256];
+        const char *id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "webhook-id");
+        int verified = check_signature(r, conn, req, why, sizeof(why));
+        if (verified == 1 && (!id || strcmp(id, challenge) != 0)) {
+            snprintf(why, sizeof(why), "webhook-id is not the challenge value");
+            verified = 0;
+        }
+        if (verified != 1) {
+            hb_warn("rejected verification challenge: invalid signature: %s", why);
+            snprintf(text401, sizeof(text401), "invalid signature: %s\n", why);
+            record(r, conn, "GET", url, req, 0, 401);
+            return reply(r, conn, 401, "text/plain", text401);
+        }
     }
     json_t *j = json_pack("{s:s}", "verification", challenge);
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;

@@ -104,6 +104,8 @@ LONG_FIRST = (
     "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
     "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
     "test_review3_faults.py::test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503",
+    "test_review17_faults.py::test_a_passing_failure_of_an_active_subscription_s_challenge_does_not_deactivate_it",
+    "test_review17_faults.py::test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 

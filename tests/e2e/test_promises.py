@@ -129,7 +129,7 @@ def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, w
     meanwhile a retry comes due and a new event arrives: both wait in the
     first tier, their attempts not counted, and the log says why. Once B is
     verified, both go to B (the retry with its webhook-id); A gets nothing
-    more. If B fails its challenge instead, the subscription is deactivated
+    more. If B refuses its challenge instead, the subscription is deactivated
     and both are dropped (as a deactivation drops pending retries), sent to
     neither URL. (Before this was built, the event was skipped and the retry
     dropped with "subscription not verified".)"""
@@ -144,7 +144,7 @@ def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, w
             if outcome == "verified":
                 super().do_GET()
             else:
-                self.send_response(500)
+                self.send_response(404)  # a refusal (a 5xx would be asked again)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
