@@ -153,9 +153,10 @@ static const cf_row_t cf_table[] = {
      "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
      "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
      "what bounds memory when payloads "
-     "are large or one event matches many subscriptions. The requests waiting for one endpoint "
-     "host hold at most a quarter of it (more go to the delay tier, as with max_host_queue), so "
-     "one hung host cannot pause every endpoint."},
+     "are large or one event matches many subscriptions. The requests waiting for an endpoint "
+     "host that is not keeping up (none finishing for a second, or a queue longer than a second "
+     "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "
+     "max_host_queue), so one hung host cannot pause every endpoint."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
      "(their events are redelivered after restart)."},

@@ -1410,6 +1410,49 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason) {
     hb_http_refuse(h, x, "%s", reason);
 }
 
+/* A host whose requests stopped finishing, or whose queue would take more
+ * than HB_HTTP_LAG_MS to drain at its pace: its waiting bodies are bounded
+ * by max_host_queue_bytes. */
+#define HB_HTTP_LAG_MS 1000
+static const char hb_http_lagging_reason[] =
+    "endpoint not keeping up: its waiting requests hold a quarter of max_pending_bytes";
+
+static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now) {
+    return (hh->in_flight && now - hh->progress_mono > HB_HTTP_LAG_MS) ||
+           hb_http_host_wait_ms(hh) > HB_HTTP_LAG_MS;
+}
+
+size_t hb_http_shed_lagging(hb_http_t *h) {
+    size_t pos = 0, n = 0, cap = (size_t)h->conf.max_host_queue_bytes;
+    int64_t now = hb_mono_ms();
+    hb_hash_slot_t *s;
+    if (!cap || !h->queued)
+        return 0;
+    while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) {
+        hb_http_host_t *host = s->val;
+        hb_http_xfer_t *prev = NULL, *x = host->wait_head;
+        size_t kept = 0;
+        if (host->waiting_bytes <= cap || !hb_http_host_lagging(host, now))
+            continue;
+        /* the oldest keep their turn; the newest beyond the bound go (the
+         * head stays, so the host is not freed under the walk) */
+        while (x) {
+            hb_http_xfer_t *next = x->next;
+            if (kept > 0 && kept + x->body_len > cap) {
+                hb_http_wait_unlink(h, host, prev, x);
+                x->host = NULL;
+                hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL, "%s", hb_http_lagging_reason);
+                n++;
+            } else {
+                kept += x->body_len;
+                prev = x;
+            }
+            x = next;
+        }
+    }
+    return n;
+}
+
 /* Queues x for the host of key, unless a bound says it must not wait. */
 static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
     hb_http_host_t *hh = hb_http_host_get(h, key);
@@ -1419,13 +1462,13 @@ static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
                          "endpoint busy: %zu requests already waiting for %s (max_host_queue)",
                          hh->waiting, x->host_name);
     } else if (h->conf.max_host_queue_bytes > 0 && hh->waiting > 0 &&
-               hh->waiting_bytes + x->body_len > (size_t)h->conf.max_host_queue_bytes) {
-        /* one host's backlog must not hold the whole payload budget (the
-         * pause of every endpoint's consumption); a lone request always may */
-        hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL,
-                         "endpoint busy: %zu requests of %zu bytes already waiting for %s (a "
-                         "quarter of max_pending_bytes)",
-                         hh->waiting, hh->waiting_bytes, x->host_name);
+               hh->waiting_bytes + x->body_len > (size_t)h->conf.max_host_queue_bytes &&
+               hb_http_host_lagging(hh, hb_mono_ms())) {
+        /* a host that stopped keeping up must not hold the whole payload
+         * budget (the pause of every endpoint's consumption); a lone request
+         * always may wait, and so may any for a host keeping up */
+        hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL, "%s: %zu requests of %zu bytes already waiting",
+                         hb_http_lagging_reason, hh->waiting, hh->waiting_bytes);
     } else if (no_slot && hh->slow_until > hb_mono_ms()) {
         hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
                          "endpoint slow: requests to %s recently waited %lld ms for a connection "

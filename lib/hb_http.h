@@ -157,6 +157,13 @@ size_t hb_http_queued(const hb_http_t *h);    /* waiting for a slot */
  * those instead). */
 size_t hb_http_backlog(const hb_http_t *h, long long stall_ms);
 
+/* Takes out of the queues of hosts that are not keeping up (requests not
+ * finishing for a second, or a queue that takes longer than that to drain)
+ * the newest requests beyond max_host_queue_bytes; they complete as not sent
+ * (HB_HTTP_QUEUE_FULL). For when the payload budget is spent. Returns how many.
+ */
+size_t hb_http_shed_lagging(hb_http_t *h);
+
 /* Completes every request waiting for the host of key (see hb_http_host_key)
  * with not_sent = HB_HTTP_DIVERTED and error = reason, on the next
  * hb_http_run(); running ones are left to finish. Returns how many. */

@@ -554,6 +554,10 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     if (consume && hb_consumer_started(w->consumer))
         hb_consumer_keepalive(w->consumer);
     hb_outbox_poll(w->outbox);
+    /* A host that stopped keeping up gives back what waits for it beyond its
+     * share before the budget pauses every endpoint */
+    if (hb_held_bytes() >= (size_t)w->cfg->max_pending_bytes)
+        (void)hb_http_shed_lagging(w->http);
     if (hb_consumer_started(w->consumer)) {
         hb_consumer_store_offsets(w->consumer);
         if (!hb_stop_requested) /* the last resort */
@@ -765,7 +769,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         .max_connections = (long)cfg->max_connections,
         .max_host_queue = (long)cfg->max_host_queue,
         /* one hung host's queue never holds the whole payload budget, so
-         * it cannot pause consumption for every endpoint */
+         * it cannot pause consumption for every endpoint (hb_http_shed_lagging) */
         .max_host_queue_bytes = cfg->max_pending_bytes / 4,
         .max_queue_wait_ms = cfg->max_queue_wait_ms,
         .connect_timeout_ms = cfg->connect_timeout_ms,
