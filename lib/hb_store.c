@@ -16,7 +16,9 @@
  *
  * Ordering: the follower marks itself busy (under the mutex) before it reads
  * its socket and clears the mark when the resulting events are queued, in
- * one step; a reconnect is busy until its reload is queued. hb_store_settled
+ * one step; a reconnect is busy until its reload is queued, together with
+ * the changes notified while it loaded (libpq may have taken them in with
+ * the load's answer, where the socket no longer shows them). hb_store_settled
  * is 0 while it is busy, while events wait, or while its socket has unread
  * bytes, so a loop that consumes only when settled never matches an event
  * against a subscription whose change had reached us first.
@@ -364,10 +366,11 @@ static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, si
     return 0;
 }
 
-/* A full load for the loop (at a reconnect). One that fails on a connection
- * still up (a statement timeout, say) drops it, so the next connection
- * reloads: the changes missed while disconnected must not stay missed. */
-static void post_reload(lane_t *ln) {
+/* A full load for the loop (the first, and at a reconnect), queued by
+ * follow(). One that fails on a connection still up (a statement timeout,
+ * say) drops it, so the next connection reloads: the changes missed while
+ * disconnected must not stay missed. */
+static store_msg_t *reload(lane_t *ln) {
     store_msg_t *m = msg_new(MSG_RELOAD);
     char why[512];
     if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0) {
@@ -375,7 +378,7 @@ static void post_reload(lane_t *ln) {
         if (ln->conn)
             store_drop(ln);
     }
-    post(ln, m);
+    return m;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -492,11 +495,21 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
     return -1;
 }
 
-/* The follower after its socket turned readable (or a sweep is due): reads
- * the notifications, seals, loads what changed. The loop does not consume
- * while busy (hb_store_settled), so a change notified before an event was
- * produced is applied before that event is matched. */
-static void follow(lane_t *ln) {
+/* The follower after its socket turned readable (or a sweep is due, or
+ * after a full load, queued first): reads the notifications, seals, loads
+ * what changed. The loop does not consume while busy (hb_store_settled), so
+ * a change notified before an event was produced is applied before that
+ * event is matched.
+ *
+ * A full load is followed by this in the same busy stretch: PostgreSQL sends
+ * a notification that arrives while a statement runs before that
+ * statement's answer, so libpq takes it into its queue while the load waits
+ * for the answer, and the socket does not turn readable for it. A change
+ * committed after the load's snapshot (another replica sealing the values a
+ * subscription waits for, at the same start-up) was so left unapplied until
+ * the next sweep, a minute later, and the events consumed meanwhile were
+ * matched without it. */
+static void follow(lane_t *ln, store_msg_t *reloaded) {
     store_note_t *notes = NULL;
     size_t cap = 0, n;
     msg_queue_t events = {0};
@@ -505,6 +518,10 @@ static void follow(lane_t *ln) {
     pthread_mutex_lock(&ln->st->mu);
     ln->busy = 1;
     pthread_mutex_unlock(&ln->st->mu);
+    if (reloaded)
+        queue_push(&events, reloaded);
+    if (!ln->conn) /* the load failed and dropped it: the reconnect loads */
+        goto done;
     if (!PQconsumeInput(ln->conn) || PQstatus(ln->conn) == CONNECTION_BAD) {
         char why[512];
         /* libpq appends to the last command's message: the newest line that
@@ -788,7 +805,7 @@ static void lane_loop(lane_t *ln) {
         }
         if (ln->follower && ln->first_load) {
             ln->first_load = 0;
-            post_reload(ln); /* one that fails drops the connection: the reconnect loads */
+            follow(ln, reload(ln)); /* one that fails drops the connection: the reconnect loads */
             continue;
         }
         if (ln->follower && !ln->conn && now >= ln->retry_at_ms) {
@@ -801,12 +818,12 @@ static void lane_loop(lane_t *ln) {
                 ln->busy = 1;
                 pthread_mutex_unlock(&st->mu);
                 hb_info("database: reconnected; reloading subscriptions");
-                post_reload(ln);
+                follow(ln, reload(ln));
                 continue;
             }
         }
         if (ln->follower && ln->conn && now >= ln->next_seal_ms) {
-            follow(ln);
+            follow(ln, NULL);
             continue;
         }
         pfd[0].fd = ln->wake[0];
@@ -826,7 +843,7 @@ static void lane_loop(lane_t *ln) {
         if (pfd[0].revents)
             pipe_drain(ln->wake[0]);
         if (nfds == 2 && pfd[1].revents)
-            follow(ln);
+            follow(ln, NULL);
     }
 }
 

@@ -24,6 +24,7 @@ from test_isolation import committed
 from test_rebalance_held import consumed, left_to_new_owner, users
 
 SHED = re.compile(r"batch: (\d+) of its \d+ events are of revoked partitions")
+DELIVERED = re.compile(r'"msg":"delivered on attempt \d+[^"]*","delivery_id":"([0-9a-f-]+)"')
 
 
 def test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions(
@@ -31,8 +32,11 @@ def test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions(
     """Batches of 6 events from several partitions (the events come in
     rounds of 6 users, so each batch mixes partitions) wait for a rate limit
     of one request a second; a second dispatcher joins and takes half the
-    partitions. Every event arrives, and (but for a batch whose outcome was
-    being logged at the revocation) none twice. (Before: the first
+    partitions. Every event arrives; the first dispatcher sends none of the
+    revoked partitions after the revocation, and none arrives twice (but for
+    a batch whose outcome was being logged at the revocation, and what the
+    first dispatcher had delivered before it when the devbroker refused the
+    commit of the revoked partitions: see below). (Before: the first
     dispatcher sent each waiting batch whole, since not every one of its
     partitions was revoked, and the new owner delivered the events of its
     partitions again in batches of its own: half of the backlog twice.)"""
@@ -63,9 +67,24 @@ def test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions(
                "every offset committed")
     got = collections.Counter(e["uuid"] for _, e in rcv.events())
     dup = {u: c for u, c in got.items() if c > 1}
-    print(f"{n} events, {len(rcv.posts())} POSTs, {len(dup)} events twice; revocations "
-          f"{left_to_new_owner(d1)}; consumed d1={consumed(d1):.0f} d2={consumed(d2):.0f}")
-    assert len(dup) <= per_batch, sorted(dup.items())
+    out = d1.proc.output()
+    refused = "revoked partition(s) failed" in out
+    # what the first dispatcher delivered after the revocation: a batch sent
+    # whole then (the fault) has its revoked events delivered again by d2
+    after = set(DELIVERED.findall(out.split('"msg":"revoking', 1)[1]))
+    late = {e["uuid"] for r, e in rcv.events() if r["headers"]["webhook-id"] in after} & set(dup)
+    print(f"{n} events, {len(rcv.posts())} POSTs, {len(dup)} events twice ({len(late)} sent by "
+          f"the first after the revocation); revocations {left_to_new_owner(d1)}; revocation "
+          f"commit refused: {refused}; consumed d1={consumed(d1):.0f} d2={consumed(d2):.0f}")
+    # but for a batch whose outcome was being logged at the revocation
+    assert len(late) <= per_batch, sorted(late)
+    # The first dispatcher's commit of the revoked partitions: the new owner
+    # starts from it. Apache Kafka takes it; the devbroker refuses it when
+    # its group starts rebalancing again at that moment (docs/design.md, the
+    # devbroker), and the product says so: then the new owner delivers again
+    # what the first delivered since its last commit, as at-least-once allows.
+    if not refused:
+        assert len(dup) <= per_batch, sorted(dup.items())
     # the revocation came while batches waited: events were taken out of them
     shed = sum(int(m) for m in SHED.findall(d1.proc.output()))
     assert shed >= per_batch, d1.proc.output()[-3000:]
