@@ -184,6 +184,7 @@ static int parse_secrets(const hb_keyring_t *kr, hb_sub_t *sub, const char *list
                       "subscription %s: its signing secret is not sealed yet (pending, or lost "
                       "in a database crash: see hookbridge.secret_status)",
                       sub->id);
+            rc = HB_SNAPSHOT_UNSEALED;
             goto fail;
         }
         if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, secret_id, errstr, errstr_size) < 0)
@@ -221,7 +222,7 @@ static int parse_auth(const hb_keyring_t *kr, hb_sub_t *sub, const PGresult *res
                   "subscription %s: its auth value is not sealed yet (pending, or lost in a "
                   "database crash: see hookbridge.secret_status)",
                   sub->id);
-        return -1;
+        return HB_SNAPSHOT_UNSEALED;
     }
     if (hb_sealer_row_aad(aad, sizeof(aad), sub->id, 0, errstr, errstr_size) < 0)
         return -1;
@@ -311,6 +312,7 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
     hb_sub_t *sub = hb_sub_new();
     const char *id = col(res, row, COL_ID), *v;
     long long ll;
+    int rc = -1;
 
     *out = NULL;
     if (!hb_snapshot_is_id(id)) {
@@ -326,8 +328,9 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
     sub->verified = v && !strcmp(v, "verified");
     if ((v = col(res, row, COL_AUTH_HEADER)) != NULL)
         sub->auth_header = hb_strdup(v);
-    if (parse_auth(kr, sub, res, row, errstr, errstr_size) < 0)
+    if ((rc = parse_auth(kr, sub, res, row, errstr, errstr_size)) < 0)
         goto fail;
+    rc = -1;
 
     v = col(res, row, COL_FORMAT);
     if (!v || !strcmp(v, "okta"))
@@ -376,7 +379,7 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
 
     if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
         goto fail;
-    if (parse_secrets(kr, sub, col(res, row, COL_SECRETS), errstr, errstr_size) < 0)
+    if ((rc = parse_secrets(kr, sub, col(res, row, COL_SECRETS), errstr, errstr_size)) < 0)
         goto fail;
     *out = sub;
     return 0;
@@ -385,7 +388,7 @@ bad_option:
     hb_seterr(errstr, errstr_size, "subscription %s: malformed options", sub->id);
 fail:
     hb_sub_unref(sub);
-    return -1;
+    return rc;
 }
 
 int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *kr, hb_sub_t ***subs,

@@ -20,8 +20,9 @@ int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *keyring, hb_s
                          size_t *cnt, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* One subscription by id; *out = NULL when it does not exist or is
- * deregistered. -1 when its row cannot be read, -2 when the query fails
- * (why). */
+ * deregistered. -1 when its row cannot be read, HB_SNAPSHOT_UNSEALED when
+ * the only reason is a value not sealed yet, -2 when the query fails (why). */
+#define HB_SNAPSHOT_UNSEALED (-3)
 int hb_snapshot_load_one(struct pg_conn *conn, const hb_keyring_t *keyring, const char *id,
                          hb_sub_t **out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 

@@ -50,6 +50,11 @@
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 5000 /* readiness returns within about 5 s of the database */
 #define STORE_SWEEP_MS 60000      /* expired revealable secrets leave the inbox within this */
+/* A subscription left unsealed is loaded again after 1 s, then 2, 4, 8 and
+ * every 10 s (a value lost in a database crash is never sealed: it waits
+ * for the operator's rotate_secret, which is notified, at little cost). */
+#define STORE_UNSEALED_RETRY_MS 1000
+#define STORE_UNSEALED_RETRY_MAX_MS 10000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -165,6 +170,12 @@ static void queue_free(msg_queue_t *q) {
         msg_free(m);
 }
 
+/* A subscription id notified (or to load again). */
+typedef struct {
+    char id[HB_UUID_LEN + 1];
+    int verify; /* hookbridge_verify, else hookbridge_subscriptions */
+} store_note_t;
+
 /* A lane: one connection and the thread that owns it. */
 typedef struct lane_s {
     hb_store_t *st;
@@ -179,8 +190,14 @@ typedef struct lane_s {
     int first_load;       /* the follower's first full load is still to make */
     int seal_due;         /* hookbridge_seal was notified */
     int64_t next_seal_ms; /* monotonic; the inbox is swept at least this often */
-    int wake[2];          /* loop -> lane: requests wait, or stop */
-    msg_queue_t reqs;     /* under st->mu */
+    /* The follower's: subscriptions whose change it could not load because a
+     * value was not sealed yet (another session held the row while it
+     * sealed), loaded again at unsealed_at_ms, then after unsealed_wait_ms. */
+    store_note_t *unsealed;
+    size_t unsealed_cnt, unsealed_cap;
+    int64_t unsealed_at_ms, unsealed_wait_ms;
+    int wake[2];      /* loop -> lane: requests wait, or stop */
+    msg_queue_t reqs; /* under st->mu */
     pthread_t thread;
     int started;
     int exited; /* under st->mu: the thread is done with the lane */
@@ -351,11 +368,12 @@ static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, si
     if (store_ready(ln, errstr, errstr_size) < 0)
         return -1;
     rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size);
-    /* Unloadable on a connection still up: most often a value not sealed yet
-     * (secrets_to_seal skipped it while another session held the row, e.g.
-     * the verify() whose challenge this load is for). Seal what waits now,
-     * on this lane, and load it once more. */
-    if (rc == -1 && PQstatus(ln->conn) == CONNECTION_OK && ln->st->keyring &&
+    /* A value not sealed yet (secrets_to_seal skipped it while another
+     * session held the row, e.g. the verify() whose challenge this load is
+     * for): seal what waits now, on this lane, and load it once more. Still
+     * not sealed (the row is still held): HB_SNAPSHOT_UNSEALED, and the
+     * follower tries again (store_dispatch). */
+    if (rc == HB_SNAPSHOT_UNSEALED && PQstatus(ln->conn) == CONNECTION_OK && ln->st->keyring &&
         store_seal(ln, why, sizeof(why)) == 0 && ln->conn)
         rc = hb_snapshot_load_one(ln->conn, ln->st->keyring, id, out, errstr, errstr_size);
     if (rc < 0) {
@@ -384,10 +402,19 @@ static store_msg_t *reload(lane_t *ln) {
 /* ------------------------------------------------------------------------ */
 /* Notifications and reconnection (the follower lane)                       */
 
-typedef struct {
-    char id[HB_UUID_LEN + 1];
-    int verify; /* hookbridge_verify, else hookbridge_subscriptions */
-} store_note_t;
+/* Adds id to notes[n] unless it is there; returns the new count. */
+static size_t note_add(store_note_t **notes, size_t n, size_t *cap, const char *id, int verify) {
+    for (size_t i = 0; i < n; i++)
+        if ((*notes)[i].verify == verify && !strcmp((*notes)[i].id, id))
+            return n;
+    if (n == *cap) {
+        *cap = *cap ? *cap * 2 : 16;
+        *notes = hb_realloc(*notes, *cap * sizeof(**notes));
+    }
+    memcpy((*notes)[n].id, id, HB_UUID_LEN + 1);
+    (*notes)[n].verify = verify;
+    return n + 1;
+}
 
 /* Moves libpq's queued notifications into notes[], without duplicates. */
 static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
@@ -395,7 +422,6 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
     PGnotify *nf;
     while ((nf = PQnotifies(ln->conn)) != NULL) {
         int verify = !strcmp(nf->relname, "hookbridge_verify");
-        int dup = 0;
         if (!strcmp(nf->relname, "hookbridge_seal")) {
             ln->seal_due = 1;
             PQfreemem(nf);
@@ -415,20 +441,23 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
             PQfreemem(nf);
             continue;
         }
-        for (size_t i = 0; i < n && !dup; i++)
-            dup = (*notes)[i].verify == verify && !strcmp((*notes)[i].id, nf->extra);
-        if (!dup) {
-            if (n == *cap) {
-                *cap = *cap ? *cap * 2 : 16;
-                *notes = hb_realloc(*notes, *cap * sizeof(**notes));
-            }
-            memcpy((*notes)[n].id, nf->extra, HB_UUID_LEN + 1);
-            (*notes)[n].verify = verify;
-            n++;
-        }
+        n = note_add(notes, n, cap, nf->extra, verify);
         PQfreemem(nf);
     }
     return n;
+}
+
+/* Forgets id from the follower's subscriptions to load again; 1 if it was
+ * there. */
+static int unsealed_remove(lane_t *ln, const char *id) {
+    for (size_t i = 0; i < ln->unsealed_cnt; i++)
+        if (!strcmp(ln->unsealed[i].id, id)) {
+            memmove(&ln->unsealed[i], &ln->unsealed[i + 1],
+                    (ln->unsealed_cnt - i - 1) * sizeof(*ln->unsealed));
+            ln->unsealed_cnt--;
+            return 1;
+        }
+    return 0;
 }
 
 /* Changes first, then verification requests (which may want the new row).
@@ -442,7 +471,25 @@ static int store_dispatch(lane_t *ln, const store_note_t *notes, size_t n, msg_q
         if (notes[i].verify)
             continue;
         int rc = load_one(ln, notes[i].id, &sub, why, sizeof(why));
-        if (rc < 0) {
+        int was_left = unsealed_remove(ln, notes[i].id);
+        if (rc == HB_SNAPSHOT_UNSEALED && ln->conn) {
+            /* Its change is committed, but most often another session holds
+             * the row (secrets_to_seal skips it): it receives nothing
+             * meanwhile, as a row not sealed does, and is loaded again soon
+             * (1 s, then less often), whether or not the holder's commit is
+             * notified (a statement that changes nothing, or only a
+             * verification's bookkeeping, is not). Said and applied once. */
+            ln->unsealed_cnt =
+                note_add(&ln->unsealed, ln->unsealed_cnt, &ln->unsealed_cap, notes[i].id, 0);
+            if (was_left)
+                continue;
+            ln->unsealed_wait_ms = STORE_UNSEALED_RETRY_MS;
+            ln->unsealed_at_ms = hb_mono_ms() + STORE_UNSEALED_RETRY_MS;
+            hb_log(HB_LOG_WARN, HB_KV("subscription_id", notes[i].id),
+                   "subscription not loaded until its new values are sealed (another session may "
+                   "hold its row; trying again shortly), it receives nothing meanwhile: %s",
+                   why);
+        } else if (rc < 0) {
             if (!ln->conn || rc == -2) {
                 /* Lost mid-way, or the query failed (a statement timeout,
                  * say: the row is not known to be bad): the reconnect's
@@ -514,6 +561,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     size_t cap = 0, n;
     msg_queue_t events = {0};
     char errstr[512];
+    int retry;
 
     pthread_mutex_lock(&ln->st->mu);
     ln->busy = 1;
@@ -535,10 +583,22 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     }
     if (hb_mono_ms() >= ln->next_seal_ms)
         ln->seal_due = 1; /* a sweep: revealable secrets past their window leave the inbox */
+    retry = ln->unsealed_cnt && hb_mono_ms() >= ln->unsealed_at_ms;
     /* Loads run queries, and libpq queues notifications that arrive
      * meanwhile without the socket turning readable again: drain until empty. */
     while (ln->conn) {
         n = store_drain(ln, &notes, &cap);
+        if (retry) {
+            /* those left unsealed: seal, and load them again */
+            for (size_t i = 0; i < ln->unsealed_cnt; i++)
+                n = note_add(&notes, n, &cap, ln->unsealed[i].id, 0);
+            ln->unsealed_wait_ms = ln->unsealed_wait_ms * 2 > STORE_UNSEALED_RETRY_MAX_MS
+                                       ? STORE_UNSEALED_RETRY_MAX_MS
+                                       : ln->unsealed_wait_ms * 2;
+            ln->unsealed_at_ms = hb_mono_ms() + ln->unsealed_wait_ms;
+            ln->seal_due = 1;
+            retry = 0;
+        }
         if (ln->seal_due) {
             /* Sealing, and, while this service holds older keys (a key
              * rotation), moving to the current key what is still under one:
@@ -606,7 +666,7 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     int rc = load_one(ln, m->id, &m->sub, errstr, errstr_size);
     /* the query worked, the row does not make a snapshot (a secret not
      * sealed, or lost): the subscription's problem, not the database's */
-    m->unloadable = rc == -1 && ln->conn;
+    m->unloadable = (rc == -1 || rc == HB_SNAPSHOT_UNSEALED) && ln->conn;
     return rc;
 }
 
@@ -822,7 +882,8 @@ static void lane_loop(lane_t *ln) {
                 continue;
             }
         }
-        if (ln->follower && ln->conn && now >= ln->next_seal_ms) {
+        if (ln->follower && ln->conn &&
+            (now >= ln->next_seal_ms || (ln->unsealed_cnt && now >= ln->unsealed_at_ms))) {
             follow(ln, NULL);
             continue;
         }
@@ -833,6 +894,8 @@ static void lane_loop(lane_t *ln) {
             pfd[1].events = POLLIN;
             nfds = 2;
             wait_ms = ln->next_seal_ms - now;
+            if (ln->unsealed_cnt && ln->unsealed_at_ms - now < wait_ms)
+                wait_ms = ln->unsealed_at_ms - now;
         } else if (ln->follower) {
             wait_ms = ln->retry_at_ms - now;
         }
@@ -976,6 +1039,7 @@ void hb_store_free_within(hb_store_t *st, long long wait_ms) {
             pthread_join(ln->thread, NULL);
         lane_set_conn(ln, NULL);
         queue_free(&ln->reqs);
+        free(ln->unsealed);
         for (int j = 0; j < 2; j++)
             if (ln->wake[j] >= 0)
                 close(ln->wake[j]);

@@ -193,9 +193,10 @@ $$;
 -- in another order (SELECT verify(id) FROM subscriptions) deadlocked with it
 -- (even a bounded wait does: the sealer holds the rows it locked before).
 -- What is skipped is sealed at the next pass: one is due at every
--- subscription notification (the holder's commit sends one), and a service
--- that finds a subscription it loads not sealed yet seals first
--- (lib/hb_store.c, load_one).
+-- subscription notification, a service that finds a subscription it loads
+-- not sealed yet seals first (lib/hb_store.c, load_one), and one that still
+-- finds it not sealed tries again shortly (the holder's commit need not
+-- notify anything: a statement that only locked the row does not).
 CREATE OR REPLACE FUNCTION hookbridge.secrets_to_seal(max_rows integer DEFAULT 100)
 RETURNS TABLE (inbox_id bigint, subscription_id uuid, kind text, secret_id bigint, value text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$

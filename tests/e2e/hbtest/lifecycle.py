@@ -57,6 +57,28 @@ def changes_in(output, sub, msg):
     return n
 
 
+def last_change(service, sub):
+    """The last change of `sub` the service applied, as it logged it (one of
+    the constants above, or another "subscription changed: ..." line); None
+    before the first. A service loads the row as it is when it gets to a
+    notification, and several notifications waiting together make one load:
+    a state that lasted only a moment may never be logged, so a test waits
+    for the state it needs to be the last, not for a count of lines."""
+    last = None
+    for line in service.proc.output().splitlines():
+        if sub not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = rec.get("msg", "")
+        if rec.get("subscription_id") == sub and (msg.startswith("subscription changed: ")
+                                                  or msg == REMOVED):
+            last = msg
+    return last
+
+
 def consumed(dispatcher):
     """The dispatcher's hookbridge_messages_consumed_total: events it has read."""
     return int(dispatcher.metric("hookbridge_messages_consumed_total"))
