@@ -55,6 +55,8 @@
  * for the operator's rotate_secret, which is notified, at little cost). */
 #define STORE_UNSEALED_RETRY_MS 1000
 #define STORE_UNSEALED_RETRY_MAX_MS 10000
+/* ... and keeps the snapshot it had at least this long before it fails closed */
+#define STORE_UNSEALED_KEEP_MS 10000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -173,7 +175,8 @@ static void queue_free(msg_queue_t *q) {
 /* A subscription id notified (or to load again). */
 typedef struct {
     char id[HB_UUID_LEN + 1];
-    int verify; /* hookbridge_verify, else hookbridge_subscriptions */
+    int verify;       /* hookbridge_verify, else hookbridge_subscriptions */
+    int64_t since_ms; /* in the unsealed list: first found unsealed (monotonic) */
 } store_note_t;
 
 /* A lane: one connection and the thread that owns it. */
@@ -413,6 +416,7 @@ static size_t note_add(store_note_t **notes, size_t n, size_t *cap, const char *
     }
     memcpy((*notes)[n].id, id, HB_UUID_LEN + 1);
     (*notes)[n].verify = verify;
+    (*notes)[n].since_ms = 0;
     return n + 1;
 }
 
@@ -447,15 +451,16 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
     return n;
 }
 
-/* Forgets id from the follower's subscriptions to load again; 1 if it was
- * there. */
-static int unsealed_remove(lane_t *ln, const char *id) {
+/* Forgets id from the follower's subscriptions to load again; when it was
+ * there, its since_ms (-1: dropped already), else 0. */
+static int64_t unsealed_remove(lane_t *ln, const char *id) {
     for (size_t i = 0; i < ln->unsealed_cnt; i++)
         if (!strcmp(ln->unsealed[i].id, id)) {
+            int64_t since = ln->unsealed[i].since_ms;
             memmove(&ln->unsealed[i], &ln->unsealed[i + 1],
                     (ln->unsealed_cnt - i - 1) * sizeof(*ln->unsealed));
             ln->unsealed_cnt--;
-            return 1;
+            return since ? since : 1;
         }
     return 0;
 }
@@ -471,24 +476,37 @@ static int store_dispatch(lane_t *ln, const store_note_t *notes, size_t n, msg_q
         if (notes[i].verify)
             continue;
         int rc = load_one(ln, notes[i].id, &sub, why, sizeof(why));
-        int was_left = unsealed_remove(ln, notes[i].id);
+        int64_t since = unsealed_remove(ln, notes[i].id), now = hb_mono_ms();
         if (rc == HB_SNAPSHOT_UNSEALED && ln->conn) {
             /* Its change is committed, but most often another session holds
-             * the row (secrets_to_seal skips it): it receives nothing
-             * meanwhile, as a row not sealed does, and is loaded again soon
-             * (1 s, then less often), whether or not the holder's commit is
-             * notified (a statement that changes nothing, or only a
-             * verification's bookkeeping, is not). Said and applied once. */
+             * the row (secrets_to_seal skips it: another replica sealing it,
+             * a claim): loaded again soon (1 s, then less often), whether or
+             * not the holder's commit is notified (a statement that changes
+             * nothing, or only a verification's bookkeeping, is not).
+             * Meanwhile it keeps the snapshot it had, as if the change came a
+             * moment later: dropped, the events read meanwhile would go to
+             * it nowhere. Unsealed past STORE_UNSEALED_KEEP_MS (a value lost
+             * in a database crash), it fails closed like an unreadable row,
+             * so a deactivation is not missed for long. Said once each. */
             ln->unsealed_cnt =
                 note_add(&ln->unsealed, ln->unsealed_cnt, &ln->unsealed_cap, notes[i].id, 0);
-            if (was_left)
+            ln->unsealed[ln->unsealed_cnt - 1].since_ms = since ? since : now;
+            if (!since) {
+                ln->unsealed_wait_ms = STORE_UNSEALED_RETRY_MS;
+                ln->unsealed_at_ms = now + STORE_UNSEALED_RETRY_MS;
+                hb_log(HB_LOG_WARN, HB_KV("subscription_id", notes[i].id),
+                       "subscription change not applied until its new values are sealed "
+                       "(another session may hold its row; trying again shortly): %s",
+                       why);
                 continue;
-            ln->unsealed_wait_ms = STORE_UNSEALED_RETRY_MS;
-            ln->unsealed_at_ms = hb_mono_ms() + STORE_UNSEALED_RETRY_MS;
-            hb_log(HB_LOG_WARN, HB_KV("subscription_id", notes[i].id),
-                   "subscription not loaded until its new values are sealed (another session may "
-                   "hold its row; trying again shortly), it receives nothing meanwhile: %s",
-                   why);
+            }
+            if (since < 0 || now - since < STORE_UNSEALED_KEEP_MS)
+                continue; /* kept; or dropped already (since < 0) */
+            ln->unsealed[ln->unsealed_cnt - 1].since_ms = -1;
+            hb_log(HB_LOG_ERROR, HB_KV("subscription_id", notes[i].id),
+                   "subscription still not sealed after %lld s: deliveries to it stop until it "
+                   "is (see hookbridge.secret_status): %s",
+                   (long long)((now - since) / 1000), why);
         } else if (rc < 0) {
             if (!ln->conn || rc == -2) {
                 /* Lost mid-way, or the query failed (a statement timeout,
