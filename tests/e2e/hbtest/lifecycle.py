@@ -41,10 +41,8 @@ def changes_applied(dispatcher, sub, msg):
     return changes_in(dispatcher.proc.output(), sub, msg)
 
 
-def changes_in(output, sub, msg):
-    """changes_applied, counted in a service's log text `output` (for a log
-    read from elsewhere than the process's own output)."""
-    n = 0
+def records_of(output, sub):
+    """The JSON log records of a service's log text `output` about `sub`."""
     for line in output.splitlines():
         if sub not in line:
             continue
@@ -52,9 +50,14 @@ def changes_in(output, sub, msg):
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("subscription_id") == sub and rec.get("msg") == msg:
-            n += 1
-    return n
+        if rec.get("subscription_id") == sub:
+            yield rec
+
+
+def changes_in(output, sub, msg):
+    """changes_applied, counted in a service's log text `output` (for a log
+    read from elsewhere than the process's own output)."""
+    return sum(1 for rec in records_of(output, sub) if rec.get("msg") == msg)
 
 
 def last_change(service, sub):
@@ -65,16 +68,9 @@ def last_change(service, sub):
     a state that lasted only a moment may never be logged, so a test waits
     for the state it needs to be the last, not for a count of lines."""
     last = None
-    for line in service.proc.output().splitlines():
-        if sub not in line:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    for rec in records_of(service.proc.output(), sub):
         msg = rec.get("msg", "")
-        if rec.get("subscription_id") == sub and (msg.startswith("subscription changed: ")
-                                                  or msg == REMOVED):
+        if msg.startswith("subscription changed: ") or msg == REMOVED:
             last = msg
     return last
 
