@@ -126,16 +126,20 @@ def okta_envelope(*events):
 
 
 def test_receiver_answers_the_challenge_checks_auth_and_signature(procs, workdir):
-    """The reference consumer: the challenge is echoed (with the auth header);
-    a POST without the auth header, with a wrong one, with a bad or stale
-    signature gets 401 and a log line saying why; a good one gets 204 and a
-    line per event."""
+    """The reference consumer: the challenge is echoed (with the auth header,
+    signed like a delivery over an empty body, its webhook-id the challenge
+    value); a POST without the auth header, with a wrong one, with a bad or
+    stale signature gets 401 and a log line saying why; a good one gets 204
+    and a line per event."""
     rc = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH}")
     auth = {"Authorization": AUTH}
 
-    status, body = http("GET", rc.url, {**auth, "X-Okta-Verification-Challenge": "chal-123"})
+    chal = {**auth, "X-Okta-Verification-Challenge": "chal-123"}
+    status, body = http("GET", rc.url, {**chal, **signed("", msg_id="chal-123")})
     assert status == 200 and json.loads(body) == {"verification": "chal-123"}
     assert http("GET", rc.url, {"X-Okta-Verification-Challenge": "x"})[0] == 401
+    assert http("GET", rc.url, chal)[0] == 401  # not signed
+    assert http("GET", rc.url, {**chal, **signed("", msg_id="other")})[0] == 401
 
     ev = {"uuid": str(uuid.uuid4()), "eventType": "user.session.start",
           "published": "2026-01-02T03:04:05.000Z"}
