@@ -9,6 +9,8 @@
 -- what the endpoint answered was in the dispatcher's log alone. The
 -- dispatcher now notes it here (hookbridge.defer_verification), and
 -- subscription_overview shows it.
+--
+-- sql/: sha256 a9ff157dbc35ca84f931f1436959318787c1815e812773671909752b9a90885d
 ALTER TABLE hookbridge.subscriptions ADD COLUMN verification_retrying text;
 
 COMMENT ON COLUMN hookbridge.subscriptions.verification_retrying IS

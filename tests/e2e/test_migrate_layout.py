@@ -23,6 +23,32 @@ SQL_DIR = REPO / "sql"
 BOOKKEEPING = ("hookbridge_migrations", "hookbridge_sql_files")
 
 
+def sql_digest():
+    """sha256 over sql/*.sql in name order, each as its name, a newline and
+    its bytes: what the newest migration records (migrations/README.md)."""
+    h = hashlib.sha256()
+    for f in sorted(SQL_DIR.glob("*.sql")):
+        h.update(f.name.encode() + b"\n" + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_every_change_of_sql_comes_with_a_migration():
+    """An older release's pod started during a rollout (or a rolled-back
+    image) leaves the SQL alone only when the database has a migration it
+    does not know ("the database is ahead of this release"); a release that
+    changed only sql/ would have none, and the old pod would put its older
+    functions back over the new ones. So the newest migration records the
+    sql/ it goes with, and a change of sql/ without a new migration (or, before
+    the release, the newest one's line updated) fails here."""
+    newest = max(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    m = re.search(r"^-- sql/: sha256 ([0-9a-f]{64})$", newest.read_text(), re.M)
+    assert m, f"{newest.name} does not record the sql/ it goes with (migrations/README.md)"
+    assert m.group(1) == sql_digest(), (
+        f"sql/ changed since {newest.name} recorded it: add the next migration (a comment "
+        f"may be all it holds) with the line '-- sql/: sha256 {sql_digest()}', or, if "
+        f"{newest.name} is not released yet, update its line")
+
+
 def sql(url, query, *args):
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(query, args)
