@@ -392,7 +392,8 @@ fail:
 }
 
 int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *kr, hb_sub_t ***subs,
-                         size_t *cnt, char *errstr, size_t errstr_size) {
+                         size_t *cnt, void (*unsealed)(const char *id, void *arg), void *arg,
+                         char *errstr, size_t errstr_size) {
     const char *params[1] = {NULL};
     char why[256];
     PGresult *res;
@@ -404,10 +405,15 @@ int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *kr, hb_sub_t 
     *subs = hb_calloc((size_t)PQntuples(res) + 1, sizeof(**subs));
     for (int row = 0; row < PQntuples(res); row++) {
         hb_sub_t *sub;
-        if (row_to_sub(kr, res, row, &sub, why, sizeof(why)) < 0) {
+        int rc = row_to_sub(kr, res, row, &sub, why, sizeof(why));
+        if (rc < 0) {
             /* One bad row must not keep the others from being served. */
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", PQgetvalue(res, row, COL_ID)),
-                   "subscription skipped: %s", why);
+                   "subscription skipped%s: %s",
+                   rc == HB_SNAPSHOT_UNSEALED && unsealed ? " until its values are sealed" : "",
+                   why);
+            if (rc == HB_SNAPSHOT_UNSEALED && unsealed)
+                unsealed(PQgetvalue(res, row, COL_ID), arg);
             continue;
         }
         (*subs)[(*cnt)++] = sub;

@@ -14,10 +14,12 @@ struct pg_conn;
 /* Every subscription that is not deregistered (deliverable or not): *subs is
  * an array of *cnt snapshots (refcnt 1 each; the caller unrefs them and frees
  * the array). A row that cannot be read is skipped with a warning naming its
- * subscription. keyring opens the sealed values (NULL: none opens). -1 when
- * the query fails (a lost connection shows in PQstatus). */
+ * subscription; one skipped only for a value not sealed yet is also handed
+ * to unsealed (when not NULL), to be loaded again once it is. keyring opens the sealed values
+ * (NULL: none opens). -1 when the query fails (a lost connection shows in PQstatus). */
 int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *keyring, hb_sub_t ***subs,
-                         size_t *cnt, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+                         size_t *cnt, void (*unsealed)(const char *id, void *arg), void *arg,
+                         char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* One subscription by id; *out = NULL when it does not exist or is
  * deregistered. -1 when its row cannot be read, HB_SNAPSHOT_UNSEALED when

@@ -215,6 +215,10 @@ struct hb_store_s {
     int notify[2];            /* lane -> loop: results wait */
     int stop;                 /* under mu */
     pthread_cond_t exited_cv; /* a lane's thread exited (under mu) */
+    /* under mu: a full load skipped a subscription whose values wait to be
+     * sealed; until it is loaded (or this monotonic time) the loop takes no
+     * event, which would be matched without it and go to it nowhere */
+    int64_t unloaded_until_ms;
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -338,6 +342,28 @@ static int store_reseal(lane_t *ln, char *errstr, size_t errstr_size) {
 /* ------------------------------------------------------------------------ */
 /* Loading                                                                  */
 
+static size_t note_add(store_note_t **notes, size_t n, size_t *cap, const char *id, int verify);
+
+/* A subscription the full load skipped for a value not sealed yet (another
+ * session held its row while this one sealed): the follower loads it again
+ * shortly, as one whose change it could not load (store_dispatch), instead
+ * of leaving it out until a notification or the sweep. */
+static void load_all_unsealed(const char *id, void *arg) {
+    lane_t *ln = arg;
+    size_t was = ln->unsealed_cnt;
+    if (!ln->follower || !hb_snapshot_is_id(id))
+        return;
+    ln->unsealed_cnt = note_add(&ln->unsealed, ln->unsealed_cnt, &ln->unsealed_cap, id, 0);
+    if (ln->unsealed_cnt == was)
+        return; /* there already */
+    ln->unsealed[ln->unsealed_cnt - 1].since_ms = hb_mono_ms();
+    ln->unsealed_wait_ms = STORE_UNSEALED_RETRY_MS;
+    ln->unsealed_at_ms = hb_mono_ms() + STORE_UNSEALED_RETRY_MS;
+    pthread_mutex_lock(&ln->st->mu);
+    ln->st->unloaded_until_ms = hb_mono_ms() + STORE_UNSEALED_KEEP_MS;
+    pthread_mutex_unlock(&ln->st->mu);
+}
+
 /* Seals what waits, then loads every live subscription into *subs. */
 static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, size_t errstr_size) {
     char why[256];
@@ -354,7 +380,8 @@ static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, siz
         }
         hb_error("sealing secrets: %s", why);
     }
-    if (hb_snapshot_load_all(ln->conn, ln->st->keyring, subs, cnt, errstr, errstr_size) < 0) {
+    if (hb_snapshot_load_all(ln->conn, ln->st->keyring, subs, cnt, load_all_unsealed, ln, errstr,
+                             errstr_size) < 0) {
         if (PQstatus(ln->conn) == CONNECTION_BAD)
             store_drop(ln);
         return -1;
@@ -610,7 +637,10 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
             /* those left unsealed: seal, and load them again */
             for (size_t i = 0; i < ln->unsealed_cnt; i++)
                 n = note_add(&notes, n, &cap, ln->unsealed[i].id, 0);
-            ln->unsealed_wait_ms = ln->unsealed_wait_ms * 2 > STORE_UNSEALED_RETRY_MAX_MS
+            /* every second while the loop waits for one (unloaded_until_ms,
+             * written by this thread only), else less and less often */
+            ln->unsealed_wait_ms = ln->st->unloaded_until_ms ? STORE_UNSEALED_RETRY_MS
+                                   : ln->unsealed_wait_ms * 2 > STORE_UNSEALED_RETRY_MAX_MS
                                        ? STORE_UNSEALED_RETRY_MAX_MS
                                        : ln->unsealed_wait_ms * 2;
             ln->unsealed_at_ms = hb_mono_ms() + ln->unsealed_wait_ms;
@@ -653,6 +683,8 @@ done:
         ln->st->results.tail = events.tail;
     }
     ln->busy = 0;
+    if (!ln->unsealed_cnt)
+        ln->st->unloaded_until_ms = 0;
     pthread_mutex_unlock(&ln->st->mu);
     if (events.head)
         pipe_poke(ln->st->notify[1]);
@@ -1095,7 +1127,8 @@ int hb_store_settled(hb_store_t *st) {
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     int settled;
     pthread_mutex_lock(&st->mu);
-    settled = !st->results.head && !fl->busy;
+    settled = !st->results.head && !fl->busy &&
+              (!st->unloaded_until_ms || hb_mono_ms() >= st->unloaded_until_ms);
     if (settled && fl->sock >= 0) {
         /* bytes the follower has not read yet may be a notification */
         struct pollfd pfd = {.fd = fl->sock, .events = POLLIN};

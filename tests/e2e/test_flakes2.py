@@ -3,6 +3,7 @@ session held its row at that moment (secrets_to_seal skips a locked row):
 the service loads it again as soon as the row is free, not at the next
 minute's sweep (docs/sql.md: "seals it once your transaction has ended")."""
 import signal
+import time
 
 import psycopg2
 
@@ -62,3 +63,36 @@ def test_a_secret_left_unsealed_by_a_row_lock_is_sealed_once_the_lock_is_gone(
     assert signature_valid(NEW_SECRET, post) and not signature_valid(SECRET, post)
     log = d.proc.output()
     assert "deliveries to it stop" not in log, "not a broken row, not unsealed for long"
+
+
+def test_a_subscription_held_during_the_first_load_is_loaded_once_the_row_is_free(
+        db_url, broker, procs, workdir):
+    """A dispatcher starts while the subscription's new secret waits to be
+    sealed and an operator's transaction holds its row (SELECT ... FOR
+    UPDATE: its end notifies nothing). The first load skips it, and the
+    dispatcher takes no event meanwhile (matched without it, an event would
+    go to it nowhere); once the row is free it loads it within seconds and
+    delivers the event produced while the row was held, signing with the
+    new secret. Before, it stayed out until the minute's sweep, and that
+    event was consumed and went nowhere."""
+    rcv = Receiver(procs, workdir)
+    first = Dispatcher(procs, db_url, broker.bootstrap)
+    first.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    first.proc.stop()
+    sql(db_url, "SELECT hookbridge.rotate_secret(%s, interval '0', %s)", sub, NEW_SECRET)
+    op = psycopg2.connect(db_url)
+    try:
+        with op.cursor() as cur:  # autocommit off: the row lock stays
+            cur.execute("SELECT 1 FROM hookbridge.subscriptions WHERE id = %s FOR UPDATE", (sub,))
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        assert "subscription skipped until its values are sealed" in d.proc.output()
+        assert sealed_state(db_url, sub)[0] == "pending", "sealed through the operator's lock?"
+        produce(broker.bootstrap, [event("user.session.start")])
+        time.sleep(1)
+        op.rollback()
+    finally:
+        op.close()
+    post = wait_until(lambda: rcv.posts(), 15, "the delivery once the row is free")[-1]
+    assert signature_valid(NEW_SECRET, post)
