@@ -342,20 +342,29 @@ def test_two_dispatchers_share_one_budget(db_url, procs, workdir):
 
 # ----------------------------------------------------------------- retrier
 
+def retrying(db_url, procs, workdir, schedule, queue_wait, fail_first):
+    """A broker with the delay tiers of `schedule`, a receiver failing each
+    delivery's first `fail_first` attempts, and a dispatcher and a retrier
+    with that schedule (no jitter), HOOKBRIDGE_MAX_QUEUE_WAIT `queue_wait`
+    and no circuit breaker, both ready."""
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    rcv = receiver(procs, workdir, "flaky", fail_first=fail_first)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_MAX_QUEUE_WAIT": queue_wait, "HOOKBRIDGE_CIRCUIT_FAILURES": "0"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+    return broker, rcv, d, r
+
+
 def test_the_retrier_holds_retries_to_the_limit_and_counts_no_attempt(db_url, procs, workdir):
     """Eight first attempts fail at once (the limit is generous then); the
     limit is lowered to 2 a second (update(), applied live) before their
     retries come due together: the retrier holds them and sends them at the
     limit, each delivered on attempt 2, none failed."""
     n = 8
-    broker = Broker(procs, workdir, retry_schedule="4s")
-    rcv = receiver(procs, workdir, "flaky", fail_first=1)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "4s", "HOOKBRIDGE_RETRY_JITTER": "0",
-           "HOOKBRIDGE_MAX_QUEUE_WAIT": "15s", "HOOKBRIDGE_CIRCUIT_FAILURES": "0"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    r.wait_ready()
+    broker, rcv, d, r = retrying(db_url, procs, workdir, "4s", "15s", fail_first=1)
     sub = register_verified(db_url, rcv.url, ["user.session.start"],
                             {"rate_limit": {"per_second": 100, "burst": 20}})
     produce(broker.bootstrap, users(n))
@@ -385,14 +394,7 @@ def test_a_retry_the_limit_holds_back_is_due_again_in_the_first_tier_not_its_own
     within the first tier's delay, not after its own tier's (here 10 s; by
     default up to 10 hours) once more. On the code before, it went back to
     the 10 s tier."""
-    broker = Broker(procs, workdir, retry_schedule="1s,10s")
-    rcv = receiver(procs, workdir, "flaky", fail_first=2)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s,10s", "HOOKBRIDGE_RETRY_JITTER": "0",
-           "HOOKBRIDGE_MAX_QUEUE_WAIT": "2s", "HOOKBRIDGE_CIRCUIT_FAILURES": "0"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    r.wait_ready()
+    broker, rcv, d, r = retrying(db_url, procs, workdir, "1s,10s", "2s", fail_first=2)
     sub = register_verified(db_url, rcv.url, ["user.session.start"])
     produce(broker.bootstrap, users(1))
     # attempt 1 (dispatcher) and attempt 2 (retrier, 1 s later) fail: the
