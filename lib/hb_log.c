@@ -17,6 +17,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "hb_hash.h"
+
 volatile hb_log_level_t hb_log_level = HB_LOG_INFO;
 static char hb_log_component[32] = "hookbridge";
 
@@ -151,9 +153,7 @@ static void limit_summary(hb_log_limit_t *l, int64_t now) {
 
 /* 1 when key is new in l's window, and there is room to remember it. */
 static int limit_first_of(hb_log_limit_t *l, const char *key) {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
+    uint64_t h = hb_hash_str(key);
     for (unsigned i = 0; i < l->keys_cnt; i++)
         if (l->keys[i] == h)
             return 0;
