@@ -1417,9 +1417,8 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason) {
 static const char hb_http_lagging_reason[] =
     "endpoint not keeping up: its waiting requests hold a quarter of max_pending_bytes";
 
-static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now) {
-    return (hh->in_flight && now - hh->progress_mono > HB_HTTP_LAG_MS) ||
-           hb_http_host_wait_ms(hh) > HB_HTTP_LAG_MS;
+static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now, long long lag_ms) {
+    return (hh->in_flight && now - hh->progress_mono > lag_ms) || hb_http_host_wait_ms(hh) > lag_ms;
 }
 
 size_t hb_http_shed_lagging(hb_http_t *h) {
@@ -1432,7 +1431,7 @@ size_t hb_http_shed_lagging(hb_http_t *h) {
         hb_http_host_t *host = s->val;
         hb_http_xfer_t *prev = NULL, *x = host->wait_head;
         size_t kept = 0;
-        if (host->waiting_bytes <= cap || !hb_http_host_lagging(host, now))
+        if (host->waiting_bytes <= cap || !hb_http_host_lagging(host, now, HB_HTTP_LAG_MS))
             continue;
         /* the oldest keep their turn; the newest beyond the bound go (the
          * head stays, so the host is not freed under the walk) */
@@ -1463,7 +1462,7 @@ static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
                          hh->waiting, x->host_name);
     } else if (h->conf.max_host_queue_bytes > 0 && hh->waiting > 0 &&
                hh->waiting_bytes + x->body_len > (size_t)h->conf.max_host_queue_bytes &&
-               hb_http_host_lagging(hh, hb_mono_ms())) {
+               hb_http_host_lagging(hh, hb_mono_ms(), HB_HTTP_LAG_MS)) {
         /* a host that stopped keeping up must not hold the whole payload
          * budget (the pause of every endpoint's consumption); a lone request
          * always may wait, and so may any for a host keeping up */
@@ -1571,11 +1570,10 @@ size_t hb_http_backlog(const hb_http_t *h, long long stall_ms) {
     now = hb_mono_ms();
     for (size_t pos = 0; (s = hb_hash_each(&h->hosts, &pos)) != NULL;) {
         const hb_http_host_t *host = s->val;
-        long long wait = hb_http_host_wait_ms(host);
-        if (!host->waiting || (host->in_flight && now - host->progress_mono > stall_ms))
-            continue; /* nothing waits, or stalled */
-        if (wait > stall_ms)
-            continue; /* slow: its queue drains in seconds, the bounds handle it */
+        /* nothing waits, or stalled, or slow (its queue drains in seconds):
+         * the bounds handle those */
+        if (!host->waiting || hb_http_host_lagging(host, now, stall_ms))
+            continue;
         n += host->waiting;
     }
     return n;
