@@ -140,11 +140,10 @@ static pthread_mutex_t limits_mu = PTHREAD_MUTEX_INITIALIZER;
 static void limit_summary(hb_log_limit_t *l, int64_t now) {
     if (l->left_out)
         hb_log_emit(l->lvl, NULL,
-                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s are, "
-                    "and the first of each subscription; the delivery log has every delivery and "
-                    "attempt)",
+                    "%llu more %s line(s) not logged in the last %lld s (at most %d per %d s "
+                    "are%s)",
                     l->left_out, l->what, (long long)((now - l->window_ms + 999) / 1000),
-                    HB_LOG_LIMIT_LINES, HB_LOG_LIMIT_WINDOW_MS / 1000);
+                    HB_LOG_LIMIT_LINES, HB_LOG_LIMIT_WINDOW_MS / 1000, l->note ? l->note : "");
     l->left_out = 0;
     l->logged = 0;
     l->keys_cnt = 0;

@@ -66,6 +66,7 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
 
 typedef struct hb_log_limit_s {
     const char *what; /* names the lines in the summary, e.g. "\"attempt N failed\"" */
+    const char *note; /* ends the summary: where the lines left out are counted */
     int64_t window_ms;
     unsigned logged;
     unsigned long long left_out;
@@ -76,9 +77,14 @@ typedef struct hb_log_limit_s {
     uint64_t keys[HB_LOG_LIMIT_KEYS]; /* their hashes */
 } hb_log_limit_t;
 
+/* The deliveries' lines: the summary names the delivery log. */
 #define HB_LOG_LIMIT(what)                                                                         \
+    HB_LOG_LIMIT_NOTE(what, ", and the first of each subscription; the delivery log has every "    \
+                            "delivery and attempt")
+/* note follows "at most 50 per 10 s are" in the summary. */
+#define HB_LOG_LIMIT_NOTE(what, note)                                                              \
     {                                                                                              \
-        (what), 0, 0, 0, HB_LOG_DEBUG, 0, NULL, 0, {                                               \
+        (what), (note), 0, 0, 0, HB_LOG_DEBUG, 0, NULL, 0, {                                       \
             0                                                                                      \
         }                                                                                          \
     }

@@ -69,8 +69,18 @@
 
 /* One line per connection over the limit would flood the log in a storm
  * (hb_log.h: at most HB_LOG_LIMIT_LINES per window, then how many). */
-static hb_log_limit_t log_busy = HB_LOG_LIMIT("\"ingest: too many connections\"");
-static hb_log_limit_t log_mhd = HB_LOG_LIMIT("\"ingest httpd: ...\"");
+static hb_log_limit_t log_busy =
+    HB_LOG_LIMIT_NOTE("\"ingest: too many connections\"",
+                      "; hookbridge_ingest_requests_total{class=\"5xx\"} counts every one");
+static hb_log_limit_t log_mhd = HB_LOG_LIMIT_NOTE("\"ingest httpd: ...\"", "");
+/* Nor may a client sending bad requests (a scanner, a hook configured with
+ * the wrong auth value): each client address still gets its first line of a
+ * window (hb_log_limited_for), and the metrics count every request. */
+#define INGEST_LIMIT_NOTE                                                                          \
+    ", and the first of each client address; hookbridge_ingest_requests_total counts every "       \
+    "request"
+static hb_log_limit_t log_refused = HB_LOG_LIMIT_NOTE("\"ingest: ...\" (4xx)", INGEST_LIMIT_NOTE);
+static hb_log_limit_t log_failed = HB_LOG_LIMIT_NOTE("\"ingest: ...\" (5xx)", INGEST_LIMIT_NOTE);
 
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request's headers within them (of their start, or of
@@ -174,7 +184,8 @@ static void client_address(struct MHD_Connection *conn, char *out, size_t outsz)
     }
 }
 
-/* Answers with a JSON body (taken over); logs 4xx at info, 5xx at warn. */
+/* Answers with a JSON body (taken over); logs 4xx at info, 5xx at warn
+ * (both limited, per client address), the rest at debug. */
 static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned status,
                              json_t *body, const char *what) {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -201,10 +212,14 @@ static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned
         hb_metric_inc(in->m_class[status < 300 ? 0 : status < 500 ? 1 : 2]);
     snprintf(code, sizeof(code), "%u", status);
     client_address(conn, remote, sizeof(remote));
-    hb_log(status >= 500   ? HB_LOG_WARN
-           : status >= 400 ? HB_LOG_INFO
-                           : HB_LOG_DEBUG,
-           HB_KV("status", code, "remote", remote), "ingest: %s", what);
+    if (status >= 500)
+        hb_log_limited_for(&log_failed, remote, HB_LOG_WARN,
+                           HB_KV("status", code, "remote", remote), "ingest: %s", what);
+    else if (status >= 400)
+        hb_log_limited_for(&log_refused, remote, HB_LOG_INFO,
+                           HB_KV("status", code, "remote", remote), "ingest: %s", what);
+    else
+        hb_log(HB_LOG_DEBUG, HB_KV("status", code, "remote", remote), "ingest: %s", what);
     return ret;
 }
 

@@ -2,6 +2,8 @@
 what Okta, and the operator, see. Real parts on loopback: the devbroker,
 PostgreSQL, the dispatcher and the example receiver; the topic is read back
 with a Kafka client."""
+import http.client
+import json
 import signal
 import socket
 import time
@@ -81,6 +83,39 @@ def test_missing_or_wrong_auth_is_401_and_nothing_is_produced(broker, procs):
     assert ing.metric(PRODUCED) == 0
     assert ing.metric('hookbridge_ingest_requests_total{class="4xx"}') == 6
     marker_is_all_there_is(ing, broker.bootstrap)
+
+
+def test_bad_requests_in_bulk_do_not_flood_the_log_and_every_client_is_named(broker, procs):
+    """A client sending wrong requests in bulk (a scanner, a hook with the
+    wrong auth value) gets at most 50 log lines per 10 s, then one line says
+    how many more there were; another client's first refusal in that window is
+    still logged, with its address; the metrics count every request."""
+    ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
+    ing.wait_ready()
+    t0 = time.monotonic()
+    for _ in range(120):
+        assert ing.post([event("user.session.start")], auth="Bearer wrong")[0] == 401
+    conn = http.client.HTTPConnection("127.0.0.1", ing.port, timeout=30 * SLOW,
+                                      source_address=("127.0.0.2", 0))
+    conn.request("POST", PATH, body=b"{}", headers={"Content-Type": "application/json"})
+    assert conn.getresponse().status == 401
+    conn.close()
+
+    def lines():
+        out = [json.loads(l) for l in ing.proc.output().splitlines() if l.startswith("{")]
+        refused = [l for l in out if l["msg"] == "ingest: unauthorized"]
+        left = [l for l in out if " line(s) not logged in the last " in l["msg"]]
+        return refused, left
+
+    # the window's summary comes once it is over (10 s after its first line)
+    wait_until(lambda: lines()[1] or None, max(0, 12 - (time.monotonic() - t0)) + 10 * SLOW,
+               "the line that says how many were left out")
+    refused, left = lines()
+    assert len(refused) <= 2 * 50 + 1, len(refused)
+    assert [l for l in refused if l["remote"] == "127.0.0.2"], "the other client's line"
+    assert sum(int(l["msg"].split()[0]) for l in left) + len(refused) == 121
+    assert "hookbridge_ingest_requests_total counts every request" in left[0]["msg"]
+    assert ing.metric('hookbridge_ingest_requests_total{class="4xx"}') == 121
 
 
 def test_a_bad_request_is_400_naming_the_problem_and_nothing_of_it_is_produced(broker, procs):
