@@ -45,9 +45,7 @@ class Counting(ChallengeAnswering):
         uuids = posted_uuids(self)
         with self.server.lock:
             self.server.posts.append((self.client_address[1], uuids))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self.answer()
 
 
 def endpoint(handler=Counting):
@@ -130,9 +128,7 @@ class DroppingEverySecond(ChallengeAnswering):
             return
         with self.server.lock:
             self.server.posts.append((self.client_address[1], uuids))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        self.answer()
 
 
 def test_a_connection_the_endpoint_closed_is_retried_on_a_new_one_however_often_it_happens(

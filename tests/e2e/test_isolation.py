@@ -319,8 +319,7 @@ def test_a_pause_longer_than_max_poll_interval_keeps_the_group_and_delivers_once
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             release.wait(120)
             posts.append(self.headers["webhook-id"])
-            self.send_response(204)
-            self.end_headers()
+            self.answer()
 
     srv = serve(Held)
     try:

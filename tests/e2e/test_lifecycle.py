@@ -222,9 +222,7 @@ def slow_challenge_endpoint():
 
         def do_POST(self):
             events.extend(posted_uuids(self))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer(200)
 
     srv = serve(Slow)
     srv.got_get, srv.events = got_get, events
@@ -324,9 +322,7 @@ def test_an_older_challenge_s_failure_does_not_undo_a_newer_one_s_success(db_url
 
         def do_POST(self):
             events.extend(posted_uuids(self))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer(200)
 
     d, (rcv,) = start(procs, workdir, broker, db_url)
     sub = register_active(d, db_url, rcv.url, ["user.session.start"])

@@ -153,8 +153,7 @@ def test_deliveries_wait_while_the_new_url_awaits_its_challenge(db_url, procs, w
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             posts.append({"headers": {k.lower(): v for k, v in self.headers.items()},
                           "body": body})
-            self.send_response(204)
-            self.end_headers()
+            self.answer()
 
     tier = 3  # s: room for both services to take the change
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": f"{tier}s,{tier}s", "HOOKBRIDGE_RETRY_JITTER": "0",
@@ -227,8 +226,7 @@ def test_requests_waiting_for_a_connection_follow_a_change_of_their_subscription
                 posts.extend(posted_uuids(self))
                 if hold:
                     release.wait(60)
-                self.send_response(204)
-                self.end_headers()
+                self.answer()
         return serve(Endpoint)
 
     a, b = recorder(at_a, True), recorder(at_b, False)

@@ -211,8 +211,7 @@ def tls11_endpoint(pki):
     class Handler(ChallengeAnswering):
         def do_POST(self):
             posts.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            self.send_response(204)
-            self.end_headers()
+            self.answer()
 
     cert, key = pki.server("tls11")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

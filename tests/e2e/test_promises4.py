@@ -227,9 +227,7 @@ def holding_endpoint():
             self.rfile.read(int(self.headers["Content-Length"]))
             Holding.ids.append(self.headers["webhook-id"])
             Holding.release.wait(60)
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
     return Holding
 
 

@@ -55,9 +55,7 @@ def scripted_challenges(gets, answers):
 
         def do_POST(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     return Endpoint
 

@@ -73,9 +73,7 @@ def test_large_payloads_held_for_hung_hosts_stay_within_the_memory_budget(db_url
         def do_POST(self):
             got.extend(posted_uuids(self))
             release.wait(120)
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     servers = [serve_many(Holding) for _ in range(8)]
     try:
@@ -128,9 +126,7 @@ def test_one_hung_host_with_large_payloads_does_not_pause_the_other_endpoints(db
         def do_POST(self):
             posted_uuids(self)
             release.wait(60)
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     hung = serve_many(Holding)
     try:
@@ -139,9 +135,7 @@ def test_one_hung_host_with_large_payloads_does_not_pause_the_other_endpoints(db
         class Answering(ChallengeAnswering):
             def do_POST(self):
                 healthy.extend(posted_uuids(self))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.answer()
 
         fine = serve_many(Answering)
         for name, url, typ in (("hung", hung.url, "user.session.start"),

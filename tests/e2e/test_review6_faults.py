@@ -89,8 +89,7 @@ class Hostile(ChallengeAnswering):
             self.wfile.write(body)
         else:
             self.seen.append(("POST", self.headers.get("Authorization")))
-            self.send_response(204)
-            self.end_headers()
+            self.answer()
 
 
 def test_what_a_hostile_endpoint_s_answers_leave_in_the_log_and_the_metrics(db_url, procs,
@@ -186,8 +185,7 @@ class Holding(ChallengeAnswering):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).posts += 1
         time.sleep(self.hold)
-        self.send_response(204)
-        self.end_headers()
+        self.answer()
 
 
 def test_one_connection_per_host_a_host_s_two_spellings_and_a_challenge_left_waiting(
