@@ -39,8 +39,12 @@ NEW_SECRET = "whsec_" + "bmV3LXNpZ25pbmctc2VjcmV0LWZvci1wcm9taXNlcy0wMQ=="
 
 
 def delivery_rows(db_url, sub):
+    """The subscription's deliveries, oldest first. Rows the delivery-log
+    writer inserted in one statement share created_at: the one with more
+    attempts, the older delivery, comes first."""
     return sql(db_url, "SELECT delivery_id, status, attempts, coalesce(last_error, '') "
-               "FROM hookbridge.deliveries WHERE subscription_id = %s ORDER BY created_at", sub)
+               "FROM hookbridge.deliveries WHERE subscription_id = %s "
+               "ORDER BY created_at, attempts DESC", sub)
 
 
 def through(proxy, db_url, pg_port):
