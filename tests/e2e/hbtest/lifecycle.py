@@ -60,19 +60,32 @@ def changes_in(output, sub, msg):
     return sum(1 for rec in records_of(output, sub) if rec.get("msg") == msg)
 
 
+def changes_of(service, sub):
+    """Every change of `sub` the service applied, as it logged them, oldest
+    first (the constants above, or other "subscription changed: ..." lines).
+    A service loads the row as it is when it gets to a notification, and
+    several notifications waiting together make one load: a state that lasted
+    only a moment may never be logged, and one state may be logged twice (the
+    service's own sealing of a value notifies too), so a test waits for the
+    state it needs to be the last (after the change it made), not for a count
+    of lines."""
+    return [rec["msg"] for rec in records_of(service.proc.output(), sub)
+            if rec.get("msg", "").startswith("subscription changed: ") or
+            rec.get("msg") == REMOVED]
+
+
 def last_change(service, sub):
-    """The last change of `sub` the service applied, as it logged it (one of
-    the constants above, or another "subscription changed: ..." line); None
-    before the first. A service loads the row as it is when it gets to a
-    notification, and several notifications waiting together make one load:
-    a state that lasted only a moment may never be logged, so a test waits
-    for the state it needs to be the last, not for a count of lines."""
-    last = None
-    for rec in records_of(service.proc.output(), sub):
-        msg = rec.get("msg", "")
-        if msg.startswith("subscription changed: ") or msg == REMOVED:
-            last = msg
-    return last
+    """The last of changes_of(service, sub); None before the first."""
+    changes = changes_of(service, sub)
+    return changes[-1] if changes else None
+
+
+def now_in_state(service, sub, state, since):
+    """True when the service applied a change of `sub` after the first
+    `since` of changes_of (a count taken before the test changed it) and the
+    last one it applied is `state`."""
+    changes = changes_of(service, sub)
+    return len(changes) > since and changes[-1] == state
 
 
 def consumed(dispatcher):
