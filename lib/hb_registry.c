@@ -19,7 +19,11 @@
  * (Confluent's replicas read it from a Kafka topic). Ids at or below one
  * it gave us it has read already, and id 0 it never hands out: those are
  * poison at once. The grace counts once per id (absent_since is kept), so
- * an id that never appears costs its partition new_id_grace_ms once.
+ * an id that never appears costs its partition new_id_grace_ms once. Nor is
+ * an id more than HB_REGISTRY_NEW_ID_SPAN above the highest one given us
+ * waited for: registries number schemas one after the other, so such an id
+ * is bytes that only look framed (raw Avro whose first byte is 0, say), and
+ * a stream of them would hold their partitions new_id_grace_ms each.
  *
  * What must hold: the loop never does I/O here; a failure of the registry is
  * never reported as NOT_FOUND (that would dead-letter good events); the
@@ -313,7 +317,8 @@ static entry_t *find(hb_registry_t *r, uint32_t id) {
 /* A "schema not found" for e (lock held): NOT_YET while the id is newer than
  * any the registry gave us and the grace since its first such answer lasts. */
 static void not_found_yet(hb_registry_t *r, entry_t *e) {
-    int newer = e->id != 0 && (!r->found_any || e->id > r->max_found);
+    int newer = e->id != 0 && (!r->found_any || (e->id > r->max_found &&
+                                                 e->id - r->max_found <= HB_REGISTRY_NEW_ID_SPAN));
     int first = !e->absent_since;
     if (first)
         e->absent_since = e->at;

@@ -14,8 +14,9 @@
  *                            hb_registry_free);
  *   HB_REGISTRY_PENDING      a fetch is queued or under way: ask again shortly;
  *   HB_REGISTRY_NOT_YET      the registry answered "schema not found" for an
- *                            id above every id it has given us (or before
- *                            it gave us any), less than new_id_grace_ms
+ *                            id above every id it has given us, by at most
+ *                            HB_REGISTRY_NEW_ID_SPAN (or before it gave us
+ *                            any), less than new_id_grace_ms
  *                            since it first said so: registries replicate
  *                            asynchronously, so a replica may not have the
  *                            schema a producer registered a moment ago. The
@@ -23,7 +24,8 @@
  *                            after each answer;
  *   HB_REGISTRY_NOT_FOUND    the registry answered 404 (past that grace, or
  *                            for an id at or below one it has given us, or
- *                            id 0, which no registry hands out), or the
+ *                            further above, or id 0, which no registry hands
+ *                            out), or the
  *                            schema is not Avro, or its answer is larger
  *                            than 4 MiB: a message with this id is poison.
  *                            Asked again after HB_REGISTRY_RECHECK_MS, in
@@ -49,6 +51,9 @@
 
 #define HB_REGISTRY_RETRY_MS 1000
 #define HB_REGISTRY_RECHECK_MS 30000
+/* Registries number schemas one after the other: an id this far above the
+ * highest one given us is not a schema registered a moment ago. */
+#define HB_REGISTRY_NEW_ID_SPAN 1000000u
 
 typedef struct hb_registry_s hb_registry_t;
 

@@ -3,7 +3,8 @@
  * libmicrohttpd server playing a registry whose replica catches up: an id
  * above every id it served waits and is found once registered; one that
  * never appears is poison when the grace ends, and is not waited for again;
- * an id at or below a served one, and id 0, are poison at once; with no
+ * an id at or below a served one, one far above it (more than
+ * HB_REGISTRY_NEW_ID_SPAN), and id 0, are poison at once; with no
  * grace every "not found" is poison at once, as before. */
 #include "http_fixture.h"
 
@@ -89,6 +90,12 @@ static void a_new_id_waits_for_the_replica_an_old_one_does_not(void **state) {
     assert_true(hb_mono_ms() - t0 >= GRACE_MS);
     assert_string_equal(why, "schema id 9 not found in the schema registry: Schema 9 not found");
     assert_int_equal(hb_registry_down(r, why, sizeof(why)), 0);
+
+    /* far above the highest served id (bytes that only look framed): at once */
+    assert_int_equal(settle(r, 6 + HB_REGISTRY_NEW_ID_SPAN + 1, 0, why, sizeof(why)),
+                     HB_REGISTRY_NOT_FOUND);
+    assert_int_equal(settle(r, 6 + HB_REGISTRY_NEW_ID_SPAN, 0, why, sizeof(why)),
+                     HB_REGISTRY_NOT_YET);
 
     /* 3: at or below a served id (the replica read past it), and 0: at once */
     assert_int_equal(settle(r, 3, 0, why, sizeof(why)), HB_REGISTRY_FOUND);
