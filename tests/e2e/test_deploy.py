@@ -30,7 +30,7 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # production overlay and the optional pieces.
 TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas",
          "deploy/k8s/optional/servicemonitor", "deploy/k8s/optional/migrate-job",
-         "deploy/k8s/optional/ingest"]
+         "deploy/k8s/optional/ingest", "deploy/k8s/optional/autoscaling"]
 SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
 # delivery-log close 5 s and 1 s for a statement under way (DLOG_CLOSE_GRACE_MS),
@@ -197,6 +197,50 @@ def test_production_talks_sasl_ssl_with_credentials_from_the_secret():
                     if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
             assert {"HOOKBRIDGE_KAFKA_SASL_USERNAME", "HOOKBRIDGE_KAFKA_SASL_PASSWORD",
                     "HOOKBRIDGE_DATABASE_URL"} <= set(refs), o["metadata"]["name"]
+
+
+def test_autoscaling_follows_the_dispatchers_lag_within_the_partitions():
+    """deploy/k8s/optional/autoscaling: KEDA scales the Deployment the base
+    names on the lag of the group and topic the dispatcher consumes (defaults
+    read from the binary), never beyond the partitions `hookbridge-migrate
+    topics` creates, never below two, with the production overlay's brokers,
+    SASL mechanism and the Secret keys its pods read."""
+    objs = {o["kind"]: o for o in rendered("deploy/k8s/optional/autoscaling")}
+    so, auth = objs["ScaledObject"], objs["TriggerAuthentication"]
+    deps = {o["metadata"]["name"] for o in rendered("deploy/k8s") if o["kind"] == "Deployment"}
+    assert so["spec"]["scaleTargetRef"]["name"] in deps
+    assert "dispatcher" in so["spec"]["scaleTargetRef"]["name"]
+    ref = config_reference()
+    partitions = int(config_reference("hookbridge-migrate")["HOOKBRIDGE_TOPIC_PARTITIONS"]["default"])
+    assert 2 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"] <= partitions
+    [trigger] = so["spec"]["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    assert meta["topic"] == ref["HOOKBRIDGE_EVENTS_TOPIC"]["default"]
+    assert meta["consumerGroup"] == "hookbridge-dispatcher"
+    assert "default: hookbridge-dispatcher" in ref["HOOKBRIDGE_CONSUMER_GROUP"]["description"]
+    # A new partition has no committed offset and is read from the start.
+    assert meta["offsetResetPolicy"] == "earliest"
+    prod = config_env(rendered("deploy/k8s/overlays/production"))
+    assert meta["bootstrapServers"] == prod["HOOKBRIDGE_KAFKA_BROKERS"]
+    assert meta["tls"] == "enable" and prod["HOOKBRIDGE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    # KEDA's names: scram_sha256, scram_sha512 (librdkafka's SCRAM-SHA-256, -512)
+    assert meta["sasl"] == prod["HOOKBRIDGE_KAFKA_SASL_MECHANISM"].lower().replace(
+        "scram-sha-", "scram_sha")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    keys = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    pods = [c for o, spec in pod_specs(rendered("deploy/k8s/overlays/production"))
+            if o["metadata"]["name"] == so["spec"]["scaleTargetRef"]["name"]
+            for c in spec["containers"]]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pods[0]["env"]
+           if "secretKeyRef" in e.get("valueFrom", {})}
+    for param, var in (("username", "HOOKBRIDGE_KAFKA_SASL_USERNAME"),
+                       ("password", "HOOKBRIDGE_KAFKA_SASL_PASSWORD")):
+        assert keys[param] == (env[var]["name"], env[var]["key"]), param
+    # Rebalances pause the group: scale down slowly, one pod at a time.
+    down = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["stabilizationWindowSeconds"] >= 300
+    assert all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"])
 
 
 def test_schemas_overlay_mounts_the_writer_schemas_where_the_dispatcher_reads_them():
