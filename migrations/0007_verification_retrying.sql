@@ -10,7 +10,7 @@
 -- dispatcher now notes it here (hookbridge.defer_verification), and
 -- subscription_overview shows it.
 --
--- sql/: sha256 a9ff157dbc35ca84f931f1436959318787c1815e812773671909752b9a90885d
+-- sql/: sha256 bb17fc7288c884c61aa5ad0e5816c0ef91bfd6381e55046a93e975095c492f26
 ALTER TABLE hookbridge.subscriptions ADD COLUMN verification_retrying text;
 
 COMMENT ON COLUMN hookbridge.subscriptions.verification_retrying IS

@@ -298,17 +298,34 @@ $$;
 -- The delivery log's upkeep, run by the services (hourly and at start; any
 -- caller may run it again: it is idempotent). p_now is the time to act as of
 -- (the services pass now(); tests pretend). It
+--   * deletes the ordering tails of keys quiet for an hour whose delivery is
+--     final or past the retention, and what waited in the DEFAULT partitions
+--     for a day before the first day kept (rows written for a day that had no
+--     partition; normally none);
 --   * creates both tables' partitions of today and the next p_ahead days;
 --   * drops both tables' partitions of every day before the first day kept,
 --     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
---     row is kept at least that many days, at most one more);
---   * deletes what waited in the DEFAULT partitions for a day before it (rows
---     written for a day that had no partition; normally none).
+--     row is kept at least that many days, at most one more).
 -- Returns one row per thing done: action 'created', 'dropped', 'deleted' or
--- 'skipped' (another session holds the maintenance lock, or a drop waited
--- longer than lock_timeout for a long-running read: tried again next time),
--- and its object. The drops take a brief exclusive lock on the parent tables;
--- a lock_timeout of 5 s bounds how long the log's writers can wait for it.
+-- 'skipped' (another session holds the maintenance lock, or a lock was not
+-- had within lock_timeout, e.g. for a long-running read: tried again next
+-- time), and its object.
+--
+-- Locks. Dropping a partition takes an ACCESS EXCLUSIVE lock on its parent
+-- table, held until this function's transaction commits, and every writer
+-- and reader of the log waits for it. So the drops come last, after the
+-- deletes (which take no such lock; done under it, they held the log's
+-- writers for as long as they took), and take both parents first, in the
+-- order the delivery-log writer (hb_dlog.c) locks them: deliveries, then
+-- delivery_attempts. Dropping a day's delivery_attempts partition first (as
+-- the drops by name did) locked the tables the other way round: a writer that
+-- had written its deliveries rows and went on to their attempts deadlocked
+-- with it, and PostgreSQL cancelled one of the two, most often the
+-- maintenance, which then undid all it had done. A
+-- lock_timeout of 5 s bounds how long the log's writers wait behind a
+-- maintenance that waits for a long report; a deadlock with a session that
+-- locks the tables the other way round (a report reading delivery_attempts
+-- joined to deliveries) skips the drops too.
 CREATE OR REPLACE FUNCTION hookbridge.maintain_delivery_log(p_now timestamptz DEFAULT now(),
                                                             p_ahead integer DEFAULT 3)
 RETURNS TABLE (action text, object text)
@@ -317,7 +334,8 @@ DECLARE
     v_today date;
     v_keep  date;
     v_n     bigint;
-    r       record;
+    v_drop  text[];
+    v_rel   text;
 BEGIN
     IF p_now IS NULL OR p_ahead IS NULL OR p_ahead NOT BETWEEN 0 AND 31 THEN
         RAISE EXCEPTION 'p_now must not be NULL and p_ahead must be 0 to 31' USING ERRCODE = 'HB012';
@@ -332,39 +350,28 @@ BEGIN
     v_today := (p_now AT TIME ZONE 'UTC')::date;
     v_keep := hookbridge._dlog_first_kept_day(p_now);
 
-    FOR d IN 0 .. p_ahead LOOP
-        BEGIN
-            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
-                action := 'created';
-                RETURN NEXT;
-            END LOOP;
-        EXCEPTION WHEN lock_not_available THEN
-            action := 'skipped';
-            object := format('partitions of %s (busy: created next time)', v_today + d);
+    -- Ordered delivery: the tails of keys whose last delivery is final, or no
+    -- longer in the log (or in a day dropped below), and that were quiet for
+    -- an hour. A key without a tail starts afresh, which is what a final tail
+    -- means anyway; a waiting delivery ('retry', 'pending', 'replay') keeps
+    -- its tail.
+    BEGIN
+        DELETE FROM hookbridge.ordering_tails t
+         WHERE t.updated_at < p_now - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
+                            WHERE d.delivery_id = t.delivery_id AND d.log_day >= v_keep
+                              AND d.status NOT IN ('delivered', 'failed', 'dropped'));
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('ordering_tails: %s keys whose last delivery is final', v_n);
             RETURN NEXT;
-        END;
-    END LOOP;
-
-    -- the same days of both tables, oldest first
-    FOR r IN
-        SELECT c.relname, to_date(right(c.relname, 8), 'YYYYMMDD') AS day
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
-                               'hookbridge.delivery_attempts'::regclass)
-           AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
-           AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep
-         ORDER BY 2, 1 DESC
-    LOOP
-        BEGIN
-            EXECUTE format('DROP TABLE hookbridge.%I', r.relname);
-            action := 'dropped';
-        EXCEPTION WHEN lock_not_available THEN
-            action := 'skipped';
-            r.relname := r.relname || ' (busy: dropped next time)';
-        END;
-        object := r.relname;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        action := 'skipped';
+        object := 'ordering_tails (busy: cleared next time)';
         RETURN NEXT;
-    END LOOP;
+    END;
 
     BEGIN
         DELETE FROM hookbridge.deliveries_default WHERE log_day < v_keep;
@@ -388,27 +395,53 @@ BEGIN
         RETURN NEXT;
     END;
 
-    -- Ordered delivery: the tails of keys whose last delivery is final, or no
-    -- longer in the log, and that were quiet for an hour. A key without a
-    -- tail starts afresh, which is what a final tail means anyway; a waiting
-    -- delivery ('retry', 'pending', 'replay') keeps its tail.
-    BEGIN
-        DELETE FROM hookbridge.ordering_tails t
-         WHERE t.updated_at < p_now - interval '1 hour'
-           AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
-                            WHERE d.delivery_id = t.delivery_id
-                              AND d.status NOT IN ('delivered', 'failed', 'dropped'));
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        IF v_n > 0 THEN
-            action := 'deleted';
-            object := format('ordering_tails: %s keys whose last delivery is final', v_n);
+    FOR d IN 0 .. p_ahead LOOP
+        BEGIN
+            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
+                action := 'created';
+                RETURN NEXT;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            action := 'skipped';
+            object := format('partitions of %s (busy: created next time)', v_today + d);
             RETURN NEXT;
-        END IF;
-    EXCEPTION WHEN lock_not_available THEN
-        action := 'skipped';
-        object := 'ordering_tails (busy: cleared next time)';
-        RETURN NEXT;
+        END;
+    END LOOP;
+
+    -- the same days of both tables, oldest first
+    SELECT array_agg(c.relname::text ORDER BY to_date(right(c.relname, 8), 'YYYYMMDD'), c.relname)
+      INTO v_drop
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
+                           'hookbridge.delivery_attempts'::regclass)
+       AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
+       AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep;
+    IF v_drop IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        -- the parents only (every access through them takes their lock)
+        LOCK TABLE ONLY hookbridge.deliveries IN ACCESS EXCLUSIVE MODE;
+        LOCK TABLE ONLY hookbridge.delivery_attempts IN ACCESS EXCLUSIVE MODE;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        FOREACH v_rel IN ARRAY v_drop LOOP
+            action := 'skipped';
+            object := v_rel || ' (busy: dropped next time)';
+            RETURN NEXT;
+        END LOOP;
+        RETURN;
     END;
+    FOREACH v_rel IN ARRAY v_drop LOOP
+        BEGIN
+            EXECUTE format('DROP TABLE hookbridge.%I', v_rel);
+            action := 'dropped';
+            object := v_rel;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            action := 'skipped';
+            object := v_rel || ' (busy: dropped next time)';
+        END;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 

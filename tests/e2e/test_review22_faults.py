@@ -1,0 +1,173 @@
+"""The SQL API and the delivery log under production load (review 22): the
+delivery log's retention (hookbridge.maintain_delivery_log) run while the
+services write the log and operators read it.
+
+Each test was shown to fail on 9ec6cf5."""
+import datetime
+import threading
+import time
+import uuid
+
+import psycopg2
+
+from hbtest.procs import SLOW, wait_until
+
+SERVICE = "hookbridge_service"
+OPERATOR = "hookbridge_operator"
+
+
+def connect(db_url, role=None, autocommit=True):
+    conn = psycopg2.connect(db_url)
+    conn.autocommit = autocommit
+    if role:
+        with conn.cursor() as cur:
+            cur.execute(f"SET ROLE {role}")
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+def sql(db_url, query, *args, role=None):
+    conn = connect(db_url, role)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, args)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def days_ago(n):
+    return datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=n)
+
+
+def old_days(db_url, first, count):
+    """Partitions of `count` days from `first` days ago on (past the default
+    30 days' retention), each with a delivery and its attempt."""
+    sql(db_url, "SELECT * FROM hookbridge.maintain_delivery_log("
+        f"now() - interval '{first} days', {count - 1})")
+    days = [days_ago(first - i) for i in range(count)]
+    for day in days:
+        did = str(uuid.uuid4())
+        sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+            "event_type, status, attempts, log_day) VALUES (%s, gen_random_uuid(), 'e', "
+            "'user.session.start', 'delivered', 1, %s)", did, day)
+        sql(db_url, "INSERT INTO hookbridge.delivery_attempts (delivery_id, attempt, started_at, "
+            "outcome) VALUES (%s, 1, %s::date + interval '12 hours', 'delivered')", did, day)
+    return days
+
+
+def partition_names(days):
+    return {f"{t}_p{d:%Y%m%d}" for d in days for t in ("deliveries", "delivery_attempts")}
+
+
+def waiting_on_a_lock(db_url, pid):
+    return sql(db_url, "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", pid)[0][0]
+
+
+class Maintenance(threading.Thread):
+    """hookbridge.maintain_delivery_log() as the retrier runs it: its role,
+    one statement, in a thread; .result holds its rows or the error."""
+
+    def __init__(self, db_url):
+        super().__init__(daemon=True)
+        self.conn = connect(db_url, SERVICE)
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            self.pid = cur.fetchone()[0]
+        self.result = None
+        self.took = None
+
+    def run(self):
+        t0 = time.monotonic()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT action, object FROM hookbridge.maintain_delivery_log()")
+                self.result = cur.fetchall()
+        except psycopg2.Error as e:
+            self.result = e
+        finally:
+            self.took = time.monotonic() - t0
+            self.conn.close()
+
+
+def test_retention_and_the_delivery_log_writer_do_not_deadlock(db_url):
+    """The writer of the delivery log (hb_dlog.c) writes a batch's deliveries,
+    then their attempts, in one transaction. The retention's drops took the
+    two tables the other way round (a day's delivery_attempts partition first):
+    a maintenance that came while a batch was between its two statements
+    deadlocked with it, and PostgreSQL cancelled one of them, most often the
+    maintenance, which undid everything it had done (under a steady write load
+    six runs in ten failed so, and the next try is a minute later). Now it
+    takes the tables in the writer's order: it waits for the batch, which
+    commits, and then drops the days past the retention."""
+    days = old_days(db_url, 40, 1)
+    writer = connect(db_url, SERVICE, autocommit=False)
+    try:
+        did = str(uuid.uuid4())
+        with writer.cursor() as cur:
+            cur.execute("INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, "
+                        "event_ids, event_type, status, attempts, first_attempt_at, "
+                        "last_attempt_at) VALUES (%s, gen_random_uuid(), 'e', "
+                        "'user.session.start', 'delivered', 1, now(), now())", (did,))
+        m = Maintenance(db_url)
+        m.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, m.pid) or not m.is_alive(), 10,
+                   "the maintenance waiting for the writer's batch")
+        with writer.cursor() as cur:
+            cur.execute("INSERT INTO hookbridge.delivery_attempts (delivery_id, attempt, "
+                        "started_at, outcome) VALUES (%s, 1, now(), 'delivered')", (did,))
+        writer.commit()
+    finally:
+        writer.close()
+    m.join(30 * SLOW)
+    assert not isinstance(m.result, Exception), m.result
+    assert {o for a, o in m.result if a == "dropped"} == partition_names(days), m.result
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.delivery_attempts WHERE delivery_id = %s",
+               did) == [(1,)]
+
+
+def test_retention_waiting_for_a_long_report_does_not_stop_the_log(db_url):
+    """A long report reading hookbridge.deliveries when the retention runs:
+    the maintenance gave up on each day after its lock_timeout (5 s), but it
+    had dropped that day's delivery_attempts partition first and kept its
+    exclusive lock on delivery_attempts until the end, so every write of the
+    delivery log waited 5 s times the days to drop (after lowering the
+    retention by weeks, minutes), and so did everything else on the retrier's
+    store connection. Now it waits once (the writes queue behind that wait,
+    at most the 5 s docs/operations.md states), holds nothing after it, and
+    says which days it left for next time; the next run drops them."""
+    days = old_days(db_url, 45, 6)
+    report = connect(db_url, OPERATOR, autocommit=False)
+    try:
+        with report.cursor() as cur:
+            cur.execute("SELECT count(*) FROM hookbridge.deliveries")
+        m = Maintenance(db_url)
+        m.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, m.pid), 10, "the maintenance waiting")
+        # the delivery log's writer goes on meanwhile
+        t0 = time.monotonic()
+        conn = connect(db_url, SERVICE)
+        conn.cursor().execute("SET statement_timeout = '20s'")
+        try:
+            with conn.cursor() as cur:
+                for _ in range(5):
+                    cur.execute("INSERT INTO hookbridge.delivery_attempts (delivery_id, attempt, "
+                                "started_at, outcome) VALUES (gen_random_uuid(), 1, now(), "
+                                "'delivered')")
+                    time.sleep(0.2)
+        finally:
+            conn.close()
+        wrote = time.monotonic() - t0
+        m.join(60 * SLOW)
+    finally:
+        report.rollback()
+        report.close()
+    assert wrote < 8 * SLOW, f"the log's writes waited for the maintenance: {wrote:.1f} s"
+    assert not isinstance(m.result, Exception), m.result
+    assert m.took < 8 * SLOW, f"maintenance took {m.took:.1f} s"
+    skipped = {o for a, o in m.result if a == "skipped"}
+    assert skipped == {n + " (busy: dropped next time)" for n in partition_names(days)}, m.result
+    done = sql(db_url, "SELECT action, object FROM hookbridge.maintain_delivery_log()", role=SERVICE)
+    assert {o for a, o in done if a == "dropped"} == partition_names(days), done
+
