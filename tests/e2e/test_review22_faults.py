@@ -1,6 +1,7 @@
 """The SQL API and the delivery log under production load (review 22): the
 delivery log's retention (hookbridge.maintain_delivery_log) run while the
-services write the log and operators read it.
+services write the log and operators read it, and a verification outcome
+recorded while an operator deregisters the subscription.
 
 Each test was shown to fail on 9ec6cf5."""
 import datetime
@@ -171,3 +172,46 @@ def test_retention_waiting_for_a_long_report_does_not_stop_the_log(db_url):
     done = sql(db_url, "SELECT action, object FROM hookbridge.maintain_delivery_log()", role=SERVICE)
     assert {o for a, o in done if a == "dropped"} == partition_names(days), done
 
+
+def test_a_verification_outcome_for_a_subscription_being_deregistered_is_out_of_date(db_url):
+    """record_verification() returns false for a subscription deregistered
+    while its challenge ran (docs/sql.md). When the deregister() was still
+    open as the outcome came, the outcome waited for its lock and then failed
+    with HB010, which the dispatcher logs as an error ("cannot record
+    verification") and counts as a database error."""
+    sub = sql(db_url, "SELECT hookbridge.register('r22', 'https://r22.example.com/hook', "
+              "ARRAY['user.session.start'])", role=OPERATOR)[0][0]
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub, role=OPERATOR)
+    claim = sql(db_url, "SELECT hookbridge.claim_verification_until(%s)", sub, role=SERVICE)[0][0]
+    assert claim is not None
+    op = connect(db_url, OPERATOR, autocommit=False)
+    out = {}
+    try:
+        with op.cursor() as cur:
+            cur.execute("SELECT hookbridge.deregister(%s)", (sub,))
+        svc = connect(db_url, SERVICE)
+        with svc.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+
+        def record():
+            try:
+                with svc.cursor() as c:
+                    c.execute("SELECT hookbridge.record_verification(%s, false, 'HTTP 500', "
+                              "'https://r22.example.com/hook', %s)", (sub, claim))
+                    out["recorded"] = c.fetchone()[0]
+            except psycopg2.Error as e:
+                out["error"] = f"{e.pgcode}: {e.pgerror}"
+
+        t = threading.Thread(target=record, daemon=True)
+        t.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, pid), 10, "the outcome waiting")
+        op.commit()
+        t.join(10 * SLOW)
+        svc.close()
+    finally:
+        op.close()
+    assert out == {"recorded": False}, out
+    assert sql(db_url, "SELECT status, verification, deregistered_at IS NOT NULL "
+               "FROM hookbridge.subscriptions WHERE id = %s", sub) == [("inactive", "unverified",
+                                                                       True)]
