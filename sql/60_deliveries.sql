@@ -524,7 +524,7 @@ BEGIN
     PERFORM hookbridge._check_replayable(v);
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
-           log_day = (v_at AT TIME ZONE 'UTC')::date
+           replay_due_at = NULL, log_day = (v_at AT TIME ZONE 'UTC')::date
      WHERE d.delivery_id = replay.delivery_id AND d.log_day = v.log_day;
     RETURN replay.delivery_id;
 END
@@ -539,13 +539,27 @@ $$;
 -- is not sent again, and a delivery failed on both days is replayed once
 -- (moving both rows to today would collide on the key). Cancelled deliveries
 -- (dropped by cancel()) are not taken: replay() takes one by its id.
+--
+-- Pacing. For a subscription with options.rate_limit (per_second P, burst
+-- B) each delivery taken gets the time its turn comes, replay_due_at, in the
+-- order of their first attempts: the first ceil(B / 2) at once, then one
+-- every 2 / P seconds (half the rate: the other half is left to the live
+-- events), after the replays of the subscription still waiting for their
+-- turn, if any. claim_replays hands a replay out only once it is due. Due
+-- at once, all of them went to the first delay tier together, and those
+-- over the limit came round through it, each time logged as an attempt,
+-- until their turn: tens of thousands of delivery-log rows a second for a
+-- large replay (migrations/0008_replay_pacing.sql).
 CREATE OR REPLACE FUNCTION hookbridge._replay_all(p_sub uuid, p_since timestamptz, p_status text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
-    v_sub hookbridge.subscriptions;
-    v_at  timestamptz := hookbridge._replay_requested_at();
-    n     integer;
+    v_sub   hookbridge.subscriptions;
+    v_at    timestamptz := hookbridge._replay_requested_at();
+    v_rate  double precision; -- replays a second (half the rate limit), NULL: not paced
+    v_first double precision; -- how many go at once
+    v_from  timestamptz;      -- when the paced ones start
+    n       integer;
 BEGIN
     IF p_sub IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
@@ -561,15 +575,38 @@ BEGIN
         RAISE EXCEPTION 'subscription % is inactive; activate it first', p_sub
             USING ERRCODE = 'HB021';
     END IF;
+    IF jsonb_typeof(v_sub.options -> 'rate_limit') = 'object' THEN
+        v_rate := (v_sub.options #>> '{rate_limit,per_second}')::double precision / 2;
+        v_first := ceil(coalesce((v_sub.options #>> '{rate_limit,burst}')::double precision,
+                                 ceil(v_rate * 2)) / 2);
+        v_from := v_at;
+        -- after the replays still waiting for their turn (an earlier call):
+        -- those take the burst
+        SELECT greatest(v_at, max(w.replay_due_at)) INTO v_from
+          FROM hookbridge.deliveries w
+         WHERE w.status = 'replay' AND w.subscription_id = p_sub AND w.replay_due_at > v_at;
+        IF v_from > v_at THEN
+            v_first := 0;
+        ELSE
+            v_from := v_at;
+        END IF;
+    END IF;
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
-           log_day = (v_at AT TIME ZONE 'UTC')::date
-     WHERE d.subscription_id = p_sub
-       AND d.status = p_status AND d.body IS NOT NULL
-       AND d.last_attempt_at >= p_since
-       AND (p_status <> 'dropped' OR d.last_error IS NULL OR d.last_error NOT LIKE 'cancelled%')
-       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
-                        WHERE later.delivery_id = d.delivery_id AND later.log_day > d.log_day);
+           log_day = (v_at AT TIME ZONE 'UTC')::date,
+           -- at most about 30 years ahead (a tiny rate): a bound, not an error
+           replay_due_at = CASE WHEN v_rate IS NOT NULL AND pick.i > v_first
+                                THEN v_from + make_interval(secs => least((pick.i - v_first) / v_rate, 1e9)) END
+      FROM (SELECT c.delivery_id, c.log_day,
+                   row_number() OVER (ORDER BY c.first_attempt_at, c.delivery_id) AS i
+              FROM hookbridge.deliveries c
+             WHERE c.subscription_id = p_sub
+               AND c.status = p_status AND c.body IS NOT NULL
+               AND c.last_attempt_at >= p_since
+               AND (p_status <> 'dropped' OR c.last_error IS NULL OR c.last_error NOT LIKE 'cancelled%')
+               AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                                WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
+     WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -622,7 +659,8 @@ END
 $$;
 
 -- For the retrier: up to p_limit replay requests, each leased for
--- p_lease (a request whose retrier died is claimed again after that).
+-- p_lease (a request whose retrier died is claimed again after that), a
+-- paced one (replay_due_at, _replay_all) once it is due.
 -- replay_requested_at is where the replay's attempts begin: the services
 -- log them under its day (the row's log_day), and it is the same when a
 -- request is claimed again.
@@ -637,6 +675,7 @@ BEGIN
       FROM (SELECT c.delivery_id, c.log_day FROM hookbridge.deliveries c
              WHERE c.status = 'replay'
                AND (c.replay_claimed_at IS NULL OR c.replay_claimed_at < now() - p_lease)
+               AND (c.replay_due_at IS NULL OR c.replay_due_at <= now())
              ORDER BY c.replay_requested_at
              LIMIT greatest(p_limit, 0)
              FOR UPDATE SKIP LOCKED) pick

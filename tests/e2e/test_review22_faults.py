@@ -1,7 +1,8 @@
 """The SQL API and the delivery log under production load (review 22): the
 delivery log's retention (hookbridge.maintain_delivery_log) run while the
-services write the log and operators read it, and a verification outcome
-recorded while an operator deregisters the subscription.
+services write the log and operators read it, a verification outcome
+recorded while an operator deregisters the subscription, and a large
+replay_failed() of a rate-limited subscription.
 
 Each test was shown to fail on 9ec6cf5."""
 import datetime
@@ -12,6 +13,8 @@ import uuid
 import psycopg2
 
 from hbtest.procs import SLOW, wait_until
+from test_delivery import register_verified
+from test_retry import stack
 
 SERVICE = "hookbridge_service"
 OPERATOR = "hookbridge_operator"
@@ -215,3 +218,40 @@ def test_a_verification_outcome_for_a_subscription_being_deregistered_is_out_of_
     assert sql(db_url, "SELECT status, verification, deregistered_at IS NOT NULL "
                "FROM hookbridge.subscriptions WHERE id = %s", sub) == [("inactive", "unverified",
                                                                        True)]
+
+
+def test_a_large_replay_of_a_rate_limited_subscription_is_paced_not_churned(db_url, procs,
+                                                                           workdir):
+    """replay_failed() made every delivery due at once and the retrier claimed
+    100 a second: for a subscription with a rate limit, those over the limit
+    went back to the first delay tier unattempted, logged as an attempt each
+    time ('rate limited: ...'), and came round again and again until their
+    turn (3000 replays at 5/s: 59,000 attempt rows in a minute for 300
+    requests made). Now they are given their turns, at half the limit, and
+    handed out only when due: each request is logged once, and the endpoint
+    gets no more than the limit."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "2s,5s")
+    sub = register_verified(db_url, receiver.url, ["user.session.start"],
+                            {"rate_limit": {"per_second": 4, "burst": 2}})
+    sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, attempts, first_attempt_at, last_attempt_at, last_http_status, "
+        "last_error, body, content_type) SELECT gen_random_uuid(), %s, gen_random_uuid()::text, "
+        "'user.session.start', 'failed', 8, now() - interval '2 hours' + i * interval '1 ms', "
+        "now() - interval '1 hour', 500, 'HTTP 500', '{\"data\": {}}', 'application/json' "
+        "FROM generate_series(1, 200) i", sub)
+    assert sql(db_url, "SELECT hookbridge.replay_failed(%s, now() - interval '1 day')", sub,
+               role=OPERATOR) == [(200,)]
+    # one at once (half the burst), then one every 0.5 s: the last in about 100 s
+    due = sql(db_url, "SELECT count(*) FILTER (WHERE replay_due_at IS NULL), "
+              "extract(epoch FROM max(replay_due_at) - min(replay_requested_at)) "
+              "FROM hookbridge.deliveries WHERE subscription_id = %s", sub)[0]
+    assert due[0] == 1 and 99 <= due[1] <= 100.5, due
+    time.sleep(8 * SLOW)
+    logged = sql(db_url, "SELECT count(*) FILTER (WHERE error LIKE 'rate limited%%'), count(*) "
+                 "FROM hookbridge.delivery_attempts WHERE subscription_id = %s", sub)[0]
+    delivered = sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                    "WHERE subscription_id = %s AND status = 'delivered'", sub)[0][0]
+    assert logged[0] <= 3, f"replays came round the delay tiers: {logged}"
+    assert 10 <= delivered <= 25, delivered  # about 2 a second
+    times = sorted(p["time_ms"] for p in receiver.posts())
+    assert max(sum(1 for u in times if t <= u < t + 1000) for t in times) <= 2 + 4, times
