@@ -1,17 +1,21 @@
 """The SQL API and the delivery log under production load (review 22): the
 delivery log's retention (hookbridge.maintain_delivery_log) run while the
 services write the log and operators read it, a verification outcome
-recorded while an operator deregisters the subscription, and a large
-replay_failed() of a rate-limited subscription.
+recorded while an operator deregisters the subscription, a large
+replay_failed() of a rate-limited subscription, and the query docs/sql.md
+gives for a subscription's newest deliveries, on a busy subscription.
 
 Each test was shown to fail on 9ec6cf5."""
 import datetime
+import json
+import re
 import threading
 import time
 import uuid
 
 import psycopg2
 
+from hbtest.pg import REPO
 from hbtest.procs import SLOW, wait_until
 from test_delivery import register_verified
 from test_retry import stack
@@ -255,3 +259,34 @@ def test_a_large_replay_of_a_rate_limited_subscription_is_paced_not_churned(db_u
     assert 10 <= delivered <= 25, delivered  # about 2 a second
     times = sorted(p["time_ms"] for p in receiver.posts())
     assert max(sum(1 for u in times if t <= u < t + 1000) for t in times) <= 2 + 4, times
+
+
+def test_the_documented_newest_deliveries_of_a_subscription_do_not_read_them_all(db_url):
+    """docs/sql.md's query for "the last 20 deliveries of one subscription"
+    filtered recent_deliveries on subscription_name: PostgreSQL joined, then
+    fetched and sorted every delivery of the subscription in the week (15 s
+    for one with 2 million a day), holding the log's tables meanwhile, which
+    the retention's drops wait for. The query it gives now reads a few rows
+    of each day's index."""
+    text = (REPO / "docs" / "sql.md").read_text()
+    query = re.search(r"-- The last 20 deliveries of one subscription\n(.*?;)", text, re.S).group(1)
+    sub = sql(db_url, "SELECT hookbridge.register('crm sync', 'https://crm.example.com/hook', "
+              "ARRAY['user.session.start'])", role=OPERATOR)[0][0]
+    sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, attempts, created_at, log_day) SELECT gen_random_uuid(), %s, 'e', "
+        "'user.session.start', 'delivered', 1, t, (t AT TIME ZONE 'UTC')::date "
+        "FROM (SELECT now() - i * interval '1 second' AS t FROM generate_series(1, 50000) i) g",
+        sub)
+    sql(db_url, "ANALYZE hookbridge.deliveries")
+    plan = sql(db_url, "EXPLAIN (ANALYZE, FORMAT JSON) " + query, role=OPERATOR)[0][0]
+    read = []
+
+    def walk(node):
+        if node.get("Relation Name", "").startswith("deliveries"):
+            read.append(node["Actual Rows"] * node.get("Actual Loops", 1))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    assert 20 <= sum(read) <= 200, (sum(read), json.dumps(plan)[:3000])
+    assert len(sql(db_url, query, role=OPERATOR)) == 20
