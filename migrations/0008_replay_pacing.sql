@@ -12,7 +12,7 @@
 -- (replay_due_at), at half the subscription's rate (the other half is left
 -- to its live events), and claim_replays hands it out only then.
 --
--- sql/: sha256 07aff6927fd58e397f758ea599344630a0de2850134e6c211e6c44abae6b8237
+-- sql/: sha256 9aaf772b940a4c6fc40b2fa11a6894d59e8f9de4afac6e273701f7447703eabe
 ALTER TABLE hookbridge.deliveries ADD COLUMN replay_due_at timestamptz;
 
 COMMENT ON COLUMN hookbridge.deliveries.replay_due_at IS

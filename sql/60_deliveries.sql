@@ -555,7 +555,7 @@ RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
     v_sub   hookbridge.subscriptions;
-    v_at    timestamptz := hookbridge._replay_requested_at();
+    v_at    timestamptz;
     v_rate  double precision; -- replays a second (half the rate limit), NULL: not paced
     v_first double precision; -- how many go at once
     v_from  timestamptz;      -- when the paced ones start
@@ -567,10 +567,15 @@ BEGIN
     IF p_since IS NULL THEN
         RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'HB012';
     END IF;
-    SELECT * INTO v_sub FROM hookbridge.subscriptions s WHERE s.id = p_sub;
-    IF NOT FOUND OR v_sub.deregistered_at IS NOT NULL THEN
-        RAISE EXCEPTION 'subscription % not found', p_sub USING ERRCODE = 'HB010';
-    END IF;
+    -- The subscription's row locked (HB010 for an unknown or deregistered
+    -- one): two replays of one subscription at once take turns, the second
+    -- finding nothing left to take. Unlocked, the second waited for the
+    -- first's rows and then failed with SQLSTATE 40001 ("tuple to be locked
+    -- was already moved to another partition due to concurrent update"): the
+    -- first had moved them to today. A deactivate() meanwhile also comes
+    -- before (HB021 below) or after (it drops the replays) as a whole.
+    v_sub := hookbridge._live(p_sub);
+    v_at := hookbridge._replay_requested_at();
     IF v_sub.status <> 'active' THEN
         RAISE EXCEPTION 'subscription % is inactive; activate it first', p_sub
             USING ERRCODE = 'HB021';

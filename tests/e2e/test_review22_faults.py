@@ -2,7 +2,8 @@
 delivery log's retention (hookbridge.maintain_delivery_log) run while the
 services write the log and operators read it, a verification outcome
 recorded while an operator deregisters the subscription, a large
-replay_failed() of a rate-limited subscription, and the query docs/sql.md
+replay_failed() of a rate-limited subscription, two operators replaying one
+subscription at once, and the query docs/sql.md
 gives for a subscription's newest deliveries, on a busy subscription.
 
 Each test was shown to fail on 9ec6cf5."""
@@ -290,3 +291,52 @@ def test_the_documented_newest_deliveries_of_a_subscription_do_not_read_them_all
     walk(plan[0]["Plan"])
     assert 20 <= sum(read) <= 200, (sum(read), json.dumps(plan)[:3000])
     assert len(sql(db_url, query, role=OPERATOR)) == 20
+
+
+def test_two_operators_replaying_one_subscription_at_once_take_turns(db_url):
+    """replay_failed() moves what it replays to today's partition. A second
+    call for the same subscription while the first was not committed waited
+    for the first's rows and then failed with SQLSTATE 40001 ("tuple to be
+    locked was already moved to another partition due to concurrent
+    update"). Now it waits for the first and finds nothing left to replay."""
+    sub = sql(db_url, "SELECT hookbridge.register('r22', 'https://r22.example.com/hook', "
+              "ARRAY['user.session.start'])", role=OPERATOR)[0][0]
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+        "verified_at = now(), status = 'active' WHERE id = %s", sub)
+    sql(db_url, "SELECT * FROM hookbridge.maintain_delivery_log(now() - interval '3 days', 0)")
+    sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, attempts, first_attempt_at, last_attempt_at, body, log_day) "
+        "SELECT gen_random_uuid(), %s, 'e', 'user.session.start', 'failed', 8, "
+        "now() - interval '3 days', now() - interval '3 days', '{}', %s "
+        "FROM generate_series(1, 50)", sub, days_ago(3))
+    first = connect(db_url, OPERATOR, autocommit=False)
+    out = {}
+    try:
+        with first.cursor() as cur:
+            cur.execute("SELECT hookbridge.replay_failed(%s, now() - interval '7 days')", (sub,))
+            assert cur.fetchone()[0] == 50
+        second = connect(db_url, OPERATOR)
+        with second.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+
+        def replay():
+            try:
+                with second.cursor() as c:
+                    c.execute("SELECT hookbridge.replay_failed(%s, now() - interval '7 days')",
+                              (sub,))
+                    out["replayed"] = c.fetchone()[0]
+            except psycopg2.Error as e:
+                out["error"] = f"{e.pgcode}: {e.pgerror}"
+
+        t = threading.Thread(target=replay, daemon=True)
+        t.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, pid), 10, "the second replay waiting")
+        first.commit()
+        t.join(10 * SLOW)
+        second.close()
+    finally:
+        first.close()
+    assert out == {"replayed": 0}, out
+    assert sql(db_url, "SELECT status, count(*) FROM hookbridge.deliveries "
+               "WHERE subscription_id = %s GROUP BY 1", sub) == [("replay", 50)]
