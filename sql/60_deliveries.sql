@@ -302,10 +302,10 @@ $$;
 --     final or past the retention, and what waited in the DEFAULT partitions
 --     for a day before the first day kept (rows written for a day that had no
 --     partition; normally none);
---   * creates both tables' partitions of today and the next p_ahead days;
 --   * drops both tables' partitions of every day before the first day kept,
 --     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
---     row is kept at least that many days, at most one more).
+--     row is kept at least that many days, at most one more);
+--   * creates both tables' partitions of today and the next p_ahead days.
 -- Returns one row per thing done: action 'created', 'dropped', 'deleted' or
 -- 'skipped' (another session holds the maintenance lock, or a lock was not
 -- had within lock_timeout, e.g. for a long-running read: tried again next
@@ -313,16 +313,19 @@ $$;
 --
 -- Locks. Dropping a partition takes an ACCESS EXCLUSIVE lock on its parent
 -- table, held until this function's transaction commits, and every writer
--- and reader of the log waits for it. So the drops come last, after the
--- deletes (which take no such lock; done under it, they held the log's
--- writers for as long as they took), and take both parents first, in the
--- order the delivery-log writer (hb_dlog.c) locks them: deliveries, then
--- delivery_attempts. Dropping a day's delivery_attempts partition first (as
--- the drops by name did) locked the tables the other way round: a writer that
--- had written its deliveries rows and went on to their attempts deadlocked
--- with it, and PostgreSQL cancelled one of the two, most often the
--- maintenance, which then undid all it had done. A
--- lock_timeout of 5 s bounds how long the log's writers wait behind a
+-- and reader of the log waits for it. So the deletes come first (done under
+-- that lock, they held the log's writers for as long as they took), and the
+-- drops take both parents at once, in the order the delivery-log writer
+-- (hb_dlog.c) locks them: deliveries, then delivery_attempts. Dropping a
+-- day's delivery_attempts partition first (as the drops by name did) locked
+-- the tables the other way round: a writer that had written its deliveries
+-- rows and went on to their attempts deadlocked with it, and PostgreSQL
+-- cancelled one of the two, most often the maintenance, which then undid all
+-- it had done. The creations come after the drops: a new partition's ATTACH
+-- holds the DEFAULT partition exclusively, and a reader that had taken the
+-- parent and waited for the DEFAULT partition would deadlock with the drops'
+-- lock on the parent (with the parents held, the creations take a moment).
+-- A lock_timeout of 5 s bounds how long the log's writers wait behind a
 -- maintenance that waits for a long report; a deadlock with a session that
 -- locks the tables the other way round (a report reading delivery_attempts
 -- joined to deliveries) skips the drops too.
@@ -395,6 +398,40 @@ BEGIN
         RETURN NEXT;
     END;
 
+    -- the same days of both tables, oldest first
+    SELECT array_agg(c.relname::text ORDER BY to_date(right(c.relname, 8), 'YYYYMMDD'), c.relname)
+      INTO v_drop
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
+                           'hookbridge.delivery_attempts'::regclass)
+       AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
+       AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep;
+    IF v_drop IS NOT NULL THEN
+        BEGIN
+            -- the parents only (every access through them takes their lock)
+            LOCK TABLE ONLY hookbridge.deliveries IN ACCESS EXCLUSIVE MODE;
+            LOCK TABLE ONLY hookbridge.delivery_attempts IN ACCESS EXCLUSIVE MODE;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            FOREACH v_rel IN ARRAY v_drop LOOP
+                action := 'skipped';
+                object := v_rel || ' (busy: dropped next time)';
+                RETURN NEXT;
+            END LOOP;
+            v_drop := '{}';
+        END;
+        FOREACH v_rel IN ARRAY v_drop LOOP
+            BEGIN
+                EXECUTE format('DROP TABLE hookbridge.%I', v_rel);
+                action := 'dropped';
+                object := v_rel;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'skipped';
+                object := v_rel || ' (busy: dropped next time)';
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+
     FOR d IN 0 .. p_ahead LOOP
         BEGIN
             FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
@@ -406,41 +443,6 @@ BEGIN
             object := format('partitions of %s (busy: created next time)', v_today + d);
             RETURN NEXT;
         END;
-    END LOOP;
-
-    -- the same days of both tables, oldest first
-    SELECT array_agg(c.relname::text ORDER BY to_date(right(c.relname, 8), 'YYYYMMDD'), c.relname)
-      INTO v_drop
-      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-     WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
-                           'hookbridge.delivery_attempts'::regclass)
-       AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
-       AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep;
-    IF v_drop IS NULL THEN
-        RETURN;
-    END IF;
-    BEGIN
-        -- the parents only (every access through them takes their lock)
-        LOCK TABLE ONLY hookbridge.deliveries IN ACCESS EXCLUSIVE MODE;
-        LOCK TABLE ONLY hookbridge.delivery_attempts IN ACCESS EXCLUSIVE MODE;
-    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-        FOREACH v_rel IN ARRAY v_drop LOOP
-            action := 'skipped';
-            object := v_rel || ' (busy: dropped next time)';
-            RETURN NEXT;
-        END LOOP;
-        RETURN;
-    END;
-    FOREACH v_rel IN ARRAY v_drop LOOP
-        BEGIN
-            EXECUTE format('DROP TABLE hookbridge.%I', v_rel);
-            action := 'dropped';
-            object := v_rel;
-        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-            action := 'skipped';
-            object := v_rel || ' (busy: dropped next time)';
-        END;
-        RETURN NEXT;
     END LOOP;
 END
 $$;

@@ -136,6 +136,55 @@ def test_retention_and_the_delivery_log_writer_do_not_deadlock(db_url):
                did) == [(1,)]
 
 
+def test_retention_creating_and_dropping_days_does_not_deadlock_with_a_reader(db_url):
+    """The first maintenance of a UTC day creates the partitions of a new day
+    and drops those of an old one. It created first: attaching a partition
+    holds the table's DEFAULT partition exclusively until the end, so a
+    reader of the log (the services' look-ups read every partition) that
+    came meanwhile took the parent table and waited for the DEFAULT
+    partition, and the drops, which need the parent, deadlocked with it. Now
+    the drops come first: the reader waits for the maintenance, no more."""
+    days = old_days(db_url, 40, 1)
+    ahead = days_ago(-3)
+    sql(db_url, f"DROP TABLE hookbridge.deliveries_p{ahead:%Y%m%d}, "
+        f"hookbridge.delivery_attempts_p{ahead:%Y%m%d}")
+    holder = connect(db_url, autocommit=False)  # a moment's read of the attempts' DEFAULT
+    reader = connect(db_url, SERVICE)
+    out = {}
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE hookbridge.delivery_attempts_default IN ACCESS SHARE MODE")
+        m = Maintenance(db_url)
+        m.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, m.pid), 10, "the maintenance waiting")
+        with reader.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+
+        def look_up():
+            try:
+                with reader.cursor() as c:
+                    c.execute("SELECT status FROM hookbridge.deliveries WHERE delivery_id = "
+                              "gen_random_uuid()")
+                    out["rows"] = c.fetchall()
+            except psycopg2.Error as e:
+                out["error"] = f"{e.pgcode}: {e.pgerror}"
+
+        t = threading.Thread(target=look_up, daemon=True)
+        t.start()
+        wait_until(lambda: waiting_on_a_lock(db_url, pid), 10, "the look-up waiting")
+        holder.rollback()
+        m.join(30 * SLOW)
+        t.join(30 * SLOW)
+    finally:
+        holder.close()
+        reader.close()
+    assert out == {"rows": []}, out
+    assert not isinstance(m.result, Exception), m.result
+    assert {o for a, o in m.result if a == "dropped"} == partition_names(days), m.result
+    assert {o for a, o in m.result if a == "created"} == partition_names([ahead]), m.result
+
+
 def test_retention_waiting_for_a_long_report_does_not_stop_the_log(db_url):
     """A long report reading hookbridge.deliveries when the retention runs:
     the maintenance gave up on each day after its lock_timeout (5 s), but it
