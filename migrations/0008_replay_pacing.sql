@@ -12,7 +12,7 @@
 -- (replay_due_at), at half the subscription's rate (the other half is left
 -- to its live events), and claim_replays hands it out only then.
 --
--- sql/: sha256 6ec761c5561e4625fd47b199f472e215c1407781562113e2b4bc5ce14d15ea5e
+-- sql/: sha256 8e664fd81141026b8743447a755c98f3a50aaec9eabd8ed7108a6744a766514e
 ALTER TABLE hookbridge.deliveries ADD COLUMN replay_due_at timestamptz;
 
 COMMENT ON COLUMN hookbridge.deliveries.replay_due_at IS

@@ -478,7 +478,7 @@ $$;
 
 
 -- The delivery log's row of a delivery id (its latest day's), locked for the
--- caller's change; refuses a NULL id (HB020) and an id the log does not have
+-- caller's change, after its subscription's row; refuses a NULL id (HB020) and an id the log does not have
 -- (HB027, naming the days the log keeps).
 CREATE OR REPLACE FUNCTION hookbridge._delivery_for_update(delivery_id uuid)
 RETURNS hookbridge.deliveries
@@ -489,6 +489,16 @@ BEGIN
     IF _delivery_for_update.delivery_id IS NULL THEN
         RAISE EXCEPTION 'delivery_id must not be NULL' USING ERRCODE = 'HB020';
     END IF;
+    -- Its subscription's row first, as replay_failed and replay_dropped take
+    -- it: they move the deliveries they replay to today's partition, and
+    -- waiting for such a row's lock, then finding it moved, was an error
+    -- (SQLSTATE 40001, "tuple to be locked was already moved to another
+    -- partition due to concurrent update"). After this wait the row is read
+    -- where it is now.
+    PERFORM 1 FROM hookbridge.subscriptions s
+     WHERE s.id = (SELECT d.subscription_id FROM hookbridge.deliveries d
+                    WHERE d.delivery_id = _delivery_for_update.delivery_id LIMIT 1)
+       FOR UPDATE;
     SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = _delivery_for_update.delivery_id
      ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN

@@ -347,7 +347,10 @@ def test_two_operators_replaying_one_subscription_at_once_take_turns(db_url):
     call for the same subscription while the first was not committed waited
     for the first's rows and then failed with SQLSTATE 40001 ("tuple to be
     locked was already moved to another partition due to concurrent
-    update"). Now it waits for the first and finds nothing left to replay."""
+    update"), and so did a replay() or cancel() of one of them. Now they wait
+    for the first: the second replay_failed() finds nothing left to replay,
+    replay() finds the delivery being replayed (HB021), cancel() withdraws
+    its replay."""
     sub = sql(db_url, "SELECT hookbridge.register('r22', 'https://r22.example.com/hook', "
               "ARRAY['user.session.start'])", role=OPERATOR)[0][0]
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
@@ -369,23 +372,36 @@ def test_two_operators_replaying_one_subscription_at_once_take_turns(db_url):
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
 
-        def replay():
-            try:
-                with second.cursor() as c:
-                    c.execute("SELECT hookbridge.replay_failed(%s, now() - interval '7 days')",
-                              (sub,))
-                    out["replayed"] = c.fetchone()[0]
-            except psycopg2.Error as e:
-                out["error"] = f"{e.pgcode}: {e.pgerror}"
+        one, two = (r[0] for r in sql(db_url, "SELECT delivery_id FROM hookbridge.deliveries "
+                                      "WHERE subscription_id = %s LIMIT 2", sub))
+        calls = {"replayed": ("replay_failed(%s, now() - interval '7 days')", sub),
+                 "one": ("replay(%s)", one), "two": ("cancel(%s)", two)}
 
-        t = threading.Thread(target=replay, daemon=True)
-        t.start()
+        def call(key):
+            conn = second if key == "replayed" else connect(db_url, OPERATOR)
+            try:
+                with conn.cursor() as c:
+                    c.execute("SELECT hookbridge." + calls[key][0], (calls[key][1],))
+                    out[key] = c.fetchone()[0]
+            except psycopg2.Error as e:
+                out[key] = f"{e.pgcode}: {e.pgerror}"
+
+        threads = [threading.Thread(target=call, args=(k,), daemon=True) for k in calls]
+        threads[0].start()
         wait_until(lambda: waiting_on_a_lock(db_url, pid), 10, "the second replay waiting")
+        for t in threads[1:]:
+            t.start()
+        wait_until(lambda: sql(db_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND wait_event_type = 'Lock'")[0][0] >= 3,
+                   10, "the replay and the cancel waiting")
         first.commit()
-        t.join(10 * SLOW)
+        for t in threads:
+            t.join(10 * SLOW)
         second.close()
     finally:
         first.close()
-    assert out == {"replayed": 0}, out
+    assert out["replayed"] == 0 and out["two"] == "", out  # (cancel returns void)
+    assert out["one"].startswith("HB021: ERROR:  delivery ") and " is replay;" in out["one"], out
     assert sql(db_url, "SELECT status, count(*) FROM hookbridge.deliveries "
-               "WHERE subscription_id = %s GROUP BY 1", sub) == [("replay", 50)]
+               "WHERE subscription_id = %s GROUP BY 1 ORDER BY 1", sub) == [("dropped", 1),
+                                                                           ("replay", 49)]
