@@ -5,9 +5,10 @@
 -- subscription with options.rate_limit the deliveries over the limit go back
 -- to the first delay tier unattempted, each logged as an attempt ('rate
 -- limited: ...'), and come round every few seconds until their turn: 3000
--- replays at 5 requests a second wrote about 1300 attempt rows a second to
--- the delivery log (100,000 at the default 5 s tier: about 20,000 a second,
--- for the hours the replay takes), and as many Kafka messages. Now each
+-- replays at 5 requests a second (a 2 s first tier) wrote about 1000 attempt
+-- rows a second to the delivery log (100,000 at the default 5 s tier: about
+-- 20,000 a second, for the hours the replay takes), and as many Kafka
+-- messages. Now each
 -- replayed delivery of such a subscription is given the time its turn comes
 -- (replay_due_at), at half the subscription's rate (the other half is left
 -- to its live events), and claim_replays hands it out only then.
