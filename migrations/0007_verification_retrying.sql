@@ -10,7 +10,7 @@
 -- dispatcher now notes it here (hookbridge.defer_verification), and
 -- subscription_overview shows it.
 --
--- sql/: sha256 a9ff157dbc35ca84f931f1436959318787c1815e812773671909752b9a90885d
+-- sql/: sha256 9ec29737cc678f2d5b6be0d32f907fe887613d4cc688c7e9c4869d1dce5099c1
 ALTER TABLE hookbridge.subscriptions ADD COLUMN verification_retrying text;
 
 COMMENT ON COLUMN hookbridge.subscriptions.verification_retrying IS

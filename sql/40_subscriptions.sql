@@ -472,12 +472,16 @@ BEGIN
         RAISE EXCEPTION 'ok must not be NULL' USING ERRCODE = 'HB012';
     END IF;
     -- deregistered while the challenge ran: nothing left to record it for
-    -- (claim_verification_until no longer hands out its request either)
+    -- (claim_verification_until no longer hands out its request either).
+    -- Judged with the row locked: a deregister() still open when this began
+    -- is committed by the time the lock is had, and was an HB010 error here
+    -- (the dispatcher logged "cannot record verification" for it).
+    PERFORM 1 FROM hookbridge.subscriptions s WHERE s.id = record_verification.id FOR UPDATE;
     IF EXISTS (SELECT 1 FROM hookbridge.subscriptions s
                 WHERE s.id = record_verification.id AND s.deregistered_at IS NOT NULL) THEN
         RETURN false;
     END IF;
-    v := hookbridge._live(record_verification.id); -- locks the row
+    v := hookbridge._live(record_verification.id); -- locked above
     IF record_verification.url IS NOT NULL AND record_verification.url <> v.url THEN
         RETURN false;
     END IF;

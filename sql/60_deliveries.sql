@@ -298,17 +298,37 @@ $$;
 -- The delivery log's upkeep, run by the services (hourly and at start; any
 -- caller may run it again: it is idempotent). p_now is the time to act as of
 -- (the services pass now(); tests pretend). It
---   * creates both tables' partitions of today and the next p_ahead days;
+--   * deletes the ordering tails of keys quiet for an hour whose delivery is
+--     final or past the retention, and what waited in the DEFAULT partitions
+--     for a day before the first day kept (rows written for a day that had no
+--     partition; normally none);
 --   * drops both tables' partitions of every day before the first day kept,
 --     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
 --     row is kept at least that many days, at most one more);
---   * deletes what waited in the DEFAULT partitions for a day before it (rows
---     written for a day that had no partition; normally none).
+--   * creates both tables' partitions of today and the next p_ahead days.
 -- Returns one row per thing done: action 'created', 'dropped', 'deleted' or
--- 'skipped' (another session holds the maintenance lock, or a drop waited
--- longer than lock_timeout for a long-running read: tried again next time),
--- and its object. The drops take a brief exclusive lock on the parent tables;
--- a lock_timeout of 5 s bounds how long the log's writers can wait for it.
+-- 'skipped' (another session holds the maintenance lock, or a lock was not
+-- had within lock_timeout, e.g. for a long-running read: tried again next
+-- time), and its object.
+--
+-- Locks. Dropping a partition takes an ACCESS EXCLUSIVE lock on its parent
+-- table, held until this function's transaction commits, and every writer
+-- and reader of the log waits for it. So the deletes come first (done under
+-- that lock, they held the log's writers for as long as they took), and the
+-- drops take both parents at once, in the order the delivery-log writer
+-- (hb_dlog.c) locks them: deliveries, then delivery_attempts. Dropping a
+-- day's delivery_attempts partition first (as the drops by name did) locked
+-- the tables the other way round: a writer that had written its deliveries
+-- rows and went on to their attempts deadlocked with it, and PostgreSQL
+-- cancelled one of the two, most often the maintenance, which then undid all
+-- it had done. The creations come after the drops: a new partition's ATTACH
+-- holds the DEFAULT partition exclusively, and a reader that had taken the
+-- parent and waited for the DEFAULT partition would deadlock with the drops'
+-- lock on the parent (with the parents held, the creations take a moment).
+-- A lock_timeout of 5 s bounds how long the log's writers wait behind a
+-- maintenance that waits for a long report; a deadlock with a session that
+-- locks the tables the other way round (a report reading delivery_attempts
+-- joined to deliveries) skips the drops too.
 CREATE OR REPLACE FUNCTION hookbridge.maintain_delivery_log(p_now timestamptz DEFAULT now(),
                                                             p_ahead integer DEFAULT 3)
 RETURNS TABLE (action text, object text)
@@ -317,7 +337,8 @@ DECLARE
     v_today date;
     v_keep  date;
     v_n     bigint;
-    r       record;
+    v_drop  text[];
+    v_rel   text;
 BEGIN
     IF p_now IS NULL OR p_ahead IS NULL OR p_ahead NOT BETWEEN 0 AND 31 THEN
         RAISE EXCEPTION 'p_now must not be NULL and p_ahead must be 0 to 31' USING ERRCODE = 'HB012';
@@ -332,39 +353,28 @@ BEGIN
     v_today := (p_now AT TIME ZONE 'UTC')::date;
     v_keep := hookbridge._dlog_first_kept_day(p_now);
 
-    FOR d IN 0 .. p_ahead LOOP
-        BEGIN
-            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
-                action := 'created';
-                RETURN NEXT;
-            END LOOP;
-        EXCEPTION WHEN lock_not_available THEN
-            action := 'skipped';
-            object := format('partitions of %s (busy: created next time)', v_today + d);
+    -- Ordered delivery: the tails of keys whose last delivery is final, or no
+    -- longer in the log (or in a day dropped below), and that were quiet for
+    -- an hour. A key without a tail starts afresh, which is what a final tail
+    -- means anyway; a waiting delivery ('retry', 'pending', 'replay') keeps
+    -- its tail.
+    BEGIN
+        DELETE FROM hookbridge.ordering_tails t
+         WHERE t.updated_at < p_now - interval '1 hour'
+           AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
+                            WHERE d.delivery_id = t.delivery_id AND d.log_day >= v_keep
+                              AND d.status NOT IN ('delivered', 'failed', 'dropped'));
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n > 0 THEN
+            action := 'deleted';
+            object := format('ordering_tails: %s keys whose last delivery is final', v_n);
             RETURN NEXT;
-        END;
-    END LOOP;
-
-    -- the same days of both tables, oldest first
-    FOR r IN
-        SELECT c.relname, to_date(right(c.relname, 8), 'YYYYMMDD') AS day
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
-                               'hookbridge.delivery_attempts'::regclass)
-           AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
-           AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep
-         ORDER BY 2, 1 DESC
-    LOOP
-        BEGIN
-            EXECUTE format('DROP TABLE hookbridge.%I', r.relname);
-            action := 'dropped';
-        EXCEPTION WHEN lock_not_available THEN
-            action := 'skipped';
-            r.relname := r.relname || ' (busy: dropped next time)';
-        END;
-        object := r.relname;
+        END IF;
+    EXCEPTION WHEN lock_not_available THEN
+        action := 'skipped';
+        object := 'ordering_tails (busy: cleared next time)';
         RETURN NEXT;
-    END LOOP;
+    END;
 
     BEGIN
         DELETE FROM hookbridge.deliveries_default WHERE log_day < v_keep;
@@ -388,27 +398,52 @@ BEGIN
         RETURN NEXT;
     END;
 
-    -- Ordered delivery: the tails of keys whose last delivery is final, or no
-    -- longer in the log, and that were quiet for an hour. A key without a
-    -- tail starts afresh, which is what a final tail means anyway; a waiting
-    -- delivery ('retry', 'pending', 'replay') keeps its tail.
-    BEGIN
-        DELETE FROM hookbridge.ordering_tails t
-         WHERE t.updated_at < p_now - interval '1 hour'
-           AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
-                            WHERE d.delivery_id = t.delivery_id
-                              AND d.status NOT IN ('delivered', 'failed', 'dropped'));
-        GET DIAGNOSTICS v_n = ROW_COUNT;
-        IF v_n > 0 THEN
-            action := 'deleted';
-            object := format('ordering_tails: %s keys whose last delivery is final', v_n);
+    -- the same days of both tables, oldest first
+    SELECT array_agg(c.relname::text ORDER BY to_date(right(c.relname, 8), 'YYYYMMDD'), c.relname)
+      INTO v_drop
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent IN ('hookbridge.deliveries'::regclass,
+                           'hookbridge.delivery_attempts'::regclass)
+       AND c.relname ~ '^(deliveries|delivery_attempts)_p[0-9]{8}$'
+       AND to_date(right(c.relname, 8), 'YYYYMMDD') < v_keep;
+    IF v_drop IS NOT NULL THEN
+        BEGIN
+            -- the parents only (every access through them takes their lock)
+            LOCK TABLE ONLY hookbridge.deliveries IN ACCESS EXCLUSIVE MODE;
+            LOCK TABLE ONLY hookbridge.delivery_attempts IN ACCESS EXCLUSIVE MODE;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            FOREACH v_rel IN ARRAY v_drop LOOP
+                action := 'skipped';
+                object := v_rel || ' (busy: dropped next time)';
+                RETURN NEXT;
+            END LOOP;
+            v_drop := '{}';
+        END;
+        FOREACH v_rel IN ARRAY v_drop LOOP
+            BEGIN
+                EXECUTE format('DROP TABLE hookbridge.%I', v_rel);
+                action := 'dropped';
+                object := v_rel;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                action := 'skipped';
+                object := v_rel || ' (busy: dropped next time)';
+            END;
             RETURN NEXT;
-        END IF;
-    EXCEPTION WHEN lock_not_available THEN
-        action := 'skipped';
-        object := 'ordering_tails (busy: cleared next time)';
-        RETURN NEXT;
-    END;
+        END LOOP;
+    END IF;
+
+    FOR d IN 0 .. p_ahead LOOP
+        BEGIN
+            FOR object IN SELECT hookbridge._dlog_add_day(v_today + d) LOOP
+                action := 'created';
+                RETURN NEXT;
+            END LOOP;
+        EXCEPTION WHEN lock_not_available THEN
+            action := 'skipped';
+            object := format('partitions of %s (busy: created next time)', v_today + d);
+            RETURN NEXT;
+        END;
+    END LOOP;
 END
 $$;
 
@@ -443,7 +478,7 @@ $$;
 
 
 -- The delivery log's row of a delivery id (its latest day's), locked for the
--- caller's change; refuses a NULL id (HB020) and an id the log does not have
+-- caller's change, after its subscription's row; refuses a NULL id (HB020) and an id the log does not have
 -- (HB027, naming the days the log keeps).
 CREATE OR REPLACE FUNCTION hookbridge._delivery_for_update(delivery_id uuid)
 RETURNS hookbridge.deliveries
@@ -454,6 +489,16 @@ BEGIN
     IF _delivery_for_update.delivery_id IS NULL THEN
         RAISE EXCEPTION 'delivery_id must not be NULL' USING ERRCODE = 'HB020';
     END IF;
+    -- Its subscription's row first, as replay_failed and replay_dropped take
+    -- it: they move the deliveries they replay to today's partition, and
+    -- waiting for such a row's lock, then finding it moved, was an error
+    -- (SQLSTATE 40001, "tuple to be locked was already moved to another
+    -- partition due to concurrent update"). After this wait the row is read
+    -- where it is now.
+    PERFORM 1 FROM hookbridge.subscriptions s
+     WHERE s.id = (SELECT d.subscription_id FROM hookbridge.deliveries d
+                    WHERE d.delivery_id = _delivery_for_update.delivery_id LIMIT 1)
+       FOR UPDATE;
     SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = _delivery_for_update.delivery_id
      ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
@@ -491,7 +536,7 @@ BEGIN
     PERFORM hookbridge._check_replayable(v);
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
-           log_day = (v_at AT TIME ZONE 'UTC')::date
+           replay_due_at = NULL, log_day = (v_at AT TIME ZONE 'UTC')::date
      WHERE d.delivery_id = replay.delivery_id AND d.log_day = v.log_day;
     RETURN replay.delivery_id;
 END
@@ -506,13 +551,27 @@ $$;
 -- is not sent again, and a delivery failed on both days is replayed once
 -- (moving both rows to today would collide on the key). Cancelled deliveries
 -- (dropped by cancel()) are not taken: replay() takes one by its id.
+--
+-- Pacing. For a subscription with options.rate_limit (per_second P, burst
+-- B) each delivery taken gets the time its turn comes, replay_due_at, in the
+-- order of their first attempts: the first ceil(B / 2) at once, then one
+-- every 2 / P seconds (half the rate: the other half is left to the live
+-- events), after the replays of the subscription still waiting for their
+-- turn, if any. claim_replays hands a replay out only once it is due. Due
+-- at once, all of them went to the first delay tier together, and those
+-- over the limit came round through it, each time logged as an attempt,
+-- until their turn: tens of thousands of delivery-log rows a second for a
+-- large replay (migrations/0008_replay_pacing.sql).
 CREATE OR REPLACE FUNCTION hookbridge._replay_all(p_sub uuid, p_since timestamptz, p_status text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
-    v_sub hookbridge.subscriptions;
-    v_at  timestamptz := hookbridge._replay_requested_at();
-    n     integer;
+    v_sub   hookbridge.subscriptions;
+    v_at    timestamptz;
+    v_rate  double precision; -- replays a second (half the rate limit), NULL: not paced
+    v_first double precision; -- how many go at once
+    v_from  timestamptz;      -- when the paced ones start
+    n       integer;
 BEGIN
     IF p_sub IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
@@ -520,23 +579,51 @@ BEGIN
     IF p_since IS NULL THEN
         RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'HB012';
     END IF;
-    SELECT * INTO v_sub FROM hookbridge.subscriptions s WHERE s.id = p_sub;
-    IF NOT FOUND OR v_sub.deregistered_at IS NOT NULL THEN
-        RAISE EXCEPTION 'subscription % not found', p_sub USING ERRCODE = 'HB010';
-    END IF;
+    -- The subscription's row locked (HB010 for an unknown or deregistered
+    -- one): two replays of one subscription at once take turns, the second
+    -- finding nothing left to take. Unlocked, the second waited for the
+    -- first's rows and then failed with SQLSTATE 40001 ("tuple to be locked
+    -- was already moved to another partition due to concurrent update"): the
+    -- first had moved them to today. A deactivate() meanwhile also comes
+    -- before (HB021 below) or after (it drops the replays) as a whole.
+    v_sub := hookbridge._live(p_sub);
+    v_at := hookbridge._replay_requested_at();
     IF v_sub.status <> 'active' THEN
         RAISE EXCEPTION 'subscription % is inactive; activate it first', p_sub
             USING ERRCODE = 'HB021';
     END IF;
+    IF jsonb_typeof(v_sub.options -> 'rate_limit') = 'object' THEN
+        v_rate := (v_sub.options #>> '{rate_limit,per_second}')::double precision / 2;
+        v_first := ceil(coalesce((v_sub.options #>> '{rate_limit,burst}')::double precision,
+                                 ceil(v_rate * 2)) / 2);
+        v_from := v_at;
+        -- after the replays still waiting for their turn (an earlier call):
+        -- those take the burst
+        SELECT greatest(v_at, max(w.replay_due_at)) INTO v_from
+          FROM hookbridge.deliveries w
+         WHERE w.status = 'replay' AND w.subscription_id = p_sub AND w.replay_due_at > v_at;
+        IF v_from > v_at THEN
+            v_first := 0;
+        ELSE
+            v_from := v_at;
+        END IF;
+    END IF;
     UPDATE hookbridge.deliveries d
        SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
-           log_day = (v_at AT TIME ZONE 'UTC')::date
-     WHERE d.subscription_id = p_sub
-       AND d.status = p_status AND d.body IS NOT NULL
-       AND d.last_attempt_at >= p_since
-       AND (p_status <> 'dropped' OR d.last_error IS NULL OR d.last_error NOT LIKE 'cancelled%')
-       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
-                        WHERE later.delivery_id = d.delivery_id AND later.log_day > d.log_day);
+           log_day = (v_at AT TIME ZONE 'UTC')::date,
+           -- at most about 30 years ahead (a tiny rate): a bound, not an error
+           replay_due_at = CASE WHEN v_rate IS NOT NULL AND pick.i > v_first
+                                THEN v_from + make_interval(secs => least((pick.i - v_first) / v_rate, 1e9)) END
+      FROM (SELECT c.delivery_id, c.log_day,
+                   row_number() OVER (ORDER BY c.first_attempt_at, c.delivery_id) AS i
+              FROM hookbridge.deliveries c
+             WHERE c.subscription_id = p_sub
+               AND c.status = p_status AND c.body IS NOT NULL
+               AND c.last_attempt_at >= p_since
+               AND (p_status <> 'dropped' OR c.last_error IS NULL OR c.last_error NOT LIKE 'cancelled%')
+               AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                                WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
+     WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
@@ -589,7 +676,8 @@ END
 $$;
 
 -- For the retrier: up to p_limit replay requests, each leased for
--- p_lease (a request whose retrier died is claimed again after that).
+-- p_lease (a request whose retrier died is claimed again after that), a
+-- paced one (replay_due_at, _replay_all) once it is due.
 -- replay_requested_at is where the replay's attempts begin: the services
 -- log them under its day (the row's log_day), and it is the same when a
 -- request is claimed again.
@@ -604,6 +692,7 @@ BEGIN
       FROM (SELECT c.delivery_id, c.log_day FROM hookbridge.deliveries c
              WHERE c.status = 'replay'
                AND (c.replay_claimed_at IS NULL OR c.replay_claimed_at < now() - p_lease)
+               AND (c.replay_due_at IS NULL OR c.replay_due_at <= now())
              ORDER BY c.replay_requested_at
              LIMIT greatest(p_limit, 0)
              FOR UPDATE SKIP LOCKED) pick
