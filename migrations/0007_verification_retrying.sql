@@ -10,7 +10,7 @@
 -- dispatcher now notes it here (hookbridge.defer_verification), and
 -- subscription_overview shows it.
 --
--- sql/: sha256 a9ff157dbc35ca84f931f1436959318787c1815e812773671909752b9a90885d
+-- sql/: sha256 19a0d0b0f17b4cd28d7a8f32a0f7c40cb9c5ee21ab0659788fdb64c69254277e
 ALTER TABLE hookbridge.subscriptions ADD COLUMN verification_retrying text;
 
 COMMENT ON COLUMN hookbridge.subscriptions.verification_retrying IS
