@@ -1,0 +1,333 @@
+"""The documentation as a contract (review 23): the names an operator acts on
+in README.md and docs/*.md exist in the code with the shape the docs give.
+Static and fast; each check covers a whole class of drift:
+
+- every metric the docs name (prose, tables, dashboards, runbooks, ingest.md)
+  is registered in the C sources, with the labels and label values the docs
+  use; the metric table of docs/operations.md gives each metric exactly its
+  labels (test_ops compares the table's *families* with a running
+  dispatcher and retrier; test_review9_faults checks the alert rules);
+- every SQLSTATE (HBxxx) the docs name is raised in sql/, docs/sql.md's
+  Errors table lists each code raised, and each sql/ file lists at its top
+  the codes it raises (README.md, Errors);
+- every hookbridge.f(...) the docs call is a function of sql/ taking that
+  many arguments and those named ones, every hookbridge.x they name exists,
+  and docs/sql.md, "every function and view", names each one of sql/;
+- every make target and variable the docs give is the Makefile's, and every
+  --flag given to a hookbridge program is in that program's --help.
+
+Each check was shown to fail on a doc with a planted drift (see the report of
+review 23)."""
+import re
+import subprocess
+
+from hbtest.procs import BIN, REPO
+
+DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+C_DIRS = ("lib", "dispatcher", "retrier", "producer", "migrations", "secret")
+SQL_FILES = sorted((REPO / "sql").glob("*.sql"))
+MIGRATIONS = sorted((REPO / "migrations").glob("*.sql"))
+
+
+def c_sources():
+    for d in C_DIRS:
+        yield from sorted((REPO / d).glob("*.c"))
+
+
+def doc_texts():
+    return [(d.relative_to(REPO), d.read_text()) for d in DOCS]
+
+
+def where(path, text, pos):
+    return f"{path}:{text.count(chr(10), 0, pos) + 1}"
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def registered_metrics():
+    """name -> (kind, {label: {values}}) from the hb_metrics_* calls. A label
+    argument that is a variable is read from the format strings of the few
+    lines before the call (the loops that build it); a %d in a value stands
+    for a digit."""
+    out = {}
+    for f in c_sources():
+        text = f.read_text()
+        lines = text.splitlines()
+        for m in re.finditer(r'hb_metrics_(counter|gauge|histogram)\(\s*"(hookbridge_[a-z_]+)",'
+                             r'\s*([^,]+),', text):
+            kind, name, arg = m.group(1), m.group(2), m.group(3).strip()
+            if arg == "NULL":
+                src = ""
+            elif arg.startswith('"'):
+                src = arg
+            else:
+                line = text.count("\n", 0, m.start())
+                src = "\n".join(lines[max(0, line - 6):line + 1])
+            labels = out.setdefault(name, (kind, {}))[1]
+            for lm in re.finditer(r'([a-z_]+)=\\"([^"\\]*)\\"', src):
+                labels.setdefault(lm.group(1), set()).add(lm.group(2))
+    assert len(out) > 30, f"only {len(out)} metrics found: the pattern is stale"
+    return out
+
+
+def value_ok(values, v):
+    for have in values:
+        if "%" not in have and have == v:
+            return True
+        pat = re.escape(have).replace("%d", r"\d+").replace("%s", ".+")
+        if "%" in have and re.fullmatch(pat, v):
+            return True
+    return False
+
+
+def sql_names():
+    """Every hookbridge_* name the SQL side uses (roles, tables, NOTIFY
+    channels): not metrics."""
+    text = "\n".join(p.read_text() for p in SQL_FILES + MIGRATIONS)
+    return set(re.findall(r"\b(hookbridge_[a-z_]+)", text))
+
+
+def test_every_metric_the_docs_name_is_registered_with_those_labels():
+    reg = registered_metrics()
+    not_metrics = sql_names()
+    problems = []
+    for path, text in doc_texts():
+        for m in re.finditer(r"\b(hookbridge_[a-z_]+)(\{[^}]*\})?", text):
+            name, sel = m.group(1), m.group(2) or ""
+            base = name
+            for suffix in ("_bucket", "_sum", "_count"):
+                stem = name[:-len(suffix)]
+                if name.endswith(suffix) and reg.get(stem, ("",))[0] == "histogram":
+                    base = stem
+            at = where(path, text, m.start())
+            if base not in reg:
+                if name not in not_metrics:
+                    problems.append(f"{at}: {name} is not a registered metric")
+                continue
+            labels = reg[base][1]
+            extra = {"le"} if base != name else set()
+            # {outcome}, {topic,partition}: the label names only
+            for label in re.findall(r"[{,]\s*([a-z_]+)\s*(?=[,}])", sel):
+                if label not in labels and label not in extra:
+                    problems.append(f"{at}: {name} has no label {label!r}")
+            # {class="2xx|4xx"}: PromQL, or the docs' own "one of" shorthand
+            for lm in re.finditer(r'([a-z_]+)\s*(=~|!~|!=|=)\s*"([^"]*)"', sel):
+                label, op, val = lm.groups()
+                if label in extra:
+                    continue
+                if label not in labels:
+                    problems.append(f"{at}: {name} has no label {label!r}")
+                    continue
+                if label in ("topic", "partition", "tier") or "~" in op and ".*" in val:
+                    continue
+                for v in val.split("|"):
+                    if not value_ok(labels[label], v):
+                        problems.append(f"{at}: {name}{{{label}}} is never {v!r} "
+                                        f"(the code gives {sorted(labels[label])})")
+    # docs/operations.md's table names each metric with all of its labels.
+    ops = (REPO / "docs" / "operations.md").read_text()
+    for m in re.finditer(r"^\| `(hookbridge_[a-z_]+)(?:\{([^}]*)\})?` \|", ops, re.M):
+        name, listed = m.group(1), set(filter(None, (m.group(2) or "").split(",")))
+        if name in reg and listed != set(reg[name][1]):
+            problems.append(f"docs/operations.md: the table gives {name} the labels "
+                            f"{sorted(listed)}, the code {sorted(reg[name][1])}")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------- SQLSTATEs
+
+
+def raised_codes():
+    """sql/ file name -> the HBxxx codes its statements raise."""
+    return {p.name: set(re.findall(r"ERRCODE\s*=\s*'(HB\d{3})'", p.read_text()))
+            for p in SQL_FILES}
+
+
+def test_every_sqlstate_the_docs_name_is_raised_and_listed():
+    by_file = raised_codes()
+    raised = set().union(*by_file.values())
+    assert len(raised) > 20, "ERRCODE pattern is stale"
+    problems = []
+    for path, text in doc_texts():
+        for m in re.finditer(r"\bHB\d{3}\b", text):
+            if m.group(0) not in raised:
+                problems.append(f"{where(path, text, m.start())}: {m.group(0)} is raised "
+                                f"nowhere in sql/")
+    # docs/sql.md, Errors: one row per code raised, and no other.
+    sqlmd = (REPO / "docs" / "sql.md").read_text()
+    errors = sqlmd[sqlmd.index("## Errors"):]
+    errors = errors[:errors.index("\n## ")]
+    table = set(re.findall(r"^\| `(HB\d{3})` \|", errors, re.M))
+    if table != raised:
+        problems.append(f"docs/sql.md, Errors: missing {sorted(raised - table)}, "
+                        f"not raised {sorted(table - raised)}")
+    # README.md: "each file of sql/ lists the ones it raises at its top"
+    for p in SQL_FILES:
+        text = p.read_text()
+        head = text[:text.index("\nCREATE")] if "\nCREATE" in text else text
+        missing = by_file[p.name] - set(re.findall(r"HB\d{3}", head))
+        if missing:
+            problems.append(f"sql/{p.name}: raises {sorted(missing)}, not listed at its top")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------ SQL functions
+
+
+def split_args(text):
+    """Top-level comma-separated parts of an argument list (parentheses,
+    brackets and quotes respected)."""
+    parts, depth, cur, quote = [], 0, "", False
+    for ch in text:
+        if ch == "'":
+            quote = not quote
+        elif not quote and ch in "([":
+            depth += 1
+        elif not quote and ch in ")]":
+            depth -= 1
+        elif not quote and ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return [p.strip() for p in parts]
+
+
+def balanced(text, start):
+    """The text from start (just past an opening parenthesis) to its match."""
+    depth, i, quote = 1, start, False
+    while i < len(text) and depth:
+        ch = text[i]
+        if ch == "'":
+            quote = not quote
+        elif not quote and ch == "(":
+            depth += 1
+        elif not quote and ch == ")":
+            depth -= 1
+        i += 1
+    return text[start:i - 1]
+
+
+def sql_functions():
+    """name -> [(required args, all args, parameter names)], every overload;
+    OUT parameters are not arguments."""
+    out = {}
+    for p in SQL_FILES + MIGRATIONS:
+        text = p.read_text()
+        for m in re.finditer(r"CREATE (?:OR REPLACE )?FUNCTION hookbridge\.(\w+)\s*\(", text):
+            params = [a for a in split_args(balanced(text, m.end()))
+                      if not re.match(r"OUT\b", a, re.I)]
+            names = [re.sub(r"^(IN|INOUT)\s+", "", a, flags=re.I).split()[0] for a in params]
+            req = sum(1 for a in params if not re.search(r"\bDEFAULT\b", a, re.I))
+            out.setdefault(m.group(1), []).append((req, len(params), names))
+    assert len(out) > 40, f"only {len(out)} functions found: the pattern is stale"
+    return out
+
+
+def sql_relations():
+    text = "\n".join(p.read_text() for p in SQL_FILES + MIGRATIONS)
+    return set(re.findall(
+        r"CREATE (?:UNLOGGED )?(?:TABLE|(?:OR REPLACE )?VIEW)\s+(?:IF NOT EXISTS\s+)?"
+        r"hookbridge\.(\w+)", text))
+
+
+def call_fits(overloads, args):
+    named = [re.match(r"(\w+)\s*=>", a).group(1) for a in args if re.match(r"\w+\s*=>", a)]
+    return any(req <= len(args) <= total and all(n in names for n in named)
+               for req, total, names in overloads)
+
+
+def test_every_sql_function_the_docs_call_exists_with_those_arguments():
+    funcs = sql_functions()
+    rels = sql_relations()
+    topics = {"dlq", "retry", "events"}  # hookbridge.dlq, hookbridge.retry.5s: Kafka topics
+    problems = []
+    for path, text in doc_texts():
+        for m in re.finditer(r"\bhookbridge\.(\w+)(\s*\()?", text):
+            name, at = m.group(1), where(path, text, m.start())
+            if name in topics or text[m.end():m.end() + 1] == "." and not m.group(2):
+                continue
+            if not m.group(2):
+                if name not in funcs and name not in rels and name[0].islower():
+                    problems.append(f"{at}: hookbridge.{name} is no function, table or view")
+                continue
+            if name not in funcs:
+                problems.append(f"{at}: no function hookbridge.{name}")
+                continue
+            inner = balanced(text, m.end())
+            if "..." in inner or not inner.strip():  # f(): the name, not a call
+                continue
+            args = split_args(inner)
+            if not call_fits(funcs[name], args):
+                problems.append(f"{at}: hookbridge.{name}({inner}) fits no definition "
+                                f"{funcs[name]}")
+    # The signatures the references give: ### f(args) in sql.md, `f(args) → ...`
+    # in the function tables of sql.md and design.md.
+    for rel in ("docs/sql.md", "docs/design.md"):
+        text = (REPO / rel).read_text()
+        for m in re.finditer(r"(?:^### |^\| `|/ `|^### .*? / )([a-z_]+)\(([^)`]*)\)", text, re.M):
+            name, inner = m.group(1), m.group(2)
+            if name not in funcs:
+                problems.append(f"{where(rel, text, m.start())}: no function {name}")
+                continue
+            if "..." in inner:
+                continue
+            args = [re.sub(r"\s+DEFAULT\b.*", "", a).split()[0] for a in split_args(inner)]
+            if not any(req <= len(args) <= total for req, total, _ in funcs[name]):
+                problems.append(f"{where(rel, text, m.start())}: {name}({inner}) has "
+                                f"{len(args)} arguments; sql/ {funcs[name]}")
+    # README.md: docs/sql.md has "every function and view".
+    sqlmd = (REPO / "docs" / "sql.md").read_text()
+    for name in sorted(set(funcs) | rels):
+        if name.startswith("_") or name.endswith(("_p_default", "_default")):
+            continue
+        if name in funcs and not re.search(rf"\b{name}\(", sqlmd):
+            problems.append(f"docs/sql.md does not document the function {name}")
+    views = set()
+    for p in SQL_FILES:
+        views |= set(re.findall(r"CREATE OR REPLACE VIEW hookbridge\.(\w+)", p.read_text()))
+    for v in sorted(views):
+        if not re.search(rf"### (?:hookbridge\.)?{v}\b", sqlmd):
+            problems.append(f"docs/sql.md has no section on the view {v}")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------- make and programs
+
+
+def test_every_make_target_and_program_flag_the_docs_give_exists():
+    makefile = (REPO / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    variables = set(re.findall(r"^([A-Z_]+)\s*[?:+]?=", makefile, re.M)) | \
+        set(re.findall(r"\$\(([A-Z_]+)\)", makefile)) | \
+        set(re.findall(r"ifdef ([A-Z_]+)", makefile))
+    scripts = "\n".join(p.read_text() for p in (REPO / "scripts").glob("*") if p.is_file()) + \
+        "\n".join(p.read_text() for p in (REPO / "tests" / "chaos").glob("*.py"))
+    helps = {}
+    for p in sorted(BIN.glob("hookbridge-*")):
+        r = subprocess.run([str(p), "--help"], capture_output=True, text=True, timeout=30)
+        helps[p.name] = r.stdout + r.stderr
+    assert "hookbridge-dispatcher" in helps, f"no programs in {BIN}"
+    problems = []
+    for path, text in doc_texts():
+        for m in re.finditer(r"`((?:[A-Z_]+=\S+ )*)make((?: [^`]*)?)`", text):
+            at = where(path, text, m.start())
+            words = m.group(2).split()
+            for w in words:
+                if "=" in w:
+                    var = w.split("=")[0]
+                    if var not in variables and var not in scripts:
+                        problems.append(f"{at}: make {var}=...: the Makefile has no {var}")
+                elif re.fullmatch(r"[a-z][a-z-]*", w) and w not in targets:
+                    problems.append(f"{at}: make {w}: no such target")
+        for m in re.finditer(r"`(hookbridge-[a-z]+)((?: [^`]*)?)`", text):
+            prog, rest = m.group(1), m.group(2)
+            if prog not in helps:
+                continue
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
+                if flag != "--help" and flag not in helps[prog]:
+                    problems.append(f"{where(path, text, m.start())}: {prog} has no {flag}")
+    assert not problems, "\n".join(problems)
