@@ -1,6 +1,7 @@
 """The documentation as a contract (review 23): the names an operator acts on
 in README.md and docs/*.md exist in the code with the shape the docs give.
-Static and fast; each check covers a whole class of drift:
+Fast (static, but for one look at a migrated database); each check covers a
+whole class of drift:
 
 - every metric the docs name (prose, tables, dashboards, runbooks, ingest.md)
   is registered in the C sources, with the labels and label values the docs
@@ -13,6 +14,8 @@ Static and fast; each check covers a whole class of drift:
 - every hookbridge.f(...) the docs call is a function of sql/ taking that
   many arguments and those named ones, every hookbridge.x they name exists,
   and docs/sql.md, "every function and view", names each one of sql/;
+- docs/sql.md against a migrated database: each view's documented columns
+  are its columns, every table is listed, with columns it has;
 - every make target and variable the docs give is the Makefile's, and every
   --flag given to a hookbridge program is in that program's --help.
 
@@ -330,4 +333,57 @@ def test_every_make_target_and_program_flag_the_docs_give_exists():
             for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest):
                 if flag != "--help" and flag not in helps[prog]:
                     problems.append(f"{where(path, text, m.start())}: {prog} has no {flag}")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------ tables and views
+
+
+def test_sql_md_gives_the_databases_tables_and_view_columns(db_url):
+    """docs/sql.md against a migrated database: each view with a column
+    table documents exactly its columns; the table of tables lists every
+    table of schema hookbridge, and the columns a row names are that
+    table's."""
+    import psycopg2
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT c.relname, c.relkind FROM pg_class c WHERE c.relnamespace = "
+                    "'hookbridge'::regnamespace AND c.relkind IN ('r', 'p', 'v') "
+                    "AND NOT c.relispartition")
+        kinds = dict(cur.fetchall())
+        cur.execute("SELECT table_name, array_agg(column_name::text) FROM "
+                    "information_schema.columns WHERE table_schema = 'hookbridge' GROUP BY 1")
+        columns = {t: set(c) for t, c in cur.fetchall()}
+    text = (REPO / "docs" / "sql.md").read_text()
+    funcs = sql_functions()
+    problems = []
+    views = text[text.index("\n## Views"):text.index("\n## Limits")]
+    for m in re.finditer(r"^### hookbridge\.(\w+)\n(.*?)(?=^### |\Z)", views, re.M | re.S):
+        view, body = m.group(1), m.group(2)
+        documented = set()
+        for row in re.findall(r"^\| (`[^|]*`) \|", body, re.M):
+            documented |= set(re.findall(r"`(\w+)`", row))
+        if kinds.get(view) != "v":
+            problems.append(f"docs/sql.md: hookbridge.{view} is not a view")
+        elif documented != columns[view]:
+            problems.append(f"docs/sql.md, {view}: not documented "
+                            f"{sorted(columns[view] - documented)}, no such column "
+                            f"{sorted(documented - columns[view])}")
+    tables = text[text.index("\n## Tables"):]
+    tables = tables[:tables.index("\n\n", tables.index("| table |"))]
+    listed = {}
+    for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", tables, re.M):
+        listed[m.group(1)] = m.group(2)
+    for t in sorted(set(k for k, v in kinds.items() if v in "rp") - set(listed)):
+        problems.append(f"docs/sql.md, Tables: hookbridge.{t} is not listed")
+    for t, row in sorted(listed.items()):
+        if t not in kinds:
+            problems.append(f"docs/sql.md, Tables: there is no table hookbridge.{t}")
+            continue
+        # `name` bare in a row is a column of its table, unless it names
+        # another table, a function, a view or a value in quotes.
+        for name in re.findall(r"`([a-z_]+)`(?!\()", row):
+            if name in columns[t] or name in kinds or name in funcs or \
+                    re.search(rf"`{name}\(", row):
+                continue
+            problems.append(f"docs/sql.md, Tables, {t}: no column {name}")
     assert not problems, "\n".join(problems)
