@@ -16,6 +16,8 @@ whole class of drift:
   and docs/sql.md, "every function and view", names each one of sql/;
 - docs/sql.md against a migrated database: each view's documented columns
   are its columns, every table is listed, with columns it has;
+- docs/chaos.md's settings are the CHAOS_* variables tests/chaos/chaos.py reads,
+  with its defaults;
 - every make target and variable the docs give is the Makefile's, and every
   --flag given to a hookbridge program is in that program's --help.
 
@@ -387,3 +389,32 @@ def test_sql_md_gives_the_databases_tables_and_view_columns(db_url):
                 continue
             problems.append(f"docs/sql.md, Tables, {t}: no column {name}")
     assert not problems, "\n".join(problems)
+
+
+def test_chaos_md_settings_are_the_suites():
+    """docs/chaos.md's settings table: every CHAOS_* variable tests/chaos/
+    chaos.py reads, with its default, and no other."""
+    import ast
+    src = (REPO / "tests" / "chaos" / "chaos.py").read_text()
+    m = re.search(r"^SETTINGS = (\{.*?^\})", src, re.M | re.S)
+    settings = {k: v[0] for k, v in ast.literal_eval(m.group(1)).items()}
+    text = (REPO / "docs" / "chaos.md").read_text()
+    section = text[text.index("## Settings"):]
+    section = section[:section.index("\n## ")]
+    documented = {}
+    for names, default in re.findall(r"^\| (`[^|]*`) \| ([^|]*) \|", section, re.M):
+        names = re.findall(r"`(\w+)`", names)
+        defaults = [d.strip().strip("`") for d in default.split(",")] \
+            if len(names) > 1 else [default.strip().strip("`")]
+        documented.update(zip(names, defaults))
+    problems = []
+    for var, want in settings.items():
+        if var not in documented:
+            problems.append(f"{var} is not in the table")
+        elif (float(documented[var]) if isinstance(want, (int, float))
+              else documented[var]) != want:
+            problems.append(f"{var}: the table says {documented[var]}, chaos.py {want}")
+    extra = set(documented) - set(settings) - {"CHAOS_SCENARIOS", "HOOKBRIDGE_BIN"}
+    if extra:
+        problems.append(f"documented, not read: {sorted(extra)}")
+    assert not problems, "docs/chaos.md, Settings:\n" + "\n".join(problems)
