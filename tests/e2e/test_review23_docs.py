@@ -16,6 +16,9 @@ whole class of drift:
   and docs/sql.md, "every function and view", names each one of sql/;
 - docs/sql.md against a migrated database: each view's documented columns
   are its columns, every table is listed, with columns it has;
+- a default the docs quote for a setting outside the generated table
+  (README's table, the other pages' tables, "`HOOKBRIDGE_X` (5 s)") is the
+  programs' (test_ops checks configuration.md's table);
 - docs/chaos.md's settings are the CHAOS_* variables tests/chaos/chaos.py reads,
   with its defaults;
 - every make target and variable the docs give is the Makefile's, and every
@@ -26,6 +29,7 @@ review 23)."""
 import re
 import subprocess
 
+from hbtest.opscheck import config_reference, duration_seconds
 from hbtest.procs import BIN, REPO
 
 DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
@@ -418,3 +422,57 @@ def test_chaos_md_settings_are_the_suites():
     if extra:
         problems.append(f"documented, not read: {sorted(extra)}")
     assert not problems, "docs/chaos.md, Settings:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------- defaults in the prose
+
+UNITS = {"ms": 0.001, "s": 1, "sec": 1, "seconds": 1, "second": 1, "m": 60, "min": 60,
+         "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400,
+         "day": 86400, "days": 86400, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3}
+
+
+def amount(text):
+    """A number with an optional unit (5 s, 1m, 64 MiB, 10 minutes, 512), as
+    seconds or bytes; None when text is not one."""
+    m = re.fullmatch(r"([0-9][0-9,]*(?:\.[0-9]+)?)\s*([A-Za-z]*)", text.strip().strip("`"))
+    if not m or (m.group(2) and m.group(2).lower() not in UNITS):
+        return None
+    return float(m.group(1).replace(",", "")) * UNITS.get(m.group(2).lower(), 1)
+
+
+def test_the_defaults_the_docs_quote_are_the_programs():
+    """Outside the generated table too (README's table, the other pages'
+    tables, "`HOOKBRIDGE_X` (5 s)" in the prose), a default the docs give
+    for a setting is the one the programs have."""
+    ref = config_reference()
+    problems = []
+    for path, text in doc_texts():
+        if path.name == "configuration.md":
+            continue  # test_ops compares it with the binary byte for byte
+        found = []
+        # | `HOOKBRIDGE_X` | default | ...   and   | `A`, `B` | `1`, `2` | ...
+        for m in re.finditer(r"^\| ((?:`HOOKBRIDGE_[A-Z0-9_]+`(?:, )?)+) \| ([^|]*) \|", text,
+                             re.M):
+            names = re.findall(r"`(HOOKBRIDGE_[A-Z0-9_]+)`", m.group(1))
+            cells = m.group(2).split(",") if len(names) > 1 else [m.group(2)]
+            for name, cell in zip(names, cells):
+                cell = re.sub(r"\s*\([^)]*\)\s*$", "", cell.strip())  # `67108864` (64 MiB)
+                found.append((m.start(), name, cell))
+        # `HOOKBRIDGE_X` (5 s)   `HOOKBRIDGE_X` (default 5 s)
+        for m in re.finditer(r"`(HOOKBRIDGE_[A-Z0-9_]+)`\s*\((?:default )?([^)]*)\)", text):
+            found.append((m.start(), m.group(1), m.group(2)))
+        for pos, name, cell in found:
+            got = amount(re.sub(r"\s+", " ", cell))
+            if name not in ref or got is None:
+                continue
+            typ, want = ref[name]["type"], ref[name]["default"]
+            if typ == "duration":
+                want = duration_seconds(want)
+            elif typ == "integer":
+                want = float(want)
+            else:
+                want = amount(want)
+            if want is not None and abs(got - want) > 1e-9:
+                problems.append(f"{where(path, text, pos)}: {name} ({cell}), the programs' "
+                                f"default is {ref[name]['default']}")
+    assert not problems, "\n".join(problems)
