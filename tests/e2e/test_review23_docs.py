@@ -15,7 +15,8 @@ whole class of drift:
   many arguments and those named ones, every hookbridge.x they name exists,
   and docs/sql.md, "every function and view", names each one of sql/;
 - docs/sql.md against a migrated database: each view's documented columns
-  are its columns, every table is listed, with columns it has;
+  are its columns, every table is listed, with columns it has, and the
+  limits are hookbridge.limits' rows and values;
 - a default the docs quote for a setting outside the generated table
   (README's table, the other pages' tables, "`HOOKBRIDGE_X` (5 s)") is the
   programs' (test_ops checks configuration.md's table);
@@ -359,6 +360,8 @@ def test_sql_md_gives_the_databases_tables_and_view_columns(db_url):
         cur.execute("SELECT table_name, array_agg(column_name::text) FROM "
                     "information_schema.columns WHERE table_schema = 'hookbridge' GROUP BY 1")
         columns = {t: set(c) for t, c in cur.fetchall()}
+        cur.execute("SELECT name, value FROM hookbridge.limits")
+        limits = {n: str(v) for n, v in cur.fetchall()}
     text = (REPO / "docs" / "sql.md").read_text()
     funcs = sql_functions()
     problems = []
@@ -374,6 +377,13 @@ def test_sql_md_gives_the_databases_tables_and_view_columns(db_url):
             problems.append(f"docs/sql.md, {view}: not documented "
                             f"{sorted(columns[view] - documented)}, no such column "
                             f"{sorted(documented - columns[view])}")
+    # Limits: every row of hookbridge.limits, with its value.
+    section = text[text.index("\n## Limits"):text.index("\n## Errors")]
+    documented = dict(re.findall(r"^\| `(\w+)` \| ([0-9]+) \|", section, re.M))
+    for name in sorted(set(documented) | set(limits)):
+        if documented.get(name) != limits.get(name):
+            problems.append(f"docs/sql.md, Limits: {name} is {documented.get(name)}, in the "
+                            f"database {limits.get(name)}")
     tables = text[text.index("\n## Tables"):]
     tables = tables[:tables.index("\n\n", tables.index("| table |"))]
     listed = {}
