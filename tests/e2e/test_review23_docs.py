@@ -22,6 +22,8 @@ whole class of drift:
   programs' (test_ops checks configuration.md's table);
 - docs/chaos.md's settings are the CHAOS_* variables tests/chaos/chaos.py reads,
   with its defaults;
+- a log line the docs quote (where they say a service logs it, or "at
+  warn") is printed by a format string of ours (C, or sql/'s messages);
 - every make target and variable the docs give is the Makefile's, and every
   --flag given to a hookbridge program is in that program's --help.
 
@@ -485,4 +487,109 @@ def test_the_defaults_the_docs_quote_are_the_programs():
             if want is not None and abs(got - want) > 1e-9:
                 problems.append(f"{where(path, text, pos)}: {name} ({cell}), the programs' "
                                 f"default is {ref[name]['default']}")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------- log lines
+
+# Quoted in the docs as what a log says, but written by librdkafka or
+# PostgreSQL, not by us.
+NOT_OURS = ("Connect to ... failed", "all brokers are down", "could not extend file",
+            "Static consumer fenced")
+CONVERSION = re.compile(r"%[-+ #0-9.*]*(?:hh|h|ll|l|z|j|t)?[sdiufxXpgc]")
+PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.|…|\b[NMX]\b|\b[0-9][0-9a-f.,:-]*\b")
+
+
+def format_strings():
+    """Our C sources' string literals (adjacent ones joined) and sql/'s
+    (RAISE and format() texts), each with its conversions as NUL: what a
+    log line or a reason is made of."""
+    out = []
+    for f in list(c_sources()) + sorted((REPO / "examples" / "receiver").glob("*.c")):
+        # the code's literals only: no comments, no character constants
+        # ('"' would pair the quotes wrongly); "%" PRId64 " messages" is
+        # one literal, "%d messages"
+        text = re.sub(r'"\s*PRI[a-zA-Z0-9]+\s*"', "d", f.read_text())
+        text = re.sub(r"""("(?:[^"\\\n]|\\.)*")|'(?:[^'\\\n]|\\.)+'|/\*.*?\*/|//[^\n]*""",
+                      lambda m: m.group(1) or " ", text, flags=re.S)
+        text = re.sub(r'"\s*\n\s*"', "", text)
+        for s in re.findall(r'"((?:[^"\\\n]|\\.)*)"', text):
+            out.append(CONVERSION.sub("\x00", s.replace('\\"', '"')))
+    for p in SQL_FILES:
+        for s in re.findall(r"'((?:[^'\n]|'')*)'", p.read_text()):
+            if not s.startswith("%") and not s.endswith("%"):  # not a LIKE pattern
+                out.append(re.sub(r"%[sIL]?", "\x00", s.replace("''", "'")))
+    return out
+
+
+def globs_meet(a, b):
+    """Do two patterns, literal text with NUL for "anything", share a
+    string? (Both sides vary: the quote's placeholders, the format's
+    conversions.)"""
+    n, m = len(a), len(b)
+    row = [False] * (m + 1)  # row[j]: a[i:] and b[j:] meet, from the end
+    row[m] = True
+    for j in range(m - 1, -1, -1):
+        row[j] = row[j + 1] and b[j] == "\x00"
+    for i in range(n - 1, -1, -1):
+        new = [False] * (m + 1)
+        new[m] = row[m] and a[i] == "\x00"
+        for j in range(m - 1, -1, -1):
+            if a[i] == "\x00":
+                new[j] = row[j] or new[j + 1]
+            elif b[j] == "\x00":
+                new[j] = new[j + 1] or row[j]
+            else:
+                new[j] = a[i] == b[j] and row[j + 1]
+        row = new
+    return row[0]
+
+
+def quoted_matches(quote, formats):
+    """Does some format string print the quoted text? The quote's <...>,
+    ..., N, M, X and numbers stand for what varies, as the formats'
+    conversions do. The quote is one format's line, or its start when it
+    ends in a placeholder, or lies within one format's text; or, for a
+    line built of several formats ("HTTP 502 (asked again; ...)"), each
+    of its fixed pieces is text of ours."""
+    pieces = PLACEHOLDER.split(quote)
+    glob = "\x00".join(pieces)
+    fixed = len("".join(pieces))
+    inside = re.compile(".*".join(re.escape(p) for p in pieces))
+    for fmt in formats:
+        if inside.search(fmt.replace("\x00", "X")):
+            return True
+        lit = fmt.replace("\x00", "")
+        if 2 * len(lit) < fixed or not any(len(c) >= 8 and c in quote for c in fmt.split("\x00")):
+            continue
+        if globs_meet(glob, fmt):
+            return True
+    stripped = [p.strip() for p in pieces]
+    return len(pieces) > 1 and not glob.endswith("\x00") and \
+        all(any(p in fmt for fmt in formats) for p in stripped if len(p) >= 4)
+
+
+def test_the_log_lines_the_docs_quote_are_the_programs():
+    """A line the docs say a service logs (or its reason, or a message) is
+    printed by some format string of ours: an operator greps for it."""
+    formats = format_strings()
+    problems = []
+    for path, text in doc_texts():
+        text = re.sub(r"```.*?```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text,
+                      flags=re.S)
+        for m in re.finditer(r"`([^`]+)`", text):
+            before = text[max(0, m.start() - 50):m.start()]
+            after = text[m.end():m.end() + 30]
+            if not re.search(r"\b(?:logs?|logged|log line|lines?|says|said)\b[^`.;]*$", before) \
+                    and not re.match(r"[^`.;]*\bat (?:debug|info|warn|error)\b", after):
+                continue
+            quote = re.sub(r"\s+", " ", m.group(1))
+            # a line's text, not a command, a setting, SQL or JSON
+            if " " not in quote or "=" in quote or quote[0] in "{[" or \
+                    re.match(r"[A-Z]{2,} |hookbridge[-._]|HOOKBRIDGE_|kill |kubectl |source: ",
+                             quote):
+                continue
+            if any(n in quote for n in NOT_OURS) or quoted_matches(quote, formats):
+                continue
+            problems.append(f"{where(path, text, m.start())}: {quote!r} is printed by nothing")
     assert not problems, "\n".join(problems)
