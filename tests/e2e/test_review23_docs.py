@@ -25,7 +25,8 @@ whole class of drift:
 - a log line the docs quote (where they say a service logs it, or "at
   warn") is printed by a format string of ours (C, or sql/'s messages);
 - every make target and variable the docs give is the Makefile's, and every
-  --flag given to a hookbridge program is in that program's --help.
+  --flag given to a hookbridge program is in that program's --help;
+- every link between the pages reaches an existing file and heading.
 
 Each check was shown to fail on a doc with a planted drift (see the report of
 review 23)."""
@@ -592,4 +593,34 @@ def test_the_log_lines_the_docs_quote_are_the_programs():
             if any(n in quote for n in NOT_OURS) or quoted_matches(quote, formats):
                 continue
             problems.append(f"{where(path, text, m.start())}: {quote!r} is printed by nothing")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------ links
+
+
+def test_every_link_between_the_docs_reaches_its_file_and_heading():
+    """[text](file.md#anchor): the file exists and has that heading (as
+    GitHub names its anchors), so a renamed section leaves no dead link."""
+    def slug(heading):
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    pages = DOCS + [REPO / "migrations" / "README.md"]
+    anchors = {}
+    for p in pages:
+        text = re.sub(r"```.*?```", "", p.read_text(), flags=re.S)
+        anchors[p.resolve()] = {slug(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    problems = []
+    for p in pages:
+        text = p.read_text()
+        for m in re.finditer(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", text):
+            target, anchor = m.group(1), m.group(2)
+            if re.match(r"[a-z]+:", target):
+                continue
+            dest = (p.parent / target).resolve() if target else p.resolve()
+            at = where(p.relative_to(REPO), text, m.start())
+            if not dest.exists():
+                problems.append(f"{at}: {target} does not exist")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors.get(dest, ()):
+                problems.append(f"{at}: {dest.name} has no heading #{anchor}")
     assert not problems, "\n".join(problems)
