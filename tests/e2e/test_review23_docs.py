@@ -13,7 +13,8 @@ whole class of drift:
   the codes it raises (README.md, Errors);
 - every hookbridge.f(...) the docs call is a function of sql/ taking that
   many arguments and those named ones, every hookbridge.x they name exists,
-  and docs/sql.md, "every function and view", names each one of sql/;
+  and docs/sql.md, "every function and view", names each one of sql/, as
+  migrations/README.md's table names each in the row of its file;
 - docs/sql.md against a migrated database: each view's documented columns
   are its columns, every table is listed, with columns it has, and the
   limits are hookbridge.limits' rows and values;
@@ -299,9 +300,20 @@ def test_every_sql_function_the_docs_call_exists_with_those_arguments():
             continue
         if name in funcs and not re.search(rf"\b{name}\(", sqlmd):
             problems.append(f"docs/sql.md does not document the function {name}")
+    # migrations/README.md's table of sql/ files names each one's functions
+    # and views (no helpers: they begin with _).
+    layout = (REPO / "migrations" / "README.md").read_text()
     views = set()
     for p in SQL_FILES:
-        views |= set(re.findall(r"CREATE OR REPLACE VIEW hookbridge\.(\w+)", p.read_text()))
+        text = p.read_text()
+        views |= set(re.findall(r"CREATE OR REPLACE VIEW hookbridge\.(\w+)", text))
+        row = re.search(rf"^\| `{p.name}` \|(.*)$", layout, re.M)
+        if not row:
+            problems.append(f"migrations/README.md has no row for sql/{p.name}")
+            continue
+        for name in re.findall(r"CREATE OR REPLACE (?:FUNCTION|VIEW) hookbridge\.([a-z]\w*)", text):
+            if not re.search(rf"`{name}(?:\(\))?`", row.group(1)):
+                problems.append(f"migrations/README.md: sql/{p.name}'s row does not name {name}")
     for v in sorted(views):
         if not re.search(rf"### (?:hookbridge\.)?{v}\b", sqlmd):
             problems.append(f"docs/sql.md has no section on the view {v}")
