@@ -232,10 +232,11 @@ static const cf_row_t cf_table[] = {
      "Bound on one Schema Registry request (made off the consuming loop)."},
     {"schema_registry_not_found_grace", CF_MS, OFF(schema_registry_not_found_grace_ms), "15s", 0,
      600000, HB_PROG_DISPATCHER, 0,
-     "How long the registry's \"schema not found\" for an id above every id it has served is "
-     "not believed: registries replicate asynchronously, so a replica may lack a schema "
-     "registered a moment ago. Meanwhile that id's events wait (their partition pauses); "
-     "then they are dead-lettered. 0: dead-letter at the first \"not found\" (docs/schemas.md)."},
+     "How long the registry's \"schema not found\" for an id above every id it has served (by "
+     "at most 1,000,000) is not believed: registries replicate asynchronously, so a replica may "
+     "lack a schema registered a moment ago. Meanwhile that id's events wait (their partition "
+     "pauses); then they are dead-lettered. 0: dead-letter at the first \"not found\" "
+     "(docs/schemas.md)."},
 };
 
 static void env_name(const cf_row_t *r, char *out, size_t outsz) {

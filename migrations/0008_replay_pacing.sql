@@ -13,7 +13,7 @@
 -- (replay_due_at), at half the subscription's rate (the other half is left
 -- to its live events), and claim_replays hands it out only then.
 --
--- sql/: sha256 8e664fd81141026b8743447a755c98f3a50aaec9eabd8ed7108a6744a766514e
+-- sql/: sha256 9a1c70fa6c524688645fdc67c5a72a514ca61eb67574770edfbfd8288f409a2d
 ALTER TABLE hookbridge.deliveries ADD COLUMN replay_due_at timestamptz;
 
 COMMENT ON COLUMN hookbridge.deliveries.replay_due_at IS

@@ -38,8 +38,13 @@
 --   HB010     subscription not found
 --   HB012     invalid argument (deactivate_failing, replay_failed, replay_dropped)
 --   HB020     delivery not found
+--   HB015     a NULL subscription id (replay_failed, replay_dropped)
 --   HB021     delivery cannot be replayed (not failed, no stored body, or its
 --             subscription is deregistered or inactive)
+--   HB026     invalid delivery-log retention (set_retention, UPDATE of limits)
+--   HB027     delivery not in the delivery log (never made, or past the
+--             retention; replay, cancel)
+--   HB028     delivery cannot be cancelled (neither retry nor replay)
 
 -- Endpoint health ------------------------------------------------------------
 
