@@ -9,6 +9,26 @@
 #include "hb_log.h"
 
 #define RESEND_DELAY_MS 1000
+#define WATCH_EVERY_MS 30000  /* the produced topics' existence asked again */
+#define WATCH_MISSING_MS 5000 /* ... while one is missing */
+#define WATCH_RETRY_MS 1000   /* ... after the brokers did not answer */
+#define WATCH_TIMEOUT_MS 2000 /* one metadata request */
+
+/* The produced topics' watch (hb_outbox_watch_topics): its own thread, as the
+ * metadata requests are round trips the loop never waits for. */
+typedef struct {
+    pthread_t thread;
+    int running; /* loop thread only */
+    rd_kafka_t *rk;
+    char **topics;
+    int cnt;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;          /* lock */
+    int recheck;       /* lock: asked to look again now */
+    int answered;      /* lock: every topic answered for at least once */
+    char missing[320]; /* lock: why a topic cannot be written ("" none) */
+} watch_t;
 
 struct hb_job_s {
     hb_offref_t ref;
@@ -49,6 +69,7 @@ struct hb_outbox_s {
     hb_gate_t *gates;
     hb_pmsg_t *resend;   /* refused by the broker, produced again later */
     char fatal_why[320]; /* the producer's fatal error: it is unusable */
+    watch_t watch;       /* do the produced topics exist? */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -243,9 +264,13 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
+static void watch_recheck(watch_t *wt);
+
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
-    if (shrink_poison(m, err)) { /* produced again at once, smaller */
+    if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+        watch_recheck(&ob->watch); /* deleted while running? not ready once it is known */
+    if (shrink_poison(m, err)) {   /* produced again at once, smaller */
         m->resend_at = hb_mono_ms();
         m->next = ob->resend;
         ob->resend = m;
@@ -439,6 +464,137 @@ void hb_outbox_drain(hb_outbox_t *ob) {
     hb_outbox_take_flushed(ob);
 }
 
+/* ---------------------------------------------------------- topic watch */
+
+/* One round: each topic's metadata through the producer. 1 when every topic
+ * answered; why (empty when all exist) says the first that cannot be
+ * written. */
+static int watch_round(watch_t *wt, char *why, size_t size) {
+    why[0] = '\0';
+    for (int i = 0; i < wt->cnt; i++) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(wt->rk, wt->topics[i], NULL);
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err;
+        if (!rkt)
+            return 0;
+        err = rd_kafka_metadata(wt->rk, 0, rkt, &md, WATCH_TIMEOUT_MS);
+        rd_kafka_topic_destroy(rkt);
+        if (err || !md) { /* nobody answered: nothing learnt */
+            if (md)
+                rd_kafka_metadata_destroy(md);
+            return 0;
+        }
+        if (md->topic_cnt == 1 && !why[0]) {
+            rd_kafka_resp_err_t terr = md->topics[0].err;
+            if (terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                snprintf(why, size, "topic %s does not exist", wt->topics[i]);
+            else if (terr == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+                snprintf(why, size, "topic %s: %s", wt->topics[i], rd_kafka_err2str(terr));
+        }
+        rd_kafka_metadata_destroy(md);
+    }
+    return 1;
+}
+
+static void *watch_main(void *arg) {
+    watch_t *wt = arg;
+    int stop = 0;
+    while (!stop) {
+        char why[sizeof(wt->missing)];
+        int answered = watch_round(wt, why, sizeof(why));
+        int64_t until;
+        pthread_mutex_lock(&wt->lock);
+        if (answered) {
+            if (why[0] && strcmp(why, wt->missing) != 0)
+                hb_error("%s: create it (not ready until it exists; the retries and dead letters "
+                         "for it wait, and so do the offsets of their sources)",
+                         why);
+            else if (!why[0] && wt->missing[0])
+                hb_info("%s no longer: every topic this service writes to exists", wt->missing);
+            snprintf(wt->missing, sizeof(wt->missing), "%s", why);
+            wt->answered = 1;
+        }
+        until = hb_mono_ms() + (!answered ? WATCH_RETRY_MS
+                                : why[0]  ? WATCH_MISSING_MS
+                                          : WATCH_EVERY_MS);
+        while (!wt->stop && !wt->recheck && hb_mono_ms() < until)
+            hb_cond_wait_until(&wt->cond, &wt->lock, until);
+        wt->recheck = 0;
+        stop = wt->stop;
+        pthread_mutex_unlock(&wt->lock);
+    }
+    return NULL;
+}
+
+static void watch_recheck(watch_t *wt) {
+    if (!wt->running)
+        return;
+    pthread_mutex_lock(&wt->lock);
+    wt->recheck = 1;
+    pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+static void watch_stop(watch_t *wt) {
+    if (wt->running) {
+        pthread_mutex_lock(&wt->lock);
+        wt->stop = 1;
+        pthread_cond_signal(&wt->cond);
+        pthread_mutex_unlock(&wt->lock);
+        pthread_join(wt->thread, NULL);
+        pthread_cond_destroy(&wt->cond);
+        pthread_mutex_destroy(&wt->lock);
+        wt->running = 0;
+    }
+    for (int i = 0; i < wt->cnt; i++)
+        free(wt->topics[i]);
+    free(wt->topics);
+    wt->topics = NULL;
+    wt->cnt = 0;
+}
+
+void hb_outbox_watch_topics(hb_outbox_t *ob, const char *const *topics, int n) {
+    watch_t *wt = &ob->watch;
+    int err;
+    if (wt->running || !ob->producer || n <= 0)
+        return;
+    wt->rk = ob->producer;
+    wt->topics = hb_calloc((size_t)n, sizeof(*wt->topics));
+    for (int i = 0; i < n; i++) {
+        int seen = 0; /* a tier named like the DLQ is refused by the config; be safe */
+        for (int j = 0; j < wt->cnt; j++)
+            seen |= !strcmp(wt->topics[j], topics[i]);
+        if (!seen)
+            wt->topics[wt->cnt++] = hb_strdup(topics[i]);
+    }
+    pthread_mutex_init(&wt->lock, NULL);
+    hb_cond_init_mono(&wt->cond);
+    err = pthread_create(&wt->thread, NULL, watch_main, wt);
+    if (err) {
+        pthread_cond_destroy(&wt->cond);
+        pthread_mutex_destroy(&wt->lock);
+        hb_error("cannot start the produced topics' watch (readiness ignores them): %s",
+                 strerror(err));
+        return;
+    }
+    wt->running = 1;
+}
+
+const char *hb_outbox_unready(hb_outbox_t *ob, char *buf, size_t size) {
+    watch_t *wt = &ob->watch;
+    const char *why = NULL;
+    if (!wt->running)
+        return NULL;
+    pthread_mutex_lock(&wt->lock);
+    if (!wt->answered)
+        snprintf(buf, size, "checking that the delay tiers and the dead-letter topic exist");
+    else if (wt->missing[0])
+        snprintf(buf, size, "%s", wt->missing);
+    why = !wt->answered || wt->missing[0] ? buf : NULL;
+    pthread_mutex_unlock(&wt->lock);
+    return why;
+}
+
 /* ------------------------------------------------------------ build/free */
 
 void hb_outbox_set_dlog(hb_outbox_t *ob, hb_dlog_t *dlog) {
@@ -474,6 +630,7 @@ fail:
 void hb_outbox_free(hb_outbox_t *ob) {
     if (!ob)
         return;
+    watch_stop(&ob->watch); /* its thread uses the producer */
     if (ob->pq)
         rd_kafka_queue_destroy(ob->pq);
     if (ob->producer) {

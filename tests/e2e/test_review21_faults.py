@@ -1,0 +1,81 @@
+"""Review 21: the retrier and the delay tiers on Apache Kafka.
+
+All tests share the worker's one Apache Kafka node (the apache_kafka
+fixture), each on its own TopicSpace."""
+import time
+
+from hbtest.kfaults import committed
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Dispatcher, Retrier, produce, topic_records
+from test_delivery import event, sql
+from test_promises import checking, verified_active
+
+
+def delete_topics(bootstrap, topics):
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        admin.delete_topics(topics, timeout_ms=30000)
+    finally:
+        admin.close()
+
+
+def readyz(svc):
+    try:
+        return svc.get("/readyz")
+    except OSError as e:
+        return (0, str(e))
+
+
+def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the_dead_letter(
+        apache_kafka, db_url, procs, workdir):
+    """docs/operations.md: "A service started before its topics exist stays
+    up, not ready, with `topic X does not exist` on /readyz". The dead-letter
+    topic is written, never read, by both services: missing (never created,
+    or deleted), they used to be ready, and the retrier held the dead letter
+    with nothing said for 30 s (librdkafka's topic.metadata.propagation.max.ms),
+    then a warning a second. Now each says at error that the topic does not
+    exist and is not ready, naming it; the dead letter waits (the delivery
+    log still says retry, the tier's offset is not committed); once the topic
+    is created both are ready within seconds and the dead letter is written.
+
+    Checked to fail without the fix: on 9ec6cf5 both services answer /readyz
+    200 with the topic missing ("not ready, naming the dead-letter topic"
+    times out). About 15 s."""
+    schedule = "1s"
+    space = apache_kafka.space(retry_schedule=schedule)
+    tier = space.retry_prefix + schedule
+    delete_topics(space.bootstrap, [space.dlq_topic])
+    rcv = checking(procs, workdir, status=503)
+    verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
+    want = f"topic {space.dlq_topic} does not exist"
+    for svc in (d, r):
+        wait_until(lambda: readyz(svc) == (503, want + "\n"), 20,
+                   f"the {svc.program} not ready, naming the dead-letter topic")
+        assert f'"level":"error","component":"{svc.program}","msg":"{want}: create it' \
+            in svc.proc.output()
+
+    # A delivery out of attempts meanwhile: its dead letter waits, and so does
+    # the tier's offset.
+    produce(space.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(rcv.posts()) == 2, 20, "both attempts")
+    time.sleep(1)
+    assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
+    rgroup = space.group("hookbridge-retrier")
+    assert committed(space.bootstrap, rgroup, tier) == 0
+    assert readyz(r)[0] == 503
+
+    space._schedules.clear()  # hookbridge-migrate topics again: it creates the DLQ
+    space.create_topics(schedule)
+    d.wait_ready(15)
+    r.wait_ready(15)
+    wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries")
+               == [("failed", 2)], 45, "the delivery dead-lettered")
+    wait_until(lambda: committed(space.bootstrap, rgroup, tier) == 1, 20,
+               "the tier's offset committed")
+    assert len(topic_records(space.bootstrap, space.dlq_topic, want=1)) == 1
+    assert len(rcv.posts()) == 2
+    assert "no longer: every topic this service writes to exists" in r.proc.output()
