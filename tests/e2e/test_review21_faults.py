@@ -79,3 +79,50 @@ def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the
     assert len(topic_records(space.bootstrap, space.dlq_topic, want=1)) == 1
     assert len(rcv.posts()) == 2
     assert "no longer: every topic this service writes to exists" in r.proc.output()
+
+
+def test_topics_check_reports_a_size_limited_tier_and_a_compacted_topic(apache_kafka):
+    """docs/operations.md: a delay tier's retention must outlast its delay.
+    Time is not the only retention: retention.bytes (a cluster default such
+    as log.retention.bytes, or set per topic) deletes a tier's oldest
+    messages, retries not yet due, once a partition holds that much; and
+    cleanup.policy=compact keeps only the newest message of each key (a
+    tier's and the DLQ's key is the subscription id: one retry or dead
+    letter per subscription survives). `hookbridge-migrate topics --check`
+    read only retention.ms and said `ok`; it now reports both as drift and
+    exits 2.
+
+    Checked to fail without the change: on 9ec6cf5 `topics --check` exits 0
+    with every topic `ok`. A few seconds."""
+    import os
+    import subprocess
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from hbtest.procs import BIN
+
+    schedule = "1s"
+    space = apache_kafka.space(retry_schedule=schedule)
+    tier = space.retry_prefix + schedule
+    admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+    try:  # AlterConfigs sets the whole config: the planned retentions with them
+        admin.alter_configs([
+            ConfigResource(ConfigResourceType.TOPIC, tier,
+                           configs={"retention.ms": str(7 * 86400000),
+                                    "retention.bytes": "1048576"}),
+            ConfigResource(ConfigResourceType.TOPIC, space.dlq_topic,
+                           configs={"retention.ms": str(30 * 86400000),
+                                    "cleanup.policy": "compact"})])
+    finally:
+        admin.close()
+    r = subprocess.run([str(BIN / "hookbridge-migrate"), "topics", "--check"],
+                       env={**os.environ, **space.env(schedule)}, capture_output=True,
+                       text=True, timeout=60 * SLOW)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = {l.split()[1]: l for l in r.stdout.splitlines() if l.strip()}
+    assert lines[tier].startswith("DRIFT") and "retention.bytes 1048576: retries are deleted " \
+        "before they are due once a partition holds that much" in lines[tier], r.stdout
+    assert lines[space.dlq_topic].startswith("DRIFT") and "cleanup.policy compact: only the " \
+        "newest message of each key is kept" in lines[space.dlq_topic], r.stdout
+    assert lines[space.events_topic].startswith("ok"), r.stdout
