@@ -10,8 +10,8 @@
 
 #define RESEND_DELAY_MS 1000
 #define WATCH_EVERY_MS 30000  /* the produced topics' existence asked again */
-#define WATCH_MISSING_MS 5000 /* ... while one is missing */
-#define WATCH_RETRY_MS 1000   /* ... after the brokers did not answer */
+#define WATCH_MISSING_MS 2000 /* ... while one is missing */
+#define WATCH_RETRY_MS 1000   /* ... after the brokers did not answer, or once missing */
 #define WATCH_TIMEOUT_MS 2000 /* one metadata request */
 
 /* The produced topics' watch (hb_outbox_watch_topics): its own thread, as the
@@ -28,6 +28,7 @@ typedef struct {
     int recheck;       /* lock: asked to look again now */
     int answered;      /* lock: every topic answered for at least once */
     char missing[320]; /* lock: why a topic cannot be written ("" none) */
+    char gone[256];    /* the watch's thread only: the topic missing says */
 } watch_t;
 
 struct hb_job_s {
@@ -468,8 +469,8 @@ void hb_outbox_drain(hb_outbox_t *ob) {
 
 /* One round: each topic's metadata through the producer. 1 when every topic
  * answered; why (empty when all exist) says the first that cannot be
- * written. */
-static int watch_round(watch_t *wt, char *why, size_t size) {
+ * written, and topic names it. */
+static int watch_round(watch_t *wt, char *why, size_t size, char *topic, size_t topic_size) {
     why[0] = '\0';
     for (int i = 0; i < wt->cnt; i++) {
         rd_kafka_topic_t *rkt = rd_kafka_topic_new(wt->rk, wt->topics[i], NULL);
@@ -490,6 +491,8 @@ static int watch_round(watch_t *wt, char *why, size_t size) {
                 snprintf(why, size, "topic %s does not exist", wt->topics[i]);
             else if (terr == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
                 snprintf(why, size, "topic %s: %s", wt->topics[i], rd_kafka_err2str(terr));
+            if (why[0])
+                snprintf(topic, topic_size, "%s", wt->topics[i]);
         }
         rd_kafka_metadata_destroy(md);
     }
@@ -498,11 +501,20 @@ static int watch_round(watch_t *wt, char *why, size_t size) {
 
 static void *watch_main(void *arg) {
     watch_t *wt = arg;
-    int stop = 0;
+    int stop = 0, suspect = 0;
     while (!stop) {
-        char why[sizeof(wt->missing)];
-        int answered = watch_round(wt, why, sizeof(why));
+        char why[sizeof(wt->missing)], topic[sizeof(wt->gone)];
+        int answered = watch_round(wt, why, sizeof(why), topic, sizeof(topic));
         int64_t until;
+        /* A topic created a moment ago may be unknown to the broker asked
+         * (its metadata spreads through the cluster): missing only when it
+         * still is a second later. */
+        if (answered && why[0] && !suspect && !wt->missing[0]) {
+            suspect = 1;
+            answered = 0;
+        } else if (answered) {
+            suspect = 0;
+        }
         pthread_mutex_lock(&wt->lock);
         if (answered) {
             if (why[0] && strcmp(why, wt->missing) != 0)
@@ -510,8 +522,10 @@ static void *watch_main(void *arg) {
                          "for it wait, and so do the offsets of their sources)",
                          why);
             else if (!why[0] && wt->missing[0])
-                hb_info("%s no longer: every topic this service writes to exists", wt->missing);
+                hb_info("topic %s exists now (ready as far as the topics it writes go)", wt->gone);
             snprintf(wt->missing, sizeof(wt->missing), "%s", why);
+            if (why[0])
+                snprintf(wt->gone, sizeof(wt->gone), "%s", topic);
             wt->answered = 1;
         }
         until = hb_mono_ms() + (!answered ? WATCH_RETRY_MS

@@ -151,8 +151,10 @@ size_t hb_outbox_lookups(const hb_outbox_t *ob);
  * its source offset, with nothing but a warning every second (and none for
  * the first 30 s: librdkafka's topic.metadata.propagation.max.ms). A thread
  * asks the brokers for each topic's metadata through the producer (as a
- * produce would) at start, then every 30 s, every 5 s while one is missing,
- * and at once when the broker refuses a message for an unknown topic.
+ * produce would) at start, then every 30 s, every 2 s while one is missing,
+ * and at once when the broker refuses a message for an unknown topic; one
+ * unknown is asked again a second later before it counts as missing (a topic
+ * just created may not be known to every broker yet).
  * Call once, from the loop thread; topics are copied. */
 void hb_outbox_watch_topics(hb_outbox_t *ob, const char *const *topics, int n);
 /* Why the service is not ready as far as its produced topics go ("topic X

@@ -78,7 +78,7 @@ def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the
                "the tier's offset committed")
     assert len(topic_records(space.bootstrap, space.dlq_topic, want=1)) == 1
     assert len(rcv.posts()) == 2
-    assert "no longer: every topic this service writes to exists" in r.proc.output()
+    assert f"topic {space.dlq_topic} exists now" in r.proc.output()
 
 
 def test_topics_check_reports_a_size_limited_tier_and_a_compacted_topic(apache_kafka):
