@@ -126,3 +126,68 @@ def test_topics_check_reports_a_size_limited_tier_and_a_compacted_topic(apache_k
     assert lines[space.dlq_topic].startswith("DRIFT") and "cleanup.policy compact: only the " \
         "newest message of each key is kept" in lines[space.dlq_topic], r.stdout
     assert lines[space.events_topic].startswith("ok"), r.stdout
+
+
+def test_a_retry_from_a_clock_ahead_does_not_hold_the_retries_behind_it(
+        apache_kafka, db_url, procs, workdir):
+    """docs/design.md: "a retry due in seconds never queues behind one due in
+    hours". The retrier waits at the head of a tier's partition until it is
+    due; a message due later than its tier's span leaves the head (a hop).
+    The span was counted from the message's timestamp, which comes from its
+    producer's clock, like its due time: a dispatcher whose clock runs 50
+    minutes ahead (Kafka 4 takes timestamps up to an hour ahead) wrote a 3 s
+    retry that the retrier held the partition for, 50 minutes, and every
+    retry of the partition waited behind it. A timestamp in the future now
+    counts as the retrier's now: the message hops within the tier's span and
+    the retry behind it goes when due; the early one is not attempted.
+
+    Checked to fail without the fix: on 9ec6cf5 the retry behind it is not
+    attempted within 15 s ("the retry behind it" times out). About 10 s."""
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from hbtest.pyavro import single_object
+    from hbtest.avro import SCHEMA_DIR
+    import json
+
+    schedule = "3s"
+    space = apache_kafka.space(retry_schedule=schedule)
+    tier = space.retry_prefix + schedule
+    rcv = checking(procs, workdir, fail_first=1)
+    sub = verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+
+    # What a dispatcher 50 minutes ahead writes after a failed first attempt;
+    # keyed by the subscription, as every retry of it (one partition).
+    ahead_ms = int(time.time() * 1000) + 50 * 60 * 1000
+    early = str(uuid.uuid4())
+    schema = json.loads((SCHEMA_DIR / "delivery_retry.avsc").read_text())
+    rec = {"delivery_id": early, "subscription_id": sub, "event_ids": [str(uuid.uuid4())],
+           "event_type": "user.session.start", "content_type": "application/json",
+           "body": json.dumps({"early": True}), "attempt": 2,
+           "not_before_ms": ahead_ms + 3000, "first_attempt_ms": ahead_ms, "last_status": 503,
+           "last_error": "HTTP 503", "schedule_offset": 0, "after_delivery_id": None}
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    try:
+        kp.send(tier, key=sub.encode(), value=single_object(schema, rec),
+                timestamp_ms=ahead_ms).get(timeout=20)
+    finally:
+        kp.close()
+
+    # A retry of this clock behind it on the partition.
+    produce(space.bootstrap, [event("user.session.start")])
+    first = wait_until(lambda: rcv.posts(), 20, "the first attempt")[0]
+    wid = first["headers"]["webhook-id"]
+    second = wait_until(lambda: [p for p in rcv.posts()[1:]], 15, "the retry behind it")[0]
+    assert second["headers"]["webhook-id"] == wid and second["status"] == 204
+    late = (second["time_ms"] - first["time_ms"]) / 1000 - 3
+    print(f"the retry behind it came {late:.2f} s after it was due")
+    assert 0 <= late < 3 * SLOW
+    assert early not in {p["headers"]["webhook-id"] for p in rcv.posts()}, \
+        "the retry due in 50 minutes was attempted early"
+    assert r.metric("hookbridge_retry_hops_total") >= 1
