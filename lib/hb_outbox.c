@@ -12,7 +12,7 @@
 #define WATCH_EVERY_MS 30000  /* the produced topics' existence asked again */
 #define WATCH_MISSING_MS 2000 /* ... while one is missing */
 #define WATCH_RETRY_MS 1000   /* ... after the brokers did not answer, or once missing */
-#define WATCH_TIMEOUT_MS 2000 /* one metadata request */
+#define WATCH_TIMEOUT_MS 1000 /* one metadata request */
 
 /* The produced topics' watch (hb_outbox_watch_topics): its own thread, as the
  * metadata requests are round trips the loop never waits for. */
@@ -473,10 +473,14 @@ void hb_outbox_drain(hb_outbox_t *ob) {
 static int watch_round(watch_t *wt, char *why, size_t size, char *topic, size_t topic_size) {
     why[0] = '\0';
     for (int i = 0; i < wt->cnt; i++) {
-        rd_kafka_topic_t *rkt = rd_kafka_topic_new(wt->rk, wt->topics[i], NULL);
+        rd_kafka_topic_t *rkt;
         const struct rd_kafka_metadata *md = NULL;
         rd_kafka_resp_err_t err;
-        if (!rkt)
+        int stop;
+        pthread_mutex_lock(&wt->lock); /* a stop waits for one request at most */
+        stop = wt->stop;
+        pthread_mutex_unlock(&wt->lock);
+        if (stop || !(rkt = rd_kafka_topic_new(wt->rk, wt->topics[i], NULL)))
             return 0;
         err = rd_kafka_metadata(wt->rk, 0, rkt, &md, WATCH_TIMEOUT_MS);
         rd_kafka_topic_destroy(rkt);
@@ -549,12 +553,20 @@ static void watch_recheck(watch_t *wt) {
     pthread_mutex_unlock(&wt->lock);
 }
 
-static void watch_stop(watch_t *wt) {
+void hb_outbox_watch_end(hb_outbox_t *ob) {
+    watch_t *wt = &ob->watch;
+    if (!wt->running)
+        return;
+    pthread_mutex_lock(&wt->lock);
+    wt->stop = 1;
+    pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+static void watch_stop(hb_outbox_t *ob) {
+    watch_t *wt = &ob->watch;
     if (wt->running) {
-        pthread_mutex_lock(&wt->lock);
-        wt->stop = 1;
-        pthread_cond_signal(&wt->cond);
-        pthread_mutex_unlock(&wt->lock);
+        hb_outbox_watch_end(ob);
         pthread_join(wt->thread, NULL);
         pthread_cond_destroy(&wt->cond);
         pthread_mutex_destroy(&wt->lock);
@@ -644,7 +656,7 @@ fail:
 void hb_outbox_free(hb_outbox_t *ob) {
     if (!ob)
         return;
-    watch_stop(&ob->watch); /* its thread uses the producer */
+    watch_stop(ob); /* its thread uses the producer */
     if (ob->pq)
         rd_kafka_queue_destroy(ob->pq);
     if (ob->producer) {

@@ -157,6 +157,10 @@ size_t hb_outbox_lookups(const hb_outbox_t *ob);
  * just created may not be known to every broker yet).
  * Call once, from the loop thread; topics are copied. */
 void hb_outbox_watch_topics(hb_outbox_t *ob, const char *const *topics, int n);
+/* Tells the watch to end (a shutdown begins), without waiting: its thread
+ * ends after the request it is waiting for (a second at most), before
+ * hb_outbox_free joins it. */
+void hb_outbox_watch_end(hb_outbox_t *ob);
 /* Why the service is not ready as far as its produced topics go ("topic X
  * does not exist"; before the first answer "checking ..."), or NULL; in buf. */
 const char *hb_outbox_unready(hb_outbox_t *ob, char *buf, size_t size);
