@@ -269,8 +269,9 @@ static void watch_recheck(watch_t *wt);
 
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
-    if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-        watch_recheck(&ob->watch); /* deleted while running? not ready once it is known */
+    if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+        err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        watch_recheck(&ob->watch); /* deleted, or its ACLs changed: not ready once known */
     if (shrink_poison(m, err)) {   /* produced again at once, smaller */
         m->resend_at = hb_mono_ms();
         m->next = ob->resend;
@@ -494,7 +495,7 @@ static int watch_round(watch_t *wt, char *why, size_t size, char *topic, size_t 
             if (terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 snprintf(why, size, "topic %s does not exist", wt->topics[i]);
             else if (terr == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
-                snprintf(why, size, "topic %s: %s", wt->topics[i], rd_kafka_err2str(terr));
+                snprintf(why, size, "topic %s is not authorized to this service", wt->topics[i]);
             if (why[0])
                 snprintf(topic, topic_size, "%s", wt->topics[i]);
         }
@@ -522,9 +523,13 @@ static void *watch_main(void *arg) {
         pthread_mutex_lock(&wt->lock);
         if (answered) {
             if (why[0] && strcmp(why, wt->missing) != 0)
-                hb_error("%s: create it (not ready until it exists; the retries and dead letters "
-                         "for it wait, and so do the offsets of their sources)",
-                         why);
+                hb_error("%s: %s (not ready until it %s; the retries and dead letters for it "
+                         "wait, and so do the offsets of their sources)",
+                         why,
+                         strstr(why, "not authorized")
+                             ? "give the service's principal Describe and Write on it"
+                             : "create it",
+                         strstr(why, "not authorized") ? "is" : "exists");
             else if (!why[0] && wt->missing[0])
                 hb_info("topic %s exists now (ready as far as the topics it writes go)", wt->gone);
             snprintf(wt->missing, sizeof(wt->missing), "%s", why);

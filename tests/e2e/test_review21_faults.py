@@ -78,7 +78,7 @@ def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the
                "the tier's offset committed")
     assert len(topic_records(space.bootstrap, space.dlq_topic, want=1)) == 1
     assert len(rcv.posts()) == 2
-    assert f"topic {space.dlq_topic} exists now" in r.proc.output()
+    assert f"topic {space.dlq_topic} can be written now" in r.proc.output()
 
 
 def test_topics_check_reports_a_size_limited_tier_and_a_compacted_topic(apache_kafka):
@@ -191,3 +191,87 @@ def test_a_retry_from_a_clock_ahead_does_not_hold_the_retries_behind_it(
     assert early not in {p["headers"]["webhook-id"] for p in rcv.posts()}, \
         "the retry due in 50 minutes was attempted early"
     assert r.metric("hookbridge_retry_hops_total") >= 1
+
+
+def test_a_dead_letter_topic_the_service_may_not_write_makes_it_not_ready_until_allowed(
+        db_url, procs, workdir):
+    """The dead-letter topic unwritable by authorization (an ACL denying the
+    services' principal Write on it): like a missing topic, both services
+    are not ready, naming it and saying what to grant, at error; the dead
+    letter waits with its tier's offset; once the ACL is gone both are
+    ready within seconds and the dead letter is written. On a broker of its
+    own (an authorizer: the shared one has none), started here.
+
+    Checked to fail without the fix: on 9ec6cf5 both services are ready
+    while the broker refuses every dead letter ("not ready, naming the
+    dead-letter topic" times out). About 25 s, the broker's start included."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern, ResourceType)
+
+    from hbtest.kafka import ApacheKafka
+
+    class AuthorizingKafka(ApacheKafka):
+        """One node with Kafka's StandardAuthorizer: everything allowed
+        unless an ACL says otherwise."""
+
+        def start_node(self, node):
+            props = self.dir / f"node-{node}" / "server.properties"
+            text = props.read_text()
+            if "authorizer.class.name" not in text:
+                props.write_text(text + "authorizer.class.name=org.apache.kafka.metadata."
+                                 "authorizer.StandardAuthorizer\n"
+                                 "allow.everyone.if.no.acl.found=true\n")
+            super().start_node(node)
+
+    kafka = AuthorizingKafka()
+    try:
+        schedule = "1s"
+        space = kafka.space(retry_schedule=schedule)
+        tier = space.retry_prefix + schedule
+        deny = ACL("User:ANONYMOUS", "*", ACLOperation.WRITE, ACLPermissionType.DENY,
+                   ResourcePattern(ResourceType.TOPIC, space.dlq_topic,
+                                   ACLResourcePatternType.LITERAL))
+        admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+        try:
+            assert not admin.create_acls([deny])["failed"]
+        finally:
+            admin.close()
+        rcv = checking(procs, workdir, status=503)
+        verified_active(db_url, rcv.url)
+        env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+        d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+        r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
+        want = f"topic {space.dlq_topic} is not authorized to this service"
+        for svc in (d, r):
+            wait_until(lambda: readyz(svc) == (503, want + "\n"), 20,
+                       f"the {svc.program} not ready, naming the dead-letter topic")
+            assert f"{want}: give the service's principal Describe and Write on it" \
+                in svc.proc.output()
+
+        produce(space.bootstrap, [event("user.session.start")])
+        wait_until(lambda: len(rcv.posts()) == 2, 20, "both attempts")
+        time.sleep(1)
+        assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
+        rgroup = space.group("hookbridge-retrier")
+        assert committed(space.bootstrap, rgroup, tier) == 0
+
+        admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+        try:
+            admin.delete_acls([ACLFilter("User:ANONYMOUS", "*", ACLOperation.WRITE,
+                                         ACLPermissionType.DENY,
+                                         ResourcePattern(ResourceType.TOPIC, space.dlq_topic,
+                                                         ACLResourcePatternType.LITERAL))])
+        finally:
+            admin.close()
+        d.wait_ready(15)
+        r.wait_ready(15)
+        wait_until(lambda: sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries")
+                   == [("failed", 2)], 30, "the delivery dead-lettered")
+        wait_until(lambda: committed(space.bootstrap, rgroup, tier) == 1, 20,
+                   "the tier's offset committed")
+        assert len(topic_records(space.bootstrap, space.dlq_topic, want=1)) == 1
+        assert r.proc.alive() and d.proc.alive()
+    finally:
+        procs.stop_all()  # while their broker is up: a clean stop
+        kafka.stop()
