@@ -531,7 +531,8 @@ static void *watch_main(void *arg) {
                              : "create it",
                          strstr(why, "not authorized") ? "is" : "exists");
             else if (!why[0] && wt->missing[0])
-                hb_info("topic %s exists now (ready as far as the topics it writes go)", wt->gone);
+                hb_info("topic %s can be written now (ready as far as the topics it writes go)",
+                        wt->gone);
             snprintf(wt->missing, sizeof(wt->missing), "%s", why);
             if (why[0])
                 snprintf(wt->gone, sizeof(wt->gone), "%s", topic);
