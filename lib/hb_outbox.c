@@ -262,11 +262,11 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
     return 1;
 }
 
+static void watch_recheck(watch_t *wt);
+
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
-static void watch_recheck(watch_t *wt);
-
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
     if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
