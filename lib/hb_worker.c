@@ -621,7 +621,7 @@ int hb_worker_run(hb_worker_t *w) {
         hb_info("stopped");
         return -1;
     }
-    hb_outbox_watch_end(w->outbox); /* readiness says "shutting down" from now on */
+    hb_outbox_watch_end(w->outbox); /* its thread ends while the drain runs */
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
             hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
     hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);

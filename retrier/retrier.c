@@ -326,8 +326,8 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
  * ahead of this one's: its due time and its timestamp are both late by as
  * much (up to an hour, what Kafka takes by default:
  * message.timestamp.after.max.ms), and it would hold the partition until its
- * own clock's due time; a timestamp more than CLOCK_AHEAD_MS in the future
- * makes it hop at once (the copy has this retrier's timestamp, so it hops
+ * own clock's due time; a creation timestamp more than CLOCK_AHEAD_MS in the
+ * future makes it hop at once (the copy has this retrier's timestamp, so it hops
  * again within its tier's span, never attempted before it is due). 0: it is
  * due within its tier's span. */
 static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int64_t not_before) {
@@ -339,7 +339,9 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
 
     if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
         return 0;
-    if (ts > now + CLOCK_AHEAD_MS)
+    /* CreateTime only: a LogAppendTime is the broker's clock, the copy's too
+     * (with this host behind the broker it would hop again and again) */
+    if (tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > now + CLOCK_AHEAD_MS)
         return now;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
