@@ -9,6 +9,27 @@
 #include "hb_log.h"
 
 #define RESEND_DELAY_MS 1000
+#define WATCH_EVERY_MS 30000  /* the produced topics' existence asked again */
+#define WATCH_MISSING_MS 2000 /* ... while one is missing */
+#define WATCH_RETRY_MS 1000   /* ... after the brokers did not answer, or once missing */
+#define WATCH_TIMEOUT_MS 1000 /* one metadata request */
+
+/* The produced topics' watch (hb_outbox_watch_topics): its own thread, as the
+ * metadata requests are round trips the loop never waits for. */
+typedef struct {
+    pthread_t thread;
+    int running; /* loop thread only */
+    rd_kafka_t *rk;
+    char **topics;
+    int cnt;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int stop;          /* lock */
+    int recheck;       /* lock: asked to look again now */
+    int answered;      /* lock: every topic answered for at least once */
+    char missing[320]; /* lock: why a topic cannot be written ("" none) */
+    char gone[256];    /* the watch's thread only: the topic missing says */
+} watch_t;
 
 struct hb_job_s {
     hb_offref_t ref;
@@ -49,6 +70,7 @@ struct hb_outbox_s {
     hb_gate_t *gates;
     hb_pmsg_t *resend;   /* refused by the broker, produced again later */
     char fatal_why[320]; /* the producer's fatal error: it is unusable */
+    watch_t watch;       /* do the produced topics exist? */
 };
 
 /* ----------------------------------------------------------------- jobs */
@@ -240,12 +262,17 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
     return 1;
 }
 
+static void watch_recheck(watch_t *wt);
+
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
 static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kafka_resp_err_t err) {
     hb_metric_inc(ob->m_kafka_errors);
-    if (shrink_poison(m, err)) { /* produced again at once, smaller */
+    if (err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC || err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+        err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        watch_recheck(&ob->watch); /* deleted, or its ACLs changed: not ready once known */
+    if (shrink_poison(m, err)) {   /* produced again at once, smaller */
         m->resend_at = hb_mono_ms();
         m->next = ob->resend;
         ob->resend = m;
@@ -439,6 +466,167 @@ void hb_outbox_drain(hb_outbox_t *ob) {
     hb_outbox_take_flushed(ob);
 }
 
+/* ---------------------------------------------------------- topic watch */
+
+/* One round: each topic's metadata through the producer. 1 when every topic
+ * answered; why (empty when all exist) says the first that cannot be
+ * written, and topic names it. */
+static int watch_round(watch_t *wt, char *why, size_t size, char *topic, size_t topic_size) {
+    why[0] = '\0';
+    for (int i = 0; i < wt->cnt; i++) {
+        rd_kafka_topic_t *rkt;
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t err;
+        int stop;
+        pthread_mutex_lock(&wt->lock); /* a stop waits for one request at most */
+        stop = wt->stop;
+        pthread_mutex_unlock(&wt->lock);
+        if (stop || !(rkt = rd_kafka_topic_new(wt->rk, wt->topics[i], NULL)))
+            return 0;
+        err = rd_kafka_metadata(wt->rk, 0, rkt, &md, WATCH_TIMEOUT_MS);
+        rd_kafka_topic_destroy(rkt);
+        if (err || !md) { /* nobody answered: nothing learnt */
+            if (md)
+                rd_kafka_metadata_destroy(md);
+            return 0;
+        }
+        if (md->topic_cnt == 1 && !why[0]) {
+            rd_kafka_resp_err_t terr = md->topics[0].err;
+            if (terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                snprintf(why, size, "topic %s does not exist", wt->topics[i]);
+            else if (terr == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+                snprintf(why, size, "topic %s is not authorized to this service", wt->topics[i]);
+            if (why[0])
+                snprintf(topic, topic_size, "%s", wt->topics[i]);
+        }
+        rd_kafka_metadata_destroy(md);
+    }
+    return 1;
+}
+
+static void *watch_main(void *arg) {
+    watch_t *wt = arg;
+    int stop = 0, suspect = 0;
+    while (!stop) {
+        char why[sizeof(wt->missing)], topic[sizeof(wt->gone)];
+        int answered = watch_round(wt, why, sizeof(why), topic, sizeof(topic));
+        int64_t until;
+        /* A topic created a moment ago may be unknown to the broker asked
+         * (its metadata spreads through the cluster): missing only when it
+         * still is a second later. */
+        if (answered && why[0] && !suspect && !wt->missing[0]) {
+            suspect = 1;
+            answered = 0;
+        } else if (answered) {
+            suspect = 0;
+        }
+        pthread_mutex_lock(&wt->lock);
+        if (answered) {
+            if (why[0] && strcmp(why, wt->missing) != 0)
+                hb_error("%s: %s (not ready until it %s; the retries and dead letters for it "
+                         "wait, and so do the offsets of their sources)",
+                         why,
+                         strstr(why, "not authorized")
+                             ? "give the service's principal Describe and Write on it"
+                             : "create it",
+                         strstr(why, "not authorized") ? "is" : "exists");
+            else if (!why[0] && wt->missing[0])
+                hb_info("topic %s can be written now (ready as far as the topics it writes go)",
+                        wt->gone);
+            snprintf(wt->missing, sizeof(wt->missing), "%s", why);
+            if (why[0])
+                snprintf(wt->gone, sizeof(wt->gone), "%s", topic);
+            wt->answered = 1;
+        }
+        until = hb_mono_ms() + (!answered ? WATCH_RETRY_MS
+                                : why[0]  ? WATCH_MISSING_MS
+                                          : WATCH_EVERY_MS);
+        while (!wt->stop && !wt->recheck && hb_mono_ms() < until)
+            hb_cond_wait_until(&wt->cond, &wt->lock, until);
+        wt->recheck = 0;
+        stop = wt->stop;
+        pthread_mutex_unlock(&wt->lock);
+    }
+    return NULL;
+}
+
+static void watch_recheck(watch_t *wt) {
+    if (!wt->running)
+        return;
+    pthread_mutex_lock(&wt->lock);
+    wt->recheck = 1;
+    pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+void hb_outbox_watch_end(hb_outbox_t *ob) {
+    watch_t *wt = &ob->watch;
+    if (!wt->running)
+        return;
+    pthread_mutex_lock(&wt->lock);
+    wt->stop = 1;
+    pthread_cond_signal(&wt->cond);
+    pthread_mutex_unlock(&wt->lock);
+}
+
+static void watch_stop(hb_outbox_t *ob) {
+    watch_t *wt = &ob->watch;
+    if (wt->running) {
+        hb_outbox_watch_end(ob);
+        pthread_join(wt->thread, NULL);
+        pthread_cond_destroy(&wt->cond);
+        pthread_mutex_destroy(&wt->lock);
+        wt->running = 0;
+    }
+    for (int i = 0; i < wt->cnt; i++)
+        free(wt->topics[i]);
+    free(wt->topics);
+    wt->topics = NULL;
+    wt->cnt = 0;
+}
+
+void hb_outbox_watch_topics(hb_outbox_t *ob, const char *const *topics, int n) {
+    watch_t *wt = &ob->watch;
+    int err;
+    if (wt->running || !ob->producer || n <= 0)
+        return;
+    wt->rk = ob->producer;
+    wt->topics = hb_calloc((size_t)n, sizeof(*wt->topics));
+    for (int i = 0; i < n; i++) {
+        int seen = 0; /* a tier named like the DLQ is refused by the config; be safe */
+        for (int j = 0; j < wt->cnt; j++)
+            seen |= !strcmp(wt->topics[j], topics[i]);
+        if (!seen)
+            wt->topics[wt->cnt++] = hb_strdup(topics[i]);
+    }
+    pthread_mutex_init(&wt->lock, NULL);
+    hb_cond_init_mono(&wt->cond);
+    err = pthread_create(&wt->thread, NULL, watch_main, wt);
+    if (err) {
+        pthread_cond_destroy(&wt->cond);
+        pthread_mutex_destroy(&wt->lock);
+        hb_error("cannot start the produced topics' watch (readiness ignores them): %s",
+                 strerror(err));
+        return;
+    }
+    wt->running = 1;
+}
+
+const char *hb_outbox_unready(hb_outbox_t *ob, char *buf, size_t size) {
+    watch_t *wt = &ob->watch;
+    const char *why = NULL;
+    if (!wt->running)
+        return NULL;
+    pthread_mutex_lock(&wt->lock);
+    if (!wt->answered)
+        snprintf(buf, size, "checking that the delay tiers and the dead-letter topic exist");
+    else if (wt->missing[0])
+        snprintf(buf, size, "%s", wt->missing);
+    why = !wt->answered || wt->missing[0] ? buf : NULL;
+    pthread_mutex_unlock(&wt->lock);
+    return why;
+}
+
 /* ------------------------------------------------------------ build/free */
 
 void hb_outbox_set_dlog(hb_outbox_t *ob, hb_dlog_t *dlog) {
@@ -474,6 +662,7 @@ fail:
 void hb_outbox_free(hb_outbox_t *ob) {
     if (!ob)
         return;
+    watch_stop(ob); /* its thread uses the producer */
     if (ob->pq)
         rd_kafka_queue_destroy(ob->pq);
     if (ob->producer) {

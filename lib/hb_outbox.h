@@ -145,6 +145,25 @@ int hb_outbox_resending(const hb_outbox_t *ob);
 const char *hb_outbox_fatal(hb_outbox_t *ob);
 /* Delivery-log look-ups not yet answered. */
 size_t hb_outbox_lookups(const hb_outbox_t *ob);
+
+/* The topics the producer writes (the delay tiers, the dead-letter topic)
+ * must exist: a missing one would hold every retry or dead letter for it, and
+ * its source offset, with nothing but a warning every second (and none for
+ * the first 30 s: librdkafka's topic.metadata.propagation.max.ms). A thread
+ * asks the brokers for each topic's metadata through the producer (as a
+ * produce would) at start, then every 30 s, every 2 s while one is missing,
+ * and at once when the broker refuses a message for an unknown topic; one
+ * unknown is asked again a second later before it counts as missing (a topic
+ * just created may not be known to every broker yet).
+ * Call once, from the loop thread; topics are copied. */
+void hb_outbox_watch_topics(hb_outbox_t *ob, const char *const *topics, int n);
+/* Tells the watch to end (a shutdown begins), without waiting: its thread
+ * ends after the request it is waiting for (a second at most), before
+ * hb_outbox_free joins it. */
+void hb_outbox_watch_end(hb_outbox_t *ob);
+/* Why the service is not ready as far as its produced topics go ("topic X
+ * does not exist"; before the first answer "checking ..."), or NULL; in buf. */
+const char *hb_outbox_unready(hb_outbox_t *ob, char *buf, size_t size);
 /* Shutdown: waits up to 5 s each for the broker's acknowledgements and the
  * log's last rows, then releases what they finished. */
 void hb_outbox_drain(hb_outbox_t *ob);

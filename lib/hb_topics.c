@@ -36,6 +36,7 @@ static void plan_add(hb_topic_plan_t *plan, const hb_config_t *cfg, const char *
     t->partitions = (int)cfg->topic_partitions;
     t->replication_factor = (int)cfg->topic_replication_factor;
     t->retention_ms = retention_ms;
+    t->tier = !strncmp(role, "delay tier", 10);
     /* With acks=all, two in-sync copies before an acknowledgement once there are three. */
     t->min_insync_replicas = t->replication_factor >= 3 ? 2 : 0;
 }
@@ -122,6 +123,18 @@ int hb_topics_drift(const hb_topic_spec_t *want, const hb_topic_state_t *have, c
         fmt_retention(have->retention_ms, a, sizeof(a));
         fmt_retention(want->retention_ms, b, sizeof(b));
         snprintf(item, sizeof(item), "retention %s, shorter than the %s planned", a, b);
+        append(out, outsz, &n, item);
+    }
+    if (want->tier && have->retention_bytes > 0) {
+        snprintf(item, sizeof(item),
+                 "retention.bytes %lld: retries are deleted before they are due once a "
+                 "partition holds that much",
+                 have->retention_bytes);
+        append(out, outsz, &n, item);
+    }
+    if (have->compacted) {
+        snprintf(item, sizeof(item),
+                 "cleanup.policy compact: only the newest message of each key is kept");
         append(out, outsz, &n, item);
     }
     return n;
@@ -228,7 +241,8 @@ out:
     return rc;
 }
 
-/* retention.ms of every topic with want[i] set, into have[i]. */
+/* retention.ms, retention.bytes and cleanup.policy of every topic with
+ * want[i] set, into have[i]. */
 static int describe_retention(rd_kafka_t *rk, const hb_topic_plan_t *plan, const int *want,
                               hb_topic_state_t *have, char *errstr, size_t errstr_size) {
     rd_kafka_ConfigResource_t **res = hb_calloc(plan->n, sizeof(*res));
@@ -271,12 +285,19 @@ static int describe_retention(rd_kafka_t *rk, const hb_topic_plan_t *plan, const
                 if (!want[j] || strcmp(plan->v[j].name, name))
                     continue;
                 for (size_t k = 0; k < ne; k++) {
-                    const char *v = rd_kafka_ConfigEntry_value(e[k]);
-                    if (strcmp(rd_kafka_ConfigEntry_name(e[k]), "retention.ms") || !v)
-                        continue;
+                    const char *v = rd_kafka_ConfigEntry_value(e[k]), *key;
                     char *end;
-                    long long ms = strtoll(v, &end, 10);
-                    have[j].retention_ms = (*end || end == v) ? -2 : ms < 0 ? -1 : ms;
+                    long long x;
+                    if (!v)
+                        continue;
+                    key = rd_kafka_ConfigEntry_name(e[k]);
+                    x = strtoll(v, &end, 10);
+                    if (!strcmp(key, "retention.ms"))
+                        have[j].retention_ms = (*end || end == v) ? -2 : x < 0 ? -1 : x;
+                    else if (!strcmp(key, "retention.bytes") && !*end && end != v && x >= 0)
+                        have[j].retention_bytes = x > 0 ? x : 1; /* 0 bytes: cut at once */
+                    else if (!strcmp(key, "cleanup.policy"))
+                        have[j].compacted = strstr(v, "compact") != NULL;
                 }
             }
         }

@@ -12,12 +12,16 @@
  * dead-letter topics' retentions are settings.
  *
  * hb_topics_apply compares the plan with the cluster: it reads the topics'
- * metadata (partitions, replicas) and retention.ms (DescribeConfigs), creates
+ * metadata (partitions, replicas) and retention.ms, retention.bytes and
+ * cleanup.policy (DescribeConfigs), creates
  * what is missing (CreateTopics) unless only checking, and reports drift on
  * what exists: fewer partitions than planned, another replication factor, a
- * shorter retention. It never alters an existing topic (adding partitions to
- * the events topic moves keys between partitions; that is the operator's
- * call). Runs in one thread, the caller's.
+ * shorter retention, a delay tier cut by size (retention.bytes: retries
+ * deleted before they are due once a partition holds that much), compaction
+ * (cleanup.policy=compact keeps only the newest message of each key, and
+ * hookbridge's keys are a subscription's or a user's). It never alters an existing topic (adding
+ * partitions to the events topic moves keys between partitions; that is the operator's call). Runs
+ * in one thread, the caller's.
  */
 #ifndef HB_TOPICS_H
 #define HB_TOPICS_H
@@ -37,6 +41,7 @@ typedef struct {
     int replication_factor;
     long long retention_ms;
     int min_insync_replicas; /* set on creation; 0 = the broker's default */
+    int tier;                /* a delay tier: its messages must outlive their wait */
 } hb_topic_spec_t;
 
 typedef struct {
@@ -44,11 +49,16 @@ typedef struct {
     size_t n;
 } hb_topic_plan_t;
 
-/* What a topic has on the cluster; retention_ms -1 = unlimited, -2 = unknown. */
+/* What a topic has on the cluster; retention_ms -1 = unlimited, -2 = unknown;
+ * retention_bytes the size a partition is cut to whatever the messages' age
+ * (retention.bytes), 0 when none (unlimited or unknown); compacted: its
+ * cleanup.policy has compact, which keeps only each key's newest message. */
 typedef struct {
     int partitions;
     int replication_factor;
     long long retention_ms;
+    long long retention_bytes;
+    int compacted;
 } hb_topic_state_t;
 
 /* Retention of a delay tier: max(7 days, 10 x delay). */
@@ -61,8 +71,8 @@ void hb_topics_plan_free(hb_topic_plan_t *plan);
 
 /* Writes "; "-separated differences of `have` from `want` that need the
  * operator (fewer partitions, another replication factor, shorter
- * retention) to out; returns how many. More partitions or a longer retention
- * is not drift. */
+ * retention, a size limit on a delay tier, compaction) to out; returns how
+ * many. More partitions or a longer retention is not drift. */
 int hb_topics_drift(const hb_topic_spec_t *want, const hb_topic_state_t *have, char *out,
                     size_t outsz);
 

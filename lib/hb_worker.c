@@ -499,7 +499,7 @@ static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
 
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL, *db_why, *log_why;
-    char schema_why[400], db_buf[120], log_buf[600];
+    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     log_why = dlog_refused(w, log_buf, sizeof(log_buf));
     if (hb_stop_requested)
@@ -518,6 +518,8 @@ static void update_readiness(hb_worker_t *w) {
         why = log_why;
     else if (!w->index_loaded)
         why = "subscription index not loaded";
+    else if (hb_outbox_unready(w->outbox, topic_buf, sizeof(topic_buf)))
+        why = topic_buf; /* the delay tiers, the dead-letter topic */
     else if (!hb_consumer_assigned(w->consumer))
         why = "waiting for the consumer group assignment";
     else if (hb_decoder_unready(w->decoder, schema_why, sizeof(schema_why)))
@@ -619,6 +621,7 @@ int hb_worker_run(hb_worker_t *w) {
         hb_info("stopped");
         return -1;
     }
+    hb_outbox_watch_end(w->outbox); /* its thread ends while the drain runs */
     hb_info("stopping: %zu deliveries in flight, draining for at most %lld ms",
             hb_deliveries_in_flight(w->deliveries), w->cfg->shutdown_timeout_ms);
     hb_consumer_pause_all(w->consumer, 1, NULL, 0, 0);
@@ -820,6 +823,16 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
                               errstr_size);
     if (!w->outbox)
         goto fail;
+    {
+        /* what the producer writes: every tier (a Retry-After may pick any)
+         * and the dead-letter topic */
+        const char *produced[HB_RETRY_MAX_STEPS + 1];
+        int n = 0;
+        for (int t = 0; t < cfg->schedule.tiers; t++)
+            produced[n++] = cfg->schedule.tier_topics[t];
+        produced[n++] = cfg->dlq_topic;
+        hb_outbox_watch_topics(w->outbox, produced, n);
+    }
     w->deliveries = hb_deliveries_new(cfg, w->http, w->outbox, &w->dm,
                                       spec->circuit_counts_attempts, errstr, errstr_size);
     if (!w->deliveries)

@@ -79,6 +79,7 @@
 #define MAINTAIN_MS 3600000     /* the delivery log's upkeep: at start, then hourly */
 #define MAINTAIN_RETRY_MS 60000 /* ... or a minute after it failed */
 #define HOP_SLACK_MS 100        /* rounding and resends: never hop a message due within its tier */
+#define CLOCK_AHEAD_MS 1000     /* a message timestamp this far in the future: its clock is ahead */
 #define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
 
 typedef struct active_s active_t;
@@ -321,16 +322,27 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
  * due before ts + the tier's delay (ts: when this one was produced). Holding
  * the partition longer than that (plus the jitter) would make them wait
  * behind a message due later than themselves, which happens when Retry-After
- * asked for more than the longest tier. 0: it is due within its tier's span. */
+ * asked for more than the longest tier. Or when its producer's clock is
+ * ahead of this one's: its due time and its timestamp are both late by as
+ * much (up to an hour, what Kafka takes by default:
+ * message.timestamp.after.max.ms), and it would hold the partition until its
+ * own clock's due time; a creation timestamp more than CLOCK_AHEAD_MS in the
+ * future makes it hop at once (the copy has this retrier's timestamp, so it hops
+ * again within its tier's span, never attempted before it is due). 0: it is
+ * due within its tier's span. */
 static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int64_t not_before) {
     const hb_schedule_t *sch = hb_worker_schedule(r->w);
     const char *topic = rd_kafka_topic_name(rkm->rkt);
     rd_kafka_timestamp_type_t tstype;
-    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype), span;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype), span, now = hb_wall_ms();
     long long tier = hb_schedule_tier_ms(sch, topic, NULL);
 
     if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
         return 0;
+    /* CreateTime only: a LogAppendTime is the broker's clock, the copy's too
+     * (with this host behind the broker it would hop again and again) */
+    if (tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > now + CLOCK_AHEAD_MS)
+        return now;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
 }

@@ -96,8 +96,9 @@ static void one_topic_in_two_roles_is_refused(void **state) {
 static void drift_names_what_differs(void **state) {
     hb_topic_spec_t want = {
         .name = "t", .partitions = 12, .replication_factor = 3, .retention_ms = 7 * DAY};
-    hb_topic_state_t same = {12, 3, 7 * DAY}, more = {24, 3, 30 * DAY}, unlimited = {12, 3, -1};
-    hb_topic_state_t fewer = {6, 1, 3600000};
+    hb_topic_state_t same = {12, 3, 7 * DAY, 0, 0}, more = {24, 3, 30 * DAY, 0, 0},
+                     unlimited = {12, 3, -1, 0, 0};
+    hb_topic_state_t fewer = {6, 1, 3600000, 0, 0};
     char out[512];
     (void)state;
     assert_int_equal(hb_topics_drift(&want, &same, out, sizeof(out)), 0);
@@ -110,6 +111,31 @@ static void drift_names_what_differs(void **state) {
                              "not 3; retention 1h, shorter than the 7d planned");
 }
 
+/* A size limit deletes a delay tier's retries before they are due (not
+ * drift elsewhere: the operator's call for events and dead letters);
+ * compaction keeps one message per key on any topic. */
+static void drift_names_a_size_limit_on_a_tier_and_compaction(void **state) {
+    hb_topic_spec_t tier = {.name = "t",
+                            .partitions = 12,
+                            .replication_factor = 3,
+                            .retention_ms = 7 * DAY,
+                            .tier = 1},
+                    dlq = {.name = "d",
+                           .partitions = 12,
+                           .replication_factor = 3,
+                           .retention_ms = 30 * DAY};
+    hb_topic_state_t sized = {12, 3, 30 * DAY, 1073741824, 0};
+    hb_topic_state_t compacted = {12, 3, 30 * DAY, 0, 1};
+    char out[512];
+    (void)state;
+    assert_int_equal(hb_topics_drift(&tier, &sized, out, sizeof(out)), 1);
+    assert_string_equal(out, "retention.bytes 1073741824: retries are deleted before they are "
+                             "due once a partition holds that much");
+    assert_int_equal(hb_topics_drift(&dlq, &sized, out, sizeof(out)), 0);
+    assert_int_equal(hb_topics_drift(&dlq, &compacted, out, sizeof(out)), 1);
+    assert_string_equal(out, "cleanup.policy compact: only the newest message of each key is kept");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(tier_retention_is_a_week_or_ten_delays),
@@ -117,6 +143,7 @@ int main(void) {
         cmocka_unit_test(settings_shape_the_plan),
         cmocka_unit_test(one_topic_in_two_roles_is_refused),
         cmocka_unit_test(drift_names_what_differs),
+        cmocka_unit_test(drift_names_a_size_limit_on_a_tier_and_compaction),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
