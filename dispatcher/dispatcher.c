@@ -115,9 +115,10 @@ struct hb_dispatcher_s {
  * the delivery until it is durable. drop_why: not sent but logged dropped
  * with that reason (NULL: sent). A dropped one keeps its payload, as a
  * pending retry a deactivation drops does, so that replay_dropped can send
- * it once the subscription is active again (docs/sql.md); one that cannot
- * be rendered, or is over the size bound, is dropped without it (not
- * failed: it was not to be sent). keep: sub is the subscription as it is
+ * it once the subscription is active again (docs/sql.md); a batch over the
+ * size bound is dropped in halves that fit (as hb_delivery_render sends
+ * one); one that cannot be rendered, or one event over the bound, is
+ * dropped without it (not failed: it was not to be sent). keep: sub is the subscription as it is
  * now (a deregistered one's payload is never replayed: not rendered). */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why, int keep) {
@@ -127,13 +128,25 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const 
     if (!drop_why) {
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     } else {
-        if (!keep ||
-            hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &p, errstr,
-                              sizeof(errstr)) < 0 ||
-            p.len > (size_t)d->cfg->max_payload_bytes) {
+        if (!keep || hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &p, errstr,
+                                       sizeof(errstr)) < 0) {
             free(p.body);
             p.body = NULL;
             p.len = 0;
+        } else if (p.len > (size_t)d->cfg->max_payload_bytes) {
+            free(p.body);
+            p.body = NULL;
+            p.len = 0;
+            if (n > 1) {
+                /* too large to keep, as to send: in halves, as
+                 * hb_delivery_render sends one, so that replay_dropped can
+                 * bring back every event */
+                size_t half = n / 2;
+                free(ids);
+                start_delivery(d, sub, events, jobs, half, drop_why, keep);
+                start_delivery(d, sub, events + half, jobs + half, n - half, drop_why, keep);
+                return;
+            }
         }
         hb_worker_skip(d->w,
                        hb_delivery_new(sub, id, p.body ? p.body : hb_strdup(""), p.len,

@@ -166,8 +166,9 @@ static const cf_row_t cf_table[] = {
      HB_PROG_SERVICES, 0, "Bytes of each response body kept in the delivery log."},
     {"max_payload_bytes", CF_INT, OFF(max_payload_bytes), "524288", 1024, 900000,
      HB_PROG_DISPATCHER, 0,
-     "Largest request body: a rendered payload (one event or a batch) over it is not sent "
-     "but dead-lettered with the reason. Kept under Kafka's default message size, so every "
+     "Largest request body: a rendered payload of one event over it is not sent but "
+     "dead-lettered with the reason; a batch over it is sent in smaller batches that fit. Kept "
+     "under Kafka's default message size, so every "
      "delivery fits on the delay and dead-letter topics."},
     {"retry_jitter", CF_INT, OFF(retry_jitter_percent), "20", 0, 100, HB_PROG_SERVICES, 0,
      "Each retry delay is lengthened by a random 0..N percent (never shortened), so an "

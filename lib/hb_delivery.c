@@ -767,16 +767,11 @@ void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_i
     delivery_finish(D, dl);
 }
 
-void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
-                        const char *id, const char *event_ids, hb_job_t *const *jobs) {
-    hb_delivery_t *dl = hb_delivery_make(D, sub, events, n, id, event_ids, jobs);
-    if (dl)
-        hb_delivery_send(D, dl);
-}
-
-hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
-                                size_t n, const char *id, const char *event_ids,
-                                hb_job_t *const *jobs) {
+/* hb_delivery_make; split: a batch (n > 1) whose payload is over the bound
+ * is not routed but left to the caller (NULL, *too_large set). */
+static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                           const char *id, const char *event_ids, hb_job_t *const *jobs, int split,
+                           size_t *too_large) {
     const char *type = hb_ev_type(events[0]);
     char errstr[256], reason[300];
     hb_payload_t payload;
@@ -787,6 +782,9 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
         snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
         dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, event_ids, type, jobs, n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
+    } else if (payload.len > (size_t)D->cfg->max_payload_bytes && split && n > 1) {
+        *too_large = payload.len;
+        free(payload.body);
     } else if (payload.len > (size_t)D->cfg->max_payload_bytes) {
         /* Not sent, and not copied anywhere: the reason says what to change. */
         snprintf(reason, sizeof(reason),
@@ -807,6 +805,38 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
         return dl;
     }
     return NULL;
+}
+
+/* A batch too large for one request is sent in two halves (each split again
+ * while still too large), each under the delivery id of its own events: a
+ * batch is a grouping, and its events must not be lost to it. Only one event
+ * over the bound fails. */
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                        const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    size_t too_large = 0;
+    hb_delivery_t *dl = make(D, sub, events, n, id, event_ids, jobs, 1, &too_large);
+    if (dl) {
+        hb_delivery_send(D, dl);
+    } else if (too_large) {
+        size_t half = n / 2;
+        hb_log(HB_LOG_INFO, HB_KV("delivery_id", id, "subscription_id", sub->id),
+               "batch of %zu events (%zu bytes) exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld): "
+               "sent as two batches of %zu and %zu",
+               n, too_large, D->cfg->max_payload_bytes, half, n - half);
+        for (int k = 0; k < 2; k++) {
+            size_t off = k ? half : 0, cnt = k ? n - half : half;
+            char part[HB_UUID_LEN + 1];
+            char *ids = hb_deliver_id(sub->id, events + off, cnt, part);
+            hb_delivery_render(D, sub, events + off, cnt, part, ids, jobs + off);
+            free(ids);
+        }
+    }
+}
+
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
+                                size_t n, const char *id, const char *event_ids,
+                                hb_job_t *const *jobs) {
+    return make(D, sub, events, n, id, event_ids, jobs, 0, NULL);
 }
 
 /* A batch not sent yet whose events are partly of partitions revoked from
