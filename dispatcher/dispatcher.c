@@ -308,18 +308,39 @@ static void chain_item_free(void *item) {
 
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
- * secrets, payload options, and batch_max: in requests of at most that many
- * events, were it lowered below what the batch holds), and is dropped, and
- * logged so, when the subscription was deactivated or deregistered
- * meanwhile, as any delivery that waits is (an active one awaiting its new
- * URL's verification is parked by hb_delivery_send). */
+ * secrets, payload options, its event types and content filter: an event it
+ * no longer wants leaves the batch unsent, as one it never matched; and
+ * batch_max: in requests of at most that many events, were it lowered below
+ * what the batch holds), and is dropped, and logged so, when the
+ * subscription was deactivated or deregistered meanwhile, as any delivery
+ * that waits is (an active one awaiting its new URL's verification is parked
+ * by hb_delivery_send). */
 static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     batch_t *b = s->val;
     hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
     const char *drop_why = hb_sub_drop_reason(now, b->opened_ms);
     size_t per = now && now->batch_max > 0 ? (size_t)now->batch_max : b->max;
+    size_t kept = 0, unwanted;
     hb_hash_del(&d->batches, s);
     d->open_batches--;
+    for (size_t i = 0; i < b->cnt; i++) {
+        if (now && !drop_why &&
+            (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
+             (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
+            hb_ev_unref(b->events[i]); /* not wanted any more: done with, as unmatched */
+            hb_job_release(d->w, b->jobs[i]);
+            continue;
+        }
+        b->events[kept] = b->events[i];
+        b->jobs[kept++] = b->jobs[i];
+    }
+    unwanted = b->cnt - kept;
+    b->cnt = kept;
+    if (unwanted)
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", b->sub->id),
+               "batch: %zu of its %zu events left it unsent, its subscription's event types or "
+               "filter changed while it filled no longer taking them",
+               unwanted, unwanted + kept);
     for (size_t i = 0; i < b->cnt; i += per)
         start_delivery(d, now ? now : b->sub, b->events + i, b->jobs + i,
                        b->cnt - i < per ? b->cnt - i : per, drop_why, now != NULL);

@@ -1,6 +1,7 @@
 """Review 19: batches, filters and payload options under faults, as a
 production user meets them."""
 import json
+import time
 
 from hbtest.lifecycle import INACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
@@ -72,3 +73,41 @@ def test_a_batch_too_large_for_one_request_goes_in_parts_and_loses_no_event(
                dropped) == [(len(parts),)], "every part is replayed"
     wait_until(lambda: sorted(e["uuid"] for _, e in other.events()) == want, 20 * SLOW,
                "every event of the dropped batch, replayed")
+
+
+def test_a_batch_goes_out_with_the_filter_and_event_types_of_when_it_goes(db_url, procs, workdir):
+    """A batch goes out as its subscription is when its window closes
+    (docs/payloads.md), and the content filter and the event types are part
+    of that: an operator who narrows a filter, or unsubscribes from a type,
+    must not see events the subscription no longer takes arrive up to a
+    window later. Four events wait in a batch (window 4 s); the filter is
+    narrowed to failures and one of the two types is unsubscribed meanwhile:
+    only the failed event of the remaining type arrives, and nothing is
+    logged for the others (they are not taken, as if never matched). Before:
+    all four arrived."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False)
+    sub = register_verified(db_url, receiver.url, ["user.session.start", "user.session.end"],
+                            {"batch_max": 10, "batch_window_ms": 4000})
+    wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+
+    def ev(etype, result):
+        return dict(event(etype), outcome={"result": result})
+    keep = ev("user.session.start", "FAILURE")
+    evs = [keep, ev("user.session.start", "SUCCESS"), ev("user.session.end", "FAILURE"),
+           ev("user.session.end", "SUCCESS")]
+    n = d.metric("hookbridge_messages_consumed_total")
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 4, 10 * SLOW,
+               "the events read (waiting in the batch)")
+    seen = changes_seen(d)
+    sql(db_url, "SELECT hookbridge.update_options(%s, %s::jsonb)", sub,
+        json.dumps({"filter": {"outcome.result": "FAILURE"}}))
+    sql(db_url, "SELECT hookbridge.unsubscribe(%s, %s)", sub, ["user.session.end"])
+    wait_until(lambda: changes_seen(d) >= seen + 2, 10 * SLOW, "the dispatcher to see both")
+    assert receiver.posts() == [], "the window closed before the changes: raise it"
+    wait_until(lambda: receiver.posts(), 20 * SLOW, "the batch")
+    time.sleep(0.5 * SLOW)  # any other request of the batch
+    assert [e["uuid"] for _, e in receiver.events()] == [keep["uuid"]]
+    rows = wait_until(lambda: sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
+                                  "WHERE subscription_id = %s", sub), 10 * SLOW, "the log")
+    assert rows == [("delivered", keep["uuid"])]
