@@ -306,6 +306,16 @@ static void chain_item_free(void *item) {
 
 /* ---------------------------------------------------------------- batches */
 
+/* The bytes of the events a batch holds. They count in hb_held_bytes while
+ * they wait, as the rendered body of each would had it not waited for
+ * company: HOOKBRIDGE_MAX_PENDING_BYTES bounds them too (batch_flush_due). */
+static size_t batch_bytes(const batch_t *b) {
+    size_t n = 0;
+    for (size_t i = 0; i < b->cnt; i++)
+        n += b->events[i]->len;
+    return n;
+}
+
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
  * secrets, payload options, its event types and content filter: an event it
@@ -320,7 +330,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
     const char *drop_why = hb_sub_drop_reason(now, b->opened_ms);
     size_t per = now && now->batch_max > 0 ? (size_t)now->batch_max : b->max;
-    size_t kept = 0, unwanted;
+    size_t kept = 0, unwanted, bytes = batch_bytes(b);
     hb_hash_del(&d->batches, s);
     d->open_batches--;
     for (size_t i = 0; i < b->cnt; i++) {
@@ -348,6 +358,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
         hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
     }
+    hb_held_sub(bytes);
     hb_sub_unref(b->sub);
     free(b->events);
     free(b->jobs);
@@ -399,6 +410,7 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
         b->jobs = hb_realloc(b->jobs, b->cap * sizeof(*b->jobs));
     }
     b->events[b->cnt] = hb_ev_ref(event);
+    hb_held_add(event->len);
     b->jobs[b->cnt] = job;
     hb_job_hold(job);
     if (++b->cnt >= b->max)
@@ -406,12 +418,21 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
 }
 
 /* Flushes batches whose window closed (all of them when `all`); returns the
- * ms until the next one closes. */
+ * ms until the next one closes. At HOOKBRIDGE_MAX_PENDING_BYTES every batch
+ * goes now too: the window is a preference, the bound is not, and waiting
+ * for company there would pause consumption for every subscription for up
+ * to a window. */
 static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     int64_t now = hb_mono_ms();
     long long next = 1000;
     if (!d->open_batches)
         return next;
+    if (!all && hb_held_bytes() >= (size_t)d->cfg->max_pending_bytes) {
+        hb_log(HB_LOG_DEBUG, NULL,
+               "%zu batches go before their window closes: HOOKBRIDGE_MAX_PENDING_BYTES reached",
+               d->open_batches);
+        all = 1;
+    }
     {
         hb_hash_slot_t *s;
         size_t pos = 0;
@@ -435,9 +456,10 @@ static size_t batch_withdraw(hb_dispatcher_t *d) {
         return 0;
     while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
         batch_t *b = s->val;
-        size_t kept = hb_worker_shed(d->w, b->events, b->jobs, b->cnt);
+        size_t bytes = batch_bytes(b), kept = hb_worker_shed(d->w, b->events, b->jobs, b->cnt);
         n += b->cnt - kept;
         b->cnt = kept;
+        hb_held_sub(bytes - batch_bytes(b));
         if (!kept) {
             hb_hash_del(&d->batches, s); /* removing the slot walked is allowed */
             d->open_batches--;
@@ -825,6 +847,7 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) { /* never started: */
             batch_t *b = s->val;                                /* their events come again */
+            hb_held_sub(batch_bytes(b));
             for (size_t j = 0; j < b->cnt; j++)
                 hb_ev_unref(b->events[j]);
             hb_sub_unref(b->sub);

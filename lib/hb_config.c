@@ -151,7 +151,9 @@ static const cf_row_t cf_table[] = {
      HB_PROG_SERVICES, 0,
      "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
      "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
-     "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
+     "row until the delivery log has it, an event waiting in a batch, whose batch then goes at "
+     "once) before consumption pauses, "
+     "as with max_pending_events: "
      "what bounds memory when payloads "
      "are large or one event matches many subscriptions. The requests waiting for an endpoint "
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "

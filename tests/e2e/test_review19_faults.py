@@ -3,6 +3,8 @@ production user meets them."""
 import json
 import time
 
+import psycopg2
+
 from hbtest.lifecycle import INACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Receiver, produce, topic_records
@@ -15,8 +17,9 @@ from test_retry import stack
 def test_a_batch_too_large_for_one_request_goes_in_parts_and_loses_no_event(
         db_url, procs, workdir):
     """HOOKBRIDGE_MAX_PAYLOAD_BYTES bounds one request, batch_max only groups
-    events: six events of about 1 KiB each fill a batch of 10 to more than
-    the 4 KiB bound. They arrive, every one once, in requests under the bound
+    events: seven events of about 1 KiB each fill a batch of 10 to more than
+    the 4 KiB bound (halves of 3 and 4, split again). They arrive, every one
+    once, in requests under the bound
     (each signed, under the webhook-id of its own events), nothing
     dead-lettered. A second subscription's batch, dropped because it was
     deactivated while filling, is kept the same way, so replay_dropped brings
@@ -32,10 +35,10 @@ def test_a_batch_too_large_for_one_request_goes_in_parts_and_loses_no_event(
     dropped = register_verified(db_url, other.url, ["user.session.start"], opts)
     wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see them")
     evs = [dict(event("user.session.start"), displayMessage=f"{i} " + "x" * 900)
-           for i in range(6)]
+           for i in range(7)]
     n = d.metric("hookbridge_messages_consumed_total")
     produce(broker.bootstrap, evs)
-    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 6, 10 * SLOW,
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 7, 10 * SLOW,
                "the events read (waiting in the batches)")
     sql(db_url, "SELECT hookbridge.deactivate(%s)", dropped)
     wait_until(lambda: changes_applied(d, dropped, INACTIVE) >= 1, 10 * SLOW,
@@ -45,7 +48,7 @@ def test_a_batch_too_large_for_one_request_goes_in_parts_and_loses_no_event(
     wait_until(lambda: sorted(e["uuid"] for _, e in receiver.events()) == want, 20 * SLOW,
                "every event of the large batch")
     posts = receiver.posts()
-    assert 2 <= len(posts) <= 6 and all(p["status"] < 300 for p in posts)
+    assert 2 <= len(posts) <= 7 and all(p["status"] < 300 for p in posts)
     for p in posts:
         assert len(p["body"].encode()) <= 4096 and signature_valid(SECRET, p)
         assert json.loads(p["body"])["eventId"] == p["headers"]["webhook-id"]
@@ -100,10 +103,11 @@ def test_a_batch_goes_out_with_the_filter_and_event_types_of_when_it_goes(db_url
     wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 4, 10 * SLOW,
                "the events read (waiting in the batch)")
     seen = changes_seen(d)
-    sql(db_url, "SELECT hookbridge.update_options(%s, %s::jsonb)", sub,
-        json.dumps({"filter": {"outcome.result": "FAILURE"}}))
-    sql(db_url, "SELECT hookbridge.unsubscribe(%s, %s)", sub, ["user.session.end"])
-    wait_until(lambda: changes_seen(d) >= seen + 2, 10 * SLOW, "the dispatcher to see both")
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:  # one change, seen at once
+        cur.execute("SELECT hookbridge.update_options(%s, %s::jsonb)",
+                    (sub, json.dumps({"filter": {"outcome.result": "FAILURE"}})))
+        cur.execute("SELECT hookbridge.unsubscribe(%s, %s)", (sub, ["user.session.end"]))
+    wait_until(lambda: changes_seen(d) > seen, 10 * SLOW, "the dispatcher to see the change")
     assert receiver.posts() == [], "the window closed before the changes: raise it"
     wait_until(lambda: receiver.posts(), 20 * SLOW, "the batch")
     time.sleep(0.5 * SLOW)  # any other request of the batch
@@ -111,3 +115,39 @@ def test_a_batch_goes_out_with_the_filter_and_event_types_of_when_it_goes(db_url
     rows = wait_until(lambda: sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
                                   "WHERE subscription_id = %s", sub), 10 * SLOW, "the log")
     assert rows == [("delivered", keep["uuid"])]
+
+
+def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir):
+    """HOOKBRIDGE_MAX_PENDING_BYTES is what bounds a dispatcher's memory when
+    events are large (docs/operations.md sizes pods by it), but events
+    waiting in batches for company (up to a minute) were not counted: three
+    batching subscriptions held 40 events of 10 KB each for their whole
+    window with hookbridge_pending_payload_bytes at 0, however many more
+    such batches a dispatcher held. Now they count as their rendered bodies
+    would, and at the bound (1 MiB here, reached after about 35 events) the
+    batches filling go at once rather than wait for their window (which
+    would pause consumption for every subscription); the few events after
+    them wait for their own window (8 s) as usual. Before: nothing came
+    before the window closed."""
+    window = 8 * SLOW
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False,
+                                   env={"HOOKBRIDGE_MAX_PENDING_BYTES": str(1 << 20)})
+    others = [Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                       name=f"other{i}") for i in range(2)]
+    for rc in [receiver] + others:
+        register_verified(db_url, rc.url, ["user.session.start"],
+                          {"batch_max": 100, "batch_window_ms": int(window * 1000)})
+    wait_until(lambda: changes_seen(d) >= 3, 10, "the dispatcher to see them")
+    evs = [dict(event("user.session.start"), displayMessage=f"{i} " + "x" * 10000)
+           for i in range(40)]
+    want = sorted(e["uuid"] for e in evs)
+    t0 = time.monotonic()
+    produce(broker.bootstrap, evs)
+    for rc in [receiver] + others:
+        wait_until(lambda: len(rc.events()) >= 30, 5, "most events, before the window")
+    assert time.monotonic() - t0 < window - 1
+    for rc in [receiver] + others:
+        wait_until(lambda: sorted(e["uuid"] for _, e in rc.events()) == want, 8 + 10,
+                   "every event, once")
+    wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None, 10 * SLOW,
+               "nothing held any more")
