@@ -98,7 +98,7 @@ struct hb_dispatcher_s {
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
-    hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
+    hb_metric_t *m_matched, *m_filtered, *m_verify_ok, *m_verify_failed;
 };
 
 #define CHAIN_IDLE_MS 60000 /* an idle key's chain is forgotten after this */
@@ -346,6 +346,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     }
     unwanted = b->cnt - kept;
     b->cnt = kept;
+    hb_metric_add(d->m_filtered, (double)unwanted);
     if (unwanted)
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", b->sub->id),
                "batch: %zu of its %zu events left it unsent, its subscription's event types or "
@@ -520,8 +521,13 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
             char key[512];
-            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event)))
-                continue; /* its content filter says no */
+            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event))) {
+                /* its content filter says no: counted, and said at debug */
+                hb_metric_inc(d->m_filtered);
+                hb_log(HB_LOG_DEBUG, HB_KV("subscription_id", subs[i]->id, "event_uuid", uuid),
+                       "event not delivered: the subscription's filter does not match it");
+                continue;
+            }
             hb_metric_inc(d->m_matched);
             if (subs[i]->ordering != HB_ORDER_NONE && subs[i]->batch_max <= 1 &&
                 hb_order_key(subs[i]->ordering, hb_ev_json(event), rkm->key, rkm->key_len, key,
@@ -828,6 +834,10 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
     }
     d->m_matched = hb_metrics_counter("hookbridge_deliveries_created_total", NULL,
                                       "Deliveries created by matching events to subscriptions.");
+    d->m_filtered = hb_metrics_counter(
+        "hookbridge_events_filtered_total", NULL,
+        "Events of a subscription's types not delivered to it because its content filter does "
+        "not match them (also when a changed filter or event types leave a filling batch).");
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
     d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",

@@ -86,8 +86,9 @@ def test_a_batch_goes_out_with_the_filter_and_event_types_of_when_it_goes(db_url
     window later. Four events wait in a batch (window 4 s); the filter is
     narrowed to failures and one of the two types is unsubscribed meanwhile:
     only the failed event of the remaining type arrives, and nothing is
-    logged for the others (they are not taken, as if never matched). Before:
-    all four arrived."""
+    logged for the others (they are not taken, as if never matched), but
+    hookbridge_events_filtered_total counts them. Before: all four arrived,
+    and nothing counted what a filter turned away."""
     broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False)
     sub = register_verified(db_url, receiver.url, ["user.session.start", "user.session.end"],
                             {"batch_max": 10, "batch_window_ms": 4000})
@@ -115,6 +116,13 @@ def test_a_batch_goes_out_with_the_filter_and_event_types_of_when_it_goes(db_url
     rows = wait_until(lambda: sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
                                   "WHERE subscription_id = %s", sub), 10 * SLOW, "the log")
     assert rows == [("delivered", keep["uuid"])]
+    # The operator sees what the filter turned away: counted, and said at
+    # debug, at read time as at the batch's flush.
+    late = ev("user.session.start", "SUCCESS")
+    produce(broker.bootstrap, [late])
+    wait_until(lambda: d.metric("hookbridge_events_filtered_total") == 4, 10 * SLOW,
+               "the three events left out of the batch and the later one counted")
+    assert f'"event_uuid":"{late["uuid"]}"' in d.proc.output()
 
 
 def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir):
