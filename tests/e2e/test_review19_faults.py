@@ -159,3 +159,35 @@ def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir)
                    "every event, once")
     wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None, 10 * SLOW,
                "nothing held any more")
+
+
+def test_ordering_and_batch_max_written_past_the_functions_keep_the_order(db_url, procs,
+                                                                          workdir):
+    """update_options() refuses ordering with batch_max above 1 (HB025), but
+    the options column is plain JSON a hand-written UPDATE can give both.
+    The dispatcher took such a row for a batching one and dropped the order
+    asked for without a word: three events of one key went in one request.
+    Now the order wins: one event per request, in order, and a warning says
+    why batch_max is ignored."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False)
+    sub = register_verified(db_url, receiver.url, ["user.session.start"], {"ordering": "key"})
+    wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+    seen = changes_seen(d)
+    sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb "
+        "WHERE id = %s", json.dumps({"batch_max": 10, "batch_window_ms": 2000}), sub)
+    wait_until(lambda: changes_seen(d) > seen, 10 * SLOW, "the dispatcher to load the row")
+    user = "00uorderedbatch"
+    evs = [event("user.session.start", user) for _ in range(3)]
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: len(receiver.events()) == 3, 20 * SLOW, "the three events")
+    assert [len(evs_) for _, evs_ in batches_of(receiver)] == [1, 1, 1]
+    assert [e["uuid"] for _, e in receiver.events()] == [e["uuid"] for e in evs]
+    assert "options.ordering cannot be combined with batch_max above 1" in d.proc.output()
+
+
+def batches_of(receiver):
+    out = []
+    for p in receiver.posts():
+        body = json.loads(p["body"])
+        out.append((p, body["data"]["events"] if isinstance(body, dict) else body))
+    return out
