@@ -306,6 +306,8 @@ static void chain_item_free(void *item) {
 
 /* ---------------------------------------------------------------- batches */
 
+static hb_log_limit_t log_unwanted = HB_LOG_LIMIT("\"batch: N of its M events left it unsent\"");
+
 /* The bytes of the events a batch holds. They count in hb_held_bytes while
  * they wait, as the rendered body of each would had it not waited for
  * company: HOOKBRIDGE_MAX_PENDING_BYTES bounds them too (batch_flush_due). */
@@ -348,10 +350,11 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     b->cnt = kept;
     hb_metric_add(d->m_filtered, (double)unwanted);
     if (unwanted)
-        hb_log(HB_LOG_INFO, HB_KV("subscription_id", b->sub->id),
-               "batch: %zu of its %zu events left it unsent, its subscription's event types or "
-               "filter changed while it filled no longer taking them",
-               unwanted, unwanted + kept);
+        hb_log_limited_for(
+            &log_unwanted, b->sub->id, HB_LOG_INFO, HB_KV("subscription_id", b->sub->id),
+            "batch: %zu of its %zu events left it unsent, its subscription's event types or "
+            "filter changed while it filled no longer taking them",
+            unwanted, unwanted + kept);
     for (size_t i = 0; i < b->cnt; i += per)
         start_delivery(d, now ? now : b->sub, b->events + i, b->jobs + i,
                        b->cnt - i < per ? b->cnt - i : per, drop_why, now != NULL);

@@ -110,6 +110,7 @@ static hb_log_limit_t log_dead_lettered = HB_LOG_LIMIT("\"delivery failed ..., d
 static hb_log_limit_t log_not_dead_lettered =
     HB_LOG_LIMIT("\"final failure of attempt N not dead-lettered\"");
 static hb_log_limit_t log_dropped = HB_LOG_LIMIT("\"delivery dropped\"");
+static hb_log_limit_t log_split = HB_LOG_LIMIT("\"batch ... sent as two batches\"");
 
 /* ------------------------------------------------------- circuit breaker */
 
@@ -819,10 +820,11 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *ev
         hb_delivery_send(D, dl);
     } else if (too_large) {
         size_t half = n / 2;
-        hb_log(HB_LOG_INFO, HB_KV("delivery_id", id, "subscription_id", sub->id),
-               "batch of %zu events (%zu bytes) exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES (%lld): "
-               "sent as two batches of %zu and %zu",
-               n, too_large, D->cfg->max_payload_bytes, half, n - half);
+        hb_log_limited_for(&log_split, sub->id, HB_LOG_INFO,
+                           HB_KV("delivery_id", id, "subscription_id", sub->id),
+                           "batch of %zu events (%zu bytes) exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES "
+                           "(%lld): sent as two batches of %zu and %zu",
+                           n, too_large, D->cfg->max_payload_bytes, half, n - half);
         for (int k = 0; k < 2; k++) {
             size_t off = k ? half : 0, cnt = k ? n - half : half;
             char part[HB_UUID_LEN + 1];
