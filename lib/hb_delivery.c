@@ -69,7 +69,8 @@ static const unsigned next_states[HB_DL_STATES] = {
                       S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
     /* PENDING again: taken back from a host queue to be sent anew (send_again) */
     [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
-                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING),
+                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
+                        S(HB_DL_DISCARDED), /* DISCARDED: a batch refused as too large, split */
     [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
 };
 #undef S
@@ -1064,6 +1065,31 @@ static void send_again(hb_deliveries_t *D, hb_delivery_t *dl) {
         hb_delivery_send(D, dl);
 }
 
+/* A batch the endpoint refused as too large (HTTP 413) on an attempt made
+ * here with its events at hand (the dispatcher's first): sent again at once
+ * in two halves, each under the delivery id of its own events, as a batch
+ * over max_payload_bytes is, rather than dead-lettered whole with a body
+ * that replay() could only send to the same refusal. The refused request is
+ * not recorded (its webhook-id is not used again); the halves are. */
+static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
+    size_t n = dl->jobs_cnt, half = n / 2;
+    hb_log_limited_for(&log_split, dl->sub->id, HB_LOG_WARN,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "batch of %zu events (%zu bytes) refused by the endpoint as too large "
+                       "(HTTP 413): sent again as two batches of %zu and %zu; lower the "
+                       "subscription's batch_max",
+                       n, dl->body_len, half, n - half);
+    for (int k = 0; k < 2; k++) {
+        size_t off = k ? half : 0, cnt = k ? n - half : half;
+        char part[HB_UUID_LEN + 1];
+        char *ids = hb_deliver_id(dl->sub->id, dl->events + off, cnt, part);
+        hb_delivery_render(D, dl->sub, dl->events + off, cnt, part, ids, dl->jobs + off);
+        free(ids);
+    }
+    set_state(D, dl, HB_DL_DISCARDED);
+    delivery_finish(D, dl);
+}
+
 /* Classify and route a finished request. */
 static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_delivery_t *dl = opaque;
@@ -1099,6 +1125,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         circuit_release(D, dl); /* the host was not asked: no verdict on it */
     else
         circuit_result(D, dl, circuit_verdict(res));
+    if (status == 413 && dl->events && dl->jobs_cnt > 1) {
+        split_refused(D, dl);
+        return;
+    }
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);

@@ -5,6 +5,7 @@ import time
 
 import psycopg2
 
+from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.lifecycle import INACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Receiver, produce, topic_records
@@ -191,3 +192,53 @@ def batches_of(receiver):
         body = json.loads(p["body"])
         out.append((p, body["data"]["events"] if isinstance(body, dict) else body))
     return out
+
+
+def test_a_batch_the_endpoint_refuses_as_too_large_goes_again_in_halves(db_url, procs, workdir):
+    """An endpoint with a smaller body limit than hookbridge's (a gateway's
+    3000 bytes here) answers a batch with 413. That is final for one event,
+    but a batch is only a grouping: it was dead-lettered whole, and replay()
+    could only send the same body to the same refusal, so its events never
+    arrived. Now a batch refused with 413 on its first attempt is sent again
+    at once in halves (split again while refused), each under the webhook-id
+    of its own events: every event arrives once, and the delivery log has
+    only deliveries that were delivered."""
+    got, sizes = [], []
+
+    class Limited(ChallengeAnswering):
+        def do_POST(self):
+            n = int(self.headers["Content-Length"])
+            sizes.append(n)
+            if n > 3000:
+                self.rfile.read(n)
+                self.send_response(413)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = json.loads(self.rfile.read(n))
+            got.extend(e["uuid"] for e in body["data"]["events"])
+            self.send_response(204)
+            self.end_headers()
+
+    srv = serve(Limited)
+    try:
+        broker, _, d, _ = stack(procs, workdir, db_url, "1s", retrier=False)
+        sub = register_verified(db_url, srv.url, ["user.session.start"],
+                                {"batch_max": 10, "batch_window_ms": 1500})
+        wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+        evs = [dict(event("user.session.start"), displayMessage=f"{i} " + "x" * 900)
+               for i in range(7)]
+        want = sorted(e["uuid"] for e in evs)
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: sorted(got) == want, 20 * SLOW, "every event, once")
+        assert sizes[0] > 3000, "the whole batch came first"
+        rows = wait_until(lambda: (rs := sql(db_url, "SELECT status, event_ids FROM "
+                                             "hookbridge.deliveries WHERE subscription_id = %s",
+                                             sub)) and sorted(
+            u for _, ids in rs for u in ids.split(",")) == want and rs, 10 * SLOW,
+            "the delivered parts in the log")
+        assert all(st == "delivered" for st, _ in rows), rows
+        assert topic_records(broker.bootstrap, broker.dlq_topic) == []
+        assert "refused by the endpoint as too large (HTTP 413)" in d.proc.output()
+    finally:
+        srv.shutdown()
