@@ -422,18 +422,21 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
 }
 
 /* Flushes batches whose window closed (all of them when `all`); returns the
- * ms until the next one closes. At HOOKBRIDGE_MAX_PENDING_BYTES every batch
- * goes now too: the window is a preference, the bound is not, and waiting
- * for company there would pause consumption for every subscription for up
- * to a window. */
+ * ms until the next one closes. At HOOKBRIDGE_MAX_PENDING_BYTES, or while
+ * consumption is paused (that, or HOOKBRIDGE_MAX_PENDING_EVENTS), every
+ * batch goes now too: no company comes while paused, the window is a
+ * preference and the bounds are not, and waiting would keep consumption
+ * paused for every subscription for up to a window. */
 static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     int64_t now = hb_mono_ms();
     long long next = 1000;
     if (!d->open_batches)
         return next;
-    if (!all && hb_held_bytes() >= (size_t)d->cfg->max_pending_bytes) {
+    if (!all && (hb_held_bytes() >= (size_t)d->cfg->max_pending_bytes ||
+                 hb_worker_consumption_paused(d->w))) {
         hb_log(HB_LOG_DEBUG, NULL,
-               "%zu batches go before their window closes: HOOKBRIDGE_MAX_PENDING_BYTES reached",
+               "%zu batches go before their window closes: consumption paused, or "
+               "HOOKBRIDGE_MAX_PENDING_BYTES reached",
                d->open_batches);
         all = 1;
     }

@@ -162,6 +162,27 @@ def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir)
                "nothing held any more")
 
 
+def test_batches_filling_while_consumption_pauses_go_at_once(db_url, procs, workdir):
+    """HOOKBRIDGE_MAX_PENDING_EVENTS (20 here) pauses consumption with 20
+    events waiting in a batch of 100 whose window is long: no event can come
+    to fill it while paused, yet it waited out its window, and every
+    subscription of the dispatcher waited with it, one window per 20 events.
+    Now a paused consumer sends the batches filling at once: 50 events
+    arrive within seconds, long before one window."""
+    window = 10 * SLOW
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False,
+                                   env={"HOOKBRIDGE_MAX_PENDING_EVENTS": "20"})
+    register_verified(db_url, receiver.url, ["user.session.start"],
+                      {"batch_max": 100, "batch_window_ms": int(window * 1000)})
+    wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+    evs = [event("user.session.start") for _ in range(50)]
+    t0 = time.monotonic()
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: len(receiver.events()) == 50, 6, "every event, before one window")
+    assert time.monotonic() - t0 < window
+    assert sorted(e["uuid"] for _, e in receiver.events()) == sorted(e["uuid"] for e in evs)
+
+
 def test_ordering_and_batch_max_written_past_the_functions_keep_the_order(db_url, procs,
                                                                           workdir):
     """update_options() refuses ordering with batch_max above 1 (HB025), but
