@@ -118,8 +118,9 @@ struct hb_dispatcher_s {
  * it once the subscription is active again (docs/sql.md); a batch over the
  * size bound is dropped in halves that fit (as hb_delivery_render sends
  * one); one that cannot be rendered, or one event over the bound, is
- * dropped without it (not failed: it was not to be sent). keep: sub is the subscription as it is
- * now (a deregistered one's payload is never replayed: not rendered). */
+ * dropped without it (not failed: it was not to be sent). keep: sub is the
+ * subscription as it is now (a deregistered one's payload is never
+ * replayed: not rendered). */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why, int keep) {
     char id[HB_UUID_LEN + 1], errstr[256];
