@@ -8,6 +8,8 @@
  *     |  |                  '--not sent (diverted, busy)--.
  *     |  '--circuit open----------------------------------+-> NOT_MADE --> RETRY | FAILED
  *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
+ *   IN_FLIGHT --a batch answered 413, its events at hand--> DISCARDED (sent again
+ *              in halves, each a delivery of its own; the refused request not recorded)
  *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
  *   PENDING, or IN_FLIGHT not handed to curl yet --revoked--> ABANDONED (the same)
  *
