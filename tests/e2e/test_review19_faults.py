@@ -136,9 +136,9 @@ def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir)
     would, and at the bound (1 MiB here, reached after about 35 events) the
     batches filling go at once rather than wait for their window (which
     would pause consumption for every subscription); the few events after
-    them wait for their own window (8 s) as usual. Before: nothing came
+    them wait for their own window (6 s) as usual. Before: nothing came
     before the window closed."""
-    window = 8 * SLOW
+    window = 6 * SLOW
     broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False,
                                    env={"HOOKBRIDGE_MAX_PENDING_BYTES": str(1 << 20)})
     others = [Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
@@ -153,10 +153,10 @@ def test_batches_filling_at_max_pending_bytes_go_at_once(db_url, procs, workdir)
     t0 = time.monotonic()
     produce(broker.bootstrap, evs)
     for rc in [receiver] + others:
-        wait_until(lambda: len(rc.events()) >= 30, 5, "most events, before the window")
+        wait_until(lambda: len(rc.events()) >= 30, 4, "most events, before the window")
     assert time.monotonic() - t0 < window - 1
     for rc in [receiver] + others:
-        wait_until(lambda: sorted(e["uuid"] for _, e in rc.events()) == want, 8 + 10,
+        wait_until(lambda: sorted(e["uuid"] for _, e in rc.events()) == want, 6 + 10,
                    "every event, once")
     wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None, 10 * SLOW,
                "nothing held any more")
