@@ -98,7 +98,7 @@ struct hb_dispatcher_s {
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
-    hb_metric_t *m_matched, *m_verify_ok, *m_verify_failed;
+    hb_metric_t *m_matched, *m_filtered, *m_verify_ok, *m_verify_failed;
 };
 
 #define CHAIN_IDLE_MS 60000 /* an idle key's chain is forgotten after this */
@@ -115,10 +115,12 @@ struct hb_dispatcher_s {
  * the delivery until it is durable. drop_why: not sent but logged dropped
  * with that reason (NULL: sent). A dropped one keeps its payload, as a
  * pending retry a deactivation drops does, so that replay_dropped can send
- * it once the subscription is active again (docs/sql.md); one that cannot
- * be rendered, or is over the size bound, is dropped without it (not
- * failed: it was not to be sent). keep: sub is the subscription as it is
- * now (a deregistered one's payload is never replayed: not rendered). */
+ * it once the subscription is active again (docs/sql.md); a batch over the
+ * size bound is dropped in halves that fit (as hb_delivery_render sends
+ * one); one that cannot be rendered, or one event over the bound, is
+ * dropped without it (not failed: it was not to be sent). keep: sub is the
+ * subscription as it is now (a deregistered one's payload is never
+ * replayed: not rendered). */
 static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const *events,
                            hb_job_t *const *jobs, size_t n, const char *drop_why, int keep) {
     char id[HB_UUID_LEN + 1], errstr[256];
@@ -127,13 +129,25 @@ static void start_delivery(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *const 
     if (!drop_why) {
         hb_worker_render(d->w, sub, events, n, id, ids, jobs); /* render, sign, send, route */
     } else {
-        if (!keep ||
-            hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &p, errstr,
-                              sizeof(errstr)) < 0 ||
-            p.len > (size_t)d->cfg->max_payload_bytes) {
+        if (!keep || hb_deliver_render(sub, events, n, id, d->cfg->source, hb_wall_ms(), &p, errstr,
+                                       sizeof(errstr)) < 0) {
             free(p.body);
             p.body = NULL;
             p.len = 0;
+        } else if (p.len > (size_t)d->cfg->max_payload_bytes) {
+            free(p.body);
+            p.body = NULL;
+            p.len = 0;
+            if (n > 1) {
+                /* too large to keep, as to send: in halves, as
+                 * hb_delivery_render sends one, so that replay_dropped can
+                 * bring back every event */
+                size_t half = n / 2;
+                free(ids);
+                start_delivery(d, sub, events, jobs, half, drop_why, keep);
+                start_delivery(d, sub, events + half, jobs + half, n - half, drop_why, keep);
+                return;
+            }
         }
         hb_worker_skip(d->w,
                        hb_delivery_new(sub, id, p.body ? p.body : hb_strdup(""), p.len,
@@ -293,20 +307,55 @@ static void chain_item_free(void *item) {
 
 /* ---------------------------------------------------------------- batches */
 
+static hb_log_limit_t log_unwanted = HB_LOG_LIMIT("\"batch: N of its M events left it unsent\"");
+
+/* The bytes of the events a batch holds. They count in hb_held_bytes while
+ * they wait, as the rendered body of each would had it not waited for
+ * company: HOOKBRIDGE_MAX_PENDING_BYTES bounds them too (batch_flush_due). */
+static size_t batch_bytes(const batch_t *b) {
+    size_t n = 0;
+    for (size_t i = 0; i < b->cnt; i++)
+        n += b->events[i]->len;
+    return n;
+}
+
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
- * secrets, payload options, and batch_max: in requests of at most that many
- * events, were it lowered below what the batch holds), and is dropped, and
- * logged so, when the subscription was deactivated or deregistered
- * meanwhile, as any delivery that waits is (an active one awaiting its new
- * URL's verification is parked by hb_delivery_send). */
+ * secrets, payload options, its event types and content filter: an event it
+ * no longer wants leaves the batch unsent, as one it never matched; and
+ * batch_max: in requests of at most that many events, were it lowered below
+ * what the batch holds), and is dropped, and logged so, when the
+ * subscription was deactivated or deregistered meanwhile, as any delivery
+ * that waits is (an active one awaiting its new URL's verification is parked
+ * by hb_delivery_send). */
 static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     batch_t *b = s->val;
     hb_sub_t *now = hb_index_get(hb_worker_index(d->w), b->sub->id);
     const char *drop_why = hb_sub_drop_reason(now, b->opened_ms);
     size_t per = now && now->batch_max > 0 ? (size_t)now->batch_max : b->max;
+    size_t kept = 0, unwanted, bytes = batch_bytes(b);
     hb_hash_del(&d->batches, s);
     d->open_batches--;
+    for (size_t i = 0; i < b->cnt; i++) {
+        if (now && !drop_why &&
+            (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
+             (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
+            hb_ev_unref(b->events[i]); /* not wanted any more: done with, as unmatched */
+            hb_job_release(d->w, b->jobs[i]);
+            continue;
+        }
+        b->events[kept] = b->events[i];
+        b->jobs[kept++] = b->jobs[i];
+    }
+    unwanted = b->cnt - kept;
+    b->cnt = kept;
+    hb_metric_add(d->m_filtered, (double)unwanted);
+    if (unwanted)
+        hb_log_limited_for(
+            &log_unwanted, b->sub->id, HB_LOG_INFO, HB_KV("subscription_id", b->sub->id),
+            "batch: %zu of its %zu events left it unsent, its subscription's event types or "
+            "filter changed while it filled no longer taking them",
+            unwanted, unwanted + kept);
     for (size_t i = 0; i < b->cnt; i += per)
         start_delivery(d, now ? now : b->sub, b->events + i, b->jobs + i,
                        b->cnt - i < per ? b->cnt - i : per, drop_why, now != NULL);
@@ -314,6 +363,7 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
         hb_ev_unref(b->events[i]);
         hb_job_release(d->w, b->jobs[i]);
     }
+    hb_held_sub(bytes);
     hb_sub_unref(b->sub);
     free(b->events);
     free(b->jobs);
@@ -365,6 +415,7 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
         b->jobs = hb_realloc(b->jobs, b->cap * sizeof(*b->jobs));
     }
     b->events[b->cnt] = hb_ev_ref(event);
+    hb_held_add(event->len);
     b->jobs[b->cnt] = job;
     hb_job_hold(job);
     if (++b->cnt >= b->max)
@@ -372,12 +423,24 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
 }
 
 /* Flushes batches whose window closed (all of them when `all`); returns the
- * ms until the next one closes. */
+ * ms until the next one closes. At HOOKBRIDGE_MAX_PENDING_BYTES, or while
+ * consumption is paused (that, or HOOKBRIDGE_MAX_PENDING_EVENTS), every
+ * batch goes now too: no company comes while paused, the window is a
+ * preference and the bounds are not, and waiting would keep consumption
+ * paused for every subscription for up to a window. */
 static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     int64_t now = hb_mono_ms();
     long long next = 1000;
     if (!d->open_batches)
         return next;
+    if (!all && (hb_held_bytes() >= (size_t)d->cfg->max_pending_bytes ||
+                 hb_worker_consumption_paused(d->w))) {
+        hb_log(HB_LOG_DEBUG, NULL,
+               "%zu batches go before their window closes: consumption paused, or "
+               "HOOKBRIDGE_MAX_PENDING_BYTES reached",
+               d->open_batches);
+        all = 1;
+    }
     {
         hb_hash_slot_t *s;
         size_t pos = 0;
@@ -401,9 +464,10 @@ static size_t batch_withdraw(hb_dispatcher_t *d) {
         return 0;
     while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
         batch_t *b = s->val;
-        size_t kept = hb_worker_shed(d->w, b->events, b->jobs, b->cnt);
+        size_t bytes = batch_bytes(b), kept = hb_worker_shed(d->w, b->events, b->jobs, b->cnt);
         n += b->cnt - kept;
         b->cnt = kept;
+        hb_held_sub(bytes - batch_bytes(b));
         if (!kept) {
             hb_hash_del(&d->batches, s); /* removing the slot walked is allowed */
             d->open_batches--;
@@ -464,8 +528,13 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
     if (n > 0) {
         for (size_t i = 0; i < n; i++) {
             char key[512];
-            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event)))
-                continue; /* its content filter says no */
+            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event))) {
+                /* its content filter says no: counted, and said at debug */
+                hb_metric_inc(d->m_filtered);
+                hb_log(HB_LOG_DEBUG, HB_KV("subscription_id", subs[i]->id, "event_uuid", uuid),
+                       "event not delivered: the subscription's filter does not match it");
+                continue;
+            }
             hb_metric_inc(d->m_matched);
             if (subs[i]->ordering != HB_ORDER_NONE && subs[i]->batch_max <= 1 &&
                 hb_order_key(subs[i]->ordering, hb_ev_json(event), rkm->key, rkm->key_len, key,
@@ -772,6 +841,10 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
     }
     d->m_matched = hb_metrics_counter("hookbridge_deliveries_created_total", NULL,
                                       "Deliveries created by matching events to subscriptions.");
+    d->m_filtered = hb_metrics_counter(
+        "hookbridge_events_filtered_total", NULL,
+        "Events of a subscription's types not delivered to it because its content filter does "
+        "not match them (also when a changed filter or event types leave a filling batch).");
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
     d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",
@@ -791,6 +864,7 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) { /* never started: */
             batch_t *b = s->val;                                /* their events come again */
+            hb_held_sub(batch_bytes(b));
             for (size_t j = 0; j < b->cnt; j++)
                 hb_ev_unref(b->events[j]);
             hb_sub_unref(b->sub);

@@ -151,7 +151,9 @@ static const cf_row_t cf_table[] = {
      HB_PROG_SERVICES, 0,
      "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
      "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
-     "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
+     "row until the delivery log has it, an event waiting in a batch, whose batch then goes at "
+     "once) before consumption pauses, "
+     "as with max_pending_events: "
      "what bounds memory when payloads "
      "are large or one event matches many subscriptions. The requests waiting for an endpoint "
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
@@ -166,8 +168,9 @@ static const cf_row_t cf_table[] = {
      HB_PROG_SERVICES, 0, "Bytes of each response body kept in the delivery log."},
     {"max_payload_bytes", CF_INT, OFF(max_payload_bytes), "524288", 1024, 900000,
      HB_PROG_DISPATCHER, 0,
-     "Largest request body: a rendered payload (one event or a batch) over it is not sent "
-     "but dead-lettered with the reason. Kept under Kafka's default message size, so every "
+     "Largest request body: a rendered payload of one event over it is not sent but "
+     "dead-lettered with the reason; a batch over it is sent in smaller batches that fit. Kept "
+     "under Kafka's default message size, so every "
      "delivery fits on the delay and dead-letter topics."},
     {"retry_jitter", CF_INT, OFF(retry_jitter_percent), "20", 0, 100, HB_PROG_SERVICES, 0,
      "Each retry delay is lengthened by a random 0..N percent (never shortened), so an "

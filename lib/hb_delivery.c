@@ -69,7 +69,8 @@ static const unsigned next_states[HB_DL_STATES] = {
                       S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
     /* PENDING again: taken back from a host queue to be sent anew (send_again) */
     [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
-                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING),
+                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
+                        S(HB_DL_DISCARDED), /* DISCARDED: a batch refused as too large, split */
     [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
 };
 #undef S
@@ -110,6 +111,7 @@ static hb_log_limit_t log_dead_lettered = HB_LOG_LIMIT("\"delivery failed ..., d
 static hb_log_limit_t log_not_dead_lettered =
     HB_LOG_LIMIT("\"final failure of attempt N not dead-lettered\"");
 static hb_log_limit_t log_dropped = HB_LOG_LIMIT("\"delivery dropped\"");
+static hb_log_limit_t log_split = HB_LOG_LIMIT("\"batch ... sent as two batches\"");
 
 /* ------------------------------------------------------- circuit breaker */
 
@@ -767,16 +769,11 @@ void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_i
     delivery_finish(D, dl);
 }
 
-void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
-                        const char *id, const char *event_ids, hb_job_t *const *jobs) {
-    hb_delivery_t *dl = hb_delivery_make(D, sub, events, n, id, event_ids, jobs);
-    if (dl)
-        hb_delivery_send(D, dl);
-}
-
-hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
-                                size_t n, const char *id, const char *event_ids,
-                                hb_job_t *const *jobs) {
+/* hb_delivery_make; split: a batch (n > 1) whose payload is over the bound
+ * is not routed but left to the caller (NULL, *too_large set). */
+static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                           const char *id, const char *event_ids, hb_job_t *const *jobs, int split,
+                           size_t *too_large) {
     const char *type = hb_ev_type(events[0]);
     char errstr[256], reason[300];
     hb_payload_t payload;
@@ -787,6 +784,9 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
         snprintf(reason, sizeof(reason), "cannot render payload: %s", errstr);
         dl = hb_delivery_new(sub, id, hb_strdup(""), 0, NULL, event_ids, type, jobs, n);
         hb_delivery_skip(D, dl, HB_OUTCOME_FAILED, reason);
+    } else if (payload.len > (size_t)D->cfg->max_payload_bytes && split && n > 1) {
+        *too_large = payload.len;
+        free(payload.body);
     } else if (payload.len > (size_t)D->cfg->max_payload_bytes) {
         /* Not sent, and not copied anywhere: the reason says what to change. */
         snprintf(reason, sizeof(reason),
@@ -807,6 +807,39 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
         return dl;
     }
     return NULL;
+}
+
+/* A batch too large for one request is sent in two halves (each split again
+ * while still too large), each under the delivery id of its own events: a
+ * batch is a grouping, and its events must not be lost to it. Only one event
+ * over the bound fails. */
+void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
+                        const char *id, const char *event_ids, hb_job_t *const *jobs) {
+    size_t too_large = 0;
+    hb_delivery_t *dl = make(D, sub, events, n, id, event_ids, jobs, 1, &too_large);
+    if (dl) {
+        hb_delivery_send(D, dl);
+    } else if (too_large) {
+        size_t half = n / 2;
+        hb_log_limited_for(&log_split, sub->id, HB_LOG_INFO,
+                           HB_KV("delivery_id", id, "subscription_id", sub->id),
+                           "batch of %zu events (%zu bytes) exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES "
+                           "(%lld): sent as two batches of %zu and %zu",
+                           n, too_large, D->cfg->max_payload_bytes, half, n - half);
+        for (int k = 0; k < 2; k++) {
+            size_t off = k ? half : 0, cnt = k ? n - half : half;
+            char part[HB_UUID_LEN + 1];
+            char *ids = hb_deliver_id(sub->id, events + off, cnt, part);
+            hb_delivery_render(D, sub, events + off, cnt, part, ids, jobs + off);
+            free(ids);
+        }
+    }
+}
+
+hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
+                                size_t n, const char *id, const char *event_ids,
+                                hb_job_t *const *jobs) {
+    return make(D, sub, events, n, id, event_ids, jobs, 0, NULL);
 }
 
 /* A batch not sent yet whose events are partly of partitions revoked from
@@ -1032,6 +1065,31 @@ static void send_again(hb_deliveries_t *D, hb_delivery_t *dl) {
         hb_delivery_send(D, dl);
 }
 
+/* A batch the endpoint refused as too large (HTTP 413) on an attempt made
+ * here with its events at hand (the dispatcher's first): sent again at once
+ * in two halves, each under the delivery id of its own events, as a batch
+ * over max_payload_bytes is, rather than dead-lettered whole with a body
+ * that replay() could only send to the same refusal. The refused request is
+ * not recorded (its webhook-id is not used again); the halves are. */
+static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
+    size_t n = dl->jobs_cnt, half = n / 2;
+    hb_log_limited_for(&log_split, dl->sub->id, HB_LOG_WARN,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "batch of %zu events (%zu bytes) refused by the endpoint as too large "
+                       "(HTTP 413): sent again as two batches of %zu and %zu; lower the "
+                       "subscription's batch_max",
+                       n, dl->body_len, half, n - half);
+    for (int k = 0; k < 2; k++) {
+        size_t off = k ? half : 0, cnt = k ? n - half : half;
+        char part[HB_UUID_LEN + 1];
+        char *ids = hb_deliver_id(dl->sub->id, dl->events + off, cnt, part);
+        hb_delivery_render(D, dl->sub, dl->events + off, cnt, part, ids, dl->jobs + off);
+        free(ids);
+    }
+    set_state(D, dl, HB_DL_DISCARDED);
+    delivery_finish(D, dl);
+}
+
 /* Classify and route a finished request. */
 static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_delivery_t *dl = opaque;
@@ -1067,6 +1125,10 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         circuit_release(D, dl); /* the host was not asked: no verdict on it */
     else
         circuit_result(D, dl, circuit_verdict(res));
+    if (status == 413 && dl->events && dl->jobs_cnt > 1) {
+        split_refused(D, dl);
+        return;
+    }
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);

@@ -8,6 +8,8 @@
  *     |  |                  '--not sent (diverted, busy)--.
  *     |  '--circuit open----------------------------------+-> NOT_MADE --> RETRY | FAILED
  *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
+ *   IN_FLIGHT --a batch answered 413, its events at hand--> DISCARDED (sent again
+ *              in halves, each a delivery of its own; the refused request not recorded)
  *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
  *   PENDING, or IN_FLIGHT not handed to curl yet --revoked--> ABANDONED (the same)
  *
@@ -225,8 +227,11 @@ void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub);
 void hb_delivery_free(hb_delivery_t *dl);
 
 /* Render: the payload of events[0..n) for sub, then send it, or, when it
- * cannot be rendered or is too large, FAILED without an attempt. id and
- * event_ids name the delivery; each job is held until it is durable. */
+ * cannot be rendered or is too large, FAILED without an attempt. A batch
+ * (n > 1) too large for max_payload_bytes is split in halves instead, each
+ * rendered and sent under the delivery id of its own events (hb_deliver_id),
+ * until every part fits or is one event. id and event_ids name the delivery;
+ * each job is held until it is durable. */
 void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events, size_t n,
                         const char *id, const char *event_ids, hb_job_t *const *jobs);
 /* hb_delivery_render without the sending: the PENDING delivery, or NULL when

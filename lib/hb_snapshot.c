@@ -376,6 +376,16 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
         hb_seterr(errstr, errstr_size, "subscription %s: unknown ordering \"%s\"", sub->id, v);
         goto fail;
     }
+    if (sub->ordering != HB_ORDER_NONE && sub->batch_max > 1) {
+        /* register() and update_options() refuse the pair (HB025); written
+         * past them, the order asked for is kept rather than silently lost */
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", sub->id),
+               "options.ordering cannot be combined with batch_max above 1 (HB025; the row was "
+               "written past hookbridge.update_options): its events go ordered, one per request, "
+               "batch_max %d ignored",
+               sub->batch_max);
+        sub->batch_max = 1;
+    }
 
     if (parse_event_types(sub, col(res, row, COL_EVENT_TYPES)) < 0)
         goto fail;

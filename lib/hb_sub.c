@@ -77,6 +77,13 @@ int hb_sub_wants(const hb_sub_t *sub, const json_t *event) {
     return hb_filter_match(sub->filter, event);
 }
 
+int hb_sub_has_type(const hb_sub_t *sub, const char *type) {
+    for (int t = 0; t < sub->event_types_cnt; t++)
+        if (type && !strcmp(sub->event_types[t], type))
+            return 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Payload options                                                     */
 

@@ -142,4 +142,7 @@ int hb_sub_deactivated_since(const hb_sub_t *sub, int64_t began_ms);
 /* The subscription's content filter accepts the event (no filter: yes). */
 int hb_sub_wants(const hb_sub_t *sub, const json_t *event);
 
+/* The subscription has event type type among its event types. */
+int hb_sub_has_type(const hb_sub_t *sub, const char *type);
+
 #endif

@@ -257,6 +257,10 @@ size_t hb_worker_in_flight(const hb_worker_t *w) {
     return hb_deliveries_in_flight(w->deliveries);
 }
 
+int hb_worker_consumption_paused(const hb_worker_t *w) {
+    return w->consumer && hb_consumer_paused(w->consumer);
+}
+
 /* ---------------------------------------------------------- subscriptions */
 
 static void on_sub_loaded(hb_sub_t *sub, void *opaque) {

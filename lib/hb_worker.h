@@ -224,4 +224,8 @@ unsigned hb_worker_revocations(const hb_worker_t *w);
 /* Deliveries whose HTTP request is in flight. */
 size_t hb_worker_in_flight(const hb_worker_t *w);
 
+/* Consumption of every partition is paused (the last resort:
+ * max_pending_events or max_pending_bytes reached). */
+int hb_worker_consumption_paused(const hb_worker_t *w);
+
 #endif
