@@ -150,6 +150,7 @@ struct hb_http_xfer_s {
     size_t headers_size;
     char *body;
     size_t body_len;
+    int body_borrowed; /* the caller's: not freed here */
     long long timeout_ms;
     size_t max_response_bytes;
     hb_http_done_cb *done;
@@ -723,7 +724,8 @@ static void hb_http_xfer_free(hb_http_xfer_t *x) {
     free(x->headers);
     free(x->url);
     free(x->host_name);
-    free(x->body);
+    if (!x->body_borrowed)
+        free(x->body);
     free(x->resp);
     free(x);
 }
@@ -1392,7 +1394,8 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->method = req->method;
     x->body = req->body;
     x->body_len = req->body_len;
-    req->body = NULL; /* now owned by the transfer */
+    x->body_borrowed = req->body_borrowed;
+    req->body = NULL; /* now owned by the transfer (or still the caller's, borrowed) */
     x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : HB_HTTP_DEFAULT_TIMEOUT_MS;
     x->max_response_bytes = req->max_response_bytes;
     x->done = req->done;

@@ -108,9 +108,10 @@ typedef struct hb_http_req_s {
     hb_http_method_t method;
     const char *url;            /* copied */
     const char *const *headers; /* "Name: value", NULL-terminated, copied */
-    char *body;                 /* POST body; ownership taken by submit */
+    char *body;                 /* POST body; ownership taken by submit, unless borrowed */
     size_t body_len;
-    long long timeout_ms;      /* total, per attempt */
+    int body_borrowed;    /* the caller keeps body (unchanged) until the done callback returns */
+    long long timeout_ms; /* total, per attempt */
     size_t max_response_bytes; /* response body bytes kept */
     hb_http_done_cb *done;
     void *opaque;
