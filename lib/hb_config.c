@@ -149,10 +149,11 @@ static const cf_row_t cf_table[] = {
      0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
     {"max_pending_bytes", CF_INT, OFF(max_pending_bytes), "67108864", 1048576, 1099511627776LL,
      HB_PROG_SERVICES, 0,
-     "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
-     "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
-     "row until the delivery log has it) before consumption pauses, as with max_pending_events: "
-     "what bounds memory when payloads "
+     "Bytes of payloads unfinished deliveries hold in memory (each rendered body, also while it "
+     "waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
+     "row until the delivery log has it) before consumption pauses, as with max_pending_events; "
+     "an event matching many subscriptions renders its deliveries as they fit, the rest "
+     "waiting for the ones held to finish: what bounds memory when payloads "
      "are large or one event matches many subscriptions. The requests waiting for an endpoint "
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
      "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "
