@@ -3,6 +3,7 @@ hookbridge meets them: thousands of subscriptions, one event matching
 hundreds of them, bulk subscription changes.
 
 Each test says what it holds and how it was shown to fail on 9ec6cf5."""
+import socket
 import time
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
@@ -55,3 +56,62 @@ def test_one_large_event_matching_a_thousand_subscriptions_stays_within_the_budg
                    10 * SLOW, "the payload bytes held to come back to 0")
     finally:
         srv.shutdown()
+
+
+def test_hung_hosts_do_not_take_every_request_slot_from_healthy_ones(db_url, broker, procs):
+    """docs/design.md, Endpoint isolation: eight endpoint hosts that take
+    connections and never answer and six that answer at once, one
+    subscription on each, five events for all of them: 40 requests that hang
+    against HOOKBRIDGE_MAX_IN_FLIGHT=32. The last quarter of the request slots
+    is kept for hosts that answer, so the healthy hosts get all 30 of theirs
+    in seconds, none of them parked on the delay tier.
+
+    On 9ec6cf5 the hung requests took every slot; the healthy hosts'
+    requests waited out HOOKBRIDGE_MAX_QUEUE_WAIT for a slot and went to the
+    delay tier as "endpoint slow: waited 5000 ms for a connection to
+    127.0.0.1", their (healthy) hosts called slow. (The same with 1,000
+    hosts, half hung, and the default 512 slots: 508 of 1,500 healthy
+    deliveries arrived, the rest parked; now all 1,500 in half a second.)"""
+    got = []
+
+    class Answering(ChallengeAnswering):
+        def do_POST(self):
+            got.extend(posted_uuids(self))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    healthy = [serve_many(Answering) for _ in range(6)]
+    hung = []
+    try:
+        for _ in range(8):  # connections complete in the kernel; nothing ever answers
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)
+            hung.append(s)
+        urls = [h.url for h in healthy] + \
+               [f"http://127.0.0.1:{s.getsockname()[1]}/hook" for s in hung]
+        sql(db_url, "SELECT hookbridge.register('host-' || i, u, ARRAY['user.session.start'], "
+                    "'{}') FROM unnest(%s::text[]) WITH ORDINALITY AS t(u, i)", urls)
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active'")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_IN_FLIGHT": "32",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"})
+        d.wait_ready()
+        evs = [event("user.session.start") for _ in range(5)]
+        t0 = time.monotonic()
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(got) >= 30 or None, 15 * SLOW, "the healthy hosts' deliveries")
+        print(f"healthy hosts served in {time.monotonic() - t0:.1f} s")
+        assert sorted(got) == sorted(e["uuid"] for e in evs for _ in healthy)
+        parked = sql(db_url, "SELECT d.last_error FROM hookbridge.deliveries d "
+                             "JOIN hookbridge.subscriptions s ON s.id = d.subscription_id "
+                             "WHERE s.url = ANY(%s) AND d.status = 'retry'",
+                     [h.url for h in healthy])
+        assert parked == [], parked
+    finally:
+        for h in healthy:
+            h.shutdown()
+        for s in hung:
+            s.close()

@@ -883,8 +883,9 @@ static void test_many_concurrent(void **state) {
     rec_t *r = fx->r;
     for (size_t i = 0; i < MANY; i++)
         fx_post(fx, "/ok", 10000, 100, &r[i]);
-    assert_int_equal(hb_http_in_flight(fx->h), 16);
-    assert_int_equal(hb_http_queued(fx->h), MANY - 16);
+    /* the last quarter of the slots waits until the host has answered once */
+    assert_int_equal(hb_http_in_flight(fx->h), 12);
+    assert_int_equal(hb_http_queued(fx->h), MANY - 12);
     int64_t until = hb_mono_ms() + 30000;
     while (!all_done(r, MANY) && hb_mono_ms() < until) {
         (void)hb_http_run(fx->h, 100, -1);
@@ -921,7 +922,8 @@ static void test_slow_host_isolated(void **state) {
     url_for(url, sizeof(url), fast, "/ok");
     for (size_t i = 0; i < FAST_N; i++)
         submit(h, HB_HTTP_POST, url, 20000, 100, &rf[i]);
-    assert_int_equal(hb_http_in_flight(h), 4);
+    /* the last slot is kept for a host that has answered (the fast one, soon) */
+    assert_int_equal(hb_http_in_flight(h), 3);
 
     int64_t t0 = hb_mono_ms();
     while (!all_done(rf, FAST_N) && hb_mono_ms() - t0 < 8000)
