@@ -315,6 +315,8 @@ static void chain_item_free(void *item) {
 
 /* ---------------------------------------------------------------- batches */
 
+static int over_budget(const hb_dispatcher_t *d);
+
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
  * secrets, payload options, and batch_max: in requests of at most that many
@@ -405,6 +407,14 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
             batch_t *b = s->val;
+            if (!all && over_budget(d)) {
+                /* the payload budget is spent: the batches due go as the
+                 * deliveries held finish (the next pass, soon), not all
+                 * rendered at once (a window closing on 1,000 batches of
+                 * one large event would hold every one of their bodies) */
+                next = 50;
+                break;
+            }
             if (batch_refresh(d, b, now) || all)
                 batch_flush(d, s); /* removing the slot walked is allowed */
             else if (b->due - now < next)
