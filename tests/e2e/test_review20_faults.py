@@ -184,3 +184,43 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
         assert d.get("/readyz")[0] == 200
     finally:
         srv.shutdown()
+
+
+def test_a_fan_out_stopped_half_way_is_finished_by_the_next_start(db_url, broker, procs):
+    """docs/design.md, At least once: one event of 100 KB for 300
+    subscriptions with a payload budget of 1 MiB starts its deliveries ten
+    or so at a time (an endpoint answering in 100 ms). SIGTERM half way: the
+    dispatcher finishes what it started, leaves the rest unstarted and its
+    offset uncommitted (it says so), and exits 0; started again, it delivers
+    the event again, so that every one of the 300 subscriptions has it (some
+    twice, with the same webhook-id). Checks the fan-out's rest at a stop
+    (new with 80f44a7: on 9ec6cf5 every delivery was started at once)."""
+    ids = []
+
+    class Answering(ChallengeAnswering):
+        def do_POST(self):
+            posted_uuids(self)
+            ids.append(self.headers["webhook-id"])
+            time.sleep(0.1)
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    srv = serve_many(Answering)
+    try:
+        subscribe_many(db_url, [srv.url], 300)
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_PENDING_BYTES": "1048576"})
+        d.wait_ready()
+        produce(broker.bootstrap, [dict(event("user.session.start"), displayMessage="x" * 100_000)])
+        wait_until(lambda: len(ids) >= 30 or None, 30 * SLOW, "the first deliveries")
+        assert d.proc.stop() == 0
+        first = set(ids)
+        assert len(first) < 300, "every delivery made before the stop: nothing tested"
+        assert "of an event not started; the event is consumed again" in d.proc.output()
+        d.restart()
+        wait_until(lambda: len(set(ids)) >= 300 or None, 60 * SLOW, "every subscription's delivery")
+        assert len(set(ids)) == 300
+        assert d.proc.stop() == 0
+    finally:
+        srv.shutdown()
