@@ -201,6 +201,11 @@ typedef struct lane_s {
     int64_t unsealed_at_ms, unsealed_wait_ms;
     int wake[2];      /* loop -> lane: requests wait, or stop */
     msg_queue_t reqs; /* under st->mu */
+    /* rate-limit token asks (under st->mu): answered before reqs, so that a
+     * burst of other requests (a bulk URL change's thousands of verification
+     * claims, seconds of them) does not keep every rate-limited
+     * subscription's deliveries from their turn until they are parked */
+    msg_queue_t urgent;
     pthread_t thread;
     int started;
     int exited; /* under st->mu: the thread is done with the lane */
@@ -986,7 +991,9 @@ static void lane_loop(lane_t *ln) {
 
         pthread_mutex_lock(&st->mu);
         stop = st->stop;
-        m = queue_pop(&ln->reqs);
+        m = queue_pop(&ln->urgent);
+        if (!m)
+            m = queue_pop(&ln->reqs);
         pthread_mutex_unlock(&st->mu);
         if (stop) {
             msg_free(m);
@@ -1172,6 +1179,7 @@ void hb_store_free_within(hb_store_t *st, long long wait_ms) {
             pthread_join(ln->thread, NULL);
         lane_set_conn(ln, NULL);
         queue_free(&ln->reqs);
+        queue_free(&ln->urgent);
         free(ln->unsealed);
         for (int j = 0; j < 2; j++)
             if (ln->wake[j] >= 0)
@@ -1310,7 +1318,7 @@ static void request(hb_store_t *st, store_msg_t *m) {
     lane_t *ln = &st->lanes[LANE_REQUESTS];
     st->pending++;
     pthread_mutex_lock(&st->mu);
-    queue_push(&ln->reqs, m);
+    queue_push(m->kind == MSG_TOKENS ? &ln->urgent : &ln->reqs, m);
     pthread_mutex_unlock(&st->mu);
     pipe_poke(ln->wake[1]);
 }

@@ -224,3 +224,55 @@ def test_a_fan_out_stopped_half_way_is_finished_by_the_next_start(db_url, broker
         assert d.proc.stop() == 0
     finally:
         srv.shutdown()
+
+
+def test_a_bulk_url_change_does_not_hold_the_rate_limited_subscriptions_back(db_url, broker,
+                                                                             procs):
+    """docs/design.md, Rate limits: a rate-limited subscription's tokens come
+    from PostgreSQL on the store's request lane. A platform team moves 1,000
+    subscriptions to a new URL in one UPDATE: each new URL is challenged, and
+    claiming each challenge is a request on that lane, a few milliseconds
+    apiece. Five events for a rate-limited subscription (10/s, burst 5)
+    produced meanwhile are delivered at once, not held until they give up
+    waiting (HOOKBRIDGE_MAX_QUEUE_WAIT, 2 s here) and parked.
+
+    On 9ec6cf5 the token asks waited behind the claims: four of the five
+    were parked on the delay tier, "rate limited: held 2000 ms ... without a
+    turn"."""
+    got = []
+
+    class Answering(ChallengeAnswering):
+        def do_POST(self):
+            got.extend(posted_uuids(self))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    old, new, limited = serve_many(Answering), serve_many(Answering), serve_many(Answering)
+    try:
+        subscribe_many(db_url, [old.url], 1000)
+        sql(db_url, "SELECT hookbridge.register('limited', %s, ARRAY['user.lifecycle.create'], "
+                    "'{\"rate_limit\": {\"per_second\": 10, \"burst\": 5}}')", limited.url)
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active' WHERE name = 'limited'")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_QUEUE_WAIT": "2s"})
+        d.wait_ready()
+        sql(db_url, "UPDATE hookbridge.subscriptions SET url = %s WHERE name LIKE 'many-%%'",
+            new.url)
+        wait_until(lambda: d.proc.output().count('"msg":"sending verification challenge"') >= 50
+                   or None, 30 * SLOW, "the challenges to begin")
+        evs = [event("user.lifecycle.create") for _ in range(5)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: all(e["uuid"] in got for e in evs) or None, 20 * SLOW,
+                   "the rate-limited subscription's events")
+        parked = sql(db_url, "SELECT d.last_error FROM hookbridge.deliveries d "
+                             "JOIN hookbridge.subscriptions s ON s.id = d.subscription_id "
+                             "WHERE s.name = 'limited' AND d.status <> 'delivered'")
+        assert parked == [], parked
+        pending = sql(db_url, "SELECT count(*) FROM hookbridge.subscriptions "
+                              "WHERE verification <> 'verified'")[0][0]
+        print(f"{pending} challenges still to go when the limited events were delivered")
+    finally:
+        for srv in (old, new, limited):
+            srv.shutdown()
