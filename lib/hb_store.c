@@ -526,7 +526,10 @@ static int load_notes(lane_t *ln, const store_note_t *notes, size_t n, hb_sub_t 
         char **w = hb_malloc(k * sizeof(*w));
         if (hb_snapshot_load_many(ln->conn, ln->st->keyring, ids + from, k, subs, r, w, errstr,
                                   errstr_size) < 0) {
-            if (ln->conn && PQstatus(ln->conn) == CONNECTION_BAD)
+            /* lost, or the query failed (a statement timeout, say): as
+             * with one (store_dispatch), the reconnect's reload covers
+             * the changes these notes announced */
+            if (ln->conn)
                 store_drop(ln);
             rc = -1;
         } else {
