@@ -234,10 +234,10 @@ def test_a_bulk_url_change_does_not_hold_the_rate_limited_subscriptions_back(db_
     claiming each challenge is a request on that lane, a few milliseconds
     apiece. Five events for a rate-limited subscription (10/s, burst 5)
     produced meanwhile are delivered at once, not held until they give up
-    waiting (HOOKBRIDGE_MAX_QUEUE_WAIT, 2 s here) and parked.
+    waiting (HOOKBRIDGE_MAX_QUEUE_WAIT, 500 ms here) and parked.
 
     On 9ec6cf5 the token asks waited behind the claims: four of the five
-    were parked on the delay tier, "rate limited: held 2000 ms ... without a
+    were parked on the delay tier, "rate limited: held 500 ms ... without a
     turn"."""
     got = []
 
@@ -256,7 +256,7 @@ def test_a_bulk_url_change_does_not_hold_the_rate_limited_subscriptions_back(db_
         sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
                     "status = 'active' WHERE name = 'limited'")
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
-            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_QUEUE_WAIT": "2s"})
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_QUEUE_WAIT": "500ms"})
         d.wait_ready()
         sql(db_url, "UPDATE hookbridge.subscriptions SET url = %s WHERE name LIKE 'many-%%'",
             new.url)
