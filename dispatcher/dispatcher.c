@@ -11,7 +11,10 @@
  *   - match each event against the index (by type) and each subscription's
  *     content filter, and start one delivery per deliverable subscription, rendered in the
  * subscription's format; the delivery id (the webhook-id) is derived from the event uuid and the
- *     subscription id, so a redelivered event carries the same one;
+ *     subscription id, so a redelivered event carries the same one; the
+ *     deliveries of one event start as the payload budget lets them
+ *     (max_pending_bytes): the rest of a fan-out waits for the ones held to
+ *     finish, and no other message is taken meanwhile (fanout_t);
  *   - batch events for subscriptions with batch_max > 1: a batch collects
  *     one subscription's events until it holds batch_max of them or its
  *     first event has waited batch_window_ms (both as the subscription is
@@ -81,10 +84,29 @@ typedef struct batch_s {
     int64_t opened_ms; /* wall clock: when its first event came */
 } batch_t;
 
+/* The rest of one event's fan-out: the subscriptions it matched whose
+ * deliveries are not started yet because the payload budget
+ * (max_pending_bytes) is spent. They start, in order, as the deliveries
+ * already held finish; meanwhile no message is taken (hooks.holding), and the
+ * event's job is held, so its offset waits for them. */
+typedef struct fanout_s {
+    struct fanout_s *next;
+    hb_event_t *event; /* reference */
+    hb_job_t *job;     /* one hold */
+    hb_sub_t **subs;   /* references: the subscriptions as matched */
+    size_t cnt, done;  /* subs[done..cnt) are left */
+    int64_t matched_ms;
+    int32_t partition; /* of its message, for ordered deliveries */
+    int64_t offset;
+    void *key; /* its message key (a copy), or NULL */
+    size_t key_len;
+} fanout_t;
+
 struct hb_dispatcher_s {
     const hb_config_t *cfg;
     hb_worker_t *w;
-    hb_hash_t batches; /* subscription id -> batch_t* */
+    fanout_t *fanout, *fanout_tail; /* the rests of fan-outs, oldest first */
+    hb_hash_t batches;              /* subscription id -> batch_t* */
     size_t open_batches;
     hb_chains_t *chains;  /* ordered keys (hb_ordering.h) */
     hb_chain_t **settled; /* chains whose head was routed since the last pass */
@@ -252,8 +274,8 @@ static void chain_advance(hb_dispatcher_t *d, hb_chain_t *c) {
 
 /* event for sub, whose ordering key is key: rendered now, sent when its
  * chain lets it. */
-static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
-                        const rd_kafka_message_t *rkm, hb_job_t *job, const char *key) {
+static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, int32_t partition,
+                        int64_t offset, hb_job_t *job, const char *key) {
     char id[HB_UUID_LEN + 1];
     char *ids = hb_deliver_id(sub->id, &event, 1, id);
     hb_delivery_t *dl = hb_worker_make(d->w, sub, &event, 1, id, ids, &job);
@@ -266,8 +288,8 @@ static void ordered_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event,
      * here and in the retrier (as a batch's events and a pending retry) */
     dl->first_attempt_ms = hb_wall_ms();
     dl->order_key = hb_strdup(key);
-    dl->order_partition = rkm->partition;
-    dl->order_offset = rkm->offset;
+    dl->order_partition = partition;
+    dl->order_offset = offset;
     if (hb_worker_revocations(d->w) != d->revocations) {
         /* partitions moved: what this process knew of keys may be stale */
         d->revocations = hb_worker_revocations(d->w);
@@ -318,6 +340,8 @@ static size_t batch_bytes(const batch_t *b) {
         n += b->events[i]->len;
     return n;
 }
+
+static int over_budget(const hb_dispatcher_t *d);
 
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
@@ -446,6 +470,14 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
             batch_t *b = s->val;
+            if (!all && over_budget(d)) {
+                /* the payload budget is spent: the batches due go as the
+                 * deliveries held finish (the next pass, soon), not all
+                 * rendered at once (a window closing on 1,000 batches of
+                 * one large event would hold every one of their bodies) */
+                next = 50;
+                break;
+            }
             if (batch_refresh(d, b, now) || all)
                 batch_flush(d, s); /* removing the slot walked is allowed */
             else if (b->due - now < next)
@@ -480,12 +512,15 @@ static size_t batch_withdraw(hb_dispatcher_t *d) {
     return n;
 }
 
+static size_t fanout_withdraw(hb_dispatcher_t *d);
+
 /* Partitions were revoked: the deliveries of theirs waiting in a chain and
  * the events of theirs waiting in a batch are the new owner's (not sent, not
  * recorded); the chains' tails are asked for again. */
 static size_t on_revoke(hb_worker_t *w, void *opaque) {
     hb_dispatcher_t *d = opaque;
-    size_t n = hb_chains_withdraw(d->chains, item_revoked, item_abandon, d) + batch_withdraw(d);
+    size_t n = hb_chains_withdraw(d->chains, item_revoked, item_abandon, d) + batch_withdraw(d) +
+               fanout_withdraw(d);
     hb_chains_forget(d->chains);
     d->revocations = hb_worker_revocations(w);
     return n;
@@ -493,16 +528,112 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
 
 static void look_for_verifications(hb_dispatcher_t *d);
 
+static int fanout_run(hb_dispatcher_t *d);
+static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release);
+
 static long long on_pass(hb_worker_t *w, void *opaque) {
+    long long next;
     (void)w;
     chains_pass(opaque);
     look_for_verifications(opaque);
-    return batch_flush_due(opaque, 0);
+    next = batch_flush_due(opaque, 0);
+    /* a fan-out's rest goes on as deliveries finish (their completions
+     * wake the loop; the outbox's acknowledgements may not) */
+    if (fanout_run(opaque) && next > 50)
+        next = 50;
+    return next;
 }
 
 static void on_stop(hb_worker_t *w, void *opaque) {
+    hb_dispatcher_t *d = opaque;
     (void)w;
     (void)batch_flush_due(opaque, 1); /* what waits for company goes now */
+    /* a fan-out's rest is not started: its message, unfinished, is
+     * consumed again (its job is not released) */
+    while (d->fanout) {
+        fanout_t *f = d->fanout;
+        d->fanout = f->next;
+        hb_log(HB_LOG_INFO, HB_KV("event_id", hb_ev_uuid(f->event)),
+               "stopping: %zu matched subscription(s) of an event not started; the event is "
+               "consumed again",
+               f->cnt - f->done);
+        fanout_free(d, f, 0);
+    }
+    d->fanout_tail = NULL;
+}
+
+/* One matched subscription's part of an event: by its content filter, then
+ * ordered, batched or sent at once. */
+static void fan_one(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_job_t *job,
+                    int32_t partition, int64_t offset, const void *key, size_t key_len) {
+    char okey[512];
+    if (sub->filter && !hb_sub_wants(sub, hb_ev_json(event))) {
+        /* its content filter says no: counted, and said at debug */
+        hb_metric_inc(d->m_filtered);
+        hb_log(HB_LOG_DEBUG, HB_KV("subscription_id", sub->id, "event_uuid", hb_ev_uuid(event)),
+               "event not delivered: the subscription's filter does not match it");
+        return;
+    }
+    hb_metric_inc(d->m_matched);
+    if (sub->ordering != HB_ORDER_NONE && sub->batch_max <= 1 &&
+        hb_order_key(sub->ordering, hb_ev_json(event), key, key_len, okey, sizeof(okey)))
+        ordered_add(d, sub, event, partition, offset, job, okey);
+    else if (sub->batch_max > 1)
+        batch_add(d, sub, event, job);
+    else
+        start_delivery(d, sub, &event, &job, 1, NULL, 1);
+}
+
+/* The payload budget is spent: the next delivery waits (a fan-out goes on
+ * as the deliveries held finish, so that one event matching many
+ * subscriptions holds about max_pending_bytes of payloads, not all of theirs
+ * at once). */
+static int over_budget(const hb_dispatcher_t *d) {
+    return hb_held_bytes() >= (size_t)d->cfg->max_pending_bytes;
+}
+
+static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release) {
+    for (size_t i = f->done; i < f->cnt; i++)
+        hb_sub_unref(f->subs[i]);
+    if (release)
+        hb_job_release(d->w, f->job);
+    hb_ev_unref(f->event);
+    free(f->subs);
+    free(f->key);
+    free(f);
+}
+
+/* Starts the rests of fan-outs while the budget lets them; 1 when one is
+ * still left. A subscription that changed while its part waited goes as it
+ * is now, as a delivery waiting anywhere else does: dropped (and logged so,
+ * its payload kept for replay_dropped) when it was deactivated or
+ * deregistered meanwhile. */
+static int fanout_run(hb_dispatcher_t *d) {
+    fanout_t *f;
+    while ((f = d->fanout) != NULL) {
+        while (f->done < f->cnt) {
+            hb_sub_t *then = f->subs[f->done], *now;
+            const char *why;
+            if (over_budget(d))
+                return 1;
+            f->done++;
+            now = hb_index_get(hb_worker_index(d->w), then->id);
+            why = hb_sub_drop_reason(now, f->matched_ms);
+            if (!why) {
+                fan_one(d, now, f->event, f->job, f->partition, f->offset, f->key, f->key_len);
+            } else if (!(now ? now : then)->filter ||
+                       hb_sub_wants(now ? now : then, hb_ev_json(f->event))) {
+                hb_metric_inc(d->m_matched);
+                start_delivery(d, now ? now : then, &f->event, &f->job, 1, why, now != NULL);
+            }
+            hb_sub_unref(then);
+        }
+        d->fanout = f->next;
+        if (!d->fanout)
+            d->fanout_tail = NULL;
+        fanout_free(d, f, 1);
+    }
+    return 0;
 }
 
 /* The event is matched and rendered from its JSON text; its jansson value is
@@ -512,7 +643,7 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
                      void *opaque) {
     hb_dispatcher_t *d = opaque;
     hb_sub_t *const *subs;
-    size_t n;
+    size_t n, i = 0;
     hb_job_t *job;
     const char *uuid = hb_ev_uuid(event);
 
@@ -525,28 +656,59 @@ static void on_event(hb_worker_t *w, const rd_kafka_message_t *rkm, hb_event_t *
     }
     n = hb_index_match(hb_worker_index(w), hb_ev_type(event), &subs);
     job = hb_worker_track(w, rkm);
-    if (n > 0) {
-        for (size_t i = 0; i < n; i++) {
-            char key[512];
-            if (subs[i]->filter && !hb_sub_wants(subs[i], hb_ev_json(event))) {
-                /* its content filter says no: counted, and said at debug */
-                hb_metric_inc(d->m_filtered);
-                hb_log(HB_LOG_DEBUG, HB_KV("subscription_id", subs[i]->id, "event_uuid", uuid),
-                       "event not delivered: the subscription's filter does not match it");
-                continue;
-            }
-            hb_metric_inc(d->m_matched);
-            if (subs[i]->ordering != HB_ORDER_NONE && subs[i]->batch_max <= 1 &&
-                hb_order_key(subs[i]->ordering, hb_ev_json(event), rkm->key, rkm->key_len, key,
-                             sizeof(key)))
-                ordered_add(d, subs[i], event, rkm, job, key);
-            else if (subs[i]->batch_max > 1)
-                batch_add(d, subs[i], event, job);
-            else
-                start_delivery(d, subs[i], &event, &job, 1, NULL, 1);
+    /* an earlier event's rest goes first (not expected: none is taken then) */
+    for (; i < n && !d->fanout && !over_budget(d); i++)
+        fan_one(d, subs[i], event, job, rkm->partition, rkm->offset, rkm->key, rkm->key_len);
+    if (i < n) { /* the rest waits for the budget (fanout_run) */
+        fanout_t *f = hb_calloc(1, sizeof(*f));
+        f->event = hb_ev_ref(event);
+        f->job = job; /* the tracking hold passes to it */
+        f->cnt = n - i;
+        f->subs = hb_malloc(f->cnt * sizeof(*f->subs));
+        for (size_t j = 0; j < f->cnt; j++)
+            f->subs[j] = hb_sub_ref(subs[i + j]);
+        f->matched_ms = hb_wall_ms();
+        f->partition = rkm->partition;
+        f->offset = rkm->offset;
+        if (rkm->key && rkm->key_len) {
+            f->key = hb_malloc(rkm->key_len);
+            memcpy(f->key, rkm->key, rkm->key_len);
+            f->key_len = rkm->key_len;
         }
+        if (d->fanout_tail)
+            d->fanout_tail->next = f;
+        else
+            d->fanout = f;
+        d->fanout_tail = f;
+        return;
     }
     hb_job_release(w, job);
+}
+
+/* A fan-out's rest is left: no message is taken meanwhile. */
+static int holding(hb_worker_t *w, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    (void)w;
+    return d->fanout != NULL;
+}
+
+/* Revoked partitions: the rests of their fan-outs are the new owner's (its
+ * job released: forgotten, it commits nothing). */
+static size_t fanout_withdraw(hb_dispatcher_t *d) {
+    fanout_t **p = &d->fanout, *f;
+    size_t n = 0;
+    d->fanout_tail = NULL;
+    while ((f = *p) != NULL) {
+        if (hb_job_revoked(f->job)) {
+            *p = f->next;
+            n += f->cnt - f->done;
+            fanout_free(d, f, 1);
+        } else {
+            d->fanout_tail = f;
+            p = &f->next;
+        }
+    }
+    return n;
 }
 
 /* ----------------------------------------------------------- verification */
@@ -816,6 +978,7 @@ static const hb_worker_hooks_t hooks = {
     .on_verify = on_verify,
     .on_index_loaded = on_index_loaded,
     .busy = busy,
+    .holding = holding,
 };
 
 /* ------------------------------------------------------------ build/free */
@@ -877,6 +1040,11 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         while ((s = hb_hash_each(&d->temporary, &pos)) != NULL)
             free(s->val);
         hb_hash_clear(&d->temporary);
+    }
+    while (d->fanout) { /* never started: the event comes again */
+        fanout_t *f = d->fanout;
+        d->fanout = f->next;
+        fanout_free(d, f, 0);
     }
     hb_worker_free(d->w); /* heads aborted now still tell their chains */
     hb_chains_free(d->chains, chain_item_free);

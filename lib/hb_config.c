@@ -118,7 +118,9 @@ static const cf_row_t cf_table[] = {
      "PEM private key of the client certificate, unencrypted (default: read from "
      "tls_client_cert). Only its path is ever printed."},
     {"max_in_flight", CF_INT, OFF(max_in_flight), "512", 1, 100000, HB_PROG_SERVICES, 0,
-     "Concurrent HTTP requests across all endpoints."},
+     "Concurrent HTTP requests across all endpoints. The last quarter of them is kept for "
+     "endpoint hosts that answer: a host with a request running takes one only if one of its "
+     "requests finished within the last second, so hung hosts cannot take every slot."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
      "Concurrent connections to one endpoint host."},
     {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,
@@ -149,12 +151,12 @@ static const cf_row_t cf_table[] = {
      0, "Consumed messages whose deliveries are unfinished before consumption pauses."},
     {"max_pending_bytes", CF_INT, OFF(max_pending_bytes), "67108864", 1048576, 1099511627776LL,
      HB_PROG_SERVICES, 0,
-     "Bytes of payloads unfinished deliveries hold in memory (each rendered body, its copy while "
-     "it waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
+     "Bytes of payloads unfinished deliveries hold in memory (each rendered body, also while it "
+     "waits for or is in an HTTP request, a retry or dead letter until the broker has it, a "
      "row until the delivery log has it, an event waiting in a batch, whose batch then goes at "
-     "once) before consumption pauses, "
-     "as with max_pending_events: "
-     "what bounds memory when payloads "
+     "once) before consumption pauses, as with max_pending_events; an event matching many "
+     "subscriptions renders its deliveries as they fit, the rest waiting for the ones held to "
+     "finish: what bounds memory when payloads "
      "are large or one event matches many subscriptions. The requests waiting for an endpoint "
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
      "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "

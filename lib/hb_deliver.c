@@ -352,9 +352,9 @@ char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
     return ids;
 }
 
-void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
-                     hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
-                     hb_http_done_cb *done, void *opaque) {
+static void deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                         hb_payload_t *payload, int borrowed, long long default_timeout_ms,
+                         size_t max_response_bytes, hb_http_done_cb *done, void *opaque) {
     int64_t now_ms = hb_wall_ms();
     int64_t ts = now_ms / 1000;
     char h_ct[128], h_id[128], h_ts[48], h_sig[512], h_auth[HB_AUTH_LINE_MAX];
@@ -367,12 +367,14 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
         .headers = headers,
         .body = payload->body,
         .body_len = payload->len,
+        .body_borrowed = borrowed,
         .timeout_ms = sub->timeout_ms > 0 ? sub->timeout_ms : default_timeout_ms,
         .max_response_bytes = max_response_bytes,
         .done = done,
         .opaque = opaque,
     };
-    payload->body = NULL; /* now owned by the request */
+    if (!borrowed)
+        payload->body = NULL; /* now owned by the request */
 
     if (hb_sign_header(sub->secrets, sub->secrets_cnt, now_ms, delivery_id, ts, req.body,
                        req.body_len, sig, sizeof(sig)) != 0) {
@@ -408,6 +410,21 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
     if (auth > 0)
         OPENSSL_cleanse(h_auth, strlen(h_auth));
     free(headers);
+}
+
+void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                     hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
+                     hb_http_done_cb *done, void *opaque) {
+    deliver_send(http, sub, delivery_id, payload, 0, default_timeout_ms, max_response_bytes, done,
+                 opaque);
+}
+
+void hb_deliver_send_borrowed(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                              const hb_payload_t *payload, long long default_timeout_ms,
+                              size_t max_response_bytes, hb_http_done_cb *done, void *opaque) {
+    hb_payload_t p = *payload;
+    deliver_send(http, sub, delivery_id, &p, 1, default_timeout_ms, max_response_bytes, done,
+                 opaque);
 }
 
 /* ------------------------------------------------------------------ */

@@ -64,6 +64,13 @@ void hb_deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_
                      hb_payload_t *payload, long long default_timeout_ms, size_t max_response_bytes,
                      hb_http_done_cb *done, void *opaque);
 
+/* The same, the request borrowing payload->body: the caller keeps it,
+ * unchanged, until the done callback has returned (no copy of the body is
+ * made, so a delivery waiting for its host holds its payload once). */
+void hb_deliver_send_borrowed(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,
+                              const hb_payload_t *payload, long long default_timeout_ms,
+                              size_t max_response_bytes, hb_http_done_cb *done, void *opaque);
+
 /* 2xx delivered; timeouts, connection errors, 408, 429 and 5xx retryable;
  * 3xx (redirects are not followed), other 4xx and refused addresses final.
  * Writes the reason ("HTTP 503", "timeout after 10000 ms", "redirect (HTTP 302)

@@ -1043,14 +1043,14 @@ static void transmit(hb_deliveries_t *D, hb_delivery_t *dl) {
     hb_payload_t payload;
 
     dl->owner = D;
-    payload.body = hb_strndup(dl->body, dl->body_len);
+    /* the request borrows the body (no copy: a delivery waiting for its host
+     * holds its payload once); dl keeps it, unchanged, until on_attempt_done */
+    payload.body = dl->body;
     payload.len = dl->body_len;
-    dl->sent_bytes = dl->body_len; /* the request's copy, until on_attempt_done */
-    hb_held_add(dl->sent_bytes);
     payload.content_type = dl->content_type;
     set_state(D, dl, HB_DL_IN_FLIGHT);
-    hb_deliver_send(D->http, dl->sub, dl->id, &payload, D->cfg->request_timeout_ms,
-                    (size_t)D->cfg->response_snippet_bytes, on_attempt_done, dl);
+    hb_deliver_send_borrowed(D->http, dl->sub, dl->id, &payload, D->cfg->request_timeout_ms,
+                             (size_t)D->cfg->response_snippet_bytes, on_attempt_done, dl);
 }
 
 /* Taken back from its host's queue because its subscription changed
@@ -1098,8 +1098,6 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_outcome_t outcome;
     int status;
 
-    hb_held_sub(dl->sent_bytes); /* the request and its copy of the body are done */
-    dl->sent_bytes = 0;
     if (D->abandoning) { /* shutdown: the message will be consumed again */
         hb_delivery_abandon(D, dl);
         return;

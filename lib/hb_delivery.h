@@ -109,9 +109,8 @@ const char *hb_dl_state_name(hb_dl_state_t st);
 typedef struct hb_delivery_s {
     hb_sub_t *sub; /* a reference, released with the delivery */
     char id[HB_UUID_LEN + 1];
-    char *body; /* rendered payload, owned */
+    char *body; /* rendered payload, owned (its request borrows it while in flight) */
     size_t body_len;
-    size_t sent_bytes;        /* the copy handed to the HTTP engine (hb_held_bytes) */
     char *content_type;       /* owned */
     char *event_ids;          /* comma-separated uuids, owned */
     char *event_type;         /* owned */

@@ -106,6 +106,11 @@
 
 #define HB_HTTP_SHARES 1024
 
+/* A host none of whose requests finished for this long is not keeping up
+ * (hung or slow): its queue's bytes are bounded (max_host_queue_bytes), and
+ * it takes no more of the last quarter of the max_in_flight slots. */
+#define HB_HTTP_LAG_MS 1000
+
 typedef struct hb_http_host_s hb_http_host_t;
 typedef struct hb_http_xfer_s hb_http_xfer_t;
 
@@ -127,6 +132,7 @@ struct hb_http_host_s {
     hb_http_xfer_t *wait_head, *wait_tail;
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
+    int64_t done_mono;     /* last completion (0: none yet) */
     int64_t slow_until;    /* a request gave up waiting: known slow until then */
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
@@ -150,6 +156,7 @@ struct hb_http_xfer_s {
     size_t headers_size;
     char *body;
     size_t body_len;
+    int body_borrowed; /* the caller's: not freed here */
     long long timeout_ms;
     size_t max_response_bytes;
     hb_http_done_cb *done;
@@ -591,6 +598,7 @@ static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
  * (so a host answering in bursts is judged on a second, not one burst). */
 static void hb_http_host_done(hb_http_host_t *host, int64_t now) {
     host->progress_mono = now;
+    host->done_mono = now;
     if (!host->win_start)
         host->win_start = now;
     host->win_done++;
@@ -723,7 +731,8 @@ static void hb_http_xfer_free(hb_http_xfer_t *x) {
     free(x->headers);
     free(x->url);
     free(x->host_name);
-    free(x->body);
+    if (!x->body_borrowed)
+        free(x->body);
     free(x->resp);
     free(x);
 }
@@ -1113,18 +1122,49 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
         x->host->progress_mono = x->started_mono;
 }
 
+/* Whether host may start one more transfer now. The last quarter of the
+ * max_in_flight slots is kept for hosts that show they answer: once the
+ * others are taken, a host with a transfer running starts another only if
+ * one of its requests finished within HB_HTTP_LAG_MS. Without that, hosts
+ * that hang (each holding its slots until the request timeout) took every
+ * slot, and the requests to healthy hosts waited out max_queue_wait and went
+ * to the delay tier, their hosts called slow. A host with nothing running
+ * may always start one. */
+static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
+    size_t max = (size_t)h->conf.max_in_flight;
+    if (h->in_flight + max / 4 < max || host->in_flight == 0)
+        return 1;
+    return host->done_mono && now - host->done_mono <= HB_HTTP_LAG_MS;
+}
+
 static void hb_http_refill(hb_http_t *h) {
+    hb_http_host_t *skipped = NULL, *skipped_tail = NULL;
+    int64_t now;
     if (h->closing)
         return;
+    now = hb_mono_ms();
     while (h->in_flight < (size_t)h->conf.max_in_flight) {
         hb_http_host_t *host = hb_http_ready_pop(h);
         if (!host)
             break;
+        if (!hb_http_may_start(h, host, now)) { /* its turn waits: kept aside */
+            if (skipped_tail)
+                skipped_tail->ready_next = host;
+            else
+                skipped = host;
+            skipped_tail = host;
+            continue;
+        }
         hb_http_xfer_t *x = hb_http_wait_pop(h, host);
         if (x)
             hb_http_start(h, x);
         hb_http_ready_push(h, host); /* round-robin: back to the tail if more wait */
         hb_http_host_release(h, host);
+    }
+    while (skipped) { /* still waiting, in their order */
+        hb_http_host_t *host = skipped;
+        skipped = host->ready_next;
+        hb_http_ready_push(h, host);
     }
 }
 
@@ -1392,7 +1432,8 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->method = req->method;
     x->body = req->body;
     x->body_len = req->body_len;
-    req->body = NULL; /* now owned by the transfer */
+    x->body_borrowed = req->body_borrowed;
+    req->body = NULL; /* now owned by the transfer (or still the caller's, borrowed) */
     x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : HB_HTTP_DEFAULT_TIMEOUT_MS;
     x->max_response_bytes = req->max_response_bytes;
     x->done = req->done;
@@ -1413,7 +1454,6 @@ void hb_http_fail(hb_http_t *h, hb_http_req_t *req, const char *reason) {
 /* A host whose requests stopped finishing, or whose queue would take more
  * than HB_HTTP_LAG_MS to drain at its pace: its waiting bodies are bounded
  * by max_host_queue_bytes. */
-#define HB_HTTP_LAG_MS 1000
 static const char hb_http_lagging_reason[] =
     "endpoint not keeping up: its waiting requests hold a quarter of max_pending_bytes";
 
@@ -1502,10 +1542,20 @@ static long long hb_http_expire(hb_http_t *h) {
         hb_http_host_t *host = h->wq_head->host;
         hb_http_xfer_t *x = hb_http_wait_pop(h, host); /* the oldest is its host's head */
         x->host = NULL;
-        host->slow_until = now + wait;
-        hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
-                         "endpoint slow: waited %lld ms for a connection to %s (max_queue_wait)",
-                         (long long)(now - x->queued_mono), x->host_name);
+        if (host->in_flight) {
+            host->slow_until = now + wait;
+            hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                             "endpoint slow: waited %lld ms for a connection to %s "
+                             "(max_queue_wait)",
+                             (long long)(now - x->queued_mono), x->host_name);
+        } else { /* its host had a connection free: not its fault (the prefix
+                  * keeps it out of endpoint_health's failures, sql/) */
+            hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                             "endpoint busy: waited %lld ms for one of the max_in_flight request "
+                             "slots, "
+                             "every one taken by requests to other endpoints (max_queue_wait)",
+                             (long long)(now - x->queued_mono));
+        }
         hb_http_host_release(h, host);
     }
     return h->wq_head ? h->wq_head->queued_mono + wait - now : -1;

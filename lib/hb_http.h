@@ -4,7 +4,10 @@
  * Many requests in flight from one thread, never a thread per request:
  * transfers are added up to max_in_flight (the rest wait in a FIFO), at most
  * max_host_connections per endpoint host (a slow host's extra requests wait in
- * that host's own queue and never take the global slots from other hosts),
+ * that host's own queue and never take the global slots from other hosts;
+ * the last quarter of max_in_flight goes only to a host with nothing running
+ * or one of whose requests finished within the last second, so hung hosts
+ * cannot hold every slot),
  * and that queue is bounded twice: at most max_host_queue requests wait for
  * one host, and none waits longer than max_queue_wait_ms. A request over
  * either bound is not sent: it completes with not_sent set, and its caller
@@ -108,9 +111,10 @@ typedef struct hb_http_req_s {
     hb_http_method_t method;
     const char *url;            /* copied */
     const char *const *headers; /* "Name: value", NULL-terminated, copied */
-    char *body;                 /* POST body; ownership taken by submit */
+    char *body;                 /* POST body; ownership taken by submit, unless borrowed */
     size_t body_len;
-    long long timeout_ms;      /* total, per attempt */
+    int body_borrowed;    /* the caller keeps body (unchanged) until the done callback returns */
+    long long timeout_ms; /* total, per attempt */
     size_t max_response_bytes; /* response body bytes kept */
     hb_http_done_cb *done;
     void *opaque;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_buf.h"
 #include "hb_log.h"
 #include "hb_pg.h"
 #include "hb_sign.h"
@@ -73,14 +74,18 @@ static int sealer_abort(sealer_t *sl, int rc) {
     return rc;
 }
 
-/* Seals one batch of hookbridge.secret_inbox in one transaction; returns the
- * number of rows taken, -1 on a database error. */
+/* Seals one batch of hookbridge.secret_inbox in one transaction, the batch
+ * stored with one statement (seal_store over the arrays of inbox ids and
+ * sealed values: 10,000 new subscriptions took 5 s one statement each, while
+ * the follower took no event); returns the number of rows taken, -1 on a
+ * database error. */
 static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
     static const char batch[] = SEALER_BATCH_STR;
     const char *params[3];
     char aad[128], ignored[256], *hex = NULL;
+    hb_buf_t ids = {0}, vals = {0};
     PGresult *res, *r2;
-    int n, failed = 0;
+    int n, failed = 0, stored = 0, secrets = 0;
 
     if (sealer_command(sl, "BEGIN", errstr, errstr_size) < 0)
         return -1;
@@ -93,9 +98,16 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
         return sealer_abort(
             sl, hb_pg_fail(sl->conn, res, "taking secrets to seal", errstr, errstr_size));
     n = PQntuples(res);
+    hb_buf_puts(&ids, "{");
+    hb_buf_puts(&vals, "{");
     for (int i = 0; i < n; i++) {
         const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
-        long long secret_id = 0;
+        long long secret_id = 0, inbox_id;
+        if (parse_id(PQgetvalue(res, i, 0), &inbox_id) < 0) {
+            hb_seterr(errstr, errstr_size, "inbox row without an id");
+            failed = 1;
+            break;
+        }
         if (!strcmp(PQgetvalue(res, i, 2), "signing") &&
             (parse_id(PQgetvalue(res, i, 3), &secret_id) < 0 || secret_id <= 0)) {
             hb_seterr(errstr, errstr_size, "inbox row without a secret row id");
@@ -107,27 +119,42 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
             failed = 1;
             break;
         }
-        params[0] = PQgetvalue(res, i, 0);
-        params[1] = hex;
-        params[2] = hb_keyring_current_id(sl->keyring);
-        r2 = PQexecParams(sl->conn, "SELECT hookbridge.seal_store($1::bigint, $2::text, $3::text)",
-                          3, NULL, params, NULL, NULL, 0);
+        /* array literals: a number and lower-case hex need no quoting */
+        hb_buf_printf(&ids, "%s%lld", stored ? "," : "", inbox_id);
+        hb_buf_printf(&vals, "%s%s", stored ? "," : "", hex);
         free(hex);
         hex = NULL;
-        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
-            PQclear(res);
-            return sealer_abort(
-                sl, hb_pg_fail(sl->conn, r2, "storing a sealed secret", errstr, errstr_size));
-        }
-        PQclear(r2);
-        hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub_id), "sealed its %s",
+        stored++;
+        secrets += secret_id > 0;
+        hb_log(HB_LOG_DEBUG, HB_KV("subscription_id", sub_id), "sealing its %s",
                secret_id ? "signing secret" : "auth value");
     }
     PQclear(res);
-    /* What was sealed before a failure is kept. */
+    hb_buf_puts(&ids, "}");
+    hb_buf_puts(&vals, "}");
+    if (stored > 0) { /* what was sealed before a failure is kept */
+        params[0] = ids.p;
+        params[1] = vals.p;
+        params[2] = hb_keyring_current_id(sl->keyring);
+        r2 = PQexecParams(sl->conn,
+                          "SELECT hookbridge.seal_store(t.inbox_id, t.sealed, $3::text)"
+                          "  FROM unnest($1::bigint[], $2::text[]) AS t(inbox_id, sealed)",
+                          3, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(r2) != PGRES_TUPLES_OK) {
+            hb_buf_free(&ids);
+            hb_buf_free(&vals);
+            return sealer_abort(
+                sl, hb_pg_fail(sl->conn, r2, "storing sealed secrets", errstr, errstr_size));
+        }
+        PQclear(r2);
+    }
+    hb_buf_free(&ids);
+    hb_buf_free(&vals);
     if (sealer_command(sl, "COMMIT", failed ? ignored : errstr,
                        failed ? sizeof(ignored) : errstr_size) < 0)
         return sealer_abort(sl, -1);
+    if (stored > 0)
+        hb_info("sealed %d signing secret(s) and %d auth value(s)", secrets, stored - secrets);
     return failed ? -1 : n;
 }
 

@@ -16,10 +16,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hb_filter.h"
+#include "hb_hash.h"
 #include "hb_log.h"
 #include "hb_pg.h"
 #include "hb_sealer.h"
@@ -34,33 +36,38 @@
  * from signing (rotate_secret is how a lost secret is set again). The auth
  * value comes sealed too, with auth_pending true while a service has yet to
  * seal it. */
-static const char SNAPSHOT_SELECT[] =
-    "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"
-    "       encode(s.auth_sealed, 'hex'), s.auth_key_id, s.auth_pending IS NOT NULL,"
-    "       s.options->>'format', s.options->>'timeout_ms',"
-    "       s.options->>'batch_max', s.options->>'batch_window_ms',"
-    "       s.options->'fields', s.options->'headers', s.options->'filter',"
-    "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"
-    "          FROM hookbridge.subscription_event_types st"
-    "         WHERE st.subscription_id = s.id),"
-    "       (SELECT string_agg(x.secret || ' ' || x.exp_ms, ' ' ORDER BY x.ord)"
-    "          FROM (SELECT sec.id || ' ' || coalesce(encode(sec.sealed, 'hex'), '-') || ' '"
-    "                           || coalesce(sec.key_id, '-') AS secret,"
-    "                       coalesce((extract(epoch FROM sec.expires_at) * 1000)::bigint, 0)::text"
-    "                           AS exp_ms,"
-    "                       row_number() OVER (ORDER BY sec.expires_at DESC NULLS FIRST,"
-    "                                                   sec.id DESC) AS ord"
-    "                  FROM hookbridge.subscription_secrets sec"
-    "                 WHERE sec.subscription_id = s.id"
-    "                   AND (sec.expires_at IS NULL"
-    "                        OR (sec.expires_at > now() AND sec.sealed IS NOT NULL))) x"
-    "         WHERE x.ord <= 2),"
-    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0),"
-    "       s.options->'rate_limit',"
-    "       s.options->>'ordering'"
-    "  FROM hookbridge.subscriptions s"
-    " WHERE s.deregistered_at IS NULL AND ($1::uuid IS NULL OR s.id = $1::uuid)"
-    " ORDER BY s.created_at, s.id";
+#define SNAPSHOT_COLUMNS                                                                           \
+    "SELECT s.id::text, s.name, s.url, s.status, s.verification, s.auth_header,"                   \
+    "       encode(s.auth_sealed, 'hex'), s.auth_key_id, s.auth_pending IS NOT NULL,"              \
+    "       s.options->>'format', s.options->>'timeout_ms',"                                       \
+    "       s.options->>'batch_max', s.options->>'batch_window_ms',"                               \
+    "       s.options->'fields', s.options->'headers', s.options->'filter',"                       \
+    "       (SELECT string_agg(st.event_type, ' ' ORDER BY st.event_type)"                         \
+    "          FROM hookbridge.subscription_event_types st"                                        \
+    "         WHERE st.subscription_id = s.id),"                                                   \
+    "       (SELECT string_agg(x.secret || ' ' || x.exp_ms, ' ' ORDER BY x.ord)"                   \
+    "          FROM (SELECT sec.id || ' ' || coalesce(encode(sec.sealed, 'hex'), '-') || ' '"      \
+    "                           || coalesce(sec.key_id, '-') AS secret,"                           \
+    "                       coalesce((extract(epoch FROM sec.expires_at) * 1000)::bigint, "        \
+    "0)::text"                                                                                     \
+    "                           AS exp_ms,"                                                        \
+    "                       row_number() OVER (ORDER BY sec.expires_at DESC NULLS FIRST,"          \
+    "                                                   sec.id DESC) AS ord"                       \
+    "                  FROM hookbridge.subscription_secrets sec"                                   \
+    "                 WHERE sec.subscription_id = s.id"                                            \
+    "                   AND (sec.expires_at IS NULL"                                               \
+    "                        OR (sec.expires_at > now() AND sec.sealed IS NOT NULL))) x"           \
+    "         WHERE x.ord <= 2),"                                                                  \
+    "       coalesce((extract(epoch FROM s.deactivated_at) * 1000)::bigint, 0),"                   \
+    "       s.options->'rate_limit',"                                                              \
+    "       s.options->>'ordering'"                                                                \
+    "  FROM hookbridge.subscriptions s"                                                            \
+    " WHERE s.deregistered_at IS NULL AND "
+
+static const char SNAPSHOT_SELECT[] = SNAPSHOT_COLUMNS "($1::uuid IS NULL OR s.id = $1::uuid)"
+                                                       " ORDER BY s.created_at, s.id";
+/* Some of them by id, in one statement (hb_snapshot_load_many). */
+static const char SNAPSHOT_SELECT_MANY[] = SNAPSHOT_COLUMNS "s.id = ANY($1::uuid[])";
 
 enum {
     COL_ID,
@@ -451,4 +458,74 @@ int hb_snapshot_load_one(struct pg_conn *conn, const hb_keyring_t *kr, const cha
         rc = row_to_sub(kr, res, 0, out, errstr, errstr_size);
     PQclear(res);
     return rc;
+}
+
+int hb_snapshot_load_many(struct pg_conn *conn, const hb_keyring_t *kr, const char *const *ids,
+                          size_t n, hb_sub_t **out, int *rc, char **why, char *errstr,
+                          size_t errstr_size) {
+    hb_hash_t at = {0}; /* lower-case id -> its index + 1 */
+    const char *params[1];
+    char key[HB_UUID_LEN + 1], reason[256];
+    char *list, *p;
+    PGresult *res;
+
+    for (size_t i = 0; i < n; i++) {
+        out[i] = NULL;
+        rc[i] = 0;
+        why[i] = NULL;
+    }
+    if (!n)
+        return 0;
+    /* a uuid[] literal: ids are checked, so nothing needs quoting */
+    p = list = hb_malloc(n * (HB_UUID_LEN + 1) + 2);
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (!hb_snapshot_is_id(ids[i])) {
+            free(list);
+            hb_hash_clear(&at);
+            hb_seterr(errstr, errstr_size, "not a subscription id: \"%.40s\"",
+                      ids[i] ? ids[i] : "");
+            return -1;
+        }
+        for (size_t c = 0; c <= HB_UUID_LEN; c++)
+            key[c] = (char)tolower((unsigned char)ids[i][c]);
+        if (!hb_hash_find(&at, key))
+            (void)hb_hash_put(&at, key, (void *)(uintptr_t)(i + 1));
+        if (i)
+            *p++ = ',';
+        memcpy(p, key, HB_UUID_LEN);
+        p += HB_UUID_LEN;
+    }
+    *p++ = '}';
+    *p = '\0';
+    params[0] = list;
+    res = PQexecParams(conn, SNAPSHOT_SELECT_MANY, 1, NULL, params, NULL, NULL, 0);
+    free(list);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        hb_hash_clear(&at);
+        (void)hb_pg_fail(conn, res, "loading subscriptions", errstr, errstr_size);
+        return -2;
+    }
+    for (int row = 0; row < PQntuples(res); row++) {
+        const char *id = PQgetvalue(res, row, COL_ID);
+        uintptr_t i1;
+        size_t i;
+        int r;
+        if (strlen(id) != HB_UUID_LEN)
+            continue;
+        for (size_t c = 0; c <= HB_UUID_LEN; c++)
+            key[c] = (char)tolower((unsigned char)id[c]);
+        i1 = (uintptr_t)hb_hash_get(&at, key);
+        if (!i1 || out[i1 - 1] || rc[i1 - 1])
+            continue;
+        i = i1 - 1;
+        r = row_to_sub(kr, res, row, &out[i], reason, sizeof(reason));
+        if (r < 0) {
+            rc[i] = r;
+            why[i] = hb_strdup(reason);
+        }
+    }
+    PQclear(res);
+    hb_hash_clear(&at);
+    return 0;
 }

@@ -28,6 +28,16 @@ int hb_snapshot_load_all(struct pg_conn *conn, const hb_keyring_t *keyring, hb_s
 int hb_snapshot_load_one(struct pg_conn *conn, const hb_keyring_t *keyring, const char *id,
                          hb_sub_t **out, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
+/* The subscriptions ids[0..n) (distinct) in one statement, each as
+ * hb_snapshot_load_one loads it: out[i] (NULL when it does not exist, is
+ * deregistered, or its row cannot be read) and rc[i] (0, -1 or
+ * HB_SNAPSHOT_UNSEALED, with why[i] the reason, the caller's to free; else
+ * NULL). 0, or -1 for an id that is not one, -2 when the query fails (a bulk
+ * change costs one round trip per n subscriptions, not one each). */
+int hb_snapshot_load_many(struct pg_conn *conn, const hb_keyring_t *keyring, const char *const *ids,
+                          size_t n, hb_sub_t **out, int *rc, char **why, char *errstr,
+                          size_t errstr_size) HB_MUSTCHECK;
+
 /* s is a subscription id (a UUID in its text form). */
 int hb_snapshot_is_id(const char *s);
 

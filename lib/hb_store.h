@@ -13,10 +13,13 @@
  *                               load also moves values sealed under an older key to
  *                               the current one
  *                 and loads a fresh snapshot of each changed subscription by
- *                 id (one changed row costs one query, never a reload);
+ *                 id (the ones notified together 500 to a query, never a
+ *                 reload);
  *   the requests  verification claims and outcomes, pending verifications,
  *                 replay claims, the failing-endpoint sweep, rate-limit
- *                 tokens and the delivery log's maintenance, in order.
+ *                 tokens and the delivery log's maintenance, in order, but
+ *                 for the rate-limit token asks, which go first (a bulk
+ *                 URL change's thousands of claims must not hold them).
  * What they produce waits in one queue for the loop thread, which
  * hb_store_fd() (a pipe) wakes; hb_store_process() runs the handlers and the
  * requests' callbacks there, in the order the lanes queued them. The loop

@@ -437,6 +437,9 @@ static int keeping_up(void *opaque) {
      * about to join the queue: they count as waiting already */
     if (lookups >= limit)
         return 0;
+    /* the rest of a message's fan-out goes first (on_pass) */
+    if (w->spec.hooks->holding && w->spec.hooks->holding(w, w->spec.opaque))
+        return 0;
     /* one message's deliveries at a time past the payload budget, not a
      * whole batch's (hb_consumer_limit pauses) */
     if (hb_held_bytes() >= (size_t)w->cfg->max_pending_bytes)

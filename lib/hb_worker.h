@@ -98,6 +98,10 @@ typedef struct hb_worker_hooks_s {
     /* Work of the service's own that the drain also waits for (e.g. the
      * dispatcher's verification challenges): how much is running (NULL: none). */
     size_t (*busy)(hb_worker_t *w, void *opaque);
+    /* 1 while the service still holds work of a message it took that it
+     * has not started (the dispatcher's fan-out waiting for the payload
+     * budget): no message is taken meanwhile (NULL: never). */
+    int (*holding)(hb_worker_t *w, void *opaque);
     /* Partitions were revoked (inside the consumer poll): abandon with
      * hb_worker_abandon what the service holds for them and has not started
      * (hb_delivery_revoked, hb_job_revoked), without routing anything;
