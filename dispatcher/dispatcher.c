@@ -607,7 +607,9 @@ static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release) {
  * still left. A subscription that changed while its part waited goes as it
  * is now, as a delivery waiting anywhere else does: dropped (and logged so,
  * its payload kept for replay_dropped) when it was deactivated or
- * deregistered meanwhile. */
+ * deregistered meanwhile; not at all when it no longer takes the event's
+ * type (unsubscribed meanwhile: as one never matched, counted and said at
+ * debug as a filter's no is, and as a filling batch does, batch_flush). */
 static int fanout_run(hb_dispatcher_t *d) {
     fanout_t *f;
     while ((f = d->fanout) != NULL) {
@@ -619,7 +621,12 @@ static int fanout_run(hb_dispatcher_t *d) {
             f->done++;
             now = hb_index_get(hb_worker_index(d->w), then->id);
             why = hb_sub_drop_reason(now, f->matched_ms);
-            if (!why) {
+            if (!why && !hb_sub_has_type(now, hb_ev_type(f->event))) {
+                hb_metric_inc(d->m_filtered);
+                hb_log(HB_LOG_DEBUG,
+                       HB_KV("subscription_id", now->id, "event_uuid", hb_ev_uuid(f->event)),
+                       "event not delivered: the subscription no longer takes its type");
+            } else if (!why) {
                 fan_one(d, now, f->event, f->job, f->partition, f->offset, f->key, f->key_len);
             } else if (!(now ? now : then)->filter ||
                        hb_sub_wants(now ? now : then, hb_ev_json(f->event))) {
@@ -1007,7 +1014,8 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
     d->m_filtered = hb_metrics_counter(
         "hookbridge_events_filtered_total", NULL,
         "Events of a subscription's types not delivered to it because its content filter does "
-        "not match them (also when a changed filter or event types leave a filling batch).");
+        "not match them (also when a changed filter or event types leave a filling batch, or the "
+        "rest of a fan-out waiting for the payload budget).");
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
     d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",
