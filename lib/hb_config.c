@@ -120,7 +120,8 @@ static const cf_row_t cf_table[] = {
     {"max_in_flight", CF_INT, OFF(max_in_flight), "512", 1, 100000, HB_PROG_SERVICES, 0,
      "Concurrent HTTP requests across all endpoints. The last quarter of them is kept for "
      "endpoint hosts that answer: a host with a request running takes one only if one of its "
-     "requests finished within the last second, so hung hosts cannot take every slot."},
+     "requests was answered (any HTTP status: a timeout is no answer) within the last "
+     "second, so hung hosts cannot take every slot."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
      "Concurrent connections to one endpoint host."},
     {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,

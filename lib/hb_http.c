@@ -132,7 +132,7 @@ struct hb_http_host_s {
     hb_http_xfer_t *wait_head, *wait_tail;
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
-    int64_t done_mono;     /* last completion (0: none yet) */
+    int64_t done_mono;     /* last answer: a completion with an HTTP status (0: none yet) */
     int64_t slow_until;    /* a request gave up waiting: known slow until then */
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
@@ -596,9 +596,10 @@ static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
 
 /* A transfer to host finished at now: its pace, in windows of at least 1 s
  * (so a host answering in bursts is judged on a second, not one burst). */
-static void hb_http_host_done(hb_http_host_t *host, int64_t now) {
+static void hb_http_host_done(hb_http_host_t *host, int64_t now, int answered) {
     host->progress_mono = now;
-    host->done_mono = now;
+    if (answered) /* a timeout or a reset is no answer (hb_http_may_start) */
+        host->done_mono = now;
     if (!host->win_start)
         host->win_start = now;
     host->win_done++;
@@ -942,7 +943,7 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->free_easy[h->free_cnt++] = easy;
         h->in_flight--;
         host->in_flight--;
-        hb_http_host_done(host, hb_mono_ms());
+        hb_http_host_done(host, hb_mono_ms(), res.http_status > 0);
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -1125,7 +1126,10 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
 /* Whether host may start one more transfer now. The last quarter of the
  * max_in_flight slots is kept for hosts that show they answer: once the
  * others are taken, a host with a transfer running starts another only if
- * one of its requests finished within HB_HTTP_LAG_MS. Without that, hosts
+ * one of its requests was answered (any HTTP status) within HB_HTTP_LAG_MS;
+ * a request that timed out or whose connection failed is no answer (else
+ * hung hosts, their requests timing out together, took the kept slots for
+ * a second after each wave, and held them for another request timeout). Without that, hosts
  * that hang (each holding its slots until the request timeout) took every
  * slot, and the requests to healthy hosts waited out max_queue_wait and went
  * to the delay tier, their hosts called slow. A host with nothing running

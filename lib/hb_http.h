@@ -6,7 +6,7 @@
  * max_host_connections per endpoint host (a slow host's extra requests wait in
  * that host's own queue and never take the global slots from other hosts;
  * the last quarter of max_in_flight goes only to a host with nothing running
- * or one of whose requests finished within the last second, so hung hosts
+ * or one of whose requests was answered within the last second, so hung hosts
  * cannot hold every slot),
  * and that queue is bounded twice: at most max_host_queue requests wait for
  * one host, and none waits longer than max_queue_wait_ms. A request over

@@ -3,6 +3,7 @@ budget, the batches counted in it, and the requests that borrow their
 delivery's body.
 
 Each test says what it holds and how it was shown to fail on aeb121b."""
+import socket
 import threading
 import time
 
@@ -72,3 +73,79 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
     finally:
         release.set()
         srv.shutdown()
+
+
+def test_hosts_whose_requests_time_out_do_not_take_the_slots_kept_for_hosts_that_answer(
+        db_url, broker, procs):
+    """docs/operations.md, A slow endpoint: the last quarter of
+    HOOKBRIDGE_MAX_IN_FLIGHT is kept for hosts that answer (3a33ff5). A
+    request that timed out is no answer: eight hosts that take connections
+    and never answer, fed events all along, time out together (a 6 s
+    request timeout); then events come for two healthy hosts. Their requests
+    get the kept slots at once, none parked on the delay tier.
+
+    On aeb121b a timeout counted as a finished request, so for a second
+    after each wave of timeouts the hung hosts took the kept slots too, all
+    32 of them hung for another request timeout, and the healthy hosts'
+    requests waited out HOOKBRIDGE_MAX_QUEUE_WAIT and went to the delay tier
+    ("endpoint busy: waited ... for one of the max_in_flight request
+    slots")."""
+    got = []
+
+    class Answering(ChallengeAnswering):
+        def do_POST(self):
+            got.extend(posted_uuids(self))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    healthy = [serve_many(Answering) for _ in range(2)]
+    hung = []
+    stop = threading.Event()
+    try:
+        for _ in range(8):  # connections complete in the kernel; nothing ever answers
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(128)
+            hung.append(s)
+        sql(db_url, "SELECT hookbridge.register('hung-' || i, u, ARRAY['user.session.start'], "
+                    "'{}') FROM unnest(%s::text[]) WITH ORDINALITY AS t(u, i)",
+            [f"http://127.0.0.1:{s.getsockname()[1]}/hook" for s in hung])
+        sql(db_url, "SELECT hookbridge.register('ok-' || i, u, ARRAY['user.session.end'], "
+                    "'{}') FROM unnest(%s::text[]) WITH ORDINALITY AS t(u, i)",
+            [h.url for h in healthy])
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active'")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_IN_FLIGHT": "32",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "6s", "HOOKBRIDGE_MAX_QUEUE_WAIT": "4s"})
+        d.wait_ready()
+
+        def feed():  # 32 requests a second for the hung hosts
+            while not stop.is_set():
+                produce(broker.bootstrap, [event("user.session.start") for _ in range(4)])
+                stop.wait(1)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                                       "WHERE last_error LIKE 'timeout%%'")[0][0] >= 8 or None,
+                   20 * SLOW, "the first wave of timeouts")
+        time.sleep(0.3)
+        evs = [event("user.session.end") for _ in range(3)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(got) >= 6 or sql(
+            db_url, "SELECT count(*) FROM hookbridge.deliveries d JOIN hookbridge.subscriptions s "
+                    "ON s.id = d.subscription_id WHERE s.name LIKE 'ok-%%' "
+                    "AND d.status = 'retry'")[0][0] or None, 15 * SLOW,
+            "the healthy hosts' deliveries, or one parked")
+        parked = sql(db_url, "SELECT d.last_error FROM hookbridge.deliveries d "
+                             "JOIN hookbridge.subscriptions s ON s.id = d.subscription_id "
+                             "WHERE s.name LIKE 'ok-%%' AND d.status = 'retry'")
+        assert parked == [], parked
+        assert sorted(got) == sorted(e["uuid"] for e in evs for _ in healthy)
+    finally:
+        stop.set()
+        for h in healthy:
+            h.shutdown()
+        for s in hung:
+            s.close()
