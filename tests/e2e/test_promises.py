@@ -417,29 +417,33 @@ def test_a_replay_claimed_by_a_retrier_killed_before_queueing_it_is_taken_after_
         db_url, procs, workdir):
     """docs/sql.md, claim_replays: "takes up to limit replay requests, each
     leased so a retrier that dies does not lose one". A retrier claims a
-    replay while the broker is frozen (SIGSTOP: the replay's message stays in
-    its producer's queue) and is killed (SIGKILL): the message is lost with
-    it, the request stays claimed. Another retrier does not take it while the
-    lease (5 minutes) holds; once the lease is over (the claim moved back by
-    SQL, instead of waiting 5 minutes) it sends the replay: one request, the
-    same webhook-id."""
+    replay while its broker is frozen (SIGSTOP: the replay's message stays in
+    its producer's queue, or in the frozen broker's socket) and is killed
+    (SIGKILL), and so is that broker: the message is lost with them, the
+    request stays claimed. Another retrier (on a broker of its own) does not
+    take it while the lease (5 minutes) holds; once the lease is over (the
+    claim moved back by SQL, instead of waiting 5 minutes) it sends the
+    replay: one request, the same webhook-id."""
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1s", "HOOKBRIDGE_RETRY_JITTER": "0"}
     broker = Broker(procs, workdir, retry_schedule="1s")
+    # The first retrier's broker: a request the producer already wrote to its
+    # socket is read once the broker runs again, so it dies too (CI run 50).
+    doomed = Broker(procs, workdir, retry_schedule="1s", name="doomed-broker")
     rcv = checking(procs, workdir)
-    r1 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier1")
+    r1 = Retrier(procs, db_url, doomed.bootstrap, extra_env=env, name="retrier1")
     r1.wait_ready()
     sub = verified_active(db_url, rcv.url)
     did = failed_delivery(db_url, sub)
     wait_until(lambda: changes_applied(r1, sub, ACTIVE) >= 1, 10, "the retrier to see it active")
 
-    broker.proc.signal(signal.SIGSTOP)
+    doomed.proc.signal(signal.SIGSTOP)
     try:
         sql(db_url, "SELECT hookbridge.replay(%s)", did)
         wait_until(lambda: did in r1.proc.output() and "replay requested" in r1.proc.output(),
                    10, "the first retrier to claim the replay")
         r1.proc.kill()
     finally:
-        broker.proc.signal(signal.SIGCONT)
+        doomed.proc.kill()
     assert sql(db_url, "SELECT status, replay_claimed_at IS NOT NULL FROM hookbridge.deliveries "
                "WHERE delivery_id = %s", did) == [("replay", True)]
 

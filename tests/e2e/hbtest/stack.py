@@ -19,14 +19,15 @@ class Broker:
     dlq_topic = "hookbridge.dlq"
     retry_prefix = "hookbridge.retry."
 
-    def __init__(self, group, workdir, topics=(), retry_schedule=None):
-        self.bootstrap_file = Path(workdir) / "bootstrap"
+    def __init__(self, group, workdir, topics=(), retry_schedule=None, name="devbroker"):
+        self.bootstrap_file = Path(workdir) / ("bootstrap" if name == "devbroker"
+                                               else f"bootstrap-{name}")
         argv = [BIN / "hookbridge-devbroker", "--bootstrap-file", self.bootstrap_file]
         for t in topics:
             argv += ["--topic", t]
         if retry_schedule:
             argv += ["--retry-schedule", retry_schedule]
-        self.proc = group.start("devbroker", argv)
+        self.proc = group.start(name, argv)
         self.proc.kill_at_teardown = True  # its clean stop: test_spine_tools
         self.bootstrap = wait_until(
             lambda: self.bootstrap_file.exists() and self.bootstrap_file.read_text().strip(),
