@@ -238,8 +238,7 @@ def test_a_batch_the_endpoint_refuses_as_too_large_goes_again_in_halves(db_url, 
                 return
             body = json.loads(self.rfile.read(n))
             got.extend(e["uuid"] for e in body["data"]["events"])
-            self.send_response(204)
-            self.end_headers()
+            self.answer()
 
     srv = serve(Limited)
     try:

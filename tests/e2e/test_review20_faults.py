@@ -13,6 +13,16 @@ from test_delivery import event, sql
 from test_review14_faults import hwm_kib, serve_many, subscribe_many
 
 
+def collecting(got):
+    """An endpoint handler that adds the uuids of the events POSTed to it to
+    got and answers 204."""
+    class Collecting(ChallengeAnswering):
+        def do_POST(self):
+            got.extend(posted_uuids(self))
+            self.answer()
+    return Collecting
+
+
 def test_one_large_event_matching_a_thousand_subscriptions_stays_within_the_budget(
         db_url, broker, procs):
     """docs/operations.md, Memory: one event of 100 KB matching 1,000
@@ -30,12 +40,7 @@ def test_one_large_event_matching_a_thousand_subscriptions_stays_within_the_budg
     part grew it by 105 MB)."""
     got = []
 
-    class Answering(ChallengeAnswering):
-        def do_POST(self):
-            got.extend(posted_uuids(self))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    Answering = collecting(got)
 
     srv = serve_many(Answering)
     try:
@@ -92,12 +97,7 @@ def test_hung_hosts_do_not_take_every_request_slot_from_healthy_ones(db_url, bro
     deliveries arrived, the rest parked; now all 1,500 in half a second.)"""
     got = []
 
-    class Answering(ChallengeAnswering):
-        def do_POST(self):
-            got.extend(posted_uuids(self))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    Answering = collecting(got)
 
     healthy = [serve_many(Answering) for _ in range(6)]
     hung = []
@@ -152,12 +152,7 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
     with one (10,000 changes: 0.5 s)."""
     got = []
 
-    class Answering(ChallengeAnswering):
-        def do_POST(self):
-            got.extend(posted_uuids(self))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    Answering = collecting(got)
 
     srv = serve_many(Answering)
     try:
@@ -202,9 +197,7 @@ def test_a_fan_out_stopped_half_way_is_finished_by_the_next_start(db_url, broker
             posted_uuids(self)
             ids.append(self.headers["webhook-id"])
             time.sleep(0.1)
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     srv = serve_many(Answering)
     try:
@@ -241,12 +234,7 @@ def test_a_bulk_url_change_does_not_hold_the_rate_limited_subscriptions_back(db_
     turn"."""
     got = []
 
-    class Answering(ChallengeAnswering):
-        def do_POST(self):
-            got.extend(posted_uuids(self))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    Answering = collecting(got)
 
     old, new, limited = serve_many(Answering), serve_many(Answering), serve_many(Answering)
     try:

@@ -27,6 +27,30 @@ def readyz(svc):
         return (0, str(e))
 
 
+
+def dead_letter_held(space, db_url, procs, workdir, schedule, want, line):
+    """A receiver answering 503 to a verified subscription, a dispatcher and a
+    retrier on `schedule`: both not ready saying `want`, their log holding
+    `line` ({program}: the service's name); then a delivery out of attempts,
+    whose dead letter waits, and so does its tier's offset. Returns the
+    dispatcher, the retrier, the receiver and the retriers' group."""
+    rcv = checking(procs, workdir, status=503)
+    verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
+    for svc in (d, r):
+        wait_until(lambda: readyz(svc) == (503, want + "\n"), 20,
+                   f"the {svc.program} not ready, naming the dead-letter topic")
+        assert line.format(program=svc.program) in svc.proc.output()
+    produce(space.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(rcv.posts()) == 2, 20, "both attempts")
+    time.sleep(1)
+    assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
+    rgroup = space.group("hookbridge-retrier")
+    assert committed(space.bootstrap, rgroup, space.retry_prefix + schedule) == 0
+    return d, r, rcv, rgroup
+
 def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the_dead_letter(
         apache_kafka, db_url, procs, workdir):
     """docs/operations.md: "A service started before its topics exist stays
@@ -46,26 +70,10 @@ def test_a_missing_dead_letter_topic_makes_both_services_not_ready_and_holds_the
     space = apache_kafka.space(retry_schedule=schedule)
     tier = space.retry_prefix + schedule
     delete_topics(space.bootstrap, [space.dlq_topic])
-    rcv = checking(procs, workdir, status=503)
-    verified_active(db_url, rcv.url)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
-    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
-    r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
     want = f"topic {space.dlq_topic} does not exist"
-    for svc in (d, r):
-        wait_until(lambda: readyz(svc) == (503, want + "\n"), 20,
-                   f"the {svc.program} not ready, naming the dead-letter topic")
-        assert f'"level":"error","component":"{svc.program}","msg":"{want}: create it' \
-            in svc.proc.output()
-
-    # A delivery out of attempts meanwhile: its dead letter waits, and so does
-    # the tier's offset.
-    produce(space.bootstrap, [event("user.session.start")])
-    wait_until(lambda: len(rcv.posts()) == 2, 20, "both attempts")
-    time.sleep(1)
-    assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
-    rgroup = space.group("hookbridge-retrier")
-    assert committed(space.bootstrap, rgroup, tier) == 0
+    d, r, rcv, rgroup = dead_letter_held(
+        space, db_url, procs, workdir, schedule, want,
+        '"level":"error","component":"{program}","msg":"' + want + ': create it')
     assert readyz(r)[0] == 503
 
     space._schedules.clear()  # hookbridge-migrate topics again: it creates the DLQ
@@ -237,24 +245,10 @@ def test_a_dead_letter_topic_the_service_may_not_write_makes_it_not_ready_until_
             assert not admin.create_acls([deny])["failed"]
         finally:
             admin.close()
-        rcv = checking(procs, workdir, status=503)
-        verified_active(db_url, rcv.url)
-        env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
-        d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
-        r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
         want = f"topic {space.dlq_topic} is not authorized to this service"
-        for svc in (d, r):
-            wait_until(lambda: readyz(svc) == (503, want + "\n"), 20,
-                       f"the {svc.program} not ready, naming the dead-letter topic")
-            assert f"{want}: give the service's principal Describe and Write on it" \
-                in svc.proc.output()
-
-        produce(space.bootstrap, [event("user.session.start")])
-        wait_until(lambda: len(rcv.posts()) == 2, 20, "both attempts")
-        time.sleep(1)
-        assert sql(db_url, "SELECT status, attempts FROM hookbridge.deliveries") == [("retry", 1)]
-        rgroup = space.group("hookbridge-retrier")
-        assert committed(space.bootstrap, rgroup, tier) == 0
+        d, r, _, rgroup = dead_letter_held(
+            space, db_url, procs, workdir, schedule,
+            want, want + ": give the service's principal Describe and Write on it")
 
         admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
         try:

@@ -34,9 +34,7 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
         def do_POST(self):
             posts.append(posted_uuids(self))
             release.wait(30)
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     srv = serve_many(Holding)
     try:
@@ -95,9 +93,7 @@ def test_hosts_whose_requests_time_out_do_not_take_the_slots_kept_for_hosts_that
     class Answering(ChallengeAnswering):
         def do_POST(self):
             got.extend(posted_uuids(self))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer()
 
     healthy = [serve_many(Answering) for _ in range(2)]
     hung = []
