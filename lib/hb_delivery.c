@@ -40,6 +40,8 @@ struct hb_deliveries_s {
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
     hb_hash_t circuits; /* endpoint host -> circuit_t*, only while failing */
+    hb_hash_t turns;    /* "h <host>" or "s <subscription>" -> turn_t*: paced parkings */
+    size_t turns_sweep; /* ... whose past ones are forgotten at this many */
     hb_ratelimit_t *rl; /* deliveries held by their subscription's rate limit */
     int (*rate_ask)(const char *id, int wanted, void *opaque);
     void *rate_ask_opaque;
@@ -679,12 +681,84 @@ static double random_unit(void) {
     return (double)r / 4294967296.0;
 }
 
+/* An attempt not made because its endpoint host is busy or its
+ * subscription's rate limit has no token soon: at what pace the host (or the
+ * limit) takes requests, and how many are ahead of it there. */
+typedef struct pace_s {
+    char key[HB_UUID_LEN + 520]; /* "h <host key>" or "s <subscription id>" */
+    double per_second;           /* > 0 */
+    size_t ahead;
+} pace_t;
+
+/* The next free turn of one host or subscription, in this process: a
+ * virtual clock the parked deliveries are spaced on. */
+typedef struct turn_s {
+    double next_ms; /* wall clock */
+} turn_t;
+
+#define TURNS_SWEEP 4096 /* clocks kept before the past ones are forgotten */
+
+/* Parked deliveries come back at this share of the pace: at the full pace a
+ * host's queue (or a limit's bucket) never drains, and the moments they
+ * come back together (a delay tier is read a partition at a time) would
+ * fill it until some are parked again; a little slack lets it catch up. */
+#define TURN_SHARE 0.8
+
+/* When a delivery parked for p is due (not before not_before, the first
+ * tier's delay): its turn at p's pace after those ahead of it and those
+ * parked before it, so a burst larger than the endpoint's pace comes back
+ * spread at that pace rather than all at once to be parked again. */
+static int64_t paced(hb_deliveries_t *D, const pace_t *p, int64_t now, int64_t not_before) {
+    hb_hash_slot_t *s = hb_hash_find(&D->turns, p->key);
+    double step = 1000.0 / (p->per_second * TURN_SHARE), due;
+    turn_t *t;
+    if (!s) {
+        if (hb_hash_count(&D->turns) >= D->turns_sweep) {
+            size_t pos = 0;
+            while ((s = hb_hash_each(&D->turns, &pos)) != NULL)
+                if (((turn_t *)s->val)->next_ms <= (double)now) {
+                    free(s->val);
+                    hb_hash_del(&D->turns, s);
+                }
+            /* all still ahead: not walked again before twice as many */
+            D->turns_sweep = hb_hash_count(&D->turns) * 2;
+            if (D->turns_sweep < TURNS_SWEEP)
+                D->turns_sweep = TURNS_SWEEP;
+        }
+        t = hb_calloc(1, sizeof(*t));
+        hb_hash_put(&D->turns, p->key, t);
+    } else {
+        t = s->val;
+    }
+    due = (double)now + (double)p->ahead * step;
+    if (due < t->next_ms)
+        due = t->next_ms;
+    if (due < (double)not_before)
+        due = (double)not_before;
+    t->next_ms = due + step;
+    return (int64_t)due;
+}
+
+/* The longest tier not longer than wait_ms, if longer than topic's: a
+ * delivery due much later waits there, hopping less (the retrier produces a
+ * message due beyond its tier's span again onto the same tier). */
+static const char *tier_for_wait(const hb_schedule_t *sch, const char *topic, long long wait_ms) {
+    long long at_least = hb_schedule_tier_ms(sch, topic, NULL);
+    for (int t = sch->tiers - 1; t >= 0; t--)
+        if (sch->tiers_ms[t] <= wait_ms)
+            return sch->tiers_ms[t] > at_least ? sch->tier_topics[t] : topic;
+    return topic;
+}
+
 /* Retryable failure of attempt dl->attempt (or a skipped one when res is
- * NULL): the next tier, or the dead-letter topic when attempts are used up. */
+ * NULL): the next tier, or the dead-letter topic when attempts are used up;
+ * one not made for pace (busy host, rate limit) is due at its turn. */
 static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
-                        const hb_http_result_t *res, const char *reason, int schedule_offset) {
+                        const hb_http_result_t *res, const char *reason, int schedule_offset,
+                        const pace_t *pace) {
     const char *topic = NULL;
-    int64_t not_before = 0;
+    int64_t not_before = 0, now = hb_wall_ms();
+    char turn[64] = "";
     long long retry_after = res && res->retry_after_s > 0 ? res->retry_after_s * 1000 : 0;
     int step = made - schedule_offset; /* attempts made in this schedule */
     hb_gate_t *g;
@@ -694,11 +768,16 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     if (step < 1) /* a skipped first attempt waits the first delay */
         step = 1;
     if (hb_schedule_next(&D->cfg->schedule, step, retry_after, D->cfg->retry_after_max_ms,
-                         (int)D->cfg->retry_jitter_percent, random_unit(), hb_wall_ms(), &topic,
+                         (int)D->cfg->retry_jitter_percent, random_unit(), now, &topic,
                          &not_before) != 0) {
         snprintf(why, sizeof(why), "%s (attempts used up)", reason);
         route_failed(D, dl, made, res, why);
         return;
+    }
+    if (pace) {
+        not_before = paced(D, pace, now, not_before);
+        topic = tier_for_wait(&D->cfg->schedule, topic, not_before - now);
+        snprintf(turn, sizeof(turn), ", its turn at a pace of %.3g/s", pace->per_second);
     }
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
     m = retry_msg(D, dl, topic, made + 1, not_before, answer_status(res), reason, g,
@@ -716,9 +795,9 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
     hb_log_limited_for(
         res ? &log_failed : &log_not_made, dl->sub->id, HB_LOG_INFO,
         HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
-        res ? "attempt %d failed (%s): next attempt in %lld ms via %s"
-            : "attempt %d not made (%s): it waits %lld ms in %s",
-        res ? made : dl->attempt, reason, (long long)(not_before - hb_wall_ms()), topic);
+        res ? "attempt %d failed (%s): next attempt in %lld ms via %s%s"
+            : "attempt %d not made (%s): it waits %lld ms in %s%s",
+        res ? made : dl->attempt, reason, (long long)(not_before - now), topic, turn);
     /* The 'retry' row is logged once the broker has the next attempt, so a
      * logged attempt always has its successor durable; its commit releases
      * the jobs. */
@@ -731,23 +810,26 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl);
 /* The attempt was not made (circuit open, endpoint busy or slow, rate
  * limit, a new URL not verified yet): the delivery waits in a delay tier
  * instead of in memory. Any attempt, first or retry, goes to the first tier
- * and keeps its number: nothing was tried, so it is due again soon (a retry
+ * (one held back by pace, a busy host's or a rate limit's, due at its turn
+ * if later: see paced(); then in the longest tier that fits) and keeps its
+ * number: nothing was tried, so it is due again soon (a retry
  * sent back to its own tier would wait that tier's delay once more, up to
  * hours, for a moment of overload), and when it is made and fails, the
  * schedule goes on from where it was. In the retrier an open circuit counts
  * the attempt as failed (without a request), so the schedule of a dead
  * endpoint still ends instead of going round forever. */
-static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *reason, int circuit) {
+static void route_not_made(hb_deliveries_t *D, hb_delivery_t *dl, const char *reason, int circuit,
+                           const pace_t *pace) {
     dl->circuit = circuit;
     set_state(D, dl, HB_DL_NOT_MADE);
     if (circuit && D->circuit_counts_attempts) {
         char why[320];
         snprintf(why, sizeof(why), "attempt not made: %s", reason);
-        route_retry(D, dl, dl->attempt, NULL, why, dl->schedule_offset);
+        route_retry(D, dl, dl->attempt, NULL, why, dl->schedule_offset, NULL);
         return;
     }
-    /* made - schedule_offset below 1: the first delay */
-    route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->attempt - 1);
+    /* made - schedule_offset below 1: the first delay (or its turn, later) */
+    route_retry(D, dl, dl->attempt - 1, NULL, reason, dl->attempt - 1, pace);
 }
 
 /* An ordered delivery that waits behind another: like an attempt not made
@@ -765,7 +847,7 @@ void hb_delivery_wait(hb_deliveries_t *D, hb_delivery_t *dl, const char *after_i
     if (!dl->first_attempt_ms)
         dl->first_attempt_ms = hb_wall_ms();
     set_state(D, dl, HB_DL_NOT_MADE);
-    route_retry(D, dl, dl->attempt - 1, NULL, why, dl->schedule_offset);
+    route_retry(D, dl, dl->attempt - 1, NULL, why, dl->schedule_offset, NULL);
     delivery_finish(D, dl);
 }
 
@@ -912,7 +994,8 @@ static void rate_held(hb_deliveries_t *D, long long held_ms) {
  * until the new URL has passed its challenge or failed it. */
 static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
     dl->unverified = 1;
-    route_not_made(D, dl, "waiting for the subscription's new URL to pass its verification", 0);
+    route_not_made(D, dl, "waiting for the subscription's new URL to pass its verification", 0,
+                   NULL);
     delivery_finish(D, dl);
 }
 
@@ -961,7 +1044,7 @@ static void rate_send(void *item, long long held_ms, int throttled, void *opaque
         hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&
         (open = circuit_open(D, dl, 1)) != 0) {
         /* the circuit opened while it waited, or another attempt probes it */
-        route_not_made(D, dl, circuit_reason(open), 1);
+        route_not_made(D, dl, circuit_reason(open), 1, NULL);
         delivery_finish(D, dl);
         return;
     }
@@ -983,7 +1066,13 @@ static void rate_refuse(void *item, const char *reason, long long held_ms, void 
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id), "%s",
            reason);
     dl->rate_limited = 1;
-    route_not_made(D, dl, reason, 0);
+    {
+        pace_t p;
+        snprintf(p.key, sizeof(p.key), "s %s", dl->sub->id);
+        p.per_second = dl->sub->rate_per_second;
+        p.ahead = hb_ratelimit_held_for(D->rl, dl->sub->id);
+        route_not_made(D, dl, reason, 0, p.per_second > 0 ? &p : NULL);
+    }
     delivery_finish(D, dl);
 }
 
@@ -1026,7 +1115,7 @@ void hb_delivery_send(hb_deliveries_t *D, hb_delivery_t *dl) {
     if (circuit_enabled(D) &&
         hb_http_host_key(dl->sub->url, dl->endpoint, sizeof(dl->endpoint)) == 0 &&
         (open = circuit_open(D, dl, dl->sub->rate_per_second <= 0)) != 0) {
-        route_not_made(D, dl, circuit_reason(open), 1);
+        route_not_made(D, dl, circuit_reason(open), 1, NULL);
         delivery_finish(D, dl);
         return;
     }
@@ -1109,7 +1198,18 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         return;
     }
     if (res->not_sent) { /* never sent: no attempt, no verdict on the endpoint */
-        route_not_made(D, dl, res->error, res->not_sent == HB_HTTP_DIVERTED);
+        pace_t p;
+        int host_busy =
+            (res->not_sent == HB_HTTP_QUEUE_FULL || res->not_sent == HB_HTTP_QUEUE_WAIT) &&
+            res->host_pace > 0;
+        if (host_busy) {
+            p.key[0] = 'h';
+            p.key[1] = ' ';
+            host_busy = hb_http_host_key(dl->sub->url, p.key + 2, sizeof(p.key) - 2) == 0;
+            p.per_second = res->host_pace;
+            p.ahead = res->host_waiting;
+        }
+        route_not_made(D, dl, res->error, res->not_sent == HB_HTTP_DIVERTED, host_busy ? &p : NULL);
         delivery_finish(D, dl);
         return;
     }
@@ -1137,7 +1237,9 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         record(D, dl, dl->attempt, res, HB_OUTCOME_DELIVERED, "",
                hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt));
         break;
-    case HB_OUTCOME_RETRY: route_retry(D, dl, dl->attempt, res, reason, dl->schedule_offset); break;
+    case HB_OUTCOME_RETRY:
+        route_retry(D, dl, dl->attempt, res, reason, dl->schedule_offset, NULL);
+        break;
     default: route_failed(D, dl, dl->attempt, res, reason); break;
     }
     delivery_finish(D, dl);
@@ -1265,6 +1367,7 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
     D->outbox = outbox;
     D->m = *m;
     D->circuit_counts_attempts = circuit_counts_attempts;
+    D->turns_sweep = TURNS_SWEEP;
     {
         hb_ratelimit_conf_t rc = {
             .max_queue = cfg->max_host_queue > 0 ? (size_t)cfg->max_host_queue : 0,
@@ -1303,6 +1406,10 @@ void hb_deliveries_free(hb_deliveries_t *D) {
         while ((s = hb_hash_each(&D->circuits, &pos)) != NULL)
             free(s->val);
         hb_hash_clear(&D->circuits);
+        pos = 0;
+        while ((s = hb_hash_each(&D->turns, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&D->turns);
     }
     free(D);
 }

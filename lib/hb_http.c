@@ -137,6 +137,7 @@ struct hb_http_host_s {
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
     size_t win_done;
+    size_t expiring; /* hb_http_expire: its requests leaving the queue in this pass */
 };
 
 struct hb_http_xfer_s {
@@ -145,6 +146,8 @@ struct hb_http_xfer_s {
     hb_http_xfer_t *wq_prev, *wq_next;   /* global wait FIFO (while in a host queue) */
     int64_t queued_mono;                 /* when it entered its host queue */
     hb_http_not_sent_t not_sent;         /* early list: why it was never sent */
+    double ns_pace;                      /* ... and its host's pace then (hb_http_result_t) */
+    size_t ns_waiting;
     hb_http_t *h;
     hb_http_host_t *host;   /* NULL on the early list */
     CURL *easy;             /* set while running */
@@ -618,6 +621,27 @@ static long long hb_http_host_wait_ms(const hb_http_host_t *host) {
     return (long long)((double)(host->waiting + 1) * 1000.0 / host->rate);
 }
 
+/* x is not sent because of its host: the host's pace and the requests that
+ * stay ahead of x in its queue (at most what its pace sends within
+ * max_queue_wait_ms) go with it (hb_http_result_t host_pace). A
+ * host that has not answered for a while has no pace; one whose first
+ * window is not over yet has that of the part of it that is, if half a
+ * second long (a burst held max_queue_wait must not leave unpaced only
+ * because the host had not finished its first second yet). */
+static void hb_http_note_pace(hb_http_xfer_t *x, const hb_http_host_t *host, size_t ahead,
+                              int64_t now) {
+    double pace = host->rate;
+    if (pace <= 0 && host->win_start && host->win_done >= 2 && now - host->win_start >= 500)
+        pace = (double)host->win_done * 1000.0 / (double)(now - host->win_start);
+    if (pace > 0 && !(host->in_flight && now - host->progress_mono > HB_HTTP_LAG_MS)) {
+        /* each of those is sent or leaves within max_queue_wait_ms */
+        double most = pace * (double)x->h->conf.max_queue_wait_ms / 1000.0;
+        x->ns_pace = pace;
+        x->ns_waiting =
+            x->h->conf.max_queue_wait_ms > 0 && (double)ahead > most ? (size_t)most : ahead;
+    }
+}
+
 static void hb_http_ready_push(hb_http_t *h, hb_http_host_t *host) {
     if (host->on_ready || !host->wait_head ||
         host->in_flight >= (size_t)h->conf.max_host_connections)
@@ -899,6 +923,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
     } else if (!x->easy) {
         res.refused = x->early_refused;
         res.not_sent = x->not_sent;
+        res.host_pace = x->ns_pace;
+        res.host_waiting = x->ns_waiting;
         res.transport_error = x->early_refused || x->not_sent ? 0 : x->early_code;
         hb_seterr(res.error, sizeof(res.error), "%s", x->early_error);
     } else {
@@ -1474,7 +1500,7 @@ size_t hb_http_shed_lagging(hb_http_t *h) {
     while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) {
         hb_http_host_t *host = s->val;
         hb_http_xfer_t *prev = NULL, *x = host->wait_head;
-        size_t kept = 0;
+        size_t kept = 0, kept_n = 0;
         if (host->waiting_bytes <= cap || !hb_http_host_lagging(host, now, HB_HTTP_LAG_MS))
             continue;
         /* the oldest keep their turn; the newest beyond the bound go (the
@@ -1484,10 +1510,12 @@ size_t hb_http_shed_lagging(hb_http_t *h) {
             if (kept > 0 && kept + x->body_len > cap) {
                 hb_http_wait_unlink(h, host, prev, x);
                 x->host = NULL;
+                hb_http_note_pace(x, host, kept_n, now);
                 hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL, "%s", hb_http_lagging_reason);
                 n++;
             } else {
                 kept += x->body_len;
+                kept_n++;
                 prev = x;
             }
             x = next;
@@ -1530,6 +1558,7 @@ static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
         hb_http_refill(h);
         return;
     }
+    hb_http_note_pace(x, hh, hh->waiting, hb_mono_ms());
     hb_http_host_release(h, hh);
 }
 
@@ -1542,12 +1571,17 @@ static long long hb_http_expire(hb_http_t *h) {
     if (wait <= 0 || !h->wq_head)
         return -1;
     now = hb_mono_ms();
+    /* how many of each host's leave now: those that stay are ahead of them */
+    for (hb_http_xfer_t *y = h->wq_head; y && now - y->queued_mono >= wait; y = y->wq_next)
+        y->host->expiring++;
     while (h->wq_head && now - h->wq_head->queued_mono >= wait) {
         hb_http_host_t *host = h->wq_head->host;
         hb_http_xfer_t *x = hb_http_wait_pop(h, host); /* the oldest is its host's head */
         x->host = NULL;
+        host->expiring--;
         if (host->in_flight) {
             host->slow_until = now + wait;
+            hb_http_note_pace(x, host, host->waiting - host->expiring, now);
             hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
                              "endpoint slow: waited %lld ms for a connection to %s "
                              "(max_queue_wait)",

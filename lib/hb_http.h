@@ -98,7 +98,13 @@ typedef struct hb_http_result_s {
     const char *body;            /* response body, NUL-terminated, bounded */
     size_t body_len;
     long long retry_after_s; /* Retry-After in seconds (delta or HTTP date), -1 if absent */
-    int64_t started_ms;      /* wall clock */
+    /* not_sent because of its own host (HB_HTTP_QUEUE_FULL, HB_HTTP_QUEUE_WAIT):
+     * the host's recent pace in requests a second (0: not known, or the host
+     * has not answered for a while) and the requests then waiting for it, so
+     * its caller can put the request off until about its turn */
+    double host_pace;
+    size_t host_waiting;
+    int64_t started_ms; /* wall clock */
     int64_t duration_ms;
     int new_connection; /* it opened a connection rather than reuse one */
 } hb_http_result_t;

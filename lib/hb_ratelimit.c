@@ -150,6 +150,11 @@ size_t hb_ratelimit_held(const hb_ratelimit_t *rl) {
     return rl->held;
 }
 
+size_t hb_ratelimit_held_for(const hb_ratelimit_t *rl, const char *key) {
+    const rl_key_t *k = hb_hash_get(&rl->keys, key);
+    return k ? k->n : 0;
+}
+
 size_t hb_ratelimit_withdraw(hb_ratelimit_t *rl, int (*which)(void *item, void *arg), void *arg) {
     hb_hash_slot_t *s;
     size_t pos = 0, n = 0;

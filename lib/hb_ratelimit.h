@@ -97,7 +97,8 @@ void hb_ratelimit_granted(hb_ratelimit_t *rl, const char *key, int granted, long
  * the ms until it should run again (-1: nothing held). */
 long long hb_ratelimit_tick(hb_ratelimit_t *rl, int64_t now_ms);
 
-size_t hb_ratelimit_held(const hb_ratelimit_t *rl); /* items held, every key */
+size_t hb_ratelimit_held(const hb_ratelimit_t *rl);                      /* items held, every key */
+size_t hb_ratelimit_held_for(const hb_ratelimit_t *rl, const char *key); /* ... for key */
 
 /* Every item held for which which(item, arg) says 1 goes to drop, once all of
  * them are out of the limiter (drop may not call back into it either);
