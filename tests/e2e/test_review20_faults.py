@@ -3,10 +3,9 @@ hookbridge meets them: thousands of subscriptions, one event matching
 hundreds of them, bulk subscription changes.
 
 Each test says what it holds and how it was shown to fail on 9ec6cf5."""
-import socket
 import time
 
-from hbtest.endpoints import ChallengeAnswering, posted_uuids
+from hbtest.endpoints import ChallengeAnswering, hung_listeners, posted_uuids
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, produce
 from test_delivery import event, sql
@@ -102,11 +101,7 @@ def test_hung_hosts_do_not_take_every_request_slot_from_healthy_ones(db_url, bro
     healthy = [serve_many(Answering) for _ in range(6)]
     hung = []
     try:
-        for _ in range(8):  # connections complete in the kernel; nothing ever answers
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            s.listen(64)
-            hung.append(s)
+        hung.extend(hung_listeners(8, 64))
         urls = [h.url for h in healthy] + \
                [f"http://127.0.0.1:{s.getsockname()[1]}/hook" for s in hung]
         sql(db_url, "SELECT hookbridge.register('host-' || i, u, ARRAY['user.session.start'], "

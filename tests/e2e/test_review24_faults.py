@@ -3,11 +3,10 @@ budget, the batches counted in it, and the requests that borrow their
 delivery's body.
 
 Each test says what it holds and how it was shown to fail on aeb121b."""
-import socket
 import threading
 import time
 
-from hbtest.endpoints import ChallengeAnswering, posted_uuids
+from hbtest.endpoints import ChallengeAnswering, hung_listeners, posted_uuids
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, produce
 from test_delivery import event, sql
@@ -99,11 +98,7 @@ def test_hosts_whose_requests_time_out_do_not_take_the_slots_kept_for_hosts_that
     hung = []
     stop = threading.Event()
     try:
-        for _ in range(8):  # connections complete in the kernel; nothing ever answers
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            s.listen(128)
-            hung.append(s)
+        hung.extend(hung_listeners(8, 128))
         sql(db_url, "SELECT hookbridge.register('hung-' || i, u, ARRAY['user.session.start'], "
                     "'{}') FROM unnest(%s::text[]) WITH ORDINALITY AS t(u, i)",
             [f"http://127.0.0.1:{s.getsockname()[1]}/hook" for s in hung])

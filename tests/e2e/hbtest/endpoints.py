@@ -4,6 +4,7 @@ the verification challenge like any receiver, and whatever a test wants to
 POSTs."""
 import http.server
 import json
+import socket
 import threading
 
 
@@ -46,3 +47,15 @@ def serve(handler):
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/hook"
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+def hung_listeners(n, backlog=128):
+    """n loopback sockets that listen and never accept: connections complete
+    in the kernel, and nothing ever answers. The caller closes them."""
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(backlog)
+        out.append(s)
+    return out
