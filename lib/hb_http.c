@@ -1103,7 +1103,8 @@ static CURLcode hb_http_setup(hb_http_t *h, hb_http_xfer_t *x, CURL *easy) {
     return rc;
 }
 
-/* Moves one waiting transfer into the multi handle. */
+/* Moves one waiting transfer into the multi handle; only hb_http_refill
+ * calls it, and releases x's host after. */
 static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
     CURL *easy;
     if (h->free_cnt > 0) {
@@ -1130,10 +1131,11 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
         hb_seterr(x->early_error, sizeof(x->early_error), "could not start transfer: %s",
                   rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
         x->early_code = rc != CURLE_OK ? (int)rc : (int)CURLE_FAILED_INIT;
-        hb_http_host_t *host = x->host;
+        /* Its host is not released here: the refill that started x still
+         * holds it (it queues it again, then releases it itself); freed here,
+         * the refill would use it after the free. */
         x->host = NULL;
         hb_http_early_push(h, x);
-        hb_http_host_release(h, host);
         return;
     }
     x->easy = easy;
