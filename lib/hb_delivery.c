@@ -891,6 +891,21 @@ static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const 
     return NULL;
 }
 
+/* Renders and sends events[0..n) as two batches, each under the delivery id
+ * of its own events (hb_delivery_render splits either again if still too
+ * large). */
+static void render_halves(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *events,
+                          hb_job_t *const *jobs, size_t n) {
+    size_t half = n / 2;
+    for (int k = 0; k < 2; k++) {
+        size_t off = k ? half : 0, cnt = k ? n - half : half;
+        char part[HB_UUID_LEN + 1];
+        char *ids = hb_deliver_id(sub->id, events + off, cnt, part);
+        hb_delivery_render(D, sub, events + off, cnt, part, ids, jobs + off);
+        free(ids);
+    }
+}
+
 /* A batch too large for one request is sent in two halves (each split again
  * while still too large), each under the delivery id of its own events: a
  * batch is a grouping, and its events must not be lost to it. Only one event
@@ -908,13 +923,7 @@ void hb_delivery_render(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const *ev
                            "batch of %zu events (%zu bytes) exceeds HOOKBRIDGE_MAX_PAYLOAD_BYTES "
                            "(%lld): sent as two batches of %zu and %zu",
                            n, too_large, D->cfg->max_payload_bytes, half, n - half);
-        for (int k = 0; k < 2; k++) {
-            size_t off = k ? half : 0, cnt = k ? n - half : half;
-            char part[HB_UUID_LEN + 1];
-            char *ids = hb_deliver_id(sub->id, events + off, cnt, part);
-            hb_delivery_render(D, sub, events + off, cnt, part, ids, jobs + off);
-            free(ids);
-        }
+        render_halves(D, sub, events, jobs, n);
     }
 }
 
@@ -1168,13 +1177,7 @@ static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
                        "(HTTP 413): sent again as two batches of %zu and %zu; lower the "
                        "subscription's batch_max",
                        n, dl->body_len, half, n - half);
-    for (int k = 0; k < 2; k++) {
-        size_t off = k ? half : 0, cnt = k ? n - half : half;
-        char part[HB_UUID_LEN + 1];
-        char *ids = hb_deliver_id(dl->sub->id, dl->events + off, cnt, part);
-        hb_delivery_render(D, dl->sub, dl->events + off, cnt, part, ids, dl->jobs + off);
-        free(ids);
-    }
+    render_halves(D, dl->sub, dl->events, dl->jobs, n);
     set_state(D, dl, HB_DL_DISCARDED);
     delivery_finish(D, dl);
 }
