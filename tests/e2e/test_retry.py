@@ -416,7 +416,10 @@ def test_endpoint_failing_for_the_period_is_deactivated_with_the_reason(db_url, 
         30 * SLOW, "the automatic deactivation")
     assert reason.startswith("deactivated automatically: every attempt failed since")
     assert "HTTP 500" in reason
-    assert "deactivated automatically" in r.proc.output()
+    # The retrier logs the reason once PostgreSQL has answered, which may be
+    # a moment after the row is visible here.
+    wait_until(lambda: "deactivated automatically" in r.proc.output(), 10 * SLOW,
+               "the retrier to log the deactivation")
     # Its remaining retries are dropped, and activate() clears the reason.
     wait_until(lambda: delivery(db_url, sub)[1] == "dropped", 20 * SLOW, "the retry to be dropped")
     sql(db_url, "SELECT hookbridge.activate(%s)", sub)
