@@ -86,6 +86,16 @@ static const cf_row_t cf_table[] = {
     {"dlq_retention", CF_MS, OFF(dlq_retention_ms), "30d", 3600000, 3650LL * 86400000,
      HB_PROG_MIGRATE, 0,
      "retention.ms of the dead-letter topic when `hookbridge-migrate topics` creates it."},
+    {"migrate_lock_timeout", CF_MS, OFF(migrate_lock_timeout_ms), "2s", 100, 600000,
+     HB_PROG_MIGRATE, 0,
+     "How long one attempt of `hookbridge-migrate up` waits for a lock (PostgreSQL's "
+     "lock_timeout). Every write of the services to that table queues behind a waiting "
+     "`up`, so a long query holding the table (a report) stalls them; at this bound `up` "
+     "rolls back, names the sessions holding hookbridge's tables, and tries again."},
+    {"migrate_lock_wait", CF_MS, OFF(migrate_lock_wait_ms), "10m", 1000, 7LL * 86400000,
+     HB_PROG_MIGRATE, 0,
+     "How long `hookbridge-migrate up` keeps trying for its locks before it gives up "
+     "(exit 1, nothing of that step applied)."},
     {"consumer_group", CF_STR, OFF(consumer_group), "", 0, 0, HB_PROG_SERVICES, 0,
      "Kafka consumer group (default: hookbridge-dispatcher / hookbridge-retrier)."},
     {"instance_id", CF_STR, OFF(instance_id), "", 0, 0, HB_PROG_SERVICES, 0,

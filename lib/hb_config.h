@@ -78,6 +78,8 @@ typedef struct hb_config_s {
     long long topic_replication_factor;
     long long events_retention_ms;
     long long dlq_retention_ms;
+    long long migrate_lock_timeout_ms; /* hookbridge-migrate up: one attempt's lock wait */
+    long long migrate_lock_wait_ms;    /* and how long it keeps trying */
 
     /* The producer's Okta event-hook ingest endpoint (hookbridge-producer --listen). */
     char *ingest_listen;              /* "" = no endpoint: the CLI */

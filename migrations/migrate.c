@@ -33,7 +33,11 @@
  *
  * `up` holds a session advisory lock (MIGRATE_LOCK_KEY) for its whole run, so
  * replicas started together (Kubernetes init containers) apply each migration
- * once.
+ * once. Each transaction runs with lock_timeout = migrate_lock_timeout: a
+ * statement waiting for a table lock queues every later request for that
+ * table (the services' writes) behind it, so on a timeout the step is rolled
+ * back, the sessions holding hookbridge's tables are named, and it is tried
+ * again until migrate_lock_wait has passed (apply_step).
  *
  * Before applying anything both commands check history against the files and
  * refuse (exit 1, naming the file) when an applied migration's checksum
@@ -346,6 +350,15 @@ static const char *pick_dir(const char *flag_dir, char *buf, size_t bufsz) {
     return MIGRATE_SYSTEM_DIR;
 }
 
+/* The SQLSTATE of the last statement that failed: a lock timeout (55P03) is
+ * tried again, anything else ends the run. */
+static char last_sqlstate[6];
+
+static void note_failure(const PGresult *res) {
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    snprintf(last_sqlstate, sizeof(last_sqlstate), "%s", state ? state : "");
+}
+
 static int exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params,
                    ExecStatusType want, PGresult **out, const char *what, char *errstr,
                    size_t errstr_size) {
@@ -358,6 +371,7 @@ static int exec_ok(PGconn *conn, const char *sql, int nparams, const char *const
             PQclear(res);
         return 0;
     }
+    note_failure(res);
     hb_pg_error(conn, res, why, sizeof(why));
     PQclear(res);
     hb_seterr(errstr, errstr_size, "%s: %s", what, why);
@@ -539,6 +553,7 @@ static int run_file(PGconn *conn, const mig_t *m, const char *dir, char *errstr,
         PQresultStatus(res) != PGRES_EMPTY_QUERY) {
         const char *pos = PQresultErrorField(res, PG_DIAG_STATEMENT_POSITION);
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        note_failure(res);
         hb_pg_error(conn, res, why, sizeof(why));
         if (state && !strcmp(state, "42501")) { /* insufficient_privilege */
             size_t n = strlen(why);
@@ -646,14 +661,38 @@ static void print_sql_applied(const sql_set_t *set) {
                set->gone[i]);
 }
 
+/* How long a step waits for a lock before it rolls back and tries again, and
+ * how long it keeps trying (migrate_lock_timeout, migrate_lock_wait). */
+typedef struct {
+    long long timeout_ms, wait_ms;
+} lock_policy_t;
+
+/* Starts a step's transaction. Its statements wait at most timeout_ms for a
+ * lock: while one waits, every later request for that table queues behind it,
+ * the services' writes included. */
+static int begin_step(PGconn *conn, const lock_policy_t *lp, const char *what, char *errstr,
+                      size_t errstr_size) {
+    char ms[32];
+    const char *params[1] = {ms};
+    snprintf(ms, sizeof(ms), "%lld", lp->timeout_ms);
+    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, what, errstr, errstr_size) < 0)
+        return -1;
+    if (exec_ok(conn, "SELECT set_config('lock_timeout', $1 || 'ms', true)", 1, params,
+                PGRES_TUPLES_OK, NULL, what, errstr, errstr_size) < 0) {
+        PQclear(PQexec(conn, "ROLLBACK"));
+        return -1;
+    }
+    return 0;
+}
+
 /* One transaction: the migration m and its row, then, when sql is given,
  * every SQL file. */
-static int apply_one(PGconn *conn, const mig_t *m, const char *dir, const sql_set_t *sql,
-                     char *errstr, size_t errstr_size) {
+static int apply_one(PGconn *conn, const lock_policy_t *lp, const mig_t *m, const char *dir,
+                     const sql_set_t *sql, char *errstr, size_t errstr_size) {
     char version[24];
     const char *params[3] = {version, m->name, m->sha256};
     snprintf(version, sizeof(version), "%ld", m->version);
-    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, m->file, errstr, errstr_size) < 0)
+    if (begin_step(conn, lp, m->file, errstr, errstr_size) < 0)
         return -1;
     if (run_file(conn, m, dir, errstr, errstr_size) < 0 ||
         exec_ok(conn,
@@ -671,13 +710,13 @@ static int apply_one(PGconn *conn, const mig_t *m, const char *dir, const sql_se
 
 /* One transaction: the history of the earlier layout replaced by the
  * baseline's row (when convert), then, when sql is given, every SQL file. */
-static int apply_rest(PGconn *conn, const mig_t *baseline, int convert, const sql_set_t *sql,
-                      char *errstr, size_t errstr_size) {
+static int apply_rest(PGconn *conn, const lock_policy_t *lp, const mig_t *baseline, int convert,
+                      const sql_set_t *sql, char *errstr, size_t errstr_size) {
     const char *params[2] = {baseline->name, baseline->sha256};
     char max[24];
     const char *del[1] = {max};
     snprintf(max, sizeof(max), "%ld", OLD_LAYOUT_N);
-    if (exec_ok(conn, "BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL, "BEGIN", errstr, errstr_size) < 0)
+    if (begin_step(conn, lp, "BEGIN", errstr, errstr_size) < 0)
         return -1;
     if ((convert &&
          (exec_ok(conn,
@@ -695,6 +734,78 @@ static int apply_rest(PGconn *conn, const mig_t *baseline, int convert, const sq
         return -1;
     }
     return 0;
+}
+
+/* Names the sessions that have held a lock on one of hookbridge's tables for
+ * longer than a lock timeout: whom a step waited for. Never their query text,
+ * which may carry a secret. */
+static void describe_holders(PGconn *conn, long long older_ms, char *buf, size_t bufsz) {
+    char ms[32];
+    const char *params[1] = {ms};
+    PGresult *res;
+    size_t n = 0;
+    snprintf(ms, sizeof(ms), "%lld", older_ms);
+    res = PQexecParams(conn,
+                       "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'unnamed'),"
+                       "       coalesce(a.usename::text, '?'), coalesce(a.state, '?'),"
+                       "       extract(epoch FROM now() - a.xact_start)::bigint"
+                       "  FROM pg_stat_activity a"
+                       " WHERE a.pid <> pg_backend_pid()"
+                       "   AND a.xact_start < now() - ($1 || ' milliseconds')::interval"
+                       "   AND EXISTS (SELECT 1 FROM pg_locks l"
+                       "                 JOIN pg_class c ON c.oid = l.relation"
+                       "                WHERE l.pid = a.pid AND l.granted"
+                       "                  AND c.relnamespace = 'hookbridge'::regnamespace)"
+                       " ORDER BY a.xact_start LIMIT 3",
+                       1, NULL, params, NULL, NULL, 0);
+    buf[0] = '\0';
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        for (int i = 0; i < PQntuples(res) && n < bufsz; i++)
+            n += (size_t)snprintf(
+                buf + n, bufsz - n, "%ssession of pid %s (%s, user %s, %s, transaction open %s s)",
+                i ? "; " : "", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
+                PQgetvalue(res, i, 3), PQgetvalue(res, i, 4));
+    if (!buf[0])
+        snprintf(buf, bufsz, "no session holds hookbridge's tables for that long now");
+    PQclear(res);
+}
+
+/* Runs one step of `up` (apply_one, or apply_rest when rest) and, when a
+ * statement of it waited lp->timeout_ms for a lock, tries it again until
+ * lp->wait_ms have passed. Each failed attempt has rolled back, so the
+ * services' writes that queued behind it go on meanwhile. */
+static int apply_step(PGconn *conn, const lock_policy_t *lp, const mig_t *m, const char *dir,
+                      int rest, int convert, const sql_set_t *sql, char *errstr,
+                      size_t errstr_size) {
+    int64_t start = hb_mono_ms();
+    long long pause = 500;
+    char holders[768];
+    for (int attempt = 1;; attempt++) {
+        int64_t spent;
+        last_sqlstate[0] = '\0';
+        if ((rest ? apply_rest(conn, lp, m, convert, sql, errstr, errstr_size)
+                  : apply_one(conn, lp, m, dir, sql, errstr, errstr_size)) == 0)
+            return 0;
+        if (strcmp(last_sqlstate, "55P03") != 0) /* lock_not_available */
+            return -1;
+        describe_holders(conn, lp->timeout_ms, holders, sizeof(holders));
+        spent = hb_mono_ms() - start;
+        if (spent + pause > lp->wait_ms) {
+            size_t n = strlen(errstr);
+            snprintf(errstr + n, errstr_size - n,
+                     "; gave up after %d attempts in %lld ms (HOOKBRIDGE_MIGRATE_LOCK_WAIT), "
+                     "nothing of this step applied; holding hookbridge's tables: %s",
+                     attempt, (long long)spent, holders);
+            return -1;
+        }
+        printf("%s: a lock was not granted within %lld ms (attempt %d); rolled back, so the "
+               "services' writes go on; holding hookbridge's tables: %s; trying again in %lld "
+               "ms\n",
+               rest ? "the SQL files" : m->file, lp->timeout_ms, attempt, holders, pause);
+        fflush(stdout);
+        usleep((useconds_t)(pause * 1000));
+        pause = pause * 2 > 15000 ? 15000 : pause * 2;
+    }
 }
 
 /* Takes the migration lock; when another session holds it, says who before
@@ -733,7 +844,8 @@ static int take_lock(PGconn *conn, const char *const *key, char *errstr, size_t 
                    "taking the migration lock", errstr, errstr_size);
 }
 
-static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, size_t errstr_size) {
+static int cmd_up(PGconn *conn, const lock_policy_t *lp, mig_list_t *l, const char *dir,
+                  char *errstr, size_t errstr_size) {
     const char *key[1] = {MIGRATE_LOCK_KEY};
     sql_set_t sql;
     mig_list_t ahead = {NULL, 0};
@@ -769,8 +881,8 @@ static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, si
     need_sql = sql.exists && (sql_changed(&sql) || last < l->n || convert);
     if (convert) {
         /* Its own transaction: the state is the baseline's already. */
-        if (apply_rest(conn, &l->v[0], 1, last == l->n && need_sql ? &sql : NULL, errstr,
-                       errstr_size) < 0)
+        if (apply_step(conn, lp, &l->v[0], dir, 1, 1, last == l->n && need_sql ? &sql : NULL,
+                       errstr, errstr_size) < 0)
             goto out;
         printf("recorded %s as applied: the database was at %04ld_%s.sql of the earlier "
                "layout, which it replaces\n",
@@ -779,14 +891,14 @@ static int cmd_up(PGconn *conn, mig_list_t *l, const char *dir, char *errstr, si
     for (size_t i = 0; i < l->n; i++) {
         if (l->v[i].applied)
             continue;
-        if (apply_one(conn, &l->v[i], dir, i == last && need_sql ? &sql : NULL, errstr,
-                      errstr_size) < 0)
+        if (apply_step(conn, lp, &l->v[i], dir, 0, 0, i == last && need_sql ? &sql : NULL, errstr,
+                       errstr_size) < 0)
             goto out;
         printf("applied %s\n", l->v[i].file);
         applied++;
     }
     if (need_sql && last == l->n && !convert &&
-        apply_rest(conn, &l->v[0], 0, &sql, errstr, errstr_size) < 0)
+        apply_step(conn, lp, &l->v[0], dir, 1, 0, &sql, errstr, errstr_size) < 0)
         goto out;
     if (need_sql)
         print_sql_applied(&sql);
@@ -950,9 +1062,10 @@ int main(int argc, char **argv) {
         goto out;
     }
     PQclear(PQexec(conn, "SET client_min_messages = warning"));
-    if (!strcmp(cmd, "up"))
-        rc = cmd_up(conn, &l, dir, errstr, sizeof(errstr));
-    else
+    if (!strcmp(cmd, "up")) {
+        lock_policy_t lp = {cfg.migrate_lock_timeout_ms, cfg.migrate_lock_wait_ms};
+        rc = cmd_up(conn, &lp, &l, dir, errstr, sizeof(errstr));
+    } else
         rc = cmd_status(conn, &l, dir, errstr, sizeof(errstr));
     if (rc < 0)
         fprintf(stderr, "%s: error: %s\n", PROG, errstr);

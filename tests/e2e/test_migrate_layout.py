@@ -6,6 +6,7 @@ tests/fixtures/migrations-0008), and a database built by those upgrades to
 it with its data intact."""
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import psycopg2
 import pytest
 
 from hbtest.pg import MIGRATIONS, REPO, pg_cluster  # noqa: F401 (fixture)
-from hbtest.procs import SLOW
+from hbtest.procs import BIN, SLOW
 
 OLD_LAYOUT = REPO / "tests" / "fixtures" / "migrations-0008"
 SQL_DIR = REPO / "sql"
@@ -273,4 +274,69 @@ def test_a_failing_sql_file_rolls_back_the_migration_applied_with_it(pg_cluster,
         assert "layout_probe() must be SECURITY DEFINER" in r.stderr, r.stderr
         assert sql(url, "SELECT to_regclass('hookbridge.probe')") == [(None,)]
     finally:
+        pg_cluster.drop_database(db)
+
+
+def test_an_upgrade_waiting_for_a_lock_lets_the_services_write_meanwhile(pg_cluster, tree):
+    """A release's `up` re-applies the SQL files in one transaction: their
+    triggers lock the tables the services write, then a view waits for a long
+    dashboard query that reads it. Without a lock timeout every write of the
+    services queued behind `up` for as long as the report ran. Now each
+    attempt waits at most HOOKBRIDGE_MIGRATE_LOCK_TIMEOUT, rolls back, names
+    who holds the lock, and tries again; HOOKBRIDGE_MIGRATE_LOCK_WAIT bounds
+    the whole wait with an error that changes nothing."""
+    db = pg_cluster.create_database("locks")
+    url = pg_cluster.url(db)
+    dashboard = None
+    try:
+        pg_cluster.migrate(db, "up", migrations_dir=tree / "migrations")
+        subs = tree / "sql" / "40_subscriptions.sql"
+        subs.write_text(subs.read_text() + PROBE % 3)
+        dashboard = psycopg2.connect(url)
+        dashboard.set_session(autocommit=False)
+        with dashboard.cursor() as cur:  # a long report, still open
+            cur.execute("SET application_name = 'weekly-report'")
+            cur.execute("SELECT count(*) FROM hookbridge.recent_deliveries")
+            cur.execute("SELECT pg_backend_pid()")
+            report_pid = cur.fetchone()[0]
+        time.sleep(0.6)  # older than the lock timeout below
+
+        # Bounded: gives up, names the report, changes nothing.
+        r = pg_cluster.migrate(db, "up", migrations_dir=tree / "migrations", check=False,
+                               env={"HOOKBRIDGE_MIGRATE_LOCK_TIMEOUT": "300ms",
+                                    "HOOKBRIDGE_MIGRATE_LOCK_WAIT": "2s"})
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"pid {report_pid} (weekly-report" in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "gave up" in r.stderr, r.stderr
+        assert sql(url, "SELECT to_regprocedure('hookbridge.layout_probe()')") == [(None,)]
+
+        env = dict(os.environ, HOOKBRIDGE_DATABASE_URL=url,
+                   HOOKBRIDGE_MIGRATE_LOCK_TIMEOUT="300ms")
+        up = subprocess.Popen([str(BIN / "hookbridge-migrate"), "up", "--dir",
+                               str(tree / "migrations")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(1.0 * SLOW)  # `up` is trying, again and again
+            # What the services write goes through meanwhile: a registration.
+            with psycopg2.connect(url) as conn, conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (f"{int(5000 * SLOW)}ms",))
+                t0 = time.monotonic()
+                cur.execute("SELECT hookbridge.register('during-upgrade', "
+                            "'https://example.com/hook', ARRAY['user.session.start'])")
+                took = time.monotonic() - t0
+            assert took < 2 * SLOW, took
+            assert up.poll() is None, up.stdout.read()
+            dashboard.rollback()  # the report ends: `up` gets its locks
+            out, _ = up.communicate(timeout=30 * SLOW)
+        finally:
+            if up.poll() is None:
+                up.kill()
+                up.communicate()
+        assert up.returncode == 0, out
+        assert f"pid {report_pid} (weekly-report" in out and "trying again" in out, out
+        assert "sql/40_subscriptions.sql applied (changed)" in out, out
+        assert sql(url, "SELECT hookbridge.layout_probe()") == [(3,)]
+    finally:
+        if dashboard is not None:
+            dashboard.close()
         pg_cluster.drop_database(db)
