@@ -34,9 +34,16 @@ def check_no_loss_no_duplicate(f):
     # is not written twice.
     assert -1 not in f["pids_events"] and -1 not in f["pids_tier"], f
     assert f["dups_topic"] == 0, f"events written twice on the events topic: {f}"
-    assert f["dups_tier_identical"] == 0 and f["dups_tier"] == 0, \
+    # Every message on the delay tier was written once on purpose: a retry
+    # handed to it (a failed first attempt; or, on a loaded machine, one not
+    # made because the endpoint was busy, due at its paced turn) or a hop of
+    # the retrier (such a retry due later than the tier's span, produced
+    # again unchanged: the only identical copies).
+    assert f["tier_msgs"] == f["tier_handed"] + f["hops"], \
         f"retries written twice on the delay tier: {f}"
-    assert f["tier_msgs"] == f["produced"], f"one retry per delivery: {f}"
+    assert f["dups_tier_identical"] == f["hops"], \
+        f"identical retries on the delay tier that are not hops: {f}"
+    assert f["retried"] == f["produced"], f"one retry per delivery: {f}"
     assert f["early"] == 0, f"retries attempted before they were due: {f}"
     # At least once: a broker fault may make a service deliver an event again
     # (its offset commit lost), but always under the same webhook-id.

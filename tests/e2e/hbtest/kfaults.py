@@ -202,7 +202,7 @@ class Stack:
     def __init__(self, kafka, db, group, workdir, delay, fail_first=1):
         from test_delivery import AUTH_VALUE, SECRET, register_verified  # the e2e suite's
         self.space = kafka.space(retry_schedule=delay)
-        self.tier = self.space.retry_prefix + delay
+        self.delay, self.tier = delay, self.space.retry_prefix + delay
         self.receiver = Receiver(group, workdir, secret=SECRET,
                                  auth=f"Authorization: {AUTH_VALUE}", fail_first=fail_first)
         env = {"HOOKBRIDGE_RETRY_SCHEDULE": delay, "HOOKBRIDGE_RETRY_JITTER": "0",
@@ -252,10 +252,34 @@ class Stack:
             late = max(late, (gap - delay_ms) / 1000)
         return early, late
 
+    def tier_written(self):
+        """(handed, hops): the retries both services say they handed to the
+        delay tier (a failed attempt, or one not made because the endpoint was
+        busy), and the retrier's hops (a retry due later than the tier's span
+        produced again, unchanged, onto the tier). Every message on the tier is
+        one of these, or a copy no service meant to write."""
+        series = f'hookbridge_retries_enqueued_total{{tier="{self.delay}"}}'
+        return (int(self.d.metric(series) + self.r.metric(series)),
+                int(self.r.metric("hookbridge_retry_hops_total")))
+
+    def settled_tier(self, timeout=10):
+        """The tier's messages and tier_written(), once the tier holds as many
+        messages as the services say they wrote (a hop or a parked retry may
+        still be on its way to the broker), or after timeout s."""
+        deadline = time.time() + timeout * SLOW
+        while True:
+            written = self.tier_written()
+            tier = tier_messages(self.space.bootstrap, self.tier)
+            if len(tier) == sum(written) and self.tier_written() == written:
+                return tier, written
+            if time.time() > deadline:
+                return tier, written
+            time.sleep(0.5)
+
     def figures(self, kafka, produced, delay_ms, node=1):
         got = self.delivered()
         on_topic = event_uuids(self.space.bootstrap, self.space.events_topic)
-        tier = tier_messages(self.space.bootstrap, self.tier)
+        tier, (handed, hops) = self.settled_tier()
         per_attempt = Counter((m["delivery_id"], m["attempt"]) for m in tier)
         early, late = self.retry_timing(delay_ms)
         return {
@@ -269,6 +293,10 @@ class Stack:
             "tier_msgs": len(tier),
             "dups_tier": sum(n - 1 for n in per_attempt.values()),
             "dups_tier_identical": len(tier) - len({m["raw"] for m in tier}),
+            "tier_handed": handed,
+            "hops": hops,
+            # deliveries whose second attempt is on the tier
+            "retried": len({m["delivery_id"] for m in tier if m["attempt"] == 2}),
             "early": early,
             "late_s": late,
             "pids_events": producer_ids(kafka, self.space.events_topic, node),
