@@ -681,6 +681,11 @@ static void register_metrics(hb_worker_t *w) {
                                          HB_ARRAY_SIZE(latency_bounds));
     w->m_in_flight =
         hb_metrics_gauge("hookbridge_requests_in_flight", NULL, "Delivery requests in flight.");
+    /* its bound, so an alert needs no copy of the setting */
+    hb_metric_set(hb_metrics_gauge("hookbridge_requests_in_flight_limit", NULL,
+                                   "HOOKBRIDGE_MAX_IN_FLIGHT: the bound of "
+                                   "hookbridge_requests_in_flight."),
+                  (double)w->cfg->max_in_flight);
     w->m_held_bytes = hb_metrics_gauge(
         "hookbridge_pending_payload_bytes", NULL,
         "Bytes of payloads unfinished deliveries hold in memory (max_pending_bytes).");

@@ -30,7 +30,8 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # production overlay and the optional pieces.
 TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas",
          "deploy/k8s/optional/servicemonitor", "deploy/k8s/optional/migrate-job",
-         "deploy/k8s/optional/ingest", "deploy/k8s/optional/autoscaling"]
+         "deploy/k8s/optional/ingest", "deploy/k8s/optional/autoscaling",
+         "deploy/k8s/optional/alerts"]
 SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
 # delivery-log close 5 s and 1 s for a statement under way (DLOG_CLOSE_GRACE_MS),
@@ -241,6 +242,60 @@ def test_autoscaling_follows_the_dispatchers_lag_within_the_partitions():
     down = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
     assert down["stabilizationWindowSeconds"] >= 300
     assert all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"])
+
+
+def test_alerts_are_the_documented_ones_on_metrics_the_services_serve(stack_metrics):
+    """deploy/k8s/optional/alerts: the PrometheusRule holds exactly the alerts
+    operations.md lists, with their severities; each names a runbook section
+    that exists; every hookbridge metric an expression reads is one a running
+    dispatcher or retrier serves (a renamed metric would leave an alert that
+    never fires); the job is the base's metrics Service; and each expression
+    has balanced brackets and quotes (no promtool here)."""
+    [rule] = rendered("deploy/k8s/optional/alerts")
+    assert rule["kind"] == "PrometheusRule"
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    ops = (REPO / "docs" / "operations.md").read_text()
+    section = ops.split("## Alerts worth having\n", 1)[1].split("\n## ", 1)[0]
+    documented = {m.group(1): (m.group(2), m.group(3).strip())
+                  for m in re.finditer(r"^\| `(Hookbridge\w+)` \| (\w+) \|[^|]*\|([^|]*)\|$",
+                                       section, re.M)}
+    assert {r["alert"]: r["labels"]["severity"] for r in rules} == \
+        {a: sev for a, (sev, _) in documented.items()}
+    headings = set(re.findall(r"^#{2,3} (.+)$", ops, re.M))
+    services = {o["metadata"]["name"] for o in rendered("deploy/k8s") if o["kind"] == "Service"}
+    for r in rules:
+        a = r["alert"]
+        assert r["annotations"]["summary"], a
+        for name in documented[a][1].split(";") if documented[a][1] else []:
+            assert any(h.startswith(name.strip()) for h in headings), (a, name)
+        for name in re.split(r"[:;] ", r["annotations"]["runbook"].split(", ", 1)[1]):
+            assert any(h.startswith(name.strip()) for h in headings) or name == "Runbooks", \
+                (a, name)
+        expr = r["expr"]
+        for metric in set(re.findall(r"\bhookbridge_\w+", expr)):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            assert base in stack_metrics, f"{a}: {metric} is served by no service"
+        for job in re.findall(r'job="([^"]+)"', expr):
+            assert job in services, f"{a}: job {job} is no Service of the base"
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}") \
+            and expr.count('"') % 2 == 0, a
+
+
+@pytest.fixture
+def stack_metrics(db_url, procs, workdir):
+    """The metric names a running dispatcher and retrier serve on /metrics,
+    once they have partitions (the lag gauges come with them)."""
+    from hbtest.procs import SLOW, wait_until
+    from hbtest.stack import Broker, Dispatcher, Retrier
+    broker = Broker(procs, workdir)
+    names = set()
+    for svc in (Dispatcher(procs, db_url, broker.bootstrap),
+                Retrier(procs, db_url, broker.bootstrap)):
+        svc.wait_ready()
+        wait_until(lambda: "hookbridge_consumer_lag{" in svc.get("/metrics")[1], 30 * SLOW,
+                   f"the {svc.program}'s partitions")
+        names |= set(re.findall(r"^# TYPE (\w+) ", svc.get("/metrics")[1], re.M))
+    return names
 
 
 def test_schemas_overlay_mounts_the_writer_schemas_where_the_dispatcher_reads_them():
