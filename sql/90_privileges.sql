@@ -104,7 +104,7 @@ DECLARE
                                 'record_verification', 'defer_verification',
                                 'claim_replays',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
-                                'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
+                                'secrets_to_seal', 'seal_store', 'seal_refuse', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
