@@ -10,7 +10,7 @@
 -- plaintext is wiped, secrets_to_seal passes it over, and secret_status
 -- shows the value 'unsealable' with the reason.
 --
--- sql/: sha256 0dd513962ead00fb04fe2ab4125f801f8c17b137e987eef62336573a79e1fd03
+-- sql/: sha256 2171e68ac0c7dc76ccaad7a13910ddbb00e039c0127048bd4f8cecbf52fcec40
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

@@ -57,3 +57,82 @@ def test_a_value_the_sealer_cannot_seal_is_set_aside_and_the_others_are_sealed(
     assert sql(db_url, "SELECT seal_error FROM hookbridge.secret_status WHERE id = %s",
                poison) == [(None,)]
     assert d.proc.stop() == 0
+
+
+def test_a_dashboard_reads_the_views_and_the_log_as_hookbridge_reader_and_nothing_more(
+        db_url):
+    """docs/sql.md, Roles: hookbridge_reader, for dashboards. There was no
+    read-only role: a dashboard had to log in as hookbridge_operator, which
+    may register, re-point and deregister subscriptions and read a new
+    signing secret. A member of hookbridge_reader reads what a dashboard
+    shows (subscription_overview, recent_deliveries newest first,
+    secret_status, the delivery log but the stored bodies, endpoint health,
+    the limits) and nothing secret (auth values, sealed secrets, the inbox,
+    signing_secret(), the events' content in deliveries.body); it may call
+    only the functions that compute (limit, event_fields, filter_problem,
+    check_filter), and holds no INSERT, UPDATE, DELETE or TRUNCATE on
+    anything in the schema.
+
+    Checked to fail without the change: on 08777cb the role does not exist
+    (CREATE ROLE ... IN ROLE hookbridge_reader fails). About 1 s."""
+    from test_roles import login_role, refused
+
+    sub = sql(db_url, "SELECT hookbridge.register('dash', 'https://example.com/h', "
+              "ARRAY['user.session.start'], %s::jsonb)",
+              json.dumps({"auth_header": "X-Key", "auth_value": "k-secret"}))[0][0]
+    sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+        "event_type, status, body) VALUES (gen_random_uuid(), %s, 'e1', 'user.session.start', "
+        "'failed', '{\"events\": \"content\"}')", sub)
+    reader = login_role(db_url, "hookbridge_reader")
+    # what a dashboard shows
+    assert sql(reader, "SELECT name, health FROM hookbridge.subscription_overview") == [
+        ("dash", "inactive")]
+    assert sql(reader, "SELECT subscription_name, status FROM hookbridge.recent_deliveries "
+               "ORDER BY created_at DESC LIMIT 50") == [("dash", "failed")]
+    assert sql(reader, "SELECT auth_value FROM hookbridge.secret_status") == [("pending",)]
+    sql(reader, "SELECT * FROM hookbridge.secret_keys")
+    assert sql(reader, "SELECT status, last_error, event_ids FROM hookbridge.deliveries") == [
+        ("failed", None, "e1")]
+    for rel in ("delivery_attempts", "endpoint_health", "event_types", "limits",
+                "subscription_event_types", "ordering_tails"):
+        sql(reader, f"SELECT count(*) FROM hookbridge.{rel}")
+    assert sql(reader, "SELECT name, url, auth_header FROM hookbridge.subscriptions") == [
+        ("dash", "https://example.com/h", "X-Key")]
+    assert sql(reader, "SELECT hookbridge.limit('recent_deliveries_days')")[0][0] > 0
+    assert sql(reader, "SELECT hookbridge.filter_problem('{\"$bogus\": 1}'::jsonb)")[0][0]
+    # nothing secret, no payload
+    for q in ("SELECT auth_value FROM hookbridge.subscriptions",
+              "SELECT auth_sealed FROM hookbridge.subscriptions",
+              "SELECT * FROM hookbridge.subscriptions",
+              "SELECT * FROM hookbridge.subscription_secrets",
+              "SELECT * FROM hookbridge.secret_inbox",
+              "SELECT body FROM hookbridge.deliveries",
+              "SELECT * FROM hookbridge.deliveries"):
+        refused(reader, q)
+    refused(reader, "SELECT hookbridge.signing_secret(%s)", sub)
+    refused(reader, "SELECT * FROM hookbridge.sealed_signing_secret(%s)", sub)
+    refused(reader, "SELECT * FROM hookbridge.secrets_to_seal()")
+    # no change, through a function or a table
+    refused(reader, "SELECT hookbridge.register('x', 'https://example.com/x', "
+            "ARRAY['user.session.start'])")
+    for fn in ("verify", "activate", "deactivate", "deregister"):
+        refused(reader, f"SELECT hookbridge.{fn}(%s)", sub)
+    refused(reader, "SELECT hookbridge.set_retention('1 day')")
+    refused(reader, "SELECT * FROM hookbridge.maintain_delivery_log()")
+    refused(reader, "UPDATE hookbridge.subscriptions SET url = 'https://evil.example/'")
+    refused(reader, "DELETE FROM hookbridge.deliveries")
+    # every function of ours (pgcrypto's are PUBLIC's, as the extension makes them)
+    callable_fns = sql(db_url, """
+        SELECT array_agg(DISTINCT p.proname::text ORDER BY p.proname::text) FROM pg_proc p
+         WHERE p.pronamespace = 'hookbridge'::regnamespace
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+           AND has_function_privilege('hookbridge_reader', p.oid, 'EXECUTE')""")[0][0]
+    assert callable_fns == ["check_filter", "event_fields", "filter_problem", "limit"]
+    writable = sql(db_url, """
+        SELECT c.relname FROM pg_class c
+         WHERE c.relnamespace = 'hookbridge'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'S')
+           AND (has_table_privilege('hookbridge_reader', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                OR (c.relkind = 'S'
+                    AND has_sequence_privilege('hookbridge_reader', c.oid, 'USAGE, UPDATE')))""")
+    assert writable == []
+    assert sql(db_url, "SELECT hookbridge.limit('recent_deliveries_days')")  # owner unaffected
