@@ -3,10 +3,15 @@ operations.
 
 Each test says what it holds and how it was shown to fail on 08777cb."""
 import json
+import os
+import subprocess
+import time
 
 import psycopg2
+import pytest
 
-from hbtest.procs import SLOW, wait_until
+from hbtest.kafka import ApacheKafka
+from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher
 from test_delivery import sql
 from test_secrets import sealed_state
@@ -204,3 +209,137 @@ def test_the_delivery_log_newest_first_across_subscriptions_reads_an_index_not_t
           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'hookbridge.deliveries'::regclass""")
     assert len(days) > 8 and all(has for _, has in days), days
+
+
+class AutoCreatingKafka(ApacheKafka):
+    """One Apache Kafka node with the broker's default
+    auto.create.topics.enable=true (kafka.sh sets false, as production
+    should: hookbridge must not count on it)."""
+
+    def start_node(self, node):
+        props = self.dir / f"node-{node}" / "server.properties"
+        text = props.read_text()
+        if "auto.create.topics.enable=false" in text:
+            props.write_text(text.replace("auto.create.topics.enable=false",
+                                          "auto.create.topics.enable=true"))
+        super().start_node(node)
+
+
+@pytest.fixture(scope="module")
+def auto_creating_kafka():
+    """Its tests are in the xdist group of the Apache Kafka tests (conftest.py):
+    on the worker that runs those, so two brokers never start at once."""
+    k = AutoCreatingKafka(nodes=1)
+    yield k
+    k.stop()
+
+
+def topic_names(bootstrap):
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+@pytest.mark.xdist_group("apache-kafka")  # one Kafka JVM at a time
+def test_the_services_never_have_a_topic_created_with_the_brokers_defaults(
+        auto_creating_kafka, db_url, procs):
+    """docs/operations.md, Before the first deployment: topics are created by
+    `hookbridge-migrate topics` only, with the planned partitions,
+    replication and retention. librdkafka's producer asks by default that a
+    topic it looks up be created (allow.auto.create.topics, true for
+    producers), and a broker with Kafka's default auto.create.topics.enable
+    does it with its own defaults: a dispatcher started before its
+    dead-letter topic existed created it, one partition and the broker's
+    retention instead of 30 days, and was ready. Now every client sets
+    allow.auto.create.topics=false (fixed, after the passthrough): the
+    dispatcher says the topic does not exist, is not ready, and the topic is
+    not there until `hookbridge-migrate topics` makes it.
+
+    Checked to fail without the change: on 08777cb the dead-letter topic
+    appears (1 partition) and /readyz answers 200. About 15 s (a Kafka node of
+    its own)."""
+    from test_review21_faults import delete_topics, readyz
+
+    space = auto_creating_kafka.space(retry_schedule="1s")
+    delete_topics(space.bootstrap, [space.dlq_topic])
+    wait_until(lambda: space.dlq_topic not in topic_names(space.bootstrap), 20,
+               "the dead-letter topic deleted")
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1s"})
+    want = f"topic {space.dlq_topic} does not exist"
+    wait_until(lambda: readyz(d) == (503, want + "\n") or
+               (space.dlq_topic in topic_names(space.bootstrap) and "created"), 20 * SLOW,
+               "the dispatcher not ready, naming the dead-letter topic")
+    time.sleep(1)
+    assert space.dlq_topic not in topic_names(space.bootstrap), \
+        "the dead-letter topic was created with the broker's defaults"
+    assert readyz(d)[0] == 503
+    space._schedules.clear()  # hookbridge-migrate topics makes it, as planned
+    space.create_topics("1s")
+    d.wait_ready(15)
+    assert d.proc.stop() == 0
+
+
+CLOCK_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+static long ahead(void) { const char *s = getenv("HB_TEST_CLOCK_AHEAD_S"); return s ? atol(s) : 0; }
+int gettimeofday(struct timeval *tv, void *tz) {
+    static int (*real)(struct timeval *, void *);
+    if (!real) real = (int (*)(struct timeval *, void *))dlsym(RTLD_NEXT, "gettimeofday");
+    int rc = real(tv, tz);
+    if (!rc && tv) tv->tv_sec += ahead();
+    return rc;
+}
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (!rc && ts && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += ahead();
+    return rc;
+}
+"""
+
+
+@pytest.mark.xdist_group("apache-kafka")  # one Kafka JVM at a time
+def test_a_clock_two_hours_ahead_is_named_when_kafka_refuses_the_timestamp(
+        auto_creating_kafka, tmp_path):
+    """docs/operations.md, Runbooks: Kafka (4.0 and later) refuses a message
+    stamped more than message.timestamp.after.max.ms (1 hour) after the
+    broker's clock. A producer on a host whose clock ran 2 h ahead said only
+    "delivery failed: Broker: Invalid timestamp" (the dispatcher's delay-tier
+    producer: "the broker did not take a message for ... (Broker: Invalid
+    timestamp)"), which does not say that this host's clock is the problem.
+    The line now says so, and what to do. The clock is moved for the
+    producer alone (an LD_PRELOAD shim adds 2 h to the wall clock).
+
+    Checked to fail without the change: on 08777cb the line is only
+    "line 1: delivery failed: Broker: Invalid timestamp". A few seconds."""
+    shim = tmp_path / "clock_ahead.so"
+    src = tmp_path / "clock_ahead.c"
+    src.write_text(CLOCK_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(shim), str(src), "-ldl"],
+                   check=True, timeout=60)
+    space = auto_creating_kafka.space()
+    line = json.dumps({"uuid": "ahead-1", "published": "2026-01-01T00:00:00Z",
+                       "eventType": "user.session.start"}) + "\n"
+    env = dict(os.environ, **space.env())
+    ok = subprocess.run([str(BIN / "hookbridge-producer"), "-"], input=line, text=True,
+                        env=env, capture_output=True, timeout=60 * SLOW)
+    assert ok.returncode == 0, ok.stderr  # the same, on the right time
+    r = subprocess.run([str(BIN / "hookbridge-producer"), "-"], input=line, text=True,
+                       env=dict(env, LD_PRELOAD=str(shim), HB_TEST_CLOCK_AHEAD_S="7200"),
+                       capture_output=True, timeout=60 * SLOW)
+    print(r.stdout, r.stderr)
+    assert r.returncode != 0
+    failed = [l for l in r.stderr.splitlines() if "delivery failed" in l]
+    assert failed and "Invalid timestamp" in failed[0], r.stderr
+    assert "this host's clock is off: ahead of the broker's by more than the topic's " \
+        "message.timestamp.after.max.ms" in failed[0], failed[0]
+    assert "NTP" in failed[0]
