@@ -130,17 +130,17 @@ static int refuse_row(sealer_t *sl, const char *sub_id, const char *kind, long l
 /* Seals one batch of hookbridge.secret_inbox in one transaction, the batch
  * stored with one statement (seal_store over the arrays of inbox ids and
  * sealed values: 10,000 new subscriptions took 5 s one statement each, while
- * the follower took no event); returns the number of rows taken, -1 on a
- * database error or when sealing itself fails (what was sealed before is
- * kept). A row that cannot be sealed, whatever the key (too long, or not a
- * row of a subscription), is set aside and the batch goes on. */
+ * the follower took no event); returns the number of rows sealed or set
+ * aside, -1 on a database error or when sealing itself fails (what was
+ * sealed before is kept). A row that cannot be sealed, whatever the key (too
+ * long, or not a row of a subscription), is set aside and the batch goes on. */
 static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
     static const char batch[] = SEALER_BATCH_STR;
     const char *params[3];
     char aad[128], why[256], ignored[256], *hex = NULL;
     hb_buf_t ids = {0}, vals = {0};
     PGresult *res, *r2;
-    int n, failed = 0, stored = 0, secrets = 0;
+    int n, failed = 0, stored = 0, secrets = 0, refused = 0;
 
     if (sealer_command(sl, "BEGIN", errstr, errstr_size) < 0)
         return -1;
@@ -166,6 +166,7 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
                 hb_buf_free(&vals);
                 return sealer_abort(sl, -1);
             }
+            refused += inbox_id >= 0;
             continue;
         }
         if (hb_sealer_row_aad(aad, sizeof(aad), sub_id, secret_id, errstr, errstr_size) < 0 ||
@@ -210,7 +211,9 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
         return sealer_abort(sl, -1);
     if (stored > 0)
         hb_info("sealed %d signing secret(s) and %d auth value(s)", secrets, stored - secrets);
-    return failed ? -1 : n;
+    /* the rows taken, when each was sealed or set aside (the caller takes
+     * another batch after a full one: never the same rows again and again) */
+    return failed ? -1 : stored + refused;
 }
 
 /* Moves one batch of values sealed under an older key this service holds
