@@ -523,7 +523,8 @@ int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {
          hb_kafka_conf_set(conf, "group.instance.id", cfg->instance_id, errstr, errstr_size) < 0) ||
 
         /* the operator's HOOKBRIDGE_KAFKA_* settings win over our defaults */
-        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_fixed(conf, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }

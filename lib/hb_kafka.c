@@ -52,12 +52,33 @@ int hb_kafka_conf_passthrough(rd_kafka_conf_t *conf, const hb_config_t *cfg, cha
     return 0;
 }
 
+int hb_kafka_conf_fixed(rd_kafka_conf_t *conf, char *errstr, size_t errstr_size) {
+    /* Topics are created by `hookbridge-migrate topics` only, with the
+     * planned partitions, replication and retention. librdkafka's producer
+     * asks by default that a topic it looks up be created, which a broker
+     * with auto.create.topics.enable=true (Kafka's default) does with its
+     * own defaults: a missing delay tier came back with one partition and
+     * the broker's retention, shorter than its delay can need. */
+    return hb_kafka_conf_set(conf, "allow.auto.create.topics", "false", errstr, errstr_size);
+}
+
+const char *hb_kafka_err_str(rd_kafka_resp_err_t err) {
+    if (err == RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP)
+        return "Broker: Invalid timestamp: the broker refuses the time this host stamped the "
+               "message with, so this host's clock is off: ahead of the broker's by more than "
+               "the topic's message.timestamp.after.max.ms (1 hour by default since Kafka 4.0), "
+               "or behind by more than its message.timestamp.before.max.ms; set this host's "
+               "clock right (NTP)";
+    return rd_kafka_err2str(err);
+}
+
 rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id, char *errstr,
                                    size_t errstr_size) {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (hb_kafka_conf_set(conf, "bootstrap.servers", cfg->kafka_brokers, errstr, errstr_size) < 0 ||
         hb_kafka_conf_set(conf, "client.id", client_id, errstr, errstr_size) < 0 ||
-        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+        hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_fixed(conf, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

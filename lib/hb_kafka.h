@@ -15,12 +15,22 @@
 #include "hb_common.h"
 #include "hb_config.h"
 
-/* bootstrap.servers, client.id, logging, then every passthrough property.
+/* bootstrap.servers, client.id, logging, every passthrough property, then
+ * hb_kafka_conf_fixed.
  * A property librdkafka rejects fails with its own words, naming the
  * variable: "HOOKBRIDGE_KAFKA_SASL_MECHANSIM (sasl.mechansim): No such
  * configuration property". Values are never echoed (they may be passwords). */
 rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id, char *errstr,
                                    size_t errstr_size) HB_MUSTCHECK;
+
+/* The properties no passthrough may change, applied after it (hb_kafka_conf_new
+ * does; a program applying the passthrough again does too):
+ * allow.auto.create.topics=false. */
+int hb_kafka_conf_fixed(rd_kafka_conf_t *conf, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
+/* rd_kafka_err2str(err), said so that an operator knows what to do where
+ * librdkafka's words do not (an invalid timestamp: this host's clock). */
+const char *hb_kafka_err_str(rd_kafka_resp_err_t err);
 
 /* The log callback hb_kafka_conf_new sets: librdkafka's lines into ours
  * (any thread). A program with its own callback calls it first. */

@@ -281,9 +281,9 @@ static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kaf
     if (m->delivery_id)
         hb_log(HB_LOG_WARN,
                HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
-               "%s %s (%s): trying again in 1 s", what, m->topic, rd_kafka_err2str(err));
+               "%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
     else
-        hb_warn("%s %s (%s): trying again in 1 s", what, m->topic, rd_kafka_err2str(err));
+        hb_warn("%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
     m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
     m->next = ob->resend;
     ob->resend = m;

@@ -26,7 +26,7 @@
 #define SEAL_NONCE_LEN 12
 #define SEAL_TAG_LEN 16
 #define SEAL_OVERHEAD (1 + SEAL_NONCE_LEN + SEAL_TAG_LEN)
-#define SEAL_MAX_PT (1u << 20) /* secrets are short; this bounds int conversions */
+#define SEAL_MAX_PT HB_SEAL_MAX_PLAINTEXT
 #define KEY_ID_PREFIX "hookbridge-secret-key-id:"
 #define KEY_TEXT_MAX 256 /* longer is not a key; refused before decoding */
 #define KEY_FORMS "32 bytes as base64, or 64 hex digits"

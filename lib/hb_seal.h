@@ -60,6 +60,10 @@ int hb_keyring_has(const hb_keyring_t *kr, const char *key_id); /* 1 or 0 */
 size_t hb_keyring_count(const hb_keyring_t *kr);
 const char *hb_keyring_id(const hb_keyring_t *kr, size_t i);
 
+/* The longest value hb_seal_hex seals (secrets are short; this bounds int
+ * conversions). */
+#define HB_SEAL_MAX_PLAINTEXT (1u << 20)
+
 /* Seals (pt, ptlen) with the current key, bound to aad (NUL-terminated, see
  * hb_seal_aad_*). *hex_out: hb_malloc'ed, NUL-terminated lowercase hex of the
  * format above; caller frees (free()). */

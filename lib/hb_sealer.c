@@ -74,18 +74,73 @@ static int sealer_abort(sealer_t *sl, int rc) {
     return rc;
 }
 
+/* Why inbox row i of res cannot be sealed, in why (then 1), whatever key
+ * seals it; 0 when it can be tried. */
+static int row_unsealable(const PGresult *res, int i, long long *inbox_id, long long *secret_id,
+                          char *why, size_t why_size) {
+    char aad[128];
+    size_t len = (size_t)PQgetlength(res, i, 4);
+    *secret_id = 0;
+    if (parse_id(PQgetvalue(res, i, 0), inbox_id) < 0) {
+        *inbox_id = -1;
+        hb_seterr(why, why_size, "inbox row without an id");
+        return 1;
+    }
+    if (!strcmp(PQgetvalue(res, i, 2), "signing") &&
+        (parse_id(PQgetvalue(res, i, 3), secret_id) < 0 || *secret_id <= 0)) {
+        hb_seterr(why, why_size, "inbox row without a secret row id");
+        return 1;
+    }
+    if (hb_sealer_row_aad(aad, sizeof(aad), PQgetvalue(res, i, 1), *secret_id, why, why_size) < 0)
+        return 1;
+    if (len > HB_SEAL_MAX_PLAINTEXT) {
+        hb_seterr(why, why_size, "the value is %zu bytes, more than a sealed value may hold (%u)",
+                  len, HB_SEAL_MAX_PLAINTEXT);
+        return 1;
+    }
+    return 0;
+}
+
+/* Sets inbox row inbox_id aside (hookbridge.seal_refuse) with why, and says
+ * so: a row that cannot be sealed must not stand before the others at every
+ * pass (secrets_to_seal hands the inbox out oldest first). 0, or -1 on a
+ * database error. */
+static int refuse_row(sealer_t *sl, const char *sub_id, const char *kind, long long inbox_id,
+                      const char *why, char *errstr, size_t errstr_size) {
+    char id[32];
+    const char *params[2] = {id, why};
+    PGresult *res;
+    if (inbox_id < 0) /* cannot be (an identity column); nothing to name */
+        return 0;
+    snprintf(id, sizeof(id), "%lld", inbox_id);
+    res = PQexecParams(sl->conn, "SELECT hookbridge.seal_refuse($1::bigint, $2::text)", 2, NULL,
+                       params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return hb_pg_fail(sl->conn, res, "setting aside a secret that cannot be sealed", errstr,
+                          errstr_size);
+    PQclear(res);
+    hb_log(HB_LOG_ERROR, HB_KV("subscription_id", sub_id, "inbox_id", id),
+           "cannot seal its %s: %s; set aside (hookbridge.secret_status shows it unsealable), "
+           "the others are sealed; set it again with %s",
+           strcmp(kind, "signing") ? "auth value" : "signing secret", why,
+           strcmp(kind, "signing") ? "update()" : "rotate_secret()");
+    return 0;
+}
+
 /* Seals one batch of hookbridge.secret_inbox in one transaction, the batch
  * stored with one statement (seal_store over the arrays of inbox ids and
  * sealed values: 10,000 new subscriptions took 5 s one statement each, while
- * the follower took no event); returns the number of rows taken, -1 on a
- * database error. */
+ * the follower took no event); returns the number of rows sealed or set
+ * aside, -1 on a database error or when sealing itself fails (what was
+ * sealed before is kept). A row that cannot be sealed, whatever the key (too
+ * long, or not a row of a subscription), is set aside and the batch goes on. */
 static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
     static const char batch[] = SEALER_BATCH_STR;
     const char *params[3];
-    char aad[128], ignored[256], *hex = NULL;
+    char aad[128], why[256], ignored[256], *hex = NULL;
     hb_buf_t ids = {0}, vals = {0};
     PGresult *res, *r2;
-    int n, failed = 0, stored = 0, secrets = 0;
+    int n, failed = 0, stored = 0, secrets = 0, refused = 0;
 
     if (sealer_command(sl, "BEGIN", errstr, errstr_size) < 0)
         return -1;
@@ -102,21 +157,22 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
     hb_buf_puts(&vals, "{");
     for (int i = 0; i < n; i++) {
         const char *sub_id = PQgetvalue(res, i, 1), *value = PQgetvalue(res, i, 4);
-        long long secret_id = 0, inbox_id;
-        if (parse_id(PQgetvalue(res, i, 0), &inbox_id) < 0) {
-            hb_seterr(errstr, errstr_size, "inbox row without an id");
-            failed = 1;
-            break;
-        }
-        if (!strcmp(PQgetvalue(res, i, 2), "signing") &&
-            (parse_id(PQgetvalue(res, i, 3), &secret_id) < 0 || secret_id <= 0)) {
-            hb_seterr(errstr, errstr_size, "inbox row without a secret row id");
-            failed = 1;
-            break;
+        long long secret_id, inbox_id;
+        if (row_unsealable(res, i, &inbox_id, &secret_id, why, sizeof(why))) {
+            if (refuse_row(sl, sub_id, PQgetvalue(res, i, 2), inbox_id, why, errstr, errstr_size) <
+                0) {
+                PQclear(res);
+                hb_buf_free(&ids);
+                hb_buf_free(&vals);
+                return sealer_abort(sl, -1);
+            }
+            refused += inbox_id >= 0;
+            continue;
         }
         if (hb_sealer_row_aad(aad, sizeof(aad), sub_id, secret_id, errstr, errstr_size) < 0 ||
-            hb_seal_hex(sl->keyring, aad, value, strlen(value), &hex, errstr, errstr_size) < 0) {
-            failed = 1;
+            hb_seal_hex(sl->keyring, aad, value, (size_t)PQgetlength(res, i, 4), &hex, errstr,
+                        errstr_size) < 0) {
+            failed = 1; /* the cipher's failure, not the row's: stop here */
             break;
         }
         /* array literals: a number and lower-case hex need no quoting */
@@ -155,7 +211,9 @@ static int seal_batch(sealer_t *sl, char *errstr, size_t errstr_size) {
         return sealer_abort(sl, -1);
     if (stored > 0)
         hb_info("sealed %d signing secret(s) and %d auth value(s)", secrets, stored - secrets);
-    return failed ? -1 : n;
+    /* the rows taken, when each was sealed or set aside (the caller takes
+     * another batch after a full one: never the same rows again and again) */
+    return failed ? -1 : stored + refused;
 }
 
 /* Moves one batch of values sealed under an older key this service holds

@@ -386,7 +386,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         snprintf(why, sizeof(why), "event %zu could not be queued (%s)", queued, perr);
     else if (failed)
         snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events (%s)", failed,
-                 n, rd_kafka_err2str(first_err));
+                 n, hb_kafka_err_str(first_err));
     else if (aborted || queued < n)
         snprintf(why, sizeof(why), "the producer is stopping: %zu of %zu events acknowledged",
                  reported, n);

@@ -60,7 +60,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     /* purged messages are summed up once by hb_producer_finish */
     if (rkm->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && rkm->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
         fprintf(stderr, "%s %lld: delivery failed: %s\n", p->unit,
-                (long long)(intptr_t)rkm->_private, rd_kafka_err2str(rkm->err));
+                (long long)(intptr_t)rkm->_private, hb_kafka_err_str(rkm->err));
 }
 
 hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,

@@ -22,6 +22,10 @@
 --     that only `hookbridge-secret show <id>`, run where the key is, can.
 --   * Until its values are sealed a subscription is not delivered to (the
 --     services fail closed); newly registered ones are not active anyway.
+--   * A value a service cannot seal (longer than 1 MiB: only a direct write
+--     to the plaintext columns gives one) is set aside with the reason
+--     (seal_refuse: its plaintext wiped), never handed out again, so the
+--     values behind it are sealed; secret_status shows it 'unsealable'.
 --   * A crash of PostgreSQL empties unlogged tables: a value not yet sealed
 --     is then lost. hookbridge.secret_status shows it ('lost'); set it again
 --     with update() or rotate_secret().
@@ -144,7 +148,7 @@ BEGIN
     SELECT sec.id INTO v_sid FROM hookbridge.subscription_secrets sec
      WHERE sec.subscription_id = signing_secret.id AND sec.expires_at IS NULL;
     SELECT i.value INTO v FROM hookbridge.secret_inbox i
-     WHERE i.kind = 'signing' AND i.secret_id = v_sid
+     WHERE i.kind = 'signing' AND i.secret_id = v_sid AND i.seal_error IS NULL
        AND i.created_at > now() - make_interval(secs => hookbridge.limit('secret_reveal_seconds'))
      ORDER BY i.id DESC LIMIT 1;
     IF v IS NULL THEN
@@ -207,7 +211,8 @@ BEGIN
     SELECT coalesce(array_agg(locked.id), '{}') INTO v_subs
       FROM (SELECT s.id FROM hookbridge.subscriptions s
              WHERE s.id IN (SELECT i.subscription_id FROM hookbridge.secret_inbox i
-                             WHERE i.sealed_at IS NULL ORDER BY i.id LIMIT v_max)
+                             WHERE i.sealed_at IS NULL AND i.seal_error IS NULL
+                             ORDER BY i.id LIMIT v_max)
              ORDER BY s.id
                FOR UPDATE SKIP LOCKED) locked;
     -- Housekeeping: revealable copies past their window, and auth values
@@ -218,7 +223,8 @@ BEGIN
     RETURN QUERY
         SELECT i.id, i.subscription_id, i.kind, i.secret_id, i.value
           FROM hookbridge.secret_inbox i
-         WHERE i.sealed_at IS NULL AND i.subscription_id = ANY (v_subs)
+         WHERE i.sealed_at IS NULL AND i.seal_error IS NULL
+           AND i.subscription_id = ANY (v_subs)
          ORDER BY i.id
          LIMIT v_max
            FOR UPDATE;
@@ -254,6 +260,24 @@ BEGIN
          WHERE s.id = v.subscription_id AND s.auth_pending = v.id;
         DELETE FROM hookbridge.secret_inbox i WHERE i.id = v.id;
     END IF;
+END
+$$;
+
+-- Sets aside inbox row inbox_id, which the caller (a service, in the
+-- transaction of its secrets_to_seal) could not seal, with the reason: its
+-- plaintext is wiped, secrets_to_seal no longer hands it out (so it does not
+-- stand before the rows behind it at every pass), and secret_status shows the
+-- value 'unsealable' until a new one replaces it (update, rotate_secret).
+-- Returns whether it did (false: sealed or set aside meanwhile, or gone).
+CREATE OR REPLACE FUNCTION hookbridge.seal_refuse(inbox_id bigint, reason text)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    UPDATE hookbridge.secret_inbox i
+       SET seal_error = left(coalesce(nullif(seal_refuse.reason, ''), 'cannot be sealed'), 500),
+           value = ''
+     WHERE i.id = seal_refuse.inbox_id AND i.sealed_at IS NULL AND i.seal_error IS NULL;
+    RETURN FOUND;
 END
 $$;
 
@@ -342,21 +366,35 @@ SELECT k.key_id, sum(k.signing)::bigint AS signing_secrets, sum(k.auth)::bigint 
  GROUP BY k.key_id;
 
 -- Per live subscription: whether its signing secret and auth value are sealed,
--- waiting for a service ('pending'), or lost in a database crash before a
--- service sealed them ('lost': set them again with rotate_secret / update).
+-- waiting for a service ('pending'), set aside by a service that could not
+-- seal them ('unsealable', the reason in seal_error), or lost in a database
+-- crash before a service sealed them ('lost'); set an unsealable or lost
+-- value again with rotate_secret / update.
 CREATE OR REPLACE VIEW hookbridge.secret_status AS
 SELECT s.id, s.name,
        CASE WHEN sec.sealed IS NOT NULL THEN 'sealed'
             WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i
-                          WHERE i.secret_id = sec.id AND i.sealed_at IS NULL) THEN 'pending'
+                          WHERE i.secret_id = sec.id AND i.sealed_at IS NULL
+                            AND i.seal_error IS NULL) THEN 'pending'
+            WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i
+                          WHERE i.secret_id = sec.id AND i.seal_error IS NOT NULL)
+                THEN 'unsealable'
             ELSE 'lost' END AS signing_secret,
        sec.key_id AS signing_key_id,
        CASE WHEN s.auth_header IS NULL THEN 'none'
             WHEN s.auth_pending IS NULL THEN 'sealed'
+            WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i
+                          WHERE i.id = s.auth_pending AND i.seal_error IS NULL) THEN 'pending'
             WHEN EXISTS (SELECT 1 FROM hookbridge.secret_inbox i WHERE i.id = s.auth_pending)
-                THEN 'pending'
+                THEN 'unsealable'
             ELSE 'lost' END AS auth_value,
-       s.auth_key_id
+       s.auth_key_id,
+       -- why a value is 'unsealable' (the signing secret's reason first)
+       coalesce((SELECT i.seal_error FROM hookbridge.secret_inbox i
+                  WHERE sec.sealed IS NULL AND i.secret_id = sec.id AND i.seal_error IS NOT NULL
+                  ORDER BY i.id DESC LIMIT 1),
+                (SELECT i.seal_error FROM hookbridge.secret_inbox i
+                  WHERE i.id = s.auth_pending)) AS seal_error
   FROM hookbridge.subscriptions s
   LEFT JOIN hookbridge.subscription_secrets sec
          ON sec.subscription_id = s.id AND sec.expires_at IS NULL

@@ -4,7 +4,7 @@
 -- exists; re-applied with the others, so a function or table added later gets
 -- its privileges here and nowhere else.
 --
--- Two group roles (NOLOGIN); grant them to the login roles you use:
+-- Three group roles (NOLOGIN); grant them to the login roles you use:
 --
 --   hookbridge_service   the dispatcher and the retrier: read subscriptions
 --                        (with their sealed secrets, to sign), write the
@@ -22,9 +22,17 @@
 --                        validating function) and no read of
 --                        subscription_secrets, secret_inbox or auth values
 --                        (signing_secret() hands the secret out on purpose).
+--   hookbridge_reader    dashboards and reports: the views, the delivery log
+--                        without the stored bodies (deliveries.body: the
+--                        events' content), the subscriptions' columns an
+--                        operator reads, the limits and event types, and the
+--                        functions that only compute (limit, event_fields,
+--                        filter_problem, check_filter). Nothing that changes
+--                        anything, no secret (not even signing_secret()).
 --
 --   CREATE ROLE hookbridge_app LOGIN PASSWORD '...' IN ROLE hookbridge_service;
 --   CREATE ROLE alice LOGIN IN ROLE hookbridge_operator;
+--   CREATE ROLE grafana LOGIN PASSWORD '...' IN ROLE hookbridge_reader;
 --
 -- The API functions (no leading underscore) are SECURITY DEFINER: they run
 -- with the rights of the schema owner, who applied the migrations. Every
@@ -33,15 +41,16 @@
 -- function's definition (CREATE OR REPLACE resets what it does not say); this
 -- file refuses to finish when one is missing. EXECUTE is revoked from PUBLIC.
 --
--- The grants below are the whole truth: each run first revokes what the two
+-- The grants below are the whole truth: each run first revokes what the three
 -- roles hold on the schema's tables, views and functions, then grants the
 -- lists. (Grants to other roles, made by hand, are left alone.)
 --
 -- Creating roles needs CREATEROLE: when the migrating user lacks it and the
 -- roles do not exist yet, this file says so (WARNING: hookbridge-migrate
 -- shows warnings, not notices) and skips the grants;
--- create the two roles as above and run this file again by hand (psql -f; it
--- is idempotent), see docs/sql.md.
+-- create the roles as above and run this file again by hand (psql -f; it
+-- is idempotent), see docs/sql.md. hookbridge_reader (added later) is
+-- handled on its own: without it the other two still get their grants.
 
 DO $$
 DECLARE
@@ -59,6 +68,13 @@ BEGIN
             CREATE ROLE hookbridge_operator NOLOGIN;
         ELSE
             RAISE WARNING 'hookbridge_operator does not exist and % may not create roles (CREATEROLE): the grants of sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
+        END IF;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_reader') THEN
+        IF can_create THEN
+            CREATE ROLE hookbridge_reader NOLOGIN;
+        ELSE
+            RAISE WARNING 'hookbridge_reader does not exist and % may not create roles (CREATEROLE): its grants in sql/90_privileges.sql are skipped; create the role and run that file again (docs/sql.md, Roles)', current_user;
         END IF;
     END IF;
 END
@@ -104,8 +120,10 @@ DECLARE
                                 'record_verification', 'defer_verification',
                                 'claim_replays',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
-                                'secrets_to_seal', 'seal_store', 'sealed_under_other_keys', 'reseal',
+                                'secrets_to_seal', 'seal_store', 'seal_refuse', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
+    -- the API functions that only compute, and all a reader may call
+    reader_fns name[] := ARRAY['limit', 'event_fields', 'filter_problem', 'check_filter'];
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_service')
        OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_operator') THEN
@@ -157,6 +175,35 @@ BEGIN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_service', r.fn);
         ELSIF left(r.name, 1) <> '_' THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_operator', r.fn);
+        END IF;
+    END LOOP;
+
+    -- readers (dashboards): read-only, no secret, no payload
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hookbridge_reader') THEN
+        RETURN;
+    END IF;
+    GRANT USAGE ON SCHEMA hookbridge TO hookbridge_reader;
+    REVOKE ALL ON ALL TABLES IN SCHEMA hookbridge FROM hookbridge_reader;
+    REVOKE ALL ON ALL SEQUENCES IN SCHEMA hookbridge FROM hookbridge_reader;
+    GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,
+                    hookbridge.secret_status, hookbridge.secret_keys,
+                    hookbridge.delivery_attempts, hookbridge.endpoint_health,
+                    hookbridge.event_types, hookbridge.limits,
+                    hookbridge.subscription_event_types, hookbridge.ordering_tails
+        TO hookbridge_reader;
+    GRANT SELECT (delivery_id, subscription_id, event_ids, event_type, status, attempts,
+                  first_attempt_at, last_attempt_at, last_http_status, last_error, created_at,
+                  content_type, replay_requested_at, replay_claimed_at, log_day, replay_due_at)
+        ON hookbridge.deliveries TO hookbridge_reader;
+    GRANT SELECT (id, name, url, status, verification, verification_requested_at,
+                  verification_claimed_until, verification_retrying, verified_at,
+                  verification_failed_at, verification_error, auth_header, options, created_at,
+                  updated_at, deregistered_at, deactivation_reason, deactivated_at)
+        ON hookbridge.subscriptions TO hookbridge_reader;
+    FOR r IN SELECT * FROM hookbridge._own_functions() LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM hookbridge_reader', r.fn);
+        IF r.name = ANY (reader_fns) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO hookbridge_reader', r.fn);
         END IF;
     END LOOP;
 END
