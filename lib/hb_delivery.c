@@ -70,9 +70,11 @@ static const unsigned next_states[HB_DL_STATES] = {
     [HB_DL_PENDING] = S(HB_DL_IN_FLIGHT) | S(HB_DL_NOT_MADE) | S(HB_DL_FAILED) | S(HB_DL_DROPPED) |
                       S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
     /* PENDING again: taken back from a host queue to be sent anew (send_again) */
-    [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
-                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
-                        S(HB_DL_DISCARDED), /* DISCARDED: a batch refused as too large, split */
+    [HB_DL_IN_FLIGHT] =
+        S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
+        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
+        S(HB_DL_DISCARDED) | /* DISCARDED: a batch refused as too large, split */
+        S(HB_DL_DROPPED),    /* ... and DROPPED: the same split by its body (retrier) */
     [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
 };
 #undef S
@@ -481,8 +483,8 @@ static char *snippet_redacted(const char *snip, const char *secret) {
 }
 
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
-static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                              hb_outcome_t outcome, const char *reason) {
+static hb_dlog_row_t *row_kept(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                               hb_outcome_t outcome, const char *reason, int keep_body) {
     char *redacted = res && res->body_len ? snippet_redacted(res->body, dl->sub->auth_value) : NULL;
     hb_dlog_row_t *row;
     hb_attempt_t a = {
@@ -503,7 +505,8 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         /* kept for replay (of a failed delivery, or of one a deactivation
          * dropped); an empty one (never rendered, or too large to send) is
          * not: replay() then says there is nothing to replay */
-        .body = (outcome == HB_OUTCOME_FAILED || outcome == HB_OUTCOME_DROPPED) && dl->body_len
+        .body = keep_body && (outcome == HB_OUTCOME_FAILED || outcome == HB_OUTCOME_DROPPED) &&
+                        dl->body_len
                     ? dl->body
                     : NULL,
         .content_type = dl->content_type,
@@ -514,6 +517,11 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
     row = hb_dlog_row_new(&a); /* copies the snippet */
     free(redacted);
     return row;
+}
+
+static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                              hb_outcome_t outcome, const char *reason) {
+    return row_kept(dl, attempt, res, outcome, reason, 1);
 }
 
 /* Logs an attempt now; the gate is released when its row is committed. */
@@ -1182,6 +1190,141 @@ static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+/* A batch split by its body (split_refused_body): its row waits for the
+ * broker to have both halves. */
+typedef struct split_s {
+    hb_deliveries_t *D;
+    hb_gate_t *g;       /* holds the batch's jobs until its row is committed */
+    hb_dlog_row_t *row; /* the batch's 'dropped' row, logged once both are taken */
+    int untaken, refs;
+} split_t;
+
+static void split_taken(void *arg) {
+    split_t *sp = arg;
+    if (--sp->untaken > 0)
+        return;
+    hb_gate_log(sp->D->outbox, sp->g, sp->row);
+    sp->row = NULL;
+}
+
+static void split_unref(void *arg) {
+    split_t *sp = arg;
+    if (--sp->refs > 0)
+        return;
+    hb_dlog_row_free(sp->row); /* never logged: unsent at a stop, the batch is read again */
+    free(sp);
+}
+
+/* A batch the endpoint refused as too large (HTTP 413) on an attempt made
+ * without its events at hand (the retrier's: a DeliveryRetry carries the
+ * body only): split in its body (hb_deliver_split_body) into two halves,
+ * each a delivery of its own under the id of its own events (the id the
+ * dispatcher's split gives them), put on the first tier due now: each is
+ * then retried on its own, split again while refused, and keeps the batch's
+ * attempt number (the refused request is not counted, as the dispatcher's
+ * split does not count it), first attempt and schedule. The batch itself is
+ * logged 'dropped', its reason beginning "split:" and without its body
+ * (replay_dropped does not send it: its events went on in the halves), once
+ * the broker has both halves; its message's offset waits for that row. A
+ * stop or a crash before: the message is read again and split again, into
+ * halves with the same ids (duplicates at most, never a loss). 0 when the
+ * body is not a batch that can be split: it is routed as any 413 is. */
+static int split_refused_body(hb_deliveries_t *D, hb_delivery_t *dl, const hb_http_result_t *res) {
+    size_t n = 1, half;
+    char *copy, *tok, *save = NULL, *ids[2] = {NULL, NULL}, *types[2] = {NULL, NULL};
+    const char **uuids, *part_ids[2];
+    char idk[2][HB_UUID_LEN + 1], errstr[256], reason[400];
+    hb_payload_t out[2];
+    const char *topic = D->cfg->schedule.tier_topics[0];
+    int64_t now = hb_wall_ms();
+    split_t *sp;
+
+    for (const char *p = dl->event_ids; *p; p++)
+        n += *p == ',';
+    if (n < 2 || !dl->body_len)
+        return 0;
+    half = n / 2;
+    uuids = hb_malloc(n * sizeof(*uuids));
+    copy = hb_strdup(dl->event_ids);
+    n = 0;
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        uuids[n++] = tok;
+    if (n < 2 || half >= n) { /* an empty uuid: not expected (poison) */
+        free(uuids);
+        free(copy);
+        return 0;
+    }
+    ids[0] = hb_deliver_id_of(dl->sub->id, uuids, half, idk[0]);
+    ids[1] = hb_deliver_id_of(dl->sub->id, uuids + half, n - half, idk[1]);
+    free(uuids);
+    free(copy);
+    part_ids[0] = idk[0];
+    part_ids[1] = idk[1];
+    if (hb_deliver_split_body(dl->body, dl->body_len, dl->content_type, n, half, part_ids, now, out,
+                              types, errstr, sizeof(errstr)) < 0) {
+        hb_log(HB_LOG_WARN, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "batch refused as too large (HTTP 413) cannot be split: %s", errstr);
+        free(ids[0]);
+        free(ids[1]);
+        return 0;
+    }
+    hb_log_limited_for(&log_split, dl->sub->id, HB_LOG_WARN,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "batch of %zu events (%zu bytes) refused by the endpoint as too large "
+                       "(HTTP 413) on attempt %d: goes on as two batches of %zu and %zu, "
+                       "deliveries %s and %s due now via %s; lower the subscription's batch_max",
+                       n, dl->body_len, dl->attempt, half, n - half, idk[0], idk[1], topic);
+    snprintf(reason, sizeof(reason),
+             "split: refused as too large (HTTP 413), its %zu events go on as deliveries %s (%zu) "
+             "and %s (%zu)",
+             n, idk[0], half, idk[1], n - half);
+    sp = hb_calloc(1, sizeof(*sp));
+    sp->D = D;
+    sp->g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
+    sp->row = row_kept(dl, dl->attempt, res, HB_OUTCOME_DROPPED, reason, 0);
+    sp->untaken = sp->refs = 2;
+    for (int k = 0; k < 2; k++) {
+        hb_retry_msg_t m = {
+            .delivery_id = idk[k],
+            .subscription_id = dl->sub->id,
+            .event_ids = ids[k],
+            .event_type = types[k],
+            .content_type = (char *)out[k].content_type,
+            .body = out[k].body,
+            .body_len = out[k].len,
+            .attempt = dl->attempt,
+            .not_before_ms = now,
+            .first_attempt_ms = dl->first_attempt_ms,
+            .schedule_offset = dl->schedule_offset,
+            .last_status = 413,
+            .last_error = (char *)"HTTP 413: split from a batch refused as too large",
+        };
+        void *buf = NULL;
+        size_t len = 0;
+        hb_pmsg_t *pm;
+        if (retry_encode(D, &m, &buf, &len, errstr, sizeof(errstr)) < 0) {
+            /* cannot happen with a valid schema: the batch stays unfinished
+             * (its gate never released), read again after a restart */
+            hb_log(HB_LOG_ERROR, HB_KV("delivery_id", idk[k]), "cannot encode a DeliveryRetry: %s",
+                   errstr);
+            split_unref(sp);
+        } else {
+            pm = hb_pmsg_new(topic, dl->sub->id, buf, len, NULL, NULL);
+            hb_pmsg_set_delivery(pm, idk[k]);
+            hb_pmsg_on_taken(pm, split_taken, sp, split_unref);
+            hb_outbox_send(D->outbox, pm);
+            hb_metric_inc(D->m.tier[0]);
+        }
+        free(buf);
+        free(out[k].body);
+        free(ids[k]);
+        free(types[k]);
+    }
+    set_state(D, dl, HB_DL_DROPPED);
+    delivery_finish(D, dl);
+    return 1;
+}
+
 /* Classify and route a finished request. */
 static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_delivery_t *dl = opaque;
@@ -1230,6 +1373,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         split_refused(D, dl);
         return;
     }
+    if (status == 413 && !dl->events && split_refused_body(D, dl, res))
+        return;
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);

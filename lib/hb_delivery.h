@@ -10,6 +10,8 @@
  *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
  *   IN_FLIGHT --a batch answered 413, its events at hand--> DISCARDED (sent again
  *              in halves, each a delivery of its own; the refused request not recorded)
+ *   IN_FLIGHT --a batch answered 413, its body only (retrier)--> DROPPED (its
+ *              halves, cut from the body, on the first tier; logged once both are durable)
  *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
  *   PENDING, or IN_FLIGHT not handed to curl yet --revoked--> ABANDONED (the same)
  *
