@@ -348,7 +348,8 @@ static int over_budget(const hb_dispatcher_t *d);
  * secrets, payload options, its event types and content filter: an event it
  * no longer wants leaves the batch unsent, as one it never matched; and
  * batch_max: in requests of at most that many events, were it lowered below
- * what the batch holds), and is dropped, and logged so, when the
+ * what the batch holds), and is dropped, and logged so (but for the events it
+ * no longer wants, left as never matched), when the
  * subscription was deactivated or deregistered meanwhile, as any delivery
  * that waits is (an active one awaiting its new URL's verification is parked
  * by hb_delivery_send). */
@@ -361,9 +362,10 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     hb_hash_del(&d->batches, s);
     d->open_batches--;
     for (size_t i = 0; i < b->cnt; i++) {
-        if (now && !drop_why &&
-            (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
-             (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
+        /* also when the batch is dropped: an event no longer taken is not
+         * logged dropped, which replay_dropped would send */
+        if (now && (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
+                    (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
             hb_ev_unref(b->events[i]); /* not wanted any more: done with, as unmatched */
             hb_job_release(d->w, b->jobs[i]);
             continue;
@@ -605,33 +607,42 @@ static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release) {
 
 /* Starts the rests of fan-outs while the budget lets them; 1 when one is
  * still left. A subscription that changed while its part waited goes as it
- * is now, as a delivery waiting anywhere else does: dropped (and logged so,
- * its payload kept for replay_dropped) when it was deactivated or
- * deregistered meanwhile; not at all when it no longer takes the event's
- * type (unsubscribed meanwhile: as one never matched, counted and said at
- * debug as a filter's no is, and as a filling batch does, batch_flush). */
+ * is now, as a delivery waiting anywhere else does: not at all when it no
+ * longer takes the event (unsubscribed from its type, or its filter changed,
+ * meanwhile: as one never matched, counted and said at debug as a filter's
+ * no is, and as a filling batch does, batch_flush), also when it was
+ * deactivated too; else dropped (and logged so, its payload kept for
+ * replay_dropped) when it was deactivated or deregistered meanwhile. */
 static int fanout_run(hb_dispatcher_t *d) {
     fanout_t *f;
     while ((f = d->fanout) != NULL) {
         while (f->done < f->cnt) {
-            hb_sub_t *then = f->subs[f->done], *now;
+            hb_sub_t *then = f->subs[f->done], *now, *as;
             const char *why;
             if (over_budget(d))
                 return 1;
             f->done++;
             now = hb_index_get(hb_worker_index(d->w), then->id);
+            as = now ? now : then;
             why = hb_sub_drop_reason(now, f->matched_ms);
-            if (!why && !hb_sub_has_type(now, hb_ev_type(f->event))) {
+            /* what it no longer takes is left as never matched, also when it
+             * was deactivated meanwhile: logged dropped, replay_dropped would
+             * send it later */
+            if (now && !hb_sub_has_type(now, hb_ev_type(f->event))) {
                 hb_metric_inc(d->m_filtered);
                 hb_log(HB_LOG_DEBUG,
                        HB_KV("subscription_id", now->id, "event_uuid", hb_ev_uuid(f->event)),
                        "event not delivered: the subscription no longer takes its type");
             } else if (!why) {
                 fan_one(d, now, f->event, f->job, f->partition, f->offset, f->key, f->key_len);
-            } else if (!(now ? now : then)->filter ||
-                       hb_sub_wants(now ? now : then, hb_ev_json(f->event))) {
+            } else if (as->filter && !hb_sub_wants(as, hb_ev_json(f->event))) {
+                hb_metric_inc(d->m_filtered);
+                hb_log(HB_LOG_DEBUG,
+                       HB_KV("subscription_id", as->id, "event_uuid", hb_ev_uuid(f->event)),
+                       "event not delivered: the subscription's filter does not match it");
+            } else {
                 hb_metric_inc(d->m_matched);
-                start_delivery(d, now ? now : then, &f->event, &f->job, 1, why, now != NULL);
+                start_delivery(d, as, &f->event, &f->job, 1, why, now != NULL);
             }
             hb_sub_unref(then);
         }

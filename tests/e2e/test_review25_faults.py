@@ -7,13 +7,15 @@ import time
 
 import psycopg2
 
-from hbtest.endpoints import ChallengeAnswering, serve
+from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
+from hbtest.lifecycle import INACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import produce, topic_records
+from hbtest.stack import Dispatcher, produce, topic_records
 from hbtest.webhooks import signature_valid
 from test_delivery import SECRET, event, register_verified, sql
 from test_reactivate import changes_seen
 from test_retry import stack
+from test_review14_faults import serve_many
 
 
 def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
@@ -111,3 +113,109 @@ def _uuids(body):
 def _ok(headers, body):
     return len(body.encode()) <= 3000 and len(_uuids(body)) < 7
 
+
+def test_what_a_deactivation_drops_leaves_out_the_events_the_subscription_no_longer_takes(
+        db_url, procs, workdir):
+    """A deactivation drops what waits for the subscription, logged dropped
+    with its payload so that replay_dropped can send it once it is active
+    again. A batch filling when the subscription was both unsubscribed from a
+    type and deactivated was dropped whole: replay_dropped would then send
+    the operator events of the type it had unsubscribed from. Now, as for a
+    batch that goes out, an event the subscription no longer takes (type or
+    filter) leaves it as never matched (counted in
+    hookbridge_events_filtered_total); only the others are logged dropped,
+    and the replay brings only those."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "1s")
+    sub = register_verified(db_url, receiver.url, ["user.session.start", "user.session.end"],
+                            {"batch_max": 10, "batch_window_ms": 3000})
+    wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see it")
+
+    def ev(etype, result):
+        return dict(event(etype), outcome={"result": result})
+    keep = ev("user.session.start", "FAILURE")
+    evs = [keep, ev("user.session.start", "SUCCESS"), ev("user.session.end", "FAILURE")]
+    n = d.metric("hookbridge_messages_consumed_total")
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") >= n + 3, 10 * SLOW,
+               "the events read (waiting in the batch)")
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:  # one change, seen at once
+        cur.execute("SELECT hookbridge.update_options(%s, %s::jsonb)",
+                    (sub, json.dumps({"filter": {"outcome.result": "FAILURE"}})))
+        cur.execute("SELECT hookbridge.unsubscribe(%s, %s)", (sub, ["user.session.end"]))
+        cur.execute("SELECT hookbridge.deactivate(%s)", (sub,))
+    wait_until(lambda: changes_applied(d, sub, INACTIVE) >= 1, 10 * SLOW,
+               "the dispatcher to see the change")
+    rows = wait_until(lambda: sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
+                                  "WHERE subscription_id = %s", sub), 20 * SLOW,
+                      "the dropped batch logged")
+    time.sleep(0.3 * SLOW)  # any other row
+    rows = sql(db_url, "SELECT status, event_ids FROM hookbridge.deliveries "
+               "WHERE subscription_id = %s", sub)
+    assert rows == [("dropped", keep["uuid"])], rows
+    assert d.metric("hookbridge_events_filtered_total") == 2
+    seen = (changes_seen(d), changes_seen(r))
+    sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+    wait_until(lambda: changes_seen(d) > seen[0] and changes_seen(r) > seen[1], 10 * SLOW,
+               "both services to see it active again")
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(1,)]
+    wait_until(lambda: receiver.events(), 20 * SLOW, "the replay")
+    assert [e["uuid"] for _, e in receiver.events()] == [keep["uuid"]]
+
+
+def test_a_fan_out_rest_dropped_by_a_deactivation_leaves_out_what_it_no_longer_takes(
+        db_url, broker, procs):
+    """The rest of a fan-out waiting for the payload budget goes as each
+    subscription is when its turn comes: a type unsubscribed meanwhile
+    leaves it as never matched (test_review24). But when the subscription
+    was also deactivated, the part was logged dropped with its payload, and
+    replay_dropped would send an event of a type the operator had
+    unsubscribed from. One event of 200 KB for 30 subscriptions with a
+    budget of 1 MiB: a few start, the rest waits; every subscription is
+    unsubscribed from the type and deactivated; none of the parts left is
+    logged dropped, each is counted filtered."""
+    release = threading.Event()
+    posts = []
+
+    class Holding(ChallengeAnswering):
+        def do_POST(self):
+            posts.append(posted_uuids(self))
+            release.wait(30)
+            self.answer()
+
+    srv = serve_many(Holding)
+    try:
+        sql(db_url, "SELECT hookbridge.register('many-' || i, %s, "
+                    "ARRAY['user.session.start', 'user.session.end'], '{}') "
+                    "FROM generate_series(1, 30) AS i", srv.url)
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active' WHERE name LIKE 'many-%%'")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_PENDING_BYTES": "1048576",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"})
+        d.wait_ready()
+        produce(broker.bootstrap, [dict(event("user.session.start"), displayMessage="x" * 200_000)])
+        wait_until(lambda: len(posts) >= 3 or None, 20 * SLOW, "the first deliveries")
+        time.sleep(0.5 * SLOW)  # every one the budget lets start
+        started = len(posts)
+        assert started < 30, "every delivery started at once: nothing waits"
+        seen = changes_seen(d, "subscription changed: inactive")
+        with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT hookbridge.unsubscribe(id, ARRAY['user.session.start']), "
+                        "hookbridge.deactivate(id) FROM hookbridge.subscriptions "
+                        "WHERE name LIKE 'many-%%'")
+        wait_until(lambda: changes_seen(d, "subscription changed: inactive") >= seen + 30 or None,
+                   20 * SLOW, "the dispatcher to apply the 30 changes")
+        release.set()
+        wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+                   20 * SLOW, "the payload bytes held to come back to 0")
+        wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                                       "WHERE status = 'delivered'")[0][0] >= started or None,
+                   20 * SLOW, "the started deliveries logged")
+        assert sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                           "WHERE status = 'dropped'") == [(0,)]
+        assert d.metric("hookbridge_events_filtered_total") == 30 - started
+        assert len(posts) == started
+    finally:
+        release.set()
+        srv.shutdown()
