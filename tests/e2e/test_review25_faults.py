@@ -6,6 +6,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
 from hbtest.lifecycle import INACTIVE, changes_applied
@@ -219,3 +220,45 @@ def test_a_fan_out_rest_dropped_by_a_deactivation_leaves_out_what_it_no_longer_t
     finally:
         release.set()
         srv.shutdown()
+
+
+def test_batch_options_written_past_the_functions_are_served_within_their_bounds(
+        db_url, procs, workdir):
+    """register() and update_options() refuse batch_max outside 1..100 and
+    batch_window_ms outside 0..60000 (HB006), but the options column is
+    plain JSON that a hand-written UPDATE can fill with anything. The
+    dispatcher took a batch_max up to 100,000 and any window (a window
+    written in seconds by mistake, 3600000, held events for an hour), and
+    skipped the subscription on a batch_max of 0. Now it serves the nearest
+    bound and says so at warn: 150 events with batch_max 1000 come in
+    requests of at most 100; batch_max 0 delivers each event alone."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False)
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+    with pytest.raises(psycopg2.Error) as refused:
+        sql(db_url, "SELECT hookbridge.update_options(%s, %s::jsonb)",
+            sub, json.dumps({"batch_window_ms": 3600000}))
+    assert refused.value.pgcode == "HB006" and "between 0 and 60000" in str(refused.value)
+
+    def written_past(opts):
+        seen = changes_seen(d, "subscription changed: ")
+        sql(db_url, "UPDATE hookbridge.subscriptions SET options = options || %s::jsonb "
+            "WHERE id = %s", json.dumps(opts), sub)
+        wait_until(lambda: changes_seen(d, "subscription changed: ") > seen, 10 * SLOW,
+                   "the dispatcher to load the row")
+    written_past({"batch_max": 1000, "batch_window_ms": 1500})
+    evs = [event("user.session.start") for _ in range(150)]
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: len(receiver.events()) == 150, 20 * SLOW, "the 150 events")
+    sizes = sorted(len(json.loads(p["body"])["data"]["events"]) for p in receiver.posts())
+    assert sizes[-1] <= 100 and sum(sizes) == 150, sizes
+    assert "options batch_max 1000 and batch_window_ms 1500 out of bounds" in d.proc.output()
+
+    written_past({"batch_max": 0, "batch_window_ms": 3600000})
+    assert ("options batch_max 0 and batch_window_ms 3600000 out of bounds (1..100, 0..60000; "
+            "HB006: the row was written past hookbridge.update_options): batch_max 1 and "
+            "batch_window_ms 60000 serve") in d.proc.output()
+    one = event("user.session.start")
+    produce(broker.bootstrap, [one])
+    wait_until(lambda: one["uuid"] in [e["uuid"] for _, e in receiver.events()], 10 * SLOW,
+               "the event, alone and at once")
