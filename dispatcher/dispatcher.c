@@ -341,8 +341,6 @@ static size_t batch_bytes(const batch_t *b) {
     return n;
 }
 
-static int over_budget(const hb_dispatcher_t *d);
-
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
  * secrets, payload options, its event types and content filter: an event it
@@ -453,7 +451,16 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
  * consumption is paused (that, or HOOKBRIDGE_MAX_PENDING_EVENTS), every
  * batch goes now too: no company comes while paused, the window is a
  * preference and the bounds are not, and waiting would keep consumption
- * paused for every subscription for up to a window. */
+ * paused for every subscription for up to a window.
+ *
+ * There is no budget gate between the batches due (there was one, which
+ * could not fire but by a few bytes: at the budget every batch goes, above):
+ * a batch's events count in hb_held_bytes while it fills, so whatever a
+ * window closes on is counted already; sending it adds its body (its events
+ * are freed, or, in a batch of several, kept by its delivery until it is
+ * sent, and counted there: hb_delivery.c), so flushing takes the count
+ * above the budget by at most about what the batches held, and consumption
+ * stays paused until their deliveries finish. */
 static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     int64_t now = hb_mono_ms();
     long long next = 1000;
@@ -472,14 +479,6 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
             batch_t *b = s->val;
-            if (!all && over_budget(d)) {
-                /* the payload budget is spent: the batches due go as the
-                 * deliveries held finish (the next pass, soon), not all
-                 * rendered at once (a window closing on 1,000 batches of
-                 * one large event would hold every one of their bodies) */
-                next = 50;
-                break;
-            }
             if (batch_refresh(d, b, now) || all)
                 batch_flush(d, s); /* removing the slot walked is allowed */
             else if (b->due - now < next)

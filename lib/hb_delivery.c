@@ -290,7 +290,18 @@ void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_
     dl->schedule_offset = schedule_offset;
 }
 
+/* The bytes of the events a batch's delivery keeps (dl->events): they count
+ * in hb_held_bytes beside its body, as they did while the batch filled, so
+ * HOOKBRIDGE_MAX_PENDING_BYTES bounds what a batch in flight holds. */
+static size_t events_bytes(hb_event_t *const *events, size_t n) {
+    size_t bytes = 0;
+    for (size_t i = 0; events && i < n; i++)
+        bytes += events[i]->len;
+    return bytes;
+}
+
 void hb_delivery_free(hb_delivery_t *dl) {
+    hb_held_sub(events_bytes(dl->events, dl->jobs_cnt));
     if (dl->events)
         for (size_t i = 0; i < dl->jobs_cnt; i++)
             hb_ev_unref(dl->events[i]);
@@ -893,6 +904,7 @@ static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const 
             dl->events = hb_malloc(n * sizeof(*dl->events));
             for (size_t i = 0; i < n; i++)
                 dl->events[i] = hb_ev_ref(events[i]);
+            hb_held_add(events_bytes(dl->events, n));
         }
         return dl;
     }
@@ -949,7 +961,7 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
  * when that ended dl: every job revoked (abandoned), or the rest could not
  * be rendered (failed, not expected: it rendered with more); else 0. */
 static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
-    size_t kept, n = dl->jobs_cnt;
+    size_t kept, n = dl->jobs_cnt, bytes;
     char id[HB_UUID_LEN + 1], errstr[256], reason[300];
     hb_payload_t payload;
     char *ids;
@@ -960,9 +972,11 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     if (!dl->events)
         return 0;
+    bytes = events_bytes(dl->events, n);
     kept = hb_deliveries_shed(D, dl->events, dl->jobs, n);
     if (kept == n)
         return 0;
+    hb_held_sub(bytes - events_bytes(dl->events, kept));
     dl->jobs_cnt = kept;
     ids = hb_deliver_id(dl->sub->id, dl->events, kept, id);
     hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),

@@ -262,3 +262,41 @@ def test_batch_options_written_past_the_functions_are_served_within_their_bounds
     produce(broker.bootstrap, [one])
     wait_until(lambda: one["uuid"] in [e["uuid"] for _, e in receiver.events()], 10 * SLOW,
                "the event, alone and at once")
+
+
+def test_a_batch_in_flight_counts_its_events_in_the_payload_budget(db_url, procs, workdir):
+    """HOOKBRIDGE_MAX_PENDING_BYTES bounds what a dispatcher holds of
+    payloads (docs/operations.md sizes pods by it). A batch of several
+    events keeps them, beside its body, until it is sent (a revocation may
+    take some out and render the rest again), but once the batch left its
+    filling slot only the body was counted: a batch held by a slow endpoint
+    took twice what hookbridge_pending_payload_bytes showed. Now its events
+    count while its delivery keeps them, and nothing is left counted once it
+    is done."""
+    release = threading.Event()
+    sizes = []
+
+    class Slow(ChallengeAnswering):
+        def do_POST(self):
+            sizes.append(len(self.rfile.read(int(self.headers["Content-Length"]))))
+            release.wait(30)
+            self.answer()
+
+    srv = serve(Slow)
+    try:
+        broker, _, d, _ = stack(procs, workdir, db_url, "1s", retrier=False,
+                                env={"HOOKBRIDGE_REQUEST_TIMEOUT": "60s"})
+        register_verified(db_url, srv.url, ["user.session.start"],
+                          {"batch_max": 10, "batch_window_ms": 60000})
+        wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+        produce(broker.bootstrap, [dict(event("user.session.start"), displayMessage="x" * 20000)
+                                   for _ in range(10)])
+        wait_until(lambda: sizes, 10 * SLOW, "the batch, held by the endpoint")
+        held = d.metric("hookbridge_pending_payload_bytes")
+        assert held >= 1.8 * sizes[0], (held, sizes[0])
+        release.set()
+        wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+                   10 * SLOW, "nothing held once it is delivered")
+    finally:
+        release.set()
+        srv.shutdown()
