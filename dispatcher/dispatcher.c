@@ -1025,7 +1025,9 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         "hookbridge_events_filtered_total", NULL,
         "Events of a subscription's types not delivered to it because its content filter does "
         "not match them (also when a changed filter or event types leave a filling batch, or the "
-        "rest of a fan-out waiting for the payload budget).");
+        "rest of a fan-out waiting for the payload budget, or a delivery waiting for its rate "
+        "limit or a connection).");
+    hb_worker_set_filtered(d->w, d->m_filtered);
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
     d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",

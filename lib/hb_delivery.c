@@ -900,7 +900,10 @@ static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const 
     } else {
         dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
                              type, jobs, n);
-        if (n > 1) { /* a batch may mix partitions: kept for shed_revoked */
+        dl->matched = 1;
+        /* a batch may mix partitions: kept for shed_revoked; and for
+         * as_it_is_now's filter when it may wait for its rate limit */
+        if (n > 1 || sub->rate_per_second > 0) {
             dl->events = hb_malloc(n * sizeof(*dl->events));
             for (size_t i = 0; i < n; i++)
                 dl->events[i] = hb_ev_ref(events[i]);
@@ -960,10 +963,11 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
  * left, so no event goes out both here and from its new owner. Returns 1
  * when that ended dl: every job revoked (abandoned), or the rest could not
  * be rendered (failed, not expected: it rendered with more); else 0. */
+static int rerender(hb_deliveries_t *D, hb_delivery_t *dl, const char *id, char *ids);
+
 static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     size_t kept, n = dl->jobs_cnt, bytes;
-    char id[HB_UUID_LEN + 1], errstr[256], reason[300];
-    hb_payload_t payload;
+    char id[HB_UUID_LEN + 1];
     char *ids;
 
     if (hb_delivery_revoked(dl)) {
@@ -983,6 +987,17 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
            "batch: %zu of its %zu events are of revoked partitions, left to their new owner; "
            "the %zu others go as delivery %s",
            n - kept, n, kept, id);
+    return rerender(D, dl, id, ids);
+}
+
+/* dl's events were cut to dl->jobs_cnt: it goes on under the delivery id of
+ * those left (id; their uuids ids, taken), rendered again. Returns 1 when
+ * they cannot be (failed, not expected: they rendered with more), else 0. */
+static int rerender(hb_deliveries_t *D, hb_delivery_t *dl, const char *id, char *ids) {
+    size_t kept = dl->jobs_cnt;
+    char errstr[256], reason[300];
+    hb_payload_t payload;
+
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     free(dl->event_ids);
     dl->event_ids = ids;
@@ -1030,6 +1045,68 @@ static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+static hb_log_limit_t log_refiltered =
+    HB_LOG_LIMIT("\"N of its M events no longer taken by the subscription\"");
+
+/* A delivery the dispatcher made from its events (nothing logged of it yet)
+ * that waited while its subscription changed goes with the events the
+ * subscription takes now, its event types and content filter, as a filling
+ * batch does (dispatcher.c, batch_flush): the others leave it as never
+ * matched (their jobs done, counted in hookbridge_events_filtered_total),
+ * and the rest goes under the delivery id of its own events, rendered
+ * again. A single event's filter is checked only when its event was kept
+ * (a rate-limited subscription's, which may wait long); its type always.
+ * Returns 1 when that ended dl (nothing left; or not rendered). */
+static int refilter(hb_deliveries_t *D, hb_delivery_t *dl, const hb_sub_t *sub) {
+    size_t n = dl->jobs_cnt, kept = 0, bytes;
+    char id[HB_UUID_LEN + 1];
+    char *ids;
+
+    if (!dl->events) {
+        if (hb_sub_has_type(sub, dl->event_type))
+            return 0;
+        kept = 0;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            hb_event_t *ev = dl->events[i];
+            if (hb_sub_has_type(sub, hb_ev_type(ev)) &&
+                (!sub->filter || hb_sub_wants(sub, hb_ev_json(ev))))
+                kept++;
+        }
+        if (kept == n)
+            return 0;
+    }
+    if (D->m.filtered)
+        hb_metric_add(D->m.filtered, (double)(n - kept));
+    hb_log_limited_for(&log_refiltered, dl->sub->id, HB_LOG_INFO,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "%zu of its %zu events no longer taken by the subscription (its event types "
+                       "or filter changed while it waited): not sent%s",
+                       n - kept, n, kept ? "; the others go on" : "");
+    if (!kept) {
+        set_state(D, dl, HB_DL_DISCARDED); /* as never matched: done, nothing logged */
+        delivery_finish(D, dl);
+        return 1;
+    }
+    bytes = events_bytes(dl->events, n);
+    kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        hb_event_t *ev = dl->events[i];
+        if (hb_sub_has_type(sub, hb_ev_type(ev)) &&
+            (!sub->filter || hb_sub_wants(sub, hb_ev_json(ev)))) {
+            dl->events[kept] = ev;
+            dl->jobs[kept++] = dl->jobs[i];
+            continue;
+        }
+        hb_ev_unref(ev);
+        hb_outbox_release(D->outbox, dl->jobs[i]); /* done with, as unmatched */
+    }
+    dl->jobs_cnt = kept;
+    hb_held_sub(bytes - events_bytes(dl->events, kept));
+    ids = hb_deliver_id(sub->id, dl->events, kept, id);
+    return rerender(D, dl, id, ids);
+}
+
 /* A pending delivery that waited (for its rate-limit turn, or for a
  * connection while its subscription changed) goes on as the subscription is
  * now: 1 when that ended it (dropped: deregistered, inactive or deactivated
@@ -1041,13 +1118,17 @@ static int as_it_is_now(hb_deliveries_t *D, hb_delivery_t *dl) {
     if (!D->current)
         return 0;
     sub = D->current(dl->sub->id, D->current_opaque);
+    if (sub && sub != dl->sub)
+        hb_delivery_rebind(dl, sub);
+    /* first what it no longer takes: not logged dropped, even when it was
+     * deactivated too (replay_dropped would send it) */
+    if (sub && dl->matched && refilter(D, dl, sub))
+        return 1;
     why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
     if (why) {
         hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
         return 1;
     }
-    if (sub != dl->sub)
-        hb_delivery_rebind(dl, sub);
     if (hb_sub_awaiting_verification(sub)) {
         park_unverified(D, dl);
         return 1;
@@ -1115,6 +1196,10 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
                                 void *opaque) {
     D->rate_ask = ask;
     D->rate_ask_opaque = opaque;
+}
+
+void hb_deliveries_set_filtered(hb_deliveries_t *D, hb_metric_t *m) {
+    D->m.filtered = m;
 }
 
 void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),

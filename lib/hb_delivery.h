@@ -121,9 +121,10 @@ typedef struct hb_delivery_s {
     int schedule_offset;      /* attempts made before the current schedule (replay) */
     hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;
-    /* a batch made by hb_delivery_make: its events (references), events[i]
-     * the one of jobs[i], so that the events of revoked partitions can be
-     * taken out before it is sent; else NULL */
+    /* a batch made by hb_delivery_make, or one event of a rate-limited
+     * subscription: its events (references), events[i] the one of jobs[i],
+     * so that the events of revoked partitions, or those its subscription
+     * no longer takes, can be taken out before it is sent; else NULL */
     hb_event_t **events;
     hb_dl_state_t state; /* changed by set_state only */
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
@@ -136,6 +137,10 @@ typedef struct hb_delivery_s {
     char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
     int waiting;                    /* NOT_MADE because it waits behind after_id */
     int quiet;                      /* its wait adds no delivery-log row (the retrier's re-waits) */
+    /* made by the dispatcher from its events (hb_delivery_make/render), nothing
+     * logged of it yet: a change of its subscription's event types or filter
+     * while it waits leaves out what is no longer taken (hb_delivery.c) */
+    int matched;
     int revoked;             /* ABANDONED because its partitions were revoked (not a shutdown) */
     char *order_key;         /* the dispatcher's ordered deliveries: the key (owned), else NULL */
     int32_t order_partition; /* where its event was read */
@@ -159,6 +164,8 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
     hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */
+    /* events a delivery that waited no longer took (may be NULL) */
+    hb_metric_t *filtered;
 } hb_delivery_metrics_t;
 
 /* circuit_counts_attempts: an open circuit counts a skipped attempt as failed
@@ -184,7 +191,10 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
  * deactivated (even if activated again), unverified or gone meanwhile drops
  * the delivery; a changed one is sent to its current URL with its current
  * secrets. Without one, the subscription as it was when the delivery was
- * made. */
+ * made. A delivery the dispatcher made from its events leaves out those the
+ * subscription no longer takes (event types, filter), counted in the metric
+ * set by hb_deliveries_set_filtered. */
+void hb_deliveries_set_filtered(hb_deliveries_t *D, hb_metric_t *m);
 void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
                                void *opaque);
 /* The answer to an ask for subscription id: granted tokens (< 0: the ask

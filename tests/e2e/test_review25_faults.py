@@ -300,3 +300,44 @@ def test_a_batch_in_flight_counts_its_events_in_the_payload_budget(db_url, procs
     finally:
         release.set()
         srv.shutdown()
+
+
+def test_deliveries_held_by_a_rate_limit_go_with_the_event_types_and_filter_of_when_they_go(
+        db_url, procs, workdir):
+    """A delivery held by its subscription's rate limit goes as the
+    subscription is when its turn comes (its URL, secrets; dropped when it
+    was deactivated), but its event types and content filter were not part
+    of that, as they are for a filling batch: an operator who narrows the
+    filter and unsubscribes from a type saw events they no longer take
+    arrive seconds later, one per turn. Four events at 0.4/s: the first goes
+    at once; the filter is narrowed to failures and user.session.end
+    unsubscribed; of the three held, only the failed start arrives, the
+    others are counted filtered and nothing is logged for them."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "1s", retrier=False,
+                                   env={"HOOKBRIDGE_MAX_QUEUE_WAIT": "30s"})
+    sub = register_verified(db_url, receiver.url, ["user.session.start", "user.session.end"],
+                            {"rate_limit": {"per_second": 0.4, "burst": 1}})
+    wait_until(lambda: changes_seen(d), 10, "the dispatcher to see it")
+
+    def ev(etype, result):
+        return dict(event(etype), outcome={"result": result})
+    first, late = ev("user.session.start", "SUCCESS"), ev("user.session.start", "FAILURE")
+    evs = [first, ev("user.session.start", "SUCCESS"), ev("user.session.end", "FAILURE"), late]
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: receiver.events(), 10 * SLOW, "the first event, at once")
+    seen = changes_seen(d, "subscription changed: ")
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:  # one change, seen at once
+        cur.execute("SELECT hookbridge.update_options(%s, %s::jsonb)",
+                    (sub, json.dumps({"filter": {"outcome.result": "FAILURE"}})))
+        cur.execute("SELECT hookbridge.unsubscribe(%s, %s)", (sub, ["user.session.end"]))
+    wait_until(lambda: changes_seen(d, "subscription changed: ") > seen, 10 * SLOW,
+               "the dispatcher to see the change")
+    assert len(receiver.events()) == 1, "a held one went before the change: slow the limit"
+    wait_until(lambda: len(receiver.events()) >= 2, 20 * SLOW, "the failed start, at its turn")
+    time.sleep(1 * SLOW)  # any other
+    assert [e["uuid"] for _, e in receiver.events()] == [first["uuid"], late["uuid"]]
+    assert d.metric("hookbridge_events_filtered_total") == 2
+    rows = wait_until(lambda: (rs := sql(db_url, "SELECT event_ids FROM hookbridge.deliveries "
+                                         "WHERE subscription_id = %s", sub)) and len(rs) >= 2
+                      and rs, 10 * SLOW, "the log")
+    assert sorted(r[0] for r in rows) == sorted([first["uuid"], late["uuid"]])
