@@ -341,3 +341,31 @@ def test_deliveries_held_by_a_rate_limit_go_with_the_event_types_and_filter_of_w
                                          "WHERE subscription_id = %s", sub)) and len(rs) >= 2
                       and rs, 10 * SLOW, "the log")
     assert sorted(r[0] for r in rows) == sorted([first["uuid"], late["uuid"]])
+
+
+@pytest.mark.sql_only
+def test_replay_dropped_leaves_out_a_batch_split_after_a_413(db_url):
+    """A batch the retrier split after a 413 is logged dropped ('split: ...')
+    and its events went on in its halves; a replayed batch's row keeps the
+    body it was replayed with, so replay_dropped took it again and sent the
+    whole batch to the same refusal (its halves a second time). It is left
+    out now, as cancelled deliveries are; a dropped delivery beside it is
+    replayed."""
+    sub = sql(db_url, "SELECT hookbridge.register('split', 'https://example.com/h', "
+                      "ARRAY['user.session.start'])")[0][0]
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                "status = 'active' WHERE id = %s", sub)
+    rows = {"split": "split: refused as too large (HTTP 413), its 2 events go on as ...",
+            "dropped": "subscription deactivated"}
+    ids = {}
+    for k, err in rows.items():
+        ids[k] = sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, "
+                             "event_ids, event_type, status, attempts, first_attempt_at, "
+                             "last_attempt_at, last_error, body) VALUES (gen_random_uuid(), %s, "
+                             "'a,b', 'user.session.start', 'dropped', 2, now(), now(), %s, '[]') "
+                             "RETURNING delivery_id", sub, err)[0][0]
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(1,)]
+    assert dict(sql(db_url, "SELECT delivery_id, status FROM hookbridge.deliveries "
+                            "WHERE subscription_id = %s", sub)) == {
+        ids["split"]: "dropped", ids["dropped"]: "replay"}
