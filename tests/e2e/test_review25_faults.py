@@ -51,7 +51,7 @@ def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
     hold = None
     try:
         # static membership: the restarted retrier takes its partitions back at once
-        broker, _, d, r = stack(procs, workdir, db_url, "1s,1s",
+        broker, _, d, r = stack(procs, workdir, db_url, "2s,1s",
                                 env={"HOOKBRIDGE_INSTANCE_ID": "review25-413"})
         sub = register_verified(db_url, srv.url, ["user.session.start"],
                                 {"batch_max": 10, "batch_window_ms": 1000})
@@ -79,6 +79,8 @@ def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
             return sorted({u for h, b in posts if h.get("webhook-id") and _ok(h, b)
                            for u in _uuids(b)})
         wait_until(lambda: delivered() == want, 40 * SLOW, "every event, after the crash")
+        # the batch's row never made it: read again, it was split again
+        assert "goes on as two batches of 3 and 4" in r.proc.output()
         for h, b in posts:
             body = json.loads(b)
             assert body["eventId"] == h["webhook-id"]
