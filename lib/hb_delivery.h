@@ -59,7 +59,10 @@
  * Rate limits (options.rate_limit, hb_ratelimit.h): a delivery of a limited
  * subscription waits for its turn in memory (still PENDING, not in flight)
  * before it is sent; one that cannot wait is NOT_MADE like one whose endpoint
- * is busy (the reason says "rate limited: ..."). The tokens of the budget
+ * is busy (the reason says "rate limited: ..."). When its turn comes it goes
+ * as its subscription is then (hb_deliveries_set_current), and a delivery the
+ * dispatcher made leaves out the events the subscription no longer takes
+ * (event types, filter; dl->matched). The tokens of the budget
  * every replica shares come from ask (hb_deliveries_set_rate_ask), answered
  * through hb_deliveries_rate_granted; hb_deliveries_tick moves the held ones.
  *
