@@ -288,6 +288,25 @@ static void test_split_body(void **state) {
         }
         hb_sub_unref(sub);
     }
+    /* the ids of the parts are those the dispatcher's split gives them */
+    for (size_t n = 1; n <= 5; n++) {
+        hb_event_t *evs[5];
+        const char *uuids[5];
+        char a[HB_UUID_LEN + 1], b[HB_UUID_LEN + 1];
+        char *ia, *ib;
+        for (size_t i = 0; i < n; i++) {
+            evs[i] = hb_ev_from_json(ev[i]);
+            uuids[i] = hb_ev_uuid(evs[i]);
+        }
+        ia = hb_deliver_id("sub-1", evs, n, a);
+        ib = hb_deliver_id_of("sub-1", uuids, n, b);
+        assert_string_equal(a, b);
+        assert_string_equal(ia, ib);
+        free(ia);
+        free(ib);
+        for (size_t i = 0; i < n; i++)
+            hb_ev_unref(evs[i]);
+    }
     assert_int_equal(
         hb_deliver_split_body("{\"a\":1}", 7, NULL, 2, 1, (const char *const[]){"x", "y"}, NOW_MS,
                               (hb_payload_t[2]){{0}}, (char *[2]){0}, err, sizeof(err)),
