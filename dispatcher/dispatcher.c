@@ -341,14 +341,13 @@ static size_t batch_bytes(const batch_t *b) {
     return n;
 }
 
-static int over_budget(const hb_dispatcher_t *d);
-
 /* Delivers the batch in slot s and removes it. Its events waited for company
  * (up to a minute): the batch goes out as its subscription is now (URL,
  * secrets, payload options, its event types and content filter: an event it
  * no longer wants leaves the batch unsent, as one it never matched; and
  * batch_max: in requests of at most that many events, were it lowered below
- * what the batch holds), and is dropped, and logged so, when the
+ * what the batch holds), and is dropped, and logged so (but for the events it
+ * no longer wants, left as never matched), when the
  * subscription was deactivated or deregistered meanwhile, as any delivery
  * that waits is (an active one awaiting its new URL's verification is parked
  * by hb_delivery_send). */
@@ -361,9 +360,10 @@ static void batch_flush(hb_dispatcher_t *d, hb_hash_slot_t *s) {
     hb_hash_del(&d->batches, s);
     d->open_batches--;
     for (size_t i = 0; i < b->cnt; i++) {
-        if (now && !drop_why &&
-            (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
-             (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
+        /* also when the batch is dropped: an event no longer taken is not
+         * logged dropped, which replay_dropped would send */
+        if (now && (!hb_sub_has_type(now, hb_ev_type(b->events[i])) ||
+                    (now->filter && !hb_sub_wants(now, hb_ev_json(b->events[i]))))) {
             hb_ev_unref(b->events[i]); /* not wanted any more: done with, as unmatched */
             hb_job_release(d->w, b->jobs[i]);
             continue;
@@ -451,7 +451,16 @@ static void batch_add(hb_dispatcher_t *d, hb_sub_t *sub, hb_event_t *event, hb_j
  * consumption is paused (that, or HOOKBRIDGE_MAX_PENDING_EVENTS), every
  * batch goes now too: no company comes while paused, the window is a
  * preference and the bounds are not, and waiting would keep consumption
- * paused for every subscription for up to a window. */
+ * paused for every subscription for up to a window.
+ *
+ * There is no budget gate between the batches due (there was one, which
+ * could not fire but by a few bytes: at the budget every batch goes, above):
+ * a batch's events count in hb_held_bytes while it fills, so whatever a
+ * window closes on is counted already; sending it adds its body (its events
+ * are freed, or, in a batch of several, kept by its delivery until it is
+ * sent, and counted there: hb_delivery.c), so flushing takes the count
+ * above the budget by at most about what the batches held, and consumption
+ * stays paused until their deliveries finish. */
 static long long batch_flush_due(hb_dispatcher_t *d, int all) {
     int64_t now = hb_mono_ms();
     long long next = 1000;
@@ -470,14 +479,6 @@ static long long batch_flush_due(hb_dispatcher_t *d, int all) {
         size_t pos = 0;
         while ((s = hb_hash_each(&d->batches, &pos)) != NULL) {
             batch_t *b = s->val;
-            if (!all && over_budget(d)) {
-                /* the payload budget is spent: the batches due go as the
-                 * deliveries held finish (the next pass, soon), not all
-                 * rendered at once (a window closing on 1,000 batches of
-                 * one large event would hold every one of their bodies) */
-                next = 50;
-                break;
-            }
             if (batch_refresh(d, b, now) || all)
                 batch_flush(d, s); /* removing the slot walked is allowed */
             else if (b->due - now < next)
@@ -605,33 +606,42 @@ static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release) {
 
 /* Starts the rests of fan-outs while the budget lets them; 1 when one is
  * still left. A subscription that changed while its part waited goes as it
- * is now, as a delivery waiting anywhere else does: dropped (and logged so,
- * its payload kept for replay_dropped) when it was deactivated or
- * deregistered meanwhile; not at all when it no longer takes the event's
- * type (unsubscribed meanwhile: as one never matched, counted and said at
- * debug as a filter's no is, and as a filling batch does, batch_flush). */
+ * is now, as a delivery waiting anywhere else does: not at all when it no
+ * longer takes the event (unsubscribed from its type, or its filter changed,
+ * meanwhile: as one never matched, counted and said at debug as a filter's
+ * no is, and as a filling batch does, batch_flush), also when it was
+ * deactivated too; else dropped (and logged so, its payload kept for
+ * replay_dropped) when it was deactivated or deregistered meanwhile. */
 static int fanout_run(hb_dispatcher_t *d) {
     fanout_t *f;
     while ((f = d->fanout) != NULL) {
         while (f->done < f->cnt) {
-            hb_sub_t *then = f->subs[f->done], *now;
+            hb_sub_t *then = f->subs[f->done], *now, *as;
             const char *why;
             if (over_budget(d))
                 return 1;
             f->done++;
             now = hb_index_get(hb_worker_index(d->w), then->id);
+            as = now ? now : then;
             why = hb_sub_drop_reason(now, f->matched_ms);
-            if (!why && !hb_sub_has_type(now, hb_ev_type(f->event))) {
+            /* what it no longer takes is left as never matched, also when it
+             * was deactivated meanwhile: logged dropped, replay_dropped would
+             * send it later */
+            if (now && !hb_sub_has_type(now, hb_ev_type(f->event))) {
                 hb_metric_inc(d->m_filtered);
                 hb_log(HB_LOG_DEBUG,
                        HB_KV("subscription_id", now->id, "event_uuid", hb_ev_uuid(f->event)),
                        "event not delivered: the subscription no longer takes its type");
             } else if (!why) {
                 fan_one(d, now, f->event, f->job, f->partition, f->offset, f->key, f->key_len);
-            } else if (!(now ? now : then)->filter ||
-                       hb_sub_wants(now ? now : then, hb_ev_json(f->event))) {
+            } else if (as->filter && !hb_sub_wants(as, hb_ev_json(f->event))) {
+                hb_metric_inc(d->m_filtered);
+                hb_log(HB_LOG_DEBUG,
+                       HB_KV("subscription_id", as->id, "event_uuid", hb_ev_uuid(f->event)),
+                       "event not delivered: the subscription's filter does not match it");
+            } else {
                 hb_metric_inc(d->m_matched);
-                start_delivery(d, now ? now : then, &f->event, &f->job, 1, why, now != NULL);
+                start_delivery(d, as, &f->event, &f->job, 1, why, now != NULL);
             }
             hb_sub_unref(then);
         }
@@ -1015,7 +1025,9 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         "hookbridge_events_filtered_total", NULL,
         "Events of a subscription's types not delivered to it because its content filter does "
         "not match them (also when a changed filter or event types leave a filling batch, or the "
-        "rest of a fan-out waiting for the payload budget).");
+        "rest of a fan-out waiting for the payload budget, or a delivery waiting for its rate "
+        "limit or a connection).");
+    hb_worker_set_filtered(d->w, d->m_filtered);
     d->m_verify_ok = hb_metrics_counter("hookbridge_verifications_total", "result=\"verified\"",
                                         "Verification challenges by result.");
     d->m_verify_failed = hb_metrics_counter("hookbridge_verifications_total", "result=\"failed\"",

@@ -328,18 +328,15 @@ static const char *hb_deliver_line(char *buf, size_t size, const char *name, con
     return buf;
 }
 
-char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
-                    char id[HB_UUID_LEN + 1]) {
-    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
+/* hb_deliver_id and hb_deliver_id_of: parts[1..n] are the events' uuids. */
+static char *deliver_id(const char *sub_id, const char **parts, size_t n,
+                        char id[HB_UUID_LEN + 1]) {
     size_t ids_len = 1;
     char *ids;
 
     parts[0] = n == 1 ? "delivery" : "batch";
-    for (size_t i = 0; i < n; i++) {
-        const char *u = hb_ev_uuid(events[i]);
-        parts[i + 1] = u ? u : "";
+    for (size_t i = 0; i < n; i++)
         ids_len += strlen(parts[i + 1]) + 1;
-    }
     parts[n + 1] = sub_id;
     hb_uuid_derive(parts, n + 2, id);
     ids = hb_calloc(1, ids_len);
@@ -350,6 +347,111 @@ char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
     }
     free(parts);
     return ids;
+}
+
+char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
+                    char id[HB_UUID_LEN + 1]) {
+    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
+    for (size_t i = 0; i < n; i++) {
+        const char *u = hb_ev_uuid(events[i]);
+        parts[i + 1] = u ? u : "";
+    }
+    return deliver_id(sub_id, parts, n, id);
+}
+
+char *hb_deliver_id_of(const char *sub_id, const char *const *uuids, size_t n,
+                       char id[HB_UUID_LEN + 1]) {
+    const char **parts = hb_malloc((n + 2) * sizeof(*parts));
+    for (size_t i = 0; i < n; i++)
+        parts[i + 1] = uuids[i];
+    return deliver_id(sub_id, parts, n, id);
+}
+
+/* One part of a split batch: events elems[from..to) of the body's array, as
+ * hb_deliver_render writes that many (one element of an array format: the
+ * element itself), in top (the okta envelope, its data.events replaced and
+ * its eventId the part's id; NULL for the array formats). */
+static int split_part(json_t *top, json_t *elems, size_t from, size_t to, const char *id,
+                      int64_t now_ms, const char *batch_ct, hb_payload_t *out, char **type) {
+    json_t *arr = json_array(), *doc, *first = json_array_get(elems, from);
+    const char *t = json_string_value(json_object_get(first, "eventType"));
+    char now[40];
+    if (!t) /* a CloudEvent: its type is the event's */
+        t = json_string_value(json_object_get(first, "type"));
+    *type = hb_strdup(t ? t : "");
+    for (size_t i = from; i < to; i++)
+        json_array_append(arr, json_array_get(elems, i));
+    if (top) {
+        json_t *data = json_copy(json_object_get(top, "data"));
+        doc = json_copy(top);
+        json_object_set_new(data, "events", arr);
+        json_object_set_new(doc, "data", data);
+        json_object_set_new(doc, "eventId", json_string(id));
+        hb_format_time(now_ms, now, sizeof(now));
+        json_object_set_new(doc, "eventTime", json_string(now));
+        out->content_type = HB_CT_JSON;
+    } else if (to - from == 1) {
+        doc = json_incref(json_array_get(arr, 0));
+        json_decref(arr);
+        out->content_type = !strcmp(batch_ct, HB_CT_CE_BATCH) ? HB_CT_CE : HB_CT_JSON;
+    } else {
+        doc = arr;
+        out->content_type = !strcmp(batch_ct, HB_CT_CE_BATCH) ? HB_CT_CE_BATCH : HB_CT_JSON;
+    }
+    /* the bytes hb_json writes (hb_deliver_render): compact, 15 digits */
+    out->body = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(doc);
+    if (!out->body)
+        return -1;
+    out->len = strlen(out->body);
+    return 0;
+}
+
+int hb_deliver_split_body(const char *body, size_t len, const char *content_type, size_t n,
+                          size_t half, const char *const ids[2], int64_t now_ms,
+                          hb_payload_t out[2], char *types[2], char *errstr, size_t errstr_size) {
+    json_error_t jerr;
+    json_t *doc, *top = NULL, *elems;
+    int rc = -1;
+    memset(out, 0, 2 * sizeof(*out));
+    types[0] = types[1] = NULL;
+    if (!content_type)
+        content_type = HB_CT_JSON;
+    if (half == 0 || half >= n) {
+        hb_seterr(errstr, errstr_size, "nothing to split");
+        return -1;
+    }
+    doc = json_loadb(body ? body : "", len, 0, &jerr);
+    if (!doc) {
+        hb_seterr(errstr, errstr_size, "the body is not JSON: %s", jerr.text);
+        return -1;
+    }
+    elems = doc;
+    if (json_is_object(doc)) { /* okta: {"eventId": ..., "data": {"events": [...]}} */
+        top = doc;
+        elems = json_object_get(json_object_get(doc, "data"), "events");
+        if (!json_is_string(json_object_get(doc, "eventId")))
+            elems = NULL;
+    }
+    if (!json_is_array(elems) || json_array_size(elems) != n) {
+        hb_seterr(errstr, errstr_size, "the body is not a batch of %zu events", n);
+        goto done;
+    }
+    if (split_part(top, elems, 0, half, ids[0], now_ms, content_type, &out[0], &types[0]) < 0 ||
+        split_part(top, elems, half, n, ids[1], now_ms, content_type, &out[1], &types[1]) < 0) {
+        free(out[0].body);
+        free(out[1].body);
+        memset(out, 0, 2 * sizeof(*out));
+        free(types[0]);
+        free(types[1]);
+        types[0] = types[1] = NULL;
+        hb_seterr(errstr, errstr_size, "out of memory");
+        goto done;
+    }
+    rc = 0;
+done:
+    json_decref(doc);
+    return rc;
 }
 
 static void deliver_send(hb_http_t *http, const hb_sub_t *sub, const char *delivery_id,

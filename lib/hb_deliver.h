@@ -55,6 +55,22 @@ int hb_deliver_render_json(const hb_sub_t *sub, json_t *const *events, size_t n,
  * same id. Returns their uuids, comma-separated (the caller frees). */
 char *hb_deliver_id(const char *sub_id, hb_event_t *const *events, size_t n,
                     char id[HB_UUID_LEN + 1]);
+/* The same from the events' uuids (a delivery's event_ids, split). */
+char *hb_deliver_id_of(const char *sub_id, const char *const *uuids, size_t n,
+                       char id[HB_UUID_LEN + 1]);
+
+/* A batch body of n events as hb_deliver_render wrote it (content_type its
+ * content type), split without its events at hand (the retrier has only the
+ * body): out[0] its first `half` events, out[1] the rest, each as the format
+ * writes that many events (the okta envelope under eventId ids[k] and a fresh
+ * eventTime now_ms; one event of an array format is that event alone). The
+ * events are kept as they were rendered (the subscription's field selection
+ * of then); types[k] (malloc'd) is the eventType of part k's first event.
+ * -1 (errstr) when body is not a batch of n events. */
+int hb_deliver_split_body(const char *body, size_t len, const char *content_type, size_t n,
+                          size_t half, const char *const ids[2], int64_t now_ms,
+                          hb_payload_t out[2], char *types[2], char *errstr,
+                          size_t errstr_size) HB_MUSTCHECK;
 
 /* Submits one attempt: POST with Content-Type, User-Agent, webhook-id,
  * webhook-timestamp, webhook-signature (all unexpired secrets), the auth

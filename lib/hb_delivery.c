@@ -70,9 +70,11 @@ static const unsigned next_states[HB_DL_STATES] = {
     [HB_DL_PENDING] = S(HB_DL_IN_FLIGHT) | S(HB_DL_NOT_MADE) | S(HB_DL_FAILED) | S(HB_DL_DROPPED) |
                       S(HB_DL_DISCARDED) | S(HB_DL_ABANDONED),
     /* PENDING again: taken back from a host queue to be sent anew (send_again) */
-    [HB_DL_IN_FLIGHT] = S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
-                        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
-                        S(HB_DL_DISCARDED), /* DISCARDED: a batch refused as too large, split */
+    [HB_DL_IN_FLIGHT] =
+        S(HB_DL_DELIVERED) | S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_NOT_MADE) |
+        S(HB_DL_ABANDONED) | S(HB_DL_LOST) | S(HB_DL_PENDING) |
+        S(HB_DL_DISCARDED) | /* DISCARDED: a batch refused as too large, split */
+        S(HB_DL_DROPPED),    /* ... and DROPPED: the same split by its body (retrier) */
     [HB_DL_NOT_MADE] = S(HB_DL_RETRY) | S(HB_DL_FAILED) | S(HB_DL_LOST),
 };
 #undef S
@@ -288,7 +290,18 @@ void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_
     dl->schedule_offset = schedule_offset;
 }
 
+/* The bytes of the events a batch's delivery keeps (dl->events): they count
+ * in hb_held_bytes beside its body, as they did while the batch filled, so
+ * HOOKBRIDGE_MAX_PENDING_BYTES bounds what a batch in flight holds. */
+static size_t events_bytes(hb_event_t *const *events, size_t n) {
+    size_t bytes = 0;
+    for (size_t i = 0; events && i < n; i++)
+        bytes += events[i]->len;
+    return bytes;
+}
+
 void hb_delivery_free(hb_delivery_t *dl) {
+    hb_held_sub(events_bytes(dl->events, dl->jobs_cnt));
     if (dl->events)
         for (size_t i = 0; i < dl->jobs_cnt; i++)
             hb_ev_unref(dl->events[i]);
@@ -481,8 +494,8 @@ static char *snippet_redacted(const char *snip, const char *secret) {
 }
 
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
-static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
-                              hb_outcome_t outcome, const char *reason) {
+static hb_dlog_row_t *row_kept(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                               hb_outcome_t outcome, const char *reason, int keep_body) {
     char *redacted = res && res->body_len ? snippet_redacted(res->body, dl->sub->auth_value) : NULL;
     hb_dlog_row_t *row;
     hb_attempt_t a = {
@@ -503,7 +516,8 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
         /* kept for replay (of a failed delivery, or of one a deactivation
          * dropped); an empty one (never rendered, or too large to send) is
          * not: replay() then says there is nothing to replay */
-        .body = (outcome == HB_OUTCOME_FAILED || outcome == HB_OUTCOME_DROPPED) && dl->body_len
+        .body = keep_body && (outcome == HB_OUTCOME_FAILED || outcome == HB_OUTCOME_DROPPED) &&
+                        dl->body_len
                     ? dl->body
                     : NULL,
         .content_type = dl->content_type,
@@ -514,6 +528,11 @@ static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_htt
     row = hb_dlog_row_new(&a); /* copies the snippet */
     free(redacted);
     return row;
+}
+
+static hb_dlog_row_t *row_for(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
+                              hb_outcome_t outcome, const char *reason) {
+    return row_kept(dl, attempt, res, outcome, reason, 1);
 }
 
 /* Logs an attempt now; the gate is released when its row is committed. */
@@ -881,10 +900,14 @@ static hb_delivery_t *make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *const 
     } else {
         dl = hb_delivery_new(sub, id, payload.body, payload.len, payload.content_type, event_ids,
                              type, jobs, n);
-        if (n > 1) { /* a batch may mix partitions: kept for shed_revoked */
+        dl->matched = 1;
+        /* a batch may mix partitions: kept for shed_revoked; and for
+         * as_it_is_now's filter when it may wait for its rate limit */
+        if (n > 1 || sub->rate_per_second > 0) {
             dl->events = hb_malloc(n * sizeof(*dl->events));
             for (size_t i = 0; i < n; i++)
                 dl->events[i] = hb_ev_ref(events[i]);
+            hb_held_add(events_bytes(dl->events, n));
         }
         return dl;
     }
@@ -940,10 +963,11 @@ hb_delivery_t *hb_delivery_make(hb_deliveries_t *D, hb_sub_t *sub, hb_event_t *c
  * left, so no event goes out both here and from its new owner. Returns 1
  * when that ended dl: every job revoked (abandoned), or the rest could not
  * be rendered (failed, not expected: it rendered with more); else 0. */
+static int rerender(hb_deliveries_t *D, hb_delivery_t *dl, const char *id, char *ids);
+
 static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
-    size_t kept, n = dl->jobs_cnt;
-    char id[HB_UUID_LEN + 1], errstr[256], reason[300];
-    hb_payload_t payload;
+    size_t kept, n = dl->jobs_cnt, bytes;
+    char id[HB_UUID_LEN + 1];
     char *ids;
 
     if (hb_delivery_revoked(dl)) {
@@ -952,15 +976,28 @@ static int shed_revoked(hb_deliveries_t *D, hb_delivery_t *dl) {
     }
     if (!dl->events)
         return 0;
+    bytes = events_bytes(dl->events, n);
     kept = hb_deliveries_shed(D, dl->events, dl->jobs, n);
     if (kept == n)
         return 0;
+    hb_held_sub(bytes - events_bytes(dl->events, kept));
     dl->jobs_cnt = kept;
     ids = hb_deliver_id(dl->sub->id, dl->events, kept, id);
     hb_log(HB_LOG_INFO, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "batch: %zu of its %zu events are of revoked partitions, left to their new owner; "
            "the %zu others go as delivery %s",
            n - kept, n, kept, id);
+    return rerender(D, dl, id, ids);
+}
+
+/* dl's events were cut to dl->jobs_cnt: it goes on under the delivery id of
+ * those left (id; their uuids ids, taken), rendered again. Returns 1 when
+ * they cannot be (failed, not expected: they rendered with more), else 0. */
+static int rerender(hb_deliveries_t *D, hb_delivery_t *dl, const char *id, char *ids) {
+    size_t kept = dl->jobs_cnt;
+    char errstr[256], reason[300];
+    hb_payload_t payload;
+
     snprintf(dl->id, sizeof(dl->id), "%s", id);
     free(dl->event_ids);
     dl->event_ids = ids;
@@ -1008,6 +1045,68 @@ static void park_unverified(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+static hb_log_limit_t log_refiltered =
+    HB_LOG_LIMIT("\"N of its M events no longer taken by the subscription\"");
+
+/* A delivery the dispatcher made from its events (nothing logged of it yet)
+ * that waited while its subscription changed goes with the events the
+ * subscription takes now, its event types and content filter, as a filling
+ * batch does (dispatcher.c, batch_flush): the others leave it as never
+ * matched (their jobs done, counted in hookbridge_events_filtered_total),
+ * and the rest goes under the delivery id of its own events, rendered
+ * again. A single event's filter is checked only when its event was kept
+ * (a rate-limited subscription's, which may wait long); its type always.
+ * Returns 1 when that ended dl (nothing left; or not rendered). */
+static int refilter(hb_deliveries_t *D, hb_delivery_t *dl, const hb_sub_t *sub) {
+    size_t n = dl->jobs_cnt, kept = 0, bytes;
+    char id[HB_UUID_LEN + 1];
+    char *ids;
+
+    if (!dl->events) {
+        if (hb_sub_has_type(sub, dl->event_type))
+            return 0;
+        kept = 0;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            hb_event_t *ev = dl->events[i];
+            if (hb_sub_has_type(sub, hb_ev_type(ev)) &&
+                (!sub->filter || hb_sub_wants(sub, hb_ev_json(ev))))
+                kept++;
+        }
+        if (kept == n)
+            return 0;
+    }
+    if (D->m.filtered)
+        hb_metric_add(D->m.filtered, (double)(n - kept));
+    hb_log_limited_for(&log_refiltered, dl->sub->id, HB_LOG_INFO,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "%zu of its %zu events no longer taken by the subscription (its event types "
+                       "or filter changed while it waited): not sent%s",
+                       n - kept, n, kept ? "; the others go on" : "");
+    if (!kept) {
+        set_state(D, dl, HB_DL_DISCARDED); /* as never matched: done, nothing logged */
+        delivery_finish(D, dl);
+        return 1;
+    }
+    bytes = events_bytes(dl->events, n);
+    kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        hb_event_t *ev = dl->events[i];
+        if (hb_sub_has_type(sub, hb_ev_type(ev)) &&
+            (!sub->filter || hb_sub_wants(sub, hb_ev_json(ev)))) {
+            dl->events[kept] = ev;
+            dl->jobs[kept++] = dl->jobs[i];
+            continue;
+        }
+        hb_ev_unref(ev);
+        hb_outbox_release(D->outbox, dl->jobs[i]); /* done with, as unmatched */
+    }
+    dl->jobs_cnt = kept;
+    hb_held_sub(bytes - events_bytes(dl->events, kept));
+    ids = hb_deliver_id(sub->id, dl->events, kept, id);
+    return rerender(D, dl, id, ids);
+}
+
 /* A pending delivery that waited (for its rate-limit turn, or for a
  * connection while its subscription changed) goes on as the subscription is
  * now: 1 when that ended it (dropped: deregistered, inactive or deactivated
@@ -1019,13 +1118,17 @@ static int as_it_is_now(hb_deliveries_t *D, hb_delivery_t *dl) {
     if (!D->current)
         return 0;
     sub = D->current(dl->sub->id, D->current_opaque);
+    if (sub && sub != dl->sub)
+        hb_delivery_rebind(dl, sub);
+    /* first what it no longer takes: not logged dropped, even when it was
+     * deactivated too (replay_dropped would send it) */
+    if (sub && dl->matched && refilter(D, dl, sub))
+        return 1;
     why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
     if (why) {
         hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
         return 1;
     }
-    if (sub != dl->sub)
-        hb_delivery_rebind(dl, sub);
     if (hb_sub_awaiting_verification(sub)) {
         park_unverified(D, dl);
         return 1;
@@ -1093,6 +1196,10 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
                                 void *opaque) {
     D->rate_ask = ask;
     D->rate_ask_opaque = opaque;
+}
+
+void hb_deliveries_set_filtered(hb_deliveries_t *D, hb_metric_t *m) {
+    D->m.filtered = m;
 }
 
 void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
@@ -1182,6 +1289,141 @@ static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
     delivery_finish(D, dl);
 }
 
+/* A batch split by its body (split_refused_body): its row waits for the
+ * broker to have both halves. */
+typedef struct split_s {
+    hb_deliveries_t *D;
+    hb_gate_t *g;       /* holds the batch's jobs until its row is committed */
+    hb_dlog_row_t *row; /* the batch's 'dropped' row, logged once both are taken */
+    int untaken, refs;
+} split_t;
+
+static void split_taken(void *arg) {
+    split_t *sp = arg;
+    if (--sp->untaken > 0)
+        return;
+    hb_gate_log(sp->D->outbox, sp->g, sp->row);
+    sp->row = NULL;
+}
+
+static void split_unref(void *arg) {
+    split_t *sp = arg;
+    if (--sp->refs > 0)
+        return;
+    hb_dlog_row_free(sp->row); /* never logged: unsent at a stop, the batch is read again */
+    free(sp);
+}
+
+/* A batch the endpoint refused as too large (HTTP 413) on an attempt made
+ * without its events at hand (the retrier's: a DeliveryRetry carries the
+ * body only): split in its body (hb_deliver_split_body) into two halves,
+ * each a delivery of its own under the id of its own events (the id the
+ * dispatcher's split gives them), put on the first tier due now: each is
+ * then retried on its own, split again while refused, and keeps the batch's
+ * attempt number (the refused request is not counted, as the dispatcher's
+ * split does not count it), first attempt and schedule. The batch itself is
+ * logged 'dropped', its reason beginning "split:" and without its body
+ * (replay_dropped does not send it: its events went on in the halves), once
+ * the broker has both halves; its message's offset waits for that row. A
+ * stop or a crash before: the message is read again and split again, into
+ * halves with the same ids (duplicates at most, never a loss). 0 when the
+ * body is not a batch that can be split: it is routed as any 413 is. */
+static int split_refused_body(hb_deliveries_t *D, hb_delivery_t *dl, const hb_http_result_t *res) {
+    size_t n = 1, half;
+    char *copy, *tok, *save = NULL, *ids[2] = {NULL, NULL}, *types[2] = {NULL, NULL};
+    const char **uuids, *part_ids[2];
+    char idk[2][HB_UUID_LEN + 1], errstr[256], reason[400];
+    hb_payload_t out[2];
+    const char *topic = D->cfg->schedule.tier_topics[0];
+    int64_t now = hb_wall_ms();
+    split_t *sp;
+
+    for (const char *p = dl->event_ids; *p; p++)
+        n += *p == ',';
+    if (n < 2 || !dl->body_len)
+        return 0;
+    half = n / 2;
+    uuids = hb_malloc(n * sizeof(*uuids));
+    copy = hb_strdup(dl->event_ids);
+    n = 0;
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        uuids[n++] = tok;
+    if (n < 2 || half >= n) { /* an empty uuid: not expected (poison) */
+        free(uuids);
+        free(copy);
+        return 0;
+    }
+    ids[0] = hb_deliver_id_of(dl->sub->id, uuids, half, idk[0]);
+    ids[1] = hb_deliver_id_of(dl->sub->id, uuids + half, n - half, idk[1]);
+    free(uuids);
+    free(copy);
+    part_ids[0] = idk[0];
+    part_ids[1] = idk[1];
+    if (hb_deliver_split_body(dl->body, dl->body_len, dl->content_type, n, half, part_ids, now, out,
+                              types, errstr, sizeof(errstr)) < 0) {
+        hb_log(HB_LOG_WARN, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+               "batch refused as too large (HTTP 413) cannot be split: %s", errstr);
+        free(ids[0]);
+        free(ids[1]);
+        return 0;
+    }
+    hb_log_limited_for(&log_split, dl->sub->id, HB_LOG_WARN,
+                       HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+                       "batch of %zu events (%zu bytes) refused by the endpoint as too large "
+                       "(HTTP 413) on attempt %d: goes on as two batches of %zu and %zu, "
+                       "deliveries %s and %s due now via %s; lower the subscription's batch_max",
+                       n, dl->body_len, dl->attempt, half, n - half, idk[0], idk[1], topic);
+    snprintf(reason, sizeof(reason),
+             "split: refused as too large (HTTP 413), its %zu events go on as deliveries %s (%zu) "
+             "and %s (%zu)",
+             n, idk[0], half, idk[1], n - half);
+    sp = hb_calloc(1, sizeof(*sp));
+    sp->D = D;
+    sp->g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
+    sp->row = row_kept(dl, dl->attempt, res, HB_OUTCOME_DROPPED, reason, 0);
+    sp->untaken = sp->refs = 2;
+    for (int k = 0; k < 2; k++) {
+        hb_retry_msg_t m = {
+            .delivery_id = idk[k],
+            .subscription_id = dl->sub->id,
+            .event_ids = ids[k],
+            .event_type = types[k],
+            .content_type = (char *)out[k].content_type,
+            .body = out[k].body,
+            .body_len = out[k].len,
+            .attempt = dl->attempt,
+            .not_before_ms = now,
+            .first_attempt_ms = dl->first_attempt_ms,
+            .schedule_offset = dl->schedule_offset,
+            .last_status = 413,
+            .last_error = (char *)"HTTP 413: split from a batch refused as too large",
+        };
+        void *buf = NULL;
+        size_t len = 0;
+        hb_pmsg_t *pm;
+        if (retry_encode(D, &m, &buf, &len, errstr, sizeof(errstr)) < 0) {
+            /* cannot happen with a valid schema: the batch stays unfinished
+             * (its gate never released), read again after a restart */
+            hb_log(HB_LOG_ERROR, HB_KV("delivery_id", idk[k]), "cannot encode a DeliveryRetry: %s",
+                   errstr);
+            split_unref(sp);
+        } else {
+            pm = hb_pmsg_new(topic, dl->sub->id, buf, len, NULL, NULL);
+            hb_pmsg_set_delivery(pm, idk[k]);
+            hb_pmsg_on_taken(pm, split_taken, sp, split_unref);
+            hb_outbox_send(D->outbox, pm);
+            hb_metric_inc(D->m.tier[0]);
+        }
+        free(buf);
+        free(out[k].body);
+        free(ids[k]);
+        free(types[k]);
+    }
+    set_state(D, dl, HB_DL_DROPPED);
+    delivery_finish(D, dl);
+    return 1;
+}
+
 /* Classify and route a finished request. */
 static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
     hb_delivery_t *dl = opaque;
@@ -1230,6 +1472,8 @@ static void on_attempt_done(const hb_http_result_t *res, void *opaque) {
         split_refused(D, dl);
         return;
     }
+    if (status == 413 && !dl->events && split_refused_body(D, dl, res))
+        return;
     switch (outcome) {
     case HB_OUTCOME_DELIVERED:
         set_state(D, dl, HB_DL_DELIVERED);

@@ -10,6 +10,8 @@
  *     '--skip: DROPPED | FAILED (not attempted); DISCARDED (stale, nothing logged)
  *   IN_FLIGHT --a batch answered 413, its events at hand--> DISCARDED (sent again
  *              in halves, each a delivery of its own; the refused request not recorded)
+ *   IN_FLIGHT --a batch answered 413, its body only (retrier)--> DROPPED (its
+ *              halves, cut from the body, on the first tier; logged once both are durable)
  *   IN_FLIGHT or PENDING --shutdown--> ABANDONED (nothing recorded; consumed again)
  *   PENDING, or IN_FLIGHT not handed to curl yet --revoked--> ABANDONED (the same)
  *
@@ -57,7 +59,10 @@
  * Rate limits (options.rate_limit, hb_ratelimit.h): a delivery of a limited
  * subscription waits for its turn in memory (still PENDING, not in flight)
  * before it is sent; one that cannot wait is NOT_MADE like one whose endpoint
- * is busy (the reason says "rate limited: ..."). The tokens of the budget
+ * is busy (the reason says "rate limited: ..."). When its turn comes it goes
+ * as its subscription is then (hb_deliveries_set_current), and a delivery the
+ * dispatcher made leaves out the events the subscription no longer takes
+ * (event types, filter; dl->matched). The tokens of the budget
  * every replica shares come from ask (hb_deliveries_set_rate_ask), answered
  * through hb_deliveries_rate_granted; hb_deliveries_tick moves the held ones.
  *
@@ -119,9 +124,10 @@ typedef struct hb_delivery_s {
     int schedule_offset;      /* attempts made before the current schedule (replay) */
     hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;
-    /* a batch made by hb_delivery_make: its events (references), events[i]
-     * the one of jobs[i], so that the events of revoked partitions can be
-     * taken out before it is sent; else NULL */
+    /* a batch made by hb_delivery_make, or one event of a rate-limited
+     * subscription: its events (references), events[i] the one of jobs[i],
+     * so that the events of revoked partitions, or those its subscription
+     * no longer takes, can be taken out before it is sent; else NULL */
     hb_event_t **events;
     hb_dl_state_t state; /* changed by set_state only */
     int circuit;         /* NOT_MADE because the circuit is open (else: endpoint busy) */
@@ -134,6 +140,10 @@ typedef struct hb_delivery_s {
     char after_id[HB_UUID_LEN + 1]; /* waits behind this delivery ("": nothing) */
     int waiting;                    /* NOT_MADE because it waits behind after_id */
     int quiet;                      /* its wait adds no delivery-log row (the retrier's re-waits) */
+    /* made by the dispatcher from its events (hb_delivery_make/render), nothing
+     * logged of it yet: a change of its subscription's event types or filter
+     * while it waits leaves out what is no longer taken (hb_delivery.c) */
+    int matched;
     int revoked;             /* ABANDONED because its partitions were revoked (not a shutdown) */
     char *order_key;         /* the dispatcher's ordered deliveries: the key (owned), else NULL */
     int32_t order_partition; /* where its event was read */
@@ -157,6 +167,8 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *tier[HB_RETRY_MAX_STEPS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
     hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */
+    /* events a delivery that waited no longer took (may be NULL) */
+    hb_metric_t *filtered;
 } hb_delivery_metrics_t;
 
 /* circuit_counts_attempts: an open circuit counts a skipped attempt as failed
@@ -182,7 +194,10 @@ void hb_deliveries_set_rate_ask(hb_deliveries_t *D, int (*ask)(const char *, int
  * deactivated (even if activated again), unverified or gone meanwhile drops
  * the delivery; a changed one is sent to its current URL with its current
  * secrets. Without one, the subscription as it was when the delivery was
- * made. */
+ * made. A delivery the dispatcher made from its events leaves out those the
+ * subscription no longer takes (event types, filter), counted in the metric
+ * set by hb_deliveries_set_filtered. */
+void hb_deliveries_set_filtered(hb_deliveries_t *D, hb_metric_t *m);
 void hb_deliveries_set_current(hb_deliveries_t *D, hb_sub_t *(*current)(const char *, void *),
                                void *opaque);
 /* The answer to an ask for subscription id: granted tokens (< 0: the ask

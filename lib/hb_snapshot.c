@@ -354,12 +354,31 @@ static int row_to_sub(const hb_keyring_t *kr, const PGresult *res, int row, hb_s
     if (parse_ll(col(res, row, COL_TIMEOUT), &sub->timeout_ms) < 0)
         goto bad_option;
     ll = 1;
-    if (parse_ll(col(res, row, COL_BATCH_MAX), &ll) < 0 || ll < 1 || ll > 100000)
+    if (parse_ll(col(res, row, COL_BATCH_MAX), &ll) < 0)
         goto bad_option;
-    sub->batch_max = (int)ll;
     sub->batch_window_ms = 0;
     if (parse_ll(col(res, row, COL_BATCH_WINDOW), &sub->batch_window_ms) < 0)
         goto bad_option;
+    if (ll < 1 || ll > HB_BATCH_MAX_LIMIT || sub->batch_window_ms < 0 ||
+        sub->batch_window_ms > HB_BATCH_WINDOW_LIMIT_MS) {
+        /* register() and update_options() refuse them (HB006); written past
+         * them, the nearest bound serves rather than the subscription being
+         * skipped (batch_max 0) or its events held for hours (a window in
+         * seconds taken for ms) */
+        long long max = ll < 1 ? 1 : ll > HB_BATCH_MAX_LIMIT ? HB_BATCH_MAX_LIMIT : ll;
+        long long win = sub->batch_window_ms < 0                          ? 0
+                        : sub->batch_window_ms > HB_BATCH_WINDOW_LIMIT_MS ? HB_BATCH_WINDOW_LIMIT_MS
+                                                                          : sub->batch_window_ms;
+        hb_log(
+            HB_LOG_WARN, HB_KV("subscription_id", sub->id),
+            "options batch_max %lld and batch_window_ms %lld out of bounds (1..%d, 0..%d; HB006: "
+            "the row was written past hookbridge.update_options): batch_max %lld and "
+            "batch_window_ms %lld serve",
+            ll, sub->batch_window_ms, HB_BATCH_MAX_LIMIT, HB_BATCH_WINDOW_LIMIT_MS, max, win);
+        ll = max;
+        sub->batch_window_ms = win;
+    }
+    sub->batch_max = (int)ll;
 
     ll = 0;
     if (parse_ll(col(res, row, COL_DEACTIVATED), &ll) < 0) {

@@ -25,6 +25,11 @@
 #define HB_UUID_LEN 36
 #define HB_SECRET_MAX 64 /* decoded signing-key bytes */
 
+/* The bounds of options.batch_max and batch_window_ms (sql/20_options.sql
+ * refuses others with HB006; a row written past it is served clamped). */
+#define HB_BATCH_MAX_LIMIT 100
+#define HB_BATCH_WINDOW_LIMIT_MS 60000
+
 typedef enum {
     HB_FORMAT_OKTA = 0, /* Okta event-hook envelope (default) */
     HB_FORMAT_CLOUDEVENTS,
@@ -62,9 +67,9 @@ typedef struct hb_sub_s {
      * the database's clock, Unix ms); 0 = never. */
     int64_t deactivated_ms;
     hb_format_t format;
-    long long timeout_ms; /* 0 = service default */
-    int batch_max;        /* events per request, >= 1 */
-    long long batch_window_ms;
+    long long timeout_ms;      /* 0 = service default */
+    int batch_max;             /* events per request, 1 .. HB_BATCH_MAX_LIMIT */
+    long long batch_window_ms; /* 0 .. HB_BATCH_WINDOW_LIMIT_MS */
     /* options.fields: the top-level event fields delivered, besides uuid,
      * published and eventType, which always are; NULL = every field. */
     char **fields;

@@ -224,6 +224,10 @@ void hb_worker_ask_tail(hb_worker_t *w, const char *subscription_id, const char 
                         ask_answered, ask_ctx(w, then, opaque, opaque_free), ask_ctx_free);
 }
 
+void hb_worker_set_filtered(hb_worker_t *w, hb_metric_t *m) {
+    hb_deliveries_set_filtered(w->deliveries, m);
+}
+
 unsigned hb_worker_revocations(const hb_worker_t *w) {
     return hb_consumer_revocations(w->consumer);
 }

@@ -224,6 +224,9 @@ void hb_worker_ask_tail(hb_worker_t *w, const char *subscription_id, const char 
 /* Times partitions were revoked from this process: what it knows about the
  * keys of a revoked partition may be stale from then on. */
 unsigned hb_worker_revocations(const hb_worker_t *w);
+/* The counter of events a delivery that waited no longer took (the
+ * dispatcher's hookbridge_events_filtered_total; hb_deliveries_set_filtered). */
+void hb_worker_set_filtered(hb_worker_t *w, hb_metric_t *m);
 
 /* Deliveries whose HTTP request is in flight. */
 size_t hb_worker_in_flight(const hb_worker_t *w);

@@ -27,7 +27,10 @@
  *     Otherwise re-delivered with the same webhook-id, a fresh timestamp and
  *     signature, to the subscription's current URL and secrets. A failure
  *     goes to the next tier, or after the last attempt to the dead-letter
- *     topic, exactly as in the dispatcher (hb_delivery routes both);
+ *     topic, exactly as in the dispatcher (hb_delivery routes both); a batch
+ *     refused as too large (413) goes on in two halves cut from its body,
+ *     each a delivery of its own on the first tier (hb_delivery.c,
+ *     split_refused_body);
  *   - ordered (after_delivery_id set: it waits behind an earlier delivery of
  *     its key, hb_ordering.h): the log is asked about that predecessor; until
  *     it is final (delivered, failed, dropped) the message goes back onto its

@@ -555,7 +555,9 @@ $$;
 -- look-ups: an earlier day's failure of a delivery acknowledged the next day
 -- is not sent again, and a delivery failed on both days is replayed once
 -- (moving both rows to today would collide on the key). Cancelled deliveries
--- (dropped by cancel()) are not taken: replay() takes one by its id.
+-- (dropped by cancel()) are not taken, nor a batch the retrier split after
+-- its endpoint refused it as too large (HTTP 413; its last_error begins
+-- "split:"): replay() takes one by its id.
 --
 -- Pacing. For a subscription with options.rate_limit (per_second P, burst
 -- B) each delivery taken gets the time its turn comes, replay_due_at, in the
@@ -625,7 +627,10 @@ BEGIN
              WHERE c.subscription_id = p_sub
                AND c.status = p_status AND c.body IS NOT NULL
                AND c.last_attempt_at >= p_since
-               AND (p_status <> 'dropped' OR c.last_error IS NULL OR c.last_error NOT LIKE 'cancelled%')
+               -- not the cancelled ones, nor a batch split after a 413 (its events
+               -- went on in its halves, which are deliveries of their own)
+               AND (p_status <> 'dropped' OR c.last_error IS NULL
+                    OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
                AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
                                 WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
      WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;

@@ -106,6 +106,7 @@ LONG_FIRST = (
     "test_review3_faults.py::test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503",
     "test_review17_faults.py::test_a_passing_failure_of_an_active_subscription_s_challenge_does_not_deactivate_it",
     "test_review17_faults.py::test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason",
+    "test_review25_faults.py::test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 

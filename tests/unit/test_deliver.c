@@ -225,6 +225,95 @@ static void test_render_cloudevents(void **state) {
     hb_sub_unref(sub);
 }
 
+/* A batch's body split without its events (the retrier's 413 split) is,
+ * byte for byte, what rendering each half's events would have made, in every
+ * format, one event of an array format being that event alone. */
+static void test_split_body(void **state) {
+    (void)state;
+    static const char *const formats_ct[3] = {
+        "application/json", "application/cloudevents-batch+json", "application/json"};
+    const hb_format_t formats[3] = {HB_FORMAT_OKTA, HB_FORMAT_CLOUDEVENTS, HB_FORMAT_EVENT};
+    json_t *ev[5];
+    char err[256];
+    for (size_t i = 0; i < 5; i++) {
+        char uuid[40], doc[512];
+        json_error_t je;
+        snprintf(uuid, sizeof(uuid), "%08zu-1111-4111-8111-111111111111", i);
+        snprintf(doc, sizeof(doc),
+                 "{\"uuid\":\"%s\",\"published\":\"2025-11-29T02:49:59.000Z\","
+                 "\"eventType\":\"user.session.%s\",\"displayMessage\":\"caf\u00e9 \\\" "
+                 "a/b\",\"client\":{\"geographicalContext\":{\"geolocation\":{\"lat\":52.517,"
+                 "\"lon\":-0.1}}}}",
+                 uuid, i % 2 ? "end" : "start");
+        ev[i] = json_loads(doc, 0, &je);
+        assert_non_null(ev[i]);
+    }
+    for (int f = 0; f < 3; f++) {
+        hb_sub_t *sub = hb_sub_new();
+        sub->format = formats[f];
+        for (size_t n = 3; n <= 5; n += 2) {
+            size_t half = n / 2;
+            const char *ids[2] = {"aaaaaaaa-0000-4000-8000-000000000001",
+                                  "bbbbbbbb-0000-4000-8000-000000000002"};
+            hb_payload_t whole, parts[2], want;
+            char *types[2];
+            assert_int_equal(hb_deliver_render_json(sub, ev, n, DID, "urn:x", NOW_MS - 5000, &whole,
+                                                    err, sizeof(err)),
+                             0);
+            assert_string_equal(whole.content_type, formats_ct[f]);
+            assert_int_equal(hb_deliver_split_body(whole.body, whole.len, whole.content_type, n,
+                                                   half, ids, NOW_MS, parts, types, err,
+                                                   sizeof(err)),
+                             0);
+            for (int k = 0; k < 2; k++) {
+                size_t from = k ? half : 0, cnt = k ? n - half : half;
+                assert_int_equal(hb_deliver_render_json(sub, ev + from, cnt, ids[k], "urn:x",
+                                                        NOW_MS, &want, err, sizeof(err)),
+                                 0);
+                assert_string_equal(parts[k].content_type, want.content_type);
+                assert_int_equal(parts[k].len, want.len);
+                assert_memory_equal(parts[k].body, want.body, want.len);
+                assert_string_equal(types[k], from % 2 ? "user.session.end" : "user.session.start");
+                free(want.body);
+                free(parts[k].body);
+                free(types[k]);
+            }
+            /* not a batch of that many events: not split */
+            assert_int_equal(hb_deliver_split_body(whole.body, whole.len, whole.content_type, n + 1,
+                                                   half, ids, NOW_MS, parts, types, err,
+                                                   sizeof(err)),
+                             -1);
+            assert_null(parts[0].body);
+            free(whole.body);
+        }
+        hb_sub_unref(sub);
+    }
+    /* the ids of the parts are those the dispatcher's split gives them */
+    for (size_t n = 1; n <= 5; n++) {
+        hb_event_t *evs[5];
+        const char *uuids[5];
+        char a[HB_UUID_LEN + 1], b[HB_UUID_LEN + 1];
+        char *ia, *ib;
+        for (size_t i = 0; i < n; i++) {
+            evs[i] = hb_ev_from_json(ev[i]);
+            uuids[i] = hb_ev_uuid(evs[i]);
+        }
+        ia = hb_deliver_id("sub-1", evs, n, a);
+        ib = hb_deliver_id_of("sub-1", uuids, n, b);
+        assert_string_equal(a, b);
+        assert_string_equal(ia, ib);
+        free(ia);
+        free(ib);
+        for (size_t i = 0; i < n; i++)
+            hb_ev_unref(evs[i]);
+    }
+    assert_int_equal(
+        hb_deliver_split_body("{\"a\":1}", 7, NULL, 2, 1, (const char *const[]){"x", "y"}, NOW_MS,
+                              (hb_payload_t[2]){{0}}, (char *[2]){0}, err, sizeof(err)),
+        -1);
+    release_events(ev, 5);
+}
+
 static void test_render_event(void **state) {
     (void)state;
     hb_sub_t *sub = hb_sub_new();
@@ -1191,6 +1280,7 @@ int main(void) {
         cmocka_unit_test(test_send_custom_headers),
         cmocka_unit_test(test_send_timeout),
         cmocka_unit_test(test_verify_roundtrip),
+        cmocka_unit_test(test_split_body),
         cmocka_unit_test(test_check_challenge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
