@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 2171e68ac0c7dc76ccaad7a13910ddbb00e039c0127048bd4f8cecbf52fcec40
+-- sql/: sha256 ab2292f1d6376365cd64bc453ad2c5c4cd568bdddac9190f1cf56061b9ea3f6b
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS
