@@ -281,7 +281,8 @@ static int load_index(hb_worker_t *w) {
          * migrated to this release, the usual first-run mistake */
         w->schema_missing =
             strstr(errstr, "(SQLSTATE 3F000)") || strstr(errstr, "(SQLSTATE 42P01)") ||
-            strstr(errstr, "(SQLSTATE 42703)") || strstr(errstr, "(SQLSTATE 42883)");
+            strstr(errstr, "(SQLSTATE 42703)") || strstr(errstr, "(SQLSTATE 42883)") ||
+            strstr(errstr, "this release's migration"); /* hb_store: migrated to an older one */
         hb_error("cannot load subscriptions: %s%s", errstr,
                  w->schema_missing ? "; is the database migrated? run hookbridge-migrate up of "
                                      "this release"
