@@ -426,6 +426,66 @@ static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) 
     return 1;
 }
 
+/* HOOKBRIDGE_KAFKA_BROKERS as librdkafka reads it: [proto://]host[:port],
+ * comma-separated. librdkafka takes a port it cannot read as 0 and one over
+ * 65535 modulo 65536 (kafka:99999 connected to port 34463), and a list
+ * with no host in it as no broker at all, then tries for ever: each a
+ * configuration mistake, not an outage. */
+static int brokers_ok(const char *list, char *why, size_t whysz) {
+    size_t hosts = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ","), hlen;
+        const char *e = p + len, *h = p, *colon = NULL, *port = NULL;
+        while (h < e && (*h == ' ' || *h == '\t'))
+            h++;
+        while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (h < e) {
+            const char *sep = memchr(h, ':', (size_t)(e - h));
+            if (sep && e - sep > 2 && sep[1] == '/' && sep[2] == '/')
+                h = sep + 3; /* PLAINTEXT://, SSL://, ... */
+            hlen = (size_t)(e - h);
+            if (*h == '[') {
+                const char *close = memchr(h, ']', hlen);
+                if (!close || close == h + 1 || (close + 1 < e && close[1] != ':')) {
+                    snprintf(why, whysz, "\"%.*s\" is not [IPv6 address]:port", (int)hlen, h);
+                    return 0;
+                }
+                port = close + 1 < e ? close + 2 : NULL;
+                colon = close + 1 < e ? close + 1 : NULL;
+            } else {
+                colon = memchr(h, ':', hlen);
+                if (colon && memchr(colon + 1, ':', (size_t)(e - colon - 1)))
+                    colon = NULL; /* a bare IPv6 address: librdkafka's to read */
+                port = colon ? colon + 1 : NULL;
+                if (colon == h) {
+                    snprintf(why, whysz, "\"%.*s\" has no host", (int)hlen, h);
+                    return 0;
+                }
+            }
+            if (port) {
+                long v = 0;
+                const char *q = port;
+                for (; q < e && *q >= '0' && *q <= '9' && v <= 65535; q++)
+                    v = v * 10 + (*q - '0');
+                if (q == port || q < e || v < 1 || v > 65535) {
+                    snprintf(why, whysz, "\"%.*s\" has no valid port (1 to 65535)", (int)hlen, h);
+                    return 0;
+                }
+            }
+            hosts++;
+        }
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (!hosts) {
+        snprintf(why, whysz, "no broker in it (write host:port, comma-separated)");
+        return 0;
+    }
+    return 1;
+}
+
 int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
                    char **argv, char *errstr, size_t errstr_size) {
     char name[64];
@@ -530,6 +590,13 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                       "'_' and '-')",
                       topics[i].var, printable ? "\"" : "", printable ? v : "the value",
                       printable ? "\"" : "", topics[i].prefix ? " prefix" : "", why);
+            return -1;
+        }
+    }
+    if (program & (HB_PROG_KAFKA | HB_PROG_MIGRATE)) {
+        char why[400];
+        if (!brokers_ok(cfg->kafka_brokers, why, sizeof(why))) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_KAFKA_BROKERS: %s", why);
             return -1;
         }
     }
