@@ -3,14 +3,16 @@
 Each test is a promise of README.md, docs/configuration.md or
 docs/operations.md that did not hold on 08777cb."""
 import os
+import re
 import shutil
 import subprocess
 import time
 
-from hbtest.lifecycle import sql
+from hbtest.endpoints import ChallengeAnswering, hung_listeners, posted_uuids, serve
+from hbtest.lifecycle import event, sql
 from hbtest.pg import MIGRATIONS
-from hbtest.procs import BIN, SECRET_KEY, wait_until
-from hbtest.stack import Broker, Dispatcher, Retrier
+from hbtest.procs import BIN, SECRET_KEY, free_port, http_get, wait_until
+from hbtest.stack import Broker, Dispatcher, Retrier, produce
 
 SQL_DIR = MIGRATIONS.parent / "sql"
 
@@ -105,3 +107,74 @@ def test_a_kafka_broker_list_librdkafka_would_misread_stops_every_program_at_sta
         for p in running.values():
             p.kill()
             p.wait()
+
+
+def consumed(port):
+    """hookbridge_messages_consumed_total on the health port; 0 unanswered."""
+    status, body = http_get(port, "/metrics")
+    m = re.search(r"^hookbridge_messages_consumed_total ([0-9.]+)$", body or "", re.M)
+    return float(m.group(1)) if status == 200 and m else 0
+
+
+def test_a_low_open_files_limit_is_raised_or_refused_not_hit_under_load(procs, workdir, db_url,
+                                                                        broker):
+    """Every connection to an endpoint is an open file. Under a soft limit
+    of 1024 (a shell's, containerd 2's) and a hard one far above it, the
+    dispatcher kept the soft one: a hung endpoint host taking more
+    connections than that made every new socket fail (EMFILE), so /healthz
+    stopped answering (the liveness probe restarts the pod), the healthy
+    endpoints got nothing, and the hung host's circuit opened on failures
+    that were the dispatcher's own. Now the soft limit is raised to the hard
+    one; a hard limit below what HOOKBRIDGE_MAX_CONNECTIONS and
+    HOOKBRIDGE_MAX_IN_FLIGHT need stops the start, naming them."""
+    base = dict(DEAD_ENDS, HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1")
+    for program in ("hookbridge-dispatcher", "hookbridge-retrier"):
+        rc, out = start_error(["prlimit", "--nofile=600:600", "--", BIN / program], base)
+        assert rc == 2 and out.startswith(
+            f"{program}: HOOKBRIDGE_MAX_CONNECTIONS (1024) and HOOKBRIDGE_MAX_IN_FLIGHT (512) "
+            "need 1280 open files, but this process may open 600"), (rc, out[-600:])
+        assert len(out.strip().splitlines()) == 1, out
+
+    got = []
+
+    class Answering(ChallengeAnswering):
+        def do_POST(self):
+            got.extend(posted_uuids(self))
+            self.answer()
+
+    healthy = serve(Answering)
+    hung = hung_listeners(1, 512)
+    try:
+        sql(db_url, "SELECT hookbridge.register('hung', %s, ARRAY['user.session.start'], '{}')",
+            f"http://127.0.0.1:{hung[0].getsockname()[1]}/hook")
+        sql(db_url, "SELECT hookbridge.register('ok', %s, ARRAY['user.session.end'], '{}')",
+            healthy.url)
+        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+                    "status = 'active'")
+        port = free_port()
+        d = procs.start("dispatcher", ["prlimit", "--nofile=128:4096", "--",
+                                       BIN / "hookbridge-dispatcher"], {
+            "HOOKBRIDGE_DATABASE_URL": db_url, "HOOKBRIDGE_SECRET_KEY": SECRET_KEY,
+            "HOOKBRIDGE_KAFKA_BROKERS": broker.bootstrap,
+            "HOOKBRIDGE_HTTP_LISTEN": f"127.0.0.1:{port}", "HOOKBRIDGE_ALLOW_HTTP": "1",
+            "HOOKBRIDGE_ALLOW_PRIVATE_NETWORKS": "1", "HOOKBRIDGE_MAX_IN_FLIGHT": "200",
+            "HOOKBRIDGE_MAX_HOST_CONNECTIONS": "200", "HOOKBRIDGE_REQUEST_TIMEOUT": "30s",
+            "HOOKBRIDGE_MAX_QUEUE_WAIT": "20s", "HOOKBRIDGE_LOG_LEVEL": "info"})
+        wait_until(lambda: http_get(port, "/readyz")[0] == 200, 30, "the dispatcher to be ready")
+        produce(broker.bootstrap, [event("user.session.start") for _ in range(200)])
+        wait_until(lambda: consumed(port) >= 200, 15, "the dispatcher to read the 200 events")
+        # 150 of them in flight to the hung host (a quarter of the slots is
+        # kept for hosts that answer): more connections than the soft limit
+        wait_until(lambda: len(os.listdir(f"/proc/{d.pid}/fd")) > 150, 10,
+                   "150 connections to the hung host")
+        evs = [event("user.session.end") for _ in range(3)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(got) >= 3, 10, "the healthy endpoint's deliveries")
+        assert sorted(got) == sorted(e["uuid"] for e in evs)
+        assert http_get(port, "/healthz") == (200, "ok\n")
+        assert "open files limit raised from 128 to the hard limit, 4096" in d.output()
+        assert "Too many open files" not in d.output()
+    finally:
+        healthy.shutdown()
+        for s in hung:
+            s.close()
