@@ -593,6 +593,21 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
             return -1;
         }
     }
+    for (size_t i = 0; (program & HB_PROG_SERVICES) && i < cfg->kafka_props_cnt; i++) {
+        /* The passthrough wins over hookbridge's consumer settings, but for
+         * the one the guarantee rests on: with it on (librdkafka's default,
+         * so a shared "standard client" ConfigMap sets it), librdkafka
+         * stored each offset as the message was handed over, so the events
+         * in flight at a crash were committed and never delivered. */
+        if (!strcmp(cfg->kafka_props[2 * i], "enable.auto.offset.store") &&
+            strcasecmp(cfg->kafka_props[2 * i + 1], "false")) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE (enable.auto.offset.store) must "
+                      "stay false: hookbridge stores each offset itself once its deliveries are "
+                      "durable, or a crash loses the events in flight; remove it");
+            return -1;
+        }
+    }
     if (program & (HB_PROG_KAFKA | HB_PROG_MIGRATE)) {
         char why[400];
         if (!brokers_ok(cfg->kafka_brokers, why, sizeof(why))) {

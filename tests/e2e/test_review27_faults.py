@@ -178,3 +178,24 @@ def test_a_low_open_files_limit_is_raised_or_refused_not_hit_under_load(procs, w
         healthy.shutdown()
         for s in hung:
             s.close()
+
+
+def test_a_passthrough_that_would_store_offsets_at_consumption_stops_the_services_at_start():
+    """docs/configuration.md marks enable.auto.offset.store *keep*: the
+    at-least-once guarantee rests on it. A shared "standard Kafka client"
+    ConfigMap with HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE=true (librdkafka's
+    own default) was taken: librdkafka then stored each offset as the
+    message was handed over and committed it within a second, so the events
+    whose deliveries were in flight at a crash were never delivered (on
+    08777cb: 5 events in flight to an endpoint that had not answered yet,
+    SIGKILL, restart: none sent again; without the setting all 5 are). Now
+    the dispatcher and the retrier refuse it at start, naming it, exit 2."""
+    env = dict(DEAD_ENDS, HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1")
+    for program in ("hookbridge-dispatcher", "hookbridge-retrier"):
+        for argv, extra in (([], {"HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE": "true"}),
+                            (["-X", "enable.auto.offset.store=1"], {})):
+            rc, out = start_error([BIN / program, *argv], dict(env, **extra))
+            assert rc == 2 and out.startswith(
+                f"{program}: HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE "
+                "(enable.auto.offset.store) must stay false"), (program, argv, rc, out[-600:])
+            assert len(out.strip().splitlines()) == 1, out
