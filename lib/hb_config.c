@@ -486,8 +486,43 @@ static int brokers_ok(const char *list, char *why, size_t whysz) {
     return 1;
 }
 
+static int config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                       char **argv, char *errstr, size_t errstr_size);
+
+/* An error about a value quotes it, and a value from a file (a ConfigMap
+ * made --from-file, a YAML block scalar) often ends in a line end: the
+ * "one line naming the variable" came out as two, the second a stray
+ * quote. Control characters are written escaped (\n, \r, \t, \xHH). */
+static void error_one_line(char *errstr, size_t errstr_size) {
+    char out[1024];
+    size_t n = 0;
+    for (const unsigned char *c = (const unsigned char *)errstr; *c && n + 5 < sizeof(out); c++) {
+        if (*c >= 0x20 && *c != 0x7f) {
+            out[n++] = (char)*c;
+            continue;
+        }
+        out[n++] = '\\';
+        if (*c == '\n' || *c == '\r' || *c == '\t') {
+            out[n++] = *c == '\n' ? 'n' : *c == '\r' ? 'r' : 't';
+        } else {
+            snprintf(out + n, sizeof(out) - n, "x%02x", *c);
+            n += 3;
+        }
+    }
+    out[n] = '\0';
+    snprintf(errstr, errstr_size, "%s", out);
+}
+
 int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
                    char **argv, char *errstr, size_t errstr_size) {
+    int rc = config_load(cfg, program, program_name, argc, argv, errstr, errstr_size);
+    if (rc < 0 && errstr && errstr_size)
+        error_one_line(errstr, errstr_size);
+    return rc;
+}
+
+static int config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                       char **argv, char *errstr, size_t errstr_size) {
     char name[64];
     memset(cfg, 0, sizeof(*cfg));
     cfg->program = program;

@@ -199,3 +199,30 @@ def test_a_passthrough_that_would_store_offsets_at_consumption_stops_the_service
                 f"{program}: HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE "
                 "(enable.auto.offset.store) must stay false"), (program, argv, rc, out[-600:])
             assert len(out.strip().splitlines()) == 1, out
+
+
+def test_a_value_with_a_line_end_is_refused_in_one_line():
+    """A ConfigMap made --from-file or a YAML block scalar ends a value in a
+    line end. The settings that refuse it quoted it as it was, so the "one
+    line naming the variable" (docs/configuration.md) came out as two, the
+    second a stray quote that log collectors keep as an event of its own.
+    Now a control character in the error is written escaped."""
+    env = dict(DEAD_ENDS, HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1")
+    cases = [([BIN / "hookbridge-dispatcher"], "HOOKBRIDGE_REQUEST_TIMEOUT", "10s\n", 2,
+              '"10s\\n" is not a duration'),
+             ([BIN / "hookbridge-retrier"], "HOOKBRIDGE_MAX_IN_FLIGHT", "512\r\n", 2,
+              '"512\\r\\n" is not an integer'),
+             ([BIN / "hookbridge-dispatcher"], "HOOKBRIDGE_ALLOW_HTTP", "1\n", 2,
+              '"1\\n" is not a boolean'),
+             ([BIN / "hookbridge-retrier"], "HOOKBRIDGE_LOG_LEVEL", "info\n", 2,
+              '"info\\n" is not one of'),
+             ([BIN / "hookbridge-dispatcher"], "HOOKBRIDGE_RETRY_SCHEDULE", "5s,5m\n", 2,
+              '"5m\\n" is not a delay'),
+             ([BIN / "hookbridge-producer", "--generate", "1"], "HOOKBRIDGE_INGEST_TIMEOUT",
+              "\t10s", 2, '"\\t10s" is not a duration'),
+             ([BIN / "hookbridge-migrate", "topics", "--check"], "HOOKBRIDGE_TOPIC_PARTITIONS",
+              "12\n", 1, '"12\\n" is not an integer')]
+    for argv, var, value, status, why in cases:
+        rc, out = start_error(argv, dict(env, **{var: value}))
+        assert rc == status and f"{var}: " in out and why in out, (var, rc, out[-600:])
+        assert len(out.strip("\n").splitlines()) == 1, (var, out)
