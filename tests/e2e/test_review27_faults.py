@@ -74,8 +74,10 @@ def test_a_kafka_broker_list_librdkafka_would_misread_stops_every_program_at_sta
     """librdkafka reads a port it cannot parse as 0 and one over 65535
     modulo 65536 (kafka:99999 is port 34463), and a list with no host in it
     (a blank from a template, a lone comma) as no broker at all; in each
-    case every program ran on, trying for ever, not ready for a reason that
-    did not name the setting. Now each stops at once, naming
+    case the services ran on, trying for ever, not ready for a reason that
+    did not name the setting, and `hookbridge-migrate topics` failed after
+    30 s on "the cluster's metadata" (resolving kafka:34463). Now each
+    program stops at once, naming
     HOOKBRIDGE_KAFKA_BROKERS and the entry, exit status 2 (migrate: 1);
     the forms librdkafka does read still start."""
     programs = [([BIN / "hookbridge-dispatcher"], 2), ([BIN / "hookbridge-retrier"], 2),
