@@ -431,7 +431,7 @@ static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) 
  * 65535 modulo 65536 (kafka:99999 connected to port 34463), and a list
  * with no host in it as no broker at all, then tries for ever: each a
  * configuration mistake, not an outage. */
-static int brokers_ok(const char *list, char *why, size_t whysz) {
+static int brokers_ok(const char *list, const char *protocol, char *why, size_t whysz) {
     size_t hosts = 0;
     for (const char *p = list; *p;) {
         size_t len = strcspn(p, ","), hlen;
@@ -442,8 +442,19 @@ static int brokers_ok(const char *list, char *why, size_t whysz) {
             e--;
         if (h < e) {
             const char *sep = memchr(h, ':', (size_t)(e - h));
-            if (sep && e - sep > 2 && sep[1] == '/' && sep[2] == '/')
-                h = sep + 3; /* PLAINTEXT://, SSL://, ... */
+            if (sep && e - sep > 2 && sep[1] == '/' && sep[2] == '/') {
+                /* PLAINTEXT://, SSL://, ...: librdkafka drops an entry
+                 * whose protocol is not security.protocol's */
+                if ((size_t)(sep - h) != strlen(protocol) ||
+                    strncasecmp(h, protocol, (size_t)(sep - h))) {
+                    snprintf(why, whysz,
+                             "\"%.*s\" names protocol %.*s, but security.protocol is %s "
+                             "(HOOKBRIDGE_KAFKA_SECURITY_PROTOCOL)",
+                             (int)(e - h), h, (int)(sep - h), h, protocol);
+                    return 0;
+                }
+                h = sep + 3;
+            }
             hlen = (size_t)(e - h);
             if (*h == '[') {
                 const char *close = memchr(h, ']', hlen);
@@ -645,7 +656,11 @@ static int config_load(hb_config_t *cfg, unsigned program, const char *program_n
     }
     if (program & (HB_PROG_KAFKA | HB_PROG_MIGRATE)) {
         char why[400];
-        if (!brokers_ok(cfg->kafka_brokers, why, sizeof(why))) {
+        const char *protocol = "plaintext"; /* librdkafka's default; the last one set wins */
+        for (size_t i = 0; i < cfg->kafka_props_cnt; i++)
+            if (!strcmp(cfg->kafka_props[2 * i], "security.protocol"))
+                protocol = cfg->kafka_props[2 * i + 1];
+        if (!brokers_ok(cfg->kafka_brokers, protocol, why, sizeof(why))) {
             hb_seterr(errstr, errstr_size, "HOOKBRIDGE_KAFKA_BROKERS: %s", why);
             return -1;
         }

@@ -73,7 +73,8 @@ def start_error(argv, env, timeout=5):
 def test_a_kafka_broker_list_librdkafka_would_misread_stops_every_program_at_start():
     """librdkafka reads a port it cannot parse as 0 and one over 65535
     modulo 65536 (kafka:99999 is port 34463), and a list with no host in it
-    (a blank from a template, a lone comma) as no broker at all; in each
+    (a blank from a template, a lone comma, an entry whose protocol:// is not
+    security.protocol's) as no broker at all; in each
     case the services ran on, trying for ever, not ready for a reason that
     did not name the setting, and `hookbridge-migrate topics` failed after
     30 s on "the cluster's metadata" (resolving kafka:34463). Now each
@@ -87,7 +88,11 @@ def test_a_kafka_broker_list_librdkafka_would_misread_stops_every_program_at_sta
            "kafka:99999": '"kafka:99999" has no valid port (1 to 65535)',
            "kafka-0:9093,kafka-1:9o93": '"kafka-1:9o93" has no valid port',
            "kafka:0": '"kafka:0" has no valid port', "kafka:": '"kafka:" has no valid port',
-           ":9092": '":9092" has no host', "[]:9092": '"[]:9092" is not [IPv6 address]:port'}
+           ":9092": '":9092" has no host', "[]:9092": '"[]:9092" is not [IPv6 address]:port',
+           # an advertised listener copied with its protocol, the passthrough
+           # not set to it: librdkafka drops the entry ("No brokers configured")
+           "SSL://kafka-0:9093": '"SSL://kafka-0:9093" names protocol SSL, but '
+                                 'security.protocol is plaintext'}
     for value, why in bad.items():
         for argv, status in programs:
             rc, out = start_error(argv, dict(DEAD_ENDS, HOOKBRIDGE_KAFKA_BROKERS=value))
