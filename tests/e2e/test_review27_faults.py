@@ -5,6 +5,7 @@ docs/operations.md that did not hold on 08777cb."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -13,6 +14,7 @@ from hbtest.lifecycle import event, sql
 from hbtest.pg import MIGRATIONS
 from hbtest.procs import BIN, SECRET_KEY, free_port, http_get, wait_until
 from hbtest.stack import Broker, Dispatcher, Retrier, produce
+from hbtest.tcpproxy import TcpProxy
 
 SQL_DIR = MIGRATIONS.parent / "sql"
 
@@ -233,3 +235,35 @@ def test_a_value_with_a_line_end_is_refused_in_one_line():
         rc, out = start_error(argv, dict(env, **{var: value}))
         assert rc == status and f"{var}: " in out and why in out, (var, rc, out[-600:])
         assert len(out.strip("\n").splitlines()) == 1, (var, out)
+
+
+def test_readyz_names_the_database_and_the_broker_when_both_are_out(procs, workdir, broker,
+                                                                     db_url, pg_cluster):
+    """With the broker frozen and PostgreSQL then gone too, /readyz named
+    only the broker: whoever fixed Kafka first then met a second outage the
+    probe had not mentioned. Now it names both, promptly, and the health
+    port goes on answering."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    svc = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                     broker.bootstrap)
+    try:
+        svc.wait_ready()
+        broker.proc.signal(signal.SIGSTOP)
+        wait_until(lambda: svc.get("/readyz")[1].startswith("Kafka brokers not answering"),
+                   10, "not ready for the broker")
+        proxy.cut()
+        status, body = wait_until(lambda: (r := svc.get("/readyz"))[1].rstrip().endswith(
+            "; database not connected") and r, 10, "not ready for the database too")
+        assert status == 503 and body.startswith("Kafka brokers not answering for "), body
+        t0 = time.monotonic()
+        assert svc.get("/healthz") == (200, "ok\n") and svc.get("/metrics")[0] == 200
+        assert time.monotonic() - t0 < 1
+        broker.proc.signal(signal.SIGCONT)
+        wait_until(lambda: svc.get("/readyz") == (503, "database not connected\n"), 15,
+                   "only the database once the broker answers")
+        proxy.start()
+        svc.wait_ready(timeout=15)
+    finally:
+        broker.proc.signal(signal.SIGCONT)
+        proxy.close()
