@@ -106,6 +106,14 @@ $(B)/gen/schemas.c: $(SCHEMAS) scripts/embed-schemas.sh
 $(B)/gen/schemas.o: $(B)/gen/schemas.c
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# The services know the newest migration of their release (its number), so a
+# database not yet migrated to it keeps them not ready (lib/hb_store.c); a new
+# migration file rebuilds the one object that reads it.
+MIGRATION_FILES := $(sort $(wildcard migrations/[0-9][0-9][0-9][0-9]_*.sql))
+SCHEMA_VERSION  := $(shell echo $(notdir $(lastword $(MIGRATION_FILES))) | sed 's/_.*//; s/^0*//')
+$(B)/lib/hb_store.o: CFLAGS += -DHB_SCHEMA_VERSION=$(or $(SCHEMA_VERSION),0)
+$(B)/lib/hb_store.o: $(MIGRATION_FILES)
+
 $(B)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<

@@ -437,8 +437,114 @@ static int topic_name_ok(const char *name, int prefix, char *why, size_t whysz) 
     return 1;
 }
 
+/* HOOKBRIDGE_KAFKA_BROKERS as librdkafka reads it: [proto://]host[:port],
+ * comma-separated. librdkafka takes a port it cannot read as 0 and one over
+ * 65535 modulo 65536 (kafka:99999 connected to port 34463), and a list
+ * with no host in it as no broker at all, then tries for ever: each a
+ * configuration mistake, not an outage. */
+static int brokers_ok(const char *list, const char *protocol, char *why, size_t whysz) {
+    size_t hosts = 0;
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ","), hlen;
+        const char *e = p + len, *h = p, *colon = NULL, *port = NULL;
+        while (h < e && (*h == ' ' || *h == '\t'))
+            h++;
+        while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (h < e) {
+            const char *sep = memchr(h, ':', (size_t)(e - h));
+            if (sep && e - sep > 2 && sep[1] == '/' && sep[2] == '/') {
+                /* PLAINTEXT://, SSL://, ...: librdkafka drops an entry
+                 * whose protocol is not security.protocol's */
+                if ((size_t)(sep - h) != strlen(protocol) ||
+                    strncasecmp(h, protocol, (size_t)(sep - h))) {
+                    snprintf(why, whysz,
+                             "\"%.*s\" names protocol %.*s, but security.protocol is %s "
+                             "(HOOKBRIDGE_KAFKA_SECURITY_PROTOCOL)",
+                             (int)(e - h), h, (int)(sep - h), h, protocol);
+                    return 0;
+                }
+                h = sep + 3;
+            }
+            hlen = (size_t)(e - h);
+            if (*h == '[') {
+                const char *close = memchr(h, ']', hlen);
+                if (!close || close == h + 1 || (close + 1 < e && close[1] != ':')) {
+                    snprintf(why, whysz, "\"%.*s\" is not [IPv6 address]:port", (int)hlen, h);
+                    return 0;
+                }
+                port = close + 1 < e ? close + 2 : NULL;
+                colon = close + 1 < e ? close + 1 : NULL;
+            } else {
+                colon = memchr(h, ':', hlen);
+                if (colon && memchr(colon + 1, ':', (size_t)(e - colon - 1)))
+                    colon = NULL; /* a bare IPv6 address: librdkafka's to read */
+                port = colon ? colon + 1 : NULL;
+                if (colon == h) {
+                    snprintf(why, whysz, "\"%.*s\" has no host", (int)hlen, h);
+                    return 0;
+                }
+            }
+            if (port) {
+                long v = 0;
+                const char *q = port;
+                for (; q < e && *q >= '0' && *q <= '9' && v <= 65535; q++)
+                    v = v * 10 + (*q - '0');
+                if (q == port || q < e || v < 1 || v > 65535) {
+                    snprintf(why, whysz, "\"%.*s\" has no valid port (1 to 65535)", (int)hlen, h);
+                    return 0;
+                }
+            }
+            hosts++;
+        }
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    if (!hosts) {
+        snprintf(why, whysz, "no broker in it (write host:port, comma-separated)");
+        return 0;
+    }
+    return 1;
+}
+
+static int config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                       char **argv, char *errstr, size_t errstr_size);
+
+/* An error about a value quotes it, and a value from a file (a ConfigMap
+ * made --from-file, a YAML block scalar) often ends in a line end: the
+ * "one line naming the variable" came out as two, the second a stray
+ * quote. Control characters are written escaped (\n, \r, \t, \xHH). */
+static void error_one_line(char *errstr, size_t errstr_size) {
+    char out[1024];
+    size_t n = 0;
+    for (const unsigned char *c = (const unsigned char *)errstr; *c && n + 5 < sizeof(out); c++) {
+        if (*c >= 0x20 && *c != 0x7f) {
+            out[n++] = (char)*c;
+            continue;
+        }
+        out[n++] = '\\';
+        if (*c == '\n' || *c == '\r' || *c == '\t') {
+            out[n++] = *c == '\n' ? 'n' : *c == '\r' ? 'r' : 't';
+        } else {
+            snprintf(out + n, sizeof(out) - n, "x%02x", *c);
+            n += 3;
+        }
+    }
+    out[n] = '\0';
+    snprintf(errstr, errstr_size, "%s", out);
+}
+
 int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
                    char **argv, char *errstr, size_t errstr_size) {
+    int rc = config_load(cfg, program, program_name, argc, argv, errstr, errstr_size);
+    if (rc < 0 && errstr && errstr_size)
+        error_one_line(errstr, errstr_size);
+    return rc;
+}
+
+static int config_load(hb_config_t *cfg, unsigned program, const char *program_name, int argc,
+                       char **argv, char *errstr, size_t errstr_size) {
     char name[64];
     memset(cfg, 0, sizeof(*cfg));
     cfg->program = program;
@@ -541,6 +647,32 @@ int hb_config_load(hb_config_t *cfg, unsigned program, const char *program_name,
                       "'_' and '-')",
                       topics[i].var, printable ? "\"" : "", printable ? v : "the value",
                       printable ? "\"" : "", topics[i].prefix ? " prefix" : "", why);
+            return -1;
+        }
+    }
+    for (size_t i = 0; (program & HB_PROG_SERVICES) && i < cfg->kafka_props_cnt; i++) {
+        /* The passthrough wins over hookbridge's consumer settings, but for
+         * the one the guarantee rests on: with it on (librdkafka's default,
+         * so a shared "standard client" ConfigMap sets it), librdkafka
+         * stored each offset as the message was handed over, so the events
+         * in flight at a crash were committed and never delivered. */
+        if (!strcmp(cfg->kafka_props[2 * i], "enable.auto.offset.store") &&
+            strcasecmp(cfg->kafka_props[2 * i + 1], "false")) {
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_KAFKA_ENABLE_AUTO_OFFSET_STORE (enable.auto.offset.store) must "
+                      "stay false: hookbridge stores each offset itself once its deliveries are "
+                      "durable, or a crash loses the events in flight; remove it");
+            return -1;
+        }
+    }
+    if (program & (HB_PROG_KAFKA | HB_PROG_MIGRATE)) {
+        char why[400];
+        const char *protocol = "plaintext"; /* librdkafka's default; the last one set wins */
+        for (size_t i = 0; i < cfg->kafka_props_cnt; i++)
+            if (!strcmp(cfg->kafka_props[2 * i], "security.protocol"))
+                protocol = cfg->kafka_props[2 * i + 1];
+        if (!brokers_ok(cfg->kafka_brokers, protocol, why, sizeof(why))) {
+            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_KAFKA_BROKERS: %s", why);
             return -1;
         }
     }

@@ -378,12 +378,54 @@ static void load_all_unsealed(const char *id, void *arg) {
     pthread_mutex_unlock(&ln->st->mu);
 }
 
+#ifndef HB_SCHEMA_VERSION
+#define HB_SCHEMA_VERSION 0 /* built without the Makefile's number: not checked */
+#endif
+
+/* Is the database migrated to this release (HB_SCHEMA_VERSION, the number of
+ * its newest migration)? A release is written for its own schema: one whose
+ * migrations were not applied yet (a migrate Job not run before the rollout,
+ * docs/operations.md) loaded its subscriptions and was ready, and a query
+ * that needs the newer schema failed later, one request at a time. Refused
+ * like a database without the schema: not ready, and tried again at the
+ * next connection. A newer database (an older pod during a rollout, a
+ * rollback) is fine; so is bookkeeping this role may not read. */
+static int schema_current(lane_t *ln, char *errstr, size_t errstr_size) {
+    PGresult *res;
+    const char *state;
+    long applied;
+    if (HB_SCHEMA_VERSION <= 0)
+        return 0;
+    res = PQexecParams(ln->conn,
+                       "SELECT coalesce(max(version), 0) FROM hookbridge.hookbridge_migrations", 0,
+                       NULL, NULL, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state && !strcmp(state, "42501")) { /* insufficient privilege */
+            PQclear(res);
+            return 0;
+        }
+        return store_fail(ln, res, "reading the applied migrations", errstr, errstr_size);
+    }
+    applied = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    if (applied >= HB_SCHEMA_VERSION)
+        return 0;
+    hb_seterr(errstr, errstr_size,
+              "database: this release's migration %04d is not applied (the newest applied is "
+              "%04ld)",
+              HB_SCHEMA_VERSION, applied);
+    return -1;
+}
+
 /* Seals what waits, then loads every live subscription into *subs. */
 static int load_all(lane_t *ln, hb_sub_t ***subs, size_t *cnt, char *errstr, size_t errstr_size) {
     char why[256];
     *subs = NULL;
     *cnt = 0;
     if (store_ready(ln, errstr, errstr_size) < 0)
+        return -1;
+    if (schema_current(ln, errstr, errstr_size) < 0)
         return -1;
     /* Seal what waits first, so that what is loaded is complete; a failure
      * here costs only the subscriptions it concerns (they fail closed). */

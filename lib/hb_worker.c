@@ -285,7 +285,8 @@ static int load_index(hb_worker_t *w) {
          * migrated to this release, the usual first-run mistake */
         w->schema_missing =
             strstr(errstr, "(SQLSTATE 3F000)") || strstr(errstr, "(SQLSTATE 42P01)") ||
-            strstr(errstr, "(SQLSTATE 42703)") || strstr(errstr, "(SQLSTATE 42883)");
+            strstr(errstr, "(SQLSTATE 42703)") || strstr(errstr, "(SQLSTATE 42883)") ||
+            strstr(errstr, "this release's migration"); /* hb_store: migrated to an older one */
         hb_error("cannot load subscriptions: %s%s", errstr,
                  w->schema_missing ? "; is the database migrated? run hookbridge-migrate up of "
                                      "this release"
@@ -509,25 +510,31 @@ static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
 }
 
 static void update_readiness(hb_worker_t *w) {
-    const char *why = NULL, *db_why, *log_why;
-    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340];
+    const char *why = NULL, *db_why, *log_why, *db_reason, *kafka_why;
+    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[800];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     log_why = dlog_refused(w, log_buf, sizeof(log_buf));
-    if (hb_stop_requested)
-        why = "shutting down";
-    else if (hb_outbox_fatal(w->outbox))
-        why = hb_outbox_fatal(w->outbox);
-    else if (hb_consumer_unready(w->consumer))
-        why = hb_consumer_unready(w->consumer);
-    else if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
-        why = "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
+    if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
+        db_reason =
+            "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
     else if (!w->store || !hb_store_connected(w->store))
-        why = "database not connected";
-    else if (db_why)
-        why = db_why;
-    else if (log_why)
-        why = log_why;
-    else if (!w->index_loaded)
+        db_reason = "database not connected";
+    else
+        db_reason = db_why ? db_why : log_why;
+    kafka_why = hb_consumer_unready(w->consumer);
+    if (hb_stop_requested) {
+        why = "shutting down";
+    } else if (hb_outbox_fatal(w->outbox)) {
+        why = hb_outbox_fatal(w->outbox);
+    } else if (kafka_why && db_reason) {
+        /* both out: say both, or the one fixed first only uncovers the other */
+        snprintf(both, sizeof(both), "%s; %s", kafka_why, db_reason);
+        why = both;
+    } else if (kafka_why) {
+        why = kafka_why;
+    } else if (db_reason) {
+        why = db_reason;
+    } else if (!w->index_loaded)
         why = "subscription index not loaded";
     else if (hb_outbox_unready(w->outbox, topic_buf, sizeof(topic_buf)))
         why = topic_buf; /* the delay tiers, the dead-letter topic */
