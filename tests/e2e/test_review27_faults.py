@@ -17,7 +17,6 @@ from hbtest.stack import Broker, Dispatcher, Retrier, produce
 from hbtest.tcpproxy import TcpProxy
 
 
-
 def test_a_database_one_migration_behind_keeps_the_new_services_not_ready_until_migrated(
         procs, workdir, pg_cluster):
     """Upgrading with the migrate Job (docs/operations.md) but rolling the
