@@ -26,11 +26,13 @@ program (HOOKBRIDGE_KAFKA_BROKERS and the topic settings).
 """
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from . import procs as harness_procs
 from .procs import BIN, REPO, SLOW, wait_until
 
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
@@ -121,6 +123,13 @@ class ApacheKafka:
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"kafka.sh prepare: {r.stdout}{r.stderr}"
         self.bootstrap = (self.dir / "bootstrap").read_text().strip()
+        # Its listeners' ports (chosen by kafka.sh, bound when a node starts,
+        # free again while a test has a node down) are never handed out by
+        # free_port(): a receiver or service there would keep the node from
+        # starting again ("Address already in use").
+        for props in self.dir.glob("node-*/server.properties"):
+            line = next(l for l in props.read_text().splitlines() if l.startswith("listeners="))
+            harness_procs._PORTS_GIVEN.update(int(p) for p in re.findall(r":(\d+)", line))
         for i in range(1, nodes + 1):
             self.start_node(i)
         for i in range(1, nodes + 1):
