@@ -70,7 +70,13 @@ def test_the_whole_cluster_restarted_services_recover_and_retries_fire(
 
 
 def test_a_delay_tier_leader_moved_while_retries_wait(cluster, db_url, procs, workdir):
-    f = kfaults.tier_leader_moved(cluster, db_url, procs, workdir)
+    # The premise: the leader moves while the retries wait. Between the last
+    # first attempt and the kill the sanitizer build takes some seconds, and
+    # the election about 6 s (the brokers' session timeout): a 10 s tier was not
+    # always long enough for both under the sanitizers (an election of
+    # 6.0 s ended after the retries were due); 20 s there.
+    f = kfaults.tier_leader_moved(cluster, db_url, procs, workdir,
+                                  delay=f"{10 * min(SLOW, 2):.0f}s")
     print(f)
     assert f["moved_before_due"], f"the leader moved only after the retries were due: {f}"
     assert f["new_leader"] != f["old_leader"]

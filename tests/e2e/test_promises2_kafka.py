@@ -17,6 +17,7 @@ import signal
 import time
 from datetime import datetime
 
+from hbtest.kafka import alter_topic_configs
 from hbtest.kfaults import committed
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Retrier, produce, topic_records
@@ -28,16 +29,9 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = "1048588"
 
 def set_max_message_bytes(bootstrap, topics, value):
     """Sets max.message.bytes on the topics (AlterConfigs: the topics' other
-    settings go back to the broker's defaults, which does not matter here)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t,
-                                            configs={"max.message.bytes": str(value)})
-                             for t in topics])
-    finally:
-        admin.close()
+    settings go back to the broker's defaults, which does not matter here),
+    once the broker applies it."""
+    alter_topic_configs(bootstrap, {t: {"max.message.bytes": value} for t in topics})
 
 
 def refusal_lines(svc, topic):

@@ -44,6 +44,14 @@ def test_events_on_partitions_added_while_running_are_not_skipped(apache_kafka, 
         admin.create_partitions({space.events_topic: NewPartitions(total_count=12)})
     finally:
         admin.close()
+
+    def partitions():  # as the broker has them: it applies the change a moment later
+        admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+        try:
+            return len(admin.describe_topics([space.events_topic])[0]["partitions"])
+        finally:
+            admin.close()
+    wait_until(lambda: partitions() == 12, 20, "the broker to have the 12 partitions")
     t_grown = time.monotonic()
     # A new producer process sees 12 partitions: keys spread over all of them.
     events = [event("user.session.start", user=f"00u{i:010d}") for i in range(24)]

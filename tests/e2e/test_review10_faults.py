@@ -18,6 +18,7 @@ consumer group, as an operator meets them.
   topic takes) was refused for ever, its offset never committed; and every
   copy lost the original's own Kafka headers.
 """
+from hbtest.kafka import alter_topic_configs
 from hbtest.procs import wait_until
 from hbtest.pyavro import registry_framed
 from hbtest.registry import StandInRegistry
@@ -148,14 +149,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
 
     # The dead-letter topic's own limit below the events topic's: the broker
     # refuses the copy (a delivery report, not producev): the same way out.
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
-    admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
-    try:
-        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, space.dlq_topic,
-                                            configs={"max.message.bytes": "4000"})])
-    finally:
-        admin.close()
+    alter_topic_configs(space.bootstrap, {space.dlq_topic: {"max.message.bytes": 4000}})
     kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
     kp.send(space.events_topic, value=b"\x48" + b"y" * 20000, key=b"m", partition=2).get(30)
     kp.close()

@@ -158,6 +158,19 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
                     "status = 'active' WHERE name = 'probe'")
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
         d.wait_ready()
+        # What an event takes with no change on its way (starting the
+        # producer, the delivery), on this machine under its load now: the
+        # bound below is on what the bulk change adds to it: 1 s, or three
+        # times what an event alone takes when the machine is so loaded that
+        # this is more (a plain 1.3 s in all failed at 1.32 s on the 2-core
+        # machine running other suites, where the change added 1.1 to 1.4 s
+        # to an event alone taking 0.6 to 0.8 s; there 9ec6cf5, loading one
+        # row a statement, added 2.6 s to an event alone taking 0.6 s).
+        t0 = time.monotonic()
+        ev = event("user.lifecycle.create")
+        produce(broker.bootstrap, [ev])
+        wait_until(lambda: ev["uuid"] in got or None, 30 * SLOW, "the first probe event")
+        alone = time.monotonic() - t0
         changed = d.proc.output().count('"msg":"subscription changed: ')
         sql(db_url, "UPDATE hookbridge.subscriptions SET name = name || ' (moved)' "
                     "WHERE name LIKE 'many-%%'")
@@ -169,8 +182,10 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
         wait_until(lambda: d.proc.output().count('"msg":"subscription changed: ') - changed
                    >= 4000 or None, 30 * SLOW, "the changes applied")
         applied = time.monotonic() - t0
-        print(f"probe delivered {took:.2f} s, changes applied {applied:.2f} s after the UPDATE")
-        assert took < 1.3 * SLOW, f"the event waited {took:.2f} s for the bulk change"
+        print(f"probe delivered {took:.2f} s, changes applied {applied:.2f} s after the UPDATE; "
+              f"{alone:.2f} s with no change on its way")
+        assert took - alone < max(1.0 * SLOW, 3 * alone), \
+            f"the event waited {took - alone:.2f} s for the bulk change ({took:.2f} s in all)"
         assert d.get("/readyz")[0] == 200
     finally:
         srv.shutdown()

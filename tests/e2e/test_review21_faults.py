@@ -4,20 +4,12 @@ All tests share the worker's one Apache Kafka node (the apache_kafka
 fixture), each on its own TopicSpace."""
 import time
 
+from hbtest.kafka import alter_topic_configs, delete_topics
 from hbtest.kfaults import committed
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Retrier, produce, topic_records
 from test_delivery import event, sql
 from test_promises import checking, verified_active
-
-
-def delete_topics(bootstrap, topics):
-    from kafka import KafkaAdminClient
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
-    try:
-        admin.delete_topics(topics, timeout_ms=30000)
-    finally:
-        admin.close()
 
 
 def readyz(svc):
@@ -105,24 +97,15 @@ def test_topics_check_reports_a_size_limited_tier_and_a_compacted_topic(apache_k
     import os
     import subprocess
 
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType
     from hbtest.procs import BIN
 
     schedule = "1s"
     space = apache_kafka.space(retry_schedule=schedule)
     tier = space.retry_prefix + schedule
-    admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
-    try:  # AlterConfigs sets the whole config: the planned retentions with them
-        admin.alter_configs([
-            ConfigResource(ConfigResourceType.TOPIC, tier,
-                           configs={"retention.ms": str(7 * 86400000),
-                                    "retention.bytes": "1048576"}),
-            ConfigResource(ConfigResourceType.TOPIC, space.dlq_topic,
-                           configs={"retention.ms": str(30 * 86400000),
-                                    "cleanup.policy": "compact"})])
-    finally:
-        admin.close()
+    # AlterConfigs sets the whole config: the planned retentions with them
+    alter_topic_configs(space.bootstrap, {
+        tier: {"retention.ms": 7 * 86400000, "retention.bytes": 1048576},
+        space.dlq_topic: {"retention.ms": 30 * 86400000, "cleanup.policy": "compact"}})
     r = subprocess.run([str(BIN / "hookbridge-migrate"), "topics", "--check"],
                        env={**os.environ, **space.env(schedule)}, capture_output=True,
                        text=True, timeout=60 * SLOW)
@@ -245,6 +228,17 @@ def test_a_dead_letter_topic_the_service_may_not_write_makes_it_not_ready_until_
             assert not admin.create_acls([deny])["failed"]
         finally:
             admin.close()
+
+        def denied():  # the broker's authorizer has it (a moment after the controller)
+            admin = KafkaAdminClient(bootstrap_servers=space.bootstrap.split(","))
+            try:
+                return bool(admin.describe_acls(ACLFilter(
+                    "User:ANONYMOUS", "*", ACLOperation.WRITE, ACLPermissionType.DENY,
+                    ResourcePattern(ResourceType.TOPIC, space.dlq_topic,
+                                    ACLResourcePatternType.LITERAL)))[0])
+            finally:
+                admin.close()
+        wait_until(denied, 20, "the broker to apply the ACL denying writes to the dead letters")
         want = f"topic {space.dlq_topic} is not authorized to this service"
         d, r, _, rgroup = dead_letter_held(
             space, db_url, procs, workdir, schedule,
@@ -342,10 +336,14 @@ def test_retries_deleted_by_retention_while_they_wait_are_counted_and_named(
     part, first = msgs[0].partition, msgs[0].offset
     delete_records(space.bootstrap, tier, part, first + 2)
     wait_until(lambda: len(rcv.posts()) == 4, 20, "the retry behind the deleted ones")
-    time.sleep(1)
+    time.sleep(1 * SLOW)  # a POST for a deleted retry would have come by now
     assert [p["status"] for p in rcv.posts()] == [503, 503, 503, 204]
     assert f"{tier} [{part}]: 2 messages (offsets {first} to {first + 1}) were deleted by the " \
         "broker before they were consumed" in r.proc.output()
     assert r.metric("hookbridge_messages_expired_total") == 2
-    assert sorted(sql(db_url, "SELECT status FROM hookbridge.deliveries")) == \
-        [("delivered",), ("retry",), ("retry",)]
+    # The retrier's delivery log writes the 'delivered' row after the 204,
+    # a moment after the receiver recorded the POST: waited for.
+    statuses = wait_until(
+        lambda: (s := sorted(sql(db_url, "SELECT status FROM hookbridge.deliveries")))
+        and ("delivered",) in s and s, 10, "the retry behind the deleted ones logged delivered")
+    assert statuses == [("delivered",), ("retry",), ("retry",)]

@@ -49,6 +49,10 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
         produce(broker.bootstrap, [dict(event("user.session.start"), displayMessage="x" * 200_000)])
         wait_until(lambda: len(posts) >= 3 or None, 20 * SLOW, "the first deliveries")
         time.sleep(0.5 * SLOW)  # every one the budget lets start
+        # ... and each one started is at the endpoint (a request still on
+        # its way when `started` was read came after it, started all the same)
+        wait_until(lambda: len(posts) == d.metric("hookbridge_requests_in_flight"), 10,
+                   "every delivery in flight to be at the endpoint")
         started = len(posts)
         assert started < 40, "every delivery started at once: nothing waits"
         seen = changes_seen(d, "subscription changed: ")

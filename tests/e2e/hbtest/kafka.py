@@ -26,15 +26,74 @@ program (HOOKBRIDGE_KAFKA_BROKERS and the topic settings).
 """
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from . import procs as harness_procs
 from .procs import BIN, REPO, SLOW, wait_until
 
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
 DEFAULT_PARTITIONS = 6  # as the devbroker creates them
+
+
+def _admin(bootstrap):
+    from kafka import KafkaAdminClient
+    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+
+
+def topic_configs(bootstrap, topic):
+    """The topic's configuration as the broker describes it: {name: value}."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = _admin(bootstrap)
+    try:
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        return {e[0]: e[1] for e in res[0].resources[0][4]}
+    finally:
+        admin.close()
+
+
+def alter_topic_configs(bootstrap, configs, timeout=20):
+    """AlterConfigs, configs {topic: {name: value}} (each topic's whole
+    configuration: what is not named goes back to the broker's default);
+    returns once the broker describes every topic so. The controller takes
+    the change at once and the broker applies it a moment later (KRaft's
+    metadata log): a check run or a message produced in between still met
+    the old configuration (test_review21's `topics --check` said `ok` under
+    load)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+    want = {t: {k: str(v) for k, v in c.items()} for t, c in configs.items()}
+    admin = _admin(bootstrap)
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=c)
+                             for t, c in want.items()])
+    finally:
+        admin.close()
+    wait_until(lambda: all(topic_configs(bootstrap, t).get(k) == v
+                           for t, c in want.items() for k, v in c.items()), timeout,
+               f"the broker to apply {want}")
+
+
+def delete_topics(bootstrap, topics, timeout=20):
+    """Deletes the topics; returns once the broker no longer lists them. As
+    with alter_topic_configs, the broker's metadata follows the controller a
+    moment later: a service started in between could find the topic still
+    there."""
+    admin = _admin(bootstrap)
+    try:
+        admin.delete_topics(list(topics), timeout_ms=30000)
+    finally:
+        admin.close()
+
+    def gone():
+        admin = _admin(bootstrap)
+        try:
+            return not set(topics) & set(admin.list_topics())
+        finally:
+            admin.close()
+    wait_until(gone, timeout, f"the broker to forget the deleted topics {list(topics)}")
 
 
 class Bootstrap(str):
@@ -121,6 +180,13 @@ class ApacheKafka:
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"kafka.sh prepare: {r.stdout}{r.stderr}"
         self.bootstrap = (self.dir / "bootstrap").read_text().strip()
+        # Its listeners' ports (chosen by kafka.sh, bound when a node starts,
+        # free again while a test has a node down) are never handed out by
+        # free_port(): a receiver or service there would keep the node from
+        # starting again ("Address already in use").
+        for props in self.dir.glob("node-*/server.properties"):
+            line = next(l for l in props.read_text().splitlines() if l.startswith("listeners="))
+            harness_procs._PORTS_GIVEN.update(int(p) for p in re.findall(r":(\d+)", line))
         for i in range(1, nodes + 1):
             self.start_node(i)
         for i in range(1, nodes + 1):

@@ -28,9 +28,12 @@ SECRET_KEY = os.environ.setdefault("HOOKBRIDGE_SECRET_KEY",
 
 
 def http_get(port, path):
-    """GET http://127.0.0.1:port/path: (status, body); (None, "") when nothing answers."""
+    """GET http://127.0.0.1:port/path: (status, body); (None, "") when nothing answers
+    (in 2 s, stretched by SLOW: a service's HTTP thread slowed down by the
+    sanitizers on a loaded machine is not a service that does not answer,
+    and a metric read as its default then is a wrong value)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2 * SLOW) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
