@@ -2,6 +2,7 @@
 under faults a production user meets.
 
 Each test says what it holds and how it was shown to fail on d126e82."""
+import json
 import os
 import subprocess
 import time
@@ -10,7 +11,10 @@ import psycopg2
 
 from hbtest.pg import pg_cluster  # noqa: F401 (fixture)
 from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import Dispatcher, Receiver
+from test_delivery import SECRET
 from test_migrate_layout import PROBE, sql, tree  # noqa: F401 (fixture)
+from test_secrets import sealed_state
 
 
 def test_an_upgrade_caught_in_a_deadlock_with_a_writer_rolls_back_and_tries_again(
@@ -83,3 +87,51 @@ def test_an_upgrade_caught_in_a_deadlock_with_a_writer_rolls_back_and_tries_agai
         if writer is not None:
             writer.close()
         pg_cluster.drop_database(db)
+
+
+def test_a_stop_does_not_wait_for_a_verification_claim_held_by_a_row_lock(
+        db_url, broker, procs, workdir):
+    """docs/operations.md: on SIGTERM a dispatcher lets its in-flight
+    deliveries finish for at most HOOKBRIDGE_SHUTDOWN_TIMEOUT and stops. A
+    verification claim waiting for the row of its subscription (an
+    operator's transaction left open; review 26 gave the claims lanes of
+    their own so that such a wait holds up no other verification) still held
+    up the stop: the loop waited for every store request, the claim
+    included, its whole shutdown timeout (20 s; the harness's stop gave up at
+    15 s). A claim at a stop is worth nothing (the challenge it would start is
+    not wanted any more): the stop no longer waits for it, its statement is
+    cancelled with the store, and the subscription is verified after the
+    restart once the transaction ends.
+
+    Checked to fail without the change: on d126e82 the stop takes the whole
+    shutdown timeout (killed after 15 s). About 5 s."""
+    rcv = Receiver(procs, workdir, secret=SECRET)
+    sub = sql(db_url, "SELECT hookbridge.register('held', %s, ARRAY['user.session.start'], "
+              "%s::jsonb)", rcv.url, json.dumps({"secret": SECRET}))[0][0]
+    d = Dispatcher(procs, db_url, broker.bootstrap, name="sealing")
+    wait_until(lambda: sealed_state(db_url, sub) == ("sealed", "none"), 15, "the secrets sealed")
+    assert d.proc.stop() == 0
+    sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+    lock = psycopg2.connect(db_url)
+    try:
+        with lock.cursor() as cur:  # an operator's transaction, left open
+            cur.execute("SELECT 1 FROM hookbridge.subscriptions WHERE id = %s FOR UPDATE",
+                        (sub,))
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        wait_until(lambda: sql(db_url, "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a"
+                                       " ON a.pid = l.pid WHERE NOT l.granted"
+                                       "   AND a.application_name = 'hookbridge'"), 15,
+                   "the dispatcher's claim waiting for the row")
+        t0 = time.monotonic()
+        assert d.proc.stop() == 0
+        took = time.monotonic() - t0
+        assert '"level":"error"' not in d.proc.output(), d.proc.output()
+        assert took < 5 * SLOW, f"the stop took {took:.1f} s"
+    finally:
+        lock.rollback()
+        lock.close()
+    d = Dispatcher(procs, db_url, broker.bootstrap, name="again")
+    wait_until(lambda: sql(db_url, "SELECT verification FROM hookbridge.subscriptions "
+                                   "WHERE id = %s", sub)[0][0] == "verified", 20,
+               "the subscription verified after the restart")
+    assert d.proc.stop() == 0
