@@ -104,8 +104,8 @@ def test_a_stop_does_not_wait_for_a_verification_claim_held_by_a_row_lock(
     restart once the transaction ends.
 
     Checked to fail without the change: on d126e82 the stop takes the whole
-    shutdown timeout (killed after 15 s). About 10 s (the restarted dispatcher takes the verification up at its
-    look for pending ones)."""
+    shutdown timeout (killed after 15 s). About 10 s (the restarted
+    dispatcher takes the verification up at its look for pending ones)."""
     rcv = Receiver(procs, workdir, secret=SECRET)
     sub = sql(db_url, "SELECT hookbridge.register('held', %s, ARRAY['user.session.start'], "
               "%s::jsonb)", rcv.url, json.dumps({"secret": SECRET}))[0][0]
