@@ -91,7 +91,8 @@ static const cf_row_t cf_table[] = {
      "How long one attempt of `hookbridge-migrate up` waits for a lock (PostgreSQL's "
      "lock_timeout). Every write of the services to that table queues behind a waiting "
      "`up`, so a long query holding the table (a report) stalls them; at this bound `up` "
-     "rolls back, names the sessions holding hookbridge's tables, and tries again."},
+     "rolls back, names the sessions holding hookbridge's tables, and tries again (so it does "
+     "when caught in a deadlock)."},
     {"migrate_lock_wait", CF_MS, OFF(migrate_lock_wait_ms), "10m", 1000, 7LL * 86400000,
      HB_PROG_MIGRATE, 0,
      "How long `hookbridge-migrate up` keeps trying for its locks before it gives up "

@@ -1292,7 +1292,9 @@ static void split_refused(hb_deliveries_t *D, hb_delivery_t *dl) {
 /* A batch split by its body (split_refused_body): its row waits for the
  * broker to have both halves. */
 typedef struct split_s {
-    hb_deliveries_t *D;
+    /* the outbox, not the deliveries: a half the broker takes late (while
+     * the outbox is freed, after the deliveries are) logs the row still */
+    hb_outbox_t *ob;
     hb_gate_t *g;       /* holds the batch's jobs until its row is committed */
     hb_dlog_row_t *row; /* the batch's 'dropped' row, logged once both are taken */
     int untaken, refs;
@@ -1302,7 +1304,7 @@ static void split_taken(void *arg) {
     split_t *sp = arg;
     if (--sp->untaken > 0)
         return;
-    hb_gate_log(sp->D->outbox, sp->g, sp->row);
+    hb_gate_log(sp->ob, sp->g, sp->row);
     sp->row = NULL;
 }
 
@@ -1378,7 +1380,7 @@ static int split_refused_body(hb_deliveries_t *D, hb_delivery_t *dl, const hb_ht
              "and %s (%zu)",
              n, idk[0], half, idk[1], n - half);
     sp = hb_calloc(1, sizeof(*sp));
-    sp->D = D;
+    sp->ob = D->outbox;
     sp->g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
     sp->row = row_kept(dl, dl->attempt, res, HB_OUTCOME_DROPPED, reason, 0);
     sp->untaken = sp->refs = 2;

@@ -104,8 +104,11 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
+    /* fixed here too: a program may apply the passthrough again after
+     * hb_kafka_conf_new (the ingest endpoint's producer does) */
     if (hb_kafka_conf_set(conf, "enable.idempotence", "true", errstr, errstr_size) < 0 ||
-        hb_kafka_conf_set(conf, "acks", "all", errstr, errstr_size) < 0) {
+        hb_kafka_conf_set(conf, "acks", "all", errstr, errstr_size) < 0 ||
+        hb_kafka_conf_fixed(conf, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

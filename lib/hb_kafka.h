@@ -24,8 +24,8 @@ rd_kafka_conf_t *hb_kafka_conf_new(const hb_config_t *cfg, const char *client_id
                                    size_t errstr_size) HB_MUSTCHECK;
 
 /* The properties no passthrough may change, applied after it (hb_kafka_conf_new
- * does; a program applying the passthrough again does too):
- * allow.auto.create.topics=false. */
+ * does; a program applying the passthrough again does too, and
+ * hb_kafka_producer_new for every producer): allow.auto.create.topics=false. */
 int hb_kafka_conf_fixed(rd_kafka_conf_t *conf, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 /* rd_kafka_err2str(err), said so that an operator knows what to do where

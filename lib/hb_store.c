@@ -238,6 +238,7 @@ struct hb_store_s {
     size_t snapshot_cnt;
     char *snapshot_err; /* why there is none */
     int pending;        /* the loop's: requests not called back yet */
+    int pending_claims; /* the loop's: verification claims among them */
 };
 
 enum { LANE_FOLLOWER, LANE_REQUESTS, LANE_VERIFY };
@@ -1265,7 +1266,7 @@ int hb_store_connected(hb_store_t *st) {
 }
 
 int hb_store_pending(hb_store_t *st) {
-    return st->pending;
+    return st->pending - st->pending_claims;
 }
 
 int hb_store_settled(hb_store_t *st) {
@@ -1361,6 +1362,8 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
         }
         if (m->kind < MSG_CHANGE)
             st->pending--;
+        if (m->kind == MSG_CLAIM_VERIFY)
+            st->pending_claims--;
         deliver(st, m, h, opaque);
         msg_free(m);
     }
@@ -1378,6 +1381,7 @@ static void request(hb_store_t *st, store_msg_t *m) {
         ln = &st->lanes[LANE_VERIFY + (int)(h % STORE_VERIFY_LANES)];
     }
     st->pending++;
+    st->pending_claims += m->kind == MSG_CLAIM_VERIFY;
     pthread_mutex_lock(&st->mu);
     queue_push(m->kind == MSG_TOKENS ? &ln->urgent : &ln->reqs, m);
     pthread_mutex_unlock(&st->mu);

@@ -145,7 +145,13 @@ typedef void hb_store_tokens_cb(const char *id, int granted, long long wait_ms, 
 int hb_store_take_rate_tokens(hb_store_t *st, const char *id, int wanted, hb_store_tokens_cb *cb,
                               void *opaque) HB_MUSTCHECK;
 
-/* Requests not called back yet (a stopping loop waits for them). */
+/* Requests not called back yet that a stopping loop waits for: all but the
+ * verification claims. A claim at a stop would only take a lease for a
+ * challenge not sent any more (a new one is not claimed then), and one can
+ * wait as long as an operator's transaction holds its subscription's row:
+ * the loop waited its whole HOOKBRIDGE_SHUTDOWN_TIMEOUT for it. Its statement
+ * is cancelled when the store is freed (hb_store_free_within); its
+ * subscription is verified by another replica, or after the restart. */
 int hb_store_pending(hb_store_t *st);
 
 /* For the retrier. */

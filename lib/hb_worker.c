@@ -673,7 +673,8 @@ static void register_metrics(hb_worker_t *w) {
     static const char by_outcome[] =
         "Deliveries by outcome; retry includes those put on a delay tier unattempted "
         "(host busy or slow, circuit open, rate limit, ordering or verification wait), "
-        "dropped ones are not attempted: hookbridge_responses_total counts attempts.";
+        "dropped ones are not attempted (but for a batch the retrier split after a 413, its "
+        "halves counted on their own): hookbridge_responses_total counts attempts.";
     w->m_consumed = hb_metrics_counter("hookbridge_messages_consumed_total", NULL,
                                        "Messages consumed from the input topics.");
     w->m_poison = hb_metrics_counter("hookbridge_poison_messages_total", NULL,

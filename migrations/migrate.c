@@ -35,9 +35,10 @@
  * replicas started together (Kubernetes init containers) apply each migration
  * once. Each transaction runs with lock_timeout = migrate_lock_timeout: a
  * statement waiting for a table lock queues every later request for that
- * table (the services' writes) behind it, so on a timeout the step is rolled
- * back, the sessions holding hookbridge's tables are named, and it is tried
- * again until migrate_lock_wait has passed (apply_step).
+ * table (the services' writes) behind it, so on a timeout (or a deadlock)
+ * the step is rolled back, the sessions holding hookbridge's tables are
+ * named, and it is tried again until migrate_lock_wait has passed
+ * (apply_step).
  *
  * Before applying anything both commands check history against the files and
  * refuse (exit 1, naming the file) when an applied migration's checksum
@@ -350,8 +351,8 @@ static const char *pick_dir(const char *flag_dir, char *buf, size_t bufsz) {
     return MIGRATE_SYSTEM_DIR;
 }
 
-/* The SQLSTATE of the last statement that failed: a lock timeout (55P03) is
- * tried again, anything else ends the run. */
+/* The SQLSTATE of the last statement that failed: a lock timeout (55P03),
+ * or a deadlock (40P01), is tried again, anything else ends the run. */
 static char last_sqlstate[6];
 
 static void note_failure(const PGresult *res) {
@@ -771,9 +772,13 @@ static void describe_holders(PGconn *conn, long long older_ms, char *buf, size_t
 }
 
 /* Runs one step of `up` (apply_one, or apply_rest when rest) and, when a
- * statement of it waited lp->timeout_ms for a lock, tries it again until
- * lp->wait_ms have passed. Each failed attempt has rolled back, so the
- * services' writes that queued behind it go on meanwhile. */
+ * statement of it waited lp->timeout_ms for a lock, or was ended to break a
+ * deadlock (a writer holding a table the step asks for next, and asking for
+ * one the step holds: PostgreSQL's deadlock_timeout, 1 s by default, comes
+ * before the lock timeout, and the session that waited first, the step's,
+ * is the one ended), tries it again until lp->wait_ms have passed. Each
+ * failed attempt has rolled back, so the services' writes that queued behind
+ * it go on meanwhile. */
 static int apply_step(PGconn *conn, const lock_policy_t *lp, const mig_t *m, const char *dir,
                       int rest, int convert, const sql_set_t *sql, char *errstr,
                       size_t errstr_size) {
@@ -782,13 +787,16 @@ static int apply_step(PGconn *conn, const lock_policy_t *lp, const mig_t *m, con
     char holders[768];
     for (int attempt = 1;; attempt++) {
         int64_t spent;
+        int deadlock;
         last_sqlstate[0] = '\0';
         if ((rest ? apply_rest(conn, lp, m, convert, sql, errstr, errstr_size)
                   : apply_one(conn, lp, m, dir, sql, errstr, errstr_size)) == 0)
             return 0;
-        if (strcmp(last_sqlstate, "55P03") != 0) /* lock_not_available */
+        deadlock = !strcmp(last_sqlstate, "40P01");           /* deadlock_detected */
+        if (strcmp(last_sqlstate, "55P03") != 0 && !deadlock) /* lock_not_available */
             return -1;
-        describe_holders(conn, lp->timeout_ms, holders, sizeof(holders));
+        /* a deadlock's other party may be young: every holder, oldest first */
+        describe_holders(conn, deadlock ? 0 : lp->timeout_ms, holders, sizeof(holders));
         spent = hb_mono_ms() - start;
         if (spent + pause > lp->wait_ms) {
             size_t n = strlen(errstr);
@@ -798,10 +806,16 @@ static int apply_step(PGconn *conn, const lock_policy_t *lp, const mig_t *m, con
                      attempt, (long long)spent, holders);
             return -1;
         }
-        printf("%s: a lock was not granted within %lld ms (attempt %d); rolled back, so the "
-               "services' writes go on; holding hookbridge's tables: %s; trying again in %lld "
-               "ms\n",
-               rest ? "the SQL files" : m->file, lp->timeout_ms, attempt, holders, pause);
+        if (deadlock)
+            printf("%s: ended by PostgreSQL to break a deadlock with another session's locks "
+                   "(attempt %d); rolled back, so the services' writes go on; holding "
+                   "hookbridge's tables: %s; trying again in %lld ms\n",
+                   rest ? "the SQL files" : m->file, attempt, holders, pause);
+        else
+            printf("%s: a lock was not granted within %lld ms (attempt %d); rolled back, so the "
+                   "services' writes go on; holding hookbridge's tables: %s; trying again in "
+                   "%lld ms\n",
+                   rest ? "the SQL files" : m->file, lp->timeout_ms, attempt, holders, pause);
         fflush(stdout);
         usleep((useconds_t)(pause * 1000));
         pause = pause * 2 > 15000 ? 15000 : pause * 2;

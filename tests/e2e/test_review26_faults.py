@@ -285,6 +285,39 @@ def test_the_services_never_have_a_topic_created_with_the_brokers_defaults(
     assert d.proc.stop() == 0
 
 
+@pytest.mark.xdist_group("apache-kafka")  # one Kafka JVM at a time
+def test_the_ingest_endpoint_never_has_its_topic_created_even_when_asked_to(
+        auto_creating_kafka, procs):
+    """Review 28. docs/configuration.md: allow.auto.create.topics is set after
+    the passthrough and cannot be changed (operations.md: "which no
+    passthrough variable changes"). The ingest endpoint's producer applies the
+    passthrough a second time (after its own message.timeout.ms), after the
+    fixed properties: HOOKBRIDGE_KAFKA_ALLOW_AUTO_CREATE_TOPICS=true (an
+    operator's copy of another client's settings) had a broker with Kafka's
+    default auto.create.topics.enable create identity.events with its own
+    partitions and retention at the first event Okta posted, and the post was
+    acknowledged. Now every producer sets it last: the post is answered 503,
+    the topic does not exist, nothing was made.
+
+    Checked to fail without the change: on d126e82 the post is answered 200
+    and the events topic appears (1 partition). A few seconds (it shares the
+    Kafka node of the test above)."""
+    from hbtest.ingest import Ingest
+
+    from test_delivery import event
+
+    space = auto_creating_kafka.space(create=False)
+    ing = Ingest(procs, space.bootstrap, extra_env=dict(
+        space.env(), HOOKBRIDGE_INGEST_TIMEOUT="2s",
+        HOOKBRIDGE_KAFKA_ALLOW_AUTO_CREATE_TOPICS="true"))
+    status, _, body = ing.post([event("user.session.start")])
+    assert status == 503, body
+    time.sleep(1)
+    assert space.events_topic not in topic_names(space.bootstrap), \
+        "the events topic was created with the broker's defaults"
+    assert ing.proc.stop(timeout=15) == 0
+
+
 CLOCK_SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
