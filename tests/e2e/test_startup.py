@@ -79,3 +79,25 @@ def test_readyz_follows_the_kafka_brokers(db_url, broker, procs):
     broker.proc.signal(signal.SIGUSR2)
     wait_until(lambda: d.get("/readyz")[0] == 200, 40 * SLOW, "ready again")
     assert "Kafka reachable again" in d.proc.output()
+
+
+def test_a_healthy_start_with_consumer_settings_warns_of_nothing(db_url, broker, procs, workdir):
+    """`make run` and a healthy cluster: the start of both services says
+    nothing at warn or above. A consumer setting given through the
+    HOOKBRIDGE_KAFKA_* passthrough (which reaches every client, the producer
+    too) and the embedded broker's silence about its Metadata versions each
+    made librdkafka warn at every start, so operators learnt to ignore the
+    warnings."""
+    from hbtest.stack import Dispatcher, Retrier
+    env = {"HOOKBRIDGE_KAFKA_SESSION_TIMEOUT_MS": "6000",
+           "HOOKBRIDGE_KAFKA_MAX_POLL_INTERVAL_MS": "300000"}
+    services = [Dispatcher(procs, db_url, broker.bootstrap, extra_env=env),
+                Retrier(procs, db_url, broker.bootstrap, extra_env=env)]
+    for svc in services:
+        svc.wait_ready()
+        wait_until(lambda: "hookbridge_consumer_lag{" in svc.get("/metrics")[1], 30,
+                   f"the {svc.program}'s partitions")
+    for svc in services:
+        loud = [line for line in svc.proc.output().splitlines()
+                if '"level":"warn"' in line or '"level":"error"' in line]
+        assert not loud, "\n".join(loud)
