@@ -3,6 +3,7 @@ budget, the batches counted in it, and the requests that borrow their
 delivery's body.
 
 Each test says what it holds and how it was shown to fail on aeb121b."""
+import contextlib
 import threading
 import time
 
@@ -14,18 +15,14 @@ from test_reactivate import changes_seen
 from test_review14_faults import serve_many
 
 
-def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker, procs):
-    """docs/design.md: the rest of a fan-out that waits for the payload
-    budget goes as each subscription is when its turn comes, and its event
-    types are part of that, as they are for a filling batch (383b5d2): an
-    operator who unsubscribes from a type must not see an event of it arrive
-    after the change was applied. One event of 200 KB for 40 subscriptions
-    with a budget of 1 MiB: a few start (their endpoint holds them), the rest
-    waits; every subscription is unsubscribed from the event's type and the
-    dispatcher applies it; then the endpoint answers. Only the deliveries
-    started before the change arrive, the others are counted in
-    hookbridge_events_filtered_total, and the payload bytes held come back
-    to 0. On aeb121b every one of the 40 arrived."""
+@contextlib.contextmanager
+def fan_out_held(db_url, broker, procs, n):
+    """One event of 200 KB for n subscriptions (to user.session.start and
+    .end) on one endpoint that holds every POST until released, under a
+    payload budget of 1 MiB: a few deliveries start, the rest of the fan-out
+    waits for the budget. Yields (dispatcher, posts, release, started) once
+    every delivery started is at the endpoint; the endpoint is released and
+    stopped at the end."""
     release = threading.Event()
     posts = []
 
@@ -39,7 +36,7 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
     try:
         sql(db_url, "SELECT hookbridge.register('many-' || i, %s, "
                     "ARRAY['user.session.start', 'user.session.end'], '{}') "
-                    "FROM generate_series(1, 40) AS i", srv.url)
+                    "FROM generate_series(1, %s) AS i", srv.url, n)
         sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
                     "status = 'active' WHERE name LIKE 'many-%%'")
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
@@ -54,7 +51,26 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
         wait_until(lambda: len(posts) == d.metric("hookbridge_requests_in_flight"), 10,
                    "every delivery in flight to be at the endpoint")
         started = len(posts)
-        assert started < 40, "every delivery started at once: nothing waits"
+        assert started < n, "every delivery started at once: nothing waits"
+        yield d, posts, release, started
+    finally:
+        release.set()
+        srv.shutdown()
+
+
+def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker, procs):
+    """docs/design.md: the rest of a fan-out that waits for the payload
+    budget goes as each subscription is when its turn comes, and its event
+    types are part of that, as they are for a filling batch (383b5d2): an
+    operator who unsubscribes from a type must not see an event of it arrive
+    after the change was applied. One event of 200 KB for 40 subscriptions
+    with a budget of 1 MiB: a few start (their endpoint holds them), the rest
+    waits; every subscription is unsubscribed from the event's type and the
+    dispatcher applies it; then the endpoint answers. Only the deliveries
+    started before the change arrive, the others are counted in
+    hookbridge_events_filtered_total, and the payload bytes held come back
+    to 0. On aeb121b every one of the 40 arrived."""
+    with fan_out_held(db_url, broker, procs, 40) as (d, posts, release, started):
         seen = changes_seen(d, "subscription changed: ")
         sql(db_url, "SELECT hookbridge.unsubscribe(id, ARRAY['user.session.start']) "
                     "FROM hookbridge.subscriptions WHERE name LIKE 'many-%%'")
@@ -71,9 +87,6 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
         assert len(posts) == started, f"{len(posts) - started} arrived after the unsubscribe"
         assert d.metric("hookbridge_events_filtered_total") == 40 - started
         assert d.proc.stop() == 0
-    finally:
-        release.set()
-        srv.shutdown()
 
 
 def test_hosts_whose_requests_time_out_do_not_take_the_slots_kept_for_hosts_that_answer(

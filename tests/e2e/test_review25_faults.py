@@ -8,15 +8,15 @@ import time
 import psycopg2
 import pytest
 
-from hbtest.endpoints import ChallengeAnswering, posted_uuids, serve
+from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.lifecycle import INACTIVE, changes_applied
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Dispatcher, produce, topic_records
+from hbtest.stack import produce, topic_records
 from hbtest.webhooks import signature_valid
 from test_delivery import SECRET, event, register_verified, sql
 from test_reactivate import changes_seen
 from test_retry import stack
-from test_review14_faults import serve_many
+from test_review24_faults import fan_out_held
 
 
 def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
@@ -180,31 +180,7 @@ def test_a_fan_out_rest_dropped_by_a_deactivation_leaves_out_what_it_no_longer_t
     budget of 1 MiB: a few start, the rest waits; every subscription is
     unsubscribed from the type and deactivated; none of the parts left is
     logged dropped, each is counted filtered."""
-    release = threading.Event()
-    posts = []
-
-    class Holding(ChallengeAnswering):
-        def do_POST(self):
-            posts.append(posted_uuids(self))
-            release.wait(30)
-            self.answer()
-
-    srv = serve_many(Holding)
-    try:
-        sql(db_url, "SELECT hookbridge.register('many-' || i, %s, "
-                    "ARRAY['user.session.start', 'user.session.end'], '{}') "
-                    "FROM generate_series(1, 30) AS i", srv.url)
-        sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
-                    "status = 'active' WHERE name LIKE 'many-%%'")
-        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
-            "HOOKBRIDGE_LOG_LEVEL": "info", "HOOKBRIDGE_MAX_PENDING_BYTES": "1048576",
-            "HOOKBRIDGE_REQUEST_TIMEOUT": "60s"})
-        d.wait_ready()
-        produce(broker.bootstrap, [dict(event("user.session.start"), displayMessage="x" * 200_000)])
-        wait_until(lambda: len(posts) >= 3 or None, 20 * SLOW, "the first deliveries")
-        time.sleep(0.5 * SLOW)  # every one the budget lets start
-        started = len(posts)
-        assert started < 30, "every delivery started at once: nothing waits"
+    with fan_out_held(db_url, broker, procs, 30) as (d, posts, release, started):
         seen = changes_seen(d, "subscription changed: inactive")
         with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
             cur.execute("SELECT hookbridge.unsubscribe(id, ARRAY['user.session.start']), "
@@ -222,9 +198,6 @@ def test_a_fan_out_rest_dropped_by_a_deactivation_leaves_out_what_it_no_longer_t
                            "WHERE status = 'dropped'") == [(0,)]
         assert d.metric("hookbridge_events_filtered_total") == 30 - started
         assert len(posts) == started
-    finally:
-        release.set()
-        srv.shutdown()
 
 
 def test_batch_options_written_past_the_functions_are_served_within_their_bounds(
