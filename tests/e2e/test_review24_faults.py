@@ -58,6 +58,18 @@ def fan_out_held(db_url, broker, procs, n):
         srv.shutdown()
 
 
+def settle_held(db_url, d, release, started):
+    """Lets the endpoint of fan_out_held() answer, then waits until the
+    payload bytes held are back to 0 and the deliveries started are logged
+    delivered."""
+    release.set()
+    wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
+               20 * SLOW, "the payload bytes held to come back to 0")
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
+                                   "WHERE status = 'delivered'")[0][0] >= started or None,
+               20 * SLOW, "the started deliveries logged")
+
+
 def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker, procs):
     """docs/design.md: the rest of a fan-out that waits for the payload
     budget goes as each subscription is when its turn comes, and its event
@@ -77,12 +89,7 @@ def test_a_fan_out_rest_goes_with_the_event_types_of_when_it_goes(db_url, broker
         wait_until(lambda: changes_seen(d, "subscription changed: ") >= seen + 40 or None,
                    20 * SLOW, "the dispatcher to apply the 40 changes")
         assert len(posts) == started
-        release.set()
-        wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
-                   20 * SLOW, "the payload bytes held to come back to 0")
-        wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
-                                       "WHERE status = 'delivered'")[0][0] >= started or None,
-                   20 * SLOW, "the started deliveries logged")
+        settle_held(db_url, d, release, started)
         time.sleep(1 * SLOW)  # any other delivery
         assert len(posts) == started, f"{len(posts) - started} arrived after the unsubscribe"
         assert d.metric("hookbridge_events_filtered_total") == 40 - started

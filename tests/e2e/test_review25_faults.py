@@ -16,7 +16,7 @@ from hbtest.webhooks import signature_valid
 from test_delivery import SECRET, event, register_verified, sql
 from test_reactivate import changes_seen
 from test_retry import stack
-from test_review24_faults import fan_out_held
+from test_review24_faults import fan_out_held, settle_held
 
 
 def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
@@ -188,12 +188,7 @@ def test_a_fan_out_rest_dropped_by_a_deactivation_leaves_out_what_it_no_longer_t
                         "WHERE name LIKE 'many-%%'")
         wait_until(lambda: changes_seen(d, "subscription changed: inactive") >= seen + 30 or None,
                    20 * SLOW, "the dispatcher to apply the 30 changes")
-        release.set()
-        wait_until(lambda: d.metric("hookbridge_pending_payload_bytes", -1) == 0 or None,
-                   20 * SLOW, "the payload bytes held to come back to 0")
-        wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
-                                       "WHERE status = 'delivered'")[0][0] >= started or None,
-                   20 * SLOW, "the started deliveries logged")
+        settle_held(db_url, d, release, started)
         assert sql(db_url, "SELECT count(*) FROM hookbridge.deliveries "
                            "WHERE status = 'dropped'") == [(0,)]
         assert d.metric("hookbridge_events_filtered_total") == 30 - started
