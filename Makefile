@@ -18,6 +18,7 @@
 #   make DEBUG=1    unoptimised debug build (-O0 -g3)
 #   make SANITIZER=address,undefined   sanitizer build (into build-san/ and bin-san/)
 #   make CC=clang   the code is gcc and clang clean with -Wall -Wextra -Werror
+#   make lint       pyflakes' checks on the Python tests and tools (make test runs it)
 #   make ALLOC=glibc  link glibc's malloc instead of mimalloc (see below)
 
 CC      ?= cc
@@ -91,7 +92,7 @@ FUZZ_B       ?= $(B)/fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= $(FUZZ_NAMES)
 
-.PHONY: all deps run test test-unit test-e2e test-unit-e2e test-asan bench docs clean format format-check \
+.PHONY: all deps run test test-unit test-e2e test-unit-e2e test-asan bench docs clean format format-check lint \
         fuzz fuzz-build chaos
 all: $(PROGRAMS:%=$(BIN)/%) $(UNIT_BINS) $(BENCH_BINS) $(FUZZ_REPLAY) $(B)/tests/fuzz/gen_seeds
 
@@ -177,6 +178,7 @@ BUILD_JOBS = $(if $(findstring -j,$(MAKEFLAGS)),,-j$(shell nproc))
 
 test: deps
 	@$(MAKE) --no-print-directory format-check
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory $(BUILD_JOBS) all
 	@$(MAKE) --no-print-directory test-unit-e2e
 	@$(MAKE) --no-print-directory test-asan
@@ -238,6 +240,12 @@ format:
 
 format-check:
 	@clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h') && echo 'format-check: ok'
+
+# pyflakes' checks (through flake8, which honours `# noqa`) on every Python
+# file: unused imports and variables, undefined names (a typo in a test's
+# rarely taken branch fails only there), f-strings without a placeholder.
+lint:
+	@/usr/bin/python3 -m flake8 --select=F $$(git ls-files '*.py') && echo 'lint: ok'
 
 clean:
 	rm -rf build build-san bin bin-san

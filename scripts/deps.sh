@@ -9,7 +9,7 @@ libssl-dev libmicrohttpd-dev libcmocka-dev libmimalloc-dev
 postgresql postgresql-contrib
 python3 python3-pytest python3-pytest-xdist python3-psycopg2 python3-kafka python3-avro jq openssl
 nginx-light wrk kcat curl
-python3-yaml yamllint
+python3-yaml yamllint flake8
 openjdk-17-jre-headless maven"
 # `kubectl kustomize` renders deploy/k8s in the tests. Debian's
 # kubernetes-client (kubectl 1.20) does; a kubectl already installed (any

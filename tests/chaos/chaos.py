@@ -64,7 +64,7 @@ from hbtest.avro import decode  # noqa: E402
 from hbtest.endpoints import ChallengeAnswering, serve  # noqa: E402
 from hbtest.lifecycle import ACTIVE, changes_applied, event, register_active, sql  # noqa: E402
 from hbtest.pg import PgCluster  # noqa: E402
-from hbtest.procs import BIN, ProcessGroup, http_get, wait_until  # noqa: E402
+from hbtest.procs import BIN, ProcessGroup, wait_until  # noqa: E402
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier  # noqa: E402
 
 
@@ -843,7 +843,7 @@ def sc_hung_receiver(st, result):
     pace = [d / f if f else 1.0 for d, f in zip(delivered, fed)]
     worst = min(pace)
     result["checks"].append((worst >= CFG["CHAOS_PACE_MIN"],
-                             f"healthy endpoint, events/s per 5 s window: "
+                             "healthy endpoint, events/s per 5 s window: "
                              + " ".join(f"{d / 5:.0f}" for d in delivered)
                              + f" (produced: {' '.join(f'{f / 5:.0f}' for f in fed)}); "
                              f"lowest {worst:.0%} of the produce rate"))

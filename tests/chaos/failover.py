@@ -40,7 +40,6 @@ HOOKBRIDGE_BIN (default bin/). Needs python3-psycopg2 (Debian's python3).
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ sys.path.insert(0, str(REPO / "tests" / "e2e"))
 from hbtest.kafka import ApacheKafka  # noqa: E402
 from hbtest.kfaults import Feeder  # noqa: E402
 from hbtest.pg import PgCluster  # noqa: E402
-from hbtest.procs import BIN, ProcessGroup, wait_until  # noqa: E402
+from hbtest.procs import ProcessGroup, wait_until  # noqa: E402
 from hbtest.stack import Dispatcher, Receiver  # noqa: E402
 from test_delivery import AUTH_VALUE, SECRET, register_verified  # noqa: E402
 

@@ -21,6 +21,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from hbtest.pg import db_url, pg_cluster  # noqa: E402,F401
+# fixtures some modules share with others (pytest finds them here)
+from test_filter_sql import c_filter, conn  # noqa: E402,F401
+from test_migrate_layout import tree  # noqa: E402,F401
 from hbtest.procs import BIN, ProcessGroup  # noqa: E402
 from hbtest.kafka import ApacheKafka  # noqa: E402
 from hbtest.stack import Broker  # noqa: E402

@@ -16,7 +16,6 @@ hookbridge_connections_opened_total says the same to an operator. Before the
 setting existed the cache held 2 x HOOKBRIDGE_MAX_IN_FLIGHT connections, at
 least 16, whatever was asked: here 16, and with room asked for every host each
 delivery still came on a connection of its own ([3, 3, 3, ...])."""
-import http.server
 import threading
 
 import pytest

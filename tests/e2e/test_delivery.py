@@ -1,7 +1,6 @@
 """The spine end to end: an identity event on Kafka reaches a verified
 webhook endpoint, signed, once, and only when subscribed."""
 import json
-import signal
 import time
 import uuid
 

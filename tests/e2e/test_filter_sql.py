@@ -18,7 +18,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from hbtest.pg import REPO, pg_cluster  # noqa: F401 (fixture)
+from hbtest.pg import REPO
 
 CASES = json.loads((REPO / "tests" / "filter_cases.json").read_text(encoding="utf-8"))
 VALID = CASES["valid"]

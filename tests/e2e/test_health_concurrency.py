@@ -16,7 +16,6 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from hbtest.pg import pg_cluster  # noqa: F401 (fixture)
 
 T0 = datetime.datetime(2026, 12, 4, 10, 0, 0, tzinfo=datetime.timezone.utc)
 

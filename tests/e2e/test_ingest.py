@@ -7,7 +7,6 @@ import json
 import signal
 import socket
 import time
-import uuid
 
 from hbtest.ingest import AUTH_VALUE, PATH, Ingest, envelope, topic_messages
 from hbtest.lifecycle import wait_read

@@ -16,7 +16,7 @@ import uuid
 import psycopg2
 import pytest
 
-from hbtest.pg import MIGRATIONS, REPO, pg_cluster  # noqa: F401 (fixture)
+from hbtest.pg import MIGRATIONS, REPO
 from hbtest.procs import BIN, SLOW
 
 OLD_LAYOUT = REPO / "tests" / "fixtures" / "migrations-0008"

@@ -4,7 +4,6 @@ register() and a running dispatcher; and every way register() refuses those
 options, with its SQLSTATE, leaving nothing behind."""
 import json
 import re
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone

@@ -148,7 +148,7 @@ def test_a_retry_still_refused_at_sigterm_is_left_unsent_said_so_and_made_again_
     tier = space.retry_prefix + schedule
     set_max_message_bytes(space.bootstrap, [tier], 512)
     rcv = checking(procs, workdir, status=503)
-    sub = verified_active(db_url, rcv.url)
+    verified_active(db_url, rcv.url)
     env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0",
            "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "2s"}
     d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)

@@ -15,7 +15,7 @@ metadata and rebalances between the partitions' creation and the produce
 import time
 
 from hbtest.lifecycle import consumed
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import wait_until
 from hbtest.stack import Dispatcher, Receiver, produce, topic_records
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 

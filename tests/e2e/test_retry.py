@@ -7,7 +7,6 @@ so times can be checked: an attempt may come late by the tolerance, never
 early."""
 import json
 import os
-import signal
 import subprocess
 import time
 

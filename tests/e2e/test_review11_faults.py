@@ -28,7 +28,6 @@ from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, produce
 from hbtest.tls import Pki
 from test_delivery import event, register_verified, sql, verify_once
-from test_filter_sql import c_filter, conn  # noqa: F401 (fixtures)
 from test_tls import https_dispatcher
 
 

@@ -7,7 +7,7 @@ import time
 
 import psycopg2
 
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import event, register_verified
 

@@ -9,11 +9,10 @@ import time
 
 import psycopg2
 
-from hbtest.pg import pg_cluster  # noqa: F401 (fixture)
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, Retrier
 from test_delivery import SECRET
-from test_migrate_layout import PROBE, sql, tree  # noqa: F401 (fixture)
+from test_migrate_layout import PROBE, sql
 from test_secrets import sealed_state
 
 

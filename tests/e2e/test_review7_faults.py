@@ -43,8 +43,8 @@ def test_a_replay_whose_retrier_died_after_queueing_it_is_sent_once_more_not_twi
         "- interval '6 minutes' WHERE delivery_id = %s", did)
     # (A group of its own, read from the start: as the dead one's group once
     # its session times out, without waiting for that.)
-    r2 = Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier2",
-                 group_id="hookbridge-retrier-2")
+    Retrier(procs, db_url, broker.bootstrap, extra_env=env, name="retrier2",
+            group_id="hookbridge-retrier-2")
     wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries "
                            "WHERE delivery_id = %s", did) == [("delivered",)], 30 * SLOW,
                "the replay delivered after the restart")

@@ -6,7 +6,6 @@ differ from the dispatcher's reader: one a release ahead (optional fields
 added), one behind (fields removed). The Schema Registry is a stand-in in the
 test process (hbtest/registry.py says why no real one runs here)."""
 import json
-import uuid
 
 from kafka import KafkaProducer  # python3-kafka: an independent client
 

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 from kafka import KafkaConsumer
 
-from hbtest.pg import MIGRATIONS, pg_cluster  # noqa: F401 (fixture)
+from hbtest.pg import MIGRATIONS
 from hbtest.procs import BIN, REPO, SLOW, free_port, wait_until
 from hbtest.stack import Broker, Receiver, produce, topic_records
 from hbtest.webhooks import expected_signature

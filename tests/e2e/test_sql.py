@@ -14,7 +14,7 @@ import uuid
 import psycopg2
 import pytest
 
-from hbtest.pg import MIGRATIONS, REPO, db_url, pg_cluster  # noqa: F401 (fixtures)
+from hbtest.pg import MIGRATIONS, REPO
 from hbtest.procs import SLOW, wait_until
 
 URL = "https://hooks.example.com/okta"

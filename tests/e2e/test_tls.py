@@ -7,7 +7,6 @@ deliveries arriving, or a readable reason in verification_error, the
 delivery log or the dispatcher's exit message."""
 import json
 import subprocess
-import time
 
 import pytest
 
