@@ -7,11 +7,13 @@ dropped in subscription_overview, the retrier's idle verification lanes).
 Each test says what it holds and how it was shown to fail on main (32ee310),
 built in a scratch worktree and run with HOOKBRIDGE_BIN pointing there."""
 import os
+import re
 import socket
 import subprocess
 import time
 
-from hbtest.procs import BIN, SLOW
+from hbtest.procs import BIN, SLOW, free_port, wait_until
+from hbtest.stack import Dispatcher, Retrier
 
 
 def _silent_broker():
@@ -103,4 +105,31 @@ def test_the_producer_cli_gives_up_on_unreachable_brokers_in_bounded_time_naming
             p.wait()
             if p.stdout:
                 p.stdout.close()
+        sock.close()
+
+
+def test_readyz_names_the_brokers_and_the_database_when_both_are_out_from_the_start(procs):
+    """A dispatcher or retrier started while PostgreSQL and the brokers are
+    both out said only "database not connected" on /readyz: its consumer
+    (and the consumer's broker probe) waits for the database, so whoever
+    brought the database back met a second outage the probe had not named.
+    Review 27 made it name both when both go out later; now it does from
+    the start too ("Kafka brokers not answering for N s; database not
+    connected"), with a probe on the producer it has from the start, until
+    the consumer's own takes over.
+
+    Checked to fail without the change: on main /readyz stays "database not
+    connected" for both services. About 6 s."""
+    sock = _silent_broker()
+    brokers = f"127.0.0.1:{sock.getsockname()[1]}"
+    db = f"postgresql://hookbridge@127.0.0.1:{free_port()}/nothing?connect_timeout=2"
+    try:
+        svcs = [Dispatcher(procs, db, brokers), Retrier(procs, db, brokers)]
+        want = re.compile(r"^Kafka brokers not answering for \d+ s; database not connected\n$")
+        for svc in svcs:
+            status, body = wait_until(lambda: (r := svc.get("/readyz"))[1] and want.match(r[1])
+                                      and r, 15, f"{svc.program}'s /readyz to name both")
+            assert status == 503, body
+            assert svc.proc.alive()
+    finally:
         sock.close()
