@@ -320,14 +320,26 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
         hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a boolean (use 1/0, true/false)", origin,
                   shown);
         return -1;
-    case CF_INT:
+    case CF_INT: {
+        /* Decimal digits, a minus at most: strtoll alone also takes blanks
+         * before, a plus, and says nothing but ERANGE of a number too large */
+        size_t digits = strspn(val + (val[0] == '-'), "0123456789");
+        if (digits == 0 || val[(val[0] == '-') + digits]) {
+            hb_seterr(errstr, errstr_size,
+                      "%s: \"%s\" is not an integer (decimal digits only: no sign but -, "
+                      "blank, exponent or 0x)",
+                      origin, shown);
+            return -1;
+        }
         errno = 0;
         ll = strtoll(val, &end, 10);
-        if (errno || end == val || *end) {
-            hb_seterr(errstr, errstr_size, "%s: \"%s\" is not an integer", origin, shown);
+        if (errno == ERANGE) {
+            hb_seterr(errstr, errstr_size, "%s: %s is out of range [%lld, %lld]", origin, shown,
+                      r->min, r->max);
             return -1;
         }
         break;
+    }
     case CF_MS:
         if (hb_duration_parse_ms(val, &ll) < 0) {
             hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a duration (e.g. 250ms, 5s, 2m, 1h)",

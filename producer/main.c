@@ -73,9 +73,12 @@ static void usage(FILE *fp) {
                 "                         schema_registry_url, which gives the id\n");
 }
 
-/* A whole-string number: no trailing junk, no overflow. */
+/* A whole-string number: decimal digits only (no sign, blank or 0x), no
+ * overflow. */
 static int parse_count(const char *s, long long *out) {
     char *end;
+    if (!*s || s[strspn(s, "0123456789")])
+        return -1;
     errno = 0;
     *out = strtoll(s, &end, 10);
     return errno || end == s || *end || *out < 0 ? -1 : 0;

@@ -133,3 +133,57 @@ def test_readyz_names_the_brokers_and_the_database_when_both_are_out_from_the_st
             assert svc.proc.alive()
     finally:
         sock.close()
+
+
+def test_integer_settings_are_strict_and_refused_in_one_line_naming_the_variable():
+    """An integer setting took what strtoll takes: a leading "+" or blank
+    (HOOKBRIDGE_MAX_IN_FLIGHT="+5", " 5" started with 5), and a number too
+    large for 64 bits was "not an integer". Now only decimal digits (a
+    leading "-" at most) are an integer: the program exits 2 with one line
+    naming the variable and the value (integers are no secrets); one too
+    large is out of range, with the bounds. The producer's --generate count
+    is as strict.
+
+    Checked to fail without the change: on main the dispatcher started with
+    "+5" and " 5" (it waited for its database instead of refusing), and the
+    producer produced with --generate "+1". About 1 s."""
+    env = dict(os.environ, HOOKBRIDGE_DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x",
+               HOOKBRIDGE_KAFKA_BROKERS=f"127.0.0.1:{free_port()}")
+    cases = [("+5", "not an integer"), (" 5", "not an integer"), ("5 ", "not an integer"),
+             ("0x10", "not an integer"), ("1e3", "not an integer"), ("5\n", "not an integer"),
+             ("99999999999999999999", "out of range [1, 100000]")]
+    runs = []
+    try:
+        for value, _ in cases:
+            runs.append(subprocess.Popen([str(BIN / "hookbridge-dispatcher")],
+                                         env=dict(env, HOOKBRIDGE_MAX_IN_FLIGHT=value,
+                                                  HOOKBRIDGE_HTTP_LISTEN=f"127.0.0.1:{free_port()}"),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True))
+        for (value, why), p in zip(cases, runs):
+            try:
+                out, _ = p.communicate(timeout=10 * SLOW)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, _ = p.communicate()
+                raise AssertionError(f"{value!r} was taken: the dispatcher ran on:\n{out[-800:]}")
+            assert p.returncode == 2, (value, p.returncode, out)
+            lines = out.strip("\n").splitlines()
+            assert len(lines) == 1 and "HOOKBRIDGE_MAX_IN_FLIGHT: " in lines[0] \
+                and why in lines[0], (value, out)
+            assert value.strip() in lines[0], (value, out)
+        # still an integer: a plain number, and a minus reaching the range check
+        r = subprocess.run([str(BIN / "hookbridge-dispatcher")], capture_output=True, text=True,
+                           env=dict(env, HOOKBRIDGE_MAX_IN_FLIGHT="-3",
+                                    HOOKBRIDGE_HTTP_LISTEN=f"127.0.0.1:{free_port()}"),
+                           timeout=10 * SLOW)
+        assert r.returncode == 2 and "HOOKBRIDGE_MAX_IN_FLIGHT: -3 is out of range" in r.stderr
+        r = subprocess.run([str(BIN / "hookbridge-producer"), "--print", "--generate", "+1"],
+                           capture_output=True, text=True, timeout=10 * SLOW)
+        assert r.returncode == 2 and '--generate wants a positive number, not "+1"' in r.stderr, \
+            (r.returncode, r.stdout, r.stderr)
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
