@@ -174,6 +174,13 @@ static const cf_row_t cf_table[] = {
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
      "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "
      "max_host_queue), so one hung host cannot pause every endpoint."},
+    {"memory_limit_file", CF_STR, OFF(memory_limit_file), "/sys/fs/cgroup/memory.max", 0, 0,
+     HB_PROG_SERVICES, 0,
+     "The container's memory limit, read once at start: cgroup v2's memory.max (\"max\": none; "
+     "when the default file is absent, cgroup v1's memory/memory.limit_in_bytes). A "
+     "max_pending_bytes not below the limit is refused (the pod would be OOM-killed before the "
+     "budget could pause consumption); one that leaves less than the service needs besides "
+     "(docs/operations.md, Scaling) is warned about. Empty: no check."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
      "(their events are redelivered after restart)."},

@@ -187,3 +187,63 @@ def test_integer_settings_are_strict_and_refused_in_one_line_naming_the_variable
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_payload_budget_the_containers_memory_limit_cannot_hold_is_refused_or_warned(
+        tmp_path):
+    """HOOKBRIDGE_MAX_PENDING_BYTES was never compared with the container's
+    memory limit: a pod whose limit is below the budget was OOM-killed
+    before the budget paused consumption (and again after each restart, on
+    the same backlog). Now, at start, a budget not below the limit (cgroup
+    v2's memory.max; HOOKBRIDGE_MEMORY_LIMIT_FILE names the file, as here)
+    is refused: exit 2, one line with the figures. A budget that fits, but
+    not with what the service holds besides (about 136 MiB with the
+    defaults), starts with a warning naming both and the limit; "max" (no
+    limit) says nothing. The retrier is checked as the dispatcher is.
+
+    Checked to fail without the change: on main both services started with
+    a 48 MiB limit and said nothing about memory. About 2 s."""
+    env = dict(os.environ, HOOKBRIDGE_DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x",
+               HOOKBRIDGE_KAFKA_BROKERS=f"127.0.0.1:{free_port()}")
+    procs = []
+
+    def start(program, limit):
+        f = tmp_path / f"memory.max.{len(procs)}"
+        f.write_text(limit + "\n")
+        p = subprocess.Popen([str(BIN / f"hookbridge-{program}")], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             env=dict(env, HOOKBRIDGE_MEMORY_LIMIT_FILE=str(f),
+                                      HOOKBRIDGE_HTTP_LISTEN=f"127.0.0.1:{free_port()}"))
+        procs.append(p)
+        return p, f
+
+    try:
+        for program in ("dispatcher", "retrier"):
+            refused, f = start(program, str(48 << 20))
+            try:
+                out, _ = refused.communicate(timeout=10 * SLOW)
+            except subprocess.TimeoutExpired:
+                refused.kill()
+                raise AssertionError(f"the {program} started with a 64 MiB budget in 48 MiB")
+            out = out.decode(errors="replace")
+            assert refused.returncode == 2, (program, out)
+            assert len(out.strip().splitlines()) == 1, out
+            assert (f"hookbridge-{program}: HOOKBRIDGE_MAX_PENDING_BYTES (64 MiB) is not below "
+                    f"the container's memory limit, 48 MiB ({f})") in out, out
+            assert "OOM-killed" in out, out
+            warned, f = start(program, str(128 << 20))
+            out = _read_until(warned, "the service holds besides", 10)
+            assert warned.poll() is None, out
+            assert ("memory: HOOKBRIDGE_MAX_PENDING_BYTES (64 MiB) and about 136 MiB the service "
+                    "holds besides") in out, out
+            assert f"more than the container's memory limit, 128 MiB ({f})" in out, out
+            quiet, _ = start(program, "max")
+            out = _read_until(quiet, "database unavailable", 10)
+            assert quiet.poll() is None and "database unavailable" in out, out
+            assert "memory" not in out.lower(), out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdout.close()
