@@ -12,8 +12,13 @@ import socket
 import subprocess
 import time
 
+from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import BIN, SLOW, free_port, wait_until
-from hbtest.stack import Dispatcher, Retrier
+from hbtest.stack import Dispatcher, Retrier, produce
+from test_delivery import event, register_verified, sql
+from test_reactivate import changes_seen
+from test_retry import stack
+from test_review25_faults import _uuids
 
 
 def _silent_broker():
@@ -247,3 +252,56 @@ def test_a_payload_budget_the_containers_memory_limit_cannot_hold_is_refused_or_
                 p.kill()
             p.wait()
             p.stdout.close()
+
+
+def test_a_batch_split_after_a_413_is_not_counted_dropped_in_the_overview(db_url, procs,
+                                                                         workdir):
+    """The retrier splits a batch the endpoint refuses as too large (413)
+    into halves, and logs the batch 'dropped' with reason "split: ...":
+    nothing was lost, its events went on in the halves. But
+    subscription_overview's dropped_24h counted it, so an operator watching
+    it saw a drop that never happened. Now such a row is left out:
+    dropped_24h is 0 while delivered_24h counts the halves (and a real drop,
+    a delivery that waited when the subscription was deactivated, still
+    counts).
+
+    Checked to fail without the change: on main (its sql/, this file copied
+    into its tree) dropped_24h is 1 after the split. About 8 s."""
+    posts = []
+
+    class Gateway(ChallengeAnswering):
+        def do_POST(self):
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(raw)
+            if len(posts) == 1:
+                return self.answer(503)  # the batch's first attempt: to the retrier
+            return self.answer(413 if len(_uuids(raw)) > 4 else 204)
+
+    srv = serve(Gateway)
+    try:
+        broker, _, d, r = stack(procs, workdir, db_url, "1s")
+        sub = register_verified(db_url, srv.url, ["user.session.start"],
+                                {"batch_max": 10, "batch_window_ms": 1000})
+        wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see it")
+        evs = [event("user.session.start") for _ in range(7)]
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: sorted(u for p in posts[1:] if len(_uuids(p)) <= 4
+                                  for u in _uuids(p)) == sorted(e["uuid"] for e in evs),
+                   30, "the halves to arrive")
+
+        def overview():
+            return sql(db_url, "SELECT delivered_24h, failed_24h, dropped_24h "
+                               "FROM hookbridge.subscription_overview WHERE id = %s", sub)[0]
+        wait_until(lambda: sql(db_url, "SELECT 1 FROM hookbridge.deliveries WHERE "
+                               "subscription_id = %s AND last_error LIKE 'split:%%'", sub)
+                   and overview()[0] == 2, 10, "the split and the halves logged")
+        assert overview() == (2, 0, 0)
+        # a real drop still counts: a delivery logged dropped as a deactivation logs it
+        sql(db_url, "INSERT INTO hookbridge.deliveries (delivery_id, subscription_id, event_ids, "
+                    "event_type, status, attempts, first_attempt_at, last_attempt_at, "
+                    "last_error, body) VALUES (gen_random_uuid(), %s, 'x', "
+                    "'user.session.start', 'dropped', 1, now(), now(), "
+                    "'subscription was deactivated after this delivery began', '[]')", sub)
+        assert overview() == (2, 0, 1)
+    finally:
+        srv.shutdown()
