@@ -357,7 +357,8 @@ static void ensure_store(hb_worker_t *w) {
     char errstr[512];
     if (w->store || hb_mono_ms() < w->next_store_attempt)
         return;
-    w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, errstr, sizeof(errstr));
+    w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, w->spec.verifies, errstr,
+                            sizeof(errstr));
     if (w->store && !hb_outbox_dlog(w->outbox)) {
         hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
                                       errstr, sizeof(errstr));

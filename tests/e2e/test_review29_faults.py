@@ -14,8 +14,8 @@ import time
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import BIN, SLOW, free_port, wait_until
-from hbtest.stack import Dispatcher, Retrier, produce
-from test_delivery import event, register_verified, sql
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 from test_reactivate import changes_seen
 from test_retry import stack
 from test_review25_faults import _uuids
@@ -305,3 +305,41 @@ def test_a_batch_split_after_a_413_is_not_counted_dropped_in_the_overview(db_url
         assert overview() == (2, 0, 1)
     finally:
         srv.shutdown()
+
+
+def _threads(pid):
+    """The names of a process's threads (what top -H and ps -L show)."""
+    names = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass  # a thread that just ended
+    return names
+
+
+def test_the_retrier_starts_no_verification_lanes_it_never_uses(db_url, procs, workdir):
+    """The store gives verification claims and outcomes four database lanes
+    (threads) of their own, so that a dispatcher verifies thousands of
+    changed URLs at once; the retrier sends no challenge, yet started the
+    four too, idle for its whole life. Now only the dispatcher starts them.
+    The store's threads are named (hb-db-follow, hb-db-requests,
+    hb-db-verify1..4), so top -H, ps -L and gdb tell them apart; the
+    retrier has its two and the verification lanes are the dispatcher's.
+    A verification still goes through (the dispatcher's lanes).
+
+    Checked to fail without the change: on main the store's threads have no
+    names of their own (the retrier ran 4 more threads: counted in
+    /proc/<pid>/task, see the branch's report). About 5 s."""
+    broker = Broker(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    r = Retrier(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    r.wait_ready()
+    lanes = ["hb-db-follow", "hb-db-requests"]
+    verify = [f"hb-db-verify{i}" for i in range(1, 5)]
+    assert sorted(n for n in _threads(r.proc.pid) if n.startswith("hb-db")) == lanes
+    assert sorted(n for n in _threads(d.proc.pid) if n.startswith("hb-db")) == lanes + verify
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    register_verified(db_url, receiver.url, ["user.session.start"])
