@@ -1010,6 +1010,7 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         .topics_cnt = 1,
         .hooks = &hooks,
         .opaque = d,
+        .verifies = 1,
     };
     d->cfg = cfg;
     d->chains = hb_chains_new();

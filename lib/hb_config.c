@@ -174,6 +174,13 @@ static const cf_row_t cf_table[] = {
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
      "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "
      "max_host_queue), so one hung host cannot pause every endpoint."},
+    {"memory_limit_file", CF_STR, OFF(memory_limit_file), "/sys/fs/cgroup/memory.max", 0, 0,
+     HB_PROG_SERVICES, 0,
+     "The container's memory limit, read once at start: cgroup v2's memory.max (\"max\": none; "
+     "when the default file is absent, cgroup v1's memory/memory.limit_in_bytes). A "
+     "max_pending_bytes not below the limit is refused (the pod would be OOM-killed before the "
+     "budget could pause consumption); one that leaves less than the service needs besides "
+     "(docs/operations.md, Scaling) is warned about. Empty: no check."},
     {"shutdown_timeout", CF_MS, OFF(shutdown_timeout_ms), "20s", 0, 600000, HB_PROG_SERVICES, 0,
      "On SIGTERM, how long in-flight deliveries may finish before they are abandoned "
      "(their events are redelivered after restart)."},
@@ -320,14 +327,26 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
         hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a boolean (use 1/0, true/false)", origin,
                   shown);
         return -1;
-    case CF_INT:
+    case CF_INT: {
+        /* Decimal digits, a minus at most: strtoll alone also takes blanks
+         * before, a plus, and says nothing but ERANGE of a number too large */
+        size_t digits = strspn(val + (val[0] == '-'), "0123456789");
+        if (digits == 0 || val[(val[0] == '-') + digits]) {
+            hb_seterr(errstr, errstr_size,
+                      "%s: \"%s\" is not an integer (decimal digits only: no sign but -, "
+                      "blank, exponent or 0x)",
+                      origin, shown);
+            return -1;
+        }
         errno = 0;
         ll = strtoll(val, &end, 10);
-        if (errno || end == val || *end) {
-            hb_seterr(errstr, errstr_size, "%s: \"%s\" is not an integer", origin, shown);
+        if (errno == ERANGE) {
+            hb_seterr(errstr, errstr_size, "%s: %s is out of range [%lld, %lld]", origin, shown,
+                      r->min, r->max);
             return -1;
         }
         break;
+    }
     case CF_MS:
         if (hb_duration_parse_ms(val, &ll) < 0) {
             hb_seterr(errstr, errstr_size, "%s: \"%s\" is not a duration (e.g. 250ms, 5s, 2m, 1h)",

@@ -63,6 +63,7 @@ typedef struct hb_config_s {
     long long verify_try_later_ms;    /* a challenge answered 429/503 is asked again this long */
     long long max_pending_events;     /* consumed but unfinished, then pause */
     long long max_pending_bytes;      /* payload bytes unfinished work holds, then pause */
+    char *memory_limit_file;          /* the cgroup's memory limit, checked at start */
     long long shutdown_timeout_ms;    /* SIGTERM drain bound */
     long long log_flush_ms;           /* delivery log batching */
     long long response_snippet_bytes; /* kept from each response */

@@ -430,6 +430,10 @@ void hb_outbox_poll(hb_outbox_t *ob) {
     hb_outbox_take_flushed(ob);
 }
 
+rd_kafka_t *hb_outbox_producer(hb_outbox_t *ob) {
+    return ob->producer;
+}
+
 const char *hb_outbox_fatal(hb_outbox_t *ob) {
     char why[256];
     if (ob->fatal_why[0])

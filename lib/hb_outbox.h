@@ -143,6 +143,9 @@ int hb_outbox_resending(const hb_outbox_t *ob);
  * idempotent producer): it produces nothing any more, ever. Its reason (said
  * once, at error, the first time it is seen), or NULL. */
 const char *hb_outbox_fatal(hb_outbox_t *ob);
+
+/* The producer of the delay tiers and dead letters (owned by the outbox). */
+rd_kafka_t *hb_outbox_producer(hb_outbox_t *ob);
 /* Delivery-log look-ups not yet answered. */
 size_t hb_outbox_lookups(const hb_outbox_t *ob);
 

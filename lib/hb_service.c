@@ -1,7 +1,10 @@
 /* main() of a long-running service (see hb_service.h). */
 #include "hb_service.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 
 #include "hb_log.h"
@@ -49,6 +52,121 @@ static int open_files_fit(const hb_config_t *cfg, rlim_t *raised_from, char *err
     return -1;
 }
 
+#define MIB (1024.0 * 1024.0)
+#define CGROUP_V2_MEMORY_MAX "/sys/fs/cgroup/memory.max"
+#define CGROUP_V1_MEMORY_LIMIT "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+
+/* What a service holds besides the payload budget, as docs/operations.md
+ * (Scaling) counts it: about 20 MiB, the events fetched ahead from Kafka
+ * (queued.max.messages.kbytes: 16 MiB unless the passthrough sets it),
+ * about 20 KiB per request in flight and up to 90 KiB per connection kept
+ * open (HTTPS). */
+static long long memory_besides_budget(const hb_config_t *cfg, long long *fetch_bytes) {
+    long long fetch_kb = 16384;
+    long long conns =
+        cfg->max_connections > cfg->max_in_flight ? cfg->max_connections : cfg->max_in_flight;
+    for (size_t i = 0; i < cfg->kafka_props_cnt; i++)
+        if (!strcmp(cfg->kafka_props[2 * i], "queued.max.messages.kbytes")) {
+            long long v = strtoll(cfg->kafka_props[2 * i + 1], NULL, 10);
+            if (v > 0) /* librdkafka refused anything else */
+                fetch_kb = v;
+        }
+    *fetch_bytes = fetch_kb * 1024;
+    return 20 * 1024 * 1024 + *fetch_bytes + cfg->max_in_flight * 20 * 1024 + conns * 90 * 1024;
+}
+
+/* The container's memory limit in bytes from cfg->memory_limit_file (the
+ * default file missing: cgroup v1's), 0 when there is none ("max", v1's
+ * page-rounded 2^63) or the check is off (an empty setting, not in a
+ * cgroup). *from names the file read. A file set by the operator that
+ * cannot be read or holds no limit we understand is said in note. */
+static long long memory_limit(const hb_config_t *cfg, const char **from, char *note,
+                              size_t note_size) {
+    const char *path = cfg->memory_limit_file;
+    char buf[64];
+    FILE *f;
+    size_t n;
+    long long v;
+    note[0] = '\0';
+    if (!*path)
+        return 0;
+    f = fopen(path, "r");
+    if (!f && !strcmp(path, CGROUP_V2_MEMORY_MAX) && errno == ENOENT) {
+        path = CGROUP_V1_MEMORY_LIMIT;
+        f = fopen(path, "r");
+        if (!f && errno == ENOENT)
+            return 0; /* not in a cgroup with a memory controller */
+    }
+    if (!f) {
+        snprintf(note, note_size,
+                 "memory: cannot read %s (HOOKBRIDGE_MEMORY_LIMIT_FILE): %s; "
+                 "the payload budget is not checked against the container's memory limit",
+                 path, strerror(errno));
+        return 0;
+    }
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
+        buf[--n] = '\0';
+    if (!strcmp(buf, "max"))
+        return 0;
+    errno = 0;
+    v = strtoll(buf, NULL, 10);
+    if (n == 0 || buf[strspn(buf, "0123456789")] || errno || v <= 0) {
+        snprintf(note, note_size,
+                 "memory: %s (HOOKBRIDGE_MEMORY_LIMIT_FILE) holds no memory "
+                 "limit (\"%.40s\"); the payload budget is not checked against it",
+                 path, buf);
+        return 0;
+    }
+    if (v >= (1LL << 62)) /* cgroup v1's "no limit" */
+        return 0;
+    *from = path;
+    return v;
+}
+
+/* A payload budget the container cannot hold: the kernel kills the pod
+ * (OOM) before the budget pauses consumption, and the restarted pod takes
+ * the same backlog and dies again. Refused when the budget alone is not
+ * below the limit; warned about (in warn) when it and what the service
+ * holds besides come to more. Returns 0, or -1 with the reason. */
+static int memory_fits(const hb_config_t *cfg, char *warn, size_t warn_size, char *errstr,
+                       size_t errstr_size) {
+    const char *from = NULL;
+    long long fetch, besides = memory_besides_budget(cfg, &fetch);
+    long long budget = cfg->max_pending_bytes;
+    long long limit = memory_limit(cfg, &from, warn, warn_size), room;
+    char advice[160];
+    if (!limit || budget + besides <= limit)
+        return 0;
+    room = limit - besides;
+    if (room >= 1024 * 1024) /* max_pending_bytes' least */
+        snprintf(advice, sizeof(advice), "lower it to at most %.0f MiB (%lld) or raise the limit",
+                 (double)(room / 1024 / 1024), room / (1024 * 1024) * (1024 * 1024));
+    else
+        snprintf(advice, sizeof(advice),
+                 "raise the limit, or lower HOOKBRIDGE_MAX_CONNECTIONS and "
+                 "HOOKBRIDGE_MAX_IN_FLIGHT as well as the budget");
+    if (budget >= limit) {
+        snprintf(errstr, errstr_size,
+                 "HOOKBRIDGE_MAX_PENDING_BYTES (%.0f MiB) is not below the container's memory "
+                 "limit, %.0f MiB (%s): the service would be OOM-killed before the budget could "
+                 "pause consumption; it needs about %.0f MiB besides the budget: %s",
+                 budget / MIB, limit / MIB, from, besides / MIB, advice);
+        return -1;
+    }
+    snprintf(warn, warn_size,
+             "memory: HOOKBRIDGE_MAX_PENDING_BYTES (%.0f MiB) and about %.0f MiB the service "
+             "holds besides (20 MiB, %.0f MiB of events fetched ahead, %lld requests in flight, "
+             "up to %lld connections) come to %.0f MiB, more than the container's memory limit, "
+             "%.0f MiB (%s): it may be OOM-killed before the budget pauses consumption; %s",
+             budget / MIB, besides / MIB, fetch / MIB, cfg->max_in_flight,
+             cfg->max_connections > cfg->max_in_flight ? cfg->max_connections : cfg->max_in_flight,
+             (budget + besides) / MIB, limit / MIB, from, advice);
+    return 0;
+}
+
 int hb_service_main(int argc, char **argv, unsigned program, const char *component,
                     const hb_service_ops_t *ops) {
     hb_config_t cfg;
@@ -85,9 +203,17 @@ int hb_service_main(int argc, char **argv, unsigned program, const char *compone
         hb_config_free(&cfg);
         return 2;
     }
+    char memory_warning[600];
+    if (memory_fits(&cfg, memory_warning, sizeof(memory_warning), errstr, sizeof(errstr)) < 0) {
+        fprintf(stderr, "%s: %s\n", name, errstr);
+        hb_config_free(&cfg);
+        return 2;
+    }
     if (hb_log_level_parse(cfg.log_level, &lvl) < 0) /* validated by hb_config_load */
         lvl = HB_LOG_INFO;
     hb_log_init(component, lvl);
+    if (memory_warning[0])
+        hb_warn("%s", memory_warning);
     if (files_was) {
         struct rlimit now;
         if (getrlimit(RLIMIT_NOFILE, &now) == 0)

@@ -14,7 +14,9 @@
  * own, a subscription's always to the same one (so its outcome follows its
  * claim), several at once: one after another, 3,000 changed URLs took 12 s
  * to verify, each claim (with the load of its subscription) and outcome a
- * few round trips and a commit. Those lanes connect on their first request.
+ * few round trips and a commit. Those lanes connect on their first request,
+ * and only a store made for a service that verifies (the dispatcher) starts
+ * them: the retrier sends no challenge.
  * Both queue what they produce on one list under one mutex and poke a pipe;
  * the loop, woken by it, runs handlers and callbacks in hb_store_process.
  * The loop never touches a connection, and a lane never runs a handler.
@@ -224,6 +226,7 @@ struct hb_store_s {
     char *conninfo;              /* may hold a password: cleansed on free, never printed */
     const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
     lane_t lanes[STORE_LANES];   /* LANE_FOLLOWER, LANE_REQUESTS, LANE_VERIFY... */
+    int verify_lanes;            /* of them started: STORE_VERIFY_LANES, or 0 (no verifier) */
     pthread_mutex_t mu;
     msg_queue_t results;      /* under mu: for the loop, in order */
     int notify[2];            /* lane -> loop: results wait */
@@ -1026,6 +1029,15 @@ static void lane_loop(lane_t *ln);
 
 static void *lane_main(void *arg) {
     lane_t *ln = arg;
+    int i = (int)(ln - ln->st->lanes);
+    char name[16]; /* what top -H, ps -L and gdb show */
+    if (i == LANE_FOLLOWER)
+        snprintf(name, sizeof(name), "hb-db-follow");
+    else if (i == LANE_REQUESTS)
+        snprintf(name, sizeof(name), "hb-db-requests");
+    else
+        snprintf(name, sizeof(name), "hb-db-verify%c", (char)('1' + (i - LANE_VERIFY) % 9));
+    (void)pthread_setname_np(pthread_self(), name);
     lane_loop(ln);
     pthread_mutex_lock(&ln->st->mu);
     ln->exited = 1;
@@ -1108,14 +1120,15 @@ static void lane_loop(lane_t *ln) {
 /* ------------------------------------------------------------------------ */
 /* The loop's side                                                          */
 
-hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
-                         size_t errstr_size) {
+hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int verifies,
+                         char *errstr, size_t errstr_size) {
     hb_store_t *st = hb_calloc(1, sizeof(*st));
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     PGconn *conn;
 
     st->conninfo = hb_strdup(conninfo ? conninfo : "");
     st->keyring = keyring;
+    st->verify_lanes = verifies ? STORE_VERIFY_LANES : 0;
     st->notify[0] = st->notify[1] = -1;
     pthread_mutex_init(&st->mu, NULL);
     hb_cond_init_mono(&st->exited_cv);
@@ -1149,7 +1162,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;
     }
-    for (int i = 0; i < STORE_LANES; i++) {
+    for (int i = 0; i < LANE_VERIFY + st->verify_lanes; i++) { /* the rest stay unstarted */
         lane_t *ln = &st->lanes[i];
         if (pipe_open(ln->wake) < 0) {
             hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
@@ -1374,11 +1387,11 @@ int hb_store_process(hb_store_t *st, const hb_store_handlers_t *h, void *opaque,
  * verification lane of its subscription, anything else for the request lane. */
 static void request(hb_store_t *st, store_msg_t *m) {
     lane_t *ln = &st->lanes[LANE_REQUESTS];
-    if (m->kind == MSG_CLAIM_VERIFY || m->kind == MSG_RECORD_VERIFY) {
+    if ((m->kind == MSG_CLAIM_VERIFY || m->kind == MSG_RECORD_VERIFY) && st->verify_lanes) {
         unsigned h = 0;
         for (const char *p = m->id; *p; p++)
             h = h * 31u + (unsigned char)*p;
-        ln = &st->lanes[LANE_VERIFY + (int)(h % STORE_VERIFY_LANES)];
+        ln = &st->lanes[LANE_VERIFY + (int)(h % (unsigned)st->verify_lanes)];
     }
     st->pending++;
     st->pending_claims += m->kind == MSG_CLAIM_VERIFY;

@@ -66,9 +66,13 @@ typedef struct hb_store_handlers_s {
  * clear reason, e.g. "database: connection refused (host 127.0.0.1 port
  * 5432)" when PostgreSQL is unreachable. keyring (borrowed, outlives the
  * store) seals what hookbridge.secret_inbox holds and opens the sealed
- * signing secrets and auth values of the snapshots. */
-hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, char *errstr,
-                         size_t errstr_size) HB_MUSTCHECK;
+ * signing secrets and auth values of the snapshots. verifies: the caller
+ * sends verification challenges (the dispatcher), so the verification
+ * claims and outcomes get their lanes; without it (the retrier) those lanes
+ * are not started, and such a request, should one come, waits its turn on
+ * the request lane. */
+hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int verifies,
+                         char *errstr, size_t errstr_size) HB_MUSTCHECK;
 /* Stops the lanes (each finishes the statement it runs) and drops what
  * waits for the loop, without calling back. */
 void hb_store_free(hb_store_t *st);

@@ -10,6 +10,7 @@
 #include "hb_consumer.h"
 #include "hb_decoder.h"
 #include "hb_httpd.h"
+#include "hb_kafka.h"
 #include "hb_log.h"
 #include "hb_delivery.h"
 #include "hb_offsets.h"
@@ -40,7 +41,12 @@ struct hb_worker_s {
     hb_outbox_t *outbox;         /* jobs, gates, the producer */
     hb_deliveries_t *deliveries; /* sending and routing, the circuit breaker */
     hb_consumer_t *consumer;     /* group, offsets, deferral, lag */
-    int wake[2];                 /* Kafka queues and signals write here */
+    /* Do the brokers answer, before the consumer (and its own probe) starts?
+     * The consumer waits for the database; with the database out from the
+     * start, /readyz would otherwise never hear of the brokers. A probe on
+     * the outbox's producer, stopped once the consumer runs. */
+    hb_kafka_reach_t early_brokers;
+    int wake[2]; /* Kafka queues and signals write here */
     int index_loaded;
     int schema_missing; /* the last load found no (or an older) hookbridge schema */
     int deferred;       /* the handler put the message it was given back (hb_worker_defer) */
@@ -351,7 +357,8 @@ static void ensure_store(hb_worker_t *w) {
     char errstr[512];
     if (w->store || hb_mono_ms() < w->next_store_attempt)
         return;
-    w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, errstr, sizeof(errstr));
+    w->store = hb_store_new(w->cfg->database_url, w->cfg->keyring, w->spec.verifies, errstr,
+                            sizeof(errstr));
     if (w->store && !hb_outbox_dlog(w->outbox)) {
         hb_dlog_t *dlog = hb_dlog_new(w->cfg->database_url, w->cfg->log_flush_ms, DLOG_MAX_QUEUE,
                                       errstr, sizeof(errstr));
@@ -522,6 +529,8 @@ static void update_readiness(hb_worker_t *w) {
     else
         db_reason = db_why ? db_why : log_why;
     kafka_why = hb_consumer_unready(w->consumer);
+    if (!kafka_why && !hb_consumer_started(w->consumer) && hb_kafka_reach_check(&w->early_brokers))
+        kafka_why = w->early_brokers.why;
     if (hb_stop_requested) {
         why = "shutting down";
     } else if (hb_outbox_fatal(w->outbox)) {
@@ -619,6 +628,7 @@ int hb_worker_run(hb_worker_t *w) {
                 hb_error("cannot start the Kafka consumer: %s", errstr);
                 return -1;
             }
+            hb_kafka_reach_stop(&w->early_brokers); /* the consumer's probe takes over */
         }
         one_pass(w, LOOP_WAIT_MS, 1);
         fatal = hb_outbox_fatal(w->outbox);
@@ -857,6 +867,9 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
         produced[n++] = cfg->dlq_topic;
         hb_outbox_watch_topics(w->outbox, produced, n);
     }
+    if (hb_kafka_reach_start(&w->early_brokers, hb_outbox_producer(w->outbox), cfg->dlq_topic,
+                             errstr, errstr_size) < 0)
+        hb_error("%s (readiness ignores the brokers until the consumer starts)", errstr);
     w->deliveries = hb_deliveries_new(cfg, w->http, w->outbox, &w->dm,
                                       spec->circuit_counts_attempts, errstr, errstr_size);
     if (!w->deliveries)
@@ -887,7 +900,8 @@ void hb_worker_free(hb_worker_t *w) {
     }
     hb_consumer_free(w->consumer);
     hb_deliveries_free(w->deliveries);
-    hb_outbox_free(w->outbox); /* the producer, the delivery log, unfinished work */
+    hb_kafka_reach_stop(&w->early_brokers); /* its thread uses the outbox's producer */
+    hb_outbox_free(w->outbox);              /* the producer, the delivery log, unfinished work */
     hb_store_free_within(w->store, STORE_STOP_MS);
     hb_httpd_stop(w->httpd);
     hb_index_free(w->index);

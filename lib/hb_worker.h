@@ -119,6 +119,9 @@ typedef struct hb_worker_spec_s {
     /* An open circuit counts a skipped attempt as failed (the retrier), rather
      * than handing the delivery to the first tier unattempted (the dispatcher). */
     int circuit_counts_attempts;
+    /* Sends verification challenges (the dispatcher): the store starts the
+     * lanes for their claims and outcomes. */
+    int verifies;
 } hb_worker_spec_t;
 
 hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec, char *errstr,

@@ -31,6 +31,11 @@
 #define PROG "hookbridge-producer"
 /* After SIGINT/SIGTERM, how long queued events may still be delivered. */
 #define HB_PRODUCER_DRAIN_MS 5000
+/* Reading a file or stdin, how long an event waits for the brokers before it
+ * fails (message.timeout.ms; HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS wins): a
+ * user with unreachable brokers hears so in half a minute, not after
+ * librdkafka's 5. --generate (load, benchmarks) keeps librdkafka's 300 s. */
+#define HB_PRODUCER_CLI_TIMEOUT_MS 30000
 
 typedef struct {
     const char *file;   /* NULL or "-": stdin */
@@ -51,7 +56,9 @@ static void usage(FILE *fp) {
                 "Publishes identity events (Okta System Log LogEvent JSON, one per line) to the\n"
                 "events topic as single-object-encoded Avro, keyed by the target user's id.\n"
                 "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
-                "and exits 1 if any event failed.\n\n"
+                "and exits 1 if any event failed. Reading FILE or stdin, an event the brokers\n"
+                "have not acknowledged within 30 s fails (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS\n"
+                "sets the wait; --generate keeps librdkafka's 300 s).\n\n"
                 "  --generate N           produce N synthetic events instead of reading input\n"
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"
@@ -66,9 +73,12 @@ static void usage(FILE *fp) {
                 "                         schema_registry_url, which gives the id\n");
 }
 
-/* A whole-string number: no trailing junk, no overflow. */
+/* A whole-string number: decimal digits only (no sign, blank or 0x), no
+ * overflow. */
 static int parse_count(const char *s, long long *out) {
     char *end;
+    if (!*s || s[strspn(s, "0123456789")])
+        return -1;
     errno = 0;
     *out = strtoll(s, &end, 10);
     return errno || end == s || *end || *out < 0 ? -1 : 0;
@@ -343,7 +353,7 @@ int main(int argc, char **argv) {
         }
     }
     p = hb_producer_new(&cfg, o.allow_unknown_types, o.print_only, o.generate ? "event" : "line",
-                        errstr, sizeof(errstr));
+                        o.generate ? 0 : HB_PRODUCER_CLI_TIMEOUT_MS, errstr, sizeof(errstr));
     if (!p) {
         fprintf(stderr, PROG ": %s\n", errstr);
         goto done;

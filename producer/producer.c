@@ -46,7 +46,12 @@ struct hb_producer_s {
     long long reported; /* delivery reports received */
     long long delivered;
     long long failed;
+    long long timed_out;          /* of failed: not acknowledged within message.timeout.ms */
+    long long message_timeout_ms; /* librdkafka's message.timeout.ms as configured */
 };
+
+/* Timed-out events named one by one before the summary says the rest. */
+#define HB_TIMEOUTS_LISTED 10
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
     hb_producer_t *p = opaque;
@@ -57,16 +62,32 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         return;
     }
     p->failed++;
+    /* timeouts come all together when the brokers are out of reach: the
+     * first few by number, then one summary (hb_producer_finish) */
+    if (rkm->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && ++p->timed_out > HB_TIMEOUTS_LISTED)
+        return;
     /* purged messages are summed up once by hb_producer_finish */
     if (rkm->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && rkm->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
         fprintf(stderr, "%s %lld: delivery failed: %s\n", p->unit,
                 (long long)(intptr_t)rkm->_private, hb_kafka_err_str(rkm->err));
 }
 
+/* "30 s", or "1500 ms" when not whole seconds. */
+static void fmt_ms(char *buf, size_t size, long long ms) {
+    if (ms % 1000)
+        snprintf(buf, size, "%lld ms", ms);
+    else
+        snprintf(buf, size, "%lld s", ms / 1000);
+}
+
 hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
-                               const char *unit, char *errstr, size_t errstr_size) {
+                               const char *unit, long long message_timeout_ms, char *errstr,
+                               size_t errstr_size) {
     hb_producer_t *p = hb_calloc(1, sizeof(*p));
     rd_kafka_conf_t *conf;
+    rd_kafka_topic_conf_t *tconf;
+    char val[32], wait[32];
+    size_t val_len = sizeof(val);
     p->cfg = cfg;
     p->unit = unit;
     p->allow_unknown_types = allow_unknown_types;
@@ -78,14 +99,35 @@ hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, 
     conf = hb_kafka_conf_new(cfg, "hookbridge-producer", errstr, errstr_size);
     if (!conf)
         goto fail;
+    if (message_timeout_ms > 0) {
+        /* an operator's HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS still wins
+         * (the passthrough once more, after) */
+        snprintf(val, sizeof(val), "%lld", message_timeout_ms);
+        if (hb_kafka_conf_set(conf, "message.timeout.ms", val, errstr, errstr_size) < 0 ||
+            hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+            rd_kafka_conf_destroy(conf);
+            goto fail;
+        }
+    }
+    /* the wait in force, whoever set it (librdkafka's default: 300 s) */
+    tconf = rd_kafka_conf_get_default_topic_conf(conf);
+    p->message_timeout_ms = 300000;
+    if (tconf &&
+        rd_kafka_topic_conf_get(tconf, "message.timeout.ms", val, &val_len) == RD_KAFKA_CONF_OK)
+        p->message_timeout_ms = atoll(val);
     rd_kafka_conf_set_opaque(conf, p);
     p->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
     conf = NULL; /* owned by the producer, or destroyed on failure */
     if (!p->rk)
         goto fail;
     p->topic = hb_kafka_topic_prepare(p->rk, cfg->events_topic, HB_PREPARE_MS, errstr, errstr_size);
-    if (!p->topic) /* the events wait in librdkafka's queue for the brokers */
-        hb_log(HB_LOG_WARN, NULL, "kafka: %s; producing anyway", errstr);
+    if (!p->topic) { /* the events wait in librdkafka's queue for the brokers */
+        fmt_ms(wait, sizeof(wait), p->message_timeout_ms);
+        hb_log(HB_LOG_WARN, NULL,
+               "kafka: %s (brokers %s); producing anyway: an event the brokers have not "
+               "acknowledged within %s fails (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS)",
+               errstr, cfg->kafka_brokers, wait);
+    }
     return p;
 fail:
     hb_producer_free(p);
@@ -163,14 +205,32 @@ void hb_producer_poll(hb_producer_t *p, int timeout_ms) {
         rd_kafka_poll(p->rk, timeout_ms);
 }
 
+/* One line for the events that timed out: where they were going and how
+ * long they waited (the broker list is addresses only; credentials are in
+ * other settings and never printed). */
+static void say_timeouts(const hb_producer_t *p) {
+    char wait[32];
+    if (!p->timed_out)
+        return;
+    fmt_ms(wait, sizeof(wait), p->message_timeout_ms);
+    fprintf(stderr,
+            "hookbridge-producer: %lld %s%s not delivered: the Kafka brokers %s "
+            "(HOOKBRIDGE_KAFKA_BROKERS) did not acknowledge %s within %s: unreachable, or "
+            "without topic %s? HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait\n",
+            p->timed_out, p->unit, p->timed_out == 1 ? "" : "s", p->cfg->kafka_brokers,
+            p->timed_out == 1 ? "it" : "them", wait, p->cfg->events_topic);
+}
+
 void hb_producer_finish(hb_producer_t *p, int drain_ms) {
     int64_t deadline = -1;
     long long unsent;
     if (!p->rk)
         return;
     for (;;) {
-        if (p->reported >= p->queued)
+        if (p->reported >= p->queued) {
+            say_timeouts(p);
             return;
+        }
         if (hb_stop_requested && deadline < 0) {
             deadline = hb_mono_ms() + drain_ms;
             hb_warn("stopping: waiting up to %d ms for %lld delivery reports", drain_ms,
@@ -191,6 +251,7 @@ void hb_producer_finish(hb_producer_t *p, int drain_ms) {
         p->failed += p->queued - p->reported;
         p->reported = p->queued;
     }
+    say_timeouts(p);
 }
 
 long long hb_producer_delivered(const hb_producer_t *p) {

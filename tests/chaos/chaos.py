@@ -213,6 +213,10 @@ class Feed:
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=brokers,
                    HOOKBRIDGE_EVENTS_TOPIC="identity.events")
+        # A stream through an outage: events wait for the brokers as long as
+        # librdkafka lets them by default (the producer's 30 s is for a user
+        # reading a file), so a longer CHAOS_FAULT_SECONDS loses nothing.
+        env.setdefault("HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS", "300000")
         self.proc = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"], env=env,
                                      stdin=subprocess.PIPE, stdout=self._log,
                                      stderr=subprocess.STDOUT)

@@ -59,8 +59,12 @@ class Feeder:
         self.rate = rate
         self.stop_flag = threading.Event()
         self.log = open(os.path.join(workdir, "feeder.log"), "ab")
+        # a stream through broker faults: librdkafka's 300 s for each event,
+        # not the producer's 30 s for a file
+        env = dict(os.environ, **space.env())
+        env.setdefault("HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS", "300000")
         self.p = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"],
-                                  env=dict(os.environ, **space.env()), stdin=subprocess.PIPE,
+                                  env=env, stdin=subprocess.PIPE,
                                   stdout=self.log, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.t = threading.Thread(target=self._run, daemon=True)
         self.t.start()
