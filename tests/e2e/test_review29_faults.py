@@ -32,7 +32,6 @@ def _silent_broker():
 
 def _read_until(proc, needle, timeout):
     """Lines of proc's merged output until one holds `needle` (or timeout)."""
-    out = []
     deadline = time.monotonic() + timeout * SLOW
     os.set_blocking(proc.stdout.fileno(), False)
     buf = b""
