@@ -262,9 +262,9 @@ BEGIN
     END IF;
 
     IF v_secret IS NOT NULL THEN
-        UPDATE hookbridge.subscription_secrets sec SET expires_at = now()
-         WHERE sec.subscription_id = update.id
-           AND (sec.expires_at IS NULL OR sec.expires_at > now());
+        -- the new secret replaces every earlier one at once (none signs any
+        -- more: rotate_secret is the way with a grace), so they go
+        DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = update.id;
         INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
         VALUES (update.id, v_secret);
     END IF;

@@ -1,0 +1,57 @@
+"""Review 30: hookbridge in steady state over weeks, what a platform team
+sees after a long run of churn (subscriptions registered, changed and
+deregistered; secrets rotated; endpoints coming and going; PostgreSQL
+restarted): what grows while the services run, not what leaks at exit.
+
+Each test says what it holds and how it was shown to fail on 32ee310. The
+figures measured in the review (RSS, descriptors, threads, connections) are
+in the review's report, not here."""
+import json
+import time
+
+from hbtest.procs import wait_until
+from hbtest.stack import Dispatcher, Receiver, produce
+from hbtest.webhooks import signature_valid
+from test_delivery import SECRET, event, register_verified, sql
+
+
+def secret_rows(db_url, sub):
+    return sql(db_url, "SELECT count(*) FROM hookbridge.subscription_secrets "
+               "WHERE subscription_id = %s", sub)[0][0]
+
+
+def test_secrets_rotated_again_and_again_leave_two_rows_and_both_still_sign(
+        db_url, broker, procs, workdir):
+    """docs/sql.md, rotate_secret: the previous secret signs for the grace,
+    older ones expire at once, at most two sign. The expired ones were never
+    removed: every rotation left a row (its sealed secret, under whatever key
+    sealed it, never moved by a key rotation) for as long as the
+    subscription lived, and every snapshot of the subscription read them
+    all. A secret rotated daily, as security policies ask, left 365 rows a
+    year per subscription. Now rotate_secret deletes the ones that no longer
+    sign, and update(secret) the ones it replaces: a subscription keeps two
+    rows at most, and deliveries still carry both signatures in the grace.
+
+    Checked to fail without the change: on 32ee310 the subscription has 41
+    rows after 40 rotations (and 42 after the update). About 5 s."""
+    rcv = Receiver(procs, workdir, secret=SECRET)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    sub = register_verified(db_url, rcv.url, ["user.session.start"])
+    secrets = [sql(db_url, "SELECT hookbridge.rotate_secret(%s, interval '1 hour')", sub)[0][0]
+               for _ in range(40)]
+    assert secret_rows(db_url, sub) == 2
+    # the newest and the one before it both sign (the grace), none older
+    produce(broker.bootstrap, [event("user.session.start")])
+    req = wait_until(lambda: rcv.posts(), 15, "the delivery")[0]
+    assert signature_valid(secrets[-1], req) and signature_valid(secrets[-2], req)
+    assert len(req["headers"]["webhook-signature"].split(" ")) == 2
+    # a secret set by update replaces every earlier one at once
+    sql(db_url, "SELECT hookbridge.update(%s, options => %s::jsonb)", sub,
+        json.dumps({"secret": SECRET}))
+    assert secret_rows(db_url, sub) == 1
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(rcv.posts()) >= 2, 15, "the second delivery")
+    req = rcv.posts()[1]
+    assert signature_valid(SECRET, req)
+    assert req["headers"]["webhook-signature"].count(" ") == 0
