@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 ab2292f1d6376365cd64bc453ad2c5c4cd568bdddac9190f1cf56061b9ea3f6b
+-- sql/: sha256 d4cf0443f56d4fd139b08833e07cf71cd03c8cf95dfb624c52c9ead099d9c8cf
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS
