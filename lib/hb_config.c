@@ -205,7 +205,8 @@ static const cf_row_t cf_table[] = {
      "its deliveries are not attempted (the dispatcher's go to the first delay tier; the "
      "retrier counts each as a failed attempt) (0: never). Failed: no complete answer "
      "(connection error, timeout) or a 5xx; any other answer (a 404, a 429) shows the host up "
-     "and resets the count."},
+     "and resets the count, and so does a cool-down (HOOKBRIDGE_CIRCUIT_COOLDOWN) without a "
+     "failure: failures further apart do not add up."},
     {"circuit_cooldown", CF_MS, OFF(circuit_cooldown_ms), "1m", 1000, 86400000, HB_PROG_SERVICES, 0,
      "How long an open circuit skips an endpoint before one attempt probes it again."},
     {"auto_deactivate_after", CF_MS, OFF(auto_deactivate_ms), "5d", 0, 365LL * 86400000,

@@ -24,7 +24,11 @@ typedef struct circuit_s {
      * has settled it (a bound it cannot reach; belt and braces). */
     const hb_delivery_t *probe;
     int64_t probe_until;
+    int64_t failed_at; /* monotonic: its last failure */
 } circuit_t;
+
+/* Circuits kept before the stale ones are forgotten (circuit_stale). */
+#define CIRCUITS_SWEEP 1024
 
 struct hb_deliveries_s {
     const hb_config_t *cfg;
@@ -39,10 +43,11 @@ struct hb_deliveries_s {
     int circuit_counts_attempts;
     int abandoning; /* shutdown deadline passed: completions record nothing */
     size_t in_flight;
-    hb_hash_t circuits; /* endpoint host -> circuit_t*, only while failing */
-    hb_hash_t turns;    /* "h <host>" or "s <subscription>" -> turn_t*: paced parkings */
-    size_t turns_sweep; /* ... whose past ones are forgotten at this many */
-    hb_ratelimit_t *rl; /* deliveries held by their subscription's rate limit */
+    hb_hash_t circuits;    /* endpoint host -> circuit_t*, only while failing */
+    size_t circuits_sweep; /* ... whose stale ones are forgotten at this many */
+    hb_hash_t turns;       /* "h <host>" or "s <subscription>" -> turn_t*: paced parkings */
+    size_t turns_sweep;    /* ... whose past ones are forgotten at this many */
+    hb_ratelimit_t *rl;    /* deliveries held by their subscription's rate limit */
     int (*rate_ask)(const char *id, int wanted, void *opaque);
     void *rate_ask_opaque;
     hb_sub_t *(*current)(const char *id, void *opaque); /* a subscription as it is now */
@@ -211,15 +216,47 @@ static int circuit_verdict(const hb_http_result_t *res) {
     return res->http_status < 500;
 }
 
+/* Whether c tells nothing any more: no probe out, and a cool-down has
+ * passed since its last failure (closed) or since its cool-down ended
+ * (open, and no delivery came to probe the host). Its failures then do not
+ * add up with the next ones, and it is forgotten: a host whose
+ * subscriptions went away (deregistered, moved, deactivated) left its
+ * circuit behind for the process's life, and failures weeks apart counted
+ * as consecutive. */
+static int circuit_stale(const hb_deliveries_t *D, const circuit_t *c, int64_t now) {
+    if (c->probe)
+        return 0;
+    return now - (c->open_until ? c->open_until : c->failed_at) > D->cfg->circuit_cooldown_ms;
+}
+
+/* A circuit about to be added: at CIRCUITS_SWEEP of them (then twice as
+ * many as are left), the stale ones go, so the circuits kept follow the
+ * hosts failing now, not every host that ever failed. */
+static void circuits_sweep(hb_deliveries_t *D, int64_t now) {
+    hb_hash_slot_t *s;
+    size_t pos = 0;
+    if (hb_hash_count(&D->circuits) < D->circuits_sweep)
+        return;
+    while ((s = hb_hash_each(&D->circuits, &pos)) != NULL)
+        if (circuit_stale(D, s->val, now)) {
+            free(s->val);
+            hb_hash_del(&D->circuits, s); /* removing the slot walked is allowed */
+        }
+    D->circuits_sweep = hb_hash_count(&D->circuits) * 2;
+    if (D->circuits_sweep < CIRCUITS_SWEEP)
+        D->circuits_sweep = CIRCUITS_SWEEP;
+}
+
 /* dl's request got an answer (ok: its host is up, circuit_verdict): one that
  * says so closes the circuit and forgets its failures; one that does not
- * counts, opens it after circuit_failures in a row, and re-opens it when dl
- * was the probe. */
+ * counts (after those before it, unless they are stale), opens it after
+ * circuit_failures in a row, and re-opens it when dl was the probe. */
 static void circuit_result(hb_deliveries_t *D, hb_delivery_t *dl, int ok) {
     const char *key = dl->endpoint;
     hb_hash_slot_t *s;
     circuit_t *c;
     int probe = dl->probe;
+    int64_t now = hb_mono_ms();
     dl->probe = 0;
     if (!circuit_enabled(D) || !*key)
         return;
@@ -235,10 +272,14 @@ static void circuit_result(hb_deliveries_t *D, hb_delivery_t *dl, int ok) {
         }
         return;
     }
+    if (c && circuit_stale(D, c, now)) /* starts afresh (probe: c has none) */
+        memset(c, 0, sizeof(*c));
     if (!c) {
+        circuits_sweep(D, now);
         c = hb_calloc(1, sizeof(*c));
         (void)hb_hash_put(&D->circuits, key, c);
     }
+    c->failed_at = now;
     ++c->failures;
     if (probe && c->probe == dl) {
         circuit_trip(D, key, c, "circuit open: the probe of the endpoint failed",
@@ -743,6 +784,7 @@ static int64_t paced(hb_deliveries_t *D, const pace_t *p, int64_t now, int64_t n
             D->turns_sweep = hb_hash_count(&D->turns) * 2;
             if (D->turns_sweep < TURNS_SWEEP)
                 D->turns_sweep = TURNS_SWEEP;
+            D->circuits_sweep = CIRCUITS_SWEEP;
         }
         t = hb_calloc(1, sizeof(*t));
         hb_hash_put(&D->turns, p->key, t);
@@ -1617,6 +1659,7 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
     D->m = *m;
     D->circuit_counts_attempts = circuit_counts_attempts;
     D->turns_sweep = TURNS_SWEEP;
+    D->circuits_sweep = CIRCUITS_SWEEP;
     {
         hb_ratelimit_conf_t rc = {
             .max_queue = cfg->max_host_queue > 0 ? (size_t)cfg->max_host_queue : 0,

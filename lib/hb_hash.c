@@ -48,10 +48,18 @@ static hb_hash_slot_t *place(hb_hash_t *h, char *key, void *val) {
     }
 }
 
+/* Rehashes into a table sized for the live keys, the tombstones dropped:
+ * at most a quarter full after, so the next rehash is a quarter of the
+ * slots' worth of additions away (amortised O(1) per addition). Doubling
+ * whatever the live count (as this did) made a table whose keys come and
+ * go (a retrier's deliveries in flight, each a new id; hosts, ordering
+ * keys, subscriptions over weeks) grow with every key it ever held: a
+ * million added and removed one by one left a million slots, walked by
+ * hb_hash_each. */
 static void grow(hb_hash_t *h) {
     hb_hash_t old = *h;
-    h->cap = old.cap ? old.cap * 2 : 16;
-    while (old.live * 2 >= h->cap)
+    h->cap = 16;
+    while (old.live * 4 >= h->cap)
         h->cap *= 2;
     h->slots = hb_calloc(h->cap, sizeof(*h->slots));
     h->used = h->live = 0;

@@ -3,9 +3,12 @@
  * subscription index, HTTP hosts, circuits, the dispatcher's open batches).
  *
  * Open addressing with linear probing over a power-of-two array of slots,
- * FNV-1a of the key; it grows at 50% load; removal leaves a tombstone, so a
- * slot never moves while the table is walked (hb_hash_each) and removing the
- * slot just returned is allowed during a walk (adding is not). The table owns
+ * FNV-1a of the key; at 50% load (live keys and tombstones) it is rehashed
+ * to a size for the live keys alone (at most a quarter full), so a table's
+ * size follows what it holds now, not every key it ever held; removal
+ * leaves a tombstone, so a slot never moves while the table is walked
+ * (hb_hash_each) and removing the slot just returned is allowed during a
+ * walk (adding is not). The table owns
  * a copy of each key, never the values. A zeroed hb_hash_t is an empty table.
  * Not thread-safe: each table belongs to one thread.
  */

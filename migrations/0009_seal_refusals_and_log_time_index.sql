@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 f4c77cf1668e220b42111777dfb8686c3a7b53baead101f6ca78b6ef8313c5fe
+-- sql/: sha256 1d9daf0f2ca26329fa2fc26bed81a26d1ea65cfccf85f82e3627b65ce3672654
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

@@ -262,9 +262,9 @@ BEGIN
     END IF;
 
     IF v_secret IS NOT NULL THEN
-        UPDATE hookbridge.subscription_secrets sec SET expires_at = now()
-         WHERE sec.subscription_id = update.id
-           AND (sec.expires_at IS NULL OR sec.expires_at > now());
+        -- the new secret replaces every earlier one at once (none signs any
+        -- more: rotate_secret is the way with a grace), so they go
+        DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = update.id;
         INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
         VALUES (update.id, v_secret);
     END IF;
@@ -356,6 +356,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, publ
 BEGIN
     PERFORM hookbridge._live(deregister.id);
     DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
+    -- its rate limit's bucket too (the row is kept, so ON DELETE CASCADE is not
+    -- reached; take_rate_tokens is never called for it again)
+    DELETE FROM hookbridge.rate_limit_buckets b WHERE b.subscription_id = deregister.id;
     UPDATE hookbridge.subscriptions s
        SET status = 'inactive', deregistered_at = now(), verification_requested_at = NULL,
            verification_claimed_until = NULL, verification_retrying = NULL, auth_header = NULL,

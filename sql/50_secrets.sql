@@ -112,6 +112,7 @@ CREATE OR REPLACE TRIGGER secret_inbox_notify AFTER INSERT ON hookbridge.secret_
 
 -- New current secret (given, or generated); the previous one keeps signing for
 -- `grace` (0 .. 7 days). Older previous secrets expire now: at most two sign.
+-- Expired ones are deleted: a subscription keeps at most two rows.
 CREATE OR REPLACE FUNCTION hookbridge.rotate_secret(id uuid, grace interval DEFAULT '24 hours',
                                                     secret text DEFAULT NULL)
 RETURNS text
@@ -132,6 +133,10 @@ BEGIN
      WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at > now();
     UPDATE hookbridge.subscription_secrets sec SET expires_at = now() + grace
      WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at IS NULL;
+    -- those that sign no more go (and their revealable copies with them): a
+    -- secret rotated every day no longer leaves a row a day behind, forever
+    DELETE FROM hookbridge.subscription_secrets sec
+     WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at <= now();
     INSERT INTO hookbridge.subscription_secrets (subscription_id, secret)
     VALUES (rotate_secret.id, v_secret);
     RETURN v_secret;

@@ -74,6 +74,61 @@ static void test_walk_and_remove(void **state) {
     hb_hash_clear(&h);
 }
 
+/* Keys that come and go (the retrier's deliveries in flight, each a new
+ * id; hosts and ordering keys over weeks): the table's size follows the
+ * keys it holds now. It doubled at every rehash, tombstones or not: 200,000
+ * ids added and removed one at a time, two at most held, left 262,144
+ * slots (4 MiB), walked whole by hb_hash_each. */
+static void test_churn_keeps_its_size(void **state) {
+    hb_hash_t h = {0};
+    static int vals[8];
+    char key[32];
+    hb_hash_slot_t *s;
+    size_t pos = 0, seen = 0;
+    (void)state;
+    for (int i = 0; i < 8; i++) { /* some that stay all along */
+        snprintf(key, sizeof(key), "stay-%d", i);
+        (void)hb_hash_put(&h, key, &vals[i]);
+    }
+    for (int i = 0; i < 200000; i++) {
+        snprintf(key, sizeof(key), "delivery-%d", i);
+        (void)hb_hash_put(&h, key, &vals[0]);
+        if (i > 0) { /* the one before leaves: two at most in flight */
+            snprintf(key, sizeof(key), "delivery-%d", i - 1);
+            hb_hash_del(&h, hb_hash_find(&h, key));
+        }
+        assert_true(h.cap <= 64);
+    }
+    assert_int_equal(hb_hash_count(&h), 9);
+    for (int i = 0; i < 8; i++) { /* the ones that stayed survived every rehash */
+        snprintf(key, sizeof(key), "stay-%d", i);
+        assert_ptr_equal(hb_hash_get(&h, key), &vals[i]);
+    }
+    assert_non_null(hb_hash_get(&h, "delivery-199999"));
+    while (hb_hash_each(&h, &pos))
+        seen++;
+    assert_int_equal(seen, 9);
+    /* a big table emptied shrinks at its next rehash */
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "host-%d", i);
+        (void)hb_hash_put(&h, key, &vals[1]);
+    }
+    assert_true(h.cap >= 10000);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "host-%d", i);
+        hb_hash_del(&h, hb_hash_find(&h, key));
+    }
+    for (int i = 0; i < 20000; i++) {
+        snprintf(key, sizeof(key), "later-%d", i);
+        s = hb_hash_put(&h, key, &vals[2]);
+        assert_ptr_equal(s->val, &vals[2]);
+        hb_hash_del(&h, s);
+    }
+    assert_true(h.cap <= 64);
+    assert_int_equal(hb_hash_count(&h), 9);
+    hb_hash_clear(&h);
+}
+
 static void test_buf(void **state) {
     hb_buf_t b = {0};
     (void)state;
@@ -98,6 +153,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_put_get_del),
         cmocka_unit_test(test_walk_and_remove),
+        cmocka_unit_test(test_churn_keeps_its_size),
         cmocka_unit_test(test_buf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
