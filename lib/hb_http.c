@@ -1035,6 +1035,12 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
             rc = curl_easy_setopt(easy, opt, val);                                                 \
     } while (0)
     HB_SET(CURLOPT_NOSIGNAL, 1L);
+    /* curl 7.88 resolves names in a thread of its own; a transfer that
+     * ends while its lookup still runs (the request timeout, a withdraw)
+     * joined that thread, in the loop, until getaddrinfo gave up: one name
+     * whose DNS answered slowly stalled every delivery for the rest of its
+     * lookup (5-30 s). With this, curl leaves the thread to finish alone. */
+    HB_SET(CURLOPT_QUICK_EXIT, 1L);
     HB_SET(CURLOPT_FOLLOWLOCATION, 0L);
     HB_SET(CURLOPT_PROTOCOLS_STR, protocols);
     HB_SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);

@@ -1,0 +1,209 @@
+"""Review 31: outbound delivery at the network level, as webhook endpoints on
+the internet behave (docs/design.md, Endpoint isolation: "A slow, hung or
+failing endpoint costs its own deliveries time and nobody else anything").
+
+Name resolution is controlled with an LD_PRELOAD getaddrinfo shim built here
+(it stands in for the operating system's resolver, not for any part of
+hookbridge): a name under .hbtest resolves to loopback, after a delay, not at
+all, or to a refusing address first, as its first label says. Endpoints that
+misbehave at the connection level are raw sockets on loopback.
+
+Each check says which commit it holds and what it did on 32ee310."""
+import http.server
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from hbtest.endpoints import ChallengeAnswering, posted_uuids
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, produce
+from test_delivery import event, register_verified, sql
+
+SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+typedef int gai_fn(const char *, const char *, const struct addrinfo *, struct addrinfo **);
+
+/* A name under .hbtest: dash-separated tokens in its first label,
+ *   s<ms>  the answer takes that long     nx  the name does not exist
+ *   r      127.0.0.2 (nobody listens) comes first
+ * then 127.0.0.1 at the URL's port. Any other name: the real resolver. */
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res) {
+    gai_fn *real = (gai_fn *)dlsym(RTLD_NEXT, "getaddrinfo");
+    size_t n = node ? strlen(node) : 0;
+    if (n < 7 || strcasecmp(node + n - 7, ".hbtest"))
+        return real(node, service, hints, res);
+    char spec[256], *save = NULL;
+    snprintf(spec, sizeof(spec), "%s", node);
+    *strchr(spec, '.') = 0;
+    int nx = 0, refused_first = 0;
+    long sleep_ms = 0;
+    for (char *t = strtok_r(spec, "-", &save); t; t = strtok_r(NULL, "-", &save)) {
+        if (t[0] == 's' && t[1] >= '0' && t[1] <= '9')
+            sleep_ms = atol(t + 1);
+        else if (!strcmp(t, "nx"))
+            nx = 1;
+        else if (!strcmp(t, "r"))
+            refused_first = 1;
+    }
+    if (sleep_ms)
+        usleep((useconds_t)sleep_ms * 1000);
+    if (nx)
+        return EAI_NONAME;
+    struct addrinfo h2, *pre = NULL;
+    memset(&h2, 0, sizeof(h2));
+    if (hints)
+        h2 = *hints;
+    h2.ai_family = AF_INET;
+    h2.ai_flags |= AI_NUMERICHOST;
+    int rc = real("127.0.0.1", service, &h2, res);
+    if (rc || !refused_first || real("127.0.0.2", service, &h2, &pre))
+        return rc;
+    pre->ai_next = *res;
+    *res = pre;
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gaishim")
+    (d / "shim.c").write_text(SHIM_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(d / "shim.so"), str(d / "shim.c"),
+                    "-ldl"], check=True)
+    return str(d / "shim.so")
+
+
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # curl opens up to 16 connections at once
+    daemon_threads = True
+
+
+def timed_endpoint(family=socket.AF_INET):
+    """A keep-alive endpoint answering 204 at once, noting when each event
+    arrived (monotonic) in its `arrived`; http://host:port/hook in its url."""
+    arrived = {}
+
+    class Healthy(ChallengeAnswering):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            now = time.monotonic()
+            for u in posted_uuids(self):
+                arrived[u] = now
+            self.answer()
+
+    cls = type("Server6", (Server,), {"address_family": family}) if family == socket.AF_INET6 \
+        else Server
+    srv = cls(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0), Healthy)
+    host = "[::1]" if family == socket.AF_INET6 else "127.0.0.1"
+    srv.url = f"http://{host}:{srv.server_address[1]}/hook"
+    srv.arrived = arrived
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def add_subscriptions(db_url, urls):
+    """Active, verified subscriptions to urls without a challenge (their
+    names would make it as slow as their deliveries); {url: id}."""
+    out = {}
+    for i, url in enumerate(urls):
+        out[url] = sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY['user.session.start'], "
+                       "'{}')", f"r31-{i}", url)[0][0]
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
+        "status = 'active' WHERE name LIKE 'r31-%%'")
+    return out
+
+
+def stream(broker, healthy, seconds, pid=None):
+    """Produces 5 events every 0.2 s for `seconds`; returns the latencies at
+    the healthy endpoint (sorted) and the most threads pid had meanwhile."""
+    sent, threads = {}, 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        evs = [event("user.session.start") for _ in range(5)]
+        at = time.monotonic()
+        produce(broker.bootstrap, evs)
+        sent.update((e["uuid"], at) for e in evs)
+        if pid:
+            with open(f"/proc/{pid}/status") as f:
+                threads = max(threads, next(int(l.split()[1]) for l in f
+                                            if l.startswith("Threads:")))
+        time.sleep(0.2)
+    wait_until(lambda: set(sent) <= set(healthy.arrived), 30, "every event at the healthy one")
+    return sorted(healthy.arrived[u] - sent[u] for u in sent), threads
+
+
+def outcomes(db_url, sub):
+    """{(status, attempts, last_error): count} of sub's deliveries."""
+    return dict(((s, a, e), n) for s, a, e, n in sql(
+        db_url, "SELECT status, attempts, coalesce(last_error, ''), count(*) "
+        "FROM hookbridge.deliveries WHERE subscription_id = %s GROUP BY 1, 2, 3", sub))
+
+
+def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
+        db_url, procs, workdir, shim):
+    """One dispatcher (request timeout 1 s) and one healthy endpoint beside
+    eight subscriptions whose host names each take 4 s to resolve (a DNS
+    server that answers late: glibc waits 5 s per try), one whose name does
+    not exist, one whose name's first address refuses, and one to an IPv6
+    literal.
+
+    The slow names (docs/design.md, Endpoint isolation): while their
+    lookups run, the healthy endpoint gets every event as fast as alone,
+    well under a second; the slow names' deliveries are retried with
+    `timeout after 1000 ms`. On 32ee310 the request timeout joined curl's
+    resolver thread in the event loop until the lookup was over, and
+    every delivery waited: the healthy endpoint's events arrived up to 3.5 s
+    late (alone: 0.5 s).
+
+    A name that does not exist is retried with `could not resolve host
+    <name>`; a name whose first address refuses is delivered to the next;
+    http://[::1]:port/ is delivered (held on 32ee310 too)."""
+    healthy, six = timed_endpoint(), timed_endpoint(socket.AF_INET6)
+    port = healthy.server_address[1]
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_LOG_LEVEL": "info",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "1s", "LD_PRELOAD": shim})
+        d.wait_ready()
+        register_verified(db_url, healthy.url, ["user.session.start"])
+        slow = [f"http://s4000-n{i}.hbtest:{port}/hook" for i in range(8)]
+        nx, refusing = f"http://nx-a.hbtest:{port}/hook", f"http://r-a.hbtest:{port}/hook"
+        subs = add_subscriptions(db_url, slow + [nx, refusing, six.url])
+        warm = event("user.session.start")
+        produce(broker.bootstrap, [warm])
+        wait_until(lambda: warm["uuid"] in healthy.arrived, 20, "the first event")
+
+        lat, _ = stream(broker, healthy, 4)
+        assert lat[-1] < 1.5 * SLOW, f"healthy endpoint's latencies (s): {lat}"
+
+        for url in slow:
+            rows = wait_until(lambda: outcomes(db_url, subs[url]) or None, 20, url)
+            assert ("retry", 1, "timeout after 1000 ms") in rows, (url, rows)
+        rows = outcomes(db_url, subs[nx])
+        assert ("retry", 1, "could not resolve host nx-a.hbtest") in rows, rows
+        assert set(rows) <= {("retry", 1, "could not resolve host nx-a.hbtest"),
+                             ("retry", 0, "circuit open: endpoint failing"),
+                             ("retry", 0, "circuit open: 20 consecutive failures of the "
+                              "endpoint")}, rows
+        assert list(outcomes(db_url, subs[refusing])) == [("delivered", 1, "")]
+        assert list(outcomes(db_url, subs[six.url])) == [("delivered", 1, "")]
+    finally:
+        healthy.shutdown()
+        six.shutdown()
