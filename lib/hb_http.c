@@ -137,7 +137,8 @@ struct hb_http_host_s {
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
     size_t win_done;
-    size_t expiring; /* hb_http_expire: its requests leaving the queue in this pass */
+    size_t expiring;  /* hb_http_expire: its requests leaving the queue in this pass */
+    int lookup_stuck; /* a request timed out before its name resolved (hb_http_may_start) */
 };
 
 struct hb_http_xfer_s {
@@ -794,6 +795,14 @@ static void hb_http_not_sent(hb_http_t *h, hb_http_xfer_t *x, hb_http_not_sent_t
     hb_http_early_push(h, x);
 }
 
+/* Did x's transfer end before curl had an address to connect to, its name
+ * lookup still running (curl's resolver thread goes on alone)? */
+static int hb_http_lookup_unfinished(const hb_http_xfer_t *x) {
+    curl_off_t us = 0; /* set once the name resolved, an IP literal at once */
+    return x->easy && curl_easy_getinfo(x->easy, CURLINFO_NAMELOOKUP_TIME_T, &us) == CURLE_OK &&
+           us <= 0;
+}
+
 /* Fills the error text of a transfer that ended with a curl error. */
 static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t duration_ms,
                              hb_http_result_t *res) {
@@ -808,8 +817,13 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT: {
         long long cto = x->h->conf.connect_timeout_ms;
+        int connect = cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms;
         res->timed_out = 1;
-        if (cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms)
+        if (hb_http_lookup_unfinished(x))
+            hb_seterr(res->error, sizeof(res->error),
+                      "%stimeout after %lld ms resolving host %s (DNS)", connect ? "connect " : "",
+                      connect ? cto : x->timeout_ms, x->host_name ? x->host_name : "?");
+        else if (connect)
             hb_seterr(res->error, sizeof(res->error), "connect timeout after %lld ms", cto);
         else
             hb_seterr(res->error, sizeof(res->error), "timeout after %lld ms", x->timeout_ms);
@@ -942,6 +956,15 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
     }
     res.body = x->resp ? x->resp : "";
     res.body_len = x->resp_len;
+    /* a lookup that timed out makes its host one request at a time; one
+     * that ended (an address, or none) lifts that */
+    int lookup_stuck = -1;
+    if (x->easy && !x->aborted) {
+        if (rc == CURLE_OPERATION_TIMEDOUT && hb_http_lookup_unfinished(x))
+            lookup_stuck = 1;
+        else if (rc == CURLE_COULDNT_RESOLVE_HOST || !hb_http_lookup_unfinished(x))
+            lookup_stuck = 0;
+    }
 
     /* Out of the multi handle first: its connection goes back to the pool
      * and a request the callback submits to the same host can reuse it. */
@@ -970,6 +993,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->in_flight--;
         host->in_flight--;
         hb_http_host_done(host, hb_mono_ms(), res.http_status > 0);
+        if (lookup_stuck >= 0)
+            host->lookup_stuck = lookup_stuck;
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -1167,9 +1192,20 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * that hang (each holding its slots until the request timeout) took every
  * slot, and the requests to healthy hosts waited out max_queue_wait and went
  * to the delay tier, their hosts called slow. A host with nothing running
- * may always start one. */
+ * may always start one.
+ *
+ * A host one of whose requests timed out before its name resolved runs one
+ * request at a time until a lookup ends: curl gives every new connection a
+ * resolver thread of its own (no two share a lookup of one name), and a
+ * thread that timed out runs on alone until getaddrinfo gives up (5-30 s),
+ * so a name whose DNS hangs started max_host_connections threads at every
+ * request timeout (40 such names, request timeout 1 s, lookups of 6 s: 1,200
+ * threads within 4 s). Its other requests wait out max_queue_wait in its
+ * queue and go to the delay tier unsent. */
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
+    if (host->lookup_stuck && host->in_flight)
+        return 0; /* one lookup of a name that resolves slowly at a time */
     if (h->in_flight + max / 4 < max || host->in_flight == 0)
         return 1;
     return host->done_mono && now - host->done_mono <= HB_HTTP_LAG_MS;
