@@ -10,6 +10,7 @@ misbehave at the connection level are raw sockets on loopback.
 
 Each check says which commit it holds and what it did on 32ee310."""
 import http.server
+import json
 import os
 import socket
 import struct
@@ -22,7 +23,7 @@ import pytest
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
-from test_delivery import event, register_verified, sql
+from test_delivery import AUTH_VALUE, event, register_verified, sql
 
 SHIM_C = r"""
 #define _GNU_SOURCE
@@ -117,13 +118,115 @@ def timed_endpoint(family=socket.AF_INET):
     return srv
 
 
+def raw_endpoint(kind):
+    """A loopback TCP endpoint misbehaving as kind says; its url.
+
+    silent   accepts and never says anything (under https: no TLS handshake)
+    backlog  its accept queue is full: a connection is never set up
+    rst      accepts and resets the connection at once
+    rstmid   a 200 promising 10 bytes, 2 of them, then a reset
+    trickle  the answer, one byte a second
+    endless  a 200 whose chunked body never ends, as fast as it is read
+    close    204 with `Connection: close` to every request
+    early    103 Early Hints and 100 Continue before its 204"""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0 if kind == "backlog" else 128)
+    port = ls.getsockname()[1]
+    KEEP.append(ls)
+    if kind == "backlog":  # one connection fills the queue of 0, one more the SYN queue
+        for _ in range(3):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            KEEP.append(c)
+        return f"http://127.0.0.1:{port}/hook"
+
+    def reset(c):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
+    def request(c, buf):
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return None
+            buf += d
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        n = next((int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:")), 0)
+        while len(buf) < n:
+            d = c.recv(65536)
+            if not d:
+                return None
+            buf += d
+        return buf[n:]
+
+    def serve_one(c):
+        buf = b""
+        try:
+            if kind == "rst":
+                return reset(c)
+            if kind == "silent":
+                return time.sleep(30)
+            while (buf := request(c, buf)) is not None:
+                if kind == "close":
+                    c.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    return
+                if kind == "rstmid":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+                    return reset(c)
+                if kind == "endless":
+                    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+                    while True:
+                        c.sendall(chunk)
+                if kind == "trickle":
+                    for b in b"HTTP/1.1 204 No Content\r\n\r\n":
+                        c.sendall(bytes([b]))
+                        time.sleep(1)
+                if kind == "early":
+                    c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+                              b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def accept():
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(c,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return f"http://127.0.0.1:{port}/hook"
+
+
+KEEP = []  # the raw endpoints' sockets, closed at the end of each test
+
+
+@pytest.fixture
+def raw():
+    yield raw_endpoint
+    while KEEP:
+        s = KEEP.pop()
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # wakes its accept()
+        except OSError:
+            pass
+        s.close()
+
+
 def add_subscriptions(db_url, urls):
-    """Active, verified subscriptions to urls without a challenge (their
-    names would make it as slow as their deliveries); {url: id}."""
+    """Active, verified subscriptions to urls, with an auth value, without a
+    challenge (most of these endpoints cannot answer one); {url: id}."""
     out = {}
+    opts = json.dumps({"auth_header": "Authorization", "auth_value": AUTH_VALUE})
     for i, url in enumerate(urls):
         out[url] = sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY['user.session.start'], "
-                       "'{}')", f"r31-{i}", url)[0][0]
+                       "%s::jsonb)", f"r31-{i}", url, opts)[0][0]
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
         "status = 'active' WHERE name LIKE 'r31-%%'")
     return out
@@ -131,7 +234,7 @@ def add_subscriptions(db_url, urls):
 
 def stream(broker, healthy, seconds, pid=None):
     """Produces 5 events every 0.2 s for `seconds`; returns the latencies at
-    the healthy endpoint (sorted) and the most threads pid had meanwhile."""
+    the healthy endpoint (in the order sent) and the most threads pid had meanwhile."""
     sent, threads = {}, 0
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
@@ -145,7 +248,7 @@ def stream(broker, healthy, seconds, pid=None):
                                             if l.startswith("Threads:")))
         time.sleep(0.2)
     wait_until(lambda: set(sent) <= set(healthy.arrived), 30, "every event at the healthy one")
-    return sorted(healthy.arrived[u] - sent[u] for u in sent), threads
+    return [healthy.arrived[u] - sent[u] for u in sent], threads
 
 
 def outcomes(db_url, sub):
@@ -156,7 +259,7 @@ def outcomes(db_url, sub):
 
 
 def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
-        db_url, procs, workdir, shim):
+        db_url, procs, workdir, shim, raw):
     """One dispatcher (request timeout 1 s) and one healthy endpoint beside
     eight subscriptions whose host names each take 4 s to resolve (a DNS
     server that answers late: glibc waits 5 s per try), one whose name does
@@ -180,9 +283,24 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
 
     A name that does not exist is retried with `could not resolve host
     <name>`; a name whose first address refuses is delivered to the next;
-    http://[::1]:port/ is delivered (held on 32ee310 too)."""
+    http://[::1]:port/ is delivered (held on 32ee310 too).
+
+    Beside them, endpoints misbehaving at the connection level (held on
+    32ee310 too): one that accepts and never speaks TLS, one whose accept
+    queue is full, one that trickles its answer a byte a second and one
+    whose 200 never ends are cut off at the request timeout (the connect
+    timeout is longer); resets at accept or mid-answer are connection
+    errors; each of those is retried with no HTTP status and opens its
+    circuit. Every answer ending in `Connection: close`, and 103 and 100
+    before the final 204, are delivered. No error or log line holds the
+    auth value."""
     healthy, six = timed_endpoint(), timed_endpoint(socket.AF_INET6)
     port = healthy.server_address[1]
+    timeout, reset = "timeout after 1000 ms", ("connection error: ", "could not connect: ")
+    failing = {raw("silent").replace("http:", "https:"): timeout, raw("backlog"): timeout,
+               raw("trickle"): timeout, raw("endless"): timeout, raw("rst"): reset,
+               raw("rstmid"): reset}
+    fine = [raw("close"), raw("early")]
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
@@ -192,7 +310,7 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
         register_verified(db_url, healthy.url, ["user.session.start"])
         slow = [f"http://s4000-n{i}.hbtest:{port}/hook" for i in range(8)]
         nx, refusing = f"http://nx-a.hbtest:{port}/hook", f"http://r-a.hbtest:{port}/hook"
-        subs = add_subscriptions(db_url, slow + [nx, refusing, six.url])
+        subs = add_subscriptions(db_url, slow + [nx, refusing, six.url] + list(failing) + fine)
         warm = event("user.session.start")
         produce(broker.bootstrap, [warm])
         wait_until(lambda: warm["uuid"] in healthy.arrived, 20, "the first event")
@@ -200,7 +318,7 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
         with open(f"/proc/{d.proc.p.pid}/status") as f:
             base = next(int(l.split()[1]) for l in f if l.startswith("Threads:"))
         lat, threads = stream(broker, healthy, 4, d.proc.p.pid)
-        assert lat[-1] < 1.5 * SLOW, f"healthy endpoint's latencies (s): {lat}"
+        assert max(lat) < 1.5 * SLOW, f"healthy endpoint's latencies (s): {lat}"
         assert threads - base <= 8 * 24, f"{threads - base} resolver threads for 8 names"
 
         for i, url in enumerate(slow):
@@ -218,6 +336,20 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
                               "endpoint")}, rows
         assert list(outcomes(db_url, subs[refusing])) == [("delivered", 1, "")]
         assert list(outcomes(db_url, subs[six.url])) == [("delivered", 1, "")]
+        for url in fine:
+            assert list(outcomes(db_url, subs[url])) == [("delivered", 1, "")], url
+        for url, why in failing.items():
+            rows = outcomes(db_url, subs[url])
+            assert all(a == 1 and e.startswith(why) or a == 0 and e.startswith(
+                ("endpoint slow: ", "circuit open: ")) for s, a, e in rows), (url, rows)
+            assert any(a == 1 for _, a, _ in rows) and any(
+                e.startswith("circuit open: ") for _, _, e in rows), (url, rows)
+        status = sql(db_url, "SELECT DISTINCT http_status FROM hookbridge.delivery_attempts "
+                     "WHERE subscription_id = ANY(%s::uuid[])", [subs[u] for u in failing])
+        assert status == [(None,)], status
+        assert AUTH_VALUE not in d.proc.output()
+        assert not sql(db_url, "SELECT 1 FROM hookbridge.deliveries WHERE last_error LIKE %s",
+                       f"%{AUTH_VALUE}%")
     finally:
         healthy.shutdown()
         six.shutdown()
