@@ -133,6 +133,7 @@ struct hb_http_host_s {
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
     int64_t done_mono;     /* last answer: a completion with an HTTP status (0: none yet) */
+    int64_t failed_mono;   /* last completion without an answer (timeout, connection error) */
     int64_t slow_until;    /* a request gave up waiting: known slow until then */
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
@@ -604,6 +605,8 @@ static void hb_http_host_done(hb_http_host_t *host, int64_t now, int answered) {
     host->progress_mono = now;
     if (answered) /* a timeout or a reset is no answer (hb_http_may_start) */
         host->done_mono = now;
+    else
+        host->failed_mono = now;
     if (!host->win_start)
         host->win_start = now;
     host->win_done++;
@@ -1192,7 +1195,11 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * that hang (each holding its slots until the request timeout) took every
  * slot, and the requests to healthy hosts waited out max_queue_wait and went
  * to the delay tier, their hosts called slow. A host with nothing running
- * may always start one.
+ * may start one, unless its last request ended without an answer and none
+ * was answered since: else many hung hosts, one request each, took the
+ * kept slots at every request timeout (12 hung hosts beside a healthy one,
+ * max_in_flight 8: 107 of the healthy host's 111 requests waited out
+ * max_queue_wait, `endpoint busy`, and went to the delay tier).
  *
  * A host one of whose requests timed out before its name resolved runs one
  * request at a time until a lookup ends: curl gives every new connection a
@@ -1206,8 +1213,10 @@ static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int
     size_t max = (size_t)h->conf.max_in_flight;
     if (host->lookup_stuck && host->in_flight)
         return 0; /* one lookup of a name that resolves slowly at a time */
-    if (h->in_flight + max / 4 < max || host->in_flight == 0)
+    if (h->in_flight + max / 4 < max)
         return 1;
+    if (host->in_flight == 0 && host->failed_mono <= host->done_mono)
+        return 1; /* new, or its last request was answered */
     return host->done_mono && now - host->done_mono <= HB_HTTP_LAG_MS;
 }
 
@@ -1532,6 +1541,11 @@ static const char hb_http_lagging_reason[] =
     "endpoint not keeping up: its waiting requests hold a quarter of max_pending_bytes";
 
 static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now, long long lag_ms) {
+    /* nothing running while its last request went unanswered: the kept
+     * slots are not for it (hb_http_may_start), and what waits for it is
+     * not waiting for a slow answer but for any slot at all */
+    if (!hh->in_flight && hh->failed_mono > hh->done_mono)
+        return 1;
     return (hh->in_flight && now - hh->progress_mono > lag_ms) || hb_http_host_wait_ms(hh) > lag_ms;
 }
 

@@ -353,3 +353,48 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
     finally:
         healthy.shutdown()
         six.shutdown()
+
+
+def test_many_hung_hosts_one_request_each_leave_the_kept_slots_to_a_healthy_one(
+        db_url, procs, workdir, raw):
+    """docs/design.md, Endpoint isolation: the last quarter of
+    HOOKBRIDGE_MAX_IN_FLIGHT is kept for hosts that answer. One dispatcher
+    with 8 slots (2 kept), request timeout 2 s, one healthy endpoint beside
+    12 hung hosts (a network path gone dark: many endpoints at once).
+
+    The healthy endpoint gets every event, none later than one request
+    timeout and a bit, and none is parked `endpoint busy`; the hung hosts'
+    deliveries are retried (timed out, or unsent). On 32ee310 a host with
+    nothing running could always start one request, so after every timeout
+    the hung hosts, one request each, took the kept slots again: 107 of the
+    healthy endpoint's 111 events waited out max_queue_wait and were parked
+    in the 1 h tier, `endpoint busy: waited 5000 ms for one of the
+    max_in_flight request slots, every one taken by requests to other
+    endpoints`."""
+    healthy = timed_endpoint()
+    try:
+        broker = Broker(procs, workdir, retry_schedule="1h")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+            "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_LOG_LEVEL": "info",
+            "HOOKBRIDGE_REQUEST_TIMEOUT": "2s", "HOOKBRIDGE_MAX_IN_FLIGHT": "8"})
+        d.wait_ready()
+        sub = register_verified(db_url, healthy.url, ["user.session.start"])
+        hung = add_subscriptions(db_url, [raw("silent") for _ in range(12)])
+        warm = event("user.session.start")
+        produce(broker.bootstrap, [warm])
+        wait_until(lambda: warm["uuid"] in healthy.arrived, 20, "the first event")
+
+        try:
+            lat, _ = stream(broker, healthy, 4)
+        finally:
+            busy = sql(db_url, "SELECT count(*) FROM hookbridge.deliveries WHERE "
+                       "subscription_id = %s AND last_error LIKE 'endpoint busy%%'", sub)[0][0]
+            assert busy == 0, f"{busy} of the healthy endpoint's deliveries parked"
+        assert max(lat) < 4 * SLOW, f"healthy endpoint's latencies (s): {lat}"
+        for url, s in hung.items():
+            rows = outcomes(db_url, s)
+            assert all(st == "retry" and (a == 1 and e == "timeout after 2000 ms" or a == 0 and
+                                          e.startswith(("endpoint busy: ", "endpoint slow: ", "circuit open: ")))
+                       for st, a, e in rows), (url, rows)
+    finally:
+        healthy.shutdown()
