@@ -171,6 +171,8 @@ struct hb_http_xfer_s {
     size_t resp_len, resp_cap;
     size_t hdr_count, hdr_bytes; /* of the current response */
     int hdr_overflow;            /* too many or too large: transfer aborted */
+    size_t body_read;            /* bytes of response bodies read */
+    int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
@@ -555,6 +557,10 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
     hb_http_xfer_t *x = userdata;
     size_t n = size * nmemb;
     size_t take = 0;
+    if ((x->body_read += n) > HB_HTTP_MAX_RESPONSE_BODY_BYTES) {
+        x->body_overflow = 1;
+        return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
+    }
     if (x->resp_len < x->max_response_bytes)
         take = x->max_response_bytes - x->resp_len;
     if (take > n)
@@ -573,7 +579,7 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
         x->resp_len += take;
         x->resp[x->resp_len] = '\0';
     }
-    return n; /* the rest is discarded, never an error */
+    return n; /* the rest is discarded */
 }
 
 /* ------------------------------------------------------------------ */
@@ -815,6 +821,12 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         hb_seterr(res->error, sizeof(res->error),
                   "response headers over the limit (%d headers, %d bytes): not read",
                   HB_HTTP_MAX_RESPONSE_HEADERS, HB_HTTP_MAX_RESPONSE_HEADER_BYTES);
+        return;
+    }
+    if (x->body_overflow) {
+        hb_seterr(res->error, sizeof(res->error),
+                  "response body over the limit (%d bytes): not read to its end",
+                  HB_HTTP_MAX_RESPONSE_BODY_BYTES);
         return;
     }
     switch (rc) {
