@@ -133,11 +133,13 @@ struct hb_http_host_s {
     int on_ready;          /* in h->ready list */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
     int64_t done_mono;     /* last answer: a completion with an HTTP status (0: none yet) */
+    int64_t failed_mono;   /* last completion without an answer (timeout, connection error) */
     int64_t slow_until;    /* a request gave up waiting: known slow until then */
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
     size_t win_done;
-    size_t expiring; /* hb_http_expire: its requests leaving the queue in this pass */
+    size_t expiring;  /* hb_http_expire: its requests leaving the queue in this pass */
+    int lookup_stuck; /* a request timed out before its name resolved (hb_http_may_start) */
 };
 
 struct hb_http_xfer_s {
@@ -169,6 +171,8 @@ struct hb_http_xfer_s {
     size_t resp_len, resp_cap;
     size_t hdr_count, hdr_bytes; /* of the current response */
     int hdr_overflow;            /* too many or too large: transfer aborted */
+    size_t body_read;            /* bytes of response bodies read */
+    int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
     int addr_refused;      /* set by the opensocket callback */
@@ -553,6 +557,10 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
     hb_http_xfer_t *x = userdata;
     size_t n = size * nmemb;
     size_t take = 0;
+    if ((x->body_read += n) > HB_HTTP_MAX_RESPONSE_BODY_BYTES) {
+        x->body_overflow = 1;
+        return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
+    }
     if (x->resp_len < x->max_response_bytes)
         take = x->max_response_bytes - x->resp_len;
     if (take > n)
@@ -571,7 +579,7 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
         x->resp_len += take;
         x->resp[x->resp_len] = '\0';
     }
-    return n; /* the rest is discarded, never an error */
+    return n; /* the rest is discarded */
 }
 
 /* ------------------------------------------------------------------ */
@@ -603,6 +611,8 @@ static void hb_http_host_done(hb_http_host_t *host, int64_t now, int answered) {
     host->progress_mono = now;
     if (answered) /* a timeout or a reset is no answer (hb_http_may_start) */
         host->done_mono = now;
+    else
+        host->failed_mono = now;
     if (!host->win_start)
         host->win_start = now;
     host->win_done++;
@@ -794,6 +804,14 @@ static void hb_http_not_sent(hb_http_t *h, hb_http_xfer_t *x, hb_http_not_sent_t
     hb_http_early_push(h, x);
 }
 
+/* Did x's transfer end before curl had an address to connect to, its name
+ * lookup still running (curl's resolver thread goes on alone)? */
+static int hb_http_lookup_unfinished(const hb_http_xfer_t *x) {
+    curl_off_t us = 0; /* set once the name resolved, an IP literal at once */
+    return x->easy && curl_easy_getinfo(x->easy, CURLINFO_NAMELOOKUP_TIME_T, &us) == CURLE_OK &&
+           us <= 0;
+}
+
 /* Fills the error text of a transfer that ended with a curl error. */
 static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t duration_ms,
                              hb_http_result_t *res) {
@@ -805,11 +823,22 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                   HB_HTTP_MAX_RESPONSE_HEADERS, HB_HTTP_MAX_RESPONSE_HEADER_BYTES);
         return;
     }
+    if (x->body_overflow) {
+        hb_seterr(res->error, sizeof(res->error),
+                  "response body over the limit (%d bytes): not read to its end",
+                  HB_HTTP_MAX_RESPONSE_BODY_BYTES);
+        return;
+    }
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT: {
         long long cto = x->h->conf.connect_timeout_ms;
+        int connect = cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms;
         res->timed_out = 1;
-        if (cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms)
+        if (hb_http_lookup_unfinished(x))
+            hb_seterr(res->error, sizeof(res->error),
+                      "%stimeout after %lld ms resolving host %s (DNS)", connect ? "connect " : "",
+                      connect ? cto : x->timeout_ms, x->host_name ? x->host_name : "?");
+        else if (connect)
             hb_seterr(res->error, sizeof(res->error), "connect timeout after %lld ms", cto);
         else
             hb_seterr(res->error, sizeof(res->error), "timeout after %lld ms", x->timeout_ms);
@@ -942,6 +971,15 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
     }
     res.body = x->resp ? x->resp : "";
     res.body_len = x->resp_len;
+    /* a lookup that timed out makes its host one request at a time; one
+     * that ended (an address, or none) lifts that */
+    int lookup_stuck = -1;
+    if (x->easy && !x->aborted) {
+        if (rc == CURLE_OPERATION_TIMEDOUT && hb_http_lookup_unfinished(x))
+            lookup_stuck = 1;
+        else if (rc == CURLE_COULDNT_RESOLVE_HOST || !hb_http_lookup_unfinished(x))
+            lookup_stuck = 0;
+    }
 
     /* Out of the multi handle first: its connection goes back to the pool
      * and a request the callback submits to the same host can reuse it. */
@@ -970,6 +1008,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->in_flight--;
         host->in_flight--;
         hb_http_host_done(host, hb_mono_ms(), res.http_status > 0);
+        if (lookup_stuck >= 0)
+            host->lookup_stuck = lookup_stuck;
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -1035,6 +1075,12 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
             rc = curl_easy_setopt(easy, opt, val);                                                 \
     } while (0)
     HB_SET(CURLOPT_NOSIGNAL, 1L);
+    /* curl 7.88 resolves names in a thread of its own; a transfer that
+     * ends while its lookup still runs (the request timeout, a withdraw)
+     * joined that thread, in the loop, until getaddrinfo gave up: one name
+     * whose DNS answered slowly stalled every delivery for the rest of its
+     * lookup (5-30 s). With this, curl leaves the thread to finish alone. */
+    HB_SET(CURLOPT_QUICK_EXIT, 1L);
     HB_SET(CURLOPT_FOLLOWLOCATION, 0L);
     HB_SET(CURLOPT_PROTOCOLS_STR, protocols);
     HB_SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);
@@ -1161,11 +1207,28 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * that hang (each holding its slots until the request timeout) took every
  * slot, and the requests to healthy hosts waited out max_queue_wait and went
  * to the delay tier, their hosts called slow. A host with nothing running
- * may always start one. */
+ * may start one, unless its last request ended without an answer and none
+ * was answered since: else many hung hosts, one request each, took the
+ * kept slots at every request timeout (12 hung hosts beside a healthy one,
+ * max_in_flight 8: 107 of the healthy host's 111 requests waited out
+ * max_queue_wait, `endpoint busy`, and went to the delay tier).
+ *
+ * A host one of whose requests timed out before its name resolved runs one
+ * request at a time until a lookup ends: curl gives every new connection a
+ * resolver thread of its own (no two share a lookup of one name), and a
+ * thread that timed out runs on alone until getaddrinfo gives up (5-30 s),
+ * so a name whose DNS hangs started max_host_connections threads at every
+ * request timeout (40 such names, request timeout 1 s, lookups of 6 s: 1,200
+ * threads within 4 s). Its other requests wait out max_queue_wait in its
+ * queue and go to the delay tier unsent. */
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
-    if (h->in_flight + max / 4 < max || host->in_flight == 0)
+    if (host->lookup_stuck && host->in_flight)
+        return 0; /* one lookup of a name that resolves slowly at a time */
+    if (h->in_flight + max / 4 < max)
         return 1;
+    if (host->in_flight == 0 && host->failed_mono <= host->done_mono)
+        return 1; /* new, or its last request was answered */
     return host->done_mono && now - host->done_mono <= HB_HTTP_LAG_MS;
 }
 
@@ -1490,6 +1553,11 @@ static const char hb_http_lagging_reason[] =
     "endpoint not keeping up: its waiting requests hold a quarter of max_pending_bytes";
 
 static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now, long long lag_ms) {
+    /* nothing running while its last request went unanswered: the kept
+     * slots are not for it (hb_http_may_start), and what waits for it is
+     * not waiting for a slow answer but for any slot at all */
+    if (!hh->in_flight && hh->failed_mono > hh->done_mono)
+        return 1;
     return (hh->in_flight && now - hh->progress_mono > lag_ms) || hb_http_host_wait_ms(hh) > lag_ms;
 }
 

@@ -51,9 +51,13 @@
 typedef struct hb_http_s hb_http_t;
 
 /* What is read of a response: its headers are bounded (a transfer over
- * either bound is aborted with the reason); its body by max_response_bytes. */
+ * either bound is aborted with the reason); its body is kept up to
+ * max_response_bytes, and read up to HB_HTTP_MAX_RESPONSE_BODY_BYTES (over
+ * that the transfer is aborted too: a body that never ends took a CPU core
+ * for the whole request timeout, read and thrown away). */
 #define HB_HTTP_MAX_RESPONSE_HEADERS 100
 #define HB_HTTP_MAX_RESPONSE_HEADER_BYTES (32 * 1024)
+#define HB_HTTP_MAX_RESPONSE_BODY_BYTES (16 * 1024 * 1024)
 
 typedef struct hb_http_conf_s {
     long max_in_flight;
