@@ -335,7 +335,7 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
             assert ("retry", 1, why) in rows, (url, rows)
             # while a lookup is stuck, the rest wait in the host's queue, unsent
             assert all(a == 1 and e == why or a == 0 and e.startswith(
-                (f"endpoint slow: waited ", "circuit open: ")) for _, a, e in rows), rows
+                ("endpoint slow: waited ", "circuit open: ")) for _, a, e in rows), rows
         rows = outcomes(db_url, subs[nx])
         assert ("retry", 1, "could not resolve host nx-a.hbtest") in rows, rows
         assert set(rows) <= {("retry", 1, "could not resolve host nx-a.hbtest"),
