@@ -30,8 +30,7 @@
 static int listen_parse(const char *listen, char host[HB_LISTEN_HOST_MAX], const char **portp,
                         char *errstr, size_t errstr_size) {
     const char *colon, *port, *h = listen;
-    char *end = NULL;
-    long portnum;
+    int portnum;
     size_t hlen;
 
     if (!listen || !(colon = strrchr(listen, ':'))) {
@@ -39,9 +38,8 @@ static int listen_parse(const char *listen, char host[HB_LISTEN_HOST_MAX], const
         return HB_LISTEN_ESYNTAX;
     }
     port = colon + 1;
-    errno = 0;
-    portnum = strtol(port, &end, 10);
-    if (!*port || *end || errno || portnum < 0 || portnum > 65535) {
+    /* digits only, as the integer settings: strtol alone would take "+80" and " 80" */
+    if (*port == '-' || hb_parse_int(port, 0, 65535, &portnum) != 0) {
         hb_seterr(errstr, errstr_size, "bad port");
         return HB_LISTEN_EPORT;
     }
