@@ -11,11 +11,15 @@ dead broker or database, old and new binaries side by side, odd input.
 Each test here holds something that misbehaved, and says how it was shown
 to fail on main (7fdc4dc), built in a scratch worktree and run with
 HOOKBRIDGE_BIN pointing there. What held up is in the review's report."""
+import json
 import os
 import socket
 import subprocess
+import time
 
-from hbtest.procs import BIN, SLOW
+from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import Dispatcher, Receiver, produce
+from test_delivery import SECRET, event, sql
 
 EVENT = ('{"eventType":"user.lifecycle.create","actor":{"id":"00u1","type":"User"},'
          '"target":[{"id":"00u1","type":"User"}]}\n')
@@ -51,3 +55,56 @@ def test_the_producer_names_every_line_that_timed_out_so_they_can_be_sent_again(
     assert "24 lines not delivered: the Kafka brokers" in r.stderr, r.stderr
     named = [line for line in r.stderr.splitlines() if "the lines that timed out:" in line]
     assert named == ["hookbridge-producer: the lines that timed out: 1-12, 14-25"], r.stderr
+
+
+def test_an_open_circuit_is_not_forgotten_between_two_waves_of_retries(db_url, broker, procs,
+                                                                        workdir):
+    """A failing host's deliveries come back in waves, from the delay tiers
+    (5 min, 30 min, ... apart by default). Between two waves its circuit,
+    open, goes a cool-down without a probe, and review 30 made such a
+    circuit 'stale': once 1,024 circuits were kept (an outage of a region,
+    a dead egress proxy: many hosts failing at once), the sweep forgot it,
+    and the next wave went whole to the dead host (HOOKBRIDGE_CIRCUIT_FAILURES
+    failures, up to HOOKBRIDGE_MAX_HOST_CONNECTIONS at once, each waiting
+    for its timeout) instead of one probe. Now an open circuit is forgotten
+    only once the longest delay of the retry schedule has passed without a
+    probe; closed ones still go after a cool-down.
+
+    Here 1,023 hosts that refuse connections open their circuits (1 failure,
+    1 s cool-down) with a failing receiver's, 1,024 in all; 2.5 s later one
+    more host fails (its new circuit sweeps), then six events reach the
+    failing receiver: one probe, the others wait.
+
+    Checked to fail without the change: on 7fdc4dc the receiver gets all six
+    (seven requests in all). About 8 s."""
+    rcv = Receiver(procs, workdir, secret=SECRET, status=500)
+    sql(db_url, "SELECT hookbridge.register('dead-' || i, 'http://127.0.' || (i / 250 + 1) || '.'"
+        " || (i %% 250 + 1) || ':9/hook', ARRAY['user.session.start'], '{}') "
+        "FROM generate_series(0, 1022) AS i")
+    sql(db_url, "SELECT hookbridge.register('later', 'http://127.0.9.9:9/hook', "
+        "ARRAY['user.session.end'], '{}')")
+    sql(db_url, "SELECT hookbridge.register('target', %s, "
+        "ARRAY['user.session.start', 'user.account.lock'], %s::jsonb)", rcv.url,
+        json.dumps({"secret": SECRET}))
+    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', status = 'active'")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_CIRCUIT_FAILURES": "1", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "1s",
+        "HOOKBRIDGE_LOG_LEVEL": "info"})
+    d.wait_ready()
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.secret_status "
+                           "WHERE signing_secret <> 'sealed'")[0][0] == 0, 30 * SLOW,
+               "every secret sealed")
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: d.metric("hookbridge_circuit_opens_total") >= 1024, 30 * SLOW,
+               "every host's circuit open")
+    assert len(rcv.posts()) == 1
+    time.sleep(2.5 * SLOW)  # past the cool-down and one more: 'stale' since review 30
+    produce(broker.bootstrap, [event("user.session.end")])
+    wait_until(lambda: d.metric("hookbridge_circuit_opens_total") >= 1025, 15 * SLOW,
+               "the later host's circuit open (the sweep)")
+    produce(broker.bootstrap, [event("user.account.lock") for _ in range(6)])
+    wait_until(lambda: d.metric("hookbridge_circuit_skips_total") >= 5
+               or len(rcv.posts()) >= 7, 15 * SLOW, "the wave handled")
+    time.sleep(0.5 * SLOW)
+    assert len(rcv.posts()) == 2, "the open circuit was forgotten: the wave went to the dead host"
+    assert d.metric("hookbridge_circuit_probes_total") == 1
