@@ -13,12 +13,15 @@ to fail on main (7fdc4dc), built in a scratch worktree and run with
 HOOKBRIDGE_BIN pointing there. What held up is in the review's report."""
 import json
 import os
+import re
 import socket
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
+from hbtest.tcpproxy import TcpProxy
 from test_delivery import SECRET, event, sql
 
 EVENT = ('{"eventType":"user.lifecycle.create","actor":{"id":"00u1","type":"User"},'
@@ -108,3 +111,47 @@ def test_an_open_circuit_is_not_forgotten_between_two_waves_of_retries(db_url, b
     time.sleep(0.5 * SLOW)
     assert len(rcv.posts()) == 2, "the open circuit was forgotten: the wave went to the dead host"
     assert d.metric("hookbridge_circuit_probes_total") == 1
+
+
+def test_readyz_keeps_naming_the_brokers_when_the_database_comes_back_first(db_url, procs):
+    """A dispatcher started with PostgreSQL and the brokers both out says
+    so since review 29 ("Kafka brokers not answering for N s; database not
+    connected"), from a stand-in probe on its producer until its consumer
+    runs. When the database came back first, the consumer started and its
+    own probe began afresh: /readyz said "checking that the delay tiers and
+    the dead-letter topic exist" for 4 s, then "Kafka brokers not answering
+    for 4 s", as if the outage had just begun. Now the consumer's probe goes
+    on from the stand-in's: the brokers stay named, and the count goes on.
+
+    Checked to fail without the change: on 7fdc4dc /readyz says "checking
+    that the delay tiers ..." after the database is back. About 14 s."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # a broker that never answers
+    pg = TcpProxy(urlsplit(db_url).port)  # not started: the database refuses
+    try:
+        d = Dispatcher(procs, db_url.replace(f":{urlsplit(db_url).port}/", f":{pg.port}/"),
+                       f"127.0.0.1:{sock.getsockname()[1]}")
+        both = re.compile(r"^Kafka brokers not answering for (\d+) s; database not connected\n$")
+        _, body = wait_until(lambda: (r := d.get("/readyz"))[1] and both.match(r[1])
+                             and int(both.match(r[1])[1]) >= 5 and r, 20 * SLOW,
+                             "/readyz to name both for 5 s")
+        before = int(both.match(body)[1])
+        pg.start()
+        kafka = re.compile(r"^Kafka brokers not answering for (\d+) s\n$")
+        wait_until(lambda: "database" not in d.get("/readyz")[1], 15 * SLOW,
+                   "the database back")
+        seen = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5 * SLOW:
+            seen.append(d.get("/readyz"))
+            time.sleep(0.25)
+        # (librdkafka's own "all brokers down", once its connection attempt
+        # times out, is said too: "no Kafka broker reachable")
+        assert all(status == 503 and (kafka.match(body) or body == "no Kafka broker reachable\n")
+                   for status, body in seen), seen
+        counts = [int(kafka.match(body)[1]) for _, body in seen if kafka.match(body)]
+        assert counts and counts[0] >= before and counts == sorted(counts), seen
+    finally:
+        pg.close()
+        sock.close()
