@@ -16,8 +16,11 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from urllib.parse import urlsplit
+
+import psycopg2
 
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
@@ -155,3 +158,47 @@ def test_readyz_keeps_naming_the_brokers_when_the_database_comes_back_first(db_u
     finally:
         pg.close()
         sock.close()
+
+
+def test_a_draw_racing_deregister_leaves_no_rate_limit_bucket_behind(db_url):
+    """Review 30 made deregister delete the subscription's rate-limit
+    bucket. A take_rate_tokens() of a replica drawing for it at that moment
+    (a rate-limited backlog draws all the time) read the subscription live,
+    then put a new bucket back once deregister had deleted the old one (or
+    found none to delete), and nothing ever drew for it again: the bucket
+    stayed for good. Now deregister holds the bucket's key until it commits
+    and a draw that waited for it looks at the subscription again.
+
+    Three connections draw in a loop while the subscription is deregistered,
+    30 times. Checked to fail without the change: on 7fdc4dc 15 to 25 of the
+    30 buckets are left. About 2 s."""
+    left = 0
+    for _ in range(30):
+        sub = sql(db_url, "SELECT hookbridge.register('raced', 'https://example.com/hook', "
+                  "ARRAY['user.session.start'], '{\"rate_limit\": {\"per_second\": 1}}')")[0][0]
+        stop = threading.Event()
+        errors = []
+
+        def draw():
+            conn = psycopg2.connect(db_url)
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    while not stop.is_set():
+                        cur.execute("SELECT * FROM hookbridge.take_rate_tokens(%s, 1)", (sub,))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+            finally:
+                conn.close()
+        drawers = [threading.Thread(target=draw) for _ in range(3)]
+        for t in drawers:
+            t.start()
+        time.sleep(0.02)
+        sql(db_url, "SELECT hookbridge.deregister(%s)", sub)
+        stop.set()
+        for t in drawers:
+            t.join()
+        assert not errors, errors
+        left += sql(db_url, "SELECT count(*) FROM hookbridge.rate_limit_buckets "
+                    "WHERE subscription_id = %s", sub)[0][0]
+    assert left == 0, f"{left} of 30 deregistered subscriptions kept a rate-limit bucket"
