@@ -21,8 +21,9 @@ import time
 from urllib.parse import urlsplit
 
 import psycopg2
+import pytest
 
-from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.procs import BIN, REPO, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import SECRET, event, sql
@@ -160,6 +161,7 @@ def test_readyz_keeps_naming_the_brokers_when_the_database_comes_back_first(db_u
         sock.close()
 
 
+@pytest.mark.sql_only
 def test_a_draw_racing_deregister_leaves_no_rate_limit_bucket_behind(db_url):
     """Review 30 made deregister delete the subscription's rate-limit
     bucket. A take_rate_tokens() of a replica drawing for it at that moment
@@ -202,3 +204,23 @@ def test_a_draw_racing_deregister_leaves_no_rate_limit_bucket_behind(db_url):
         left += sql(db_url, "SELECT count(*) FROM hookbridge.rate_limit_buckets "
                     "WHERE subscription_id = %s", sub)[0][0]
     assert left == 0, f"{left} of 30 deregistered subscriptions kept a rate-limit bucket"
+
+
+@pytest.mark.sql_only
+def test_make_lint_refuses_a_python_file_that_does_not_parse(tmp_path):
+    """make lint (review 29) ran flake8 with pyflakes' checks only
+    (--select=F); a file that does not parse is flake8's E999, so it was
+    left out, pyflakes checked nothing in the file, and make lint said
+    'lint: ok' (this review met it: a test file with a quoting slip). Now
+    E999 is selected too.
+
+    Checked to fail without the change: on 7fdc4dc make lint exits 0 (the
+    file list there is always every tracked file: LINT_FILES is new, so
+    the broken file is not even looked at). Under a second."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n    pass\n")
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "lint", f"LINT_FILES={broken}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "E999 SyntaxError" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "lint: ok" not in r.stdout
