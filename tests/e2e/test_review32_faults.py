@@ -110,11 +110,13 @@ def test_an_open_circuit_is_not_forgotten_between_two_waves_of_retries(db_url, b
     wait_until(lambda: d.metric("hookbridge_circuit_opens_total") >= 1025, 15 * SLOW,
                "the later host's circuit open (the sweep)")
     produce(broker.bootstrap, [event("user.account.lock") for _ in range(6)])
-    wait_until(lambda: d.metric("hookbridge_circuit_skips_total") >= 5
-               or len(rcv.posts()) >= 7, 15 * SLOW, "the wave handled")
-    time.sleep(0.5 * SLOW)
-    assert len(rcv.posts()) == 2, "the open circuit was forgotten: the wave went to the dead host"
-    assert d.metric("hookbridge_circuit_probes_total") == 1
+    wait_until(lambda: d.metric("hookbridge_circuit_skips_total") + len(rcv.posts()) - 1 >= 6,
+               15 * SLOW, "the wave handled")
+    # every request of the wave probed the open circuit, one at a time (one
+    # in all, unless the wave took longer than a cool-down on a busy machine)
+    sent, probes = len(rcv.posts()) - 1, d.metric("hookbridge_circuit_probes_total")
+    assert sent == probes and sent < 6, \
+        f"{sent} requests, {probes} probes: the open circuit was forgotten, the wave went out"
 
 
 def test_readyz_keeps_naming_the_brokers_when_the_database_comes_back_first(db_url, procs):
@@ -143,12 +145,13 @@ def test_readyz_keeps_naming_the_brokers_when_the_database_comes_back_first(db_u
         before = int(both.match(body)[1])
         pg.start()
         kafka = re.compile(r"^Kafka brokers not answering for (\d+) s\n$")
-        wait_until(lambda: "database" not in d.get("/readyz")[1], 15 * SLOW,
+        wait_until(lambda: (r := d.get("/readyz"))[0] and "database" not in r[1], 15 * SLOW,
                    "the database back")
         seen = []
         t0 = time.monotonic()
         while time.monotonic() - t0 < 5 * SLOW:
-            seen.append(d.get("/readyz"))
+            if (r := d.get("/readyz"))[0]:  # (a probe of a busy machine may time out)
+                seen.append(r)
             time.sleep(0.25)
         # (librdkafka's own "all brokers down", once its connection attempt
         # times out, is said too: "no Kafka broker reachable")
