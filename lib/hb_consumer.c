@@ -955,6 +955,10 @@ int hb_consumer_started(const hb_consumer_t *c) {
     return c->rk != NULL;
 }
 
+void hb_consumer_brokers_continue(hb_consumer_t *c, const hb_kafka_reach_t *early) {
+    hb_kafka_reach_continue(&c->brokers, early);
+}
+
 /* ------------------------------------------------------------ build/free */
 
 hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, const char *group,

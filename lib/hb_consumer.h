@@ -51,6 +51,7 @@
 
 #include "hb_common.h"
 #include "hb_config.h"
+#include "hb_kafka.h"
 #include "hb_metrics.h"
 #include "hb_offsets.h"
 #include "hb_outbox.h"
@@ -75,6 +76,11 @@ hb_consumer_t *hb_consumer_new(const hb_config_t *cfg, const char *client_id, co
 void hb_consumer_on_revoke(hb_consumer_t *c, size_t (*revoked)(void *opaque), void *opaque);
 int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 int hb_consumer_started(const hb_consumer_t *c);
+/* Right after hb_consumer_start: the consumer's broker probe goes on from
+ * early's view of the brokers (a probe on another handle, stopped, that
+ * stood in until the consumer ran) when it found them down, so /readyz
+ * keeps naming the outage, counted from its start (hb_kafka_reach_continue). */
+void hb_consumer_brokers_continue(hb_consumer_t *c, const hb_kafka_reach_t *early);
 /* Leaves the group after a last store and commit of finished offsets. */
 void hb_consumer_close(hb_consumer_t *c);
 void hb_consumer_free(hb_consumer_t *c);

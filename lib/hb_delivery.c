@@ -217,16 +217,27 @@ static int circuit_verdict(const hb_http_result_t *res) {
 }
 
 /* Whether c tells nothing any more: no probe out, and a cool-down has
- * passed since its last failure (closed) or since its cool-down ended
- * (open, and no delivery came to probe the host). Its failures then do not
- * add up with the next ones, and it is forgotten: a host whose
- * subscriptions went away (deregistered, moved, deactivated) left its
- * circuit behind for the process's life, and failures weeks apart counted
- * as consecutive. */
+ * passed since its last failure (closed), or (open) the longest delay of
+ * the retry schedule, at least a cool-down, since its cool-down ended with
+ * no delivery to probe the host. Its failures then do not add up with the
+ * next ones, and it is forgotten: a host whose subscriptions went away
+ * (deregistered, moved, deactivated) left its circuit behind for the
+ * process's life, and failures weeks apart counted as consecutive. An open
+ * circuit is kept that long because its host's deliveries come back in
+ * waves, from the delay tiers, minutes or hours apart: forgotten between
+ * two (by the sweep, once many circuits are kept), the next wave was sent
+ * whole to the dead host, not one probe, until enough failures opened the
+ * circuit again. */
 static int circuit_stale(const hb_deliveries_t *D, const circuit_t *c, int64_t now) {
+    long long idle = D->cfg->circuit_cooldown_ms;
     if (c->probe)
         return 0;
-    return now - (c->open_until ? c->open_until : c->failed_at) > D->cfg->circuit_cooldown_ms;
+    if (!c->open_until)
+        return now - c->failed_at > idle;
+    for (int t = 0; t < D->cfg->schedule.tiers; t++)
+        if (D->cfg->schedule.tiers_ms[t] > idle)
+            idle = D->cfg->schedule.tiers_ms[t];
+    return now - c->open_until > idle;
 }
 
 /* A circuit about to be added: at CIRCUITS_SWEEP of them (then twice as

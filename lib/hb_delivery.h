@@ -76,8 +76,10 @@
  * host up closes the circuit (logged), a failure opens it again for another
  * cool-down (logged); a probe that ends without an answer (not sent, refused
  * by the address policy, dropped, abandoned) lets the next delivery probe.
- * A circuit that has seen no failure for a cool-down (or no probe for a
- * cool-down after it half-opened) starts afresh at the next failure, and is
+ * A circuit that has seen no failure for a cool-down (or, open, no probe
+ * for the retry schedule's longest delay after it half-opened: the host's
+ * retries come back in waves that far apart) starts afresh at the next
+ * failure, and is
  * forgotten when the circuits kept pass a bound: failures further apart
  * than circuit_cooldown do not add up, and hosts that went away leave
  * nothing behind. State is per process.

@@ -329,7 +329,8 @@ int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic,
     int err;
     r->rk = rk;
     snprintf(r->topic, sizeof(r->topic), "%s", topic);
-    atomic_store(&r->answered_ms, hb_mono_ms()); /* silence counts from now */
+    if (!r->down) /* silence counts from now, unless it goes on (hb_kafka_reach_continue) */
+        atomic_store(&r->answered_ms, hb_mono_ms());
     r->stop = 0;
     pthread_mutex_init(&r->lock, NULL);
     hb_cond_init_mono(&r->cond);
@@ -342,6 +343,16 @@ int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic,
     }
     r->running = 1;
     return 0;
+}
+
+void hb_kafka_reach_continue(hb_kafka_reach_t *r, const hb_kafka_reach_t *from) {
+    if (r->running || !from->down)
+        return;
+    r->down = 1;
+    snprintf(r->why, sizeof(r->why), "%s", from->why);
+    r->down_ms = from->down_ms;
+    r->all_down_ms = from->all_down_ms;
+    atomic_store(&r->answered_ms, atomic_load(&from->answered_ms));
 }
 
 int hb_kafka_reach_down(hb_kafka_reach_t *r, int err) {

@@ -101,6 +101,13 @@ typedef struct {
 int hb_kafka_reach_start(hb_kafka_reach_t *r, rd_kafka_t *rk, const char *topic, char *errstr,
                          size_t errstr_size) HB_MUSTCHECK;
 
+/* Before hb_kafka_reach_start of r: when from (another probe of the same
+ * brokers, stopped: one that stood in before r's handle existed) last found
+ * them down, r goes on from there: the outage stays named, counted from
+ * when it began, with no second warning, instead of r's start counting as
+ * an answer (silence from then, said only 4 s later). Else nothing. */
+void hb_kafka_reach_continue(hb_kafka_reach_t *r, const hb_kafka_reach_t *from);
+
 /* For the error callback: "all brokers down" (err) marks the brokers down
  * until a request sent after it is answered. Returns 1 when err is that event
  * and the brokers were not already down (the caller logs it), else 0. */

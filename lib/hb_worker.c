@@ -629,6 +629,10 @@ int hb_worker_run(hb_worker_t *w) {
                 return -1;
             }
             hb_kafka_reach_stop(&w->early_brokers); /* the consumer's probe takes over */
+            /* ... from where this one was: brokers out stay named, counted
+             * from when they went (not 4 s of "checking that the delay
+             * tiers ... exist", then "not answering for 4 s" again) */
+            hb_consumer_brokers_continue(w->consumer, &w->early_brokers);
         }
         one_pass(w, LOOP_WAIT_MS, 1);
         fatal = hb_outbox_fatal(w->outbox);

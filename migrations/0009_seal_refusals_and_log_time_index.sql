@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 1d9daf0f2ca26329fa2fc26bed81a26d1ea65cfccf85f82e3627b65ce3672654
+-- sql/: sha256 bdb09384eb04ebaea4cdb2ae3575982d3bc6d2c859db1a8ef28cdc1c856b0e9e
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

@@ -48,6 +48,8 @@ struct hb_producer_s {
     long long failed;
     long long timed_out;          /* of failed: not acknowledged within message.timeout.ms */
     long long message_timeout_ms; /* librdkafka's message.timeout.ms as configured */
+    long long *timed_out_at;      /* their line (event) numbers, as reported */
+    size_t timed_out_cap;
 };
 
 /* Timed-out events named one by one before the summary says the rest. */
@@ -64,8 +66,18 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     p->failed++;
     /* timeouts come all together when the brokers are out of reach: the
      * first few by number, then one summary (hb_producer_finish) */
-    if (rkm->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && ++p->timed_out > HB_TIMEOUTS_LISTED)
-        return;
+    if (rkm->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT) {
+        /* kept for the summary, which names them all as ranges: without
+         * their numbers a user cannot publish again just what failed */
+        if ((size_t)p->timed_out == p->timed_out_cap) {
+            p->timed_out_cap = p->timed_out_cap ? 2 * p->timed_out_cap : 64;
+            p->timed_out_at =
+                hb_realloc(p->timed_out_at, p->timed_out_cap * sizeof(*p->timed_out_at));
+        }
+        p->timed_out_at[p->timed_out] = (long long)(intptr_t)rkm->_private;
+        if (++p->timed_out > HB_TIMEOUTS_LISTED)
+            return;
+    }
     /* purged messages are summed up once by hb_producer_finish */
     if (rkm->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && rkm->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
         fprintf(stderr, "%s %lld: delivery failed: %s\n", p->unit,
@@ -205,11 +217,17 @@ void hb_producer_poll(hb_producer_t *p, int timeout_ms) {
         rd_kafka_poll(p->rk, timeout_ms);
 }
 
-/* One line for the events that timed out: where they were going and how
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* One line for the events that timed out (and one naming them): where they were going and how
  * long they waited (the broker list is addresses only; credentials are in
  * other settings and never printed). */
-static void say_timeouts(const hb_producer_t *p) {
+static void say_timeouts(hb_producer_t *p) {
     char wait[32];
+    size_t n = (size_t)p->timed_out;
     if (!p->timed_out)
         return;
     fmt_ms(wait, sizeof(wait), p->message_timeout_ms);
@@ -219,6 +237,24 @@ static void say_timeouts(const hb_producer_t *p) {
             "without topic %s? HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait\n",
             p->timed_out, p->unit, p->timed_out == 1 ? "" : "s", p->cfg->kafka_brokers,
             p->timed_out == 1 ? "it" : "them", wait, p->cfg->events_topic);
+    /* Which ones, every one, as ranges (they time out in runs: one per
+     * outage, or per partition whose leader was out): past the first few
+     * named above, the count alone left a user unable to tell which lines
+     * of a file to publish again. Reports come per partition, not in line
+     * order: sorted first. */
+    qsort(p->timed_out_at, n, sizeof(*p->timed_out_at), cmp_ll);
+    fprintf(stderr, "hookbridge-producer: the %ss that timed out:", p->unit);
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j + 1 < n && p->timed_out_at[j + 1] <= p->timed_out_at[j] + 1)
+            j++;
+        if (p->timed_out_at[j] == p->timed_out_at[i])
+            fprintf(stderr, "%s %lld", i ? "," : "", p->timed_out_at[i]);
+        else
+            fprintf(stderr, "%s %lld-%lld", i ? "," : "", p->timed_out_at[i], p->timed_out_at[j]);
+        i = j + 1;
+    }
+    fprintf(stderr, "\n");
 }
 
 void hb_producer_finish(hb_producer_t *p, int drain_ms) {
@@ -269,5 +305,6 @@ void hb_producer_free(hb_producer_t *p) {
     if (p->rk)
         rd_kafka_destroy(p->rk);
     hb_codec_free(p->codec);
+    free(p->timed_out_at);
     free(p);
 }

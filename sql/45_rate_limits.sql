@@ -55,6 +55,16 @@ BEGIN
       FROM hookbridge.rate_limit_buckets b
      WHERE b.subscription_id = take_rate_tokens.subscription_id
        FOR UPDATE;
+    -- deregistered while this waited for the row (deregister deletes the
+    -- bucket, and holds its key until it commits): no bucket is put back
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM hookbridge.subscriptions s
+                                 WHERE s.id = take_rate_tokens.subscription_id
+                                   AND s.deregistered_at IS NULL) THEN
+        DELETE FROM hookbridge.rate_limit_buckets b
+         WHERE b.subscription_id = take_rate_tokens.subscription_id;
+        RETURN QUERY SELECT take_rate_tokens.wanted, 0;
+        RETURN;
+    END IF;
     -- read once the row is ours: a time from before waiting for another
     -- replica's draw would turn refilled_at back, and the next draw would
     -- refill that interval twice
