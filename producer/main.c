@@ -31,10 +31,12 @@
 #define PROG "hookbridge-producer"
 /* After SIGINT/SIGTERM, how long queued events may still be delivered. */
 #define HB_PRODUCER_DRAIN_MS 5000
-/* Reading a file or stdin, how long an event waits for the brokers before it
- * fails (message.timeout.ms; HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS wins): a
- * user with unreachable brokers hears so in half a minute, not after
- * librdkafka's 5. --generate (load, benchmarks) keeps librdkafka's 300 s. */
+/* Reading a file or stdin with brokers that do not answer at start, how long
+ * an event waits for them before it fails (message.timeout.ms;
+ * HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS wins): a user with a wrong broker
+ * address hears so in half a minute, not after librdkafka's 5. Brokers that
+ * answered at start keep librdkafka's 300 s (a stream rides out an outage),
+ * and so does --generate (load, benchmarks). */
 #define HB_PRODUCER_CLI_TIMEOUT_MS 30000
 
 typedef struct {
@@ -56,9 +58,9 @@ static void usage(FILE *fp) {
                 "Publishes identity events (Okta System Log LogEvent JSON, one per line) to the\n"
                 "events topic as single-object-encoded Avro, keyed by the target user's id.\n"
                 "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
-                "and exits 1 if any event failed. Reading FILE or stdin, an event the brokers\n"
-                "have not acknowledged within 30 s fails (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS\n"
-                "sets the wait; --generate keeps librdkafka's 300 s).\n\n"
+                "and exits 1 if any event failed. An event the brokers have not acknowledged\n"
+                "within 300 s fails; reading FILE or stdin with brokers that do not answer at\n"
+                "start, within 30 s (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait).\n\n"
                 "  --generate N           produce N synthetic events instead of reading input\n"
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"

@@ -92,14 +92,31 @@ static void fmt_ms(char *buf, size_t size, long long ms) {
         snprintf(buf, size, "%lld s", ms / 1000);
 }
 
+/* The wait in force in conf, whoever set it (librdkafka's default: 300 s). */
+static long long conf_message_timeout_ms(rd_kafka_conf_t *conf) {
+    rd_kafka_topic_conf_t *tconf = rd_kafka_conf_get_default_topic_conf(conf);
+    char val[32];
+    size_t val_len = sizeof(val);
+    if (tconf &&
+        rd_kafka_topic_conf_get(tconf, "message.timeout.ms", val, &val_len) == RD_KAFKA_CONF_OK)
+        return atoll(val);
+    return 300000;
+}
+
+/* p's librdkafka producer made of conf (taken, also on failure). */
+static rd_kafka_t *producer_of(hb_producer_t *p, rd_kafka_conf_t *conf, char *errstr,
+                               size_t errstr_size) {
+    p->message_timeout_ms = conf_message_timeout_ms(conf);
+    rd_kafka_conf_set_opaque(conf, p);
+    return hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
+}
+
 hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
-                               const char *unit, long long message_timeout_ms, char *errstr,
+                               const char *unit, long long unreachable_timeout_ms, char *errstr,
                                size_t errstr_size) {
     hb_producer_t *p = hb_calloc(1, sizeof(*p));
-    rd_kafka_conf_t *conf;
-    rd_kafka_topic_conf_t *tconf;
+    rd_kafka_conf_t *conf, *fast = NULL;
     char val[32], wait[32];
-    size_t val_len = sizeof(val);
     p->cfg = cfg;
     p->unit = unit;
     p->allow_unknown_types = allow_unknown_types;
@@ -111,28 +128,39 @@ hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, 
     conf = hb_kafka_conf_new(cfg, "hookbridge-producer", errstr, errstr_size);
     if (!conf)
         goto fail;
-    if (message_timeout_ms > 0) {
-        /* an operator's HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS still wins
-         * (the passthrough once more, after) */
-        snprintf(val, sizeof(val), "%lld", message_timeout_ms);
-        if (hb_kafka_conf_set(conf, "message.timeout.ms", val, errstr, errstr_size) < 0 ||
-            hb_kafka_conf_passthrough(conf, cfg, errstr, errstr_size) < 0) {
+    if (unreachable_timeout_ms > 0) {
+        /* the same settings with the shorter wait, for brokers that do not
+         * answer at start; an operator's HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS
+         * still wins (the passthrough once more, after) */
+        fast = rd_kafka_conf_dup(conf);
+        snprintf(val, sizeof(val), "%lld", unreachable_timeout_ms);
+        if (hb_kafka_conf_set(fast, "message.timeout.ms", val, errstr, errstr_size) < 0 ||
+            hb_kafka_conf_passthrough(fast, cfg, errstr, errstr_size) < 0) {
+            rd_kafka_conf_destroy(fast);
             rd_kafka_conf_destroy(conf);
+            fast = NULL;
             goto fail;
         }
     }
-    /* the wait in force, whoever set it (librdkafka's default: 300 s) */
-    tconf = rd_kafka_conf_get_default_topic_conf(conf);
-    p->message_timeout_ms = 300000;
-    if (tconf &&
-        rd_kafka_topic_conf_get(tconf, "message.timeout.ms", val, &val_len) == RD_KAFKA_CONF_OK)
-        p->message_timeout_ms = atoll(val);
-    rd_kafka_conf_set_opaque(conf, p);
-    p->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
-    conf = NULL; /* owned by the producer, or destroyed on failure */
+    p->rk = producer_of(p, conf, errstr, errstr_size);
     if (!p->rk)
         goto fail;
     p->topic = hb_kafka_topic_prepare(p->rk, cfg->events_topic, HB_PREPARE_MS, errstr, errstr_size);
+    if (!p->topic && fast) {
+        /* No broker gave the events topic at start (a wrong address, a
+         * firewall, a missing topic) and nothing is produced yet: the
+         * producer is made again with the shorter wait, so a user hears of it
+         * in half a minute instead of librdkafka's five. Brokers that
+         * answered keep librdkafka's wait, so a stream (hookbridge-producer -
+         * fed by a pipe) rides out an outage later on as before. */
+        rd_kafka_destroy(p->rk);
+        p->rk = producer_of(p, fast, errstr, errstr_size);
+        fast = NULL;
+        if (!p->rk)
+            goto fail;
+    }
+    if (fast)
+        rd_kafka_conf_destroy(fast);
     if (!p->topic) { /* the events wait in librdkafka's queue for the brokers */
         fmt_ms(wait, sizeof(wait), p->message_timeout_ms);
         hb_log(HB_LOG_WARN, NULL,
@@ -142,6 +170,8 @@ hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, 
     }
     return p;
 fail:
+    if (fast)
+        rd_kafka_conf_destroy(fast);
     hb_producer_free(p);
     return NULL;
 }

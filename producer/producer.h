@@ -15,12 +15,13 @@ typedef struct hb_producer_s hb_producer_t;
 
 /* print_only: write each normalized event as a JSON line to stdout instead
  * of producing (no Kafka connection is made). unit names an input in
- * messages: "line" or "event". message_timeout_ms > 0: how long an event
- * may wait for the brokers' acknowledgement before it fails (librdkafka's
- * message.timeout.ms, unless HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets it);
- * 0 leaves librdkafka's default. */
+ * messages: "line" or "event". unreachable_timeout_ms > 0: when no broker
+ * gives the events topic at start, how long an event may wait for the
+ * brokers' acknowledgement before it fails (librdkafka's message.timeout.ms,
+ * unless HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets it); brokers that answer at
+ * start, or 0, leave librdkafka's default (300 s). */
 hb_producer_t *hb_producer_new(const hb_config_t *cfg, int allow_unknown_types, int print_only,
-                               const char *unit, long long message_timeout_ms, char *errstr,
+                               const char *unit, long long unreachable_timeout_ms, char *errstr,
                                size_t errstr_size) HB_MUSTCHECK;
 
 /* Switches to the Schema Registry framing with schema id `schema_id`, or,

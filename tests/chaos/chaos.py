@@ -214,8 +214,9 @@ class Feed:
         env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=brokers,
                    HOOKBRIDGE_EVENTS_TOPIC="identity.events")
         # A stream through an outage: events wait for the brokers as long as
-        # librdkafka lets them by default (the producer's 30 s is for a user
-        # reading a file), so a longer CHAOS_FAULT_SECONDS loses nothing.
+        # librdkafka lets them by default (the producer's own wait once the
+        # brokers answered at start; set here whatever happens at start), so
+        # a longer CHAOS_FAULT_SECONDS loses nothing.
         env.setdefault("HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS", "300000")
         self.proc = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"], env=env,
                                      stdin=subprocess.PIPE, stdout=self._log,

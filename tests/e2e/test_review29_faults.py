@@ -6,8 +6,10 @@ dropped in subscription_overview, the retrier's idle verification lanes).
 
 Each test says what it holds and how it was shown to fail on main (32ee310),
 built in a scratch worktree and run with HOOKBRIDGE_BIN pointing there."""
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -342,3 +344,45 @@ def test_the_retrier_starts_no_verification_lanes_it_never_uses(db_url, procs, w
     assert sorted(n for n in _threads(d.proc.pid) if n.startswith("hb-db")) == lanes + verify
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     register_verified(db_url, receiver.url, ["user.session.start"])
+
+
+def test_a_stream_to_brokers_that_answered_at_start_rides_out_an_outage_longer_than_30_s(
+        broker, tmp_path):
+    """`... | hookbridge-producer -` is a stream: its brokers answered at
+    start, so an event waits librdkafka's 300 s for them, as before the 30 s
+    default for brokers that never answer (the test above). Here every broker
+    goes down for 33 s with an event waiting: once they are back it is
+    delivered, and the run ends "produced 2, failed 0".
+
+    Checked to fail with the 30 s applied whatever the brokers did at start
+    (f77ec5d): the waiting event timed out, "produced 1, failed 1". About
+    40 s, most of it the outage."""
+    from hbtest.ingest import topic_messages
+    from test_ingest import brokers_refuse
+    env = {k: v for k, v in os.environ.items() if k != "HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS"}
+    env["HOOKBRIDGE_KAFKA_BROKERS"] = broker.bootstrap
+    events = [event("user.session.start") for _ in range(2)]
+    p = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        p.stdin.write((json.dumps(events[0]) + "\n").encode())
+        p.stdin.flush()
+        wait_until(lambda: len(topic_messages(broker.bootstrap)) == 1, 20, "the first event")
+        broker.proc.signal(signal.SIGUSR1)  # the devbroker takes every broker down
+        wait_until(lambda: brokers_refuse(broker.bootstrap), 10 * SLOW, "every broker down")
+        p.stdin.write((json.dumps(events[1]) + "\n").encode())
+        p.stdin.flush()
+        time.sleep(33)  # past the 30 s a producer whose brokers never answered gets
+        assert p.poll() is None
+        broker.proc.signal(signal.SIGUSR2)
+        p.stdin.close()
+        out = p.stdout.read().decode(errors="replace")
+        assert p.wait(60 * SLOW) == 0, out
+        assert "produced 2, failed 0" in out, out
+        keys = {m.key.decode() for m in topic_messages(broker.bootstrap)}
+        assert {e["actor"]["id"] for e in events} <= keys
+    finally:
+        broker.proc.signal(signal.SIGUSR2)
+        if p.poll() is None:
+            p.kill()
+        p.wait()

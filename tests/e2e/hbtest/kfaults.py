@@ -59,8 +59,9 @@ class Feeder:
         self.rate = rate
         self.stop_flag = threading.Event()
         self.log = open(os.path.join(workdir, "feeder.log"), "ab")
-        # a stream through broker faults: librdkafka's 300 s for each event,
-        # not the producer's 30 s for a file
+        # a stream through broker faults: librdkafka's 300 s for each event
+        # (the producer's own once the brokers answered at start; set here
+        # whatever happens at start)
         env = dict(os.environ, **space.env())
         env.setdefault("HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS", "300000")
         self.p = subprocess.Popen([str(BIN / "hookbridge-producer"), "-"],
