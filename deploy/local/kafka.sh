@@ -30,6 +30,18 @@
 # see java_cmd), KAFKA_HEAP (default 512m for test, 1g for server),
 # HOOKBRIDGE_KAFKA_CACHE, KAFKA_LOG_LEVEL (default WARN), KAFKA_JVM_OPTS (more
 # JVM options, after ours: e.g. -Xlog:gc:file=gc.log).
+#
+# SASL_SSL, as production brokers take clients (for `prepare` and `start`):
+# KAFKA_SASL_SSL_KEYSTORE names a PEM file with the server's private key
+# (PKCS#8, unencrypted) and certificate chain; every node then also listens
+# for clients on a SASL_SSL listener of its own (mechanisms SCRAM-SHA-512 and
+# PLAIN) and DIR/bootstrap-sasl-ssl lists those. KAFKA_SASL_SSL_USERS
+# ("name=password ...", letters, digits, '-' and '_' only) are the users of
+# both: stored as SCRAM-SHA-512 credentials when the storage is formatted
+# (KRaft has no ZooKeeper to add them to later), and in the PLAIN login
+# module's configuration. (librdkafka before 2.6.1 cannot authenticate with
+# SCRAM to Kafka 4: docs/operations.md.) The controller and inter-broker
+# listeners stay PLAINTEXT, and so does DIR/bootstrap.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -118,12 +130,22 @@ cmd_prepare() {
   write_log4j "$dir"
   local -a ports cports chosen
   # all at once: distinct (deploy/local/free_ports.py)
-  read -ra chosen <<<"$(/usr/bin/python3 "$ROOT/deploy/local/free_ports.py" $((2 * nodes)) | tr '\n' ' ')"
+  read -ra chosen <<<"$(/usr/bin/python3 "$ROOT/deploy/local/free_ports.py" $((3 * nodes)) | tr '\n' ' ')"
+  local -a sports
   for ((i = 1; i <= nodes; i++)); do
-    ports[i]=${chosen[2 * i - 2]}
-    cports[i]=${chosen[2 * i - 1]}
+    ports[i]=${chosen[3 * i - 3]}
+    cports[i]=${chosen[3 * i - 2]}
+    sports[i]=${chosen[3 * i - 1]}
     voters+="${voters:+,}$i@127.0.0.1:${cports[i]}"
   done
+  local keystore=${KAFKA_SASL_SSL_KEYSTORE:-} user plain_users=""
+  for user in ${KAFKA_SASL_SSL_USERS:-}; do
+    plain_users+=" user_${user%%=*}=\"${user#*=}\""
+  done
+  if [ -n "$keystore" ]; then
+    [ -f "$keystore" ] || die "KAFKA_SASL_SSL_KEYSTORE: no file $keystore"
+    keystore=$(cd "$(dirname "$keystore")" && pwd)/$(basename "$keystore")
+  fi
   rf=$nodes
   local min_isr=$((nodes == 3 ? 2 : 1))
   # A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
@@ -133,18 +155,25 @@ cmd_prepare() {
   while [ "${cluster_id#-}" != "$cluster_id" ]; do
     cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
   done
-  local bootstrap=""
+  local bootstrap="" sbootstrap="" listeners advertised
   for ((i = 1; i <= nodes; i++)); do
     mkdir -p "$dir/node-$i/data"
+    listeners=PLAINTEXT://127.0.0.1:${ports[i]},CONTROLLER://127.0.0.1:${cports[i]}
+    advertised=PLAINTEXT://127.0.0.1:${ports[i]}
+    if [ -n "$keystore" ]; then
+      listeners+=,SASL_SSL://127.0.0.1:${sports[i]}
+      advertised+=,SASL_SSL://127.0.0.1:${sports[i]}
+      sbootstrap+="${sbootstrap:+,}127.0.0.1:${sports[i]}"
+    fi
     cat >"$dir/node-$i/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:${ports[i]},CONTROLLER://127.0.0.1:${cports[i]}
-advertised.listeners=PLAINTEXT://127.0.0.1:${ports[i]}
+listeners=$listeners
+advertised.listeners=$advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs=$dir/node-$i/data
 auto.create.topics.enable=false
 num.partitions=1
@@ -167,14 +196,26 @@ log.segment.bytes=16777216
 log.flush.interval.messages=9223372036854775807
 log.retention.check.interval.ms=60000
 EOF
+    if [ -n "$keystore" ]; then
+      cat >>"$dir/node-$i/server.properties" <<EOF
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain_users;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$keystore
+EOF
+    fi
     bootstrap+="${bootstrap:+,}127.0.0.1:${ports[i]}"
   done
   # Format every node's storage, in parallel (one short JVM each).
-  local -a pids
+  local -a pids scram=()
+  for user in ${KAFKA_SASL_SSL_USERS:-}; do
+    scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%=*},password=${user#*=}]")
+  done
   java_cmd "$dir"
   for ((i = 1; i <= nodes; i++)); do
     "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-      -c "$dir/node-$i/server.properties" --ignore-formatted >"$dir/node-$i/format.log" 2>&1 &
+      -c "$dir/node-$i/server.properties" "${scram[@]}" --ignore-formatted >"$dir/node-$i/format.log" 2>&1 &
     pids[i]=$!
   done
   for ((i = 1; i <= nodes; i++)); do
@@ -182,6 +223,7 @@ EOF
   done
   echo "$nodes" >"$dir/nodes"
   echo "$bootstrap" >"$dir/bootstrap"
+  [ -z "$sbootstrap" ] || echo "$sbootstrap" >"$dir/bootstrap-sasl-ssl"
   echo "$bootstrap"
 }
 

@@ -12,6 +12,9 @@ Fixtures (tests/e2e/conftest.py):
                    .space(create=True, retry_schedule=None) -> TopicSpace
     apache_kafka_cluster  three nodes (replication factor 3, min.insync.replicas=2),
                    with kill_node(i), stop_node(i), start_node(i), wait_node(i)
+    ApacheKafka(sasl_ssl=True)  one node that also takes clients on a SASL_SSL
+                   listener (SCRAM-SHA-512 and PLAIN, a throwaway CA): see
+                   ApacheKafka.client_env; made by the test that needs it
     broker         this test's broker: the devbroker (hbtest.stack.Broker), or
                    a TopicSpace on Apache Kafka when the test is marked
                    @pytest.mark.apache (it then runs on both) or when
@@ -171,15 +174,34 @@ class ApacheKafka:
 
     _ids = itertools.count(1)
 
-    def __init__(self, nodes=1):
+    def __init__(self, nodes=1, sasl_ssl=False):
         self.nodes = nodes
         self.dir = Path(tempfile.mkdtemp(prefix="hb-kafka-"))
         self.procs = {}
         self._seen = {}
+        env = dict(os.environ)
+        if sasl_ssl:
+            # A CA of its own, the server's certificate for 127.0.0.1 as a
+            # PEM keystore (key and certificate in one file), one user.
+            from .tls import Pki
+            self.pki = Pki(self.dir)
+            cert, key = self.pki.server("kafka")
+            keystore = self.dir / "pki" / "kafka-keystore.pem"
+            keystore.write_text(key.read_text() + cert.read_text())
+            self.ca = self.pki.ca
+            self.sasl_user = "hookbridge"
+            self.sasl_password = "kpw-" + os.urandom(12).hex()
+            env["KAFKA_SASL_SSL_KEYSTORE"] = str(keystore)
+            env["KAFKA_SASL_SSL_USERS"] = f"{self.sasl_user}={self.sasl_password}"
         r = subprocess.run([str(KAFKA_SH), "prepare", str(self.dir), str(nodes)],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, env=env)
         assert r.returncode == 0, f"kafka.sh prepare: {r.stdout}{r.stderr}"
         self.bootstrap = (self.dir / "bootstrap").read_text().strip()
+        # sasl_ssl: the SASL_SSL listeners (self.bootstrap stays PLAINTEXT,
+        # for the harness's own admin client)
+        self.sasl_ssl_bootstrap = None
+        if sasl_ssl:
+            self.sasl_ssl_bootstrap = (self.dir / "bootstrap-sasl-ssl").read_text().strip()
         # Its listeners' ports (chosen by kafka.sh, bound when a node starts,
         # free again while a test has a node down) are never handed out by
         # free_port(): a receiver or service there would keep the node from
@@ -191,6 +213,22 @@ class ApacheKafka:
             self.start_node(i)
         for i in range(1, nodes + 1):
             self.wait_node(i)
+
+    def client_env(self, mechanism="SCRAM-SHA-512", password=None, ca=True):
+        """The documented settings (docs/configuration.md) that take a
+        program to the SASL_SSL listener: HOOKBRIDGE_KAFKA_BROKERS and the
+        librdkafka passthrough; password None: the right one; ca False: no
+        CA setting (the broker's certificate is then not trusted)."""
+        env = {
+            "HOOKBRIDGE_KAFKA_BROKERS": self.sasl_ssl_bootstrap,
+            "HOOKBRIDGE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "HOOKBRIDGE_KAFKA_SASL_MECHANISM": mechanism,
+            "HOOKBRIDGE_KAFKA_SASL_USERNAME": self.sasl_user,
+            "HOOKBRIDGE_KAFKA_SASL_PASSWORD": password or self.sasl_password,
+        }
+        if ca:
+            env["HOOKBRIDGE_KAFKA_SSL_CA_LOCATION"] = str(self.ca)
+        return env
 
     def log_path(self, node):
         return self.dir / f"node-{node}" / "server.log"
