@@ -15,6 +15,42 @@
 
 #include "hb_log.h"
 
+static pthread_mutex_t auth_failure_lock = PTHREAD_MUTEX_INITIALIZER;
+static char auth_failure[768];
+static int64_t auth_failure_ms;
+
+int hb_kafka_auth_failure_recent(char *buf, size_t size, int64_t max_age_ms) {
+    int have;
+    pthread_mutex_lock(&auth_failure_lock);
+    have =
+        auth_failure[0] != '\0' && (max_age_ms < 0 || hb_mono_ms() - auth_failure_ms <= max_age_ms);
+    if (have && size)
+        snprintf(buf, size, "%s", auth_failure);
+    pthread_mutex_unlock(&auth_failure_lock);
+    return have;
+}
+
+int hb_kafka_auth_failure(char *buf, size_t size) {
+    return hb_kafka_auth_failure_recent(buf, size, -1);
+}
+
+/* librdkafka before 2.6.1 appends its nonce twice to the SCRAM
+ * client-final-message (confluentinc/librdkafka#4895); Kafka 4 checks the
+ * nonce as RFC 5802 says and refuses the proof as "invalid credentials",
+ * right password or not. Said with the error, so that an operator does not
+ * hunt for a password that is right. */
+static const char *scram_hint(const char *buf) {
+    static char hint[256];
+    if (rd_kafka_version() >= 0x020601ff || !strstr(buf, "SASL authentication error") ||
+        !strstr(buf, "SCRAM"))
+        return "";
+    snprintf(hint, sizeof(hint),
+             "; if the password is right: librdkafka %s, which this build uses, cannot "
+             "authenticate with SCRAM to Apache Kafka 4 and later (fixed in librdkafka 2.6.1)",
+             rd_kafka_version_str());
+    return hint;
+}
+
 void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     hb_log_level_t lvl = level <= 3   ? HB_LOG_ERROR
                          : level <= 4 ? HB_LOG_WARN
@@ -33,6 +69,19 @@ void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const cha
         (strstr(buf, "is a consumer property and will be ignored by this producer") ||
          strstr(buf, "is a producer property and will be ignored by this consumer")))
         lvl = HB_LOG_DEBUG;
+    if (fac && !strcmp(fac, "FAIL") && lvl >= HB_LOG_WARN &&
+        (strstr(buf, "SASL authentication error") || strstr(buf, "SSL handshake failed"))) {
+        /* "[thrd:...]: broker: reason": the thread name is of no use here */
+        const char *msg =
+            strncmp(buf, "[thrd:", 6) || !strstr(buf, "]: ") ? buf : strstr(buf, "]: ") + 3;
+        const char *hint = scram_hint(msg);
+        pthread_mutex_lock(&auth_failure_lock);
+        snprintf(auth_failure, sizeof(auth_failure), "%s%s", msg, hint);
+        auth_failure_ms = hb_mono_ms();
+        pthread_mutex_unlock(&auth_failure_lock);
+        hb_log(lvl, HB_KV("source", "librdkafka", "facility", fac), "%s%s", buf, hint);
+        return;
+    }
     hb_log(lvl, HB_KV("source", "librdkafka", "facility", fac), "%s", buf);
 }
 
@@ -372,13 +421,21 @@ int hb_kafka_reach_check(hb_kafka_reach_t *r) {
     silent = now - answered_ms;
     if (r->all_down_ms && answered_ms >= r->all_down_ms)
         r->all_down_ms = 0; /* a request sent after the event was answered */
-    if (r->all_down_ms) {
+    if (r->all_down_ms || silent >= HB_KAFKA_SILENT_MS) {
+        /* A wrong password or an untrusted certificate named with it: the
+         * brokers do answer, they refuse this client. librdkafka tries again
+         * at most every 10 s and logs a repeat at least once a minute. */
+        char auth[768];
+        int n;
         r->down = 1;
-        snprintf(r->why, sizeof(r->why), "no Kafka broker reachable");
-    } else if (silent >= HB_KAFKA_SILENT_MS) {
-        r->down = 1;
-        snprintf(r->why, sizeof(r->why), "Kafka brokers not answering for %lld s",
-                 (long long)(silent / 1000));
+        if (r->all_down_ms)
+            n = snprintf(r->why, sizeof(r->why), "no Kafka broker reachable");
+        else
+            n = snprintf(r->why, sizeof(r->why), "Kafka brokers not answering for %lld s",
+                         (long long)(silent / 1000));
+        if (n > 0 && (size_t)n < sizeof(r->why) &&
+            hb_kafka_auth_failure_recent(auth, sizeof(auth), 60000))
+            snprintf(r->why + n, sizeof(r->why) - (size_t)n, ": %s", auth);
     } else {
         r->down = 0;
         r->why[0] = '\0';

@@ -36,6 +36,16 @@ const char *hb_kafka_err_str(rd_kafka_resp_err_t err);
  * (any thread). A program with its own callback calls it first. */
 void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
 
+/* The last failure of a broker connection that retrying does not cure, as
+ * librdkafka logged it (its FAIL lines naming SASL authentication or the SSL
+ * handshake: a wrong password, an untrusted certificate), without the thread
+ * prefix: copied into buf, returns 1; 0 when there was none since the start.
+ * Thread-safe. The line never holds a password: librdkafka names the broker,
+ * the mechanism and the server's reason only. */
+int hb_kafka_auth_failure(char *buf, size_t size);
+/* The same, only when librdkafka logged it within the last max_age_ms. */
+int hb_kafka_auth_failure_recent(char *buf, size_t size, int64_t max_age_ms);
+
 /* Sets one property (before the passthrough is applied). */
 int hb_kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *errstr,
                       size_t errstr_size) HB_MUSTCHECK;
@@ -81,7 +91,7 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
 typedef struct {
     /* caller */
     int down;            /* not answering (or "all brokers down"): why says so */
-    char why[96];        /* for /readyz: "Kafka brokers not answering for 4 s" */
+    char why[1024];      /* for /readyz: "Kafka brokers not answering for 4 s" */
     int64_t down_ms;     /* hb_mono_ms() when down began */
     int64_t all_down_ms; /* "all brokers down" seen, not yet answered since */
     /* the probe thread and hb_kafka_reach_stop */

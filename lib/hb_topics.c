@@ -330,11 +330,29 @@ static int read_metadata(rd_kafka_t *rk, const hb_config_t *cfg, const hb_topic_
         hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
         return -1;
     }
-    err = rd_kafka_metadata(rk, 1, NULL, &md, TOPICS_TIMEOUT_MS);
+    /* Asked a second at a time: a failure retrying does not cure (a wrong
+     * password, an untrusted certificate) ends the wait after a few seconds
+     * with librdkafka's reason, instead of "Broker transport failure" after
+     * the whole timeout. */
+    for (int64_t start = hb_mono_ms();;) {
+        char why_auth[768];
+        err = rd_kafka_metadata(rk, 1, NULL, &md, 1000);
+        if (!err || hb_mono_ms() - start >= TOPICS_TIMEOUT_MS)
+            break;
+        if (hb_mono_ms() - start >= 3000 && hb_kafka_auth_failure(why_auth, sizeof(why_auth))) {
+            hb_schedule_free(&sch);
+            hb_seterr(errstr, errstr_size, "cannot read the cluster's metadata: %s", why_auth);
+            return -1;
+        }
+    }
     if (err) {
+        char why_auth[768];
         hb_schedule_free(&sch);
-        hb_seterr(errstr, errstr_size, "cannot read the cluster's metadata: %s",
-                  rd_kafka_err2str(err));
+        if (hb_kafka_auth_failure(why_auth, sizeof(why_auth)))
+            hb_seterr(errstr, errstr_size, "cannot read the cluster's metadata: %s", why_auth);
+        else
+            hb_seterr(errstr, errstr_size, "cannot read the cluster's metadata: %s",
+                      rd_kafka_err2str(err));
         return -1;
     }
     for (size_t i = 0; i < plan->n; i++) {

@@ -518,7 +518,7 @@ static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
 
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL, *db_why, *log_why, *db_reason, *kafka_why;
-    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[800];
+    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[1800];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     log_why = dlog_refused(w, log_buf, sizeof(log_buf));
     if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */

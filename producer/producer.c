@@ -256,17 +256,26 @@ static int cmp_ll(const void *a, const void *b) {
  * long they waited (the broker list is addresses only; credentials are in
  * other settings and never printed). */
 static void say_timeouts(hb_producer_t *p) {
-    char wait[32];
+    char wait[32], why_auth[768];
     size_t n = (size_t)p->timed_out;
     if (!p->timed_out)
         return;
     fmt_ms(wait, sizeof(wait), p->message_timeout_ms);
-    fprintf(stderr,
-            "hookbridge-producer: %lld %s%s not delivered: the Kafka brokers %s "
-            "(HOOKBRIDGE_KAFKA_BROKERS) did not acknowledge %s within %s: unreachable, or "
-            "without topic %s? HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait\n",
-            p->timed_out, p->unit, p->timed_out == 1 ? "" : "s", p->cfg->kafka_brokers,
-            p->timed_out == 1 ? "it" : "them", wait, p->cfg->events_topic);
+    if (hb_kafka_auth_failure(why_auth, sizeof(why_auth))) {
+        /* a wrong password or an untrusted certificate: that, not a guess */
+        fprintf(stderr,
+                "hookbridge-producer: %lld %s%s not delivered: the Kafka brokers %s "
+                "(HOOKBRIDGE_KAFKA_BROKERS) did not let this producer in: %s\n",
+                p->timed_out, p->unit, p->timed_out == 1 ? "" : "s", p->cfg->kafka_brokers,
+                why_auth);
+    } else {
+        fprintf(stderr,
+                "hookbridge-producer: %lld %s%s not delivered: the Kafka brokers %s "
+                "(HOOKBRIDGE_KAFKA_BROKERS) did not acknowledge %s within %s: unreachable, or "
+                "without topic %s? HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait\n",
+                p->timed_out, p->unit, p->timed_out == 1 ? "" : "s", p->cfg->kafka_brokers,
+                p->timed_out == 1 ? "it" : "them", wait, p->cfg->events_topic);
+    }
     /* Which ones, every one, as ranges (they time out in runs: one per
      * outage, or per partition whose leader was out): past the first few
      * named above, the count alone left a user unable to tell which lines
