@@ -179,6 +179,8 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
     outputs += [p.output() for p in procs.procs]
     for out in outputs:
         assert k.sasl_password not in out and wrong not in out
+        # the CLI runs too, under the sanitizer build (the procs fixture checks the services)
+        assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out, out[-4000:]
 
 
 def test_scram_sha_512_as_the_production_overlay_sets_it(secure_kafka, procs):
@@ -191,6 +193,7 @@ def test_scram_sha_512_as_the_production_overlay_sets_it(secure_kafka, procs):
             {**space.env(), **k.client_env(mechanism="SCRAM-SHA-512")})
     out = r.stdout + r.stderr
     assert k.sasl_password not in out
+    assert "ERROR: AddressSanitizer" not in out and "runtime error:" not in out, out[-4000:]
     if SCRAM_WORKS:
         assert r.returncode == 0, out
         return
