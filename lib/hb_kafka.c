@@ -221,8 +221,15 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
     if (md)
         rd_kafka_metadata_destroy(md);
     if (err) {
-        hb_seterr(errstr, errstr_size, "topic %s: no metadata yet: %s", topic,
-                  rd_kafka_err2str(err));
+        char auth[768];
+        /* no broker let us in (a wrong password, an untrusted certificate):
+         * say that rather than only librdkafka's "Broker transport failure" */
+        if (err < 0 && hb_kafka_auth_failure_recent(auth, sizeof(auth), 60000))
+            hb_seterr(errstr, errstr_size, "topic %s: no metadata yet: %s: %s", topic,
+                      rd_kafka_err2str(err), auth);
+        else
+            hb_seterr(errstr, errstr_size, "topic %s: no metadata yet: %s", topic,
+                      rd_kafka_err2str(err));
         rd_kafka_topic_destroy(rkt);
         return NULL;
     }

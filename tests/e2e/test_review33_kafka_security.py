@@ -7,8 +7,10 @@ HOOKBRIDGE_KAFKA_SASL_MECHANISM/USERNAME/PASSWORD, HOOKBRIDGE_KAFKA_SSL_CA_LOCAT
 - `hookbridge-migrate topics` creates the topics over SASL_SSL; the producer
   CLI publishes, the dispatcher delivers (signed), a failed delivery goes
   through the delay tier and the retrier delivers it.
+- The ingest endpoint (hookbridge-producer --listen) publishes over SASL_SSL.
 - A wrong password: the CLI programs fail naming authentication, a service
-  stays up but /readyz is 503 naming the brokers; restarted with the right
+  and the ingest endpoint stay up but /readyz is 503 naming the brokers and
+  the authentication error; restarted with the right
   password it delivers what was produced meanwhile. An untrusted broker
   certificate (no CA setting): a TLS error naming certificate verification,
   not ready.
@@ -31,6 +33,7 @@ import subprocess
 
 import pytest
 
+from hbtest.ingest import Ingest
 from hbtest.kafka import KAFKA_SH, ApacheKafka, Bootstrap
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, Retrier
@@ -126,6 +129,16 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
     wait_until(lambda: len(receiver.events()) == 1, 40, "the event, after one retry")
     assert [p["status"] for p in receiver.posts()] == [503, 204]
 
+    # The ingest endpoint (hookbridge-producer --listen) publishes over SASL_SSL too.
+    ing_env = {"HOOKBRIDGE_EVENTS_TOPIC": space.events_topic}
+    ing = Ingest(procs, k.sasl_ssl_bootstrap,
+                 extra_env={**ing_env, **k.client_env(mechanism=MECHANISM)})
+    ing.wait_ready(40)
+    status, _, body = ing.post([event("user.session.start")])
+    assert status == 200 and body == {"produced": 1}, body
+    wait_until(lambda: len(receiver.events()) == 2, 40, "the ingested event, after one retry")
+    assert all(req["verified"] for req, _ in receiver.events())
+
     # The producer CLI with a wrong password: fails, naming authentication.
     r = produce_over(space, k, [event("user.session.start")], password=wrong,
                      timeout_ms=3000)
@@ -144,6 +157,8 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
                        extra_env={**sched, **k.client_env(mechanism=MECHANISM, password=wrong)})
     bad_r = Retrier(procs, db_url, bootstrap, name="retrier-no-ca",
                     extra_env={**sched, **k.client_env(mechanism=MECHANISM, ca=False)})
+    bad_ing = Ingest(procs, k.sasl_ssl_bootstrap, name="ingest-wrong-password",
+                     extra_env={**ing_env, **k.client_env(mechanism=MECHANISM, password=wrong)})
     r = produce_over(space, k, [event("user.session.start")])
     outputs.append(r.stdout + r.stderr)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -163,7 +178,10 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
             raise AssertionError(f"{e}; /readyz said {seen[svc.name]}") from None
         assert svc.proc.alive() and svc.get("/healthz")[0] == 200, body
         assert reason in svc.proc.output()
-    assert len(receiver.events()) == 1
+    status, body = wait_until(lambda: (st := bad_ing.ops("/readyz"))[0] == 503 and st, 40,
+                              "the ingest endpoint with a wrong password not ready")
+    assert "SASL authentication error" in body, body
+    assert len(receiver.events()) == 2
 
     # Restarted with the right settings: the event produced meanwhile arrives.
     bad_d.proc.kill()
@@ -173,8 +191,9 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
     d2.wait_ready(60)
     r2.wait_ready(60)
     # (the receiver fails each event's first attempt: the retrier delivers it)
-    wait_until(lambda: len(receiver.events()) == 2, 40, "the event produced while it was down")
-    assert [p["status"] for p in receiver.posts()] == [503, 204, 503, 204]
+    wait_until(lambda: len(receiver.events()) == 3, 40, "the event produced while it was down")
+    assert [p["status"] for p in receiver.posts()] == [503, 204] * 3
+    assert all(req["verified"] for req, _ in receiver.events())
 
     outputs += [p.output() for p in procs.procs]
     for out in outputs:
