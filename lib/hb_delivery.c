@@ -228,7 +228,8 @@ static int circuit_verdict(const hb_http_result_t *res) {
  * two (by the sweep, once many circuits are kept), the next wave was sent
  * whole to the dead host, not one probe, until enough failures opened the
  * circuit again. */
-static int circuit_stale(const hb_deliveries_t *D, const circuit_t *c, int64_t now) {
+static int circuit_stale(const hb_deliveries_t *D, const void *val, int64_t now) {
+    const circuit_t *c = val;
     long long idle = D->cfg->circuit_cooldown_ms;
     if (c->probe)
         return 0;
@@ -240,22 +241,26 @@ static int circuit_stale(const hb_deliveries_t *D, const circuit_t *c, int64_t n
     return now - c->open_until > idle;
 }
 
-/* A circuit about to be added: at CIRCUITS_SWEEP of them (then twice as
- * many as are left), the stale ones go, so the circuits kept follow the
- * hosts failing now, not every host that ever failed. */
-static void circuits_sweep(hb_deliveries_t *D, int64_t now) {
+/* An entry about to be added to h: once h holds *at entries, the stale
+ * ones (freed) go, and *at becomes twice as many as are left, at least
+ * floor, so entries all still live are not walked again before h doubled.
+ * The circuits follow the hosts failing now, not every host that ever
+ * failed; the pacing clocks, the endpoints paced now. */
+static void sweep_stale(const hb_deliveries_t *D, hb_hash_t *h, size_t *at, size_t floor,
+                        int (*stale)(const hb_deliveries_t *D, const void *val, int64_t now),
+                        int64_t now) {
     hb_hash_slot_t *s;
     size_t pos = 0;
-    if (hb_hash_count(&D->circuits) < D->circuits_sweep)
+    if (hb_hash_count(h) < *at)
         return;
-    while ((s = hb_hash_each(&D->circuits, &pos)) != NULL)
-        if (circuit_stale(D, s->val, now)) {
+    while ((s = hb_hash_each(h, &pos)) != NULL)
+        if (stale(D, s->val, now)) {
             free(s->val);
-            hb_hash_del(&D->circuits, s); /* removing the slot walked is allowed */
+            hb_hash_del(h, s); /* removing the slot walked is allowed */
         }
-    D->circuits_sweep = hb_hash_count(&D->circuits) * 2;
-    if (D->circuits_sweep < CIRCUITS_SWEEP)
-        D->circuits_sweep = CIRCUITS_SWEEP;
+    *at = hb_hash_count(h) * 2;
+    if (*at < floor)
+        *at = floor;
 }
 
 /* dl's request got an answer (ok: its host is up, circuit_verdict): one that
@@ -286,7 +291,7 @@ static void circuit_result(hb_deliveries_t *D, hb_delivery_t *dl, int ok) {
     if (c && circuit_stale(D, c, now)) /* starts afresh (probe: c has none) */
         memset(c, 0, sizeof(*c));
     if (!c) {
-        circuits_sweep(D, now);
+        sweep_stale(D, &D->circuits, &D->circuits_sweep, CIRCUITS_SWEEP, circuit_stale, now);
         c = hb_calloc(1, sizeof(*c));
         (void)hb_hash_put(&D->circuits, key, c);
     }
@@ -775,6 +780,12 @@ typedef struct turn_s {
  * fill it until some are parked again; a little slack lets it catch up. */
 #define TURN_SHARE 0.8
 
+/* A pacing clock whose turns are all past (sweep_stale). */
+static int turn_past(const hb_deliveries_t *D, const void *val, int64_t now) {
+    (void)D;
+    return ((const turn_t *)val)->next_ms <= (double)now;
+}
+
 /* When a delivery parked for p is due (not before not_before, the first
  * tier's delay): its turn at p's pace after those ahead of it and those
  * parked before it, so a burst larger than the endpoint's pace comes back
@@ -784,19 +795,7 @@ static int64_t paced(hb_deliveries_t *D, const pace_t *p, int64_t now, int64_t n
     double step = 1000.0 / (p->per_second * TURN_SHARE), due;
     turn_t *t;
     if (!s) {
-        if (hb_hash_count(&D->turns) >= D->turns_sweep) {
-            size_t pos = 0;
-            while ((s = hb_hash_each(&D->turns, &pos)) != NULL)
-                if (((turn_t *)s->val)->next_ms <= (double)now) {
-                    free(s->val);
-                    hb_hash_del(&D->turns, s);
-                }
-            /* all still ahead: not walked again before twice as many */
-            D->turns_sweep = hb_hash_count(&D->turns) * 2;
-            if (D->turns_sweep < TURNS_SWEEP)
-                D->turns_sweep = TURNS_SWEEP;
-            D->circuits_sweep = CIRCUITS_SWEEP;
-        }
+        sweep_stale(D, &D->turns, &D->turns_sweep, TURNS_SWEEP, turn_past, now);
         t = hb_calloc(1, sizeof(*t));
         hb_hash_put(&D->turns, p->key, t);
     } else {
