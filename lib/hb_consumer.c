@@ -14,6 +14,7 @@
 #define RESEEK_EVERY_MS 1000      /* a rewind that failed is tried again this often */
 #define FETCH_PAUSE_AFTER_MS 3000 /* a last-resort pause this long stops fetching too */
 #define KEEPALIVE_AFTER_MS 3000   /* no message taken this long: the queue served without */
+#define REVOKE_LOG_WAIT_MS 2000   /* a revocation waits this long at most for the delivery log */
 
 typedef struct deferred_s {
     char *topic;
@@ -413,8 +414,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         size_t left = 0;
         rd_kafka_resp_err_t cerr;
         c->revocations++;
-        /* Commit what is finished before the new owner starts from it. */
-        hb_outbox_take_flushed(c->outbox);
+        /* Commit what is finished before the new owner starts from it:
+         * what was answered is finished once its delivery-log row is
+         * committed, which the log's writer does every
+         * HOOKBRIDGE_LOG_FLUSH_INTERVAL; left to that, the new owner would
+         * deliver again everything answered since the last flush (most of
+         * it under load). The loop waits for the rows, a bounded time. */
+        hb_outbox_settle(c->outbox, REVOKE_LOG_WAIT_MS);
         hb_consumer_store_offsets(c);
         cerr = rd_kafka_commit(rk, NULL, 0);
         /* Apache Kafka takes a commit of the generation being revoked, also

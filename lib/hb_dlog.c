@@ -115,6 +115,7 @@ struct hb_dlog_s {
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t synced; /* a round ended: what hb_dlog_sync waits on */
     pthread_t thread;
     int thread_started;
     /* Since when (monotonic ms) the writer waits for the database to answer
@@ -134,6 +135,7 @@ struct hb_dlog_s {
     size_t left;
     size_t writing; /* rows and look-ups of the batch the writer is on */
     int exited;     /* the writer thread is done with dl */
+    int syncing;    /* hb_dlog_sync callers waiting: write now, not at the next flush */
     int abandoned;  /* closed without it: dl is the writer's until the process ends */
     /* Since when (monotonic ms) every round has failed (its rows refused, or
      * the database unreachable), and the last round's reason; 0 after a
@@ -1206,8 +1208,8 @@ static void *dlog_main(void *arg) {
 
         if (dl->closing && (dl->queue.n == 0 || hb_mono_ms() >= dl->deadline_ms))
             break;
-        if (!dl->closing && hb_mono_ms() < next_flush && dl->queue.n < (wake_at ? wake_at : 1) &&
-            dl->queue_lookups == 0) {
+        if (!dl->closing && !(dl->syncing && dl->queue.n > 0) && hb_mono_ms() < next_flush &&
+            dl->queue.n < (wake_at ? wake_at : 1) && dl->queue_lookups == 0) {
             hb_cond_wait_until(&dl->cv, &dl->mu, next_flush);
             continue;
         }
@@ -1264,6 +1266,8 @@ static void *dlog_main(void *arg) {
             row_free(looks[i]);
         }
         dl->written += written;
+        if (dl->syncing)
+            pthread_cond_broadcast(&dl->synced);
         /* the loop takes the tokens now, not at its next wake-up: an idle
          * loop waiting for them (consumption paused) sleeps up to 100 ms */
         if ((done > 0 || ldone > 0) && dl->wake_fd >= 0)
@@ -1281,6 +1285,8 @@ static void *dlog_main(void *arg) {
                 dl->failing_since = hb_mono_ms();
             snprintf(dl->failing_why, sizeof(dl->failing_why), "%s",
                      rc == W_RETRY ? why : "database unavailable");
+            if (dl->syncing) /* they go on without the database */
+                pthread_cond_broadcast(&dl->synced);
             next_flush = hb_mono_ms() + backoff;
             if (dl->closing && next_flush > dl->deadline_ms)
                 next_flush = dl->deadline_ms;
@@ -1327,6 +1333,7 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
     dl->max_queue = max_queue > 0 ? max_queue : 100000;
     pthread_mutex_init(&dl->mu, NULL);
     hb_cond_init_mono(&dl->cv);
+    hb_cond_init_mono(&dl->synced);
 
     /* Connect now so a wrong URL or a down database is reported at start. */
     if (dlog_connect(dl, errstr, errstr_size) < 0)
@@ -1341,6 +1348,25 @@ hb_dlog_t *hb_dlog_new(const char *conninfo, long long flush_ms, size_t max_queu
 fail:
     hb_dlog_free(dl);
     return NULL;
+}
+
+int hb_dlog_sync(hb_dlog_t *dl, long long max_wait_ms) {
+    int64_t until = hb_mono_ms() + max_wait_ms;
+    int written;
+    pthread_mutex_lock(&dl->mu);
+    if (dl->thread_started && !dl->closing && !dl->failing_since) {
+        dl->syncing++;
+        pthread_cond_broadcast(&dl->cv);
+        /* A failed round sets failing_since: the database is not going to
+         * take them now, and the caller goes on without. */
+        while ((dl->queue.n > 0 || dl->writing > 0) && !dl->failing_since && !dl->closing &&
+               hb_mono_ms() < until)
+            hb_cond_wait_until(&dl->synced, &dl->mu, until);
+        dl->syncing--;
+    }
+    written = dl->queue.n == 0 && dl->writing == 0;
+    pthread_mutex_unlock(&dl->mu);
+    return written ? 0 : -1;
 }
 
 size_t hb_dlog_close(hb_dlog_t *dl, long long deadline_ms) {
@@ -1421,6 +1447,7 @@ void hb_dlog_free(hb_dlog_t *dl) {
     free(dl->queue.v);
     free(dl->flushed);
     pthread_cond_destroy(&dl->cv);
+    pthread_cond_destroy(&dl->synced);
     pthread_mutex_destroy(&dl->mu);
     OPENSSL_cleanse(dl->conninfo, strlen(dl->conninfo));
     free(dl->conninfo);

@@ -152,6 +152,13 @@ int64_t hb_dlog_waiting_ms(hb_dlog_t *dl);
  * empty) gets the last round's reason, PostgreSQL's message. Any thread. */
 int64_t hb_dlog_failing_ms(hb_dlog_t *dl, char *why, size_t whysz);
 
+/* Writes what is queued now, not at the next flush, and waits at most
+ * max_wait_ms for it to be committed; returns at once while the database is
+ * failing (hb_dlog_failing_ms). 0 when nothing is left unwritten. A
+ * revocation calls it, so that what was answered is committed before the
+ * partition's new owner reads it. Any thread but the writer's. */
+int hb_dlog_sync(hb_dlog_t *dl, long long max_wait_ms);
+
 /* Flushes what is queued, waiting at most deadline_ms, then stops the thread.
  * Returns the number of rows left unwritten (logged as a warning). Tokens of
  * rows written during the final flush can still be taken until hb_dlog_free. */

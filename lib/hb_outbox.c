@@ -423,6 +423,14 @@ void hb_outbox_take_flushed(hb_outbox_t *ob) {
             hb_gate_done(ob, tokens[i]);
 }
 
+void hb_outbox_settle(hb_outbox_t *ob, long long max_wait_ms) {
+    if (ob->dlog && hb_dlog_sync(ob->dlog, max_wait_ms) < 0)
+        hb_debug("delivery log: rows still unwritten after %lld ms; their offsets are not "
+                 "committed",
+                 max_wait_ms);
+    hb_outbox_take_flushed(ob);
+}
+
 void hb_outbox_poll(hb_outbox_t *ob) {
     rd_kafka_poll(ob->producer, 0); /* delivery reports */
     if (ob->resend)

@@ -131,6 +131,11 @@ void hb_outbox_poison(hb_outbox_t *ob, const char *topic, const rd_kafka_message
                       hb_job_t *job, const char *reason);
 
 /* --------------------------------------------------------------- loop */
+/* Writes the delivery-log rows queued so far now and waits at most
+ * max_wait_ms for them (not while the database is failing), then releases
+ * the jobs they held: before a revocation's commit, what was answered is
+ * committed, not delivered again by the partition's new owner. */
+void hb_outbox_settle(hb_outbox_t *ob, long long max_wait_ms);
 
 /* Delivery reports, resends that are due, committed log rows. */
 void hb_outbox_poll(hb_outbox_t *ob);
