@@ -18,14 +18,16 @@
  * Room (hb_cutoff_set_room). The list is kept in the order connections began
  * to wait for their next request: a new connection goes to the head, and so
  * does one whose request was answered (hb_cutoff_rearm); the tail has waited
- * longest. When a connection opens with more than `room` others open and not
- * cut, the notify callback walks from the tail to the first that is waiting
- * for a request (not holding one, not receiving an accepted body) and has no
- * bytes unread in its socket (FIONREAD: a client whose request is there but
- * not read yet is served, not cut), and shuts it down as the watchdog would;
+ * longest. When a connection opens with more than `room` open and not cut
+ * (itself included), the notify callback walks from the tail to the first
+ * that is waiting for a request (not holding one, not receiving an accepted
+ * body) and has no bytes unread in its socket (FIONREAD: a client whose
+ * request is there but not read yet is served, not cut), and shuts it down
+ * as the watchdog would;
  * one that has never had a request answered goes first, so a client's
  * kept-alive connection (Okta's, Prometheus's) is closed only when every
- * other waiting connection has had a request answered too.
+ * other waiting connection has had a request answered too. It closes as many
+ * as it takes to be within `room` again, or as many as it may.
  * So connections that send nothing, or half a request, cost each other their
  * place, and never the newest: a probe or a delivery that sends its request
  * at once is read, however many such connections there are.
@@ -220,8 +222,10 @@ void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_cont
         r->deadline = hb_mono_ms() + c->limit_ms;
         push_head_locked(c, r);
         c->open++;
-        if (c->room && c->open > c->room)
-            (void)evict_locked(c, r);
+        /* as many as needed: some that had bytes unread when others opened
+         * may have been read since */
+        while (c->room && c->open > c->room && evict_locked(c, r))
+            ;
         pthread_mutex_unlock(&c->lock);
         *socket_context = r;
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && (r = *socket_context) != NULL) {

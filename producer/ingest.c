@@ -63,9 +63,14 @@
 /* ... and then at most this long for the ones cut off to send their 503. */
 #define INGEST_ANSWER_MS 2000
 /* Connections past ingest_max_connections that are still accepted, to be
- * answered 503 at once (their request is not read); past these too,
- * libmicrohttpd closes a connection unanswered. */
+ * answered 503 at once (their request is not read), and ... */
 #define INGEST_SPARE_CONNECTIONS 16
+/* ... for connections closed to make room (hb_cutoff) whose threads are
+ * ending: a client opening a hundred connections at once had them fill the
+ * spare ones until their threads ended, and libmicrohttpd closed Okta's
+ * next connection unanswered. Past all these, libmicrohttpd closes a
+ * connection unanswered. */
+#define INGEST_CLOSING_CONNECTIONS 64
 
 /* One line per connection over the limit would flood the log in a storm
  * (hb_log.h: at most HB_LOG_LIMIT_LINES per window, then how many). */
@@ -596,7 +601,9 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
         on_completed, in, MHD_OPTION_NOTIFY_CONNECTION, on_connection, in,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
         MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)(in->cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS), MHD_OPTION_END);
+        (unsigned int)(in->cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS +
+                       INGEST_CLOSING_CONNECTIONS),
+        MHD_OPTION_END);
     if (!in->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);
