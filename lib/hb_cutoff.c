@@ -43,6 +43,9 @@
 #include "hb_log.h"
 
 #define HB_CUTOFF_TICK_MS 200
+/* Connections closed to make room are said at most this often (a client
+ * flooding the port has some closed every tick). */
+#define HB_CUTOFF_ROOM_LOG_MS 5000
 
 typedef struct hb_cutoff_conn_s {
     struct hb_cutoff_conn_s *prev, *next;
@@ -124,6 +127,7 @@ static int evict_locked(hb_cutoff_t *c, const hb_cutoff_conn_t *fresh) {
 
 static void *watchdog(void *arg) {
     hb_cutoff_t *c = arg;
+    int64_t room_logged = 0;
     pthread_mutex_lock(&c->lock);
     while (!c->stop) {
         int64_t now;
@@ -137,8 +141,12 @@ static void *watchdog(void *arg) {
                 cut++;
             }
         c->cut += cut;
-        evicted = c->evicted_unlogged;
-        c->evicted_unlogged = 0;
+        evicted = 0;
+        if (c->evicted_unlogged && (!room_logged || now - room_logged >= HB_CUTOFF_ROOM_LOG_MS)) {
+            evicted = c->evicted_unlogged;
+            c->evicted_unlogged = 0;
+            room_logged = now;
+        }
         open = c->open;
         room = c->room;
         pthread_mutex_unlock(&c->lock);
