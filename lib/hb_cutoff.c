@@ -35,12 +35,14 @@
 #include "hb_cutoff.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "hb_common.h"
 #include "hb_log.h"
+#include "hb_metrics.h"
 
 #define HB_CUTOFF_TICK_MS 200
 /* Connections closed to make room are said at most this often (a client
@@ -69,7 +71,8 @@ struct hb_cutoff_s {
     long room;                     /* 0: no eviction */
     int stop;
     unsigned long cut;
-    unsigned long evicted, evicted_unlogged;
+    unsigned long evicted, evicted_unlogged, evicted_counted;
+    hb_metric_t *m_deadline, *m_room;
     pthread_t thread;
 };
 
@@ -149,6 +152,11 @@ static void *watchdog(void *arg) {
         }
         open = c->open;
         room = c->room;
+        if (c->m_deadline && cut)
+            hb_metric_add(c->m_deadline, (double)cut);
+        if (c->m_room && c->evicted > c->evicted_counted)
+            hb_metric_add(c->m_room, (double)(c->evicted - c->evicted_counted));
+        c->evicted_counted = c->evicted;
         pthread_mutex_unlock(&c->lock);
         if (cut && c->min_body_rate > 0)
             hb_log(HB_LOG_INFO, NULL,
@@ -209,6 +217,24 @@ void hb_cutoff_set_room(hb_cutoff_t *c, long room) {
         return;
     pthread_mutex_lock(&c->lock);
     c->room = room > 0 ? room : 0;
+    pthread_mutex_unlock(&c->lock);
+}
+
+void hb_cutoff_count_closes(hb_cutoff_t *c, const char *port) {
+    static const char help[] =
+        "Connections closed before they sent a whole request: at their deadline or to make "
+        "room for a new connection, by port (operations or ingest).";
+    char deadline[96], room[96];
+    hb_metric_t *m_deadline, *m_room;
+    if (!c)
+        return;
+    snprintf(deadline, sizeof(deadline), "port=\"%s\",reason=\"deadline\"", port);
+    snprintf(room, sizeof(room), "port=\"%s\",reason=\"room\"", port);
+    m_deadline = hb_metrics_counter("hookbridge_http_connections_closed_total", deadline, help);
+    m_room = hb_metrics_counter("hookbridge_http_connections_closed_total", room, help);
+    pthread_mutex_lock(&c->lock);
+    c->m_deadline = m_deadline;
+    c->m_room = m_room;
     pthread_mutex_unlock(&c->lock);
 }
 

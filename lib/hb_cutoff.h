@@ -43,6 +43,10 @@ hb_cutoff_t *hb_cutoff_new(long long limit_ms, long long min_body_rate, const ch
 void hb_cutoff_free(hb_cutoff_t *c);
 /* More than room connections open: the longest waiting is closed (0: never). */
 void hb_cutoff_set_room(hb_cutoff_t *c, long room);
+/* Counts the connections cut at their deadline and closed to make room in
+ * hookbridge_http_connections_closed_total{port,reason} (hb_metrics_reset()
+ * only after hb_cutoff_free()). */
+void hb_cutoff_count_closes(hb_cutoff_t *c, const char *port);
 
 void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                       enum MHD_ConnectionNotificationCode toe);

@@ -192,6 +192,7 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
     /* The logger goes first so that even option errors reach hb_log. */
     h->cutoff = hb_cutoff_new(HB_HTTPD_REQUEST_DEADLINE_MS, 0, "httpd"); /* GETs: no body */
     hb_cutoff_set_room(h->cutoff, HB_HTTPD_ROOM);
+    hb_cutoff_count_closes(h->cutoff, "operations");
     h->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,

@@ -595,6 +595,7 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
         flags |= MHD_USE_IPv6;
     in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, INGEST_MIN_BODY_RATE, "ingest");
     hb_cutoff_set_room(in->cutoff, (long)in->cfg->ingest_max_connections);
+    hb_cutoff_count_closes(in->cutoff, "ingest");
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
