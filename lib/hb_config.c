@@ -235,9 +235,10 @@ static const cf_row_t cf_table[] = {
      "message.timeout.ms); then it is answered 503 with Retry-After."},
     {"ingest_max_connections", CF_INT, OFF(ingest_max_connections), "64", 1, 10000,
      HB_PROG_PRODUCER, 0,
-     "Concurrent connections to the ingest endpoint (one thread each); a request on a "
-     "connection beyond them is answered 503 with Retry-After at once, unread (16 such "
-     "connections at a time; past those a connection is closed unanswered)."},
+     "Concurrent connections to the ingest endpoint (one thread each). A new connection "
+     "beyond them has the one that waited longest for a request closed to make room; when "
+     "none waits, its request is answered 503 with Retry-After at once, unread (past 80 more "
+     "connections, those and the ones closing, a connection is closed unanswered)."},
     {"writer_schemas_dir", CF_STR, OFF(writer_schemas_dir), "", 0, 0, HB_PROG_DISPATCHER, 0,
      "Directory of extra writer schemas of the events topic (*.avsc, read at start): versions "
      "producers write that this build does not carry in schema/history. Each must resolve into "

@@ -15,6 +15,14 @@
  * its headers is still cut at limit_ms. (libmicrohttpd's own timeout still
  * closes a connection after its seconds without a byte.)
  *
+ * Room: a server whose connections are few (a connection limit, a thread
+ * each) sets hb_cutoff_set_room(n): a connection that opens with more than n
+ * others open (and not cut) has the one that has waited longest for a
+ * request closed, so that clients sending nothing or half a request cannot
+ * hold every connection for the deadline, and a client that sends its
+ * request at once is served however many of them there are (hb_cutoff.c:
+ * Room says which connections are never closed so).
+ *
  * Use: hb_cutoff_new() before MHD_start_daemon(), hb_cutoff_notify as its
  * MHD_OPTION_NOTIFY_CONNECTION (cls: the hb_cutoff_t), hb_cutoff_rearm()
  * in its MHD_OPTION_NOTIFY_COMPLETED callback, hb_cutoff_hold() where a
@@ -33,6 +41,12 @@ typedef struct hb_cutoff_s hb_cutoff_t;
  * it a second beyond limit_ms (0: a body gets no more than limit_ms). */
 hb_cutoff_t *hb_cutoff_new(long long limit_ms, long long min_body_rate, const char *what);
 void hb_cutoff_free(hb_cutoff_t *c);
+/* More than room connections open: the longest waiting is closed (0: never). */
+void hb_cutoff_set_room(hb_cutoff_t *c, long room);
+/* Counts the connections cut at their deadline and closed to make room in
+ * hookbridge_http_connections_closed_total{port,reason} (hb_metrics_reset()
+ * only after hb_cutoff_free()). */
+void hb_cutoff_count_closes(hb_cutoff_t *c, const char *port);
 
 void hb_cutoff_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
                       enum MHD_ConnectionNotificationCode toe);
@@ -51,7 +65,10 @@ void hb_cutoff_rearm(struct MHD_Connection *conn);
  * that does nothing else when a request ends. */
 void hb_cutoff_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe);
-/* Connections cut so far. */
+/* Connections cut at their deadline so far. */
 unsigned long hb_cutoff_count(hb_cutoff_t *c);
+/* Connections closed so far to make room, and those open and not cut now. */
+unsigned long hb_cutoff_evicted(hb_cutoff_t *c);
+long hb_cutoff_open(hb_cutoff_t *c);
 
 #endif

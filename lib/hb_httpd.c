@@ -46,6 +46,18 @@
  * buffers take whole at once however slowly the scraper reads; only a
  * client that sends no whole request within the 5 s is cut. */
 #define HB_HTTPD_REQUEST_DEADLINE_MS 5000
+/* Connections served at once. Past HB_HTTPD_ROOM open, a new one has the
+ * one that has waited longest for its request closed (hb_cutoff: Room):
+ * clients that connect and send nothing, or half a request, no longer hold
+ * all 64 for the 5 s while the probes wait in the listen queue; the probes
+ * are answered at once. The 8 between them are for connections
+ * libmicrohttpd accepts in a row before it has closed the ones cut. */
+#define HB_HTTPD_MAX_CONNECTIONS 64
+#define HB_HTTPD_ROOM 56
+
+/* libmicrohttpd says a line for every connection a client drops half-way or
+ * that was cut: thousands a minute from a client flooding the port. */
+static hb_log_limit_t log_mhd = HB_LOG_LIMIT_NOTE("\"httpd: ...\"", "");
 
 struct hb_httpd_s {
     struct MHD_Daemon *mhd;
@@ -85,7 +97,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
-    hb_warn("httpd: %s", msg);
+    hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "httpd: %s", msg);
 }
 
 /* Queues a response; MUST_FREE buffers come from malloc (hb_metrics_render). */
@@ -142,6 +154,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     hb_httpd_t *h = cls;
     int known = !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics");
 
+    hb_cutoff_hold(conn); /* a request being answered is not closed to make room */
+
     if (!known)
         return respond_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
     if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
@@ -177,12 +191,14 @@ hb_httpd_t *hb_httpd_start(const char *listen, long long stall_ms, char *errstr,
 
     /* The logger goes first so that even option errors reach hb_log. */
     h->cutoff = hb_cutoff_new(HB_HTTPD_REQUEST_DEADLINE_MS, 0, "httpd"); /* GETs: no body */
+    hb_cutoff_set_room(h->cutoff, HB_HTTPD_ROOM);
+    hb_cutoff_count_closes(h->cutoff, "operations");
     h->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)HB_HTTPD_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-        MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify, h->cutoff, MHD_OPTION_NOTIFY_COMPLETED,
-        hb_cutoff_completed, NULL, MHD_OPTION_END);
+        (unsigned int)HB_HTTPD_CONN_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)HB_HTTPD_MAX_CONNECTIONS, MHD_OPTION_NOTIFY_CONNECTION, hb_cutoff_notify,
+        h->cutoff, MHD_OPTION_NOTIFY_COMPLETED, hb_cutoff_completed, NULL, MHD_OPTION_END);
     if (!h->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);

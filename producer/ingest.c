@@ -63,9 +63,14 @@
 /* ... and then at most this long for the ones cut off to send their 503. */
 #define INGEST_ANSWER_MS 2000
 /* Connections past ingest_max_connections that are still accepted, to be
- * answered 503 at once (their request is not read); past these too,
- * libmicrohttpd closes a connection unanswered. */
+ * answered 503 at once (their request is not read), and ... */
 #define INGEST_SPARE_CONNECTIONS 16
+/* ... for connections closed to make room (hb_cutoff) whose threads are
+ * ending: a client opening a hundred connections at once had them fill the
+ * spare ones until their threads ended, and libmicrohttpd closed Okta's
+ * next connection unanswered. Past all these, libmicrohttpd closes a
+ * connection unanswered. */
+#define INGEST_CLOSING_CONNECTIONS 64
 
 /* One line per connection over the limit would flood the log in a storm
  * (hb_log.h: at most HB_LOG_LIMIT_LINES per window, then how many). */
@@ -441,14 +446,27 @@ static int conn_fd(struct MHD_Connection *conn) {
  * request refused every connection's requests while one too many was open:
  * a client holding a spare connection, no secret needed, had Okta's
  * established connections answered 503.) The mark is by socket, cleared at
- * CLOSED, which libmicrohttpd notifies before it closes the socket. */
+ * CLOSED, which libmicrohttpd notifies before it closes the socket.
+ *
+ * Before that, hb_cutoff makes room: with more than ingest_max_connections
+ * open, the one that has waited longest for a request (not one whose
+ * accepted body is arriving or whose answer is coming) is closed, and the
+ * new one counts as within the limit. So clients that connect and send
+ * nothing, or half a request, no secret needed, take each other's places,
+ * not Okta's: before, 80 of them had every delivery refused for the 30 s,
+ * and for good when they came back. Only connections that are all busy with
+ * accepted requests make a new one's request a 503. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     ingest_t *in = cls;
-    int fd = conn_fd(conn);
+    int fd = conn_fd(conn), started = toe == MHD_CONNECTION_NOTIFY_STARTED;
+    long open;
+    if (started) /* its whole-request deadline, and room made for it */
+        hb_cutoff_notify(in->cutoff, conn, socket_context, toe);
     pthread_mutex_lock(&in->lock);
-    in->connections += toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1;
-    if (fd >= 0 && (size_t)fd >= in->over_cap && toe == MHD_CONNECTION_NOTIFY_STARTED) {
+    in->connections += started ? 1 : -1;
+    open = in->cutoff ? hb_cutoff_open(in->cutoff) : in->connections;
+    if (fd >= 0 && (size_t)fd >= in->over_cap && started) {
         size_t cap = in->over_cap ? in->over_cap : 256;
         while (cap <= (size_t)fd)
             cap *= 2;
@@ -457,10 +475,10 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         in->over_cap = cap;
     }
     if (fd >= 0 && (size_t)fd < in->over_cap)
-        in->over[fd] = toe == MHD_CONNECTION_NOTIFY_STARTED &&
-                       in->connections > in->cfg->ingest_max_connections;
+        in->over[fd] = started && open > in->cfg->ingest_max_connections;
     pthread_mutex_unlock(&in->lock);
-    hb_cutoff_notify(in->cutoff, conn, socket_context, toe); /* its whole-request deadline */
+    if (!started)
+        hb_cutoff_notify(in->cutoff, conn, socket_context, toe);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -576,13 +594,17 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     in->cutoff = hb_cutoff_new(INGEST_CONN_TIMEOUT_S * 1000LL, INGEST_MIN_BODY_RATE, "ingest");
+    hb_cutoff_set_room(in->cutoff, (long)in->cfg->ingest_max_connections);
+    hb_cutoff_count_closes(in->cutoff, "ingest");
     in->mhd = MHD_start_daemon(
         flags, hb_listen_port(&ss), NULL, NULL, on_request, in, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
         NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
         on_completed, in, MHD_OPTION_NOTIFY_CONNECTION, on_connection, in,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)INGEST_CONN_TIMEOUT_S,
         MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)(in->cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS), MHD_OPTION_END);
+        (unsigned int)(in->cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS +
+                       INGEST_CLOSING_CONNECTIONS),
+        MHD_OPTION_END);
     if (!in->mhd) {
         hb_seterr(errstr, errstr_size, "cannot listen on %s (address in use or not local?)",
                   listen);

@@ -163,7 +163,13 @@ def test_clients_trickling_requests_do_not_keep_the_probes_out(db_url, procs, wo
             return d.get("/healthz")[0] == 200
         wait_until(trickle_then_probe, 12 * SLOW, "/healthz answered while 64 clients trickle",
                    interval=1)
-        assert time.monotonic() - start >= 4, "answered before the deadline: not held at all?"
+        # Review 34: a new connection has the one that waited longest for its
+        # request closed to make room (56 open at most), so the probe is
+        # answered at once; the rest are cut at their deadline.
+        assert time.monotonic() - start < 2 * SLOW, "the probe waited for the deadline"
+        while time.monotonic() < start + 6:
+            trickle_then_probe()
+            time.sleep(1)
         closed = 0
         for s in socks:
             try:

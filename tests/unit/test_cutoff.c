@@ -3,7 +3,9 @@
  * is cut at the deadline, clients sending whole requests are served on one
  * connection for longer than it, a request whose answer takes long is
  * not cut while it is answered, and a body arriving over a slow link at the
- * minimum rate or faster is not cut at the deadline, one slower is. */
+ * minimum rate or faster is not cut at the deadline, one slower is. With
+ * room set, connections holding half a request make room for new ones,
+ * oldest first, and a kept-alive connection and a body under way stay. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -70,8 +72,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return ret;
 }
 
-static void srv_start(srv_t *s, unsigned flags) {
-    s->c = hb_cutoff_new(LIMIT_MS, RATE, "test");
+static void srv_start(srv_t *s, unsigned flags, long long limit_ms) {
+    s->c = hb_cutoff_new(limit_ms, RATE, "test");
     assert_non_null(s->c);
     s->d =
         MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_NOTIFY_CONNECTION,
@@ -181,7 +183,7 @@ static int post_slowly(int port, size_t piece, int64_t *cut_ms) {
 
 static void run(unsigned flags) {
     srv_t s;
-    srv_start(&s, flags);
+    srv_start(&s, flags, LIMIT_MS);
 
     /* trickling a byte every 50 ms: cut at the deadline, not later */
     int slow = dial(s.port);
@@ -230,6 +232,57 @@ static void run(unsigned flags) {
     srv_stop(&s);
 }
 
+/* Room for 4: a kept-alive connection that had a request answered, a body
+ * under way, then connections that send half a request, one by one. */
+static void run_room(unsigned flags) {
+    srv_t s;
+    int half[10];
+    static const char head[] = "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\nbb";
+    srv_start(&s, flags, 10000); /* no deadline passes here */
+    hb_cutoff_set_room(s.c, 4);
+    int kept = dial(s.port);
+    assert_true(ask(kept, "/"));
+    int body = dial(s.port);
+    assert_int_equal(send(body, head, strlen(head), MSG_NOSIGNAL), (ssize_t)strlen(head));
+    for (int i = 0; i < 10; i++) {
+        usleep(50 * 1000); /* read by the server: no bytes unread */
+        half[i] = dial(s.port);
+        assert_int_equal(send(half[i], "GET / HTTP/1.1\r\n", 16, MSG_NOSIGNAL), 16);
+    }
+    /* the 8 oldest of them closed, at once: not at the deadline */
+    for (int i = 0; i < 8; i++)
+        if (!closed_within(half[i], 300))
+            fail_msg("the connection sending half a request %d was not closed", i);
+    assert_int_equal(hb_cutoff_evicted(s.c), 8);
+    assert_int_equal(hb_cutoff_open(s.c), 4);
+    /* a new client sending its request at once is answered, and so is the
+     * kept-alive connection; the body under way was not closed */
+    int fresh = dial(s.port);
+    assert_true(ask(fresh, "/"));
+    assert_false(closed_within(half[9], 100));
+    assert_true(closed_within(half[8], 300));
+    assert_true(ask(kept, "/"));
+    assert_false(closed_within(body, 100));
+    assert_int_equal(hb_cutoff_evicted(s.c), 9);
+    assert_int_equal(hb_cutoff_count(s.c), 0);
+    close(fresh);
+    close(kept);
+    close(body);
+    for (int i = 0; i < 10; i++)
+        close(half[i]);
+    srv_stop(&s);
+}
+
+static void test_room_internal_thread(void **state) {
+    (void)state;
+    run_room(MHD_USE_AUTO_INTERNAL_THREAD);
+}
+
+static void test_room_thread_per_connection(void **state) {
+    (void)state;
+    run_room(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC);
+}
+
 static void test_internal_thread(void **state) {
     (void)state;
     run(MHD_USE_AUTO_INTERNAL_THREAD);
@@ -244,6 +297,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_internal_thread),
         cmocka_unit_test(test_thread_per_connection),
+        cmocka_unit_test(test_room_internal_thread),
+        cmocka_unit_test(test_room_thread_per_connection),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
