@@ -1327,8 +1327,8 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * delay tier unsent after max_queue_wait): 25 new names resolving in 3 s,
  * request timeout 1 s, max_in_flight 32: 12 threads more than at rest, 73
  * before. A host whose name has not resolved counts as lagging (its queue
- * is not waited for: hb_http_backlog), so is one whose oldest request
- * waited HB_HTTP_LAG_MS for a slot (a new host beside the kept ones). */
+ * is not waited for: hb_http_backlog), so does a new one whose oldest
+ * request waited HB_HTTP_LAG_MS for a slot. */
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
     if (!host->named) {
@@ -1711,10 +1711,11 @@ static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now, long long
      * not waiting for a slow answer but for any slot at all */
     if (!hh->in_flight && hh->failed_mono > hh->done_mono)
         return 1;
-    /* its name not resolved yet (hb_http_may_start), or its oldest request
-     * waited that long without a slot (new hosts take none of the kept
-     * ones): not waiting for a host that answers */
-    if (hh->wait_head && (!hh->named || now - hh->wait_head->queued_mono > lag_ms))
+    /* its name not resolved yet (hb_http_may_start), or it never answered
+     * and its oldest request waited that long without a slot (new hosts
+     * take at most half the kept ones): not waiting for a host that answers */
+    if (hh->wait_head && (!hh->named || (!hh->done_mono && !hh->in_flight &&
+                                         now - hh->wait_head->queued_mono > lag_ms)))
         return 1;
     return (hh->in_flight && now - hh->progress_mono > lag_ms) || hb_http_host_wait_ms(hh) > lag_ms;
 }
