@@ -107,7 +107,8 @@ def test_a_crowd_of_new_hung_hosts_leaves_the_kept_slots_to_a_healthy_one(
 
         lat, missing = stream_lat(broker, healthy, 3)
         busy = busy_of(db_url, sub)
-        assert (busy, missing) == (0, 0) and max(lat) < 2 * SLOW, (
+        assert (busy, missing) == (0, 0) and sorted(lat)[len(lat) // 2] < SLOW and max(
+            lat) < 3 * SLOW, (
             f"healthy endpoint: {busy} deliveries parked, {missing} of {len(lat) + missing} "
             f"events missing, latencies (s) {sorted(lat)}")
         wait_until(lambda: sum(n for s in hung.values() for (_, a, _), n in outcomes(
