@@ -79,7 +79,7 @@ def test_a_crowd_of_new_hung_hosts_leaves_the_kept_slots_to_a_healthy_one(
     The new hosts have answered nothing, so they take none of the kept slots,
     and the healthy host is remembered between its requests (it has nothing
     to do most of the time): its events arrive as fast as before, none
-    parked `endpoint busy` (median 0.3-0.4 s, at most 1.2-1.3 s: for the
+    parked `endpoint busy` (median 0.3-0.4 s, at most 1.2-1.5 s: for the
     first second the consumer pauses, the new hosts' queues still counted as
     waiting for hosts that keep up). On e48a11e a host new to the engine (and
     the healthy one was new again whenever it had gone idle) could always
