@@ -1327,8 +1327,9 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * delay tier unsent after max_queue_wait): 25 new names resolving in 3 s,
  * request timeout 1 s, max_in_flight 32: 12 threads more than at rest, 73
  * before; 500 challenges to names that resolve in 8 s, the defaults: 128
- * threads within 12 s, 500 at once before. A host whose name has not resolved counts as lagging
- * (its queue is not waited for: hb_http_backlog), so does a new one whose oldest request waited
+ * threads within 12 s, 500 at once before. A host whose name has not
+ * resolved counts as lagging (its queue is not waited for:
+ * hb_http_backlog), so does a new one whose oldest request waited
  * HB_HTTP_LAG_MS for a slot. */
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
