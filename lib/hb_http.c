@@ -942,8 +942,8 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
         if (os_errno == ECONNREFUSED)
             hb_seterr(res->error, sizeof(res->error), "connection refused");
-        else if (os_errno == ECONNRESET) /* it accepted, then reset at once: curl
-                                          * 7.88 says so in about 1 of 3 */
+        else if (os_errno == ECONNRESET) /* accepted, then reset at once (curl
+                                          * 7.88: most such resets) */
             hb_seterr(res->error, sizeof(res->error),
                       "connection error: the endpoint reset the connection as it was set up");
         else if (os_errno == ENETUNREACH)
