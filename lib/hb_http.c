@@ -111,6 +111,11 @@
  * it takes no more of the last quarter of the max_in_flight slots. */
 #define HB_HTTP_LAG_MS 1000
 
+/* A host with nothing running or waiting is remembered this long after its
+ * last request (whether it answered, whether its name resolved), if one of
+ * its requests was ever answered; else it is forgotten at once. */
+#define HB_HTTP_HOST_MEMORY_MS (10 * 60 * 1000)
+
 typedef struct hb_http_host_s hb_http_host_t;
 typedef struct hb_http_xfer_s hb_http_xfer_t;
 
@@ -130,7 +135,7 @@ struct hb_http_host_s {
     size_t waiting;       /* transfers in its queue */
     size_t waiting_bytes; /* and the bytes of their bodies */
     hb_http_xfer_t *wait_head, *wait_tail;
-    int on_ready;          /* in h->ready list */
+    int on_ready;          /* in h->ready list (1), or in h->lookup_wait (2) */
     int64_t progress_mono; /* last completion, or the start of its first running transfer */
     int64_t done_mono;     /* last answer: a completion with an HTTP status (0: none yet) */
     int64_t failed_mono;   /* last completion without an answer (timeout, connection error) */
@@ -138,8 +143,8 @@ struct hb_http_host_s {
     double rate;           /* completions per second over the last window; 0: not known yet */
     int64_t win_start;     /* the current window (monotonic ms) and its completions */
     size_t win_done;
-    size_t expiring;  /* hb_http_expire: its requests leaving the queue in this pass */
-    int lookup_stuck; /* a request timed out before its name resolved (hb_http_may_start) */
+    size_t expiring; /* hb_http_expire: its requests leaving the queue in this pass */
+    int named;       /* its name resolved (an IP literal: always); hb_http_may_start */
 };
 
 struct hb_http_xfer_s {
@@ -181,6 +186,8 @@ struct hb_http_xfer_s {
     int addr_family;
     char addr_text[INET6_ADDRSTRLEN];
     int aborted;
+    int lookup;        /* counted in h->lookups: started while its host was not named */
+    int kept_new;      /* counted in h->kept_new: a kept slot, its host never answered */
     int cert_asked;    /* the server asked for a client certificate (hb_http_tls_msg) */
     int early_refused; /* early list: refused by policy */
     int early_code;    /* early list: CURLcode when not a refusal */
@@ -216,14 +223,28 @@ struct hb_http_s {
     hb_hash_t hosts;  /* key -> hb_http_host_t* */
     hb_hash_t curlus; /* URL -> hb_http_curlu_t*, while a transfer uses it */
     hb_http_host_t *ready_head, *ready_tail;
+    /* hosts whose turn waits for one of the lookups (hb_http_may_start),
+     * linked by ready_next: out of the ready list, so that refill does not
+     * walk them at every completion */
+    hb_http_host_t *lookup_wait, *lookup_wait_tail;
     hb_http_xfer_t *early_head, *early_tail;
     hb_http_xfer_t *wq_head, *wq_tail; /* every waiting transfer, oldest first */
     hb_http_xfer_t *running;
     size_t in_flight, queued;
+    size_t lookups;     /* running transfers to hosts not named (hb_http_may_start) */
+    size_t kept_new;    /* kept slots taken by hosts that never answered (ditto) */
+    int64_t sweep_mono; /* hb_http_sweep's last walk */
     int closing;
 };
 
 static void hb_http_refill(hb_http_t *h);
+
+/* How many transfers to hosts whose name has not resolved run at once
+ * (hb_http_may_start). */
+static size_t hb_http_max_lookups(const hb_http_t *h) {
+    size_t n = (size_t)h->conf.max_in_flight / 8;
+    return n < 4 ? 4 : n;
+}
 
 /* ------------------------------------------------------------------ */
 /* Address policy                                                      */
@@ -472,6 +493,14 @@ static curl_socket_t hb_http_opensocket(void *clientp, curlsocktype purpose,
     struct sockaddr_storage ss;
     const uint8_t *a = NULL;
     const char *kind;
+    /* an address: the name resolved, and its host's other requests may
+     * start (the refill at the end of hb_http_run_fds) */
+    if (x->host)
+        x->host->named = 1;
+    if (x->lookup) {
+        x->lookup = 0;
+        x->h->lookups--;
+    }
     memset(&ss, 0, sizeof(ss));
     memcpy(&ss, &address->addr,
            address->addrlen < sizeof(ss) ? (size_t)address->addrlen : sizeof(ss));
@@ -585,24 +614,70 @@ static size_t hb_http_on_body(char *data, size_t size, size_t nmemb, void *userd
 /* ------------------------------------------------------------------ */
 /* Hosts                                                               */
 
-static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key) {
+/* Is name (a URL's host part) an IP address, which needs no lookup? */
+static int hb_http_name_is_ip(const char *name) {
+    uint8_t a[16];
+    char buf[INET6_ADDRSTRLEN + 2];
+    size_t n = name ? strlen(name) : 0;
+    if (n >= 2 && name[0] == '[' && name[n - 1] == ']' && n - 2 < sizeof(buf)) {
+        memcpy(buf, name + 1, n - 2);
+        buf[n - 2] = '\0';
+        return inet_pton(AF_INET6, buf, a) == 1;
+    }
+    return n && (inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1);
+}
+
+static int hb_http_host_idle(const hb_http_host_t *host) {
+    return !host->in_flight && !host->wait_head && !host->on_ready;
+}
+
+/* The host of key (name: its host name), made when new. A remembered idle
+ * host starts a new pace (as a new one would): the gap was no slowness. */
+static hb_http_host_t *hb_http_host_get(hb_http_t *h, const char *key, const char *name) {
     hb_http_host_t *host = hb_hash_get(&h->hosts, key);
-    if (host)
+    if (host) {
+        if (hb_http_host_idle(host)) {
+            host->rate = 0;
+            host->win_start = 0;
+            host->win_done = 0;
+        }
         return host;
+    }
     host = hb_calloc(1, sizeof(*host));
     host->key = hb_strdup(key);
     host->share = (unsigned)(hb_hash_str(key) % HB_HTTP_SHARES);
+    host->named = hb_http_name_is_ip(name);
     (void)hb_hash_put(&h->hosts, key, host);
     return host;
 }
 
-/* Frees the host once nothing refers to it. */
-static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
-    if (host->in_flight || host->wait_head || host->on_ready)
-        return;
+static void hb_http_host_free(hb_http_t *h, hb_http_host_t *host) {
     hb_hash_del(&h->hosts, hb_hash_find(&h->hosts, host->key));
     free(host->key);
     free(host);
+}
+
+/* Once nothing refers to the host: forgotten if it never answered, else
+ * remembered (hb_http_may_start) until hb_http_sweep. */
+static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
+    if (!hb_http_host_idle(host) || (host->done_mono && !h->closing))
+        return;
+    hb_http_host_free(h, host);
+}
+
+/* Forgets the hosts idle for HB_HTTP_HOST_MEMORY_MS; a walk every 10 s. */
+static void hb_http_sweep(hb_http_t *h, int64_t now) {
+    hb_hash_slot_t *s;
+    size_t pos = 0;
+    if (now - h->sweep_mono < 10000)
+        return;
+    h->sweep_mono = now;
+    while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) {
+        hb_http_host_t *host = s->val;
+        if (hb_http_host_idle(host) && now - host->progress_mono > HB_HTTP_HOST_MEMORY_MS &&
+            host->slow_until <= now)
+            hb_http_host_free(h, host);
+    }
 }
 
 /* A transfer to host finished at now: its pace, in windows of at least 1 s
@@ -867,6 +942,10 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
         if (os_errno == ECONNREFUSED)
             hb_seterr(res->error, sizeof(res->error), "connection refused");
+        else if (os_errno == ECONNRESET) /* accepted, then reset at once (curl
+                                          * 7.88: most such resets) */
+            hb_seterr(res->error, sizeof(res->error),
+                      "connection error: the endpoint reset the connection as it was set up");
         else if (os_errno == ENETUNREACH)
             hb_seterr(res->error, sizeof(res->error), "network unreachable");
         else if (os_errno == EHOSTUNREACH)
@@ -971,15 +1050,22 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
     }
     res.body = x->resp ? x->resp : "";
     res.body_len = x->resp_len;
-    /* a lookup that timed out makes its host one request at a time; one
-     * that ended (an address, or none) lifts that */
-    int lookup_stuck = -1;
+    /* a lookup that timed out or found nothing leaves its host not named
+     * (one request at a time: hb_http_may_start); an address names it */
+    int named = -1;
     if (x->easy && !x->aborted) {
-        if (rc == CURLE_OPERATION_TIMEDOUT && hb_http_lookup_unfinished(x))
-            lookup_stuck = 1;
-        else if (rc == CURLE_COULDNT_RESOLVE_HOST || !hb_http_lookup_unfinished(x))
-            lookup_stuck = 0;
+        if (rc == CURLE_COULDNT_RESOLVE_HOST ||
+            (rc == CURLE_OPERATION_TIMEDOUT && hb_http_lookup_unfinished(x)))
+            named = 0;
+        else if (!hb_http_lookup_unfinished(x))
+            named = 1;
     }
+    if (x->lookup) {
+        x->lookup = 0;
+        h->lookups--;
+    }
+    if (x->kept_new)
+        h->kept_new--;
 
     /* Out of the multi handle first: its connection goes back to the pool
      * and a request the callback submits to the same host can reuse it. */
@@ -1008,8 +1094,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         h->in_flight--;
         host->in_flight--;
         hb_http_host_done(host, hb_mono_ms(), res.http_status > 0);
-        if (lookup_stuck >= 0)
-            host->lookup_stuck = lookup_stuck;
+        if (named >= 0)
+            host->named = named;
     }
     if (host) {
         hb_http_ready_push(h, host);
@@ -1195,6 +1281,10 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
     h->in_flight++;
     if (x->host->in_flight++ == 0)
         x->host->progress_mono = x->started_mono;
+    if (!x->host->named) {
+        x->lookup = 1;
+        h->lookups++;
+    }
 }
 
 /* Whether host may start one more transfer now. The last quarter of the
@@ -1207,29 +1297,56 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * that hang (each holding its slots until the request timeout) took every
  * slot, and the requests to healthy hosts waited out max_queue_wait and went
  * to the delay tier, their hosts called slow. A host with nothing running
- * may start one, unless its last request ended without an answer and none
- * was answered since: else many hung hosts, one request each, took the
- * kept slots at every request timeout (12 hung hosts beside a healthy one,
- * max_in_flight 8: 107 of the healthy host's 111 requests waited out
- * max_queue_wait, `endpoint busy`, and went to the delay tier).
+ * may start one if its last request was answered: else many hung hosts, one
+ * request each, took the kept slots at every request timeout (12 hung hosts
+ * beside a healthy one, max_in_flight 8: 107 of the healthy host's 111
+ * requests waited out max_queue_wait, `endpoint busy`, and went to the delay
+ * tier). Hosts none of whose requests was ever answered (new ones) take at
+ * most half the kept slots together, one request each, and a host that
+ * answered is remembered while idle (HB_HTTP_HOST_MEMORY_MS): so a new host
+ * that answers still gets a kept slot beside hung ones holding the rest
+ * (test_review24), and a crowd of new hosts that hang (many new
+ * subscriptions to a region gone dark) leaves half the kept slots to the
+ * hosts that answered. Before, a new host could always start one request,
+ * and a healthy host, forgotten whenever it had nothing to do, was new at
+ * every request: 12 new hung hosts beside a healthy one, max_in_flight 8,
+ * request timeout 6 s: 1 of its 65 events parked `endpoint busy`, the rest
+ * 5.7 s late (median), up to 7.0 s; now none parked, 0.3 s, up to 1.2 s
+ * (that second is the consumer's pause while the new hosts' queues still
+ * count as waiting for hosts that keep up: hb_http_backlog).
  *
- * A host one of whose requests timed out before its name resolved runs one
- * request at a time until a lookup ends: curl gives every new connection a
- * resolver thread of its own (no two share a lookup of one name), and a
- * thread that timed out runs on alone until getaddrinfo gives up (5-30 s),
- * so a name whose DNS hangs started max_host_connections threads at every
- * request timeout (40 such names, request timeout 1 s, lookups of 6 s: 1,200
- * threads within 4 s). Its other requests wait out max_queue_wait in its
- * queue and go to the delay tier unsent. */
+ * A host whose name has not resolved (new, or its last lookup timed out or
+ * found nothing) runs one request at a time until a lookup gives an
+ * address, and at most max_in_flight / 8 (at least 4) of those run at once:
+ * curl gives every new connection a resolver thread of its own (no two
+ * share a lookup of one name), and a thread that timed out runs on alone
+ * until getaddrinfo gives up (5-30 s), so a name whose DNS hangs started
+ * max_host_connections threads at every request timeout (40 such names,
+ * request timeout 1 s, lookups of 6 s: 1,200 threads within 4 s), and a
+ * burst of verification challenges to 500 names that do not resolve made
+ * 495 threads at once. Its other requests wait in its queue (and go to the
+ * delay tier unsent after max_queue_wait): 25 new names resolving in 3 s,
+ * request timeout 1 s, max_in_flight 32: 12 threads more than at rest, 73
+ * before; 500 challenges to names that resolve in 8 s, the defaults: 128
+ * threads within 12 s, 500 at once before. A host whose name has not
+ * resolved counts as lagging (its queue is not waited for:
+ * hb_http_backlog), so does a new one whose oldest request waited
+ * HB_HTTP_LAG_MS for a slot. */
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
-    if (host->lookup_stuck && host->in_flight)
-        return 0; /* one lookup of a name that resolves slowly at a time */
+    if (!host->named) {
+        if (host->in_flight)
+            return 0; /* one lookup of a name at a time */
+        if (h->lookups >= hb_http_max_lookups(h))
+            return 0;
+    }
     if (h->in_flight + max / 4 < max)
         return 1;
+    if (!host->done_mono) /* none of its requests answered yet: half the kept ones */
+        return host->in_flight == 0 && h->kept_new < (max / 4 + 1) / 2;
     if (host->in_flight == 0 && host->failed_mono <= host->done_mono)
-        return 1; /* new, or its last request was answered */
-    return host->done_mono && now - host->done_mono <= HB_HTTP_LAG_MS;
+        return 1; /* its last request was answered */
+    return now - host->done_mono <= HB_HTTP_LAG_MS;
 }
 
 static void hb_http_refill(hb_http_t *h) {
@@ -1238,10 +1355,31 @@ static void hb_http_refill(hb_http_t *h) {
     if (h->closing)
         return;
     now = hb_mono_ms();
+    if (h->lookup_wait && h->lookups < hb_http_max_lookups(h)) {
+        hb_http_host_t *host = h->lookup_wait; /* a lookup ended: their turn again */
+        h->lookup_wait = h->lookup_wait_tail = NULL;
+        while (host) {
+            hb_http_host_t *next = host->ready_next;
+            host->on_ready = 0;
+            hb_http_ready_push(h, host);
+            hb_http_host_release(h, host); /* its queue may have gone meanwhile */
+            host = next;
+        }
+    }
     while (h->in_flight < (size_t)h->conf.max_in_flight) {
         hb_http_host_t *host = hb_http_ready_pop(h);
         if (!host)
             break;
+        if (!host->named && !host->in_flight && h->lookups >= hb_http_max_lookups(h)) {
+            host->on_ready = 2; /* until a lookup ends, in its order */
+            host->ready_next = NULL;
+            if (h->lookup_wait_tail)
+                h->lookup_wait_tail->ready_next = host;
+            else
+                h->lookup_wait = host;
+            h->lookup_wait_tail = host;
+            continue;
+        }
         if (!hb_http_may_start(h, host, now)) { /* its turn waits: kept aside */
             if (skipped_tail)
                 skipped_tail->ready_next = host;
@@ -1251,8 +1389,14 @@ static void hb_http_refill(hb_http_t *h) {
             continue;
         }
         hb_http_xfer_t *x = hb_http_wait_pop(h, host);
+        size_t max = (size_t)h->conf.max_in_flight;
+        int kept_new = !host->done_mono && h->in_flight + max / 4 >= max;
         if (x)
             hb_http_start(h, x);
+        if (x && x->easy && kept_new) {
+            x->kept_new = 1;
+            h->kept_new++;
+        }
         hb_http_ready_push(h, host); /* round-robin: back to the tail if more wait */
         hb_http_host_release(h, host);
     }
@@ -1502,12 +1646,24 @@ void hb_http_free(hb_http_t *h) {
         hb_http_host_t *host = hb_http_ready_pop(h);
         hb_http_host_release(h, host);
     }
+    while (h->lookup_wait) {
+        hb_http_host_t *host = h->lookup_wait;
+        h->lookup_wait = host->ready_next;
+        host->on_ready = 0;
+        hb_http_host_release(h, host);
+    }
     for (size_t i = 0; i < h->free_cnt; i++)
         curl_easy_cleanup(h->free_easy[i]);
     free(h->free_easy);
     curl_multi_cleanup(h->multi);
     for (size_t i = 0; i < HB_HTTP_SHARES; i++)
         curl_share_cleanup(h->shares[i]); /* after every easy handle using it */
+    {
+        hb_hash_slot_t *s;
+        size_t pos = 0;
+        while ((s = hb_hash_each(&h->hosts, &pos)) != NULL) /* the remembered ones */
+            hb_http_host_free(h, s->val);
+    }
     hb_hash_clear(&h->hosts);
     hb_hash_clear(&h->curlus); /* empty: every transfer is freed */
     hb_http_conf_free(h);
@@ -1558,6 +1714,12 @@ static int hb_http_host_lagging(const hb_http_host_t *hh, int64_t now, long long
      * not waiting for a slow answer but for any slot at all */
     if (!hh->in_flight && hh->failed_mono > hh->done_mono)
         return 1;
+    /* its name not resolved yet (hb_http_may_start), or it never answered
+     * and its oldest request waited that long without a slot (new hosts
+     * take at most half the kept ones): not waiting for a host that answers */
+    if (hh->wait_head && (!hh->named || (!hh->done_mono && !hh->in_flight &&
+                                         now - hh->wait_head->queued_mono > lag_ms)))
+        return 1;
     return (hh->in_flight && now - hh->progress_mono > lag_ms) || hb_http_host_wait_ms(hh) > lag_ms;
 }
 
@@ -1596,7 +1758,7 @@ size_t hb_http_shed_lagging(hb_http_t *h) {
 
 /* Queues x for the host of key, unless a bound says it must not wait. */
 static void hb_http_enqueue(hb_http_t *h, hb_http_xfer_t *x, const char *key) {
-    hb_http_host_t *hh = hb_http_host_get(h, key);
+    hb_http_host_t *hh = hb_http_host_get(h, key, x->host_name);
     int no_slot = hh->in_flight >= (size_t)h->conf.max_host_connections;
     if (h->conf.max_host_queue > 0 && hh->waiting >= (size_t)h->conf.max_host_queue) {
         hb_http_not_sent(h, x, HB_HTTP_QUEUE_FULL,
@@ -1649,20 +1811,43 @@ static long long hb_http_expire(hb_http_t *h) {
         hb_http_xfer_t *x = hb_http_wait_pop(h, host); /* the oldest is its host's head */
         x->host = NULL;
         host->expiring--;
-        if (host->in_flight) {
+        long long waited = (long long)(now - x->queued_mono);
+        /* the prefixes `endpoint slow: ` and `endpoint busy: ` keep these
+         * out of endpoint_health's failures (sql/): no request was made */
+        if (host->in_flight && !host->named) {
+            hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                             "endpoint slow: waited %lld ms for the lookup of %s (one request at "
+                             "a time until it resolves; max_queue_wait)",
+                             waited, x->host_name);
+        } else if (host->in_flight) {
             host->slow_until = now + wait;
             hb_http_note_pace(x, host, host->waiting - host->expiring, now);
             hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
                              "endpoint slow: waited %lld ms for a connection to %s "
                              "(max_queue_wait)",
-                             (long long)(now - x->queued_mono), x->host_name);
-        } else { /* its host had a connection free: not its fault (the prefix
-                  * keeps it out of endpoint_health's failures, sql/) */
+                             waited, x->host_name);
+        } else if (!host->named && h->lookups >= hb_http_max_lookups(h)) {
+            hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                             "endpoint busy: waited %lld ms for one of the %zu lookups of new "
+                             "host names at once (max_in_flight / 8), every one under way "
+                             "(max_queue_wait)",
+                             waited, h->lookups);
+        } else if (host->failed_mono > host->done_mono) {
+            /* its own last request went unanswered: not `busy` */
+            hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
+                             "endpoint slow: no answer to its last request, and it waited %lld "
+                             "ms for a request slot: the last quarter of max_in_flight is kept "
+                             "for endpoints that answer (max_queue_wait)",
+                             waited);
+        } else { /* its host had a connection free: not its fault */
             hb_http_not_sent(h, x, HB_HTTP_QUEUE_WAIT,
                              "endpoint busy: waited %lld ms for one of the max_in_flight request "
-                             "slots, "
-                             "every one taken by requests to other endpoints (max_queue_wait)",
-                             (long long)(now - x->queued_mono));
+                             "slots, every one taken by requests to other endpoints%s "
+                             "(max_queue_wait)",
+                             waited,
+                             host->done_mono ? ""
+                                             : ", but the last quarter, kept for "
+                                               "endpoints that have answered");
         }
         hb_http_host_release(h, host);
     }
@@ -1992,7 +2177,8 @@ int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t n
         hb_warn("curl_multi_perform: %s", curl_multi_strerror(mrc));
     n += hb_http_collect(h);
     n += hb_http_run_early(h);
-    hb_http_refill(h);
+    hb_http_refill(h); /* also hosts whose name just resolved (hb_http_opensocket) */
+    hb_http_sweep(h, hb_mono_ms());
     return n;
 }
 

@@ -5,9 +5,11 @@
  * transfers are added up to max_in_flight (the rest wait in a FIFO), at most
  * max_host_connections per endpoint host (a slow host's extra requests wait in
  * that host's own queue and never take the global slots from other hosts;
- * the last quarter of max_in_flight goes only to a host with nothing running
- * or one of whose requests was answered within the last second, so hung hosts
- * cannot hold every slot),
+ * the last quarter of max_in_flight goes only to a host that answered before
+ * and has nothing running or was answered within the last second, and to new
+ * hosts, one request each, up to half of it, so hung hosts cannot hold every
+ * slot; a host whose name has not resolved runs one request at a time, and at
+ * most max_in_flight / 8 of those run at once),
  * and that queue is bounded twice: at most max_host_queue requests wait for
  * one host, and none waits longer than max_queue_wait_ms. A request over
  * either bound is not sent: it completes with not_sent set, and its caller
