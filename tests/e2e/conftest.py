@@ -41,6 +41,9 @@ def pytest_configure(config):
                             "test-asan), where it would repeat the normal pass exactly")
     config.addinivalue_line("markers", "runs_programs: in a sql_only module, a test that "
                             "runs one of our programs (the sanitizer pass runs it)")
+    config.addinivalue_line("markers", "no_programs: runs none of our programs (the test "
+                            "harness's own tools, the build): skipped in the sanitizer "
+                            "pass, where it would repeat the normal pass exactly")
 
 
 def pytest_generate_tests(metafunc):
@@ -65,6 +68,9 @@ def pytest_collection_modifyitems(config, items):
                 and not item.get_closest_marker("runs_programs")):
             item.add_marker(pytest.mark.skip(
                 reason="SQL only: no program of ours to check under the sanitizers"))
+        if SANITIZED and item.get_closest_marker("no_programs"):
+            item.add_marker(pytest.mark.skip(
+                reason="no program of ours to check under the sanitizers"))
         cs = getattr(item, "callspec", None)
         names = getattr(item, "fixturenames", ())
         if ((cs is not None and cs.params.get("broker_kind") == "apache")
