@@ -41,6 +41,9 @@ def pytest_configure(config):
                             "test-asan), where it would repeat the normal pass exactly")
     config.addinivalue_line("markers", "runs_programs: in a sql_only module, a test that "
                             "runs one of our programs (the sanitizer pass runs it)")
+    config.addinivalue_line("markers", "no_programs: runs none of our programs (the test "
+                            "harness's own tools, the build): skipped in the sanitizer "
+                            "pass, where it would repeat the normal pass exactly")
 
 
 def pytest_generate_tests(metafunc):
@@ -65,6 +68,9 @@ def pytest_collection_modifyitems(config, items):
                 and not item.get_closest_marker("runs_programs")):
             item.add_marker(pytest.mark.skip(
                 reason="SQL only: no program of ours to check under the sanitizers"))
+        if SANITIZED and item.get_closest_marker("no_programs"):
+            item.add_marker(pytest.mark.skip(
+                reason="no program of ours to check under the sanitizers"))
         cs = getattr(item, "callspec", None)
         names = getattr(item, "fixturenames", ())
         if ((cs is not None and cs.params.get("broker_kind") == "apache")
@@ -84,32 +90,63 @@ def pytest_collection_modifyitems(config, items):
 # it runs all the same, just not ahead of the rest.
 LONG_FIRST = (
     "test_kafka_faults.py::test_the_whole_cluster_restarted_services_recover_and_retries_fire",
-    "test_make_run.py::test_make_run_explains_a_retry_it_gave_up_waiting_for",
+    "test_review20_faults.py::test_one_large_event_matching_a_thousand_subscriptions_stays_within_the_budget",
+    "test_review21_faults.py::test_a_dead_letter_topic_the_service_may_not_write_makes_it_not_ready_until_allowed",
     "test_rebalance_held.py::test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out",
+    "test_spine_tools.py::test_the_test_stack_never_hands_out_one_port_twice",
+    "test_review29_faults.py::test_a_stream_to_brokers_that_answered_at_start_rides_out_an_outage_longer_than_30_s",
+    "test_review20_faults.py::test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries",
     "test_promises2.py::test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns",
-    "test_ops.py::test_readyz_follows_the_database_and_recovers",
     "test_rebalance_held.py::test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out",
+    "test_tls.py::test_new_connections_resume_the_tls_session_of_earlier_ones",
+    "test_ops.py::test_readyz_follows_the_database_and_recovers",
+    "test_review5_faults.py::test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions",
+    "test_pacing.py::test_a_burst_drains_at_the_endpoints_pace_parking_each_delivery_about_once",
     "test_lifecycle.py::test_a_challenge_whose_dispatcher_dies_is_sent_again_after_its_lease",
     "test_rebalance_held.py::test_events_waiting_in_a_batch_are_not_delivered_twice_on_scale_out",
     "test_isolation.py::test_a_short_pause_only_stops_taking_messages_a_lasting_one_stops_fetching",
-    "test_isolation.py::test_a_pause_longer_than_max_poll_interval_keeps_the_group_and_delivers_once",
-    "test_rebalance_held.py::test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out",
-    "test_final_state.py::test_a_retry_after_longer_than_every_tier_holds_up_no_retry_behind_it",
-    "test_ops.py::test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_acknowledged",
-    "test_ops.py::test_sigterm_with_every_broker_down_exits_within_the_grace_period",
-    "test_isolation.py::test_a_hung_endpoint_stops_neither_a_healthy_one_nor_the_offsets",
     "test_rate_limit.py::test_two_dispatchers_share_one_budget",
-    "test_ops.py::test_a_second_sigterm_stops_at_once_and_loses_nothing",
-    "test_secrets.py::test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext",
-    "test_make_run.py::test_make_run_demo_then_ctrl_c_leaves_nothing",
-    "test_final_state.py::test_a_delivered_delivery_stays_delivered_when_the_dispatcher_resends_it_and_it_fails",
-    "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
-    "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
-    "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
-    "test_review3_faults.py::test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503",
+    "test_promises4.py::test_changes_made_while_the_database_is_away_apply_once_it_is_back",
     "test_review17_faults.py::test_a_passing_failure_of_an_active_subscription_s_challenge_does_not_deactivate_it",
+    "test_ops.py::test_sigterm_with_every_broker_down_exits_within_the_grace_period",
+    "test_review11_faults.py::test_a_try_later_answer_to_the_challenge_is_asked_again_not_recorded",
+    "test_review11_faults.py::test_a_new_verification_request_gets_its_own_try_later_span",
+    "test_make_run.py::test_make_run_demo_then_ctrl_c_leaves_nothing",
+    "test_isolation.py::test_a_hung_endpoint_stops_neither_a_healthy_one_nor_the_offsets",
+    "test_make_run.py::test_make_run_explains_a_retry_it_gave_up_waiting_for",
+    "test_review20_faults.py::test_a_fan_out_stopped_half_way_is_finished_by_the_next_start",
+    "test_review3_faults.py::test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503",
+    "test_ops.py::test_a_second_sigterm_stops_at_once_and_loses_nothing",
+    "test_review7_faults.py::test_a_replay_whose_retrier_died_after_queueing_it_is_sent_once_more_not_twice",
+    "test_rate_limit.py::test_a_retry_the_limit_holds_back_is_due_again_in_the_first_tier_not_its_own",
+    "test_review_faults.py::test_a_stale_copy_of_the_head_s_retry_does_not_release_its_key",
+    "test_review20_faults.py::test_a_bulk_url_change_does_not_hold_the_rate_limited_subscriptions_back",
+    "test_review31_faults.py::test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries",
+    "test_promises3.py::test_a_database_that_accepts_but_does_not_answer_makes_the_service_not_ready",
+    "test_isolation.py::test_a_pause_longer_than_max_poll_interval_keeps_the_group_and_delivers_once",
+    "test_review5_faults.py::test_a_producer_that_can_no_longer_produce_stops_the_dispatcher",
+    "test_final_state.py::test_a_delivered_delivery_stays_delivered_when_the_dispatcher_resends_it_and_it_fails",
+    "test_rebalance_held.py::test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out",
+    "test_promises3.py::test_every_broker_down_is_seen_within_seconds_counted_and_said_once_each_way",
+    "test_review14_faults.py::test_an_endpoint_failing_every_delivery_does_not_flood_the_log",
+    "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
     "test_review17_faults.py::test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason",
+    "test_promises4.py::test_a_request_still_running_at_the_drain_deadline_is_abandoned_and_sent_again",
+    "test_secrets.py::test_an_upgrade_seals_what_earlier_versions_stored_in_plaintext",
+    "test_ops.py::test_sigterm_drains_in_flight_deliveries_then_a_restart_resends_nothing_acknowledged",
     "test_review25_faults.py::test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash",
+    "test_review9_faults.py::test_sigterm_while_the_database_does_not_answer_exits_0_in_time_and_loses_nothing",
+    "test_review_faults.py::test_a_delivery_held_by_its_rate_limit_follows_its_new_url_s_circuit",
+    "test_rate_limit.py::test_deliveries_held_by_the_limit_follow_a_deactivation",
+    "test_review31_faults.py::test_many_hung_hosts_one_request_each_leave_the_kept_slots_to_a_healthy_one",
+    "test_review32_faults.py::test_an_open_circuit_is_not_forgotten_between_two_waves_of_retries",
+    "test_promises2.py::test_two_retriers_share_a_tier_and_one_killed_loses_nothing",
+    "test_final_state.py::test_a_retry_after_longer_than_every_tier_holds_up_no_retry_behind_it",
+    "test_promises3.py::test_sigterm_while_the_database_is_away_exits_0_in_time_and_loses_nothing",
+    "test_review24_faults.py::test_hosts_whose_requests_time_out_do_not_take_the_slots_kept_for_hosts_that_answer",
+    "test_connections.py::test_connections_are_kept_for_as_many_hosts_as_max_connections_allows",
+    "test_final_state.py::test_a_dispatcher_resending_a_final_failure_after_a_crash_does_not_dead_letter_it_twice",
+    "test_review7_faults.py::test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 

@@ -2,9 +2,12 @@
 import shutil
 import subprocess
 
+import pytest
+
 from hbtest.procs import REPO, SLOW
 
 
+@pytest.mark.no_programs  # builds with the plain flags in either pass
 def test_a_second_make_rebuilds_nothing(tmp_path):
     """A unit test program is built, then `make -q` (is anything out of date?)
     answers 0. It used to answer 1: make deleted the test's object file as an

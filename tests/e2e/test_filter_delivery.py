@@ -40,6 +40,7 @@ def test_only_events_the_filter_accepts_arrive(db_url, broker, procs, workdir):
     assert len(receiver.posts()) == 2, "filtered-out events are not sent at all"
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("flt,msg", [
     ({"outcome.result": {"$gt": 1}}, 'unknown operator "$gt"'),
     ({"target.type": ["User"]}, "$in"),

@@ -16,6 +16,9 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
+# SQL only: the sanitizer pass (make test-asan) skips it.
+pytestmark = pytest.mark.sql_only
+
 
 T0 = datetime.datetime(2026, 12, 4, 10, 0, 0, tzinfo=datetime.timezone.utc)
 

@@ -22,6 +22,9 @@ import uuid
 
 import pytest
 
+# SQL only: the sanitizer pass (make test-asan) skips it.
+pytestmark = pytest.mark.sql_only
+
 LAG = datetime.timedelta(seconds=1)
 
 

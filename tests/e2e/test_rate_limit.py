@@ -70,6 +70,7 @@ BAD = [
 ]
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("value,needle", BAD)
 def test_bad_rate_limits_are_refused_with_hb024_and_change_nothing(db_url, value, needle):
     url = "https://example.com/hook"
@@ -90,6 +91,7 @@ def test_bad_rate_limits_are_refused_with_hb024_and_change_nothing(db_url, value
         ({"rate_limit": {"per_second": 3, "burst": 3}},)]
 
 
+@pytest.mark.sql_only
 def test_good_rate_limits_are_stored_normalised_and_the_budget_refills(db_url):
     def register(rl):
         return sql(db_url, "SELECT hookbridge.register('rl', 'https://example.com/h', "
@@ -130,6 +132,7 @@ def test_good_rate_limits_are_stored_normalised_and_the_budget_refills(db_url):
                "WHERE subscription_id=%s", sub) == [(0,)]
 
 
+@pytest.mark.sql_only
 def test_a_tiny_rate_is_a_long_wait_not_an_error(db_url):
     """per_second may be any number above 0: one request every 100 days is a
     wait beyond an int of ms, which the budget must still answer."""
@@ -146,6 +149,7 @@ def test_a_tiny_rate_is_a_long_wait_not_an_error(db_url):
     assert granted == 0 and wait > 86400 * 1000
 
 
+@pytest.mark.sql_only
 def test_a_draw_that_waited_for_the_row_lock_does_not_turn_the_bucket_clock_back(db_url):
     """Replicas draw from one row: a draw that waited for another's lock must
     not write back the earlier time it started at, or the next draw refills

@@ -56,6 +56,7 @@ STOPS = {
 }
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("how", sorted(STOPS))
 def test_deactivated_at_is_when_it_last_stopped_however_it_stopped(db_url, how):
     sub = register_active(db_url)
@@ -66,6 +67,7 @@ def test_deactivated_at_is_when_it_last_stopped_however_it_stopped(db_url, how):
     assert when is not None and before <= when <= db_now(db_url)
 
 
+@pytest.mark.sql_only
 def test_deactivated_at_survives_reactivation_and_moves_only_on_a_new_deactivation(db_url):
     sub = register_active(db_url)
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
@@ -81,6 +83,7 @@ def test_deactivated_at_survives_reactivation_and_moves_only_on_a_new_deactivati
     assert deactivated_at(db_url, sub) > first
 
 
+@pytest.mark.sql_only
 def test_an_operator_can_read_when_a_subscription_was_deactivated(db_url):
     sub = register_active(db_url)
     sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)

@@ -89,6 +89,7 @@ def test_the_retrier_creates_the_partitions_ahead(db_url, procs, workdir):
         == [(f"hookbridge.delivery_attempts_p{today():%Y%m%d}", sub)]
 
 
+@pytest.mark.sql_only
 def test_a_short_retention_drops_the_old_days_of_both_tables_and_nothing_else(db_url):
     sub = str(uuid.uuid4())  # the log has no foreign key to subscriptions
     # Partitions for the last ten days (pretending it is ten days ago, 10 ahead).
@@ -131,6 +132,7 @@ def test_a_short_retention_drops_the_old_days_of_both_tables_and_nothing_else(db
     assert [a for a, _ in maintain(db_url, "now() + interval '2 days'")] == []
 
 
+@pytest.mark.sql_only
 def test_writes_for_a_day_without_a_partition_wait_in_the_default_one_and_move_in(db_url):
     """A row of a day not created yet (a clock ahead) is written to the DEFAULT
     partition; when the day's partition is created, the row moves into it."""
@@ -233,6 +235,7 @@ def test_replay_within_the_retention_works_and_past_it_says_why_not(db_url, proc
                did) == [("delivered",)]
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("value", ["NULL", "'0 days'", "'-3 days'", "'12 hours'",
                                    "'1 day 6 hours'", "'1 month'", "'3651 days'"])
 def test_a_bad_retention_is_refused(db_url, value):
@@ -242,6 +245,7 @@ def test_a_bad_retention_is_refused(db_url, value):
     assert sql(db_url, "SELECT hookbridge.limit('delivery_log_retention_days')") == [(30,)]
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("value,days", [("'24 hours'", 1), ("'168 hours'", 7), ("'2 weeks'", 14),
                                         ("'1 day 24 hours'", 2)])
 def test_a_retention_of_whole_days_is_taken_however_it_is_written(db_url, value, days):
@@ -251,6 +255,7 @@ def test_a_retention_of_whole_days_is_taken_however_it_is_written(db_url, value,
     assert sql(db_url, "SELECT hookbridge.limit('delivery_log_retention_days')") == [(days,)]
 
 
+@pytest.mark.sql_only
 def test_the_retention_row_is_checked_however_it_is_written(db_url):
     code, msg = sqlstate(db_url, "UPDATE hookbridge.limits SET value = 0 "
                          "WHERE name = 'delivery_log_retention_days'")
@@ -317,6 +322,7 @@ def to_regclass(url, name):
     return sql(url, "SELECT to_regclass(%s)::text", f"hookbridge.{name}")[0][0]
 
 
+@pytest.mark.sql_only
 def test_the_services_role_maintains_and_the_operators_role_sets_the_retention(db_url):
     """maintain_delivery_log is the services' (hookbridge_service), set_retention
     the operators' (hookbridge_operator); neither may call the other's."""
@@ -337,6 +343,7 @@ def test_the_services_role_maintains_and_the_operators_role_sets_the_retention(d
         assert e.value.pgcode == "42501"
 
 
+@pytest.mark.sql_only
 def test_a_delivery_is_found_by_its_id_alone_through_each_days_key(db_url):
     """The services' look-up and replay know only the delivery id: every day
     holding rows is searched by its primary key index, not scanned."""
@@ -358,6 +365,7 @@ def test_a_delivery_is_found_by_its_id_alone_through_each_days_key(db_url):
             assert sql(db_url, f"SELECT count(*) FROM hookbridge.{part}") == [(0,)], plan
 
 
+@pytest.mark.sql_only
 def test_maintenance_gives_way_to_a_long_lock_and_does_it_next_time(db_url):
     """A session holding the log's tables (a long report, say) makes the
     maintenance skip what it cannot lock within its lock_timeout, say so, and
@@ -382,6 +390,7 @@ def test_maintenance_gives_way_to_a_long_lock_and_does_it_next_time(db_url):
     assert later in partitions(db_url, "deliveries") and later in partitions(db_url, "delivery_attempts")
 
 
+@pytest.mark.sql_only
 def test_maintenance_forgets_ordered_keys_whose_last_delivery_is_final(db_url):
     """ordering_tails grows with every key an ordered subscription ever saw;
     maintenance deletes the tails of keys quiet for an hour whose last

@@ -465,6 +465,7 @@ def test_replay_failed_sends_every_failure_of_a_subscription_since_a_time(db_url
     assert "replay requested" in r.proc.output()
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("call,code,msg", [
     ("SELECT hookbridge.replay('00000000-0000-4000-8000-000000000000')", "HB027",
      "is not in the delivery log, which keeps 30 days"),

@@ -15,6 +15,7 @@ import time
 import uuid
 
 import psycopg2
+import pytest
 
 from hbtest.pg import REPO
 from hbtest.procs import SLOW, wait_until
@@ -100,6 +101,7 @@ class Maintenance(threading.Thread):
             self.conn.close()
 
 
+@pytest.mark.sql_only
 def test_retention_and_the_delivery_log_writer_do_not_deadlock(db_url):
     """The writer of the delivery log (hb_dlog.c) writes a batch's deliveries,
     then their attempts, in one transaction. The retention's drops took the
@@ -136,6 +138,7 @@ def test_retention_and_the_delivery_log_writer_do_not_deadlock(db_url):
                did) == [(1,)]
 
 
+@pytest.mark.sql_only
 def test_retention_creating_and_dropping_days_does_not_deadlock_with_a_reader(db_url):
     """The first maintenance of a UTC day creates the partitions of a new day
     and drops those of an old one. It created first: attaching a partition
@@ -185,6 +188,7 @@ def test_retention_creating_and_dropping_days_does_not_deadlock_with_a_reader(db
     assert {o for a, o in m.result if a == "created"} == partition_names([ahead]), m.result
 
 
+@pytest.mark.sql_only
 def test_retention_waiting_for_a_long_report_does_not_stop_the_log(db_url):
     """A long report reading hookbridge.deliveries when the retention runs:
     the maintenance gave up on each day after its lock_timeout (5 s), but it
@@ -230,6 +234,7 @@ def test_retention_waiting_for_a_long_report_does_not_stop_the_log(db_url):
     assert {o for a, o in done if a == "dropped"} == partition_names(days), done
 
 
+@pytest.mark.sql_only
 def test_a_verification_outcome_for_a_subscription_being_deregistered_is_out_of_date(db_url):
     """record_verification() returns false for a subscription deregistered
     while its challenge ran (docs/sql.md). When the deregister() was still
@@ -313,6 +318,7 @@ def test_a_large_replay_of_a_rate_limited_subscription_is_paced_not_churned(db_u
     assert max(sum(1 for u in times if t <= u < t + 1000) for t in times) <= 2 + 4, times
 
 
+@pytest.mark.sql_only
 def test_the_documented_newest_deliveries_of_a_subscription_do_not_read_them_all(db_url):
     """docs/sql.md's query for "the last 20 deliveries of one subscription"
     filtered recent_deliveries on subscription_name: PostgreSQL joined, then
@@ -344,6 +350,7 @@ def test_the_documented_newest_deliveries_of_a_subscription_do_not_read_them_all
     assert len(sql(db_url, query, role=OPERATOR)) == 20
 
 
+@pytest.mark.sql_only
 def test_two_operators_replaying_one_subscription_at_once_take_turns(db_url):
     """replay_failed() moves what it replays to today's partition. A second
     call for the same subscription while the first was not committed waited

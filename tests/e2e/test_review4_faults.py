@@ -35,6 +35,7 @@ import threading
 import time
 
 import psycopg2
+import pytest
 
 from hbtest.lifecycle import (ACTIVE, apply, challenges, consumed, event, register_active, sql,
                               wait_verification_outcome)
@@ -111,6 +112,7 @@ def sqlstate(db_url, query, *args):
     return None
 
 
+@pytest.mark.sql_only
 def test_a_rate_limit_too_small_to_read_is_refused(db_url):
     """per_second is written as JSON text here: 1e-400 is greater than 0, but
     a double (the services', and take_rate_tokens') reads it as 0. It is
@@ -259,6 +261,7 @@ def test_a_lost_signing_secret_set_again_with_rotate_secret_is_used_at_once(
     assert wait_verification_outcome(db_url, sub) == "verified", subscription(db_url, sub)
 
 
+@pytest.mark.sql_only
 def test_a_url_whose_host_is_no_name_or_address_is_refused(db_url):
     """docs/sql.md: the URL needs a host; _check_url says 'not a valid host
     name or address'. (Before: any run of letters, digits, dots, '-' and '_'

@@ -63,6 +63,7 @@ def test_the_dispatcher_runs_as_hookbridge_service(db_url, broker, procs, workdi
     refused(svc, "INSERT INTO hookbridge.event_types (name) VALUES ('x.y')")
 
 
+@pytest.mark.sql_only
 def test_an_operator_manages_subscriptions_only_through_the_api(db_url):
     ops = login_role(db_url, "hookbridge_operator")
     sub = sql(ops, "SELECT hookbridge.register('ops', 'https://example.com/h', "
@@ -96,6 +97,7 @@ def test_an_operator_manages_subscriptions_only_through_the_api(db_url):
     assert e.value.pgcode == "HB011"
 
 
+@pytest.mark.sql_only
 def test_api_functions_are_security_definer_with_a_fixed_search_path(db_url):
     rows = sql(db_url, """
         SELECT p.proname, p.prosecdef, coalesce(array_to_string(p.proconfig, ','), '')

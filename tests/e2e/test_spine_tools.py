@@ -31,6 +31,7 @@ MIGRATE_LOCK_KEY = 7526676533394417767
 # --- the test stack's ports ------------------------------------------------------
 
 
+@pytest.mark.no_programs
 def test_the_test_stack_never_hands_out_one_port_twice():
     """A server started in the background may not listen yet when the next
     port is chosen, and the kernel can give the same free port again: CI once
@@ -51,6 +52,7 @@ def test_the_test_stack_never_hands_out_one_port_twice():
     assert len(out) == 600 and len(set(out)) == 600
 
 
+@pytest.mark.no_programs
 def test_two_test_workers_never_choose_one_port():
     """Each pytest-xdist worker (and the scripts it starts) chooses ports of
     its own residue class, so a port one worker chose and has not bound yet is
