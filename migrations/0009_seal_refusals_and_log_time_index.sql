@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 bdb09384eb04ebaea4cdb2ae3575982d3bc6d2c859db1a8ef28cdc1c856b0e9e
+-- sql/: sha256 39837cd89b8a6bb773b09cf6c9fd463462867f4cdc53503abaf4b90cd6d99078
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

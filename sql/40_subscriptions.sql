@@ -354,18 +354,23 @@ $$;
 CREATE OR REPLACE FUNCTION hookbridge.deregister(id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
-    PERFORM hookbridge._live(deregister.id);
-    DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
+    PERFORM hookbridge._live_read(deregister.id); -- its errors before any lock
     -- its rate limit's bucket too (the row is kept, so ON DELETE CASCADE is not
     -- reached; take_rate_tokens is never called for it again). Put first, then
     -- deleted: the key stays ours until the commit, so a take_rate_tokens()
     -- drawing meanwhile waits for it and then finds the subscription gone
     -- (it looks again once the bucket is its own), where it put a new bucket
     -- back for good when the row had not been there to delete.
+    -- The bucket's key before the subscription's row, in the order a draw
+    -- takes them (its insert, then the foreign key's share lock on the row):
+    -- the other way round, a draw inserting the bucket waited for the row
+    -- while this waited for its insert, a deadlock, and one of the two failed.
     INSERT INTO hookbridge.rate_limit_buckets AS b (subscription_id, tokens, refilled_at)
     VALUES (deregister.id, 0, clock_timestamp())
     ON CONFLICT ON CONSTRAINT rate_limit_buckets_pkey DO NOTHING;
     DELETE FROM hookbridge.rate_limit_buckets b WHERE b.subscription_id = deregister.id;
+    PERFORM hookbridge._live(deregister.id);
+    DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = deregister.id;
     UPDATE hookbridge.subscriptions s
        SET status = 'inactive', deregistered_at = now(), verification_requested_at = NULL,
            verification_claimed_until = NULL, verification_retrying = NULL, auth_header = NULL,

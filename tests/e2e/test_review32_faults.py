@@ -210,6 +210,64 @@ def test_a_draw_racing_deregister_leaves_no_rate_limit_bucket_behind(db_url):
 
 
 @pytest.mark.sql_only
+def test_a_draw_putting_the_bucket_while_deregister_runs_does_not_deadlock(db_url):
+    """deregister locked the subscription's row first and then took its
+    rate-limit bucket's key; a take_rate_tokens() putting the bucket (the
+    first draw, or one after a deletion) took the key first and then, for
+    the foreign key, a share lock on the row. Met in that order, each waited
+    for the other: PostgreSQL's deadlock detector failed one of them after a
+    second (seen in a loaded run of the test above: DeadlockDetected in the
+    draw). deregister now takes the bucket's key before the row.
+
+    The interleaving is forced: another transaction holds the subscription's
+    secret row, so deregister waits at its secrets; the draw then starts;
+    the holder commits. On 8fe588a: DeadlockDetected. About 1 s."""
+    sub = sql(db_url, "SELECT hookbridge.register('deadlock', 'https://example.com/hook', "
+              "ARRAY['user.session.start'], '{\"rate_limit\": {\"per_second\": 1}}')")[0][0]
+    holder = psycopg2.connect(db_url)
+    errors, pids = [], {}
+
+    def run(name, query):
+        conn = psycopg2.connect(db_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid()")
+                pids[name] = cur.fetchone()[0]
+                cur.execute(query, (sub,))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{name}: {e!r}")
+        finally:
+            conn.close()
+
+    def waiting(name):
+        return pids.get(name) and sql(db_url, "SELECT wait_event_type = 'Lock' FROM "
+                                      "pg_stat_activity WHERE pid = %s", pids[name])[0][0]
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1 FROM hookbridge.subscription_secrets "
+                        "WHERE subscription_id = %s FOR UPDATE", (sub,))
+            assert cur.rowcount >= 1
+        dereg = threading.Thread(target=run, args=("deregister", "SELECT hookbridge.deregister(%s)"))
+        dereg.start()
+        wait_until(lambda: waiting("deregister"), 10 * SLOW, "deregister to wait for a lock")
+        draw = threading.Thread(target=run, args=(
+            "draw", "SELECT * FROM hookbridge.take_rate_tokens(%s, 1)"))
+        draw.start()
+        wait_until(lambda: waiting("draw"), 10 * SLOW, "the draw to wait for a lock")
+    finally:
+        holder.commit()
+        holder.close()
+    dereg.join(30)
+    draw.join(30)
+    assert not errors, errors
+    assert sql(db_url, "SELECT deregistered_at IS NOT NULL FROM hookbridge.subscriptions "
+               "WHERE id = %s", sub)[0][0]
+    assert sql(db_url, "SELECT count(*) FROM hookbridge.rate_limit_buckets "
+               "WHERE subscription_id = %s", sub)[0][0] == 0
+
+
+@pytest.mark.sql_only
 def test_make_lint_refuses_a_python_file_that_does_not_parse(tmp_path):
     """make lint (review 29) ran flake8 with pyflakes' checks only
     (--select=F); a file that does not parse is flake8's E999, so it was
