@@ -39,12 +39,11 @@ int hb_kafka_auth_failure(char *buf, size_t size) {
  * nonce as RFC 5802 says and refuses the proof as "invalid credentials",
  * right password or not. Said with the error, so that an operator does not
  * hunt for a password that is right. */
-static const char *scram_hint(const char *buf) {
-    static char hint[256];
+static const char *scram_hint(const char *buf, char *hint, size_t size) {
     if (rd_kafka_version() >= 0x020601ff || !strstr(buf, "SASL authentication error") ||
         !strstr(buf, "SCRAM"))
         return "";
-    snprintf(hint, sizeof(hint),
+    snprintf(hint, size,
              "; if the password is right: librdkafka %s, which this build uses, cannot "
              "authenticate with SCRAM to Apache Kafka 4 and later (fixed in librdkafka 2.6.1)",
              rd_kafka_version_str());
@@ -74,7 +73,8 @@ void hb_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const cha
         /* "[thrd:...]: broker: reason": the thread name is of no use here */
         const char *msg =
             strncmp(buf, "[thrd:", 6) || !strstr(buf, "]: ") ? buf : strstr(buf, "]: ") + 3;
-        const char *hint = scram_hint(msg);
+        char hint_buf[256]; /* librdkafka logs from its brokers' threads at once */
+        const char *hint = scram_hint(msg, hint_buf, sizeof(hint_buf));
         pthread_mutex_lock(&auth_failure_lock);
         snprintf(auth_failure, sizeof(auth_failure), "%s%s", msg, hint);
         auth_failure_ms = hb_mono_ms();
