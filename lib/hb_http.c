@@ -1332,6 +1332,13 @@ static void hb_http_start(hb_http_t *h, hb_http_xfer_t *x) {
  * resolved counts as lagging (its queue is not waited for:
  * hb_http_backlog), so does a new one whose oldest request waited
  * HB_HTTP_LAG_MS for a slot. */
+/* Whether the next transfer started takes one of the kept slots (the last
+ * quarter of max_in_flight). */
+static int hb_http_in_kept_slots(const hb_http_t *h) {
+    size_t max = (size_t)h->conf.max_in_flight;
+    return h->in_flight + max / 4 >= max;
+}
+
 static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int64_t now) {
     size_t max = (size_t)h->conf.max_in_flight;
     if (!host->named) {
@@ -1340,7 +1347,7 @@ static int hb_http_may_start(const hb_http_t *h, const hb_http_host_t *host, int
         if (h->lookups >= hb_http_max_lookups(h))
             return 0;
     }
-    if (h->in_flight + max / 4 < max)
+    if (!hb_http_in_kept_slots(h))
         return 1;
     if (!host->done_mono) /* none of its requests answered yet: half the kept ones */
         return host->in_flight == 0 && h->kept_new < (max / 4 + 1) / 2;
@@ -1389,8 +1396,7 @@ static void hb_http_refill(hb_http_t *h) {
             continue;
         }
         hb_http_xfer_t *x = hb_http_wait_pop(h, host);
-        size_t max = (size_t)h->conf.max_in_flight;
-        int kept_new = !host->done_mono && h->in_flight + max / 4 >= max;
+        int kept_new = !host->done_mono && hb_http_in_kept_slots(h);
         if (x)
             hb_http_start(h, x);
         if (x && x->easy && kept_new) {
