@@ -137,10 +137,16 @@ def test_what_was_answered_but_not_logged_yet_is_not_delivered_twice_on_scale_ou
     dispatcher writes the rows of what was answered and commits their
     offsets before the newcomer reads the partitions, so the newcomer does
     not deliver them again. On e48a11e it did: 210 of 800 events arrived
-    twice in one run (everything answered since the last write)."""
-    n = 800
+    twice in one run (everything answered since the last write).
+
+    The backlog (1,000 events at 2 connections x 25 a second: 20 s) outlasts
+    the newcomer's join, which on the devbroker takes one or two rounds of
+    the group protocol's 5 s timer. With 800 events at 20 ms it lasted 8 s,
+    and a join that took the second round found nothing left to take over
+    (CI run on 5f31f61)."""
+    n = 1000
     rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
-                   delay_ms=20, args=["--threads", "8"])
+                   delay_ms=40, args=["--threads", "8"])
     d1, d2, _, _ = scale_out(db_url, procs, workdir, rcv, None,
                              {"HOOKBRIDGE_MAX_HOST_CONNECTIONS": str(CONNECTIONS),
                               "HOOKBRIDGE_LOG_FLUSH_INTERVAL": "15s"}, n, "00w")
@@ -152,7 +158,9 @@ def test_what_was_answered_but_not_logged_yet_is_not_delivered_twice_on_scale_ou
 
 def test_a_backlog_held_by_a_rate_limit_is_not_delivered_twice_on_scale_out(
         db_url, procs, workdir):
-    n, rate, burst = 150, 10, 5
+    # 20 s of backlog at the shared rate: it outlasts a join that takes the
+    # group protocol's second 5 s round (150 events left 4 s to spare).
+    n, rate, burst = 200, 10, 5
     rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     d1, d2, _, _ = scale_out(db_url, procs, workdir, rcv,
                              {"rate_limit": {"per_second": rate, "burst": burst}}, {}, n, "00r")
