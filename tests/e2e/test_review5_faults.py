@@ -40,7 +40,11 @@ def test_a_batch_waiting_for_its_turn_loses_the_events_of_revoked_partitions(
     dispatcher sent each waiting batch whole, since not every one of its
     partitions was revoked, and the new owner delivered the events of its
     partitions again in batches of its own: half of the backlog twice.)"""
-    rounds, per_batch = 15, 6
+    # 20 batches at one a second: the backlog outlasts a join that takes the
+    # group protocol's second 5 s round on the devbroker (with 15 it was
+    # sometimes gone before the revocation, and the test timed out waiting
+    # for it).
+    rounds, per_batch = 20, 6
     n = rounds * per_batch
     broker = Broker(procs, workdir, retry_schedule="1h")
     rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
