@@ -44,16 +44,31 @@ def port_range():
 
 
 def choose(count, taken=()):
+    """count free ports of this worker's class, none of taken. Fails (an
+    error naming the class) rather than spinning when taken and what is bound
+    leave too few: the class holds (range / workers) ports, about 2,800 with 8
+    workers."""
     i, n = port_slot()
     first, last = port_range()
     taken = set(taken)
     base = first + (i - first) % n  # the class's first port in the range
+    size = (last - base) // n + 1
+    mine = sum(1 for p in taken if base <= p <= last and (p - base) % n == 0)
+    if mine + count > size:
+        raise RuntimeError(f"cannot choose {count} port(s): class {i}/{n} of ports "
+                           f"{first}-{last} holds {size}, {mine} of them taken")
     held, ports = [], []
+    tries = 0
     try:
         while len(ports) < count:
+            tries += 1
+            if tries > 100 * count + 10000:
+                raise RuntimeError(f"cannot choose {count} port(s) in class {i}/{n}: "
+                                   f"{len(ports)} found in {tries - 1} tries "
+                                   f"({len(taken)} taken)")
             # not the kernel's choice (port 0): Linux gives bind() odd ports
             # only (2,000 of 2,000 here), to a worker of any class
-            p = base + random.randrange((last - base) // n + 1) * n
+            p = base + random.randrange(size) * n
             if p in taken:
                 continue
             s = socket.socket()
@@ -72,4 +87,8 @@ def choose(count, taken=()):
 
 
 if __name__ == "__main__":
-    print("\n".join(str(p) for p in choose(int(sys.argv[1]), (int(a) for a in sys.argv[2:]))))
+    try:
+        chosen = choose(int(sys.argv[1]), (int(a) for a in sys.argv[2:]))
+    except RuntimeError as e:
+        sys.exit(f"free_ports.py: {e}")
+    print("\n".join(str(p) for p in chosen))

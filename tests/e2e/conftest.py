@@ -94,7 +94,6 @@ LONG_FIRST = (
     "test_review21_faults.py::test_a_dead_letter_topic_the_service_may_not_write_makes_it_not_ready_until_allowed",
     "test_rebalance_held.py::test_a_backlog_waiting_for_connections_is_not_delivered_twice_on_scale_out",
     "test_rebalance_held.py::test_what_was_answered_but_not_logged_yet_is_not_delivered_twice_on_scale_out",
-    "test_spine_tools.py::test_the_test_stack_never_hands_out_one_port_twice",
     "test_review29_faults.py::test_a_stream_to_brokers_that_answered_at_start_rides_out_an_outage_longer_than_30_s",
     "test_review20_faults.py::test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries",
     "test_promises2.py::test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns",

@@ -18,7 +18,8 @@ import pytest
 from kafka import KafkaConsumer
 
 from hbtest.pg import MIGRATIONS
-from hbtest.procs import BIN, REPO, SLOW, free_port, wait_until
+from hbtest.procs import (BIN, PORTS_REMEMBERED, REPO, SLOW, free_port, port_range,
+                          port_slot, wait_until)
 from hbtest.stack import Broker, Receiver, produce, topic_records
 from hbtest.webhooks import expected_signature
 
@@ -32,15 +33,32 @@ MIGRATE_LOCK_KEY = 7526676533394417767
 
 
 @pytest.mark.no_programs
-def test_the_test_stack_never_hands_out_one_port_twice():
+def test_the_test_stack_never_hands_out_one_port_twice(monkeypatch):
     """A server started in the background may not listen yet when the next
     port is chosen, and the kernel can give the same free port again: CI once
     saw a dispatcher and its receiver given one port, so the dispatcher could
     not start ('cannot listen on ...: address in use'). Without the memory of
-    what was handed out, 3,000 picks would repeat about 200 ports and the
-    shell's 400 about 3.5 (the shell part would pass about 1 time in 30)."""
-    ports = [free_port() for _ in range(3000)]
+    what was handed out, 1,000 picks would repeat about 130 ports with 6
+    workers (22 in a run without workers), and the shell's 400 about 3.5 (the
+    shell part would pass about 1 time in 30)."""
+    ports = [free_port() for _ in range(PORTS_REMEMBERED)]
     assert len(set(ports)) == len(ports)
+
+    # A long run goes on choosing: the memory keeps the last 1,000. It kept
+    # every port a worker had handed out, and once those covered the
+    # worker's class (about 2,800 ports with 8 workers) the next choice
+    # spun forever: the worker hung, its tests never started. Here 3,000
+    # choices from a part of this worker's class that holds about 1,400.
+    i, n = port_slot()
+    m = -(-16 // n)  # the class i mod n*m lies within this worker's, i mod n
+    monkeypatch.setenv("HOOKBRIDGE_PORT_SLOT", f"{i}/{n * m}")
+    lo, hi = port_range()
+    assert (hi - lo) // (n * m) + 1 < 3000
+    ports = [free_port() for _ in range(3000)]
+    for j in range(len(ports) - PORTS_REMEMBERED):
+        assert ports[j] not in ports[j + 1:j + PORTS_REMEMBERED], j
+    monkeypatch.undo()
+
     # the shell side (make run, make bench, kafka.sh): deploy/local/stack.sh
     out = subprocess.run(
         ["bash", "-c", ". deploy/local/stack.sh; for i in $(seq 400); do free_port p; "
@@ -50,6 +68,23 @@ def test_the_test_stack_never_hands_out_one_port_twice():
     out = subprocess.run(["/usr/bin/python3", "deploy/local/free_ports.py", "600"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout.split()
     assert len(out) == 600 and len(set(out)) == 600
+
+
+@pytest.mark.no_programs
+def test_more_ports_than_a_worker_s_class_holds_is_an_error_not_a_hang():
+    """Asked for more ports than its class can give, the chooser says so and
+    exits 1 at once (it used to loop without end), and the shell's
+    free_port stops the script with its error."""
+    env = {**os.environ, "HOOKBRIDGE_PORT_SLOT": "3/16"}
+    lo, hi = port_range()
+    size = (hi - (lo + (3 - lo) % 16)) // 16 + 1
+    t0 = time.monotonic()
+    r = subprocess.run(["/usr/bin/python3", "deploy/local/free_ports.py", str(size + 1)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout[:200])
+    assert r.stderr == (f"free_ports.py: cannot choose {size + 1} port(s): class 3/16 of ports "
+                        f"{lo}-{hi} holds {size}, 0 of them taken\n"), r.stderr
 
 
 @pytest.mark.no_programs

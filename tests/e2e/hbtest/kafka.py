@@ -208,7 +208,7 @@ class ApacheKafka:
         # starting again ("Address already in use").
         for props in self.dir.glob("node-*/server.properties"):
             line = next(l for l in props.read_text().splitlines() if l.startswith("listeners="))
-            harness_procs._PORTS_GIVEN.update(int(p) for p in re.findall(r":(\d+)", line))
+            harness_procs.reserve_ports(int(p) for p in re.findall(r":(\d+)", line))
         for i in range(1, nodes + 1):
             self.start_node(i)
         for i in range(1, nodes + 1):

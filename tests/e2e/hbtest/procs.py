@@ -57,16 +57,34 @@ if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
         "HOOKBRIDGE_PORT_SLOT", f"{os.environ['PYTEST_XDIST_WORKER'][2:]}/"
         f"{os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')}")
 _PORTS = _port_picker()
-_PORTS_GIVEN = set()
+port_slot, port_range = _PORTS.port_slot, _PORTS.port_range
+# The ports this process handed out last, oldest first (dict: ordered set).
+_PORTS_GIVEN = {}
+# How many it remembers: far more than one test starts servers on, far fewer
+# than a worker's class holds (about 2,800 ports with 8 workers). Remembering
+# every port ever given exhausted the class in a long run, and choose() then
+# spun forever: the worker hung, and its tests never started.
+PORTS_REMEMBERED = 1000
+# Ports never handed out while this process lives (reserve_ports).
+_PORTS_RESERVED = set()
+
+
+def reserve_ports(ports):
+    """Keeps free_port() from ever handing out these (the listeners of an
+    Apache Kafka node that a test stops and starts again)."""
+    _PORTS_RESERVED.update(ports)
 
 
 def free_port():
-    """A loopback port nothing listens on, never one this process handed out
-    before: a server started in the background may not listen yet when the
-    next port is chosen, and the kernel can give the same free port twice in
-    a row (CI once had a dispatcher and its receiver on one port)."""
-    port = _PORTS.choose(1, _PORTS_GIVEN)[0]
-    _PORTS_GIVEN.add(port)
+    """A loopback port nothing listens on, none of the last PORTS_REMEMBERED
+    this process handed out: a server started in the background may not
+    listen yet when the next port is chosen, and the kernel can give the same
+    free port twice in a row (CI once had a dispatcher and its receiver on
+    one port)."""
+    port = _PORTS.choose(1, _PORTS_RESERVED.union(_PORTS_GIVEN))[0]
+    _PORTS_GIVEN[port] = None
+    if len(_PORTS_GIVEN) > PORTS_REMEMBERED:
+        del _PORTS_GIVEN[next(iter(_PORTS_GIVEN))]
     return port
 
 
