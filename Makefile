@@ -197,11 +197,11 @@ test-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
 # The end-to-end tests mostly wait on real processes, so they run in
 # PYTEST_JOBS parallel workers (pytest-xdist); each worker has its own
 # PostgreSQL cluster, and every test its own broker and free ports.
-# 6 on 2 cores: with 4 the CPU was still idle 40-80 % of the time (vmstat,
-# 5 s samples, the sanitizer pass of 726 tests), and the plain pass took
-# 8:50 against 5:58 with 6; most tests take about as long under the
-# sanitizers as without: they wait for timers, joins and receivers.
-PYTEST_JOBS ?= 6
+# 8 on 2 cores: with 6 the CPU was still idle about 40 % of the time, and
+# the plain pass took 9:32 against 7:18 with 8 (the sanitizer pass 9:15
+# against 7:36; still 38-42 % idle). Most tests take about as long under
+# the sanitizers as without: they wait for timers, joins and receivers.
+PYTEST_JOBS ?= 8
 PYTEST := /usr/bin/python3 -m pytest -q -p no:cacheprovider -n $(PYTEST_JOBS) --dist loadgroup
 
 test-e2e: all
