@@ -198,7 +198,7 @@ static const cf_row_t cf_table[] = {
      "Each retry delay is lengthened by a random 0..N percent (never shortened), so an "
      "endpoint coming back from an outage is not hit by every retry at once."},
     {"retry_after_max", CF_MS, OFF(retry_after_max_ms), "1h", 0, 86400000, HB_PROG_SERVICES, 0,
-     "Longest Retry-After (from a 429 or 503) that is honoured."},
+     "Longest Retry-After (on a retryable answer: 408, 429, 5xx) that is honoured."},
     {"circuit_failures", CF_INT, OFF(circuit_failures), "20", 0, 1000000, HB_PROG_SERVICES, 0,
      "Consecutive failed attempts to one endpoint host (scheme://host:port) after which its "
      "circuit opens for a cool-down: requests waiting for it are taken out of the queue, and "

@@ -60,7 +60,7 @@ typedef struct hb_config_s {
     long long request_timeout_ms;   /* default per attempt */
     long long connect_timeout_ms;
     long long verify_timeout_ms;
-    long long verify_try_later_ms;    /* a challenge answered 429/503 is asked again this long */
+    long long verify_try_later_ms;    /* a challenge failing retryably: asked again this long */
     long long max_pending_events;     /* consumed but unfinished, then pause */
     long long max_pending_bytes;      /* payload bytes unfinished work holds, then pause */
     char *memory_limit_file;          /* the cgroup's memory limit, checked at start */
