@@ -186,23 +186,45 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
     return rk;
 }
 
-int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
-                     const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
-                     size_t errstr_size) {
+int hb_kafka_produce_hdrs(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
+                          const void *val, size_t val_len, const char *const *hdrs,
+                          void *msg_opaque, int block_ms, char *errstr, size_t errstr_size) {
     int64_t deadline = hb_mono_ms() + block_ms;
     for (;;) {
-        rd_kafka_resp_err_t err = rd_kafka_producev(
-            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)val, val_len),
-            RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
+        rd_kafka_headers_t *h = NULL;
+        rd_kafka_resp_err_t err;
+        if (hdrs) {
+            h = rd_kafka_headers_new(8);
+            for (size_t i = 0; hdrs[i]; i += 2)
+                (void)rd_kafka_header_add(h, hdrs[i], -1, hdrs[i + 1], -1);
+        }
+        if (h)
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)val, val_len),
+                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
+        else
+            err = rd_kafka_producev(
+                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)val, val_len),
+                RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
         if (!err)
-            return 0;
+            return 0; /* the headers are librdkafka's now */
+        if (h)
+            rd_kafka_headers_destroy(h);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || hb_mono_ms() >= deadline) {
             hb_seterr(errstr, errstr_size, "produce to %s: %s", topic, rd_kafka_err2str(err));
             return err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? HB_KAFKA_QUEUE_FULL : -1;
         }
         rd_kafka_poll(rk, 100); /* serve delivery reports to make room */
     }
+}
+
+int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
+                     const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
+                     size_t errstr_size) {
+    return hb_kafka_produce_hdrs(rk, topic, key, key_len, val, val_len, NULL, msg_opaque, block_ms,
+                                 errstr, errstr_size);
 }
 
 rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int timeout_ms,

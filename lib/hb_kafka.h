@@ -69,6 +69,12 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
 int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
                      const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;
+/* The same with headers: hdrs holds name, value pairs (NUL-terminated
+ * strings), then NULL; NULL for none. */
+int hb_kafka_produce_hdrs(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
+                          const void *val, size_t val_len, const char *const *hdrs,
+                          void *msg_opaque, int block_ms, char *errstr,
+                          size_t errstr_size) HB_MUSTCHECK;
 
 /* Learns topic's partition leaders before the first message is produced:
  * asks the brokers for its metadata and waits up to timeout_ms. Without it,
