@@ -62,8 +62,9 @@ static const cf_row_t cf_table[] = {
     {"events_topic", CF_STR, OFF(events_topic), "identity.events", 0, 0,
      HB_PROG_KAFKA | HB_PROG_MIGRATE, 0, "Topic of IdentityEvent messages."},
     {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0,
-     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
-     "Dead-letter topic for poison messages and deliveries out of attempts."},
+     HB_PROG_SERVICES | HB_PROG_PRODUCER | HB_PROG_MIGRATE, 0,
+     "Dead-letter topic for poison messages, deliveries out of attempts, and the events the "
+     "ingest endpoint refuses (kept as Okta sent them)."},
     {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
      HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},

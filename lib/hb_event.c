@@ -175,6 +175,13 @@ static int optional_string(json_t *ev, const char *name, const char **out, char 
         return -1;
     }
     *out = json_string_value(m);
+    /* read as a C string it would end at the NUL (the dispatcher refuses
+     * such an event as poison: hb_ev_new) */
+    if (strlen(*out) != json_string_length(m)) {
+        hb_seterr(errstr, errstr_size, "%s: holds a NUL character (\\u0000)", name);
+        *out = NULL;
+        return -1;
+    }
     return 0;
 }
 

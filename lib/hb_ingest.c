@@ -1,17 +1,23 @@
 /*
  * Okta event-hook bodies into encoded events. See hb_ingest.h.
  *
- * Every event is normalized, encoded and bounded before any is handed back,
- * so a caller that produces only after a successful parse never writes part
- * of a refused request.
+ * Every event is normalized, encoded and bounded before any is handed back;
+ * one that fails is handed back as it came, with the reason (the caller
+ * dead-letters it), so no event of a delivery is lost for another's fault.
+ * The events are changed in place as they are normalized, so a refused
+ * one's JSON comes from a second parse of the body, made only when some
+ * event was refused.
  */
 #include "hb_ingest.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_buf.h"
 #include "hb_event.h"
 
 void hb_ingest_batch_free(hb_ingest_batch_t *b) {
@@ -20,10 +26,13 @@ void hb_ingest_batch_free(hb_ingest_batch_t *b) {
     for (size_t i = 0; i < b->cnt; i++) {
         free(b->msgs[i].key);
         free(b->msgs[i].value);
+        free(b->msgs[i].refused);
+        free(b->msgs[i].uuid);
+        free(b->msgs[i].type);
     }
     free(b->msgs);
     b->msgs = NULL;
-    b->cnt = 0;
+    b->cnt = b->refused = 0;
 }
 
 /* The members Okta types as objects of any values (its System Log API:
@@ -50,13 +59,123 @@ static void stringify_values(json_t *map) {
     }
 }
 
-static void stringify_free_maps(json_t *ev) {
+/* A geolocation whose lat and lon are both null or absent (Okta's, for an
+ * address it cannot place) says nothing: it becomes null (the schema's
+ * coordinates are required doubles, so it refused the event). */
+static void drop_empty_geolocation(json_t *geo_context) {
+    json_t *geo = json_object_get(geo_context, "geolocation"), *lat, *lon;
+    if (!json_is_object(geo))
+        return;
+    lat = json_object_get(geo, "lat");
+    lon = json_object_get(geo, "lon");
+    if ((!lat || json_is_null(lat)) && (!lon || json_is_null(lon)))
+        (void)json_object_set_new(geo_context, "geolocation", json_null());
+}
+
+/* What Okta sends that the schema takes only once adjusted (see above). */
+static void okta_adjust(json_t *ev) {
     json_t *targets = json_object_get(ev, "target"), *t;
+    json_t *chain = json_object_get(json_object_get(ev, "request"), "ipChain"), *ip;
     size_t i;
     stringify_values(json_object_get(json_object_get(ev, "actor"), "detailEntry"));
     stringify_values(json_object_get(json_object_get(ev, "transaction"), "detail"));
     stringify_values(json_object_get(json_object_get(ev, "debugContext"), "debugData"));
     json_array_foreach(targets, i, t) stringify_values(json_object_get(t, "detailEntry"));
+    drop_empty_geolocation(json_object_get(json_object_get(ev, "client"), "geographicalContext"));
+    json_array_foreach(chain, i, ip)
+        drop_empty_geolocation(json_object_get(ip, "geographicalContext"));
+}
+
+/* The index of the first non-digit of s[i, n). */
+static size_t skip_digits(const char *s, size_t i, size_t n) {
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++;
+    return i;
+}
+
+/* Is s[0, n) a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int json_number_token(const char *s, size_t n) {
+    size_t i = s[0] == '-', d = i;
+    i = skip_digits(s, d, n);
+    if (i == d || (s[d] == '0' && i - d > 1))
+        return 0;
+    if (i < n && s[i] == '.') {
+        d = i + 1;
+        if ((i = skip_digits(s, d, n)) == d)
+            return 0;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        d = i + 1 + (i + 1 < n && (s[i + 1] == '+' || s[i + 1] == '-'));
+        if ((i = skip_digits(s, d, n)) == d)
+            return 0;
+    }
+    return i == n;
+}
+
+/* Does the number token s[0, n) overflow what jansson holds (an integer
+ * beyond int64, a real beyond double)? Only a well-formed one does: a
+ * malformed one stays for jansson to refuse. */
+static int number_overflows(const char *s, size_t n) {
+    char *tok, *end;
+    int real = memchr(s, '.', n) || memchr(s, 'e', n) || memchr(s, 'E', n), over;
+    if (!json_number_token(s, n))
+        return 0;
+    tok = hb_malloc(n + 1);
+    memcpy(tok, s, n);
+    tok[n] = '\0';
+    errno = 0;
+    if (real) {
+        over = isinf(strtod(tok, &end)) && errno == ERANGE;
+    } else {
+        (void)strtoll(tok, &end, 10);
+        over = errno == ERANGE;
+    }
+    free(tok);
+    return over;
+}
+
+/* The body with every number token that overflows (number_overflows) put in
+ * quotes, or NULL when there is none: jansson refuses a whole document for
+ * one of them. */
+static char *quote_huge_numbers(const char *body, size_t len, size_t *out_len) {
+    hb_buf_t out = {0};
+    size_t i = 0, copied = 0;
+    int in_string = 0, quoted = 0;
+    while (i < len) {
+        char c = body[i];
+        if (in_string) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_string = 0;
+            i++;
+        } else if (c == '"') {
+            in_string = 1;
+            i++;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            size_t j = i + 1;
+            while (j < len && body[j] && strchr("0123456789+-.eE", body[j]))
+                j++;
+            if (number_overflows(body + i, j - i)) {
+                hb_buf_put(&out, body + copied, i - copied);
+                hb_buf_put(&out, "\"", 1);
+                hb_buf_put(&out, body + i, j - i);
+                hb_buf_put(&out, "\"", 1);
+                copied = j;
+                quoted = 1;
+            }
+            i = j;
+        } else {
+            i++;
+        }
+    }
+    if (!quoted) {
+        hb_buf_free(&out);
+        return NULL;
+    }
+    hb_buf_put(&out, body + copied, len - copied);
+    *out_len = out.len;
+    return out.p;
 }
 
 /* The envelope's data.events, or NULL with the reason. */
@@ -95,63 +214,131 @@ static json_t *envelope_events(json_t *root, char *errstr, size_t errstr_size) {
     return events;
 }
 
+#define PARSE_FLAGS (JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL)
+
+/* A member that is a string without a NUL character, copied; else NULL. */
+static char *plain_string(const json_t *ev, const char *name) {
+    const json_t *v = json_object_get(ev, name);
+    const char *s = json_string_value(v);
+    return s && strlen(s) == json_string_length(v) ? hb_strdup(s) : NULL;
+}
+
+/* The refused event ev (as received) into m: its JSON text, or, past
+ * HB_INGEST_REFUSED_MAX_BYTES, what identifies it (the reason says so). */
+static void keep_refused(hb_ingest_msg_t *m, const json_t *ev) {
+    char *text = json_dumps(ev, JSON_COMPACT | JSON_ENCODE_ANY);
+    size_t n = text ? strlen(text) : 0;
+    m->uuid = json_is_object(ev) ? plain_string(ev, "uuid") : NULL;
+    m->type = json_is_object(ev) ? plain_string(ev, "eventType") : NULL;
+    m->key = m->uuid ? hb_strdup(m->uuid) : NULL;
+    if (n > HB_INGEST_REFUSED_MAX_BYTES) {
+        json_t *id = json_object();
+        char *published = plain_string(ev, "published"), *why;
+        size_t wn = strlen(m->refused) + 200;
+        free(text);
+        if (m->uuid)
+            (void)json_object_set_new(id, "uuid", json_string(m->uuid));
+        if (m->type)
+            (void)json_object_set_new(id, "eventType", json_string(m->type));
+        if (published)
+            (void)json_object_set_new(id, "published", json_string(published));
+        free(published);
+        text = json_dumps(id, JSON_COMPACT);
+        json_decref(id);
+        why = hb_malloc(wn);
+        snprintf(why, wn,
+                 "%s; its JSON (%zu bytes) is larger than %d bytes: only its uuid, "
+                 "eventType and published are kept",
+                 m->refused, n, HB_INGEST_REFUSED_MAX_BYTES);
+        free(m->refused);
+        m->refused = why;
+    }
+    if (!text) /* not even JSON text (an invalid UTF-8 key): nothing to keep */
+        text = hb_strdup("null");
+    m->value = text;
+    m->value_len = strlen(text);
+}
+
 static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
-                 long *bad_event, char *errstr, size_t errstr_size) {
+                 char *errstr, size_t errstr_size) {
     json_error_t jerr;
     json_t *root, *events;
     size_t n;
-    char why[400];
+    char why[400], *quoted = NULL;
 
     memset(out, 0, sizeof(*out));
-    *bad_event = -1;
-    root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_loadb(body, len, PARSE_FLAGS, &jerr);
+    if (!root && json_error_code(&jerr) == json_error_numeric_overflow &&
+        (quoted = quote_huge_numbers(body, len, &len)) != NULL) {
+        body = quoted;
+        root = json_loadb(body, len, PARSE_FLAGS, &jerr);
+    }
     if (!root) {
         hb_seterr(errstr, errstr_size, "invalid JSON at line %d, column %d: %s", jerr.line,
                   jerr.column, jerr.text);
+        free(quoted);
         return -1;
     }
     events = envelope_events(root, errstr, errstr_size);
     if (!events) {
         json_decref(root);
+        free(quoted);
         return -1;
     }
     n = json_array_size(events);
     out->msgs = n ? hb_calloc(n, sizeof(*out->msgs)) : NULL;
+    out->cnt = n;
     for (size_t i = 0; i < n; i++) {
         json_t *ev = json_array_get(events, i);
         hb_ingest_msg_t *m = &out->msgs[i];
         if (json_is_object(ev))
-            stringify_free_maps(ev);
+            okta_adjust(ev);
         if (hb_event_normalize(ev, 1, why, sizeof(why)) < 0 ||
             hb_codec_encode(codec, ev, &m->value, &m->value_len, why, sizeof(why)) < 0)
-            goto bad;
-        out->cnt = i + 1; /* value owned by the batch from here */
+            goto refused;
         if (m->value_len > HB_EVENT_MAX_BYTES) {
             hb_seterr(why, sizeof(why), "event of %zu bytes (encoded) is larger than %d bytes",
                       m->value_len, HB_EVENT_MAX_BYTES);
-            goto bad;
+            goto refused;
         }
         m->key = hb_strdup(hb_event_key(ev));
+        m->uuid = plain_string(ev, "uuid");
+        m->type = plain_string(ev, "eventType");
         continue;
-    bad:
-        hb_seterr(errstr, errstr_size, "data.events[%zu]: %s", i, why);
-        *bad_event = (long)i;
-        json_decref(root);
-        hb_ingest_batch_free(out);
-        return -1;
+    refused : {
+        size_t wn = strlen(why) + 32;
+        free(m->value); /* keep_refused fills it */
+        m->value = NULL;
+        m->value_len = 0;
+        m->refused = hb_malloc(wn);
+        snprintf(m->refused, wn, "data.events[%zu]: %s", i, why);
+        /* it quotes the body: a value cut where why ends may end inside a
+         * character, and the answer and the header are UTF-8 */
+        hb_utf8_scrub(m->refused);
+        out->refused++;
+    }
     }
     json_decref(root);
+    if (out->refused) { /* the events as received: normalizing changed them */
+        json_t *again = json_loadb(body, len, PARSE_FLAGS, &jerr);
+        json_t *pristine = json_object_get(json_object_get(again, "data"), "events");
+        for (size_t i = 0; i < n; i++)
+            if (out->msgs[i].refused)
+                keep_refused(&out->msgs[i], json_array_get(pristine, i));
+        json_decref(again);
+    }
+    free(quoted);
     return 0;
 }
 
 int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
-                    long *bad_event, char *errstr, size_t errstr_size) {
-    if (parse(codec, body, len, out, bad_event, errstr, errstr_size) == 0)
+                    char *errstr, size_t errstr_size) {
+    if (parse(codec, body, len, out, errstr, errstr_size) == 0)
         return 0;
     /* The error text ends up in a JSON answer (producer/ingest.c) and quotes
-     * the body: a long eventType, published or severity is cut where a
-     * buffer ends, possibly inside a character, and a JSON string cannot
-     * carry the invalid UTF-8 left (the answer lost its "error"). */
+     * the body: a long eventType cut where a buffer ends, possibly inside a
+     * character, leaves invalid UTF-8 a JSON string cannot carry (the
+     * answer lost its "error"). */
     if (errstr && errstr_size)
         hb_utf8_scrub(errstr);
     return -1;

@@ -8,12 +8,25 @@
  * and each LogEvent goes through exactly what the CLI does with a line
  * (but that values of Okta's free-form maps, actor.detailEntry,
  * target[].detailEntry, transaction.detail and debugContext.debugData,
- * that are not strings are taken as their JSON text):
- * hb_event_normalize (unknown event types accepted: Okta has hundreds), the
- * Avro single-object encoding, the HB_EVENT_MAX_BYTES bound, and the key
- * hb_event_key. A request is all or nothing: the first problem fails the
- * whole body, naming the event's index in data.events (0-based), and no
- * message is returned, so nothing of a refused request is ever produced.
+ * that are not strings are taken as their JSON text, and a geolocation
+ * without coordinates as none): hb_event_normalize (unknown event types
+ * accepted: Okta has hundreds), the Avro single-object encoding, the
+ * HB_EVENT_MAX_BYTES bound, and the key hb_event_key.
+ *
+ * An event that fails any of it is *refused*, not the request: Okta does not
+ * send a delivery answered 4xx again, so refusing the request for one event
+ * lost every other event of it. A refused event comes back as its JSON text
+ * as received (for the dead-letter topic) with the reason, in its place
+ * among the others. Only an envelope that is not one (not JSON, not an
+ * object, another eventType, no data.events array) fails the whole body.
+ *
+ * The body is parsed with \u0000 allowed in strings (it is valid JSON, and
+ * an attacker may type one into a field Okta logs: one such event must not
+ * take its delivery's others with it); uuid, eventType, published, version
+ * and severity holding one are refused (hb_event_normalize), any other
+ * string keeps it. A number beyond what jansson holds (an integer outside
+ * 64 bits, a real beyond double) is taken as a string of its digits, so it
+ * refuses only its own event, or none in a free-form map.
  *
  * Pure functions of the body; the codec is the caller's (a codec is not
  * thread-safe: callers on several threads serialize on it).
@@ -33,25 +46,39 @@
 #define HB_INGEST_ENVELOPE_TYPE "com.okta.event_hook"
 
 typedef struct {
-    char *key;   /* hb_event_key, NUL-terminated */
-    void *value; /* single-object-encoded IdentityEvent */
+    /* Accepted: hb_event_key; refused: the event's uuid when it has one
+     * (NULL otherwise). NUL-terminated. */
+    char *key;
+    /* Accepted: the single-object-encoded IdentityEvent; refused: the
+     * event's compact JSON text as received (an event that cannot be
+     * written back as JSON: "null"). */
+    void *value;
     size_t value_len;
+    /* NULL, or why the event was refused: "data.events[2]: eventType:
+     * missing" (valid UTF-8: it quotes the body, and a character cut
+     * short by the buffer's end becomes '?'). */
+    char *refused;
+    /* The event's uuid and eventType as strings for the log, or NULL. */
+    char *uuid, *type;
 } hb_ingest_msg_t;
 
 typedef struct {
-    hb_ingest_msg_t *msgs;
+    hb_ingest_msg_t *msgs; /* one per event of data.events, in order */
     size_t cnt;
+    size_t refused; /* how many of them are refused */
 } hb_ingest_batch_t;
 
+/* Refused events larger than this are kept on the dead-letter topic as
+ * {"uuid","eventType","published"} only (the reason says so): under both
+ * librdkafka's message.max.bytes and Kafka's max.message.bytes defaults. */
+#define HB_INGEST_REFUSED_MAX_BYTES (512 * 1024)
+
 /* Parses and validates a request body into out (freed with
- * hb_ingest_batch_free, also after a failure). On failure returns -1 with
- * the reason in errstr and *bad_event set to the index of the event at
- * fault, or -1 when the envelope itself is wrong (not JSON, not an object,
- * another eventType, no data.events array). Error text names the place:
- * "data.events[2]: eventType: missing", and is valid UTF-8 (it quotes the
- * body; a character cut short by a buffer's end becomes '?'). */
+ * hb_ingest_batch_free, also after a failure). 0: one message per event,
+ * some perhaps refused (out->refused); -1 when the envelope itself is
+ * wrong, with the reason in errstr (valid UTF-8) and no message. */
 int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,
-                    long *bad_event, char *errstr, size_t errstr_size) HB_MUSTCHECK;
+                    char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 void hb_ingest_batch_free(hb_ingest_batch_t *b);
 

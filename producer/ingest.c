@@ -15,7 +15,10 @@
  * is not thread-safe), then produces every event with its request as the
  * message opaque, then waits on `cond` until each event has its delivery
  * report, the ingest timeout passes, or a stop aborts the wait. Only after
- * every report says "written" is the answer 200.
+ * every report says "written" is the answer 200. An event the validation
+ * refuses goes to the dead-letter topic instead, as Okta sent it, with the
+ * reason in a header (hb_ingest.h says why not the whole request), and is
+ * acknowledged like the others.
  *
  * Lifetime. A request is referenced by its connection and by each of its
  * messages still inside librdkafka; whoever drops the last reference frees
@@ -45,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hb_buf.h"
 #include "hb_codec.h"
 #include "hb_cutoff.h"
 #include "hb_httpd.h"
@@ -86,6 +90,11 @@ static hb_log_limit_t log_mhd = HB_LOG_LIMIT_NOTE("\"ingest httpd: ...\"", "");
     "request"
 static hb_log_limit_t log_refused = HB_LOG_LIMIT_NOTE("\"ingest: ...\" (4xx)", INGEST_LIMIT_NOTE);
 static hb_log_limit_t log_failed = HB_LOG_LIMIT_NOTE("\"ingest: ...\" (5xx)", INGEST_LIMIT_NOTE);
+/* Nor may a client sending events the schema refuses, by the thousand. */
+static hb_log_limit_t log_dead = HB_LOG_LIMIT_NOTE(
+    "\"ingest: data.events[i] refused ...\"",
+    "; hookbridge_ingest_events_total{outcome=\"dead_lettered\"} counts every one, and each is "
+    "on the dead-letter topic with its reason");
 
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request's headers within them (of their start, or of
@@ -106,6 +115,10 @@ static hb_log_limit_t log_failed = HB_LOG_LIMIT_NOTE("\"ingest: ...\" (5xx)", IN
 #define INGEST_WAIT_MARGIN_MS 2000
 /* What a 503 asks the client to wait before sending again, in seconds. */
 #define INGEST_RETRY_AFTER "5"
+/* A 503's log line names at most this many of the delivery's event uuids. */
+#define INGEST_LOGGED_UUIDS 50
+/* The source header of a refused event on the dead-letter topic. */
+#define INGEST_DLQ_SOURCE "okta-event-hook"
 
 typedef struct ingest_s ingest_t;
 
@@ -127,6 +140,7 @@ struct ingest_s {
     const char *auth_value; /* NULL: unauthenticated (allowed explicitly) */
     rd_kafka_t *rk;
     rd_kafka_topic_t *topic;  /* the main thread's; NULL until the metadata came */
+    rd_kafka_topic_t *dlq;    /* the same for the dead-letter topic */
     hb_kafka_reach_t brokers; /* main thread: do the brokers answer? (a probe thread) */
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
@@ -145,7 +159,7 @@ struct ingest_s {
     int aborting;     /* waits end at once: the drain is over */
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
-    hb_metric_t *m_produced, *m_failed, *m_rejected;
+    hb_metric_t *m_produced, *m_failed, *m_dead, *m_rejected;
     hb_metric_t *m_duration;
 };
 
@@ -164,7 +178,12 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     req_t *r = rkm->_private;
     int last;
     (void)rk;
-    hb_metric_inc(rkm->err ? in->m_failed : in->m_produced);
+    if (rkm->err)
+        hb_metric_inc(in->m_failed);
+    else if (!strcmp(rd_kafka_topic_name(rkm->rkt), in->cfg->dlq_topic))
+        hb_metric_inc(in->m_dead);
+    else
+        hb_metric_inc(in->m_produced);
     pthread_mutex_lock(&in->lock);
     r->reported++;
     if (rkm->err && r->failed++ == 0)
@@ -190,9 +209,10 @@ static void client_address(struct MHD_Connection *conn, char *out, size_t outsz)
 }
 
 /* Answers with a JSON body (taken over); logs 4xx at info, 5xx at warn
- * (both limited, per client address), the rest at debug. */
-static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned status,
-                             json_t *body, const char *what) {
+ * (both limited, per client address), the rest at debug, with uuids (or
+ * NULL) as the line's event_uuids. */
+static enum MHD_Result reply_uuids(ingest_t *in, struct MHD_Connection *conn, unsigned status,
+                                   json_t *body, const char *what, const char *uuids) {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     struct MHD_Response *resp;
     enum MHD_Result ret;
@@ -219,13 +239,20 @@ static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned
     client_address(conn, remote, sizeof(remote));
     if (status >= 500)
         hb_log_limited_for(&log_failed, remote, HB_LOG_WARN,
-                           HB_KV("status", code, "remote", remote), "ingest: %s", what);
+                           uuids ? HB_KV("status", code, "remote", remote, "event_uuids", uuids)
+                                 : HB_KV("status", code, "remote", remote),
+                           "ingest: %s", what);
     else if (status >= 400)
         hb_log_limited_for(&log_refused, remote, HB_LOG_INFO,
                            HB_KV("status", code, "remote", remote), "ingest: %s", what);
     else
         hb_log(HB_LOG_DEBUG, HB_KV("status", code, "remote", remote), "ingest: %s", what);
     return ret;
+}
+
+static enum MHD_Result reply(ingest_t *in, struct MHD_Connection *conn, unsigned status,
+                             json_t *body, const char *what) {
+    return reply_uuids(in, conn, status, body, what, NULL);
 }
 
 /* {"error": why} and, when the fault is one event's, its index. */
@@ -300,15 +327,69 @@ static void abs_deadline(struct timespec *ts, int64_t in_ms) {
     }
 }
 
-/* The whole body is in: validate it all, produce it all, wait for the acks. */
+/* Each refused event said, with its uuid and type (limited: log_dead). */
+static void log_refused_events(ingest_t *in, const hb_ingest_batch_t *b) {
+    for (size_t i = 0; i < b->cnt; i++) {
+        const hb_ingest_msg_t *m = &b->msgs[i];
+        if (!m->refused)
+            continue;
+        hb_log_limited(&log_dead, HB_LOG_WARN,
+                       HB_KV("uuid", m->uuid ? m->uuid : "", "event_type", m->type ? m->type : ""),
+                       "ingest: %s: refused; the event goes to the dead-letter topic %s as it "
+                       "came (header hookbridge-reason), the delivery's other events to %s",
+                       m->refused, in->cfg->dlq_topic, in->cfg->events_topic);
+    }
+}
+
+/* Up to INGEST_LOGGED_UUIDS of the events' uuids, comma-separated, and how
+ * many more: for the log line of a delivery that is not acknowledged. */
+static char *uuid_list(const hb_ingest_batch_t *b) {
+    hb_buf_t out = {0};
+    size_t shown = 0;
+    for (size_t i = 0; i < b->cnt; i++)
+        if (b->msgs[i].uuid && shown < INGEST_LOGGED_UUIDS) {
+            hb_buf_printf(&out, "%s%s", shown ? "," : "", b->msgs[i].uuid);
+            shown++;
+        }
+    if (shown < b->cnt)
+        hb_buf_printf(&out, "%s(%zu more without a uuid shown)", shown ? "," : "", b->cnt - shown);
+    if (!out.p)
+        hb_buf_puts(&out, "");
+    return out.p;
+}
+
+/* The 200's body: how many events went to each topic, and which were refused. */
+static json_t *accepted_body(const hb_ingest_batch_t *b) {
+    json_t *body = json_pack("{s:I}", "produced", (json_int_t)(b->cnt - b->refused)), *refused;
+    if (!b->refused)
+        return body;
+    refused = json_array();
+    for (size_t i = 0; i < b->cnt; i++) {
+        const hb_ingest_msg_t *m = &b->msgs[i];
+        json_t *one;
+        if (!m->refused)
+            continue;
+        one = json_pack("{s:I, s:s}", "event", (json_int_t)i, "error", m->refused);
+        if (one && m->uuid)
+            (void)json_object_set_new(one, "uuid", json_string(m->uuid));
+        if (one)
+            (void)json_array_append_new(refused, one);
+    }
+    (void)json_object_set_new(body, "dead_lettered", json_integer((json_int_t)b->refused));
+    (void)json_object_set_new(body, "refused", refused);
+    return body;
+}
+
+/* The whole body is in: validate it all, produce it all (a refused event to
+ * the dead-letter topic), wait for the acks. */
 static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, req_t *r) {
     hb_ingest_batch_t b;
-    char why[600], perr[300], what[700];
+    char why[600], perr[300], what[800], *uuids;
     size_t queued = 0, reported, failed, n;
     rd_kafka_resp_err_t first_err;
-    long bad;
     int rc, produce_failed = 0, aborted;
     struct timespec until;
+    enum MHD_Result ret;
     json_t *body;
 
     pthread_mutex_lock(&in->lock);
@@ -316,7 +397,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     in->answering++;
     pthread_mutex_unlock(&in->lock);
     pthread_mutex_lock(&in->codec_lock);
-    rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, &bad, why, sizeof(why));
+    rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, why, sizeof(why));
     pthread_mutex_unlock(&in->codec_lock);
     free(r->body);
     r->body = NULL;
@@ -324,13 +405,17 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     if (rc < 0) {
         hb_ingest_batch_free(&b);
         hb_metric_inc(in->m_rejected);
-        return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, bad);
+        return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, -1);
     }
     n = b.cnt;
+    log_refused_events(in, &b);
     /* The whole request, its events queued and acknowledged, within this. */
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     for (size_t i = 0; i < n; i++) {
         const hb_ingest_msg_t *m = &b.msgs[i];
+        const char *const dead_hdrs[] = {"hookbridge-reason", m->refused, "hookbridge-source",
+                                         INGEST_DLQ_SOURCE, NULL};
+        const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
         pthread_mutex_lock(&in->lock);
         if (in->aborting) {
             pthread_mutex_unlock(&in->lock);
@@ -341,9 +426,9 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         r->queued++;
         in->outstanding++;
         pthread_mutex_unlock(&in->lock);
-        while ((rc = hb_kafka_produce(in->rk, in->cfg->events_topic, m->key, strlen(m->key),
-                                      m->value, m->value_len, r, 0, perr, sizeof(perr))) ==
-               HB_KAFKA_QUEUE_FULL) {
+        while ((rc = hb_kafka_produce_hdrs(in->rk, topic, m->key, m->key ? strlen(m->key) : 0,
+                                           m->value, m->value_len, m->refused ? dead_hdrs : NULL, r,
+                                           0, perr, sizeof(perr))) == HB_KAFKA_QUEUE_FULL) {
             /* librdkafka's queue is full (queue.buffering.max.messages: a
              * batch larger than it, or many at once): room comes as the
              * brokers acknowledge what is queued (every report broadcasts
@@ -369,7 +454,6 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         }
         queued++;
     }
-    hb_ingest_batch_free(&b);
 
     pthread_mutex_lock(&in->lock);
     while (r->reported < r->queued && !in->aborting)
@@ -383,8 +467,13 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
 
     hb_metric_observe(in->m_duration, (double)(hb_mono_ms() - r->started_ms) / 1000.0);
     if (!produce_failed && queued == n && reported == queued && failed == 0) {
-        snprintf(what, sizeof(what), "%zu events produced", n);
-        body = json_pack("{s:I}", "produced", (json_int_t)n);
+        if (b.refused)
+            snprintf(what, sizeof(what), "%zu events produced, %zu refused and dead-lettered",
+                     n - b.refused, b.refused);
+        else
+            snprintf(what, sizeof(what), "%zu events produced", n);
+        body = accepted_body(&b);
+        hb_ingest_batch_free(&b);
         return reply(in, conn, MHD_HTTP_OK, body, what);
     }
     if (produce_failed)
@@ -400,11 +489,15 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
                  queued - reported, n, in->cfg->ingest_timeout_ms);
     snprintf(what, sizeof(what),
              "%s; some events of this request may already be written: send it again "
-             "(at least once, nothing is lost)",
+             "(at least once: what is written again has the same uuids)",
              why);
     body = json_pack("{s:s, s:I, s:I}", "error", what, "events", (json_int_t)n, "acknowledged",
                      (json_int_t)(reported - failed));
-    return reply(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why);
+    uuids = uuid_list(&b);
+    hb_ingest_batch_free(&b);
+    ret = reply_uuids(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why, uuids);
+    free(uuids);
+    return ret;
 }
 
 /* A connection over ingest_max_connections (one of the spare ones): 503
@@ -654,23 +747,29 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
     in->ops = hb_httpd_start(in->cfg->http_listen, 30000, errstr, errstr_size);
     if (!in->ops)
         return -1;
-    hb_httpd_set_ready(in->ops, 0, "waiting for the events topic's metadata");
+    hb_httpd_set_ready(in->ops, 0, "waiting for the events and dead-letter topics' metadata");
     *port = start_listener(in, listen, errstr, errstr_size);
     return *port < 0 ? -1 : 0;
 }
 
+#define EVENTS_HELP                                                                                \
+    "Ingested events by outcome: produced (acknowledged by the brokers), dead_lettered (refused "  \
+    "by the validation, on the dead-letter topic as received) or failed (not acknowledged)."
+
 static void register_metrics(ingest_t *in) {
     static const char *const classes[] = {"class=\"2xx\"", "class=\"4xx\"", "class=\"5xx\""};
-    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    /* 3: Okta waits that long for an answer (its documentation), so what
+     * lies above it was never seen by Okta, whatever it said */
+    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 3, 5, 10};
     for (int c = 0; c < 3; c++)
         in->m_class[c] = hb_metrics_counter("hookbridge_ingest_requests_total", classes[c],
                                             "Ingest requests answered, by HTTP status class.");
-    in->m_produced = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"produced\"",
-                                        "Ingested events by outcome: produced (acknowledged by "
-                                        "the brokers) or failed (not acknowledged).");
-    in->m_failed = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"failed\"",
-                                      "Ingested events by outcome: produced (acknowledged by "
-                                      "the brokers) or failed (not acknowledged).");
+    in->m_produced =
+        hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"produced\"", EVENTS_HELP);
+    in->m_failed =
+        hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"failed\"", EVENTS_HELP);
+    in->m_dead = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"dead_lettered\"",
+                                    EVENTS_HELP);
     in->m_rejected = hb_metrics_counter("hookbridge_ingest_rejected_requests_total", NULL,
                                         "Ingest requests refused as invalid (400): nothing of "
                                         "them was produced.");
@@ -701,11 +800,18 @@ static int ingest_loop(ingest_t *in) {
             fatal = 1;
             break;
         }
-        if (!in->topic && hb_mono_ms() >= next_prepare) {
-            in->topic = hb_kafka_topic_prepare(in->rk, in->cfg->events_topic, INGEST_PREPARE_MS,
-                                               errstr, sizeof(errstr));
-            if (in->topic) {
-                hb_info("ingest: ready (events topic %s known)", in->cfg->events_topic);
+        if ((!in->topic || !in->dlq) && hb_mono_ms() >= next_prepare) {
+            /* refused events go to the dead-letter topic: without it a
+             * delivery holding one could only be answered 503 */
+            if (!in->topic)
+                in->topic = hb_kafka_topic_prepare(in->rk, in->cfg->events_topic, INGEST_PREPARE_MS,
+                                                   errstr, sizeof(errstr));
+            if (in->topic && !in->dlq)
+                in->dlq = hb_kafka_topic_prepare(in->rk, in->cfg->dlq_topic, INGEST_PREPARE_MS,
+                                                 errstr, sizeof(errstr));
+            if (in->topic && in->dlq) {
+                hb_info("ingest: ready (events topic %s and dead-letter topic %s known)",
+                        in->cfg->events_topic, in->cfg->dlq_topic);
                 if (hb_kafka_reach_start(&in->brokers, in->rk, in->cfg->events_topic, errstr,
                                          sizeof(errstr)) < 0)
                     hb_error("%s (readiness ignores the brokers)", errstr);
@@ -715,7 +821,7 @@ static int ingest_loop(ingest_t *in) {
             }
             next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
         }
-        if (in->topic) { /* the probe thread tells whether the brokers answer */
+        if (in->topic && in->dlq) { /* the probe thread tells whether the brokers answer */
             int down = hb_kafka_reach_check(&in->brokers);
             hb_httpd_set_ready(in->ops, !down, down ? in->brokers.why : NULL);
         }
@@ -812,6 +918,8 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     hb_kafka_reach_stop(&in.brokers); /* its thread uses in.rk */
     if (in.topic)
         rd_kafka_topic_destroy(in.topic);
+    if (in.dlq)
+        rd_kafka_topic_destroy(in.dlq);
     if (in.rk)
         rd_kafka_destroy(in.rk);
     hb_codec_free(in.codec);

@@ -80,9 +80,10 @@ static size_t ingest_round(hb_codec_t *c, int way, const char *body, size_t len,
     hb_codec_set_generic_only(c, way == 4);
     for (long done = 0; done < events; done += HB_BENCH_BODY_EVENTS) {
         hb_ingest_batch_t b;
-        long bad;
-        if (hb_ingest_parse(c, body, len, &b, &bad, err, sizeof(err)) < 0)
+        if (hb_ingest_parse(c, body, len, &b, err, sizeof(err)) < 0)
             die("ingest", err);
+        if (b.refused)
+            die("ingest", b.msgs[0].refused ? b.msgs[0].refused : "an event was refused");
         for (size_t i = 0; i < b.cnt; i++)
             bytes += b.msgs[i].value_len;
         hb_ingest_batch_free(&b);

@@ -130,12 +130,16 @@ def test_services_over_sasl_ssl_deliver_retry_and_recover_from_a_wrong_password(
     assert [p["status"] for p in receiver.posts()] == [503, 204]
 
     # The ingest endpoint (hookbridge-producer --listen) publishes over SASL_SSL too.
-    ing_env = {"HOOKBRIDGE_EVENTS_TOPIC": space.events_topic}
+    ing_env = {"HOOKBRIDGE_EVENTS_TOPIC": space.events_topic,
+               "HOOKBRIDGE_DLQ_TOPIC": space.dlq_topic}
     ing = Ingest(procs, k.sasl_ssl_bootstrap,
                  extra_env={**ing_env, **k.client_env(mechanism=MECHANISM)})
     ing.wait_ready(40)
     status, _, body = ing.post([event("user.session.start")])
     assert status == 200 and body == {"produced": 1}, body
+    # ... and an event it refuses to the dead-letter topic, acknowledged there
+    status, _, body = ing.post([{"uuid": "no-type"}])
+    assert status == 200 and (body["produced"], body["dead_lettered"]) == (0, 1), body
     wait_until(lambda: len(receiver.events()) == 2, 40, "the ingested event, after one retry")
     assert all(req["verified"] for req, _ in receiver.events())
 

@@ -31,6 +31,10 @@ class Ingest:
         env = {"HOOKBRIDGE_KAFKA_BROKERS": brokers,
                "HOOKBRIDGE_HTTP_LISTEN": f"127.0.0.1:{self.health_port}",
                "HOOKBRIDGE_LOG_LEVEL": "debug"}
+        space = getattr(brokers, "space", None)  # a TopicSpace's bootstrap: its topics
+        if space:
+            env["HOOKBRIDGE_EVENTS_TOPIC"] = space.events_topic
+            env["HOOKBRIDGE_DLQ_TOPIC"] = space.dlq_topic
         if auth_value is not None:
             env["HOOKBRIDGE_INGEST_AUTH_VALUE"] = auth_value
         env.update(extra_env or {})
