@@ -29,6 +29,7 @@ void hb_ingest_batch_free(hb_ingest_batch_t *b) {
         free(b->msgs[i].refused);
         free(b->msgs[i].uuid);
         free(b->msgs[i].type);
+        free(b->msgs[i].published);
     }
     free(b->msgs);
     b->msgs = NULL;
@@ -223,40 +224,47 @@ static char *plain_string(const json_t *ev, const char *name) {
     return s && strlen(s) == json_string_length(v) ? hb_strdup(s) : NULL;
 }
 
+void hb_ingest_refused_shrink(hb_ingest_msg_t *m, const char *why) {
+    json_t *id = json_object();
+    char *text, *reason;
+    size_t n = strlen(m->refused) + strlen(why) + 120;
+    if (m->uuid)
+        (void)json_object_set_new(id, "uuid", json_string(m->uuid));
+    if (m->type)
+        (void)json_object_set_new(id, "eventType", json_string(m->type));
+    if (m->published)
+        (void)json_object_set_new(id, "published", json_string(m->published));
+    text = json_dumps(id, JSON_COMPACT);
+    json_decref(id);
+    reason = hb_malloc(n);
+    snprintf(reason, n,
+             "%s; its JSON (%zu bytes) %s: only its uuid, eventType and published are kept",
+             m->refused, m->value_len, why);
+    free(m->refused);
+    m->refused = reason;
+    free(m->value);
+    m->value = text ? text : hb_strdup("{}");
+    m->value_len = strlen(m->value);
+    m->shrunk = 1;
+}
+
 /* The refused event ev (as received) into m: its JSON text, or, past
  * HB_INGEST_REFUSED_MAX_BYTES, what identifies it (the reason says so). */
 static void keep_refused(hb_ingest_msg_t *m, const json_t *ev) {
     char *text = json_dumps(ev, JSON_COMPACT | JSON_ENCODE_ANY);
-    size_t n = text ? strlen(text) : 0;
     m->uuid = json_is_object(ev) ? plain_string(ev, "uuid") : NULL;
     m->type = json_is_object(ev) ? plain_string(ev, "eventType") : NULL;
+    m->published = json_is_object(ev) ? plain_string(ev, "published") : NULL;
     m->key = m->uuid ? hb_strdup(m->uuid) : NULL;
-    if (n > HB_INGEST_REFUSED_MAX_BYTES) {
-        json_t *id = json_object();
-        char *published = plain_string(ev, "published"), *why;
-        size_t wn = strlen(m->refused) + 200;
-        free(text);
-        if (m->uuid)
-            (void)json_object_set_new(id, "uuid", json_string(m->uuid));
-        if (m->type)
-            (void)json_object_set_new(id, "eventType", json_string(m->type));
-        if (published)
-            (void)json_object_set_new(id, "published", json_string(published));
-        free(published);
-        text = json_dumps(id, JSON_COMPACT);
-        json_decref(id);
-        why = hb_malloc(wn);
-        snprintf(why, wn,
-                 "%s; its JSON (%zu bytes) is larger than %d bytes: only its uuid, "
-                 "eventType and published are kept",
-                 m->refused, n, HB_INGEST_REFUSED_MAX_BYTES);
-        free(m->refused);
-        m->refused = why;
-    }
     if (!text) /* not even JSON text (an invalid UTF-8 key): nothing to keep */
         text = hb_strdup("null");
     m->value = text;
     m->value_len = strlen(text);
+    if (m->value_len > HB_INGEST_REFUSED_MAX_BYTES) {
+        char why[64];
+        snprintf(why, sizeof(why), "is larger than %d bytes", HB_INGEST_REFUSED_MAX_BYTES);
+        hb_ingest_refused_shrink(m, why);
+    }
 }
 
 static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batch_t *out,

@@ -58,8 +58,10 @@ typedef struct {
      * missing" (valid UTF-8: it quotes the body, and a character cut
      * short by the buffer's end becomes '?'). */
     char *refused;
-    /* The event's uuid and eventType as strings for the log, or NULL. */
-    char *uuid, *type;
+    /* The event's uuid and eventType as strings for the log, or NULL; and
+     * a refused one's published (hb_ingest_refused_shrink). */
+    char *uuid, *type, *published;
+    int shrunk; /* a refused event kept by what identifies it only */
 } hb_ingest_msg_t;
 
 typedef struct {
@@ -81,5 +83,10 @@ int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_b
                     char *errstr, size_t errstr_size) HB_MUSTCHECK;
 
 void hb_ingest_batch_free(hb_ingest_batch_t *b);
+
+/* A refused event's value becomes what identifies it, {"uuid", "eventType",
+ * "published"} (those it has), and its reason says so and why ("is larger
+ * than the dead-letter topic takes"): for a copy too large to be kept. */
+void hb_ingest_refused_shrink(hb_ingest_msg_t *m, const char *why);
 
 #endif

@@ -214,7 +214,9 @@ int hb_kafka_produce_hdrs(rd_kafka_t *rk, const char *topic, const void *key, si
             rd_kafka_headers_destroy(h);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || hb_mono_ms() >= deadline) {
             hb_seterr(errstr, errstr_size, "produce to %s: %s", topic, rd_kafka_err2str(err));
-            return err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? HB_KAFKA_QUEUE_FULL : -1;
+            return err == RD_KAFKA_RESP_ERR__QUEUE_FULL          ? HB_KAFKA_QUEUE_FULL
+                   : err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ? HB_KAFKA_TOO_LARGE
+                                                                 : -1;
         }
         rd_kafka_poll(rk, 100); /* serve delivery reports to make room */
     }

@@ -66,6 +66,9 @@ rd_kafka_t *hb_kafka_producer_new(rd_kafka_conf_t *conf,
  * block_ms. msg_opaque comes back in the delivery report. 0, or -1 with
  * errstr; HB_KAFKA_QUEUE_FULL (also < 0) when the queue was still full. */
 #define HB_KAFKA_QUEUE_FULL (-2)
+/* ... and HB_KAFKA_TOO_LARGE (also < 0) when the message is larger than
+ * librdkafka sends (message.max.bytes). */
+#define HB_KAFKA_TOO_LARGE (-3)
 int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
                      const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;

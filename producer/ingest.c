@@ -21,8 +21,9 @@
  * acknowledged like the others.
  *
  * Lifetime. A request is referenced by its connection and by each of its
- * messages still inside librdkafka; whoever drops the last reference frees
- * it. So a handler that stops waiting (503) leaves its request to the
+ * messages still inside librdkafka (a message's opaque is its slot in the
+ * request: the request and the event's index); whoever drops the last
+ * reference frees it. So a handler that stops waiting (503) leaves its request to the
  * reports still to come, and a late report never touches freed memory.
  * Every request field two threads touch (refs and the counters) is guarded
  * by `lock`, as are the server's in_flight, outstanding, answering and
@@ -122,18 +123,29 @@ static hb_log_limit_t log_dead = HB_LOG_LIMIT_NOTE(
 
 typedef struct ingest_s ingest_t;
 
+typedef struct req_s req_t;
+
+/* A message's opaque: its request and its index in the request's batch. */
 typedef struct {
+    req_t *r;
+    size_t i;
+} slot_t;
+
+struct req_s {
     ingest_t *in;
     char *body; /* the handler's thread only */
     size_t len, cap;
     int too_large;
     int64_t started_ms;
+    slot_t *slots; /* one per event, set before the first is produced */
     /* guarded by in->lock */
     int refs;
     int answering; /* in handle_post or sending its answer: counted in in->answering */
-    size_t queued, reported, failed;
+    size_t queued, reported, acked, failed;
     rd_kafka_resp_err_t first_err;
-} req_t;
+    unsigned char *dlq_refused; /* by event: its dead-letter copy refused for its size */
+    size_t dlq_refused_cnt;
+};
 
 struct ingest_s {
     const hb_config_t *cfg;
@@ -169,25 +181,34 @@ static void req_unref_locked(req_t *r, int *last) {
 
 static void req_free(req_t *r) {
     free(r->body);
+    free(r->slots);
+    free(r->dlq_refused);
     free(r);
 }
 
 /* librdkafka's delivery report, on main's thread (rd_kafka_poll). */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
     ingest_t *in = opaque;
-    req_t *r = rkm->_private;
-    int last;
+    const slot_t *slot = rkm->_private;
+    req_t *r = slot->r;
+    int last, dlq = !strcmp(rd_kafka_topic_name(rkm->rkt), in->cfg->dlq_topic);
+    /* a dead-letter copy larger than the topic takes (its max.message.bytes):
+     * handle_post sends what identifies the event instead */
+    int too_large = dlq && rkm->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
     (void)rk;
-    if (rkm->err)
+    if (rkm->err && !too_large)
         hb_metric_inc(in->m_failed);
-    else if (!strcmp(rd_kafka_topic_name(rkm->rkt), in->cfg->dlq_topic))
-        hb_metric_inc(in->m_dead);
-    else
-        hb_metric_inc(in->m_produced);
+    else if (!rkm->err)
+        hb_metric_inc(dlq ? in->m_dead : in->m_produced);
     pthread_mutex_lock(&in->lock);
     r->reported++;
-    if (rkm->err && r->failed++ == 0)
+    r->acked += !rkm->err;
+    if (too_large) {
+        r->dlq_refused[slot->i] = 1;
+        r->dlq_refused_cnt++;
+    } else if (rkm->err && r->failed++ == 0) {
         r->first_err = rkm->err;
+    }
     in->outstanding--;
     req_unref_locked(r, &last);
     pthread_cond_broadcast(&in->cond);
@@ -380,12 +401,111 @@ static json_t *accepted_body(const hb_ingest_batch_t *b) {
     return body;
 }
 
+/* produce_event's answer when a stop ended the request's wait */
+#define INGEST_STOPPING (-9)
+
+/* Queues event i of b (a refused one to the dead-letter topic) with r as
+ * its request, waiting while librdkafka's queue is full, as long as the
+ * request may (until). 0, or < 0 with perr (HB_KAFKA_TOO_LARGE: over
+ * librdkafka's message.max.bytes; INGEST_STOPPING), the message then not
+ * counted in. */
+static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_t i,
+                         const struct timespec *until, char *perr, size_t perr_size) {
+    const char *const dead_hdrs[] = {"hookbridge-reason", m->refused, "hookbridge-source",
+                                     INGEST_DLQ_SOURCE, NULL};
+    const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
+    int rc, last;
+    pthread_mutex_lock(&in->lock);
+    if (in->aborting) {
+        pthread_mutex_unlock(&in->lock);
+        hb_seterr(perr, perr_size, "the producer is stopping");
+        return INGEST_STOPPING;
+    }
+    /* The report may come before producev returns: count it in first. */
+    r->refs++;
+    r->queued++;
+    in->outstanding++;
+    pthread_mutex_unlock(&in->lock);
+    while ((rc = hb_kafka_produce_hdrs(in->rk, topic, m->key, m->key ? strlen(m->key) : 0, m->value,
+                                       m->value_len, m->refused ? dead_hdrs : NULL, &r->slots[i], 0,
+                                       perr, perr_size)) == HB_KAFKA_QUEUE_FULL) {
+        /* librdkafka's queue is full (queue.buffering.max.messages: a
+         * batch larger than it, or many at once): room comes as the
+         * brokers acknowledge what is queued (every report broadcasts
+         * cond), so wait for that as long as the request may, rather
+         * than answer 503 to a request that would never fit. */
+        int waited;
+        pthread_mutex_lock(&in->lock);
+        waited = !in->aborting && pthread_cond_timedwait(&in->cond, &in->lock, until) == 0;
+        pthread_mutex_unlock(&in->lock);
+        if (!waited)
+            break;
+    }
+    if (rc == 0)
+        return 0;
+    pthread_mutex_lock(&in->lock);
+    r->queued--;
+    in->outstanding--;
+    req_unref_locked(r, &last); /* the connection still holds one */
+    pthread_mutex_unlock(&in->lock);
+    return rc;
+}
+
+/* Waits until every message queued for r has its report, the request's
+ * time is up, or a stop aborts the wait. */
+static void wait_reports(ingest_t *in, req_t *r, const struct timespec *until) {
+    pthread_mutex_lock(&in->lock);
+    while (r->reported < r->queued && !in->aborting)
+        if (pthread_cond_timedwait(&in->cond, &in->lock, until) != 0)
+            break; /* ETIMEDOUT */
+    pthread_mutex_unlock(&in->lock);
+}
+
+/* Refused events whose dead-letter copy the broker found too large go again
+ * as what identifies them (hb_ingest_refused_shrink). -1 with perr when one
+ * could not be queued, or was refused so already. */
+static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
+                                  const struct timespec *until, char *perr, size_t perr_size) {
+    for (size_t i = 0; i < b->cnt; i++) {
+        hb_ingest_msg_t *m = &b->msgs[i];
+        int again;
+        pthread_mutex_lock(&in->lock);
+        again = r->dlq_refused[i];
+        if (again && !m->shrunk) {
+            r->dlq_refused[i] = 0;
+            r->dlq_refused_cnt--;
+        }
+        pthread_mutex_unlock(&in->lock);
+        if (!again)
+            continue;
+        if (m->shrunk) {
+            hb_seterr(perr, perr_size,
+                      "data.events[%zu]: the dead-letter topic %s refused even what identifies "
+                      "the event (Broker: Message size too large)",
+                      i, in->cfg->dlq_topic);
+            hb_metric_inc(in->m_failed);
+            return -1;
+        }
+        hb_ingest_refused_shrink(m, "is larger than the dead-letter topic takes");
+        hb_log(HB_LOG_WARN, HB_KV("uuid", m->uuid ? m->uuid : ""),
+               "ingest: data.events[%zu]: the dead-letter topic %s refused the refused event's "
+               "copy as too large (its max.message.bytes): sending its uuid, eventType and "
+               "published only",
+               i, in->cfg->dlq_topic);
+        if (produce_event(in, r, m, i, until, perr, perr_size) < 0) {
+            hb_metric_inc(in->m_failed);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The whole body is in: validate it all, produce it all (a refused event to
  * the dead-letter topic), wait for the acks. */
 static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, req_t *r) {
     hb_ingest_batch_t b;
     char why[600], perr[300], what[800], *uuids;
-    size_t queued = 0, reported, failed, n;
+    size_t queued = 0, total, reported, acked, failed, n, refused_left;
     rd_kafka_resp_err_t first_err;
     int rc, produce_failed = 0, aborted;
     struct timespec until;
@@ -409,64 +529,55 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     }
     n = b.cnt;
     log_refused_events(in, &b);
+    r->slots = n ? hb_calloc(n, sizeof(*r->slots)) : NULL;
+    r->dlq_refused = n ? hb_calloc(n, 1) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        r->slots[i].r = r;
+        r->slots[i].i = i;
+    }
     /* The whole request, its events queued and acknowledged, within this. */
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     for (size_t i = 0; i < n; i++) {
-        const hb_ingest_msg_t *m = &b.msgs[i];
-        const char *const dead_hdrs[] = {"hookbridge-reason", m->refused, "hookbridge-source",
-                                         INGEST_DLQ_SOURCE, NULL};
-        const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
-        pthread_mutex_lock(&in->lock);
-        if (in->aborting) {
-            pthread_mutex_unlock(&in->lock);
+        hb_ingest_msg_t *m = &b.msgs[i];
+        rc = produce_event(in, r, m, i, &until, perr, sizeof(perr));
+        if (rc == HB_KAFKA_TOO_LARGE && m->refused && !m->shrunk) {
+            hb_ingest_refused_shrink(m, "is larger than this producer sends (message.max.bytes)");
+            rc = produce_event(in, r, m, i, &until, perr, sizeof(perr));
+        }
+        if (rc == INGEST_STOPPING)
             break;
-        }
-        /* The report may come before producev returns: count it in first. */
-        r->refs++;
-        r->queued++;
-        in->outstanding++;
-        pthread_mutex_unlock(&in->lock);
-        while ((rc = hb_kafka_produce_hdrs(in->rk, topic, m->key, m->key ? strlen(m->key) : 0,
-                                           m->value, m->value_len, m->refused ? dead_hdrs : NULL, r,
-                                           0, perr, sizeof(perr))) == HB_KAFKA_QUEUE_FULL) {
-            /* librdkafka's queue is full (queue.buffering.max.messages: a
-             * batch larger than it, or many at once): room comes as the
-             * brokers acknowledge what is queued (every report broadcasts
-             * cond), so wait for that as long as the request may, rather
-             * than answer 503 to a request that would never fit. */
-            int waited;
-            pthread_mutex_lock(&in->lock);
-            waited = !in->aborting && pthread_cond_timedwait(&in->cond, &in->lock, &until) == 0;
-            pthread_mutex_unlock(&in->lock);
-            if (!waited)
-                break;
-        }
         if (rc < 0) {
-            int last;
-            pthread_mutex_lock(&in->lock);
-            r->queued--;
-            in->outstanding--;
-            req_unref_locked(r, &last); /* the connection still holds one */
-            pthread_mutex_unlock(&in->lock);
             hb_metric_inc(in->m_failed);
             produce_failed = 1;
+            snprintf(why, sizeof(why), "event %zu could not be queued (%s)", i, perr);
             break;
         }
         queued++;
     }
-
+    wait_reports(in, r, &until);
     pthread_mutex_lock(&in->lock);
-    while (r->reported < r->queued && !in->aborting)
-        if (pthread_cond_timedwait(&in->cond, &in->lock, &until) != 0)
-            break; /* ETIMEDOUT */
-    reported = r->reported;
+    refused_left = r->dlq_refused_cnt;
     failed = r->failed;
+    pthread_mutex_unlock(&in->lock);
+    if (!produce_failed && queued == n && !failed && refused_left) {
+        if (resend_refused_smaller(in, r, &b, &until, perr, sizeof(perr)) < 0) {
+            produce_failed = 1;
+            snprintf(why, sizeof(why), "%s", perr);
+        }
+        wait_reports(in, r, &until);
+    }
+    pthread_mutex_lock(&in->lock);
+    total = r->queued; /* the events and the copies sent again smaller */
+    reported = r->reported;
+    acked = r->acked;
+    failed = r->failed;
+    refused_left = r->dlq_refused_cnt;
     first_err = r->first_err;
     aborted = in->aborting;
     pthread_mutex_unlock(&in->lock);
 
     hb_metric_observe(in->m_duration, (double)(hb_mono_ms() - r->started_ms) / 1000.0);
-    if (!produce_failed && queued == n && reported == queued && failed == 0) {
+    if (!produce_failed && queued == n && reported == total && failed == 0 && !refused_left) {
         if (b.refused)
             snprintf(what, sizeof(what), "%zu events produced, %zu refused and dead-lettered",
                      n - b.refused, b.refused);
@@ -476,23 +587,25 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
         hb_ingest_batch_free(&b);
         return reply(in, conn, MHD_HTTP_OK, body, what);
     }
-    if (produce_failed)
-        snprintf(why, sizeof(why), "event %zu could not be queued (%s)", queued, perr);
-    else if (failed)
-        snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events (%s)", failed,
-                 n, hb_kafka_err_str(first_err));
-    else if (aborted || queued < n)
-        snprintf(why, sizeof(why), "the producer is stopping: %zu of %zu events acknowledged",
-                 reported, n);
-    else
-        snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events in %lld ms",
-                 queued - reported, n, in->cfg->ingest_timeout_ms);
+    if (!produce_failed) { /* else why says already */
+        if (failed || refused_left)
+            snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events (%s)",
+                     failed + refused_left, n,
+                     hb_kafka_err_str(failed ? first_err : RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE));
+        else if (aborted || queued < n)
+            snprintf(why, sizeof(why), "the producer is stopping: %zu of %zu events acknowledged",
+                     acked, n);
+        else
+            snprintf(why, sizeof(why),
+                     "the brokers did not acknowledge %zu of %zu events in %lld ms",
+                     total - reported, n, in->cfg->ingest_timeout_ms);
+    }
     snprintf(what, sizeof(what),
              "%s; some events of this request may already be written: send it again "
              "(at least once: what is written again has the same uuids)",
              why);
     body = json_pack("{s:s, s:I, s:I}", "error", what, "events", (json_int_t)n, "acknowledged",
-                     (json_int_t)(reported - failed));
+                     (json_int_t)acked);
     uuids = uuid_list(&b);
     hb_ingest_batch_free(&b);
     ret = reply_uuids(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why, uuids);

@@ -238,6 +238,51 @@ def test_without_the_dead_letter_topic_the_endpoint_is_not_ready(apache_kafka, p
     assert dict(dead[0].headers)["hookbridge-reason"] == b"data.events[1]: eventType: missing"
 
 
+def test_a_refused_event_too_large_for_the_dead_letter_topic_is_kept_by_its_ids(
+        apache_kafka, procs):
+    """A refused event's copy larger than the dead-letter topic takes (its
+    max.message.bytes, refused by the broker in the delivery report) or
+    than this producer sends (message.max.bytes, refused at once) goes
+    again as what identifies it, {"uuid","eventType","published"}, the
+    reason saying so: the delivery is still 200 and its other events
+    published. Without that, every attempt of the delivery was answered
+    503, and Okta gave it up after its one retry: every event lost."""
+    from hbtest.kafka import alter_topic_configs
+    space = apache_kafka.space()
+    alter_topic_configs(space.bootstrap, {space.dlq_topic: {"max.message.bytes": 4000}})
+    ing = Ingest(procs, space.bootstrap)
+    ing.wait_ready()
+    big = {"uuid": "big-refused", "eventType": "user.session.start",
+           "published": "2026-12-06T10:00:00Z", "actor": "not an object",
+           "displayMessage": "x" * 6000}
+    good = event("user.session.start")
+    status, _, answer = ing.post([good, big])
+    assert status == 200, answer
+    assert (answer["produced"], answer["dead_lettered"]) == (1, 1), answer
+    dead = topic_records(space.bootstrap, space.dlq_topic, want=1)
+    assert len(dead) == 1
+    assert json.loads(dead[0].value) == {k: big[k] for k in ("uuid", "eventType", "published")}
+    reason = dict(dead[0].headers)["hookbridge-reason"].decode()
+    assert reason.startswith("data.events[1]: actor: expected null or an object"), reason
+    assert "is larger than the dead-letter topic takes: only its uuid, eventType and " \
+           "published are kept" in reason, reason
+    assert [m.key.decode() for m in topic_messages(space.bootstrap, space.events_topic)] == \
+        [good["actor"]["id"]]
+    assert "sending its uuid, eventType and published only" in ing.proc.output()
+
+    # This producer's own limit: refused before it is sent, the same way out.
+    local = Ingest(procs, space.bootstrap, name="ingest-small-messages",
+                   extra_env={"HOOKBRIDGE_KAFKA_MESSAGE_MAX_BYTES": "3000"})
+    local.wait_ready()
+    status, _, answer = local.post([dict(big, uuid="big-refused-2")])
+    assert status == 200 and answer["dead_lettered"] == 1, answer
+    mine = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=2)
+            if json.loads(m.value)["uuid"] == "big-refused-2"]
+    assert len(mine) == 1
+    assert "is larger than this producer sends (message.max.bytes): only its uuid" in \
+        dict(mine[0].headers)["hookbridge-reason"].decode()
+
+
 def test_wrong_method_is_405_and_other_paths_404(broker, procs):
     ing = Ingest(procs, broker.bootstrap)
     status, hdrs, _ = ing.request("PUT", envelope([]))
