@@ -223,6 +223,9 @@ static const cf_row_t cf_table[] = {
     {"ingest_auth_value", CF_STR, OFF(ingest_auth_value), "", 0, 0, HB_PROG_PRODUCER, 1,
      "Required with ingest_listen. The exact value of ingest_auth_header every request must "
      "carry (Okta's \"Authentication secret\"); others get 401."},
+    {"okta_api_token", CF_STR, OFF(okta_api_token), "", 0, 0, HB_PROG_PRODUCER, 1,
+     "Okta API token (or \"Bearer <OAuth access token>\") that `--okta-logs` reads the System "
+     "Log with: an admin's with read access to it (docs/ingest.md). Never printed."},
     {"ingest_allow_unauthenticated", CF_BOOL, OFF(ingest_allow_unauthenticated), "0", 0, 1,
      HB_PROG_PRODUCER, 0,
      "Run the ingest endpoint without ingest_auth_value: anyone who reaches it can publish "

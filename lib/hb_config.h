@@ -86,6 +86,7 @@ typedef struct hb_config_s {
     char *ingest_listen;              /* "" = no endpoint: the CLI */
     char *ingest_auth_header;         /* the header Okta sends the secret in */
     char *ingest_auth_value;          /* secret: never printed */
+    char *okta_api_token;             /* secret: never printed (--okta-logs) */
     int ingest_allow_unauthenticated; /* no auth value needed (local use) */
     long long ingest_max_body_bytes;  /* larger requests: 413 */
     long long ingest_timeout_ms;      /* broker ack wait, librdkafka message.timeout.ms */

@@ -73,8 +73,7 @@ static void drop_empty_geolocation(json_t *geo_context) {
         (void)json_object_set_new(geo_context, "geolocation", json_null());
 }
 
-/* What Okta sends that the schema takes only once adjusted (see above). */
-static void okta_adjust(json_t *ev) {
+void hb_ingest_okta_adjust(json_t *ev) {
     json_t *targets = json_object_get(ev, "target"), *t;
     json_t *chain = json_object_get(json_object_get(ev, "request"), "ipChain"), *ip;
     size_t i;
@@ -300,7 +299,7 @@ static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batc
         json_t *ev = json_array_get(events, i);
         hb_ingest_msg_t *m = &out->msgs[i];
         if (json_is_object(ev))
-            okta_adjust(ev);
+            hb_ingest_okta_adjust(ev);
         if (hb_event_normalize(ev, 1, why, sizeof(why)) < 0 ||
             hb_codec_encode(codec, ev, &m->value, &m->value_len, why, sizeof(why)) < 0)
             goto refused;

@@ -84,6 +84,12 @@ int hb_ingest_parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_b
 
 void hb_ingest_batch_free(hb_ingest_batch_t *b);
 
+/* What Okta sends that the schema takes only once adjusted, in place: the
+ * free-form maps' values as strings, a geolocation without coordinates as
+ * none (above). For every Okta LogEvent: the ones of an event hook, of the
+ * System Log API, of the producer's input lines. ev may be any JSON value. */
+void hb_ingest_okta_adjust(json_t *ev);
+
 /* A refused event's value becomes what identifies it, {"uuid", "eventType",
  * "published"} (those it has), and its reason says so and why ("is larger
  * than the dead-letter topic takes"): for a copy too large to be kept. */

@@ -4,6 +4,8 @@
  *   hookbridge-producer [FILE|-]             one JSON event per line (stdin by default)
  *   hookbridge-producer --generate N [--rate R]   N synthetic events, at most R per second
  *   hookbridge-producer --listen HOST:PORT   the Okta event-hook endpoint (ingest.c)
+ *   hookbridge-producer --okta-logs ORG_URL --since T --until T [--filter F]
+ *                                            a window of Okta's System Log (oktalog.c)
  *   --framing registry [--schema-id N]       Schema Registry framing instead of single-object
  *
  * Read configuration, build the sender, feed it lines or generated events
@@ -47,14 +49,16 @@ typedef struct {
     int allow_unknown_types;
     int print_only;
     int list_types;
-    int registry_framing; /* --framing registry: 0x00 + schema id */
-    long long schema_id;  /* --schema-id; -1: register the schema to learn it */
+    int registry_framing;   /* --framing registry: 0x00 + schema id */
+    long long schema_id;    /* --schema-id; -1: register the schema to learn it */
+    hb_oktalog_opts_t okta; /* --okta-logs: org_url set */
 } opts_t;
 
 static void usage(FILE *fp) {
     fprintf(fp, "Usage: " PROG " [options] [FILE|-]\n"
                 "       " PROG " [options] --generate N [--rate R]\n"
-                "       " PROG " [options] --listen HOST:PORT\n\n"
+                "       " PROG " [options] --listen HOST:PORT\n"
+                "       " PROG " [options] --okta-logs ORG_URL --since T --until T [--filter F]\n\n"
                 "Publishes identity events (Okta System Log LogEvent JSON, one per line) to the\n"
                 "events topic as single-object-encoded Avro, keyed by the target user's id.\n"
                 "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
@@ -68,6 +72,12 @@ static void usage(FILE *fp) {
                 "  --list-types           print the event type catalogue and exit\n"
                 "  --listen HOST:PORT     serve Okta event hooks (POST/GET " HB_INGEST_PATH ")\n"
                 "                         until SIGTERM; see ingest_listen and docs/ingest.md\n"
+                "  --okta-logs ORG_URL    publish the events of Okta's System Log (GET\n"
+                "                         ORG_URL/api/v1/logs) between --since and --until\n"
+                "                         (RFC 3339), as the ingest endpoint would have; with\n"
+                "                         --filter, only those Okta's filter expression takes\n"
+                "                         (eventType eq \"user.session.start\"). Needs\n"
+                "                         HOOKBRIDGE_OKTA_API_TOKEN; see docs/ingest.md\n"
                 "  --framing F            single-object (default) or registry: the Schema\n"
                 "                         Registry framing (0x00 + 4-byte schema id)\n"
                 "  --schema-id N          the registry id of the IdentityEvent schema; without it\n"
@@ -130,7 +140,12 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
         int is_listen = nlen == 8 && !strncmp(a, "--listen", 8);
         int is_framing = nlen == 9 && !strncmp(a, "--framing", 9);
         int is_schema_id = nlen == 11 && !strncmp(a, "--schema-id", 11);
-        if (is_generate || is_rate || is_listen || is_framing || is_schema_id) {
+        int is_okta = nlen == 11 && !strncmp(a, "--okta-logs", 11);
+        int is_since = nlen == 7 && !strncmp(a, "--since", 7);
+        int is_until = nlen == 7 && !strncmp(a, "--until", 7);
+        int is_filter = nlen == 8 && !strncmp(a, "--filter", 8);
+        if (is_generate || is_rate || is_listen || is_framing || is_schema_id || is_okta ||
+            is_since || is_until || is_filter) {
             if (eq) {
                 val = eq + 1;
             } else if (i + 1 < cfg->args_cnt) {
@@ -142,6 +157,11 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
         }
         if (is_listen) {
             o->listen = val;
+        } else if (is_okta || is_since || is_until || is_filter) {
+            *(is_okta    ? &o->okta.org_url
+              : is_since ? &o->okta.since
+              : is_until ? &o->okta.until
+                         : &o->okta.filter) = val;
         } else if (is_framing) {
             if (strcmp(val, "registry") && strcmp(val, "confluent") &&
                 strcmp(val, "single-object")) {
@@ -183,6 +203,23 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
     if (o->file && o->generate) {
         fprintf(stderr, PROG ": --generate reads no input file\n");
         return -1;
+    }
+    if ((o->okta.since || o->okta.until || o->okta.filter) && !o->okta.org_url) {
+        fprintf(stderr, PROG ": --since, --until and --filter go with --okta-logs\n");
+        return -1;
+    }
+    if (o->okta.org_url) {
+        char why[300];
+        if (o->file || o->generate || *cfg->ingest_listen) {
+            fprintf(stderr, PROG ": --okta-logs reads Okta's System Log: no input file, "
+                                 "--generate or --listen with it\n");
+            return -1;
+        }
+        if (hb_oktalog_check(cfg, &o->okta, why, sizeof(why)) < 0) {
+            fprintf(stderr, PROG ": %s\n", why);
+            return -1;
+        }
+        o->allow_unknown_types = 1; /* Okta has hundreds of types, as at the endpoint */
     }
     if (o->schema_id >= 0 && !o->registry_framing) {
         fprintf(stderr, PROG ": --schema-id goes with --framing registry\n");
@@ -267,7 +304,7 @@ static void run_lines(hb_producer_t *p, FILE *in) {
         lineno++;
         if (only_space(line, (size_t)n))
             continue;
-        ev = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
+        ev = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
         if (!ev) {
             char reason[300];
             snprintf(reason, sizeof(reason), "invalid JSON at column %d: %s", jerr.column,
@@ -275,6 +312,7 @@ static void run_lines(hb_producer_t *p, FILE *in) {
             hb_producer_reject(p, lineno, reason);
             continue;
         }
+        hb_ingest_okta_adjust(ev); /* a LogEvent as Okta writes it */
         (void)hb_producer_send(p, ev, lineno);
         json_decref(ev);
     }
@@ -314,7 +352,7 @@ int main(int argc, char **argv) {
     FILE *in = NULL;
     opts_t o;
     char errstr[512];
-    int r, rc = 1;
+    int r, rc = 1, okta_ok = 1;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -346,7 +384,7 @@ int main(int argc, char **argv) {
         return rc;
     }
 
-    if (!o.generate) {
+    if (!o.generate && !o.okta.org_url) {
         in = !o.file || !strcmp(o.file, "-") ? stdin : fopen(o.file, "r");
         if (!in) {
             fprintf(stderr, PROG ": %s: %s\n", o.file, strerror(errno));
@@ -354,7 +392,8 @@ int main(int argc, char **argv) {
             goto done;
         }
     }
-    p = hb_producer_new(&cfg, o.allow_unknown_types, o.print_only, o.generate ? "event" : "line",
+    p = hb_producer_new(&cfg, o.allow_unknown_types, o.print_only,
+                        o.generate || o.okta.org_url ? "event" : "line",
                         o.generate ? 0 : HB_PRODUCER_CLI_TIMEOUT_MS, errstr, sizeof(errstr));
     if (!p) {
         fprintf(stderr, PROG ": %s\n", errstr);
@@ -367,13 +406,15 @@ int main(int argc, char **argv) {
     }
     if (o.generate)
         run_generate(p, o.generate, o.rate);
+    else if (o.okta.org_url)
+        okta_ok = hb_oktalog_run(p, &cfg, &o.okta) == 0;
     else
         run_lines(p, in);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
             o.print_only ? "printed" : "produced", hb_producer_delivered(p), hb_producer_failed(p));
-    rc = hb_producer_failed(p) > 0 || hb_stop_requested ? 1 : 0;
+    rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ? 1 : 0;
 done:
     hb_producer_free(p);
     if (in && in != stdin)

@@ -40,6 +40,7 @@ struct hb_producer_s {
     hb_codec_t *codec;
     const char *unit;
     int allow_unknown_types;
+    int name_uuids; /* a refusal names the event's uuid */
     int registry_framing;
     uint32_t schema_id;
     long long queued;   /* handed to librdkafka, report pending or received */
@@ -201,11 +202,16 @@ void hb_producer_reject(hb_producer_t *p, long long seq, const char *reason) {
     fprintf(stderr, "%s %lld: %s\n", p->unit, seq, reason);
 }
 
+void hb_producer_name_uuids(hb_producer_t *p) {
+    p->name_uuids = 1;
+}
+
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
-    char errstr[512];
+    char errstr[512], named[600];
     void *buf = NULL;
     size_t len = 0;
-    const char *key;
+    const char *key, *uuid = json_string_value(json_object_get(ev, "uuid"));
+    char *given = p->name_uuids && uuid ? hb_strdup(uuid) : NULL; /* before normalizing */
     if (hb_event_normalize(ev, p->allow_unknown_types, errstr, sizeof(errstr)) < 0)
         goto fail;
     if (p->registry_framing ? hb_codec_encode_registry(p->codec, ev, p->schema_id, &buf, &len,
@@ -226,6 +232,7 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
             printf("%s\n", line);
         free(line);
         free(buf);
+        free(given);
         p->delivered++;
         return 0;
     }
@@ -233,12 +240,18 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
                          (void *)(intptr_t)seq, HB_PRODUCE_BLOCK_MS, errstr, sizeof(errstr)) < 0)
         goto fail;
     free(buf);
+    free(given);
     p->queued++;
     rd_kafka_poll(p->rk, 0); /* serve delivery reports as we go */
     return 0;
 fail:
     free(buf);
-    hb_producer_reject(p, seq, errstr);
+    if (given) {
+        snprintf(named, sizeof(named), "uuid %s: %s", given, errstr);
+        hb_utf8_scrub(named);
+    }
+    hb_producer_reject(p, seq, given ? named : errstr);
+    free(given);
     return -1;
 }
 

@@ -34,6 +34,10 @@ int hb_producer_use_registry(hb_producer_t *p, long long schema_id, char *errstr
  * input counts as failed and "<unit> <seq>: <reason>" goes to stderr. */
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq);
 
+/* From now on a refusal says "<unit> <seq>: uuid <uuid>: <reason>" for an
+ * event that has a uuid (an Okta event found again by it). */
+void hb_producer_name_uuids(hb_producer_t *p);
+
 /* Counts an input that never became an event (bad JSON), with its reason. */
 void hb_producer_reject(hb_producer_t *p, long long seq, const char *reason);
 
@@ -49,6 +53,22 @@ long long hb_producer_delivered(const hb_producer_t *p);
 long long hb_producer_failed(const hb_producer_t *p);
 
 void hb_producer_free(hb_producer_t *p);
+
+/* The Okta System Log window to publish (oktalog.c): --okta-logs ORG_URL
+ * --since T --until T [--filter F]. */
+typedef struct {
+    const char *org_url, *since, *until, *filter;
+} hb_oktalog_opts_t;
+
+/* Is the window well asked for (an https org URL, since and until, a
+ * token)? -1 with the reason. */
+int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,
+                     size_t errstr_size) HB_MUSTCHECK;
+
+/* Reads the window page by page and hands every event to p (the sender
+ * counts and reports them). 0 when the window was read to its end; -1 when
+ * Okta's answers, the network or a stop cut it short (said at error). */
+int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o);
 
 /* The Okta event-hook ingest endpoint (ingest.c): serves on listen until
  * SIGTERM/SIGINT, then drains. Returns the exit status: 0 after a clean

@@ -1,0 +1,359 @@
+/*
+ * `hookbridge-producer --okta-logs ORG_URL --since T [--until T] [--filter F]`:
+ * reads a window of Okta's System Log (GET /api/v1/logs, the same LogEvents
+ * an event hook delivers) and publishes every event as the ingest endpoint
+ * does (hb_ingest_okta_adjust, then the sender). It is how events Okta gave
+ * up on are published after all: an event-hook delivery Okta does not send
+ * again (its one retry failed while the brokers were away) is still in the
+ * System Log (docs/ingest.md). Events already on the topic are published
+ * again with the same uuid, so their deliveries carry the same webhook-id.
+ *
+ * Paging follows the Link header's rel="next" URL until a page is empty or
+ * has none (a request with `until` is bounded). The API token goes only to
+ * the org's own origin: a next link elsewhere stops the run. Okta's rate
+ * limit (429) is waited out (X-Rate-Limit-Reset); a 5xx or a transport error
+ * is tried again, at most HB_OKTALOG_TRIES times a page, backing off. Any
+ * other answer stops the run with Okta's errorSummary; the token is never
+ * printed.
+ *
+ * One thread (main's): libcurl's easy interface, one request at a time, the
+ * sender's delivery reports served between pages and while waiting.
+ */
+#include <ctype.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hb_buf.h"
+#include "hb_ingest.h"
+#include "hb_log.h"
+#include "hb_signal.h"
+#include "producer.h"
+
+/* Events per page: the most Okta gives. */
+#define HB_OKTALOG_LIMIT 1000
+/* Tries of one page on a 5xx or a transport error (backing off 1, 2, 4 ... s). */
+#define HB_OKTALOG_TRIES 6
+/* The longest wait for Okta's rate limit to reset, whatever it says. */
+#define HB_OKTALOG_MAX_WAIT_S 120
+/* A page larger than this is refused (1000 events of a few KB each). */
+#define HB_OKTALOG_MAX_PAGE_BYTES (256L * 1024 * 1024)
+
+typedef struct {
+    hb_buf_t body;
+    int too_large;
+    char *next;         /* the Link header's rel="next" URL */
+    long long reset_at; /* X-Rate-Limit-Reset: epoch seconds, 0 if absent */
+} page_t;
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg) {
+    page_t *pg = arg;
+    size_t len = size * n;
+    if (pg->body.len + len > (size_t)HB_OKTALOG_MAX_PAGE_BYTES) {
+        pg->too_large = 1;
+        return 0; /* curl stops the transfer */
+    }
+    hb_buf_put(&pg->body, data, len);
+    return len;
+}
+
+/* The URL of rel="next" in one Link header value ("<url>; rel=\"next\", ..."). */
+static char *link_next(const char *v, size_t n) {
+    const char *end = v + n;
+    while (v < end) {
+        const char *lt = memchr(v, '<', (size_t)(end - v)), *gt, *stop;
+        if (!lt || !(gt = memchr(lt, '>', (size_t)(end - lt))))
+            return NULL;
+        stop = memchr(gt, ',', (size_t)(end - gt));
+        if (!stop)
+            stop = end;
+        for (const char *p = gt; p + 10 <= stop; p++)
+            if (!strncasecmp(p, "rel=\"next\"", 10) || !strncasecmp(p, "rel=next", 8)) {
+                char *url = hb_malloc((size_t)(gt - lt));
+                memcpy(url, lt + 1, (size_t)(gt - lt - 1));
+                url[gt - lt - 1] = '\0';
+                return url;
+            }
+        v = stop + 1;
+    }
+    return NULL;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *arg) {
+    page_t *pg = arg;
+    size_t len = size * n, name;
+    const char *colon = memchr(data, ':', len);
+    if (!colon)
+        return len;
+    name = (size_t)(colon - data);
+    colon++;
+    while (colon < data + len && (*colon == ' ' || *colon == '\t'))
+        colon++;
+    if (name == 4 && !strncasecmp(data, "link", 4) && !pg->next)
+        pg->next = link_next(colon, (size_t)(data + len - colon));
+    else if (name == 18 && !strncasecmp(data, "x-rate-limit-reset", 18))
+        pg->reset_at = strtoll(colon, NULL, 10);
+    return len;
+}
+
+static void page_reset(page_t *pg) {
+    hb_buf_free(&pg->body);
+    free(pg->next);
+    memset(pg, 0, sizeof(*pg));
+}
+
+/* "scheme://host[:port]" of url, its length; 0 when url has none. */
+static size_t origin_len(const char *url) {
+    const char *p = strstr(url, "://");
+    if (!p)
+        return 0;
+    p += 3;
+    return (size_t)(p - url) + strcspn(p, "/?#");
+}
+
+static int same_origin(const char *a, const char *b) {
+    size_t n = origin_len(a);
+    return n && n == origin_len(b) && !strncasecmp(a, b, n);
+}
+
+/* Loopback only may be spoken to over plain http (tests, a port-forward). */
+static int scheme_allowed(const char *url) {
+    static const char *const local[] = {"http://127.0.0.1", "http://localhost", "http://[::1]"};
+    if (!strncasecmp(url, "https://", 8))
+        return 1;
+    for (size_t i = 0; i < HB_ARRAY_SIZE(local); i++) {
+        size_t n = strlen(local[i]);
+        if (!strncasecmp(url, local[i], n) && (url[n] == ':' || url[n] == '/' || !url[n]))
+            return 1;
+    }
+    return 0;
+}
+
+/* Waits ms, serving the sender's delivery reports; 0 when a stop came. */
+static int pause_ms(hb_producer_t *p, long long ms) {
+    int64_t until = hb_mono_ms() + ms;
+    while (!hb_stop_requested && hb_mono_ms() < until)
+        hb_producer_poll(p, 100);
+    return !hb_stop_requested;
+}
+
+/* Okta's errorSummary from an error body, or a short part of the body. */
+static void error_summary(const page_t *pg, char *out, size_t outsz) {
+    json_t *j = pg->body.p ? json_loadb(pg->body.p, pg->body.len, 0, NULL) : NULL;
+    const char *s = json_string_value(json_object_get(j, "errorSummary"));
+    if (s)
+        snprintf(out, outsz, "%s", s);
+    else if (pg->body.len)
+        snprintf(out, outsz, "%.*s", (int)(pg->body.len > 200 ? 200 : pg->body.len), pg->body.p);
+    else
+        snprintf(out, outsz, "no body");
+    json_decref(j);
+    hb_utf8_scrub(out);
+    for (char *c = out; *c; c++) /* one line */
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+}
+
+/* GETs url into pg, with Okta's rate limit waited out and a 5xx or a
+ * transport error tried again. 0 on 200; -1 after saying why. */
+static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *auth, page_t *pg) {
+    struct curl_slist *hdrs = NULL;
+    int rc = -1;
+    hdrs = curl_slist_append(hdrs, auth);
+    hdrs = curl_slist_append(hdrs, "Accept: application/json");
+    for (int attempt = 1, limited = 0; !hb_stop_requested;) {
+        long status = 0;
+        CURLcode cc;
+        char why[300];
+        page_reset(pg);
+        (void)curl_easy_setopt(h, CURLOPT_URL, url);
+        (void)curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+        (void)curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+        (void)curl_easy_setopt(h, CURLOPT_WRITEDATA, pg);
+        (void)curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+        (void)curl_easy_setopt(h, CURLOPT_HEADERDATA, pg);
+        cc = curl_easy_perform(h);
+        if (cc == CURLE_OK)
+            (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        if (cc == CURLE_OK && status == 200) {
+            rc = 0;
+            break;
+        }
+        if (pg->too_large) {
+            hb_error("okta system log: a page larger than %ld bytes: stopping",
+                     HB_OKTALOG_MAX_PAGE_BYTES);
+            break;
+        }
+        if (status == 429) { /* Okta's rate limit: wait for its reset */
+            long long wait = pg->reset_at > 0 ? pg->reset_at - (long long)time(NULL) + 1 : 10;
+            if (wait < 1)
+                wait = 1;
+            if (wait > HB_OKTALOG_MAX_WAIT_S)
+                wait = HB_OKTALOG_MAX_WAIT_S;
+            if (++limited % 10 == 1)
+                hb_warn("okta system log: rate limited (HTTP 429): waiting %lld s", wait);
+            if (!pause_ms(p, wait * 1000))
+                break;
+            continue;
+        }
+        if (cc != CURLE_OK)
+            snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
+        else
+            error_summary(pg, why, sizeof(why));
+        if ((cc == CURLE_OK && status < 500) || attempt >= HB_OKTALOG_TRIES) {
+            if (status == 401 || status == 403)
+                hb_error("okta system log: Okta refused the API token (HTTP %ld: %s): check "
+                         "HOOKBRIDGE_OKTA_API_TOKEN and its admin role (Read-only "
+                         "Administrator reads the System Log)",
+                         status, why);
+            else if (cc == CURLE_OK)
+                hb_error("okta system log: HTTP %ld: %s", status, why);
+            else
+                hb_error("okta system log: %s (after %d tries)", why, attempt);
+            break;
+        }
+        if (cc == CURLE_OK)
+            hb_warn("okta system log: HTTP %ld (%s): trying again in %d s", status, why,
+                    1 << (attempt - 1));
+        else
+            hb_warn("okta system log: %s: trying again in %d s", why, 1 << (attempt - 1));
+        if (!pause_ms(p, 1000LL << (attempt - 1)))
+            break;
+        attempt++;
+    }
+    curl_slist_free_all(hdrs);
+    return rc;
+}
+
+/* The first page's URL: ORG/api/v1/logs?since&until&filter&limit&sortOrder. */
+static char *first_url(CURL *h, const hb_oktalog_opts_t *o) {
+    hb_buf_t u = {0};
+    const char *org = o->org_url;
+    size_t n = strlen(org);
+    while (n && org[n - 1] == '/')
+        n--;
+    hb_buf_printf(&u, "%.*s/api/v1/logs?limit=%d&sortOrder=ASCENDING", (int)n, org,
+                  HB_OKTALOG_LIMIT);
+    const char *names[] = {"since", "until", "filter"};
+    const char *values[] = {o->since, o->until, o->filter};
+    for (size_t i = 0; i < HB_ARRAY_SIZE(names); i++) {
+        char *esc;
+        if (!values[i] || !*values[i])
+            continue;
+        esc = curl_easy_escape(h, values[i], 0);
+        hb_buf_printf(&u, "&%s=%s", names[i], esc ? esc : "");
+        curl_free(esc);
+    }
+    return u.p;
+}
+
+int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o) {
+    CURL *h = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_easy_init() : NULL;
+    page_t pg;
+    char *url = NULL, *auth = NULL;
+    long long seq = 0, pages = 0;
+    size_t auth_len;
+    int rc = -1;
+
+    memset(&pg, 0, sizeof(pg));
+    hb_producer_name_uuids(p);
+    if (!h) {
+        hb_error("okta system log: cannot make an HTTP client");
+        return -1;
+    }
+    /* an OAuth access token is sent as given ("Bearer ..."), an API token
+     * with Okta's SSWS scheme */
+    auth_len = strlen(cfg->okta_api_token) + 32;
+    auth = hb_malloc(auth_len);
+    snprintf(auth, auth_len, "Authorization: %s%s",
+             strncmp(cfg->okta_api_token, "Bearer ", 7) ? "SSWS " : "", cfg->okta_api_token);
+    (void)curl_easy_setopt(h, CURLOPT_USERAGENT, "hookbridge-producer/" HB_VERSION);
+    (void)curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    (void)curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 300000L);
+    (void)curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    (void)curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+    url = first_url(h, o);
+    hb_info("okta system log: reading %s .. %s%s%s from %s", o->since,
+            o->until && *o->until ? o->until : "now", o->filter && *o->filter ? ", filter " : "",
+            o->filter && *o->filter ? o->filter : "", o->org_url);
+    while (!hb_stop_requested) {
+        json_error_t jerr;
+        json_t *events;
+        size_t i, cnt;
+        json_t *ev;
+        if (fetch_page(p, h, url, auth, &pg) < 0)
+            goto out;
+        events = json_loadb(pg.body.p ? pg.body.p : "", pg.body.len, JSON_ALLOW_NUL, &jerr);
+        if (!json_is_array(events)) {
+            hb_error("okta system log: page %lld is not a JSON array of events (%s)", pages + 1,
+                     events ? "another JSON value" : jerr.text);
+            json_decref(events);
+            goto out;
+        }
+        cnt = json_array_size(events);
+        pages++;
+        json_array_foreach(events, i, ev) {
+            hb_ingest_okta_adjust(ev);
+            (void)hb_producer_send(p, ev, ++seq);
+        }
+        json_decref(events);
+        hb_info("okta system log: page %lld: %zu events (%lld so far)", pages, cnt, seq);
+        if (!cnt || !pg.next) /* a bounded window ends so */
+            break;
+        if (!same_origin(pg.next, url)) {
+            hb_error("okta system log: the next page is on another origin than %s: stopping "
+                     "(the API token goes to the org only)",
+                     o->org_url);
+            goto out;
+        }
+        free(url);
+        url = pg.next;
+        pg.next = NULL;
+    }
+    rc = hb_stop_requested ? -1 : 0;
+out:
+    page_reset(&pg);
+    free(url);
+    free(auth);
+    curl_easy_cleanup(h);
+    curl_global_cleanup();
+    return rc;
+}
+
+int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,
+                     size_t errstr_size) {
+    if (!scheme_allowed(o->org_url)) {
+        hb_seterr(errstr, errstr_size,
+                  "--okta-logs wants the org's https:// URL (https://example.okta.com), not "
+                  "\"%s\" (plain http only to loopback)",
+                  o->org_url);
+        return -1;
+    }
+    if (!origin_len(o->org_url) || o->org_url[origin_len(o->org_url)] == '?') {
+        hb_seterr(errstr, errstr_size, "--okta-logs: \"%s\" is not a URL", o->org_url);
+        return -1;
+    }
+    if (!o->since || !*o->since || !o->until || !*o->until) {
+        hb_seterr(errstr, errstr_size,
+                  "--okta-logs needs --since and --until (RFC 3339 times: the window to read)");
+        return -1;
+    }
+    if (!*cfg->okta_api_token) {
+        hb_seterr(errstr, errstr_size,
+                  "--okta-logs needs HOOKBRIDGE_OKTA_API_TOKEN (an Okta API token that may "
+                  "read the System Log)");
+        return -1;
+    }
+    for (const char *c = cfg->okta_api_token; *c; c++)
+        if (iscntrl((unsigned char)*c)) { /* the token is a secret: say what, not which */
+            hb_seterr(errstr, errstr_size,
+                      "HOOKBRIDGE_OKTA_API_TOKEN has a line break or another control character "
+                      "(a file's last newline?)");
+            return -1;
+        }
+    return 0;
+}
