@@ -64,7 +64,7 @@ static const cf_row_t cf_table[] = {
     {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0,
      HB_PROG_SERVICES | HB_PROG_PRODUCER | HB_PROG_MIGRATE, 0,
      "Dead-letter topic for poison messages, deliveries out of attempts, and the events the "
-     "ingest endpoint refuses (kept as Okta sent them)."},
+     "ingest endpoint refuses (with the values Okta sent)."},
     {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
      HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},

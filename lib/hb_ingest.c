@@ -139,24 +139,41 @@ static int number_overflows(const char *s, size_t n) {
  * one of them. */
 static char *quote_huge_numbers(const char *body, size_t len, size_t *out_len) {
     hb_buf_t out = {0};
-    size_t i = 0, copied = 0;
+    char open[HB_INGEST_MAX_DEPTH]; /* the containers around i: '{' or '[' */
+    size_t i = 0, copied = 0, depth = 0;
     int in_string = 0, quoted = 0;
+    char prev = 0; /* the last significant character outside strings */
     while (i < len) {
         char c = body[i];
         if (in_string) {
             if (c == '\\')
                 i++;
             else if (c == '"')
-                in_string = 0;
+                in_string = 0, prev = '"';
             i++;
         } else if (c == '"') {
             in_string = 1;
             i++;
+        } else if (c == '{' || c == '[') {
+            if (depth == sizeof(open))
+                break; /* deeper than jansson goes: it refuses the body anyway */
+            open[depth++] = c;
+            prev = c;
+            i++;
+        } else if (c == '}' || c == ']') {
+            depth -= depth > 0;
+            prev = c;
+            i++;
         } else if (c == '-' || (c >= '0' && c <= '9')) {
+            /* a value: after ':', first in or after ',' in an array, or the
+             * whole document; anywhere else (an object's key) it stays for
+             * jansson to refuse */
+            int value = prev == ':' || (!depth && !prev) ||
+                        (depth && open[depth - 1] == '[' && (prev == '[' || prev == ','));
             size_t j = i + 1;
             while (j < len && body[j] && strchr("0123456789+-.eE", body[j]))
                 j++;
-            if (number_overflows(body + i, j - i)) {
+            if (value && number_overflows(body + i, j - i)) {
                 hb_buf_put(&out, body + copied, i - copied);
                 hb_buf_put(&out, "\"", 1);
                 hb_buf_put(&out, body + i, j - i);
@@ -164,8 +181,11 @@ static char *quote_huge_numbers(const char *body, size_t len, size_t *out_len) {
                 copied = j;
                 quoted = 1;
             }
+            prev = '0';
             i = j;
         } else {
+            if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+                prev = c;
             i++;
         }
     }
@@ -176,6 +196,18 @@ static char *quote_huge_numbers(const char *body, size_t len, size_t *out_len) {
     hb_buf_put(&out, body + copied, len - copied);
     *out_len = out.len;
     return out.p;
+}
+
+json_t *hb_ingest_loadb(const char *text, size_t len, size_t flags, json_error_t *err) {
+    json_t *j = json_loadb(text, len, flags | JSON_ALLOW_NUL, err);
+    char *quoted;
+    size_t qlen;
+    if (j || json_error_code(err) != json_error_numeric_overflow ||
+        !(quoted = quote_huge_numbers(text, len, &qlen)))
+        return j;
+    j = json_loadb(quoted, qlen, flags | JSON_ALLOW_NUL, err);
+    free(quoted);
+    return j;
 }
 
 /* The envelope's data.events, or NULL with the reason. */
@@ -214,7 +246,7 @@ static json_t *envelope_events(json_t *root, char *errstr, size_t errstr_size) {
     return events;
 }
 
-#define PARSE_FLAGS (JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL)
+#define PARSE_FLAGS JSON_REJECT_DUPLICATES
 
 /* A member that is a string without a NUL character, copied; else NULL. */
 static char *plain_string(const json_t *ev, const char *name) {
@@ -254,7 +286,9 @@ static void keep_refused(hb_ingest_msg_t *m, const json_t *ev) {
     m->uuid = json_is_object(ev) ? plain_string(ev, "uuid") : NULL;
     m->type = json_is_object(ev) ? plain_string(ev, "eventType") : NULL;
     m->published = json_is_object(ev) ? plain_string(ev, "published") : NULL;
-    m->key = m->uuid ? hb_strdup(m->uuid) : NULL;
+    /* a key of any length would make a message of any size (review 39: a
+     * 500,000-character uuid was over librdkafka's message.max.bytes) */
+    m->key = m->uuid && strlen(m->uuid) <= HB_INGEST_KEY_MAX ? hb_strdup(m->uuid) : NULL;
     if (!text) /* not even JSON text (an invalid UTF-8 key): nothing to keep */
         text = hb_strdup("null");
     m->value = text;
@@ -271,25 +305,18 @@ static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batc
     json_error_t jerr;
     json_t *root, *events;
     size_t n;
-    char why[400], *quoted = NULL;
+    char why[400];
 
     memset(out, 0, sizeof(*out));
-    root = json_loadb(body, len, PARSE_FLAGS, &jerr);
-    if (!root && json_error_code(&jerr) == json_error_numeric_overflow &&
-        (quoted = quote_huge_numbers(body, len, &len)) != NULL) {
-        body = quoted;
-        root = json_loadb(body, len, PARSE_FLAGS, &jerr);
-    }
+    root = hb_ingest_loadb(body, len, PARSE_FLAGS, &jerr);
     if (!root) {
         hb_seterr(errstr, errstr_size, "invalid JSON at line %d, column %d: %s", jerr.line,
                   jerr.column, jerr.text);
-        free(quoted);
         return -1;
     }
     events = envelope_events(root, errstr, errstr_size);
     if (!events) {
         json_decref(root);
-        free(quoted);
         return -1;
     }
     n = json_array_size(events);
@@ -327,14 +354,13 @@ static int parse(hb_codec_t *codec, const char *body, size_t len, hb_ingest_batc
     }
     json_decref(root);
     if (out->refused) { /* the events as received: normalizing changed them */
-        json_t *again = json_loadb(body, len, PARSE_FLAGS, &jerr);
+        json_t *again = hb_ingest_loadb(body, len, PARSE_FLAGS, &jerr);
         json_t *pristine = json_object_get(json_object_get(again, "data"), "events");
         for (size_t i = 0; i < n; i++)
             if (out->msgs[i].refused)
                 keep_refused(&out->msgs[i], json_array_get(pristine, i));
         json_decref(again);
     }
-    free(quoted);
     return 0;
 }
 

@@ -34,6 +34,7 @@
 #ifndef HB_INGEST_H
 #define HB_INGEST_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "hb_codec.h"
@@ -46,11 +47,11 @@
 #define HB_INGEST_ENVELOPE_TYPE "com.okta.event_hook"
 
 typedef struct {
-    /* Accepted: hb_event_key; refused: the event's uuid when it has one
-     * (NULL otherwise). NUL-terminated. */
+    /* Accepted: hb_event_key; refused: the event's uuid when it has one of
+     * at most HB_INGEST_KEY_MAX bytes (NULL otherwise). NUL-terminated. */
     char *key;
     /* Accepted: the single-object-encoded IdentityEvent; refused: the
-     * event's compact JSON text as received (an event that cannot be
+     * event's compact JSON text as parsed, values as received (one that cannot be
      * written back as JSON: "null"). */
     void *value;
     size_t value_len;
@@ -74,6 +75,7 @@ typedef struct {
  * {"uuid","eventType","published"} only (the reason says so): under both
  * librdkafka's message.max.bytes and Kafka's max.message.bytes defaults. */
 #define HB_INGEST_REFUSED_MAX_BYTES (512 * 1024)
+#define HB_INGEST_KEY_MAX 1024
 
 /* Parses and validates a request body into out (freed with
  * hb_ingest_batch_free, also after a failure). 0: one message per event,
@@ -89,6 +91,14 @@ void hb_ingest_batch_free(hb_ingest_batch_t *b);
  * none (above). For every Okta LogEvent: the ones of an event hook, of the
  * System Log API, of the producer's input lines. ev may be any JSON value. */
 void hb_ingest_okta_adjust(json_t *ev);
+
+/* jansson's json_loadb with JSON_ALLOW_NUL added, and a number jansson
+ * cannot hold read as a string of its digits (only where a value stands:
+ * a number as an object's key stays an error): how every Okta text is read
+ * (the endpoint's bodies, the System Log's pages, the command line's
+ * lines). */
+#define HB_INGEST_MAX_DEPTH 4096
+json_t *hb_ingest_loadb(const char *text, size_t len, size_t flags, json_error_t *err);
 
 /* A refused event's value becomes what identifies it, {"uuid", "eventType",
  * "published"} (those it has), and its reason says so and why ("is larger

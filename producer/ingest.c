@@ -16,7 +16,7 @@
  * message opaque, then waits on `cond` until each event has its delivery
  * report, the ingest timeout passes, or a stop aborts the wait. Only after
  * every report says "written" is the answer 200. An event the validation
- * refuses goes to the dead-letter topic instead, as Okta sent it, with the
+ * refuses goes to the dead-letter topic instead, with the values Okta sent and the
  * reason in a header (hb_ingest.h says why not the whole request), and is
  * acknowledged like the others.
  *
@@ -30,7 +30,9 @@
  * aborting.
  *
  * Memory is bounded by connections x ingest_max_body_bytes (each body is
- * freed once parsed) plus librdkafka's queue; slow clients are cut off by
+ * freed once parsed, each event's encoded bytes once queued; what stays
+ * until the answer is a few strings per event: key, uuid, type, reason)
+ * plus librdkafka's queue; slow clients are cut off by
  * the connection timeout, counted from the last byte for an idle connection
  * and, by hb_cutoff, from the connection's start (or its previous request's
  * end) for one that trickles its headers, and for a body from its headers
@@ -116,6 +118,8 @@ static hb_log_limit_t log_dead = HB_LOG_LIMIT_NOTE(
 #define INGEST_WAIT_MARGIN_MS 2000
 /* What a 503 asks the client to wait before sending again, in seconds. */
 #define INGEST_RETRY_AFTER "5"
+/* A 200's body lists at most this many refused events (and counts the rest). */
+#define INGEST_ANSWER_REFUSED 100
 /* A 503's log line names at most this many of the delivery's event uuids. */
 #define INGEST_LOGGED_UUIDS 50
 /* The source header of a refused event on the dead-letter topic. */
@@ -153,6 +157,8 @@ struct ingest_s {
     rd_kafka_t *rk;
     rd_kafka_topic_t *topic;  /* the main thread's; NULL until the metadata came */
     rd_kafka_topic_t *dlq;    /* the same for the dead-letter topic */
+    int recheck_topics;       /* main thread: a report said a topic is gone */
+    int reach_started;        /* main thread: the brokers' probe runs */
     hb_kafka_reach_t brokers; /* main thread: do the brokers answer? (a probe thread) */
     hb_codec_t *codec;
     pthread_mutex_t codec_lock;
@@ -194,8 +200,17 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     int last, dlq = !strcmp(rd_kafka_topic_name(rkm->rkt), in->cfg->dlq_topic);
     /* a dead-letter copy larger than the topic takes (its max.message.bytes):
      * handle_post sends what identifies the event instead */
-    int too_large = dlq && rkm->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+    int too_large = dlq && (rkm->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+                            rkm->err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE);
     (void)rk;
+    /* a topic deleted, or its ACLs changed, since it was known: the loop
+     * learns the topics again, not ready until it has them (the dispatcher
+     * does the same: hb_outbox's watch) */
+    if (rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+        rkm->err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+        rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+        rkm->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+        in->recheck_topics = 1;
     if (rkm->err && !too_large)
         hb_metric_inc(in->m_failed);
     else if (!rkm->err)
@@ -356,8 +371,8 @@ static void log_refused_events(ingest_t *in, const hb_ingest_batch_t *b) {
             continue;
         hb_log_limited(&log_dead, HB_LOG_WARN,
                        HB_KV("uuid", m->uuid ? m->uuid : "", "event_type", m->type ? m->type : ""),
-                       "ingest: %s: refused; the event goes to the dead-letter topic %s as it "
-                       "came (header hookbridge-reason), the delivery's other events to %s",
+                       "ingest: %s: refused; sending it to the dead-letter topic %s (header "
+                       "hookbridge-reason), the delivery's other events to %s",
                        m->refused, in->cfg->dlq_topic, in->cfg->events_topic);
     }
 }
@@ -373,31 +388,39 @@ static char *uuid_list(const hb_ingest_batch_t *b) {
             shown++;
         }
     if (shown < b->cnt)
-        hb_buf_printf(&out, "%s(%zu more without a uuid shown)", shown ? "," : "", b->cnt - shown);
+        hb_buf_printf(&out, "%s(and %zu more, their uuids not shown)", shown ? "," : "",
+                      b->cnt - shown);
     if (!out.p)
         hb_buf_puts(&out, "");
     return out.p;
 }
 
-/* The 200's body: how many events went to each topic, and which were refused. */
+/* The 200's body: how many events went to each topic, and which were
+ * refused (the first INGEST_ANSWER_REFUSED: review 39 had a body of 1.4
+ * million refused events answered with 99 MB, the process at 924 MB). */
 static json_t *accepted_body(const hb_ingest_batch_t *b) {
     json_t *body = json_pack("{s:I}", "produced", (json_int_t)(b->cnt - b->refused)), *refused;
+    size_t listed = 0;
     if (!b->refused)
         return body;
     refused = json_array();
-    for (size_t i = 0; i < b->cnt; i++) {
+    for (size_t i = 0; i < b->cnt && listed < INGEST_ANSWER_REFUSED; i++) {
         const hb_ingest_msg_t *m = &b->msgs[i];
         json_t *one;
         if (!m->refused)
             continue;
+        listed++;
         one = json_pack("{s:I, s:s}", "event", (json_int_t)i, "error", m->refused);
-        if (one && m->uuid)
-            (void)json_object_set_new(one, "uuid", json_string(m->uuid));
+        if (one && m->key) /* its uuid, when one of a sensible length */
+            (void)json_object_set_new(one, "uuid", json_string(m->key));
         if (one)
             (void)json_array_append_new(refused, one);
     }
     (void)json_object_set_new(body, "dead_lettered", json_integer((json_int_t)b->refused));
     (void)json_object_set_new(body, "refused", refused);
+    if (listed < b->refused)
+        (void)json_object_set_new(body, "refused_not_listed",
+                                  json_integer((json_int_t)(b->refused - listed)));
     return body;
 }
 
@@ -552,6 +575,8 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
             snprintf(why, sizeof(why), "event %zu could not be queued (%s)", i, perr);
             break;
         }
+        free(m->value); /* librdkafka has its copy: the request holds what it answers with */
+        m->value = NULL;
         queued++;
     }
     wait_reports(in, r, &until);
@@ -913,6 +938,18 @@ static int ingest_loop(ingest_t *in) {
             fatal = 1;
             break;
         }
+        if (in->recheck_topics) {
+            in->recheck_topics = 0;
+            hb_warn("ingest: the brokers refused a message for an unknown topic (deleted, or "
+                    "its ACLs changed?): checking the events and dead-letter topics again");
+            if (in->topic)
+                rd_kafka_topic_destroy(in->topic);
+            if (in->dlq)
+                rd_kafka_topic_destroy(in->dlq);
+            in->topic = in->dlq = NULL;
+            next_prepare = 0;
+            hb_httpd_set_ready(in->ops, 0, "checking the events and dead-letter topics again");
+        }
         if ((!in->topic || !in->dlq) && hb_mono_ms() >= next_prepare) {
             /* refused events go to the dead-letter topic: without it a
              * delivery holding one could only be answered 503 */
@@ -925,9 +962,11 @@ static int ingest_loop(ingest_t *in) {
             if (in->topic && in->dlq) {
                 hb_info("ingest: ready (events topic %s and dead-letter topic %s known)",
                         in->cfg->events_topic, in->cfg->dlq_topic);
-                if (hb_kafka_reach_start(&in->brokers, in->rk, in->cfg->events_topic, errstr,
+                if (!in->reach_started &&
+                    hb_kafka_reach_start(&in->brokers, in->rk, in->cfg->events_topic, errstr,
                                          sizeof(errstr)) < 0)
                     hb_error("%s (readiness ignores the brokers)", errstr);
+                in->reach_started = 1;
             } else {
                 hb_httpd_set_ready(in->ops, 0, errstr);
                 hb_debug("ingest: not ready: %s", errstr);

@@ -304,7 +304,7 @@ static void run_lines(hb_producer_t *p, FILE *in) {
         lineno++;
         if (only_space(line, (size_t)n))
             continue;
-        ev = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+        ev = hb_ingest_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr); /* as Okta's */
         if (!ev) {
             char reason[300];
             snprintf(reason, sizeof(reason), "invalid JSON at column %d: %s", jerr.column,

@@ -70,8 +70,10 @@ static char *link_next(const char *v, size_t n) {
         stop = memchr(gt, ',', (size_t)(end - gt));
         if (!stop)
             stop = end;
-        for (const char *p = gt; p + 10 <= stop; p++)
-            if (!strncasecmp(p, "rel=\"next\"", 10) || !strncasecmp(p, "rel=next", 8)) {
+        for (const char *p = gt; p + 8 <= stop; p++)
+            if ((p + 10 <= stop && !strncasecmp(p, "rel=\"next\"", 10)) ||
+                (!strncasecmp(p, "rel=next", 8) &&
+                 (p + 8 == stop || !isalnum((unsigned char)p[8])))) {
                 char *url = hb_malloc((size_t)(gt - lt));
                 memcpy(url, lt + 1, (size_t)(gt - lt - 1));
                 url[gt - lt - 1] = '\0';
@@ -287,7 +289,7 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         json_t *ev;
         if (fetch_page(p, h, url, auth, &pg) < 0)
             goto out;
-        events = json_loadb(pg.body.p ? pg.body.p : "", pg.body.len, JSON_ALLOW_NUL, &jerr);
+        events = hb_ingest_loadb(pg.body.p ? pg.body.p : "", pg.body.len, 0, &jerr);
         if (!json_is_array(events)) {
             hb_error("okta system log: page %lld is not a JSON array of events (%s)", pages + 1,
                      events ? "another JSON value" : jerr.text);

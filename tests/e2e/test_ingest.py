@@ -209,7 +209,7 @@ def test_an_event_the_schema_refuses_is_dead_lettered_and_its_delivery_s_others_
     assert ing.metric("hookbridge_ingest_rejected_requests_total") == 0
     # The operator reads which events were refused, and where they went.
     said = [json.loads(l) for l in ing.proc.output().splitlines()
-            if l.startswith("{") and "refused; the event goes to the dead-letter topic" in l]
+            if l.startswith("{") and "refused; sending it to the dead-letter topic" in l]
     assert [(l["level"], l["uuid"]) for l in said] == [
         ("warn", "refused-no-type"), ("warn", as_number["uuid"])], said
     assert said[1]["event_type"] == "user.session.start"
@@ -236,6 +236,33 @@ def test_without_the_dead_letter_topic_the_endpoint_is_not_ready(apache_kafka, p
     dead = topic_records(space.bootstrap, later.dlq_topic, want=1)
     assert [json.loads(m.value) for m in dead] == [refused]
     assert dict(dead[0].headers)["hookbridge-reason"] == b"data.events[1]: eventType: missing"
+
+
+def test_a_dead_letter_topic_deleted_while_ready_makes_the_endpoint_not_ready(
+        apache_kafka, procs):
+    """Review 39: with the dead-letter topic deleted after the endpoint was
+    ready, every delivery holding a refused event was answered 503 and
+    /readyz stayed 200, so the load balancer kept sending Okta's deliveries
+    there. Now the first refusal for an unknown topic makes the endpoint
+    learn its topics again: not ready, naming the missing one, until it is
+    back; then deliveries are taken again."""
+    from hbtest.kafka import delete_topics
+    space = apache_kafka.space()
+    ing = Ingest(procs, space.bootstrap, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "3s"})
+    ing.wait_ready()
+    delete_topics(space.bootstrap, [space.dlq_topic])
+    refused = {"uuid": "no-type-after-delete"}
+    status, _, answer = ing.post([event("user.session.start"), refused])
+    assert status == 503, answer
+    wait_until(lambda: ing.ops("/readyz")[0] == 503 and
+               space.dlq_topic in ing.ops("/readyz")[1] or None, 20 * SLOW,
+               "/readyz to name the deleted dead-letter topic")
+    assert "checking the events and dead-letter topics again" in ing.proc.output()
+    space._schedules.clear()
+    space.create_topics()
+    ing.wait_ready(30)
+    status, _, answer = ing.post([event("user.session.start"), refused])
+    assert status == 200 and answer["dead_lettered"] == 1, answer
 
 
 def test_a_refused_event_too_large_for_the_dead_letter_topic_is_kept_by_its_ids(

@@ -281,6 +281,46 @@ static void okta_s_odd_values_are_delivered(void **state) {
     hb_ingest_batch_free(&b);
 }
 
+/* hb_ingest_loadb quotes a number jansson cannot hold where a value stands,
+ * and nowhere else: a number as an object's key stays invalid JSON (review
+ * 39: it was quoted into a valid key, and the body answered 200). */
+static void only_values_beyond_jansson_are_quoted(void **state) {
+    json_error_t jerr;
+    json_t *j;
+    (void)state;
+    static const char text[] = "{\"a\":[99999999999999999999, 1, -1e999,{\"b\" : \n"
+                               "123456789012345678901234567890}], "
+                               "\"s\":\"1e999 \\\" 99999999999999999999\"}";
+    j = hb_ingest_loadb(text, strlen(text), 0, &jerr);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(j, "a"), 0)),
+                        "99999999999999999999");
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(j, "a"), 1)), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(j, "a"), 2)), "-1e999");
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(j, "a"), 3), "b")),
+        "123456789012345678901234567890");
+    assert_string_equal(json_string_value(json_object_get(j, "s")),
+                        "1e999 \" 99999999999999999999");
+    json_decref(j);
+    /* the whole document, with JSON_DECODE_ANY */
+    j = hb_ingest_loadb("-99999999999999999999", 21, JSON_DECODE_ANY, &jerr);
+    assert_string_equal(json_string_value(j), "-99999999999999999999");
+    json_decref(j);
+    /* not values: stay errors */
+    static const char *const invalid[] = {
+        "{\"a\":1, 99999999999999999999: 2}",
+        "{99999999999999999999: 2}",
+        "{\"a\": 99999999999999999999x}",
+        "[0099999999999999999999]",
+    };
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
+        j = hb_ingest_loadb(invalid[i], strlen(invalid[i]), 0, &jerr);
+        if (j)
+            fail_msg("\"%s\" was taken", invalid[i]);
+    }
+}
+
 /* A refusal's text goes into the JSON answer and a Kafka header: quoting a
  * long value of the body must not cut a character in two (jansson refuses
  * invalid UTF-8, and the answer lost its "error"). Found by
@@ -341,6 +381,7 @@ int main(void) {
         cmocka_unit_test(an_event_at_fault_is_refused_alone_and_kept_as_it_came),
         cmocka_unit_test(big_events_are_refused_and_the_biggest_kept_by_their_ids),
         cmocka_unit_test(okta_s_odd_values_are_delivered),
+        cmocka_unit_test(only_values_beyond_jansson_are_quoted),
         cmocka_unit_test(refusals_quoting_long_values_stay_utf8),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
