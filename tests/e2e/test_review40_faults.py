@@ -128,3 +128,27 @@ def test_a_next_link_to_the_page_just_read_publishes_it_once(broker):
     assert "produced 1, failed 0" in out, out + err
     uuids = [m.key for m in topic_records(broker.bootstrap, "identity.events")]
     assert len(uuids) == 1, f"{len(uuids)} copies of one event"
+
+
+def test_print_writes_only_the_events_to_stdout():
+    """`--okta-logs ... --print` (docs/ingest.md: "--print shows the events
+    instead of publishing them") writes the window's events to stdout, one
+    per line, so that `> saved.jsonl` then `hookbridge-producer saved.jsonl`
+    publishes them. On c219e66 the run's log lines (JSON, "level":"info":
+    reading ..., page 1: ...) went to stdout among the events: the saved
+    file had 2 lines more than events, and publishing it said
+    "line 1: eventType: missing", "line 2: ...", exit 1."""
+    evs = [event("user.session.start") for _ in range(3)]
+    okta = Okta(lambda h: (200, evs, {}))
+    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
+    try:
+        r = subprocess.run([str(BIN / "hookbridge-producer"), "--okta-logs", okta.url,
+                            *WINDOW, "--print"], env=env, capture_output=True, text=True,
+                           timeout=60 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "printed 3, failed 0" in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    assert [json.loads(line).get("uuid") for line in lines] == [e["uuid"] for e in evs], \
+        r.stdout
