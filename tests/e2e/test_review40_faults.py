@@ -152,3 +152,38 @@ def test_print_writes_only_the_events_to_stdout():
     lines = r.stdout.splitlines()
     assert [json.loads(line).get("uuid") for line in lines] == [e["uuid"] for e in evs], \
         r.stdout
+
+
+def test_an_org_url_with_userinfo_is_refused_before_the_token_goes_anywhere():
+    """"plain http only to loopback" holds for the host the request goes
+    to: http://127.0.0.1:1@HOST/ is HOST with user "127.0.0.1" and
+    password "1" (RFC 3986), so an ORG_URL with userinfo is refused (Okta
+    uses none; a password in it would be logged as given). On c219e66 the
+    check read the text before the @: the token went in clear text to
+    HOST (shown with 192.0.2.2, this machine's non-loopback address, as
+    with 127.0.0.2 here), exit 0."""
+    class Catch(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            got.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+    got = []
+    srv = ThreadingHTTPServer(("127.0.0.2", 0), Catch)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
+    try:
+        r = subprocess.run([str(BIN / "hookbridge-producer"), "--okta-logs",
+                            f"http://127.0.0.1:1@127.0.0.2:{srv.server_address[1]}", *WINDOW,
+                            "--print"], env=env, capture_output=True, text=True,
+                           timeout=60 * SLOW)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert got == [], f"the token went to 127.0.0.2: {got}"
+    assert r.returncode == 2, r.stdout + r.stderr
