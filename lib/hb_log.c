@@ -24,6 +24,12 @@ static char hb_log_component[32] = "hookbridge";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+static int hb_log_fd = STDOUT_FILENO;
+
+void hb_log_to_stderr(void) {
+    hb_log_fd = STDERR_FILENO;
+}
+
 void hb_log_init(const char *component, hb_log_level_t level) {
     snprintf(hb_log_component, sizeof(hb_log_component), "%s", component);
     hb_log_level = level;
@@ -130,8 +136,8 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
     if (len + 16 >= cap)
         len = append(line, len, sizeof(line), ",\"truncated\":true");
     len = append(line, len, sizeof(line), "}\n");
-    /* A short write on stdout cannot be reported anywhere better. */
-    (void)!write(STDOUT_FILENO, line, len);
+    /* A short write cannot be reported anywhere better. */
+    (void)!write(hb_log_fd, line, len);
 }
 
 static hb_log_limit_t *limits; /* every limit used so far, under limits_mu */

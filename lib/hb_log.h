@@ -42,6 +42,9 @@ extern volatile hb_log_level_t hb_log_level;
 
 /* Sets the component name on every line ("dispatcher") and the level. */
 void hb_log_init(const char *component, hb_log_level_t level);
+/* Lines go to stderr instead of stdout (before any is written): for a
+ * command whose stdout is its output (hookbridge-producer --print). */
+void hb_log_to_stderr(void);
 
 /* "debug" | "info" | "warn" | "error" (also "warning"). */
 int hb_log_level_parse(const char *s, hb_log_level_t *out) HB_MUSTCHECK;

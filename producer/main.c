@@ -69,6 +69,7 @@ static void usage(FILE *fp) {
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"
                 "  --print                write the normalized events to stdout, produce nothing\n"
+                "                         (the log goes to stderr)\n"
                 "  --list-types           print the event type catalogue and exit\n"
                 "  --listen HOST:PORT     serve Okta event hooks (POST/GET " HB_INGEST_PATH ")\n"
                 "                         until SIGTERM; see ingest_listen and docs/ingest.md\n"
@@ -377,6 +378,8 @@ int main(int argc, char **argv) {
     if (hb_log_level_parse(cfg.log_level, &lvl) < 0) /* validated by hb_config_load */
         lvl = HB_LOG_INFO;
     hb_log_init("producer", lvl);
+    if (o.print_only) /* stdout is the events: saved, they are published again as they are */
+        hb_log_to_stderr();
     hb_signal_install(-1);
     if (o.listen) {
         rc = hb_ingest_serve(&cfg, o.listen);

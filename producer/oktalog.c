@@ -1,5 +1,5 @@
 /*
- * `hookbridge-producer --okta-logs ORG_URL --since T [--until T] [--filter F]`:
+ * `hookbridge-producer --okta-logs ORG_URL --since T --until T [--filter F]`:
  * reads a window of Okta's System Log (GET /api/v1/logs, the same LogEvents
  * an event hook delivers) and publishes every event as the ingest endpoint
  * does (hb_ingest_okta_adjust, then the sender). It is how events Okta gave
@@ -9,12 +9,18 @@
  * again with the same uuid, so their deliveries carry the same webhook-id.
  *
  * Paging follows the Link header's rel="next" URL until a page is empty or
- * has none (a request with `until` is bounded). The API token goes only to
- * the org's own origin: a next link elsewhere stops the run. Okta's rate
- * limit (429) is waited out (X-Rate-Limit-Reset); a 5xx or a transport error
- * is tried again, at most HB_OKTALOG_TRIES times a page, backing off. Any
- * other answer stops the run with Okta's errorSummary; the token is never
- * printed.
+ * has none (a request with `until` is bounded); a next link naming the page
+ * just read stops the run. The API token goes only to the org's own origin
+ * (scheme, host and port, parsed by curl: an ORG_URL with userinfo, a query
+ * or a fragment is refused, plain http only to loopback): a next link
+ * elsewhere stops the run, and redirects are not followed. Okta's rate
+ * limit (429) is waited out (X-Rate-Limit-Reset), HB_OKTALOG_MAX_LIMITED
+ * times a page at most; a 5xx or a transport error that may pass is tried
+ * again, at most HB_OKTALOG_TRIES times a page, backing off. Any other
+ * answer stops the run with Okta's errorSummary, and where it got to (the
+ * last event's published, to run again --since it). A stop (SIGTERM,
+ * SIGINT) aborts a transfer at once. The token is never printed, and its
+ * header is zeroed before it is freed.
  *
  * One thread (main's): libcurl's easy interface, one request at a time, the
  * sender's delivery reports served between pages and while waiting.
@@ -37,10 +43,14 @@
 #define HB_OKTALOG_LIMIT 1000
 /* Tries of one page on a 5xx or a transport error (backing off 1, 2, 4 ... s). */
 #define HB_OKTALOG_TRIES 6
-/* The longest wait for Okta's rate limit to reset, whatever it says. */
+/* The longest wait for Okta's rate limit to reset, whatever it says; and
+ * how many 429s in a row one page may get before the run stops. */
 #define HB_OKTALOG_MAX_WAIT_S 120
+#define HB_OKTALOG_MAX_LIMITED 60
 /* A page larger than this is refused (1000 events of a few KB each). */
-#define HB_OKTALOG_MAX_PAGE_BYTES (256L * 1024 * 1024)
+#define HB_OKTALOG_MAX_PAGE_BYTES (64L * 1024 * 1024)
+/* One page's transfer: Okta gives up on a query after 30 s. */
+#define HB_OKTALOG_PAGE_TIMEOUT_MS 120000L
 
 typedef struct {
     hb_buf_t body;
@@ -60,6 +70,37 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg) {
     return len;
 }
 
+/* Does the link-param list p[0, n) (after the "<url>") hold rel="next"?
+ * rel's value is one relation or a quoted, blank-separated list of them
+ * (RFC 8288), with blanks allowed around the '='. */
+static int rel_is_next(const char *p, size_t n) {
+    const char *end = p + n;
+    while (p < end) {
+        const char *semi = memchr(p, ';', (size_t)(end - p)), *stop = semi ? semi : end, *v;
+        while (p < stop && isspace((unsigned char)*p))
+            p++;
+        if (stop - p > 3 && !strncasecmp(p, "rel", 3)) {
+            v = p + 3;
+            while (v < stop && isspace((unsigned char)*v))
+                v++;
+            if (v < stop && *v == '=') {
+                for (v++; v < stop;) { /* each relation in the value */
+                    const char *w;
+                    while (v < stop && (isspace((unsigned char)*v) || *v == '"'))
+                        v++;
+                    for (w = v; w < stop && !isspace((unsigned char)*w) && *w != '"'; w++) {
+                    }
+                    if (w - v == 4 && !strncasecmp(v, "next", 4))
+                        return 1;
+                    v = w;
+                }
+            }
+        }
+        p = stop + 1;
+    }
+    return 0;
+}
+
 /* The URL of rel="next" in one Link header value ("<url>; rel=\"next\", ..."). */
 static char *link_next(const char *v, size_t n) {
     const char *end = v + n;
@@ -70,15 +111,12 @@ static char *link_next(const char *v, size_t n) {
         stop = memchr(gt, ',', (size_t)(end - gt));
         if (!stop)
             stop = end;
-        for (const char *p = gt; p + 8 <= stop; p++)
-            if ((p + 10 <= stop && !strncasecmp(p, "rel=\"next\"", 10)) ||
-                (!strncasecmp(p, "rel=next", 8) &&
-                 (p + 8 == stop || !isalnum((unsigned char)p[8])))) {
-                char *url = hb_malloc((size_t)(gt - lt));
-                memcpy(url, lt + 1, (size_t)(gt - lt - 1));
-                url[gt - lt - 1] = '\0';
-                return url;
-            }
+        if (rel_is_next(gt + 1, (size_t)(stop - gt - 1))) {
+            char *url = hb_malloc((size_t)(gt - lt));
+            memcpy(url, lt + 1, (size_t)(gt - lt - 1));
+            url[gt - lt - 1] = '\0';
+            return url;
+        }
         v = stop + 1;
     }
     return NULL;
@@ -107,31 +145,90 @@ static void page_reset(page_t *pg) {
     memset(pg, 0, sizeof(*pg));
 }
 
-/* "scheme://host[:port]" of url, its length; 0 when url has none. */
-static size_t origin_len(const char *url) {
-    const char *p = strstr(url, "://");
-    if (!p)
-        return 0;
-    p += 3;
-    return (size_t)(p - url) + strcspn(p, "/?#");
+/* The parts of an absolute URL, parsed as curl parses it (so as curl will
+ * connect): 0, or -1 when it is not one. The strings are curl's (curl_free). */
+typedef struct {
+    char *scheme, *host, *port, *user, *password, *query, *fragment;
+} url_parts_t;
+
+static void url_parts_free(url_parts_t *u) {
+    curl_free(u->scheme);
+    curl_free(u->host);
+    curl_free(u->port);
+    curl_free(u->user);
+    curl_free(u->password);
+    curl_free(u->query);
+    curl_free(u->fragment);
+    memset(u, 0, sizeof(*u));
 }
 
-static int same_origin(const char *a, const char *b) {
-    size_t n = origin_len(a);
-    return n && n == origin_len(b) && !strncasecmp(a, b, n);
-}
-
-/* Loopback only may be spoken to over plain http (tests, a port-forward). */
-static int scheme_allowed(const char *url) {
-    static const char *const local[] = {"http://127.0.0.1", "http://localhost", "http://[::1]"};
-    if (!strncasecmp(url, "https://", 8))
-        return 1;
-    for (size_t i = 0; i < HB_ARRAY_SIZE(local); i++) {
-        size_t n = strlen(local[i]);
-        if (!strncasecmp(url, local[i], n) && (url[n] == ':' || url[n] == '/' || !url[n]))
-            return 1;
+static int url_parts(const char *url, url_parts_t *u) {
+    CURLU *h = curl_url();
+    int rc = -1;
+    memset(u, 0, sizeof(*u));
+    if (h && curl_url_set(h, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_SCHEME, &u->scheme, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_HOST, &u->host, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_PORT, &u->port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+        (void)curl_url_get(h, CURLUPART_USER, &u->user, 0);
+        (void)curl_url_get(h, CURLUPART_PASSWORD, &u->password, 0);
+        (void)curl_url_get(h, CURLUPART_QUERY, &u->query, 0);
+        (void)curl_url_get(h, CURLUPART_FRAGMENT, &u->fragment, 0);
+        rc = 0;
     }
-    return 0;
+    curl_url_cleanup(h);
+    if (rc < 0)
+        url_parts_free(u);
+    return rc;
+}
+
+/* Same scheme, host and port (and no userinfo in b): where the token may go. */
+static int same_origin(const char *a, const char *b) {
+    url_parts_t x, y;
+    int same = url_parts(a, &x) == 0 && url_parts(b, &y) == 0;
+    if (same) {
+        same = !strcasecmp(x.scheme, y.scheme) && !strcasecmp(x.host, y.host) &&
+               !strcmp(x.port, y.port) && !y.user && !y.password;
+        url_parts_free(&y);
+    }
+    url_parts_free(&x);
+    return same;
+}
+
+/* The org URL: https (plain http only to loopback: tests, a port-forward),
+ * no userinfo, query or fragment. NULL, or what is wrong. */
+static const char *org_url_fault(const char *url) {
+    url_parts_t u;
+    const char *fault = NULL;
+    if (url_parts(url, &u) < 0)
+        return "is not a URL";
+    if (u.user || u.password)
+        fault = "has a user name or password in it (the token is what authenticates)";
+    else if (u.query || u.fragment)
+        fault = "has a query or a fragment (give the org's address only)";
+    else if (strcasecmp(u.scheme, "https") &&
+             (strcasecmp(u.scheme, "http") ||
+              (strcmp(u.host, "127.0.0.1") && strcasecmp(u.host, "localhost") &&
+               strcmp(u.host, "[::1]"))))
+        fault = "is not https:// (plain http only to loopback)";
+    url_parts_free(&u);
+    return fault;
+}
+
+/* curl's progress callback: a stop aborts the transfer (SIGTERM while Okta
+ * does not answer took the whole transfer timeout, review 40). */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow) {
+    (void)arg, (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return hb_stop_requested != 0;
+}
+
+/* Transport errors that trying again does not cure. */
+static int curl_error_permanent(CURLcode cc) {
+    return cc == CURLE_UNSUPPORTED_PROTOCOL || cc == CURLE_URL_MALFORMAT ||
+           cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CERTPROBLEM ||
+           cc == CURLE_SSL_CACERT_BADFILE || cc == CURLE_SSL_ISSUER_ERROR ||
+           cc == CURLE_ABORTED_BY_CALLBACK;
 }
 
 /* Waits ms, serving the sender's delivery reports; 0 when a stop came. */
@@ -178,6 +275,8 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
         (void)curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
         (void)curl_easy_setopt(h, CURLOPT_HEADERDATA, pg);
         cc = curl_easy_perform(h);
+        if (hb_stop_requested) /* the transfer was aborted for it (on_progress) */
+            break;
         if (cc == CURLE_OK)
             (void)curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
         if (cc == CURLE_OK && status == 200) {
@@ -195,17 +294,33 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
                 wait = 1;
             if (wait > HB_OKTALOG_MAX_WAIT_S)
                 wait = HB_OKTALOG_MAX_WAIT_S;
-            if (++limited % 10 == 1)
+            if (++limited > HB_OKTALOG_MAX_LIMITED) {
+                hb_error("okta system log: still rate limited (HTTP 429) after %d answers: "
+                         "stopping",
+                         HB_OKTALOG_MAX_LIMITED);
+                break;
+            }
+            if (limited % 10 == 1)
                 hb_warn("okta system log: rate limited (HTTP 429): waiting %lld s", wait);
             if (!pause_ms(p, wait * 1000))
                 break;
             continue;
         }
-        if (cc != CURLE_OK)
+        if (cc != CURLE_OK) {
             snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
-        else
+        } else if (status >= 300 && status < 400) {
+            char *to = NULL;
+            (void)curl_easy_getinfo(h, CURLINFO_REDIRECT_URL, &to);
+            snprintf(why, sizeof(why),
+                     "a redirect to %.200s, not followed (give the org's own "
+                     "URL)",
+                     to ? to : "(no Location)");
+            hb_utf8_scrub(why);
+        } else {
             error_summary(pg, why, sizeof(why));
-        if ((cc == CURLE_OK && status < 500) || attempt >= HB_OKTALOG_TRIES) {
+        }
+        if ((cc == CURLE_OK && status < 500) || curl_error_permanent(cc) ||
+            attempt >= HB_OKTALOG_TRIES) {
             if (status == 401 || status == 403)
                 hb_error("okta system log: Okta refused the API token (HTTP %ld: %s): check "
                          "HOOKBRIDGE_OKTA_API_TOKEN and its admin role (Read-only "
@@ -226,6 +341,8 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
             break;
         attempt++;
     }
+    for (struct curl_slist *l = hdrs; l; l = l->next) /* the token's copy */
+        explicit_bzero(l->data, strlen(l->data));
     curl_slist_free_all(hdrs);
     return rc;
 }
@@ -255,7 +372,7 @@ static char *first_url(CURL *h, const hb_oktalog_opts_t *o) {
 int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o) {
     CURL *h = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_easy_init() : NULL;
     page_t pg;
-    char *url = NULL, *auth = NULL;
+    char *url = NULL, *auth = NULL, last_published[64] = "";
     long long seq = 0, pages = 0;
     size_t auth_len;
     int rc = -1;
@@ -271,17 +388,22 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
     auth_len = strlen(cfg->okta_api_token) + 32;
     auth = hb_malloc(auth_len);
     snprintf(auth, auth_len, "Authorization: %s%s",
-             strncmp(cfg->okta_api_token, "Bearer ", 7) ? "SSWS " : "", cfg->okta_api_token);
+             strncasecmp(cfg->okta_api_token, "Bearer ", 7) ? "SSWS " : "", cfg->okta_api_token);
     (void)curl_easy_setopt(h, CURLOPT_USERAGENT, "hookbridge-producer/" HB_VERSION);
     (void)curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-    (void)curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 300000L);
+    (void)curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, HB_OKTALOG_PAGE_TIMEOUT_MS);
+    (void)curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L); /* nothing for 30 s: stalled */
+    (void)curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 30L);
     (void)curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    (void)curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L); /* the token stays home */
+    (void)curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+    (void)curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
     (void)curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     (void)curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
     url = first_url(h, o);
-    hb_info("okta system log: reading %s .. %s%s%s from %s", o->since,
-            o->until && *o->until ? o->until : "now", o->filter && *o->filter ? ", filter " : "",
-            o->filter && *o->filter ? o->filter : "", o->org_url);
+    hb_info("okta system log: reading %s .. %s%s%s from %s", o->since, o->until,
+            o->filter && *o->filter ? ", filter " : "", o->filter && *o->filter ? o->filter : "",
+            o->org_url);
     while (!hb_stop_requested) {
         json_error_t jerr;
         json_t *events;
@@ -299,6 +421,9 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         cnt = json_array_size(events);
         pages++;
         json_array_foreach(events, i, ev) {
+            const char *published = json_string_value(json_object_get(ev, "published"));
+            if (published && strlen(published) < sizeof(last_published))
+                snprintf(last_published, sizeof(last_published), "%s", published);
             hb_ingest_okta_adjust(ev);
             (void)hb_producer_send(p, ev, ++seq);
         }
@@ -306,6 +431,11 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         hb_info("okta system log: page %lld: %zu events (%lld so far)", pages, cnt, seq);
         if (!cnt || !pg.next) /* a bounded window ends so */
             break;
+        if (!strcmp(pg.next, url)) { /* a proxy's or a cache's doing: read once */
+            hb_error("okta system log: the next page is the page just read (%.200s): stopping",
+                     url);
+            goto out;
+        }
         if (!same_origin(pg.next, url)) {
             hb_error("okta system log: the next page is on another origin than %s: stopping "
                      "(the API token goes to the org only)",
@@ -318,8 +448,16 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
     }
     rc = hb_stop_requested ? -1 : 0;
 out:
+    if (rc < 0 && *last_published)
+        hb_warn("okta system log: stopped before the window's end: the last event read was "
+                "published at %s; run again with --since %s to go on (what is read twice is "
+                "published again with the same uuid)",
+                last_published, last_published);
+    else if (rc < 0)
+        hb_warn("okta system log: stopped before any event was read: run again");
     page_reset(&pg);
     free(url);
+    explicit_bzero(auth, strlen(auth));
     free(auth);
     curl_easy_cleanup(h);
     curl_global_cleanup();
@@ -328,15 +466,14 @@ out:
 
 int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,
                      size_t errstr_size) {
-    if (!scheme_allowed(o->org_url)) {
+    const char *fault = org_url_fault(o->org_url), *t = cfg->okta_api_token;
+    size_t n = strlen(t);
+    if (fault) {
+        /* the URL is not printed: a user name or password may be in it */
         hb_seterr(errstr, errstr_size,
-                  "--okta-logs wants the org's https:// URL (https://example.okta.com), not "
-                  "\"%s\" (plain http only to loopback)",
-                  o->org_url);
-        return -1;
-    }
-    if (!origin_len(o->org_url) || o->org_url[origin_len(o->org_url)] == '?') {
-        hb_seterr(errstr, errstr_size, "--okta-logs: \"%s\" is not a URL", o->org_url);
+                  "--okta-logs wants the org's https:// URL (https://example.okta.com): the "
+                  "one given %s",
+                  fault);
         return -1;
     }
     if (!o->since || !*o->since || !o->until || !*o->until) {
@@ -344,18 +481,21 @@ int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *e
                   "--okta-logs needs --since and --until (RFC 3339 times: the window to read)");
         return -1;
     }
-    if (!*cfg->okta_api_token) {
+    if (!n) {
         hb_seterr(errstr, errstr_size,
                   "--okta-logs needs HOOKBRIDGE_OKTA_API_TOKEN (an Okta API token that may "
                   "read the System Log)");
         return -1;
     }
-    for (const char *c = cfg->okta_api_token; *c; c++)
-        if (iscntrl((unsigned char)*c)) { /* the token is a secret: say what, not which */
-            hb_seterr(errstr, errstr_size,
-                      "HOOKBRIDGE_OKTA_API_TOKEN has a line break or another control character "
-                      "(a file's last newline?)");
-            return -1;
-        }
+    for (const char *c = t; *c; c++)
+        if (iscntrl((unsigned char)*c))
+            n = 0;
+    if (!n || isspace((unsigned char)t[0]) || isspace((unsigned char)t[n - 1])) {
+        /* the token is a secret: say what, not which */
+        hb_seterr(errstr, errstr_size,
+                  "HOOKBRIDGE_OKTA_API_TOKEN has a line break, another control character or a "
+                  "blank at either end (a file's last newline?)");
+        return -1;
+    }
     return 0;
 }

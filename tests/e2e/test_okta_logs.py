@@ -186,3 +186,35 @@ def test_a_log_event_line_is_taken_as_the_ingest_endpoint_takes_it(broker):
     assert got["debugContext"]["debugData"] == {"attempts": "2", "risk": '{"level":"LOW"}'}
     assert got["displayMessage"] == "typed\u0000here"
     assert got["client"]["geographicalContext"]["geolocation"] is None
+
+
+def test_link_variants_are_followed_and_a_stop_says_where_to_go_on(broker):
+    """RFC 8288 allows blanks around rel's '=' and several relations in one
+    value: both are followed (review 40: the window ended there, exit 0,
+    silently short). A page Okta refuses part-way stops the run and says
+    the last event's published time, to run again --since it."""
+    first, second = event("user.session.start"), event("user.session.end")
+    first["published"], second["published"] = "2026-12-06T10:00:01.000Z", \
+        "2026-12-06T10:00:02.000Z"
+    okta = FakeOkta({
+        "": [(200, [first], {})],
+        "p2": [(200, [second], {})],
+        "p3": [(400, {"errorSummary": "Invalid after"}, {})],
+    })
+    okta.pages[""][0][2]["Link"] = f'<{okta.url}/api/v1/logs?after=p2>; rel = "next"'
+    okta.pages["p2"][0][2]["Link"] = f'<{okta.url}/api/v1/logs?after=p3>; rel="self next"'
+    try:
+        r = run(broker.bootstrap, okta.url, *WINDOW)
+    finally:
+        okta.stop()
+    assert [q.get("after") for _, q, _ in okta.requests] == [None, "p2", "p3"], r.stdout
+    assert r.returncode == 1
+    assert "produced 2, failed 0" in r.stdout
+    assert "HTTP 400: Invalid after" in r.stdout
+    assert "run again with --since 2026-12-06T10:00:02.000Z" in r.stdout, r.stdout
+
+    # An org URL with a query or userinfo is refused before anything is sent.
+    for url in (okta.url + "/?x=1", okta.url + "/#frag", "https://user:pw@example.okta.com"):
+        r = run(broker.bootstrap, url, *WINDOW)
+        assert r.returncode == 2, (url, r.stderr)
+        assert "user:pw" not in r.stderr
