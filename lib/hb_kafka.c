@@ -190,28 +190,34 @@ int hb_kafka_produce_hdrs(rd_kafka_t *rk, const char *topic, const void *key, si
                           const void *val, size_t val_len, const char *const *hdrs,
                           void *msg_opaque, int block_ms, char *errstr, size_t errstr_size) {
     int64_t deadline = hb_mono_ms() + block_ms;
+    rd_kafka_vu_t vu[5 + HB_KAFKA_MAX_HEADERS];
+    size_t n = 0;
+    memset(vu, 0, sizeof(vu));
+    vu[n].vtype = RD_KAFKA_VTYPE_TOPIC;
+    vu[n++].u.cstr = topic;
+    vu[n].vtype = RD_KAFKA_VTYPE_MSGFLAGS;
+    vu[n++].u.i = RD_KAFKA_MSG_F_COPY;
+    vu[n].vtype = RD_KAFKA_VTYPE_KEY;
+    vu[n].u.mem.ptr = (void *)key;
+    vu[n++].u.mem.size = key_len;
+    vu[n].vtype = RD_KAFKA_VTYPE_VALUE;
+    vu[n].u.mem.ptr = (void *)val;
+    vu[n++].u.mem.size = val_len;
+    vu[n].vtype = RD_KAFKA_VTYPE_OPAQUE;
+    vu[n++].u.ptr = msg_opaque;
+    for (size_t i = 0; hdrs && hdrs[i] && i < 2 * HB_KAFKA_MAX_HEADERS; i += 2) {
+        vu[n].vtype = RD_KAFKA_VTYPE_HEADER; /* copied by librdkafka */
+        vu[n].u.header.name = hdrs[i];
+        vu[n].u.header.val = hdrs[i + 1];
+        vu[n++].u.header.size = -1;
+    }
     for (;;) {
-        rd_kafka_headers_t *h = NULL;
+        rd_kafka_error_t *error = rd_kafka_produceva(rk, vu, n);
         rd_kafka_resp_err_t err;
-        if (hdrs) {
-            h = rd_kafka_headers_new(8);
-            for (size_t i = 0; hdrs[i]; i += 2)
-                (void)rd_kafka_header_add(h, hdrs[i], -1, hdrs[i + 1], -1);
-        }
-        if (h)
-            err = rd_kafka_producev(
-                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)val, val_len),
-                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
-        else
-            err = rd_kafka_producev(
-                rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_KEY((void *)key, key_len), RD_KAFKA_V_VALUE((void *)val, val_len),
-                RD_KAFKA_V_OPAQUE(msg_opaque), RD_KAFKA_V_END);
-        if (!err)
-            return 0; /* the headers are librdkafka's now */
-        if (h)
-            rd_kafka_headers_destroy(h);
+        if (!error)
+            return 0;
+        err = rd_kafka_error_code(error);
+        rd_kafka_error_destroy(error);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || hb_mono_ms() >= deadline) {
             hb_seterr(errstr, errstr_size, "produce to %s: %s", topic, rd_kafka_err2str(err));
             return err == RD_KAFKA_RESP_ERR__QUEUE_FULL          ? HB_KAFKA_QUEUE_FULL

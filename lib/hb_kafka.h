@@ -73,7 +73,8 @@ int hb_kafka_produce(rd_kafka_t *rk, const char *topic, const void *key, size_t 
                      const void *val, size_t val_len, void *msg_opaque, int block_ms, char *errstr,
                      size_t errstr_size) HB_MUSTCHECK;
 /* The same with headers: hdrs holds name, value pairs (NUL-terminated
- * strings), then NULL; NULL for none. */
+ * strings), then NULL; NULL for none; at most HB_KAFKA_MAX_HEADERS pairs. */
+#define HB_KAFKA_MAX_HEADERS 8
 int hb_kafka_produce_hdrs(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
                           const void *val, size_t val_len, const char *const *hdrs,
                           void *msg_opaque, int block_ms, char *errstr,

@@ -104,20 +104,6 @@ static int parse_rate(const char *s, double *out) {
     return errno || end == s || *end || !isfinite(*out) || *out <= 0 ? -1 : 0;
 }
 
-/* Can an HTTP request carry this header value? A header ends at its line
- * break and HTTP drops the blanks around a value (RFC 9110 5.5): a value
- * with a control character (tab aside) or a blank at either end never
- * arrives as it is. */
-static int header_value_sendable(const char *v) {
-    size_t n = strlen(v);
-    if (n && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t'))
-        return 0;
-    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
-        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
-            return 0;
-    return 1;
-}
-
 /* A header name is an RFC 9110 token: no blank, colon or control character. */
 static int header_name_valid(const char *s) {
     if (!*s)
@@ -275,7 +261,7 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
                              "the ingest secret\n");
         return -1;
     }
-    if (o->listen && !header_value_sendable(cfg->ingest_auth_value)) {
+    if (o->listen && !hb_header_value_sendable(cfg->ingest_auth_value)) {
         /* the value is a secret: say what is wrong with it, never what it is */
         fprintf(stderr, PROG ": HOOKBRIDGE_INGEST_AUTH_VALUE has a line break, another control "
                              "character or a blank at either end (a file's last newline?): no "

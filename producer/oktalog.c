@@ -467,7 +467,6 @@ out:
 int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,
                      size_t errstr_size) {
     const char *fault = org_url_fault(o->org_url), *t = cfg->okta_api_token;
-    size_t n = strlen(t);
     if (fault) {
         /* the URL is not printed: a user name or password may be in it */
         hb_seterr(errstr, errstr_size,
@@ -481,17 +480,13 @@ int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *e
                   "--okta-logs needs --since and --until (RFC 3339 times: the window to read)");
         return -1;
     }
-    if (!n) {
+    if (!*t) {
         hb_seterr(errstr, errstr_size,
                   "--okta-logs needs HOOKBRIDGE_OKTA_API_TOKEN (an Okta API token that may "
                   "read the System Log)");
         return -1;
     }
-    for (const char *c = t; *c; c++)
-        if (iscntrl((unsigned char)*c))
-            n = 0;
-    if (!n || isspace((unsigned char)t[0]) || isspace((unsigned char)t[n - 1])) {
-        /* the token is a secret: say what, not which */
+    if (!hb_header_value_sendable(t)) { /* the token is a secret: say what, not which */
         hb_seterr(errstr, errstr_size,
                   "HOOKBRIDGE_OKTA_API_TOKEN has a line break, another control character or a "
                   "blank at either end (a file's last newline?)");

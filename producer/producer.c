@@ -360,3 +360,17 @@ void hb_producer_free(hb_producer_t *p) {
     free(p->timed_out_at);
     free(p);
 }
+
+/* Can an HTTP request carry this header value? A header ends at its line
+ * break and HTTP drops the blanks around a value (RFC 9110 5.5): a value
+ * with a control character (tab aside) or a blank at either end never
+ * arrives as it is. */
+int hb_header_value_sendable(const char *v) {
+    size_t n = strlen(v);
+    if (n && (v[0] == ' ' || v[0] == '\t' || v[n - 1] == ' ' || v[n - 1] == '\t'))
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return 0;
+    return 1;
+}

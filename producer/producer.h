@@ -54,6 +54,11 @@ long long hb_producer_failed(const hb_producer_t *p);
 
 void hb_producer_free(hb_producer_t *p);
 
+/* Can an HTTP request carry this header value? Not one with a control
+ * character (tab aside) or a blank at either end (RFC 9110 5.5): a secret
+ * read from a file with its last newline never arrives as it is. */
+int hb_header_value_sendable(const char *v);
+
 /* The Okta System Log window to publish (oktalog.c): --okta-logs ORG_URL
  * --since T --until T [--filter F]. */
 typedef struct {
