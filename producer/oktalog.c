@@ -182,6 +182,20 @@ static int url_parts(const char *url, url_parts_t *u) {
     return rc;
 }
 
+/* next resolved against base (a relative reference is allowed by RFC 8288),
+ * malloc'd; NULL when it is not a URL. */
+static char *resolve(const char *base, const char *next) {
+    CURLU *h = curl_url();
+    char *got = NULL, *out = NULL;
+    if (h && curl_url_set(h, CURLUPART_URL, base, 0) == CURLUE_OK &&
+        curl_url_set(h, CURLUPART_URL, next, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_URL, &got, 0) == CURLUE_OK)
+        out = hb_strdup(got);
+    curl_free(got);
+    curl_url_cleanup(h);
+    return out;
+}
+
 /* Same scheme, host and port (and no userinfo in b): where the token may go. */
 static int same_origin(const char *a, const char *b) {
     url_parts_t x, y;
@@ -372,7 +386,7 @@ static char *first_url(CURL *h, const hb_oktalog_opts_t *o) {
 int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o) {
     CURL *h = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_easy_init() : NULL;
     page_t pg;
-    char *url = NULL, *auth = NULL, last_published[64] = "";
+    char *url = NULL, *auth = NULL, *next, last_published[64] = "";
     long long seq = 0, pages = 0;
     size_t auth_len;
     int rc = -1;
@@ -431,6 +445,13 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         hb_info("okta system log: page %lld: %zu events (%lld so far)", pages, cnt, seq);
         if (!cnt || !pg.next) /* a bounded window ends so */
             break;
+        next = resolve(url, pg.next);
+        free(pg.next);
+        pg.next = next;
+        if (!pg.next) {
+            hb_error("okta system log: the next page's link is not a URL: stopping");
+            goto out;
+        }
         if (!strcmp(pg.next, url)) { /* a proxy's or a cache's doing: read once */
             hb_error("okta system log: the next page is the page just read (%.200s): stopping",
                      url);
