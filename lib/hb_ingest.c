@@ -257,20 +257,32 @@ static char *plain_string(const json_t *ev, const char *name) {
 
 void hb_ingest_refused_shrink(hb_ingest_msg_t *m, const char *why) {
     json_t *id = json_object();
+    const char *const names[] = {"uuid", "eventType", "published"};
+    const char *const values[] = {m->uuid, m->type, m->published};
     char *text, *reason;
-    size_t n = strlen(m->refused) + strlen(why) + 120;
-    if (m->uuid)
-        (void)json_object_set_new(id, "uuid", json_string(m->uuid));
-    if (m->type)
-        (void)json_object_set_new(id, "eventType", json_string(m->type));
-    if (m->published)
-        (void)json_object_set_new(id, "published", json_string(m->published));
+    size_t n = strlen(m->refused) + strlen(why) + 160;
+    int dropped = 0;
+    /* each at most HB_INGEST_KEY_MAX bytes: what identifies the event must
+     * fit a Kafka message whatever the event holds (a 1.1 MB uuid kept the
+     * copy over message.max.bytes and cost the delivery, review 41) */
+    for (size_t i = 0; i < 3; i++) {
+        if (values[i] && strlen(values[i]) <= HB_INGEST_KEY_MAX)
+            (void)json_object_set_new(id, names[i], json_string(values[i]));
+        else
+            dropped |= values[i] != NULL;
+    }
     text = json_dumps(id, JSON_COMPACT);
     json_decref(id);
     reason = hb_malloc(n);
-    snprintf(reason, n,
-             "%s; its JSON (%zu bytes) %s: only its uuid, eventType and published are kept",
-             m->refused, m->value_len, why);
+    if (dropped)
+        snprintf(reason, n,
+                 "%s; its JSON (%zu bytes) %s: only its uuid, eventType and published are kept "
+                 "(those of at most %d bytes)",
+                 m->refused, m->value_len, why, HB_INGEST_KEY_MAX);
+    else
+        snprintf(reason, n,
+                 "%s; its JSON (%zu bytes) %s: only its uuid, eventType and published are kept",
+                 m->refused, m->value_len, why);
     free(m->refused);
     m->refused = reason;
     free(m->value);

@@ -133,6 +133,7 @@ typedef struct req_s req_t;
 typedef struct {
     req_t *r;
     size_t i;
+    int dead; /* the event is refused: its message is the dead-letter copy */
 } slot_t;
 
 struct req_s {
@@ -197,7 +198,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     ingest_t *in = opaque;
     const slot_t *slot = rkm->_private;
     req_t *r = slot->r;
-    int last, dlq = !strcmp(rd_kafka_topic_name(rkm->rkt), in->cfg->dlq_topic);
+    /* by the event, not the topic's name: HOOKBRIDGE_DLQ_TOPIC may name the
+     * events topic, and an accepted event is no dead-letter copy to shrink
+     * (review 41: hb_ingest_refused_shrink on it, the process died) */
+    int last, dlq = slot->dead;
     /* a dead-letter copy larger than the topic takes (its max.message.bytes):
      * handle_post sends what identifies the event instead */
     int too_large = dlq && (rkm->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
@@ -557,6 +561,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     for (size_t i = 0; i < n; i++) {
         r->slots[i].r = r;
         r->slots[i].i = i;
+        r->slots[i].dead = b.msgs[i].refused != NULL;
     }
     /* The whole request, its events queued and acknowledged, within this. */
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);

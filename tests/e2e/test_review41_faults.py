@@ -1,0 +1,55 @@
+"""Review 41: a careful C read of the ingest endpoint's dead letters
+(lib/hb_ingest.c, producer/ingest.c as of 71f572d). Each test fails on main
+as of 71f572d."""
+import http.client
+import time
+
+from hbtest.ingest import Ingest
+from hbtest.kafka import alter_topic_configs
+from hbtest.procs import SLOW
+from hbtest.stack import topic_records
+from test_delivery import event
+
+
+def test_a_refused_event_whose_uuid_alone_is_over_a_megabyte_does_not_cost_its_delivery(
+        broker, procs):
+    """hb_ingest_refused_shrink keeps a too-large refused event as its uuid,
+    eventType and published, each of any length: review 39's test took a
+    500,000-character uuid (the copy then fits), but one of 1,100,000
+    characters (the body is within the 4 MiB default) makes even the shrunk
+    copy larger than librdkafka's message.max.bytes. produce_event fails,
+    the delivery is answered 503 with the events after it never produced,
+    and Okta's retry meets the same: every event after it is lost."""
+    ing = Ingest(procs, broker.bootstrap)
+    ing.wait_ready()
+    good = event("user.session.start")
+    answers = [ing.post([{"uuid": "u" * 1100000}, good]) for _ in range(2)]
+    on_topic = len(topic_records(broker.bootstrap, broker.events_topic))
+    assert [s for s, _, _ in answers] == [200, 200], (
+        f"answers {[(s, str(a.get('error'))[:300]) for s, _, a in answers]}; "
+        f"{on_topic} event(s) on the events topic")
+    assert on_topic >= 1
+
+
+def test_a_dead_letter_topic_named_as_the_events_topic_does_not_crash_the_endpoint(
+        apache_kafka, procs):
+    """on_delivery takes a report as a dead-letter copy's by its topic's name
+    (strcmp with dlq_topic), and nothing refuses HOOKBRIDGE_DLQ_TOPIC equal
+    to HOOKBRIDGE_EVENTS_TOPIC. Then an *accepted* event the brokers refuse
+    as too large (the topic's max.message.bytes below it) is marked as a
+    dead-letter copy to send again smaller, and resend_refused_smaller calls
+    hb_ingest_refused_shrink on it, whose m->refused is NULL: strlen(NULL),
+    the process dies with every request in flight unanswered."""
+    space = apache_kafka.space()
+    alter_topic_configs(space.bootstrap, {space.events_topic: {"max.message.bytes": 4000}})
+    ing = Ingest(procs, space.bootstrap, extra_env={"HOOKBRIDGE_DLQ_TOPIC": space.events_topic})
+    ing.wait_ready(30)
+    big = dict(event("user.session.start"), displayMessage="x" * 20000)
+    try:
+        status, _, answer = ing.post([big])
+    except (ConnectionError, http.client.HTTPException) as e:
+        status, answer = None, repr(e)
+        time.sleep(1 * SLOW)  # the process is dying
+    assert status == 503 and ing.proc.alive(), (
+        f"answer {status} {str(answer)[:300]}; alive {ing.proc.alive()}:\n"
+        + ing.proc.output()[-2000:])
