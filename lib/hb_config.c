@@ -64,7 +64,8 @@ static const cf_row_t cf_table[] = {
     {"dlq_topic", CF_STR, OFF(dlq_topic), "hookbridge.dlq", 0, 0,
      HB_PROG_SERVICES | HB_PROG_PRODUCER | HB_PROG_MIGRATE, 0,
      "Dead-letter topic for poison messages, deliveries out of attempts, and the events the "
-     "ingest endpoint refuses (with the values Okta sent)."},
+     "ingest endpoint refuses (with the values Okta sent). Not the events topic (refused at "
+     "start)."},
     {"retry_topic_prefix", CF_STR, OFF(retry_topic_prefix), "hookbridge.retry.", 0, 0,
      HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Prefix of the delay-tier topics (prefix + delay, e.g. 30s)."},
@@ -675,6 +676,15 @@ static int config_load(hb_config_t *cfg, unsigned program, const char *program_n
                       printable ? "\"" : "", topics[i].prefix ? " prefix" : "", why);
             return -1;
         }
+    }
+    if (!strcmp(cfg->events_topic, cfg->dlq_topic)) {
+        /* dead letters would be read again as events: poison copies in a
+         * loop, refused ingest events as new poison */
+        hb_seterr(errstr, errstr_size,
+                  "HOOKBRIDGE_DLQ_TOPIC names the events topic (\"%s\"): dead letters would be "
+                  "read again as events; give the dead-letter topic its own name",
+                  cfg->dlq_topic);
+        return -1;
     }
     for (size_t i = 0; (program & HB_PROG_SERVICES) && i < cfg->kafka_props_cnt; i++) {
         /* The passthrough wins over hookbridge's consumer settings, but for

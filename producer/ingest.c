@@ -636,6 +636,9 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
              why);
     body = json_pack("{s:s, s:I, s:I}", "error", what, "events", (json_int_t)n, "acknowledged",
                      (json_int_t)acked);
+    /* dead-letter copies refused as too large and not sent again smaller
+     * failed too (on_delivery left them to the resend) */
+    hb_metric_add(in->m_failed, (double)refused_left);
     uuids = uuid_list(&b);
     hb_ingest_batch_free(&b);
     ret = reply_uuids(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why, uuids);

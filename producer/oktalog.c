@@ -96,6 +96,8 @@ static int rel_is_next(const char *p, size_t n) {
                 }
             }
         }
+        if (stop == end)
+            break;
         p = stop + 1;
     }
     return 0;
@@ -117,6 +119,8 @@ static char *link_next(const char *v, size_t n) {
             url[gt - lt - 1] = '\0';
             return url;
         }
+        if (stop == end)
+            break;
         v = stop + 1;
     }
     return NULL;
@@ -134,8 +138,12 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg) {
         colon++;
     if (name == 4 && !strncasecmp(data, "link", 4) && !pg->next)
         pg->next = link_next(colon, (size_t)(data + len - colon));
-    else if (name == 18 && !strncasecmp(data, "x-rate-limit-reset", 18))
-        pg->reset_at = strtoll(colon, NULL, 10);
+    else if (name == 18 && !strncasecmp(data, "x-rate-limit-reset", 18)) {
+        char v[32]; /* curl's header data need not end in a NUL */
+        size_t vn = (size_t)(data + len - colon);
+        snprintf(v, sizeof(v), "%.*s", (int)(vn < sizeof(v) ? vn : sizeof(v) - 1), colon);
+        pg->reset_at = strtoll(v, NULL, 10);
+    }
     return len;
 }
 

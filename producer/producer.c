@@ -207,7 +207,7 @@ void hb_producer_name_uuids(hb_producer_t *p) {
 }
 
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
-    char errstr[512], named[600];
+    char errstr[512], named[700];
     void *buf = NULL;
     size_t len = 0;
     const char *key, *uuid = json_string_value(json_object_get(ev, "uuid"));
@@ -247,7 +247,7 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
 fail:
     free(buf);
     if (given) {
-        snprintf(named, sizeof(named), "uuid %s: %s", given, errstr);
+        snprintf(named, sizeof(named), "uuid %.100s: %s", given, errstr);
         hb_utf8_scrub(named);
     }
     hb_producer_reject(p, seq, given ? named : errstr);
