@@ -248,9 +248,11 @@ def test_alerts_are_the_documented_ones_on_metrics_the_services_serve(stack_metr
     """deploy/k8s/optional/alerts: the PrometheusRule holds exactly the alerts
     operations.md lists, with their severities; each names a runbook section
     that exists; every hookbridge metric an expression reads is one a running
-    dispatcher or retrier serves (a renamed metric would leave an alert that
+    dispatcher, retrier or ingest endpoint serves (a renamed metric would leave an alert that
     never fires); the job is the base's metrics Service; and each expression
-    has balanced brackets and quotes (no promtool here)."""
+    has balanced brackets and quotes (no promtool here). The ingest
+    endpoint's alerts read its metrics (its pods carry the labels the
+    metrics Service selects)."""
     [rule] = rendered("deploy/k8s/optional/alerts")
     assert rule["kind"] == "PrometheusRule"
     rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
@@ -283,8 +285,10 @@ def test_alerts_are_the_documented_ones_on_metrics_the_services_serve(stack_metr
 
 @pytest.fixture
 def stack_metrics(db_url, procs, workdir):
-    """The metric names a running dispatcher and retrier serve on /metrics,
-    once they have partitions (the lag gauges come with them)."""
+    """The metric names a running dispatcher, retrier and ingest endpoint
+    serve on /metrics, once they have partitions (the lag gauges come with
+    them)."""
+    from hbtest.ingest import Ingest
     from hbtest.procs import SLOW, wait_until
     from hbtest.stack import Broker, Dispatcher, Retrier
     broker = Broker(procs, workdir)
@@ -295,6 +299,8 @@ def stack_metrics(db_url, procs, workdir):
         wait_until(lambda: "hookbridge_consumer_lag{" in svc.get("/metrics")[1], 30 * SLOW,
                    f"the {svc.program}'s partitions")
         names |= set(re.findall(r"^# TYPE (\w+) ", svc.get("/metrics")[1], re.M))
+    ing = Ingest(procs, broker.bootstrap)
+    names |= set(re.findall(r"^# TYPE (\w+) ", ing.ops("/metrics")[1], re.M))
     return names
 
 
