@@ -401,8 +401,12 @@ def test_readyz_follows_the_database_and_recovers(pg_cluster, db_url, broker, pr
 
 def test_operations_doc_lists_exactly_the_exported_metrics(db_url, broker, procs):
     """docs/operations.md's metric table names every metric family the
-    dispatcher and the retrier export once running, and nothing else."""
-    exported = set()
+    dispatcher, the retrier and the ingest endpoint export once running, and
+    nothing else."""
+    from hbtest.ingest import Ingest
+    ing = Ingest(procs, broker.bootstrap)
+    exported = set(re.findall(r"^# TYPE (\S+) ", ing.ops("/metrics")[1], re.M))
+    assert ing.proc.stop() == 0
     for cls in (Dispatcher, Retrier):
         svc = cls(procs, db_url, broker.bootstrap)
         svc.wait_ready()
