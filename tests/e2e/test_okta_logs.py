@@ -19,6 +19,18 @@ from test_review18_faults import read_event
 TOKEN = "okta-api-token-5d1e0c"
 
 
+def send_json(handler, status, body, headers):
+    """Answers a stand-in Okta's request: status, body as JSON, headers."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    for k, v in headers.items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeOkta:
     """GET /api/v1/logs: pages[key] answers the request whose `after` is key
     ("" for the first); a page is a list of answers given in turn, each
@@ -47,14 +59,7 @@ class FakeOkta:
                 self.answer(status, body, headers)
 
             def answer(self, status, body, headers):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body, headers)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import topic_records
 from test_delivery import event
-from test_okta_logs import TOKEN, WINDOW
+from test_okta_logs import TOKEN, WINDOW, send_json
 
 
 class Okta:
@@ -35,15 +35,7 @@ class Okta:
                 if got is None:
                     okta.release.wait()
                     return
-                status, body, headers = got
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, *got)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

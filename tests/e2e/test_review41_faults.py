@@ -3,8 +3,7 @@
 as of 71f572d."""
 from hbtest.ingest import Ingest
 from hbtest.procs import SLOW
-from hbtest.stack import topic_records
-from test_delivery import event
+from test_review39_faults import delivered_twice_beside_a_uuid_of
 
 
 def test_a_refused_event_whose_uuid_alone_is_over_a_megabyte_does_not_cost_its_delivery(
@@ -16,15 +15,7 @@ def test_a_refused_event_whose_uuid_alone_is_over_a_megabyte_does_not_cost_its_d
     copy larger than librdkafka's message.max.bytes. produce_event fails,
     the delivery is answered 503 with the events after it never produced,
     and Okta's retry meets the same: every event after it is lost."""
-    ing = Ingest(procs, broker.bootstrap)
-    ing.wait_ready()
-    good = event("user.session.start")
-    answers = [ing.post([{"uuid": "u" * 1100000}, good]) for _ in range(2)]
-    on_topic = len(topic_records(broker.bootstrap, broker.events_topic))
-    assert [s for s, _, _ in answers] == [200, 200], (
-        f"answers {[(s, str(a.get('error'))[:300]) for s, _, a in answers]}; "
-        f"{on_topic} event(s) on the events topic")
-    assert on_topic >= 1
+    delivered_twice_beside_a_uuid_of(broker, procs, 1100000)
 
 
 def test_a_dead_letter_topic_named_as_the_events_topic_is_refused_at_start(broker, procs):
