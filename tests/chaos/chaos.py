@@ -45,6 +45,7 @@ Usage: tests/chaos/chaos.py [SCENARIO ...]   (or CHAOS_SCENARIOS=a,b)
 Settings (environment): see SETTINGS below; HOOKBRIDGE_BIN picks the binaries.
 Exit status: 0 when every scenario passed, 1 otherwise.
 """
+import http.client
 import json
 import os
 import random
@@ -61,10 +62,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from hbtest.avro import decode  # noqa: E402
+from hbtest.ingest import AUTH_HEADER, AUTH_VALUE, PATH, envelope  # noqa: E402
 from hbtest.endpoints import ChallengeAnswering, serve  # noqa: E402
 from hbtest.lifecycle import ACTIVE, changes_applied, event, register_active, sql  # noqa: E402
 from hbtest.pg import PgCluster  # noqa: E402
-from hbtest.procs import BIN, ProcessGroup, wait_until  # noqa: E402
+from hbtest.procs import BIN, ProcessGroup, free_port, http_get, wait_until  # noqa: E402
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier  # noqa: E402
 
 
@@ -284,6 +286,90 @@ class Feed:
             self.proc.wait()
 
 
+class OktaFeed:
+    """Okta's event hook in front of the ingest endpoint: deliveries of
+    BATCH events POSTed at `rate` events a second for `seconds`, each from a
+    thread of its own (Okta keeps several requests open). A delivery not
+    answered 2xx within 3 s (Okta's timeout) is sent once more a second
+    later, and then given up, as Okta does. `uuids` are the events of the
+    deliveries answered 2xx: what the endpoint promised to publish; finish()
+    says how many events Okta gave up (the scenario's "producer failed")."""
+
+    BATCH = 5
+    TIMEOUT = 3.0
+
+    def __init__(self, port, rate, seconds):
+        self.port, self.rate, self.seconds = port, rate, seconds
+        self.total = int(rate * seconds)
+        self.uuids = []
+        self.gave_up = []
+        self.answers = {}  # status (None: no answer in time) -> count, every attempt
+        self.slowest = 0.0  # the longest answered attempt, s
+        self.lock = threading.Lock()
+        self.threads = []
+        self.t0 = time.time()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        start = time.monotonic()
+        for i in range(0, self.total, self.BATCH):
+            due = start + i / self.rate
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            evs = [event(TYPES[(i + k) % len(TYPES)]) for k in range(min(self.BATCH, self.total - i))]
+            t = threading.Thread(target=self._deliver, args=(evs,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _attempt(self, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.TIMEOUT)
+        t = time.monotonic()
+        try:
+            conn.request("POST", PATH, body=body, headers={
+                AUTH_HEADER: AUTH_VALUE, "Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            with self.lock:
+                self.slowest = max(self.slowest, time.monotonic() - t)
+            return r.status
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    def _deliver(self, evs):
+        body = json.dumps(envelope(evs))
+        for attempt in (1, 2):
+            status = self._attempt(body)
+            with self.lock:
+                self.answers[status] = self.answers.get(status, 0) + 1
+                if status and 200 <= status < 300:
+                    self.uuids.extend(e["uuid"] for e in evs)
+                    return
+            if attempt == 1:
+                time.sleep(1)
+        with self.lock:
+            self.gave_up.extend(e["uuid"] for e in evs)
+
+    def elapsed(self):
+        return time.time() - self.t0
+
+    def sleep_until(self, t):
+        d = self.t0 + t - time.time()
+        if d > 0:
+            time.sleep(d)
+
+    def finish(self, timeout=180):
+        self.thread.join()
+        for t in self.threads:
+            t.join(timeout)
+        return len(self.uuids), len(self.gave_up)
+
+    def kill(self):
+        pass  # daemon threads; nothing to stop
+
+
 # ---- one scenario's stack ---------------------------------------------------
 
 class Sub:
@@ -345,6 +431,25 @@ class Stack:
                 wait_until(lambda s=s, sub=sub: changes_applied(s, sub.id, ACTIVE) > 0, 20,
                            f"{s.name} to apply subscription {sub.name}")
 
+    def ingest(self, name="ingest", port=None, spool=None, ready=True):
+        """hookbridge-producer --listen (the Okta ingest endpoint) on `port`
+        (default: a free one), spooling to `spool` (default: the workdir's
+        ingest-spool), health on a free port, once ready (else once it
+        listens): (Proc, port, health port)."""
+        port = port or free_port()
+        health = free_port()
+        env = dict(self.env, HOOKBRIDGE_KAFKA_BROKERS=self.broker.bootstrap,
+                   HOOKBRIDGE_HTTP_LISTEN=f"127.0.0.1:{health}",
+                   HOOKBRIDGE_INGEST_AUTH_VALUE=AUTH_VALUE,
+                   HOOKBRIDGE_INGEST_SPOOL_DIR=str(spool or self.workdir / "ingest-spool"))
+        proc = self.group.start(name, [BIN / "hookbridge-producer", "--listen",
+                                       f"127.0.0.1:{port}"], env)
+        wait_until(lambda: http_get(health, "/readyz" if ready else "/healthz")[0] == 200
+                   or not proc.alive(), 60, f"{name} to be {'ready' if ready else 'up'}")
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited: {proc.output()[-2000:]}")
+        return proc, port, health
+
     def start_feed(self, rate, seconds, keys=0):
         self.feed = Feed(self.workdir, self.broker.bootstrap, rate, seconds, keys)
         return self.feed
@@ -372,7 +477,7 @@ class Stack:
         self.pg.stop()
         reports = []
         logs = [(p.name, p.output()) for p in self.group.procs]
-        if self.feed:
+        if getattr(self.feed, "log_path", None):  # an OktaFeed has none: its producer is a service
             logs.append(("producer", self.feed.log_path.read_text(errors="replace")))
         for name, out in logs:
             for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
@@ -854,6 +959,43 @@ def sc_hung_receiver(st, result):
                              f"lowest {worst:.0%} of the produce rate"))
 
 
+def sc_ingest_spool_kill(st, result):
+    """Okta's event hook through the ingest endpoint with its spool: every
+    broker down for CHAOS_FAULT_SECONDS, the endpoint killed -9 halfway
+    through and restarted at once on the same spool. Okta must get a 2xx
+    for every delivery within its 3 s (at most one retry), and every event
+    so answered must reach the subscriber."""
+    st.receiver("receiver")
+    st.service(Dispatcher)
+    st.service(Retrier)
+    st.register_all()
+    ing, port, health = st.ingest()
+    feed = st.feed = OktaFeed(port, CFG["CHAOS_RATE"], CFG["CHAOS_SECONDS"])
+    feed.sleep_until(CFG["CHAOS_FAULT_AT"])
+    st.broker.proc.signal(signal.SIGUSR1)
+    result["notes"].append(f"brokers down at {feed.elapsed():.1f}s "
+                           f"for {CFG['CHAOS_FAULT_SECONDS']:.0f}s")
+    time.sleep(CFG["CHAOS_FAULT_SECONDS"] / 2)
+    spooled = sum(1 for p in (st.workdir / "ingest-spool").glob("*.okta"))
+    st.kills_ms.append(int(time.time() * 1000))
+    ing.kill()
+    st.killed.add("ingest")
+    result["notes"].append(f"ingest endpoint killed -9 at {feed.elapsed():.1f}s with {spooled} "
+                           "deliveries on its spool, restarted at once")
+    ing, port, health = st.ingest("ingest-again", port, ready=False)  # what Okta meets
+    time.sleep(CFG["CHAOS_FAULT_SECONDS"] / 2)
+    st.broker.proc.signal(signal.SIGUSR2)
+    settle(st, result)
+    answers = ", ".join(f"{k or 'no answer'}: {v}" for k, v in sorted(
+        feed.answers.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+    result["notes"].append(f"Okta's attempts by answer: {answers}; slowest answer "
+                           f"{feed.slowest:.2f}s")
+    result["checks"].append((not feed.gave_up, f"Okta gave up {len(feed.gave_up)} events (a "
+                             "delivery not answered 2xx within 3 s twice)"))
+    left = sorted(p.name for p in (st.workdir / "ingest-spool").glob("*.okta*"))
+    result["checks"].append((not left, f"the spool holds nothing at the end ({len(left)} files)"))
+
+
 def _schedule_default():
     return CFG["CHAOS_SCHEDULE"]
 
@@ -870,6 +1012,7 @@ SCENARIOS = [  # name, function, retry schedule (None: the default)
     ("hung-receiver", sc_hung_receiver, lambda: None),
     ("ordered-kill", sc_ordered_kill, _schedule_default),
     ("rate-limited-kill", sc_rate_limited_kill, _schedule_default),
+    ("ingest-spool-kill", sc_ingest_spool_kill, _schedule_default),
 ]
 
 
