@@ -91,6 +91,9 @@ typedef struct hb_config_s {
     long long ingest_max_body_bytes;  /* larger requests: 413 */
     long long ingest_timeout_ms;      /* broker ack wait, librdkafka message.timeout.ms */
     long long ingest_max_connections; /* concurrent connections (one thread each) */
+    char *ingest_spool_dir;           /* "" = no spool (producer/spool.c) */
+    long long ingest_spool_max_bytes; /* spooled bodies at most */
+    long long ingest_spool_wait_ms;   /* acks awaited before answering from the spool */
 
     /* Writer schemas of the events topic beyond the built-in history (hb_decoder). */
     char *writer_schemas_dir;                     /* "" = none */

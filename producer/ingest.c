@@ -64,6 +64,7 @@
 #include "hb_sign.h"
 #include "hb_signal.h"
 #include "producer.h"
+#include "spool.h"
 
 /* A stop waits this long for requests in flight before cutting them off. */
 #define INGEST_DRAIN_MS 20000
@@ -98,6 +99,14 @@ static hb_log_limit_t log_dead = HB_LOG_LIMIT_NOTE(
     "\"ingest: data.events[i] refused ...\"",
     "; hookbridge_ingest_events_total{outcome=\"dead_lettered\"} counts every one, and each is "
     "on the dead-letter topic with its reason");
+
+/* Nor may a spool that is full or failing, one line per delivery. */
+static hb_log_limit_t log_spool = HB_LOG_LIMIT_NOTE(
+    "\"ingest spool ...\"", "; hookbridge_ingest_spool_failures_total counts every one");
+/* The spool's replay waits this long after a failed try, doubling up to
+ * the maximum, before its next. */
+#define INGEST_REPLAY_BACKOFF_MS 1000
+#define INGEST_REPLAY_BACKOFF_MAX_MS 30000
 
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request's headers within them (of their start, or of
@@ -150,6 +159,12 @@ struct req_s {
     rd_kafka_resp_err_t first_err;
     unsigned char *dlq_refused; /* by event: its dead-letter copy refused for its size */
     size_t dlq_refused_cnt;
+    unsigned char *event_ok; /* by event: it (or its dead-letter copy) is acknowledged */
+    size_t n, ok_cnt;        /* events, and those acknowledged */
+    /* set before the first event is produced */
+    int spool_on; /* its body is on the spool (spooled): req_free settles the file */
+    int replay;   /* the spool's replay publishes it: no connection */
+    hb_spool_file_t spooled;
 };
 
 struct ingest_s {
@@ -176,17 +191,43 @@ struct ingest_s {
     long outstanding; /* messages queued and not reported */
     long answering;   /* POSTs past their body, not completed: their answer comes */
     int aborting;     /* waits end at once: the drain is over */
+    int stopping;     /* a stop began: spooled requests stop waiting (answered 200) */
+
+    hb_spool_t *spool;          /* NULL: no spool */
+    pthread_t replay_thread;    /* publishes the spool's queued files */
+    int replay_started;         /* main thread */
+    pthread_cond_t replay_cond; /* with lock: a file was queued, or the stop */
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
     hb_metric_t *m_produced, *m_failed, *m_dead, *m_rejected;
     hb_metric_t *m_duration;
+    /* the spool's (registered only with one) */
+    hb_metric_t *m_spool_files, *m_spool_bytes, *m_spool_answered, *m_spool_replayed,
+        *m_spool_failures;
 };
 
 static void req_unref_locked(req_t *r, int *last) {
     *last = --r->refs == 0;
 }
 
+/* The request's last reference is gone, so every message of it has its
+ * report: its spool file goes if every event was acknowledged, else it is
+ * queued for the replay. */
 static void req_free(req_t *r) {
+    ingest_t *in = r->in;
+    if (r->spool_on) {
+        if (r->n == r->ok_cnt) {
+            hb_spool_remove(in->spool, &r->spooled);
+            if (r->replay)
+                hb_metric_inc(in->m_spool_replayed);
+        } else {
+            hb_spool_requeue(in->spool, &r->spooled);
+            pthread_mutex_lock(&in->lock);
+            pthread_cond_signal(&in->replay_cond);
+            pthread_mutex_unlock(&in->lock);
+        }
+    }
+    free(r->event_ok);
     free(r->body);
     free(r->slots);
     free(r->dlq_refused);
@@ -222,6 +263,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     pthread_mutex_lock(&in->lock);
     r->reported++;
     r->acked += !rkm->err;
+    if (!rkm->err && r->event_ok && !r->event_ok[slot->i]) {
+        r->event_ok[slot->i] = 1;
+        r->ok_cnt++;
+    }
     if (too_large) {
         r->dlq_refused[slot->i] = 1;
         r->dlq_refused_cnt++;
@@ -401,9 +446,14 @@ static char *uuid_list(const hb_ingest_batch_t *b) {
 
 /* The 200's body: how many events went to each topic, and which were
  * refused (the first INGEST_ANSWER_REFUSED: review 39 had a body of 1.4
- * million refused events answered with 99 MB, the process at 924 MB). */
-static json_t *accepted_body(const hb_ingest_batch_t *b) {
-    json_t *body = json_pack("{s:I}", "produced", (json_int_t)(b->cnt - b->refused)), *refused;
+ * million refused events answered with 99 MB, the process at 924 MB). A
+ * delivery answered from the spool (spooled) says how many events it holds
+ * and how many the brokers have acknowledged so far instead. */
+static json_t *accepted_body(const hb_ingest_batch_t *b, int spooled, size_t acked) {
+    json_t *body = spooled ? json_pack("{s:I, s:I}", "spooled", (json_int_t)b->cnt, "acknowledged",
+                                       (json_int_t)acked)
+                           : json_pack("{s:I}", "produced", (json_int_t)(b->cnt - b->refused)),
+           *refused;
     size_t listed = 0;
     if (!b->refused)
         return body;
@@ -443,7 +493,7 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
     const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
     int rc, last;
     pthread_mutex_lock(&in->lock);
-    if (in->aborting) {
+    if (in->aborting || (r->spool_on && in->stopping)) {
         pthread_mutex_unlock(&in->lock);
         hb_seterr(perr, perr_size, "the producer is stopping");
         return INGEST_STOPPING;
@@ -463,7 +513,8 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
          * than answer 503 to a request that would never fit. */
         int waited;
         pthread_mutex_lock(&in->lock);
-        waited = !in->aborting && pthread_cond_timedwait(&in->cond, &in->lock, until) == 0;
+        waited = !in->aborting && !(r->spool_on && in->stopping) &&
+                 pthread_cond_timedwait(&in->cond, &in->lock, until) == 0;
         pthread_mutex_unlock(&in->lock);
         if (!waited)
             break;
@@ -479,10 +530,11 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
 }
 
 /* Waits until every message queued for r has its report, the request's
- * time is up, or a stop aborts the wait. */
+ * time is up, or a stop aborts the wait (at once for a spooled request: it
+ * is answered from the spool). */
 static void wait_reports(ingest_t *in, req_t *r, const struct timespec *until) {
     pthread_mutex_lock(&in->lock);
-    while (r->reported < r->queued && !in->aborting)
+    while (r->reported < r->queued && !in->aborting && !(r->spool_on && in->stopping))
         if (pthread_cond_timedwait(&in->cond, &in->lock, until) != 0)
             break; /* ETIMEDOUT */
     pthread_mutex_unlock(&in->lock);
@@ -527,17 +579,102 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
     return 0;
 }
 
-/* The whole body is in: validate it all, produce it all (a refused event to
- * the dead-letter topic), wait for the acks. */
+/* What publish did: how many events were queued, and why it stopped early. */
+typedef struct {
+    size_t queued;
+    int produce_failed; /* why says */
+    char why[600];
+} pub_t;
+
+/* Produces every event of b for r (a refused one to the dead-letter topic),
+ * waits for the reports until `until`, and sends again smaller the
+ * dead-letter copies the brokers refused as too large. The POST handler and
+ * the spool's replay both publish this way. */
+static void publish(ingest_t *in, req_t *r, hb_ingest_batch_t *b, const struct timespec *until,
+                    pub_t *p) {
+    char perr[300];
+    size_t n = b->cnt, refused_left, failed;
+    int rc;
+    memset(p, 0, sizeof(*p));
+    r->n = n;
+    r->slots = n ? hb_calloc(n, sizeof(*r->slots)) : NULL;
+    r->dlq_refused = n ? hb_calloc(n, 1) : NULL;
+    r->event_ok = n ? hb_calloc(n, 1) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        r->slots[i].r = r;
+        r->slots[i].i = i;
+        r->slots[i].dead = b->msgs[i].refused != NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        hb_ingest_msg_t *m = &b->msgs[i];
+        rc = produce_event(in, r, m, i, until, perr, sizeof(perr));
+        if (rc == HB_KAFKA_TOO_LARGE && m->refused && !m->shrunk) {
+            hb_ingest_refused_shrink(m, "is larger than this producer sends (message.max.bytes)");
+            rc = produce_event(in, r, m, i, until, perr, sizeof(perr));
+        }
+        if (rc == INGEST_STOPPING)
+            break;
+        if (rc < 0) {
+            hb_metric_inc(in->m_failed);
+            p->produce_failed = 1;
+            snprintf(p->why, sizeof(p->why), "event %zu could not be queued (%s)", i, perr);
+            break;
+        }
+        free(m->value); /* librdkafka has its copy: the request holds what it answers with */
+        m->value = NULL;
+        p->queued++;
+    }
+    wait_reports(in, r, until);
+    pthread_mutex_lock(&in->lock);
+    refused_left = r->dlq_refused_cnt;
+    failed = r->failed;
+    pthread_mutex_unlock(&in->lock);
+    if (!p->produce_failed && p->queued == n && !failed && refused_left) {
+        if (resend_refused_smaller(in, r, b, until, perr, sizeof(perr)) < 0) {
+            p->produce_failed = 1;
+            snprintf(p->why, sizeof(p->why), "%s", perr);
+        }
+        wait_reports(in, r, until);
+    }
+}
+
+/* Writes the request's body to the spool (r->spool_on once it is there). A
+ * body the spool cannot take is answered as without a spool. */
+static void spool_body(ingest_t *in, req_t *r) {
+    char err[512];
+    int rc;
+    if (!in->spool)
+        return;
+    rc = hb_spool_put(in->spool, r->body ? r->body : "", r->len, &r->spooled, err, sizeof(err));
+    if (rc == 0) {
+        r->spool_on = 1;
+        return;
+    }
+    hb_metric_inc(in->m_spool_failures);
+    if (rc == HB_SPOOL_FULL)
+        snprintf(err, sizeof(err),
+                 "ingest spool %s is full (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES=%lld): a delivery of "
+                 "%zu bytes",
+                 hb_spool_dir(in->spool), in->cfg->ingest_spool_max_bytes, r->len);
+    hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                   "%s; this delivery waits for the brokers as without a spool (answered 503 "
+                   "if they do not acknowledge it within HOOKBRIDGE_INGEST_TIMEOUT)",
+                   err);
+}
+
+/* The whole body is in: validate it all, put it on the spool (if any),
+ * produce it all (a refused event to the dead-letter topic), wait for the
+ * acks; answered 200 from the spool when they do not come in time. */
 static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, req_t *r) {
     hb_ingest_batch_t b;
-    char why[600], perr[300], what[800], *uuids;
-    size_t queued = 0, total, reported, acked, failed, n, refused_left;
+    char why[600], what[800], *uuids;
+    size_t total, reported, acked, failed, n, refused_left, ok;
     rd_kafka_resp_err_t first_err;
-    int rc, produce_failed = 0, aborted;
+    int rc, aborted;
     struct timespec until;
     enum MHD_Result ret;
     json_t *body;
+    pub_t p;
 
     pthread_mutex_lock(&in->lock);
     r->answering = 1;
@@ -546,6 +683,8 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, why, sizeof(why));
     pthread_mutex_unlock(&in->codec_lock);
+    if (rc == 0)
+        spool_body(in, r);
     free(r->body);
     r->body = NULL;
     r->len = r->cap = 0;
@@ -556,50 +695,16 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     }
     n = b.cnt;
     log_refused_events(in, &b);
-    r->slots = n ? hb_calloc(n, sizeof(*r->slots)) : NULL;
-    r->dlq_refused = n ? hb_calloc(n, 1) : NULL;
-    for (size_t i = 0; i < n; i++) {
-        r->slots[i].r = r;
-        r->slots[i].i = i;
-        r->slots[i].dead = b.msgs[i].refused != NULL;
-    }
-    /* The whole request, its events queued and acknowledged, within this. */
-    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
-    for (size_t i = 0; i < n; i++) {
-        hb_ingest_msg_t *m = &b.msgs[i];
-        rc = produce_event(in, r, m, i, &until, perr, sizeof(perr));
-        if (rc == HB_KAFKA_TOO_LARGE && m->refused && !m->shrunk) {
-            hb_ingest_refused_shrink(m, "is larger than this producer sends (message.max.bytes)");
-            rc = produce_event(in, r, m, i, &until, perr, sizeof(perr));
-        }
-        if (rc == INGEST_STOPPING)
-            break;
-        if (rc < 0) {
-            hb_metric_inc(in->m_failed);
-            produce_failed = 1;
-            snprintf(why, sizeof(why), "event %zu could not be queued (%s)", i, perr);
-            break;
-        }
-        free(m->value); /* librdkafka has its copy: the request holds what it answers with */
-        m->value = NULL;
-        queued++;
-    }
-    wait_reports(in, r, &until);
-    pthread_mutex_lock(&in->lock);
-    refused_left = r->dlq_refused_cnt;
-    failed = r->failed;
-    pthread_mutex_unlock(&in->lock);
-    if (!produce_failed && queued == n && !failed && refused_left) {
-        if (resend_refused_smaller(in, r, &b, &until, perr, sizeof(perr)) < 0) {
-            produce_failed = 1;
-            snprintf(why, sizeof(why), "%s", perr);
-        }
-        wait_reports(in, r, &until);
-    }
+    /* The whole request, its events queued and acknowledged, within this
+     * (a spooled one is answered from the spool after ingest_spool_wait). */
+    abs_deadline(&until, r->spool_on ? in->cfg->ingest_spool_wait_ms
+                                     : in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
+    publish(in, r, &b, &until, &p);
     pthread_mutex_lock(&in->lock);
     total = r->queued; /* the events and the copies sent again smaller */
     reported = r->reported;
     acked = r->acked;
+    ok = r->ok_cnt;
     failed = r->failed;
     refused_left = r->dlq_refused_cnt;
     first_err = r->first_err;
@@ -607,33 +712,47 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     pthread_mutex_unlock(&in->lock);
 
     hb_metric_observe(in->m_duration, (double)(hb_mono_ms() - r->started_ms) / 1000.0);
-    if (!produce_failed && queued == n && reported == total && failed == 0 && !refused_left) {
+    if (!p.produce_failed && p.queued == n && reported == total && failed == 0 && !refused_left) {
         if (b.refused)
             snprintf(what, sizeof(what), "%zu events produced, %zu refused and dead-lettered",
                      n - b.refused, b.refused);
         else
             snprintf(what, sizeof(what), "%zu events produced", n);
-        body = accepted_body(&b);
+        if (r->spool_on) { /* every report is in: no other thread settles it */
+            hb_spool_remove(in->spool, &r->spooled);
+            r->spool_on = 0;
+        }
+        body = accepted_body(&b, 0, 0);
         hb_ingest_batch_free(&b);
         return reply(in, conn, MHD_HTTP_OK, body, what);
     }
-    if (!produce_failed) { /* else why says already */
+    if (r->spool_on) { /* on disk: published when the brokers take it */
+        hb_metric_inc(in->m_spool_answered);
+        snprintf(what, sizeof(what),
+                 "%zu events spooled (%s, %zu acknowledged so far): published from the spool "
+                 "when the brokers take them",
+                 n, r->spooled.name, ok);
+        body = accepted_body(&b, 1, ok);
+        hb_ingest_batch_free(&b);
+        return reply(in, conn, MHD_HTTP_OK, body, what);
+    }
+    if (!p.produce_failed) { /* else p.why says already */
         if (failed || refused_left)
-            snprintf(why, sizeof(why), "the brokers did not acknowledge %zu of %zu events (%s)",
+            snprintf(p.why, sizeof(p.why), "the brokers did not acknowledge %zu of %zu events (%s)",
                      failed + refused_left, n,
                      hb_kafka_err_str(failed ? first_err : RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE));
-        else if (aborted || queued < n)
-            snprintf(why, sizeof(why), "the producer is stopping: %zu of %zu events acknowledged",
-                     acked, n);
+        else if (aborted || p.queued < n)
+            snprintf(p.why, sizeof(p.why),
+                     "the producer is stopping: %zu of %zu events acknowledged", acked, n);
         else
-            snprintf(why, sizeof(why),
+            snprintf(p.why, sizeof(p.why),
                      "the brokers did not acknowledge %zu of %zu events in %lld ms",
                      total - reported, n, in->cfg->ingest_timeout_ms);
     }
     snprintf(what, sizeof(what),
              "%s; some events of this request may already be written: send it again "
              "(at least once: what is written again has the same uuids)",
-             why);
+             p.why);
     body = json_pack("{s:s, s:I, s:I}", "error", what, "events", (json_int_t)n, "acknowledged",
                      (json_int_t)acked);
     /* dead-letter copies refused as too large and not sent again smaller
@@ -641,9 +760,107 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     hb_metric_add(in->m_failed, (double)refused_left);
     uuids = uuid_list(&b);
     hb_ingest_batch_free(&b);
-    ret = reply_uuids(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, why, uuids);
+    ret = reply_uuids(in, conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, p.why, uuids);
     free(uuids);
     return ret;
+}
+
+/* Publishes one spooled file again: 1 when every event of it is
+ * acknowledged (the file is gone), 0 when not (it is queued again), -1
+ * when it is no event-hook delivery (renamed .bad). */
+static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
+    hb_ingest_batch_t b;
+    char why[600], outcome[700];
+    struct timespec until;
+    size_t len = 0;
+    int rc, last, ok;
+    pub_t p;
+    req_t *r;
+    char *text = hb_spool_read(in->spool, f, &len, why, sizeof(why));
+    if (!text) { /* gone, or unreadable: it is not queued again */
+        hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
+                       "ingest spool: %s; that delivery is not published", why);
+        hb_metric_inc(in->m_spool_failures);
+        hb_spool_quarantine(in->spool, f);
+        return -1;
+    }
+    pthread_mutex_lock(&in->codec_lock);
+    rc = hb_ingest_parse(in->codec, text, len, &b, why, sizeof(why));
+    pthread_mutex_unlock(&in->codec_lock);
+    free(text);
+    if (rc < 0) {
+        hb_ingest_batch_free(&b);
+        hb_log(HB_LOG_ERROR, NULL,
+               "ingest spool: %s/%s is no event-hook delivery (%s): renamed %s.bad, not "
+               "published",
+               hb_spool_dir(in->spool), f->name, why, f->name);
+        hb_metric_inc(in->m_spool_failures);
+        hb_spool_quarantine(in->spool, f);
+        return -1;
+    }
+    r = hb_calloc(1, sizeof(*r));
+    r->in = in;
+    r->refs = 1;
+    r->started_ms = hb_mono_ms();
+    r->spool_on = 1;
+    r->replay = 1;
+    r->spooled = *f;
+    log_refused_events(in, &b);
+    abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
+    publish(in, r, &b, &until, &p);
+    pthread_mutex_lock(&in->lock);
+    ok = r->ok_cnt == r->n;
+    if (!ok)
+        snprintf(outcome, sizeof(outcome), "%zu of %zu events acknowledged%s%.600s", r->ok_cnt,
+                 r->n, p.produce_failed ? ": " : "", p.produce_failed ? p.why : "");
+    req_unref_locked(r, &last);
+    pthread_mutex_unlock(&in->lock);
+    if (ok)
+        hb_info("ingest spool: published %s (%zu events)", f->name, b.cnt);
+    else
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s not published yet (%s): tried again later", f->name,
+                       outcome);
+    hb_ingest_batch_free(&b);
+    if (last) /* else the last report settles the file */
+        req_free(r);
+    return ok;
+}
+
+/* The replay thread: publishes the spool's queued files, oldest first, one
+ * at a time; after a failure it waits (backing off) before the next try. */
+static void *replay_main(void *arg) {
+    ingest_t *in = arg;
+    int64_t backoff = 0, next_try = 0;
+    hb_spool_file_t f;
+    (void)pthread_setname_np(pthread_self(), "hb-spool");
+    pthread_mutex_lock(&in->lock);
+    while (!in->stopping) {
+        struct timespec ts;
+        int64_t wait_ms = 1000;
+        if (hb_mono_ms() >= next_try && hb_spool_take(in->spool, &f)) {
+            int rc;
+            pthread_mutex_unlock(&in->lock);
+            rc = replay_one(in, &f);
+            if (rc == 0) {
+                backoff = backoff ? backoff * 2 : INGEST_REPLAY_BACKOFF_MS;
+                if (backoff > INGEST_REPLAY_BACKOFF_MAX_MS)
+                    backoff = INGEST_REPLAY_BACKOFF_MAX_MS;
+                next_try = hb_mono_ms() + backoff;
+            } else if (rc > 0) {
+                backoff = 0;
+                next_try = 0;
+            }
+            pthread_mutex_lock(&in->lock);
+            continue;
+        }
+        if (next_try > hb_mono_ms() && next_try - hb_mono_ms() < wait_ms)
+            wait_ms = next_try - hb_mono_ms();
+        abs_deadline(&ts, wait_ms);
+        (void)pthread_cond_timedwait(&in->replay_cond, &in->lock, &ts);
+    }
+    pthread_mutex_unlock(&in->lock);
+    return NULL;
 }
 
 /* A connection over ingest_max_connections (one of the spare ones): 503
@@ -874,6 +1091,18 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
     in->codec = hb_codec_new(hb_schema_identity_event, errstr, errstr_size);
     if (!in->codec)
         return -1;
+    if (*in->cfg->ingest_spool_dir) {
+        long files;
+        long long bytes;
+        in->spool = hb_spool_open(in->cfg->ingest_spool_dir, in->cfg->ingest_spool_max_bytes,
+                                  errstr, errstr_size);
+        if (!in->spool)
+            return -1;
+        hb_spool_usage(in->spool, &files, &bytes);
+        if (files)
+            hb_info("ingest spool: %ld deliveries (%lld bytes) found in %s: publishing them", files,
+                    bytes, in->cfg->ingest_spool_dir);
+    }
     conf = hb_kafka_conf_new(in->cfg, "hookbridge-producer", errstr, errstr_size);
     if (!conf)
         return -1;
@@ -924,6 +1153,51 @@ static void register_metrics(ingest_t *in) {
                                           "deliveries whose events were handed to the brokers "
                                           "(200 and 503).",
                                           bounds, HB_ARRAY_SIZE(bounds));
+    if (!*in->cfg->ingest_spool_dir)
+        return;
+    in->m_spool_files = hb_metrics_gauge("hookbridge_ingest_spool_deliveries", NULL,
+                                         "Deliveries on the ingest spool: answered, not yet "
+                                         "every event acknowledged by the brokers.");
+    in->m_spool_bytes =
+        hb_metrics_gauge("hookbridge_ingest_spool_bytes", NULL, "Bytes of the spooled deliveries.");
+    in->m_spool_answered =
+        hb_metrics_counter("hookbridge_ingest_spool_answered_total", NULL,
+                           "Deliveries answered 200 from the spool before the brokers "
+                           "acknowledged every event.");
+    in->m_spool_replayed = hb_metrics_counter(
+        "hookbridge_ingest_spool_replayed_total", NULL,
+        "Spooled deliveries published again by the replay (after a failure or a restart).");
+    in->m_spool_failures = hb_metrics_counter(
+        "hookbridge_ingest_spool_failures_total", NULL,
+        "Deliveries the spool could not take (full, a write error), and spooled files found "
+        "unreadable (renamed .bad).");
+}
+
+/* Readiness. With a spool: whether it has room, whatever the brokers say
+ * (while they are away, deliveries go to the spool, so the load balancer
+ * must keep sending them here). Without: what the brokers say (kafka_ok,
+ * why). */
+static void set_ready(ingest_t *in, int kafka_ok, const char *why) {
+    if (in->spool) {
+        int room = hb_spool_has_room(in->spool);
+        hb_httpd_set_ready(in->ops, room,
+                           room ? NULL
+                                : "the ingest spool is full (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES): "
+                                  "deliveries wait for the brokers as without a spool");
+        return;
+    }
+    hb_httpd_set_ready(in->ops, kafka_ok, why);
+}
+
+/* The spool's gauges, from its usage now. */
+static void spool_gauges(ingest_t *in) {
+    long files;
+    long long bytes;
+    if (!in->spool)
+        return;
+    hb_spool_usage(in->spool, &files, &bytes);
+    hb_metric_set(in->m_spool_files, (double)files);
+    hb_metric_set(in->m_spool_bytes, (double)bytes);
 }
 
 /* Runs until SIGTERM/SIGINT or the producer's fatal error; then stops
@@ -956,7 +1230,7 @@ static int ingest_loop(ingest_t *in) {
                 rd_kafka_topic_destroy(in->dlq);
             in->topic = in->dlq = NULL;
             next_prepare = 0;
-            hb_httpd_set_ready(in->ops, 0, "checking the events and dead-letter topics again");
+            set_ready(in, 0, "checking the events and dead-letter topics again");
         }
         if ((!in->topic || !in->dlq) && hb_mono_ms() >= next_prepare) {
             /* refused events go to the dead-letter topic: without it a
@@ -976,17 +1250,32 @@ static int ingest_loop(ingest_t *in) {
                     hb_error("%s (readiness ignores the brokers)", errstr);
                 in->reach_started = 1;
             } else {
-                hb_httpd_set_ready(in->ops, 0, errstr);
+                set_ready(in, 0, errstr);
                 hb_debug("ingest: not ready: %s", errstr);
             }
             next_prepare = hb_mono_ms() + INGEST_PREPARE_EVERY_MS;
         }
         if (in->topic && in->dlq) { /* the probe thread tells whether the brokers answer */
             int down = hb_kafka_reach_check(&in->brokers);
-            hb_httpd_set_ready(in->ops, !down, down ? in->brokers.why : NULL);
+            set_ready(in, !down, down ? in->brokers.why : NULL);
+        } else if (in->spool) {
+            set_ready(in, 0, NULL);
         }
+        spool_gauges(in);
         rd_kafka_poll(in->rk, 100);
         hb_httpd_beat(in->ops);
+    }
+
+    /* Spooled requests are answered from the spool at once; the replay
+     * stops (what it had queued stays on disk). */
+    pthread_mutex_lock(&in->lock);
+    in->stopping = 1;
+    pthread_cond_broadcast(&in->cond);
+    pthread_cond_broadcast(&in->replay_cond);
+    pthread_mutex_unlock(&in->lock);
+    if (in->replay_started) {
+        pthread_join(in->replay_thread, NULL);
+        in->replay_started = 0;
     }
 
     hb_httpd_set_ready(in->ops, 0, "stopping");
@@ -1036,6 +1325,16 @@ static int ingest_loop(ingest_t *in) {
         }
     }
     rd_kafka_poll(in->rk, 0); /* the last reports, so every request is freed */
+    if (in->spool) {
+        long files;
+        long long bytes;
+        spool_gauges(in);
+        hb_spool_usage(in->spool, &files, &bytes);
+        if (files)
+            hb_warn("stopping: %ld deliveries (%lld bytes) stay on the ingest spool %s: the "
+                    "next start with this directory publishes them",
+                    files, bytes, hb_spool_dir(in->spool));
+    }
     return fatal ? -1 : 0;
 }
 
@@ -1053,6 +1352,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&in.cond, &ca);
+    pthread_cond_init(&in.replay_cond, &ca);
     pthread_condattr_destroy(&ca);
     register_metrics(&in);
 
@@ -1067,6 +1367,11 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
                "), health on port %d%s",
                HB_VERSION, listen, port, hb_httpd_port(in.ops),
                in.auth_value ? "" : "; WARNING: no authentication (ingest_allow_unauthenticated)");
+        if (in.spool && pthread_create(&in.replay_thread, NULL, replay_main, &in) == 0)
+            in.replay_started = 1;
+        else if (in.spool)
+            hb_error("ingest spool: cannot start its replay thread: spooled deliveries are "
+                     "published at the next start");
         if (ingest_loop(&in) < 0)
             rc = 1;
         hb_info("stopped");
@@ -1083,9 +1388,11 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     if (in.rk)
         rd_kafka_destroy(in.rk);
     hb_codec_free(in.codec);
+    hb_spool_close(in.spool); /* after the producer: its last reports settle spooled files */
     hb_metrics_reset();
     free(in.over);
     pthread_cond_destroy(&in.cond);
+    pthread_cond_destroy(&in.replay_cond);
     pthread_mutex_destroy(&in.codec_lock);
     pthread_mutex_destroy(&in.lock);
     return rc;

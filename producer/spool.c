@@ -1,0 +1,321 @@
+/*
+ * The ingest endpoint's spool (spool.h): one file per delivery in a
+ * directory, a queue of the files to publish again, the bytes they hold.
+ */
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hb_common.h"
+#include "hb_log.h"
+
+#define SPOOL_SUFFIX ".okta"
+#define SPOOL_TMP ".tmp"
+#define SPOOL_BAD ".bad"
+
+struct hb_spool_s {
+    char *dir;
+    int dfd;  /* the directory, for the *at calls and its syncs */
+    int lock; /* DIR/.lock, flocked */
+    long long max_bytes;
+    pthread_mutex_t mu;
+    unsigned seq;
+    long files;             /* spooled: queued or in flight */
+    long long bytes;        /* their sizes */
+    hb_spool_file_t *queue; /* to publish again, by name: oldest first */
+    size_t qlen, qcap;
+};
+
+/* A spooled file's name: 16 hex digits, '-', 8 hex digits, ".okta". */
+static int spool_name_ok(const char *n) {
+    size_t len = strlen(n);
+    if (len != HB_SPOOL_NAME_LEN || strcmp(n + 25, SPOOL_SUFFIX) != 0 || n[16] != '-')
+        return 0;
+    for (size_t i = 0; i < 25; i++)
+        if (i != 16 && !strchr("0123456789abcdef", n[i]))
+            return 0;
+    return 1;
+}
+
+static int spool_has_suffix(const char *n, const char *suffix) {
+    size_t len = strlen(n), sl = strlen(suffix);
+    return len > sl && !strcmp(n + len - sl, suffix);
+}
+
+/* Queues f in name order (mu held). */
+static void spool_enqueue_locked(hb_spool_t *s, const hb_spool_file_t *f) {
+    size_t at = s->qlen;
+    if (s->qlen == s->qcap) {
+        s->qcap = s->qcap ? 2 * s->qcap : 16;
+        s->queue = hb_realloc(s->queue, s->qcap * sizeof(*s->queue));
+    }
+    while (at > 0 && strcmp(s->queue[at - 1].name, f->name) > 0)
+        at--;
+    memmove(s->queue + at + 1, s->queue + at, (s->qlen - at) * sizeof(*s->queue));
+    s->queue[at] = *f;
+    s->qlen++;
+}
+
+/* Reads the directory: deletes .tmp files, queues spooled ones, and starts
+ * the sequence past every name found (a clock set back cannot reuse one). */
+static int spool_scan(hb_spool_t *s, char *errstr, size_t errstr_size) {
+    int fd = openat(s->dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    struct dirent *e;
+    if (!d) {
+        hb_seterr(errstr, errstr_size, "ingest spool %s: cannot read it: %s", s->dir,
+                  strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    while ((e = readdir(d))) {
+        struct stat st;
+        hb_spool_file_t f;
+        if (spool_has_suffix(e->d_name, SPOOL_TMP)) {
+            if (unlinkat(s->dfd, e->d_name, 0) == 0)
+                hb_info("ingest spool: deleted %s/%s (written when the process stopped, never "
+                        "answered 200)",
+                        s->dir, e->d_name);
+            continue;
+        }
+        if (!spool_name_ok(e->d_name) || fstatat(s->dfd, e->d_name, &st, 0) < 0 ||
+            !S_ISREG(st.st_mode))
+            continue;
+        memset(&f, 0, sizeof(f));
+        memcpy(f.name, e->d_name, HB_SPOOL_NAME_LEN);
+        f.size = (size_t)st.st_size;
+        spool_enqueue_locked(s, &f);
+        s->files++;
+        s->bytes += (long long)f.size;
+        unsigned seq = (unsigned)strtoul(e->d_name + 17, NULL, 16);
+        if (seq >= s->seq)
+            s->seq = seq + 1;
+    }
+    closedir(d);
+    return 0;
+}
+
+hb_spool_t *hb_spool_open(const char *dir, long long max_bytes, char *errstr, size_t errstr_size) {
+    hb_spool_t *s = hb_calloc(1, sizeof(*s));
+    s->dir = hb_strdup(dir);
+    s->dfd = s->lock = -1;
+    s->max_bytes = max_bytes;
+    pthread_mutex_init(&s->mu, NULL);
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        hb_seterr(errstr, errstr_size, "ingest spool %s: cannot create it: %s", dir,
+                  strerror(errno));
+        goto fail;
+    }
+    s->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dfd < 0) {
+        hb_seterr(errstr, errstr_size, "ingest spool %s: cannot open it: %s", dir, strerror(errno));
+        goto fail;
+    }
+    s->lock = openat(s->dfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock < 0) {
+        hb_seterr(errstr, errstr_size, "ingest spool %s: cannot write in it: %s", dir,
+                  strerror(errno));
+        goto fail;
+    }
+    if (flock(s->lock, LOCK_EX | LOCK_NB) < 0) {
+        hb_seterr(errstr, errstr_size,
+                  "ingest spool %s is in use by another process (%s holds its .lock): each "
+                  "producer needs a directory of its own",
+                  dir, errno == EWOULDBLOCK ? "another hookbridge-producer" : strerror(errno));
+        goto fail;
+    }
+    if (spool_scan(s, errstr, errstr_size) < 0)
+        goto fail;
+    return s;
+fail:
+    hb_spool_close(s);
+    return NULL;
+}
+
+void hb_spool_close(hb_spool_t *s) {
+    if (!s)
+        return;
+    if (s->lock >= 0)
+        close(s->lock); /* and its flock */
+    if (s->dfd >= 0)
+        close(s->dfd);
+    pthread_mutex_destroy(&s->mu);
+    free(s->queue);
+    free(s->dir);
+    free(s);
+}
+
+static int spool_write_all(int fd, const char *p, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f, char *errstr,
+                 size_t errstr_size) {
+    char tmp[HB_SPOOL_NAME_LEN + 8];
+    struct timespec now;
+    unsigned seq;
+    int fd, err;
+    pthread_mutex_lock(&s->mu);
+    if (s->bytes + (long long)len > s->max_bytes) {
+        pthread_mutex_unlock(&s->mu);
+        return HB_SPOOL_FULL;
+    }
+    s->bytes += (long long)len; /* held while written, so parallel puts cannot overfill */
+    s->files++;
+    seq = s->seq++;
+    pthread_mutex_unlock(&s->mu);
+
+    clock_gettime(CLOCK_REALTIME, &now);
+    memset(f, 0, sizeof(*f));
+    snprintf(f->name, sizeof(f->name), "%016llx-%08x" SPOOL_SUFFIX,
+             (unsigned long long)now.tv_sec * 1000ULL + (unsigned long long)now.tv_nsec / 1000000,
+             seq);
+    f->size = len;
+    snprintf(tmp, sizeof(tmp), "%.25s" SPOOL_TMP, f->name);
+    fd = openat(s->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        err = errno;
+        goto fail;
+    }
+    if (spool_write_all(fd, body, len) < 0 || fdatasync(fd) < 0) {
+        err = errno ? errno : EIO;
+        close(fd);
+        unlinkat(s->dfd, tmp, 0);
+        goto fail;
+    }
+    if (close(fd) < 0 || renameat(s->dfd, tmp, s->dfd, f->name) < 0) {
+        err = errno;
+        unlinkat(s->dfd, tmp, 0);
+        goto fail;
+    }
+    /* the new name itself must survive a crash of the machine */
+    if (fsync(s->dfd) < 0) {
+        err = errno;
+        unlinkat(s->dfd, f->name, 0);
+        goto fail;
+    }
+    return 0;
+fail:
+    hb_seterr(errstr, errstr_size, "ingest spool %s: cannot write %s: %s", s->dir, tmp,
+              strerror(err));
+    pthread_mutex_lock(&s->mu);
+    s->bytes -= (long long)len;
+    s->files--;
+    pthread_mutex_unlock(&s->mu);
+    return -1;
+}
+
+void hb_spool_remove(hb_spool_t *s, const hb_spool_file_t *f) {
+    /* not synced: should the removal be lost in a crash, the delivery is
+     * published again, which at least once allows */
+    if (unlinkat(s->dfd, f->name, 0) < 0 && errno != ENOENT)
+        hb_warn("ingest spool %s: cannot delete %s (published: it will be published again "
+                "at the next start): %s",
+                s->dir, f->name, strerror(errno));
+    pthread_mutex_lock(&s->mu);
+    s->files--;
+    s->bytes -= (long long)f->size;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f) {
+    pthread_mutex_lock(&s->mu);
+    spool_enqueue_locked(s, f);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f) {
+    int got = 0;
+    pthread_mutex_lock(&s->mu);
+    if (s->qlen) {
+        *f = s->queue[0];
+        memmove(s->queue, s->queue + 1, (s->qlen - 1) * sizeof(*s->queue));
+        s->qlen--;
+        got = 1;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return got;
+}
+
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, char *errstr,
+                    size_t errstr_size) {
+    int fd = openat(s->dfd, f->name, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    char *buf;
+    size_t got = 0;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    buf = hb_malloc((size_t)st.st_size + 1);
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    if (got != (size_t)st.st_size) {
+        hb_seterr(errstr, errstr_size, "cannot read %s/%s: short read", s->dir, f->name);
+        free(buf);
+        return NULL;
+    }
+    buf[got] = '\0';
+    *len = got;
+    return buf;
+}
+
+void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f) {
+    char bad[HB_SPOOL_NAME_LEN + 8];
+    snprintf(bad, sizeof(bad), "%s" SPOOL_BAD, f->name);
+    if (renameat(s->dfd, f->name, s->dfd, bad) < 0)
+        hb_warn("ingest spool %s: cannot rename %s to %s: %s", s->dir, f->name, bad,
+                strerror(errno));
+    pthread_mutex_lock(&s->mu);
+    s->files--;
+    s->bytes -= (long long)f->size;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes) {
+    pthread_mutex_lock(&s->mu);
+    *files = s->files;
+    *bytes = s->bytes;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int hb_spool_has_room(hb_spool_t *s) {
+    int room;
+    pthread_mutex_lock(&s->mu);
+    room = s->bytes < s->max_bytes;
+    pthread_mutex_unlock(&s->mu);
+    return room;
+}
+
+const char *hb_spool_dir(const hb_spool_t *s) {
+    return s->dir;
+}
