@@ -90,6 +90,13 @@ def wait_published(spool, bootstrap, events, what):
     assert set(keys_on(bootstrap)) == set(users(events))
 
 
+def spool_empty(ing):
+    """Waits until the spool's gauges say it holds nothing (they follow
+    the directory within about 0.1 s)."""
+    wait_until(lambda: (ing.metric(DELIVERIES), ing.metric(BYTES)) == (0, 0) or None, 5,
+               "the spool's gauges to say 0")
+
+
 def test_brokers_away_a_delivery_is_answered_200_from_the_spool_and_published_when_back(
         broker, procs, workdir):
     """Okta: with every broker down, its delivery of 3 events is answered
@@ -132,7 +139,7 @@ def test_brokers_away_a_delivery_is_answered_200_from_the_spool_and_published_wh
 
     brokers_up(broker)
     wait_published(spool, broker.bootstrap, sent, "brokers back")
-    assert ing.metric(DELIVERIES) == 0 and ing.metric(BYTES) == 0
+    spool_empty(ing)
     assert ing.metric(FAILURES) == 0
 
 
@@ -159,7 +166,7 @@ def test_a_spooled_delivery_survives_a_crash_and_the_next_start_publishes_it(
     second = Ingest(procs, broker.bootstrap, name="ingest-next", extra_env=spool_env(spool))
     wait_published(spool, broker.bootstrap, sent, "the next start")
     assert second.metric(REPLAYED) == 1
-    assert second.metric(DELIVERIES) == 0 and second.metric(BYTES) == 0
+    spool_empty(second)
     found = said(second, "info", "ingest spool: ", " found in ")
     assert len(found) == 1, lines(second)
     assert re.fullmatch(
@@ -255,7 +262,7 @@ def test_leftovers_at_start_a_partial_file_is_dropped_a_garbled_one_set_aside(
         lines(ing)
     assert ing.metric(FAILURES) == 1
     assert ing.metric(REPLAYED) == 1
-    assert ing.metric(DELIVERIES) == 0
+    spool_empty(ing)
 
 
 def test_sigterm_answers_a_spooled_delivery_200_at_once_and_keeps_its_file(
@@ -316,7 +323,7 @@ def test_with_the_brokers_up_the_spool_changes_nothing_okta_sees(broker, procs, 
     wait_until(lambda: not spooled(spool) or None, 2, "the acknowledged delivery's file to go")
     assert not list(spool.glob("*.tmp"))
     assert keys_on(broker.bootstrap) == users(sent)
-    assert ing.metric(DELIVERIES) == 0 and ing.metric(BYTES) == 0
+    spool_empty(ing)
     assert (ing.metric(ANSWERED), ing.metric(REPLAYED), ing.metric(FAILURES)) == (0, 0, 0)
 
 
@@ -347,3 +354,89 @@ def test_an_event_the_schema_refuses_in_a_spooled_delivery_is_dead_lettered_when
     for m in dead:
         assert json.loads(m.value) == refused
         assert dict(m.headers)["hookbridge-reason"] == b"data.events[1]: eventType: missing"
+
+
+def test_an_outage_longer_than_the_ingest_timeout_is_ridden_out_by_the_replay(
+        broker, procs, workdir):
+    """Okta: the brokers stay away longer than HOOKBRIDGE_INGEST_TIMEOUT (1 s
+    here; with the default 10 s, the outage that lost Okta's events before
+    the spool): the delivery answered 200 from the spool is not lost
+    although the messages first sent for it failed. The operator: the
+    replay tries it again while they are away (a warning naming the file:
+    not published yet) and publishes it once they are back, its refused
+    event to the dead-letter topic as a POST would;
+    hookbridge_ingest_spool_replayed_total 1."""
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="1s"))
+    ing.wait_ready()
+    good = [user_event(), user_event()]
+    refused = {"uuid": "replayed-no-type", "displayMessage": "no eventType"}
+    brokers_down(broker)
+    status, _, answer = ing.post([good[0], refused, good[1]])
+    assert status == 200, answer
+    assert (answer["spooled"], answer["acknowledged"], answer["dead_lettered"]) == (3, 0, 1)
+    (f,) = spooled(spool)
+    wait_until(lambda: said(ing, "warn", f.name, "not published yet") or None, 15,
+               "the replay's first try to fail")
+    assert spooled(spool) == [f] and ing.metric(REPLAYED) == 0
+
+    brokers_up(broker)
+    wait_published(spool, broker.bootstrap, good, "brokers back")
+    assert ing.metric(REPLAYED) == 1
+    dead = topic_records(broker.bootstrap, broker.dlq_topic, want=1)
+    assert {m.key.decode() for m in dead} == {refused["uuid"]}
+    assert all(json.loads(m.value) == refused for m in dead)
+    spool_empty(ing)
+
+
+def test_a_full_spool_makes_the_endpoint_not_ready_until_it_is_published(
+        broker, procs, workdir):
+    """The load balancer: the spool full (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES
+    1024, all taken by one delivery of exactly 1024 bytes while the brokers
+    are away), /readyz says 503 "spool is full", so Okta's next deliveries
+    go to an endpoint that can take them; once the brokers are back and the
+    delivery is published, it is ready again."""
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="1024"))
+    ing.wait_ready()
+    sent = [user_event()]
+    sent[0]["displayMessage"] += "x" * (1024 - len(body_of(sent)))
+    body = body_of(sent)
+    assert len(body) == 1024
+    brokers_down(broker)
+    status, _, answer = ing.post(body)
+    assert status == 200 and answer == {"spooled": 1, "acknowledged": 0}, answer
+    wait_until(lambda: ing.ops("/readyz")[0] == 503 or None, 5, "/readyz to say 503")
+    assert "spool is full" in ing.ops("/readyz")[1]
+
+    brokers_up(broker)
+    wait_published(spool, broker.bootstrap, sent, "brokers back")
+    ing.wait_ready(10)
+
+
+def test_a_start_while_the_brokers_are_away_is_ready_and_publishes_when_they_return(
+        broker, procs, workdir):
+    """The operator restarts the endpoint (or Kubernetes moves it) while
+    every broker is away: with a spool it is ready at once (without one it
+    stays not ready until they answer, and Okta's deliveries have nowhere
+    to go), Okta's deliveries are answered 200 from the spool, and they
+    and the delivery found on the spool at start are published once the
+    brokers are back."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    found = [user_event()]
+    (spool / "0000019a00000000-00000000.okta").write_bytes(body_of(found))
+    brokers_down(broker)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="2s"))
+    ing.wait_ready(10)
+    sent = [user_event(), user_event()]
+    status, _, answer = ing.post(sent)
+    assert status == 200 and answer == {"spooled": 2, "acknowledged": 0}, answer
+    assert len(spooled(spool)) == 2
+
+    brokers_up(broker)
+    wait_published(spool, broker.bootstrap, found + sent, "brokers back")
+    spool_empty(ing)
