@@ -481,3 +481,26 @@ def test_a_delivery_the_brokers_never_take_does_not_hold_up_the_ones_behind_it(
     wait_until(lambda: set(keys_on(broker.bootstrap)) >= set(users(good)) or None, 5,
                "the delivery behind the one that cannot be published on the topic")
     assert stuck.exists() or stuck.with_name(stuck.name + ".bad").exists()
+
+
+def test_deliveries_posted_at_once_during_an_outage_each_get_a_file_and_all_are_published(
+        broker, procs, workdir):
+    """Okta sends deliveries in parallel: 16 posted at once while the
+    brokers are away are each answered 200 from the spool, each in a file
+    of its own (no two spooled under one name), and every event of them is
+    on the topic once the brokers are back."""
+    from concurrent.futures import ThreadPoolExecutor
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(spool))
+    ing.wait_ready()
+    deliveries = [[user_event(), user_event()] for _ in range(16)]
+    brokers_down(broker)
+    with ThreadPoolExecutor(len(deliveries)) as pool:
+        answers = list(pool.map(ing.post, deliveries))
+    assert [(s, a) for s, _, a in answers] == [(200, {"spooled": 2, "acknowledged": 0})] * 16
+    assert len(spooled(spool)) == 16
+    wait_until(lambda: ing.metric(DELIVERIES) == 16 or None, 5, "16 deliveries on the gauge")
+
+    brokers_up(broker)
+    wait_published(spool, broker.bootstrap, [e for d in deliveries for e in d], "brokers back")
+    spool_empty(ing)
