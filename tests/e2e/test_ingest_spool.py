@@ -504,3 +504,32 @@ def test_deliveries_posted_at_once_during_an_outage_each_get_a_file_and_all_are_
     brokers_up(broker)
     wait_published(spool, broker.bootstrap, [e for d in deliveries for e in d], "brokers back")
     spool_empty(ing)
+
+
+def test_a_spool_that_cannot_write_answers_as_without_a_spool(broker, procs, workdir):
+    """A write error (here the directory removed under the running
+    endpoint; a full disk is the same to it): Okta gets the answer it got
+    without a spool, 503 with Retry-After while the brokers are away and
+    200 {"produced": 1} once they acknowledge, never a 200 for a delivery
+    that is nowhere. The operator: a warning naming the spool and why, and
+    hookbridge_ingest_spool_failures_total counting each delivery."""
+    import shutil
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="1s"))
+    ing.wait_ready()
+    shutil.rmtree(spool)
+    brokers_down(broker)
+    status, hdrs, answer = ing.post([user_event()])
+    assert status == 503 and "retry-after" in hdrs, answer
+    assert ing.metric(FAILURES) == 1
+    warned = said(ing, "warn", str(spool), "cannot write")
+    assert warned, lines(ing)
+
+    brokers_up(broker)
+    sent = [user_event()]
+    status, _, answer = wait_until(lambda: (r := ing.post(sent))[0] == 200 and r, 30,
+                                   "a 200 once the brokers are back")
+    assert answer == {"produced": 1}, answer
+    assert ing.metric(FAILURES) >= 2 and ing.metric(ANSWERED) == 0
+    assert set(users(sent)) <= set(keys_on(broker.bootstrap))
