@@ -77,6 +77,12 @@ typedef struct {
 #define HB_INGEST_REFUSED_MAX_BYTES (512 * 1024)
 #define HB_INGEST_KEY_MAX 1024
 
+/* A delivery body of len bytes may open this many objects and arrays at
+ * most (hb_ingest_parse refuses more, before parsing: jansson's tree of
+ * them is what a body costs in memory). An Okta LogEvent opens one per 50
+ * to 150 bytes. */
+#define HB_INGEST_MAX_CONTAINERS(len) ((size_t)(len) / 16 + 4096)
+
 /* Parses and validates a request body into out (freed with
  * hb_ingest_batch_free, also after a failure). 0: one message per event,
  * some perhaps refused (out->refused); -1 when the envelope itself is

@@ -299,7 +299,9 @@ def stack_metrics(db_url, procs, workdir):
         wait_until(lambda: "hookbridge_consumer_lag{" in svc.get("/metrics")[1], 30 * SLOW,
                    f"the {svc.program}'s partitions")
         names |= set(re.findall(r"^# TYPE (\w+) ", svc.get("/metrics")[1], re.M))
-    ing = Ingest(procs, broker.bootstrap)
+    # with its spool, as deploy/k8s/optional/ingest runs it
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env={"HOOKBRIDGE_INGEST_SPOOL_DIR": str(workdir / "ingest-spool")})
     names |= set(re.findall(r"^# TYPE (\w+) ", ing.ops("/metrics")[1], re.M))
     return names
 

@@ -399,12 +399,14 @@ def test_readyz_follows_the_database_and_recovers(pg_cluster, db_url, broker, pr
         proxy.close()
 
 
-def test_operations_doc_lists_exactly_the_exported_metrics(db_url, broker, procs):
+def test_operations_doc_lists_exactly_the_exported_metrics(db_url, broker, procs, tmp_path):
     """docs/operations.md's metric table names every metric family the
-    dispatcher, the retrier and the ingest endpoint export once running, and
-    nothing else."""
+    dispatcher, the retrier and the ingest endpoint (with its spool, as
+    deploy/k8s/optional/ingest runs it) export once running, and nothing
+    else."""
     from hbtest.ingest import Ingest
-    ing = Ingest(procs, broker.bootstrap)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env={"HOOKBRIDGE_INGEST_SPOOL_DIR": str(tmp_path / "ingest-spool")})
     exported = set(re.findall(r"^# TYPE (\S+) ", ing.ops("/metrics")[1], re.M))
     assert ing.proc.stop() == 0
     for cls in (Dispatcher, Retrier):

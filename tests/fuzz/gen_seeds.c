@@ -485,6 +485,12 @@ static void ingest_seeds(void) {
         deep[n++] = ']';
     n += (size_t)snprintf(deep + n, sizeof(deep) - n, "}" ENVELOPE_TAIL);
     put(t, "deep-unknown-member", deep, n);
+    /* 6,000 empty objects: more than its 18 KB may open (a memory bound) */
+    n = (size_t)snprintf(big, sizeof(big), ENVELOPE_HEAD "{}");
+    for (int i = 1; i < 6000; i++)
+        n += (size_t)snprintf(big + n, sizeof(big) - n, ",{}");
+    n += (size_t)snprintf(big + n, sizeof(big) - n, ENVELOPE_TAIL);
+    put(t, "countless-objects", big, n);
 }
 
 int main(int argc, char **argv) {

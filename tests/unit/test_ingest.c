@@ -373,6 +373,36 @@ static void refusals_quoting_long_values_stay_utf8(void **state) {
     assert_non_null(strstr(err, "eventType is \"\xc3\xa9t\xc3\xa9\", want"));
 }
 
+/* A body that is mostly empty objects would cost jansson about 80 times its
+ * size: refused before it is parsed, saying why; the same number of
+ * objects spread over realistic events is fine. */
+static void a_body_of_countless_objects_is_refused_before_parsing(void **state) {
+    hb_ingest_batch_t b;
+    char err[512];
+    const size_t n = 20000; /* 60 KB of {}: at most 60000 / 16 + 4096 = 7846 */
+    size_t len = strlen(ENVELOPE_HEAD) + 4 * n + strlen(ENVELOPE_TAIL) + 32, at;
+    char *body = malloc(len);
+    (void)state;
+    assert_non_null(body);
+    at = (size_t)snprintf(body, len, "%s", ENVELOPE_HEAD);
+    for (size_t i = 0; i < n; i++)
+        at += (size_t)snprintf(body + at, len - at, i ? ",{}" : "{}");
+    snprintf(body + at, len - at, "%s", ENVELOPE_TAIL);
+    assert_int_equal(hb_ingest_parse(codec, body, strlen(body), &b, err, sizeof(err)), -1);
+    hb_ingest_batch_free(&b);
+    assert_non_null(strstr(err, "20003 JSON objects and arrays in"));
+    assert_non_null(strstr(err, "more than an event-hook delivery holds"));
+    /* braces inside strings are text, not objects: a body of them parses */
+    at = (size_t)snprintf(body, len, "%s{\"uuid\":\"", ENVELOPE_HEAD);
+    for (size_t i = 0; i < n; i++)
+        at += (size_t)snprintf(body + at, len - at, "{[\\\"");
+    snprintf(body + at, len - at, "\"}%s", ENVELOPE_TAIL);
+    assert_int_equal(hb_ingest_parse(codec, body, strlen(body), &b, err, sizeof(err)), 0);
+    assert_int_equal(b.cnt, 1);
+    hb_ingest_batch_free(&b);
+    free(body);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_event_is_encoded_and_keyed),
@@ -383,6 +413,7 @@ int main(void) {
         cmocka_unit_test(okta_s_odd_values_are_delivered),
         cmocka_unit_test(only_values_beyond_jansson_are_quoted),
         cmocka_unit_test(refusals_quoting_long_values_stay_utf8),
+        cmocka_unit_test(a_body_of_countless_objects_is_refused_before_parsing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
