@@ -480,10 +480,11 @@ int hb_kafka_reach_check(hb_kafka_reach_t *r) {
     if (r->down && !was_down) {
         r->down_ms = now;
         if (!r->all_down_ms)
-            hb_warn("%s (not ready until they answer)", r->why);
+            hb_warn("%s (%s)", r->why,
+                    r->while_down ? r->while_down : "not ready until they answer");
     } else if (!r->down && was_down) {
-        hb_info("Kafka reachable again: the brokers answer (not ready for %lld s)",
-                (long long)((now - r->down_ms) / 1000));
+        hb_info("Kafka reachable again: the brokers answer (%s for %lld s)",
+                r->while_down ? "away" : "not ready", (long long)((now - r->down_ms) / 1000));
     }
     return r->down;
 }

@@ -104,6 +104,9 @@ typedef struct {
     char why[1024];      /* for /readyz: "Kafka brokers not answering for 4 s" */
     int64_t down_ms;     /* hb_mono_ms() when down began */
     int64_t all_down_ms; /* "all brokers down" seen, not yet answered since */
+    /* set before start: what an outage means instead of "not ready" (NULL:
+     * not ready), for the log lines ("deliveries go to the ingest spool") */
+    const char *while_down;
     /* the probe thread and hb_kafka_reach_stop */
     rd_kafka_t *rk; /* set by start, also when the thread could not be made */
     char topic[256];
