@@ -773,16 +773,21 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     char why[600], outcome[700];
     struct timespec until;
     size_t len = 0;
-    int rc, last, ok;
+    int rc, last, ok, gone;
     pub_t p;
     req_t *r;
-    char *text = hb_spool_read(in->spool, f, &len, why, sizeof(why));
-    if (!text) { /* gone, or unreadable: it is not queued again */
+    char *text = hb_spool_read(in->spool, f, &len, &gone, why, sizeof(why));
+    if (!text && gone) { /* deleted by hand: nothing left to publish */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
-                       "ingest spool: %s; that delivery is not published", why);
+                       "ingest spool: %s (deleted?); that delivery is not published", why);
         hb_metric_inc(in->m_spool_failures);
-        hb_spool_quarantine(in->spool, f);
+        hb_spool_forget(in->spool, f);
         return -1;
+    }
+    if (!text) { /* out of descriptors, an I/O error: the bytes may be intact */
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later", why);
+        hb_spool_requeue(in->spool, f);
+        return 0;
     }
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, text, len, &b, why, sizeof(why));

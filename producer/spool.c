@@ -283,14 +283,17 @@ int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f) {
     return got;
 }
 
-char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, char *errstr,
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *gone, char *errstr,
                     size_t errstr_size) {
     int fd = openat(s->dfd, f->name, O_RDONLY | O_CLOEXEC);
     struct stat st;
     char *buf;
     size_t got = 0;
+    *gone = 0;
     if (fd < 0 || fstat(fd, &st) < 0) {
-        hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name, strerror(errno));
+        int err = errno;
+        *gone = err == ENOENT;
+        hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name, strerror(err));
         if (fd >= 0)
             close(fd);
         return NULL;
@@ -313,6 +316,13 @@ char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, char *
     buf[got] = '\0';
     *len = got;
     return buf;
+}
+
+void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f) {
+    pthread_mutex_lock(&s->mu);
+    s->files--;
+    s->bytes -= (long long)f->size;
+    pthread_mutex_unlock(&s->mu);
 }
 
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f) {

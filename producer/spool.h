@@ -49,9 +49,12 @@ void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f);
 /* Takes the oldest queued file into *f: 1, or 0 when none is queued. The
  * caller then removes or requeues it. */
 int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f);
-/* f's bytes (malloc'd), NULL with errstr. */
-char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, char *errstr,
+/* f's bytes (malloc'd), NULL with errstr and *gone set when the file is
+ * no more (ENOENT); any other failure (EMFILE, EIO...) may pass. */
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *gone, char *errstr,
                     size_t errstr_size);
+/* f is gone from the directory (deleted by hand): counted out. */
+void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f);
 /* f cannot be published (not an event-hook delivery): renamed NAME.bad,
  * counted out, never queued again. */
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
