@@ -1180,9 +1180,21 @@ static void register_metrics(ingest_t *in) {
 
 /* Readiness. With a spool: whether it has room, whatever the brokers say
  * (while they are away, deliveries go to the spool, so the load balancer
- * must keep sending them here). Without: what the brokers say (kafka_ok,
- * why). */
+ * must keep sending them here). Without, or while the spool cannot write
+ * (a full disk: review 42 had every delivery answered 503 with /readyz
+ * 200): what the brokers say (kafka_ok, why). */
 static void set_ready(ingest_t *in, int kafka_ok, const char *why) {
+    char cannot[400], both[1000];
+    if (in->spool && !hb_spool_writable(in->spool, cannot, sizeof(cannot))) {
+        if (kafka_ok) {
+            hb_httpd_set_ready(in->ops, 1, NULL);
+            return;
+        }
+        snprintf(both, sizeof(both), "%s, and %s", cannot,
+                 why ? why : "the events and dead-letter topics are not known");
+        hb_httpd_set_ready(in->ops, 0, both);
+        return;
+    }
     if (in->spool) {
         int room = hb_spool_has_room(in->spool);
         hb_httpd_set_ready(in->ops, room,

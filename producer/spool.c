@@ -22,6 +22,9 @@
 #define SPOOL_SUFFIX ".okta"
 #define SPOOL_TMP ".tmp"
 #define SPOOL_BAD ".bad"
+/* After a failed write, hb_spool_writable tries one of this size this often. */
+#define SPOOL_PROBE_BYTES 4096
+#define SPOOL_PROBE_EVERY_MS 1000
 
 struct hb_spool_s {
     char *dir;
@@ -34,6 +37,11 @@ struct hb_spool_s {
     long long bytes;        /* their sizes */
     hb_spool_file_t *queue; /* to publish again: a min-heap by name (oldest first) */
     size_t qlen, qcap;
+    /* the last write failed (disk full, read-only, I/O error): why, and
+     * when hb_spool_writable tries a write of its own */
+    int failing;
+    char failing_why[256];
+    int64_t probe_at;
 };
 
 /* A spooled file's name: 16 hex digits, '-', 8 hex digits, ".okta". */
@@ -242,6 +250,9 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
         unlinkat(s->dfd, f->name, 0);
         goto fail;
     }
+    pthread_mutex_lock(&s->mu);
+    s->failing = 0;
+    pthread_mutex_unlock(&s->mu);
     return 0;
 fail:
     hb_seterr(errstr, errstr_size, "ingest spool %s: cannot write %s: %s", s->dir, tmp,
@@ -249,8 +260,50 @@ fail:
     pthread_mutex_lock(&s->mu);
     s->bytes -= (long long)len;
     s->files--;
+    if (!s->failing)
+        s->probe_at = hb_mono_ms() + SPOOL_PROBE_EVERY_MS;
+    s->failing = 1;
+    snprintf(s->failing_why, sizeof(s->failing_why), "%s", strerror(err));
     pthread_mutex_unlock(&s->mu);
     return -1;
+}
+
+/* A write as a delivery's (a .tmp file, synced, deleted): 0, or errno. */
+static int spool_probe(hb_spool_t *s) {
+    static const char page[SPOOL_PROBE_BYTES];
+    int fd = openat(s->dfd, "probe" SPOOL_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int err = 0;
+    if (fd < 0)
+        return errno;
+    if (spool_write_all(fd, page, sizeof(page)) < 0 || fdatasync(fd) < 0)
+        err = errno ? errno : EIO;
+    close(fd);
+    unlinkat(s->dfd, "probe" SPOOL_TMP, 0);
+    return err;
+}
+
+int hb_spool_writable(hb_spool_t *s, char *why, size_t why_size) {
+    int failing, probe, err;
+    pthread_mutex_lock(&s->mu);
+    failing = s->failing;
+    probe = failing && hb_mono_ms() >= s->probe_at;
+    if (probe)
+        s->probe_at = hb_mono_ms() + SPOOL_PROBE_EVERY_MS;
+    pthread_mutex_unlock(&s->mu);
+    if (!failing)
+        return 1;
+    if (probe && (err = spool_probe(s)) == 0) {
+        pthread_mutex_lock(&s->mu);
+        s->failing = 0;
+        pthread_mutex_unlock(&s->mu);
+        return 1;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (probe)
+        snprintf(s->failing_why, sizeof(s->failing_why), "%s", strerror(err));
+    hb_seterr(why, why_size, "the ingest spool %s cannot write (%s)", s->dir, s->failing_why);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
 }
 
 void hb_spool_remove(hb_spool_t *s, const hb_spool_file_t *f) {

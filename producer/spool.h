@@ -63,6 +63,10 @@ void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
 void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
 /* Whether the spool is below its max_bytes. */
 int hb_spool_has_room(hb_spool_t *s);
+/* Whether the spool can write: 1, or 0 with why while the last write
+ * failed (disk full, read-only, I/O error) and no write of its own (tried
+ * once a second, from the caller's thread) has succeeded since. */
+int hb_spool_writable(hb_spool_t *s, char *why, size_t why_size);
 const char *hb_spool_dir(const hb_spool_t *s);
 
 #endif
