@@ -165,6 +165,9 @@ struct req_s {
     int spool_on; /* its body is on the spool (spooled): req_free settles the file */
     int replay;   /* the spool's replay publishes it: no connection */
     hb_spool_file_t spooled;
+    /* guarded by in->lock: an event the brokers refuse for good (larger
+     * than message.max.bytes): the replay sets its file aside */
+    rd_kafka_resp_err_t refused_for_good;
 };
 
 struct ingest_s {
@@ -210,9 +213,18 @@ static void req_unref_locked(req_t *r, int *last) {
     *last = --r->refs == 0;
 }
 
+/* A message error no later try can change (the message is too large for
+ * the brokers or this producer): the replay sets its file aside rather
+ * than hold every later file behind it (review 42). */
+static int refused_for_good(rd_kafka_resp_err_t err) {
+    return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+           err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE;
+}
+
 /* The request's last reference is gone, so every message of it has its
  * report: its spool file goes if every event was acknowledged, else it is
- * queued for the replay. */
+ * queued for the replay (or, the replay's and refused for good, set aside
+ * as .bad). */
 static void req_free(req_t *r) {
     ingest_t *in = r->in;
     if (r->spool_on) {
@@ -220,6 +232,14 @@ static void req_free(req_t *r) {
             hb_spool_remove(in->spool, &r->spooled);
             if (r->replay)
                 hb_metric_inc(in->m_spool_replayed);
+        } else if (r->replay && r->refused_for_good) {
+            hb_log(HB_LOG_ERROR, NULL,
+                   "ingest spool: %s/%s: the brokers refuse %zu of its %zu events for good (%s): "
+                   "renamed %s.bad, not published",
+                   hb_spool_dir(in->spool), r->spooled.name, r->n - r->ok_cnt, r->n,
+                   hb_kafka_err_str(r->refused_for_good), r->spooled.name);
+            hb_metric_inc(in->m_spool_failures);
+            hb_spool_quarantine(in->spool, &r->spooled);
         } else {
             hb_spool_requeue(in->spool, &r->spooled);
             pthread_mutex_lock(&in->lock);
@@ -273,6 +293,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     } else if (rkm->err && r->failed++ == 0) {
         r->first_err = rkm->err;
     }
+    if (rkm->err && !too_large && refused_for_good(rkm->err))
+        r->refused_for_good = rkm->err;
     in->outstanding--;
     req_unref_locked(r, &last);
     pthread_cond_broadcast(&in->cond);
@@ -558,6 +580,9 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
         if (!again)
             continue;
         if (m->shrunk) {
+            pthread_mutex_lock(&in->lock);
+            r->refused_for_good = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+            pthread_mutex_unlock(&in->lock);
             hb_seterr(perr, perr_size,
                       "data.events[%zu]: the dead-letter topic %s refused even what identifies "
                       "the event (Broker: Message size too large)",
@@ -614,6 +639,11 @@ static void publish(ingest_t *in, req_t *r, hb_ingest_batch_t *b, const struct t
         }
         if (rc == INGEST_STOPPING)
             break;
+        if (rc == HB_KAFKA_TOO_LARGE) {
+            pthread_mutex_lock(&in->lock);
+            r->refused_for_good = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+            pthread_mutex_unlock(&in->lock);
+        }
         if (rc < 0) {
             hb_metric_inc(in->m_failed);
             p->produce_failed = 1;
@@ -767,13 +797,14 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
 
 /* Publishes one spooled file again: 1 when every event of it is
  * acknowledged (the file is gone), 0 when not (it is queued again), -1
- * when it is no event-hook delivery (renamed .bad). */
+ * when it is no event-hook delivery, or the brokers refuse an event of it
+ * for good (renamed .bad), or it was deleted. */
 static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     hb_ingest_batch_t b;
     char why[600], outcome[700];
     struct timespec until;
     size_t len = 0;
-    int rc, last, ok, gone;
+    int rc, last, ok, gone, for_good;
     pub_t p;
     req_t *r;
     char *text = hb_spool_read(in->spool, f, &len, &gone, why, sizeof(why));
@@ -815,6 +846,7 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     publish(in, r, &b, &until, &p);
     pthread_mutex_lock(&in->lock);
     ok = r->ok_cnt == r->n;
+    for_good = !ok && r->refused_for_good; /* req_free sets it aside */
     if (!ok)
         snprintf(outcome, sizeof(outcome), "%zu of %zu events acknowledged%s%.600s", r->ok_cnt,
                  r->n, p.produce_failed ? ": " : "", p.produce_failed ? p.why : "");
@@ -822,14 +854,14 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     pthread_mutex_unlock(&in->lock);
     if (ok)
         hb_info("ingest spool: published %s (%zu events)", f->name, b.cnt);
-    else
+    else if (!for_good)
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
                        "ingest spool: %s not published yet (%s): tried again later", f->name,
                        outcome);
     hb_ingest_batch_free(&b);
     if (last) /* else the last report settles the file */
         req_free(r);
-    return ok;
+    return ok ? 1 : for_good ? -1 : 0;
 }
 
 /* The replay thread: publishes the spool's queued files, oldest first, one
