@@ -515,7 +515,11 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
     const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
     int rc, last;
     pthread_mutex_lock(&in->lock);
-    if (in->aborting || (r->spool_on && in->stopping)) {
+    /* a spooled request is still produced during the stop (its answer does
+     * not wait): the stop's flush may have its acks, and its file goes
+     * (review 42: a delivery on a kept-alive connection in the drain was
+     * left on the disk, nothing produced, the brokers up) */
+    if (in->aborting) {
         pthread_mutex_unlock(&in->lock);
         hb_seterr(perr, perr_size, "the producer is stopping");
         return INGEST_STOPPING;
