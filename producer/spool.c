@@ -42,7 +42,17 @@ struct hb_spool_s {
     int failing;
     char failing_why[256];
     int64_t probe_at;
+    /* a delivery that fits max_bytes was refused for lack of room, and no
+     * file has gone since: no room (hb_spool_has_room) */
+    int full;
 };
+
+/* A spooled file is gone (mu held): its bytes are room again. */
+static void spool_count_out_locked(hb_spool_t *s, size_t size) {
+    s->files--;
+    s->bytes -= (long long)size;
+    s->full = 0;
+}
 
 /* A spooled file's name: 16 hex digits, '-', 8 hex digits, ".okta". */
 static int spool_name_ok(const char *n) {
@@ -213,6 +223,10 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
     int fd, err;
     pthread_mutex_lock(&s->mu);
     if (s->bytes + (long long)len > s->max_bytes) {
+        /* not ready until a file goes: the next delivery would not fit
+         * either (review 42: /readyz 200 with every delivery refused) */
+        if ((long long)len <= s->max_bytes)
+            s->full = 1;
         pthread_mutex_unlock(&s->mu);
         return HB_SPOOL_FULL;
     }
@@ -314,8 +328,7 @@ void hb_spool_remove(hb_spool_t *s, const hb_spool_file_t *f) {
                 "at the next start): %s",
                 s->dir, f->name, strerror(errno));
     pthread_mutex_lock(&s->mu);
-    s->files--;
-    s->bytes -= (long long)f->size;
+    spool_count_out_locked(s, f->size);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -373,8 +386,7 @@ char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *g
 
 void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f) {
     pthread_mutex_lock(&s->mu);
-    s->files--;
-    s->bytes -= (long long)f->size;
+    spool_count_out_locked(s, f->size);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -385,8 +397,7 @@ void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f) {
         hb_warn("ingest spool %s: cannot rename %s to %s: %s", s->dir, f->name, bad,
                 strerror(errno));
     pthread_mutex_lock(&s->mu);
-    s->files--;
-    s->bytes -= (long long)f->size;
+    spool_count_out_locked(s, f->size);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -400,7 +411,7 @@ void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes) {
 int hb_spool_has_room(hb_spool_t *s) {
     int room;
     pthread_mutex_lock(&s->mu);
-    room = s->bytes < s->max_bytes;
+    room = s->bytes < s->max_bytes && !s->full;
     pthread_mutex_unlock(&s->mu);
     return room;
 }

@@ -61,7 +61,8 @@ void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
 
 /* Spooled deliveries (queued or in flight) and their bytes. */
 void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
-/* Whether the spool is below its max_bytes. */
+/* Whether the spool is below its max_bytes, and has not refused a
+ * delivery that fits them since a file last went. */
 int hb_spool_has_room(hb_spool_t *s);
 /* Whether the spool can write: 1, or 0 with why while the last write
  * failed (disk full, read-only, I/O error) and no write of its own (tried
