@@ -105,7 +105,7 @@ def test_a_large_backlog_on_the_spool_does_not_hold_the_start(broker, procs, wor
     took the oldest by moving all the others: quadratic in the files. With
     80,000 small deliveries left on the spool (a full 1 GiB spool of
     Okta-sized deliveries holds hundreds of thousands) the producer was not
-    even listening, its health port neither, for 8 s (50,000: 3.2 s; a
+    even listening, its health port neither, for 6 to 7 s (50,000: 3.2 s; a
     liveness probe restarts it, and the next start scans again). Now a
     heap: the scan of 80,000 files takes a fraction of a second, and they
     are all published in order."""
