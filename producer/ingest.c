@@ -38,6 +38,7 @@
  * end) for one that trickles its headers, and for a body from its headers
  * on, by a budget that grows as its bytes arrive (INGEST_MIN_BODY_RATE).
  */
+#include <errno.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <microhttpd.h>
@@ -799,6 +800,14 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     return ret;
 }
 
+/* A spooled file that could not be read this time may be the next (review
+ * 42: out of descriptors under a burst of connections, the file was set
+ * aside for good, never published): err 0 is a size changed while read. */
+static int spool_read_passes(int err) {
+    return err == 0 || err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN ||
+           err == EINTR || err == ENOBUFS || err == EIO;
+}
+
 /* Publishes one spooled file again: 1 when every event of it is
  * acknowledged (the file is gone), 0 when not (it is queued again), -1
  * when it is no event-hook delivery, or the brokers refuse an event of it
@@ -808,21 +817,28 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     char why[600], outcome[700];
     struct timespec until;
     size_t len = 0;
-    int rc, last, ok, gone, for_good;
+    int rc, last, ok, err, for_good;
     pub_t p;
     req_t *r;
-    char *text = hb_spool_read(in->spool, f, &len, &gone, why, sizeof(why));
-    if (!text && gone) { /* deleted by hand: nothing left to publish */
+    char *text = hb_spool_read(in->spool, f, &len, &err, why, sizeof(why));
+    if (!text && err == ENOENT) { /* deleted by hand: nothing left to publish */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
                        "ingest spool: %s (deleted?); that delivery is not published", why);
         hb_metric_inc(in->m_spool_failures);
         hb_spool_forget(in->spool, f);
         return -1;
     }
-    if (!text) { /* out of descriptors, an I/O error: the bytes may be intact */
+    if (!text && spool_read_passes(err)) { /* the bytes are intact: another try */
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later", why);
         hb_spool_requeue(in->spool, f);
         return 0;
+    }
+    if (!text) { /* EACCES, EISDIR...: set aside rather than hold every later file */
+        hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
+                       "ingest spool: %s; renamed %s.bad, not published", why, f->name);
+        hb_metric_inc(in->m_spool_failures);
+        hb_spool_quarantine(in->spool, f);
+        return -1;
     }
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, text, len, &b, why, sizeof(why));

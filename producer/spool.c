@@ -349,19 +349,24 @@ int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f) {
     return got;
 }
 
-char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *gone, char *errstr,
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *err, char *errstr,
                     size_t errstr_size) {
     int fd = openat(s->dfd, f->name, O_RDONLY | O_CLOEXEC);
     struct stat st;
     char *buf;
     size_t got = 0;
-    *gone = 0;
+    *err = 0;
     if (fd < 0 || fstat(fd, &st) < 0) {
-        int err = errno;
-        *gone = err == ENOENT;
-        hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name, strerror(err));
+        *err = errno;
+        hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name, strerror(*err));
         if (fd >= 0)
             close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(st.st_mode)) { /* replaced by hand (a directory...) */
+        *err = EINVAL;
+        hb_seterr(errstr, errstr_size, "cannot read %s/%s: not a regular file", s->dir, f->name);
+        close(fd);
         return NULL;
     }
     buf = hb_malloc((size_t)st.st_size + 1);
@@ -369,13 +374,19 @@ char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *g
         ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
         if (r < 0 && errno == EINTR)
             continue;
+        if (r < 0)
+            *err = errno;
         if (r <= 0)
             break;
         got += (size_t)r;
     }
     close(fd);
     if (got != (size_t)st.st_size) {
-        hb_seterr(errstr, errstr_size, "cannot read %s/%s: short read", s->dir, f->name);
+        if (*err)
+            hb_seterr(errstr, errstr_size, "cannot read %s/%s: %s", s->dir, f->name,
+                      strerror(*err));
+        else
+            hb_seterr(errstr, errstr_size, "cannot read %s/%s: short read", s->dir, f->name);
         free(buf);
         return NULL;
     }

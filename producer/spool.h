@@ -49,9 +49,10 @@ void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f);
 /* Takes the oldest queued file into *f: 1, or 0 when none is queued. The
  * caller then removes or requeues it. */
 int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f);
-/* f's bytes (malloc'd), NULL with errstr and *gone set when the file is
- * no more (ENOENT); any other failure (EMFILE, EIO...) may pass. */
-char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *gone, char *errstr,
+/* f's bytes (malloc'd), NULL with errstr and *err: the open's or read's
+ * errno (ENOENT: the file is no more; EINVAL: no regular file), or 0 when
+ * it changed size while read. */
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *err, char *errstr,
                     size_t errstr_size);
 /* f is gone from the directory (deleted by hand): counted out. */
 void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f);

@@ -243,3 +243,33 @@ def test_a_delivery_during_the_stop_s_drain_is_still_produced(broker, procs, wor
     assert ing.proc.p.wait(30 * SLOW) == 0
     assert ev["actor"]["id"] in users_on(broker.bootstrap)
     assert not spooled(spool)
+
+
+def test_spooled_files_replaced_or_deleted_by_hand_do_not_hold_up_the_others(
+        broker, procs, workdir):
+    """The other side of the test above (a guard, passes on f90f36a too): a
+    spooled file an operator deleted is given up, one replaced by something
+    that is no file (a directory) is set aside as .bad, both counted in the
+    failures, and the delivery spooled after them is published."""
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(spool))
+    ing.wait_ready()
+    brokers_down(broker)
+    sent = [user_event() for _ in range(3)]
+    for ev in sent:
+        status, _, body = ing.post([ev])
+        assert status == 200 and body.get("spooled") == 1, body
+    time.sleep(3)  # their messages time out (HOOKBRIDGE_INGEST_TIMEOUT 1s): the replay's now
+    names = spooled(spool)
+    assert len(names) == 3
+    (spool / names[0]).unlink()
+    (spool / names[1]).unlink()
+    (spool / names[1]).mkdir()
+    brokers_up(broker)
+    wait_until(lambda: sent[2]["actor"]["id"] in users_on(broker.bootstrap) or None, 30 * SLOW,
+               "the third delivery on the topic")
+    wait_until(lambda: not spooled(spool) or None, 10 * SLOW, "the spool emptied")
+    assert (spool / (names[1] + ".bad")).is_dir()
+    wait_until(lambda: ing.metric(FAILURES) == 2 or None, 5 * SLOW, "two failures counted")
+    wait_until(lambda: ing.metric("hookbridge_ingest_spool_deliveries") == 0 or None, 5 * SLOW,
+               "the gauge at 0")
