@@ -38,6 +38,7 @@
  * end) for one that trickles its headers, and for a body from its headers
  * on, by a budget that grows as its bytes arrive (INGEST_MIN_BODY_RATE).
  */
+#include <errno.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <microhttpd.h>
@@ -165,6 +166,9 @@ struct req_s {
     int spool_on; /* its body is on the spool (spooled): req_free settles the file */
     int replay;   /* the spool's replay publishes it: no connection */
     hb_spool_file_t spooled;
+    /* guarded by in->lock: an event the brokers refuse for good (larger
+     * than message.max.bytes): the replay sets its file aside */
+    rd_kafka_resp_err_t refused_for_good;
 };
 
 struct ingest_s {
@@ -210,9 +214,18 @@ static void req_unref_locked(req_t *r, int *last) {
     *last = --r->refs == 0;
 }
 
+/* A message error no later try can change (the message is too large for
+ * the brokers or this producer): the replay sets its file aside rather
+ * than hold every later file behind it (review 42). */
+static int refused_for_good(rd_kafka_resp_err_t err) {
+    return err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ||
+           err == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE;
+}
+
 /* The request's last reference is gone, so every message of it has its
  * report: its spool file goes if every event was acknowledged, else it is
- * queued for the replay. */
+ * queued for the replay (or, the replay's and refused for good, set aside
+ * as .bad). */
 static void req_free(req_t *r) {
     ingest_t *in = r->in;
     if (r->spool_on) {
@@ -220,6 +233,14 @@ static void req_free(req_t *r) {
             hb_spool_remove(in->spool, &r->spooled);
             if (r->replay)
                 hb_metric_inc(in->m_spool_replayed);
+        } else if (r->replay && r->refused_for_good) {
+            hb_log(HB_LOG_ERROR, NULL,
+                   "ingest spool: %s/%s: the brokers refuse %zu of its %zu events for good (%s): "
+                   "renamed %s.bad, not published",
+                   hb_spool_dir(in->spool), r->spooled.name, r->n - r->ok_cnt, r->n,
+                   hb_kafka_err_str(r->refused_for_good), r->spooled.name);
+            hb_metric_inc(in->m_spool_failures);
+            hb_spool_quarantine(in->spool, &r->spooled);
         } else {
             hb_spool_requeue(in->spool, &r->spooled);
             pthread_mutex_lock(&in->lock);
@@ -273,6 +294,8 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     } else if (rkm->err && r->failed++ == 0) {
         r->first_err = rkm->err;
     }
+    if (rkm->err && !too_large && refused_for_good(rkm->err))
+        r->refused_for_good = rkm->err;
     in->outstanding--;
     req_unref_locked(r, &last);
     pthread_cond_broadcast(&in->cond);
@@ -493,7 +516,11 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
     const char *topic = m->refused ? in->cfg->dlq_topic : in->cfg->events_topic;
     int rc, last;
     pthread_mutex_lock(&in->lock);
-    if (in->aborting || (r->spool_on && in->stopping)) {
+    /* a spooled request is still produced during the stop (its answer does
+     * not wait): the stop's flush may have its acks, and its file goes
+     * (review 42: a delivery on a kept-alive connection in the drain was
+     * left on the disk, nothing produced, the brokers up) */
+    if (in->aborting) {
         pthread_mutex_unlock(&in->lock);
         hb_seterr(perr, perr_size, "the producer is stopping");
         return INGEST_STOPPING;
@@ -558,6 +585,9 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
         if (!again)
             continue;
         if (m->shrunk) {
+            pthread_mutex_lock(&in->lock);
+            r->refused_for_good = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+            pthread_mutex_unlock(&in->lock);
             hb_seterr(perr, perr_size,
                       "data.events[%zu]: the dead-letter topic %s refused even what identifies "
                       "the event (Broker: Message size too large)",
@@ -614,6 +644,11 @@ static void publish(ingest_t *in, req_t *r, hb_ingest_batch_t *b, const struct t
         }
         if (rc == INGEST_STOPPING)
             break;
+        if (rc == HB_KAFKA_TOO_LARGE) {
+            pthread_mutex_lock(&in->lock);
+            r->refused_for_good = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+            pthread_mutex_unlock(&in->lock);
+        }
         if (rc < 0) {
             hb_metric_inc(in->m_failed);
             p->produce_failed = 1;
@@ -765,21 +800,42 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     return ret;
 }
 
+/* A spooled file that could not be read this time may be the next (review
+ * 42: out of descriptors under a burst of connections, the file was set
+ * aside for good, never published): err 0 is a size changed while read. */
+static int spool_read_passes(int err) {
+    return err == 0 || err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN ||
+           err == EINTR || err == ENOBUFS || err == EIO;
+}
+
 /* Publishes one spooled file again: 1 when every event of it is
  * acknowledged (the file is gone), 0 when not (it is queued again), -1
- * when it is no event-hook delivery (renamed .bad). */
+ * when it is no event-hook delivery, or the brokers refuse an event of it
+ * for good (renamed .bad), or it was deleted. */
 static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     hb_ingest_batch_t b;
     char why[600], outcome[700];
     struct timespec until;
     size_t len = 0;
-    int rc, last, ok;
+    int rc, last, ok, err, for_good;
     pub_t p;
     req_t *r;
-    char *text = hb_spool_read(in->spool, f, &len, why, sizeof(why));
-    if (!text) { /* gone, or unreadable: it is not queued again */
+    char *text = hb_spool_read(in->spool, f, &len, &err, why, sizeof(why));
+    if (!text && err == ENOENT) { /* deleted by hand: nothing left to publish */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
-                       "ingest spool: %s; that delivery is not published", why);
+                       "ingest spool: %s (deleted?); that delivery is not published", why);
+        hb_metric_inc(in->m_spool_failures);
+        hb_spool_forget(in->spool, f);
+        return -1;
+    }
+    if (!text && spool_read_passes(err)) { /* the bytes are intact: another try */
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later", why);
+        hb_spool_requeue(in->spool, f);
+        return 0;
+    }
+    if (!text) { /* EACCES, EISDIR...: set aside rather than hold every later file */
+        hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
+                       "ingest spool: %s; renamed %s.bad, not published", why, f->name);
         hb_metric_inc(in->m_spool_failures);
         hb_spool_quarantine(in->spool, f);
         return -1;
@@ -810,6 +866,7 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     publish(in, r, &b, &until, &p);
     pthread_mutex_lock(&in->lock);
     ok = r->ok_cnt == r->n;
+    for_good = !ok && r->refused_for_good; /* req_free sets it aside */
     if (!ok)
         snprintf(outcome, sizeof(outcome), "%zu of %zu events acknowledged%s%.600s", r->ok_cnt,
                  r->n, p.produce_failed ? ": " : "", p.produce_failed ? p.why : "");
@@ -817,14 +874,14 @@ static int replay_one(ingest_t *in, const hb_spool_file_t *f) {
     pthread_mutex_unlock(&in->lock);
     if (ok)
         hb_info("ingest spool: published %s (%zu events)", f->name, b.cnt);
-    else
+    else if (!for_good)
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
                        "ingest spool: %s not published yet (%s): tried again later", f->name,
                        outcome);
     hb_ingest_batch_free(&b);
     if (last) /* else the last report settles the file */
         req_free(r);
-    return ok;
+    return ok ? 1 : for_good ? -1 : 0;
 }
 
 /* The replay thread: publishes the spool's queued files, oldest first, one
@@ -1175,9 +1232,21 @@ static void register_metrics(ingest_t *in) {
 
 /* Readiness. With a spool: whether it has room, whatever the brokers say
  * (while they are away, deliveries go to the spool, so the load balancer
- * must keep sending them here). Without: what the brokers say (kafka_ok,
- * why). */
+ * must keep sending them here). Without, or while the spool cannot write
+ * (a full disk: review 42 had every delivery answered 503 with /readyz
+ * 200): what the brokers say (kafka_ok, why). */
 static void set_ready(ingest_t *in, int kafka_ok, const char *why) {
+    char cannot[400], both[1000];
+    if (in->spool && !hb_spool_writable(in->spool, cannot, sizeof(cannot))) {
+        if (kafka_ok) {
+            hb_httpd_set_ready(in->ops, 1, NULL);
+            return;
+        }
+        snprintf(both, sizeof(both), "%s, and %s", cannot,
+                 why ? why : "the events and dead-letter topics are not known");
+        hb_httpd_set_ready(in->ops, 0, both);
+        return;
+    }
     if (in->spool) {
         int room = hb_spool_has_room(in->spool);
         hb_httpd_set_ready(in->ops, room,

@@ -49,17 +49,26 @@ void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f);
 /* Takes the oldest queued file into *f: 1, or 0 when none is queued. The
  * caller then removes or requeues it. */
 int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f);
-/* f's bytes (malloc'd), NULL with errstr. */
-char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, char *errstr,
+/* f's bytes (malloc'd), NULL with errstr and *err: the open's or read's
+ * errno (ENOENT: the file is no more; EINVAL: no regular file), or 0 when
+ * it changed size while read. */
+char *hb_spool_read(hb_spool_t *s, const hb_spool_file_t *f, size_t *len, int *err, char *errstr,
                     size_t errstr_size);
+/* f is gone from the directory (deleted by hand): counted out. */
+void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f);
 /* f cannot be published (not an event-hook delivery): renamed NAME.bad,
  * counted out, never queued again. */
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
 
 /* Spooled deliveries (queued or in flight) and their bytes. */
 void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
-/* Whether the spool is below its max_bytes. */
+/* Whether the spool is below its max_bytes, and has not refused a
+ * delivery that fits them since a file last went. */
 int hb_spool_has_room(hb_spool_t *s);
+/* Whether the spool can write: 1, or 0 with why while the last write
+ * failed (disk full, read-only, I/O error) and no write of its own (tried
+ * once a second, from the caller's thread) has succeeded since. */
+int hb_spool_writable(hb_spool_t *s, char *why, size_t why_size);
 const char *hb_spool_dir(const hb_spool_t *s);
 
 #endif
