@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 
-import pytest
 
 from hbtest.ingest import Ingest, envelope, topic_messages
 from hbtest.procs import SLOW, wait_until
@@ -457,11 +456,6 @@ def test_a_start_while_the_brokers_are_away_is_ready_and_publishes_when_they_ret
     spool_empty(ing)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reported to the lead (SPOOL-SPEC gap): after a failed try the replay takes the oldest file "
-    "again, so a delivery that can never be published (an event over message.max.bytes, "
-    "answered 200 from the spool as 'a produce error') holds up every delivery spooled after "
-    "it, for good"))
 def test_a_delivery_the_brokers_never_take_does_not_hold_up_the_ones_behind_it(
         broker, procs, workdir):
     """The operator: a spooled delivery holding an event larger than this
@@ -535,11 +529,6 @@ def test_a_spool_that_cannot_write_answers_as_without_a_spool(broker, procs, wor
     assert set(users(sent)) <= set(keys_on(broker.bootstrap))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reported to the lead: /readyz says 503 only when the spooled bytes reach "
-    "HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES exactly (SPOOL-SPEC's 'room' is bytes < max), so a spool "
-    "too full for the next delivery refuses it (logged 'is full', 503 after the ingest timeout) "
-    "while /readyz stays 200; docs/ingest.md says 'while full, /readyz is 503'"))
 def test_a_spool_too_full_for_the_next_delivery_makes_the_endpoint_not_ready(
         broker, procs, workdir):
     """The load balancer: once the spool refuses a delivery for lack of room
