@@ -255,6 +255,13 @@ static void req_free(req_t *r) {
     free(r);
 }
 
+/* n events of r not acknowledged: failed, unless r is on the spool (its
+ * events are published from there: the spool's metrics count them). */
+static void count_failed(ingest_t *in, const req_t *r, size_t n) {
+    if (!r->spool_on)
+        hb_metric_add(in->m_failed, (double)n);
+}
+
 /* librdkafka's delivery report, on main's thread (rd_kafka_poll). */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
     ingest_t *in = opaque;
@@ -278,7 +285,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         rkm->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
         in->recheck_topics = 1;
     if (rkm->err && !too_large)
-        hb_metric_inc(in->m_failed);
+        count_failed(in, r, 1);
     else if (!rkm->err)
         hb_metric_inc(dlq ? in->m_dead : in->m_produced);
     pthread_mutex_lock(&in->lock);
@@ -592,7 +599,7 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
                       "data.events[%zu]: the dead-letter topic %s refused even what identifies "
                       "the event (Broker: Message size too large)",
                       i, in->cfg->dlq_topic);
-            hb_metric_inc(in->m_failed);
+            count_failed(in, r, 1);
             return -1;
         }
         hb_ingest_refused_shrink(m, "is larger than the dead-letter topic takes");
@@ -602,7 +609,7 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
                "published only",
                i, in->cfg->dlq_topic);
         if (produce_event(in, r, m, i, until, perr, perr_size) < 0) {
-            hb_metric_inc(in->m_failed);
+            count_failed(in, r, 1);
             return -1;
         }
     }
@@ -650,7 +657,7 @@ static void publish(ingest_t *in, req_t *r, hb_ingest_batch_t *b, const struct t
             pthread_mutex_unlock(&in->lock);
         }
         if (rc < 0) {
-            hb_metric_inc(in->m_failed);
+            count_failed(in, r, 1);
             p->produce_failed = 1;
             snprintf(p->why, sizeof(p->why), "event %zu could not be queued (%s)", i, perr);
             break;
@@ -1139,7 +1146,8 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     ingest_t *in = opaque;
     (void)rk;
     if (hb_kafka_reach_down(&in->brokers, err))
-        hb_warn("ingest: not ready: all Kafka brokers are down (%s)", reason);
+        hb_warn("ingest: %s: all Kafka brokers are down (%s)",
+                in->spool ? "deliveries are answered from the spool" : "not ready", reason);
 }
 
 static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size_t errstr_size) {
@@ -1186,7 +1194,8 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
 
 #define EVENTS_HELP                                                                                \
     "Ingested events by outcome: produced (acknowledged by the brokers), dead_lettered (refused "  \
-    "by the validation, on the dead-letter topic as received) or failed (not acknowledged)."
+    "by the validation, on the dead-letter topic as received) or failed (not acknowledged, and "   \
+    "not on the spool)."
 
 static void register_metrics(ingest_t *in) {
     static const char *const classes[] = {"class=\"2xx\"", "class=\"4xx\"", "class=\"5xx\""};
@@ -1216,7 +1225,10 @@ static void register_metrics(ingest_t *in) {
                                          "Deliveries on the ingest spool: answered, not yet "
                                          "every event acknowledged by the brokers.");
     in->m_spool_bytes =
-        hb_metrics_gauge("hookbridge_ingest_spool_bytes", NULL, "Bytes of the spooled deliveries.");
+        hb_metrics_gauge("hookbridge_ingest_spool_bytes", NULL,
+                         "Bytes the spool takes on its volume, in 4 KiB blocks (the "
+                         "files set aside as .bad included): what "
+                         "HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES bounds.");
     in->m_spool_answered =
         hb_metrics_counter("hookbridge_ingest_spool_answered_total", NULL,
                            "Deliveries answered 200 from the spool before the brokers "
@@ -1313,6 +1325,8 @@ static int ingest_loop(ingest_t *in) {
             if (in->topic && in->dlq) {
                 hb_info("ingest: ready (events topic %s and dead-letter topic %s known)",
                         in->cfg->events_topic, in->cfg->dlq_topic);
+                if (in->spool) /* ready all the same: the log says so */
+                    in->brokers.while_down = "deliveries are answered from the ingest spool";
                 if (!in->reach_started &&
                     hb_kafka_reach_start(&in->brokers, in->rk, in->cfg->events_topic, errstr,
                                          sizeof(errstr)) < 0)

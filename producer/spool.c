@@ -24,6 +24,7 @@
 #define SPOOL_BAD ".bad"
 /* After a failed write, hb_spool_writable tries one of this size this often. */
 #define SPOOL_PROBE_BYTES 4096
+#define SPOOL_BLOCK 4096
 #define SPOOL_PROBE_EVERY_MS 1000
 
 struct hb_spool_s {
@@ -34,7 +35,7 @@ struct hb_spool_s {
     pthread_mutex_t mu;
     unsigned seq;
     long files;             /* spooled: queued or in flight */
-    long long bytes;        /* their sizes */
+    long long bytes;        /* on the volume (spool_disk_size): theirs and the .bad files' */
     hb_spool_file_t *queue; /* to publish again: a min-heap by name (oldest first) */
     size_t qlen, qcap;
     /* the last write failed (disk full, read-only, I/O error): why, and
@@ -46,6 +47,14 @@ struct hb_spool_s {
      * file has gone since: no room (hb_spool_has_room) */
     int full;
 };
+
+/* What a file of len bytes takes on the volume: whole 4 KiB blocks. An
+ * emptyDir's sizeLimit counts blocks, not bytes: counted by their bytes,
+ * deliveries of 1 to 2.5 KB would have filled a 1 GiB volume (and had the
+ * pod evicted, its spool lost) at 250 to 600 MiB of spool. */
+static size_t spool_disk_size(size_t len) {
+    return (len + SPOOL_BLOCK - 1) / SPOOL_BLOCK * SPOOL_BLOCK;
+}
 
 /* A spooled file is gone (mu held): its bytes are room again. */
 static void spool_count_out_locked(hb_spool_t *s, size_t size) {
@@ -135,12 +144,22 @@ static int spool_scan(hb_spool_t *s, char *errstr, size_t errstr_size) {
                         s->dir, e->d_name);
             continue;
         }
-        if (!spool_name_ok(e->d_name) || fstatat(s->dfd, e->d_name, &st, 0) < 0 ||
-            !S_ISREG(st.st_mode))
+        if (fstatat(s->dfd, e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
             continue;
+        if (spool_has_suffix(e->d_name, SPOOL_BAD)) { /* set aside, still on the volume */
+            s->bytes += (long long)spool_disk_size((size_t)st.st_size);
+            continue;
+        }
+        if (!spool_name_ok(e->d_name)) {
+            if (spool_has_suffix(e->d_name, SPOOL_SUFFIX))
+                hb_warn("ingest spool: %s/%s is not named as a spooled delivery is "
+                        "(<16 hex digits>-<8 hex digits>.okta): left alone, not published",
+                        s->dir, e->d_name);
+            continue;
+        }
         memset(&f, 0, sizeof(f));
         memcpy(f.name, e->d_name, HB_SPOOL_NAME_LEN);
-        f.size = (size_t)st.st_size;
+        f.size = spool_disk_size((size_t)st.st_size);
         spool_enqueue_locked(s, &f);
         s->files++;
         s->bytes += (long long)f.size;
@@ -221,16 +240,17 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
     struct timespec now;
     unsigned seq;
     int fd, err;
+    size_t disk = spool_disk_size(len);
     pthread_mutex_lock(&s->mu);
-    if (s->bytes + (long long)len > s->max_bytes) {
+    if (s->bytes + (long long)disk > s->max_bytes) {
         /* not ready until a file goes: the next delivery would not fit
          * either (review 42: /readyz 200 with every delivery refused) */
-        if ((long long)len <= s->max_bytes)
+        if ((long long)disk <= s->max_bytes)
             s->full = 1;
         pthread_mutex_unlock(&s->mu);
         return HB_SPOOL_FULL;
     }
-    s->bytes += (long long)len; /* held while written, so parallel puts cannot overfill */
+    s->bytes += (long long)disk; /* held while written, so parallel puts cannot overfill */
     s->files++;
     seq = s->seq++;
     pthread_mutex_unlock(&s->mu);
@@ -240,7 +260,7 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
     snprintf(f->name, sizeof(f->name), "%016llx-%08x" SPOOL_SUFFIX,
              (unsigned long long)now.tv_sec * 1000ULL + (unsigned long long)now.tv_nsec / 1000000,
              seq);
-    f->size = len;
+    f->size = disk;
     snprintf(tmp, sizeof(tmp), "%.25s" SPOOL_TMP, f->name);
     fd = openat(s->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -272,7 +292,7 @@ fail:
     hb_seterr(errstr, errstr_size, "ingest spool %s: cannot write %s: %s", s->dir, tmp,
               strerror(err));
     pthread_mutex_lock(&s->mu);
-    s->bytes -= (long long)len;
+    s->bytes -= (long long)disk;
     s->files--;
     if (!s->failing)
         s->probe_at = hb_mono_ms() + SPOOL_PROBE_EVERY_MS;
@@ -408,7 +428,7 @@ void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f) {
         hb_warn("ingest spool %s: cannot rename %s to %s: %s", s->dir, f->name, bad,
                 strerror(errno));
     pthread_mutex_lock(&s->mu);
-    spool_count_out_locked(s, f->size);
+    s->files--; /* not its bytes: the file is still on the volume */
     pthread_mutex_unlock(&s->mu);
 }
 

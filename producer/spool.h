@@ -28,7 +28,7 @@ typedef struct hb_spool_s hb_spool_t;
 /* One spooled delivery: its file's name and size. */
 typedef struct {
     char name[HB_SPOOL_NAME_LEN + 1];
-    size_t size;
+    size_t size; /* on the volume: whole 4 KiB blocks */
 } hb_spool_file_t;
 
 /* Opens DIR (created, mode 0700, if missing), takes its lock, deletes the
@@ -60,7 +60,8 @@ void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f);
  * counted out, never queued again. */
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
 
-/* Spooled deliveries (queued or in flight) and their bytes. */
+/* Spooled deliveries (queued or in flight), and the bytes the spool takes on
+ * its volume (theirs and the .bad files', in whole 4 KiB blocks). */
 void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
 /* Whether the spool is below its max_bytes, and has not refused a
  * delivery that fits them since a file last went. */
