@@ -358,6 +358,14 @@ void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f) {
     pthread_mutex_unlock(&s->mu);
 }
 
+int hb_spool_queued(hb_spool_t *s) {
+    int queued;
+    pthread_mutex_lock(&s->mu);
+    queued = s->qlen > 0;
+    pthread_mutex_unlock(&s->mu);
+    return queued;
+}
+
 int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f) {
     int got = 0;
     pthread_mutex_lock(&s->mu);

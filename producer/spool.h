@@ -49,6 +49,8 @@ void hb_spool_requeue(hb_spool_t *s, const hb_spool_file_t *f);
 /* Takes the oldest queued file into *f: 1, or 0 when none is queued. The
  * caller then removes or requeues it. */
 int hb_spool_take(hb_spool_t *s, hb_spool_file_t *f);
+/* Whether any file is queued. */
+int hb_spool_queued(hb_spool_t *s);
 /* f's bytes (malloc'd), NULL with errstr and *err: the open's or read's
  * errno (ENOENT: the file is no more; EINVAL: no regular file), or 0 when
  * it changed size while read. */
