@@ -109,9 +109,13 @@ static hb_log_limit_t log_spool = HB_LOG_LIMIT_NOTE(
 #define INGEST_REPLAY_BACKOFF_MS 1000
 #define INGEST_REPLAY_BACKOFF_MAX_MS 30000
 /* A replay round publishes at most this many files, and takes no more once
- * it holds this many events. */
+ * it holds this many events, or files of this many bytes: its events wait
+ * in librdkafka's queue until acknowledged (review 43: 256 files of 4 MiB,
+ * a gigabyte in memory with the brokers away; a file at a time, before,
+ * held 4 MiB). */
 #define INGEST_REPLAY_FILES 256
 #define INGEST_REPLAY_EVENTS 20000
+#define INGEST_REPLAY_BYTES (8 * 1024 * 1024)
 
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request's headers within them (of their start, or of
@@ -930,18 +934,19 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
 
 /* Publishes up to INGEST_REPLAY_FILES of the spool's queued files (oldest
  * first) at once, their events produced together and then their reports
- * awaited, about INGEST_REPLAY_EVENTS events at most (one file at a time
- * and its acks awaited, review 42 measured 190 deliveries a second: half
- * an hour for a full spool). Whether any failed (to be tried again later)
+ * awaited, about INGEST_REPLAY_EVENTS events and INGEST_REPLAY_BYTES at
+ * most (one file at a time and its acks awaited, review 42 measured 190
+ * deliveries a second: half an hour for a full spool). Whether any failed (to be tried again later)
  * and how many were published. */
 static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
-    size_t cnt = 0, events = 0;
+    size_t cnt = 0, events = 0, bytes = 0;
     struct timespec until;
     *failed = 0;
     *published = 0;
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
-    while (cnt < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS && !*failed) {
+    while (cnt < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS &&
+           bytes < INGEST_REPLAY_BYTES && !*failed) {
         int rc, stopping;
         pthread_mutex_lock(&in->lock);
         stopping = in->stopping;
@@ -951,8 +956,10 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
         rc = replay_start(in, &xs[cnt], &until);
         if (rc == 0)
             *failed = 1;
-        if (rc > 0)
-            events += xs[cnt++].b.cnt;
+        if (rc > 0) {
+            events += xs[cnt].b.cnt;
+            bytes += xs[cnt++].f.size;
+        }
     }
     for (size_t i = 0; i < cnt; i++) {
         int rc = replay_finish(in, &xs[i], &until);

@@ -1,0 +1,72 @@
+"""Review 43: the ingest spool's replay as c32e07f made it (a round of up to
+256 files and 20,000 events produced together, then their acks awaited).
+Each test fails on c32e07f. Real parts on loopback: the producer
+(hookbridge-producer --listen) and the devbroker (SIGUSR1 takes every broker
+down, SIGUSR2 brings them back)."""
+import os
+import time
+
+from hbtest.ingest import Ingest
+from hbtest.procs import SLOW, wait_until
+from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, body_of, brokers_down, brokers_up,
+                               spool_env, spooled, user_event)
+
+
+def rss_mib(pid, field="VmHWM"):
+    """The process's resident memory (VmRSS), or its peak (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def small_quarantine():
+    """ASAN_OPTIONS for a process whose memory is measured: ASan keeps what
+    is freed aside (256 MiB by default), which a measure would count."""
+    return os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=4"
+
+
+def test_a_replay_round_holds_a_few_mib_of_the_spool_not_hundreds(broker, procs, workdir):
+    """A replay round took up to 256 files, whatever their size, and
+    produced them all before awaiting an ack: with large deliveries (the
+    4 MiB HOOKBRIDGE_INGEST_MAX_BODY_BYTES allows; 64 MiB if raised) the
+    round held them all in librdkafka's queue at once (its own limit is
+    1 GiB). With the brokers away, 24 spooled deliveries of 3.9 MB took
+    the process from about 40 to 130 MiB within 4 s (a full 1 GiB spool: a
+    gigabyte, past the manifest's 512 MiB limit: OOM-killed, restarted,
+    the same round again). The round is now bounded in bytes too, as one
+    file at a time was before c32e07f; the files are still all published
+    once the brokers are back."""
+    env = {"ASAN_OPTIONS": small_quarantine(), "HOOKBRIDGE_INGEST_TIMEOUT": "10s"}
+    empty = Ingest(procs, broker.bootstrap, name="ingest-baseline",
+                   extra_env=spool_env(workdir / "empty", **env))
+    empty.wait_ready()
+    time.sleep(0.5)
+    base = rss_mib(empty.proc.p.pid)
+    empty.proc.stop()
+
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    start = int(time.time() * 1000) - 60000
+    for i in range(24):  # 20 events of 195 KB each (256 KiB is the most one event may be)
+        events = [dict(user_event(), displayMessage="x" * 195000) for _ in range(20)]
+        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of(events))
+    total = sum(p.stat().st_size for p in spool.iterdir()) / 2**20
+    brokers_down(broker)
+    ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(spool, **env))
+    pid = ing.proc.p.pid
+    peak = base
+    until = time.monotonic() + 5 * SLOW
+    while time.monotonic() < until and peak - base < total / 2:
+        peak = rss_mib(pid)
+        time.sleep(0.1)
+    assert peak - base < 40, (f"{peak:.0f} MiB at the peak, {base:.0f} MiB without a spool: "
+                              f"the replay holds {peak - base:.0f} MiB of the {total:.0f} MiB "
+                              "spooled")
+
+    brokers_up(broker)
+    wait_until(lambda: not spooled(spool) or None, 30, "the spool published")
+    wait_until(lambda: (ing.metric(DELIVERIES), ing.metric(BYTES)) == (0, 0) or None, 5,
+               "the gauges at 0")
+    assert ing.metric(REPLAYED) == 24
