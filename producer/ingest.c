@@ -905,10 +905,11 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
 }
 
 /* Waits for a started file's reports: 1 when every event of it is
- * acknowledged (the file is gone), 0 when not (it is queued again), -1 when
- * the brokers refuse some for good (set aside as .bad). */
-static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until) {
-    char outcome[700];
+ * acknowledged (the file is gone), 0 when not (it is queued again: outcome
+ * says how far it got), -1 when the brokers refuse some for good (set aside
+ * as .bad). */
+static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until, char *outcome,
+                         size_t outcome_size) {
     req_t *r = x->r;
     int last, ok, for_good;
     publish_finish(in, r, &x->b, until, &x->p);
@@ -916,16 +917,12 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
     ok = r->ok_cnt == r->n;
     for_good = !ok && r->refused_for_good; /* req_free sets it aside */
     if (!ok)
-        snprintf(outcome, sizeof(outcome), "%zu of %zu events acknowledged%s%.600s", r->ok_cnt,
-                 r->n, x->p.produce_failed ? ": " : "", x->p.produce_failed ? x->p.why : "");
+        snprintf(outcome, outcome_size, "%zu of %zu events acknowledged%s%.600s", r->ok_cnt, r->n,
+                 x->p.produce_failed ? ": " : "", x->p.produce_failed ? x->p.why : "");
     req_unref_locked(r, &last);
     pthread_mutex_unlock(&in->lock);
     if (ok)
         hb_debug("ingest spool: published %s (%zu events)", x->f.name, x->b.cnt);
-    else if (!for_good)
-        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
-                       "ingest spool: %s not published yet (%s): tried again later", x->f.name,
-                       outcome);
     hb_ingest_batch_free(&x->b);
     if (last) /* else the last report settles the file */
         req_free(r);
@@ -936,11 +933,15 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
  * first) at once, their events produced together and then their reports
  * awaited, about INGEST_REPLAY_EVENTS events and INGEST_REPLAY_BYTES at
  * most (one file at a time and its acks awaited, review 42 measured 190
- * deliveries a second: half an hour for a full spool). Whether any failed (to be tried again later)
- * and how many were published. */
+ * deliveries a second: half an hour for a full spool). Whether any failed
+ * (to be tried again later) and how many were published. The files not
+ * published are one warning a round, not one each (review 43: a round's
+ * 256 lines spent the limit log_spool shares, and the warning that the
+ * spool is full went unwritten). */
 static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
-    size_t cnt = 0, events = 0, bytes = 0;
+    size_t cnt = 0, events = 0, bytes = 0, unpublished = 0;
+    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "";
     struct timespec until;
     *failed = 0;
     *published = 0;
@@ -962,12 +963,27 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
         }
     }
     for (size_t i = 0; i < cnt; i++) {
-        int rc = replay_finish(in, &xs[i], &until);
-        if (rc == 0)
+        char why[700];
+        int rc = replay_finish(in, &xs[i], &until, why, sizeof(why));
+        if (rc == 0) {
             *failed = 1;
-        else if (rc > 0)
+            if (!unpublished++) {
+                snprintf(first, sizeof(first), "%s", xs[i].f.name);
+                snprintf(outcome, sizeof(outcome), "%s", why);
+            }
+        } else if (rc > 0) {
             (*published)++;
+        }
     }
+    if (unpublished == 1)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s not published yet (%s): tried again later", first,
+                       outcome);
+    else if (unpublished)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s not published yet (%s), and %zu more deliveries of its "
+                       "round: tried again later",
+                       first, outcome, unpublished - 1);
     free(xs);
 }
 

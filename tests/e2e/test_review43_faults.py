@@ -9,7 +9,7 @@ import time
 from hbtest.ingest import Ingest
 from hbtest.procs import SLOW, wait_until
 from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, body_of, brokers_down, brokers_up,
-                               spool_env, spooled, user_event)
+                               lines, said, spool_env, spooled, user_event)
 
 
 def rss_mib(pid, field="VmHWM"):
@@ -70,3 +70,34 @@ def test_a_replay_round_holds_a_few_mib_of_the_spool_not_hundreds(broker, procs,
     wait_until(lambda: (ing.metric(DELIVERIES), ing.metric(BYTES)) == (0, 0) or None, 5,
                "the gauges at 0")
     assert ing.metric(REPLAYED) == 24
+
+
+def test_a_failed_round_is_one_warning_and_leaves_room_for_the_spool_s_others(
+        broker, procs, workdir):
+    """A round the brokers did not take logged "not published yet" once per
+    file: up to 256 lines a round, through the limit every "ingest spool
+    ..." line shares (50 lines per 10 s). With 120 deliveries spooled and
+    the brokers away, the first round spent the window's 50 lines, and the
+    warning that the spool is full (this delivery answered as without a
+    spool: 503 once the ingest timeout passes) was not written: the
+    operator saw 503s, and lines about the files, not why. Now a round says
+    once what it could not publish (its first file, and how many more)."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    start = int(time.time() * 1000) - 60000
+    for i in range(120):
+        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of([user_event()]))
+    brokers_down(broker)
+    ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(
+        spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES=str(120 * 4096),  # full with them
+        HOOKBRIDGE_INGEST_TIMEOUT="1s", HOOKBRIDGE_LOG_LEVEL="info"))  # at debug, no limit
+    wait_until(lambda: said(ing, "warn", "not published yet") or None, 10,
+               "the first round to fail")
+    status, _, answer = ing.post([user_event()])
+    assert status == 503, answer
+    assert said(ing, "warn", "ingest spool", "is full"), [
+        l["msg"] for l in lines(ing) if l["level"] == "warn"][-5:]
+    rounds = said(ing, "warn", "not published yet")
+    assert len(rounds) < 5, f"{len(rounds)} lines"
+    first = rounds[0]["msg"]
+    assert spooled(spool)[0].name in first and "and 119 more" in first, first
