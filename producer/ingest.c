@@ -1379,6 +1379,7 @@ static void spool_gauges(ingest_t *in) {
     long long bytes;
     if (!in->spool)
         return;
+    hb_spool_recount(in->spool);
     hb_spool_usage(in->spool, &files, &bytes);
     hb_metric_set(in->m_spool_files, (double)files);
     hb_metric_set(in->m_spool_bytes, (double)bytes);

@@ -101,3 +101,29 @@ def test_a_failed_round_is_one_warning_and_leaves_room_for_the_spool_s_others(
     assert len(rounds) < 5, f"{len(rounds)} lines"
     first = rounds[0]["msg"]
     assert spooled(spool)[0].name in first and "and 119 more" in first, first
+
+
+def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, workdir):
+    """A spooled file set aside as .bad keeps counting in the spool's bytes
+    (it is still on the volume). The operator who deleted it, having read
+    the error line, saw nothing change: /readyz stayed 503 "the ingest
+    spool is full" and hookbridge_ingest_spool_bytes kept its size until
+    the process restarted. (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES 8192: a
+    garbled file of 5000 bytes, two 4 KiB blocks, fills it.) Now the spool
+    notices within about a second that the file is gone."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    garbled = spool / "0000000000000001-00000001.okta"
+    garbled.write_text("x" * 5000)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
+    bad = spool / (garbled.name + ".bad")
+    wait_until(lambda: bad.exists() or None, 10, "the garbled file set aside")
+    wait_until(lambda: ing.ops("/readyz")[0] == 503 or None, 5, "the spool full of it")
+    assert "spool is full" in ing.ops("/readyz")[1]
+    assert ing.metric(BYTES) == 8192
+    bad.unlink()
+    ing.wait_ready(5)
+    wait_until(lambda: ing.metric(BYTES) == 0 or None, 5, "its bytes counted out")
+    status, _, answer = ing.post([user_event()])
+    assert status == 200 and answer == {"produced": 1}, answer
