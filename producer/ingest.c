@@ -849,15 +849,16 @@ typedef struct {
 } replay_t;
 
 /* Reads, parses and produces one spooled file (x->f): 1 with x->r set (its
- * events are produced: replay_finish waits for them); 0 when it is tried
- * again later (requeued); -1 when it is set aside or gone. */
-static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until) {
+ * events are produced: replay_finish waits for them); 0 when it cannot be
+ * read for now (why says; the caller queues it again after its round); -1
+ * when it is set aside or gone. */
+static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until, char *why,
+                        size_t why_size) {
     const hb_spool_file_t *f = &x->f;
-    char why[600];
     size_t len = 0;
     int rc, err;
     req_t *r;
-    char *text = hb_spool_read(in->spool, f, &len, &err, why, sizeof(why));
+    char *text = hb_spool_read(in->spool, f, &len, &err, why, why_size);
     x->r = NULL;
     if (!text && err == ENOENT) { /* deleted by hand: nothing left to publish */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
@@ -866,11 +867,8 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
         hb_spool_forget(in->spool, f);
         return -1;
     }
-    if (!text && spool_read_passes(err)) { /* the bytes are intact: another try */
-        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later", why);
-        hb_spool_requeue(in->spool, f);
+    if (!text && spool_read_passes(err)) /* the bytes are intact: another try */
         return 0;
-    }
     if (!text) { /* EACCES, EISDIR...: set aside rather than hold every later file */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
                        "ingest spool: %s; renamed %s.bad, not published", why, f->name);
@@ -879,7 +877,7 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
         return -1;
     }
     pthread_mutex_lock(&in->codec_lock);
-    rc = hb_ingest_parse(in->codec, text, len, &x->b, why, sizeof(why));
+    rc = hb_ingest_parse(in->codec, text, len, &x->b, why, why_size);
     pthread_mutex_unlock(&in->codec_lock);
     free(text);
     if (rc < 0) {
@@ -940,41 +938,46 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
  * spool is full went unwritten). */
 static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
-    size_t cnt = 0, events = 0, bytes = 0, unpublished = 0;
-    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "";
+    hb_spool_file_t *later = hb_calloc(INGEST_REPLAY_FILES, sizeof(*later));
+    size_t cnt = 0, nlater = 0, events = 0, bytes = 0, unpublished = 0;
+    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "", why[700];
     struct timespec until;
     *failed = 0;
     *published = 0;
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
-    while (cnt < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS &&
-           bytes < INGEST_REPLAY_BYTES && !*failed) {
+    while (cnt + nlater < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS &&
+           bytes < INGEST_REPLAY_BYTES) {
         int rc, stopping;
         pthread_mutex_lock(&in->lock);
         stopping = in->stopping;
         pthread_mutex_unlock(&in->lock);
         if (stopping || !hb_spool_take(in->spool, &xs[cnt].f))
             break;
-        rc = replay_start(in, &xs[cnt], &until);
-        if (rc == 0)
-            *failed = 1;
-        if (rc > 0) {
+        rc = replay_start(in, &xs[cnt], &until, why, sizeof(why));
+        if (rc == 0) { /* queued again after the round, which goes on (review 43:
+                        * the oldest file unreadable for a while held up all) */
+            later[nlater++] = xs[cnt].f;
+            if (!unpublished++) {
+                snprintf(first, sizeof(first), "%s", xs[cnt].f.name);
+                snprintf(outcome, sizeof(outcome), "%s", why);
+            }
+        } else if (rc > 0) {
             events += xs[cnt].b.cnt;
             bytes += xs[cnt++].f.size;
         }
     }
     for (size_t i = 0; i < cnt; i++) {
-        char why[700];
         int rc = replay_finish(in, &xs[i], &until, why, sizeof(why));
-        if (rc == 0) {
-            *failed = 1;
-            if (!unpublished++) {
-                snprintf(first, sizeof(first), "%s", xs[i].f.name);
-                snprintf(outcome, sizeof(outcome), "%s", why);
-            }
+        if (rc == 0 && !unpublished++) {
+            snprintf(first, sizeof(first), "%s", xs[i].f.name);
+            snprintf(outcome, sizeof(outcome), "%s", why);
         } else if (rc > 0) {
             (*published)++;
         }
     }
+    for (size_t i = 0; i < nlater; i++)
+        hb_spool_requeue(in->spool, &later[i]);
+    *failed = unpublished > 0;
     if (unpublished == 1)
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
                        "ingest spool: %s not published yet (%s): tried again later", first,
@@ -984,12 +987,15 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
                        "ingest spool: %s not published yet (%s), and %zu more deliveries of its "
                        "round: tried again later",
                        first, outcome, unpublished - 1);
+    free(later);
     free(xs);
 }
 
 /* The replay thread: publishes the spool's queued files, oldest first, a
- * round of several at a time; after a failure it waits (backing off) before
- * the next round. */
+ * round of several at a time; after a round that published none of them it
+ * waits, backing off, before the next; after one that published some but
+ * not all, the first step only (review 43: a file the brokers cannot take
+ * for now had every round wait up to 30 s, each publishing 255 others). */
 static void *replay_main(void *arg) {
     ingest_t *in = arg;
     int64_t backoff = 0, next_try = 0;
@@ -1004,7 +1010,10 @@ static void *replay_main(void *arg) {
             size_t published;
             pthread_mutex_unlock(&in->lock);
             replay_round(in, &failed, &published);
-            if (failed) {
+            if (failed && published) { /* the brokers take files: not an outage */
+                backoff = INGEST_REPLAY_BACKOFF_MS;
+                next_try = hb_mono_ms() + backoff;
+            } else if (failed) {
                 backoff = backoff ? backoff * 2 : INGEST_REPLAY_BACKOFF_MS;
                 if (backoff > INGEST_REPLAY_BACKOFF_MAX_MS)
                     backoff = INGEST_REPLAY_BACKOFF_MAX_MS;
