@@ -940,7 +940,7 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
     hb_spool_file_t *later = hb_calloc(INGEST_REPLAY_FILES, sizeof(*later));
     size_t cnt = 0, nlater = 0, events = 0, bytes = 0, unpublished = 0;
-    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "", why[700];
+    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "", why[700], unread[700] = "";
     struct timespec until;
     *failed = 0;
     *published = 0;
@@ -956,11 +956,9 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
         rc = replay_start(in, &xs[cnt], &until, why, sizeof(why));
         if (rc == 0) { /* queued again after the round, which goes on (review 43:
                         * the oldest file unreadable for a while held up all) */
+            if (!nlater)
+                snprintf(unread, sizeof(unread), "%s", why);
             later[nlater++] = xs[cnt].f;
-            if (!unpublished++) {
-                snprintf(first, sizeof(first), "%s", xs[cnt].f.name);
-                snprintf(outcome, sizeof(outcome), "%s", why);
-            }
         } else if (rc > 0) {
             events += xs[cnt].b.cnt;
             bytes += xs[cnt++].f.size;
@@ -977,7 +975,14 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
     }
     for (size_t i = 0; i < nlater; i++)
         hb_spool_requeue(in->spool, &later[i]);
-    *failed = unpublished > 0;
+    *failed = unpublished > 0 || nlater > 0;
+    if (nlater == 1)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later",
+                       unread);
+    else if (nlater)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s, and %zu more files of its round: tried again later",
+                       unread, nlater - 1);
     if (unpublished == 1)
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
                        "ingest spool: %s not published yet (%s): tried again later", first,
