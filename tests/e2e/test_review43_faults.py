@@ -121,8 +121,9 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
                  extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
     bad = spool / (garbled.name + ".bad")
     wait_until(lambda: bad.exists() or None, 10, "the garbled file set aside")
-    wait_until(lambda: ing.ops("/readyz")[0] == 503 or None, 5, "the spool full of it")
-    assert "spool is full" in ing.ops("/readyz")[1]
+    wait_until(lambda: "spool is full" in ing.ops("/readyz")[1] or None, 5,
+               "/readyz to say the spool is full of it")
+    assert ing.ops("/readyz")[0] == 503
     assert ing.metric(BYTES) == 8192
     bad.unlink()
     ing.wait_ready(5)
