@@ -940,6 +940,7 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
     hb_spool_file_t *later = hb_calloc(INGEST_REPLAY_FILES, sizeof(*later));
     size_t cnt = 0, nlater = 0, events = 0, bytes = 0, unpublished = 0;
+    int stopped;
     char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "", why[700], unread[700] = "";
     struct timespec until;
     *failed = 0;
@@ -976,6 +977,16 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
     for (size_t i = 0; i < nlater; i++)
         hb_spool_requeue(in->spool, &later[i]);
     *failed = unpublished > 0 || nlater > 0;
+    pthread_mutex_lock(&in->lock);
+    stopped = in->stopping;
+    pthread_mutex_unlock(&in->lock);
+    if (stopped && unpublished) { /* nothing is tried again: the stop says what stays */
+        hb_info("ingest spool: the stop ended a replay round: %zu of its deliveries not "
+                "acknowledged yet (the stop's flush may still have them; else they stay on the "
+                "spool)",
+                unpublished);
+        unpublished = 0;
+    }
     if (nlater == 1)
         hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later",
                        unread);

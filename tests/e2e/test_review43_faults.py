@@ -4,6 +4,7 @@ Each test fails on c32e07f. Real parts on loopback: the producer
 (hookbridge-producer --listen) and the devbroker (SIGUSR1 takes every broker
 down, SIGUSR2 brings them back)."""
 import os
+import signal
 import time
 
 import pytest
@@ -163,3 +164,27 @@ def test_a_file_that_cannot_be_read_for_now_does_not_hold_up_the_spool_behind_it
     assert said(ing, "warn", stuck.name, "short read", "tried again later"), lines(ing)[-5:]
     wait_until(lambda: ing.metric(DELIVERIES) == 1 or None, 5, "the gauge at 1")
     assert ing.metric(REPLAYED) == 1200
+
+
+def test_a_round_cut_short_by_the_stop_is_not_said_to_be_tried_again(broker, procs, workdir):
+    """SIGTERM while a round waits for the brokers' acks (they are away):
+    the round's files were each said "not published yet ... tried again
+    later" (now one line for the round) by a process about to exit, which
+    tries nothing again. Now the round cut short says so at info, and the
+    stop's own warning counts what stays on the spool."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    start = int(time.time() * 1000) - 60000
+    for i in range(50):
+        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of([user_event()]))
+    brokers_down(broker)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="10s"))
+    time.sleep(1.5 * SLOW)  # the round's events produced, their acks awaited
+    ing.proc.signal(signal.SIGTERM)
+    assert ing.proc.p.wait(30 * SLOW) == 0
+    assert not said(ing, "warn", "not published yet"), said(ing, "warn", "not published yet")
+    assert said(ing, "info", "the stop ended a replay round", "50 of its deliveries")
+    stay = said(ing, "warn", "stay on the ingest spool")
+    assert len(stay) == 1 and stay[0]["msg"].startswith("stopping: 50 deliveries"), stay
+    assert len(spooled(spool)) == 50
