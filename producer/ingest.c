@@ -109,9 +109,13 @@ static hb_log_limit_t log_spool = HB_LOG_LIMIT_NOTE(
 #define INGEST_REPLAY_BACKOFF_MS 1000
 #define INGEST_REPLAY_BACKOFF_MAX_MS 30000
 /* A replay round publishes at most this many files, and takes no more once
- * it holds this many events. */
+ * it holds this many events, or files of this many bytes: its events wait
+ * in librdkafka's queue until acknowledged (review 43: 256 files of 4 MiB,
+ * a gigabyte in memory with the brokers away; a file at a time, before,
+ * held 4 MiB). */
 #define INGEST_REPLAY_FILES 256
 #define INGEST_REPLAY_EVENTS 20000
+#define INGEST_REPLAY_BYTES (8 * 1024 * 1024)
 
 /* Idle connections are closed after this many seconds, and so are those that
  * have not sent a whole request's headers within them (of their start, or of
@@ -845,15 +849,16 @@ typedef struct {
 } replay_t;
 
 /* Reads, parses and produces one spooled file (x->f): 1 with x->r set (its
- * events are produced: replay_finish waits for them); 0 when it is tried
- * again later (requeued); -1 when it is set aside or gone. */
-static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until) {
+ * events are produced: replay_finish waits for them); 0 when it cannot be
+ * read for now (why says; the caller queues it again after its round); -1
+ * when it is set aside or gone. */
+static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until, char *why,
+                        size_t why_size) {
     const hb_spool_file_t *f = &x->f;
-    char why[600];
     size_t len = 0;
     int rc, err;
     req_t *r;
-    char *text = hb_spool_read(in->spool, f, &len, &err, why, sizeof(why));
+    char *text = hb_spool_read(in->spool, f, &len, &err, why, why_size);
     x->r = NULL;
     if (!text && err == ENOENT) { /* deleted by hand: nothing left to publish */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
@@ -862,11 +867,8 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
         hb_spool_forget(in->spool, f);
         return -1;
     }
-    if (!text && spool_read_passes(err)) { /* the bytes are intact: another try */
-        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later", why);
-        hb_spool_requeue(in->spool, f);
+    if (!text && spool_read_passes(err)) /* the bytes are intact: another try */
         return 0;
-    }
     if (!text) { /* EACCES, EISDIR...: set aside rather than hold every later file */
         hb_log_limited(&log_spool, HB_LOG_ERROR, NULL,
                        "ingest spool: %s; renamed %s.bad, not published", why, f->name);
@@ -875,7 +877,7 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
         return -1;
     }
     pthread_mutex_lock(&in->codec_lock);
-    rc = hb_ingest_parse(in->codec, text, len, &x->b, why, sizeof(why));
+    rc = hb_ingest_parse(in->codec, text, len, &x->b, why, why_size);
     pthread_mutex_unlock(&in->codec_lock);
     free(text);
     if (rc < 0) {
@@ -901,10 +903,11 @@ static int replay_start(ingest_t *in, replay_t *x, const struct timespec *until)
 }
 
 /* Waits for a started file's reports: 1 when every event of it is
- * acknowledged (the file is gone), 0 when not (it is queued again), -1 when
- * the brokers refuse some for good (set aside as .bad). */
-static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until) {
-    char outcome[700];
+ * acknowledged (the file is gone), 0 when not (it is queued again: outcome
+ * says how far it got), -1 when the brokers refuse some for good (set aside
+ * as .bad). */
+static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until, char *outcome,
+                         size_t outcome_size) {
     req_t *r = x->r;
     int last, ok, for_good;
     publish_finish(in, r, &x->b, until, &x->p);
@@ -912,16 +915,12 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
     ok = r->ok_cnt == r->n;
     for_good = !ok && r->refused_for_good; /* req_free sets it aside */
     if (!ok)
-        snprintf(outcome, sizeof(outcome), "%zu of %zu events acknowledged%s%.600s", r->ok_cnt,
-                 r->n, x->p.produce_failed ? ": " : "", x->p.produce_failed ? x->p.why : "");
+        snprintf(outcome, outcome_size, "%zu of %zu events acknowledged%s%.600s", r->ok_cnt, r->n,
+                 x->p.produce_failed ? ": " : "", x->p.produce_failed ? x->p.why : "");
     req_unref_locked(r, &last);
     pthread_mutex_unlock(&in->lock);
     if (ok)
         hb_debug("ingest spool: published %s (%zu events)", x->f.name, x->b.cnt);
-    else if (!for_good)
-        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
-                       "ingest spool: %s not published yet (%s): tried again later", x->f.name,
-                       outcome);
     hb_ingest_batch_free(&x->b);
     if (last) /* else the last report settles the file */
         req_free(r);
@@ -930,43 +929,89 @@ static int replay_finish(ingest_t *in, replay_t *x, const struct timespec *until
 
 /* Publishes up to INGEST_REPLAY_FILES of the spool's queued files (oldest
  * first) at once, their events produced together and then their reports
- * awaited, about INGEST_REPLAY_EVENTS events at most (one file at a time
- * and its acks awaited, review 42 measured 190 deliveries a second: half
- * an hour for a full spool). Whether any failed (to be tried again later)
- * and how many were published. */
+ * awaited, about INGEST_REPLAY_EVENTS events and INGEST_REPLAY_BYTES at
+ * most (one file at a time and its acks awaited, review 42 measured 190
+ * deliveries a second: half an hour for a full spool). Whether any failed
+ * (to be tried again later) and how many were published. The files not
+ * published are one warning a round, not one each (review 43: a round's
+ * 256 lines spent the limit log_spool shares, and the warning that the
+ * spool is full went unwritten). */
 static void replay_round(ingest_t *in, int *failed, size_t *published) {
     replay_t *xs = hb_calloc(INGEST_REPLAY_FILES, sizeof(*xs));
-    size_t cnt = 0, events = 0;
+    hb_spool_file_t *later = hb_calloc(INGEST_REPLAY_FILES, sizeof(*later));
+    size_t cnt = 0, nlater = 0, events = 0, bytes = 0, unpublished = 0;
+    int stopped;
+    char first[HB_SPOOL_NAME_LEN + 1] = "", outcome[700] = "", why[700], unread[700] = "";
     struct timespec until;
     *failed = 0;
     *published = 0;
     abs_deadline(&until, in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
-    while (cnt < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS && !*failed) {
+    while (cnt + nlater < INGEST_REPLAY_FILES && events < INGEST_REPLAY_EVENTS &&
+           bytes < INGEST_REPLAY_BYTES) {
         int rc, stopping;
         pthread_mutex_lock(&in->lock);
         stopping = in->stopping;
         pthread_mutex_unlock(&in->lock);
         if (stopping || !hb_spool_take(in->spool, &xs[cnt].f))
             break;
-        rc = replay_start(in, &xs[cnt], &until);
-        if (rc == 0)
-            *failed = 1;
-        if (rc > 0)
-            events += xs[cnt++].b.cnt;
+        rc = replay_start(in, &xs[cnt], &until, why, sizeof(why));
+        if (rc == 0) { /* queued again after the round, which goes on (review 43:
+                        * the oldest file unreadable for a while held up all) */
+            if (!nlater)
+                snprintf(unread, sizeof(unread), "%s", why);
+            later[nlater++] = xs[cnt].f;
+        } else if (rc > 0) {
+            events += xs[cnt].b.cnt;
+            bytes += xs[cnt++].f.size;
+        }
     }
     for (size_t i = 0; i < cnt; i++) {
-        int rc = replay_finish(in, &xs[i], &until);
-        if (rc == 0)
-            *failed = 1;
-        else if (rc > 0)
+        int rc = replay_finish(in, &xs[i], &until, why, sizeof(why));
+        if (rc == 0 && !unpublished++) {
+            snprintf(first, sizeof(first), "%s", xs[i].f.name);
+            snprintf(outcome, sizeof(outcome), "%s", why);
+        } else if (rc > 0) {
             (*published)++;
+        }
     }
+    for (size_t i = 0; i < nlater; i++)
+        hb_spool_requeue(in->spool, &later[i]);
+    *failed = unpublished > 0 || nlater > 0;
+    pthread_mutex_lock(&in->lock);
+    stopped = in->stopping;
+    pthread_mutex_unlock(&in->lock);
+    if (stopped && unpublished) { /* nothing is tried again: the stop says what stays */
+        hb_info("ingest spool: the stop ended a replay round: %zu of its deliveries not "
+                "acknowledged yet (the stop's flush may still have them; else they stay on the "
+                "spool)",
+                unpublished);
+        unpublished = 0;
+    }
+    if (nlater == 1)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL, "ingest spool: %s: tried again later",
+                       unread);
+    else if (nlater)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s, and %zu more files of its round: tried again later",
+                       unread, nlater - 1);
+    if (unpublished == 1)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s not published yet (%s): tried again later", first,
+                       outcome);
+    else if (unpublished)
+        hb_log_limited(&log_spool, HB_LOG_WARN, NULL,
+                       "ingest spool: %s not published yet (%s), and %zu more deliveries of its "
+                       "round: tried again later",
+                       first, outcome, unpublished - 1);
+    free(later);
     free(xs);
 }
 
 /* The replay thread: publishes the spool's queued files, oldest first, a
- * round of several at a time; after a failure it waits (backing off) before
- * the next round. */
+ * round of several at a time; after a round that published none of them it
+ * waits, backing off, before the next; after one that published some but
+ * not all, the first step only (review 43: a file the brokers cannot take
+ * for now had every round wait up to 30 s, each publishing 255 others). */
 static void *replay_main(void *arg) {
     ingest_t *in = arg;
     int64_t backoff = 0, next_try = 0;
@@ -981,7 +1026,10 @@ static void *replay_main(void *arg) {
             size_t published;
             pthread_mutex_unlock(&in->lock);
             replay_round(in, &failed, &published);
-            if (failed) {
+            if (failed && published) { /* the brokers take files: not an outage */
+                backoff = INGEST_REPLAY_BACKOFF_MS;
+                next_try = hb_mono_ms() + backoff;
+            } else if (failed) {
                 backoff = backoff ? backoff * 2 : INGEST_REPLAY_BACKOFF_MS;
                 if (backoff > INGEST_REPLAY_BACKOFF_MAX_MS)
                     backoff = INGEST_REPLAY_BACKOFF_MAX_MS;
@@ -1356,6 +1404,7 @@ static void spool_gauges(ingest_t *in) {
     long long bytes;
     if (!in->spool)
         return;
+    hb_spool_recount(in->spool);
     hb_spool_usage(in->spool, &files, &bytes);
     hb_metric_set(in->m_spool_files, (double)files);
     hb_metric_set(in->m_spool_bytes, (double)bytes);

@@ -26,6 +26,15 @@
 #define SPOOL_PROBE_BYTES 4096
 #define SPOOL_BLOCK 4096
 #define SPOOL_PROBE_EVERY_MS 1000
+/* How often hb_spool_recount looks whether the .bad files are still there. */
+#define SPOOL_RECOUNT_EVERY_MS 1000
+
+/* A file set aside (.bad): still on the volume, so counted in the bytes,
+ * until an operator deletes it. */
+typedef struct {
+    char *name;
+    size_t size;
+} spool_bad_t;
 
 struct hb_spool_s {
     char *dir;
@@ -46,6 +55,9 @@ struct hb_spool_s {
     /* a delivery that fits max_bytes was refused for lack of room, and no
      * file has gone since: no room (hb_spool_has_room) */
     int full;
+    spool_bad_t *bad; /* the files set aside, counted in bytes */
+    size_t nbad, badcap;
+    int64_t recount_at; /* when hb_spool_recount next looks at them */
 };
 
 /* What a file of len bytes takes on the volume: whole 4 KiB blocks. An
@@ -61,6 +73,18 @@ static void spool_count_out_locked(hb_spool_t *s, size_t size) {
     s->files--;
     s->bytes -= (long long)size;
     s->full = 0;
+}
+
+/* name (set aside, size bytes on the volume) counts in bytes (mu held). */
+static void spool_add_bad_locked(hb_spool_t *s, const char *name, size_t size) {
+    if (s->nbad == s->badcap) {
+        s->badcap = s->badcap ? 2 * s->badcap : 8;
+        s->bad = hb_realloc(s->bad, s->badcap * sizeof(*s->bad));
+    }
+    s->bad[s->nbad].name = hb_strdup(name);
+    s->bad[s->nbad].size = size;
+    s->nbad++;
+    s->bytes += (long long)size;
 }
 
 /* A spooled file's name: 16 hex digits, '-', 8 hex digits, ".okta". */
@@ -147,7 +171,7 @@ static int spool_scan(hb_spool_t *s, char *errstr, size_t errstr_size) {
         if (fstatat(s->dfd, e->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
             continue;
         if (spool_has_suffix(e->d_name, SPOOL_BAD)) { /* set aside, still on the volume */
-            s->bytes += (long long)spool_disk_size((size_t)st.st_size);
+            spool_add_bad_locked(s, e->d_name, spool_disk_size((size_t)st.st_size));
             continue;
         }
         if (!spool_name_ok(e->d_name)) {
@@ -216,6 +240,9 @@ void hb_spool_close(hb_spool_t *s) {
     if (s->dfd >= 0)
         close(s->dfd);
     pthread_mutex_destroy(&s->mu);
+    for (size_t i = 0; i < s->nbad; i++)
+        free(s->bad[i].name);
+    free(s->bad);
     free(s->queue);
     free(s->dir);
     free(s);
@@ -431,12 +458,36 @@ void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f) {
 
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f) {
     char bad[HB_SPOOL_NAME_LEN + 8];
+    int renamed;
     snprintf(bad, sizeof(bad), "%s" SPOOL_BAD, f->name);
-    if (renameat(s->dfd, f->name, s->dfd, bad) < 0)
+    renamed = renameat(s->dfd, f->name, s->dfd, bad) == 0;
+    if (!renamed)
         hb_warn("ingest spool %s: cannot rename %s to %s: %s", s->dir, f->name, bad,
                 strerror(errno));
     pthread_mutex_lock(&s->mu);
-    s->files--; /* not its bytes: the file is still on the volume */
+    s->files--;
+    s->bytes -= (long long)f->size; /* counted again as set aside: still on the volume */
+    spool_add_bad_locked(s, renamed ? bad : f->name, f->size);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void hb_spool_recount(hb_spool_t *s) {
+    int64_t now = hb_mono_ms();
+    pthread_mutex_lock(&s->mu);
+    if (now >= s->recount_at) {
+        s->recount_at = now + SPOOL_RECOUNT_EVERY_MS;
+        for (size_t i = 0; i < s->nbad;) {
+            struct stat st;
+            if (fstatat(s->dfd, s->bad[i].name, &st, 0) == 0 || errno != ENOENT) {
+                i++;
+                continue;
+            }
+            s->bytes -= (long long)s->bad[i].size; /* deleted: its room is back */
+            s->full = 0;
+            free(s->bad[i].name);
+            s->bad[i] = s->bad[--s->nbad];
+        }
+    }
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -62,6 +62,9 @@ void hb_spool_forget(hb_spool_t *s, const hb_spool_file_t *f);
  * counted out, never queued again. */
 void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
 
+/* The files set aside (.bad) that an operator deleted are counted out:
+ * their room is back. Looks at most once a second (cheap to call often). */
+void hb_spool_recount(hb_spool_t *s);
 /* Spooled deliveries (queued or in flight), and the bytes the spool takes on
  * its volume (theirs and the .bad files', in whole 4 KiB blocks). */
 void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
