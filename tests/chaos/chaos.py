@@ -200,7 +200,20 @@ class HungEndpoint:
 
 # ---- the event stream -------------------------------------------------------
 
-class Feed:
+class Timed:
+    """A stream's clock: production started at t0 (wall time)."""
+
+    def elapsed(self):
+        return time.time() - self.t0
+
+    def sleep_until(self, t):
+        """Sleeps until `t` seconds after production started."""
+        d = self.t0 + t - time.time()
+        if d > 0:
+            time.sleep(d)
+
+
+class Feed(Timed):
     """hookbridge-producer reading JSON lines on stdin, fed `rate` events a
     second for `seconds` by a thread; remembers every uuid it wrote."""
 
@@ -255,15 +268,6 @@ class Feed:
             except OSError:
                 pass
 
-    def elapsed(self):
-        return time.time() - self.t0
-
-    def sleep_until(self, t):
-        """Sleeps until `t` seconds after production started."""
-        d = self.t0 + t - time.time()
-        if d > 0:
-            time.sleep(d)
-
     def finish(self, timeout=180):
         """Waits for the stream to end and the producer to exit: (produced, failed)."""
         self.thread.join()
@@ -286,7 +290,7 @@ class Feed:
             self.proc.wait()
 
 
-class OktaFeed:
+class OktaFeed(Timed):
     """Okta's event hook in front of the ingest endpoint: deliveries of
     BATCH events POSTed at `rate` events a second for `seconds`, each from a
     thread of its own (Okta keeps several requests open). A delivery not
@@ -351,14 +355,6 @@ class OktaFeed:
                 time.sleep(1)
         with self.lock:
             self.gave_up.extend(e["uuid"] for e in evs)
-
-    def elapsed(self):
-        return time.time() - self.t0
-
-    def sleep_until(self, t):
-        d = self.t0 + t - time.time()
-        if d > 0:
-            time.sleep(d)
 
     def finish(self, timeout=180):
         self.thread.join()

@@ -18,7 +18,7 @@ import pytest
 from hbtest.ingest import AUTH_HEADER, AUTH_VALUE, PATH, Ingest, envelope, topic_messages
 from hbtest.procs import SLOW, wait_until
 from test_delivery import event
-from test_ingest import brokers_refuse
+from test_ingest_spool import brokers_down, brokers_up
 
 FAILURES = "hookbridge_ingest_spool_failures_total"
 
@@ -32,16 +32,6 @@ def spool_env(spool, **more):
            "HOOKBRIDGE_INGEST_TIMEOUT": "1s"}
     env.update(more)
     return env
-
-
-def brokers_down(broker):
-    broker.proc.signal(signal.SIGUSR1)
-    wait_until(lambda: brokers_refuse(broker.bootstrap), 10 * SLOW, "every broker down")
-
-
-def brokers_up(broker):
-    broker.proc.signal(signal.SIGUSR2)
-    wait_until(lambda: not brokers_refuse(broker.bootstrap), 10 * SLOW, "the brokers back")
 
 
 def spooled(spool):
