@@ -92,8 +92,11 @@ def test_a_batch_refused_with_413_on_a_retry_goes_on_in_halves_across_a_crash(
                                "attempts FROM hookbridge.deliveries WHERE subscription_id = %s",
                                sub)) and sorted(u for st, ids, *_ in rs if st == "delivered"
                                                 for u in ids.split(",")) == want
-                and len([x for x in rs if x[0] != "delivered"]) >= 3 and rs,
+                and len([x for x in rs if x[0] == "dropped"]) >= 3 and rs,
             20 * SLOW, "the delivered parts in the log, each event once, and the splits")
+        # (the splits' rows are written by the log's thread after the halves
+        # go: CI run 80 read the whole batch's row still 'retry', its first
+        # attempt's, before its split after the restart was logged)
         # the batch, and its halves split again, each logged dropped once split
         split = [row for row in rows if row[0] != "delivered"]
         assert sorted(len(ids.split(",")) for _, ids, *_ in split) == [3, 4, 7], rows
