@@ -30,6 +30,15 @@ def small_quarantine():
     return os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=4"
 
 
+def spooled_backlog(spool, n):
+    """A spool directory holding n one-event deliveries, spooled a minute
+    ago, oldest first by name, as a stopped producer would have left them."""
+    spool.mkdir(mode=0o700)
+    start = int(time.time() * 1000) - 60000
+    for i in range(n):
+        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of([user_event()]))
+    return spool
+
 def test_a_replay_round_holds_a_few_mib_of_the_spool_not_hundreds(broker, procs, workdir):
     """A replay round took up to 256 files, whatever their size, and
     produced them all before awaiting an ack: with large deliveries (the
@@ -85,11 +94,7 @@ def test_a_failed_round_is_one_warning_and_leaves_room_for_the_spool_s_others(
     spool: 503 once the ingest timeout passes) was not written: the
     operator saw 503s, and lines about the files, not why. Now a round says
     once what it could not publish (its first file, and how many more)."""
-    spool = workdir / "spool"
-    spool.mkdir(mode=0o700)
-    start = int(time.time() * 1000) - 60000
-    for i in range(120):
-        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of([user_event()]))
+    spool = spooled_backlog(workdir / "spool", 120)
     brokers_down(broker)
     ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(
         spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES=str(120 * 4096),  # full with them
@@ -172,11 +177,7 @@ def test_a_round_cut_short_by_the_stop_is_not_said_to_be_tried_again(broker, pro
     later" (now one line for the round) by a process about to exit, which
     tries nothing again. Now the round cut short says so at info, and the
     stop's own warning counts what stays on the spool."""
-    spool = workdir / "spool"
-    spool.mkdir(mode=0o700)
-    start = int(time.time() * 1000) - 60000
-    for i in range(50):
-        (spool / ("%016x-%08x.okta" % (start + i, i))).write_bytes(body_of([user_event()]))
+    spool = spooled_backlog(workdir / "spool", 50)
     brokers_down(broker)
     ing = Ingest(procs, broker.bootstrap,
                  extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="10s"))
