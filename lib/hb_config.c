@@ -254,7 +254,7 @@ static const cf_row_t cf_table[] = {
     {"ingest_spool_max_bytes", CF_INT, OFF(ingest_spool_max_bytes), "1073741824", 1024, 1LL << 50,
      HB_PROG_PRODUCER, 0,
      "Bytes of spooled deliveries at most. A delivery that does not fit is answered as without "
-     "a spool, and the endpoint is not ready while the spool is full."},
+     "a spool; while it is full and the brokers are away, the endpoint is not ready."},
     {"ingest_spool_wait", CF_MS, OFF(ingest_spool_wait_ms), "1s", 0, 60000, HB_PROG_PRODUCER, 0,
      "How long a spooled delivery waits for the brokers' acknowledgements before it is "
      "answered 200 from the spool (Okta waits 3 s for an answer)."},

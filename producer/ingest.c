@@ -1370,11 +1370,14 @@ static void register_metrics(ingest_t *in) {
         "unreadable (renamed .bad).");
 }
 
-/* Readiness. With a spool: whether it has room, whatever the brokers say
- * (while they are away, deliveries go to the spool, so the load balancer
- * must keep sending them here). Without, or while the spool cannot write
- * (a full disk: review 42 had every delivery answered 503 with /readyz
- * 200): what the brokers say (kafka_ok, why). */
+/* Readiness. With a spool: ready while it has room, whatever the brokers
+ * say (while they are away, deliveries go to the spool, so the load balancer
+ * must keep sending them here), and while the brokers answer, full or not
+ * (a delivery the spool cannot take is produced as without one: a spool
+ * full of .bad files must not take every replica out of the load balancer
+ * while they could publish). Without, or while the spool cannot write (a
+ * full disk: review 42 had every delivery answered 503 with /readyz 200):
+ * what the brokers say (kafka_ok, why). */
 static void set_ready(ingest_t *in, int kafka_ok, const char *why) {
     char cannot[400], both[1000];
     if (in->spool && !hb_spool_writable(in->spool, cannot, sizeof(cannot))) {
@@ -1388,11 +1391,14 @@ static void set_ready(ingest_t *in, int kafka_ok, const char *why) {
         return;
     }
     if (in->spool) {
-        int room = hb_spool_has_room(in->spool);
-        hb_httpd_set_ready(in->ops, room,
-                           room ? NULL
-                                : "the ingest spool is full (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES): "
-                                  "deliveries wait for the brokers as without a spool");
+        if (hb_spool_has_room(in->spool) || kafka_ok) {
+            hb_httpd_set_ready(in->ops, 1, NULL);
+            return;
+        }
+        snprintf(both, sizeof(both),
+                 "the ingest spool is full (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES), and %s",
+                 why ? why : "the events and dead-letter topics are not known");
+        hb_httpd_set_ready(in->ops, 0, both);
         return;
     }
     hb_httpd_set_ready(in->ops, kafka_ok, why);

@@ -441,6 +441,40 @@ def test_a_full_spool_makes_the_endpoint_not_ready_until_it_is_published(
     ing.wait_ready(10)
 
 
+def test_a_spool_full_of_set_aside_files_stays_ready_while_the_brokers_answer(
+        broker, procs, workdir):
+    """A spool full of .bad files (garbled deliveries nobody has removed yet)
+    cannot take a delivery, but with the brokers answering none needs it: a
+    delivery is produced as without a spool. So /readyz stays 200 and Okta's
+    deliveries are answered 200 (before, /readyz said 503 "the ingest spool
+    is full" on every replica whose spool held them, taking them all out of
+    the load balancer while they could publish). Only with the brokers away
+    as well is it 503, naming both."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    garbled = spool / "0000000000000001-00000001.okta"
+    garbled.write_text("x" * 5000)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
+    wait_until(lambda: (spool / (garbled.name + ".bad")).exists() or None, 10,
+               "the garbled file set aside")
+    ing.wait_ready(5)
+    sent = [user_event()]
+    status, _, answer = ing.post(sent)
+    assert status == 200 and answer == {"produced": 1}, answer
+    wait_published(spool, broker.bootstrap, sent, "brokers up, spool full")
+    time.sleep(1.5)  # the readiness is looked at again every 100 ms
+    assert ing.ops("/readyz")[0] == 200, ing.ops("/readyz")
+
+    brokers_down(broker)
+    wait_until(lambda: ing.ops("/readyz")[0] == 503 or None, 10 * SLOW,
+               "/readyz to say 503 with the spool full and the brokers away")
+    said_now = ing.ops("/readyz")[1]
+    assert "spool is full" in said_now and "Kafka" in said_now, said_now
+    brokers_up(broker)
+    ing.wait_ready(10)
+
+
 def test_a_start_while_the_brokers_are_away_is_ready_and_publishes_when_they_return(
         broker, procs, workdir):
     """The operator restarts the endpoint (or Kubernetes moves it) while

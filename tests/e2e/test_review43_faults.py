@@ -115,10 +115,10 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
     """A spooled file set aside as .bad keeps counting in the spool's bytes
     (it is still on the volume). The operator who deleted it, having read
     the error line, saw nothing change: /readyz stayed 503 "the ingest
-    spool is full" and hookbridge_ingest_spool_bytes kept its size until
-    the process restarted. (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES 8192: a
-    garbled file of 5000 bytes, two 4 KiB blocks, fills it.) Now the spool
-    notices within about a second that the file is gone."""
+    spool is full" (the brokers away) and hookbridge_ingest_spool_bytes kept
+    its size until the process restarted. (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES
+    8192: a garbled file of 5000 bytes, two 4 KiB blocks, fills it.) Now the
+    spool notices within about a second that the file is gone."""
     spool = workdir / "spool"
     spool.mkdir(mode=0o700)
     garbled = spool / "0000000000000001-00000001.okta"
@@ -127,6 +127,7 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
                  extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
     bad = spool / (garbled.name + ".bad")
     wait_until(lambda: bad.exists() or None, 10, "the garbled file set aside")
+    brokers_down(broker)
     wait_until(lambda: "spool is full" in ing.ops("/readyz")[1] or None, 5,
                "/readyz to say the spool is full of it")
     assert ing.ops("/readyz")[0] == 503
@@ -134,6 +135,7 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
     bad.unlink()
     ing.wait_ready(5)
     wait_until(lambda: ing.metric(BYTES) == 0 or None, 5, "its bytes counted out")
+    brokers_up(broker)
     status, _, answer = ing.post([user_event()])
     assert status == 200 and answer == {"produced": 1}, answer
 
