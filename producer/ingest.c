@@ -1286,15 +1286,19 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
         return -1;
     if (*in->cfg->ingest_spool_dir) {
         long files;
-        long long bytes;
+        long long bytes, bad;
         in->spool = hb_spool_open(in->cfg->ingest_spool_dir, in->cfg->ingest_spool_max_bytes,
                                   errstr, errstr_size);
         if (!in->spool)
             return -1;
-        hb_spool_usage(in->spool, &files, &bytes);
+        hb_spool_usage(in->spool, &files, &bytes, &bad);
         if (files)
             hb_info("ingest spool: %ld deliveries (%lld bytes) found in %s: publishing them", files,
-                    bytes, in->cfg->ingest_spool_dir);
+                    bytes - bad, in->cfg->ingest_spool_dir);
+        if (bad)
+            hb_warn("ingest spool %s: files set aside earlier (*.okta.bad) take %lld of its "
+                    "%lld bytes: remove them once read (docs/ingest.md, The spool)",
+                    in->cfg->ingest_spool_dir, bad, (long long)in->cfg->ingest_spool_max_bytes);
     }
     conf = hb_kafka_conf_new(in->cfg, "hookbridge-producer", errstr, errstr_size);
     if (!conf)
@@ -1411,7 +1415,7 @@ static void spool_gauges(ingest_t *in) {
     if (!in->spool)
         return;
     hb_spool_recount(in->spool);
-    hb_spool_usage(in->spool, &files, &bytes);
+    hb_spool_usage(in->spool, &files, &bytes, NULL);
     hb_metric_set(in->m_spool_files, (double)files);
     hb_metric_set(in->m_spool_bytes, (double)bytes);
 }
@@ -1545,13 +1549,13 @@ static int ingest_loop(ingest_t *in) {
     rd_kafka_poll(in->rk, 0); /* the last reports, so every request is freed */
     if (in->spool) {
         long files;
-        long long bytes;
+        long long bytes, bad;
         spool_gauges(in);
-        hb_spool_usage(in->spool, &files, &bytes);
+        hb_spool_usage(in->spool, &files, &bytes, &bad);
         if (files)
             hb_warn("stopping: %ld deliveries (%lld bytes) stay on the ingest spool %s: the "
                     "next start with this directory publishes them",
-                    files, bytes, hb_spool_dir(in->spool));
+                    files, bytes - bad, hb_spool_dir(in->spool));
     }
     return fatal ? -1 : 0;
 }

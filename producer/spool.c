@@ -491,10 +491,15 @@ void hb_spool_recount(hb_spool_t *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
-void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes) {
+void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes, long long *bad_bytes) {
     pthread_mutex_lock(&s->mu);
     *files = s->files;
     *bytes = s->bytes;
+    if (bad_bytes) {
+        *bad_bytes = 0;
+        for (size_t i = 0; i < s->nbad; i++)
+            *bad_bytes += (long long)s->bad[i].size;
+    }
     pthread_mutex_unlock(&s->mu);
 }
 

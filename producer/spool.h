@@ -66,8 +66,9 @@ void hb_spool_quarantine(hb_spool_t *s, const hb_spool_file_t *f);
  * their room is back. Looks at most once a second (cheap to call often). */
 void hb_spool_recount(hb_spool_t *s);
 /* Spooled deliveries (queued or in flight), and the bytes the spool takes on
- * its volume (theirs and the .bad files', in whole 4 KiB blocks). */
-void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes);
+ * its volume (theirs and the .bad files', in whole 4 KiB blocks); bad_bytes
+ * (may be NULL): the .bad files' share of them. */
+void hb_spool_usage(hb_spool_t *s, long *files, long long *bytes, long long *bad_bytes);
 /* Whether the spool is below its max_bytes, and has not refused a
  * delivery that fits them since a file last went. */
 int hb_spool_has_room(hb_spool_t *s);

@@ -474,6 +474,17 @@ def test_a_spool_full_of_set_aside_files_stays_ready_while_the_brokers_answer(
     brokers_up(broker)
     ing.wait_ready(10)
 
+    # The next start names the room the set-aside file takes, and counts no
+    # delivery found for it (before: "1 deliveries (8192 bytes) found").
+    ing.proc.stop()
+    before = len(lines(ing))  # the log file is appended to by the next start
+    again = Ingest(procs, broker.bootstrap,
+                   extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
+    again.wait_ready(5)
+    now = [l["msg"] for l in lines(again)[before:]]
+    assert any("set aside earlier" in m and "take 8192 of its 8192 bytes" in m for m in now), now
+    assert not [m for m in now if " found in " in m], now
+
 
 def test_a_start_while_the_brokers_are_away_is_ready_and_publishes_when_they_return(
         broker, procs, workdir):
