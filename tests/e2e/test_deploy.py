@@ -30,7 +30,8 @@ DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # production overlay and the optional pieces.
 TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas",
          "deploy/k8s/optional/servicemonitor", "deploy/k8s/optional/migrate-job",
-         "deploy/k8s/optional/ingest", "deploy/k8s/optional/autoscaling",
+         "deploy/k8s/optional/ingest", "deploy/k8s/optional/ingest-statefulset",
+         "deploy/k8s/optional/autoscaling",
          "deploy/k8s/optional/alerts"]
 SERVICE_TREES = ["deploy/k8s", "deploy/k8s/overlays/production", "deploy/k8s/overlays/schemas"]
 # Fixed bounds in the code after the drain (hb_worker_run): producer flush 5 s,
@@ -304,6 +305,46 @@ def stack_metrics(db_url, procs, workdir):
                  extra_env={"HOOKBRIDGE_INGEST_SPOOL_DIR": str(workdir / "ingest-spool")})
     names |= set(re.findall(r"^# TYPE (\w+) ", ing.ops("/metrics")[1], re.M))
     return names
+
+
+def test_the_ingest_statefulset_runs_the_deployment_s_pods_with_a_claim_per_pod():
+    """deploy/k8s/optional/ingest-statefulset: the ingest endpoint whose spool
+    survives the pod's deletion (docs/ingest.md, The spool). It renders no
+    Deployment (applied instead of optional/ingest, not beside it), its pods
+    are the Deployment's but for the spool (so a change to one that misses
+    the other fails here), and the spool is a claim per pod, mounted where
+    HOOKBRIDGE_INGEST_SPOOL_DIR says, larger than
+    HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES, writable by the pod's group and kept
+    when the StatefulSet scales down or is deleted."""
+    objs = rendered("deploy/k8s/optional/ingest-statefulset")
+    assert not [o for o in objs if o["kind"] == "Deployment"]
+    (sts,) = [o for o in objs if o["kind"] == "StatefulSet"]
+    (dep,) = [o for o in rendered("deploy/k8s/optional/ingest") if o["kind"] == "Deployment"]
+    cm = config_env(objs)
+    (svc,) = [o for o in objs if o["kind"] == "Service"]
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+
+    want = dep["spec"]["template"]
+    want["spec"]["volumes"] = [v for v in want["spec"]["volumes"] if v["name"] != "spool"]
+    got = sts["spec"]["template"]
+    psc = got["spec"]["securityContext"]
+    assert psc.pop("fsGroup") == psc["runAsGroup"]
+    assert psc.pop("fsGroupChangePolicy") == "OnRootMismatch"
+    assert got == want
+
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    (c,) = got["spec"]["containers"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert mount["mountPath"] == cm["HOOKBRIDGE_INGEST_SPOOL_DIR"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    units = {"Mi": 2**20, "Gi": 2**30}
+    assert size[-2:] in units, size
+    # room for the file system's own blocks and root's reserved share
+    assert int(size[:-2]) * units[size[-2:]] >= 1.1 * int(cm["HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES"])
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain", "whenScaled": "Retain"}
 
 
 def test_schemas_overlay_mounts_the_writer_schemas_where_the_dispatcher_reads_them():
