@@ -246,18 +246,18 @@ static const cf_row_t cf_table[] = {
      "connections, those and the ones closing, a connection is closed unanswered)."},
     {"ingest_spool_dir", CF_STR, OFF(ingest_spool_dir), "", 0, 0, HB_PROG_PRODUCER, 0,
      "Directory of the ingest endpoint's spool (created if missing; one process's only: it "
-     "holds DIR/.lock). Each delivery is written there (fsync'd) before its events are "
-     "produced; one the brokers have not acknowledged within ingest_spool_wait is answered 200 "
-     "from the spool and published when they are back, also after a restart with the same "
-     "directory (docs/ingest.md). Empty: no spool, a delivery waits for the brokers and is "
+     "holds DIR/.lock). A delivery the brokers have not acknowledged within ingest_spool_wait "
+     "is written there (fsync'd), answered 200 from the spool and published when they are "
+     "back, also after a restart with the same directory (docs/ingest.md). Empty: no spool, a "
+     "delivery waits for the brokers and is "
      "answered 503 after ingest_timeout."},
     {"ingest_spool_max_bytes", CF_INT, OFF(ingest_spool_max_bytes), "1073741824", 1024, 1LL << 50,
      HB_PROG_PRODUCER, 0,
      "Bytes of spooled deliveries at most. A delivery that does not fit is answered as without "
      "a spool; while it is full and the brokers are away, the endpoint is not ready."},
     {"ingest_spool_wait", CF_MS, OFF(ingest_spool_wait_ms), "1s", 0, 60000, HB_PROG_PRODUCER, 0,
-     "How long a spooled delivery waits for the brokers' acknowledgements before it is "
-     "answered 200 from the spool (Okta waits 3 s for an answer)."},
+     "How long a delivery waits for the brokers' acknowledgements before it is written to "
+     "the spool and answered 200 from there (Okta waits 3 s for an answer)."},
     {"writer_schemas_dir", CF_STR, OFF(writer_schemas_dir), "", 0, 0, HB_PROG_DISPATCHER, 0,
      "Directory of extra writer schemas of the events topic (*.avsc, read at start): versions "
      "producers write that this build does not carry in schema/history. Each must resolve into "

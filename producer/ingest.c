@@ -170,9 +170,13 @@ struct req_s {
     size_t dlq_refused_cnt;
     unsigned char *event_ok; /* by event: it (or its dead-letter copy) is acknowledged */
     size_t n, ok_cnt;        /* events, and those acknowledged */
+    /* set under in->lock: its body is on the spool (spooled): req_free
+     * settles the file (a POST's once the brokers were slow, a replay's
+     * before its first event is produced) */
+    int spool_on;
     /* set before the first event is produced */
-    int spool_on; /* its body is on the spool (spooled): req_free settles the file */
-    int replay;   /* the spool's replay publishes it: no connection */
+    int spool_wait; /* a POST with a spool: goes there if not acknowledged in time */
+    int replay;     /* the spool's replay publishes it: no connection */
     hb_spool_file_t spooled;
     /* guarded by in->lock: an event the brokers refuse for good (larger
      * than message.max.bytes): the replay sets its file aside */
@@ -264,7 +268,8 @@ static void req_free(req_t *r) {
 }
 
 /* n events of r not acknowledged: failed, unless r is on the spool (its
- * events are published from there: the spool's metrics count them). */
+ * events are published from there: the spool's metrics count them). With
+ * in->lock held, or on the thread that sets r->spool_on. */
 static void count_failed(ingest_t *in, const req_t *r, size_t n) {
     if (!r->spool_on)
         hb_metric_add(in->m_failed, (double)n);
@@ -292,11 +297,11 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         rkm->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
         rkm->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
         in->recheck_topics = 1;
-    if (rkm->err && !too_large)
-        count_failed(in, r, 1);
-    else if (!rkm->err)
+    if (!rkm->err)
         hb_metric_inc(dlq ? in->m_dead : in->m_produced);
     pthread_mutex_lock(&in->lock);
+    if (rkm->err && !too_large)
+        count_failed(in, r, 1);
     r->reported++;
     r->acked += !rkm->err;
     if (!rkm->err && r->event_ok && !r->event_ok[slot->i]) {
@@ -555,7 +560,7 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
          * than answer 503 to a request that would never fit. */
         int waited;
         pthread_mutex_lock(&in->lock);
-        waited = !in->aborting && !(r->spool_on && in->stopping) &&
+        waited = !in->aborting && !((r->spool_on || r->spool_wait) && in->stopping) &&
                  pthread_cond_timedwait(&in->cond, &in->lock, until) == 0;
         pthread_mutex_unlock(&in->lock);
         if (!waited)
@@ -572,11 +577,12 @@ static int produce_event(ingest_t *in, req_t *r, const hb_ingest_msg_t *m, size_
 }
 
 /* Waits until every message queued for r has its report, the request's
- * time is up, or a stop aborts the wait (at once for a spooled request: it
- * is answered from the spool). */
+ * time is up, or a stop aborts the wait (at once for a request with a
+ * spool: it is answered from the spool). */
 static void wait_reports(ingest_t *in, req_t *r, const struct timespec *until) {
     pthread_mutex_lock(&in->lock);
-    while (r->reported < r->queued && !in->aborting && !(r->spool_on && in->stopping))
+    while (r->reported < r->queued && !in->aborting &&
+           !((r->spool_on || r->spool_wait) && in->stopping))
         if (pthread_cond_timedwait(&in->cond, &in->lock, until) != 0)
             break; /* ETIMEDOUT */
     pthread_mutex_unlock(&in->lock);
@@ -709,11 +715,11 @@ static void publish(ingest_t *in, req_t *r, hb_ingest_batch_t *b, const struct t
 static void spool_body(ingest_t *in, req_t *r) {
     char err[512];
     int rc;
-    if (!in->spool)
-        return;
     rc = hb_spool_put(in->spool, r->body ? r->body : "", r->len, &r->spooled, err, sizeof(err));
     if (rc == 0) {
+        pthread_mutex_lock(&in->lock);
         r->spool_on = 1;
+        pthread_mutex_unlock(&in->lock);
         return;
     }
     hb_metric_inc(in->m_spool_failures);
@@ -728,9 +734,23 @@ static void spool_body(ingest_t *in, req_t *r) {
                    err);
 }
 
-/* The whole body is in: validate it all, put it on the spool (if any),
- * produce it all (a refused event to the dead-letter topic), wait for the
- * acks; answered 200 from the spool when they do not come in time. */
+/* Whether every event of r (n of them) is acknowledged, and no copy waits
+ * to be sent again smaller: the delivery is done. */
+static int publish_done(ingest_t *in, req_t *r, const pub_t *p, size_t n) {
+    int done;
+    pthread_mutex_lock(&in->lock);
+    done = !p->produce_failed && p->queued == n && r->reported == r->queued && r->failed == 0 &&
+           !r->dlq_refused_cnt;
+    pthread_mutex_unlock(&in->lock);
+    return done;
+}
+
+/* The whole body is in: validate it all, produce it all (a refused event to
+ * the dead-letter topic), wait for the acks. With a spool, a delivery the
+ * brokers have not acknowledged within ingest_spool_wait is written to the
+ * spool then and answered 200 from there: the disk is touched only when the
+ * brokers are slow, so a slow, full or hung disk costs nothing while they
+ * answer (and the happy path no sync). */
 static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, req_t *r) {
     hb_ingest_batch_t b;
     char why[600], what[800], *uuids;
@@ -749,12 +769,9 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, why, sizeof(why));
     pthread_mutex_unlock(&in->codec_lock);
-    if (rc == 0)
-        spool_body(in, r);
-    free(r->body);
-    r->body = NULL;
-    r->len = r->cap = 0;
     if (rc < 0) {
+        free(r->body);
+        r->body = NULL;
         hb_ingest_batch_free(&b);
         hb_metric_inc(in->m_rejected);
         return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, -1);
@@ -762,10 +779,27 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     n = b.cnt;
     log_refused_events(in, &b);
     /* The whole request, its events queued and acknowledged, within this
-     * (a spooled one is answered from the spool after ingest_spool_wait). */
-    abs_deadline(&until, r->spool_on ? in->cfg->ingest_spool_wait_ms
-                                     : in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
+     * (with a spool: on the spool after ingest_spool_wait, and answered
+     * from there). */
+    r->spool_wait = in->spool != NULL;
+    abs_deadline(&until, r->spool_wait ? in->cfg->ingest_spool_wait_ms
+                                       : in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     publish(in, r, &b, &until, &p);
+    if (r->spool_wait && !publish_done(in, r, &p, n)) {
+        spool_body(in, r);
+        if (!r->spool_on) { /* as without a spool: the rest of ingest_timeout */
+            pthread_mutex_lock(&in->lock);
+            r->spool_wait = 0;
+            pthread_mutex_unlock(&in->lock);
+            int64_t left =
+                in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - r->started_ms);
+            abs_deadline(&until, left > 0 ? left : 0);
+            publish_finish(in, r, &b, &until, &p);
+        }
+    }
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
     pthread_mutex_lock(&in->lock);
     total = r->queued; /* the events and the copies sent again smaller */
     reported = r->reported;

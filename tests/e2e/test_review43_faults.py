@@ -12,7 +12,7 @@ import pytest
 from hbtest.ingest import Ingest
 from hbtest.procs import SLOW, wait_until
 from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, body_of, brokers_down, brokers_up,
-                               lines, said, spool_env, spooled, user_event)
+                               lines, said, spool_env, spooled, user_event, wait_published)
 
 
 def rss_mib(pid, field="VmHWM"):
@@ -135,9 +135,12 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
     bad.unlink()
     ing.wait_ready(5)
     wait_until(lambda: ing.metric(BYTES) == 0 or None, 5, "its bytes counted out")
+    # the room is back: a delivery, the brokers still away, goes to the spool
+    sent = [user_event()]
+    status, _, answer = ing.post(sent)
+    assert status == 200 and answer == {"spooled": 1, "acknowledged": 0}, answer
     brokers_up(broker)
-    status, _, answer = ing.post([user_event()])
-    assert status == 200 and answer == {"produced": 1}, answer
+    wait_published(spool, broker.bootstrap, sent, "brokers back")
 
 
 def test_a_file_that_cannot_be_read_for_now_does_not_hold_up_the_spool_behind_it(
