@@ -638,7 +638,8 @@ def test_a_spool_that_cannot_write_answers_as_without_a_spool(broker, procs, wor
     without a spool, 503 with Retry-After while the brokers are away and
     200 {"produced": 1} once they acknowledge, never a 200 for a delivery
     that is nowhere. The operator: a warning naming the spool and why, and
-    hookbridge_ingest_spool_failures_total counting each delivery."""
+    hookbridge_ingest_spool_failures_total counting each delivery it could
+    not take (with the brokers answering, none needs it)."""
     import shutil
     spool = workdir / "spool"
     ing = Ingest(procs, broker.bootstrap,
@@ -657,7 +658,7 @@ def test_a_spool_that_cannot_write_answers_as_without_a_spool(broker, procs, wor
     status, _, answer = wait_until(lambda: (r := ing.post(sent))[0] == 200 and r, 30,
                                    "a 200 once the brokers are back")
     assert answer == {"produced": 1}, answer
-    assert ing.metric(FAILURES) >= 2 and ing.metric(ANSWERED) == 0
+    assert ing.metric(FAILURES) >= 1 and ing.metric(ANSWERED) == 0
     assert set(users(sent)) <= set(keys_on(broker.bootstrap))
 
 
