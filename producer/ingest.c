@@ -734,6 +734,12 @@ static void spool_body(ingest_t *in, req_t *r) {
                    err);
 }
 
+static void free_body(req_t *r) {
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
+}
+
 /* Whether every event of r (n of them) is acknowledged, and no copy waits
  * to be sent again smaller: the delivery is done. */
 static int publish_done(ingest_t *in, req_t *r, const pub_t *p, size_t n) {
@@ -770,8 +776,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, why, sizeof(why));
     pthread_mutex_unlock(&in->codec_lock);
     if (rc < 0) {
-        free(r->body);
-        r->body = NULL;
+        free_body(r);
         hb_ingest_batch_free(&b);
         hb_metric_inc(in->m_rejected);
         return reply_error(in, conn, MHD_HTTP_BAD_REQUEST, why, -1);
@@ -782,24 +787,25 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
      * (with a spool: on the spool after ingest_spool_wait, and answered
      * from there). */
     r->spool_wait = in->spool != NULL;
+    if (!r->spool_wait)
+        free_body(r); /* librdkafka takes copies of the events */
     abs_deadline(&until, r->spool_wait ? in->cfg->ingest_spool_wait_ms
                                        : in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS);
     publish(in, r, &b, &until, &p);
-    if (r->spool_wait && !publish_done(in, r, &p, n)) {
+    if (r->spool_wait && !publish_done(in, r, &p, n))
         spool_body(in, r);
-        if (!r->spool_on) { /* as without a spool: the rest of ingest_timeout */
-            pthread_mutex_lock(&in->lock);
-            r->spool_wait = 0;
-            pthread_mutex_unlock(&in->lock);
-            int64_t left =
-                in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - r->started_ms);
-            abs_deadline(&until, left > 0 ? left : 0);
-            publish_finish(in, r, &b, &until, &p);
-        }
+    free_body(r); /* on the spool now, or not needed */
+    if (r->spool_wait && !r->spool_on && !publish_done(in, r, &p, n)) {
+        /* the spool could not take it: as without one, for the rest of
+         * ingest_timeout */
+        int64_t left =
+            in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - r->started_ms);
+        pthread_mutex_lock(&in->lock);
+        r->spool_wait = 0;
+        pthread_mutex_unlock(&in->lock);
+        abs_deadline(&until, left > 0 ? left : 0);
+        publish_finish(in, r, &b, &until, &p);
     }
-    free(r->body);
-    r->body = NULL;
-    r->len = r->cap = 0;
     pthread_mutex_lock(&in->lock);
     total = r->queued; /* the events and the copies sent again smaller */
     reported = r->reported;
