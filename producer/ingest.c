@@ -1574,8 +1574,12 @@ static int ingest_loop(ingest_t *in) {
     hb_cutoff_free(in->cutoff); /* after the server: it notifies every close */
     in->cutoff = NULL;
 
-    /* Whatever an aborted request left queued still gets its chance. */
-    if (hb_kafka_flush(in->rk, 5000) > 0) {
+    /* Whatever an aborted request left queued still gets its chance, unless
+     * every broker is away: no answer waits on it (its request was answered
+     * 503, or from the spool, whose file stays), so the stop does not spend
+     * 5 s on it. */
+    if ((in->reach_started && hb_kafka_reach_check(&in->brokers)) ||
+        hb_kafka_flush(in->rk, 5000) > 0) {
         rd_kafka_purge(in->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         for (int64_t until = hb_mono_ms() + 2000; hb_mono_ms() < until;) {
             pthread_mutex_lock(&in->lock);
