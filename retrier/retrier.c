@@ -95,7 +95,7 @@ struct hb_retrier_s {
     int64_t next_sweep;
     int maintain_asked;
     int64_t next_maintain;
-    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
+    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late;
     hb_hash_t active;  /* delivery id -> active_t*: attempted or held here */
     hb_hash_t retired; /* retired tier topics seen (said once each); no values */
     active_t **ready;  /* routed since the last pass: their waiters go on */
@@ -307,6 +307,14 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
+    /* How late the retrier is: from the due time to now, when the attempt
+     * goes (or is dropped, or waits for its predecessor); a copy read again
+     * (stale, above) is not a retry late. */
+    if (dl->due_ms) {
+        int64_t late = hb_wall_ms() - dl->due_ms;
+        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
+        dl->due_ms = 0; /* once per message read */
+    }
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
            st->found ? st->status : "no row yet", st->attempts);
@@ -421,6 +429,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
     hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
+    dl->due_ms = m.not_before_ms;
     dl->settled = on_settled;
     dl->settled_arg = r;
     if (m.after_delivery_id)
@@ -564,6 +573,7 @@ static const hb_worker_hooks_t hooks = {
 /* ------------------------------------------------------------ build/free */
 
 hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr_size) {
+    static const double late_bounds[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600};
     hb_retrier_t *r = hb_calloc(1, sizeof(*r));
     const hb_schedule_t *sch = &cfg->schedule;
     const char *topics[HB_RETRY_MAX_STEPS + 1];
@@ -599,6 +609,11 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
                                    "Retries due later than their tier's delay, produced again "
                                    "onto the same tier so that none waits behind them.");
+    r->m_late = hb_metrics_histogram(
+        "hookbridge_retry_lateness_seconds", NULL,
+        "How late retries read from the delay tiers were: from their due time to when the "
+        "retrier took them up (a copy read again and dropped as stale is not counted).",
+        late_bounds, HB_ARRAY_SIZE(late_bounds));
     r->m_auto_deactivated =
         hb_metrics_counter("hookbridge_auto_deactivations_total", NULL,
                            "Subscriptions deactivated because every attempt kept failing.");
