@@ -93,7 +93,8 @@ def test_how_late_the_retrier_takes_up_retries_is_on_its_metrics(db_url, procs, 
     Here the first attempts of three events fail while no retrier runs; the
     retrier starts 4 s after their 1 s retries were due: three observations
     of at least 3 s, none under 1 s; a fourth retry made while it runs is on
-    time (under 1 s). A copy read again and dropped as stale is not counted.
+    time (under 1 s). (A copy read again and dropped as stale, e.g. after a
+    restart, is not counted: it is not a retry taken up late.)
 
     Checked to fail on main's binaries (9de0a62): the metric is absent. About
     12 s."""
