@@ -801,8 +801,9 @@ static void topic_check(hb_consumer_t *c) {
         c->missing_topic[0] = '\0';
         /* With a pattern in the subscription librdkafka matches it against
          * the whole cluster's metadata, which it refreshes only every
-         * topic.metadata.refresh.interval.ms (5 min): an application's
-         * request for all topics makes the group see the new topic now. */
+         * topic.metadata.refresh.interval.ms (METADATA_REFRESH_MS, unless
+         * the operator's passthrough sets more): an application's request
+         * for all topics makes the group see the new topic now. */
         for (int i = 0; i < c->topics_cnt; i++)
             if (c->topics[i][0] == '^') {
                 md = NULL;
