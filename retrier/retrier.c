@@ -13,7 +13,8 @@
  *     tier messages are in due order (up to the jitter), so waiting for the
  *     head of a partition is waiting for the earliest message in it;
  *   - due later than its tier's delay allows (a Retry-After longer than
- *     every tier): produced again onto the same tier, attempt and due time
+ *     its tier, the longest not longer than the wait: hb_schedule_next):
+ *     produced again onto the same tier, attempt and due time
  *     unchanged (a "hop"), and its offset released once the broker has the
  *     copy, so no retry behind it waits for a message due later than itself;
  *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
@@ -333,7 +334,7 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
  * due before ts + the tier's delay (ts: when this one was produced). Holding
  * the partition longer than that (plus the jitter) would make them wait
  * behind a message due later than themselves, which happens when Retry-After
- * asked for more than the longest tier. Or when its producer's clock is
+ * asked for more than the tier it waits in. Or when its producer's clock is
  * ahead of this one's: its due time and its timestamp are both late by as
  * much (up to an hour, what Kafka takes by default:
  * message.timestamp.after.max.ms), and it would hold the partition until its

@@ -122,3 +122,55 @@ def test_how_late_the_retrier_takes_up_retries_is_on_its_metrics(db_url, procs, 
     wait_until(lambda: len(rcv.events()) == 4, 20, "the fourth event's retry")
     assert r.metric("hookbridge_retry_lateness_seconds_count") == 4
     assert bucket("1") == 1, "a retry taken up on time counted as late"
+
+
+def test_a_retry_after_longer_than_its_step_does_not_wait_behind_the_longer_tier(
+        db_url, procs, workdir):
+    """docs/design.md: a Retry-After longer than the scheduled delay is
+    honoured; a retry never waits behind others due later than itself. A
+    retry whose Retry-After was longer than its step went to the shortest
+    tier at least as long as its wait, where every message ahead of it in
+    the partition (same subscription, or any other hashed there) is due up to
+    that tier's whole delay later: with the default schedule, an endpoint's
+    429 with `Retry-After: 60` was retried after up to 5 minutes (the 5m
+    tier), one of 31 minutes after up to 2 hours. It now waits in the longest
+    tier not longer than its wait, hopping within it as a paced delivery
+    does, so nothing ahead of it is due much later than itself.
+
+    Schedule 2s,20s; the endpoint answers every attempt 503 with
+    Retry-After: 3. Delivery P's second attempt fails, so its third waits 20 s
+    on the 20s tier. Then delivery A's first attempt fails: its retry, due in
+    3 s, must come about then, not when P's is due.
+
+    Checked to fail on main's binaries (9de0a62): A's retry came 19.0 s after
+    its first attempt, 16 s late, right after P's third attempt. About 12 s."""
+    schedule = "2s,20s"
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    rcv = checking(procs, workdir, status=503, retry_after=3)
+    verified_active(db_url, rcv.url)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    r.wait_ready()
+
+    def posts_of(wid):
+        return [p for p in rcv.posts() if p["headers"]["webhook-id"] == wid]
+    produce(broker.bootstrap, [event("user.session.start")])
+    p_first = wait_until(lambda: rcv.posts(), 20, "P's first attempt")[0]
+    p_id = p_first["headers"]["webhook-id"]
+    wait_until(lambda: len(posts_of(p_id)) == 2, 20, "P's second attempt")
+    time.sleep(0.5)  # P's third attempt is on the 20s tier by now
+
+    produce(broker.bootstrap, [event("user.session.start")])
+    a_first = wait_until(lambda: [p for p in rcv.posts()
+                                  if p["headers"]["webhook-id"] != p_id], 20,
+                         "A's first attempt")[0]
+    a_id = a_first["headers"]["webhook-id"]
+    a_retry = wait_until(lambda: posts_of(a_id)[1:], 8,
+                         "A's retry, due 3 s after its first attempt")[0]
+    gap = (a_retry["time_ms"] - a_first["time_ms"]) / 1000
+    print(f"A's retry came {gap:.2f} s after its first attempt (Retry-After: 3)")
+    assert gap >= 3 - 0.05, "attempted before its Retry-After"
+    assert gap < 3 + 2 * SLOW, f"{gap - 3:.1f} s late"
+    assert len(posts_of(p_id)) == 2, "P's third attempt came early"
