@@ -308,8 +308,9 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
-    /* How late the retrier is: from the due time to now, when the attempt
-     * goes (or is dropped, or waits for its predecessor); a copy read again
+    /* How late the retrier is: from when the retry was due, or its tier's
+     * order let it go if later (on_time_until), to now, when the attempt goes
+     * (or it is dropped, or waits for its predecessor); a copy read again
      * (stale, above) is not a retry late. */
     if (dl->due_ms) {
         int64_t late = hb_wall_ms() - dl->due_ms;
@@ -357,6 +358,23 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
         return now;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
+}
+
+/* Until when rkm, due at not_before, is on time: its due time, or, if later,
+ * the latest a message written before it on its tier can be due (its
+ * timestamp + the tier's delay + the jitter): waiting behind those is the
+ * tier's order (a retry may be late by the jitter), not the retrier behind. */
+static int64_t on_time_until(const hb_retrier_t *r, const rd_kafka_message_t *rkm,
+                             int64_t not_before) {
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
+    long long tier =
+        hb_schedule_tier_ms(hb_worker_schedule(r->w), rd_kafka_topic_name(rkm->rkt), NULL);
+    int64_t until;
+    if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+        return not_before;
+    until = ts + tier + tier * r->cfg->retry_jitter_percent / 100;
+    return until > not_before ? until : not_before;
 }
 
 /* Produces rkm again onto its own tier (attempt and due time unchanged); its
@@ -430,7 +448,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
     hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
-    dl->due_ms = m.not_before_ms;
+    dl->due_ms = on_time_until(r, rkm, m.not_before_ms);
     dl->settled = on_settled;
     dl->settled_arg = r;
     if (m.after_delivery_id)
@@ -612,8 +630,9 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
                                    "onto the same tier so that none waits behind them.");
     r->m_late = hb_metrics_histogram(
         "hookbridge_retry_lateness_seconds", NULL,
-        "How late retries read from the delay tiers were: from their due time to when the "
-        "retrier took them up (a copy read again and dropped as stale is not counted).",
+        "How late the retrier took up the retries of the delay tiers: from their due time "
+        "(or, if later, their tier's delay and jitter after they were written) to when it "
+        "took them up (a copy read again and dropped as stale is not counted).",
         late_bounds, HB_ARRAY_SIZE(late_bounds));
     r->m_auto_deactivated =
         hb_metrics_counter("hookbridge_auto_deactivations_total", NULL,

@@ -88,7 +88,9 @@ def test_how_late_the_retrier_takes_up_retries_is_on_its_metrics(db_url, procs, 
     overdue, and /readyz says ready while the retrier is minutes behind (its
     partitions stuck, a replica away, partitions added it does not read). Now
     hookbridge_retry_lateness_seconds (histogram) has, for each retry taken
-    up, how long after its due time that was.
+    up, how long after its due time that was (or after its tier's delay and
+    jitter from when it was written, if later: behind a retry with more
+    jitter written before it, a retry waits by design).
 
     Here the first attempts of three events fail while no retrier runs; the
     retrier starts 4 s after their 1 s retries were due: three observations
