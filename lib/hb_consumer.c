@@ -16,6 +16,9 @@
 #define KEEPALIVE_AFTER_MS 3000   /* no message taken this long: the queue served without */
 #define REVOKE_LOG_WAIT_MS 2000   /* a revocation waits this long at most for the delivery log */
 
+/* partitions added to a topic are read within this (hb_consumer_start) */
+#define METADATA_REFRESH_MS "10000"
+
 typedef struct deferred_s {
     char *topic;
     int32_t partition;
@@ -519,6 +522,14 @@ int hb_consumer_start(hb_consumer_t *c, char *errstr, size_t errstr_size) {
          * with 16 MiB to 61 MiB, draining as fast (make bench, catch-up:
          * 34,800 and 33,000 deliveries/s; 8 MiB starved it: 21,700/s). */
         hb_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384", errstr, errstr_size) < 0 ||
+        /* Partitions added to a subscribed topic are seen, and the group
+         * rebalances onto them, at a member's next metadata refresh: 5 min
+         * by librdkafka's default. A producer that sees them first writes
+         * there meanwhile: retries due in seconds came up to 5 min late,
+         * events as late. One metadata request every 10 s (with the
+         * retrier's pattern, the cluster's topic list) bounds that. */
+        hb_kafka_conf_set(conf, "topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS, errstr,
+                          errstr_size) < 0 ||
         /* Incremental rebalancing: a member joining or leaving moves only the
          * partitions that change owner; the others keep being consumed. */
         hb_kafka_conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr,
@@ -790,8 +801,9 @@ static void topic_check(hb_consumer_t *c) {
         c->missing_topic[0] = '\0';
         /* With a pattern in the subscription librdkafka matches it against
          * the whole cluster's metadata, which it refreshes only every
-         * topic.metadata.refresh.interval.ms (5 min): an application's
-         * request for all topics makes the group see the new topic now. */
+         * topic.metadata.refresh.interval.ms (METADATA_REFRESH_MS, unless
+         * the operator's passthrough sets more): an application's request
+         * for all topics makes the group see the new topic now. */
         for (int i = 0; i < c->topics_cnt; i++)
             if (c->topics[i][0] == '^') {
                 md = NULL;

@@ -128,6 +128,7 @@ typedef struct hb_delivery_s {
     int attempt;              /* this attempt: 1 = first */
     int64_t first_attempt_ms; /* 0: set when the first attempt starts (or waits) */
     int schedule_offset;      /* attempts made before the current schedule (replay) */
+    int64_t due_ms;           /* the retrier's: when this attempt was due (0: not one) */
     hb_job_t **jobs;          /* each held once by the delivery */
     size_t jobs_cnt;
     /* a batch made by hb_delivery_make, or one event of a rate-limited

@@ -165,9 +165,18 @@ int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry
             basis = retry_after_ms;
     }
     /* The scheduled tier (jitter never moves a message up a tier), unless
-     * Retry-After asks for longer than it: then the tier that fits, so the
-     * message never waits behind others due later than itself. */
-    *topic = hb_schedule_topic_for(s, basis);
+     * Retry-After asks for longer than it: then the longest tier not longer
+     * than the wait, where it hops until due (the retrier produces a message
+     * due beyond its tier's span again onto the same tier). Not the shortest
+     * tier at least as long: there every message ahead of it is due up to
+     * that tier's delay later than itself, and it waited behind them (a
+     * Retry-After of 60 s on the 5m tier came up to 5 minutes late). */
+    *topic = hb_schedule_topic_for(s, tier_delay);
+    for (int j = s->tiers - 1; j >= 0; j--)
+        if (s->tiers_ms[j] <= basis) {
+            *topic = s->tier_topics[j];
+            break;
+        }
     *not_before_ms = now_ms + delay;
     return 0;
 }

@@ -13,7 +13,8 @@
  *     tier messages are in due order (up to the jitter), so waiting for the
  *     head of a partition is waiting for the earliest message in it;
  *   - due later than its tier's delay allows (a Retry-After longer than
- *     every tier): produced again onto the same tier, attempt and due time
+ *     its tier, the longest not longer than the wait: hb_schedule_next):
+ *     produced again onto the same tier, attempt and due time
  *     unchanged (a "hop"), and its offset released once the broker has the
  *     copy, so no retry behind it waits for a message due later than itself;
  *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
@@ -95,7 +96,7 @@ struct hb_retrier_s {
     int64_t next_sweep;
     int maintain_asked;
     int64_t next_maintain;
-    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops;
+    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late;
     hb_hash_t active;  /* delivery id -> active_t*: attempted or held here */
     hb_hash_t retired; /* retired tier topics seen (said once each); no values */
     active_t **ready;  /* routed since the last pass: their waiters go on */
@@ -307,6 +308,15 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
+    /* How late the retrier is: from when the retry was due, or its tier's
+     * order let it go if later (on_time_until), to now, when the attempt goes
+     * (or it is dropped, or waits for its predecessor); a copy read again
+     * (stale, above) is not a retry late. */
+    if (dl->due_ms) {
+        int64_t late = hb_wall_ms() - dl->due_ms;
+        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
+        dl->due_ms = 0; /* once per message read */
+    }
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
            st->found ? st->status : "no row yet", st->attempts);
@@ -325,7 +335,7 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
  * due before ts + the tier's delay (ts: when this one was produced). Holding
  * the partition longer than that (plus the jitter) would make them wait
  * behind a message due later than themselves, which happens when Retry-After
- * asked for more than the longest tier. Or when its producer's clock is
+ * asked for more than the tier it waits in. Or when its producer's clock is
  * ahead of this one's: its due time and its timestamp are both late by as
  * much (up to an hour, what Kafka takes by default:
  * message.timestamp.after.max.ms), and it would hold the partition until its
@@ -348,6 +358,23 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
         return now;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
+}
+
+/* Until when rkm, due at not_before, is on time: its due time, or, if later,
+ * the latest a message written before it on its tier can be due (its
+ * timestamp + the tier's delay + the jitter): waiting behind those is the
+ * tier's order (a retry may be late by the jitter), not the retrier behind. */
+static int64_t on_time_until(const hb_retrier_t *r, const rd_kafka_message_t *rkm,
+                             int64_t not_before) {
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
+    long long tier =
+        hb_schedule_tier_ms(hb_worker_schedule(r->w), rd_kafka_topic_name(rkm->rkt), NULL);
+    int64_t until;
+    if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+        return not_before;
+    until = ts + tier + tier * r->cfg->retry_jitter_percent / 100;
+    return until > not_before ? until : not_before;
 }
 
 /* Produces rkm again onto its own tier (attempt and due time unchanged); its
@@ -421,6 +448,7 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
                          m.event_type, &job, 1);
     m.body = NULL; /* now the delivery's */
     hb_delivery_continue(dl, m.attempt, m.first_attempt_ms, m.schedule_offset);
+    dl->due_ms = on_time_until(r, rkm, m.not_before_ms);
     dl->settled = on_settled;
     dl->settled_arg = r;
     if (m.after_delivery_id)
@@ -564,6 +592,7 @@ static const hb_worker_hooks_t hooks = {
 /* ------------------------------------------------------------ build/free */
 
 hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr_size) {
+    static const double late_bounds[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600};
     hb_retrier_t *r = hb_calloc(1, sizeof(*r));
     const hb_schedule_t *sch = &cfg->schedule;
     const char *topics[HB_RETRY_MAX_STEPS + 1];
@@ -599,6 +628,12 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
                                    "Retries due later than their tier's delay, produced again "
                                    "onto the same tier so that none waits behind them.");
+    r->m_late = hb_metrics_histogram(
+        "hookbridge_retry_lateness_seconds", NULL,
+        "How late the retrier took up the retries of the delay tiers: from their due time "
+        "(or, if later, their tier's delay and jitter after they were written) to when it "
+        "took them up (a copy read again and dropped as stale is not counted).",
+        late_bounds, HB_ARRAY_SIZE(late_bounds));
     r->m_auto_deactivated =
         hb_metrics_counter("hookbridge_auto_deactivations_total", NULL,
                            "Subscriptions deactivated because every attempt kept failing.");

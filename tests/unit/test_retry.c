@@ -97,14 +97,23 @@ static void next_attempt_follows_schedule_jitter_and_retry_after(void **state) {
     assert_int_equal(nb, 66000);
     assert_int_equal(hb_schedule_next(&s, 2, 0, 3600000, 20, 0.0, 0, &topic, &nb), 0);
     assert_int_equal(nb, 60000);
-    /* Retry-After longer than the step: honoured, on the tier that fits it */
+    /* Retry-After longer than the step: honoured, on the longest tier not
+     * longer than it (it hops there until due; on the 1h tier it would wait
+     * behind retries due up to an hour later) */
     assert_int_equal(hb_schedule_next(&s, 1, 120000, 3600000, 0, 0, 0, &topic, &nb), 0);
     assert_int_equal(nb, 120000);
+    assert_string_equal(topic, "r.1m");
+    assert_int_equal(hb_schedule_next(&s, 1, 30000, 3600000, 0, 0, 0, &topic, &nb), 0);
+    assert_int_equal(nb, 30000);
+    assert_string_equal(topic, "r.5s");
+    /* one longer than every tier: the longest */
+    assert_int_equal(hb_schedule_next(&s, 1, 7200000, 86400000, 0, 0, 0, &topic, &nb), 0);
+    assert_int_equal(nb, 7200000);
     assert_string_equal(topic, "r.1h");
     /* ... but bounded by retry_after_max */
     assert_int_equal(hb_schedule_next(&s, 1, 7200000, 30000, 0, 0, 0, &topic, &nb), 0);
     assert_int_equal(nb, 30000);
-    assert_string_equal(topic, "r.1m");
+    assert_string_equal(topic, "r.5s");
     /* shorter Retry-After than the step changes nothing */
     assert_int_equal(hb_schedule_next(&s, 3, 1000, 3600000, 0, 0, 0, &topic, &nb), 0);
     assert_int_equal(nb, 3600000);
