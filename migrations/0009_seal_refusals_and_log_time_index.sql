@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 39837cd89b8a6bb773b09cf6c9fd463462867f4cdc53503abaf4b90cd6d99078
+-- sql/: sha256 3c4f28da2b1757c6c9a25452fd9bc0c27df381a4ae2731c78288033a0ac8fdcb
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS
