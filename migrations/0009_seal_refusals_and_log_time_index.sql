@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 3c4f28da2b1757c6c9a25452fd9bc0c27df381a4ae2731c78288033a0ac8fdcb
+-- sql/: sha256 19537bf0f7b7b11e50f8e433162b8954ecd2d9906c60b84957c8dab1250f4120
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

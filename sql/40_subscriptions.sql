@@ -177,13 +177,22 @@ BEGIN
 END
 $$;
 
--- A constraint trigger cannot be replaced: dropped and made again.
-DROP TRIGGER IF EXISTS subscriptions_deactivated_at_commit ON hookbridge.subscriptions;
-CREATE CONSTRAINT TRIGGER subscriptions_deactivated_at_commit
-    AFTER UPDATE OF status ON hookbridge.subscriptions
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active')
-    EXECUTE FUNCTION hookbridge._stamp_deactivated_at();
+-- A constraint trigger cannot be replaced, and dropping one would lock the
+-- table against the services' reads while `up` runs: made once, when missing
+-- (a change to its definition needs a migration that drops it).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = 'hookbridge.subscriptions'::regclass
+                      AND t.tgname = 'subscriptions_deactivated_at_commit') THEN
+        CREATE CONSTRAINT TRIGGER subscriptions_deactivated_at_commit
+            AFTER UPDATE OF status ON hookbridge.subscriptions
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active')
+            EXECUTE FUNCTION hookbridge._stamp_deactivated_at();
+    END IF;
+END
+$$;
 
 -- Public functions -------------------------------------------------------------------
 
