@@ -113,6 +113,7 @@ struct store_msg_s {
     hb_sub_t *sub;   /* MSG_CLAIM_VERIFY, MSG_CHANGE */
     hb_sub_t **subs; /* MSG_RELOAD */
     size_t subs_cnt; /* MSG_RELOAD */
+    long long gen;   /* MSG_RELOAD: the follower's connection it was made on */
     char **ids;      /* MSG_PENDING_VERIFY */
     int cnt;         /* ids, replays, deactivations */
     hb_replay_t *replays;
@@ -236,6 +237,11 @@ struct hb_store_s {
      * sealed; until it is loaded (or this monotonic time) the loop takes no
      * event, which would be matched without it and go to it nowhere */
     int64_t unloaded_until_ms;
+    /* under mu: the follower's connections so far (each reconnect adds one),
+     * and the one whose full load the loop has applied last: they differ
+     * while changes made during an outage may still be missing (the
+     * reconnect's reload not made, or not applied yet), hb_store_current */
+    long long conn_gen, loaded_gen;
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -291,6 +297,8 @@ static void post_error(lane_t *ln, const char *err) {
 
 static void lane_set_conn(lane_t *ln, PGconn *conn) {
     pthread_mutex_lock(&ln->st->mu);
+    if (ln->follower && conn && conn != ln->conn)
+        ln->st->conn_gen++;
     if (ln->conn && ln->conn != conn)
         PQfinish(ln->conn);
     ln->conn = conn;
@@ -481,6 +489,9 @@ static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, si
 static store_msg_t *reload(lane_t *ln) {
     store_msg_t *m = msg_new(MSG_RELOAD);
     char why[512];
+    pthread_mutex_lock(&ln->st->mu);
+    m->gen = ln->st->conn_gen;
+    pthread_mutex_unlock(&ln->st->mu);
     if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0) {
         msg_fail(m, why);
         if (ln->conn)
@@ -1278,6 +1289,14 @@ int hb_store_connected(hb_store_t *st) {
     return c;
 }
 
+int hb_store_current(hb_store_t *st) {
+    int c;
+    pthread_mutex_lock(&st->mu);
+    c = st->lanes[LANE_FOLLOWER].connected && st->loaded_gen == st->conn_gen;
+    pthread_mutex_unlock(&st->mu);
+    return c;
+}
+
 int hb_store_pending(hb_store_t *st) {
     return st->pending - st->pending_claims;
 }
@@ -1332,6 +1351,11 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
         st->snapshot = m->subs;
         st->snapshot_cnt = m->subs_cnt;
         st->snapshot_err = m->err;
+        if (!m->err) {
+            pthread_mutex_lock(&st->mu);
+            st->loaded_gen = m->gen;
+            pthread_mutex_unlock(&st->mu);
+        }
         m->subs = NULL;
         m->subs_cnt = 0;
         m->err = NULL;

@@ -3,10 +3,14 @@ dispatcher and retrier, as an operator meets it under faults (a change
 committed in a long transaction, ...).
 
 Each check says what it did on main's binaries (9de0a62) and what holds it."""
+import socket
+import time
+
 import psycopg2
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import produce
+from hbtest.stack import Retrier, produce
+from hbtest.tcpproxy import TcpProxy
 from test_delivery import event, register_verified, sql
 from test_reactivate import DROP_REASON, changes_seen, delivery_of
 from test_retry import stack
@@ -52,3 +56,100 @@ def test_a_retry_begun_while_a_deactivation_was_uncommitted_is_dropped_at_its_co
     print(f"receiver's posts: {[p['status'] for p in receiver.posts()]}; A: {status}, {n}")
     assert (status, n, err) == ("dropped", 1, DROP_REASON)
     assert [p["status"] for p in receiver.posts()] == [503], "A's retry reached the endpoint"
+
+
+class StoreRefusingProxy(TcpProxy):
+    """A TcpProxy that, while `refuse_store` is set, closes each connection
+    whose startup message names application_name 'hookbridge' (the
+    subscription store's lanes) and forwards the others (the delivery log's,
+    'hookbridge-dlog'): the database back for one of a service's connections
+    before the other, as the two back-offs can have it."""
+
+    STORE = b"application_name\x00hookbridge\x00"
+
+    def __init__(self, upstream_port):
+        super().__init__(upstream_port)
+        self.refuse_store = False
+
+    def _pump(self, src, dst):
+        if src in self._conns[0::2]:  # client -> server: look at the startup
+            head = b""
+            try:
+                while len(head) < 4096 and b"\x00\x00" not in head[8:]:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    head += data
+                    if self.STORE in head or b"hookbridge-dlog" in head:
+                        break
+                    if head[:7] == b"\x00\x00\x00\x08\x04\xd2\x16":  # SSL/GSS request
+                        dst.sendall(head)
+                        head = b""
+                if self.refuse_store and self.STORE in head:
+                    for s in (src, dst):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                    return
+                dst.sendall(head)
+            except OSError:
+                return
+        super()._pump(src, dst)
+
+
+def test_a_retry_due_before_the_retrier_has_its_subscriptions_again_waits_for_them(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, PostgreSQL unreachable: "The retrier asks the log
+    about each retry before attempting it, so its retries wait for the
+    database (neither dropped nor attempted blindly). Subscription changes
+    made meanwhile apply once the database is back and the subscriptions
+    are reloaded". The retrier's connections come back one by one (the
+    delivery log's back-off and the subscription store's are their own):
+    here the log's first, the store's a few seconds later. A retry that
+    comes due in between, of a subscription deactivated during the outage,
+    waits for the reload and is dropped, not sent.
+
+    On main (9de0a62): the log answered, and the retry went to the endpoint
+    with the subscription as it was before the outage (the receiver's posts
+    were [503, 204]: A delivered at attempt 2 to a deactivated
+    subscription)."""
+    proxy = StoreRefusingProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker, receiver, d, r = stack(
+            procs, workdir, db_url, "4s", receiver_args={"fail_first": 1}, retrier=False)
+        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                    broker.bootstrap,
+                    extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "4s", "HOOKBRIDGE_RETRY_JITTER": "0"})
+        r.wait_ready()
+        sub = register_verified(db_url, receiver.url, ["user.session.start"])
+        wait_until(lambda: changes_seen(d) and changes_seen(r), 10 * SLOW,
+                   "the services to see it active")
+        a = event("user.session.start")
+        produce(broker.bootstrap, [a])
+        wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry", 20 * SLOW,
+                   "A's first attempt, failed and logged")
+
+        proxy.cut()  # the retrier's database goes away; meanwhile A's sub is deactivated
+        wait_until(lambda: "database not connected" in r.get("/readyz")[1], 10 * SLOW,
+                   "the retrier to see the database gone")
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        proxy.refuse_store = True
+        proxy.start()  # the delivery log reconnects; the store cannot yet
+
+        # A comes due (4 s after its first attempt) while the store is still away
+        time.sleep(6 * SLOW)
+        posts = [p["status"] for p in receiver.posts()]
+        assert posts == [503], f"A's retry went out before the retrier reloaded: {posts}"
+        proxy.refuse_store = False
+        _, status, n, err = wait_until(
+            lambda: (row := delivery_of(db_url, a)) and row[1] != "retry" and row, 20 * SLOW,
+            "A's retry settled once the subscriptions are reloaded")
+        assert (status, n, err) == ("dropped", 1, "subscription inactive")
+        assert [p["status"] for p in receiver.posts()] == [503]
+        out = r.proc.output()
+        assert "due retries wait until the subscriptions are loaded again" in out
+        assert "subscriptions loaded again: 1 due retry that waited for them goes on" in out
+    finally:
+        proxy.close()
