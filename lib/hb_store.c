@@ -1292,7 +1292,8 @@ int hb_store_connected(hb_store_t *st) {
 int hb_store_current(hb_store_t *st) {
     int c;
     pthread_mutex_lock(&st->mu);
-    c = st->lanes[LANE_FOLLOWER].connected && st->loaded_gen == st->conn_gen;
+    c = st->lanes[LANE_FOLLOWER].connected && st->loaded_gen == st->conn_gen &&
+        (!st->unloaded_until_ms || hb_mono_ms() >= st->unloaded_until_ms);
     pthread_mutex_unlock(&st->mu);
     return c;
 }

@@ -93,7 +93,9 @@ int hb_store_fd(hb_store_t *st);
 int hb_store_connected(hb_store_t *st);
 /* The follower is connected and the full load made on this connection has
  * been applied (hb_store_process, on_reload): changes made while it was
- * away are in it. 0 from a lost connection until then; the loop's thread. */
+ * away are in it. 0 from a lost connection until then, and while a
+ * subscription that load skipped (a value not sealed yet) waits to be loaded
+ * (as hb_store_settled); the loop's thread. */
 int hb_store_current(hb_store_t *st);
 /* 0 while a subscription change may be on its way (see above): the loop
  * should not take new events until it is applied. */

@@ -102,8 +102,9 @@ struct hb_retrier_s {
     size_t ready_n, ready_cap;
     /* Due retries the log answered for while the subscriptions may miss
      * changes made during a database outage (the store's connection not
-     * back, or back but not reloaded: hb_worker_index_current); they go on
-     * once it is (held_pass). */
+     * back, or back but not reloaded; or a subscription the reload skipped
+     * for a value not sealed yet: hb_worker_index_current); they go on once
+     * they are current (held_pass). */
     hb_delivery_t **held;
     size_t held_n, held_cap;
     int held_said; /* "waiting for the subscriptions" said for this stretch */
@@ -329,7 +330,7 @@ static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
     if (!r->held_said) {
         r->held_said = 1;
         hb_info("database: due retries wait until the subscriptions are loaded again (changes "
-                "made while the database was away may be missing)");
+                "made while the database was away, or values not sealed yet, may be missing)");
     }
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d waits for the subscriptions to be loaded again", dl->attempt);
