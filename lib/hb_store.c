@@ -67,6 +67,12 @@
 /* Lanes (connections) for verification claims and outcomes. */
 #define STORE_VERIFY_LANES 4
 #define STORE_LANES (2 + STORE_VERIFY_LANES)
+/* The loop holds new events while the follower is busy (hb_store_settled),
+ * at most this long: a database that stopped answering (or a lock its load
+ * waits for) holds consumption no longer than it would hold the delivery
+ * log before /readyz says so; then events are matched against the
+ * subscriptions in memory, as while the database is unreachable. */
+#define STORE_BUSY_WAIT_MS 10000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -198,6 +204,7 @@ typedef struct lane_s {
     PGconn *conn;        /* NULL while disconnected; only the lane's thread uses it */
     int sock;            /* PQsocket(conn) or -1; changed under st->mu */
     int busy;            /* under st->mu: notifications taken, their events not queued */
+    int64_t busy_since;  /* under st->mu: monotonic ms busy was set */
     int connected;       /* under st->mu */
     int64_t retry_at_ms; /* monotonic; next reconnect attempt */
     int64_t backoff_ms;
@@ -247,6 +254,7 @@ struct hb_store_s {
     size_t snapshot_cnt;
     char *snapshot_err; /* why there is none */
     int pending;        /* the loop's: requests not called back yet */
+    int stuck_said;     /* the loop's: the follower's wait past STORE_BUSY_WAIT_MS was said */
     int pending_claims; /* the loop's: verification claims among them */
 };
 
@@ -275,6 +283,13 @@ static int pipe_open(int fds[2]) {
         (void)fcntl(fds[i], F_SETFD, FD_CLOEXEC);
     }
     return 0;
+}
+
+/* Under st->mu: the lane starts work the loop may have to wait for. */
+static void set_busy_locked(lane_t *ln) {
+    if (!ln->busy)
+        ln->busy_since = hb_mono_ms();
+    ln->busy = 1;
 }
 
 /* Lane thread: hands m (an answered request or an event) to the loop. */
@@ -766,7 +781,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     int retry;
 
     pthread_mutex_lock(&ln->st->mu);
-    ln->busy = 1;
+    set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
     if (reloaded)
         queue_push(&events, reloaded);
@@ -1006,7 +1021,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
     char errstr[512];
     int rc;
     pthread_mutex_lock(&ln->st->mu);
-    ln->busy = 1;
+    set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
     if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
         lane_connect(ln, errstr, sizeof(errstr)) < 0) {
@@ -1093,7 +1108,7 @@ static void lane_loop(lane_t *ln) {
                 /* Changes made while disconnected come with the reload: the
                  * loop takes no event until it has it. */
                 pthread_mutex_lock(&st->mu);
-                ln->busy = 1;
+                set_busy_locked(ln);
                 pthread_mutex_unlock(&st->mu);
                 hb_info("database: reconnected; reloading subscriptions");
                 follow(ln, reload(ln));
@@ -1169,6 +1184,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int 
     st->snapshot_err = hb_strdup("database: the first load of the subscriptions is under way");
     fl->first_load = 1;
     fl->busy = 1; /* no event is taken before it (hb_store_settled) */
+    fl->busy_since = hb_mono_ms();
     if (pipe_open(st->notify) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;
@@ -1304,16 +1320,30 @@ int hb_store_pending(hb_store_t *st) {
 
 int hb_store_settled(hb_store_t *st) {
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
-    int settled;
+    int settled, stuck, busy;
+    int64_t now = hb_mono_ms(), waited;
     pthread_mutex_lock(&st->mu);
-    settled = !st->results.head && !fl->busy &&
-              (!st->unloaded_until_ms || hb_mono_ms() >= st->unloaded_until_ms);
+    busy = fl->busy;
+    waited = now - fl->busy_since;
+    stuck = busy && waited >= STORE_BUSY_WAIT_MS;
+    settled = !st->results.head && (!busy || stuck) &&
+              (!st->unloaded_until_ms || now >= st->unloaded_until_ms);
     if (settled && fl->sock >= 0) {
         /* bytes the follower has not read yet may be a notification */
         struct pollfd pfd = {.fd = fl->sock, .events = POLLIN};
         settled = poll(&pfd, 1, 0) <= 0;
     }
     pthread_mutex_unlock(&st->mu);
+    if (stuck && !st->stuck_said) {
+        st->stuck_said = 1;
+        hb_warn("database: no answer to the subscription store for %lld s; events are matched "
+                "against the subscriptions in memory until it answers (a change notified "
+                "meanwhile applies then)",
+                (long long)(waited / 1000));
+    } else if (!busy && st->stuck_said) {
+        st->stuck_said = 0;
+        hb_info("database: the subscription store has its answer again");
+    }
     return settled;
 }
 

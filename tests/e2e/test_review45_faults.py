@@ -153,3 +153,51 @@ def test_a_retry_due_before_the_retrier_has_its_subscriptions_again_waits_for_th
         assert "subscriptions loaded again: 1 due retry that waited for them goes on" in out
     finally:
         proxy.close()
+
+
+def test_a_change_whose_load_waits_for_a_lock_holds_deliveries_10_s_not_for_as_long(
+        db_url, procs, workdir):
+    """docs/operations.md, PostgreSQL not answering: a server that keeps its
+    connections but answers nothing, or a statement waiting for a lock (a
+    migration or a manual statement holding one), and "What hookbridge does:
+    the same as when PostgreSQL is unreachable; it waits, loses nothing":
+    deliveries go on with the subscriptions in memory. A change is notified
+    while a lock on hookbridge.subscriptions is held (a migration's ALTER
+    TABLE, a LOCK by hand): the dispatcher's load of it waits for the lock.
+    Events produced meanwhile are held at most 10 s, then delivered with the
+    subscriptions in memory (one warn line says so), not for as long as the
+    lock is held.
+
+    On main (9de0a62): consumption stopped until the lock was released (here
+    25 s: no event delivered; with a proxy that stopped answering instead of
+    a lock, it stopped 60 s into the outage, at the store's first sweep of the
+    secret inbox, for the rest of it)."""
+    broker, receiver, d, _ = stack(procs, workdir, db_url, "5s", retrier=False)
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d), 10 * SLOW, "the dispatcher to see it active")
+    first = event("user.session.start")
+    produce(broker.bootstrap, [first])
+    wait_until(lambda: len(receiver.events()) == 1, 20 * SLOW, "the first event delivered")
+
+    lock = psycopg2.connect(db_url)
+    try:
+        lock.cursor().execute("LOCK TABLE hookbridge.subscriptions IN ACCESS EXCLUSIVE MODE")
+        # a change committed just before the lock was taken: its load waits
+        sql(db_url, "SELECT pg_notify('hookbridge_subscriptions', %s)", sub)
+        t0 = time.monotonic()
+        during = event("user.session.start")
+        produce(broker.bootstrap, [during])
+        wait_until(lambda: during["uuid"] in {e["uuid"] for _, e in receiver.events()},
+                   25 * SLOW, "the event produced while the lock is held")
+        took = time.monotonic() - t0
+        print(f"delivered {took:.1f} s after the change was notified")
+        assert took >= 9, "events were not held for the notified change"
+        assert "no answer to the subscription store for 10 s" in d.proc.output()
+    finally:
+        lock.close()
+    wait_until(lambda: "the subscription store has its answer again" in d.proc.output(),
+               10 * SLOW, "the store's answer")
+    after = event("user.session.start")
+    produce(broker.bootstrap, [after])
+    wait_until(lambda: after["uuid"] in {e["uuid"] for _, e in receiver.events()}, 20 * SLOW,
+               "the event after the lock")
