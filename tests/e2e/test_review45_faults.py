@@ -3,6 +3,7 @@ dispatcher and retrier, as an operator meets it under faults (a change
 committed in a long transaction, ...).
 
 Each check says what it did on main's binaries (9de0a62) and what holds it."""
+import re
 import socket
 import time
 
@@ -192,7 +193,7 @@ def test_a_change_whose_load_waits_for_a_lock_holds_deliveries_10_s_not_for_as_l
         took = time.monotonic() - t0
         print(f"delivered {took:.1f} s after the change was notified")
         assert took >= 9, "events were not held for the notified change"
-        assert "no answer to the subscription store for 10 s" in d.proc.output()
+        assert re.search(r"no answer to the subscription store for 1\d s", d.proc.output())
     finally:
         lock.close()
     wait_until(lambda: "the subscription store has its answer again" in d.proc.output(),
