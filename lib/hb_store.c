@@ -1306,10 +1306,13 @@ int hb_store_connected(hb_store_t *st) {
 }
 
 int hb_store_current(hb_store_t *st) {
+    lane_t *fl = &st->lanes[LANE_FOLLOWER];
+    int64_t now = hb_mono_ms();
     int c;
     pthread_mutex_lock(&st->mu);
-    c = st->lanes[LANE_FOLLOWER].connected && st->loaded_gen == st->conn_gen &&
-        (!st->unloaded_until_ms || hb_mono_ms() >= st->unloaded_until_ms);
+    c = fl->connected && st->loaded_gen == st->conn_gen &&
+        (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
+        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS);
     pthread_mutex_unlock(&st->mu);
     return c;
 }
