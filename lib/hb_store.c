@@ -67,6 +67,12 @@
 /* Lanes (connections) for verification claims and outcomes. */
 #define STORE_VERIFY_LANES 4
 #define STORE_LANES (2 + STORE_VERIFY_LANES)
+/* The loop holds new events while the follower is busy (hb_store_settled),
+ * at most this long: a database that stopped answering (or a lock its load
+ * waits for) holds consumption no longer than it would hold the delivery
+ * log before /readyz says so; then events are matched against the
+ * subscriptions in memory, as while the database is unreachable. */
+#define STORE_BUSY_WAIT_MS 10000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -113,6 +119,7 @@ struct store_msg_s {
     hb_sub_t *sub;   /* MSG_CLAIM_VERIFY, MSG_CHANGE */
     hb_sub_t **subs; /* MSG_RELOAD */
     size_t subs_cnt; /* MSG_RELOAD */
+    long long gen;   /* MSG_RELOAD: the follower's connection it was made on */
     char **ids;      /* MSG_PENDING_VERIFY */
     int cnt;         /* ids, replays, deactivations */
     hb_replay_t *replays;
@@ -197,6 +204,7 @@ typedef struct lane_s {
     PGconn *conn;        /* NULL while disconnected; only the lane's thread uses it */
     int sock;            /* PQsocket(conn) or -1; changed under st->mu */
     int busy;            /* under st->mu: notifications taken, their events not queued */
+    int64_t busy_since;  /* under st->mu: monotonic ms busy was set */
     int connected;       /* under st->mu */
     int64_t retry_at_ms; /* monotonic; next reconnect attempt */
     int64_t backoff_ms;
@@ -236,11 +244,17 @@ struct hb_store_s {
      * sealed; until it is loaded (or this monotonic time) the loop takes no
      * event, which would be matched without it and go to it nowhere */
     int64_t unloaded_until_ms;
+    /* under mu: the follower's connections so far (each reconnect adds one),
+     * and the one whose full load the loop has applied last: they differ
+     * while changes made during an outage may still be missing (the
+     * reconnect's reload not made, or not applied yet), hb_store_current */
+    long long conn_gen, loaded_gen;
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
     char *snapshot_err; /* why there is none */
     int pending;        /* the loop's: requests not called back yet */
+    int stuck_said;     /* the loop's: the follower's wait past STORE_BUSY_WAIT_MS was said */
     int pending_claims; /* the loop's: verification claims among them */
 };
 
@@ -271,6 +285,13 @@ static int pipe_open(int fds[2]) {
     return 0;
 }
 
+/* Under st->mu: the lane starts work the loop may have to wait for. */
+static void set_busy_locked(lane_t *ln) {
+    if (!ln->busy)
+        ln->busy_since = hb_mono_ms();
+    ln->busy = 1;
+}
+
 /* Lane thread: hands m (an answered request or an event) to the loop. */
 static void post(lane_t *ln, store_msg_t *m) {
     pthread_mutex_lock(&ln->st->mu);
@@ -291,6 +312,8 @@ static void post_error(lane_t *ln, const char *err) {
 
 static void lane_set_conn(lane_t *ln, PGconn *conn) {
     pthread_mutex_lock(&ln->st->mu);
+    if (ln->follower && conn && conn != ln->conn)
+        ln->st->conn_gen++;
     if (ln->conn && ln->conn != conn)
         PQfinish(ln->conn);
     ln->conn = conn;
@@ -481,6 +504,9 @@ static int load_one(lane_t *ln, const char *id, hb_sub_t **out, char *errstr, si
 static store_msg_t *reload(lane_t *ln) {
     store_msg_t *m = msg_new(MSG_RELOAD);
     char why[512];
+    pthread_mutex_lock(&ln->st->mu);
+    m->gen = ln->st->conn_gen;
+    pthread_mutex_unlock(&ln->st->mu);
     if (load_all(ln, &m->subs, &m->subs_cnt, why, sizeof(why)) < 0) {
         msg_fail(m, why);
         if (ln->conn)
@@ -755,7 +781,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     int retry;
 
     pthread_mutex_lock(&ln->st->mu);
-    ln->busy = 1;
+    set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
     if (reloaded)
         queue_push(&events, reloaded);
@@ -995,7 +1021,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
     char errstr[512];
     int rc;
     pthread_mutex_lock(&ln->st->mu);
-    ln->busy = 1;
+    set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
     if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
         lane_connect(ln, errstr, sizeof(errstr)) < 0) {
@@ -1082,7 +1108,7 @@ static void lane_loop(lane_t *ln) {
                 /* Changes made while disconnected come with the reload: the
                  * loop takes no event until it has it. */
                 pthread_mutex_lock(&st->mu);
-                ln->busy = 1;
+                set_busy_locked(ln);
                 pthread_mutex_unlock(&st->mu);
                 hb_info("database: reconnected; reloading subscriptions");
                 follow(ln, reload(ln));
@@ -1158,6 +1184,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int 
     st->snapshot_err = hb_strdup("database: the first load of the subscriptions is under way");
     fl->first_load = 1;
     fl->busy = 1; /* no event is taken before it (hb_store_settled) */
+    fl->busy_since = hb_mono_ms();
     if (pipe_open(st->notify) < 0) {
         hb_seterr(errstr, errstr_size, "pipe: %s", strerror(errno));
         goto fail;
@@ -1278,22 +1305,48 @@ int hb_store_connected(hb_store_t *st) {
     return c;
 }
 
+int hb_store_current(hb_store_t *st) {
+    lane_t *fl = &st->lanes[LANE_FOLLOWER];
+    int64_t now = hb_mono_ms();
+    int c;
+    pthread_mutex_lock(&st->mu);
+    c = fl->connected && st->loaded_gen == st->conn_gen &&
+        (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
+        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS);
+    pthread_mutex_unlock(&st->mu);
+    return c;
+}
+
 int hb_store_pending(hb_store_t *st) {
     return st->pending - st->pending_claims;
 }
 
 int hb_store_settled(hb_store_t *st) {
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
-    int settled;
+    int settled, stuck, busy;
+    int64_t now = hb_mono_ms(), waited;
     pthread_mutex_lock(&st->mu);
-    settled = !st->results.head && !fl->busy &&
-              (!st->unloaded_until_ms || hb_mono_ms() >= st->unloaded_until_ms);
+    busy = fl->busy;
+    waited = now - fl->busy_since;
+    stuck = busy && waited >= STORE_BUSY_WAIT_MS;
+    settled = !st->results.head && (!busy || stuck) &&
+              (!st->unloaded_until_ms || now >= st->unloaded_until_ms);
     if (settled && fl->sock >= 0) {
         /* bytes the follower has not read yet may be a notification */
         struct pollfd pfd = {.fd = fl->sock, .events = POLLIN};
         settled = poll(&pfd, 1, 0) <= 0;
     }
     pthread_mutex_unlock(&st->mu);
+    if (stuck && !st->stuck_said) {
+        st->stuck_said = 1;
+        hb_warn("database: no answer to the subscription store for %lld s; events are matched "
+                "against the subscriptions in memory until it answers (a change notified "
+                "meanwhile applies then)",
+                (long long)(waited / 1000));
+    } else if (!busy && st->stuck_said) {
+        st->stuck_said = 0;
+        hb_info("database: the subscription store has its answer again");
+    }
     return settled;
 }
 
@@ -1332,6 +1385,11 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
         st->snapshot = m->subs;
         st->snapshot_cnt = m->subs_cnt;
         st->snapshot_err = m->err;
+        if (!m->err) {
+            pthread_mutex_lock(&st->mu);
+            st->loaded_gen = m->gen;
+            pthread_mutex_unlock(&st->mu);
+        }
         m->subs = NULL;
         m->subs_cnt = 0;
         m->err = NULL;

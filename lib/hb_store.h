@@ -31,7 +31,10 @@
  * A change notified before an event was produced is applied before that
  * event is matched: while the follower holds notifications it has not queued
  * as changes (or its socket has bytes it has not read), hb_store_settled()
- * says so and the loop does not consume.
+ * says so and the loop does not consume; for 10 s at most: a database that
+ * stopped answering while the follower waits for it (a lock its load waits
+ * for) then holds events no longer, and they are matched against the
+ * subscriptions in memory, as while it is unreachable (said once at warn).
  *
  * When the follower's connection drops, it reconnects with backoff (1 s
  * doubling to 5 s), LISTENs again, loads everything and queues on_reload,
@@ -91,8 +94,17 @@ int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), v
 int hb_store_fd(hb_store_t *st);
 /* The follower is connected. Any thread. */
 int hb_store_connected(hb_store_t *st);
+/* The follower is connected and the full load made on this connection has
+ * been applied (hb_store_process, on_reload): changes made while it was
+ * away are in it. 0 from a lost connection until then, while a
+ * subscription that load skipped (a value not sealed yet) waits to be loaded
+ * (as hb_store_settled), and while the follower has waited 10 s or more for
+ * the database (a change it was notified of may be missing); the loop's
+ * thread. */
+int hb_store_current(hb_store_t *st);
 /* 0 while a subscription change may be on its way (see above): the loop
- * should not take new events until it is applied. */
+ * should not take new events until it is applied, unless the follower has
+ * waited 10 s for the database. The loop's thread. */
 int hb_store_settled(hb_store_t *st);
 
 /* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost

@@ -934,6 +934,9 @@ hb_index_t *hb_worker_index(hb_worker_t *w) {
 hb_store_t *hb_worker_store(hb_worker_t *w) {
     return w->store;
 }
+int hb_worker_index_current(hb_worker_t *w) {
+    return w->store && w->index_loaded && hb_store_current(w->store);
+}
 hb_http_t *hb_worker_http(hb_worker_t *w) {
     return w->http;
 }

@@ -135,6 +135,10 @@ const hb_config_t *hb_worker_config(const hb_worker_t *w);
 const hb_schedule_t *hb_worker_schedule(const hb_worker_t *w);
 hb_index_t *hb_worker_index(hb_worker_t *w);
 hb_store_t *hb_worker_store(hb_worker_t *w); /* NULL while the database is away */
+/* The subscription index has every change committed before the store's
+ * current connection (hb_store_current): 0 from a lost connection until its
+ * reload is applied, while the index may miss changes made meanwhile. */
+int hb_worker_index_current(hb_worker_t *w);
 hb_http_t *hb_worker_http(hb_worker_t *w);
 
 /* Shutdown passed its deadline: completions must record nothing. */

@@ -21,7 +21,7 @@
 -- builds (a few seconds per million deliveries); IF NOT EXISTS lets you
 -- build it beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 39837cd89b8a6bb773b09cf6c9fd463462867f4cdc53503abaf4b90cd6d99078
+-- sql/: sha256 19537bf0f7b7b11e50f8e433162b8954ecd2d9906c60b84957c8dab1250f4120
 ALTER TABLE hookbridge.secret_inbox ADD COLUMN seal_error text;
 
 COMMENT ON COLUMN hookbridge.secret_inbox.seal_error IS

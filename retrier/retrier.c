@@ -101,6 +101,14 @@ struct hb_retrier_s {
     hb_hash_t retired; /* retired tier topics seen (said once each); no values */
     active_t **ready;  /* routed since the last pass: their waiters go on */
     size_t ready_n, ready_cap;
+    /* Due retries the log answered for while the subscriptions may miss
+     * changes made during a database outage (the store's connection not
+     * back, or back but not reloaded; or a subscription the reload skipped
+     * for a value not sealed yet: hb_worker_index_current); they go on once
+     * they are current (held_pass). */
+    hb_delivery_t **held;
+    size_t held_n, held_cap;
+    int held_said; /* "waiting for the subscriptions" said for this stretch */
 };
 
 /* A delivery being attempted (or held) by this retrier, and the ordered
@@ -154,6 +162,7 @@ static void on_settled(const hb_delivery_t *dl, void *arg) {
 }
 
 static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl);
+static void hold(hb_retrier_t *r, hb_delivery_t *dl);
 
 /* The waiters of routed deliveries: attempted when their predecessor is final
  * (unless their subscription changed meanwhile so that they are dropped),
@@ -163,7 +172,9 @@ static void ready_pass(hb_retrier_t *r) {
         active_t *a = r->ready[i];
         for (size_t j = 0; j < a->n; j++) {
             const char *why;
-            if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
+            if (a->final && !hb_worker_index_current(r->w))
+                hold(r, a->waiters[j]); /* asks about its predecessor again then */
+            else if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
                 hb_worker_skip(r->w, a->waiters[j], HB_OUTCOME_DROPPED, why);
             else if (a->final)
                 hb_worker_deliver(r->w, a->waiters[j]);
@@ -209,6 +220,21 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
         waiters_withdraw(s->val, &out, &n, &cap);
     for (size_t i = 0; i < r->ready_n; i++)
         waiters_withdraw(r->ready[i], &out, &n, &cap);
+    {
+        size_t kept = 0;
+        for (size_t i = 0; i < r->held_n; i++) {
+            if (!hb_delivery_revoked(r->held[i])) {
+                r->held[kept++] = r->held[i];
+                continue;
+            }
+            if (n == cap) {
+                cap = cap ? cap * 2 : 64;
+                out = hb_realloc(out, cap * sizeof(*out));
+            }
+            out[n++] = r->held[i];
+        }
+        r->held_n = kept;
+    }
     for (size_t i = 0; i < n; i++)
         hb_worker_abandon(w, out[i]);
     free(out);
@@ -282,13 +308,58 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
     }
 }
 
+/* A due retry whose log said it goes: to its subscription as it is now, or
+ * dropped. */
+static void go_on(hb_worker_t *w, hb_retrier_t *r, hb_delivery_t *dl) {
+    const char *why;
+    if ((why = rebind_now(w, dl)) != NULL)
+        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
+    else if (*dl->after_id) /* ordered: first its predecessor */
+        hb_worker_lookup_id(w, dl, dl->after_id, on_predecessor, r);
+    else {
+        track(r, dl); /* later deliveries of its key may wait for it here */
+        hb_worker_deliver(w, dl);
+    }
+}
+
+static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
+    if (r->held_n == r->held_cap) {
+        r->held_cap = r->held_cap ? r->held_cap * 2 : 64;
+        r->held = hb_realloc(r->held, r->held_cap * sizeof(*r->held));
+    }
+    r->held[r->held_n++] = dl;
+    if (!r->held_said) {
+        r->held_said = 1;
+        hb_info("database: due retries wait until the subscriptions are loaded again (changes "
+                "made while the database was away, or values not sealed yet, may be missing)");
+    }
+    hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
+           "attempt %d waits for the subscriptions to be loaded again", dl->attempt);
+}
+
+/* The held retries go on once the subscriptions are current again. */
+static void held_pass(hb_retrier_t *r) {
+    hb_delivery_t **held = r->held;
+    size_t n = r->held_n;
+    if (!n || !hb_worker_index_current(r->w))
+        return;
+    r->held = NULL;
+    r->held_n = r->held_cap = 0;
+    r->held_said = 0;
+    hb_info("subscriptions loaded again: %zu due retr%s that waited for them go%s on", n,
+            n == 1 ? "y" : "ies", n == 1 ? "es" : "");
+    for (size_t i = 0; i < n; i++)
+        go_on(r->w, r, held[i]);
+    free(held);
+}
+
 /* The log answered for a due retry (hb_worker_lookup): drop it when it is
  * stale, else check its subscription as it is now and attempt it. */
 static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *st, void *opaque) {
     hb_retrier_t *r = opaque;
     char buf[200];
-    const char *why,
-        *stale = hb_dlog_state_stale(st, dl->attempt, dl->first_attempt_ms, buf, sizeof(buf));
+    const char *stale =
+        hb_dlog_state_stale(st, dl->attempt, dl->first_attempt_ms, buf, sizeof(buf));
 
     /* Two messages of one attempt can be read together, before either is
      * logged: a replay claimed again after its lease, whose first message
@@ -320,14 +391,14 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
            st->found ? st->status : "no row yet", st->attempts);
-    if ((why = rebind_now(w, dl)) != NULL)
-        hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
-    else if (*dl->after_id) /* ordered: first its predecessor */
-        hb_worker_lookup_id(w, dl, dl->after_id, on_predecessor, r);
-    else {
-        track(r, dl); /* later deliveries of its key may wait for it here */
-        hb_worker_deliver(w, dl);
+    if (!hb_worker_index_current(w)) {
+        /* The log is back before the subscriptions are (each connection
+         * has its own back-off): one deactivated or deregistered during
+         * the outage must not receive it. */
+        hold(r, dl);
+        return;
     }
+    go_on(w, r, dl);
 }
 
 /* When a message read from its tier, due at not_before, must leave the head
@@ -565,6 +636,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     hb_retrier_t *r = opaque;
     int64_t now = hb_mono_ms();
     (void)w;
+    held_pass(r);
     ready_pass(r);
     if (now >= r->next_replay_poll) {
         r->next_replay_poll = now + REPLAY_POLL_MS;
@@ -583,10 +655,24 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     return r->next_replay_poll - now;
 }
 
+/* Stopping: the held retries are not attempted (consumed again after the
+ * restart, their offsets not committed). */
+static void on_stop(hb_worker_t *w, void *opaque) {
+    hb_retrier_t *r = opaque;
+    hb_delivery_t **held = r->held;
+    size_t n = r->held_n;
+    r->held = NULL;
+    r->held_n = r->held_cap = 0;
+    for (size_t i = 0; i < n; i++)
+        hb_worker_abandon(w, held[i]);
+    free(held);
+}
+
 static const hb_worker_hooks_t hooks = {
     .on_message = on_message,
     .on_pass = on_pass,
     .on_revoke = on_revoke,
+    .on_stop = on_stop,
 };
 
 /* ------------------------------------------------------------ build/free */
@@ -653,6 +739,9 @@ void hb_retrier_free(hb_retrier_t *r) {
     for (size_t i = 0; i < r->ready_n; i++)
         active_free(r->ready[i]);
     free(r->ready);
+    for (size_t i = 0; i < r->held_n; i++)
+        hb_delivery_free(r->held[i]); /* never attempted: consumed again */
+    free(r->held);
     while ((s = hb_hash_each(&r->active, &pos)) != NULL)
         active_free(s->val);
     hb_hash_clear(&r->active);

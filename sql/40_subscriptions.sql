@@ -38,10 +38,15 @@
 -- 'active' to 'inactive': set by a trigger, so deactivate(),
 -- deactivate_failing(), a failed re-verification, deregister() and a plain
 -- UPDATE all count; never cleared (activate() leaves it). The retrier drops a
--- pending attempt whose delivery began before it. The time is
--- clock_timestamp(), the moment of the UPDATE (not now(), the start of its
--- transaction: deliveries that begin while a long transaction is still open
--- began before the deactivation took effect, and are dropped too).
+-- pending attempt whose delivery began before it. The time is when the
+-- deactivation took effect, the commit of its transaction (a deferred trigger
+-- stamps clock_timestamp() then): the services see the subscription active
+-- until that commit, so deliveries that begin while a long transaction is
+-- still open, after its UPDATE, were pending at the deactivation and are
+-- dropped too (stamped at the UPDATE, they went on once it was activated
+-- again). A transaction that makes it active again before it commits keeps
+-- the moment of the UPDATE: the services never saw it inactive, and a replay
+-- asked for in it after the activate() is delivered.
 
 -- Triggers -----------------------------------------------------------------------
 
@@ -140,7 +145,10 @@ CREATE OR REPLACE FUNCTION hookbridge._set_deactivated_at() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
     IF OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active' THEN
-        NEW.deactivated_at := clock_timestamp();
+        NEW.deactivated_at := clock_timestamp(); -- moved to the commit (below)
+    ELSIF pg_trigger_depth() >= 2
+          AND current_setting('hookbridge.stamping_deactivation', true) = NEW.id::text THEN
+        RETURN NEW; -- _stamp_deactivated_at, at the commit
     ELSE
         NEW.deactivated_at := OLD.deactivated_at; -- only this trigger writes it
     END IF;
@@ -150,6 +158,41 @@ $$;
 
 CREATE OR REPLACE TRIGGER subscriptions_deactivated_at BEFORE UPDATE ON hookbridge.subscriptions
     FOR EACH ROW EXECUTE FUNCTION hookbridge._set_deactivated_at();
+
+-- At the commit of a transaction that deactivated a subscription (and left it
+-- inactive), its deactivated_at becomes that moment. The UPDATE below is the
+-- only one _set_deactivated_at lets write the column: made from this trigger
+-- (a nested trigger there) with the transaction-local mark naming the row. It
+-- runs at the commit as whoever commits (an operator or a service role, which
+-- may not UPDATE the table): as its owner, like the functions that deactivate
+-- (the one helper that is SECURITY DEFINER, sql/90_privileges.sql).
+CREATE OR REPLACE FUNCTION hookbridge._stamp_deactivated_at() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    PERFORM set_config('hookbridge.stamping_deactivation', NEW.id::text, true);
+    UPDATE hookbridge.subscriptions s SET deactivated_at = clock_timestamp()
+     WHERE s.id = NEW.id AND s.status <> 'active';
+    PERFORM set_config('hookbridge.stamping_deactivation', '', true);
+    RETURN NULL;
+END
+$$;
+
+-- A constraint trigger cannot be replaced, and dropping one would lock the
+-- table against the services' reads while `up` runs: made once, when missing
+-- (a change to its definition needs a migration that drops it).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = 'hookbridge.subscriptions'::regclass
+                      AND t.tgname = 'subscriptions_deactivated_at_commit') THEN
+        CREATE CONSTRAINT TRIGGER subscriptions_deactivated_at_commit
+            AFTER UPDATE OF status ON hookbridge.subscriptions
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (OLD.status = 'active' AND NEW.status IS DISTINCT FROM 'active')
+            EXECUTE FUNCTION hookbridge._stamp_deactivated_at();
+    END IF;
+END
+$$;
 
 -- Public functions -------------------------------------------------------------------
 
