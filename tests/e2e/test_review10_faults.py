@@ -102,7 +102,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     d.wait_ready(60)
     register_verified(db_url, receiver.url, ["user.session.start"])
     big = b"\x00\x00\x00\x00\x07" + b"x" * 1_010_000  # registry framing, no registry here
-    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","), retries=10)
     kp.send(space.events_topic, value=big, key=b"k", partition=0).get(30)
     # A poison message of a usual size whose own headers say how to read it
     # (Apicurio's serializers put the schema id there by default) or trace it:
@@ -150,7 +150,7 @@ def test_a_poison_message_too_large_to_copy_whole_is_dead_lettered_without_its_b
     # The dead-letter topic's own limit below the events topic's: the broker
     # refuses the copy (a delivery report, not producev): the same way out.
     alter_topic_configs(space.bootstrap, {space.dlq_topic: {"max.message.bytes": 4000}})
-    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","), retries=10)
     kp.send(space.events_topic, value=b"\x48" + b"y" * 20000, key=b"m", partition=2).get(30)
     kp.close()
     msgs = [m for m in topic_records(space.bootstrap, space.dlq_topic, want=4) if m.key == b"m"]

@@ -163,7 +163,7 @@ def test_a_retry_from_a_clock_ahead_does_not_hold_the_retries_behind_it(
            "body": json.dumps({"early": True}), "attempt": 2,
            "not_before_ms": ahead_ms + 3000, "first_attempt_ms": ahead_ms, "last_status": 503,
            "last_error": "HTTP 503", "schedule_offset": 0, "after_delivery_id": None}
-    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","), retries=10)
     try:
         kp.send(tier, key=sub.encode(), value=single_object(schema, rec),
                 timestamp_ms=ahead_ms).get(timeout=20)

@@ -63,7 +63,7 @@ def test_retries_on_partitions_added_to_a_tier_while_running_are_not_minutes_lat
     schema = json.loads((SCHEMA_DIR / "delivery_retry.avsc").read_text())
     now = int(time.time() * 1000)
     recs = [retry_record(sub, now, {"partition": p}) for p in range(6, 12)]
-    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","))
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","), retries=10)
     try:
         for p, rec in zip(range(6, 12), recs):
             kp.send(tier, key=sub.encode(), value=single_object(schema, rec), partition=p,
