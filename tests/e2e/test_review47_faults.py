@@ -1,0 +1,118 @@
+"""Review 47: the subscription store's 10 s rule (review 45) and the retry
+tiers' hops (review 44), as an operator meets them under faults.
+
+Each check says what it did on main's binaries (b5104c4) and what holds it."""
+import threading
+import time
+
+import psycopg2
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.tcpproxy import TcpProxy
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+from test_reactivate import changes_seen
+
+
+class SlowProxy(TcpProxy):
+    """A TcpProxy whose server's answers each come `delay` seconds late (a
+    database that works, slowly: a loaded server, a far region)."""
+
+    def __init__(self, upstream_port):
+        super().__init__(upstream_port)
+        self.delay = 0.0
+
+    def _pump(self, src, dst):
+        if src not in self._conns[1::2]:  # client -> server: as it comes
+            return super()._pump(src, dst)
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.delay:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+
+def test_a_deactivation_applies_before_later_events_while_changes_keep_coming_on_a_slow_database(
+        pg_cluster, db_url, procs, workdir):
+    """docs/design.md: a change notified before an event was produced is
+    applied before that event is matched; only a database that does not
+    answer for 10 s lets events go against the subscriptions in memory
+    (docs/operations.md, PostgreSQL not answering). Here the database
+    answers every statement, 0.1 s late, while other subscriptions keep
+    changing (an operator's script, other tenants' updates: one change
+    every 50 ms). Subscription A is deactivated; 12 s later event E is
+    produced. E goes to C (active), never to A.
+
+    On main (b5104c4): the follower, busy without a break since the first of
+    those changes, counted as "no answer for 10 s" although every statement
+    was answered, and the changes it had loaded (A's deactivation among
+    them) reached the dispatcher only when the stream stopped: E was
+    delivered to the deactivated A (and the warn line said the database did
+    not answer)."""
+    proxy = SlowProxy(pg_cluster.port)
+    proxy.start()
+    stop = threading.Event()
+    churn = None
+    try:
+        broker = Broker(procs, workdir, retry_schedule="5s")
+        ra = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+        rc = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                      name="receiver-c")
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap,
+                       extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "5s", "HOOKBRIDGE_RETRY_JITTER": "0"})
+        d.wait_ready()
+        a = register_verified(db_url, ra.url, ["user.session.start"])
+        c = register_verified(db_url, rc.url, ["user.session.start"])
+        other = sql(db_url, "SELECT hookbridge.register('other', 'https://example.com/o', "
+                    "ARRAY['user.session.end'])")[0][0]
+        wait_until(lambda: changes_seen(d) >= 2, 10 * SLOW, "the dispatcher to see A and C active")
+        first = event("user.session.start")
+        produce(broker.bootstrap, [first])
+        wait_until(lambda: ra.events() and rc.events(), 20 * SLOW, "the first event to A and C")
+
+        proxy.delay = 0.1
+
+        def keep_changing():
+            conn = psycopg2.connect(db_url)
+            conn.autocommit = True
+            try:
+                while not stop.is_set():
+                    conn.cursor().execute("SELECT pg_notify('hookbridge_subscriptions', %s)",
+                                          (other,))
+                    time.sleep(0.05)
+            finally:
+                conn.close()
+
+        churn = threading.Thread(target=keep_changing, daemon=True)
+        churn.start()
+        time.sleep(1)
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", a)
+        time.sleep(12)
+        e = event("user.session.start")
+        produce(broker.bootstrap, [e])
+        time.sleep(5)
+        stop.set()
+        churn.join()
+        proxy.delay = 0
+        wait_until(lambda: e["uuid"] in {ev["uuid"] for _, ev in rc.events()}, 30 * SLOW,
+                   "E delivered to C")
+        to_a = [ev["uuid"] for _, ev in ra.events()]
+        print(f"A received {len(to_a)} event(s); C {len(rc.events())}")
+        assert e["uuid"] not in to_a, "E was delivered to the deactivated subscription A"
+        assert "no answer to the subscription store" not in d.proc.output()
+    finally:
+        stop.set()
+        if churn:
+            churn.join()
+        proxy.close()
