@@ -309,9 +309,19 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
 }
 
 /* A due retry whose log said it goes: to its subscription as it is now, or
- * dropped. */
+ * dropped. How late the retrier is counts to now: from when the retry was
+ * due, or its tier's order let it go if later (on_time_until), to when the
+ * attempt goes (or it is dropped, or waits for its predecessor), the wait
+ * for the subscriptions (hold) included: a lock on them held for minutes
+ * keeps every due retry here while /readyz stays ready. Once per message
+ * read. */
 static void go_on(hb_worker_t *w, hb_retrier_t *r, hb_delivery_t *dl) {
     const char *why;
+    if (dl->due_ms) {
+        int64_t late = hb_wall_ms() - dl->due_ms;
+        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
+        dl->due_ms = 0;
+    }
     if ((why = rebind_now(w, dl)) != NULL)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
     else if (*dl->after_id) /* ordered: first its predecessor */
@@ -379,15 +389,8 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
-    /* How late the retrier is: from when the retry was due, or its tier's
-     * order let it go if later (on_time_until), to now, when the attempt goes
-     * (or it is dropped, or waits for its predecessor); a copy read again
-     * (stale, above) is not a retry late. */
-    if (dl->due_ms) {
-        int64_t late = hb_wall_ms() - dl->due_ms;
-        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
-        dl->due_ms = 0; /* once per message read */
-    }
+    /* its lateness counts when it goes on (go_on); a copy read again
+     * (stale, above) is not a retry late */
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
            st->found ? st->status : "no row yet", st->attempts);
