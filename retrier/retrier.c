@@ -96,7 +96,7 @@ struct hb_retrier_s {
     int64_t next_sweep;
     int maintain_asked;
     int64_t next_maintain;
-    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late;
+    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late, *m_held;
     hb_hash_t active;  /* delivery id -> active_t*: attempted or held here */
     hb_hash_t retired; /* retired tier topics seen (said once each); no values */
     active_t **ready;  /* routed since the last pass: their waiters go on */
@@ -641,6 +641,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
     held_pass(r);
     ready_pass(r);
+    hb_metric_set(r->m_held, (double)r->held_n);
     if (now >= r->next_replay_poll) {
         r->next_replay_poll = now + REPLAY_POLL_MS;
         poll_replays(r);
@@ -717,6 +718,11 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
                                    "Retries due later than their tier's delay, produced again "
                                    "onto the same tier so that none waits behind them.");
+    r->m_held = hb_metrics_gauge(
+        "hookbridge_retries_held", NULL,
+        "Due retries waiting in the retrier for the subscriptions to be loaded again (after a "
+        "database outage, or while their load waits 10 s or more for the database): counted "
+        "late only once they go on.");
     r->m_late = hb_metrics_histogram(
         "hookbridge_retry_lateness_seconds", NULL,
         "How late the retrier took up the retries of the delay tiers: from their due time "

@@ -131,7 +131,8 @@ def test_retries_held_for_the_subscriptions_count_as_late(db_url, procs, workdir
 
     On main (b5104c4): the lateness was counted when the delivery log
     answered, before the hold: 6.1 s for a retry 21.0 s late (a lock held
-    for an hour shows retries about 10 s late: no alert)."""
+    for an hour shows retries about 10 s late: no alert), and nothing
+    showed the held retry while the lock lasted (now hookbridge_retries_held)."""
     broker, receiver, d, r = stack(procs, workdir, db_url, "4s",
                                    receiver_args={"fail_first": 1})
     sub = register_verified(db_url, receiver.url, ["user.session.start"])
@@ -148,6 +149,8 @@ def test_retries_held_for_the_subscriptions_count_as_late(db_url, procs, workdir
         sql(db_url, "SELECT pg_notify('hookbridge_subscriptions', %s)", sub)
         time.sleep(25)
         assert len(receiver.posts()) == 1, "A's retry went out while the lock was held"
+        held = r.metric("hookbridge_retries_held", default=None)
+        assert held == 1, f"hookbridge_retries_held during the lock: {held}"
     finally:
         lock.close()
     wait_until(lambda: len(receiver.posts()) == 2, 20 * SLOW, "A's retry after the lock")
