@@ -87,6 +87,7 @@
 #define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
 
 typedef struct active_s active_t;
+typedef struct held_s held_t;
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
@@ -106,9 +107,19 @@ struct hb_retrier_s {
      * back, or back but not reloaded; or a subscription the reload skipped
      * for a value not sealed yet: hb_worker_index_current); they go on once
      * they are current (held_pass). */
-    hb_delivery_t **held;
+    held_t *held;
     size_t held_n, held_cap;
     int held_said; /* "waiting for the subscriptions" said for this stretch */
+};
+
+/* A due retry held until the subscriptions are current; ready: an ordered
+ * one whose predecessor is final already (ready_pass), which goes then
+ * without asking about it again (it is tracked: asked again, it took itself
+ * for a copy of its own attempt and was dropped unattempted, its offset
+ * committed). */
+struct held_s {
+    hb_delivery_t *dl;
+    int ready;
 };
 
 /* A delivery being attempted (or held) by this retrier, and the ordered
@@ -162,7 +173,7 @@ static void on_settled(const hb_delivery_t *dl, void *arg) {
 }
 
 static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl);
-static void hold(hb_retrier_t *r, hb_delivery_t *dl);
+static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready);
 
 /* The waiters of routed deliveries: attempted when their predecessor is final
  * (unless their subscription changed meanwhile so that they are dropped),
@@ -173,7 +184,7 @@ static void ready_pass(hb_retrier_t *r) {
         for (size_t j = 0; j < a->n; j++) {
             const char *why;
             if (a->final && !hb_worker_index_current(r->w))
-                hold(r, a->waiters[j]); /* asks about its predecessor again then */
+                hold(r, a->waiters[j], 1);
             else if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
                 hb_worker_skip(r->w, a->waiters[j], HB_OUTCOME_DROPPED, why);
             else if (a->final)
@@ -223,7 +234,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
     {
         size_t kept = 0;
         for (size_t i = 0; i < r->held_n; i++) {
-            if (!hb_delivery_revoked(r->held[i])) {
+            if (!hb_delivery_revoked(r->held[i].dl)) {
                 r->held[kept++] = r->held[i];
                 continue;
             }
@@ -231,7 +242,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
                 cap = cap ? cap * 2 : 64;
                 out = hb_realloc(out, cap * sizeof(*out));
             }
-            out[n++] = r->held[i];
+            out[n++] = r->held[i].dl;
         }
         r->held_n = kept;
     }
@@ -332,12 +343,13 @@ static void go_on(hb_worker_t *w, hb_retrier_t *r, hb_delivery_t *dl) {
     }
 }
 
-static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
+static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready) {
     if (r->held_n == r->held_cap) {
         r->held_cap = r->held_cap ? r->held_cap * 2 : 64;
         r->held = hb_realloc(r->held, r->held_cap * sizeof(*r->held));
     }
-    r->held[r->held_n++] = dl;
+    r->held[r->held_n].dl = dl;
+    r->held[r->held_n++].ready = ready;
     if (!r->held_said) {
         r->held_said = 1;
         hb_info("database: due retries wait until the subscriptions are loaded again (changes "
@@ -349,7 +361,7 @@ static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
 
 /* The held retries go on once the subscriptions are current again. */
 static void held_pass(hb_retrier_t *r) {
-    hb_delivery_t **held = r->held;
+    held_t *held = r->held;
     size_t n = r->held_n;
     if (!n || !hb_worker_index_current(r->w))
         return;
@@ -358,8 +370,15 @@ static void held_pass(hb_retrier_t *r) {
     r->held_said = 0;
     hb_info("subscriptions loaded again: %zu due retr%s that waited for them go%s on", n,
             n == 1 ? "y" : "ies", n == 1 ? "es" : "");
-    for (size_t i = 0; i < n; i++)
-        go_on(r->w, r, held[i]);
+    for (size_t i = 0; i < n; i++) {
+        const char *why;
+        if (!held[i].ready)
+            go_on(r->w, r, held[i].dl);
+        else if ((why = rebind_now(r->w, held[i].dl)) != NULL) /* as ready_pass */
+            hb_worker_skip(r->w, held[i].dl, HB_OUTCOME_DROPPED, why);
+        else
+            hb_worker_deliver(r->w, held[i].dl);
+    }
     free(held);
 }
 
@@ -398,7 +417,7 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         /* The log is back before the subscriptions are (each connection
          * has its own back-off): one deactivated or deregistered during
          * the outage must not receive it. */
-        hold(r, dl);
+        hold(r, dl, 0);
         return;
     }
     go_on(w, r, dl);
@@ -663,12 +682,12 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
  * restart, their offsets not committed). */
 static void on_stop(hb_worker_t *w, void *opaque) {
     hb_retrier_t *r = opaque;
-    hb_delivery_t **held = r->held;
+    held_t *held = r->held;
     size_t n = r->held_n;
     r->held = NULL;
     r->held_n = r->held_cap = 0;
     for (size_t i = 0; i < n; i++)
-        hb_worker_abandon(w, held[i]);
+        hb_worker_abandon(w, held[i].dl);
     free(held);
 }
 
@@ -749,7 +768,7 @@ void hb_retrier_free(hb_retrier_t *r) {
         active_free(r->ready[i]);
     free(r->ready);
     for (size_t i = 0; i < r->held_n; i++)
-        hb_delivery_free(r->held[i]); /* never attempted: consumed again */
+        hb_delivery_free(r->held[i].dl); /* never attempted: consumed again */
     free(r->held);
     while ((s = hb_hash_each(&r->active, &pos)) != NULL)
         active_free(s->val);

@@ -2,17 +2,20 @@
 tiers' hops (review 44), as an operator meets them under faults.
 
 Each check says what it did on main's binaries (b5104c4) and what holds it."""
+import json
 import threading
 import time
+import uuid
 
 import psycopg2
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 from test_reactivate import changes_seen
 from test_retry import stack
+from test_review45_faults import StoreRefusingProxy
 
 
 class SlowProxy(TcpProxy):
@@ -159,3 +162,81 @@ def test_retries_held_for_the_subscriptions_count_as_late(db_url, procs, workdir
     print(f"A's retry came {late:.1f} s late; the histogram counted {counted:.1f} s")
     assert late >= 20
     assert counted >= late - 2, "the retry's wait for the subscriptions was not counted late"
+
+
+def test_an_ordered_retry_whose_predecessor_settled_while_the_subscriptions_were_away_is_sent(
+        pg_cluster, db_url, procs, workdir):
+    """docs/design.md, ordering: a retry of an ordered subscription waits for
+    its predecessor, then goes; and after a database outage due retries
+    wait for the subscriptions to be loaded again (review 45), neither
+    dropped nor attempted blindly. Retry A is attempted (the endpoint takes
+    8 s to answer) and B, ordered after it, waits for it in the retrier's
+    memory. Meanwhile the retrier's subscription store loses the database
+    (its delivery log reconnects at once): A's answer comes while the
+    subscriptions are away, so B is held; once they are loaded again, B is
+    sent.
+
+    On main (b5104c4): B, asked about its predecessor again, found itself
+    among the deliveries being attempted, was taken for a copy of its own
+    attempt and dropped unattempted ("a copy of this delivery is being
+    attempted here already"), its offset committed: the endpoint never got
+    B (not within 40 s, nor ever: nothing reads it again). About 40 s."""
+    from kafka import KafkaProducer
+
+    from hbtest.avro import SCHEMA_DIR
+    from hbtest.pyavro import single_object
+
+    proxy = StoreRefusingProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir, retry_schedule="4s")
+        rcv = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                       delay_ms=8000)
+        opts = {"auth_header": "Authorization", "auth_value": AUTH_VALUE, "secret": SECRET,
+                "ordering": "actor"}
+        sub = sql(db_url, "SELECT hookbridge.register('ordered', %s, %s, %s::jsonb)", rcv.url,
+                  ["user.session.start"], json.dumps(opts))[0][0]
+        sql(db_url, "SELECT hookbridge.record_verification(%s, true)", sub)
+        sql(db_url, "SELECT hookbridge.activate(%s)", sub)
+        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                    broker.bootstrap,
+                    extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "4s", "HOOKBRIDGE_RETRY_JITTER": "0",
+                               "HOOKBRIDGE_REQUEST_TIMEOUT": "30s"})
+        r.wait_ready()
+        wait_until(lambda: "assigned " in r.proc.output(), 20 * SLOW, "the retrier's partitions")
+
+        now = int(time.time() * 1000)
+
+        def rec(body, after):
+            return {"delivery_id": str(uuid.uuid4()), "subscription_id": sub,
+                    "event_ids": [str(uuid.uuid4())], "event_type": "user.session.start",
+                    "content_type": "application/json", "body": json.dumps(body), "attempt": 2,
+                    "not_before_ms": now, "first_attempt_ms": now - 2000, "last_status": 503,
+                    "last_error": "HTTP 503", "schedule_offset": 0, "after_delivery_id": after}
+        a = rec({"n": "A"}, None)
+        b = rec({"n": "B"}, a["delivery_id"])
+        schema = json.loads((SCHEMA_DIR / "delivery_retry.avsc").read_text())
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
+        try:
+            for m in (a, b):
+                kp.send(broker.retry_prefix + "4s", key=b"user-1", value=single_object(schema, m),
+                        partition=0, timestamp_ms=now).get(timeout=20)
+        finally:
+            kp.close()
+        time.sleep(2)  # A in flight, B waiting for it in memory
+
+        proxy.cut()
+        proxy.refuse_store = True
+        proxy.start()  # the delivery log reconnects; the store cannot
+        wait_until(lambda: sql(db_url, "SELECT status FROM hookbridge.deliveries "
+                               "WHERE delivery_id = %s", a["delivery_id"]) == [("delivered",)],
+                   30 * SLOW, "A's answer, logged")
+        time.sleep(2)
+        proxy.refuse_store = False
+        wait_until(lambda: b["delivery_id"] in {p["headers"]["webhook-id"] for p in rcv.posts()},
+                   40 * SLOW, "B sent once the subscriptions are loaded again")
+        ids = [p["headers"]["webhook-id"] for p in rcv.posts()]
+        assert ids == [a["delivery_id"], b["delivery_id"]]
+        assert "a copy of this delivery is being attempted here already" not in r.proc.output()
+    finally:
+        proxy.close()
