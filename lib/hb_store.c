@@ -773,12 +773,24 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
  * subscription waits for, at the same start-up) was so left unapplied until
  * the next sweep, a minute later, and the events consumed meanwhile were
  * matched without it. */
+/* The follower hands the loop what it has loaded so far (under st->mu). */
+static void publish_locked(lane_t *ln, msg_queue_t *events) {
+    if (!events->head)
+        return;
+    if (ln->st->results.tail)
+        ln->st->results.tail->next = events->head;
+    else
+        ln->st->results.head = events->head;
+    ln->st->results.tail = events->tail;
+    events->head = events->tail = NULL;
+}
+
 static void follow(lane_t *ln, store_msg_t *reloaded) {
     store_note_t *notes = NULL;
     size_t cap = 0, n;
     msg_queue_t events = {0};
     char errstr[512];
-    int retry;
+    int retry, published;
 
     pthread_mutex_lock(&ln->st->mu);
     set_busy_locked(ln);
@@ -843,22 +855,30 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
             msg_fail(events.tail, errstr);
             break;
         }
+        /* The database answered: what this round loaded applies now, not
+         * when the changes stop coming (the loop takes no event meanwhile),
+         * and the wait counted against STORE_BUSY_WAIT_MS starts again: a
+         * slow database under a stream of changes is not one that stopped
+         * answering (hb_store_settled let events past changes it had loaded
+         * and not handed on: a deactivated subscription received them). */
+        pthread_mutex_lock(&ln->st->mu);
+        published = events.head != NULL;
+        publish_locked(ln, &events);
+        ln->busy_since = hb_mono_ms();
+        pthread_mutex_unlock(&ln->st->mu);
+        if (published)
+            pipe_poke(ln->st->notify[1]);
     }
 done:
     free(notes);
     pthread_mutex_lock(&ln->st->mu);
-    if (events.head) {
-        if (ln->st->results.tail)
-            ln->st->results.tail->next = events.head;
-        else
-            ln->st->results.head = events.head;
-        ln->st->results.tail = events.tail;
-    }
+    published = events.head != NULL;
+    publish_locked(ln, &events);
     ln->busy = 0;
     if (!ln->unsealed_cnt)
         ln->st->unloaded_until_ms = 0;
     pthread_mutex_unlock(&ln->st->mu);
-    if (events.head)
+    if (published)
         pipe_poke(ln->st->notify[1]);
 }
 

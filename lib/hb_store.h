@@ -33,7 +33,8 @@
  * as changes (or its socket has bytes it has not read), hb_store_settled()
  * says so and the loop does not consume; for 10 s at most: a database that
  * stopped answering while the follower waits for it (a lock its load waits
- * for) then holds events no longer, and they are matched against the
+ * for; each answered round of loads starts the 10 s again, and hands what it
+ * loaded to the loop at once) then holds events no longer, and they are matched against the
  * subscriptions in memory, as while it is unreachable (said once at warn).
  *
  * When the follower's connection drops, it reconnects with backoff (1 s

@@ -87,6 +87,7 @@
 #define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
 
 typedef struct active_s active_t;
+typedef struct held_s held_t;
 
 struct hb_retrier_s {
     const hb_config_t *cfg;
@@ -96,7 +97,7 @@ struct hb_retrier_s {
     int64_t next_sweep;
     int maintain_asked;
     int64_t next_maintain;
-    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late;
+    hb_metric_t *m_replayed, *m_auto_deactivated, *m_stale, *m_hops, *m_late, *m_held;
     hb_hash_t active;  /* delivery id -> active_t*: attempted or held here */
     hb_hash_t retired; /* retired tier topics seen (said once each); no values */
     active_t **ready;  /* routed since the last pass: their waiters go on */
@@ -106,9 +107,19 @@ struct hb_retrier_s {
      * back, or back but not reloaded; or a subscription the reload skipped
      * for a value not sealed yet: hb_worker_index_current); they go on once
      * they are current (held_pass). */
-    hb_delivery_t **held;
+    held_t *held;
     size_t held_n, held_cap;
     int held_said; /* "waiting for the subscriptions" said for this stretch */
+};
+
+/* A due retry held until the subscriptions are current; ready: an ordered
+ * one whose predecessor is final already (ready_pass), which goes then
+ * without asking about it again (it is tracked: asked again, it took itself
+ * for a copy of its own attempt and was dropped unattempted, its offset
+ * committed). */
+struct held_s {
+    hb_delivery_t *dl;
+    int ready;
 };
 
 /* A delivery being attempted (or held) by this retrier, and the ordered
@@ -162,7 +173,7 @@ static void on_settled(const hb_delivery_t *dl, void *arg) {
 }
 
 static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl);
-static void hold(hb_retrier_t *r, hb_delivery_t *dl);
+static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready);
 
 /* The waiters of routed deliveries: attempted when their predecessor is final
  * (unless their subscription changed meanwhile so that they are dropped),
@@ -173,7 +184,7 @@ static void ready_pass(hb_retrier_t *r) {
         for (size_t j = 0; j < a->n; j++) {
             const char *why;
             if (a->final && !hb_worker_index_current(r->w))
-                hold(r, a->waiters[j]); /* asks about its predecessor again then */
+                hold(r, a->waiters[j], 1);
             else if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
                 hb_worker_skip(r->w, a->waiters[j], HB_OUTCOME_DROPPED, why);
             else if (a->final)
@@ -223,7 +234,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
     {
         size_t kept = 0;
         for (size_t i = 0; i < r->held_n; i++) {
-            if (!hb_delivery_revoked(r->held[i])) {
+            if (!hb_delivery_revoked(r->held[i].dl)) {
                 r->held[kept++] = r->held[i];
                 continue;
             }
@@ -231,7 +242,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
                 cap = cap ? cap * 2 : 64;
                 out = hb_realloc(out, cap * sizeof(*out));
             }
-            out[n++] = r->held[i];
+            out[n++] = r->held[i].dl;
         }
         r->held_n = kept;
     }
@@ -309,9 +320,19 @@ static void on_predecessor(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_stat
 }
 
 /* A due retry whose log said it goes: to its subscription as it is now, or
- * dropped. */
+ * dropped. How late the retrier is counts to now: from when the retry was
+ * due, or its tier's order let it go if later (on_time_until), to when the
+ * attempt goes (or it is dropped, or waits for its predecessor), the wait
+ * for the subscriptions (hold) included: a lock on them held for minutes
+ * keeps every due retry here while /readyz stays ready. Once per message
+ * read. */
 static void go_on(hb_worker_t *w, hb_retrier_t *r, hb_delivery_t *dl) {
     const char *why;
+    if (dl->due_ms) {
+        int64_t late = hb_wall_ms() - dl->due_ms;
+        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
+        dl->due_ms = 0;
+    }
     if ((why = rebind_now(w, dl)) != NULL)
         hb_worker_skip(w, dl, HB_OUTCOME_DROPPED, why);
     else if (*dl->after_id) /* ordered: first its predecessor */
@@ -322,12 +343,13 @@ static void go_on(hb_worker_t *w, hb_retrier_t *r, hb_delivery_t *dl) {
     }
 }
 
-static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
+static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready) {
     if (r->held_n == r->held_cap) {
         r->held_cap = r->held_cap ? r->held_cap * 2 : 64;
         r->held = hb_realloc(r->held, r->held_cap * sizeof(*r->held));
     }
-    r->held[r->held_n++] = dl;
+    r->held[r->held_n].dl = dl;
+    r->held[r->held_n++].ready = ready;
     if (!r->held_said) {
         r->held_said = 1;
         hb_info("database: due retries wait until the subscriptions are loaded again (changes "
@@ -339,7 +361,7 @@ static void hold(hb_retrier_t *r, hb_delivery_t *dl) {
 
 /* The held retries go on once the subscriptions are current again. */
 static void held_pass(hb_retrier_t *r) {
-    hb_delivery_t **held = r->held;
+    held_t *held = r->held;
     size_t n = r->held_n;
     if (!n || !hb_worker_index_current(r->w))
         return;
@@ -348,8 +370,15 @@ static void held_pass(hb_retrier_t *r) {
     r->held_said = 0;
     hb_info("subscriptions loaded again: %zu due retr%s that waited for them go%s on", n,
             n == 1 ? "y" : "ies", n == 1 ? "es" : "");
-    for (size_t i = 0; i < n; i++)
-        go_on(r->w, r, held[i]);
+    for (size_t i = 0; i < n; i++) {
+        const char *why;
+        if (!held[i].ready)
+            go_on(r->w, r, held[i].dl);
+        else if ((why = rebind_now(r->w, held[i].dl)) != NULL) /* as ready_pass */
+            hb_worker_skip(r->w, held[i].dl, HB_OUTCOME_DROPPED, why);
+        else
+            hb_worker_deliver(r->w, held[i].dl);
+    }
     free(held);
 }
 
@@ -379,15 +408,8 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
-    /* How late the retrier is: from when the retry was due, or its tier's
-     * order let it go if later (on_time_until), to now, when the attempt goes
-     * (or it is dropped, or waits for its predecessor); a copy read again
-     * (stale, above) is not a retry late. */
-    if (dl->due_ms) {
-        int64_t late = hb_wall_ms() - dl->due_ms;
-        hb_metric_observe(r->m_late, late > 0 ? (double)late / 1000 : 0);
-        dl->due_ms = 0; /* once per message read */
-    }
+    /* its lateness counts when it goes on (go_on); a copy read again
+     * (stale, above) is not a retry late */
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
            "attempt %d is due; the log has %s, %d attempt(s)", dl->attempt,
            st->found ? st->status : "no row yet", st->attempts);
@@ -395,7 +417,7 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         /* The log is back before the subscriptions are (each connection
          * has its own back-off): one deactivated or deregistered during
          * the outage must not receive it. */
-        hold(r, dl);
+        hold(r, dl, 0);
         return;
     }
     go_on(w, r, dl);
@@ -638,6 +660,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
     held_pass(r);
     ready_pass(r);
+    hb_metric_set(r->m_held, (double)r->held_n);
     if (now >= r->next_replay_poll) {
         r->next_replay_poll = now + REPLAY_POLL_MS;
         poll_replays(r);
@@ -659,12 +682,12 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
  * restart, their offsets not committed). */
 static void on_stop(hb_worker_t *w, void *opaque) {
     hb_retrier_t *r = opaque;
-    hb_delivery_t **held = r->held;
+    held_t *held = r->held;
     size_t n = r->held_n;
     r->held = NULL;
     r->held_n = r->held_cap = 0;
     for (size_t i = 0; i < n; i++)
-        hb_worker_abandon(w, held[i]);
+        hb_worker_abandon(w, held[i].dl);
     free(held);
 }
 
@@ -714,6 +737,11 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
                                    "Retries due later than their tier's delay, produced again "
                                    "onto the same tier so that none waits behind them.");
+    r->m_held = hb_metrics_gauge(
+        "hookbridge_retries_held", NULL,
+        "Due retries waiting in the retrier for the subscriptions to be loaded again (after a "
+        "database outage, or while their load waits 10 s or more for the database): counted "
+        "late only once they go on.");
     r->m_late = hb_metrics_histogram(
         "hookbridge_retry_lateness_seconds", NULL,
         "How late the retrier took up the retries of the delay tiers: from their due time "
@@ -740,7 +768,7 @@ void hb_retrier_free(hb_retrier_t *r) {
         active_free(r->ready[i]);
     free(r->ready);
     for (size_t i = 0; i < r->held_n; i++)
-        hb_delivery_free(r->held[i]); /* never attempted: consumed again */
+        hb_delivery_free(r->held[i].dl); /* never attempted: consumed again */
     free(r->held);
     while ((s = hb_hash_each(&r->active, &pos)) != NULL)
         active_free(s->val);
