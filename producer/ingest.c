@@ -808,6 +808,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     enum MHD_Result ret;
     json_t *body;
     pub_t p;
+    int64_t body_in_ms = hb_mono_ms(); /* ingest_timeout counts from here */
 
     pthread_mutex_lock(&in->lock);
     r->answering = 1;
@@ -838,9 +839,11 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     free_body(r); /* on the spool now, or not needed */
     if (r->spool_wait && !r->spool_on && !publish_done(in, r, &p, n)) {
         /* the spool could not take it: as without one, for the rest of
-         * ingest_timeout */
+         * ingest_timeout, counted from the whole body's arrival as without
+         * a spool (review 46: from the headers, a slow upload had spent it,
+         * and such a delivery was answered 503 at the spool wait's end) */
         int64_t left =
-            in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - r->started_ms);
+            in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - body_in_ms);
         pthread_mutex_lock(&in->lock);
         r->spool_wait = 0;
         hb_metric_add(in->m_failed, (double)r->failed_uncounted);

@@ -4,11 +4,13 @@ have not acknowledged it within HOOKBRIDGE_INGEST_SPOOL_WAIT; the stop
 skips its flush while every broker is away). Each test fails on b5104c4.
 Real parts on loopback: the producer (hookbridge-producer --listen) and the
 devbroker (SIGUSR1 takes every broker down, SIGUSR2 brings them back)."""
+import json
 import signal
+import socket
 import threading
 import time
 
-from hbtest.ingest import Ingest
+from hbtest.ingest import AUTH_HEADER, AUTH_VALUE, PATH, Ingest
 from hbtest.procs import SLOW, wait_until
 from test_ingest_spool import (FAILURES, REPLAYED, body_of, brokers_down, brokers_up, said,
                                spool_env, spooled, user_event, wait_published)
@@ -114,3 +116,46 @@ def test_a_delivery_the_full_spool_cannot_take_waits_for_queue_room_as_without_a
     assert ing.metric(FAILURES) == 1
     assert ing.metric(FAILED) == 0
     wait_published(spool, broker.bootstrap, sent, "the delivery")
+
+
+def test_a_slow_upload_the_full_spool_cannot_take_still_waits_its_ingest_timeout(
+        broker, procs, workdir):
+    """Okta on a slow link (its body arrives over 6 s), the spool full, the
+    brokers slow (frozen 1.5 s from the body's end): a delivery the spool
+    cannot take is answered as without a spool, which waits
+    HOOKBRIDGE_INGEST_TIMEOUT (3 s here, and its 2 s margin) from the whole
+    body's arrival. Since the reorder that wait was counted from the
+    request's headers: the 6 s upload had spent it, and the delivery was
+    answered 503 ("did not acknowledge 1 of 1 events in 3000 ms") right
+    after the 0.5 s spool wait, its event on the topic a second later.
+    Now 200."""
+    spool = workdir / "spool"
+    ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(
+        spool, HOOKBRIDGE_INGEST_SPOOL_WAIT="500ms", HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="4096",
+        HOOKBRIDGE_INGEST_TIMEOUT="3s"))
+    ing.wait_ready()
+    sent = [dict(user_event(), displayMessage="x" * 5000)]
+    body = body_of(sent)
+    s = socket.create_connection(("127.0.0.1", ing.port), timeout=20 * SLOW)
+    try:
+        s.sendall((f"POST {PATH} HTTP/1.1\r\nHost: x\r\n{AUTH_HEADER}: {AUTH_VALUE}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode())
+        for i in range(8):  # 6 s
+            s.sendall(body[i * 100:(i + 1) * 100])
+            time.sleep(0.75)
+        broker.proc.signal(signal.SIGSTOP)
+        thaw = threading.Timer(1.5, broker.proc.signal, (signal.SIGCONT,))
+        thaw.start()
+        try:
+            s.sendall(body[800:])
+            answer = s.recv(65536).decode()
+        finally:
+            thaw.join()
+            broker.proc.signal(signal.SIGCONT)
+    finally:
+        s.close()
+    status = answer.split(" ", 2)[1]
+    got = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert (status, got) == ("200", {"produced": 1}), answer
+    assert ing.metric(FAILURES) == 1
