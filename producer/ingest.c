@@ -30,7 +30,8 @@
  * aborting.
  *
  * Memory is bounded by connections x ingest_max_body_bytes (each body is
- * freed once parsed, each event's encoded bytes once queued; what stays
+ * freed once parsed, or with a spool once on it or acknowledged within the
+ * spool wait; each event's encoded bytes once queued; what stays
  * until the answer is a few strings per event: key, uuid, type, reason)
  * plus librdkafka's queue; slow clients are cut off by
  * the connection timeout, counted from the last byte for an idle connection
@@ -71,6 +72,10 @@
 #define INGEST_DRAIN_MS 20000
 /* ... and then at most this long for the ones cut off to send their 503. */
 #define INGEST_ANSWER_MS 2000
+/* The stop's last flush takes this long at most, and while every broker is
+ * away ends once this long passed without an acknowledgement. */
+#define INGEST_FLUSH_MS 5000
+#define INGEST_FLUSH_QUIET_MS 3000
 /* Connections past ingest_max_connections that are still accepted, to be
  * answered 503 at once (their request is not read), and ... */
 #define INGEST_SPARE_CONNECTIONS 16
@@ -177,6 +182,9 @@ struct req_s {
     /* set before the first event is produced */
     int spool_wait; /* a POST with a spool: goes there if not acknowledged in time */
     int replay;     /* the spool's replay publishes it: no connection */
+    /* guarded by in->lock: events that failed while spool_wait, counted
+     * failed only if the spool cannot take the delivery (count_failed) */
+    size_t failed_uncounted;
     hb_spool_file_t spooled;
     /* guarded by in->lock: an event the brokers refuse for good (larger
      * than message.max.bytes): the replay sets its file aside */
@@ -206,6 +214,7 @@ struct ingest_s {
     size_t over_cap;
     long outstanding; /* messages queued and not reported */
     long answering;   /* POSTs past their body, not completed: their answer comes */
+    long acked_total; /* messages acknowledged so far (the stop's flush sees progress) */
     int aborting;     /* waits end at once: the drain is over */
     int stopping;     /* a stop began: spooled requests stop waiting (answered 200) */
 
@@ -268,11 +277,23 @@ static void req_free(req_t *r) {
 }
 
 /* n events of r not acknowledged: failed, unless r is on the spool (its
- * events are published from there: the spool's metrics count them). With
- * in->lock held, or on the thread that sets r->spool_on. */
-static void count_failed(ingest_t *in, const req_t *r, size_t n) {
-    if (!r->spool_on)
+ * events are published from there: the spool's metrics count them), or may
+ * still go there (spool_wait: counted if the spool cannot take it; review
+ * 46: an event that failed within the spool wait was counted failed, and
+ * its delivery spooled and published all the same). in->lock held. */
+static void count_failed_locked(ingest_t *in, req_t *r, size_t n) {
+    if (r->spool_on)
+        return;
+    if (r->spool_wait)
+        r->failed_uncounted += n;
+    else
         hb_metric_add(in->m_failed, (double)n);
+}
+
+static void count_failed(ingest_t *in, req_t *r, size_t n) {
+    pthread_mutex_lock(&in->lock);
+    count_failed_locked(in, r, n);
+    pthread_mutex_unlock(&in->lock);
 }
 
 /* librdkafka's delivery report, on main's thread (rd_kafka_poll). */
@@ -301,9 +322,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
         hb_metric_inc(dlq ? in->m_dead : in->m_produced);
     pthread_mutex_lock(&in->lock);
     if (rkm->err && !too_large)
-        count_failed(in, r, 1);
+        count_failed_locked(in, r, 1);
     r->reported++;
     r->acked += !rkm->err;
+    in->acked_total += !rkm->err;
     if (!rkm->err && r->event_ok && !r->event_ok[slot->i]) {
         r->event_ok[slot->i] = 1;
         r->ok_cnt++;
@@ -634,16 +656,21 @@ static int resend_refused_smaller(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
 typedef struct {
     size_t queued;
     int produce_failed; /* why says */
+    /* a POST waiting for the spool stopped producing at event `queued`
+     * when librdkafka's queue stayed full through the spool wait: on the
+     * spool, the replay publishes it all; else produce_events goes on */
+    int queue_full;
     char why[600];
 } pub_t;
 
 /* publish's first half: produces every event of b for r (a refused one to
  * the dead-letter topic). */
+static void produce_events(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
+                           const struct timespec *until, pub_t *p);
+
 static void publish_start(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
                           const struct timespec *until, pub_t *p) {
-    char perr[300];
     size_t n = b->cnt;
-    int rc;
     memset(p, 0, sizeof(*p));
     r->n = n;
     r->slots = n ? hb_calloc(n, sizeof(*r->slots)) : NULL;
@@ -654,7 +681,16 @@ static void publish_start(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
         r->slots[i].i = i;
         r->slots[i].dead = b->msgs[i].refused != NULL;
     }
-    for (size_t i = 0; i < n; i++) {
+    produce_events(in, r, b, until, p);
+}
+
+/* Produces b's events from p->queued on (publish_start). */
+static void produce_events(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
+                           const struct timespec *until, pub_t *p) {
+    char perr[300];
+    int rc;
+    p->queue_full = 0;
+    for (size_t i = p->queued; i < b->cnt; i++) {
         hb_ingest_msg_t *m = &b->msgs[i];
         rc = produce_event(in, r, m, i, until, perr, sizeof(perr));
         if (rc == HB_KAFKA_TOO_LARGE && m->refused && !m->shrunk) {
@@ -663,6 +699,10 @@ static void publish_start(ingest_t *in, req_t *r, hb_ingest_batch_t *b,
         }
         if (rc == INGEST_STOPPING)
             break;
+        if (rc == HB_KAFKA_QUEUE_FULL && r->spool_wait) {
+            p->queue_full = 1; /* not failed: the spool may take it */
+            break;
+        }
         if (rc == HB_KAFKA_TOO_LARGE) {
             pthread_mutex_lock(&in->lock);
             r->refused_for_good = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
@@ -719,6 +759,7 @@ static void spool_body(ingest_t *in, req_t *r) {
     if (rc == 0) {
         pthread_mutex_lock(&in->lock);
         r->spool_on = 1;
+        r->failed_uncounted = 0; /* published from the spool */
         pthread_mutex_unlock(&in->lock);
         return;
     }
@@ -767,6 +808,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     enum MHD_Result ret;
     json_t *body;
     pub_t p;
+    int64_t body_in_ms = hb_mono_ms(); /* ingest_timeout counts from here */
 
     pthread_mutex_lock(&in->lock);
     r->answering = 1;
@@ -797,13 +839,19 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     free_body(r); /* on the spool now, or not needed */
     if (r->spool_wait && !r->spool_on && !publish_done(in, r, &p, n)) {
         /* the spool could not take it: as without one, for the rest of
-         * ingest_timeout */
+         * ingest_timeout, counted from the whole body's arrival as without
+         * a spool (review 46: from the headers, a slow upload had spent it,
+         * and such a delivery was answered 503 at the spool wait's end) */
         int64_t left =
-            in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - r->started_ms);
+            in->cfg->ingest_timeout_ms + INGEST_WAIT_MARGIN_MS - (hb_mono_ms() - body_in_ms);
         pthread_mutex_lock(&in->lock);
         r->spool_wait = 0;
+        hb_metric_add(in->m_failed, (double)r->failed_uncounted);
+        r->failed_uncounted = 0;
         pthread_mutex_unlock(&in->lock);
         abs_deadline(&until, left > 0 ? left : 0);
+        if (p.queue_full) /* the rest waits for room, as without a spool */
+            produce_events(in, r, &b, &until, &p);
         publish_finish(in, r, &b, &until, &p);
     }
     pthread_mutex_lock(&in->lock);
@@ -1346,7 +1394,13 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
     /* The request's wait is the message's lifetime; an operator's own
      * HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS still wins (passthrough last). */
     snprintf(ms, sizeof(ms), "%lld", in->cfg->ingest_timeout_ms);
+    /* Brokers back after an outage are reconnected to within a second, not
+     * after librdkafka's backoff of up to 10 s: the messages queued during
+     * it are published before their timeout, and the stop's flush (3 s
+     * without an acknowledgement while the brokers are away) sees them
+     * back (review 46). */
     if (hb_kafka_conf_set(conf, "message.timeout.ms", ms, errstr, errstr_size) < 0 ||
+        hb_kafka_conf_set(conf, "reconnect.backoff.max.ms", "1000", errstr, errstr_size) < 0 ||
         hb_kafka_conf_passthrough(conf, in->cfg, errstr, errstr_size) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
@@ -1458,6 +1512,42 @@ static void spool_gauges(ingest_t *in) {
     hb_spool_usage(in->spool, &files, &bytes, NULL);
     hb_metric_set(in->m_spool_files, (double)files);
     hb_metric_set(in->m_spool_bytes, (double)bytes);
+}
+
+/* The stop's last flush: whatever an aborted request (or the replay) left
+ * queued gets up to INGEST_FLUSH_MS, and its acknowledgements remove the
+ * spooled files it belongs to. While every broker is away no answer waits
+ * on it (its request was answered 503, or from the spool, whose file
+ * stays), so the flush ends once INGEST_FLUSH_QUIET_MS passed without an
+ * acknowledgement. (Skipped at once on the probe's word, review 46: the
+ * brokers back a moment before the stop, the probe had not asked them yet,
+ * and a delivery spooled during the outage stayed on the spool instead of
+ * being published; on an emptyDir, lost with the pod.) The messages still
+ * queued. */
+static int stop_flush(ingest_t *in) {
+    int64_t start = hb_mono_ms(), quiet_since = start;
+    long acked, seen;
+    pthread_mutex_lock(&in->lock);
+    seen = in->acked_total;
+    pthread_mutex_unlock(&in->lock);
+    for (;;) {
+        int64_t now;
+        (void)rd_kafka_flush(in->rk, 100); /* serves the reports */
+        if (rd_kafka_outq_len(in->rk) == 0)
+            return 0;
+        now = hb_mono_ms();
+        pthread_mutex_lock(&in->lock);
+        acked = in->acked_total;
+        pthread_mutex_unlock(&in->lock);
+        if (acked != seen) {
+            seen = acked;
+            quiet_since = now;
+        }
+        if (now - start >= INGEST_FLUSH_MS ||
+            (in->reach_started && hb_kafka_reach_check(&in->brokers) &&
+             now - quiet_since >= INGEST_FLUSH_QUIET_MS))
+            return rd_kafka_outq_len(in->rk);
+    }
 }
 
 /* Runs until SIGTERM/SIGINT or the producer's fatal error; then stops
@@ -1574,12 +1664,7 @@ static int ingest_loop(ingest_t *in) {
     hb_cutoff_free(in->cutoff); /* after the server: it notifies every close */
     in->cutoff = NULL;
 
-    /* Whatever an aborted request left queued still gets its chance, unless
-     * every broker is away: no answer waits on it (its request was answered
-     * 503, or from the spool, whose file stays), so the stop does not spend
-     * 5 s on it. */
-    if ((in->reach_started && hb_kafka_reach_check(&in->brokers)) ||
-        hb_kafka_flush(in->rk, 5000) > 0) {
+    if (stop_flush(in) > 0) {
         rd_kafka_purge(in->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         for (int64_t until = hb_mono_ms() + 2000; hb_mono_ms() < until;) {
             pthread_mutex_lock(&in->lock);

@@ -294,8 +294,10 @@ def test_sigterm_answers_a_spooled_delivery_200_at_once_and_keeps_its_file(
     spool wait (HOOKBRIDGE_INGEST_SPOOL_WAIT 20 s: nothing on the disk yet)
     when SIGTERM arrives is written to the spool and answered 200 spooled at
     once, not 503 (which Okta would retry once, to a stopping endpoint). The
-    operator: exit code 0 within a second or two (the brokers away, the
-    stop's flush is skipped), the file stays with a warning saying how many
+    operator: exit code 0 within 3 to 4 s (the brokers away, the stop's
+    flush ends after 3 s without an acknowledgement, not its 5 s: review 46
+    keeps 3 s for librdkafka to reconnect to brokers just back), the file
+    stays with a warning saying how many
     stay on the ingest spool, and the next start on the directory publishes
     it."""
     spool = workdir / "spool"
@@ -322,9 +324,9 @@ def test_sigterm_answers_a_spooled_delivery_200_at_once_and_keeps_its_file(
     assert status == 200 and got == {"spooled": 1, "acknowledged": 0}, got
     assert answer["at"] - t0 < 3 * SLOW, f"answered {answer['at'] - t0:.1f}s after SIGTERM"
     assert ing.proc.p.wait(30 * SLOW) == 0
-    # no 5 s flush for messages no broker takes (whose file stays anyway)
+    # not the whole 5 s flush for messages no broker takes (whose file stays anyway)
     took = time.monotonic() - t0
-    assert took < 2.5 * SLOW, f"exited {took:.1f}s after SIGTERM"
+    assert took < 4.5 * SLOW, f"exited {took:.1f}s after SIGTERM"
     (f,) = spooled(spool)
     assert f.read_bytes() == body
     stay = said(ing, "warn", "stay on the ingest spool")
