@@ -244,9 +244,8 @@ def test_the_ingest_pod_gets_longer_to_stop_than_its_preStop_and_drain():
     src = (REPO / "producer" / "ingest.c").read_text()
     const = {k: int(v) / 1000 for k, v in re.findall(r"#define (INGEST_\w+_MS) (\d+)", src)}
     stop = const["INGEST_DRAIN_MS"] + const["INGEST_ANSWER_MS"]
-    flush = re.search(r"hb_kafka_flush\(in->rk, (\d+)\)", src).group(1)
     purge = re.search(r"until = hb_mono_ms\(\) \+ (\d+);", src).group(1)
-    stop += (int(flush) + int(purge)) / 1000
+    stop += const["INGEST_FLUSH_MS"] + int(purge) / 1000
     for o in rendered("deploy/k8s/optional/ingest"):
         if o["kind"] != "Deployment":
             continue
