@@ -451,6 +451,21 @@ def test_a_full_spool_makes_the_endpoint_not_ready_until_it_is_published(
     ing.wait_ready(10)
 
 
+def spool_full_of_a_bad_file(procs, broker, workdir):
+    """An endpoint whose spool (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES 8192) is
+    full of one garbled file of 5000 bytes (two 4 KiB blocks), set aside as
+    .bad at the start: (ing, spool, the .bad file)."""
+    spool = workdir / "spool"
+    spool.mkdir(mode=0o700)
+    garbled = spool / "0000000000000001-00000001.okta"
+    garbled.write_text("x" * 5000)
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
+    bad = spool / (garbled.name + ".bad")
+    wait_until(lambda: bad.exists() or None, 10, "the garbled file set aside")
+    return ing, spool, bad
+
+
 def test_a_spool_full_of_set_aside_files_stays_ready_while_the_brokers_answer(
         broker, procs, workdir):
     """A spool full of .bad files (garbled deliveries nobody has removed yet)
@@ -460,14 +475,7 @@ def test_a_spool_full_of_set_aside_files_stays_ready_while_the_brokers_answer(
     is full" on every replica whose spool held them, taking them all out of
     the load balancer while they could publish). Only with the brokers away
     as well is it 503, naming both."""
-    spool = workdir / "spool"
-    spool.mkdir(mode=0o700)
-    garbled = spool / "0000000000000001-00000001.okta"
-    garbled.write_text("x" * 5000)
-    ing = Ingest(procs, broker.bootstrap,
-                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
-    wait_until(lambda: (spool / (garbled.name + ".bad")).exists() or None, 10,
-               "the garbled file set aside")
+    ing, spool, _ = spool_full_of_a_bad_file(procs, broker, workdir)
     ing.wait_ready(5)
     sent = [user_event()]
     status, _, answer = ing.post(sent)

@@ -12,7 +12,8 @@ import pytest
 from hbtest.ingest import Ingest
 from hbtest.procs import SLOW, wait_until
 from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, body_of, brokers_down, brokers_up,
-                               lines, said, spool_env, spooled, user_event, wait_published)
+                               lines, said, spool_env, spool_full_of_a_bad_file, spooled,
+                               user_event, wait_published)
 
 
 def rss_mib(pid, field="VmHWM"):
@@ -119,14 +120,7 @@ def test_a_bad_file_the_operator_deletes_gives_its_room_back(broker, procs, work
     its size until the process restarted. (HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES
     8192: a garbled file of 5000 bytes, two 4 KiB blocks, fills it.) Now the
     spool notices within about a second that the file is gone."""
-    spool = workdir / "spool"
-    spool.mkdir(mode=0o700)
-    garbled = spool / "0000000000000001-00000001.okta"
-    garbled.write_text("x" * 5000)
-    ing = Ingest(procs, broker.bootstrap,
-                 extra_env=spool_env(spool, HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="8192"))
-    bad = spool / (garbled.name + ".bad")
-    wait_until(lambda: bad.exists() or None, 10, "the garbled file set aside")
+    ing, spool, bad = spool_full_of_a_bad_file(procs, broker, workdir)
     brokers_down(broker)
     wait_until(lambda: "spool is full" in ing.ops("/readyz")[1] or None, 5,
                "/readyz to say the spool is full of it")
