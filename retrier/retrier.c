@@ -175,6 +175,20 @@ static void on_settled(const hb_delivery_t *dl, void *arg) {
 static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl);
 static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready);
 
+/* A waiter whose predecessor is final: attempted, or dropped when its
+ * subscription changed meanwhile; held while the subscriptions may miss
+ * changes (hold), and then sent here without asking about its predecessor
+ * again (held_pass). */
+static void waiter_go(hb_retrier_t *r, hb_delivery_t *dl) {
+    const char *why;
+    if (!hb_worker_index_current(r->w))
+        hold(r, dl, 1);
+    else if ((why = rebind_now(r->w, dl)) != NULL)
+        hb_worker_skip(r->w, dl, HB_OUTCOME_DROPPED, why);
+    else
+        hb_worker_deliver(r->w, dl);
+}
+
 /* The waiters of routed deliveries: attempted when their predecessor is final
  * (unless their subscription changed meanwhile so that they are dropped),
  * else back onto their tiers (which routes their own waiters the same way). */
@@ -182,13 +196,8 @@ static void ready_pass(hb_retrier_t *r) {
     for (size_t i = 0; i < r->ready_n; i++) { /* waiting may add more: n re-read */
         active_t *a = r->ready[i];
         for (size_t j = 0; j < a->n; j++) {
-            const char *why;
-            if (a->final && !hb_worker_index_current(r->w))
-                hold(r, a->waiters[j], 1);
-            else if (a->final && (why = rebind_now(r->w, a->waiters[j])) != NULL)
-                hb_worker_skip(r->w, a->waiters[j], HB_OUTCOME_DROPPED, why);
-            else if (a->final)
-                hb_worker_deliver(r->w, a->waiters[j]);
+            if (a->final)
+                waiter_go(r, a->waiters[j]);
             else
                 hb_worker_wait(r->w, a->waiters[j], a->waiters[j]->after_id, 1);
         }
@@ -371,13 +380,10 @@ static void held_pass(hb_retrier_t *r) {
     hb_info("subscriptions loaded again: %zu due retr%s that waited for them go%s on", n,
             n == 1 ? "y" : "ies", n == 1 ? "es" : "");
     for (size_t i = 0; i < n; i++) {
-        const char *why;
-        if (!held[i].ready)
-            go_on(r->w, r, held[i].dl);
-        else if ((why = rebind_now(r->w, held[i].dl)) != NULL) /* as ready_pass */
-            hb_worker_skip(r->w, held[i].dl, HB_OUTCOME_DROPPED, why);
+        if (held[i].ready)
+            waiter_go(r, held[i].dl); /* current now: not held again */
         else
-            hb_worker_deliver(r->w, held[i].dl);
+            go_on(r->w, r, held[i].dl);
     }
     free(held);
 }
