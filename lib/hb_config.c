@@ -73,6 +73,14 @@ static const cf_row_t cf_table[] = {
      HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
      "Delays before each retry attempt, comma-separated durations; one topic per distinct delay "
      "(retry_topic_prefix + delay). The default spreads 8 attempts over about 28 hours."},
+    {"retry_hop_tiers", CF_STR, OFF(retry_hop_tiers), HB_RETRY_HOP_TIERS_DEFAULT, 0, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
+     "Extra delay tiers that are no step of the schedule, comma-separated durations (empty: "
+     "none); each is a topic like a step's. A retry due later than its step allows "
+     "(Retry-After, an endpoint's pace) waits in the longest tier not longer than its wait and "
+     "is produced again (hops) each time it has waited out that tier's delay: the default "
+     "20s,1m makes a wait of up to 5 minutes between the default schedule's 5s and 5m hop at "
+     "most 5 times instead of 49."},
     {"topic_partitions", CF_INT, OFF(topic_partitions), "12", 1, 10000, HB_PROG_MIGRATE, 0,
      "Partitions of each topic `hookbridge-migrate topics` creates (events, delay tiers, "
      "dead letters). The events topic's partitions bound how many dispatchers share the "
@@ -730,9 +738,9 @@ static int config_load(hb_config_t *cfg, unsigned program, const char *program_n
         /* parsed once, here; the services use cfg->schedule */
         char why[256];
         hb_schedule_free(&cfg->schedule);
-        if (hb_schedule_parse(&cfg->schedule, cfg->retry_schedule, cfg->retry_topic_prefix, why,
-                              sizeof(why)) < 0) {
-            hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+        if (hb_schedule_parse(&cfg->schedule, cfg->retry_schedule, cfg->retry_hop_tiers,
+                              cfg->retry_topic_prefix, why, sizeof(why)) < 0) {
+            hb_seterr(errstr, errstr_size, "%s: %s", hb_schedule_setting(why), why);
             return -1;
         }
     }

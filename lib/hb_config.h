@@ -40,6 +40,7 @@ typedef struct hb_config_s {
     char *dlq_topic;
     char *retry_topic_prefix;
     char *retry_schedule;
+    char *retry_hop_tiers;
     hb_schedule_t schedule; /* the services': retry_schedule parsed at load; owned */
     char *consumer_group;
     char *instance_id; /* group.instance.id (static membership); "" = dynamic */

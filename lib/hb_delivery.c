@@ -814,11 +814,9 @@ static int64_t paced(hb_deliveries_t *D, const pace_t *p, int64_t now, int64_t n
  * delivery due much later waits there, hopping less (the retrier produces a
  * message due beyond its tier's span again onto the same tier). */
 static const char *tier_for_wait(const hb_schedule_t *sch, const char *topic, long long wait_ms) {
-    long long at_least = hb_schedule_tier_ms(sch, topic, NULL);
-    for (int t = sch->tiers - 1; t >= 0; t--)
-        if (sch->tiers_ms[t] <= wait_ms)
-            return sch->tiers_ms[t] > at_least ? sch->tier_topics[t] : topic;
-    return topic;
+    const char *t = hb_schedule_wait_topic(sch, wait_ms);
+    return t && hb_schedule_tier_ms(sch, t, NULL) > hb_schedule_tier_ms(sch, topic, NULL) ? t
+                                                                                          : topic;
 }
 
 /* Retryable failure of attempt dl->attempt (or a skipped one when res is

@@ -171,7 +171,7 @@ typedef struct hb_delivery_metrics_s {
     hb_metric_t *verification_waits; /* not attempted: the new URL awaits verification (or NULL) */
     hb_metric_t *status_class[6];    /* responses: none, 1xx..5xx */
     hb_metric_t *connections_opened; /* attempts that opened a connection */
-    hb_metric_t *tier[HB_RETRY_MAX_STEPS];
+    hb_metric_t *tier[HB_RETRY_MAX_TIERS];
     hb_metric_t *rate_limited, *rate_limit_wait; /* held back by a rate limit; how long */
     hb_metric_t *circuit_probes; /* attempts let through a half-open circuit (may be NULL) */
     /* events a delivery that waited no longer took (may be NULL) */

@@ -25,60 +25,75 @@ static int cmp_ll(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *topic_prefix, char *errstr,
-                      size_t errstr_size) {
+/* Parses a comma-separated list of delays into out (at most
+ * HB_RETRY_MAX_STEPS); what names the setting in errors. */
+static int parse_delays(const char *spec, const char *what, long long *out, int *n, char *errstr,
+                        size_t errstr_size) {
     const char *p = spec ? spec : "";
-    memset(s, 0, sizeof(*s));
+    *n = 0;
     while (*p) {
         char item[64];
-        size_t n = strcspn(p, ",");
+        size_t len = strcspn(p, ",");
         long long ms;
-        while (n > 0 && (*p == ' ')) {
+        while (len > 0 && (*p == ' ')) {
             p++;
-            n--;
+            len--;
         }
-        if (n == 0 || n >= sizeof(item)) {
-            hb_seterr(errstr, errstr_size, "retry schedule \"%s\": empty or over-long element",
-                      spec);
+        if (len == 0 || len >= sizeof(item)) {
+            hb_seterr(errstr, errstr_size, "%s \"%s\": empty or over-long element", what, spec);
             return -1;
         }
-        memcpy(item, p, n);
-        item[n] = '\0';
-        while (n > 0 && item[n - 1] == ' ')
-            item[--n] = '\0';
+        memcpy(item, p, len);
+        item[len] = '\0';
+        while (len > 0 && item[len - 1] == ' ')
+            item[--len] = '\0';
         if (hb_duration_parse_ms(item, &ms) < 0 || ms < MIN_DELAY_MS || ms > MAX_DELAY_MS) {
             hb_seterr(errstr, errstr_size,
-                      "retry schedule: \"%s\" is not a delay between 100ms and 30d (write e.g. "
-                      "5s, 2m, 1h)",
-                      item);
+                      "%s: \"%s\" is not a delay between 100ms and 30d (write e.g. 5s, 2m, 1h)",
+                      what, item);
             return -1;
         }
-        if (s->steps == HB_RETRY_MAX_STEPS) {
-            hb_seterr(errstr, errstr_size, "retry schedule: more than %d delays",
-                      HB_RETRY_MAX_STEPS);
+        if (*n == HB_RETRY_MAX_STEPS) {
+            hb_seterr(errstr, errstr_size, "%s: more than %d delays", what, HB_RETRY_MAX_STEPS);
             return -1;
         }
-        s->delays_ms[s->steps++] = ms;
+        out[(*n)++] = ms;
         p += strcspn(p, ",");
         if (*p == ',') {
             p++;
             if (!*p) {
-                hb_seterr(errstr, errstr_size, "retry schedule \"%s\" ends with a comma", spec);
+                hb_seterr(errstr, errstr_size, "%s \"%s\" ends with a comma", what, spec);
                 return -1;
             }
         }
     }
+    return 0;
+}
+
+static void add_tier(hb_schedule_t *s, long long ms) {
+    for (int j = 0; j < s->tiers; j++)
+        if (s->tiers_ms[j] == ms)
+            return;
+    s->tiers_ms[s->tiers++] = ms;
+}
+
+int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *hop_spec,
+                      const char *topic_prefix, char *errstr, size_t errstr_size) {
+    long long hops[HB_RETRY_MAX_STEPS];
+    int nhops = 0;
+    memset(s, 0, sizeof(*s));
+    if (parse_delays(spec, "retry schedule", s->delays_ms, &s->steps, errstr, errstr_size) < 0)
+        return -1;
     if (s->steps == 0) {
         hb_seterr(errstr, errstr_size, "retry schedule is empty (give e.g. 5s,5m,30m,2h)");
         return -1;
     }
-    for (int i = 0; i < s->steps; i++) {
-        int seen = 0;
-        for (int j = 0; j < s->tiers; j++)
-            seen |= s->tiers_ms[j] == s->delays_ms[i];
-        if (!seen)
-            s->tiers_ms[s->tiers++] = s->delays_ms[i];
-    }
+    if (parse_delays(hop_spec, "retry hop tiers", hops, &nhops, errstr, errstr_size) < 0)
+        return -1;
+    for (int i = 0; i < s->steps; i++)
+        add_tier(s, s->delays_ms[i]);
+    for (int i = 0; i < nhops; i++)
+        add_tier(s, hops[i]); /* room: 2 x HB_RETRY_MAX_STEPS */
     qsort(s->tiers_ms, (size_t)s->tiers, sizeof(s->tiers_ms[0]), cmp_ll);
     for (int j = 0; j < s->tiers; j++) {
         char d[32], *t;
@@ -88,9 +103,18 @@ int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *topic_pref
         t = hb_malloc(len);
         snprintf(t, len, "%s%s", topic_prefix, d);
         s->tier_topics[j] = t;
+        s->hop_only[j] = 1;
+        for (int i = 0; i < s->steps; i++)
+            if (s->delays_ms[i] == s->tiers_ms[j])
+                s->hop_only[j] = 0;
     }
     s->prefix = hb_strdup(topic_prefix);
     return 0;
+}
+
+const char *hb_schedule_setting(const char *errstr) {
+    return strncmp(errstr, "retry hop tiers", 15) ? "HOOKBRIDGE_RETRY_SCHEDULE"
+                                                  : "HOOKBRIDGE_RETRY_HOP_TIERS";
 }
 
 void hb_schedule_free(hb_schedule_t *s) {
@@ -147,6 +171,13 @@ const char *hb_schedule_topic_for(const hb_schedule_t *s, long long delay_ms) {
     return s->tier_topics[s->tiers - 1];
 }
 
+const char *hb_schedule_wait_topic(const hb_schedule_t *s, long long wait_ms) {
+    for (int j = s->tiers - 1; j >= 0; j--)
+        if (s->tiers_ms[j] <= wait_ms)
+            return s->tier_topics[j];
+    return NULL;
+}
+
 int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry_after_ms,
                      long long retry_after_max_ms, int jitter_percent, double rnd, int64_t now_ms,
                      const char **topic, int64_t *not_before_ms) {
@@ -166,17 +197,15 @@ int hb_schedule_next(const hb_schedule_t *s, int failed_attempt, long long retry
     }
     /* The scheduled tier (jitter never moves a message up a tier), unless
      * Retry-After asks for longer than it: then the longest tier not longer
-     * than the wait, where it hops until due (the retrier produces a message
-     * due beyond its tier's span again onto the same tier). Not the shortest
-     * tier at least as long: there every message ahead of it is due up to
-     * that tier's delay later than itself, and it waited behind them (a
+     * than the wait, hop tiers included, where it hops until due (the
+     * retrier produces a message due beyond its tier's span again, onto the
+     * longest tier not longer than what is left). Not the shortest tier at
+     * least as long: there every message ahead of it is due up to that
+     * tier's delay later than itself, and it waited behind them (a
      * Retry-After of 60 s on the 5m tier came up to 5 minutes late). */
-    *topic = hb_schedule_topic_for(s, tier_delay);
-    for (int j = s->tiers - 1; j >= 0; j--)
-        if (s->tiers_ms[j] <= basis) {
-            *topic = s->tier_topics[j];
-            break;
-        }
+    *topic = hb_schedule_wait_topic(s, basis);
+    if (!*topic)
+        *topic = hb_schedule_topic_for(s, tier_delay);
     *not_before_ms = now_ms + delay;
     return 0;
 }

@@ -11,8 +11,12 @@
  * The delay of the next attempt is the schedule's, lengthened by a random
  * 0..jitter percent (never shortened, so no attempt comes early), or the
  * endpoint's Retry-After when that is longer (bounded by retry_after_max).
- * The message goes to the tier whose delay is the smallest one not shorter
- * than that delay (the longest tier when none is).
+ * The message goes to the tier of its step, or, when Retry-After (or the
+ * endpoint's pace) asks for longer, to the longest tier not longer than the
+ * wait, where it "hops" (is produced again) until due. Hop tiers are extra
+ * tiers that are no step of the schedule ("20s,1m" by default): a wait
+ * between two far-apart steps (5 s and 5 min) hops through them instead of
+ * up to 49 times on the shorter one.
  *
  * Delays are written canonically in topic names: 5000 ms is "5s", 300000 ms
  * is "5m", 1500 ms is "1500ms".
@@ -25,24 +29,33 @@
 #include "hb_common.h"
 
 #define HB_RETRY_MAX_STEPS 32
+#define HB_RETRY_MAX_TIERS (2 * HB_RETRY_MAX_STEPS) /* the steps' and the hop tiers */
 
 /* Svix-like: 8 attempts over about 28 hours. */
 #define HB_RETRY_SCHEDULE_DEFAULT "5s,5m,30m,2h,5h,10h,10h"
+/* Tiers for waiting only, between the default's 5 s and 5 min: a wait of up
+ * to 5 minutes hops at most 5 times, not 49 times on the 5s tier. */
+#define HB_RETRY_HOP_TIERS_DEFAULT "20s,1m"
 
 typedef struct hb_schedule_s {
     long long delays_ms[HB_RETRY_MAX_STEPS]; /* before attempt i + 2 */
     int steps;
-    long long tiers_ms[HB_RETRY_MAX_STEPS]; /* distinct delays, ascending */
-    char *tier_topics[HB_RETRY_MAX_STEPS];
+    long long tiers_ms[HB_RETRY_MAX_TIERS]; /* distinct delays and hop tiers, ascending */
+    char *tier_topics[HB_RETRY_MAX_TIERS];
+    char hop_only[HB_RETRY_MAX_TIERS]; /* a hop tier, no step's delay */
     int tiers;
     char *prefix; /* of the tier topics */
 } hb_schedule_t;
 
-/* Parses "5s,30s,2m" (1..32 delays, each 100 ms .. 30 days). Errors name the
- * bad element. */
-int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *topic_prefix, char *errstr,
-                      size_t errstr_size) HB_MUSTCHECK;
+/* Parses "5s,30s,2m" (1..32 delays, each 100 ms .. 30 days) and the hop
+ * tiers (0..32 such delays; NULL or "" for none). Errors name the bad
+ * element. */
+int hb_schedule_parse(hb_schedule_t *s, const char *spec, const char *hop_spec,
+                      const char *topic_prefix, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_schedule_free(hb_schedule_t *s);
+
+/* The setting an error of hb_schedule_parse is about. */
+const char *hb_schedule_setting(const char *errstr);
 
 /* Canonical text of a delay ("5s", "2m", "1500ms"). */
 void hb_delay_format(long long ms, char *out, size_t outsz);
@@ -71,6 +84,11 @@ void hb_schedule_tier_pattern(const hb_schedule_t *s, char *out, size_t outsz);
 
 /* The tier topic for a delay (used by the circuit breaker's cool-down). */
 const char *hb_schedule_topic_for(const hb_schedule_t *s, long long delay_ms);
+
+/* Where a message due in wait_ms waits: the longest tier (hop tiers
+ * included) not longer than the wait, so nothing ahead of it there is due
+ * later than itself; NULL when every tier is longer. */
+const char *hb_schedule_wait_topic(const hb_schedule_t *s, long long wait_ms);
 
 /* A DeliveryRetry (schema/delivery_retry.avsc) as C values. Strings owned. */
 typedef struct hb_retry_msg_s {

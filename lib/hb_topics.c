@@ -46,15 +46,16 @@ int hb_topics_plan(hb_topic_plan_t *plan, const hb_config_t *cfg, char *errstr,
     hb_schedule_t s;
     char why[256];
     memset(plan, 0, sizeof(*plan));
-    if (hb_schedule_parse(&s, cfg->retry_schedule, cfg->retry_topic_prefix, why, sizeof(why)) < 0) {
-        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+    if (hb_schedule_parse(&s, cfg->retry_schedule, cfg->retry_hop_tiers, cfg->retry_topic_prefix,
+                          why, sizeof(why)) < 0) {
+        hb_seterr(errstr, errstr_size, "%s: %s", hb_schedule_setting(why), why);
         return -1;
     }
     plan_add(plan, cfg, cfg->events_topic, "events", cfg->events_retention_ms);
     for (int i = 0; i < s.tiers; i++) {
         char role[48], d[24];
         hb_delay_format(s.tiers_ms[i], d, sizeof(d));
-        snprintf(role, sizeof(role), "delay tier %s", d);
+        snprintf(role, sizeof(role), "delay tier %s%s", d, s.hop_only[i] ? " (hops only)" : "");
         plan_add(plan, cfg, s.tier_topics[i], role, hb_topics_tier_retention_ms(s.tiers_ms[i]));
     }
     plan_add(plan, cfg, cfg->dlq_topic, "dead letters", cfg->dlq_retention_ms);
@@ -325,9 +326,9 @@ static int read_metadata(rd_kafka_t *rk, const hb_config_t *cfg, const hb_topic_
     hb_schedule_t sch;
     char why[256];
     rd_kafka_resp_err_t err;
-    if (hb_schedule_parse(&sch, cfg->retry_schedule, cfg->retry_topic_prefix, why, sizeof(why)) <
-        0) {
-        hb_seterr(errstr, errstr_size, "HOOKBRIDGE_RETRY_SCHEDULE: %s", why);
+    if (hb_schedule_parse(&sch, cfg->retry_schedule, cfg->retry_hop_tiers, cfg->retry_topic_prefix,
+                          why, sizeof(why)) < 0) {
+        hb_seterr(errstr, errstr_size, "%s: %s", hb_schedule_setting(why), why);
         return -1;
     }
     /* Asked a second at a time: a failure retrying does not cure (a wrong

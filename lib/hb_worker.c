@@ -864,7 +864,7 @@ hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec,
     {
         /* what the producer writes: every tier (a Retry-After may pick any)
          * and the dead-letter topic */
-        const char *produced[HB_RETRY_MAX_STEPS + 1];
+        const char *produced[HB_RETRY_MAX_TIERS + 1];
         int n = 0;
         for (int t = 0; t < cfg->schedule.tiers; t++)
             produced[n++] = cfg->schedule.tier_topics[t];

@@ -14,9 +14,11 @@
  *     head of a partition is waiting for the earliest message in it;
  *   - due later than its tier's delay allows (a Retry-After longer than
  *     its tier, the longest not longer than the wait: hb_schedule_next):
- *     produced again onto the same tier, attempt and due time
- *     unchanged (a "hop"), and its offset released once the broker has the
- *     copy, so no retry behind it waits for a message due later than itself;
+ *     produced again, attempt and due time unchanged (a "hop"), onto the
+ *     longest tier not longer than what is left of the wait (hop tiers
+ *     included, HOOKBRIDGE_RETRY_HOP_TIERS), and its offset released once
+ *     the broker has the copy, so no retry behind it waits for a message
+ *     due later than itself;
  *   - due: first the delivery log is asked (hb_worker_lookup, answered by the
  *     log's own thread after the rows queued before). A delivery already
  *     delivered, failed or dropped, or whose attempt N is already logged
@@ -476,19 +478,25 @@ static int64_t on_time_until(const hb_retrier_t *r, const rd_kafka_message_t *rk
     return until > not_before ? until : not_before;
 }
 
-/* Produces rkm again onto its own tier (attempt and due time unchanged); its
- * offset is released once the broker has the copy. */
+/* Produces rkm again (attempt and due time unchanged) onto the longest tier
+ * not longer than what is left of its wait (its own, a longer one, or a
+ * shorter one near the end: hb_schedule_wait_topic); its offset is released
+ * once the broker has the copy. */
 static void hop(hb_retrier_t *r, const rd_kafka_message_t *rkm, const hb_retry_msg_t *m) {
     hb_worker_t *w = r->w;
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
+    const hb_schedule_t *sch = hb_worker_schedule(w);
+    long long left = (long long)(m->not_before_ms - hb_wall_ms());
+    const char *topic = hb_schedule_wait_topic(sch, left);
     hb_job_t *job = hb_worker_track(w, rkm);
     char *key = rkm->key ? hb_strndup(rkm->key, rkm->key_len) : NULL;
+    if (!topic) /* due sooner than the shortest tier's delay */
+        topic = sch->tier_topics[0];
     hb_metric_inc(r->m_hops);
     hb_log(HB_LOG_DEBUG,
            HB_KV("delivery_id", m->delivery_id, "subscription_id", m->subscription_id),
-           "attempt %d is due in %lld ms, later than its tier's span: produced again onto %s so "
-           "the retries behind it do not wait",
-           m->attempt, (long long)(m->not_before_ms - hb_wall_ms()), topic);
+           "attempt %d is due in %lld ms, later than %s's span: produced again onto %s so the "
+           "retries behind it do not wait",
+           m->attempt, left, rd_kafka_topic_name(rkm->rkt), topic);
     hb_worker_produce(w, topic, key, rkm->payload, rkm->len, job);
     free(key);
     hb_job_release(w, job);
@@ -710,7 +718,7 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     static const double late_bounds[] = {0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600};
     hb_retrier_t *r = hb_calloc(1, sizeof(*r));
     const hb_schedule_t *sch = &cfg->schedule;
-    const char *topics[HB_RETRY_MAX_STEPS + 1];
+    const char *topics[HB_RETRY_MAX_TIERS + 1];
     char pattern[300];
     hb_worker_spec_t spec = {
         .name = "retrier",

@@ -91,11 +91,14 @@ static void usage(FILE *fp) {
             "  --retry-schedule S      create the delay-tier topics of this schedule\n"
             "                          (default: $HOOKBRIDGE_RETRY_SCHEDULE, "
             "else " HB_RETRY_SCHEDULE_DEFAULT ")\n"
+            "  --retry-hop-tiers S     and these hop tiers (default: "
+            "$HOOKBRIDGE_RETRY_HOP_TIERS,\n"
+            "                          else " HB_RETRY_HOP_TIERS_DEFAULT "; empty: none)\n"
             "  --log-level LEVEL       debug, info, warn, error (default info)\n"
             "\n"
             "Topics created: identity.events, hookbridge.dlq, hookbridge.retry.<delay> for\n"
-            "each distinct delay of the retry schedule, and every --topic. Signals: SIGTERM/SIGINT "
-            "stop; SIGUSR1 takes\n"
+            "each distinct delay of the retry schedule and hop tier, and every --topic.\n"
+            "Signals: SIGTERM/SIGINT stop; SIGUSR1 takes\n"
             "all brokers down, SIGUSR2 brings them back up, SIGHUP fails the next Produce request\n"
             "with OUT_OF_ORDER_SEQUENCE_NUMBER (fault-injection tests).\n");
 }
@@ -131,6 +134,7 @@ static int add_topic(devbroker_opts_t *o, const char *spec, char *errstr, size_t
 static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t *level,
                       char *errstr, size_t errstr_size) {
     const char *schedule = getenv("HOOKBRIDGE_RETRY_SCHEDULE");
+    const char *hops = getenv("HOOKBRIDGE_RETRY_HOP_TIERS"); /* "": none */
     hb_schedule_t sch;
     o->brokers = 3;
     o->partitions = 6;
@@ -160,6 +164,8 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
                 return -1;
         } else if (!strcmp(a, "--retry-schedule")) {
             schedule = v;
+        } else if (!strcmp(a, "--retry-hop-tiers")) {
+            hops = v;
         } else if (!strcmp(a, "--log-level")) {
             if (hb_log_level_parse(v, level) != 0) {
                 hb_seterr(errstr, errstr_size, "--log-level: want debug, info, warn or error");
@@ -175,7 +181,8 @@ static int parse_args(devbroker_opts_t *o, int argc, char **argv, hb_log_level_t
         return -1;
     }
     if (hb_schedule_parse(&sch, schedule && *schedule ? schedule : HB_RETRY_SCHEDULE_DEFAULT,
-                          "hookbridge.retry.", errstr, errstr_size) < 0)
+                          hops ? hops : HB_RETRY_HOP_TIERS_DEFAULT, "hookbridge.retry.", errstr,
+                          errstr_size) < 0)
         return -1;
     for (int t = 0; t < sch.tiers && o->topics_cnt < DEVBROKER_MAX_TOPICS; t++) {
         o->owned[o->owned_cnt] = hb_strdup(sch.tier_topics[t]);

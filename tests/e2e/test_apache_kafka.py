@@ -26,20 +26,22 @@ def lines(out, word):
 
 def test_migrate_topics_creates_every_topic_then_reports_drift(apache_kafka):
     space = apache_kafka.space(create=False)
-    tiers = ["5s", "5m", "30m", "2h", "5h", "10h"]  # the default schedule's
+    # the default schedule's, and its hop tiers (20s, 1m), in order
+    tiers = ["5s", "20s", "1m", "5m", "30m", "2h", "5h", "10h"]
     names = [space.events_topic] + [space.retry_prefix + t for t in tiers] + [space.dlq_topic]
 
     r = migrate_topics(space, "--check")
     assert r.returncode == 2, r.stdout + r.stderr
-    assert len(lines(r.stdout, "MISSING")) == 8
-    assert "8 topics missing or drifted" in r.stderr
+    assert len(lines(r.stdout, "MISSING")) == 10
+    assert "10 topics missing or drifted" in r.stderr
 
     r = migrate_topics(space)
     assert r.returncode == 0, r.stdout + r.stderr
     created = lines(r.stdout, "created")
     assert [l.split()[1] for l in created] == names
-    assert "delay tier 10h: 6 partitions, replication factor 1, retention 7d" in created[6]
-    assert "dead letters: 6 partitions, replication factor 1, retention 30d" in created[7]
+    assert "delay tier 20s (hops only): 6 partitions, replication factor 1" in created[2]
+    assert "delay tier 10h: 6 partitions, replication factor 1, retention 7d" in created[8]
+    assert "dead letters: 6 partitions, replication factor 1, retention 30d" in created[9]
 
     # What Kafka itself says (an independent client): partitions and retention.
     from kafka import KafkaAdminClient
@@ -56,7 +58,7 @@ def test_migrate_topics_creates_every_topic_then_reports_drift(apache_kafka):
 
     # Run again: nothing to do, every topic as planned.
     r = migrate_topics(space)
-    assert r.returncode == 0 and len(lines(r.stdout, "ok")) == 8, r.stdout + r.stderr
+    assert r.returncode == 0 and len(lines(r.stdout, "ok")) == 10, r.stdout + r.stderr
 
     # Asked for more partitions and a longer retention: drift, named, nothing changed;
     # --check fails, a plain run only reports.
@@ -64,13 +66,13 @@ def test_migrate_topics_creates_every_topic_then_reports_drift(apache_kafka):
                        HOOKBRIDGE_EVENTS_RETENTION="30d")
     assert r.returncode == 2, r.stdout + r.stderr
     drift = lines(r.stdout, "DRIFT")
-    assert len(drift) == 8
+    assert len(drift) == 10
     assert (f"DRIFT     {space.events_topic}" in drift[0]
             and "6 partitions, fewer than the 12 planned; retention 7d, shorter than the 30d "
                 "planned" in drift[0])
     r = migrate_topics(space, HOOKBRIDGE_TOPIC_PARTITIONS="12")
-    assert r.returncode == 0 and len(lines(r.stdout, "DRIFT")) == 8
-    assert "8 topics drifted from the plan: not changed" in r.stderr
+    assert r.returncode == 0 and len(lines(r.stdout, "DRIFT")) == 10
+    assert "10 topics drifted from the plan: not changed" in r.stderr
 
     # A replication factor the cluster cannot give: refused with Kafka's reason.
     other = apache_kafka.space(create=False)
@@ -96,13 +98,14 @@ def test_services_are_not_ready_until_their_topics_exist(apache_kafka, db_url, p
         return status == 503 and f"topic {topic} does not exist" in body
     wait_until(lambda: not_ready_naming(d, space.events_topic), 30,
                "the dispatcher not ready, naming the events topic")
-    wait_until(lambda: not_ready_naming(r, space.retry_prefix + "1s"), 30,
-               "the retrier not ready, naming its delay tier")
+    # the schedule's tier or a hop tier (20s, 1m by default)
+    wait_until(lambda: any(not_ready_naming(r, space.retry_prefix + t) for t in ("1s", "20s", "1m")),
+               30, "the retrier not ready, naming a delay tier")
     assert d.proc.alive() and r.proc.alive()
     assert d.get("/healthz")[0] == 200
 
     out = space.create_topics("1s")
-    assert len(lines(out.stdout, "created")) == 3, out.stdout
+    assert len(lines(out.stdout, "created")) == 5, out.stdout  # events, 1s, 20s, 1m, dlq
     d.wait_ready(60)
     r.wait_ready(60)
 

@@ -114,7 +114,8 @@ def test_retries_wait_through_the_retriers_partitions_taken_and_given_back(clust
     finally:
         s.r.proc.signal(signal.SIGCONT)
         admin.close()
-    wait_until(lambda: s.r.proc.output().count("assigned 6 partition(s)") == 2, 30,
+    # its 8s tier and the default hop tiers (20s, 1m), 6 partitions each
+    wait_until(lambda: s.r.proc.output().count("assigned 18 partition(s)") == 2, 30,
                "the retrier to get its partitions back")
     s.wait_all({e["uuid"]: 0 for e in evs}, 30)
     early, _ = s.retry_timing(8000)

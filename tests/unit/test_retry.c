@@ -15,8 +15,8 @@ static void parses_and_names_tiers_canonically(void **state) {
     hb_schedule_t s;
     char err[256];
     (void)state;
-    assert_int_equal(hb_schedule_parse(&s, "5s, 300s,30m,2h,5h,10h,10h,1500ms", "hookbridge.retry.",
-                                       err, sizeof(err)),
+    assert_int_equal(hb_schedule_parse(&s, "5s, 300s,30m,2h,5h,10h,10h,1500ms", NULL,
+                                       "hookbridge.retry.", err, sizeof(err)),
                      0);
     assert_int_equal(s.steps, 8);
     assert_int_equal(hb_schedule_max_attempts(&s), 9);
@@ -39,7 +39,7 @@ static void retired_tiers_are_recognised(void **state) {
     char err[256], pattern[128];
     int retired = -1;
     (void)state;
-    assert_int_equal(hb_schedule_parse(&s, "5s,5m", "hb.retry.", err, sizeof(err)), 0);
+    assert_int_equal(hb_schedule_parse(&s, "5s,5m", NULL, "hb.retry.", err, sizeof(err)), 0);
     assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.5m", &retired), 300000);
     assert_int_equal(retired, 0);
     assert_int_equal(hb_schedule_tier_ms(&s, "hb.retry.10h", &retired), 36000000);
@@ -74,10 +74,52 @@ static void bad_schedules_name_the_problem(void **state) {
     for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
         hb_schedule_t s;
         char err[256] = "";
-        assert_int_equal(hb_schedule_parse(&s, cases[i].spec, "p.", err, sizeof(err)), -1);
+        assert_int_equal(hb_schedule_parse(&s, cases[i].spec, NULL, "p.", err, sizeof(err)), -1);
         if (!strstr(err, cases[i].want))
             fail_msg("%s: got \"%s\", want \"%s\"", cases[i].spec, err, cases[i].want);
     }
+}
+
+/* Hop tiers are tiers (topics) but no step: the attempts follow the
+ * schedule, and a long Retry-After waits in the longest tier, hop tier or
+ * step, not longer than the wait. */
+static void hop_tiers_are_tiers_but_no_steps(void **state) {
+    hb_schedule_t s;
+    const char *topic = NULL;
+    int64_t nb = 0;
+    char err[256] = "";
+    (void)state;
+    assert_int_equal(hb_schedule_parse(&s, "5s,5m", "1m, 20s,5m", "r.", err, sizeof(err)), 0);
+    assert_int_equal(s.steps, 2);
+    assert_int_equal(hb_schedule_max_attempts(&s), 3);
+    assert_int_equal(s.tiers, 4); /* 5m is a step and a hop tier: one tier */
+    assert_string_equal(s.tier_topics[0], "r.5s");
+    assert_string_equal(s.tier_topics[1], "r.20s");
+    assert_string_equal(s.tier_topics[2], "r.1m");
+    assert_string_equal(s.tier_topics[3], "r.5m");
+    assert_int_equal(s.hop_only[0] + 2 * s.hop_only[1] + 4 * s.hop_only[2] + 8 * s.hop_only[3], 6);
+    assert_int_equal(hb_schedule_tier_ms(&s, "r.20s", NULL), 20000);
+    /* the steps' tiers are the steps' */
+    assert_int_equal(hb_schedule_next(&s, 1, 0, 3600000, 20, 0.99, 0, &topic, &nb), 0);
+    assert_string_equal(topic, "r.5s");
+    assert_int_equal(hb_schedule_next(&s, 2, 0, 3600000, 0, 0, 0, &topic, &nb), 0);
+    assert_string_equal(topic, "r.5m");
+    /* Retry-After 240 s after attempt 1: the 1m hop tier, not the 5s tier */
+    assert_int_equal(hb_schedule_next(&s, 1, 240000, 3600000, 0, 0, 0, &topic, &nb), 0);
+    assert_string_equal(topic, "r.1m");
+    assert_int_equal(nb, 240000);
+    assert_string_equal(hb_schedule_wait_topic(&s, 59999), "r.20s");
+    assert_string_equal(hb_schedule_wait_topic(&s, 19999), "r.5s");
+    assert_null(hb_schedule_wait_topic(&s, 4999));
+    hb_schedule_free(&s);
+    /* none */
+    assert_int_equal(hb_schedule_parse(&s, "5s,5m", "", "r.", err, sizeof(err)), 0);
+    assert_int_equal(s.tiers, 2);
+    hb_schedule_free(&s);
+    /* a bad one is named as a hop tier */
+    assert_int_equal(hb_schedule_parse(&s, "5s,5m", "20s,2x", "r.", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "retry hop tiers: \"2x\" is not a delay"));
+    assert_string_equal(hb_schedule_setting(err), "HOOKBRIDGE_RETRY_HOP_TIERS");
 }
 
 static void next_attempt_follows_schedule_jitter_and_retry_after(void **state) {
@@ -86,7 +128,7 @@ static void next_attempt_follows_schedule_jitter_and_retry_after(void **state) {
     int64_t nb = 0;
     char err[256];
     (void)state;
-    assert_int_equal(hb_schedule_parse(&s, "5s,1m,1h", "r.", err, sizeof(err)), 0);
+    assert_int_equal(hb_schedule_parse(&s, "5s,1m,1h", NULL, "r.", err, sizeof(err)), 0);
     /* attempt 1 failed: 5 s later, on the 5s tier */
     assert_int_equal(hb_schedule_next(&s, 1, 0, 3600000, 0, 0.9, 1000, &topic, &nb), 0);
     assert_string_equal(topic, "r.5s");
@@ -207,6 +249,7 @@ int main(void) {
         cmocka_unit_test(retired_tiers_are_recognised),
         cmocka_unit_test(bad_schedules_name_the_problem),
         cmocka_unit_test(next_attempt_follows_schedule_jitter_and_retry_after),
+        cmocka_unit_test(hop_tiers_are_tiers_but_no_steps),
         cmocka_unit_test(delay_format),
         cmocka_unit_test(message_round_trips_and_rejects_garbage),
     };

@@ -38,17 +38,23 @@ static void default_plan_lists_events_every_tier_and_the_dlq(void **state) {
     (void)state;
     assert_int_equal(load(&cfg, argv, 1), 0);
     assert_int_equal(hb_topics_plan(&plan, &cfg, err, sizeof(err)), 0);
-    /* identity.events, 6 distinct tiers of 5s,5m,30m,2h,5h,10h,10h, hookbridge.dlq */
-    assert_int_equal(plan.n, 8);
+    /* identity.events, 6 distinct tiers of 5s,5m,30m,2h,5h,10h,10h and the
+     * hop tiers 20s and 1m, hookbridge.dlq */
+    assert_int_equal(plan.n, 10);
     assert_string_equal(plan.v[0].name, "identity.events");
     assert_string_equal(plan.v[0].role, "events");
     assert_true(plan.v[0].retention_ms == 7 * DAY);
     assert_string_equal(plan.v[1].name, "hookbridge.retry.5s");
     assert_string_equal(plan.v[1].role, "delay tier 5s");
-    assert_string_equal(plan.v[6].name, "hookbridge.retry.10h");
-    assert_true(plan.v[6].retention_ms == 7 * DAY);
-    assert_string_equal(plan.v[7].name, "hookbridge.dlq");
-    assert_true(plan.v[7].retention_ms == 30 * DAY);
+    assert_string_equal(plan.v[2].name, "hookbridge.retry.20s");
+    assert_string_equal(plan.v[2].role, "delay tier 20s (hops only)");
+    assert_true(plan.v[2].tier);
+    assert_true(plan.v[2].retention_ms == 7 * DAY);
+    assert_string_equal(plan.v[3].name, "hookbridge.retry.1m");
+    assert_string_equal(plan.v[8].name, "hookbridge.retry.10h");
+    assert_true(plan.v[8].retention_ms == 7 * DAY);
+    assert_string_equal(plan.v[9].name, "hookbridge.dlq");
+    assert_true(plan.v[9].retention_ms == 30 * DAY);
     for (size_t i = 0; i < plan.n; i++) {
         assert_int_equal(plan.v[i].partitions, 12);
         assert_int_equal(plan.v[i].replication_factor, 3);
@@ -62,9 +68,13 @@ static void settings_shape_the_plan(void **state) {
     hb_config_t cfg;
     hb_topic_plan_t plan;
     char err[256];
-    char *argv[] = {"prog", "--retry-schedule",           "2s,3d", "--topic-partitions",
-                    "4",    "--topic-replication-factor", "1",     "--dlq-retention",
-                    "90d",  "--retry-topic-prefix",       "r.",    NULL};
+    char *argv[] = {"prog",  "--retry-schedule",
+                    "2s,3d", "--topic-partitions",
+                    "4",     "--topic-replication-factor",
+                    "1",     "--dlq-retention",
+                    "90d",   "--retry-topic-prefix",
+                    "r.",    "--retry-hop-tiers",
+                    "",      NULL};
     (void)state;
     assert_int_equal(load(&cfg, argv, (int)HB_ARRAY_SIZE(argv) - 1), 0);
     assert_int_equal(hb_topics_plan(&plan, &cfg, err, sizeof(err)), 0);
