@@ -211,6 +211,20 @@ static void test_render_cloudevents(void **state) {
     json_decref(doc);
     free(p.body);
 
+    /* one event to a subscription that batches: the batch format, of one */
+    sub->batch_max = 5;
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
+    assert_string_equal(p.content_type, "application/cloudevents-batch+json");
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 1);
+    assert_string_equal(str_at(json_array_get(doc, 0), "id"), str_at(ev[0], "uuid"));
+    json_decref(doc);
+    free(p.body);
+    sub->batch_max = 1;
+
     /* CloudEvents needs a type */
     json_object_del(ev[1], "eventType");
     assert_int_equal(
@@ -226,8 +240,9 @@ static void test_render_cloudevents(void **state) {
 }
 
 /* A batch's body split without its events (the retrier's 413 split) is,
- * byte for byte, what rendering each half's events would have made, in every
- * format, one event of an array format being that event alone. */
+ * byte for byte, what rendering each half's events to the batching
+ * subscription would have made, in every format, one event of an array
+ * format being an array of one. */
 static void test_split_body(void **state) {
     (void)state;
     static const char *const formats_ct[3] = {
@@ -251,6 +266,7 @@ static void test_split_body(void **state) {
     for (int f = 0; f < 3; f++) {
         hb_sub_t *sub = hb_sub_new();
         sub->format = formats[f];
+        sub->batch_max = 5;
         for (size_t n = 3; n <= 5; n += 2) {
             size_t half = n / 2;
             const char *ids[2] = {"aaaaaaaa-0000-4000-8000-000000000001",
@@ -338,6 +354,18 @@ static void test_render_event(void **state) {
     assert_true(json_equal(json_array_get(doc, 1), ev[1]));
     json_decref(doc);
     free(p.body);
+
+    /* one event to a subscription that batches: an array of one */
+    sub->batch_max = 5;
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_string_equal(p.content_type, "application/json");
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 1);
+    assert_true(json_equal(json_array_get(doc, 0), ev[0]));
+    json_decref(doc);
+    free(p.body);
+    sub->batch_max = 1;
 
     assert_int_equal(hb_deliver_render_json(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)),
                      -1);
