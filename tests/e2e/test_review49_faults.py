@@ -9,7 +9,9 @@ import pytest
 
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
-from test_delivery import AUTH_VALUE, SECRET, event, register_verified
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+from test_reactivate import changes_seen, deactivate_then_activate, delivery_of
+from test_retry import stack
 
 BATCH_CT = {"cloudevents": "application/cloudevents-batch+json", "event": "application/json"}
 
@@ -40,3 +42,42 @@ def test_a_batching_subscription_gets_an_array_also_when_its_window_closes_on_on
     assert isinstance(body, list) and len(body) == 1, body
     assert (body[0]["id"] if fmt == "cloudevents" else body[0]["uuid"]) == ev["uuid"]
     assert p["verified"] is True
+
+
+def test_replay_dropped_right_after_a_reactivation_brings_back_the_retries_still_waiting(
+        db_url, procs, workdir):
+    """docs/sql.md: "After an endpoint was down long enough to be deactivated
+    automatically, activate, then replay_failed and replay_dropped since the
+    outage began bring back every delivery it missed while it was active."
+    Event A failed and waits for its retry (on the default schedule, up to
+    10 hours) when the subscription is deactivated; the operator fixes the
+    endpoint, activates it and calls replay_dropped at once, as the recipe
+    says.
+
+    On main (637fabe): replay_dropped returned 0 (A was not dropped yet: it
+    is recorded dropped only when its retry comes due), and then A's retry
+    came due and was dropped: A never reached the endpoint unless the
+    operator knew to call replay_dropped again after the longest delay of
+    the schedule. Now replay_dropped takes A too (it counts it), and A's
+    retry, when it comes due, goes to the endpoint instead of being
+    dropped."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "5s", receiver_args={"fail_first": 1})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see it active")
+    a = event("user.session.start")
+    produce(broker.bootstrap, [a])
+    did_a = wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry" and row[0],
+                       20 * SLOW, "A's first attempt to fail and wait for its retry")
+    deactivate_then_activate(db_url, sub, d, r)
+
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(1,)], "A, pending at the deactivation"
+    _, status, n, _ = wait_until(
+        lambda: (row := delivery_of(db_url, a)) and row[1] not in ("retry", "replay") and row,
+        20 * SLOW, "A's retry to come due")
+    assert (status, n) == ("delivered", 2)
+    assert [p["status"] for p in receiver.posts()] == [503, 204]
+    assert {p["headers"]["webhook-id"] for p in receiver.posts()} == {did_a}
+    # nothing left to take, and nothing sent twice
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
+               sub) == [(0,)]
