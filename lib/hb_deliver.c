@@ -642,12 +642,29 @@ int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challeng
         hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "no response");
         return -1;
     }
+    if (res->http_status >= 300 && res->http_status <= 399) {
+        /* as a delivery's (hb_deliver_classify) says it: the operator who
+         * reads "HTTP 301" alone does not learn that the URL to register is
+         * the one it points to */
+        hb_seterr(reason, reason_size, "redirect (HTTP %d) not followed", res->http_status);
+        return -1;
+    }
     if (res->http_status != 200) {
         hb_seterr(reason, reason_size, "HTTP %d", res->http_status);
         return -1;
     }
     json_error_t jerr;
-    json_t *doc = res->body ? json_loadb(res->body, res->body_len, 0, &jerr) : NULL;
+    const char *body = res->body;
+    size_t body_len = res->body_len;
+    /* A UTF-8 byte order mark before the JSON is ignored, as RFC 8259 (8.1)
+     * lets a parser do and common ones (Java's Jackson among them) do: an
+     * endpoint whose framework writes one (.NET's UTF8Encoding(true),
+     * PowerShell) answered "response is not JSON" here. */
+    if (body && body_len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3)) {
+        body += 3;
+        body_len -= 3;
+    }
+    json_t *doc = body ? json_loadb(body, body_len, 0, &jerr) : NULL;
     if (!doc || !json_is_object(doc)) {
         json_decref(doc);
         hb_seterr(reason, reason_size, "response is not JSON");

@@ -3,13 +3,15 @@
 retries, deactivate, deregister), under faults.
 
 Each check says what it did on main's binaries (637fabe) and what holds it."""
+import http.server
 import json
 
 import pytest
 
+from hbtest.endpoints import serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
-from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql, verify_once
 from test_reactivate import changes_seen, deactivate_then_activate, delivery_of
 from test_retry import stack
 
@@ -81,3 +83,50 @@ def test_replay_dropped_right_after_a_reactivation_brings_back_the_retries_still
     # nothing left to take, and nothing sent twice
     assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')",
                sub) == [(0,)]
+
+
+class ChallengeAnswers(http.server.BaseHTTPRequestHandler):
+    """Answers the challenge at /bom with a UTF-8 byte order mark before the
+    JSON echo (what .NET's UTF8Encoding(true) or PowerShell write), at /moved
+    with a 301 to /moved/ (the trailing slash a framework insists on)."""
+
+    def do_GET(self):
+        v = self.headers.get("X-Okta-Verification-Challenge", "")
+        if self.path == "/bom":
+            body = b"\xef\xbb\xbf" + json.dumps({"verification": v}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        else:
+            body = b""
+            self.send_response(301)
+            self.send_header("Location", self.path + "/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_the_challenge_s_answer_with_a_byte_order_mark_verifies_and_a_redirect_says_so(
+        db_url, broker, procs):
+    """docs/design.md, Verification challenge: the endpoint proves control by
+    answering 200 with {"verification": "<value>"}; RFC 8259 (8.1) lets a
+    parser ignore a byte order mark before JSON, and common ones do. A
+    redirect fails the challenge, as it fails a delivery.
+
+    On main (637fabe): the answer with a byte order mark failed as "response
+    is not JSON" (the operator sees valid JSON in the endpoint's logs), and
+    the 301 was recorded as "HTTP 301" where a delivery says "redirect (HTTP
+    301) not followed". Now the first verifies and the second says that the
+    redirect was not followed."""
+    srv = serve(ChallengeAnswers)
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        base = srv.url.rsplit("/", 1)[0]
+        assert verify_once(db_url, base + "/bom")[1:] == ("verified", None)
+        assert verify_once(db_url, base + "/moved")[1:] == (
+            "failed", "redirect (HTTP 301) not followed")
+    finally:
+        srv.shutdown()
