@@ -667,7 +667,13 @@ int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challeng
     json_t *doc = body ? json_loadb(body, body_len, 0, &jerr) : NULL;
     if (!doc || !json_is_object(doc)) {
         json_decref(doc);
-        hb_seterr(reason, reason_size, "response is not JSON");
+        if (res->body_len >= HB_VERIFY_MAX_RESPONSE) /* only its start was kept */
+            hb_seterr(reason, reason_size,
+                      "response is not JSON within its first %d bytes (answer only the JSON "
+                      "object)",
+                      HB_VERIFY_MAX_RESPONSE);
+        else
+            hb_seterr(reason, reason_size, "response is not JSON");
         return -1;
     }
     const char *echo = json_string_value(json_object_get(doc, "verification"));

@@ -87,13 +87,17 @@ def test_replay_dropped_right_after_a_reactivation_brings_back_the_retries_still
 
 class ChallengeAnswers(http.server.BaseHTTPRequestHandler):
     """Answers the challenge at /bom with a UTF-8 byte order mark before the
-    JSON echo (what .NET's UTF8Encoding(true) or PowerShell write), at /moved
-    with a 301 to /moved/ (the trailing slash a framework insists on)."""
+    JSON echo (what .NET's UTF8Encoding(true) or PowerShell write), at /big
+    with the echo and 20 KB of other members, at /moved with a 301 to /moved/
+    (the trailing slash a framework insists on)."""
 
     def do_GET(self):
         v = self.headers.get("X-Okta-Verification-Challenge", "")
-        if self.path == "/bom":
-            body = b"\xef\xbb\xbf" + json.dumps({"verification": v}).encode()
+        if self.path in ("/bom", "/big"):
+            body = json.dumps({"verification": v, **({"pad": "x" * 20000}
+                                                     if self.path == "/big" else {})}).encode()
+            if self.path == "/bom":
+                body = b"\xef\xbb\xbf" + body
             self.send_response(200)
             self.send_header("Content-Type", "application/json; charset=utf-8")
         else:
@@ -108,18 +112,21 @@ class ChallengeAnswers(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_the_challenge_s_answer_with_a_byte_order_mark_verifies_and_a_redirect_says_so(
+def test_the_challenge_s_answer_with_a_byte_order_mark_verifies_and_a_failure_says_why(
         db_url, broker, procs):
     """docs/design.md, Verification challenge: the endpoint proves control by
     answering 200 with {"verification": "<value>"}; RFC 8259 (8.1) lets a
     parser ignore a byte order mark before JSON, and common ones do. A
-    redirect fails the challenge, as it fails a delivery.
+    redirect fails the challenge, as it fails a delivery. Of an answer only
+    the first 16 KiB are read.
 
     On main (637fabe): the answer with a byte order mark failed as "response
     is not JSON" (the operator sees valid JSON in the endpoint's logs), and
     the 301 was recorded as "HTTP 301" where a delivery says "redirect (HTTP
-    301) not followed". Now the first verifies and the second says that the
-    redirect was not followed."""
+    301) not followed"; the 20 KB answer failed as "response is not JSON"
+    (it is JSON: only its start was read). Now the first verifies, the 301
+    says that the redirect was not followed, and the long answer says it is
+    too long."""
     srv = serve(ChallengeAnswers)
     try:
         d = Dispatcher(procs, db_url, broker.bootstrap)
@@ -128,5 +135,8 @@ def test_the_challenge_s_answer_with_a_byte_order_mark_verifies_and_a_redirect_s
         assert verify_once(db_url, base + "/bom")[1:] == ("verified", None)
         assert verify_once(db_url, base + "/moved")[1:] == (
             "failed", "redirect (HTTP 301) not followed")
+        assert verify_once(db_url, base + "/big")[1:] == (
+            "failed", "response is not JSON within its first 16384 bytes (answer only the JSON "
+            "object)")
     finally:
         srv.shutdown()

@@ -1185,6 +1185,22 @@ static void test_check_challenge(void **state) {
             fail_msg("case %zu: got %d \"%s\", want %d \"%s\"", i, got, reason, cases[i].want,
                      cases[i].reason);
     }
+    {
+        /* an answer longer than what is kept of it (16 KiB): its start, the
+         * echo and padding, does not parse, and the reason says why */
+        static char big[16384 + 1];
+        hb_http_result_t res;
+        char reason[256];
+        memset(&res, 0, sizeof(res));
+        memset(big, ' ', sizeof(big) - 1);
+        memcpy(big, "{\"verification\":\"abc\",\"pad\":\"", 29);
+        res.http_status = 200;
+        res.body = big;
+        res.body_len = sizeof(big) - 1;
+        assert_int_equal(hb_deliver_check_challenge(&res, "abc", reason, sizeof(reason)), -1);
+        assert_string_equal(reason, "response is not JSON within its first 16384 bytes (answer "
+                                    "only the JSON object)");
+    }
 }
 
 /* A random member value: strings from an alphabet rich in escapes, a NUL
