@@ -166,11 +166,12 @@ static int hb_deliver_put_ce(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *ev,
 }
 
 /* The CloudEvents formats: one event, or a batch as a JSON array (each
- * event without a uuid identified by "<delivery id>-<index>"). */
+ * event without a uuid identified by "<delivery id>-<index>"); as_array: a
+ * batch also when it holds one event (hb_deliver_as_array). */
 static int hb_deliver_ce(hb_buf_t *b, const hb_sub_t *sub, hb_event_t *const *events, size_t n,
-                         const char *delivery_id, const char *source, const char **content_type,
-                         char *errstr, size_t errstr_size) {
-    if (n == 1) {
+                         int as_array, const char *delivery_id, const char *source,
+                         const char **content_type, char *errstr, size_t errstr_size) {
+    if (!as_array) {
         *content_type = HB_CT_CE;
         return hb_deliver_put_ce(b, sub, events[0], delivery_id, source, errstr, errstr_size);
     }
@@ -214,11 +215,23 @@ done:
     return r;
 }
 
+/* Whether n events to sub go as a batch (a JSON array, in the array
+ * formats): several events, or one to a subscription that batches
+ * (batch_max > 1). The shape of its bodies is the subscription's choice, not
+ * the traffic's: a receiver that asked for batches gets an array also when a
+ * window closed on one event (review 49: it got the bare object then, and
+ * for cloudevents application/cloudevents+json, which docs/payloads.md says
+ * a batching subscription does not get). */
+static int hb_deliver_as_array(const hb_sub_t *sub, size_t n) {
+    return n > 1 || sub->batch_max > 1;
+}
+
 int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
                       const char *delivery_id, const char *source, int64_t now_ms,
                       hb_payload_t *out, char *errstr, size_t errstr_size) {
     const char *content_type = HB_CT_JSON;
     hb_buf_t b = {0};
+    int as_array = hb_deliver_as_array(sub, n);
     memset(out, 0, sizeof(*out));
     if (n == 0 || !events || !delivery_id) {
         hb_seterr(errstr, errstr_size, "nothing to render");
@@ -247,20 +260,20 @@ int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
     }
     switch (sub->format) {
     case HB_FORMAT_CLOUDEVENTS:
-        if (hb_deliver_ce(&b, sub, events, n, delivery_id, source, &content_type, errstr,
+        if (hb_deliver_ce(&b, sub, events, n, as_array, delivery_id, source, &content_type, errstr,
                           errstr_size) < 0)
             goto fail;
         break;
     case HB_FORMAT_EVENT:
         /* The event itself; a batch of bare events is a JSON array of them. */
-        if (n > 1)
+        if (as_array)
             hb_buf_put(&b, "[", 1);
         for (size_t i = 0; i < n; i++) {
             if (i)
                 hb_buf_put(&b, ",", 1);
             hb_deliver_put_event(&b, sub, events[i]);
         }
-        if (n > 1)
+        if (as_array)
             hb_buf_put(&b, "]", 1);
         break;
     case HB_FORMAT_OKTA:
@@ -368,9 +381,10 @@ char *hb_deliver_id_of(const char *sub_id, const char *const *uuids, size_t n,
 }
 
 /* One part of a split batch: events elems[from..to) of the body's array, as
- * hb_deliver_render writes that many (one element of an array format: the
- * element itself), in top (the okta envelope, its data.events replaced and
- * its eventId the part's id; NULL for the array formats). */
+ * hb_deliver_render writes that many to the batching subscription it was
+ * rendered for (an array format: an array, of one element too), in top (the
+ * okta envelope, its data.events replaced and its eventId the part's id;
+ * NULL for the array formats). */
 static int split_part(json_t *top, json_t *elems, size_t from, size_t to, const char *id,
                       int64_t now_ms, const char *batch_ct, hb_payload_t *out, char **type) {
     json_t *arr = json_array(), *doc, *first = json_array_get(elems, from);
@@ -390,10 +404,6 @@ static int split_part(json_t *top, json_t *elems, size_t from, size_t to, const 
         hb_format_time(now_ms, now, sizeof(now));
         json_object_set_new(doc, "eventTime", json_string(now));
         out->content_type = HB_CT_JSON;
-    } else if (to - from == 1) {
-        doc = json_incref(json_array_get(arr, 0));
-        json_decref(arr);
-        out->content_type = !strcmp(batch_ct, HB_CT_CE_BATCH) ? HB_CT_CE : HB_CT_JSON;
     } else {
         doc = arr;
         out->content_type = !strcmp(batch_ct, HB_CT_CE_BATCH) ? HB_CT_CE_BATCH : HB_CT_JSON;
@@ -632,15 +642,38 @@ int hb_deliver_check_challenge(const hb_http_result_t *res, const char *challeng
         hb_seterr(reason, reason_size, "%s", res->error[0] ? res->error : "no response");
         return -1;
     }
+    if (res->http_status >= 300 && res->http_status <= 399) {
+        /* as a delivery's (hb_deliver_classify) says it: the operator who
+         * reads "HTTP 301" alone does not learn that the URL to register is
+         * the one it points to */
+        hb_seterr(reason, reason_size, "redirect (HTTP %d) not followed", res->http_status);
+        return -1;
+    }
     if (res->http_status != 200) {
         hb_seterr(reason, reason_size, "HTTP %d", res->http_status);
         return -1;
     }
     json_error_t jerr;
-    json_t *doc = res->body ? json_loadb(res->body, res->body_len, 0, &jerr) : NULL;
+    const char *body = res->body;
+    size_t body_len = res->body_len;
+    /* A UTF-8 byte order mark before the JSON is ignored, as RFC 8259 (8.1)
+     * lets a parser do and common ones (Java's Jackson among them) do: an
+     * endpoint whose framework writes one (.NET's UTF8Encoding(true),
+     * PowerShell) answered "response is not JSON" here. */
+    if (body && body_len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3)) {
+        body += 3;
+        body_len -= 3;
+    }
+    json_t *doc = body ? json_loadb(body, body_len, 0, &jerr) : NULL;
     if (!doc || !json_is_object(doc)) {
         json_decref(doc);
-        hb_seterr(reason, reason_size, "response is not JSON");
+        if (res->body_len >= HB_VERIFY_MAX_RESPONSE) /* only its start was kept */
+            hb_seterr(reason, reason_size,
+                      "response is not JSON within its first %d bytes (answer only the JSON "
+                      "object)",
+                      HB_VERIFY_MAX_RESPONSE);
+        else
+            hb_seterr(reason, reason_size, "response is not JSON");
         return -1;
     }
     const char *echo = json_string_value(json_object_get(doc, "verification"));

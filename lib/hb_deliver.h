@@ -38,6 +38,8 @@ typedef struct hb_payload_s {
  *   "datacontenttype":"application/json","data":<event>}; a batch:
  *   application/cloudevents-batch+json, a JSON array of those.
  * event, application/json: the event itself; a batch: a JSON array of them.
+ * A batch is n > 1 events, or one to a subscription with batch_max > 1 (its
+ * bodies keep one shape, whatever the traffic).
  * The events are borrowed; each is written by copying its text (whole, or
  * member by member for a field selection): no jansson value is made. */
 int hb_deliver_render(const hb_sub_t *sub, hb_event_t *const *events, size_t n,
@@ -63,7 +65,7 @@ char *hb_deliver_id_of(const char *sub_id, const char *const *uuids, size_t n,
  * content type), split without its events at hand (the retrier has only the
  * body): out[0] its first `half` events, out[1] the rest, each as the format
  * writes that many events (the okta envelope under eventId ids[k] and a fresh
- * eventTime now_ms; one event of an array format is that event alone). The
+ * eventTime now_ms; an array format's part is an array, of one event too). The
  * events are kept as they were rendered (the subscription's field selection
  * of then); types[k] (malloc'd) is the eventType of part k's first event.
  * -1 (errstr) when body is not a batch of n events. */

@@ -340,6 +340,10 @@ void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub) {
     hb_sub_unref(old);
 }
 
+int64_t hb_delivery_began_ms(const hb_delivery_t *dl) {
+    return dl->resume_ms > dl->first_attempt_ms ? dl->resume_ms : dl->first_attempt_ms;
+}
+
 void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
                           int schedule_offset) {
     dl->attempt = attempt;
@@ -1174,7 +1178,7 @@ static int as_it_is_now(hb_deliveries_t *D, hb_delivery_t *dl) {
      * deactivated too (replay_dropped would send it) */
     if (sub && dl->matched && refilter(D, dl, sub))
         return 1;
-    why = hb_sub_drop_reason(sub, dl->first_attempt_ms);
+    why = hb_sub_drop_reason(sub, hb_delivery_began_ms(dl));
     if (why) {
         hb_delivery_skip(D, dl, HB_OUTCOME_DROPPED, why);
         return 1;

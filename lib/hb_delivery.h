@@ -127,9 +127,13 @@ typedef struct hb_delivery_s {
     char *event_type;         /* owned */
     int attempt;              /* this attempt: 1 = first */
     int64_t first_attempt_ms; /* 0: set when the first attempt starts (or waits) */
-    int schedule_offset;      /* attempts made before the current schedule (replay) */
-    int64_t due_ms;           /* the retrier's: when this attempt was due (0: not one) */
-    hb_job_t **jobs;          /* each held once by the delivery */
+    /* the retrier's: when replay_dropped() asked that this pending retry go
+     * on though a deactivation since its delivery began would drop it (the
+     * log's resume_requested_at; hb_delivery_began_ms); 0: not asked */
+    int64_t resume_ms;
+    int schedule_offset; /* attempts made before the current schedule (replay) */
+    int64_t due_ms;      /* the retrier's: when this attempt was due (0: not one) */
+    hb_job_t **jobs;     /* each held once by the delivery */
     size_t jobs_cnt;
     /* a batch made by hb_delivery_make, or one event of a rate-limited
      * subscription: its events (references), events[i] the one of jobs[i],
@@ -241,6 +245,10 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
  * started, attempts made before the current schedule. */
 void hb_delivery_continue(hb_delivery_t *dl, int attempt, int64_t first_attempt_ms,
                           int schedule_offset);
+/* When dl began, as a deactivation judges it (hb_sub_drop_reason): its first
+ * attempt, or, when replay_dropped() took it back since, that request (a
+ * deactivation before the request does not drop it, a later one does). */
+int64_t hb_delivery_began_ms(const hb_delivery_t *dl);
 /* dl goes to sub (a reference is taken) as it is now, not as it was when the
  * delivery was made; before it is sent. */
 void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub);

@@ -684,6 +684,8 @@ struct dlog_cols_s {
  * query runs (PostgreSQL's run-time pruning, per id). */
 static const char DLOG_LOOKUP[] = "SELECT r.i, d.status, d.attempts,"
                                   "       coalesce((extract(epoch FROM d.replay_requested_at)"
+                                  "                 * 1000)::bigint, 0),"
+                                  "       coalesce((extract(epoch FROM d.resume_requested_at)"
                                   "                 * 1000)::bigint, 0)"
                                   "  FROM unnest($1::uuid[], $2::int[]) WITH ORDINALITY"
                                   "       AS r(id, since, i)"
@@ -1132,6 +1134,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
             snprintf(st->status, sizeof(st->status), "%s", PQgetvalue(res, t, 1));
             st->attempts = (int)strtol(PQgetvalue(res, t, 2), NULL, 10);
             st->replay_ms = strtoll(PQgetvalue(res, t, 3), NULL, 10);
+            st->resume_ms = strtoll(PQgetvalue(res, t, 4), NULL, 10);
         }
     }
     PQclear(res);

@@ -87,6 +87,9 @@ typedef struct hb_dlog_state_s {
     char status[16];   /* pending, delivered, retry, failed, dropped, replay */
     int attempts;      /* attempts made (the highest attempt number logged) */
     int64_t replay_ms; /* when a replay was last asked for (hookbridge.replay), 0: never */
+    /* when replay_dropped() last asked that its pending retry, which an
+     * earlier deactivation would drop, go on when due; 0: never */
+    int64_t resume_ms;
     /* hb_dlog_lookup_tail: the key's newest delivery ("" when found is 0);
      * status "" when the log no longer has it */
     char delivery_id[37];

@@ -55,7 +55,11 @@
  *     reactivating does not bring them back (hb_sub_deactivated_since).
  *     "Began" is the first attempt's time (the dispatcher's clock, which
  *     must agree with the database's, as NTP keeps them), or for a replay
- *     when it was asked for, on the database's clock (replay_requested_at).
+ *     when it was asked for, on the database's clock (replay_requested_at),
+ *     or, for a pending retry replay_dropped() took back after such a
+ *     deactivation, when that was asked for (resume_requested_at: the retry
+ *     goes on when due, rather than being dropped then and waiting for a
+ *     second replay_dropped() to bring it back).
  *
  * Offsets move only over finished messages, so a retrier killed at any point
  * resumes at the first unfinished one and re-checks its due time: nothing is
@@ -281,7 +285,7 @@ static const char *rebind_now(hb_worker_t *w, hb_delivery_t *dl) {
         hb_delivery_rebind(dl, sub ? sub : gone);
         hb_sub_unref(gone);
     }
-    return hb_sub_drop_reason(sub, dl->first_attempt_ms);
+    return hb_sub_drop_reason(sub, hb_delivery_began_ms(dl));
 }
 
 /* The log answered about an ordered delivery's predecessor: attempt it once
@@ -416,6 +420,9 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
         hb_worker_discard(w, dl);
         return;
     }
+    /* replay_dropped() took it back after a deactivation that would drop
+     * it (rebind_now judges it by that request) */
+    dl->resume_ms = st->found ? st->resume_ms : 0;
     /* its lateness counts when it goes on (go_on); a copy read again
      * (stale, above) is not a retry late */
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),

@@ -579,6 +579,7 @@ DECLARE
     v_first double precision; -- how many go at once
     v_from  timestamptz;      -- when the paced ones start
     n       integer;
+    n_more  integer;
 BEGIN
     IF p_sub IS NULL THEN
         RAISE EXCEPTION 'subscription id must not be NULL' USING ERRCODE = 'HB015';
@@ -635,6 +636,33 @@ BEGIN
                                 WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
      WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- replay_dropped: also the retries pending at a deactivation and not due
+    -- yet, which the retrier drops only when each comes due (up to the
+    -- schedule's longest delay after the deactivation: 10 hours by
+    -- default). Their payload is on their delay tier, not in the log, so they
+    -- are not replayed now but marked (resume_requested_at): when due, the
+    -- retrier judges the deactivation by this request and makes the attempt,
+    -- on their schedule. Without it a replay_dropped() right after activate()
+    -- left them out, and they were dropped later, to be brought back only by
+    -- a second replay_dropped() hours later. A delivery that began (its first
+    -- attempt, a replay, or such a request) after the last deactivation is
+    -- not pending at it, and is left alone. The row stays where it is (its
+    -- day is that of the retries' first_attempt_ms).
+    IF p_status = 'dropped' AND v_sub.deactivated_at IS NOT NULL THEN
+        UPDATE hookbridge.deliveries d SET resume_requested_at = v_at
+          FROM (SELECT c.delivery_id, c.log_day
+                  FROM hookbridge.deliveries c
+                 WHERE c.subscription_id = p_sub AND c.status = 'retry'
+                   AND coalesce(c.last_attempt_at, c.first_attempt_at) >= p_since
+                   AND greatest(c.first_attempt_at, c.replay_requested_at,
+                                c.resume_requested_at) < v_sub.deactivated_at
+                   AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                                    WHERE later.delivery_id = c.delivery_id
+                                      AND later.log_day > c.log_day)) pick
+         WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
+        GET DIAGNOSTICS n_more = ROW_COUNT;
+        n := n + n_more;
+    END IF;
     RETURN n;
 END
 $$;
@@ -649,9 +677,11 @@ $$;
 
 -- Replays every delivery of a subscription dropped since a time because the
 -- subscription stopped (a deactivation, automatic or not, took its pending
--- retries); returns how many (see _replay_all). After an endpoint was down
--- long enough to be deactivated automatically, replay_failed and then
--- replay_dropped bring back everything it missed while it was active.
+-- retries), and takes back its retries still waiting that such a
+-- deactivation would drop when they come due (they go on then); returns how
+-- many (see _replay_all). After an endpoint was down long enough to be
+-- deactivated automatically, replay_failed and then replay_dropped bring
+-- back everything it missed while it was active.
 CREATE OR REPLACE FUNCTION hookbridge.replay_dropped(subscription_id uuid, since timestamptz)
 RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$

@@ -196,7 +196,8 @@ BEGIN
         TO hookbridge_reader;
     GRANT SELECT (delivery_id, subscription_id, event_ids, event_type, status, attempts,
                   first_attempt_at, last_attempt_at, last_http_status, last_error, created_at,
-                  content_type, replay_requested_at, replay_claimed_at, log_day, replay_due_at)
+                  content_type, replay_requested_at, replay_claimed_at, log_day, replay_due_at,
+                  resume_requested_at)
         ON hookbridge.deliveries TO hookbridge_reader;
     GRANT SELECT (id, name, url, status, verification, verification_requested_at,
                   verification_claimed_until, verification_retrying, verified_at,

@@ -152,10 +152,10 @@ static int ref_okta(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, siz
 
 /* The CloudEvents document for n already-selected events; sets
  * *content_type. NULL (errstr set) on failure. */
-static json_t *ref_ce_doc(json_t *const *events, size_t n, const char *delivery_id,
+static json_t *ref_ce_doc(json_t *const *events, size_t n, int as_array, const char *delivery_id,
                           const char *source, const char **content_type, char *errstr,
                           size_t errstr_size) {
-    if (n == 1) {
+    if (!as_array) {
         *content_type = HB_CT_CE;
         return ref_cloudevent(events[0], delivery_id, source, errstr, errstr_size);
     }
@@ -186,7 +186,9 @@ static int ref_ce(hb_buf_t *b, const hb_sub_t *sub, json_t *const *events, size_
             goto done;
         }
     }
-    doc = ref_ce_doc(sel, n, delivery_id, source, content_type, errstr, errstr_size);
+    /* a batch: several events, or one to a subscription that batches */
+    doc = ref_ce_doc(sel, n, n > 1 || sub->batch_max > 1, delivery_id, source, content_type, errstr,
+                     errstr_size);
 done:
     for (size_t i = 0; i < n; i++)
         json_decref(sel[i]);
@@ -231,14 +233,14 @@ static int ref_render(const hb_sub_t *sub, json_t *const *events, size_t n, cons
         break;
     case HB_FORMAT_EVENT:
         /* The event itself; a batch of bare events is a JSON array of them. */
-        if (n > 1)
+        if (n > 1 || sub->batch_max > 1)
             hb_buf_put(&b, "[", 1);
         for (size_t i = 0; i < n; i++) {
             if (i)
                 hb_buf_put(&b, ",", 1);
             ref_put_event(&b, sub, events[i]);
         }
-        if (n > 1)
+        if (n > 1 || sub->batch_max > 1)
             hb_buf_put(&b, "]", 1);
         break;
     case HB_FORMAT_OKTA:

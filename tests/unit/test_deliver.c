@@ -211,6 +211,20 @@ static void test_render_cloudevents(void **state) {
     json_decref(doc);
     free(p.body);
 
+    /* one event to a subscription that batches: the batch format, of one */
+    sub->batch_max = 5;
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "urn:hookbridge:test", NOW_MS, &p, err,
+                                            sizeof(err)),
+                     0);
+    assert_string_equal(p.content_type, "application/cloudevents-batch+json");
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 1);
+    assert_string_equal(str_at(json_array_get(doc, 0), "id"), str_at(ev[0], "uuid"));
+    json_decref(doc);
+    free(p.body);
+    sub->batch_max = 1;
+
     /* CloudEvents needs a type */
     json_object_del(ev[1], "eventType");
     assert_int_equal(
@@ -226,8 +240,9 @@ static void test_render_cloudevents(void **state) {
 }
 
 /* A batch's body split without its events (the retrier's 413 split) is,
- * byte for byte, what rendering each half's events would have made, in every
- * format, one event of an array format being that event alone. */
+ * byte for byte, what rendering each half's events to the batching
+ * subscription would have made, in every format, one event of an array
+ * format being an array of one. */
 static void test_split_body(void **state) {
     (void)state;
     static const char *const formats_ct[3] = {
@@ -251,6 +266,7 @@ static void test_split_body(void **state) {
     for (int f = 0; f < 3; f++) {
         hb_sub_t *sub = hb_sub_new();
         sub->format = formats[f];
+        sub->batch_max = 5;
         for (size_t n = 3; n <= 5; n += 2) {
             size_t half = n / 2;
             const char *ids[2] = {"aaaaaaaa-0000-4000-8000-000000000001",
@@ -338,6 +354,18 @@ static void test_render_event(void **state) {
     assert_true(json_equal(json_array_get(doc, 1), ev[1]));
     json_decref(doc);
     free(p.body);
+
+    /* one event to a subscription that batches: an array of one */
+    sub->batch_max = 5;
+    assert_int_equal(hb_deliver_render_json(sub, ev, 1, DID, "s", NOW_MS, &p, err, sizeof(err)), 0);
+    assert_string_equal(p.content_type, "application/json");
+    doc = parse(&p);
+    assert_true(json_is_array(doc));
+    assert_int_equal(json_array_size(doc), 1);
+    assert_true(json_equal(json_array_get(doc, 0), ev[0]));
+    json_decref(doc);
+    free(p.body);
+    sub->batch_max = 1;
 
     assert_int_equal(hb_deliver_render_json(sub, ev, 0, DID, "s", NOW_MS, &p, err, sizeof(err)),
                      -1);
@@ -1130,6 +1158,11 @@ static void test_check_challenge(void **state) {
         {200, 0, 0, 0, "", "abc", -1, "response is not JSON"},
         {200, 0, 0, 0, "", "", -1, "response is not JSON"},
         {204, 0, 0, 0, "", "", -1, "HTTP 204"},
+        {200, 0, 0, 0, "", "\xEF\xBB\xBF{\"verification\":\"abc\"}", 0, ""},
+        {200, 0, 0, 0, "", "\xEF\xBB\xBF", -1, "response is not JSON"},
+        {200, 0, 0, 0, "", "\xEF\xBB{\"verification\":\"abc\"}", -1, "response is not JSON"},
+        {301, 0, 0, 0, "", "", -1, "redirect (HTTP 301) not followed"},
+        {308, 0, 0, 0, "", "{\"verification\":\"abc\"}", -1, "redirect (HTTP 308) not followed"},
         {404, 0, 0, 0, "HTTP 404", "{\"verification\":\"abc\"}", -1, "HTTP 404"},
         {0, CURLE_OPERATION_TIMEDOUT, 1, 0, "timeout after 5000 ms", "", -1,
          "timeout after 5000 ms"},
@@ -1151,6 +1184,22 @@ static void test_check_challenge(void **state) {
         if (got != cases[i].want || strcmp(reason, cases[i].reason))
             fail_msg("case %zu: got %d \"%s\", want %d \"%s\"", i, got, reason, cases[i].want,
                      cases[i].reason);
+    }
+    {
+        /* an answer longer than what is kept of it (16 KiB): its start, the
+         * echo and padding, does not parse, and the reason says why */
+        static char big[16384 + 1];
+        hb_http_result_t res;
+        char reason[256];
+        memset(&res, 0, sizeof(res));
+        memset(big, ' ', sizeof(big) - 1);
+        memcpy(big, "{\"verification\":\"abc\",\"pad\":\"", 29);
+        res.http_status = 200;
+        res.body = big;
+        res.body_len = sizeof(big) - 1;
+        assert_int_equal(hb_deliver_check_challenge(&res, "abc", reason, sizeof(reason)), -1);
+        assert_string_equal(reason, "response is not JSON within its first 16384 bytes (answer "
+                                    "only the JSON object)");
     }
 }
 
@@ -1210,7 +1259,7 @@ static json_t *odd_event(unsigned *seed) {
 
 /* hb_deliver_render (events as text, copied) and the renderer of before
  * (../render_ref.h: jansson events, documents) make the same bytes, content
- * type and errors: every format, alone and in batches, with field
+ * type and errors: every format, alone and in batches (of one too), with field
  * selections (also of members that are not there, and of target), on random
  * events and with delivery ids and sources that are not UTF-8. */
 static void test_render_matches_json_renderer(void **state) {
@@ -1234,6 +1283,7 @@ static void test_render_matches_json_renderer(void **state) {
             ev[i] = odd_event(&seed);
         if (sel)
             set_fields(sub, sel);
+        sub->batch_max = round % 4 ? 1 : 5; /* one event to a batching subscription too */
         for (size_t f = 0; f < HB_ARRAY_SIZE(formats); f++) {
             hb_payload_t a, b;
             char err[256] = "", rerr[256] = "";
