@@ -279,8 +279,10 @@ static int only_space(const char *s, size_t n) {
     return 1;
 }
 
-/* One JSON event per line; empty lines are skipped but still counted. */
-static void run_lines(hb_producer_t *p, FILE *in) {
+/* One JSON event per line; empty lines are skipped but still counted.
+ * Returns the number of the last line taken (every line up to it was sent,
+ * refused or skipped); *ended: the input was read to its end. */
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
@@ -300,18 +302,25 @@ static void run_lines(hb_producer_t *p, FILE *in) {
             continue;
         }
         hb_ingest_okta_adjust(ev); /* a LogEvent as Okta writes it */
-        (void)hb_producer_send(p, ev, lineno);
+        if (hb_producer_send(p, ev, lineno) == HB_PRODUCER_STOPPED) {
+            json_decref(ev);
+            lineno--; /* not taken: a run again starts there */
+            break;
+        }
         json_decref(ev);
     }
+    *ended = feof(in) != 0;
     if (ferror(in) && !hb_stop_requested)
         hb_error("reading input: %s", strerror(errno));
     free(line);
+    return lineno;
 }
 
 /* N synthetic events; with a rate, event i is due at start + i/rate and the
  * wait in between serves delivery reports (no busy loop). */
-static void run_generate(hb_producer_t *p, long long count, double rate) {
+static long long run_generate(hb_producer_t *p, long long count, double rate) {
     hb_gen_t g;
+    long long made = 0;
     int64_t start = hb_mono_ms();
     hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)getpid() << 32));
     for (long long i = 0; i < count && !hb_stop_requested; i++) {
@@ -326,10 +335,15 @@ static void run_generate(hb_producer_t *p, long long count, double rate) {
                 break;
         }
         ev = hb_gen_event(&g);
-        (void)hb_producer_send(p, ev, i + 1);
+        if (hb_producer_send(p, ev, i + 1) == HB_PRODUCER_STOPPED) {
+            json_decref(ev);
+            break;
+        }
         json_decref(ev);
+        made++;
     }
     hb_gen_free(&g);
+    return made;
 }
 
 int main(int argc, char **argv) {
@@ -338,8 +352,9 @@ int main(int argc, char **argv) {
     hb_producer_t *p = NULL;
     FILE *in = NULL;
     opts_t o;
-    char errstr[512];
-    int r, rc = 1, okta_ok = 1;
+    char errstr[512], last_read[64] = "";
+    long long taken = 0;
+    int r, rc = 1, okta_ok = 1, ended = 0;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -394,15 +409,33 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (o.generate)
-        run_generate(p, o.generate, o.rate);
+        taken = run_generate(p, o.generate, o.rate);
     else if (o.okta.org_url)
-        okta_ok = hb_oktalog_run(p, &cfg, &o.okta) == 0;
+        okta_ok = hb_oktalog_run(p, &cfg, &o.okta, last_read, sizeof(last_read)) == 0;
     else
-        run_lines(p, in);
+        taken = run_lines(p, in, &ended);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
             o.print_only ? "printed" : "produced", hb_producer_delivered(p), hb_producer_failed(p));
+    fflush(o.print_only ? stderr : stdout);
+    if (o.okta.org_url) {
+        hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
+    } else if (o.generate && taken < o.generate) {
+        fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
+    } else if (!o.generate && hb_stop_requested && !ended) {
+        /* where the input was left: the lines after it were never read */
+        if (in != stdin)
+            fprintf(stderr,
+                    PROG ": stopped after line %lld of %s: the lines after it were not read "
+                         "(tail -n +%lld %s | " PROG " - publishes them)\n",
+                    taken, o.file, taken + 1, o.file);
+        else
+            fprintf(stderr,
+                    PROG ": stopped after line %lld of stdin: the lines after it were "
+                         "not read\n",
+                    taken);
+    }
     rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ? 1 : 0;
 done:
     hb_producer_free(p);

@@ -391,15 +391,17 @@ static char *first_url(CURL *h, const hb_oktalog_opts_t *o) {
     return u.p;
 }
 
-int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o) {
+int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o,
+                   char *last_published, size_t last_size) {
     CURL *h = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_easy_init() : NULL;
     page_t pg;
-    char *url = NULL, *auth = NULL, *next, last_published[64] = "";
+    char *url = NULL, *auth = NULL, *next;
     long long seq = 0, pages = 0;
     size_t auth_len;
     int rc = -1;
 
     memset(&pg, 0, sizeof(pg));
+    *last_published = '\0';
     hb_producer_name_uuids(p);
     if (!h) {
         hb_error("okta system log: cannot make an HTTP client");
@@ -444,12 +446,16 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         pages++;
         json_array_foreach(events, i, ev) {
             const char *published = json_string_value(json_object_get(ev, "published"));
-            if (published && strlen(published) < sizeof(last_published))
-                snprintf(last_published, sizeof(last_published), "%s", published);
             hb_ingest_okta_adjust(ev);
-            (void)hb_producer_send(p, ev, ++seq);
+            if (hb_producer_send(p, ev, seq + 1) == HB_PRODUCER_STOPPED)
+                break; /* not taken: a run again starts at the last one taken */
+            seq++;
+            if (published && strlen(published) < last_size)
+                snprintf(last_published, last_size, "%s", published);
         }
         json_decref(events);
+        if (i < cnt) /* a stop while the local queue was full */
+            goto out;
         hb_info("okta system log: page %lld: %zu events (%lld so far)", pages, cnt, seq);
         if (!cnt || !pg.next) /* a bounded window ends so */
             break;
@@ -477,13 +483,6 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
     }
     rc = hb_stop_requested ? -1 : 0;
 out:
-    if (rc < 0 && *last_published)
-        hb_warn("okta system log: stopped before the window's end: the last event read was "
-                "published at %s; run again with --since %s to go on (what is read twice is "
-                "published again with the same uuid)",
-                last_published, last_published);
-    else if (rc < 0)
-        hb_warn("okta system log: stopped before any event was read: run again");
     page_reset(&pg);
     free(url);
     explicit_bzero(auth, strlen(auth));
@@ -491,6 +490,29 @@ out:
     curl_easy_cleanup(h);
     curl_global_cleanup();
     return rc;
+}
+
+void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int read_all,
+                       const char *last_read) {
+    int unnamed;
+    const char *lost = hb_producer_first_lost(p, &unnamed), *from = NULL;
+    if (!read_all)
+        from = *last_read ? last_read : o->since;
+    if (lost && (!from || strcmp(lost, from) < 0))
+        from = lost;
+    if (unnamed) /* an event the brokers did not take that has no time: all again */
+        from = o->since;
+    if (!from)
+        return;
+    if (!read_all && !*last_read && !lost && !unnamed)
+        hb_warn("okta system log: stopped before any event was read: run again");
+    else
+        hb_warn("okta system log: %s: %s; run again with --since %s --until %s to go on "
+                "(what is read twice is published again with the same uuid)",
+                read_all ? "the window was read to its end" : "stopped before the window's end",
+                lost || unnamed ? "not every event read reached the brokers"
+                                : "every event read reached the brokers",
+                from, o->until);
 }
 
 int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,

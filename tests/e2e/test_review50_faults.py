@@ -1,0 +1,181 @@
+"""Review 50: hookbridge-producer reading a file or stdin, and --okta-logs,
+when the brokers do not take the events and the user stops the run: can the
+user tell what was published and go on from there? The producer, the
+devbroker and (for --okta-logs) a stand-in Okta on loopback; the brokers are
+"away" as a frozen devbroker (SIGSTOP) or an address nobody listens on. Each
+check says what main (637fabe) did."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import topic_records
+from test_broker_frozen import freezable  # noqa: F401 (a fixture)
+from test_delivery import event
+from test_okta_logs import TOKEN, WINDOW
+from test_review40_faults import Okta
+
+PROG = str(BIN / "hookbridge-producer")
+
+
+def env_for(bootstrap, **extra):
+    return dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=bootstrap,
+                HOOKBRIDGE_EVENTS_TOPIC="identity.events", HOOKBRIDGE_OKTA_API_TOKEN=TOKEN,
+                **extra)
+
+
+def finish(proc, timeout):
+    """(exit status or None if it had to be killed, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, out, err
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_again(
+        freezable):  # noqa: F811
+    """SIGINT while the brokers do not answer and the local queue is full
+    (here 10 events) stops within the 5 s drain and says which lines were
+    not published: those left in the queue, as ranges, and the line the
+    input was left at. On main the stop waited out the 30 s a full queue
+    is given (the signal unseen), then said only "10 lines left unsent" and
+    "produced 1, failed 11": which lines, and where to go on, the user could
+    not tell (and the line it was blocked on counted as a failure, "Queue
+    full")."""
+    lines = [event("user.session.start") for _ in range(30)]
+    proc = subprocess.Popen([PROG, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env_for(freezable.bootstrap,
+                                        HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES="10"))
+    try:
+        proc.stdin.write(json.dumps(lines[0]) + "\n")
+        proc.stdin.flush()
+        topic_records(freezable.bootstrap, "identity.events", want=1)
+        freezable.proc.signal(signal.SIGSTOP)
+        proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[1:]))
+        proc.stdin.flush()
+        time.sleep(1.5)  # lines 2-11 queued, line 12 waits for room
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc, out, err = finish(proc, 15 * SLOW)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        freezable.proc.signal(signal.SIGCONT)
+    assert rc is not None, f"still running {took:.0f} s after SIGINT: {out}{err}"
+    assert took < 10 * SLOW, f"{took:.1f} s from SIGINT to exit"
+    assert rc == 1, out + err
+    assert "produced 1, failed 10" in out, out + err
+    assert "hookbridge-producer: the lines left unsent: 2-11" in err, err
+    assert "stopped after line 11 of stdin" in err, err
+    assert "Queue full" not in err, err
+
+
+def frozen_on_first_request(broker, pages):
+    """A stand-in Okta serving pages[n] (events, or None: no answer) to its
+    n-th request, each with a next link; the broker is frozen as the first
+    request comes, so the events read find the brokers away."""
+    served = []
+
+    def answer(h):
+        n = len(served)
+        served.append(h.path)
+        if n == 0:
+            broker.proc.signal(signal.SIGSTOP)
+        if n >= len(pages):
+            return 200, [], {}
+        if pages[n] is None:
+            return None
+        return 200, pages[n], {"Link": f'<{okta.url}/api/v1/logs?after=p{n + 1}>; rel="next"'}
+
+    okta = Okta(answer)
+    return okta
+
+
+def published_at(seconds):
+    ev = event("user.session.start")
+    ev["published"] = f"2026-12-06T10:00:{seconds:02d}.000Z"
+    return ev
+
+
+def test_okta_events_the_brokers_never_took_are_named_and_the_run_says_where_to_go_on(
+        freezable):  # noqa: F811
+    """--okta-logs reads the whole window but the brokers take none of it
+    (they froze as the run began; each event waits 2 s here): each failed
+    event is named by its uuid and the run says to run again --since the
+    earliest of them. On main it said "event 1: delivery failed: Local:
+    Message timed out" and "the events that timed out: 1-3" (numbers that
+    are in neither Okta nor the topic) and nothing about where to go on:
+    the window looked done but for "failed 3"."""
+    evs = [published_at(1), published_at(2), published_at(3)]
+    okta = frozen_on_first_request(freezable, [evs[:2], evs[2:]])
+    env = env_for(freezable.bootstrap, HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS="2000")
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW], env=env,
+                           capture_output=True, text=True, timeout=60 * SLOW)
+    finally:
+        freezable.proc.signal(signal.SIGCONT)
+        okta.stop()
+    said = r.stdout + r.stderr
+    assert r.returncode == 1, said
+    assert "produced 0, failed 3" in r.stdout, said
+    assert f"(uuid {evs[0]['uuid']}): delivery failed" in r.stderr, said
+    assert "run again with --since 2026-12-06T10:00:01.000Z --until " \
+        "2026-12-06T11:00:00Z" in r.stdout, said
+    assert TOKEN not in said
+
+
+def test_sigterm_with_okta_events_still_queued_resumes_from_the_first_unsent(
+        freezable):  # noqa: F811
+    """SIGTERM while the events of the first page wait for frozen brokers
+    and Okta has not answered the second: the run stops after the 5 s
+    drain, and the place it says to go on from is the first event not
+    published, not the last one read. On main it said "run again with
+    --since 2026-12-06T10:00:03.000Z" (the last event read) while the
+    events of 10:00:01 and 10:00:02 had been purged unsent: run so, they
+    were never published."""
+    evs = [published_at(1), published_at(2), published_at(3)]
+    okta = frozen_on_first_request(freezable, [evs, None])
+    proc = subprocess.Popen([PROG, "--okta-logs", okta.url, *WINDOW],
+                            env=env_for(freezable.bootstrap), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(okta.requests) >= 2, 30, "the second page's request")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        rc, out, err = finish(proc, 20 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        freezable.proc.signal(signal.SIGCONT)
+        okta.stop()
+    said = out + err
+    assert rc == 1, said
+    assert "produced 0, failed 3" in out, said
+    assert "run again with --since 2026-12-06T10:00:01.000Z" in out, said
+    assert "--since 2026-12-06T10:00:03.000Z" not in out, said
+    assert TOKEN not in said
+
+
+def test_a_run_that_published_everything_says_nothing_about_going_on(broker):
+    """The resume line is for runs that left something out: a clean run
+    prints only its summary (and exit 0)."""
+    evs = [published_at(1), published_at(2)]
+    okta = Okta(lambda h: (200, evs, {}))
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW],
+                           env=env_for(broker.bootstrap), capture_output=True, text=True,
+                           timeout=60 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "produced 2, failed 0" in r.stdout
+    assert "run again" not in r.stdout + r.stderr
