@@ -179,3 +179,72 @@ def test_a_run_that_published_everything_says_nothing_about_going_on(broker):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "produced 2, failed 0" in r.stdout
     assert "run again" not in r.stdout + r.stderr
+
+
+def test_events_okta_gives_outside_the_window_are_not_published_and_said(broker):
+    """An event whose published time is after --until (or before --since)
+    was not asked for: a proxy or cache in front of Okta that ignores the
+    window must not get it published. It is said (uuid, time, a count),
+    and the rest of the window goes out. On main both were published,
+    exit 0, nothing said (review 40's low)."""
+    inside, late, early = published_at(30), event("user.session.start"), \
+        event("user.session.start")
+    late["published"] = "2026-12-06T11:00:00.001Z"
+    early["published"] = "2026-12-06T09:59:59.999Z"
+    okta = Okta(lambda h: (200, [early, inside, late], {}))
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW],
+                           env=env_for(broker.bootstrap), capture_output=True, text=True,
+                           timeout=60 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "produced 1, failed 0" in r.stdout, r.stdout
+    assert f"event {early['uuid']} published at 2026-12-06T09:59:59.999Z is outside" in r.stdout
+    assert "2 events Okta gave were outside the window" in r.stdout, r.stdout
+    got = [m.key for m in topic_records(broker.bootstrap, "identity.events")]
+    assert len(got) == 1, got
+
+
+def test_a_window_that_is_no_window_is_refused_before_okta_is_asked():
+    """--since after --until, or a time that is not RFC 3339, exits 2 with
+    what is wrong before any request. On main the request went out, Okta's
+    400 came back, and the run said "stopped before any event was read:
+    run again" (exit 1): running again could not help."""
+    okta = Okta(lambda h: (200, [], {}))
+    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
+    try:
+        for since, until, says in (
+                ("2026-12-06T12:00:00Z", "2026-12-06T11:00:00Z", "is not before --until"),
+                ("2026-12-06 10:00", "2026-12-06T11:00:00Z", '--since "2026-12-06 10:00" is '
+                 "not an RFC 3339 time"),
+                ("2026-12-06T10:00:00Z", "yesterday", '--until "yesterday" is not an RFC')):
+            r = subprocess.run([PROG, "--okta-logs", okta.url, "--since", since,
+                                "--until", until, "--print"], env=env, capture_output=True,
+                               text=True, timeout=30 * SLOW)
+            assert r.returncode == 2, (since, until, r.stdout + r.stderr)
+            assert says in r.stderr, r.stderr
+    finally:
+        okta.stop()
+    assert okta.requests == []
+
+
+def test_an_until_in_the_future_says_the_rest_is_still_to_come():
+    """--until in the future: Okta gives what it has so far and the run
+    ends there; it says so and where to go on once --until is past. On
+    main: exit 0 and nothing said, as if the window were published
+    whole."""
+    evs = [published_at(5)]
+    okta = Okta(lambda h: (200, evs, {}))
+    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, "--since", "2026-12-06T10:00:00Z",
+                            "--until", "2099-01-01T00:00:00Z", "--print"], env=env,
+                           capture_output=True, text=True, timeout=30 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "printed 1, failed 0" in r.stderr
+    assert "--until 2099-01-01T00:00:00Z is in the future" in r.stderr, r.stderr
+    assert "run again with --since 2026-12-06T10:00:05.000Z --until 2099-01-01T00:00:00Z" \
+        in r.stderr, r.stderr
