@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hb_config.h"
@@ -281,8 +282,9 @@ static int only_space(const char *s, size_t n) {
 
 /* One JSON event per line; empty lines are skipped but still counted.
  * Returns the number of the last line taken (every line up to it was sent,
- * refused or skipped); *ended: the input was read to its end. */
-static long long run_lines(hb_producer_t *p, FILE *in, int *ended) {
+ * refused or skipped); *ended: the input was read to its end; *read_errno:
+ * why reading failed before it, 0 if it did not. */
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
@@ -310,8 +312,7 @@ static long long run_lines(hb_producer_t *p, FILE *in, int *ended) {
         json_decref(ev);
     }
     *ended = feof(in) != 0;
-    if (ferror(in) && !hb_stop_requested)
-        hb_error("reading input: %s", strerror(errno));
+    *read_errno = ferror(in) && !hb_stop_requested ? (errno ? errno : EIO) : 0;
     free(line);
     return lineno;
 }
@@ -354,7 +355,7 @@ int main(int argc, char **argv) {
     opts_t o;
     char errstr[512], last_read[64] = "";
     long long taken = 0;
-    int r, rc = 1, okta_ok = 1, ended = 0;
+    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -389,7 +390,13 @@ int main(int argc, char **argv) {
     }
 
     if (!o.generate && !o.okta.org_url) {
+        struct stat st;
         in = !o.file || !strcmp(o.file, "-") ? stdin : fopen(o.file, "r");
+        if (in && in != stdin && fstat(fileno(in), &st) == 0 && S_ISDIR(st.st_mode)) {
+            fclose(in);
+            in = NULL;
+            errno = EISDIR;
+        }
         if (!in) {
             fprintf(stderr, PROG ": %s: %s\n", o.file, strerror(errno));
             rc = 2;
@@ -413,7 +420,7 @@ int main(int argc, char **argv) {
     else if (o.okta.org_url)
         okta_ok = hb_oktalog_run(p, &cfg, &o.okta, last_read, sizeof(last_read)) == 0;
     else
-        taken = run_lines(p, in, &ended);
+        taken = run_lines(p, in, &ended, &read_errno);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
@@ -423,20 +430,27 @@ int main(int argc, char **argv) {
         hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
     } else if (o.generate && taken < o.generate) {
         fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
-    } else if (!o.generate && hb_stop_requested && !ended) {
-        /* where the input was left: the lines after it were never read */
+    } else if (!o.generate && !ended) {
+        /* where the input was left (a stop, a read error): the lines after
+         * it were never read */
+        char why[300] = "";
+        if (read_errno)
+            snprintf(why, sizeof(why), " (reading failed: %s)", strerror(read_errno));
         if (in != stdin)
             fprintf(stderr,
-                    PROG ": stopped after line %lld of %s: the lines after it were not read "
+                    PROG ": stopped after line %lld of %s%s: the lines after it were not read "
                          "(tail -n +%lld %s | " PROG " - publishes them)\n",
-                    taken, o.file, taken + 1, o.file);
+                    taken, o.file, why, taken + 1, o.file);
         else
             fprintf(stderr,
-                    PROG ": stopped after line %lld of stdin: the lines after it were "
+                    PROG ": stopped after line %lld of stdin%s: the lines after it were "
                          "not read\n",
-                    taken);
+                    taken, why);
     }
-    rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ? 1 : 0;
+    rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ||
+                 (!o.generate && !o.okta.org_url && !ended)
+             ? 1
+             : 0;
 done:
     hb_producer_free(p);
     if (in && in != stdin)

@@ -248,3 +248,26 @@ def test_an_until_in_the_future_says_the_rest_is_still_to_come():
     assert "--until 2099-01-01T00:00:00Z is in the future" in r.stderr, r.stderr
     assert "run again with --since 2026-12-06T10:00:05.000Z --until 2099-01-01T00:00:00Z" \
         in r.stderr, r.stderr
+
+
+def test_a_directory_given_as_the_file_is_refused_not_published_as_nothing(tmp_path):
+    """`hookbridge-producer DIR` (a wrong path, a glob gone wrong) exits 2
+    with the reason, as a missing file does. On main it logged "reading
+    input: Is a directory" among the JSON log, printed "produced 0, failed
+    0" and exited 0: a script saw success."""
+    r = subprocess.run([PROG, "--print", str(tmp_path)], capture_output=True, text=True,
+                       timeout=30 * SLOW)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"hookbridge-producer: {tmp_path}: Is a directory" in r.stderr, r.stderr
+
+    # stdin that cannot be read (here a directory's descriptor): exit 1,
+    # and where reading stopped. On main: exit 0, "produced 0, failed 0".
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        r = subprocess.run([PROG, "--print", "-"], stdin=fd, capture_output=True, text=True,
+                           timeout=30 * SLOW)
+    finally:
+        os.close(fd)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "stopped after line 0 of stdin (reading failed: Is a directory)" in r.stderr, \
+        r.stderr
