@@ -373,7 +373,10 @@ static void say_timeouts(hb_producer_t *p) {
      * outage, or per partition whose leader was out): past the first few
      * named above, the count alone left a user unable to tell which lines
      * of a file to publish again. Reports come per partition, not in line
-     * order: sorted first. */
+     * order: sorted first. Named (Okta) events are not: their numbers are
+     * nowhere a user can look, and the caller says where to go on. */
+    if (p->name_uuids)
+        return;
     snprintf(label, sizeof(label), "the %ss that timed out", p->unit);
     say_ranges(label, p->timed_out_at, n);
 }
@@ -403,7 +406,7 @@ void hb_producer_finish(hb_producer_t *p, int drain_ms) {
     /* the purged messages report here, as failed */
     for (int64_t until = hb_mono_ms() + 1000; p->reported < p->queued && hb_mono_ms() < until;)
         rd_kafka_poll(p->rk, 100);
-    if (p->unsent_cnt) {
+    if (p->unsent_cnt && !p->name_uuids) {
         char label[64];
         snprintf(label, sizeof(label), "the %ss left unsent", p->unit);
         say_ranges(label, p->unsent_at, p->unsent_cnt);

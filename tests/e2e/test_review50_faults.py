@@ -129,6 +129,7 @@ def test_okta_events_the_brokers_never_took_are_named_and_the_run_says_where_to_
     assert f"(uuid {evs[0]['uuid']}): delivery failed" in r.stderr, said
     assert "run again with --since 2026-12-06T10:00:01.000Z --until " \
         "2026-12-06T11:00:00Z" in r.stdout, said
+    assert "the events that timed out: 1-3" not in said
     assert TOKEN not in said
 
 
