@@ -322,9 +322,33 @@ static void error_summary(const page_t *pg, char *out, size_t outsz) {
             *c = ' ';
 }
 
+/* Every copy of the token in s (text Okta or a proxy sent: an echoed
+ * request) made "(the API token)", so that it is never printed. */
+static void redact(char *s, size_t size, const char *token) {
+    static const char mask[] = "(the API token)";
+    size_t tn, mn = sizeof(mask) - 1;
+    char *hit;
+    if (!strncasecmp(token, "Bearer ", 7)) /* the secret is what follows */
+        token += 7;
+    tn = strlen(token);
+    if (tn < 4) /* no secret is that short; nothing to find */
+        return;
+    for (char *from = s; (hit = strstr(from, token));) {
+        size_t tail = strlen(hit + tn);
+        if ((size_t)(hit - s) + mn + tail + 1 > size) { /* no room: cut here */
+            snprintf(hit, size - (size_t)(hit - s), "%s", mask);
+            return;
+        }
+        memmove(hit + mn, hit + tn, tail + 1);
+        memcpy(hit, mask, mn);
+        from = hit + mn;
+    }
+}
+
 /* GETs url into pg, with Okta's rate limit waited out and a 5xx or a
  * transport error tried again. 0 on 200; -1 after saying why. */
-static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *auth, page_t *pg) {
+static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *auth,
+                      const char *token, page_t *pg) {
     struct curl_slist *hdrs = NULL;
     int rc = -1;
     hdrs = curl_slist_append(hdrs, auth);
@@ -385,6 +409,7 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
         } else {
             error_summary(pg, why, sizeof(why));
         }
+        redact(why, sizeof(why), token);
         if ((cc == CURLE_OK && status < 500) || curl_error_permanent(cc) ||
             attempt >= HB_OKTALOG_TRIES) {
             if (status == 401 || status == 403)
@@ -478,10 +503,11 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         json_t *events;
         size_t i, cnt;
         json_t *ev;
-        if (fetch_page(p, h, url, auth, &pg) < 0)
+        if (fetch_page(p, h, url, auth, cfg->okta_api_token, &pg) < 0)
             goto out;
         events = hb_ingest_loadb(pg.body.p ? pg.body.p : "", pg.body.len, 0, &jerr);
         if (!json_is_array(events)) {
+            redact(jerr.text, sizeof(jerr.text), cfg->okta_api_token);
             hb_error("okta system log: page %lld is not a JSON array of events (%s)", pages + 1,
                      events ? "another JSON value" : jerr.text);
             json_decref(events);

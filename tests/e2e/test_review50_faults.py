@@ -272,3 +272,27 @@ def test_a_directory_given_as_the_file_is_refused_not_published_as_nothing(tmp_p
     assert r.returncode == 1, r.stdout + r.stderr
     assert "stopped after line 0 of stdin (reading failed: Is a directory)" in r.stderr, \
         r.stderr
+
+
+def test_an_error_page_that_echoes_the_request_does_not_print_the_token():
+    """A proxy (or a debugging gateway) in front of Okta that answers 400
+    with the request echoed in its body, or in a non-JSON page: the error
+    printed says what came back, without the token. On main the first 200
+    characters of the body were logged as they were, token and all."""
+    def answer(h):
+        echo = f"bad request; you sent {h.headers.get('Authorization')}"
+        if "after=" in h.path:
+            return 400, {"errorSummary": echo}, {}
+        return 200, [published_at(1)], {
+            "Link": f'<{okta.url}/api/v1/logs?after=x>; rel="next"'}
+
+    okta = Okta(answer)
+    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW, "--print"], env=env,
+                           capture_output=True, text=True, timeout=30 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "HTTP 400: bad request; you sent SSWS (the API token)" in r.stderr, r.stderr
+    assert TOKEN not in r.stdout + r.stderr
