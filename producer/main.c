@@ -12,7 +12,10 @@
  * until the input ends or SIGINT/SIGTERM, wait for every delivery report
  * (bounded once a stop was requested), print "produced N, failed M" and exit
  * non-zero if anything failed. A bad line is reported on stderr by number and
- * does not stop the others. Everything else is in producer.c and generate.c.
+ * does not stop the others. A stop (or a read error) leaves the input at a
+ * line: that line is said, with the lines left unsent, so that a run again
+ * publishes exactly the rest. Everything else is in producer.c and
+ * generate.c.
  */
 #include <errno.h>
 #include <jansson.h>

@@ -17,10 +17,14 @@
  * limit (429) is waited out (X-Rate-Limit-Reset), HB_OKTALOG_MAX_LIMITED
  * times a page at most; a 5xx or a transport error that may pass is tried
  * again, at most HB_OKTALOG_TRIES times a page, backing off. Any other
- * answer stops the run with Okta's errorSummary, and where it got to (the
- * last event's published, to run again --since it). A stop (SIGTERM,
- * SIGINT) aborts a transfer at once. The token is never printed, and its
- * header is zeroed before it is freed.
+ * answer stops the run with Okta's errorSummary. Once the sender has
+ * finished, hb_oktalog_resume says where a run again starts: the published
+ * time of the earliest event the brokers did not take, or else of the last
+ * one read when the run stopped early. The window is checked before any
+ * request (RFC 3339, since before until), and an event Okta gives outside
+ * it is said and not published. A stop (SIGTERM, SIGINT) aborts a transfer
+ * at once. The token is never printed (not even when an error page echoes
+ * it), and its header is zeroed before it is freed.
  *
  * One thread (main's): libcurl's easy interface, one request at a time, the
  * sender's delivery reports served between pages and while waiting.
