@@ -296,3 +296,23 @@ def test_an_error_page_that_echoes_the_request_does_not_print_the_token():
     assert r.returncode == 1, r.stdout + r.stderr
     assert "HTTP 400: bad request; you sent SSWS (the API token)" in r.stderr, r.stderr
     assert TOKEN not in r.stdout + r.stderr
+
+
+def test_ctrl_c_during_generate_says_how_many_were_made():
+    """--generate N stopped part-way says how many of the N it made (and
+    printed or published), so that a load run's figures are read right.
+    On main it printed the count alone, no word that it was cut short."""
+    proc = subprocess.Popen([PROG, "--generate", "1000000", "--rate", "200", "--print"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        rc, out, err = finish(proc, 15 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 1, err
+    made = len(out.splitlines())
+    assert f"printed {made}, failed 0" in err, err
+    assert f"stopped after event {made} of 1000000" in err, err
