@@ -6,15 +6,18 @@ devbroker and (for --okta-logs) a stand-in Okta on loopback; the brokers are
 check says what main (637fabe) did."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.parse
 
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import topic_records
 from test_broker_frozen import freezable  # noqa: F401 (a fixture)
 from test_delivery import event
 from test_okta_logs import TOKEN, WINDOW
+from test_review18_faults import read_event
 from test_review40_faults import Okta
 
 PROG = str(BIN / "hookbridge-producer")
@@ -141,7 +144,8 @@ def test_sigterm_with_okta_events_still_queued_resumes_from_the_first_unsent(
     published, not the last one read. On main it said "run again with
     --since 2026-12-06T10:00:03.000Z" (the last event read) while the
     events of 10:00:01 and 10:00:02 had been purged unsent: run so, they
-    were never published."""
+    were never published. Here the run again as told puts the whole window
+    on the topic."""
     evs = [published_at(1), published_at(2), published_at(3)]
     okta = frozen_on_first_request(freezable, [evs, None])
     proc = subprocess.Popen([PROG, "--okta-logs", okta.url, *WINDOW],
@@ -164,6 +168,25 @@ def test_sigterm_with_okta_events_still_queued_resumes_from_the_first_unsent(
     assert "run again with --since 2026-12-06T10:00:01.000Z" in out, said
     assert "--since 2026-12-06T10:00:03.000Z" not in out, said
     assert TOKEN not in said
+
+    # Run again as told, the brokers back: the whole window is on the topic.
+    since = re.search(r"run again with --since (\S+)", out).group(1)
+
+    def window(h):
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(h.path).query))
+        return 200, [e for e in evs if e["published"] >= q["since"]], {}
+
+    okta = Okta(window)
+    try:
+        r = subprocess.run([PROG, "--okta-logs", okta.url, "--since", since, "--until",
+                            WINDOW[3]], env=env_for(freezable.bootstrap), capture_output=True,
+                           text=True, timeout=60 * SLOW)
+    finally:
+        okta.stop()
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = {read_event(m.value)["uuid"] for m in
+           topic_records(freezable.bootstrap, "identity.events")}
+    assert got == {e["uuid"] for e in evs}, "the run again left events out"
 
 
 def test_a_run_that_published_everything_says_nothing_about_going_on(broker):
