@@ -80,6 +80,14 @@ static void seq_add(long long **at, size_t *cnt, size_t *cap, long long seq) {
     (*at)[(*cnt)++] = seq;
 }
 
+/* A named event the brokers did not take: where a run again starts. */
+static void note_lost(hb_producer_t *p, const sent_t *sent) {
+    if (!*sent->published)
+        p->lost_unnamed = 1;
+    else if (!*p->first_lost || strcmp(sent->published, p->first_lost) < 0)
+        snprintf(p->first_lost, sizeof(p->first_lost), "%s", sent->published);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
     hb_producer_t *p = opaque;
     sent_t *sent = p->name_uuids ? rkm->_private : NULL;
@@ -94,10 +102,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opa
     }
     p->failed++;
     if (sent) {
-        if (!*sent->published)
-            p->lost_unnamed = 1;
-        else if (!*p->first_lost || strcmp(sent->published, p->first_lost) < 0)
-            snprintf(p->first_lost, sizeof(p->first_lost), "%s", sent->published);
+        note_lost(p, sent);
         if (*sent->uuid)
             snprintf(named, sizeof(named), " (uuid %s)", sent->uuid);
         free(sent);
@@ -299,8 +304,11 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
         free(sent);
         return HB_PRODUCER_STOPPED;
     }
-    if (r < 0)
+    if (r < 0) {
+        if (sent) /* not refused for what it is: the brokers did not take it */
+            note_lost(p, sent);
         goto fail;
+    }
     free(buf);
     free(given);
     p->queued++;
