@@ -15,10 +15,12 @@
  */
 #include "producer.h"
 
+#include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hb_codec.h"
 #include "hb_event.h"
@@ -58,6 +60,7 @@ struct hb_producer_s {
      * publishes them */
     char first_lost[64];
     int lost_unnamed;
+    int output_failed; /* print_only: stdout could not be written (stopping) */
 };
 
 /* What a queued event carries to its delivery report: its number, and for
@@ -246,6 +249,22 @@ void hb_producer_name_uuids(hb_producer_t *p) {
     p->name_uuids = 1;
 }
 
+/* All of s[0, n) to fd, through interruptions and short writes: a signal
+ * while a reader is slow cut a line of --print's output short, its event
+ * counted as printed (stdio gives up on EINTR). 0, or -1 with errno. */
+static int write_all(int fd, const char *s, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     char errstr[512], named[700];
     void *buf = NULL, *opaque = (void *)(intptr_t)seq;
@@ -281,12 +300,26 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     }
     key = hb_event_key(ev);
     if (!p->rk) {
-        char *line = json_dumps(ev, JSON_COMPACT);
-        if (line)
-            printf("%s\n", line);
-        free(line);
+        char *line = p->output_failed ? NULL : json_dumps(ev, JSON_COMPACT);
+        size_t n = line ? strlen(line) : 0;
         free(buf);
         free(given);
+        if (line) { /* one write of the whole line (a stop waits for it) */
+            line = hb_realloc(line, n + 2);
+            memcpy(line + n, "\n", 2);
+            if (write_all(STDOUT_FILENO, line, n + 1) < 0) {
+                hb_error("writing the events to stdout: %s: stopping", strerror(errno));
+                p->output_failed = 1;
+                hb_stop_requested = 1;
+            }
+        }
+        free(line);
+        if (p->output_failed) /* not printed: the input is left there */
+            return HB_PRODUCER_STOPPED;
+        if (!n) {
+            hb_producer_reject(p, seq, "cannot be written as JSON");
+            return -1;
+        }
         p->delivered++;
         return 0;
     }
