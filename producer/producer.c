@@ -11,7 +11,12 @@
  * What must hold: every input ends up counted exactly once, as delivered or
  * as failed (a bad line, an encode error, a produce error, a failed delivery
  * report, or still unsent when a stop cut the drain short), so
- * "produced N, failed M" adds up to the inputs that were read.
+ * "produced N, failed M" adds up to the inputs that were read. An input a
+ * stop kept out of a full queue (or --print out of a closed stdout) is not
+ * read: HB_PRODUCER_STOPPED, and the caller's input ends before it. The
+ * ones that failed are named so they can be published again: lines by
+ * number (as ranges), Okta events by uuid and by the earliest published
+ * time among them (hb_producer_first_lost).
  */
 #include "producer.h"
 
