@@ -12,7 +12,10 @@
  * until the input ends or SIGINT/SIGTERM, wait for every delivery report
  * (bounded once a stop was requested), print "produced N, failed M" and exit
  * non-zero if anything failed. A bad line is reported on stderr by number and
- * does not stop the others. Everything else is in producer.c and generate.c.
+ * does not stop the others. A stop (or a read error) leaves the input at a
+ * line: that line is said, with the lines left unsent, so that a run again
+ * publishes exactly the rest. Everything else is in producer.c and
+ * generate.c.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -20,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hb_config.h"
@@ -69,7 +73,8 @@ static void usage(FILE *fp) {
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"
                 "  --print                write the normalized events to stdout, produce nothing\n"
-                "                         (the log goes to stderr)\n"
+                "                         (the log goes to stderr; a stop waits for the line\n"
+                "                         being written, a closed stdout stops the run)\n"
                 "  --list-types           print the event type catalogue and exit\n"
                 "  --listen HOST:PORT     serve Okta event hooks (POST/GET " HB_INGEST_PATH ")\n"
                 "                         until SIGTERM; see ingest_listen and docs/ingest.md\n"
@@ -279,8 +284,11 @@ static int only_space(const char *s, size_t n) {
     return 1;
 }
 
-/* One JSON event per line; empty lines are skipped but still counted. */
-static void run_lines(hb_producer_t *p, FILE *in) {
+/* One JSON event per line; empty lines are skipped but still counted.
+ * Returns the number of the last line taken (every line up to it was sent,
+ * refused or skipped); *ended: the input was read to its end; *read_errno:
+ * why reading failed before it, 0 if it did not. */
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
@@ -300,18 +308,24 @@ static void run_lines(hb_producer_t *p, FILE *in) {
             continue;
         }
         hb_ingest_okta_adjust(ev); /* a LogEvent as Okta writes it */
-        (void)hb_producer_send(p, ev, lineno);
+        if (hb_producer_send(p, ev, lineno) == HB_PRODUCER_STOPPED) {
+            json_decref(ev);
+            lineno--; /* not taken: a run again starts there */
+            break;
+        }
         json_decref(ev);
     }
-    if (ferror(in) && !hb_stop_requested)
-        hb_error("reading input: %s", strerror(errno));
+    *ended = feof(in) != 0;
+    *read_errno = ferror(in) && !hb_stop_requested ? (errno ? errno : EIO) : 0;
     free(line);
+    return lineno;
 }
 
 /* N synthetic events; with a rate, event i is due at start + i/rate and the
  * wait in between serves delivery reports (no busy loop). */
-static void run_generate(hb_producer_t *p, long long count, double rate) {
+static long long run_generate(hb_producer_t *p, long long count, double rate) {
     hb_gen_t g;
+    long long made = 0;
     int64_t start = hb_mono_ms();
     hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)getpid() << 32));
     for (long long i = 0; i < count && !hb_stop_requested; i++) {
@@ -326,10 +340,15 @@ static void run_generate(hb_producer_t *p, long long count, double rate) {
                 break;
         }
         ev = hb_gen_event(&g);
-        (void)hb_producer_send(p, ev, i + 1);
+        if (hb_producer_send(p, ev, i + 1) == HB_PRODUCER_STOPPED) {
+            json_decref(ev);
+            break;
+        }
         json_decref(ev);
+        made++;
     }
     hb_gen_free(&g);
+    return made;
 }
 
 int main(int argc, char **argv) {
@@ -338,8 +357,9 @@ int main(int argc, char **argv) {
     hb_producer_t *p = NULL;
     FILE *in = NULL;
     opts_t o;
-    char errstr[512];
-    int r, rc = 1, okta_ok = 1;
+    char errstr[512], last_read[64] = "";
+    long long taken = 0;
+    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -374,7 +394,13 @@ int main(int argc, char **argv) {
     }
 
     if (!o.generate && !o.okta.org_url) {
+        struct stat st;
         in = !o.file || !strcmp(o.file, "-") ? stdin : fopen(o.file, "r");
+        if (in && in != stdin && fstat(fileno(in), &st) == 0 && S_ISDIR(st.st_mode)) {
+            fclose(in);
+            in = NULL;
+            errno = EISDIR;
+        }
         if (!in) {
             fprintf(stderr, PROG ": %s: %s\n", o.file, strerror(errno));
             rc = 2;
@@ -394,16 +420,41 @@ int main(int argc, char **argv) {
         goto done;
     }
     if (o.generate)
-        run_generate(p, o.generate, o.rate);
+        taken = run_generate(p, o.generate, o.rate);
     else if (o.okta.org_url)
-        okta_ok = hb_oktalog_run(p, &cfg, &o.okta) == 0;
+        okta_ok = hb_oktalog_run(p, &cfg, &o.okta, last_read, sizeof(last_read)) == 0;
     else
-        run_lines(p, in);
+        taken = run_lines(p, in, &ended, &read_errno);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
             o.print_only ? "printed" : "produced", hb_producer_delivered(p), hb_producer_failed(p));
-    rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ? 1 : 0;
+    fflush(o.print_only ? stderr : stdout);
+    if (o.okta.org_url) {
+        hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
+    } else if (o.generate && taken < o.generate) {
+        fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
+    } else if (!o.generate && !ended) {
+        /* where the input was left (a stop, a read error): the lines after
+         * it were never read */
+        char why[300] = "";
+        if (read_errno)
+            snprintf(why, sizeof(why), " (reading failed: %s)", strerror(read_errno));
+        if (in != stdin)
+            fprintf(stderr,
+                    PROG ": stopped after line %lld of %s%s: the lines after it were not read "
+                         "(tail -n +%lld %s | " PROG " - publishes them)\n",
+                    taken, o.file, why, taken + 1, o.file);
+        else
+            fprintf(stderr,
+                    PROG ": stopped after line %lld of stdin%s: the lines after it were "
+                         "not read\n",
+                    taken, why);
+    }
+    rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ||
+                 (!o.generate && !o.okta.org_url && !ended)
+             ? 1
+             : 0;
 done:
     hb_producer_free(p);
     if (in && in != stdin)

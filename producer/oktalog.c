@@ -17,10 +17,14 @@
  * limit (429) is waited out (X-Rate-Limit-Reset), HB_OKTALOG_MAX_LIMITED
  * times a page at most; a 5xx or a transport error that may pass is tried
  * again, at most HB_OKTALOG_TRIES times a page, backing off. Any other
- * answer stops the run with Okta's errorSummary, and where it got to (the
- * last event's published, to run again --since it). A stop (SIGTERM,
- * SIGINT) aborts a transfer at once. The token is never printed, and its
- * header is zeroed before it is freed.
+ * answer stops the run with Okta's errorSummary. Once the sender has
+ * finished, hb_oktalog_resume says where a run again starts: the published
+ * time of the earliest event the brokers did not take, or else of the last
+ * one read when the run stopped early. The window is checked before any
+ * request (RFC 3339, since before until), and an event Okta gives outside
+ * it is said and not published. A stop (SIGTERM, SIGINT) aborts a transfer
+ * at once. The token is never printed (not even when an error page echoes
+ * it), and its header is zeroed before it is freed.
  *
  * One thread (main's): libcurl's easy interface, one request at a time, the
  * sender's delivery reports served between pages and while waiting.
@@ -237,6 +241,50 @@ static const char *org_url_fault(const char *url) {
     return fault;
 }
 
+/* An RFC 3339 time (2026-12-06T10:00:00Z, .000 and +01:00 allowed) as
+ * milliseconds since the epoch; -1 when it is not one. */
+static long long rfc3339_ms(const char *s) {
+    struct tm tm;
+    int y, mo, d, h, mi, sec, n = 0, oh = 0, om = 0, sign = 0;
+    long long ms = 0;
+    time_t t;
+    if (!s || sscanf(s, "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 ||
+        n != 19 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return -1;
+    s += n;
+    if (*s == '.') { /* milliseconds: the first three digits count */
+        int digits = 0;
+        for (s++; isdigit((unsigned char)*s); s++, digits++)
+            if (digits < 3)
+                ms = ms * 10 + (*s - '0');
+        if (!digits)
+            return -1;
+        for (; digits < 3; digits++)
+            ms *= 10;
+    }
+    if (*s == 'Z' || *s == 'z') {
+        s++;
+    } else if (*s == '+' || *s == '-') {
+        sign = *s == '+' ? 1 : -1;
+        if (sscanf(s + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
+            return -1;
+        s += 6;
+    } else {
+        return -1;
+    }
+    if (*s)
+        return -1;
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    t = timegm(&tm);
+    return ((long long)t - sign * (oh * 3600LL + om * 60LL)) * 1000 + ms;
+}
+
 /* curl's progress callback: a stop aborts the transfer (SIGTERM while Okta
  * does not answer took the whole transfer timeout, review 40). */
 static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
@@ -278,9 +326,33 @@ static void error_summary(const page_t *pg, char *out, size_t outsz) {
             *c = ' ';
 }
 
+/* Every copy of the token in s (text Okta or a proxy sent: an echoed
+ * request) made "(the API token)", so that it is never printed. */
+static void redact(char *s, size_t size, const char *token) {
+    static const char mask[] = "(the API token)";
+    size_t tn, mn = sizeof(mask) - 1;
+    char *hit;
+    if (!strncasecmp(token, "Bearer ", 7)) /* the secret is what follows */
+        token += 7;
+    tn = strlen(token);
+    if (tn < 4) /* no secret is that short; nothing to find */
+        return;
+    for (char *from = s; (hit = strstr(from, token));) {
+        size_t tail = strlen(hit + tn);
+        if ((size_t)(hit - s) + mn + tail + 1 > size) { /* no room: cut here */
+            snprintf(hit, size - (size_t)(hit - s), "%s", mask);
+            return;
+        }
+        memmove(hit + mn, hit + tn, tail + 1);
+        memcpy(hit, mask, mn);
+        from = hit + mn;
+    }
+}
+
 /* GETs url into pg, with Okta's rate limit waited out and a 5xx or a
  * transport error tried again. 0 on 200; -1 after saying why. */
-static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *auth, page_t *pg) {
+static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *auth,
+                      const char *token, page_t *pg) {
     struct curl_slist *hdrs = NULL;
     int rc = -1;
     hdrs = curl_slist_append(hdrs, auth);
@@ -341,6 +413,7 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
         } else {
             error_summary(pg, why, sizeof(why));
         }
+        redact(why, sizeof(why), token);
         if ((cc == CURLE_OK && status < 500) || curl_error_permanent(cc) ||
             attempt >= HB_OKTALOG_TRIES) {
             if (status == 401 || status == 403)
@@ -391,15 +464,18 @@ static char *first_url(CURL *h, const hb_oktalog_opts_t *o) {
     return u.p;
 }
 
-int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o) {
+int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o,
+                   char *last_published, size_t last_size) {
     CURL *h = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? curl_easy_init() : NULL;
     page_t pg;
-    char *url = NULL, *auth = NULL, *next, last_published[64] = "";
-    long long seq = 0, pages = 0;
+    char *url = NULL, *auth = NULL, *next;
+    long long seq = 0, pages = 0, outside = 0;
+    long long since_ms = rfc3339_ms(o->since), until_ms = rfc3339_ms(o->until);
     size_t auth_len;
     int rc = -1;
 
     memset(&pg, 0, sizeof(pg));
+    *last_published = '\0';
     hb_producer_name_uuids(p);
     if (!h) {
         hb_error("okta system log: cannot make an HTTP client");
@@ -431,10 +507,11 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         json_t *events;
         size_t i, cnt;
         json_t *ev;
-        if (fetch_page(p, h, url, auth, &pg) < 0)
+        if (fetch_page(p, h, url, auth, cfg->okta_api_token, &pg) < 0)
             goto out;
         events = hb_ingest_loadb(pg.body.p ? pg.body.p : "", pg.body.len, 0, &jerr);
         if (!json_is_array(events)) {
+            redact(jerr.text, sizeof(jerr.text), cfg->okta_api_token);
             hb_error("okta system log: page %lld is not a JSON array of events (%s)", pages + 1,
                      events ? "another JSON value" : jerr.text);
             json_decref(events);
@@ -444,12 +521,29 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         pages++;
         json_array_foreach(events, i, ev) {
             const char *published = json_string_value(json_object_get(ev, "published"));
-            if (published && strlen(published) < sizeof(last_published))
-                snprintf(last_published, sizeof(last_published), "%s", published);
+            long long at = rfc3339_ms(published);
+            if (at >= 0 && (at < since_ms || at > until_ms)) {
+                /* not asked for (Okta keeps to the window; a proxy or a
+                 * cache in front of it may not): said, not published */
+                if (!outside++)
+                    hb_warn("okta system log: event %.100s published at %.64s is outside "
+                            "the window %s .. %s: not published",
+                            json_string_value(json_object_get(ev, "uuid"))
+                                ? json_string_value(json_object_get(ev, "uuid"))
+                                : "(no uuid)",
+                            published, o->since, o->until);
+                continue;
+            }
             hb_ingest_okta_adjust(ev);
-            (void)hb_producer_send(p, ev, ++seq);
+            if (hb_producer_send(p, ev, seq + 1) == HB_PRODUCER_STOPPED)
+                break; /* not taken: a run again starts at the last one taken */
+            seq++;
+            if (published && strlen(published) < last_size)
+                snprintf(last_published, last_size, "%s", published);
         }
         json_decref(events);
+        if (i < cnt) /* a stop while the local queue was full */
+            goto out;
         hb_info("okta system log: page %lld: %zu events (%lld so far)", pages, cnt, seq);
         if (!cnt || !pg.next) /* a bounded window ends so */
             break;
@@ -476,14 +570,17 @@ int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_op
         pg.next = NULL;
     }
     rc = hb_stop_requested ? -1 : 0;
+    if (rc == 0 && until_ms > hb_wall_ms())
+        /* Okta gives what it has now: what is published after is not read */
+        hb_warn("okta system log: --until %s is in the future: the events published from now "
+                "on are not in this run; run again with --since %s --until %s once it is past",
+                o->until, *last_published ? last_published : o->since, o->until);
 out:
-    if (rc < 0 && *last_published)
-        hb_warn("okta system log: stopped before the window's end: the last event read was "
-                "published at %s; run again with --since %s to go on (what is read twice is "
-                "published again with the same uuid)",
-                last_published, last_published);
-    else if (rc < 0)
-        hb_warn("okta system log: stopped before any event was read: run again");
+    if (outside)
+        hb_warn("okta system log: %lld event%s Okta gave %s outside the window %s .. %s: "
+                "not published",
+                outside, outside == 1 ? "" : "s", outside == 1 ? "was" : "were", o->since,
+                o->until);
     page_reset(&pg);
     free(url);
     explicit_bzero(auth, strlen(auth));
@@ -491,6 +588,29 @@ out:
     curl_easy_cleanup(h);
     curl_global_cleanup();
     return rc;
+}
+
+void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int read_all,
+                       const char *last_read) {
+    int unnamed;
+    const char *lost = hb_producer_first_lost(p, &unnamed), *from = NULL;
+    if (!read_all)
+        from = *last_read ? last_read : o->since;
+    if (lost && (!from || strcmp(lost, from) < 0))
+        from = lost;
+    if (unnamed) /* an event the brokers did not take that has no time: all again */
+        from = o->since;
+    if (!from)
+        return;
+    if (!read_all && !*last_read && !lost && !unnamed)
+        hb_warn("okta system log: stopped before any event was read: run again");
+    else
+        hb_warn("okta system log: %s: %s; run again with --since %s --until %s to go on "
+                "(what is read twice is published again with the same uuid)",
+                read_all ? "the window was read to its end" : "stopped before the window's end",
+                lost || unnamed ? "not every event read reached the brokers"
+                                : "every event read reached the brokers",
+                from, o->until);
 }
 
 int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *errstr,
@@ -507,6 +627,20 @@ int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *e
     if (!o->since || !*o->since || !o->until || !*o->until) {
         hb_seterr(errstr, errstr_size,
                   "--okta-logs needs --since and --until (RFC 3339 times: the window to read)");
+        return -1;
+    }
+    if (rfc3339_ms(o->since) < 0 || rfc3339_ms(o->until) < 0) {
+        hb_seterr(errstr, errstr_size,
+                  "--%s \"%.64s\" is not an RFC 3339 time (2026-12-06T10:00:00Z, or with "
+                  "an offset: 2026-12-06T11:00:00+01:00)",
+                  rfc3339_ms(o->since) < 0 ? "since" : "until",
+                  rfc3339_ms(o->since) < 0 ? o->since : o->until);
+        hb_utf8_scrub(errstr);
+        return -1;
+    }
+    if (rfc3339_ms(o->since) >= rfc3339_ms(o->until)) {
+        hb_seterr(errstr, errstr_size, "--since %s is not before --until %s: the window is empty",
+                  o->since, o->until);
         return -1;
     }
     if (!*t) {

@@ -11,14 +11,21 @@
  * What must hold: every input ends up counted exactly once, as delivered or
  * as failed (a bad line, an encode error, a produce error, a failed delivery
  * report, or still unsent when a stop cut the drain short), so
- * "produced N, failed M" adds up to the inputs that were read.
+ * "produced N, failed M" adds up to the inputs that were read. An input a
+ * stop kept out of a full queue (or --print out of a closed stdout) is not
+ * read: HB_PRODUCER_STOPPED, and the caller's input ends before it. The
+ * ones that failed are named so they can be published again: lines by
+ * number (as ranges), Okta events by uuid and by the earliest published
+ * time among them (hb_producer_first_lost).
  */
 #include "producer.h"
 
+#include <errno.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hb_codec.h"
 #include "hb_event.h"
@@ -51,38 +58,79 @@ struct hb_producer_s {
     long long message_timeout_ms; /* librdkafka's message.timeout.ms as configured */
     long long *timed_out_at;      /* their line (event) numbers, as reported */
     size_t timed_out_cap;
+    long long *unsent_at; /* purged at a stop: line (event) numbers */
+    size_t unsent_cnt, unsent_cap;
+    /* named (Okta) events: of those the brokers did not take, the earliest
+     * published time, and whether one had none; a run again from there
+     * publishes them */
+    char first_lost[64];
+    int lost_unnamed;
+    int output_failed; /* print_only: stdout could not be written (stopping) */
 };
+
+/* What a queued event carries to its delivery report: its number, and for
+ * a named event (hb_producer_name_uuids) its uuid and published time as
+ * Okta gave them, which a user can find again. */
+typedef struct {
+    long long seq;
+    char uuid[104];
+    char published[64];
+} sent_t;
 
 /* Timed-out events named one by one before the summary says the rest. */
 #define HB_TIMEOUTS_LISTED 10
 
+static void seq_add(long long **at, size_t *cnt, size_t *cap, long long seq) {
+    if (*cnt == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        *at = hb_realloc(*at, *cap * sizeof(**at));
+    }
+    (*at)[(*cnt)++] = seq;
+}
+
+/* A named event the brokers did not take: where a run again starts. */
+static void note_lost(hb_producer_t *p, const sent_t *sent) {
+    if (!*sent->published)
+        p->lost_unnamed = 1;
+    else if (!*p->first_lost || strcmp(sent->published, p->first_lost) < 0)
+        snprintf(p->first_lost, sizeof(p->first_lost), "%s", sent->published);
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque) {
     hb_producer_t *p = opaque;
+    sent_t *sent = p->name_uuids ? rkm->_private : NULL;
+    long long seq = sent ? sent->seq : (long long)(intptr_t)rkm->_private;
+    char named[160] = "";
     (void)rk;
     p->reported++;
     if (!rkm->err) {
         p->delivered++;
+        free(sent);
         return;
     }
     p->failed++;
+    if (sent) {
+        note_lost(p, sent);
+        if (*sent->uuid)
+            snprintf(named, sizeof(named), " (uuid %s)", sent->uuid);
+        free(sent);
+    }
     /* timeouts come all together when the brokers are out of reach: the
      * first few by number, then one summary (hb_producer_finish) */
     if (rkm->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT) {
         /* kept for the summary, which names them all as ranges: without
          * their numbers a user cannot publish again just what failed */
-        if ((size_t)p->timed_out == p->timed_out_cap) {
-            p->timed_out_cap = p->timed_out_cap ? 2 * p->timed_out_cap : 64;
-            p->timed_out_at =
-                hb_realloc(p->timed_out_at, p->timed_out_cap * sizeof(*p->timed_out_at));
-        }
-        p->timed_out_at[p->timed_out] = (long long)(intptr_t)rkm->_private;
+        size_t n = (size_t)p->timed_out;
+        seq_add(&p->timed_out_at, &n, &p->timed_out_cap, seq);
         if (++p->timed_out > HB_TIMEOUTS_LISTED)
             return;
     }
-    /* purged messages are summed up once by hb_producer_finish */
-    if (rkm->err != RD_KAFKA_RESP_ERR__PURGE_QUEUE && rkm->err != RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
-        fprintf(stderr, "%s %lld: delivery failed: %s\n", p->unit,
-                (long long)(intptr_t)rkm->_private, hb_kafka_err_str(rkm->err));
+    /* purged messages are summed up once by hb_producer_finish, by number */
+    if (rkm->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE || rkm->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT)
+        seq_add(&p->unsent_at, &p->unsent_cnt, &p->unsent_cap, seq);
+    else
+        fprintf(stderr, "%s %lld%s: delivery failed: %s\n", p->unit, seq, named,
+                hb_kafka_err_str(rkm->err));
 }
 
 /* "30 s", or "1500 ms" when not whole seconds. */
@@ -206,12 +254,42 @@ void hb_producer_name_uuids(hb_producer_t *p) {
     p->name_uuids = 1;
 }
 
+/* All of s[0, n) to fd, through interruptions and short writes: a signal
+ * while a reader is slow cut a line of --print's output short, its event
+ * counted as printed (stdio gives up on EINTR). 0, or -1 with errno. */
+static int write_all(int fd, const char *s, size_t n) {
+    while (n) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     char errstr[512], named[700];
-    void *buf = NULL;
+    void *buf = NULL, *opaque = (void *)(intptr_t)seq;
     size_t len = 0;
+    int r;
+    int64_t give_up;
     const char *key, *uuid = json_string_value(json_object_get(ev, "uuid"));
+    const char *published = json_string_value(json_object_get(ev, "published"));
     char *given = p->name_uuids && uuid ? hb_strdup(uuid) : NULL; /* before normalizing */
+    sent_t *sent = NULL;
+    if (p->name_uuids && p->rk) { /* as Okta gave them, for its delivery report */
+        sent = hb_calloc(1, sizeof(*sent));
+        sent->seq = seq;
+        if (uuid && strlen(uuid) < sizeof(sent->uuid))
+            snprintf(sent->uuid, sizeof(sent->uuid), "%s", uuid);
+        if (published && strlen(published) < sizeof(sent->published))
+            snprintf(sent->published, sizeof(sent->published), "%s", published);
+        hb_utf8_scrub(sent->uuid);
+        opaque = sent;
+    }
     if (hb_event_normalize(ev, p->allow_unknown_types, errstr, sizeof(errstr)) < 0)
         goto fail;
     if (p->registry_framing ? hb_codec_encode_registry(p->codec, ev, p->schema_id, &buf, &len,
@@ -227,18 +305,48 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     }
     key = hb_event_key(ev);
     if (!p->rk) {
-        char *line = json_dumps(ev, JSON_COMPACT);
-        if (line)
-            printf("%s\n", line);
-        free(line);
+        char *line = p->output_failed ? NULL : json_dumps(ev, JSON_COMPACT);
+        size_t n = line ? strlen(line) : 0;
         free(buf);
         free(given);
+        if (line) { /* one write of the whole line (a stop waits for it) */
+            line = hb_realloc(line, n + 2);
+            memcpy(line + n, "\n", 2);
+            if (write_all(STDOUT_FILENO, line, n + 1) < 0) {
+                hb_error("writing the events to stdout: %s: stopping", strerror(errno));
+                p->output_failed = 1;
+                hb_stop_requested = 1;
+            }
+        }
+        free(line);
+        if (p->output_failed) /* not printed: the input is left there */
+            return HB_PRODUCER_STOPPED;
+        if (!n) {
+            hb_producer_reject(p, seq, "cannot be written as JSON");
+            return -1;
+        }
         p->delivered++;
         return 0;
     }
-    if (hb_kafka_produce(p->rk, p->cfg->events_topic, key, strlen(key), buf, len,
-                         (void *)(intptr_t)seq, HB_PRODUCE_BLOCK_MS, errstr, sizeof(errstr)) < 0)
+    /* A full queue is waited out (delivery reports make room) for
+     * HB_PRODUCE_BLOCK_MS, in short turns: a stop ends the wait, and the
+     * event counts as not read (it is where a run again starts) */
+    give_up = hb_mono_ms() + HB_PRODUCE_BLOCK_MS;
+    while ((r = hb_kafka_produce(p->rk, p->cfg->events_topic, key, strlen(key), buf, len, opaque,
+                                 100, errstr, sizeof(errstr))) == HB_KAFKA_QUEUE_FULL &&
+           !hb_stop_requested && hb_mono_ms() < give_up) {
+    }
+    if (r == HB_KAFKA_QUEUE_FULL && hb_stop_requested) {
+        free(buf);
+        free(given);
+        free(sent);
+        return HB_PRODUCER_STOPPED;
+    }
+    if (r < 0) {
+        if (sent) /* not refused for what it is: the brokers did not take it */
+            note_lost(p, sent);
         goto fail;
+    }
     free(buf);
     free(given);
     p->queued++;
@@ -246,6 +354,7 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     return 0;
 fail:
     free(buf);
+    free(sent);
     if (given) {
         snprintf(named, sizeof(named), "uuid %.100s: %s", given, errstr);
         hb_utf8_scrub(named);
@@ -265,11 +374,28 @@ static int cmp_ll(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* "<label>: 1-12, 14-25": the numbers at[0, n), sorted, as ranges. */
+static void say_ranges(const char *label, long long *at, size_t n) {
+    qsort(at, n, sizeof(*at), cmp_ll);
+    fprintf(stderr, "hookbridge-producer: %s:", label);
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j + 1 < n && at[j + 1] <= at[j] + 1)
+            j++;
+        if (at[j] == at[i])
+            fprintf(stderr, "%s %lld", i ? "," : "", at[i]);
+        else
+            fprintf(stderr, "%s %lld-%lld", i ? "," : "", at[i], at[j]);
+        i = j + 1;
+    }
+    fprintf(stderr, "\n");
+}
+
 /* One line for the events that timed out (and one naming them): where they were going and how
  * long they waited (the broker list is addresses only; credentials are in
  * other settings and never printed). */
 static void say_timeouts(hb_producer_t *p) {
-    char wait[32], why_auth[768];
+    char wait[32], why_auth[768], label[64];
     size_t n = (size_t)p->timed_out;
     if (!p->timed_out)
         return;
@@ -293,20 +419,12 @@ static void say_timeouts(hb_producer_t *p) {
      * outage, or per partition whose leader was out): past the first few
      * named above, the count alone left a user unable to tell which lines
      * of a file to publish again. Reports come per partition, not in line
-     * order: sorted first. */
-    qsort(p->timed_out_at, n, sizeof(*p->timed_out_at), cmp_ll);
-    fprintf(stderr, "hookbridge-producer: the %ss that timed out:", p->unit);
-    for (size_t i = 0; i < n;) {
-        size_t j = i;
-        while (j + 1 < n && p->timed_out_at[j + 1] <= p->timed_out_at[j] + 1)
-            j++;
-        if (p->timed_out_at[j] == p->timed_out_at[i])
-            fprintf(stderr, "%s %lld", i ? "," : "", p->timed_out_at[i]);
-        else
-            fprintf(stderr, "%s %lld-%lld", i ? "," : "", p->timed_out_at[i], p->timed_out_at[j]);
-        i = j + 1;
-    }
-    fprintf(stderr, "\n");
+     * order: sorted first. Named (Okta) events are not: their numbers are
+     * nowhere a user can look, and the caller says where to go on. */
+    if (p->name_uuids)
+        return;
+    snprintf(label, sizeof(label), "the %ss that timed out", p->unit);
+    say_ranges(label, p->timed_out_at, n);
 }
 
 void hb_producer_finish(hb_producer_t *p, int drain_ms) {
@@ -334,12 +452,23 @@ void hb_producer_finish(hb_producer_t *p, int drain_ms) {
     /* the purged messages report here, as failed */
     for (int64_t until = hb_mono_ms() + 1000; p->reported < p->queued && hb_mono_ms() < until;)
         rd_kafka_poll(p->rk, 100);
+    if (p->unsent_cnt && !p->name_uuids) {
+        char label[64];
+        snprintf(label, sizeof(label), "the %ss left unsent", p->unit);
+        say_ranges(label, p->unsent_at, p->unsent_cnt);
+    }
     if (p->reported < p->queued) {
         /* a report that never comes still counts as a failure */
         p->failed += p->queued - p->reported;
         p->reported = p->queued;
+        p->lost_unnamed = 1;
     }
     say_timeouts(p);
+}
+
+const char *hb_producer_first_lost(const hb_producer_t *p, int *unnamed) {
+    *unnamed = p->lost_unnamed;
+    return *p->first_lost ? p->first_lost : NULL;
 }
 
 long long hb_producer_delivered(const hb_producer_t *p) {
@@ -358,6 +487,7 @@ void hb_producer_free(hb_producer_t *p) {
         rd_kafka_destroy(p->rk);
     hb_codec_free(p->codec);
     free(p->timed_out_at);
+    free(p->unsent_at);
     free(p);
 }
 

@@ -31,7 +31,11 @@ int hb_producer_use_registry(hb_producer_t *p, long long schema_id, char *errstr
                              size_t errstr_size) HB_MUSTCHECK;
 
 /* Normalizes, encodes and queues one event (not consumed). On failure the
- * input counts as failed and "<unit> <seq>: <reason>" goes to stderr. */
+ * input counts as failed and "<unit> <seq>: <reason>" goes to stderr.
+ * HB_PRODUCER_STOPPED: a stop came while the local queue was full; the
+ * event was not queued and is not counted (the caller's input ends before
+ * it). */
+#define HB_PRODUCER_STOPPED (-2)
 int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq);
 
 /* From now on a refusal says "<unit> <seq>: uuid <uuid>: <reason>" for an
@@ -47,6 +51,11 @@ void hb_producer_poll(hb_producer_t *p, int timeout_ms);
 /* Waits for every delivery report; once stop is requested, for at most
  * drain_ms more, then gives up on what is still queued. */
 void hb_producer_finish(hb_producer_t *p, int drain_ms);
+
+/* Of the named events (hb_producer_name_uuids) the brokers did not take,
+ * once finished: the earliest published time (NULL: none had one), and in
+ * *unnamed whether one had no published time or no report came for one. */
+const char *hb_producer_first_lost(const hb_producer_t *p, int *unnamed);
 
 /* Delivered (or printed) and failed inputs, once finished. */
 long long hb_producer_delivered(const hb_producer_t *p);
@@ -72,8 +81,18 @@ int hb_oktalog_check(const hb_config_t *cfg, const hb_oktalog_opts_t *o, char *e
 
 /* Reads the window page by page and hands every event to p (the sender
  * counts and reports them). 0 when the window was read to its end; -1 when
- * Okta's answers, the network or a stop cut it short (said at error). */
-int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o);
+ * Okta's answers, the network or a stop cut it short (said at error).
+ * last_published: the published time of the last event handed to p ("" if
+ * none). */
+int hb_oktalog_run(hb_producer_t *p, const hb_config_t *cfg, const hb_oktalog_opts_t *o,
+                   char *last_published, size_t last_size);
+
+/* Once p is finished: says where a run again starts when some of the
+ * window was not published (read_all 0: the run stopped after the event
+ * published at last_read; or the brokers did not take some): --since the
+ * earliest of them. Says nothing when all of it was. */
+void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int read_all,
+                       const char *last_read);
 
 /* The Okta event-hook ingest endpoint (ingest.c): serves on listen until
  * SIGTERM/SIGINT, then drains. Returns the exit status: 0 after a clean
