@@ -1,0 +1,109 @@
+"""Review 48: how PostgreSQL faults and subscription changes reach the
+running services, part 2 (part 1: test_review45_faults.py).
+
+Each check says what it did on main's binaries (637fabe) and what holds it."""
+import time
+
+import psycopg2
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.tcpproxy import SilencingProxy
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+from test_reactivate import changes_seen
+
+
+def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_20_s(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, PostgreSQL unreachable: a database that goes away
+    without a word (a network partition; a failover whose old primary's
+    address goes silent) is noticed by the subscription store within about
+    20 s, as by the delivery log, and the store reconnects and reloads.
+    Here every connection the dispatcher has goes silent at once and new
+    ones reach the database (its new address); subscription A is
+    deactivated right after. One event a second follows: those produced
+    more than 22 s after the silence do not go to A.
+
+    On main (637fabe): the store's connection, idle on LISTEN, sent nothing,
+    so only its keepalives could end it (30 s idle, then probes: 40 s or
+    more on a real network; never here); the delivery log's was reset after
+    15 s and came back, and A kept receiving every event until the test
+    ended (33 s): the store never said it had lost its connection."""
+    proxy = SilencingProxy(pg_cluster.port, user_timeout=15.0)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        ra = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+        rc = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                      name="receiver-c")
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap)
+        d.wait_ready()
+        a = register_verified(db_url, ra.url, ["user.session.start"])
+        register_verified(db_url, rc.url, ["user.session.start"])
+        wait_until(lambda: changes_seen(d) >= 2, 10 * SLOW, "the dispatcher to see A and C active")
+        first = event("user.session.start")
+        produce(broker.bootstrap, [first])
+        wait_until(lambda: ra.events() and rc.events(), 20 * SLOW, "the first event to A and C")
+
+        proxy.silence()
+        t0 = time.monotonic()
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", a)
+        produced = []  # (seconds after the silence, event id)
+        while time.monotonic() - t0 < 33:
+            e = event("user.session.start")
+            produce(broker.bootstrap, [e])
+            produced.append((time.monotonic() - t0, e["uuid"]))
+            time.sleep(1)
+        late = [u for t, u in produced if t > 22]
+        wait_until(lambda: set(late) <= {ev["uuid"] for _, ev in rc.events()}, 30 * SLOW,
+                   "the late events delivered to C")
+        to_a = {ev["uuid"] for _, ev in ra.events()}
+        last_to_a = max((t for t, u in produced if u in to_a), default=None)
+        print(f"last event to the deactivated A produced {last_to_a} s after the silence; "
+              f"resets played at {[round(t - t0, 1) for t, _ in proxy.resets]} s")
+        assert not set(late) & to_a, (
+            f"A still received events produced {last_to_a:.0f} s after the silence")
+        out = d.proc.output()
+        assert "connection lost" in out and "reconnected; reloading subscriptions" in out
+    finally:
+        proxy.close()
+
+
+def test_a_rotation_committed_late_keeps_the_previous_secret_signing_for_its_whole_grace(
+        db_url, procs, workdir):
+    """docs/sql.md, rotate_secret: "the previous one keeps signing for
+    `grace`". An operator rotates in a transaction and commits once the
+    receiver has the new secret (here 6 s later), with a grace of 4 s. A
+    delivery right after the commit is still signed with the previous secret
+    too: the receiver, which verifies with it, accepts it.
+
+    On main (637fabe): the grace was counted from the transaction's start,
+    so it was over at the commit: the delivery was signed with the new
+    secret only and the receiver refused it (HTTP 401)."""
+    broker = Broker(procs, workdir)
+    ra = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    a = register_verified(db_url, ra.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d) >= 1, 10 * SLOW, "the dispatcher to see A active")
+    seen = d.proc.output().count("subscription changed")
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT hookbridge.rotate_secret(%s, interval '4 seconds')", (a,))
+            time.sleep(6)
+        conn.commit()
+    finally:
+        conn.close()
+    committed = time.monotonic()
+    wait_until(lambda: d.proc.output().count("subscription changed") > seen, 10 * SLOW,
+               "the dispatcher to load the rotation")
+    e = event("user.session.start")
+    produce(broker.bootstrap, [e])
+    wait_until(lambda: any(e["uuid"] in p["body"] for p in ra.posts()), 20 * SLOW,
+               "the event's first attempt")
+    first = next(p for p in ra.posts() if e["uuid"] in p["body"])
+    print(f"attempt {time.monotonic() - committed:.1f} s after the commit: HTTP {first['status']}")
+    assert 200 <= first["status"] < 300, (
+        f"the receiver refused the delivery made within the grace: HTTP {first['status']}")
