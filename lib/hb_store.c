@@ -86,6 +86,13 @@
  * nothing took 40 s or more (a network partition, a failover whose old
  * primary's address went silent). One round trip every 5 s, no plan. */
 #define STORE_PING_MS 5000
+/* ... and, its answer not back after this long, the subscriptions are not
+ * taken for current (hb_store_current: the retrier holds due retries): the
+ * delivery log, back on a new connection, let them go before the store
+ * found its own connection gone, with the subscriptions as they were
+ * before the silence. A database that answers an empty query that slowly
+ * holds retries, which go on at its answer. */
+#define STORE_PING_WAIT_MS 3000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -225,6 +232,7 @@ typedef struct lane_s {
     int seal_due;         /* hookbridge_seal was notified */
     int64_t next_seal_ms; /* monotonic; the inbox is swept at least this often */
     int ping_sent;        /* the follower's empty query (STORE_PING_MS) awaits its answer */
+    int64_t ping_since;   /* under st->mu: monotonic ms it was sent, 0 when answered */
     int64_t next_ping_ms; /* monotonic; when the follower sends it */
     /* The follower's: subscriptions whose change it could not load because a
      * value was not sealed yet (another session held the row while it
@@ -334,6 +342,7 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     ln->conn = conn;
     ln->sock = conn ? PQsocket(conn) : -1;
     ln->connected = conn != NULL;
+    ln->ping_since = 0;
     pthread_mutex_unlock(&ln->st->mu);
     ln->ping_sent = 0;
     ln->next_ping_ms = hb_mono_ms() + STORE_PING_MS;
@@ -907,10 +916,14 @@ done:
  * server that keeps the connection (stopped, overloaded) is the case of
  * PostgreSQL not answering, as for the delivery log; they wait. */
 static void ping_send(lane_t *ln) {
-    if (PQsendQuery(ln->conn, "") == 1)
+    if (PQsendQuery(ln->conn, "") == 1) {
         ln->ping_sent = 1;
-    else
+        pthread_mutex_lock(&ln->st->mu);
+        ln->ping_since = hb_mono_ms();
+        pthread_mutex_unlock(&ln->st->mu);
+    } else {
         follow(ln, NULL);
+    }
 }
 
 /* The follower's socket turned readable while its check waits: the answer,
@@ -929,6 +942,9 @@ static void ping_answer(lane_t *ln) {
         }
         if (ln->ping_sent)
             return; /* the rest of the answer is still to come (busy until it has) */
+        pthread_mutex_lock(&ln->st->mu);
+        ln->ping_since = 0;
+        pthread_mutex_unlock(&ln->st->mu);
     }
     follow(ln, NULL); /* the notifications that came with it; or the loss */
 }
@@ -1395,7 +1411,8 @@ int hb_store_current(hb_store_t *st) {
     pthread_mutex_lock(&st->mu);
     c = fl->connected && st->loaded_gen == st->conn_gen &&
         (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
-        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS);
+        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS) &&
+        !(fl->ping_since && now - fl->ping_since >= STORE_PING_WAIT_MS);
     pthread_mutex_unlock(&st->mu);
     return c;
 }

@@ -3,14 +3,16 @@ running services, part 2 (part 1: test_review45_faults.py).
 
 Each check says what it did on main's binaries (637fabe) and what holds it."""
 import time
+import uuid
 
 import psycopg2
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from hbtest.tcpproxy import SilencingProxy
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
-from test_reactivate import changes_seen
+from test_reactivate import changes_seen, delivery_of
+from test_retry import stack
 
 
 def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_20_s(
@@ -66,6 +68,60 @@ def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_
             f"A still received events produced {last_to_a:.0f} s after the silence")
         out = d.proc.output()
         assert "connection lost" in out and "reconnected; reloading subscriptions" in out
+    finally:
+        proxy.close()
+
+
+def test_a_retry_due_when_the_database_went_silent_waits_for_the_subscriptions(
+        pg_cluster, db_url, procs, workdir):
+    """docs/operations.md, PostgreSQL unreachable: due retries wait for the
+    subscriptions to be loaded again once the database is back. Here the
+    retrier's connections all go silent (its database's old address) just
+    before A's retry comes due, and A's subscription is deactivated on the
+    database. The delivery log's connection is reset 15 s after the retry's
+    look-up and comes back at once (the new address); the store's only
+    after its own check (5 s after its last traffic, then 15 s). The retry
+    waits for the store, whose check went unanswered, and is dropped.
+
+    On main (637fabe), and with the store's check alone: the delivery log
+    answered first (about 16 s after the silence, the store's connection
+    then still taken for current), and the retry went to the deactivated
+    subscription (the receiver's posts were [503, 204])."""
+    proxy = SilencingProxy(pg_cluster.port, user_timeout=15.0)
+    proxy.start()
+    try:
+        broker, receiver, d, _ = stack(
+            procs, workdir, db_url, "6s", receiver_args={"fail_first": 1}, retrier=False)
+        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                    broker.bootstrap,
+                    extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "6s", "HOOKBRIDGE_RETRY_JITTER": "0"})
+        r.wait_ready()
+        sub = register_verified(db_url, receiver.url, ["user.session.start"])
+        wait_until(lambda: changes_seen(d) and changes_seen(r), 10 * SLOW,
+                   "the services to see it active")
+        a = event("user.session.start")
+        produce(broker.bootstrap, [a])
+        wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry", 20 * SLOW,
+                   "A's first attempt, failed and logged")
+        first = time.monotonic()
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - first)))
+        # the store's connection has just had traffic (its next check is 5 s
+        # away), as after any change: the delivery log is back first
+        seen = r.proc.output().count("subscription removed")
+        sql(db_url, "SELECT pg_notify('hookbridge_subscriptions', %s)", str(uuid.uuid4()))
+        wait_until(lambda: r.proc.output().count("subscription removed") > seen, 5 * SLOW,
+                   "the retrier's store to load the notified id")
+        proxy.silence()
+        t0 = time.monotonic()
+        sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
+        _, status, n, err = wait_until(
+            lambda: (row := delivery_of(db_url, a)) and row[1] != "retry" and row, 40 * SLOW,
+            "A's retry settled")
+        print(f"A {status} after {n} attempt(s) ({err}), {time.monotonic() - t0:.1f} s after the "
+              f"silence; resets played at {[round(t - t0, 1) for t, _ in proxy.resets]} s")
+        assert [p["status"] for p in receiver.posts()] == [503], (
+            "A's retry went to the subscription deactivated during the silence")
+        assert (status, err) == ("dropped", "subscription inactive")
     finally:
         proxy.close()
 
