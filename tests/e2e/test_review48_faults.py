@@ -15,7 +15,7 @@ from test_reactivate import changes_seen, delivery_of
 from test_retry import stack
 
 
-def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_20_s(
+def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_25_s(
         pg_cluster, db_url, procs, workdir):
     """docs/operations.md, PostgreSQL unreachable: a database that goes away
     without a word (a network partition; a failover whose old primary's
@@ -24,7 +24,7 @@ def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_
     Here every connection the dispatcher has goes silent at once and new
     ones reach the database (its new address); subscription A is
     deactivated right after. One event a second follows: those produced
-    more than 22 s after the silence do not go to A.
+    more than 25 s after the silence do not go to A.
 
     On main (637fabe): the store's connection, idle on LISTEN, sent nothing,
     so only its keepalives could end it (30 s idle, then probes: 40 s or
@@ -57,7 +57,7 @@ def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_
             produce(broker.bootstrap, [e])
             produced.append((time.monotonic() - t0, e["uuid"]))
             time.sleep(1)
-        late = [u for t, u in produced if t > 22]
+        late = [u for t, u in produced if t > 25]
         wait_until(lambda: set(late) <= {ev["uuid"] for _, ev in rc.events()}, 30 * SLOW,
                    "the late events delivered to C")
         to_a = {ev["uuid"] for _, ev in ra.events()}
