@@ -134,7 +134,7 @@ def test_a_rotation_committed_late_keeps_the_previous_secret_signing_for_its_who
     delivery right after the commit is still signed with the previous secret
     too: the receiver, which verifies with it, accepts it.
 
-    On main (637fabe): the grace was counted from the transaction's start,
+    On main (637fabe, its sql/): the grace was counted from the transaction's start,
     so it was over at the commit: the delivery was signed with the new
     secret only and the receiver refused it (HTTP 401)."""
     broker = Broker(procs, workdir)
@@ -163,3 +163,27 @@ def test_a_rotation_committed_late_keeps_the_previous_secret_signing_for_its_who
     print(f"attempt {time.monotonic() - committed:.1f} s after the commit: HTTP {first['status']}")
     assert 200 <= first["status"] < 300, (
         f"the receiver refused the delivery made within the grace: HTTP {first['status']}")
+
+
+def test_a_server_that_ends_idle_sessions_does_not_make_the_store_reload_again_and_again(
+        db_url, procs, workdir):
+    """A server (or a pooler, a firewall) that ends sessions idle for a
+    while: here PostgreSQL's idle_session_timeout, 8 s. The subscription
+    store's connection waits for notifications and is idle but for its
+    check every 5 s (and the seal sweep every minute): it is not ended, and
+    the dispatcher does not reconnect and reload its subscriptions.
+
+    On main (637fabe): it was ended every 8 s; each time the dispatcher
+    logged `database: connection lost (...); reconnecting` at warn and
+    reloaded every subscription, holding events meanwhile (3 times in 26 s,
+    2 in 20 s)."""
+    name = sql(db_url, "SELECT current_database()")[0][0]
+    sql(db_url, f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '8s'")
+    broker = Broker(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    time.sleep(20)
+    out = d.proc.output()
+    reloads = out.count("reconnected; reloading subscriptions")
+    print(f"{reloads} reload(s), {out.count('connection lost')} connection(s) lost in 20 s")
+    assert reloads == 0, f"the store reconnected and reloaded {reloads} time(s) in 20 s"
