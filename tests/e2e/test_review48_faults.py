@@ -187,3 +187,54 @@ def test_a_server_that_ends_idle_sessions_does_not_make_the_store_reload_again_a
     reloads = out.count("reconnected; reloading subscriptions")
     print(f"{reloads} reload(s), {out.count('connection lost')} connection(s) lost in 20 s")
     assert reloads == 0, f"the store reconnected and reloaded {reloads} time(s) in 20 s"
+
+
+def test_the_grace_is_moved_to_the_commit_for_rotations_only(db_url):
+    """rotate_secret's grace starts at the commit, however long its
+    transaction stayed open; an expiry an operator writes by hand is kept as
+    written; two rotations in one transaction leave two secrets, the
+    previous one's grace from the commit.
+
+    On main (637fabe, its sql/): the previous secret expired 3 s early (its
+    grace counted from the transaction's start)."""
+    sub = sql(db_url, "SELECT hookbridge.register('g', 'https://example.com/g', "
+              "ARRAY['user.session.start'])")[0][0]
+
+    def in_transaction(statements, hold):
+        conn = psycopg2.connect(db_url)
+        try:
+            with conn.cursor() as cur:
+                for q in statements:
+                    cur.execute(q, (sub,))
+                time.sleep(hold)
+                cur.execute("SELECT clock_timestamp()")
+                at = cur.fetchone()[0]
+            conn.commit()
+            return at
+        finally:
+            conn.close()
+
+    def previous_grace_left(at):
+        return sql(db_url, "SELECT extract(epoch FROM expires_at - %s) FROM "
+                   "hookbridge.subscription_secrets WHERE subscription_id = %s "
+                   "AND expires_at IS NOT NULL", at, sub)
+
+    at = in_transaction(["SELECT hookbridge.rotate_secret(%s, interval '1 hour')"], 3)
+    (left,), = previous_grace_left(at)
+    assert abs(float(left) - 3600) < 1, f"the grace from the commit: {float(left):.1f} s left"
+
+    at = in_transaction(["SELECT hookbridge.rotate_secret(%s, interval '1 hour')",
+                         "SELECT hookbridge.rotate_secret(%s, interval '2 hours')"], 2)
+    rows = sql(db_url, "SELECT expires_at IS NULL FROM hookbridge.subscription_secrets "
+               "WHERE subscription_id = %s ORDER BY id", sub)
+    assert sorted(r[0] for r in rows) == [False, True]
+    (left,), = previous_grace_left(at)
+    assert abs(float(left) - 7200) < 1, f"the grace from the commit: {float(left):.1f} s left"
+
+    written = sql(db_url, "SELECT now() + interval '1 day'")[0][0]
+    in_transaction(["UPDATE hookbridge.subscription_secrets SET expires_at = "
+                    f"'{written.isoformat()}' WHERE subscription_id = %s "
+                    "AND expires_at IS NOT NULL"], 2)
+    kept = sql(db_url, "SELECT expires_at FROM hookbridge.subscription_secrets "
+               "WHERE subscription_id = %s AND expires_at IS NOT NULL", sub)
+    assert kept == [(written,)], "an expiry written by hand was moved"
