@@ -1110,6 +1110,14 @@ static void answer(lane_t *ln, store_msg_t *m) {
     pthread_mutex_lock(&ln->st->mu);
     set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
+    if (hb_pg_idle_closed(ln->conn, errstr, sizeof(errstr))) {
+        /* ended while idle (idle_session_timeout, a firewall): the request
+         * goes on a new connection, rather than fail (a verification
+         * waiting for the next look, a warn, a database error counted) */
+        hb_info("database: the server closed an idle connection (%s); reconnecting", errstr);
+        lane_set_conn(ln, NULL);
+        ln->retry_at_ms = 0;
+    }
     if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
         lane_connect(ln, errstr, sizeof(errstr)) < 0) {
         msg_fail(m, errstr);

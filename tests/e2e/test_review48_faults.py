@@ -242,3 +242,41 @@ def test_the_grace_is_moved_to_the_commit_for_rotations_only(db_url):
     kept = sql(db_url, "SELECT expires_at FROM hookbridge.subscription_secrets "
                "WHERE subscription_id = %s AND expires_at IS NOT NULL", sub)
     assert kept == [(written,)], "an expiry written by hand was moved"
+
+
+def test_connections_the_server_ended_while_idle_are_replaced_before_use_not_failed(
+        db_url, procs, workdir):
+    """A server that ends idle sessions (idle_session_timeout 7 s here; a
+    pooler's or a firewall's idle limit alike): the delivery log's
+    connection and a verification lane's, idle for longer, are found closed
+    before the next statement and replaced, so that statement goes on a new
+    connection: no warn, no database error, the verification made at once.
+
+    On main (637fabe): the first statement after the quiet spell failed on
+    the dead connection: `delivery log: cannot write, will retry: ...` at
+    warn and the verification claim's `connection lost`, each counted in
+    hookbridge_database_errors_total."""
+    name = sql(db_url, "SELECT current_database()")[0][0]
+    sql(db_url, f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '7s'")
+    broker = Broker(procs, workdir)
+    ra = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    a = register_verified(db_url, ra.url, ["user.session.start"])
+    first = event("user.session.start")
+    produce(broker.bootstrap, [first])
+    wait_until(lambda: delivery_of(db_url, first), 20 * SLOW, "the first delivery logged")
+    errors = d.metric("hookbridge_database_errors_total")
+    time.sleep(9)  # both idle past the server's limit
+    e = event("user.session.start")
+    produce(broker.bootstrap, [e])
+    sql(db_url, "SELECT hookbridge.verify(%s)", a)
+    wait_until(lambda: delivery_of(db_url, e), 20 * SLOW, "the second delivery logged")
+    wait_until(lambda: sql(db_url, "SELECT verification_requested_at IS NULL FROM "
+                           "hookbridge.subscriptions WHERE id = %s", a)[0][0], 20 * SLOW,
+               "the verification made")
+    out = d.proc.output()
+    more = d.metric("hookbridge_database_errors_total") - errors
+    print(f"{more:.0f} database error(s) after the quiet spell")
+    assert "cannot write" not in out and "connection lost" not in out, "a statement failed"
+    assert more == 0
