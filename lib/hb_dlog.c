@@ -767,7 +767,8 @@ static const struct {
     [S_LOOKUP_TAILS] = {"hb_dlog_lookup_tails", DLOG_LOOKUP_TAILS},
 };
 
-/* A new connection for the writer, its statements not prepared yet. Their
+/* The writer's connection: the one it has, unless the server closed it while
+ * idle, else a new one, its statements not prepared yet. Their
  * plans are the generic ones: with the log partitioned by day, planning a
  * look-up for its parameters (what PostgreSQL otherwise keeps doing for it)
  * walks every partition and cost about 0.9 ms a look-up at 35 partitions (a
@@ -777,6 +778,15 @@ static const struct {
  * PostgreSQL 12) keeps its default, said once at debug. */
 static int dlog_connect(hb_dlog_t *dl, char *why, size_t whysz) {
     PGresult *res;
+    if (hb_pg_idle_closed(dl->conn, why, whysz)) {
+        /* ended while idle (idle_session_timeout, a firewall): this round
+         * goes on a new connection, rather than fail and wait its back-off */
+        hb_info("delivery log: the server closed its idle connection (%s); reconnecting", why);
+        PQfinish(dl->conn);
+        dl->conn = NULL;
+    }
+    if (dl->conn)
+        return 0;
     dl->prepared = 0;
     dl->conn = hb_pg_connect(dl->conninfo, "hookbridge-dlog", why, whysz);
     if (!dl->conn)
@@ -946,7 +956,7 @@ static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, in
     static const int fmt[13] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}; /* all binary */
     dlog_wrc_t rc = W_OK;
 
-    if (!dl->conn && dlog_connect(dl, why, whysz) < 0)
+    if (dlog_connect(dl, why, whysz) < 0)
         return W_RETRY;
     for (size_t i = 0; i < n; i++) {
         dlog_row_t *r = rows[i];
@@ -1100,7 +1110,7 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     PGresult *res;
     dlog_wrc_t rc = W_OK;
 
-    if (!dl->conn && dlog_connect(dl, why, whysz) < 0)
+    if (dlog_connect(dl, why, whysz) < 0)
         return W_RETRY;
     hb_buf_put(&ids, "{", 1);
     hb_buf_put(&since, "{", 1);

@@ -15,6 +15,7 @@
 #include <libpq-fe.h>
 #include <limits.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -385,4 +386,21 @@ int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *wh
     else
         hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
     return -1;
+}
+
+int hb_pg_idle_closed(struct pg_conn *conn, char *why, size_t whysz) {
+    /* The server's last words (an error, "terminating connection due to
+     * idle-session timeout") and the end come as two reads: read until the
+     * socket holds nothing more (a few rounds: an idle connection gets
+     * nothing else but the odd notice). */
+    for (int round = 0; conn && PQstatus(conn) == CONNECTION_OK && round < 4; round++) {
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+        if (pfd.fd < 0 || poll(&pfd, 1, 0) <= 0)
+            return 0;
+        if (!PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK) {
+            hb_pg_last_line(PQerrorMessage(conn), why, whysz);
+            return 1;
+        }
+    }
+    return 0;
 }

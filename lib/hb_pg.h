@@ -49,4 +49,12 @@ void hb_pg_last_line(const char *msg, char *out, size_t outsz);
 int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
                size_t errstr_size);
 
+/* 1 when the server has closed conn while it was idle (its socket reads an
+ * end: idle_session_timeout, a pooler's or a firewall's idle limit, a
+ * restart), with why: nothing was sent on it, so the caller may connect
+ * again and send what it was about to, instead of failing it. 0 when it
+ * looks fine; never waits. For connections that LISTEN to nothing (it
+ * consumes what the socket holds). */
+int hb_pg_idle_closed(struct pg_conn *conn, char *why, size_t whysz);
+
 #endif

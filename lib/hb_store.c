@@ -30,6 +30,12 @@
  * bytes, so a loop that consumes only when settled never matches an event
  * against a subscription whose change had reached us first.
  *
+ * The follower's connection sends nothing while it waits for notifications,
+ * so a database gone silent (a partition, a failover's old address) was
+ * noticed only by its keepalives; after STORE_PING_MS without traffic it
+ * sends an empty query, and tcp_user_timeout ends the connection as it ends
+ * the delivery log's (docs/operations.md, PostgreSQL unreachable).
+ *
  * When a connection drops, its lane forgets it and reconnects with backoff
  * (1 s doubling to 30 s; the request lane when a request comes). The follower
  * LISTENs again before it reloads, so a change made while it reloads is
@@ -73,6 +79,20 @@
  * log before /readyz says so; then events are matched against the
  * subscriptions in memory, as while the database is unreachable. */
 #define STORE_BUSY_WAIT_MS 10000
+/* The follower's connection, idle on LISTEN, sends an empty query when it
+ * has sent nothing for this long: the kernel gives up on data it sent and
+ * nobody acknowledged after tcp_user_timeout (15 s, hb_pg_connect), as on
+ * the delivery log's, where the keepalives of a connection that sends
+ * nothing took 40 s or more (a network partition, a failover whose old
+ * primary's address went silent). One round trip every 5 s, no plan. */
+#define STORE_PING_MS 5000
+/* ... and, its answer not back after this long, the subscriptions are not
+ * taken for current (hb_store_current: the retrier holds due retries): the
+ * delivery log, back on a new connection, let them go before the store
+ * found its own connection gone, with the subscriptions as they were
+ * before the silence. A database that answers an empty query that slowly
+ * holds retries, which go on at its answer. */
+#define STORE_PING_WAIT_MS 3000
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -211,6 +231,9 @@ typedef struct lane_s {
     int first_load;       /* the follower's first full load is still to make */
     int seal_due;         /* hookbridge_seal was notified */
     int64_t next_seal_ms; /* monotonic; the inbox is swept at least this often */
+    int ping_sent;        /* the follower's empty query (STORE_PING_MS) awaits its answer */
+    int64_t ping_since;   /* under st->mu: monotonic ms it was sent, 0 when answered */
+    int64_t next_ping_ms; /* monotonic; when the follower sends it */
     /* The follower's: subscriptions whose change it could not load because a
      * value was not sealed yet (another session held the row while it
      * sealed), loaded again at unsealed_at_ms, then after unsealed_wait_ms. */
@@ -319,7 +342,10 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     ln->conn = conn;
     ln->sock = conn ? PQsocket(conn) : -1;
     ln->connected = conn != NULL;
+    ln->ping_since = 0;
     pthread_mutex_unlock(&ln->st->mu);
+    ln->ping_sent = 0;
+    ln->next_ping_ms = hb_mono_ms() + STORE_PING_MS;
 }
 
 /* Forgets a broken connection; the next attempt is due after the backoff. */
@@ -871,6 +897,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     }
 done:
     free(notes);
+    ln->next_ping_ms = hb_mono_ms() + STORE_PING_MS;
     pthread_mutex_lock(&ln->st->mu);
     published = events.head != NULL;
     publish_locked(ln, &events);
@@ -880,6 +907,46 @@ done:
     pthread_mutex_unlock(&ln->st->mu);
     if (published)
         pipe_poke(ln->st->notify[1]);
+}
+
+/* The follower's check of an idle connection (STORE_PING_MS): an empty
+ * query, whose answer the lane's poll waits for with the notifications; a
+ * connection lost meanwhile is found by follow(), which says so and drops
+ * it. Only the request's bytes matter: an answer that never comes from a
+ * server that keeps the connection (stopped, overloaded) is the case of
+ * PostgreSQL not answering, as for the delivery log; they wait. */
+static void ping_send(lane_t *ln) {
+    if (PQsendQuery(ln->conn, "") == 1) {
+        ln->ping_sent = 1;
+        pthread_mutex_lock(&ln->st->mu);
+        ln->ping_since = hb_mono_ms();
+        pthread_mutex_unlock(&ln->st->mu);
+    } else {
+        follow(ln, NULL);
+    }
+}
+
+/* The follower's socket turned readable while its check waits: the answer,
+ * a notification, or the connection's end. Busy from the read on, as in
+ * follow(): a notification libpq takes in is no longer shown by the socket. */
+static void ping_answer(lane_t *ln) {
+    pthread_mutex_lock(&ln->st->mu);
+    set_busy_locked(ln);
+    pthread_mutex_unlock(&ln->st->mu);
+    if (PQconsumeInput(ln->conn) && PQstatus(ln->conn) == CONNECTION_OK) {
+        while (ln->ping_sent && !PQisBusy(ln->conn)) {
+            PGresult *res = PQgetResult(ln->conn);
+            if (!res)
+                ln->ping_sent = 0;
+            PQclear(res);
+        }
+        if (ln->ping_sent)
+            return; /* the rest of the answer is still to come (busy until it has) */
+        pthread_mutex_lock(&ln->st->mu);
+        ln->ping_since = 0;
+        pthread_mutex_unlock(&ln->st->mu);
+    }
+    follow(ln, NULL); /* the notifications that came with it; or the loss */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1043,6 +1110,14 @@ static void answer(lane_t *ln, store_msg_t *m) {
     pthread_mutex_lock(&ln->st->mu);
     set_busy_locked(ln);
     pthread_mutex_unlock(&ln->st->mu);
+    if (hb_pg_idle_closed(ln->conn, errstr, sizeof(errstr))) {
+        /* ended while idle (idle_session_timeout, a firewall): the request
+         * goes on a new connection, rather than fail (a verification
+         * waiting for the next look, a warn, a database error counted) */
+        hb_info("database: the server closed an idle connection (%s); reconnecting", errstr);
+        lane_set_conn(ln, NULL);
+        ln->retry_at_ms = 0;
+    }
     if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
         lane_connect(ln, errstr, sizeof(errstr)) < 0) {
         msg_fail(m, errstr);
@@ -1135,9 +1210,13 @@ static void lane_loop(lane_t *ln) {
                 continue;
             }
         }
-        if (ln->follower && ln->conn &&
+        if (ln->follower && ln->conn && !ln->ping_sent &&
             (now >= ln->next_seal_ms || (ln->unsealed_cnt && now >= ln->unsealed_at_ms))) {
             follow(ln, NULL);
+            continue;
+        }
+        if (ln->follower && ln->conn && !ln->ping_sent && now >= ln->next_ping_ms) {
+            ping_send(ln);
             continue;
         }
         pfd[0].fd = ln->wake[0];
@@ -1146,9 +1225,13 @@ static void lane_loop(lane_t *ln) {
             pfd[1].fd = PQsocket(ln->conn);
             pfd[1].events = POLLIN;
             nfds = 2;
-            wait_ms = ln->next_seal_ms - now;
-            if (ln->unsealed_cnt && ln->unsealed_at_ms - now < wait_ms)
-                wait_ms = ln->unsealed_at_ms - now;
+            if (!ln->ping_sent) { /* else nothing is sent before its answer */
+                wait_ms = ln->next_seal_ms - now;
+                if (ln->unsealed_cnt && ln->unsealed_at_ms - now < wait_ms)
+                    wait_ms = ln->unsealed_at_ms - now;
+                if (ln->next_ping_ms - now < wait_ms)
+                    wait_ms = ln->next_ping_ms - now;
+            }
         } else if (ln->follower) {
             wait_ms = ln->retry_at_ms - now;
         }
@@ -1158,8 +1241,12 @@ static void lane_loop(lane_t *ln) {
             break;
         if (pfd[0].revents)
             pipe_drain(ln->wake[0]);
-        if (nfds == 2 && pfd[1].revents)
-            follow(ln, NULL);
+        if (nfds == 2 && pfd[1].revents) {
+            if (ln->ping_sent)
+                ping_answer(ln);
+            else
+                follow(ln, NULL);
+        }
     }
 }
 
@@ -1332,7 +1419,8 @@ int hb_store_current(hb_store_t *st) {
     pthread_mutex_lock(&st->mu);
     c = fl->connected && st->loaded_gen == st->conn_gen &&
         (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
-        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS);
+        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS) &&
+        !(fl->ping_since && now - fl->ping_since >= STORE_PING_WAIT_MS);
     pthread_mutex_unlock(&st->mu);
     return c;
 }

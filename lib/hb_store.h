@@ -99,9 +99,10 @@ int hb_store_connected(hb_store_t *st);
  * been applied (hb_store_process, on_reload): changes made while it was
  * away are in it. 0 from a lost connection until then, while a
  * subscription that load skipped (a value not sealed yet) waits to be loaded
- * (as hb_store_settled), and while the follower has waited 10 s or more for
- * the database (a change it was notified of may be missing); the loop's
- * thread. */
+ * (as hb_store_settled), while the follower has waited 10 s or more for
+ * the database (a change it was notified of may be missing), and while the
+ * check of its idle connection has waited 3 s or more for its answer (the
+ * database may have gone silent, and changes with it); the loop's thread. */
 int hb_store_current(hb_store_t *st);
 /* 0 while a subscription change may be on its way (see above): the loop
  * should not take new events until it is applied, unless the follower has

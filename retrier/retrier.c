@@ -761,8 +761,8 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
     r->m_held = hb_metrics_gauge(
         "hookbridge_retries_held", NULL,
         "Due retries waiting in the retrier for the subscriptions to be loaded again (after a "
-        "database outage, or while their load waits 10 s or more for the database): counted "
-        "late only once they go on.");
+        "database outage, while their load waits 10 s or more for the database, or while it "
+        "may have gone silent): counted late only once they go on.");
     r->m_late = hb_metrics_histogram(
         "hookbridge_retry_lateness_seconds", NULL,
         "How late the retrier took up the retries of the delay tiers: from their due time "

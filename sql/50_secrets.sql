@@ -131,8 +131,12 @@ BEGIN
     END IF;
     UPDATE hookbridge.subscription_secrets sec SET expires_at = now()
      WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at > now();
+    -- counted from the commit (subscription_secrets_grace_at_commit): the
+    -- services see the new secret only then
+    PERFORM set_config('hookbridge.rotating', 'on', true);
     UPDATE hookbridge.subscription_secrets sec SET expires_at = now() + grace
      WHERE sec.subscription_id = rotate_secret.id AND sec.expires_at IS NULL;
+    PERFORM set_config('hookbridge.rotating', '', true);
     -- those that sign no more go (and their revealable copies with them): a
     -- secret rotated every day no longer leaves a row a day behind, forever
     DELETE FROM hookbridge.subscription_secrets sec
@@ -292,6 +296,42 @@ $$;
 -- A subscription locked by someone else is skipped, not waited for: moving
 -- its values can wait for a later pass, and a service reloading (or sealing)
 -- waited for an operator's open transaction, taking no event meanwhile.
+-- At the commit of a transaction that rotated a secret, the previous secret's
+-- grace starts again from that moment: the services see the new secret only
+-- at the commit, so a rotation committed later than its grace after the
+-- transaction began (an operator who commits once the receiver has the new
+-- secret) left the previous one expired at once, and the receiver, still on
+-- it, refused every delivery (HTTP 401, dead-lettered). Only rotate_secret's
+-- update is moved (the mark it sets), not an expiry written by hand; the
+-- update below, made from a trigger, is not moved again. It runs as whoever
+-- commits: as its owner, like rotate_secret (sql/90_privileges.sql).
+CREATE OR REPLACE FUNCTION hookbridge._grace_from_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    UPDATE hookbridge.subscription_secrets sec
+       SET expires_at = sec.expires_at + (clock_timestamp() - now())
+     WHERE sec.id = NEW.id AND sec.expires_at = NEW.expires_at;
+    RETURN NULL;
+END
+$$;
+
+-- A constraint trigger cannot be replaced: made once, when missing (as
+-- subscriptions_deactivated_at_commit, sql/40_subscriptions.sql).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger t
+                    WHERE t.tgrelid = 'hookbridge.subscription_secrets'::regclass
+                      AND t.tgname = 'subscription_secrets_grace_at_commit') THEN
+        CREATE CONSTRAINT TRIGGER subscription_secrets_grace_at_commit
+            AFTER UPDATE OF expires_at ON hookbridge.subscription_secrets
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.expires_at IS NOT NULL
+                               AND current_setting('hookbridge.rotating', true) = 'on')
+            EXECUTE FUNCTION hookbridge._grace_from_commit();
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION hookbridge.sealed_under_other_keys(old_key_ids text[], max_rows integer DEFAULT 100)
 RETURNS TABLE (kind text, subscription_id uuid, secret_id bigint, sealed text, key_id text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$

@@ -99,7 +99,7 @@ $$;
 DO $$
 DECLARE
     r record;
-    definer_helpers name[] := ARRAY['_stamp_deactivated_at'];
+    definer_helpers name[] := ARRAY['_stamp_deactivated_at', '_grace_from_commit'];
 BEGIN
     FOR r IN SELECT f.fn, f.name, p.prosecdef, p.proconfig
                FROM hookbridge._own_functions() f JOIN pg_proc p ON p.oid = f.fn LOOP

@@ -13,6 +13,7 @@ the dependency itself.
 import socket
 import struct
 import threading
+import time
 
 from .procs import free_port
 
@@ -103,3 +104,75 @@ class TcpProxy:
     def close(self):
         self.resume()
         self.cut()
+
+
+class SilencingProxy(TcpProxy):
+    """A TcpProxy whose connections open at `silence()` go silent as over a
+    network partition, or to a failed-over primary's old address: nothing
+    is forwarded either way, nothing is closed or reset by the far side,
+    while new connections are forwarded as usual (the database back, or at
+    its new address). What the client's kernel does is played here: data it
+    sends on a silent connection is never acknowledged, so the connection is
+    reset `user_timeout` seconds after the first such bytes (hb_pg_connect's
+    tcp_user_timeout, 15 s); a connection that sends nothing is left open
+    (its keepalives, 30 s idle then probes, are not played: on a real
+    network they end it after 40 s or more)."""
+
+    def __init__(self, upstream_port, user_timeout=15.0):
+        super().__init__(upstream_port)
+        self.user_timeout = user_timeout
+        self._silent = set()
+        self._reset_at = {}
+        self.resets = []  # (monotonic time, socket) of each reset played
+
+    def silence(self):
+        with self._lock:
+            for i in range(0, len(self._conns), 2):
+                self._silent.add(self._conns[i])
+                self._silent.add(self._conns[i + 1])
+
+    def _silenced(self, src, dst):
+        with self._lock:
+            return src in self._silent or dst in self._silent
+
+    def _reset_later(self, client):
+        with self._lock:
+            if client in self._reset_at:
+                return
+            self._reset_at[client] = time.monotonic() + self.user_timeout
+
+        def reset():
+            time.sleep(self.user_timeout)
+            self.resets.append((time.monotonic(), client))
+            try:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            client.close()
+
+        threading.Thread(target=reset, daemon=True).start()
+
+    def _pump(self, src, dst):
+        with self._lock:
+            from_client = src in self._conns[0::2]
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self._silenced(src, dst):
+                    if from_client:
+                        self._reset_later(src)
+                    continue  # never forwarded, never acknowledged
+                self._flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        if self._silenced(src, dst):
+            return  # the far side's end is not seen either
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -1,0 +1,13 @@
+-- 0011: no change of state; sql/ changed (migrations/README.md: a release
+-- that changes sql/ has a migration of its own, so an older release's
+-- `up` leaves the newer functions alone).
+--
+-- rotate_secret's grace is counted from the commit of its transaction, not
+-- from the transaction's start: a deferred constraint trigger on
+-- subscription_secrets (subscription_secrets_grace_at_commit, made by
+-- sql/50_secrets.sql) moves the previous secret's expires_at by the time
+-- the transaction stayed open. A rotation committed later than its grace
+-- after its transaction began left the previous secret expired at the
+-- commit, and receivers still on it refused every delivery.
+--
+-- sql/: sha256 7aafa1b46f12ec605fb6c7ad8cb9aeee4501d886b6f05ac9b2e0b0a0f5d103c6
