@@ -10,4 +10,4 @@
 -- after its transaction began left the previous secret expired at the
 -- commit, and receivers still on it refused every delivery.
 --
--- sql/: sha256 7aafa1b46f12ec605fb6c7ad8cb9aeee4501d886b6f05ac9b2e0b0a0f5d103c6
+-- sql/: sha256 b184cec4832480b0ac9888a27e149b90856387600c4aec6ff88e33fb9b8da5ce
