@@ -287,8 +287,10 @@ static int only_space(const char *s, size_t n) {
 /* One JSON event per line; empty lines are skipped but still counted.
  * Returns the number of the last line taken (every line up to it was sent,
  * refused or skipped); *ended: the input was read to its end; *read_errno:
- * why reading failed before it, 0 if it did not. */
-static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno) {
+ * why reading failed before it, 0 if it did not; *partial: the next line was
+ * read only in part when it failed (its start is lost on a pipe). */
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno,
+                           int *partial) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
@@ -296,6 +298,14 @@ static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_err
     while (!hb_stop_requested && (n = getline(&line, &cap, in)) >= 0) {
         json_error_t jerr;
         json_t *ev;
+        if (n > 0 && line[n - 1] != '\n' && ferror(in)) {
+            /* the read failed (a signal interrupted it) part-way through a
+             * line: what came of it is no line, and it is not taken (it was
+             * "line N: invalid JSON", a failure counted for a line that was
+             * fine) */
+            *partial = 1;
+            break;
+        }
         lineno++;
         if (only_space(line, (size_t)n))
             continue;
@@ -359,7 +369,7 @@ int main(int argc, char **argv) {
     opts_t o;
     char errstr[512], last_read[64] = "";
     long long taken = 0;
-    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0;
+    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0, partial = 0;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -424,7 +434,7 @@ int main(int argc, char **argv) {
     else if (o.okta.org_url)
         okta_ok = hb_oktalog_run(p, &cfg, &o.okta, last_read, sizeof(last_read)) == 0;
     else
-        taken = run_lines(p, in, &ended, &read_errno);
+        taken = run_lines(p, in, &ended, &read_errno, &partial);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
@@ -440,6 +450,9 @@ int main(int argc, char **argv) {
         char why[300] = "";
         if (read_errno)
             snprintf(why, sizeof(why), " (reading failed: %s)", strerror(read_errno));
+        if (partial)
+            snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                     " (line %lld was read only in part: not published)", taken + 1);
         if (in != stdin)
             fprintf(stderr,
                     PROG ": stopped after line %lld of %s%s: the lines after it were not read "
