@@ -289,8 +289,7 @@ static int only_space(const char *s, size_t n) {
  * refused or skipped); *ended: the input was read to its end; *read_errno:
  * why reading failed before it, 0 if it did not; *partial: the next line was
  * read only in part when it failed (its start is lost on a pipe). */
-static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno,
-                           int *partial) {
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno, int *partial) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
