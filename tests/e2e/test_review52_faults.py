@@ -10,7 +10,10 @@ import time
 import psycopg2
 
 from hbtest.procs import BIN, SLOW, wait_until
-from test_delivery import event, sql
+from hbtest.stack import produce
+from test_delivery import event, register_verified, sql
+from test_reactivate import changes_seen, deactivate_then_activate, delivery_of
+from test_retry import stack
 
 PROG = str(BIN / "hookbridge-producer")
 
@@ -66,3 +69,35 @@ def test_ctrl_c_while_a_writer_is_part_way_through_a_line_counts_no_bad_line():
     assert "invalid JSON" not in err, err
     assert "printed 1, failed 0" in err, err
     assert "stopped after line 1 of stdin (line 2 was read only in part" in err, err
+
+
+def test_replay_dropped_since_the_deactivation_takes_back_the_retries_still_waiting(
+        db_url, procs, workdir):
+    """docs/sql.md: "replay_dropped(id, since) sends what the deactivation
+    took"; an operator who deactivated to stop a flood, fixed the endpoint
+    and activated again asks for what was dropped since the deactivation,
+    the subscription's deactivated_at. Event A failed before it and waits
+    for its retry.
+
+    On main (70c24cc): replay_dropped returned 0: A's last attempt came
+    before that `since`, so it was not taken back, and when its retry came
+    due it was dropped, with last_attempt_at the drop's time: after
+    `since`, so only a second replay_dropped with the same `since` brought
+    it back (what review 49 meant to end)."""
+    broker, receiver, d, r = stack(procs, workdir, db_url, "5s", receiver_args={"fail_first": 1})
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d) and changes_seen(r), 10, "the services to see it active")
+    a = event("user.session.start")
+    produce(broker.bootstrap, [a])
+    wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry" and row[0],
+               20 * SLOW, "A's first attempt to fail and wait for its retry")
+    deactivate_then_activate(db_url, sub, d, r)
+
+    assert sql(db_url, "SELECT hookbridge.replay_dropped(%s, (SELECT deactivated_at FROM "
+               "hookbridge.subscriptions WHERE id = %s))", sub, sub) == [(1,)], \
+        "A, pending at the deactivation"
+    _, status, n, _ = wait_until(
+        lambda: (row := delivery_of(db_url, a)) and row[1] not in ("retry", "replay") and row,
+        20 * SLOW, "A's retry to come due")
+    assert (status, n) == ("delivered", 2)
+    assert [p["status"] for p in receiver.posts()] == [503, 204]
