@@ -297,11 +297,12 @@ static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_err
     while (!hb_stop_requested && (n = getline(&line, &cap, in)) >= 0) {
         json_error_t jerr;
         json_t *ev;
-        if (n > 0 && line[n - 1] != '\n' && ferror(in)) {
-            /* the read failed (a signal interrupted it) part-way through a
-             * line: what came of it is no line, and it is not taken (it was
-             * "line N: invalid JSON", a failure counted for a line that was
-             * fine) */
+        if (n > 0 && line[n - 1] != '\n' && (ferror(in) || hb_stop_requested)) {
+            /* the read failed (a signal interrupted it), or a stop came
+             * while it waited and the input ended (Ctrl-C ends the writer
+             * too), part-way through a line: what came of it is no line, and
+             * it is not taken (it was "line N: invalid JSON", a failure
+             * counted for a line that was fine) */
             *partial = 1;
             break;
         }
@@ -443,7 +444,7 @@ int main(int argc, char **argv) {
         hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
     } else if (o.generate && taken < o.generate) {
         fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
-    } else if (!o.generate && !ended) {
+    } else if (!o.generate && (!ended || partial)) {
         /* where the input was left (a stop, a read error): the lines after
          * it were never read */
         char why[300] = "";
@@ -452,16 +453,31 @@ int main(int argc, char **argv) {
         if (partial)
             snprintf(why + strlen(why), sizeof(why) - strlen(why),
                      " (line %lld was read only in part: not published)", taken + 1);
-        if (in != stdin)
+        if (in != stdin) {
+            /* the command that goes on as this run did: with its options
+             * (--print's rest was published by a bare "hookbridge-producer
+             * -", its registry framing dropped) */
+            char opts[96] = "";
+            if (o.print_only)
+                strcat(opts, " --print");
+            if (o.allow_unknown_types)
+                strcat(opts, " --allow-unknown-types");
+            if (o.registry_framing)
+                strcat(opts, " --framing registry");
+            if (o.registry_framing && o.schema_id >= 0)
+                snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts), " --schema-id %lld",
+                         o.schema_id);
             fprintf(stderr,
                     PROG ": stopped after line %lld of %s%s: the lines after it were not read "
-                         "(tail -n +%lld %s | " PROG " - publishes them)\n",
-                    taken, o.file, why, taken + 1, o.file);
-        else
+                         "(tail -n +%lld %s | " PROG "%s - %s them)\n",
+                    taken, o.file, why, taken + 1, o.file, opts,
+                    o.print_only ? "prints" : "publishes");
+        } else {
             fprintf(stderr,
                     PROG ": stopped after line %lld of stdin%s: the lines after it were "
                          "not read\n",
                     taken, why);
+        }
     }
     rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ||
                  (!o.generate && !o.okta.org_url && !ended)

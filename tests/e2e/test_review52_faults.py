@@ -3,6 +3,8 @@
 
 Each check says what it did on main's binaries and sql/ (70c24cc)."""
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -101,3 +103,31 @@ def test_replay_dropped_since_the_deactivation_takes_back_the_retries_still_wait
         20 * SLOW, "A's retry to come due")
     assert (status, n) == ("delivered", 2)
     assert [p["status"] for p in receiver.posts()] == [503, 204]
+
+
+def test_print_stopped_by_a_closed_pipe_says_a_command_that_prints_the_rest(tmp_path):
+    """`hookbridge-producer --print --allow-unknown-types FILE | head -1`
+    (a dry run, to look at the events): the stop says how to go on. Run as
+    it says, the rest is printed with the same options, and the two runs
+    together printed every line, each once or more (none lost).
+
+    On main (70c24cc) it said `tail -n +N FILE | hookbridge-producer -
+    publishes them`: without --print, the dry run's rest published to the
+    brokers; without --allow-unknown-types, its unknown types refused."""
+    evs = [event("user.session.start") for _ in range(3000)]
+    evs[2000]["eventType"] = "com.example.not.in.the.catalogue"
+    f = tmp_path / "events.jsonl"
+    f.write_text("".join(json.dumps(e) + "\n" for e in evs))
+    env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS="127.0.0.1:1")
+    first = subprocess.run(f"{PROG} --print --allow-unknown-types {f} | head -1", shell=True,
+                           capture_output=True, text=True, timeout=30 * SLOW, env=env)
+    advice = re.search(r"\((tail -n \+\d+ \S+ \| (\S+) (.*) -) prints them\)", first.stderr)
+    assert advice, first.stderr
+    assert advice.group(3) == "--print --allow-unknown-types", first.stderr
+    printed = int(re.search(r"printed (\d+), failed 0", first.stderr).group(1))
+    rest = subprocess.run(advice.group(1).replace(advice.group(2), PROG, 1), shell=True,
+                          capture_output=True, text=True, timeout=30 * SLOW, env=env)
+    assert rest.returncode == 0, rest.stderr
+    seen = [json.loads(line)["uuid"] for line in rest.stdout.splitlines()]
+    assert len(seen) >= len(evs) - printed
+    assert set(seen) | {e["uuid"] for e in evs[:printed]} == {e["uuid"] for e in evs}
