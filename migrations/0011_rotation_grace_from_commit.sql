@@ -8,6 +8,11 @@
 -- sql/50_secrets.sql) moves the previous secret's expires_at by the time
 -- the transaction stayed open. A rotation committed later than its grace
 -- after its transaction began left the previous secret expired at the
--- commit, and receivers still on it refused every delivery.
+-- commit, and receivers still on it refused every delivery. Under SET
+-- CONSTRAINTS ALL IMMEDIATE the trigger's own update does not fire it again.
 --
--- sql/: sha256 7aafa1b46f12ec605fb6c7ad8cb9aeee4501d886b6f05ac9b2e0b0a0f5d103c6
+-- replay_dropped takes back the retries pending at the last deactivation
+-- whatever their last attempt (a since after it, the subscription's
+-- deactivated_at, left them to be dropped when due).
+--
+-- sql/: sha256 ed7ca322ac0257cf4dc74075f0c3fea0f49f8753a3cbbad86d4309017a6f6404

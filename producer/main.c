@@ -287,8 +287,9 @@ static int only_space(const char *s, size_t n) {
 /* One JSON event per line; empty lines are skipped but still counted.
  * Returns the number of the last line taken (every line up to it was sent,
  * refused or skipped); *ended: the input was read to its end; *read_errno:
- * why reading failed before it, 0 if it did not. */
-static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno) {
+ * why reading failed before it, 0 if it did not; *partial: the next line was
+ * read only in part when it failed (its start is lost on a pipe). */
+static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_errno, int *partial) {
     char *line = NULL;
     size_t cap = 0;
     long long lineno = 0;
@@ -296,6 +297,15 @@ static long long run_lines(hb_producer_t *p, FILE *in, int *ended, int *read_err
     while (!hb_stop_requested && (n = getline(&line, &cap, in)) >= 0) {
         json_error_t jerr;
         json_t *ev;
+        if (n > 0 && line[n - 1] != '\n' && (ferror(in) || hb_stop_requested)) {
+            /* the read failed (a signal interrupted it), or a stop came
+             * while it waited and the input ended (Ctrl-C ends the writer
+             * too), part-way through a line: what came of it is no line, and
+             * it is not taken (it was "line N: invalid JSON", a failure
+             * counted for a line that was fine) */
+            *partial = 1;
+            break;
+        }
         lineno++;
         if (only_space(line, (size_t)n))
             continue;
@@ -359,7 +369,7 @@ int main(int argc, char **argv) {
     opts_t o;
     char errstr[512], last_read[64] = "";
     long long taken = 0;
-    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0;
+    int r, rc = 1, okta_ok = 1, ended = 0, read_errno = 0, partial = 0;
 
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
@@ -424,7 +434,7 @@ int main(int argc, char **argv) {
     else if (o.okta.org_url)
         okta_ok = hb_oktalog_run(p, &cfg, &o.okta, last_read, sizeof(last_read)) == 0;
     else
-        taken = run_lines(p, in, &ended, &read_errno);
+        taken = run_lines(p, in, &ended, &read_errno, &partial);
     hb_producer_finish(p, HB_PRODUCER_DRAIN_MS);
     fflush(stdout);
     fprintf(o.print_only ? stderr : stdout, "%s %lld, failed %lld\n",
@@ -434,22 +444,40 @@ int main(int argc, char **argv) {
         hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
     } else if (o.generate && taken < o.generate) {
         fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
-    } else if (!o.generate && !ended) {
+    } else if (!o.generate && (!ended || partial)) {
         /* where the input was left (a stop, a read error): the lines after
          * it were never read */
         char why[300] = "";
         if (read_errno)
             snprintf(why, sizeof(why), " (reading failed: %s)", strerror(read_errno));
-        if (in != stdin)
+        if (partial)
+            snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                     " (line %lld was read only in part: not published)", taken + 1);
+        if (in != stdin) {
+            /* the command that goes on as this run did: with its options
+             * (--print's rest was published by a bare "hookbridge-producer
+             * -", its registry framing dropped) */
+            char opts[96] = "";
+            if (o.print_only)
+                strcat(opts, " --print");
+            if (o.allow_unknown_types)
+                strcat(opts, " --allow-unknown-types");
+            if (o.registry_framing)
+                strcat(opts, " --framing registry");
+            if (o.registry_framing && o.schema_id >= 0)
+                snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts), " --schema-id %lld",
+                         o.schema_id);
             fprintf(stderr,
                     PROG ": stopped after line %lld of %s%s: the lines after it were not read "
-                         "(tail -n +%lld %s | " PROG " - publishes them)\n",
-                    taken, o.file, why, taken + 1, o.file);
-        else
+                         "(tail -n +%lld %s | " PROG "%s - %s them)\n",
+                    taken, o.file, why, taken + 1, o.file, opts,
+                    o.print_only ? "prints" : "publishes");
+        } else {
             fprintf(stderr,
                     PROG ": stopped after line %lld of stdin%s: the lines after it were "
                          "not read\n",
                     taken, why);
+        }
     }
     rc = hb_producer_failed(p) > 0 || hb_stop_requested || !okta_ok ||
                  (!o.generate && !o.okta.org_url && !ended)

@@ -304,10 +304,18 @@ $$;
 -- it, refused every delivery (HTTP 401, dead-lettered). Only rotate_secret's
 -- update is moved (the mark it sets), not an expiry written by hand; the
 -- update below, made from a trigger, is not moved again. It runs as whoever
--- commits: as its owner, like rotate_secret (sql/90_privileges.sql).
+-- commits: as its owner, like rotate_secret (sql/90_privileges.sql). Under
+-- SET CONSTRAINTS ALL IMMEDIATE it fires at the end of rotate_secret's
+-- update, the grace then counted from there; its own update, made while the
+-- mark is still set, fires it again, and that one does nothing (it moved
+-- the expiry again and again until "stack depth limit exceeded", the
+-- rotation refused).
 CREATE OR REPLACE FUNCTION hookbridge._grace_from_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN
+    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;
+    END IF;
     UPDATE hookbridge.subscription_secrets sec
        SET expires_at = sec.expires_at + (clock_timestamp() - now())
      WHERE sec.id = NEW.id AND sec.expires_at = NEW.expires_at;

@@ -647,13 +647,17 @@ BEGIN
     -- a second replay_dropped() hours later. A delivery that began (its first
     -- attempt, a replay, or such a request) after the last deactivation is
     -- not pending at it, and is left alone. The row stays where it is (its
-    -- day is that of the retries' first_attempt_ms).
+    -- day is that of the retries' first_attempt_ms). Whatever its last
+    -- attempt: it would be dropped when due, after this request, so after
+    -- any `since` up to now (judged by its last attempt, a since taken from
+    -- the subscription's deactivated_at left every one of them out, to be
+    -- dropped and taken only by a second call with the same since).
     IF p_status = 'dropped' AND v_sub.deactivated_at IS NOT NULL THEN
         UPDATE hookbridge.deliveries d SET resume_requested_at = v_at
           FROM (SELECT c.delivery_id, c.log_day
                   FROM hookbridge.deliveries c
                  WHERE c.subscription_id = p_sub AND c.status = 'retry'
-                   AND coalesce(c.last_attempt_at, c.first_attempt_at) >= p_since
+                   AND v_at >= p_since
                    AND greatest(c.first_attempt_at, c.replay_requested_at,
                                 c.resume_requested_at) < v_sub.deactivated_at
                    AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
