@@ -86,7 +86,7 @@ static const cf_row_t cf_table[] = {
      "(Retry-After, an endpoint's pace) waits in the longest tier not longer than its wait and "
      "is produced again (hops) each time it has waited out that tier's delay: the default "
      "20s,1m makes a wait of up to 5 minutes between the default schedule's 5s and 5m hop at "
-     "most 5 times instead of 49."},
+     "most 7 times (a Retry-After: 260; mostly 2 to 4) instead of up to 49."},
     {"topic_partitions", CF_INT, OFF(topic_partitions), "12", 1, 10000, HB_PROG_MIGRATE, 0,
      "Partitions of each topic `hookbridge-migrate topics` creates (events, delay tiers, "
      "dead letters). The events topic's partitions bound how many dispatchers share the "
