@@ -438,20 +438,6 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     go_on(w, r, dl);
 }
 
-/* How much later than its tier's delay after it was written a message read
- * from topic can be due without hopping: the jitter, 0 on a hop tier (no
- * step's delay: its messages are due exactly, a Retry-After, a pace or a
- * hop, none with jitter; one due up to the jitter later than the tier
- * held the retries written after it that long, late and not counted as
- * such, a Retry-After: 12 behind a 14 on a 12s hop tier 1.6 s). */
-static long long tier_jitter_ms(const hb_retrier_t *r, const char *topic, long long tier) {
-    const hb_schedule_t *sch = hb_worker_schedule(r->w);
-    for (int j = 0; j < sch->tiers; j++)
-        if (sch->hop_only[j] && !strcmp(sch->tier_topics[j], topic))
-            return 0;
-    return tier * r->cfg->retry_jitter_percent / 100;
-}
-
 /* When a message read from its tier, due at not_before, must leave the head
  * of its partition: every message behind it was produced later, so none is
  * due before ts + the tier's delay (ts: when this one was produced). Holding
@@ -478,7 +464,7 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
      * (with this host behind the broker it would hop again and again) */
     if (tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > now + CLOCK_AHEAD_MS)
         return now;
-    span = tier + tier_jitter_ms(r, topic, tier) + HOP_SLACK_MS;
+    span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
 }
 
@@ -490,12 +476,12 @@ static int64_t on_time_until(const hb_retrier_t *r, const rd_kafka_message_t *rk
                              int64_t not_before) {
     rd_kafka_timestamp_type_t tstype;
     int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    long long tier = hb_schedule_tier_ms(hb_worker_schedule(r->w), topic, NULL);
+    long long tier =
+        hb_schedule_tier_ms(hb_worker_schedule(r->w), rd_kafka_topic_name(rkm->rkt), NULL);
     int64_t until;
     if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
         return not_before;
-    until = ts + tier + tier_jitter_ms(r, topic, tier);
+    until = ts + tier + tier * r->cfg->retry_jitter_percent / 100;
     return until > not_before ? until : not_before;
 }
 
