@@ -34,9 +34,14 @@ typedef struct {
     const char *def;
     long long min, max;
     unsigned programs;
-    int secret;
+    int flags; /* CF_SECRET, CF_EMPTY_IS_VALUE */
     const char *help;
 } cf_row_t;
+
+#define CF_SECRET 1 /* never shown: "(hidden)" in errors, cleansed when freed */
+/* An empty environment variable sets the empty value (it is not taken for
+ * unset, as for other rows): for a list whose default is not empty. */
+#define CF_EMPTY_IS_VALUE 2
 
 #define OFF(f) offsetof(hb_config_t, f)
 #define LL_MAX 9223372036854775807LL
@@ -74,13 +79,14 @@ static const cf_row_t cf_table[] = {
      "Delays before each retry attempt, comma-separated durations; one topic per distinct delay "
      "(retry_topic_prefix + delay). The default spreads 8 attempts over about 28 hours."},
     {"retry_hop_tiers", CF_STR, OFF(retry_hop_tiers), HB_RETRY_HOP_TIERS_DEFAULT, 0, 0,
-     HB_PROG_SERVICES | HB_PROG_MIGRATE, 0,
+     HB_PROG_SERVICES | HB_PROG_MIGRATE, CF_EMPTY_IS_VALUE,
      "Extra delay tiers that are no step of the schedule, comma-separated durations (empty: "
-     "none); each is a topic like a step's. A retry due later than its step allows "
+     "none, also as an empty environment variable, which for other settings means unset); "
+     "each is a topic like a step's. A retry due later than its step allows "
      "(Retry-After, an endpoint's pace) waits in the longest tier not longer than its wait and "
      "is produced again (hops) each time it has waited out that tier's delay: the default "
      "20s,1m makes a wait of up to 5 minutes between the default schedule's 5s and 5m hop at "
-     "most 5 times instead of 49."},
+     "most 7 times (a Retry-After: 260; mostly 2 to 4) instead of up to 49."},
     {"topic_partitions", CF_INT, OFF(topic_partitions), "12", 1, 10000, HB_PROG_MIGRATE, 0,
      "Partitions of each topic `hookbridge-migrate topics` creates (events, delay tiers, "
      "dead letters). The events topic's partitions bound how many dispatchers share the "
@@ -324,12 +330,12 @@ static int cf_set(hb_config_t *cfg, const cf_row_t *r, const char *val, const ch
     void *dst = (char *)cfg + r->off;
     long long ll = 0;
     char *end;
-    const char *shown = r->secret ? "(hidden)" : val;
+    const char *shown = r->flags & CF_SECRET ? "(hidden)" : val;
 
     switch (r->type) {
     case CF_STR: {
         size_t len = strlen(val);
-        if (r->secret && *(char **)dst)
+        if ((r->flags & CF_SECRET) && *(char **)dst)
             OPENSSL_cleanse(*(char **)dst, strlen(*(char **)dst));
         free(*(char **)dst);
         /* The database URL usually comes from a Kubernetes Secret, often
@@ -608,7 +614,7 @@ static int config_load(hb_config_t *cfg, unsigned program, const char *program_n
             continue;
         env_name(r, name, sizeof(name));
         v = getenv(name);
-        if (v && *v && !cf_flag_given(r, argc, argv) &&
+        if (v && (*v || (r->flags & CF_EMPTY_IS_VALUE)) && !cf_flag_given(r, argc, argv) &&
             cf_set(cfg, r, v, name, errstr, errstr_size) < 0)
             return -1;
     }
@@ -837,7 +843,7 @@ void hb_config_free(hb_config_t *cfg) {
     for (size_t i = 0; i < HB_ARRAY_SIZE(cf_table); i++)
         if (cf_table[i].type == CF_STR) {
             char *v = *(char **)((char *)cfg + cf_table[i].off);
-            if (v && cf_table[i].secret)
+            if (v && (cf_table[i].flags & CF_SECRET))
                 OPENSSL_cleanse(v, strlen(v));
             free(v);
         }

@@ -34,7 +34,9 @@
 /* Svix-like: 8 attempts over about 28 hours. */
 #define HB_RETRY_SCHEDULE_DEFAULT "5s,5m,30m,2h,5h,10h,10h"
 /* Tiers for waiting only, between the default's 5 s and 5 min: a wait of up
- * to 5 minutes hops at most 5 times, not 49 times on the 5s tier. */
+ * to 5 minutes hops at most 7 times (Retry-After: 260: 1m, 1m, 20s, then
+ * 19.9 s left, 3 times on the 5s tier; mostly 2 to 4), not up to 49 times
+ * on the 5s tier. */
 #define HB_RETRY_HOP_TIERS_DEFAULT "20s,1m"
 
 typedef struct hb_schedule_s {

@@ -757,7 +757,8 @@ hb_retrier_t *hb_retrier_new(const hb_config_t *cfg, char *errstr, size_t errstr
         "attempt made (a duplicate, e.g. read again after a restart).");
     r->m_hops = hb_metrics_counter("hookbridge_retry_hops_total", NULL,
                                    "Retries due later than their tier's delay, produced again "
-                                   "onto the same tier so that none waits behind them.");
+                                   "onto the longest tier not longer than what is left of their "
+                                   "wait, so that none waits behind them.");
     r->m_held = hb_metrics_gauge(
         "hookbridge_retries_held", NULL,
         "Due retries waiting in the retrier for the subscriptions to be loaded again (after a "
