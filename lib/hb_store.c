@@ -93,6 +93,11 @@
  * before the silence. A database that answers an empty query that slowly
  * holds retries, which go on at its answer. */
 #define STORE_PING_WAIT_MS 3000
+/* Both come well before the connection's own tcp_user_timeout: a shorter
+ * one in the URL (the delivery log, back after it, would otherwise find the
+ * store still current) shortens them to a third and a fifth of it. */
+#define STORE_PING_MIN_MS 500
+#define STORE_PING_WAIT_MIN_MS 200
 
 /* ------------------------------------------------------------------------ */
 /* Messages between the loop and the lanes                                  */
@@ -234,6 +239,7 @@ typedef struct lane_s {
     int ping_sent;        /* the follower's empty query (STORE_PING_MS) awaits its answer */
     int64_t ping_since;   /* under st->mu: monotonic ms it was sent, 0 when answered */
     int64_t next_ping_ms; /* monotonic; when the follower sends it */
+    int64_t ping_idle_ms; /* quiet before the check (STORE_PING_MS, or less: ping_times_locked) */
     /* The follower's: subscriptions whose change it could not load because a
      * value was not sealed yet (another session held the row while it
      * sealed), loaded again at unsealed_at_ms, then after unsealed_wait_ms. */
@@ -255,6 +261,7 @@ typedef struct lane_s {
 
 struct hb_store_s {
     char *conninfo;              /* may hold a password: cleansed on free, never printed */
+    int64_t ping_wait_ms;        /* under mu: STORE_PING_WAIT_MS, or less (ping_times_locked) */
     const hb_keyring_t *keyring; /* borrowed; NULL: nothing sealed can be opened */
     lane_t lanes[STORE_LANES];   /* LANE_FOLLOWER, LANE_REQUESTS, LANE_VERIFY... */
     int verify_lanes;            /* of them started: STORE_VERIFY_LANES, or 0 (no verifier) */
@@ -333,6 +340,26 @@ static void post_error(lane_t *ln, const char *err) {
 /* ------------------------------------------------------------------------ */
 /* Connection state (the lane's thread, or hb_store_new before it starts)   */
 
+/* The follower's check against its connection's tcp_user_timeout (set by
+ * hb_pg_connect, or the URL's): the check goes after a third of it without
+ * traffic, and its answer is awaited a fifth of it, at most STORE_PING_MS
+ * and STORE_PING_WAIT_MS, so the store is not current before the delivery
+ * log, reset after the same timeout, can come back. Under st->mu. */
+static void ping_times_locked(lane_t *ln, PGconn *conn) {
+    PQconninfoOption *opts = conn ? PQconninfo(conn) : NULL;
+    long long t = 0;
+    ln->ping_idle_ms = STORE_PING_MS;
+    ln->st->ping_wait_ms = STORE_PING_WAIT_MS;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (!strcmp(o->keyword, "tcp_user_timeout") && o->val)
+            t = strtoll(o->val, NULL, 10);
+    PQconninfoFree(opts);
+    if (t > 0 && t / 3 < ln->ping_idle_ms)
+        ln->ping_idle_ms = t / 3 > STORE_PING_MIN_MS ? t / 3 : STORE_PING_MIN_MS;
+    if (t > 0 && t / 5 < ln->st->ping_wait_ms)
+        ln->st->ping_wait_ms = t / 5 > STORE_PING_WAIT_MIN_MS ? t / 5 : STORE_PING_WAIT_MIN_MS;
+}
+
 static void lane_set_conn(lane_t *ln, PGconn *conn) {
     pthread_mutex_lock(&ln->st->mu);
     if (ln->follower && conn && conn != ln->conn)
@@ -343,9 +370,11 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     ln->sock = conn ? PQsocket(conn) : -1;
     ln->connected = conn != NULL;
     ln->ping_since = 0;
+    if (ln->follower && conn)
+        ping_times_locked(ln, conn);
     pthread_mutex_unlock(&ln->st->mu);
     ln->ping_sent = 0;
-    ln->next_ping_ms = hb_mono_ms() + STORE_PING_MS;
+    ln->next_ping_ms = hb_mono_ms() + ln->ping_idle_ms;
 }
 
 /* Forgets a broken connection; the next attempt is due after the backoff. */
@@ -897,7 +926,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     }
 done:
     free(notes);
-    ln->next_ping_ms = hb_mono_ms() + STORE_PING_MS;
+    ln->next_ping_ms = hb_mono_ms() + ln->ping_idle_ms;
     pthread_mutex_lock(&ln->st->mu);
     published = events.head != NULL;
     publish_locked(ln, &events);
@@ -1263,12 +1292,14 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int 
     st->keyring = keyring;
     st->verify_lanes = verifies ? STORE_VERIFY_LANES : 0;
     st->notify[0] = st->notify[1] = -1;
+    st->ping_wait_ms = STORE_PING_WAIT_MS;
     pthread_mutex_init(&st->mu, NULL);
     hb_cond_init_mono(&st->exited_cv);
     for (int i = 0; i < STORE_LANES; i++) {
         lane_t *ln = &st->lanes[i];
         ln->st = st;
         ln->follower = i == LANE_FOLLOWER;
+        ln->ping_idle_ms = STORE_PING_MS;
         ln->app_name = "hookbridge";
         ln->sock = -1;
         ln->wake[0] = ln->wake[1] = -1;
@@ -1420,7 +1451,7 @@ int hb_store_current(hb_store_t *st) {
     c = fl->connected && st->loaded_gen == st->conn_gen &&
         (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
         !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS) &&
-        !(fl->ping_since && now - fl->ping_since >= STORE_PING_WAIT_MS);
+        !(fl->ping_since && now - fl->ping_since >= st->ping_wait_ms);
     pthread_mutex_unlock(&st->mu);
     return c;
 }

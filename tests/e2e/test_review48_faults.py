@@ -17,6 +17,9 @@ from test_retry import stack
 # What the client's kernel does with data nobody acknowledges: libpq's
 # tcp_user_timeout as hb_pg_connect sets it (SilencingProxy plays it).
 USER_TIMEOUT = 15.0
+# ... and one a user set shorter in the database URL (the store's check
+# follows it: a third of it of quiet, a fifth of it for the answer)
+SHORT_USER_TIMEOUT = 5.0
 
 
 def test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_25_s(
@@ -82,21 +85,27 @@ def test_a_retry_due_when_the_database_went_silent_waits_for_the_subscriptions(
     subscriptions to be loaded again once the database is back. Here the
     retrier's connections all go silent (its database's old address) just
     before A's retry comes due, and A's subscription is deactivated on the
-    database. The delivery log's connection is reset 15 s after the retry's
+    database. The retrier's URL sets tcp_user_timeout=5000, a third of the
+    default: the delivery log's connection is reset 5 s after the retry's
     look-up and comes back at once (the new address); the store's only
-    after its own check (5 s after its last traffic, then 15 s). The retry
-    waits for the store, whose check went unanswered, and is dropped.
+    after its own check (a third of it after its last traffic, then 5 s).
+    The retry waits for the store, whose check went unanswered for a fifth
+    of it, and is dropped.
 
     On main (637fabe), and with the store's check alone: the delivery log
-    answered first (about 16 s after the silence, the store's connection
-    then still taken for current), and the retry went to the deactivated
-    subscription (the receiver's posts were [503, 204])."""
-    proxy = SilencingProxy(pg_cluster.port, user_timeout=USER_TIMEOUT)
+    answered first (about 16 s after the silence with the default 15 s, the
+    store's connection then still taken for current), and the retry went to
+    the deactivated subscription (the receiver's posts were [503, 204]).
+    With review 48's fixed times (a check after 5 s of quiet, not current 3 s
+    later: 70c24cc) and this URL's 5 s, the same: the delivery log was back
+    before the store said it was not current."""
+    proxy = SilencingProxy(pg_cluster.port, user_timeout=SHORT_USER_TIMEOUT)
     proxy.start()
     try:
         broker, receiver, d, _ = stack(
             procs, workdir, db_url, "6s", receiver_args={"fail_first": 1}, retrier=False)
-        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+                    + f"?tcp_user_timeout={int(SHORT_USER_TIMEOUT * 1000)}",
                     broker.bootstrap,
                     extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "6s", "HOOKBRIDGE_RETRY_JITTER": "0"})
         r.wait_ready()
