@@ -18,6 +18,16 @@ import time
 from .procs import free_port
 
 
+
+def reset(sock):
+    """Closes sock with an RST (SO_LINGER 0), as a peer that drops it does."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
 class TcpProxy:
     def __init__(self, upstream_port, upstream_host="127.0.0.1"):
         self.upstream = (upstream_host, upstream_port)
@@ -94,12 +104,7 @@ class TcpProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:
-            try:
-                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
+            reset(c)
 
     def close(self):
         self.resume()
@@ -141,17 +146,12 @@ class SilencingProxy(TcpProxy):
                 return
             self._reset_at[client] = time.monotonic() + self.user_timeout
 
-        def reset():
+        def reset_later():
             time.sleep(self.user_timeout)
             self.resets.append((time.monotonic(), client))
-            try:
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            client.close()
+            reset(client)
 
-        threading.Thread(target=reset, daemon=True).start()
+        threading.Thread(target=reset_later, daemon=True).start()
 
     def _pump(self, src, dst):
         with self._lock:
