@@ -47,6 +47,13 @@ def finish(proc, timeout):
     return proc.returncode, out, err
 
 
+def kill_if_running(proc):
+    """A test's clean-up: the program killed if a failed check left it running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_again(
         freezable):  # noqa: F811
     """SIGINT while the brokers do not answer and the local queue is full
@@ -75,9 +82,7 @@ def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_aga
         rc, out, err = finish(proc, 15 * SLOW)
         took = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         freezable.proc.signal(signal.SIGCONT)
     assert rc is not None, f"still running {took:.0f} s after SIGINT: {out}{err}"
     assert took < 10 * SLOW, f"{took:.1f} s from SIGINT to exit"
@@ -164,9 +169,7 @@ def test_sigterm_with_okta_events_still_queued_resumes_from_the_first_unsent(
         proc.send_signal(signal.SIGTERM)
         rc, out, err = finish(proc, 20 * SLOW)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         freezable.proc.signal(signal.SIGCONT)
         okta.stop()
     said = out + err
@@ -345,9 +348,7 @@ def test_ctrl_c_during_print_to_a_slow_reader_loses_no_printed_event():
             proc.send_signal(signal.SIGINT)
             rc, out, err = finish(proc, 15 * SLOW)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
         assert rc == 1, err
         made = len(out.split("\n")) - 1
         assert out.endswith("\n"), out[-200:]
