@@ -18,7 +18,7 @@ from test_broker_frozen import freezable  # noqa: F401 (a fixture)
 from test_delivery import event
 from test_okta_logs import TOKEN, WINDOW
 from test_review18_faults import read_event
-from test_review40_faults import Okta
+from test_review40_faults import Okta, finish  # finish: (exit status or None if killed, out, err)
 
 PROG = str(BIN / "hookbridge-producer")
 
@@ -34,17 +34,6 @@ def freeze(broker):
     broker.proc.signal(signal.SIGSTOP)
     wait_until(lambda: open(f"/proc/{broker.proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
                == "T", 5, "the devbroker to stop")
-
-
-def finish(proc, timeout):
-    """(exit status or None if it had to be killed, stdout, stderr)."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        return None, out, err
-    return proc.returncode, out, err
 
 
 def kill_if_running(proc):
