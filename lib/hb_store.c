@@ -1443,17 +1443,29 @@ int hb_store_connected(hb_store_t *st) {
     return c;
 }
 
-int hb_store_current(hb_store_t *st) {
+const char *hb_store_stale(hb_store_t *st) {
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     int64_t now = hb_mono_ms();
-    int c;
+    const char *why = NULL;
     pthread_mutex_lock(&st->mu);
-    c = fl->connected && st->loaded_gen == st->conn_gen &&
-        (!st->unloaded_until_ms || now >= st->unloaded_until_ms) &&
-        !(fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS) &&
-        !(fl->ping_since && now - fl->ping_since >= st->ping_wait_ms);
+    if (!fl->connected)
+        why = "the connection to the database is lost";
+    else if (st->loaded_gen != st->conn_gen)
+        why = "the subscriptions are being loaded again on a new connection";
+    else if (st->unloaded_until_ms && now < st->unloaded_until_ms)
+        why = "a subscription with a value not sealed yet waits to be loaded";
+    else if (fl->busy && now - fl->busy_since >= STORE_BUSY_WAIT_MS)
+        why = "a subscription change has waited 10 s or more for the database (a lock on "
+              "hookbridge.subscriptions, or a slow database)";
+    else if (fl->ping_since && now - fl->ping_since >= st->ping_wait_ms)
+        why = "the check of the idle connection to the database is not answered (the "
+              "database may have gone silent)";
     pthread_mutex_unlock(&st->mu);
-    return c;
+    return why;
+}
+
+int hb_store_current(hb_store_t *st) {
+    return hb_store_stale(st) == NULL;
 }
 
 int hb_store_pending(hb_store_t *st) {

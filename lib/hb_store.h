@@ -104,6 +104,8 @@ int hb_store_connected(hb_store_t *st);
  * check of its idle connection has waited 3 s or more for its answer (the
  * database may have gone silent, and changes with it); the loop's thread. */
 int hb_store_current(hb_store_t *st);
+/* Why hb_store_current is 0, in words for a log line; NULL when it is 1. */
+const char *hb_store_stale(hb_store_t *st);
 /* 0 while a subscription change may be on its way (see above): the loop
  * should not take new events until it is applied, unless the follower has
  * waited 10 s for the database. The loop's thread. */

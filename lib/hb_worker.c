@@ -934,8 +934,15 @@ hb_index_t *hb_worker_index(hb_worker_t *w) {
 hb_store_t *hb_worker_store(hb_worker_t *w) {
     return w->store;
 }
+const char *hb_worker_index_stale(hb_worker_t *w) {
+    if (!w->store)
+        return "the connection to the database is lost";
+    if (!w->index_loaded)
+        return "the subscriptions are not loaded yet";
+    return hb_store_stale(w->store);
+}
 int hb_worker_index_current(hb_worker_t *w) {
-    return w->store && w->index_loaded && hb_store_current(w->store);
+    return hb_worker_index_stale(w) == NULL;
 }
 hb_http_t *hb_worker_http(hb_worker_t *w) {
     return w->http;

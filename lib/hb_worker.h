@@ -139,6 +139,8 @@ hb_store_t *hb_worker_store(hb_worker_t *w); /* NULL while the database is away 
  * current connection (hb_store_current): 0 from a lost connection until its
  * reload is applied, while the index may miss changes made meanwhile. */
 int hb_worker_index_current(hb_worker_t *w);
+/* Why it is 0 (hb_store_stale), for a log line; NULL when it is 1. */
+const char *hb_worker_index_stale(hb_worker_t *w);
 hb_http_t *hb_worker_http(hb_worker_t *w);
 
 /* Shutdown passed its deadline: completions must record nothing. */

@@ -366,12 +366,14 @@ static void hold(hb_retrier_t *r, hb_delivery_t *dl, int ready) {
     r->held[r->held_n].dl = dl;
     r->held[r->held_n++].ready = ready;
     if (!r->held_said) {
+        const char *why = hb_worker_index_stale(r->w);
         r->held_said = 1;
-        hb_info("database: due retries wait until the subscriptions are loaded again (changes "
-                "made while the database was away, or values not sealed yet, may be missing)");
+        hb_info("database: due retries wait until the subscriptions are current again (%s: "
+                "changes made meanwhile may be missing)",
+                why ? why : "they were not when the retry came due");
     }
     hb_log(HB_LOG_DEBUG, HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id),
-           "attempt %d waits for the subscriptions to be loaded again", dl->attempt);
+           "attempt %d waits for the subscriptions to be current again", dl->attempt);
 }
 
 /* The held retries go on once the subscriptions are current again. */
@@ -383,7 +385,7 @@ static void held_pass(hb_retrier_t *r) {
     r->held = NULL;
     r->held_n = r->held_cap = 0;
     r->held_said = 0;
-    hb_info("subscriptions loaded again: %zu due retr%s that waited for them go%s on", n,
+    hb_info("subscriptions current again: %zu due retr%s that waited for them go%s on", n,
             n == 1 ? "y" : "ies", n == 1 ? "es" : "");
     for (size_t i = 0; i < n; i++) {
         if (held[i].ready)

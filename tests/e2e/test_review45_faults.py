@@ -150,8 +150,9 @@ def test_a_retry_due_before_the_retrier_has_its_subscriptions_again_waits_for_th
         assert (status, n, err) == ("dropped", 1, "subscription inactive")
         assert [p["status"] for p in receiver.posts()] == [503]
         out = r.proc.output()
-        assert "due retries wait until the subscriptions are loaded again" in out
-        assert "subscriptions loaded again: 1 due retry that waited for them goes on" in out
+        assert ("due retries wait until the subscriptions are current again (the connection "
+                "to the database is lost" in out), out[-3000:]
+        assert "subscriptions current again: 1 due retry that waited for them goes on" in out
     finally:
         proxy.close()
 

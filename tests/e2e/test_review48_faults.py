@@ -135,6 +135,15 @@ def test_a_retry_due_when_the_database_went_silent_waits_for_the_subscriptions(
         assert [p["status"] for p in receiver.posts()] == [503], (
             "A's retry went to the subscription deactivated during the silence")
         assert (status, err) == ("dropped", "subscription inactive")
+        # The operator is told why the retry waits. Before, the line said
+        # "until the subscriptions are loaded again" and, at the answer,
+        # "subscriptions loaded again" though no load was made.
+        out = r.proc.output()
+        held = [line for line in out.splitlines() if "due retries wait until" in line]
+        assert held and any(why in held[0] for why in (
+            "the check of the idle connection to the database is not answered",
+            "the connection to the database is lost")), held or out[-3000:]
+        assert "subscriptions current again: 1 due retry that waited for them goes on" in out
     finally:
         proxy.close()
 
