@@ -17,8 +17,10 @@
  * publishes exactly the rest. Everything else is in producer.c and
  * generate.c.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,6 +279,31 @@ static int parse_args(const hb_config_t *cfg, opts_t *o) {
     return 0;
 }
 
+/* s as one word for a POSIX shell, into out (n bytes; cut short if s is
+ * too long, which the caller's buffer size rules out): as it is when it
+ * has only characters no shell treats specially, else in single quotes
+ * (a quote in it as '\''). */
+static const char *shell_word(const char *s, char *out, size_t n) {
+    size_t k = 0;
+    int plain = *s != '\0';
+    for (const char *c = s; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("_./@%+=:,-", *c))
+            plain = 0;
+    if (plain)
+        return snprintf(out, n, "%s", s), out;
+    out[k++] = '\'';
+    for (const char *c = s; *c && k + 5 < n; c++) {
+        if (*c == '\'') {
+            memcpy(out + k, "'\\''", 4);
+            k += 4;
+        } else
+            out[k++] = *c;
+    }
+    out[k++] = '\'';
+    out[k] = '\0';
+    return out;
+}
+
 static int only_space(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
@@ -467,10 +494,11 @@ int main(int argc, char **argv) {
             if (o.registry_framing && o.schema_id >= 0)
                 snprintf(opts + strlen(opts), sizeof(opts) - strlen(opts), " --schema-id %lld",
                          o.schema_id);
+            char word[4 * PATH_MAX + 8];
             fprintf(stderr,
                     PROG ": stopped after line %lld of %s%s: the lines after it were not read "
                          "(tail -n +%lld %s | " PROG "%s - %s them)\n",
-                    taken, o.file, why, taken + 1, o.file, opts,
+                    taken, o.file, why, taken + 1, shell_word(o.file, word, sizeof(word)), opts,
                     o.print_only ? "prints" : "publishes");
         } else {
             fprintf(stderr,
