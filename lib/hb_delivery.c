@@ -48,6 +48,10 @@ struct hb_deliveries_s {
     hb_hash_t turns;       /* "h <host>" or "s <subscription>" -> turn_t*: paced parkings */
     size_t turns_sweep;    /* ... whose past ones are forgotten at this many */
     hb_ratelimit_t *rl;    /* deliveries held by their subscription's rate limit */
+    /* ordered deliveries routed here -> due_t*: when each is due next, so
+     * those waiting behind one are asked about again then (order_wait_until) */
+    hb_hash_t dues;
+    size_t dues_sweep; /* ... whose past ones are forgotten at this many */
     int (*rate_ask)(const char *id, int wanted, void *opaque);
     void *rate_ask_opaque;
     hb_sub_t *(*current)(const char *id, void *opaque); /* a subscription as it is now */
@@ -814,6 +818,66 @@ static int64_t paced(hb_deliveries_t *D, const pace_t *p, int64_t now, int64_t n
     return (int64_t)due;
 }
 
+/* When an ordered delivery routed here is due next (wall clock). A delivery
+ * waiting behind it is asked about again then rather than after the first
+ * tier's delay: behind a head whose endpoint is down for hours, each
+ * waiting event was written again (and its predecessor looked up in the
+ * delivery log) every 5 s, 720 times an hour. Only what this process routed
+ * is known (the retry messages are keyed by subscription, so a key's
+ * deliveries are read by one retrier but a head and its waiters may be on
+ * tiers whose partitions another has); an unknown predecessor's waiter waits
+ * the first tier's delay, as before. */
+typedef struct due_s {
+    int64_t ms;
+    int waiter; /* itself waiting behind another, not attempted when due */
+} due_t;
+
+#define DUES_SWEEP 4096 /* dues kept before the past ones are forgotten */
+#define DUES_MAX 200000 /* at most (about 16 MB); beyond, waiters wait the first delay */
+/* A waiter is asked about again at least this often, so that a head given
+ * up with hookbridge.cancel() (which no process here hears of) lets its key
+ * go on within minutes, not when its next attempt would have been due. */
+#define ORDER_WAIT_MAX_MS 300000
+
+static int due_past(const hb_deliveries_t *D, const void *val, int64_t now) {
+    (void)D;
+    return ((const due_t *)val)->ms <= now;
+}
+
+static void note_due(hb_deliveries_t *D, const hb_delivery_t *dl, int64_t due_ms, int64_t now) {
+    hb_hash_slot_t *s;
+    due_t *d;
+    if (dl->sub->ordering == HB_ORDER_NONE || !*dl->id)
+        return;
+    if ((s = hb_hash_find(&D->dues, dl->id)) != NULL) {
+        ((due_t *)s->val)->ms = due_ms;
+        ((due_t *)s->val)->waiter = dl->waiting;
+        return;
+    }
+    sweep_stale(D, &D->dues, &D->dues_sweep, DUES_SWEEP, due_past, now);
+    if (hb_hash_count(&D->dues) >= DUES_MAX)
+        return;
+    d = hb_calloc(1, sizeof(*d));
+    d->ms = due_ms;
+    d->waiter = dl->waiting;
+    hb_hash_put(&D->dues, dl->id, d);
+}
+
+/* When a delivery waiting behind after_id is to be asked about again: just
+ * after its predecessor comes due (half a second after an attempt, time to
+ * have it looked up and under way, so the waiter then waits for it in
+ * memory; 10 ms after a waiter, so a chain of them drains at once rather
+ * than half a second a link), at most ORDER_WAIT_MAX_MS from now; 0 when
+ * that is not known here, or past. */
+static int64_t order_wait_until(const hb_deliveries_t *D, const char *after_id, int64_t now) {
+    const due_t *d = *after_id ? hb_hash_get(&D->dues, after_id) : NULL;
+    int64_t until;
+    if (!d || d->ms <= now)
+        return 0;
+    until = d->ms + (d->waiter ? 10 : 500);
+    return until - now > ORDER_WAIT_MAX_MS ? now + ORDER_WAIT_MAX_MS : until;
+}
+
 /* The longest tier not longer than wait_ms, if longer than topic's: a
  * delivery due much later waits there, hopping less (the retrier produces a
  * message due beyond its tier's span again onto the same tier). */
@@ -852,6 +916,14 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
         topic = tier_for_wait(&D->cfg->schedule, topic, not_before - now);
         snprintf(turn, sizeof(turn), ", its turn at a pace of %.3g/s", pace->per_second);
     }
+    if (dl->waiting) { /* behind after_id: until that one's next attempt */
+        int64_t until = order_wait_until(D, dl->after_id, now);
+        if (until > not_before) {
+            not_before = until;
+            topic = tier_for_wait(&D->cfg->schedule, topic, not_before - now);
+        }
+    }
+    note_due(D, dl, not_before, now);
     g = hb_gate_new(D->outbox, dl->jobs, dl->jobs_cnt);
     m = retry_msg(D, dl, topic, made + 1, not_before, answer_status(res), reason, g,
                   dl->waiting && dl->quiet ? NULL
@@ -1672,6 +1744,7 @@ hb_deliveries_t *hb_deliveries_new(const hb_config_t *cfg, hb_http_t *http, hb_o
     D->circuit_counts_attempts = circuit_counts_attempts;
     D->turns_sweep = TURNS_SWEEP;
     D->circuits_sweep = CIRCUITS_SWEEP;
+    D->dues_sweep = DUES_SWEEP;
     {
         hb_ratelimit_conf_t rc = {
             .max_queue = cfg->max_host_queue > 0 ? (size_t)cfg->max_host_queue : 0,
@@ -1714,6 +1787,10 @@ void hb_deliveries_free(hb_deliveries_t *D) {
         while ((s = hb_hash_each(&D->turns, &pos)) != NULL)
             free(s->val);
         hb_hash_clear(&D->turns);
+        pos = 0;
+        while ((s = hb_hash_each(&D->dues, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&D->dues);
     }
     free(D);
 }

@@ -385,3 +385,33 @@ def test_a_deactivation_drops_the_retrier_s_waiters_behind_a_slow_head(db_url, p
         assert [status(e) for e in evs[1:]] == ["dropped"] * 4
     finally:
         ep.srv.shutdown()
+
+
+def test_events_waiting_behind_a_head_are_asked_about_again_when_it_is_due(
+        db_url, procs, workdir):
+    """docs/payloads.md, How it works: a key's head fails twice and waits
+    12 s for its third attempt; five events of its key wait behind it. They
+    are asked about again when the head is due, not every first-tier
+    delay: each was written back onto a delay tier (and its predecessor
+    looked up in the delivery log) about once a second before (60 times
+    for these five in 12 s; behind a head whose endpoint is down for hours
+    on the default 5s tier, 720 times an hour each). Once the head is
+    acknowledged, the five follow at once, in order."""
+    ep = Endpoint()
+    try:
+        broker, d, r = stack(procs, workdir, db_url, "1s,12s")
+        register_verified(db_url, ep.url, ["user.session.start"], {"ordering": "target"})
+        evs = [event("00uW", i) for i in range(6)]
+        ep.fail_first[evs[0]["uuid"]] = 2
+        produce(broker.bootstrap, evs)
+        wait_until(lambda: len(ep.order("00uW")) == 6, 40 * SLOW, "the six events delivered")
+        assert ep.order("00uW") == [e["uuid"] for e in evs]
+        assert all(ep.seen[e["uuid"]] == 1 for e in evs[1:]), ep.seen
+        after = ep.acked_at(evs[5]["uuid"]) - ep.acked_at(evs[0]["uuid"])
+        waits = d.metric("hookbridge_ordering_waits_total") + r.metric(
+            "hookbridge_ordering_waits_total")
+        print(f"{waits:.0f} waits for 5 events; the last acknowledged {after:.2f} s after the head")
+        assert waits <= 25, f"the waiting events were written back {waits:.0f} times in 12 s"
+        assert after < 4 * SLOW, f"the waiting events followed the head {after:.1f} s later"
+    finally:
+        ep.srv.shutdown()
