@@ -99,6 +99,28 @@ class StoreRefusingProxy(TcpProxy):
         super()._pump(src, dst)
 
 
+def retrier_behind(proxy, pg_cluster, procs, workdir, db_url, schedule, url_suffix=""):
+    """A stack whose retrier reaches the database through proxy (its URL +
+    url_suffix), the retry schedule `schedule` without jitter, a subscription
+    the services see active, and an event A whose first attempt failed
+    (the receiver answers 503 once) and is logged `retry`: (broker,
+    receiver, dispatcher, retrier, subscription id, A). Review 48 uses it."""
+    broker, receiver, d, _ = stack(
+        procs, workdir, db_url, schedule, receiver_args={"fail_first": 1}, retrier=False)
+    r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/") + url_suffix,
+                broker.bootstrap,
+                extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"})
+    r.wait_ready()
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_until(lambda: changes_seen(d) and changes_seen(r), 10 * SLOW,
+               "the services to see it active")
+    a = event("user.session.start")
+    produce(broker.bootstrap, [a])
+    wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry", 20 * SLOW,
+               "A's first attempt, failed and logged")
+    return broker, receiver, d, r, sub, a
+
+
 def test_a_retry_due_before_the_retrier_has_its_subscriptions_again_waits_for_them(
         pg_cluster, db_url, procs, workdir):
     """docs/operations.md, PostgreSQL unreachable: "The retrier asks the log
@@ -118,19 +140,8 @@ def test_a_retry_due_before_the_retrier_has_its_subscriptions_again_waits_for_th
     proxy = StoreRefusingProxy(pg_cluster.port)
     proxy.start()
     try:
-        broker, receiver, d, r = stack(
-            procs, workdir, db_url, "4s", receiver_args={"fail_first": 1}, retrier=False)
-        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
-                    broker.bootstrap,
-                    extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "4s", "HOOKBRIDGE_RETRY_JITTER": "0"})
-        r.wait_ready()
-        sub = register_verified(db_url, receiver.url, ["user.session.start"])
-        wait_until(lambda: changes_seen(d) and changes_seen(r), 10 * SLOW,
-                   "the services to see it active")
-        a = event("user.session.start")
-        produce(broker.bootstrap, [a])
-        wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry", 20 * SLOW,
-                   "A's first attempt, failed and logged")
+        broker, receiver, d, r, sub, a = retrier_behind(
+            proxy, pg_cluster, procs, workdir, db_url, "4s")
 
         proxy.cut()  # the retrier's database goes away; meanwhile A's sub is deactivated
         wait_until(lambda: "database not connected" in r.get("/readyz")[1], 10 * SLOW,

@@ -8,11 +8,11 @@ import uuid
 import psycopg2
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from hbtest.tcpproxy import SilencingProxy
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 from test_reactivate import changes_seen, delivery_of
-from test_retry import stack
+from test_review45_faults import retrier_behind
 
 # What the client's kernel does with data nobody acknowledges: libpq's
 # tcp_user_timeout as hb_pg_connect sets it (SilencingProxy plays it).
@@ -102,20 +102,9 @@ def test_a_retry_due_when_the_database_went_silent_waits_for_the_subscriptions(
     proxy = SilencingProxy(pg_cluster.port, user_timeout=SHORT_USER_TIMEOUT)
     proxy.start()
     try:
-        broker, receiver, d, _ = stack(
-            procs, workdir, db_url, "6s", receiver_args={"fail_first": 1}, retrier=False)
-        r = Retrier(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
-                    + f"?tcp_user_timeout={int(SHORT_USER_TIMEOUT * 1000)}",
-                    broker.bootstrap,
-                    extra_env={"HOOKBRIDGE_RETRY_SCHEDULE": "6s", "HOOKBRIDGE_RETRY_JITTER": "0"})
-        r.wait_ready()
-        sub = register_verified(db_url, receiver.url, ["user.session.start"])
-        wait_until(lambda: changes_seen(d) and changes_seen(r), 10 * SLOW,
-                   "the services to see it active")
-        a = event("user.session.start")
-        produce(broker.bootstrap, [a])
-        wait_until(lambda: (row := delivery_of(db_url, a)) and row[1] == "retry", 20 * SLOW,
-                   "A's first attempt, failed and logged")
+        broker, receiver, d, r, sub, a = retrier_behind(
+            proxy, pg_cluster, procs, workdir, db_url, "6s",
+            f"?tcp_user_timeout={int(SHORT_USER_TIMEOUT * 1000)}")
         first = time.monotonic()
         time.sleep(max(0.0, 5.0 - (time.monotonic() - first)))
         # the store's connection has just had traffic (its next check is 5 s
