@@ -426,9 +426,9 @@ const char *hb_pg_read_only(const struct pg_conn *conn) {
     if (!conn || PQstatus(conn) != CONNECTION_OK)
         return NULL;
     if (pg_reported_on(conn, "in_hot_standby"))
-        return "the server is a hot standby, not the primary";
+        return "the server is a hot standby, " HB_PG_NOT_PRIMARY;
     if (pg_reported_on(conn, "default_transaction_read_only"))
-        return "the server is read-only (default_transaction_read_only), not the primary";
+        return "the server is read-only (default_transaction_read_only), " HB_PG_NOT_PRIMARY;
     return NULL;
 }
 

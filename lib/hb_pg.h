@@ -50,6 +50,10 @@ void hb_pg_last_line(const char *msg, char *out, size_t outsz);
  * default_transaction_read_only). Never waits. */
 const char *hb_pg_read_only(const struct pg_conn *conn);
 
+/* In every reason hb_pg_read_only gives (and so in hb_pg_fail's message on
+ * such a server): a caller may look for it. */
+#define HB_PG_NOT_PRIMARY "not the primary"
+
 /* 1 when a writer should drop conn and connect again: lost, or its server
  * read-only (hb_pg_read_only). A multi-host URL with target_session_attrs
  * (or a DNS name moved by the failover) then finds the new primary; a

@@ -15,6 +15,7 @@
 #include "hb_delivery.h"
 #include "hb_offsets.h"
 #include "hb_outbox.h"
+#include "hb_pg.h"
 #include "hb_signal.h"
 
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
@@ -528,7 +529,9 @@ static void update_readiness(hb_worker_t *w) {
     if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
         db_reason =
             "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
-    else if (!w->store && w->store_why[0]) { /* e.g. a URL naming a hot standby: say so */
+    else if (!w->store && strstr(w->store_why, HB_PG_NOT_PRIMARY)) {
+        /* the server answers, but cannot be written (a URL naming a hot
+         * standby by mistake): say so, not only that nothing is connected */
         snprintf(down, sizeof(down), "database not connected: %s", w->store_why);
         db_reason = down;
     } else if (!w->store || !hb_store_connected(w->store))
