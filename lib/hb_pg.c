@@ -437,8 +437,12 @@ int hb_pg_unusable(const struct pg_conn *conn) {
 }
 
 const char *hb_pg_left_primary(const struct pg_conn *conn) {
-    PQconninfoOption *opts = conn ? PQconninfo((struct pg_conn *)conn) : NULL;
-    const char *tsa = opts ? pg_opt(opts, "target_session_attrs") : NULL, *why = NULL;
+    PQconninfoOption *opts;
+    const char *tsa, *why = NULL;
+    if (!hb_pg_read_only(conn)) /* the usual case: no options to copy */
+        return NULL;
+    opts = PQconninfo((struct pg_conn *)conn);
+    tsa = opts ? pg_opt(opts, "target_session_attrs") : NULL;
     if (tsa && !strcmp(tsa, "read-write"))
         why = hb_pg_read_only(conn);
     else if (tsa && !strcmp(tsa, "primary") && pg_reported_on(conn, "in_hot_standby"))
