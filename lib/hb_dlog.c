@@ -799,6 +799,23 @@ static int dlog_connect(hb_dlog_t *dl, char *why, size_t whysz) {
     return 0;
 }
 
+/* After a failed round on a connection lost, or on a server that turned
+ * read-only (a failover: writes fail with SQLSTATE 25006 on a connection
+ * that still answers): drops it, so the next round connects again and finds
+ * the new primary (a multi-host URL with target_session_attrs=read-write, or
+ * a DNS name moved), instead of failing on the old server for ever. why
+ * gets the server's state in front. */
+static void dlog_drop(hb_dlog_t *dl, char *why, size_t whysz) {
+    const char *ro = hb_pg_read_only(dl->conn);
+    if (ro) {
+        char was[512];
+        snprintf(was, sizeof(was), "%s", why);
+        hb_seterr(why, whysz, "%s (%s); reconnecting", ro, was);
+    }
+    PQfinish(dl->conn);
+    dl->conn = NULL;
+}
+
 /* Runs statement s with n text parameters; the result as PQexecPrepared's,
  * or the failed prepare's. */
 static PGresult *dlog_run(hb_dlog_t *dl, int s, int n, const char *const *params,
@@ -1024,9 +1041,8 @@ static dlog_wrc_t dlog_write_once(hb_dlog_t *dl, dlog_row_t **rows, size_t n, in
         goto fail;
     goto out;
 fail:
-    if (PQstatus(dl->conn) == CONNECTION_BAD) {
-        PQfinish(dl->conn);
-        dl->conn = NULL;
+    if (hb_pg_unusable(dl->conn)) {
+        dlog_drop(dl, why, whysz);
         rc = W_RETRY;
     } else {
         PQclear(PQexec(dl->conn, "ROLLBACK"));
@@ -1129,10 +1145,8 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         hb_pg_error(dl->conn, res, why, whysz);
         rc = W_RETRY; /* the ids are checked on the way in: nothing here is invalid */
-        if (PQstatus(dl->conn) == CONNECTION_BAD) {
-            PQfinish(dl->conn);
-            dl->conn = NULL;
-        }
+        if (hb_pg_unusable(dl->conn))
+            dlog_drop(dl, why, whysz);
     } else {
         for (int t = 0; t < PQntuples(res); t++) {
             long long i = strtoll(PQgetvalue(res, t, 0), NULL, 10); /* 1-based */
@@ -1152,10 +1166,8 @@ static dlog_wrc_t dlog_lookup(hb_dlog_t *dl, dlog_row_t **rows, size_t n, char *
     free(since.p);
     if (rc == W_OK) {
         rc = dlog_lookup_tails(dl, rows, n, why, whysz);
-        if (rc != W_OK && PQstatus(dl->conn) == CONNECTION_BAD) {
-            PQfinish(dl->conn);
-            dl->conn = NULL;
-        }
+        if (rc != W_OK && hb_pg_unusable(dl->conn))
+            dlog_drop(dl, why, whysz);
     }
     return rc;
 }

@@ -51,7 +51,7 @@ static void pg_first_line(const char *msg, char *out, size_t outsz) {
     }
     if (n >= outsz)
         n = outsz - 1;
-    memcpy(out, p, n);
+    memmove(out, p, n); /* out may hold msg (pg_each_server) */
     out[n] = '\0';
     if (isupper((unsigned char)out[0]) && islower((unsigned char)out[1]))
         out[0] = (char)tolower((unsigned char)out[0]);
@@ -67,6 +67,39 @@ void hb_pg_last_line(const char *msg, char *out, size_t outsz) {
             line = p;
     }
     pg_first_line(line, out, outsz);
+}
+
+/* libpq's message after a multi-host URL found no server that would do
+ * ("host1:p1,host2:p2/db?target_session_attrs=read-write" in a failover:
+ * the old primary gone, the new one not promoted yet) has one line per
+ * server tried, 'connection to server at "h", port p failed: <reason>'
+ * (libpq 14+). With two or more, out gets each server's reason:
+ * "connection refused (at "h1", port p1); server is in hot standby mode (at
+ * "h2", port p2)", and 1 is returned; else 0 (one server: the caller's
+ * first line and "host H port P" say it). */
+static int pg_each_server(const char *msg, char *out, size_t outsz) {
+    static const char lead[] = "connection to server ";
+    const char *line = msg ? msg : "";
+    int n = 0;
+    size_t used = 0;
+    out[0] = '\0';
+    for (; *line; line += strcspn(line, "\n") + (line[strcspn(line, "\n")] == '\n')) {
+        size_t len = strcspn(line, "\n");
+        const char *f = strstr(line, " failed: ");
+        char reason[200], where[160];
+        int w;
+        if (strncmp(line, lead, sizeof(lead) - 1) || !f || f >= line + len)
+            continue;
+        w = (int)(f - line - (sizeof(lead) - 1));
+        snprintf(where, sizeof(where), "%.*s", w, line + sizeof(lead) - 1);
+        snprintf(reason, sizeof(reason), "%.*s", (int)(line + len - f - 9), f + 9);
+        pg_first_line(reason, reason, sizeof(reason));
+        if (used < outsz)
+            used += (size_t)snprintf(out + used, outsz - used, "%s%s (%s)", n ? "; " : "", reason,
+                                     where);
+        n++;
+    }
+    return n >= 2;
 }
 
 /* Replaces every occurrence of secret in buf with "***" (in place; never grows). */
@@ -357,6 +390,14 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
         goto fail;
     }
     if (PQstatus(conn) != CONNECTION_OK) {
+        char each[900];
+        if (pg_each_server(PQerrorMessage(conn), each, sizeof(each))) {
+            pg_scrub(each, pw);
+            hb_seterr(errstr, errstr_size, "database: no server would do: %s", each);
+            PQfinish(conn);
+            conn = NULL;
+            goto fail;
+        }
         pg_first_line(PQerrorMessage(conn), why, sizeof(why));
         pg_scrub(why, pw);
         hb_pg_describe(conn, where, sizeof(where));
@@ -375,14 +416,52 @@ fail:
     return conn;
 }
 
+/* A server parameter as the server last reported it: "on" is 1. */
+static int pg_reported_on(const struct pg_conn *conn, const char *name) {
+    const char *v = conn ? PQparameterStatus(conn, name) : NULL;
+    return v && !strcmp(v, "on");
+}
+
+const char *hb_pg_read_only(const struct pg_conn *conn) {
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return NULL;
+    if (pg_reported_on(conn, "in_hot_standby"))
+        return "the server is a hot standby, " HB_PG_NOT_PRIMARY;
+    if (pg_reported_on(conn, "default_transaction_read_only"))
+        return "the server is read-only (default_transaction_read_only), " HB_PG_NOT_PRIMARY;
+    return NULL;
+}
+
+int hb_pg_unusable(const struct pg_conn *conn) {
+    return !conn || PQstatus(conn) == CONNECTION_BAD || hb_pg_read_only(conn) != NULL;
+}
+
+const char *hb_pg_left_primary(const struct pg_conn *conn) {
+    PQconninfoOption *opts;
+    const char *tsa, *why = NULL;
+    if (!hb_pg_read_only(conn)) /* the usual case: no options to copy */
+        return NULL;
+    opts = PQconninfo((struct pg_conn *)conn);
+    tsa = opts ? pg_opt(opts, "target_session_attrs") : NULL;
+    if (tsa && !strcmp(tsa, "read-write"))
+        why = hb_pg_read_only(conn);
+    else if (tsa && !strcmp(tsa, "primary") && pg_reported_on(conn, "in_hot_standby"))
+        why = hb_pg_read_only(conn);
+    PQconninfoFree(opts);
+    return why;
+}
+
 int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
                size_t errstr_size) {
     char why[512];
+    const char *ro = hb_pg_read_only(conn);
     hb_pg_error(conn, res, why, sizeof(why));
     PQclear(res);
     if (PQstatus(conn) == CONNECTION_BAD)
         hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,
                   why);
+    else if (ro)
+        hb_seterr(errstr, errstr_size, "database: %s: %s (%s); reconnecting", what, ro, why);
     else
         hb_seterr(errstr, errstr_size, "database: %s: %s", what, why);
     return -1;

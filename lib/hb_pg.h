@@ -42,10 +42,36 @@ void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
  * not an indented hint (libpq appends to the last command's message). */
 void hb_pg_last_line(const char *msg, char *out, size_t outsz);
 
+/* What the server last reported of itself when it cannot take writes (a
+ * demoted or fenced primary, a hot standby, a cloud's read-only mode on a
+ * full disk: their writes fail with SQLSTATE 25006), e.g. "the server is a
+ * hot standby, not the primary"; NULL when it can, or did not say (servers
+ * before PostgreSQL 14 report neither in_hot_standby nor
+ * default_transaction_read_only). Never waits. */
+const char *hb_pg_read_only(const struct pg_conn *conn);
+
+/* In every reason hb_pg_read_only gives (and so in hb_pg_fail's message on
+ * such a server): a caller may look for it. */
+#define HB_PG_NOT_PRIMARY "not the primary"
+
+/* 1 when a writer should drop conn and connect again: lost, or its server
+ * read-only (hb_pg_read_only). A multi-host URL with target_session_attrs
+ * (or a DNS name moved by the failover) then finds the new primary; a
+ * server still read-only is retried after the caller's back-off. */
+int hb_pg_unusable(const struct pg_conn *conn);
+
+/* For a connection that only reads (the subscription store's LISTEN): the
+ * reason to connect again when the URL asked for a primary
+ * (target_session_attrs=read-write or primary) and the server no longer is
+ * one, as libpq would judge it at connect time; else NULL. */
+const char *hb_pg_left_primary(const struct pg_conn *conn);
+
 /* After a failed command: clears res (may be NULL) and says
  * "database: <what>: <reason>", or "database: <what>: connection lost
- * (<reason>); reconnecting" when PQstatus says the connection is gone (the
- * caller then drops it). Returns -1. */
+ * (<reason>); reconnecting" when PQstatus says the connection is gone, or
+ * "database: <what>: the server is ..., not the primary (<reason>);
+ * reconnecting" when it is read-only (the caller then drops it:
+ * hb_pg_unusable). Returns -1. */
 int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
                size_t errstr_size);
 

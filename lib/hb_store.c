@@ -256,7 +256,8 @@ typedef struct lane_s {
     msg_queue_t urgent;
     pthread_t thread;
     int started;
-    int exited; /* under st->mu: the thread is done with the lane */
+    int exited;          /* under st->mu: the thread is done with the lane */
+    long long left_seen; /* a request lane's: st->left_primary when it last answered */
 } lane_t;
 
 struct hb_store_s {
@@ -279,6 +280,10 @@ struct hb_store_s {
      * while changes made during an outage may still be missing (the
      * reconnect's reload not made, or not applied yet), hb_store_current */
     long long conn_gen, loaded_gen;
+    /* under mu: how often the follower left a server that is no longer the
+     * primary (hb_pg_left_primary): the request lanes' connections, idle
+     * and unaware of it, go too, before their next request */
+    long long left_primary;
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -384,11 +389,24 @@ static void store_drop(lane_t *ln) {
     ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
 }
 
+/* After a failed command: is the connection of no more use? Lost; or, for
+ * the request lane, whose claims and records write, on a server that turned
+ * read-only (a failover: SQLSTATE 25006 on a connection that still
+ * answers), so the next request connects again and finds the new primary.
+ * The follower only reads, and LISTEN works on a read-only primary: it
+ * leaves one only when the URL asked for a primary (hb_pg_left_primary),
+ * else a single-host URL would have it reload again and again. */
+static int store_unusable(lane_t *ln) {
+    if (!ln->conn || PQstatus(ln->conn) == CONNECTION_BAD)
+        return 1;
+    return ln->follower ? hb_pg_left_primary(ln->conn) != NULL : hb_pg_unusable(ln->conn);
+}
+
 /* After a failed command: drop the connection if it is gone, and say why. */
 static int store_fail(lane_t *ln, PGresult *res, const char *what, char *errstr,
                       size_t errstr_size) {
     (void)hb_pg_fail(ln->conn, res, what, errstr, errstr_size);
-    if (PQstatus(ln->conn) == CONNECTION_BAD)
+    if (store_unusable(ln))
         store_drop(ln);
     return -1;
 }
@@ -422,7 +440,7 @@ static int store_seal(lane_t *ln, char *errstr, size_t errstr_size) {
     ln->seal_due = 0;
     ln->next_seal_ms = hb_mono_ms() + STORE_SWEEP_MS;
     rc = hb_sealer_seal_inbox(ln->conn, ln->st->keyring, errstr, errstr_size);
-    if (rc < 0 && PQstatus(ln->conn) == CONNECTION_BAD)
+    if (rc < 0 && store_unusable(ln))
         store_drop(ln);
     return rc;
 }
@@ -430,7 +448,7 @@ static int store_seal(lane_t *ln, char *errstr, size_t errstr_size) {
 /* Moves values sealed under an older key to the current one. */
 static int store_reseal(lane_t *ln, char *errstr, size_t errstr_size) {
     int rc = hb_sealer_reseal(ln->conn, ln->st->keyring, errstr, errstr_size);
-    if (rc < 0 && PQstatus(ln->conn) == CONNECTION_BAD)
+    if (rc < 0 && store_unusable(ln))
         store_drop(ln);
     return rc;
 }
@@ -845,6 +863,7 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
     size_t cap = 0, n;
     msg_queue_t events = {0};
     char errstr[512];
+    const char *ro;
     int retry, published;
 
     pthread_mutex_lock(&ln->st->mu);
@@ -861,6 +880,20 @@ static void follow(lane_t *ln, store_msg_t *reloaded) {
         hb_pg_last_line(PQerrorMessage(ln->conn), why, sizeof(why));
         store_drop(ln);
         hb_seterr(errstr, sizeof(errstr), "database: connection lost (%s); reconnecting", why);
+        queue_push(&events, msg_new(MSG_ERROR));
+        msg_fail(events.tail, errstr);
+        goto done;
+    }
+    if ((ro = hb_pg_left_primary(ln->conn)) != NULL) {
+        /* the server turned read-only (a failover) while this connection
+         * waited on LISTEN, which works there: changes are made on the new
+         * primary, and notified there only. The URL asked for a primary:
+         * connect again (libpq skips the old one). */
+        hb_seterr(errstr, sizeof(errstr), "database: %s; reconnecting", ro);
+        store_drop(ln);
+        pthread_mutex_lock(&ln->st->mu);
+        ln->st->left_primary++;
+        pthread_mutex_unlock(&ln->st->mu);
         queue_push(&events, msg_new(MSG_ERROR));
         msg_fail(events.tail, errstr);
         goto done;
@@ -1135,10 +1168,21 @@ static int maintain_log(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_
 /* Answers one request (on the lane's connection, reconnecting when due). */
 static void answer(lane_t *ln, store_msg_t *m) {
     char errstr[512];
+    long long left;
     int rc;
     pthread_mutex_lock(&ln->st->mu);
     set_busy_locked(ln);
+    left = ln->st->left_primary;
     pthread_mutex_unlock(&ln->st->mu);
+    if (ln->conn && left != ln->left_seen) {
+        /* the follower found the server read-only (a failover): this
+         * connection, to the same server, would read what the new primary
+         * no longer has and fail every write */
+        hb_debug("database: the server is no longer the primary; this lane reconnects");
+        lane_set_conn(ln, NULL);
+        ln->retry_at_ms = 0;
+    }
+    ln->left_seen = left;
     if (hb_pg_idle_closed(ln->conn, errstr, sizeof(errstr))) {
         /* ended while idle (idle_session_timeout, a firewall): the request
          * goes on a new connection, rather than fail (a verification

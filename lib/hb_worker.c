@@ -15,6 +15,7 @@
 #include "hb_delivery.h"
 #include "hb_offsets.h"
 #include "hb_outbox.h"
+#include "hb_pg.h"
 #include "hb_signal.h"
 
 #define POLL_BATCH 1000  /* messages taken from Kafka per loop pass */
@@ -53,6 +54,7 @@ struct hb_worker_s {
     unsigned loads;     /* full loads of the subscriptions the store announced */
     int db_unanswered;  /* the delivery log waits past DB_UNANSWERED_MS (said once) */
     int64_t next_store_attempt;
+    char store_why[512]; /* why the last start of the store failed ("": it did not) */
 
     hb_metric_t *m_held_bytes; /* hb_held_bytes */
     hb_metric_t *m_consumed, *m_poison, *m_in_flight, *m_subs, *m_db_errors, *m_kafka_errors;
@@ -376,7 +378,10 @@ static void ensure_store(hb_worker_t *w) {
     if (!w->store) {
         hb_metric_inc(w->m_db_errors);
         hb_error("database unavailable, retrying in 2 s: %s", errstr);
+        snprintf(w->store_why, sizeof(w->store_why), "%s", errstr);
         w->next_store_attempt = hb_mono_ms() + 2000;
+    } else {
+        w->store_why[0] = '\0';
     }
 }
 
@@ -518,13 +523,18 @@ static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
 
 static void update_readiness(hb_worker_t *w) {
     const char *why = NULL, *db_why, *log_why, *db_reason, *kafka_why;
-    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[1800];
+    char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[1800], down[540];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     log_why = dlog_refused(w, log_buf, sizeof(log_buf));
     if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
         db_reason =
             "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
-    else if (!w->store || !hb_store_connected(w->store))
+    else if (!w->store && strstr(w->store_why, HB_PG_NOT_PRIMARY)) {
+        /* the server answers, but cannot be written (a URL naming a hot
+         * standby by mistake): say so, not only that nothing is connected */
+        snprintf(down, sizeof(down), "database not connected: %s", w->store_why);
+        db_reason = down;
+    } else if (!w->store || !hb_store_connected(w->store))
         db_reason = "database not connected";
     else
         db_reason = db_why ? db_why : log_why;

@@ -110,6 +110,44 @@ class PgCluster:
         if self.base and self.base.exists():
             shutil.rmtree(self.base, ignore_errors=True)
 
+    def start_replica(self):
+        """A streaming replica of this cluster (pg_basebackup -R), started as a
+        hot standby on another free loopback port: a PgCluster of its own
+        (stop() it; promote() makes it a primary). Takes a second or two."""
+        rep = PgCluster()
+        rep.base = Path(tempfile.mkdtemp(prefix="hbpg-replica-", dir="/tmp"))
+        os.chmod(rep.base, 0o755)
+        rep.data = rep.base / "data"
+        rep.run_dir = rep.base / "run"
+        rep.run_dir.mkdir()
+        if rep.as_root:
+            shutil.chown(rep.run_dir, "postgres")
+            shutil.chown(rep.base, "postgres")
+        r = rep._run([self.bindir / "pg_basebackup", "-h", "127.0.0.1", "-p", self.port,
+                      "-U", "postgres", "-D", rep.data, "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+                     timeout=60 * SLOW)
+        if r.returncode != 0:
+            rep._cleanup()
+            raise RuntimeError(f"pg_basebackup failed:\n{r.stdout}\n{r.stderr}")
+        rep.port = free_port()
+        opts = (f"-p {rep.port} -k {rep.run_dir} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c hot_standby=on -c max_connections=200")
+        r = rep._run([self.bindir / "pg_ctl", "-D", rep.data, "-l", rep.run_dir / "pg.log",
+                      "-w", "-t", str(int(60 * SLOW)), "-o", opts, "start"], timeout=90 * SLOW)
+        if r.returncode != 0:
+            rep._cleanup()
+            raise RuntimeError(f"the replica did not start:\n{r.stdout}{r.stderr}")
+        rep.running = True
+        atexit.register(rep.stop)
+        return rep
+
+    def promote(self):
+        """pg_ctl promote: a standby becomes a primary (waits until it is)."""
+        r = self._run([self.bindir / "pg_ctl", "-D", self.data, "-w", "-t",
+                       str(int(60 * SLOW)), "promote"], timeout=90 * SLOW)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl promote failed:\n{r.stdout}{r.stderr}")
+
     def log_tail(self, n=4000):
         try:
             return (self.run_dir / "pg.log").read_text(errors="replace")[-n:]
