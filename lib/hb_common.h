@@ -52,7 +52,22 @@ int64_t hb_mono_ms(void);
 void hb_cond_init_mono(pthread_cond_t *cond);
 void hb_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t until_mono_ms);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
+
+/* The time every process of a deployment judges a time written by another
+ * by (a retry's due time, a secret's expiry, a deactivation, a webhook's
+ * timestamp): PostgreSQL's clock as this host's monotonic clock advances it,
+ * from the last hb_clock_reference (each database connection takes one), or
+ * this host's wall clock until the first. So a host whose clock is off by
+ * minutes, or that NTP steps while it runs, neither sends a retry before it
+ * is due nor holds it, nor signs with a secret past its grace. */
 int64_t hb_wall_ms(void);
+int64_t hb_host_wall_ms(void); /* this host's CLOCK_REALTIME */
+/* PostgreSQL said ref_ms between mono0 and mono1 (hb_mono_ms), while this
+ * host's wall clock read host_ms (at mono0). Returns how far this host's
+ * clock is ahead (ms, < 0: behind) when that is more than
+ * HB_CLOCK_SKEW_WARN_MS and not said already (within a second), else 0. */
+#define HB_CLOCK_SKEW_WARN_MS 2000
+int64_t hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms);
 /* Writes one byte to fd, a non-blocking pipe another thread's loop polls
  * (a full pipe wakes it already: the error is ignored). */
 void hb_poke(int fd);

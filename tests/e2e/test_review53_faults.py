@@ -1,0 +1,100 @@
+"""Review 53: time as production meets it. The dispatcher and the retrier run
+on hosts whose wall clocks disagree with each other and with PostgreSQL's by
+seconds to hours (a node whose NTP broke, a VM resumed from a pause), and NTP
+steps a clock while they run. A time one process writes (a retry's due time
+in its delay-tier message, a secret's expiry stamped by PostgreSQL) was
+judged by another's wall clock, and a wait inside one process (a deferred
+retry) by its own wall clock: a retrier ahead sent retries before the delay
+(or the Retry-After) the endpoint asked for, a retrier whose clock NTP set
+back held every waiting retry that much longer, a dispatcher behind signed
+with a rotated secret past its grace. The services now judge those times by
+PostgreSQL's clock, advanced by their monotonic one (docs/operations.md,
+Clocks), and say when their host's clock is off.
+
+The clocks are moved with an LD_PRELOAD shim (hbtest/clockshim.py) for one
+process at a time; PostgreSQL, the devbroker and the receiver keep the real
+time. Each check says what it did on main's binaries (2148894)."""
+import time
+
+from hbtest.clockshim import SteppedClock, env as clock_env
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from test_delivery import event, sql
+from test_promises import verified_active
+
+NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1mb3ItcmV2aWV3LTUzLWNsb2Nrcy0h"
+
+
+def signatures(post):
+    return post["headers"]["webhook-signature"].split()
+
+
+def test_skewed_hosts_neither_sign_past_the_grace_nor_retry_early(db_url, procs, workdir):
+    """The dispatcher's host is an hour behind, the retrier's two minutes
+    ahead; PostgreSQL has the right time. A secret rotated with 2 s of grace
+    must be gone from the signatures once the grace is over, and a failed
+    attempt's retry must come no sooner than the schedule's 4 s after it.
+    Both services say that their host's clock is off, and by how much.
+
+    Checked to fail on main's binaries (2148894): the delivery made 3 s
+    after the rotation is signed with both secrets (the old one's grace ends
+    an hour later by the dispatcher's clock), the retry comes 0.1 s after
+    the first attempt, and neither service says a word about its clock.
+    About 10 s."""
+    schedule = "4s"
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    rcv = Receiver(procs, workdir, fail_first=1)
+    sub = verified_active(db_url, rcv.url)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=dict(env, **clock_env(-3600)))
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=dict(env, **clock_env(120)))
+    d.wait_ready()
+    r.wait_ready()
+
+    sql(db_url, "SELECT hookbridge.rotate_secret(%s, interval '2 seconds', %s)", sub, NEW_SECRET)
+    time.sleep(3)  # the old secret's grace is over, by PostgreSQL's clock
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(rcv.posts()) >= 2, 15 * SLOW, "the first attempt and its retry")
+    first, retry = rcv.posts()[:2]
+    gap = (retry["time_ms"] - first["time_ms"]) / 1000
+    print(f"signatures: {len(signatures(first))}, retry {gap:.2f} s after the first attempt")
+    assert len(signatures(first)) == 1, "signed with the rotated secret past its grace"
+    assert retry["headers"]["webhook-id"] == first["headers"]["webhook-id"]
+    assert gap >= 4 - 0.05, f"retried {gap:.2f} s after the first attempt, before its 4 s"
+    assert "this host's clock is 3600." in d.proc.output() and "behind PostgreSQL's" \
+        in d.proc.output(), d.proc.output()[-3000:]
+    assert "this host's clock is 120." in r.proc.output() and "ahead of PostgreSQL's" \
+        in r.proc.output(), r.proc.output()[-3000:]
+
+
+def test_a_retrier_whose_clock_ntp_sets_back_an_hour_does_not_hold_its_retries(
+        db_url, procs, workdir, tmp_path):
+    """The retrier holds a retry due 5 s after the first attempt when NTP
+    steps its host's clock back an hour (its clock was ahead; the
+    dispatcher's is right). The retry must still come about 5 s after the
+    first attempt, not an hour later.
+
+    Checked to fail on main's binaries (2148894): nothing comes in the
+    test's 12 s (the deferred partition waits for its due time on the
+    stepped wall clock, an hour away). About 8 s."""
+    schedule = "5s"
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    clock = SteppedClock(tmp_path / "retrier-clock", 0)
+    broker = Broker(procs, workdir, retry_schedule=schedule)
+    rcv = Receiver(procs, workdir, fail_first=1)
+    verified_active(db_url, rcv.url)
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=dict(env, **clock.env()))
+    d.wait_ready()
+    r.wait_ready()
+
+    produce(broker.bootstrap, [event("user.session.start")])
+    wait_until(lambda: rcv.posts(), 10 * SLOW, "the first attempt")
+    wait_until(lambda: "it waits at" in r.proc.output(), 5 * SLOW, "the retrier to hold it")
+    clock.step(-3600)
+    wait_until(lambda: len(rcv.posts()) >= 2, 12 * SLOW, "the retry, due 5 s after the first")
+    first, retry = rcv.posts()[:2]
+    gap = (retry["time_ms"] - first["time_ms"]) / 1000
+    print(f"the retry came {gap:.2f} s after the first attempt")
+    assert retry["headers"]["webhook-id"] == first["headers"]["webhook-id"]
+    assert 5 - 0.05 <= gap < 5 + 3 * SLOW, f"retried {gap:.2f} s after the first attempt"
