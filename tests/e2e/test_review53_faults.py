@@ -14,10 +14,12 @@ Clocks), and say when their host's clock is off.
 The clocks are moved with an LD_PRELOAD shim (hbtest/clockshim.py) for one
 process at a time; PostgreSQL, the devbroker and the receiver keep the real
 time. Each check says what it did on main's binaries (2148894)."""
+import re
+import subprocess
 import time
 
 from hbtest.clockshim import SteppedClock, env as clock_env
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import event, sql
 from test_promises import verified_active
@@ -98,3 +100,31 @@ def test_a_retrier_whose_clock_ntp_sets_back_an_hour_does_not_hold_its_retries(
     print(f"the retry came {gap:.2f} s after the first attempt")
     assert retry["headers"]["webhook-id"] == first["headers"]["webhook-id"]
     assert 5 - 0.05 <= gap < 5 + 3 * SLOW, f"retried {gap:.2f} s after the first attempt"
+
+
+def test_okta_logs_waits_out_a_rate_limit_by_oktas_clock_not_its_hosts(broker):
+    """hookbridge-producer --okta-logs on a host whose clock is 10 minutes
+    behind: Okta answers 429 with X-Rate-Limit-Reset 2 s after its own Date.
+    The producer must wait those 2 s (3 at most) and go on, not 10 minutes (cut
+    to 120 s) for every 429. (A host ahead waited 1 s and asked again, as
+    often as HB_OKTALOG_MAX_LIMITED allows, until Okta's reset came.)
+
+    Checked to fail on main's binaries (2148894): "waiting 120 s", and the
+    run is still waiting when the test gives up after 15 s. About 3 s."""
+    from test_okta_logs import WINDOW, FakeOkta, run_env
+
+    okta = FakeOkta({"": [(429, {"errorSummary": "API call exceeded rate limit"},
+                           {"X-Rate-Limit-Reset": str(int(time.time()) + 2)}),
+                          (200, [event("user.session.start")], {})]})
+    began = time.monotonic()
+    try:
+        r = subprocess.run([str(BIN / "hookbridge-producer"), "--okta-logs", okta.url + "/",
+                            *WINDOW], env=dict(run_env(broker.bootstrap), **clock_env(-600)),
+                           capture_output=True, text=True, timeout=15 * SLOW)
+    finally:
+        okta.stop()
+    took = time.monotonic() - began
+    print(f"the run took {took:.1f} s")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"rate limited \(HTTP 429\): waiting [23] s", r.stdout), r.stdout
+    assert "produced 1" in r.stdout, r.stdout
