@@ -18,6 +18,8 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from hbtest.clockshim import SteppedClock, env as clock_env
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
@@ -128,3 +130,32 @@ def test_okta_logs_waits_out_a_rate_limit_by_oktas_clock_not_its_hosts(broker):
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"rate limited \(HTTP 429\): waiting [23] s", r.stdout), r.stdout
     assert "produced 1" in r.stdout, r.stdout
+
+
+@pytest.mark.xdist_group("apache-kafka")  # one Kafka JVM at a time
+def test_a_dispatcher_two_hours_ahead_still_writes_its_retries_to_kafka(
+        apache_kafka, db_url, procs, workdir):
+    """Kafka (4.0 and later) refuses a message stamped more than an hour
+    after the broker's clock. A dispatcher on a host two hours ahead stamped
+    its delay-tier messages with that clock: every failed attempt's retry
+    was refused ("Invalid timestamp") and tried again each second, its
+    source offset held, for as long as the clock stayed wrong. It now stamps
+    them with PostgreSQL's time: the retry is written and delivered.
+
+    Checked to fail on main's binaries (2148894): the retry never comes
+    (the dispatcher logs "the broker did not take a message for
+    ...retry.1s (Broker: Invalid timestamp ...)" each second). About 5 s
+    (and the Kafka node's start when this worker has none yet)."""
+    schedule = "1s"
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+    space = apache_kafka.space(retry_schedule=schedule)
+    rcv = Receiver(procs, workdir, fail_first=1)
+    verified_active(db_url, rcv.url)
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=dict(env, **clock_env(7200)))
+    r = Retrier(procs, db_url, space.bootstrap, extra_env=env)
+    d.wait_ready(60)
+    r.wait_ready(60)
+    produce(space.bootstrap, [event("user.session.start")])
+    wait_until(lambda: len(rcv.posts()) >= 2, 15 * SLOW, "the first attempt and its retry")
+    assert [p["status"] for p in rcv.posts()] == [503, 204]
+    assert "Invalid timestamp" not in d.proc.output()
