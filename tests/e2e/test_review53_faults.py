@@ -38,7 +38,8 @@ def test_skewed_hosts_neither_sign_past_the_grace_nor_retry_early(db_url, procs,
     ahead; PostgreSQL has the right time. A secret rotated with 2 s of grace
     must be gone from the signatures once the grace is over, and a failed
     attempt's retry must come no sooner than the schedule's 4 s after it.
-    Both services say that their host's clock is off, and by how much.
+    Both services say that their host's clock is off, and by how much (in
+    their log and in hookbridge_clock_skew_seconds).
 
     Checked to fail on main's binaries (2148894): the delivery made 3 s
     after the rotation is signed with both secrets (the old one's grace ends
@@ -69,6 +70,8 @@ def test_skewed_hosts_neither_sign_past_the_grace_nor_retry_early(db_url, procs,
         in d.proc.output(), d.proc.output()[-3000:]
     assert "this host's clock is 120." in r.proc.output() and "ahead of PostgreSQL's" \
         in r.proc.output(), r.proc.output()[-3000:]
+    assert abs(d.metric("hookbridge_clock_skew_seconds") + 3600) < 1
+    assert abs(r.metric("hookbridge_clock_skew_seconds") - 120) < 1
 
 
 def test_a_retrier_whose_clock_ntp_sets_back_an_hour_does_not_hold_its_retries(
@@ -178,6 +181,7 @@ def test_a_spool_whose_clock_ntp_sets_back_keeps_the_deliveries_in_their_order(
     clock = SteppedClock(tmp_path / "ingest-clock", 0)
     ing = Ingest(procs, broker.bootstrap, extra_env=dict(spool_env(spool), **clock.env()))
     ing.wait_ready()
+    ing.proc.kill_at_teardown = True  # its stop would wait seconds for the brokers
     brokers_down(broker)
     first, second = body_of([user_event()]), body_of([user_event()])
     assert ing.post(first)[0] == 200
