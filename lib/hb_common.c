@@ -137,6 +137,10 @@ int64_t hb_ticks_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int hb_clock_referenced(void) {
+    return atomic_load_explicit(&clock_offset, memory_order_relaxed) != CLOCK_UNSET;
+}
+
 int64_t hb_wall_ms(void) {
     int64_t off = atomic_load_explicit(&clock_offset, memory_order_relaxed);
     return off == CLOCK_UNSET ? hb_host_wall_ms() : hb_ticks_ms() + off;

@@ -63,6 +63,7 @@ int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
 int64_t hb_wall_ms(void);
 int64_t hb_host_wall_ms(void); /* this host's CLOCK_REALTIME */
 int64_t hb_ticks_ms(void);     /* what advances the reference: CLOCK_BOOTTIME */
+int hb_clock_referenced(void); /* 1 once hb_wall_ms is PostgreSQL's clock */
 /* PostgreSQL said ref_ms between mono0 and mono1 (hb_ticks_ms), while this
  * host's wall clock read host_ms (at mono0): takes it as the reference.
  * *skew_ms: how far this host's clock is ahead (< 0: behind). 1 when that
