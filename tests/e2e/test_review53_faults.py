@@ -190,3 +190,58 @@ def test_a_spool_whose_clock_ntp_sets_back_keeps_the_deliveries_in_their_order(
     assert ing.post(second)[0] == 200
     files = spooled(spool)
     assert [f.read_bytes() for f in files] == [first, second], [f.name for f in files]
+
+
+def test_a_retry_after_date_is_counted_from_the_endpoints_date_not_our_clock(
+        db_url, procs, workdir):
+    """An endpoint whose clock is an hour ahead answers 503 with
+    `Retry-After: <its now + 3 s>` as an HTTP date, and its `Date`. The
+    retry must come about 3 s later (RFC 9110: the date is the endpoint's
+    clock; its Date says where that stands), not an hour and 3 s later.
+
+    Checked to fail on main's binaries (2148894): the retry is due in an
+    hour (nothing comes in the test's 10 s). About 6 s."""
+    import email.utils
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts = []
+
+    class Ahead(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def date_time_string(self, timestamp=None):
+            return email.utils.formatdate(time.time() + 3600, usegmt=True)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append(time.time())
+            if len(posts) == 1:
+                self.send_response(503)
+                self.send_header("Retry-After",
+                                 email.utils.formatdate(time.time() + 3600 + 3, usegmt=True))
+            else:
+                self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ahead)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        schedule = "1s"
+        env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0"}
+        broker = Broker(procs, workdir, retry_schedule=schedule)
+        verified_active(db_url, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+        r = Retrier(procs, db_url, broker.bootstrap, extra_env=env)
+        d.wait_ready()
+        r.wait_ready()
+        produce(broker.bootstrap, [event("user.session.start")])
+        wait_until(lambda: len(posts) >= 2, 10 * SLOW, "the retry, 3 s after the first attempt")
+    finally:
+        server.shutdown()
+        server.server_close()
+    gap = posts[1] - posts[0]
+    print(f"the retry came {gap:.2f} s after the first attempt")
+    assert 2 <= gap < 4 + 2 * SLOW, f"retried {gap:.2f} s after the first attempt"
