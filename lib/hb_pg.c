@@ -318,7 +318,7 @@ int hb_pg_conninfo_valid(const char *conninfo) {
  * clock and the monotonic clock's drift. Says so when this host's clock is
  * off; a failure changes nothing (the connection's first real statement
  * reports it). */
-static void pg_clock_sample(PGconn *conn) {
+void hb_pg_clock_sample(PGconn *conn) {
     int64_t host = hb_host_wall_ms(), m0 = hb_ticks_ms(), m1, ref, skew = 0;
     PGresult *res = PQexec(conn, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
     m1 = hb_ticks_ms();
@@ -394,7 +394,7 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
         conn = NULL;
     } else {
         PQsetNoticeProcessor(conn, pg_notice, NULL);
-        pg_clock_sample(conn);
+        hb_pg_clock_sample(conn);
     }
 fail:
     if (pw) {
