@@ -118,10 +118,51 @@ int64_t hb_mono_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-int64_t hb_wall_ms(void) {
+int64_t hb_host_wall_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define CLOCK_UNSET INT64_MIN
+/* The reference clock minus hb_ticks_ms; CLOCK_UNSET: none yet. */
+static _Atomic int64_t clock_offset = CLOCK_UNSET;
+static _Atomic int64_t clock_warned = 0; /* the skew last warned of, ms */
+
+/* CLOCK_BOOTTIME: monotonic, and counts a suspend (a VM's too, where the
+ * hypervisor says so), which CLOCK_MONOTONIC skips */
+int64_t hb_ticks_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int hb_clock_referenced(void) {
+    return atomic_load_explicit(&clock_offset, memory_order_relaxed) != CLOCK_UNSET;
+}
+
+int64_t hb_wall_ms(void) {
+    int64_t off = atomic_load_explicit(&clock_offset, memory_order_relaxed);
+    return off == CLOCK_UNSET ? hb_host_wall_ms() : hb_ticks_ms() + off;
+}
+
+int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms,
+                       int64_t *skew_ms) {
+    int64_t mid = mono0 + (mono1 - mono0) / 2, skew, mag, last;
+    atomic_store_explicit(&clock_offset, ref_ms - mid, memory_order_relaxed);
+    /* host_ms was read at mono0: where the host's clock stood at mid */
+    skew = host_ms + (mid - mono0) - ref_ms;
+    *skew_ms = skew;
+    mag = skew < 0 ? -skew : skew;
+    last = atomic_load_explicit(&clock_warned, memory_order_relaxed);
+    if (mag <= HB_CLOCK_SKEW_WARN_MS + (mono1 - mono0) / 2) {
+        atomic_store_explicit(&clock_warned, 0, memory_order_relaxed);
+        return 0;
+    }
+    if (last && skew - last < 1000 && last - skew < 1000)
+        return 0; /* said already */
+    atomic_store_explicit(&clock_warned, skew, memory_order_relaxed);
+    return 1;
 }
 
 void hb_format_time(int64_t wall_ms, char *out, size_t outsz) {

@@ -52,7 +52,26 @@ int64_t hb_mono_ms(void);
 void hb_cond_init_mono(pthread_cond_t *cond);
 void hb_cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t until_mono_ms);
 int64_t hb_mono_us(void); /* monotonic microseconds, for benchmarks */
+
+/* The time every process of a deployment judges a time written by another
+ * by (a retry's due time, a secret's expiry, a deactivation, a webhook's
+ * timestamp): PostgreSQL's clock as this host's monotonic clock advances it
+ * (hb_ticks_ms), from the last hb_clock_reference (each database connection
+ * takes one), or this host's wall clock until the first. So a host whose clock is off by
+ * minutes, or that NTP steps while it runs, neither sends a retry before it
+ * is due nor holds it, nor signs with a secret past its grace. */
 int64_t hb_wall_ms(void);
+int64_t hb_host_wall_ms(void); /* this host's CLOCK_REALTIME */
+int64_t hb_ticks_ms(void);     /* what advances the reference: CLOCK_BOOTTIME */
+int hb_clock_referenced(void); /* 1 once hb_wall_ms is PostgreSQL's clock */
+/* PostgreSQL said ref_ms between mono0 and mono1 (hb_ticks_ms), while this
+ * host's wall clock read host_ms (at mono0): takes it as the reference.
+ * *skew_ms: how far this host's clock is ahead (< 0: behind). 1 when that
+ * is more than HB_CLOCK_SKEW_WARN_MS and not said already (within a
+ * second): the caller warns. */
+#define HB_CLOCK_SKEW_WARN_MS 2000
+int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms,
+                       int64_t *skew_ms);
 /* Writes one byte to fd, a non-blocking pipe another thread's loop polls
  * (a full pipe wakes it already: the error is ignored). */
 void hb_poke(int fd);

@@ -63,6 +63,10 @@
 #define DLOG_BATCH_MAX 2000
 #define DLOG_UUID_LEN 36
 #define DLOG_BACKOFF_MIN_MS 250
+/* PostgreSQL's clock read again this often after a write (hb_pg_clock_sample):
+ * a long-lived connection follows a step of the server's clock, and the
+ * drift of this host's monotonic one, within a minute */
+#define DLOG_CLOCK_EVERY_MS 60000
 #define DLOG_CLOSE_GRACE_MS 1000 /* past the close's deadline, for the statement under way */
 #define DLOG_BACKOFF_MAX_MS 5000 /* so does the log: offsets move again */
 #define DLOG_WARN_EVERY_MS 30000
@@ -1223,6 +1227,7 @@ static void *dlog_main(void *arg) {
     dlog_row_t **batch = hb_malloc(DLOG_BATCH_MAX * sizeof(*batch));
     dlog_row_t **looks = hb_malloc(DLOG_BATCH_MAX * sizeof(*looks));
     int64_t next_flush = hb_mono_ms() + dl->flush_ms, backoff = DLOG_BACKOFF_MIN_MS;
+    int64_t next_clock = hb_mono_ms() + DLOG_CLOCK_EVERY_MS; /* the connect read it */
     char why[512];
 
     pthread_mutex_lock(&dl->mu);
@@ -1274,6 +1279,10 @@ static void *dlog_main(void *arg) {
         if (done == nw && nl > 0) {
             rc = dlog_lookup(dl, looks, nl, why, sizeof(why));
             ldone = rc == W_OK ? nl : 0;
+        }
+        if (rc == W_OK && dl->conn && hb_mono_ms() >= next_clock) {
+            hb_pg_clock_sample(dl->conn);
+            next_clock = hb_mono_ms() + DLOG_CLOCK_EVERY_MS;
         }
         atomic_store(&dl->busy_since, 0);
 

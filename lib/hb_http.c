@@ -180,6 +180,9 @@ struct hb_http_xfer_s {
     int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
+    /* Retry-After as an HTTP date, and the response's Date: both the
+     * endpoint's clock (epoch s; 0: absent) */
+    long long retry_after_at, said_at;
     int addr_refused;      /* set by the opensocket callback */
     int addr_allowed;      /* ... and this when it let an address through */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
@@ -553,31 +556,52 @@ long long hb_http_parse_retry_after(const char *value, int64_t now_s) {
     return d;
 }
 
+/* An HTTP date header's value (from after "name:") in value, trimmed. */
+static void header_value(const char *data, size_t n, size_t skip, char *value, size_t size) {
+    size_t len = n - skip;
+    if (len >= size)
+        len = size - 1;
+    memcpy(value, data + skip, len);
+    value[len] = '\0';
+    while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' || value[len - 1] == ' ' ||
+                       value[len - 1] == '\t'))
+        value[--len] = '\0';
+}
+
 static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *userdata) {
     hb_http_xfer_t *x = userdata;
     size_t n = size * nitems;
-    static const char name[] = "retry-after:";
+    static const char name[] = "retry-after:", date[] = "date:";
+    char value[128];
     if (x->hdr_at_start && n >= 5 && !memcmp(data, "HTTP/", 5)) {
         x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
+        x->retry_after_at = x->said_at = 0;
         x->hdr_count = x->hdr_bytes = 0;
         x->hdr_at_start = 0;
     } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
         x->hdr_at_start = 1; /* the blank line ending a response's headers */
+        /* A Retry-After date is the endpoint's clock: counted from its Date
+         * (RFC 9110 10.2.2), not from ours, which may be minutes off. */
+        if (x->retry_after_at > 0 && x->said_at > 0) {
+            long long d = x->retry_after_at - x->said_at;
+            x->retry_after_s = d < 0                           ? 0
+                               : d > HB_HTTP_RETRY_AFTER_MAX_S ? HB_HTTP_RETRY_AFTER_MAX_S
+                                                               : d;
+        }
     } else if (++x->hdr_count > HB_HTTP_MAX_RESPONSE_HEADERS ||
                (x->hdr_bytes += n) > HB_HTTP_MAX_RESPONSE_HEADER_BYTES) {
         x->hdr_overflow = 1;
         return 0; /* aborts the transfer: CURLE_WRITE_ERROR */
     } else if (n > sizeof(name) - 1 && !strncasecmp(data, name, sizeof(name) - 1)) {
-        char value[128];
-        size_t len = n - (sizeof(name) - 1);
-        if (len >= sizeof(value))
-            len = sizeof(value) - 1;
-        memcpy(value, data + sizeof(name) - 1, len);
-        value[len] = '\0';
-        while (len > 0 && (value[len - 1] == '\r' || value[len - 1] == '\n' ||
-                           value[len - 1] == ' ' || value[len - 1] == '\t'))
-            value[--len] = '\0';
+        header_value(data, n, sizeof(name) - 1, value, sizeof(value));
         x->retry_after_s = hb_http_parse_retry_after(value, hb_wall_ms() / 1000);
+        const char *v = value + strspn(value, " \t");
+        time_t t = *v && (*v < '0' || *v > '9') ? curl_getdate(v, NULL) : (time_t)-1;
+        x->retry_after_at = t > 0 ? (long long)t : 0;
+    } else if (n > sizeof(date) - 1 && !strncasecmp(data, date, sizeof(date) - 1)) {
+        header_value(data, n, sizeof(date) - 1, value, sizeof(value));
+        time_t t = curl_getdate(value + strspn(value, " \t"), NULL);
+        x->said_at = t > 0 ? (long long)t : 0;
     }
     return n;
 }
@@ -1696,6 +1720,7 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->done = req->done;
     x->opaque = req->opaque;
     x->retry_after_s = -1;
+    x->retry_after_at = x->said_at = 0;
     x->hdr_at_start = 1;
     x->started_ms = hb_wall_ms();
     return x;

@@ -125,6 +125,13 @@ int hb_kafka_conf_fixed(rd_kafka_conf_t *conf, char *errstr, size_t errstr_size)
 }
 
 const char *hb_kafka_err_str(rd_kafka_resp_err_t err) {
+    if (err == RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP && hb_clock_referenced())
+        return "Broker: Invalid timestamp: the broker refuses the time this service stamped the "
+               "message with, PostgreSQL's (docs/operations.md, Clocks), so PostgreSQL's clock "
+               "or the broker's is off: the stamp is ahead of the broker's clock by more than "
+               "the topic's message.timestamp.after.max.ms (1 hour by default since Kafka 4.0), "
+               "or behind by more than its message.timestamp.before.max.ms; set the wrong one "
+               "right (NTP)";
     if (err == RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP)
         return "Broker: Invalid timestamp: the broker refuses the time this host stamped the "
                "message with, so this host's clock is off: ahead of the broker's by more than "

@@ -292,21 +292,25 @@ static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kaf
 void hb_outbox_send(hb_outbox_t *ob, hb_pmsg_t *m) {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_resp_err_t err;
+    /* stamped by the reference clock the retrier judges its due time by
+     * (hb_wall_ms), not this host's: a clock off here holds no retry */
+    int64_t ts = hb_wall_ms();
     if (m->hdr[0]) {
         hdrs = m->orig_hdrs ? rd_kafka_headers_copy(m->orig_hdrs) : rd_kafka_headers_new(4);
         for (int i = 0; m->hdr[i]; i += 2)
             (void)rd_kafka_header_add(hdrs, m->hdr[i], -1, m->hdr[i + 1], -1);
     }
     if (hdrs)
-        err = rd_kafka_producev(
-            ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+        err = rd_kafka_producev(ob->producer, RD_KAFKA_V_TOPIC(m->topic),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_KEY(m->key, m->key_len),
+                                RD_KAFKA_V_VALUE(m->val, m->len), RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     else
         err = rd_kafka_producev(
             ob->producer, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->val, m->len),
-            RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
+            RD_KAFKA_V_TIMESTAMP(ts), RD_KAFKA_V_OPAQUE(m), RD_KAFKA_V_END);
     if (!err) {
         ob->unacked++;
         return; /* headers now owned by the message */

@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "hb_log.h"
+#include "hb_metrics.h"
 
 /* Copies the first line of msg, skipping libpq's "connection to server ...
  * failed: " and the server's "FATAL:  " prefixes, and lower-casing the first
@@ -345,6 +346,33 @@ int hb_pg_conninfo_valid(const char *conninfo) {
     return hb_pg_conninfo_problem(conninfo, why, sizeof(why)) == 0;
 }
 
+/* Takes PostgreSQL's clock as the reference (hb_wall_ms): one round trip on
+ * each new connection, so a reconnect also follows a step of the server's
+ * clock and the monotonic clock's drift. Says so when this host's clock is
+ * off; a failure changes nothing (the connection's first real statement
+ * reports it). */
+void hb_pg_clock_sample(PGconn *conn) {
+    int64_t host = hb_host_wall_ms(), m0 = hb_ticks_ms(), m1, ref, skew = 0;
+    PGresult *res = PQexec(conn, "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint");
+    m1 = hb_ticks_ms();
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
+        ref = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        int warn = ref > 0 && hb_clock_reference(ref, m0, m1, host, &skew);
+        if (ref > 0)
+            hb_metric_set(hb_metrics_gauge("hookbridge_clock_skew_seconds", NULL,
+                                           "this host's wall clock minus PostgreSQL's, at the "
+                                           "last database connection"),
+                          (double)skew / 1000);
+        if (warn)
+            hb_warn("this host's clock is %.1f s %s PostgreSQL's: hookbridge times retries, "
+                    "secret expiry and leases by PostgreSQL's clock, but the logs of other "
+                    "programs here, and Kafka's producers outside hookbridge, are off by as "
+                    "much; check NTP on this host (docs/operations.md, Clocks)",
+                    (double)(skew < 0 ? -skew : skew) / 1000, skew < 0 ? "behind" : "ahead of");
+    }
+    PQclear(res);
+}
+
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) {
     /* Keywords before dbname are defaults the conninfo may override; the ones
@@ -407,6 +435,7 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
         conn = NULL;
     } else {
         PQsetNoticeProcessor(conn, pg_notice, NULL);
+        hb_pg_clock_sample(conn);
     }
 fail:
     if (pw) {

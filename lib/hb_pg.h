@@ -13,11 +13,17 @@
  * ones it may not (client_encoding UTF8, application_name). On failure returns
  * NULL and a one-line reason naming host and port, e.g.
  * "database: connection refused (host 127.0.0.1 port 5432)"; never the
- * conninfo or the password. Caller PQfinish()es the result. Any thread. */
+ * conninfo or the password. Caller PQfinish()es the result. Any thread.
+ * Takes PostgreSQL's clock as the reference (hb_pg_clock_sample). */
 struct pg_conn;
 struct pg_result;
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) HB_MUSTCHECK;
+
+/* Reads PostgreSQL's clock over conn (idle, blocking: one round trip) and
+ * takes it as the reference (hb_wall_ms); warns when this host's clock is
+ * off. hb_pg_connect does it on each new connection. */
+void hb_pg_clock_sample(struct pg_conn *conn);
 
 /* 0 when libpq can parse conninfo (a URI or key=value string; anything else
  * is a database name) and the option values libpq checks only when it

@@ -61,6 +61,7 @@ typedef struct {
     int too_large;
     char *next;         /* the Link header's rel="next" URL */
     long long reset_at; /* X-Rate-Limit-Reset: epoch seconds, 0 if absent */
+    long long said_at;  /* its Date: the same clock's now; 0 if absent */
 } page_t;
 
 static size_t on_body(char *data, size_t size, size_t n, void *arg) {
@@ -147,6 +148,12 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg) {
         size_t vn = (size_t)(data + len - colon);
         snprintf(v, sizeof(v), "%.*s", (int)(vn < sizeof(v) ? vn : sizeof(v) - 1), colon);
         pg->reset_at = strtoll(v, NULL, 10);
+    } else if (name == 4 && !strncasecmp(data, "date", 4)) {
+        char v[64];
+        size_t vn = (size_t)(data + len - colon);
+        snprintf(v, sizeof(v), "%.*s", (int)(vn < sizeof(v) ? vn : sizeof(v) - 1), colon);
+        time_t t = curl_getdate(v, NULL);
+        pg->said_at = t > 0 ? (long long)t : 0;
     }
     return len;
 }
@@ -383,7 +390,11 @@ static int fetch_page(hb_producer_t *p, CURL *h, const char *url, const char *au
             break;
         }
         if (status == 429) { /* Okta's rate limit: wait for its reset */
-            long long wait = pg->reset_at > 0 ? pg->reset_at - (long long)time(NULL) + 1 : 10;
+            /* the reset is Okta's clock: counted from the Date it answered
+             * with (this host's clock may be minutes off: waiting 2 minutes
+             * for each 429, or 1 s and asking again and again) */
+            long long now = pg->said_at > 0 ? pg->said_at : (long long)time(NULL);
+            long long wait = pg->reset_at > 0 ? pg->reset_at - now + 1 : 10;
             if (wait < 1)
                 wait = 1;
             if (wait > HB_OKTALOG_MAX_WAIT_S)

@@ -43,6 +43,9 @@ struct hb_spool_s {
     long long max_bytes;
     pthread_mutex_t mu;
     unsigned seq;
+    /* the latest time a name carries: a clock set back does not name a
+     * later delivery before an earlier one (published in name order) */
+    unsigned long long last_ms;
     long files;             /* spooled: queued or in flight */
     long long bytes;        /* on the volume (spool_disk_size): theirs and the .bad files' */
     hb_spool_file_t *queue; /* to publish again: a min-heap by name (oldest first) */
@@ -188,8 +191,11 @@ static int spool_scan(hb_spool_t *s, char *errstr, size_t errstr_size) {
         s->files++;
         s->bytes += (long long)f.size;
         unsigned seq = (unsigned)strtoul(e->d_name + 17, NULL, 16);
+        unsigned long long ms = strtoull(e->d_name, NULL, 16);
         if (seq >= s->seq)
             s->seq = seq + 1;
+        if (ms > s->last_ms)
+            s->last_ms = ms;
     }
     closedir(d);
     return 0;
@@ -265,9 +271,12 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
                  size_t errstr_size) {
     char tmp[HB_SPOOL_NAME_LEN + 8];
     struct timespec now;
+    unsigned long long ms;
     unsigned seq;
     int fd, err;
     size_t disk = spool_disk_size(len);
+    clock_gettime(CLOCK_REALTIME, &now);
+    ms = (unsigned long long)now.tv_sec * 1000ULL + (unsigned long long)now.tv_nsec / 1000000;
     pthread_mutex_lock(&s->mu);
     if (s->bytes + (long long)disk > s->max_bytes) {
         /* not ready until a file goes: the next delivery would not fit
@@ -280,13 +289,13 @@ int hb_spool_put(hb_spool_t *s, const char *body, size_t len, hb_spool_file_t *f
     s->bytes += (long long)disk; /* held while written, so parallel puts cannot overfill */
     s->files++;
     seq = s->seq++;
+    if (ms < s->last_ms)
+        ms = s->last_ms;
+    s->last_ms = ms;
     pthread_mutex_unlock(&s->mu);
 
-    clock_gettime(CLOCK_REALTIME, &now);
     memset(f, 0, sizeof(*f));
-    snprintf(f->name, sizeof(f->name), "%016llx-%08x" SPOOL_SUFFIX,
-             (unsigned long long)now.tv_sec * 1000ULL + (unsigned long long)now.tv_nsec / 1000000,
-             seq);
+    snprintf(f->name, sizeof(f->name), "%016llx-%08x" SPOOL_SUFFIX, ms, seq);
     f->size = disk;
     snprintf(tmp, sizeof(tmp), "%.25s" SPOOL_TMP, f->name);
     fd = openat(s->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);

@@ -74,11 +74,15 @@ class FakeOkta:
         self.server.server_close()
 
 
+def run_env(bootstrap, token=TOKEN):
+    return dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=bootstrap,
+                HOOKBRIDGE_EVENTS_TOPIC="identity.events", HOOKBRIDGE_OKTA_API_TOKEN=token)
+
+
 def run(bootstrap, url, *args, token=TOKEN):
-    env = dict(os.environ, HOOKBRIDGE_KAFKA_BROKERS=bootstrap,
-               HOOKBRIDGE_EVENTS_TOPIC="identity.events", HOOKBRIDGE_OKTA_API_TOKEN=token)
     return subprocess.run([str(BIN / "hookbridge-producer"), "--okta-logs", url, *args],
-                          env=env, capture_output=True, text=True, timeout=120 * SLOW)
+                          env=run_env(bootstrap, token), capture_output=True, text=True,
+                          timeout=120 * SLOW)
 
 
 WINDOW = ("--since", "2026-12-06T10:00:00Z", "--until", "2026-12-06T11:00:00Z")

@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from hbtest import clockshim
 from hbtest.kafka import ApacheKafka
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver
@@ -318,33 +319,9 @@ def test_the_ingest_endpoint_never_has_its_topic_created_even_when_asked_to(
     assert ing.proc.stop(timeout=15) == 0
 
 
-CLOCK_SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <stdlib.h>
-#include <sys/time.h>
-#include <time.h>
-static long ahead(void) { const char *s = getenv("HB_TEST_CLOCK_AHEAD_S"); return s ? atol(s) : 0; }
-int gettimeofday(struct timeval *tv, void *tz) {
-    static int (*real)(struct timeval *, void *);
-    if (!real) real = (int (*)(struct timeval *, void *))dlsym(RTLD_NEXT, "gettimeofday");
-    int rc = real(tv, tz);
-    if (!rc && tv) tv->tv_sec += ahead();
-    return rc;
-}
-int clock_gettime(clockid_t id, struct timespec *ts) {
-    static int (*real)(clockid_t, struct timespec *);
-    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
-    int rc = real(id, ts);
-    if (!rc && ts && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += ahead();
-    return rc;
-}
-"""
-
-
 @pytest.mark.xdist_group("apache-kafka")  # one Kafka JVM at a time
 def test_a_clock_two_hours_ahead_is_named_when_kafka_refuses_the_timestamp(
-        auto_creating_kafka, tmp_path):
+        auto_creating_kafka):
     """docs/operations.md, Runbooks: Kafka (4.0 and later) refuses a message
     stamped more than message.timestamp.after.max.ms (1 hour) after the
     broker's clock. A producer on a host whose clock ran 2 h ahead said only
@@ -356,11 +333,6 @@ def test_a_clock_two_hours_ahead_is_named_when_kafka_refuses_the_timestamp(
 
     Checked to fail without the change: on 08777cb the line is only
     "line 1: delivery failed: Broker: Invalid timestamp". A few seconds."""
-    shim = tmp_path / "clock_ahead.so"
-    src = tmp_path / "clock_ahead.c"
-    src.write_text(CLOCK_SHIM)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(shim), str(src), "-ldl"],
-                   check=True, timeout=60)
     space = auto_creating_kafka.space()
     line = json.dumps({"uuid": "ahead-1", "published": "2026-01-01T00:00:00Z",
                        "eventType": "user.session.start"}) + "\n"
@@ -369,11 +341,7 @@ def test_a_clock_two_hours_ahead_is_named_when_kafka_refuses_the_timestamp(
                         env=env, capture_output=True, timeout=60 * SLOW)
     assert ok.returncode == 0, ok.stderr  # the same, on the right time
     r = subprocess.run([str(BIN / "hookbridge-producer"), "-"], input=line, text=True,
-                       env=dict(env, LD_PRELOAD=str(shim), HB_TEST_CLOCK_AHEAD_S="7200",
-                                # the sanitizer pass: the shim comes before ASan's runtime
-                                ASAN_OPTIONS=":".join(filter(None, [
-                                    os.environ.get("ASAN_OPTIONS"),
-                                    "verify_asan_link_order=0"]))),
+                       env=dict(env, **clockshim.env(7200)),
                        capture_output=True, timeout=60 * SLOW)
     print(r.stdout, r.stderr)
     assert r.returncode != 0
