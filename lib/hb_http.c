@@ -180,9 +180,12 @@ struct hb_http_xfer_s {
     int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
     long long retry_after_s;
-    /* Retry-After as an HTTP date, and the response's Date: both the
-     * endpoint's clock (epoch s; 0: absent) */
-    long long retry_after_at, said_at;
+    /* Retry-After as an HTTP date (epoch s; 0: absent), and the response's
+     * Date as sent ("": absent): both the endpoint's clock. The Date is
+     * parsed only for such a Retry-After (nearly every answer has one:
+     * parsing each cost every delivery a date parse) */
+    long long retry_after_at;
+    char said[40];
     int addr_refused;      /* set by the opensocket callback */
     int addr_allowed;      /* ... and this when it let an address through */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
@@ -575,15 +578,17 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
     char value[128];
     if (x->hdr_at_start && n >= 5 && !memcmp(data, "HTTP/", 5)) {
         x->retry_after_s = -1; /* a new response (after a 1xx) starts over */
-        x->retry_after_at = x->said_at = 0;
+        x->retry_after_at = 0;
+        x->said[0] = '\0';
         x->hdr_count = x->hdr_bytes = 0;
         x->hdr_at_start = 0;
     } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
         x->hdr_at_start = 1; /* the blank line ending a response's headers */
         /* A Retry-After date is the endpoint's clock: counted from its Date
          * (RFC 9110 10.2.2), not from ours, which may be minutes off. */
-        if (x->retry_after_at > 0 && x->said_at > 0) {
-            long long d = x->retry_after_at - x->said_at;
+        time_t said = x->retry_after_at > 0 && x->said[0] ? curl_getdate(x->said, NULL) : 0;
+        if (said > 0) {
+            long long d = x->retry_after_at - (long long)said;
             x->retry_after_s = d < 0                           ? 0
                                : d > HB_HTTP_RETRY_AFTER_MAX_S ? HB_HTTP_RETRY_AFTER_MAX_S
                                                                : d;
@@ -600,8 +605,7 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
         x->retry_after_at = t > 0 ? (long long)t : 0;
     } else if (n > sizeof(date) - 1 && !strncasecmp(data, date, sizeof(date) - 1)) {
         header_value(data, n, sizeof(date) - 1, value, sizeof(value));
-        time_t t = curl_getdate(value + strspn(value, " \t"), NULL);
-        x->said_at = t > 0 ? (long long)t : 0;
+        snprintf(x->said, sizeof(x->said), "%s", value + strspn(value, " \t"));
     }
     return n;
 }
@@ -1720,7 +1724,8 @@ static hb_http_xfer_t *hb_http_xfer_new(hb_http_t *h, hb_http_req_t *req) {
     x->done = req->done;
     x->opaque = req->opaque;
     x->retry_after_s = -1;
-    x->retry_after_at = x->said_at = 0;
+    x->retry_after_at = 0;
+    x->said[0] = '\0';
     x->hdr_at_start = 1;
     x->started_ms = hb_wall_ms();
     return x;
