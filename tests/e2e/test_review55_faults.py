@@ -7,14 +7,18 @@ fast one had pinned, and reset the skew warning) is checked in
 tests/unit/test_review55.c: it needs no program running.
 
 Each check says what it did on main's binaries (a75ca2f)."""
+import os
 import re
+import subprocess
 import time
 
+from hbtest.clockshim import env as clock_env
 from hbtest.pg import PgCluster
-from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Retrier
+from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Retrier
 from test_delivery import sql
 from test_review54_faults import read_only
+from test_secrets import SECRET_KEY, wait_sealed
 
 
 def sessions(cluster, dbname):
@@ -75,3 +79,30 @@ def test_a_primary_read_only_for_long_neither_floods_the_retriers_log_nor_reconn
         print(f"answered again {time.monotonic() - t0:.1f} s after the server took writes")
     finally:
         primary.stop()
+
+
+def test_hookbridge_secret_show_on_a_host_whose_clock_is_off_prints_only_the_secret_on_stdout(
+        db_url, broker, procs):
+    """hookbridge-secret show prints a subscription's signing secret on
+    stdout, for SECRET=$(hookbridge-secret show ID). Its connection reads
+    PostgreSQL's clock and warns when this host's is off: that warning goes
+    to stderr, naming the program, and stdout holds only the secret.
+
+    On main (a75ca2f), on a host a minute ahead, the warning was a JSON log
+    line on stdout before the secret ({"time":...,"component":"hookbridge",
+    "msg":"this host's clock is 60.0 s ahead of PostgreSQL's..."}), so the
+    captured secret was that line and the secret. About 3 s."""
+    d = Dispatcher(procs, db_url, broker.bootstrap)  # seals the secret
+    d.wait_ready()
+    sub = sql(db_url, "SELECT hookbridge.register('cli', 'http://127.0.0.1:9/h', "
+              "ARRAY['user.session.start'])")[0][0]
+    shown = sql(db_url, "SELECT hookbridge.signing_secret(%s)", sub)[0][0]
+    wait_sealed(db_url, sub, auth=False)
+    env = dict(os.environ, HOOKBRIDGE_DATABASE_URL=db_url, HOOKBRIDGE_SECRET_KEY=SECRET_KEY,
+               **clock_env(60))
+    out = subprocess.run([BIN / "hookbridge-secret", "show", sub], capture_output=True,
+                         text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == shown + "\n"
+    assert "hookbridge-secret" in out.stderr and "60.0 s ahead" in out.stderr
+    assert shown[6:] not in out.stderr
