@@ -128,6 +128,13 @@ int64_t hb_host_wall_ms(void) {
 /* The reference clock minus hb_ticks_ms; CLOCK_UNSET: none yet. */
 static _Atomic int64_t clock_offset = CLOCK_UNSET;
 static _Atomic int64_t clock_warned = 0; /* the skew last warned of, ms */
+/* Under clock_mu: what the samples so far say of that offset, lo..hi, as
+ * of the tick clock_at (each sample is only as good as its round trip) */
+static pthread_mutex_t clock_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t clock_lo, clock_hi, clock_at;
+/* How far the offset may wander per second between samples, either way
+ * (ms per 1000 s): crystals drift well under 100 ppm, NTP slews at most 500 */
+#define CLOCK_DRIFT_PER_1000_S 500
 
 /* CLOCK_BOOTTIME: monotonic, and counts a suspend (a VM's too, where the
  * hypervisor says so), which CLOCK_MONOTONIC skips */
@@ -148,17 +155,41 @@ int64_t hb_wall_ms(void) {
 
 int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms,
                        int64_t *skew_ms) {
-    int64_t mid = mono0 + (mono1 - mono0) / 2, skew, mag, last;
-    atomic_store_explicit(&clock_offset, ref_ms - mid, memory_order_relaxed);
-    /* host_ms was read at mono0: where the host's clock stood at mid */
-    skew = host_ms + (mid - mono0) - ref_ms;
+    /* the server read its clock somewhere between mono0 and mono1: the
+     * offset is within lo..hi. A sample that agrees with the ones before
+     * (their range, widened by the drift since) narrows it, so one over a
+     * slow round trip (a database answering after 5 s, the delay on the way
+     * in) does not move a reference a fast one pinned; one that cannot
+     * agree (the server's clock stepped) replaces it. */
+    int64_t lo = ref_ms - mono1, hi = ref_ms - mono0, off, unc, skew, mag, last;
+    pthread_mutex_lock(&clock_mu);
+    if (atomic_load_explicit(&clock_offset, memory_order_relaxed) != CLOCK_UNSET) {
+        int64_t age = mono1 > clock_at ? mono1 - clock_at : 0;
+        int64_t w = age * CLOCK_DRIFT_PER_1000_S / 1000000 + 1;
+        int64_t plo = clock_lo - w, phi = clock_hi + w;
+        if (plo <= hi && lo <= phi) {
+            lo = lo > plo ? lo : plo;
+            hi = hi < phi ? hi : phi;
+        }
+    }
+    clock_lo = lo;
+    clock_hi = hi;
+    clock_at = mono1;
+    off = lo + (hi - lo) / 2;
+    unc = (hi - lo) / 2;
+    atomic_store_explicit(&clock_offset, off, memory_order_relaxed);
+    pthread_mutex_unlock(&clock_mu);
+    /* host_ms was read at mono0 */
+    skew = host_ms - mono0 - off;
     *skew_ms = skew;
     mag = skew < 0 ? -skew : skew;
     last = atomic_load_explicit(&clock_warned, memory_order_relaxed);
-    if (mag <= HB_CLOCK_SKEW_WARN_MS + (mono1 - mono0) / 2) {
+    if (mag + unc <= HB_CLOCK_SKEW_WARN_MS) { /* surely within */
         atomic_store_explicit(&clock_warned, 0, memory_order_relaxed);
         return 0;
     }
+    if (mag <= HB_CLOCK_SKEW_WARN_MS + unc)
+        return 0; /* cannot tell: as said before */
     if (last && skew - last < 1000 && last - skew < 1000)
         return 0; /* said already */
     atomic_store_explicit(&clock_warned, skew, memory_order_relaxed);

@@ -65,10 +65,13 @@ int64_t hb_host_wall_ms(void); /* this host's CLOCK_REALTIME */
 int64_t hb_ticks_ms(void);     /* what advances the reference: CLOCK_BOOTTIME */
 int hb_clock_referenced(void); /* 1 once hb_wall_ms is PostgreSQL's clock */
 /* PostgreSQL said ref_ms between mono0 and mono1 (hb_ticks_ms), while this
- * host's wall clock read host_ms (at mono0): takes it as the reference.
- * *skew_ms: how far this host's clock is ahead (< 0: behind). 1 when that
- * is more than HB_CLOCK_SKEW_WARN_MS and not said already (within a
- * second): the caller warns. */
+ * host's wall clock read host_ms (at mono0): takes it as the reference,
+ * narrowed by the samples before when it agrees with them (a slow round
+ * trip's sample moves no reference a fast one pinned), replacing them when
+ * it cannot (the server's clock stepped). *skew_ms: how far this host's
+ * clock is ahead (< 0: behind). 1 when that is surely more than
+ * HB_CLOCK_SKEW_WARN_MS and not said already (within a second): the
+ * caller warns; a sample too uncertain to tell changes nothing. */
 #define HB_CLOCK_SKEW_WARN_MS 2000
 int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms,
                        int64_t *skew_ms);

@@ -258,6 +258,7 @@ typedef struct lane_s {
     int started;
     int exited;          /* under st->mu: the thread is done with the lane */
     long long left_seen; /* a request lane's: st->left_primary when it last answered */
+    int ro_connected;    /* a request lane's: its server was read-only when it connected */
 } lane_t;
 
 struct hb_store_s {
@@ -382,11 +383,19 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     ln->next_ping_ms = hb_mono_ms() + ln->ping_idle_ms;
 }
 
-/* Forgets a broken connection; the next attempt is due after the backoff. */
+/* Forgets a broken connection; the next attempt is due after the backoff.
+ * A request lane's on a server that was read-only when it connected too (a
+ * single-host URL, a primary read-only for minutes): the backoff grows, as
+ * for a failed connect, rather than a connection a second. */
 static void store_drop(lane_t *ln) {
+    int again = ln->ro_connected && hb_pg_read_only(ln->conn) != NULL;
     lane_set_conn(ln, NULL);
-    ln->backoff_ms = STORE_BACKOFF_MIN_MS;
+    if (!again)
+        ln->backoff_ms = STORE_BACKOFF_MIN_MS;
     ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
+    if (again)
+        ln->backoff_ms =
+            ln->backoff_ms * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : ln->backoff_ms * 2;
 }
 
 /* After a failed command: is the connection of no more use? Lost; or, for
@@ -819,7 +828,10 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
     if (conn) {
         lane_set_conn(ln, conn);
         if (!ln->follower || store_listen(ln, why, sizeof(why)) == 0) {
-            ln->backoff_ms = STORE_BACKOFF_MIN_MS;
+            /* read-only already: its backoff goes on growing (store_drop) */
+            ln->ro_connected = !ln->follower && hb_pg_read_only(conn) != NULL;
+            if (!ln->ro_connected)
+                ln->backoff_ms = STORE_BACKOFF_MIN_MS;
             return 0;
         }
     }

@@ -91,6 +91,11 @@
 #define HOP_SLACK_MS 100        /* rounding and resends: never hop a message due within its tier */
 #define CLOCK_AHEAD_MS 1000     /* a message timestamp this far in the future: its clock is ahead */
 #define ORDER_UNKNOWN_WAIT_MS (5 * 60 * 1000) /* a predecessor the log does not know */
+/* A failure of the periodic requests (replays, sweep, upkeep) is said at
+ * once, then at most this often while they keep failing: on a primary
+ * read-only for hours, whose connection the store keeps, they fail every
+ * second */
+#define DB_WARN_EVERY_MS 30000
 
 typedef struct active_s active_t;
 typedef struct held_s held_t;
@@ -115,7 +120,9 @@ struct hb_retrier_s {
      * they are current (held_pass). */
     held_t *held;
     size_t held_n, held_cap;
-    int held_said; /* "waiting for the subscriptions" said for this stretch */
+    int held_said;        /* "waiting for the subscriptions" said for this stretch */
+    int64_t db_warned_at; /* a periodic request's failure last said (hb_mono_ms) */
+    int db_unsaid;        /* ... and those failed since, not said */
 };
 
 /* A due retry held until the subscriptions are current; ready: an ordered
@@ -579,6 +586,24 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
 
 /* ----------------------------------------------------------------- replay */
 
+/* A periodic request to the store failed: counted, and said at once, or
+ * with those since if it was said less than DB_WARN_EVERY_MS ago. */
+static void periodic_failed(hb_retrier_t *r, const char *err) {
+    int64_t now = hb_mono_ms();
+    hb_worker_db_error(r->w);
+    if (r->db_warned_at && now - r->db_warned_at < DB_WARN_EVERY_MS) {
+        r->db_unsaid++;
+        return;
+    }
+    if (r->db_unsaid)
+        hb_warn("%s (and %d more failures of the periodic database requests in the last %d s)", err,
+                r->db_unsaid, (int)((now - r->db_warned_at) / 1000));
+    else
+        hb_warn("%s", err);
+    r->db_warned_at = now;
+    r->db_unsaid = 0;
+}
+
 /* The store's answer (on the loop thread): each replay to the first tier. */
 static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *opaque) {
     hb_retrier_t *r = opaque;
@@ -587,10 +612,16 @@ static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *op
 
     r->replays_asked = 0;
     if (err) {
-        hb_worker_db_error(r->w);
-        hb_warn("%s", err);
+        periodic_failed(r, err);
         return;
     }
+    if (r->db_unsaid) {
+        hb_info("database: the periodic requests are answered again (%d failures since the "
+                "last warning)",
+                r->db_unsaid);
+        r->db_unsaid = 0;
+    }
+    r->db_warned_at = 0;
     for (int i = 0; i < cnt; i++) {
         hb_retry_msg_t m = {
             .delivery_id = rp[i].delivery_id,
@@ -638,8 +669,7 @@ static void on_swept(int cnt, const char *err, void *opaque) {
     hb_retrier_t *r = opaque;
     r->sweep_asked = 0;
     if (err) {
-        hb_worker_db_error(r->w);
-        hb_warn("%s", err);
+        periodic_failed(r, err);
         return;
     }
     for (int i = 0; i < cnt; i++)
@@ -662,8 +692,7 @@ static void on_maintained(int cnt, const char *err, void *opaque) {
     r->maintain_asked = 0;
     if (err) {
         r->next_maintain = hb_mono_ms() + MAINTAIN_RETRY_MS;
-        hb_worker_db_error(r->w);
-        hb_warn("%s", err);
+        periodic_failed(r, err);
     }
 }
 

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "hb_config.h"
+#include "hb_log.h"
 #include "hb_seal.h"
 #include "hb_pg.h"
 
@@ -157,6 +158,11 @@ int main(int argc, char **argv) {
 
     if ((rc = hb_config_load_tool(&cfg, HB_PROG_SECRET, PROG, argc, argv, usage, 2)) >= 0)
         return rc;
+    /* stdout is the command's answer (a secret, for SECRET=$(...)): a log
+     * line, such as the warning that this host's clock is off (a connection
+     * reads PostgreSQL's), goes to stderr */
+    hb_log_init(PROG, HB_LOG_INFO);
+    hb_log_to_stderr();
     cmd = cfg.args_cnt > 0 ? cfg.args[0] : NULL;
     want_args = cmd && !strcmp(cmd, "show") ? 2 : 1;
     if (!cmd || (strcmp(cmd, "generate-key") && strcmp(cmd, "key-id") && strcmp(cmd, "show"))) {

@@ -126,6 +126,7 @@ LONG_FIRST = (
     "test_review11_faults.py::test_a_new_verification_request_gets_its_own_try_later_span",
     "test_review17_faults.py::test_a_passing_failure_of_an_active_subscription_s_challenge_does_not_deactivate_it",
     "test_ordering.py::test_events_waiting_behind_a_head_are_asked_about_again_when_it_is_due",
+    "test_review55_faults.py::test_a_primary_read_only_for_long_neither_floods_the_retriers_log_nor_reconnects_each_second",
     "test_rate_limit.py::test_a_retry_the_limit_holds_back_is_due_again_in_the_first_tier_not_its_own",
     "test_review20_faults.py::test_one_large_event_matching_a_thousand_subscriptions_stays_within_the_budget",
     "test_review20_faults.py::test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries",
