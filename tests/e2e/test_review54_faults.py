@@ -53,12 +53,14 @@ def caught_up(primary, replica, dbname):
                            lsn)[0][0], 10 * SLOW, "the replica to catch up")
 
 
-def read_only(cluster):
-    """The server turns read-only for every session, open ones too."""
+def read_only(cluster, on=True):
+    """The server turns read-only for every session, open ones too (on=False:
+    writable again)."""
     conn = cluster.connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            cur.execute("ALTER SYSTEM SET default_transaction_read_only = on" if on
+                        else "ALTER SYSTEM RESET default_transaction_read_only")
             cur.execute("SELECT pg_reload_conf()")
     finally:
         conn.close()

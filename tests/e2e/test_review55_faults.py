@@ -65,13 +65,7 @@ def test_a_primary_read_only_for_long_neither_floods_the_retriers_log_nor_reconn
         assert len(said) <= 2, "\n".join(said)
         assert connected <= 5
 
-        conn = primary.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("ALTER SYSTEM RESET default_transaction_read_only")
-                cur.execute("SELECT pg_reload_conf()")
-        finally:
-            conn.close()
+        read_only(primary, on=False)
         t0 = time.monotonic()
         wait_until(lambda: re.search(r"periodic requests are answered again \(\d+ failures",
                                      r.proc.output()[before:]), 10 * SLOW,
