@@ -188,17 +188,22 @@ def test_sigterm_with_okta_events_still_queued_resumes_from_the_first_unsent(
     assert got == {e["uuid"] for e in evs}, "the run again left events out"
 
 
+def okta_run(answer, args, env, timeout=60):
+    """hookbridge-producer --okta-logs against a stand-in Okta that answers
+    each request with answer(handler), args after its URL: the finished run."""
+    okta = Okta(answer)
+    try:
+        return subprocess.run([PROG, "--okta-logs", okta.url, *args], env=env,
+                              capture_output=True, text=True, timeout=timeout * SLOW)
+    finally:
+        okta.stop()
+
+
 def test_a_run_that_published_everything_says_nothing_about_going_on(broker):
     """The resume line is for runs that left something out: a clean run
     prints only its summary (and exit 0)."""
     evs = [published_at(1), published_at(2)]
-    okta = Okta(lambda h: (200, evs, {}))
-    try:
-        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW],
-                           env=env_for(broker.bootstrap), capture_output=True, text=True,
-                           timeout=60 * SLOW)
-    finally:
-        okta.stop()
+    r = okta_run(lambda h: (200, evs, {}), WINDOW, env_for(broker.bootstrap))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "produced 2, failed 0" in r.stdout
     assert "run again" not in r.stdout + r.stderr
@@ -214,13 +219,7 @@ def test_events_okta_gives_outside_the_window_are_not_published_and_said(broker)
         event("user.session.start")
     late["published"] = "2026-12-06T11:00:00.001Z"
     early["published"] = "2026-12-06T09:59:59.999Z"
-    okta = Okta(lambda h: (200, [early, inside, late], {}))
-    try:
-        r = subprocess.run([PROG, "--okta-logs", okta.url, *WINDOW],
-                           env=env_for(broker.bootstrap), capture_output=True, text=True,
-                           timeout=60 * SLOW)
-    finally:
-        okta.stop()
+    r = okta_run(lambda h: (200, [early, inside, late], {}), WINDOW, env_for(broker.bootstrap))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "produced 1, failed 0" in r.stdout, r.stdout
     assert f"event {early['uuid']} published at 2026-12-06T09:59:59.999Z is outside" in r.stdout
@@ -258,14 +257,9 @@ def test_an_until_in_the_future_says_the_rest_is_still_to_come():
     main: exit 0 and nothing said, as if the window were published
     whole."""
     evs = [published_at(5)]
-    okta = Okta(lambda h: (200, evs, {}))
-    env = dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN)
-    try:
-        r = subprocess.run([PROG, "--okta-logs", okta.url, "--since", "2026-12-06T10:00:00Z",
-                            "--until", "2099-01-01T00:00:00Z", "--print"], env=env,
-                           capture_output=True, text=True, timeout=30 * SLOW)
-    finally:
-        okta.stop()
+    r = okta_run(lambda h: (200, evs, {}),
+                 ["--since", "2026-12-06T10:00:00Z", "--until", "2099-01-01T00:00:00Z",
+                  "--print"], dict(os.environ, HOOKBRIDGE_OKTA_API_TOKEN=TOKEN), timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "printed 1, failed 0" in r.stderr
     assert "--until 2099-01-01T00:00:00Z is in the future" in r.stderr, r.stderr
