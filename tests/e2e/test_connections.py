@@ -3,7 +3,7 @@ open for reuse (docs/configuration.md, docs/operations.md "Memory").
 
 Thirty subscriptions, each on an endpoint of its own (a keep-alive HTTP/1.1
 server on its own port, so thirty endpoint hosts), receive three events one
-after the other. Each endpoint records the client port of every POST, so it
+after the other. Each endpoint records the connection of every POST, so it
 sees how many connections its deliveries came on:
 - with room for every host (HOOKBRIDGE_MAX_CONNECTIONS=64), each host's
   three deliveries come on one connection;
@@ -31,19 +31,28 @@ EVENTS = 3
 
 class Counting(ChallengeAnswering):
     """Answers the challenge, and 204 to every POST, keeping the connection
-    open; records the client port of the challenge and (client port, event
-    uuids) per POST."""
+    open; records the connection of the challenge and (connection, event
+    uuids) per POST. A connection is numbered when accepted (the server
+    makes one handler per connection): its client port would not do, as a
+    port closed on loopback may be taken again at once by the next
+    connection (tcp_tw_reuse), and two connections then counted as one."""
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        with self.server.lock:
+            self.server.accepted += 1
+            self.conn_no = self.server.accepted
 
     def do_GET(self):
         with self.server.lock:
-            self.server.challenged.add(self.client_address[1])
+            self.server.challenged.add(self.conn_no)
         super().do_GET()
 
     def do_POST(self):
         uuids = posted_uuids(self)
         with self.server.lock:
-            self.server.posts.append((self.client_address[1], uuids))
+            self.server.posts.append((self.conn_no, uuids))
         self.answer()
 
 
@@ -53,6 +62,7 @@ def endpoint(handler=Counting):
     srv.lock = threading.Lock()
     srv.posts = []
     srv.challenged = set()
+    srv.accepted = 0
     return srv
 
 
@@ -91,7 +101,7 @@ def test_connections_are_kept_for_as_many_hosts_as_max_connections_allows(
             produce(broker.bootstrap, [event("user.session.start")])
             wait_until(lambda: all(len(e.posts) >= n for e in eps), 20 * SLOW,
                        f"event {n} at every endpoint")
-        connections = [len({port for port, _ in e.posts}) for e in eps]
+        connections = [len({conn for conn, _ in e.posts}) for e in eps]
         assert all(len(e.posts) == EVENTS for e in eps), [len(e.posts) for e in eps]
         if reused:
             # every host's deliveries on one connection
@@ -102,7 +112,7 @@ def test_connections_are_kept_for_as_many_hosts_as_max_connections_allows(
         # the counter: the deliveries' connections, less those the challenge opened
         # (counted once the answer is in, a moment after the endpoint saw the
         # last POST: waited for, not read at once)
-        opened = sum(len({port for port, _ in e.posts} - e.challenged) for e in eps)
+        opened = sum(len({conn for conn, _ in e.posts} - e.challenged) for e in eps)
         wait_until(lambda: d.metric("hookbridge_connections_opened_total") >= opened, 10,
                    f"hookbridge_connections_opened_total to count the {opened} connections")
         assert d.metric("hookbridge_connections_opened_total") == opened
