@@ -465,19 +465,25 @@ int hb_pg_unusable(const struct pg_conn *conn) {
     return !conn || PQstatus(conn) == CONNECTION_BAD || hb_pg_read_only(conn) != NULL;
 }
 
+int hb_pg_conn_option(const struct pg_conn *conn, const char *keyword, char *out, size_t outsz) {
+    PQconninfoOption *opts = conn ? PQconninfo((struct pg_conn *)conn) : NULL;
+    const char *v = opts ? pg_opt(opts, keyword) : NULL;
+    int set = v && *v;
+    snprintf(out, outsz, "%s", set ? v : "");
+    PQconninfoFree(opts);
+    return set;
+}
+
 const char *hb_pg_left_primary(const struct pg_conn *conn) {
-    PQconninfoOption *opts;
-    const char *tsa, *why = NULL;
+    char tsa[32];
     if (!hb_pg_read_only(conn)) /* the usual case: no options to copy */
         return NULL;
-    opts = PQconninfo((struct pg_conn *)conn);
-    tsa = opts ? pg_opt(opts, "target_session_attrs") : NULL;
-    if (tsa && !strcmp(tsa, "read-write"))
-        why = hb_pg_read_only(conn);
-    else if (tsa && !strcmp(tsa, "primary") && pg_reported_on(conn, "in_hot_standby"))
-        why = hb_pg_read_only(conn);
-    PQconninfoFree(opts);
-    return why;
+    if (!hb_pg_conn_option(conn, "target_session_attrs", tsa, sizeof(tsa)))
+        return NULL;
+    if (!strcmp(tsa, "read-write") ||
+        (!strcmp(tsa, "primary") && pg_reported_on(conn, "in_hot_standby")))
+        return hb_pg_read_only(conn);
+    return NULL;
 }
 
 int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,

@@ -66,6 +66,10 @@ const char *hb_pg_read_only(const struct pg_conn *conn);
  * server still read-only is retried after the caller's back-off. */
 int hb_pg_unusable(const struct pg_conn *conn);
 
+/* The value conn was opened with for a conninfo keyword (the URL's, or a
+ * default hb_pg_connect gave), into out ("" when unset); 1 when set. */
+int hb_pg_conn_option(const struct pg_conn *conn, const char *keyword, char *out, size_t outsz);
+
 /* For a connection that only reads (the subscription store's LISTEN): the
  * reason to connect again when the URL asked for a primary
  * (target_session_attrs=read-write or primary) and the server no longer is

@@ -352,14 +352,11 @@ static void post_error(lane_t *ln, const char *err) {
  * and STORE_PING_WAIT_MS, so the store is not current before the delivery
  * log, reset after the same timeout, can come back. Under st->mu. */
 static void ping_times_locked(lane_t *ln, PGconn *conn) {
-    PQconninfoOption *opts = conn ? PQconninfo(conn) : NULL;
-    long long t = 0;
+    char v[32];
+    long long t =
+        hb_pg_conn_option(conn, "tcp_user_timeout", v, sizeof(v)) ? strtoll(v, NULL, 10) : 0;
     ln->ping_idle_ms = STORE_PING_MS;
     ln->st->ping_wait_ms = STORE_PING_WAIT_MS;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++)
-        if (!strcmp(o->keyword, "tcp_user_timeout") && o->val)
-            t = strtoll(o->val, NULL, 10);
-    PQconninfoFree(opts);
     if (t > 0 && t / 3 < ln->ping_idle_ms)
         ln->ping_idle_ms = t / 3 > STORE_PING_MIN_MS ? t / 3 : STORE_PING_MIN_MS;
     if (t > 0 && t / 5 < ln->st->ping_wait_ms)
