@@ -688,6 +688,29 @@ static int64_t min_size(avro_schema_t s, int depth) {
     }
 }
 
+/* A value of a type without children (size: a fixed's bytes, an enum's
+ * symbols): steps over it, -1 if it does not fit or is out of range. */
+static int check_scalar(avro_type_t type, hb_cursor_t *c, int64_t size) {
+    int64_t n;
+    switch (type) {
+    case AVRO_NULL: return 0;
+    case AVRO_BOOLEAN:
+        if (c->p >= c->end || *c->p > 1)
+            return -1;
+        c->p++;
+        return 0;
+    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
+    case AVRO_INT64: return cur_long(c, &n);
+    case AVRO_FLOAT: return cur_skip(c, 4);
+    case AVRO_DOUBLE: return cur_skip(c, 8);
+    case AVRO_STRING:
+    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
+    case AVRO_FIXED: return cur_skip(c, size);
+    case AVRO_ENUM: return cur_long(c, &n) < 0 || n < 0 || n >= size ? -1 : 0;
+    default: return -1;
+    }
+}
+
 static int check_value(avro_schema_t s, hb_cursor_t *c, int depth);
 
 /* The header of an array's or map's next block: its item count (0 at the
@@ -734,21 +757,8 @@ static int check_value(avro_schema_t s, hb_cursor_t *c, int depth) {
     if (!s || depth > HB_CODEC_MAX_DEPTH)
         return -1;
     switch (avro_typeof(s)) {
-    case AVRO_NULL: return 0;
-    case AVRO_BOOLEAN:
-        if (c->p >= c->end || *c->p > 1)
-            return -1;
-        c->p++;
-        return 0;
-    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
-    case AVRO_INT64: return cur_long(c, &n);
-    case AVRO_FLOAT: return cur_skip(c, 4);
-    case AVRO_DOUBLE: return cur_skip(c, 8);
-    case AVRO_STRING:
-    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
-    case AVRO_FIXED: return cur_skip(c, avro_schema_fixed_size(s));
-    case AVRO_ENUM:
-        return cur_long(c, &n) < 0 || n < 0 || n >= avro_schema_enum_number_of_symbols(s) ? -1 : 0;
+    case AVRO_FIXED: return check_scalar(AVRO_FIXED, c, avro_schema_fixed_size(s));
+    case AVRO_ENUM: return check_scalar(AVRO_ENUM, c, avro_schema_enum_number_of_symbols(s));
     case AVRO_UNION:
         if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= avro_schema_union_size(s))
             return -1;
@@ -760,7 +770,7 @@ static int check_value(avro_schema_t s, hb_cursor_t *c, int depth) {
         return 0;
     case AVRO_ARRAY: return check_blocks(avro_schema_array_items(s), 0, c, depth);
     case AVRO_MAP: return check_blocks(avro_schema_map_values(s), 1, c, depth);
-    default: return -1;
+    default: return check_scalar(avro_typeof(s), c, 0);
     }
 }
 
@@ -1390,20 +1400,8 @@ static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth) {
     if (depth > HB_CODEC_MAX_DEPTH)
         return -1;
     switch (p->type) {
-    case AVRO_NULL: return 0;
-    case AVRO_BOOLEAN:
-        if (c->p >= c->end || *c->p > 1)
-            return -1;
-        c->p++;
-        return 0;
-    case AVRO_INT32: return cur_long(c, &n) < 0 || n < INT32_MIN || n > INT32_MAX ? -1 : 0;
-    case AVRO_INT64: return cur_long(c, &n);
-    case AVRO_FLOAT: return cur_skip(c, 4);
-    case AVRO_DOUBLE: return cur_skip(c, 8);
-    case AVRO_STRING:
-    case AVRO_BYTES: return cur_long(c, &n) < 0 ? -1 : cur_skip(c, n);
-    case AVRO_FIXED: return cur_skip(c, p->fixed_size);
-    case AVRO_ENUM: return cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n ? -1 : 0;
+    case AVRO_FIXED: return check_scalar(AVRO_FIXED, c, p->fixed_size);
+    case AVRO_ENUM: return check_scalar(AVRO_ENUM, c, (int64_t)p->n);
     case AVRO_UNION:
         if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= p->n)
             return -1;
@@ -1415,7 +1413,7 @@ static int check_plan(const hb_plan_t *p, hb_cursor_t *c, int depth) {
         return 0;
     case AVRO_ARRAY:
     case AVRO_MAP: return check_plan_blocks(p, c, depth);
-    default: return -1;
+    default: return check_scalar(p->type, c, 0);
     }
 }
 
