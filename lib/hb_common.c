@@ -205,6 +205,83 @@ void hb_format_time(int64_t wall_ms, char *out, size_t outsz) {
     snprintf(out, outsz, "%s.%03dZ", base, (int)(wall_ms % 1000));
 }
 
+/* n decimal digits at *p (advanced past them) as a number; -1 if not so. */
+static int fixed_digits(const char **p, int n) {
+    int v = 0;
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (**p < '0' || **p > '9')
+            return -1;
+        v = v * 10 + (**p - '0');
+    }
+    return v;
+}
+
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar
+ * (March-based years, so that February's leap day is a year's last). */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    int64_t era, yoe, doy;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+int hb_parse_time(const char *s, int64_t *wall_ms) {
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const char *p = s;
+    int y, mo, d, h, mi, sec, ms = 0, off = 0;
+    if (!s)
+        return -1;
+    y = fixed_digits(&p, 4);
+    if (y < 0 || *p++ != '-' || (mo = fixed_digits(&p, 2)) < 1 || mo > 12 || *p++ != '-' ||
+        (d = fixed_digits(&p, 2)) < 1 || d > mdays[mo - 1] ||
+        (mo == 2 && d == 29 && (y % 4 || (y % 100 == 0 && y % 400))))
+        return -1;
+    if (*p != 'T' && *p != 't' && *p != ' ')
+        return -1;
+    p++;
+    if ((h = fixed_digits(&p, 2)) < 0 || h > 23 || *p++ != ':' || (mi = fixed_digits(&p, 2)) < 0 ||
+        mi > 59 || *p++ != ':' || (sec = fixed_digits(&p, 2)) < 0 || sec > 60)
+        return -1;
+    if (*p == '.') { /* milliseconds: the first three digits count */
+        int n = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, n++)
+            if (n < 3)
+                ms = ms * 10 + (*p - '0');
+        if (!n)
+            return -1;
+        for (; n < 3; n++)
+            ms *= 10;
+    }
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p++ == '+' ? 1 : -1, oh, om;
+        if ((oh = fixed_digits(&p, 2)) < 0 || oh > 23 || *p++ != ':' ||
+            (om = fixed_digits(&p, 2)) < 0 || om > 59)
+            return -1;
+        off = sign * (oh * 60 + om);
+    } else {
+        return -1;
+    }
+    if (*p)
+        return -1;
+    /* a leap second (:60) counts as the next minute's first */
+    *wall_ms =
+        ((days_from_civil(y, mo, d) * 24 + h) * 3600 + (int64_t)mi * 60 + sec - (int64_t)off * 60) *
+            1000 +
+        ms;
+    return 0;
+}
+
+int hb_time_before(const char *a, const char *b) {
+    int64_t ta, tb;
+    if (hb_parse_time(a, &ta) == 0 && hb_parse_time(b, &tb) == 0)
+        return ta < tb;
+    return strcmp(a, b) < 0;
+}
+
 static void *hb_oom(size_t n) {
     fprintf(stderr, "hookbridge: out of memory allocating %zu bytes\n", n);
     abort();

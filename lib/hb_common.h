@@ -82,6 +82,15 @@ void hb_poke(int fd);
 /* RFC 3339 UTC timestamp with milliseconds ("2026-11-29T02:50:00.123Z").
  * out must hold at least 25 bytes. */
 void hb_format_time(int64_t wall_ms, char *out, size_t outsz);
+/* An RFC 3339 date-time (2026-12-06T10:00:00Z; 'T', 't' or a blank between
+ * date and time; a fraction, of which milliseconds count; Z or an offset
+ * such as +01:00) as milliseconds since the epoch. 0, or -1 when s is not
+ * one (a field out of range, February 30th and the like included). */
+int hb_parse_time(const char *s, int64_t *wall_ms);
+/* Whether RFC 3339 time a is before b, by the instants they name (two
+ * offsets, or fractions of different lengths, do not compare as text); as
+ * text when either is not such a time. */
+int hb_time_before(const char *a, const char *b);
 
 /* Allocation that never returns NULL: aborts the process on exhaustion,
  * because no caller could do better than crash-and-restart at that point. */

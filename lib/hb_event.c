@@ -129,38 +129,6 @@ static int event_uuid_v4(char out[37]) {
     return 0;
 }
 
-static int digits(const char **p, int n) {
-    for (int i = 0; i < n; i++, (*p)++)
-        if (!isdigit((unsigned char)**p))
-            return -1;
-    return 0;
-}
-
-/* RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM). */
-static int rfc3339_valid(const char *s) {
-    const char *p = s;
-    if (digits(&p, 4) || *p++ != '-' || digits(&p, 2) || *p++ != '-' || digits(&p, 2))
-        return 0;
-    if (*p != 'T' && *p != 't' && *p != ' ')
-        return 0;
-    p++;
-    if (digits(&p, 2) || *p++ != ':' || digits(&p, 2) || *p++ != ':' || digits(&p, 2))
-        return 0;
-    if (*p == '.') {
-        p++;
-        if (!isdigit((unsigned char)*p))
-            return 0;
-        while (isdigit((unsigned char)*p))
-            p++;
-    }
-    if (*p == 'Z' || *p == 'z')
-        return p[1] == '\0';
-    if (*p != '+' && *p != '-')
-        return 0;
-    p++;
-    return !digits(&p, 2) && *p++ == ':' && !digits(&p, 2) && *p == '\0';
-}
-
 static const char *const hb_severities[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
 /* A member that must be a string when present; absent or null -> *out NULL. */
@@ -187,6 +155,7 @@ static int optional_string(json_t *ev, const char *name, const char **out, char 
 
 int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr, size_t errstr_size) {
     const char *type, *uuid, *published, *version, *severity;
+    int64_t published_ms;
     size_t i;
     if (!json_is_object(ev)) {
         hb_seterr(errstr, errstr_size, "event: expected a JSON object");
@@ -210,7 +179,7 @@ int hb_event_normalize(json_t *ev, int allow_unknown_types, char *errstr, size_t
         hb_seterr(errstr, errstr_size, "uuid: empty");
         return -1;
     }
-    if (published && !rfc3339_valid(published)) {
+    if (published && hb_parse_time(published, &published_ms) < 0) {
         hb_seterr(errstr, errstr_size,
                   "published: \"%s\" is not an RFC 3339 time (2024-05-01T12:00:00.000Z)",
                   published);

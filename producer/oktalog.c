@@ -248,48 +248,11 @@ static const char *org_url_fault(const char *url) {
     return fault;
 }
 
-/* An RFC 3339 time (2026-12-06T10:00:00Z, .000 and +01:00 allowed) as
- * milliseconds since the epoch; -1 when it is not one. */
+/* An RFC 3339 time as milliseconds since the epoch (hb_parse_time); -1
+ * when it is not one. */
 static long long rfc3339_ms(const char *s) {
-    struct tm tm;
-    int y, mo, d, h, mi, sec, n = 0, oh = 0, om = 0, sign = 0;
-    long long ms = 0;
-    time_t t;
-    if (!s || sscanf(s, "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &sec, &n) != 6 ||
-        n != 19 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
-        return -1;
-    s += n;
-    if (*s == '.') { /* milliseconds: the first three digits count */
-        int digits = 0;
-        for (s++; isdigit((unsigned char)*s); s++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*s - '0');
-        if (!digits)
-            return -1;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*s == 'Z' || *s == 'z') {
-        s++;
-    } else if (*s == '+' || *s == '-') {
-        sign = *s == '+' ? 1 : -1;
-        if (sscanf(s + 1, "%2d:%2d%n", &oh, &om, &n) != 2 || n != 5 || oh > 23 || om > 59)
-            return -1;
-        s += 6;
-    } else {
-        return -1;
-    }
-    if (*s)
-        return -1;
-    memset(&tm, 0, sizeof(tm));
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    t = timegm(&tm);
-    return ((long long)t - sign * (oh * 3600LL + om * 60LL)) * 1000 + ms;
+    int64_t ms;
+    return hb_parse_time(s, &ms) < 0 ? -1 : (long long)ms;
 }
 
 /* curl's progress callback: a stop aborts the transfer (SIGTERM while Okta
@@ -607,7 +570,7 @@ void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int r
     const char *lost = hb_producer_first_lost(p, &unnamed), *from = NULL;
     if (!read_all)
         from = *last_read ? last_read : o->since;
-    if (lost && (!from || strcmp(lost, from) < 0))
+    if (lost && (!from || hb_time_before(lost, from)))
         from = lost;
     if (unnamed) /* an event the brokers did not take that has no time: all again */
         from = o->since;

@@ -92,7 +92,7 @@ static void seq_add(long long **at, size_t *cnt, size_t *cap, long long seq) {
 static void note_lost(hb_producer_t *p, const sent_t *sent) {
     if (!*sent->published)
         p->lost_unnamed = 1;
-    else if (!*p->first_lost || strcmp(sent->published, p->first_lost) < 0)
+    else if (!*p->first_lost || hb_time_before(sent->published, p->first_lost))
         snprintf(p->first_lost, sizeof(p->first_lost), "%s", sent->published);
 }
 

@@ -1,6 +1,7 @@
 /*
- * Tests of the shared primitives in hb_common: whole-number parsing and the
- * one wording every program uses to refuse a numeric flag.
+ * Tests of the shared primitives in hb_common: whole-number parsing, the
+ * one wording every program uses to refuse a numeric flag, and RFC 3339
+ * times read.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +13,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "hb_common.h"
 
@@ -116,11 +118,80 @@ static void test_utf8_scrub(void **state) {
     }
 }
 
+/* RFC 3339 times as the producer's event JSON, --okta-logs' --since and
+ * --until, and Okta's `published` give them; each against timegm's answer
+ * or a figure worked out by hand. */
+static void test_parse_time(void **state) {
+    static const struct {
+        const char *in;
+        int64_t want; /* ms since the epoch; INT64_MIN: refused */
+    } cases[] = {
+        {"1970-01-01T00:00:00Z", 0},
+        {"2026-12-06T10:00:00Z", 1796551200000LL},
+        {"2026-12-06T10:00:00.123Z", 1796551200123LL},
+        {"2026-12-06T10:00:00.1Z", 1796551200100LL},
+        {"2026-12-06T10:00:00.123456789z", 1796551200123LL}, /* ms count */
+        {"2026-12-06t10:00:00Z", 1796551200000LL},
+        {"2026-12-06 10:00:00Z", 1796551200000LL},
+        {"2026-12-06T11:00:00+01:00", 1796551200000LL},
+        {"2026-12-06T04:30:00-05:30", 1796551200000LL},
+        {"2024-02-29T00:00:00Z", 1709164800000LL}, /* a leap day */
+        {"2000-02-29T00:00:00Z", 951782400000LL},  /* 400 years: a leap year */
+        {"1969-12-31T23:59:59.999Z", -1},
+        {"2016-12-31T23:59:60Z", 1483228800000LL}, /* a leap second: the next minute */
+        {"2023-02-29T00:00:00Z", INT64_MIN},       /* not a leap year */
+        {"1900-02-29T00:00:00Z", INT64_MIN},       /* a century, not a leap year */
+        {"2026-04-31T00:00:00Z", INT64_MIN},
+        {"2026-13-01T00:00:00Z", INT64_MIN},
+        {"2026-00-01T00:00:00Z", INT64_MIN},
+        {"2026-12-00T00:00:00Z", INT64_MIN},
+        {"2026-12-06T24:00:00Z", INT64_MIN},
+        {"2026-12-06T10:60:00Z", INT64_MIN},
+        {"2026-12-06T10:00:61Z", INT64_MIN},
+        {"2026-12-06T10:00:00", INT64_MIN},      /* no zone */
+        {"2026-12-06T10:00:00.Z", INT64_MIN},    /* an empty fraction */
+        {"2026-12-06T10:00:00+0100", INT64_MIN}, /* no colon in the offset */
+        {"2026-12-06T10:00:00+24:00", INT64_MIN},
+        {"2026-12-06T10:00:00Zx", INT64_MIN},
+        {"2026-12-06X10:00:00Z", INT64_MIN},
+        {"2026-1-06T10:00:00Z", INT64_MIN},
+        {"+2026-12-06T10:00:00Z", INT64_MIN},
+        {"", INT64_MIN},
+        {NULL, INT64_MIN},
+    };
+    for (size_t i = 0; i < HB_ARRAY_SIZE(cases); i++) {
+        int64_t got = 42;
+        int rc = hb_parse_time(cases[i].in, &got);
+        if (cases[i].want == INT64_MIN ? rc != -1 : rc != 0 || got != cases[i].want)
+            fail_msg("case %zu (%s): rc %d, %lld ms", i, cases[i].in ? cases[i].in : "NULL", rc,
+                     (long long)got);
+    }
+    /* every day from 1570 to 2369 (two Gregorian cycles) against gmtime */
+    for (int64_t day = -146097; day < 146097; day += 1) {
+        time_t t = (time_t)(day * 86400 + 45296); /* 12:34:56 */
+        struct tm tm;
+        char text[40];
+        int64_t got;
+        gmtime_r(&t, &tm);
+        strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        if (tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999)
+            continue;
+        if (hb_parse_time(text, &got) != 0 || got != (int64_t)t * 1000)
+            fail_msg("%s: %lld, want %lld", text, (long long)got, (long long)t * 1000);
+    }
+    /* instants, not text: an offset, a fraction's length */
+    assert_true(hb_time_before("2026-12-06T10:30:00.000Z", "2026-12-06T12:00:00+01:00"));
+    assert_false(hb_time_before("2026-12-06T11:30:00+01:00", "2026-12-06T10:00:00.000Z"));
+    assert_true(hb_time_before("2026-12-06T10:00:00Z", "2026-12-06T10:00:00.001Z"));
+    assert_false(hb_time_before("2026-12-06T10:00:00.000Z", "2026-12-06T10:00:00Z"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_int),
         cmocka_unit_test(test_parse_int_flag),
         cmocka_unit_test(test_utf8_scrub),
+        cmocka_unit_test(test_parse_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
