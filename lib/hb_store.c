@@ -259,6 +259,10 @@ typedef struct lane_s {
     int exited;          /* under st->mu: the thread is done with the lane */
     long long left_seen; /* a request lane's: st->left_primary when it last answered */
     int ro_connected;    /* a request lane's: its server was read-only when it connected */
+    /* a request lane's: its last connection was dropped as read-only (a
+     * write refused with SQLSTATE 25006 by a server that did not report
+     * it: hb_pg_read_only) and nothing was answered since */
+    int ro_dropped;
 } lane_t;
 
 struct hb_store_s {
@@ -382,10 +386,14 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
 
 /* Forgets a broken connection; the next attempt is due after the backoff.
  * A request lane's on a server that was read-only when it connected too (a
- * single-host URL, a primary read-only for minutes): the backoff grows, as
- * for a failed connect, rather than a connection a second. */
+ * single-host URL, a primary read-only for minutes), or that refused a write
+ * again after the last one was dropped so (a server that does not report
+ * it): the backoff grows, as for a failed connect, rather than a connection
+ * a second. */
 static void store_drop(lane_t *ln) {
-    int again = ln->ro_connected && hb_pg_read_only(ln->conn) != NULL;
+    int ro = !ln->follower && hb_pg_read_only(ln->conn) != NULL;
+    int again = ro && (ln->ro_connected || ln->ro_dropped);
+    ln->ro_dropped = ro;
     lane_set_conn(ln, NULL);
     if (!again)
         ln->backoff_ms = STORE_BACKOFF_MIN_MS;
@@ -825,9 +833,10 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
     if (conn) {
         lane_set_conn(ln, conn);
         if (!ln->follower || store_listen(ln, why, sizeof(why)) == 0) {
-            /* read-only already: its backoff goes on growing (store_drop) */
+            /* read-only already, or maybe (the last one refused a write):
+             * its backoff goes on growing (store_drop) */
             ln->ro_connected = !ln->follower && hb_pg_read_only(conn) != NULL;
-            if (!ln->ro_connected)
+            if (!ln->ro_connected && !ln->ro_dropped)
                 ln->backoff_ms = STORE_BACKOFF_MIN_MS;
             return 0;
         }
@@ -1222,6 +1231,8 @@ static void answer(lane_t *ln, store_msg_t *m) {
     }
     if (rc < 0)
         msg_fail(m, errstr);
+    else
+        ln->ro_dropped = 0; /* answered: a later refusal starts the backoff afresh */
     post(ln, m);
 }
 

@@ -1,0 +1,74 @@
+"""Review 56: leftovers of the failover and clock work (reviews 53 to 55) as
+production meets them: a server that refuses writes as read-only without
+saying so, `hookbridge-migrate status` read by a script on a host whose
+clock is off.
+
+Each check says what it did on main's binaries (0603895)."""
+import time
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from test_delivery import event, sql
+from test_promises import verified_active
+from test_reactivate import delivery_of
+
+# Raises what a read-only server raises (SQLSTATE 25006) for the sessions
+# listed in fenced, and for no other: the server reports nothing (as before
+# PostgreSQL 14, or a connection made read-only by a proxy).
+FENCE = """
+CREATE TABLE public.fenced (pid int PRIMARY KEY);
+CREATE FUNCTION public.fence() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_backend_pid() IN (SELECT pid FROM public.fenced) THEN
+        RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction'
+            USING ERRCODE = 'read_only_sql_transaction';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER fence BEFORE INSERT ON hookbridge.delivery_attempts
+    FOR EACH STATEMENT EXECUTE FUNCTION public.fence();
+"""
+
+
+def dlog_pids(db_url):
+    return [p for (p,) in sql(db_url, "SELECT pid FROM pg_stat_activity WHERE application_name "
+                              "= 'hookbridge-dlog' AND datname = current_database()")]
+
+
+def test_a_delivery_log_connection_refused_writes_without_a_report_connects_again(
+        db_url, procs, workdir):
+    """The delivery log's connection has every write refused with SQLSTATE
+    25006 (read_only_sql_transaction) while the server reports neither
+    in_hot_standby nor default_transaction_read_only (a server before
+    PostgreSQL 14 turned read-only; here a trigger fences that one session).
+    The writer takes it as a server that is not the primary: it drops the
+    connection and connects again with its back-off, so the next delivery is
+    logged within seconds on a new connection, and its log says why.
+
+    On main (0603895): every round failed on the same connection ("cannot
+    write, will retry: cannot execute INSERT in a read-only transaction
+    (SQLSTATE 25006)") for as long as the fence stayed, and event 2's
+    delivery was never logged. About 4 s."""
+    broker = Broker(procs, workdir)
+    rcv = Receiver(procs, workdir)
+    verified_active(db_url, rcv.url)
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    e1 = event("user.session.start")
+    produce(broker.bootstrap, [e1])
+    wait_until(lambda: delivery_of(db_url, e1), 10 * SLOW, "event 1 logged")
+    (fenced,) = dlog_pids(db_url)
+    sql(db_url, FENCE)
+    sql(db_url, "INSERT INTO public.fenced VALUES (%s)", fenced)
+
+    t0 = time.monotonic()
+    e2 = event("user.session.start")
+    produce(broker.bootstrap, [e2])
+    wait_until(lambda: delivery_of(db_url, e2), 6 * SLOW,
+               "event 2 logged on a new connection while the old one stays fenced")
+    print(f"event 2 logged {time.monotonic() - t0:.1f} s after it was produced")
+    assert fenced not in dlog_pids(db_url)
+    out = d.proc.output()
+    assert "refused a write as read-only (SQLSTATE 25006)" in out, out[-3000:]
+    assert "postgres:" not in out  # the URL's user info: no conninfo in messages
+
