@@ -391,8 +391,8 @@ void hb_pg_clock_sample(PGconn *conn) {
     PQclear(res);
 }
 
-struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
-                              size_t errstr_size) {
+static struct pg_conn *pg_connect(const char *conninfo, const char *application_name,
+                                  int sample_clock, char *errstr, size_t errstr_size) {
     /* Keywords before dbname are defaults the conninfo may override; the ones
      * after it are not negotiable. */
     const char *keys[] = {"connect_timeout",  "keepalives",
@@ -455,7 +455,8 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
         PQsetNoticeProcessor(conn, pg_notice, NULL);
         /* before any result: libpq copies a connection's procedures into each */
         (void)PQregisterEventProc(conn, pg_event, "hookbridge", NULL);
-        hb_pg_clock_sample(conn);
+        if (sample_clock)
+            hb_pg_clock_sample(conn);
     }
 fail:
     if (pw) {
@@ -463,6 +464,16 @@ fail:
         free(pw);
     }
     return conn;
+}
+
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
+                              size_t errstr_size) {
+    return pg_connect(conninfo, application_name, 1, errstr, errstr_size);
+}
+
+struct pg_conn *hb_pg_connect_untimed(const char *conninfo, const char *application_name,
+                                      char *errstr, size_t errstr_size) {
+    return pg_connect(conninfo, application_name, 0, errstr, errstr_size);
 }
 
 /* A server parameter as the server last reported it: "on" is 1. */

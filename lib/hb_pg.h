@@ -20,6 +20,11 @@ struct pg_result;
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) HB_MUSTCHECK;
 
+/* hb_pg_connect without reading PostgreSQL's clock: for a tool that keeps
+ * no time by it (hookbridge-migrate), so it has no word on this host's. */
+struct pg_conn *hb_pg_connect_untimed(const char *conninfo, const char *application_name,
+                                      char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* Reads PostgreSQL's clock over conn (idle, blocking: one round trip) and
  * takes it as the reference (hb_wall_ms); warns when this host's clock is
  * off. hb_pg_connect does it on each new connection. */

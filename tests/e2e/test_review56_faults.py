@@ -4,9 +4,13 @@ saying so, `hookbridge-migrate status` read by a script on a host whose
 clock is off.
 
 Each check says what it did on main's binaries (0603895)."""
+import os
+import subprocess
 import time
 
-from hbtest.procs import SLOW, wait_until
+from hbtest.clockshim import env as clock_env
+from hbtest.pg import MIGRATIONS
+from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import event, sql
 from test_promises import verified_active
@@ -72,3 +76,22 @@ def test_a_delivery_log_connection_refused_writes_without_a_report_connects_agai
     assert "refused a write as read-only (SQLSTATE 25006)" in out, out[-3000:]
     assert "postgres:" not in out  # the URL's user info: no conninfo in messages
 
+
+def test_migrate_status_on_a_host_whose_clock_is_off_prints_only_its_table(db_url):
+    """`hookbridge-migrate status` prints one line per migration on stdout,
+    for scripts. On a host two minutes behind PostgreSQL its stdout is the
+    same as on a host whose clock is right: the tool keeps no time by
+    PostgreSQL's clock and has no word on this host's (the services say it
+    at their start).
+
+    On main (0603895): a JSON log line ({"time":...,"level":"warn",...,
+    "msg":"this host's clock is 120.0 s behind PostgreSQL's..."}) came on
+    stdout ahead of the table. About 1 s."""
+    def status(extra):
+        return subprocess.run([str(BIN / "hookbridge-migrate"), "status", "--dir",
+                               str(MIGRATIONS)], capture_output=True, text=True, timeout=30 * SLOW,
+                              env=dict(os.environ, HOOKBRIDGE_DATABASE_URL=db_url, **extra))
+    right, behind = status({}), status(clock_env(-120))
+    assert right.returncode == 0 and behind.returncode == 0, behind.stderr
+    assert "0001_baseline" in right.stdout
+    assert behind.stdout == right.stdout, behind.stdout
