@@ -5,13 +5,14 @@ clock is off.
 
 Each check says what it did on main's binaries (0603895)."""
 import os
+import re
 import subprocess
 import time
 
 from hbtest.clockshim import env as clock_env
 from hbtest.pg import MIGRATIONS
 from hbtest.procs import BIN, SLOW, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, produce
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import event, sql
 from test_promises import verified_active
 from test_reactivate import delivery_of
@@ -95,3 +96,30 @@ def test_migrate_status_on_a_host_whose_clock_is_off_prints_only_its_table(db_ur
     assert right.returncode == 0 and behind.returncode == 0, behind.stderr
     assert "0001_baseline" in right.stdout
     assert behind.stdout == right.stdout, behind.stdout
+
+
+def test_the_retriers_sweep_answered_ends_the_warned_failures_of_its_periodic_requests(
+        db_url, procs, workdir):
+    """The retrier's periodic requests: the replay claim (every second), the
+    sweep of failing endpoints and the log's upkeep. The replay claim alone
+    fails (here its function renamed away); the sweep, every second with
+    auto_deactivate_after = 4 s, is answered. The failure is warned of, and
+    the next answered request of any kind says the periodic requests are
+    answered again, once; the claims failing on while the sweeps are
+    answered flood nothing (the warnings keep their 30 s pace).
+
+    On main (0603895): only an answered replay claim said so and ended the
+    failures, so the sweeps answered meanwhile were never said. About 7 s."""
+    broker = Broker(procs, workdir)
+    r = Retrier(procs, db_url, broker.bootstrap,
+                extra_env={"HOOKBRIDGE_AUTO_DEACTIVATE_AFTER": "4s"})
+    r.wait_ready()
+    sql(db_url, "ALTER FUNCTION hookbridge.claim_replays(integer, interval) "
+        "RENAME TO claim_replays_away")
+    wait_until(lambda: "claim_replays" in r.proc.output(), 5 * SLOW, "the replay claim to fail")
+    wait_until(lambda: "periodic requests are answered again" in r.proc.output(), 5 * SLOW,
+               "the sweep answered to end the failures")
+    time.sleep(3)  # three more failed claims and answered sweeps
+    said = re.findall(r'"msg":"([^"]*(?:claim_replays|answered again)[^"]*)"', r.proc.output())
+    print(said)
+    assert len(said) == 2 and "claim_replays" in said[0] and "answered again" in said[1], said
