@@ -289,6 +289,7 @@ struct hb_store_s {
      * primary (hb_pg_left_primary): the request lanes' connections, idle
      * and unaware of it, go too, before their next request */
     long long left_primary;
+    char down_why[512]; /* under mu: the follower's last failed connect (hb_store_down_why) */
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -374,6 +375,8 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     if (ln->conn && ln->conn != conn)
         PQfinish(ln->conn);
     ln->conn = conn;
+    if (ln->follower && conn)
+        ln->st->down_why[0] = '\0';
     ln->sock = conn ? PQsocket(conn) : -1;
     ln->connected = conn != NULL;
     ln->ping_since = 0;
@@ -842,6 +845,11 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
         }
     }
     lane_set_conn(ln, NULL);
+    if (ln->follower) {
+        pthread_mutex_lock(&ln->st->mu);
+        snprintf(ln->st->down_why, sizeof(ln->st->down_why), "%s", why);
+        pthread_mutex_unlock(&ln->st->mu);
+    }
     ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
     hb_seterr(errstr, errstr_size, "%s; next attempt in %lld s", why,
               (long long)(ln->backoff_ms / 1000));
@@ -1505,6 +1513,12 @@ int hb_store_connected(hb_store_t *st) {
     c = st->lanes[LANE_FOLLOWER].connected;
     pthread_mutex_unlock(&st->mu);
     return c;
+}
+
+void hb_store_down_why(hb_store_t *st, char *out, size_t outsz) {
+    pthread_mutex_lock(&st->mu);
+    snprintf(out, outsz, "%s", st->down_why);
+    pthread_mutex_unlock(&st->mu);
 }
 
 const char *hb_store_stale(hb_store_t *st) {

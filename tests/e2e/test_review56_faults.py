@@ -1,6 +1,7 @@
 """Review 56: leftovers of the failover and clock work (reviews 53 to 55) as
 production meets them: a server that refuses writes as read-only without
-saying so, `hookbridge-migrate status` read by a script on a host whose
+saying so, a failover that leaves a service on a hot standby,
+`hookbridge-migrate status` read by a script on a host whose
 clock is off.
 
 Each check says what it did on main's binaries (0603895)."""
@@ -9,8 +10,10 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from hbtest.clockshim import env as clock_env
-from hbtest.pg import MIGRATIONS
+from hbtest.pg import MIGRATIONS, PgCluster
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import event, sql
@@ -33,6 +36,22 @@ END $$;
 CREATE TRIGGER fence BEFORE INSERT ON hookbridge.delivery_attempts
     FOR EACH STATEMENT EXECUTE FUNCTION public.fence();
 """
+
+
+@pytest.fixture
+def pair():
+    """(primary, replica, dbname): a primary of this test's own with a
+    migrated database, and a hot standby streaming from it."""
+    primary = PgCluster().start()
+    replica = None
+    try:
+        name = primary.migrated_database("standby")
+        replica = primary.start_replica()
+        yield primary, replica, name
+    finally:
+        if replica:
+            replica.stop()
+        primary.stop()
 
 
 def dlog_pids(db_url):
@@ -123,3 +142,32 @@ def test_the_retriers_sweep_answered_ends_the_warned_failures_of_its_periodic_re
     said = re.findall(r'"msg":"([^"]*(?:claim_replays|answered again)[^"]*)"', r.proc.output())
     print(said)
     assert len(said) == 2 and "claim_replays" in said[0] and "answered again" in said[1], said
+
+
+def test_a_service_whose_reconnect_finds_a_hot_standby_names_it_on_readyz(pair, procs, workdir):
+    """The URL names two servers without target_session_attrs (any server
+    will do, in order): the primary, then its hot standby. The dispatcher
+    runs on the primary; the primary stops, and every reconnect finds the
+    standby, where LISTEN fails. /readyz says the server is a hot standby,
+    with no count-down of the next attempt (it would be stale when read);
+    once the standby is promoted the dispatcher is ready again.
+
+    On main (0603895): /readyz said only "database not connected" (the
+    standby was named only when the dispatcher started on it), while the
+    log said "database: LISTEN: the server is a hot standby, not the
+    primary (...); reconnecting; next attempt in N s". About 12 s."""
+    primary, replica, name = pair
+    broker = Broker(procs, workdir)
+    hosts = f"127.0.0.1:{primary.port},127.0.0.1:{replica.port}"
+    d = Dispatcher(procs, f"postgresql://postgres@{hosts}/{name}", broker.bootstrap)
+    d.wait_ready()
+    primary.stop()
+    wait_until(lambda: "next attempt in" in d.proc.output(), 10 * SLOW,
+               "a reconnect to find the standby")
+    code, body = wait_until(lambda: (got := d.get("/readyz")) and "standby" in got[1] and got,
+                            3 * SLOW, "/readyz to name the standby")
+    print(f"/readyz {code}: {body.strip()}")
+    assert code == 503 and "hot standby, not the primary" in body, body
+    assert "next attempt" not in body, body
+    replica.promote()
+    d.wait_ready(20 * SLOW)
