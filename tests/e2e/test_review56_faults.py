@@ -33,9 +33,11 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER fence BEFORE INSERT ON hookbridge.delivery_attempts
-    FOR EACH STATEMENT EXECUTE FUNCTION public.fence();
 """
+FENCE_INSERTS = ("CREATE TRIGGER fence BEFORE INSERT ON hookbridge.delivery_attempts "
+                 "FOR EACH STATEMENT EXECUTE FUNCTION public.fence()")
+FENCE_UPDATES = ("CREATE TRIGGER fence BEFORE UPDATE ON hookbridge.deliveries "
+                 "FOR EACH STATEMENT EXECUTE FUNCTION public.fence()")
 
 
 @pytest.fixture
@@ -83,6 +85,7 @@ def test_a_delivery_log_connection_refused_writes_without_a_report_connects_agai
     wait_until(lambda: delivery_of(db_url, e1), 10 * SLOW, "event 1 logged")
     (fenced,) = dlog_pids(db_url)
     sql(db_url, FENCE)
+    sql(db_url, FENCE_INSERTS)
     sql(db_url, "INSERT INTO public.fenced VALUES (%s)", fenced)
 
     t0 = time.monotonic()
@@ -95,6 +98,33 @@ def test_a_delivery_log_connection_refused_writes_without_a_report_connects_agai
     out = d.proc.output()
     assert "refused a write as read-only (SQLSTATE 25006)" in out, out[-3000:]
     assert "postgres:" not in out  # the URL's user info: no conninfo in messages
+
+
+def test_a_store_request_connection_refused_writes_without_a_report_connects_again(
+        db_url, procs, workdir):
+    """The same for the subscription store's request lane: the retrier's
+    replay claim (an UPDATE, every second) is refused with SQLSTATE 25006
+    on its connection, the server reporting nothing. The lane drops that
+    connection and the next claim, a second later, is answered on a new
+    one: the retrier says its periodic requests are answered again.
+
+    On main (0603895): the claim failed every second on the same
+    connection for as long as the fence stayed (warned every 30 s), never
+    answered. About 6 s."""
+    broker = Broker(procs, workdir)
+    r = Retrier(procs, db_url, broker.bootstrap)
+    r.wait_ready()
+    ((fenced,),) = wait_until(lambda: sql(
+        db_url, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+        "application_name = 'hookbridge' AND query LIKE %s", "%claim_replays%"), 5 * SLOW,
+        "the retrier's request lane to claim replays")
+    sql(db_url, FENCE)
+    sql(db_url, FENCE_UPDATES)
+    sql(db_url, "INSERT INTO public.fenced VALUES (%s)", fenced)
+    wait_until(lambda: "SQLSTATE 25006" in r.proc.output(), 5 * SLOW, "the claim refused")
+    wait_until(lambda: "periodic requests are answered again" in r.proc.output(), 5 * SLOW,
+               "the claim answered on a new connection")
+    assert "refused a write as read-only (SQLSTATE 25006)" in r.proc.output()
 
 
 def test_migrate_status_on_a_host_whose_clock_is_off_prints_only_its_table(db_url):
