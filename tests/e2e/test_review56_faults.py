@@ -74,7 +74,7 @@ def test_a_delivery_log_connection_refused_writes_without_a_report_connects_agai
     On main (0603895): every round failed on the same connection ("cannot
     write, will retry: cannot execute INSERT in a read-only transaction
     (SQLSTATE 25006)") for as long as the fence stayed, and event 2's
-    delivery was never logged. About 4 s."""
+    delivery was never logged. About 8 s."""
     broker = Broker(procs, workdir)
     rcv = Receiver(procs, workdir)
     verified_active(db_url, rcv.url)
@@ -110,7 +110,7 @@ def test_a_store_request_connection_refused_writes_without_a_report_connects_aga
 
     On main (0603895): the claim failed every second on the same
     connection for as long as the fence stayed (warned every 30 s), never
-    answered. About 6 s."""
+    answered. About 9 s."""
     broker = Broker(procs, workdir)
     r = Retrier(procs, db_url, broker.bootstrap)
     r.wait_ready()
@@ -158,7 +158,7 @@ def test_the_retriers_sweep_answered_ends_the_warned_failures_of_its_periodic_re
     answered flood nothing (the warnings keep their 30 s pace).
 
     On main (0603895): only an answered replay claim said so and ended the
-    failures, so the sweeps answered meanwhile were never said. About 7 s."""
+    failures, so the sweeps answered meanwhile were never said. About 11 s."""
     broker = Broker(procs, workdir)
     r = Retrier(procs, db_url, broker.bootstrap,
                 extra_env={"HOOKBRIDGE_AUTO_DEACTIVATE_AFTER": "4s"})
@@ -185,7 +185,7 @@ def test_a_service_whose_reconnect_finds_a_hot_standby_names_it_on_readyz(pair, 
     On main (0603895): /readyz said only "database not connected" (the
     standby was named only when the dispatcher started on it), while the
     log said "database: LISTEN: the server is a hot standby, not the
-    primary (...); reconnecting; next attempt in N s". About 12 s."""
+    primary (...); reconnecting; next attempt in N s". About 8 s."""
     primary, replica, name = pair
     broker = Broker(procs, workdir)
     hosts = f"127.0.0.1:{primary.port},127.0.0.1:{replica.port}"
