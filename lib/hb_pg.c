@@ -6,12 +6,15 @@
  * subscription store, the sealer, the delivery log writer, hookbridge-migrate
  * and hookbridge-secret) connects through hb_pg_connect and turns failures
  * into messages through hb_pg_error, so a message names host and port, never
- * a password, whoever prints it. Stateless; any thread.
+ * a password, whoever prints it. Stateless but for one mark a connection
+ * carries (a write it had refused as read-only, hb_pg_read_only); any
+ * thread, one connection on one thread at a time.
  */
 #include "hb_pg.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <limits.h>
 #include <openssl/crypto.h>
@@ -122,11 +125,26 @@ void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz) {
               port && *port ? port : "5432");
 }
 
-void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+/* The connection's own mark (libpq's instance data for this procedure): a
+ * write refused with SQLSTATE 25006 by a server that did not report being
+ * read-only (hb_pg_read_only). The procedure itself only accepts every event. */
+static int pg_event(PGEventId id, void *info, void *arg) {
+    (void)id;
+    (void)info;
+    (void)arg;
+    return 1;
+}
+
+static const char pg_refused[] = "the server refused a write as read-only (SQLSTATE 25006) "
+                                 "without reporting it, " HB_PG_NOT_PRIMARY;
+
+void hb_pg_error(struct pg_conn *conn, const struct pg_result *res, char *errstr,
                  size_t errstr_size) {
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     char line[512];
+    if (conn && state && !strcmp(state, "25006")) /* read_only_sql_transaction */
+        (void)PQsetInstanceData(conn, pg_event, (void *)pg_refused);
     if (primary) {
         pg_first_line(primary, line, sizeof(line));
         if (state)
@@ -373,8 +391,8 @@ void hb_pg_clock_sample(PGconn *conn) {
     PQclear(res);
 }
 
-struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
-                              size_t errstr_size) {
+static struct pg_conn *pg_connect(const char *conninfo, const char *application_name,
+                                  int sample_clock, char *errstr, size_t errstr_size) {
     /* Keywords before dbname are defaults the conninfo may override; the ones
      * after it are not negotiable. */
     const char *keys[] = {"connect_timeout",  "keepalives",
@@ -435,7 +453,10 @@ struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name
         conn = NULL;
     } else {
         PQsetNoticeProcessor(conn, pg_notice, NULL);
-        hb_pg_clock_sample(conn);
+        /* before any result: libpq copies a connection's procedures into each */
+        (void)PQregisterEventProc(conn, pg_event, "hookbridge", NULL);
+        if (sample_clock)
+            hb_pg_clock_sample(conn);
     }
 fail:
     if (pw) {
@@ -443,6 +464,16 @@ fail:
         free(pw);
     }
     return conn;
+}
+
+struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
+                              size_t errstr_size) {
+    return pg_connect(conninfo, application_name, 1, errstr, errstr_size);
+}
+
+struct pg_conn *hb_pg_connect_untimed(const char *conninfo, const char *application_name,
+                                      char *errstr, size_t errstr_size) {
+    return pg_connect(conninfo, application_name, 0, errstr, errstr_size);
 }
 
 /* A server parameter as the server last reported it: "on" is 1. */
@@ -458,7 +489,7 @@ const char *hb_pg_read_only(const struct pg_conn *conn) {
         return "the server is a hot standby, " HB_PG_NOT_PRIMARY;
     if (pg_reported_on(conn, "default_transaction_read_only"))
         return "the server is read-only (default_transaction_read_only), " HB_PG_NOT_PRIMARY;
-    return NULL;
+    return PQinstanceData(conn, pg_event); /* a write refused (hb_pg_error), or NULL */
 }
 
 int hb_pg_unusable(const struct pg_conn *conn) {
@@ -486,11 +517,12 @@ const char *hb_pg_left_primary(const struct pg_conn *conn) {
     return NULL;
 }
 
-int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
+int hb_pg_fail(struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
                size_t errstr_size) {
     char why[512];
-    const char *ro = hb_pg_read_only(conn);
-    hb_pg_error(conn, res, why, sizeof(why));
+    const char *ro;
+    hb_pg_error(conn, res, why, sizeof(why)); /* first: it marks a refused write */
+    ro = hb_pg_read_only(conn);
     PQclear(res);
     if (PQstatus(conn) == CONNECTION_BAD)
         hb_seterr(errstr, errstr_size, "database: %s: connection lost (%s); reconnecting", what,

@@ -20,6 +20,11 @@ struct pg_result;
 struct pg_conn *hb_pg_connect(const char *conninfo, const char *application_name, char *errstr,
                               size_t errstr_size) HB_MUSTCHECK;
 
+/* hb_pg_connect without reading PostgreSQL's clock: for a tool that keeps
+ * no time by it (hookbridge-migrate), so it has no word on this host's. */
+struct pg_conn *hb_pg_connect_untimed(const char *conninfo, const char *application_name,
+                                      char *errstr, size_t errstr_size) HB_MUSTCHECK;
+
 /* Reads PostgreSQL's clock over conn (idle, blocking: one round trip) and
  * takes it as the reference (hb_wall_ms); warns when this host's clock is
  * off. hb_pg_connect does it on each new connection. */
@@ -37,8 +42,10 @@ int hb_pg_conninfo_valid(const char *conninfo);
 
 /* One-line reason for a failed command: the server's message with its SQLSTATE
  * ("... (SQLSTATE HB003)") when res carries one, else the connection's error,
- * trimmed to its first line. res may be NULL. */
-void hb_pg_error(const struct pg_conn *conn, const struct pg_result *res, char *errstr,
+ * trimmed to its first line. res may be NULL. A write refused with SQLSTATE
+ * 25006 (read_only_sql_transaction) marks conn read-only from then on
+ * (hb_pg_read_only): every failed command passes here. */
+void hb_pg_error(struct pg_conn *conn, const struct pg_result *res, char *errstr,
                  size_t errstr_size);
 
 /* "host H port P" of conn, for messages (never the password). */
@@ -48,12 +55,14 @@ void hb_pg_describe(const struct pg_conn *conn, char *out, size_t outsz);
  * not an indented hint (libpq appends to the last command's message). */
 void hb_pg_last_line(const char *msg, char *out, size_t outsz);
 
-/* What the server last reported of itself when it cannot take writes (a
- * demoted or fenced primary, a hot standby, a cloud's read-only mode on a
- * full disk: their writes fail with SQLSTATE 25006), e.g. "the server is a
- * hot standby, not the primary"; NULL when it can, or did not say (servers
+/* Why conn cannot take writes (a demoted or fenced primary, a hot standby,
+ * a cloud's read-only mode on a full disk: their writes fail with SQLSTATE
+ * 25006), e.g. "the server is a hot standby, not the primary", from what
+ * the server last reported of itself; or, when it did not say (servers
  * before PostgreSQL 14 report neither in_hot_standby nor
- * default_transaction_read_only). Never waits. */
+ * default_transaction_read_only; a connection made read-only some other
+ * way), "the server refused a write as read-only ..." once a write on conn
+ * failed with 25006 (hb_pg_error). NULL when neither. Never waits. */
 const char *hb_pg_read_only(const struct pg_conn *conn);
 
 /* In every reason hb_pg_read_only gives (and so in hb_pg_fail's message on
@@ -82,7 +91,7 @@ const char *hb_pg_left_primary(const struct pg_conn *conn);
  * "database: <what>: the server is ..., not the primary (<reason>);
  * reconnecting" when it is read-only (the caller then drops it:
  * hb_pg_unusable). Returns -1. */
-int hb_pg_fail(const struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
+int hb_pg_fail(struct pg_conn *conn, struct pg_result *res, const char *what, char *errstr,
                size_t errstr_size);
 
 /* 1 when the server has closed conn while it was idle (its socket reads an

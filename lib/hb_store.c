@@ -259,6 +259,10 @@ typedef struct lane_s {
     int exited;          /* under st->mu: the thread is done with the lane */
     long long left_seen; /* a request lane's: st->left_primary when it last answered */
     int ro_connected;    /* a request lane's: its server was read-only when it connected */
+    /* a request lane's: its last connection was dropped as read-only (a
+     * write refused with SQLSTATE 25006 by a server that did not report
+     * it: hb_pg_read_only) and nothing was answered since */
+    int ro_dropped;
 } lane_t;
 
 struct hb_store_s {
@@ -285,6 +289,7 @@ struct hb_store_s {
      * primary (hb_pg_left_primary): the request lanes' connections, idle
      * and unaware of it, go too, before their next request */
     long long left_primary;
+    char down_why[512]; /* under mu: the follower's last failed connect (hb_store_down_why) */
     /* The loop's: the last full load, until hb_store_load_all takes it. */
     hb_sub_t **snapshot;
     size_t snapshot_cnt;
@@ -370,6 +375,8 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
     if (ln->conn && ln->conn != conn)
         PQfinish(ln->conn);
     ln->conn = conn;
+    if (ln->follower && conn)
+        ln->st->down_why[0] = '\0';
     ln->sock = conn ? PQsocket(conn) : -1;
     ln->connected = conn != NULL;
     ln->ping_since = 0;
@@ -382,10 +389,14 @@ static void lane_set_conn(lane_t *ln, PGconn *conn) {
 
 /* Forgets a broken connection; the next attempt is due after the backoff.
  * A request lane's on a server that was read-only when it connected too (a
- * single-host URL, a primary read-only for minutes): the backoff grows, as
- * for a failed connect, rather than a connection a second. */
+ * single-host URL, a primary read-only for minutes), or that refused a write
+ * again after the last one was dropped so (a server that does not report
+ * it): the backoff grows, as for a failed connect, rather than a connection
+ * a second. */
 static void store_drop(lane_t *ln) {
-    int again = ln->ro_connected && hb_pg_read_only(ln->conn) != NULL;
+    int ro = !ln->follower && hb_pg_read_only(ln->conn) != NULL;
+    int again = ro && (ln->ro_connected || ln->ro_dropped);
+    ln->ro_dropped = ro;
     lane_set_conn(ln, NULL);
     if (!again)
         ln->backoff_ms = STORE_BACKOFF_MIN_MS;
@@ -825,14 +836,20 @@ static int lane_connect(lane_t *ln, char *errstr, size_t errstr_size) {
     if (conn) {
         lane_set_conn(ln, conn);
         if (!ln->follower || store_listen(ln, why, sizeof(why)) == 0) {
-            /* read-only already: its backoff goes on growing (store_drop) */
+            /* read-only already, or maybe (the last one refused a write):
+             * its backoff goes on growing (store_drop) */
             ln->ro_connected = !ln->follower && hb_pg_read_only(conn) != NULL;
-            if (!ln->ro_connected)
+            if (!ln->ro_connected && !ln->ro_dropped)
                 ln->backoff_ms = STORE_BACKOFF_MIN_MS;
             return 0;
         }
     }
     lane_set_conn(ln, NULL);
+    if (ln->follower) {
+        pthread_mutex_lock(&ln->st->mu);
+        snprintf(ln->st->down_why, sizeof(ln->st->down_why), "%s", why);
+        pthread_mutex_unlock(&ln->st->mu);
+    }
     ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
     hb_seterr(errstr, errstr_size, "%s; next attempt in %lld s", why,
               (long long)(ln->backoff_ms / 1000));
@@ -1222,6 +1239,8 @@ static void answer(lane_t *ln, store_msg_t *m) {
     }
     if (rc < 0)
         msg_fail(m, errstr);
+    else
+        ln->ro_dropped = 0; /* answered: a later refusal starts the backoff afresh */
     post(ln, m);
 }
 
@@ -1494,6 +1513,12 @@ int hb_store_connected(hb_store_t *st) {
     c = st->lanes[LANE_FOLLOWER].connected;
     pthread_mutex_unlock(&st->mu);
     return c;
+}
+
+void hb_store_down_why(hb_store_t *st, char *out, size_t outsz) {
+    pthread_mutex_lock(&st->mu);
+    snprintf(out, outsz, "%s", st->down_why);
+    pthread_mutex_unlock(&st->mu);
 }
 
 const char *hb_store_stale(hb_store_t *st) {

@@ -95,6 +95,11 @@ int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), v
 int hb_store_fd(hb_store_t *st);
 /* The follower is connected. Any thread. */
 int hb_store_connected(hb_store_t *st);
+/* Why the follower's last attempt to connect again failed, into out (""
+ * while connected, or before any failed): the reason alone, without the
+ * back-off's "next attempt in N s" its log line has, which would be stale
+ * by the time a reader of /readyz sees it. Any thread. */
+void hb_store_down_why(hb_store_t *st, char *out, size_t outsz);
 /* The follower is connected and the full load made on this connection has
  * been applied (hb_store_process, on_reload): changes made while it was
  * away are in it. 0 from a lost connection until then, while a

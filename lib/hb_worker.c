@@ -522,17 +522,25 @@ static const char *dlog_refused(hb_worker_t *w, char *buf, size_t size) {
 }
 
 static void update_readiness(hb_worker_t *w) {
-    const char *why = NULL, *db_why, *log_why, *db_reason, *kafka_why;
+    const char *why = NULL, *db_why, *log_why, *db_reason, *kafka_why, *unconnected = NULL;
     char schema_why[400], db_buf[120], log_buf[600], topic_buf[340], both[1800], down[540];
+    char store_down[512];
     db_why = db_unanswered(w, db_buf, sizeof(db_buf));
     log_why = dlog_refused(w, log_buf, sizeof(log_buf));
+    if (!w->store) { /* why the store could not start, or reconnect */
+        unconnected = w->store_why;
+    } else if (!hb_store_connected(w->store)) {
+        hb_store_down_why(w->store, store_down, sizeof(store_down));
+        unconnected = store_down;
+    }
     if (w->schema_missing && !w->index_loaded) /* it reconnects after each try */
         db_reason =
             "database not ready: it lacks this release's schema (run hookbridge-migrate up)";
-    else if (!w->store && strstr(w->store_why, HB_PG_NOT_PRIMARY)) {
+    else if (unconnected && strstr(unconnected, HB_PG_NOT_PRIMARY)) {
         /* the server answers, but cannot be written (a URL naming a hot
-         * standby by mistake): say so, not only that nothing is connected */
-        snprintf(down, sizeof(down), "database not connected: %s", w->store_why);
+         * standby by mistake, or leading to one after a failover): say so,
+         * not only that nothing is connected */
+        snprintf(down, sizeof(down), "database not connected: %s", unconnected);
         db_reason = down;
     } else if (!w->store || !hb_store_connected(w->store))
         db_reason = "database not connected";

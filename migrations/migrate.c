@@ -1070,7 +1070,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: error: no migrations (NNNN_name.sql) in %s\n", PROG, dir);
         goto out;
     }
-    conn = hb_pg_connect(cfg.database_url, PROG, errstr, sizeof(errstr));
+    /* untimed: this tool keeps no time by PostgreSQL's clock, and a word on
+     * this host's would come on stdout, ahead of `status`'s table (the
+     * services say it, at their start) */
+    conn = hb_pg_connect_untimed(cfg.database_url, PROG, errstr, sizeof(errstr));
     if (!conn) {
         fprintf(stderr, "%s: error: %s\n", PROG, errstr);
         goto out;

@@ -123,6 +123,7 @@ struct hb_retrier_s {
     int held_said;        /* "waiting for the subscriptions" said for this stretch */
     int64_t db_warned_at; /* a periodic request's failure last said (hb_mono_ms) */
     int db_unsaid;        /* ... and those failed since, not said */
+    int db_failing;       /* a failure said, and no periodic request answered since */
 };
 
 /* A due retry held until the subscriptions are current; ready: an ordered
@@ -602,6 +603,26 @@ static void periodic_failed(hb_retrier_t *r, const char *err) {
         hb_warn("%s", err);
     r->db_warned_at = now;
     r->db_unsaid = 0;
+    r->db_failing = 1;
+}
+
+/* A periodic request was answered (the replay claim, the sweep or the
+ * upkeep, whichever comes first): the failures said end here, and that is
+ * said once. The pace of the warnings goes on (a failure within
+ * DB_WARN_EVERY_MS of the last one said is counted, said with the next), or
+ * one request failing while another is answered would say both every
+ * second. */
+static void periodic_ok(hb_retrier_t *r) {
+    if (!r->db_failing)
+        return;
+    if (r->db_unsaid)
+        hb_info("database: the periodic requests are answered again (%d failures since the "
+                "last warning)",
+                r->db_unsaid);
+    else
+        hb_info("database: the periodic requests are answered again");
+    r->db_failing = 0;
+    r->db_unsaid = 0;
 }
 
 /* The store's answer (on the loop thread): each replay to the first tier. */
@@ -615,13 +636,7 @@ static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *op
         periodic_failed(r, err);
         return;
     }
-    if (r->db_unsaid) {
-        hb_info("database: the periodic requests are answered again (%d failures since the "
-                "last warning)",
-                r->db_unsaid);
-        r->db_unsaid = 0;
-    }
-    r->db_warned_at = 0;
+    periodic_ok(r);
     for (int i = 0; i < cnt; i++) {
         hb_retry_msg_t m = {
             .delivery_id = rp[i].delivery_id,
@@ -672,6 +687,7 @@ static void on_swept(int cnt, const char *err, void *opaque) {
         periodic_failed(r, err);
         return;
     }
+    periodic_ok(r);
     for (int i = 0; i < cnt; i++)
         hb_metric_inc(r->m_auto_deactivated);
 }
@@ -693,6 +709,8 @@ static void on_maintained(int cnt, const char *err, void *opaque) {
     if (err) {
         r->next_maintain = hb_mono_ms() + MAINTAIN_RETRY_MS;
         periodic_failed(r, err);
+    } else {
+        periodic_ok(r);
     }
 }
 
