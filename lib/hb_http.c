@@ -1206,6 +1206,15 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
     HB_SET(CURLOPT_WRITEFUNCTION, hb_http_on_body);
     HB_SET(CURLOPT_USERAGENT, h->user_agent);
     HB_SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    if (h->conf.connection_max_age_ms > 0) {
+        /* a connection's address was the name's when it opened: one too old
+         * is closed when a request would reuse it (never while one runs on
+         * it), and the new one looks the name up again, which curl's cache
+         * answers for at most as long (its default: 60 s) */
+        long max_age_s = (long)((h->conf.connection_max_age_ms + 999) / 1000);
+        HB_SET(CURLOPT_MAXLIFETIME_CONN, max_age_s);
+        HB_SET(CURLOPT_DNS_CACHE_TIMEOUT, max_age_s < 60 ? max_age_s : 60L);
+    }
     HB_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     HB_SET(CURLOPT_SSL_VERIFYHOST, 2L);
     HB_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
