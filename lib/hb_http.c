@@ -71,7 +71,12 @@
  * CIDR); the check is on the address actually connected to, so a name that
  * resolves to a public address once and a private one later (DNS rebinding)
  * is still caught. curl only reports "couldn't connect", so the callback
- * records the refusal (address and kind) on the transfer. Proxies from the
+ * records the refusal (address and kind) on the transfer. A kept connection
+ * is reused without a lookup, so it is reused for at most
+ * connection_max_age_ms (curl closes it when a request would take it, never
+ * while one runs on it); curl keeps a name's answer no longer (at most its
+ * 60 s). Without that bound a steady stream kept its first connections,
+ * and a moved name's old address, for as long as the endpoint kept them. Proxies from the
  * environment are disabled, since the check is meaningless behind a proxy.
  * Header values are never logged (auth values are secrets).
  *
