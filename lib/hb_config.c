@@ -150,7 +150,8 @@ static const cf_row_t cf_table[] = {
      "requests was answered (any HTTP status: a timeout is no answer) within the last "
      "second, so hung hosts cannot take every slot."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
-     "Concurrent connections to one endpoint host."},
+     "Concurrent connections to one endpoint host, each carrying one request at a time "
+     "(HTTP/2 too)."},
     {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,
      "Connections to endpoints kept open for reuse, busy and idle together (never fewer than "
      "max_in_flight); beyond it the least recently used idle one is closed. An open HTTPS "
