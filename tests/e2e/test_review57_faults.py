@@ -156,21 +156,6 @@ def endpoints(addrs):
     raise AssertionError("no port free on every address")
 
 
-def drop_listener(addr, port):
-    """A listener on addr:port whose accept queue is full: the kernel drops
-    every SYN (a host that has gone dark); its sockets, to close."""
-    ls = socket.socket()
-    ls.bind((addr, port))
-    ls.listen(0)
-    keep = [ls]
-    for _ in range(3):
-        c = socket.socket()
-        c.setblocking(False)
-        c.connect_ex((addr, port))
-        keep.append(c)
-    return keep
-
-
 def subscribe(db_url, url, etype="user.session.start"):
     """An active, verified subscription to url for etype (no challenge)."""
     opts = json.dumps({"auth_header": "Authorization", "auth_value": AUTH_VALUE})
@@ -202,7 +187,6 @@ def flow(broker, seconds, sent, every=0.1):
         produce(broker.bootstrap, evs)
         sent.update((e["uuid"], at) for e in evs)
         time.sleep(every)
-
 
 
 def test_deliveries_follow_a_moved_name_within_the_connection_max_age(
