@@ -150,7 +150,8 @@ static const cf_row_t cf_table[] = {
      "requests was answered (any HTTP status: a timeout is no answer) within the last "
      "second, so hung hosts cannot take every slot."},
     {"max_host_connections", CF_INT, OFF(max_host_connections), "16", 1, 10000, HB_PROG_SERVICES, 0,
-     "Concurrent connections to one endpoint host."},
+     "Concurrent connections to one endpoint host, each carrying one request at a time "
+     "(HTTP/2 too)."},
     {"max_connections", CF_INT, OFF(max_connections), "1024", 1, 1000000, HB_PROG_SERVICES, 0,
      "Connections to endpoints kept open for reuse, busy and idle together (never fewer than "
      "max_in_flight); beyond it the least recently used idle one is closed. An open HTTPS "
@@ -168,6 +169,13 @@ static const cf_row_t cf_table[] = {
      "Total time one delivery attempt may take (per-subscription timeout_ms overrides)."},
     {"connect_timeout", CF_MS, OFF(connect_timeout_ms), "5s", 100, 60000, HB_PROG_SERVICES, 0,
      "Time to establish a connection to an endpoint."},
+    {"connection_max_age", CF_MS, OFF(connection_max_age_ms), "5m", 1000, 86400000,
+     HB_PROG_SERVICES, 0,
+     "How long after it was opened a connection to an endpoint is still reused (rounded up "
+     "to whole seconds; a request under way is never cut), and a name's lookup kept (at most "
+     "60 s): an endpoint whose name moves to other addresses (blue/green by DNS, a load "
+     "balancer's addresses rotating) gets its deliveries at the new ones within twice this "
+     "(at most this plus 60 s), even while a stream of deliveries keeps its connections busy."},
     {"verify_timeout", CF_MS, OFF(verify_timeout_ms), "5s", 100, 60000, HB_PROG_DISPATCHER, 0,
      "Time an endpoint has to answer the verification challenge."},
     {"verify_try_later_for", CF_MS, OFF(verify_try_later_ms), "10m", 0, 86400000,

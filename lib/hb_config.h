@@ -60,6 +60,7 @@ typedef struct hb_config_s {
     long long max_queue_wait_ms;    /* longest wait for a connection, then the delay tier */
     long long request_timeout_ms;   /* default per attempt */
     long long connect_timeout_ms;
+    long long connection_max_age_ms; /* a connection is reused only this long after it opened */
     long long verify_timeout_ms;
     long long verify_try_later_ms;    /* a challenge failing retryably: asked again this long */
     long long max_pending_events;     /* consumed but unfinished, then pause */

@@ -69,6 +69,7 @@ typedef struct hb_http_conf_s {
     long long max_host_queue_bytes; /* bytes of their bodies; 0: unbounded */
     long long max_queue_wait_ms;    /* longest wait for a connection; 0: unbounded */
     long long connect_timeout_ms;
+    long long connection_max_age_ms; /* reused this long after it opened; 0: as long as curl */
     int allow_http;
     int allow_private_networks;
     const char *user_agent;      /* "hookbridge/<version>" when NULL */
