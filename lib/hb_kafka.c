@@ -304,8 +304,11 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * frozen broker makes that one the most recent, so an idle producer kept
  * asking the frozen broker while two others were fine (tried on a
  * three-broker mock cluster). The metadata request only learns the topic's
- * partitions and leaders, and stands in for as long as the topic has none
- * (it counts as an answer all the same); a broker frozen before that first
+ * partitions and leaders, and stands in for as long as the topic has none,
+ * at start or once it is deleted (its answer that the topic does not exist
+ * counts as an answer all the same: the ListOffsets for a partition that
+ * librdkafka knows is gone is never sent, and a deleted tier made a retrier
+ * say the brokers were not answering); a broker frozen before that first
  * answer can hold the probe until librdkafka drops its connection, which
  * only delays readiness at start-up.
  *
@@ -398,8 +401,16 @@ static void *reach_main(void *arg) {
             err = learn_leaders(r->rk, rkt, &l);
         } else {
             err = ask_leader(r->rk, r->topic, p);
-            if (!answered(err))
+            if (err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+                err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+                /* Not sent: the last metadata answer has no such partition
+                 * (the topic deleted, or re-created with fewer). Asking
+                 * about the topic itself tells whether the brokers answer. */
+                err = learn_leaders(r->rk, rkt, &l);
+                p %= l.cnt;
+            } else if (!answered(err)) {
                 p = next_partition(&l, p);
+            }
         }
         if (answered(err)) {
             atomic_store(&r->answered_ms, sent);
