@@ -150,7 +150,8 @@ int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 
 /* rd_kafka_destroy(rk), waiting for it at most wait_ms. librdkafka 2.0's
  * destroy of a consumer one of whose topics was deleted while it ran never
- * returns (a partition's queue keeps a reference to itself). Returns 0 once
+ * returns (it waits for a reference to a partition of that topic that is
+ * never given back; seen on Apache Kafka 4.1, review 58). Returns 0 once
  * destroyed; -1 when it had not returned by then: it goes on in a thread of
  * its own, so rk and whatever its callbacks use must stay allocated, and
  * hb_kafka_abandoned() is true from then on: end the process with _exit(2)
