@@ -18,6 +18,9 @@
 
 /* partitions added to a topic are read within this (hb_consumer_start) */
 #define METADATA_REFRESH_MS "10000"
+/* rd_kafka_destroy after the consumer was closed takes well under a second;
+ * past this it will not return (hb_kafka_destroy_within) */
+#define DESTROY_WAIT_MS 5000
 
 typedef struct deferred_s {
     char *topic;
@@ -1023,8 +1026,16 @@ void hb_consumer_free(hb_consumer_t *c) {
         rd_kafka_queue_destroy(c->rkq);
     hb_kafka_reach_stop(&c->brokers); /* its thread uses c->rk */
     lag_stop(&c->lag);
-    if (c->rk)
-        rd_kafka_destroy(c->rk);
+    if (c->rk && hb_kafka_destroy_within(c->rk, DESTROY_WAIT_MS) < 0) {
+        /* Closed already (hb_consumer_close: the offsets committed, the
+         * group left); what librdkafka still holds is its own. c stays
+         * allocated for its threads, and the process ends with _exit. */
+        hb_warn("the Kafka consumer is not destroyed after %d s (librdkafka waits for a "
+                "partition of a topic deleted while it ran): not waiting for it; its offsets "
+                "were committed",
+                DESTROY_WAIT_MS / 1000);
+        return;
+    }
     if (c->assignment)
         rd_kafka_topic_partition_list_destroy(c->assignment);
     while (c->deferred) {

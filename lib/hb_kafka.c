@@ -304,8 +304,11 @@ rd_kafka_topic_t *hb_kafka_topic_prepare(rd_kafka_t *rk, const char *topic, int 
  * frozen broker makes that one the most recent, so an idle producer kept
  * asking the frozen broker while two others were fine (tried on a
  * three-broker mock cluster). The metadata request only learns the topic's
- * partitions and leaders, and stands in for as long as the topic has none
- * (it counts as an answer all the same); a broker frozen before that first
+ * partitions and leaders, and stands in for as long as the topic has none,
+ * at start or once it is deleted (its answer that the topic does not exist
+ * counts as an answer all the same: the ListOffsets for a partition that
+ * librdkafka knows is gone is never sent, and a deleted tier made a retrier
+ * say the brokers were not answering); a broker frozen before that first
  * answer can hold the probe until librdkafka drops its connection, which
  * only delays readiness at start-up.
  *
@@ -398,8 +401,16 @@ static void *reach_main(void *arg) {
             err = learn_leaders(r->rk, rkt, &l);
         } else {
             err = ask_leader(r->rk, r->topic, p);
-            if (!answered(err))
+            if (err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+                err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
+                /* Not sent: the last metadata answer has no such partition
+                 * (the topic deleted, or re-created with fewer). Asking
+                 * about the topic itself tells whether the brokers answer. */
+                err = learn_leaders(r->rk, rkt, &l);
+                p %= l.cnt;
+            } else if (!answered(err)) {
                 p = next_partition(&l, p);
+            }
         }
         if (answered(err)) {
             atomic_store(&r->answered_ms, sent);
@@ -512,4 +523,73 @@ void hb_kafka_reach_stop(hb_kafka_reach_t *r) {
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms) {
     (void)rd_kafka_flush(rk, timeout_ms);
     return rd_kafka_outq_len(rk);
+}
+
+/* ------------------------------------------------------------ destroy */
+
+/* One rd_kafka_destroy run in a thread: whoever of the waiter and the thread
+ * finishes last frees it (the waiter after a join; the thread itself once
+ * the waiter has given up on it). */
+typedef struct {
+    rd_kafka_t *rk;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int done;      /* rd_kafka_destroy returned */
+    int abandoned; /* the waiter gave up: the thread frees this */
+} destroy_t;
+
+static atomic_int destroys_abandoned;
+
+static void destroy_free(destroy_t *d) {
+    pthread_cond_destroy(&d->cond);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+static void *destroy_main(void *arg) {
+    destroy_t *d = arg;
+    int abandoned;
+    rd_kafka_destroy(d->rk);
+    pthread_mutex_lock(&d->lock);
+    d->done = 1;
+    abandoned = d->abandoned;
+    pthread_cond_signal(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    if (abandoned)
+        destroy_free(d);
+    return NULL;
+}
+
+int hb_kafka_destroy_within(rd_kafka_t *rk, int wait_ms) {
+    destroy_t *d = hb_calloc(1, sizeof(*d));
+    int64_t until = hb_mono_ms() + wait_ms;
+    pthread_t thread;
+    int done;
+    d->rk = rk;
+    pthread_mutex_init(&d->lock, NULL);
+    hb_cond_init_mono(&d->cond);
+    if (pthread_create(&thread, NULL, destroy_main, d) != 0) {
+        destroy_free(d);
+        rd_kafka_destroy(rk); /* no thread to spare: wait as before */
+        return 0;
+    }
+    pthread_mutex_lock(&d->lock);
+    while (!d->done && hb_mono_ms() < until)
+        hb_cond_wait_until(&d->cond, &d->lock, until);
+    done = d->done;
+    if (!done)
+        d->abandoned = 1;
+    pthread_mutex_unlock(&d->lock);
+    if (!done) {
+        pthread_detach(thread);
+        atomic_store(&destroys_abandoned, 1);
+        return -1;
+    }
+    pthread_join(thread, NULL);
+    destroy_free(d);
+    return 0;
+}
+
+int hb_kafka_abandoned(void) {
+    return atomic_load(&destroys_abandoned);
 }

@@ -148,4 +148,18 @@ void hb_kafka_reach_stop(hb_kafka_reach_t *r);
 /* Flushes with a deadline; returns the number of messages left unsent. */
 int hb_kafka_flush(rd_kafka_t *rk, int timeout_ms);
 
+/* rd_kafka_destroy(rk), waiting for it at most wait_ms. librdkafka 2.0's
+ * destroy of a consumer one of whose topics was deleted while it ran never
+ * returns (it waits for a reference to a partition of that topic that is
+ * never given back; seen on Apache Kafka 4.1, review 58). Returns 0 once
+ * destroyed; -1 when it had not returned by then: it goes on in a thread of
+ * its own, so rk and whatever its callbacks use must stay allocated, and
+ * hb_kafka_abandoned() is true from then on: end the process with _exit(2)
+ * rather than exit(3), whose clean-up would pull things from under that
+ * thread. Call from the application's thread, after every other use of rk. */
+int hb_kafka_destroy_within(rd_kafka_t *rk, int wait_ms) HB_MUSTCHECK;
+
+/* Whether a hb_kafka_destroy_within did not finish. */
+int hb_kafka_abandoned(void);
+
 #endif

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include "hb_kafka.h"
 #include "hb_log.h"
 
 /* Open files besides the connections to endpoints: the health port's 80
@@ -230,5 +232,7 @@ int hb_service_main(int argc, char **argv, unsigned program, const char *compone
     r = ops->run(svc);
     ops->destroy(svc);
     hb_config_free(&cfg);
+    if (hb_kafka_abandoned()) /* its thread still runs: no exit(3) clean-up under it */
+        _exit(r < 0 ? 1 : 0);
     return r < 0 ? 1 : 0;
 }

@@ -16,6 +16,9 @@ asserts on, each with its own topics, receiver, dispatcher and retrier:
               wait on the 5s tier, started again on the same data
     leader    the leader of the 10s tier's partition holding 10 waiting
               retries killed, a new leader elected, the old one restarted
+    roll      a rolling restart: each node stopped (SIGTERM), started again
+              and given 8 s before the next, while hookbridge-producer
+              writes 20 events/s whose first attempts fail into the 5s tier
 
 and prints per scenario: produced, delivered, lost, duplicates at the
 receiver (extra acknowledged deliveries; "new id": under another
@@ -23,7 +26,8 @@ webhook-id), duplicates on the events topic and on the delay tier (our own
 idempotent producers: must be 0), retries early (must be 0), the latest a
 retry came after it was due, and the time to recover (kill: the longest
 silence at the receiver; restart: from the nodes' start to both services
-ready; leader: from the kill to a new leader). Exit status 1 when anything
+ready; leader: from the kill to a new leader; roll: the longest silence at
+the receiver from the first node's stop). Exit status 1 when anything
 was lost or written twice by a producer. --keep keeps the processes' logs.
 
 Uses the end-to-end harness (tests/e2e/hbtest) and the binaries in
@@ -50,6 +54,7 @@ SCENARIOS = {
     "kill": kfaults.broker_killed_mid_stream,
     "restart": kfaults.cluster_restarted,
     "leader": kfaults.tier_leader_moved,
+    "roll": kfaults.rolling_restart,
 }
 
 

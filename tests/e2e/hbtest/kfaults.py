@@ -433,3 +433,44 @@ def tier_leader_moved(kafka, db, group, workdir, n=10, delay="10s"):
     f.update(old_leader=old, new_leader=new, recover_s=moved_s,
              moved_before_due=moved_before_due)
     return f
+
+
+def rolling_restart(kafka, db, group, workdir, rate=20, settle_s=8.0):
+    """A rolling restart, as a platform team does one: each node in turn
+    stopped (SIGTERM: a controlled shutdown), started again, and settle_s
+    given before the next, while hookbridge-producer writes `rate` events/s
+    and every delivery's first attempt fails (so each also goes through the
+    5s delay tier). Besides the usual figures: not_ready, the /readyz
+    answers other than 200 either service gave (sampled every 0.2 s)."""
+    s = Stack(kafka, db, group, workdir, "5s")
+    not_ready, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for svc in (s.d, s.r):
+                try:
+                    st = svc.get("/readyz")
+                except OSError as e:
+                    st = (0, str(e))
+                if st[0] != 200:
+                    not_ready.append((svc.program, st))
+            time.sleep(0.2)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    feeder = Feeder(s.space, rate, workdir)
+    wait_until(lambda: len(s.delivered()) >= rate, 30, "deliveries to flow")
+    t_roll = time.time()
+    for node in range(1, kafka.nodes + 1):
+        kafka.stop_node(node)
+        kafka.start_node(node)
+        kafka.wait_node(node)
+        time.sleep(settle_s)
+    feeder.stop()
+    roll_s = time.time() - t_roll
+    s.wait_all(feeder.produced, 120)
+    stop.set()
+    watcher.join()
+    f = s.figures(kafka, feeder.produced, 5000)
+    f.update(roll_s=roll_s, recover_s=longest_silence(s.receiver, t_roll),
+             not_ready=not_ready)
+    return f
