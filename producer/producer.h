@@ -100,5 +100,4 @@ void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int r
  * stop, 1 when it could not start. */
 int hb_ingest_serve(const hb_config_t *cfg, const char *listen);
 
-
 #endif
