@@ -973,15 +973,20 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
     run_verification(opaque, id);
 }
 
-static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
-    hb_dispatcher_t *d = opaque;
+/* The answer of a look (look_for_verifications): run(d, id) for each. */
+static void pending_run(hb_dispatcher_t *d, char **ids, int cnt, const char *err, const char *what,
+                        void (*run)(hb_dispatcher_t *, const char *)) {
     d->looking--;
     if (err) {
-        hb_error("cannot list pending verifications: %s", err);
+        hb_error("cannot list pending %s: %s", what, err);
         return;
     }
     for (int i = 0; i < cnt; i++)
-        run_verification(opaque, ids[i]);
+        run(d, ids[i]);
+}
+
+static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
+    pending_run(opaque, ids, cnt, err, "verifications", run_verification);
 }
 
 /* ---------------------------------------------------------------- previews */
@@ -1105,10 +1110,9 @@ static long long preview_lease_ms(const hb_config_t *cfg) {
 static void run_preview(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
     char errstr[256];
-
-    if (!store || hb_stop_requested) /* stopping: left to the other replicas */
-        return;
-    if (hb_store_claim_preview(store, id, preview_lease_ms(d->cfg), on_preview_claimed, d, errstr,
+    /* stopping: left to the other replicas */
+    if (store && !hb_stop_requested &&
+        hb_store_claim_preview(store, id, preview_lease_ms(d->cfg), on_preview_claimed, d, errstr,
                                sizeof(errstr)) < 0)
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview ignored: %s", errstr);
 }
@@ -1119,14 +1123,7 @@ static void on_preview(hb_worker_t *w, const char *id, void *opaque) {
 }
 
 static void on_pending_previews(char **ids, int cnt, const char *err, void *opaque) {
-    hb_dispatcher_t *d = opaque;
-    d->looking--;
-    if (err) {
-        hb_error("cannot list pending previews: %s", err);
-        return;
-    }
-    for (int i = 0; i < cnt; i++)
-        run_preview(opaque, ids[i]);
+    pending_run(opaque, ids, cnt, err, "previews", run_preview);
 }
 
 /* Requests made while no dispatcher was connected, or whose claim's lease

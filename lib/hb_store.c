@@ -1731,84 +1731,91 @@ static void request(hb_store_t *st, store_msg_t *m) {
     pipe_poke(ln->wake[1]);
 }
 
-int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
-                                hb_store_claim_cb *cb, void *opaque, char *errstr,
-                                size_t errstr_size) {
+/* Asks for a claim of the verification or the preview `id`; -1 when it is
+ * not an id. */
+static int claim_ask(hb_store_t *st, const char *id, long long lease_ms, int preview,
+                     hb_store_cb_t cb, void *opaque, char *errstr, size_t errstr_size) {
     store_msg_t *m;
     if (!hb_snapshot_is_id(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
+        hb_seterr(errstr, errstr_size, "not a %s id", preview ? "preview" : "subscription");
         return -1;
     }
     m = msg_new(MSG_CLAIM_VERIFY);
     memcpy(m->id, id, sizeof(m->id));
+    m->preview = preview;
     m->lease_ms = lease_ms;
-    m->cb.claim = cb;
+    m->cb = cb;
     m->opaque = opaque;
     request(st, m);
     return 0;
 }
 
-int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
-                                 int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
-                                 char *errstr, size_t errstr_size) {
+/* An outcome of `id` to record under `claim` (NULL: either is wrong). */
+static store_msg_t *record_msg(const char *id, const char *claim, int preview, void *opaque,
+                               char *errstr, size_t errstr_size) {
     store_msg_t *m;
     if (!hb_snapshot_is_id(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
-        return -1;
+        hb_seterr(errstr, errstr_size, "not a %s id", preview ? "preview" : "subscription");
+        return NULL;
     }
     if (!claim || !claim[0] || strlen(claim) >= HB_CLAIM_LEN) {
         hb_seterr(errstr, errstr_size, "no claim to record the outcome under");
-        return -1;
+        return NULL;
     }
     m = msg_new(MSG_RECORD_VERIFY);
     memcpy(m->id, id, sizeof(m->id));
     snprintf(m->claim, sizeof(m->claim), "%s", claim);
-    m->url = url ? hb_strdup(url) : NULL;
-    m->reason = reason ? hb_strdup(reason) : NULL;
-    m->ok = ok;
-    m->cb.recorded = cb;
+    m->preview = preview;
     m->opaque = opaque;
-    request(st, m);
-    return 0;
+    return m;
 }
 
-void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
+static void pending_ask(hb_store_t *st, int preview, hb_store_ids_cb *cb, void *opaque) {
     store_msg_t *m = msg_new(MSG_PENDING_VERIFY);
+    m->preview = preview;
     m->cb.ids = cb;
     m->opaque = opaque;
     request(st, m);
 }
 
+int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
+                                hb_store_claim_cb *cb, void *opaque, char *errstr,
+                                size_t errstr_size) {
+    return claim_ask(st, id, lease_ms, 0, (hb_store_cb_t){.claim = cb}, opaque, errstr,
+                     errstr_size);
+}
+
+int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
+                                 int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
+                                 char *errstr, size_t errstr_size) {
+    store_msg_t *m = record_msg(id, claim, 0, opaque, errstr, errstr_size);
+    if (!m)
+        return -1;
+    m->url = url ? hb_strdup(url) : NULL;
+    m->reason = reason ? hb_strdup(reason) : NULL;
+    m->ok = ok;
+    m->cb.recorded = cb;
+    request(st, m);
+    return 0;
+}
+
+void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
+    pending_ask(st, 0, cb, opaque);
+}
+
 int hb_store_claim_preview(hb_store_t *st, const char *id, long long lease_ms,
                            hb_store_preview_cb *cb, void *opaque, char *errstr,
                            size_t errstr_size) {
-    store_msg_t *m;
-    if (!hb_snapshot_is_id(id)) {
-        hb_seterr(errstr, errstr_size, "not a preview id");
-        return -1;
-    }
-    m = msg_new(MSG_CLAIM_VERIFY);
-    memcpy(m->id, id, sizeof(m->id));
-    m->preview = 1;
-    m->lease_ms = lease_ms;
-    m->cb.preview = cb;
-    m->opaque = opaque;
-    request(st, m);
-    return 0;
+    return claim_ask(st, id, lease_ms, 1, (hb_store_cb_t){.preview = cb}, opaque, errstr,
+                     errstr_size);
 }
 
 int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
                             const hb_preview_outcome_t *o, hb_store_recorded_cb *cb, void *opaque,
                             char *errstr, size_t errstr_size) {
-    store_msg_t *m;
-    if (!claim || !claim[0] || strlen(claim) >= HB_CLAIM_LEN) {
-        hb_seterr(errstr, errstr_size, "no claim to record the outcome under");
+    store_msg_t *m = record_msg(id, claim, 1, opaque, errstr, errstr_size);
+    if (!m)
         return -1;
-    }
-    m = msg_new(MSG_RECORD_VERIFY);
-    snprintf(m->id, sizeof(m->id), "%s", id);
-    snprintf(m->claim, sizeof(m->claim), "%s", claim);
-    m->preview = 1;
     m->ok = o->http_status;
     m->reason = o->error && *o->error ? hb_strdup(o->error) : NULL;
     m->response = o->response ? hb_strdup(o->response) : NULL;
@@ -1816,17 +1823,12 @@ int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
     m->ctype = o->content_type ? hb_strdup(o->content_type) : NULL;
     m->after_ms = o->duration_ms;
     m->cb.recorded = cb;
-    m->opaque = opaque;
     request(st, m);
     return 0;
 }
 
 void hb_store_pending_previews(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
-    store_msg_t *m = msg_new(MSG_PENDING_VERIFY);
-    m->preview = 1;
-    m->cb.ids = cb;
-    m->opaque = opaque;
-    request(st, m);
+    pending_ask(st, 1, cb, opaque);
 }
 
 void hb_store_claim_replays(hb_store_t *st, int max, hb_store_replays_cb *cb, void *opaque) {

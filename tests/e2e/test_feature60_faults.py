@@ -5,7 +5,6 @@ to its endpoint once, and hookbridge.previews says what it answered.
 
 On main (15a7b0a) there is no hookbridge.preview(): every test here fails
 with "function hookbridge.preview(...) does not exist"."""
-import http.server
 import json
 import threading
 import time
