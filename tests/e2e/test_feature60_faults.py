@@ -15,6 +15,7 @@ import pytest
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
+from hbtest.tcpproxy import TcpProxy
 from hbtest.webhooks import signature_valid
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
@@ -153,4 +154,55 @@ def test_a_refused_preview_is_recorded_once_and_other_deliveries_go_on(
                    failing) == [(0,)]
         assert [e["uuid"] for _, e in receiver.events()] == [ev["uuid"]]
     finally:
+        srv.shutdown()
+
+
+class HeldFirst(ChallengeAnswering):
+    """Holds the first POST until `release` is set, then answers every POST
+    204; records each POST's webhook-id."""
+    release = threading.Event()
+    ids = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        HeldFirst.ids.append(self.headers["webhook-id"])
+        if len(HeldFirst.ids) == 1:
+            HeldFirst.release.wait(30)
+        self.answer(204)
+
+
+def test_a_preview_whose_outcome_the_database_missed_is_sent_again_after_its_lease(
+        db_url, pg_cluster, broker, procs, workdir):
+    """docs/sql.md, preview: a dispatcher that cannot record the outcome (the
+    database unreachable at that moment) leaves the preview pending, and it
+    is sent again once its lease has expired: the endpoint may get it twice,
+    with the same webhook-id. The dispatcher neither crashes nor stops
+    delivering. (The lease, 80 s by default, is ended by hand here.)"""
+    srv = serve(HeldFirst)
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        sub = sql(db_url, "SELECT hookbridge.register('held', %s, %s)", srv.url,
+                  ["user.session.start"])[0][0]
+        d = Dispatcher(procs, db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/"),
+                       broker.bootstrap)
+        d.wait_ready()
+        preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
+        wait_until(lambda: HeldFirst.ids, 10 * SLOW, "the preview to reach the endpoint")
+        proxy.cut()
+        HeldFirst.release.set()  # answered 204 while the database is away
+        wait_until(lambda: "cannot record preview" in d.proc.output(), 10 * SLOW,
+                   "the dispatcher to say it could not record the outcome")
+        assert sql(db_url, "SELECT status FROM hookbridge.previews WHERE id = %s",
+                   preview) == [("pending",)]
+        proxy.start()
+        d.wait_ready()
+        sql(db_url, "UPDATE hookbridge.previews SET claimed_until = now() WHERE id = %s", preview)
+        status, http_status, *_ = outcome(db_url, preview, 20)
+        assert (status, http_status) == ("delivered", 204)
+        assert HeldFirst.ids == [preview, preview]
+        assert d.proc.alive()
+    finally:
+        HeldFirst.release.set()
+        proxy.close()
         srv.shutdown()
