@@ -3,8 +3,10 @@
 sends one sample event, shaped and signed as the subscription's deliveries,
 to its endpoint once, and hookbridge.previews says what it answered.
 
-On main (15a7b0a) there is no hookbridge.preview(): every test here fails
-with "function hookbridge.preview(...) does not exist"."""
+On main (15a7b0a) there is no hookbridge.preview(). With this branch's sql/
+and main's binaries, the SQL-only test passes and the three that run a
+dispatcher fail: main's dispatcher does not take previews, so they wait in
+vain for the preview to reach the endpoint (or for its outcome)."""
 import json
 import threading
 import time
