@@ -39,4 +39,4 @@ COMMENT ON COLUMN hookbridge.previews.response IS
 COMMENT ON COLUMN hookbridge.previews.body IS
     'The request body as sent (content_type): the subscription''s payload shape.';
 
--- sql/: sha256 fa1ed325b501a70b9f5ce44a1504c2f0f56c464af07089fbefb28004f16e8bf9
+-- sql/: sha256 3d8d2331f61ef02f1f9e2d19d4bfa573e84126d73badbf8f544cbc104fdbb764

@@ -16,15 +16,17 @@
 --                        containers). Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
---                        hookbridge.* API function but the services' ones, the
---                        views and the delivery log read-only. No direct writes
+--                        hookbridge.* API function but the services' ones
+--                        (preview() included), the views, the delivery log
+--                        and the previews read-only. No direct writes
 --                        to the tables (so every change goes through a
 --                        validating function) and no read of
 --                        subscription_secrets, secret_inbox or auth values
 --                        (signing_secret() hands the secret out on purpose).
 --   hookbridge_reader    dashboards and reports: the views, the delivery log
 --                        without the stored bodies (deliveries.body: the
---                        events' content), the subscriptions' columns an
+--                        events' content), the previews' outcomes (not
+--                        their body or response), the subscriptions' columns an
 --                        operator reads, the limits and event types, and the
 --                        functions that only compute (limit, event_fields,
 --                        filter_problem, check_filter). Nothing that changes
