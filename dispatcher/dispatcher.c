@@ -39,6 +39,12 @@
  *     recorded, and every VERIFY_LOOK_MS each dispatcher looks for requests
  *     whose lease expired (their dispatcher died) and claims them again. At
  *     shutdown the drain waits for running challenges and records them;
+ *   - send previews (hookbridge.preview(): sql/70_previews.sql) as
+ *     verifications are sent: claimed with a lease (preview_lease_ms), looked
+ *     for with them; each one sample event of its type (hb_generate.h),
+ *     rendered and signed as a delivery to its subscription, sent once
+ *     through the HTTP engine (not through a delivery: no retry, no delivery
+ *     log, no health or rate limit), and what it got recorded;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -53,7 +59,9 @@
 #include <string.h>
 
 #include "hb_deliver.h"
+#include "hb_delivery.h"
 #include "hb_event.h"
+#include "hb_generate.h"
 #include "hb_hash.h"
 #include "hb_log.h"
 #include "hb_metrics.h"
@@ -69,6 +77,16 @@ typedef struct verify_s {
     char challenge[HB_UUID_LEN + 1];
     char claim[HB_CLAIM_LEN]; /* the store's name for our claim of the request */
 } verify_t;
+
+/* A preview being sent: its id (also the request's webhook-id) and what was
+ * sent (the request borrows the body). */
+typedef struct preview_s {
+    struct hb_dispatcher_s *d;
+    hb_sub_t *sub;
+    char id[HB_UUID_LEN + 1];
+    char claim[HB_CLAIM_LEN];
+    hb_payload_t p;
+} preview_t;
 
 /* Events waiting for company, for one subscription. Its size and window are
  * the subscription's as it is now (batch_refresh): a change applies to the
@@ -114,7 +132,8 @@ struct hb_dispatcher_s {
     unsigned revocations; /* hb_worker_revocations when the chains were last trusted */
     int64_t next_evict;
     size_t verifying;  /* challenges sent, outcome not yet handed to the store */
-    int looking;       /* a look for claimable verification requests is open */
+    size_t previewing; /* previews sent, outcome not yet handed to the store */
+    int looking;       /* looks for claimable verifications and previews open */
     int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
@@ -730,11 +749,17 @@ static size_t fanout_withdraw(hb_dispatcher_t *d) {
 
 /* ----------------------------------------------------------- verification */
 
+/* A claim or an outcome the database did not take (err): counted, said. */
+static void store_refused(hb_dispatcher_t *d, const char *key, const char *id, const char *what,
+                          const char *err) {
+    hb_worker_db_error(d->w);
+    hb_log(HB_LOG_ERROR, HB_KV(key, id), "cannot %s: %s", what, err);
+}
+
 static void on_recorded(const char *id, int recorded, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
     if (err) {
-        hb_worker_db_error(d->w);
-        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot record verification: %s", err);
+        store_refused(d, "subscription_id", id, "record verification", err);
     } else if (!recorded) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id),
                "verification outcome not recorded: out of date (the subscription was "
@@ -898,8 +923,7 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
         return;
     }
     if (err) {
-        hb_worker_db_error(d->w);
-        hb_log(HB_LOG_ERROR, HB_KV("subscription_id", id), "cannot claim verification: %s", err);
+        store_refused(d, "subscription_id", id, "claim verification", err);
         return;
     }
     if (!sub)
@@ -949,28 +973,171 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
     run_verification(opaque, id);
 }
 
-static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
-    hb_dispatcher_t *d = opaque;
-    d->looking = 0;
+/* The answer of a look (look_for_verifications): run(d, id) for each. */
+static void pending_run(hb_dispatcher_t *d, char **ids, int cnt, const char *err, const char *what,
+                        void (*run)(hb_dispatcher_t *, const char *)) {
+    d->looking--;
     if (err) {
-        hb_error("cannot list pending verifications: %s", err);
+        hb_error("cannot list pending %s: %s", what, err);
         return;
     }
     for (int i = 0; i < cnt; i++)
-        run_verification(opaque, ids[i]);
+        run(d, ids[i]);
+}
+
+static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
+    pending_run(opaque, ids, cnt, err, "verifications", run_verification);
+}
+
+/* ---------------------------------------------------------------- previews */
+
+static void on_preview_recorded(const char *id, int recorded, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    if (err)
+        store_refused(d, "preview_id", id,
+                      "record preview (it is sent again when its claim expires)", err);
+    else if (!recorded)
+        hb_log(HB_LOG_INFO, HB_KV("preview_id", id),
+               "preview outcome not recorded: its claim expired and another dispatcher took it");
+}
+
+static void preview_free(preview_t *pv) {
+    hb_sub_unref(pv->sub);
+    free(pv->p.body);
+    free(pv);
+}
+
+static void on_preview_done(const hb_http_result_t *res, void *opaque) {
+    preview_t *pv = opaque;
+    hb_dispatcher_t *d = pv->d;
+    hb_store_t *store = hb_worker_store(d->w);
+    char reason[256], errstr[256];
+    char *redacted = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
+    hb_preview_outcome_t o = {
+        .http_status = res->timed_out || res->transport_error ? 0 : res->http_status,
+        .error = reason,
+        .response = redacted        ? redacted
+                    : res->body_len ? res->body
+                                    : NULL,
+        .duration_ms = res->duration_ms,
+        .content_type = pv->p.content_type,
+        .body = pv->p.body,
+    };
+
+    d->previewing--;
+    if (res->not_sent) { /* says nothing of the endpoint: sent when the claim expires */
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id),
+               "preview not sent: %s; it is sent again when this dispatcher's claim expires",
+               res->error);
+    } else {
+        hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
+        hb_log(out == HB_OUTCOME_DELIVERED ? HB_LOG_INFO : HB_LOG_WARN,
+               HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id), "preview sent: %s",
+               out == HB_OUTCOME_DELIVERED ? "delivered" : reason);
+        if (!store || hb_store_record_preview(store, pv->id, pv->claim, &o, on_preview_recorded, d,
+                                              errstr, sizeof(errstr)) < 0)
+            on_preview_recorded(pv->id, 0, store ? errstr : "database not connected", d);
+    }
+    free(redacted);
+    preview_free(pv);
+}
+
+/* One sample event of type, as a real one (normalised: a uuid, version and
+ * severity), rendered for sub under the preview's id. */
+static int preview_render(hb_dispatcher_t *d, preview_t *pv, const char *type, char *errstr,
+                          size_t errstr_size) {
+    hb_gen_t g;
+    json_t *ev;
+    int rc;
+    hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)(uintptr_t)pv << 16));
+    ev = hb_gen_event_of(&g, type);
+    hb_gen_free(&g);
+    rc = hb_event_normalize(ev, 1, errstr, errstr_size);
+    if (rc == 0)
+        rc = hb_deliver_render_json(pv->sub, &ev, 1, pv->id, d->cfg->source, hb_wall_ms(), &pv->p,
+                                    errstr, errstr_size);
+    json_decref(ev);
+    return rc;
+}
+
+static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, const char *claim,
+                               const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    hb_store_t *store = hb_worker_store(d->w);
+    preview_t *pv;
+    char errstr[256];
+
+    if (err && claim) {
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+               "preview not sent: %s; it is sent again when this dispatcher's claim expires", err);
+        return;
+    }
+    if (err) {
+        store_refused(d, "preview_id", id, "claim preview", err);
+        return;
+    }
+    if (!sub)
+        return; /* another replica took it, it was sent, or cancelled */
+    pv = hb_calloc(1, sizeof(*pv));
+    pv->d = d;
+    pv->sub = sub;
+    snprintf(pv->id, sizeof(pv->id), "%s", id);
+    snprintf(pv->claim, sizeof(pv->claim), "%s", claim);
+    if (preview_render(d, pv, type, errstr, sizeof(errstr)) < 0) {
+        /* not expected (a catalogue's type, a well-formed event): recorded */
+        hb_preview_outcome_t o = {.error = errstr};
+        hb_log(HB_LOG_ERROR, HB_KV("preview_id", id), "preview not rendered: %s", errstr);
+        if (!store || hb_store_record_preview(store, id, pv->claim, &o, on_preview_recorded, d,
+                                              errstr, sizeof(errstr)) < 0)
+            on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
+        preview_free(pv);
+        return;
+    }
+    hb_log(HB_LOG_INFO, HB_KV("preview_id", id, "subscription_id", sub->id, "event_type", type),
+           "sending preview");
+    d->previewing++;
+    hb_deliver_send_borrowed(hb_worker_http(d->w), sub, pv->id, &pv->p, d->cfg->request_timeout_ms,
+                             (size_t)d->cfg->response_snippet_bytes, on_preview_done, pv);
+}
+
+/* Longer than a preview can take: the subscription's timeout_ms is at most
+ * 60 s. */
+static long long preview_lease_ms(const hb_config_t *cfg) {
+    long long timeout = cfg->request_timeout_ms > 60000 ? cfg->request_timeout_ms : 60000;
+    return cfg->max_queue_wait_ms + timeout + VERIFY_LEASE_MARGIN_MS;
+}
+
+static void run_preview(hb_dispatcher_t *d, const char *id) {
+    hb_store_t *store = hb_worker_store(d->w);
+    char errstr[256];
+    /* stopping: left to the other replicas */
+    if (store && !hb_stop_requested &&
+        hb_store_claim_preview(store, id, preview_lease_ms(d->cfg), on_preview_claimed, d, errstr,
+                               sizeof(errstr)) < 0)
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview ignored: %s", errstr);
+}
+
+static void on_preview(hb_worker_t *w, const char *id, void *opaque) {
+    (void)w;
+    run_preview(opaque, id);
+}
+
+static void on_pending_previews(char **ids, int cnt, const char *err, void *opaque) {
+    pending_run(opaque, ids, cnt, err, "previews", run_preview);
 }
 
 /* Requests made while no dispatcher was connected, or whose claim's lease
- * expired (the replica that took them died): at start-up, on reconnects and
- * every VERIFY_LOOK_MS. */
+ * expired (the replica that took them died), verifications and previews:
+ * at start-up, on reconnects and every VERIFY_LOOK_MS. */
 static void look_for_verifications(hb_dispatcher_t *d) {
     hb_store_t *store = hb_worker_store(d->w);
     int64_t now = hb_mono_ms();
     if (!store || d->looking || now < d->next_look)
         return;
-    d->looking = 1;
+    d->looking = 2;
     d->next_look = now + VERIFY_LOOK_MS;
     hb_store_pending_verifications(store, on_pending, d);
+    hb_store_pending_previews(store, on_pending_previews, d);
 }
 
 static void on_index_loaded(hb_worker_t *w, void *opaque) {
@@ -980,11 +1147,12 @@ static void on_index_loaded(hb_worker_t *w, void *opaque) {
     look_for_verifications(d);
 }
 
-/* The drain waits for running challenges, and records their outcome. */
+/* The drain waits for running challenges and previews, and records their
+ * outcome. */
 static size_t busy(hb_worker_t *w, void *opaque) {
     hb_dispatcher_t *d = opaque;
     (void)w;
-    return d->verifying;
+    return d->verifying + d->previewing;
 }
 
 static const hb_worker_hooks_t hooks = {
@@ -993,6 +1161,7 @@ static const hb_worker_hooks_t hooks = {
     .on_stop = on_stop,
     .on_revoke = on_revoke,
     .on_verify = on_verify,
+    .on_preview = on_preview,
     .on_index_loaded = on_index_loaded,
     .busy = busy,
     .holding = holding,

@@ -522,8 +522,8 @@ static size_t json_spelling(const char *s, size_t n, const char *v, size_t vlen,
  * holds only sealed, into the log in plaintext. Each occurrence of it, as
  * sent or spelled as in a JSON string, becomes "[redacted]", and so does a
  * start of it (4 bytes or more) that the snippet's bound cut off at its
- * end. Returns a malloc'd copy. */
-static char *snippet_redacted(const char *snip, const char *secret) {
+ * end. Returns a malloc'd copy (lib/hb_delivery.h). */
+char *hb_snippet_redacted(const char *snip, const char *secret) {
     size_t len = strlen(snip), vlen = secret ? strlen(secret) : 0;
     hb_buf_t b = {0};
     size_t p = 0, kept = 0;
@@ -561,7 +561,8 @@ static char *snippet_redacted(const char *snip, const char *secret) {
 /* The delivery-log row of one attempt (or of a skipped one: res NULL). */
 static hb_dlog_row_t *row_kept(const hb_delivery_t *dl, int attempt, const hb_http_result_t *res,
                                hb_outcome_t outcome, const char *reason, int keep_body) {
-    char *redacted = res && res->body_len ? snippet_redacted(res->body, dl->sub->auth_value) : NULL;
+    char *redacted =
+        res && res->body_len ? hb_snippet_redacted(res->body, dl->sub->auth_value) : NULL;
     hb_dlog_row_t *row;
     hb_attempt_t a = {
         .delivery_id = dl->id,

@@ -254,6 +254,10 @@ int64_t hb_delivery_began_ms(const hb_delivery_t *dl);
 void hb_delivery_rebind(hb_delivery_t *dl, hb_sub_t *sub);
 /* Frees dl without releasing its jobs (they stay unfinished). */
 void hb_delivery_free(hb_delivery_t *dl);
+/* A response snippet with every occurrence of secret (the subscription's
+ * auth value, which an echoing endpoint sends back) as "[redacted]": a
+ * malloc'd copy, or NULL when there is none (keep the snippet as it came). */
+char *hb_snippet_redacted(const char *snip, const char *secret);
 
 /* Render: the payload of events[0..n) for sub, then send it, or, when it
  * cannot be rendered or is too large, FAILED without an attempt. A batch

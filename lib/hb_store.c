@@ -121,6 +121,7 @@ enum {
 /* The callback of a request, by kind. */
 typedef union {
     hb_store_claim_cb *claim;
+    hb_store_preview_cb *preview;
     hb_store_recorded_cb *recorded;
     hb_store_ids_cb *ids;
     hb_store_replays_cb *replays;
@@ -133,7 +134,9 @@ struct store_msg_s {
     struct store_msg_s *next;
     int kind;
     char id[HB_UUID_LEN + 1];
-    char *url, *reason; /* MSG_RECORD_VERIFY */
+    char *url, *reason; /* MSG_RECORD_VERIFY; a preview's claim: reason is its event type */
+    char *response, *body, *ctype; /* a preview's outcome (MSG_RECORD_VERIFY) */
+    int preview; /* MSG_*_VERIFY: of a preview (id: the preview's), not a verification */
     int ok, max;
     int unloadable; /* MSG_CLAIM_VERIFY: claimed, but its row cannot be built */
     long long after_ms;
@@ -169,6 +172,9 @@ static void msg_free(store_msg_t *m) {
         return;
     free(m->url);
     free(m->reason);
+    free(m->response);
+    free(m->body);
+    free(m->ctype);
     free(m->err);
     hb_sub_unref(m->sub);
     subs_free(m->subs, m->subs_cnt);
@@ -217,7 +223,7 @@ static void queue_free(msg_queue_t *q) {
 /* A subscription id notified (or to load again). */
 typedef struct {
     char id[HB_UUID_LEN + 1];
-    int verify;       /* hookbridge_verify, else hookbridge_subscriptions */
+    int verify;       /* 1 hookbridge_verify, 2 hookbridge_preview, 0 hookbridge_subscriptions */
     int64_t since_ms; /* in the unsealed list: first found unsealed (monotonic) */
 } store_note_t;
 
@@ -437,7 +443,8 @@ static int store_ready(lane_t *ln, char *errstr, size_t errstr_size) {
 
 static int store_listen(lane_t *ln, char *errstr, size_t errstr_size) {
     static const char *const channels[] = {"LISTEN hookbridge_subscriptions",
-                                           "LISTEN hookbridge_verify", "LISTEN hookbridge_seal"};
+                                           "LISTEN hookbridge_verify", "LISTEN hookbridge_preview",
+                                           "LISTEN hookbridge_seal"};
     for (size_t i = 0; i < HB_ARRAY_SIZE(channels); i++) {
         PGresult *res = PQexecParams(ln->conn, channels[i], 0, NULL, NULL, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK)
@@ -628,7 +635,9 @@ static size_t store_drain(lane_t *ln, store_note_t **notes, size_t *cap) {
     size_t n = 0;
     PGnotify *nf;
     while ((nf = PQnotifies(ln->conn)) != NULL) {
-        int verify = !strcmp(nf->relname, "hookbridge_verify");
+        int verify = !strcmp(nf->relname, "hookbridge_verify")    ? 1
+                     : !strcmp(nf->relname, "hookbridge_preview") ? 2
+                                                                  : 0;
         if (!strcmp(nf->relname, "hookbridge_seal")) {
             ln->seal_due = 1;
             PQfreemem(nf);
@@ -816,6 +825,7 @@ static int store_dispatch(lane_t *ln, const store_note_t *notes, size_t n, msg_q
             continue;
         m = msg_new(MSG_VERIFY);
         memcpy(m->id, notes[i].id, sizeof(m->id));
+        m->preview = notes[i].verify == 2;
         queue_push(out, m);
     }
 out:
@@ -1044,23 +1054,35 @@ static char *col_dup(const PGresult *res, int row, int c) {
     return hb_strdup(PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
 }
 
+/* A verification's claim, or a preview's (its subscription and event type
+ * too: the subscription is loaded by its id, not by the preview's). */
 static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
-    char lease[32];
+    char lease[32], sub_id[HB_UUID_LEN + 1];
     const char *params[2] = {m->id, lease};
     PGresult *res;
     snprintf(lease, sizeof(lease), "%lld", m->lease_ms);
+    snprintf(sub_id, sizeof(sub_id), "%s", m->id);
     res = PQexecParams(ln->conn,
-                       "SELECT hookbridge.claim_verification_until($1::uuid,"
-                       " $2::bigint * interval '1 millisecond')",
+                       m->preview ? "SELECT claim::text, subscription_id::text, event_type"
+                                    " FROM hookbridge.claim_preview($1::uuid,"
+                                    " $2::bigint * interval '1 millisecond')"
+                                  : "SELECT hookbridge.claim_verification_until($1::uuid,"
+                                    " $2::bigint * interval '1 millisecond')",
                        2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, "claiming a verification", errstr, errstr_size);
-    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        return store_fail(ln, res, m->preview ? "claiming a preview" : "claiming a verification",
+                          errstr, errstr_size);
+    if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
         snprintf(m->claim, sizeof(m->claim), "%s", PQgetvalue(res, 0, 0));
+        if (m->preview) {
+            snprintf(sub_id, sizeof(sub_id), "%s", PQgetvalue(res, 0, 1));
+            m->reason = hb_strdup(PQgetvalue(res, 0, 2));
+        }
+    }
     PQclear(res);
     if (!m->claim[0])
         return 0;
-    int rc = load_one(ln, m->id, &m->sub, errstr, errstr_size);
+    int rc = load_one(ln, sub_id, &m->sub, errstr, errstr_size);
     /* the query worked, the row does not make a snapshot (a secret not
      * sealed, or lost): the subscription's problem, not the database's */
     m->unloadable = (rc == -1 || rc == HB_SNAPSHOT_UNSEALED) && ln->conn;
@@ -1071,31 +1093,47 @@ static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t 
     const char *params[5] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url,
                              m->claim};
     const char *deferred[4] = {m->id, m->reason, m->url, m->claim};
-    PGresult *res =
-        m->ok < 0 ? PQexecParams(ln->conn,
-                                 "SELECT hookbridge.defer_verification($1::uuid, $2::text,"
-                                 " $3::text, $4::timestamptz)",
-                                 4, NULL, deferred, NULL, NULL, 0)
-                  : PQexecParams(ln->conn,
-                                 "SELECT hookbridge.record_verification($1::uuid, $2::boolean,"
-                                 " $3::text, $4::text, $5::timestamptz)",
-                                 5, NULL, params, NULL, NULL, 0);
+    char status[16], duration[32];
+    const char *outcome[8] = {m->id,       m->claim, status,   m->reason,
+                              m->response, duration, m->ctype, m->body};
+    PGresult *res;
+    snprintf(status, sizeof(status), "%d", m->ok);
+    snprintf(duration, sizeof(duration), "%lld", m->after_ms);
+    res = m->preview  ? PQexecParams(ln->conn,
+                                     "SELECT hookbridge.record_preview($1::uuid, $2::timestamptz,"
+                                      " $3::integer, $4::text, $5::text, $6::integer, $7::text,"
+                                      " $8::text)",
+                                     8, NULL, outcome, NULL, NULL, 0)
+          : m->ok < 0 ? PQexecParams(ln->conn,
+                                     "SELECT hookbridge.defer_verification($1::uuid, $2::text,"
+                                     " $3::text, $4::timestamptz)",
+                                     4, NULL, deferred, NULL, NULL, 0)
+                      : PQexecParams(ln->conn,
+                                     "SELECT hookbridge.record_verification($1::uuid, $2::boolean,"
+                                     " $3::text, $4::text, $5::timestamptz)",
+                                     5, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, "recording a verification", errstr, errstr_size);
+        return store_fail(ln, res, m->preview ? "recording a preview" : "recording a verification",
+                          errstr, errstr_size);
     m->cnt = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     return 0;
 }
 
 static int pending_verifications(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
-    PGresult *res = PQexecParams(ln->conn,
-                                 "SELECT s.id::text FROM hookbridge.subscriptions s"
-                                 " WHERE s.verification_requested_at IS NOT NULL"
-                                 "   AND s.deregistered_at IS NULL"
-                                 "   AND (s.verification_claimed_until IS NULL"
-                                 "        OR s.verification_claimed_until <= now())"
-                                 " ORDER BY s.verification_requested_at",
-                                 0, NULL, NULL, NULL, NULL, 0);
+    PGresult *res =
+        PQexecParams(ln->conn,
+                     m->preview ? "SELECT p.id::text FROM hookbridge.previews p"
+                                  " WHERE p.status = 'pending'"
+                                  "   AND (p.claimed_until IS NULL OR p.claimed_until <= now())"
+                                  " ORDER BY p.requested_at LIMIT 1000"
+                                : "SELECT s.id::text FROM hookbridge.subscriptions s"
+                                  " WHERE s.verification_requested_at IS NOT NULL"
+                                  "   AND s.deregistered_at IS NULL"
+                                  "   AND (s.verification_claimed_until IS NULL"
+                                  "        OR s.verification_claimed_until <= now())"
+                                  " ORDER BY s.verification_requested_at",
+                     0, NULL, NULL, NULL, NULL, 0);
     int n;
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(ln, res, "listing pending verifications", errstr, errstr_size);
@@ -1605,8 +1643,8 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
         m->sub = NULL; /* the handler's */
         break;
     case MSG_VERIFY:
-        if (h && h->on_verify)
-            h->on_verify(m->id, opaque);
+        if (h && (m->preview ? h->on_preview : h->on_verify))
+            (m->preview ? h->on_preview : h->on_verify)(m->id, opaque);
         break;
     case MSG_RELOAD:
         subs_free(st->snapshot, st->snapshot_cnt);
@@ -1626,7 +1664,12 @@ static void deliver(hb_store_t *st, store_msg_t *m, const hb_store_handlers_t *h
             h->on_reload(opaque);
         break;
     case MSG_CLAIM_VERIFY:
-        m->cb.claim(m->id, m->sub, m->sub || m->unloadable ? m->claim : NULL, m->err, m->opaque);
+        if (m->preview)
+            m->cb.preview(m->id, m->sub, m->reason, m->sub || m->unloadable ? m->claim : NULL,
+                          m->err, m->opaque);
+        else
+            m->cb.claim(m->id, m->sub, m->sub || m->unloadable ? m->claim : NULL, m->err,
+                        m->opaque);
         m->sub = NULL;
         break;
     case MSG_RECORD_VERIFY: m->cb.recorded(m->id, !m->err && m->cnt, m->err, m->opaque); break;
@@ -1688,52 +1731,104 @@ static void request(hb_store_t *st, store_msg_t *m) {
     pipe_poke(ln->wake[1]);
 }
 
-int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
-                                hb_store_claim_cb *cb, void *opaque, char *errstr,
-                                size_t errstr_size) {
+/* Asks for a claim of the verification or the preview `id`; -1 when it is
+ * not an id. */
+static int claim_ask(hb_store_t *st, const char *id, long long lease_ms, int preview,
+                     hb_store_cb_t cb, void *opaque, char *errstr, size_t errstr_size) {
     store_msg_t *m;
     if (!hb_snapshot_is_id(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
+        hb_seterr(errstr, errstr_size, "not a %s id", preview ? "preview" : "subscription");
         return -1;
     }
     m = msg_new(MSG_CLAIM_VERIFY);
     memcpy(m->id, id, sizeof(m->id));
+    m->preview = preview;
     m->lease_ms = lease_ms;
-    m->cb.claim = cb;
+    m->cb = cb;
     m->opaque = opaque;
     request(st, m);
     return 0;
+}
+
+/* An outcome of `id` to record under `claim` (NULL: either is wrong). */
+static store_msg_t *record_msg(const char *id, const char *claim, int preview, void *opaque,
+                               char *errstr, size_t errstr_size) {
+    store_msg_t *m;
+    if (!hb_snapshot_is_id(id)) {
+        hb_seterr(errstr, errstr_size, "not a %s id", preview ? "preview" : "subscription");
+        return NULL;
+    }
+    if (!claim || !claim[0] || strlen(claim) >= HB_CLAIM_LEN) {
+        hb_seterr(errstr, errstr_size, "no claim to record the outcome under");
+        return NULL;
+    }
+    m = msg_new(MSG_RECORD_VERIFY);
+    memcpy(m->id, id, sizeof(m->id));
+    snprintf(m->claim, sizeof(m->claim), "%s", claim);
+    m->preview = preview;
+    m->opaque = opaque;
+    return m;
+}
+
+static void pending_ask(hb_store_t *st, int preview, hb_store_ids_cb *cb, void *opaque) {
+    store_msg_t *m = msg_new(MSG_PENDING_VERIFY);
+    m->preview = preview;
+    m->cb.ids = cb;
+    m->opaque = opaque;
+    request(st, m);
+}
+
+int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_ms,
+                                hb_store_claim_cb *cb, void *opaque, char *errstr,
+                                size_t errstr_size) {
+    return claim_ask(st, id, lease_ms, 0, (hb_store_cb_t){.claim = cb}, opaque, errstr,
+                     errstr_size);
 }
 
 int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
                                  int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) {
-    store_msg_t *m;
-    if (!hb_snapshot_is_id(id)) {
-        hb_seterr(errstr, errstr_size, "not a subscription id");
+    store_msg_t *m = record_msg(id, claim, 0, opaque, errstr, errstr_size);
+    if (!m)
         return -1;
-    }
-    if (!claim || !claim[0] || strlen(claim) >= HB_CLAIM_LEN) {
-        hb_seterr(errstr, errstr_size, "no claim to record the outcome under");
-        return -1;
-    }
-    m = msg_new(MSG_RECORD_VERIFY);
-    memcpy(m->id, id, sizeof(m->id));
-    snprintf(m->claim, sizeof(m->claim), "%s", claim);
     m->url = url ? hb_strdup(url) : NULL;
     m->reason = reason ? hb_strdup(reason) : NULL;
     m->ok = ok;
     m->cb.recorded = cb;
-    m->opaque = opaque;
     request(st, m);
     return 0;
 }
 
 void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
-    store_msg_t *m = msg_new(MSG_PENDING_VERIFY);
-    m->cb.ids = cb;
-    m->opaque = opaque;
+    pending_ask(st, 0, cb, opaque);
+}
+
+int hb_store_claim_preview(hb_store_t *st, const char *id, long long lease_ms,
+                           hb_store_preview_cb *cb, void *opaque, char *errstr,
+                           size_t errstr_size) {
+    return claim_ask(st, id, lease_ms, 1, (hb_store_cb_t){.preview = cb}, opaque, errstr,
+                     errstr_size);
+}
+
+int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
+                            const hb_preview_outcome_t *o, hb_store_recorded_cb *cb, void *opaque,
+                            char *errstr, size_t errstr_size) {
+    store_msg_t *m = record_msg(id, claim, 1, opaque, errstr, errstr_size);
+    if (!m)
+        return -1;
+    m->ok = o->http_status;
+    m->reason = o->error && *o->error ? hb_strdup(o->error) : NULL;
+    m->response = o->response ? hb_strdup(o->response) : NULL;
+    m->body = o->body ? hb_strdup(o->body) : NULL;
+    m->ctype = o->content_type ? hb_strdup(o->content_type) : NULL;
+    m->after_ms = o->duration_ms;
+    m->cb.recorded = cb;
     request(st, m);
+    return 0;
+}
+
+void hb_store_pending_previews(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {
+    pending_ask(st, 1, cb, opaque);
 }
 
 void hb_store_claim_replays(hb_store_t *st, int max, hb_store_replays_cb *cb, void *opaque) {

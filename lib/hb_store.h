@@ -7,6 +7,7 @@
  *   the follower  LISTENs on the channels the SQL triggers notify:
  *     hookbridge_subscriptions  payload: subscription id (row or its event types changed)
  *     hookbridge_verify         payload: subscription id (hookbridge.verify() was called)
+ *     hookbridge_preview        payload: preview id (hookbridge.preview() was called)
  *     hookbridge_seal           a plaintext secret waits in hookbridge.secret_inbox: it
  *                               is sealed (lib/hb_sealer.h) before anything is loaded,
  *                               so snapshots only ever come from sealed values; a full
@@ -15,7 +16,7 @@
  *                 and loads a fresh snapshot of each changed subscription by
  *                 id (the ones notified together 500 to a query, never a
  *                 reload);
- *   the requests  verification claims and outcomes, pending verifications,
+ *   the requests  verification and preview claims and outcomes, pending ones,
  *                 replay claims, the failing-endpoint sweep, rate-limit
  *                 tokens and the delivery log's maintenance, in order, but
  *                 for the rate-limit token asks, which go first (a bulk
@@ -61,6 +62,8 @@ typedef struct hb_store_handlers_s {
     /* A full load is there for hb_store_load_all: the first one, after
      * hb_store_new, or the reload after an outage. */
     void (*on_reload)(void *opaque);
+    /* hookbridge.preview() asked for preview `id`. */
+    void (*on_preview)(const char *id, void *opaque);
 } hb_store_handlers_t;
 
 /* Connects (blocking, bounded by connect_timeout in conninfo or 10 s),
@@ -160,6 +163,31 @@ int hb_store_record_verification(hb_store_t *st, const char *id, const char *url
                                  int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
+
+/* Previews (hookbridge.preview(), sql/70_previews.sql), by the preview's id,
+ * as verifications: claim takes a pending preview for lease_ms; cb gets the
+ * subscription's snapshot (the callback's to unref), the event type and the
+ * claim when it was claimed, else NULL (another replica holds it, it was
+ * sent, or cancelled: its subscription was deregistered); err with a claim
+ * and no sub: claimed, but the subscription makes no snapshot. record:
+ * stores what it got under `claim` (recorded=0 when the claim no longer
+ * holds). pending: the ids of the claimable previews. */
+typedef void hb_store_preview_cb(const char *id, hb_sub_t *sub, const char *event_type,
+                                 const char *claim, const char *err, void *opaque);
+typedef struct hb_preview_outcome_s {
+    int http_status;      /* 0: no answer */
+    const char *error;    /* NULL or "" for a 2xx */
+    const char *response; /* the response snippet, or NULL */
+    long long duration_ms;
+    const char *content_type, *body; /* what was sent */
+} hb_preview_outcome_t;
+int hb_store_claim_preview(hb_store_t *st, const char *id, long long lease_ms,
+                           hb_store_preview_cb *cb, void *opaque, char *errstr,
+                           size_t errstr_size) HB_MUSTCHECK;
+int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
+                            const hb_preview_outcome_t *o, hb_store_recorded_cb *cb, void *opaque,
+                            char *errstr, size_t errstr_size) HB_MUSTCHECK;
+void hb_store_pending_previews(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
 
 /* Draws up to wanted tokens from the rate-limit budget that every replica
  * shares (hookbridge.take_rate_tokens): cb gets granted (-1 with err when the

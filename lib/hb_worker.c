@@ -350,7 +350,13 @@ static void on_reload(void *opaque) {
     index_loaded(w);
 }
 
-static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload};
+static void on_preview(const char *id, void *opaque) {
+    hb_worker_t *w = opaque;
+    if (w->spec.hooks->on_preview)
+        w->spec.hooks->on_preview(w, id, w->spec.opaque);
+}
+
+static const hb_store_handlers_t store_handlers = {on_change, on_verify, on_reload, on_preview};
 
 /* Connects to PostgreSQL; retried by the loop while the database is
  * unreachable (the service stays up, not ready). The index is loaded once

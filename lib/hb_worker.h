@@ -91,6 +91,8 @@ typedef struct hb_worker_hooks_s {
     long long (*on_pass)(hb_worker_t *w, void *opaque);
     /* hookbridge.verify(id) was called (NULL: ignored). */
     void (*on_verify)(hb_worker_t *w, const char *id, void *opaque);
+    /* hookbridge.preview() asked for preview `id` (NULL: ignored). */
+    void (*on_preview)(hb_worker_t *w, const char *id, void *opaque);
     /* The index was (re)loaded from the database. */
     void (*on_index_loaded)(hb_worker_t *w, void *opaque);
     /* Shutdown began: stop starting work, finish what can be (NULL: none). */

@@ -15,7 +15,7 @@
  * does not stop the others. A stop (or a read error) leaves the input at a
  * line: that line is said, with the lines left unsent, so that a run again
  * publishes exactly the rest. Everything else is in producer.c and
- * generate.c.
+ * lib/hb_generate.c.
  */
 #include <ctype.h>
 #include <errno.h>

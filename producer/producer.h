@@ -1,7 +1,7 @@
 /*
  * hookbridge-producer's parts: the sender (normalize -> encode -> produce,
- * with delivery reports counted), the synthetic event generator and the
- * Okta event-hook ingest endpoint.
+ * with delivery reports counted) and the Okta event-hook ingest endpoint;
+ * the synthetic event generator is lib/hb_generate.h.
  */
 #ifndef HB_PRODUCER_H
 #define HB_PRODUCER_H
@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "hb_config.h"
+#include "hb_generate.h"
 
 typedef struct hb_producer_s hb_producer_t;
 
@@ -98,33 +99,5 @@ void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int r
  * SIGTERM/SIGINT, then drains. Returns the exit status: 0 after a clean
  * stop, 1 when it could not start. */
 int hb_ingest_serve(const hb_config_t *cfg, const char *listen);
-
-/* Synthetic identity events: a mix of the catalogue's types with realistic
- * actors, targets, clients and outcomes (a few hundred bytes each). The
- * generator is deterministic for a seed; uuid is left to normalization.
- * The parts that recur (users, apps, groups, places, user agents,
- * outcomes) are made once and shared by the events that have them: treat
- * an event's nested objects as read-only (normalization only touches its
- * top level). */
-#define HB_GEN_USERS 500
-#define HB_GEN_PLACES 6
-#define HB_GEN_AGENTS 4
-
-typedef struct {
-    uint64_t state;
-    /* made on first use, one reference each; freed by hb_gen_free */
-    json_t *users[HB_GEN_USERS][2]; /* [with detailEntry] */
-    json_t *admins[3], *apps[6], *groups[6];
-    json_t *geo[HB_GEN_PLACES], *security[HB_GEN_PLACES], *agents[HB_GEN_AGENTS];
-    json_t *outcomes[4]; /* SUCCESS, then FAILURE with each reason */
-    json_t *consts[16];  /* strings and values events share (generate.c's K_*) */
-    int64_t published_sec;
-    char published[32]; /* hb_format_time of published_sec's second, ms patched */
-} hb_gen_t;
-
-void hb_gen_init(hb_gen_t *g, uint64_t seed);
-/* A new event (caller json_decref's; it may outlive the generator). */
-json_t *hb_gen_event(hb_gen_t *g);
-void hb_gen_free(hb_gen_t *g);
 
 #endif

@@ -9,22 +9,24 @@
 --   hookbridge_service   the dispatcher and the retrier: read subscriptions
 --                        (with their sealed secrets, to sign), write the
 --                        delivery log, claim and record verifications and
---                        replays, seal secrets, deactivate endpoints that
+--                        replays and previews, seal secrets, deactivate endpoints that
 --                        keep failing, maintain the delivery log's
 --                        partitions, and read hookbridge-migrate's
 --                        bookkeeping (its `up` runs in their init
 --                        containers). Nothing else: no subscription can be
 --                        created or changed with it.
 --   hookbridge_operator  people and programs managing subscriptions: every
---                        hookbridge.* API function but the services' ones, the
---                        views and the delivery log read-only. No direct writes
+--                        hookbridge.* API function but the services' ones
+--                        (preview() included), the views, the delivery log
+--                        and the previews read-only. No direct writes
 --                        to the tables (so every change goes through a
 --                        validating function) and no read of
 --                        subscription_secrets, secret_inbox or auth values
 --                        (signing_secret() hands the secret out on purpose).
 --   hookbridge_reader    dashboards and reports: the views, the delivery log
 --                        without the stored bodies (deliveries.body: the
---                        events' content), the subscriptions' columns an
+--                        events' content), the previews' outcomes (not
+--                        their body or response), the subscriptions' columns an
 --                        operator reads, the limits and event types, and the
 --                        functions that only compute (limit, event_fields,
 --                        filter_problem, check_filter). Nothing that changes
@@ -121,7 +123,7 @@ DECLARE
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'claim_verification_until',
                                 'record_verification', 'defer_verification',
-                                'claim_replays',
+                                'claim_replays', 'claim_preview', 'record_preview',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
                                 'secrets_to_seal', 'seal_store', 'seal_refuse', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
@@ -144,6 +146,9 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
                                    hookbridge.endpoint_health
         TO hookbridge_service;
+    -- previews (migration 0012): written through claim_preview and
+    -- record_preview; read to find the pending ones
+    GRANT SELECT ON hookbridge.previews TO hookbridge_service;
     -- ordered delivery: the end of each key's chain (migration 0003)
     GRANT SELECT, INSERT, UPDATE, DELETE ON hookbridge.ordering_tails TO hookbridge_service;
     GRANT SELECT ON hookbridge.ordering_tails TO hookbridge_operator;
@@ -155,7 +160,7 @@ BEGIN
     GRANT SELECT ON hookbridge.subscription_overview, hookbridge.recent_deliveries,
                     hookbridge.deliveries, hookbridge.delivery_attempts,
                     hookbridge.endpoint_health, hookbridge.event_types, hookbridge.limits,
-                    hookbridge.subscription_event_types
+                    hookbridge.subscription_event_types, hookbridge.previews
         TO hookbridge_operator;
     GRANT SELECT (id, name, url, status, verification, verification_requested_at,
                   verification_claimed_until, verification_retrying, verified_at,
@@ -199,6 +204,10 @@ BEGIN
                   content_type, replay_requested_at, replay_claimed_at, log_day, replay_due_at,
                   resume_requested_at)
         ON hookbridge.deliveries TO hookbridge_reader;
+    -- previews: their outcome, not the body sent nor the endpoint's answer
+    GRANT SELECT (id, subscription_id, event_type, status, requested_at, claimed_until, sent_at,
+                  http_status, error, duration_ms, content_type)
+        ON hookbridge.previews TO hookbridge_reader;
     GRANT SELECT (id, name, url, status, verification, verification_requested_at,
                   verification_claimed_until, verification_retrying, verified_at,
                   verification_failed_at, verification_error, auth_header, options, created_at,

@@ -1,6 +1,6 @@
 /*
  * The producer's per-event CPU without Kafka: generate an event
- * (producer/generate.c), normalize it, encode it, free both; the two encode
+ * (lib/hb_generate.c), normalize it, encode it, free both; the two encode
  * ways side by side in one process, alternating rounds (A B A B ...):
  *   generic  avro-c's generic value built from the JSON and written (the
  *            encode of before, hb_codec_set_generic_only);
@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../../producer/generate.c"
+#include "hb_generate.h"
 #include "../sample_events.h"
 #include "hb_buf.h"
 #include "hb_codec.h"

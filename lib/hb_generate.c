@@ -1,6 +1,7 @@
 /*
  * Synthetic identity events for `hookbridge-producer --generate N`: load for
- * benchmarks and demos that looks like an Okta org's System Log. A pool of
+ * benchmarks and demos that looks like an Okta org's System Log; and the
+ * sample event of a subscription's preview (hb_gen_event_of). A pool of
  * users (stable ids, so the same keys recur), a few admins, apps and groups;
  * sign-ins dominate the mix as they do in a real org, and some fail.
  *
@@ -18,7 +19,7 @@
  * the same, in the same order, as when everything was made afresh: a seed
  * gives the same events.
  */
-#include "producer.h"
+#include "hb_generate.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -413,7 +414,11 @@ static const char *gen_published(hb_gen_t *g) {
 }
 
 json_t *hb_gen_event(hb_gen_t *g) {
-    const char *type = gen_type(g), *message = "Identity event", *legacy = NULL;
+    return hb_gen_event_of(g, gen_type(g));
+}
+
+json_t *hb_gen_event_of(hb_gen_t *g, const char *type) {
+    const char *message = "Identity event", *legacy = NULL;
     int u = (int)gen_below(g, HB_GEN_USERS);
     int self_service = !strncmp(type, "user.session.", 13) ||
                        !strcmp(type, "user.authentication.sso") ||
