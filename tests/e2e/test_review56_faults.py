@@ -10,15 +10,14 @@ import re
 import subprocess
 import time
 
-import pytest
-
 from hbtest.clockshim import env as clock_env
-from hbtest.pg import MIGRATIONS, PgCluster
+from hbtest.pg import MIGRATIONS
 from hbtest.procs import BIN, SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
 from test_delivery import event, sql
 from test_promises import verified_active
 from test_reactivate import delivery_of
+from test_review54_faults import pair  # noqa: F401 (a fixture)
 
 # Raises what a read-only server raises (SQLSTATE 25006) for the sessions
 # listed in fenced, and for no other: the server reports nothing (as before
@@ -38,22 +37,6 @@ FENCE_INSERTS = ("CREATE TRIGGER fence BEFORE INSERT ON hookbridge.delivery_atte
                  "FOR EACH STATEMENT EXECUTE FUNCTION public.fence()")
 FENCE_UPDATES = ("CREATE TRIGGER fence BEFORE UPDATE ON hookbridge.deliveries "
                  "FOR EACH STATEMENT EXECUTE FUNCTION public.fence()")
-
-
-@pytest.fixture
-def pair():
-    """(primary, replica, dbname): a primary of this test's own with a
-    migrated database, and a hot standby streaming from it."""
-    primary = PgCluster().start()
-    replica = None
-    try:
-        name = primary.migrated_database("standby")
-        replica = primary.start_replica()
-        yield primary, replica, name
-    finally:
-        if replica:
-            replica.stop()
-        primary.stop()
 
 
 def dlog_pids(db_url):
@@ -174,7 +157,7 @@ def test_the_retriers_sweep_answered_ends_the_warned_failures_of_its_periodic_re
     assert len(said) == 2 and "claim_replays" in said[0] and "answered again" in said[1], said
 
 
-def test_a_service_whose_reconnect_finds_a_hot_standby_names_it_on_readyz(pair, procs, workdir):
+def test_a_service_whose_reconnect_finds_a_hot_standby_names_it_on_readyz(pair, procs, workdir):  # noqa: F811
     """The URL names two servers without target_session_attrs (any server
     will do, in order): the primary, then its hot standby. The dispatcher
     runs on the primary; the primary stops, and every reconnect finds the
