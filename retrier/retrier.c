@@ -123,8 +123,12 @@ struct hb_retrier_s {
     int held_said;        /* "waiting for the subscriptions" said for this stretch */
     int64_t db_warned_at; /* a periodic request's failure last said (hb_mono_ms) */
     int db_unsaid;        /* ... and those failed since, not said */
-    int db_failing;       /* a failure said, and no periodic request answered since */
+    int db_failing;       /* the periodic requests (DB_*) whose last try failed */
+    int db_said;          /* a failure said since the last "answered again" */
 };
+
+/* The periodic requests to the store, for db_failing. */
+enum { DB_REPLAYS = 1, DB_SWEEP = 2, DB_UPKEEP = 4 };
 
 /* A due retry held until the subscriptions are current; ready: an ordered
  * one whose predecessor is final already (ready_pass), which goes then
@@ -589,9 +593,10 @@ static void on_message(hb_worker_t *w, const rd_kafka_message_t *rkm, json_t *ms
 
 /* A periodic request to the store failed: counted, and said at once, or
  * with those since if it was said less than DB_WARN_EVERY_MS ago. */
-static void periodic_failed(hb_retrier_t *r, const char *err) {
+static void periodic_failed(hb_retrier_t *r, int kind, const char *err) {
     int64_t now = hb_mono_ms();
     hb_worker_db_error(r->w);
+    r->db_failing |= kind;
     if (r->db_warned_at && now - r->db_warned_at < DB_WARN_EVERY_MS) {
         r->db_unsaid++;
         return;
@@ -603,17 +608,34 @@ static void periodic_failed(hb_retrier_t *r, const char *err) {
         hb_warn("%s", err);
     r->db_warned_at = now;
     r->db_unsaid = 0;
-    r->db_failing = 1;
+    r->db_said = 1;
 }
 
-/* A periodic request was answered (the replay claim, the sweep or the
- * upkeep, whichever comes first): the failures said end here, and that is
- * said once. The pace of the warnings goes on (a failure within
+/* A periodic request of kind (DB_*) was answered. Once every one that
+ * failed is answered again, the failures said end here, and that is said
+ * once; while another still fails (the sweep failing for good beside replay
+ * claims answered every second), nothing is: it would say "answered again"
+ * after each warning. Those that failed too are asked at once, rather than
+ * at their next turn (the sweep's up to a minute away, the upkeep's a
+ * minute after it failed), so the end of an outage is said within a
+ * second or two. The pace of the warnings goes on (a failure within
  * DB_WARN_EVERY_MS of the last one said is counted, said with the next), or
  * one request failing while another is answered would say both every
  * second. */
-static void periodic_ok(hb_retrier_t *r) {
-    if (!r->db_failing)
+static void periodic_ok(hb_retrier_t *r, int kind) {
+    int64_t now;
+    if (!(r->db_failing & kind))
+        return;
+    r->db_failing &= ~kind;
+    if (r->db_failing) {
+        now = hb_mono_ms();
+        if ((r->db_failing & DB_SWEEP) && r->next_sweep > now)
+            r->next_sweep = now;
+        if ((r->db_failing & DB_UPKEEP) && r->next_maintain > now)
+            r->next_maintain = now;
+        return;
+    }
+    if (!r->db_said)
         return;
     if (r->db_unsaid)
         hb_info("database: the periodic requests are answered again (%d failures since the "
@@ -621,7 +643,7 @@ static void periodic_ok(hb_retrier_t *r) {
                 r->db_unsaid);
     else
         hb_info("database: the periodic requests are answered again");
-    r->db_failing = 0;
+    r->db_said = 0;
     r->db_unsaid = 0;
 }
 
@@ -633,10 +655,10 @@ static void on_replays(const hb_replay_t *rp, int cnt, const char *err, void *op
 
     r->replays_asked = 0;
     if (err) {
-        periodic_failed(r, err);
+        periodic_failed(r, DB_REPLAYS, err);
         return;
     }
-    periodic_ok(r);
+    periodic_ok(r, DB_REPLAYS);
     for (int i = 0; i < cnt; i++) {
         hb_retry_msg_t m = {
             .delivery_id = rp[i].delivery_id,
@@ -684,10 +706,10 @@ static void on_swept(int cnt, const char *err, void *opaque) {
     hb_retrier_t *r = opaque;
     r->sweep_asked = 0;
     if (err) {
-        periodic_failed(r, err);
+        periodic_failed(r, DB_SWEEP, err);
         return;
     }
-    periodic_ok(r);
+    periodic_ok(r, DB_SWEEP);
     for (int i = 0; i < cnt; i++)
         hb_metric_inc(r->m_auto_deactivated);
 }
@@ -708,9 +730,9 @@ static void on_maintained(int cnt, const char *err, void *opaque) {
     r->maintain_asked = 0;
     if (err) {
         r->next_maintain = hb_mono_ms() + MAINTAIN_RETRY_MS;
-        periodic_failed(r, err);
+        periodic_failed(r, DB_UPKEEP, err);
     } else {
-        periodic_ok(r);
+        periodic_ok(r, DB_UPKEEP);
     }
 }
 
