@@ -171,12 +171,15 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
         d.wait_ready()
         # What an event takes with no change on its way (starting the
         # producer, the delivery), on this machine under its load now: the
-        # bound below is on what the bulk change adds to it: 1 s, or three
+        # bound below is on what the bulk change adds to it: 1.5 s, or three
         # times what an event alone takes when the machine is so loaded that
         # this is more (a plain 1.3 s in all failed at 1.32 s on the 2-core
         # machine running other suites, where the change added 1.1 to 1.4 s
-        # to an event alone taking 0.6 to 0.8 s; there 9ec6cf5, loading one
-        # row a statement, added 2.6 s to an event alone taking 0.6 s).
+        # to an event alone taking 0.6 to 0.8 s, and 1.0 s failed at 1.26 s
+        # beside an event alone taking 0.11 s in CI run 97, with a review's
+        # tests running beside the suite; there 9ec6cf5, loading one row a
+        # statement, added 2.6 s to an event alone taking 0.6 s, and 1.8 s
+        # on an idle machine).
         t0 = time.monotonic()
         ev = event("user.lifecycle.create")
         produce(broker.bootstrap, [ev])
@@ -195,7 +198,7 @@ def test_a_bulk_change_of_thousands_of_subscriptions_does_not_stall_deliveries(d
         applied = time.monotonic() - t0
         print(f"probe delivered {took:.2f} s, changes applied {applied:.2f} s after the UPDATE; "
               f"{alone:.2f} s with no change on its way")
-        assert took - alone < max(1.0 * SLOW, 3 * alone), \
+        assert took - alone < max(1.5 * SLOW, 3 * alone), \
             f"the event waited {took - alone:.2f} s for the bulk change ({took:.2f} s in all)"
         assert d.get("/readyz")[0] == 200
     finally:
