@@ -3,11 +3,17 @@ operators and hostile endpoints use them.
 
 On 16b8028 (main when this review began) each test here fails: preview()'s
 upkeep removed pending previews beyond a subscription's 20 newest, so a loop
-of previews lost all but the last 20 (their ids named no row; never sent)."""
+of previews lost all but the last 20 (their ids named no row; never sent);
+and a dispatcher sent every preview it was told of at once, so a loop of
+them to one endpoint filled its host's queue: the previews beyond
+max_queue_wait were not sent (left for their 80 s lease), and the real
+deliveries to that endpoint were put on the delay tier as "endpoint slow"."""
 import psycopg2
 import pytest
 
-from test_delivery import sql
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Dispatcher, Receiver, produce
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
 
 def service_sql(db_url, query, *args):
@@ -38,3 +44,39 @@ def test_a_loop_of_previews_keeps_every_pending_one_until_it_is_sent(db_url):
     kept = sql(db_url, "SELECT id::text FROM hookbridge.previews WHERE subscription_id = %s"
                " ORDER BY requested_at", sub)
     assert [k for (k,) in kept] == ids[-19:] + [last]
+
+
+def test_a_loop_of_previews_to_an_endpoint_leaves_its_deliveries_their_connections(
+        db_url, broker, procs, workdir):
+    """docs/sql.md, preview: a dispatcher sends at most a quarter of
+    HOOKBRIDGE_MAX_HOST_CONNECTIONS previews at once (at least one), the
+    others waiting their turn. An operator previews three subscriptions of
+    one slow endpoint 24 times, then an event comes: its deliveries go at
+    once (none deferred as "endpoint slow"), and every preview arrives once,
+    none "not sent"."""
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                        delay_ms=200)
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "2",
+                              "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s"})
+    d.wait_ready()
+    subs = [register_verified(db_url, receiver.url, ["user.session.start"]) for _ in range(3)]
+    with psycopg2.connect(db_url) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for i in range(24):
+                cur.execute("SELECT hookbridge.preview(%s)", (subs[i % 3],))
+    ev = event("user.session.start")
+    produce(broker.bootstrap, [ev])
+    wait_until(lambda: len([1 for _, e in receiver.events() if e.get("uuid") == ev["uuid"]]) == 3,
+               6 * SLOW, "the event's three deliveries")
+    wait_until(lambda: sql(db_url, "SELECT status, count(*) FROM hookbridge.deliveries"
+                           " GROUP BY 1") == [("delivered", 3)], 3 * SLOW,
+               "the delivery log to say the three were delivered at once")
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.previews"
+                           " WHERE status = 'delivered'") == [(24,)], 15 * SLOW,
+               "every preview to be delivered")
+    ids = [p["headers"]["webhook-id"] for p in receiver.posts()]
+    previews = [i for (i,) in sql(db_url, "SELECT id::text FROM hookbridge.previews")]
+    assert sorted(i for i in ids if i in previews) == sorted(previews)
+    assert "preview not sent" not in d.proc.output()
