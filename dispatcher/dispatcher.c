@@ -1037,13 +1037,10 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     hb_dispatcher_t *d = pv->d;
     hb_store_t *store = hb_worker_store(d->w);
     char reason[256], errstr[256];
-    char *redacted = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
+    char *response = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
     hb_preview_outcome_t o = {
         .http_status = res->timed_out || res->transport_error ? 0 : res->http_status,
         .error = reason,
-        .response = redacted        ? redacted
-                    : res->body_len ? res->body
-                                    : NULL,
         .duration_ms = res->duration_ms,
         .content_type = pv->p.content_type,
         .body = pv->p.body,
@@ -1051,12 +1048,21 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
 
     d->previewing--;
     preview_slot_freed(d);
+    if (res->body_len && !response)
+        response = hb_strdup(res->body);
+    /* text columns, as the delivery log's: an endpoint's bytes need not be
+     * UTF-8, and a row the database refuses would leave the preview to be
+     * sent again at each lease's end */
+    if (response)
+        hb_utf8_scrub(response);
+    o.response = response;
     if (res->not_sent) { /* says nothing of the endpoint: sent when the claim expires */
         hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id),
                "preview not sent: %s; it is sent again when this dispatcher's claim expires",
                res->error);
     } else {
         hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
+        hb_utf8_scrub(reason);
         hb_log(out == HB_OUTCOME_DELIVERED ? HB_LOG_INFO : HB_LOG_WARN,
                HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id), "preview sent: %s",
                out == HB_OUTCOME_DELIVERED ? "delivered" : reason);
@@ -1064,7 +1070,7 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
                                               errstr, sizeof(errstr)) < 0)
             on_preview_recorded(pv->id, 0, store ? errstr : "database not connected", d);
     }
-    free(redacted);
+    free(response);
     preview_free(pv);
 }
 

@@ -7,10 +7,15 @@ of previews lost all but the last 20 (their ids named no row; never sent);
 and a dispatcher sent every preview it was told of at once, so a loop of
 them to one endpoint filled its host's queue: the previews beyond
 max_queue_wait were not sent (left for their 80 s lease), and the real
-deliveries to that endpoint were put on the delay tier as "endpoint slow"."""
+deliveries to that endpoint were put on the delay tier as "endpoint slow";
+and an answer that is not UTF-8 could not be recorded (a text column), so
+the preview stayed pending and was sent again at each lease's end."""
+import json
+
 import psycopg2
 import pytest
 
+from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
@@ -80,3 +85,47 @@ def test_a_loop_of_previews_to_an_endpoint_leaves_its_deliveries_their_connectio
     previews = [i for (i,) in sql(db_url, "SELECT id::text FROM hookbridge.previews")]
     assert sorted(i for i in ids if i in previews) == sorted(previews)
     assert "preview not sent" not in d.proc.output()
+
+
+class Garbled(ChallengeAnswering):
+    """Answers each POST 200 with bytes that are not UTF-8 around the
+    Authorization header it got (an endpoint echoing its request)."""
+    ids = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Garbled.ids.append(self.headers["webhook-id"])
+        body = b"\xff\xfe<" + self.headers["Authorization"].encode() + b">\x80"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_an_answer_that_is_not_utf8_is_recorded_scrubbed_and_redacted(
+        db_url, broker, procs, workdir):
+    """docs/sql.md, preview: the start of the response is kept as the
+    delivery log keeps it: bytes that are not UTF-8 become '?', the
+    subscription's auth value "[redacted]". The preview is recorded
+    delivered at once and sent once (it stayed pending, the database
+    refusing the text, and was sent again at each lease's end)."""
+    srv = serve(Garbled)
+    try:
+        d = Dispatcher(procs, db_url, broker.bootstrap)
+        d.wait_ready()
+        sub = sql(db_url, "SELECT hookbridge.register('garbled', %s, %s, %s::jsonb)", srv.url,
+                  ["user.session.start"], json.dumps({"auth_header": "Authorization",
+                                                       "auth_value": AUTH_VALUE,
+                                                       "secret": SECRET}))[0][0]
+        preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
+        row = wait_until(lambda: (r := sql(db_url, "SELECT status, http_status, response"
+                                           " FROM hookbridge.previews WHERE id = %s",
+                                           preview)[0])[0] != "pending" and r, 8 * SLOW,
+                         "the preview's outcome")
+        assert row == ("delivered", 200, "??<[redacted]>?")
+        assert Garbled.ids == [preview]
+        out = d.proc.output()
+        assert "cannot record preview" not in out and AUTH_VALUE not in out
+    finally:
+        srv.shutdown()
