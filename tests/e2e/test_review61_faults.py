@@ -6,7 +6,7 @@ upkeep removed pending previews beyond a subscription's 20 newest, so a loop
 of previews lost all but the last 20 (their ids named no row; never sent);
 and a dispatcher sent every preview it was told of at once, so a loop of
 them to one endpoint filled its host's queue: the previews beyond
-max_queue_wait were not sent (left for their 80 s lease), and the real
+max_queue_wait were not sent (left for their 75 s lease), and the real
 deliveries to that endpoint were put on the delay tier as "endpoint slow";
 and an answer that is not UTF-8 could not be recorded (a text column), so
 the preview stayed pending and was sent again at each lease's end."""
