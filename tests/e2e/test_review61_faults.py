@@ -3,7 +3,8 @@ operators and hostile endpoints use them.
 
 On 16b8028 (main when this review began) each test here fails: preview()'s
 upkeep removed pending previews beyond a subscription's 20 newest, so a loop
-of previews lost all but the last 20 (their ids named no row; never sent);
+of previews lost all but the last 20 (their ids named no row: not sent
+when no dispatcher had taken them yet, their outcome dropped when one had);
 and a dispatcher sent every preview it was told of at once, so a loop of
 them to one endpoint filled its host's queue: the previews beyond
 max_queue_wait were not sent (left for their 75 s lease), and the real
