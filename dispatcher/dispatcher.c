@@ -44,7 +44,9 @@
  *     for with them; each one sample event of its type (hb_generate.h),
  *     rendered and signed as a delivery to its subscription, sent once
  *     through the HTTP engine (not through a delivery: no retry, no delivery
- *     log, no health or rate limit), and what it got recorded;
+ *     log, no health or rate limit), and what it got recorded; a few at a
+ *     time (preview_slots), the others left pending and looked for as
+ *     those finish;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -131,10 +133,15 @@ struct hb_dispatcher_s {
     size_t settled_n, settled_cap;
     unsigned revocations; /* hb_worker_revocations when the chains were last trusted */
     int64_t next_evict;
-    size_t verifying;  /* challenges sent, outcome not yet handed to the store */
-    size_t previewing; /* previews sent, outcome not yet handed to the store */
-    int looking;       /* looks for claimable verifications and previews open */
-    int64_t next_look; /* monotonic: the next look */
+    size_t verifying;      /* challenges sent, outcome not yet handed to the store */
+    size_t previewing;     /* previews sent, outcome not yet handed to the store */
+    size_t preview_claims; /* preview claims asked, not yet answered */
+    /* a preview was left pending for want of a slot (preview_slots): look
+     * for it again when one frees */
+    int preview_backlog;
+    int looking;         /* a look for claimable verification requests is open */
+    int looking_preview; /* a look for claimable previews is open */
+    int64_t next_look;   /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
@@ -976,7 +983,6 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
 /* The answer of a look (look_for_verifications): run(d, id) for each. */
 static void pending_run(hb_dispatcher_t *d, char **ids, int cnt, const char *err, const char *what,
                         void (*run)(hb_dispatcher_t *, const char *)) {
-    d->looking--;
     if (err) {
         hb_error("cannot list pending %s: %s", what, err);
         return;
@@ -986,10 +992,29 @@ static void pending_run(hb_dispatcher_t *d, char **ids, int cnt, const char *err
 }
 
 static void on_pending(char **ids, int cnt, const char *err, void *opaque) {
-    pending_run(opaque, ids, cnt, err, "verifications", run_verification);
+    hb_dispatcher_t *d = opaque;
+    d->looking = 0;
+    pending_run(d, ids, cnt, err, "verifications", run_verification);
 }
 
 /* ---------------------------------------------------------------- previews */
+
+static void look_for_previews(hb_dispatcher_t *d);
+
+/* Previews this dispatcher sends at once (claims asked included): a quarter
+ * of one host's connections, so that a loop of previews to one endpoint
+ * leaves its deliveries and challenges the rest, and its queue is not filled
+ * past max_queue_wait (previews not sent wait for their lease). The others
+ * stay pending, claimed as these finish. */
+static size_t preview_slots(const hb_config_t *cfg) {
+    return cfg->max_host_connections >= 8 ? (size_t)(cfg->max_host_connections / 4) : 1;
+}
+
+/* A preview's slot is free again: the ones left waiting are looked for. */
+static void preview_slot_freed(hb_dispatcher_t *d) {
+    if (d->preview_backlog && !hb_stop_requested)
+        look_for_previews(d);
+}
 
 static void on_preview_recorded(const char *id, int recorded, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
@@ -1012,25 +1037,32 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     hb_dispatcher_t *d = pv->d;
     hb_store_t *store = hb_worker_store(d->w);
     char reason[256], errstr[256];
-    char *redacted = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
+    char *response = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
     hb_preview_outcome_t o = {
         .http_status = res->timed_out || res->transport_error ? 0 : res->http_status,
         .error = reason,
-        .response = redacted        ? redacted
-                    : res->body_len ? res->body
-                                    : NULL,
         .duration_ms = res->duration_ms,
         .content_type = pv->p.content_type,
         .body = pv->p.body,
     };
 
     d->previewing--;
+    preview_slot_freed(d);
+    if (res->body_len && !response)
+        response = hb_strdup(res->body);
+    /* text columns, as the delivery log's: an endpoint's bytes need not be
+     * UTF-8, and a row the database refuses would leave the preview to be
+     * sent again at each lease's end */
+    if (response)
+        hb_utf8_scrub(response);
+    o.response = response;
     if (res->not_sent) { /* says nothing of the endpoint: sent when the claim expires */
         hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id),
                "preview not sent: %s; it is sent again when this dispatcher's claim expires",
                res->error);
     } else {
         hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
+        hb_utf8_scrub(reason);
         hb_log(out == HB_OUTCOME_DELIVERED ? HB_LOG_INFO : HB_LOG_WARN,
                HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id), "preview sent: %s",
                out == HB_OUTCOME_DELIVERED ? "delivered" : reason);
@@ -1038,7 +1070,7 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
                                               errstr, sizeof(errstr)) < 0)
             on_preview_recorded(pv->id, 0, store ? errstr : "database not connected", d);
     }
-    free(redacted);
+    free(response);
     preview_free(pv);
 }
 
@@ -1067,6 +1099,9 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
     preview_t *pv;
     char errstr[256];
 
+    d->preview_claims--;
+    if (!sub) /* nothing to send: its slot is free */
+        preview_slot_freed(d);
     if (err && claim) {
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
                "preview not sent: %s; it is sent again when this dispatcher's claim expires", err);
@@ -1091,6 +1126,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
                                               errstr, sizeof(errstr)) < 0)
             on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
         preview_free(pv);
+        preview_slot_freed(d);
         return;
     }
     hb_log(HB_LOG_INFO, HB_KV("preview_id", id, "subscription_id", sub->id, "event_type", type),
@@ -1111,10 +1147,17 @@ static void run_preview(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
     char errstr[256];
     /* stopping: left to the other replicas */
-    if (store && !hb_stop_requested &&
-        hb_store_claim_preview(store, id, preview_lease_ms(d->cfg), on_preview_claimed, d, errstr,
+    if (!store || hb_stop_requested)
+        return;
+    if (d->preview_claims + d->previewing >= preview_slots(d->cfg)) {
+        d->preview_backlog = 1; /* claimed when a slot frees */
+        return;
+    }
+    if (hb_store_claim_preview(store, id, preview_lease_ms(d->cfg), on_preview_claimed, d, errstr,
                                sizeof(errstr)) < 0)
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview ignored: %s", errstr);
+    else
+        d->preview_claims++;
 }
 
 static void on_preview(hb_worker_t *w, const char *id, void *opaque) {
@@ -1123,7 +1166,20 @@ static void on_preview(hb_worker_t *w, const char *id, void *opaque) {
 }
 
 static void on_pending_previews(char **ids, int cnt, const char *err, void *opaque) {
-    pending_run(opaque, ids, cnt, err, "previews", run_preview);
+    hb_dispatcher_t *d = opaque;
+    d->looking_preview = 0;
+    pending_run(d, ids, cnt, err, "previews", run_preview);
+}
+
+/* The pending previews nobody holds, oldest first, for the free slots (the
+ * look answers while others are open: backlog set again). */
+static void look_for_previews(hb_dispatcher_t *d) {
+    hb_store_t *store = hb_worker_store(d->w);
+    if (!store || d->looking_preview)
+        return;
+    d->looking_preview = 1;
+    d->preview_backlog = 0;
+    hb_store_pending_previews(store, on_pending_previews, d);
 }
 
 /* Requests made while no dispatcher was connected, or whose claim's lease
@@ -1134,10 +1190,10 @@ static void look_for_verifications(hb_dispatcher_t *d) {
     int64_t now = hb_mono_ms();
     if (!store || d->looking || now < d->next_look)
         return;
-    d->looking = 2;
+    d->looking = 1;
     d->next_look = now + VERIFY_LOOK_MS;
     hb_store_pending_verifications(store, on_pending, d);
-    hb_store_pending_previews(store, on_pending_previews, d);
+    look_for_previews(d);
 }
 
 static void on_index_loaded(hb_worker_t *w, void *opaque) {

@@ -1120,13 +1120,15 @@ static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t 
     return 0;
 }
 
+/* The claimable verifications, or previews: the oldest 100, a dispatcher
+ * sending a few at a time and looking again as each finishes. */
 static int pending_verifications(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     PGresult *res =
         PQexecParams(ln->conn,
                      m->preview ? "SELECT p.id::text FROM hookbridge.previews p"
                                   " WHERE p.status = 'pending'"
                                   "   AND (p.claimed_until IS NULL OR p.claimed_until <= now())"
-                                  " ORDER BY p.requested_at LIMIT 1000"
+                                  " ORDER BY p.requested_at LIMIT 100"
                                 : "SELECT s.id::text FROM hookbridge.subscriptions s"
                                   " WHERE s.verification_requested_at IS NOT NULL"
                                   "   AND s.deregistered_at IS NULL"

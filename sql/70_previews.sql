@@ -14,7 +14,7 @@
 -- deactivation) or its rate limit. It is sent whatever the subscription's
 -- status and verification, but not once it is deregistered (cancelled).
 -- Each preview() removes the previews asked for more than 7 days ago and
--- keeps the subscription's 20 newest.
+-- keeps the subscription's 20 newest, and every one still pending.
 --
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
@@ -45,8 +45,11 @@ BEGIN
                   HINT = 'Preview one of its types (subscription_event_types), or subscribe(id, ARRAY[type]) first.';
     END IF;
     DELETE FROM hookbridge.previews p WHERE p.requested_at < now() - interval '7 days';
+    -- a pending one is not removed: it was asked for, its id handed out,
+    -- and a dispatcher may be sending it (an operator's loop of previews
+    -- gets every one, not the last 20)
     DELETE FROM hookbridge.previews p
-     WHERE p.subscription_id = v_sub.id
+     WHERE p.subscription_id = v_sub.id AND p.status <> 'pending'
        AND p.id NOT IN (SELECT q.id FROM hookbridge.previews q WHERE q.subscription_id = v_sub.id
                          ORDER BY q.requested_at DESC LIMIT 19);
     INSERT INTO hookbridge.previews (subscription_id, event_type)

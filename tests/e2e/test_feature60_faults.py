@@ -179,7 +179,7 @@ def test_a_preview_whose_outcome_the_database_missed_is_sent_again_after_its_lea
     database unreachable at that moment) leaves the preview pending, and it
     is sent again once its lease has expired: the endpoint may get it twice,
     with the same webhook-id. The dispatcher neither crashes nor stops
-    delivering. (The lease, 80 s by default, is ended by hand here.)"""
+    delivering. (The lease, 75 s by default, is ended by hand here.)"""
     srv = serve(HeldFirst)
     proxy = TcpProxy(pg_cluster.port)
     proxy.start()
