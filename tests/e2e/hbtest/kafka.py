@@ -99,6 +99,22 @@ def delete_topics(bootstrap, topics, timeout=20):
     wait_until(gone, timeout, f"the broker to forget the deleted topics {list(topics)}")
 
 
+def wait_leaders(bootstrap, topics, timeout=30):
+    """Returns once every partition of the topics has a leader. A topic just
+    created on Apache Kafka answers "not leader" for a moment, longer on a
+    loaded machine (CI run 98: a kafka-python producer's ten retries, 100 ms
+    apart, all refused)."""
+    def led():
+        admin = _admin(bootstrap)
+        try:
+            metas = admin.describe_topics(list(topics))
+        finally:
+            admin.close()
+        return all(m["partitions"] and all(p["leader"] >= 0 for p in m["partitions"])
+                   for m in metas) or None
+    wait_until(led, timeout, f"a leader for every partition of {list(topics)}")
+
+
 class Bootstrap(str):
     """A bootstrap list ("host:port,...") that also names a TopicSpace."""
 
@@ -164,6 +180,7 @@ class TopicSpace:
             assert r.returncode == 0, f"hookbridge-migrate topics: {r.stdout}{r.stderr}"
         if r.returncode == 0:
             self._schedules.add(key)
+            wait_leaders(self.kafka.bootstrap, [self.events_topic, self.dlq_topic], 30 * SLOW)
         return r
 
 
