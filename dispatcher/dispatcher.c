@@ -1026,6 +1026,16 @@ static void on_preview_recorded(const char *id, int recorded, const char *err, v
                "preview outcome not recorded: its claim expired and another dispatcher took it");
 }
 
+/* Hands a preview's outcome to the store (a refusal is said as one). */
+static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim,
+                           const hb_preview_outcome_t *o) {
+    hb_store_t *store = hb_worker_store(d->w);
+    char errstr[256];
+    if (!store || hb_store_record_preview(store, id, claim, o, on_preview_recorded, d, errstr,
+                                          sizeof(errstr)) < 0)
+        on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
+}
+
 static void preview_free(preview_t *pv) {
     hb_sub_unref(pv->sub);
     free(pv->p.body);
@@ -1035,8 +1045,7 @@ static void preview_free(preview_t *pv) {
 static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     preview_t *pv = opaque;
     hb_dispatcher_t *d = pv->d;
-    hb_store_t *store = hb_worker_store(d->w);
-    char reason[256], errstr[256];
+    char reason[256];
     char *response = res->body_len ? hb_snippet_redacted(res->body, pv->sub->auth_value) : NULL;
     hb_preview_outcome_t o = {
         .http_status = res->timed_out || res->transport_error ? 0 : res->http_status,
@@ -1066,9 +1075,7 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
         hb_log(out == HB_OUTCOME_DELIVERED ? HB_LOG_INFO : HB_LOG_WARN,
                HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id), "preview sent: %s",
                out == HB_OUTCOME_DELIVERED ? "delivered" : reason);
-        if (!store || hb_store_record_preview(store, pv->id, pv->claim, &o, on_preview_recorded, d,
-                                              errstr, sizeof(errstr)) < 0)
-            on_preview_recorded(pv->id, 0, store ? errstr : "database not connected", d);
+        preview_record(d, pv->id, pv->claim, &o);
     }
     free(response);
     preview_free(pv);
@@ -1095,7 +1102,6 @@ static int preview_render(hb_dispatcher_t *d, preview_t *pv, const char *type, c
 static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, const char *claim,
                                const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
-    hb_store_t *store = hb_worker_store(d->w);
     preview_t *pv;
     char errstr[256];
 
@@ -1122,9 +1128,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
         /* not expected (a catalogue's type, a well-formed event): recorded */
         hb_preview_outcome_t o = {.error = errstr};
         hb_log(HB_LOG_ERROR, HB_KV("preview_id", id), "preview not rendered: %s", errstr);
-        if (!store || hb_store_record_preview(store, id, pv->claim, &o, on_preview_recorded, d,
-                                              errstr, sizeof(errstr)) < 0)
-            on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
+        preview_record(d, id, pv->claim, &o);
         preview_free(pv);
         preview_slot_freed(d);
         return;
