@@ -101,7 +101,10 @@ exit 0
         return
     assert "LEFT" not in r.stdout, r.stdout
     _, cores, periods, throttled = r.stdout.split()
-    # at most the budget (a little over for the tick accounting); the loop is
-    # throttled in most periods
+    # at most the budget (a little over for the tick accounting), and the cap is
+    # what held it there: the loop was throttled. How often is a figure of the
+    # machine's load, not of the cap: idle, in nearly every period; beside ten
+    # test workers on two cores the loop is often not scheduled long enough in a
+    # period to spend its budget (CI: 0.17 of a core, throttled in 35 of 99)
     assert 0.05 <= float(cores) <= 0.25, r.stdout
-    assert int(periods) > 0 and int(throttled) >= int(periods) // 2, r.stdout
+    assert int(periods) > 0 and int(throttled) > 0, r.stdout
