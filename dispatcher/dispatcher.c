@@ -60,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_codec.h"
 #include "hb_deliver.h"
 #include "hb_delivery.h"
 #include "hb_event.h"
@@ -146,6 +147,9 @@ struct hb_dispatcher_s {
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
+    /* a preview's sample event goes through Avro as a consumed one does
+     * (preview_render): the schema's codec, made at the first preview */
+    hb_codec_t *codec;
     hb_metric_t *m_matched, *m_filtered, *m_verify_ok, *m_verify_failed;
 };
 
@@ -1081,20 +1085,50 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     preview_free(pv);
 }
 
+/* The sample event as a consumed one of its type is: written in the
+ * schema's Avro and read back by the codec, as the consumer's decoder reads
+ * a message, so its members (and their order: the schema's fields') are
+ * those a real delivery of the type carries. */
+static hb_event_t *preview_event(hb_dispatcher_t *d, json_t *ev, char *errstr, size_t errstr_size) {
+    void *buf = NULL;
+    size_t len = 0;
+    json_t *json = NULL;
+    hb_jdoc_t doc = {0};
+    hb_event_t *out = NULL;
+    if (!d->codec)
+        d->codec = hb_codec_new(hb_schema_identity_event, errstr, errstr_size);
+    if (d->codec && hb_codec_encode(d->codec, ev, &buf, &len, errstr, errstr_size) == 0 &&
+        hb_codec_decode_doc(d->codec, buf, len, &doc, &json, errstr, errstr_size) == 0) {
+        out = hb_ev_new(&doc, json); /* takes json */
+        json = NULL;
+        if (!out)
+            hb_seterr(errstr, errstr_size, "the sample event is not a JSON object");
+    }
+    json_decref(json);
+    hb_jdoc_free(&doc);
+    free(buf);
+    return out;
+}
+
 /* One sample event of type, as a real one (normalised: a uuid, version and
- * severity), rendered for sub under the preview's id. */
+ * severity; through Avro: preview_event), rendered for sub under the
+ * preview's id. */
 static int preview_render(hb_dispatcher_t *d, preview_t *pv, const char *type, char *errstr,
                           size_t errstr_size) {
     hb_gen_t g;
     json_t *ev;
+    hb_event_t *e = NULL;
     int rc;
     hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)(uintptr_t)pv << 16));
     ev = hb_gen_event_of(&g, type);
     hb_gen_free(&g);
     rc = hb_event_normalize(ev, 1, errstr, errstr_size);
+    if (rc == 0 && !(e = preview_event(d, ev, errstr, errstr_size)))
+        rc = -1;
     if (rc == 0)
-        rc = hb_deliver_render_json(pv->sub, &ev, 1, pv->id, d->cfg->source, hb_wall_ms(), &pv->p,
-                                    errstr, errstr_size);
+        rc = hb_deliver_render(pv->sub, &e, 1, pv->id, d->cfg->source, hb_wall_ms(), &pv->p, errstr,
+                               errstr_size);
+    hb_ev_unref(e);
     json_decref(ev);
     return rc;
 }
@@ -1297,6 +1331,7 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         fanout_free(d, f, 0);
     }
     hb_worker_free(d->w); /* heads aborted now still tell their chains */
+    hb_codec_free(d->codec);
     hb_chains_free(d->chains, chain_item_free);
     free(d->settled);
     free(d);
