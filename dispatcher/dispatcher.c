@@ -46,7 +46,8 @@
  *     through the HTTP engine (not through a delivery: no retry, no delivery
  *     log, no health or rate limit), and what it got recorded; a few at a
  *     time (preview_slots), the others left pending and looked for as
- *     those finish;
+ *     those finish. One the engine did not take now is given back and
+ *     looked for again PREVIEW_RETRY_MS later;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -142,7 +143,10 @@ struct hb_dispatcher_s {
     int preview_backlog;
     int looking;         /* a look for claimable verification requests is open */
     int looking_preview; /* a look for claimable previews is open */
-    int64_t next_look;   /* monotonic: the next look */
+    /* monotonic: look for previews then (one given back not sent:
+     * PREVIEW_RETRY_MS), 0 none */
+    int64_t preview_retry_at;
+    int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
@@ -160,6 +164,9 @@ struct hb_dispatcher_s {
  * record its outcome through the store. A lease that expires while a slow
  * outcome is on its way costs one more challenge, never a lost one. */
 #define VERIFY_LEASE_MARGIN_MS 10000
+/* A preview the HTTP engine did not take now (its host's queue full) is
+ * given back, claimable again after this: not at its lease's end. */
+#define PREVIEW_RETRY_MS 1000
 
 /* ---------------------------------------------------------------- events */
 
@@ -558,6 +565,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
 }
 
 static void look_for_verifications(hb_dispatcher_t *d);
+static void preview_retry_due(hb_dispatcher_t *d);
 
 static int fanout_run(hb_dispatcher_t *d);
 static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release);
@@ -567,6 +575,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
     chains_pass(opaque);
     look_for_verifications(opaque);
+    preview_retry_due(opaque);
     next = batch_flush_due(opaque, 0);
     /* a fan-out's rest goes on as deliveries finish (their completions
      * wake the loop; the outbox's acknowledgements may not) */
@@ -1008,8 +1017,8 @@ static void look_for_previews(hb_dispatcher_t *d);
 /* Previews this dispatcher sends at once (claims asked included): a quarter
  * of one host's connections, so that a loop of previews to one endpoint
  * leaves its deliveries and challenges the rest, and its queue is not filled
- * past max_queue_wait (previews not sent wait for their lease). The others
- * stay pending, claimed as these finish. */
+ * past max_queue_wait (a preview not sent is given back, preview_release).
+ * The others stay pending, claimed as these finish. */
 static size_t preview_slots(const hb_config_t *cfg) {
     return cfg->max_host_connections >= 8 ? (size_t)(cfg->max_host_connections / 4) : 1;
 }
@@ -1038,6 +1047,37 @@ static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim
     if (!store || hb_store_record_preview(store, id, claim, o, on_preview_recorded, d, errstr,
                                           sizeof(errstr)) < 0)
         on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
+}
+
+static void on_preview_released(const char *id, int released, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    if (err)
+        store_refused(d, "preview_id", id,
+                      "give back a preview not sent (it is sent again when its claim expires)",
+                      err);
+    (void)released; /* not: its claim expired, another dispatcher has it */
+}
+
+/* A preview the HTTP engine did not take (why: its words, no secret): given
+ * back, pending, claimable again in PREVIEW_RETRY_MS (at once when this
+ * dispatcher stops: another replica takes it), looked for then. Its slot
+ * is free meanwhile, so previews never hold more than preview_slots. */
+static void preview_release(hb_dispatcher_t *d, const char *id, const char *claim,
+                            const char *why) {
+    hb_store_t *store = hb_worker_store(d->w);
+    long long after = hb_stop_requested ? 0 : PREVIEW_RETRY_MS;
+    char errstr[256], note[300];
+    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why && *why ? why : "refused");
+    hb_utf8_scrub(note);
+    hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+           "preview not sent: %s; it is tried again in %lld ms", why, after);
+    if (!store || hb_store_release_preview(store, id, claim, note, after, on_preview_released, d,
+                                           errstr, sizeof(errstr)) < 0) {
+        on_preview_released(id, 0, store ? errstr : "database not connected", d);
+        return;
+    }
+    d->preview_backlog = 1;
+    d->preview_retry_at = hb_mono_ms() + after + 100;
 }
 
 static void preview_free(preview_t *pv) {
@@ -1069,10 +1109,8 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     if (response)
         hb_utf8_scrub(response);
     o.response = response;
-    if (res->not_sent) { /* says nothing of the endpoint: sent when the claim expires */
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id),
-               "preview not sent: %s; it is sent again when this dispatcher's claim expires",
-               res->error);
+    if (res->not_sent) { /* says nothing of the endpoint: given back, tried again soon */
+        preview_release(d, pv->id, pv->claim, res->error);
     } else {
         hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
         hb_utf8_scrub(reason);
@@ -1218,6 +1256,14 @@ static void look_for_previews(hb_dispatcher_t *d) {
     d->looking_preview = 1;
     d->preview_backlog = 0;
     hb_store_pending_previews(store, on_pending_previews, d);
+}
+
+/* A preview given back not sent is claimable again: looked for. */
+static void preview_retry_due(hb_dispatcher_t *d) {
+    if (!d->preview_retry_at || hb_mono_ms() < d->preview_retry_at || d->looking_preview)
+        return;
+    d->preview_retry_at = 0;
+    look_for_previews(d);
 }
 
 /* Requests made while no dispatcher was connected, or whose claim's lease

@@ -12,4 +12,4 @@ COMMENT ON TABLE hookbridge.previews IS
     'endpoint, and what it answered. Kept 7 days, and at most 20 per subscription besides those '
     'still pending.';
 
--- sql/: sha256 99a7a80d536bbbba72067f570fdcb5d4a914f2513b9fe7bbf9357317b965dda2
+-- sql/: sha256 8cc7bcfb75e71e96a097e8225f024df9bb98e8ad490ddd11f2980906630d8edf
