@@ -47,7 +47,8 @@
  *     log, no health or rate limit), and what it got recorded; a few at a
  *     time (preview_slots), the others left pending and looked for as
  *     those finish. One the engine did not take now is given back and
- *     looked for again PREVIEW_RETRY_MS later;
+ *     looked for again PREVIEW_RETRY_MS later; one whose subscription
+ *     cannot be loaded here is recorded failed, saying why;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -1181,8 +1182,16 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
     if (!sub) /* nothing to send: its slot is free */
         preview_slot_freed(d);
     if (err && claim) {
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
-               "preview not sent: %s; it is sent again when this dispatcher's claim expires", err);
+        /* claimed, but the subscription makes no snapshot here (a secret
+         * sealed under a key this dispatcher lacks, or not sealed): not the
+         * database's fault, and claimed again it would fail so at each
+         * lease's end for 7 days. The caller is told now, and why. */
+        char why[400];
+        hb_preview_outcome_t o = {.error = why};
+        snprintf(why, sizeof(why), "not sent: this dispatcher cannot load the subscription: %s",
+                 err);
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview not sent: %s", err);
+        preview_record(d, id, claim, &o);
         return;
     }
     if (err) {

@@ -12,4 +12,4 @@ COMMENT ON TABLE hookbridge.previews IS
     'endpoint, and what it answered. Kept 7 days, and at most 20 per subscription besides those '
     'still pending.';
 
--- sql/: sha256 8cc7bcfb75e71e96a097e8225f024df9bb98e8ad490ddd11f2980906630d8edf
+-- sql/: sha256 71129cd7191b3a583dda2c9e24700d87f739a259f9312c40bcdca4ef664235fd

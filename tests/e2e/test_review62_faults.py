@@ -104,6 +104,35 @@ def test_a_preview_to_a_busy_endpoint_is_tried_again_in_seconds_not_at_its_lease
         srv.shutdown()
 
 
+def test_a_preview_of_a_subscription_the_dispatcher_cannot_load_fails_at_once_saying_why(
+        db_url, broker, procs, workdir):
+    """docs/sql.md, preview: a preview whose subscription the dispatcher
+    that claimed it cannot load (its secret sealed under a key it does not
+    have) is recorded failed at once, its error naming the reason (no
+    secret in it). Before, it stayed pending, claimed again at each lease's
+    end for 7 days, the caller told nothing."""
+    from test_secrets import new_key, wait_sealed
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+    d_old = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-oldkey")
+    d_old.wait_ready()
+    sub = register_verified(db_url, receiver.url, ["user.session.start"])
+    wait_sealed(db_url, sub)
+    d_old.proc.stop()
+    d = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-otherkey",
+                   extra_env={"HOOKBRIDGE_SECRET_KEY": new_key()})
+    d.wait_ready()
+    preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
+    status, http_status, error = finished(db_url, preview, 10 * SLOW)
+    assert (status, http_status) == ("failed", None)
+    assert error.startswith("not sent: this dispatcher cannot load the subscription: "), error
+    assert "cannot open its" in error, error
+    assert SECRET not in error and AUTH_VALUE not in error
+    assert [p for p in receiver.posts() if p["headers"]["webhook-id"] == preview] == []
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT claimed_until FROM hookbridge.previews WHERE id = %s", (preview,))
+        assert cur.fetchone() == (None,)
+
+
 @pytest.mark.sql_only
 def test_a_preview_given_back_is_claimable_again_after_its_delay_and_says_why(db_url):
     """docs/sql.md, release_preview: the claim's holder gives a preview not
