@@ -46,7 +46,9 @@
  *     through the HTTP engine (not through a delivery: no retry, no delivery
  *     log, no health or rate limit), and what it got recorded; a few at a
  *     time (preview_slots), the others left pending and looked for as
- *     those finish;
+ *     those finish. One the engine did not take now is given back and
+ *     looked for again PREVIEW_RETRY_MS later; one whose subscription
+ *     cannot be loaded here is recorded failed, saying why;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -60,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hb_codec.h"
 #include "hb_deliver.h"
 #include "hb_delivery.h"
 #include "hb_event.h"
@@ -141,11 +144,17 @@ struct hb_dispatcher_s {
     int preview_backlog;
     int looking;         /* a look for claimable verification requests is open */
     int looking_preview; /* a look for claimable previews is open */
-    int64_t next_look;   /* monotonic: the next look */
+    /* monotonic: look for previews then (one given back not sent:
+     * PREVIEW_RETRY_MS), 0 none */
+    int64_t preview_retry_at;
+    int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
+    /* a preview's sample event goes through Avro as a consumed one does
+     * (preview_render): the schema's codec, made at the first preview */
+    hb_codec_t *codec;
     hb_metric_t *m_matched, *m_filtered, *m_verify_ok, *m_verify_failed;
 };
 
@@ -156,6 +165,9 @@ struct hb_dispatcher_s {
  * record its outcome through the store. A lease that expires while a slow
  * outcome is on its way costs one more challenge, never a lost one. */
 #define VERIFY_LEASE_MARGIN_MS 10000
+/* A preview the HTTP engine did not take now (its host's queue full) is
+ * given back, claimable again after this: not at its lease's end. */
+#define PREVIEW_RETRY_MS 1000
 
 /* ---------------------------------------------------------------- events */
 
@@ -554,6 +566,7 @@ static size_t on_revoke(hb_worker_t *w, void *opaque) {
 }
 
 static void look_for_verifications(hb_dispatcher_t *d);
+static void preview_retry_due(hb_dispatcher_t *d);
 
 static int fanout_run(hb_dispatcher_t *d);
 static void fanout_free(hb_dispatcher_t *d, fanout_t *f, int release);
@@ -563,6 +576,7 @@ static long long on_pass(hb_worker_t *w, void *opaque) {
     (void)w;
     chains_pass(opaque);
     look_for_verifications(opaque);
+    preview_retry_due(opaque);
     next = batch_flush_due(opaque, 0);
     /* a fan-out's rest goes on as deliveries finish (their completions
      * wake the loop; the outbox's acknowledgements may not) */
@@ -1004,8 +1018,8 @@ static void look_for_previews(hb_dispatcher_t *d);
 /* Previews this dispatcher sends at once (claims asked included): a quarter
  * of one host's connections, so that a loop of previews to one endpoint
  * leaves its deliveries and challenges the rest, and its queue is not filled
- * past max_queue_wait (previews not sent wait for their lease). The others
- * stay pending, claimed as these finish. */
+ * past max_queue_wait (a preview not sent is given back, preview_release).
+ * The others stay pending, claimed as these finish. */
 static size_t preview_slots(const hb_config_t *cfg) {
     return cfg->max_host_connections >= 8 ? (size_t)(cfg->max_host_connections / 4) : 1;
 }
@@ -1034,6 +1048,37 @@ static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim
     if (!store || hb_store_record_preview(store, id, claim, o, on_preview_recorded, d, errstr,
                                           sizeof(errstr)) < 0)
         on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
+}
+
+static void on_preview_released(const char *id, int released, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    if (err)
+        store_refused(d, "preview_id", id,
+                      "give back a preview not sent (it is sent again when its claim expires)",
+                      err);
+    (void)released; /* not: its claim expired, another dispatcher has it */
+}
+
+/* A preview the HTTP engine did not take (why: its words, no secret): given
+ * back, pending, claimable again in PREVIEW_RETRY_MS (at once when this
+ * dispatcher stops: another replica takes it), looked for then. Its slot
+ * is free meanwhile, so previews never hold more than preview_slots. */
+static void preview_release(hb_dispatcher_t *d, const char *id, const char *claim,
+                            const char *why) {
+    hb_store_t *store = hb_worker_store(d->w);
+    long long after = hb_stop_requested ? 0 : PREVIEW_RETRY_MS;
+    char errstr[256], note[300];
+    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why && *why ? why : "refused");
+    hb_utf8_scrub(note);
+    hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+           "preview not sent: %s; it is tried again in %lld ms", why, after);
+    if (!store || hb_store_release_preview(store, id, claim, note, after, on_preview_released, d,
+                                           errstr, sizeof(errstr)) < 0) {
+        on_preview_released(id, 0, store ? errstr : "database not connected", d);
+        return;
+    }
+    d->preview_backlog = 1;
+    d->preview_retry_at = hb_mono_ms() + after + 100;
 }
 
 static void preview_free(preview_t *pv) {
@@ -1065,10 +1110,8 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     if (response)
         hb_utf8_scrub(response);
     o.response = response;
-    if (res->not_sent) { /* says nothing of the endpoint: sent when the claim expires */
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id, "subscription_id", pv->sub->id),
-               "preview not sent: %s; it is sent again when this dispatcher's claim expires",
-               res->error);
+    if (res->not_sent) { /* says nothing of the endpoint: given back, tried again soon */
+        preview_release(d, pv->id, pv->claim, res->error);
     } else {
         hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
         hb_utf8_scrub(reason);
@@ -1081,20 +1124,50 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     preview_free(pv);
 }
 
+/* The sample event as a consumed one of its type is: written in the
+ * schema's Avro and read back by the codec, as the consumer's decoder reads
+ * a message, so its members (and their order: the schema's fields') are
+ * those a real delivery of the type carries. */
+static hb_event_t *preview_event(hb_dispatcher_t *d, json_t *ev, char *errstr, size_t errstr_size) {
+    void *buf = NULL;
+    size_t len = 0;
+    json_t *json = NULL;
+    hb_jdoc_t doc = {0};
+    hb_event_t *out = NULL;
+    if (!d->codec)
+        d->codec = hb_codec_new(hb_schema_identity_event, errstr, errstr_size);
+    if (d->codec && hb_codec_encode(d->codec, ev, &buf, &len, errstr, errstr_size) == 0 &&
+        hb_codec_decode_doc(d->codec, buf, len, &doc, &json, errstr, errstr_size) == 0) {
+        out = hb_ev_new(&doc, json); /* takes json */
+        json = NULL;
+        if (!out)
+            hb_seterr(errstr, errstr_size, "the sample event is not a JSON object");
+    }
+    json_decref(json);
+    hb_jdoc_free(&doc);
+    free(buf);
+    return out;
+}
+
 /* One sample event of type, as a real one (normalised: a uuid, version and
- * severity), rendered for sub under the preview's id. */
+ * severity; through Avro: preview_event), rendered for sub under the
+ * preview's id. */
 static int preview_render(hb_dispatcher_t *d, preview_t *pv, const char *type, char *errstr,
                           size_t errstr_size) {
     hb_gen_t g;
     json_t *ev;
+    hb_event_t *e = NULL;
     int rc;
     hb_gen_init(&g, (uint64_t)hb_wall_ms() ^ ((uint64_t)(uintptr_t)pv << 16));
     ev = hb_gen_event_of(&g, type);
     hb_gen_free(&g);
     rc = hb_event_normalize(ev, 1, errstr, errstr_size);
+    if (rc == 0 && !(e = preview_event(d, ev, errstr, errstr_size)))
+        rc = -1;
     if (rc == 0)
-        rc = hb_deliver_render_json(pv->sub, &ev, 1, pv->id, d->cfg->source, hb_wall_ms(), &pv->p,
-                                    errstr, errstr_size);
+        rc = hb_deliver_render(pv->sub, &e, 1, pv->id, d->cfg->source, hb_wall_ms(), &pv->p, errstr,
+                               errstr_size);
+    hb_ev_unref(e);
     json_decref(ev);
     return rc;
 }
@@ -1109,8 +1182,16 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
     if (!sub) /* nothing to send: its slot is free */
         preview_slot_freed(d);
     if (err && claim) {
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
-               "preview not sent: %s; it is sent again when this dispatcher's claim expires", err);
+        /* claimed, but the subscription makes no snapshot here (a secret
+         * sealed under a key this dispatcher lacks, or not sealed): not the
+         * database's fault, and claimed again it would fail so at each
+         * lease's end for 7 days. The caller is told now, and why. */
+        char why[400];
+        hb_preview_outcome_t o = {.error = why};
+        snprintf(why, sizeof(why), "not sent: this dispatcher cannot load the subscription: %s",
+                 err);
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview not sent: %s", err);
+        preview_record(d, id, claim, &o);
         return;
     }
     if (err) {
@@ -1184,6 +1265,14 @@ static void look_for_previews(hb_dispatcher_t *d) {
     d->looking_preview = 1;
     d->preview_backlog = 0;
     hb_store_pending_previews(store, on_pending_previews, d);
+}
+
+/* A preview given back not sent is claimable again: looked for. */
+static void preview_retry_due(hb_dispatcher_t *d) {
+    if (!d->preview_retry_at || hb_mono_ms() < d->preview_retry_at || d->looking_preview)
+        return;
+    d->preview_retry_at = 0;
+    look_for_previews(d);
 }
 
 /* Requests made while no dispatcher was connected, or whose claim's lease
@@ -1297,6 +1386,7 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         fanout_free(d, f, 0);
     }
     hb_worker_free(d->w); /* heads aborted now still tell their chains */
+    hb_codec_free(d->codec);
     hb_chains_free(d->chains, chain_item_free);
     free(d->settled);
     free(d);

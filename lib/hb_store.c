@@ -137,6 +137,7 @@ struct store_msg_s {
     char *url, *reason; /* MSG_RECORD_VERIFY; a preview's claim: reason is its event type */
     char *response, *body, *ctype; /* a preview's outcome (MSG_RECORD_VERIFY) */
     int preview; /* MSG_*_VERIFY: of a preview (id: the preview's), not a verification */
+    int release; /* MSG_RECORD_VERIFY of a preview: not sent, given back (after_ms: when) */
     int ok, max;
     int unloadable; /* MSG_CLAIM_VERIFY: claimed, but its row cannot be built */
     long long after_ms;
@@ -1089,6 +1090,23 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     return rc;
 }
 
+/* A preview not sent, given back (hb_store_release_preview). */
+static int release_preview(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
+    char after[32];
+    const char *params[4] = {m->id, m->claim, m->reason, after};
+    PGresult *res;
+    snprintf(after, sizeof(after), "%lld", m->after_ms);
+    res = PQexecParams(ln->conn,
+                       "SELECT hookbridge.release_preview($1::uuid, $2::timestamptz, $3::text,"
+                       " $4::bigint * interval '1 millisecond')",
+                       4, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return store_fail(ln, res, "giving back a preview", errstr, errstr_size);
+    m->cnt = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
 static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     const char *params[5] = {m->id, m->ok ? "true" : "false", m->ok ? NULL : m->reason, m->url,
                              m->claim};
@@ -1097,6 +1115,8 @@ static int record_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t 
     const char *outcome[8] = {m->id,       m->claim, status,   m->reason,
                               m->response, duration, m->ctype, m->body};
     PGresult *res;
+    if (m->release)
+        return release_preview(ln, m, errstr, errstr_size);
     snprintf(status, sizeof(status), "%d", m->ok);
     snprintf(duration, sizeof(duration), "%lld", m->after_ms);
     res = m->preview  ? PQexecParams(ln->conn,
@@ -1824,6 +1844,20 @@ int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
     m->body = o->body ? hb_strdup(o->body) : NULL;
     m->ctype = o->content_type ? hb_strdup(o->content_type) : NULL;
     m->after_ms = o->duration_ms;
+    m->cb.recorded = cb;
+    request(st, m);
+    return 0;
+}
+
+int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, const char *why,
+                             long long after_ms, hb_store_recorded_cb *cb, void *opaque,
+                             char *errstr, size_t errstr_size) {
+    store_msg_t *m = record_msg(id, claim, 1, opaque, errstr, errstr_size);
+    if (!m)
+        return -1;
+    m->release = 1;
+    m->reason = why && *why ? hb_strdup(why) : NULL;
+    m->after_ms = after_ms > 0 ? after_ms : 0;
     m->cb.recorded = cb;
     request(st, m);
     return 0;

@@ -187,6 +187,13 @@ int hb_store_claim_preview(hb_store_t *st, const char *id, long long lease_ms,
 int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
                             const hb_preview_outcome_t *o, hb_store_recorded_cb *cb, void *opaque,
                             char *errstr, size_t errstr_size) HB_MUSTCHECK;
+/* Gives back a preview claimed under `claim` and not sent (the HTTP engine
+ * did not take it now): pending again, claimable by any dispatcher after_ms
+ * from now rather than at its lease's end; why (no secret) is kept in its
+ * error while it waits (recorded=0 when the claim no longer holds). */
+int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, const char *why,
+                             long long after_ms, hb_store_recorded_cb *cb, void *opaque,
+                             char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_store_pending_previews(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
 
 /* Draws up to wanted tokens from the rate-limit budget that every replica

@@ -9,7 +9,11 @@
 -- lease ends - the endpoint may then get the preview twice, with the same
 -- webhook-id), builds a sample event of the type (obviously fake data),
 -- renders, signs and sends it exactly as a delivery to the subscription,
--- once, and records the outcome (record_preview). A preview is not retried,
+-- once, and records the outcome (record_preview). One the HTTP engine does
+-- not send now (the host's queue full) is given back (release_preview),
+-- claimable again a second later; one whose subscription the dispatcher
+-- cannot load (a secret sealed under a key it lacks) is recorded failed,
+-- saying why. A preview is not retried after an answer,
 -- not in the delivery log, not counted in the endpoint's health (automatic
 -- deactivation) or its rate limit. It is sent whatever the subscription's
 -- status and verification, but not once it is deregistered (cancelled).
@@ -20,7 +24,8 @@
 --   --------  --------------------------------------------------------------
 --   HB003     unknown event type (not in hookbridge.event_types)
 --   HB010     subscription not found (unknown id, or deregistered)
---   HB012     invalid argument to an internal function (a lease not positive)
+--   HB012     invalid argument to an internal function (a lease not positive,
+--             a negative delay)
 --   HB015     a NULL subscription id
 --   HB029     the subscription does not take that event type
 
@@ -115,6 +120,28 @@ BEGIN
            body = record_preview.body
      WHERE p.id = record_preview.id AND p.status = 'pending'
        AND p.claimed_until = record_preview.claim;
+    RETURN FOUND;
+END
+$$;
+
+-- Gives back a preview claimed under `claim` and not sent (the HTTP engine
+-- did not take it now: the endpoint's queue full, or the dispatcher
+-- stopping): it stays pending, claimable by any dispatcher `after` from
+-- now (not at its lease's end), and `error` says why it waits. Returns
+-- false, changing nothing, when the claim no longer holds.
+CREATE OR REPLACE FUNCTION hookbridge.release_preview(id uuid, claim timestamptz, error text,
+                                                      after interval DEFAULT interval '0')
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF after IS NULL OR after < interval '0' THEN
+        RAISE EXCEPTION 'after must not be negative' USING ERRCODE = 'HB012';
+    END IF;
+    UPDATE hookbridge.previews p
+       SET claimed_until = clock_timestamp() + release_preview.after,
+           error = left(nullif(release_preview.error, ''), 500)
+     WHERE p.id = release_preview.id AND p.status = 'pending'
+       AND p.claimed_until = release_preview.claim;
     RETURN FOUND;
 END
 $$;

@@ -123,7 +123,7 @@ DECLARE
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'claim_verification_until',
                                 'record_verification', 'defer_verification',
-                                'claim_replays', 'claim_preview', 'record_preview',
+                                'claim_replays', 'claim_preview', 'record_preview', 'release_preview',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
                                 'secrets_to_seal', 'seal_store', 'seal_refuse', 'sealed_under_other_keys', 'reseal',
                                 'take_rate_tokens'];
@@ -146,8 +146,8 @@ BEGIN
     GRANT SELECT, INSERT, UPDATE ON hookbridge.deliveries, hookbridge.delivery_attempts,
                                    hookbridge.endpoint_health
         TO hookbridge_service;
-    -- previews (migration 0012): written through claim_preview and
-    -- record_preview; read to find the pending ones
+    -- previews (migration 0012): written through claim_preview,
+    -- record_preview and release_preview; read to find the pending ones
     GRANT SELECT ON hookbridge.previews TO hookbridge_service;
     -- ordered delivery: the end of each key's chain (migration 0003)
     GRANT SELECT, INSERT, UPDATE, DELETE ON hookbridge.ordering_tails TO hookbridge_service;
