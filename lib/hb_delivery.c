@@ -1718,6 +1718,28 @@ static int stale_request(hb_http_done_cb *done, void *opaque, void *arg) {
            st->D->current(dl->sub->id, st->D->current_opaque) != dl->sub;
 }
 
+int hb_deliveries_forget_host(hb_deliveries_t *D, const char *key) {
+    hb_hash_slot_t *s = hb_hash_find(&D->circuits, key);
+    char turn[sizeof(((pace_t *)0)->key)];
+    int was_open = 0;
+    if (s) {
+        const circuit_t *c = s->val;
+        was_open = c->opened;
+        free(s->val); /* a probe under way finds no circuit: circuit_result */
+        hb_hash_del(&D->circuits, s);
+    }
+    snprintf(turn, sizeof(turn), "h %s", key);
+    if ((s = hb_hash_find(&D->turns, turn)) != NULL) {
+        free(s->val);
+        hb_hash_del(&D->turns, s);
+    }
+    (void)hb_http_forget_host(D->http, key);
+    if (was_open)
+        hb_log(HB_LOG_INFO, HB_KV("endpoint", key),
+               "circuit forgotten: no subscription has its URL at the endpoint any more");
+    return was_open;
+}
+
 size_t hb_deliveries_rebind_waiting(hb_deliveries_t *D, const char *sub_id) {
     stale_t st = {D, sub_id};
     return D->current ? hb_http_withdraw(D->http, stale_request, &st) : 0;

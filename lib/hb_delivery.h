@@ -231,6 +231,16 @@ size_t hb_deliveries_withdraw(hb_deliveries_t *D);
  * Returns how many. Needs hb_deliveries_set_current; main loop thread, not
  * from inside a completion or rate-limit callback. */
 size_t hb_deliveries_rebind_waiting(hb_deliveries_t *D, const char *sub_id);
+
+/* No subscription has its URL at the endpoint host of key any more
+ * (hb_index.h): its circuit (open or counting failures), its pacing clock
+ * and what the HTTP engine keeps of it idle are forgotten, so a host
+ * subscribed to again starts afresh, not with the state of its previous
+ * life (an open circuit let one request of its first burst through and
+ * sent the rest to the delay tiers). Deliveries of the old subscriptions
+ * still under way finish as they would. 1 when an open circuit was
+ * forgotten. */
+int hb_deliveries_forget_host(hb_deliveries_t *D, const char *key);
 /* Shutdown passed its deadline: completions record nothing from now on. */
 void hb_deliveries_abandon(hb_deliveries_t *D);
 int hb_deliveries_abandoning(const hb_deliveries_t *D);

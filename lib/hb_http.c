@@ -698,6 +698,14 @@ static void hb_http_host_release(hb_http_t *h, hb_http_host_t *host) {
     hb_http_host_free(h, host);
 }
 
+int hb_http_forget_host(hb_http_t *h, const char *key) {
+    hb_http_host_t *host = hb_hash_get(&h->hosts, key);
+    if (!host || !hb_http_host_idle(host))
+        return 0;
+    hb_http_host_free(h, host);
+    return 1;
+}
+
 /* Forgets the hosts idle for HB_HTTP_HOST_MEMORY_MS; a walk every 10 s. */
 static void hb_http_sweep(hb_http_t *h, int64_t now) {
     hb_hash_slot_t *s;

@@ -186,6 +186,12 @@ size_t hb_http_shed_lagging(hb_http_t *h);
  * hb_http_run(); running ones are left to finish. Returns how many. */
 size_t hb_http_divert(hb_http_t *h, const char *key, const char *reason);
 
+/* No subscription has its URL at the host of key any more: what is kept of
+ * it while idle (its pace, whether it answered) is forgotten, so a host
+ * subscribed to again starts as a new one; a host with requests running or
+ * waiting is kept (they finish as they would). 1 when it was forgotten. */
+int hb_http_forget_host(hb_http_t *h, const char *key);
+
 /* Takes back every request not handed to curl yet (waiting in a host queue,
  * or about to complete as not sent) for which which(done, opaque, arg) says
  * 1: each completes with not_sent = HB_HTTP_WITHDRAWN on the next

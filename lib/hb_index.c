@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "hb_hash.h"
+#include "hb_http.h"
 
 typedef struct typelist_s {
     hb_sub_t **subs;
@@ -24,6 +25,9 @@ typedef struct typelist_s {
 struct hb_index_s {
     hb_hash_t by_id;   /* id -> hb_sub_t* (owns one reference) */
     hb_hash_t by_type; /* event type -> typelist_t* */
+    /* endpoint host key (hb_http_host_key) -> how many subscriptions in
+     * by_id have their URL there (uintptr_t); a host none has is absent */
+    hb_hash_t by_host;
     size_t deliverable;
 };
 
@@ -81,17 +85,39 @@ static void list(hb_index_t *ix, hb_sub_t *sub) {
         ix->deliverable++;
 }
 
+/* sub's URL counts at its host (delta +1), or no longer (-1). */
+static void host_count(hb_index_t *ix, const hb_sub_t *sub, int delta) {
+    char key[HB_INDEX_HOST_KEY];
+    hb_hash_slot_t *s;
+    if (!sub->url || hb_http_host_key(sub->url, key, sizeof(key)) < 0)
+        return;
+    s = hb_hash_find(&ix->by_host, key);
+    if (delta > 0) {
+        if (s)
+            s->val = (void *)((uintptr_t)s->val + 1);
+        else
+            (void)hb_hash_put(&ix->by_host, key, (void *)(uintptr_t)1);
+    } else if (s) {
+        if ((uintptr_t)s->val <= 1)
+            hb_hash_del(&ix->by_host, s);
+        else
+            s->val = (void *)((uintptr_t)s->val - 1);
+    }
+}
+
 void hb_index_upsert(hb_index_t *ix, hb_sub_t *sub) {
     hb_hash_slot_t *s = hb_hash_find(&ix->by_id, sub->id);
     if (s) {
         hb_sub_t *old = s->val;
         unlist(ix, old);
+        host_count(ix, old, -1);
         hb_sub_unref(old);
         s->val = sub;
     } else {
         (void)hb_hash_put(&ix->by_id, sub->id, sub);
     }
     list(ix, sub);
+    host_count(ix, sub, +1);
 }
 
 void hb_index_remove(hb_index_t *ix, const char *id) {
@@ -101,6 +127,7 @@ void hb_index_remove(hb_index_t *ix, const char *id) {
         return;
     old = s->val;
     unlist(ix, old);
+    host_count(ix, old, -1);
     hb_hash_del(&ix->by_id, s);
     hb_sub_unref(old);
 }
@@ -118,6 +145,7 @@ void hb_index_clear(hb_index_t *ix) {
         hb_sub_unref(s->val);
     hb_hash_clear(&ix->by_type);
     hb_hash_clear(&ix->by_id);
+    hb_hash_clear(&ix->by_host);
     memset(ix, 0, sizeof(*ix));
 }
 
@@ -151,4 +179,21 @@ size_t hb_index_count(const hb_index_t *ix) {
 
 size_t hb_index_deliverable_count(const hb_index_t *ix) {
     return ix->deliverable;
+}
+
+int hb_index_host_key(const hb_sub_t *sub, char *buf, size_t size) {
+    return sub && sub->url ? hb_http_host_key(sub->url, buf, size) : -1;
+}
+
+size_t hb_index_host_subs(const hb_index_t *ix, const char *key) {
+    return (uintptr_t)hb_hash_get(&ix->by_host, key);
+}
+
+const char *hb_index_host_each(const hb_index_t *ix, size_t *pos) {
+    const hb_hash_slot_t *s = hb_hash_each(&ix->by_host, pos);
+    return s ? s->key : NULL;
+}
+
+size_t hb_index_host_count(const hb_index_t *ix) {
+    return hb_hash_count(&ix->by_host);
 }

@@ -40,6 +40,21 @@ hb_sub_t *hb_index_get(const hb_index_t *ix, const char *id);
  * change to the index; take a reference to keep one longer. */
 size_t hb_index_match(const hb_index_t *ix, const char *event_type, hb_sub_t *const **subs);
 
+/* The endpoint hosts of the subscriptions (any state), by host key
+ * (hb_http_host_key: "scheme://host:port"): a host that loses its last
+ * subscription (deregistered, moved to another host) is gone, and the
+ * services forget what they kept of it (hb_deliveries_forget_host), so a
+ * host subscribed to again later starts afresh. */
+#define HB_INDEX_HOST_KEY 512
+/* sub's host key into buf: 0, or -1 when its URL does not parse. */
+int hb_index_host_key(const hb_sub_t *sub, char *buf, size_t size);
+/* How many subscriptions have their URL at the host of key (0: none). */
+size_t hb_index_host_subs(const hb_index_t *ix, const char *key);
+/* The next host key from *pos (start at 0), NULL at the end; valid until
+ * the next change to the index. */
+const char *hb_index_host_each(const hb_index_t *ix, size_t *pos);
+size_t hb_index_host_count(const hb_index_t *ix);
+
 size_t hb_index_count(const hb_index_t *ix);             /* all known */
 size_t hb_index_deliverable_count(const hb_index_t *ix); /* active and verified */
 

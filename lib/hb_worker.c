@@ -302,6 +302,13 @@ static int load_index(hb_worker_t *w) {
         return -1;
     }
     w->schema_missing = 0;
+    if (w->index) { /* hosts no subscription has any more (changed while away) */
+        const char *key;
+        size_t pos = 0;
+        while ((key = hb_index_host_each(w->index, &pos)) != NULL)
+            if (!hb_index_host_subs(fresh, key))
+                (void)hb_deliveries_forget_host(w->deliveries, key);
+    }
     hb_index_free(w->index);
     w->index = fresh;
     hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
@@ -321,6 +328,8 @@ static void index_loaded(hb_worker_t *w) {
 static void on_change(const char *id, hb_sub_t *sub, void *opaque) {
     hb_worker_t *w = opaque;
     size_t rebound;
+    char host[HB_INDEX_HOST_KEY];
+    int had_host = hb_index_host_key(hb_index_get(w->index, id), host, sizeof(host)) == 0;
     if (sub) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "subscription changed: %s, %s",
                sub->active ? "active" : "inactive", sub->verified ? "verified" : "not verified");
@@ -329,6 +338,9 @@ static void on_change(const char *id, hb_sub_t *sub, void *opaque) {
         hb_log(HB_LOG_INFO, HB_KV("subscription_id", id), "subscription removed");
         hb_index_remove(w->index, id);
     }
+    /* deregistered, or its URL moved: the last one at its old host? */
+    if (had_host && !hb_index_host_subs(w->index, host))
+        (void)hb_deliveries_forget_host(w->deliveries, host);
     hb_metric_set(w->m_subs, (double)hb_index_deliverable_count(w->index));
     /* what waits for a connection goes as the subscription is now */
     rebound = hb_deliveries_rebind_waiting(w->deliveries, id);

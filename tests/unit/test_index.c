@@ -95,11 +95,48 @@ static void many_subscriptions_match_by_type_only(void **state) {
     hb_index_free(ix);
 }
 
+static hb_sub_t *at(const char *id, const char *url) {
+    hb_sub_t *s = mk(id, 1, 1, "user.session.start", NULL);
+    s->url = hb_strdup(url);
+    return s;
+}
+
+/* A host counts the subscriptions (any state) whose URL is there, whatever
+ * the path or the case of its name: the last one deregistered or moved away
+ * leaves it absent (the services then forget what they kept of it). */
+static void hosts_follow_the_subscriptions_urls(void **state) {
+    hb_index_t *ix = hb_index_new();
+    const char *key;
+    size_t pos = 0, n = 0;
+    (void)state;
+    hb_index_upsert(ix, at("a", "https://API.example.com/a"));
+    hb_index_upsert(ix, at("b", "https://api.example.com:443/b"));
+    hb_index_upsert(ix, at("c", "https://other.example.com/c"));
+    hb_index_upsert(ix, at("d", "not a url"));
+    assert_int_equal(hb_index_host_count(ix), 2);
+    assert_int_equal(hb_index_host_subs(ix, "https://api.example.com:443"), 2);
+    while ((key = hb_index_host_each(ix, &pos)) != NULL)
+        n++;
+    assert_int_equal(n, 2);
+    hb_index_remove(ix, "a");
+    assert_int_equal(hb_index_host_subs(ix, "https://api.example.com:443"), 1);
+    hb_index_upsert(ix, at("b", "https://new.example.com/b")); /* moved */
+    assert_int_equal(hb_index_host_subs(ix, "https://api.example.com:443"), 0);
+    assert_int_equal(hb_index_host_subs(ix, "https://new.example.com:443"), 1);
+    hb_index_upsert(ix, at("b", "https://new.example.com/b2")); /* same host */
+    assert_int_equal(hb_index_host_subs(ix, "https://new.example.com:443"), 1);
+    hb_index_remove(ix, "c");
+    hb_index_remove(ix, "missing");
+    assert_int_equal(hb_index_host_count(ix), 1);
+    hb_index_free(ix);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(only_active_subscriptions_match),
         cmocka_unit_test(upsert_replaces_types_and_status),
         cmocka_unit_test(many_subscriptions_match_by_type_only),
+        cmocka_unit_test(hosts_follow_the_subscriptions_urls),
     };
     return cmocka_run_group_tests_name("index", tests, NULL, NULL);
 }
