@@ -17,6 +17,6 @@
 -- seconds per million deliveries. IF NOT EXISTS lets you build it
 -- beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 fe6ca10d5c8a71a9b266fb7ca6fdcfd864d65d880fc7501bb9b921dd4cd2e16d
+-- sql/: sha256 898be9f86616d8350abe5dc84490eaaed27f795285f9c5dae0102be3941a919d
 CREATE INDEX IF NOT EXISTS deliveries_resume_dropped_idx ON hookbridge.deliveries (subscription_id)
     WHERE status = 'dropped' AND resume_requested_at IS NOT NULL;

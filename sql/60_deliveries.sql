@@ -762,7 +762,25 @@ $$;
 -- of for a row moved meanwhile (SQLSTATE 40001), and two retriers never
 -- move the same row. A partial index (migration 0014) finds the candidates;
 -- there are none but after such a race, or a drop of a resumed retry
--- after a deactivation that came later (which stays dropped).
+-- after a deactivation that came later (which stays dropped, its
+-- subscription not locked for it: _stale_drop is the whole rule).
+CREATE OR REPLACE FUNCTION hookbridge._stale_drop(c hookbridge.deliveries, s hookbridge.subscriptions)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
+       AND s.id = c.subscription_id AND s.status = 'active' AND s.deregistered_at IS NULL
+       AND c.resume_requested_at >= s.deactivated_at
+       AND c.body IS NOT NULL
+       AND (c.last_error IS NULL
+            OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.delivery_attempts a
+                        WHERE a.delivery_id = c.delivery_id
+                          AND a.started_at >= c.resume_requested_at
+                          AND a.outcome <> 'dropped')
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                        WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)
+$$;
+
 CREATE OR REPLACE FUNCTION hookbridge.claim_replays(p_limit integer, p_lease interval DEFAULT '5 minutes')
 RETURNS TABLE (delivery_id uuid, subscription_id uuid, event_ids text, event_type text,
                           content_type text, body text, attempts integer, first_attempt_at timestamptz,
@@ -772,14 +790,19 @@ DECLARE
     v_subs uuid[];
     v_at   timestamptz;
 BEGIN
+    -- only a subscription with a stale drop is locked (one whose drops stay,
+    -- e.g. after a later deactivation, is not, each second)
     SELECT array_agg(s.id) INTO v_subs
       FROM (SELECT s.id FROM hookbridge.subscriptions s
-             WHERE s.id IN (SELECT c.subscription_id FROM hookbridge.deliveries c
-                             WHERE c.status = 'dropped' AND c.resume_requested_at IS NOT NULL)
-               AND s.status = 'active' AND s.deregistered_at IS NULL
+             WHERE s.id IN (SELECT c.subscription_id
+                              FROM hookbridge.deliveries c
+                              JOIN hookbridge.subscriptions t ON t.id = c.subscription_id
+                             WHERE c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
+                               AND hookbridge._stale_drop(c, t))
              ORDER BY s.id
                FOR NO KEY UPDATE SKIP LOCKED) s;
     IF v_subs IS NOT NULL THEN
+        -- judged again under the lock
         v_at := hookbridge._replay_requested_at();
         UPDATE hookbridge.deliveries d
            SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
@@ -789,18 +812,7 @@ BEGIN
                   JOIN hookbridge.subscriptions s ON s.id = c.subscription_id
                  WHERE c.subscription_id = ANY (v_subs)
                    AND c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
-                   AND c.resume_requested_at >= s.deactivated_at
-                   AND s.status = 'active' AND s.deregistered_at IS NULL
-                   AND c.body IS NOT NULL
-                   AND (c.last_error IS NULL
-                        OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
-                   AND NOT EXISTS (SELECT 1 FROM hookbridge.delivery_attempts a
-                                    WHERE a.delivery_id = c.delivery_id
-                                      AND a.started_at >= c.resume_requested_at
-                                      AND a.outcome <> 'dropped')
-                   AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
-                                    WHERE later.delivery_id = c.delivery_id
-                                      AND later.log_day > c.log_day)) pick
+                   AND hookbridge._stale_drop(c, s)) pick
          WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day
            AND d.status = 'dropped';
     END IF;
