@@ -113,12 +113,14 @@ def test_a_retry_dropped_while_replay_dropped_runs_is_counted_and_delivered(
     after its look for dropped deliveries, before its look for retries still
     waiting (the drop's write holds A's row, which replay_dropped waits for).
 
-    On main (58f732a): replay_dropped returned 0 (A was not dropped yet when
-    it looked for dropped deliveries, and no longer waiting when it came to
-    the retries), and A stayed dropped: the operator was told nothing was
-    left, though A was pending at the deactivation. Now replay_dropped takes
-    the waiting retries first and the dropped deliveries after: it returns
-    1, and A arrives."""
+    On main (58f732a): replay_dropped returned 1 and A stayed dropped: A
+    was not dropped yet when it looked for dropped deliveries, and its
+    marking of the waiting retries, once the drop's write let go of A's
+    row, marked the row without looking at its status again (dropped by
+    then): counted, never sent. Now the waiting retries are looked for
+    first, each row checked as it is after the wait (A, dropped, is left),
+    then the dropped deliveries (A among them): it returns 1, and A
+    arrives, once."""
     (_, receiver, _, _), sub, a, did, hold = a_retry_held_in_the_drop_window(
         db_url, procs, workdir)
     user = psycopg2.connect(db_url)
