@@ -616,26 +616,20 @@ BEGIN
             v_from := v_at;
         END IF;
     END IF;
-    UPDATE hookbridge.deliveries d
-       SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
-           log_day = (v_at AT TIME ZONE 'UTC')::date,
-           -- at most about 30 years ahead (a tiny rate): a bound, not an error
-           replay_due_at = CASE WHEN v_rate IS NOT NULL AND pick.i > v_first
-                                THEN v_from + make_interval(secs => least((pick.i - v_first) / v_rate, 1e9)) END
-      FROM (SELECT c.delivery_id, c.log_day,
-                   row_number() OVER (ORDER BY c.first_attempt_at, c.delivery_id) AS i
-              FROM hookbridge.deliveries c
-             WHERE c.subscription_id = p_sub
-               AND c.status = p_status AND c.body IS NOT NULL
-               AND c.last_attempt_at >= p_since
-               -- not the cancelled ones, nor a batch split after a 413 (its events
-               -- went on in its halves, which are deliveries of their own)
-               AND (p_status <> 'dropped' OR c.last_error IS NULL
-                    OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
-               AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
-                                WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
-     WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    -- The retries still waiting first, then the deliveries already dropped
+    -- (review 63). A retrier can write the drop of a waiting retry while
+    -- this runs (it read the log a moment before). The other way round, a
+    -- drop written between the two statements was neither dropped for the
+    -- first nor still waiting for the second: not counted, left dropped;
+    -- and one written while the marking waited for its row was marked all
+    -- the same (the UPDATE did not look at the row again after the wait):
+    -- counted, never sent. Now each UPDATE checks the row's status as it is
+    -- after any wait: a drop written before or while the marking reads the
+    -- row is taken by the second statement as dropped (counted once: a row
+    -- marked here stays locked until the commit, so no drop lands on it in
+    -- between); one written after it (judged by the retrier before this
+    -- request) finds it marked, and claim_replays sends it as a replay.
+    n := 0;
     -- replay_dropped: also the retries pending at a deactivation and not due
     -- yet, which the retrier drops only when each comes due (up to the
     -- schedule's longest delay after the deactivation: 10 hours by
@@ -663,10 +657,32 @@ BEGIN
                    AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
                                     WHERE later.delivery_id = c.delivery_id
                                       AND later.log_day > c.log_day)) pick
-         WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day;
-        GET DIAGNOSTICS n_more = ROW_COUNT;
-        n := n + n_more;
+         WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day
+           AND d.status = 'retry'; -- as it is now, after a wait for its row
+        GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
+    UPDATE hookbridge.deliveries d
+       SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
+           log_day = (v_at AT TIME ZONE 'UTC')::date,
+           -- at most about 30 years ahead (a tiny rate): a bound, not an error
+           replay_due_at = CASE WHEN v_rate IS NOT NULL AND pick.i > v_first
+                                THEN v_from + make_interval(secs => least((pick.i - v_first) / v_rate, 1e9)) END
+      FROM (SELECT c.delivery_id, c.log_day,
+                   row_number() OVER (ORDER BY c.first_attempt_at, c.delivery_id) AS i
+              FROM hookbridge.deliveries c
+             WHERE c.subscription_id = p_sub
+               AND c.status = p_status AND c.body IS NOT NULL
+               AND c.last_attempt_at >= p_since
+               -- not the cancelled ones, nor a batch split after a 413 (its events
+               -- went on in its halves, which are deliveries of their own)
+               AND (p_status <> 'dropped' OR c.last_error IS NULL
+                    OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
+               AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                                WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)) pick
+     WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day
+       AND d.status = p_status; -- as it is now, after a wait for its row
+    GET DIAGNOSTICS n_more = ROW_COUNT;
+    n := n + n_more;
     RETURN n;
 END
 $$;
@@ -725,12 +741,81 @@ $$;
 -- replay_requested_at is where the replay's attempts begin: the services
 -- log them under its day (the row's log_day), and it is the same when a
 -- request is claimed again.
+--
+-- First it turns stale drops into replay requests (review 63). A retrier
+-- judges a due retry by the log's answer to its look-up and writes the
+-- drop a moment later; a replay_dropped() in between marks the retry
+-- (resume_requested_at) and counts it, and the drop was then written over
+-- the mark: counted, never sent. Such a drop is told by the state alone: a
+-- delivery dropped, a resume asked for and no deactivation of its
+-- subscription since (resume_requested_at >= deactivated_at: the retrier
+-- knowing of it would have made the attempt; the subscription is live), no
+-- attempt logged since that request (a second replica, which read the
+-- retry again after a rebalance, made it), not cancelled, not a batch split
+-- after a 413, with its body. It becomes a replay asked for now, moved to
+-- today as replay() moves one: sent within about a second, by whichever
+-- retrier claims first. Being judged by the state, a drop written by a
+-- retrier that died right after, or by one of an earlier release, is
+-- taken all the same. The subscriptions' rows are locked first (skipping
+-- those an operator's function holds: taken at the next claim), so
+-- replay(), cancel() and replay_dropped() wait for this as a whole instead
+-- of for a row moved meanwhile (SQLSTATE 40001), and two retriers never
+-- move the same row. A partial index (migration 0014) finds the candidates;
+-- there are none but after such a race, or a drop of a resumed retry
+-- after a deactivation that came later (which stays dropped, its
+-- subscription not locked for it: _stale_drop is the whole rule).
+CREATE OR REPLACE FUNCTION hookbridge._stale_drop(c hookbridge.deliveries, s hookbridge.subscriptions)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, hookbridge, public AS $$
+    SELECT c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
+       AND s.id = c.subscription_id AND s.status = 'active' AND s.deregistered_at IS NULL
+       AND c.resume_requested_at >= s.deactivated_at
+       AND c.body IS NOT NULL
+       AND (c.last_error IS NULL
+            OR (c.last_error NOT LIKE 'cancelled%' AND c.last_error NOT LIKE 'split:%'))
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.delivery_attempts a
+                        WHERE a.delivery_id = c.delivery_id
+                          AND a.started_at >= c.resume_requested_at
+                          AND a.outcome <> 'dropped')
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries later
+                        WHERE later.delivery_id = c.delivery_id AND later.log_day > c.log_day)
+$$;
+
 CREATE OR REPLACE FUNCTION hookbridge.claim_replays(p_limit integer, p_lease interval DEFAULT '5 minutes')
 RETURNS TABLE (delivery_id uuid, subscription_id uuid, event_ids text, event_type text,
                           content_type text, body text, attempts integer, first_attempt_at timestamptz,
                           replay_requested_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    v_subs uuid[];
+    v_at   timestamptz;
 BEGIN
+    -- only a subscription with a stale drop is locked (one whose drops stay,
+    -- e.g. after a later deactivation, is not, each second)
+    SELECT array_agg(s.id) INTO v_subs
+      FROM (SELECT s.id FROM hookbridge.subscriptions s
+             WHERE s.id IN (SELECT c.subscription_id
+                              FROM hookbridge.deliveries c
+                              JOIN hookbridge.subscriptions t ON t.id = c.subscription_id
+                             WHERE c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
+                               AND hookbridge._stale_drop(c, t))
+             ORDER BY s.id
+               FOR NO KEY UPDATE SKIP LOCKED) s;
+    IF v_subs IS NOT NULL THEN
+        -- judged again under the lock
+        v_at := hookbridge._replay_requested_at();
+        UPDATE hookbridge.deliveries d
+           SET status = 'replay', replay_requested_at = v_at, replay_claimed_at = NULL,
+               replay_due_at = NULL, log_day = (v_at AT TIME ZONE 'UTC')::date
+          FROM (SELECT c.delivery_id, c.log_day
+                  FROM hookbridge.deliveries c
+                  JOIN hookbridge.subscriptions s ON s.id = c.subscription_id
+                 WHERE c.subscription_id = ANY (v_subs)
+                   AND c.status = 'dropped' AND c.resume_requested_at IS NOT NULL
+                   AND hookbridge._stale_drop(c, s)) pick
+         WHERE d.delivery_id = pick.delivery_id AND d.log_day = pick.log_day
+           AND d.status = 'dropped';
+    END IF;
     RETURN QUERY
     UPDATE hookbridge.deliveries d SET replay_claimed_at = now()
       FROM (SELECT c.delivery_id, c.log_day FROM hookbridge.deliveries c
