@@ -12,4 +12,4 @@ COMMENT ON TABLE hookbridge.previews IS
     'endpoint, and what it answered. Kept 7 days, and at most 20 per subscription besides those '
     'still pending.';
 
--- sql/: sha256 71129cd7191b3a583dda2c9e24700d87f739a259f9312c40bcdca4ef664235fd
+-- sql/: sha256 99a7a80d536bbbba72067f570fdcb5d4a914f2513b9fe7bbf9357317b965dda2

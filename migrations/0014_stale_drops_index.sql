@@ -17,6 +17,6 @@
 -- seconds per million deliveries. IF NOT EXISTS lets you build it
 -- beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 898be9f86616d8350abe5dc84490eaaed27f795285f9c5dae0102be3941a919d
+-- sql/: sha256 95a119e139d0951ee09e4486bbbda77a5ad337cb01fe15069aa7086f1d9545e5
 CREATE INDEX IF NOT EXISTS deliveries_resume_dropped_idx ON hookbridge.deliveries (subscription_id)
     WHERE status = 'dropped' AND resume_requested_at IS NOT NULL;
