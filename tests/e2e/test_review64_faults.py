@@ -1,18 +1,30 @@
 """Review 64: promises of earlier reviews that no test held: the back-off of
 a connection whose writes a read-only server keeps refusing (review 56),
+hookbridge-producer when the brokers take nothing for 30 s, the ingest
+endpoint's largest delivery,
 the dead server that keeps its TCP connection open and never answers the
 store's empty query (review 48), the log line of a Kafka topic deleted
 under the dispatcher.
 
 Each check says what it did on main's binaries (58f732a)."""
+import http.client
+import json
+import signal
 import socket
+import subprocess
 import threading
 import time
 
-from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Broker, Retrier
+from hbtest.ingest import AUTH_HEADER, PATH, Ingest, envelope
+from hbtest.procs import BIN, SLOW, wait_until
+from hbtest.stack import Broker, Retrier, topic_records
 from hbtest.tcpproxy import TcpProxy
-from test_delivery import sql
+from test_broker_frozen import freezable  # noqa: F401 (a fixture)
+from test_delivery import event, sql
+from test_review40_faults import finish  # (exit status or None if killed, out, err)
+from test_review50_faults import env_for, freeze, kill_if_running
+
+PRODUCER = str(BIN / "hookbridge-producer")
 
 
 class CountingProxy(TcpProxy):
@@ -93,3 +105,103 @@ def test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1
         assert len(proxy.accepted) - n0 <= 7  # no connection a second meanwhile
     finally:
         proxy.close()
+
+
+def test_a_run_whose_local_queue_stays_full_30_s_stops_and_says_where_to_go_on(
+        freezable):  # noqa: F811
+    """hookbridge-producer reading stdin while the brokers take nothing (a
+    frozen devbroker) and its local queue (here 10 events) is full: it waits
+    30 s for room, then stops reading, as a Ctrl-C would: the queued lines
+    are named as unsent, the run says at which line the input was left and
+    why, and exits 1 within the 5 s drain; no line is counted as failed for
+    the queue.
+
+    On main (58f732a): line 12 failed after 30 s ("line 12: produce to
+    identity.events: Local: Queue full"), then line 13 30 s later, and so on,
+    30 s a line for as long as the brokers stayed away; stopped by hand
+    after 75 s it said "stopped after line 13 of stdin", past the two lines
+    that had failed. About 40 s."""
+    lines = [event("user.session.start") for _ in range(15)]
+    proc = subprocess.Popen([PRODUCER, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env_for(freezable.bootstrap,
+                                        HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES="10"))
+    try:
+        proc.stdin.write(json.dumps(lines[0]) + "\n")
+        proc.stdin.flush()
+        topic_records(freezable.bootstrap, "identity.events", want=1)
+        freeze(freezable)
+        t0 = time.monotonic()
+        proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[1:]))
+        rc, out, err = finish(proc, 45 * SLOW)
+        took = time.monotonic() - t0
+    finally:
+        kill_if_running(proc)
+        freezable.proc.signal(signal.SIGCONT)
+    print(f"exit {rc} after {took:.1f} s\n{out[-2000:]}\n{err}")
+    assert rc == 1, out + err
+    assert 29 <= took <= 38 * SLOW, f"{took:.1f} s"
+    assert "took no line for 30 s, the local queue full" in out, out
+    assert "produced 1, failed 10" in out, out + err
+    assert "hookbridge-producer: the lines left unsent: 2-11" in err, err
+    assert ("stopped after line 11 of stdin (the Kafka brokers took no event for 30 s: the "
+            "local queue stayed full)") in err, err
+    assert "Queue full" not in err, err
+
+
+def _page(size):
+    """An event-hook delivery of exactly `size` bytes: events of about
+    240 KB each (the largest an event may be is 256 KiB, encoded)."""
+    events, total = [], len(json.dumps(envelope([])))
+    while True:
+        e = event("user.session.start")
+        e["displayMessage"] = ""
+        bare = len(json.dumps(e)) + (2 if events else 0)  # ", " between events
+        events.append(e)
+        if total + bare + 240_000 >= size:
+            e["displayMessage"] = "x" * (size - total - bare)
+            body = json.dumps(envelope(events)).encode()
+            assert len(body) == size
+            return body, len(events)
+        e["displayMessage"] = "x" * 240_000
+        total += bare + 240_000
+
+
+def test_a_64_mib_delivery_is_taken_whole_and_a_byte_more_is_refused_unread(broker, procs):
+    """The ingest endpoint with its body limit at the highest it takes,
+    HOOKBRIDGE_INGEST_MAX_BODY_BYTES=67108864 (64 MiB): a delivery of exactly
+    64 MiB (280 events) is answered 200 with every event produced; one byte
+    more is answered 413, none of its events produced; a limit above 64 MiB
+    stops the producer at start (exit 2) naming the variable. About 10 s."""
+    r = subprocess.run([PRODUCER, "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                       timeout=20 * SLOW,
+                       env=env_for(broker.bootstrap, HOOKBRIDGE_INGEST_AUTH_VALUE="s3cret-value",
+                                   HOOKBRIDGE_INGEST_MAX_BODY_BYTES="67108865"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "HOOKBRIDGE_INGEST_MAX_BODY_BYTES" in r.stderr, r.stderr
+    assert "s3cret-value" not in r.stdout + r.stderr
+
+    ing = Ingest(procs, broker.bootstrap,
+                 extra_env={"HOOKBRIDGE_INGEST_MAX_BODY_BYTES": "67108864",
+                            "HOOKBRIDGE_INGEST_TIMEOUT": "60s", "HOOKBRIDGE_LOG_LEVEL": "info"})
+    ing.wait_ready()
+    body, n = _page(64 << 20)
+    t0 = time.monotonic()
+    status, _, answer = ing.post(body, timeout=120)
+    print(f"64 MiB, {n} events: {status} {answer} in {time.monotonic() - t0:.1f} s")
+    assert (status, answer) == (200, {"produced": n})
+    produced = ing.metric('hookbridge_ingest_events_total{outcome="produced"}')
+    assert produced == n, produced
+
+    # One byte more, sent chunked (no Content-Length to refuse it by): read
+    # as it comes, nothing kept, 413 at its end.
+    more, _ = _page((64 << 20) + 1)
+    conn = http.client.HTTPConnection("127.0.0.1", ing.port, timeout=120 * SLOW)
+    conn.request("POST", PATH, body=(more[i:i + 65536] for i in range(0, len(more), 65536)),
+                 encode_chunked=True, headers={AUTH_HEADER: ing.auth_value,
+                                               "Transfer-Encoding": "chunked"})
+    resp = conn.getresponse()
+    assert resp.status == 413, resp.read()
+    conn.close()
+    assert ing.metric('hookbridge_ingest_events_total{outcome="produced"}') == n
+    assert ing.proc.alive()
