@@ -9,6 +9,7 @@ under the dispatcher.
 Each check says what it did on main's binaries (58f732a)."""
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -21,6 +22,8 @@ from hbtest.stack import Broker, Retrier, topic_records
 from hbtest.tcpproxy import TcpProxy
 from test_broker_frozen import freezable  # noqa: F401 (a fixture)
 from test_delivery import event, sql
+from test_reactivate import delivery_of
+from test_review45_faults import retrier_behind
 from test_review40_faults import finish  # (exit status or None if killed, out, err)
 from test_review50_faults import env_for, freeze, kill_if_running
 
@@ -33,6 +36,7 @@ class CountingProxy(TcpProxy):
     def __init__(self, upstream_port):
         super().__init__(upstream_port)
         self.accepted = []
+        self.ports = set()  # the local ports of its connections to the server
 
     def _accept(self, listener):
         while True:
@@ -43,6 +47,7 @@ class CountingProxy(TcpProxy):
             self.accepted.append(time.monotonic())
             up = socket.create_connection(self.upstream, timeout=5)
             up.settimeout(None)
+            self.ports.add(up.getsockname()[1])
             with self._lock:
                 self._conns += [client, up]
             for a, b in ((client, up), (up, client)):
@@ -205,3 +210,52 @@ def test_a_64_mib_delivery_is_taken_whole_and_a_byte_more_is_refused_unread(brok
     conn.close()
     assert ing.metric('hookbridge_ingest_events_total{outcome="produced"}') == n
     assert ing.proc.alive()
+
+
+def test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s(
+        pg_cluster, db_url, procs, workdir):
+    """The retrier's subscription store connection stays open but its
+    server process answers nothing (SIGSTOP: the kernel still acknowledges
+    what is sent, so tcp_user_timeout never fires; a hung proxy or pooler in
+    between does the same), the rest of the server answering. A's retry
+    comes due meanwhile. The store's check of its idle connection is not
+    answered: due retries wait (docs/operations.md, PostgreSQL not
+    answering), but the connection is given up 15 s after the check went
+    unanswered, made again, the subscriptions loaded again, and A's retry
+    is delivered.
+
+    On main (58f732a): the retrier held A's retry for as long as the
+    backend stayed stopped ("due retries wait until the subscriptions are
+    current again (the check of the idle connection to the database is
+    not answered ...)"): still held after 40 s, with no bound, though every
+    other connection to the server was answered. About 30 s."""
+    proxy = CountingProxy(pg_cluster.port)
+    proxy.start()
+    stopped = None
+    try:
+        broker, receiver, d, r, sub, a = retrier_behind(
+            proxy, pg_cluster, procs, workdir, db_url, "15s")
+        # the retrier's store connection: the one of its backends that has
+        # sent the empty query of its check (within 5 s of quiet)
+        (stopped,) = wait_until(lambda: [
+            pid for pid, port, q in sql(
+                db_url, "SELECT pid, client_port, query FROM pg_stat_activity "
+                "WHERE datname = current_database()")
+            if port in proxy.ports and q == ""], 10 * SLOW,
+            "the retrier's store to check its idle connection")
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.monotonic()
+        _, status, n, err = wait_until(
+            lambda: (row := delivery_of(db_url, a)) and row[1] != "retry" and row, 40 * SLOW,
+            "A's retry to settle while the store's backend is stopped")
+        took = time.monotonic() - t0
+        print(f"A {status} after {n} attempt(s), {took:.1f} s after the backend stopped")
+        assert status == "delivered", (status, err)
+        assert took <= 25 * SLOW
+        out = r.proc.output()
+        assert "the check of the idle connection got no answer in 15 s" in out, out[-3000:]
+        assert "subscriptions current again: 1 due retry that waited for them goes on" in out
+    finally:
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        proxy.close()
