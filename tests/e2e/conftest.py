@@ -161,6 +161,7 @@ LONG_FIRST = (
     "test_connections.py::test_connections_are_kept_for_as_many_hosts_as_max_connections_allows",
     "test_final_state.py::test_a_dispatcher_resending_a_final_failure_after_a_crash_does_not_dead_letter_it_twice",
     "test_review7_faults.py::test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures",
+    "test_review64_faults.py::test_a_deleted_topic_s_revoked_partitions_are_not_said_to_have_a_new_owner",
     "test_review64_faults.py::test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s",
     "test_review64_faults.py::test_a_run_whose_local_queue_stays_full_30_s_stops_and_says_where_to_go_on",
     "test_review64_faults.py::test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1_2_4_5_s",

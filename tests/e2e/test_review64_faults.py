@@ -1,10 +1,9 @@
 """Review 64: promises of earlier reviews that no test held: the back-off of
 a connection whose writes a read-only server keeps refusing (review 56),
 hookbridge-producer when the brokers take nothing for 30 s, the ingest
-endpoint's largest delivery,
-the dead server that keeps its TCP connection open and never answers the
-store's empty query (review 48), the log line of a Kafka topic deleted
-under the dispatcher.
+endpoint's largest delivery, a dead server that keeps its connections open and
+never answers the store's empty query (review 48), and the log line of a
+Kafka topic deleted under the dispatcher.
 
 Each check says what it did on main's binaries (58f732a)."""
 import http.client
@@ -18,10 +17,12 @@ import time
 
 from hbtest.ingest import AUTH_HEADER, PATH, Ingest, envelope
 from hbtest.procs import BIN, SLOW, wait_until
-from hbtest.stack import Broker, Retrier, topic_records
+from hbtest.kafka import delete_topics
+from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce, topic_records
 from hbtest.tcpproxy import TcpProxy
 from test_broker_frozen import freezable  # noqa: F401 (a fixture)
 from test_delivery import event, sql
+from test_promises import verified_active
 from test_reactivate import delivery_of
 from test_review45_faults import retrier_behind
 from test_review40_faults import finish  # (exit status or None if killed, out, err)
@@ -259,3 +260,34 @@ def test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s(
         if stopped:
             os.kill(stopped, signal.SIGCONT)
         proxy.close()
+
+
+def test_a_deleted_topic_s_revoked_partitions_are_not_said_to_have_a_new_owner(
+        apache_kafka, db_url, procs, workdir):
+    """On Apache Kafka the events topic is deleted under a running
+    dispatcher that has consumed from it. Its partitions are revoked, and
+    the commit of their offsets fails (Local: Group partition assignment
+    lost). The warning says the topic was deleted and no consumer takes the
+    partitions over.
+
+    On main (58f732a): "committing the offsets of 6 revoked partition(s)
+    failed: Local: Group partition assignment lost; their new owner starts
+    from the offsets committed before and delivers again what this process
+    finished after them": there is no new owner, the topic is gone, and
+    nothing is delivered again. About 15 s."""
+    space = apache_kafka.space()
+    rcv = Receiver(procs, workdir)
+    d = Dispatcher(procs, db_url, space.bootstrap)
+    d.wait_ready(30)
+    verified_active(db_url, rcv.url)
+    e = event("user.session.start")
+    produce(space.bootstrap, [e])
+    wait_until(lambda: delivery_of(db_url, e), 15 * SLOW, "the event delivered and logged")
+    delete_topics(space.bootstrap, [space.events_topic])
+    wait_until(lambda: "revoked partition(s) failed" in d.proc.output(), 30 * SLOW,
+               "the dispatcher's commit at the revocation to fail")
+    said = [line for line in d.proc.output().splitlines() if "revoked partition(s) failed" in line]
+    print("\n".join(said))
+    assert all(f"their topic ({space.events_topic}) was deleted: no consumer takes them over"
+               in line for line in said), said
+    assert not any("new owner" in line for line in said), said
