@@ -398,10 +398,10 @@ static int topic_deleted(hb_consumer_t *c, const char *topic) {
     if (!rkt)
         return 0;
     if (rd_kafka_metadata(c->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
-        gone = md->topic_cnt == 1 &&
-               (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-                (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-                 md->topics[0].partition_cnt == 0));
+        gone =
+            md->topic_cnt == 1 &&
+            (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+             (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topics[0].partition_cnt == 0));
         rd_kafka_metadata_destroy(md);
     }
     rd_kafka_topic_destroy(rkt);

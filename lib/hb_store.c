@@ -67,7 +67,7 @@
  * little before the next attempt is due takes it, rather than wait a whole
  * period more (review 64: the back-off ran 2, 3, 5, 6, 6 s, not 1, 2, 4, 5) */
 #define STORE_RETRY_EARLY_MS 250
-#define STORE_SWEEP_MS 60000      /* expired revealable secrets leave the inbox within this */
+#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
 /* A subscription left unsealed is loaded again after 1 s, then 2, 4, 8 and
  * every 10 s (a value lost in a database crash is never sealed: it waits
  * for the operator's rotate_secret, which is notified, at little cost). */
