@@ -164,6 +164,7 @@ LONG_FIRST = (
     "test_review64_faults.py::test_a_deleted_topic_s_revoked_partitions_are_not_said_to_have_a_new_owner",
     "test_review64_faults.py::test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s",
     "test_review64_faults.py::test_a_run_whose_local_queue_stays_full_30_s_stops_and_says_where_to_go_on",
+    "test_review64_faults.py::test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doubling_to_5_s",
     "test_review64_faults.py::test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1_2_4_5_s",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}

@@ -291,3 +291,49 @@ def test_a_deleted_topic_s_revoked_partitions_are_not_said_to_have_a_new_owner(
     assert all(f"their topic ({space.events_topic}) was deleted: no consumer takes them over"
                in line for line in said), said
     assert not any("new owner" in line for line in said), said
+
+
+def test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doubling_to_5_s(
+        db_url, pg_cluster, procs, workdir):
+    """The same for the dispatcher's delivery log: the database read-only for
+    new sessions, the log's connection lost, a delivery to write. Each new
+    connection has its write refused with SQLSTATE 25006 and is dropped; the
+    next comes after the log's back-off, 250 ms doubling to 5 s
+    (lib/hb_dlog.c), not at once, and the row is written within about 5 s
+    of the server taking writes again. About 25 s."""
+    proxy = CountingProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        broker = Broker(procs, workdir)
+        rcv = Receiver(procs, workdir)
+        verified_active(db_url, rcv.url)
+        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
+        d.wait_ready()
+        db = db_url.rsplit("/", 1)[1]
+        admin = pg_cluster.connect()
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                        "datname = %s AND application_name = 'hookbridge-dlog'", (db,))
+        n0 = len(proxy.accepted)
+        e = event("user.session.start")
+        produce(broker.bootstrap, [e])
+        wait_until(lambda: len(proxy.accepted) >= n0 + 7, 20 * SLOW,
+                   "six reconnections of the delivery log")
+        at = proxy.accepted[n0:n0 + 7]
+        gaps = [round(b - a, 2) for a, b in zip(at, at[1:])]
+        print(f"the delivery log reconnected after {gaps} s")
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
+        t1 = time.monotonic()
+        wait_until(lambda: delivery_of(db_url, e), 8 * SLOW, "the delivery logged")
+        back = time.monotonic() - t1
+        print(f"logged {back:.1f} s after the server took writes")
+        out = d.proc.output()
+        assert "delivery log: cannot write, will retry: the server is read-only " \
+            "(default_transaction_read_only)" in out, out[-3000:]
+        for gap, want in zip(gaps, (0.25, 0.5, 1, 2, 4, 5)):
+            assert want * 0.8 <= gap <= want + 0.5 * SLOW, gaps
+        assert back <= 5.5 * SLOW
+    finally:
+        proxy.close()
