@@ -25,6 +25,7 @@ from test_delivery import event, sql
 from test_promises import verified_active
 from test_reactivate import delivery_of
 from test_review45_faults import retrier_behind
+from test_review18_faults import read_event
 from test_review40_faults import finish  # (exit status or None if killed, out, err)
 from test_review50_faults import env_for, freeze, kill_if_running
 
@@ -337,3 +338,36 @@ def test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doublin
         assert back <= 5.5 * SLOW
     finally:
         proxy.close()
+
+
+def test_a_delivery_larger_than_the_local_queue_while_the_brokers_are_frozen_is_503_then_taken(
+        freezable, procs):  # noqa: F811
+    """docs/ingest.md, What each answer means: a delivery with more events
+    than librdkafka's local queue holds (here 10), while the brokers take
+    nothing (a frozen devbroker), waits HOOKBRIDGE_INGEST_TIMEOUT (here 3 s)
+    for room and is answered 503 with Retry-After, the warn line naming its
+    events; Okta's retry once the brokers are back is answered 200 with
+    every event produced, and every event is on the topic. About 10 s."""
+    ing = Ingest(procs, freezable.bootstrap,
+                 extra_env={"HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES": "10",
+                            "HOOKBRIDGE_INGEST_TIMEOUT": "3s"})
+    ing.wait_ready()
+    events = [event("user.session.start") for _ in range(15)]
+    freeze(freezable)
+    try:
+        t0 = time.monotonic()
+        status, headers, answer = ing.post(events)
+        took = time.monotonic() - t0
+    finally:
+        freezable.proc.signal(signal.SIGCONT)
+    print(f"{status} {answer} after {took:.1f} s")
+    assert status == 503 and "retry-after" in headers, (status, headers, answer)
+    assert 2.5 <= took <= 6 * SLOW, took
+    warned = [line for line in ing.proc.output().splitlines()
+              if '"level":"warn"' in line and events[0]["uuid"] in line]
+    assert warned, ing.proc.output()[-3000:]
+    ing.wait_ready(30)
+    status, _, answer = ing.post(events)
+    assert (status, answer) == (200, {"produced": 15})
+    assert {e["uuid"] for e in events} <= {read_event(m.value)["uuid"]
+                        for m in topic_records(freezable.bootstrap, "identity.events", want=15)}
