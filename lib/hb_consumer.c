@@ -388,6 +388,66 @@ static void check_reset(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
     reset_free(r);
 }
 
+/* Whether topic is gone from the brokers (deleted): 1 when their metadata
+ * says they do not have it, 0 when they do or cannot say (a metadata
+ * request of up to 1 s). */
+static int topic_deleted(hb_consumer_t *c, const char *topic) {
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    int gone = 0;
+    if (!rkt)
+        return 0;
+    if (rd_kafka_metadata(c->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+        gone =
+            md->topic_cnt == 1 &&
+            (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+             (md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topics[0].partition_cnt == 0));
+        rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    return gone;
+}
+
+/* The commit at a revocation failed: what it means. Usually the new owner
+ * delivers again what was finished since the last commit; but partitions
+ * revoked because their topic was deleted have no new owner, and nothing
+ * of them is delivered again (review 64: the log said "their new owner
+ * delivers again" of a topic just deleted). */
+static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts,
+                              rd_kafka_resp_err_t cerr) {
+    char gone_names[256] = "";
+    char *deleted = hb_malloc((size_t)parts->cnt + 1); /* per partition: its topic is gone */
+    int gone = 0;
+    hb_metric_inc(c->m.kafka_errors);
+    for (int i = 0; i < parts->cnt; i++) {
+        const char *t = parts->elems[i].topic;
+        int k = 0;
+        while (k < i && strcmp(parts->elems[k].topic, t) != 0)
+            k++;
+        deleted[i] = k < i ? deleted[k] : (char)topic_deleted(c, t); /* one question a topic */
+        if (deleted[i] && k == i)
+            snprintf(gone_names + strlen(gone_names), sizeof(gone_names) - strlen(gone_names),
+                     "%s%s", gone_names[0] ? ", " : "", t);
+        gone += deleted[i];
+    }
+    free(deleted);
+    if (gone == parts->cnt)
+        hb_warn("committing the offsets of %d revoked partition(s) failed: %s; their topic "
+                "(%s) was deleted: no consumer takes them over, and what they held went with it",
+                parts->cnt, rd_kafka_err2str(cerr), gone_names);
+    else if (gone > 0)
+        hb_warn("committing the offsets of %d revoked partition(s) failed: %s; %d of them were "
+                "of a deleted topic (%s), gone with it; the new owner of the others starts from "
+                "the offsets committed before and delivers again what this process finished "
+                "after them (same webhook-ids)",
+                parts->cnt, rd_kafka_err2str(cerr), gone, gone_names);
+    else
+        hb_warn("committing the offsets of %d revoked partition(s) failed: %s; their new owner "
+                "starts from the offsets committed before and delivers again what this process "
+                "finished after them (same webhook-ids)",
+                parts->cnt, rd_kafka_err2str(cerr));
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     hb_consumer_t *c = opaque;
@@ -436,13 +496,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * SyncGroup came after the leader's (docs/design.md, the devbroker).
          * Nothing can commit for this generation then: what was finished
          * since the last commit is delivered again by the new owner. */
-        if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-            hb_metric_inc(c->m.kafka_errors);
-            hb_warn("committing the offsets of %d revoked partition(s) failed: %s; their new owner "
-                    "starts from the offsets committed before and delivers again what this process "
-                    "finished after them (same webhook-ids)",
-                    parts->cnt, rd_kafka_err2str(cerr));
-        }
+        if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            say_commit_failed(c, parts, cerr);
         for (int i = 0; i < parts->cnt; i++) {
             set_lag(parts->elems[i].topic, parts->elems[i].partition, 0);
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);

@@ -33,7 +33,7 @@
  *    everything behind it;
  *  - while the database is down (connection lost, server shutting down, schema
  *    missing ...) the batch goes back to the front of the queue and the writer
- *    retries with backoff (250 ms doubling to 30 s), reconnecting as needed;
+ *    retries with backoff (250 ms doubling to 5 s), reconnecting as needed;
  *  - the queue is bounded by max_queue for untokened rows: past the bound the
  *    oldest untokened row is discarded and counted; tokened rows (the
  *    services token every row: hb_worker.h) and look-ups are never discarded

@@ -62,7 +62,12 @@
 
 #define STORE_BACKOFF_MIN_MS 1000
 #define STORE_BACKOFF_MAX_MS 5000 /* readiness returns within about 5 s of the database */
-#define STORE_SWEEP_MS 60000      /* expired revealable secrets leave the inbox within this */
+/* A request lane connects only when a request comes, and the periodic ones
+ * (the retrier's replay claims) come a second apart: one that comes this
+ * little before the next attempt is due takes it, rather than wait a whole
+ * period more (review 64: the back-off ran 2, 3, 5, 6, 6 s, not 1, 2, 4, 5) */
+#define STORE_RETRY_EARLY_MS 250
+#define STORE_SWEEP_MS 60000 /* expired revealable secrets leave the inbox within this */
 /* A subscription left unsealed is loaded again after 1 s, then 2, 4, 8 and
  * every 10 s (a value lost in a database crash is never sealed: it waits
  * for the operator's rotate_secret, which is notified, at little cost). */
@@ -93,6 +98,14 @@
  * before the silence. A database that answers an empty query that slowly
  * holds retries, which go on at its answer. */
 #define STORE_PING_WAIT_MS 3000
+/* ... and, its answer still not back after this long (or the connection's
+ * tcp_user_timeout, when set shorter), the connection is dropped and made
+ * again: a server that keeps the connection and answers nothing on it (its
+ * backend stopped, a proxy or pooler in between hung) is given up as a
+ * silent network is after tcp_user_timeout. Before, the retrier held its due
+ * retries for as long as that lasted, with no bound (review 64: a backend
+ * SIGSTOPped, the rest of the server answering). */
+#define STORE_PING_GIVE_UP_MS 15000
 /* Both come well before the connection's own tcp_user_timeout: a shorter
  * one in the URL (the delivery log, back after it, would otherwise find the
  * store still current) shortens them to a third and a fifth of it. */
@@ -247,6 +260,8 @@ typedef struct lane_s {
     int64_t ping_since;   /* under st->mu: monotonic ms it was sent, 0 when answered */
     int64_t next_ping_ms; /* monotonic; when the follower sends it */
     int64_t ping_idle_ms; /* quiet before the check (STORE_PING_MS, or less: ping_times_locked) */
+    int64_t ping_sent_ms; /* monotonic ms the check was sent (the lane's thread only) */
+    int64_t ping_give_up_ms; /* its answer awaited this long, then the connection is dropped */
     /* The follower's: subscriptions whose change it could not load because a
      * value was not sealed yet (another session held the row while it
      * sealed), loaded again at unsealed_at_ms, then after unsealed_wait_ms. */
@@ -369,6 +384,7 @@ static void ping_times_locked(lane_t *ln, PGconn *conn) {
         hb_pg_conn_option(conn, "tcp_user_timeout", v, sizeof(v)) ? strtoll(v, NULL, 10) : 0;
     ln->ping_idle_ms = STORE_PING_MS;
     ln->st->ping_wait_ms = STORE_PING_WAIT_MS;
+    ln->ping_give_up_ms = t > 0 && t < STORE_PING_GIVE_UP_MS ? t : STORE_PING_GIVE_UP_MS;
     if (t > 0 && t / 3 < ln->ping_idle_ms)
         ln->ping_idle_ms = t / 3 > STORE_PING_MIN_MS ? t / 3 : STORE_PING_MIN_MS;
     if (t > 0 && t / 5 < ln->st->ping_wait_ms)
@@ -1011,18 +1027,36 @@ done:
 /* The follower's check of an idle connection (STORE_PING_MS): an empty
  * query, whose answer the lane's poll waits for with the notifications; a
  * connection lost meanwhile is found by follow(), which says so and drops
- * it. Only the request's bytes matter: an answer that never comes from a
- * server that keeps the connection (stopped, overloaded) is the case of
- * PostgreSQL not answering, as for the delivery log; they wait. */
+ * it. An answer that does not come from a server that keeps the connection
+ * (stopped, overloaded, a hung proxy in between) holds due retries
+ * (hb_store_stale) until ping_give_up_ms, when the connection is dropped
+ * and made again (ping_give_up). */
 static void ping_send(lane_t *ln) {
     if (PQsendQuery(ln->conn, "") == 1) {
         ln->ping_sent = 1;
+        ln->ping_sent_ms = hb_mono_ms();
         pthread_mutex_lock(&ln->st->mu);
         ln->ping_since = hb_mono_ms();
         pthread_mutex_unlock(&ln->st->mu);
     } else {
         follow(ln, NULL);
     }
+}
+
+/* The follower's check has waited ping_give_up_ms for its answer: the
+ * connection is of no more use (what was sent is acknowledged, or
+ * tcp_user_timeout would have ended it: the server, or what is in between,
+ * keeps it and answers nothing). Dropped, and made again after the backoff,
+ * with a full load, as after a connection lost. */
+static void ping_give_up(lane_t *ln) {
+    char errstr[512];
+    hb_seterr(errstr, sizeof(errstr),
+              "database: connection lost (the check of the idle connection got no answer in "
+              "%lld s: the server, or a proxy in between, keeps the connection and does not "
+              "answer); reconnecting",
+              (long long)(ln->ping_give_up_ms / 1000));
+    store_drop(ln);
+    post_error(ln, errstr);
 }
 
 /* The follower's socket turned readable while its check waits: the answer,
@@ -1277,7 +1311,7 @@ static void answer(lane_t *ln, store_msg_t *m) {
         lane_set_conn(ln, NULL);
         ln->retry_at_ms = 0;
     }
-    if (!ln->conn && hb_mono_ms() >= ln->retry_at_ms &&
+    if (!ln->conn && hb_mono_ms() + STORE_RETRY_EARLY_MS >= ln->retry_at_ms &&
         lane_connect(ln, errstr, sizeof(errstr)) < 0) {
         msg_fail(m, errstr);
         post(ln, m);
@@ -1380,6 +1414,11 @@ static void lane_loop(lane_t *ln) {
             ping_send(ln);
             continue;
         }
+        if (ln->follower && ln->conn && ln->ping_sent &&
+            now - ln->ping_sent_ms >= ln->ping_give_up_ms) {
+            ping_give_up(ln);
+            continue;
+        }
         pfd[0].fd = ln->wake[0];
         pfd[0].events = POLLIN;
         if (ln->follower && ln->conn) {
@@ -1392,6 +1431,8 @@ static void lane_loop(lane_t *ln) {
                     wait_ms = ln->unsealed_at_ms - now;
                 if (ln->next_ping_ms - now < wait_ms)
                     wait_ms = ln->next_ping_ms - now;
+            } else {
+                wait_ms = ln->ping_sent_ms + ln->ping_give_up_ms - now;
             }
         } else if (ln->follower) {
             wait_ms = ln->retry_at_ms - now;
@@ -1432,6 +1473,7 @@ hb_store_t *hb_store_new(const char *conninfo, const hb_keyring_t *keyring, int 
         ln->st = st;
         ln->follower = i == LANE_FOLLOWER;
         ln->ping_idle_ms = STORE_PING_MS;
+        ln->ping_give_up_ms = STORE_PING_GIVE_UP_MS;
         ln->app_name = "hookbridge";
         ln->sock = -1;
         ln->wake[0] = ln->wake[1] = -1;

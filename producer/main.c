@@ -37,6 +37,8 @@
 #include "producer.h"
 
 #define PROG "hookbridge-producer"
+/* Why a run stopped that hb_producer_stalled says stopped. */
+#define STALLED " (the Kafka brokers took no event for 30 s: the local queue stayed full)"
 /* After SIGINT/SIGTERM, how long queued events may still be delivered. */
 #define HB_PRODUCER_DRAIN_MS 5000
 /* Reading a file or stdin with brokers that do not answer at start, how long
@@ -70,7 +72,9 @@ static void usage(FILE *fp) {
                 "uuid and published are filled in when absent. Prints \"produced N, failed M\"\n"
                 "and exits 1 if any event failed. An event the brokers have not acknowledged\n"
                 "within 300 s fails; reading FILE or stdin with brokers that do not answer at\n"
-                "start, within 30 s (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait).\n\n"
+                "start, within 30 s (HOOKBRIDGE_KAFKA_MESSAGE_TIMEOUT_MS sets the wait). A\n"
+                "local queue that stays full for 30 s (the brokers take nothing) stops the\n"
+                "run as SIGINT does, saying where the input was left.\n\n"
                 "  --generate N           produce N synthetic events instead of reading input\n"
                 "  --rate R               at most R events per second (with --generate)\n"
                 "  --allow-unknown-types  accept event types missing from the catalogue\n"
@@ -470,13 +474,16 @@ int main(int argc, char **argv) {
     if (o.okta.org_url) {
         hb_oktalog_resume(p, &o.okta, okta_ok, last_read);
     } else if (o.generate && taken < o.generate) {
-        fprintf(stderr, PROG ": stopped after event %lld of %lld\n", taken, o.generate);
+        fprintf(stderr, PROG ": stopped after event %lld of %lld%s\n", taken, o.generate,
+                hb_producer_stalled(p) ? STALLED : "");
     } else if (!o.generate && (!ended || partial)) {
         /* where the input was left (a stop, a read error): the lines after
          * it were never read */
         char why[300] = "";
         if (read_errno)
             snprintf(why, sizeof(why), " (reading failed: %s)", strerror(read_errno));
+        else if (hb_producer_stalled(p))
+            snprintf(why, sizeof(why), "%s", STALLED);
         if (partial)
             snprintf(why + strlen(why), sizeof(why) - strlen(why),
                      " (line %lld was read only in part: not published)", taken + 1);

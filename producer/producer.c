@@ -66,6 +66,7 @@ struct hb_producer_s {
     char first_lost[64];
     int lost_unnamed;
     int output_failed; /* print_only: stdout could not be written (stopping) */
+    int stalled;       /* the local queue stayed full HB_PRODUCE_BLOCK_MS (stopping) */
 };
 
 /* What a queued event carries to its delivery report: its number, and for
@@ -330,11 +331,24 @@ int hb_producer_send(hb_producer_t *p, json_t *ev, long long seq) {
     }
     /* A full queue is waited out (delivery reports make room) for
      * HB_PRODUCE_BLOCK_MS, in short turns: a stop ends the wait, and the
-     * event counts as not read (it is where a run again starts) */
+     * event counts as not read (it is where a run again starts). A queue
+     * still full then (the brokers away or frozen, taking nothing) stops
+     * the run the same way: each later event would wait as long again and
+     * fail, 30 s a line (review 64: "line 12: ... Local: Queue full", then
+     * line 13 30 s later, the resume point past both). */
     give_up = hb_mono_ms() + HB_PRODUCE_BLOCK_MS;
     while ((r = hb_kafka_produce(p->rk, p->cfg->events_topic, key, strlen(key), buf, len, opaque,
                                  100, errstr, sizeof(errstr))) == HB_KAFKA_QUEUE_FULL &&
            !hb_stop_requested && hb_mono_ms() < give_up) {
+    }
+    if (r == HB_KAFKA_QUEUE_FULL && !hb_stop_requested) {
+        char wait[32];
+        fmt_ms(wait, sizeof(wait), HB_PRODUCE_BLOCK_MS);
+        hb_error("the Kafka brokers %s (HOOKBRIDGE_KAFKA_BROKERS) took no %s for %s, the local "
+                 "queue full (queue.buffering.max.messages): stopping before %s %lld",
+                 p->cfg->kafka_brokers, p->unit, wait, p->unit, seq);
+        p->stalled = 1;
+        hb_stop_requested = 1;
     }
     if (r == HB_KAFKA_QUEUE_FULL && hb_stop_requested) {
         free(buf);
@@ -476,6 +490,9 @@ long long hb_producer_delivered(const hb_producer_t *p) {
 }
 long long hb_producer_failed(const hb_producer_t *p) {
     return p->failed;
+}
+int hb_producer_stalled(const hb_producer_t *p) {
+    return p->stalled;
 }
 
 void hb_producer_free(hb_producer_t *p) {

@@ -62,6 +62,11 @@ const char *hb_producer_first_lost(const hb_producer_t *p, int *unnamed);
 long long hb_producer_delivered(const hb_producer_t *p);
 long long hb_producer_failed(const hb_producer_t *p);
 
+/* Whether the run stopped because the local queue stayed full for 30 s
+ * (the brokers took nothing): hb_producer_send said so and returned
+ * HB_PRODUCER_STOPPED, as for a stop. */
+int hb_producer_stalled(const hb_producer_t *p);
+
 void hb_producer_free(hb_producer_t *p);
 
 /* Can an HTTP request carry this header value? Not one with a control

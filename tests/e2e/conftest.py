@@ -95,6 +95,8 @@ LONG_FIRST = (
     "test_promises2.py::test_healthz_turns_503_when_the_main_loop_is_stuck_for_30_s_and_200_when_it_turns",
     "test_review48_faults.py::test_a_deactivation_made_while_the_old_database_address_went_silent_applies_within_25_s",
     "test_rebalance_held.py::test_what_was_answered_but_not_logged_yet_is_not_delivered_twice_on_scale_out",
+    "test_review64_faults.py::test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s",
+    "test_review64_faults.py::test_a_run_whose_local_queue_stays_full_30_s_stops_and_says_where_to_go_on",
     "test_make_run.py::test_make_run_explains_a_retry_it_gave_up_waiting_for",
     "test_review48_faults.py::test_a_retry_due_when_the_database_went_silent_waits_for_the_subscriptions",
     "test_rebalance_held.py::test_events_waiting_in_a_batch_are_not_delivered_twice_on_scale_out",
@@ -162,6 +164,9 @@ LONG_FIRST = (
     "test_final_state.py::test_a_dispatcher_resending_a_final_failure_after_a_crash_does_not_dead_letter_it_twice",
     "test_review7_faults.py::test_attempts_the_retrier_s_circuit_skipped_are_not_the_endpoint_s_failures",
     "test_review63_faults.py::test_a_retry_dropped_between_replay_dropped_s_two_looks_is_counted_and_delivered",
+    "test_review64_faults.py::test_a_deleted_topic_s_revoked_partitions_are_not_said_to_have_a_new_owner",
+    "test_review64_faults.py::test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doubling_to_5_s",
+    "test_review64_faults.py::test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1_2_4_5_s",
 )
 _LONG_RANK = {name: i for i, name in enumerate(LONG_FIRST)}
 
