@@ -12,8 +12,6 @@ that had the key would have sent it."""
 import threading
 import time
 
-import pytest
-
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce
@@ -21,12 +19,10 @@ from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
 STATUS = "SELECT status, http_status, error FROM hookbridge.previews WHERE id = %s"
 
-
 def finished(db_url, preview, timeout):
     """The preview's (status, http_status, error) once it is not pending."""
     return wait_until(lambda: (r := sql(db_url, STATUS, preview)[0])[0] != "pending" and r,
                       timeout, "the preview's outcome")
-
 
 class Stuck(ChallengeAnswering):
     """Holds every POST until released (the host's one connection busy for
@@ -41,7 +37,6 @@ class Stuck(ChallengeAnswering):
         Stuck.first.set()
         Stuck.release.wait(60)
         self.answer(204)
-
 
 def test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_why(
         db_url, broker, procs, workdir):
@@ -78,7 +73,6 @@ def test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_w
     finally:
         Stuck.release.set()
         srv.shutdown()
-
 
 def test_a_preview_claimed_by_a_replica_without_the_key_is_sent_by_one_with_it(
         db_url, broker, procs, workdir):
