@@ -100,6 +100,10 @@ typedef struct preview_s {
 typedef struct preview_wait_s {
     int64_t since;
     int unloadable;
+    /* the claim it was given back under; give_back: the database did not
+     * take that (unreachable), given back again once it answers */
+    char claim[HB_CLAIM_LEN];
+    int give_back;
 } preview_wait_t;
 
 /* Events waiting for company, for one subscription. Its size and window are
@@ -156,6 +160,9 @@ struct hb_dispatcher_s {
     /* monotonic: look for previews then (one given back not sent:
      * PREVIEW_RETRY_MS), 0 none */
     int64_t preview_retry_at;
+    /* monotonic: give back again the previews the database did not take
+     * (preview_wait_t.give_back) then, 0 none */
+    int64_t preview_redo_at;
     int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
@@ -1118,12 +1125,26 @@ static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim
         on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
 }
 
+/* A give-back the database did not take (unreachable): this dispatcher
+ * still holds the claim, and gives it back again once the database answers
+ * (preview_redo_due), not leaving the preview to its lease's end (75 s by
+ * default, for a blip of a second). */
 static void on_preview_released(const char *id, int released, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
+    preview_wait_t *pw = err ? hb_hash_get(&d->preview_waits, id) : NULL;
     if (err)
         store_refused(d, "preview_id", id,
-                      "give back a preview not sent (it is sent again when its claim expires)",
+                      pw && pw->claim[0]
+                          ? "give back a preview not sent (given back again once the "
+                            "database answers)"
+                          : "give back a preview not sent (it is sent again when "
+                            "its claim expires)",
                       err);
+    if (pw && pw->claim[0] && !pw->give_back) {
+        pw->give_back = 1;
+        if (!d->preview_redo_at)
+            d->preview_redo_at = hb_mono_ms() + PREVIEW_RETRY_MS;
+    }
     (void)released; /* not: its claim expired, another dispatcher has it */
 }
 
@@ -1173,6 +1194,8 @@ static void preview_release(hb_dispatcher_t *d, const char *id, const char *clai
     }
     snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
     hb_utf8_scrub(note);
+    if (pw)
+        snprintf(pw->claim, sizeof(pw->claim), "%s", claim);
     if (first)
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
                "preview not sent: %s; it is tried again every %lld ms for up to %lld s", why,
@@ -1304,6 +1327,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
                      "not sent yet: this dispatcher cannot load the subscription, left to the "
                      "others: %s",
                      err);
+            snprintf(pw->claim, sizeof(pw->claim), "%s", claim);
             if (first)
                 hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
                        "preview not sent here: %s; left to the other dispatchers for %d ms", err,
@@ -1321,8 +1345,6 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
         preview_record(d, id, claim, &o);
         return;
     }
-    if (!sub && !err) /* another replica took it, it was sent, or cancelled */
-        preview_wait_forget(d, id, 0);
     if (err) {
         store_refused(d, "preview_id", id, "claim preview", err);
         return;
@@ -1400,8 +1422,37 @@ static void look_for_previews(hb_dispatcher_t *d) {
     hb_store_pending_previews(store, on_pending_previews, d);
 }
 
+/* The give-backs the database did not take, again once it answers (a
+ * second apart while it does not). */
+static void preview_redo_due(hb_dispatcher_t *d) {
+    hb_store_t *store = hb_worker_store(d->w);
+    hb_hash_slot_t *s;
+    size_t pos = 0;
+    int64_t now = hb_mono_ms();
+    if (!d->preview_redo_at || now < d->preview_redo_at)
+        return;
+    d->preview_redo_at = 0;
+    if (!store || !hb_store_connected(store)) {
+        d->preview_redo_at = now + PREVIEW_RETRY_MS;
+        return;
+    }
+    while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL) {
+        preview_wait_t *pw = s->val;
+        if (!pw->give_back)
+            continue;
+        pw->give_back = 0;
+        if (preview_give_back(d, s->key, pw->claim,
+                              "not sent yet (tried again): given back once the database answered",
+                              0) == 0) {
+            d->preview_backlog = 1;
+            preview_look_at(d, now + 100);
+        }
+    }
+}
+
 /* A preview given back not sent is claimable again: looked for. */
 static void preview_retry_due(hb_dispatcher_t *d) {
+    preview_redo_due(d);
     if (!d->preview_retry_at || hb_mono_ms() < d->preview_retry_at || d->looking_preview)
         return;
     d->preview_retry_at = 0;
