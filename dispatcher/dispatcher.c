@@ -47,8 +47,10 @@
  *     log, no health or rate limit), and what it got recorded; a few at a
  *     time (preview_slots), the others left pending and looked for as
  *     those finish. One the engine did not take now is given back and
- *     looked for again PREVIEW_RETRY_MS later; one whose subscription
- *     cannot be loaded here is recorded failed, saying why;
+ *     looked for again PREVIEW_RETRY_MS later, for up to preview_busy_ms,
+ *     then failed; one whose subscription cannot be loaded here is given
+ *     back to the other replicas for PREVIEW_UNLOADABLE_MS, then recorded
+ *     failed, saying why;
  *   - on a revocation (on_revoke, inside the consumer poll), take the
  *     deliveries of revoked partitions out of the chains and their events
  *     out of the batches still filling (a batch flushed and not sent yet
@@ -92,6 +94,17 @@ typedef struct preview_s {
     char claim[HB_CLAIM_LEN];
     hb_payload_t p;
 } preview_t;
+
+/* Since when this dispatcher has found a preview not sendable (monotonic),
+ * and why: its endpoint busy, or its subscription not loadable here. */
+typedef struct preview_wait_s {
+    int64_t since;
+    int unloadable;
+    /* the claim it was given back under; give_back: the database did not
+     * take that (unreachable), given back again once it answers */
+    char claim[HB_CLAIM_LEN];
+    int give_back;
+} preview_wait_t;
 
 /* Events waiting for company, for one subscription. Its size and window are
  * the subscription's as it is now (batch_refresh): a change applies to the
@@ -147,11 +160,18 @@ struct hb_dispatcher_s {
     /* monotonic: look for previews then (one given back not sent:
      * PREVIEW_RETRY_MS), 0 none */
     int64_t preview_retry_at;
+    /* monotonic: give back again the previews the database did not take
+     * (preview_wait_t.give_back) then, 0 none */
+    int64_t preview_redo_at;
     int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
+    /* preview id -> preview_wait_t*: since when this dispatcher found that
+     * preview not sendable now (its endpoint busy; its subscription not
+     * loadable here), until it is sent, failed or another takes it */
+    hb_hash_t preview_waits;
     /* a preview's sample event goes through Avro as a consumed one does
      * (preview_render): the schema's codec, made at the first preview */
     hb_codec_t *codec;
@@ -168,6 +188,9 @@ struct hb_dispatcher_s {
 /* A preview the HTTP engine did not take now (its host's queue full) is
  * given back, claimable again after this: not at its lease's end. */
 #define PREVIEW_RETRY_MS 1000
+/* A preview whose subscription this dispatcher cannot load is left to the
+ * others that long (each looks every VERIFY_LOOK_MS), then failed here. */
+#define PREVIEW_UNLOADABLE_MS (VERIFY_LOOK_MS + 1000)
 
 /* ---------------------------------------------------------------- events */
 
@@ -1024,6 +1047,58 @@ static size_t preview_slots(const hb_config_t *cfg) {
     return cfg->max_host_connections >= 8 ? (size_t)(cfg->max_host_connections / 4) : 1;
 }
 
+/* How long a preview is tried again while its endpoint stays busy (not
+ * sent: no connection within max_queue_wait, its queue full): twelve
+ * waits, a minute by default; then it is failed, saying so. */
+static long long preview_busy_ms(const hb_config_t *cfg) {
+    long long wait = cfg->max_queue_wait_ms > 0 ? cfg->max_queue_wait_ms : 5000;
+    return 12 * wait;
+}
+
+/* Forgets what this dispatcher kept of preview id (sent, failed, taken by
+ * another); with now, also entries older than any bound (previews another
+ * dispatcher sent meanwhile). */
+static void preview_wait_forget(hb_dispatcher_t *d, const char *id, int64_t now) {
+    hb_hash_slot_t *s = hb_hash_find(&d->preview_waits, id);
+    if (s) {
+        free(s->val);
+        hb_hash_del(&d->preview_waits, s);
+    }
+    if (now) {
+        int64_t evict =
+            2 * (preview_busy_ms(d->cfg) > PREVIEW_UNLOADABLE_MS ? preview_busy_ms(d->cfg)
+                                                                 : PREVIEW_UNLOADABLE_MS);
+        size_t pos = 0;
+        while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL)
+            if (now - ((preview_wait_t *)s->val)->since > evict) {
+                free(s->val);
+                hb_hash_del(&d->preview_waits, s);
+            }
+    }
+}
+
+/* What this dispatcher keeps of preview id's waiting; *first: 1 when made
+ * now. */
+static preview_wait_t *preview_wait(hb_dispatcher_t *d, const char *id, int unloadable, int64_t now,
+                                    int *first) {
+    preview_wait_t *pw = hb_hash_get(&d->preview_waits, id);
+    *first = !pw || pw->unloadable != unloadable;
+    if (pw && pw->unloadable == unloadable)
+        return pw;
+    preview_wait_forget(d, id, now);
+    pw = hb_calloc(1, sizeof(*pw));
+    pw->since = now;
+    pw->unloadable = unloadable;
+    (void)hb_hash_put(&d->preview_waits, id, pw);
+    return pw;
+}
+
+/* Look for previews at `at` (monotonic), or sooner if one is due sooner. */
+static void preview_look_at(hb_dispatcher_t *d, int64_t at) {
+    if (!d->preview_retry_at || at < d->preview_retry_at)
+        d->preview_retry_at = at;
+}
+
 /* A preview's slot is free again: the ones left waiting are looked for. */
 static void preview_slot_freed(hb_dispatcher_t *d) {
     if (d->preview_backlog && !hb_stop_requested)
@@ -1050,35 +1125,85 @@ static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim
         on_preview_recorded(id, 0, store ? errstr : "database not connected", d);
 }
 
+/* A give-back the database did not take (unreachable): this dispatcher
+ * still holds the claim, and gives it back again once the database answers
+ * (preview_redo_due), not leaving the preview to its lease's end (75 s by
+ * default, for a blip of a second). */
 static void on_preview_released(const char *id, int released, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
+    preview_wait_t *pw = err ? hb_hash_get(&d->preview_waits, id) : NULL;
     if (err)
         store_refused(d, "preview_id", id,
-                      "give back a preview not sent (it is sent again when its claim expires)",
+                      pw && pw->claim[0]
+                          ? "give back a preview not sent (given back again once the "
+                            "database answers)"
+                          : "give back a preview not sent (it is sent again when "
+                            "its claim expires)",
                       err);
+    if (pw && pw->claim[0] && !pw->give_back) {
+        pw->give_back = 1;
+        if (!d->preview_redo_at)
+            d->preview_redo_at = hb_mono_ms() + PREVIEW_RETRY_MS;
+    }
     (void)released; /* not: its claim expired, another dispatcher has it */
+}
+
+/* Gives preview id back, pending, claimable again after_ms from now, note
+ * (no secret) in its error meanwhile. -1 when the store did not take it
+ * (said; the preview is claimed again at its lease's end). */
+static int preview_give_back(hb_dispatcher_t *d, const char *id, const char *claim,
+                             const char *note, long long after_ms) {
+    hb_store_t *store = hb_worker_store(d->w);
+    char errstr[256];
+    if (!store || hb_store_release_preview(store, id, claim, note, after_ms, on_preview_released, d,
+                                           errstr, sizeof(errstr)) < 0) {
+        on_preview_released(id, 0, store ? errstr : "database not connected", d);
+        return -1;
+    }
+    return 0;
 }
 
 /* A preview the HTTP engine did not take (why: its words, no secret): given
  * back, pending, claimable again in PREVIEW_RETRY_MS (at once when this
  * dispatcher stops: another replica takes it), looked for then. Its slot
- * is free meanwhile, so previews never hold more than preview_slots. */
+ * is free meanwhile, so previews never hold more than preview_slots. Said
+ * once; an endpoint busy for preview_busy_ms of tries fails it, saying so
+ * (tried each second for ever, it stayed pending, a warning a second). */
 static void preview_release(hb_dispatcher_t *d, const char *id, const char *claim,
                             const char *why) {
-    hb_store_t *store = hb_worker_store(d->w);
+    int64_t now = hb_mono_ms();
     long long after = hb_stop_requested ? 0 : PREVIEW_RETRY_MS;
-    char errstr[256], note[300];
-    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why && *why ? why : "refused");
-    hb_utf8_scrub(note);
-    hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
-           "preview not sent: %s; it is tried again in %lld ms", why, after);
-    if (!store || hb_store_release_preview(store, id, claim, note, after, on_preview_released, d,
-                                           errstr, sizeof(errstr)) < 0) {
-        on_preview_released(id, 0, store ? errstr : "database not connected", d);
+    long long busy = preview_busy_ms(d->cfg);
+    int first = 1;
+    preview_wait_t *pw = NULL;
+    char note[400];
+    if (!why || !*why)
+        why = "refused";
+    if (!hb_stop_requested)
+        pw = preview_wait(d, id, 0, now, &first);
+    if (pw && now - pw->since >= busy) {
+        hb_preview_outcome_t o = {.error = note};
+        snprintf(note, sizeof(note),
+                 "not sent: its endpoint stayed busy through %lld s of tries: %s",
+                 (long long)(now - pw->since) / 1000, why);
+        hb_utf8_scrub(note);
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview failed: %s", note);
+        preview_wait_forget(d, id, 0);
+        preview_record(d, id, claim, &o);
         return;
     }
+    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
+    hb_utf8_scrub(note);
+    if (pw)
+        snprintf(pw->claim, sizeof(pw->claim), "%s", claim);
+    if (first)
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+               "preview not sent: %s; it is tried again every %lld ms for up to %lld s", why,
+               (long long)PREVIEW_RETRY_MS, busy / 1000);
+    if (preview_give_back(d, id, claim, note, after) < 0)
+        return;
     d->preview_backlog = 1;
-    d->preview_retry_at = hb_mono_ms() + after + 100;
+    preview_look_at(d, now + after + 100);
 }
 
 static void preview_free(preview_t *pv) {
@@ -1102,6 +1227,8 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
 
     d->previewing--;
     preview_slot_freed(d);
+    if (!res->not_sent)
+        preview_wait_forget(d, pv->id, 0);
     if (res->body_len && !response)
         response = hb_strdup(res->body);
     /* text columns, as the delivery log's: an endpoint's bytes need not be
@@ -1184,13 +1311,37 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
     if (err && claim) {
         /* claimed, but the subscription makes no snapshot here (a secret
          * sealed under a key this dispatcher lacks, or not sealed): not the
-         * database's fault, and claimed again it would fail so at each
-         * lease's end for 7 days. The caller is told now, and why. */
+         * database's fault. During a key rollout another replica may have
+         * the key: given back at once and left to the others for
+         * PREVIEW_UNLOADABLE_MS (failed here at once, a preview was lost
+         * that the next replica would have sent); still pending then, no
+         * replica could, and the caller is told why (claimed again at each
+         * lease's end, it stayed pending 7 days). */
+        int64_t now = hb_mono_ms();
+        int first;
+        preview_wait_t *pw = preview_wait(d, id, 1, now, &first);
         char why[400];
         hb_preview_outcome_t o = {.error = why};
+        if (hb_stop_requested || now - pw->since < PREVIEW_UNLOADABLE_MS) {
+            snprintf(why, sizeof(why),
+                     "not sent yet: this dispatcher cannot load the subscription, left to the "
+                     "others: %s",
+                     err);
+            snprintf(pw->claim, sizeof(pw->claim), "%s", claim);
+            if (first)
+                hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+                       "preview not sent here: %s; left to the other dispatchers for %d ms", err,
+                       PREVIEW_UNLOADABLE_MS);
+            if (preview_give_back(d, id, claim, why, 0) == 0)
+                preview_look_at(d, pw->since + PREVIEW_UNLOADABLE_MS + 100);
+            return;
+        }
         snprintf(why, sizeof(why), "not sent: this dispatcher cannot load the subscription: %s",
                  err);
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview not sent: %s", err);
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
+               "preview not sent: %s (no other dispatcher took it in %d ms)", err,
+               PREVIEW_UNLOADABLE_MS);
+        preview_wait_forget(d, id, 0);
         preview_record(d, id, claim, &o);
         return;
     }
@@ -1230,10 +1381,14 @@ static long long preview_lease_ms(const hb_config_t *cfg) {
 
 static void run_preview(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
+    preview_wait_t *pw;
     char errstr[256];
     /* stopping: left to the other replicas */
     if (!store || hb_stop_requested)
         return;
+    pw = hb_hash_get(&d->preview_waits, id);
+    if (pw && pw->unloadable && hb_mono_ms() - pw->since < PREVIEW_UNLOADABLE_MS)
+        return; /* left to the dispatchers that can load it, for now */
     if (d->preview_claims + d->previewing >= preview_slots(d->cfg)) {
         d->preview_backlog = 1; /* claimed when a slot frees */
         return;
@@ -1267,8 +1422,37 @@ static void look_for_previews(hb_dispatcher_t *d) {
     hb_store_pending_previews(store, on_pending_previews, d);
 }
 
+/* The give-backs the database did not take, again once it answers (a
+ * second apart while it does not). */
+static void preview_redo_due(hb_dispatcher_t *d) {
+    hb_store_t *store = hb_worker_store(d->w);
+    hb_hash_slot_t *s;
+    size_t pos = 0;
+    int64_t now = hb_mono_ms();
+    if (!d->preview_redo_at || now < d->preview_redo_at)
+        return;
+    d->preview_redo_at = 0;
+    if (!store || !hb_store_connected(store)) {
+        d->preview_redo_at = now + PREVIEW_RETRY_MS;
+        return;
+    }
+    while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL) {
+        preview_wait_t *pw = s->val;
+        if (!pw->give_back)
+            continue;
+        pw->give_back = 0;
+        if (preview_give_back(d, s->key, pw->claim,
+                              "not sent yet (tried again): given back once the database answered",
+                              0) == 0) {
+            d->preview_backlog = 1;
+            preview_look_at(d, now + 100);
+        }
+    }
+}
+
 /* A preview given back not sent is claimable again: looked for. */
 static void preview_retry_due(hb_dispatcher_t *d) {
+    preview_redo_due(d);
     if (!d->preview_retry_at || hb_mono_ms() < d->preview_retry_at || d->looking_preview)
         return;
     d->preview_retry_at = 0;
@@ -1379,6 +1563,10 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         while ((s = hb_hash_each(&d->temporary, &pos)) != NULL)
             free(s->val);
         hb_hash_clear(&d->temporary);
+        pos = 0;
+        while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&d->preview_waits);
     }
     while (d->fanout) { /* never started: the event comes again */
         fanout_t *f = d->fanout;
