@@ -5,14 +5,16 @@ leftover: the ingest endpoint's 503 came seconds after
 HOOKBRIDGE_INGEST_TIMEOUT.
 
 Each test says what it did on main's binaries (febf69c)."""
+import datetime
+import json
 import signal
 import time
 
 import psycopg2
 
 from hbtest.ingest import Ingest
-from hbtest.procs import SLOW
-from hbtest.stack import topic_records
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Retrier, topic_records
 from test_broker_frozen import freezable  # noqa: F401 (a fixture)
 from test_delivery import event
 from test_review18_faults import read_event
@@ -111,3 +113,37 @@ def test_claim_replays_is_cheap_with_10000_resumed_retries_dropped_by_a_later_de
     cur.execute("SELECT subscription_id, status, count(*) FROM hookbridge.deliveries GROUP BY 1, 2")
     assert sorted(cur.fetchall()) == sorted([(stays, "dropped", 10000), (stale, "replay", 5)])
     assert min(took) < 40 * SLOW, took
+
+
+def _ms(line):
+    return datetime.datetime.fromisoformat(
+        json.loads(line)["time"].replace("Z", "+00:00")).timestamp()
+
+
+def test_a_retrier_whose_assignment_the_frozen_brokers_lose_is_not_held_8_s_asking_them(
+        freezable, db_url, procs):  # noqa: F811
+    """A retrier (8 delay tiers) whose brokers freeze: its consumer-group
+    session times out (6 s here) and librdkafka revokes its 48 partitions
+    as lost; the commit fails. The revocation then goes on at once, not
+    after asking the frozen brokers whether each tier's topic was deleted.
+
+    On main (febf69c): "Consumer group session timed out" at 09:31:19.216,
+    "revoking 48 partition(s)" at 09:31:27.218: the retrier's loop (its due
+    retries, replay claims, HTTP transfers) was held 8.0 s, a metadata
+    request of 1 s per topic, at every such revocation. About 15 s."""
+    r = Retrier(procs, db_url, freezable.bootstrap)
+    r.wait_ready(30)
+    wait_until(lambda: "assigned 48 partition(s)" in r.proc.output(), 15 * SLOW,
+               "the retrier's partitions assigned")
+    freeze(freezable)
+    try:
+        wait_until(lambda: "revoking 48 partition(s)" in r.proc.output(), 30 * SLOW,
+                   "the lost assignment revoked")
+    finally:
+        freezable.proc.signal(signal.SIGCONT)
+    lines = r.proc.output().splitlines()
+    timed_out = next(l for l in lines if "Consumer group session timed out" in l)
+    revoking = next(l for l in lines if "revoking 48 partition(s)" in l)
+    held = _ms(revoking) - _ms(timed_out)
+    print(f"revoked {held:.1f} s after the session timed out")
+    assert held <= 1.5 * SLOW, held
