@@ -388,16 +388,27 @@ static void check_reset(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
     reset_free(r);
 }
 
+/* How long the brokers' metadata may hold the loop at one revocation whose
+ * commit failed, all its topics together. */
+#define REVOKE_METADATA_MS 1000
+
 /* Whether topic is gone from the brokers (deleted): 1 when their metadata
  * says they do not have it, 0 when they do or cannot say (a metadata
- * request of up to 1 s). */
-static int topic_deleted(hb_consumer_t *c, const char *topic) {
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(c->rk, topic, NULL);
+ * request of up to wait_ms; *asked cleared when they did not answer, so
+ * the other topics are not asked, each for as long: review 67, the
+ * retrier's 8 tiers held its loop 8 s at an assignment lost to brokers
+ * down; 0 without asking when *asked is 0). */
+static int topic_deleted(hb_consumer_t *c, const char *topic, int wait_ms, int *asked) {
+    rd_kafka_topic_t *rkt;
     const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err;
     int gone = 0;
-    if (!rkt)
+    if (!*asked || wait_ms <= 0 || !(rkt = rd_kafka_topic_new(c->rk, topic, NULL)))
         return 0;
-    if (rd_kafka_metadata(c->rk, 0, rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
+    err = rd_kafka_metadata(c->rk, 0, rkt, &md, wait_ms);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        *asked = 0;
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md) {
         gone =
             md->topic_cnt == 1 &&
             (md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
@@ -417,14 +428,18 @@ static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_l
                               rd_kafka_resp_err_t cerr) {
     char gone_names[256] = "";
     char *deleted = hb_malloc((size_t)parts->cnt + 1); /* per partition: its topic is gone */
-    int gone = 0;
+    /* not asked while the brokers are known not to answer (the loop's own
+     * probe, this thread's: hb_kafka_reach_check) */
+    int gone = 0, asked = !c->brokers.down;
+    int64_t until_ms = hb_mono_ms() + REVOKE_METADATA_MS;
     hb_metric_inc(c->m.kafka_errors);
     for (int i = 0; i < parts->cnt; i++) {
         const char *t = parts->elems[i].topic;
         int k = 0;
         while (k < i && strcmp(parts->elems[k].topic, t) != 0)
             k++;
-        deleted[i] = k < i ? deleted[k] : (char)topic_deleted(c, t); /* one question a topic */
+        deleted[i] = k < i ? deleted[k] /* one question a topic */
+                           : (char)topic_deleted(c, t, (int)(until_ms - hb_mono_ms()), &asked);
         if (deleted[i] && k == i)
             snprintf(gone_names + strlen(gone_names), sizeof(gone_names) - strlen(gone_names),
                      "%s%s", gone_names[0] ? ", " : "", t);

@@ -17,6 +17,6 @@
 -- seconds per million deliveries. IF NOT EXISTS lets you build it
 -- beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 95a119e139d0951ee09e4486bbbda77a5ad337cb01fe15069aa7086f1d9545e5
+-- sql/: sha256 3c03f10b335d6fc6918794871a2edf9628c880acc65a29c3d376a297891a92e4
 CREATE INDEX IF NOT EXISTS deliveries_resume_dropped_idx ON hookbridge.deliveries (subscription_id)
     WHERE status = 'dropped' AND resume_requested_at IS NOT NULL;
