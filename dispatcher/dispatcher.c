@@ -978,8 +978,7 @@ static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
  * lease's end: 16 to 25 s); after busy_tries_ms of tries its
  * verification_retrying says the endpoint stayed busy, and it is tried at
  * its lease's pace. Said once each. */
-static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim,
-                           const char *why) {
+static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim, const char *why) {
     int64_t now = hb_mono_ms();
     long long busy = busy_tries_ms(d->cfg);
     int first;

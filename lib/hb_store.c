@@ -1139,7 +1139,8 @@ static int release_preview(lane_t *ln, store_msg_t *m, char *errstr, size_t errs
                                     " $4::bigint * interval '1 millisecond')",
                        4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, m->preview ? "giving back a preview" : "giving back a verification",
+        return store_fail(ln, res,
+                          m->preview ? "giving back a preview" : "giving back a verification",
                           errstr, errstr_size);
     m->cnt = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
