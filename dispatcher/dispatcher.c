@@ -976,8 +976,9 @@ static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
  * says nothing of the endpoint, so nothing is recorded. Given back, pending,
  * claimable again in PREVIEW_RETRY_MS, as a preview is (it waited for its
  * lease's end: 16 to 25 s); after busy_tries_ms of tries its
- * verification_retrying says the endpoint stayed busy, and it is tried at
- * its lease's pace. Said once each. */
+ * verification_retrying says the endpoint stayed busy, and it is left
+ * pending to the other replicas and tried here at its lease's pace. Said
+ * once each. */
 static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim, const char *why) {
     int64_t now = hb_mono_ms();
     long long busy = busy_tries_ms(d->cfg);
@@ -996,7 +997,11 @@ static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim
         if (!w->said)
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", id), "verification challenge %s", note);
         w->said = 1;
-        verify_give_back(d, id, claim, note, verify_lease_ms(d->cfg));
+        /* pending for the others (their connections to the host may be
+         * free), tried here at the lease's pace */
+        w->hold = now + verify_lease_ms(d->cfg);
+        verify_give_back(d, id, claim, note, 0);
+        verify_look_at(d, w->hold + 100);
         return;
     }
     snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
