@@ -78,12 +78,16 @@ def test_a_verification_no_dispatcher_can_load_says_why_and_changes_nothing_else
         r = state(db_url, sub)
         return (r[4] or "").startswith("not sent: no dispatcher could load") and r
     status, verification, request, error, retrying = wait_until(told, 15 * SLOW, "the reason")
-    assert (status, verification, request, error) == ("active", "verified", "pending", None)
+    # pending; running only for the moment a dispatcher holds it to try again
+    assert (status, verification, error) == ("active", "verified", None)
+    assert request in ("pending", "running"), request
     assert "cannot open its" in retrying, retrying
     assert SECRET not in retrying and AUTH_VALUE not in retrying
     # tried again at the lease's pace (12 s), silently: at least one more claim
-    wait_until(lambda: told() and len(claims - {None}) >= 3, 20 * SLOW, "a later try")
-    assert state(db_url, sub)[:4] == ("active", "verified", "pending", None)
+    wait_until(lambda: told() and len(claims - {None}) >= 3, 30 * SLOW, "a later try")
+    status, verification, request, error, _ = state(db_url, sub)
+    assert (status, verification, error) == ("active", "verified", None)
+    assert request in ("pending", "running"), request
     assert sql(db_url, VERIFIED_AT, sub)[0][0] == verified_at
     out = d.proc.output()
     assert out.count("verification challenge not sent") == 2, out.count(
@@ -95,14 +99,16 @@ def test_a_verification_claimed_by_a_replica_without_the_key_is_sent_by_one_with
     """docs/sql.md, verify: during a key rollout, a dispatcher that cannot
     load the subscription gives its verification back to the others at
     once. The replica without the new key claims it first; the replica with
-    the key, started a second later, verifies it within seconds, and the
-    note is gone (before: held to the first one's lease's end, 20 s, a
-    warning, nothing said to the user)."""
+    the key, started then, verifies it within seconds of starting, and the
+    note is gone (before: held to the first one's lease's end, 45 s here,
+    20 s by default, nothing said to the user)."""
     from test_secrets import new_key
     receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
     key = new_key()
     sub = sealed_under_a_key_the_next_dispatcher_lacks(procs, db_url, broker, receiver, key=key)
-    d_old = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-nokey")
+    # its lease 45 s (HOOKBRIDGE_MAX_QUEUE_WAIT + VERIFY_TIMEOUT + 10 s)
+    d_old = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-nokey",
+                       extra_env={"HOOKBRIDGE_VERIFY_TIMEOUT": "30s"})
     d_old.wait_ready()
     verified_at = sql(db_url, VERIFIED_AT, sub)[0][0]
     sql(db_url, "SELECT hookbridge.verify(%s)", sub)
@@ -112,10 +118,10 @@ def test_a_verification_claimed_by_a_replica_without_the_key_is_sent_by_one_with
     d_new = Dispatcher(procs, db_url, broker.bootstrap, name="dispatcher-newkey",
                        extra_env={"HOOKBRIDGE_SECRET_KEY": key})
     d_new.wait_ready()
-    wait_until(lambda: sql(db_url, VERIFIED_AT, sub)[0][0] != verified_at, 15 * SLOW,
+    wait_until(lambda: sql(db_url, VERIFIED_AT, sub)[0][0] != verified_at, 25 * SLOW,
                "the replica with the key to verify it")
-    took = time.monotonic() - t0
-    assert took < 10 * SLOW, took
+    took = time.monotonic() - t0  # its start included
+    assert took < 20 * SLOW, took
     assert state(db_url, sub) == ("active", "verified", None, None, None)
     assert "endpoint verified" in d_new.proc.output()
 
