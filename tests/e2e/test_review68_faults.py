@@ -1,6 +1,7 @@
 """Review 68: a rolling upgrade, the previous release's dispatcher and
 retrier side by side with this one's against this release's schema
-(docs/operations.md, Migrations and upgrades).
+(docs/operations.md, Migrations and upgrades), on the devbroker and on
+Apache Kafka.
 
 Opt-in: it needs the previous release's binaries, which `make test` does not
 build (too slow for CI). Build them in a worktree of their own and point
@@ -25,7 +26,7 @@ import pytest
 
 from hbtest import stack
 from hbtest.procs import BIN, wait_until
-from hbtest.stack import Broker, Dispatcher, Receiver, Retrier, produce
+from hbtest.stack import Dispatcher, Receiver, Retrier, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
 
 OLD_BIN = os.environ.get("HOOKBRIDGE_TEST_OLD_BIN")
@@ -52,10 +53,11 @@ def functions(url):
                "WHERE n.nspname = 'hookbridge' AND p.prokind = 'f'")[0][0]
 
 
+@pytest.mark.apache
 @pytest.mark.skipif(not OLD_BIN, reason="needs the previous release's binaries: "
                     "HOOKBRIDGE_TEST_OLD_BIN (see the module's docstring)")
 def test_a_rolling_upgrade_with_old_and_new_side_by_side_loses_and_repeats_nothing(
-        pg_cluster, procs, workdir):
+        pg_cluster, new_broker, procs, workdir):
     """The previous release's stack (its migrations, two dispatchers, two
     retriers) delivers a stream of events to a plain, a batching and an
     ordered subscription whose endpoints fail every first request (retries
@@ -87,7 +89,7 @@ def test_a_rolling_upgrade_with_old_and_new_side_by_side_loses_and_repeats_nothi
         return Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
                         name=name, args=["--quiet"], **kw)
 
-    broker = Broker(procs, workdir, retry_schedule=SCHEDULE)
+    broker = new_broker(retry_schedule=SCHEDULE)
     rcv = {k: receiver(f"r{k}", fail_first=1)
            for k in ("plain", "batch", "ordered", "deact", "stale")}
     rcv["preview"] = receiver("rpreview")
