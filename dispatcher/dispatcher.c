@@ -38,7 +38,11 @@
  *     (verify_lease_ms): the request stays pending until the outcome is
  *     recorded, and every VERIFY_LOOK_MS each dispatcher looks for requests
  *     whose lease expired (their dispatcher died) and claims them again. At
- *     shutdown the drain waits for running challenges and records them;
+ *     shutdown the drain waits for running challenges and records them. A
+ *     challenge not sent (its endpoint busy; its subscription not loadable
+ *     here) records nothing: it is given back as a preview is (below), its
+ *     verification_retrying saying why, and tried at its lease's pace once
+ *     the same bounds have passed;
  *   - send previews (hookbridge.preview(): sql/70_previews.sql) as
  *     verifications are sent: claimed with a lease (preview_lease_ms), looked
  *     for with them; each one sample event of its type (hb_generate.h),
@@ -95,16 +99,20 @@ typedef struct preview_s {
     hb_payload_t p;
 } preview_t;
 
-/* Since when this dispatcher has found a preview not sendable (monotonic),
- * and why: its endpoint busy, or its subscription not loadable here. */
-typedef struct preview_wait_s {
+/* Since when this dispatcher has found a request (a preview, a
+ * verification) not sendable (monotonic), and why: its endpoint busy, or
+ * its subscription not loadable here. */
+typedef struct wait_s {
     int64_t since;
+    int64_t last; /* the latest try (an entry untried for long is forgotten) */
+    int64_t hold; /* a verification: not claimed here before then */
     int unloadable;
+    int said; /* a verification: its bound's end was said (once) */
     /* the claim it was given back under; give_back: the database did not
      * take that (unreachable), given back again once it answers */
     char claim[HB_CLAIM_LEN];
     int give_back;
-} preview_wait_t;
+} wait_t;
 
 /* Events waiting for company, for one subscription. Its size and window are
  * the subscription's as it is now (batch_refresh): a change applies to the
@@ -161,17 +169,19 @@ struct hb_dispatcher_s {
      * PREVIEW_RETRY_MS), 0 none */
     int64_t preview_retry_at;
     /* monotonic: give back again the previews the database did not take
-     * (preview_wait_t.give_back) then, 0 none */
+     * (wait_t.give_back) then, 0 none */
     int64_t preview_redo_at;
     int64_t next_look; /* monotonic: the next look */
     /* "<subscription id> <url>" -> int64_t* (monotonic): when this
      * dispatcher's challenge to that URL was first answered "try later" (429,
      * 503), with no other answer since */
     hb_hash_t temporary;
-    /* preview id -> preview_wait_t*: since when this dispatcher found that
+    /* preview id -> wait_t*: since when this dispatcher found that
      * preview not sendable now (its endpoint busy; its subscription not
      * loadable here), until it is sent, failed or another takes it */
     hb_hash_t preview_waits;
+    /* subscription id -> wait_t*: the same for its verification request */
+    hb_hash_t verify_waits;
     /* a preview's sample event goes through Avro as a consumed one does
      * (preview_render): the schema's codec, made at the first preview */
     hb_codec_t *codec;
@@ -185,11 +195,13 @@ struct hb_dispatcher_s {
  * record its outcome through the store. A lease that expires while a slow
  * outcome is on its way costs one more challenge, never a lost one. */
 #define VERIFY_LEASE_MARGIN_MS 10000
-/* A preview the HTTP engine did not take now (its host's queue full) is
- * given back, claimable again after this: not at its lease's end. */
+/* A preview or a challenge the HTTP engine did not take now (its host's
+ * queue full) is given back, claimable again after this: not at its
+ * lease's end. */
 #define PREVIEW_RETRY_MS 1000
-/* A preview whose subscription this dispatcher cannot load is left to the
- * others that long (each looks every VERIFY_LOOK_MS), then failed here. */
+/* A preview or a verification whose subscription this dispatcher cannot
+ * load is left to the others that long (each looks every VERIFY_LOOK_MS),
+ * then failed here (a verification: said why, and still left to them). */
 #define PREVIEW_UNLOADABLE_MS (VERIFY_LOOK_MS + 1000)
 
 /* ---------------------------------------------------------------- events */
@@ -791,6 +803,67 @@ static size_t fanout_withdraw(hb_dispatcher_t *d) {
     return n;
 }
 
+/* ------------------------------------------------- requests not sent now */
+
+/* Previews and verification challenges are claimed requests sent once
+ * through the HTTP engine. One the engine did not take now (its endpoint
+ * busy: no connection within max_queue_wait, its queue full), or whose
+ * subscription this dispatcher cannot load, is given back rather than held
+ * to its lease's end; what this dispatcher keeps of it meanwhile (since
+ * when, the claim) is a wait_t, in d->preview_waits or d->verify_waits. */
+
+static long long verify_lease_ms(const hb_config_t *cfg);
+
+/* How long a request is tried again each PREVIEW_RETRY_MS while its
+ * endpoint stays busy: twelve waits, a minute by default; then a preview is
+ * failed, a verification said so and tried at its lease's pace. */
+static long long busy_tries_ms(const hb_config_t *cfg) {
+    long long wait = cfg->max_queue_wait_ms > 0 ? cfg->max_queue_wait_ms : 5000;
+    return 12 * wait;
+}
+
+/* Forgets what this dispatcher kept of request id (sent, failed, taken by
+ * another, asked again); with now, also the entries not tried for longer
+ * than any bound (requests another dispatcher sent meanwhile). */
+static void wait_forget(hb_dispatcher_t *d, hb_hash_t *waits, const char *id, int64_t now) {
+    hb_hash_slot_t *s = hb_hash_find(waits, id);
+    if (s) {
+        free(s->val);
+        hb_hash_del(waits, s);
+    }
+    if (now) {
+        long long bound = busy_tries_ms(d->cfg);
+        size_t pos = 0;
+        if (bound < PREVIEW_UNLOADABLE_MS)
+            bound = PREVIEW_UNLOADABLE_MS;
+        if (bound < verify_lease_ms(d->cfg))
+            bound = verify_lease_ms(d->cfg);
+        while ((s = hb_hash_each(waits, &pos)) != NULL)
+            if (now - ((wait_t *)s->val)->last > 2 * bound) {
+                free(s->val);
+                hb_hash_del(waits, s);
+            }
+    }
+}
+
+/* What this dispatcher keeps of request id's waiting, tried now; *first: 1
+ * when made now (or its reason changed). */
+static wait_t *wait_get(hb_dispatcher_t *d, hb_hash_t *waits, const char *id, int unloadable,
+                        int64_t now, int *first) {
+    wait_t *w = hb_hash_get(waits, id);
+    *first = !w || w->unloadable != unloadable;
+    if (!*first) {
+        w->last = now;
+        return w;
+    }
+    wait_forget(d, waits, id, now);
+    w = hb_calloc(1, sizeof(*w));
+    w->since = w->last = now;
+    w->unloadable = unloadable;
+    (void)hb_hash_put(waits, id, w);
+    return w;
+}
+
 /* ----------------------------------------------------------- verification */
 
 /* A claim or an outcome the database did not take (err): counted, said. */
@@ -871,6 +944,77 @@ static int64_t temporary_since(hb_dispatcher_t *d, const char *key, int64_t now)
     return now;
 }
 
+/* A give-back the database did not take: the request is claimed again at
+ * its lease's end, as before the give-back was asked. */
+static void on_verify_released(const char *id, int released, const char *err, void *opaque) {
+    (void)released; /* not: the claim no longer holds (verify() again, a new URL ...) */
+    if (err)
+        store_refused(opaque, "subscription_id", id,
+                      "give back a verification challenge not sent (it is sent again when its "
+                      "claim expires)",
+                      err);
+}
+
+/* Gives the verification of id back, pending, claimable again after_ms from
+ * now, note (no secret) in its verification_retrying meanwhile. */
+static void verify_give_back(hb_dispatcher_t *d, const char *id, const char *claim,
+                             const char *note, long long after_ms) {
+    hb_store_t *store = hb_worker_store(d->w);
+    char errstr[256];
+    if (!store || hb_store_release_verification(store, id, claim, note, after_ms,
+                                                on_verify_released, d, errstr, sizeof(errstr)) < 0)
+        on_verify_released(id, 0, store ? errstr : "database not connected", d);
+}
+
+/* Look for verifications at `at` (monotonic), or sooner if due sooner. */
+static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
+    if (at < d->next_look)
+        d->next_look = at;
+}
+
+/* A challenge the HTTP engine did not take (why: its words, no secret): it
+ * says nothing of the endpoint, so nothing is recorded. Given back, pending,
+ * claimable again in PREVIEW_RETRY_MS, as a preview is (it waited for its
+ * lease's end: 16 to 25 s); after busy_tries_ms of tries its
+ * verification_retrying says the endpoint stayed busy, and it is left
+ * pending to the other replicas and tried here at its lease's pace. Said
+ * once each. */
+static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim, const char *why) {
+    int64_t now = hb_mono_ms();
+    long long busy = busy_tries_ms(d->cfg);
+    int first;
+    wait_t *w = wait_get(d, &d->verify_waits, id, 0, now, &first);
+    char note[400], pace[32];
+    if (!why || !*why)
+        why = "refused";
+    if (now - w->since >= busy) {
+        hb_delay_format(verify_lease_ms(d->cfg), pace, sizeof(pace));
+        snprintf(note, sizeof(note),
+                 "not sent: its endpoint stayed busy through %lld s of tries: %s; tried again "
+                 "every %s",
+                 (long long)(now - w->since) / 1000, why, pace);
+        hb_utf8_scrub(note);
+        if (!w->said)
+            hb_log(HB_LOG_WARN, HB_KV("subscription_id", id), "verification challenge %s", note);
+        w->said = 1;
+        /* pending for the others (their connections to the host may be
+         * free), tried here at the lease's pace */
+        w->hold = now + verify_lease_ms(d->cfg);
+        verify_give_back(d, id, claim, note, 0);
+        verify_look_at(d, w->hold + 100);
+        return;
+    }
+    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
+    hb_utf8_scrub(note);
+    if (first)
+        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+               "verification challenge not sent: %s; it is tried again every %lld ms for up to "
+               "%lld s",
+               why, (long long)PREVIEW_RETRY_MS, busy / 1000);
+    verify_give_back(d, id, claim, note, PREVIEW_RETRY_MS);
+    verify_look_at(d, now + PREVIEW_RETRY_MS + 100);
+}
+
 static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     verify_t *v = opaque;
     hb_dispatcher_t *d = v->d;
@@ -880,6 +1024,8 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
 
     d->verifying--;
     temporary_key(v->sub, key, sizeof(key));
+    if (!res->not_sent)
+        wait_forget(d, &d->verify_waits, v->sub->id, 0);
     if (hb_worker_stopping(d->w)) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
                "verification challenge abandoned at shutdown; another dispatcher sends it again "
@@ -887,12 +1033,8 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     } else if (res->not_sent) {
         /* Never sent (its host's queue was full, or it waited too long for a
          * connection to a busy host): that says nothing about the endpoint,
-         * so no outcome is recorded; the request stays, and is taken up again
-         * when the claim expires. */
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
-               "verification challenge not sent: %s; it is sent again when this dispatcher's "
-               "claim expires",
-               res->error);
+         * so no outcome is recorded; given back, tried again soon. */
+        verify_release(d, v->sub->id, v->claim, res->error);
     } else if (v->sub->active && verify_temporary(res) &&
                hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < d->cfg->verify_try_later_ms) {
         /* An active subscription's challenge (verify() again, or its new
@@ -959,11 +1101,49 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
     hb_dispatcher_t *d = opaque;
     verify_t *v;
 
-    if (err && claim) { /* the subscription cannot be loaded: not the database's fault */
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
-               "verification challenge not sent: %s; it is sent again when this dispatcher's "
-               "claim expires",
-               err);
+    if (err && claim) {
+        /* claimed, but the subscription makes no snapshot here (a secret
+         * sealed under a key this dispatcher lacks, or not sealed yet): not
+         * the database's fault, nor the endpoint's. Given back at once and
+         * left to the other replicas for PREVIEW_UNLOADABLE_MS (a key
+         * rollout's replica that has the key sends it); still pending then,
+         * verification_retrying says why, and this dispatcher tries again at
+         * its lease's pace (it held it to each lease's end, a warning each
+         * time, and the user saw only "pending"). Nothing is recorded: no
+         * failure, no deactivation. */
+        int64_t now = hb_mono_ms();
+        int first;
+        wait_t *w = wait_get(d, &d->verify_waits, id, 1, now, &first);
+        char why[400];
+        if (hb_stop_requested || now - w->since < PREVIEW_UNLOADABLE_MS) {
+            snprintf(why, sizeof(why),
+                     "not sent yet: this dispatcher cannot load the subscription, left to the "
+                     "others: %s",
+                     err);
+            if (first)
+                hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+                       "verification challenge not sent here: %s; left to the other dispatchers "
+                       "for %d ms",
+                       err, PREVIEW_UNLOADABLE_MS);
+            w->hold = w->since + PREVIEW_UNLOADABLE_MS;
+        } else {
+            char pace[32];
+            hb_delay_format(verify_lease_ms(d->cfg), pace, sizeof(pace));
+            snprintf(why, sizeof(why),
+                     "not sent: no dispatcher could load the subscription in %d s: %s; tried "
+                     "again every %s",
+                     PREVIEW_UNLOADABLE_MS / 1000, err, pace);
+            if (!w->said)
+                hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
+                       "verification challenge not sent: %s (no other dispatcher took it in %d "
+                       "ms); tried again every %s, said once",
+                       err, PREVIEW_UNLOADABLE_MS, pace);
+            w->said = 1;
+            w->hold = now + verify_lease_ms(d->cfg);
+        }
+        hb_utf8_scrub(why);
+        verify_give_back(d, id, claim, why, 0);
+        verify_look_at(d, w->hold + 100);
         return;
     }
     if (err) {
@@ -982,7 +1162,9 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
         free(v);
         return;
     }
-    hb_log(HB_LOG_INFO, HB_KV("subscription_id", sub->id), "sending verification challenge");
+    /* said at the first try; a try again after one not sent is not news */
+    hb_log(hb_hash_get(&d->verify_waits, sub->id) ? HB_LOG_DEBUG : HB_LOG_INFO,
+           HB_KV("subscription_id", sub->id), "sending verification challenge");
     d->verifying++;
     hb_deliver_verify_send(hb_worker_http(d->w), sub, v->challenge, d->cfg->verify_timeout_ms,
                            on_verify_done, v);
@@ -990,10 +1172,14 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
 
 static void run_verification(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
+    wait_t *w;
     char errstr[256];
 
     if (!store || hb_stop_requested) /* stopping: left to the other replicas */
         return;
+    w = hb_hash_get(&d->verify_waits, id);
+    if (w && w->hold && hb_mono_ms() < w->hold)
+        return; /* left to the dispatchers that can load it, for now */
     if (hb_store_claim_verification(store, id, verify_lease_ms(d->cfg), on_claimed, d, errstr,
                                     sizeof(errstr)) < 0)
         on_claimed(id, NULL, NULL, errstr, d);
@@ -1014,6 +1200,7 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
             free(s->val);
             hb_hash_del(&d->temporary, s); /* removing the slot walked is allowed */
         }
+    wait_forget(d, &d->verify_waits, id, 0); /* a new request: its tries start afresh */
     run_verification(opaque, id);
 }
 
@@ -1045,52 +1232,6 @@ static void look_for_previews(hb_dispatcher_t *d);
  * The others stay pending, claimed as these finish. */
 static size_t preview_slots(const hb_config_t *cfg) {
     return cfg->max_host_connections >= 8 ? (size_t)(cfg->max_host_connections / 4) : 1;
-}
-
-/* How long a preview is tried again while its endpoint stays busy (not
- * sent: no connection within max_queue_wait, its queue full): twelve
- * waits, a minute by default; then it is failed, saying so. */
-static long long preview_busy_ms(const hb_config_t *cfg) {
-    long long wait = cfg->max_queue_wait_ms > 0 ? cfg->max_queue_wait_ms : 5000;
-    return 12 * wait;
-}
-
-/* Forgets what this dispatcher kept of preview id (sent, failed, taken by
- * another); with now, also entries older than any bound (previews another
- * dispatcher sent meanwhile). */
-static void preview_wait_forget(hb_dispatcher_t *d, const char *id, int64_t now) {
-    hb_hash_slot_t *s = hb_hash_find(&d->preview_waits, id);
-    if (s) {
-        free(s->val);
-        hb_hash_del(&d->preview_waits, s);
-    }
-    if (now) {
-        int64_t evict =
-            2 * (preview_busy_ms(d->cfg) > PREVIEW_UNLOADABLE_MS ? preview_busy_ms(d->cfg)
-                                                                 : PREVIEW_UNLOADABLE_MS);
-        size_t pos = 0;
-        while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL)
-            if (now - ((preview_wait_t *)s->val)->since > evict) {
-                free(s->val);
-                hb_hash_del(&d->preview_waits, s);
-            }
-    }
-}
-
-/* What this dispatcher keeps of preview id's waiting; *first: 1 when made
- * now. */
-static preview_wait_t *preview_wait(hb_dispatcher_t *d, const char *id, int unloadable, int64_t now,
-                                    int *first) {
-    preview_wait_t *pw = hb_hash_get(&d->preview_waits, id);
-    *first = !pw || pw->unloadable != unloadable;
-    if (pw && pw->unloadable == unloadable)
-        return pw;
-    preview_wait_forget(d, id, now);
-    pw = hb_calloc(1, sizeof(*pw));
-    pw->since = now;
-    pw->unloadable = unloadable;
-    (void)hb_hash_put(&d->preview_waits, id, pw);
-    return pw;
 }
 
 /* Look for previews at `at` (monotonic), or sooner if one is due sooner. */
@@ -1131,7 +1272,7 @@ static void preview_record(hb_dispatcher_t *d, const char *id, const char *claim
  * default, for a blip of a second). */
 static void on_preview_released(const char *id, int released, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
-    preview_wait_t *pw = err ? hb_hash_get(&d->preview_waits, id) : NULL;
+    wait_t *pw = err ? hb_hash_get(&d->preview_waits, id) : NULL;
     if (err)
         store_refused(d, "preview_id", id,
                       pw && pw->claim[0]
@@ -1173,14 +1314,14 @@ static void preview_release(hb_dispatcher_t *d, const char *id, const char *clai
                             const char *why) {
     int64_t now = hb_mono_ms();
     long long after = hb_stop_requested ? 0 : PREVIEW_RETRY_MS;
-    long long busy = preview_busy_ms(d->cfg);
+    long long busy = busy_tries_ms(d->cfg);
     int first = 1;
-    preview_wait_t *pw = NULL;
+    wait_t *pw = NULL;
     char note[400];
     if (!why || !*why)
         why = "refused";
     if (!hb_stop_requested)
-        pw = preview_wait(d, id, 0, now, &first);
+        pw = wait_get(d, &d->preview_waits, id, 0, now, &first);
     if (pw && now - pw->since >= busy) {
         hb_preview_outcome_t o = {.error = note};
         snprintf(note, sizeof(note),
@@ -1188,7 +1329,7 @@ static void preview_release(hb_dispatcher_t *d, const char *id, const char *clai
                  (long long)(now - pw->since) / 1000, why);
         hb_utf8_scrub(note);
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview failed: %s", note);
-        preview_wait_forget(d, id, 0);
+        wait_forget(d, &d->preview_waits, id, 0);
         preview_record(d, id, claim, &o);
         return;
     }
@@ -1228,7 +1369,7 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     d->previewing--;
     preview_slot_freed(d);
     if (!res->not_sent)
-        preview_wait_forget(d, pv->id, 0);
+        wait_forget(d, &d->preview_waits, pv->id, 0);
     if (res->body_len && !response)
         response = hb_strdup(res->body);
     /* text columns, as the delivery log's: an endpoint's bytes need not be
@@ -1319,7 +1460,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
          * lease's end, it stayed pending 7 days). */
         int64_t now = hb_mono_ms();
         int first;
-        preview_wait_t *pw = preview_wait(d, id, 1, now, &first);
+        wait_t *pw = wait_get(d, &d->preview_waits, id, 1, now, &first);
         char why[400];
         hb_preview_outcome_t o = {.error = why};
         if (hb_stop_requested || now - pw->since < PREVIEW_UNLOADABLE_MS) {
@@ -1341,7 +1482,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id),
                "preview not sent: %s (no other dispatcher took it in %d ms)", err,
                PREVIEW_UNLOADABLE_MS);
-        preview_wait_forget(d, id, 0);
+        wait_forget(d, &d->preview_waits, id, 0);
         preview_record(d, id, claim, &o);
         return;
     }
@@ -1365,7 +1506,9 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
         preview_slot_freed(d);
         return;
     }
-    hb_log(HB_LOG_INFO, HB_KV("preview_id", id, "subscription_id", sub->id, "event_type", type),
+    /* said at the first try; a try again after one not sent is not news */
+    hb_log(hb_hash_get(&d->preview_waits, id) ? HB_LOG_DEBUG : HB_LOG_INFO,
+           HB_KV("preview_id", id, "subscription_id", sub->id, "event_type", type),
            "sending preview");
     d->previewing++;
     hb_deliver_send_borrowed(hb_worker_http(d->w), sub, pv->id, &pv->p, d->cfg->request_timeout_ms,
@@ -1381,7 +1524,7 @@ static long long preview_lease_ms(const hb_config_t *cfg) {
 
 static void run_preview(hb_dispatcher_t *d, const char *id) {
     hb_store_t *store = hb_worker_store(d->w);
-    preview_wait_t *pw;
+    wait_t *pw;
     char errstr[256];
     /* stopping: left to the other replicas */
     if (!store || hb_stop_requested)
@@ -1437,7 +1580,7 @@ static void preview_redo_due(hb_dispatcher_t *d) {
         return;
     }
     while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL) {
-        preview_wait_t *pw = s->val;
+        wait_t *pw = s->val;
         if (!pw->give_back)
             continue;
         pw->give_back = 0;
@@ -1567,6 +1710,10 @@ void hb_dispatcher_free(hb_dispatcher_t *d) {
         while ((s = hb_hash_each(&d->preview_waits, &pos)) != NULL)
             free(s->val);
         hb_hash_clear(&d->preview_waits);
+        pos = 0;
+        while ((s = hb_hash_each(&d->verify_waits, &pos)) != NULL)
+            free(s->val);
+        hb_hash_clear(&d->verify_waits);
     }
     while (d->fanout) { /* never started: the event comes again */
         fanout_t *f = d->fanout;

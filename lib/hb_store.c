@@ -1124,18 +1124,24 @@ static int claim_verification(lane_t *ln, store_msg_t *m, char *errstr, size_t e
     return rc;
 }
 
-/* A preview not sent, given back (hb_store_release_preview). */
+/* A preview, or a verification, not sent, given back
+ * (hb_store_release_preview, hb_store_release_verification). */
 static int release_preview(lane_t *ln, store_msg_t *m, char *errstr, size_t errstr_size) {
     char after[32];
     const char *params[4] = {m->id, m->claim, m->reason, after};
     PGresult *res;
     snprintf(after, sizeof(after), "%lld", m->after_ms);
     res = PQexecParams(ln->conn,
-                       "SELECT hookbridge.release_preview($1::uuid, $2::timestamptz, $3::text,"
-                       " $4::bigint * interval '1 millisecond')",
+                       m->preview ? "SELECT hookbridge.release_preview($1::uuid, $2::timestamptz,"
+                                    " $3::text, $4::bigint * interval '1 millisecond')"
+                                  : "SELECT hookbridge.release_verification($1::uuid,"
+                                    " $2::timestamptz, $3::text,"
+                                    " $4::bigint * interval '1 millisecond')",
                        4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return store_fail(ln, res, "giving back a preview", errstr, errstr_size);
+        return store_fail(ln, res,
+                          m->preview ? "giving back a preview" : "giving back a verification",
+                          errstr, errstr_size);
     m->cnt = PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     return 0;
@@ -1891,10 +1897,10 @@ int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
     return 0;
 }
 
-int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, const char *why,
-                             long long after_ms, hb_store_recorded_cb *cb, void *opaque,
-                             char *errstr, size_t errstr_size) {
-    store_msg_t *m = record_msg(id, claim, 1, opaque, errstr, errstr_size);
+static int release_ask(hb_store_t *st, int preview, const char *id, const char *claim,
+                       const char *why, long long after_ms, hb_store_recorded_cb *cb, void *opaque,
+                       char *errstr, size_t errstr_size) {
+    store_msg_t *m = record_msg(id, claim, preview, opaque, errstr, errstr_size);
     if (!m)
         return -1;
     m->release = 1;
@@ -1903,6 +1909,18 @@ int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, 
     m->cb.recorded = cb;
     request(st, m);
     return 0;
+}
+
+int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, const char *why,
+                             long long after_ms, hb_store_recorded_cb *cb, void *opaque,
+                             char *errstr, size_t errstr_size) {
+    return release_ask(st, 1, id, claim, why, after_ms, cb, opaque, errstr, errstr_size);
+}
+
+int hb_store_release_verification(hb_store_t *st, const char *id, const char *claim,
+                                  const char *why, long long after_ms, hb_store_recorded_cb *cb,
+                                  void *opaque, char *errstr, size_t errstr_size) {
+    return release_ask(st, 0, id, claim, why, after_ms, cb, opaque, errstr, errstr_size);
 }
 
 void hb_store_pending_previews(hb_store_t *st, hb_store_ids_cb *cb, void *opaque) {

@@ -162,6 +162,15 @@ int hb_store_claim_verification(hb_store_t *st, const char *id, long long lease_
 int hb_store_record_verification(hb_store_t *st, const char *id, const char *url, const char *claim,
                                  int ok, const char *reason, hb_store_recorded_cb *cb, void *opaque,
                                  char *errstr, size_t errstr_size) HB_MUSTCHECK;
+/* Gives back a request claimed under `claim` whose challenge was not sent
+ * (the HTTP engine did not take it now, or the subscription cannot be loaded
+ * here): pending again, claimable by any dispatcher after_ms from now rather
+ * than at its lease's end; why (no secret; NULL keeps the note) is shown in
+ * verification_retrying meanwhile. Not an outcome (recorded=0 when the claim
+ * no longer holds). */
+int hb_store_release_verification(hb_store_t *st, const char *id, const char *claim,
+                                  const char *why, long long after_ms, hb_store_recorded_cb *cb,
+                                  void *opaque, char *errstr, size_t errstr_size) HB_MUSTCHECK;
 void hb_store_pending_verifications(hb_store_t *st, hb_store_ids_cb *cb, void *opaque);
 
 /* Previews (hookbridge.preview(), sql/70_previews.sql), by the preview's id,

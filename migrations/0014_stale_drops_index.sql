@@ -17,6 +17,19 @@
 -- seconds per million deliveries. IF NOT EXISTS lets you build it
 -- beforehand without that (docs/operations.md, Upgrading).
 --
--- sql/: sha256 3c03f10b335d6fc6918794871a2edf9628c880acc65a29c3d376a297891a92e4
+-- Also (review 69): subscriptions.verification_retrying says why a
+-- requested challenge was not sent too (its endpoint busy, or no
+-- dispatcher able to load the subscription: hookbridge.release_verification),
+-- not only what an active subscription's failed challenge got; its comment
+-- says so.
+--
+-- sql/: sha256 5fda82742db1ab460d9b435dfabf1221ecf6108d51e76d4e9685cea50ed03570
 CREATE INDEX IF NOT EXISTS deliveries_resume_dropped_idx ON hookbridge.deliveries (subscription_id)
     WHERE status = 'dropped' AND resume_requested_at IS NOT NULL;
+
+COMMENT ON COLUMN hookbridge.subscriptions.verification_retrying IS
+    'While a requested challenge waits for its outcome after a try that gave none: why it was not '
+    'sent (its endpoint busy, or no dispatcher could load the subscription), or what an active '
+    'subscription''s challenge got when it failed as a delivery would be retried (a timeout, a '
+    'connection error, 408, 429, 5xx). NULL otherwise; cleared when an outcome is recorded or a '
+    'new request is made. Bookkeeping: changing it notifies nothing.';

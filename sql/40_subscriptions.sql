@@ -586,6 +586,35 @@ BEGIN
 END
 $$;
 
+-- Gives back a request claimed under `claim` whose challenge was not sent
+-- (the HTTP engine did not take it now: its endpoint busy; or the
+-- dispatcher cannot load the subscription: a secret sealed under a key it
+-- lacks): it stays pending, claimable by any dispatcher `after` from now
+-- (not at its lease's end), and `reason` (no secret; NULL keeps the note)
+-- says in verification_retrying why it waits. Not an outcome: nothing about
+-- the endpoint is recorded (no failure, no deactivation). Returns false,
+-- changing nothing, when the claim no longer holds (verify() asked again, a
+-- new URL, deregistered, or its lease ran out and another took it).
+CREATE OR REPLACE FUNCTION hookbridge.release_verification(id uuid, claim timestamptz,
+                                                           reason text,
+                                                           after interval DEFAULT interval '0')
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
+BEGIN
+    IF after IS NULL OR after < interval '0' THEN
+        RAISE EXCEPTION 'after must not be negative' USING ERRCODE = 'HB012';
+    END IF;
+    UPDATE hookbridge.subscriptions s
+       SET verification_claimed_until = clock_timestamp() + release_verification.after,
+           verification_retrying = coalesce(left(nullif(release_verification.reason, ''), 500),
+                                            s.verification_retrying)
+     WHERE s.id = release_verification.id AND s.deregistered_at IS NULL
+       AND s.verification_requested_at IS NOT NULL
+       AND s.verification_claimed_until = release_verification.claim;
+    RETURN FOUND;
+END
+$$;
+
 -- The 4-argument form: no claim (see above).
 CREATE OR REPLACE FUNCTION hookbridge.record_verification(id uuid, ok boolean, reason text DEFAULT NULL,
                                                           url text DEFAULT NULL)

@@ -122,7 +122,7 @@ DECLARE
     r record;
     -- the API functions only the services call; every other one is the operators'
     service_fns name[] := ARRAY['claim_verification', 'claim_verification_until',
-                                'record_verification', 'defer_verification',
+                                'record_verification', 'defer_verification', 'release_verification',
                                 'claim_replays', 'claim_preview', 'record_preview', 'release_preview',
                                 'deactivate_failing', 'maintain_delivery_log', 'sealed_signing_secret',
                                 'secrets_to_seal', 'seal_store', 'seal_refuse', 'sealed_under_other_keys', 'reseal',
