@@ -23,7 +23,7 @@
 -- not only what an active subscription's failed challenge got; its comment
 -- says so.
 --
--- sql/: sha256 5fda82742db1ab460d9b435dfabf1221ecf6108d51e76d4e9685cea50ed03570
+-- sql/: sha256 ab45ecc97307a0658e31b1d44758b070c6282ba40d042419ff49b7da20a8b06e
 CREATE INDEX IF NOT EXISTS deliveries_resume_dropped_idx ON hookbridge.deliveries (subscription_id)
     WHERE status = 'dropped' AND resume_requested_at IS NOT NULL;
 

@@ -11,9 +11,11 @@
 -- renders, signs and sends it exactly as a delivery to the subscription,
 -- once, and records the outcome (record_preview). One the HTTP engine does
 -- not send now (the host's queue full) is given back (release_preview),
--- claimable again a second later; one whose subscription the dispatcher
--- cannot load (a secret sealed under a key it lacks) is recorded failed,
--- saying why. A preview is not retried after an answer,
+-- claimable again a second later, and recorded failed, saying why, when its
+-- endpoint stays busy through 12 x max_queue_wait of tries; one whose
+-- subscription the dispatcher cannot load (a secret sealed under a key it
+-- lacks) is given back for the other replicas, and recorded failed, saying
+-- why, when none has sent it 6 s later. A preview is not retried after an answer,
 -- not in the delivery log, not counted in the endpoint's health (automatic
 -- deactivation) or its rate limit. It is sent whatever the subscription's
 -- status and verification, but not once it is deregistered (cancelled).
