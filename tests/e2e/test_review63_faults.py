@@ -78,6 +78,22 @@ def wait_delivered(db_url, receiver, a, did, counted):
                "A's delivery to be logged")
 
 
+def replay_dropped_meanwhile(db_url, sub):
+    """replay_dropped(sub, the last hour) called in a thread, on a session of
+    its own: (that session, the thread, {"n": its answer} once it returned)."""
+    user = psycopg2.connect(db_url)
+    user.autocommit = True
+    got = {}
+
+    def call():
+        with user.cursor() as cur:
+            cur.execute("SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')", (sub,))
+            got["n"] = cur.fetchone()[0]
+    t = threading.Thread(target=call)
+    t.start()
+    return user, t, got
+
+
 def test_a_retry_counted_by_replay_dropped_while_the_retrier_drops_it_is_delivered(
         db_url, procs, workdir):
     """docs/sql.md: replay_dropped "returns how many": each goes to the
@@ -123,16 +139,7 @@ def test_a_retry_dropped_while_replay_dropped_runs_is_counted_and_delivered(
     arrives, once."""
     (_, receiver, _, _), sub, a, did, hold = a_retry_held_in_the_drop_window(
         db_url, procs, workdir)
-    user = psycopg2.connect(db_url)
-    user.autocommit = True
-    got = {}
-
-    def call():
-        with user.cursor() as cur:
-            cur.execute("SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')", (sub,))
-            got["n"] = cur.fetchone()[0]
-    t = threading.Thread(target=call)
-    t.start()
+    user, t, got = replay_dropped_meanwhile(db_url, sub)
     try:
         wait_until(lambda: waiting(db_url, user.get_backend_pid()),
                    10 * SLOW, "replay_dropped to wait for A's row too")
@@ -172,16 +179,7 @@ def test_a_retry_dropped_between_replay_dropped_s_two_looks_is_counted_and_deliv
     hold_b = psycopg2.connect(db_url)
     hold_b.cursor().execute("SELECT 1 FROM hookbridge.deliveries WHERE delivery_id = %s "
                             "FOR UPDATE", (b,))
-    user = psycopg2.connect(db_url)
-    user.autocommit = True
-    got = {}
-
-    def call():
-        with user.cursor() as cur:
-            cur.execute("SELECT hookbridge.replay_dropped(%s, now() - interval '1 hour')", (sub,))
-            got["n"] = cur.fetchone()[0]
-    t = threading.Thread(target=call)
-    t.start()
+    user, t, got = replay_dropped_meanwhile(db_url, sub)
     try:
         wait_until(lambda: waiting(db_url, user.get_backend_pid()), 10 * SLOW,
                    "replay_dropped to wait for a row")

@@ -2,60 +2,24 @@
 host and per subscription while subscriptions come and go (thousands a day,
 each on its own host name), endpoints move, hosts go away.
 
-Host names resolve to loopback through an LD_PRELOAD getaddrinfo shim built
-here (it stands in for the operating system's resolver, not for any part of
-hookbridge): every name under .hbchurn is 127.0.0.1.
+Host names resolve to loopback through review 57's LD_PRELOAD getaddrinfo
+shim (it stands in for the operating system's resolver, not for any part of
+hookbridge): a name under .hbmove resolves to what its line in a map file
+says.
 
 Each check says what it did on 58f732a (before this review's commits)."""
 import http.server
 import json
 import os
-import subprocess
 import threading
 import time
-
-import pytest
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
 from test_delivery import AUTH_VALUE, event, sql
-
-SHIM_C = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <netdb.h>
-#include <string.h>
-#include <strings.h>
-
-typedef int gai_fn(const char *, const char *, const struct addrinfo *, struct addrinfo **);
-
-/* A name under .hbchurn: 127.0.0.1. Any other name: the real resolver. */
-int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
-                struct addrinfo **res) {
-    gai_fn *real = (gai_fn *)dlsym(RTLD_NEXT, "getaddrinfo");
-    size_t n = node ? strlen(node) : 0;
-    if (n < 8 || strcasecmp(node + n - 8, ".hbchurn"))
-        return real(node, service, hints, res);
-    struct addrinfo h2;
-    memset(&h2, 0, sizeof(h2));
-    if (hints)
-        h2 = *hints;
-    h2.ai_family = AF_INET;
-    h2.ai_flags |= AI_NUMERICHOST;
-    return real("127.0.0.1", service, &h2, res);
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gaichurn")
-    (d / "shim.c").write_text(SHIM_C)
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(d / "shim.so"), str(d / "shim.c"),
-                    "-ldl"], check=True)
-    return str(d / "shim.so")
-
+from test_review31_faults import outcomes
+from test_review57_faults import DnsMap, shim  # noqa: F401 (a fixture)
 
 def switchable(status):
     """A keep-alive endpoint on 127.0.0.1 answering status[0] to every POST
@@ -86,16 +50,9 @@ def subscribe(db_url, url, etype="user.session.start"):
     return sub
 
 
-def outcomes(db_url, sub):
-    """{(status, attempts, last_error): count} of sub's deliveries."""
-    return dict(((s, a, e), n) for s, a, e, n in sql(
-        db_url, "SELECT status, attempts, coalesce(last_error, ''), count(*) "
-        "FROM hookbridge.deliveries WHERE subscription_id = %s GROUP BY 1, 2, 3", sub))
-
-
 def test_a_host_subscribed_to_again_starts_without_the_circuit_of_its_previous_life(
-        db_url, procs, workdir, shim):
-    """Two subscriptions on api.customer.hbchurn, whose endpoint answers 503:
+        db_url, procs, workdir, shim, tmp_path):  # noqa: F811
+    """Two subscriptions on api.customer.hbmove, whose endpoint answers 503:
     its circuit opens (3 failures, cool-down 60 s). The endpoint is fixed;
     one subscription is deregistered: the other still has its URL there, so
     the circuit stays (its next deliveries are not attempted). Then the last
@@ -111,13 +68,15 @@ def test_a_host_subscribed_to_again_starts_without_the_circuit_of_its_previous_l
     at the first attempt, and the log says `circuit forgotten`."""
     status = [503]
     srv = switchable(status)
-    url = f"http://api.customer.hbchurn:{srv.server_address[1]}/hook"
+    dns = DnsMap(str(tmp_path / "names"))
+    dns.set("api.customer.hbmove", "127.0.0.1")
+    url = f"http://api.customer.hbmove:{srv.server_address[1]}/hook"
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
         d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
             "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_LOG_LEVEL": "info",
             "HOOKBRIDGE_CIRCUIT_FAILURES": "3", "HOOKBRIDGE_CIRCUIT_COOLDOWN": "60s",
-            "LD_PRELOAD": shim,
+            "LD_PRELOAD": shim, "HBMOVE_MAP": dns.path,
             "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
         d.wait_ready()
         a, c = subscribe(db_url, url), subscribe(db_url, url + "?c")

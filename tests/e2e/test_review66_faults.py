@@ -11,35 +11,22 @@ in the dispatcher's log; and a preview claimed by the one replica of a key
 rollout that lacked the new key was failed at once, though the replica
 that had the key would have sent it; and a preview given back while the
 database did not answer for a moment waited its whole lease (74 s)."""
-import threading
 import time
 
-from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Dispatcher, Receiver, produce
+from hbtest.stack import Dispatcher, Receiver
 from hbtest.tcpproxy import TcpProxy
-from test_delivery import AUTH_VALUE, SECRET, event, register_verified, sql
+from test_delivery import AUTH_VALUE, SECRET, register_verified, sql
+from test_review69_faults import Stuck, busy_endpoint
 
 STATUS = "SELECT status, http_status, error FROM hookbridge.previews WHERE id = %s"
+
 
 def finished(db_url, preview, timeout):
     """The preview's (status, http_status, error) once it is not pending."""
     return wait_until(lambda: (r := sql(db_url, STATUS, preview)[0])[0] != "pending" and r,
                       timeout, "the preview's outcome")
 
-class Stuck(ChallengeAnswering):
-    """Holds every POST until released (the host's one connection busy for
-    as long as the test wants); records every POST's webhook-id."""
-    ids = []
-    release = threading.Event()
-    first = threading.Event()
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        Stuck.ids.append(self.headers["webhook-id"])
-        Stuck.first.set()
-        Stuck.release.wait(60)
-        self.answer(204)
 
 def test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_why(
         db_url, broker, procs, workdir):
@@ -50,17 +37,8 @@ def test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_w
     connection is held by a real delivery: the preview is failed within
     12 s + slack (before: still pending, tried every second for as long as
     the endpoint stayed busy, and a warning line at each try)."""
-    Stuck.ids, Stuck.first, Stuck.release = [], threading.Event(), threading.Event()
-    srv = serve(Stuck)
+    srv, d, sub = busy_endpoint(procs, db_url, broker)
     try:
-        d = Dispatcher(procs, db_url, broker.bootstrap,
-                       extra_env={"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1",
-                                  "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s",
-                                  "HOOKBRIDGE_REQUEST_TIMEOUT": "50s"})
-        d.wait_ready()
-        sub = register_verified(db_url, srv.url, ["user.session.start"])
-        produce(broker.bootstrap, [event("user.session.start")])
-        assert Stuck.first.wait(10 * SLOW), "the real delivery"
         t0 = time.monotonic()
         preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
         status, http_status, error = finished(db_url, preview, 25 * SLOW)
@@ -119,20 +97,11 @@ def test_a_preview_given_back_while_the_database_blinks_is_sent_seconds_after_it
     back: the preview is sent within seconds (the dispatcher still held its
     claim, and gives it back again once the database answers). Before, it
     waited for its whole lease, 74 s, pending."""
-    Stuck.ids, Stuck.first, Stuck.release = [], threading.Event(), threading.Event()
-    srv = serve(Stuck)
     proxy = TcpProxy(pg_cluster.port)
     url = db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
     proxy.start()
+    srv, d, sub = busy_endpoint(procs, db_url, broker, service_db_url=url)
     try:
-        d = Dispatcher(procs, url, broker.bootstrap,
-                       extra_env={"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1",
-                                  "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s",
-                                  "HOOKBRIDGE_REQUEST_TIMEOUT": "50s"})
-        d.wait_ready(30 * SLOW)
-        sub = register_verified(db_url, srv.url, ["user.session.start"])
-        produce(broker.bootstrap, [event("user.session.start")])
-        assert Stuck.first.wait(10 * SLOW), "the real delivery"
         preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
         wait_until(lambda: "sending preview" in d.proc.output(), 10 * SLOW, "the preview's try")
         proxy.cut()  # its queue wait (1 s) ends while the database is away

@@ -128,10 +128,11 @@ def test_a_verification_claimed_by_a_replica_without_the_key_is_sent_by_one_with
 
 class Stuck(ChallengeAnswering):
     """Holds every POST until released (the host's one connection busy by
-    real deliveries); answers the challenge at once."""
+    real deliveries); answers the challenge at once. Records when each
+    challenge came, and every POST's webhook-id."""
     release = threading.Event()
     first = threading.Event()
-    gets = []
+    gets, ids = [], []
 
     def do_GET(self):
         Stuck.gets.append(time.monotonic())
@@ -139,19 +140,24 @@ class Stuck(ChallengeAnswering):
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
+        Stuck.ids.append(self.headers["webhook-id"])
         Stuck.first.set()
         Stuck.release.wait(60)
         self.answer(204)
 
 
-def busy_endpoint(procs, db_url, broker):
-    Stuck.release, Stuck.first, Stuck.gets = threading.Event(), threading.Event(), []
+def busy_endpoint(procs, db_url, broker, service_db_url=None):
+    """An endpoint (Stuck) and a dispatcher with one connection to it, held by
+    a real delivery: (the endpoint, the dispatcher, the subscription). The
+    dispatcher reaches the database at service_db_url when given (a proxy)."""
+    Stuck.release, Stuck.first, Stuck.gets, Stuck.ids = (threading.Event(), threading.Event(),
+                                                         [], [])
     srv = serve(Stuck)
-    d = Dispatcher(procs, db_url, broker.bootstrap,
+    d = Dispatcher(procs, service_db_url or db_url, broker.bootstrap,
                    extra_env={"HOOKBRIDGE_MAX_HOST_CONNECTIONS": "1",
                               "HOOKBRIDGE_MAX_QUEUE_WAIT": "1s",
                               "HOOKBRIDGE_REQUEST_TIMEOUT": "50s"})
-    d.wait_ready()
+    d.wait_ready(30 * SLOW)
     sub = register_verified(db_url, srv.url, ["user.session.start"])
     produce(broker.bootstrap, [event("user.session.start")])
     assert Stuck.first.wait(10 * SLOW), "the real delivery"
