@@ -10,9 +10,7 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
-import threading
 import time
 
 from hbtest.ingest import AUTH_HEADER, PATH, Ingest, envelope
@@ -30,30 +28,6 @@ from test_review40_faults import finish  # (exit status or None if killed, out, 
 from test_review50_faults import env_for, freeze, kill_if_running
 
 PRODUCER = str(BIN / "hookbridge-producer")
-
-
-class CountingProxy(TcpProxy):
-    """A TcpProxy that notes when it accepts each connection (monotonic s)."""
-
-    def __init__(self, upstream_port):
-        super().__init__(upstream_port)
-        self.accepted = []
-        self.ports = set()  # the local ports of its connections to the server
-
-    def _accept(self, listener):
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            self.accepted.append(time.monotonic())
-            up = socket.create_connection(self.upstream, timeout=5)
-            up.settimeout(None)
-            self.ports.add(up.getsockname()[1])
-            with self._lock:
-                self._conns += [client, up]
-            for a, b in ((client, up), (up, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
 
 def _via(db_url, port):
@@ -76,7 +50,7 @@ def test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1
     a request comes, the claims come a second apart, and each came a few
     milliseconds before the attempt was due, so it waited a whole second
     more; readiness came back up to 6 s after the database. About 20 s."""
-    proxy = CountingProxy(pg_cluster.port)
+    proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     try:
         broker = Broker(procs, workdir)
@@ -231,7 +205,7 @@ def test_a_retry_due_while_the_store_s_backend_answers_nothing_goes_within_25_s(
     current again (the check of the idle connection to the database is
     not answered ...)"): still held after 40 s, with no bound, though every
     other connection to the server was answered. About 30 s."""
-    proxy = CountingProxy(pg_cluster.port)
+    proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     stopped = None
     try:
@@ -302,7 +276,7 @@ def test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doublin
     next comes after the log's back-off, 250 ms doubling to 5 s
     (lib/hb_dlog.c), not at once, and the row is written within about 5 s
     of the server taking writes again. About 25 s."""
-    proxy = CountingProxy(pg_cluster.port)
+    proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     try:
         broker = Broker(procs, workdir)

@@ -38,6 +38,8 @@ class TcpProxy:
         self._thread = None
         self._flowing = threading.Event()
         self._flowing.set()
+        self.accepted = []  # when it accepted each connection (monotonic s)
+        self.ports = set()  # the local ports of its connections to the upstream
 
     def start(self):
         s = socket.socket()
@@ -54,12 +56,14 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             try:
                 up = socket.create_connection(self.upstream, timeout=5)
                 up.settimeout(None)
             except OSError:
                 client.close()
                 continue
+            self.ports.add(up.getsockname()[1])
             with self._lock:
                 self._conns += [client, up]
             for a, b in ((client, up), (up, client)):
