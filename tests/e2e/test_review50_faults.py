@@ -43,6 +43,27 @@ def kill_if_running(proc):
         proc.wait()
 
 
+def producing_until_the_brokers_freeze(frozen, lines):
+    """hookbridge-producer reading stdin, its local queue 10 events: lines[0]
+    published and on the topic, then the brokers frozen (SIGSTOP). Returns
+    the running process, its stdin open for the rest; on a failure here it
+    is killed and the brokers thawed."""
+    proc = subprocess.Popen([PROG, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=env_for(frozen.bootstrap,
+                                        HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES="10"))
+    try:
+        proc.stdin.write(json.dumps(lines[0]) + "\n")
+        proc.stdin.flush()
+        topic_records(frozen.bootstrap, "identity.events", want=1)
+        freeze(frozen)
+    except BaseException:
+        kill_if_running(proc)
+        frozen.proc.signal(signal.SIGCONT)
+        raise
+    return proc
+
+
 def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_again(
         freezable):  # noqa: F811
     """SIGINT while the brokers do not answer and the local queue is full
@@ -54,15 +75,8 @@ def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_aga
     not tell (and the line it was blocked on counted as a failure, "Queue
     full")."""
     lines = [event("user.session.start") for _ in range(30)]
-    proc = subprocess.Popen([PROG, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=env_for(freezable.bootstrap,
-                                        HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES="10"))
+    proc = producing_until_the_brokers_freeze(freezable, lines)
     try:
-        proc.stdin.write(json.dumps(lines[0]) + "\n")
-        proc.stdin.flush()
-        topic_records(freezable.bootstrap, "identity.events", want=1)
-        freeze(freezable)
         proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[1:]))
         proc.stdin.flush()
         time.sleep(1.5)  # lines 2-11 queued, line 12 waits for room

@@ -25,9 +25,17 @@ from test_reactivate import delivery_of
 from test_review45_faults import retrier_behind
 from test_review18_faults import read_event
 from test_review40_faults import finish  # (exit status or None if killed, out, err)
-from test_review50_faults import env_for, freeze, kill_if_running
+from test_review50_faults import env_for, freeze, kill_if_running, producing_until_the_brokers_freeze
 
 PRODUCER = str(BIN / "hookbridge-producer")
+
+
+def reconnection_gaps(proxy, n0, count, what):
+    """The seconds between the `count` connections the proxy accepts after its
+    n0-th, once it has accepted them (20 s at most)."""
+    wait_until(lambda: len(proxy.accepted) >= n0 + count, 20 * SLOW, what)
+    at = proxy.accepted[n0:n0 + count]
+    return [round(b - a, 2) for a, b in zip(at, at[1:])]
 
 
 def _via(db_url, port):
@@ -68,10 +76,7 @@ def test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1
             cur.execute("SELECT pg_terminate_backend(%s)", (lane,))
         wait_until(lambda: "the server is read-only (default_transaction_read_only)"
                    in r.proc.output(), 5 * SLOW, "a claim refused")
-        wait_until(lambda: len(proxy.accepted) >= n0 + 5, 20 * SLOW,
-                   "four reconnections of the request lane")
-        at = proxy.accepted[n0:n0 + 5]
-        gaps = [round(b - a, 2) for a, b in zip(at, at[1:])]
+        gaps = reconnection_gaps(proxy, n0, 5, "four reconnections of the request lane")
         print(f"the request lane reconnected after {gaps} s")
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
@@ -103,15 +108,8 @@ def test_a_run_whose_local_queue_stays_full_30_s_stops_and_says_where_to_go_on(
     after 75 s it said "stopped after line 13 of stdin", past the two lines
     that had failed. About 40 s."""
     lines = [event("user.session.start") for _ in range(15)]
-    proc = subprocess.Popen([PRODUCER, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=env_for(freezable.bootstrap,
-                                        HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES="10"))
+    proc = producing_until_the_brokers_freeze(freezable, lines)
     try:
-        proc.stdin.write(json.dumps(lines[0]) + "\n")
-        proc.stdin.flush()
-        topic_records(freezable.bootstrap, "identity.events", want=1)
-        freeze(freezable)
         t0 = time.monotonic()
         proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[1:]))
         rc, out, err = finish(proc, 45 * SLOW)
@@ -293,10 +291,7 @@ def test_the_delivery_log_refused_by_a_read_only_server_backs_off_250_ms_doublin
         n0 = len(proxy.accepted)
         e = event("user.session.start")
         produce(broker.bootstrap, [e])
-        wait_until(lambda: len(proxy.accepted) >= n0 + 7, 20 * SLOW,
-                   "six reconnections of the delivery log")
-        at = proxy.accepted[n0:n0 + 7]
-        gaps = [round(b - a, 2) for a, b in zip(at, at[1:])]
+        gaps = reconnection_gaps(proxy, n0, 7, "six reconnections of the delivery log")
         print(f"the delivery log reconnected after {gaps} s")
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
