@@ -9,7 +9,6 @@ says.
 
 Each check says what it did on 58f732a (before this review's commits)."""
 import http.server
-import json
 import os
 import threading
 import time
@@ -17,9 +16,9 @@ import time
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
-from test_delivery import AUTH_VALUE, event, sql
+from test_delivery import event, sql
 from test_review31_faults import outcomes
-from test_review57_faults import DnsMap, shim  # noqa: F401 (a fixture)
+from test_review57_faults import DnsMap, shim, subscribe  # noqa: F401 (shim: a fixture)
 
 def switchable(status):
     """A keep-alive endpoint on 127.0.0.1 answering status[0] to every POST
@@ -38,16 +37,6 @@ def switchable(status):
     srv.got = got
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
-
-
-def subscribe(db_url, url, etype="user.session.start"):
-    """An active, verified subscription to url for etype (no challenge)."""
-    opts = json.dumps({"auth_header": "Authorization", "auth_value": AUTH_VALUE})
-    sub = sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY[%s], %s::jsonb)", "r65-" + url,
-              url, etype, opts)[0][0]
-    sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
-        "status = 'active' WHERE id = %s", sub)
-    return sub
 
 
 def test_a_host_subscribed_to_again_starts_without_the_circuit_of_its_previous_life(

@@ -17,15 +17,8 @@ from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import AUTH_VALUE, SECRET, register_verified, sql
+from test_review62_faults import STATUS, finished
 from test_review69_faults import Stuck, busy_endpoint
-
-STATUS = "SELECT status, http_status, error FROM hookbridge.previews WHERE id = %s"
-
-
-def finished(db_url, preview, timeout):
-    """The preview's (status, http_status, error) once it is not pending."""
-    return wait_until(lambda: (r := sql(db_url, STATUS, preview)[0])[0] != "pending" and r,
-                      timeout, "the preview's outcome")
 
 
 def test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_why(
