@@ -133,6 +133,12 @@ int hb_topics_drift(const hb_topic_spec_t *want, const hb_topic_state_t *have, c
                  have->retention_bytes);
         append(out, outsz, &n, item);
     }
+    if (want->tier && have->log_append_time) {
+        snprintf(item, sizeof(item),
+                 "message.timestamp.type LogAppendTime: the broker's clock stamps the retries, "
+                 "so one due later than its tier holds its partition");
+        append(out, outsz, &n, item);
+    }
     if (have->compacted) {
         snprintf(item, sizeof(item),
                  "cleanup.policy compact: only the newest message of each key is kept");
@@ -189,6 +195,14 @@ static int create_missing(rd_kafka_t *rk, const hb_topic_plan_t *plan, const int
             hb_seterr(errstr, errstr_size, "topic %s: cannot set retention.ms", t->name);
             goto out;
         }
+        /* a tier's messages carry their writer's time (on PostgreSQL's
+         * clock), whatever the broker's default (log.message.timestamp.type):
+         * the retrier judges by it which retries hold their partition */
+        if (t->tier &&
+            rd_kafka_NewTopic_set_config(nt[cnt - 1], "message.timestamp.type", "CreateTime")) {
+            hb_seterr(errstr, errstr_size, "topic %s: cannot set message.timestamp.type", t->name);
+            goto out;
+        }
         if (t->min_insync_replicas > 0) {
             snprintf(v, sizeof(v), "%d", t->min_insync_replicas);
             if (rd_kafka_NewTopic_set_config(nt[cnt - 1], "min.insync.replicas", v) != 0) {
@@ -242,7 +256,8 @@ out:
     return rc;
 }
 
-/* retention.ms, retention.bytes and cleanup.policy of every topic with
+/* retention.ms, retention.bytes, cleanup.policy and message.timestamp.type
+ * of every topic with
  * want[i] set, into have[i]. */
 static int describe_retention(rd_kafka_t *rk, const hb_topic_plan_t *plan, const int *want,
                               hb_topic_state_t *have, char *errstr, size_t errstr_size) {
@@ -299,6 +314,8 @@ static int describe_retention(rd_kafka_t *rk, const hb_topic_plan_t *plan, const
                         have[j].retention_bytes = x > 0 ? x : 1; /* 0 bytes: cut at once */
                     else if (!strcmp(key, "cleanup.policy"))
                         have[j].compacted = strstr(v, "compact") != NULL;
+                    else if (!strcmp(key, "message.timestamp.type"))
+                        have[j].log_append_time = !strcmp(v, "LogAppendTime");
                 }
             }
         }

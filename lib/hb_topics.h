@@ -12,14 +12,17 @@
  * dead-letter topics' retentions are settings.
  *
  * hb_topics_apply compares the plan with the cluster: it reads the topics'
- * metadata (partitions, replicas) and retention.ms, retention.bytes and
- * cleanup.policy (DescribeConfigs), creates
- * what is missing (CreateTopics) unless only checking, and reports drift on
+ * metadata (partitions, replicas) and retention.ms, retention.bytes,
+ * cleanup.policy and message.timestamp.type (DescribeConfigs), creates
+ * what is missing (CreateTopics; a delay tier with message.timestamp.type
+ * CreateTime, whatever the broker's default) unless only checking, and reports drift on
  * what exists: fewer partitions than planned, another replication factor, a
  * shorter retention, a delay tier cut by size (retention.bytes: retries
  * deleted before they are due once a partition holds that much), compaction
  * (cleanup.policy=compact keeps only the newest message of each key, and
- * hookbridge's keys are a subscription's or a user's). It never alters an existing topic (adding
+ * hookbridge's keys are a subscription's or a user's), a delay tier stamped
+ * by the broker's clock (LogAppendTime: the retrier then cannot tell which
+ * retries hold their partition). It never alters an existing topic (adding
  * partitions to the events topic moves keys between partitions; that is the operator's call). Runs
  * in one thread, the caller's.
  */
@@ -52,13 +55,16 @@ typedef struct {
 /* What a topic has on the cluster; retention_ms -1 = unlimited, -2 = unknown;
  * retention_bytes the size a partition is cut to whatever the messages' age
  * (retention.bytes), 0 when none (unlimited or unknown); compacted: its
- * cleanup.policy has compact, which keeps only each key's newest message. */
+ * cleanup.policy has compact, which keeps only each key's newest message;
+ * log_append_time: its message.timestamp.type is LogAppendTime (the broker's
+ * clock stamps what is written, not the writer's). */
 typedef struct {
     int partitions;
     int replication_factor;
     long long retention_ms;
     long long retention_bytes;
     int compacted;
+    int log_append_time;
 } hb_topic_state_t;
 
 /* Retention of a delay tier: max(7 days, 10 x delay). */

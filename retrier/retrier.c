@@ -452,6 +452,19 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
     go_on(w, r, dl);
 }
 
+/* When rkm was produced, on the reference clock (hb_wall_ms) its producer
+ * stamped it with (hb_outbox_send): its creation timestamp. 0: unknown, as
+ * for a topic whose message.timestamp.type is LogAppendTime: that stamp is
+ * the broker's clock, which may be minutes off PostgreSQL's, and a copy this
+ * retrier produces gets the broker's clock again (a broker 90 s behind made
+ * every waiting retry hop onto its tier again and again, hundreds of copies a
+ * second, for its last 90 s). */
+static int64_t written_ms(const rd_kafka_message_t *rkm) {
+    rd_kafka_timestamp_type_t tstype;
+    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
+    return tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > 0 ? ts : 0;
+}
+
 /* When a message read from its tier, due at not_before, must leave the head
  * of its partition: every message behind it was produced later, so none is
  * due before ts + the tier's delay (ts: when this one was produced). Holding
@@ -464,19 +477,16 @@ static void on_state(hb_worker_t *w, hb_delivery_t *dl, const hb_dlog_state_t *s
  * own clock's due time; a creation timestamp more than CLOCK_AHEAD_MS in the
  * future makes it hop at once (the copy has this retrier's timestamp, so it hops
  * again within its tier's span, never attempted before it is due). 0: it is
- * due within its tier's span. */
+ * due within its tier's span, or when it was produced is not known
+ * (written_ms): it waits for its due time. */
 static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int64_t not_before) {
     const hb_schedule_t *sch = hb_worker_schedule(r->w);
-    const char *topic = rd_kafka_topic_name(rkm->rkt);
-    rd_kafka_timestamp_type_t tstype;
-    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype), span, now = hb_wall_ms();
-    long long tier = hb_schedule_tier_ms(sch, topic, NULL);
+    int64_t ts = written_ms(rkm), span, now = hb_wall_ms();
+    long long tier = hb_schedule_tier_ms(sch, rd_kafka_topic_name(rkm->rkt), NULL);
 
-    if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+    if (tier < 0 || !ts)
         return 0;
-    /* CreateTime only: a LogAppendTime is the broker's clock, the copy's too
-     * (with this host behind the broker it would hop again and again) */
-    if (tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME && ts > now + CLOCK_AHEAD_MS)
+    if (ts > now + CLOCK_AHEAD_MS)
         return now;
     span = tier + tier * r->cfg->retry_jitter_percent / 100 + HOP_SLACK_MS;
     return not_before > ts + span ? ts + span : 0;
@@ -488,12 +498,11 @@ static int64_t hop_at(const hb_retrier_t *r, const rd_kafka_message_t *rkm, int6
  * tier's order (a retry may be late by the jitter), not the retrier behind. */
 static int64_t on_time_until(const hb_retrier_t *r, const rd_kafka_message_t *rkm,
                              int64_t not_before) {
-    rd_kafka_timestamp_type_t tstype;
-    int64_t ts = rd_kafka_message_timestamp(rkm, &tstype);
+    int64_t ts = written_ms(rkm);
     long long tier =
         hb_schedule_tier_ms(hb_worker_schedule(r->w), rd_kafka_topic_name(rkm->rkt), NULL);
     int64_t until;
-    if (tier < 0 || ts <= 0 || tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+    if (tier < 0 || !ts)
         return not_before;
     until = ts + tier + tier * r->cfg->retry_jitter_percent / 100;
     return until > not_before ? until : not_before;

@@ -106,9 +106,9 @@ static void one_topic_in_two_roles_is_refused(void **state) {
 static void drift_names_what_differs(void **state) {
     hb_topic_spec_t want = {
         .name = "t", .partitions = 12, .replication_factor = 3, .retention_ms = 7 * DAY};
-    hb_topic_state_t same = {12, 3, 7 * DAY, 0, 0}, more = {24, 3, 30 * DAY, 0, 0},
-                     unlimited = {12, 3, -1, 0, 0};
-    hb_topic_state_t fewer = {6, 1, 3600000, 0, 0};
+    hb_topic_state_t same = {12, 3, 7 * DAY, 0, 0, 0}, more = {24, 3, 30 * DAY, 0, 0, 0},
+                     unlimited = {12, 3, -1, 0, 0, 0};
+    hb_topic_state_t fewer = {6, 1, 3600000, 0, 0, 0};
     char out[512];
     (void)state;
     assert_int_equal(hb_topics_drift(&want, &same, out, sizeof(out)), 0);
@@ -134,8 +134,9 @@ static void drift_names_a_size_limit_on_a_tier_and_compaction(void **state) {
                            .partitions = 12,
                            .replication_factor = 3,
                            .retention_ms = 30 * DAY};
-    hb_topic_state_t sized = {12, 3, 30 * DAY, 1073741824, 0};
-    hb_topic_state_t compacted = {12, 3, 30 * DAY, 0, 1};
+    hb_topic_state_t sized = {12, 3, 30 * DAY, 1073741824, 0, 0};
+    hb_topic_state_t compacted = {12, 3, 30 * DAY, 0, 1, 0};
+    hb_topic_state_t appended = {12, 3, 30 * DAY, 0, 0, 1};
     char out[512];
     (void)state;
     assert_int_equal(hb_topics_drift(&tier, &sized, out, sizeof(out)), 1);
@@ -144,6 +145,12 @@ static void drift_names_a_size_limit_on_a_tier_and_compaction(void **state) {
     assert_int_equal(hb_topics_drift(&dlq, &sized, out, sizeof(out)), 0);
     assert_int_equal(hb_topics_drift(&dlq, &compacted, out, sizeof(out)), 1);
     assert_string_equal(out, "cleanup.policy compact: only the newest message of each key is kept");
+    /* the broker's clock on a tier (review 70): the retrier cannot tell
+     * which retries hold their partition; anywhere else it is not read */
+    assert_int_equal(hb_topics_drift(&tier, &appended, out, sizeof(out)), 1);
+    assert_string_equal(out, "message.timestamp.type LogAppendTime: the broker's clock stamps "
+                             "the retries, so one due later than its tier holds its partition");
+    assert_int_equal(hb_topics_drift(&dlq, &appended, out, sizeof(out)), 0);
 }
 
 int main(void) {

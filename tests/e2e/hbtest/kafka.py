@@ -191,8 +191,11 @@ class ApacheKafka:
 
     _ids = itertools.count(1)
 
-    def __init__(self, nodes=1, sasl_ssl=False):
+    def __init__(self, nodes=1, sasl_ssl=False, node_env=None, properties=None):
         self.nodes = nodes
+        # node_env: more environment for the nodes (a clock shim's);
+        # properties: more server.properties lines, {name: value}
+        self.node_env = dict(node_env or {})
         self.dir = Path(tempfile.mkdtemp(prefix="hb-kafka-"))
         self.procs = {}
         self._seen = {}
@@ -224,6 +227,9 @@ class ApacheKafka:
         # free_port(): a receiver or service there would keep the node from
         # starting again ("Address already in use").
         for props in self.dir.glob("node-*/server.properties"):
+            if properties:
+                with open(props, "a") as f:
+                    f.writelines(f"{k}={v}\n" for k, v in properties.items())
             line = next(l for l in props.read_text().splitlines() if l.startswith("listeners="))
             harness_procs.reserve_ports(int(p) for p in re.findall(r":(\d+)", line))
         for i in range(1, nodes + 1):
@@ -263,7 +269,8 @@ class ApacheKafka:
         log = open(self.log_path(node), "ab")
         self.procs[node] = subprocess.Popen([str(KAFKA_SH), "node", str(self.dir), str(node)],
                                             stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+                                            stdin=subprocess.DEVNULL,
+                                            env=dict(os.environ, **self.node_env))
         log.close()
 
     def wait_node(self, node, timeout=90):
