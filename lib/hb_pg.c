@@ -364,6 +364,10 @@ int hb_pg_conninfo_valid(const char *conninfo) {
     return hb_pg_conninfo_problem(conninfo, why, sizeof(why)) == 0;
 }
 
+/* How far off the endpoints' clocks a webhook-timestamp is refused (the
+ * Standard Webhooks libraries' default tolerance) */
+#define WEBHOOK_TOLERANCE_MS (5 * 60 * 1000)
+
 /* Takes PostgreSQL's clock as the reference (hb_wall_ms): one round trip on
  * each new connection, so a reconnect also follows a step of the server's
  * clock and the monotonic clock's drift. Says so when this host's clock is
@@ -381,12 +385,20 @@ void hb_pg_clock_sample(PGconn *conn) {
                                            "this host's wall clock minus PostgreSQL's, at the "
                                            "last database connection"),
                           (double)skew / 1000);
+        /* which of the two is wrong cannot be told from here: when it is
+         * PostgreSQL's, every webhook-timestamp is off by as much, and
+         * Standard Webhooks receivers refuse one off by more than 5 minutes */
         if (warn)
             hb_warn("this host's clock is %.1f s %s PostgreSQL's: hookbridge times retries, "
                     "secret expiry and leases by PostgreSQL's clock, but the logs of other "
                     "programs here, and Kafka's producers outside hookbridge, are off by as "
-                    "much; check NTP on this host (docs/operations.md, Clocks)",
-                    (double)(skew < 0 ? -skew : skew) / 1000, skew < 0 ? "behind" : "ahead of");
+                    "much; check NTP on this host (docs/operations.md, Clocks)%s",
+                    (double)(skew < 0 ? -skew : skew) / 1000, skew < 0 ? "behind" : "ahead of",
+                    skew >= WEBHOOK_TOLERANCE_MS || skew <= -WEBHOOK_TOLERANCE_MS
+                        ? "; if this host's clock is right, PostgreSQL's is off, and so is "
+                          "every webhook-timestamp: receivers refuse one more than 5 minutes "
+                          "off"
+                        : "");
     }
     PQclear(res);
 }
