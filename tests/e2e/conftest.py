@@ -92,7 +92,6 @@ LONG_FIRST = (
     # opt-in (HOOKBRIDGE_TEST_OLD_BIN), about 75 s
     "test_review68_faults.py::test_a_rolling_upgrade_with_old_and_new_side_by_side_loses_and_repeats_nothing",
     "test_review69_faults.py::test_a_verification_no_dispatcher_can_load_says_why_and_changes_nothing_else",
-    "test_review70_faults.py::test_a_broker_stamping_retries_90_s_behind_neither_floods_the_tier_nor_sends_early",
     "test_review69_faults.py::test_a_challenge_to_an_endpoint_that_stays_busy_says_so_after_its_tries",
     "test_review66_faults.py::test_a_preview_to_an_endpoint_that_stays_busy_fails_after_its_tries_saying_why",
     "test_rebalance_held.py::test_ordered_deliveries_waiting_behind_their_key_are_not_delivered_twice_on_scale_out",
