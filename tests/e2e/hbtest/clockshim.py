@@ -6,6 +6,15 @@ it. The offset is HB_TEST_CLOCK_AHEAD_S (seconds, fixed) plus, when
 HB_TEST_CLOCK_FILE names a file, the seconds written in it, read again at
 most every 100 ms: writing the file steps the running process's clock.
 
+Why not libfaketime (review 70): Debian's 0.9.10, even with
+FAKETIME_DONT_FAKE_MONOTONIC=1, shifts the deadline of every
+pthread_cond_timedwait, so one on a CLOCK_MONOTONIC condition variable (what
+hookbridge's timed waits and librdkafka's use) returns at once: a retrier
+under FAKETIME=-90s does not start ("1 background thread(s) did not
+initialize within 60 seconds"). This shim leaves those waits alone; a
+deadline on CLOCK_REALTIME is off by the offset under it (nothing here
+waits on one: lib/ uses hb_cond_init_mono).
+
 The sanitizer pass: the shim comes before ASan's runtime in the library
 list, which ASan accepts with verify_asan_link_order=0 (env() sets it)."""
 import hashlib
