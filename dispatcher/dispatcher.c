@@ -1707,13 +1707,23 @@ static size_t busy(hb_worker_t *w, void *opaque) {
     return d->verifying + d->previewing;
 }
 
+/* A hand-over the database did not take (unreachable): the request waits
+ * for its lease's end, as before, and its abort says so. */
 static void on_handed_over(const char *id, int released, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
     (void)released; /* not: the claim no longer holds (decided, asked again) */
-    if (err)
-        store_refused(opaque, "request_id", id,
-                      "hand over a challenge or preview at shutdown (it is sent again when its "
-                      "claim expires)",
-                      err);
+    if (!err)
+        return;
+    store_refused(d, "request_id", id,
+                  "hand over a challenge or preview at shutdown (it is sent again when its "
+                  "claim expires)",
+                  err);
+    for (verify_t *v = d->running_verifies; v; v = v->next)
+        if (!strcmp(v->sub->id, id))
+            v->handed_over = 0;
+    for (preview_t *pv = d->running_previews; pv; pv = pv->next)
+        if (!strcmp(pv->id, id))
+            pv->handed_over = 0;
 }
 
 /* The drain's deadline passed with challenges and previews still running
