@@ -1431,11 +1431,14 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
         /* aborted at the drain's deadline: says nothing of the endpoint
          * (it was recorded failed, "aborted at shutdown"); or answered
          * after it was handed over: the claim no longer holds */
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id),
-               pv->handed_over ? "preview abandoned at shutdown; handed over to the other "
-                                 "dispatchers, which send it again now (the same webhook-id)"
-                               : "preview abandoned at shutdown; another dispatcher sends it "
-                                 "again when this one's claim expires (the same webhook-id)");
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id), "%s",
+               !hb_worker_stopping(d->w)
+                   ? "preview answered after it was handed over at shutdown; not recorded here "
+                     "(another dispatcher sends it again, the same webhook-id)"
+               : pv->handed_over ? "preview abandoned at shutdown; handed over to the other "
+                                   "dispatchers, which send it again now (the same webhook-id)"
+                                 : "preview abandoned at shutdown; another dispatcher sends it "
+                                   "again when this one's claim expires (the same webhook-id)");
         preview_free(pv);
         return;
     }
