@@ -82,11 +82,34 @@
 #include "hb_signal.h"
 #include "hb_worker.h"
 
+/* A running challenge or preview into (LIST_LINK) or out of (LIST_UNLINK)
+ * the dispatcher's list headed by head. */
+#define LIST_LINK(head, x)                                                                         \
+    do {                                                                                           \
+        (x)->prev = NULL;                                                                          \
+        (x)->next = (head);                                                                        \
+        if (head)                                                                                  \
+            (head)->prev = (x);                                                                    \
+        (head) = (x);                                                                              \
+    } while (0)
+#define LIST_UNLINK(head, x)                                                                       \
+    do {                                                                                           \
+        if ((x)->prev)                                                                             \
+            (x)->prev->next = (x)->next;                                                           \
+        else                                                                                       \
+            (head) = (x)->next;                                                                    \
+        if ((x)->next)                                                                             \
+            (x)->next->prev = (x)->prev;                                                           \
+        (x)->prev = (x)->next = NULL;                                                              \
+    } while (0)
+
 typedef struct verify_s {
     struct hb_dispatcher_s *d;
     hb_sub_t *sub;
     char challenge[HB_UUID_LEN + 1];
-    char claim[HB_CLAIM_LEN]; /* the store's name for our claim of the request */
+    char claim[HB_CLAIM_LEN];     /* the store's name for our claim of the request */
+    struct verify_s *prev, *next; /* the dispatcher's running ones */
+    int handed_over;              /* given back at the drain's deadline (on_deadline) */
 } verify_t;
 
 /* A preview being sent: its id (also the request's webhook-id) and what was
@@ -97,6 +120,8 @@ typedef struct preview_s {
     char id[HB_UUID_LEN + 1];
     char claim[HB_CLAIM_LEN];
     hb_payload_t p;
+    struct preview_s *prev, *next; /* the dispatcher's running ones */
+    int handed_over;               /* given back at the drain's deadline (on_deadline) */
 } preview_t;
 
 /* Since when this dispatcher has found a request (a preview, a
@@ -157,9 +182,11 @@ struct hb_dispatcher_s {
     size_t settled_n, settled_cap;
     unsigned revocations; /* hb_worker_revocations when the chains were last trusted */
     int64_t next_evict;
-    size_t verifying;      /* challenges sent, outcome not yet handed to the store */
-    size_t previewing;     /* previews sent, outcome not yet handed to the store */
-    size_t preview_claims; /* preview claims asked, not yet answered */
+    size_t verifying;            /* challenges sent, outcome not yet handed to the store */
+    size_t previewing;           /* previews sent, outcome not yet handed to the store */
+    verify_t *running_verifies;  /* the verifying ones */
+    preview_t *running_previews; /* the previewing ones */
+    size_t preview_claims;       /* preview claims asked, not yet answered */
     /* a preview was left pending for want of a slot (preview_slots): look
      * for it again when one frees */
     int preview_backlog;
@@ -983,10 +1010,19 @@ static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim
     int64_t now = hb_mono_ms();
     long long busy = busy_tries_ms(d->cfg);
     int first;
-    wait_t *w = wait_get(d, &d->verify_waits, id, 0, now, &first);
+    wait_t *w;
     char note[400], pace[32];
     if (!why || !*why)
         why = "refused";
+    if (hb_stop_requested) {
+        /* stopping: handed over, the other replicas told (they take it
+         * now, not at their next look or this replica's hold) */
+        snprintf(note, sizeof(note), "not sent yet: %s; its dispatcher stopped: handed over", why);
+        hb_utf8_scrub(note);
+        verify_give_back(d, id, claim, note, -1);
+        return;
+    }
+    w = wait_get(d, &d->verify_waits, id, 0, now, &first);
     if (now - w->since >= busy) {
         hb_delay_format(verify_lease_ms(d->cfg), pace, sizeof(pace));
         snprintf(note, sizeof(note),
@@ -1023,13 +1059,22 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
     int ok = 0;
 
     d->verifying--;
+    LIST_UNLINK(d->running_verifies, v);
     temporary_key(v->sub, key, sizeof(key));
     if (!res->not_sent)
         wait_forget(d, &d->verify_waits, v->sub->id, 0);
-    if (hb_worker_stopping(d->w)) {
+    if (v->handed_over && !hb_worker_stopping(d->w)) {
+        /* answered while the give-back was on its way: another dispatcher
+         * may have claimed it; it decides (this claim no longer holds) */
+        hb_log(HB_LOG_INFO, HB_KV("subscription_id", v->sub->id),
+               "verification challenge answered after it was handed over at shutdown; not "
+               "recorded here");
+    } else if (hb_worker_stopping(d->w)) {
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
-               "verification challenge abandoned at shutdown; another dispatcher sends it again "
-               "when this one's claim expires");
+               v->handed_over ? "verification challenge abandoned at shutdown; handed over to "
+                                "the other dispatchers, which send it again now"
+                              : "verification challenge abandoned at shutdown; another "
+                                "dispatcher sends it again when this one's claim expires");
     } else if (res->not_sent) {
         /* Never sent (its host's queue was full, or it waited too long for a
          * connection to a busy host): that says nothing about the endpoint,
@@ -1152,6 +1197,15 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
     }
     if (!sub)
         return; /* another replica took it, or nothing pending */
+    if (hb_stop_requested) {
+        /* claimed as the stop began: the others take it now rather than
+         * this replica's drain wait for it (or its lease's end, when the
+         * drain ends first) */
+        verify_give_back(d, id, claim, "not sent yet: its dispatcher was stopping; handed over",
+                         -1);
+        hb_sub_unref(sub);
+        return;
+    }
     v = hb_calloc(1, sizeof(*v));
     v->d = d;
     v->sub = sub;
@@ -1166,6 +1220,7 @@ static void on_claimed(const char *id, hb_sub_t *sub, const char *claim, const c
     hb_log(hb_hash_get(&d->verify_waits, sub->id) ? HB_LOG_DEBUG : HB_LOG_INFO,
            HB_KV("subscription_id", sub->id), "sending verification challenge");
     d->verifying++;
+    LIST_LINK(d->running_verifies, v);
     hb_deliver_verify_send(hb_worker_http(d->w), sub, v->challenge, d->cfg->verify_timeout_ms,
                            on_verify_done, v);
 }
@@ -1313,7 +1368,8 @@ static int preview_give_back(hb_dispatcher_t *d, const char *id, const char *cla
 static void preview_release(hb_dispatcher_t *d, const char *id, const char *claim,
                             const char *why) {
     int64_t now = hb_mono_ms();
-    long long after = hb_stop_requested ? 0 : PREVIEW_RETRY_MS;
+    /* stopping: handed over, the other replicas told (they take it now) */
+    long long after = hb_stop_requested ? -1 : PREVIEW_RETRY_MS;
     long long busy = busy_tries_ms(d->cfg);
     int first = 1;
     wait_t *pw = NULL;
@@ -1367,9 +1423,25 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
     };
 
     d->previewing--;
+    LIST_UNLINK(d->running_previews, pv);
     preview_slot_freed(d);
     if (!res->not_sent)
         wait_forget(d, &d->preview_waits, pv->id, 0);
+    if (hb_worker_stopping(d->w) || pv->handed_over) {
+        /* aborted at the drain's deadline: says nothing of the endpoint
+         * (it was recorded failed, "aborted at shutdown"); or answered
+         * after it was handed over: the claim no longer holds */
+        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id), "%s",
+               !hb_worker_stopping(d->w)
+                   ? "preview answered after it was handed over at shutdown; not recorded here "
+                     "(another dispatcher sends it again, the same webhook-id)"
+               : pv->handed_over ? "preview abandoned at shutdown; handed over to the other "
+                                   "dispatchers, which send it again now (the same webhook-id)"
+                                 : "preview abandoned at shutdown; another dispatcher sends it "
+                                   "again when this one's claim expires (the same webhook-id)");
+        preview_free(pv);
+        return;
+    }
     if (res->body_len && !response)
         response = hb_strdup(res->body);
     /* text columns, as the delivery log's: an endpoint's bytes need not be
@@ -1491,7 +1563,13 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
         return;
     }
     if (!sub)
-        return; /* another replica took it, it was sent, or cancelled */
+        return;              /* another replica took it, it was sent, or cancelled */
+    if (hb_stop_requested) { /* claimed as the stop began: handed over, as a challenge is */
+        (void)preview_give_back(d, id, claim,
+                                "not sent yet: its dispatcher was stopping; handed over", -1);
+        hb_sub_unref(sub);
+        return;
+    }
     pv = hb_calloc(1, sizeof(*pv));
     pv->d = d;
     pv->sub = sub;
@@ -1511,6 +1589,7 @@ static void on_preview_claimed(const char *id, hb_sub_t *sub, const char *type, 
            HB_KV("preview_id", id, "subscription_id", sub->id, "event_type", type),
            "sending preview");
     d->previewing++;
+    LIST_LINK(d->running_previews, pv);
     hb_deliver_send_borrowed(hb_worker_http(d->w), sub, pv->id, &pv->p, d->cfg->request_timeout_ms,
                              (size_t)d->cfg->response_snippet_bytes, on_preview_done, pv);
 }
@@ -1631,7 +1710,53 @@ static size_t busy(hb_worker_t *w, void *opaque) {
     return d->verifying + d->previewing;
 }
 
+/* A hand-over the database did not take (unreachable): the request waits
+ * for its lease's end, as before, and its abort says so. */
+static void on_handed_over(const char *id, int released, const char *err, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    (void)released; /* not: the claim no longer holds (decided, asked again) */
+    if (!err)
+        return;
+    store_refused(d, "request_id", id,
+                  "hand over a challenge or preview at shutdown (it is sent again when its "
+                  "claim expires)",
+                  err);
+    for (verify_t *v = d->running_verifies; v; v = v->next)
+        if (!strcmp(v->sub->id, id))
+            v->handed_over = 0;
+    for (preview_t *pv = d->running_previews; pv; pv = pv->next)
+        if (!strcmp(pv->id, id))
+            pv->handed_over = 0;
+}
+
+/* The drain's deadline passed with challenges and previews still running
+ * (their endpoint slower than HOOKBRIDGE_SHUTDOWN_TIMEOUT): their claims are
+ * given back now, the other dispatchers told, so one of them sends each
+ * within a second rather than at this claim's lease's end (20 s a
+ * challenge, 75 s a preview, by default). The request running here is
+ * aborted just after: the endpoint may have seen it (a challenge twice,
+ * each with its own value; a preview twice, with the same webhook-id). */
+static void on_deadline(hb_worker_t *w, void *opaque) {
+    hb_dispatcher_t *d = opaque;
+    hb_store_t *store = hb_worker_store(w);
+    char errstr[256];
+    static const char note[] = "not answered before its dispatcher stopped: handed over";
+    for (verify_t *v = d->running_verifies; v; v = v->next) {
+        v->handed_over = 1;
+        if (!store || hb_store_release_verification(store, v->sub->id, v->claim, note, -1,
+                                                    on_handed_over, d, errstr, sizeof(errstr)) < 0)
+            on_handed_over(v->sub->id, 0, store ? errstr : "database not connected", d);
+    }
+    for (preview_t *pv = d->running_previews; pv; pv = pv->next) {
+        pv->handed_over = 1;
+        if (!store || hb_store_release_preview(store, pv->id, pv->claim, note, -1, on_handed_over,
+                                               d, errstr, sizeof(errstr)) < 0)
+            on_handed_over(pv->id, 0, store ? errstr : "database not connected", d);
+    }
+}
+
 static const hb_worker_hooks_t hooks = {
+    .on_deadline = on_deadline,
     .on_event = on_event,
     .on_pass = on_pass,
     .on_stop = on_stop,

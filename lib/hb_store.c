@@ -149,8 +149,9 @@ struct store_msg_s {
     char id[HB_UUID_LEN + 1];
     char *url, *reason; /* MSG_RECORD_VERIFY; a preview's claim: reason is its event type */
     char *response, *body, *ctype; /* a preview's outcome (MSG_RECORD_VERIFY) */
-    int preview; /* MSG_*_VERIFY: of a preview (id: the preview's), not a verification */
-    int release; /* MSG_RECORD_VERIFY of a preview: not sent, given back (after_ms: when) */
+    int preview;   /* MSG_*_VERIFY: of a preview (id: the preview's), not a verification */
+    int release;   /* MSG_RECORD_VERIFY of a preview: not sent, given back (after_ms: when) */
+    int hand_over; /* a release at once that NOTIFYs the other replicas (their LISTEN) */
     int ok, max;
     int unloadable; /* MSG_CLAIM_VERIFY: claimed, but its row cannot be built */
     long long after_ms;
@@ -1130,14 +1131,22 @@ static int release_preview(lane_t *ln, store_msg_t *m, char *errstr, size_t errs
     char after[32];
     const char *params[4] = {m->id, m->claim, m->reason, after};
     PGresult *res;
+    static const char *const sql[2][2] = {
+        {"SELECT hookbridge.release_verification($1::uuid, $2::timestamptz, $3::text,"
+         " $4::bigint * interval '1 millisecond')",
+         "SELECT hookbridge.release_preview($1::uuid, $2::timestamptz, $3::text,"
+         " $4::bigint * interval '1 millisecond')"},
+        /* handed over: the others are told now, as verify() and preview()
+         * tell them, not at their next look (VERIFY_LOOK_MS) */
+        {"SELECT r, CASE WHEN r THEN pg_notify('hookbridge_verify', $1::uuid::text) END"
+         "  FROM hookbridge.release_verification($1::uuid, $2::timestamptz, $3::text,"
+         " $4::bigint * interval '1 millisecond') r",
+         "SELECT r, CASE WHEN r THEN pg_notify('hookbridge_preview', $1::uuid::text) END"
+         "  FROM hookbridge.release_preview($1::uuid, $2::timestamptz, $3::text,"
+         " $4::bigint * interval '1 millisecond') r"}};
     snprintf(after, sizeof(after), "%lld", m->after_ms);
-    res = PQexecParams(ln->conn,
-                       m->preview ? "SELECT hookbridge.release_preview($1::uuid, $2::timestamptz,"
-                                    " $3::text, $4::bigint * interval '1 millisecond')"
-                                  : "SELECT hookbridge.release_verification($1::uuid,"
-                                    " $2::timestamptz, $3::text,"
-                                    " $4::bigint * interval '1 millisecond')",
-                       4, NULL, params, NULL, NULL, 0);
+    res = PQexecParams(ln->conn, sql[m->hand_over != 0][m->preview != 0], 4, NULL, params, NULL,
+                       NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return store_fail(ln, res,
                           m->preview ? "giving back a preview" : "giving back a verification",
@@ -1904,6 +1913,7 @@ static int release_ask(hb_store_t *st, int preview, const char *id, const char *
     if (!m)
         return -1;
     m->release = 1;
+    m->hand_over = after_ms < 0;
     m->reason = why && *why ? hb_strdup(why) : NULL;
     m->after_ms = after_ms > 0 ? after_ms : 0;
     m->cb.recorded = cb;

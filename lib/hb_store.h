@@ -199,7 +199,10 @@ int hb_store_record_preview(hb_store_t *st, const char *id, const char *claim,
 /* Gives back a preview claimed under `claim` and not sent (the HTTP engine
  * did not take it now): pending again, claimable by any dispatcher after_ms
  * from now rather than at its lease's end; why (no secret) is kept in its
- * error while it waits (recorded=0 when the claim no longer holds). */
+ * error while it waits (recorded=0 when the claim no longer holds). after_ms
+ * < 0: claimable at once, and the other dispatchers are told so (NOTIFY
+ * hookbridge_preview), for a dispatcher that stops: they take it within a
+ * second, not at their next look. So for hb_store_release_verification. */
 int hb_store_release_preview(hb_store_t *st, const char *id, const char *claim, const char *why,
                              long long after_ms, hb_store_recorded_cb *cb, void *opaque,
                              char *errstr, size_t errstr_size) HB_MUSTCHECK;

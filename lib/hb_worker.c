@@ -702,6 +702,17 @@ int hb_worker_run(hb_worker_t *w) {
             (w->spec.hooks->busy && w->spec.hooks->busy(w, w->spec.opaque) > 0)) &&
            hb_mono_ms() < deadline)
         one_pass(w, 50, 0);
+    if (w->spec.hooks->on_deadline && w->spec.hooks->busy &&
+        w->spec.hooks->busy(w, w->spec.opaque) > 0) {
+        /* claims the drain did not finish, given back now rather than left
+         * to their leases (a crash's bound: 20 s a challenge, 75 s a
+         * preview); a database that does not answer is not waited for
+         * beyond HB_WORKER_HAND_OVER_MS (the leases then end as before) */
+        int64_t until = hb_mono_ms() + HB_WORKER_HAND_OVER_MS;
+        w->spec.hooks->on_deadline(w, w->spec.opaque);
+        while (w->store && hb_store_pending(w->store) > 0 && hb_mono_ms() < until)
+            one_pass(w, 50, 0);
+    }
     if (hb_deliveries_in_flight(w->deliveries) > 0) {
         hb_warn("abandoning %zu deliveries still in flight; their messages will be consumed "
                 "again",

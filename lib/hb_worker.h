@@ -52,13 +52,18 @@
  * consumes and delivers it. Requests running finish and are recorded.
  *
  * Shutdown: stop consuming, on_stop, drain what is in flight for at most
- * shutdown_timeout, then abandon the rest (consumed again), flush the
- * producer and the delivery log, commit, leave the group.
+ * shutdown_timeout, then give back what the service claimed in the database
+ * and did not finish (on_deadline), abandon the rest (consumed again), flush
+ * the producer and the delivery log, commit, leave the group.
  *
  * Main loop thread only.
  */
 #ifndef HB_WORKER_H
 #define HB_WORKER_H
+
+/* At the drain's deadline, how long the store is given to take the give-backs
+ * of on_deadline. */
+#define HB_WORKER_HAND_OVER_MS 1000
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -97,6 +102,11 @@ typedef struct hb_worker_hooks_s {
     void (*on_index_loaded)(hb_worker_t *w, void *opaque);
     /* Shutdown began: stop starting work, finish what can be (NULL: none). */
     void (*on_stop)(hb_worker_t *w, void *opaque);
+    /* The drain's deadline passed with busy work left (NULL: nothing to
+     * do): give back to the other replicas, in the database, what is
+     * claimed there and will not be finished here; the worker then waits
+     * at most HB_WORKER_HAND_OVER_MS for the store to take it. */
+    void (*on_deadline)(hb_worker_t *w, void *opaque);
     /* Work of the service's own that the drain also waits for (e.g. the
      * dispatcher's verification challenges): how much is running (NULL: none). */
     size_t (*busy)(hb_worker_t *w, void *opaque);
