@@ -120,6 +120,9 @@ static void set_state(hb_deliveries_t *D, hb_delivery_t *dl, hb_dl_state_t st) {
  * per window below debug (hb_log.h); the delivery log has every one. */
 static hb_log_limit_t log_failed = HB_LOG_LIMIT("\"attempt N failed\"");
 static hb_log_limit_t log_not_made = HB_LOG_LIMIT("\"attempt N not made\"");
+/* its own: the deliveries behind a failing head outnumber every other line
+ * of a subscription, and must not leave its first "why it waits" unwritten */
+static hb_log_limit_t log_waiting = HB_LOG_LIMIT("\"attempt N not made (waiting behind ...)\"");
 static hb_log_limit_t log_dead_lettered = HB_LOG_LIMIT("\"delivery failed ..., dead-lettered\"");
 static hb_log_limit_t log_not_dead_lettered =
     HB_LOG_LIMIT("\"final failure of attempt N not dead-lettered\"");
@@ -939,7 +942,10 @@ static void route_retry(hb_deliveries_t *D, hb_delivery_t *dl, int made,
         if (!strcmp(D->cfg->schedule.tier_topics[t], topic))
             hb_metric_inc(D->m.tier[t]);
     hb_log_limited_for(
-        res ? &log_failed : &log_not_made, dl->sub->id, HB_LOG_INFO,
+        res           ? &log_failed
+        : dl->waiting ? &log_waiting
+                      : &log_not_made,
+        dl->sub->id, HB_LOG_INFO,
         HB_KV("delivery_id", dl->id, "subscription_id", dl->sub->id, "event_type", dl->event_type),
         res ? "attempt %d failed (%s): next attempt in %lld ms via %s%s"
             : "attempt %d not made (%s): it waits %lld ms in %s%s",

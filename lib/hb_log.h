@@ -58,9 +58,12 @@ void hb_log_emit(hb_log_level_t lvl, const char *const *kv, const char *fmt, ...
  * HB_LOG_LIMIT_WINDOW_MS; the others are counted, and once the window is over
  * one line at their level says how many were left out (hb_log_limits_flush,
  * or the next line of that limit). At debug every line is written. Any
- * thread. */
-#define HB_LOG_LIMIT_LINES 50
-#define HB_LOG_LIMIT_WINDOW_MS 10000
+ * thread. So a condition that lasts (an endpoint down, a producer writing
+ * garbage) costs a limit about a dozen lines per half minute, whatever the
+ * traffic: the first lines say why, the summary how many more (before,
+ * 50 per 10 s: 5 lines/s of one kind, 18,000 an hour). */
+#define HB_LOG_LIMIT_LINES 10
+#define HB_LOG_LIMIT_WINDOW_MS 30000
 /* With a key (hb_log_limited_for: the subscription), the first line of each
  * key in a window is written even past HB_LOG_LIMIT_LINES, for up to this
  * many keys: one endpoint failing thousands of deliveries does not hide that
@@ -84,7 +87,7 @@ typedef struct hb_log_limit_s {
 #define HB_LOG_LIMIT(what)                                                                         \
     HB_LOG_LIMIT_NOTE(what, ", and the first of each subscription; the delivery log has every "    \
                             "delivery and attempt")
-/* note follows "at most 50 per 10 s are" in the summary. */
+/* note follows "at most 10 per 30 s are" in the summary. */
 #define HB_LOG_LIMIT_NOTE(what, note)                                                              \
     {                                                                                              \
         (what), (note), 0, 0, 0, HB_LOG_DEBUG, 0, NULL, 0, {                                       \

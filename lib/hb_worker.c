@@ -405,15 +405,25 @@ static void ensure_store(hb_worker_t *w) {
 
 /* ------------------------------------------------------------------ kafka */
 
+/* A producer writing what cannot be decoded writes it at its own rate: a
+ * line each would flood the log exactly then. At most HB_LOG_LIMIT_LINES per
+ * window, besides the first of each topic, with the first's reason; the
+ * counter and the copies on the dead-letter topic have every one. */
+static hb_log_limit_t log_poison =
+    HB_LOG_LIMIT_NOTE("\"poison message sent to ...\"",
+                      ", and the first of each topic; hookbridge_poison_messages_total counts "
+                      "every one, and the dead-letter topic has each with its reason");
+
 void hb_worker_poison(hb_worker_t *w, const rd_kafka_message_t *rkm, const char *reason) {
     char part[16], off[24];
     hb_job_t *job;
     snprintf(part, sizeof(part), "%d", (int)rkm->partition);
     snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
     hb_metric_inc(w->m_poison);
-    hb_log(HB_LOG_ERROR,
-           HB_KV("topic", rd_kafka_topic_name(rkm->rkt), "partition", part, "offset", off),
-           "poison message sent to %s: %s", w->cfg->dlq_topic, reason);
+    hb_log_limited_for(
+        &log_poison, rd_kafka_topic_name(rkm->rkt), HB_LOG_ERROR,
+        HB_KV("topic", rd_kafka_topic_name(rkm->rkt), "partition", part, "offset", off),
+        "poison message sent to %s: %s", w->cfg->dlq_topic, reason);
     job = hb_worker_track(w, rkm);
     hb_outbox_poison(w->outbox, w->cfg->dlq_topic, rkm, job, reason);
     hb_outbox_release(w->outbox, job);

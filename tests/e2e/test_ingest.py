@@ -86,8 +86,8 @@ def test_missing_or_wrong_auth_is_401_and_nothing_is_produced(broker, procs):
 
 def test_bad_requests_in_bulk_do_not_flood_the_log_and_every_client_is_named(broker, procs):
     """A client sending wrong requests in bulk (a scanner, a hook with the
-    wrong auth value) gets at most 50 log lines per 10 s, then one line says
-    how many more there were; another client's first refusal in that window is
+    wrong auth value) gets at most 10 log lines per 30 s (50 per 10 s
+    before review 71), then one line says how many more there were; another client's first refusal in that window is
     still logged, with its address; the metrics count every request."""
     ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
     ing.wait_ready()
@@ -106,11 +106,11 @@ def test_bad_requests_in_bulk_do_not_flood_the_log_and_every_client_is_named(bro
         left = [l for l in out if " line(s) not logged in the last " in l["msg"]]
         return refused, left
 
-    # the window's summary comes once it is over (10 s after its first line)
-    wait_until(lambda: lines()[1] or None, max(0, 12 - (time.monotonic() - t0)) + 10 * SLOW,
+    # the window's summary comes once it is over (30 s after its first line)
+    wait_until(lambda: lines()[1] or None, max(0, 32 - (time.monotonic() - t0)) + 10 * SLOW,
                "the line that says how many were left out")
     refused, left = lines()
-    assert len(refused) <= 2 * 50 + 1, len(refused)
+    assert len(refused) <= 10 + 2, len(refused)  # and the first of each client
     assert [l for l in refused if l["remote"] == "127.0.0.2"], "the other client's line"
     assert sum(int(l["msg"].split()[0]) for l in left) + len(refused) == 121
     assert "hookbridge_ingest_requests_total counts every request" in left[0]["msg"]

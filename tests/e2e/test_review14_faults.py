@@ -172,7 +172,8 @@ def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broke
     burst: its circuit opens after 20 failures, and every delivery is handed
     to the delay tier. At info, the log does not get one line per delivery
     (e5ce68b: 1,500 "attempt 1 failed" / "attempt 1 not made" lines): at most
-    50 of each kind per 10 s, then one line that says how many were left out;
+    10 of each kind per 30 s (50 per 10 s before review 71), then one line
+    that says how many were left out;
     the lines written and the ones counted as left out add up to every
     delivery, and the delivery log has each of them."""
     receiver = Receiver(procs, workdir, status=500, args=["--quiet"])
@@ -191,11 +192,11 @@ def test_an_endpoint_failing_every_delivery_does_not_flood_the_log(db_url, broke
         left = [l for l in out if " line(s) not logged in the last " in l["msg"]]
         return per, left
 
-    # the window's summary comes once it is over (10 s after its first line)
+    # the window's summary comes once it is over (30 s after its first line)
     wait_until(lambda: sum(int(l["msg"].split()[0]) for l in lines()[1]) + len(lines()[0]) >= 1500
-               or None, max(0, 15 - (time.monotonic() - t0)) + 10 * SLOW, "the summary lines")
+               or None, max(0, 35 - (time.monotonic() - t0)) + 10 * SLOW, "the summary lines")
     per, left = lines()
-    assert len(per) <= 4 * 50, len(per)
+    assert len(per) <= 4 * 11, len(per)
     assert sum(int(l["msg"].split()[0]) for l in left) + len(per) == 1500
     assert all(l["level"] == "info" for l in left), left
     assert any('"attempt N not made"' in l["msg"] for l in left), left
@@ -248,7 +249,7 @@ def test_a_database_not_answering_bounds_the_delivery_log_rows_held(db_url, brok
 def test_one_endpoint_failing_in_bulk_does_not_hide_another_ones_failures(db_url, broker, procs,
                                                                            workdir):
     """Endpoint A fails 200 deliveries in a burst (no circuit breaker here),
-    using up the 50 "attempt N failed" lines of the window; then endpoint B
+    using up the 10 "attempt N failed" lines of the window; then endpoint B
     fails 3. An operator grepping the log for B's subscription finds it: the
     first line of each subscription in a window is written past the limit.
     On the code before, B's failures were only counted in the summary."""
@@ -278,4 +279,4 @@ def test_one_endpoint_failing_in_bulk_does_not_hide_another_ones_failures(db_url
     of_b = [l for l in failed if l.get("subscription_id") == sub_b]
     print(f"{len(failed)} 'attempt 1 failed' lines, {len(of_b)} of B")
     assert of_b, "B's failures are not in the log"
-    assert len(failed) <= 50 + 2, len(failed)  # the window's 50, and each one's first
+    assert len(failed) <= 10 + 2, len(failed)  # the window's 10, and each one's first

@@ -86,7 +86,7 @@ def test_probes_answered_at_once_while_hundreds_of_connections_hold_the_port(bro
     connection has the one that waited longest without a whole request
     closed to make room; and when the 300 go away the port answers at once.
     The warn lines libmicrohttpd writes for each connection dropped half-way
-    are limited (50 per 10 s), not one per connection; the closes are
+    are limited (10 per 30 s), not one per connection; the closes are
     counted (hookbridge_http_connections_closed_total).
 
     On e48a11e /healthz was not answered in 10 s while the 300 were held:

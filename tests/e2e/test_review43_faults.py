@@ -89,8 +89,8 @@ def test_a_failed_round_is_one_warning_and_leaves_room_for_the_spool_s_others(
         broker, procs, workdir):
     """A round the brokers did not take logged "not published yet" once per
     file: up to 256 lines a round, through the limit every "ingest spool
-    ..." line shares (50 lines per 10 s). With 120 deliveries spooled and
-    the brokers away, the first round spent the window's 50 lines, and the
+    ..." line shares (then 50 lines per 10 s). With 120 deliveries spooled
+    and the brokers away, the first round spent the window's 50 lines, and the
     warning that the spool is full (this delivery answered as without a
     spool: 503 once the ingest timeout passes) was not written: the
     operator saw 503s, and lines about the files, not why. Now a round says
