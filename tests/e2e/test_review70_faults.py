@@ -177,7 +177,7 @@ def test_a_retrier_90_s_behind_whose_clock_steps_10_minutes_sends_each_retry_on_
     schedule is 3s,3s. While the retrier holds the first retry its clock is
     stepped 10 minutes forward, while it holds the second 10 minutes back.
     Each retry comes 3 s after the attempt before it (not at once, not 10
-    minutes later), the lateness it reports is under a second, and its
+    minutes later), the lateness it reports is about none (under 2 s for both), and its
     /healthz stays 200.
 
     Passes on main's binaries (4981d51) as well: a retry's due time is
@@ -209,7 +209,9 @@ def test_a_retrier_90_s_behind_whose_clock_steps_10_minutes_sends_each_retry_on_
           f"{late:.3f} s in all; healthz {set(health)}")
     assert len({p["headers"]["webhook-id"] for p in rcv.posts()[:3]}) == 1
     assert all(3 - 0.05 <= g < 3 + 2 * SLOW for g in gaps), f"retried after {gaps} s"
-    assert 0 <= late < 1, f"retries reported {late:.1f} s late"
+    # a step taken for time passed would report about 600 s; the bound is
+    # loose for a loaded machine (both retries together)
+    assert 0 <= late < 2 * SLOW, f"retries reported {late:.1f} s late"
     assert set(health) == {200}, health
     assert "this host's clock is 90." in r.proc.output() and "behind PostgreSQL's" \
         in r.proc.output(), r.proc.output()[-3000:]
