@@ -4,12 +4,14 @@ the other replicas told) with the database slow to take it."""
 import json
 import threading
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
 from hbtest.endpoints import ChallengeAnswering, serve
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher
+from hbtest.tcpproxy import TcpProxy
 from test_delivery import AUTH_VALUE, register_verified, sql
 
 PREVIEW = ("SELECT status, claimed_until > now() FROM hookbridge.previews WHERE id = %s")
@@ -20,9 +22,20 @@ WAITING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
 class Echo(ChallengeAnswering):
     """The first POST (a preview) is answered once `answer` is set, with a
     body that echoes its Authorization header (as echo endpoints do); the
-    second waits 15 s. Records the POSTs' webhook-ids."""
+    second waits 15 s. Records the POSTs' webhook-ids. A challenge that
+    comes while `slow_get` is set is answered 6 s later (`got_get` set)."""
     answer = threading.Event()
+    slow_get, got_get = threading.Event(), threading.Event()
     posts = []
+
+    def do_GET(self):
+        if Echo.slow_get.is_set():
+            Echo.got_get.set()
+            time.sleep(6)
+        try:
+            super().do_GET()
+        except OSError:
+            pass
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -101,4 +114,57 @@ def test_a_hand_over_the_database_does_not_take_in_time_is_not_said_taken_and_le
         if lock is not None:
             lock.rollback()
             lock.close()
+        srv.shutdown()
+
+
+def test_a_hand_over_the_database_refuses_is_said_in_one_line_per_request(
+        db_url, broker, procs, workdir):
+    """docs/operations.md, Health, shutdown and logs: a request the stopping
+    dispatcher aborts gets one line, saying what became of its hand-over. A
+    challenge and a preview run at the stop (drain 2 s, the endpoint slower),
+    the dispatcher's database cut (a TCP proxy) at the SIGTERM, so the
+    database takes neither hand-over.
+
+    Before (main at 6a6df8a): two lines each, under two names: `cannot hand
+    over a challenge or preview at shutdown ...` at error with a
+    `request_id` (for the challenge, its subscription's id), then `...
+    abandoned at shutdown; another dispatcher sends it again when this
+    one's claim expires` with the `subscription_id` or `preview_id`. Now the
+    abort's line says both: `the database did not take its hand-over
+    (<why>)`. About 6 s."""
+    Echo.posts = []
+    Echo.answer.clear()
+    Echo.got_get.clear()
+    srv = serve(Echo)
+    u = urlsplit(db_url)
+    proxy = TcpProxy(u.port)
+    proxy.start()
+    url = urlunsplit(u._replace(netloc=u.netloc.replace(f":{u.port}", f":{proxy.port}")))
+    d = Dispatcher(procs, url, broker.bootstrap, extra_env={"HOOKBRIDGE_SHUTDOWN_TIMEOUT": "2s"})
+    d.wait_ready(30 * SLOW)
+    try:
+        sub = register_verified(db_url, srv.url, ["user.session.start"])
+        Echo.slow_get.set()
+        preview = sql(db_url, "SELECT hookbridge.preview(%s)", sub)[0][0]
+        wait_until(lambda: len(Echo.posts) == 1, 10 * SLOW, "the preview")
+        sql(db_url, "SELECT hookbridge.verify(%s)", sub)
+        wait_until(Echo.got_get.is_set, 10 * SLOW, "the challenge")
+        proxy.cut()
+        t0 = time.monotonic()
+        assert d.proc.stop() == 0
+        assert time.monotonic() - t0 < 2 + 1 + 2 * SLOW
+        out = d.proc.output()
+        stop = out[out.index("draining for at most"):].splitlines()
+        for key, rid in (("subscription_id", sub), ("preview_id", preview)):
+            said = [json.loads(line) for line in stop if rid in line]
+            assert len(said) == 1, said
+            assert said[0][key] == rid
+            assert said[0]["level"] == "warn"
+            assert "abandoned at shutdown; the database did not take its hand-over (" in (
+                said[0]["msg"]), said
+            assert said[0]["msg"].endswith(("when this one's claim expires",
+                                            "when this one's claim expires (the same webhook-id)"))
+    finally:
+        Echo.slow_get.clear()
+        proxy.close()
         srv.shutdown()
