@@ -109,7 +109,8 @@ typedef struct verify_s {
     char challenge[HB_UUID_LEN + 1];
     char claim[HB_CLAIM_LEN];     /* the store's name for our claim of the request */
     struct verify_s *prev, *next; /* the dispatcher's running ones */
-    int handed_over;              /* given back at the drain's deadline (on_deadline) */
+    int handed_over;              /* given back at the drain's deadline: HAND_OVER_* */
+    char refused[160];            /* why the database did not take it ("": it did, or asked) */
 } verify_t;
 
 /* A preview being sent: its id (also the request's webhook-id) and what was
@@ -121,8 +122,32 @@ typedef struct preview_s {
     char claim[HB_CLAIM_LEN];
     hb_payload_t p;
     struct preview_s *prev, *next; /* the dispatcher's running ones */
-    int handed_over;               /* given back at the drain's deadline (on_deadline) */
+    int handed_over;               /* given back at the drain's deadline: HAND_OVER_* */
+    char refused[160];             /* why the database did not take it ("": it did, or asked) */
 } preview_t;
+
+/* A running request's hand-over at the drain's deadline (on_deadline): not
+ * asked (or refused), asked with no answer from the database yet (it may
+ * still take it after this replica stopped, or not), taken. */
+enum { HAND_OVER_NONE, HAND_OVER_ASKED, HAND_OVER_TAKEN };
+
+/* The one line of a request aborted at shutdown (what: "preview", ...):
+ * what became of its hand-over (refused: the database's error, or ""). */
+static void say_abandoned(const char *key, const char *id, const char *what, int state,
+                          const char *refused, const char *more) {
+    const char *then =
+        state == HAND_OVER_TAKEN ? "handed over to the other dispatchers, which send it again now"
+        : state == HAND_OVER_ASKED
+            ? "the database did not answer its hand-over in time: another dispatcher sends it "
+              "again once the database takes it, or when this one's claim expires"
+            : "another dispatcher sends it again when this one's claim expires";
+    if (state == HAND_OVER_NONE && refused[0])
+        hb_log(HB_LOG_WARN, HB_KV(key, id),
+               "%s abandoned at shutdown; the database did not take its hand-over (%s): %s%s", what,
+               refused, then, more);
+    else
+        hb_log(HB_LOG_WARN, HB_KV(key, id), "%s abandoned at shutdown; %s%s", what, then, more);
+}
 
 /* Since when this dispatcher has found a request (a preview, a
  * verification) not sendable (monotonic), and why: its endpoint busy, or
@@ -1070,11 +1095,8 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
                "verification challenge answered after it was handed over at shutdown; not "
                "recorded here");
     } else if (hb_worker_stopping(d->w)) {
-        hb_log(HB_LOG_WARN, HB_KV("subscription_id", v->sub->id),
-               v->handed_over ? "verification challenge abandoned at shutdown; handed over to "
-                                "the other dispatchers, which send it again now"
-                              : "verification challenge abandoned at shutdown; another "
-                                "dispatcher sends it again when this one's claim expires");
+        say_abandoned("subscription_id", v->sub->id, "verification challenge", v->handed_over,
+                      v->refused, "");
     } else if (res->not_sent) {
         /* Never sent (its host's queue was full, or it waited too long for a
          * connection to a busy host): that says nothing about the endpoint,
@@ -1431,14 +1453,14 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
         /* aborted at the drain's deadline: says nothing of the endpoint
          * (it was recorded failed, "aborted at shutdown"); or answered
          * after it was handed over: the claim no longer holds */
-        hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id), "%s",
-               !hb_worker_stopping(d->w)
-                   ? "preview answered after it was handed over at shutdown; not recorded here "
-                     "(another dispatcher sends it again, the same webhook-id)"
-               : pv->handed_over ? "preview abandoned at shutdown; handed over to the other "
-                                   "dispatchers, which send it again now (the same webhook-id)"
-                                 : "preview abandoned at shutdown; another dispatcher sends it "
-                                   "again when this one's claim expires (the same webhook-id)");
+        if (!hb_worker_stopping(d->w))
+            hb_log(HB_LOG_WARN, HB_KV("preview_id", pv->id),
+                   "preview answered after it was handed over at shutdown; not recorded here "
+                   "(another dispatcher sends it again, the same webhook-id)");
+        else
+            say_abandoned("preview_id", pv->id, "preview", pv->handed_over, pv->refused,
+                          " (the same webhook-id)");
+        free(response); /* redacted from an answer that came after the hand-over */
         preview_free(pv);
         return;
     }
@@ -1710,23 +1732,36 @@ static size_t busy(hb_worker_t *w, void *opaque) {
     return d->verifying + d->previewing;
 }
 
-/* A hand-over the database did not take (unreachable): the request waits
- * for its lease's end, as before, and its abort says so. */
+/* A hand-over the database took, or did not (unreachable): then the
+ * request waits for its lease's end, as before. The abort of one still
+ * running says which (or that no answer came). */
 static void on_handed_over(const char *id, int released, const char *err, void *opaque) {
     hb_dispatcher_t *d = opaque;
+    int state = err ? HAND_OVER_NONE : HAND_OVER_TAKEN, running = 0;
     (void)released; /* not: the claim no longer holds (decided, asked again) */
+    for (verify_t *v = d->running_verifies; v; v = v->next)
+        if (!strcmp(v->sub->id, id)) {
+            v->handed_over = state;
+            snprintf(v->refused, sizeof(v->refused), "%s", err ? err : "");
+            running = 1;
+        }
+    for (preview_t *pv = d->running_previews; pv; pv = pv->next)
+        if (!strcmp(pv->id, id)) {
+            pv->handed_over = state;
+            snprintf(pv->refused, sizeof(pv->refused), "%s", err ? err : "");
+            running = 1;
+        }
     if (!err)
         return;
+    if (running) { /* its abort says why, in its one line */
+        hb_worker_db_error(d->w);
+        return;
+    }
+    /* answered meanwhile, and not recorded (its claim was being given up) */
     store_refused(d, "request_id", id,
                   "hand over a challenge or preview at shutdown (it is sent again when its "
                   "claim expires)",
                   err);
-    for (verify_t *v = d->running_verifies; v; v = v->next)
-        if (!strcmp(v->sub->id, id))
-            v->handed_over = 0;
-    for (preview_t *pv = d->running_previews; pv; pv = pv->next)
-        if (!strcmp(pv->id, id))
-            pv->handed_over = 0;
 }
 
 /* The drain's deadline passed with challenges and previews still running
@@ -1742,13 +1777,13 @@ static void on_deadline(hb_worker_t *w, void *opaque) {
     char errstr[256];
     static const char note[] = "not answered before its dispatcher stopped: handed over";
     for (verify_t *v = d->running_verifies; v; v = v->next) {
-        v->handed_over = 1;
+        v->handed_over = HAND_OVER_ASKED;
         if (!store || hb_store_release_verification(store, v->sub->id, v->claim, note, -1,
                                                     on_handed_over, d, errstr, sizeof(errstr)) < 0)
             on_handed_over(v->sub->id, 0, store ? errstr : "database not connected", d);
     }
     for (preview_t *pv = d->running_previews; pv; pv = pv->next) {
-        pv->handed_over = 1;
+        pv->handed_over = HAND_OVER_ASKED;
         if (!store || hb_store_release_preview(store, pv->id, pv->claim, note, -1, on_handed_over,
                                                d, errstr, sizeof(errstr)) < 0)
             on_handed_over(pv->id, 0, store ? errstr : "database not connected", d);
