@@ -184,6 +184,9 @@ struct hb_http_xfer_s {
     size_t body_read;            /* bytes of response bodies read */
     int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
+    int line_status;             /* the status on the current response's status line */
+    int head_status;             /* that of the final (non-1xx) response whose headers came
+                                  * whole, up to their blank line; 0 until then */
     long long retry_after_s;
     /* Retry-After as an HTTP date (epoch s; 0: absent), and the response's
      * Date as sent ("": absent): both the endpoint's clock. The Date is
@@ -587,8 +590,15 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
         x->said[0] = '\0';
         x->hdr_count = x->hdr_bytes = 0;
         x->hdr_at_start = 0;
+        const char *sp = memchr(data, ' ', n); /* "HTTP/1.1 200 OK" */
+        x->line_status = 0;
+        for (size_t i = sp ? (size_t)(sp - data) + 1 : n; i < n && data[i] >= '0' && data[i] <= '9';
+             i++)
+            x->line_status = x->line_status < 1000 ? x->line_status * 10 + (data[i] - '0') : 1000;
     } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
         x->hdr_at_start = 1; /* the blank line ending a response's headers */
+        if (x->line_status >= 200)
+            x->head_status = x->line_status;
         /* A Retry-After date is the endpoint's clock: counted from its Date
          * (RFC 9110 10.2.2), not from ours, which may be minutes off. */
         time_t said = x->retry_after_at > 0 && x->said[0] ? curl_getdate(x->said, NULL) : 0;
@@ -1048,9 +1058,31 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
          * answer that is not HTTP (an SSH or SMTP port, a bad status line). */
         hb_seterr(res->error, sizeof(res->error), "not an HTTP response: %s", detail);
         break;
+    case CURLE_OUT_OF_MEMORY:
+        /* curl 7.88 says this of a header line longer than it buffers (100
+         * KiB, CURL_MAX_HTTP_HEADER): "Out of memory" sent operators looking
+         * at the dispatcher's memory for an endpoint's endless header */
+        if (!x->head_status) {
+            hb_seterr(res->error, sizeof(res->error),
+                      "response headers over the limit (%d headers, %d bytes): not read",
+                      HB_HTTP_MAX_RESPONSE_HEADERS, HB_HTTP_MAX_RESPONSE_HEADER_BYTES);
+            break;
+        }
+        hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
+        break;
     default:
         hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
         break;
+    }
+    /* The answer's status line and headers came whole, its body did not (a
+     * Content-Length longer than the body sent, a reset or a stall after
+     * it): said, or the operator reads "timeout after 10000 ms" of an
+     * endpoint that answered 200 at once, and its owner says so. */
+    if (x->head_status > 0 && !res->refused) {
+        size_t len = strlen(res->error);
+        if (len < sizeof(res->error))
+            snprintf(res->error + len, sizeof(res->error) - len,
+                     ", reading the body of an HTTP %d answer", x->head_status);
     }
 }
 

@@ -1,0 +1,236 @@
+"""Review 73: receivers as they behave in the wild (frameworks, proxies,
+serverless gateways, broken code), each a raw-socket endpoint on its own
+loopback port, one subscription each, one dispatcher: what the delivery log
+says of each (docs/design.md, How an answer is classified).
+
+Each check says what it did on faf072a (before this review's commits)."""
+import socket
+import threading
+import time
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.stack import Broker, Dispatcher, produce
+from test_delivery import event, sql
+from test_review57_faults import subscribe
+
+ETYPE = "user.session.start"
+
+
+def read_head(conn):
+    """Reads a request's head (up to the blank line); returns (head, rest)
+    or (None, b"") at end of stream."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None, b""
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head.decode("latin-1"), rest
+
+
+def read_request(conn):
+    """Reads one whole request; returns its head, or None at end of stream."""
+    head, rest = read_head(conn)
+    if head is None:
+        return None
+    n = 0
+    for line in head.split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            n = int(v)
+    while len(rest) < n:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    return head
+
+
+def rst(conn):
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.close()
+
+
+class Raw:
+    """A loopback listener running behave(conn, raw) for each connection on
+    its own thread; raw.heads are the request heads it read (behave appends),
+    raw.conns counts connections."""
+
+    def __init__(self, behave):
+        self.behave, self.heads, self.conns = behave, [], 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns += 1
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        try:
+            self.behave(conn, self)
+        except OSError:
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def answering(response, keep=True, after=None):
+    """behave: reads each request whole, answers response (bytes); keep:
+    serve the next request on the connection; after(conn): what follows."""
+    def behave(conn, raw):
+        while True:
+            head = read_request(conn)
+            if head is None:
+                return
+            raw.heads.append(head)
+            conn.sendall(response)
+            if after:
+                after(conn)
+                return
+            if not keep:
+                return
+    return behave
+
+
+def attempts(db_url, sub):
+    return sql(db_url, "SELECT a.attempt, a.outcome, a.http_status, coalesce(a.error, ''), "
+               "a.duration_ms FROM hookbridge.delivery_attempts a JOIN hookbridge.deliveries d "
+               "USING (delivery_id) WHERE d.subscription_id = %s ORDER BY a.started_at", sub)
+
+
+def subscribe_to(db_url, url, etype=ETYPE, timeout_ms=None):
+    sub = subscribe(db_url, url, etype)
+    if timeout_ms:
+        sql(db_url, "SELECT hookbridge.update(%s, NULL, NULL, %s::jsonb)", sub,
+            '{"timeout_ms": %d}' % timeout_ms)
+    return sub
+
+
+def rss_kb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def early(status):
+    """behave: answers status as soon as the request's head is read (its body
+    not read), then closes."""
+    def behave(conn, raw):
+        head, _ = read_head(conn)
+        if head is None:
+            return
+        raw.heads.append(head)
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status)
+        time.sleep(0.2)
+    return behave
+
+
+def trickle(data, every):
+    def behave(conn, raw):
+        head = read_request(conn)
+        raw.heads.append(head)
+        for i in range(len(data)):
+            conn.sendall(data[i:i + 1])
+            time.sleep(every)
+    return behave
+
+
+def stream(first, chunk, total):
+    def behave(conn, raw):
+        head = read_request(conn)
+        raw.heads.append(head)
+        conn.sendall(first)
+        sent = 0
+        while sent < total:
+            conn.sendall(chunk)
+            sent += len(chunk)
+    return behave
+
+
+def silent_close(conn, raw=None):
+    """after: the connection stays open (keep-alive, nothing said) until the
+    next request arrives, then closes without answering it."""
+    read_head(conn)
+    rst(conn)
+
+
+def start(procs, workdir, db_url):
+    broker = Broker(procs, workdir, retry_schedule="1h")
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
+        "HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_LOG_LEVEL": "info",
+        "HOOKBRIDGE_CIRCUIT_FAILURES": "100"})
+    d.wait_ready()
+    return broker, d
+
+
+def settle(db_url, subs, want):
+    """Waits for want[k] attempts of each subscription k; returns them."""
+    wait_until(lambda: all(len(attempts(db_url, subs[k])) >= want[k] for k in subs) or None,
+               30 * SLOW, "every attempt's outcome")
+    return {k: attempts(db_url, subs[k]) for k in subs}
+
+
+H200 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_an_answer_cut_short_after_its_headers_says_which_answer_it_was(db_url, procs, workdir):
+    """Receivers whose answer's status line and headers came whole and whose
+    body did not: a Content-Length one longer than the body (a framework
+    counting bytes before a middleware rewrote them), two Content-Lengths
+    that disagree, a 200 with Content-Length 100 and 2 bytes then a reset.
+    Each is retried (docs/design.md: an exchange cut short; the receiver
+    de-duplicates by webhook-id), and now the delivery log says it was an
+    answer: `timeout after 1000 ms, reading the body of an HTTP 200
+    answer`. On faf072a it said `timeout after 1000 ms` and `connection
+    error: Recv failure: Connection reset by peer`, no status: the operator
+    told the endpoint's owner it was slow or down; its owner saw 200s sent
+    within milliseconds.
+
+    And a header line that never ends (over curl's 100 KiB) said `Out of
+    memory: Out of memory`, which sent the operator to the dispatcher's
+    memory (RSS unchanged); now `response headers over the limit`, as for
+    too many headers."""
+    cases = {
+        "cl_longer": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"),
+        "cl_twice": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3"
+                              b"\r\n\r\nok"),
+        "reset_mid_body": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok",
+                                    after=rst),
+        "endless_line": stream(b"HTTP/1.1 200 OK\r\nX-A: ", b"a" * 65536, 1 << 22),
+    }
+    raws = {k: Raw(v) for k, v in cases.items()}
+    try:
+        broker, d = start(procs, workdir, db_url)
+        subs = {k: subscribe_to(db_url, raws[k].url, timeout_ms=1000) for k in cases}
+        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        produce(broker.bootstrap, [event(ETYPE)])
+        got = settle(db_url, subs, dict.fromkeys(subs, 1))
+        cut = "timeout after 1000 ms, reading the body of an HTTP 200 answer"
+        assert [a[1:4] for a in got["cl_longer"]] == [("retry", None, cut)], got
+        assert [a[1:4] for a in got["cl_twice"]] == [("retry", None, cut)], got
+        assert [a[1:4] for a in got["reset_mid_body"]] == [(
+            "retry", None, "connection error: Recv failure: Connection reset by peer, reading "
+            "the body of an HTTP 200 answer")], got
+        assert [a[1:4] for a in got["endless_line"]] == [(
+            "retry", None, "response headers over the limit (100 headers, 32768 bytes): "
+            "not read")], got
+    finally:
+        for r in raws.values():
+            r.close()
