@@ -187,6 +187,7 @@ struct hb_http_xfer_s {
     int line_status;             /* the status on the current response's status line */
     int head_status;             /* that of the final (non-1xx) response whose headers came
                                   * whole, up to their blank line; 0 until then */
+    int resent;                  /* sent again on a fresh connection (hb_http_resend) */
     long long retry_after_s;
     /* Retry-After as an HTTP date (epoch s; 0: absent), and the response's
      * Date as sent ("": absent): both the endpoint's clock. The Date is
@@ -2212,6 +2213,43 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
     curl_url_cleanup(u);
 }
 
+/* A transfer whose kept-alive connection the endpoint had closed (it reset
+ * it, or closed it without a word, as our request arrived: an idle timeout
+ * of its own meeting our reuse) is sent once more on a fresh connection,
+ * within what is left of its timeout, rather than completed as a failed
+ * attempt. curl does that itself most of the time, not always: beside an
+ * endpoint closing every connection at its second request, 7 of 400
+ * deliveries were logged `connection error: Recv failure: Connection reset
+ * by peer` and waited for the first delay tier (review 73). Nothing of an
+ * answer came, and the endpoint saw the request at most on a connection it
+ * was dropping; a request it took and then reset is sent again, as its
+ * retry would be (it de-duplicates by webhook-id). Returns 1 when x runs
+ * again. */
+static int hb_http_resend(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
+    long connects = -1, header_bytes = -1;
+    if (x->resent || x->aborted || x->hdr_overflow || x->body_overflow || x->line_status ||
+        (rc != CURLE_RECV_ERROR && rc != CURLE_SEND_ERROR && rc != CURLE_GOT_NOTHING))
+        return 0;
+    (void)curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &connects);
+    (void)curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &header_bytes);
+    long long left = x->timeout_ms - (hb_mono_ms() - x->started_mono);
+    if (connects != 0 || header_bytes != 0 || left <= 0)
+        return 0;
+    (void)curl_multi_remove_handle(h->multi, x->easy);
+    x->errbuf[0] = '\0';
+    x->resent = 1;
+    if (curl_easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
+        curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)left) != CURLE_OK ||
+        curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+        (void)curl_multi_add_handle(h->multi, x->easy); /* completed as it was, below */
+        return 0;
+    }
+    hb_debug("request to %s sent again on a fresh connection: the endpoint closed the kept one "
+             "(%s)",
+             x->host_name ? x->host_name : "?", curl_easy_strerror(rc));
+    return 1;
+}
+
 /* Completes the transfers curl reports finished; returns how many. */
 static int hb_http_collect(hb_http_t *h) {
     int n = 0;
@@ -2223,6 +2261,8 @@ static int hb_http_collect(hb_http_t *h) {
         CURLcode rc = msg->data.result;
         char *priv = NULL;
         (void)curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (hb_http_resend(h, (hb_http_xfer_t *)(void *)priv, rc))
+            continue;
         hb_http_complete(h, (hb_http_xfer_t *)(void *)priv, rc);
         n++;
     }
