@@ -275,3 +275,92 @@ def test_a_kept_connection_the_endpoint_drops_at_our_next_request_costs_no_attem
     finally:
         for r in raws.values():
             r.close()
+
+
+def test_what_receivers_in_the_wild_answer_is_classified_as_documented(db_url, procs, workdir):
+    """Right on faf072a too, pinned (docs/design.md, How an answer is
+    classified; docs/security.md, Response bodies and headers), one
+    subscription each, one dispatcher, request timeout 2 s:
+
+    delivered: an HTTP/1.0 200 ended by the close, a 200 without length
+    ended by the close, a 200 then a reset (the answer was whole), 103 Early
+    Hints before the 200, a 204 with a stray body (three in a row, its
+    stray bytes never read as the next answer), a Content-Length given twice alike, Transfer-Encoding with
+    a Content-Length (chunked wins), a status line without reason, a gzip
+    body we never decode; a 100 KiB batch answered 200 before its body was
+    read. Failed at once: a 302 (not followed), a 410 (as any 4xx: not
+    deactivated), a status 600, a 401 before the body was read. Retried: a
+    1 GiB body (given up at 16 MiB within a second, the dispatcher's memory
+    not growing with it), a status line trickled a byte every 0.5 s (cut at
+    the request timeout, not later), 101 Switching Protocols. Meanwhile a
+    healthy endpoint's deliveries take milliseconds. No request carries
+    `Expect:` (no 100-continue round trip)."""
+    gz = (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xcb\xcf\x06\x00G\xdd\xdc\x79\x02\x00\x00\x00")
+    small = {
+        "control": (answering(H200), "delivered"),
+        "http10": (answering(b"HTTP/1.0 200 OK\r\n\r\nthanks", keep=False), "delivered"),
+        "eof_body": (answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthanks",
+                               keep=False), "delivered"),
+        "ok_then_rst": (answering(H200, after=rst), "delivered"),
+        "hints": (answering(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" + H200),
+                  "delivered"),
+        "204_body": (answering(b"HTTP/1.1 204 No Content\r\n\r\ngarbage"), "delivered"),
+        "cl_twice": (answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2"
+                               b"\r\n\r\nok"), "delivered"),
+        "te_cl": (answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: "
+                            b"chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), "delivered"),
+        "no_reason": (answering(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"), "delivered"),
+        "gzip": (answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d"
+                           b"\r\n\r\n" % len(gz) + gz), "delivered"),
+        "redirect": (answering(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/x\r\n"
+                               b"Content-Length: 0\r\n\r\n"), "failed"),
+        "gone": (answering(b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n"), "failed"),
+        "s600": (answering(b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n"), "failed"),
+        "huge": (stream(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n", b"x" * 65536,
+                        1 << 30), "retry"),
+        "trickle": (trickle(H200, 0.5), "retry"),
+        "upgrade": (answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\n\r\n", keep=False), "retry"),
+    }
+    big = {"early_200": (early(200), "delivered"), "early_401": (early(401), "failed")}
+    raws = {k: Raw(v[0]) for k, v in {**small, **big}.items()}
+    try:
+        broker, d = start(procs, workdir, db_url)
+        subs = {k: subscribe_to(db_url, raws[k].url, timeout_ms=2000) for k in small}
+        subs.update({k: subscribe_to(db_url, raws[k].url, "user.account.lock", 2000)
+                     for k in big})
+        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        rss0 = rss_kb(d.proc.pid)
+        bigev = event("user.account.lock")
+        bigev["displayMessage"] = "z" * 100000
+        produce(broker.bootstrap, [event(ETYPE), bigev])
+        time.sleep(0.3)
+        produce(broker.bootstrap, [event(ETYPE)])
+        time.sleep(0.3)
+        produce(broker.bootstrap, [event(ETYPE)])
+        got = settle(db_url, subs, {k: 3 if k in small else 1 for k in subs})
+        want = {k: v[1] for k, v in {**small, **big}.items()}
+        assert {k: sorted({a[1] for a in v}) for k, v in got.items()} == {
+            k: [w] for k, w in want.items()}, got
+        assert {a[3] for a in got["redirect"]} == {"redirect (HTTP 302) not followed"}
+        assert {a[2:4] for a in got["gone"]} == {(410, "HTTP 410")}
+        assert {a[2:4] for a in got["early_401"]} == {(401, "HTTP 401")}
+        assert {a[3] for a in got["s600"]} == {"unexpected HTTP status 600"}
+        assert {a[3] for a in got["huge"]} == {
+            "response body over the limit (16777216 bytes): not read to its end"}
+        assert max(a[4] for a in got["huge"]) < 1000 * SLOW, got["huge"]
+        assert {a[3] for a in got["trickle"]} == {"timeout after 2000 ms"}
+        assert all(2000 <= a[4] < 2300 * SLOW for a in got["trickle"]), got["trickle"]
+        assert max(a[4] for a in got["control"]) < 500 * SLOW, got["control"]
+        assert len(raws["204_body"].heads) == 3  # its stray bytes never read as an answer
+        assert rss_kb(d.proc.pid) - rss0 < 60000, (rss0, rss_kb(d.proc.pid))
+        heads = [h for r in raws.values() for h in r.heads]
+        assert heads and not any("\r\nexpect:" in h.lower() for h in heads)
+        sizes = [int(line.split(":")[1]) for h in raws["early_200"].heads
+                 for line in h.split("\r\n") if line.lower().startswith("content-length:")]
+        assert sizes and min(sizes) > 100000, sizes  # answered before a body that size was read
+        assert sql(db_url, "SELECT status FROM hookbridge.subscriptions WHERE id = %s",
+                   subs["gone"]) == [("active",)]
+    finally:
+        for r in raws.values():
+            r.close()
