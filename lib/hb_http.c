@@ -944,6 +944,7 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                              hb_http_result_t *res) {
     long os_errno = 0;
     const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    int interim = !x->head_status && x->line_status >= 100 && x->line_status <= 199;
     if (x->hdr_overflow) {
         hb_seterr(res->error, sizeof(res->error),
                   "response headers over the limit (%d headers, %d bytes): not read",
@@ -1015,7 +1016,12 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
          * closed the connection, no more. */
         curl_off_t tls_us = 0;
         (void)curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
-        if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
+        if (rc == CURLE_GOT_NOTHING && interim)
+            hb_seterr(res->error, sizeof(res->error),
+                      "the endpoint closed the connection after an interim HTTP %d answer, "
+                      "with no final one",
+                      x->line_status);
+        else if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
             hb_seterr(res->error, sizeof(res->error),
                       "the endpoint closed the connection without a response (empty reply)");
         else if (rc != CURLE_GOT_NOTHING && (strstr(detail, "SSL") || strstr(detail, "TLS")))
@@ -1079,12 +1085,16 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
      * Content-Length longer than the body sent, a reset or a stall after
      * it): said, or the operator reads "timeout after 10000 ms" of an
      * endpoint that answered 200 at once, and its owner says so. */
-    if (x->head_status > 0 && !res->refused) {
-        size_t len = strlen(res->error);
-        if (len < sizeof(res->error))
-            snprintf(res->error + len, sizeof(res->error) - len,
-                     ", reading the body of an HTTP %d answer", x->head_status);
-    }
+    size_t len = strlen(res->error);
+    if (x->head_status > 0 && !res->refused && len < sizeof(res->error))
+        snprintf(res->error + len, sizeof(res->error) - len,
+                 ", reading the body of an HTTP %d answer", x->head_status);
+    /* only an interim answer came (a 101 Switching Protocols from a
+     * WebSocket server at the URL, a 100 then nothing): "empty reply" alone
+     * said the endpoint had sent nothing */
+    else if (interim && rc != CURLE_GOT_NOTHING && len < sizeof(res->error))
+        snprintf(res->error + len, sizeof(res->error) - len,
+                 ", after an interim HTTP %d answer and no final one", x->line_status);
 }
 
 /*

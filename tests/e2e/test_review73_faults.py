@@ -206,7 +206,9 @@ def test_an_answer_cut_short_after_its_headers_says_which_answer_it_was(db_url, 
     And a header line that never ends (over curl's 100 KiB) said `Out of
     memory: Out of memory`, which sent the operator to the dispatcher's
     memory (RSS unchanged); now `response headers over the limit`, as for
-    too many headers."""
+    too many headers. A WebSocket server at the URL answering 101 Switching
+    Protocols and closing was `the endpoint closed the connection without a
+    response (empty reply)`; now it names the 101."""
     cases = {
         "cl_longer": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok"),
         "cl_twice": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3"
@@ -214,6 +216,8 @@ def test_an_answer_cut_short_after_its_headers_says_which_answer_it_was(db_url, 
         "reset_mid_body": answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nok",
                                     after=rst),
         "endless_line": stream(b"HTTP/1.1 200 OK\r\nX-A: ", b"a" * 65536, 1 << 22),
+        "upgrade": answering(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\n\r\n", keep=False),
     }
     raws = {k: Raw(v) for k, v in cases.items()}
     try:
@@ -231,6 +235,9 @@ def test_an_answer_cut_short_after_its_headers_says_which_answer_it_was(db_url, 
         assert [a[1:4] for a in got["endless_line"]] == [(
             "retry", None, "response headers over the limit (100 headers, 32768 bytes): "
             "not read")], got
+        assert [a[1:4] for a in got["upgrade"]] == [(
+            "retry", None, "the endpoint closed the connection after an interim HTTP 101 answer, "
+            "with no final one")], got
     finally:
         for r in raws.values():
             r.close()
