@@ -184,6 +184,10 @@ struct hb_http_xfer_s {
     size_t body_read;            /* bytes of response bodies read */
     int body_overflow;           /* over HB_HTTP_MAX_RESPONSE_BODY_BYTES: aborted */
     int hdr_at_start;            /* the next header line is a response's status line */
+    int line_status;             /* the status on the current response's status line */
+    int head_status;             /* that of the final (non-1xx) response whose headers came
+                                  * whole, up to their blank line; 0 until then */
+    int resent;                  /* sent again on a fresh connection (hb_http_resend) */
     long long retry_after_s;
     /* Retry-After as an HTTP date (epoch s; 0: absent), and the response's
      * Date as sent ("": absent): both the endpoint's clock. The Date is
@@ -587,8 +591,15 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
         x->said[0] = '\0';
         x->hdr_count = x->hdr_bytes = 0;
         x->hdr_at_start = 0;
+        const char *sp = memchr(data, ' ', n); /* "HTTP/1.1 200 OK" */
+        x->line_status = 0;
+        for (size_t i = sp ? (size_t)(sp - data) + 1 : n; i < n && data[i] >= '0' && data[i] <= '9';
+             i++)
+            x->line_status = x->line_status < 1000 ? x->line_status * 10 + (data[i] - '0') : 1000;
     } else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
         x->hdr_at_start = 1; /* the blank line ending a response's headers */
+        if (x->line_status >= 200)
+            x->head_status = x->line_status;
         /* A Retry-After date is the endpoint's clock: counted from its Date
          * (RFC 9110 10.2.2), not from ours, which may be minutes off. */
         time_t said = x->retry_after_at > 0 && x->said[0] ? curl_getdate(x->said, NULL) : 0;
@@ -933,6 +944,7 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
                              hb_http_result_t *res) {
     long os_errno = 0;
     const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+    int interim = !x->head_status && x->line_status >= 100 && x->line_status <= 199;
     if (x->hdr_overflow) {
         hb_seterr(res->error, sizeof(res->error),
                   "response headers over the limit (%d headers, %d bytes): not read",
@@ -1004,7 +1016,12 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
          * closed the connection, no more. */
         curl_off_t tls_us = 0;
         (void)curl_easy_getinfo(x->easy, CURLINFO_APPCONNECT_TIME_T, &tls_us);
-        if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
+        if (rc == CURLE_GOT_NOTHING && interim)
+            hb_seterr(res->error, sizeof(res->error),
+                      "the endpoint closed the connection after an interim HTTP %d answer, "
+                      "with no final one",
+                      x->line_status);
+        else if (rc == CURLE_GOT_NOTHING && tls_us <= 0)
             hb_seterr(res->error, sizeof(res->error),
                       "the endpoint closed the connection without a response (empty reply)");
         else if (rc != CURLE_GOT_NOTHING && (strstr(detail, "SSL") || strstr(detail, "TLS")))
@@ -1048,10 +1065,36 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
          * answer that is not HTTP (an SSH or SMTP port, a bad status line). */
         hb_seterr(res->error, sizeof(res->error), "not an HTTP response: %s", detail);
         break;
+    case CURLE_OUT_OF_MEMORY:
+        /* curl 7.88 says this of a header line longer than it buffers (100
+         * KiB, CURL_MAX_HTTP_HEADER): "Out of memory" sent operators looking
+         * at the dispatcher's memory for an endpoint's endless header */
+        if (!x->head_status) {
+            hb_seterr(res->error, sizeof(res->error),
+                      "response headers over the limit (%d headers, %d bytes): not read",
+                      HB_HTTP_MAX_RESPONSE_HEADERS, HB_HTTP_MAX_RESPONSE_HEADER_BYTES);
+            break;
+        }
+        hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
+        break;
     default:
         hb_seterr(res->error, sizeof(res->error), "%s: %s", curl_easy_strerror(rc), detail);
         break;
     }
+    /* The answer's status line and headers came whole, its body did not (a
+     * Content-Length longer than the body sent, a reset or a stall after
+     * it): said, or the operator reads "timeout after 10000 ms" of an
+     * endpoint that answered 200 at once, and its owner says so. */
+    size_t len = strlen(res->error);
+    if (x->head_status > 0 && !res->refused && len < sizeof(res->error))
+        snprintf(res->error + len, sizeof(res->error) - len,
+                 ", reading the body of an HTTP %d answer", x->head_status);
+    /* only an interim answer came (a 101 Switching Protocols from a
+     * WebSocket server at the URL, a 100 then nothing): "empty reply" alone
+     * said the endpoint had sent nothing */
+    else if (interim && rc != CURLE_GOT_NOTHING && len < sizeof(res->error))
+        snprintf(res->error + len, sizeof(res->error) - len,
+                 ", after an interim HTTP %d answer and no final one", x->line_status);
 }
 
 /*
@@ -2180,6 +2223,43 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
     curl_url_cleanup(u);
 }
 
+/* A transfer whose kept-alive connection the endpoint had closed (it reset
+ * it, or closed it without a word, as our request arrived: an idle timeout
+ * of its own meeting our reuse) is sent once more on a fresh connection,
+ * within what is left of its timeout, rather than completed as a failed
+ * attempt. curl does that itself most of the time, not always: beside an
+ * endpoint closing every connection at its second request, 7 of 400
+ * deliveries were logged `connection error: Recv failure: Connection reset
+ * by peer` and waited for the first delay tier (review 73). Nothing of an
+ * answer came, and the endpoint saw the request at most on a connection it
+ * was dropping; a request it took and then reset is sent again, as its
+ * retry would be (it de-duplicates by webhook-id). Returns 1 when x runs
+ * again. */
+static int hb_http_resend(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
+    long connects = -1, header_bytes = -1;
+    if (x->resent || x->aborted || x->hdr_overflow || x->body_overflow || x->line_status ||
+        (rc != CURLE_RECV_ERROR && rc != CURLE_SEND_ERROR && rc != CURLE_GOT_NOTHING))
+        return 0;
+    (void)curl_easy_getinfo(x->easy, CURLINFO_NUM_CONNECTS, &connects);
+    (void)curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &header_bytes);
+    long long left = x->timeout_ms - (hb_mono_ms() - x->started_mono);
+    if (connects != 0 || header_bytes != 0 || left <= 0)
+        return 0;
+    (void)curl_multi_remove_handle(h->multi, x->easy);
+    x->errbuf[0] = '\0';
+    x->resent = 1;
+    if (curl_easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L) != CURLE_OK ||
+        curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)left) != CURLE_OK ||
+        curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+        (void)curl_multi_add_handle(h->multi, x->easy); /* completed as it was, below */
+        return 0;
+    }
+    hb_debug("request to %s sent again on a fresh connection: the endpoint closed the kept one "
+             "(%s)",
+             x->host_name ? x->host_name : "?", curl_easy_strerror(rc));
+    return 1;
+}
+
 /* Completes the transfers curl reports finished; returns how many. */
 static int hb_http_collect(hb_http_t *h) {
     int n = 0;
@@ -2191,6 +2271,8 @@ static int hb_http_collect(hb_http_t *h) {
         CURLcode rc = msg->data.result;
         char *priv = NULL;
         (void)curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (hb_http_resend(h, (hb_http_xfer_t *)(void *)priv, rc))
+            continue;
         hb_http_complete(h, (hb_http_xfer_t *)(void *)priv, rc);
         n++;
     }

@@ -140,7 +140,8 @@ def test_what_a_hostile_endpoint_s_answers_leave_in_the_log_and_the_metrics(db_u
         rows = wait_until(lambda: settled(db_url, subs), 20, "every attempt's outcome")
 
         # cut short: retried, no status logged, class none
-        assert rows["stall"] == [("retry", 1, None, "timeout after 1000 ms")], rows
+        assert rows["stall"] == [("retry", 1, None, "timeout after 1000 ms, reading the body of "
+                                  "an HTTP 200 answer")], rows  # review 73: which answer
         assert rows["cut"][0][:3] == ("retry", 1, None), rows
         assert "transfer closed with 97 bytes remaining" in rows["cut"][0][3], rows
         status = sql(db_url, "SELECT http_status FROM hookbridge.delivery_attempts "
