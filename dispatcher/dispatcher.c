@@ -217,6 +217,10 @@ struct hb_dispatcher_s {
     int preview_backlog;
     int looking;         /* a look for claimable verification requests is open */
     int looking_preview; /* a look for claimable previews is open */
+    /* the last look for verification requests [0] / previews [1] failed:
+     * said when it begins and when it ends, not at every look (every few
+     * seconds while the database is away) */
+    int look_failing[2];
     /* monotonic: look for previews then (one given back not sent:
      * PREVIEW_RETRY_MS), 0 none */
     int64_t preview_retry_at;
@@ -1281,13 +1285,21 @@ static void on_verify(hb_worker_t *w, const char *id, void *opaque) {
     run_verification(opaque, id);
 }
 
-/* The answer of a look (look_for_verifications): run(d, id) for each. */
+/* The answer of a look (look_for_verifications): run(d, id) for each. A
+ * failing look is said once, and again when it works (the database's own
+ * lines say why it is away); the looks in between are debug. */
 static void pending_run(hb_dispatcher_t *d, char **ids, int cnt, const char *err, const char *what,
                         void (*run)(hb_dispatcher_t *, const char *)) {
+    int *failing = &d->look_failing[run == run_verification ? 0 : 1];
     if (err) {
-        hb_error("cannot list pending %s: %s", what, err);
+        hb_log(*failing ? HB_LOG_DEBUG : HB_LOG_ERROR, NULL, "cannot list pending %s: %s%s", what,
+               err, *failing ? "" : " (said again when the look works)");
+        *failing = 1;
         return;
     }
+    if (*failing)
+        hb_info("pending %s listed again", what);
+    *failing = 0;
     for (int i = 0; i < cnt; i++)
         run(d, ids[i]);
 }

@@ -154,6 +154,7 @@ LONG_FIRST = (
     "test_final_state.py::test_a_delivered_delivery_stays_delivered_when_the_dispatcher_resends_it_and_it_fails",
     "test_promises3.py::test_every_broker_down_is_seen_within_seconds_counted_and_said_once_each_way",
     "test_review71_faults.py::test_an_ordered_subscription_whose_head_fails_at_300_events_a_second_says_why_not_each",
+    "test_review71_faults.py::test_the_dispatcher_says_once_that_it_cannot_list_pending_requests_and_when_it_can_again",
     "test_rate_limit.py::test_a_deactivation_drops_the_held_deliveries_even_if_activated_again",
     "test_review17_faults.py::test_a_delivery_log_the_database_refuses_makes_the_service_not_ready_with_the_reason",
     "test_promises4.py::test_a_request_still_running_at_the_drain_deadline_is_abandoned_and_sent_again",

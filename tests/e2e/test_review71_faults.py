@@ -138,3 +138,35 @@ def test_an_ordered_subscription_whose_head_fails_at_300_events_a_second_says_wh
     assert len(said[d]) + len(said[r]) < 100, {s.program: len(v) for s, v in said.items()}
     assert "sekrit" not in d.proc.output() + r.proc.output()
     gen.kill()
+
+
+def test_the_dispatcher_says_once_that_it_cannot_list_pending_requests_and_when_it_can_again(
+        pg_cluster, db_url, broker, procs):
+    """PostgreSQL goes away under a running dispatcher. Its look for pending
+    verification challenges and previews fails at each reconnection: on
+    b11fcef it said `cannot list pending verifications` and `... previews`
+    again at every one (6 of each in 30 s, review 71), beside the
+    database's own reconnection lines. Now each is said once per outage,
+    and `pending verifications listed again` / `pending previews listed
+    again` when the database is back. About 15 s."""
+    from hbtest.tcpproxy import TcpProxy
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    url = db_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+    d = Dispatcher(procs, url, broker.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
+    try:
+        d.wait_ready()
+        proxy.cut()
+        # the looks come every 5 s: three of each fail in 11 s
+        time.sleep(11)
+        out = d.proc.output()
+        assert out.count("cannot list pending verifications") == 1, out[-3000:]
+        assert out.count("cannot list pending previews") == 1, out[-3000:]
+        assert "said again when the look works" in out
+        proxy.start()
+        wait_until(lambda: "pending verifications listed again" in d.proc.output()
+                   and "pending previews listed again" in d.proc.output(), 20,
+                   "the looks working again")
+        assert d.proc.output().count("cannot list pending verifications") == 1
+    finally:
+        proxy.close()
