@@ -9,7 +9,7 @@ import time
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, produce
 from test_delivery import event
-from test_review57_faults import DnsMap, dispatcher, shim, subscribe  # noqa: F401
+from test_review57_faults import DnsMap, dispatcher, shim, subscribe  # noqa: F401 (shim: a fixture)
 from test_review73_faults import ETYPE, H200, Raw, attempts, read_request, rst
 
 
@@ -22,7 +22,7 @@ def webhook_id(head):
 
 
 def test_the_resend_is_one_fresh_connection_whose_address_is_checked_again(
-        db_url, procs, workdir, shim, tmp_path):
+        db_url, procs, workdir, shim, tmp_path):  # noqa: F811
     """A pin (it passes on main; review 73 left it untested): an endpoint's
     name moved to a refused address (DNS rebinding: 127.0.0.3, loopback,
     outside HOOKBRIDGE_ALLOWED_CIDRS) while the dispatcher still held young
