@@ -2233,8 +2233,10 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req) {
  * by peer` and waited for the first delay tier (review 73). Nothing of an
  * answer came, and the endpoint saw the request at most on a connection it
  * was dropping; a request it took and then reset is sent again, as its
- * retry would be (it de-duplicates by webhook-id). Returns 1 when x runs
- * again. */
+ * retry would be (it de-duplicates by webhook-id). Once, never more: curl
+ * has by then sent it on up to 6 kept connections of the host (its own
+ * retry takes another kept one), so such an endpoint may see 7 copies
+ * (docs/design.md; review 75). Returns 1 when x runs again. */
 static int hb_http_resend(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
     long connects = -1, header_bytes = -1;
     if (x->resent || x->aborted || x->hdr_overflow || x->body_overflow || x->line_status ||
