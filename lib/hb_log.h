@@ -116,6 +116,9 @@ int hb_log_admit(hb_log_limit_t *lim, hb_log_level_t lvl);
 int hb_log_admit_for(hb_log_limit_t *lim, const char *key, hb_log_level_t lvl);
 /* Says, for every limit whose window is over, how many lines it left out. */
 void hb_log_limits_flush(void);
+/* The same for every limit that left lines out, its window over or not: at
+ * the end of a run, so the count of the last window is not lost. */
+void hb_log_limits_flush_all(void);
 
 /* Appends s to buf as a JSON string body (no quotes), escaping as needed.
  * Returns the new length; never writes past bufsz-1. Shared with the
