@@ -264,6 +264,13 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
 
 static void watch_recheck(watch_t *wt);
 
+/* One line per refused message a second grew with the messages held (every
+ * retry or dead letter a topic refuses is produced again each second): the
+ * first of each topic in a window says so at once, then the limit counts. */
+static hb_log_limit_t log_refused = HB_LOG_LIMIT_NOTE(
+    "\"... trying again in 1 s\"",
+    ", and the first of each topic; hookbridge_kafka_errors_total counts every one");
+
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
  * which one waits (its key is the subscription id). */
@@ -279,11 +286,14 @@ static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kaf
         return;
     }
     if (m->delivery_id)
-        hb_log(HB_LOG_WARN,
-               HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
-               "%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
+        hb_log_limited_for(
+            &log_refused, m->topic, HB_LOG_WARN,
+            HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
+            "%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
     else
-        hb_warn("%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
+        hb_log_limited_for(&log_refused, m->topic, HB_LOG_WARN, NULL,
+                           "%s %s (%s): trying again in 1 s", what, m->topic,
+                           hb_kafka_err_str(err));
     m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
     m->next = ob->resend;
     ob->resend = m;

@@ -94,3 +94,46 @@ def test_a_thousand_subscriptions_failing_at_once_are_not_a_line_each(db_url, br
     counted = sum(int(l["msg"].split(" ", 1)[0]) for l in lines
                   if LEFT_OUT in l["msg"] and '"attempt N ' in l["msg"])
     assert sum(by_kind.values()) + counted == 1000, (by_kind, counted)
+
+
+def test_a_tier_refusing_held_retries_writes_no_line_per_retry_a_second(
+        apache_kafka, db_url, procs, workdir):
+    """A delay tier takes at most 512 bytes a message (Apache Kafka's
+    max.message.bytes), less than any retry: 100 deliveries failing (503)
+    make 100 retries the broker refuses, each produced again every second.
+    Before, each refusal wrote a warn line: 100 lines a second while they
+    were held (500 in 5 s), growing with the traffic. Now the first line
+    names the topic and Kafka's reason at once, at most 10 more per 30 s
+    follow, hookbridge_kafka_errors_total counts every refusal, and the stop
+    says how many lines were left out."""
+    from test_promises2_kafka import refusals, set_max_message_bytes
+    schedule = "1h"
+    space = apache_kafka.space(retry_schedule=schedule)
+    tier = space.retry_prefix + schedule
+    set_max_message_bytes(space.bootstrap, [tier], 512)
+    rcv = Receiver(procs, workdir, status=503, args=["--quiet"])
+    many_subscriptions(db_url, rcv.url, 1)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": schedule, "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "1s", "HOOKBRIDGE_CIRCUIT_FAILURES": "1000",
+           "HOOKBRIDGE_LOG_LEVEL": "info"}
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env=env)
+    d.wait_ready()
+    produce(space.bootstrap, [event("user.session.start") for _ in range(100)])
+    wait_until(lambda: d.metric("hookbridge_kafka_errors_total") >= 100, 20 * SLOW,
+               "the 100 retries refused")
+    first = len(refusals(d, tier))
+    time.sleep(5)
+    refused = len(refusals(d, tier))
+    print(f"refusal lines: {first} at 100 refused, {refused} 5 s later; "
+          f"kafka errors {d.metric('hookbridge_kafka_errors_total')}")
+    assert refused >= 1
+    assert "(Broker: Message size too large): trying again in 1 s" in d.proc.output()
+    assert refused <= 1 + 10, f"{refused} refusal lines in about 5 s"
+    assert d.metric("hookbridge_kafka_errors_total") >= 300, "resent every second"
+    d.proc.signal(signal.SIGTERM)
+    assert d.proc.p.wait(20 * SLOW) == 0
+    summary = [l["msg"] for l in log_lines(d)
+               if '"... trying again in 1 s"' + LEFT_OUT in l["msg"]]
+    print(summary)
+    assert summary, d.proc.output()[-2000:]
+    assert int(summary[0].split(" ", 1)[0]) >= 500 - refused
