@@ -9,7 +9,7 @@ import signal
 import time
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Dispatcher, Receiver, Retrier, produce
+from hbtest.stack import Dispatcher, Receiver, Retrier, produce, topic_records
 from test_delivery import event, sql
 
 LEFT_OUT = " line(s) not logged in the last "
@@ -137,3 +137,31 @@ def test_a_tier_refusing_held_retries_writes_no_line_per_retry_a_second(
     print(summary)
     assert summary, d.proc.output()[-2000:]
     assert int(summary[0].split(" ", 1)[0]) >= 500 - refused
+
+
+def test_poison_messages_too_large_for_the_dead_letter_topic_are_not_a_line_each(
+        apache_kafka, db_url, procs, workdir):
+    """The dead-letter topic takes at most 100 kB a batch and a producer
+    writes 60 undecodable messages of 120 kB: each copy is refused, shrunk
+    (without its value) and produced again. Before, each shrink wrote a warn
+    line, "poison message copy for ... too large" (60 lines at once, at the
+    producer's rate), besides the poison lines review 71 limited. Now the
+    first names the topic and where to read the message, at most 10 more
+    per 30 s follow, and each copy still reaches the dead-letter topic."""
+    from kafka import KafkaProducer
+    from test_promises2_kafka import set_max_message_bytes
+    space = apache_kafka.space()
+    set_max_message_bytes(space.bootstrap, [space.dlq_topic], 100000)
+    d = Dispatcher(procs, db_url, space.bootstrap, extra_env={"HOOKBRIDGE_LOG_LEVEL": "info"})
+    d.wait_ready()
+    kp = KafkaProducer(bootstrap_servers=space.bootstrap.split(","), linger_ms=5)
+    for i in range(60):
+        kp.send(space.events_topic, value=b"\x00not avro %d " % i + b"x" * 120000)
+    kp.flush()
+    kp.close()
+    wait_until(lambda: len(topic_records(space.bootstrap, space.dlq_topic, want=60)) >= 60
+               or None, 30 * SLOW, "every poison message dead-lettered")
+    shrunk = [l for l in log_lines(d) if l["msg"].startswith("poison message copy for ")]
+    print(f"{len(shrunk)} shrink lines")
+    assert shrunk and "too large: dead-lettered without its" in shrunk[0]["msg"]
+    assert len(shrunk) <= 1 + 10, len(shrunk)
