@@ -9,7 +9,7 @@ import signal
 import time
 
 from hbtest.procs import SLOW, wait_until
-from hbtest.stack import Dispatcher, Receiver, Retrier, produce, topic_records
+from hbtest.stack import Dispatcher, Receiver, produce, topic_records
 from test_delivery import event, sql
 
 LEFT_OUT = " line(s) not logged in the last "
