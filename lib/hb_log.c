@@ -200,11 +200,19 @@ int hb_log_admit_for(hb_log_limit_t *l, const char *key, hb_log_level_t lvl) {
     return ok;
 }
 
-void hb_log_limits_flush(void) {
+static void limits_flush(int all) {
     int64_t now = hb_mono_ms();
     pthread_mutex_lock(&limits_mu);
     for (hb_log_limit_t *l = limits; l; l = l->next)
-        if (l->left_out && now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS)
+        if (l->left_out && (all || now - l->window_ms >= HB_LOG_LIMIT_WINDOW_MS))
             limit_summary(l, now);
     pthread_mutex_unlock(&limits_mu);
+}
+
+void hb_log_limits_flush(void) {
+    limits_flush(0);
+}
+
+void hb_log_limits_flush_all(void) {
+    limits_flush(1);
 }

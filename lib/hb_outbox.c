@@ -218,6 +218,13 @@ void hb_pmsg_on_taken(hb_pmsg_t *m, void (*taken)(void *arg), void *arg,
     m->taken_free = free_arg;
 }
 
+/* A producer writing large poison messages writes them at its own rate (a
+ * line each, like the poison lines themselves): the first of each topic, then
+ * the limit counts. */
+static hb_log_limit_t log_shrunk = HB_LOG_LIMIT_NOTE(
+    "\"poison message copy for ... too large\"",
+    ", and the first of each topic; each copy on the dead-letter topic names its source");
+
 /* A poison copy too large to produce (librdkafka's message.max.bytes, a
  * million bytes by default, is below what a broker takes by default, 1 MiB,
  * and the topic's max.message.bytes may be below the events topic's): it
@@ -256,13 +263,21 @@ static int shrink_poison(hb_pmsg_t *m, rd_kafka_resp_err_t err) {
         rd_kafka_headers_destroy(m->orig_hdrs);
         m->orig_hdrs = NULL;
     }
-    hb_warn("poison message copy for %s too large: dead-lettered without its %s; read it at "
-            "%s [%s] offset %s",
-            m->topic, what[m->shrunk - 1], m->hdr[3], m->hdr[5], m->hdr[7]);
+    hb_log_limited_for(&log_shrunk, m->topic, HB_LOG_WARN, NULL,
+                       "poison message copy for %s too large: dead-lettered without its %s; read "
+                       "it at %s [%s] offset %s",
+                       m->topic, what[m->shrunk - 1], m->hdr[3], m->hdr[5], m->hdr[7]);
     return 1;
 }
 
 static void watch_recheck(watch_t *wt);
+
+/* One line per refused message a second grew with the messages held (every
+ * retry or dead letter a topic refuses is produced again each second): the
+ * first of each topic in a window says so at once, then the limit counts. */
+static hb_log_limit_t log_refused = HB_LOG_LIMIT_NOTE(
+    "\"... trying again in 1 s\"",
+    ", and the first of each topic; hookbridge_kafka_errors_total counts every one");
 
 /* The broker refused m (or it could not be queued): produced again in a
  * second, and said, with the delivery it carries so an operator can tell
@@ -279,11 +294,14 @@ static void resend_later(hb_outbox_t *ob, hb_pmsg_t *m, const char *what, rd_kaf
         return;
     }
     if (m->delivery_id)
-        hb_log(HB_LOG_WARN,
-               HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
-               "%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
+        hb_log_limited_for(
+            &log_refused, m->topic, HB_LOG_WARN,
+            HB_KV("delivery_id", m->delivery_id, "subscription_id", m->key ? m->key : ""),
+            "%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
     else
-        hb_warn("%s %s (%s): trying again in 1 s", what, m->topic, hb_kafka_err_str(err));
+        hb_log_limited_for(&log_refused, m->topic, HB_LOG_WARN, NULL,
+                           "%s %s (%s): trying again in 1 s", what, m->topic,
+                           hb_kafka_err_str(err));
     m->resend_at = hb_mono_ms() + RESEND_DELAY_MS;
     m->next = ob->resend;
     ob->resend = m;

@@ -696,6 +696,7 @@ int hb_worker_run(hb_worker_t *w) {
         hb_deliveries_abandon(w->deliveries);
         hb_outbox_drain(w->outbox);
         hb_consumer_close(w->consumer);
+        hb_log_limits_flush_all();
         hb_info("stopped");
         return -1;
     }
@@ -731,6 +732,7 @@ int hb_worker_run(hb_worker_t *w) {
     }
     hb_outbox_drain(w->outbox);
     hb_consumer_close(w->consumer);
+    hb_log_limits_flush_all(); /* the last window's count, not lost with the process */
     hb_info("stopped");
     return 0;
 }

@@ -1730,6 +1730,7 @@ int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
                      "published at the next start");
         if (ingest_loop(&in) < 0)
             rc = 1;
+        hb_log_limits_flush_all();
         hb_info("stopped");
     }
     if (in.mhd)
