@@ -3,7 +3,6 @@ side: a summary still comes at shutdown, a topic refusing held messages does
 not write a line per message a second, and many tenants failing at once do
 not write a line each per window."""
 import collections
-import json
 import re
 import signal
 import time
@@ -12,16 +11,7 @@ from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Dispatcher, Receiver, produce, topic_records
 from test_delivery import event, sql
 
-LEFT_OUT = " line(s) not logged in the last "
-
-
-def log_lines(svc):
-    return [json.loads(l) for l in svc.proc.output().splitlines() if l.startswith("{")]
-
-
-def kind(msg):
-    msg = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "ID", msg)
-    return re.sub(r"\d+", "N", msg).split(":")[0]
+from test_review71_faults import LEFT_OUT, kind, log_lines
 
 
 def many_subscriptions(db_url, base, n):
@@ -34,6 +24,25 @@ def many_subscriptions(db_url, base, n):
                 "status = 'active'")
 
 
+def failed_then_stopped(db_url, broker, procs, workdir, subscriptions, events, within):
+    """subscriptions on one receiver answering 503, events produced (retry
+    schedule 1h: each delivery's first attempt only), every retry logged,
+    then SIGTERM: the dispatcher's log lines."""
+    rcv = Receiver(procs, workdir, status=503, args=["--quiet"])
+    many_subscriptions(db_url, rcv.url, subscriptions)
+    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_RETRY_JITTER": "0",
+           "HOOKBRIDGE_LOG_LEVEL": "info"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
+    d.wait_ready()
+    produce(broker.bootstrap, [event("user.session.start") for _ in range(events)])
+    n = subscriptions * events
+    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries")[0][0] == n,
+               within * SLOW, f"{n} retries logged")
+    d.proc.signal(signal.SIGTERM)
+    assert d.proc.p.wait(20 * SLOW) == 0
+    return log_lines(d)
+
+
 def test_the_count_of_lines_left_out_is_said_at_shutdown_not_lost(db_url, broker, procs, workdir):
     """An endpoint answers 503 to 40 deliveries (retry schedule 1h: the
     retries wait on the tier), then the dispatcher is stopped well inside
@@ -42,18 +51,7 @@ def test_the_count_of_lines_left_out_is_said_at_shutdown_not_lost(db_url, broker
     "stopped" (hb_log_limits_flush waited for the window's end, which the
     process did not live to see). Now the stop writes each limit's summary,
     and the lines written plus the counts add up to the 40 deliveries."""
-    rcv = Receiver(procs, workdir, status=503, args=["--quiet"])
-    many_subscriptions(db_url, rcv.url, 1)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_RETRY_JITTER": "0",
-           "HOOKBRIDGE_LOG_LEVEL": "info"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    produce(broker.bootstrap, [event("user.session.start") for _ in range(40)])
-    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries")[0][0] == 40,
-               20 * SLOW, "40 retries logged")
-    d.proc.signal(signal.SIGTERM)
-    assert d.proc.p.wait(20 * SLOW) == 0
-    lines = log_lines(d)
+    lines = failed_then_stopped(db_url, broker, procs, workdir, 1, 40, 20)
     said = [l["msg"] for l in lines if re.match(r"attempt 1 (failed|not made) ", l["msg"])]
     summaries = [l["msg"] for l in lines if LEFT_OUT in l["msg"]]
     print(len(said), summaries)
@@ -75,18 +73,7 @@ def test_a_thousand_subscriptions_failing_at_once_are_not_a_line_each(db_url, br
     lines/s review 71 set out to end). Now the first of at most 20
     subscriptions per window is written besides the 10 lines: at most 30 of
     a kind, and at the stop the counts of the others add up to the 1,000."""
-    rcv = Receiver(procs, workdir, status=503, args=["--quiet"])
-    many_subscriptions(db_url, rcv.url, 1000)
-    env = {"HOOKBRIDGE_RETRY_SCHEDULE": "1h", "HOOKBRIDGE_RETRY_JITTER": "0",
-           "HOOKBRIDGE_LOG_LEVEL": "info"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=env)
-    d.wait_ready()
-    produce(broker.bootstrap, [event("user.session.start")])
-    wait_until(lambda: sql(db_url, "SELECT count(*) FROM hookbridge.deliveries")[0][0] == 1000,
-               30 * SLOW, "1,000 retries logged")
-    d.proc.signal(signal.SIGTERM)
-    assert d.proc.p.wait(20 * SLOW) == 0
-    lines = log_lines(d)
+    lines = failed_then_stopped(db_url, broker, procs, workdir, 1000, 1, 30)
     by_kind = collections.Counter(kind(l["msg"]) for l in lines
                                   if re.match(r"attempt 1 (failed|not made) ", l["msg"]))
     print(by_kind)
