@@ -100,11 +100,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "hb_hash.h"
 #include "hb_log.h"
+
+/* Out of open files, each transfer would say so (HB_HTTP_NO_FILES). */
+static hb_log_limit_t log_no_files = HB_LOG_LIMIT_NOTE("\"not sent: ... out of open files\"", "");
 
 #define HB_HTTP_DEFAULT_TIMEOUT_MS 10000
 #define HB_HTTP_RETRY_AFTER_MAX_S 86400 /* Retry-After is bounded to one day */
@@ -197,6 +201,8 @@ struct hb_http_xfer_s {
     char said[40];
     int addr_refused;      /* set by the opensocket callback */
     int addr_allowed;      /* ... and this when it let an address through */
+    int socket_errno;      /* ... and socket(2)'s errno when that failed (curl
+                            * leaves CURLINFO_OS_ERRNO 0 then) */
     const char *addr_kind; /* "loopback", "private", ... (static text) */
     int addr_family;
     char addr_text[INET6_ADDRSTRLEN];
@@ -534,7 +540,10 @@ static curl_socket_t hb_http_opensocket(void *clientp, curlsocktype purpose,
     }
     (void)purpose;
     x->addr_allowed = 1;
-    return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+    curl_socket_t fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+    if (fd == CURL_SOCKET_BAD)
+        x->socket_errno = errno;
+    return fd;
 }
 
 /* ------------------------------------------------------------------ */
@@ -993,7 +1002,20 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
             break;
         }
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
-        if (os_errno == ECONNREFUSED)
+        if (x->socket_errno == EMFILE || x->socket_errno == ENFILE) {
+            /* socket(2) failed here, before the endpoint was reached: an
+             * attempt not made (no verdict on the endpoint: its circuit
+             * opened on failures that were ours), said so */
+            struct rlimit rl;
+            unsigned long long limit =
+                getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 0;
+            res->not_sent = HB_HTTP_NO_FILES;
+            hb_seterr(res->error, sizeof(res->error),
+                      "not sent: this process is out of open files (%s; ulimit -n %llu): lower "
+                      "HOOKBRIDGE_MAX_CONNECTIONS or raise the limit",
+                      strerror(x->socket_errno), limit);
+            hb_log_limited(&log_no_files, HB_LOG_WARN, NULL, "%s", res->error);
+        } else if (os_errno == ECONNREFUSED)
             hb_seterr(res->error, sizeof(res->error), "connection refused");
         else if (os_errno == ECONNRESET) /* accepted, then reset at once (curl
                                           * 7.88: most such resets) */
@@ -1128,6 +1150,8 @@ static void hb_http_complete(hb_http_t *h, hb_http_xfer_t *x, CURLcode rc) {
         if (rc != CURLE_OK) {
             res.transport_error = (int)rc;
             hb_http_describe(x, rc, res.duration_ms, &res);
+            if (res.not_sent) /* never reached the endpoint (hb_http_describe) */
+                res.transport_error = 0;
         } else if (status < 200 || status > 299) {
             hb_seterr(res.error, sizeof(res.error), "HTTP %ld", status);
         }

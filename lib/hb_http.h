@@ -88,6 +88,7 @@ typedef enum {
     HB_HTTP_QUEUE_WAIT, /* waited max_queue_wait_ms, or its host is known slow */
     HB_HTTP_DIVERTED,   /* taken out of its host's queue by hb_http_divert() */
     HB_HTTP_WITHDRAWN,  /* taken back by its caller before it was sent (hb_http_withdraw()) */
+    HB_HTTP_NO_FILES,   /* no socket: this process is out of open files (EMFILE, ENFILE) */
 } hb_http_not_sent_t;
 
 typedef struct hb_http_result_s {

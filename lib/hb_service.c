@@ -23,15 +23,11 @@
  * one every new socket failed with EMFILE, so the health port stopped
  * answering (the liveness probe restarts the pod), Kafka and PostgreSQL
  * could not reconnect, and endpoints' circuits opened on failures that were
- * ours. Raised to the hard limit, as Go programs do; a hard limit below
- * what the settings need stops the start instead, naming them. Returns 0,
- * or -1 with the reason. */
-static int open_files_fit(const hb_config_t *cfg, rlim_t *raised_from, char *errstr,
-                          size_t errstr_size) {
+ * ours. Raised to the hard limit, as Go programs do (hb_open_files_raise);
+ * a hard limit below what the settings need stops the start instead, naming
+ * them. Returns 0, or -1 with the reason. */
+unsigned long long hb_open_files_raise(unsigned long long *raised_from) {
     struct rlimit rl;
-    long long endpoints =
-        cfg->max_connections > cfg->max_in_flight ? cfg->max_connections : cfg->max_in_flight;
-    long long need = endpoints + FILES_BESIDES_ENDPOINTS;
     *raised_from = 0;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return 0; /* nothing known: nothing to say */
@@ -39,18 +35,26 @@ static int open_files_fit(const hb_config_t *cfg, rlim_t *raised_from, char *err
         rlim_t was = rl.rlim_cur;
         rl.rlim_cur = rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
-            *raised_from = was;
+            *raised_from = (unsigned long long)was;
         else if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
             return 0;
     }
-    if (rl.rlim_cur == RLIM_INFINITY || (long long)rl.rlim_cur >= need)
+    return rl.rlim_cur == RLIM_INFINITY ? 0 : (unsigned long long)rl.rlim_cur;
+}
+
+static int open_files_fit(const hb_config_t *cfg, unsigned long long *raised_from, char *errstr,
+                          size_t errstr_size) {
+    long long endpoints =
+        cfg->max_connections > cfg->max_in_flight ? cfg->max_connections : cfg->max_in_flight;
+    long long need = endpoints + FILES_BESIDES_ENDPOINTS;
+    unsigned long long limit = hb_open_files_raise(raised_from);
+    if (!limit || (long long)limit >= need)
         return 0;
     snprintf(errstr, errstr_size,
              "HOOKBRIDGE_MAX_CONNECTIONS (%lld) and HOOKBRIDGE_MAX_IN_FLIGHT (%lld) need %lld "
              "open files, but this process may open %llu (ulimit -n, RLIMIT_NOFILE): lower "
              "them or raise the limit",
-             (long long)cfg->max_connections, (long long)cfg->max_in_flight, need,
-             (unsigned long long)rl.rlim_cur);
+             (long long)cfg->max_connections, (long long)cfg->max_in_flight, need, limit);
     return -1;
 }
 
@@ -199,7 +203,7 @@ int hb_service_main(int argc, char **argv, unsigned program, const char *compone
         hb_config_free(&cfg);
         return 2;
     }
-    rlim_t files_was;
+    unsigned long long files_was;
     if (open_files_fit(&cfg, &files_was, errstr, sizeof(errstr)) < 0) {
         fprintf(stderr, "%s: %s\n", name, errstr);
         hb_config_free(&cfg);
@@ -219,8 +223,8 @@ int hb_service_main(int argc, char **argv, unsigned program, const char *compone
     if (files_was) {
         struct rlimit now;
         if (getrlimit(RLIMIT_NOFILE, &now) == 0)
-            hb_info("open files limit raised from %llu to the hard limit, %llu",
-                    (unsigned long long)files_was, (unsigned long long)now.rlim_cur);
+            hb_info("open files limit raised from %llu to the hard limit, %llu", files_was,
+                    (unsigned long long)now.rlim_cur);
     }
 
     svc = ops->create(&cfg, errstr, sizeof(errstr));

@@ -19,4 +19,10 @@ typedef struct hb_service_ops_s {
 int hb_service_main(int argc, char **argv, unsigned program, const char *component,
                     const hb_service_ops_t *ops);
 
+/* Raises the soft limit on open files (RLIMIT_NOFILE) to the hard one when
+ * it is lower: every socket is an open file, and past the soft limit each new
+ * one fails with EMFILE. Returns the limit now, 0 when there is none (or it
+ * cannot be read); *raised_from is the soft limit before, 0 when unchanged. */
+unsigned long long hb_open_files_raise(unsigned long long *raised_from);
+
 #endif

@@ -1694,6 +1694,17 @@ static int ingest_loop(ingest_t *in) {
     return fatal ? -1 : 0;
 }
 
+/* Open files besides the ingest endpoint's connections: the health port's
+ * (HB_HTTPD_MAX_CONNECTIONS and those closing), librdkafka's sockets and
+ * wake-up pipes (a few per broker), the spool's directory, lock and file in
+ * hand, the standard streams. */
+#define INGEST_FILES_BESIDES 192
+
+long long hb_ingest_open_files(const hb_config_t *cfg) {
+    return cfg->ingest_max_connections + INGEST_SPARE_CONNECTIONS + INGEST_CLOSING_CONNECTIONS +
+           INGEST_FILES_BESIDES;
+}
+
 int hb_ingest_serve(const hb_config_t *cfg, const char *listen) {
     ingest_t in;
     pthread_condattr_t ca;

@@ -33,6 +33,7 @@
 #include "hb_ingest.h"
 #include "hb_listen.h"
 #include "hb_log.h"
+#include "hb_service.h"
 #include "hb_signal.h"
 #include "producer.h"
 
@@ -422,9 +423,26 @@ int main(int argc, char **argv) {
         hb_config_free(&cfg);
         return 0;
     }
+    /* Under a soft limit on open files below what the endpoint's connections
+     * need, accept(2) failed with EMFILE: libmicrohttpd spun on it at 100 %
+     * CPU and the health port stopped answering. Raised to the hard limit as
+     * the services do (hb_service.c); a hard limit below that refuses to
+     * start, naming the setting. */
+    unsigned long long files_was = 0, files = o.listen ? hb_open_files_raise(&files_was) : 0;
+    if (files && (long long)files < hb_ingest_open_files(&cfg)) {
+        fprintf(stderr,
+                PROG ": HOOKBRIDGE_INGEST_MAX_CONNECTIONS (%lld) needs %lld open files, but this "
+                     "process may open %llu (ulimit -n, RLIMIT_NOFILE): lower it or raise the "
+                     "limit\n",
+                (long long)cfg.ingest_max_connections, hb_ingest_open_files(&cfg), files);
+        hb_config_free(&cfg);
+        return 2;
+    }
     if (hb_log_level_parse(cfg.log_level, &lvl) < 0) /* validated by hb_config_load */
         lvl = HB_LOG_INFO;
     hb_log_init("producer", lvl);
+    if (files_was)
+        hb_info("open files limit raised from %llu to the hard limit, %llu", files_was, files);
     if (o.print_only) /* stdout is the events: saved, they are published again as they are */
         hb_log_to_stderr();
     hb_signal_install(-1);

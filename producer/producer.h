@@ -105,4 +105,9 @@ void hb_oktalog_resume(const hb_producer_t *p, const hb_oktalog_opts_t *o, int r
  * stop, 1 when it could not start. */
 int hb_ingest_serve(const hb_config_t *cfg, const char *listen);
 
+/* The open files the ingest endpoint may need with these settings: its
+ * connections (HOOKBRIDGE_INGEST_MAX_CONNECTIONS and the ones answered 503
+ * or closing past it) and the rest. main refuses to start below it. */
+long long hb_ingest_open_files(const hb_config_t *cfg);
+
 #endif
