@@ -103,6 +103,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "hb_hash.h"
 #include "hb_log.h"
@@ -948,6 +949,21 @@ static int hb_http_lookup_unfinished(const hb_http_xfer_t *x) {
            us <= 0;
 }
 
+/* A socket this process could not open (EMFILE, ENFILE): an attempt not
+ * made, no verdict on the endpoint (its circuit opened on failures that were
+ * ours), said at warn (rate-limited) with the limit to change. */
+static void hb_http_no_files(hb_http_result_t *res, int err) {
+    struct rlimit rl;
+    unsigned long long limit =
+        getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 0;
+    res->not_sent = HB_HTTP_NO_FILES;
+    hb_seterr(res->error, sizeof(res->error),
+              "not sent: this process is out of open files (%s; ulimit -n %llu): lower "
+              "HOOKBRIDGE_MAX_CONNECTIONS or raise the limit",
+              strerror(err), limit);
+    hb_log_limited(&log_no_files, HB_LOG_WARN, NULL, "%s", res->error);
+}
+
 /* Fills the error text of a transfer that ended with a curl error. */
 static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t duration_ms,
                              hb_http_result_t *res) {
@@ -981,10 +997,25 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
             hb_seterr(res->error, sizeof(res->error), "timeout after %lld ms", x->timeout_ms);
         break;
     }
-    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_HOST: {
+        /* Out of open files, a lookup fails too (curl's resolver thread
+         * needs a socket pair, getaddrinfo a socket or /etc/hosts): every
+         * endpoint named by a host name, once its name left curl's cache,
+         * failed "could not resolve host", its circuit opened on a fault
+         * that was ours. curl keeps the errno to itself: a socket tried now
+         * tells (one that opens says nothing: the lookup's own failure). */
+        int probe = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int probe_errno = errno;
+        if (probe >= 0)
+            close(probe);
+        else if (probe_errno == EMFILE || probe_errno == ENFILE) {
+            hb_http_no_files(res, probe_errno);
+            break;
+        }
         hb_seterr(res->error, sizeof(res->error), "could not resolve host %s",
                   x->host_name ? x->host_name : "?");
         break;
+    }
     case CURLE_COULDNT_CONNECT:
         /* Refused by the policy only when no address of the name was
          * allowed: when one was tried, its failure is the outcome. */
@@ -1002,20 +1033,10 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
             break;
         }
         (void)curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno);
-        if (x->socket_errno == EMFILE || x->socket_errno == ENFILE) {
-            /* socket(2) failed here, before the endpoint was reached: an
-             * attempt not made (no verdict on the endpoint: its circuit
-             * opened on failures that were ours), said so */
-            struct rlimit rl;
-            unsigned long long limit =
-                getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (unsigned long long)rl.rlim_cur : 0;
-            res->not_sent = HB_HTTP_NO_FILES;
-            hb_seterr(res->error, sizeof(res->error),
-                      "not sent: this process is out of open files (%s; ulimit -n %llu): lower "
-                      "HOOKBRIDGE_MAX_CONNECTIONS or raise the limit",
-                      strerror(x->socket_errno), limit);
-            hb_log_limited(&log_no_files, HB_LOG_WARN, NULL, "%s", res->error);
-        } else if (os_errno == ECONNREFUSED)
+        if (x->socket_errno == EMFILE || x->socket_errno == ENFILE)
+            /* socket(2) failed here, before the endpoint was reached */
+            hb_http_no_files(res, x->socket_errno);
+        else if (os_errno == ECONNREFUSED)
             hb_seterr(res->error, sizeof(res->error), "connection refused");
         else if (os_errno == ECONNRESET) /* accepted, then reset at once (curl
                                           * 7.88: most such resets) */
