@@ -4,6 +4,7 @@ production container: open files (RLIMIT_NOFILE) for the ingest endpoint
 devbroker. The dispatcher's and retrier's start check is pinned in
 test_review27_faults.py, the spool on a full disk in test_review42_faults.py.
 """
+import contextlib
 import os
 import resource
 import socket
@@ -237,33 +238,51 @@ def test_a_dispatcher_out_of_open_files_makes_no_attempt_and_opens_no_circuit(
             rec.url + f"?s={i}")
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
                 "status = 'active'")
-    quiet = {"HOOKBRIDGE_LOG_LEVEL": "info"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=quiet)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=quiet)
-    d.wait_ready()
-    r.wait_ready()
+    d = services_at_info(db_url, broker, procs)
     produce(broker.bootstrap, [event("user.session.start")])
     wait_until(lambda: len(rec.posts()) >= 3, 10, "the first event's three deliveries")
-    pid = d.proc.pid
-    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    # every descriptor it may open is open: its next socket fails (EMFILE).
-    # Its health port is left alone meanwhile (libmicrohttpd busy-waits on
-    # an accept(2) that fails with no connection open).
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), old[1]))
-    try:
+    with out_of_files(d):
         evs = [event("user.session.start") for _ in range(10)]
         produce(broker.bootstrap, evs)
         wait_until(lambda: "out of open files" in d.proc.output(), 10,
                    "the dispatcher to say it is out of open files")
         time.sleep(0.5)
-    finally:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
     out = d.proc.output()
     assert "circuit open" not in out, out[-3000:]
     assert '"level":"warn","component":"dispatcher","msg":"not sent: this process is out of ' \
            'open files (Too many open files; ulimit -n ' in out, out[-3000:]
     assert "lower HOOKBRIDGE_MAX_CONNECTIONS or raise the limit" in out
+    delivered_after(d, rec, evs, 30)
+
+
+def services_at_info(db_url, broker, procs):
+    """A dispatcher and a retrier logging at info, both ready: the dispatcher."""
+    quiet = {"HOOKBRIDGE_LOG_LEVEL": "info"}
+    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=quiet)
+    r = Retrier(procs, db_url, broker.bootstrap, extra_env=quiet)
+    d.wait_ready()
+    r.wait_ready()
+    return d
+
+
+@contextlib.contextmanager
+def out_of_files(svc):
+    """While the block runs, every descriptor svc may open is open: its next
+    socket fails (EMFILE). Its health port is left alone meanwhile
+    (libmicrohttpd busy-waits on an accept(2) that fails with no connection
+    open). The limit is given back also when the block fails."""
+    pid = svc.proc.pid
+    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), old[1]))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+
+
+def delivered_after(d, rec, evs, n):
+    """n deliveries of evs arrive once the descriptors are back, and d is alive."""
     want = {e["uuid"] for e in evs}
-    wait_until(lambda: sum(e["uuid"] in want for _, e in rec.events()) >= 30, 30,
-               "the 30 deliveries after the descriptors came back")
+    wait_until(lambda: sum(e["uuid"] in want for _, e in rec.events()) >= n, 30,
+               f"the {n} deliveries after the descriptors came back")
     assert d.get("/healthz")[0] == 200

@@ -3,16 +3,15 @@ endpoint named by a host name (as production endpoints are) rather than by
 an address. Real parts on loopback: PostgreSQL, the devbroker, the
 dispatcher, the retrier, a receiver reached through a name /etc/hosts maps
 to 127.0.0.1 (this machine's own)."""
-import os
-import resource
 import socket
 import time
 
 import pytest
 
 from hbtest.procs import wait_until
-from hbtest.stack import Dispatcher, Receiver, Retrier, produce
+from hbtest.stack import Receiver, produce
 from test_delivery import event, sql
+from test_review78_faults import delivered_after, out_of_files, services_at_info
 
 
 def loopback_name():
@@ -50,31 +49,18 @@ def test_out_of_open_files_a_host_name_not_resolved_is_no_attempt_and_opens_no_c
             rec.url.replace("127.0.0.1", name) + f"?s={i}")
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
                 "status = 'active'")
-    quiet = {"HOOKBRIDGE_LOG_LEVEL": "info"}
-    d = Dispatcher(procs, db_url, broker.bootstrap, extra_env=quiet)
-    r = Retrier(procs, db_url, broker.bootstrap, extra_env=quiet)
-    d.wait_ready()
-    r.wait_ready()
+    d = services_at_info(db_url, broker, procs)
     # the dispatcher is running and delivering (to the address)
     produce(broker.bootstrap, [event("user.session.start")])
     wait_until(lambda: len(rec.posts()) >= 1, 10, "the first event's delivery")
-    pid = d.proc.pid
-    old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    # every descriptor it may open is open: its next socket fails (EMFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), old[1]))
-    try:
+    with out_of_files(d):
         evs = [event("user.session.end") for _ in range(10)]
         produce(broker.bootstrap, evs)
         wait_until(lambda: "attempt 1 " in d.proc.output(), 10, "the 30 deliveries' attempts")
         time.sleep(1)
-    finally:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
     out = d.proc.output()
     assert "could not resolve host" not in out, out[-3000:]
     assert "circuit open" not in out, out[-3000:]
     assert '"level":"warn","component":"dispatcher","msg":"not sent: this process is out of ' \
            'open files (Too many open files; ulimit -n ' in out, out[-3000:]
-    want = {e["uuid"] for e in evs}
-    wait_until(lambda: sum(e["uuid"] in want for _, e in rec.events()) >= 30, 30,
-               "the 30 deliveries after the descriptors came back")
-    assert d.get("/healthz")[0] == 200
+    delivered_after(d, rec, evs, 30)
