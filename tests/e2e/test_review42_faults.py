@@ -42,17 +42,24 @@ def users_on(bootstrap):
     return {m.key.decode() for m in topic_messages(bootstrap)}
 
 
-@pytest.fixture
-def small_fs(workdir):
-    """A 64 KiB tmpfs (root only), unmounted after the test."""
+def mounted_tmpfs(workdir, size):
+    """For a fixture: a tmpfs of `size` (tmpfs's size=, e.g. 64k) at
+    workdir/small (root only: the test is skipped otherwise), unmounted
+    after the test, also when it fails."""
     d = workdir / "small"
     d.mkdir()
     if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
             capture_output=True).returncode != 0:
         pytest.skip("needs root to mount a small tmpfs")
     yield d
     subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def small_fs(workdir):
+    """A 64 KiB tmpfs (root only), unmounted after the test."""
+    yield from mounted_tmpfs(workdir, "64k")
 
 
 def test_a_full_disk_with_the_brokers_away_makes_the_endpoint_not_ready(broker, procs, small_fs):

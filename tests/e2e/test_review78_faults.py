@@ -8,7 +8,6 @@ import contextlib
 import os
 import resource
 import socket
-import subprocess
 import struct
 import threading
 import time
@@ -24,6 +23,7 @@ from hbtest.tcpproxy import TcpProxy
 from test_delivery import event, sql
 from test_ingest_spool import brokers_down, brokers_up
 from test_review27_faults import start_error
+from test_review42_faults import mounted_tmpfs
 
 
 class Limited:
@@ -166,14 +166,7 @@ def test_an_ingest_endpoint_below_its_open_files_needs_raises_the_limit_or_refus
 @pytest.fixture
 def one_mib_fs(workdir):
     """A 1 MiB tmpfs (root only), unmounted after the test, also when it fails."""
-    d = workdir / "small"
-    d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
-            capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    yield d
-    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+    yield from mounted_tmpfs(workdir, "1m")
 
 
 def test_a_full_spool_disk_acknowledges_only_what_it_wrote_and_spools_again_once_it_drains(
