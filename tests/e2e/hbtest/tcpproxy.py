@@ -8,6 +8,7 @@ the dependency itself.
     proxy.start()                       # same port again
     proxy.pause()                       # connections stay open, nothing is forwarded
     proxy.resume()                      # (a server that accepts but does not answer)
+    proxy.delay = 0.05                  # each chunk forwarded 50 ms late (a far server)
     proxy.close()
 """
 import socket
@@ -38,6 +39,7 @@ class TcpProxy:
         self._thread = None
         self._flowing = threading.Event()
         self._flowing.set()
+        self.delay = 0.0  # seconds each chunk is held before it is forwarded
         self.accepted = []  # when it accepted each connection (monotonic s)
         self.ports = set()  # the local ports of its connections to the upstream
 
@@ -76,6 +78,8 @@ class TcpProxy:
                 if not data:
                     break
                 self._flowing.wait()  # paused: held, and nothing more is read
+                if self.delay:
+                    time.sleep(self.delay)
                 dst.sendall(data)
         except OSError:
             pass
