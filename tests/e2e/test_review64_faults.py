@@ -99,7 +99,7 @@ def test_a_store_lane_whose_writes_a_read_only_server_keeps_refusing_backs_off_1
         print(f"answered again {back:.1f} s after the server took writes")
         for gap, want in zip(gaps, (1, 2, 4, 5)):
             assert want - 0.5 <= gap <= want + 0.5 * SLOW, gaps
-        assert back <= 5.5 * SLOW
+        assert back <= 5.5 * SLOW + (1.0 if far else 0.0)  # far: a connect and a claim, 0.5 s
         assert len(proxy.accepted) - n0 <= 7  # no connection a second meanwhile
     finally:
         proxy.close()
