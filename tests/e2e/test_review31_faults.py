@@ -346,14 +346,15 @@ def test_names_that_resolve_slowly_or_not_at_all_cost_only_their_own_deliveries(
                              ("retry", 0, "circuit open: 20 consecutive failures of the "
                               "endpoint")}, rows
         # delivered to the next address; under the sanitizers on a loaded
-        # machine one attempt may meet the 1 s request timeout (CI 106), its
-        # answer slow from the shared Python endpoint, never a refused connect
+        # machine an attempt may meet the 1 s request timeout (CI 106, 107),
+        # its answer slow, never a refused connect
+        ok = {("delivered", 1, "")} | ({("retry", 1, timeout)} if SLOW > 1 else set())
         rows = outcomes(db_url, subs[refusing])
-        assert ("delivered", 1, "") in rows, rows
-        assert set(rows) <= {("delivered", 1, ""), ("retry", 1, timeout)}, rows
+        assert ("delivered", 1, "") in rows and set(rows) <= ok, rows
         assert list(outcomes(db_url, subs[six.url])) == [("delivered", 1, "")]
         for url in fine:
-            assert list(outcomes(db_url, subs[url])) == [("delivered", 1, "")], url
+            rows = outcomes(db_url, subs[url])
+            assert ("delivered", 1, "") in rows and set(rows) <= ok, (url, rows)
         for url, why in failing.items():
             rows = outcomes(db_url, subs[url])
             assert all(a == 1 and e.startswith(why) or a == 0 and e.startswith(
