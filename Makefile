@@ -204,11 +204,13 @@ test-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
 # Both passes run 10 (967 tests on an idle machine: 8:55 with 8, 7:46
 # with 10; the CPU was still idle 23 % of the time, the tests' summed
 # time 8 % longer; the sanitizer pass of 995 tests: 9:03 with 8, 7:36 with
-# 10, session 26). Both run 12 since session 29 (1,048 tests on an idle
-# machine: the plain pass 10:20 with 10, 9:04 with 12, the CPU then idle
-# 11 % of the time). PYTEST_ASAN_JOBS sets the sanitizer pass's apart.
+# 10, session 26). The plain pass runs 12 since session 29 (1,048 tests on
+# an idle machine: 10:20 with 10, 9:04-9:24 with 12, the CPU then idle 11 %
+# of the time); the sanitizer pass stays at 10: with 12 three tests met
+# timing races the 10 had not shown (CI 107, each since made robust, but
+# the CPU is then saturated). PYTEST_ASAN_JOBS sets the sanitizer pass's.
 PYTEST_JOBS ?= 12
-PYTEST_ASAN_JOBS ?= 12
+PYTEST_ASAN_JOBS ?= 10
 PYTEST_OPTS := -q -p no:cacheprovider --dist loadgroup
 PYTEST := /usr/bin/python3 -m pytest $(PYTEST_OPTS) -n $(PYTEST_JOBS)
 PYTEST_ASAN := /usr/bin/python3 -m pytest $(PYTEST_OPTS) -n $(PYTEST_ASAN_JOBS)
