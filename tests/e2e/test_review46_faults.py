@@ -4,6 +4,7 @@ have not acknowledged it within HOOKBRIDGE_INGEST_SPOOL_WAIT; the stop
 skips its flush while every broker is away). Each test fails on b5104c4.
 Real parts on loopback: the producer (hookbridge-producer --listen) and the
 devbroker (SIGUSR1 takes every broker down, SIGUSR2 brings them back)."""
+import contextlib
 import json
 import signal
 import socket
@@ -16,6 +17,35 @@ from test_ingest_spool import (FAILURES, REPLAYED, body_of, brokers_down, broker
                                spool_env, spooled, user_event, wait_published)
 
 FAILED = 'hookbridge_ingest_events_total{outcome="failed"}'
+
+
+@contextlib.contextmanager
+def frozen_until_refused(broker, ing, more):
+    """The brokers frozen (SIGSTOP) from now until `more` seconds after the
+    spool has refused a delivery (the first spool failure counted), or the
+    with-block's end. Not a timer started before the request: a request
+    that reached its producing late (the test process or the endpoint held
+    off the CPU, as in the sanitizer pass: CI 106) found the brokers back
+    within the spool wait, was acknowledged in time, and the spool never
+    refused it."""
+    broker.proc.signal(signal.SIGSTOP)
+    done = threading.Event()
+
+    def thaw():
+        deadline = time.monotonic() + 20 * SLOW
+        while (not done.is_set() and time.monotonic() < deadline and
+               (ing.metric(FAILURES) or 0) < 1):
+            time.sleep(0.05)
+        done.wait(more)
+        broker.proc.signal(signal.SIGCONT)
+    thawing = threading.Thread(target=thaw)
+    thawing.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thawing.join()
+        broker.proc.signal(signal.SIGCONT)
 
 
 def test_events_that_fail_within_the_spool_wait_are_not_counted_failed_once_spooled(
@@ -87,16 +117,17 @@ def test_a_stop_just_after_the_brokers_return_publishes_what_the_outage_spooled(
 
 def test_a_delivery_the_full_spool_cannot_take_waits_for_queue_room_as_without_a_spool(
         broker, procs, workdir):
-    """Okta, with the spool full and the brokers slow (frozen 2.5 s here),
-    librdkafka's queue full (HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES
-    10, a delivery of 20 events): docs/ingest.md says such a delivery is
-    answered as without a spool, whose producing waits for room as the
-    brokers acknowledge, within HOOKBRIDGE_INGEST_TIMEOUT. Since the
-    reorder its producing waited the spool wait only (1 s), then the spool
-    refused it, and it was answered 503 "event 10 could not be queued
-    (Local: Queue full)" although the brokers took all of it a second
-    later. Now the rest is produced once the spool has refused it, and the
-    delivery is answered 200 {"produced": 20}."""
+    """Okta, with the spool full and the brokers slow (frozen here until
+    1.5 s after the spool has refused the delivery), librdkafka's queue
+    full (HOOKBRIDGE_KAFKA_QUEUE_BUFFERING_MAX_MESSAGES 10, a delivery of
+    20 events): docs/ingest.md says such a delivery is answered as without
+    a spool, whose producing waits for room as the brokers acknowledge,
+    within HOOKBRIDGE_INGEST_TIMEOUT. Since the reorder its producing
+    waited the spool wait only (1 s), then the spool refused it, and it
+    was answered 503 "event 10 could not be queued (Local: Queue full)"
+    although the brokers took all of it a second later. Now the rest is
+    produced once the spool has refused it, and the delivery is answered
+    200 {"produced": 20}."""
     spool = workdir / "spool"
     ing = Ingest(procs, broker.bootstrap, extra_env=spool_env(
         spool, HOOKBRIDGE_INGEST_SPOOL_WAIT="1s", HOOKBRIDGE_INGEST_SPOOL_MAX_BYTES="4096",
@@ -104,14 +135,8 @@ def test_a_delivery_the_full_spool_cannot_take_waits_for_queue_room_as_without_a
     ing.wait_ready()
     sent = [dict(user_event(), displayMessage="x" * 300) for _ in range(20)]
     assert len(body_of(sent)) > 4096  # the spool cannot take it
-    broker.proc.signal(signal.SIGSTOP)
-    thaw = threading.Timer(2.5, broker.proc.signal, (signal.SIGCONT,))
-    thaw.start()
-    try:
+    with frozen_until_refused(broker, ing, 1.5):
         status, _, answer = ing.post(sent)
-    finally:
-        thaw.join()
-        broker.proc.signal(signal.SIGCONT)
     assert (status, answer) == (200, {"produced": 20}), answer
     assert ing.metric(FAILURES) == 1
     assert ing.metric(FAILED) == 0
@@ -121,7 +146,8 @@ def test_a_delivery_the_full_spool_cannot_take_waits_for_queue_room_as_without_a
 def test_a_slow_upload_the_full_spool_cannot_take_still_waits_its_ingest_timeout(
         broker, procs, workdir):
     """Okta on a slow link (its body arrives over 6 s), the spool full, the
-    brokers slow (frozen 1.5 s from the body's end): a delivery the spool
+    brokers slow (frozen from the body's end until 1 s after the spool has
+    refused the delivery, its 0.5 s wait over): a delivery the spool
     cannot take is answered as without a spool, which waits
     HOOKBRIDGE_INGEST_TIMEOUT (3 s here, and its 2 s margin) from the whole
     body's arrival. Since the reorder that wait was counted from the
@@ -144,21 +170,9 @@ def test_a_slow_upload_the_full_spool_cannot_take_still_waits_its_ingest_timeout
         for i in range(8):  # 6 s
             s.sendall(body[i * 100:(i + 1) * 100])
             time.sleep(0.75)
-        broker.proc.signal(signal.SIGSTOP)
-        thaw = threading.Timer(1.5, broker.proc.signal, (signal.SIGCONT,))
-        try:
+        with frozen_until_refused(broker, ing, 1.0):
             s.sendall(body[800:])
-            # 1.5 s from the body's end: a timer started before the send, and a
-            # test process then held off the CPU that long (CI 106, the
-            # sanitizer pass), thawed the brokers before the body was whole;
-            # the delivery was acknowledged within the spool wait, the spool
-            # never tried
-            thaw.start()
             answer = s.recv(65536).decode()
-        finally:
-            if thaw.ident is not None:
-                thaw.join()
-            broker.proc.signal(signal.SIGCONT)
     finally:
         s.close()
     status = answer.split(" ", 2)[1]
