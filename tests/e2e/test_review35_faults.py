@@ -11,6 +11,7 @@ import os
 import threading
 import time
 
+from hbtest.lifecycle import wait_taken
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
 from test_delivery import event, register_verified, sql
@@ -103,7 +104,7 @@ def test_a_crowd_of_new_hung_hosts_leaves_the_kept_slots_to_a_healthy_one(
         wait_until(lambda: warm["uuid"] in healthy.arrived, 20, "the first event")
         time.sleep(0.5)  # idle: on e48a11e the engine forgot the healthy host here
         hung = add_subscriptions(db_url, [raw("silent") for _ in range(12)])
-        time.sleep(1)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, hung.values())
 
         lat, missing = stream_lat(broker, healthy, 3)
         busy = busy_of(db_url, sub)
@@ -162,7 +163,7 @@ def test_a_new_name_is_looked_up_once_and_new_names_a_few_at_a_time(
         one = f"http://s3000-one.hbtest:{port}/hook"
         others = [f"http://s3000-n{i}.hbtest:{port}/hook" for i in range(24)]
         subs = add_subscriptions(db_url, [one, rst] + others)
-        time.sleep(1)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, subs.values())
         pid = d.proc.p.pid
         base = threads_of(pid)
         peak = ThreadPeak(pid)

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
+from hbtest.lifecycle import wait_taken
 from hbtest.procs import SLOW, free_port, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
 from hbtest.tls import Pki
@@ -156,9 +157,12 @@ def endpoints(addrs):
     raise AssertionError("no port free on every address")
 
 
-def subscribe(db_url, url, etype="user.session.start"):
-    """An active, verified subscription to url for etype (no challenge)."""
-    opts = json.dumps({"auth_header": "Authorization", "auth_value": AUTH_VALUE})
+def subscribe(db_url, url, etype="user.session.start", options=None):
+    """An active, verified subscription to url for etype (no challenge), with
+    `options` besides its auth header. The status is set last: a service
+    that logs it active has loaded the whole subscription (wait_taken)."""
+    opts = json.dumps({"auth_header": "Authorization", "auth_value": AUTH_VALUE,
+                       **(options or {})})
     sub = sql(db_url, "SELECT hookbridge.register(%s, %s, ARRAY[%s], %s::jsonb)", "r57-" + url,
               url, etype, opts)[0][0]
     sql(db_url, "UPDATE hookbridge.subscriptions SET verification = 'verified', "
@@ -217,12 +221,12 @@ def test_deliveries_follow_a_moved_name_within_the_connection_max_age(
     dns.set("svc.hbmove", "127.0.0.1")
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
-        dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="1s",
-                   HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.1/32,127.0.0.2/32")
+        d = dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="1s",
+                       HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.1/32,127.0.0.2/32")
         sub = subscribe(db_url, f"http://svc.hbmove:{port}/hook")
         long_sub = subscribe(db_url, f"http://127.0.0.1:{slow.server_address[1]}/hook",
                              "user.account.lock")
-        time.sleep(1)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, [sub, long_sub])
         sent = {}
         bound = 2 + 0.5 * SLOW  # the max age, then the lookup kept as long; and some slack
         produce(broker.bootstrap, [event("user.account.lock")])
@@ -284,11 +288,11 @@ def test_a_name_that_stops_resolving_is_left_within_the_connection_max_age(
     dns.set("gone.hbmove", "127.0.0.1")
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
-        dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="2s",
-                   HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.0/29")
+        d = dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="2s",
+                       HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.0/29")
         refusing = subscribe(db_url, f"http://first-refuses.hbmove:{port}/first-refuses")
         gone_sub = subscribe(db_url, f"http://gone.hbmove:{port}/gone")
-        time.sleep(1)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, [refusing, gone_sub])
         sent = {}
         bound = 2 + 0.5 * SLOW  # the max age, and some slack
         flow(broker, 1.5, sent)
@@ -354,11 +358,10 @@ def test_a_busy_http2_endpoint_follows_its_moved_name_too(db_url, procs, workdir
     dns.set("svc.hbmove", "127.0.0.1")
     try:
         broker = Broker(procs, workdir, retry_schedule="1h")
-        dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="1s",
-                   HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.1/32,127.0.0.2/32",
-                   HOOKBRIDGE_CA_FILE=str(pki.ca))
-        subscribe(db_url, f"https://svc.hbmove:{port}/hook")
-        time.sleep(1)  # the dispatcher hears of it (LISTEN)
+        svc = dispatcher(procs, db_url, broker, shim, dns, HOOKBRIDGE_CONNECTION_MAX_AGE="1s",
+                         HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.1/32,127.0.0.2/32",
+                         HOOKBRIDGE_CA_FILE=str(pki.ca))
+        wait_taken(svc, [subscribe(db_url, f"https://svc.hbmove:{port}/hook")])
         sent = {}
         bound = 2 + 0.5 * SLOW
         flow(broker, 1.5, sent)

@@ -11,9 +11,9 @@ Each check says what it did on 58f732a (before this review's commits)."""
 import http.server
 import os
 import threading
-import time
 
 from hbtest.endpoints import ChallengeAnswering, posted_uuids
+from hbtest.lifecycle import REMOVED, wait_taken
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
 from test_delivery import event, sql
@@ -69,14 +69,14 @@ def test_a_host_subscribed_to_again_starts_without_the_circuit_of_its_previous_l
             "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
         d.wait_ready()
         a, c = subscribe(db_url, url), subscribe(db_url, url + "?c")
-        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, [a, c])
         produce(broker.bootstrap, [event("user.session.start") for _ in range(3)])
         wait_until(lambda: d.metric("hookbridge_circuit_opens_total") >= 1, 20 * SLOW,
                    "the circuit to open")
         status[0] = 204
 
         sql(db_url, "SELECT hookbridge.deregister(%s)", a)
-        time.sleep(1.5)
+        wait_taken(d, [a], REMOVED)
         produce(broker.bootstrap, [event("user.session.start") for _ in range(2)])
         wait_until(lambda: sum(outcomes(db_url, c).values()) >= 5, 20 * SLOW, "c's outcomes")
         skipped = outcomes(db_url, c).get((
@@ -85,7 +85,8 @@ def test_a_host_subscribed_to_again_starts_without_the_circuit_of_its_previous_l
 
         sql(db_url, "SELECT hookbridge.deregister(%s)", c)
         b = subscribe(db_url, url)
-        time.sleep(1.5)
+        wait_taken(d, [c], REMOVED)
+        wait_taken(d, [b])
         sent = [event("user.session.start") for _ in range(10)]
         produce(broker.bootstrap, sent)
         wait_until(lambda: sum(outcomes(db_url, b).values()) >= 10, 20 * SLOW, "b's outcomes")

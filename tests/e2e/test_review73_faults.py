@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+from hbtest.lifecycle import wait_taken
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, produce
 from test_delivery import event, sql
@@ -115,11 +116,7 @@ def attempts(db_url, sub):
 
 
 def subscribe_to(db_url, url, etype=ETYPE, timeout_ms=None):
-    sub = subscribe(db_url, url, etype)
-    if timeout_ms:
-        sql(db_url, "SELECT hookbridge.update(%s, NULL, NULL, %s::jsonb)", sub,
-            '{"timeout_ms": %d}' % timeout_ms)
-    return sub
+    return subscribe(db_url, url, etype, {"timeout_ms": timeout_ms} if timeout_ms else None)
 
 
 def rss_kb(pid):
@@ -223,7 +220,7 @@ def test_an_answer_cut_short_after_its_headers_says_which_answer_it_was(db_url, 
     try:
         broker, d = start(procs, workdir, db_url)
         subs = {k: subscribe_to(db_url, raws[k].url, timeout_ms=1000) for k in cases}
-        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, subs.values())
         produce(broker.bootstrap, [event(ETYPE)])
         got = settle(db_url, subs, dict.fromkeys(subs, 1))
         cut = "timeout after 1000 ms, reading the body of an HTTP 200 answer"
@@ -265,7 +262,7 @@ def test_a_kept_connection_the_endpoint_drops_at_our_next_request_costs_no_attem
     try:
         broker, d = start(procs, workdir, db_url)
         subs = {k: subscribe_to(db_url, raws[k].url, timeout_ms=3000) for k in cases}
-        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, subs.values())
         t0 = time.monotonic()
         produce(broker.bootstrap, [event(ETYPE) for _ in range(400)])
         wait_until(lambda: all(sum(n for *_, n in sql(
@@ -336,7 +333,7 @@ def test_what_receivers_in_the_wild_answer_is_classified_as_documented(db_url, p
         subs = {k: subscribe_to(db_url, raws[k].url, timeout_ms=2000) for k in small}
         subs.update({k: subscribe_to(db_url, raws[k].url, "user.account.lock", 2000)
                      for k in big})
-        time.sleep(1.5)  # the dispatcher hears of them (LISTEN)
+        wait_taken(d, subs.values())
         rss0 = rss_kb(d.proc.pid)
         bigev = event("user.account.lock")
         bigev["displayMessage"] = "z" * 100000

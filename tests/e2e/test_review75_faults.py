@@ -6,6 +6,7 @@ more on a fresh connection within what is left of its timeout.
 Name resolution is moved with test_review57_faults.py's getaddrinfo shim."""
 import time
 
+from hbtest.lifecycle import wait_taken
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, produce
 from test_delivery import event
@@ -62,7 +63,7 @@ def test_the_resend_is_one_fresh_connection_whose_address_is_checked_again(
                        HOOKBRIDGE_ALLOWED_CIDRS="127.0.0.1/32", HOOKBRIDGE_CIRCUIT_FAILURES="100",
                        HOOKBRIDGE_LOG_LEVEL="debug")
         sub = subscribe(db_url, f"http://svc.hbmove:{port}/hook", ETYPE)
-        time.sleep(1.5)  # the dispatcher hears of it (LISTEN)
+        wait_taken(d, [sub])
         produce(broker.bootstrap, [event(ETYPE)])  # the name is looked up
         wait_until(lambda: len(attempts(db_url, sub)) >= 1 or None, 20 * SLOW, "the first")
         looked_up = time.monotonic()

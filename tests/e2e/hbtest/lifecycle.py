@@ -80,6 +80,20 @@ def last_change(service, sub):
     return changes[-1] if changes else None
 
 
+def wait_taken(service, subs, state=ACTIVE, timeout=10):
+    """Waits until the last change the service applied of each of `subs` is
+    `state`: ACTIVE for one made active and verified by the statement that
+    changed it last (review 57's subscribe(), review 31's
+    add_subscriptions()), REMOVED for one deregistered. For producing events
+    only once they have a subscription to go to: a fixed sleep after the SQL
+    ("the dispatcher hears of them", 1 to 1.5 s) could end before a
+    dispatcher slowed by the sanitizers on a loaded machine had loaded them,
+    and the events produced meanwhile went to no one."""
+    subs = list(subs)
+    wait_until(lambda: all(last_change(service, s) == state for s in subs), timeout,
+               f"the {service.program} to have {len(subs)} subscription(s) {state!r}")
+
+
 def now_in_state(service, sub, state, since):
     """True when the service applied a change of `sub` after the first
     `since` of changes_of (a count taken before the test changed it) and the
