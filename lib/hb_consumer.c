@@ -503,8 +503,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * older than the partition's last one; a pause or resume from this
          * thread that took its version in between and queued first made
          * the start "outdated" and the partition was never fetched, without
-         * a word (review 80: a resume of every partition just assigned, not
-         * paused, once left one stuck under load). Partitions revoked while
+         * a word (review 80: the resume of every partition just assigned,
+         * paused or not, that this process sent here). Partitions revoked while
          * paused are resumed at their revocation (below), so none comes back
          * paused; while fetching is paused, new ones are paused before they
          * are assigned, so that pause comes before their start. */
