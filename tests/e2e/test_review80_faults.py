@@ -25,7 +25,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from hbtest.procs import SLOW, wait_until
+from hbtest.procs import wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 
