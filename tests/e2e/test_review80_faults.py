@@ -32,6 +32,7 @@ from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 SHIM = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
