@@ -463,6 +463,31 @@ static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_l
                 parts->cnt, rd_kafka_err2str(cerr));
 }
 
+/* Pauses partitions about to be assigned (fetching is paused): before the
+ * assignment, so the pause's version comes before their start's
+ * (rebalance_cb). A partition librdkafka has no object for yet (a topic
+ * this process never had) is not paused: it is fetched, and a message of it
+ * taken while fetching is paused is deferred (hb_consumer_keepalive), which
+ * pauses it then, started. */
+static void pause_unstarted(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *copy = rd_kafka_topic_partition_list_copy(parts);
+    pause_or_resume(c, copy, 1);
+    rd_kafka_topic_partition_list_destroy(copy);
+}
+
+/* Resumes the revoked partitions this process has paused: every one while
+ * fetching is paused, else the deferred ones. */
+static void resume_revoked(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        if (c->fetch_paused || is_deferred(c, parts->elems[i].topic, parts->elems[i].partition))
+            rd_kafka_topic_partition_list_add(paused, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    if (paused->cnt)
+        pause_or_resume(c, paused, 0);
+    rd_kafka_topic_partition_list_destroy(paused);
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     hb_consumer_t *c = opaque;
@@ -471,17 +496,24 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         hb_info("assigned %d partition(s)", parts->cnt);
+        /* No pause, resume or seek of a partition may meet its start:
+         * librdkafka 2.0 starts an assigned partition on its main thread
+         * once the group's committed offset is in, with an op whose version
+         * it takes before it queues it, and drops an op whose version is
+         * older than the partition's last one; a pause or resume from this
+         * thread that took its version in between and queued first made
+         * the start "outdated" and the partition was never fetched, without
+         * a word (review 80: the resume of every partition just assigned,
+         * paused or not, that this process sent here). Partitions revoked while
+         * paused are resumed at their revocation (below), so none comes back
+         * paused; while fetching is paused, new ones are paused before they
+         * are assigned, so that pause comes before their start. */
+        if (c->fetch_paused)
+            pause_unstarted(c, parts);
         if (cooperative)
             kerr = rd_kafka_incremental_assign(rk, parts);
         else
             (void)rd_kafka_assign(rk, parts);
-        /* librdkafka keeps a partition's pause across a revocation: one
-         * deferred when it was revoked (its deferral forgotten) would stay
-         * paused for good when assigned back to this process. */
-        if (c->fetch_paused)
-            (void)rd_kafka_pause_partitions(rk, parts);
-        else
-            (void)rd_kafka_resume_partitions(rk, parts);
         c->assigned = 1;
         if (!cooperative || !c->assignment) {
             if (c->assignment)
@@ -513,6 +545,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * since the last commit is delivered again by the new owner. */
         if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
             say_commit_failed(c, parts, cerr);
+        /* librdkafka keeps a partition's pause across a revocation: one
+         * paused here (deferred, or fetching paused) would stay paused for
+         * good when assigned back to this process. Resumed now, while it is
+         * started, not at its next assignment (above). */
+        resume_revoked(c, parts);
         for (int i = 0; i < parts->cnt; i++) {
             set_lag(parts->elems[i].topic, parts->elems[i].partition, 0);
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
