@@ -18,13 +18,10 @@ holds librdkafka's main thread inside the first partition start (seen by
 its debug line, HOOKBRIDGE_KAFKA_DEBUG=topic) until the application's next
 pause or resume of that partition has been queued, and holds that pause or
 resume until the main thread is there."""
-import hashlib
 import os
-import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
+from hbtest.clockshim import build_shim
 from hbtest.procs import wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified
@@ -102,16 +99,7 @@ int rd_kafka_pause_partitions(void *rk, void *parts) {
 
 def shim():
     """The shim's path, built once per source text."""
-    out = Path(tempfile.gettempdir()) / (
-        "hb-review80-shim-" + hashlib.sha256(SHIM.encode()).hexdigest()[:16] + ".so")
-    if not out.exists():
-        src = out.with_suffix(".c")
-        src.write_text(SHIM)
-        tmp = out.with_suffix(f".{os.getpid()}.so")
-        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(tmp), str(src), "-ldl"],
-                       check=True, timeout=60)
-        os.replace(tmp, out)
-    return out
+    return build_shim(SHIM, "review80-shim")
 
 
 def test_a_partition_whose_start_meets_a_resume_is_still_fetched(db_url, procs, workdir):

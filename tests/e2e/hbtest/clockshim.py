@@ -102,18 +102,24 @@ time_t time(time_t *t) {
 """
 
 
-def build():
-    """The shim's path, built once per source text (shared by the tests)."""
-    tag = hashlib.sha256(CLOCK_SHIM.encode()).hexdigest()[:12]
-    out = Path(tempfile.gettempdir()) / f"hbtest-clockshim-{os.getuid()}-{tag}.so"
+def build_shim(source, name):
+    """An LD_PRELOAD shim's path, built from C `source` once per source text
+    (shared by the tests)."""
+    tag = hashlib.sha256(source.encode()).hexdigest()[:12]
+    out = Path(tempfile.gettempdir()) / f"hbtest-{name}-{os.getuid()}-{tag}.so"
     if not out.exists():
         src = out.with_suffix(".c")
-        src.write_text(CLOCK_SHIM)
+        src.write_text(source)
         tmp = out.with_suffix(f".{os.getpid()}.so")
         subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(tmp), str(src), "-ldl"],
                        check=True, timeout=60)
         os.replace(tmp, out)  # another test building it too: either copy is the same
     return out
+
+
+def build():
+    """The clock shim's path."""
+    return build_shim(CLOCK_SHIM, "clockshim")
 
 
 def env(ahead_s=None, step_file=None):
