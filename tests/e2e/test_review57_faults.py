@@ -277,11 +277,14 @@ def test_a_name_that_stops_resolving_is_left_within_the_connection_max_age(
 
     The first: every event delivered at the first attempt, as fast as
     alone, though each new connection tries the refusing address first.
-    The second: its kept connections are used for up to their max age, no
-    longer (the last delivery 1.9 s after its name went), then its
-    deliveries are retried, `could not resolve host gone.hbmove`, none
-    failed. On 0603895 its deliveries went on over the connections opened
-    before, every one delivered for as long as they stayed open."""
+    The second: its kept connections are used for up to their max age, and
+    a connection opened just before the name went on the lookup kept as
+    long, so within twice the max age as docs/configuration.md says (the
+    last delivery 1.9 s after its name went; 2.9 s once, CI 108, against a
+    bound of 2.5 s that left the kept lookup out), then its deliveries are
+    retried, `could not resolve host gone.hbmove`, none failed. On 0603895
+    its deliveries went on over the connections opened before, every one
+    delivered for as long as they stayed open."""
     dns = DnsMap(str(tmp_path / "dns"))
     port, (srv,) = endpoints(["127.0.0.1"])
     dns.set("first-refuses.hbmove", "127.0.0.4", "127.0.0.1")
@@ -294,7 +297,7 @@ def test_a_name_that_stops_resolving_is_left_within_the_connection_max_age(
         gone_sub = subscribe(db_url, f"http://gone.hbmove:{port}/gone")
         wait_taken(d, [refusing, gone_sub])
         sent = {}
-        bound = 2 + 0.5 * SLOW  # the max age, and some slack
+        bound = 2 * 2 + 0.5 * SLOW  # twice the max age (the lookup kept), and some slack
         flow(broker, 1.5, sent)
         dns.set("gone.hbmove")
         gone = time.monotonic()
