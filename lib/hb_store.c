@@ -426,17 +426,18 @@ static void store_drop(lane_t *ln) {
     if (!again)
         ln->backoff_ms = STORE_BACKOFF_MIN_MS;
     ln->retry_at_ms = hb_mono_ms() + ln->backoff_ms;
-    /* ... counted from the attempt that made the refused connection, not
-     * from the refusal: the request that connected was refused after its
-     * connect and its claim took their time (over 250 ms on a loaded
-     * machine), and the next periodic request, a second after the one that
-     * connected, then came too early and the attempt waited a second more
-     * (CI 105: 2, 2, 4, 5 s, not 1, 2, 4, 5) */
-    if (again && ln->attempt_ms + ln->backoff_ms < ln->retry_at_ms)
-        ln->retry_at_ms = ln->attempt_ms + ln->backoff_ms;
-    if (again)
+    if (again) {
+        /* ... counted from the attempt that made the refused connection,
+         * not from the refusal: the request that connected was refused
+         * after its connect and its claim took their time (over 250 ms on a
+         * loaded machine), and the next periodic request, a second after
+         * the one that connected, then came too early and the attempt
+         * waited a second more (CI 105: 2, 2, 4, 5 s, not 1, 2, 4, 5) */
+        if (ln->attempt_ms + ln->backoff_ms < ln->retry_at_ms)
+            ln->retry_at_ms = ln->attempt_ms + ln->backoff_ms;
         ln->backoff_ms =
             ln->backoff_ms * 2 > STORE_BACKOFF_MAX_MS ? STORE_BACKOFF_MAX_MS : ln->backoff_ms * 2;
+    }
 }
 
 /* After a failed command: is the connection of no more use? Lost; or, for
