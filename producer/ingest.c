@@ -1415,12 +1415,17 @@ static int setup(ingest_t *in, const char *listen, int *port, char *errstr, size
     in->rk = hb_kafka_producer_new(conf, on_delivery, errstr, errstr_size);
     if (!in->rk)
         return -1;
+    /* The endpoint listens before the health port answers: a probe (or a
+     * test) that saw /healthz answer can connect to it (answered 503 until
+     * ready), never be refused. */
+    *port = start_listener(in, listen, errstr, errstr_size);
+    if (*port < 0)
+        return -1;
     in->ops = hb_httpd_start(in->cfg->http_listen, 30000, errstr, errstr_size);
     if (!in->ops)
         return -1;
     hb_httpd_set_ready(in->ops, 0, "waiting for the events and dead-letter topics' metadata");
-    *port = start_listener(in, listen, errstr, errstr_size);
-    return *port < 0 ? -1 : 0;
+    return 0;
 }
 
 #define EVENTS_HELP                                                                                \

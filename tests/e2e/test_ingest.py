@@ -4,10 +4,12 @@ PostgreSQL, the dispatcher and the example receiver; the topic is read back
 with a Kafka client."""
 import http.client
 import json
+import os
 import signal
 import socket
 import time
 
+from hbtest.clockshim import build_shim
 from hbtest.ingest import AUTH_VALUE, PATH, Ingest, envelope, topic_messages
 from hbtest.lifecycle import wait_read
 from hbtest.procs import BIN, SLOW, free_port, wait_until
@@ -541,3 +543,40 @@ def test_the_kubernetes_manifests_run_what_this_file_tests():
     assert "secretKeyRef" in auth["valueFrom"]
     prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
     assert spec["terminationGracePeriodSeconds"] > prestop + 20 + 2 + 5 + 2
+
+
+LATE_LISTEN_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* Every listen() starts half a second late: the gap between two listeners
+ * opened one after the other is then wide enough to meet. */
+int listen(int fd, int backlog) {
+    static int (*real)(int, int);
+    if (!real)
+        real = (int (*)(int, int))dlsym(RTLD_NEXT, "listen");
+    usleep(500000);
+    return real(fd, backlog);
+}
+"""
+
+
+def test_the_endpoint_accepts_connections_once_its_health_port_answers(broker, procs):
+    """A probe, or Okta, that saw /healthz answer can connect to the ingest
+    endpoint (answered 503 until the topics are known), never is refused:
+    the endpoint listens before the health port does. Each listen() is made
+    half a second late (an LD_PRELOAD shim), and Ingest() connects as soon as
+    /healthz answers.
+
+    Checked to fail without the change: on ea18b08 the health port listened
+    first, and the connection was refused (CI's first post to an ingest
+    endpoint once was too)."""
+    shim = build_shim(LATE_LISTEN_SHIM, "late-listen")
+    ing = Ingest(procs, broker.bootstrap, extra_env={
+        "LD_PRELOAD": str(shim),
+        "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"})
+    ing.wait_ready()
+    status, _, body = ing.post([event("user.session.start")])
+    assert status == 200, body

@@ -3,6 +3,7 @@
 events topic back."""
 import http.client
 import json
+import socket
 
 from .procs import BIN, SLOW, free_port, http_get, wait_until
 from .stack import topic_records
@@ -45,6 +46,9 @@ class Ingest:
             wait_until(lambda: self.ops("/healthz")[0] == 200 or not self.proc.alive(), 20,
                        "the ingest endpoint to listen")
             assert self.proc.alive(), "producer exited:\n" + self.proc.output()[-3000:]
+            # The endpoint listens before the health port answers (it was
+            # the other way round: CI's first post was refused).
+            socket.create_connection(("127.0.0.1", self.port), timeout=5 * SLOW).close()
 
     def wait_ready(self, timeout=20):
         wait_until(lambda: self.ops("/readyz")[0] == 200 or not self.proc.alive(), timeout,
