@@ -199,6 +199,7 @@ class ApacheKafka:
         self.dir = Path(tempfile.mkdtemp(prefix="hb-kafka-"))
         self.procs = {}
         self._seen = {}
+        self._stopping = set()
         env = dict(os.environ)
         if sasl_ssl:
             # A CA of its own, the server's certificate for 127.0.0.1 as a
@@ -266,6 +267,7 @@ class ApacheKafka:
         """Starts node `node` (1-based), also after stop_node or kill_node;
         wait_node(node) waits until it has started."""
         self._seen[node] = self._starts(node)
+        self._stopping.discard(node)
         log = open(self.log_path(node), "ab")
         self.procs[node] = subprocess.Popen([str(KAFKA_SH), "node", str(self.dir), str(node)],
                                             stdout=log, stderr=subprocess.STDOUT,
@@ -286,6 +288,27 @@ class ApacheKafka:
             return self.log_path(node).read_text(errors="replace")[-4000:]
         except FileNotFoundError:
             return ""
+
+    def terminate_node(self, node):
+        """SIGTERM to node `node`, not waiting: it is stopping (restore()
+        starts it again) until start_node."""
+        p = self.procs.get(node)
+        if p and p.poll() is None:
+            p.terminate()
+        self._stopping.add(node)
+
+    def restore(self):
+        """Every node exited, or sent SIGTERM and maybe still stopping (one
+        whose controlled shutdown began after the others were gone waits for
+        a controller quorum that is no more), started again: the cluster
+        whole for the next test, whatever the last one left."""
+        down = [i for i in range(1, self.nodes + 1)
+                if self.procs[i].poll() is not None or i in self._stopping]
+        for i in down:
+            self.stop_node(i, timeout=10)
+            self.start_node(i)
+        for i in down:
+            self.wait_node(i)
 
     def kill_node(self, node):
         p = self.procs.get(node)
