@@ -232,6 +232,7 @@ struct ingest_s {
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
     hb_metric_t *m_produced, *m_failed, *m_dead, *m_rejected;
     hb_metric_t *m_duration;
+    hb_metric_t *m_answering; /* in->answering, under lock */
     /* the spool's (registered only with one) */
     hb_metric_t *m_spool_files, *m_spool_bytes, *m_spool_answered, *m_spool_replayed,
         *m_spool_failures;
@@ -819,6 +820,7 @@ static enum MHD_Result handle_post(ingest_t *in, struct MHD_Connection *conn, re
     pthread_mutex_lock(&in->lock);
     r->answering = 1;
     in->answering++;
+    hb_metric_set(in->m_answering, (double)in->answering);
     pthread_mutex_unlock(&in->lock);
     pthread_mutex_lock(&in->codec_lock);
     rc = hb_ingest_parse(in->codec, r->body ? r->body : "", r->len, &b, why, sizeof(why));
@@ -1298,8 +1300,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     pthread_mutex_lock(&in->lock);
     in->in_flight--;
-    if (r->answering)
+    if (r->answering) {
         in->answering--;
+        hb_metric_set(in->m_answering, (double)in->answering);
+    }
     req_unref_locked(r, &last);
     pthread_cond_broadcast(&in->cond);
     pthread_mutex_unlock(&in->lock);
@@ -1455,6 +1459,10 @@ static void register_metrics(ingest_t *in) {
                                           "deliveries whose events were handed to the brokers "
                                           "(200 and 503).",
                                           bounds, HB_ARRAY_SIZE(bounds));
+    in->m_answering = hb_metrics_gauge("hookbridge_ingest_requests_in_progress", NULL,
+                                       "Deliveries received whole and not answered yet: their "
+                                       "events being published, waiting for the brokers' "
+                                       "acknowledgements (or the spool).");
     if (!*in->cfg->ingest_spool_dir)
         return;
     in->m_spool_files = hb_metrics_gauge("hookbridge_ingest_spool_deliveries", NULL,

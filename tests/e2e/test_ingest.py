@@ -53,6 +53,7 @@ def test_okta_delivery_reaches_the_subscriber_once_signed(db_url, broker, procs,
     status, hdrs, body = ing.post([wanted, other, unknown])
     assert status == 200, body
     assert body == {"produced": 3}
+    ing.wait_in_progress(0)  # answered: none in progress
 
     wait_until(lambda: receiver.events(), 30, "the subscribed event at the receiver")
     wait_read(d, 3, "all three events")  # a duplicate or another event is sent by then
@@ -504,7 +505,7 @@ def test_sigterm_lets_a_request_in_flight_finish_and_takes_no_new_ones(broker, p
     answer = {}
     t = threading.Thread(target=lambda: answer.update(r=ing.post([event("user.session.start")])))
     t.start()
-    time.sleep(0.5 * SLOW)  # the request is in, waiting for its acknowledgements
+    ing.wait_in_progress()  # the delivery is in, waiting for its acknowledgements
     ing.proc.signal(signal.SIGTERM)
     time.sleep(0.3)
     try:

@@ -314,7 +314,7 @@ def test_sigterm_answers_a_spooled_delivery_200_at_once_and_keeps_its_file(
         answer["at"] = time.monotonic()
     t = threading.Thread(target=post)
     t.start()
-    time.sleep(1.5 * SLOW)
+    ing.wait_in_progress()  # the delivery is in, waiting for its acknowledgements
     assert "r" not in answer, answer  # still waiting for the acks
     assert not spooled(spool)  # the disk is touched only once the wait is over
     t0 = time.monotonic()

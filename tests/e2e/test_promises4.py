@@ -140,7 +140,7 @@ def test_the_ingest_endpoint_stopping_is_not_ready_at_once_and_a_second_signal_e
 
     t = threading.Thread(target=post)
     t.start()
-    time.sleep(0.5 * SLOW)  # the request is in, waiting for its acknowledgements
+    ing.wait_in_progress()  # the delivery is in, waiting for its acknowledgements
     ing.proc.signal(signal.SIGTERM)
     status, body = wait_until(lambda: (r := ing.ops("/readyz"))[1].strip() == "stopping" and r,
                               2, "/readyz to say stopping")

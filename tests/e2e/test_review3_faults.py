@@ -44,7 +44,7 @@ def test_a_delivery_still_waiting_when_the_stop_s_drain_ends_is_answered_503(bro
 
     t = threading.Thread(target=post)
     t.start()
-    time.sleep(0.5 * SLOW)  # the delivery is in, waiting for its acknowledgement
+    ing.wait_in_progress()  # the delivery is in, waiting for its acknowledgements
     t0 = time.monotonic()
     ing.proc.signal(signal.SIGTERM)
     t.join(40 * SLOW)

@@ -55,6 +55,12 @@ class Ingest:
                    "the ingest endpoint to be ready")
         assert self.proc.alive(), "producer exited:\n" + self.proc.output()[-3000:]
 
+    def wait_in_progress(self, n=1, timeout=10):
+        """Until n deliveries are in whole and unanswered (their events
+        handed to the brokers, or on their way): what a stop must answer."""
+        wait_until(lambda: self.metric("hookbridge_ingest_requests_in_progress") == n, timeout,
+                   f"{n} delivery(ies) in, waiting for the brokers")
+
     def ops(self, path):
         """GET on the operations port: (status, body)."""
         return http_get(self.health_port, path)
