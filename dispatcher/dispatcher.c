@@ -1828,6 +1828,7 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         .hooks = &hooks,
         .opaque = d,
         .verifies = 1,
+        .syncs = 1,
     };
     d->cfg = cfg;
     d->chains = hb_chains_new();

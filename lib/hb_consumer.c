@@ -27,6 +27,7 @@ typedef struct deferred_s {
     int32_t partition;
     int64_t due_ms;
     int64_t seek_offset; /* a rewind that failed, tried again when due; -1: none */
+    int64_t offset;      /* the partition is read again from here */
     struct deferred_s *next;
 } deferred_t;
 
@@ -93,6 +94,9 @@ struct hb_consumer_s {
     char fatal_why[300]; /* librdkafka's fatal error: the consumer is unusable */
     int64_t next_topic_check;
     deferred_t *deferred;
+    /* taken (hb_consumer_take), not handed on yet (hb_consumer_handle_held) */
+    rd_kafka_message_t **held;
+    int held_cnt, held_cap;
     lag_thread_t lag;
     size_t (*revoked)(void *opaque); /* abandons held work of forgotten partitions */
     void *revoked_opaque;
@@ -106,6 +110,15 @@ static void set_lag(const char *topic, int32_t partition, int64_t lag);
 static int is_deferred(const hb_consumer_t *c, const char *topic, int32_t partition) {
     for (const deferred_t *d = c->deferred; d; d = d->next)
         if (d->partition == partition && !strcmp(d->topic, topic))
+            return 1;
+    return 0;
+}
+
+/* rkm's partition is deferred and will be read again from rkm or before. */
+static int read_again(const hb_consumer_t *c, const rd_kafka_message_t *rkm) {
+    for (const deferred_t *d = c->deferred; d; d = d->next)
+        if (d->partition == rkm->partition && d->offset <= rkm->offset &&
+            !strcmp(d->topic, rd_kafka_topic_name(rkm->rkt)))
             return 1;
     return 0;
 }
@@ -217,6 +230,7 @@ void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t 
     d = hb_calloc(1, sizeof(*d));
     d->topic = hb_strdup(topic);
     d->partition = rkm->partition;
+    d->offset = rkm->offset;
     d->due_ms = due_ms;
     /* A failed rewind is not given up: the partition stays paused and
      * deferred (nothing fetched behind rkm is handed out) and the rewind is
@@ -463,6 +477,22 @@ static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_l
                 parts->cnt, rd_kafka_err2str(cerr));
 }
 
+/* Held messages of revoked partitions (or all: parts NULL) are dropped:
+ * not handed on, their offsets not stored; the partitions' next owner (or
+ * this process at its next start) reads them again. */
+static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    int kept = 0;
+    for (int i = 0; i < c->held_cnt; i++) {
+        rd_kafka_message_t *rkm = c->held[i];
+        if (!parts || rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(rkm->rkt),
+                                                         rkm->partition))
+            rd_kafka_message_destroy(rkm);
+        else
+            c->held[kept++] = rkm;
+    }
+    c->held_cnt = kept;
+}
+
 /* Pauses partitions about to be assigned (fetching is paused): before the
  * assignment, so the pause's version comes before their start's
  * (rebalance_cb). A partition librdkafka has no object for yet (a topic
@@ -550,6 +580,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
          * good when assigned back to this process. Resumed now, while it is
          * started, not at its next assignment (above). */
         resume_revoked(c, parts);
+        drop_held(c, parts);
         for (int i = 0; i < parts->cnt; i++) {
             set_lag(parts->elems[i].topic, parts->elems[i].partition, 0);
             hb_offsets_forget(c->offsets, parts->elems[i].topic, parts->elems[i].partition);
@@ -953,29 +984,72 @@ static int consumed_error(hb_consumer_t *c, const rd_kafka_message_t *rkm) {
     return 1;
 }
 
+/* The next message of the queue for hb_consumer_poll or hb_consumer_take
+ * (the i-th asked for this pass): 0 when the queue is empty, else 1 with
+ * *out the message, or NULL for one not to hand on (an error event, one
+ * fetched before its partition's rewind: read again when due). */
+static int take_one(hb_consumer_t *c, int i, rd_kafka_message_t **out) {
+    rd_kafka_message_t *rkm;
+    *out = NULL;
+    if (i == 0) {
+        c->polled_at = hb_mono_ms();
+        if (c->kept_alive) /* messages are taken again: fetch them */
+            pause_fetch_all(c, 0);
+    }
+    rkm = rd_kafka_consumer_poll(c->rk, 0);
+    if (!rkm)
+        return 0;
+    if (!rkm->err && atomic_load_explicit(&c->resets_cnt, memory_order_relaxed) > 0)
+        check_reset(c, rkm);
+    if (consumed_error(c, rkm) ||
+        (c->deferred && is_deferred(c, rd_kafka_topic_name(rkm->rkt), rkm->partition)))
+        rd_kafka_message_destroy(rkm);
+    else
+        *out = rkm;
+    return 1;
+}
+
 void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    for (int i = 0; i < max && !c->paused && more(opaque); i++) {
-        rd_kafka_message_t *rkm;
-        if (i == 0) {
-            c->polled_at = hb_mono_ms();
-            if (c->kept_alive) /* messages are taken again: fetch them */
-                pause_fetch_all(c, 0);
-        }
-        rkm = rd_kafka_consumer_poll(c->rk, 0);
+    rd_kafka_message_t *rkm;
+    for (int i = 0; i < max && !c->paused && more(opaque) && take_one(c, i, &rkm); i++) {
         if (!rkm)
-            return;
-        if (!rkm->err && atomic_load_explicit(&c->resets_cnt, memory_order_relaxed) > 0)
-            check_reset(c, rkm);
-        if (consumed_error(c, rkm) ||
-            /* fetched before a rewind; read again when due */
-            (c->deferred && is_deferred(c, rd_kafka_topic_name(rkm->rkt), rkm->partition))) {
-            rd_kafka_message_destroy(rkm);
             continue;
-        }
         handle(rkm, opaque);
         rd_kafka_message_destroy(rkm);
     }
+}
+
+int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque) {
+    rd_kafka_message_t *rkm;
+    for (int i = 0; i < max && !c->paused && more(opaque) && take_one(c, i, &rkm); i++) {
+        if (!rkm)
+            continue;
+        if (c->held_cnt == c->held_cap) {
+            c->held_cap = c->held_cap ? c->held_cap * 2 : 64;
+            c->held = hb_realloc(c->held, (size_t)c->held_cap * sizeof(*c->held));
+        }
+        c->held[c->held_cnt++] = rkm;
+    }
+    return c->held_cnt;
+}
+
+int hb_consumer_held(const hb_consumer_t *c) {
+    return c->held_cnt;
+}
+
+void hb_consumer_handle_held(hb_consumer_t *c,
+                             void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
+    for (int i = 0; i < c->held_cnt; i++) {
+        rd_kafka_message_t *rkm = c->held[i];
+        /* one handled before deferred its partition (a writer schema on its
+         * way): what follows it there is read again; a deferral of a later
+         * message (hb_consumer_keepalive) leaves the held ones to handle */
+        if (!c->deferred || !read_again(c, rkm))
+            handle(rkm, opaque);
+        rd_kafka_message_destroy(rkm);
+    }
+    c->held_cnt = 0;
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,
@@ -1112,7 +1186,8 @@ void hb_consumer_close(hb_consumer_t *c) {
     rd_kafka_resp_err_t err;
     if (!c->rk)
         return;
-    lag_stop(&c->lag); /* its round trips use c->rk */
+    lag_stop(&c->lag);  /* its round trips use c->rk */
+    drop_held(c, NULL); /* librdkafka closes only once its messages are gone */
     hb_consumer_store_offsets(c);
     err = rd_kafka_commit(c->rk, NULL, 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
@@ -1133,6 +1208,9 @@ void hb_consumer_free(hb_consumer_t *c) {
         rd_kafka_queue_destroy(c->rkq);
     hb_kafka_reach_stop(&c->brokers); /* its thread uses c->rk */
     lag_stop(&c->lag);
+    drop_held(c, NULL);
+    free(c->held);
+    c->held = NULL;
     if (c->rk && hb_kafka_destroy_within(c->rk, DESTROY_WAIT_MS) < 0) {
         /* Closed already (hb_consumer_close: the offsets committed, the
          * group left); what librdkafka still holds is its own. c stays

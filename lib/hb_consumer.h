@@ -90,6 +90,16 @@ void hb_consumer_free(hb_consumer_t *c);
  * partition, to handle (rkm borrowed). */
 void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
+/* As hb_consumer_poll, but the messages are held, not handed on: taken now,
+ * handed to handle by hb_consumer_handle_held once the caller is ready for
+ * them (the dispatcher: once a sync with PostgreSQL made after they were
+ * taken is done, hb_store_sync). Held messages of partitions revoked
+ * meanwhile are dropped, not handed on (their next owner reads them), as
+ * are all at hb_consumer_close. Returns how many are held. */
+int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque);
+int hb_consumer_held(const hb_consumer_t *c);
+void hb_consumer_handle_held(hb_consumer_t *c,
+                             void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */
 void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms);

@@ -84,6 +84,12 @@
  * log before /readyz says so; then events are matched against the
  * subscriptions in memory, as while the database is unreachable. */
 #define STORE_BUSY_WAIT_MS 10000
+/* Events taken wait for a sync (hb_store_sync) at most this long: a
+ * database slow to answer an empty query then costs each batch this much,
+ * as it would cost a change this much to arrive, and the events are
+ * matched against the subscriptions in memory (below the consumer's 3 s
+ * keep-alive: the events held are not served meanwhile). */
+#define STORE_SYNC_WAIT_MS 1000
 /* The follower's connection, idle on LISTEN, sends an empty query when it
  * has sent nothing for this long: the kernel gives up on data it sent and
  * nobody acknowledged after tcp_user_timeout (15 s, hb_pg_connect), as on
@@ -264,6 +270,7 @@ typedef struct lane_s {
     int64_t ping_idle_ms; /* quiet before the check (STORE_PING_MS, or less: ping_times_locked) */
     int64_t ping_sent_ms; /* monotonic ms the check was sent (the lane's thread only) */
     int64_t ping_give_up_ms; /* its answer awaited this long, then the connection is dropped */
+    unsigned long long ping_ticket; /* st->sync_want when the check was sent (hb_store_sync) */
     /* The follower's: subscriptions whose change it could not load because a
      * value was not sealed yet (another session held the row while it
      * sealed), loaded again at unsealed_at_ms, then after unsealed_wait_ms. */
@@ -321,6 +328,10 @@ struct hb_store_s {
     int pending;        /* the loop's: requests not called back yet */
     int stuck_said;     /* the loop's: the follower's wait past STORE_BUSY_WAIT_MS was said */
     int pending_claims; /* the loop's: verification claims among them */
+    /* under mu: syncs the loop asked for (hb_store_sync), and the last one
+     * answered: the follower's empty query sent after it was asked has its
+     * answer, and what was notified before that answer is queued */
+    unsigned long long sync_want, sync_done;
 };
 
 enum { LANE_FOLLOWER, LANE_REQUESTS, LANE_VERIFY };
@@ -1037,6 +1048,16 @@ done:
         pipe_poke(ln->st->notify[1]);
 }
 
+/* A sync the loop asked for (hb_store_sync) waits for the follower's
+ * empty query. */
+static int sync_asked(hb_store_t *st) {
+    int asked;
+    pthread_mutex_lock(&st->mu);
+    asked = st->sync_want > st->sync_done;
+    pthread_mutex_unlock(&st->mu);
+    return asked;
+}
+
 /* The follower's check of an idle connection (STORE_PING_MS): an empty
  * query, whose answer the lane's poll waits for with the notifications; a
  * connection lost meanwhile is found by follow(), which says so and drops
@@ -1050,6 +1071,7 @@ static void ping_send(lane_t *ln) {
         ln->ping_sent_ms = hb_mono_ms();
         pthread_mutex_lock(&ln->st->mu);
         ln->ping_since = hb_mono_ms();
+        ln->ping_ticket = ln->st->sync_want; /* every sync asked so far is sent */
         pthread_mutex_unlock(&ln->st->mu);
     } else {
         follow(ln, NULL);
@@ -1093,6 +1115,18 @@ static void ping_answer(lane_t *ln) {
         pthread_mutex_unlock(&ln->st->mu);
     }
     follow(ln, NULL); /* the notifications that came with it; or the loss */
+    if (!ln->ping_sent && ln->conn) {
+        /* What was notified before the answer is queued (follow): the
+         * syncs asked before the query was sent are done. */
+        int done;
+        pthread_mutex_lock(&ln->st->mu);
+        done = ln->ping_ticket > ln->st->sync_done;
+        if (done)
+            ln->st->sync_done = ln->ping_ticket;
+        pthread_mutex_unlock(&ln->st->mu);
+        if (done)
+            pipe_poke(ln->st->notify[1]);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1437,7 +1471,8 @@ static void lane_loop(lane_t *ln) {
             follow(ln, NULL);
             continue;
         }
-        if (ln->follower && ln->conn && !ln->ping_sent && now >= ln->next_ping_ms) {
+        if (ln->follower && ln->conn && !ln->ping_sent &&
+            (now >= ln->next_ping_ms || sync_asked(st))) {
             ping_send(ln);
             continue;
         }
@@ -1706,6 +1741,24 @@ int hb_store_settled(hb_store_t *st) {
         hb_info("database: the subscription store has its answer again");
     }
     return settled;
+}
+
+unsigned long long hb_store_sync(hb_store_t *st) {
+    unsigned long long ticket;
+    pthread_mutex_lock(&st->mu);
+    ticket = ++st->sync_want;
+    pthread_mutex_unlock(&st->mu);
+    pipe_poke(st->lanes[LANE_FOLLOWER].wake[1]);
+    return ticket;
+}
+
+int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms) {
+    int synced;
+    pthread_mutex_lock(&st->mu);
+    synced = st->sync_done >= ticket || st->lanes[LANE_FOLLOWER].sock < 0 ||
+             hb_mono_ms() - asked_ms >= STORE_SYNC_WAIT_MS;
+    pthread_mutex_unlock(&st->mu);
+    return synced;
 }
 
 int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,

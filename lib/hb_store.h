@@ -118,6 +118,21 @@ const char *hb_store_stale(hb_store_t *st);
  * should not take new events until it is applied, unless the follower has
  * waited 10 s for the database. The loop's thread. */
 int hb_store_settled(hb_store_t *st);
+/* A sync: asks the follower to send an empty query now; its answer comes
+ * after every notification of a transaction that committed before it was
+ * sent (the server sends a listener its notifications before it reads the
+ * next query), and those are queued before the sync is done. An event taken
+ * from Kafka before hb_store_sync was published after it was taken at the
+ * latest, so a subscription change committed before the event was
+ * published is queued (and applied by hb_store_process) once
+ * hb_store_synced says so: then hb_store_settled, then match. Returns the
+ * ticket to wait for. The loop's thread. */
+unsigned long long hb_store_sync(hb_store_t *st);
+/* 1 once the sync `ticket` is done, or when it cannot be (the follower
+ * disconnected: its reload comes when it is back, as hb_store_settled
+ * says), or asked_ms (monotonic, when it was asked) is 1 s past: the events
+ * are matched against the subscriptions in memory. The loop's thread. */
+int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms);
 
 /* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost
  * connection or a failed reconnect attempt (at most one per call and per

@@ -37,6 +37,8 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
+    unsigned long long sync_ticket; /* the sync the held events wait for (spec.syncs) */
+    int64_t sync_asked_ms;
     hb_index_t *index;
     hb_offsets_t *offsets;
     hb_outbox_t *outbox;         /* jobs, gates, the producer */
@@ -624,8 +626,21 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     }
     /* A subscription change on its way is applied before new events come in. */
     if (consume && hb_consumer_started(w->consumer) && !hb_consumer_paused(w->consumer) &&
-        (!w->store || hb_store_settled(w->store)))
-        hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
+        (!w->store || hb_store_settled(w->store))) {
+        if (!w->spec.syncs || !w->store) {
+            hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
+        } else if (!hb_consumer_held(w->consumer)) {
+            /* taken now, matched once a change committed before they were
+             * published is applied: synced, then settled again */
+            if (hb_consumer_take(w->consumer, POLL_BATCH, keeping_up, w)) {
+                w->sync_ticket = hb_store_sync(w->store);
+                w->sync_asked_ms = hb_mono_ms();
+            }
+        } else if (hb_store_synced(w->store, w->sync_ticket, w->sync_asked_ms) &&
+                   hb_store_settled(w->store)) {
+            hb_consumer_handle_held(w->consumer, handle_message, w);
+        }
+    }
     if (consume && hb_consumer_started(w->consumer))
         hb_consumer_keepalive(w->consumer);
     hb_outbox_poll(w->outbox);

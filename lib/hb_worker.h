@@ -134,6 +134,10 @@ typedef struct hb_worker_spec_s {
     /* Sends verification challenges (the dispatcher): the store starts the
      * lanes for their claims and outcomes. */
     int verifies;
+    /* Matches the events taken only once the subscription store has synced
+     * with PostgreSQL after they were taken (hb_store_sync; the dispatcher):
+     * a change committed before an event was published applies to it. */
+    int syncs;
 } hb_worker_spec_t;
 
 hb_worker_t *hb_worker_new(const hb_config_t *cfg, const hb_worker_spec_t *spec, char *errstr,
