@@ -89,7 +89,7 @@
  * as it would cost a change this much to arrive, and the events are
  * matched against the subscriptions in memory (below the consumer's 3 s
  * keep-alive: the events held are not served meanwhile). */
-#define STORE_SYNC_WAIT_MS 1000
+#define STORE_SYNC_WAIT_MS 1000 /* ... and none while one has waited this long already */
 /* The follower's connection, idle on LISTEN, sends an empty query when it
  * has sent nothing for this long: the kernel gives up on data it sent and
  * nobody acknowledged after tcp_user_timeout (15 s, hb_pg_connect), as on
@@ -1754,9 +1754,14 @@ unsigned long long hb_store_sync(hb_store_t *st) {
 
 int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms) {
     int synced;
+    lane_t *fl = &st->lanes[LANE_FOLLOWER];
+    int64_t now = hb_mono_ms();
     pthread_mutex_lock(&st->mu);
-    synced = st->sync_done >= ticket || st->lanes[LANE_FOLLOWER].sock < 0 ||
-             hb_mono_ms() - asked_ms >= STORE_SYNC_WAIT_MS;
+    synced = st->sync_done >= ticket || fl->sock < 0 || now - asked_ms >= STORE_SYNC_WAIT_MS ||
+             /* a database that answers nothing costs the first batch the
+              * wait, not every batch until it answers again */
+             (fl->ping_since && now - fl->ping_since >= STORE_SYNC_WAIT_MS) ||
+             (fl->busy && now - fl->busy_since >= STORE_SYNC_WAIT_MS); /* a load waits */
     pthread_mutex_unlock(&st->mu);
     return synced;
 }

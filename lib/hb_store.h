@@ -130,8 +130,10 @@ int hb_store_settled(hb_store_t *st);
 unsigned long long hb_store_sync(hb_store_t *st);
 /* 1 once the sync `ticket` is done, or when it cannot be (the follower
  * disconnected: its reload comes when it is back, as hb_store_settled
- * says), or asked_ms (monotonic, when it was asked) is 1 s past: the events
- * are matched against the subscriptions in memory. The loop's thread. */
+ * says), or asked_ms (monotonic, when it was asked) is 1 s past, or the
+ * follower's query has waited 1 s already (a database that answers
+ * nothing): the events are matched against the subscriptions in memory.
+ * The loop's thread. */
 int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms);
 
 /* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost

@@ -629,16 +629,18 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         (!w->store || hb_store_settled(w->store))) {
         if (!w->spec.syncs || !w->store) {
             hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
-        } else if (!hb_consumer_held(w->consumer)) {
+        } else {
             /* taken now, matched once a change committed before they were
              * published is applied: synced, then settled again */
-            if (hb_consumer_take(w->consumer, POLL_BATCH, keeping_up, w)) {
+            if (!hb_consumer_held(w->consumer) &&
+                hb_consumer_take(w->consumer, POLL_BATCH, keeping_up, w)) {
                 w->sync_ticket = hb_store_sync(w->store);
                 w->sync_asked_ms = hb_mono_ms();
             }
-        } else if (hb_store_synced(w->store, w->sync_ticket, w->sync_asked_ms) &&
-                   hb_store_settled(w->store)) {
-            hb_consumer_handle_held(w->consumer, handle_message, w);
+            if (hb_consumer_held(w->consumer) &&
+                hb_store_synced(w->store, w->sync_ticket, w->sync_asked_ms) &&
+                hb_store_settled(w->store))
+                hb_consumer_handle_held(w->consumer, handle_message, w);
         }
     }
     if (consume && hb_consumer_started(w->consumer))

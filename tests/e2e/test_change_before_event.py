@@ -2,6 +2,8 @@
 applies to that event, however late PostgreSQL's notification of the change
 reaches the dispatcher: activate() and then publish, and the event is
 delivered; deactivate() and then publish, and it is not."""
+import time
+
 from hbtest.lifecycle import wait_read
 from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
@@ -63,4 +65,44 @@ def test_an_event_published_after_activate_or_deactivate_returned_follows_it(
         assert len(got) == 5, got
     finally:
         proxy.delay = 0
+        proxy.close()
+
+
+def test_events_wait_for_a_database_that_answers_nothing_about_a_second_once(
+        db_url, pg_cluster, procs, workdir):
+    """docs/operations.md, PostgreSQL not answering: deliveries go on. The
+    dispatcher's connections to the database stop being answered (a proxy
+    forwards nothing, as a stopped server); the first event after it waits
+    for the store's query about a second, then is matched against the
+    subscriptions in memory, and the events after it wait for nothing: each
+    is delivered well within a second, not a second each.
+
+    Checked to fail without the rule: with every batch waiting its own
+    second for a query that is not answered, each event came about 1 s
+    after it was published."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        receiver = Receiver(procs, workdir, secret=SECRET)
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
+        d.wait_ready()
+        register_verified(db_url, receiver.url, ["user.session.start"])
+        first = event("user.session.start")
+        produce(broker.bootstrap, [first])  # delivered while the database answers
+        wait_until(lambda: receiver.events(), 10 * SLOW, "the first event")
+        proxy.pause()
+        late = []
+        for i in range(6):
+            e = event("user.session.start")
+            produce(broker.bootstrap, [e])
+            t0 = time.monotonic()  # on the topic
+            wait_until(lambda: e["uuid"] in [ev["uuid"] for _, ev in receiver.events()],
+                       10 * SLOW, f"event {i + 1} while the database answers nothing")
+            late.append(round(time.monotonic() - t0, 2))
+            time.sleep(0.3)
+        print(f"delivered after (s): {late}")
+        assert late[0] < 3 * SLOW, late  # the one wait, then the subscriptions in memory
+        assert max(late[2:]) < 0.8 * SLOW, late
+    finally:
         proxy.close()
