@@ -94,8 +94,10 @@ struct hb_consumer_s {
     char fatal_why[300]; /* librdkafka's fatal error: the consumer is unusable */
     int64_t next_topic_check;
     deferred_t *deferred;
-    /* taken (hb_consumer_take), not handed on yet (hb_consumer_handle_held) */
+    /* taken (hb_consumer_take), not handed on yet (hb_consumer_handle_held),
+     * in the order taken, each with the ticket it waits for */
     rd_kafka_message_t **held;
+    unsigned long long *held_ticket;
     int held_cnt, held_cap;
     lag_thread_t lag;
     size_t (*revoked)(void *opaque); /* abandons held work of forgotten partitions */
@@ -487,8 +489,10 @@ static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *p
         if (!parts || rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(rkm->rkt),
                                                          rkm->partition))
             rd_kafka_message_destroy(rkm);
-        else
+        else {
+            c->held_ticket[kept] = c->held_ticket[i];
             c->held[kept++] = rkm;
+        }
     }
     c->held_cnt = kept;
 }
@@ -1020,27 +1024,34 @@ void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
     }
 }
 
-int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque) {
+int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque,
+                     unsigned long long ticket) {
     rd_kafka_message_t *rkm;
+    int taken = 0;
     for (int i = 0; i < max && !c->paused && more(opaque) && take_one(c, i, &rkm); i++) {
         if (!rkm)
             continue;
         if (c->held_cnt == c->held_cap) {
             c->held_cap = c->held_cap ? c->held_cap * 2 : 64;
             c->held = hb_realloc(c->held, (size_t)c->held_cap * sizeof(*c->held));
+            c->held_ticket =
+                hb_realloc(c->held_ticket, (size_t)c->held_cap * sizeof(*c->held_ticket));
         }
+        c->held_ticket[c->held_cnt] = ticket;
         c->held[c->held_cnt++] = rkm;
+        taken++;
     }
-    return c->held_cnt;
+    return taken;
 }
 
 int hb_consumer_held(const hb_consumer_t *c) {
     return c->held_cnt;
 }
 
-void hb_consumer_handle_held(hb_consumer_t *c,
+void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    for (int i = 0; i < c->held_cnt; i++) {
+    int i;
+    for (i = 0; i < c->held_cnt && c->held_ticket[i] <= done; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         /* one handled before deferred its partition (a writer schema on its
          * way): what follows it there is read again; a deferral of a later
@@ -1049,7 +1060,12 @@ void hb_consumer_handle_held(hb_consumer_t *c,
             handle(rkm, opaque);
         rd_kafka_message_destroy(rkm);
     }
-    c->held_cnt = 0;
+    if (i) {
+        memmove(c->held, c->held + i, (size_t)(c->held_cnt - i) * sizeof(*c->held));
+        memmove(c->held_ticket, c->held_ticket + i,
+                (size_t)(c->held_cnt - i) * sizeof(*c->held_ticket));
+        c->held_cnt -= i;
+    }
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,
@@ -1210,7 +1226,9 @@ void hb_consumer_free(hb_consumer_t *c) {
     lag_stop(&c->lag);
     drop_held(c, NULL);
     free(c->held);
+    free(c->held_ticket);
     c->held = NULL;
+    c->held_ticket = NULL;
     if (c->rk && hb_kafka_destroy_within(c->rk, DESTROY_WAIT_MS) < 0) {
         /* Closed already (hb_consumer_close: the offsets committed, the
          * group left); what librdkafka still holds is its own. c stays

@@ -91,14 +91,16 @@ void hb_consumer_free(hb_consumer_t *c);
 void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
                       void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 /* As hb_consumer_poll, but the messages are held, not handed on: taken now,
- * handed to handle by hb_consumer_handle_held once the caller is ready for
- * them (the dispatcher: once a sync with PostgreSQL made after they were
- * taken is done, hb_store_sync). Held messages of partitions revoked
- * meanwhile are dropped, not handed on (their next owner reads them), as
- * are all at hb_consumer_close. Returns how many are held. */
-int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque);
+ * each with `ticket`, and handed to handle by hb_consumer_handle_held once
+ * the caller's `done` has reached it (the dispatcher: once a sync with
+ * PostgreSQL asked after they were taken is answered, hb_store_sync), in
+ * the order taken. Held messages of partitions revoked meanwhile are
+ * dropped, not handed on (their next owner reads them), as are all at
+ * hb_consumer_close. Returns how many it took. */
+int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque,
+                     unsigned long long ticket);
 int hb_consumer_held(const hb_consumer_t *c);
-void hb_consumer_handle_held(hb_consumer_t *c,
+void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */

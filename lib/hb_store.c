@@ -89,6 +89,11 @@
  * as it would cost a change this much to arrive, and the events are
  * matched against the subscriptions in memory (below the consumer's 3 s
  * keep-alive: the events held are not served meanwhile). */
+/* A sync's query goes at least this long after the last one: under a
+ * steady stream each would carry a handful of events, at a cost of a round
+ * trip's system calls and thread hand-overs each; the events taken
+ * meanwhile wait for the next one together. */
+#define STORE_SYNC_GAP_MS 2
 #define STORE_SYNC_WAIT_MS 1000 /* ... and none while one has waited this long already */
 /* The follower's connection, idle on LISTEN, sends an empty query when it
  * has sent nothing for this long: the kernel gives up on data it sent and
@@ -1472,7 +1477,8 @@ static void lane_loop(lane_t *ln) {
             continue;
         }
         if (ln->follower && ln->conn && !ln->ping_sent &&
-            (now >= ln->next_ping_ms || sync_asked(st))) {
+            (now >= ln->next_ping_ms ||
+             (sync_asked(st) && now >= ln->ping_sent_ms + STORE_SYNC_GAP_MS))) {
             ping_send(ln);
             continue;
         }
@@ -1493,6 +1499,8 @@ static void lane_loop(lane_t *ln) {
                     wait_ms = ln->unsealed_at_ms - now;
                 if (ln->next_ping_ms - now < wait_ms)
                     wait_ms = ln->next_ping_ms - now;
+                if (sync_asked(st) && ln->ping_sent_ms + STORE_SYNC_GAP_MS - now < wait_ms)
+                    wait_ms = ln->ping_sent_ms + STORE_SYNC_GAP_MS - now + 1; /* not 0: no spin */
             } else {
                 wait_ms = ln->ping_sent_ms + ln->ping_give_up_ms - now;
             }
@@ -1743,27 +1751,40 @@ int hb_store_settled(hb_store_t *st) {
     return settled;
 }
 
+unsigned long long hb_store_next_sync(hb_store_t *st) {
+    unsigned long long next;
+    pthread_mutex_lock(&st->mu);
+    next = st->sync_want + 1;
+    pthread_mutex_unlock(&st->mu);
+    return next;
+}
+
 unsigned long long hb_store_sync(hb_store_t *st) {
     unsigned long long ticket;
+    int idle;
     pthread_mutex_lock(&st->mu);
+    idle = st->sync_want == st->sync_done; /* else the follower asks again after its answer */
     ticket = ++st->sync_want;
     pthread_mutex_unlock(&st->mu);
-    pipe_poke(st->lanes[LANE_FOLLOWER].wake[1]);
+    if (idle)
+        pipe_poke(st->lanes[LANE_FOLLOWER].wake[1]);
     return ticket;
 }
 
-int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms) {
-    int synced;
+unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms) {
+    unsigned long long done;
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     int64_t now = hb_mono_ms();
     pthread_mutex_lock(&st->mu);
-    synced = st->sync_done >= ticket || fl->sock < 0 || now - asked_ms >= STORE_SYNC_WAIT_MS ||
-             /* a database that answers nothing costs the first batch the
-              * wait, not every batch until it answers again */
-             (fl->ping_since && now - fl->ping_since >= STORE_SYNC_WAIT_MS) ||
-             (fl->busy && now - fl->busy_since >= STORE_SYNC_WAIT_MS); /* a load waits */
+    done = st->sync_done;
+    if (fl->sock < 0 || now - asked_ms >= STORE_SYNC_WAIT_MS ||
+        /* a database that answers nothing costs the first batch the wait,
+         * not every batch until it answers again */
+        (fl->ping_since && now - fl->ping_since >= STORE_SYNC_WAIT_MS) ||
+        (fl->busy && now - fl->busy_since >= STORE_SYNC_WAIT_MS)) /* a load waits */
+        done = st->sync_want;
     pthread_mutex_unlock(&st->mu);
-    return synced;
+    return done;
 }
 
 int hb_store_load_all(hb_store_t *st, void (*cb)(hb_sub_t *sub, void *opaque), void *opaque,

@@ -118,23 +118,25 @@ const char *hb_store_stale(hb_store_t *st);
  * should not take new events until it is applied, unless the follower has
  * waited 10 s for the database. The loop's thread. */
 int hb_store_settled(hb_store_t *st);
-/* A sync: asks the follower to send an empty query now; its answer comes
- * after every notification of a transaction that committed before it was
- * sent (the server sends a listener its notifications before it reads the
- * next query), and those are queued before the sync is done. An event taken
- * from Kafka before hb_store_sync was published after it was taken at the
- * latest, so a subscription change committed before the event was
- * published is queued (and applied by hb_store_process) once
- * hb_store_synced says so: then hb_store_settled, then match. Returns the
- * ticket to wait for. The loop's thread. */
+/* A sync: asks the follower to send an empty query (at most one at a time,
+ * 2 ms apart); its answer comes after every notification of a transaction
+ * that committed before it was sent (the server sends a listener its
+ * notifications before it reads the next query), and those are queued
+ * before the sync is done. An event taken from Kafka before hb_store_sync
+ * was published before that, so a subscription change committed before the
+ * event was published is queued (and applied by hb_store_process) once
+ * hb_store_synced has reached its ticket: then hb_store_settled, then
+ * match. hb_store_next_sync is the ticket the next hb_store_sync returns
+ * (for what is taken before it is asked). The loop's thread. */
+unsigned long long hb_store_next_sync(hb_store_t *st);
 unsigned long long hb_store_sync(hb_store_t *st);
-/* 1 once the sync `ticket` is done, or when it cannot be (the follower
- * disconnected: its reload comes when it is back, as hb_store_settled
- * says), or asked_ms (monotonic, when it was asked) is 1 s past, or the
- * follower's query has waited 1 s already (a database that answers
- * nothing): the events are matched against the subscriptions in memory.
- * The loop's thread. */
-int hb_store_synced(hb_store_t *st, unsigned long long ticket, int64_t asked_ms);
+/* The last ticket done; every ticket asked when none can be (the follower
+ * disconnected: its reload comes when it is back, as hb_store_settled says),
+ * when asked_ms (monotonic, when the oldest waiting one was asked) is 1 s
+ * past, or when the follower's query or load has waited 1 s already (a
+ * database that answers nothing): the events are then matched against the
+ * subscriptions in memory. The loop's thread. */
+unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms);
 
 /* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost
  * connection or a failed reconnect attempt (at most one per call and per

@@ -37,8 +37,7 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    unsigned long long sync_ticket; /* the sync the held events wait for (spec.syncs) */
-    int64_t sync_asked_ms;
+    int64_t sync_asked_ms; /* when the oldest held events' sync was asked (spec.syncs) */
     hb_index_t *index;
     hb_offsets_t *offsets;
     hb_outbox_t *outbox;         /* jobs, gates, the producer */
@@ -482,7 +481,10 @@ static int keeping_up(void *opaque) {
     size_t lookups = hb_outbox_lookups(w->outbox);
     /* deliveries waiting for their delivery-log look-up (the retrier's) are
      * about to join the queue: they count as waiting already */
-    if (lookups >= limit)
+    /* events taken and waiting for their sync (spec.syncs) are about to
+     * join it too */
+    size_t held = (size_t)hb_consumer_held(w->consumer);
+    if (lookups + held >= limit)
         return 0;
     /* the rest of a message's fan-out goes first (on_pass) */
     if (w->spec.hooks->holding && w->spec.hooks->holding(w, w->spec.opaque))
@@ -491,7 +493,7 @@ static int keeping_up(void *opaque) {
      * whole batch's (hb_consumer_limit pauses) */
     if (hb_held_bytes() >= (size_t)w->cfg->max_pending_bytes)
         return 0;
-    limit -= lookups;
+    limit -= lookups + held;
     return hb_http_queued(w->http) < limit || /* cheap, usual */
            hb_http_backlog(w->http, STALL_MS) < limit;
 }
@@ -630,17 +632,25 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
         if (!w->spec.syncs || !w->store) {
             hb_consumer_poll(w->consumer, POLL_BATCH, keeping_up, handle_message, w);
         } else {
-            /* taken now, matched once a change committed before they were
-             * published is applied: synced, then settled again */
-            if (!hb_consumer_held(w->consumer) &&
-                hb_consumer_take(w->consumer, POLL_BATCH, keeping_up, w)) {
-                w->sync_ticket = hb_store_sync(w->store);
-                w->sync_asked_ms = hb_mono_ms();
+            /* Taken now, matched once a change committed before they were
+             * published is applied: synced, then settled again. Taking goes
+             * on meanwhile; one query answers every batch taken before it. */
+            int held = hb_consumer_held(w->consumer);
+            if (held < POLL_BATCH && hb_consumer_take(w->consumer, POLL_BATCH - held, keeping_up, w,
+                                                      hb_store_next_sync(w->store))) {
+                (void)hb_store_sync(w->store);
+                if (!held)
+                    w->sync_asked_ms = hb_mono_ms();
             }
-            if (hb_consumer_held(w->consumer) &&
-                hb_store_synced(w->store, w->sync_ticket, w->sync_asked_ms) &&
-                hb_store_settled(w->store))
-                hb_consumer_handle_held(w->consumer, handle_message, w);
+            if (hb_consumer_held(w->consumer)) {
+                unsigned long long done = hb_store_synced(w->store, w->sync_asked_ms);
+                if (hb_store_settled(w->store)) {
+                    held = hb_consumer_held(w->consumer);
+                    hb_consumer_handle_held(w->consumer, done, handle_message, w);
+                    if (hb_consumer_held(w->consumer) < held) /* the rest asked since */
+                        w->sync_asked_ms = hb_mono_ms();
+                }
+            }
         }
     }
     if (consume && hb_consumer_started(w->consumer))
