@@ -84,17 +84,17 @@
  * log before /readyz says so; then events are matched against the
  * subscriptions in memory, as while the database is unreachable. */
 #define STORE_BUSY_WAIT_MS 10000
-/* Events taken wait for a sync (hb_store_sync) at most this long: a
- * database slow to answer an empty query then costs each batch this much,
- * as it would cost a change this much to arrive, and the events are
- * matched against the subscriptions in memory (below the consumer's 3 s
- * keep-alive: the events held are not served meanwhile). */
 /* A sync's query goes at least this long after the last one: under a
  * steady stream each would carry a handful of events, at a cost of a round
  * trip's system calls and thread hand-overs each; the events taken
  * meanwhile wait for the next one together. */
 #define STORE_SYNC_GAP_MS 2
-#define STORE_SYNC_WAIT_MS 1000 /* ... and none while one has waited this long already */
+/* Events taken wait for a sync (hb_store_sync) at most this long, and not
+ * at all while the follower's query (or load) has waited this long
+ * already: a database that answers nothing costs the stream one such wait,
+ * and the events are matched against the subscriptions in memory (well
+ * below the consumer's 3 s keep-alive). */
+#define STORE_SYNC_WAIT_MS 1000
 /* The follower's connection, idle on LISTEN, sends an empty query when it
  * has sent nothing for this long: the kernel gives up on data it sent and
  * nobody acknowledged after tcp_user_timeout (15 s, hb_pg_connect), as on
