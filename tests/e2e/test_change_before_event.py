@@ -16,6 +16,17 @@ def _via(db_url, port):
     return f"{host}@127.0.0.1:{port}/{rest.split('/', 1)[1]}"
 
 
+def subscribed_through(proxy, db_url, procs, workdir):
+    """A receiver, a broker, a dispatcher whose database is reached through
+    proxy, and an active subscription of the receiver (made directly):
+    (receiver, broker, dispatcher, subscription id)."""
+    receiver = Receiver(procs, workdir, secret=SECRET)
+    broker = Broker(procs, workdir)
+    d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
+    d.wait_ready()
+    return receiver, broker, d, register_verified(db_url, receiver.url, ["user.session.start"])
+
+
 def test_an_event_published_after_activate_or_deactivate_returned_follows_it(
         db_url, pg_cluster, procs, workdir):
     """The dispatcher's database is 200 ms away (a proxy holds each chunk),
@@ -40,11 +51,7 @@ def test_an_event_published_after_activate_or_deactivate_returned_follows_it(
     proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     try:
-        receiver = Receiver(procs, workdir, secret=SECRET)
-        broker = Broker(procs, workdir)
-        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
-        d.wait_ready()
-        sub = register_verified(db_url, receiver.url, ["user.session.start"])
+        receiver, broker, d, sub = subscribed_through(proxy, db_url, procs, workdir)
         sql(db_url, "SELECT hookbridge.deactivate(%s)", sub)
         proxy.delay = 0.2
         unwanted = []
@@ -83,11 +90,7 @@ def test_events_wait_for_a_database_that_answers_nothing_about_a_second_once(
     proxy = TcpProxy(pg_cluster.port)
     proxy.start()
     try:
-        receiver = Receiver(procs, workdir, secret=SECRET)
-        broker = Broker(procs, workdir)
-        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
-        d.wait_ready()
-        register_verified(db_url, receiver.url, ["user.session.start"])
+        receiver, broker, _, _ = subscribed_through(proxy, db_url, procs, workdir)
         first = event("user.session.start")
         produce(broker.bootstrap, [first])  # delivered while the database answers
         wait_until(lambda: receiver.events(), 10 * SLOW, "the first event")

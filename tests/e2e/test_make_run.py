@@ -18,6 +18,16 @@ import pytest
 from hbtest.procs import BIN, REPO, SLOW, wait_until
 
 
+
+def stopped_within(p, text, seconds):
+    """Waits for the demo to exit after its Ctrl-C; fails with what it said
+    (which process it was waiting for) if it does not."""
+    try:
+        p.wait(seconds)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the demo still runs {seconds:.0f} s after Ctrl-C; "
+                             f"the end of its output:\n{text()[-4000:]}") from None
+
 def kill_session(p):
     """SIGKILL to everything in the script's session (its children lead their
     own process groups), for when the test failed."""
@@ -124,7 +134,7 @@ def test_make_run_demo_then_ctrl_c_leaves_nothing(tmp_path, kafka):
         assert r.stdout.strip() == "2", (r.stdout, r.stderr)
 
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
-        p.wait(60 * SLOW)
+        stopped_within(p, text, 60 * SLOW)
         time.sleep(0.5)
         ps = subprocess.run(["ps", "-eo", "pid,sid,args"], capture_output=True,
                             text=True).stdout.splitlines()
@@ -184,7 +194,7 @@ def test_make_run_explains_a_retry_it_gave_up_waiting_for(tmp_path):
         assert re.search(r"flaky receiver \| retry +\| +[12] \|", out), out
 
         os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
-        p.wait(60 * SLOW)
+        stopped_within(p, text, 60 * SLOW)
         assert "did not stop cleanly" not in text(), text()
         assert not state_dir.exists(), "the state directory was left behind"
     finally:
