@@ -9,11 +9,7 @@ from hbtest.procs import SLOW, wait_until
 from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import SECRET, event, register_verified, sql
-
-
-def _via(db_url, port):
-    host, rest = db_url.rsplit("@", 1)
-    return f"{host}@127.0.0.1:{port}/{rest.split('/', 1)[1]}"
+from test_review64_faults import _via  # the database URL through a proxy
 
 
 def subscribed_through(proxy, db_url, procs, workdir):
