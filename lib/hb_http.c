@@ -2356,11 +2356,13 @@ static int hb_http_run_early(hb_http_t *h) {
 }
 
 int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd) {
-    return hb_http_run_fds(h, timeout_ms, &extra_fd, 1);
+    return hb_http_run_fds(h, timeout_ms, &extra_fd, 1, NULL);
 }
 
-int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t nextra) {
+int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t nextra,
+                    int *readable) {
     struct curl_waitfd wfd[4];
+    size_t of[4]; /* wfd[k] is extra_fds[of[k]] */
     unsigned int nfds = 0;
     int running = 0;
     int n = 0;
@@ -2371,9 +2373,12 @@ int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t n
         timeout_ms = 0;
     if (timeout_ms < 0)
         timeout_ms = 0;
-    for (size_t i = 0; i < nextra && nfds < HB_ARRAY_SIZE(wfd); i++) {
-        if (extra_fds[i] < 0)
+    for (size_t i = 0; i < nextra; i++) {
+        if (readable)
+            readable[i] = 0;
+        if (extra_fds[i] < 0 || nfds == HB_ARRAY_SIZE(wfd))
             continue;
+        of[nfds] = i;
         wfd[nfds].fd = extra_fds[i];
         wfd[nfds].events = CURL_WAIT_POLLIN;
         wfd[nfds].revents = 0;
@@ -2382,6 +2387,8 @@ int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t n
     CURLMcode mrc = curl_multi_poll(h->multi, nfds ? wfd : NULL, nfds, timeout_ms, NULL);
     if (mrc != CURLM_OK)
         hb_warn("curl_multi_poll: %s", curl_multi_strerror(mrc));
+    for (unsigned int k = 0; readable && k < nfds; k++)
+        readable[of[k]] = mrc != CURLM_OK || wfd[k].revents != 0;
     mrc = curl_multi_perform(h->multi, &running);
     if (mrc != CURLM_OK)
         hb_warn("curl_multi_perform: %s", curl_multi_strerror(mrc));

@@ -151,8 +151,11 @@ void hb_http_submit(hb_http_t *h, hb_http_req_t *req);
  * none), drives transfers, starts queued ones, and runs done callbacks of the
  * finished ones. Returns the number of callbacks run. */
 int hb_http_run(hb_http_t *h, int timeout_ms, int extra_fd);
-/* The same, waking for any of up to 4 readable extra fds (-1 entries skipped). */
-int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t nextra);
+/* The same, waking for any of up to 4 readable extra fds (-1 entries
+ * skipped); readable[i] (when readable is not NULL) says whether
+ * extra_fds[i] was found readable by this wait. */
+int hb_http_run_fds(hb_http_t *h, int timeout_ms, const int *extra_fds, size_t nextra,
+                    int *readable);
 
 /* Makes a concurrent hb_http_run() return early. Any thread. */
 void hb_http_wakeup(hb_http_t *h);

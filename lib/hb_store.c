@@ -350,9 +350,10 @@ static void pipe_poke(int fd) {
     /* EAGAIN: the pipe is full, so a wake-up is pending anyway */
 }
 
+/* A read shorter than the buffer emptied the pipe: no read waits for EAGAIN. */
 static void pipe_drain(int fd) {
     char buf[64];
-    while (read(fd, buf, sizeof(buf)) > 0) {
+    while (read(fd, buf, sizeof(buf)) == (ssize_t)sizeof(buf)) {
     }
 }
 

@@ -500,9 +500,12 @@ static int keeping_up(void *opaque) {
 
 /* ------------------------------------------------------------------- loop */
 
+/* Called when the wait found the pipe readable: a read shorter than the
+ * buffer emptied it (a write after it wakes the next wait), so no read
+ * waits for EAGAIN. */
 static void drain_wake_pipe(hb_worker_t *w) {
     char buf[256];
-    while (read(w->wake[0], buf, sizeof(buf)) > 0)
+    while (read(w->wake[0], buf, sizeof(buf)) == (ssize_t)sizeof(buf))
         ;
 }
 
@@ -683,10 +686,11 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
     update_readiness(w);
     {
         /* Subscription changes (LISTEN/NOTIFY) wake the loop as Kafka does. */
-        int fds[2] = {w->wake[0], w->store ? hb_store_fd(w->store) : -1};
-        (void)hb_http_run_fds(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), fds, 2);
+        int fds[2] = {w->wake[0], w->store ? hb_store_fd(w->store) : -1}, readable[2];
+        (void)hb_http_run_fds(w->http, (int)(wait_ms < 0 ? 0 : wait_ms), fds, 2, readable);
+        if (readable[0])
+            drain_wake_pipe(w);
     }
-    drain_wake_pipe(w);
 }
 
 int hb_worker_run(hb_worker_t *w) {

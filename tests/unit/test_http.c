@@ -1395,6 +1395,20 @@ static void test_wakeup_and_extra_fd(void **state) {
     t0 = hb_mono_ms();
     assert_int_equal(hb_http_run(h, 5000, p[0]), 0);
     assert_true(hb_mono_ms() - t0 < 3000);
+
+    /* which of the extra fds the wait found readable (the loop drains only
+     * those): the pipe, still holding its byte, and not the empty one */
+    int q[2], fds[3], readable[3] = {-1, -1, -1};
+    assert_int_equal(pipe(q), 0);
+    fds[0] = q[0];
+    fds[1] = -1;
+    fds[2] = p[0];
+    assert_int_equal(hb_http_run_fds(h, 5000, fds, 3, readable), 0);
+    assert_int_equal(readable[0], 0);
+    assert_int_equal(readable[1], 0);
+    assert_int_equal(readable[2], 1);
+    close(q[0]);
+    close(q[1]);
     close(p[0]);
     close(p[1]);
 
