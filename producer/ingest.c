@@ -236,6 +236,7 @@ struct ingest_s {
     /* the spool's (registered only with one) */
     hb_metric_t *m_spool_files, *m_spool_bytes, *m_spool_answered, *m_spool_replayed,
         *m_spool_failures;
+    hb_metric_t *m_spool_replaying; /* the replay thread's round */
 };
 
 static void req_unref_locked(req_t *r, int *last) {
@@ -1060,8 +1061,11 @@ static void replay_round(ingest_t *in, int *failed, size_t *published) {
             bytes += xs[cnt++].f.size;
         }
     }
+    /* the round's events all produced: what it waits for, file by file */
+    hb_metric_set(in->m_spool_replaying, (double)cnt);
     for (size_t i = 0; i < cnt; i++) {
         int rc = replay_finish(in, &xs[i], &until, why, sizeof(why));
+        hb_metric_set(in->m_spool_replaying, (double)(cnt - i - 1));
         if (rc == 0 && !unpublished++) {
             snprintf(first, sizeof(first), "%s", xs[i].f.name);
             snprintf(outcome, sizeof(outcome), "%s", why);
@@ -1484,6 +1488,10 @@ static void register_metrics(ingest_t *in) {
         "hookbridge_ingest_spool_failures_total", NULL,
         "Deliveries the spool could not take (full, a write error), and spooled files found "
         "unreadable (renamed .bad).");
+    in->m_spool_replaying = hb_metrics_gauge(
+        "hookbridge_ingest_spool_replaying", NULL,
+        "Spooled deliveries the replay's current round has produced and not yet settled: "
+        "their acknowledgements awaited (0 between rounds).");
 }
 
 /* Readiness. With a spool: ready while it has room, whatever the brokers

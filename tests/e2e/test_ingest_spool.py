@@ -27,6 +27,7 @@ DELIVERIES = "hookbridge_ingest_spool_deliveries"
 BYTES = "hookbridge_ingest_spool_bytes"
 ANSWERED = "hookbridge_ingest_spool_answered_total"
 REPLAYED = "hookbridge_ingest_spool_replayed_total"
+REPLAYING = "hookbridge_ingest_spool_replaying"
 FAILURES = "hookbridge_ingest_spool_failures_total"
 # DIR/<wall-clock ms, 16 hex digits>-<sequence, 8 hex digits>.okta
 SPOOL_NAME = re.compile(r"([0-9a-fA-F]{16})-[0-9a-fA-F]{8}\.okta")

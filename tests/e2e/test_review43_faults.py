@@ -11,9 +11,9 @@ import pytest
 
 from hbtest.ingest import Ingest
 from hbtest.procs import SLOW, wait_until
-from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, body_of, brokers_down, brokers_up,
-                               lines, said, spool_env, spool_full_of_a_bad_file, spooled,
-                               user_event, wait_published)
+from test_ingest_spool import (BYTES, DELIVERIES, REPLAYED, REPLAYING, body_of, brokers_down,
+                               brokers_up, lines, said, spool_env, spool_full_of_a_bad_file,
+                               spooled, user_event, wait_published)
 
 
 def rss_mib(pid, field="VmHWM"):
@@ -180,7 +180,8 @@ def test_a_round_cut_short_by_the_stop_is_not_said_to_be_tried_again(broker, pro
     brokers_down(broker)
     ing = Ingest(procs, broker.bootstrap,
                  extra_env=spool_env(spool, HOOKBRIDGE_INGEST_TIMEOUT="10s"))
-    time.sleep(1.5 * SLOW)  # the round's events produced, their acks awaited
+    # the round's events produced, their acks awaited
+    wait_until(lambda: ing.metric(REPLAYING) == 50, 10, "the round of 50 in flight")
     ing.proc.signal(signal.SIGTERM)
     assert ing.proc.p.wait(30 * SLOW) == 0
     assert not said(ing, "warn", "not published yet"), said(ing, "warn", "not published yet")

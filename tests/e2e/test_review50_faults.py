@@ -4,11 +4,14 @@ user tell what was published and go on from there? The producer, the
 devbroker and (for --okta-logs) a stand-in Okta on loopback; the brokers are
 "away" as a frozen devbroker (SIGSTOP) or an address nobody listens on. Each
 check says what main (637fabe) did."""
+import array
+import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
+import termios
 import time
 import urllib.parse
 
@@ -34,6 +37,13 @@ def freeze(broker):
     broker.proc.signal(signal.SIGSTOP)
     wait_until(lambda: open(f"/proc/{broker.proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
                == "T", 5, "the devbroker to stop")
+
+
+def unread(pipe):
+    """Bytes written to pipe that its reader has not read yet (FIONREAD)."""
+    n = array.array("i", [0])
+    fcntl.ioctl(pipe.fileno(), termios.FIONREAD, n)
+    return n[0]
 
 
 def kill_if_running(proc):
@@ -77,9 +87,18 @@ def test_ctrl_c_while_the_brokers_hold_up_a_file_says_which_lines_to_publish_aga
     lines = [event("user.session.start") for _ in range(30)]
     proc = producing_until_the_brokers_freeze(freezable, lines)
     try:
-        proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[1:]))
+        # One line at a time, each read before the next is written: the
+        # producer reads line n+1 only once line n is queued, so line 12
+        # read means lines 2-11 queued (the queue full) and line 12 waiting
+        # for room; the rest stays unread in the pipe.
+        for n in range(1, 12):
+            proc.stdin.write(json.dumps(lines[n]) + "\n")
+            proc.stdin.flush()
+            wait_until(lambda: unread(proc.stdin) == 0 or proc.poll() is not None, 10,
+                       f"line {n + 1} read")
+        assert proc.poll() is None, proc.communicate()
+        proc.stdin.write("".join(json.dumps(e) + "\n" for e in lines[12:]))
         proc.stdin.flush()
-        time.sleep(1.5)  # lines 2-11 queued, line 12 waits for room
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc, out, err = finish(proc, 15 * SLOW)
