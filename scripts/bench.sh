@@ -26,7 +26,8 @@
 #               the throughput phase's start to its last delivery: deliveries per
 #               dispatcher CPU-second, next to the reference client's requests per
 #               CPU-second (tests/bench/bench_curl_ref.c: one thread, libcurl
-#               multi, 32 keep-alive connections, 900-byte POSTs, the same nginx,
+#               multi, 32 keep-alive connections, 900-byte POSTs with a
+#               delivery's header lines, the same nginx,
 #               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7);
 #               the same ratio for the catch-up phase from its first POST to its
 #               last (tests/bench/cpu_sampler.py: every thread's run time every
@@ -36,7 +37,9 @@
 #               in the throughput phase and in the reference run (each sleep is a
 #               wake-up the sender pays for)
 #               the reference again with mimalloc preloaded, the allocator the
-#               programs link (shown, to tell the allocator's share of the ratio);
+#               programs link (shown, to tell the allocator's share of the ratio),
+#               and with two short header lines instead of a delivery's (shown:
+#               the reference until session 31);
 #               then our HTTP engine alone (tests/bench/bench_http.c: lib/hb_http.c
 #               with the webhook headers and nothing else), to tell the engine's
 #               share of the gap from the rest of the dispatcher's
@@ -508,6 +511,16 @@ CU_RATIO=$(awk -v a="$CU_SPAN_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f
 echo "reference client: $REF_N requests, $REF_RPS/s, $REF_CPU_S CPU-seconds: $REF_PER_CPU requests" \
   "per CPU-second ($REF_FAILED failed); dispatcher / reference = $RATIO (throughput phase)," \
   "$CU_RATIO (catch-up, first to last POST)"
+# The reference sends a delivery's header lines (tests/bench/bench_client.h);
+# until session 31 it sent two short ones. That cheaper request, shown: curl
+# builds the request a byte at a time, so the lines a delivery must carry are
+# a fifth of libcurl's own instructions per request.
+BENCH_REF_HEADERS=minimal "$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref-min.out" ||
+  { cat "$B/ref-min.out"; die "bench_curl_ref with two header lines failed"; }
+read -r _ _ REF_MIN_RPS _ REF_MIN_PER_CPU _ <"$B/ref-min.out"
+REF_MIN_RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_MIN_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+REF_MIN_LINE="$REF_MIN_RPS requests/s, $REF_MIN_PER_CPU per CPU-second; dispatcher / it = $REF_MIN_RATIO"
+echo "reference client with two short header lines: $REF_MIN_LINE"
 # The programs allocate with mimalloc (the Makefile's ALLOC); the reference is
 # a plain libcurl program on glibc's malloc. The same reference with mimalloc
 # preloaded shows how much of the ratio the allocator alone makes.
@@ -967,6 +980,7 @@ printf '  %-44s %s\n' \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
   "efficiency in the catch-up (first to last POST)" "$CU_RATIO ($CU_SPAN_PER_CPU deliveries per CPU-second; no producer beside it)" \
   "reference client with mimalloc preloaded" "$REF_MI_LINE" \
+  "reference client, two short header lines" "$REF_MIN_LINE" \
   "HTTP engine alone (bench_http, 32 conns)" "$ENG_RPS requests/s, $ENG_PER_CPU per CPU-second: $ENG_RATIO of the reference" \
   "PostgreSQL CPU per logged attempt" "$PG_US us ($PG_CLIENT_US in client backends; ${PG_CPU_S} CPU-s for $((ROWS - ROWS0)) attempts)" \
   "latency, produce -> POST at $RATE/s" "p50 $P50 ms  p90 $P90 ms  p99 $P99 ms  max $PMAX ms ($LAT_N events)" \
@@ -991,6 +1005,7 @@ result "efficiency: per CPU-second, dispatcher / reference client" \
 result "efficiency in the catch-up, first to last POST, dispatcher / reference" \
   "$CU_RATIO ($CU_SPAN_PER_CPU vs $REF_PER_CPU)" "(shown)"
 result "reference client with the dispatcher's allocator (mimalloc)" "$REF_MI_LINE" "(shown)"
+result "reference client with two short header lines, not a delivery's" "$REF_MIN_LINE" "(shown)"
 result "HTTP engine alone (bench_http) per CPU-second / reference" "$ENG_RATIO ($ENG_PER_CPU)" "(shown)"
 result "PostgreSQL CPU per logged attempt (us; in client backends)" "$PG_US; $PG_CLIENT_US" \
   "<= $PG_TARGET (half of main's $PG_BASELINE_US)" \

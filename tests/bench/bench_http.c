@@ -5,7 +5,7 @@
  *     bench_http URL [CONNECTIONS [SECONDS [BODY_BYTES]]]
  *
  * One thread submits POSTs through hb_http exactly as the delivery path does
- * (a copied URL, the webhook header lines, a body whose ownership passes to
+ * (a copied URL, a delivery's header lines, a body whose ownership passes to
  * the engine) and submits the next one from each done callback, so
  * CONNECTIONS requests are always in flight over keep-alive connections.
  * Nothing else happens between requests: no Kafka, no rendering, no
@@ -43,13 +43,6 @@ static void done(const hb_http_result_t *res, void *opaque) {
 }
 
 static void submit(bench_t *b) {
-    static const char *const headers[] = {
-        "Content-Type: application/json",
-        "webhook-id: msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
-        "webhook-timestamp: 1733340000",
-        "webhook-signature: v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
-        "X-Hookbridge-Attempt: 1",
-        NULL};
     hb_http_req_t req = {0};
     char *body = malloc(b->body_len + 1);
     if (!body)
@@ -57,7 +50,7 @@ static void submit(bench_t *b) {
     memcpy(body, b->body, b->body_len + 1);
     req.method = HB_HTTP_POST;
     req.url = b->url;
-    req.headers = headers;
+    req.headers = bench_delivery_headers;
     req.body = body;
     req.body_len = b->body_len;
     req.timeout_ms = 10000;

@@ -13,7 +13,9 @@ limit) and speaks just enough HTTP/1.1 with keep-alive:
     ("Expect: 100-continue" gets its 100 at once);
   - GET /stats answers JSON: served (POSTs answered), pending (POSTs received
     and not yet answered), max_pending, connections, max_connections, first
-    and last (wall-clock seconds of the first and the last POST answered);
+    and last (wall-clock seconds of the first and the last POST answered),
+    headers (the header names of the last POST received, lower-case, in
+    order);
     GET /stats?reset=1 zeroes served, max_pending, max_connections, first
     and last after reading them.
 
@@ -37,10 +39,12 @@ class Stats:
         self.max_connections = 0
         self.first = 0.0
         self.last = 0.0
+        self.headers = []
 
     def as_json(self, reset):
         body = json.dumps({k: getattr(self, k) for k in (
-            "served", "pending", "max_pending", "connections", "max_connections", "first", "last")})
+            "served", "pending", "max_pending", "connections", "max_connections", "first", "last",
+            "headers")})
         if reset:
             self.served = 0
             self.max_pending = self.pending
@@ -107,6 +111,7 @@ class Receiver(asyncio.Protocol):
             method, target, headers = self.head
             self.head = None
             if method == "POST":
+                STATS.headers = list(headers)
                 self.busy = True
                 STATS.pending += 1
                 STATS.max_pending = max(STATS.max_pending, STATS.pending)
