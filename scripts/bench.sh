@@ -26,8 +26,9 @@
 #               the throughput phase's start to its last delivery: deliveries per
 #               dispatcher CPU-second, next to the reference client's requests per
 #               CPU-second (tests/bench/bench_curl_ref.c: one thread, libcurl
-#               multi, 32 keep-alive connections, 900-byte POSTs with a
-#               delivery's header lines, the same nginx,
+#               multi, 32 keep-alive connections, POSTs with a delivery's
+#               header lines and the mean body of the throughput phase's
+#               deliveries, the same nginx,
 #               BENCH_REF_SECONDS, default 5) and their ratio (issue 12: >= 0.7);
 #               the same ratio for the catch-up phase from its first POST to its
 #               last (tests/bench/cpu_sampler.py: every thread's run time every
@@ -395,6 +396,11 @@ if [ -n "$PERF_PID" ]; then
   echo "perf: ${BENCH_PERF:-${BENCH_PERF_STAT:-$BENCH_PERF_TRACE}}"
 fi
 read -r TP_POSTS TP_SPAN TP_RATE < <(post_rate "$OFF1" "$OFF2")
+# The mean body of the phase's deliveries (nginx's $content_length): the size
+# the reference client and the engine alone POST below, so that all three
+# send the same requests (about 1,650 bytes for the generated events).
+BODY_BYTES=$(tail -c +$((OFF1 + 1)) "$NGINX_LOG" | head -c $((OFF2 - OFF1)) |
+  awk '$2 == "POST" && $5 ~ /^[0-9]+$/ { s += $5; n++ } END { printf "%d", (n ? s / n : 900) }')
 E2E_RATE=$(awk -v n="$TP_POSTS" -v ms=$((T2 - T1)) 'BEGIN { printf "%.0f", n * 1000 / ms }')
 # The delivery loop's thread (the main thread: /proc/PID/schedstat is the
 # thread-group leader's) runnable but waiting for a CPU, as a share of the phase:
@@ -499,9 +505,9 @@ done
 
 # ---------------------------------------------------------------- reference client
 
-say "reference: tests/bench/bench_curl_ref, one thread, 32 connections, 900-byte POSTs, ${REF_SECONDS}s"
+say "reference: tests/bench/bench_curl_ref, one thread, 32 connections, $BODY_BYTES-byte POSTs (the deliveries' mean), ${REF_SECONDS}s"
 NGS1=$(tree_sleeps "$NGINX_PID")
-"$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref.out" || { cat "$B/ref.out"; die "bench_curl_ref failed"; }
+"$REF" "$URL" 32 "$REF_SECONDS" "$BODY_BYTES" >"$B/ref.out" || { cat "$B/ref.out"; die "bench_curl_ref failed"; }
 NGS2=$(tree_sleeps "$NGINX_PID")
 read -r REF_N _ REF_RPS REF_CPU_S REF_PER_CPU REF_FAILED <"$B/ref.out"
 REF_SLEEPS=$(awk -v s=$((NGS2 - NGS1)) -v n="$REF_N" 'BEGIN { printf "%.2f", (n > 0 ? s / n : 0) }')
@@ -515,7 +521,7 @@ echo "reference client: $REF_N requests, $REF_RPS/s, $REF_CPU_S CPU-seconds: $RE
 # until session 31 it sent two short ones. That cheaper request, shown: curl
 # builds the request a byte at a time, so the lines a delivery must carry are
 # a fifth of libcurl's own instructions per request.
-BENCH_REF_HEADERS=minimal "$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref-min.out" ||
+BENCH_REF_HEADERS=minimal "$REF" "$URL" 32 "$REF_SECONDS" "$BODY_BYTES" >"$B/ref-min.out" ||
   { cat "$B/ref-min.out"; die "bench_curl_ref with two header lines failed"; }
 read -r _ _ REF_MIN_RPS _ REF_MIN_PER_CPU _ <"$B/ref-min.out"
 REF_MIN_RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_MIN_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
@@ -527,7 +533,7 @@ echo "reference client with two short header lines: $REF_MIN_LINE"
 REF_MI_LINE="- (the dispatcher is not linked with mimalloc: make ALLOC=glibc)"
 MI_LIB=$(ldd "$BIN/hookbridge-dispatcher" | awk '/libmimalloc/ { print $3; exit }')
 if [ -n "$MI_LIB" ]; then
-  LD_PRELOAD=$MI_LIB "$REF" "$URL" 32 "$REF_SECONDS" 900 >"$B/ref-mi.out" ||
+  LD_PRELOAD=$MI_LIB "$REF" "$URL" 32 "$REF_SECONDS" "$BODY_BYTES" >"$B/ref-mi.out" ||
     { cat "$B/ref-mi.out"; die "bench_curl_ref with mimalloc failed"; }
   read -r _ _ REF_MI_RPS _ REF_MI_PER_CPU _ <"$B/ref-mi.out"
   REF_MI_RATIO=$(awk -v a="$TP_PER_CPU" -v b="$REF_MI_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
@@ -537,7 +543,7 @@ echo "reference client with mimalloc preloaded: $REF_MI_LINE"
 # Our HTTP engine alone (lib/hb_http.c, the same requests with the webhook
 # headers, nothing else): splits the gap between the dispatcher and the
 # reference into the engine's share and everything else's.
-"$ENGINE" "$URL" 32 "$REF_SECONDS" 900 >"$B/engine.out" || { cat "$B/engine.out"; die "bench_http failed"; }
+"$ENGINE" "$URL" 32 "$REF_SECONDS" "$BODY_BYTES" >"$B/engine.out" || { cat "$B/engine.out"; die "bench_http failed"; }
 read -r _ _ ENG_RPS _ ENG_PER_CPU _ <"$B/engine.out"
 ENG_RATIO=$(awk -v a="$ENG_PER_CPU" -v b="$REF_PER_CPU" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 echo "HTTP engine alone (bench_http): $ENG_RPS requests/s, $ENG_PER_CPU per CPU-second; engine / reference = $ENG_RATIO"
@@ -976,7 +982,7 @@ printf '  %-44s %s\n' \
   "catch-up: a backlog drained after a restart" "$CU_LINE" \
   "dispatcher CPU during throughput" "$TP_CPU% of one core: $TP_PER_CPU deliveries per CPU-second; its loop waited for a CPU $TP_WAIT% of the time" \
   "machine during throughput" "$MACH_LINE" \
-  "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second" \
+  "reference client (bench_curl_ref, 32 conns)" "$REF_RPS requests/s, $REF_PER_CPU per CPU-second ($BODY_BYTES-byte bodies, a delivery's headers)" \
   "efficiency: dispatcher / reference" "$RATIO (per CPU-second)" \
   "efficiency in the catch-up (first to last POST)" "$CU_RATIO ($CU_SPAN_PER_CPU deliveries per CPU-second; no producer beside it)" \
   "reference client with mimalloc preloaded" "$REF_MI_LINE" \

@@ -315,8 +315,8 @@ stack_activate() {
 }
 
 # nginx as a fast endpoint: answers the verification challenge, and every POST
-# with $1 (default 204), logging "$msec $request_method $status $http_webhook_id"
-# per request to $STACK_NGINX_LOG. Sets STACK_NGINX_URL.
+# with $1 (default 204), logging "$msec $request_method $status $http_webhook_id
+# $content_length" per request to $STACK_NGINX_LOG. Sets STACK_NGINX_URL.
 stack_start_nginx() {
   local status=${1:-204} port dir=$STACK_DIR/nginx user=""
   free_port port
@@ -330,7 +330,7 @@ pid $dir/nginx.pid;
 error_log $dir/error.log warn;
 events { worker_connections 1024; }
 http {
-    log_format bench '\$msec \$request_method \$status \$http_webhook_id';
+    log_format bench '\$msec \$request_method \$status \$http_webhook_id \$content_length';
     access_log $dir/access.log bench;
     client_body_temp_path $dir/tmp/body;
     proxy_temp_path $dir/tmp/proxy;
