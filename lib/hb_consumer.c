@@ -1050,7 +1050,7 @@ int hb_consumer_held(const hb_consumer_t *c) {
 
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    int i;
+    int i, kept = 0;
     for (i = 0; i < c->held_cnt && c->held_ticket[i] <= done; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         /* one handled before deferred its partition (a writer schema on its
@@ -1060,12 +1060,20 @@ void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
             handle(rkm, opaque);
         rd_kafka_message_destroy(rkm);
     }
-    if (i) {
-        memmove(c->held, c->held + i, (size_t)(c->held_cnt - i) * sizeof(*c->held));
-        memmove(c->held_ticket, c->held_ticket + i,
-                (size_t)(c->held_cnt - i) * sizeof(*c->held_ticket));
-        c->held_cnt -= i;
+    /* The rest wait for a later sync. Those of a partition deferred
+     * meanwhile are read again too: dropped now, not handed on once the
+     * deferral is over and the partition read again from before them
+     * (each twice, and ahead of the deferred one). */
+    for (; i < c->held_cnt; i++) {
+        rd_kafka_message_t *rkm = c->held[i];
+        if (c->deferred && read_again(c, rkm)) {
+            rd_kafka_message_destroy(rkm);
+            continue;
+        }
+        c->held_ticket[kept] = c->held_ticket[i];
+        c->held[kept++] = rkm;
     }
+    c->held_cnt = kept;
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,

@@ -1,0 +1,74 @@
+"""Review 82: the dispatcher's sync barrier (events are matched once the
+store's empty query sent after they were taken is answered) on an
+operator's bad day: a slow database, a writer schema on its way.
+
+Each check says what it did on main's binaries (8ee2b7f)."""
+import time
+
+from kafka import KafkaProducer  # python3-kafka: an independent client
+
+from hbtest.procs import SLOW, wait_until
+from hbtest.pyavro import registry_framed
+from hbtest.registry import StandInRegistry
+from hbtest.stack import Broker, Dispatcher, Receiver
+from hbtest.tcpproxy import TcpProxy
+from test_delivery import AUTH_VALUE, SECRET, register_verified
+from test_review64_faults import _via  # the database URL through a proxy
+from test_schema_evolution import NEWER, an_event
+
+
+def test_events_held_for_a_slow_sync_behind_one_waiting_for_its_schema_keep_their_order(
+        db_url, pg_cluster, procs, workdir):
+    """An ordered subscription (options.ordering = actor) and one actor's
+    events on one partition, in the Schema Registry framing with a writer
+    schema id the dispatcher has not fetched yet, published every 30 ms;
+    the dispatcher's database is 200 ms away (a proxy holds each chunk), so
+    each sync takes about 400 ms and the events taken meanwhile wait for
+    the next. The first event waits for its schema (its partition is
+    rewound to it and read again 100 ms later): the events taken after it
+    and still waiting for their sync must not be matched then, ahead of it.
+
+    On main (8ee2b7f): the partition, read again from the first event, and
+    the events taken before the rewind were both matched: the receiver got
+    the events out of order and some twice. Now each once, in order."""
+    registry = StandInRegistry()
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        registry.add(11, NEWER)
+        receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap, extra_env={
+            "HOOKBRIDGE_SCHEMA_REGISTRY_URL": registry.url,
+            "HOOKBRIDGE_SCHEMA_REGISTRY_USER_INFO": registry.user_info})
+        d.wait_ready()
+        register_verified(db_url, receiver.url, ["user.session.start"],
+                          {"ordering": "actor"})
+        proxy.delay = 0.2
+        time.sleep(1)  # the subscription's notification is in before the first event
+        kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
+        sent = []
+        first = an_event()
+        for i in range(40):
+            ev = an_event()
+            ev["actor"] = first["actor"]
+            ev["target"] = first["target"]
+            kp.send(broker.events_topic, value=registry_framed(NEWER, ev, 11), key=b"k",
+                    partition=0)
+            kp.flush()
+            sent.append(ev["uuid"])
+            time.sleep(0.03)
+        kp.close()
+        got = wait_until(lambda: (g := [e["uuid"] for _, e in receiver.events()])
+                         and set(g) >= set(sent) and g, 30 * SLOW, "every event")
+        time.sleep(1)  # any late duplicate
+        got = [e["uuid"] for _, e in receiver.events()]
+        dups = len(got) - len(set(got))
+        order = [sent.index(u) for u in dict.fromkeys(got)]
+        print(f"received {len(got)} ({dups} twice); order {order}")
+        assert dups == 0, f"{dups} events delivered twice: {order}"
+        assert order == sorted(order), f"out of order: {order}"
+    finally:
+        proxy.delay = 0
+        proxy.close()
+        registry.stop()
