@@ -99,6 +99,7 @@ struct hb_consumer_s {
     rd_kafka_message_t **held;
     unsigned long long *held_ticket;
     int held_cnt, held_cap;
+    size_t held_bytes; /* their payloads' */
     lag_thread_t lag;
     size_t (*revoked)(void *opaque); /* abandons held work of forgotten partitions */
     void *revoked_opaque;
@@ -484,6 +485,7 @@ static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_l
  * this process at its next start) reads them again. */
 static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
     int kept = 0;
+    size_t bytes = 0;
     for (int i = 0; i < c->held_cnt; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         if (!parts || rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(rkm->rkt),
@@ -492,9 +494,11 @@ static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *p
         else {
             c->held_ticket[kept] = c->held_ticket[i];
             c->held[kept++] = rkm;
+            bytes += rkm->len;
         }
     }
     c->held_cnt = kept;
+    c->held_bytes = bytes;
 }
 
 /* Pauses partitions about to be assigned (fetching is paused): before the
@@ -1039,6 +1043,7 @@ int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void 
         }
         c->held_ticket[c->held_cnt] = ticket;
         c->held[c->held_cnt++] = rkm;
+        c->held_bytes += rkm->len;
         taken++;
     }
     return taken;
@@ -1048,9 +1053,14 @@ int hb_consumer_held(const hb_consumer_t *c) {
     return c->held_cnt;
 }
 
+size_t hb_consumer_held_bytes(const hb_consumer_t *c) {
+    return c->held_bytes;
+}
+
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
     int i, kept = 0;
+    size_t bytes = 0;
     for (i = 0; i < c->held_cnt && c->held_ticket[i] <= done; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         /* one handled before deferred its partition (a writer schema on its
@@ -1072,8 +1082,10 @@ void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
         }
         c->held_ticket[kept] = c->held_ticket[i];
         c->held[kept++] = rkm;
+        bytes += rkm->len;
     }
     c->held_cnt = kept;
+    c->held_bytes = bytes;
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,

@@ -100,6 +100,8 @@ void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
 int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque,
                      unsigned long long ticket);
 int hb_consumer_held(const hb_consumer_t *c);
+/* The held messages' payload bytes (they count against max_pending_bytes). */
+size_t hb_consumer_held_bytes(const hb_consumer_t *c);
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 

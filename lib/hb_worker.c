@@ -490,8 +490,10 @@ static int keeping_up(void *opaque) {
     if (w->spec.hooks->holding && w->spec.hooks->holding(w, w->spec.opaque))
         return 0;
     /* one message's deliveries at a time past the payload budget, not a
-     * whole batch's (hb_consumer_limit pauses) */
-    if (hb_held_bytes() >= (size_t)w->cfg->max_pending_bytes)
+     * whole batch's (hb_consumer_limit pauses); the events taken and
+     * waiting for their sync are about to render theirs */
+    if (hb_held_bytes() + hb_consumer_held_bytes(w->consumer) >=
+        (size_t)w->cfg->max_pending_bytes)
         return 0;
     limit -= lookups + held;
     return hb_http_queued(w->http) < limit || /* cheap, usual */

@@ -10,9 +10,9 @@ from kafka import KafkaProducer  # python3-kafka: an independent client
 from hbtest.procs import SLOW, wait_until
 from hbtest.pyavro import registry_framed
 from hbtest.registry import StandInRegistry
-from hbtest.stack import Broker, Dispatcher, Receiver
+from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from hbtest.tcpproxy import TcpProxy
-from test_delivery import AUTH_VALUE, SECRET, register_verified
+from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 from test_review64_faults import _via  # the database URL through a proxy
 from test_schema_evolution import NEWER, an_event
 
@@ -72,3 +72,36 @@ def test_events_held_for_a_slow_sync_behind_one_waiting_for_its_schema_keep_thei
         proxy.delay = 0
         proxy.close()
         registry.stop()
+
+
+def test_events_taken_for_a_sync_count_against_the_payload_budget(db_url, procs, workdir):
+    """HOOKBRIDGE_MAX_PENDING_BYTES (1 MiB here) bounds what a dispatcher
+    holds when events are large: it takes the next event only while the
+    payloads held are under it (docs/configuration.md), so an endpoint that
+    does not answer leaves it holding about 1 MiB, not the topic. 150 events
+    of 60 KB each are on the topic; the endpoint holds every request.
+
+    On main (8ee2b7f) the events taken and waiting for the store's sync
+    were not counted: the first passes took them as fast as Kafka handed
+    them over (hookbridge_messages_consumed_total 81 and 84 after 2 s, 5 MB
+    of events in memory while 1 MiB was allowed), matched them all and
+    queued what did not fit. Now it takes about the budget's worth (18
+    events) and waits."""
+    receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}",
+                        delay_ms=20000)
+    broker = Broker(procs, workdir)
+    d = Dispatcher(procs, db_url, broker.bootstrap,
+                   extra_env={"HOOKBRIDGE_MAX_PENDING_BYTES": str(1 << 20)})
+    d.wait_ready()
+    register_verified(db_url, receiver.url, ["user.session.start"])
+    time.sleep(1)  # the subscription is in the dispatcher's index
+    evs = [dict(event("user.session.start"), displayMessage=f"{i} " + "x" * 60000)
+           for i in range(150)]
+    produce(broker.bootstrap, evs)
+    wait_until(lambda: d.metric("hookbridge_messages_consumed_total") > 0, 10 * SLOW,
+               "the first events taken")
+    time.sleep(2)
+    taken = d.metric("hookbridge_messages_consumed_total")
+    print(f"taken {taken}, pending payload bytes "
+          f"{d.metric('hookbridge_pending_payload_bytes')}")
+    assert taken <= 30, f"{taken} events of 60 KB taken with a budget of 1 MiB"
