@@ -96,7 +96,9 @@ void hb_consumer_poll(hb_consumer_t *c, int max, int (*more)(void *opaque),
  * PostgreSQL asked after they were taken is answered, hb_store_sync), in
  * the order taken. Held messages of partitions revoked meanwhile are
  * dropped, not handed on (their next owner reads them), as are all at
- * hb_consumer_close. Returns how many it took. */
+ * hb_consumer_close, and those behind one handled that deferred its
+ * partition (hb_consumer_defer: read again from it). Returns how many it
+ * took. */
 int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void *opaque,
                      unsigned long long ticket);
 int hb_consumer_held(const hb_consumer_t *c);
