@@ -91,7 +91,8 @@ def test_events_taken_for_a_sync_count_against_the_payload_budget(db_url, procs,
                         delay_ms=20000)
     broker = Broker(procs, workdir)
     d = Dispatcher(procs, db_url, broker.bootstrap,
-                   extra_env={"HOOKBRIDGE_MAX_PENDING_BYTES": str(1 << 20)})
+                   extra_env={"HOOKBRIDGE_MAX_PENDING_BYTES": str(1 << 20),
+                              "HOOKBRIDGE_SHUTDOWN_TIMEOUT": "1s"})
     d.wait_ready()
     register_verified(db_url, receiver.url, ["user.session.start"])
     time.sleep(1)  # the subscription is in the dispatcher's index
