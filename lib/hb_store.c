@@ -1772,12 +1772,13 @@ unsigned long long hb_store_sync(hb_store_t *st) {
     return ticket;
 }
 
-unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms) {
+unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms,
+                                   unsigned long long *answered) {
     unsigned long long done;
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     int64_t now = hb_mono_ms();
     pthread_mutex_lock(&st->mu);
-    done = st->sync_done;
+    done = *answered = st->sync_done;
     if (fl->sock < 0 || now - asked_ms >= STORE_SYNC_WAIT_MS ||
         /* a database that answers nothing costs the first batch the wait,
          * not every batch until it answers again */

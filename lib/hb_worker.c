@@ -38,6 +38,8 @@ struct hb_worker_s {
     hb_httpd_t *httpd;
     hb_store_t *store;
     int64_t sync_asked_ms; /* when the oldest held events' sync was asked (spec.syncs) */
+    int unsynced_said;     /* events matched without their sync's answer: said once */
+    hb_metric_t *m_unsynced; /* ... and counted (spec.syncs) */
     hb_index_t *index;
     hb_offsets_t *offsets;
     hb_outbox_t *outbox;         /* jobs, gates, the producer */
@@ -618,6 +620,24 @@ static void update_readiness(hb_worker_t *w) {
     hb_metric_set(w->m_held_bytes, (double)hb_held_bytes());
 }
 
+/* The events held up to ticket `done` are matched without the answer to
+ * their sync (the store's follower is not connected, or its query has
+ * waited 1 s): counted, and said once until a sync is answered again. */
+static void unsynced(hb_worker_t *w, unsigned long long done) {
+    int held = hb_consumer_held(w->consumer);
+    hb_consumer_handle_held(w->consumer, done, handle_message, w);
+    held -= hb_consumer_held(w->consumer);
+    if (!held)
+        return;
+    hb_metric_add(w->m_unsynced, held);
+    if (!w->unsynced_said) {
+        w->unsynced_said = 1;
+        hb_warn("database: no answer to the subscription store's sync (not connected, or none "
+                "within 1 s); events are matched against the subscriptions in memory, without "
+                "the changes committed just before them (hookbridge_events_unsynced_total)");
+    }
+}
+
 /* One turn of the loop; consume: take messages from Kafka (not while
  * draining). Subscription changes are applied first, so a NOTIFY committed
  * before an event was produced is applied before that event is matched. */
@@ -648,10 +668,17 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
                     w->sync_asked_ms = hb_mono_ms();
             }
             if (hb_consumer_held(w->consumer)) {
-                unsigned long long done = hb_store_synced(w->store, w->sync_asked_ms);
+                unsigned long long answered,
+                    done = hb_store_synced(w->store, w->sync_asked_ms, &answered);
                 if (hb_store_settled(w->store)) {
                     held = hb_consumer_held(w->consumer);
-                    hb_consumer_handle_held(w->consumer, done, handle_message, w);
+                    hb_consumer_handle_held(w->consumer, answered, handle_message, w);
+                    if (done > answered)
+                        unsynced(w, done);
+                    else if (hb_consumer_held(w->consumer) < held && w->unsynced_said) {
+                        w->unsynced_said = 0;
+                        hb_info("database: the subscription store's sync is answered again");
+                    }
                     if (hb_consumer_held(w->consumer) < held) /* the rest asked since */
                         w->sync_asked_ms = hb_mono_ms();
                 }
@@ -807,6 +834,12 @@ static void register_metrics(hb_worker_t *w) {
     w->m_held_bytes = hb_metrics_gauge(
         "hookbridge_pending_payload_bytes", NULL,
         "Bytes of payloads unfinished deliveries hold in memory (max_pending_bytes).");
+    if (w->spec.syncs)
+        w->m_unsynced = hb_metrics_counter(
+            "hookbridge_events_unsynced_total", NULL,
+            "Events matched without the database's answer to the sync made after they were "
+            "taken (not connected, or none within 1 s): a subscription change committed just "
+            "before one may not apply to it.");
     w->m_subs = hb_metrics_gauge("hookbridge_subscriptions", NULL,
                                  "Deliverable (active and verified) subscriptions.");
     w->m_db_errors =

@@ -106,3 +106,51 @@ def test_events_taken_for_a_sync_count_against_the_payload_budget(db_url, procs,
     print(f"taken {taken}, pending payload bytes "
           f"{d.metric('hookbridge_pending_payload_bytes')}")
     assert taken <= 30, f"{taken} events of 60 KB taken with a budget of 1 MiB"
+
+
+def test_events_matched_without_the_database_s_answer_are_counted_and_said(
+        db_url, pg_cluster, procs, workdir):
+    """docs/sql.md promises that a change committed before an event was
+    published applies to it; the dispatcher keeps that by waiting for its
+    database's answer to a sync, and after 1 s without one it matches the
+    events against the subscriptions it has. An operator then needs to know
+    the promise was not kept for those events: the proxy to the database
+    forwards nothing (a server that answers nothing) while 3 events are
+    published; then the database answers again and one more is.
+
+    On main (8ee2b7f): every event delivered, /readyz 200 throughout, and
+    not a line nor a metric said that 3 events were matched without the
+    answer. Now hookbridge_events_unsynced_total counts them (0 before the
+    silence and for the event after it), a warning says it once, and an
+    info line says when the sync is answered again."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
+        broker = Broker(procs, workdir)
+        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
+        d.wait_ready()
+        register_verified(db_url, receiver.url, ["user.session.start"])
+        time.sleep(1)  # the subscription is in the dispatcher's index
+
+        def deliver(n):
+            e = event("user.session.start")
+            produce(broker.bootstrap, [e])
+            wait_until(lambda: e["uuid"] in [ev["uuid"] for _, ev in receiver.events()],
+                       10 * SLOW, f"event {n}")
+
+        deliver(1)
+        assert d.metric("hookbridge_events_unsynced_total", -1) == 0
+        proxy.pause()
+        for n in range(2, 5):
+            deliver(n)
+        assert d.metric("hookbridge_events_unsynced_total") == 3
+        out = d.proc.output()
+        assert out.count("no answer to the subscription store's sync") == 1, out[-3000:]
+        proxy.resume()
+        time.sleep(1)  # the query waiting since the silence has its answer
+        deliver(5)
+        assert "the subscription store's sync is answered again" in d.proc.output()
+        assert d.metric("hookbridge_events_unsynced_total") == 3
+    finally:
+        proxy.close()
