@@ -1772,8 +1772,7 @@ unsigned long long hb_store_sync(hb_store_t *st) {
     return ticket;
 }
 
-unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms,
-                                   unsigned long long *answered) {
+unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms, unsigned long long *answered) {
     unsigned long long done;
     lane_t *fl = &st->lanes[LANE_FOLLOWER];
     int64_t now = hb_mono_ms();

@@ -137,8 +137,7 @@ unsigned long long hb_store_sync(hb_store_t *st);
  * database that answers nothing): the events are then matched against the
  * subscriptions in memory. *answered: the last ticket the database
  * answered (below the one returned in those cases). The loop's thread. */
-unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms,
-                                   unsigned long long *answered);
+unsigned long long hb_store_synced(hb_store_t *st, int64_t asked_ms, unsigned long long *answered);
 
 /* Runs the handlers and callbacks of what the lanes queued. -1 reports a lost
  * connection or a failed reconnect attempt (at most one per call and per

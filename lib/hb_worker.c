@@ -37,8 +37,8 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    int64_t sync_asked_ms; /* when the oldest held events' sync was asked (spec.syncs) */
-    int unsynced_said;     /* events matched without their sync's answer: said once */
+    int64_t sync_asked_ms;   /* when the oldest held events' sync was asked (spec.syncs) */
+    int unsynced_said;       /* events matched without their sync's answer: said once */
     hb_metric_t *m_unsynced; /* ... and counted (spec.syncs) */
     hb_index_t *index;
     hb_offsets_t *offsets;
@@ -494,8 +494,7 @@ static int keeping_up(void *opaque) {
     /* one message's deliveries at a time past the payload budget, not a
      * whole batch's (hb_consumer_limit pauses); the events taken and
      * waiting for their sync are about to render theirs */
-    if (hb_held_bytes() + hb_consumer_held_bytes(w->consumer) >=
-        (size_t)w->cfg->max_pending_bytes)
+    if (hb_held_bytes() + hb_consumer_held_bytes(w->consumer) >= (size_t)w->cfg->max_pending_bytes)
         return 0;
     limit -= lookups + held;
     return hb_http_queued(w->http) < limit || /* cheap, usual */
