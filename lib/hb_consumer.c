@@ -98,6 +98,7 @@ struct hb_consumer_s {
      * in the order taken, each with the ticket it waits for */
     rd_kafka_message_t **held;
     unsigned long long *held_ticket;
+    int64_t *held_at; /* monotonic ms each was taken (its sync asked right after) */
     int held_cnt, held_cap;
     size_t held_bytes; /* their payloads' */
     lag_thread_t lag;
@@ -493,6 +494,7 @@ static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *p
             rd_kafka_message_destroy(rkm);
         else {
             c->held_ticket[kept] = c->held_ticket[i];
+            c->held_at[kept] = c->held_at[i];
             c->held[kept++] = rkm;
             bytes += rkm->len;
         }
@@ -1040,8 +1042,10 @@ int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void 
             c->held = hb_realloc(c->held, (size_t)c->held_cap * sizeof(*c->held));
             c->held_ticket =
                 hb_realloc(c->held_ticket, (size_t)c->held_cap * sizeof(*c->held_ticket));
+            c->held_at = hb_realloc(c->held_at, (size_t)c->held_cap * sizeof(*c->held_at));
         }
         c->held_ticket[c->held_cnt] = ticket;
+        c->held_at[c->held_cnt] = hb_mono_ms();
         c->held[c->held_cnt++] = rkm;
         c->held_bytes += rkm->len;
         taken++;
@@ -1055,6 +1059,10 @@ int hb_consumer_held(const hb_consumer_t *c) {
 
 size_t hb_consumer_held_bytes(const hb_consumer_t *c) {
     return c->held_bytes;
+}
+
+int64_t hb_consumer_held_since(const hb_consumer_t *c) {
+    return c->held_cnt ? c->held_at[0] : 0;
 }
 
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
@@ -1081,6 +1089,7 @@ void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
             continue;
         }
         c->held_ticket[kept] = c->held_ticket[i];
+        c->held_at[kept] = c->held_at[i];
         c->held[kept++] = rkm;
         bytes += rkm->len;
     }
@@ -1247,8 +1256,10 @@ void hb_consumer_free(hb_consumer_t *c) {
     drop_held(c, NULL);
     free(c->held);
     free(c->held_ticket);
+    free(c->held_at);
     c->held = NULL;
     c->held_ticket = NULL;
+    c->held_at = NULL;
     if (c->rk && hb_kafka_destroy_within(c->rk, DESTROY_WAIT_MS) < 0) {
         /* Closed already (hb_consumer_close: the offsets committed, the
          * group left); what librdkafka still holds is its own. c stays

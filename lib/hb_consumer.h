@@ -104,6 +104,8 @@ int hb_consumer_take(hb_consumer_t *c, int max, int (*more)(void *opaque), void 
 int hb_consumer_held(const hb_consumer_t *c);
 /* The held messages' payload bytes (they count against max_pending_bytes). */
 size_t hb_consumer_held_bytes(const hb_consumer_t *c);
+/* When the oldest held message was taken (monotonic ms), 0 when none is. */
+int64_t hb_consumer_held_since(const hb_consumer_t *c);
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 

@@ -37,7 +37,6 @@ struct hb_worker_s {
     hb_http_t *http;
     hb_httpd_t *httpd;
     hb_store_t *store;
-    int64_t sync_asked_ms;   /* when the oldest held events' sync was asked (spec.syncs) */
     int unsynced_said;       /* events matched without their sync's answer: said once */
     hb_metric_t *m_unsynced; /* ... and counted (spec.syncs) */
     hb_index_t *index;
@@ -661,14 +660,13 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
              * on meanwhile; one query answers every batch taken before it. */
             int held = hb_consumer_held(w->consumer);
             if (held < POLL_BATCH && hb_consumer_take(w->consumer, POLL_BATCH - held, keeping_up, w,
-                                                      hb_store_next_sync(w->store))) {
+                                                      hb_store_next_sync(w->store)))
                 (void)hb_store_sync(w->store);
-                if (!held)
-                    w->sync_asked_ms = hb_mono_ms();
-            }
             if (hb_consumer_held(w->consumer)) {
+                /* the oldest's sync was asked when it was taken */
                 unsigned long long answered,
-                    done = hb_store_synced(w->store, w->sync_asked_ms, &answered);
+                    done =
+                        hb_store_synced(w->store, hb_consumer_held_since(w->consumer), &answered);
                 if (hb_store_settled(w->store)) {
                     held = hb_consumer_held(w->consumer);
                     hb_consumer_handle_held(w->consumer, answered, handle_message, w);
@@ -678,8 +676,6 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
                         w->unsynced_said = 0;
                         hb_info("database: the subscription store's sync is answered again");
                     }
-                    if (hb_consumer_held(w->consumer) < held) /* the rest asked since */
-                        w->sync_asked_ms = hb_mono_ms();
                 }
             }
         }
