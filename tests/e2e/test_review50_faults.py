@@ -32,11 +32,22 @@ def env_for(bootstrap, **extra):
                 **extra)
 
 
+def stopped(pid):
+    """Whether every thread of pid is stopped (a SIGSTOP is sent at once but
+    each thread stops on its own, the next time it would run)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            states.append(open(f"/proc/{pid}/task/{task}/stat").read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
+    return bool(states) and all(st == "T" for st in states)
+
+
 def freeze(broker):
-    """SIGSTOPs the devbroker and waits until it is stopped."""
+    """SIGSTOPs the devbroker and waits until all its threads are stopped."""
     broker.proc.signal(signal.SIGSTOP)
-    wait_until(lambda: open(f"/proc/{broker.proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
-               == "T", 5, "the devbroker to stop")
+    wait_until(lambda: stopped(broker.proc.pid), 5, "the devbroker to stop")
 
 
 def unread(pipe):
@@ -125,7 +136,7 @@ def frozen_on_first_request(broker, pages):
         n = len(served)
         served.append(h.path)
         if n == 0:
-            broker.proc.signal(signal.SIGSTOP)
+            freeze(broker)  # stopped before the first page is answered (CI 117: acked)
         if n >= len(pages):
             return 200, [], {}
         if pages[n] is None:
