@@ -484,23 +484,44 @@ static void say_commit_failed(hb_consumer_t *c, const rd_kafka_topic_partition_l
 /* Held messages of revoked partitions (or all: parts NULL) are dropped:
  * not handed on, their offsets not stored; the partitions' next owner (or
  * this process at its next start) reads them again. */
-static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+static int in_parts(const hb_consumer_t *c, const rd_kafka_message_t *rkm, const void *arg) {
+    const rd_kafka_topic_partition_list_t *parts = arg;
+    (void)c;
+    return !parts ||
+           rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(rkm->rkt), rkm->partition);
+}
+
+static int to_read_again(const hb_consumer_t *c, const rd_kafka_message_t *rkm, const void *arg) {
+    (void)arg;
+    return c->deferred && read_again(c, rkm);
+}
+
+/* The held messages from index `from` on, but those drop() claims
+ * (destroyed), moved to the front in order; the rest before `from` are
+ * gone already. */
+static void held_keep(hb_consumer_t *c, int from,
+                      int (*drop)(const hb_consumer_t *c, const rd_kafka_message_t *rkm,
+                                  const void *arg),
+                      const void *arg) {
     int kept = 0;
     size_t bytes = 0;
-    for (int i = 0; i < c->held_cnt; i++) {
+    for (int i = from; i < c->held_cnt; i++) {
         rd_kafka_message_t *rkm = c->held[i];
-        if (!parts || rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(rkm->rkt),
-                                                         rkm->partition))
+        if (drop(c, rkm, arg)) {
             rd_kafka_message_destroy(rkm);
-        else {
-            c->held_ticket[kept] = c->held_ticket[i];
-            c->held_at[kept] = c->held_at[i];
-            c->held[kept++] = rkm;
-            bytes += rkm->len;
+            continue;
         }
+        c->held_ticket[kept] = c->held_ticket[i];
+        c->held_at[kept] = c->held_at[i];
+        c->held[kept++] = rkm;
+        bytes += rkm->len;
     }
     c->held_cnt = kept;
     c->held_bytes = bytes;
+}
+
+static void drop_held(hb_consumer_t *c, const rd_kafka_topic_partition_list_t *parts) {
+    held_keep(c, 0, in_parts, parts);
 }
 
 /* Pauses partitions about to be assigned (fetching is paused): before the
@@ -1067,8 +1088,7 @@ int64_t hb_consumer_held_since(const hb_consumer_t *c) {
 
 void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
                              void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    int i, kept = 0;
-    size_t bytes = 0;
+    int i;
     for (i = 0; i < c->held_cnt && c->held_ticket[i] <= done; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         /* one handled before deferred its partition (a writer schema on its
@@ -1082,19 +1102,7 @@ void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
      * meanwhile are read again too: dropped now, not handed on once the
      * deferral is over and the partition read again from before them
      * (each twice, and ahead of the deferred one). */
-    for (; i < c->held_cnt; i++) {
-        rd_kafka_message_t *rkm = c->held[i];
-        if (c->deferred && read_again(c, rkm)) {
-            rd_kafka_message_destroy(rkm);
-            continue;
-        }
-        c->held_ticket[kept] = c->held_ticket[i];
-        c->held_at[kept] = c->held_at[i];
-        c->held[kept++] = rkm;
-        bytes += rkm->len;
-    }
-    c->held_cnt = kept;
-    c->held_bytes = bytes;
+    held_keep(c, i, to_read_again, NULL);
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,

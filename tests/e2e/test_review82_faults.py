@@ -3,6 +3,7 @@ store's empty query sent after they were taken is answered) on an
 operator's bad day: a slow database, a writer schema on its way.
 
 Each check says what it did on main's binaries (8ee2b7f)."""
+import contextlib
 import time
 
 from kafka import KafkaProducer  # python3-kafka: an independent client
@@ -14,7 +15,25 @@ from hbtest.stack import Broker, Dispatcher, Receiver, produce
 from hbtest.tcpproxy import TcpProxy
 from test_delivery import AUTH_VALUE, SECRET, event, register_verified
 from test_review64_faults import _via  # the database URL through a proxy
+from test_change_before_event import subscribed_through
 from test_schema_evolution import NEWER, an_event
+
+
+@contextlib.contextmanager
+def dispatcher_behind_a_proxy(db_url, pg_cluster, procs, workdir):
+    """A dispatcher whose database is reached through a TcpProxy, with an
+    active subscription of a receiver in its index: (proxy, receiver,
+    broker, dispatcher); the proxy closed at the end."""
+    proxy = TcpProxy(pg_cluster.port)
+    proxy.start()
+    try:
+        receiver, broker, d, _ = subscribed_through(proxy, db_url, procs, workdir)
+        wait_until(lambda: d.metric("hookbridge_subscriptions") >= 1, 15 * SLOW,
+                   "the subscription in the dispatcher's index")
+        yield proxy, receiver, broker, d
+    finally:
+        proxy.delay = 0
+        proxy.close()
 
 
 def test_events_held_for_a_slow_sync_behind_one_waiting_for_its_schema_keep_their_order(
@@ -125,17 +144,8 @@ def test_events_matched_without_the_database_s_answer_are_counted_and_said(
     answer. Now hookbridge_events_unsynced_total counts them (0 before the
     silence and for the event after it), a warning says it once, and an
     info line says when the sync is answered again."""
-    proxy = TcpProxy(pg_cluster.port)
-    proxy.start()
-    try:
-        receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
-        broker = Broker(procs, workdir)
-        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
-        d.wait_ready()
-        register_verified(db_url, receiver.url, ["user.session.start"])
-        wait_until(lambda: d.metric("hookbridge_subscriptions") >= 1, 15 * SLOW,
-                   "the subscription in the dispatcher's index")
-
+    with dispatcher_behind_a_proxy(db_url, pg_cluster, procs, workdir) as (proxy, receiver,
+                                                                          broker, d):
         def deliver(n):
             e = event("user.session.start")
             produce(broker.bootstrap, [e])
@@ -155,8 +165,6 @@ def test_events_matched_without_the_database_s_answer_are_counted_and_said(
         wait_until(lambda: "the subscription store's sync is answered again" in d.proc.output(),
                    10 * SLOW, "the sync answered again")
         assert d.metric("hookbridge_events_unsynced_total") == 3
-    finally:
-        proxy.close()
 
 
 def test_events_wait_for_a_slow_database_s_answer_a_second_at_most(
@@ -173,16 +181,8 @@ def test_events_wait_for_a_slow_database_s_answer_a_second_at_most(
     published (median 1.60 s; again 2.13 s, 1.67 s). Now at most 1.42 to
     1.53 s (median 0.84 to 1.08 s): the second from when the oldest was
     taken, the loop's 100 ms turn, and Kafka's fetch."""
-    proxy = TcpProxy(pg_cluster.port)
-    proxy.start()
-    try:
-        receiver = Receiver(procs, workdir, secret=SECRET, auth=f"Authorization: {AUTH_VALUE}")
-        broker = Broker(procs, workdir)
-        d = Dispatcher(procs, _via(db_url, proxy.port), broker.bootstrap)
-        d.wait_ready()
-        register_verified(db_url, receiver.url, ["user.session.start"])
-        wait_until(lambda: d.metric("hookbridge_subscriptions") >= 1, 15 * SLOW,
-                   "the subscription in the dispatcher's index")
+    with dispatcher_behind_a_proxy(db_url, pg_cluster, procs, workdir) as (proxy, receiver,
+                                                                          broker, d):
         proxy.delay = 0.45
         kp = KafkaProducer(bootstrap_servers=broker.bootstrap.split(","))
         sent = {}
@@ -201,6 +201,3 @@ def test_events_wait_for_a_slow_database_s_answer_a_second_at_most(
         # the median tells the two apart; the slowest only has to stay within
         # a second of it on a loaded machine (make test runs 8 workers on 2 cores)
         assert late[-1] < 3 * SLOW, late
-    finally:
-        proxy.delay = 0
-        proxy.close()
