@@ -1314,6 +1314,11 @@ static CURLcode hb_http_setup_handle(hb_http_t *h, CURL *easy) {
     HB_SET(CURLOPT_PROTOCOLS_STR, protocols);
     HB_SET(CURLOPT_REDIR_PROTOCOLS_STR, protocols);
     HB_SET(CURLOPT_PROXY, ""); /* no proxy from the environment: see the address check */
+    /* and no no_proxy either: without a list of its own curl reads no_proxy
+     * and NO_PROXY from the environment for every transfer, each getenv a
+     * walk of the whole environment (a Kubernetes pod's holds a few
+     * variables per service of its namespace: with 300, 5 % of a request) */
+    HB_SET(CURLOPT_NOPROXY, "");
     if (h->conf.connect_timeout_ms > 0)
         HB_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)h->conf.connect_timeout_ms);
     HB_SET(CURLOPT_OPENSOCKETFUNCTION, hb_http_opensocket);

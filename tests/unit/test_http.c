@@ -280,6 +280,20 @@ static void fx_stop(fx_t *fx) {
     free(fx);
 }
 
+/* getenv of this binary: libcurl's calls resolve to it (an executable's
+ * definition comes first), so a test can count what reads the environment. */
+extern char **environ;
+static atomic_int getenv_calls;
+
+char *getenv(const char *name) {
+    size_t n = strlen(name);
+    atomic_fetch_add(&getenv_calls, 1);
+    for (char **e = environ; e && *e; e++)
+        if (!strncmp(*e, name, n) && (*e)[n] == '=')
+            return *e + n + 1;
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ */
 /* Tests                                                               */
 
@@ -1379,6 +1393,27 @@ static void *wake_later(void *arg) {
     return NULL;
 }
 
+/* curl reads no_proxy and NO_PROXY from the environment for every transfer
+ * unless told the list: each getenv walks the whole environment, and a
+ * Kubernetes pod's holds a few variables per service in its namespace
+ * (300 variables: 4,300 more instructions per request, 5 %). Deliveries
+ * read nothing from the environment. */
+static void test_transfers_do_not_read_the_environment(void **state) {
+    (void)state;
+    enum { N = 20 };
+    fx_t *fx = fx_start(N, 8, 8, 1, 1);
+    fx_post(fx, "/ok", 5000, 1000, &fx->r[0]); /* the first connection, set-up done */
+    run_until_done(fx->h, fx->r, 1, 10000);
+    int before = atomic_load(&getenv_calls);
+    for (int i = 1; i < N; i++)
+        fx_post(fx, "/ok", 5000, 1000, &fx->r[i]);
+    run_until_done(fx->h, fx->r, N, 10000);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(fx->r[i].res.http_status, 200);
+    assert_int_equal(atomic_load(&getenv_calls) - before, 0);
+    fx_stop(fx);
+}
+
 static void test_wakeup_and_extra_fd(void **state) {
     (void)state;
     hb_http_t *h = test_http_new(2, 2, 1, 1);
@@ -1450,6 +1485,7 @@ int main(void) {
         cmocka_unit_test(test_reset_at_accept_is_a_connection_error),
         cmocka_unit_test(test_free_aborts_pending),
         cmocka_unit_test(test_wakeup_and_extra_fd),
+        cmocka_unit_test(test_transfers_do_not_read_the_environment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
