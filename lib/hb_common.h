@@ -75,6 +75,10 @@ int hb_clock_referenced(void); /* 1 once hb_wall_ms is PostgreSQL's clock */
 #define HB_CLOCK_SKEW_WARN_MS 2000
 int hb_clock_reference(int64_t ref_ms, int64_t mono0, int64_t mono1, int64_t host_ms,
                        int64_t *skew_ms);
+/* Copies src into dst of dstsz bytes (dstsz > 0), cut to fit and always
+ * terminated, as snprintf(dst, dstsz, "%s", src) does, without its format
+ * machinery (about 500 instructions): for copies made per delivery. */
+void hb_copy_str(char *dst, size_t dstsz, const char *src);
 /* Writes one byte to fd, a non-blocking pipe another thread's loop polls
  * (a full pipe wakes it already: the error is ignored). */
 void hb_poke(int fd);

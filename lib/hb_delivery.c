@@ -323,7 +323,7 @@ hb_delivery_t *hb_delivery_new(hb_sub_t *sub, const char *id, char *body, size_t
                                const char *event_type, hb_job_t *const *jobs, size_t n) {
     hb_delivery_t *dl = hb_calloc(1, sizeof(*dl));
     dl->sub = hb_sub_ref(sub);
-    snprintf(dl->id, sizeof(dl->id), "%s", id);
+    hb_copy_str(dl->id, sizeof(dl->id), id);
     dl->body = body;
     dl->body_len = body_len;
     hb_held_add(body_len);

@@ -640,7 +640,7 @@ static size_t hb_http_on_header(char *data, size_t size, size_t nitems, void *us
         x->retry_after_at = t > 0 ? (long long)t : 0;
     } else if (n > sizeof(date) - 1 && !strncasecmp(data, date, sizeof(date) - 1)) {
         header_value(data, n, sizeof(date) - 1, value, sizeof(value));
-        snprintf(x->said, sizeof(x->said), "%s", value + strspn(value, " \t"));
+        hb_copy_str(x->said, sizeof(x->said), value + strspn(value, " \t"));
     }
     return n;
 }

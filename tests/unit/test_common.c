@@ -186,12 +186,46 @@ static void test_parse_time(void **state) {
     assert_false(hb_time_before("2026-12-06T10:00:00.000Z", "2026-12-06T10:00:00Z"));
 }
 
+/* hb_format_time against gmtime + strftime, what it replaced: every day of
+ * two Gregorian cycles (1570-2369) at a time with milliseconds, instants
+ * before 1970, and a buffer too short (cut like snprintf). */
+static void test_format_time(void **state) {
+    (void)state;
+    char got[40], want[40], base[32];
+    for (int64_t day = -146097; day < 146097; day += 1) {
+        int64_t ms = day * 86400000 + 45296789 + (day % 7) * 3600000;
+        time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(want, sizeof(want), "%s.%03dZ", base, (int)(ms - (int64_t)t * 1000));
+        hb_format_time(ms, got, sizeof(got));
+        if (strcmp(got, want) != 0)
+            fail_msg("%lld ms: %s, want %s", (long long)ms, got, want);
+    }
+    hb_format_time(0, got, sizeof(got));
+    assert_string_equal(got, "1970-01-01T00:00:00.000Z");
+    hb_format_time(-1, got, sizeof(got));
+    assert_string_equal(got, "1969-12-31T23:59:59.999Z");
+    hb_format_time(1796684400123LL, got, sizeof(got));
+    assert_string_equal(got, "2026-12-07T23:00:00.123Z");
+    hb_format_time(253402300799999LL, got, sizeof(got));
+    assert_string_equal(got, "9999-12-31T23:59:59.999Z");
+    hb_format_time(253402300800000LL, got, sizeof(got));
+    assert_string_equal(got, "10000-01-01T00:00:00.000Z");
+    hb_format_time(1796684400123LL, got, 11);
+    assert_string_equal(got, "2026-12-07");
+    int64_t back;
+    hb_format_time(1796684400123LL, got, sizeof(got));
+    assert_int_equal(hb_parse_time(got, &back), 0);
+    assert_int_equal(back, 1796684400123LL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_int),
-        cmocka_unit_test(test_parse_int_flag),
-        cmocka_unit_test(test_utf8_scrub),
-        cmocka_unit_test(test_parse_time),
+        cmocka_unit_test(test_parse_int),   cmocka_unit_test(test_parse_int_flag),
+        cmocka_unit_test(test_utf8_scrub),  cmocka_unit_test(test_parse_time),
+        cmocka_unit_test(test_format_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
