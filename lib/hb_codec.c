@@ -1582,10 +1582,9 @@ static int fast_text_blocks(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jd
                 key = (const char *)c->p;
                 klen = strnlen(key, (size_t)n); /* avro-c keeps a key up to a NUL */
                 c->p += n;
-                if (nkeys == HB_TEXT_MAP_KEYS || !hb_json_utf8_ok(key, klen))
-                    return -1;
                 at = b->len;
-                hb_json_put_str(b, key, klen);
+                if (nkeys == HB_TEXT_MAP_KEYS || hb_json_put_utf8(b, key, klen) < 0)
+                    return -1;
                 for (size_t k = 0; k < nkeys; k++)
                     if (keys_len[k] == b->len - at &&
                         !memcmp(b->p + keys[k], b->p + at, keys_len[k]))
@@ -1649,9 +1648,8 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
             n = p->fixed_size;
         else if (cur_long(c, &n) < 0)
             return -1;
-        if (n < 0 || n > c->end - c->p || !hb_json_utf8_ok((const char *)c->p, (size_t)n))
+        if (n < 0 || n > c->end - c->p || hb_json_put_utf8(b, (const char *)c->p, (size_t)n) < 0)
             return -1;
-        hb_json_put_str(b, (const char *)c->p, (size_t)n);
         c->p += n;
         return 0;
     case AVRO_ENUM:

@@ -109,6 +109,37 @@ void hb_json_put_str(hb_buf_t *b, const char *s, size_t n) {
     b->p[b->len] = '\0';
 }
 
+/* Whether a word is plain ASCII: no byte >= 0x80, none below 0x20, no '"'
+ * and no '\\'. With the high bits excluded, the tests need not mask with ~w:
+ * a borrow only follows a byte that fails already. */
+static inline int hb_json_word_ascii_plain(uint64_t w) {
+    uint64_t q = w ^ (HB_ONES * '"'), s = w ^ (HB_ONES * '\\');
+    return !(((w - HB_ONES * 0x20) | (q - HB_ONES) | (s - HB_ONES) | w) & HB_HIGH);
+}
+
+int hb_json_put_utf8(hb_buf_t *b, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
+    while (end - p >= 8 && hb_json_word_ascii_plain(hb_json_load8(p)))
+        p += 8;
+    while (p < end && *p < 0x80 && hb_json_is_plain(*p))
+        p++;
+    if (p < end) { /* something to escape, or beyond ASCII */
+        if (!hb_json_utf8_ok(s, n))
+            return -1;
+        hb_json_put_str(b, s, n);
+        return 0;
+    }
+    if (b->cap - b->len <= n + 2)
+        hb_buf_reserve(b, n + 2);
+    char *o = b->p + b->len;
+    o[0] = '"';
+    memcpy(o + 1, s, n);
+    o[n + 1] = '"';
+    o[n + 2] = '\0';
+    b->len += n + 2;
+    return 0;
+}
+
 static void hb_json_int(hb_buf_t *b, json_int_t i) {
     char num[24], *p = num + sizeof(num);
     unsigned long long u = i < 0 ? 0ULL - (unsigned long long)i : (unsigned long long)i;

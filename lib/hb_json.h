@@ -35,6 +35,10 @@ void hb_json_put(hb_buf_t *b, const json_t *v);
 
 /* Appends s (n bytes, valid UTF-8) as a JSON string, quotes included. */
 void hb_json_put_str(hb_buf_t *b, const char *s, size_t n);
+/* hb_json_put_str of bytes from elsewhere: 0, or -1 (nothing appended)
+ * when s is not valid UTF-8 as hb_json_utf8_ok decides. One pass over
+ * plain ASCII (the usual string) instead of a check and a copy. */
+int hb_json_put_utf8(hb_buf_t *b, const char *s, size_t n);
 
 /* Appends the members of object obj for which keep(key, arg) is non-zero,
  * in the object's order, as "key":value pairs separated by commas, with a

@@ -279,12 +279,16 @@ static void test_utf8_matches_jansson(void **state) {
     }
 }
 
-/* Long strings (the word-at-a-time scans of hb_json_str and hb_json_utf8_ok
- * take eight bytes at once): ASCII text with one byte of every value, or a
- * two-byte sequence, at every position, both checked against jansson. */
+/* Long strings (the word-at-a-time scans of hb_json_str, hb_json_utf8_ok
+ * and hb_json_put_utf8 take eight bytes at once): ASCII text with one byte
+ * of every value, or a two-byte sequence, at every position, checked
+ * against jansson; hb_json_put_utf8 writes what hb_json_put_str does, or
+ * refuses what jansson refuses and appends nothing. */
 static void test_long_strings_every_byte_everywhere(void **state) {
     (void)state;
-    for (size_t len = 1; len <= 40; len += 13) {
+    static const size_t lens[] = {1, 7, 8, 9, 14, 16, 27, 40};
+    for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+        size_t len = lens[li];
         for (size_t at = 0; at < len; at++) {
             for (int v = 0; v < 256; v++) {
                 char s[48];
@@ -293,10 +297,21 @@ static void test_long_strings_every_byte_everywhere(void **state) {
                 if (at + 1 < len && v >= 0xc2 && v <= 0xdf)
                     s[at + 1] = (char)0xa9; /* a whole two-byte sequence */
                 json_t *j = json_stringn(s, len);
-                assert_int_equal(hb_json_utf8_ok(s, len), j != NULL);
+                int ok = j != NULL;
+                assert_int_equal(hb_json_utf8_ok(s, len), ok);
                 if (j)
                     check_same(j);
                 json_decref(j);
+                hb_buf_t got = {0}, want = {0};
+                hb_json_append(&got, "[", 1);
+                hb_json_append(&want, "[", 1);
+                assert_int_equal(hb_json_put_utf8(&got, s, len), ok ? 0 : -1);
+                if (ok)
+                    hb_json_put_str(&want, s, len);
+                assert_int_equal(got.len, want.len);
+                assert_memory_equal(got.p, want.p, want.len);
+                hb_buf_free(&got);
+                hb_buf_free(&want);
             }
         }
     }
