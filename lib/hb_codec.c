@@ -611,7 +611,7 @@ typedef struct {
     const unsigned char *p, *end;
 } hb_cursor_t;
 
-static int cur_long(hb_cursor_t *c, int64_t *out) {
+static int cur_long_slow(hb_cursor_t *c, int64_t *out) {
     uint64_t v = 0;
     for (int shift = 0; shift < 64; shift += 7) {
         unsigned char b;
@@ -627,6 +627,17 @@ static int cur_long(hb_cursor_t *c, int64_t *out) {
         }
     }
     return -1;
+}
+
+/* A zigzag varint; most are one byte (lengths of short strings, union
+ * branches, enum symbols, small numbers): that case without the loop. */
+static inline int cur_long(hb_cursor_t *c, int64_t *out) {
+    if (c->p < c->end && !(*c->p & 0x80)) {
+        unsigned v = *c->p++;
+        *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+        return 0;
+    }
+    return cur_long_slow(c, out);
 }
 
 /* A little-endian float (4 bytes) or double (8) as a double; -1 when the
@@ -1666,13 +1677,24 @@ static int fast_to_text(const hb_plan_t *p, hb_cursor_t *c, int depth, hb_jdoc_t
         hb_json_append(b, "{", 1);
         for (size_t i = 0; i < p->n; i++) {
             size_t mark = b->len, key, val;
-            int null_member;
+            const hb_plan_t *kid = p->kids[i];
+            int kid_depth = depth + 1, null_member;
+            if (kid->type == AVRO_UNION && depth + 1 <= HB_CODEC_MAX_DEPTH) {
+                /* an optional field: its branch read first, so that a null
+                 * one is skipped before its key is written */
+                if (cur_long(c, &n) < 0 || n < 0 || (uint64_t)n >= kid->n)
+                    return -1;
+                kid = kid->kids[n];
+                kid_depth = depth + 2;
+                if (kid->type == AVRO_NULL && kid_depth <= HB_CODEC_MAX_DEPTH)
+                    continue;
+            }
             if (!first)
                 hb_json_append(b, ",", 1);
             key = b->len + 1;
             hb_json_append(b, p->text[i], p->text_len[i]);
             val = b->len;
-            if (fast_to_text(p->kids[i], c, depth + 1, d, &null_member, 0) < 0)
+            if (fast_to_text(kid, c, kid_depth, d, &null_member, 0) < 0)
                 return -1;
             if (null_member) { /* null is absent in the natural mapping */
                 b->len = mark;

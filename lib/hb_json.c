@@ -118,25 +118,41 @@ static inline int hb_json_word_ascii_plain(uint64_t w) {
 }
 
 int hb_json_put_utf8(hb_buf_t *b, const char *s, size_t n) {
-    const unsigned char *p = (const unsigned char *)s, *end = p + n;
-    while (end - p >= 8 && hb_json_word_ascii_plain(hb_json_load8(p)))
-        p += 8;
-    while (p < end && *p < 0x80 && hb_json_is_plain(*p))
-        p++;
-    if (p < end) { /* something to escape, or beyond ASCII */
-        if (!hb_json_utf8_ok(s, n))
-            return -1;
-        hb_json_put_str(b, s, n);
-        return 0;
-    }
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    /* copied while checked, a word at a time (the last word overlapping the
+     * one before), into room past the end that counts only once all is plain */
     if (b->cap - b->len <= n + 2)
         hb_buf_reserve(b, n + 2);
     char *o = b->p + b->len;
     o[0] = '"';
-    memcpy(o + 1, s, n);
+    for (; n - i >= 8; i += 8) {
+        uint64_t w = hb_json_load8(p + i);
+        if (!hb_json_word_ascii_plain(w))
+            goto other;
+        memcpy(o + 1 + i, &w, sizeof(w));
+    }
+    if (i < n && n >= 8) {
+        uint64_t w = hb_json_load8(p + n - 8);
+        if (!hb_json_word_ascii_plain(w))
+            goto other;
+        memcpy(o + 1 + n - 8, &w, sizeof(w));
+    } else {
+        for (; i < n; i++) {
+            if (p[i] >= 0x80 || !hb_json_is_plain(p[i]))
+                goto other;
+            o[1 + i] = (char)p[i];
+        }
+    }
     o[n + 1] = '"';
     o[n + 2] = '\0';
     b->len += n + 2;
+    return 0;
+other: /* something to escape, or beyond ASCII */
+    o[0] = '\0';
+    if (!hb_json_utf8_ok(s, n))
+        return -1;
+    hb_json_put_str(b, s, n);
     return 0;
 }
 

@@ -310,6 +310,7 @@ static void test_long_strings_every_byte_everywhere(void **state) {
                     hb_json_put_str(&want, s, len);
                 assert_int_equal(got.len, want.len);
                 assert_memory_equal(got.p, want.p, want.len);
+                assert_int_equal(got.p[got.len], '\0'); /* terminated, refused or not */
                 hb_buf_free(&got);
                 hb_buf_free(&want);
             }
