@@ -1086,16 +1086,18 @@ int64_t hb_consumer_held_since(const hb_consumer_t *c) {
     return c->held_cnt ? c->held_at[0] : 0;
 }
 
-void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
-                             void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
-    int i;
+int hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
+                            void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque) {
+    int i, handed = 0;
     for (i = 0; i < c->held_cnt && c->held_ticket[i] <= done; i++) {
         rd_kafka_message_t *rkm = c->held[i];
         /* one handled before deferred its partition (a writer schema on its
          * way): what follows it there is read again; a deferral of a later
          * message (hb_consumer_keepalive) leaves the held ones to handle */
-        if (!c->deferred || !read_again(c, rkm))
+        if (!c->deferred || !read_again(c, rkm)) {
             handle(rkm, opaque);
+            handed++;
+        }
         rd_kafka_message_destroy(rkm);
     }
     /* The rest wait for a later sync. Those of a partition deferred
@@ -1103,6 +1105,7 @@ void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
      * deferral is over and the partition read again from before them
      * (each twice, and ahead of the deferred one). */
     held_keep(c, i, to_read_again, NULL);
+    return handed;
 }
 
 void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_bytes,

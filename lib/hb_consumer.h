@@ -106,8 +106,11 @@ int hb_consumer_held(const hb_consumer_t *c);
 size_t hb_consumer_held_bytes(const hb_consumer_t *c);
 /* When the oldest held message was taken (monotonic ms), 0 when none is. */
 int64_t hb_consumer_held_since(const hb_consumer_t *c);
-void hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
-                             void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
+/* Hands the held messages of tickets up to `done` to handle, in order;
+ * returns how many it handed on (those of a partition deferred meanwhile
+ * are dropped, to be read again, and not counted). */
+int hb_consumer_handle_held(hb_consumer_t *c, unsigned long long done,
+                            void (*handle)(rd_kafka_message_t *rkm, void *opaque), void *opaque);
 
 /* Pause rkm's partition, rewind it to rkm, resume it at due_ms (wall clock). */
 void hb_consumer_defer(hb_consumer_t *c, const rd_kafka_message_t *rkm, int64_t due_ms);

@@ -622,12 +622,10 @@ static void update_readiness(hb_worker_t *w) {
  * their sync (the store's follower is not connected, or its query has
  * waited 1 s): counted, and said once until a sync is answered again. */
 static void unsynced(hb_worker_t *w, unsigned long long done) {
-    int held = hb_consumer_held(w->consumer);
-    hb_consumer_handle_held(w->consumer, done, handle_message, w);
-    held -= hb_consumer_held(w->consumer);
-    if (!held)
+    int handed = hb_consumer_handle_held(w->consumer, done, handle_message, w);
+    if (!handed)
         return;
-    hb_metric_add(w->m_unsynced, held);
+    hb_metric_add(w->m_unsynced, handed);
     if (!w->unsynced_said) {
         w->unsynced_said = 1;
         hb_warn("database: no answer to the subscription store's sync (not connected, or none "
@@ -668,11 +666,10 @@ static void one_pass(hb_worker_t *w, long long wait_ms, int consume) {
                     done =
                         hb_store_synced(w->store, hb_consumer_held_since(w->consumer), &answered);
                 if (hb_store_settled(w->store)) {
-                    held = hb_consumer_held(w->consumer);
-                    hb_consumer_handle_held(w->consumer, answered, handle_message, w);
+                    int handed = hb_consumer_handle_held(w->consumer, answered, handle_message, w);
                     if (done > answered)
                         unsynced(w, done);
-                    else if (hb_consumer_held(w->consumer) < held && w->unsynced_said) {
+                    else if (handed && w->unsynced_said) {
                         w->unsynced_said = 0;
                         hb_info("database: the subscription store's sync is answered again");
                     }
