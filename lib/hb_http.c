@@ -33,13 +33,21 @@
  * each; before that it is reset and gets the options all transfers share
  * again (hb_http_setup_handle) unless its last transfer succeeded without
  * a new connection: curl 7.88 keeps, per handle and for its whole life,
- * the count of requests it sent again on a fresh connection after a
- * kept-alive one turned out closed, and fails the sixth; such a resend is
- * a new connection, so a handle that made none has the count it had. The
- * reset and the shared options were 4.5 % of the engine's instructions
- * per request (callgrind, bench_http, 32 connections: 90,800 against
- * 86,700; the reference client 69,000); on a steady stream over kept
- * connections no handle is reset. Connections live
+ * the count of requests it sent again after a kept-alive connection
+ * turned out closed, and fails the sixth at once ("Connection died, tried
+ * 5 times before giving up", and counts from 0 again). Most such resends
+ * open a connection; one that took another kept connection of the host
+ * is still counted on a clean handle, so after five of those the next
+ * closed connection goes to hb_http_resend (a fresh connection, then a
+ * reset) instead of curl's own resend on a kept one: a connection opened
+ * sooner, nothing lost (review 84: an endpoint dropping every other
+ * request on a kept connection, 15 requests in a row: 8 connections
+ * opened either way). Nothing else of a transfer stays on the handle for
+ * the next (review 84 compared what endpoints received with and without
+ * the reset). The reset and the shared options were 4.5 % of the
+ * engine's instructions per request (callgrind, bench_http, 32
+ * connections: 90,800 against 86,700; the reference client 69,000); on a
+ * steady stream over kept connections no handle is reset. Connections live
  * in the multi handle's pool and are reused across easy handles. A
  * transfer's URL is handed to curl parsed (CURLOPT_CURLU), one parsed URL
  * shared by the running transfers to it: curl's own parse of the text at every start cost
