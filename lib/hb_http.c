@@ -33,13 +33,21 @@
  * each; before that it is reset and gets the options all transfers share
  * again (hb_http_setup_handle) unless its last transfer succeeded without
  * a new connection: curl 7.88 keeps, per handle and for its whole life,
- * the count of requests it sent again on a fresh connection after a
- * kept-alive one turned out closed, and fails the sixth; such a resend is
- * a new connection, so a handle that made none has the count it had. The
- * reset and the shared options were 4.5 % of the engine's instructions
- * per request (callgrind, bench_http, 32 connections: 90,800 against
- * 86,700; the reference client 69,000); on a steady stream over kept
- * connections no handle is reset. Connections live
+ * the count of requests it sent again after a kept-alive connection
+ * turned out closed, and fails the sixth at once ("Connection died, tried
+ * 5 times before giving up", and counts from 0 again). Most such resends
+ * open a connection; one that took another kept connection of the host
+ * is still counted on a clean handle, so after five of those the next
+ * closed connection goes to hb_http_resend (a fresh connection, then a
+ * reset) instead of curl's own resend on a kept one: a connection opened
+ * sooner, nothing lost (review 84: an endpoint dropping every other
+ * request on a kept connection, 15 requests in a row: 8 connections
+ * opened either way). Nothing else of a transfer stays on the handle for
+ * the next (review 84 compared what endpoints received with and without
+ * the reset). The reset and the shared options were 4.5 % of the
+ * engine's instructions per request (callgrind, bench_http, 32
+ * connections: 90,800 against 86,700; the reference client 69,000); on a
+ * steady stream over kept connections no handle is reset. Connections live
  * in the multi handle's pool and are reused across easy handles. A
  * transfer's URL is handed to curl parsed (CURLOPT_CURLU), one parsed URL
  * shared by the running transfers to it: curl's own parse of the text at every start cost
@@ -993,8 +1001,19 @@ static void hb_http_describe(const hb_http_xfer_t *x, CURLcode rc, int64_t durat
     }
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT: {
+        /* The connect timeout ran out only if no request went out: the
+         * connection (TCP, then TLS) was never set up. Told apart by the
+         * time the transfer took, in our milliseconds, it was also said of
+         * requests curl ended up to a millisecond before the timeout by
+         * our clock: 1 to 7 in 80 that an endpoint took and never answered
+         * (review 84). A resend's fresh connection may have had less time
+         * left than the connect timeout: for it the time taken still
+         * tells which ran out. */
         long long cto = x->h->conf.connect_timeout_ms;
-        int connect = cto > 0 && cto < x->timeout_ms && duration_ms < x->timeout_ms;
+        curl_off_t sent_us = 0; /* when the request started to go out; 0: never */
+        (void)curl_easy_getinfo(x->easy, CURLINFO_PRETRANSFER_TIME_T, &sent_us);
+        int connect = cto > 0 && cto < x->timeout_ms && sent_us <= 0 &&
+                      (!x->resent || duration_ms < x->timeout_ms);
         res->timed_out = 1;
         if (hb_http_lookup_unfinished(x))
             hb_seterr(res->error, sizeof(res->error),
