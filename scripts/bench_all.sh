@@ -14,8 +14,11 @@
 #   memory     scripts/bench_slow.sh memory dispatcher RSS with 10,000 requests in flight
 #   apache     KAFKA=apache bench.sh and bench_retry.sh: the same on Apache Kafka
 #   index      build/tests/bench/bench_index: the subscription index at scale
+#   instructions scripts/bench_instructions.sh  the efficiency in instructions
+#                                           (callgrind; only when named in BENCH_ONLY:
+#                                           about 6 minutes, installs valgrind)
 #
-# BENCH_ONLY=part,part runs only those parts (default: all, in this order);
+# BENCH_ONLY=part,part runs only those parts (default: all but instructions, in this order);
 # each part's own BENCH_* settings are described in its script. A part that
 # fails is reported and the others still run; the exit status is 1 if any failed.
 # About 7 minutes on a 2-core machine when it is otherwise idle.
@@ -24,8 +27,8 @@ cd "$(dirname "$0")/.." || exit 2
 ALL=devbroker,retry,https,slow,memory,apache,index
 ONLY=${BENCH_ONLY:-$ALL}
 for p in ${ONLY//,/ }; do
-  [[ ",$ALL," == *",$p,"* ]] || {
-    echo "BENCH_ONLY: unknown part \"$p\" (parts: $ALL)" >&2
+  [[ ",$ALL,instructions," == *",$p,"* ]] || {
+    echo "BENCH_ONLY: unknown part \"$p\" (parts: $ALL,instructions)" >&2
     exit 2
   }
 done
@@ -65,6 +68,10 @@ wanted apache && part apache env KAFKA=apache scripts/bench.sh
 wanted apache && part apache-retry env KAFKA=apache scripts/bench_retry.sh
 if wanted index; then
   part index "${BENCH_BUILD:-build}/tests/bench/bench_index"
+fi
+if wanted instructions; then
+  scripts/deps.sh --valgrind
+  part instructions scripts/bench_instructions.sh
 fi
 
 printf '\n\033[1m==> summary: issue 12 targets and this run (%s cores, loopback; load average %s at the start, %s at the end; %s s)\033[0m\n' \

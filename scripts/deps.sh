@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages hookbridge needs to build, run and test, when
 # any is missing. Needs root (or sudo) only when something must be installed.
-# `deps.sh --fuzz` (make fuzz) also installs clang's libFuzzer runtime.
+# `deps.sh --fuzz` (make fuzz) also installs clang's libFuzzer runtime;
+# `deps.sh --valgrind` valgrind (make bench's instructions part).
 set -eu
 PKGS="build-essential pkg-config clang clang-format
 librdkafka-dev libavro-dev libjansson-dev libcurl4-openssl-dev libpq-dev
@@ -15,6 +16,8 @@ openjdk-17-jre-headless maven"
 # kubernetes-client (kubectl 1.20) does; a kubectl already installed (any
 # newer one) does too, and is not replaced.
 command -v kubectl >/dev/null 2>&1 || PKGS="$PKGS kubernetes-client"
+# `make bench` with BENCH_ONLY=instructions counts instructions under valgrind
+[ "${1:-}" != --valgrind ] || PKGS="$PKGS valgrind"
 if [ "${1:-}" = --fuzz ]; then # libFuzzer for the clang Debian has (14 on Debian 12)
   major=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1)
   PKGS="$PKGS libclang-rt-${major:-14}-dev"
