@@ -133,6 +133,7 @@ LONG_FIRST = (
     "test_review82_faults.py::test_events_taken_for_a_sync_count_against_the_payload_budget",
     "test_review82_faults.py::test_events_matched_without_the_database_s_answer_are_counted_and_said",
     "test_review82_faults.py::test_events_wait_for_a_slow_database_s_answer_a_second_at_most",
+    "test_review85_faults.py::test_keys_of_an_ordered_subscription_seen_once_do_not_pile_up_in_memory",
     "test_review19_faults.py::test_batches_filling_at_max_pending_bytes_go_at_once",
     "test_kafka_faults.py::test_a_delay_tier_leader_moved_while_retries_wait",
     "test_review44_faults.py::test_how_late_the_retrier_takes_up_retries_is_on_its_metrics",
