@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from hbtest.lifecycle import ACTIVE, sql, wait_taken
-from hbtest.procs import SLOW, free_port, wait_until
+from hbtest.procs import BIN, SLOW, free_port, wait_until
 from hbtest.stack import Dispatcher, produce
 
 
@@ -66,7 +66,9 @@ def test_keys_of_an_ordered_subscription_seen_once_do_not_pile_up_in_memory(
     10 MiB of where the second took it (4.8 MiB here), and
     hookbridge_ordered_keys stays at most twice the bound (391 to 1,342).
     main's dispatcher (5800dcc) grew 18.6 MiB over those two waves (37.8,
-    44.3, 50.4, 62.9 MiB after each). About 16 s."""
+    44.3, 50.4, 62.9 MiB after each); with the fix, four runs: 4.8, 3.3,
+    -1.3, 6.0 MiB. Under sanitizers (whose allocator keeps freed memory a
+    while) only the keys are checked. About 16 s (25 s on a loaded machine)."""
     dead = free_port()  # nothing listens there: every attempt is refused
     d = Dispatcher(procs, db_url, broker.bootstrap, extra_env={
         "HOOKBRIDGE_MAX_ORDERED_KEYS": "2000", "HOOKBRIDGE_LOG_LEVEL": "info",
@@ -94,9 +96,10 @@ def test_keys_of_an_ordered_subscription_seen_once_do_not_pile_up_in_memory(
     mib = [round(r / 1024, 1) for r in rss]
     print(f"RSS after each wave of {WAVE} new keys: {mib} MiB; ordered keys kept: {keys}")
     # the first two waves fill what is reused after (the hash tables, the
-    # broker's buffers, malloc's arenas); two more then
-    assert mib[3] - mib[1] < 10, f"the dispatcher's RSS after each wave of {WAVE} new " \
-        f"keys: {mib} MiB"
+    # broker's buffers, malloc's arenas); two more then. A sanitizer build
+    # keeps what is freed for a while (ASan's quarantine): the keys only.
+    assert BIN.name == "bin-san" or mib[3] - mib[1] < 10, \
+        f"the dispatcher's RSS after each wave of {WAVE} new keys: {mib} MiB"
     assert all(k is not None and k <= 2 * 2000 for k in keys), \
         f"ordered keys kept after each wave: {keys} (HOOKBRIDGE_MAX_ORDERED_KEYS=2000)"
     assert d.proc.alive()
