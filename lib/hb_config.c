@@ -199,6 +199,14 @@ static const cf_row_t cf_table[] = {
      "host that is not keeping up (none finishing for a second, or a queue longer than a second "
      "at its pace) hold at most a quarter of it (the newest beyond go to the delay tier, as with "
      "max_host_queue), so one hung host cannot pause every endpoint."},
+    {"max_ordered_keys", CF_INT, OFF(max_ordered_keys), "100000", 100, 100000000,
+     HB_PROG_DISPATCHER, 0,
+     "Keys of ordered subscriptions (options.ordering) whose end the dispatcher keeps in "
+     "memory, about 900 bytes each. A key is kept a minute after its last event, five when "
+     "its last delivery waits in a delay tier; at this many the idle ones are forgotten at "
+     "once (a key seen again asks the delivery log for its end first, one query). What "
+     "bounds memory when events of many users reach an ordered subscription whose endpoint "
+     "is down."},
     {"memory_limit_file", CF_STR, OFF(memory_limit_file), "/sys/fs/cgroup/memory.max", 0, 0,
      HB_PROG_SERVICES, 0,
      "The container's memory limit, read once at start: cgroup v2's memory.max (\"max\": none; "

@@ -65,6 +65,7 @@ typedef struct hb_config_s {
     long long verify_try_later_ms;    /* a challenge failing retryably: asked again this long */
     long long max_pending_events;     /* consumed but unfinished, then pause */
     long long max_pending_bytes;      /* payload bytes unfinished work holds, then pause */
+    long long max_ordered_keys;       /* dispatcher: then its idle keys are forgotten */
     char *memory_limit_file;          /* the cgroup's memory limit, checked at start */
     long long shutdown_timeout_ms;    /* SIGTERM drain bound */
     long long log_flush_ms;           /* delivery log batching */

@@ -76,7 +76,8 @@ size_t hb_chains_withdraw(hb_chains_t *cs, int (*which)(void *item, void *arg),
                           void (*drop)(void *item, void *arg), void *arg);
 /* Removes chains idle (nothing in flight, asked or queued) for idle_ms, or
  * 5 * idle_ms when their tail waits in a delay tier (a key retried once and
- * never seen again must not stay for good); returns how many. */
+ * never seen again must not stay for good); idle_ms 0: every idle chain.
+ * Returns how many. */
 size_t hb_chains_evict_idle(hb_chains_t *cs, int64_t now_ms, int64_t idle_ms);
 
 const char *hb_chain_sub_id(const hb_chain_t *c);

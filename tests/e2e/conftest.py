@@ -141,6 +141,7 @@ LONG_FIRST = (
     "test_review14_faults.py::test_a_database_not_answering_bounds_the_delivery_log_rows_held",
     "test_build.py::test_a_second_make_rebuilds_nothing",
     "test_review43_faults.py::test_a_replay_round_holds_a_few_mib_of_the_spool_not_hundreds",
+    "test_review85_faults.py::test_keys_of_an_ordered_subscription_seen_once_do_not_pile_up_in_memory",
     "test_review19_faults.py::test_batches_filling_at_max_pending_bytes_go_at_once",
     "test_kafka_faults.py::test_a_delay_tier_leader_moved_while_retries_wait",
     "test_review44_faults.py::test_how_late_the_retrier_takes_up_retries_is_on_its_metrics",
