@@ -452,8 +452,6 @@ static void chains_pass(hb_dispatcher_t *d) {
         d->next_evict = now + CHAIN_EVICT_EVERY_MS;
         (void)hb_chains_evict_idle(d->chains, now, CHAIN_IDLE_MS);
     }
-    if (d->chains_full < cap)
-        d->chains_full = cap;
     if (hb_chains_count(d->chains) >= d->chains_full) {
         size_t evicted = hb_chains_evict_idle(d->chains, now, 0), left = hb_chains_count(d->chains);
         d->chains_full = left > cap / 2 ? 2 * left : cap;
@@ -1852,6 +1850,7 @@ hb_dispatcher_t *hb_dispatcher_new(const hb_config_t *cfg, char *errstr, size_t 
         .syncs = 1,
     };
     d->cfg = cfg;
+    d->chains_full = (size_t)cfg->max_ordered_keys;
     d->chains = hb_chains_new();
     d->w = hb_worker_new(cfg, &spec, errstr, errstr_size);
     if (!d->w) {
