@@ -399,8 +399,7 @@ read -r TP_POSTS TP_SPAN TP_RATE < <(post_rate "$OFF1" "$OFF2")
 # The mean body of the phase's deliveries (nginx's $content_length): the size
 # the reference client and the engine alone POST below, so that all three
 # send the same requests (about 1,650 bytes for the generated events).
-BODY_BYTES=$(tail -c +$((OFF1 + 1)) "$NGINX_LOG" | head -c $((OFF2 - OFF1)) |
-  awk '$2 == "POST" && $5 ~ /^[0-9]+$/ { s += $5; n++ } END { printf "%d", (n ? s / n : 900) }')
+BODY_BYTES=$(tail -c +$((OFF1 + 1)) "$NGINX_LOG" | head -c $((OFF2 - OFF1)) | bench_mean_body)
 E2E_RATE=$(awk -v n="$TP_POSTS" -v ms=$((T2 - T1)) 'BEGIN { printf "%.0f", n * 1000 / ms }')
 # The delivery loop's thread (the main thread: /proc/PID/schedstat is the
 # thread-group leader's) runnable but waiting for a CPU, as a share of the phase:

@@ -102,8 +102,7 @@ client_run() {
 say "the dispatcher under callgrind: a warm-up, then $N1 and $N2 deliveries"
 dispatcher_run 50 warm
 # the mean body of the deliveries, for the clients (nginx logs $content_length)
-BODY_BYTES=$(awk '$2 == "POST" && $5 ~ /^[0-9]+$/ { s += $5; n++ } END { printf "%d", (n ? s / n : 900) }' \
-  "$STACK_NGINX_LOG")
+BODY_BYTES=$(bench_mean_body <"$STACK_NGINX_LOG")
 dispatcher_run "$N1" one
 dispatcher_run "$N2" two
 say "the reference client and the engine alone under callgrind ($BODY_BYTES-byte bodies)"

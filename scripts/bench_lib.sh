@@ -15,6 +15,8 @@
 #   bench_rss PID               "VmHWM VmRSS" of a process, in KiB
 #   bench_result SECTION FIGURE VALUE TARGET [MET]  one line for scripts/bench_all.sh's
 #       summary (BENCH_RESULTS; nothing when unset)
+#   bench_mean_body             the mean body (nginx's $content_length, the log's
+#       fifth field) of the POSTs in the nginx log lines on stdin; 900 when none
 #   bench_loopback_addresses PREFIX N  N addresses PREFIX.a.b (PREFIX: two octets,
 #       e.g. 127.79), a from 0, b from 1 to 250: all route to lo on Linux
 #
@@ -76,6 +78,10 @@ bench_rss() {
 bench_result() {
   [ -n "${BENCH_RESULTS:-}" ] || return 0
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$BENCH_RESULTS"
+}
+
+bench_mean_body() {
+  awk '$2 == "POST" && $5 ~ /^[0-9]+$/ { s += $5; n++ } END { printf "%d", (n ? s / n : 900) }'
 }
 
 bench_loopback_addresses() {
