@@ -65,7 +65,10 @@ CREATE OR REPLACE TRIGGER subscriptions_touch BEFORE UPDATE ON hookbridge.subscr
 -- bookkeeping (verify() setting verification_requested_at,
 -- claim_verification() setting verification_claimed_until) changes nothing the
 -- services hold, so it does not notify this channel; verify() notifies
--- hookbridge_verify itself.
+-- hookbridge_verify itself. Nor does the removal of what a deregistered
+-- subscription left (maintain_delivery_log forgets it past the retention):
+-- the services dropped it at its deregistration, and a purge of thousands
+-- notified as many ids, each loaded again by every service for nothing.
 CREATE OR REPLACE FUNCTION hookbridge._notify_subscription() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
 DECLARE
@@ -73,6 +76,9 @@ DECLARE
 BEGIN
     IF TG_TABLE_NAME = 'subscriptions' THEN
         IF TG_OP = 'DELETE' THEN
+            IF OLD.deregistered_at IS NOT NULL THEN
+                RETURN NULL;
+            END IF;
             v_id := OLD.id;
         ELSE
             IF TG_OP = 'UPDATE'
@@ -86,6 +92,12 @@ BEGIN
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
         v_id := OLD.subscription_id;
+        -- (deregister() deletes the secrets while the row is still live:
+        -- notified, as its update is)
+        IF NOT EXISTS (SELECT 1 FROM hookbridge.subscriptions s
+                        WHERE s.id = v_id AND s.deregistered_at IS NULL) THEN
+            RETURN NULL;
+        END IF;
     ELSE
         v_id := NEW.subscription_id;
     END IF;
@@ -393,7 +405,10 @@ END
 $$;
 
 -- Removes the subscription: it stops receiving and disappears from the
--- services; the row (without its credentials) and the delivery log are kept.
+-- services; the row (without its credentials) and the delivery log are kept
+-- for the delivery log's retention: once its day is past it (the first day
+-- maintain_delivery_log keeps), the maintenance forgets the subscription -
+-- its row, event types, endpoint health, previews, ordering tails (sql/60).
 CREATE OR REPLACE FUNCTION hookbridge.deregister(id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, hookbridge, public AS $$
 BEGIN

@@ -31,7 +31,9 @@
 -- today and the next days, moves rows that waited in a DEFAULT partition for
 -- their day into it, and drops both tables' partitions of the days past
 -- limit('delivery_log_retention_days') (set with set_retention): whole
--- tables, never long deletes.
+-- tables, never long deletes. A subscription deregistered before the first
+-- day kept is forgotten then (_forget_deregistered): its row and every row
+-- keyed by its id outside the delivery log.
 --
 --   SQLSTATE  raised here (all codes: docs/sql.md, Errors)
 --   --------  --------------------------------------------------------------
@@ -300,6 +302,50 @@ BEGIN
 END
 $$;
 
+-- Forgetting deregistered subscriptions. deregister() keeps the row (without
+-- its credentials) for the history in the delivery log; once the day it was
+-- deregistered is past the retention (before the first day kept), every
+-- delivery made while it was live is in a day the same maintenance drops,
+-- and nothing needs the subscription any more. It is forgotten: its
+-- subscription_event_types, endpoint_health, previews, ordering_tails,
+-- rate_limit_buckets, subscription_secrets and secret_inbox rows (the
+-- last three deregister() removed already; a row written by hand since
+-- goes too), and its own row, unless the delivery log still has a delivery
+-- of it in a day kept or in a DEFAULT partition (a clock ahead, a retry
+-- dropped late): the row then stays until that day goes, to say whose the
+-- delivery was. Before (review: 13,000 register/deregister cycles) all of
+-- it stayed for good, 2 event-type rows and a health row per cycle, and
+-- every query that joins them (the services' loads, the views) slowed with
+-- them. A retry, replay or delivery for a forgotten id ends as one for a
+-- deregistered id: the services hold neither (a retry is dropped,
+-- 'subscription deregistered'), _check_replayable refuses both (HB021),
+-- the functions taking an id both (HB010).
+--
+-- One batch: the subscriptions p_ids, locked by the caller. Returns how many
+-- rows of subscriptions it deleted. The deletes notify nothing
+-- (_notify_subscription): the services dropped them at deregistration.
+CREATE OR REPLACE FUNCTION hookbridge._forget_deregistered(p_ids uuid[], p_keep date)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, hookbridge, public AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM hookbridge.subscription_event_types t WHERE t.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.endpoint_health h WHERE h.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.previews p WHERE p.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.ordering_tails o WHERE o.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.rate_limit_buckets b WHERE b.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.subscription_secrets sec WHERE sec.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.secret_inbox i WHERE i.subscription_id = ANY (p_ids);
+    DELETE FROM hookbridge.subscriptions s
+     WHERE s.id = ANY (p_ids) AND s.deregistered_at IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM hookbridge.deliveries d
+                        WHERE d.subscription_id = s.id AND d.log_day >= p_keep);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 -- The delivery log's upkeep, run by the services (hourly and at start; any
 -- caller may run it again: it is idempotent). p_now is the time to act as of
 -- (the services pass now(); tests pretend). It
@@ -307,6 +353,15 @@ $$;
 --     final or past the retention, and what waited in the DEFAULT partitions
 --     for a day before the first day kept (rows written for a day that had no
 --     partition; normally none);
+--   * forgets the subscriptions deregistered before the first day kept
+--     (_forget_deregistered), in batches of 500 in (deregistered_at, id)
+--     order, each locked first, skipping one another session holds (it goes
+--     next time); it stops starting batches after 1 s or 10,000
+--     subscriptions, and the next run goes on (the request connection that
+--     runs it also answers the retrier's replay claims and rate-limit draws:
+--     a backlog of a million is cleared over hours, not in one long call).
+--     Row locks of deregistered subscriptions only, which nothing else takes
+--     but a replay or cancel of one of their deliveries, refused anyway;
 --   * drops both tables' partitions of every day before the first day kept,
 --     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
 --     row is kept at least that many days, at most one more);
@@ -318,7 +373,8 @@ $$;
 --
 -- Locks. Dropping a partition takes an ACCESS EXCLUSIVE lock on its parent
 -- table, held until this function's transaction commits, and every writer
--- and reader of the log waits for it. So the deletes come first (done under
+-- and reader of the log waits for it. So the deletes (the forgetting too)
+-- come first (done under
 -- that lock, they held the log's writers for as long as they took), and the
 -- drops take both parents at once, in the order the delivery-log writer
 -- (hb_dlog.c) locks them: deliveries, then delivery_attempts. Dropping a
@@ -344,6 +400,13 @@ DECLARE
     v_n     bigint;
     v_drop  text[];
     v_rel   text;
+    v_ids   uuid[];
+    v_at    timestamptz := '-infinity';
+    v_id    uuid := '00000000-0000-0000-0000-000000000000';
+    v_gone  bigint := 0;
+    v_seen  bigint := 0;
+    v_more  boolean := false;
+    v_start timestamptz := clock_timestamp();
 BEGIN
     IF p_now IS NULL OR p_ahead IS NULL OR p_ahead NOT BETWEEN 0 AND 31 THEN
         RAISE EXCEPTION 'p_now must not be NULL and p_ahead must be 0 to 31' USING ERRCODE = 'HB012';
@@ -402,6 +465,46 @@ BEGIN
         object := 'the DEFAULT partitions (busy: cleared next time)';
         RETURN NEXT;
     END;
+
+    -- Deregistered subscriptions past the retention, a batch at a time,
+    -- each its own subtransaction (one that cannot have a lock within
+    -- lock_timeout is undone alone, and the rest wait for the next run).
+    -- Keyset-paged: the rows kept (the log still names them) and those
+    -- skipped are passed once, never taken again in the same run.
+    LOOP
+        BEGIN
+            SELECT array_agg(p.id ORDER BY p.deregistered_at, p.id),
+                   max(p.deregistered_at) -- with the last id, the batch's last key
+              INTO v_ids, v_at
+              FROM (SELECT s.id, s.deregistered_at FROM hookbridge.subscriptions s
+                     WHERE s.deregistered_at < v_keep::timestamp AT TIME ZONE 'UTC'
+                       AND (s.deregistered_at, s.id) > (v_at, v_id)
+                     ORDER BY s.deregistered_at, s.id
+                     LIMIT 500
+                       FOR UPDATE SKIP LOCKED) p;
+            EXIT WHEN v_ids IS NULL;
+            v_id := v_ids[cardinality(v_ids)];
+            v_seen := v_seen + cardinality(v_ids);
+            v_gone := v_gone + hookbridge._forget_deregistered(v_ids, v_keep);
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            action := 'skipped';
+            object := 'deregistered subscriptions (busy: forgotten next time)';
+            RETURN NEXT;
+            EXIT;
+        END;
+        EXIT WHEN cardinality(v_ids) < 500;
+        IF v_seen >= 10000 OR clock_timestamp() - v_start > interval '1 second' THEN
+            v_more := true;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF v_gone > 0 THEN
+        action := 'deleted';
+        object := format('subscriptions: %s deregistered before %s, with their event types, '
+                         'endpoint health and previews%s', v_gone, v_keep,
+                         CASE WHEN v_more THEN ' (more next time)' ELSE '' END);
+        RETURN NEXT;
+    END IF;
 
     -- the same days of both tables, oldest first
     SELECT array_agg(c.relname::text ORDER BY to_date(right(c.relname, 8), 'YYYYMMDD'), c.relname)
