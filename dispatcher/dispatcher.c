@@ -1047,14 +1047,33 @@ static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
         d->next_look = at;
 }
 
+/* The note of a request given back through secs of tries (why: the last
+ * try's words). Out of open files, the endpoint was never reached: the
+ * note said "its endpoint stayed busy", and a preview recorded failed so
+ * had its user look at an endpoint that had been sent nothing. */
+static void busy_note(char *note, size_t size, hb_http_not_sent_t kind, long long secs,
+                      const char *why) {
+    if (kind == HB_HTTP_NO_FILES) {
+        if (!strncmp(why, "not sent: ", 10))
+            why += 10;
+        snprintf(note, size,
+                 "not sent: the dispatcher stayed out of open files through %lld s of tries "
+                 "(the endpoint was not reached): %s",
+                 secs, why);
+    } else
+        snprintf(note, size, "not sent: its endpoint stayed busy through %lld s of tries: %s", secs,
+                 why);
+}
+
 /* A challenge the HTTP engine did not take (why: its words, no secret): it
  * says nothing of the endpoint, so nothing is recorded. Given back, pending,
  * claimable again in PREVIEW_RETRY_MS, as a preview is (it waited for its
  * lease's end: 16 to 25 s); after busy_tries_ms of tries its
- * verification_retrying says the endpoint stayed busy, and it is left
+ * verification_retrying says the endpoint stayed busy (busy_note), and it is left
  * pending to the other replicas and tried here at its lease's pace. Said
  * once each. */
-static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim, const char *why) {
+static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim,
+                           hb_http_not_sent_t kind, const char *why) {
     int64_t now = hb_mono_ms();
     long long busy = busy_tries_ms(d->cfg);
     int first;
@@ -1072,11 +1091,11 @@ static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim
     }
     w = wait_get(d, &d->verify_waits, id, 0, now, &first);
     if (now - w->since >= busy) {
+        size_t n;
         hb_delay_format(verify_lease_ms(d->cfg), pace, sizeof(pace));
-        snprintf(note, sizeof(note),
-                 "not sent: its endpoint stayed busy through %lld s of tries: %s; tried again "
-                 "every %s",
-                 (long long)(now - w->since) / 1000, why, pace);
+        busy_note(note, sizeof(note), kind, (long long)(now - w->since) / 1000, why);
+        n = strlen(note);
+        snprintf(note + n, sizeof(note) - n, "; tried again every %s", pace);
         hb_utf8_scrub(note);
         if (!w->said)
             hb_log(HB_LOG_WARN, HB_KV("subscription_id", id), "verification challenge %s", note);
@@ -1124,7 +1143,7 @@ static void on_verify_done(const hb_http_result_t *res, void *opaque) {
         /* Never sent (its host's queue was full, or it waited too long for a
          * connection to a busy host): that says nothing about the endpoint,
          * so no outcome is recorded; given back, tried again soon. */
-        verify_release(d, v->sub->id, v->claim, res->error);
+        verify_release(d, v->sub->id, v->claim, res->not_sent, res->error);
     } else if (v->sub->active && verify_temporary(res) &&
                hb_mono_ms() - temporary_since(d, key, hb_mono_ms()) < d->cfg->verify_try_later_ms) {
         /* An active subscription's challenge (verify() again, or its new
@@ -1419,7 +1438,7 @@ static int preview_give_back(hb_dispatcher_t *d, const char *id, const char *cla
  * once; an endpoint busy for preview_busy_ms of tries fails it, saying so
  * (tried each second for ever, it stayed pending, a warning a second). */
 static void preview_release(hb_dispatcher_t *d, const char *id, const char *claim,
-                            const char *why) {
+                            hb_http_not_sent_t kind, const char *why) {
     int64_t now = hb_mono_ms();
     /* stopping: handed over, the other replicas told (they take it now) */
     long long after = hb_stop_requested ? -1 : PREVIEW_RETRY_MS;
@@ -1433,9 +1452,7 @@ static void preview_release(hb_dispatcher_t *d, const char *id, const char *clai
         pw = wait_get(d, &d->preview_waits, id, 0, now, &first);
     if (pw && now - pw->since >= busy) {
         hb_preview_outcome_t o = {.error = note};
-        snprintf(note, sizeof(note),
-                 "not sent: its endpoint stayed busy through %lld s of tries: %s",
-                 (long long)(now - pw->since) / 1000, why);
+        busy_note(note, sizeof(note), kind, (long long)(now - pw->since) / 1000, why);
         hb_utf8_scrub(note);
         hb_log(HB_LOG_WARN, HB_KV("preview_id", id), "preview failed: %s", note);
         wait_forget(d, &d->preview_waits, id, 0);
@@ -1504,7 +1521,7 @@ static void on_preview_done(const hb_http_result_t *res, void *opaque) {
         hb_utf8_scrub(response);
     o.response = response;
     if (res->not_sent) { /* says nothing of the endpoint: given back, tried again soon */
-        preview_release(d, pv->id, pv->claim, res->error);
+        preview_release(d, pv->id, pv->claim, res->not_sent, res->error);
     } else {
         hb_outcome_t out = hb_deliver_classify(res, reason, sizeof(reason));
         hb_utf8_scrub(reason);

@@ -30,6 +30,7 @@
 #include "hb_cutoff.h"
 #include "hb_listen.h"
 #include "hb_log.h"
+#include "hb_mhd.h"
 #include "hb_metrics.h"
 
 #define HB_HTTPD_REASON_MAX 256
@@ -98,6 +99,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
     hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "httpd: %s", msg);
+    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
 }
 
 /* Queues a response; MUST_FREE buffers come from malloc (hb_metrics_render). */

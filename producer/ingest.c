@@ -61,6 +61,7 @@
 #include "hb_kafka.h"
 #include "hb_listen.h"
 #include "hb_log.h"
+#include "hb_mhd.h"
 #include "hb_metrics.h"
 #include "hb_schemas.h"
 #include "hb_sign.h"
@@ -1325,6 +1326,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = '\0';
     hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "ingest httpd: %s", msg);
+    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
 }
 
 static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t errstr_size) {

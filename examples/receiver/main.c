@@ -48,6 +48,7 @@
 #include "hb_common.h"
 #include "hb_listen.h"
 #include "hb_log.h"
+#include "hb_mhd.h"
 #include "hb_sign.h"
 #include "hb_signal.h"
 
@@ -669,6 +670,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
     while (n && msg[n - 1] == '\n')
         msg[--n] = '\0';
     hb_warn("httpd: %s", msg);
+    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
 }
 
 int main(int argc, char **argv) {
