@@ -127,3 +127,94 @@ def test_the_metric_table_names_the_service_that_serves_each_metric(db_url, brok
         if not ok:
             problems.append(f"{family}: the table says {sorted(want)}, served by {sorted(got)}")
     assert not problems, "\n".join(problems)
+
+
+def doc_block(text, start, end="```"):
+    """The text of a doc from the line starting with `start` to `end`."""
+    i = text.index(start)
+    return text[i:text.index(end, i)]
+
+
+def header_names(block):
+    """The literal header names of a request block (`Name: value` lines;
+    the `<auth header>` and `<your headers>` placeholders left out)."""
+    return {m.group(1).lower() for m in re.finditer(r"^([A-Za-z][A-Za-z0-9-]*): ", block, re.M)}
+
+
+def json_keys(block):
+    return set(re.findall(r'"([A-Za-z]+)":', block))
+
+
+def test_the_request_the_docs_show_is_the_one_a_receiver_gets(db_url, broker, procs, workdir):
+    """The README's "What a subscriber receives" and docs/payloads.md's "The
+    request" and "Formats" are what receivers are written from: the headers
+    they list are the ones a delivery carries (besides Host, Accept,
+    Content-Length and the subscription's auth and custom headers), each
+    format's Content-Type is the one its section gives, the envelope members
+    they show are the body's, and the challenge carries the headers its block
+    lists. Nothing compared the docs with a delivery (test_payload compares
+    deliveries with its own expectations). Checked to fail with
+    payloads.md's `webhook-timestamp` written `webhook-time`, the cloudevents
+    section's Content-Type written `application/cloudevents`, and the
+    README's envelope without `contentType`. About 6 s."""
+    import json
+
+    from hbtest.lifecycle import challenges, register_active
+    from hbtest.stack import Dispatcher, Receiver, produce
+    from hbtest.webhooks import signature_valid
+    from test_payload import AUTH, SECRET, full_event
+    readme = (REPO / "README.md").read_text()
+    payloads = (REPO / "docs" / "payloads.md").read_text()
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    rcv = Receiver(procs, workdir, secret=SECRET, auth=f"{AUTH[0]}: {AUTH[1]}")
+    base = rcv.url.rsplit("/", 1)[0]
+    for fmt in ("okta", "cloudevents", "event"):
+        register_active(d, db_url, f"{base}/{fmt}", ["user.session.start"],
+                        {"format": fmt, "auth_header": AUTH[0], "auth_value": AUTH[1],
+                         "secret": SECRET, "headers": {"X-Team": "iam"}}, name=fmt)
+    ev = full_event()
+    produce(broker.bootstrap, [ev])
+    posts = wait_until(lambda: len(p := rcv.posts()) >= 3 and p, 20 * SLOW, "one POST per format")
+    got = {p["path"].lstrip("/"): p for p in posts}
+    assert set(got) == {"okta", "cloudevents", "event"}
+    for p in posts:
+        assert 200 <= p["status"] < 300 and signature_valid(SECRET, p), p["path"]
+    theirs = {"host", "accept", "content-length", AUTH[0].lower(), "x-team"}
+    for where, block in (("README.md", doc_block(readme, "POST <url>")),
+                         ("docs/payloads.md", doc_block(payloads.split("## The request", 1)[1],
+                                                        "POST <url>"))):
+        listed = header_names(block)
+        for fmt, p in got.items():
+            sent = set(p["headers"])
+            assert listed <= sent, f"{where} lists {sorted(listed - sent)}; {fmt} has not"
+            assert sent - theirs <= listed, f"{fmt} sends {sorted(sent - theirs - listed)}, " \
+                f"which {where} does not list"
+    # each format's Content-Type, as its section of payloads.md gives it
+    for fmt in ("okta", "cloudevents", "event"):
+        section = payloads.split(f"### `{fmt}`", 1)[1].split("\n### ", 1)[0]
+        ctype = re.search(r"`Content-Type: ([^`]+)`", section).group(1)
+        assert got[fmt]["headers"]["content-type"] == ctype, fmt
+    # the envelopes' members, as the README and payloads.md show them
+    okta = json.loads(got["okta"]["body"])
+    ce = json.loads(got["cloudevents"]["body"])
+    readme_env = doc_block(readme, '{"eventType":"com.okta.event_hook"')
+    payloads_okta = doc_block(payloads, '{"eventType": "com.okta.event_hook"')
+    payloads_ce = doc_block(payloads, '{"specversion": "1.0"')
+    inner = {"events", "uuid", "eventType"}
+    for where, block, body in (("README.md", readme_env, okta),
+                               ("docs/payloads.md", payloads_okta, okta),
+                               ("docs/payloads.md", payloads_ce, ce)):
+        shown = json_keys(block)
+        assert set(body) <= shown, f"{where} leaves out {sorted(set(body) - shown)}"
+        assert shown - inner <= set(body) | set(ev), \
+            f"{where} shows {sorted(shown - inner - set(body))}, which the body has not"
+    # the challenge: the headers its block in payloads.md lists, and the
+    # challenge header the text names
+    challenge = payloads.split("## The request", 1)[1].split("webhook-id: <value>", 1)
+    listed = header_names("webhook-id: <value>" + challenge[1].split("```", 1)[0])
+    listed.add("x-okta-verification-challenge")
+    assert len(challenges(rcv)) == 3
+    for c in challenges(rcv):
+        assert listed <= set(c["headers"]), sorted(listed - set(c["headers"]))
+        assert c["headers"]["webhook-id"] == c["headers"]["x-okta-verification-challenge"]
