@@ -12,6 +12,7 @@ the make targets and the manifests; these two close what they left open:
   serves it from: an operator building a dashboard per Deployment goes by
   it."""
 import re
+import time
 
 from hbtest.opscheck import config_reference
 from hbtest.procs import REPO, SLOW, wait_until
@@ -218,3 +219,45 @@ def test_the_request_the_docs_show_is_the_one_a_receiver_gets(db_url, broker, pr
     for c in challenges(rcv):
         assert listed <= set(c["headers"]), sorted(listed - set(c["headers"]))
         assert c["headers"]["webhook-id"] == c["headers"]["x-okta-verification-challenge"]
+
+
+def test_the_delivery_statuses_the_docs_give_are_those_the_log_holds(db_url, broker, procs,
+                                                                      workdir):
+    """docs/sql.md (recent_deliveries) and design.md gave a delivery the
+    status `pending`, and sql.md had `cancel` refuse a delivery whose first
+    attempt is under way with HB028 naming that status; the services never
+    write it: a delivery gets its row when its first outcome is logged, so
+    during a first attempt (here against an endpoint that answers after 4 s) the log has no
+    row for it (so `cancel` of it can only say HB027, not in the log). Failed
+    on main's docs: sql.md gave `pending`, and so did design.md. The docs now give
+    the statuses the log holds: the outcomes the services write and
+    `replay`, which replay() sets. About 7 s."""
+    from hbtest.lifecycle import event, register_active, sql
+    from hbtest.stack import Dispatcher, Receiver, produce
+    src = (REPO / "lib" / "hb_dlog.c").read_text()
+    body = src[src.index("const char *hb_outcome_name("):]
+    written = set(re.findall(r'return "([a-z]+)";', body[:body.index("\n}\n")])) | {"replay"}
+    assert written == {"delivered", "retry", "failed", "dropped", "replay"}, written
+    sqlmd = (REPO / "docs" / "sql.md").read_text()
+    view = sqlmd.split("### hookbridge.recent_deliveries", 1)[1].split("\n## ", 1)[0]
+    cell = re.search(r"^\| `status` \| (.*)$", view, re.M).group(1)
+    documented = {w for w in re.findall(r"`([a-z]+)`", cell.split(". ", 1)[0])}
+    assert documented == written, f"sql.md: {sorted(documented)}, the log: {sorted(written)}"
+    design = (REPO / "docs" / "design.md").read_text()
+    m = re.search(r"`deliveries` \(one row per delivery,[^)]*\)", design)
+    assert set(re.findall(r"`([a-z]+)`", m.group(0))) - {"deliveries"} == written, m.group(0)
+
+    d = Dispatcher(procs, db_url, broker.bootstrap)
+    d.wait_ready()
+    rcv = Receiver(procs, workdir, delay_ms=int(4000 * SLOW))
+    sub = register_active(d, db_url, rcv.url, ["user.lifecycle.create"],
+                          {"timeout_ms": 30000})  # the receiver's wait, under ASan too
+    produce(broker.bootstrap, [event("user.lifecycle.create")])
+    query = "SELECT status FROM hookbridge.deliveries WHERE subscription_id = %s"
+    wait_until(lambda: d.metric("hookbridge_requests_in_flight") == 1, 10 * SLOW,
+               "the request at the receiver")
+    time.sleep(1)  # ten delivery-log flushes (HOOKBRIDGE_LOG_FLUSH_INTERVAL 100ms)
+    assert d.metric("hookbridge_requests_in_flight") == 1 and not rcv.posts()
+    assert sql(db_url, query, sub) == []
+    assert wait_until(lambda: sql(db_url, query, sub), 15 * SLOW, "the delivery logged") == \
+        [("delivered",)]
