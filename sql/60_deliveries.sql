@@ -44,8 +44,8 @@
 --   HB021     delivery cannot be replayed (not failed, no stored body, or its
 --             subscription is deregistered or inactive)
 --   HB026     invalid delivery-log retention (set_retention, UPDATE of limits)
---   HB027     delivery not in the delivery log (never made, or past the
---             retention; replay, cancel)
+--   HB027     delivery not in the delivery log (never made, its first
+--             attempt under way, or past the retention; replay, cancel)
 --   HB028     delivery cannot be cancelled (neither retry nor replay)
 
 -- Endpoint health ------------------------------------------------------------
@@ -610,7 +610,7 @@ BEGIN
     SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = _delivery_for_update.delivery_id
      ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'delivery % is not in the delivery log, which keeps % days (since %): it was never made or has been removed',
+        RAISE EXCEPTION 'delivery % is not in the delivery log, which keeps % days (since %): it was never made, its first attempt is still under way (a delivery is logged at its outcome), or it has been removed',
             _delivery_for_update.delivery_id, hookbridge.limit('delivery_log_retention_days'),
             to_char(hookbridge._dlog_first_kept_day(now()), 'YYYY-MM-DD')
             USING ERRCODE = 'HB027',

@@ -229,7 +229,8 @@ def test_replay_within_the_retention_works_and_past_it_says_why_not(db_url, proc
     code, msg = sqlstate(db_url, "SELECT hookbridge.replay(%s)", other)
     assert code == "HB027", msg
     assert (f"delivery {other} is not in the delivery log, which keeps 10 days "
-            f"(since {today() - 10 * DAY:%Y-%m-%d}): it was never made or has been removed") in msg
+            f"(since {today() - 10 * DAY:%Y-%m-%d}): it was never made, its first attempt is still "
+            "under way (a delivery is logged at its outcome), or it has been removed") in msg
     # The replayed one is still there.
     assert sql(db_url, "SELECT status FROM hookbridge.deliveries WHERE delivery_id = %s",
                did) == [("delivered",)]
