@@ -1047,6 +1047,18 @@ static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
         d->next_look = at;
 }
 
+/* why, the HTTP engine's words for a request it did not send, without their
+ * leading "not sent: " (the notes below say it once). */
+static const char *not_sent_reason(const char *why) {
+    return strncmp(why, "not sent: ", 10) ? why : why + 10;
+}
+
+/* The note of a request not sent yet and tried again (why: its words). */
+static void tried_again_note(char *note, size_t size, const char *why) {
+    snprintf(note, size, "not sent yet (tried again): %s", not_sent_reason(why));
+    hb_utf8_scrub(note);
+}
+
 /* The note of a request given back through secs of tries (why: the last
  * try's words). Out of open files, the endpoint was never reached: the
  * note said "its endpoint stayed busy", and a preview recorded failed so
@@ -1054,8 +1066,7 @@ static void verify_look_at(hb_dispatcher_t *d, int64_t at) {
 static void busy_note(char *note, size_t size, hb_http_not_sent_t kind, long long secs,
                       const char *why) {
     if (kind == HB_HTTP_NO_FILES) {
-        if (!strncmp(why, "not sent: ", 10))
-            why += 10;
+        why = not_sent_reason(why);
         snprintf(note, size,
                  "not sent: the dispatcher stayed out of open files through %lld s of tries "
                  "(the endpoint was not reached): %s",
@@ -1107,8 +1118,7 @@ static void verify_release(hb_dispatcher_t *d, const char *id, const char *claim
         verify_look_at(d, w->hold + 100);
         return;
     }
-    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
-    hb_utf8_scrub(note);
+    tried_again_note(note, sizeof(note), why);
     if (first)
         hb_log(HB_LOG_WARN, HB_KV("subscription_id", id),
                "verification challenge not sent: %s; it is tried again every %lld ms for up to "
@@ -1459,8 +1469,7 @@ static void preview_release(hb_dispatcher_t *d, const char *id, const char *clai
         preview_record(d, id, claim, &o);
         return;
     }
-    snprintf(note, sizeof(note), "not sent yet (tried again): %s", why);
-    hb_utf8_scrub(note);
+    tried_again_note(note, sizeof(note), why);
     if (pw)
         snprintf(pw->claim, sizeof(pw->claim), "%s", claim);
     if (first)

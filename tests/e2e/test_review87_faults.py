@@ -125,6 +125,11 @@ def test_out_of_open_files_a_preview_and_a_challenge_name_the_dispatcher_not_the
                "the four lanes' challenges verified")
     with out_of_files(d):
         sql(db_url, "SELECT hookbridge.verify(%s)", b)
+        # while it is tried again, its note says why once (it said "not sent
+        # yet (tried again): not sent: this process ...")
+        first = wait_until(lambda: overview(db_url, b)[2], 10 * SLOW, "the challenge's first note")
+        assert first.startswith("not sent yet (tried again): this process is out of open "
+                                "files (Too many open files; ulimit -n "), first
         pv = sql(db_url, "SELECT hookbridge.preview(%s, 'user.session.start')", b)[0][0]
         row = wait_until(lambda: (r := sql(db_url, "SELECT status, http_status, error FROM "
                                                    "hookbridge.previews WHERE id = %s", pv)[0])[0]
