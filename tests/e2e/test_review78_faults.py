@@ -261,9 +261,9 @@ def services_at_info(db_url, broker, procs):
 @contextlib.contextmanager
 def out_of_files(svc):
     """While the block runs, every descriptor svc may open is open: its next
-    socket fails (EMFILE). Its health port is left alone meanwhile
-    (libmicrohttpd busy-waits on an accept(2) that fails with no connection
-    open). The limit is given back also when the block fails."""
+    socket fails (EMFILE). Its health port is left alone meanwhile (its
+    accept(2) would wait for a descriptor, tried ten times a second:
+    lib/hb_mhd.c). The limit is given back also when the block fails."""
     pid = svc.proc.pid
     old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), old[1]))
