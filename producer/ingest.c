@@ -232,6 +232,7 @@ struct ingest_s {
 
     hb_metric_t *m_class[3]; /* requests answered 2xx, 4xx, 5xx */
     hb_metric_t *m_produced, *m_failed, *m_dead, *m_rejected;
+    hb_metric_t *m_kafka_errors; /* the client's error callback, as the consumers count them */
     hb_metric_t *m_duration;
     hb_metric_t *m_answering; /* in->answering, under lock */
     /* the spool's (registered only with one) */
@@ -1376,6 +1377,8 @@ static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     ingest_t *in = opaque;
     (void)rk;
+    if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        hb_metric_inc(in->m_kafka_errors);
     if (hb_kafka_reach_down(&in->brokers, err))
         hb_warn("ingest: %s: all Kafka brokers are down (%s)",
                 in->spool ? "deliveries are answered from the spool" : "not ready", reason);
@@ -1457,6 +1460,7 @@ static void register_metrics(ingest_t *in) {
         hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"failed\"", EVENTS_HELP);
     in->m_dead = hb_metrics_counter("hookbridge_ingest_events_total", "outcome=\"dead_lettered\"",
                                     EVENTS_HELP);
+    in->m_kafka_errors = hb_metrics_counter("hookbridge_kafka_errors_total", NULL, "Kafka errors.");
     in->m_rejected = hb_metrics_counter("hookbridge_ingest_rejected_requests_total", NULL,
                                         "Ingest requests refused as invalid (400): nothing of "
                                         "them was produced.");

@@ -5,6 +5,7 @@ with a Kafka client."""
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -472,7 +473,10 @@ def brokers_refuse(bootstrap):
 def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
     """Ready, then every broker goes down: the request is answered 503 after
     the ingest timeout, not 200; brokers back, the same request sent again
-    is 200 and its events are on the topic (at least once)."""
+    is 200 and its events are on the topic (at least once). The brokers'
+    outage counts in hookbridge_kafka_errors_total, as the dispatcher's and
+    the retrier's do (the ingest endpoint did not serve it, and the alert
+    HookbridgeKafkaErrors saw nothing of it)."""
     ing = Ingest(procs, broker.bootstrap, extra_env={"HOOKBRIDGE_INGEST_TIMEOUT": "2s"})
     ing.wait_ready()
     events = [event("user.session.start") for _ in range(3)]
@@ -484,6 +488,8 @@ def test_a_broker_that_stops_acking_is_503_and_nothing_is_lost(broker, procs):
     # ... and the endpoint says it is not ready, so a load balancer stops sending
     wait_until(lambda: ing.ops("/readyz")[0] == 503, 15, "/readyz to say not ready")
     assert "no Kafka broker reachable" in ing.ops("/readyz")[1]
+    errors = re.search(r"^hookbridge_kafka_errors_total (\S+)$", ing.ops("/metrics")[1], re.M)
+    assert errors and float(errors.group(1)) > 0, ing.ops("/metrics")[1]
     broker.proc.signal(signal.SIGUSR2)
     wait_until(lambda: ing.ops("/readyz")[0] == 200, 30, "/readyz to say ready again")
     status, _, body = wait_until(lambda: (r := ing.post(events))[0] == 200 and r, 40,
