@@ -17,7 +17,7 @@
 -- (deregistered_at, id) order, without reading the live ones. A partial index
 -- of the deregistered rows of one table of subscriptions: built in a moment.
 --
--- sql/: sha256 c0e813319d59991de53af820418ca2b291b47c8949a69c9056b6103eb6b43a49
+-- sql/: sha256 ccecc8f47e9ce3ae9994052ce6c460f7e146cff08ccd100f2f0a010a7723c535
 CREATE INDEX IF NOT EXISTS subscriptions_deregistered_idx
     ON hookbridge.subscriptions (deregistered_at, id) WHERE deregistered_at IS NOT NULL;
 
