@@ -17,7 +17,7 @@
 -- (deregistered_at, id) order, without reading the live ones. A partial index
 -- of the deregistered rows of one table of subscriptions: built in a moment.
 --
--- sql/: sha256 ccecc8f47e9ce3ae9994052ce6c460f7e146cff08ccd100f2f0a010a7723c535
+-- sql/: sha256 8a779b1176f4242f504d64f0ebe8b509f4f7bf5cb6d0a8a71c153aa7a3d96311
 CREATE INDEX IF NOT EXISTS subscriptions_deregistered_idx
     ON hookbridge.subscriptions (deregistered_at, id) WHERE deregistered_at IS NOT NULL;
 

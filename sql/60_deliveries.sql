@@ -359,7 +359,8 @@ $$;
 --     next time); it stops starting batches after 1 s or 10,000
 --     subscriptions, and the next run goes on (the request connection that
 --     runs it also answers the retrier's replay claims and rate-limit draws:
---     a backlog of a million is cleared over hours, not in one long call).
+--     a backlog is cleared at 10,000 an hour, a million in about four
+--     days, not in one long call).
 --     Row locks of deregistered subscriptions only: the functions that lock
 --     a subscription's row (_live) wait for them and then refuse it (HB010);
 --     cancel() and replay() do not lock a deregistered one's
