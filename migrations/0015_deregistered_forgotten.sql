@@ -17,7 +17,7 @@
 -- (deregistered_at, id) order, without reading the live ones. A partial index
 -- of the deregistered rows of one table of subscriptions: built in a moment.
 --
--- sql/: sha256 c560ba95203d3ced9f9134064a34d1ed4a95416484b0b369374848963272499e
+-- sql/: sha256 50a0ec2f775171776a4dc8bac32a9ee48c43b74e56f619c8ce818820bdd89a18
 CREATE INDEX IF NOT EXISTS subscriptions_deregistered_idx
     ON hookbridge.subscriptions (deregistered_at, id) WHERE deregistered_at IS NOT NULL;
 

@@ -359,9 +359,12 @@ $$;
 --     next time); it stops starting batches after 1 s or 10,000
 --     subscriptions, and the next run goes on (the request connection that
 --     runs it also answers the retrier's replay claims and rate-limit draws:
---     a backlog of a million is cleared over hours, not in one long call).
---     Row locks of deregistered subscriptions only, which nothing else takes
---     but a replay or cancel of one of their deliveries, refused anyway;
+--     a backlog is cleared at 10,000 an hour, a million in about four
+--     days, not in one long call).
+--     Row locks of deregistered subscriptions only: the functions that lock
+--     a subscription's row (_live) wait for them and then refuse it (HB010);
+--     cancel() and replay() do not lock a deregistered one's
+--     (_delivery_for_update);
 --   * drops both tables' partitions of every day before the first day kept,
 --     the UTC day of p_now - limit('delivery_log_retention_days') days (so a
 --     row is kept at least that many days, at most one more);
@@ -602,10 +605,16 @@ BEGIN
     -- waiting for such a row's lock, then finding it moved, was an error
     -- (SQLSTATE 40001, "tuple to be locked was already moved to another
     -- partition due to concurrent update"). After this wait the row is read
-    -- where it is now.
+    -- where it is now. A live subscription's only: a deregistered one's
+    -- deliveries are moved by nobody (those functions refuse it), and its
+    -- row may be locked by the maintenance forgetting it (maintain_delivery_log),
+    -- which then takes the log's tables for the days it drops: a cancel() or
+    -- replay() that had read the log and waited for the row deadlocked with
+    -- it (review 89: "deadlock detected", the log's writers held meanwhile).
     PERFORM 1 FROM hookbridge.subscriptions s
      WHERE s.id = (SELECT d.subscription_id FROM hookbridge.deliveries d
                     WHERE d.delivery_id = _delivery_for_update.delivery_id LIMIT 1)
+       AND s.deregistered_at IS NULL
        FOR UPDATE;
     SELECT * INTO v FROM hookbridge.deliveries d WHERE d.delivery_id = _delivery_for_update.delivery_id
      ORDER BY d.log_day DESC LIMIT 1 FOR UPDATE;
