@@ -66,6 +66,7 @@ typedef struct lag_thread_s {
 struct hb_consumer_s {
     const hb_config_t *cfg;
     unsigned revocations; /* times partitions were revoked (ordered delivery forgets keys) */
+    unsigned assignments; /* times partitions were assigned (hb_consumer_keepalive) */
     char client_id[64];
     const char *group;
     char *const *topics; /* borrowed */
@@ -81,7 +82,8 @@ struct hb_consumer_s {
     int fetch_paused;  /* and librdkafka's partitions are paused: nothing fetched */
     int64_t paused_at; /* monotonic ms of the last resort's pause */
     int64_t polled_at; /* monotonic ms messages were last asked for (or the queue served) */
-    int kept_alive;    /* fetching paused by hb_consumer_keepalive, resumed by the next poll */
+    int kept_alive;    /* fetching paused by hb_consumer_keepalive past its pass (partitions
+                        * assigned there), resumed by the next keep-alive or poll */
     int64_t next_lag;
     /* our own copy of the assignment, kept by the rebalance callback:
      * rd_kafka_assignment() waits on librdkafka's main thread, which stalled
@@ -169,7 +171,13 @@ void hb_consumer_pause_all(hb_consumer_t *c, int pause, const char *why, size_t 
                            size_t queued) {
     if (!c->rk)
         return;
-    if (!why || !pause) /* a shutdown stops fetching at once; a resume fetches again */
+    /* A shutdown stops fetching at once; the last resort's end fetches
+     * again. Not a keep-alive's pause (hb_consumer_keepalive): the check
+     * that finds nothing to hold back, on every pass, resumed it in the
+     * pass that paused it, with the partitions a rebalance served there had
+     * just assigned, whose start that resume could make outdated (review 86:
+     * never fetched again); the keep-alive ends its own pause. */
+    if (!why || (!pause && c->paused))
         pause_fetch_all(c, pause);
     if (c->paused == pause)
         return;
@@ -576,6 +584,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         else
             (void)rd_kafka_assign(rk, parts);
         c->assigned = 1;
+        c->assignments++;
         if (!cooperative || !c->assignment) {
             if (c->assignment)
                 rd_kafka_topic_partition_list_destroy(c->assignment);
@@ -1141,6 +1150,7 @@ void hb_consumer_limit(hb_consumer_t *c, long long max_pending, long long max_by
 
 void hb_consumer_keepalive(hb_consumer_t *c) {
     rd_kafka_message_t *rkm;
+    unsigned assignments = c->assignments;
     if (!c->rk || hb_mono_ms() - c->polled_at < KEEPALIVE_AFTER_MS)
         return;
     if (!c->fetch_paused) {
@@ -1162,6 +1172,14 @@ void hb_consumer_keepalive(hb_consumer_t *c) {
             hb_consumer_defer(c, rkm, hb_wall_ms());
         rd_kafka_message_destroy(rkm);
     }
+    /* Fetching again at once: what it fetches ahead is there when messages
+     * are taken again (a pause until then held the first of them half a
+     * second or more once the database answered again). Not when partitions
+     * were assigned just now: their start is under way, and a resume meeting
+     * it makes it outdated, the partition never fetched (review 86); the
+     * next keep-alive or the next message taken resumes them. */
+    if (c->kept_alive && c->assignments == assignments)
+        pause_fetch_all(c, 0);
 }
 
 /* A fatal error (e.g. fenced out of the group by another process with the

@@ -135,7 +135,9 @@ int hb_consumer_paused(const hb_consumer_t *c);
  * resort, the database awaited, a full HTTP queue), librdkafka's fetching is
  * paused and its queue served without taking messages, so rebalances and
  * errors are handled and the consumer is not thrown out of its group for
- * exceeding max.poll.interval.ms; the next hb_consumer_poll resumes fetching. */
+ * exceeding max.poll.interval.ms; then fetching resumes, unless partitions
+ * were assigned there (their start under way): the next keep-alive or
+ * hb_consumer_poll resumes them. */
 void hb_consumer_keepalive(hb_consumer_t *c);
 
 /* Lag metrics every 5 s (measured by the lag thread, started here); a missing topic looked up again
