@@ -92,14 +92,8 @@ static int resolve_listen(const char *listen, struct sockaddr_storage *ss, sockl
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    size_t n;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-        msg[--n] = '\0';
-    hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "httpd: %s", msg);
-    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
+    (void)cls;
+    hb_mhd_log(&log_mhd, "httpd", fmt, ap);
 }
 
 /* Queues a response; MUST_FREE buffers come from malloc (hb_metrics_render). */

@@ -19,16 +19,23 @@
 #include "hb_mhd.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #define MHD_STARVED_WORDS "resource limit at FIRST connection"
 
-int hb_mhd_pace_accept(const char *line) {
+void hb_mhd_log(hb_log_limit_t *lim, const char *who, const char *fmt, va_list ap) {
+    char msg[512];
+    size_t n;
     struct timespec pause = {0, HB_MHD_STARVED_PAUSE_MS * 1000000L};
-    if (!line || !strstr(line, MHD_STARVED_WORDS))
-        return 0;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    hb_log_limited(lim, HB_LOG_WARN, NULL, "%s: %s", who, msg);
+    if (!strstr(msg, MHD_STARVED_WORDS))
+        return;
     while (nanosleep(&pause, &pause) != 0 && errno == EINTR) /* the rest of it */
         ;
-    return 1;
 }

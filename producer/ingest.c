@@ -1319,15 +1319,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    size_t n;
     (void)cls;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-        msg[--n] = '\0';
-    hb_log_limited(&log_mhd, HB_LOG_WARN, NULL, "ingest httpd: %s", msg);
-    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
+    hb_mhd_log(&log_mhd, "ingest httpd", fmt, ap);
 }
 
 static int start_listener(ingest_t *in, const char *listen, char *errstr, size_t errstr_size) {

@@ -661,16 +661,12 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     gnutls_session_set_verify_function(session, verify_client);
 }
 
+static hb_log_limit_t log_mhd = HB_LOG_LIMIT_NOTE("\"httpd: ...\"", "");
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) HB_PRINTF(2, 0);
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    char msg[512];
-    size_t n;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    n = strlen(msg);
-    while (n && msg[n - 1] == '\n')
-        msg[--n] = '\0';
-    hb_warn("httpd: %s", msg);
-    (void)hb_mhd_pace_accept(msg); /* out of open files: no busy wait */
+    (void)cls;
+    hb_mhd_log(&log_mhd, "httpd", fmt, ap);
 }
 
 int main(int argc, char **argv) {
