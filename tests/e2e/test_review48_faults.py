@@ -187,17 +187,18 @@ def test_a_server_that_ends_idle_sessions_does_not_make_the_store_reload_again_a
     On main (637fabe): it was ended every 8 s; each time the dispatcher
     logged `database: connection lost (...); reconnecting` at warn and
     reloaded every subscription, holding events meanwhile (3 times in 26 s,
-    2 in 20 s)."""
+    2 in 20 s, 1 in the 14 s watched here: the limit, then more than one
+    check interval past it)."""
     name = sql(db_url, "SELECT current_database()")[0][0]
     sql(db_url, f"ALTER DATABASE \"{name}\" SET idle_session_timeout = '8s'")
     broker = Broker(procs, workdir)
     d = Dispatcher(procs, db_url, broker.bootstrap)
     d.wait_ready()
-    time.sleep(20)
+    time.sleep(14)
     out = d.proc.output()
     reloads = out.count("reconnected; reloading subscriptions")
-    print(f"{reloads} reload(s), {out.count('connection lost')} connection(s) lost in 20 s")
-    assert reloads == 0, f"the store reconnected and reloaded {reloads} time(s) in 20 s"
+    print(f"{reloads} reload(s), {out.count('connection lost')} connection(s) lost in 14 s")
+    assert reloads == 0, f"the store reconnected and reloaded {reloads} time(s) in 14 s"
 
 
 def test_the_grace_is_moved_to_the_commit_for_rotations_only(db_url):
